@@ -1,0 +1,111 @@
+// Package config holds Loom's configuration and loads it in layers.
+//
+// Precedence, lowest first:
+//
+//  1. built-in defaults (the `default` tag of each field below)
+//  2. /opt/loom/defaults/*.toml, in name order
+//  3. /opt/loom/etc/*.toml, in name order
+//  4. the file named by LOOM_CONFIG
+//  5. environment variables: LOOM_<KEY> (the key upper-cased, dots as
+//     underscores) and the names the NATS and etcd tooling already uses
+//     (NATS_SERVER, NATS_AUTH_*, ETCD_ENDPOINTS), listed in each key's `env` tag
+//  6. values set in code with [WithValue]
+//
+// Every key is a field of [Config]; its dotted name comes from the `key`
+// tags of the field and its parents. Load records where each effective value
+// came from, so `loom config` can print it, and a bad value is an error that
+// names the key, the value and its source.
+//
+// TOML files nest tables by key, so nats.url is
+//
+//	[nats]
+//	url = "nats://nats.internal:4222"
+//
+// or the dotted `nats.url = "..."`. A key that is not in the table is an
+// error, as is a file that is not valid TOML; a directory that does not exist
+// is skipped, but LOOM_CONFIG naming a missing file is an error.
+//
+// Values are written as follows. Environment variables, `default` tags and
+// [WithValue] use the text form; files may also use the TOML type.
+//
+//   - string: as is.
+//   - []string: comma-separated ("a,b"), spaces around items trimmed; in a
+//     file, also an array of strings.
+//   - int: decimal, such as 8080 or -1; in a file, also an integer.
+//   - bool: true or false (also 1/0, t/f); in a file, also a boolean.
+//   - float64: decimal, such as 0.5; in a file, also a number.
+//   - time.Duration: Go syntax such as 30s, 1m30s or 250ms; in a file, also
+//     an integer number of seconds (timeout = 30 is 30s).
+//
+// An environment variable set to the empty string counts as unset. The
+// `enum` tag lists a key's allowed values and the `min` and `max` tags bound
+// it; Load checks them for every value it applies, and [Config.Validate]
+// checks a Config built in code. [Markdown] renders the table of keys that
+// the README shows; [Loaded.Table] is what `loom config` prints, with
+// secrets masked.
+package config
+
+import "time"
+
+// Config is the whole of a Loom process's configuration.
+type Config struct {
+	NATS         NATS         `key:"nats"`
+	Discovery    Discovery    `key:"discovery"`
+	RequestPlane RequestPlane `key:"request_plane"`
+	Client       Client       `key:"client"`
+	Shutdown     Shutdown     `key:"shutdown"`
+	Log          Log          `key:"log"`
+}
+
+// NATS is the connection every plane that uses NATS shares.
+type NATS struct {
+	URL                 string        `key:"url" env:"NATS_SERVER" default:"nats://127.0.0.1:4222" doc:"NATS server URL; several, comma-separated, for a cluster. tls:// asks for TLS."`
+	Name                string        `key:"name" default:"loom" doc:"Connection name shown by the NATS server's monitoring."`
+	User                string        `key:"user" env:"NATS_AUTH_USERNAME" doc:"User for user/password auth (with nats.password)."`
+	Password            string        `key:"password" env:"NATS_AUTH_PASSWORD" secret:"true" doc:"Password for user/password auth."`
+	Token               string        `key:"token" env:"NATS_AUTH_TOKEN" secret:"true" doc:"Token for token auth."`
+	NKey                string        `key:"nkey" env:"NATS_AUTH_NKEY" secret:"true" doc:"NKey seed (SU...) or the path of a file holding it, for NKey auth."`
+	CredentialsFile     string        `key:"credentials_file" env:"NATS_AUTH_CREDENTIALS_FILE" doc:"Path of a .creds file (user JWT and NKey seed) for JWT auth."`
+	TLSCAFile           string        `key:"tls_ca_file" doc:"PEM file of CAs to verify the server with; setting it turns TLS on."`
+	TLSCertFile         string        `key:"tls_cert_file" doc:"PEM client certificate for mutual TLS (with nats.tls_key_file)."`
+	TLSKeyFile          string        `key:"tls_key_file" doc:"PEM key of the client certificate."`
+	ConnectTimeout      time.Duration `key:"connect_timeout" default:"5s" min:"0s" doc:"How long the first connection may take before start-up fails."`
+	ReconnectWait       time.Duration `key:"reconnect_wait" default:"1s" min:"0s" doc:"Pause between reconnect attempts."`
+	MaxReconnects       int           `key:"max_reconnects" default:"-1" min:"-1" doc:"Reconnect attempts before giving up; -1 retries forever."`
+	ReconnectBufferSize int           `key:"reconnect_buffer_size" default:"8388608" min:"-1" doc:"Bytes of publishes buffered while reconnecting; beyond it a publish fails."`
+}
+
+// Discovery chooses and tunes the discovery backend.
+type Discovery struct {
+	Backend       string        `key:"backend" env:"LOOM_DISCOVERY" default:"memory" enum:"memory,etcd,natskv" doc:"Where instances are registered: memory (one process), etcd, or natskv (NATS only)."`
+	EtcdEndpoints []string      `key:"etcd_endpoints" env:"ETCD_ENDPOINTS" default:"http://127.0.0.1:2379" doc:"etcd client URLs, comma-separated."`
+	LeaseTTL      time.Duration `key:"lease_ttl" default:"10s" min:"1s" doc:"How long an instance outlives its process's last keep-alive."`
+	DialTimeout   time.Duration `key:"dial_timeout" default:"5s" min:"0s" doc:"How long reaching the discovery store may take before start-up fails."`
+}
+
+// RequestPlane chooses how requests travel between processes.
+type RequestPlane struct {
+	Transport string `key:"transport" default:"tcp" enum:"tcp,nats" doc:"Request plane between processes: tcp (Loom's multiplexed protocol) or nats."`
+	Host      string `key:"host" default:"127.0.0.1" doc:"Address the request plane listens on; the advertised address unless advertise is set."`
+	Port      int    `key:"port" default:"0" min:"0" max:"65535" doc:"TCP port to listen on; 0 picks a free one."`
+	Advertise string `key:"advertise" doc:"host:port other processes use to reach this one, if not host:port."`
+	Codec     string `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of requests and responses served by this process."`
+}
+
+// Client tunes how calls are routed.
+type Client struct {
+	Router      string        `key:"router" default:"round_robin" enum:"round_robin,random,power_of_two,least_loaded" doc:"How a client picks an instance for each request."`
+	WaitTimeout time.Duration `key:"wait_timeout" default:"5s" min:"0s" doc:"How long a call waits for an instance to appear before failing with ErrNoInstances."`
+}
+
+// Shutdown tunes graceful shutdown.
+type Shutdown struct {
+	GracePeriod time.Duration `key:"grace_period" default:"10s" min:"0s" doc:"How long in-flight requests may finish after SIGTERM before they are cancelled."`
+	Timeout     time.Duration `key:"timeout" default:"30s" min:"0s" doc:"Hard limit from SIGTERM to exit; past it the process exits with code 911."`
+}
+
+// Log tunes the process's log.
+type Log struct {
+	Level  string `key:"level" default:"info" enum:"debug,info,warn,error" doc:"Lowest level logged."`
+	Format string `key:"format" default:"text" enum:"text,json" doc:"Log line format."`
+}

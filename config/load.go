@@ -1,0 +1,338 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// The directories Load reads *.toml files from, lowest precedence first,
+// unless [WithDirs] says otherwise.
+const (
+	DefaultsDir = "/opt/loom/defaults"
+	EtcDir      = "/opt/loom/etc"
+)
+
+// ConfigEnv names the environment variable holding the path of one more
+// TOML file, read after the directories.
+const ConfigEnv = "LOOM_CONFIG"
+
+// The sources of values that are not a file path or an environment variable.
+const (
+	SourceDefault = "default"
+	SourceCode    = "code"
+)
+
+// ErrUnknownKey is wrapped by the [*Error] for a key that is not in the key
+// table.
+var ErrUnknownKey = errors.New("unknown key")
+
+// Error is a bad configuration value: the key, the value, where it came from
+// and what is wrong with it.
+type Error struct {
+	Key    string // dotted key, such as "nats.url"
+	Value  string // the bad value as written
+	Source string // "default", a file path, "env NAME", "code"; "" from [Config.Validate]
+	Err    error  // what is wrong and what is expected
+}
+
+// Error returns a message such as
+//
+//	config: shutdown.timeout = "5 parsecs" (from env LOOM_SHUTDOWN_TIMEOUT): not a duration; use Go syntax like 30s or 1m30s
+func (e *Error) Error() string {
+	if e.Source == "" {
+		return fmt.Sprintf("config: %s = %q: %v", e.Key, e.Value, e.Err)
+	}
+	return fmt.Sprintf("config: %s = %q (from %s): %v", e.Key, e.Value, e.Source, e.Err)
+}
+
+// Unwrap returns the reason the value is bad.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Option changes how [Load] finds values.
+type Option func(*loader)
+
+// WithDirs replaces the directories read for *.toml files, lowest
+// precedence first; by default [DefaultsDir] then [EtcDir]. With no
+// arguments no directory is read. A directory that does not exist is
+// skipped.
+func WithDirs(dirs ...string) Option {
+	return func(l *loader) { l.dirs = slices.Clone(dirs) }
+}
+
+// WithEnv replaces the lookup of environment variables, os.LookupEnv by
+// default; tests pass a map's lookup.
+func WithEnv(lookup func(name string) (string, bool)) Option {
+	return func(l *loader) { l.lookup = lookup }
+}
+
+// WithValue sets key to value, written as in an environment variable,
+// above every other layer; its source is "code". A later WithValue for the
+// same key wins.
+func WithValue(key, value string) Option {
+	return func(l *loader) { l.values = append(l.values, [2]string{key, value}) }
+}
+
+// Loaded is a loaded configuration with the source of each value.
+type Loaded struct {
+	// Config holds the effective values.
+	Config Config
+	// Files lists the TOML files read, in the order applied.
+	Files []string
+
+	sources map[string]string
+}
+
+// Source returns where the effective value of key came from: "default", a
+// file path, "env NAME" or "code"; "" for an unknown key.
+func (l *Loaded) Source(key string) string { return l.sources[key] }
+
+type loader struct {
+	dirs   []string
+	lookup func(string) (string, bool)
+	values [][2]string
+
+	schema *schema
+	out    *Loaded
+	errs   []error
+}
+
+// Load builds the configuration from its layers, lowest first: defaults,
+// the *.toml files of each directory in name order, the file named by
+// LOOM_CONFIG, environment variables, then [WithValue] options. It checks
+// every value it applies, not just the winning one, and returns all the bad
+// ones at once, joined; each is an [*Error] unless the fault is a whole
+// file's (unreadable, malformed TOML, or LOOM_CONFIG naming a missing file).
+func Load(opts ...Option) (*Loaded, error) {
+	s, err := loadSchema()
+	if err != nil {
+		return nil, err
+	}
+	l := &loader{
+		dirs:   []string{DefaultsDir, EtcDir},
+		lookup: os.LookupEnv,
+		schema: s,
+		out:    &Loaded{sources: map[string]string{}},
+	}
+	for _, o := range opts {
+		o(l)
+	}
+	for _, f := range s.fields {
+		l.apply(f, f.def, SourceDefault)
+	}
+	for _, dir := range l.dirs {
+		l.loadDir(dir)
+	}
+	if path, ok := l.env(ConfigEnv); ok {
+		l.loadFile(path, ConfigEnv)
+	}
+	for _, f := range s.fields {
+		l.loadEnv(f)
+	}
+	for _, kv := range l.values {
+		f := s.byName[kv[0]]
+		if f == nil {
+			l.fail(&Error{Key: kv[0], Value: kv[1], Source: SourceCode, Err: s.unknown(kv[0])})
+			continue
+		}
+		parseApply(l, f, kv[1], SourceCode, f.kind.parse)
+	}
+	if len(l.errs) > 0 {
+		return nil, errors.Join(l.errs...)
+	}
+	return l.out, nil
+}
+
+// env reads an environment variable; empty counts as unset, so a variable
+// a compose file passes through blank does not clear a default.
+func (l *loader) env(name string) (string, bool) {
+	v, ok := l.lookup(name)
+	return v, ok && v != ""
+}
+
+func (l *loader) fail(err error) { l.errs = append(l.errs, err) }
+
+func (l *loader) apply(f *field, v any, source string) {
+	f.set(&l.out.Config, v)
+	l.out.sources[f.Name] = source
+}
+
+// parseApply converts raw with conv, checks it and applies it.
+func parseApply[T any](l *loader, f *field, raw T, source string, conv func(T) (any, error)) {
+	v, err := conv(raw)
+	if err == nil {
+		err = f.check(v)
+	}
+	if err != nil {
+		l.fail(&Error{Key: f.Name, Value: render(raw), Source: source, Err: err})
+		return
+	}
+	l.apply(f, v, source)
+}
+
+// loadEnv applies the strongest of f's environment variables that is set.
+func (l *loader) loadEnv(f *field) {
+	for _, name := range f.Env {
+		if v, ok := l.env(name); ok {
+			parseApply(l, f, v, "env "+name, f.kind.parse)
+			return
+		}
+	}
+}
+
+func (l *loader) loadDir(dir string) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	if err != nil {
+		l.fail(fmt.Errorf("config: reading directory %s: %w", dir, err))
+		return
+	}
+	// ReadDir sorts by name.
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".toml") {
+			continue
+		}
+		l.loadFile(filepath.Join(dir, e.Name()), "")
+	}
+}
+
+// loadFile applies one TOML file. via names the variable that pointed at it,
+// if any, for the error when it is missing.
+func (l *loader) loadFile(path, via string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if via != "" {
+			l.fail(fmt.Errorf("config: %s names %s, which cannot be read (fix or unset %s): %w", via, path, via, err))
+		} else {
+			l.fail(fmt.Errorf("config: reading %s: %w", path, err))
+		}
+		return
+	}
+	var m map[string]any
+	if _, err := toml.Decode(string(data), &m); err != nil {
+		l.fail(fmt.Errorf("config: malformed TOML in %s: %w", path, err))
+		return
+	}
+	l.out.Files = append(l.out.Files, path)
+	l.loadTable(m, "", path)
+}
+
+// loadTable applies the keys of one TOML table, whose dotted name is prefix.
+func (l *loader) loadTable(m map[string]any, prefix, path string) {
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
+	}
+	slices.Sort(names) // report errors in a stable order
+	for _, k := range names {
+		v, name := m[k], k
+		if prefix != "" {
+			name = prefix + "." + k
+		}
+		if f := l.schema.byName[name]; f != nil {
+			parseApply(l, f, v, path, f.kind.fromTOML)
+			continue
+		}
+		if l.schema.prefixes[name] {
+			if sub, ok := v.(map[string]any); ok {
+				l.loadTable(sub, name, path)
+				continue
+			}
+			l.fail(&Error{Key: name, Value: render(v), Source: path,
+				Err: fmt.Errorf("%s is a table; set its keys under [%s]", name, name)})
+			continue
+		}
+		l.fail(&Error{Key: name, Value: render(v), Source: path, Err: l.schema.unknown(name)})
+	}
+}
+
+// unknown returns ErrUnknownKey, suggesting the closest known name: a key
+// of the same name in another table, else a near-typo of a key or table.
+func (s *schema) unknown(name string) error {
+	if s.prefixes[name] {
+		for _, f := range s.fields {
+			if strings.HasPrefix(f.Name, name+".") {
+				return fmt.Errorf("%w; %s is a table, set one of its keys such as %s", ErrUnknownKey, name, f.Name)
+			}
+		}
+	}
+	best := ""
+	leaf := name[strings.LastIndexByte(name, '.')+1:]
+	for _, f := range s.fields {
+		if f.Name[strings.LastIndexByte(f.Name, '.')+1:] == leaf {
+			best = f.Name
+			break
+		}
+	}
+	if best == "" {
+		candidates := make([]string, 0, len(s.fields)+len(s.prefixes))
+		for _, f := range s.fields {
+			candidates = append(candidates, f.Name)
+		}
+		candidates = append(candidates, slices.Sorted(maps.Keys(s.prefixes))...)
+		bestDist := max(1, len(name)/4) + 1 // typos, not different words
+		for _, c := range candidates {
+			if d := levenshtein(name, c); d < bestDist {
+				best, bestDist = c, d
+			}
+		}
+	}
+	if best == "" {
+		return fmt.Errorf("%w; `loom config --markdown` lists the keys", ErrUnknownKey)
+	}
+	return fmt.Errorf("%w; did you mean %s?", ErrUnknownKey, best)
+}
+
+// render writes a value decoded from TOML for an error message.
+func render(v any) string {
+	switch v := v.(type) {
+	case map[string]any:
+		keys := slices.Sorted(maps.Keys(v))
+		for i, k := range keys {
+			keys[i] = k + " = ..."
+		}
+		return "{" + strings.Join(keys, ", ") + "}"
+	case []any:
+		parts := make([]string, len(v))
+		for i, e := range v {
+			parts[i] = render(e)
+		}
+		return "[" + strings.Join(parts, ", ") + "]"
+	case []map[string]any:
+		parts := make([]string, len(v))
+		for i, e := range v {
+			parts[i] = render(e)
+		}
+		return "[" + strings.Join(parts, ", ") + "]"
+	}
+	return fmt.Sprint(v)
+}
+
+func levenshtein(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
