@@ -1,0 +1,129 @@
+// Package codec encodes the requests, responses and events Loom carries.
+//
+// MessagePack is the default: compact and fast, and readable from Python
+// and Rust (Dynamo's own runtime speaks it). JSON is there for humans and
+// for tools like `loom call`. The serving side chooses the codec and
+// advertises it in its discovery record; callers follow it.
+package codec
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"sync"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Codec turns values into bytes and back.
+type Codec interface {
+	// Name is the codec's name in configuration and discovery records.
+	Name() string
+	// Marshal appends the encoding of v to dst and returns the result.
+	Marshal(dst []byte, v any) ([]byte, error)
+	// Unmarshal decodes data into v, which must be a pointer.
+	Unmarshal(data []byte, v any) error
+}
+
+// Names of the built-in codecs.
+const (
+	MsgPackName = "msgpack"
+	JSONName    = "json"
+)
+
+// MsgPack is the MessagePack codec. Struct fields use their `msgpack` tag,
+// falling back to the `json` tag, so one set of tags serves both codecs.
+var MsgPack Codec = msgpackCodec{}
+
+// JSON is the encoding/json codec.
+var JSON Codec = jsonCodec{}
+
+// ByName returns the codec called name.
+func ByName(name string) (Codec, error) {
+	switch name {
+	case MsgPackName, "":
+		return MsgPack, nil
+	case JSONName:
+		return JSON, nil
+	}
+	return nil, fmt.Errorf("codec: unknown codec %q; use %q or %q", name, MsgPackName, JSONName)
+}
+
+type msgpackCodec struct{}
+
+func (msgpackCodec) Name() string { return MsgPackName }
+
+type msgpackEncoder struct {
+	buf bytes.Buffer
+	enc *msgpack.Encoder
+}
+
+var msgpackEncoders = sync.Pool{New: func() any {
+	e := &msgpackEncoder{}
+	e.enc = msgpack.NewEncoder(&e.buf)
+	e.enc.SetCustomStructTag("json")
+	e.enc.UseCompactInts(true)
+	return e
+}}
+
+func (msgpackCodec) Marshal(dst []byte, v any) ([]byte, error) {
+	e := msgpackEncoders.Get().(*msgpackEncoder)
+	e.buf.Reset()
+	err := e.enc.Encode(v)
+	if err == nil {
+		dst = append(dst, e.buf.Bytes()...)
+	}
+	if e.buf.Cap() <= 64<<10 {
+		msgpackEncoders.Put(e)
+	}
+	if err != nil {
+		return dst, fmt.Errorf("codec: msgpack encode %T: %w", v, err)
+	}
+	return dst, nil
+}
+
+type msgpackDecoder struct {
+	r   bytes.Reader
+	dec *msgpack.Decoder
+}
+
+var msgpackDecoders = sync.Pool{New: func() any {
+	d := &msgpackDecoder{dec: msgpack.NewDecoder(nil)}
+	d.dec.SetCustomStructTag("json")
+	return d
+}}
+
+func (msgpackCodec) Unmarshal(data []byte, v any) error {
+	if err := checkMsgPack(data); err != nil {
+		return fmt.Errorf("codec: msgpack decode into %T: malformed input: %w", v, err)
+	}
+	d := msgpackDecoders.Get().(*msgpackDecoder)
+	d.r.Reset(data)
+	d.dec.ResetReader(&d.r)
+	err := d.dec.Decode(v)
+	d.r.Reset(nil)
+	msgpackDecoders.Put(d)
+	if err != nil {
+		return fmt.Errorf("codec: msgpack decode into %T: %w", v, err)
+	}
+	return nil
+}
+
+type jsonCodec struct{}
+
+func (jsonCodec) Name() string { return JSONName }
+
+func (jsonCodec) Marshal(dst []byte, v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return dst, fmt.Errorf("codec: json encode %T: %w", v, err)
+	}
+	return append(dst, b...), nil
+}
+
+func (jsonCodec) Unmarshal(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("codec: json decode into %T: %w", v, err)
+	}
+	return nil
+}

@@ -1,0 +1,170 @@
+package codec_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/loomrt/loom/codec"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type token struct {
+	Text  string            `json:"text"`
+	Index int               `json:"index"`
+	Final bool              `json:"final,omitempty"`
+	Meta  map[string]string `json:"meta,omitempty"`
+}
+
+func TestCodecsRoundTrip(t *testing.T) {
+	in := token{Text: "héllo", Index: 42, Final: true, Meta: map[string]string{"k": "v"}}
+	for _, c := range []codec.Codec{codec.MsgPack, codec.JSON} {
+		t.Run(c.Name()+" round-trips a struct", func(t *testing.T) {
+			b, err := c.Marshal([]byte("prefix"), in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(string(b), "prefix") {
+				t.Fatalf("Marshal did not append to dst: %q", b)
+			}
+			var out token
+			if err := c.Unmarshal(b[len("prefix"):], &out); err != nil {
+				t.Fatal(err)
+			}
+			if out.Text != in.Text || out.Index != in.Index || out.Final != in.Final || out.Meta["k"] != "v" {
+				t.Fatalf("got %+v, want %+v", out, in)
+			}
+		})
+	}
+}
+
+func TestMsgPackUsesJSONTags(t *testing.T) {
+	b, err := codec.MsgPack.Marshal(nil, token{Text: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := codec.MsgPack.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m["text"]; !ok {
+		t.Fatalf("msgpack keys %v: want the json tag name %q", m, "text")
+	}
+}
+
+func TestByName(t *testing.T) {
+	tests := []struct {
+		name    string
+		want    string
+		wantErr string
+	}{
+		{"msgpack", "msgpack", ""},
+		{"", "msgpack", ""},
+		{"json", "json", ""},
+		{"protobuf", "", `unknown codec "protobuf"`},
+	}
+	for _, tt := range tests {
+		c, err := codec.ByName(tt.name)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ByName(%q) error = %v, want it to contain %q", tt.name, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || c.Name() != tt.want {
+			t.Errorf("ByName(%q) = %v, %v; want %s", tt.name, c, err, tt.want)
+		}
+	}
+}
+
+func TestDecodeErrorsNameTheType(t *testing.T) {
+	for _, c := range []codec.Codec{codec.MsgPack, codec.JSON} {
+		var out token
+		err := c.Unmarshal([]byte{0xc1, '{'}, &out)
+		if err == nil || !strings.Contains(err.Error(), "codec_test.token") {
+			t.Errorf("%s: error %v should name the target type", c.Name(), err)
+		}
+	}
+}
+
+// FuzzUnmarshal feeds arbitrary bytes, as a peer could send, to both
+// decoders: they must return an error or a value, never panic or hang.
+func FuzzUnmarshal(f *testing.F) {
+	good, _ := codec.MsgPack.Marshal(nil, token{Text: "a", Index: 1, Meta: map[string]string{"a": "b"}})
+	f.Add(good)
+	f.Add([]byte(`{"text":"a","index":1}`))
+	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff}) // array32 claiming 4G elements
+	f.Add([]byte{0xdb, 0x7f, 0xff, 0xff, 0xff}) // str32 claiming 2G bytes
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var tok token
+		_ = codec.MsgPack.Unmarshal(data, &tok)
+		_ = codec.JSON.Unmarshal(data, &tok)
+		var anyv any
+		_ = codec.MsgPack.Unmarshal(data, &anyv)
+	})
+}
+
+func BenchmarkMsgPack(b *testing.B) {
+	in := token{Text: "hello", Index: 7}
+	buf := make([]byte, 0, 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		var err error
+		buf, err = codec.MsgPack.Marshal(buf[:0], in)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var out token
+		if err := codec.MsgPack.Unmarshal(buf, &out); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func TestMsgPackRefusesHostileInput(t *testing.T) {
+	deep := make([]byte, codec.MaxDepth+2)
+	for i := range deep {
+		deep[i] = 0x91 // fixarray of one element, nested
+	}
+	deep[len(deep)-1] = 0x01
+	tests := []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"an array claiming 4G elements", []byte{0xdd, 0xff, 0xff, 0xff, 0xff}, "longer than"},
+		{"a string claiming more bytes than remain", []byte{0xd9, 0x02, 'a'}, "claims 2 bytes, 1 remain"},
+		{"nesting deeper than MaxDepth", deep, "nested deeper"},
+		{"bytes after the value", []byte{0x01, 0x02}, "trailing"},
+		{"the reserved byte", []byte{0xc1}, "0xc1"},
+		{"nothing", nil, "truncated"},
+	}
+	for _, tt := range tests {
+		t.Run("refuses "+tt.name, func(t *testing.T) {
+			var v any
+			err := codec.MsgPack.Unmarshal(tt.data, &v)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error = %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestMsgPackAcceptsWhatItEncodes(t *testing.T) {
+	values := []any{
+		nil, true, 1, -1, 300, -40000, 1 << 40, 3.5, float32(1.5), "", strings.Repeat("x", 70000),
+		[]byte{1, 2, 3}, []any{1, "a", []any{nil}}, map[string]any{"a": map[string]any{"b": []int{1, 2}}},
+		make([]int, 70000),
+	}
+	for _, v := range values {
+		b, err := codec.MsgPack.Marshal(nil, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out any
+		if err := codec.MsgPack.Unmarshal(b, &out); err != nil {
+			t.Errorf("%T: %v", v, err)
+		}
+	}
+}
