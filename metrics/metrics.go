@@ -1,0 +1,114 @@
+// Package metrics holds Loom's Prometheus metrics. Every metric Loom
+// exports is declared in this file, on a registry Loom owns (not the global
+// one), so a program can serve it, merge it or ignore it.
+package metrics
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Request outcome codes, the "code" label of request counters.
+const (
+	CodeOK        = "ok"
+	CodeError     = "error"     // the handler returned an error
+	CodePanic     = "panic"     // the handler panicked
+	CodeCancelled = "cancelled" // the caller cancelled or the deadline passed
+	CodeRefused   = "refused"   // not started: draining, overloaded, bad request
+)
+
+var endpointLabels = []string{"namespace", "component", "endpoint"}
+
+// Metrics is one runtime's set of metrics.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests      *prometheus.CounterVec
+	inFlight      *prometheus.GaugeVec
+	duration      *prometheus.HistogramVec
+	firstResponse *prometheus.HistogramVec
+	items         *prometheus.CounterVec
+	taskPanics    *prometheus.CounterVec
+
+	mu        sync.Mutex
+	endpoints map[[3]string]*Endpoint
+}
+
+// New returns a fresh set of metrics on a new registry, with the Go and
+// process collectors.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_requests_total",
+			Help: "Requests served, by endpoint and outcome code.",
+		}, append(endpointLabels, "code")),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loom_requests_in_flight",
+			Help: "Requests being served now.",
+		}, endpointLabels),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "loom_request_duration_seconds",
+			Help:    "Time from a request's arrival to the end of its response stream.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, endpointLabels),
+		firstResponse: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "loom_request_first_response_seconds",
+			Help:    "Time from a request's arrival to its first response item.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, endpointLabels),
+		items: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_response_items_total",
+			Help: "Response items streamed by handlers.",
+		}, endpointLabels),
+		taskPanics: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_background_task_panics_total",
+			Help: "Panics recovered in background tasks, by task.",
+		}, []string{"task"}),
+		endpoints: make(map[[3]string]*Endpoint),
+	}
+	m.reg.MustRegister(m.requests, m.inFlight, m.duration, m.firstResponse, m.items, m.taskPanics,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry returns the registry the metrics are on.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// TaskPanicked counts a panic recovered in the background task named task.
+func (m *Metrics) TaskPanicked(task string) { m.taskPanics.WithLabelValues(task).Inc() }
+
+// Endpoint is the metrics of one served endpoint, bound once so that the
+// request path does no label lookups.
+type Endpoint struct {
+	OK, Error, Panic, Cancelled, Refused prometheus.Counter
+	InFlight                             prometheus.Gauge
+	Duration, FirstResponse              prometheus.Observer
+	Items                                prometheus.Counter
+}
+
+// Endpoint returns the bound metrics of ns/component/endpoint.
+func (m *Metrics) Endpoint(ns, component, endpoint string) *Endpoint {
+	key := [3]string{ns, component, endpoint}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e, ok := m.endpoints[key]; ok {
+		return e
+	}
+	l := prometheus.Labels{"namespace": ns, "component": component, "endpoint": endpoint}
+	code := func(c string) prometheus.Counter {
+		return m.requests.WithLabelValues(ns, component, endpoint, c)
+	}
+	e := &Endpoint{
+		OK: code(CodeOK), Error: code(CodeError), Panic: code(CodePanic),
+		Cancelled: code(CodeCancelled), Refused: code(CodeRefused),
+		InFlight:      m.inFlight.With(l),
+		Duration:      m.duration.With(l),
+		FirstResponse: m.firstResponse.With(l),
+		Items:         m.items.With(l),
+	}
+	m.endpoints[key] = e
+	return e
+}
