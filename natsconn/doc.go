@@ -1,0 +1,14 @@
+// Package natsconn builds the NATS connection that every Loom plane built on
+// NATS shares: the NATS request plane, events, work queues and the EventBus.
+//
+// [Connect] turns a [config.NATS] into a connected *nats.Conn: the server
+// URLs (NATS_SERVER), one of the four auth modes Dynamo uses (user/password,
+// token, NKey, credentials file, from the NATS_AUTH_* variables), TLS and
+// mutual TLS, reconnect settings, and logging of disconnects and reconnects
+// through log/slog.
+//
+// Connect fails fast and says why: a refused credential is reported at once
+// with the URL, the auth mode and the variables to check, never as a
+// timeout; an unreachable server is reported within the connect timeout with
+// the URLs tried.
+package natsconn

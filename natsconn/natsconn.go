@@ -1,0 +1,290 @@
+package natsconn
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/loomrt/loom/config"
+)
+
+// Defaults that Connect uses for fields of config.NATS left at their zero
+// value. They match config's defaults.
+const (
+	DefaultURL            = nats.DefaultURL
+	DefaultName           = "loom"
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultReconnectWait  = time.Second
+)
+
+// Option tunes one call of Connect.
+type Option func(*options)
+
+type options struct {
+	logger    *slog.Logger
+	inProcess nats.InProcessConnProvider
+	natsOpts  []nats.Option
+}
+
+// WithLogger sets the logger that reports disconnects, reconnects and
+// asynchronous errors of the connection; the default is slog.Default().
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.logger = l
+		}
+	}
+}
+
+// WithInProcessServer connects to a server in this process without a socket
+// (an *embedded.NATS or a *server.Server). cfg.URL is then not dialed; auth
+// and reconnect settings still apply.
+func WithInProcessServer(p nats.InProcessConnProvider) Option {
+	return func(o *options) { o.inProcess = p }
+}
+
+// WithNATSOptions adds raw nats.go options, applied after the ones Connect
+// derives from the configuration, so they win (a handler set here replaces
+// the one that logs that event).
+func WithNATSOptions(opts ...nats.Option) Option {
+	return func(o *options) { o.natsOpts = append(o.natsOpts, opts...) }
+}
+
+// Connect connects to the NATS server or cluster that cfg names and returns
+// the connection, ready to use; the caller closes it.
+//
+// cfg.URL is a comma-separated list of server URLs (NATS_SERVER); a tls://
+// URL or a TLS file turns TLS on. Exactly one auth mode may be set: User and
+// Password, Token, NKey (a user seed or the path of a file holding one) or
+// CredentialsFile; setting several is an error wrapping ErrAuthConflict.
+// Zero values take the Default constants above, except MaxReconnects, which
+// is used as given (0: never reconnect; config's default is -1: forever).
+//
+// Connect gives up after cfg.ConnectTimeout or when ctx ends, whichever
+// comes first. A server that refuses the credentials fails the call at once
+// with an error naming the URL, the auth mode and the variables to check;
+// errors wrap nats.go's (errors.Is(err, nats.ErrAuthorization),
+// nats.ErrNoServers) and the context's.
+func Connect(ctx context.Context, cfg config.NATS, opts ...Option) (*nats.Conn, error) {
+	o := options{logger: slog.Default()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	urls, err := parseURLs(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	auth, err := authFor(cfg, urls)
+	if err != nil {
+		return nil, err
+	}
+	tlsConf, err := tlsFor(cfg, urls)
+	if err != nil {
+		return nil, err
+	}
+	timeout := cfg.ConnectTimeout
+	if timeout <= 0 {
+		timeout = DefaultConnectTimeout
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	c := &connector{cfg: cfg, o: o, urls: urls, auth: auth, tls: tlsConf, timeout: timeout}
+	start := time.Now()
+	nc, d, err := c.connect(cctx, urls)
+	if err != nil {
+		return nil, c.explain(ctx, cctx, err, d, time.Since(start))
+	}
+	o.logger.Debug("NATS connected", "conn", nc.Opts.Name, "url", nc.ConnectedUrlRedacted(),
+		"server", nc.ConnectedServerName(), "auth", auth.mode)
+	return nc, nil
+}
+
+// connector holds what one Connect call needs to connect, and to connect
+// again to a single server when an error needs explaining.
+type connector struct {
+	cfg     config.NATS
+	o       options
+	urls    []*url.URL
+	auth    auth
+	tls     *tls.Config
+	timeout time.Duration
+}
+
+// connect runs nats.Connect against servers, racing it with ctx: nats.go
+// takes no context, so the dialer closes the sockets it opened when ctx ends.
+func (c *connector) connect(ctx context.Context, servers []*url.URL) (*nats.Conn, *dialer, error) {
+	d := &dialer{ctx: ctx, timeout: c.timeout}
+	nopts := c.natsOptions(d)
+	list := make([]string, len(servers))
+	for i, u := range servers {
+		list[i] = u.String()
+	}
+
+	type result struct {
+		nc  *nats.Conn
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		nc, err := nats.Connect(strings.Join(list, ","), nopts...)
+		d.connectReturned()
+		done <- result{nc, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil && ctx.Err() != nil {
+			// The dialer closed the socket because ctx ended: that is the cause.
+			return nil, d, ctx.Err()
+		}
+		return r.nc, d, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.nc != nil {
+				r.nc.Close()
+			}
+		}()
+		return nil, d, ctx.Err()
+	}
+}
+
+func (c *connector) natsOptions(d *dialer) []nats.Option {
+	cfg := c.cfg
+	name := cfg.Name
+	if name == "" {
+		name = DefaultName
+	}
+	wait := cfg.ReconnectWait
+	if wait <= 0 {
+		wait = DefaultReconnectWait
+	}
+	nopts := []nats.Option{
+		nats.Name(name),
+		nats.Timeout(c.timeout),
+		nats.ReconnectWait(wait),
+		nats.MaxReconnects(cfg.MaxReconnects),
+		nats.SetCustomDialer(d),
+	}
+	if cfg.ReconnectBufferSize != 0 {
+		nopts = append(nopts, nats.ReconnectBufSize(cfg.ReconnectBufferSize))
+	}
+	if c.auth.opt != nil {
+		nopts = append(nopts, c.auth.opt)
+	}
+	if c.tls != nil {
+		nopts = append(nopts, nats.Secure(c.tls))
+	}
+	if c.o.inProcess != nil {
+		nopts = append(nopts, nats.InProcessServer(inProcess{c.o.inProcess, d}))
+	}
+	nopts = append(nopts, handlers(c.o.logger.With("conn", name))...)
+	return append(nopts, c.o.natsOpts...)
+}
+
+// handlers log the connection's life after Connect returned.
+func handlers(l *slog.Logger) []nats.Option {
+	// nats.go reports no URL once disconnected; remember the last one.
+	var last atomic.Pointer[string]
+	remember := func(nc *nats.Conn) string {
+		u := nc.ConnectedUrlRedacted()
+		last.Store(&u)
+		return u
+	}
+	lastURL := func() string {
+		if u := last.Load(); u != nil {
+			return *u
+		}
+		return ""
+	}
+	return []nats.Option{
+		nats.ConnectHandler(func(nc *nats.Conn) { remember(nc) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				l.Warn("NATS disconnected; reconnecting", "url", lastURL(), "err", err)
+				return
+			}
+			l.Debug("NATS disconnected", "url", lastURL())
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			l.Info("NATS reconnected", "url", remember(nc))
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			l.Warn("NATS reconnect attempt failed", "err", err)
+		}),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			if err := nc.LastError(); err != nil {
+				l.Error("NATS connection closed", "url", lastURL(), "err", err)
+				return
+			}
+			l.Debug("NATS connection closed", "url", lastURL())
+		}),
+		nats.LameDuckModeHandler(func(nc *nats.Conn) {
+			l.Warn("NATS server entering lame duck mode; the connection will move to another server",
+				"url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				l.Error("NATS asynchronous error", "subject", sub.Subject, "err", err)
+				return
+			}
+			l.Error("NATS asynchronous error", "err", err)
+		}),
+	}
+}
+
+// parseURLs splits NATS_SERVER's comma-separated list.
+func parseURLs(s string) ([]*url.URL, error) {
+	if strings.TrimSpace(s) == "" {
+		s = DefaultURL
+	}
+	var urls []*url.URL
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		raw := part
+		if !strings.Contains(part, "://") {
+			part = "nats://" + part
+		}
+		u, err := url.Parse(part)
+		if err != nil || u.Hostname() == "" {
+			// Hide the user info: it may hold a password.
+			if i := strings.LastIndex(raw, "@"); i >= 0 {
+				raw = "…@" + raw[i+1:]
+			}
+			return nil, fmt.Errorf("natsconn: bad NATS URL %q in nats.url (NATS_SERVER): want nats://host:port or tls://host:port", raw)
+		}
+		switch u.Scheme {
+		case "nats", "tls":
+			if u.Port() == "" {
+				u.Host = net.JoinHostPort(u.Hostname(), "4222")
+			}
+		case "ws", "wss":
+		default:
+			return nil, fmt.Errorf("natsconn: NATS URL %s in nats.url (NATS_SERVER) has scheme %q; want nats, tls, ws or wss", u.Redacted(), u.Scheme)
+		}
+		urls = append(urls, u)
+	}
+	if len(urls) == 0 {
+		return nil, errors.New("natsconn: nats.url (NATS_SERVER) lists no server URL")
+	}
+	return urls, nil
+}
+
+func redacted(urls []*url.URL) string {
+	s := make([]string, len(urls))
+	for i, u := range urls {
+		s[i] = u.Redacted()
+	}
+	return strings.Join(s, ", ")
+}

@@ -1,0 +1,469 @@
+package natsconn_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/natsconn"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const connectTimeout = 5 * time.Second
+
+// fast is how long a refused credential may take: well under connectTimeout.
+const fast = time.Second
+
+func natsCfg(url string) config.NATS {
+	return config.NATS{URL: url, ConnectTimeout: connectTimeout, MaxReconnects: -1}
+}
+
+// roundTrip checks that the connection really works.
+func roundTrip(t *testing.T, nc *nats.Conn) {
+	t.Helper()
+	sub, err := nc.Subscribe("ping", func(m *nats.Msg) { _ = m.Respond([]byte("pong")) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	msg, err := nc.Request("ping", nil, 2*time.Second)
+	if err != nil {
+		t.Fatalf("request: %v", err)
+	}
+	if string(msg.Data) != "pong" {
+		t.Fatalf("reply %q, want pong", msg.Data)
+	}
+}
+
+func TestConnectWithEachAuthMode(t *testing.T) {
+	good, bad := newUser(t), newUser(t)
+	goodSeedFile := writeFile(t, "good.nk", []byte(good.seed+"\n"))
+	op := newOperator(t)
+
+	servers := map[string]embedded.NATSOptions{
+		"users":    {Users: map[string]string{"bob": "s3cret"}},
+		"token":    {Token: "t0ken"},
+		"nkeys":    {NKeys: []string{good.pub}},
+		"operator": {Operator: op.server},
+	}
+	urls := map[string]string{}
+	for name, opts := range servers {
+		urls[name] = startNATS(t, opts).ClientURL()
+	}
+
+	tests := []struct {
+		name   string
+		server string
+		set    func(*config.NATS)
+		want   []string // in the error; none means success
+	}{
+		{name: "user and password are accepted", server: "users",
+			set: func(c *config.NATS) { c.User, c.Password = "bob", "s3cret" }},
+		{name: "a wrong password is refused", server: "users",
+			set:  func(c *config.NATS) { c.User, c.Password = "bob", "wrong" },
+			want: []string{`refused user "bob": authorization violation (check NATS_AUTH_USERNAME and NATS_AUTH_PASSWORD)`}},
+		{name: "no credentials are refused", server: "users",
+			set:  func(*config.NATS) {},
+			want: []string{"refused a connection without credentials", "NATS_AUTH_USERNAME", "NATS_AUTH_TOKEN", "NATS_AUTH_NKEY", "NATS_AUTH_CREDENTIALS_FILE"}},
+		{name: "the token is accepted", server: "token",
+			set: func(c *config.NATS) { c.Token = "t0ken" }},
+		{name: "a wrong token is refused", server: "token",
+			set:  func(c *config.NATS) { c.Token = "nope" },
+			want: []string{"refused token auth: authorization violation (check NATS_AUTH_TOKEN)"}},
+		{name: "an NKey seed string is accepted", server: "nkeys",
+			set: func(c *config.NATS) { c.NKey = good.seed }},
+		{name: "an NKey seed file is accepted", server: "nkeys",
+			set: func(c *config.NATS) { c.NKey = goodSeedFile }},
+		{name: "an unknown NKey is refused", server: "nkeys",
+			set:  func(c *config.NATS) { c.NKey = bad.seed },
+			want: []string{"refused NKey " + bad.pub + ": authorization violation", "NATS_AUTH_NKEY"}},
+		{name: "a credentials file is accepted", server: "operator",
+			set: func(c *config.NATS) { c.CredentialsFile = creds(t, op.known, "alice") }},
+		{name: "a user of an unknown account is refused", server: "operator",
+			set:  func(c *config.NATS) { c.CredentialsFile = creds(t, op.unknown, "mallory") },
+			want: []string{"refused credentials file", "(user mallory): authorization violation", "NATS_AUTH_CREDENTIALS_FILE"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := natsCfg(urls[tt.server])
+			tt.set(&cfg)
+			begin := time.Now()
+			nc, err := natsconn.Connect(t.Context(), cfg)
+			elapsed := time.Since(begin)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Connect: %v", err)
+				}
+				defer nc.Close()
+				roundTrip(t, nc)
+				return
+			}
+			if err == nil {
+				nc.Close()
+				t.Fatal("Connect succeeded; want it refused")
+			}
+			t.Log(err)
+			if !errors.Is(err, nats.ErrAuthorization) {
+				t.Errorf("errors.Is(err, nats.ErrAuthorization) = false for %v", err)
+			}
+			if elapsed > fast {
+				t.Errorf("refusal took %s; want under %s (ConnectTimeout %s)", elapsed, fast, connectTimeout)
+			}
+			msg := err.Error()
+			for _, w := range append(tt.want, "natsconn: "+urls[tt.server]+" refused") {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q lacks %q", msg, w)
+				}
+			}
+			for _, secret := range []string{"wrong", "nope", bad.seed} {
+				if strings.Contains(msg, secret) {
+					t.Errorf("error %q leaks the secret %q", msg, secret)
+				}
+			}
+		})
+	}
+}
+
+func TestConnectRejectsBadConfigBeforeDialing(t *testing.T) {
+	seed := newUser(t).seed
+	mangled := seed[:len(seed)-3] + "AAA"
+	notPEM := writeFile(t, "ca.pem", []byte("not a certificate"))
+	noSeed := writeFile(t, "empty.nk", []byte("nothing here\n"))
+	junkCreds := writeFile(t, "junk.creds", []byte("junk"))
+	url := deadURL(t)
+
+	tests := []struct {
+		name   string
+		set    func(*config.NATS)
+		is     error
+		want   []string
+		secret string
+	}{
+		{name: "user and token together conflict",
+			set:  func(c *config.NATS) { c.User, c.Password, c.Token = "bob", "pw", "tok" },
+			is:   natsconn.ErrAuthConflict,
+			want: []string{"more than one NATS auth mode", "NATS_AUTH_USERNAME", "NATS_AUTH_PASSWORD", "NATS_AUTH_TOKEN", "set only one"}},
+		{name: "NKey and credentials file together conflict",
+			set:  func(c *config.NATS) { c.NKey, c.CredentialsFile = seed, "/x.creds" },
+			is:   natsconn.ErrAuthConflict,
+			want: []string{"NATS_AUTH_NKEY", "NATS_AUTH_CREDENTIALS_FILE"}, secret: seed},
+		{name: "a password without a user",
+			set:  func(c *config.NATS) { c.Password = "pw" },
+			want: []string{"NATS_AUTH_PASSWORD", "NATS_AUTH_USERNAME"}},
+		{name: "a mangled NKey seed",
+			set:  func(c *config.NATS) { c.NKey = mangled },
+			want: []string{"NATS_AUTH_NKEY", "not a valid NKey seed"}, secret: mangled},
+		{name: "an NKey file that does not exist",
+			set:  func(c *config.NATS) { c.NKey = "/no/such/seed.nk" },
+			want: []string{"NATS_AUTH_NKEY", "neither an NKey seed nor a readable file", "/no/such/seed.nk"}},
+		{name: "an NKey file without a seed",
+			set:  func(c *config.NATS) { c.NKey = noSeed },
+			want: []string{noSeed, "holds no valid NKey seed"}},
+		{name: "a credentials file that does not exist",
+			set:  func(c *config.NATS) { c.CredentialsFile = "/no/such.creds" },
+			want: []string{"NATS_AUTH_CREDENTIALS_FILE", "/no/such.creds"}},
+		{name: "a credentials file without a JWT",
+			set:  func(c *config.NATS) { c.CredentialsFile = junkCreds },
+			want: []string{junkCreds, "no valid user JWT"}},
+		{name: "a CA file that does not exist",
+			set:  func(c *config.NATS) { c.TLSCAFile = "/no/ca.pem" },
+			want: []string{"nats.tls_ca_file", "/no/ca.pem"}},
+		{name: "a CA file that is not PEM",
+			set:  func(c *config.NATS) { c.TLSCAFile = notPEM },
+			want: []string{notPEM, "holds no PEM certificate"}},
+		{name: "a client certificate without its key",
+			set:  func(c *config.NATS) { c.TLSCertFile = "/c.pem" },
+			want: []string{"nats.tls_cert_file", "nats.tls_key_file"}},
+		{name: "a URL with an unknown scheme",
+			set:  func(c *config.NATS) { c.URL = "http://127.0.0.1:4222" },
+			want: []string{"NATS_SERVER", `scheme "http"`}},
+		{name: "a URL list without a URL",
+			set:  func(c *config.NATS) { c.URL = " , " },
+			want: []string{"NATS_SERVER", "no server URL"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := natsCfg(url)
+			tt.set(&cfg)
+			nc, err := natsconn.Connect(t.Context(), cfg)
+			if err == nil {
+				nc.Close()
+				t.Fatal("Connect succeeded")
+			}
+			t.Log(err)
+			if tt.is != nil && !errors.Is(err, tt.is) {
+				t.Errorf("errors.Is(err, %v) = false", tt.is)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if tt.secret != "" && strings.Contains(err.Error(), tt.secret) {
+				t.Errorf("error %q leaks the secret", err)
+			}
+		})
+	}
+}
+
+func TestConnectOverTLS(t *testing.T) {
+	p, other := newPKI(t, "loom"), newPKI(t, "other")
+	tlsURL := startNATS(t, embedded.NATSOptions{TLS: p.serverTLS(false)}).ClientURL()
+	mtlsURL := startNATS(t, embedded.NATSOptions{TLS: p.serverTLS(true)}).ClientURL()
+	if !strings.HasPrefix(tlsURL, "tls://") {
+		t.Fatalf("ClientURL %s of a TLS server is not tls://", tlsURL)
+	}
+
+	tests := []struct {
+		name string
+		url  string
+		set  func(*config.NATS)
+		want []string
+	}{
+		{name: "the server is verified with the CA file", url: tlsURL,
+			set: func(c *config.NATS) { c.TLSCAFile = p.caFile }},
+		{name: "a nats:// URL with a CA file uses TLS too", url: strings.Replace(tlsURL, "tls://", "nats://", 1),
+			set: func(c *config.NATS) { c.TLSCAFile = p.caFile }},
+		{name: "a server signed by another CA is rejected", url: tlsURL,
+			set:  func(c *config.NATS) { c.TLSCAFile = other.caFile },
+			want: []string{"TLS with " + tlsURL + " failed", "certificate", other.caFile}},
+		{name: "mutual TLS with a client certificate", url: mtlsURL,
+			set: func(c *config.NATS) { c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile = p.caFile, p.clientCert, p.clientKey }},
+		{name: "mutual TLS without a client certificate is rejected", url: mtlsURL,
+			set:  func(c *config.NATS) { c.TLSCAFile = p.caFile },
+			want: []string{"TLS with " + mtlsURL + " failed", "nats.tls_cert_file"}},
+		{name: "mutual TLS with another CA's client certificate is rejected", url: mtlsURL,
+			set: func(c *config.NATS) {
+				c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile = p.caFile, other.clientCert, other.clientKey
+			},
+			want: []string{"TLS with " + mtlsURL + " failed", other.clientCert}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := natsCfg(tt.url)
+			tt.set(&cfg)
+			begin := time.Now()
+			nc, err := natsconn.Connect(t.Context(), cfg)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Connect: %v", err)
+				}
+				defer nc.Close()
+				if !nc.TLSRequired() {
+					t.Error("connection is not TLS")
+				}
+				roundTrip(t, nc)
+				return
+			}
+			if err == nil {
+				nc.Close()
+				t.Fatal("Connect succeeded")
+			}
+			t.Log(err)
+			if d := time.Since(begin); d > fast {
+				t.Errorf("failure took %s; want under %s", d, fast)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestConnectSkipsADeadFirstURL(t *testing.T) {
+	live := startNATS(t, embedded.NATSOptions{}).ClientURL()
+	cfg := natsCfg(deadURL(t) + " , " + live)
+	nc, err := natsconn.Connect(t.Context(), cfg, natsconn.WithNATSOptions(nats.DontRandomize()))
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	defer nc.Close()
+	if nc.ConnectedUrl() != live {
+		t.Errorf("connected to %s, want %s", nc.ConnectedUrl(), live)
+	}
+	roundTrip(t, nc)
+}
+
+func TestConnectReportsARefusalHiddenBehindADeadLastURL(t *testing.T) {
+	live := startNATS(t, embedded.NATSOptions{Token: "t0ken"}).ClientURL()
+	cfg := natsCfg(live + "," + deadURL(t))
+	cfg.Token = "wrong"
+	begin := time.Now()
+	_, err := natsconn.Connect(t.Context(), cfg, natsconn.WithNATSOptions(nats.DontRandomize()))
+	if err == nil {
+		t.Fatal("Connect succeeded")
+	}
+	t.Log(err)
+	if !errors.Is(err, nats.ErrAuthorization) || !strings.Contains(err.Error(), live+" refused token auth") {
+		t.Errorf("error %q does not report %s refusing the token", err, live)
+	}
+	if d := time.Since(begin); d > fast {
+		t.Errorf("failure took %s; want under %s", d, fast)
+	}
+}
+
+func TestConnectToNoServerNamesTheURLs(t *testing.T) {
+	a, b := deadURL(t), deadURL(t)
+	begin := time.Now()
+	_, err := natsconn.Connect(t.Context(), natsCfg(a+","+b))
+	if err == nil {
+		t.Fatal("Connect succeeded")
+	}
+	t.Log(err)
+	if d := time.Since(begin); d > fast {
+		t.Errorf("failure took %s; want under %s", d, fast)
+	}
+	for _, w := range []string{a, b, "NATS_SERVER", "connection refused"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+	if !errors.Is(err, nats.ErrNoServers) || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("error %q wraps neither nats.ErrNoServers nor ECONNREFUSED", err)
+	}
+}
+
+func TestConnectGivesUpAfterConnectTimeout(t *testing.T) {
+	url := silentURL(t)
+	cfg := natsCfg(url)
+	cfg.ConnectTimeout = 300 * time.Millisecond
+	begin := time.Now()
+	_, err := natsconn.Connect(t.Context(), cfg)
+	elapsed := time.Since(begin)
+	if err == nil {
+		t.Fatal("Connect succeeded")
+	}
+	t.Log(err)
+	if elapsed > cfg.ConnectTimeout+500*time.Millisecond {
+		t.Errorf("gave up after %s; ConnectTimeout is %s", elapsed, cfg.ConnectTimeout)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("error %q is not DeadlineExceeded", err)
+	}
+	for _, w := range []string{url, "NATS_SERVER", "no answer"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("error %q lacks %q", err, w)
+		}
+	}
+}
+
+func TestConnectHonoursContextCancellation(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	cfg := natsCfg(silentURL(t))
+	cfg.ConnectTimeout = time.Minute
+	begin := time.Now()
+	_, err := natsconn.Connect(ctx, cfg)
+	if err == nil {
+		t.Fatal("Connect succeeded")
+	}
+	t.Log(err)
+	if d := time.Since(begin); d > fast {
+		t.Errorf("returned %s after the cancel", d)
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("error %q is not context.Canceled", err)
+	}
+}
+
+func TestConnectInProcess(t *testing.T) {
+	ns := startNATS(t, embedded.NATSOptions{
+		Users:     map[string]string{"bob": "s3cret"},
+		Configure: func(o *server.Options) { o.DontListen = true },
+	})
+	t.Run("works without a socket", func(t *testing.T) {
+		cfg := natsCfg("")
+		cfg.User, cfg.Password = "bob", "s3cret"
+		nc, err := natsconn.Connect(t.Context(), cfg, natsconn.WithInProcessServer(ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		roundTrip(t, nc)
+	})
+	t.Run("reports a refused credential", func(t *testing.T) {
+		cfg := natsCfg("")
+		cfg.User, cfg.Password = "bob", "wrong"
+		_, err := natsconn.Connect(t.Context(), cfg, natsconn.WithInProcessServer(ns))
+		if !errors.Is(err, nats.ErrAuthorization) || !strings.Contains(err.Error(), `the in-process server refused user "bob"`) {
+			t.Errorf("err = %v; want the in-process server refusing bob", err)
+		}
+	})
+}
+
+func TestConnectLogsDisconnectAndReconnect(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	ns := startNATS(t, embedded.NATSOptions{Port: port})
+
+	var buf syncBuffer
+	cfg := natsCfg(ns.ClientURL())
+	cfg.ReconnectWait = 20 * time.Millisecond
+	cfg.Name = "logtest"
+	nc, err := natsconn.Connect(t.Context(), cfg, natsconn.WithLogger(slog.New(slog.NewTextHandler(&buf, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+
+	ns.Shutdown()
+	startNATS(t, embedded.NATSOptions{Port: port})
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(buf.String(), "NATS reconnected") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	roundTrip(t, nc)
+	log := buf.String()
+	for _, w := range []string{"NATS disconnected", "NATS reconnected", "conn=logtest", "url=nats://127.0.0.1:" + strconv.Itoa(port)} {
+		if !strings.Contains(log, w) {
+			t.Errorf("log lacks %q:\n%s", w, log)
+		}
+	}
+}
+
+func ExampleConnect() {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{Users: map[string]string{"bob": "s3cret"}})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer ns.Shutdown()
+
+	cfg := config.NATS{URL: ns.ClientURL(), User: "bob", Password: "s3cret", ConnectTimeout: 5 * time.Second}
+	nc, err := natsconn.Connect(context.Background(), cfg)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer nc.Close()
+	fmt.Println("connected as", cfg.User)
+
+	cfg.Password = "wrong"
+	_, err = natsconn.Connect(context.Background(), cfg)
+	fmt.Println(errors.Is(err, nats.ErrAuthorization))
+	// Output:
+	// connected as bob
+	// true
+}

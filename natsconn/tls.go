@@ -1,0 +1,92 @@
+package natsconn
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/loomrt/loom/config"
+)
+
+// tlsFor builds the client TLS configuration, or nil when TLS is not asked
+// for; nats.go still upgrades if the server requires TLS.
+func tlsFor(cfg config.NATS, urls []*url.URL) (*tls.Config, error) {
+	secure := cfg.TLSCAFile != "" || cfg.TLSCertFile != "" || cfg.TLSKeyFile != ""
+	for _, u := range urls {
+		secure = secure || u.Scheme == "tls" || u.Scheme == "wss"
+	}
+	if !secure {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.TLSCAFile != "" {
+		pem, err := os.ReadFile(cfg.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("natsconn: TLS CA file (nats.tls_ca_file): %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("natsconn: TLS CA file %s (nats.tls_ca_file) holds no PEM certificate", cfg.TLSCAFile)
+		}
+		tc.RootCAs = pool
+	}
+	switch {
+	case cfg.TLSCertFile != "" && cfg.TLSKeyFile != "":
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("natsconn: TLS client certificate %s with key %s (nats.tls_cert_file, nats.tls_key_file): %w",
+				cfg.TLSCertFile, cfg.TLSKeyFile, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	case cfg.TLSCertFile != "":
+		return nil, fmt.Errorf("natsconn: nats.tls_cert_file %s is set without nats.tls_key_file; mutual TLS needs both", cfg.TLSCertFile)
+	case cfg.TLSKeyFile != "":
+		return nil, fmt.Errorf("natsconn: nats.tls_key_file %s is set without nats.tls_cert_file; mutual TLS needs both", cfg.TLSKeyFile)
+	}
+	return tc, nil
+}
+
+// isTLSError reports whether err came from the TLS handshake or a TLS
+// mismatch between client and server.
+func isTLSError(err error) bool {
+	var (
+		verify    *tls.CertificateVerificationError
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		alert     tls.AlertError
+		record    tls.RecordHeaderError
+	)
+	switch {
+	case errors.As(err, &verify), errors.As(err, &unknownCA), errors.As(err, &hostname),
+		errors.As(err, &invalid), errors.As(err, &alert), errors.As(err, &record),
+		errors.Is(err, nats.ErrSecureConnWanted), errors.Is(err, nats.ErrSecureConnRequired),
+		errors.Is(err, nats.ErrTLS):
+		return true
+	}
+	// A refused client certificate arrives as a remote alert, which crypto/tls
+	// reports as an unexported type.
+	return strings.Contains(err.Error(), "remote error: tls:")
+}
+
+// tlsHint names the TLS settings and files to check.
+func tlsHint(cfg config.NATS) string {
+	var files []string
+	if cfg.TLSCAFile != "" {
+		files = append(files, "nats.tls_ca_file "+cfg.TLSCAFile)
+	} else {
+		files = append(files, "nats.tls_ca_file (unset: the system's CAs)")
+	}
+	if cfg.TLSCertFile != "" {
+		files = append(files, "nats.tls_cert_file "+cfg.TLSCertFile, "nats.tls_key_file "+cfg.TLSKeyFile)
+	} else {
+		files = append(files, "nats.tls_cert_file (unset: no client certificate)")
+	}
+	return "check " + strings.Join(files, ", ")
+}
