@@ -1,0 +1,418 @@
+package loom
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/internal/supervise"
+)
+
+// Candidate is an instance a Client may route a request to, with the
+// number of requests this client has in flight on it.
+type Candidate struct {
+	discovery.Instance
+	key      string
+	inFlight atomic.Int64
+}
+
+// InFlight returns how many of this client's requests the instance is
+// serving now.
+func (c *Candidate) InFlight() int64 { return c.inFlight.Load() }
+
+// ClientOption tunes a Client.
+type ClientOption func(*clientOptions)
+
+type clientOptions struct {
+	picker  Picker
+	wait    time.Duration
+	noRetry bool
+}
+
+// WithPicker routes requests with p instead of the picker named by
+// client.router.
+func WithPicker(p Picker) ClientOption { return func(o *clientOptions) { o.picker = p } }
+
+// WithWaitTimeout sets how long a call waits for an instance to appear
+// before failing with ErrNoInstances (default client.wait_timeout).
+func WithWaitTimeout(d time.Duration) ClientOption { return func(o *clientOptions) { o.wait = d } }
+
+// WithoutRetry turns off retrying a request on another instance when the
+// first one refuses it before responding (ErrDraining, ErrOverloaded).
+func WithoutRetry() ClientOption { return func(o *clientOptions) { o.noRetry = true } }
+
+// Client calls an endpoint. It watches discovery for the endpoint's
+// instances and routes each request with its Picker. A Client is an Engine,
+// so it can stand wherever a handler can, and it is safe for concurrent use.
+type Client[Req, Resp any] struct {
+	core *clientCore
+}
+
+// clientCore is the untyped part of a Client: the live instance set.
+type clientCore struct {
+	rt      *Runtime
+	path    string
+	query   discovery.Query
+	picker  Picker
+	wait    time.Duration
+	noRetry bool
+	cancel  context.CancelFunc // ends the client's watch
+	tasks   *supervise.Group
+
+	list atomic.Pointer[[]*Candidate] // sorted by id; replaced, never mutated
+
+	mu      sync.Mutex
+	cands   map[uint64]*Candidate
+	changed chan struct{} // closed and replaced whenever list changes
+	closed  bool
+}
+
+// NewClient returns a client of ep. It starts watching discovery at once;
+// calls wait (up to the wait timeout) for a first instance. Close it when
+// done; Runtime.Shutdown closes it too.
+func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientOption) (*Client[Req, Resp], error) {
+	rt := ep.Runtime()
+	o := clientOptions{wait: rt.cfg.Client.WaitTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.picker == nil {
+		p, err := PickerByName(rt.cfg.Client.Router)
+		if err != nil {
+			return nil, err
+		}
+		o.picker = p
+	}
+	c := &clientCore{
+		rt: rt, path: ep.path, query: ep.query(), picker: o.picker, wait: o.wait, noRetry: o.noRetry,
+		cands: make(map[uint64]*Candidate), changed: make(chan struct{}),
+	}
+	c.list.Store(&[]*Candidate{})
+	// The watch lives as long as the client, not as long as ctx.
+	cctx, cancel := context.WithCancel(rt.ctx)
+	c.cancel = cancel
+	stop := context.AfterFunc(ctx, cancel) // until the watch is set up, ctx bounds it
+	events, err := rt.disc.Watch(cctx, c.query)
+	if !stop() {
+		err = errors.Join(err, ctx.Err())
+	}
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("loom: client of %s: watch discovery: %w", ep.path, err)
+	}
+	rt.mu.Lock()
+	if rt.closed {
+		rt.mu.Unlock()
+		cancel()
+		return nil, fmt.Errorf("%w: runtime shut down; cannot create a client of %s", ErrClosed, ep.path)
+	}
+	c.tasks = supervise.New(cctx, rt.log, rt.metrics.TaskPanicked)
+	rt.clients[c] = struct{}{}
+	rt.mu.Unlock()
+	_ = c.tasks.Go("watch "+ep.path, func(ctx context.Context) error {
+		c.follow(ctx, events)
+		return nil
+	})
+	return &Client[Req, Resp]{core: c}, nil
+}
+
+// follow applies discovery events to the instance set until ctx ends. If
+// the watch ends early (the backend failed), it watches again and replaces
+// the set with the new snapshot.
+func (c *clientCore) follow(ctx context.Context, events <-chan discovery.Event) {
+	backoff := 50 * time.Millisecond
+	for {
+		wctx, cancel := context.WithCancel(ctx)
+		if events == nil {
+			var err error
+			events, err = c.rt.disc.Watch(wctx, c.query)
+			if err != nil {
+				cancel()
+				c.rt.log.Warn("client watch failed; retrying", "endpoint", c.path, "err", err, "backoff", backoff)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, 5*time.Second)
+				continue
+			}
+		}
+		snapshot := make(map[uint64]discovery.Instance)
+		synced := false
+	loop:
+		for {
+			select {
+			case <-ctx.Done():
+				cancel()
+				return
+			case ev, ok := <-events:
+				if !ok {
+					break loop
+				}
+				switch {
+				case ev.Kind == discovery.Synced:
+					synced = true
+					c.replace(snapshot)
+				case !synced && ev.Kind == discovery.Added:
+					snapshot[ev.Instance.ID] = ev.Instance
+				case !synced && ev.Kind == discovery.Removed:
+					delete(snapshot, ev.Instance.ID)
+				case ev.Kind == discovery.Added:
+					c.update(ev.Instance, true)
+				case ev.Kind == discovery.Removed:
+					c.update(ev.Instance, false)
+				}
+			}
+		}
+		cancel()
+		events = nil
+		if ctx.Err() != nil {
+			return
+		}
+		c.rt.log.Warn("client watch ended; watching again", "endpoint", c.path)
+	}
+}
+
+func (c *clientCore) replace(set map[uint64]discovery.Instance) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.cands {
+		if _, ok := set[id]; !ok {
+			delete(c.cands, id)
+		}
+	}
+	for id, inst := range set {
+		if old, ok := c.cands[id]; !ok || old.Instance.Address != inst.Address || old.Transport != inst.Transport {
+			c.cands[id] = &Candidate{Instance: inst, key: inst.Key()}
+		}
+	}
+	c.publish()
+}
+
+func (c *clientCore) update(inst discovery.Instance, added bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if added {
+		c.cands[inst.ID] = &Candidate{Instance: inst, key: inst.Key()}
+	} else {
+		delete(c.cands, inst.ID)
+	}
+	c.publish()
+}
+
+// publish stores a new sorted list and wakes waiters; c.mu is held.
+func (c *clientCore) publish() {
+	list := make([]*Candidate, 0, len(c.cands))
+	for _, cand := range c.cands {
+		list = append(list, cand)
+	}
+	slices.SortFunc(list, func(a, b *Candidate) int { return cmp.Compare(a.ID, b.ID) })
+	c.list.Store(&list)
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+func (c *clientCore) close() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	c.cancel()
+	_ = c.tasks.Stop(context.Background())
+	c.rt.mu.Lock()
+	delete(c.rt.clients, c)
+	c.rt.mu.Unlock()
+}
+
+// errExhausted: every instance was tried.
+var errExhausted = errors.New("loom: every instance refused the request")
+
+// pick chooses an instance, waiting up to c.wait for one to appear. With
+// direct set, only that instance will do; tried instances are skipped.
+func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate) (*Candidate, error) {
+	var timer *time.Timer
+	for {
+		c.mu.Lock()
+		list, changed, closed := *c.list.Load(), c.changed, c.closed
+		c.mu.Unlock()
+		if closed {
+			return nil, fmt.Errorf("%w: client of %s", ErrClosed, c.path)
+		}
+		if direct != 0 || len(tried) > 0 {
+			list = filter(list, direct, tried)
+		}
+		if len(list) > 0 {
+			cand, err := c.picker.Pick(ctx, list)
+			if err != nil {
+				return nil, fmt.Errorf("loom: %s: picker: %w", c.path, err)
+			}
+			if cand == nil {
+				return nil, fmt.Errorf("loom: %s: picker chose no instance", c.path)
+			}
+			return cand, nil
+		}
+		if len(tried) > 0 {
+			return nil, errExhausted
+		}
+		if timer == nil {
+			timer = time.NewTimer(c.wait)
+			defer timer.Stop()
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-timer.C:
+			if direct != 0 {
+				return nil, fmt.Errorf("%w: instance %x of %s not found after %s (`loom ls %s` lists instances)", ErrNoInstances, direct, c.path, c.wait, c.path)
+			}
+			return nil, fmt.Errorf("%w: none of %s appeared within %s (is a server for it running and registered in the same discovery? `loom ls %s` lists instances; client.wait_timeout sets the wait)", ErrNoInstances, c.path, c.wait, c.path)
+		}
+	}
+}
+
+func filter(list []*Candidate, direct uint64, tried []*Candidate) []*Candidate {
+	out := make([]*Candidate, 0, len(list))
+	for _, cand := range list {
+		if (direct == 0 || cand.ID == direct) && !slices.Contains(tried, cand) {
+			out = append(out, cand)
+		}
+	}
+	return out
+}
+
+// Generate routes req to an instance and streams its responses. A call
+// refused before its first response (the instance is draining or
+// overloaded) is retried on another instance unless WithoutRetry was given;
+// a stream that breaks after its first response ends with an error.
+func (c *Client[Req, Resp]) Generate(ctx context.Context, req Req) iter.Seq2[Resp, error] {
+	return func(yield func(Resp, error) bool) { c.run(ctx, req, 0, yield) }
+}
+
+// Direct returns an Engine that sends every request to the instance with
+// the given id, waiting for it to appear like Generate does.
+func (c *Client[Req, Resp]) Direct(id uint64) Engine[Req, Resp] {
+	return EngineFunc[Req, Resp](func(ctx context.Context, req Req) iter.Seq2[Resp, error] {
+		return func(yield func(Resp, error) bool) { c.run(ctx, req, id, yield) }
+	})
+}
+
+func (c *Client[Req, Resp]) run(ctx context.Context, req Req, direct uint64, yield func(Resp, error) bool) {
+	var tried []*Candidate
+	var last error
+	for {
+		cand, err := c.core.pick(ctx, direct, tried)
+		if err != nil {
+			if errors.Is(err, errExhausted) {
+				err = last
+			}
+			var zero Resp
+			yield(zero, err)
+			return
+		}
+		started, err := c.call(ctx, cand, req, yield)
+		if err == nil {
+			return
+		}
+		if !started && retryable(err) && !c.core.noRetry && direct == 0 {
+			tried = append(tried, cand)
+			last = err
+			continue
+		}
+		var zero Resp
+		yield(zero, err)
+		return
+	}
+}
+
+// call sends req to one instance.
+func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, yield func(Resp, error) bool) (bool, error) {
+	cand.inFlight.Add(1)
+	defer cand.inFlight.Add(-1)
+	if v, ok := localServers.Load(cand.key); ok {
+		s := v.(*served)
+		if eng, ok := s.engine.(Engine[Req, Resp]); ok {
+			return serveTyped(ctx, s, eng, req, yield)
+		}
+		return callRaw(ctx, s, req, yield)
+	}
+	if cand.Transport == "local" {
+		// Only reachable inside its own process, and not found in this one:
+		// it has shut down and discovery has not caught up yet.
+		return false, fmt.Errorf("%w: %s instance %x is gone (transport local)", errGone, c.core.path, cand.ID)
+	}
+	return false, fmt.Errorf("loom: %s instance %x is served by another process over %q, and this runtime has no such transport", c.core.path, cand.ID, cand.Transport)
+}
+
+var errConsumerStopped = errors.New("loom: consumer stopped reading")
+
+// callRaw calls a handler in this process whose types differ from the
+// caller's, through the endpoint's codec, as the network would.
+func callRaw[Req, Resp any](ctx context.Context, s *served, req Req, yield func(Resp, error) bool) (bool, error) {
+	payload, err := s.codec.Marshal(nil, req)
+	if err != nil {
+		return false, fmt.Errorf("loom: %s: encode request: %w", s.ep.path, err)
+	}
+	started, err := s.raw(ctx, s.codec, payload, func(b []byte) error {
+		var item Resp
+		if err := s.codec.Unmarshal(b, &item); err != nil {
+			return fmt.Errorf("loom: %s: response does not decode as the caller's type: %w", s.ep.path, err)
+		}
+		if !yield(item, nil) {
+			return errConsumerStopped
+		}
+		return nil
+	})
+	if errors.Is(err, errConsumerStopped) {
+		err = nil
+	}
+	return started, err
+}
+
+// Instances returns the instances the client currently knows, by id.
+func (c *Client[Req, Resp]) Instances() []discovery.Instance {
+	list := *c.core.list.Load()
+	out := make([]discovery.Instance, len(list))
+	for i, cand := range list {
+		out[i] = cand.Instance
+	}
+	return out
+}
+
+// WaitForInstances blocks until the client knows at least n instances or
+// ctx ends.
+func (c *Client[Req, Resp]) WaitForInstances(ctx context.Context, n int) error {
+	for {
+		c.core.mu.Lock()
+		have, changed, closed := len(*c.core.list.Load()), c.core.changed, c.core.closed
+		c.core.mu.Unlock()
+		if have >= n {
+			return nil
+		}
+		if closed {
+			return fmt.Errorf("%w: client of %s", ErrClosed, c.core.path)
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("loom: %s: %d of %d instances: %w", c.core.path, have, n, ctx.Err())
+		}
+	}
+}
+
+// Close stops the client's discovery watch. Calls in progress finish; new
+// ones fail with ErrClosed.
+func (c *Client[Req, Resp]) Close() { c.core.close() }

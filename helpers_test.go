@@ -1,0 +1,125 @@
+package loom_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"iter"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/memory"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// cluster is a set of runtimes in one process sharing a private discovery
+// store, standing in for several processes.
+type cluster struct {
+	t     *testing.T
+	store *memory.Store
+	cfg   config.Config
+}
+
+func newCluster(t *testing.T) *cluster {
+	cfg := config.Default()
+	cfg.Client.WaitTimeout = 2 * time.Second
+	return &cluster{t: t, store: memory.NewStore(), cfg: cfg}
+}
+
+// runtime starts a runtime in the cluster; it is shut down when the test ends.
+func (c *cluster) runtime(opts ...loom.Option) *loom.Runtime {
+	c.t.Helper()
+	d := c.store.Connect()
+	opts = append([]loom.Option{loom.WithConfig(c.cfg), loom.WithDiscovery(d), loom.WithLogger(quiet)}, opts...)
+	rt, err := loom.NewRuntime(context.Background(), opts...)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = rt.Shutdown(ctx)
+		_ = d.Close()
+	})
+	return rt
+}
+
+func endpoint(t *testing.T, rt *loom.Runtime, path string) *loom.Endpoint {
+	t.Helper()
+	ep, err := rt.Endpoint(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ep
+}
+
+// serve serves path on rt with fn.
+func serve[Req, Resp any](t *testing.T, rt *loom.Runtime, path string, fn func(ctx context.Context, req Req) iter.Seq2[Resp, error]) *loom.Endpoint {
+	t.Helper()
+	ep := endpoint(t, rt, path)
+	if err := loom.Serve(context.Background(), ep, loom.EngineFunc[Req, Resp](fn)); err != nil {
+		t.Fatal(err)
+	}
+	return ep
+}
+
+func client[Req, Resp any](t *testing.T, rt *loom.Runtime, path string, opts ...loom.ClientOption) *loom.Client[Req, Resp] {
+	t.Helper()
+	c, err := loom.NewClient[Req, Resp](context.Background(), endpoint(t, rt, path), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func waitInstances[Req, Resp any](t *testing.T, c *loom.Client[Req, Resp], n int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.WaitForInstances(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// collect drains a stream into a slice and its final error.
+func collect[T any](seq iter.Seq2[T, error]) ([]T, error) {
+	var out []T
+	for v, err := range seq {
+		if err != nil {
+			return out, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// echoID streams the serving runtime's id n times.
+func echoID(rt *loom.Runtime) func(ctx context.Context, n int) iter.Seq2[uint64, error] {
+	return func(ctx context.Context, n int) iter.Seq2[uint64, error] {
+		return func(yield func(uint64, error) bool) {
+			for range n {
+				if !yield(rt.ID(), nil) {
+					return
+				}
+			}
+		}
+	}
+}
+
+func within(t *testing.T, d time.Duration, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(d):
+		t.Fatalf("%s did not happen within %s", what, d)
+	}
+}
+
+var _ = discovery.Added
+var _ = fmt.Sprint

@@ -1,0 +1,237 @@
+package loom_test
+
+import (
+	"context"
+	"errors"
+	"iter"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/discovery"
+)
+
+func TestTheContextTree(t *testing.T) {
+	// blocking serves an endpoint whose handler reports its context and
+	// waits for it to end.
+	blocking := func(t *testing.T, rt *loom.Runtime, path string) (*loom.Endpoint, chan context.Context) {
+		ctxs := make(chan context.Context, 1)
+		ep := serve(t, rt, path, func(ctx context.Context, _ int) iter.Seq2[int, error] {
+			return func(yield func(int, error) bool) {
+				ctxs <- ctx
+				<-ctx.Done()
+			}
+		})
+		return ep, ctxs
+	}
+	t.Run("cancelling a component cancels its endpoints and their requests", func(t *testing.T) {
+		rt := newCluster(t).runtime()
+		ep, ctxs := blocking(t, rt, "tree/comp/a")
+		other := serve(t, rt, "tree/other/b", echoID(rt))
+		go func() { _, _ = collect(client[int, int](t, rt, "tree/comp/a").Generate(context.Background(), 0)) }()
+		reqCtx := <-ctxs
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		defer cancel()
+		_ = ep.Component().Shutdown(ctx)
+		within(t, time.Second, reqCtx.Done(), "the request context ending")
+		within(t, time.Second, ep.Context().Done(), "the endpoint context ending")
+		if rt.Context().Err() != nil || other.Context().Err() != nil {
+			t.Fatal("cancelling a component cancelled its runtime or a sibling component")
+		}
+	})
+	t.Run("cancelling a request never cancels its endpoint", func(t *testing.T) {
+		rt := newCluster(t).runtime()
+		ep, ctxs := blocking(t, rt, "tree/req/a")
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { _, _ = collect(client[int, int](t, rt, "tree/req/a").Generate(ctx, 0)) }()
+		reqCtx := <-ctxs
+		cancel()
+		within(t, time.Second, reqCtx.Done(), "the request context ending")
+		if ep.Context().Err() != nil || ep.Component().Context().Err() != nil || rt.Context().Err() != nil {
+			t.Fatal("cancelling a request cancelled a parent")
+		}
+	})
+	t.Run("shutting the runtime down cancels everything below it", func(t *testing.T) {
+		rt := newCluster(t).runtime()
+		ep, ctxs := blocking(t, rt, "tree/rt/a")
+		go func() { _, _ = collect(client[int, int](t, rt, "tree/rt/a").Generate(context.Background(), 0)) }()
+		reqCtx := <-ctxs
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		defer cancel()
+		err := rt.Shutdown(ctx)
+		if err == nil || !strings.Contains(err.Error(), "1 requests still running") {
+			t.Errorf("Shutdown = %v, want it to report the cancelled request", err)
+		}
+		for name, c := range map[string]context.Context{"request": reqCtx, "endpoint": ep.Context(), "component": ep.Component().Context(), "runtime": rt.Context()} {
+			within(t, time.Second, c.Done(), "the "+name+" context ending")
+		}
+	})
+}
+
+func TestAnEndpointDrainsOnShutdown(t *testing.T) {
+	c := newCluster(t)
+	caller := c.runtime()
+	slowRT, otherRT := c.runtime(), c.runtime()
+	inHandler, finish := make(chan struct{}), make(chan struct{})
+	slow := serve(t, slowRT, "drain/svc/gen", func(ctx context.Context, wait bool) iter.Seq2[uint64, error] {
+		return func(yield func(uint64, error) bool) {
+			if wait {
+				close(inHandler)
+				<-finish
+			}
+			yield(slowRT.ID(), nil)
+		}
+	})
+	serve(t, otherRT, "drain/svc/gen", echoIDBool(otherRT))
+	cl := client[bool, uint64](t, caller, "drain/svc/gen")
+	waitInstances(t, cl, 2)
+
+	var inflight []uint64
+	var inflightErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { inflight, inflightErr = collect(cl.Direct(slowRT.ID()).Generate(context.Background(), true)) })
+	<-inHandler
+
+	shutdownDone := make(chan error, 1)
+	go func() { shutdownDone <- slow.Shutdown(context.Background()) }()
+
+	// The instance leaves discovery at once; new calls go to the other.
+	deadline := time.Now().Add(2 * time.Second)
+	for len(cl.Instances()) != 1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := len(cl.Instances()); n != 1 {
+		t.Fatalf("client sees %d instances after shutdown began, want 1", n)
+	}
+	for range 10 {
+		got, err := collect(cl.Generate(context.Background(), false))
+		if err != nil || got[0] != otherRT.ID() {
+			t.Fatalf("a new call during the drain got %v, %v; want the other instance", got, err)
+		}
+	}
+	select {
+	case err := <-shutdownDone:
+		t.Fatalf("Shutdown returned (%v) with a request in flight", err)
+	default:
+	}
+	close(finish)
+	wg.Wait()
+	if inflightErr != nil || len(inflight) != 1 || inflight[0] != slowRT.ID() {
+		t.Fatalf("the in-flight request got %v, %v; want it to finish", inflight, inflightErr)
+	}
+	if err := <-shutdownDone; err != nil {
+		t.Fatalf("Shutdown = %v after a clean drain", err)
+	}
+	list, err := c.store.Connect().List(context.Background(), discovery.Query{Namespace: "drain"})
+	if err != nil || len(list) != 1 || list[0].ID != otherRT.ID() {
+		t.Fatalf("discovery holds %v (%v), want only the other instance", list, err)
+	}
+}
+
+// laggingDiscovery holds each Unregister until released, as a remote
+// store's watchers lag behind a shutdown.
+type laggingDiscovery struct {
+	discovery.Discovery
+	release chan struct{}
+}
+
+func (d laggingDiscovery) Unregister(ctx context.Context, inst discovery.Instance) error {
+	<-d.release
+	return d.Discovery.Unregister(ctx, inst)
+}
+
+func TestADrainingInstanceIsRetriedElsewhere(t *testing.T) {
+	c := newCluster(t)
+	caller := c.runtime()
+	lag := laggingDiscovery{Discovery: c.store.Connect(), release: make(chan struct{})}
+	defer lag.Close()
+	a, b := c.runtime(loom.WithDiscovery(lag)), c.runtime()
+	epA := serve(t, a, "retry/svc/id", echoID(a))
+	serve(t, b, "retry/svc/id", echoID(b))
+	preferA := loom.PickerFunc(func(_ context.Context, cs []*loom.Candidate) (*loom.Candidate, error) {
+		for _, cand := range cs {
+			if cand.ID == a.ID() {
+				return cand, nil
+			}
+		}
+		return cs[0], nil
+	})
+	cl := client[int, uint64](t, caller, "retry/svc/id", loom.WithPicker(preferA))
+	noRetry := client[int, uint64](t, caller, "retry/svc/id", loom.WithoutRetry(), loom.WithPicker(preferA))
+	waitInstances(t, cl, 2)
+	waitInstances(t, noRetry, 2)
+
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- epA.Shutdown(context.Background()) }()
+	// a refuses while its record is still in discovery.
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		_, err := collect(noRetry.Generate(context.Background(), 1))
+		if errors.Is(err, loom.ErrDraining) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("without retry: %v, want ErrDraining once a is draining", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if len(cl.Instances()) != 2 {
+		t.Fatal("the test needs the client to still see the draining instance")
+	}
+	got, err := collect(cl.Generate(context.Background(), 1))
+	if err != nil || got[0] != b.ID() {
+		t.Fatalf("got %v, %v; want the call retried on the other instance", got, err)
+	}
+	close(lag.release)
+	if err := <-shutdown; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func echoIDBool(rt *loom.Runtime) func(ctx context.Context, _ bool) iter.Seq2[uint64, error] {
+	return func(ctx context.Context, _ bool) iter.Seq2[uint64, error] {
+		return func(yield func(uint64, error) bool) { yield(rt.ID(), nil) }
+	}
+}
+
+func TestBackgroundTaskPanicsAreCountedNotFatal(t *testing.T) {
+	rt := newCluster(t).runtime()
+	done := make(chan struct{})
+	if err := rt.Go("flaky-watch", func(ctx context.Context) error {
+		defer close(done)
+		panic("nil map")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		mfs, err := rt.Metrics().Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "loom_background_task_panics_total" && mf.GetMetric()[0].GetCounter().GetValue() == 1 {
+				return
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatal("loom_background_task_panics_total did not count the panic")
+}
+
+func TestAfterShutdownCallsFailClearly(t *testing.T) {
+	rt := newCluster(t).runtime()
+	if err := rt.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := rt.Endpoint("after/shut/down")
+	if err == nil {
+		err = loom.Serve(context.Background(), ep, loom.EngineFunc[int, uint64](echoID(rt)))
+	}
+	if !errors.Is(err, loom.ErrClosed) {
+		t.Fatalf("serving after shutdown: %v, want ErrClosed", err)
+	}
+}

@@ -1,0 +1,329 @@
+package loom
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/memory"
+	"github.com/loomrt/loom/internal/supervise"
+	"github.com/loomrt/loom/metrics"
+	"github.com/loomrt/loom/natsconn"
+)
+
+// Runtime is one process's connection to a Loom system: its configuration,
+// discovery, transports, metrics and lifecycle. It is the root of the
+// context tree runtime -> component -> endpoint -> request.
+//
+// A process usually has one, made by Run or NewRuntime. Several in one
+// process (as the demo runs, one per simulated worker) find each other
+// through the process-wide memory discovery store, or any shared backend.
+type Runtime struct {
+	cfg     config.Config
+	id      uint64
+	log     *slog.Logger
+	disc    discovery.Discovery
+	ownDisc bool
+	metrics *metrics.Metrics
+	ctx     context.Context
+	cancel  context.CancelFunc
+	tasks   *supervise.Group
+
+	natsMu  sync.Mutex
+	nc      *nats.Conn
+	ownNATS bool
+
+	mu         sync.Mutex
+	closed     bool
+	namespaces map[string]*Namespace
+	components map[string]*Component
+	clients    map[*clientCore]struct{}
+}
+
+// Option configures a Runtime.
+type Option func(*options)
+
+type options struct {
+	cfg    *config.Config
+	disc   discovery.Discovery
+	nc     *nats.Conn
+	log    *slog.Logger
+	id     uint64
+	metric *metrics.Metrics
+}
+
+// WithConfig uses cfg instead of loading the configuration from its layers
+// (config.Load).
+func WithConfig(cfg config.Config) Option { return func(o *options) { o.cfg = &cfg } }
+
+// WithDiscovery uses d instead of the backend named by discovery.backend.
+// The runtime does not close d.
+func WithDiscovery(d discovery.Discovery) Option { return func(o *options) { o.disc = d } }
+
+// WithNATSConn uses nc instead of connecting to nats.url. The runtime does
+// not close nc.
+func WithNATSConn(nc *nats.Conn) Option { return func(o *options) { o.nc = nc } }
+
+// WithLogger logs to l instead of a logger built from the log.* keys.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithInstanceID sets the runtime's instance id instead of a random one
+// (or, on etcd, the lease id). It must be between 1 and 2^53-1.
+func WithInstanceID(id uint64) Option { return func(o *options) { o.id = id } }
+
+// WithMetrics records into m instead of a new set, so that several
+// runtimes in one process can share one registry.
+func WithMetrics(m *metrics.Metrics) Option { return func(o *options) { o.metric = m } }
+
+// maxJSONSafe is the largest integer a JSON number keeps exactly.
+const maxJSONSafe = 1<<53 - 1
+
+// NewRuntime starts a runtime. Without options it loads the configuration
+// from its layers (see package config) and connects to the discovery
+// backend it names; ctx bounds that start-up. The runtime lives until
+// Shutdown, not until ctx ends.
+func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.cfg == nil {
+		loaded, err := config.Load()
+		if err != nil {
+			return nil, err
+		}
+		o.cfg = &loaded.Config
+	} else if err := o.cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := o.log
+	if log == nil {
+		log = NewLogger(o.cfg.Log)
+	}
+	if o.id == 0 {
+		o.id = 1 + rand.Uint64N(maxJSONSafe)
+	} else if o.id > maxJSONSafe {
+		return nil, fmt.Errorf("loom: instance id %d is above 2^53-1; JSON clients could not keep it exact", o.id)
+	}
+	if o.metric == nil {
+		o.metric = metrics.New()
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	rt := &Runtime{
+		cfg:        *o.cfg,
+		id:         o.id,
+		log:        log.With("instance", fmt.Sprintf("%x", o.id)),
+		metrics:    o.metric,
+		ctx:        rctx,
+		cancel:     cancel,
+		nc:         o.nc,
+		namespaces: make(map[string]*Namespace),
+		components: make(map[string]*Component),
+		clients:    make(map[*clientCore]struct{}),
+	}
+	rt.tasks = supervise.New(rctx, rt.log, rt.metrics.TaskPanicked)
+	switch {
+	case o.disc != nil:
+		rt.disc = o.disc
+	case rt.cfg.Discovery.Backend == "memory":
+		rt.disc, rt.ownDisc = memory.Default().Connect(), true
+	default:
+		cancel()
+		return nil, fmt.Errorf("loom: discovery backend %q is not available in this build; use discovery.backend = memory (LOOM_DISCOVERY=memory)", rt.cfg.Discovery.Backend)
+	}
+	return rt, nil
+}
+
+// NewLogger builds the slog logger the log.* keys describe, writing to
+// standard error.
+func NewLogger(c config.Log) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		level = slog.LevelInfo
+	}
+	hopts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, hopts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, hopts))
+}
+
+// ID returns the runtime's instance id, shared by every endpoint it serves.
+func (rt *Runtime) ID() uint64 { return rt.id }
+
+// Config returns the runtime's configuration.
+func (rt *Runtime) Config() config.Config { return rt.cfg }
+
+// Logger returns the runtime's logger.
+func (rt *Runtime) Logger() *slog.Logger { return rt.log }
+
+// Discovery returns the discovery backend the runtime registers in.
+func (rt *Runtime) Discovery() discovery.Discovery { return rt.disc }
+
+// Metrics returns the runtime's metrics.
+func (rt *Runtime) Metrics() *metrics.Metrics { return rt.metrics }
+
+// Context returns the runtime's root context: done once Shutdown has
+// cancelled the work that did not drain.
+func (rt *Runtime) Context() context.Context { return rt.ctx }
+
+// Go runs fn in the runtime's supervised group: a panic is recovered,
+// logged and counted (loom_background_task_panics_total) instead of taking
+// the process down, and Shutdown cancels fn's context and waits for it.
+func (rt *Runtime) Go(name string, fn func(ctx context.Context) error) error {
+	return rt.tasks.Go(name, fn)
+}
+
+// NATS returns the runtime's NATS connection, connecting on first use with
+// the nats.* keys (or the connection given with WithNATSConn).
+func (rt *Runtime) NATS(ctx context.Context) (*nats.Conn, error) {
+	rt.natsMu.Lock()
+	defer rt.natsMu.Unlock()
+	if rt.nc != nil {
+		return rt.nc, nil
+	}
+	if rt.isClosed() {
+		return nil, fmt.Errorf("%w: runtime shut down", ErrClosed)
+	}
+	nc, err := natsconn.Connect(ctx, rt.cfg.NATS, natsconn.WithLogger(rt.log))
+	if err != nil {
+		return nil, err
+	}
+	rt.nc, rt.ownNATS = nc, true
+	return nc, nil
+}
+
+// Namespace returns the namespace called name, checking the name.
+func (rt *Runtime) Namespace(name string) (*Namespace, error) {
+	if err := discovery.ValidateNamespace(name); err != nil {
+		return nil, fmt.Errorf("loom: %w", err)
+	}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if ns, ok := rt.namespaces[name]; ok {
+		return ns, nil
+	}
+	ns := &Namespace{rt: rt, name: name}
+	rt.namespaces[name] = ns
+	return ns, nil
+}
+
+// Endpoint returns the endpoint at path "namespace/component/endpoint".
+func (rt *Runtime) Endpoint(path string) (*Endpoint, error) {
+	nsName, compName, epName, err := ParsePath(path)
+	if err != nil {
+		return nil, err
+	}
+	ns, err := rt.Namespace(nsName)
+	if err != nil {
+		return nil, err
+	}
+	comp, err := ns.Component(compName)
+	if err != nil {
+		return nil, err
+	}
+	return comp.Endpoint(epName)
+}
+
+func (rt *Runtime) component(ns *Namespace, name string) (*Component, error) {
+	key := ns.name + "/" + name
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if c, ok := rt.components[key]; ok {
+		return c, nil
+	}
+	if rt.closed {
+		return nil, fmt.Errorf("%w: runtime shut down; cannot add component %s", ErrClosed, key)
+	}
+	ctx, cancel := context.WithCancel(rt.ctx)
+	c := &Component{ns: ns, name: name, ctx: ctx, cancel: cancel, endpoints: make(map[string]*Endpoint)}
+	rt.components[key] = c
+	return c, nil
+}
+
+func (rt *Runtime) endpoint(c *Component, name string) (*Endpoint, error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if e, ok := c.endpoints[name]; ok {
+		return e, nil
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	e := &Endpoint{comp: c, name: name, path: c.ns.name + "/" + c.name + "/" + name, ctx: ctx, cancel: cancel}
+	c.endpoints[name] = e
+	return e, nil
+}
+
+func (rt *Runtime) isClosed() bool {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return rt.closed
+}
+
+// Shutdown shuts the runtime down in phases: every served endpoint stops
+// accepting requests and leaves discovery; in-flight requests may finish
+// until ctx ends; those still running are then cancelled (Shutdown does not
+// wait for their handlers to return; Run does, up to its hard timeout);
+// clients and background tasks stop; discovery and the NATS connection are
+// closed if the runtime opened them. It returns an error if requests had to
+// be cancelled or a step failed. Calling it again returns nil at once.
+func (rt *Runtime) Shutdown(ctx context.Context) error {
+	rt.mu.Lock()
+	if rt.closed {
+		rt.mu.Unlock()
+		return nil
+	}
+	rt.closed = true
+	var eps []*Endpoint
+	for _, c := range rt.components {
+		for _, e := range c.endpoints {
+			eps = append(eps, e)
+		}
+	}
+	clients := make([]*clientCore, 0, len(rt.clients))
+	for c := range rt.clients {
+		clients = append(clients, c)
+	}
+	rt.mu.Unlock()
+
+	errs := []error{shutdownAll(ctx, eps)}
+	rt.cancel()
+	for _, c := range clients {
+		c.close()
+	}
+	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	errs = append(errs, rt.tasks.Stop(stopCtx))
+	if rt.ownDisc {
+		errs = append(errs, rt.disc.Close())
+	}
+	rt.natsMu.Lock()
+	if rt.ownNATS && rt.nc != nil {
+		rt.nc.Close()
+	}
+	rt.natsMu.Unlock()
+	return errors.Join(errs...)
+}
+
+// inFlight returns how many requests the runtime's endpoints are serving.
+func (rt *Runtime) inFlight() int64 {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	var n int64
+	for _, c := range rt.components {
+		for _, e := range c.endpoints {
+			if e.served != nil {
+				n += e.served.inFlight.Load()
+			}
+		}
+	}
+	return n
+}

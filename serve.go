@@ -1,0 +1,334 @@
+package loom
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/metrics"
+)
+
+// localServers maps an instance record key to the endpoint serving it in
+// this process, for the local fast path: a call to an instance found here
+// runs the handler directly, with no serialization and no network.
+var localServers sync.Map // string -> *served
+
+// ServeOption tunes how an endpoint is served.
+type ServeOption func(*serveOptions)
+
+type serveOptions struct {
+	codec    string
+	metadata map[string]string
+}
+
+// WithCodec serves the endpoint with the named codec ("msgpack" or
+// "json") instead of request_plane.codec.
+func WithCodec(name string) ServeOption { return func(o *serveOptions) { o.codec = name } }
+
+// WithMetadata adds metadata to the instance's discovery record.
+func WithMetadata(md map[string]string) ServeOption {
+	return func(o *serveOptions) { o.metadata = maps.Clone(md) }
+}
+
+// served is an endpoint being served by one runtime: its discovery record,
+// its handler, and the count of requests in flight used to drain it.
+type served struct {
+	ep     *Endpoint
+	inst   discovery.Instance
+	key    string
+	engine any // Engine[Req, Resp], asserted by typed clients
+	// raw serves a request given as bytes in codec c, sending each response
+	// item encoded in c; for callers whose types differ from the handler's
+	// and for network transports.
+	raw   func(ctx context.Context, c codec.Codec, payload []byte, send func([]byte) error) (started bool, err error)
+	codec codec.Codec
+	m     *metrics.Endpoint
+	log   *slog.Logger
+
+	inFlight  atomic.Int64
+	draining  atomic.Bool
+	drainOnce sync.Once
+	drained   chan struct{} // closed once draining with nothing in flight
+}
+
+// Serve serves ep with eng in this runtime: the instance is registered in
+// discovery (bound to the runtime's lifetime) and callers anywhere can reach
+// it. ctx bounds the registration. An endpoint is served at most once per
+// runtime; run more runtimes (processes) for more instances.
+//
+// Each request runs under a context that is a child of ep.Context() with
+// the caller's deadline, cancelled when the caller cancels (kill); see
+// Stopped for graceful stop. A handler that panics fails that request with
+// ErrHandlerPanic; the endpoint keeps serving.
+func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Resp], opts ...ServeOption) error {
+	if eng == nil {
+		return fmt.Errorf("loom: serve %s: nil engine", ep.path)
+	}
+	rt := ep.Runtime()
+	o := serveOptions{codec: rt.cfg.RequestPlane.Codec}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c, err := codec.ByName(o.codec)
+	if err != nil {
+		return fmt.Errorf("loom: serve %s: %w", ep.path, err)
+	}
+	s := &served{
+		ep: ep,
+		inst: discovery.Instance{
+			Namespace: ep.comp.ns.name, Component: ep.comp.name, Endpoint: ep.name,
+			ID: rt.id, Transport: "local", Codec: c.Name(), Metadata: o.metadata,
+		},
+		engine:  eng,
+		codec:   c,
+		m:       rt.metrics.Endpoint(ep.comp.ns.name, ep.comp.name, ep.name),
+		log:     rt.log.With("endpoint", ep.path),
+		drained: make(chan struct{}),
+	}
+	s.key = s.inst.Key()
+	s.raw = func(ctx context.Context, c codec.Codec, payload []byte, send func([]byte) error) (bool, error) {
+		var req Req
+		if err := c.Unmarshal(payload, &req); err != nil {
+			s.m.Refused.Inc()
+			return false, &BadRequestError{Path: ep.path, Err: err}
+		}
+		var buf []byte
+		var sendErr error
+		started, err := serveTyped(ctx, s, eng, req, func(item Resp, _ error) bool {
+			if buf, sendErr = c.Marshal(buf[:0], item); sendErr == nil {
+				sendErr = send(buf)
+			}
+			return sendErr == nil
+		})
+		if err == nil {
+			err = sendErr
+		}
+		return started, err
+	}
+
+	rt.mu.Lock()
+	switch {
+	case rt.closed:
+		rt.mu.Unlock()
+		return fmt.Errorf("%w: runtime shut down; cannot serve %s", ErrClosed, ep.path)
+	case ep.served != nil:
+		rt.mu.Unlock()
+		return fmt.Errorf("loom: %s is already served by this runtime (instance %x); start another runtime for another instance", ep.path, rt.id)
+	case ep.ctx.Err() != nil:
+		rt.mu.Unlock()
+		return fmt.Errorf("%w: %s was shut down and cannot be served again", ErrClosed, ep.path)
+	}
+	ep.served = s
+	rt.mu.Unlock()
+
+	localServers.Store(s.key, s)
+	if err := rt.disc.Register(ctx, s.inst); err != nil {
+		localServers.CompareAndDelete(s.key, s)
+		rt.mu.Lock()
+		ep.served = nil
+		rt.mu.Unlock()
+		return fmt.Errorf("loom: serve %s: register instance %x: %w", ep.path, rt.id, err)
+	}
+	s.log.Debug("serving", "codec", c.Name())
+	return nil
+}
+
+// BadRequestError reports a request that did not decode as the handler's
+// request type. The handler never ran.
+type BadRequestError struct {
+	Path string
+	Err  error
+}
+
+func (e *BadRequestError) Error() string {
+	return fmt.Sprintf("loom: %s: request does not decode as the handler's request type: %v", e.Path, e.Err)
+}
+
+// Unwrap returns the decode error.
+func (e *BadRequestError) Unwrap() error { return e.Err }
+
+// acquire admits one request unless the endpoint is draining.
+func (s *served) acquire() bool {
+	s.inFlight.Add(1)
+	if s.draining.Load() {
+		s.release()
+		return false
+	}
+	return true
+}
+
+func (s *served) release() {
+	if s.inFlight.Add(-1) == 0 && s.draining.Load() {
+		s.drainOnce.Do(func() { close(s.drained) })
+	}
+}
+
+// startDrain refuses new requests. The local fast-path entry stays until
+// the drain ends, so that callers who still see the record are refused with
+// a retryable error rather than finding nothing.
+func (s *served) startDrain() {
+	s.draining.Store(true)
+	if s.inFlight.Load() == 0 {
+		s.drainOnce.Do(func() { close(s.drained) })
+	}
+}
+
+// requestContext derives a request's context: a child of the endpoint's
+// context with the caller's deadline and stop signal, cancelled when the
+// caller's context is.
+func (s *served) requestContext(caller context.Context) (context.Context, context.CancelFunc) {
+	var rctx context.Context
+	var cancel context.CancelFunc
+	if d, ok := caller.Deadline(); ok {
+		rctx, cancel = context.WithDeadline(s.ep.ctx, d)
+	} else {
+		rctx, cancel = context.WithCancel(s.ep.ctx)
+	}
+	if stop, ok := caller.Value(stopKey{}).(context.Context); ok {
+		rctx = context.WithValue(rctx, stopKey{}, stop)
+	}
+	if caller.Done() == nil {
+		return rctx, cancel
+	}
+	unhook := context.AfterFunc(caller, cancel)
+	return rctx, func() { unhook(); cancel() }
+}
+
+// serveTyped is the one serving core: admission, the request context,
+// metrics and panic recovery around eng, yielding each item to the caller
+// in the caller's goroutine. It reports whether any item was yielded, and
+// the error the stream ended with: nil if it completed or the caller
+// stopped reading.
+func serveTyped[Req, Resp any](caller context.Context, s *served, eng Engine[Req, Resp], req Req, yield func(Resp, error) bool) (started bool, err error) {
+	if !s.acquire() {
+		s.m.Refused.Inc()
+		return false, fmt.Errorf("%w: %s instance %x is shutting down", ErrDraining, s.ep.path, s.inst.ID)
+	}
+	start := time.Now()
+	s.m.InFlight.Inc()
+	rctx, cancel := s.requestContext(caller)
+	var items int
+	outcome := s.m.OK
+	defer func() {
+		cancel()
+		s.m.Items.Add(float64(items))
+		s.m.Duration.Observe(time.Since(start).Seconds())
+		s.m.InFlight.Dec()
+		outcome.Inc()
+		s.release()
+	}()
+
+	inYield, consumerStopped, panicked := false, false, false
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				if inYield {
+					panic(v) // the caller's loop body panicked: not ours to swallow
+				}
+				panicked = true
+				s.log.Error("handler panicked", "panic", v, "stack", stack())
+				err = fmt.Errorf("%w: %s: %v", ErrHandlerPanic, s.ep.path, v)
+			}
+		}()
+		for item, herr := range eng.Generate(rctx, req) {
+			if herr != nil {
+				err = herr
+				return
+			}
+			if rctx.Err() != nil {
+				return // killed: drop what the handler still sends
+			}
+			if !started {
+				started = true
+				s.m.FirstResponse.Observe(time.Since(start).Seconds())
+			}
+			items++
+			inYield = true
+			ok := yield(item, nil)
+			inYield = false
+			if !ok {
+				consumerStopped = true
+				return
+			}
+		}
+	}()
+
+	switch {
+	case panicked:
+		outcome = s.m.Panic
+	case consumerStopped:
+		outcome = s.m.Cancelled
+		err = nil
+	case rctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+		outcome = s.m.Cancelled
+		err = s.killError(caller, rctx, started)
+	case err != nil:
+		outcome = s.m.Error
+	}
+	return started, err
+}
+
+// killError says why a request's context ended: the caller's cancellation
+// or deadline, or the endpoint shutting down under it.
+func (s *served) killError(caller, rctx context.Context, started bool) error {
+	if err := caller.Err(); err != nil {
+		return err
+	}
+	if errors.Is(rctx.Err(), context.DeadlineExceeded) {
+		return context.DeadlineExceeded
+	}
+	if started {
+		return fmt.Errorf("%w: %s instance %x shut down while serving", ErrStreamReset, s.ep.path, s.inst.ID)
+	}
+	return fmt.Errorf("%w: %s instance %x shut down", ErrClosed, s.ep.path, s.inst.ID)
+}
+
+// shutdownAll drains the served endpoints among eps together: refuse new
+// requests, unregister, wait for in-flight requests until ctx ends, then
+// cancel the rest.
+func shutdownAll(ctx context.Context, eps []*Endpoint) error {
+	var all []*served
+	for _, e := range eps {
+		rt := e.Runtime()
+		rt.mu.Lock()
+		s := e.served
+		rt.mu.Unlock()
+		if s != nil && !s.draining.Load() {
+			all = append(all, s)
+		}
+	}
+	var errs []error
+	for _, s := range all {
+		s.startDrain()
+	}
+	for _, s := range all {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		if err := s.ep.Runtime().disc.Unregister(uctx, s.inst); err != nil {
+			errs = append(errs, fmt.Errorf("loom: unregister %s instance %x: %w", s.ep.path, s.inst.ID, err))
+		}
+		cancel()
+	}
+	var left int64
+	for _, s := range all {
+		select {
+		case <-s.drained:
+		case <-ctx.Done():
+			left += s.inFlight.Load()
+			s.ep.cancel()
+		}
+	}
+	for _, s := range all {
+		localServers.CompareAndDelete(s.key, s)
+	}
+	if left > 0 {
+		errs = append(errs, fmt.Errorf("loom: shutdown: %d requests still running after the grace period were cancelled", left))
+	}
+	return errors.Join(errs...)
+}
