@@ -1,0 +1,36 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/loomrt/loom/config"
+)
+
+func newConfig() *cobra.Command {
+	var markdown bool
+	cmd := &cobra.Command{
+		Use:   "config",
+		Short: "Print every configuration key's effective value and where it came from",
+		Long: `Print every configuration key's effective value and its source: default,
+a TOML file (/opt/loom/defaults/*.toml, /opt/loom/etc/*.toml, $LOOM_CONFIG),
+or an environment variable. Secrets are masked. With --markdown, print the
+documentation table of every key instead.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if markdown {
+				fmt.Fprint(cmd.OutOrStdout(), config.Markdown())
+				return nil
+			}
+			loaded, err := config.Load()
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(cmd.OutOrStdout(), loaded.Table())
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&markdown, "markdown", false, "print the documentation table of every key as Markdown")
+	return cmd
+}

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom/internal/demo"
+)
+
+var loomBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "loom-bin-")
+	if err != nil {
+		panic(err)
+	}
+	loomBin = filepath.Join(dir, "loom")
+	out, err := exec.Command("go", "build", "-o", loomBin, ".").CombinedOutput()
+	if err != nil {
+		os.RemoveAll(dir)
+		panic("building the loom binary for the tests failed: " + string(out))
+	}
+	code := 0
+	func() {
+		defer os.RemoveAll(dir)
+		goleak.VerifyTestMain(wrap{m, &code})
+	}()
+	os.Exit(code)
+}
+
+// wrap lets TestMain clean up after goleak's run.
+type wrap struct {
+	m    *testing.M
+	code *int
+}
+
+func (w wrap) Run() int { *w.code = w.m.Run(); return *w.code }
+
+func TestDemoInProcessServesEveryRequestOnEveryInstance(t *testing.T) {
+	opts := demo.DefaultOptions()
+	opts.Requests, opts.Progress = 60, false
+	var out bytes.Buffer
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if err := runDemo(context.Background(), &out, opts, log, nil, false); err != nil {
+		t.Fatalf("%v\n%s", err, &out)
+	}
+	s := out.String()
+	for _, want := range []string{"requests        60 (0 failed)", "streamed items  1920", "p50", "p99", "JetStream true"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("summary lacks %q:\n%s", want, s)
+		}
+	}
+	// Round robin over 3 instances: 20 each.
+	line := regexp.MustCompile(`per instance .*`).FindString(s)
+	per := regexp.MustCompile(`[0-9a-f]+:(\d+)`).FindAllStringSubmatch(line, -1)
+	if len(per) != 3 {
+		t.Fatalf("per-instance line has %d entries, want 3:\n%s", len(per), s)
+	}
+	for _, m := range per {
+		if m[1] != "20" {
+			t.Errorf("an instance served %s requests, want 20:\n%s", m[1], s)
+		}
+	}
+}
+
+func TestLoomDemoBinaryExitsZero(t *testing.T) {
+	cmd := exec.Command(loomBin, "demo", "--requests", "50")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("loom demo: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "requests        50 (0 failed)") {
+		t.Fatalf("unexpected output:\n%s", out)
+	}
+}
+
+func TestLoomDemoServeStopsGracefullyOnSIGTERM(t *testing.T) {
+	cmd := exec.Command(loomBin, "demo", "--serve", "--requests", "20")
+	stdout, _ := cmd.StdoutPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+	serving := make(chan struct{})
+	go func() {
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			if strings.HasPrefix(s.Text(), "serving") {
+				close(serving)
+			}
+		}
+	}()
+	select {
+	case <-serving:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("loom demo --serve never said it was serving; stderr:\n%s", &stderr)
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v; stderr:\n%s", err, &stderr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("still running 20s after SIGTERM; stderr:\n%s", &stderr)
+	}
+	if !strings.Contains(stderr.String(), "shut down cleanly") {
+		t.Errorf("stderr does not report a clean shutdown:\n%s", &stderr)
+	}
+}
+
+func TestLoomConfigPrintsValuesAndSources(t *testing.T) {
+	cmd := exec.Command(loomBin, "config")
+	cmd.Env = append(os.Environ(), "NATS_SERVER=nats://10.1.2.3:4222", "LOOM_SHUTDOWN_TIMEOUT=45s", "NATS_AUTH_TOKEN=hunter2")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`nats\.url\s+nats://10\.1\.2\.3:4222\s+env NATS_SERVER`),
+		regexp.MustCompile(`shutdown\.timeout\s+45s\s+env LOOM_SHUTDOWN_TIMEOUT`),
+		regexp.MustCompile(`nats\.token\s+\*\*\*\*\s+env NATS_AUTH_TOKEN`),
+		regexp.MustCompile(`client\.router\s+round_robin\s+default`),
+	} {
+		if !want.Match(out) {
+			t.Errorf("loom config output does not match %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "hunter2") {
+		t.Error("loom config printed a secret")
+	}
+}
+
+func TestLoomConfigRejectsABadValueNamingIt(t *testing.T) {
+	cmd := exec.Command(loomBin, "config")
+	cmd.Env = append(os.Environ(), "LOOM_SHUTDOWN_TIMEOUT=5 parsecs")
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Fatalf("loom config with a bad value exited %v", err)
+	}
+	for _, want := range []string{"shutdown.timeout", "5 parsecs", "env LOOM_SHUTDOWN_TIMEOUT"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("error does not name %q:\n%s", want, out)
+		}
+	}
+}
