@@ -1,0 +1,718 @@
+package mux
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loomrt/loom/internal/wire"
+)
+
+// Client defaults.
+const (
+	DefaultInitialWindow = 256 << 10
+	DefaultDialTimeout   = 5 * time.Second
+)
+
+// maxStreamID is the last stream id a client connection uses; after it the
+// connection drains and the pool dials a new one.
+const maxStreamID = 1<<31 - 1
+
+// ClientConfig configures a Pool. The zero value works.
+type ClientConfig struct {
+	// MaxFrameSize is the largest frame, so the largest response
+	// message, the client accepts. Default wire.DefaultMaxFrameSize.
+	MaxFrameSize int
+	// ConnsPerHost is how many connections the pool keeps to one
+	// address; streams go to the least loaded. Default 1.
+	ConnsPerHost int
+	// InitialWindow is the credit in bytes each stream grants the
+	// server: at most about this much (plus one message) is buffered per
+	// stream when the caller reads slowly. Default DefaultInitialWindow.
+	InitialWindow int
+	// DialTimeout bounds connecting, the TLS handshake and the preface
+	// exchange. Default DefaultDialTimeout.
+	DialTimeout time.Duration
+	// KeepaliveInterval and KeepaliveTimeout work as in ServerConfig: a
+	// connection silent for the interval gets a PING, and one that stays
+	// silent for the timeout more fails all its streams with ErrConnLost.
+	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// TLS, if set, makes the pool speak TLS; ServerName defaults to the
+	// host of the address. Set Certificates for mutual TLS.
+	TLS *tls.Config
+	// Logger receives connection-level events. Default slog.Default().
+	Logger *slog.Logger
+	// OnDrain, if set, is called when the server at addr sends GOAWAY,
+	// so the caller can stop routing new requests there. It runs on the
+	// connection's reader goroutine and must not block.
+	OnDrain func(addr string)
+}
+
+// Request is what Pool.Open sends in one OPEN frame.
+type Request struct {
+	Path        string            // endpoint path, required
+	Codec       string            // name of the payload encoding
+	RequestID   string            // request id for logs on both sides
+	TraceParent string            // W3C traceparent, if tracing
+	Headers     map[string]string // other metadata, up to wire.MaxHeaders
+	Payload     []byte            // the request; Open copies it
+}
+
+// Pool opens streams on pooled, multiplexed connections. It is safe for
+// concurrent use.
+type Pool struct {
+	cfg ClientConfig
+	log *slog.Logger
+
+	mu     sync.Mutex
+	hosts  map[string]*host
+	conns  map[*clientConn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+type host struct {
+	conns   []*clientConn // usable: not draining, not dead
+	dial    *dialCall     // in flight
+	drained bool          // the last connection got GOAWAY and none replaced it
+}
+
+type dialCall struct {
+	done chan struct{}
+	err  error
+}
+
+// NewPool returns a Pool. It dials lazily, on the first Open to an
+// address.
+func NewPool(cfg ClientConfig) *Pool {
+	if cfg.MaxFrameSize <= 0 {
+		cfg.MaxFrameSize = wire.DefaultMaxFrameSize
+	}
+	cfg.MaxFrameSize = min(max(cfg.MaxFrameSize, wire.MinMaxFrameSize), wire.MaxMaxFrameSize)
+	if cfg.ConnsPerHost <= 0 {
+		cfg.ConnsPerHost = 1
+	}
+	if cfg.InitialWindow <= 0 {
+		cfg.InitialWindow = DefaultInitialWindow
+	}
+	cfg.InitialWindow = min(cfg.InitialWindow, wire.MaxWindow)
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	cfg.KeepaliveInterval, cfg.KeepaliveTimeout = keepaliveDefaults(cfg.KeepaliveInterval, cfg.KeepaliveTimeout)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Pool{cfg: cfg, log: cfg.Logger, hosts: map[string]*host{}, conns: map[*clientConn]struct{}{}}
+}
+
+// Open opens a stream to the server at addr and sends req. The deadline of
+// ctx travels with the request; ending ctx kills the stream. Open returns
+// once the request is queued for writing, without waiting for the server.
+//
+// An error from Open means the request was not sent: it may be retried
+// anywhere. It wraps ErrUnreachable if no connection could be made,
+// ErrTooLarge if req is above the server's maximum frame size, and is a
+// *StreamError if ctx had ended.
+func (p *Pool) Open(ctx context.Context, addr string, req Request) (*ClientStream, error) {
+	h := wire.OpenHeader{Path: req.Path, Codec: req.Codec, RequestID: req.RequestID, TraceParent: req.TraceParent, Headers: req.Headers}
+	n, err := h.Size()
+	if err != nil {
+		return nil, fmt.Errorf("mux: request to %s at %s: %w", req.Path, addr, err)
+	}
+	for range 8 {
+		if ctx.Err() != nil {
+			return nil, ctxError(ctx, true)
+		}
+		c, err := p.conn(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		if max := int(c.peer.MaxFrameSize); n+len(req.Payload) > max {
+			return nil, fmt.Errorf("%w: request to %s is %d bytes, above the max frame size %d of the server at %s", ErrTooLarge, req.Path, n+len(req.Payload), max, addr)
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			// Measured after dialing, so the server sees the time left.
+			if h.Timeout = time.Until(dl); h.Timeout <= 0 {
+				return nil, &StreamError{Code: wire.CodeDeadlineExceeded, Message: "deadline passed before the request was sent", BeforeFirstResponse: true, Err: context.DeadlineExceeded}
+			}
+		}
+		st, err := c.open(ctx, &h, req.Payload)
+		if err != errConnUnusable {
+			return st, err
+		}
+		p.forget(c, false) // it began draining or died: take another
+	}
+	return nil, fmt.Errorf("%w: no usable connection to %s", ErrUnreachable, addr)
+}
+
+// Draining reports whether the server at addr has sent GOAWAY on the
+// pool's connection to it and no new connection has been made since.
+func (p *Pool) Draining(addr string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := p.hosts[addr]
+	return h != nil && h.drained
+}
+
+// Close closes every connection, which fails every open stream with
+// ErrConnLost, and waits for the connections' goroutines. Open fails with
+// ErrPoolClosed afterwards.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	conns := make([]*clientConn, 0, len(p.conns))
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.shutdown(fmt.Errorf("%w: %w", ErrConnLost, ErrPoolClosed))
+	}
+	p.wg.Wait()
+	return nil
+}
+
+// conn returns a usable connection to addr, dialing if there is none or
+// fewer than ConnsPerHost.
+func (p *Pool) conn(ctx context.Context, addr string) (*clientConn, error) {
+	p.mu.Lock()
+	for {
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrPoolClosed
+		}
+		h := p.hosts[addr]
+		if h == nil {
+			h = &host{}
+			p.hosts[addr] = h
+		}
+		if h.dial == nil && len(h.conns) < p.cfg.ConnsPerHost {
+			call := &dialCall{done: make(chan struct{})}
+			h.dial = call
+			p.mu.Unlock()
+			c, err := p.dial(ctx, addr)
+			p.mu.Lock()
+			h.dial = nil
+			call.err = err
+			close(call.done)
+			if err == nil && p.closed {
+				c.nc.Close()
+				err = ErrPoolClosed
+			}
+			if err != nil {
+				if len(h.conns) == 0 && !h.drained {
+					delete(p.hosts, addr)
+				}
+				p.mu.Unlock()
+				return nil, err
+			}
+			h.conns = append(h.conns, c)
+			h.drained = false
+			p.conns[c] = struct{}{}
+			p.wg.Add(2)
+			p.mu.Unlock()
+			go func() {
+				defer p.wg.Done()
+				c.writeLoop()
+			}()
+			go func() {
+				defer p.wg.Done()
+				c.readLoop()
+			}()
+			return c, nil
+		}
+		if len(h.conns) > 0 {
+			best := h.conns[0]
+			for _, c := range h.conns[1:] {
+				if c.load.Load() < best.load.Load() {
+					best = c
+				}
+			}
+			p.mu.Unlock()
+			return best, nil
+		}
+		call := h.dial
+		p.mu.Unlock()
+		select {
+		case <-call.done:
+			// A dial that failed on its caller's context says nothing
+			// about the address: dial again with ours.
+			if call.err != nil && !errors.Is(call.err, context.Canceled) && !errors.Is(call.err, context.DeadlineExceeded) {
+				return nil, call.err
+			}
+		case <-ctx.Done():
+			return nil, ctxError(ctx, true)
+		}
+		p.mu.Lock()
+	}
+}
+
+func (p *Pool) dial(ctx context.Context, addr string) (*clientConn, error) {
+	deadline := time.Now().Add(p.cfg.DialTimeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	d := net.Dialer{Deadline: deadline}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial %s: %w", ErrUnreachable, addr, err)
+	}
+	if p.cfg.TLS != nil {
+		cfg := p.cfg.TLS
+		if cfg.ServerName == "" {
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		tc := tls.Client(nc, cfg)
+		hctx, cancel := context.WithDeadline(ctx, deadline)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("%w: TLS handshake with %s: %w", ErrUnreachable, addr, err)
+		}
+		nc = tc
+	}
+	local := wire.Preface{Version: wire.Version, MaxFrameSize: uint32(p.cfg.MaxFrameSize), InitialWindow: uint32(p.cfg.InitialWindow)}
+	peer, err := handshake(nc, local, deadline)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("%w: preface exchange with %s: %w", ErrUnreachable, addr, err)
+	}
+	c := &clientConn{
+		conn:    newConn(nc, peer, p.cfg.MaxFrameSize, p.cfg.KeepaliveInterval, p.cfg.KeepaliveTimeout, p.log),
+		pool:    p,
+		addr:    addr,
+		window:  int64(p.cfg.InitialWindow),
+		streams: map[uint32]*ClientStream{},
+		nextID:  1,
+	}
+	return c, nil
+}
+
+// forget removes c from the usable connections of its host; drained says
+// it is because of a GOAWAY.
+func (p *Pool) forget(c *clientConn, drained bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := p.hosts[c.addr]
+	if h == nil {
+		return
+	}
+	for i, x := range h.conns {
+		if x == c {
+			h.conns = append(h.conns[:i], h.conns[i+1:]...)
+			if drained && len(h.conns) == 0 {
+				h.drained = true
+			}
+			break
+		}
+	}
+	if len(h.conns) == 0 && h.dial == nil && !h.drained {
+		delete(p.hosts, c.addr)
+	}
+}
+
+// errConnUnusable makes Open pick another connection.
+var errConnUnusable = errors.New("mux: connection unusable")
+
+// clientConn is one connection of a Pool.
+type clientConn struct {
+	*conn
+	pool   *Pool
+	addr   string
+	window int64
+	nextID uint32 // guarded by wmu: ids go on the wire in order
+	load   atomic.Int32
+
+	mu       sync.Mutex
+	streams  map[uint32]*ClientStream
+	draining bool
+	goAway   string // the server's GOAWAY, for error messages
+}
+
+func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byte) (*ClientStream, error) {
+	st := &ClientStream{c: c, window: c.window}
+	st.cond.L = &st.mu
+	if err := c.begin(ctx, true); err != nil {
+		if ctx.Err() != nil {
+			return nil, ctxError(ctx, true)
+		}
+		return nil, errConnUnusable
+	}
+	// wmu is held from here to commit.
+	c.mu.Lock()
+	if c.draining || c.nextID > maxStreamID {
+		c.draining = true
+		c.mu.Unlock()
+		c.commit()
+		c.pool.forget(c, false)
+		return nil, errConnUnusable
+	}
+	st.id = c.nextID
+	c.nextID++
+	c.streams[st.id] = st
+	c.load.Add(1)
+	c.mu.Unlock()
+	err := c.w.Open(st.id, h, payload)
+	c.commitFlush()
+	if err != nil {
+		c.removeStream(st.id)
+		return nil, err
+	}
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { st.abort(ctxError(ctx, false)) })
+		st.mu.Lock()
+		ended := st.err != nil
+		if !ended {
+			st.stopWatch = stop
+		}
+		st.mu.Unlock()
+		if ended {
+			stop()
+		}
+	}
+	return st, nil
+}
+
+func (c *clientConn) readLoop() {
+	var err error
+	for err == nil {
+		var f wire.Frame
+		f, err = c.rd.ReadFrame()
+		if err != nil {
+			break
+		}
+		switch f.Type {
+		case wire.TypeData:
+			if st := c.lookup(f.Stream); st != nil {
+				err = st.push(f.Payload)
+			}
+		case wire.TypeEnd:
+			code, msg, _ := wire.ParseEnd(f.Payload)
+			if st := c.lookup(f.Stream); st != nil {
+				st.end(code, msg)
+				c.removeStream(f.Stream)
+			}
+		case wire.TypePing:
+			c.writePong(f.Payload)
+		case wire.TypePong:
+		case wire.TypeGoAway:
+			last, code, reason, _ := wire.ParseGoAway(f.Payload)
+			c.handleGoAway(last, code, string(reason))
+		default:
+			err = fmt.Errorf("%w: %v frames are not sent by servers (stream %d)", wire.ErrProtocol, f.Type, f.Stream)
+		}
+	}
+	if errors.Is(err, wire.ErrProtocol) {
+		c.log.Warn("mux: server broke the protocol", "addr", c.addr, "err", err)
+		c.fail(0, wire.CodeProtocol, err)
+	}
+	c.shutdown(fmt.Errorf("%w: reading from %s: %w", ErrConnLost, c.addr, err))
+	<-c.done
+	cause := c.err
+	c.mu.Lock()
+	if c.goAway != "" && !errors.Is(cause, ErrPoolClosed) {
+		cause = fmt.Errorf("%w (after GOAWAY: %s)", cause, c.goAway)
+	}
+	streams := c.streams
+	c.streams = nil
+	c.mu.Unlock()
+	for _, st := range streams {
+		st.fail(cause)
+	}
+	c.pool.forget(c, false)
+	c.pool.mu.Lock()
+	delete(c.pool.conns, c)
+	c.pool.mu.Unlock()
+}
+
+func (c *clientConn) lookup(id uint32) *ClientStream {
+	c.mu.Lock()
+	st := c.streams[id]
+	c.mu.Unlock()
+	return st
+}
+
+// removeStream forgets stream id; a draining connection closes once it has
+// no streams.
+func (c *clientConn) removeStream(id uint32) {
+	c.mu.Lock()
+	_, ok := c.streams[id]
+	if ok {
+		delete(c.streams, id)
+		c.load.Add(-1)
+	}
+	idle := ok && c.draining && len(c.streams) == 0
+	c.mu.Unlock()
+	if idle {
+		c.closeAfterFlush(true, fmt.Errorf("%w: drained", ErrConnLost))
+	}
+}
+
+func (c *clientConn) handleGoAway(last uint32, code wire.Code, reason string) {
+	c.mu.Lock()
+	c.draining = true
+	c.goAway = fmt.Sprintf("%v, last stream %d: %s", code, last, reason)
+	idle := len(c.streams) == 0
+	c.mu.Unlock()
+	if code != wire.CodeDraining {
+		c.log.Warn("mux: server sent GOAWAY", "addr", c.addr, "code", code, "reason", reason)
+	}
+	c.pool.forget(c, true)
+	if f := c.pool.cfg.OnDrain; f != nil {
+		f(c.addr)
+	}
+	if idle {
+		c.closeAfterFlush(true, fmt.Errorf("%w: drained", ErrConnLost))
+	}
+}
+
+func (c *clientConn) writeFrame(id uint32, t wire.Type, arg uint32) {
+	if c.begin(context.Background(), false) != nil {
+		return
+	}
+	if t == wire.TypeCredit {
+		c.w.Credit(id, arg)
+	} else {
+		c.w.Cancel(id, wire.Flags(arg))
+	}
+	c.commitFlush()
+}
+
+// ctxError is the stream error for an ended context.
+func ctxError(ctx context.Context, before bool) *StreamError {
+	code := wire.CodeCancelled
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		code = wire.CodeDeadlineExceeded
+	}
+	return &StreamError{Code: code, Message: ctx.Err().Error(), BeforeFirstResponse: before, Err: ctx.Err()}
+}
+
+// ClientStream is the caller's side of one stream. Recv must be called
+// from one goroutine at a time; Stop and Cancel may be called from any.
+type ClientStream struct {
+	c  *clientConn
+	id uint32
+
+	mu        sync.Mutex
+	stopWatch func() bool // stops the context watch; nil without one
+	in, out   *recvBuf    // records (u32 length, message) appended by the reader / being read by Recv
+	off       int         // read offset in out
+	window    int64       // credit the server has left, by our count
+	owed      int64       // bytes consumed and not yet granted back
+	err       error       // how the stream ended: io.EOF or a *StreamError; nil while open
+	abortNow  bool        // err is delivered before buffered messages
+	responded bool        // a DATA frame arrived
+	waiting   bool
+	stopSent  bool
+	cond      sync.Cond // Recv waits on it; L is &mu
+}
+
+// recvBuf holds received messages. Buffers are pooled: a unary call
+// borrows one for its response instead of allocating.
+type recvBuf struct{ b []byte }
+
+const maxPooledRecvBuf = 64 << 10
+
+var recvBufs = sync.Pool{New: func() any { return &recvBuf{b: make([]byte, 0, 512)} }}
+
+// release returns the stream's buffers to the pool; s.mu is held and the
+// stream has ended, so push will not touch them again.
+func (s *ClientStream) release() {
+	for _, b := range [2]*recvBuf{s.in, s.out} {
+		if b != nil && cap(b.b) <= maxPooledRecvBuf {
+			b.b = b.b[:0]
+			recvBufs.Put(b)
+		}
+	}
+	s.in, s.out, s.off = nil, nil, 0
+}
+
+// Recv returns the next response message. It returns io.EOF after the last
+// one when the stream ended with OK, and otherwise a *StreamError: the
+// code and message the server ended it with, Cancelled or DeadlineExceeded
+// (wrapping the context's error) when the caller ended it, or Reset
+// wrapping ErrConnLost when its connection died. Messages that arrived
+// before an END or a connection loss are returned first.
+//
+// The returned slice is valid until the next call to Recv or Close.
+func (s *ClientStream) Recv() ([]byte, error) {
+	s.mu.Lock()
+	for {
+		if s.abortNow {
+			s.release()
+			err := s.err
+			s.mu.Unlock()
+			return nil, err
+		}
+		if s.out != nil && s.off < len(s.out.b) {
+			b := s.out.b
+			n := int(binary.BigEndian.Uint32(b[s.off:]))
+			start := s.off + 4
+			s.off = start + n
+			p := b[start:s.off:s.off]
+			var grant int64
+			s.owed += int64(wire.HeaderSize + n)
+			if s.err == nil && s.owed >= s.c.window/2 {
+				grant, s.owed = s.owed, 0
+				s.window += grant
+			}
+			s.mu.Unlock()
+			if grant > 0 {
+				s.c.writeFrame(s.id, wire.TypeCredit, uint32(grant))
+			}
+			return p, nil
+		}
+		if s.in != nil && len(s.in.b) > 0 {
+			// The message returned last lives in out: it is valid until
+			// this call, so out can take new messages now.
+			s.in, s.out, s.off = s.out, s.in, 0
+			if s.in != nil {
+				s.in.b = s.in.b[:0]
+			}
+			continue
+		}
+		if s.err != nil {
+			s.release()
+			err := s.err
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.waiting = true
+		s.cond.Wait()
+	}
+}
+
+// Stop asks the server to finish the stream gracefully: the handler sees
+// Stopped and ends the stream soon; Recv returns what it still sends, then
+// the end.
+func (s *ClientStream) Stop() {
+	s.mu.Lock()
+	send := s.err == nil && !s.stopSent
+	s.stopSent = true
+	s.mu.Unlock()
+	if send {
+		s.c.writeFrame(s.id, wire.TypeCancel, uint32(wire.FlagStop))
+	}
+}
+
+// Cancel kills the stream: the server cancels the handler's context and
+// sends nothing more, and Recv returns a Cancelled *StreamError at once.
+// It does nothing if the stream has already ended.
+func (s *ClientStream) Cancel() {
+	s.mu.Lock()
+	ended := s.err != nil
+	s.mu.Unlock()
+	if !ended {
+		s.abort(&StreamError{Code: wire.CodeCancelled, Message: "cancelled by the caller"})
+	}
+}
+
+// Close releases the stream, killing it if it has not ended. Call it when
+// done with every stream, also after Recv returned an error, and not
+// concurrently with Recv: the last message Recv returned becomes invalid.
+func (s *ClientStream) Close() error {
+	s.Cancel()
+	s.mu.Lock()
+	s.release()
+	s.mu.Unlock()
+	return nil
+}
+
+// Responded reports whether at least one response message has arrived.
+func (s *ClientStream) Responded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.responded
+}
+
+// wake wakes Recv; s.mu is held.
+func (s *ClientStream) wake() {
+	if s.waiting {
+		s.waiting = false
+		s.cond.Signal()
+	}
+}
+
+// push queues a DATA payload; called by the reader.
+func (s *ClientStream) push(p []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil // cancelled here; the server will stop
+	}
+	if s.window <= 0 {
+		return fmt.Errorf("%w: DATA on stream %d without credit", wire.ErrProtocol, s.id)
+	}
+	s.window -= int64(wire.HeaderSize + len(p))
+	if s.in == nil {
+		s.in = recvBufs.Get().(*recvBuf)
+	}
+	s.in.b = binary.BigEndian.AppendUint32(s.in.b, uint32(len(p)))
+	s.in.b = append(s.in.b, p...)
+	s.responded = true
+	s.wake()
+	return nil
+}
+
+// end records the server's END.
+func (s *ClientStream) end(code wire.Code, msg []byte) {
+	s.mu.Lock()
+	if s.err == nil {
+		if code == wire.CodeOK {
+			s.err = io.EOF
+		} else {
+			s.err = &StreamError{Code: code, Message: string(msg), BeforeFirstResponse: !s.responded}
+		}
+		s.wake()
+	}
+	s.mu.Unlock()
+	s.unwatch()
+}
+
+// fail ends the stream because its connection is gone.
+func (s *ClientStream) fail(cause error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = &StreamError{Code: wire.CodeReset, Message: cause.Error(), BeforeFirstResponse: !s.responded, Err: cause}
+		s.wake()
+	}
+	s.mu.Unlock()
+	s.unwatch()
+}
+
+// abort kills the stream from this side.
+func (s *ClientStream) abort(e *StreamError) {
+	s.mu.Lock()
+	if s.err != nil {
+		s.mu.Unlock()
+		return
+	}
+	e.BeforeFirstResponse = !s.responded
+	s.err, s.abortNow = e, true
+	s.wake()
+	s.mu.Unlock()
+	s.c.removeStream(s.id)
+	s.c.writeFrame(s.id, wire.TypeCancel, uint32(wire.FlagKill))
+	s.unwatch()
+}
+
+func (s *ClientStream) unwatch() {
+	s.mu.Lock()
+	stop := s.stopWatch
+	s.stopWatch = nil
+	s.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}

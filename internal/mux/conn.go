@@ -1,0 +1,385 @@
+package mux
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loomrt/loom/internal/wire"
+)
+
+const (
+	// softPending is the size of the unwritten batch above which Send and
+	// Open wait for the writer: a slow socket slows the senders instead of
+	// growing memory.
+	softPending = 1 << 20
+	// hardPending bounds the batch for frames that must not wait (END,
+	// CREDIT, PONG, GOAWAY). Beyond it the peer is not reading at all and
+	// the connection is closed.
+	hardPending = 64 << 20
+	// finalFlushTimeout bounds the last write of a connection being closed.
+	finalFlushTimeout = 2 * time.Second
+	// handshakeTimeout bounds a server's TLS handshake and preface read.
+	handshakeTimeout = 10 * time.Second
+	// lingerTimeout bounds how long a half-closed connection waits for the
+	// peer to close its side.
+	lingerTimeout = 5 * time.Second
+)
+
+// conn is what client and server connections share: the socket, the frame
+// reader, the batching writer goroutine and keepalive.
+//
+// Frames are appended to one wire.Writer under wmu by any goroutine; the
+// writer goroutine swaps the batch out and writes it in one call, so frames
+// queued while a write is in flight leave together in the next one.
+type conn struct {
+	nc    net.Conn
+	rd    *wire.Reader
+	peer  wire.Preface // the peer's settings
+	log   *slog.Logger
+	reads atomic.Uint64 // bumped on every read from nc; keepalive watches it
+
+	wmu      sync.Mutex
+	w        wire.Writer
+	wBusy    bool          // a write is in flight (writer goroutine or commitFlush)
+	spare    []byte        // the batch buffer not in use; owned by whoever set wBusy
+	wIdle    bool          // the writer goroutine is parked on wake
+	wFull    chan struct{} // closed when the batch has been taken; nil unless someone waits
+	wClosing bool          // write what is queued, then stop writing
+	wHard    bool          // with wClosing: close the socket after the last write
+	wCause   error         // with wHard: why, for shutdown
+	dead     bool
+	wake     chan struct{}
+
+	kaInterval, kaTimeout time.Duration
+
+	done chan struct{} // closed by shutdown
+	once sync.Once
+	err  error // why the connection ended; set before done is closed
+}
+
+type countingReader struct{ c *conn }
+
+func (r countingReader) Read(p []byte) (int, error) {
+	n, err := r.c.nc.Read(p)
+	r.c.reads.Add(1)
+	return n, err
+}
+
+func newConn(nc net.Conn, peer wire.Preface, maxFrame int, kaInterval, kaTimeout time.Duration, log *slog.Logger) *conn {
+	c := &conn{
+		nc:         nc,
+		peer:       peer,
+		log:        log,
+		wake:       make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		kaInterval: kaInterval,
+		kaTimeout:  kaTimeout,
+	}
+	c.rd = wire.NewReader(countingReader{c}, maxFrame)
+	return c
+}
+
+// handshake writes our preface and reads the peer's, within the deadline.
+func handshake(nc net.Conn, local wire.Preface, deadline time.Time) (wire.Preface, error) {
+	nc.SetDeadline(deadline)
+	defer nc.SetDeadline(time.Time{})
+	if _, err := nc.Write(wire.AppendPreface(nil, local)); err != nil {
+		return wire.Preface{}, err
+	}
+	return wire.ReadPreface(nc)
+}
+
+// begin locks the batch for appending frames. With wait set it first waits,
+// until ctx ends, while the batch is above softPending. It fails once the
+// connection is closing or dead. On success the caller appends to c.w and
+// calls commit.
+func (c *conn) begin(ctx context.Context, wait bool) error {
+	c.wmu.Lock()
+	for {
+		if c.dead || c.wClosing {
+			c.wmu.Unlock()
+			return c.closedErr()
+		}
+		n := c.w.Len()
+		if n < softPending {
+			return nil
+		}
+		if !wait {
+			if n < hardPending {
+				return nil
+			}
+			c.wmu.Unlock()
+			c.shutdown(fmt.Errorf("%w: peer at %s is not reading (%d bytes unsent)", ErrConnLost, c.nc.RemoteAddr(), n))
+			return c.closedErr()
+		}
+		if c.wFull == nil {
+			c.wFull = make(chan struct{})
+		}
+		ch := c.wFull
+		c.wmu.Unlock()
+		select {
+		case <-ch:
+		case <-c.done:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		c.wmu.Lock()
+	}
+}
+
+// commit unlocks the batch and wakes the writer if it is parked.
+func (c *conn) commit() {
+	wake := c.wIdle
+	c.wIdle = false
+	c.wmu.Unlock()
+	if wake {
+		c.wakeWriter()
+	}
+}
+
+func (c *conn) wakeWriter() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// commitFlush is commit for a frame that ends a burst (OPEN, END, CREDIT,
+// CANCEL): if no write is in flight the calling goroutine writes the batch
+// itself, saving the hop to the writer goroutine on the latency path.
+// DATA uses commit, so that a fast stream's messages share writes. The
+// reader goroutine never calls it: a reader blocked in a write could
+// deadlock with a peer doing the same.
+func (c *conn) commitFlush() {
+	if c.wBusy || c.wClosing || c.dead {
+		c.commit()
+		return
+	}
+	c.wBusy = true
+	buf := c.w.Swap(c.spare)
+	c.spare = nil
+	c.wmu.Unlock()
+	err := c.flush(buf, false)
+	c.wmu.Lock()
+	c.spare = buf[:0]
+	c.wBusy = false
+	if c.wFull != nil {
+		close(c.wFull)
+		c.wFull = nil
+	}
+	// Frames appended during the write, or a close request, are the
+	// writer goroutine's.
+	c.commit()
+	if err != nil {
+		c.shutdown(fmt.Errorf("%w: writing to %s: %w", ErrConnLost, c.nc.RemoteAddr(), err))
+	}
+}
+
+func (c *conn) closedErr() error {
+	select {
+	case <-c.done:
+		return c.err
+	default:
+		return fmt.Errorf("%w: connection to %s is closing", ErrConnLost, c.nc.RemoteAddr())
+	}
+}
+
+// closeAfterFlush stops accepting frames and has the writer write what is
+// queued. Then the writer half-closes the connection (hard false; the reader
+// runs until the peer closes its side) or closes it (hard true).
+func (c *conn) closeAfterFlush(hard bool, cause error) {
+	c.wmu.Lock()
+	if !c.wClosing {
+		c.wClosing, c.wHard, c.wCause = true, hard, cause
+	}
+	c.commit()
+}
+
+// shutdown closes the connection at once; err says why. Only the first call
+// has an effect. Blocked readers, writers and waiters return.
+func (c *conn) shutdown(err error) {
+	c.once.Do(func() {
+		c.err = err
+		close(c.done)
+		c.nc.Close()
+		c.wmu.Lock()
+		c.dead = true
+		if c.wFull != nil {
+			close(c.wFull)
+			c.wFull = nil
+		}
+		c.wmu.Unlock()
+	})
+}
+
+// writeLoop is the connection's writer goroutine. It also runs keepalive,
+// so that an idle connection costs no goroutine beyond its reader and
+// writer.
+func (c *conn) writeLoop() {
+	var tick <-chan time.Time
+	ka := keepalive{lastActive: time.Now()}
+	if c.kaInterval > 0 && c.kaTimeout > 0 {
+		period := max(min(c.kaInterval, c.kaTimeout)/4, time.Millisecond)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		c.wmu.Lock()
+		for c.w.Len() == 0 || c.wBusy {
+			if (c.wClosing || c.dead) && !c.wBusy {
+				hard, cause := c.wHard || c.dead, c.wCause
+				c.wmu.Unlock()
+				if hard {
+					c.shutdown(cause)
+					return
+				}
+				c.halfClose()
+				t := time.NewTimer(lingerTimeout)
+				defer t.Stop()
+				select {
+				case <-c.done:
+				case <-t.C:
+					c.shutdown(fmt.Errorf("%w: %s did not close its side within %v of ours", ErrConnLost, c.nc.RemoteAddr(), lingerTimeout))
+				}
+				return
+			}
+			c.wIdle = true
+			c.wmu.Unlock()
+			select {
+			case <-c.wake:
+			case <-tick:
+				if !c.keepalive(&ka) {
+					return
+				}
+			case <-c.done:
+				return
+			}
+			c.wmu.Lock()
+		}
+		c.wIdle = false
+		c.wBusy = true
+		closing := c.wClosing
+		buf := c.w.Swap(c.spare)
+		c.spare = nil
+		if c.wFull != nil {
+			close(c.wFull)
+			c.wFull = nil
+		}
+		c.wmu.Unlock()
+		err := c.flush(buf, closing)
+		if cap(buf) > 4*softPending {
+			buf = nil // a burst grew the batch: let it go
+		}
+		c.wmu.Lock()
+		c.spare = buf[:0]
+		c.wBusy = false
+		c.wmu.Unlock()
+		if err != nil {
+			c.shutdown(fmt.Errorf("%w: writing to %s: %w", ErrConnLost, c.nc.RemoteAddr(), err))
+			return
+		}
+		select {
+		case <-tick:
+			if !c.keepalive(&ka) {
+				return
+			}
+		default:
+		}
+	}
+}
+
+func (c *conn) flush(b []byte, closing bool) error {
+	switch {
+	case closing:
+		c.nc.SetWriteDeadline(time.Now().Add(finalFlushTimeout))
+	case c.kaTimeout > 0:
+		// A peer that stops reading blocks the write: treat it as dead
+		// after the keepalive timeout.
+		c.nc.SetWriteDeadline(time.Now().Add(c.kaTimeout))
+	}
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// halfClose ends our side of the connection (TCP FIN, or TLS
+// close_notify) so the peer reads EOF after our last frame, while we keep
+// reading what it still sends; closing outright could reset the
+// connection and destroy frames the peer has not read yet.
+func (c *conn) halfClose() {
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		c.shutdown(errClosedLocally)
+	}
+}
+
+// keepalive is the writer goroutine's liveness state.
+type keepalive struct {
+	lastReads  uint64
+	lastActive time.Time // when reads last changed
+	pingSent   time.Time // zero unless a PING is outstanding
+}
+
+// keepalive sends a PING after kaInterval of silence from the peer and
+// closes the connection when kaTimeout more passes without a byte. It
+// returns false if it closed the connection.
+func (c *conn) keepalive(ka *keepalive) bool {
+	now := time.Now()
+	if n := c.reads.Load(); n != ka.lastReads {
+		ka.lastReads, ka.lastActive, ka.pingSent = n, now, time.Time{}
+		return true
+	}
+	if !ka.pingSent.IsZero() {
+		if now.Sub(ka.pingSent) < c.kaTimeout {
+			return true
+		}
+		c.shutdown(fmt.Errorf("%w: %s did not answer a keepalive PING within %v", ErrConnLost, c.nc.RemoteAddr(), c.kaTimeout))
+		return false
+	}
+	if now.Sub(ka.lastActive) >= c.kaInterval {
+		var data [8]byte
+		binary.BigEndian.PutUint64(data[:], uint64(now.UnixNano()))
+		c.wmu.Lock()
+		if !c.dead && !c.wClosing {
+			c.w.Ping(data)
+		}
+		c.wmu.Unlock()
+		ka.pingSent = now
+	}
+	return true
+}
+
+// writePong answers a PING; called by the reader, it never waits.
+func (c *conn) writePong(data []byte) {
+	if c.begin(context.Background(), false) == nil {
+		c.w.Pong([8]byte(data))
+		c.commit()
+	}
+}
+
+// fail sends GOAWAY with code and msg, then closes the connection once it
+// is written. The reader calls it for protocol errors.
+func (c *conn) fail(last uint32, code wire.Code, err error) {
+	c.log.Debug("mux: closing connection", "remote", c.nc.RemoteAddr().String(), "code", code, "err", err)
+	if c.begin(context.Background(), false) == nil {
+		c.w.GoAway(last, code, err.Error())
+		c.wClosing, c.wHard, c.wCause = true, true, err
+		c.commit()
+	}
+	// The writer closes the socket after the GOAWAY; the reader's caller
+	// records why.
+	select {
+	case <-c.done:
+	case <-time.After(finalFlushTimeout):
+		c.shutdown(err)
+	}
+}
+
+var errClosedLocally = errors.New("mux: connection closed")

@@ -1,0 +1,26 @@
+// Package mux is Loom's request plane over TCP: many concurrent streams
+// multiplexed on pooled connections, with the frames of internal/wire.
+//
+// A client [Pool] opens a [ClientStream] with one OPEN frame that carries
+// the whole request; the [Server] runs its [Handler] for the stream in a
+// goroutine, which answers with any number of messages ([ServerStream.Send])
+// and ends the stream by returning. Responses are flow controlled per
+// stream: the client grants credit as the caller consumes messages, so a
+// slow reader bounds what the server buffers. The caller can stop a stream
+// (the handler finishes gracefully) or kill it (the handler's context is
+// cancelled); a deadline on the caller's context travels with the request.
+//
+// Each connection has one reader goroutine and one writer goroutine. Frames
+// from every stream are appended to one batch that the writer sends in one
+// write once the previous write returns, so under load many frames share a
+// system call. The writer also runs keepalive: a silent connection gets a
+// PING and is dropped, failing its streams with [ErrConnLost], when nothing
+// comes back in time.
+//
+// Errors that end a stream are [*StreamError] values with a wire.Code;
+// match them with errors.Is against the sentinels ([ErrOverloaded],
+// [ErrDraining], ...). [StreamError.BeforeFirstResponse] tells whether the
+// caller saw any response, which decides whether it may retry elsewhere.
+//
+// The wire format is specified in docs/protocol.md.
+package mux

@@ -1,0 +1,821 @@
+package mux
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/loomrt/loom/internal/wire"
+)
+
+// Defaults for the zero values of ServerConfig and ClientConfig.
+const (
+	DefaultMaxConcurrentStreams = 10000
+	DefaultQueueSize            = 1024
+	DefaultKeepaliveInterval    = 5 * time.Second
+	DefaultKeepaliveTimeout     = 5 * time.Second
+)
+
+// ServerConfig configures a Server. The zero value works.
+type ServerConfig struct {
+	// MaxFrameSize is the largest frame the server accepts, so the
+	// largest OPEN (request plus its header). Default
+	// wire.DefaultMaxFrameSize (4 MiB).
+	MaxFrameSize int
+	// MaxConcurrentStreams is how many handlers may run at once, over
+	// all connections. Default DefaultMaxConcurrentStreams.
+	MaxConcurrentStreams int
+	// QueueSize is how many streams may wait for a running slot. A
+	// stream that finds MaxConcurrentStreams running and QueueSize
+	// waiting is refused at once with END Overloaded. Default
+	// DefaultQueueSize; negative means no queue.
+	QueueSize int
+	// KeepaliveInterval is how long a connection may be silent before
+	// the server sends a PING; KeepaliveTimeout is how long it then
+	// waits for any byte, and how long a write may block, before it
+	// drops the connection and kills its streams. Defaults
+	// DefaultKeepaliveInterval and DefaultKeepaliveTimeout; a negative
+	// interval disables keepalive.
+	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// TLS, if set, makes the server speak TLS; set ClientAuth and
+	// ClientCAs in it for mutual TLS.
+	TLS *tls.Config
+	// Logger receives connection-level events. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *ServerConfig) setDefaults() {
+	if c.MaxFrameSize <= 0 {
+		c.MaxFrameSize = wire.DefaultMaxFrameSize
+	}
+	c.MaxFrameSize = min(max(c.MaxFrameSize, wire.MinMaxFrameSize), wire.MaxMaxFrameSize)
+	if c.MaxConcurrentStreams <= 0 {
+		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = DefaultQueueSize
+	}
+	c.QueueSize = max(c.QueueSize, 0)
+	c.KeepaliveInterval, c.KeepaliveTimeout = keepaliveDefaults(c.KeepaliveInterval, c.KeepaliveTimeout)
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+func keepaliveDefaults(interval, timeout time.Duration) (time.Duration, time.Duration) {
+	if interval < 0 {
+		return 0, 0
+	}
+	if interval == 0 {
+		interval = DefaultKeepaliveInterval
+	}
+	if timeout <= 0 {
+		timeout = DefaultKeepaliveTimeout
+	}
+	return interval, timeout
+}
+
+// Handler serves streams.
+type Handler interface {
+	// ServeStream runs once per stream, in its own goroutine. It reads
+	// the request from s, sends responses with s.Send, and returns to end
+	// the stream: nil ends it with OK, a *StreamError with its code and
+	// message, any other error with Application and the error's text. A
+	// panic ends it with Internal. Nothing is sent if the client killed
+	// the stream or the connection is gone.
+	ServeStream(s *ServerStream) error
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(s *ServerStream) error
+
+// ServeStream calls f(s).
+func (f HandlerFunc) ServeStream(s *ServerStream) error { return f(s) }
+
+// Server accepts connections and runs a Handler for every stream opened on
+// them.
+type Server struct {
+	cfg ServerConfig
+	h   Handler
+	log *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*serverConn]struct{}
+	draining  bool
+	closed    bool
+	running   int             // admitted streams whose handler goroutine runs
+	queue     []*ServerStream // admitted streams waiting, FIFO from qhead
+	qhead     int
+	qbytes    int           // request bytes held by queued streams
+	changed   chan struct{} // closed when running or conns shrink; for Shutdown
+	wg        sync.WaitGroup
+}
+
+// NewServer returns a Server that runs h for every stream.
+func NewServer(cfg ServerConfig, h Handler) *Server {
+	cfg.setDefaults()
+	return &Server{
+		cfg:       cfg,
+		h:         h,
+		log:       cfg.Logger,
+		listeners: map[net.Listener]struct{}{},
+		conns:     map[*serverConn]struct{}{},
+	}
+}
+
+// Serve accepts connections on ln until Shutdown or Close, then returns
+// ErrServerClosed; it returns other errors from ln.Accept that are not
+// temporary. Serve closes ln when it returns.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			draining := s.draining
+			s.mu.Unlock()
+			if draining {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("mux: accept failed; retrying", "addr", ln.Addr().String(), "err", err, "in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(nc)
+	}
+}
+
+// Shutdown drains the server gracefully. It closes the listeners, sends
+// GOAWAY (code Draining) on every connection, and from then on refuses new
+// streams with END Draining. Then it waits until every stream accepted
+// before the GOAWAY has ended (its handler has returned and its END frame
+// has been written, queued streams included), every handler goroutine has
+// returned, and every connection has been closed by both sides. If ctx
+// ends first, Shutdown calls Close, which kills the remaining streams, and
+// returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	conns := make([]*serverConn, 0, len(s.conns))
+	for sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	s.mu.Unlock()
+	for _, sc := range conns {
+		sc.goAway()
+	}
+	for {
+		s.mu.Lock()
+		if s.running == 0 && s.qhead == len(s.queue) && len(s.conns) == 0 {
+			s.mu.Unlock()
+			s.wg.Wait()
+			return nil
+		}
+		if s.changed == nil {
+			s.changed = make(chan struct{})
+		}
+		ch := s.changed
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			s.Close()
+			return ctx.Err()
+		}
+	}
+}
+
+// Close stops the server at once: it closes the listeners and every
+// connection, which kills every stream (handler contexts are cancelled
+// with cause ErrServerClosed). It waits for the connections' goroutines,
+// not for handlers to return.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.draining, s.closed = true, true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	conns := make([]*serverConn, 0, len(s.conns))
+	for sc := range s.conns {
+		conns = append(conns, sc)
+	}
+	s.mu.Unlock()
+	for _, sc := range conns {
+		sc.shutdown(ErrServerClosed)
+	}
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) notifyLocked() {
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
+}
+
+// maxQueuedBytes bounds the requests held by queued streams, so that a
+// flood of large requests cannot pin QueueSize times MaxFrameSize bytes.
+const maxQueuedBytes = 64 << 20
+
+type admission int
+
+const (
+	admitRun admission = iota
+	admitQueued
+	admitRefused
+)
+
+func (s *Server) admit(st *ServerStream) (admission, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running < s.cfg.MaxConcurrentStreams {
+		s.running++
+		return admitRun, ""
+	}
+	if len(s.queue)-s.qhead < s.cfg.QueueSize && s.qbytes+len(st.open.Payload) <= maxQueuedBytes {
+		if s.qhead > 1024 && 2*s.qhead > len(s.queue) {
+			n := copy(s.queue, s.queue[s.qhead:])
+			clear(s.queue[n:])
+			s.queue, s.qhead = s.queue[:n], 0
+		}
+		s.queue = append(s.queue, st)
+		s.qbytes += len(st.open.Payload)
+		return admitQueued, ""
+	}
+	return admitRefused, fmt.Sprintf("server at capacity: %d streams running, %d queued with %d request bytes (MaxConcurrentStreams %d, QueueSize %d); retry later or elsewhere",
+		s.running, len(s.queue)-s.qhead, s.qbytes, s.cfg.MaxConcurrentStreams, s.cfg.QueueSize)
+}
+
+// runStreams runs st, then queued streams, in one goroutine: a finishing
+// handler hands its slot to the next waiting stream without a goroutine
+// start.
+func (s *Server) runStreams(st *ServerStream) {
+	for st != nil {
+		st.serve(s.h)
+		st = s.next()
+	}
+}
+
+func (s *Server) next() *ServerStream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.qhead < len(s.queue) {
+		st := s.queue[s.qhead]
+		s.queue[s.qhead] = nil
+		s.qhead++
+		s.qbytes -= len(st.open.Payload)
+		if s.qhead == len(s.queue) {
+			s.queue, s.qhead = s.queue[:0], 0
+		}
+		if !st.isKilled() {
+			return st
+		}
+		st.release()
+	}
+	s.running--
+	s.notifyLocked()
+	return nil
+}
+
+func (s *Server) serveConn(nc net.Conn) {
+	defer s.wg.Done()
+	deadline := time.Now().Add(handshakeTimeout)
+	if s.cfg.TLS != nil {
+		tc := tls.Server(nc, s.cfg.TLS)
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			s.log.Debug("mux: TLS handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+			nc.Close()
+			return
+		}
+		nc = tc
+	}
+	local := wire.Preface{Version: wire.Version, MaxFrameSize: uint32(s.cfg.MaxFrameSize)}
+	nc.SetDeadline(deadline)
+	peer, err := wire.ReadPreface(nc)
+	if err != nil {
+		var ve *wire.VersionError
+		if errors.As(err, &ve) {
+			// Tell a newer or older client why, in a form it can read:
+			// our preface, then a GOAWAY.
+			var w wire.Writer
+			w.GoAway(0, wire.CodeProtocol, fmt.Sprintf("unsupported protocol version %d: this server speaks version %d", ve.Got, wire.Version))
+			nc.Write(append(wire.AppendPreface(nil, local), w.Bytes()...))
+		}
+		s.log.Debug("mux: bad preface", "remote", nc.RemoteAddr().String(), "err", err)
+		nc.Close()
+		return
+	}
+	if _, err := nc.Write(wire.AppendPreface(nil, local)); err != nil {
+		nc.Close()
+		return
+	}
+	nc.SetDeadline(time.Time{})
+
+	sc := &serverConn{
+		conn:    newConn(nc, peer, s.cfg.MaxFrameSize, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, s.log),
+		srv:     s,
+		streams: map[uint32]*ServerStream{},
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	s.conns[sc] = struct{}{}
+	draining := s.draining
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		sc.writeLoop()
+	}()
+	if draining {
+		sc.goAway()
+	}
+	sc.readLoop()
+
+	s.mu.Lock()
+	delete(s.conns, sc)
+	s.notifyLocked()
+	s.mu.Unlock()
+}
+
+// serverConn is one client connection on a Server.
+type serverConn struct {
+	*conn
+	srv *Server
+
+	mu        sync.Mutex
+	streams   map[uint32]*ServerStream // open streams, running or queued
+	lastID    uint32
+	goingAway bool
+}
+
+func (sc *serverConn) readLoop() {
+	var err error
+	for err == nil {
+		var f wire.Frame
+		f, err = sc.rd.ReadFrame()
+		if err != nil {
+			break
+		}
+		switch f.Type {
+		case wire.TypeOpen:
+			err = sc.handleOpen(f)
+		case wire.TypeCancel:
+			sc.handleCancel(f)
+		case wire.TypeCredit:
+			err = sc.handleCredit(f)
+		case wire.TypePing:
+			sc.writePong(f.Payload)
+		case wire.TypePong:
+			// Any byte read counts as liveness; nothing else to do.
+		case wire.TypeGoAway:
+			// A client sends GOAWAY only before closing on a protocol error.
+			_, code, reason, _ := wire.ParseGoAway(f.Payload)
+			sc.log.Warn("mux: client closed the connection", "remote", sc.nc.RemoteAddr().String(), "code", code, "reason", string(reason))
+			err = fmt.Errorf("client sent GOAWAY (%v): %s", code, reason)
+		default:
+			err = fmt.Errorf("%w: %v frames are not sent by clients (stream %d)", wire.ErrProtocol, f.Type, f.Stream)
+		}
+	}
+	if errors.Is(err, wire.ErrProtocol) {
+		sc.mu.Lock()
+		last := sc.lastID
+		sc.mu.Unlock()
+		sc.fail(last, wire.CodeProtocol, err)
+	}
+	sc.shutdown(fmt.Errorf("%w: reading from %s: %w", ErrConnLost, sc.nc.RemoteAddr(), err))
+	<-sc.done
+	cause := sc.err
+	sc.mu.Lock()
+	streams := sc.streams
+	sc.streams = nil
+	sc.mu.Unlock()
+	for _, st := range streams {
+		st.kill(cause)
+	}
+}
+
+// writeEnd queues an END; direct lets the calling goroutine write it (see
+// commitFlush), which the reader must not.
+func (sc *serverConn) writeEnd(id uint32, code wire.Code, msg string, direct bool) {
+	if sc.begin(context.Background(), false) == nil {
+		sc.w.End(id, code, msg)
+		if direct {
+			sc.commitFlush()
+		} else {
+			sc.commit()
+		}
+	}
+}
+
+func (sc *serverConn) handleOpen(f wire.Frame) error {
+	id := f.Stream
+	req := make([]byte, len(f.Payload))
+	copy(req, f.Payload)
+	o, perr := wire.ParseOpen(req)
+
+	sc.mu.Lock()
+	if id <= sc.lastID {
+		sc.mu.Unlock()
+		return fmt.Errorf("%w: OPEN on stream %d, not above the last opened stream %d", wire.ErrProtocol, id, sc.lastID)
+	}
+	sc.lastID = id
+	if sc.goingAway {
+		sc.mu.Unlock()
+		sc.writeEnd(id, wire.CodeDraining, "server is draining (GOAWAY sent); retry on another instance", false)
+		return nil
+	}
+	if perr != nil {
+		sc.mu.Unlock()
+		sc.writeEnd(id, wire.CodeBadRequest, perr.Error(), false)
+		return nil
+	}
+	st := newServerStream(sc, id, o)
+	sc.streams[id] = st
+	sc.mu.Unlock()
+
+	switch a, msg := sc.srv.admit(st); a {
+	case admitRun:
+		go sc.srv.runStreams(st)
+	case admitRefused:
+		st.mu.Lock()
+		st.state = stateEnded
+		st.mu.Unlock()
+		sc.writeEnd(id, wire.CodeOverloaded, msg, false)
+		sc.removeStream(id)
+		st.release()
+	}
+	return nil
+}
+
+func (sc *serverConn) lookup(id uint32) *ServerStream {
+	sc.mu.Lock()
+	st := sc.streams[id]
+	sc.mu.Unlock()
+	return st
+}
+
+func (sc *serverConn) handleCancel(f wire.Frame) {
+	st := sc.lookup(f.Stream)
+	if st == nil {
+		return // already ended: the CANCEL crossed our END
+	}
+	if f.Flags == wire.FlagStop {
+		st.requestStop()
+		return
+	}
+	sc.removeStream(f.Stream)
+	st.kill(errKilled)
+}
+
+func (sc *serverConn) handleCredit(f wire.Frame) error {
+	n, err := wire.ParseCredit(f.Payload)
+	if err != nil {
+		return err
+	}
+	if st := sc.lookup(f.Stream); st != nil {
+		return st.addCredit(n)
+	}
+	return nil
+}
+
+// removeStream forgets stream id; once a draining connection has no
+// streams left it is closed.
+func (sc *serverConn) removeStream(id uint32) {
+	sc.mu.Lock()
+	_, ok := sc.streams[id]
+	delete(sc.streams, id)
+	idle := ok && sc.goingAway && len(sc.streams) == 0
+	sc.mu.Unlock()
+	if idle {
+		sc.closeAfterFlush(false, nil)
+	}
+}
+
+// goAway starts draining the connection: GOAWAY with the last stream
+// accepted, then close once the streams have ended.
+func (sc *serverConn) goAway() {
+	sc.mu.Lock()
+	if sc.goingAway || sc.streams == nil {
+		sc.mu.Unlock()
+		return
+	}
+	sc.goingAway = true
+	last, idle := sc.lastID, len(sc.streams) == 0
+	sc.mu.Unlock()
+	if sc.begin(context.Background(), false) == nil {
+		sc.w.GoAway(last, wire.CodeDraining, "server is shutting down")
+		sc.commit()
+	}
+	if idle {
+		sc.closeAfterFlush(false, nil)
+	}
+}
+
+var errKilled = &StreamError{Code: wire.CodeCancelled, Message: "stream killed by the client"}
+
+// Server stream states.
+const (
+	stateOpen   = iota
+	stateEnded  // END written or being written
+	stateKilled // killed or connection lost: no more frames
+)
+
+// closedChan is a closed channel, returned by Stopped once a stop arrived
+// before anyone asked.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// ServerStream is the server's side of one stream: the request and the
+// means to answer it. Its methods are safe for concurrent use.
+type ServerStream struct {
+	conn     *serverConn
+	id       uint32
+	open     wire.Open // aliases req, which is never written after parsing
+	deadline time.Time
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	stopDL   context.CancelFunc // stops the deadline timer; nil without a deadline
+
+	mu       sync.Mutex
+	state    int
+	credit   int64 // bytes of DATA the client still accepts (may go negative by one frame)
+	waiting  bool
+	creditCh chan struct{}
+	stopped  chan struct{}
+}
+
+// newServerStream returns a stream for a parsed OPEN whose slices alias a
+// buffer the stream now owns.
+func newServerStream(sc *serverConn, id uint32, o wire.Open) *ServerStream {
+	st := &ServerStream{conn: sc, id: id, open: o, credit: int64(sc.peer.InitialWindow)}
+	st.ctx, st.cancel = context.WithCancelCause(context.Background())
+	if o.Timeout > 0 {
+		st.deadline = time.Now().Add(o.Timeout)
+		st.ctx, st.stopDL = context.WithDeadline(st.ctx, st.deadline)
+	}
+	return st
+}
+
+func str(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// ID returns the stream id, unique on its connection.
+func (s *ServerStream) ID() uint32 { return s.id }
+
+// RemoteAddr returns the client's address.
+func (s *ServerStream) RemoteAddr() net.Addr { return s.conn.nc.RemoteAddr() }
+
+// Path returns the endpoint path the client asked for.
+func (s *ServerStream) Path() string { return str(s.open.Path) }
+
+// Codec returns the name of the payload encoding, or "".
+func (s *ServerStream) Codec() string { return str(s.open.Codec) }
+
+// RequestID returns the request id the client sent, or "".
+func (s *ServerStream) RequestID() string { return str(s.open.RequestID) }
+
+// TraceParent returns the W3C traceparent the client sent, or "".
+func (s *ServerStream) TraceParent() string { return str(s.open.TraceParent) }
+
+// Header returns the value of the request header key, or "".
+func (s *ServerStream) Header(key string) string {
+	v, _ := s.open.Header(key)
+	return str(v)
+}
+
+// Headers returns a new map of the request headers.
+func (s *ServerStream) Headers() map[string]string {
+	m := make(map[string]string, s.open.NumHeaders())
+	for k, v := range s.open.Headers() {
+		m[str(k)] = str(v)
+	}
+	return m
+}
+
+// Deadline returns the stream's deadline, computed from the timeout the
+// client sent when the OPEN arrived, and whether there is one.
+func (s *ServerStream) Deadline() (time.Time, bool) { return s.deadline, !s.deadline.IsZero() }
+
+// Payload returns the request. It belongs to the handler.
+func (s *ServerStream) Payload() []byte { return s.open.Payload }
+
+// Context returns the stream's context. It is cancelled when the client
+// kills the stream (cancelling its context, Cancel or Close before the
+// end), at the deadline, when the connection is lost and when the server
+// is closed; context.Cause says which. It is not cancelled by a graceful
+// stop: see Stopped.
+func (s *ServerStream) Context() context.Context { return s.ctx }
+
+// Stopped returns a channel closed when the client asks the stream to stop
+// gracefully. The handler should finish soon and return normally; its
+// Sends still work.
+func (s *ServerStream) Stopped() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped == nil {
+		s.stopped = make(chan struct{})
+	}
+	return s.stopped
+}
+
+func (s *ServerStream) requestStop() {
+	s.mu.Lock()
+	switch s.stopped {
+	case nil:
+		s.stopped = closedChan
+	case closedChan:
+	default:
+		select {
+		case <-s.stopped:
+		default:
+			close(s.stopped)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// Send sends p as one response message; the client's Recv returns it
+// whole. Send copies p into the connection's write batch and returns
+// without waiting for the network. It blocks while the stream is out of
+// credit (the client has not consumed enough of what was sent) or the
+// connection's batch is full. It fails once the stream has been killed or
+// has ended (the error is the context's cause, or ErrStreamDone), and
+// with an error that wraps ErrTooLarge if p is above the client's maximum
+// frame size.
+func (s *ServerStream) Send(p []byte) error {
+	if len(p) > int(s.conn.peer.MaxFrameSize) {
+		return fmt.Errorf("%w: response of %d bytes on %s, above the client's max frame size %d", ErrTooLarge, len(p), s.Path(), s.conn.peer.MaxFrameSize)
+	}
+	s.mu.Lock()
+	for s.credit <= 0 && s.state == stateOpen {
+		if s.creditCh == nil {
+			s.creditCh = make(chan struct{}, 1)
+		}
+		s.waiting = true
+		ch := s.creditCh
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-s.ctx.Done():
+			return context.Cause(s.ctx)
+		}
+		s.mu.Lock()
+	}
+	if s.state != stateOpen {
+		s.mu.Unlock()
+		if s.ctx.Err() != nil {
+			return context.Cause(s.ctx)
+		}
+		return ErrStreamDone
+	}
+	s.credit -= int64(wire.HeaderSize + len(p))
+	s.mu.Unlock()
+	if s.ctx.Err() != nil {
+		return context.Cause(s.ctx)
+	}
+	c := s.conn.conn
+	if err := c.begin(s.ctx, true); err != nil {
+		return err
+	}
+	c.w.Data(s.id, p)
+	c.commit()
+	return nil
+}
+
+func (s *ServerStream) addCredit(n uint32) error {
+	s.mu.Lock()
+	s.credit += int64(n)
+	if s.credit > wire.MaxWindow {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: credit on stream %d grew to %d, above the maximum window %d", wire.ErrProtocol, s.id, s.credit, wire.MaxWindow)
+	}
+	wake := s.waiting
+	s.waiting = false
+	s.mu.Unlock()
+	if wake {
+		select {
+		case s.creditCh <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+func (s *ServerStream) isKilled() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state == stateKilled
+}
+
+// kill stops the stream without sending anything more on it.
+func (s *ServerStream) kill(cause error) {
+	s.mu.Lock()
+	if s.state == stateOpen {
+		s.state = stateKilled
+	}
+	s.mu.Unlock()
+	s.cancel(cause)
+}
+
+func (s *ServerStream) release() {
+	s.cancel(ErrStreamDone)
+	if s.stopDL != nil {
+		s.stopDL()
+	}
+}
+
+// serve runs the handler and ends the stream.
+func (s *ServerStream) serve(h Handler) {
+	var err error
+	panicked := false
+	if s.ctx.Err() == nil {
+		err, panicked = s.call(h)
+	}
+	s.mu.Lock()
+	open := s.state == stateOpen
+	s.state = max(s.state, stateEnded)
+	s.mu.Unlock()
+	if open {
+		code, msg := s.status(err, panicked)
+		s.conn.writeEnd(s.id, code, msg, true)
+		s.conn.removeStream(s.id)
+	}
+	s.release()
+}
+
+func (s *ServerStream) call(h Handler) (err error, panicked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			err, panicked = fmt.Errorf("handler for %s panicked: %v", s.Path(), r), true
+			s.conn.log.Error("mux: handler panicked", "path", s.Path(), "request_id", s.RequestID(), "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	return h.ServeStream(s), false
+}
+
+func (s *ServerStream) status(err error, panicked bool) (wire.Code, string) {
+	switch {
+	case panicked:
+		return wire.CodeInternal, err.Error()
+	case err == nil && s.ctx.Err() == nil:
+		return wire.CodeOK, ""
+	case errors.Is(s.ctx.Err(), context.DeadlineExceeded):
+		return wire.CodeDeadlineExceeded, fmt.Sprintf("deadline of %v passed on the server", s.open.Timeout)
+	case err == nil:
+		return wire.CodeOK, ""
+	default:
+		return errStatus(err)
+	}
+}
+
+func errStatus(err error) (wire.Code, string) {
+	if se, ok := errors.AsType[*StreamError](err); ok {
+		return se.Code, se.Message
+	}
+	return wire.CodeApplication, err.Error()
+}

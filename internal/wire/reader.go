@@ -1,0 +1,140 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+)
+
+// readerInitSize is the Reader's buffer size when frames are small; it is
+// also the largest read the Reader asks of the connection in steady state.
+const readerInitSize = 32 << 10
+
+// shrinkAfter is how many consecutive small frames the Reader parses before
+// it gives back a buffer grown for a large frame.
+const shrinkAfter = 64
+
+// Reader parses frames from a byte stream.
+//
+// It owns one buffer, reads into it in large chunks and parses frames in
+// place, so reading a frame allocates nothing in steady state. The
+// Payload of a returned Frame aliases that buffer and is valid only until
+// the next call to ReadFrame; copy it to keep it.
+//
+// The frame length is checked against the maximum frame size before any
+// allocation: the buffer grows only up to HeaderSize plus that maximum, and
+// only when a frame that large has been announced. A Reader is not safe
+// for concurrent use.
+type Reader struct {
+	rd    io.Reader
+	buf   []byte
+	r, w  int // unread bytes are buf[r:w]
+	max   uint32
+	small int // frames left before a grown buffer is given back
+	err   error
+}
+
+// NewReader returns a Reader that parses frames from rd and rejects any
+// frame whose payload is longer than maxFrameSize bytes. A maxFrameSize
+// outside [MinMaxFrameSize, MaxMaxFrameSize] is clamped into it.
+func NewReader(rd io.Reader, maxFrameSize int) *Reader {
+	return &Reader{rd: rd, max: uint32(min(max(maxFrameSize, MinMaxFrameSize), MaxMaxFrameSize))}
+}
+
+// MaxFrameSize returns the largest payload the Reader accepts.
+func (r *Reader) MaxFrameSize() int { return int(r.max) }
+
+// Buffered returns the number of bytes read from the connection but not
+// yet parsed.
+func (r *Reader) Buffered() int { return r.w - r.r }
+
+// ReadFrame reads the next frame. The frame's header is checked (known
+// type, flags, stream id, fixed payload sizes, maximum size); a violation
+// returns an error that wraps ErrProtocol. A clean end of input between
+// frames returns io.EOF; an end inside a frame returns an error that wraps
+// io.ErrUnexpectedEOF. Errors are sticky.
+//
+// The returned Payload is valid until the next call to ReadFrame.
+func (r *Reader) ReadFrame() (Frame, error) {
+	if r.err != nil {
+		return Frame{}, r.err
+	}
+	if r.small == 0 && len(r.buf) > readerInitSize && r.w-r.r <= readerInitSize/2 {
+		// A grown buffer is no longer needed: give it back to the GC.
+		nb := make([]byte, readerInitSize)
+		r.w = copy(nb, r.buf[r.r:r.w])
+		r.r, r.buf = 0, nb
+	}
+	if err := r.fill(HeaderSize); err != nil {
+		r.err = err
+		return Frame{}, err
+	}
+	h := r.buf[r.r : r.r+HeaderSize]
+	f := Frame{Type: Type(h[0]), Flags: Flags(h[1]), Stream: binary.BigEndian.Uint32(h[2:])}
+	n := binary.BigEndian.Uint32(h[6:])
+	if n > r.max {
+		r.err = protoErr("%v frame on stream %d announces a %d-byte payload, above the maximum frame size %d", f.Type, f.Stream, n, r.max)
+		return Frame{}, r.err
+	}
+	if err := checkHeader(f.Type, f.Flags, f.Stream, n); err != nil {
+		r.err = err
+		return Frame{}, err
+	}
+	size := HeaderSize + int(n)
+	if size > readerInitSize {
+		r.small = shrinkAfter
+	} else if r.small > 0 {
+		r.small--
+	}
+	if err := r.fill(size); err != nil {
+		r.err = err
+		return Frame{}, err
+	}
+	f.Payload = r.buf[r.r+HeaderSize : r.r+size : r.r+size]
+	r.r += size
+	return f, nil
+}
+
+// fill makes at least need bytes available in buf[r:w]; need is at most
+// HeaderSize plus the maximum frame size.
+func (r *Reader) fill(need int) error {
+	if r.w-r.r >= need {
+		return nil
+	}
+	if r.buf == nil {
+		r.buf = make([]byte, max(readerInitSize, 0))
+	}
+	if len(r.buf)-r.r < need {
+		if need > len(r.buf) {
+			nb := make([]byte, min(max(need, 2*len(r.buf)), HeaderSize+int(r.max)))
+			r.w = copy(nb, r.buf[r.r:r.w])
+			r.r, r.buf = 0, nb
+		} else {
+			r.w = copy(r.buf, r.buf[r.r:r.w])
+			r.r = 0
+		}
+	}
+	empty := 0
+	for r.w-r.r < need {
+		n, err := r.rd.Read(r.buf[r.w:])
+		r.w += n
+		if r.w-r.r >= need {
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				if r.w == r.r {
+					return io.EOF
+				}
+				return protoErrWrap(io.ErrUnexpectedEOF, "connection ended inside a frame (%d of %d bytes)", r.w-r.r, need)
+			}
+			return err
+		}
+		if n == 0 {
+			if empty++; empty > 100 {
+				return io.ErrNoProgress
+			}
+		}
+	}
+	return nil
+}

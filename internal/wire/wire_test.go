@@ -1,0 +1,353 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"runtime"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+)
+
+func TestPreface(t *testing.T) {
+	good := Preface{Version: Version, MaxFrameSize: 1 << 20, InitialWindow: 64 << 10}
+	b := AppendPreface(nil, good)
+	if len(b) != PrefaceSize {
+		t.Fatalf("preface is %d bytes, want %d", len(b), PrefaceSize)
+	}
+	got, err := ReadPreface(bytes.NewReader(b))
+	if err != nil || got != good {
+		t.Fatalf("ReadPreface = %+v, %v; want %+v", got, err, good)
+	}
+
+	tests := []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"a peer that is not Loom is told so", []byte("GET / HTTP/1.1\r\n\r\n"), "not a Loom connection"},
+		{"a peer of another version gets a version error", AppendPreface(nil, Preface{Version: 2, MaxFrameSize: 1 << 20, InitialWindow: 1}), "peer speaks protocol version 2"},
+		{"a tiny max frame size is refused", AppendPreface(nil, Preface{Version: 1, MaxFrameSize: 10, InitialWindow: 1}), "max frame size 10"},
+		{"a huge window is refused", AppendPreface(nil, Preface{Version: 1, MaxFrameSize: 1 << 20, InitialWindow: 1 << 31}), "initial window 2147483648"},
+		{"a truncated preface is refused", []byte("LOOM\x01"), "inside the preface"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ReadPreface(bytes.NewReader(tt.b))
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrProtocol) {
+				t.Fatalf("err = %v, want a protocol error containing %q", err, tt.want)
+			}
+		})
+	}
+	var ve *VersionError
+	if _, err := ParsePreface(AppendPreface(nil, Preface{Version: 9, MaxFrameSize: 1 << 20, InitialWindow: 1})); !errors.As(err, &ve) || ve.Got != 9 {
+		t.Fatalf("err = %v, want *VersionError{Got: 9}", err)
+	}
+}
+
+func TestWriterReaderRoundTrip(t *testing.T) {
+	var w Writer
+	h := &OpenHeader{Path: "ns/comp/ep", Codec: "json", RequestID: "r1", TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", Timeout: 1500 * time.Millisecond, Headers: map[string]string{"a": "1"}}
+	if err := w.Open(1, h, []byte("req")); err != nil {
+		t.Fatal(err)
+	}
+	w.Data(1, []byte("hello"))
+	w.Data(1, nil)
+	w.End(1, CodeApplication, "boom")
+	w.Cancel(3, FlagStop)
+	w.Cancel(5, FlagKill)
+	w.Credit(1, 4096)
+	w.Ping([8]byte{1, 2, 3, 4, 5, 6, 7, 8})
+	w.Pong([8]byte{8, 7, 6, 5, 4, 3, 2, 1})
+	w.GoAway(7, CodeDraining, "bye")
+
+	r := NewReader(iotest.OneByteReader(bytes.NewReader(w.Bytes())), 1<<20)
+	next := func(wantT Type, wantF Flags, wantS uint32) []byte {
+		t.Helper()
+		f, err := r.ReadFrame()
+		if err != nil {
+			t.Fatalf("ReadFrame: %v", err)
+		}
+		if f.Type != wantT || f.Flags != wantF || f.Stream != wantS {
+			t.Fatalf("frame = %v/%x/%d, want %v/%x/%d", f.Type, f.Flags, f.Stream, wantT, wantF, wantS)
+		}
+		return f.Payload
+	}
+	o, err := ParseOpen(next(TypeOpen, 0, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(o.Path) != h.Path || string(o.Codec) != "json" || string(o.RequestID) != "r1" || string(o.TraceParent) != h.TraceParent || o.Timeout != h.Timeout || string(o.Payload) != "req" {
+		t.Fatalf("open = %+v", o)
+	}
+	if v, ok := o.Header("a"); !ok || string(v) != "1" {
+		t.Fatalf("header a = %q, %v", v, ok)
+	}
+	if p := next(TypeData, 0, 1); string(p) != "hello" {
+		t.Fatalf("data = %q", p)
+	}
+	if p := next(TypeData, 0, 1); len(p) != 0 {
+		t.Fatalf("empty data = %q", p)
+	}
+	code, msg, err := ParseEnd(next(TypeEnd, 0, 1))
+	if err != nil || code != CodeApplication || string(msg) != "boom" {
+		t.Fatalf("end = %v %q %v", code, msg, err)
+	}
+	next(TypeCancel, FlagStop, 3)
+	next(TypeCancel, FlagKill, 5)
+	if n, err := ParseCredit(next(TypeCredit, 0, 1)); n != 4096 || err != nil {
+		t.Fatalf("credit = %d, %v", n, err)
+	}
+	if p := next(TypePing, 0, 0); !bytes.Equal(p, []byte{1, 2, 3, 4, 5, 6, 7, 8}) {
+		t.Fatalf("ping = %v", p)
+	}
+	next(TypePong, 0, 0)
+	last, code, reason, err := ParseGoAway(next(TypeGoAway, 0, 0))
+	if last != 7 || code != CodeDraining || string(reason) != "bye" || err != nil {
+		t.Fatalf("goaway = %d %v %q %v", last, code, reason, err)
+	}
+	if _, err := r.ReadFrame(); err != io.EOF {
+		t.Fatalf("at the end: %v, want io.EOF", err)
+	}
+}
+
+func frame(t Type, f Flags, stream uint32, n uint32, payload []byte) []byte {
+	b := []byte{byte(t), byte(f)}
+	b = binary.BigEndian.AppendUint32(b, stream)
+	b = binary.BigEndian.AppendUint32(b, n)
+	return append(b, payload...)
+}
+
+func TestReaderRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []byte
+		want string
+	}{
+		{"a 4 GiB length is a protocol error, not an allocation", frame(TypeData, 0, 1, 0xFFFFFFFF, nil), "4294967295-byte payload, above the maximum frame size 65536"},
+		{"an unknown frame type is a protocol error", frame(0x42, 0, 1, 0, nil), "unknown frame type 0x42"},
+		{"a DATA frame on stream 0 is a protocol error", frame(TypeData, 0, 0, 0, nil), "DATA frame on stream 0"},
+		{"a PING on a stream is a protocol error", frame(TypePing, 0, 3, 8, make([]byte, 8)), "PING frame on stream 3"},
+		{"a short PING is a protocol error", frame(TypePing, 0, 0, 4, make([]byte, 4)), "PING frame payload is 4 bytes, want 8"},
+		{"a CANCEL with both flags is a protocol error", frame(TypeCancel, 3, 1, 0, nil), "want exactly one of stop"},
+		{"flags on DATA are a protocol error", frame(TypeData, 1, 1, 0, nil), "has flags 0x01"},
+		{"an END without a code is a protocol error", frame(TypeEnd, 0, 1, 1, []byte{0}), "END frame payload is 1 bytes"},
+		{"a truncated frame is an unexpected EOF", frame(TypeData, 0, 1, 10, []byte("abc")), "ended inside a frame (13 of 20 bytes)"},
+		{"a truncated header is an unexpected EOF", []byte{2, 0, 0}, "ended inside a frame (3 of 10 bytes)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			r := NewReader(bytes.NewReader(tt.in), 64<<10)
+			_, err := r.ReadFrame()
+			runtime.ReadMemStats(&after)
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrProtocol) {
+				t.Fatalf("err = %v, want a protocol error containing %q", err, tt.want)
+			}
+			if _, err2 := r.ReadFrame(); err2 != err {
+				t.Fatalf("error is not sticky: %v then %v", err, err2)
+			}
+			if d := after.TotalAlloc - before.TotalAlloc; d > 256<<10 {
+				t.Fatalf("rejecting the frame allocated %d bytes", d)
+			}
+		})
+	}
+}
+
+func TestReaderGrowsAndShrinks(t *testing.T) {
+	var w Writer
+	big := bytes.Repeat([]byte("x"), 1<<20)
+	w.Data(1, big)
+	for range 2 * shrinkAfter {
+		w.Data(1, []byte("small"))
+	}
+	r := NewReader(bytes.NewReader(w.Bytes()), 2<<20)
+	f, err := r.ReadFrame()
+	if err != nil || !bytes.Equal(f.Payload, big) {
+		t.Fatalf("big frame: %v", err)
+	}
+	for range 2 * shrinkAfter {
+		if f, err := r.ReadFrame(); err != nil || string(f.Payload) != "small" {
+			t.Fatalf("small frame = %q, %v", f.Payload, err)
+		}
+	}
+	if len(r.buf) > readerInitSize {
+		t.Fatalf("buffer still %d bytes after %d small frames", len(r.buf), 2*shrinkAfter)
+	}
+}
+
+func TestParseOpenRejects(t *testing.T) {
+	good, err := AppendOpen(nil, &OpenHeader{Path: "a/b/c", Headers: map[string]string{"k": "v"}}, []byte("p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dup := binary.BigEndian.AppendUint64(nil, 0)
+	dup = append(dup, 0, 1, 'p', 0, 0, 0, 2, 1, 'k', 0, 0, 1, 'k', 0, 0)
+	tests := []struct {
+		name string
+		in   []byte
+		want string
+	}{
+		{"an empty payload names the timeout", nil, "truncated in timeout"},
+		{"a missing path names the path", good[:11], "truncated in path at byte 10"},
+		{"an empty path is refused", append(binary.BigEndian.AppendUint64(nil, 0), 0, 0, 0, 0, 0, 0), "path is empty"},
+		{"a timeout above MaxInt64 is refused", append(binary.BigEndian.AppendUint64(nil, 1<<63), good[8:]...), "timeout 9223372036854775808"},
+		{"a header cut short names the header", good[:len(good)-3], "truncated in header value"},
+		{"a duplicate header key is refused", dup, `header key "k" appears twice`},
+		{"too many headers are refused", append(binary.BigEndian.AppendUint64(nil, 0), 0, 1, 'p', 0, 0, 0, 65), "65 headers, limit 64"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseOpen(tt.in)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestAppendOpenRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		h    OpenHeader
+		want string
+	}{
+		{"an empty path", OpenHeader{}, "path is empty"},
+		{"a long codec", OpenHeader{Path: "p", Codec: strings.Repeat("c", 256)}, "codec"},
+		{"a negative timeout", OpenHeader{Path: "p", Timeout: -1}, "negative"},
+		{"an empty header key", OpenHeader{Path: "p", Headers: map[string]string{"": "v"}}, "header key"},
+	}
+	for _, tt := range tests {
+		t.Run("refuses "+tt.name, func(t *testing.T) {
+			b, err := AppendOpen([]byte("x"), &tt.h, nil)
+			if err == nil || !strings.Contains(err.Error(), tt.want) || string(b) != "x" {
+				t.Fatalf("AppendOpen = %q, %v; want x and an error containing %q", b, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestEndMessageIsTruncatedAtARuneBoundary(t *testing.T) {
+	var w Writer
+	w.End(1, CodeInternal, strings.Repeat("é", MaxMessageLen))
+	f, err := NewReader(bytes.NewReader(w.Bytes()), 1<<20).ReadFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, msg, _ := ParseEnd(f.Payload)
+	if len(msg) > MaxMessageLen || !strings.HasPrefix(strings.Repeat("é", MaxMessageLen), string(msg)) {
+		t.Fatalf("message is %d bytes or split a rune", len(msg))
+	}
+}
+
+func TestCodes(t *testing.T) {
+	// The values are the protocol: this test is the guard against renumbering.
+	want := map[Code]string{0: "OK", 1: "Application", 2: "NotFound", 3: "Overloaded", 4: "Draining", 5: "Cancelled", 6: "DeadlineExceeded", 7: "Internal", 8: "Protocol", 9: "BadRequest", 10: "Reset", 99: "Code(99)"}
+	for c, s := range want {
+		if c.String() != s {
+			t.Errorf("Code(%d).String() = %q, want %q", c, c.String(), s)
+		}
+	}
+	if !CodeOverloaded.Retryable() || !CodeDraining.Retryable() || CodeApplication.Retryable() {
+		t.Error("only Overloaded and Draining are retryable")
+	}
+}
+
+// loopReader replays b forever.
+type loopReader struct {
+	b   []byte
+	off int
+}
+
+func (l *loopReader) Read(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		c := copy(p[n:], l.b[l.off:])
+		n += c
+		l.off = (l.off + c) % len(l.b)
+	}
+	return n, nil
+}
+
+func TestReadAndWriteDataDoNotAllocate(t *testing.T) {
+	var w Writer
+	p := make([]byte, 64)
+	for range 100 {
+		w.Data(1, p)
+	}
+	r := NewReader(&loopReader{b: append([]byte(nil), w.Bytes()...)}, DefaultMaxFrameSize)
+	if n := testing.AllocsPerRun(1000, func() {
+		if _, err := r.ReadFrame(); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("ReadFrame allocates %v times per frame", n)
+	}
+	if n := testing.AllocsPerRun(1000, func() {
+		if w.Len() > 1<<20 {
+			w.Reset()
+		}
+		w.Data(1, p)
+	}); n != 0 {
+		t.Errorf("Writer.Data allocates %v times per frame", n)
+	}
+	h := &OpenHeader{Path: "a/b/c", Codec: "json", Headers: map[string]string{"k": "v"}}
+	w.Reset()
+	_ = w.Open(1, h, p)
+	open := append([]byte(nil), w.Bytes()[HeaderSize:]...)
+	if n := testing.AllocsPerRun(1000, func() {
+		o, err := ParseOpen(open)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := o.Header("k"); !ok {
+			t.Fatal("no header k")
+		}
+	}); n != 0 {
+		t.Errorf("ParseOpen allocates %v times", n)
+	}
+}
+
+func BenchmarkReadData64(b *testing.B) {
+	var w Writer
+	p := make([]byte, 64)
+	for range 512 {
+		w.Data(1, p)
+	}
+	r := NewReader(&loopReader{b: append([]byte(nil), w.Bytes()...)}, DefaultMaxFrameSize)
+	b.SetBytes(HeaderSize + 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := r.ReadFrame(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkWriteData64(b *testing.B) {
+	var w Writer
+	p := make([]byte, 64)
+	b.SetBytes(HeaderSize + 64)
+	b.ReportAllocs()
+	for b.Loop() {
+		if w.Len() > 64<<10 {
+			w.Reset()
+		}
+		w.Data(1, p)
+	}
+}
+
+func BenchmarkParseOpen(b *testing.B) {
+	h := &OpenHeader{Path: "ns/component/endpoint", Codec: "msgpack", RequestID: "0123456789abcdef", TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", Timeout: time.Second, Headers: map[string]string{"tenant": "a", "priority": "high"}}
+	open, _ := AppendOpen(nil, h, make([]byte, 64))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseOpen(open); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
