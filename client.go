@@ -5,22 +5,27 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"iter"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/internal/mux"
 	"github.com/loomrt/loom/internal/supervise"
+	"github.com/loomrt/loom/metrics"
 )
 
 // Candidate is an instance a Client may route a request to, with the
 // number of requests this client has in flight on it.
 type Candidate struct {
 	discovery.Instance
-	key      string
-	inFlight atomic.Int64
+	key        string
+	inFlight   atomic.Int64
+	avoidUntil atomic.Int64 // unix nanoseconds; set when its connection failed
 }
 
 // InFlight returns how many of this client's requests the instance is
@@ -34,6 +39,20 @@ type clientOptions struct {
 	picker  Picker
 	wait    time.Duration
 	noRetry bool
+}
+
+// usable reports whether cand should get new requests: its connection has
+// not failed lately and its server has not sent GOAWAY.
+func (c *clientCore) usable(cand *Candidate, now int64) bool {
+	if cand.avoidUntil.Load() > now {
+		return false
+	}
+	if cand.Transport == TransportTCP {
+		if _, draining := c.rt.planes.draining.Load(cand.Address); draining {
+			return false
+		}
+	}
+	return true
 }
 
 // WithPicker routes requests with p instead of the picker named by
@@ -57,14 +76,17 @@ type Client[Req, Resp any] struct {
 
 // clientCore is the untyped part of a Client: the live instance set.
 type clientCore struct {
-	rt      *Runtime
-	path    string
-	query   discovery.Query
-	picker  Picker
-	wait    time.Duration
-	noRetry bool
-	cancel  context.CancelFunc // ends the client's watch
-	tasks   *supervise.Group
+	rt       *Runtime
+	path     string
+	query    discovery.Query
+	picker   Picker
+	wait     time.Duration
+	noRetry  bool
+	local    bool          // take the local fast path for instances in this process
+	cooldown time.Duration // how long a failed instance is avoided
+	m        *metrics.ClientEndpoint
+	cancel   context.CancelFunc // ends the client's watch
+	tasks    *supervise.Group
 
 	list atomic.Pointer[[]*Candidate] // sorted by id; replaced, never mutated
 
@@ -79,7 +101,7 @@ type clientCore struct {
 // done; Runtime.Shutdown closes it too.
 func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientOption) (*Client[Req, Resp], error) {
 	rt := ep.Runtime()
-	o := clientOptions{wait: rt.cfg.Client.WaitTimeout}
+	o := clientOptions{wait: rt.cfg.Client.WaitTimeout, noRetry: !rt.cfg.Client.Retry}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -92,6 +114,8 @@ func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientO
 	}
 	c := &clientCore{
 		rt: rt, path: ep.path, query: ep.query(), picker: o.picker, wait: o.wait, noRetry: o.noRetry,
+		local: rt.cfg.Client.LocalFastPath, cooldown: rt.cfg.Client.FailureCooldown,
+		m:     rt.metrics.Client(ep.comp.ns.name, ep.comp.name, ep.name),
 		cands: make(map[uint64]*Candidate), changed: make(chan struct{}),
 	}
 	c.list.Store(&[]*Candidate{})
@@ -191,7 +215,7 @@ func (c *clientCore) replace(set map[uint64]discovery.Instance) {
 	}
 	for id, inst := range set {
 		if old, ok := c.cands[id]; !ok || old.Instance.Address != inst.Address || old.Transport != inst.Transport {
-			c.cands[id] = &Candidate{Instance: inst, key: inst.Key()}
+			c.cands[id] = c.candidate(inst)
 		}
 	}
 	c.publish()
@@ -201,11 +225,18 @@ func (c *clientCore) update(inst discovery.Instance, added bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if added {
-		c.cands[inst.ID] = &Candidate{Instance: inst, key: inst.Key()}
+		c.cands[inst.ID] = c.candidate(inst)
 	} else {
 		delete(c.cands, inst.ID)
 	}
 	c.publish()
+}
+
+// candidate makes a Candidate of a new record. A new record at an address
+// that sent GOAWAY is a new server there, so the address is usable again.
+func (c *clientCore) candidate(inst discovery.Instance) *Candidate {
+	c.rt.planes.draining.Delete(inst.Address)
+	return &Candidate{Instance: inst, key: inst.Key()}
 }
 
 // publish stores a new sorted list and wakes waiters; c.mu is held.
@@ -255,12 +286,9 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 			list = filter(list, direct, tried)
 		}
 		if len(list) > 0 {
-			cand, err := c.picker.Pick(ctx, list)
+			cand, err := c.choose(ctx, list)
 			if err != nil {
-				return nil, fmt.Errorf("loom: %s: picker: %w", c.path, err)
-			}
-			if cand == nil {
-				return nil, fmt.Errorf("loom: %s: picker chose no instance", c.path)
+				return nil, err
 			}
 			return cand, nil
 		}
@@ -282,6 +310,31 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 			return nil, fmt.Errorf("%w: none of %s appeared within %s (is a server for it running and registered in the same discovery? `loom ls %s` lists instances; client.wait_timeout sets the wait)", ErrNoInstances, c.path, c.wait, c.path)
 		}
 	}
+}
+
+// choose asks the picker, steering away from instances that failed lately
+// or are draining while others are available.
+func (c *clientCore) choose(ctx context.Context, list []*Candidate) (*Candidate, error) {
+	cand, err := c.picker.Pick(ctx, list)
+	if err == nil && cand != nil && !c.usable(cand, time.Now().UnixNano()) {
+		now := time.Now().UnixNano()
+		ok := make([]*Candidate, 0, len(list))
+		for _, l := range list {
+			if c.usable(l, now) {
+				ok = append(ok, l)
+			}
+		}
+		if len(ok) > 0 {
+			cand, err = c.picker.Pick(ctx, ok)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loom: %s: picker: %w", c.path, err)
+	}
+	if cand == nil {
+		return nil, fmt.Errorf("loom: %s: picker chose no instance", c.path)
+	}
+	return cand, nil
 }
 
 func filter(list []*Candidate, direct uint64, tried []*Candidate) []*Candidate {
@@ -311,50 +364,117 @@ func (c *Client[Req, Resp]) Direct(id uint64) Engine[Req, Resp] {
 }
 
 func (c *Client[Req, Resp]) run(ctx context.Context, req Req, direct uint64, yield func(Resp, error) bool) {
+	core := c.core
 	var tried []*Candidate
 	var last error
 	for {
-		cand, err := c.core.pick(ctx, direct, tried)
+		cand, err := core.pick(ctx, direct, tried)
 		if err != nil {
 			if errors.Is(err, errExhausted) {
 				err = last
 			}
+			core.count(err)
 			var zero Resp
 			yield(zero, err)
 			return
 		}
 		started, err := c.call(ctx, cand, req, yield)
 		if err == nil {
+			core.m.OK.Inc()
 			return
 		}
-		if !started && retryable(err) && !c.core.noRetry && direct == 0 {
+		if !started && retryable(err) && !core.noRetry && direct == 0 && ctx.Err() == nil {
 			tried = append(tried, cand)
 			last = err
+			core.m.Retries.Inc()
 			continue
 		}
+		core.count(err)
 		var zero Resp
 		yield(zero, err)
 		return
 	}
 }
 
-// call sends req to one instance.
+// count records a failed call's outcome.
+func (c *clientCore) count(err error) {
+	switch {
+	case errors.Is(err, ErrNoInstances):
+		c.m.NoInstances.Inc()
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		c.m.Cancelled.Inc()
+	default:
+		c.m.Error.Inc()
+	}
+}
+
+// call sends req to one instance: in this process directly, elsewhere over
+// the transport its record names.
 func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, yield func(Resp, error) bool) (bool, error) {
 	cand.inFlight.Add(1)
 	defer cand.inFlight.Add(-1)
-	if v, ok := localServers.Load(cand.key); ok {
-		s := v.(*served)
-		if eng, ok := s.engine.(Engine[Req, Resp]); ok {
-			return serveTyped(ctx, s, eng, req, yield)
+	if c.core.local {
+		if v, ok := localServers.Load(cand.key); ok {
+			s := v.(*served)
+			if eng, ok := s.engine.(Engine[Req, Resp]); ok {
+				return serveTyped(ctx, s, eng, req, yield)
+			}
+			return callRaw(ctx, s, req, yield)
 		}
-		return callRaw(ctx, s, req, yield)
 	}
-	if cand.Transport == "local" {
-		// Only reachable inside its own process, and not found in this one:
-		// it has shut down and discovery has not caught up yet.
-		return false, fmt.Errorf("%w: %s instance %x is gone (transport local)", errGone, c.core.path, cand.ID)
+	started, err, failed := callRemote(ctx, c.core, cand, req, yield)
+	if failed {
+		cand.avoidUntil.Store(time.Now().Add(c.core.cooldown).UnixNano())
 	}
-	return false, fmt.Errorf("loom: %s instance %x is served by another process over %q, and this runtime has no such transport", c.core.path, cand.ID, cand.Transport)
+	return started, err
+}
+
+// callRemote calls an instance in another process. failed reports that the
+// instance or its connection failed, rather than the request.
+func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candidate, req Req, yield func(Resp, error) bool) (started bool, err error, failed bool) {
+	cdc, err := codec.ByName(cand.Codec)
+	if err != nil {
+		return false, fmt.Errorf("%w: %s instance %x: %v", errGone, c.path, cand.ID, err), false
+	}
+	payload, err := cdc.Marshal(nil, req)
+	if err != nil {
+		return false, fmt.Errorf("loom: %s: encode request: %w", c.path, err), false
+	}
+	stream, err := c.rt.open(ctx, cand, mux.Request{Path: c.path, Codec: cdc.Name(), Payload: payload})
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err(), false
+		}
+		if errors.Is(err, errGone) || errors.Is(err, ErrClosed) {
+			return false, err, true
+		}
+		mapped, failed := fromWire(ctx, c.path, cand.ID, err)
+		return false, mapped, failed
+	}
+	defer stream.Close()
+	if stop, ok := ctx.Value(stopKey{}).(context.Context); ok {
+		defer context.AfterFunc(stop, stream.Stop)()
+	}
+	for {
+		b, err := stream.Recv()
+		if err == io.EOF {
+			return started, nil, false
+		}
+		if err != nil {
+			mapped, failed := fromWire(ctx, c.path, cand.ID, err)
+			return started, mapped, failed
+		}
+		var item Resp
+		if err := cdc.Unmarshal(b, &item); err != nil {
+			stream.Cancel()
+			return started, fmt.Errorf("loom: %s instance %x: response does not decode as %T: %w", c.path, cand.ID, item, err), false
+		}
+		started = true
+		if !yield(item, nil) {
+			stream.Cancel()
+			return started, nil, false
+		}
+	}
 }
 
 var errConsumerStopped = errors.New("loom: consumer stopped reading")

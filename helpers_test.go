@@ -25,10 +25,28 @@ type cluster struct {
 	cfg   config.Config
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T) *cluster { return newClusterOn(t, "local") }
+
+// planes are the ways a call can travel; semantic tests run on each.
+var planes = []string{"local", "tcp"}
+
+// newClusterOn makes a cluster whose calls travel on plane: the local
+// fast path, or the network even between runtimes in this process.
+func newClusterOn(t *testing.T, plane string) *cluster {
 	cfg := config.Default()
 	cfg.Client.WaitTimeout = 2 * time.Second
+	cfg.Client.LocalFastPath = plane == "local"
+	if plane != "local" {
+		cfg.RequestPlane.Transport = plane
+	}
 	return &cluster{t: t, store: memory.NewStore(), cfg: cfg}
+}
+
+// eachPlane runs f once per plane, each with a fresh cluster.
+func eachPlane(t *testing.T, f func(t *testing.T, c *cluster)) {
+	for _, p := range planes {
+		t.Run("over "+p, func(t *testing.T) { f(t, newClusterOn(t, p)) })
+	}
 }
 
 // runtime starts a runtime in the cluster; it is shut down when the test ends.

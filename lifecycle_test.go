@@ -71,63 +71,64 @@ func TestTheContextTree(t *testing.T) {
 }
 
 func TestAnEndpointDrainsOnShutdown(t *testing.T) {
-	c := newCluster(t)
-	caller := c.runtime()
-	slowRT, otherRT := c.runtime(), c.runtime()
-	inHandler, finish := make(chan struct{}), make(chan struct{})
-	slow := serve(t, slowRT, "drain/svc/gen", func(ctx context.Context, wait bool) iter.Seq2[uint64, error] {
-		return func(yield func(uint64, error) bool) {
-			if wait {
-				close(inHandler)
-				<-finish
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		caller := c.runtime()
+		slowRT, otherRT := c.runtime(), c.runtime()
+		inHandler, finish := make(chan struct{}), make(chan struct{})
+		slow := serve(t, slowRT, "drain/svc/gen", func(ctx context.Context, wait bool) iter.Seq2[uint64, error] {
+			return func(yield func(uint64, error) bool) {
+				if wait {
+					close(inHandler)
+					<-finish
+				}
+				yield(slowRT.ID(), nil)
 			}
-			yield(slowRT.ID(), nil)
+		})
+		serve(t, otherRT, "drain/svc/gen", echoIDBool(otherRT))
+		cl := client[bool, uint64](t, caller, "drain/svc/gen")
+		waitInstances(t, cl, 2)
+
+		var inflight []uint64
+		var inflightErr error
+		var wg sync.WaitGroup
+		wg.Go(func() { inflight, inflightErr = collect(cl.Direct(slowRT.ID()).Generate(context.Background(), true)) })
+		<-inHandler
+
+		shutdownDone := make(chan error, 1)
+		go func() { shutdownDone <- slow.Shutdown(context.Background()) }()
+
+		// The instance leaves discovery at once; new calls go to the other.
+		deadline := time.Now().Add(2 * time.Second)
+		for len(cl.Instances()) != 1 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if n := len(cl.Instances()); n != 1 {
+			t.Fatalf("client sees %d instances after shutdown began, want 1", n)
+		}
+		for range 10 {
+			got, err := collect(cl.Generate(context.Background(), false))
+			if err != nil || got[0] != otherRT.ID() {
+				t.Fatalf("a new call during the drain got %v, %v; want the other instance", got, err)
+			}
+		}
+		select {
+		case err := <-shutdownDone:
+			t.Fatalf("Shutdown returned (%v) with a request in flight", err)
+		default:
+		}
+		close(finish)
+		wg.Wait()
+		if inflightErr != nil || len(inflight) != 1 || inflight[0] != slowRT.ID() {
+			t.Fatalf("the in-flight request got %v, %v; want it to finish", inflight, inflightErr)
+		}
+		if err := <-shutdownDone; err != nil {
+			t.Fatalf("Shutdown = %v after a clean drain", err)
+		}
+		list, err := c.store.Connect().List(context.Background(), discovery.Query{Namespace: "drain"})
+		if err != nil || len(list) != 1 || list[0].ID != otherRT.ID() {
+			t.Fatalf("discovery holds %v (%v), want only the other instance", list, err)
 		}
 	})
-	serve(t, otherRT, "drain/svc/gen", echoIDBool(otherRT))
-	cl := client[bool, uint64](t, caller, "drain/svc/gen")
-	waitInstances(t, cl, 2)
-
-	var inflight []uint64
-	var inflightErr error
-	var wg sync.WaitGroup
-	wg.Go(func() { inflight, inflightErr = collect(cl.Direct(slowRT.ID()).Generate(context.Background(), true)) })
-	<-inHandler
-
-	shutdownDone := make(chan error, 1)
-	go func() { shutdownDone <- slow.Shutdown(context.Background()) }()
-
-	// The instance leaves discovery at once; new calls go to the other.
-	deadline := time.Now().Add(2 * time.Second)
-	for len(cl.Instances()) != 1 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	if n := len(cl.Instances()); n != 1 {
-		t.Fatalf("client sees %d instances after shutdown began, want 1", n)
-	}
-	for range 10 {
-		got, err := collect(cl.Generate(context.Background(), false))
-		if err != nil || got[0] != otherRT.ID() {
-			t.Fatalf("a new call during the drain got %v, %v; want the other instance", got, err)
-		}
-	}
-	select {
-	case err := <-shutdownDone:
-		t.Fatalf("Shutdown returned (%v) with a request in flight", err)
-	default:
-	}
-	close(finish)
-	wg.Wait()
-	if inflightErr != nil || len(inflight) != 1 || inflight[0] != slowRT.ID() {
-		t.Fatalf("the in-flight request got %v, %v; want it to finish", inflight, inflightErr)
-	}
-	if err := <-shutdownDone; err != nil {
-		t.Fatalf("Shutdown = %v after a clean drain", err)
-	}
-	list, err := c.store.Connect().List(context.Background(), discovery.Query{Namespace: "drain"})
-	if err != nil || len(list) != 1 || list[0].ID != otherRT.ID() {
-		t.Fatalf("discovery holds %v (%v), want only the other instance", list, err)
-	}
 }
 
 // laggingDiscovery holds each Unregister until released, as a remote
@@ -143,51 +144,52 @@ func (d laggingDiscovery) Unregister(ctx context.Context, inst discovery.Instanc
 }
 
 func TestADrainingInstanceIsRetriedElsewhere(t *testing.T) {
-	c := newCluster(t)
-	caller := c.runtime()
-	lag := laggingDiscovery{Discovery: c.store.Connect(), release: make(chan struct{})}
-	defer lag.Close()
-	a, b := c.runtime(loom.WithDiscovery(lag)), c.runtime()
-	epA := serve(t, a, "retry/svc/id", echoID(a))
-	serve(t, b, "retry/svc/id", echoID(b))
-	preferA := loom.PickerFunc(func(_ context.Context, cs []*loom.Candidate) (*loom.Candidate, error) {
-		for _, cand := range cs {
-			if cand.ID == a.ID() {
-				return cand, nil
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		caller := c.runtime()
+		lag := laggingDiscovery{Discovery: c.store.Connect(), release: make(chan struct{})}
+		defer lag.Close()
+		a, b := c.runtime(loom.WithDiscovery(lag)), c.runtime()
+		epA := serve(t, a, "retry/svc/id", echoID(a))
+		serve(t, b, "retry/svc/id", echoID(b))
+		preferA := loom.PickerFunc(func(_ context.Context, cs []*loom.Candidate) (*loom.Candidate, error) {
+			for _, cand := range cs {
+				if cand.ID == a.ID() {
+					return cand, nil
+				}
 			}
-		}
-		return cs[0], nil
-	})
-	cl := client[int, uint64](t, caller, "retry/svc/id", loom.WithPicker(preferA))
-	noRetry := client[int, uint64](t, caller, "retry/svc/id", loom.WithoutRetry(), loom.WithPicker(preferA))
-	waitInstances(t, cl, 2)
-	waitInstances(t, noRetry, 2)
+			return cs[0], nil
+		})
+		cl := client[int, uint64](t, caller, "retry/svc/id", loom.WithPicker(preferA))
+		noRetry := client[int, uint64](t, caller, "retry/svc/id", loom.WithoutRetry(), loom.WithPicker(preferA))
+		waitInstances(t, cl, 2)
+		waitInstances(t, noRetry, 2)
 
-	shutdown := make(chan error, 1)
-	go func() { shutdown <- epA.Shutdown(context.Background()) }()
-	// a refuses while its record is still in discovery.
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		_, err := collect(noRetry.Generate(context.Background(), 1))
-		if errors.Is(err, loom.ErrDraining) {
-			break
+		shutdown := make(chan error, 1)
+		go func() { shutdown <- epA.Shutdown(context.Background()) }()
+		// a refuses while its record is still in discovery.
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			_, err := collect(noRetry.Generate(context.Background(), 1))
+			if errors.Is(err, loom.ErrDraining) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("without retry: %v, want ErrDraining once a is draining", err)
+			}
+			time.Sleep(time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("without retry: %v, want ErrDraining once a is draining", err)
+		if len(cl.Instances()) != 2 {
+			t.Fatal("the test needs the client to still see the draining instance")
 		}
-		time.Sleep(time.Millisecond)
-	}
-	if len(cl.Instances()) != 2 {
-		t.Fatal("the test needs the client to still see the draining instance")
-	}
-	got, err := collect(cl.Generate(context.Background(), 1))
-	if err != nil || got[0] != b.ID() {
-		t.Fatalf("got %v, %v; want the call retried on the other instance", got, err)
-	}
-	close(lag.release)
-	if err := <-shutdown; err != nil {
-		t.Fatal(err)
-	}
+		got, err := collect(cl.Generate(context.Background(), 1))
+		if err != nil || got[0] != b.ID() {
+			t.Fatalf("got %v, %v; want the call retried on the other instance", got, err)
+		}
+		close(lag.release)
+		if err := <-shutdown; err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 func echoIDBool(rt *loom.Runtime) func(ctx context.Context, _ bool) iter.Seq2[uint64, error] {

@@ -42,6 +42,8 @@ type Runtime struct {
 	nc      *nats.Conn
 	ownNATS bool
 
+	planes planes
+
 	mu         sync.Mutex
 	closed     bool
 	namespaces map[string]*Namespace
@@ -294,11 +296,17 @@ func (rt *Runtime) Shutdown(ctx context.Context) error {
 	}
 	rt.mu.Unlock()
 
+	// GOAWAY goes out as the drain begins, so connected clients stop
+	// sending here before discovery tells them.
+	serving := make(chan error, 1)
+	go func() { serving <- rt.stopServing(ctx) }()
 	errs := []error{shutdownAll(ctx, eps)}
+	errs = append(errs, <-serving)
 	rt.cancel()
 	for _, c := range clients {
 		c.close()
 	}
+	errs = append(errs, rt.closeCallers())
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	errs = append(errs, rt.tasks.Stop(stopCtx))

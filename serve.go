@@ -32,6 +32,10 @@ type serveOptions struct {
 // "json") instead of request_plane.codec.
 func WithCodec(name string) ServeOption { return func(o *serveOptions) { o.codec = name } }
 
+// MetadataRegisteredAt is the metadata key of an instance record that
+// holds when it was registered (RFC 3339); `loom ls` shows its age.
+const MetadataRegisteredAt = "registered_at"
+
 // WithMetadata adds metadata to the instance's discovery record.
 func WithMetadata(md map[string]string) ServeOption {
 	return func(o *serveOptions) { o.metadata = maps.Clone(md) }
@@ -76,6 +80,10 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if o.metadata == nil {
+		o.metadata = make(map[string]string, 1)
+	}
+	o.metadata[MetadataRegisteredAt] = time.Now().UTC().Format(time.RFC3339Nano)
 	c, err := codec.ByName(o.codec)
 	if err != nil {
 		return fmt.Errorf("loom: serve %s: %w", ep.path, err)
@@ -84,7 +92,7 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		ep: ep,
 		inst: discovery.Instance{
 			Namespace: ep.comp.ns.name, Component: ep.comp.name, Endpoint: ep.name,
-			ID: rt.id, Transport: "local", Codec: c.Name(), Metadata: o.metadata,
+			ID: rt.id, Codec: c.Name(), Metadata: o.metadata,
 		},
 		engine:  eng,
 		codec:   c,
@@ -128,12 +136,23 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 	ep.served = s
 	rt.mu.Unlock()
 
-	localServers.Store(s.key, s)
-	if err := rt.disc.Register(ctx, s.inst); err != nil {
+	undo := func() {
 		localServers.CompareAndDelete(s.key, s)
+		rt.planes.byPath.CompareAndDelete(ep.path, s)
 		rt.mu.Lock()
 		ep.served = nil
 		rt.mu.Unlock()
+	}
+	transport, addr, tls, err := rt.serveOn(ctx)
+	if err != nil {
+		undo()
+		return fmt.Errorf("loom: serve %s: %w", ep.path, err)
+	}
+	s.inst.Transport, s.inst.Address, s.inst.TLS = transport, addr, tls
+	localServers.Store(s.key, s)
+	rt.planes.byPath.Store(ep.path, s)
+	if err := rt.disc.Register(ctx, s.inst); err != nil {
+		undo()
 		return fmt.Errorf("loom: serve %s: register instance %x: %w", ep.path, rt.id, err)
 	}
 	s.log.Debug("serving", "codec", c.Name())
@@ -326,6 +345,7 @@ func shutdownAll(ctx context.Context, eps []*Endpoint) error {
 	}
 	for _, s := range all {
 		localServers.CompareAndDelete(s.key, s)
+		s.ep.Runtime().planes.byPath.CompareAndDelete(s.ep.path, s)
 	}
 	if left > 0 {
 		errs = append(errs, fmt.Errorf("loom: shutdown: %d requests still running after the grace period were cancelled", left))

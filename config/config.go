@@ -85,17 +85,30 @@ type Discovery struct {
 
 // RequestPlane chooses how requests travel between processes.
 type RequestPlane struct {
-	Transport string `key:"transport" default:"tcp" enum:"tcp,nats" doc:"Request plane between processes: tcp (Loom's multiplexed protocol) or nats."`
-	Host      string `key:"host" default:"127.0.0.1" doc:"Address the request plane listens on; the advertised address unless advertise is set."`
-	Port      int    `key:"port" default:"0" min:"0" max:"65535" doc:"TCP port to listen on; 0 picks a free one."`
-	Advertise string `key:"advertise" doc:"host:port other processes use to reach this one, if not host:port."`
-	Codec     string `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of requests and responses served by this process."`
+	Transport            string        `key:"transport" default:"tcp" enum:"tcp,nats" doc:"Request plane this process serves on: tcp (Loom's multiplexed protocol) or nats (for instances that cannot reach each other directly). Callers follow each instance's record, so both can be mixed."`
+	Host                 string        `key:"host" default:"127.0.0.1" doc:"Address the TCP request plane listens on; also the advertised address unless advertise is set. 0.0.0.0 listens everywhere (then set advertise)."`
+	Port                 int           `key:"port" default:"0" min:"0" max:"65535" doc:"TCP port to listen on; 0 picks a free one."`
+	Advertise            string        `key:"advertise" doc:"host:port other processes use to reach this one, if not host:port."`
+	Codec                string        `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of requests and responses served by this process."`
+	MaxConcurrentStreams int           `key:"max_concurrent_streams" default:"10000" min:"1" doc:"Requests this process serves at once over the network; more wait in the queue."`
+	QueueSize            int           `key:"queue_size" default:"1024" min:"-1" doc:"Requests that may wait for a slot; beyond it a request is refused at once with ErrOverloaded (retried elsewhere). -1: no queue."`
+	ConnsPerHost         int           `key:"conns_per_host" default:"1" min:"1" max:"64" doc:"TCP connections a client keeps to each instance address; streams share them."`
+	MaxFrameSize         int           `key:"max_frame_size" default:"4194304" min:"65536" max:"67108864" doc:"Largest frame accepted, so the largest request or response item, in bytes."`
+	KeepaliveInterval    time.Duration `key:"keepalive_interval" default:"5s" doc:"Silence on a connection before a ping; negative disables keepalive."`
+	KeepaliveTimeout     time.Duration `key:"keepalive_timeout" default:"5s" min:"1ms" doc:"How long a pinged peer may stay silent before its connection is dropped and its streams fail."`
+	TLSCertFile          string        `key:"tls_cert_file" doc:"PEM certificate this process serves with (and presents to servers that ask, for mutual TLS). Setting it turns TLS on for serving."`
+	TLSKeyFile           string        `key:"tls_key_file" doc:"PEM key of tls_cert_file."`
+	TLSCAFile            string        `key:"tls_ca_file" doc:"PEM CAs to verify peers with. Setting it turns TLS on for calling."`
+	TLSClientAuth        bool          `key:"tls_client_auth" default:"false" doc:"Require and verify client certificates (mutual TLS) against tls_ca_file."`
 }
 
 // Client tunes how calls are routed.
 type Client struct {
-	Router      string        `key:"router" default:"round_robin" enum:"round_robin,random,power_of_two,least_loaded" doc:"How a client picks an instance for each request."`
-	WaitTimeout time.Duration `key:"wait_timeout" default:"5s" min:"0s" doc:"How long a call waits for an instance to appear before failing with ErrNoInstances."`
+	Router          string        `key:"router" default:"round_robin" enum:"round_robin,random,power_of_two,least_loaded" doc:"How a client picks an instance for each request."`
+	WaitTimeout     time.Duration `key:"wait_timeout" default:"5s" min:"0s" doc:"How long a call waits for an instance to appear before failing with ErrNoInstances."`
+	Retry           bool          `key:"retry" default:"true" doc:"Retry a request on another instance when the first fails before its first response."`
+	FailureCooldown time.Duration `key:"failure_cooldown" default:"2s" min:"0s" doc:"How long an instance whose connection failed is avoided while others are available."`
+	LocalFastPath   bool          `key:"local_fast_path" default:"true" doc:"Call instances in this process directly, without serialization. Off forces every call through the network (for benchmarks and tests)."`
 }
 
 // Shutdown tunes graceful shutdown.

@@ -72,6 +72,8 @@ type Instance struct {
 	// Address is where that transport reaches the instance: host:port
 	// for tcp, a subject for nats.
 	Address string `json:"address"`
+	// TLS reports that the instance's transport requires TLS.
+	TLS bool `json:"tls,omitempty"`
 	// Codec is the encoding the instance expects ("msgpack" or "json").
 	Codec string `json:"codec"`
 	// Metadata is free-form, for routing hints and operators.

@@ -17,6 +17,8 @@ const (
 	CodePanic     = "panic"     // the handler panicked
 	CodeCancelled = "cancelled" // the caller cancelled or the deadline passed
 	CodeRefused   = "refused"   // not started: draining, overloaded, bad request
+	// CodeNoInstances: a client found no instance to call.
+	CodeNoInstances = "no_instances"
 )
 
 var endpointLabels = []string{"namespace", "component", "endpoint"}
@@ -30,10 +32,14 @@ type Metrics struct {
 	duration      *prometheus.HistogramVec
 	firstResponse *prometheus.HistogramVec
 	items         *prometheus.CounterVec
+	bytes         *prometheus.CounterVec
+	clientCalls   *prometheus.CounterVec
+	clientRetries *prometheus.CounterVec
 	taskPanics    *prometheus.CounterVec
 
 	mu        sync.Mutex
 	endpoints map[[3]string]*Endpoint
+	clients   map[[3]string]*ClientEndpoint
 }
 
 // New returns a fresh set of metrics on a new registry, with the Go and
@@ -63,13 +69,27 @@ func New() *Metrics {
 			Name: "loom_response_items_total",
 			Help: "Response items streamed by handlers.",
 		}, endpointLabels),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_request_bytes_total",
+			Help: "Encoded bytes of requests received (in) and response items sent (out) over the network.",
+		}, append(endpointLabels, "direction")),
+		clientCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_client_requests_total",
+			Help: "Requests made by clients, by endpoint and outcome code.",
+		}, append(endpointLabels, "code")),
+		clientRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_client_retries_total",
+			Help: "Requests retried on another instance after a failure before their first response.",
+		}, endpointLabels),
 		taskPanics: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "loom_background_task_panics_total",
 			Help: "Panics recovered in background tasks, by task.",
 		}, []string{"task"}),
 		endpoints: make(map[[3]string]*Endpoint),
+		clients:   make(map[[3]string]*ClientEndpoint),
 	}
-	m.reg.MustRegister(m.requests, m.inFlight, m.duration, m.firstResponse, m.items, m.taskPanics,
+	m.reg.MustRegister(m.requests, m.inFlight, m.duration, m.firstResponse, m.items, m.bytes,
+		m.clientCalls, m.clientRetries, m.taskPanics,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -87,6 +107,7 @@ type Endpoint struct {
 	InFlight                             prometheus.Gauge
 	Duration, FirstResponse              prometheus.Observer
 	Items                                prometheus.Counter
+	BytesIn, BytesOut                    prometheus.Counter
 }
 
 // Endpoint returns the bound metrics of ns/component/endpoint.
@@ -108,7 +129,34 @@ func (m *Metrics) Endpoint(ns, component, endpoint string) *Endpoint {
 		Duration:      m.duration.With(l),
 		FirstResponse: m.firstResponse.With(l),
 		Items:         m.items.With(l),
+		BytesIn:       m.bytes.WithLabelValues(ns, component, endpoint, "in"),
+		BytesOut:      m.bytes.WithLabelValues(ns, component, endpoint, "out"),
 	}
 	m.endpoints[key] = e
 	return e
+}
+
+// ClientEndpoint is the metrics of the calls made to one endpoint.
+type ClientEndpoint struct {
+	OK, Error, Cancelled, NoInstances prometheus.Counter
+	Retries                           prometheus.Counter
+}
+
+// Client returns the bound client-side metrics of ns/component/endpoint.
+func (m *Metrics) Client(ns, component, endpoint string) *ClientEndpoint {
+	key := [3]string{ns, component, endpoint}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c, ok := m.clients[key]; ok {
+		return c
+	}
+	code := func(c string) prometheus.Counter {
+		return m.clientCalls.WithLabelValues(ns, component, endpoint, c)
+	}
+	c := &ClientEndpoint{
+		OK: code(CodeOK), Error: code(CodeError), Cancelled: code(CodeCancelled), NoInstances: code(CodeNoInstances),
+		Retries: m.clientRetries.WithLabelValues(ns, component, endpoint),
+	}
+	m.clients[key] = c
+	return c
 }

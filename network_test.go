@@ -1,0 +1,283 @@
+package loom_test
+
+import (
+	"context"
+	"errors"
+	"iter"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom"
+)
+
+// proxy forwards TCP connections to a target, and can cut them (the peer
+// died) or stop forwarding while keeping them open (a black hole).
+type proxy struct {
+	t      *testing.T
+	ln     net.Listener
+	target atomic.Value // string
+	hole   atomic.Bool
+
+	mu    sync.Mutex
+	conns []net.Conn
+	wg    sync.WaitGroup
+}
+
+func newProxy(t *testing.T) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{t: t, ln: ln}
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.wg.Go(func() { p.forward(c) })
+		}
+	})
+	t.Cleanup(func() { ln.Close(); p.cut(); p.wg.Wait() })
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) forward(c net.Conn) {
+	up, err := net.Dial("tcp", p.target.Load().(string))
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns = append(p.conns, c, up)
+	p.mu.Unlock()
+	pipe := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if err != nil {
+				dst.Close()
+				return
+			}
+			if p.hole.Load() {
+				continue // swallow: the peer looks alive but never answers
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				src.Close()
+				return
+			}
+		}
+	}
+	p.wg.Go(func() { pipe(up, c) })
+	pipe(c, up)
+}
+
+// cut closes every proxied connection, as if the peer died.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// behindProxy starts a runtime serving path whose TCP plane is reached
+// through a proxy; the runtime's first request-plane listener is found by
+// serving first on a fixed port.
+func behindProxy(t *testing.T, c *cluster, path string, fn func(rt *loom.Runtime) func(context.Context, int) iter.Seq2[uint64, error]) (*loom.Runtime, *proxy) {
+	t.Helper()
+	p := newProxy(t)
+	port := freePort(t)
+	cfg := c.cfg
+	cfg.RequestPlane.Port = port
+	cfg.RequestPlane.Advertise = p.addr()
+	p.target.Store(net.JoinHostPort("127.0.0.1", itoa(port)))
+	rt := c.runtime(loom.WithConfig(cfg))
+	serve(t, rt, path, fn(rt))
+	return rt, p
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func itoa(i int) string { return (&net.TCPAddr{Port: i}).String()[1:] }
+
+// gate streams one id, then waits for release before the rest; with
+// blockFirst it waits before the first item too.
+type gate struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newGate() *gate { return &gate{entered: make(chan struct{}, 16), release: make(chan struct{})} }
+
+func (g *gate) handler(blockFirst bool) func(rt *loom.Runtime) func(context.Context, int) iter.Seq2[uint64, error] {
+	return func(rt *loom.Runtime) func(context.Context, int) iter.Seq2[uint64, error] {
+		return func(ctx context.Context, n int) iter.Seq2[uint64, error] {
+			return func(yield func(uint64, error) bool) {
+				g.entered <- struct{}{}
+				if !blockFirst && !yield(rt.ID(), nil) {
+					return
+				}
+				select {
+				case <-g.release:
+				case <-ctx.Done():
+					return
+				}
+				for range n {
+					if !yield(rt.ID(), nil) {
+						return
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestNetworkFailures(t *testing.T) {
+	t.Run("a connection lost after the first response ends the stream with ErrStreamReset", func(t *testing.T) {
+		c := newClusterOn(t, "tcp")
+		g := newGate()
+		_, p := behindProxy(t, c, "fail/reset/gen", g.handler(false))
+		cl := client[int, uint64](t, c.runtime(), "fail/reset/gen")
+		var got int
+		var err error
+		for _, e := range cl.Generate(context.Background(), 3) {
+			if e != nil {
+				err = e
+				break
+			}
+			if got++; got == 1 {
+				p.cut()
+			}
+		}
+		close(g.release)
+		if !errors.Is(err, loom.ErrStreamReset) || got != 1 {
+			t.Fatalf("after %d items: %v, want ErrStreamReset after 1", got, err)
+		}
+	})
+	t.Run("a connection lost before the first response is retried on another instance, which is then preferred", func(t *testing.T) {
+		c := newClusterOn(t, "tcp")
+		g := newGate()
+		dying, p := behindProxy(t, c, "fail/retry/gen", g.handler(true))
+		healthy := c.runtime()
+		serve(t, healthy, "fail/retry/gen", echoID(healthy))
+		preferDying := loom.PickerFunc(func(_ context.Context, cs []*loom.Candidate) (*loom.Candidate, error) {
+			for _, cand := range cs {
+				if cand.ID == dying.ID() {
+					return cand, nil
+				}
+			}
+			return cs[0], nil
+		})
+		cl := client[int, uint64](t, c.runtime(), "fail/retry/gen", loom.WithPicker(preferDying))
+		waitInstances(t, cl, 2)
+		go func() { <-g.entered; p.cut() }()
+		got, err := collect(cl.Generate(context.Background(), 1))
+		if err != nil || len(got) != 1 || got[0] != healthy.ID() {
+			t.Fatalf("got %v, %v; want the call retried on the healthy instance", got, err)
+		}
+		// The failed instance is avoided while the cooldown lasts, even by
+		// a picker that prefers it: no request reaches its handler.
+		for range 5 {
+			got, err := collect(cl.Generate(context.Background(), 1))
+			if err != nil || got[0] != healthy.ID() {
+				t.Fatalf("got %v, %v; want the healthy instance while the other is avoided", got, err)
+			}
+		}
+		select {
+		case <-g.entered:
+			t.Fatal("a request reached the avoided instance")
+		default:
+		}
+		close(g.release)
+	})
+	t.Run("a peer that stops answering is detected by keepalive, never a hang", func(t *testing.T) {
+		c := newClusterOn(t, "tcp")
+		c.cfg.RequestPlane.KeepaliveInterval = 50 * time.Millisecond
+		c.cfg.RequestPlane.KeepaliveTimeout = 150 * time.Millisecond
+		g := newGate()
+		_, p := behindProxy(t, c, "fail/hole/gen", g.handler(false))
+		cl := client[int, uint64](t, c.runtime(), "fail/hole/gen")
+		start := time.Now()
+		var err error
+		for _, e := range cl.Generate(context.Background(), 3) {
+			if e != nil {
+				err = e
+				break
+			}
+			p.hole.Store(true)
+		}
+		close(g.release)
+		if !errors.Is(err, loom.ErrStreamReset) {
+			t.Fatalf("err = %v, want ErrStreamReset", err)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("took %s to notice a silent peer", took)
+		}
+	})
+	t.Run("a runtime shutting down sends GOAWAY and callers go elsewhere before discovery says so", func(t *testing.T) {
+		c := newClusterOn(t, "tcp")
+		g := newGate()
+		// The leaving runtime's record stays in discovery, and the client
+		// does not retry: only GOAWAY can steer calls away.
+		lag := laggingDiscovery{Discovery: c.store.Connect(), release: make(chan struct{})}
+		defer lag.Close()
+		leaving := c.runtime(loom.WithDiscovery(lag))
+		serve(t, leaving, "fail/goaway/gen", g.handler(false)(leaving))
+		staying := c.runtime()
+		serve(t, staying, "fail/goaway/gen", echoID(staying))
+		cl := client[int, uint64](t, c.runtime(), "fail/goaway/gen", loom.WithPicker(loom.RoundRobin()), loom.WithoutRetry())
+		waitInstances(t, cl, 2)
+		// Hold a stream open on the leaving runtime so its drain lasts.
+		held := make(chan error, 1)
+		go func() { _, err := collect(cl.Direct(leaving.ID()).Generate(context.Background(), 1)); held <- err }()
+		<-g.entered
+		shut := make(chan error, 1)
+		go func() { shut <- leaving.Shutdown(context.Background()) }()
+		// Until GOAWAY arrives a call may still meet the draining instance;
+		// after it, round robin over two instances gives every call to the
+		// one that stays.
+		deadline := time.Now().Add(3 * time.Second)
+		streak := 0
+		for streak < 20 {
+			if time.Now().After(deadline) {
+				t.Fatalf("calls kept reaching the leaving instance (streak %d)", streak)
+			}
+			got, err := collect(cl.Generate(context.Background(), 1))
+			switch {
+			case errors.Is(err, loom.ErrDraining):
+				streak = 0
+			case err != nil:
+				t.Fatal(err)
+			case got[0] == staying.ID():
+				streak++
+			default:
+				t.Fatalf("a call was served by the leaving instance")
+			}
+		}
+		if n := len(cl.Instances()); n != 2 {
+			t.Fatalf("client sees %d instances; the test needs discovery to lag", n)
+		}
+		close(g.release)
+		if err := <-held; err != nil {
+			t.Fatalf("the stream held open during the drain failed: %v", err)
+		}
+		close(lag.release)
+		if err := <-shut; err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -1,0 +1,385 @@
+package loom
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/internal/mux"
+	"github.com/loomrt/loom/internal/wire"
+)
+
+// Transports are the request planes a runtime serves and calls on. Each
+// served endpoint's discovery record names its transport and address;
+// callers in other processes follow the record, callers in this process
+// take the local fast path.
+const (
+	TransportTCP   = "tcp"
+	TransportNATS  = "nats"
+	TransportLocal = "local" // reachable only inside its own process
+)
+
+// netStream is what serving one request needs from a transport's server
+// side; the TCP and NATS planes both provide it.
+type netStream interface {
+	Path() string
+	Codec() string
+	Payload() []byte
+	Context() context.Context
+	Stopped() <-chan struct{}
+	Send(p []byte) error
+}
+
+// clientStream is the caller's end of one call on a transport.
+type clientStream interface {
+	Recv() ([]byte, error)
+	Stop()
+	Cancel()
+	Close() error
+	Responded() bool
+}
+
+// planes holds the runtime's request planes, started on first use.
+type planes struct {
+	mu       sync.Mutex
+	tcp      *mux.Server
+	tcpAddr  string
+	tcpDone  chan struct{}
+	tcpTLS   bool
+	pool     *mux.Pool
+	draining sync.Map // address -> struct{}: the server there sent GOAWAY
+	byPath   sync.Map // endpoint path -> *served
+}
+
+// serveOn makes sure the configured request plane is serving and returns
+// its transport name, address and whether it requires TLS, for discovery
+// records.
+func (rt *Runtime) serveOn(ctx context.Context) (transport, addr string, tls bool, err error) {
+	p := &rt.planes
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch rt.cfg.RequestPlane.Transport {
+	case TransportTCP, "":
+		if p.tcp == nil {
+			if err := rt.startTCP(ctx); err != nil {
+				return "", "", false, err
+			}
+		}
+		return TransportTCP, p.tcpAddr, p.tcpTLS, nil
+	case TransportNATS:
+		subject, err := rt.startNATSPlane(ctx)
+		return TransportNATS, subject, false, err
+	}
+	return "", "", false, fmt.Errorf("loom: request_plane.transport %q: use tcp or nats", rt.cfg.RequestPlane.Transport)
+}
+
+// startTCP listens on request_plane.host:port; p.mu is held.
+func (rt *Runtime) startTCP(ctx context.Context) error {
+	rc := rt.cfg.RequestPlane
+	tlsCfg, err := serverTLS(rc)
+	if err != nil {
+		return err
+	}
+	hostPort := net.JoinHostPort(rc.Host, strconv.Itoa(rc.Port))
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", hostPort)
+	if err != nil {
+		return fmt.Errorf("loom: request plane cannot listen on %s: %w (set request_plane.port, LOOM_REQUEST_PLANE_PORT, to a free port or 0)", hostPort, err)
+	}
+	addr := rc.Advertise
+	if addr == "" {
+		addr = ln.Addr().String()
+	}
+	srv := mux.NewServer(mux.ServerConfig{
+		MaxFrameSize:         rc.MaxFrameSize,
+		MaxConcurrentStreams: rc.MaxConcurrentStreams,
+		QueueSize:            rc.QueueSize,
+		KeepaliveInterval:    rc.KeepaliveInterval,
+		KeepaliveTimeout:     rc.KeepaliveTimeout,
+		TLS:                  tlsCfg,
+		Logger:               rt.log,
+	}, mux.HandlerFunc(func(s *mux.ServerStream) error { return rt.serveStream(s) }))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, mux.ErrServerClosed) {
+			rt.log.Error("request plane stopped", "addr", addr, "err", err)
+		}
+	}()
+	rt.planes.tcp, rt.planes.tcpAddr, rt.planes.tcpDone, rt.planes.tcpTLS = srv, addr, done, tlsCfg != nil
+	rt.log.Debug("request plane listening", "transport", TransportTCP, "addr", addr, "tls", tlsCfg != nil)
+	return nil
+}
+
+// serveStream serves one request that arrived over the network.
+func (rt *Runtime) serveStream(s netStream) error {
+	v, ok := rt.planes.byPath.Load(s.Path())
+	if !ok {
+		return mux.Errorf(wire.CodeNotFound, "%s is not served by instance %x", s.Path(), rt.id)
+	}
+	sv := v.(*served)
+	c, err := codec.ByName(s.Codec())
+	if err != nil {
+		return mux.Errorf(wire.CodeBadRequest, "%s: %v", s.Path(), err)
+	}
+	ctx := s.Context()
+	if stop := s.Stopped(); stop != nil {
+		ctx = context.WithValue(ctx, stopKey{}, stopContext(stop))
+	}
+	sv.m.BytesIn.Add(float64(len(s.Payload())))
+	var out int
+	_, err = sv.raw(ctx, c, s.Payload(), func(b []byte) error {
+		out += len(b)
+		return s.Send(b)
+	})
+	sv.m.BytesOut.Add(float64(out))
+	return toWire(err)
+}
+
+// toWire turns a serving error into the status the caller's side maps
+// back: the same sentinel on both ends of the wire.
+func toWire(err error) error {
+	var se *mux.StreamError
+	var bre *BadRequestError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &se):
+		return se
+	case errors.Is(err, ErrDraining), errors.Is(err, ErrClosed):
+		return mux.Errorf(wire.CodeDraining, "%v", err)
+	case errors.Is(err, ErrOverloaded):
+		return mux.Errorf(wire.CodeOverloaded, "%v", err)
+	case errors.Is(err, ErrHandlerPanic):
+		return mux.Errorf(wire.CodeInternal, "%v", err)
+	case errors.As(err, &bre):
+		return mux.Errorf(wire.CodeBadRequest, "%v", bre.Err)
+	case errors.Is(err, ErrStreamReset):
+		return mux.Errorf(wire.CodeReset, "%v", err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return mux.Errorf(wire.CodeDeadlineExceeded, "%v", err)
+	case errors.Is(err, context.Canceled):
+		return mux.Errorf(wire.CodeCancelled, "%v", err)
+	}
+	return mux.Errorf(wire.CodeApplication, "%s", err.Error())
+}
+
+// HandlerError is a handler's error as a caller in another process sees
+// it: the handler's message, the endpoint and the instance.
+type HandlerError struct {
+	Path     string
+	Instance uint64
+	Message  string
+}
+
+func (e *HandlerError) Error() string {
+	return fmt.Sprintf("%s (instance %x): %s", e.Path, e.Instance, e.Message)
+}
+
+// fromWire maps a stream's end on the caller's side back to Loom's
+// errors, and says whether the instance itself failed (to avoid it).
+func fromWire(ctx context.Context, path string, inst uint64, err error) (mapped error, instanceFailed bool) {
+	var se *mux.StreamError
+	if !errors.As(err, &se) {
+		return fmt.Errorf("%w: %s instance %x: %v", errGone, path, inst, err), true
+	}
+	where := fmt.Sprintf("%s instance %x", path, inst)
+	switch se.Code {
+	case wire.CodeApplication:
+		return &HandlerError{Path: path, Instance: inst, Message: se.Message}, false
+	case wire.CodeDraining:
+		return fmt.Errorf("%w: %s: %s", ErrDraining, where, se.Message), false
+	case wire.CodeOverloaded:
+		return fmt.Errorf("%w: %s: %s", ErrOverloaded, where, se.Message), false
+	case wire.CodeNotFound:
+		return fmt.Errorf("%w: %s: %s", errGone, where, se.Message), false
+	case wire.CodeInternal:
+		return fmt.Errorf("%w: %s: %s", ErrHandlerPanic, where, se.Message), false
+	case wire.CodeBadRequest:
+		return &BadRequestError{Path: path, Err: errors.New(se.Message)}, false
+	case wire.CodeCancelled, wire.CodeDeadlineExceeded:
+		if ctx.Err() != nil {
+			return ctx.Err(), false
+		}
+		if se.Code == wire.CodeDeadlineExceeded {
+			return context.DeadlineExceeded, false
+		}
+		return fmt.Errorf("%w: %s cancelled the stream: %s", ErrStreamReset, where, se.Message), false
+	}
+	// Reset, protocol errors, lost connections.
+	if ctx.Err() != nil {
+		return ctx.Err(), false
+	}
+	if se.BeforeFirstResponse {
+		return fmt.Errorf("%w: %s: %v", errGone, where, se), true
+	}
+	return fmt.Errorf("%w: %s: %v", ErrStreamReset, where, se), true
+}
+
+// open starts a call to cand on the transport its record names.
+func (rt *Runtime) open(ctx context.Context, cand *Candidate, req mux.Request) (clientStream, error) {
+	switch cand.Transport {
+	case TransportTCP:
+		if tlsOn := rt.cfg.RequestPlane.TLSCAFile != ""; cand.TLS != tlsOn {
+			if cand.TLS {
+				return nil, fmt.Errorf("%w: %s instance %x at %s serves TLS; set request_plane.tls_ca_file (LOOM_REQUEST_PLANE_TLS_CA_FILE) to the CA that signed its certificate", errGone, cand.Path(), cand.ID, cand.Address)
+			}
+			return nil, fmt.Errorf("%w: %s instance %x at %s serves plain TCP, and this runtime calls with TLS (request_plane.tls_ca_file is set)", errGone, cand.Path(), cand.ID, cand.Address)
+		}
+		pool, err := rt.tcpPool()
+		if err != nil {
+			return nil, err
+		}
+		return pool.Open(ctx, cand.Address, req)
+	case TransportNATS:
+		return rt.openNATS(ctx, cand, req)
+	case TransportLocal:
+		// Only reachable inside its own process, and not found in this
+		// one: it has shut down and discovery has not caught up yet.
+		return nil, fmt.Errorf("%w: %s instance %x is gone (transport local)", errGone, cand.Path(), cand.ID)
+	}
+	return nil, fmt.Errorf("%w: %s instance %x has transport %q, which this runtime does not speak", errGone, cand.Path(), cand.ID, cand.Transport)
+}
+
+func (rt *Runtime) tcpPool() (*mux.Pool, error) {
+	p := &rt.planes
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pool != nil {
+		return p.pool, nil
+	}
+	if rt.isClosed() {
+		return nil, fmt.Errorf("%w: runtime shut down", ErrClosed)
+	}
+	rc := rt.cfg.RequestPlane
+	tlsCfg, err := clientTLS(rc)
+	if err != nil {
+		return nil, err
+	}
+	p.pool = mux.NewPool(mux.ClientConfig{
+		MaxFrameSize:      rc.MaxFrameSize,
+		ConnsPerHost:      rc.ConnsPerHost,
+		KeepaliveInterval: rc.KeepaliveInterval,
+		KeepaliveTimeout:  rc.KeepaliveTimeout,
+		TLS:               tlsCfg,
+		Logger:            rt.log,
+		OnDrain:           func(addr string) { p.draining.Store(addr, struct{}{}) },
+	})
+	return p.pool, nil
+}
+
+// stopServing sends GOAWAY on every request plane this runtime serves
+// and waits for the streams in flight until ctx ends, then closes them.
+func (rt *Runtime) stopServing(ctx context.Context) error {
+	p := &rt.planes
+	p.mu.Lock()
+	tcp, done := p.tcp, p.tcpDone
+	p.mu.Unlock()
+	var errs []error
+	if tcp != nil {
+		if err := tcp.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("loom: request plane shutdown: %w", err))
+			_ = tcp.Close()
+		}
+		<-done
+	}
+	errs = append(errs, rt.stopNATSServing(ctx))
+	return errors.Join(errs...)
+}
+
+// closeCallers closes the pools calls go out on.
+func (rt *Runtime) closeCallers() error {
+	p := &rt.planes
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	if p.pool != nil {
+		errs = append(errs, p.pool.Close())
+	}
+	errs = append(errs, rt.closeNATSCaller())
+	return errors.Join(errs...)
+}
+
+// stopContext is a context whose Done is a transport's stop signal, so
+// Stopped(ctx) and WithStop work for requests from the network.
+type stopContext <-chan struct{}
+
+func (c stopContext) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c stopContext) Done() <-chan struct{}       { return c }
+func (c stopContext) Value(any) any               { return nil }
+func (c stopContext) Err() error {
+	select {
+	case <-c:
+		return context.Canceled
+	default:
+		return nil
+	}
+}
+
+func serverTLS(rc config.RequestPlane) (*tls.Config, error) {
+	if rc.TLSCertFile == "" && rc.TLSKeyFile == "" {
+		if rc.TLSClientAuth {
+			return nil, errors.New("loom: request_plane.tls_client_auth needs tls_cert_file and tls_key_file")
+		}
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(rc.TLSCertFile, rc.TLSKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loom: request_plane.tls_cert_file %s / tls_key_file %s: %w", rc.TLSCertFile, rc.TLSKeyFile, err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if rc.TLSClientAuth {
+		pool, err := loadCAs(rc.TLSCAFile)
+		if err != nil {
+			return nil, err
+		}
+		if pool == nil {
+			return nil, errors.New("loom: request_plane.tls_client_auth needs tls_ca_file to verify client certificates")
+		}
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+func clientTLS(rc config.RequestPlane) (*tls.Config, error) {
+	if rc.TLSCAFile == "" {
+		return nil, nil
+	}
+	pool, err := loadCAs(rc.TLSCAFile)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if rc.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(rc.TLSCertFile, rc.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("loom: request_plane.tls_cert_file %s / tls_key_file %s: %w", rc.TLSCertFile, rc.TLSKeyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+func loadCAs(file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("loom: request_plane.tls_ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("loom: request_plane.tls_ca_file %s holds no PEM certificate", file)
+	}
+	return pool, nil
+}
