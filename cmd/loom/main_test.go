@@ -163,3 +163,5 @@ func TestLoomConfigRejectsABadValueNamingIt(t *testing.T) {
 		}
 	}
 }
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
