@@ -1,0 +1,59 @@
+// Package etcd is the discovery backend for production: instance records
+// live in an etcd cluster, bound to a lease, as in NVIDIA Dynamo.
+//
+//	d, err := etcd.New(ctx, etcd.Config{Endpoints: []string{"http://127.0.0.1:2379"}})
+//	if err != nil {
+//		return err // names the endpoints and ETCD_ENDPOINTS if etcd is unreachable
+//	}
+//	defer d.Close()
+//	inst.ID = d.ID()
+//	err = d.Register(ctx, inst)
+//
+// # Leases and instance ids
+//
+// A [Discovery] holds one lease, kept alive in the background, and writes
+// every record under it, each in one transaction that creates the key only
+// if it is absent (a taken key is [discovery.ErrDuplicate]). The lease id
+// is the process's instance id, returned by [Discovery.ID]: New asks etcd
+// for a random id below 2^53, so that JSON clients keep it exact.
+//
+// Close revokes the lease, so the records vanish at once; if the process
+// dies instead, they vanish when the lease expires, [Config.LeaseTTL] after
+// the last keep-alive. The context given to New bounds only connecting; to
+// revoke the lease when a context ends, as Dynamo binds its lease to its
+// cancellation token, use context.AfterFunc(ctx, func() { d.Close() }).
+//
+// # Losing the lease
+//
+// If etcd is unreachable for longer than the TTL, or someone revokes the
+// lease, the records are gone from etcd. The Discovery keeps serving: once
+// etcd answers again it asks for a lease with the same id (so the instance
+// id stays the same), registers every record again, and logs each step.
+// Attempts back off exponentially with jitter so that a fleet coming back
+// does not hit etcd at once. Register waits meanwhile (bounded by its
+// context). With [Config.FailOnLeaseLoss] the Discovery gives up instead,
+// as Dynamo does: [Discovery.Done] is closed and [Discovery.Err] says why.
+//
+// etcd itself never expires leases while it is down: a restarted etcd gives
+// every lease a fresh TTL, so a restart, however long, only pauses
+// keep-alives, and the records stay.
+//
+// A record that another client removes with Unregister is registered again
+// by its owner if the owner's lease is later lost; owners should remove
+// their own records.
+//
+// # Watches
+//
+// Watch reads the records under the query's key prefix and then watches
+// from the next revision, so no change is missed or seen twice. A watch
+// that etcd ends (compaction, lost leader) is restarted by reading the
+// prefix again and sending the difference as Added and Removed events. A
+// record overwritten with different content is Removed then Added. A
+// watcher that does not read holds at most one pending change per record:
+// changes are coalesced, and changes to different records may then arrive
+// in an order other than the one they happened in.
+//
+// Records under v1/instances/ that this package cannot read (bad JSON, a
+// key that is not an instance key, a value for another key) are skipped
+// with a warning in the log.
+package etcd

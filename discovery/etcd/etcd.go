@@ -1,0 +1,453 @@
+package etcd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/internal/zapslog"
+)
+
+// Defaults for the zero fields of Config.
+const (
+	// DefaultLeaseTTL is the lease TTL when Config.LeaseTTL is zero.
+	DefaultLeaseTTL = 10 * time.Second
+	// DefaultDialTimeout is the dial timeout when Config.DialTimeout is zero.
+	DefaultDialTimeout = 5 * time.Second
+)
+
+// Config configures a Discovery.
+type Config struct {
+	// Endpoints are the etcd client URLs (config key
+	// discovery.etcd_endpoints, environment ETCD_ENDPOINTS).
+	Endpoints []string
+	// LeaseTTL is how long records outlive the last keep-alive, rounded
+	// up to whole seconds; zero means DefaultLeaseTTL.
+	LeaseTTL time.Duration
+	// DialTimeout bounds how long New waits for etcd, and each call made
+	// in the background and in Close; zero means DefaultDialTimeout.
+	DialTimeout time.Duration
+	// Logger receives this package's log lines and the etcd client's
+	// warnings and errors; nil means slog.Default().
+	Logger *slog.Logger
+	// FailOnLeaseLoss makes the Discovery give up when its lease is lost,
+	// instead of registering its records again under a new lease: Done
+	// is closed, Err returns an error that is ErrLeaseLost, and Register
+	// fails with it. A program that would rather exit and be restarted,
+	// as Dynamo's workers do, watches Done.
+	FailOnLeaseLoss bool
+	// Configure, if set, edits the etcd client's configuration last, for
+	// TLS, authentication and anything else the fields above do not cover.
+	Configure func(*clientv3.Config)
+}
+
+// ErrLeaseLost reports that the lease expired or was revoked while the
+// Discovery was configured to fail on lease loss.
+var ErrLeaseLost = errors.New("discovery: etcd lease lost")
+
+// UnreachableError reports that New could not reach etcd in time.
+type UnreachableError struct {
+	Endpoints []string
+	After     time.Duration
+	Err       error // the last error from the etcd client
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("discovery: etcd at %s unreachable after %v (check ETCD_ENDPOINTS)", strings.Join(e.Endpoints, ","), e.After)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// Discovery is a discovery.Discovery on etcd. Create one with New.
+type Discovery struct {
+	cfg    Config
+	log    *slog.Logger
+	cli    *clientv3.Client
+	leases pb.LeaseClient // for grants with a requested id
+	id     uint64         // the instance id: the first lease's id
+
+	ctx    context.Context // ends when Close starts
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the keeper and the watches
+	done   chan struct{}  // closed by Close or a lease loss that is final
+
+	// regMu orders Register and Unregister (readers) against registering
+	// every record again under a new lease (the writer), so that no
+	// record is missed or brought back.
+	regMu sync.RWMutex
+
+	mu      sync.Mutex
+	closed  bool
+	err     error            // why done was closed
+	lease   clientv3.LeaseID // the current lease
+	ready   chan struct{}    // closed while the lease is believed alive
+	ttl     time.Duration    // the granted TTL
+	owned   map[string]string
+	suspect chan struct{} // capacity 1: a call saw the lease missing
+
+	warnMu sync.Mutex
+	warned map[string]int64 // malformed key -> mod revision warned about
+}
+
+var _ discovery.Discovery = (*Discovery)(nil)
+
+// New connects to etcd, grants the lease and starts keeping it alive. If
+// etcd does not answer within cfg.DialTimeout (or before ctx ends) it
+// returns an *UnreachableError; it never waits longer.
+func New(ctx context.Context, cfg Config) (*Discovery, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("discovery: no etcd endpoints configured (set ETCD_ENDPOINTS or discovery.etcd_endpoints)")
+	}
+	if cfg.LeaseTTL < 0 || cfg.DialTimeout < 0 {
+		return nil, fmt.Errorf("discovery: etcd lease TTL %v and dial timeout %v must not be negative", cfg.LeaseTTL, cfg.DialTimeout)
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	cfg.Endpoints = append([]string(nil), cfg.Endpoints...)
+	base := cfg.Logger
+	if base == nil {
+		base = slog.Default()
+	}
+	log := base.With("component", "discovery/etcd")
+
+	ccfg := clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: cfg.DialTimeout,
+		// Notice a connection that went silent (no RST) within 15s, so
+		// that watches do not hang on it.
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Logger:               zapslog.New(base, slog.LevelWarn, "etcd-client"),
+		DialOptions: []grpc.DialOption{
+			// gRPC's default reconnect backoff grows to 2 minutes; after an
+			// etcd outage, records should come back within seconds.
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+				MinConnectTimeout: cfg.DialTimeout,
+			}),
+		},
+	}
+	if cfg.Configure != nil {
+		cfg.Configure(&ccfg)
+	}
+	cli, err := clientv3.New(ccfg)
+	if err != nil {
+		return nil, fmt.Errorf("discovery: etcd client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	d := &Discovery{
+		cfg:     cfg,
+		log:     log,
+		cli:     cli,
+		leases:  pb.NewLeaseClient(cli.ActiveConnection()),
+		done:    make(chan struct{}),
+		ready:   make(chan struct{}),
+		owned:   make(map[string]string),
+		suspect: make(chan struct{}, 1),
+		warned:  make(map[string]int64),
+	}
+
+	gctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
+	lease, ttl, err := d.grant(gctx, 0)
+	if err != nil {
+		cli.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("discovery: connecting to etcd at %s: %w", strings.Join(cfg.Endpoints, ","), ctx.Err())
+		}
+		if gctx.Err() != nil || isUnavailable(err) {
+			return nil, &UnreachableError{Endpoints: cfg.Endpoints, After: cfg.DialTimeout, Err: err}
+		}
+		return nil, fmt.Errorf("discovery: etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	d.id = uint64(lease)
+	d.lease, d.ttl = lease, ttl
+	close(d.ready)
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.wg.Add(1)
+	go d.keep(d.ctx)
+	log.Debug("discovery: etcd lease granted", "lease", hex(lease), "ttl", ttl, "endpoints", cfg.Endpoints)
+	return d, nil
+}
+
+// ID returns the instance id: the id of the lease New was granted. It
+// stays the same for the life of the Discovery, also when the lease is
+// lost and granted again.
+func (d *Discovery) ID() uint64 { return d.id }
+
+// Done returns a channel that is closed when the Discovery can no longer
+// be used: after Close, or once the lease is lost with FailOnLeaseLoss.
+func (d *Discovery) Done() <-chan struct{} { return d.done }
+
+// Err returns nil while Done is open, then why it closed:
+// discovery.ErrClosed or an error that is ErrLeaseLost.
+func (d *Discovery) Err() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.err
+}
+
+// Register writes inst under the lease, if its key is free.
+func (d *Discovery) Register(ctx context.Context, inst discovery.Instance) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := inst.Validate(); err != nil {
+		return err
+	}
+	val, err := json.Marshal(inst)
+	if err != nil {
+		return fmt.Errorf("discovery: encode %s: %w", inst.Key(), err)
+	}
+	key := inst.Key()
+	for {
+		lease, err := d.waitLease(ctx)
+		if err != nil {
+			return fmt.Errorf("discovery: register %s: %w", key, err)
+		}
+		d.regMu.RLock()
+		if d.currentLease() != lease {
+			d.regMu.RUnlock()
+			continue
+		}
+		resp, err := d.create(ctx, key, string(val), lease)
+		switch {
+		case err == nil && resp.Succeeded:
+			d.mu.Lock()
+			d.owned[key] = string(val)
+			d.mu.Unlock()
+			d.regMu.RUnlock()
+			return nil
+		case err == nil:
+			d.regMu.RUnlock()
+			holder := "another client"
+			if kv := existing(resp); kv != nil && clientv3.LeaseID(kv.Lease) == lease {
+				holder = "this client"
+			}
+			return fmt.Errorf("%w: %s is held by %s (unregister it first or use another instance id)", discovery.ErrDuplicate, key, holder)
+		case isLeaseNotFound(err):
+			d.regMu.RUnlock()
+			d.suspectLease(lease)
+		default:
+			d.regMu.RUnlock()
+			return fmt.Errorf("discovery: register %s in etcd: %w", key, d.callErr(err))
+		}
+	}
+}
+
+// create writes key=val under lease if key is absent; otherwise it reads
+// the key that is there.
+func (d *Discovery) create(ctx context.Context, key, val string, lease clientv3.LeaseID) (*clientv3.TxnResponse, error) {
+	return d.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+}
+
+// existing returns the key the Else branch of create read, if any.
+func existing(resp *clientv3.TxnResponse) *mvccpb.KeyValue {
+	if len(resp.Responses) == 0 {
+		return nil
+	}
+	r := resp.Responses[0].GetResponseRange()
+	if r == nil || len(r.Kvs) == 0 {
+		return nil
+	}
+	return r.Kvs[0]
+}
+
+// Unregister deletes inst's record, whoever registered it.
+func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := inst.Validate(); err != nil {
+		return err
+	}
+	key := inst.Key()
+	d.regMu.RLock()
+	defer d.regMu.RUnlock()
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return discovery.ErrClosed
+	}
+	delete(d.owned, key)
+	d.mu.Unlock()
+	if _, err := d.cli.Delete(ctx, key); err != nil {
+		return fmt.Errorf("discovery: unregister %s in etcd: %w", key, d.callErr(err))
+	}
+	return nil
+}
+
+// List reads the records under q's prefix.
+func (d *Discovery) List(ctx context.Context, q discovery.Query) ([]discovery.Instance, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := q.Validate(); err != nil {
+		return nil, err
+	}
+	if d.isClosed() {
+		return nil, discovery.ErrClosed
+	}
+	recs, _, err := d.read(ctx, q.Prefix())
+	if err != nil {
+		return nil, fmt.Errorf("discovery: list %s in etcd: %w", q.Prefix(), d.callErr(err))
+	}
+	out := make([]discovery.Instance, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, clone(r.inst))
+	}
+	return out, nil
+}
+
+// record is a parsed instance record and the value it was parsed from.
+type record struct {
+	key  string
+	val  string
+	inst discovery.Instance
+}
+
+// read returns the readable records under prefix, ordered by key, and the
+// revision they were read at.
+func (d *Discovery) read(ctx context.Context, prefix string) ([]*record, int64, error) {
+	resp, err := d.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, err
+	}
+	recs := make([]*record, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		if r := d.parse(kv); r != nil {
+			recs = append(recs, r)
+		}
+	}
+	return recs, resp.Header.Revision, nil
+}
+
+// parse reads an instance record, or logs why it cannot and returns nil.
+func (d *Discovery) parse(kv *mvccpb.KeyValue) *record {
+	key := string(kv.Key)
+	r := &record{key: key, val: string(kv.Value)}
+	var why string
+	if _, _, _, _, err := discovery.ParseKey(key); err != nil {
+		why = err.Error()
+	} else if err := json.Unmarshal(kv.Value, &r.inst); err != nil {
+		why = "value is not an instance in JSON: " + err.Error()
+	} else if err := r.inst.Validate(); err != nil {
+		why = "value is not a valid instance: " + err.Error()
+	} else if got := r.inst.Key(); got != key {
+		why = "value is the instance " + got + ", not the one its key names"
+	} else {
+		return r
+	}
+	d.warnMalformed(key, kv.ModRevision, why)
+	return nil
+}
+
+// warnMalformed logs a malformed record once per version.
+func (d *Discovery) warnMalformed(key string, rev int64, why string) {
+	d.warnMu.Lock()
+	if d.warned[key] == rev {
+		d.warnMu.Unlock()
+		return
+	}
+	if len(d.warned) >= 4096 {
+		clear(d.warned)
+	}
+	d.warned[key] = rev
+	d.warnMu.Unlock()
+	d.log.Warn("discovery: skipping a malformed record in etcd", "key", key, "mod_revision", rev, "reason", why)
+}
+
+// Close revokes the lease, so that every record registered through d
+// disappears at once, stops the keep-alives and the watches, closes their
+// channels and closes the etcd client. If etcd is unreachable the revoke
+// gives up after DialTimeout, returns an error, and the records expire
+// with the lease. Later calls do nothing and return nil.
+func (d *Discovery) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return nil
+	}
+	d.closed = true
+	d.finish(discovery.ErrClosed)
+	d.mu.Unlock()
+
+	d.cancel()
+	d.wg.Wait()
+
+	var err error
+	d.mu.Lock()
+	lease := d.lease
+	d.mu.Unlock()
+	// The client's context ends only if someone closed the client under
+	// us (tests simulating a crash); then there is nothing to revoke with.
+	if lease != clientv3.NoLease && d.cli.Ctx().Err() == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.DialTimeout)
+		_, rerr := d.leases.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: int64(lease)}, grpc.WaitForReady(true))
+		cancel()
+		if rerr != nil && !isLeaseNotFound(rerr) {
+			err = fmt.Errorf("discovery: revoke etcd lease %s: %w (its records expire within %v)", hex(lease), rerr, d.cfg.LeaseTTL)
+		}
+	}
+	if cerr := d.cli.Close(); cerr != nil && err == nil && !errors.Is(cerr, context.Canceled) {
+		err = fmt.Errorf("discovery: close etcd client: %w", cerr)
+	}
+	return err
+}
+
+// finish closes done with err, once. d.mu is held.
+func (d *Discovery) finish(err error) {
+	if d.err != nil {
+		return
+	}
+	d.err = err
+	close(d.done)
+}
+
+func (d *Discovery) isClosed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.closed
+}
+
+func (d *Discovery) currentLease() clientv3.LeaseID {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lease
+}
+
+// callErr returns ErrClosed for an error caused by Close, err otherwise.
+func (d *Discovery) callErr(err error) error {
+	if d.isClosed() {
+		return fmt.Errorf("%w (%v)", discovery.ErrClosed, err)
+	}
+	return err
+}
+
+func clone(inst discovery.Instance) discovery.Instance {
+	inst.Metadata = maps.Clone(inst.Metadata)
+	return inst
+}
+
+func hex(id clientv3.LeaseID) string { return strconv.FormatInt(int64(id), 16) }
