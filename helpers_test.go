@@ -13,6 +13,7 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/discovery/memory"
+	"github.com/loomrt/loom/embedded"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -28,7 +29,7 @@ type cluster struct {
 func newCluster(t *testing.T) *cluster { return newClusterOn(t, "local") }
 
 // planes are the ways a call can travel; semantic tests run on each.
-var planes = []string{"local", "tcp"}
+var planes = []string{"local", "tcp", "nats"}
 
 // newClusterOn makes a cluster whose calls travel on plane: the local
 // fast path, or the network even between runtimes in this process.
@@ -38,6 +39,14 @@ func newClusterOn(t *testing.T, plane string) *cluster {
 	cfg.Client.LocalFastPath = plane == "local"
 	if plane != "local" {
 		cfg.RequestPlane.Transport = plane
+	}
+	if plane == "nats" {
+		ns, err := embedded.StartNATS(embedded.NATSOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ns.Shutdown)
+		cfg.NATS.URL = ns.ClientURL()
 	}
 	return &cluster{t: t, store: memory.NewStore(), cfg: cfg}
 }

@@ -23,9 +23,11 @@ const ExitTimeout = 911
 // asked to stop.
 //
 // On SIGINT or SIGTERM it shuts down in phases: main's context is
-// cancelled; served endpoints stop accepting requests and leave discovery;
-// in-flight requests may finish for shutdown.grace_period; those still
-// running are cancelled; connections close. The exit code is 0 when main
+// cancelled, and at the same time served endpoints stop accepting requests
+// and leave discovery; in-flight requests may finish for
+// shutdown.grace_period; those still running are cancelled; once main has
+// returned (its own calls keep working until then), clients and
+// connections close. The exit code is 0 when main
 // returned nil and every handler returned, 1 when main failed, and
 // ExitTimeout (911) when this took longer than shutdown.timeout. A second
 // signal exits at once with 128 + the signal number. When main returns by
@@ -72,14 +74,19 @@ func run(main func(ctx context.Context, rt *Runtime) error, signals <-chan os.Si
 	go func() {
 		grace, cancel := context.WithTimeout(context.Background(), rt.cfg.Shutdown.GracePeriod)
 		defer cancel()
+		// Serving drains while main winds down; main's own calls keep
+		// working until it returns, then clients and connections close.
+		if err := rt.drain(grace); err != nil {
+			log.Warn("shutdown", "err", err)
+		}
+		if !finished {
+			mainErr = <-mainDone
+		}
 		if err := rt.Shutdown(grace); err != nil {
 			log.Warn("shutdown", "err", err)
 		}
 		for rt.inFlight() > 0 { // cancelled handlers still returning
 			time.Sleep(5 * time.Millisecond)
-		}
-		if !finished {
-			mainErr = <-mainDone
 		}
 		if mainErr != nil && !errors.Is(mainErr, context.Canceled) {
 			log.Error("main failed", "err", mainErr)

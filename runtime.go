@@ -14,7 +14,9 @@ import (
 
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/etcd"
 	"github.com/loomrt/loom/discovery/memory"
+	"github.com/loomrt/loom/discovery/natskv"
 	"github.com/loomrt/loom/internal/supervise"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/natsconn"
@@ -45,7 +47,8 @@ type Runtime struct {
 	planes planes
 
 	mu         sync.Mutex
-	closed     bool
+	draining   bool // no new endpoints are served
+	closed     bool // Shutdown was called
 	namespaces map[string]*Namespace
 	components map[string]*Component
 	clients    map[*clientCore]struct{}
@@ -111,9 +114,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 	if log == nil {
 		log = NewLogger(o.cfg.Log)
 	}
-	if o.id == 0 {
-		o.id = 1 + rand.Uint64N(maxJSONSafe)
-	} else if o.id > maxJSONSafe {
+	if o.id > maxJSONSafe {
 		return nil, fmt.Errorf("loom: instance id %d is above 2^53-1; JSON clients could not keep it exact", o.id)
 	}
 	if o.metric == nil {
@@ -122,8 +123,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	rt := &Runtime{
 		cfg:        *o.cfg,
-		id:         o.id,
-		log:        log.With("instance", fmt.Sprintf("%x", o.id)),
+		log:        log,
 		metrics:    o.metric,
 		ctx:        rctx,
 		cancel:     cancel,
@@ -132,17 +132,66 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 		components: make(map[string]*Component),
 		clients:    make(map[*clientCore]struct{}),
 	}
-	rt.tasks = supervise.New(rctx, rt.log, rt.metrics.TaskPanicked)
-	switch {
-	case o.disc != nil:
-		rt.disc = o.disc
-	case rt.cfg.Discovery.Backend == "memory":
-		rt.disc, rt.ownDisc = memory.Default().Connect(), true
-	default:
+	if err := rt.openDiscovery(ctx, o.disc); err != nil {
 		cancel()
-		return nil, fmt.Errorf("loom: discovery backend %q is not available in this build; use discovery.backend = memory (LOOM_DISCOVERY=memory)", rt.cfg.Discovery.Backend)
+		rt.closeNATS()
+		return nil, err
 	}
+	// The instance id: given, else the discovery's (the etcd lease id),
+	// else random.
+	rt.id = o.id
+	if idd, ok := rt.disc.(interface{ ID() uint64 }); ok && rt.id == 0 {
+		rt.id = idd.ID()
+	}
+	if rt.id == 0 {
+		rt.id = 1 + rand.Uint64N(maxJSONSafe)
+	}
+	rt.log = log.With("instance", fmt.Sprintf("%x", rt.id))
+	rt.tasks = supervise.New(rctx, rt.log, rt.metrics.TaskPanicked)
 	return rt, nil
+}
+
+// openDiscovery connects to the backend discovery.backend names, unless
+// one was given.
+func (rt *Runtime) openDiscovery(ctx context.Context, given discovery.Discovery) error {
+	dc := rt.cfg.Discovery
+	if given != nil {
+		rt.disc = given
+		return nil
+	}
+	switch dc.Backend {
+	case "memory", "":
+		rt.disc = memory.Default().Connect()
+	case "natskv":
+		nc, err := rt.NATS(ctx)
+		if err != nil {
+			return fmt.Errorf("loom: discovery.backend natskv needs NATS: %w", err)
+		}
+		d, err := natskv.New(ctx, nc, natskv.Config{TTL: dc.LeaseTTL, Logger: rt.log})
+		if err != nil {
+			return err
+		}
+		rt.disc = d
+	case "etcd":
+		d, err := etcd.New(ctx, etcd.Config{Endpoints: dc.EtcdEndpoints, LeaseTTL: dc.LeaseTTL, DialTimeout: dc.DialTimeout, Logger: rt.log})
+		if err != nil {
+			return err
+		}
+		rt.disc = d
+	default:
+		return fmt.Errorf("loom: discovery.backend %q: use memory, etcd or natskv", dc.Backend)
+	}
+	rt.ownDisc = true
+	return nil
+}
+
+// closeNATS closes the NATS connection if the runtime opened it.
+func (rt *Runtime) closeNATS() {
+	rt.natsMu.Lock()
+	defer rt.natsMu.Unlock()
+	if rt.ownNATS && rt.nc != nil {
+		rt.nc.Close()
+	}
 }
 
 // NewLogger builds the slog logger the log.* keys describe, writing to
@@ -193,7 +242,7 @@ func (rt *Runtime) NATS(ctx context.Context) (*nats.Conn, error) {
 	if rt.nc != nil {
 		return rt.nc, nil
 	}
-	if rt.isClosed() {
+	if rt.ctx.Err() != nil {
 		return nil, fmt.Errorf("%w: runtime shut down", ErrClosed)
 	}
 	nc, err := natsconn.Connect(ctx, rt.cfg.NATS, natsconn.WithLogger(rt.log))
@@ -271,12 +320,13 @@ func (rt *Runtime) isClosed() bool {
 }
 
 // Shutdown shuts the runtime down in phases: every served endpoint stops
-// accepting requests and leaves discovery; in-flight requests may finish
-// until ctx ends; those still running are then cancelled (Shutdown does not
-// wait for their handlers to return; Run does, up to its hard timeout);
-// clients and background tasks stop; discovery and the NATS connection are
-// closed if the runtime opened them. It returns an error if requests had to
-// be cancelled or a step failed. Calling it again returns nil at once.
+// accepting requests (connected callers get GOAWAY) and leaves discovery;
+// in-flight requests may finish until ctx ends; those still running are
+// then cancelled (Shutdown does not wait for their handlers to return; Run
+// does, up to its hard timeout); clients, connection pools and background
+// tasks stop; discovery and the NATS connection are closed if the runtime
+// opened them. It returns an error if requests had to be cancelled or a
+// step failed. Calling it again returns nil at once.
 func (rt *Runtime) Shutdown(ctx context.Context) error {
 	rt.mu.Lock()
 	if rt.closed {
@@ -284,40 +334,59 @@ func (rt *Runtime) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	rt.closed = true
+	rt.mu.Unlock()
+	err := rt.drain(ctx)
+	return errors.Join(err, rt.close())
+}
+
+// drain stops serving: refuse new requests, unregister, GOAWAY, wait for
+// in-flight requests until ctx ends, cancel the rest. It runs once; calls
+// made by the program (clients) keep working, so that Run can let main
+// finish its own calls before close.
+func (rt *Runtime) drain(ctx context.Context) error {
+	rt.mu.Lock()
+	if rt.draining {
+		rt.mu.Unlock()
+		return nil
+	}
+	rt.draining = true
 	var eps []*Endpoint
 	for _, c := range rt.components {
 		for _, e := range c.endpoints {
 			eps = append(eps, e)
 		}
 	}
+	rt.mu.Unlock()
+	// GOAWAY goes out as the drain begins, so connected clients stop
+	// sending here before discovery tells them.
+	serving := make(chan error, 1)
+	go func() { serving <- rt.stopServing(ctx) }()
+	err := shutdownAll(ctx, eps)
+	return errors.Join(err, <-serving)
+}
+
+// close stops everything the drain left: the context tree, clients, pools,
+// background tasks, discovery and NATS.
+func (rt *Runtime) close() error {
+	rt.mu.Lock()
+	rt.closed = true
 	clients := make([]*clientCore, 0, len(rt.clients))
 	for c := range rt.clients {
 		clients = append(clients, c)
 	}
 	rt.mu.Unlock()
-
-	// GOAWAY goes out as the drain begins, so connected clients stop
-	// sending here before discovery tells them.
-	serving := make(chan error, 1)
-	go func() { serving <- rt.stopServing(ctx) }()
-	errs := []error{shutdownAll(ctx, eps)}
-	errs = append(errs, <-serving)
 	rt.cancel()
 	for _, c := range clients {
 		c.close()
 	}
-	errs = append(errs, rt.closeCallers())
+	errs := []error{rt.closeCallers()}
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	errs = append(errs, rt.tasks.Stop(stopCtx))
 	if rt.ownDisc {
 		errs = append(errs, rt.disc.Close())
 	}
-	rt.natsMu.Lock()
-	if rt.ownNATS && rt.nc != nil {
-		rt.nc.Close()
-	}
-	rt.natsMu.Unlock()
+	rt.closeNATS()
 	return errors.Join(errs...)
 }
 

@@ -123,9 +123,9 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 
 	rt.mu.Lock()
 	switch {
-	case rt.closed:
+	case rt.closed || rt.draining:
 		rt.mu.Unlock()
-		return fmt.Errorf("%w: runtime shut down; cannot serve %s", ErrClosed, ep.path)
+		return fmt.Errorf("%w: runtime shutting down; cannot serve %s", ErrClosed, ep.path)
 	case ep.served != nil:
 		rt.mu.Unlock()
 		return fmt.Errorf("loom: %s is already served by this runtime (instance %x); start another runtime for another instance", ep.path, rt.id)

@@ -15,6 +15,7 @@ import (
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/internal/mux"
+	"github.com/loomrt/loom/internal/natsplane"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -56,6 +57,8 @@ type planes struct {
 	tcpDone  chan struct{}
 	tcpTLS   bool
 	pool     *mux.Pool
+	natsSrv  *natsplane.Server
+	natsCli  *natsplane.Client
 	draining sync.Map // address -> struct{}: the server there sent GOAWAY
 	byPath   sync.Map // endpoint path -> *served
 }
