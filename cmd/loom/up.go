@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/embedded/etcdserver"
+)
+
+type upOptions struct {
+	host        string
+	dataDir     string
+	natsPort    int
+	monitorPort int
+	etcdPort    int
+	etcdPeer    int
+	discovery   string
+	verbose     bool
+}
+
+func newUp() *cobra.Command {
+	o := upOptions{host: "127.0.0.1", dataDir: "loom-data", natsPort: 4222, monitorPort: 8222, etcdPort: 2379, etcdPeer: 2380, discovery: "etcd"}
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run a local control plane: nats-server with JetStream, and etcd or NATS KV discovery",
+		Long: `Run a local control plane in this process, for several Loom processes on one
+machine: a nats-server with JetStream (file store under --data-dir) and an
+etcd server for discovery, or, with --discovery natskv, NATS alone (discovery
+in a JetStream KV bucket).
+
+It prints the environment lines the components need, one per line; set them
+in each component's environment (for example: export them in its shell).
+Ctrl-C stops the servers cleanly; their data stays in --data-dir.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return up(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.host, "host", o.host, "address the servers listen on")
+	f.StringVar(&o.dataDir, "data-dir", o.dataDir, "where JetStream and etcd keep their data")
+	f.IntVar(&o.natsPort, "nats-port", o.natsPort, "NATS client port")
+	f.IntVar(&o.monitorPort, "monitor-port", o.monitorPort, "NATS monitoring (HTTP) port; 0 turns it off")
+	f.IntVar(&o.etcdPort, "etcd-port", o.etcdPort, "etcd client port")
+	f.IntVar(&o.etcdPeer, "etcd-peer-port", o.etcdPeer, "etcd peer port")
+	f.StringVar(&o.discovery, "discovery", o.discovery, "etcd, or natskv for NATS alone")
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "log the servers' own lines")
+	return cmd
+}
+
+// up starts the servers, prints the environment, and serves until ctx ends.
+func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
+	if o.discovery != "etcd" && o.discovery != "natskv" {
+		return fmt.Errorf("--discovery %q: use etcd or natskv", o.discovery)
+	}
+	// The servers log only when asked: their shutdown chatter is noise.
+	var log *slog.Logger
+	if o.verbose {
+		log = slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	ns, err := embedded.StartNATS(embedded.NATSOptions{
+		Host: o.host, Port: o.natsPort, JetStream: true, StoreDir: filepath.Join(o.dataDir, "nats"),
+		MonitorPort: o.monitorPort, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("nats-server: %w (another loom up or nats-server running? choose another --nats-port / --monitor-port)", err)
+	}
+	defer ns.Shutdown()
+	env := [][2]string{{"NATS_SERVER", ns.ClientURL()}, {"LOOM_DISCOVERY", o.discovery}}
+	if o.discovery == "etcd" {
+		es, err := etcdserver.Start(etcdserver.Options{
+			Dir: filepath.Join(o.dataDir, "etcd"), Host: o.host, ClientPort: o.etcdPort, PeerPort: o.etcdPeer, Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("etcd: %w (another loom up or etcd running? choose another --etcd-port / --etcd-peer-port)", err)
+		}
+		defer es.Close()
+		env = append(env, [2]string{"ETCD_ENDPOINTS", es.ClientURL()})
+	}
+	for _, kv := range env {
+		fmt.Fprintf(out, "%s=%s\n", kv[0], kv[1])
+	}
+	monitorNote := ""
+	if o.monitorPort != 0 {
+		monitorNote = ", monitoring on http://" + o.host + ":" + strconv.Itoa(o.monitorPort)
+	}
+	fmt.Fprintf(errOut, "loom up: serving (data in %s%s); set the lines above in each component's environment; Ctrl-C to stop\n", o.dataDir, monitorNote)
+	<-ctx.Done()
+	fmt.Fprintln(errOut, "loom up: stopping")
+	return nil
+}

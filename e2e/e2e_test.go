@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const ttl = 2 * time.Second
+
+// waitGone polls `loom ls` until the instance id is gone and returns how
+// long that took.
+func waitGone(t *testing.T, env []string, id string, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < limit {
+		if !ids(ls(t, env, "hello"))[id] {
+			return time.Since(start)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("instance %s still listed %s after it stopped", id, limit)
+	return 0
+}
+
+func waitListed(t *testing.T, env []string, want []string, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < limit {
+		have := ids(ls(t, env, "hello"))
+		all := true
+		for _, id := range want {
+			all = all && have[id]
+		}
+		if all {
+			return time.Since(start)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("instances %v not all listed within %s", want, limit)
+	return 0
+}
+
+var afterRE = regexp.MustCompile(`after=(\S+) words=(\d+)`)
+
+// checkFailures asserts that every failure was a stream in flight on a
+// dead instance, reported fast and clearly.
+func checkFailures(t *testing.T, failures []string, max int) {
+	t.Helper()
+	if len(failures) > max {
+		t.Fatalf("%d calls failed, more than the %d that can have been in flight:\n%s", len(failures), max, strings.Join(failures, "\n"))
+	}
+	for _, f := range failures {
+		m := afterRE.FindStringSubmatch(f)
+		if m == nil || !strings.Contains(f, "stream reset") {
+			t.Errorf("failure is not a clear stream reset: %s", f)
+			continue
+		}
+		if d, err := time.ParseDuration(m[1]); err != nil || d > 2*time.Second {
+			t.Errorf("a failure took %s to surface: %s", m[1], f)
+		}
+		if m[2] == "0" {
+			t.Errorf("a call failed before its first response instead of being retried elsewhere: %s", f)
+		}
+	}
+}
+
+// TestKillingAServerFailsOnlyItsStreamsInFlight is the request plane's
+// multi-process test: two servers, a client calling steadily with 8
+// callers, one server SIGKILLed.
+func TestKillingAServerFailsOnlyItsStreamsInFlight(t *testing.T) {
+	cp := up(t, "natskv")
+	env := cp.componentEnv(ttl)
+	victim, _ := server(t, env)
+	_, _ = server(t, env)
+	client := start(t, env, "hello", "client", "-calls", "0", "-concurrency", "8")
+	time.Sleep(1500 * time.Millisecond)
+	victim.signal(syscall.SIGKILL)
+	victim.wait(5 * time.Second)
+	time.Sleep(2 * time.Second) // calls keep going on the survivor
+	client.signal(syscall.SIGTERM)
+	if code := client.wait(30 * time.Second); code != 0 {
+		t.Fatalf("client exited %d", code)
+	}
+	ok, failed, failures := clientSummary(t, client)
+	t.Logf("SIGKILL of 1 of 2 servers under 8 callers: %d calls succeeded, %d failed", ok, failed)
+	for _, f := range failures {
+		t.Logf("  %s", f)
+	}
+	if ok < 50 {
+		t.Fatalf("only %d calls succeeded", ok)
+	}
+	checkFailures(t, failures, 8)
+	cp.stop()
+}
+
+func TestDiscoveryAcrossProcesses(t *testing.T) {
+	for _, disc := range []string{"etcd", "natskv"} {
+		t.Run(disc, func(t *testing.T) {
+			cp := up(t, disc)
+			env := cp.componentEnv(ttl)
+			termed, termID := server(t, env)
+			killed, killID := server(t, env)
+			_, stayID := server(t, env)
+			waitListed(t, env, []string{termID, killID, stayID}, 10*time.Second)
+			client := start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4")
+			time.Sleep(time.Second)
+
+			// (a) SIGTERM: the instance leaves at once and no call fails.
+			termed.signal(syscall.SIGTERM)
+			gone := waitGone(t, env, termID, 5*time.Second)
+			if code := termed.wait(15 * time.Second); code != 0 {
+				t.Fatalf("SIGTERMed server exited %d", code)
+			}
+			t.Logf("(a) SIGTERM: instance left loom ls after %s", gone.Round(time.Millisecond))
+			if gone > time.Second {
+				t.Errorf("(a) instance took %s to leave after SIGTERM, want under 1s", gone)
+			}
+			time.Sleep(500 * time.Millisecond)
+			client.signal(syscall.SIGTERM)
+			client.wait(30 * time.Second)
+			okA, failedA, failuresA := clientSummary(t, client)
+			t.Logf("(a) client: %d ok, %d failed", okA, failedA)
+			if failedA != 0 {
+				t.Fatalf("(a) calls failed during a graceful stop:\n%s", strings.Join(failuresA, "\n"))
+			}
+
+			// (b) SIGKILL: the instance leaves within TTL + 2s; only
+			// streams in flight on it fail.
+			client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4")
+			time.Sleep(time.Second)
+			killed.signal(syscall.SIGKILL)
+			killed.wait(5 * time.Second)
+			gone = waitGone(t, env, killID, ttl+4*time.Second)
+			t.Logf("(b) SIGKILL: instance left loom ls after %s (TTL %s)", gone.Round(time.Millisecond), ttl)
+			if gone > ttl+2*time.Second {
+				t.Errorf("(b) instance took %s to leave after SIGKILL, want under TTL+2s = %s", gone, ttl+2*time.Second)
+			}
+			client.signal(syscall.SIGTERM)
+			client.wait(30 * time.Second)
+			okB, failedB, failuresB := clientSummary(t, client)
+			t.Logf("(b) client: %d ok, %d failed", okB, failedB)
+			checkFailures(t, failuresB, 4)
+
+			// (c) The discovery server is down for twice the TTL: the
+			// server re-registers without restarting, the client keeps
+			// calling and sees a server that starts afterwards.
+			client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "2", "-interval", "10ms")
+			time.Sleep(500 * time.Millisecond)
+			cp.stop()
+			time.Sleep(2 * ttl)
+			restart := time.Now()
+			cp.start()
+			back := waitListed(t, env, []string{stayID}, 30*time.Second)
+			t.Logf("(c) discovery down %s: the surviving server was listed again %s after the restart", 2*ttl, (time.Since(restart) - back + back).Round(time.Millisecond))
+			_, newID := server(t, env)
+			waitListed(t, env, []string{stayID, newID}, 10*time.Second)
+			time.Sleep(ttl) // let the client's watch see the new server and call it
+			client.signal(syscall.SIGTERM)
+			client.wait(30 * time.Second)
+			okC, failedC, failuresC := clientSummary(t, client)
+			t.Logf("(c) client across the outage: %d ok, %d failed", okC, failedC)
+			if failedC != 0 {
+				_, clientErr := client.output()
+				t.Errorf("(c) calls failed across the discovery outage:\n%s\nclient stderr:\n%s", strings.Join(failuresC, "\n"), clientErr)
+			}
+			cp.stop()
+			_ = fmt.Sprint()
+		})
+	}
+}
