@@ -44,7 +44,9 @@ type Runtime struct {
 	nc      *nats.Conn
 	ownNATS bool
 
-	planes planes
+	planes  planes
+	status  *statusServer
+	started time.Time
 
 	mu         sync.Mutex
 	draining   bool // no new endpoints are served
@@ -148,6 +150,15 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 	}
 	rt.log = log.With("instance", fmt.Sprintf("%x", rt.id))
 	rt.tasks = supervise.New(rctx, rt.log, rt.metrics.TaskPanicked)
+	rt.started = time.Now()
+	if err := rt.startStatus(); err != nil {
+		cancel()
+		if rt.ownDisc {
+			_ = rt.disc.Close()
+		}
+		rt.closeNATS()
+		return nil, err
+	}
 	return rt, nil
 }
 
@@ -379,7 +390,7 @@ func (rt *Runtime) close() error {
 	for _, c := range clients {
 		c.close()
 	}
-	errs := []error{rt.closeCallers()}
+	errs := []error{rt.closeCallers(), rt.stopStatus()}
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	errs = append(errs, rt.tasks.Stop(stopCtx))

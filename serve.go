@@ -56,10 +56,11 @@ type served struct {
 	m     *metrics.Endpoint
 	log   *slog.Logger
 
-	inFlight  atomic.Int64
-	draining  atomic.Bool
-	drainOnce sync.Once
-	drained   chan struct{} // closed once draining with nothing in flight
+	inFlight   atomic.Int64
+	draining   atomic.Bool
+	registered atomic.Bool // its record is in discovery
+	drainOnce  sync.Once
+	drained    chan struct{} // closed once draining with nothing in flight
 }
 
 // Serve serves ep with eng in this runtime: the instance is registered in
@@ -155,6 +156,7 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		undo()
 		return fmt.Errorf("loom: serve %s: register instance %x: %w", ep.path, rt.id, err)
 	}
+	s.registered.Store(true)
 	s.log.Debug("serving", "codec", c.Name())
 	return nil
 }

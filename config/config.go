@@ -55,6 +55,7 @@ type Config struct {
 	Client       Client       `key:"client"`
 	Shutdown     Shutdown     `key:"shutdown"`
 	Log          Log          `key:"log"`
+	Status       Status       `key:"status"`
 }
 
 // NATS is the connection every plane that uses NATS shares.
@@ -121,4 +122,11 @@ type Shutdown struct {
 type Log struct {
 	Level  string `key:"level" default:"info" enum:"debug,info,warn,error" doc:"Lowest level logged."`
 	Format string `key:"format" default:"text" enum:"text,json" doc:"Log line format."`
+}
+
+// Status tunes the process's HTTP status server: /live, /health, /metrics
+// and /metadata.
+type Status struct {
+	Port int    `key:"port" default:"0" min:"-1" max:"65535" doc:"Port of the status server (/live, /health, /metrics, /metadata); 0 turns it off, -1 picks a free port."`
+	Host string `key:"host" default:"127.0.0.1" doc:"Address the status server listens on."`
 }

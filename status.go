@@ -1,0 +1,126 @@
+package loom
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/loomrt/loom/discovery"
+)
+
+// statusServer is the process's HTTP status server (seed 004's system
+// status server): liveness, readiness, metrics and metadata.
+type statusServer struct {
+	srv  *http.Server
+	addr string
+	done chan struct{}
+}
+
+// startStatus listens on status.host:status.port if the port is set.
+func (rt *Runtime) startStatus() error {
+	sc := rt.cfg.Status
+	if sc.Port == 0 {
+		return nil
+	}
+	port := max(sc.Port, 0)
+	ln, err := net.Listen("tcp", net.JoinHostPort(sc.Host, strconv.Itoa(port)))
+	if err != nil {
+		return fmt.Errorf("loom: status server cannot listen on %s:%d: %w (set status.port, LOOM_STATUS_PORT, to a free port, or 0 to turn it off)", sc.Host, sc.Port, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "live")
+	})
+	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
+		if ok, why := rt.ready(); !ok {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(rt.metrics.Registry(), promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /metadata", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(rt.metadata())
+	})
+	s := &statusServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, addr: ln.Addr().String(), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			rt.log.Error("status server stopped", "addr", s.addr, "err", err)
+		}
+	}()
+	rt.status = s
+	rt.log.Debug("status server listening", "addr", s.addr)
+	return nil
+}
+
+// StatusAddr returns the status server's address, or "" if it is off.
+func (rt *Runtime) StatusAddr() string {
+	if rt.status == nil {
+		return ""
+	}
+	return rt.status.addr
+}
+
+func (rt *Runtime) stopStatus() error {
+	if rt.status == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := rt.status.srv.Shutdown(ctx)
+	<-rt.status.done
+	return err
+}
+
+// ready reports whether the process should receive traffic: not shutting
+// down, and every endpoint it serves registered in discovery.
+func (rt *Runtime) ready() (bool, string) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.draining || rt.closed {
+		return false, "shutting down"
+	}
+	for _, c := range rt.components {
+		for _, e := range c.endpoints {
+			if s := e.served; s != nil && !s.registered.Load() {
+				return false, e.path + " is not registered yet"
+			}
+		}
+	}
+	return true, ""
+}
+
+// Metadata is what /metadata reports about a process.
+type Metadata struct {
+	Instance  string               `json:"instance"`
+	Discovery string               `json:"discovery"`
+	Served    []discovery.Instance `json:"served"`
+	Ready     bool                 `json:"ready"`
+	Uptime    string               `json:"uptime"`
+}
+
+func (rt *Runtime) metadata() Metadata {
+	ready, _ := rt.ready()
+	md := Metadata{Instance: fmt.Sprintf("%x", rt.id), Discovery: rt.cfg.Discovery.Backend, Ready: ready, Uptime: time.Since(rt.started).Round(time.Second).String()}
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for _, c := range rt.components {
+		for _, e := range c.endpoints {
+			if e.served != nil {
+				md.Served = append(md.Served, e.served.inst)
+			}
+		}
+	}
+	return md
+}

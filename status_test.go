@@ -1,0 +1,148 @@
+package loom_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"iter"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom"
+)
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestTheStatusServer(t *testing.T) {
+	c := newClusterOn(t, "tcp")
+	c.cfg.Status.Port = -1
+	rt := c.runtime()
+	base := "http://" + rt.StatusAddr()
+	if rt.StatusAddr() == "" {
+		t.Fatal("status.port = -1 did not start the status server")
+	}
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	ep := serve(t, rt, "status/svc/gen", func(ctx context.Context, hold bool) iter.Seq2[int, error] {
+		return func(yield func(int, error) bool) {
+			if hold {
+				entered <- struct{}{}
+				<-release
+			}
+			yield(1, nil)
+		}
+	})
+	cl := client[bool, int](t, c.runtime(), "status/svc/gen")
+	if _, err := collect(cl.Generate(context.Background(), false)); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("live and ready while serving", func(t *testing.T) {
+		if code, body := get(t, base+"/live"); code != 200 || !strings.Contains(body, "live") {
+			t.Fatalf("/live = %d %q", code, body)
+		}
+		if code, body := get(t, base+"/health"); code != 200 {
+			t.Fatalf("/health = %d %q", code, body)
+		}
+	})
+	t.Run("metrics are Loom's registry", func(t *testing.T) {
+		_, body := get(t, base+"/metrics")
+		if !strings.Contains(body, `loom_requests_total{code="ok",component="svc",endpoint="gen",namespace="status"} 1`) {
+			t.Fatalf("/metrics lacks the served request:\n%s", body)
+		}
+	})
+	t.Run("metadata names the instance and what it serves", func(t *testing.T) {
+		_, body := get(t, base+"/metadata")
+		var md loom.Metadata
+		if err := json.Unmarshal([]byte(body), &md); err != nil {
+			t.Fatalf("%v: %s", err, body)
+		}
+		if md.Instance != fmt.Sprintf("%x", rt.ID()) || len(md.Served) != 1 || md.Served[0].Path() != ep.Path() || !md.Ready {
+			t.Fatalf("/metadata = %+v", md)
+		}
+	})
+	t.Run("a draining process is live but not ready", func(t *testing.T) {
+		go func() { _, _ = collect(cl.Generate(context.Background(), true)) }()
+		<-entered
+		done := make(chan error, 1)
+		go func() { done <- rt.Shutdown(context.Background()) }()
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			code, body := get(t, base+"/health")
+			if code == http.StatusServiceUnavailable && strings.Contains(body, "shutting down") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/health = %d %q during the drain, want 503", code, body)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if code, _ := get(t, base+"/live"); code != 200 {
+			t.Fatalf("/live = %d during the drain", code)
+		}
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestAStatusPortInUseIsAClearError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c := newCluster(t)
+	c.cfg.Status.Port = ln.Addr().(*net.TCPAddr).Port
+	_, err = loom.NewRuntime(context.Background(), loom.WithConfig(c.cfg), loom.WithDiscovery(c.store.Connect()), loom.WithLogger(quiet))
+	if err == nil || !strings.Contains(err.Error(), "status.port") {
+		t.Fatalf("err = %v, want it to name status.port", err)
+	}
+}
+
+func TestUnreachableDiscoveryFailsFastNamingTheVariable(t *testing.T) {
+	dead := func() string {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		defer ln.Close()
+		return ln.Addr().String()
+	}()
+	tests := []struct {
+		backend string
+		set     func(c *cluster)
+		want    string
+	}{
+		{"etcd", func(c *cluster) { c.cfg.Discovery.EtcdEndpoints = []string{"http://" + dead} }, "ETCD_ENDPOINTS"},
+		{"natskv", func(c *cluster) { c.cfg.NATS.URL = "nats://" + dead }, "NATS_SERVER"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.backend, func(t *testing.T) {
+			c := newCluster(t)
+			c.cfg.Discovery.Backend = tt.backend
+			c.cfg.Discovery.DialTimeout = 500 * time.Millisecond
+			c.cfg.NATS.ConnectTimeout = 500 * time.Millisecond
+			tt.set(c)
+			start := time.Now()
+			_, err := loom.NewRuntime(context.Background(), loom.WithConfig(c.cfg), loom.WithLogger(quiet))
+			took := time.Since(start)
+			if err == nil || !strings.Contains(err.Error(), dead) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to name %s and %s", err, dead, tt.want)
+			}
+			if took > 3*time.Second {
+				t.Fatalf("took %s to fail", took)
+			}
+		})
+	}
+}
