@@ -25,7 +25,9 @@ func newDemo() *cobra.Command {
 		Long: `Run a whole Loom system in one process with nothing to set up: an embedded
 nats-server with JetStream, backend runtimes serving demo/backend/generate
 (a handler that streams tokens for a prompt), and a frontend that sends a
-batch of requests through a Client, then prints what it measured.
+batch of requests through a Client, then prints what it measured. Calls
+travel over Loom's TCP request plane on loopback unless --plane says
+otherwise.
 
 With --serve it keeps serving after the batch until SIGINT or SIGTERM, then
 shuts down gracefully (see shutdown.* in loom config).`,
@@ -49,13 +51,14 @@ shuts down gracefully (see shutdown.* in loom config).`,
 	f.IntVar(&opts.Tokens, "tokens", opts.Tokens, "tokens streamed per request")
 	f.DurationVar(&opts.TokenDelay, "token-delay", opts.TokenDelay, "simulated time to produce one token")
 	f.StringVar(&opts.Router, "router", opts.Router, "round_robin, random, power_of_two or least_loaded")
+	f.StringVar(&opts.Plane, "plane", opts.Plane, "how calls travel: tcp (Loom's protocol over loopback), nats, or local (the in-process fast path)")
 	f.BoolVar(&serve, "serve", false, "keep serving after the batch until SIGINT / SIGTERM")
 	return cmd
 }
 
 func runDemo(ctx context.Context, out io.Writer, opts demo.Options, log *slog.Logger, fe *loom.Runtime, serve bool) error {
-	fmt.Fprintf(out, "loom demo: %d backend instances of demo/backend/generate, %d requests, %d at a time, %d tokens each\n",
-		opts.Instances, opts.Requests, opts.Concurrency, opts.Tokens)
+	fmt.Fprintf(out, "loom demo: %d backend instances of demo/backend/generate, %d requests, %d at a time, %d tokens each, over %s\n",
+		opts.Instances, opts.Requests, opts.Concurrency, opts.Tokens, opts.Plane)
 	sys, err := demo.Start(ctx, opts, log, fe)
 	if err != nil {
 		return err

@@ -51,29 +51,33 @@ type wrap struct {
 func (w wrap) Run() int { *w.code = w.m.Run(); return *w.code }
 
 func TestDemoInProcessServesEveryRequestOnEveryInstance(t *testing.T) {
-	opts := demo.DefaultOptions()
-	opts.Requests, opts.Progress = 60, false
-	var out bytes.Buffer
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if err := runDemo(context.Background(), &out, opts, log, nil, false); err != nil {
-		t.Fatalf("%v\n%s", err, &out)
-	}
-	s := out.String()
-	for _, want := range []string{"requests        60 (0 failed)", "streamed items  1920", "p50", "p99", "JetStream true"} {
-		if !strings.Contains(s, want) {
-			t.Errorf("summary lacks %q:\n%s", want, s)
-		}
-	}
-	// Round robin over 3 instances: 20 each.
-	line := regexp.MustCompile(`per instance .*`).FindString(s)
-	per := regexp.MustCompile(`[0-9a-f]+:(\d+)`).FindAllStringSubmatch(line, -1)
-	if len(per) != 3 {
-		t.Fatalf("per-instance line has %d entries, want 3:\n%s", len(per), s)
-	}
-	for _, m := range per {
-		if m[1] != "20" {
-			t.Errorf("an instance served %s requests, want 20:\n%s", m[1], s)
-		}
+	for _, plane := range []string{"tcp", "nats", "local"} {
+		t.Run("over "+plane, func(t *testing.T) {
+			opts := demo.DefaultOptions()
+			opts.Requests, opts.Progress, opts.Plane = 60, false, plane
+			var out bytes.Buffer
+			log := slog.New(slog.NewTextHandler(io.Discard, nil))
+			if err := runDemo(context.Background(), &out, opts, log, nil, false); err != nil {
+				t.Fatalf("%v\n%s", err, &out)
+			}
+			s := out.String()
+			for _, want := range []string{"over " + plane, "requests        60 (0 failed)", "streamed items  1920", "p50", "p99", "JetStream true"} {
+				if !strings.Contains(s, want) {
+					t.Errorf("summary lacks %q:\n%s", want, s)
+				}
+			}
+			// Round robin over 3 instances: 20 each.
+			line := regexp.MustCompile(`per instance .*`).FindString(s)
+			per := regexp.MustCompile(`[0-9a-f]+:(\d+)`).FindAllStringSubmatch(line, -1)
+			if len(per) != 3 {
+				t.Fatalf("per-instance line has %d entries, want 3:\n%s", len(per), s)
+			}
+			for _, m := range per {
+				if m[1] != "20" {
+					t.Errorf("an instance served %s requests, want 20:\n%s", m[1], s)
+				}
+			}
+		})
 	}
 }
 

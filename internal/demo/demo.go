@@ -36,12 +36,13 @@ type Options struct {
 	Tokens      int           // tokens streamed per request
 	TokenDelay  time.Duration // simulated time to produce one token
 	Router      string        // client.router value
+	Plane       string        // how calls travel: local (in-process fast path), tcp or nats
 	Progress    bool          // print a progress line while running
 }
 
 // DefaultOptions are what `loom demo` runs with no flags.
 func DefaultOptions() Options {
-	return Options{Instances: 3, Requests: 200, Concurrency: 16, Tokens: 32, TokenDelay: 200 * time.Microsecond, Router: "round_robin", Progress: true}
+	return Options{Instances: 3, Requests: 200, Concurrency: 16, Tokens: 32, TokenDelay: 200 * time.Microsecond, Router: "round_robin", Plane: "tcp", Progress: true}
 }
 
 // Request is what the frontend sends to backend/generate.
@@ -122,7 +123,7 @@ func generate(rt *loom.Runtime, delay time.Duration) loom.EngineFunc[Request, To
 // Start brings the system up: NATS, the backends, the frontend. The
 // frontend runtime is fe if given (loom.Run's), else a new one.
 func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime) (*System, error) {
-	if opts.Instances < 1 || opts.Concurrency < 1 || opts.Tokens < 1 || opts.Requests < 0 {
+	if opts.Instances < 1 || opts.Concurrency < 1 || opts.Tokens < 1 || opts.Requests < 0 || opts.TokenDelay < 0 {
 		return nil, fmt.Errorf("demo: instances, concurrency and tokens must be at least 1 (got %d, %d, %d)", opts.Instances, opts.Concurrency, opts.Tokens)
 	}
 	s := &System{opts: opts, log: log}
@@ -151,6 +152,15 @@ func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime
 	}
 	cfg.NATS.URL = s.natsURL
 	cfg.Client.Router = opts.Router
+	switch opts.Plane {
+	case "local":
+		cfg.Client.LocalFastPath = true
+	case "tcp", "nats":
+		cfg.Client.LocalFastPath = false
+		cfg.RequestPlane.Transport = opts.Plane
+	default:
+		return nil, fmt.Errorf("demo: --plane %q: use local, tcp or nats", opts.Plane)
+	}
 	for range opts.Instances {
 		rt, err := s.runtime(ctx, cfg, store)
 		if err != nil {
