@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/loomrt/loom/internal/latch"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -507,7 +508,7 @@ func (sc *serverConn) handleCancel(f wire.Frame) {
 		return // already ended: the CANCEL crossed our END
 	}
 	if f.Flags == wire.FlagStop {
-		st.requestStop()
+		st.stop.Fire()
 		return
 	}
 	sc.removeStream(f.Stream)
@@ -567,10 +568,6 @@ const (
 	stateKilled // killed or connection lost: no more frames
 )
 
-// closedChan is a closed channel, returned by Stopped once a stop arrived
-// before anyone asked.
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
 // ServerStream is the server's side of one stream: the request and the
 // means to answer it. Its methods are safe for concurrent use.
 type ServerStream struct {
@@ -587,7 +584,7 @@ type ServerStream struct {
 	credit   int64 // bytes of DATA the client still accepts (may go negative by one frame)
 	waiting  bool
 	creditCh chan struct{}
-	stopped  chan struct{}
+	stop     latch.Latch // a graceful stop was asked
 }
 
 // newServerStream returns a stream for a parsed OPEN whose slices alias a
@@ -655,28 +652,7 @@ func (s *ServerStream) Context() context.Context { return s.ctx }
 // gracefully. The handler should finish soon and return normally; its
 // Sends still work.
 func (s *ServerStream) Stopped() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopped == nil {
-		s.stopped = make(chan struct{})
-	}
-	return s.stopped
-}
-
-func (s *ServerStream) requestStop() {
-	s.mu.Lock()
-	switch s.stopped {
-	case nil:
-		s.stopped = closedChan
-	case closedChan:
-	default:
-		select {
-		case <-s.stopped:
-		default:
-			close(s.stopped)
-		}
-	}
-	s.mu.Unlock()
+	return s.stop.Done()
 }
 
 // Send sends p as one response message; the client's Recv returns it

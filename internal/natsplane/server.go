@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/loomrt/loom/internal/latch"
 	"github.com/loomrt/loom/internal/mux"
 	"github.com/loomrt/loom/internal/wire"
 )
@@ -478,7 +479,7 @@ func (s *Server) handleControl(kind string, m *nats.Msg) {
 	}
 	switch kind {
 	case kindStop:
-		st.requestStop()
+		st.stop.Fire()
 	case kindKill:
 		st.kill(errKilled)
 	case kindCredit:
@@ -612,10 +613,6 @@ const (
 	stateKilled // killed: nothing more is sent
 )
 
-// closedChan is a closed channel, returned by Stopped once a stop arrived
-// before anyone asked.
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
 // ServerStream is the server's side of one stream: the request and the
 // means to answer it. Its methods are safe for concurrent use.
 type ServerStream struct {
@@ -640,7 +637,7 @@ type ServerStream struct {
 	sent     uint64 // cumulative cost of the DATA sent
 	waiting  bool
 	creditCh chan struct{}
-	stopped  chan struct{}
+	stop     latch.Latch // a graceful stop was asked
 }
 
 func newServerStream(s *Server, o openMsg, reply string, payload []byte, now time.Time) *ServerStream {
@@ -703,28 +700,7 @@ func (s *ServerStream) Context() context.Context { return s.ctx }
 // stop gracefully. The handler should finish soon and return normally;
 // its Sends still work.
 func (s *ServerStream) Stopped() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.stopped == nil {
-		s.stopped = make(chan struct{})
-	}
-	return s.stopped
-}
-
-func (s *ServerStream) requestStop() {
-	s.mu.Lock()
-	switch s.stopped {
-	case nil:
-		s.stopped = closedChan
-	case closedChan:
-	default:
-		select {
-		case <-s.stopped:
-		default:
-			close(s.stopped)
-		}
-	}
-	s.mu.Unlock()
+	return s.stop.Done()
 }
 
 // Send sends p as one response message (one NATS message); the caller's
