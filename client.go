@@ -417,7 +417,7 @@ func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, 
 		if v, ok := localServers.Load(cand.key); ok {
 			s := v.(*served)
 			if eng, ok := s.engine.(Engine[Req, Resp]); ok {
-				return serveTyped(ctx, s, eng, req, yield)
+				return serveTyped(ctx, stopOf(ctx), s, eng, req, yield)
 			}
 			return callRaw(ctx, s, req, yield)
 		}
@@ -452,9 +452,13 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 		return false, mapped, failed
 	}
 	defer stream.Close()
-	if stop, ok := ctx.Value(stopKey{}).(context.Context); ok {
+	if stop := stopOf(ctx); stop != nil {
 		defer context.AfterFunc(stop, stream.Stop)()
 	}
+	// One decode target per stream: &item escapes to the codec, so a
+	// variable per item would be an allocation per item. It is zeroed
+	// before each decode so that no item shares memory with the last.
+	var item, zero Resp
 	for {
 		b, err := stream.Recv()
 		if err == io.EOF {
@@ -464,7 +468,7 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 			mapped, failed := fromWire(ctx, c.path, cand.ID, err)
 			return started, mapped, failed
 		}
-		var item Resp
+		item = zero
 		if err := cdc.Unmarshal(b, &item); err != nil {
 			stream.Cancel()
 			return started, fmt.Errorf("loom: %s instance %x: response does not decode as %T: %w", c.path, cand.ID, item, err), false
@@ -486,7 +490,7 @@ func callRaw[Req, Resp any](ctx context.Context, s *served, req Req, yield func(
 	if err != nil {
 		return false, fmt.Errorf("loom: %s: encode request: %w", s.ep.path, err)
 	}
-	started, err := s.raw(ctx, s.codec, payload, func(b []byte) error {
+	started, err := s.raw(ctx, stopOf(ctx), s.codec, payload, func(b []byte) error {
 		var item Resp
 		if err := s.codec.Unmarshal(b, &item); err != nil {
 			return fmt.Errorf("loom: %s: response does not decode as the caller's type: %w", s.ep.path, err)

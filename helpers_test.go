@@ -21,19 +21,19 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // cluster is a set of runtimes in one process sharing a private discovery
 // store, standing in for several processes.
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	store *memory.Store
 	cfg   config.Config
 }
 
-func newCluster(t *testing.T) *cluster { return newClusterOn(t, "local") }
+func newCluster(t testing.TB) *cluster { return newClusterOn(t, "local") }
 
 // planes are the ways a call can travel; semantic tests run on each.
 var planes = []string{"local", "tcp", "nats"}
 
 // newClusterOn makes a cluster whose calls travel on plane: the local
 // fast path, or the network even between runtimes in this process.
-func newClusterOn(t *testing.T, plane string) *cluster {
+func newClusterOn(t testing.TB, plane string) *cluster {
 	cfg := config.Default()
 	cfg.Client.WaitTimeout = 2 * time.Second
 	cfg.Client.LocalFastPath = plane == "local"
@@ -76,7 +76,7 @@ func (c *cluster) runtime(opts ...loom.Option) *loom.Runtime {
 	return rt
 }
 
-func endpoint(t *testing.T, rt *loom.Runtime, path string) *loom.Endpoint {
+func endpoint(t testing.TB, rt *loom.Runtime, path string) *loom.Endpoint {
 	t.Helper()
 	ep, err := rt.Endpoint(path)
 	if err != nil {
@@ -86,7 +86,7 @@ func endpoint(t *testing.T, rt *loom.Runtime, path string) *loom.Endpoint {
 }
 
 // serve serves path on rt with fn.
-func serve[Req, Resp any](t *testing.T, rt *loom.Runtime, path string, fn func(ctx context.Context, req Req) iter.Seq2[Resp, error]) *loom.Endpoint {
+func serve[Req, Resp any](t testing.TB, rt *loom.Runtime, path string, fn func(ctx context.Context, req Req) iter.Seq2[Resp, error]) *loom.Endpoint {
 	t.Helper()
 	ep := endpoint(t, rt, path)
 	if err := loom.Serve(context.Background(), ep, loom.EngineFunc[Req, Resp](fn)); err != nil {
@@ -95,7 +95,7 @@ func serve[Req, Resp any](t *testing.T, rt *loom.Runtime, path string, fn func(c
 	return ep
 }
 
-func client[Req, Resp any](t *testing.T, rt *loom.Runtime, path string, opts ...loom.ClientOption) *loom.Client[Req, Resp] {
+func client[Req, Resp any](t testing.TB, rt *loom.Runtime, path string, opts ...loom.ClientOption) *loom.Client[Req, Resp] {
 	t.Helper()
 	c, err := loom.NewClient[Req, Resp](context.Background(), endpoint(t, rt, path), opts...)
 	if err != nil {
@@ -105,7 +105,7 @@ func client[Req, Resp any](t *testing.T, rt *loom.Runtime, path string, opts ...
 	return c
 }
 
-func waitInstances[Req, Resp any](t *testing.T, c *loom.Client[Req, Resp], n int) {
+func waitInstances[Req, Resp any](t testing.TB, c *loom.Client[Req, Resp], n int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -27,7 +27,7 @@ func (rt *Runtime) startNATSPlane(ctx context.Context) (string, error) {
 		MaxConcurrentStreams: rc.MaxConcurrentStreams,
 		QueueSize:            rc.QueueSize,
 		Logger:               rt.log,
-	}, natsplane.HandlerFunc(func(s *natsplane.ServerStream) error { return rt.serveStream(s) }))
+	}, natsplane.HandlerFunc(func(s *natsplane.ServerStream) error { return serveStream(rt, s) }))
 	if err != nil {
 		return "", err
 	}

@@ -51,7 +51,7 @@ type served struct {
 	// raw serves a request given as bytes in codec c, sending each response
 	// item encoded in c; for callers whose types differ from the handler's
 	// and for network transports.
-	raw   func(ctx context.Context, c codec.Codec, payload []byte, send func([]byte) error) (started bool, err error)
+	raw   func(ctx, stop context.Context, c codec.Codec, payload []byte, send func([]byte) error) (started bool, err error)
 	codec codec.Codec
 	m     *metrics.Endpoint
 	log   *slog.Logger
@@ -102,7 +102,7 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		drained: make(chan struct{}),
 	}
 	s.key = s.inst.Key()
-	s.raw = func(ctx context.Context, c codec.Codec, payload []byte, send func([]byte) error) (bool, error) {
+	s.raw = func(ctx, stop context.Context, c codec.Codec, payload []byte, send func([]byte) error) (bool, error) {
 		var req Req
 		if err := c.Unmarshal(payload, &req); err != nil {
 			s.m.Refused.Inc()
@@ -110,8 +110,12 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		}
 		var buf []byte
 		var sendErr error
-		started, err := serveTyped(ctx, s, eng, req, func(item Resp, _ error) bool {
-			if buf, sendErr = c.Marshal(buf[:0], item); sendErr == nil {
+		// One variable per stream, passed by pointer, so that handing each
+		// item to the codec does not box (allocate) it.
+		var out Resp
+		started, err := serveTyped(ctx, stop, s, eng, req, func(item Resp, _ error) bool {
+			out = item
+			if buf, sendErr = c.Marshal(buf[:0], &out); sendErr == nil {
 				sendErr = send(buf)
 			}
 			return sendErr == nil
@@ -204,7 +208,7 @@ func (s *served) startDrain() {
 // requestContext derives a request's context: a child of the endpoint's
 // context with the caller's deadline and stop signal, cancelled when the
 // caller's context is.
-func (s *served) requestContext(caller context.Context) (context.Context, context.CancelFunc) {
+func (s *served) requestContext(caller, stop context.Context) (context.Context, context.CancelFunc) {
 	var rctx context.Context
 	var cancel context.CancelFunc
 	if d, ok := caller.Deadline(); ok {
@@ -212,7 +216,7 @@ func (s *served) requestContext(caller context.Context) (context.Context, contex
 	} else {
 		rctx, cancel = context.WithCancel(s.ep.ctx)
 	}
-	if stop, ok := caller.Value(stopKey{}).(context.Context); ok {
+	if stop != nil {
 		rctx = context.WithValue(rctx, stopKey{}, stop)
 	}
 	if caller.Done() == nil {
@@ -224,17 +228,17 @@ func (s *served) requestContext(caller context.Context) (context.Context, contex
 
 // serveTyped is the one serving core: admission, the request context,
 // metrics and panic recovery around eng, yielding each item to the caller
-// in the caller's goroutine. It reports whether any item was yielded, and
+// in the caller's goroutine. stop is the caller's stop signal, if any. It reports whether any item was yielded, and
 // the error the stream ended with: nil if it completed or the caller
 // stopped reading.
-func serveTyped[Req, Resp any](caller context.Context, s *served, eng Engine[Req, Resp], req Req, yield func(Resp, error) bool) (started bool, err error) {
+func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engine[Req, Resp], req Req, yield func(Resp, error) bool) (started bool, err error) {
 	if !s.acquire() {
 		s.m.Refused.Inc()
 		return false, fmt.Errorf("%w: %s instance %x is shutting down", ErrDraining, s.ep.path, s.inst.ID)
 	}
 	start := time.Now()
 	s.m.InFlight.Inc()
-	rctx, cancel := s.requestContext(caller)
+	rctx, cancel := s.requestContext(caller, stop)
 	var items int
 	outcome := s.m.OK
 	defer func() {

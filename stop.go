@@ -14,9 +14,9 @@ type stopKey struct{}
 // Call stop when the requests are done to release its resources, as with
 // context.WithCancel.
 func WithStop(parent context.Context) (ctx context.Context, stop context.CancelFunc) {
-	base := context.Background()
-	if p, ok := parent.Value(stopKey{}).(context.Context); ok {
-		base = p
+	base := stopOf(parent)
+	if base == nil {
+		base = context.Background()
 	}
 	s, stop := context.WithCancel(base)
 	return context.WithValue(parent, stopKey{}, s), stop
@@ -26,7 +26,7 @@ func WithStop(parent context.Context) (ctx context.Context, stop context.CancelF
 // ctx has been asked to stop gracefully. It returns nil (a channel that
 // never closes) if nobody can stop it.
 func Stopped(ctx context.Context) <-chan struct{} {
-	if s, ok := ctx.Value(stopKey{}).(context.Context); ok {
+	if s := stopOf(ctx); s != nil {
 		return s.Done()
 	}
 	return nil
@@ -35,8 +35,14 @@ func Stopped(ctx context.Context) <-chan struct{} {
 // IsStopped reports whether the request served under ctx has been asked
 // to stop gracefully.
 func IsStopped(ctx context.Context) bool {
-	if s, ok := ctx.Value(stopKey{}).(context.Context); ok {
+	if s := stopOf(ctx); s != nil {
 		return s.Err() != nil
 	}
 	return false
+}
+
+// stopOf returns the stop signal a caller's context carries, or nil.
+func stopOf(ctx context.Context) context.Context {
+	s, _ := ctx.Value(stopKey{}).(context.Context)
+	return s
 }

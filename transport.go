@@ -110,7 +110,7 @@ func (rt *Runtime) startTCP(ctx context.Context) error {
 		KeepaliveTimeout:     rc.KeepaliveTimeout,
 		TLS:                  tlsCfg,
 		Logger:               rt.log,
-	}, mux.HandlerFunc(func(s *mux.ServerStream) error { return rt.serveStream(s) }))
+	}, mux.HandlerFunc(func(s *mux.ServerStream) error { return serveStream(rt, s) }))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -123,8 +123,11 @@ func (rt *Runtime) startTCP(ctx context.Context) error {
 	return nil
 }
 
-// serveStream serves one request that arrived over the network.
-func (rt *Runtime) serveStream(s netStream) error {
+// serveStream serves one request that arrived over the network. It is
+// generic over the stream type so that its stop signal reaches the handler
+// without an allocation, and without making the stop channel unless the
+// handler asks for it.
+func serveStream[S netStream](rt *Runtime, s S) error {
 	v, ok := rt.planes.byPath.Load(s.Path())
 	if !ok {
 		return mux.Errorf(wire.CodeNotFound, "%s is not served by instance %x", s.Path(), rt.id)
@@ -134,13 +137,9 @@ func (rt *Runtime) serveStream(s netStream) error {
 	if err != nil {
 		return mux.Errorf(wire.CodeBadRequest, "%s: %v", s.Path(), err)
 	}
-	ctx := s.Context()
-	if stop := s.Stopped(); stop != nil {
-		ctx = context.WithValue(ctx, stopKey{}, stopContext(stop))
-	}
 	sv.m.BytesIn.Add(float64(len(s.Payload())))
-	var out int
-	_, err = sv.raw(ctx, c, s.Payload(), func(b []byte) error {
+	out := 0
+	_, err = sv.raw(s.Context(), streamStop[S]{s}, c, s.Payload(), func(b []byte) error {
 		out += len(b)
 		return s.Send(b)
 	})
@@ -151,11 +150,12 @@ func (rt *Runtime) serveStream(s netStream) error {
 // toWire turns a serving error into the status the caller's side maps
 // back: the same sentinel on both ends of the wire.
 func toWire(err error) error {
+	if err == nil {
+		return nil
+	}
 	var se *mux.StreamError
 	var bre *BadRequestError
 	switch {
-	case err == nil:
-		return nil
 	case errors.As(err, &se):
 		return se
 	case errors.Is(err, ErrDraining), errors.Is(err, ErrClosed):
@@ -312,16 +312,18 @@ func (rt *Runtime) closeCallers() error {
 	return errors.Join(errs...)
 }
 
-// stopContext is a context whose Done is a transport's stop signal, so
-// Stopped(ctx) and WithStop work for requests from the network.
-type stopContext <-chan struct{}
+// streamStop is a context whose Done is a network stream's stop signal,
+// so that Stopped(ctx) and WithStop work for requests from the network. It
+// holds only the stream pointer, so it is stored in an interface without
+// an allocation, and asks the stream for its channel only when used.
+type streamStop[S interface{ Stopped() <-chan struct{} }] struct{ s S }
 
-func (c stopContext) Deadline() (time.Time, bool) { return time.Time{}, false }
-func (c stopContext) Done() <-chan struct{}       { return c }
-func (c stopContext) Value(any) any               { return nil }
-func (c stopContext) Err() error {
+func (c streamStop[S]) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c streamStop[S]) Done() <-chan struct{}       { return c.s.Stopped() }
+func (c streamStop[S]) Value(any) any               { return nil }
+func (c streamStop[S]) Err() error {
 	select {
-	case <-c:
+	case <-c.s.Stopped():
 		return context.Canceled
 	default:
 		return nil

@@ -1,6 +1,9 @@
 package codec_test
 
 import (
+	"bytes"
+
+	"github.com/vmihailenco/msgpack/v5"
 	"strings"
 	"testing"
 
@@ -166,5 +169,53 @@ func TestMsgPackAcceptsWhatItEncodes(t *testing.T) {
 		if err := codec.MsgPack.Unmarshal(b, &out); err != nil {
 			t.Errorf("%T: %v", v, err)
 		}
+	}
+}
+
+// The fast paths for strings and byte slices must write exactly what the
+// general encoder writes, and read what it reads.
+func TestStringAndBytesFastPathsMatchTheGeneralEncoder(t *testing.T) {
+	general := func(v any) []byte {
+		var buf bytes.Buffer
+		enc := msgpack.NewEncoder(&buf)
+		if err := enc.Encode(v); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
+	}
+	for _, n := range []int{0, 1, 31, 32, 255, 256, 65535, 65536} {
+		s := strings.Repeat("x", n)
+		got, _ := codec.MsgPack.Marshal(nil, s)
+		if want := general(s); !bytes.Equal(got, want) {
+			t.Errorf("string of %d: fast path wrote % x..., encoder % x...", n, got[:min(8, len(got))], want[:min(8, len(want))])
+		}
+		var back string
+		if err := codec.MsgPack.Unmarshal(got, &back); err != nil || back != s {
+			t.Errorf("string of %d did not round-trip: %v", n, err)
+		}
+		b := []byte(s)
+		got, _ = codec.MsgPack.Marshal(nil, &b)
+		if want := general(b); !bytes.Equal(got, want) {
+			t.Errorf("bytes of %d: fast path wrote % x..., encoder % x...", n, got[:min(8, len(got))], want[:min(8, len(want))])
+		}
+		var bb []byte
+		if err := codec.MsgPack.Unmarshal(got, &bb); err != nil || !bytes.Equal(bb, b) {
+			t.Errorf("bytes of %d did not round-trip: %v", n, err)
+		}
+	}
+	var nilBytes []byte
+	got, _ := codec.MsgPack.Marshal(nil, nilBytes)
+	if want := general(nilBytes); !bytes.Equal(got, want) {
+		t.Errorf("nil bytes: % x, want % x", got, want)
+	}
+	// A string sent to a []byte field, or truncated input, falls back to
+	// the general decoder and its answer.
+	var b []byte
+	if err := codec.MsgPack.Unmarshal([]byte{0xa2, 'h', 'i'}, &b); err != nil || string(b) != "hi" {
+		t.Errorf("str into []byte: %q, %v", b, err)
+	}
+	var s string
+	if err := codec.MsgPack.Unmarshal([]byte{0xa5, 'h'}, &s); err == nil {
+		t.Error("a truncated string decoded without error")
 	}
 }

@@ -19,7 +19,11 @@ var errTruncated = errors.New("truncated")
 // preallocate it), nesting deeper than MaxDepth, the reserved byte 0xc1, and
 // bytes after the value.
 func checkMsgPack(data []byte) error {
-	var stack [MaxDepth]int // elements still to read at each open level
+	// Elements still to read at each open level. Most messages nest a few
+	// levels; a small array keeps the walk off the heap and, unlike a
+	// MaxDepth-sized one, does not force every new goroutine's stack to grow.
+	var small [16]int
+	stack := small[:0]
 	depth := 0
 	pending := 1 // elements still to read at the current level
 	i := 0
@@ -33,6 +37,7 @@ func checkMsgPack(data []byte) error {
 			}
 			depth--
 			pending = stack[depth]
+			stack = stack[:depth]
 		}
 		if i >= len(data) {
 			return errTruncated
@@ -116,7 +121,7 @@ func checkMsgPack(data []byte) error {
 			if depth == MaxDepth {
 				return fmt.Errorf("nested deeper than %d levels", MaxDepth)
 			}
-			stack[depth] = pending
+			stack = append(stack, pending)
 			depth++
 			pending = elems
 		}

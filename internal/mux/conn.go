@@ -50,6 +50,7 @@ type conn struct {
 	wBusy    bool          // a write is in flight (writer goroutine or commitFlush)
 	spare    []byte        // the batch buffer not in use; owned by whoever set wBusy
 	wIdle    bool          // the writer goroutine is parked on wake
+	wDirect  bool          // a commitFlush caller is writing and will take what is appended meanwhile
 	wFull    chan struct{} // closed when the batch has been taken; nil unless someone waits
 	wClosing bool          // write what is queued, then stop writing
 	wHard    bool          // with wClosing: close the socket after the last write
@@ -134,10 +135,13 @@ func (c *conn) begin(ctx context.Context, wait bool) error {
 	}
 }
 
-// commit unlocks the batch and wakes the writer if it is parked.
+// commit unlocks the batch and wakes the writer if it is parked, unless a
+// direct writer (commitFlush) will take the frames when its write returns.
 func (c *conn) commit() {
-	wake := c.wIdle
-	c.wIdle = false
+	wake := c.wIdle && !c.wDirect
+	if wake {
+		c.wIdle = false
+	}
 	c.wmu.Unlock()
 	if wake {
 		c.wakeWriter()
@@ -162,25 +166,37 @@ func (c *conn) commitFlush() {
 		c.commit()
 		return
 	}
-	c.wBusy = true
-	buf := c.w.Swap(c.spare)
-	c.spare = nil
-	c.wmu.Unlock()
-	err := c.flush(buf, false)
-	c.wmu.Lock()
-	c.spare = buf[:0]
-	c.wBusy = false
-	if c.wFull != nil {
-		close(c.wFull)
-		c.wFull = nil
+	c.wBusy, c.wDirect = true, true
+	var err error
+	// Frames other streams append while this write is in flight are
+	// written by this goroutine too, a few batches at most, so concurrent
+	// streams share system calls without waking the writer goroutine.
+	for range maxDirectBatches {
+		buf := c.w.Swap(c.spare)
+		c.spare = nil
+		c.wmu.Unlock()
+		err = c.flush(buf, false)
+		c.wmu.Lock()
+		c.spare = buf[:0]
+		if c.wFull != nil {
+			close(c.wFull)
+			c.wFull = nil
+		}
+		if err != nil || c.w.Len() == 0 || c.wClosing || c.dead {
+			break
+		}
 	}
-	// Frames appended during the write, or a close request, are the
-	// writer goroutine's.
+	c.wBusy, c.wDirect = false, false
+	// Frames still queued, or a close request, are the writer goroutine's.
 	c.commit()
 	if err != nil {
 		c.shutdown(fmt.Errorf("%w: writing to %s: %w", ErrConnLost, c.nc.RemoteAddr(), err))
 	}
 }
+
+// maxDirectBatches bounds how many batches one commitFlush caller writes
+// before leaving the rest to the writer goroutine.
+const maxDirectBatches = 4
 
 func (c *conn) closedErr() error {
 	select {
