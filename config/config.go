@@ -56,6 +56,7 @@ type Config struct {
 	Shutdown     Shutdown     `key:"shutdown"`
 	Log          Log          `key:"log"`
 	Status       Status       `key:"status"`
+	Queue        Queue        `key:"queue"`
 }
 
 // NATS is the connection every plane that uses NATS shares.
@@ -129,4 +130,28 @@ type Log struct {
 type Status struct {
 	Port int    `key:"port" default:"0" min:"-1" max:"65535" doc:"Port of the status server (/live, /health, /metrics, /metadata); 0 turns it off, -1 picks a free port."`
 	Host string `key:"host" default:"127.0.0.1" doc:"Address the status server listens on."`
+}
+
+// Queue holds the defaults of work queues (package workqueue) and of the
+// EventBus (package eventbus); code can override each of them per queue.
+type Queue struct {
+	Storage           string        `key:"storage" default:"file" enum:"file,memory" doc:"Where queue and event streams keep messages: file (survives a server restart) or memory."`
+	Replicas          int           `key:"replicas" env:"NATS_STREAM_REPLICAS" default:"1" min:"1" max:"5" doc:"Copies of each queue, dead-letter and event stream in a NATS cluster; 3 survives losing a node."`
+	MaxMsgs           int           `key:"max_msgs" default:"-1" min:"-1" doc:"Most jobs a queue holds; beyond it an enqueue fails with the server's error. -1: no limit."`
+	MaxBytes          int           `key:"max_bytes" default:"-1" min:"-1" doc:"Most bytes a queue holds; beyond it an enqueue fails. -1: no limit."`
+	MaxAge            time.Duration `key:"max_age" default:"0s" min:"0s" doc:"Jobs older than this are dropped unprocessed; 0 keeps them until they are handled."`
+	Codec             string        `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of typed jobs (a queue of []byte carries the bytes as they are)."`
+	AckWait           time.Duration `key:"ack_wait" default:"30s" min:"100ms" doc:"How long a delivered job may go without an ack or progress report before the server redelivers it."`
+	MaxDeliver        int           `key:"max_deliver" default:"5" min:"1" doc:"Attempts at a job before it is moved to the dead-letter stream with its last error."`
+	BackoffInitial    time.Duration `key:"backoff_initial" default:"1s" min:"0s" doc:"Delay before the second attempt at a failed job; it doubles with each further attempt."`
+	BackoffMax        time.Duration `key:"backoff_max" default:"1m" min:"0s" doc:"Longest delay between attempts at a failed job."`
+	HandlerTimeout    time.Duration `key:"handler_timeout" default:"5m" min:"0s" doc:"How long a handler may run, kept alive by progress reports every ack_wait/2; past it its context is cancelled and the job is redelivered after ack_wait. 0: ack_wait."`
+	Concurrency       int           `key:"concurrency" default:"16" min:"1" max:"100000" doc:"Jobs a consumer handles at once."`
+	MaxPending        int           `key:"max_pending" default:"4096" min:"1" doc:"Asynchronous enqueues awaiting the server's acknowledgement; beyond it EnqueueAsync waits for room."`
+	EnqueueTimeout    time.Duration `key:"enqueue_timeout" default:"10s" min:"1ms" doc:"How long an enqueue keeps retrying through a server restart or leader election when the caller's context has no deadline."`
+	LargePayloads     string        `key:"large_payloads" default:"offload" enum:"offload,reject" doc:"Jobs and events above the server's max_payload: offload (stored in the JetStream object store, the message carries a reference) or reject (an error naming the size and the limit)."`
+	ObjectBucket      string        `key:"object_bucket" default:"loom_payloads" doc:"JetStream object store bucket that offloaded payloads go to."`
+	DeadLetterMaxAge  time.Duration `key:"dead_letter_max_age" default:"720h" min:"0s" doc:"How long dead-lettered jobs are kept for inspection and requeueing; 0 keeps them forever."`
+	EventBusJetStream bool          `key:"eventbus_jetstream" env:"NATS_USE_JETSTREAM" default:"false" doc:"EventBus consumers use JetStream (a durable consumer per group, redelivery, dead letters) instead of Core NATS queue groups."`
+	EventBusMaxAge    time.Duration `key:"eventbus_max_age" default:"24h" min:"0s" doc:"How long JetStream EventBus streams keep events; 0 keeps them until other limits apply."`
 }

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/workqueue"
+)
+
+// loomQueue runs `loom queue args...` against the server at url.
+func loomQueue(t *testing.T, url, stdin string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(loomBin, append([]string{"queue"}, args...)...)
+	cmd.Env = append(cmd.Environ(), "NATS_SERVER="+url, "LOOM_LOG_LEVEL=warn")
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("loom queue %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func TestQueueCommandsListPeekAddAndRepairDeadLetters(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type req struct {
+		RequestID string `json:"request_id"`
+		Tokens    []int  `json:"tokens"`
+	}
+	cfg := workqueue.DefaultConfig("prefill_queue")
+	cfg.Storage, cfg.MaxDeliver, cfg.Logger = "memory", 1, quietLog()
+	q, err := workqueue.New[req](ctx, nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close(ctx)
+	url := ns.ClientURL()
+
+	out := loomQueue(t, url, "", "add", "prefill_queue", `{"request_id": "r1", "tokens": [1, 2, 3]}`)
+	if !strings.Contains(out, "added job 1 to prefill_queue") {
+		t.Errorf("add printed %q", out)
+	}
+	loomQueue(t, url, `{"request_id": "r2", "tokens": []}`+"\n"+`{"request_id": "r3", "tokens": [9]}`+"\n", "add", "prefill_queue")
+	out = loomQueue(t, url, "", "ls")
+	if !strings.Contains(out, "QUEUE") || !regexpMatch(`prefill_queue\s+3\s+3\s+0\s+0\s+0\s+msgpack\s+memory\s+1`, out) {
+		t.Errorf("ls printed:\n%s", out)
+	}
+	out = loomQueue(t, url, "", "peek", "prefill_queue", "-n", "2")
+	if !strings.Contains(out, `{"request_id":"r1","tokens":[1,2,3]}`) || strings.Contains(out, "r3") {
+		t.Errorf("peek -n 2 printed:\n%s", out)
+	}
+
+	// A typed worker takes the CLI's jobs; r2 fails once and is dead-lettered.
+	c, err := q.Consume(workqueue.HandlerFunc[req](func(ctx context.Context, j *workqueue.Job[req]) error {
+		if j.Value.RequestID == "r2" {
+			return errors.New("no KV blocks free")
+		}
+		return nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, _ := q.Info(ctx)
+		if info.DeadLetters == 1 && info.Jobs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no dead letter: %+v", info)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := c.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	out = loomQueue(t, url, "", "dlq", "prefill_queue")
+	if !regexpMatch(`1\s+2\s+failed\s+1\s+\S+\s+no KV blocks free\s+\{"request_id":"r2"`, out) {
+		t.Errorf("dlq printed:\n%s", out)
+	}
+	out = loomQueue(t, url, "", "info", "prefill_queue")
+	if !regexpMatch(`dead letters\s+1`, out) || !regexpMatch(`max deliver\s+1`, out) {
+		t.Errorf("info printed:\n%s", out)
+	}
+	out = loomQueue(t, url, "", "dlq", "prefill_queue", "--requeue", "1")
+	if !strings.Contains(out, "requeued 1 dead letters into prefill_queue") {
+		t.Errorf("dlq --requeue printed %q", out)
+	}
+	j, err := q.Dequeue(ctx)
+	if err != nil || j.Value.RequestID != "r2" {
+		t.Fatalf("after requeue: %+v, %v", j, err)
+	}
+	_ = j.Ack(ctx)
+
+	cmd := exec.Command(loomBin, "queue", "info", "nope")
+	cmd.Env = append(cmd.Environ(), "NATS_SERVER="+url)
+	b, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "no such queue: nope") {
+		t.Errorf("info of a missing queue: %v, %s", err, b)
+	}
+}
+
+func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }

@@ -1,0 +1,363 @@
+package eventbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/loomrt/loom/internal/jsconsume"
+	"github.com/loomrt/loom/metrics"
+)
+
+// RegisterConsumer starts handling the messages of topic as a member of
+// group, on nameServer ("" for the bus's servers), and returns once the
+// consumer is subscribed. Members of one group share its messages; every
+// group gets every message. With JetStream the group is a durable consumer
+// of the topic's stream: it is created (or updated) here, receives what was
+// sent while no member ran, and redelivers after AckWait what a member
+// took and never settled. On Core NATS it is a queue group: messages sent
+// while no member runs are lost to it, and retries happen in the member
+// that received the message. Bus.Shutdown stops it.
+func (b *Bus) RegisterConsumer(nameServer, topic, group string, handler ConsumerHandler, opts ...ConsumerOpt) error {
+	if err := checkTopic(topic); err != nil {
+		return err
+	}
+	if err := checkGroup(group); err != nil {
+		return err
+	}
+	if handler == nil {
+		return errors.New("eventbus: RegisterConsumer needs a handler")
+	}
+	q := b.cfg.Queue
+	o := ConsumerOption{Concurrency: q.Concurrency, MaxDeliver: q.MaxDeliver}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	o.Concurrency = max(o.Concurrency, 1)
+	o.MaxDeliver = max(o.MaxDeliver, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), b.connectTimeout()+5*time.Second)
+	defer cancel()
+	c, err := b.conn(ctx, nameServer)
+	if err != nil {
+		return err
+	}
+	m := metrics.NopQueue()
+	if b.cfg.Metrics != nil {
+		m = b.cfg.Metrics.Queue(topic + "/" + group)
+	}
+	policy := jsconsume.Policy{
+		AckWait:        q.AckWait,
+		HandlerTimeout: q.HandlerTimeout,
+		MaxDeliver:     o.MaxDeliver,
+		BackoffInitial: q.BackoffInitial,
+		BackoffMax:     q.BackoffMax,
+		BackoffJitter:  b.cfg.BackoffJitter,
+	}
+	var s stopper
+	if q.EventBusJetStream {
+		s, err = b.startJetStream(ctx, c, topic, group, handler, o, policy, m)
+	} else {
+		s, err = b.startCore(c, topic, group, handler, o, policy, m)
+	}
+	if err != nil {
+		return err
+	}
+	if err := b.addConsumer(s); err != nil {
+		_ = s.shutdown(context.Background())
+		return err
+	}
+	return nil
+}
+
+// jsConsumer is a group on JetStream.
+type jsConsumer struct{ r *jsconsume.Runner }
+
+func (c *jsConsumer) shutdown(ctx context.Context) error { return c.r.Shutdown(ctx) }
+
+func (b *Bus) startJetStream(ctx context.Context, c *conn, topic, group string, h ConsumerHandler, o ConsumerOption, policy jsconsume.Policy, m *metrics.Queue) (stopper, error) {
+	if err := b.ensureStreams(ctx, c, topic, false); err != nil {
+		return nil, err
+	}
+	if err := b.ensureStreams(ctx, c, topic, true); err != nil {
+		return nil, err
+	}
+	durable := unsafe.ReplaceAllString(group, "_")
+	stream := StreamName(topic)
+	create := func(ctx context.Context) (jetstream.Consumer, error) {
+		cons, err := c.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+			Durable:       durable,
+			Description:   "Loom EventBus group " + group + " of topic " + topic,
+			FilterSubject: topic,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       policy.AckWait,
+			MaxDeliver:    -1, // Loom counts attempts and dead-letters
+			MaxAckPending: 20000,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("eventbus: create or update consumer %s of stream %s: %w", durable, stream, hint(err))
+		}
+		return cons, nil
+	}
+	cons, err := create(ctx)
+	if err != nil {
+		return nil, err
+	}
+	settler := &jsconsume.Settler{
+		Queue:             stream,
+		Group:             durable,
+		JS:                c.js,
+		Policy:            policy,
+		DeadLetterSubject: deadLetterSubject(topic, group),
+		Payloads:          c.payloads,
+		Metrics:           m,
+		Log:               b.log,
+	}
+	cfg := jsconsume.Config{
+		Settler:     settler,
+		Consumer:    cons,
+		Recreate:    create,
+		Concurrency: o.Concurrency,
+		Handler: func(ctx context.Context, d *jsconsume.Delivery) error {
+			hdr := d.Msg.Headers()
+			return h.HandleMessage(ctx, &Message{
+				Topic: topic, Group: group, Body: d.Data,
+				ShardingKey: hdr.Get(ShardingKeyHeader),
+				Deliveries:  int(d.Meta.NumDelivered),
+				Header:      hdr,
+			})
+		},
+	}
+	if o.Orderly {
+		cfg.LaneHeader = ShardingKeyHeader
+	}
+	r, err := jsconsume.Start(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("eventbus: %w", err)
+	}
+	return &jsConsumer{r: r}, nil
+}
+
+// coreConsumer is a group on a Core NATS queue group: at most once from
+// the server, retried with backoff in this process.
+type coreConsumer struct {
+	b            *Bus
+	c            *conn
+	topic, group string
+	h            ConsumerHandler
+	policy       jsconsume.Policy
+	m            *metrics.Queue
+	sub          *nats.Subscription
+	work         chan *nats.Msg
+	lanes        []chan *nats.Msg
+	seed         maphash.Seed
+	orderly      bool
+	base         context.Context
+	kill         context.CancelFunc
+	subClosed    chan struct{}
+	workersDone  chan struct{}
+	once         sync.Once
+}
+
+func (b *Bus) startCore(c *conn, topic, group string, h ConsumerHandler, o ConsumerOption, policy jsconsume.Policy, m *metrics.Queue) (stopper, error) {
+	cc := &coreConsumer{
+		b: b, c: c, topic: topic, group: group, h: h, policy: policy, m: m,
+		work:        make(chan *nats.Msg),
+		seed:        maphash.MakeSeed(),
+		orderly:     o.Orderly,
+		subClosed:   make(chan struct{}),
+		workersDone: make(chan struct{}),
+	}
+	cc.base, cc.kill = context.WithCancel(context.Background())
+	if o.Orderly {
+		cc.lanes = make([]chan *nats.Msg, o.Concurrency)
+		for i := range cc.lanes {
+			cc.lanes[i] = make(chan *nats.Msg)
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range o.Concurrency {
+		var lane chan *nats.Msg
+		if cc.lanes != nil {
+			lane = cc.lanes[i]
+		}
+		wg.Go(func() { cc.worker(lane) })
+	}
+	sub, err := c.nc.QueueSubscribe(topic, group, cc.dispatch)
+	if err != nil {
+		cc.kill()
+		wg.Wait()
+		return nil, fmt.Errorf("eventbus: subscribe to topic %s as group %s: %w", topic, group, err)
+	}
+	// Messages queue up in the subscription while every worker is busy;
+	// allow as many as nats.go allows by default bytes-wise.
+	_ = sub.SetPendingLimits(-1, 64<<20)
+	sub.SetClosedHandler(func(string) {
+		cc.closeWork()
+	})
+	cc.sub = sub
+	go func() {
+		wg.Wait()
+		cc.kill()
+		close(cc.workersDone)
+	}()
+	return cc, nil
+}
+
+// closeWork ends the workers' input once the subscription is closed and
+// drained.
+func (cc *coreConsumer) closeWork() {
+	cc.once.Do(func() {
+		close(cc.subClosed)
+		close(cc.work)
+		for _, l := range cc.lanes {
+			close(l)
+		}
+	})
+}
+
+// dispatch hands a message to a worker; it runs on the subscription's
+// goroutine and blocks while all workers are busy.
+func (cc *coreConsumer) dispatch(m *nats.Msg) {
+	ch := cc.work
+	if cc.lanes != nil {
+		if key := m.Header.Get(ShardingKeyHeader); key != "" {
+			ch = cc.lanes[maphash.String(cc.seed, key)%uint64(len(cc.lanes))]
+		}
+	}
+	select {
+	case ch <- m:
+	case <-cc.base.Done():
+	}
+}
+
+func (cc *coreConsumer) worker(lane chan *nats.Msg) {
+	work := cc.work
+	for work != nil || lane != nil {
+		var m *nats.Msg
+		var ok bool
+		select {
+		case m, ok = <-work:
+			if !ok {
+				work = nil
+				continue
+			}
+		case m, ok = <-lane:
+			if !ok {
+				lane = nil
+				continue
+			}
+		case <-cc.base.Done():
+			return
+		}
+		cc.handle(m)
+	}
+}
+
+// handle runs the handler on m, retrying with backoff up to MaxDeliver
+// attempts, then dead-letters it.
+func (cc *coreConsumer) handle(m *nats.Msg) {
+	body, _, err := cc.c.payloads.Resolve(cc.base, m.Header, m.Data)
+	if err != nil {
+		cc.deadLetter(m, jsconsume.ReasonPayload, err, 1)
+		return
+	}
+	msg := &Message{Topic: cc.topic, Group: cc.group, Body: body, ShardingKey: m.Header.Get(ShardingKeyHeader), Header: m.Header}
+	for attempt := 1; ; attempt++ {
+		msg.Deliveries = attempt
+		if attempt > 1 {
+			cc.m.Redelivered.Inc()
+		}
+		err := cc.call(msg)
+		if err == nil {
+			cc.m.Acked.Inc()
+			return
+		}
+		var te *jsconsume.TerminalError
+		if errors.As(err, &te) {
+			cc.deadLetter(m, te.Reason, te.Err, attempt)
+			return
+		}
+		if attempt >= cc.policy.MaxDeliver {
+			cc.deadLetter(m, jsconsume.ReasonFailed, err, attempt)
+			return
+		}
+		cc.m.Nakked.Inc()
+		select {
+		case <-time.After(cc.policy.Backoff(attempt)):
+		case <-cc.base.Done():
+			cc.b.log.Warn("eventbus: shut down while a Core NATS message awaited its retry; it is lost (use JetStream to keep it)",
+				"topic", cc.topic, "group", cc.group, "attempt", attempt, "err", err)
+			return
+		}
+	}
+}
+
+func (cc *coreConsumer) call(msg *Message) (err error) {
+	timeout := cc.policy.HandlerTimeout
+	ctx, cancel := context.WithTimeout(cc.base, timeout)
+	defer cancel()
+	start := time.Now()
+	defer func() {
+		cc.m.HandlerDuration.Observe(time.Since(start).Seconds())
+		if r := recover(); r != nil {
+			cc.b.log.Error("eventbus: handler panicked", "topic", cc.topic, "group", cc.group, "panic", r, "stack", string(debug.Stack()))
+			err = &jsconsume.PanicError{Value: r}
+		}
+	}()
+	return cc.h.HandleMessage(ctx, msg)
+}
+
+// deadLetter stores m in the topic's dead-letter stream, if JetStream is
+// there; on Core NATS without JetStream the message can only be logged.
+func (cc *coreConsumer) deadLetter(m *nats.Msg, reason string, cause error, attempts int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h := nats.Header{}
+	for k, v := range m.Header {
+		h[k] = v
+	}
+	jsconsume.DeadLetterInfo{
+		Queue: cc.topic, Group: cc.group, Subject: m.Subject, Reason: reason, Error: cause.Error(),
+		Deliveries: attempts, Time: time.Now(),
+	}.Header(h)
+	err := cc.b.ensureStreams(ctx, cc.c, cc.topic, true)
+	if err == nil {
+		_, err = cc.c.js.PublishMsg(ctx, &nats.Msg{Subject: deadLetterSubject(cc.topic, cc.group), Header: h, Data: m.Data})
+	}
+	if err != nil {
+		cc.b.log.Error("eventbus: a message that failed every attempt could not be dead-lettered and is lost",
+			"topic", cc.topic, "group", cc.group, "reason", reason, "attempts", attempts, "last_error", cause,
+			"dead_letter_error", err, "size", strconv.Itoa(len(m.Data)))
+		return
+	}
+	cc.m.DeadLettered.Inc()
+	cc.b.log.Warn("eventbus: message moved to the dead-letter stream", "topic", cc.topic, "group", cc.group,
+		"reason", reason, "attempts", attempts, "err", cause)
+}
+
+// shutdown drains the subscription: no new messages; those queued in it
+// are still handled; then the workers finish. If ctx ends first, handler
+// contexts are cancelled and shutdown waits for the workers to return.
+func (cc *coreConsumer) shutdown(ctx context.Context) error {
+	// The subscription's closed handler ends the workers' input once the
+	// drain is done: only then does dispatch no longer run.
+	_ = cc.sub.Drain()
+	select {
+	case <-cc.workersDone:
+		return nil
+	case <-ctx.Done():
+	}
+	cc.kill() // workers and dispatch return
+	_ = cc.sub.Unsubscribe()
+	<-cc.workersDone
+	return ctx.Err()
+}

@@ -1,0 +1,33 @@
+// Package eventbus is Coze Studio's EventBus API (a Producer with Send and
+// BatchSend, a ConsumerService with RegisterConsumer(nameServer, topic,
+// group, handler)) on NATS, with what Coze Studio's NATS implementation
+// lacks:
+//
+//   - retries that back off: a failed message is retried after an
+//     exponential delay, not at once and forever;
+//   - a limit on attempts, after which the message goes to a dead-letter
+//     stream with its last error and delivery count;
+//   - a sharding key that never makes distinct messages duplicates: it
+//     travels in the ShardingKeyHeader header, and WithOrderly handles the
+//     messages of one key one at a time, in order; it is never a message
+//     id (Coze Studio's made every message of a batch share ids, so the
+//     server dropped all but the first of each within its duplicate
+//     window);
+//   - a shutdown that drains: Shutdown stops taking messages, lets the
+//     handlers running finish and acknowledges them, and hands the rest
+//     back, instead of closing the connection under them;
+//   - payloads above the server's max_payload, sent through the object
+//     store by reference or refused with the size and the limit.
+//
+// Consumers run on Core NATS queue groups (the default: no persistence, a
+// message that arrives while no member of a group runs is lost to that
+// group) or, with JetStream (NATS_USE_JETSTREAM=true, queue.eventbus_jetstream),
+// on a durable consumer per group of a stream per topic, so every group
+// gets every message, at least once.
+//
+// The connection follows the environment variables of Coze Studio's
+// deployment (seed 002) through ConfigFromEnv: NATS_SERVER_URL (one URL
+// or several comma-separated, nats:// or tls://), NATS_JWT_TOKEN with
+// NATS_NKEY_SEED, NATS_USERNAME and NATS_PASSWORD, NATS_TOKEN,
+// NATS_STREAM_REPLICAS and NATS_USE_JETSTREAM.
+package eventbus

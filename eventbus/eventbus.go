@@ -1,0 +1,434 @@
+package eventbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/internal/jsconsume"
+	"github.com/loomrt/loom/metrics"
+	"github.com/loomrt/loom/natsconn"
+	"github.com/loomrt/loom/objectstore"
+)
+
+// ShardingKeyHeader carries a message's sharding key.
+const ShardingKeyHeader = "Loom-Sharding-Key"
+
+// Message is one event as a consumer receives it.
+type Message struct {
+	// Topic and Group are those the consumer was registered with.
+	Topic string
+	Group string
+	// Body is the event's payload (fetched from the object store if it
+	// was sent by reference).
+	Body []byte
+	// ShardingKey is the key it was sent with, if any.
+	ShardingKey string
+	// Deliveries counts the attempts at this message, this one included.
+	Deliveries int
+	// Header is the message's NATS headers.
+	Header nats.Header
+}
+
+// ConsumerHandler handles the messages of a consumer group. Returning an
+// error retries the message after a backoff; after the last attempt, or at
+// once if the error is Permanent, it goes to the dead-letter stream. A panic
+// counts as an error.
+type ConsumerHandler interface {
+	HandleMessage(ctx context.Context, msg *Message) error
+}
+
+// HandlerFunc adapts a function to a ConsumerHandler.
+type HandlerFunc func(ctx context.Context, msg *Message) error
+
+// HandleMessage calls f.
+func (f HandlerFunc) HandleMessage(ctx context.Context, msg *Message) error { return f(ctx, msg) }
+
+// Permanent marks err as not worth retrying: the message goes to the
+// dead-letter stream at once.
+func Permanent(err error) error { return jsconsume.Terminal(jsconsume.ReasonPermanent, err) }
+
+// Producer sends messages to one topic.
+type Producer interface {
+	// Send sends one message and returns once it is sent (Core NATS: the
+	// server has it; JetStream: it is stored).
+	Send(ctx context.Context, body []byte, opts ...SendOpt) error
+	// BatchSend sends several messages, all before waiting for the
+	// server, and returns once every one is sent or has failed.
+	BatchSend(ctx context.Context, bodyArr [][]byte, opts ...SendOpt) error
+}
+
+// ConsumerService registers consumers.
+type ConsumerService interface {
+	// RegisterConsumer starts handling the messages of topic as a member
+	// of group, with the NATS server(s) nameServer ("" for the bus's).
+	RegisterConsumer(nameServer, topic, group string, handler ConsumerHandler, opts ...ConsumerOpt) error
+}
+
+// SendOpt tunes a send, as Coze Studio's eventbus.SendOpt does.
+type SendOpt func(*SendOption)
+
+// SendOption holds the options of a send.
+type SendOption struct {
+	// ShardingKey groups messages that a consumer WithOrderly handles one
+	// at a time, in order. It is never used as a message id.
+	ShardingKey *string
+}
+
+// WithShardingKey sets the messages' sharding key.
+func WithShardingKey(key string) SendOpt {
+	return func(o *SendOption) { o.ShardingKey = &key }
+}
+
+// ConsumerOpt tunes a consumer.
+type ConsumerOpt func(*ConsumerOption)
+
+// ConsumerOption holds the options of a consumer; zero values take the
+// bus's configuration (the queue.* keys).
+type ConsumerOption struct {
+	// Orderly handles messages with the same sharding key one at a time,
+	// in the order they arrive at this process.
+	Orderly bool
+	// Concurrency is how many messages are handled at once.
+	Concurrency int
+	// MaxDeliver is the number of attempts before dead-lettering.
+	MaxDeliver int
+}
+
+// WithOrderly handles the messages of one sharding key one at a time.
+func WithOrderly() ConsumerOpt { return func(o *ConsumerOption) { o.Orderly = true } }
+
+// WithConcurrency sets how many messages are handled at once.
+func WithConcurrency(n int) ConsumerOpt { return func(o *ConsumerOption) { o.Concurrency = n } }
+
+// WithMaxDeliver sets the number of attempts before dead-lettering.
+func WithMaxDeliver(n int) ConsumerOpt { return func(o *ConsumerOption) { o.MaxDeliver = n } }
+
+// Config configures a Bus.
+type Config struct {
+	// NATS is the connection's configuration (servers, auth, TLS).
+	NATS config.NATS
+	// Queue holds the consumers' settings (queue.*): JetStream or Core
+	// NATS (EventBusJetStream), stream storage, replicas and retention
+	// (EventBusMaxAge), ack wait, attempts, backoff, concurrency, large
+	// payloads. Zero values take the defaults.
+	Queue config.Queue
+	// JWT and Seed are a user JWT and its NKey seed (or the path of a
+	// file holding the seed), from NATS_JWT_TOKEN and NATS_NKEY_SEED.
+	JWT, Seed string
+	// BackoffJitter removes a random fraction, up to this much, of each
+	// retry delay (0 to 1).
+	BackoffJitter float64
+	// MaxPayload, if positive, replaces the server's max_payload as the
+	// largest message sent as is (for tests).
+	MaxPayload int64
+	// Logger receives the bus's logs; nil is slog.Default().
+	Logger *slog.Logger
+	// Metrics receives each consumer group's metrics (as queue
+	// "topic/group"); nil records them nowhere.
+	Metrics *metrics.Metrics
+}
+
+// Bus is an EventBus on NATS: a factory of Producers and a
+// ConsumerService. It is safe for concurrent use. Shutdown drains it.
+type Bus struct {
+	cfg    Config
+	log    *slog.Logger
+	shared *nats.Conn // given to NewWithConn; not closed by the bus
+
+	mu        sync.Mutex
+	conns     map[string]*conn // by name server; "" is the default
+	consumers []stopper
+	closed    bool
+}
+
+// conn is one connection of the bus, with what is built on it.
+type conn struct {
+	nc       *nats.Conn
+	own      bool
+	js       jetstream.JetStream
+	pubJS    jetstream.JetStream // sends; made on first use
+	payloads *objectstore.Offloader
+	streams  map[string]bool // streams made sure of
+	mu       sync.Mutex
+}
+
+type stopper interface {
+	shutdown(ctx context.Context) error
+}
+
+// New returns a Bus that connects with cfg.NATS on first use.
+func New(cfg Config) (*Bus, error) {
+	def := config.Default().Queue
+	q := &cfg.Queue
+	if q.Storage == "" {
+		q.Storage = def.Storage
+	}
+	if q.LargePayloads == "" {
+		q.LargePayloads = def.LargePayloads
+	}
+	if q.ObjectBucket == "" {
+		q.ObjectBucket = def.ObjectBucket
+	}
+	if q.Codec == "" {
+		q.Codec = def.Codec
+	}
+	pos := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	pos(&q.Replicas, def.Replicas)
+	pos(&q.MaxDeliver, def.MaxDeliver)
+	pos(&q.Concurrency, def.Concurrency)
+	pos(&q.MaxPending, def.MaxPending)
+	if q.MaxMsgs == 0 {
+		q.MaxMsgs = -1
+	}
+	if q.MaxBytes == 0 {
+		q.MaxBytes = -1
+	}
+	if q.AckWait <= 0 {
+		q.AckWait = def.AckWait
+	}
+	if q.BackoffInitial <= 0 {
+		q.BackoffInitial = def.BackoffInitial
+	}
+	if q.BackoffMax < q.BackoffInitial {
+		q.BackoffMax = max(def.BackoffMax, q.BackoffInitial)
+	}
+	if q.EnqueueTimeout <= 0 {
+		q.EnqueueTimeout = def.EnqueueTimeout
+	}
+	if q.HandlerTimeout <= 0 {
+		q.HandlerTimeout = q.AckWait
+	}
+	full := config.Default()
+	full.Queue = *q
+	if err := full.Validate(); err != nil {
+		return nil, fmt.Errorf("eventbus: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Bus{cfg: cfg, log: log, conns: make(map[string]*conn)}, nil
+}
+
+// NewWithConn returns a Bus that uses nc for the name server "" and for
+// cfg.NATS.URL; it never closes nc.
+func NewWithConn(nc *nats.Conn, cfg Config) (*Bus, error) {
+	b, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	b.shared = nc
+	return b, nil
+}
+
+// conn returns the connection to nameServer, connecting on first use.
+func (b *Bus) conn(ctx context.Context, nameServer string) (*conn, error) {
+	key := strings.TrimSpace(nameServer)
+	if key == b.cfg.NATS.URL {
+		key = ""
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, errors.New("eventbus: the bus is shut down")
+	}
+	if c, ok := b.conns[key]; ok {
+		return c, nil
+	}
+	c := &conn{streams: make(map[string]bool)}
+	if key == "" && b.shared != nil {
+		c.nc = b.shared
+	} else {
+		ncfg := b.cfg.NATS
+		if key != "" {
+			ncfg.URL = key
+		}
+		var extra []nats.Option
+		if b.cfg.JWT != "" {
+			seed, err := seedOf(b.cfg.Seed)
+			if err != nil {
+				return nil, err
+			}
+			extra = append(extra, nats.UserJWTAndSeed(b.cfg.JWT, seed))
+		}
+		nc, err := natsconn.Connect(ctx, ncfg, natsconn.WithLogger(b.log), natsconn.WithNATSOptions(extra...))
+		if err != nil {
+			if b.cfg.JWT != "" && errors.Is(err, nats.ErrAuthorization) {
+				return nil, fmt.Errorf("eventbus: the server refused the JWT of NATS_JWT_TOKEN signed with NATS_NKEY_SEED: %w", err)
+			}
+			return nil, fmt.Errorf("eventbus: %w", err)
+		}
+		c.nc, c.own = nc, true
+	}
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		return nil, fmt.Errorf("eventbus: %w", err)
+	}
+	c.js = js
+	c.payloads, err = objectstore.NewOffloader(c.nc, js, objectstore.OffloadConfig{
+		Policy: b.cfg.Queue.LargePayloads,
+		Bucket: objectstore.Config{Bucket: b.cfg.Queue.ObjectBucket, Storage: b.cfg.Queue.Storage,
+			Replicas: b.cfg.Queue.Replicas, TTL: b.cfg.Queue.EventBusMaxAge},
+		Limit: b.cfg.MaxPayload,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("eventbus: %w", err)
+	}
+	b.conns[key] = c
+	return c, nil
+}
+
+var (
+	// topicRE: subject tokens without wildcards or spaces.
+	topicRE = regexp.MustCompile(`^[^.*>\s]+(\.[^.*>\s]+)*$`)
+	unsafe  = regexp.MustCompile(`[^A-Za-z0-9_-]`)
+)
+
+func checkTopic(topic string) error {
+	if !topicRE.MatchString(topic) || len(topic) > 200 {
+		return fmt.Errorf("eventbus: topic %q: want a NATS subject of dot-separated tokens, without wildcards or spaces, at most 200 bytes", topic)
+	}
+	return nil
+}
+
+func checkGroup(group string) error {
+	if group == "" || len(group) > 200 || strings.ContainsAny(group, " \t\r\n.*>") {
+		return fmt.Errorf("eventbus: group %q: want a name without spaces, dots or wildcards", group)
+	}
+	return nil
+}
+
+// StreamName returns the JetStream stream that holds topic's messages:
+// the topic with every character other than letters, digits, '-' and '_'
+// replaced by '_', then "_STREAM", as Coze Studio names it.
+func StreamName(topic string) string { return unsafe.ReplaceAllString(topic, "_") + "_STREAM" }
+
+// DeadLetterStream returns the stream that holds topic's dead letters.
+func DeadLetterStream(topic string) string { return unsafe.ReplaceAllString(topic, "_") + "_DLQ" }
+
+// deadLetterSubject is where group's dead letters of topic go.
+func deadLetterSubject(topic, group string) string {
+	return "loom.dlq.events." + unsafe.ReplaceAllString(topic, "_") + "." + unsafe.ReplaceAllString(group, "_")
+}
+
+// ensureStreams makes sure topic's stream (and dead-letter stream) exist,
+// once per connection.
+func (b *Bus) ensureStreams(ctx context.Context, c *conn, topic string, deadLetters bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	key := topic
+	if deadLetters {
+		key += "\x00dlq"
+	}
+	if c.streams[key] {
+		return nil
+	}
+	q := b.cfg.Queue
+	storage, err := objectstore.StorageType(q.Storage)
+	if err != nil {
+		return fmt.Errorf("eventbus: %w", err)
+	}
+	if deadLetters {
+		name := DeadLetterStream(topic)
+		_, err = c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:        name,
+			Description: "Loom EventBus dead letters of topic " + topic,
+			Subjects:    []string{"loom.dlq.events." + unsafe.ReplaceAllString(topic, "_") + ".*"},
+			MaxAge:      q.DeadLetterMaxAge,
+			Storage:     storage,
+			Replicas:    q.Replicas,
+			Metadata:    map[string]string{"loom.kind": "eventbus_dead_letter", "loom.topic": topic},
+		})
+		if err != nil {
+			return fmt.Errorf("eventbus: create or update stream %s: %w", name, hint(err))
+		}
+	} else {
+		name := StreamName(topic)
+		_, err = c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+			Name:        name,
+			Description: "Loom EventBus topic " + topic,
+			Subjects:    []string{topic},
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      q.EventBusMaxAge,
+			MaxMsgs:     int64(q.MaxMsgs),
+			MaxBytes:    int64(q.MaxBytes),
+			Storage:     storage,
+			Replicas:    q.Replicas,
+			Metadata:    map[string]string{"loom.kind": "eventbus", "loom.topic": topic},
+		})
+		if err != nil {
+			return fmt.Errorf("eventbus: create or update stream %s for topic %s: %w", name, topic, hint(err))
+		}
+	}
+	c.streams[key] = true
+	return nil
+}
+
+func hint(err error) error {
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return fmt.Errorf("%w (start nats-server with -js, or set NATS_USE_JETSTREAM=false)", err)
+	}
+	return err
+}
+
+// Shutdown drains the bus: every consumer stops taking messages, hands
+// back those not started, and lets its running handlers finish and settle;
+// then the connections the bus opened are drained and closed. If ctx ends
+// first, running handlers' contexts are cancelled, Shutdown waits for them
+// to return and returns ctx's error. Later calls return nil.
+func (b *Bus) Shutdown(ctx context.Context) error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	consumers := b.consumers
+	conns := b.conns
+	b.mu.Unlock()
+	var wg sync.WaitGroup
+	errs := make([]error, len(consumers))
+	for i, c := range consumers {
+		wg.Go(func() { errs[i] = c.shutdown(ctx) })
+	}
+	wg.Wait()
+	for _, c := range conns {
+		c.mu.Lock()
+		if c.pubJS != nil {
+			c.pubJS.CleanupPublisher()
+		}
+		c.mu.Unlock()
+		if c.own {
+			// Sends return once the server has them, so nothing is
+			// pending here.
+			c.nc.Close()
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// addConsumer records a running consumer, unless the bus is shut down.
+func (b *Bus) addConsumer(s stopper) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return errors.New("eventbus: the bus is shut down")
+	}
+	b.consumers = append(b.consumers, s)
+	return nil
+}
+
+var _ ConsumerService = (*Bus)(nil)

@@ -1,0 +1,298 @@
+package jsconsume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultPullExpiry is how long each pull request waits on the server. It
+// also sets the heartbeat (half of it), so a consumer whose server died
+// notices within about this long and pulls from another.
+const DefaultPullExpiry = 5 * time.Second
+
+// Config configures a Runner.
+type Config struct {
+	// Settler settles every message; required.
+	Settler *Settler
+	// Consumer is the durable consumer to pull from; required.
+	Consumer jetstream.Consumer
+	// Recreate, if set, makes the consumer again when the server says it
+	// was deleted; the Runner then carries on with the new one.
+	Recreate func(ctx context.Context) (jetstream.Consumer, error)
+	// Concurrency is how many handlers run at once; 0 means 1.
+	Concurrency int
+	// Prefetch is how many messages are pulled ahead of the handlers;
+	// 0 means twice Concurrency. Prefetched messages age towards AckWait.
+	Prefetch int
+	// PullExpiry: see DefaultPullExpiry; 0 means that.
+	PullExpiry time.Duration
+	// LaneHeader, if set, names a header whose messages with equal values
+	// are handled one at a time, in order of delivery (a sharding key).
+	LaneHeader string
+	// Handler handles a delivery; see Settler.Handle for what its error
+	// does.
+	Handler func(ctx context.Context, d *Delivery) error
+}
+
+// Runner pulls from a consumer and runs handlers until Shutdown.
+type Runner struct {
+	cfg      Config
+	s        *Settler
+	stopPull context.CancelFunc // stops pulling
+	pullCtx  context.Context
+	kill     context.CancelFunc // cancels handler contexts
+	baseCtx  context.Context
+	work     chan jetstream.Msg
+	lanes    []chan jetstream.Msg
+	seed     maphash.Seed
+	watch    *watchdog
+
+	pullDone    chan struct{}
+	workersDone chan struct{}
+	done        chan struct{}
+
+	mu  sync.Mutex
+	err error
+}
+
+// Start starts pulling and handling. The Runner owns its goroutines: one
+// that pulls, one per unit of Concurrency and a watchdog that reports
+// progress on long jobs; Shutdown ends them.
+func Start(cfg Config) (*Runner, error) {
+	if cfg.Settler == nil || cfg.Consumer == nil || cfg.Handler == nil {
+		return nil, errors.New("jsconsume: Settler, Consumer and Handler are required")
+	}
+	cfg.Concurrency = max(cfg.Concurrency, 1)
+	if cfg.Prefetch <= 0 {
+		cfg.Prefetch = 2 * cfg.Concurrency
+	}
+	if cfg.PullExpiry <= 0 {
+		cfg.PullExpiry = DefaultPullExpiry
+	}
+	it, err := messages(cfg.Consumer, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("queue %s: start consuming: %w", cfg.Settler.Queue, err)
+	}
+	r := &Runner{
+		cfg:         cfg,
+		s:           cfg.Settler,
+		work:        make(chan jetstream.Msg),
+		seed:        maphash.MakeSeed(),
+		pullDone:    make(chan struct{}),
+		workersDone: make(chan struct{}),
+		done:        make(chan struct{}),
+	}
+	r.pullCtx, r.stopPull = context.WithCancel(context.Background())
+	r.baseCtx, r.kill = context.WithCancel(context.Background())
+	if cfg.LaneHeader != "" {
+		r.lanes = make([]chan jetstream.Msg, cfg.Concurrency)
+		for i := range r.lanes {
+			r.lanes[i] = make(chan jetstream.Msg)
+		}
+	}
+	r.watch = newWatchdog(cfg.Settler.Policy, cfg.Concurrency)
+	var wg sync.WaitGroup
+	for i := range cfg.Concurrency {
+		var lane chan jetstream.Msg
+		if r.lanes != nil {
+			lane = r.lanes[i]
+		}
+		sl := r.watch.slots[i]
+		wg.Go(func() { r.worker(lane, sl) })
+	}
+	go func() {
+		defer close(r.pullDone)
+		r.pull(it)
+	}()
+	go func() {
+		wg.Wait()
+		close(r.workersDone)
+	}()
+	go func() {
+		<-r.pullDone
+		<-r.workersDone
+		r.watch.close()
+		r.kill()
+		r.stopPull()
+		close(r.done)
+	}()
+	return r, nil
+}
+
+func messages(c jetstream.Consumer, cfg Config) (jetstream.MessagesContext, error) {
+	return c.Messages(
+		jetstream.PullMaxMessages(cfg.Prefetch),
+		jetstream.PullExpiry(cfg.PullExpiry),
+	)
+}
+
+// pull feeds the workers until Shutdown or a fatal error, then hands back
+// what was prefetched and closes the work channels.
+func (r *Runner) pull(it jetstream.MessagesContext) {
+	defer func() {
+		close(r.work)
+		for _, l := range r.lanes {
+			close(l)
+		}
+	}()
+	for {
+		msg, err := it.Next(jetstream.NextContext(r.pullCtx))
+		if err == nil {
+			if !r.dispatch(msg) {
+				_ = msg.Nak()
+				r.drain(it)
+				return
+			}
+			continue
+		}
+		if r.pullCtx.Err() != nil {
+			r.drain(it)
+			return
+		}
+		switch {
+		case errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			r.setErr(fmt.Errorf("queue %s: consuming stopped: %w", r.s.Queue, err))
+			it.Stop()
+			return
+		case errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+			errors.Is(err, jetstream.ErrBadRequest):
+			it.Stop()
+			next, ok := r.recreate(err)
+			if !ok {
+				return
+			}
+			it = next
+		default:
+			r.s.Log.Debug("queue: pull interrupted; pulling again", "queue", r.s.Queue, "err", err)
+			select {
+			case <-time.After(50 * time.Millisecond):
+			case <-r.pullCtx.Done():
+			}
+		}
+	}
+}
+
+// recreate makes the consumer again after the server lost it, retrying
+// with backoff until it works or Shutdown.
+func (r *Runner) recreate(cause error) (jetstream.MessagesContext, bool) {
+	if r.cfg.Recreate == nil {
+		r.setErr(fmt.Errorf("queue %s: the consumer went away: %w", r.s.Queue, cause))
+		return nil, false
+	}
+	r.s.Log.Warn("queue: the consumer went away; creating it again", "queue", r.s.Queue, "err", cause)
+	delay := 100 * time.Millisecond
+	for {
+		c, err := r.cfg.Recreate(r.pullCtx)
+		if err == nil {
+			it, err := messages(c, r.cfg)
+			if err == nil {
+				return it, true
+			}
+		}
+		r.s.Log.Warn("queue: creating the consumer again failed; retrying", "queue", r.s.Queue, "err", err, "retry_in", delay)
+		select {
+		case <-time.After(delay):
+		case <-r.pullCtx.Done():
+			return nil, false
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// dispatch hands msg to a worker; false if Shutdown came first.
+func (r *Runner) dispatch(msg jetstream.Msg) bool {
+	ch := r.work
+	if r.lanes != nil {
+		if key := msg.Headers().Get(r.cfg.LaneHeader); key != "" {
+			ch = r.lanes[maphash.String(r.seed, key)%uint64(len(r.lanes))]
+		}
+	}
+	select {
+	case ch <- msg:
+		return true
+	case <-r.pullCtx.Done():
+		return false
+	}
+}
+
+// drain stops pulling and naks what was prefetched, so that other
+// consumers get it at once rather than after AckWait.
+func (r *Runner) drain(it jetstream.MessagesContext) {
+	it.Drain()
+	for {
+		msg, err := it.Next(jetstream.NextMaxWait(time.Second))
+		if err != nil {
+			it.Stop()
+			return
+		}
+		_ = msg.Nak()
+	}
+}
+
+func (r *Runner) worker(lane chan jetstream.Msg, sl *slot) {
+	work := r.work
+	for work != nil || lane != nil {
+		var msg jetstream.Msg
+		var ok bool
+		select {
+		case msg, ok = <-work:
+			if !ok {
+				work = nil
+				continue
+			}
+		case msg, ok = <-lane:
+			if !ok {
+				lane = nil
+				continue
+			}
+		}
+		if d := r.s.Receive(r.baseCtx, msg); d != nil {
+			r.s.handle(r.baseCtx, d, r.cfg.Handler, sl)
+		}
+	}
+}
+
+func (r *Runner) setErr(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err == nil {
+		r.err = err
+		r.s.Log.Error("queue: consumer stopped", "queue", r.s.Queue, "err", err)
+	}
+}
+
+// Done is closed when the Runner has stopped: after Shutdown, or after a
+// fatal error (the connection closed, the consumer gone for good).
+func (r *Runner) Done() <-chan struct{} { return r.done }
+
+// Err returns the fatal error that stopped the Runner, or nil.
+func (r *Runner) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
+
+// Shutdown stops pulling, hands back messages pulled but not started (a nak,
+// so other consumers get them at once), and waits for the handlers that
+// are running to finish and settle. If ctx ends first, it cancels the
+// handlers' contexts (their messages are handed back), waits for them to
+// return, and returns ctx's error. Handlers must return once their
+// context is cancelled.
+func (r *Runner) Shutdown(ctx context.Context) error {
+	r.stopPull()
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+	}
+	r.kill()
+	<-r.done
+	return ctx.Err()
+}

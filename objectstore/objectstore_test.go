@@ -1,0 +1,162 @@
+package objectstore_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/objectstore"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func connect(t *testing.T) *nats.Conn {
+	t.Helper()
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// source yields n pseudo-random bytes without holding them.
+func source(n int64, seed uint64) io.Reader {
+	r := rand.New(rand.NewPCG(seed, seed))
+	return io.LimitReader(readerFunc(func(p []byte) (int, error) {
+		for i := range p {
+			p[i] = byte(r.Uint32())
+		}
+		return len(p), nil
+	}), n)
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+func TestPutAndGetStreamObjectsLargerThanMaxPayload(t *testing.T) {
+	nc := connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	st, err := objectstore.Open(ctx, nc, objectstore.Config{Bucket: "big", Storage: "memory"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 12 << 20 // twelve times the default max_payload
+	want := sha256.New()
+	ref, err := st.Put(ctx, "model/weights.bin", io.TeeReader(source(size, 1), want))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ref.Size != size || ref.Bucket != "big" || !strings.HasPrefix(ref.Digest, "SHA-256=") {
+		t.Fatalf("ref %+v", ref)
+	}
+	got := sha256.New()
+	if _, err := st.Get(ctx, "model/weights.bin", got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		t.Fatal("the object read back differs from what was put")
+	}
+	if err := st.Delete(ctx, "model/weights.bin"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Get(ctx, "model/weights.bin", io.Discard); !errors.Is(err, objectstore.ErrNotFound) {
+		t.Errorf("Get after Delete: %v, want ErrNotFound", err)
+	}
+}
+
+func TestResolveChecksTheReferenceAgainstTheObject(t *testing.T) {
+	nc := connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	js, _ := jetstream.New(nc)
+	off, err := objectstore.NewOffloader(nc, js, objectstore.OffloadConfig{
+		Bucket: objectstore.Config{Bucket: "refs", Storage: "memory"}, Limit: 4096, MaxObjectSize: 1 << 20,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &nats.Msg{Subject: "x", Data: bytes.Repeat([]byte("p"), 10_000)}
+	ref, err := off.Prepare(ctx, m, "test", "test payload")
+	if err != nil || ref == nil || len(m.Data) != 0 || m.Header.Get(objectstore.RefHeader) == "" {
+		t.Fatalf("Prepare: ref %v, err %v, %d bytes left in the body", ref, err, len(m.Data))
+	}
+	body, got, err := off.Resolve(ctx, m.Header, m.Data)
+	if err != nil || len(body) != 10_000 || got.Name != ref.Name {
+		t.Fatalf("Resolve: %d bytes, %v, %v", len(body), got, err)
+	}
+	small := &nats.Msg{Subject: "x", Data: []byte("fits")}
+	if r, err := off.Prepare(ctx, small, "test", "small"); r != nil || err != nil || string(small.Data) != "fits" {
+		t.Fatalf("a small payload was changed: %v %v", r, err)
+	}
+
+	bad := func(mutate func(r *objectstore.Ref)) error {
+		r := *ref
+		mutate(&r)
+		_, _, err := off.Resolve(ctx, nats.Header{objectstore.RefHeader: {r.String()}}, nil)
+		return err
+	}
+	for name, mutate := range map[string]func(*objectstore.Ref){
+		"a size that differs":       func(r *objectstore.Ref) { r.Size = 9_999 },
+		"a digest that differs":     func(r *objectstore.Ref) { r.Digest = "SHA-256=" + strings.Repeat("A", 43) + "=" },
+		"a size above the limit":    func(r *objectstore.Ref) { r.Size = 1 << 40 },
+		"an object that is missing": func(r *objectstore.Ref) { r.Name = "test/none" },
+	} {
+		if err := bad(mutate); !errors.Is(err, objectstore.ErrBadRef) && !errors.Is(err, objectstore.ErrNotFound) {
+			t.Errorf("Resolve of a reference with %s: %v; want ErrBadRef or ErrNotFound", name, err)
+		}
+	}
+}
+
+func TestRefRoundTrips(t *testing.T) {
+	ref := objectstore.Ref{Bucket: "loom_payloads", Name: "queue/a b&c=d", Size: 123, Digest: "SHA-256=" + strings.Repeat("A", 43) + "="}
+	got, err := objectstore.ParseRef(ref.String())
+	if err != nil || got != ref {
+		t.Fatalf("ParseRef(%q) = %+v, %v", ref.String(), got, err)
+	}
+	for _, bad := range []string{"", "v=2&bucket=b&name=n&size=1", "v=1&bucket=b.c&name=n&size=1", "v=1&bucket=b&name=&size=1",
+		"v=1&bucket=b&name=n&size=-1", "v=1&bucket=b&name=n&size=1&size=2", "v=1&bucket=b&name=n&size=1&digest=MD5=x", "v=1&bucket=b&name=n&size=1&extra=1"} {
+		if _, err := objectstore.ParseRef(bad); !errors.Is(err, objectstore.ErrBadRef) {
+			t.Errorf("ParseRef(%q): %v, want ErrBadRef", bad, err)
+		}
+	}
+}
+
+// FuzzParseRef: a reference header comes from the network.
+func FuzzParseRef(f *testing.F) {
+	f.Add(objectstore.Ref{Bucket: "b", Name: "n", Size: 1, Digest: "SHA-256=" + strings.Repeat("A", 43) + "="}.String())
+	f.Add("v=1&bucket=b&name=%zz&size=1")
+	f.Add("v=1&bucket=b&name=n&size=99999999999999999999")
+	f.Add(strings.Repeat("v=1&", 600))
+	f.Fuzz(func(t *testing.T, s string) {
+		ref, err := objectstore.ParseRef(s)
+		if err != nil {
+			if !errors.Is(err, objectstore.ErrBadRef) {
+				t.Fatalf("error %v does not wrap ErrBadRef", err)
+			}
+			return
+		}
+		again, err := objectstore.ParseRef(ref.String())
+		if err != nil || again != ref {
+			t.Fatalf("%+v does not round-trip: %+v, %v", ref, again, err)
+		}
+	})
+}

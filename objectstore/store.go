@@ -1,0 +1,204 @@
+package objectstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultBucket is the bucket a Config without one uses (queue.object_bucket).
+const DefaultBucket = "loom_payloads"
+
+// ErrNotFound is wrapped by the errors of Get, Open, Info and Delete when
+// the object does not exist (never stored, deleted, or expired).
+var ErrNotFound = errors.New("objectstore: object not found")
+
+// Config describes a bucket. The zero value is DefaultBucket on file
+// storage with one replica, objects kept until deleted.
+type Config struct {
+	// Bucket is the bucket's name: letters, digits, '-' and '_'.
+	Bucket string
+	// Storage is "file" (default) or "memory".
+	Storage string
+	// Replicas is the number of copies in a cluster; 0 means 1.
+	Replicas int
+	// TTL removes objects this long after they were stored; 0 keeps them
+	// until deleted. Offloaded payloads of acknowledged jobs are deleted
+	// at once; the TTL bounds what dead consumers and events leave behind.
+	TTL time.Duration
+	// MaxBytes bounds the bucket's size; 0 or less is no limit.
+	MaxBytes int64
+	// ChunkSize is the size of the messages an object is cut into; 0 is
+	// nats.go's default (128 KiB). It must stay below max_payload.
+	ChunkSize int
+}
+
+// defaultChunk is nats.go's default chunk size; chunkReserve is room
+// kept for a chunk's headers under max_payload.
+const (
+	defaultChunk = 128 << 10
+	chunkReserve = 1 << 10
+)
+
+// Store is one bucket of the JetStream object store. It is safe for
+// concurrent use.
+type Store struct {
+	js     jetstream.JetStream
+	obs    jetstream.ObjectStore
+	bucket string
+	chunk  int
+}
+
+// Open creates the bucket cfg describes, or updates it to cfg if it exists,
+// and returns it. The server must have JetStream enabled.
+func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("objectstore: %w", err)
+	}
+	return open(ctx, js, cfg)
+}
+
+func open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
+	if cfg.Bucket == "" {
+		cfg.Bucket = DefaultBucket
+	}
+	if !bucketRE.MatchString(cfg.Bucket) {
+		return nil, fmt.Errorf("objectstore: bucket name %q: use letters, digits, '-' and '_'", cfg.Bucket)
+	}
+	storage, err := StorageType(cfg.Storage)
+	if err != nil {
+		return nil, err
+	}
+	replicas := max(cfg.Replicas, 1)
+	maxBytes := cfg.MaxBytes
+	if maxBytes <= 0 {
+		maxBytes = -1
+	}
+	obs, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      cfg.Bucket,
+		Description: "Loom: payloads above max_payload, carried by reference",
+		TTL:         cfg.TTL,
+		MaxBytes:    maxBytes,
+		Storage:     storage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("objectstore: create or update bucket %s: %w", cfg.Bucket, jsHint(err))
+	}
+	return &Store{js: js, obs: obs, bucket: cfg.Bucket, chunk: cfg.ChunkSize}, nil
+}
+
+// attach returns the existing bucket without changing its configuration.
+func attach(ctx context.Context, js jetstream.JetStream, bucket string) (*Store, error) {
+	obs, err := js.ObjectStore(ctx, bucket)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("%w: bucket %s does not exist", ErrNotFound, bucket)
+		}
+		return nil, fmt.Errorf("objectstore: bucket %s: %w", bucket, jsHint(err))
+	}
+	return &Store{js: js, obs: obs, bucket: bucket}, nil
+}
+
+// StorageType maps "file" (or "") and "memory" to JetStream's storage types.
+func StorageType(s string) (jetstream.StorageType, error) {
+	switch s {
+	case "", "file":
+		return jetstream.FileStorage, nil
+	case "memory":
+		return jetstream.MemoryStorage, nil
+	}
+	return 0, fmt.Errorf("objectstore: storage %q: use file or memory", s)
+}
+
+// jsHint adds what to do to the errors a server without JetStream gives.
+func jsHint(err error) error {
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return fmt.Errorf("%w (start nats-server with -js, or `loom up`)", err)
+	}
+	return err
+}
+
+// Bucket returns the bucket's name.
+func (s *Store) Bucket() string { return s.bucket }
+
+// Put stores what r yields, until io.EOF, as the object name, replacing any
+// object of that name, and returns a reference to it. It streams r in
+// chunks; memory use does not grow with the object's size. If ctx ends or r
+// fails, nothing is stored.
+func (s *Store) Put(ctx context.Context, name string, r io.Reader) (Ref, error) {
+	meta := jetstream.ObjectMeta{Name: name}
+	chunk := s.chunk
+	if chunk <= 0 {
+		// nats.go's default chunk, or less if the server's max_payload is
+		// smaller, leaving room for the chunk's headers.
+		chunk = int(min(defaultChunk, s.js.Conn().MaxPayload()-chunkReserve))
+	}
+	meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(max(chunk, 1024))}
+	info, err := s.obs.Put(ctx, meta, r)
+	if err != nil {
+		return Ref{}, fmt.Errorf("objectstore: put %s/%s: %w", s.bucket, name, err)
+	}
+	return Ref{Bucket: s.bucket, Name: name, Size: int64(info.Size), Digest: info.Digest}, nil
+}
+
+// Get writes the object name to w, checking its SHA-256 digest at the end,
+// and returns its reference. A digest mismatch is an error after w has
+// received the bytes; write to a temporary place if that matters.
+func (s *Store) Get(ctx context.Context, name string, w io.Writer) (Ref, error) {
+	rc, ref, err := s.Open(ctx, name)
+	if err != nil {
+		return Ref{}, err
+	}
+	defer rc.Close()
+	if _, err := io.Copy(w, rc); err != nil {
+		return Ref{}, fmt.Errorf("objectstore: get %s/%s: %w", s.bucket, name, err)
+	}
+	return ref, nil
+}
+
+// Open returns a reader of the object name, which checks the digest when it
+// reaches the end, and the object's reference. The caller must Close it.
+func (s *Store) Open(ctx context.Context, name string) (io.ReadCloser, Ref, error) {
+	res, err := s.obs.Get(ctx, name)
+	if err != nil {
+		return nil, Ref{}, s.notFound(name, err)
+	}
+	info, err := res.Info()
+	if err != nil {
+		res.Close()
+		return nil, Ref{}, fmt.Errorf("objectstore: get %s/%s: %w", s.bucket, name, err)
+	}
+	return res, Ref{Bucket: s.bucket, Name: name, Size: int64(info.Size), Digest: info.Digest}, nil
+}
+
+// Info returns the reference of the object name without reading it.
+func (s *Store) Info(ctx context.Context, name string) (Ref, error) {
+	info, err := s.obs.GetInfo(ctx, name)
+	if err != nil {
+		return Ref{}, s.notFound(name, err)
+	}
+	return Ref{Bucket: s.bucket, Name: name, Size: int64(info.Size), Digest: info.Digest}, nil
+}
+
+// Delete removes the object name. Deleting an object that does not exist
+// is an error wrapping ErrNotFound.
+func (s *Store) Delete(ctx context.Context, name string) error {
+	if err := s.obs.Delete(ctx, name); err != nil {
+		return s.notFound(name, err)
+	}
+	return nil
+}
+
+func (s *Store) notFound(name string, err error) error {
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("%w: %s/%s (deleted, expired by the bucket's TTL, or never stored)", ErrNotFound, s.bucket, name)
+	}
+	return fmt.Errorf("objectstore: %s/%s: %w", s.bucket, name, err)
+}

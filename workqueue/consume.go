@@ -1,0 +1,289 @@
+package workqueue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/loomrt/loom/internal/jsconsume"
+)
+
+// Handler handles jobs of type T. Returning nil acknowledges the job;
+// returning an error hands it back for a retry after a backoff, or moves it
+// to the dead-letter stream on its last attempt or if the error is
+// Permanent. A panic counts as an error. ctx ends at the handler timeout
+// (queue.handler_timeout) or when the consumer is shut down.
+type Handler[T any] interface {
+	Handle(ctx context.Context, job *Job[T]) error
+}
+
+// HandlerFunc adapts a function to a Handler.
+type HandlerFunc[T any] func(ctx context.Context, job *Job[T]) error
+
+// Handle calls f.
+func (f HandlerFunc[T]) Handle(ctx context.Context, job *Job[T]) error { return f(ctx, job) }
+
+// Permanent marks err as not worth retrying: the job goes to the
+// dead-letter stream at once, with err as its last error.
+func Permanent(err error) error { return jsconsume.Terminal(jsconsume.ReasonPermanent, err) }
+
+// Job is one delivery of a job.
+type Job[T any] struct {
+	// Value is the job.
+	Value T
+	// Seq is the job's sequence number in the queue's stream.
+	Seq uint64
+	// Deliveries counts the deliveries of the job, this one included.
+	Deliveries int
+	// Enqueued is when the server stored the job.
+	Enqueued time.Time
+	// Key is the idempotency key it was enqueued with, if any.
+	Key string
+	// Header is the message's headers.
+	Header nats.Header
+
+	d *jsconsume.Delivery
+	s *jsconsume.Settler
+}
+
+// Ack acknowledges the job and waits until the server confirms it, or ctx
+// ends: the job is done and leaves the queue. Handlers run by Consume need
+// not call it; returning nil acks.
+func (j *Job[T]) Ack(ctx context.Context) error {
+	return settleErr(j.s.AckSync(ctx, j.d))
+}
+
+// Fail hands the job back after a failure with err: a retry after the
+// backoff, or the dead-letter stream if this was its last attempt or err
+// is Permanent.
+func (j *Job[T]) Fail(err error) error {
+	return settleErr(j.s.Fail(j.d, err))
+}
+
+// InProgress tells the server the job is still being worked on, so it is
+// not redelivered for another AckWait. Handlers run by Consume need not
+// call it: Loom reports progress every AckWait/2 until the handler
+// timeout.
+func (j *Job[T]) InProgress() error {
+	return settleErr(j.s.InProgress(j.d))
+}
+
+// Terminate moves the job to the dead-letter stream at once, with err as
+// its last error.
+func (j *Job[T]) Terminate(err error) error {
+	if err == nil {
+		err = errors.New("terminated")
+	}
+	return settleErr(j.s.Terminate(j.d, jsconsume.ReasonPermanent, err))
+}
+
+// ErrSettled is returned by a Job's Ack, Fail, InProgress and Terminate
+// once the job was already acked, failed or terminated.
+var ErrSettled = errors.New("workqueue: job already settled")
+
+func settleErr(err error) error {
+	if errors.Is(err, jsconsume.ErrSettled) {
+		return ErrSettled
+	}
+	return err
+}
+
+// job turns a delivery into a Job, or a decode error into a dead letter.
+func (q *Queue[T]) job(d *jsconsume.Delivery) (*Job[T], error) {
+	v, err := q.decode(d.Data)
+	if err != nil {
+		return nil, jsconsume.Terminal(jsconsume.ReasonDecode, err)
+	}
+	h := d.Msg.Headers()
+	return &Job[T]{
+		Value:      v,
+		Seq:        d.Meta.Sequence.Stream,
+		Deliveries: int(d.Meta.NumDelivered),
+		Enqueued:   d.Meta.Timestamp,
+		Key:        h.Get(KeyHeader),
+		Header:     h,
+		d:          d,
+		s:          q.settler,
+	}, nil
+}
+
+// ConsumeOption tunes Consume and Run.
+type ConsumeOption func(*consumeOpts)
+
+type consumeOpts struct {
+	concurrency, prefetch int
+	drain                 time.Duration
+	expiry                time.Duration
+}
+
+// WithConcurrency sets how many jobs are handled at once; the default is
+// queue.concurrency.
+func WithConcurrency(n int) ConsumeOption { return func(o *consumeOpts) { o.concurrency = n } }
+
+// WithPrefetch sets how many jobs are pulled ahead of the handlers; the
+// default is twice the concurrency. Prefetched jobs age towards AckWait, so
+// keep it small when handlers are slow.
+func WithPrefetch(n int) ConsumeOption { return func(o *consumeOpts) { o.prefetch = n } }
+
+// WithDrainTimeout sets how long Run lets running handlers finish after
+// its context ends; the default is the queue's AckWait.
+func WithDrainTimeout(d time.Duration) ConsumeOption { return func(o *consumeOpts) { o.drain = d } }
+
+// WithPullExpiry sets how long each pull request waits on the server
+// (default 5s); a consumer whose server died notices within about this
+// long.
+func WithPullExpiry(d time.Duration) ConsumeOption { return func(o *consumeOpts) { o.expiry = d } }
+
+// Consumer runs a handler on a queue's jobs until Shutdown.
+type Consumer struct {
+	r *jsconsume.Runner
+}
+
+// Consume starts handling the queue's jobs with h, in the background, and
+// returns at once. Every job is acknowledged only after h succeeds. Stop it
+// with Shutdown.
+func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, error) {
+	o := consumeOpts{concurrency: q.cfg.Concurrency}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), q.cfg.EnqueueTimeout)
+	defer cancel()
+	cons, err := q.cons(ctx)
+	if err != nil {
+		return nil, err
+	}
+	r, err := jsconsume.Start(jsconsume.Config{
+		Settler:     q.settler,
+		Consumer:    cons,
+		Recreate:    q.createConsumer,
+		Concurrency: o.concurrency,
+		Prefetch:    o.prefetch,
+		PullExpiry:  o.expiry,
+		Handler: func(ctx context.Context, d *jsconsume.Delivery) error {
+			job, err := q.job(d)
+			if err != nil {
+				return err
+			}
+			return h.Handle(ctx, job)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("workqueue: %w", err)
+	}
+	return &Consumer{r: r}, nil
+}
+
+// Shutdown stops pulling jobs, hands back the jobs pulled but not started
+// (so that other workers get them at once), and waits for the running
+// handlers to finish and their jobs to be acked or failed. If ctx ends
+// first, it cancels the handlers' contexts, waits for them to return (their
+// jobs are handed back for another worker), and returns ctx's error.
+func (c *Consumer) Shutdown(ctx context.Context) error { return c.r.Shutdown(ctx) }
+
+// Done is closed once the consumer has stopped: after Shutdown, or on a
+// fatal error (see Err).
+func (c *Consumer) Done() <-chan struct{} { return c.r.Done() }
+
+// Err returns the fatal error that stopped the consumer (the connection
+// was closed), or nil.
+func (c *Consumer) Err() error { return c.r.Err() }
+
+// Run handles the queue's jobs with h until ctx ends, then shuts the
+// consumer down, letting running handlers finish for the drain timeout
+// (WithDrainTimeout; the queue's AckWait by default). It returns nil after
+// a clean stop. It fits loom.Runtime.Go:
+//
+//	rt.Go("prefill workers", func(ctx context.Context) error { return q.Run(ctx, h) })
+func (q *Queue[T]) Run(ctx context.Context, h Handler[T], opts ...ConsumeOption) error {
+	o := consumeOpts{drain: q.cfg.AckWait}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	c, err := q.Consume(h, opts...)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+	case <-c.Done():
+		return c.Err()
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), o.drain)
+	defer cancel()
+	if err := c.Shutdown(sctx); err != nil {
+		return fmt.Errorf("workqueue: queue %s: handlers still running after the drain timeout %s were cancelled: %w", q.cfg.Name, o.drain, err)
+	}
+	return c.Err()
+}
+
+// dequeueWait bounds one pull request of Dequeue.
+const dequeueWait = 5 * time.Second
+
+// Dequeue waits for the next job and returns it, for pull-style workers in
+// the shape of the seed's NATSQueue.dequeue_task. Unlike that one, it does
+// not acknowledge on receipt: the caller calls Ack once the job is done
+// (or Fail, or Terminate), and a job neither acked nor failed within
+// AckWait is redelivered, so a crash loses nothing. Call InProgress on long
+// jobs. If ctx ends first, Dequeue returns ctx's error; give it a timeout
+// for the seed's dequeue_timeout. A job that does not decode as T goes to
+// the dead-letter stream and Dequeue waits for the next.
+func (q *Queue[T]) Dequeue(ctx context.Context) (*Job[T], error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		wait := dequeueWait
+		if dl, ok := ctx.Deadline(); ok {
+			wait = min(wait, time.Until(dl))
+		}
+		if wait < 10*time.Millisecond {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+		cons, err := q.cons(ctx)
+		if err != nil {
+			return nil, err
+		}
+		fctx, cancel := context.WithTimeout(ctx, wait)
+		msg, err := cons.Next(jetstream.FetchContext(fctx))
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
+				continue
+			}
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+				if _, cerr := q.createConsumer(ctx); cerr == nil {
+					continue
+				}
+			}
+			if errors.Is(err, nats.ErrConnectionClosed) {
+				return nil, fmt.Errorf("workqueue: dequeue from queue %s: %w", q.cfg.Name, err)
+			}
+			// A reconnect or a leader election: pull again shortly.
+			select {
+			case <-time.After(100 * time.Millisecond):
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		d := q.settler.Receive(ctx, msg)
+		if d == nil {
+			continue
+		}
+		job, err := q.job(d)
+		if err != nil {
+			_ = q.settler.Settle(d, err)
+			continue
+		}
+		return job, nil
+	}
+}

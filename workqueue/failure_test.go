@@ -1,0 +1,353 @@
+package workqueue_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/loomrt/loom/workqueue"
+)
+
+// TestPoisonJobIsDeadLetteredAfterMaxDeliverWithBackoff is fault test (c):
+// a job whose handler always fails is attempted MaxDeliver times, with
+// exponential backoff between attempts (the gaps are measured), then
+// lands in the dead-letter stream with its last error and its count of
+// deliveries, and leaves the queue.
+func TestPoisonJobIsDeadLetteredAfterMaxDeliverWithBackoff(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.MaxDeliver = 5
+	cfg.BackoffInitial = 100 * time.Millisecond
+	cfg.BackoffMax = time.Second
+	q := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 20*time.Second)
+
+	var mu sync.Mutex
+	var attempts []time.Time
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		if j.Value.ID != 666 {
+			return nil
+		}
+		mu.Lock()
+		attempts = append(attempts, time.Now())
+		n := len(attempts)
+		mu.Unlock()
+		return fmt.Errorf("poison attempt %d: cannot handle job 666", n)
+	})
+	if err := q.Enqueue(ctx, job{ID: 666, Text: "poison"}); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := workqueue.NewAdmin(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dead []workqueue.DeadLetter
+	eventually(t, 10*time.Second, "the poison job in the dead-letter stream", func() bool {
+		dead, err = admin.DeadLetters(ctx, q.Name(), 10)
+		return err == nil && len(dead) == 1
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) != cfg.MaxDeliver {
+		t.Fatalf("%d attempts, want MaxDeliver = %d", len(attempts), cfg.MaxDeliver)
+	}
+	var gaps []string
+	for i := 1; i < len(attempts); i++ {
+		gap := attempts[i].Sub(attempts[i-1])
+		want := cfg.BackoffInitial << (i - 1)
+		gaps = append(gaps, gap.Round(time.Millisecond).String())
+		if gap < want*9/10 || gap > 2*want+500*time.Millisecond {
+			t.Errorf("gap before attempt %d is %s, want about %s", i+1, gap, want)
+		}
+	}
+	t.Logf("gaps between the %d attempts: %s (backoff 100ms doubling)", len(attempts), strings.Join(gaps, ", "))
+	d := dead[0]
+	if d.Reason != "failed" || d.Deliveries != cfg.MaxDeliver || !strings.Contains(d.Error, "poison attempt 5") {
+		t.Errorf("dead letter: reason %q, deliveries %d, error %q; want failed, %d, the last error", d.Reason, d.Deliveries, d.Error, cfg.MaxDeliver)
+	}
+	if d.Header.Get(workqueue.HeaderDeliveries) != "5" || d.Header.Get(workqueue.HeaderError) == "" {
+		t.Errorf("dead-letter headers %v lack the delivery count or the error", d.Header)
+	}
+	eventually(t, 5*time.Second, "the queue empty", func() bool {
+		info, err := q.Info(ctx)
+		return err == nil && info.Jobs == 0 && info.DeadLetters == 1
+	})
+}
+
+func TestHandlerPanicCountsAsAFailure(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	q := newQueue[job](t, nc, testConfig(t))
+	ctx := ctxFor(t, 10*time.Second)
+	var calls atomic.Int64
+	done := make(chan int, 1)
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		if calls.Add(1) == 1 {
+			panic("boom")
+		}
+		done <- j.Deliveries
+		return nil
+	})
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-done:
+		if n != 2 {
+			t.Errorf("succeeded on delivery %d, want 2", n)
+		}
+	case <-ctx.Done():
+		t.Fatal("the job was not retried after its handler panicked")
+	}
+}
+
+func TestJobThatDoesNotDecodeIsDeadLetteredAtOnce(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	q := newQueue[job](t, nc, testConfig(t))
+	ctx := ctxFor(t, 10*time.Second)
+	var calls atomic.Int64
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		calls.Add(1)
+		return nil
+	})
+	// Raw bytes that are not MessagePack for a job.
+	if err := nc.Publish(q.Config().Subject, []byte{0xc1, 0xff, 0x00}); err != nil {
+		t.Fatal(err)
+	}
+	admin, _ := workqueue.NewAdmin(nc)
+	var dead []workqueue.DeadLetter
+	eventually(t, 5*time.Second, "the bad job dead-lettered", func() bool {
+		dead, _ = admin.DeadLetters(ctx, q.Name(), 10)
+		return len(dead) == 1
+	})
+	if d := dead[0]; d.Reason != "decode" || d.Deliveries != 1 || !strings.Contains(d.Error, "does not decode") {
+		t.Errorf("dead letter: reason %q after %d deliveries, error %q; want decode after 1", d.Reason, d.Deliveries, d.Error)
+	}
+	if calls.Load() != 0 {
+		t.Errorf("the handler ran %d times on a job that does not decode", calls.Load())
+	}
+}
+
+func TestPermanentErrorDeadLettersWithoutRetry(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	q := newQueue[job](t, nc, testConfig(t))
+	ctx := ctxFor(t, 10*time.Second)
+	var calls atomic.Int64
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		calls.Add(1)
+		return workqueue.Permanent(errors.New("invalid order"))
+	})
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "dead-lettered", func() bool {
+		info, err := q.Info(ctx)
+		return err == nil && info.DeadLetters == 1 && info.Jobs == 0
+	})
+	time.Sleep(100 * time.Millisecond)
+	if calls.Load() != 1 {
+		t.Errorf("handler ran %d times, want 1", calls.Load())
+	}
+}
+
+func TestLongHandlerIsKeptAliveWithProgressReports(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.AckWait = time.Second
+	cfg.HandlerTimeout = 10 * time.Second
+	q := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	var calls atomic.Int64
+	done := make(chan struct{})
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		calls.Add(1)
+		time.Sleep(2500 * time.Millisecond) // two and a half AckWaits
+		close(done)
+		return nil
+	}, workqueue.WithConcurrency(2))
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	time.Sleep(300 * time.Millisecond)
+	if n := calls.Load(); n != 1 {
+		t.Errorf("a handler running 2.5 AckWaits was called %d times; progress reports should have kept its job", n)
+	}
+}
+
+func TestHungHandlerIsBoundedAndItsJobRedelivered(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.AckWait = 300 * time.Millisecond
+	cfg.HandlerTimeout = 400 * time.Millisecond
+	q := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	var calls atomic.Int64
+	done := make(chan int, 1)
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		if calls.Add(1) == 1 {
+			<-ctx.Done() // hangs until its timeout
+			return ctx.Err()
+		}
+		done <- j.Deliveries
+		return nil
+	}, workqueue.WithConcurrency(2))
+	start := time.Now()
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-done:
+		t.Logf("redelivered after %s, delivery %d", time.Since(start).Round(time.Millisecond), n)
+		if n != 2 {
+			t.Errorf("delivery %d, want 2", n)
+		}
+	case <-ctx.Done():
+		t.Fatal("the hung handler's job was never redelivered")
+	}
+}
+
+func TestDequeueNeedsAnExplicitAck(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.AckWait = 300 * time.Millisecond
+	q := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	if err := q.Enqueue(ctx, job{ID: 7, Text: "prefill"}); err != nil {
+		t.Fatal(err)
+	}
+	j, err := q.Dequeue(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Value.ID != 7 || j.Deliveries != 1 {
+		t.Fatalf("got %+v on delivery %d", j.Value, j.Deliveries)
+	}
+	// Not acked: it comes back after AckWait, as a crashed worker's would.
+	j2, err := q.Dequeue(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j2.Value.ID != 7 || j2.Deliveries != 2 {
+		t.Fatalf("got %+v on delivery %d, want job 7 again on delivery 2", j2.Value, j2.Deliveries)
+	}
+	if err := j2.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := j2.Ack(ctx); !errors.Is(err, workqueue.ErrSettled) {
+		t.Errorf("second Ack: %v, want ErrSettled", err)
+	}
+	short, cancel := context.WithTimeout(ctx, 600*time.Millisecond)
+	defer cancel()
+	if j3, err := q.Dequeue(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Dequeue on an empty queue: %v, %v; want the deadline", j3, err)
+	}
+}
+
+func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.AckWait = 30 * time.Second // a job not handed back would wait this long
+	q := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 20*time.Second)
+	const n = 20
+	for i := range n {
+		if err := q.Enqueue(ctx, job{ID: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	started := make(chan struct{}, n)
+	release := make(chan struct{})
+	slow, err := q.Consume(workqueue.HandlerFunc[job](func(ctx context.Context, j *workqueue.Job[job]) error {
+		started <- struct{}{}
+		<-release
+		return nil
+	}), workqueue.WithConcurrency(1), workqueue.WithPrefetch(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	stopped := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stopped <- slow.Shutdown(sctx)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	close(release)
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	var handled atomic.Int64
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		handled.Add(1)
+		return nil
+	}, workqueue.WithConcurrency(4))
+	eventually(t, 5*time.Second, "the other consumer got every job left, without waiting for AckWait", func() bool {
+		return handled.Load() == n-1
+	})
+}
+
+func TestNewIsIdempotentAndUpdatesSettings(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	q1 := newQueue[job](t, nc, cfg)
+	cfg.AckWait = 7 * time.Second
+	cfg.MaxDeliver = 9
+	q2 := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 5*time.Second)
+	if err := q1.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := q2.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Jobs != 1 || info.MaxDeliver != 9 {
+		t.Errorf("info %+v: want the job enqueued by the first handle, and MaxDeliver 9", info)
+	}
+	// A stream made by someone else with another retention is an error
+	// that says what to do.
+	js, _ := nc.JetStream()
+	if _, err := js.AddStream(&nats.StreamConfig{Name: "foreign", Subjects: []string{"foreign.*"}}); err != nil {
+		t.Fatal(err)
+	}
+	bad := testConfig(t)
+	bad.Name = "foreign"
+	bad.Subject = "foreign.queue"
+	_, err = workqueue.New[job](ctx, nc, bad)
+	if err == nil || !strings.Contains(err.Error(), "foreign") {
+		t.Fatalf("New on a limits stream: %v; want an error naming the stream", err)
+	}
+	t.Logf("New on a foreign stream: %v", err)
+}
+
+func TestConsumerDeletedUnderAWorkerIsCreatedAgain(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	q := newQueue[job](t, nc, testConfig(t))
+	ctx := ctxFor(t, 20*time.Second)
+	var handled atomic.Int64
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		handled.Add(1)
+		return nil
+	})
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the first job handled", func() bool { return handled.Load() == 1 })
+	js, _ := nc.JetStream()
+	if err := js.DeleteConsumer(q.Name(), q.Config().Group); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if err := q.Enqueue(ctx, job{ID: 2}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "the job enqueued after the consumer was deleted handled", func() bool { return handled.Load() == 2 })
+}

@@ -1,0 +1,115 @@
+package workqueue_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/loomrt/loom/objectstore"
+	"github.com/loomrt/loom/workqueue"
+)
+
+// maxPayload is the server's max_payload in these tests.
+const maxPayload = 64 << 10
+
+func smallPayloadServer(o *server.Options) { o.MaxPayload = maxPayload }
+
+func TestJobAboveMaxPayloadTravelsByReference(t *testing.T) {
+	_, nc := startNATS(t, smallPayloadServer)
+	cfg := testConfig(t)
+	cfg.ObjectBucket = "payloads_" + cfg.Name
+	q := newQueue[[]byte](t, nc, cfg)
+	ctx := ctxFor(t, 20*time.Second)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 40_000) // 640 KB, ten times max_payload
+	small := []byte("small job")
+	if err := q.Enqueue(ctx, big); err != nil {
+		t.Fatalf("Enqueue of a %d-byte job with max_payload %d: %v", len(big), maxPayload, err)
+	}
+	if err := q.EnqueueBatch(ctx, [][]byte{small, big}); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 3)
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[[]byte]) error {
+		got <- j.Value
+		return nil
+	})
+	var bigs int
+	for range 3 {
+		select {
+		case v := <-got:
+			switch {
+			case bytes.Equal(v, big):
+				bigs++
+			case bytes.Equal(v, small):
+			default:
+				t.Fatalf("got a %d-byte job that is neither", len(v))
+			}
+		case <-ctx.Done():
+			t.Fatal("jobs not delivered")
+		}
+	}
+	if bigs != 2 {
+		t.Fatalf("%d large jobs came back, want 2", bigs)
+	}
+	// Acked jobs take their objects with them.
+	js, _ := jetstream.New(nc)
+	obs, err := js.ObjectStore(ctx, cfg.ObjectBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "offloaded payloads deleted after their acks", func() bool {
+		_, err := obs.List(ctx)
+		return errors.Is(err, jetstream.ErrNoObjectsFound)
+	})
+}
+
+func TestJobAboveMaxPayloadIsRefusedWithSizeAndLimit(t *testing.T) {
+	_, nc := startNATS(t, smallPayloadServer)
+	cfg := testConfig(t)
+	cfg.LargePayloads = "reject"
+	q := newQueue[[]byte](t, nc, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	start := time.Now()
+	err := q.Enqueue(ctx, make([]byte, 100_000))
+	var tooLarge *objectstore.TooLargeError
+	if !errors.As(err, &tooLarge) {
+		t.Fatalf("Enqueue of 100000 bytes: %v; want a *objectstore.TooLargeError", err)
+	}
+	if time.Since(start) > time.Second {
+		t.Errorf("refusal took %s; it must not wait for a timeout", time.Since(start))
+	}
+	for _, want := range []string{"100000", "65536", "max_payload", "queue.large_payloads=offload"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	_, err = q.EnqueueAsync(ctx, make([]byte, 100_000))
+	if !errors.As(err, &tooLarge) {
+		t.Errorf("EnqueueAsync: %v; want a *objectstore.TooLargeError", err)
+	}
+}
+
+func TestLostOffloadedPayloadIsDeadLettered(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	q := newQueue[[]byte](t, nc, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	// A message that claims an object that does not exist.
+	ref := objectstore.Ref{Bucket: "nowhere", Name: "gone", Size: 10}
+	msg := &natsMsg{subject: q.Config().Subject, header: map[string]string{objectstore.RefHeader: ref.String()}}
+	if err := msg.publish(nc); err != nil {
+		t.Fatal(err)
+	}
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[[]byte]) error { return nil })
+	admin, _ := workqueue.NewAdmin(nc)
+	eventually(t, 5*time.Second, "dead-lettered with reason payload", func() bool {
+		dead, _ := admin.DeadLetters(ctx, q.Name(), 1)
+		return len(dead) == 1 && dead[0].Reason == "payload"
+	})
+}

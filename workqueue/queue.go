@@ -1,0 +1,306 @@
+package workqueue
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/loomrt/loom/internal/jsconsume"
+	"github.com/loomrt/loom/metrics"
+	"github.com/loomrt/loom/objectstore"
+)
+
+// Stream metadata Loom writes on its queues, so that tools (loom queue)
+// can find them and read their jobs.
+const (
+	metaKind       = "loom.kind"
+	metaCodec      = "loom.codec"
+	metaGroup      = "loom.group"
+	metaMaxDeliver = "loom.max_deliver"
+	metaDeadLetter = "loom.dead_letter"
+	metaQueue      = "loom.queue"
+	kindQueue      = "queue"
+	kindDeadLetter = "dead_letter"
+	codecBytes     = "bytes"
+)
+
+// KeyHeader carries the idempotency key a job was enqueued with.
+const KeyHeader = "Loom-Key"
+
+// Queue is a durable queue of jobs of type T on a JetStream stream with
+// WorkQueue retention: each job is delivered to one worker, kept until a
+// worker acknowledges it, retried with backoff when its handler fails, and
+// moved to a dead-letter stream after MaxDeliver attempts. It is safe for
+// concurrent use. Close it when done.
+type Queue[T any] struct {
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream // sync calls, consuming
+	raw      bool                // T is []byte
+	stream   jetstream.Stream
+	consMu   sync.Mutex
+	consumer jetstream.Consumer
+	payloads *objectstore.Offloader
+	m        *metrics.Queue
+	settler  *jsconsume.Settler
+	pub      *publisher
+}
+
+// New creates the queue cfg describes, or updates it to cfg if it exists:
+// its stream and its dead-letter stream; the durable consumer its workers
+// share is created or updated by the first Consume or Dequeue, so that
+// processes that only enqueue leave the consumer's settings alone. It is
+// idempotent; every process using the queue may call it. A setting the
+// server cannot change on an existing stream (its storage, say) is an
+// error naming the stream and the setting.
+func New[T any](ctx context.Context, nc *nats.Conn, cfg Config) (*Queue[T], error) {
+	cfg, err := cfg.resolved()
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("workqueue: %w", err)
+	}
+	q := &Queue[T]{
+		cfg: cfg,
+		nc:  nc,
+		js:  js,
+		raw: reflect.TypeFor[T]() == reflect.TypeFor[[]byte](),
+	}
+	if cfg.Metrics != nil {
+		q.m = cfg.Metrics.Queue(cfg.Name)
+	} else {
+		q.m = metrics.NopQueue()
+	}
+	q.payloads, err = objectstore.NewOffloader(nc, js, objectstore.OffloadConfig{
+		Policy: cfg.LargePayloads,
+		Bucket: objectstore.Config{Bucket: cfg.ObjectBucket, Storage: cfg.Storage, Replicas: cfg.Replicas, TTL: cfg.DeadLetterMaxAge},
+		Limit:  cfg.MaxPayload,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("workqueue: queue %s: %w", cfg.Name, err)
+	}
+	if err := q.ensure(ctx); err != nil {
+		return nil, err
+	}
+	q.settler = &jsconsume.Settler{
+		Queue:             cfg.Name,
+		Group:             cfg.Group,
+		JS:                js,
+		Policy:            q.policy(),
+		DeadLetterSubject: deadLetterSubject(cfg.Name),
+		Payloads:          q.payloads,
+		DeleteAfterAck:    true,
+		Metrics:           q.m,
+		Log:               cfg.Logger,
+	}
+	q.pub, err = newPublisher(nc, cfg, q.m, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	return q, nil
+}
+
+func (q *Queue[T]) policy() jsconsume.Policy {
+	c := q.cfg
+	return jsconsume.Policy{
+		AckWait:        c.AckWait,
+		HandlerTimeout: c.HandlerTimeout,
+		MaxDeliver:     c.MaxDeliver,
+		BackoffInitial: c.BackoffInitial,
+		BackoffMax:     c.BackoffMax,
+		BackoffJitter:  c.BackoffJitter,
+	}
+}
+
+func (q *Queue[T]) codecName() string {
+	if q.raw {
+		return codecBytes
+	}
+	return q.cfg.Codec.Name()
+}
+
+// ensure creates or updates the streams and the consumer.
+func (q *Queue[T]) ensure(ctx context.Context) error {
+	c := q.cfg
+	storage, err := objectstore.StorageType(c.Storage)
+	if err != nil {
+		return fmt.Errorf("workqueue: queue %s: %w", c.Name, err)
+	}
+	q.stream, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        c.Name,
+		Description: "Loom work queue",
+		Subjects:    []string{c.Subject},
+		Retention:   jetstream.WorkQueuePolicy,
+		Discard:     jetstream.DiscardNew, // a full queue refuses jobs; it never drops old ones
+		MaxMsgs:     int64(c.MaxMsgs),
+		MaxBytes:    int64(c.MaxBytes),
+		MaxAge:      c.MaxAge,
+		Storage:     storage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.DuplicateWindow,
+		Metadata: map[string]string{
+			metaKind:       kindQueue,
+			metaCodec:      q.codecName(),
+			metaGroup:      c.Group,
+			metaMaxDeliver: strconv.Itoa(c.MaxDeliver),
+			metaDeadLetter: deadLetterStream(c.Name),
+		},
+	})
+	if err != nil {
+		return streamError(c.Name, err)
+	}
+	_, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        deadLetterStream(c.Name),
+		Description: "Loom dead letters of work queue " + c.Name,
+		Subjects:    []string{deadLetterSubject(c.Name)},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      c.DeadLetterMaxAge,
+		Storage:     storage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.DuplicateWindow,
+		Metadata:    map[string]string{metaKind: kindDeadLetter, metaQueue: c.Name},
+	})
+	if err != nil {
+		return streamError(deadLetterStream(c.Name), err)
+	}
+	return nil
+}
+
+// cons returns the queue's consumer, creating or updating it on first
+// use: processes that only enqueue never touch the consumer's settings.
+func (q *Queue[T]) cons(ctx context.Context) (jetstream.Consumer, error) {
+	q.consMu.Lock()
+	c := q.consumer
+	q.consMu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	return q.createConsumer(ctx)
+}
+
+// createConsumer creates or updates the durable consumer and keeps it.
+func (q *Queue[T]) createConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	c, err := q.newConsumer(ctx)
+	if err == nil {
+		q.consMu.Lock()
+		q.consumer = c
+		q.consMu.Unlock()
+	}
+	return c, err
+}
+
+func (q *Queue[T]) newConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	c := q.cfg
+	cons, err := q.js.CreateOrUpdateConsumer(ctx, c.Name, jetstream.ConsumerConfig{
+		Durable:       c.Group,
+		Description:   "Loom workers of queue " + c.Name,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxDeliver:    -1, // Loom counts attempts and dead-letters (see internal/jsconsume)
+		MaxAckPending: c.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("workqueue: create or update consumer %s of queue %s: %w", c.Group, c.Name, hint(err))
+	}
+	return cons, nil
+}
+
+func streamError(name string, err error) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (strings.Contains(apiErr.Description, "can not change") || strings.Contains(apiErr.Description, "cannot change")) {
+		return fmt.Errorf("workqueue: stream %s exists with settings this queue cannot change (%w); delete it (nats stream rm %s) or use another queue name", name, err, name)
+	}
+	return fmt.Errorf("workqueue: create or update stream %s: %w", name, hint(err))
+}
+
+// hint adds what to do to errors of a server without JetStream.
+func hint(err error) error {
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return fmt.Errorf("%w (start nats-server with -js, or `loom up`)", err)
+	}
+	return err
+}
+
+// Name returns the queue's name, which is its stream's name.
+func (q *Queue[T]) Name() string { return q.cfg.Name }
+
+// Config returns the queue's configuration, defaults filled in.
+func (q *Queue[T]) Config() Config { return q.cfg }
+
+// encode turns a job into a message body.
+func (q *Queue[T]) encode(job T) ([]byte, error) {
+	if q.raw {
+		return any(job).([]byte), nil
+	}
+	b, err := q.cfg.Codec.Marshal(nil, job)
+	if err != nil {
+		return nil, fmt.Errorf("workqueue: encoding a job for queue %s: %w", q.cfg.Name, err)
+	}
+	return b, nil
+}
+
+// decode turns a message body into a job.
+func (q *Queue[T]) decode(data []byte) (T, error) {
+	var v T
+	if q.raw {
+		return any(data).(T), nil
+	}
+	if err := q.cfg.Codec.Unmarshal(data, &v); err != nil {
+		return v, fmt.Errorf("workqueue: job does not decode as %T with %s: %w", v, q.cfg.Codec.Name(), err)
+	}
+	return v, nil
+}
+
+// Close waits for the asynchronous enqueues still awaiting the server's
+// acknowledgement until ctx ends, then releases the queue's publisher.
+// It returns the errors of asynchronous enqueues not yet reported by
+// Flush. Consumers and jobs from Dequeue are not affected; the connection
+// stays open. Calling it again returns nil.
+func (q *Queue[T]) Close(ctx context.Context) error {
+	return q.pub.close(ctx)
+}
+
+// Info describes a queue's state.
+type Info struct {
+	// Name is the queue's name and Subject the subject of its jobs.
+	Name, Subject string
+	// Group is the consumer the workers share.
+	Group string
+	// Codec names the encoding of its jobs ("bytes" for []byte).
+	Codec string
+	// Jobs and Bytes are what the stream holds: jobs not yet acknowledged.
+	Jobs, Bytes uint64
+	// Pending counts jobs not yet delivered, InFlight jobs delivered and
+	// not yet settled, Redelivered jobs delivered more than once and
+	// waiting for their ack.
+	Pending, InFlight, Redelivered uint64
+	// Waiting is the number of pull requests workers have outstanding.
+	Waiting int
+	// DeadLetters counts the jobs in the dead-letter stream.
+	DeadLetters uint64
+	// MaxDeliver, Storage and Replicas are from the queue's settings.
+	MaxDeliver int
+	Storage    string
+	Replicas   int
+	// Created is when the stream was created.
+	Created time.Time
+}
+
+// Info returns the queue's state as the server reports it now.
+func (q *Queue[T]) Info(ctx context.Context) (Info, error) {
+	return inspect(ctx, q.js, q.cfg.Name)
+}
+
+// metrics are the queue's bound metrics, for tests.
+func (q *Queue[T]) metrics() *metrics.Queue { return q.m }
