@@ -57,6 +57,7 @@ type Config struct {
 	Log          Log          `key:"log"`
 	Status       Status       `key:"status"`
 	Queue        Queue        `key:"queue"`
+	Events       Events       `key:"events"`
 }
 
 // NATS is the connection every plane that uses NATS shares.
@@ -154,4 +155,38 @@ type Queue struct {
 	DeadLetterMaxAge  time.Duration `key:"dead_letter_max_age" default:"720h" min:"0s" doc:"How long dead-lettered jobs are kept for inspection and requeueing; 0 keeps them forever."`
 	EventBusJetStream bool          `key:"eventbus_jetstream" env:"NATS_USE_JETSTREAM" default:"false" doc:"EventBus consumers use JetStream (a durable consumer per group, redelivery, dead letters) instead of Core NATS queue groups."`
 	EventBusMaxAge    time.Duration `key:"eventbus_max_age" default:"24h" min:"0s" doc:"How long JetStream EventBus streams keep events; 0 keeps them until other limits apply."`
+}
+
+// Events tunes the event plane (package events): how events travel, how
+// they are encoded, and what a subscription does when its reader is slow.
+type Events struct {
+	Transport    string          `key:"transport" default:"nats" enum:"nats,zmq,jetstream" doc:"How events travel: nats (core NATS), zmq (ZeroMQ, direct to each publisher found in discovery, or through a broker when events.zmq.broker_* are set) or jetstream (durable: kept in a stream, replayable, acknowledged). Publishers and subscribers must use the same one."`
+	Codec        string          `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of the events this process publishes; subscribers read both."`
+	BufferSize   int             `key:"buffer_size" default:"4096" min:"1" doc:"Events a subscription holds for a slow reader before events.overflow applies; with jetstream, the events delivered and not yet acknowledged."`
+	Overflow     string          `key:"overflow" default:"drop_oldest" enum:"drop_oldest,drop_newest,block" doc:"What a full subscription buffer does: drop_oldest or drop_newest (counted as dropped), or block (push back into the transport, whose own bounded buffer then loses events, counted as lost). jetstream always pushes back."`
+	MaxEventSize int             `key:"max_event_size" default:"1048576" min:"1024" max:"67108864" doc:"Largest encoded event in bytes: Publish refuses larger ones, subscribers count them as malformed."`
+	ZMQ          EventsZMQ       `key:"zmq"`
+	JetStream    EventsJetStream `key:"jetstream"`
+}
+
+// EventsZMQ tunes the ZeroMQ event transport.
+type EventsZMQ struct {
+	Host      string `key:"host" default:"127.0.0.1" doc:"Address each direct-mode publisher's PUB socket listens on (on a free port)."`
+	Advertise string `key:"advertise" doc:"Host subscribers dial to reach this process's publishers, if not events.zmq.host (set it when host is 0.0.0.0)."`
+	SendQueue int    `key:"send_queue" default:"8192" min:"1" doc:"Events a publisher queues for each subscriber; events for a subscriber further behind are dropped for it (it counts them as lost)."`
+	BrokerPub string `key:"broker_pub" doc:"Endpoint (tcp://host:port) of a broker's XSUB side, which publishers connect to; with broker_sub, zmq goes through the broker instead of direct."`
+	BrokerSub string `key:"broker_sub" doc:"Endpoint of the broker's XPUB side, which subscribers connect to."`
+}
+
+// EventsJetStream tunes the durable (JetStream) event transport.
+type EventsJetStream struct {
+	Stream     string        `key:"stream" default:"LOOM_EVENTS" doc:"Stream holding durable events (subjects loom.events.>); the first process to need it creates it with the limits below."`
+	Storage    string        `key:"storage" default:"file" enum:"file,memory" doc:"Where the stream keeps events."`
+	Replicas   int           `key:"replicas" default:"1" min:"1" max:"5" doc:"Copies of the stream in a NATS cluster."`
+	MaxAge     time.Duration `key:"max_age" default:"24h" min:"0s" doc:"How long events are kept; 0 keeps them until another limit applies."`
+	MaxBytes   int           `key:"max_bytes" default:"1073741824" min:"-1" doc:"Bytes the stream may hold; -1 for no limit."`
+	MaxMsgs    int           `key:"max_msgs" default:"-1" min:"-1" doc:"Events the stream may hold; -1 for no limit."`
+	Discard    string        `key:"discard" default:"old" enum:"old,new" doc:"At a limit: old removes the oldest events (a subscriber that had not read them counts them as lost), new refuses new ones (Publish fails)."`
+	AckWait    time.Duration `key:"ack_wait" default:"30s" min:"1s" doc:"How long a delivered event may stay unacknowledged before it is delivered again."`
+	MaxPending int           `key:"max_pending" default:"1024" min:"1" doc:"Publishes a publisher may have awaiting the stream's acknowledgement; Publish waits beyond it."`
 }

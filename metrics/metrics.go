@@ -1,6 +1,7 @@
-// Package metrics holds Loom's Prometheus metrics. Every metric Loom
-// exports is declared in this file, on a registry Loom owns (not the global
-// one), so a program can serve it, merge it or ignore it.
+// Package metrics holds Loom's Prometheus metrics, on a registry Loom owns
+// (not the global one), so a program can serve it, merge it or ignore it.
+// Every metric is declared in this package, one file per plane: requests
+// and background tasks here, work queues in queue.go, events in events.go.
 package metrics
 
 import (
@@ -36,6 +37,8 @@ type Metrics struct {
 	clientCalls   *prometheus.CounterVec
 	clientRetries *prometheus.CounterVec
 	taskPanics    *prometheus.CounterVec
+
+	events eventMetrics // the event plane's, registered on first use (events.go)
 
 	mu        sync.Mutex
 	endpoints map[[3]string]*Endpoint

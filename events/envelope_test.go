@@ -1,0 +1,256 @@
+package events_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/events"
+)
+
+func sampleEnvelope() events.Envelope {
+	return events.Envelope{PublisherID: 0x1a2b3c, InstanceID: 42, Sequence: 7, PublishedAt: 1_700_000_000_123_456_789,
+		Topic: "kv_events", Payload: []byte(`{"hashes":[1,2]}`)}
+}
+
+func TestEnvelopeRoundTripsInBothCodecs(t *testing.T) {
+	for _, name := range []string{codec.MsgPackName, codec.JSONName} {
+		t.Run(name, func(t *testing.T) {
+			e := sampleEnvelope()
+			b, err := e.Append(nil, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got events.Envelope
+			gotName, err := events.DecodeEnvelope(b, &got)
+			if err != nil || gotName != name {
+				t.Fatalf("decode: %v (codec %q)", err, gotName)
+			}
+			if got.PublisherID != e.PublisherID || got.InstanceID != e.InstanceID || got.Sequence != e.Sequence ||
+				got.PublishedAt != e.PublishedAt || got.Topic != e.Topic || !bytes.Equal(got.Payload, e.Payload) {
+				t.Fatalf("got %+v, want %+v", got, e)
+			}
+		})
+	}
+}
+
+// TestMsgPackEnvelopeIsPlainMessagePack checks the wire format against an
+// independent MessagePack decoder, as a Python or Rust tool would read it.
+func TestMsgPackEnvelopeIsPlainMessagePack(t *testing.T) {
+	e := sampleEnvelope()
+	var a []any
+	if err := msgpack.Unmarshal(e.AppendMsgPack(nil), &a); err != nil {
+		t.Fatal(err)
+	}
+	if len(a) != 6 || a[3] != "kv_events" || !bytes.Equal(a[4].([]byte), e.Payload) || fmt.Sprint(a[0], a[1], a[5]) != "1715004 7 42" {
+		t.Fatalf("decoded as %#v", a)
+	}
+	e.InstanceID = 0
+	var b []any
+	if err := msgpack.Unmarshal(e.AppendMsgPack(nil), &b); err != nil || len(b) != 5 {
+		t.Fatalf("without an instance id: %#v %v", b, err)
+	}
+	var j map[string]any
+	if err := json.Unmarshal(e.AppendJSON(nil), &j); err != nil {
+		t.Fatal(err)
+	}
+	if j["topic"] != "kv_events" || j["payload"].(map[string]any)["hashes"] == nil {
+		t.Fatalf("JSON envelope decoded as %v", j)
+	}
+}
+
+func TestDecodeEnvelopeAcceptsLongerArraysFromLaterVersions(t *testing.T) {
+	b, err := msgpack.Marshal([]any{uint64(5), 1, 2, "t", []byte("p"), uint64(9), "a later field", map[string]int{"x": 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e events.Envelope
+	if _, err := events.DecodeEnvelope(b, &e); err != nil || e.InstanceID != 9 || string(e.Payload) != "p" {
+		t.Fatalf("got %+v %v", e, err)
+	}
+}
+
+func TestDecodeEnvelopeAcceptsOtherKeyOrdersAndUnknownKeys(t *testing.T) {
+	b, err := msgpack.Marshal(map[string]any{
+		"topic": "load_metrics", "payload": []byte{1, 2}, "sequence": int8(3), "publisher_id": uint64(1) << 40,
+		"published_at": -5, "future_field": map[string]any{"a": []any{1, "x", 2.5, nil, true}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e events.Envelope
+	if _, err := events.DecodeEnvelope(b, &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.Topic != "load_metrics" || e.Sequence != 3 || e.PublisherID != 1<<40 || e.PublishedAt != -5 {
+		t.Fatalf("got %+v", e)
+	}
+}
+
+func TestDecodeEnvelopeRefusesMalformedInput(t *testing.T) {
+	good := sampleEnvelope()
+	for name, data := range map[string][]byte{
+		"empty":             nil,
+		"short array":       {0x93, 1, 2, 3},
+		"not a container":   {0xa3, 'a', 'b', 'c'},
+		"cut short":         good.AppendMsgPack(nil)[:20],
+		"trailing bytes":    append(good.AppendMsgPack(nil), 0),
+		"missing payload":   mustMsgPack(t, map[string]any{"publisher_id": 1, "sequence": 0, "topic": "t"}),
+		"publisher id 0":    mustMsgPack(t, map[string]any{"publisher_id": 0, "sequence": 0, "topic": "t", "payload": []byte{}}),
+		"negative sequence": mustMsgPack(t, map[string]any{"publisher_id": 1, "sequence": -1, "topic": "t", "payload": []byte{}}),
+		"huge map count":    {0xdf, 0xff, 0xff, 0xff, 0xff},
+		"huge bin":          append([]byte{0x81, 0xa7}, append([]byte("payload"), 0xc6, 0xff, 0xff, 0xff, 0xff)...),
+		"deep nesting":      append(append([]byte{0x81, 0xa1, 'x'}, bytes.Repeat([]byte{0x91}, 100)...), 0xc0),
+		"reserved byte":     {0x81, 0xa1, 'x', 0xc1},
+		"bad JSON":          []byte(`{"publisher_id":1,`),
+		"JSON no payload":   []byte(`{"publisher_id":1,"sequence":0,"topic":"t"}`),
+	} {
+		var e events.Envelope
+		if _, err := events.DecodeEnvelope(data, &e); !errors.Is(err, events.ErrEnvelope) {
+			t.Errorf("%s: got %v, want an error wrapping ErrEnvelope", name, err)
+		}
+	}
+}
+
+func mustMsgPack(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestJSONEnvelopeNeedsAJSONPayload(t *testing.T) {
+	e := sampleEnvelope()
+	e.Payload = []byte{0xff, 0x00}
+	if _, err := e.Append(nil, codec.JSONName); err == nil {
+		t.Fatal("a JSON envelope took a payload that is not JSON")
+	}
+}
+
+func FuzzDecodeEnvelope(f *testing.F) {
+	e := sampleEnvelope()
+	f.Add(e.AppendMsgPack(nil))
+	f.Add(e.AppendJSON(nil))
+	e.InstanceID, e.PublishedAt, e.Payload = 0, -1, bytes.Repeat([]byte{7}, 300)
+	f.Add(e.AppendMsgPack(nil))
+	f.Add([]byte{0xdf, 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte(`{"publisher_id":1,"sequence":2,"topic":"t","payload":null}`))
+	f.Add([]byte(`{"publisher_id":1,"sequence":0,"topic":"\u0000\"\u00e9","payload":1}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var got events.Envelope
+		name, err := events.DecodeEnvelope(data, &got)
+		if err != nil {
+			if !errors.Is(err, events.ErrEnvelope) {
+				t.Fatalf("error %v does not wrap ErrEnvelope", err)
+			}
+			return
+		}
+		// What decodes re-encodes and decodes to the same.
+		b, err := got.Append(nil, name)
+		if err != nil {
+			t.Fatalf("re-encode of %+v: %v", got, err)
+		}
+		var again events.Envelope
+		if _, err := events.DecodeEnvelope(b, &again); err != nil {
+			t.Fatalf("decode of re-encoded %x: %v", b, err)
+		}
+		if again.PublisherID != got.PublisherID || again.Sequence != got.Sequence || again.Topic != got.Topic ||
+			again.PublishedAt != got.PublishedAt || again.InstanceID != got.InstanceID || !bytes.Equal(again.Payload, got.Payload) {
+			t.Fatalf("round trip changed %+v into %+v", got, again)
+		}
+	})
+}
+
+// FuzzEnvelopeEncoding checks that every envelope the encoder can write
+// decodes to itself (the fast path and the general one agree).
+func FuzzEnvelopeEncoding(f *testing.F) {
+	f.Add(uint64(1), uint64(0), uint64(0), int64(0), "kv_events", []byte("x"))
+	f.Add(uint64(math.MaxUint64), uint64(math.MaxUint64), uint64(1<<40), int64(math.MinInt64), "a", make([]byte, 70000))
+	f.Fuzz(func(t *testing.T, pub, inst, seq uint64, at int64, topic string, payload []byte) {
+		if pub == 0 || len(topic) > 128 {
+			return
+		}
+		e := events.Envelope{PublisherID: pub, InstanceID: inst, Sequence: seq, PublishedAt: at, Topic: topic, Payload: payload}
+		var got events.Envelope
+		if _, err := events.DecodeEnvelope(e.AppendMsgPack(nil), &got); err != nil {
+			t.Fatal(err)
+		}
+		if got.PublisherID != pub || got.InstanceID != inst || got.Sequence != seq || got.PublishedAt != at || got.Topic != topic || !bytes.Equal(got.Payload, payload) {
+			t.Fatalf("got %+v, want %+v", got, e)
+		}
+	})
+}
+
+func TestFrameRoundTripsAndRefusesBadHeaders(t *testing.T) {
+	b := events.AppendFrame(nil, []byte("abc"))
+	b = events.AppendFrame(b, nil)
+	if !bytes.Equal(b[:5], []byte{1, 0, 0, 0, 3}) {
+		t.Fatalf("header %x, want version 1 and length 3 big-endian", b[:5])
+	}
+	p, rest, err := events.ParseFrame(b, 16)
+	if err != nil || string(p) != "abc" || len(rest) != 5 {
+		t.Fatalf("%q %d %v", p, len(rest), err)
+	}
+	fr := events.NewFrameReader(bytes.NewReader(b), 16)
+	for _, want := range []string{"abc", ""} {
+		if p, err := fr.Next(); err != nil || string(p) != want {
+			t.Fatalf("reader: %q %v, want %q", p, err, want)
+		}
+	}
+	if _, err := fr.Next(); err != io.EOF {
+		t.Fatalf("at the end: %v, want io.EOF", err)
+	}
+	for name, data := range map[string][]byte{
+		"short header": {1, 0, 0},
+		"version 2":    {2, 0, 0, 0, 0},
+		"over the max": {1, 0, 0, 1, 0},
+		"claims 4 GiB": {1, 0xff, 0xff, 0xff, 0xff},
+		"body cut":     {1, 0, 0, 0, 4, 'a'},
+		"version 0":    {0, 0, 0, 0, 1, 'x'},
+	} {
+		if _, _, err := events.ParseFrame(data, 16); !errors.Is(err, events.ErrFrame) {
+			t.Errorf("%s: %v, want ErrFrame", name, err)
+		}
+	}
+	if _, err := events.NewFrameReader(bytes.NewReader([]byte{1, 0, 0, 0, 4, 'a'}), 16).Next(); err != io.ErrUnexpectedEOF {
+		t.Errorf("reader on a cut frame: %v, want io.ErrUnexpectedEOF", err)
+	}
+}
+
+func FuzzParseFrame(f *testing.F) {
+	f.Add(events.AppendFrame(nil, []byte("hello")))
+	f.Add([]byte{1, 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte{9, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		const max = 1 << 16
+		p, rest, err := events.ParseFrame(data, max)
+		if err != nil {
+			if !errors.Is(err, events.ErrFrame) {
+				t.Fatalf("error %v does not wrap ErrFrame", err)
+			}
+		} else if !bytes.Equal(events.AppendFrame(nil, p), data[:len(data)-len(rest)]) {
+			t.Fatal("frame does not re-encode to its bytes")
+		}
+		// The stream reader agrees frame by frame and never reads past
+		// what a header may claim.
+		fr := events.NewFrameReader(bytes.NewReader(data), max)
+		for {
+			p, err := fr.Next()
+			if err != nil {
+				break
+			}
+			if len(p) > max {
+				t.Fatalf("frame of %d bytes over the max", len(p))
+			}
+		}
+	})
+}

@@ -1,0 +1,217 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func TestMatchSubjectFollowsNATSRules(t *testing.T) {
+	for _, c := range []struct {
+		pattern, subject string
+		want             bool
+	}{
+		{"namespace.a.kv", "namespace.a.kv", true},
+		{"namespace.a.kv", "namespace.a.kvx", false},
+		{"namespace.a.component.*.kv", "namespace.a.component.w.kv", true},
+		{"namespace.a.component.*.kv", "namespace.a.component.w.endpoint.e.kv", false},
+		{"namespace.a.>", "namespace.a.component.w.endpoint.e.kv", true},
+		{"namespace.a.>", "namespace.a", false},
+		{"namespace.*.kv", "namespace.a%2Eb.kv", true},
+		{"namespace.a.*", "namespace.a.kv", true},
+		{"namespace.a.*", "namespace.a.component.w.kv", false},
+		{"namespace.a.kv", "namespace.a", false},
+		{"namespace.a", "namespace.a.kv", false},
+	} {
+		if got := matchSubject(c.pattern, c.subject); got != c.want {
+			t.Errorf("matchSubject(%q, %q) = %v, want %v", c.pattern, c.subject, got, c.want)
+		}
+	}
+}
+
+func TestLiteralPrefixStopsAtTheFirstWildcard(t *testing.T) {
+	for pattern, want := range map[string]string{
+		"namespace.a.component.w.kv":  "namespace.a.component.w.kv",
+		"namespace.a.component.*.kv":  "namespace.a.component.",
+		"namespace.*.kv":              "namespace.",
+		"namespace.a.>":               "namespace.a.",
+		"namespace.a.component.w.*":   "namespace.a.component.w.",
+		"namespace.a.component.w*.kv": "namespace.a.component.w*.kv",
+	} {
+		if got := literalPrefix(pattern); got != want {
+			t.Errorf("literalPrefix(%q) = %q, want %q", pattern, got, want)
+		}
+	}
+}
+
+func TestTrackerClassifiesEachArrival(t *testing.T) {
+	tr := newTracker()
+	type step struct {
+		pub, seq     uint64
+		want         verdict
+		from, missed uint64
+	}
+	for i, s := range []step{
+		{1, 5, inOrder, 0, 0}, // first heard: the baseline, not a loss
+		{1, 6, inOrder, 0, 0},
+		{1, 9, gap, 7, 2},
+		{1, 8, late, 0, 0},
+		{1, 8, duplicate, 0, 0},
+		{1, 6, duplicate, 0, 0},
+		{1, 7, late, 0, 0},
+		{1, 10, inOrder, 0, 0},
+		{1, 4, inOrder, 0, 0}, // from before the baseline: not counted
+		{2, 0, inOrder, 0, 0}, // a new publisher (a restart) starts afresh
+		{2, 1, inOrder, 0, 0},
+		{1, 10 + trackWindow + 5, gap, 11, trackWindow + 4},
+		{1, 12, duplicate, 0, 0}, // older than the window
+	} {
+		v, from, missed := tr.observe(s.pub, s.seq)
+		if v != s.want || from != s.from || missed != s.missed {
+			t.Fatalf("step %d (%d/%d): got %v from %d missed %d, want %v %d %d", i, s.pub, s.seq, v, from, missed, s.want, s.from, s.missed)
+		}
+	}
+	tr.unobserve(2, 1)
+	if v, _, _ := tr.observe(2, 1); v != late {
+		t.Fatalf("an unobserved event came back as %v, want late (not a duplicate)", v)
+	}
+	tr.forget(2)
+	if tr.publishers() != 1 {
+		t.Fatalf("tracking %d publishers after forgetting one of two", tr.publishers())
+	}
+}
+
+func TestTrackerForgetsTheLeastRecentPublisherPastItsBound(t *testing.T) {
+	tr := newTracker()
+	for id := range uint64(maxPublishers + 10) {
+		tr.observe(id+1, 0)
+	}
+	if n := tr.publishers(); n != maxPublishers {
+		t.Fatalf("tracking %d publishers, want the bound %d", n, maxPublishers)
+	}
+}
+
+func items(n int, from uint64) []item {
+	out := make([]item, n)
+	for i := range out {
+		out[i].env.Sequence = from + uint64(i)
+	}
+	return out
+}
+
+func seqs(it []item) []uint64 {
+	var out []uint64
+	for _, i := range it {
+		out = append(out, i.env.Sequence)
+	}
+	return out
+}
+
+func TestRingPolicies(t *testing.T) {
+	for _, c := range []struct {
+		policy  Overflow
+		want    string
+		dropped int
+	}{
+		{DropOldest, "[6 7 8 9]", 6},
+		{DropNewest, "[0 1 2 3]", 6},
+	} {
+		t.Run(string(c.policy), func(t *testing.T) {
+			r := newRing(4, c.policy)
+			r.reportDrops = true
+			dropped := 0
+			for _, it := range items(10, 0) {
+				if r.push(it) {
+					dropped++
+				}
+			}
+			got, err := r.pop(make([]item, 0, 16))
+			if err != nil || len(got) != 5 || got[0].loss == nil || fmt.Sprint(seqs(got[1:])) != c.want || dropped != c.dropped {
+				t.Fatalf("got %v (dropped %d, err %v), want a notice then %s with %d dropped", seqs(got), dropped, err, c.want, c.dropped)
+			}
+			if n := got[0].loss; n.Dropped != uint64(c.dropped) || !errors.Is(n, ErrLost) {
+				t.Fatalf("notice %+v", n)
+			}
+		})
+	}
+}
+
+func TestRingKeepsNoticesInPlaceAndNeverDropsThem(t *testing.T) {
+	r := newRing(3, DropOldest)
+	r.reportDrops = true
+	r.push(items(1, 0)[0])
+	r.notice(LossError{PublisherID: 1, From: 1, Lost: 2})
+	r.push(items(1, 3)[0])
+	got, _ := r.pop(make([]item, 0, 16))
+	if len(got) != 3 || got[1].loss == nil || got[1].loss.Lost != 2 || got[2].env.Sequence != 3 {
+		t.Fatalf("got %+v: want event 0, the notice, event 3", got)
+	}
+	// Pushed out by drop-oldest, a notice is merged into the next pop's
+	// first notice.
+	r.notice(LossError{PublisherID: 1, From: 4, Lost: 1})
+	for _, it := range items(4, 6) {
+		r.push(it)
+	}
+	got, _ = r.pop(make([]item, 0, 16))
+	if got[0].loss == nil || got[0].loss.Lost != 1 || got[0].loss.Dropped != 1 || len(got) != 4 {
+		t.Fatalf("got %+v", got)
+	}
+}
+
+func TestRingBlocksUntilRoomAndCloseReleases(t *testing.T) {
+	r := newRing(2, Block)
+	r.push(item{})
+	r.push(item{})
+	pushed := make(chan bool)
+	go func() { pushed <- r.push(item{}) }()
+	select {
+	case <-pushed:
+		t.Fatal("push into a full blocking ring returned")
+	case <-time.After(20 * time.Millisecond):
+	}
+	if got, _ := r.pop(make([]item, 0, 1)); len(got) != 1 {
+		t.Fatalf("popped %d", len(got))
+	}
+	if dropped := <-pushed; dropped {
+		t.Fatal("a blocked push reported a drop")
+	}
+	go func() { pushed <- r.push(item{}) }()
+	time.Sleep(10 * time.Millisecond)
+	r.close(nil)
+	<-pushed
+	got, err := r.pop(make([]item, 0, 8))
+	if len(got) != 2 || err != nil {
+		t.Fatalf("after close: %d items, %v; want the 2 buffered", len(got), err)
+	}
+	if _, err := r.pop(make([]item, 0, 8)); !errors.Is(err, errRingClosed) {
+		t.Fatalf("drained closed ring: %v", err)
+	}
+}
+
+func TestRingUnpopPutsBackInOrder(t *testing.T) {
+	r := newRing(8, DropOldest)
+	for _, it := range items(6, 0) {
+		r.push(it)
+	}
+	got, _ := r.pop(make([]item, 0, 4))
+	r.push(items(1, 6)[0])
+	if n := r.unpop(got[2:]); n != 0 {
+		t.Fatalf("unpop dropped %d", n)
+	}
+	all, _ := r.pop(make([]item, 0, 16))
+	if fmt.Sprint(seqs(all)) != "[2 3 4 5 6]" {
+		t.Fatalf("after unpop: %v", seqs(all))
+	}
+}
+
+func TestWallClockFollowsTheWallClock(t *testing.T) {
+	var c wallClock
+	for range 5 {
+		got := c.now()
+		if d := time.Now().UnixNano() - got; d < 0 || d > int64(50*time.Millisecond) {
+			t.Fatalf("wall clock off by %v", time.Duration(d))
+		}
+		time.Sleep(30 * time.Millisecond)
+	}
+}

@@ -1,0 +1,374 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/config"
+)
+
+// JetStream: events are stored in one stream (events.jetstream.stream)
+// under their subject prefixed with DurablePrefix, so that core NATS
+// events, which use the same subjects, are not captured by the stream.
+// Publishers publish asynchronously with a bounded window of unacknowledged
+// publishes; subscriptions pull from a consumer at the reader's pace and
+// acknowledge each event after the reader's loop body returns.
+
+// DurablePrefix prefixes the subject of every event on the JetStream
+// transport.
+const DurablePrefix = "loom.events."
+
+// ensureStream returns the events stream, creating it with the configured
+// limits if it does not exist. An existing stream is used as it is, so
+// that operators can change its limits with the nats CLI.
+func ensureStream(ctx context.Context, js jetstream.JetStream, c config.EventsJetStream) (jetstream.Stream, error) {
+	name := c.Stream
+	if name == "" {
+		name = "LOOM_EVENTS"
+	}
+	s, err := js.Stream(ctx, name)
+	if err == nil {
+		return s, nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("events: JetStream stream %s: %w (is JetStream enabled on the NATS server? loom up enables it)", name, err)
+	}
+	sc := jetstream.StreamConfig{
+		Name:        name,
+		Description: "Loom durable events (package events)",
+		Subjects:    []string{DurablePrefix + ">"},
+		Retention:   jetstream.LimitsPolicy,
+		MaxAge:      c.MaxAge,
+		MaxBytes:    int64(c.MaxBytes),
+		MaxMsgs:     int64(c.MaxMsgs),
+		Discard:     jetstream.DiscardOld,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(c.Replicas, 1),
+	}
+	if c.MaxBytes == 0 {
+		sc.MaxBytes = -1
+	}
+	if c.MaxMsgs == 0 {
+		sc.MaxMsgs = -1
+	}
+	if c.Discard == "new" {
+		sc.Discard = jetstream.DiscardNew
+	}
+	if c.Storage == "memory" {
+		sc.Storage = jetstream.MemoryStorage
+	}
+	s, err = js.CreateStream(ctx, sc)
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		s, err = js.Stream(ctx, name) // another process created it meanwhile
+	}
+	if err != nil {
+		return nil, fmt.Errorf("events: create JetStream stream %s for %s: %w", name, DurablePrefix+">", err)
+	}
+	return s, nil
+}
+
+type jetStreamSender struct {
+	js jetstream.JetStream
+
+	mu       sync.Mutex
+	failed   int
+	firstErr error
+}
+
+func newJetStreamSender(ctx context.Context, rt *loom.Runtime, o options) (*jetStreamSender, error) {
+	nc, err := rt.NATS(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("events: the jetstream transport needs NATS (nats.url, NATS_SERVER): %w", err)
+	}
+	s := &jetStreamSender{}
+	s.js, err = jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(o.cfg.JetStream.MaxPending),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.failed == 0 {
+				s.firstErr = fmt.Errorf("the stream did not store an event on %s: %w", strings.TrimPrefix(m.Subject, DurablePrefix), err)
+			}
+			s.failed++
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("events: JetStream: %w", err)
+	}
+	if _, err := ensureStream(ctx, s.js, o.cfg.JetStream); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// takeErr returns, once, the failures reported since the last call.
+func (s *jetStreamSender) takeErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed == 0 {
+		return nil
+	}
+	err := s.firstErr
+	if s.failed > 1 {
+		err = fmt.Errorf("%d earlier events were not stored; the first: %w", s.failed, err)
+	}
+	s.failed, s.firstErr = 0, nil
+	return err
+}
+
+func (s *jetStreamSender) send(ctx context.Context, subject string, env []byte) error {
+	if err := s.takeErr(); err != nil {
+		return err
+	}
+	// The client keeps the message until it is acknowledged: it needs its
+	// own copy of the bytes.
+	m := &nats.Msg{Subject: DurablePrefix + subject, Data: append([]byte(nil), env...)}
+	for {
+		_, err := s.js.PublishMsgAsync(m, jetstream.WithStallWait(50*time.Millisecond))
+		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			return err
+		}
+		// The window of unacknowledged publishes is full: wait.
+		if ctx.Err() != nil {
+			return fmt.Errorf("waiting for the stream to acknowledge earlier events (events.jetstream.max_pending): %w", ctx.Err())
+		}
+	}
+}
+
+func (s *jetStreamSender) subscribers(string) (int, error) { return 0, errNoSubscriberCount }
+
+func (s *jetStreamSender) flush(ctx context.Context) error {
+	select {
+	case <-s.js.PublishAsyncComplete():
+	case <-ctx.Done():
+		return fmt.Errorf("%d events not yet acknowledged by the stream: %w", s.js.PublishAsyncPending(), ctx.Err())
+	}
+	return s.takeErr()
+}
+
+func (s *jetStreamSender) shutdown(ctx context.Context) error {
+	defer s.js.CleanupPublisher()
+	return s.flush(ctx)
+}
+
+// durableSub is a JetStream subscription: a pull consumer on the stream
+// filtered by the subscription's pattern.
+type durableSub struct {
+	c         *subCore
+	js        jetstream.JetStream
+	stream    jetstream.Stream
+	cons      jetstream.Consumer
+	it        jetstream.MessagesContext
+	name      string
+	ephemeral bool
+
+	mu      sync.Mutex // the reader
+	held    *held      // under mu
+	closing atomic.Bool
+	closeMu sync.Mutex
+	closed  bool
+}
+
+func subscribeJetStream(ctx context.Context, rt *loom.Runtime, c *subCore, o options) (*durableSub, error) {
+	nc, err := rt.NATS(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("events: the jetstream transport needs NATS (nats.url, NATS_SERVER): %w", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("events: JetStream: %w", err)
+	}
+	stream, err := ensureStream(ctx, js, o.cfg.JetStream)
+	if err != nil {
+		return nil, err
+	}
+	cc := jetstream.ConsumerConfig{
+		Durable:       o.durable,
+		Description:   "loom events subscription to " + c.pattern,
+		FilterSubject: DurablePrefix + c.pattern,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       o.cfg.JetStream.AckWait,
+		MaxAckPending: o.bufferSize,
+	}
+	switch o.deliver {
+	case deliverNew:
+		cc.DeliverPolicy = jetstream.DeliverNewPolicy
+	case deliverAll:
+		cc.DeliverPolicy = jetstream.DeliverAllPolicy
+	case deliverFromSeq:
+		cc.DeliverPolicy, cc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, o.startSeq
+	case deliverSince:
+		t := o.startTime
+		cc.DeliverPolicy, cc.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
+	case deliverLastPerSubject:
+		cc.DeliverPolicy = jetstream.DeliverLastPerSubjectPolicy
+	}
+	if o.durable == "" {
+		// An ephemeral consumer outlives a crashed process by this much.
+		cc.InactiveThreshold = time.Minute
+	}
+	cons, err := stream.CreateOrUpdateConsumer(ctx, cc)
+	if err != nil {
+		what := "consumer"
+		if o.durable != "" {
+			what = fmt.Sprintf("durable consumer %q (a durable keeps the Deliver* start it was created with; remove it with `nats consumer rm` to change it)", o.durable)
+		}
+		return nil, fmt.Errorf("events: JetStream %s for %s: %w", what, c.pattern, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(min(o.bufferSize, 512)))
+	if err != nil {
+		return nil, fmt.Errorf("events: JetStream consumer for %s: %w", c.pattern, err)
+	}
+	return &durableSub{c: c, js: js, stream: stream, cons: cons, it: it,
+		name: cons.CachedInfo().Name, ephemeral: o.durable == ""}, nil
+}
+
+// held is an event the reader took but did not get to (it broke out of
+// the loop at a loss notice before it): the next loop starts with it.
+type held struct {
+	m         jetstream.Msg
+	it        item
+	streamSeq uint64
+	notices   []LossError
+}
+
+// loop reads events until the subscription closes or deliver asks to stop.
+// deliver reports whether the event was processed (then it is
+// acknowledged); one it did not get to is kept for the next loop.
+//
+// Each event is acknowledged on its own (AckExplicit). Acknowledging in
+// batches with AckAll would be faster, but AckAll acknowledges whatever a
+// consumer delivered before the acknowledged event, including events
+// handed back or awaiting redelivery, which could then be skipped.
+func (d *durableSub) loop(deliver func(it *item, streamSeq uint64, notices []LossError) (processed, stop bool), fail func(error)) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c := d.c
+	for {
+		h := d.held
+		d.held = nil
+		if h == nil {
+			m, err := d.it.Next()
+			if err != nil {
+				switch {
+				case d.closing.Load() || errors.Is(err, jetstream.ErrMsgIteratorClosed) && !errors.Is(err, jetstream.ErrConnectionClosed):
+					return // closed by us (also when the connection closed right after)
+				case errors.Is(err, jetstream.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionClosed),
+					errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
+					c.close(nil)
+					fail(fmt.Errorf("%w: JetStream consumer %s for %s: %w", ErrConnectionClosed, d.name, c.pattern, err))
+					return
+				}
+				// Missed heartbeats and the like: the iterator recovers.
+				c.log.Debug("events: JetStream consumer", "consumer", d.name, "err", err)
+				continue
+			}
+			if d.closing.Load() {
+				_ = m.Nak() // fetched, not delivered: back to the stream
+				continue
+			}
+			if h = d.accept(m); h == nil {
+				_ = m.Ack() // malformed or a duplicate: done with it
+				continue
+			}
+		}
+		processed, stop := deliver(&h.it, h.streamSeq, h.notices)
+		if !processed {
+			h.notices = nil // already reported
+			d.held = h
+			return
+		}
+		_ = h.m.Ack()
+		if stop {
+			return
+		}
+	}
+}
+
+// accept decodes and tracks a message; it returns nil for one that is not
+// to be delivered.
+func (d *durableSub) accept(m jetstream.Msg) *held {
+	c := d.c
+	subject := strings.TrimPrefix(m.Subject(), DurablePrefix)
+	data := m.Data()
+	h := &held{m: m}
+	if len(data) > c.maxSize {
+		c.malformedMsg(subject, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(data)))
+		return nil
+	}
+	name, err := DecodeEnvelope(data, &h.it.env)
+	if err != nil {
+		c.malformedMsg(subject, err)
+		return nil
+	}
+	v, from, skipped := c.track.observe(h.it.env.PublisherID, h.it.env.Sequence)
+	switch v {
+	case duplicate:
+		c.duplicates.Add(1)
+		return nil
+	case gap:
+		c.lost.Add(skipped)
+		c.logLoss()
+		if c.lossErrors {
+			h.notices = []LossError{{PublisherID: h.it.env.PublisherID, Subject: subject, From: from, Lost: skipped}}
+		}
+	case late:
+		c.reordered.Add(1)
+	}
+	c.received.Add(1)
+	h.it.subject, h.it.codec = subject, name
+	if md, err := m.Metadata(); err == nil {
+		h.streamSeq = md.Sequence.Stream
+	}
+	return h
+}
+
+func (d *durableSub) close() error {
+	d.closeMu.Lock()
+	defer d.closeMu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	// Hand what was fetched and not delivered back to the stream now,
+	// rather than after AckWait: the reader's loop does it if it runs,
+	// else this does.
+	d.closing.Store(true)
+	d.it.Drain()
+	if d.mu.TryLock() {
+		if d.held != nil {
+			_ = d.held.m.Nak()
+			d.held = nil
+		}
+		for {
+			m, err := d.it.Next(jetstream.NextMaxWait(100 * time.Millisecond))
+			if err != nil {
+				break
+			}
+			_ = m.Nak()
+		}
+		d.mu.Unlock()
+	}
+	d.it.Stop()
+	if !d.ephemeral {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := d.stream.DeleteConsumer(ctx, d.name)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, nats.ErrConnectionClosed) {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("events: remove JetStream consumer %s: %w (it expires by itself after a minute)", d.name, err)
+	}
+	return nil
+}

@@ -1,0 +1,118 @@
+package events
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/loomrt/loom"
+)
+
+// Core NATS: the subject is the NATS subject, the envelope the message
+// body (NATS delimits messages, so no frame). A subscription's callback
+// runs on the NATS client's goroutine for it, decodes the envelope, tracks
+// the sequence and buffers the event; nothing blocks there unless the
+// overflow policy is Block.
+
+type natsSender struct{ nc *nats.Conn }
+
+func newNATSSender(ctx context.Context, rt *loom.Runtime) (*natsSender, error) {
+	nc, err := rt.NATS(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("events: the nats transport needs NATS (nats.url, NATS_SERVER): %w", err)
+	}
+	return &natsSender{nc: nc}, nil
+}
+
+func (s *natsSender) send(_ context.Context, subject string, env []byte) error {
+	return s.nc.Publish(subject, env)
+}
+
+func (s *natsSender) subscribers(string) (int, error) { return 0, errNoSubscriberCount }
+
+func (s *natsSender) flush(ctx context.Context) error {
+	if s.nc.IsClosed() {
+		return fmt.Errorf("%w: the NATS connection is closed", ErrConnectionClosed)
+	}
+	return flush(ctx, s.nc)
+}
+
+func (s *natsSender) shutdown(ctx context.Context) error {
+	if s.nc.IsClosed() {
+		return nil
+	}
+	return flush(ctx, s.nc)
+}
+
+// flush waits for the server to have what nc sent, bounded by ctx or, if
+// ctx has no deadline, by 10s.
+func flush(ctx context.Context, nc *nats.Conn) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
+	return nc.FlushWithContext(ctx)
+}
+
+// natsPendingMsgs bounds the NATS client's own buffer in front of a
+// subscription's: it only fills when the overflow policy is Block (or the
+// callback cannot keep up with decoding), and what it drops shows as lost.
+const (
+	natsPendingMsgs  = 65536
+	natsPendingBytes = 64 << 20
+)
+
+type natsSource struct {
+	c       *subCore
+	sub     *nats.Subscription
+	closed  <-chan nats.SubStatus
+	watcher chan struct{} // closed when the status watcher returns
+	ended   atomic.Bool   // the watcher saw the subscription end
+}
+
+func subscribeNATS(ctx context.Context, rt *loom.Runtime, c *subCore, o options) (*natsSource, error) {
+	nc, err := rt.NATS(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("events: the nats transport needs NATS (nats.url, NATS_SERVER): %w", err)
+	}
+	sub, err := nc.Subscribe(c.pattern, func(m *nats.Msg) { c.receive(m.Subject, m.Data) })
+	if err != nil {
+		return nil, fmt.Errorf("events: subscribe to %s: %w", c.pattern, err)
+	}
+	_ = sub.SetPendingLimits(max(natsPendingMsgs, o.bufferSize), natsPendingBytes)
+	if err := flush(ctx, nc); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("events: subscribe to %s: NATS server did not confirm: %w", c.pattern, err)
+	}
+	return &natsSource{c: c, sub: sub, closed: sub.StatusChanged(nats.SubscriptionClosed), watcher: make(chan struct{})}, nil
+}
+
+// start watches the subscription: one the client closes (the connection
+// gave up) ends the stream with an error instead of leaving the reader
+// waiting. It runs once the subscription is set up.
+func (s *natsSource) start() {
+	go func() {
+		defer close(s.watcher)
+		select {
+		case <-s.closed:
+			s.ended.Store(true)
+			s.c.close(fmt.Errorf("%w: NATS subscription to %s ended (connection closed)", ErrConnectionClosed, s.c.pattern))
+		case <-s.c.done:
+		}
+	}()
+}
+
+func (s *natsSource) close() error {
+	err := s.sub.Unsubscribe()
+	if err == nats.ErrConnectionClosed || err == nats.ErrBadSubscription {
+		err = nil
+	}
+	if !s.ended.Load() {
+		<-s.watcher
+	}
+	return err
+}

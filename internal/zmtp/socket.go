@@ -1,0 +1,634 @@
+package zmtp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of Options.
+const (
+	DefaultSendQueue        = 8192
+	DefaultHandshakeTimeout = 5 * time.Second
+)
+
+// Options configures a Socket.
+type Options struct {
+	// Type is the socket's own type: PUB, SUB, XPUB or XSUB.
+	Type SocketType
+	// SendQueue bounds the messages waiting to be written to each peer
+	// (plus the batch being written); a message for a peer whose queue is
+	// full is dropped for that peer and counted. Default DefaultSendQueue.
+	SendQueue int
+	// MaxMessage bounds one message read from a peer; a peer that sends
+	// more is disconnected. Default DefaultMaxMessage.
+	MaxMessage int
+	// HandshakeTimeout bounds the greeting and READY exchange. Default
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// OnMessage receives each message a peer sends (SUB and XSUB sockets),
+	// on that peer's reader goroutine. parts alias a buffer that is reused
+	// once OnMessage returns.
+	OnMessage func(p *Peer, parts [][]byte)
+	// OnSubscribe reports that a peer subscribed to prefix (on) or
+	// cancelled its last subscription to it (PUB and XPUB sockets). When a
+	// peer goes away it is called with on false for each prefix it held.
+	OnSubscribe func(p *Peer, prefix []byte, on bool)
+	// OnPeer reports a peer connecting (up) and going away.
+	OnPeer func(p *Peer, up bool)
+	// Logger receives connection failures at debug level; nil discards.
+	Logger *slog.Logger
+}
+
+// Socket is a ZeroMQ socket of one pub/sub type: it listens, dials, or
+// both, and keeps one Peer per connection. Every goroutine it starts ends
+// by Close.
+type Socket struct {
+	opts   Options
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	closed    bool
+	peers     map[*Peer]struct{}
+	listeners []net.Listener
+	subs      map[string]int // SUB, XSUB: our subscriptions, counted
+
+	snapshot atomic.Pointer[[]*Peer]
+	dropped  atomic.Uint64
+}
+
+// NewSocket returns a socket of opts.Type.
+func NewSocket(opts Options) *Socket {
+	if opts.SendQueue <= 0 {
+		opts.SendQueue = DefaultSendQueue
+	}
+	if opts.MaxMessage <= 0 {
+		opts.MaxMessage = DefaultMaxMessage
+	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Socket{opts: opts, ctx: ctx, cancel: cancel, peers: make(map[*Peer]struct{}), subs: make(map[string]int)}
+	s.snapshot.Store(&[]*Peer{})
+	return s
+}
+
+// ErrClosed reports a call on a closed socket.
+var ErrClosed = errors.New("zmtp: socket closed")
+
+// SplitEndpoint turns a ZeroMQ endpoint "tcp://host:port" (or a bare
+// host:port) into the host:port to dial or listen on. Only tcp is
+// supported.
+func SplitEndpoint(ep string) (string, error) {
+	addr := ep
+	if scheme, rest, ok := strings.Cut(ep, "://"); ok {
+		if scheme != "tcp" {
+			return "", fmt.Errorf("zmtp: endpoint %q: only tcp:// is supported", ep)
+		}
+		addr = rest
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return "", fmt.Errorf("zmtp: endpoint %q: want tcp://host:port: %w", ep, err)
+	}
+	return addr, nil
+}
+
+// Listen accepts peers on the endpoint ("tcp://host:port"; port 0 picks a
+// free one) and returns the address it listens on.
+func (s *Socket) Listen(ep string) (net.Addr, error) {
+	addr, err := SplitEndpoint(ep)
+	if err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("zmtp: listen on %s: %w", ep, err)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return nil, ErrClosed
+	}
+	s.listeners = append(s.listeners, l)
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go s.accept(l)
+	return l.Addr(), nil
+}
+
+func (s *Socket) accept(l net.Listener) {
+	defer s.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// A transient failure (out of file descriptors): pause.
+			s.opts.Logger.Debug("zmtp: accept failed", "addr", l.Addr().String(), "err", err)
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		if !s.goTracked(func() { _ = s.serve(c) }) {
+			c.Close()
+			return
+		}
+	}
+}
+
+// goTracked starts fn as a goroutine the socket waits for, unless closed.
+func (s *Socket) goTracked(fn func()) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// Link is a connection the socket dials and keeps: after a failure it
+// dials again with a backoff until closed.
+type Link struct {
+	s      *Socket
+	ep     string
+	cancel context.CancelFunc
+	done   chan struct{}
+	up     atomic.Bool
+}
+
+// Endpoint returns the endpoint the link dials.
+func (l *Link) Endpoint() string { return l.ep }
+
+// Connected reports whether the link has a live peer now.
+func (l *Link) Connected() bool { return l.up.Load() }
+
+// Close stops the link, closing its connection, and waits for it.
+func (l *Link) Close() {
+	l.cancel()
+	<-l.done
+}
+
+// Dial keeps a connection to the endpoint ("tcp://host:port"), dialing
+// again after each failure with a jittered backoff from 20ms to 2s.
+func (s *Socket) Dial(ep string) (*Link, error) {
+	addr, err := SplitEndpoint(ep)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	l := &Link{s: s, ep: ep, cancel: cancel, done: make(chan struct{})}
+	if !s.goTracked(func() { defer close(l.done); l.run(ctx, addr) }) {
+		cancel()
+		return nil, ErrClosed
+	}
+	return l, nil
+}
+
+func (l *Link) run(ctx context.Context, addr string) {
+	backoff := 20 * time.Millisecond
+	for ctx.Err() == nil {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			stop := context.AfterFunc(ctx, func() { c.Close() })
+			start := time.Now()
+			err = l.s.serveWith(c, &l.up)
+			stop()
+			if time.Since(start) > 5*time.Second {
+				backoff = 20 * time.Millisecond
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		l.s.opts.Logger.Debug("zmtp: connection failed; dialing again", "endpoint", l.ep, "err", err, "after", backoff)
+		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// Peer is one connection of a socket.
+type Peer struct {
+	s      *Socket
+	conn   net.Conn
+	typ    SocketType
+	remote string
+
+	mu      sync.Mutex
+	q       [][]byte
+	spare   [][]byte
+	writing bool
+	closed  bool
+	wake    chan struct{}
+
+	subs     map[string]int           // PUB, XPUB: the peer's subscriptions (reader only)
+	prefixes atomic.Pointer[[][]byte] // their snapshot, for Send
+	dropped  atomic.Uint64
+}
+
+// Type returns the peer's socket type.
+func (p *Peer) Type() SocketType { return p.typ }
+
+// RemoteAddr returns the peer's address.
+func (p *Peer) RemoteAddr() string { return p.remote }
+
+// Dropped returns how many messages for this peer were dropped because its
+// queue was full.
+func (p *Peer) Dropped() uint64 { return p.dropped.Load() }
+
+// Close disconnects the peer.
+func (p *Peer) Close() { p.conn.Close() }
+
+// serve runs an accepted connection; closing the socket closes it, even
+// mid-handshake.
+func (s *Socket) serve(c net.Conn) error {
+	stop := context.AfterFunc(s.ctx, func() { c.Close() })
+	defer stop()
+	return s.serveWith(c, nil)
+}
+
+// serveWith runs one connection: handshake, then a writer goroutine and the
+// reader loop here, until either fails or the socket closes.
+func (s *Socket) serveWith(c net.Conn, up *atomic.Bool) error {
+	defer c.Close()
+	peerType, r, err := Handshake(c, s.opts.Type, s.opts.MaxMessage, s.opts.HandshakeTimeout)
+	if err != nil {
+		s.opts.Logger.Debug("zmtp: handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+		return err
+	}
+	p := &Peer{s: s, conn: c, typ: peerType, remote: c.RemoteAddr().String(), wake: make(chan struct{}, 1), subs: make(map[string]int)}
+	p.prefixes.Store(&[][]byte{})
+	if !s.addPeer(p) {
+		return ErrClosed
+	}
+	if up != nil {
+		up.Store(true)
+		defer up.Store(false)
+	}
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		p.writeLoop()
+	}()
+	if s.opts.OnPeer != nil {
+		s.opts.OnPeer(p, true)
+	}
+	err = p.readLoop(r)
+	c.Close()
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.signal()
+	<-writerDone
+	s.removePeer(p)
+	if s.opts.OnSubscribe != nil {
+		for prefix := range p.subs {
+			s.opts.OnSubscribe(p, []byte(prefix), false)
+		}
+	}
+	if s.opts.OnPeer != nil {
+		s.opts.OnPeer(p, false)
+	}
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && s.ctx.Err() == nil {
+		s.opts.Logger.Debug("zmtp: peer disconnected", "remote", p.remote, "err", err)
+	}
+	return err
+}
+
+// addPeer registers p; a subscribing socket queues its subscriptions to it
+// first, under the same lock as Subscribe, so none is missed or doubled.
+func (s *Socket) addPeer(p *Peer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if !s.opts.Type.publishes() {
+		for prefix := range s.subs {
+			p.push(AppendSubscription(nil, []byte(prefix), true), true)
+		}
+	}
+	s.peers[p] = struct{}{}
+	s.storeSnapshot()
+	return true
+}
+
+func (s *Socket) removePeer(p *Peer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.peers, p)
+	s.storeSnapshot()
+}
+
+func (s *Socket) storeSnapshot() {
+	ps := make([]*Peer, 0, len(s.peers))
+	for p := range s.peers {
+		ps = append(ps, p)
+	}
+	s.snapshot.Store(&ps)
+}
+
+func (p *Peer) readLoop(r *Reader) error {
+	for {
+		parts, cmd, err := r.Next()
+		if err != nil {
+			return err
+		}
+		if cmd {
+			if err := p.command(parts[0]); err != nil {
+				return err
+			}
+			continue
+		}
+		if p.s.opts.Type.publishes() {
+			// From a subscriber: a subscription, or a message PUB
+			// sockets ignore.
+			if len(parts) == 1 && len(parts[0]) > 0 && parts[0][0] <= 1 {
+				p.subscription(parts[0][1:], parts[0][0] == 1)
+			}
+			continue
+		}
+		if p.s.opts.OnMessage != nil {
+			p.s.opts.OnMessage(p, parts)
+		}
+	}
+}
+
+func (p *Peer) command(body []byte) error {
+	c, err := ParseCommand(body)
+	if err != nil {
+		return err
+	}
+	switch c.Name {
+	case "SUBSCRIBE", "CANCEL":
+		if p.s.opts.Type.publishes() {
+			p.subscription(c.Data, c.Name == "SUBSCRIBE")
+		}
+	case "PING":
+		// PING: TTL (2 bytes), then up to 16 bytes of context to echo.
+		if len(c.Data) >= 2 {
+			ctx := c.Data[2:]
+			if len(ctx) > 16 {
+				return protoErr("PING context of %d bytes (at most 16)", len(ctx))
+			}
+			body := append([]byte{4}, "PONG"...)
+			p.push(appendFrame(nil, flagCommand, append(body, ctx...)), true)
+		}
+	case "ERROR":
+		return protoErr("peer sent ERROR")
+	}
+	return nil
+}
+
+// maxSubscriptions bounds the distinct prefixes one peer may hold.
+const maxSubscriptions = 4096
+
+// subscription applies a peer's subscribe or cancel, counted per prefix as
+// libzmq does.
+func (p *Peer) subscription(prefix []byte, on bool) {
+	key := string(prefix)
+	n := p.subs[key]
+	switch {
+	case on && n == 0 && len(p.subs) >= maxSubscriptions:
+		p.s.opts.Logger.Debug("zmtp: peer exceeds the subscription limit; ignoring", "remote", p.remote, "limit", maxSubscriptions)
+		return
+	case on:
+		p.subs[key] = n + 1
+		if n > 0 {
+			return
+		}
+	case n == 0:
+		return
+	case n > 1:
+		p.subs[key] = n - 1
+		return
+	default:
+		delete(p.subs, key)
+	}
+	ps := make([][]byte, 0, len(p.subs))
+	for k := range p.subs {
+		ps = append(ps, []byte(k))
+	}
+	p.prefixes.Store(&ps)
+	if p.s.opts.OnSubscribe != nil {
+		p.s.opts.OnSubscribe(p, prefix, on)
+	}
+}
+
+// Subscribed reports whether the peer subscribed to a prefix of topic.
+func (p *Peer) Subscribed(topic []byte) bool {
+	for _, prefix := range *p.prefixes.Load() {
+		if len(prefix) <= len(topic) && string(topic[:len(prefix)]) == string(prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// push queues a wire message; control messages ignore the queue's limit.
+// It reports false if the message was dropped.
+func (p *Peer) push(wire []byte, control bool) bool {
+	p.mu.Lock()
+	if p.closed || (!control && len(p.q) >= p.s.opts.SendQueue) {
+		closed := p.closed
+		p.mu.Unlock()
+		if !closed {
+			p.dropped.Add(1)
+			p.s.dropped.Add(1)
+		}
+		return false
+	}
+	p.q = append(p.q, wire)
+	first := len(p.q) == 1
+	p.mu.Unlock()
+	if first {
+		p.signal()
+	}
+	return true
+}
+
+func (p *Peer) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (p *Peer) writeLoop() {
+	for {
+		p.mu.Lock()
+		for len(p.q) == 0 && !p.closed {
+			p.mu.Unlock()
+			<-p.wake
+			p.mu.Lock()
+		}
+		if p.closed {
+			p.mu.Unlock()
+			return
+		}
+		batch := p.q
+		p.q = p.spare[:0]
+		p.writing = true
+		p.mu.Unlock()
+
+		bufs := net.Buffers(batch)
+		_, err := bufs.WriteTo(p.conn)
+		clear(batch)
+		p.mu.Lock()
+		p.spare = batch[:0]
+		p.writing = false
+		p.mu.Unlock()
+		if err != nil {
+			p.conn.Close() // the reader sees it and cleans up
+			return
+		}
+	}
+}
+
+// idle reports whether nothing waits to be written to p.
+func (p *Peer) idle() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed || (len(p.q) == 0 && !p.writing)
+}
+
+// Send queues a message (its whole wire form, from AppendMessage) to every
+// peer subscribed to a prefix of topic, and returns to how many it was
+// queued and for how many it was dropped because their queue was full.
+// Only PUB and XPUB sockets send messages.
+func (s *Socket) Send(topic, wire []byte) (queued, dropped int) {
+	for _, p := range *s.snapshot.Load() {
+		if !p.Subscribed(topic) {
+			continue
+		}
+		if p.push(wire, false) {
+			queued++
+		} else {
+			dropped++
+		}
+	}
+	return queued, dropped
+}
+
+// Subscribe adds a subscription to prefix (SUB and XSUB sockets): it is
+// sent to every peer now and to every peer that connects later. A
+// subscription made n times needs n Unsubscribe calls.
+func (s *Socket) Subscribe(prefix []byte) { s.setSubscription(prefix, true) }
+
+// Unsubscribe cancels one Subscribe of prefix.
+func (s *Socket) Unsubscribe(prefix []byte) { s.setSubscription(prefix, false) }
+
+func (s *Socket) setSubscription(prefix []byte, on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	key := string(prefix)
+	n := s.subs[key]
+	switch {
+	case on:
+		s.subs[key] = n + 1
+		if n > 0 {
+			return
+		}
+	case n == 0:
+		return
+	case n > 1:
+		s.subs[key] = n - 1
+		return
+	default:
+		delete(s.subs, key)
+	}
+	wire := AppendSubscription(nil, prefix, on)
+	for p := range s.peers {
+		p.push(wire, true)
+	}
+}
+
+// Peers returns the connected peers.
+func (s *Socket) Peers() []*Peer { return *s.snapshot.Load() }
+
+// Subscribers returns how many peers are subscribed to a prefix of topic.
+func (s *Socket) Subscribers(topic []byte) int {
+	n := 0
+	for _, p := range *s.snapshot.Load() {
+		if p.Subscribed(topic) {
+			n++
+		}
+	}
+	return n
+}
+
+// Dropped returns how many messages were dropped for full peer queues.
+func (s *Socket) Dropped() uint64 { return s.dropped.Load() }
+
+// Drain waits until every peer's queue is written or ctx ends.
+func (s *Socket) Drain(ctx context.Context) error {
+	for {
+		idle := true
+		for _, p := range *s.snapshot.Load() {
+			if !p.idle() {
+				idle = false
+				break
+			}
+		}
+		if idle {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops listening and dialing, disconnects every peer (what is
+// still queued is dropped; Drain first to avoid that), and waits for every
+// goroutine of the socket.
+func (s *Socket) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cancel()
+	for _, l := range s.listeners {
+		l.Close()
+	}
+	for p := range s.peers {
+		p.conn.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}

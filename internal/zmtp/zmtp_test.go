@@ -1,0 +1,257 @@
+package zmtp
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestReaderReadsMessagesAndCommands(t *testing.T) {
+	var wire []byte
+	wire = AppendMessage(wire, []byte("topic"), bytes.Repeat([]byte{'x'}, 300))
+	wire = AppendSubscription(wire, []byte("pre"), true)
+	wire = AppendReady(wire, PUB)
+	r := NewReader(bytes.NewReader(wire), 1024)
+	parts, cmd, err := r.Next()
+	if err != nil || cmd || len(parts) != 2 || string(parts[0]) != "topic" || len(parts[1]) != 300 {
+		t.Fatalf("message: %q %v %v", parts, cmd, err)
+	}
+	parts, cmd, err = r.Next()
+	if err != nil || cmd || len(parts) != 1 || string(parts[0]) != "\x01pre" {
+		t.Fatalf("subscription: %q %v %v", parts, cmd, err)
+	}
+	parts, cmd, err = r.Next()
+	if err != nil || !cmd {
+		t.Fatalf("command: %v %v", cmd, err)
+	}
+	if typ, err := ParseReady(parts[0]); err != nil || typ != PUB {
+		t.Fatalf("READY: %v %v", typ, err)
+	}
+	if _, _, err := r.Next(); err != io.EOF {
+		t.Fatalf("at the end: %v", err)
+	}
+}
+
+func TestReaderRefusesHostileFrames(t *testing.T) {
+	for name, data := range map[string][]byte{
+		"long frame claiming 2^63 bytes": {flagLong, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff},
+		"message over the limit":         AppendMessage(nil, make([]byte, 2000)),
+		"parts over the limit together":  AppendMessage(nil, make([]byte, 600), make([]byte, 600)),
+		"reserved flag bits":             {0x80, 0},
+		"command inside a message":       {flagMore, 1, 'a', flagCommand, 1, 'b'},
+		"huge command":                   {flagCommand | flagLong, 0, 0, 0, 0, 0, 2, 0, 0},
+		"too many frames":                bytes.Repeat([]byte{flagMore, 0}, MaxFrames+1),
+	} {
+		_, _, err := NewReader(bytes.NewReader(data), 1024).Next()
+		if !errors.Is(err, ErrProtocol) && !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%s: %v, want ErrProtocol or ErrTooLarge", name, err)
+		}
+	}
+	if _, _, err := NewReader(bytes.NewReader([]byte{flagMore, 1, 'a'}), 1024).Next(); err != io.ErrUnexpectedEOF {
+		t.Errorf("cut message: %v, want io.ErrUnexpectedEOF", err)
+	}
+}
+
+func FuzzReader(f *testing.F) {
+	f.Add(AppendMessage(nil, []byte("a"), []byte("b")))
+	f.Add(AppendReady(nil, SUB))
+	f.Add([]byte{flagLong, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	f.Add(append([]byte{flagCommand, 10, 4}, "PING\x00\x10ab"...))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := NewReader(bytes.NewReader(data), 4096)
+		for range 100 {
+			parts, cmd, err := r.Next()
+			if err != nil {
+				return
+			}
+			total := 0
+			for _, p := range parts {
+				total += len(p)
+			}
+			if total > 4096 && !cmd {
+				t.Fatalf("message of %d bytes over the limit", total)
+			}
+			if cmd {
+				if c, err := ParseCommand(parts[0]); err == nil && c.Name == "READY" {
+					_, _ = ParseReady(parts[0])
+				}
+			}
+		}
+	})
+}
+
+func FuzzHandshake(f *testing.F) {
+	f.Add(append(greeting[:], AppendReady(nil, PUB)...))
+	f.Add(append(greeting[:], AppendReady(nil, XSUB)...))
+	f.Add(greeting[:10])
+	f.Fuzz(func(t *testing.T, peer []byte) {
+		a, b := net.Pipe()
+		defer a.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			defer b.Close()
+			_, _ = b.Write(peer)
+			_, _ = io.Copy(io.Discard, b)
+		}()
+		typ, _, err := Handshake(a, SUB, 1024, 200*time.Millisecond)
+		if err == nil && typ != PUB && typ != XPUB {
+			t.Fatalf("a SUB accepted a %q peer", typ)
+		}
+		a.Close()
+		<-done
+	})
+}
+
+func TestHandshakeRefusesIncompatibleAndForeignPeers(t *testing.T) {
+	for name, c := range map[string]struct {
+		peer []byte
+		want string
+	}{
+		"two SUBs":        {append(greeting[:], AppendReady(nil, SUB)...), "cannot talk"},
+		"HTTP":            {[]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n" + string(make([]byte, 64))), "signature"},
+		"ZMTP 2":          {func() []byte { g := greeting; g[10] = 2; return g[:] }(), "ZMTP 2"},
+		"CURVE":           {func() []byte { g := greeting; copy(g[12:32], "CURVE\x00\x00\x00"); return g[:] }(), "CURVE"},
+		"message first":   {append(greeting[:], AppendMessage(nil, []byte("x"))...), "before READY"},
+		"no Socket-Type":  {append(greeting[:], appendFrame(nil, flagCommand, []byte("\x05READY"))...), "Socket-Type"},
+		"ERROR":           {append(greeting[:], appendFrame(nil, flagCommand, []byte("\x05ERROR\x03bad"))...), "bad"},
+		"truncated READY": {append(greeting[:], appendFrame(nil, flagCommand, []byte("\x05READY\x0bSocket-Type\x00\x00\x00\x09PUB"))...), "claims"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			a, b := net.Pipe()
+			go func() {
+				_, _ = b.Write(c.peer)
+				_, _ = io.Copy(io.Discard, b)
+			}()
+			_, _, err := Handshake(a, SUB, 1024, time.Second)
+			a.Close()
+			b.Close()
+			if err == nil || !bytes.Contains([]byte(err.Error()), []byte(c.want)) {
+				t.Fatalf("got %v, want an error mentioning %q", err, c.want)
+			}
+		})
+	}
+}
+
+// pubSub is a PUB socket listening and a SUB socket dialing it.
+func pubSub(t *testing.T, pubOpts Options, onMsg func(parts [][]byte)) (*Socket, *Socket) {
+	t.Helper()
+	pubOpts.Type = PUB
+	pub := NewSocket(pubOpts)
+	addr, err := pub.Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := NewSocket(Options{Type: SUB, OnMessage: func(_ *Peer, parts [][]byte) {
+		cp := make([][]byte, len(parts))
+		for i, p := range parts {
+			cp[i] = bytes.Clone(p)
+		}
+		onMsg(cp)
+	}})
+	t.Cleanup(func() { sub.Close(); pub.Close() })
+	if _, err := sub.Dial("tcp://" + addr.String()); err != nil {
+		t.Fatal(err)
+	}
+	return pub, sub
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestPubSubDeliversByPrefixInOrder(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	pub, sub := pubSub(t, Options{}, func(parts [][]byte) {
+		mu.Lock()
+		got = append(got, string(parts[0])+"="+string(parts[1]))
+		mu.Unlock()
+	})
+	sub.Subscribe([]byte("a."))
+	waitFor(t, "the subscription", func() bool { return pub.Subscribers([]byte("a.x")) == 1 })
+	for i := range 1000 {
+		for _, topic := range []string{"a.x", "b.x"} {
+			pub.Send([]byte(topic), AppendMessage(nil, []byte(topic), []byte(fmt.Sprint(i))))
+		}
+	}
+	waitFor(t, "1000 messages", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 1000 })
+	mu.Lock()
+	defer mu.Unlock()
+	for i, g := range got {
+		if g != fmt.Sprintf("a.x=%d", i) {
+			t.Fatalf("message %d is %q", i, g)
+		}
+	}
+	sub.Unsubscribe([]byte("a."))
+	waitFor(t, "the cancellation", func() bool { return pub.Subscribers([]byte("a.x")) == 0 })
+}
+
+func TestSlowSubscriberQueueIsBoundedAndCounted(t *testing.T) {
+	release := make(chan struct{})
+	var n int
+	pub, sub := pubSub(t, Options{SendQueue: 16}, func([][]byte) {
+		<-release
+		n++
+	})
+	sub.Subscribe(nil)
+	waitFor(t, "the subscription", func() bool { return pub.Subscribers([]byte("t")) == 1 })
+	msg := AppendMessage(nil, []byte("t"), make([]byte, 64<<10))
+	sent := 0
+	for pub.Dropped() == 0 {
+		if q, _ := pub.Send([]byte("t"), msg); q == 1 {
+			sent++
+		}
+		if sent > 1<<16 {
+			t.Fatal("a subscriber that does not read never made the publisher drop")
+		}
+	}
+	close(release)
+	t.Logf("queued %d 64 KiB messages before the first drop", sent)
+}
+
+func TestCloseEndsEveryGoroutineWithPeersConnected(t *testing.T) {
+	pub, sub := pubSub(t, Options{}, func([][]byte) {})
+	sub.Subscribe(nil)
+	waitFor(t, "the subscription", func() bool { return pub.Subscribers(nil) == 1 })
+	pub.Close()
+	sub.Close()
+	if err := pub.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCloseDoesNotWaitForAPeerStuckInTheHandshake(t *testing.T) {
+	s := NewSocket(Options{Type: PUB})
+	addr, err := s.Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr.String()) // says nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(20 * time.Millisecond)
+	start := time.Now()
+	s.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Close took %v with a silent peer", d)
+	}
+}
