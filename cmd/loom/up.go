@@ -26,6 +26,7 @@ type upOptions struct {
 	etcdPeer    int
 	discovery   string
 	verbose     bool
+	zmqBroker   string // "pubport,subport", or "" for none (upbroker.go)
 }
 
 func newUp() *cobra.Command {
@@ -57,6 +58,8 @@ Ctrl-C stops the servers cleanly; their data stays in --data-dir.`,
 	f.IntVar(&o.etcdPeer, "etcd-peer-port", o.etcdPeer, "etcd peer port")
 	f.StringVar(&o.discovery, "discovery", o.discovery, "etcd, or natskv for NATS alone")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log the servers' own lines")
+	f.StringVar(&o.zmqBroker, "zmq-broker", "", "also run a ZeroMQ event broker on these ports (publishers,subscribers); alone, 5557,5558")
+	f.Lookup("zmq-broker").NoOptDefVal = defaultZMQBrokerPorts
 	return cmd
 }
 
@@ -88,6 +91,14 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 		}
 		defer es.Close()
 		env = append(env, [2]string{"ETCD_ENDPOINTS", es.ClientURL()})
+	}
+	if o.zmqBroker != "" {
+		benv, stopBroker, err := startZMQBroker(o.host, o.zmqBroker, log)
+		if err != nil {
+			return err
+		}
+		defer stopBroker()
+		env = append(env, benv...)
 	}
 	for _, kv := range env {
 		fmt.Fprintf(out, "%s=%s\n", kv[0], kv[1])

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/events"
+)
+
+type pubOptions struct {
+	count       int
+	interval    time.Duration
+	codec       string
+	transport   string
+	subscribers int
+	timeout     time.Duration
+}
+
+func newPub() *cobra.Command {
+	o := pubOptions{count: 1, timeout: 10 * time.Second}
+	cmd := &cobra.Command{
+		Use:   "pub namespace[/component[/endpoint]] topic ['<json event>' | -]",
+		Short: "Publish events on the event plane",
+		Long: `Publish an event on topic in a scope (a namespace, a component or an
+endpoint), on the transport events.transport names (see loom config). The
+event is JSON, encoded with events.codec; with - or no event, each line of
+standard input is one event. Each published event is printed with its
+subject, publisher id and sequence number.
+
+A ZeroMQ publisher only reaches subscribers already connected to it: use
+--wait-subscribers to wait for them first.`,
+		Example: `  loom pub dynamo/backend kv_events '{"stored": [1, 2, 3]}'
+  loom pub dynamo load_metrics '{"active": 3}' --count 10 --interval 100ms
+  tail -f metrics.jsonl | loom pub dynamo/backend load_metrics -`,
+		Args: cobra.RangeArgs(2, 3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			scope, err := events.ParseScope(args[0])
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			var in io.Reader
+			var event any
+			if len(args) == 3 && args[2] != "-" {
+				if event, err = parseJSONArg(args[2]); err != nil {
+					return fmt.Errorf("event: %w", err)
+				}
+			} else {
+				in = cmd.InOrStdin()
+			}
+			return publish(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), scope, args[1], event, in, o)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.count, "count", o.count, "publish the event this many times")
+	f.DurationVar(&o.interval, "interval", 0, "pause between events")
+	f.StringVar(&o.codec, "codec", "", "msgpack or json (default events.codec)")
+	f.StringVar(&o.transport, "transport", "", "nats, zmq or jetstream (default events.transport)")
+	f.IntVar(&o.subscribers, "wait-subscribers", 0, "ZeroMQ: wait until this many subscribers are connected")
+	f.DurationVar(&o.timeout, "timeout", o.timeout, "give up waiting for subscribers, or for the events to leave, after this long")
+	return cmd
+}
+
+func publish(ctx context.Context, out, errOut io.Writer, scope events.Scope, topic string, event any, in io.Reader, o pubOptions) error {
+	rt, err := loom.NewRuntime(ctx)
+	if err != nil {
+		return err
+	}
+	defer rt.Shutdown(context.Background())
+	var opts []events.Option
+	if o.codec != "" {
+		opts = append(opts, events.WithCodec(o.codec))
+	}
+	if o.transport != "" {
+		opts = append(opts, events.WithTransport(o.transport))
+	}
+	p, err := events.NewPublisher[any](ctx, rt, scope, topic, opts...)
+	if err != nil {
+		return err
+	}
+	defer p.Shutdown(context.Background())
+	warnLocalDiscovery(errOut, "loom pub", rt, p.Transport())
+	if o.subscribers > 0 {
+		wctx, cancel := context.WithTimeout(ctx, o.timeout)
+		err := p.WaitForSubscribers(wctx, o.subscribers)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("waiting for %d subscribers (--wait-subscribers): %w", o.subscribers, err)
+		}
+	}
+	seq, unheard := uint64(0), 0
+	send := func(v any) error {
+		if n, err := p.Subscribers(); err == nil && n == 0 {
+			unheard++
+		}
+		if err := p.Publish(ctx, v); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "published %s publisher=%x sequence=%d\n", p.Subject(), p.ID(), seq)
+		seq++
+		return nil
+	}
+	if in == nil {
+		for i := range o.count {
+			if i > 0 && o.interval > 0 {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(o.interval):
+				}
+			}
+			if err := send(event); err != nil {
+				return err
+			}
+		}
+	} else {
+		s := bufio.NewScanner(in)
+		s.Buffer(make([]byte, 64<<10), rt.Config().Events.MaxEventSize)
+		for line := 1; s.Scan(); line++ {
+			text := strings.TrimSpace(s.Text())
+			if text == "" {
+				continue
+			}
+			v, err := parseJSONArg(text)
+			if err != nil {
+				return fmt.Errorf("standard input line %d: %w", line, err)
+			}
+			if err := send(v); err != nil {
+				return err
+			}
+			if o.interval > 0 {
+				time.Sleep(o.interval)
+			}
+		}
+		if err := s.Err(); err != nil {
+			return fmt.Errorf("reading standard input: %w", err)
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.timeout)
+	defer cancel()
+	if err := p.Flush(sctx); err != nil {
+		return err
+	}
+	if unheard > 0 {
+		fmt.Fprintf(errOut, "loom pub: %d of %d events went out while no subscriber was connected: they reached no one (ZeroMQ delivers only to connected subscribers; see --wait-subscribers)\n", unheard, seq)
+	}
+	return nil
+}

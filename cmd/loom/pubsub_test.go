@@ -1,0 +1,192 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom/embedded"
+)
+
+// loomProc is a loom binary running in the background, its output kept.
+type loomProc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	stdout []string
+	stderr []string
+	done   chan struct{}
+}
+
+func startLoom(t *testing.T, env []string, args ...string) *loomProc {
+	t.Helper()
+	p := &loomProc{t: t, cmd: exec.Command(loomBin, args...), done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), env...)
+	out, _ := p.cmd.StdoutPipe()
+	errOut, _ := p.cmd.StderrPipe()
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for _, s := range []struct {
+		r    *bufio.Scanner
+		into *[]string
+	}{{bufio.NewScanner(out), &p.stdout}, {bufio.NewScanner(errOut), &p.stderr}} {
+		wg.Go(func() {
+			for s.r.Scan() {
+				p.mu.Lock()
+				*s.into = append(*s.into, s.r.Text())
+				p.mu.Unlock()
+			}
+		})
+	}
+	go func() {
+		wg.Wait()
+		_ = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+func (p *loomProc) lines() (stdout, stderr []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.stdout...), append([]string(nil), p.stderr...)
+}
+
+// waitStderr waits for a line of standard error matching re.
+func (p *loomProc) waitStderr(re string) []string {
+	p.t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.After(30 * time.Second)
+	for {
+		_, errs := p.lines()
+		for _, l := range errs {
+			if m := rx.FindStringSubmatch(l); m != nil {
+				return m
+			}
+		}
+		select {
+		case <-p.done:
+			out, errs := p.lines()
+			p.t.Fatalf("%v exited before printing %q\nstdout: %q\nstderr: %q", p.cmd.Args, re, out, errs)
+		case <-deadline:
+			out, errs := p.lines()
+			p.t.Fatalf("%v did not print %q within 30s\nstdout: %q\nstderr: %q", p.cmd.Args, re, out, errs)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// exit waits for the process and fails unless it exits 0.
+func (p *loomProc) exit() {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		out, errs := p.lines()
+		p.t.Fatalf("%v still running after 30s\nstdout: %q\nstderr: %q", p.cmd.Args, out, errs)
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		out, errs := p.lines()
+		p.t.Fatalf("%v exited %d\nstdout: %q\nstderr: %q", p.cmd.Args, code, out, errs)
+	}
+}
+
+func runLoom(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(loomBin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("loom %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestLoomSubShowsWhatLoomPubSends runs `loom sub` and `loom pub` as
+// separate processes on one nats-server, on each transport.
+func TestLoomSubShowsWhatLoomPubSends(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	base := []string{"NATS_SERVER=" + ns.ClientURL(), "LOOM_DISCOVERY=natskv", "LOOM_LOG_LEVEL=warn"}
+	for _, tr := range []string{"nats", "zmq", "jetstream"} {
+		t.Run("over "+tr, func(t *testing.T) {
+			env := append(base, "LOOM_EVENTS_TRANSPORT="+tr)
+			sub := startLoom(t, env, "sub", "dyn.eu/*", "kv_events", "--count", "4")
+			sub.waitStderr(`subscribed to namespace\.dyn%2Eeu\.component\.\*\.kv_events over ` + tr)
+			wait := []string{}
+			if tr == "zmq" {
+				wait = []string{"--wait-subscribers", "1"}
+			}
+			runLoom(t, env, append([]string{"pub", "dyn.eu/backend", "kv_events", `{"stored": [1, 2], "worker": "a"}`}, wait...)...)
+			out := runLoom(t, env, append([]string{"pub", "dyn.eu/prefill", "kv_events", `{"removed": [3]}`, "--count", "3", "--codec", "json"}, wait...)...)
+			if strings.Count(out, "published namespace.dyn%2Eeu.component.prefill.kv_events") != 3 || !strings.Contains(out, "sequence=2") {
+				t.Fatalf("loom pub printed:\n%s", out)
+			}
+			sub.exit()
+			got, errs := sub.lines()
+			want := []*regexp.Regexp{
+				regexp.MustCompile(`^namespace\.dyn%2Eeu\.component\.backend\.kv_events publisher=[0-9a-f]+ sequence=0 {"stored":\[1,2\],"worker":"a"}$`),
+				regexp.MustCompile(`^namespace\.dyn%2Eeu\.component\.prefill\.kv_events publisher=[0-9a-f]+ sequence=0 {"removed":\[3\]}$`),
+				regexp.MustCompile(`^namespace\.dyn%2Eeu\.component\.prefill\.kv_events publisher=[0-9a-f]+ sequence=1 {"removed":\[3\]}$`),
+				regexp.MustCompile(`^namespace\.dyn%2Eeu\.component\.prefill\.kv_events publisher=[0-9a-f]+ sequence=2 {"removed":\[3\]}$`),
+			}
+			if len(got) != len(want) {
+				t.Fatalf("loom sub printed %d lines, want %d:\n%s\nstderr: %q", len(got), len(want), strings.Join(got, "\n"), errs)
+			}
+			for i, re := range want {
+				if !re.MatchString(got[i]) {
+					t.Errorf("line %d is %q, want %s", i, got[i], re)
+				}
+			}
+			if last := errs[len(errs)-1]; last != "loom sub: 4 events; lost 0, dropped 0, reordered 0, duplicates 0, malformed 0" {
+				t.Errorf("summary %q", last)
+			}
+		})
+	}
+	t.Run("replaying stored events", func(t *testing.T) {
+		env := append(base, "LOOM_EVENTS_TRANSPORT=jetstream")
+		out := runLoom(t, env, "sub", "dyn.eu/backend", "kv_events", "--all", "--count", "1", "--json")
+		if !strings.Contains(out, `"payload":{"stored":[1,2],"worker":"a"}`) || !strings.Contains(out, `"stream_sequence":1`) {
+			t.Fatalf("loom sub --all --json printed:\n%s", out)
+		}
+	})
+}
+
+// TestLoomUpRunsAZMQBroker starts `loom up --zmq-broker` and sends events
+// through it with the environment it prints.
+func TestLoomUpRunsAZMQBroker(t *testing.T) {
+	up := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--discovery", "natskv",
+		"--data-dir", t.TempDir(), "--zmq-broker=0,0")
+	up.waitStderr(`^loom up: serving`)
+	out, _ := up.lines()
+	env := append([]string{"LOOM_LOG_LEVEL=warn"}, out...)
+	for _, key := range []string{"LOOM_EVENTS_TRANSPORT=zmq", "LOOM_EVENTS_ZMQ_BROKER_PUB=tcp://127.0.0.1:", "LOOM_EVENTS_ZMQ_BROKER_SUB=tcp://127.0.0.1:"} {
+		if !strings.Contains(strings.Join(out, "\n"), key) {
+			t.Fatalf("loom up printed %q, lacking %s", out, key)
+		}
+	}
+	sub := startLoom(t, env, "sub", "dyn/*", "load_metrics", "--count", "2")
+	sub.waitStderr(`subscribed to .* over zmq`)
+	runLoom(t, env, "pub", "dyn/w1", "load_metrics", `{"active": 1}`, "--count", "2", "--wait-subscribers", "1")
+	sub.exit()
+	if got, _ := sub.lines(); len(got) != 2 || !strings.Contains(got[1], `sequence=1 {"active":1}`) {
+		t.Fatalf("loom sub through the broker printed %q", got)
+	}
+	_ = up.cmd.Process.Signal(syscall.SIGTERM)
+	up.exit()
+}

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/loomrt/loom/events"
+)
+
+// defaultZMQBrokerPorts are the ports of `loom up --zmq-broker` alone:
+// publishers connect to the first (the broker's XSUB side), subscribers
+// to the second (its XPUB side).
+const defaultZMQBrokerPorts = "5557,5558"
+
+// startZMQBroker runs an events.Broker on host at the ports spec names and
+// returns the environment lines that send components' events through it.
+func startZMQBroker(host, spec string, log *slog.Logger) ([][2]string, func(), error) {
+	pubPort, subPort, ok := strings.Cut(spec, ",")
+	pp, err1 := strconv.Atoi(strings.TrimSpace(pubPort))
+	sp, err2 := strconv.Atoi(strings.TrimSpace(subPort))
+	if !ok || err1 != nil || err2 != nil || pp < 0 || sp < 0 || pp > 65535 || sp > 65535 {
+		return nil, nil, fmt.Errorf("--zmq-broker %q: want two ports, publishers then subscribers, like %s", spec, defaultZMQBrokerPorts)
+	}
+	b, err := events.StartBroker(events.BrokerConfig{
+		PubEndpoint: "tcp://" + net.JoinHostPort(host, strconv.Itoa(pp)),
+		SubEndpoint: "tcp://" + net.JoinHostPort(host, strconv.Itoa(sp)),
+		Logger:      log,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (another loom up running? choose other ports with --zmq-broker=PUB,SUB)", err)
+	}
+	env := [][2]string{
+		{"LOOM_EVENTS_TRANSPORT", events.ZMQ},
+		{"LOOM_EVENTS_ZMQ_BROKER_PUB", b.PubEndpoint()},
+		{"LOOM_EVENTS_ZMQ_BROKER_SUB", b.SubEndpoint()},
+	}
+	return env, func() { _ = b.Close() }, nil
+}

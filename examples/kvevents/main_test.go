@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"maps"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/discovery/memory"
+	"github.com/loomrt/loom/embedded"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestRouterKeepsEachWorkersViewAndDropsAWorkerThatDies runs the seeds'
+// scenario on each transport: the router's view of every worker must be
+// exactly the blocks the worker holds and its last load, and a worker
+// whose process goes away must leave the view.
+func TestRouterKeepsEachWorkersViewAndDropsAWorkerThatDies(t *testing.T) {
+	for _, tr := range []string{"nats", "zmq", "jetstream"} {
+		t.Run("over "+tr, func(t *testing.T) {
+			ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: tr == "jetstream"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ns.Shutdown()
+			cfg := config.Default()
+			cfg.NATS.URL = ns.ClientURL()
+			cfg.Events.Transport = tr
+			cfg.Events.JetStream.Storage = "memory"
+			store := memory.NewStore()
+			quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+			ctx := t.Context()
+			newRT := func() (*loom.Runtime, func()) {
+				d := store.Connect()
+				rt, err := loom.NewRuntime(ctx, loom.WithConfig(cfg), loom.WithDiscovery(d), loom.WithLogger(quiet))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return rt, func() { _ = rt.Shutdown(context.Background()); _ = d.Close() }
+			}
+			routerRT, stopRouter := newRT()
+			defer stopRouter()
+			agg := NewAggregator()
+			actx, cancel := context.WithCancel(ctx)
+			aggErr := make(chan error, 1)
+			go func() { aggErr <- agg.Run(actx, routerRT) }()
+			defer func() {
+				cancel()
+				if err := <-aggErr; err != nil {
+					t.Error(err)
+				}
+			}()
+			<-agg.Ready()
+
+			var ws []runningWorker
+			var kills []func()
+			for range 3 {
+				rt, stop := newRT()
+				defer stop()
+				w, err := startWorker(ctx, rt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := waitSubscribers(ctx, w); err != nil {
+					t.Fatal(err)
+				}
+				ws = append(ws, runningWorker{rt: rt, w: w, done: make(chan error, 1)})
+				kills = append(kills, stop)
+			}
+			for _, r := range ws {
+				go func() { r.done <- r.w.run(ctx, 30, time.Millisecond) }()
+			}
+			for _, r := range ws {
+				if err := <-r.done; err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := agg.caughtUp(ctx, ws); err != nil {
+				t.Fatal(err)
+			}
+			views := agg.Workers()
+			if len(views) != 3 {
+				t.Fatalf("the router sees %d workers, want 3", len(views))
+			}
+			for _, r := range ws {
+				var v WorkerView
+				for _, x := range views {
+					if x.Instance == r.rt.ID() {
+						v = x
+					}
+				}
+				want := map[uint64]struct{}{}
+				for _, h := range r.w.blocks {
+					want[h] = struct{}{}
+				}
+				if !maps.Equal(v.Blocks, want) || v.Stale {
+					t.Fatalf("worker %x: the router holds %d blocks (stale %v), the worker %d", r.rt.ID(), len(v.Blocks), v.Stale, len(want))
+				}
+				if v.Load.ActiveBlocks != len(r.w.blocks) || v.Load.TotalBlocks != totalBlocks {
+					t.Fatalf("worker %x: load %+v", r.rt.ID(), v.Load)
+				}
+			}
+			// The middle worker's process goes away: its runtime and its
+			// discovery client close, as if it had died.
+			kills[1]()
+			deadline := time.Now().Add(10 * time.Second)
+			for len(agg.Workers()) != 2 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the router still sees %d workers after one died", len(agg.Workers()))
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			for _, v := range agg.Workers() {
+				if v.Instance == ws[1].rt.ID() {
+					t.Fatal("the router kept the dead worker")
+				}
+			}
+		})
+	}
+}
+
+// TestOneProcessScenarioRunsAsTheREADMESays is `go run ./examples/kvevents`
+// without the compile: embedded nats-server, three workers, one stops.
+func TestOneProcessScenarioRunsAsTheREADMESays(t *testing.T) {
+	t.Setenv("NATS_SERVER", "")
+	t.Setenv("LOOM_NATS_URL", "")
+	var out bytes.Buffer
+	if err := runAll(t.Context(), &out, scenario{workers: 3, rounds: 20, tick: time.Millisecond}); err != nil {
+		t.Fatalf("%v\n%s", err, &out)
+	}
+	s := out.String()
+	rows := regexp.MustCompile(`(?m)^[0-9a-f]+ +\d+ +\d+ +\d+/8 +\d+% +false$`).FindAllString(s, -1)
+	if !strings.Contains(s, "the router's view of 3 workers:") || !strings.Contains(s, "stopped; the router's view:") || len(rows) != 5 {
+		t.Fatalf("printed (%d worker rows, want 3 then 2):\n%s", len(rows), s)
+	}
+}
