@@ -2,6 +2,8 @@ package codec_test
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 
 	"github.com/vmihailenco/msgpack/v5"
 	"strings"
@@ -217,5 +219,43 @@ func TestStringAndBytesFastPathsMatchTheGeneralEncoder(t *testing.T) {
 	var s string
 	if err := codec.MsgPack.Unmarshal([]byte{0xa5, 'h'}, &s); err == nil {
 		t.Error("a truncated string decoded without error")
+	}
+}
+
+func TestJSONValuesCrossToMessagePackAndBack(t *testing.T) {
+	v, err := codec.ParseJSON([]byte(`{"n": 3, "f": 1.5, "list": [1, {"x": 2}], "s": "hi"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := v.(map[string]any)
+	if _, ok := m["n"].(int64); !ok {
+		t.Errorf("a whole number became %T, want int64", m["n"])
+	}
+	if _, ok := m["f"].(float64); !ok {
+		t.Errorf("1.5 became %T, want float64", m["f"])
+	}
+	b, err := codec.MsgPack.Marshal(nil, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back any
+	if err := codec.MsgPack.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	out, err := json.Marshal(codec.JSONValue(back))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(out), `{"f":1.5,"list":[1,{"x":2}],"n":3,"s":"hi"}`; got != want {
+		t.Fatalf("round trip printed %s, want %s", got, want)
+	}
+	if _, err := codec.ParseJSON([]byte(`{} {}`)); err == nil {
+		t.Error("two values parsed")
+	}
+	if _, err := codec.ParseJSON([]byte(`{"a":`)); err == nil {
+		t.Error("broken JSON parsed")
+	}
+	if got := codec.JSONValue(map[any]any{1: []byte{0xff}}); fmt.Sprint(got) != "map[1:[255]]" {
+		t.Errorf("non-text bytes: %v", got)
 	}
 }

@@ -1,7 +1,6 @@
 package workqueue
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -161,56 +160,8 @@ func (m Message) JSON() (json.RawMessage, error) {
 		if err := c.Unmarshal(m.Data, &v); err != nil {
 			return nil, fmt.Errorf("workqueue: message %d does not decode with %s: %w", m.Seq, m.Codec, err)
 		}
-		return json.Marshal(jsonable(v))
+		return json.Marshal(codec.JSONValue(v))
 	}
-}
-
-// jsonable turns what msgpack decodes (maps with any keys) into what
-// encoding/json encodes.
-func jsonable(v any) any {
-	switch v := v.(type) {
-	case map[string]any:
-		for k, e := range v {
-			v[k] = jsonable(e)
-		}
-		return v
-	case map[any]any:
-		m := make(map[string]any, len(v))
-		for k, e := range v {
-			m[fmt.Sprint(k)] = jsonable(e)
-		}
-		return m
-	case []any:
-		for i, e := range v {
-			v[i] = jsonable(e)
-		}
-		return v
-	case []byte:
-		return string(v)
-	}
-	return v
-}
-
-// numbers turns JSON numbers into integers where they are whole, so that
-// they decode into the integer fields of typed jobs.
-func numbers(v any) any {
-	switch v := v.(type) {
-	case json.Number:
-		if i, err := v.Int64(); err == nil {
-			return i
-		}
-		f, _ := v.Float64()
-		return f
-	case map[string]any:
-		for k, e := range v {
-			v[k] = numbers(e)
-		}
-	case []any:
-		for i, e := range v {
-			v[i] = numbers(e)
-		}
-	}
-	return v
 }
 
 // read returns up to n messages of stream st on subject, from the first.
@@ -396,13 +347,11 @@ func (a *Admin) Add(ctx context.Context, name string, job json.RawMessage, key s
 		if err != nil {
 			return 0, fmt.Errorf("workqueue: queue %s: %w", name, err)
 		}
-		dec := json.NewDecoder(bytes.NewReader(job))
-		dec.UseNumber()
-		var v any
-		if err := dec.Decode(&v); err != nil {
-			return 0, fmt.Errorf("workqueue: the job for queue %s is not valid JSON: %w", name, err)
+		v, err := codec.ParseJSON(job)
+		if err != nil {
+			return 0, fmt.Errorf("workqueue: the job for queue %s: %w", name, err)
 		}
-		if data, err = c.Marshal(nil, numbers(v)); err != nil {
+		if data, err = c.Marshal(nil, v); err != nil {
 			return 0, fmt.Errorf("workqueue: encoding the job for queue %s: %w", name, err)
 		}
 	}

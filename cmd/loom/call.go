@@ -5,17 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"os/signal"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/codec"
 )
 
 func newCall() *cobra.Command {
@@ -106,7 +105,7 @@ func call(parent context.Context, out io.Writer, path string, req any, direct ui
 		if err != nil {
 			return err
 		}
-		if err := enc.Encode(jsonable(item)); err != nil {
+		if err := enc.Encode(codec.JSONValue(item)); err != nil {
 			return fmt.Errorf("print response: %w", err)
 		}
 	}
@@ -116,60 +115,9 @@ func call(parent context.Context, out io.Writer, path string, req any, direct ui
 // parseJSONArg decodes a request given on the command line, keeping whole
 // numbers whole so a handler's integer fields decode them.
 func parseJSONArg(s string) (any, error) {
-	dec := json.NewDecoder(strings.NewReader(s))
-	dec.UseNumber()
-	var v any
-	if err := dec.Decode(&v); err != nil {
-		return nil, fmt.Errorf("the request %q is not JSON: %v", s, err)
+	v, err := codec.ParseJSON([]byte(s))
+	if err != nil {
+		return nil, fmt.Errorf("the request %q: %w", s, err)
 	}
-	if dec.More() {
-		return nil, fmt.Errorf("the request %q has more than one JSON value", s)
-	}
-	return numbers(v), nil
-}
-
-func numbers(v any) any {
-	switch v := v.(type) {
-	case json.Number:
-		if i, err := v.Int64(); err == nil {
-			return i
-		}
-		f, _ := v.Float64()
-		return f
-	case map[string]any:
-		for k, e := range v {
-			v[k] = numbers(e)
-		}
-	case []any:
-		for i, e := range v {
-			v[i] = numbers(e)
-		}
-	}
-	return v
-}
-
-// jsonable turns what MessagePack decodes into something encoding/json
-// prints: maps with non-string keys get string keys, bytes stay base64.
-func jsonable(v any) any {
-	switch v := v.(type) {
-	case map[any]any:
-		m := make(map[string]any, len(v))
-		for k, e := range v {
-			m[fmt.Sprint(k)] = jsonable(e)
-		}
-		return m
-	case map[string]any:
-		for k, e := range v {
-			v[k] = jsonable(e)
-		}
-	case []any:
-		for i, e := range v {
-			v[i] = jsonable(e)
-		}
-	case float64:
-		if math.IsInf(v, 0) || math.IsNaN(v) {
-			return fmt.Sprint(v)
-		}
-	}
-	return v
+	return v, nil
 }

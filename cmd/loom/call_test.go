@@ -62,7 +62,7 @@ func TestLoomCallPrintsEachResponseAsJSON(t *testing.T) {
 func TestLoomCallErrorsSayWhatIsWrong(t *testing.T) {
 	t.Setenv("LOOM_CLIENT_WAIT_TIMEOUT", "50ms")
 	t.Setenv("LOOM_LOG_LEVEL", "error")
-	if _, err := parseJSONArg(`{"prompt": `); err == nil || !strings.Contains(err.Error(), "is not JSON") {
+	if _, err := parseJSONArg(`{"prompt": `); err == nil || !strings.Contains(err.Error(), "not JSON") {
 		t.Errorf("bad JSON: %v", err)
 	}
 	if _, err := parseJSONArg(`{} {}`); err == nil || !strings.Contains(err.Error(), "more than one JSON value") {

@@ -204,7 +204,7 @@ func decodePayload(name string, payload []byte) any {
 	if err := codec.MsgPack.Unmarshal(payload, &v); err != nil {
 		return payload
 	}
-	return jsonable(v)
+	return codec.JSONValue(v)
 }
 
 // warnLocalDiscovery says when ZeroMQ direct cannot reach other processes:
