@@ -9,12 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // The tests below run this test binary again as a child process that calls
@@ -78,25 +78,7 @@ func runChild() bool {
 type child struct {
 	cmd    *exec.Cmd
 	lines  chan string
-	stderr *lockedBuffer
-}
-
-// lockedBuffer collects a child's stderr while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	stderr *testutil.SyncBuffer
 }
 
 func startChild(t *testing.T, scenario string, env ...string) *child {
@@ -107,7 +89,7 @@ func startChild(t *testing.T, scenario string, env ...string) *child {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, lines: make(chan string, 16), stderr: &lockedBuffer{}}
+	c := &child{cmd: cmd, lines: make(chan string, 16), stderr: &testutil.SyncBuffer{}}
 	cmd.Stderr = c.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

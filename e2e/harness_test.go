@@ -21,6 +21,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 var bin string // directory of the built binaries
@@ -60,7 +61,7 @@ type proc struct {
 	cmd    *exec.Cmd
 	mu     sync.Mutex
 	lines  []string
-	stderr strings.Builder
+	stderr testutil.SyncBuffer
 	done   chan struct{}
 	err    error
 }
@@ -74,7 +75,7 @@ func start(t *testing.T, env []string, name string, args ...string) *proc {
 		t.Fatal(err)
 	}
 	p := &proc{t: t, name: name + " " + strings.Join(args, " "), cmd: cmd, done: make(chan struct{})}
-	cmd.Stderr = lockedWriter{&p.mu, &p.stderr}
+	cmd.Stderr = &p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -93,17 +94,6 @@ func start(t *testing.T, env []string, name string, args ...string) *proc {
 		<-p.done
 	})
 	return p
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *strings.Builder
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
 }
 
 func (p *proc) output() ([]string, string) {

@@ -1,7 +1,6 @@
 package embedded_test
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +23,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/embedded"
+
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -232,7 +233,7 @@ func TestInProcessConnection(t *testing.T) {
 }
 
 func TestLoggerReceivesServerLines(t *testing.T) {
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	ns := start(t, embedded.NATSOptions{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
 	ns.Shutdown()
 	if !strings.Contains(buf.String(), "Server is ready") {
@@ -241,7 +242,7 @@ func TestLoggerReceivesServerLines(t *testing.T) {
 }
 
 func TestQuietByDefault(t *testing.T) {
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	old := slog.Default()
 	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
 	defer slog.SetDefault(old)
@@ -249,29 +250,6 @@ func TestQuietByDefault(t *testing.T) {
 	if buf.Len() != 0 {
 		t.Errorf("server logged without a Logger:\n%s", buf.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Len()
 }
 
 func ExampleStartNATS() {

@@ -19,6 +19,8 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/natsconn"
+
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -418,7 +420,7 @@ func TestConnectLogsDisconnectAndReconnect(t *testing.T) {
 	l.Close()
 	ns := startNATS(t, embedded.NATSOptions{Port: port})
 
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	cfg := natsCfg(ns.ClientURL())
 	cfg.ReconnectWait = 20 * time.Millisecond
 	cfg.Name = "logtest"

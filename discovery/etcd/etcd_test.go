@@ -1,7 +1,6 @@
 package etcd
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -22,6 +21,8 @@ import (
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/discovery/discoverytest"
 	"github.com/loomrt/loom/embedded/etcdserver"
+
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // The etcd server and client stop every goroutine they start when closed,
@@ -392,7 +393,7 @@ func TestAPartitionLongerThanTheTTLEndsWithTheRecordsBack(t *testing.T) {
 	cli := raw(t, srv.ClientURL())
 	p := newProxy(t, strings.TrimPrefix(srv.ClientURL(), "http://"))
 	const ttl = time.Second
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	d := connect(t, p.URL(), ttl, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 	observer := connect(t, srv.ClientURL(), 5*time.Second)
 	id := d.ID()
@@ -469,27 +470,10 @@ func TestAnEtcdRestartLongerThanTheTTLKeepsTheRecords(t *testing.T) {
 	observer.Close()
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestMalformedRecordsAreSkippedWithAWarning(t *testing.T) {
 	srv := startEtcd(t, fast)
 	cli := raw(t, srv.ClientURL())
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	d := connect(t, srv.ClientURL(), 5*time.Second, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 	good := inst("ns", 1)
 	register(t, d, good)

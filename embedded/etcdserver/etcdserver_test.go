@@ -1,7 +1,6 @@
 package etcdserver_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +18,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/loomrt/loom/embedded/etcdserver"
+
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // The embedded server and its clients stop every goroutine they start
@@ -150,25 +150,8 @@ func TestATakenPortIsAClearError(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestLoggerReceivesServerLines(t *testing.T) {
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	opts := fast
 	opts.Logger = slog.New(slog.NewTextHandler(&buf, nil))
 	srv := start(t, opts)
