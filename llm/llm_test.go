@@ -1,0 +1,72 @@
+package llm
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/discovery"
+)
+
+func TestBlockHashesChainEqualPrefixes(t *testing.T) {
+	a := []uint32{1, 2, 3, 4, 5, 6, 7, 8, 9}
+	b := []uint32{1, 2, 3, 4, 5, 6, 70, 8, 9}
+	ha, hb := BlockHashes(a, 2), BlockHashes(b, 2)
+	if len(ha) != 4 || len(hb) != 4 {
+		t.Fatalf("got %d and %d hashes for 9 tokens in blocks of 2, want 4 (the partial block has none)", len(ha), len(hb))
+	}
+	if !slices.Equal(ha[:3], hb[:3]) {
+		t.Errorf("equal prefixes gave different hashes: %x vs %x", ha[:3], hb[:3])
+	}
+	if ha[3] == hb[3] {
+		t.Errorf("block 3 differs in its tokens but has the same hash %x", ha[3])
+	}
+	// A block's hash depends on its parent: the same tokens after a
+	// different prefix hash differently.
+	c := []uint32{9, 9, 3, 4}
+	if BlockHashes(c, 2)[1] == ha[1] {
+		t.Error("block [3 4] hashed the same under different parents")
+	}
+	if BlockHashes(a[:1], 2) != nil {
+		t.Error("a prompt shorter than a block has hashes")
+	}
+}
+
+func TestModelCardRoundTrip(t *testing.T) {
+	in := ModelCard{Name: "mock-llama", BlockSize: 32, ContextLength: 8192, KvBlocks: 1024}
+	out, err := ModelCardFrom(in.Metadata())
+	if err != nil || out != in {
+		t.Fatalf("ModelCardFrom(Metadata()) = %+v, %v; want %+v", out, err, in)
+	}
+	if _, err := ModelCardFrom(map[string]string{"x": "y"}); err == nil {
+		t.Error("metadata without a model was accepted")
+	}
+	if _, err := ModelCardFrom(map[string]string{MetaModel: "m", MetaBlockSize: "-3"}); err == nil {
+		t.Error("a negative block size was accepted")
+	}
+	got, err := ModelCardFrom(map[string]string{MetaModel: "m"})
+	if err != nil || got.BlockSize != DefaultBlockSize {
+		t.Errorf("a card without a block size = %+v, %v; want block size %d", got, err, DefaultBlockSize)
+	}
+}
+
+func TestPickerRouterFiltersByModel(t *testing.T) {
+	cands := []*loom.Candidate{
+		{Instance: discovery.Instance{ID: 1, Metadata: map[string]string{MetaModel: "a"}}},
+		{Instance: discovery.Instance{ID: 2, Metadata: map[string]string{MetaModel: "b"}}},
+	}
+	r := PickerRouter(loom.RoundRobin())
+	for range 4 {
+		ri := &RouteInfo{Model: "b"}
+		c, err := r.Pick(WithRoute(context.Background(), ri), cands)
+		if err != nil || c.ID != 2 || ri.Worker != 2 {
+			t.Fatalf("Pick for model b = %v, %v (route worker %d); want instance 2", c, err, ri.Worker)
+		}
+	}
+	_, err := r.Pick(WithRoute(context.Background(), &RouteInfo{Model: "zzz"}), cands)
+	if !errors.Is(err, ErrNoWorker) {
+		t.Errorf("Pick for an unserved model = %v, want ErrNoWorker", err)
+	}
+}
