@@ -31,7 +31,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDemo(), newConfig(), newCall(), newLs(), newUp(), newQueue(), newPub(), newSub())
+	root.AddCommand(newDemo(), newConfig(), newCall(), newLs(), newUp(), newQueue(), newPub(), newSub(), newLLM())
 	return root
 }
 
