@@ -14,9 +14,7 @@ import (
 
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery"
-	"github.com/loomrt/loom/discovery/etcd"
-	"github.com/loomrt/loom/discovery/memory"
-	"github.com/loomrt/loom/discovery/natskv"
+	_ "github.com/loomrt/loom/discovery/memory" // the default backend
 	"github.com/loomrt/loom/internal/supervise"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/natsconn"
@@ -170,28 +168,15 @@ func (rt *Runtime) openDiscovery(ctx context.Context, given discovery.Discovery)
 		rt.disc = given
 		return nil
 	}
-	switch dc.Backend {
-	case "memory", "":
-		rt.disc = memory.Default().Connect()
-	case "natskv":
-		nc, err := rt.NATS(ctx)
-		if err != nil {
-			return fmt.Errorf("loom: discovery.backend natskv needs NATS: %w", err)
-		}
-		d, err := natskv.New(ctx, nc, natskv.Config{TTL: dc.LeaseTTL, Logger: rt.log})
-		if err != nil {
-			return err
-		}
-		rt.disc = d
-	case "etcd":
-		d, err := etcd.New(ctx, etcd.Config{Endpoints: dc.EtcdEndpoints, LeaseTTL: dc.LeaseTTL, DialTimeout: dc.DialTimeout, Logger: rt.log})
-		if err != nil {
-			return err
-		}
-		rt.disc = d
-	default:
-		return fmt.Errorf("loom: discovery.backend %q: use memory, etcd or natskv", dc.Backend)
+	name := dc.Backend
+	if name == "" {
+		name = "memory"
 	}
+	d, err := discovery.OpenBackend(ctx, name, discovery.Env{Config: dc, Logger: rt.log, NATS: rt.NATS})
+	if err != nil {
+		return err
+	}
+	rt.disc = d
 	rt.ownDisc = true
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 
+	_ "github.com/loomrt/loom/discovery/all" // every discovery backend, chosen by discovery.backend
 	"github.com/spf13/cobra"
 )
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/loomrt/loom"
+	_ "github.com/loomrt/loom/discovery/all" // every discovery backend, chosen by discovery.backend
 )
 
 // Greeting is the request.

@@ -32,6 +32,7 @@ import (
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery"
+	_ "github.com/loomrt/loom/discovery/all" // every discovery backend, chosen by discovery.backend
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/events"
 )

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/loomrt/loom"
+	_ "github.com/loomrt/loom/discovery/all" // every discovery backend, chosen by discovery.backend
 )
 
 func main() {

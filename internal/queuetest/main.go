@@ -30,6 +30,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/loomrt/loom/config"
+	_ "github.com/loomrt/loom/discovery/all" // every discovery backend, chosen by discovery.backend
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/natsconn"
 	"github.com/loomrt/loom/workqueue"
