@@ -30,6 +30,18 @@
 // loom_events_* metrics, and WithLossErrors to see losses in the stream.
 // A publisher that restarts has a new id, so it is not reported as loss.
 //
+// A subscriber that keeps state built from the events (a router's index of
+// the workers' KV caches) reacts to a gap with OnGap: its callback gets the
+// publisher, its instance id, the sequence expected and the one that
+// arrived, as soon as the event after the gap arrives, so the subscriber
+// can mark that publisher's state stale and fetch a snapshot:
+//
+//	sub, err := events.Subscribe[KvEvent](ctx, rt, scope, "kv_events",
+//		events.OnGap(func(g events.Gap) { resync <- g.InstanceID }))
+//
+// The callback runs on the subscription's receiving goroutine: it must
+// return quickly (send to a buffered channel, as above, or set a flag).
+//
 // # Transports
 //
 // events.transport chooses how events travel: core NATS (the default), ZeroMQ

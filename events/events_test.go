@@ -545,3 +545,63 @@ func TestPublishRefusesEventsOverTheSizeLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestOnGapReportsEachGapBeforeTheEventAfterIt(t *testing.T) {
+	for _, transport := range []string{"nats", "jetstream"} {
+		t.Run(transport, func(t *testing.T) {
+			s := newSystem(t, transport)
+			rt := s.runtime()
+			scope := events.Scope{Namespace: "gaphook"}
+			gaps := make(chan events.Gap, 8)
+			sub := subscribe[uint64](t, rt, scope, "t", events.OnGap(func(g events.Gap) { gaps <- g }))
+			nc, err := nats.Connect(s.nats.ClientURL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			subject, _ := events.Subject(scope, "t")
+			if transport == "jetstream" {
+				subject = events.DurablePrefix + subject
+			}
+			for _, seq := range []uint64{0, 1, 4, 5, 9} {
+				payload, _ := codec.MsgPack.Marshal(nil, seq)
+				e := events.Envelope{PublisherID: 77, InstanceID: 5, Sequence: seq, Topic: "t", Payload: payload}
+				if err := nc.Publish(subject, e.AppendMsgPack(nil)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The callback runs as the event after a gap arrives, so it has
+			// run by the time that event is delivered.
+			var seen []string
+			var delivered []uint64
+			for ev, err := range sub.Events() {
+				if err != nil {
+					t.Fatal(err)
+				}
+			drain:
+				for {
+					select {
+					case g := <-gaps:
+						seen = append(seen, fmt.Sprintf("%x/%d %d->%d (%d lost)", g.PublisherID, g.InstanceID, g.Expected, g.Got, g.Lost()))
+					default:
+						break drain
+					}
+				}
+				want := map[uint64]int{0: 0, 1: 0, 4: 1, 5: 1, 9: 2}[ev.Sequence]
+				if len(seen) < want {
+					t.Fatalf("event %d delivered after only %d gap reports (%q), want %d", ev.Sequence, len(seen), seen, want)
+				}
+				delivered = append(delivered, ev.Sequence)
+				if ev.Sequence == 9 {
+					break
+				}
+			}
+			if want := "4d/5 2->4 (2 lost),4d/5 6->9 (3 lost)"; strings.Join(seen, ",") != want {
+				t.Fatalf("gaps %q, want %q (delivered %v)", strings.Join(seen, ","), want, delivered)
+			}
+			if st := sub.Stats(); st.Lost != 5 {
+				t.Fatalf("stats %+v: want 5 lost", st)
+			}
+		})
+	}
+}

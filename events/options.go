@@ -60,6 +60,7 @@ type options struct {
 	startSeq   uint64
 	startTime  time.Time
 	durable    string
+	onGap      func(Gap)
 	cfg        config.Events
 }
 
@@ -83,6 +84,46 @@ func WithBuffer(size int, overflow Overflow) Option {
 // a gap, and after events the buffer dropped. The stream goes on after it.
 // Without it losses are only counted (Stats, metrics) and logged.
 func WithLossErrors() Option { return func(o *options) { o.lossErrors = true } }
+
+// Gap describes events a subscription never received from one publisher:
+// its sequence went from Expected-1 straight to Got, so the events
+// Expected to Got-1 are lost.
+type Gap struct {
+	// Subject is the subject the event after the gap arrived on.
+	Subject string
+	// PublisherID is the publisher whose sequence skipped.
+	PublisherID uint64
+	// InstanceID is the publishing runtime's instance id, or 0.
+	InstanceID uint64
+	// Expected is the sequence the subscription waited for.
+	Expected uint64
+	// Got is the sequence that arrived instead (Got > Expected).
+	Got uint64
+}
+
+// Lost returns how many events the gap skipped.
+func (g Gap) Lost() uint64 { return g.Got - g.Expected }
+
+// OnGap makes a subscription call fn for every gap in a publisher's
+// sequence, as soon as the event after the gap arrives and before that
+// event is delivered: a subscriber that keeps state built from the events
+// (a router's index of the workers' caches) learns at once that its copy
+// of that publisher's state is incomplete and can fetch a snapshot:
+//
+//	resync := make(chan events.Gap, 64)
+//	sub, err := events.Subscribe[KvEvent](ctx, rt, scope, "kv_events",
+//		events.OnGap(func(g events.Gap) {
+//			select {
+//			case resync <- g: // a goroutine fetches g.InstanceID's snapshot
+//			default:          // one already pending is enough
+//			}
+//		}))
+//
+// fn runs on the transport's receiving goroutine: it must return quickly
+// (hand the work to another goroutine, as above) and must not call the
+// subscription. Gaps are counted (Stats.Lost) whether or not fn is set;
+// a restarted publisher has a new id and is not a gap.
+func OnGap(fn func(Gap)) Option { return func(o *options) { o.onGap = fn } }
 
 // DeliverNew starts a JetStream subscription with the events published
 // from now on; the default.

@@ -34,6 +34,7 @@ type subCore struct {
 	pattern    string
 	maxSize    int
 	lossErrors bool
+	onGap      func(Gap)
 	log        *slog.Logger
 	metric     *metrics.EventSource
 	track      *tracker
@@ -112,6 +113,7 @@ func newSubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 		pattern:    pattern,
 		maxSize:    o.cfg.MaxEventSize,
 		lossErrors: o.lossErrors,
+		onGap:      o.onGap,
 		log:        rt.Logger().With("subscription", pattern, "transport", o.transport),
 		track:      newTracker(),
 		done:       make(chan struct{}),
@@ -193,6 +195,7 @@ func (c *subCore) account(subject string, env *Envelope) bool {
 		return false
 	case gap:
 		c.lost.Add(skipped)
+		c.gap(subject, env, from)
 		if c.lossErrors && c.ring != nil {
 			c.ring.notice(LossError{PublisherID: env.PublisherID, Subject: subject, From: from, Lost: skipped})
 		}
@@ -202,6 +205,13 @@ func (c *subCore) account(subject string, env *Envelope) bool {
 	}
 	c.received.Add(1)
 	return true
+}
+
+// gap reports a gap to the OnGap callback, if any.
+func (c *subCore) gap(subject string, env *Envelope, expected uint64) {
+	if c.onGap != nil {
+		c.onGap(Gap{Subject: subject, PublisherID: env.PublisherID, InstanceID: env.InstanceID, Expected: expected, Got: env.Sequence})
+	}
 }
 
 // logEvery bounds how often a subscription logs its losses and

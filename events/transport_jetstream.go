@@ -316,6 +316,7 @@ func (d *durableSub) accept(m jetstream.Msg) *held {
 		return nil
 	case gap:
 		c.lost.Add(skipped)
+		c.gap(subject, &h.it.env, from)
 		c.logLoss()
 		if c.lossErrors {
 			h.notices = []LossError{{PublisherID: h.it.env.PublisherID, Subject: subject, From: from, Lost: skipped}}

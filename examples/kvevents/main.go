@@ -134,16 +134,14 @@ type WorkerView struct {
 type Aggregator struct {
 	mu      sync.Mutex
 	workers map[uint64]*WorkerView
-	gone    map[uint64]bool   // left discovery: late events are ignored
-	pubs    map[uint64]uint64 // kv_events publisher id -> instance id
+	gone    map[uint64]bool // left discovery: late events are ignored
 	ready   chan struct{}
 	once    sync.Once
 }
 
 // NewAggregator returns an empty aggregator.
 func NewAggregator() *Aggregator {
-	return &Aggregator{workers: make(map[uint64]*WorkerView), gone: make(map[uint64]bool),
-		pubs: make(map[uint64]uint64), ready: make(chan struct{})}
+	return &Aggregator{workers: make(map[uint64]*WorkerView), gone: make(map[uint64]bool), ready: make(chan struct{})}
 }
 
 // Ready is closed once the aggregator's subscriptions and watch are in
@@ -156,7 +154,10 @@ func (a *Aggregator) Run(ctx context.Context, rt *loom.Runtime) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	every := events.Scope{Namespace: namespace, Component: events.Any}
-	kv, err := events.Subscribe[KvEvent](ctx, rt, every, "kv_events", events.WithLossErrors())
+	// A gap in a worker's kv_events marks that worker stale at once (the
+	// hook names its instance); loss notices in the stream report the
+	// events the subscription's own buffer dropped.
+	kv, err := events.Subscribe[KvEvent](ctx, rt, every, "kv_events", events.OnGap(a.gap), events.WithLossErrors())
 	if err != nil {
 		return err
 	}
@@ -187,7 +188,6 @@ func (a *Aggregator) Run(ctx context.Context, rt *loom.Runtime) error {
 			a.mu.Lock()
 			delete(a.workers, ev.Instance.ID)
 			a.gone[ev.Instance.ID] = true
-			maps.DeleteFunc(a.pubs, func(_, inst uint64) bool { return inst == ev.Instance.ID })
 			a.mu.Unlock()
 		}
 	}
@@ -238,7 +238,6 @@ func (a *Aggregator) applyKv(ev events.Event[KvEvent]) {
 	if a.gone[ev.InstanceID] {
 		return
 	}
-	a.pubs[ev.PublisherID] = ev.InstanceID
 	w := a.view(ev.InstanceID)
 	if s := ev.Value.Stored; s != nil {
 		for _, h := range s.BlockHashes {
@@ -262,19 +261,26 @@ func (a *Aggregator) applyLoad(ev events.Event[LoadMetrics]) {
 	}
 }
 
-// lost marks the worker whose kv_events went missing as stale: its block
-// set may be wrong until it is resynchronised (Dynamo's router would ask
-// the worker for its full state). A notice that merges several publishers,
-// or reports events the buffer dropped, marks every worker.
-func (a *Aggregator) lost(le *events.LossError) {
+// gap marks the worker whose kv_events skipped a sequence as stale: its
+// block set may be wrong until it is resynchronised (Dynamo's router asks
+// the worker for its full state). It runs on the subscription's receiving
+// goroutine, so it only takes the lock briefly.
+func (a *Aggregator) gap(g events.Gap) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if id, ok := a.pubs[le.PublisherID]; ok && le.Dropped == 0 {
-		if w := a.workers[id]; w != nil {
-			w.Stale = true
-		}
+	if !a.gone[g.InstanceID] {
+		a.view(g.InstanceID).Stale = true
+	}
+}
+
+// lost handles the stream's loss notices. Gaps were handled by gap; events
+// the buffer dropped may be anyone's, so they mark every worker.
+func (a *Aggregator) lost(le *events.LossError) {
+	if le.Dropped == 0 {
 		return
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	for _, w := range a.workers {
 		w.Stale = true
 	}

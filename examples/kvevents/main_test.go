@@ -11,12 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery/memory"
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/events"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -142,5 +145,76 @@ func TestOneProcessScenarioRunsAsTheREADMESays(t *testing.T) {
 	rows := regexp.MustCompile(`(?m)^[0-9a-f]+ +\d+ +\d+ +\d+/8 +\d+% +false$`).FindAllString(s, -1)
 	if !strings.Contains(s, "the router's view of 3 workers:") || !strings.Contains(s, "stopped; the router's view:") || len(rows) != 5 {
 		t.Fatalf("printed (%d worker rows, want 3 then 2):\n%s", len(rows), s)
+	}
+}
+
+// TestAGapInAWorkersEventsMarksThatWorkerStale publishes a worker's
+// kv_events with a sequence that skips, as a lossy link would deliver
+// them: the router's gap hook must mark that worker, and only it, stale.
+func TestAGapInAWorkersEventsMarksThatWorkerStale(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	cfg := config.Default()
+	cfg.NATS.URL = ns.ClientURL()
+	d := memory.NewStore().Connect()
+	defer d.Close()
+	rt, err := loom.NewRuntime(t.Context(), loom.WithConfig(cfg), loom.WithDiscovery(d),
+		loom.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Shutdown(context.Background())
+	agg := NewAggregator()
+	actx, cancel := context.WithCancel(t.Context())
+	aggErr := make(chan error, 1)
+	go func() { aggErr <- agg.Run(actx, rt) }()
+	defer func() {
+		cancel()
+		if err := <-aggErr; err != nil {
+			t.Error(err)
+		}
+	}()
+	<-agg.Ready()
+
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	subject, _ := events.Subject(workerScope, "kv_events")
+	publish := func(pub, inst, seq uint64) {
+		payload, _ := codec.MsgPack.Marshal(nil, KvEvent{EventID: seq, Stored: &KvStored{BlockHashes: []uint64{seq}}})
+		e := events.Envelope{PublisherID: pub, InstanceID: inst, Sequence: seq, Topic: "kv_events", Payload: payload}
+		if err := nc.Publish(subject, e.AppendMsgPack(nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, seq := range []uint64{0, 1, 2} {
+		publish(1, 0xa, seq)
+	}
+	for _, seq := range []uint64{0, 1, 3} { // 2 never arrives
+		publish(2, 0xb, seq)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stale := map[uint64]bool{}
+		n := uint64(0)
+		for _, v := range agg.Workers() {
+			stale[v.Instance] = v.Stale
+			n += v.Events
+		}
+		if n == 6 {
+			if !stale[0xb] || stale[0xa] {
+				t.Fatalf("stale after a gap in b's events: %v, want b only", stale)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the router applied %d of 6 events", n)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
