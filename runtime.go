@@ -101,18 +101,23 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
+	var warnings []string
 	if o.cfg == nil {
 		loaded, err := config.Load()
 		if err != nil {
 			return nil, err
 		}
 		o.cfg = &loaded.Config
+		warnings = loaded.Warnings
 	} else if err := o.cfg.Validate(); err != nil {
 		return nil, err
 	}
 	log := o.log
 	if log == nil {
 		log = NewLogger(o.cfg.Log)
+	}
+	for _, w := range warnings {
+		log.Warn("config: " + w)
 	}
 	if o.id > maxJSONSafe {
 		return nil, fmt.Errorf("loom: instance id %d is above 2^53-1; JSON clients could not keep it exact", o.id)

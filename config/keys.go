@@ -450,5 +450,6 @@ func (c *Config) Validate() error {
 			errs = append(errs, &Error{Key: f.Name, Value: f.kind.format(v), Err: err})
 		}
 	}
+	errs = append(errs, crossCheck(c, nil)...)
 	return errors.Join(errs...)
 }

@@ -68,9 +68,10 @@ func WithDirs(dirs ...string) Option {
 }
 
 // WithEnv replaces the lookup of environment variables, os.LookupEnv by
-// default; tests pass a map's lookup.
+// default; tests pass a map's lookup. The process's LOOM_* variables are
+// then not checked for typos (see Loaded.Warnings).
 func WithEnv(lookup func(name string) (string, bool)) Option {
-	return func(l *loader) { l.lookup = lookup }
+	return func(l *loader) { l.lookup, l.environ = lookup, nil }
 }
 
 // WithValue sets key to value, written as in an environment variable,
@@ -86,6 +87,10 @@ type Loaded struct {
 	Config Config
 	// Files lists the TOML files read, in the order applied.
 	Files []string
+	// Warnings lists what was set but means nothing: environment variables
+	// named LOOM_* that are no configuration key's (a typo is then not
+	// silent). A runtime logs them when it starts.
+	Warnings []string
 
 	sources map[string]string
 }
@@ -95,8 +100,9 @@ type Loaded struct {
 func (l *Loaded) Source(key string) string { return l.sources[key] }
 
 type loader struct {
-	dirs   []string
-	lookup func(string) (string, bool)
+	dirs    []string
+	lookup  func(string) (string, bool)
+	environ func() []string
 	values [][2]string
 
 	schema *schema
@@ -117,8 +123,9 @@ func Load(opts ...Option) (*Loaded, error) {
 	}
 	l := &loader{
 		dirs:   []string{DefaultsDir, EtcDir},
-		lookup: os.LookupEnv,
-		schema: s,
+		lookup:  os.LookupEnv,
+		environ: os.Environ,
+		schema:  s,
 		out:    &Loaded{sources: map[string]string{}},
 	}
 	for _, o := range opts {
@@ -136,6 +143,9 @@ func Load(opts ...Option) (*Loaded, error) {
 	for _, f := range s.fields {
 		l.loadEnv(f)
 	}
+	if l.environ != nil {
+		l.out.Warnings = s.unknownEnv(l.environ())
+	}
 	for _, kv := range l.values {
 		f := s.byName[kv[0]]
 		if f == nil {
@@ -144,10 +154,55 @@ func Load(opts ...Option) (*Loaded, error) {
 		}
 		parseApply(l, f, kv[1], SourceCode, f.kind.parse)
 	}
+	l.errs = append(l.errs, crossCheck(&l.out.Config, l.out.sources)...)
 	if len(l.errs) > 0 {
 		return nil, errors.Join(l.errs...)
 	}
 	return l.out, nil
+}
+
+// crossCheck checks the rules that tie two keys together; sources, when
+// given, names where the offending value came from.
+func crossCheck(c *Config, sources map[string]string) []error {
+	var errs []error
+	if q := c.Queue; q.BackoffInitial > q.BackoffMax {
+		errs = append(errs, &Error{Key: "queue.backoff_initial", Value: q.BackoffInitial.String(), Source: sources["queue.backoff_initial"],
+			Err: fmt.Errorf("above queue.backoff_max (%s): the first retry delay cannot exceed the longest; lower it or raise queue.backoff_max", q.BackoffMax)})
+	}
+	return errs
+}
+
+// unknownEnv returns a warning for each LOOM_* variable in environ that
+// no key reads, suggesting the closest variable that one does.
+func (s *schema) unknownEnv(environ []string) []string {
+	known := map[string]bool{ConfigEnv: true}
+	for _, f := range s.fields {
+		for _, name := range f.Env {
+			known[name] = true
+		}
+	}
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "LOOM_") || known[name] {
+			continue
+		}
+		best, bestDist := "", max(1, len(name)/4)+1
+		for k := range known {
+			if d := levenshtein(name, k); d < bestDist || d == bestDist && k < best {
+				best, bestDist = k, d
+			}
+		}
+		w := fmt.Sprintf("environment variable %s is not a configuration variable and is ignored", name)
+		if best != "" {
+			w += fmt.Sprintf("; did you mean %s?", best)
+		} else {
+			w += "; `loom config` lists the keys, each with its variables"
+		}
+		out = append(out, w)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // env reads an environment variable; empty counts as unset, so a variable

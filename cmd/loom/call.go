@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -23,18 +24,26 @@ func newCall() *cobra.Command {
 		instance string
 	)
 	cmd := &cobra.Command{
-		Use:   "call namespace/component/endpoint '<json request>'",
+		Use:   "call namespace/component/endpoint '<json request>' | - | @file",
 		Short: "Call an endpoint of a running system and print each response as a line of JSON",
 		Long: `Call an endpoint of a running system. The request is JSON; it is sent in the
 codec the serving instance advertises (MessagePack or JSON). Each response
 item is printed on its own line as JSON, as it arrives. The instance is
 found through the discovery the configuration names (see loom config).
+The request may also come from standard input (-) or a file (@path), for
+requests too long for a command line.
 
 Ctrl-C asks the handler to stop gracefully; a second Ctrl-C kills the call.`,
-		Example: `  loom call demo/backend/generate '{"prompt": "hello", "max_tokens": 5}'`,
-		Args:    cobra.ExactArgs(2),
+		Example: `  loom call demo/backend/generate '{"prompt": "hello", "max_tokens": 5}'
+  loom call demo/backend/generate @request.json
+  generate-request | loom call demo/backend/generate -`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req, err := parseJSONArg(args[1])
+			text, err := readRequestArg(args[1], cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			req, err := parseJSONArg(text)
 			if err != nil {
 				return err
 			}
@@ -120,4 +129,37 @@ func parseJSONArg(s string) (any, error) {
 		return nil, fmt.Errorf("the request %q: %w", s, err)
 	}
 	return v, nil
+}
+
+// maxRequestArg bounds a request read from a file or standard input; the
+// request plane's frame limit is far below it.
+const maxRequestArg = 64 << 20
+
+// readRequestArg returns the request text an argument gives: itself, or
+// standard input for "-", or a file's contents for "@path".
+func readRequestArg(arg string, stdin io.Reader) (string, error) {
+	var r io.Reader
+	switch {
+	case arg == "-":
+		r = stdin
+		arg = "standard input"
+	case strings.HasPrefix(arg, "@"):
+		f, err := os.Open(arg[1:])
+		if err != nil {
+			return "", fmt.Errorf("the request file: %w", err)
+		}
+		defer f.Close()
+		r = f
+		arg = arg[1:]
+	default:
+		return arg, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxRequestArg+1))
+	if err != nil {
+		return "", fmt.Errorf("reading the request from %s: %w", arg, err)
+	}
+	if len(b) > maxRequestArg {
+		return "", fmt.Errorf("the request in %s is larger than %d MiB", arg, maxRequestArg>>20)
+	}
+	return string(b), nil
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"iter"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -75,5 +77,26 @@ func TestLoomCallErrorsSayWhatIsWrong(t *testing.T) {
 	err = call(context.Background(), &bytes.Buffer{}, "Bad/Path", map[string]any{}, 0, 0)
 	if err == nil || !strings.Contains(err.Error(), "namespace/component/endpoint") {
 		t.Errorf("bad path: %v", err)
+	}
+}
+
+func TestReadRequestArgFromStdinAndFile(t *testing.T) {
+	big := `{"prompt": "` + strings.Repeat("x", 200<<10) + `"}`
+	got, err := readRequestArg("-", strings.NewReader(big))
+	if err != nil || got != big {
+		t.Fatalf("from stdin: %d bytes, %v; want the %d bytes given", len(got), err, len(big))
+	}
+	path := filepath.Join(t.TempDir(), "req.json")
+	if err := os.WriteFile(path, []byte(big), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = readRequestArg("@"+path, nil); err != nil || got != big {
+		t.Fatalf("from @file: %d bytes, %v", len(got), err)
+	}
+	if _, err = readRequestArg("@"+path+".missing", nil); err == nil || !strings.Contains(err.Error(), "request file") {
+		t.Errorf("a missing file gave %v", err)
+	}
+	if got, _ = readRequestArg(`{"a":1}`, nil); got != `{"a":1}` {
+		t.Errorf("a literal request came back as %q", got)
 	}
 }

@@ -28,6 +28,9 @@ documentation table of every key instead.`,
 				return err
 			}
 			fmt.Fprint(cmd.OutOrStdout(), loaded.Table())
+			for _, w := range loaded.Warnings {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+			}
 			return nil
 		},
 	}

@@ -2,12 +2,22 @@
 //
 //	loom demo            a whole system in one process: embedded NATS, three
 //	                     backends streaming tokens, a frontend sending a batch
-//	loom demo --serve    the same, serving until SIGINT / SIGTERM
+//	loom up              a local control plane: nats-server with JetStream, and
+//	                     etcd or NATS KV discovery, for components in other processes
+//	loom ls, loom call   list instances, call an endpoint
+//	loom pub, loom sub   publish and print events
+//	loom queue           inspect and repair work queues
+//	loom llm             serve LLM traffic (frontend, router, mock workers)
 //	loom config          every configuration key's effective value and source
+//
+// `loom help` lists every command. Usage errors exit with status 2 and the
+// command's usage line; failures exit with 1.
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	_ "github.com/loomrt/loom/discovery/all" // every discovery backend, chosen by discovery.backend
@@ -15,13 +25,65 @@ import (
 )
 
 func main() {
-	if err := newRoot().Execute(); err != nil {
-		var ec exitCode
-		if asExit(err, &ec) {
-			os.Exit(int(ec))
+	os.Exit(run(newRoot(), os.Stderr))
+}
+
+// run executes root and returns the exit code: 0, 2 for a usage error
+// (with the command's usage line), 1 for a failure, or what the command
+// asked for.
+func run(root *cobra.Command, stderr io.Writer) int {
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	var ec exitCode
+	if asExit(err, &ec) {
+		return int(ec)
+	}
+	fmt.Fprintln(stderr, "loom:", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		use := ue.cmd.UseLine()
+		if ue.cmd.HasSubCommands() {
+			use = ue.cmd.CommandPath() + " <command> [flags]"
 		}
-		fmt.Fprintln(os.Stderr, "loom:", err)
-		os.Exit(1)
+		fmt.Fprintf(stderr, "usage: %s\nRun '%s --help' for more.\n", use, ue.cmd.CommandPath())
+		return 2
+	}
+	return 1
+}
+
+// usageError is a command line that does not parse: unknown commands or
+// flags, wrong arguments, bad flag values.
+type usageError struct {
+	cmd *cobra.Command
+	err error
+}
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+// markUsageErrors makes every flag or argument error of c and its
+// subcommands a usageError.
+func markUsageErrors(c *cobra.Command) {
+	c.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return &usageError{c, err} })
+	args := c.Args
+	if !c.Runnable() {
+		// A command group: alone it prints its help; with an unknown
+		// subcommand it is a usage error (cobra would print help and exit 0).
+		c.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+		args = cobra.NoArgs
+	} else if args == nil {
+		args = cobra.ArbitraryArgs
+	}
+	c.Args = func(c *cobra.Command, a []string) error {
+		if err := args(c, a); err != nil {
+			return &usageError{c, err}
+		}
+		return nil
+	}
+	for _, sub := range c.Commands() {
+		markUsageErrors(sub)
 	}
 }
 
@@ -33,6 +95,7 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newDemo(), newConfig(), newCall(), newLs(), newUp(), newQueue(), newPub(), newSub(), newLLM())
+	markUsageErrors(root)
 	return root
 }
 

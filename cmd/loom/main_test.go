@@ -169,3 +169,34 @@ func TestLoomConfigRejectsABadValueNamingIt(t *testing.T) {
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestUsageErrorsExitTwoWithTheUsageLine(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"bogus"}, "usage: loom <command> [flags]"},
+		{[]string{"call"}, "usage: loom call namespace/component/endpoint"},
+		{[]string{"ls", "--nope"}, "usage: loom ls"},
+		{[]string{"queue", "zz"}, "usage: loom queue <command> [flags]"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			root := newRoot()
+			root.SetArgs(tc.args)
+			root.SetOut(io.Discard)
+			var stderr bytes.Buffer
+			if code := run(root, &stderr); code != 2 {
+				t.Errorf("exit code %d, want 2; stderr:\n%s", code, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), tc.want) {
+				t.Errorf("stderr %q does not show %q", stderr.String(), tc.want)
+			}
+		})
+	}
+	root := newRoot()
+	root.SetArgs(nil)
+	root.SetOut(io.Discard)
+	if code := run(root, io.Discard); code != 0 {
+		t.Errorf("loom alone (help) exited %d, want 0", code)
+	}
+}

@@ -122,9 +122,10 @@ func generate(rt *loom.Runtime, delay time.Duration) loom.EngineFunc[Request, To
 
 // Start brings the system up: NATS, the backends, the frontend. The
 // frontend runtime is fe if given (loom.Run's), else a new one.
+// Options out of range are an error naming the option (as its flag).
 func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime) (*System, error) {
-	if opts.Instances < 1 || opts.Concurrency < 1 || opts.Tokens < 1 || opts.Requests < 0 || opts.TokenDelay < 0 {
-		return nil, fmt.Errorf("demo: instances, concurrency and tokens must be at least 1 (got %d, %d, %d)", opts.Instances, opts.Concurrency, opts.Tokens)
+	if err := opts.validate(); err != nil {
+		return nil, err
 	}
 	s := &System{opts: opts, log: log}
 	ok := false
@@ -390,4 +391,28 @@ func round(d time.Duration) time.Duration {
 		return d.Round(10 * time.Microsecond)
 	}
 	return d.Round(time.Microsecond)
+}
+
+func (o Options) validate() error {
+	var bad []string
+	for _, c := range []struct {
+		name string
+		ok   bool
+		got  any
+		want string
+	}{
+		{"instances", o.Instances >= 1, o.Instances, "at least 1"},
+		{"concurrency", o.Concurrency >= 1, o.Concurrency, "at least 1"},
+		{"tokens", o.Tokens >= 1, o.Tokens, "at least 1"},
+		{"requests", o.Requests >= 0, o.Requests, "0 or more"},
+		{"token-delay", o.TokenDelay >= 0, o.TokenDelay, "0 or more"},
+	} {
+		if !c.ok {
+			bad = append(bad, fmt.Sprintf("--%s %v: want %s", c.name, c.got, c.want))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("demo: %s", strings.Join(bad, "; "))
+	}
+	return nil
 }
