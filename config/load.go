@@ -103,7 +103,7 @@ type loader struct {
 	dirs    []string
 	lookup  func(string) (string, bool)
 	environ func() []string
-	values [][2]string
+	values  [][2]string
 
 	schema *schema
 	out    *Loaded
@@ -122,11 +122,11 @@ func Load(opts ...Option) (*Loaded, error) {
 		return nil, err
 	}
 	l := &loader{
-		dirs:   []string{DefaultsDir, EtcDir},
+		dirs:    []string{DefaultsDir, EtcDir},
 		lookup:  os.LookupEnv,
 		environ: os.Environ,
 		schema:  s,
-		out:    &Loaded{sources: map[string]string{}},
+		out:     &Loaded{sources: map[string]string{}},
 	}
 	for _, o := range opts {
 		o(l)
