@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/loomrt/loom"
-	"github.com/loomrt/loom/internal/demo"
+	"github.com/loomrt/loom/cmd/loom/internal/demo"
 )
 
 func TestLoomCallPrintsEachResponseAsJSON(t *testing.T) {

@@ -13,7 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/loomrt/loom"
-	"github.com/loomrt/loom/internal/demo"
+	"github.com/loomrt/loom/cmd/loom/internal/demo"
 )
 
 func newDemo() *cobra.Command {

@@ -18,7 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/loomrt/loom/internal/demo"
+	"github.com/loomrt/loom/cmd/loom/internal/demo"
 )
 
 var loomBin string
