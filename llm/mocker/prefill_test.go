@@ -1,0 +1,84 @@
+package mocker_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/llm"
+	"github.com/loomrt/loom/llm/mocker"
+)
+
+// TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob hands a long prompt
+// to the prefill queue, kills the prefill worker holding the job, and
+// checks that the job comes back to the other one after the ack wait and
+// the request completes.
+func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
+	decode := fast()
+	decode.RemotePrefill, decode.RemotePrefillMin = true, 8
+	var rc config.Config
+	rc.Queue.AckWait = 500 * time.Millisecond
+	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: decode, Runtime: rc})
+	ctx := timeout(t, 30*time.Second)
+	pre := fast()
+	pre.Prefill = true
+	pre.PrefillPerToken = 5 * time.Millisecond // 40 tokens: 200 ms a job
+	var prefillers []*mocker.Worker
+	for range 2 {
+		w, err := s.cluster.Add(ctx, pre)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefillers = append(prefillers, w)
+	}
+	dw := s.cluster.Workers()[0]
+
+	// A short prompt is prefilled locally, a long one remotely.
+	if r := collect(ctx, s.client, llm.Request{ID: "short", TokenIDs: prompt(50, 6), MaxTokens: 3}); r.err != nil || len(r.tokens) != 3 {
+		t.Fatalf("short prompt: %d tokens, err %v", len(r.tokens), r.err)
+	}
+	if n := dw.Stats().RemotePrefills; n != 0 {
+		t.Fatalf("a 6-token prompt went to the prefill queue (%d handed over); the threshold is 8", n)
+	}
+	long := llm.Request{ID: "long", TokenIDs: prompt(51, 40), MaxTokens: 5}
+	r := collect(ctx, s.client, long)
+	if r.err != nil || len(r.tokens) != 5 {
+		t.Fatalf("long prompt: %d tokens, err %v", len(r.tokens), r.err)
+	}
+	done := prefillers[0].Stats().PrefillJobs + prefillers[1].Stats().PrefillJobs
+	if dw.Stats().RemotePrefills != 1 || done != 1 {
+		t.Fatalf("long prompt: %d prefills handed over, %d done; want 1 and 1", dw.Stats().RemotePrefills, done)
+	}
+
+	// Now kill the prefill worker holding the next job.
+	res := make(chan result, 1)
+	go func() {
+		res <- collect(ctx, s.client, llm.Request{ID: "crash", TokenIDs: prompt(52, 40), MaxTokens: 5})
+	}()
+	var victim, survivor *mocker.Worker
+	waitFor(t, 10*time.Second, "a prefill worker to take the job", func() bool {
+		for i, w := range prefillers {
+			if w.Stats().PrefillsInProgress == 1 {
+				victim, survivor = w, prefillers[1-i]
+				return true
+			}
+		}
+		return false
+	})
+	if err := s.cluster.Kill(victim.ID()); err != nil {
+		t.Fatal(err)
+	}
+	got := <-res
+	if got.err != nil || len(got.tokens) != 5 || got.finish != llm.FinishLength {
+		t.Fatalf("request whose prefill worker died: %d tokens, finish %q, err %v; want 5 tokens", len(got.tokens), got.finish, got.err)
+	}
+	st := survivor.Stats()
+	// At least once: under load the survivor may see the job yet again
+	// if an ack is late, and the decode worker ignores the repeat.
+	if st.PrefillRedeliveries < 1 {
+		t.Errorf("the surviving prefill worker finished no redelivered job; the dead worker's job should have come back to it")
+	}
+	if n := dw.Stats().RemotePrefills; n != 2 {
+		t.Errorf("the decode worker handed over %d prefills, want 2", n)
+	}
+}
