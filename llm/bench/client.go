@@ -80,14 +80,14 @@ type Outcome struct {
 // Error kinds of Outcome.ErrKind and Result.Errors. An HTTP status
 // without a kind of its own is "http_" and the code.
 const (
-	ErrKindConnect   = "connect"    // dialing or sending failed
-	ErrKindTimeout   = "timeout"    // no end within the request bound
-	ErrKindStream    = "stream"     // the stream broke or was malformed
-	ErrKindServer    = "server"     // an error event inside the stream
-	ErrKindCancelled = "cancelled"  // the run was stopped
-	ErrKindNoDone    = "no_done"    // the stream ended without [DONE]
-	ErrKindShed429   = "http_429"   // too many requests
-	ErrKindShed529   = "http_529"   // overloaded
+	ErrKindConnect   = "connect"   // dialing or sending failed
+	ErrKindTimeout   = "timeout"   // no end within the request bound
+	ErrKindStream    = "stream"    // the stream broke or was malformed
+	ErrKindServer    = "server"    // an error event inside the stream
+	ErrKindCancelled = "cancelled" // the run was stopped
+	ErrKindNoDone    = "no_done"   // the stream ended without [DONE]
+	ErrKindShed429   = "http_429"  // too many requests
+	ErrKindShed529   = "http_529"  // overloaded
 	headerWorker     = "X-Loom-Worker"
 	headerMigrations = "X-Loom-Migrations"
 )
