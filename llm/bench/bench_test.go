@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom/llm/tokenizer"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -341,5 +343,17 @@ func TestRunRefusesBadConfigs(t *testing.T) {
 	}
 	if _, err := Prefix(PrefixConfig{Groups: 1, PrefixTokens: 1, UserTokens: 1, OutputTokens: 1}); err == nil || !strings.Contains(err.Error(), "turns = 0") {
 		t.Errorf("a prefix workload of 0 turns: %v, want an error naming turns", err)
+	}
+}
+
+func TestVocabularyWordsAreOneTokenEach(t *testing.T) {
+	tk := tokenizer.Default()
+	for _, w := range vocabulary {
+		if ids := tk.Encode(nil, " "+w); len(ids) != 1 {
+			t.Errorf("%q is %d tokens for Loom's tokenizer, want 1 (drop it from the vocabulary)", w, len(ids))
+		}
+	}
+	if len(vocabulary) < 150 {
+		t.Errorf("vocabulary of %d words: prompts repeat too soon", len(vocabulary))
 	}
 }

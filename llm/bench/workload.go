@@ -33,23 +33,23 @@ type Item struct {
 	conv *conversation
 }
 
-// Approximate tokens: prompts are made of common English words, each one
-// token for the usual BPE vocabularies and for word-level tokenizers. The
-// server's count (usage.prompt_tokens) is what the results report.
-var vocabulary = strings.Fields(`the of and to in is was for on that with as by at from his her
-it an were are which this be or has had not but first one their its new after who they have
-two been other all during into when time more most some only over many these would can such
-world year where years later state city may under between both then through used while well
-three known film team same part since series area about season school war being including
-life work number national people before four early age song music under long best game while
-could people set called group end like back high record river united also place name main
-made left five local make good each government said take line side field early book small
-water light house point data model token block cache route worker queue event plane stream
-order power story start home word night land system front bench prompt level south north east
-west value color green black white blue red small large short quick slow bright dark open close
-paper table chair window door road train ship plane bird fish tree leaf stone metal glass sand
-cloud rain snow wind storm river lake sea ocean hill valley forest garden field farm market
-bank office church castle tower bridge wall gate street square park center circle line point`)
+// Prompts are made of common English words, each one token after a space
+// for Loom's tokenizer (a test checks it) and for the usual BPE
+// vocabularies, so a prompt of n words is about n tokens plus the chat
+// template's. The server's count (usage.prompt_tokens) is what the
+// results report.
+var vocabulary = strings.Fields(`the of and to in is was for on that with as by at from his her it an were are which this
+be or has had not but first one their new after who they have two been other all during
+when time more most some only over many these would can such world year where state city
+may under between both then through while well three team same part since area about
+season school war life work number people before four early age song music long best game
+could set group end like back high record river also place name main made left five make
+good each said take line side field book small water light house point model token block
+cache worker event plane stream order power story start home word night land system front
+level south north east west value color green black white blue red large short quick slow
+bright dark open close paper table chair window door road train ship bird fish tree stone
+metal glass sand cloud rain snow wind lake sea ocean hill valley forest garden farm market
+bank office wall street square center circle`)
 
 // words returns n words drawn from rng.
 func words(rng *rand.Rand, n int) string {
