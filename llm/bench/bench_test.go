@@ -357,3 +357,54 @@ func TestVocabularyWordsAreOneTokenEach(t *testing.T) {
 		t.Errorf("vocabulary of %d words: prompts repeat too soon", len(vocabulary))
 	}
 }
+
+func TestMediansTotalCountsAndTakeMedianRates(t *testing.T) {
+	cpu := func(v float64) *float64 { return &v }
+	runs := []*Result{
+		{Requests: 10, Completed: 9, Errors: map[string]int{"http_429": 1}, RequestsPerS: 5, TTFT: Percentiles{P50: 30, N: 9}, KvHitRate: 0.5, FrontendCPUMsPerRequest: cpu(3), PerWorker: map[string]int{"a": 9}},
+		{Requests: 10, Completed: 10, Errors: map[string]int{}, RequestsPerS: 7, TTFT: Percentiles{P50: 10, N: 10}, KvHitRate: 0.7, FrontendCPUMsPerRequest: cpu(1), PerWorker: map[string]int{"a": 4, "b": 6}},
+		{Requests: 10, Completed: 8, Unfinished: 1, Errors: map[string]int{"http_429": 1}, RequestsPerS: 6, TTFT: Percentiles{P50: 20, N: 8}, KvHitRate: 0.6, FrontendCPUMsPerRequest: cpu(2), PerWorker: map[string]int{"b": 8}},
+	}
+	m := Medians(runs)
+	if m.Requests != 30 || m.Completed != 27 || m.Unfinished != 1 || m.Errors["http_429"] != 2 || m.PerWorker["a"] != 13 || m.PerWorker["b"] != 14 {
+		t.Errorf("counts %+v: want totals over the runs", m)
+	}
+	if m.RequestsPerS != 6 || m.TTFT.P50 != 20 || m.TTFT.N != 27 || m.KvHitRate != 0.6 || *m.FrontendCPUMsPerRequest != 2 || len(m.Runs) != 3 {
+		t.Errorf("medians %+v: want 6 req/s, ttft p50 20, kv 0.6, cpu 2, 3 runs kept", m)
+	}
+	if Medians(runs[:1]) != runs[0] {
+		t.Error("the medians of one run are not that run")
+	}
+}
+
+func TestCPUSplitAttributesLabelledWork(t *testing.T) {
+	s, err := StartCPUSplit(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spin := func(d time.Duration) {
+		x := 0
+		for start := ProcessCPU(); ProcessCPU()-start < d; {
+			for i := range 100000 {
+				x += i
+			}
+		}
+		_ = x
+	}
+	Part(context.Background(), PartFrontend, func(context.Context) { spin(300 * time.Millisecond) })
+	Part(context.Background(), PartGenerator, func(context.Context) { spin(100 * time.Millisecond) })
+	total, parts, err := s.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total < 400*time.Millisecond {
+		t.Fatalf("total CPU %v after spinning 400ms", total)
+	}
+	// The profile samples at 100 Hz: the frontend's share is about 3/4.
+	if f := float64(parts[PartFrontend]) / float64(total); f < 0.5 || f > 0.95 {
+		t.Errorf("frontend share %.2f of %v (parts %v), want about 0.75", f, total, parts)
+	}
+	if parts[PartGenerator] == 0 {
+		t.Errorf("the generator's spin got no share: %v", parts)
+	}
+}

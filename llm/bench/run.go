@@ -22,8 +22,12 @@ type Config struct {
 	// GET /v1/models lists.
 	Model    string
 	Workload Workload
-	// Requests is how many requests to send (a trace may end sooner).
+	// Requests is how many requests to send (a trace may end sooner); 0
+	// with a Duration means no limit but time.
 	Requests int
+	// Duration, if set, stops sending new requests once this long has
+	// passed since the first; requests in flight then finish.
+	Duration time.Duration
 	// Concurrency keeps this many requests in flight (closed loop). Rate,
 	// if set instead, starts requests at this many per second with
 	// exponential gaps (open loop). With neither, a workload whose items
@@ -51,7 +55,8 @@ type Progress struct {
 	Done     int
 	Errors   int
 	InFlight int
-	Total    int
+	// Total is the requests to send, 0 when only a duration bounds them.
+	Total int
 }
 
 // Result is a run's report; its JSON form is `loom llm bench --json`.
@@ -92,6 +97,12 @@ type Result struct {
 	// getrusage) the whole process spent during the run, per completed
 	// request. Against a URL it is the generator's own cost.
 	ProcessCPUMsPerRequest float64 `json:"process_cpu_ms_per_request"`
+	// FrontendCPUMsPerRequest is set in-process (`loom llm bench
+	// --workers`): the frontend's share of the process's CPU time per
+	// completed request; docs/llm.md says how it is computed.
+	FrontendCPUMsPerRequest *float64 `json:"frontend_cpu_ms_per_request,omitempty"`
+	// Runs holds each run's result when this one is their medians.
+	Runs []*Result `json:"runs,omitempty"`
 	// ErrorSamples holds a few error messages, one per kind.
 	ErrorSamples map[string]string `json:"error_samples,omitempty"`
 
@@ -122,8 +133,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Workload == nil {
 		return nil, fmt.Errorf("%w: no workload", ErrConfig)
 	}
+	if cfg.Requests == 0 && cfg.Duration > 0 {
+		cfg.Requests = math.MaxInt32
+	}
 	if cfg.Requests < 1 {
-		return nil, fmt.Errorf("%w: requests = %d, want at least 1", ErrConfig, cfg.Requests)
+		return nil, fmt.Errorf("%w: requests = %d, want at least 1 (or a duration)", ErrConfig, cfg.Requests)
 	}
 	if cfg.Concurrency > 0 && cfg.Rate > 0 {
 		return nil, fmt.Errorf("%w: both a concurrency (%d) and a rate (%g/s): choose closed loop or open loop", ErrConfig, cfg.Concurrency, cfg.Rate)
@@ -199,7 +213,7 @@ func (r *runner) run(ctx context.Context) (*Result, error) {
 	case r.cfg.Concurrency > 0:
 		for range r.cfg.Concurrency {
 			wg.Go(func() {
-				for ctx.Err() == nil && r.sent.Add(1) <= int64(r.cfg.Requests) {
+				for ctx.Err() == nil && !r.pastDuration(start) && r.sent.Add(1) <= int64(r.cfg.Requests) {
 					it := r.cfg.Workload.Next()
 					if it == nil {
 						r.sent.Add(-1)
@@ -257,12 +271,16 @@ func (r *runner) openLoop(ctx context.Context, start time.Time, wg *sync.WaitGro
 			case <-timer.C:
 			}
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || r.pastDuration(start) {
 			return
 		}
 		r.sent.Add(1)
 		wg.Go(func() { r.one(ctx, it) })
 	}
+}
+
+func (r *runner) pastDuration(start time.Time) bool {
+	return r.cfg.Duration > 0 && time.Since(start) >= r.cfg.Duration
 }
 
 func (r *runner) one(ctx context.Context, it *Item) {
@@ -284,9 +302,12 @@ func (r *runner) one(ctx context.Context, it *Item) {
 
 func (r *runner) progress(start time.Time) Progress {
 	total := r.cfg.Requests
+	if total == math.MaxInt32 {
+		total = 0
+	}
 	return Progress{
 		Elapsed:  time.Since(start),
-		Sent:     int(min(r.sent.Load(), int64(total))),
+		Sent:     int(min(r.sent.Load(), int64(r.cfg.Requests))),
 		Done:     int(r.done.Load()),
 		Errors:   int(r.errs.Load()),
 		InFlight: int(r.inflight.Load()),
