@@ -32,6 +32,7 @@ type chatRequest struct {
 
 // chunk is what the generator reads of a chat.completion.chunk.
 type chunk struct {
+	ID      string `json:"id"`
 	Choices []struct {
 		Delta struct {
 			Content string `json:"content"`
@@ -55,6 +56,8 @@ type apiError struct {
 
 // Outcome is what one request came to.
 type Outcome struct {
+	// ID is the completion's id as the server streamed it.
+	ID    string
 	Start time.Time
 	// TTFT is the time to the first content; E2E to the end of the stream.
 	TTFT, E2E time.Duration
@@ -70,7 +73,8 @@ type Outcome struct {
 	// X-Loom-Worker response header), or "".
 	Worker string
 	// Migrations is how many times the server moved the request to
-	// another worker, when it reports it (the X-Loom-Migrations trailer).
+	// another worker, when it reports it (the X-Loom-Migrations header or
+	// trailer), or when an in-process run learns it from its router.
 	Migrations int
 	// ErrKind classifies a failure ("" for success); Err says more.
 	ErrKind string
@@ -183,6 +187,9 @@ func (c *client) readStream(ctx context.Context, resp *http.Response, o *Outcome
 			return
 		}
 		chunks++
+		if o.ID == "" {
+			o.ID = ch.ID
+		}
 		if ch.Error != nil {
 			o.ErrKind, o.Err = ErrKindServer, fmt.Errorf("error event: %s (%s)", ch.Error.Message, ch.Error.Type)
 			return

@@ -57,6 +57,12 @@ func Medians(runs []*Result) *Result {
 	out.KvHitRate = med(func(r *Result) float64 { return r.KvHitRate })
 	out.ShedFraction = med(func(r *Result) float64 { return r.ShedFraction })
 	out.ProcessCPUMsPerRequest = med(func(r *Result) float64 { return r.ProcessCPUMsPerRequest })
+	for part := range runs[0].CPUByPart {
+		if out.CPUByPart == nil {
+			out.CPUByPart = map[string]float64{}
+		}
+		out.CPUByPart[part] = med(func(r *Result) float64 { return r.CPUByPart[part] })
+	}
 	if runs[0].FrontendCPUMsPerRequest != nil {
 		v := med(func(r *Result) float64 {
 			if r.FrontendCPUMsPerRequest == nil {

@@ -101,6 +101,9 @@ type Result struct {
 	// --workers`): the frontend's share of the process's CPU time per
 	// completed request; docs/llm.md says how it is computed.
 	FrontendCPUMsPerRequest *float64 `json:"frontend_cpu_ms_per_request,omitempty"`
+	// CPUByPart splits ProcessCPUMsPerRequest between the parts of an
+	// in-process run (see CPUSplit).
+	CPUByPart map[string]float64 `json:"cpu_ms_per_request_by_part,omitempty"`
 	// Runs holds each run's result when this one is their medians.
 	Runs []*Result `json:"runs,omitempty"`
 	// ErrorSamples holds a few error messages, one per kind.
@@ -118,6 +121,18 @@ type MigratedStats struct {
 
 // Outcomes returns every request's outcome, in the order they ended.
 func (r *Result) Outcomes() []Outcome { return r.outcomes }
+
+// Recount recomputes the result from its outcomes after a caller changed
+// them (say, marking the requests it knows migrated), keeping the run's
+// duration and CPU figures.
+func (r *Result) Recount() {
+	n := summarize(r.outcomes, r.Requests, time.Duration(r.DurationS*float64(time.Second)))
+	n.ProcessCPUMsPerRequest, n.FrontendCPUMsPerRequest, n.CPUByPart = r.ProcessCPUMsPerRequest, r.FrontendCPUMsPerRequest, r.CPUByPart
+	if len(r.PerWorker) > 0 && len(n.PerWorker) == 0 {
+		n.PerWorker = r.PerWorker
+	}
+	*r = *n
+}
 
 // ErrConfig: the run's configuration cannot work.
 var ErrConfig = errors.New("bench: bad config")
