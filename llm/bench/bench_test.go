@@ -134,18 +134,80 @@ func FuzzSSEReader(f *testing.F) {
 				t.Fatalf("event of %d bytes", len(d))
 			}
 		}
+		// The reader agrees with a plain reading of the standard.
+		got, gotErr := readEvents(t, string(in))
+		want, wantErr := referenceEvents(in)
+		if gotErr != wantErr || strings.Join(got, "\x00") != strings.Join(want, "\x00") || len(got) != len(want) {
+			t.Fatalf("%q: got %q, %v; the standard says %q, %v", in, got, gotErr, want, wantErr)
+		}
 		// Round trip: each line of the input (without CR) as one event.
 		var enc bytes.Buffer
-		var want []string
+		var sent []string
 		for p := range strings.SplitSeq(strings.ReplaceAll(string(in), "\r", ""), "\n") {
 			enc.WriteString("data: " + p + "\n\n")
-			want = append(want, p)
+			sent = append(sent, p)
 		}
 		got, err := readEvents(t, enc.String())
-		if err != io.EOF || strings.Join(got, "\n") != strings.Join(want, "\n") || len(got) != len(want) {
-			t.Fatalf("round trip of %q: got %q, %v", want, got, err)
+		if err != io.EOF || strings.Join(got, "\n") != strings.Join(sent, "\n") || len(got) != len(sent) {
+			t.Fatalf("round trip of %q: got %q, %v", sent, got, err)
 		}
 	})
+}
+
+// referenceEvents reads events as the HTML standard describes, slowly:
+// split into lines at CRLF, LF or CR; a last line without an end is cut
+// off.
+func referenceEvents(in []byte) ([]string, error) {
+	var lines []string
+	cur := []byte{}
+	complete := true
+	for i := 0; i < len(in); i++ {
+		switch in[i] {
+		case '\r':
+			lines = append(lines, string(cur))
+			cur = cur[:0]
+			if i+1 < len(in) && in[i+1] == '\n' {
+				i++
+			}
+		case '\n':
+			lines = append(lines, string(cur))
+			cur = cur[:0]
+		default:
+			cur = append(cur, in[i])
+		}
+	}
+	if len(cur) > 0 {
+		complete = false
+	}
+	var out []string
+	var data string
+	has := false
+	for _, l := range lines {
+		if l == "" {
+			if has {
+				out = append(out, data)
+			}
+			data, has = "", false
+			continue
+		}
+		if l[0] == ':' {
+			continue
+		}
+		field, value, _ := strings.Cut(l, ":")
+		value = strings.TrimPrefix(value, " ")
+		if field != "data" {
+			continue
+		}
+		if has {
+			data += "\n"
+		}
+		data += value
+		has = true
+	}
+	if has || !complete {
+		return out, io.ErrUnexpectedEOF
+	}
+	return out, io.EOF
 }
 
 func TestParseTrace(t *testing.T) {

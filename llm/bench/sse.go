@@ -23,9 +23,10 @@ var ErrEventTooLarge = errors.New("bench: server-sent event larger than 1 MiB")
 type SSEReader struct {
 	r       *bufio.Reader
 	data    []byte
-	has     bool // the pending event has a data field
-	line    []byte
-	afterCR bool // the last line ended with CR: a following LF is its end, not a line
+	has     bool   // the pending event has a data field
+	line    []byte // a line longer than the buffer, being assembled
+	rest    []byte // lines still to hand out, after a lone CR
+	afterCR bool   // the last line ended with CR: a following LF is its end, not a line
 }
 
 // NewSSEReader returns a reader of the events in r.
@@ -79,31 +80,83 @@ func (s *SSEReader) Next() ([]byte, error) {
 // readLine returns the next line without its ending. The line is valid
 // until the next call.
 func (s *SSEReader) readLine() ([]byte, error) {
-	s.line = s.line[:0]
-	for {
-		b, err := s.r.ReadByte()
-		if err != nil {
-			if err == io.EOF && len(s.line) > 0 {
-				return s.line, io.EOF
-			}
-			return nil, err
-		}
-		if s.afterCR {
-			s.afterCR = false
-			if b == '\n' {
-				continue
-			}
-		}
-		switch b {
-		case '\n':
-			return s.line, nil
-		case '\r':
-			s.afterCR = true
-			return s.line, nil
-		}
-		if len(s.line) >= MaxEventSize {
-			return nil, fmt.Errorf("%w (a line without an end)", ErrEventTooLarge)
-		}
-		s.line = append(s.line, b)
+	if len(s.rest) > 0 {
+		return s.cut(s.rest)
 	}
+	var line []byte
+	var err error
+	for {
+		var frag []byte
+		frag, err = s.r.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			if len(s.line)+len(frag) > MaxEventSize {
+				return nil, fmt.Errorf("%w (a line without an end)", ErrEventTooLarge)
+			}
+			s.line = append(s.line, frag...)
+			continue
+		}
+		if len(s.line) > 0 {
+			s.line = append(s.line, frag...)
+			line, s.line = s.line, s.line[:0]
+		} else {
+			line = frag
+		}
+		break
+	}
+	if err != nil && len(line) == 0 {
+		return nil, err
+	}
+	if len(line) > MaxEventSize {
+		return nil, fmt.Errorf("%w (a line without an end)", ErrEventTooLarge)
+	}
+	if s.afterCR && len(line) > 0 && line[0] == '\n' {
+		line = line[1:]
+		s.afterCR = false
+		if len(line) == 0 {
+			return s.readLine()
+		}
+	}
+	s.afterCR = false
+	if err == io.EOF {
+		// A last line without an end: complete only if it ended with CR.
+		if i := bytes.IndexByte(line, '\r'); i >= 0 && i < len(line)-1 {
+			s.rest = append(s.rest[:0], line...)
+			return s.cut(s.rest)
+		}
+		if line[len(line)-1] == '\r' {
+			return line[:len(line)-1], nil
+		}
+		return line, io.EOF
+	}
+	line = line[:len(line)-1] // the LF
+	if i := bytes.IndexByte(line, '\r'); i >= 0 {
+		if i == len(line)-1 {
+			return line[:i], nil // CRLF
+		}
+		// Lines ended by a lone CR inside: hand them out one by one.
+		s.rest = append(append(s.rest[:0], line...), '\n')
+		return s.cut(s.rest)
+	}
+	return line, nil
+}
+
+// cut returns the first line of rest (ended by CR, CRLF or LF) and keeps
+// the remainder in s.rest. A remainder without an end is the stream's
+// last, cut-off line: it comes with io.EOF.
+func (s *SSEReader) cut(rest []byte) ([]byte, error) {
+	i := bytes.IndexAny(rest, "\r\n")
+	if i < 0 {
+		s.rest = rest[:0]
+		return rest, io.EOF
+	}
+	line := rest[:i]
+	n := i + 1
+	if rest[i] == '\r' && n < len(rest) && rest[n] == '\n' {
+		n++
+	}
+	if rest[i] == '\r' && i+1 == len(rest) {
+		s.afterCR = true // an LF may follow in the next read: part of this CR's end
+	}
+	s.rest = rest[n:]
+	return line, nil
 }
