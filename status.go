@@ -96,6 +96,11 @@ func (rt *Runtime) ready() (bool, string) {
 			if s := e.served; s != nil && !s.registered.Load() {
 				return false, e.path + " is not registered yet"
 			}
+			if s := e.served; s != nil && s.health != nil {
+				if why := s.health.failing.Load(); why != nil {
+					return false, *why
+				}
+			}
 		}
 	}
 	return true, ""

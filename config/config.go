@@ -58,6 +58,21 @@ type Config struct {
 	Status       Status       `key:"status"`
 	Queue        Queue        `key:"queue"`
 	Events       Events       `key:"events"`
+	Tracing      Tracing      `key:"tracing"`
+	Health       Health       `key:"health"`
+}
+
+// Tracing tunes OpenTelemetry tracing. The SDK itself is set up from the
+// standard OTEL_* variables (see docs/observability.md).
+type Tracing struct {
+	Enabled bool `key:"enabled" default:"true" doc:"Trace requests, events and jobs when a TracerProvider is installed; false makes no spans at all."`
+}
+
+// Health tunes the canary health checks of endpoints served with a health
+// request (loom.WithHealthCheck).
+type Health struct {
+	CanaryIdle    time.Duration `key:"canary_idle" default:"10s" min:"0s" doc:"An endpoint with a health request that served nothing for this long is sent it; 0 turns canaries off."`
+	CanaryTimeout time.Duration `key:"canary_timeout" default:"3s" min:"1ms" doc:"How long a canary may take to answer before /health reports its endpoint not ready."`
 }
 
 // NATS is the connection every plane that uses NATS shares.

@@ -1,7 +1,8 @@
 // Package metrics holds Loom's Prometheus metrics, on a registry Loom owns
 // (not the global one), so a program can serve it, merge it or ignore it.
 // Every metric is declared in this package, one file per plane: requests
-// and background tasks here, work queues in queue.go, events in events.go.
+// and background tasks here, work queues in queue.go, events in events.go,
+// canary health checks in health.go.
 package metrics
 
 import (
@@ -38,7 +39,8 @@ type Metrics struct {
 	clientRetries *prometheus.CounterVec
 	taskPanics    *prometheus.CounterVec
 
-	events eventMetrics // the event plane's, registered on first use (events.go)
+	events eventMetrics  // the event plane's, registered on first use (events.go)
+	health healthMetrics // canary health checks', registered on first use (health.go)
 
 	mu        sync.Mutex
 	endpoints map[[3]string]*Endpoint

@@ -1,0 +1,158 @@
+package loom_test
+
+import (
+	"context"
+	"io"
+	"iter"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom"
+)
+
+// health returns /health's status code and body.
+func health(t *testing.T, rt *loom.Runtime) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + rt.StatusAddr() + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// waitHealth polls /health until it answers code, and returns the body
+// and how long it took.
+func waitHealth(t *testing.T, rt *loom.Runtime, code int, limit time.Duration) (string, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	for {
+		got, body := health(t, rt)
+		if got == code {
+			return body, time.Since(start)
+		}
+		if time.Since(start) > limit {
+			t.Fatalf("/health still answers %d %q after %s, want %d", got, body, limit, code)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func healthChecks(t *testing.T, rt *loom.Runtime, result string) float64 {
+	t.Helper()
+	mfs, err := rt.Metrics().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() != "loom_health_check_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && (result == "" || l.GetValue() == result) {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
+}
+
+// TestAWedgedHandlerTurnsHealthNotReadyAndBackAfterItRecovers: an endpoint
+// with a health request whose handler stops answering makes /health say
+// not ready, naming it, within the idle time plus the timeout; once the
+// handler answers again, the next check makes it ready.
+func TestAWedgedHandlerTurnsHealthNotReadyAndBackAfterItRecovers(t *testing.T) {
+	c := newCluster(t)
+	c.cfg.Status.Port = -1
+	c.cfg.Health.CanaryIdle = 50 * time.Millisecond
+	c.cfg.Health.CanaryTimeout = 200 * time.Millisecond
+	rt := c.runtime()
+	var wedged atomic.Bool
+	ep := endpoint(t, rt, "hc/worker/generate")
+	err := loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) {
+			if wedged.Load() {
+				<-ctx.Done() // stuck until the caller gives up
+				return
+			}
+			yield("ok", nil)
+		}
+	}), loom.WithHealthCheck("ping"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := health(t, rt); code != http.StatusOK {
+		t.Fatalf("/health %d %q before anything went wrong", code, body)
+	}
+	// A healthy idle endpoint is checked, and stays ready.
+	for healthChecks(t, rt, "ok") == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	wedged.Store(true)
+	body, took := waitHealth(t, rt, http.StatusServiceUnavailable, 10*time.Second)
+	if !strings.Contains(body, "hc/worker/generate") || !strings.Contains(body, "no answer within 200ms") {
+		t.Fatalf("/health says %q; want the endpoint and the timeout named", body)
+	}
+	t.Logf("not ready %s after the handler wedged (idle 50ms + timeout 200ms)", took)
+	if healthChecks(t, rt, "timeout") == 0 {
+		t.Fatal("loom_health_check_total{result=timeout} is 0")
+	}
+	if code, _ := httpGet(t, "http://"+rt.StatusAddr()+"/live"); code != http.StatusOK {
+		t.Fatalf("/live answers %d while only readiness failed", code)
+	}
+	wedged.Store(false)
+	_, took = waitHealth(t, rt, http.StatusOK, 10*time.Second)
+	t.Logf("ready again %s after the handler recovered", took)
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestRealTrafficSuppressesCanaries: while requests keep coming more often
+// than the idle time, no canary is sent.
+func TestRealTrafficSuppressesCanaries(t *testing.T) {
+	c := newCluster(t)
+	c.cfg.Health.CanaryIdle = 300 * time.Millisecond
+	rt := c.runtime()
+	ep := endpoint(t, rt, "hc/busy/generate")
+	err := loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) { yield(s, nil) }
+	}), loom.WithHealthCheck("ping"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := client[string, string](t, rt, "hc/busy/generate")
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if _, err := collect(cl.Generate(context.Background(), "real")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := healthChecks(t, rt, ""); n != 0 {
+		t.Fatalf("%v canaries were sent to a busy endpoint", n)
+	}
+}
+
+func TestAHealthRequestOfTheWrongTypeIsRefused(t *testing.T) {
+	rt := newCluster(t).runtime()
+	err := loom.Serve(context.Background(), endpoint(t, rt, "hc/bad/type"), loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) {}
+	}), loom.WithHealthCheck(42))
+	if err == nil || !strings.Contains(err.Error(), "health request is a int") {
+		t.Fatalf("Serve with an int health request for a string endpoint: %v", err)
+	}
+}

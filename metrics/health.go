@@ -1,0 +1,55 @@
+package metrics
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Health check results, the "result" label of loom_health_check_total.
+const (
+	HealthOK      = "ok"
+	HealthTimeout = "timeout" // no answer within health.canary_timeout
+	HealthError   = "error"   // the health request ended with an error
+)
+
+type healthMetrics struct {
+	once     sync.Once
+	checks   *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	ready    *prometheus.GaugeVec
+}
+
+// HealthCheck is the metrics of one endpoint's canary health checks.
+type HealthCheck struct {
+	OK, Timeout, Error prometheus.Counter
+	Duration           prometheus.Observer
+	// Ready is 1 while the endpoint's last check (or request) succeeded.
+	Ready prometheus.Gauge
+}
+
+// HealthCheck returns the bound health check metrics of
+// ns/component/endpoint, registering the family on first use.
+func (m *Metrics) HealthCheck(ns, component, endpoint string) *HealthCheck {
+	h := &m.health
+	h.once.Do(func() {
+		h.checks = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_health_check_total",
+			Help: "Canary health checks sent to idle endpoints, by endpoint and result (ok, timeout, error).",
+		}, append(endpointLabels, "result"))
+		h.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "loom_health_check_duration_seconds",
+			Help:    "Time a canary health check took to answer.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, endpointLabels)
+		h.ready = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loom_health_check_ready",
+			Help: "1 while an endpoint's last canary health check (or request) succeeded, 0 while it is failing.",
+		}, endpointLabels)
+		m.reg.MustRegister(h.checks, h.duration, h.ready)
+	})
+	l := prometheus.Labels{"namespace": ns, "component": component, "endpoint": endpoint}
+	res := func(r string) prometheus.Counter { return h.checks.WithLabelValues(ns, component, endpoint, r) }
+	return &HealthCheck{OK: res(HealthOK), Timeout: res(HealthTimeout), Error: res(HealthError),
+		Duration: h.duration.With(l), Ready: h.ready.With(l)}
+}
