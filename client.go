@@ -36,9 +36,10 @@ func (c *Candidate) InFlight() int64 { return c.inFlight.Load() }
 type ClientOption func(*clientOptions)
 
 type clientOptions struct {
-	picker  Picker
-	wait    time.Duration
-	noRetry bool
+	picker       Picker
+	wait         time.Duration
+	noRetry      bool
+	interceptors []Interceptor
 }
 
 // usable reports whether cand should get new requests: its connection has
@@ -86,7 +87,9 @@ type clientCore struct {
 	cooldown time.Duration // how long a failed instance is avoided
 	m        *metrics.ClientEndpoint
 	cancel   context.CancelFunc // ends the client's watch
-	tasks    *supervise.Group
+
+	interceptors []Interceptor // the runtime's, then the client's
+	tasks        *supervise.Group
 
 	list atomic.Pointer[[]*Candidate] // sorted by id; replaced, never mutated
 
@@ -117,6 +120,7 @@ func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientO
 		local: rt.cfg.Client.LocalFastPath, cooldown: rt.cfg.Client.FailureCooldown,
 		m:     rt.metrics.Client(ep.comp.ns.name, ep.comp.name, ep.name),
 		cands: make(map[uint64]*Candidate), changed: make(chan struct{}),
+		interceptors: append(slices.Clip(rt.clientICs), o.interceptors...),
 	}
 	c.list.Store(&[]*Candidate{})
 	// The watch lives as long as the client, not as long as ctx.
@@ -364,6 +368,16 @@ func (c *Client[Req, Resp]) Direct(id uint64) Engine[Req, Resp] {
 }
 
 func (c *Client[Req, Resp]) run(ctx context.Context, req Req, direct uint64, yield func(Resp, error) bool) {
+	if c.core.intercepted() || ctx.Value(outgoingKey{}) != nil {
+		c.runIntercepted(ctx, req, direct, yield)
+		return
+	}
+	c.attempts(ctx, req, direct, nil, yield)
+}
+
+// attempts routes req to an instance, and to others while they refuse it
+// before responding. call is the traced or intercepted call, or nil.
+func (c *Client[Req, Resp]) attempts(ctx context.Context, req Req, direct uint64, call *Call, yield func(Resp, error) bool) {
 	core := c.core
 	var tried []*Candidate
 	var last error
@@ -378,12 +392,18 @@ func (c *Client[Req, Resp]) run(ctx context.Context, req Req, direct uint64, yie
 			yield(zero, err)
 			return
 		}
-		started, err := c.call(ctx, cand, req, yield)
+		if call != nil {
+			call.picked(cand, len(tried)+1)
+		}
+		started, err := c.call(ctx, cand, req, call, yield)
 		if err == nil {
 			core.m.OK.Inc()
 			return
 		}
 		if !started && retryable(err) && !core.noRetry && direct == 0 && ctx.Err() == nil {
+			if call != nil {
+				call.retried(cand, err)
+			}
 			tried = append(tried, cand)
 			last = err
 			core.m.Retries.Inc()
@@ -410,7 +430,7 @@ func (c *clientCore) count(err error) {
 
 // call sends req to one instance: in this process directly, elsewhere over
 // the transport its record names.
-func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, yield func(Resp, error) bool) (bool, error) {
+func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, call *Call, yield func(Resp, error) bool) (bool, error) {
 	cand.inFlight.Add(1)
 	defer cand.inFlight.Add(-1)
 	if c.core.local {
@@ -422,7 +442,7 @@ func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, 
 			return callRaw(ctx, s, req, yield)
 		}
 	}
-	started, err, failed := callRemote(ctx, c.core, cand, req, yield)
+	started, err, failed := callRemote(ctx, c.core, cand, req, call, yield)
 	if failed {
 		cand.avoidUntil.Store(time.Now().Add(c.core.cooldown).UnixNano())
 	}
@@ -431,7 +451,7 @@ func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, 
 
 // callRemote calls an instance in another process. failed reports that the
 // instance or its connection failed, rather than the request.
-func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candidate, req Req, yield func(Resp, error) bool) (started bool, err error, failed bool) {
+func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candidate, req Req, call *Call, yield func(Resp, error) bool) (started bool, err error, failed bool) {
 	cdc, err := codec.ByName(cand.Codec)
 	if err != nil {
 		return false, fmt.Errorf("%w: %s instance %x: %v", errGone, c.path, cand.ID, err), false
@@ -440,7 +460,9 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 	if err != nil {
 		return false, fmt.Errorf("loom: %s: encode request: %w", c.path, err), false
 	}
-	stream, err := c.rt.open(ctx, cand, mux.Request{Path: c.path, Codec: cdc.Name(), Payload: payload})
+	mr := mux.Request{Path: c.path, Codec: cdc.Name(), Payload: payload}
+	call.request(ctx, &mr)
+	stream, err := c.rt.open(ctx, cand, mr)
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, ctx.Err(), false

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery"
@@ -42,8 +43,12 @@ type Runtime struct {
 	nc      *nats.Conn
 	ownNATS bool
 
-	planes  planes
-	status  *statusServer
+	planes planes
+	status *statusServer
+	trace  tracing
+
+	serverICs, clientICs []Interceptor
+
 	started time.Time
 
 	mu         sync.Mutex
@@ -64,6 +69,9 @@ type options struct {
 	log    *slog.Logger
 	id     uint64
 	metric *metrics.Metrics
+	tp     trace.TracerProvider
+
+	serverICs, clientICs []Interceptor
 }
 
 // WithConfig uses cfg instead of loading the configuration from its layers
@@ -136,7 +144,10 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 		namespaces: make(map[string]*Namespace),
 		components: make(map[string]*Component),
 		clients:    make(map[*clientCore]struct{}),
+		serverICs:  o.serverICs,
+		clientICs:  o.clientICs,
 	}
+	rt.trace.given, rt.trace.off = o.tp, !o.cfg.Tracing.Enabled
 	if err := rt.openDiscovery(ctx, o.disc); err != nil {
 		cancel()
 		rt.closeNATS()
@@ -204,9 +215,9 @@ func NewLogger(c config.Log) *slog.Logger {
 	}
 	hopts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, hopts))
+		return slog.New(LogHandler(slog.NewJSONHandler(os.Stderr, hopts)))
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, hopts))
+	return slog.New(LogHandler(slog.NewTextHandler(os.Stderr, hopts)))
 }
 
 // ID returns the runtime's instance id, shared by every endpoint it serves.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,8 +25,10 @@ var localServers sync.Map // string -> *served
 type ServeOption func(*serveOptions)
 
 type serveOptions struct {
-	codec    string
-	metadata map[string]string
+	codec        string
+	metadata     map[string]string
+	interceptors []Interceptor
+	health       *healthOptions
 }
 
 // WithCodec serves the endpoint with the named codec ("msgpack" or
@@ -55,6 +58,9 @@ type served struct {
 	codec codec.Codec
 	m     *metrics.Endpoint
 	log   *slog.Logger
+
+	interceptors []Interceptor // the runtime's, then the endpoint's
+	health       *healthCheck  // nil without WithHealthCheck
 
 	inFlight   atomic.Int64
 	draining   atomic.Bool
@@ -100,6 +106,13 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		m:       rt.metrics.Endpoint(ep.comp.ns.name, ep.comp.name, ep.name),
 		log:     rt.log.With("endpoint", ep.path),
 		drained: make(chan struct{}),
+
+		interceptors: append(slices.Clip(rt.serverICs), o.interceptors...),
+	}
+	if o.health != nil {
+		if err := s.setHealth(o.health, func(req any) bool { _, ok := req.(Req); return ok }); err != nil {
+			return err
+		}
 	}
 	s.key = s.inst.Key()
 	s.raw = func(ctx, stop context.Context, c codec.Codec, payload []byte, send func([]byte) error) (bool, error) {
@@ -161,6 +174,10 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		return fmt.Errorf("loom: serve %s: register instance %x: %w", ep.path, rt.id, err)
 	}
 	s.registered.Store(true)
+	if s.health != nil {
+		s.health.run = healthRunner(s, eng)
+		s.startHealth(rt)
+	}
 	s.log.Debug("serving", "codec", c.Name())
 	return nil
 }
@@ -248,6 +265,9 @@ func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engi
 		s.m.InFlight.Dec()
 		outcome.Inc()
 		s.release()
+		if s.health != nil {
+			s.health.served(outcome == s.m.OK || outcome == s.m.Cancelled)
+		}
 	}()
 
 	inYield, consumerStopped, panicked := false, false, false
@@ -262,7 +282,7 @@ func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engi
 				err = fmt.Errorf("%w: %s: %v", ErrHandlerPanic, s.ep.path, v)
 			}
 		}()
-		for item, herr := range eng.Generate(rctx, req) {
+		for item, herr := range generate(rctx, caller, s, eng, req) {
 			if herr != nil {
 				err = herr
 				return
@@ -294,6 +314,10 @@ func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engi
 	case rctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
 		outcome = s.m.Cancelled
 		err = s.killError(caller, rctx, started)
+	case errors.Is(err, ErrHandlerPanic):
+		outcome = s.m.Panic
+	case errors.Is(err, ErrRefused):
+		outcome = s.m.Refused
 	case err != nil:
 		outcome = s.m.Error
 	}

@@ -38,6 +38,9 @@ type netStream interface {
 	Context() context.Context
 	Stopped() <-chan struct{}
 	Send(p []byte) error
+	RequestID() string
+	TraceParent() string
+	Headers() map[string]string
 }
 
 // clientStream is the caller's end of one call on a transport.
@@ -139,7 +142,11 @@ func serveStream[S netStream](rt *Runtime, s S) error {
 	}
 	sv.m.BytesIn.Add(float64(len(s.Payload())))
 	out := 0
-	_, err = sv.raw(s.Context(), streamStop[S]{s}, c, s.Payload(), func(b []byte) error {
+	ctx := s.Context()
+	if sv.intercepted() {
+		ctx = context.WithValue(ctx, callKey{}, &Call{Side: ServerSide, RequestID: s.RequestID(), Header: s.Headers(), traceParent: s.TraceParent()})
+	}
+	_, err = sv.raw(ctx, streamStop[S]{s}, c, s.Payload(), func(b []byte) error {
 		out += len(b)
 		return s.Send(b)
 	})
@@ -155,9 +162,12 @@ func toWire(err error) error {
 	}
 	var se *mux.StreamError
 	var bre *BadRequestError
+	var ref *RefusedError
 	switch {
 	case errors.As(err, &se):
 		return se
+	case errors.As(err, &ref):
+		return refusedToWire(ref)
 	case errors.Is(err, ErrDraining), errors.Is(err, ErrClosed):
 		return mux.Errorf(wire.CodeDraining, "%v", err)
 	case errors.Is(err, ErrOverloaded):
@@ -199,6 +209,8 @@ func fromWire(ctx context.Context, path string, inst uint64, err error) (mapped 
 	switch se.Code {
 	case wire.CodeApplication:
 		return &HandlerError{Path: path, Instance: inst, Message: se.Message}, false
+	case wire.CodeRefused:
+		return refusedFromWire(path, inst, se.Message), false
 	case wire.CodeDraining:
 		return fmt.Errorf("%w: %s: %s", ErrDraining, where, se.Message), false
 	case wire.CodeOverloaded:

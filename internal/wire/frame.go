@@ -223,9 +223,12 @@ const (
 	// CodeReset: the stream was reset, for example because its
 	// connection was lost.
 	CodeReset Code = 10
+	// CodeRefused: an interceptor refused the request before the handler
+	// ran (authentication, a rate limit); the message is "reason: text".
+	CodeRefused Code = 11
 )
 
-var codeNames = [...]string{"OK", "Application", "NotFound", "Overloaded", "Draining", "Cancelled", "DeadlineExceeded", "Internal", "Protocol", "BadRequest", "Reset"}
+var codeNames = [...]string{"OK", "Application", "NotFound", "Overloaded", "Draining", "Cancelled", "DeadlineExceeded", "Internal", "Protocol", "BadRequest", "Reset", "Refused"}
 
 func (c Code) String() string {
 	if int(c) < len(codeNames) {

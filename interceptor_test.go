@@ -1,0 +1,174 @@
+package loom_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/loomrt/loom"
+)
+
+// trail records what interceptors saw, per side.
+type trail struct {
+	mu     sync.Mutex
+	server []string
+	client []string
+}
+
+func (tr *trail) add(side loom.Side, s string) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if side == loom.ServerSide {
+		tr.server = append(tr.server, s)
+	} else {
+		tr.client = append(tr.client, s)
+	}
+}
+
+// marker is an interceptor that records its entry, the items it saw and
+// its exit, and adds its name to the "trail" header on the client side.
+func (tr *trail) marker(name string) loom.Interceptor {
+	return func(next loom.Engine[any, any]) loom.Engine[any, any] {
+		return loom.EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+			return func(yield func(any, error) bool) {
+				call := loom.CallFromContext(ctx)
+				if call.Side == loom.ClientSide {
+					call.Header["trail"] = strings.TrimPrefix(call.Header["trail"]+","+name, ",")
+				} else if name == "C" {
+					tr.add(call.Side, "header="+call.Header["trail"])
+				}
+				tr.add(call.Side, name+">")
+				items := 0
+				for item, err := range next.Generate(ctx, req) {
+					if err == nil {
+						items++
+					}
+					if !yield(item, err) {
+						break
+					}
+				}
+				tr.add(call.Side, fmt.Sprintf("<%s(%d)", name, items))
+			}
+		})
+	}
+}
+
+func TestInterceptorsRunInTheDocumentedOrderAndCarryHeaders(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		tr := &trail{}
+		srv := c.runtime(loom.WithServerInterceptors(tr.marker("A"), tr.marker("B")))
+		ep := endpoint(t, srv, "ic/order/echo")
+		err := loom.Serve(context.Background(), ep, loom.EngineFunc[int, int](func(ctx context.Context, n int) iter.Seq2[int, error] {
+			return func(yield func(int, error) bool) {
+				tr.add(loom.ServerSide, "handler")
+				for i := range n {
+					if !yield(i, nil) {
+						return
+					}
+				}
+			}
+		}), loom.WithServeInterceptors(tr.marker("C")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl := client[int, int](t, c.runtime(loom.WithClientInterceptors(tr.marker("X"))), "ic/order/echo",
+			loom.WithCallInterceptors(tr.marker("Y")))
+		got, err := collect(cl.Generate(context.Background(), 2))
+		if err != nil || len(got) != 2 {
+			t.Fatalf("got %v, %v", got, err)
+		}
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		if want := "A>,B>,header=X,Y,C>,handler,<C(2),<B(2),<A(2)"; strings.Join(tr.server, ",") != want {
+			t.Errorf("server side ran %q, want %q", strings.Join(tr.server, ","), want)
+		}
+		if want := "X>,Y>,<Y(2),<X(2)"; strings.Join(tr.client, ",") != want {
+			t.Errorf("client side ran %q, want %q", strings.Join(tr.client, ","), want)
+		}
+	})
+}
+
+// authInterceptor refuses requests without the right bearer token.
+func authInterceptor(token string) loom.Interceptor {
+	return func(next loom.Engine[any, any]) loom.Engine[any, any] {
+		return loom.EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+			if got := loom.CallFromContext(ctx).Header["authorization"]; got != "Bearer "+token {
+				return loom.Fail[any](loom.Refuse("unauthenticated", "missing or wrong bearer token in the authorization header"))
+			}
+			return next.Generate(ctx, req)
+		})
+	}
+}
+
+func TestARefusalReachesTheRemoteCallerAsATypedError(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		srv := c.runtime()
+		ran := 0
+		ep := endpoint(t, srv, "ic/auth/secret")
+		err := loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+			ran++
+			return func(yield func(string, error) bool) { yield("secret for "+s, nil) }
+		}), loom.WithServeInterceptors(authInterceptor("s3cret")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl := client[string, string](t, c.runtime(), "ic/auth/secret")
+		_, err = collect(cl.Generate(context.Background(), "eve"))
+		var re *loom.RefusedError
+		if !errors.As(err, &re) || !errors.Is(err, loom.ErrRefused) {
+			t.Fatalf("call without a token ended with %v (%T), want a *loom.RefusedError", err, err)
+		}
+		if re.Reason != "unauthenticated" || re.Path != "ic/auth/secret" || re.Instance != srv.ID() || !strings.Contains(re.Message, "bearer token") {
+			t.Fatalf("refusal %+v", re)
+		}
+		if ran != 0 {
+			t.Fatal("the handler ran for a refused request")
+		}
+		ctx := loom.WithHeader(context.Background(), "authorization", "Bearer s3cret")
+		got, err := collect(cl.Generate(ctx, "bob"))
+		if err != nil || len(got) != 1 || got[0] != "secret for bob" {
+			t.Fatalf("call with the token: %v, %v", got, err)
+		}
+	})
+}
+
+func TestAHandlerPanicIsAnErrorTheInterceptorsSee(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		var seen error
+		var mu sync.Mutex
+		watch := func(next loom.Engine[any, any]) loom.Engine[any, any] {
+			return loom.EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+				return func(yield func(any, error) bool) {
+					for item, err := range next.Generate(ctx, req) {
+						if err != nil {
+							mu.Lock()
+							seen = err
+							mu.Unlock()
+						}
+						if !yield(item, err) {
+							return
+						}
+					}
+				}
+			})
+		}
+		srv := c.runtime(loom.WithServerInterceptors(watch))
+		serve(t, srv, "ic/panic/boom", func(ctx context.Context, n int) iter.Seq2[int, error] {
+			panic("boom")
+		})
+		cl := client[int, int](t, c.runtime(), "ic/panic/boom")
+		_, err := collect(cl.Generate(context.Background(), 1))
+		if !errors.Is(err, loom.ErrHandlerPanic) {
+			t.Fatalf("caller got %v, want ErrHandlerPanic", err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !errors.Is(seen, loom.ErrHandlerPanic) {
+			t.Fatalf("the interceptor saw %v, want ErrHandlerPanic", seen)
+		}
+	})
+}

@@ -1,0 +1,263 @@
+package loom
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"strconv"
+	"sync/atomic"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// TracerName is the instrumentation scope of the spans Loom makes.
+const TracerName = "github.com/loomrt/loom"
+
+// WithTracerProvider makes the runtime trace with tp instead of the global
+// TracerProvider (otel.GetTracerProvider).
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *options) { o.tp = tp }
+}
+
+// defaultTP is OpenTelemetry's global provider as it is before a program
+// installs one: it makes spans that record nothing. While it is the global
+// provider, Loom makes no spans at all, so tracing costs nothing until an
+// SDK is installed. It is nil if a provider was installed before this
+// package's initialisation.
+var defaultTP = func() trace.TracerProvider {
+	tp := otel.GetTracerProvider()
+	if fmt.Sprintf("%T", tp) == "*global.tracerProvider" {
+		return tp
+	}
+	return nil
+}()
+
+type tracerCache struct {
+	tp trace.TracerProvider
+	t  trace.Tracer
+}
+
+// tracing is a runtime's access to its tracer.
+type tracing struct {
+	off   bool                 // tracing.enabled is false
+	given trace.TracerProvider // WithTracerProvider
+	cache atomic.Pointer[tracerCache]
+}
+
+// tracer returns the tracer to make spans with, or nil when tracing is
+// off: turned off by configuration, or no TracerProvider installed.
+func (t *tracing) tracer() trace.Tracer {
+	if t.off {
+		return nil
+	}
+	tp := t.given
+	if tp == nil {
+		if tp = otel.GetTracerProvider(); tp == defaultTP {
+			return nil
+		}
+	}
+	if c := t.cache.Load(); c != nil && c.tp == tp {
+		return c.t
+	}
+	tr := tp.Tracer(TracerName)
+	t.cache.Store(&tracerCache{tp: tp, t: tr})
+	return tr
+}
+
+// Tracer returns the tracer the runtime makes its spans with, or nil when
+// tracing is off (tracing.enabled is false, or no TracerProvider is
+// installed). Packages built on the runtime (events, workqueue,
+// eventbus) trace with it.
+func (rt *Runtime) Tracer() trace.Tracer { return rt.trace.tracer() }
+
+// TraceParent returns the W3C traceparent of the span in ctx, or "" if ctx
+// holds no valid span context.
+func TraceParent(ctx context.Context) string {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return ""
+	}
+	b := make([]byte, 0, 55)
+	b = append(b, "00-"...)
+	tid, sid := sc.TraceID(), sc.SpanID()
+	b = appendHex(b, tid[:])
+	b = append(b, '-')
+	b = appendHex(b, sid[:])
+	b = append(b, '-')
+	b = appendHex(b, []byte{byte(sc.TraceFlags())})
+	return string(b)
+}
+
+func appendHex(b, src []byte) []byte {
+	const digits = "0123456789abcdef"
+	for _, c := range src {
+		b = append(b, digits[c>>4], digits[c&0xf])
+	}
+	return b
+}
+
+// ParseTraceParent parses a W3C traceparent ("00-<trace id>-<span id>-<flags>")
+// into a remote span context. It returns an error naming the value if it
+// is not one.
+func ParseTraceParent(s string) (trace.SpanContext, error) {
+	bad := func(why string) (trace.SpanContext, error) {
+		return trace.SpanContext{}, fmt.Errorf("loom: traceparent %q: %s (want 00-<32 hex>-<16 hex>-<2 hex>)", s, why)
+	}
+	if len(s) < 55 || s[2] != '-' || s[35] != '-' || s[52] != '-' {
+		return bad("malformed")
+	}
+	if s[:2] == "ff" || (s[:2] == "00" && len(s) != 55) || (len(s) > 55 && s[55] != '-') {
+		return bad("unsupported version or trailing data")
+	}
+	if _, err := strconv.ParseUint(s[:2], 16, 8); err != nil {
+		return bad("version is not hex")
+	}
+	tid, err := trace.TraceIDFromHex(s[3:35])
+	if err != nil {
+		return bad("trace id: " + err.Error())
+	}
+	sid, err := trace.SpanIDFromHex(s[36:52])
+	if err != nil {
+		return bad("span id: " + err.Error())
+	}
+	flags, err := strconv.ParseUint(s[53:55], 16, 8)
+	if err != nil {
+		return bad("flags are not hex")
+	}
+	return trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: tid, SpanID: sid, TraceFlags: trace.TraceFlags(flags) & trace.FlagsSampled, Remote: true,
+	}), nil
+}
+
+// ContextWithTraceParent returns ctx carrying the remote span context of a
+// W3C traceparent, so that spans started from it are its children; ctx
+// itself if tp is empty or malformed.
+func ContextWithTraceParent(ctx context.Context, tp string) context.Context {
+	if tp == "" {
+		return ctx
+	}
+	sc, err := ParseTraceParent(tp)
+	if err != nil {
+		return ctx
+	}
+	return trace.ContextWithRemoteSpanContext(ctx, sc)
+}
+
+// Span attribute keys Loom adds to the semantic conventions' own.
+const (
+	AttrInstanceID = attribute.Key("loom.instance_id")
+	AttrRequestID  = attribute.Key("loom.request_id")
+	AttrCanary     = attribute.Key("loom.health_check")
+)
+
+// rpcSystem is the rpc.system.name of Loom's request planes.
+var rpcSystem = semconv.RPCSystemNameKey.String("loom")
+
+// traceServer is the built-in interceptor that makes the server span of
+// each request, a child of the caller's span (from the traceparent that
+// travelled with the request).
+func traceServer(rt *Runtime) Interceptor {
+	return func(next Engine[any, any]) Engine[any, any] {
+		return EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+			tr := rt.trace.tracer()
+			if tr == nil {
+				return next.Generate(ctx, req)
+			}
+			return func(yield func(any, error) bool) {
+				call := CallFromContext(ctx)
+				attrs := []attribute.KeyValue{rpcSystem, semconv.RPCMethod(call.Path), AttrInstanceID.String(strconv.FormatUint(call.Instance, 16))}
+				if call.RequestID != "" {
+					attrs = append(attrs, AttrRequestID.String(call.RequestID))
+				}
+				if call.Canary {
+					attrs = append(attrs, AttrCanary.Bool(true))
+				}
+				ctx, span := tr.Start(ctx, call.Path, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
+				defer span.End()
+				items := 0
+				for item, err := range next.Generate(ctx, req) {
+					if err != nil {
+						endWithError(span, err)
+					} else {
+						items++
+					}
+					if !yield(item, err) {
+						break
+					}
+				}
+				span.SetAttributes(attribute.Int("loom.items", items))
+			}
+		})
+	}
+}
+
+// traceClient is the built-in interceptor that makes the client span of
+// each call; the call path adds the picked instances and the retries as
+// events, and the span's context travels to the server.
+func traceClient(rt *Runtime) Interceptor {
+	return func(next Engine[any, any]) Engine[any, any] {
+		return EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+			tr := rt.trace.tracer()
+			if tr == nil {
+				return next.Generate(ctx, req)
+			}
+			return func(yield func(any, error) bool) {
+				call := CallFromContext(ctx)
+				attrs := []attribute.KeyValue{rpcSystem, semconv.RPCMethod(call.Path)}
+				if call.RequestID != "" {
+					attrs = append(attrs, AttrRequestID.String(call.RequestID))
+				}
+				ctx, span := tr.Start(ctx, call.Path, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+				defer span.End()
+				call.span = span
+				items := 0
+				for item, err := range next.Generate(ctx, req) {
+					if err != nil {
+						endWithError(span, err)
+					} else {
+						items++
+					}
+					if !yield(item, err) {
+						break
+					}
+				}
+				if call.Instance != 0 {
+					span.SetAttributes(AttrInstanceID.String(strconv.FormatUint(call.Instance, 16)))
+				}
+				span.SetAttributes(attribute.Int("loom.items", items))
+			}
+		})
+	}
+}
+
+func endWithError(span trace.Span, err error) {
+	span.RecordError(err)
+	span.SetStatus(codes.Error, err.Error())
+	span.SetAttributes(semconv.ErrorTypeKey.String(fmt.Sprintf("%T", err)))
+}
+
+// picked records on a traced call which instance an attempt went to.
+func (c *Call) picked(cand *Candidate, attempt int) {
+	c.Instance = cand.ID
+	if c.span != nil && c.span.IsRecording() {
+		c.span.AddEvent("loom.pick", trace.WithAttributes(
+			AttrInstanceID.String(strconv.FormatUint(cand.ID, 16)),
+			attribute.String("loom.transport", cand.Transport),
+			semconv.ServerAddress(cand.Address),
+			attribute.Int("loom.attempt", attempt)))
+	}
+}
+
+// retried records on a traced call that an attempt was refused before its
+// first response and the call moves to another instance.
+func (c *Call) retried(cand *Candidate, err error) {
+	if c.span != nil && c.span.IsRecording() {
+		c.span.AddEvent("loom.retry", trace.WithAttributes(
+			AttrInstanceID.String(strconv.FormatUint(cand.ID, 16)),
+			attribute.String("loom.error", err.Error())))
+	}
+}

@@ -1,0 +1,171 @@
+package loom_test
+
+import (
+	"context"
+	"encoding/json"
+	"iter"
+	"log/slog"
+	"strings"
+	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/internal/testutil"
+)
+
+// TestATwoHopCallIsOneTraceWithEachSpanUnderItsCaller: a client calls
+// server A, whose handler calls server B. The four spans (client->A, A,
+// A's client->B, B) form one trace, each the child of the one before, on
+// every plane; the handlers' log lines carry trace_id, span_id and
+// request_id.
+func TestATwoHopCallIsOneTraceWithEachSpanUnderItsCaller(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		defer tp.Shutdown(context.Background())
+		logs := &testutil.SyncBuffer{}
+		logger := slog.New(loom.LogHandler(slog.NewJSONHandler(logs, nil)))
+
+		b := c.runtime(loom.WithTracerProvider(tp))
+		serve(t, b, "hop/b/leaf", func(ctx context.Context, s string) iter.Seq2[string, error] {
+			return func(yield func(string, error) bool) { yield(s+"+b", nil) }
+		})
+		a := c.runtime(loom.WithTracerProvider(tp), loom.WithLogger(logger))
+		toB := client[string, string](t, a, "hop/b/leaf")
+		serve(t, a, "hop/a/mid", func(ctx context.Context, s string) iter.Seq2[string, error] {
+			return func(yield func(string, error) bool) {
+				a.Logger().InfoContext(ctx, "forwarding")
+				for v, err := range toB.Generate(ctx, s+"+a") {
+					if !yield(v, err) {
+						return
+					}
+				}
+			}
+		})
+		cl := client[string, string](t, c.runtime(loom.WithTracerProvider(tp)), "hop/a/mid")
+		ctx := loom.WithRequestID(context.Background(), "req-42")
+		got, err := collect(cl.Generate(ctx, "x"))
+		if err != nil || len(got) != 1 || got[0] != "x+a+b" {
+			t.Fatalf("got %v, %v", got, err)
+		}
+		spans := rec.Ended()
+		find := func(name string, kind trace.SpanKind) sdktrace.ReadOnlySpan {
+			for _, s := range spans {
+				if s.Name() == name && s.SpanKind() == kind {
+					return s
+				}
+			}
+			var names []string
+			for _, s := range spans {
+				names = append(names, s.Name()+"/"+s.SpanKind().String())
+			}
+			t.Fatalf("no %s span named %s among %v", kind, name, names)
+			return nil
+		}
+		callA := find("hop/a/mid", trace.SpanKindClient)
+		serveA := find("hop/a/mid", trace.SpanKindServer)
+		callB := find("hop/b/leaf", trace.SpanKindClient)
+		serveB := find("hop/b/leaf", trace.SpanKindServer)
+		chain := []sdktrace.ReadOnlySpan{callA, serveA, callB, serveB}
+		for i, s := range chain {
+			if s.SpanContext().TraceID() != callA.SpanContext().TraceID() {
+				t.Errorf("span %s/%s is in trace %s, the call in %s", s.Name(), s.SpanKind(), s.SpanContext().TraceID(), callA.SpanContext().TraceID())
+			}
+			if i > 0 && s.Parent().SpanID() != chain[i-1].SpanContext().SpanID() {
+				t.Errorf("span %s/%s has parent %s, want %s/%s (%s)", s.Name(), s.SpanKind(), s.Parent().SpanID(), chain[i-1].Name(), chain[i-1].SpanKind(), chain[i-1].SpanContext().SpanID())
+			}
+		}
+		if callA.Parent().IsValid() {
+			t.Errorf("the first call has a parent %s", callA.Parent().SpanID())
+		}
+		attrs := map[string]string{}
+		for _, kv := range serveA.Attributes() {
+			attrs[string(kv.Key)] = kv.Value.Emit()
+		}
+		if attrs["rpc.system.name"] != "loom" || attrs["rpc.method"] != "hop/a/mid" || attrs["loom.request_id"] != "req-42" || attrs["loom.instance_id"] == "" {
+			t.Errorf("server span attributes %v", attrs)
+		}
+		picked := false
+		for _, ev := range callA.Events() {
+			picked = picked || ev.Name == "loom.pick"
+		}
+		if !picked {
+			t.Errorf("the client span has no loom.pick event: %v", callA.Events())
+		}
+		var line map[string]any
+		for l := range strings.Lines(logs.String()) {
+			if strings.Contains(l, "forwarding") {
+				if err := json.Unmarshal([]byte(l), &line); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if line["trace_id"] != serveA.SpanContext().TraceID().String() || line["span_id"] != serveA.SpanContext().SpanID().String() || line["request_id"] != "req-42" {
+			t.Errorf("the handler's log line %v lacks the trace_id, span_id of its span or the request_id", line)
+		}
+	})
+}
+
+// TestNoSpansWithoutAProviderOrWhenTurnedOff: the global provider is the
+// default (nothing installed), so a runtime makes no spans; with
+// tracing.enabled false, a given provider is not used either.
+func TestNoSpansWithoutAProviderOrWhenTurnedOff(t *testing.T) {
+	c := newCluster(t)
+	if rt := c.runtime(); rt.Tracer() != nil {
+		t.Fatal("a runtime traces with no TracerProvider installed")
+	}
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer tp.Shutdown(context.Background())
+	c.cfg.Tracing.Enabled = false
+	rt := c.runtime(loom.WithTracerProvider(tp))
+	serve(t, rt, "off/a/b", func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) { yield(s, nil) }
+	})
+	if _, err := collect(client[string, string](t, rt, "off/a/b").Generate(context.Background(), "x")); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rec.Ended()); n != 0 || rt.Tracer() != nil {
+		t.Fatalf("%d spans with tracing.enabled false", n)
+	}
+}
+
+func TestTraceParentRoundTripsAndRejectsMalformedValues(t *testing.T) {
+	tp := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	sc, err := loom.ParseTraceParent(tp)
+	if err != nil || !sc.IsSampled() || !sc.IsRemote() {
+		t.Fatalf("%v %v", sc, err)
+	}
+	if got := loom.TraceParent(trace.ContextWithSpanContext(context.Background(), sc)); got != tp {
+		t.Fatalf("round trip %q, want %q", got, tp)
+	}
+	for _, bad := range []string{"", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+		"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra", "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01"} {
+		if _, err := loom.ParseTraceParent(bad); err == nil {
+			t.Errorf("ParseTraceParent(%q) accepted it", bad)
+		}
+	}
+}
+
+func FuzzParseTraceParent(f *testing.F) {
+	f.Add("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	f.Add("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-x")
+	f.Fuzz(func(t *testing.T, s string) {
+		sc, err := loom.ParseTraceParent(s)
+		if err != nil {
+			return
+		}
+		if !sc.IsValid() {
+			t.Fatalf("accepted %q as an invalid span context", s)
+		}
+		// Version 00 values round-trip exactly (hex case aside).
+		if strings.HasPrefix(s, "00-") && loom.TraceParent(trace.ContextWithSpanContext(context.Background(), sc)) != strings.ToLower(s) && sc.TraceFlags()&^trace.FlagsSampled == 0 {
+			if (s[53:55] == "00" || s[53:55] == "01") && strings.ToLower(s) == s {
+				t.Fatalf("%q did not round-trip", s)
+			}
+		}
+	})
+}
