@@ -1,0 +1,146 @@
+package kvrouter
+
+import (
+	"testing"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/llm"
+)
+
+func testRouter(cfg Config) *KVRouter {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		panic(err)
+	}
+	return &KVRouter{cfg: cfg, events: true, open: map[uint64]map[string]*sent{}, done: map[uint64]*doneSince{}}
+}
+
+func cands(ids ...uint64) []candidate {
+	out := make([]candidate, len(ids))
+	for i, id := range ids {
+		out[i].c = &loom.Candidate{Instance: discovery.Instance{ID: id}}
+	}
+	return out
+}
+
+func TestCostFunction(t *testing.T) {
+	r := testRouter(Config{})
+	// A 10-block prompt; worker 1 holds 8 leading blocks, worker 2 none,
+	// equal loads: worker 1 wins, with the costs the formula says.
+	cs := cands(1, 2)
+	cs[0].overlap = 8
+	for i := range cs {
+		cs[i].loadAt = 1
+		cs[i].load = llm.LoadMetrics{ActiveBlocks: 20, PrefillTokens: 32}
+	}
+	if got := r.choose(cs, 10, 16); got != 0 {
+		t.Fatalf("chose %d, want the worker holding the prefix", got)
+	}
+	// prefill = (10-8) + ceil(32/16) = 4, decode = 20+10 = 30, cost 34;
+	// worker 2: prefill 10+2 = 12, decode 30, cost 42.
+	if cs[0].cost != 34 || cs[1].cost != 42 {
+		t.Fatalf("costs %v and %v, want 34 and 42", cs[0].cost, cs[1].cost)
+	}
+	// A heavily loaded holder loses to an idle worker.
+	cs[0].load.ActiveBlocks = 500
+	if got := r.choose(cs, 10, 16); got != 1 {
+		t.Fatalf("chose %d, want the idle worker over the overloaded holder", got)
+	}
+	// Waiting requests count as prefills of this prompt's size.
+	cs[0].load.ActiveBlocks, cs[1].load.Waiting = 20, 1
+	r.choose(cs, 10, 16)
+	if cs[1].prefill != 22 {
+		t.Fatalf("a worker with one request waiting has prefill %d, want 10+2+10", cs[1].prefill)
+	}
+	// The overlap weight scales the prefill term.
+	r2 := testRouter(Config{OverlapWeight: 2})
+	cs[1].load.Waiting = 0
+	r2.choose(cs, 10, 16)
+	if cs[0].cost != 2*4+30 {
+		t.Fatalf("weight 2: cost %v, want 38", cs[0].cost)
+	}
+}
+
+func TestCostCountsRequestsRoutedSinceTheLastLoadReport(t *testing.T) {
+	r := testRouter(Config{})
+	r.open[1] = map[string]*sent{
+		"old": {worker: 1, blocks: 7, uncach: 7, at: 5},  // before the report: in it
+		"new": {worker: 1, blocks: 9, uncach: 4, at: 15}, // after: not yet in it
+	}
+	cs := cands(1)
+	cs[0].loadAt = 10
+	cs[0].load = llm.LoadMetrics{ActiveBlocks: 100}
+	r.choose(cs, 2, 16)
+	if cs[0].decode != 100+9+2 || cs[0].prefill != 2+4 {
+		t.Fatalf("decode %d prefill %d; want 111 and 6", cs[0].decode, cs[0].prefill)
+	}
+	// With no report at all, every open request counts.
+	cs[0].loadAt, cs[0].load = 0, llm.LoadMetrics{}
+	r.choose(cs, 2, 16)
+	if cs[0].decode != 7+9+2 || cs[0].prefill != 2+7+4 {
+		t.Fatalf("without load metrics: decode %d prefill %d; want 18 and 13", cs[0].decode, cs[0].prefill)
+	}
+}
+
+func TestCostTiesAreBrokenFairly(t *testing.T) {
+	r := testRouter(Config{})
+	counts := map[int]int{}
+	const n = 3000
+	for range n {
+		counts[r.choose(cands(1, 2, 3), 4, 16)]++
+	}
+	for i := range 3 {
+		// Expected 1000 each; 800 is more than 7 standard deviations off.
+		if counts[i] < 800 {
+			t.Fatalf("three tied workers were chosen %v times in %d picks; want about a third each", counts, n)
+		}
+	}
+}
+
+func TestTemperatureSamplesByCost(t *testing.T) {
+	cs := cands(1, 2, 3)
+	cs[0].overlap = 10 // cheapest
+	cs[1].overlap = 5
+	cold := testRouter(Config{})
+	for range 100 {
+		if cold.choose(cs, 10, 16) != 0 {
+			t.Fatal("temperature 0 did not take the cheapest worker")
+		}
+	}
+	hot := testRouter(Config{Temperature: 1})
+	counts := map[int]int{}
+	for range 3000 {
+		counts[hot.choose(cs, 10, 16)]++
+	}
+	// Normalised costs 0, 0.5, 1: weights 1, e^-0.5, e^-1 (0.52, 0.32, 0.19).
+	if !(counts[0] > counts[1] && counts[1] > counts[2] && counts[2] > 300) {
+		t.Fatalf("temperature 1 chose %v; want every worker sometimes, cheaper ones more often", counts)
+	}
+}
+
+func TestConfigRejectsBadValues(t *testing.T) {
+	for _, c := range []Config{{BlockSize: -1}, {OverlapWeight: -1}, {Temperature: -0.5}, {Namespace: "Bad Name"}} {
+		if _, err := c.withDefaults(); err == nil {
+			t.Errorf("config %+v was accepted", c)
+		}
+	}
+}
+
+func TestCostTakesDoneRequestsOffTheLastReport(t *testing.T) {
+	r := testRouter(Config{})
+	r.done[1] = &doneSince{loadAt: 10, blocks: 30, uncach: 5}
+	cs := cands(1)
+	cs[0].loadAt = 10
+	cs[0].load = llm.LoadMetrics{ActiveBlocks: 40, PrefillTokens: 3 * 16}
+	r.choose(cs, 2, 16)
+	if cs[0].decode != 40-30+2 || cs[0].prefill != 2+0 {
+		t.Fatalf("decode %d prefill %d; want 12 and 2 (pending floored at zero)", cs[0].decode, cs[0].prefill)
+	}
+	// A newer report already leaves them out.
+	cs[0].loadAt = 11
+	r.choose(cs, 2, 16)
+	if cs[0].decode != 42 {
+		t.Fatalf("decode %d after a newer report, want 42", cs[0].decode)
+	}
+}

@@ -1,0 +1,173 @@
+package kvrouter
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/discovery/memory"
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/llm"
+	"github.com/loomrt/loom/llm/mocker"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// system is an embedded NATS server, a private discovery store, mock
+// workers and a frontend runtime whose client routes with a router.
+type system struct {
+	t       tb
+	nats    *embedded.NATS
+	store   *memory.Store
+	cfg     config.Config
+	cluster *mocker.Cluster
+	fe      *loom.Runtime
+}
+
+type tb interface {
+	Helper()
+	Fatal(...any)
+	Fatalf(string, ...any)
+	Cleanup(func())
+	Context() context.Context
+}
+
+func newSystem(t tb, workers int, wc mocker.Config) *system {
+	t.Helper()
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	cfg := config.Default()
+	cfg.NATS.URL = ns.ClientURL()
+	cfg.Queue.Storage = "memory"
+	cfg.Client.LocalFastPath = false
+	s := &system{t: t, nats: ns, store: memory.NewStore(), cfg: cfg}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.cluster, err = mocker.StartCluster(ctx, mocker.ClusterConfig{Workers: workers, Worker: wc, Runtime: cfg, NATS: ns, Store: s.store, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.cluster.Shutdown(ctx)
+	})
+	d := s.store.Connect()
+	s.fe, err = loom.NewRuntime(context.Background(), loom.WithConfig(cfg), loom.WithDiscovery(d), loom.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.fe.Shutdown(ctx)
+		_ = d.Close()
+	})
+	return s
+}
+
+// client returns a client of the workers' generate endpoint routing with
+// r, once it knows n workers.
+func (s *system) client(r llm.Router, n int) *loom.Client[llm.Request, llm.Response] {
+	s.t.Helper()
+	ep, err := s.fe.Endpoint(llm.DefaultNamespace + "/backend/generate")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	c, err := loom.NewClient[llm.Request, llm.Response](s.t.Context(), ep, loom.WithPicker(r))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(c.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.WaitForInstances(ctx, n); err != nil {
+		s.t.Fatal(err)
+	}
+	return c
+}
+
+func (s *system) router(name string, cfg Config) Router {
+	s.t.Helper()
+	r, err := New(s.t.Context(), s.fe, name, cfg)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { _ = r.Close() })
+	return r
+}
+
+// result is what one routed request saw.
+type result struct {
+	worker  uint64
+	cached  int
+	tokens  int
+	ttft    time.Duration
+	overlap int
+	err     error
+}
+
+// send routes one request as a frontend does: the RouteInfo in the
+// context, Done when the stream ends.
+func send(ctx context.Context, c *loom.Client[llm.Request, llm.Response], r llm.Router, id string, toks []uint32, maxTokens int) result {
+	ri := &llm.RouteInfo{RequestID: id, Model: mocker.DefaultModel, TokenIDs: toks}
+	ctx = llm.WithRoute(ctx, ri)
+	defer r.Done(id)
+	var res result
+	start := time.Now()
+	for resp, err := range c.Generate(ctx, llm.Request{ID: id, Model: mocker.DefaultModel, TokenIDs: toks, MaxTokens: maxTokens}) {
+		if err != nil {
+			res.err = err
+			break
+		}
+		if res.tokens == 0 && res.ttft == 0 {
+			res.ttft = time.Since(start)
+			res.worker, res.cached = resp.Worker, resp.CachedTokens
+		}
+		res.tokens += len(resp.TokenIDs)
+	}
+	res.overlap = ri.OverlapBlocks
+	if res.err == nil && ri.Worker != res.worker {
+		res.err = errorf("router recorded worker %x, the stream came from %x", ri.Worker, res.worker)
+	}
+	return res
+}
+
+func prompt(seed uint32, n int) []uint32 {
+	p := make([]uint32, n)
+	for i := range p {
+		p[i] = seed*100000 + uint32(i)
+	}
+	return p
+}
+
+func waitFor(t tb, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func timeout(t tb, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

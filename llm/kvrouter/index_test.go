@@ -1,0 +1,170 @@
+package kvrouter
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/loomrt/loom/llm"
+)
+
+// brute answers the index's question by scanning every worker's set.
+func brute(sets map[uint64]map[uint64]bool, hashes []uint64) map[uint64]int {
+	out := map[uint64]int{}
+	for w, set := range sets {
+		n := 0
+		for n < len(hashes) && set[hashes[n]] {
+			n++
+		}
+		if n > 0 {
+			out[w] = n
+		}
+	}
+	return out
+}
+
+func asMap(sc []scored) map[uint64]int {
+	out := map[uint64]int{}
+	for _, s := range sc {
+		if _, dup := out[s.worker]; dup {
+			panic(fmt.Sprintf("worker %x scored twice", s.worker))
+		}
+		out[s.worker] = s.overlap
+	}
+	return out
+}
+
+// TestIndexMatchesBruteForce applies random sequences of stored, removed,
+// cleared and replaced block sets for several workers, with prompts from
+// a few shared families so that prefixes overlap, and compares every
+// answer with a scan of each worker's set.
+func TestIndexMatchesBruteForce(t *testing.T) {
+	for seed := range uint64(20) {
+		r := rand.New(rand.NewPCG(seed, 99))
+		const bs = 4
+		families := make([][]uint32, 6)
+		for i := range families {
+			families[i] = make([]uint32, 40*bs)
+			for j := range families[i] {
+				families[i][j] = uint32(r.IntN(50)) // a small alphabet: shared prefixes
+			}
+			if i > 0 && r.IntN(2) == 0 { // some families share a prefix
+				copy(families[i], families[i-1][:bs*(1+r.IntN(20))])
+			}
+		}
+		chain := func() []uint64 {
+			f := families[r.IntN(len(families))]
+			return llm.BlockHashes(f[:bs*(1+r.IntN(40))], bs)
+		}
+		x := newIndex()
+		sets := map[uint64]map[uint64]bool{}
+		workers := []uint64{11, 22, 33, 44, 55}
+		for step := range 2000 {
+			w := workers[r.IntN(len(workers))]
+			if sets[w] == nil {
+				sets[w] = map[uint64]bool{}
+			}
+			switch op := r.IntN(20); {
+			case op < 10: // stored: a chain, possibly a suffix of it
+				c := chain()
+				from := r.IntN(len(c))
+				x.store(w, c[from:], 0)
+				for _, h := range c[from:] {
+					sets[w][h] = true
+				}
+			case op < 17: // removed: some of its blocks, in any order
+				var held []uint64
+				for h := range sets[w] {
+					held = append(held, h)
+				}
+				slices.Sort(held)
+				r.Shuffle(len(held), func(i, j int) { held[i], held[j] = held[j], held[i] })
+				rm := held[:r.IntN(len(held)+1)]
+				rm = append(rm, 12345) // unknown to the worker: ignored
+				x.remove(w, rm)
+				for _, h := range rm {
+					delete(sets[w], h)
+				}
+			case op < 18:
+				x.drop(w)
+				delete(sets, w)
+			default: // a resync replaces the whole set
+				c := chain()
+				x.replace(w, c)
+				sets[w] = map[uint64]bool{}
+				for _, h := range c {
+					sets[w][h] = true
+				}
+			}
+			for range 3 {
+				q := chain()
+				got := asMap(x.overlaps(nil, q, 0))
+				want := brute(sets, q)
+				if len(got) != len(want) {
+					t.Fatalf("seed %d step %d: index scored %v, brute force %v", seed, step, got, want)
+				}
+				for k, v := range want {
+					if got[k] != v {
+						t.Fatalf("seed %d step %d: worker %d overlap %d, brute force %d", seed, step, k, got[k], v)
+					}
+				}
+			}
+			entries := 0
+			for _, set := range sets {
+				entries += len(set)
+			}
+			if x.entries != entries {
+				t.Fatalf("seed %d step %d: index counts %d entries, the sets hold %d", seed, step, x.entries, entries)
+			}
+		}
+	}
+}
+
+func TestIndexExpiresPredictions(t *testing.T) {
+	x := newIndex()
+	h := llm.BlockHashes([]uint32{1, 2, 3, 4, 5, 6, 7, 8}, 4)
+	x.store(1, h, 100)
+	x.store(2, h[:1], 0)
+	if got := asMap(x.overlaps(nil, h, 50)); got[1] != 2 || got[2] != 1 {
+		t.Fatalf("before expiry: %v, want worker 1: 2 blocks, worker 2: 1", got)
+	}
+	if got := asMap(x.overlaps(nil, h, 100)); got[1] != 0 || got[2] != 1 {
+		t.Fatalf("at expiry: %v, want worker 1 gone", got)
+	}
+	if n := x.expire(100); n != 2 || x.entries != 1 {
+		t.Fatalf("expire removed %d entries leaving %d, want 2 removed and 1 left", n, x.entries)
+	}
+}
+
+// BenchmarkIndexOverlaps measures one routing question (the overlaps of
+// a 64-block prompt over 8 workers) against caches of growing size: the
+// cost does not grow with the cache.
+func BenchmarkIndexOverlaps(b *testing.B) {
+	for _, total := range []int{1 << 10, 1 << 14, 1 << 18, 1 << 20} {
+		b.Run(fmt.Sprintf("blocks=%d", total), func(b *testing.B) {
+			r := rand.New(rand.NewPCG(1, 2))
+			x := newIndex()
+			const workers = 8
+			// Fill with random chains of 64 blocks.
+			toks := make([]uint32, 64*16)
+			var prompts [][]uint64
+			for x.entries < total {
+				for i := range toks {
+					toks[i] = r.Uint32()
+				}
+				c := llm.BlockHashes(toks, 16)
+				x.store(uint64(1+r.IntN(workers)), c, 0)
+				if len(prompts) < 100 {
+					prompts = append(prompts, c)
+				}
+			}
+			var dst []scored
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := range b.N {
+				dst = x.overlaps(dst[:0], prompts[i%len(prompts)], 0)
+			}
+		})
+	}
+}

@@ -1,0 +1,898 @@
+package kvrouter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/llm"
+)
+
+// Router names accepted by New.
+const (
+	KV          = "kv"
+	KVApprox    = "kv_approx"
+	RoundRobin  = "round_robin"
+	Random      = "random"
+	LeastLoaded = "least_loaded"
+)
+
+// Names lists the routers New builds, in the order docs list them.
+var Names = []string{KV, KVApprox, RoundRobin, Random, LeastLoaded}
+
+// ErrUnknownRouter is wrapped by New's error for a name it does not know.
+var ErrUnknownRouter = errors.New("kvrouter: unknown router")
+
+// Config tunes a KV router. The zero value works: every field has a
+// default.
+type Config struct {
+	// Namespace whose workers ({Namespace}/backend) are routed to;
+	// default llm.DefaultNamespace.
+	Namespace string
+	// BlockSize is the tokens per block the prompt is cut into; 0 takes
+	// it from the workers' model cards (kv_block_size).
+	BlockSize int
+	// OverlapWeight weighs the prefill term of the cost against the
+	// decode term; 0 means 1. See the package doc for the cost.
+	OverlapWeight float64
+	// Temperature samples the worker from a softmax over the negated,
+	// normalised costs instead of taking the cheapest; 0 takes the
+	// cheapest, breaking ties at random.
+	Temperature float64
+	// ApproxTTL is how long kv_approx counts a routed prompt's blocks as
+	// cached by the worker it went to; default 2 minutes.
+	ApproxTTL time.Duration
+	// RequestTTL is how long a routed request counts as load if Done is
+	// never called for it; default 10 minutes.
+	RequestTTL time.Duration
+	// ResyncTimeout bounds fetching a worker's block set; default 5s.
+	ResyncTimeout time.Duration
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Namespace == "" {
+		c.Namespace = llm.DefaultNamespace
+	}
+	if err := discovery.ValidateNamespace(c.Namespace); err != nil {
+		return c, fmt.Errorf("kvrouter: namespace: %w", err)
+	}
+	switch {
+	case c.BlockSize < 0:
+		return c, fmt.Errorf("kvrouter: block size %d: use a positive number of tokens, or 0 to read it from the workers' model cards", c.BlockSize)
+	case c.OverlapWeight < 0 || math.IsNaN(c.OverlapWeight) || math.IsInf(c.OverlapWeight, 0):
+		return c, fmt.Errorf("kvrouter: overlap weight %v: use a finite number >= 0 (0 means 1)", c.OverlapWeight)
+	case c.Temperature < 0 || math.IsNaN(c.Temperature) || math.IsInf(c.Temperature, 0):
+		return c, fmt.Errorf("kvrouter: temperature %v: use a finite number >= 0 (0 takes the cheapest worker)", c.Temperature)
+	}
+	if c.OverlapWeight == 0 {
+		c.OverlapWeight = 1
+	}
+	if c.ApproxTTL <= 0 {
+		c.ApproxTTL = 2 * time.Minute
+	}
+	if c.RequestTTL <= 0 {
+		c.RequestTTL = 10 * time.Minute
+	}
+	if c.ResyncTimeout <= 0 {
+		c.ResyncTimeout = 5 * time.Second
+	}
+	return c, nil
+}
+
+// Router is what New returns: an llm.Router with statistics and an owner.
+type Router interface {
+	llm.Router
+	// Stats returns the router's counters and view now.
+	Stats() Stats
+	// Close stops the router's background work and waits for it.
+	Close() error
+}
+
+// Stats is what a router reports for metrics and dashboards.
+type Stats struct {
+	// Name is the router's name (see Names).
+	Name string
+	// IndexBlocks counts the distinct blocks in the index; IndexEntries
+	// the (block, worker) pairs.
+	IndexBlocks, IndexEntries int
+	// EventsApplied counts kv_events applied to the index; EventsStale
+	// those ignored as already applied (their id was not new).
+	EventsApplied, EventsStale uint64
+	// EventsDiscarded counts events found inconsistent with the worker's
+	// block set when it was fetched (their ids were beyond it although
+	// they came before it), and dropped.
+	EventsDiscarded uint64
+	// Gaps counts gaps seen in workers' event ids or sequences; Resyncs
+	// the block sets fetched that replaced a worker's view, and
+	// ResyncFailures the fetches that failed (retried).
+	Gaps, Resyncs, ResyncFailures uint64
+	// Decisions counts requests routed; OverlapBlocks sums the blocks the
+	// chosen workers were expected to hold.
+	Decisions, OverlapBlocks uint64
+	// Workers describes each worker the router knows, by id.
+	Workers []WorkerStats
+}
+
+// WorkerStats is the router's view of one worker.
+type WorkerStats struct {
+	ID uint64
+	// Blocks is the blocks the index holds for it; LastEventID the last
+	// kv_event applied.
+	Blocks      int
+	LastEventID uint64
+	// Decisions counts requests routed to it; Open those not yet Done.
+	Decisions uint64
+	Open      int
+	// Load is its last load_metrics, if any.
+	Load *llm.LoadMetrics `json:",omitempty"`
+}
+
+// New returns the router called name: kv (KV-aware, from the workers'
+// kv_events), kv_approx (KV-aware without events, from its own
+// decisions), or round_robin, random, least_loaded (loom's pickers,
+// filtered by model). Its background work runs until Close or the
+// runtime's shutdown.
+func New(ctx context.Context, rt *loom.Runtime, name string, cfg Config) (Router, error) {
+	switch name {
+	case KV:
+		return NewKV(ctx, rt, cfg)
+	case KVApprox:
+		return NewApprox(ctx, rt, cfg)
+	case RoundRobin, Random, LeastLoaded:
+		p, err := loom.PickerByName(name)
+		if err != nil {
+			return nil, err
+		}
+		return &plain{name: name, r: llm.PickerRouter(p), decisions: make(map[uint64]uint64)}, nil
+	}
+	return nil, fmt.Errorf("%w %q: use one of %v", ErrUnknownRouter, name, Names)
+}
+
+// plain is a picker router with decision counts.
+type plain struct {
+	name      string
+	r         llm.Router
+	mu        sync.Mutex
+	decisions map[uint64]uint64
+	total     uint64
+}
+
+func (p *plain) Pick(ctx context.Context, c []*loom.Candidate) (*loom.Candidate, error) {
+	cand, err := p.r.Pick(ctx, c)
+	if err == nil && cand != nil {
+		p.mu.Lock()
+		p.decisions[cand.ID]++
+		p.total++
+		p.mu.Unlock()
+	}
+	return cand, err
+}
+
+func (p *plain) Done(string) {}
+
+func (p *plain) Close() error { return nil }
+
+func (p *plain) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := Stats{Name: p.name, Decisions: p.total}
+	for id, n := range p.decisions {
+		s.Workers = append(s.Workers, WorkerStats{ID: id, Decisions: n})
+	}
+	slices.SortFunc(s.Workers, func(a, b WorkerStats) int { return cmpU(a.ID, b.ID) })
+	return s
+}
+
+func cmpU(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// KVRouter routes each request to the worker with the lowest cost:
+// prefix overlap with the worker's KV cache against its load. See the
+// package doc for the cost function.
+type KVRouter struct {
+	cfg    Config
+	rt     *loom.Runtime
+	name   string
+	events bool // kv: the index follows kv_events; kv_approx: own decisions
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed atomic.Bool
+
+	mu      sync.RWMutex
+	idx     *index
+	workers map[uint64]*workerState
+	gone    map[uint64]int64 // recently left discovery: late events ignored
+	resyncQ map[uint64]bool
+	wakeRes chan struct{}
+
+	bk       sync.Mutex
+	inflight map[string]*sent
+	open     map[uint64]map[string]*sent
+	decided  map[uint64]uint64
+	done     map[uint64]*doneSince
+
+	applied, stale, gaps, resyncs, resyncFails atomic.Uint64
+	discarded                                  atomic.Uint64
+	decisions, overlapBlocks                   atomic.Uint64
+
+	blocks *loom.Client[llm.KvBlocksRequest, llm.KvSnapshot]
+}
+
+type workerState struct {
+	id        uint64
+	inDisc    bool
+	lastEvent uint64
+	resyncing bool
+	retryAt   int64
+	buffered  []llm.KvEvent
+	load      llm.LoadMetrics
+	loadAt    int64 // when the router received load, Unix nanoseconds; 0 never
+}
+
+// sent is a request the router routed and has not seen Done.
+type sent struct {
+	id             string
+	worker         uint64
+	blocks, uncach int
+	at             int64
+}
+
+// maxBuffered bounds the events kept for a worker while its block set is
+// being fetched; past it they are dropped and the fetch done again.
+const maxBuffered = 65536
+
+// NewKV returns the KV-aware router that follows the workers' kv_events
+// and load_metrics in cfg.Namespace. It returns once its subscriptions
+// are in place; Close stops it.
+func NewKV(ctx context.Context, rt *loom.Runtime, cfg Config) (*KVRouter, error) {
+	return newKV(ctx, rt, cfg, true)
+}
+
+// NewApprox returns the KV-aware router for workers that publish no
+// events: it predicts each worker's cache from its own decisions (a
+// routed prompt's blocks count as cached by the worker for
+// Config.ApproxTTL) and its load from the requests it has routed and not
+// yet seen Done.
+func NewApprox(ctx context.Context, rt *loom.Runtime, cfg Config) (*KVRouter, error) {
+	return newKV(ctx, rt, cfg, false)
+}
+
+func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*KVRouter, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	r := &KVRouter{
+		cfg: cfg, rt: rt, name: KVApprox, events: useEvents,
+		idx: newIndex(), workers: make(map[uint64]*workerState), gone: make(map[uint64]int64),
+		resyncQ: make(map[uint64]bool), wakeRes: make(chan struct{}, 1),
+		inflight: make(map[string]*sent), open: make(map[uint64]map[string]*sent),
+		decided: make(map[uint64]uint64), done: make(map[uint64]*doneSince),
+	}
+	if useEvents {
+		r.name = KV
+	}
+	rctx, cancel := context.WithCancel(rt.Context())
+	r.cancel = cancel
+	ok := false
+	defer func() {
+		if !ok {
+			_ = r.Close()
+		}
+	}()
+	watch, err := rt.Discovery().Watch(rctx, discovery.Query{Namespace: cfg.Namespace, Component: llm.WorkerComponent, Endpoint: llm.GenerateEndpoint})
+	if err != nil {
+		return nil, fmt.Errorf("kvrouter: watch the workers of %s: %w", cfg.Namespace, err)
+	}
+	r.goRun(func() { r.follow(watch) })
+	if useEvents {
+		scope := events.Scope{Namespace: cfg.Namespace, Component: llm.WorkerComponent}
+		kv, err := events.Subscribe[llm.KvEvent](rctx, rt, scope, llm.TopicKvEvents, events.WithLossErrors(), events.OnGap(r.onGap))
+		if err != nil {
+			return nil, fmt.Errorf("kvrouter: subscribe to kv_events: %w", err)
+		}
+		load, err := events.Subscribe[llm.LoadMetrics](rctx, rt, scope, llm.TopicLoadMetrics)
+		if err != nil {
+			_ = kv.Close()
+			return nil, fmt.Errorf("kvrouter: subscribe to load_metrics: %w", err)
+		}
+		ep, err := rt.Endpoint(cfg.Namespace + "/" + llm.WorkerComponent + "/" + llm.KvBlocksEndpoint)
+		if err != nil {
+			return nil, err
+		}
+		if r.blocks, err = loom.NewClient[llm.KvBlocksRequest, llm.KvSnapshot](rctx, ep, loom.WithWaitTimeout(cfg.ResyncTimeout)); err != nil {
+			return nil, err
+		}
+		r.goRun(func() { defer kv.Close(); r.consumeKv(kv) })
+		r.goRun(func() { defer load.Close(); r.consumeLoad(load) })
+		r.goRun(func() { r.resyncLoop(rctx) })
+	}
+	r.goRun(func() { r.maintain(rctx) })
+	ok = true
+	return r, nil
+}
+
+func (r *KVRouter) goRun(fn func()) {
+	r.wg.Add(1)
+	go func() { defer r.wg.Done(); fn() }()
+}
+
+// Close stops the router's subscriptions and watch and waits for them.
+func (r *KVRouter) Close() error {
+	if r.closed.Swap(true) {
+		return nil
+	}
+	r.cancel()
+	r.wg.Wait()
+	if r.blocks != nil {
+		r.blocks.Close()
+	}
+	return nil
+}
+
+// follow keeps the worker set from discovery: a new worker's block set
+// is fetched, a worker that leaves is dropped from the index.
+func (r *KVRouter) follow(watch <-chan discovery.Event) {
+	for ev := range watch {
+		id := ev.Instance.ID
+		switch ev.Kind {
+		case discovery.Added:
+			r.mu.Lock()
+			delete(r.gone, id)
+			w := r.worker(id)
+			w.inDisc = true
+			if r.events && w.lastEvent == 0 {
+				r.scheduleResync(w)
+			}
+			r.mu.Unlock()
+		case discovery.Removed:
+			r.mu.Lock()
+			r.idx.drop(id)
+			delete(r.workers, id)
+			delete(r.resyncQ, id)
+			r.gone[id] = time.Now().UnixNano()
+			r.mu.Unlock()
+			r.bk.Lock()
+			delete(r.open, id)
+			delete(r.decided, id)
+			delete(r.done, id)
+			r.bk.Unlock()
+		}
+	}
+}
+
+// worker returns id's state, making it; r.mu is held.
+func (r *KVRouter) worker(id uint64) *workerState {
+	w := r.workers[id]
+	if w == nil {
+		w = &workerState{id: id}
+		r.workers[id] = w
+	}
+	return w
+}
+
+// scheduleResync queues w's block set for fetching; r.mu is held.
+func (r *KVRouter) scheduleResync(w *workerState) {
+	w.resyncing = true
+	r.resyncQ[w.id] = true
+	select {
+	case r.wakeRes <- struct{}{}:
+	default:
+	}
+}
+
+// onGap hears of a gap in a publisher's sequence: the events in it are
+// lost, so the worker's view is fetched again.
+func (r *KVRouter) onGap(g events.Gap) {
+	r.gaps.Add(1)
+	if g.InstanceID == 0 {
+		return
+	}
+	r.mu.Lock()
+	if _, gone := r.gone[g.InstanceID]; !gone {
+		if w := r.worker(g.InstanceID); !w.resyncing {
+			r.scheduleResync(w)
+		}
+	}
+	r.mu.Unlock()
+}
+
+func (r *KVRouter) consumeKv(sub *events.Subscription[llm.KvEvent]) {
+	for ev, err := range sub.Events() {
+		if err != nil {
+			var le *events.LossError
+			if errors.As(err, &le) {
+				if le.Dropped > 0 {
+					// Our own buffer dropped events: we cannot tell whose,
+					// so every worker's view is fetched again.
+					r.mu.Lock()
+					for _, w := range r.workers {
+						if !w.resyncing {
+							r.scheduleResync(w)
+						}
+					}
+					r.mu.Unlock()
+				}
+				continue
+			}
+			r.rt.Logger().Warn("kvrouter: kv_events subscription ended", "err", err)
+			return
+		}
+		r.apply(ev.InstanceID, ev.Value)
+	}
+}
+
+// apply applies one kv_event of worker id, or buffers it while the
+// worker's block set is being fetched; a gap in event ids starts a fetch.
+func (r *KVRouter) apply(id uint64, ev llm.KvEvent) {
+	if id == 0 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, gone := r.gone[id]; gone {
+		return
+	}
+	w := r.worker(id)
+	if w.resyncing {
+		if len(w.buffered) < maxBuffered {
+			w.buffered = append(w.buffered, ev)
+		}
+		return
+	}
+	switch {
+	case ev.EventID <= w.lastEvent:
+		r.stale.Add(1)
+	case ev.EventID == w.lastEvent+1:
+		r.applyOne(w, ev)
+	default:
+		r.gaps.Add(1)
+		w.buffered = append(w.buffered[:0], ev)
+		r.scheduleResync(w)
+	}
+}
+
+// applyOne applies an event in sequence; r.mu is held.
+func (r *KVRouter) applyOne(w *workerState, ev llm.KvEvent) {
+	switch {
+	case ev.Cleared:
+		r.idx.drop(w.id)
+	case ev.Stored != nil:
+		r.idx.store(w.id, ev.Stored.BlockHashes, 0)
+	case ev.Removed != nil:
+		r.idx.remove(w.id, ev.Removed.BlockHashes)
+	}
+	w.lastEvent = ev.EventID
+	r.applied.Add(1)
+}
+
+func (r *KVRouter) consumeLoad(sub *events.Subscription[llm.LoadMetrics]) {
+	for ev, err := range sub.Events() {
+		if err != nil {
+			return
+		}
+		if ev.InstanceID == 0 {
+			continue
+		}
+		now := time.Now().UnixNano()
+		r.mu.Lock()
+		if _, gone := r.gone[ev.InstanceID]; !gone {
+			w := r.worker(ev.InstanceID)
+			w.load, w.loadAt = ev.Value, now
+		}
+		r.mu.Unlock()
+	}
+}
+
+// resyncLoop fetches the block sets of the workers queued for it, one at
+// a time, and replaces their views.
+func (r *KVRouter) resyncLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wakeRes:
+		}
+		for {
+			r.mu.Lock()
+			var id uint64
+			for q := range r.resyncQ {
+				id = q
+				break
+			}
+			delete(r.resyncQ, id)
+			r.mu.Unlock()
+			if id == 0 || ctx.Err() != nil {
+				break
+			}
+			r.resync(ctx, id)
+		}
+	}
+}
+
+// resync fetches worker id's block set and replaces its view with it,
+// then applies the events buffered meanwhile that follow it.
+func (r *KVRouter) resync(ctx context.Context, id uint64) {
+	// Events buffered before the fetch starts were published before the
+	// block set is taken, so the block set covers them.
+	r.mu.Lock()
+	before := 0
+	if w := r.workers[id]; w != nil {
+		before = len(w.buffered)
+	}
+	r.mu.Unlock()
+	fctx, cancel := context.WithTimeout(ctx, r.cfg.ResyncTimeout)
+	defer cancel()
+	var hashes []uint64
+	var at uint64
+	first := true
+	var err error
+	for snap, e := range r.blocks.Direct(id).Generate(fctx, llm.KvBlocksRequest{}) {
+		if e != nil {
+			err = e
+			break
+		}
+		if first {
+			at, first = snap.EventID, false
+		} else if snap.EventID != at {
+			err = fmt.Errorf("kvrouter: worker %x's block set changed event id mid-stream (%d then %d)", id, at, snap.EventID)
+			break
+		}
+		for _, b := range snap.Blocks {
+			hashes = append(hashes, b.Hash)
+		}
+	}
+	if err == nil && first {
+		err = fmt.Errorf("kvrouter: worker %x sent an empty block set stream", id)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := r.workers[id]
+	if w == nil {
+		return // left meanwhile
+	}
+	if err != nil {
+		r.resyncFails.Add(1)
+		if ctx.Err() == nil {
+			r.rt.Logger().Debug("kvrouter: fetch of a worker's block set failed; retrying", "worker", fmt.Sprintf("%x", id), "err", err)
+		}
+		w.retryAt = time.Now().Add(time.Second).UnixNano()
+		return
+	}
+	r.idx.replace(id, hashes)
+	w.lastEvent = at
+	w.resyncing, w.retryAt = false, 0
+	r.resyncs.Add(1)
+	buf := w.buffered
+	w.buffered = nil
+	kept := buf[:0]
+	for i, ev := range buf {
+		switch {
+		case ev.EventID <= at:
+		case i < before:
+			// Published before the block set was taken, yet beyond it:
+			// not from this worker's sequence (a publisher reusing its
+			// instance id). The block set is the truth.
+			r.discarded.Add(1)
+		default:
+			kept = append(kept, ev)
+		}
+	}
+	buf = kept
+	slices.SortStableFunc(buf, func(a, b llm.KvEvent) int { return cmpU(a.EventID, b.EventID) })
+	for i, ev := range buf {
+		switch {
+		case ev.EventID <= w.lastEvent:
+			r.stale.Add(1)
+		case ev.EventID == w.lastEvent+1:
+			r.applyOne(w, ev)
+		default:
+			r.gaps.Add(1)
+			w.buffered = append(w.buffered, buf[i:]...)
+			r.scheduleResync(w)
+			return
+		}
+	}
+}
+
+// maintain retries failed fetches, expires kv_approx's predictions and
+// requests never reported Done, and forgets old tombstones.
+func (r *KVRouter) maintain(ctx context.Context) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixNano()
+		r.mu.Lock()
+		if !r.events {
+			r.idx.expire(now)
+		}
+		for _, w := range r.workers {
+			if w.retryAt != 0 && w.retryAt <= now {
+				w.retryAt = 0
+				r.scheduleResync(w)
+			}
+		}
+		for id, at := range r.gone {
+			if now-at > int64(time.Minute) {
+				delete(r.gone, id)
+			}
+		}
+		r.mu.Unlock()
+		r.bk.Lock()
+		for id, s := range r.inflight {
+			if now-s.at > int64(r.cfg.RequestTTL) {
+				r.forget(id, s)
+			}
+		}
+		r.bk.Unlock()
+	}
+}
+
+// forget drops a routed request from the bookkeeping; r.bk is held.
+func (r *KVRouter) forget(id string, s *sent) {
+	delete(r.inflight, id)
+	if m := r.open[s.worker]; m != nil {
+		delete(m, id)
+	}
+}
+
+// Done tells the router that the request it routed has ended. If the
+// worker's last load report counted it, the router takes it off that
+// report until the next one.
+func (r *KVRouter) Done(requestID string) {
+	r.bk.Lock()
+	s := r.inflight[requestID]
+	if s != nil {
+		r.forget(requestID, s)
+	}
+	r.bk.Unlock()
+	if s == nil {
+		return
+	}
+	r.mu.RLock()
+	var loadAt int64
+	if w := r.workers[s.worker]; w != nil {
+		loadAt = w.loadAt
+	}
+	r.mu.RUnlock()
+	if loadAt == 0 || s.at > loadAt {
+		return // not in a report
+	}
+	r.bk.Lock()
+	d := r.done[s.worker]
+	if d == nil || d.loadAt != loadAt {
+		d = &doneSince{loadAt: loadAt}
+		r.done[s.worker] = d
+	}
+	d.blocks += s.blocks
+	d.uncach += s.uncach
+	r.bk.Unlock()
+}
+
+// doneSince sums the requests Done since a worker's load report that
+// counted them.
+type doneSince struct {
+	loadAt         int64
+	blocks, uncach int
+}
+
+// candidate is one worker's inputs to the cost.
+type candidate struct {
+	c                    *loom.Candidate
+	overlap              int
+	load                 llm.LoadMetrics
+	loadAt               int64
+	cost                 float64
+	prefill, decode, wai int
+}
+
+// Pick chooses the worker for the request described by the RouteInfo in
+// ctx (see llm.WithRoute) among the candidates serving its model, records
+// its choice in the RouteInfo and counts the request as load on that
+// worker until Done.
+func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candidate, error) {
+	ri := llm.RouteFrom(ctx)
+	var toks []uint32
+	cands := all
+	if ri != nil {
+		toks = ri.TokenIDs
+		if ri.Model != "" {
+			cands = llm.ServesModel(make([]*loom.Candidate, 0, len(all)), all, ri.Model)
+			if len(cands) == 0 {
+				return nil, fmt.Errorf("%w: %q (%d workers, none with that model)", llm.ErrNoWorker, ri.Model, len(all))
+			}
+		}
+	}
+	bs := r.cfg.BlockSize
+	if bs == 0 {
+		bs = llm.DefaultBlockSize
+		if v, err := strconv.Atoi(cands[0].Metadata[llm.MetaBlockSize]); err == nil && v > 0 {
+			bs = v
+		}
+	}
+	hashes := llm.BlockHashes(toks, bs)
+	n := (len(toks) + bs - 1) / bs
+	now := time.Now().UnixNano()
+
+	cs := make([]candidate, len(cands))
+	var scores [16]scored
+	r.mu.RLock()
+	sc := r.idx.overlaps(scores[:0], hashes, now)
+	for i, c := range cands {
+		cs[i].c = c
+		for _, s := range sc {
+			if s.worker == c.ID {
+				cs[i].overlap = s.overlap
+				break
+			}
+		}
+		if w := r.workers[c.ID]; w != nil && r.events {
+			cs[i].load, cs[i].loadAt = w.load, w.loadAt
+		}
+	}
+	r.mu.RUnlock()
+
+	r.bk.Lock()
+	best := r.choose(cs, n, bs)
+	chosen := cs[best]
+	id := chosen.c.ID
+	r.decided[id]++
+	if ri != nil && ri.RequestID != "" {
+		if old := r.inflight[ri.RequestID]; old != nil {
+			r.forget(ri.RequestID, old) // routed again (a retry): count it once
+		}
+		s := &sent{id: ri.RequestID, worker: id, blocks: n, uncach: n - chosen.overlap, at: now}
+		r.inflight[ri.RequestID] = s
+		m := r.open[id]
+		if m == nil {
+			m = make(map[string]*sent)
+			r.open[id] = m
+		}
+		m[ri.RequestID] = s
+	}
+	r.bk.Unlock()
+
+	if !r.events && len(hashes) > 0 {
+		r.mu.Lock()
+		r.idx.store(id, hashes, now+int64(r.cfg.ApproxTTL))
+		r.mu.Unlock()
+	}
+	r.decisions.Add(1)
+	r.overlapBlocks.Add(uint64(chosen.overlap))
+	if ri != nil {
+		ri.Worker, ri.OverlapBlocks = id, chosen.overlap
+	}
+	return chosen.c, nil
+}
+
+// choose computes each candidate's cost and picks one; r.bk is held.
+//
+//	prefill_w = (n - overlap_w) + pending_w + waiting_w * n
+//	decode_w  = active_w + n
+//	cost_w    = OverlapWeight * prefill_w + decode_w
+//
+// in blocks, where n is the prompt's blocks, overlap_w its leading blocks
+// worker w holds, pending_w the prompt blocks w has still to prefill,
+// waiting_w the requests waiting at w, and active_w the blocks w's
+// running requests use. pending_w and active_w are w's last load_metrics
+// plus the requests routed to w since then and not Done; without load
+// metrics (kv_approx, or none yet) they are the requests routed to w and
+// not Done. Requests Done since the report that counted them are taken
+// off it (never below zero).
+func (r *KVRouter) choose(cs []candidate, n, bs int) int {
+	for i := range cs {
+		c := &cs[i]
+		pending, active := 0, 0
+		if c.loadAt != 0 {
+			pending = (c.load.PrefillTokens + bs - 1) / bs
+			active = c.load.ActiveBlocks
+			c.wai = c.load.Waiting
+			if d := r.done[c.c.ID]; d != nil && d.loadAt == c.loadAt {
+				pending = max(0, pending-d.uncach)
+				active = max(0, active-d.blocks)
+			}
+		}
+		for _, s := range r.open[c.c.ID] {
+			if s.at > c.loadAt {
+				pending += s.uncach
+				active += s.blocks
+			}
+		}
+		c.prefill = n - c.overlap + pending + c.wai*n
+		c.decode = active + n
+		c.cost = r.cfg.OverlapWeight*float64(c.prefill) + float64(c.decode)
+	}
+	if r.cfg.Temperature > 0 && len(cs) > 1 {
+		return sample(cs, r.cfg.Temperature)
+	}
+	best, ties := 0, 1
+	for i := 1; i < len(cs); i++ {
+		switch {
+		case cs[i].cost < cs[best].cost:
+			best, ties = i, 1
+		case cs[i].cost == cs[best].cost:
+			// Reservoir sampling: each tied candidate equally likely.
+			ties++
+			if rand.IntN(ties) == 0 {
+				best = i
+			}
+		}
+	}
+	return best
+}
+
+// sample draws a candidate with probability proportional to
+// exp(-norm_w / t), norm_w being the cost scaled to [0, 1].
+func sample(cs []candidate, t float64) int {
+	lo, hi := cs[0].cost, cs[0].cost
+	for _, c := range cs[1:] {
+		lo, hi = min(lo, c.cost), max(hi, c.cost)
+	}
+	span := hi - lo
+	if span == 0 {
+		return rand.IntN(len(cs))
+	}
+	weights := make([]float64, len(cs))
+	sum := 0.0
+	for i, c := range cs {
+		weights[i] = math.Exp(-(c.cost - lo) / span / t)
+		sum += weights[i]
+	}
+	x := rand.Float64() * sum
+	for i, w := range weights {
+		if x -= w; x < 0 {
+			return i
+		}
+	}
+	return len(cs) - 1
+}
+
+// Stats returns the router's counters and view now.
+func (r *KVRouter) Stats() Stats {
+	s := Stats{
+		Name: r.name, EventsApplied: r.applied.Load(), EventsStale: r.stale.Load(), EventsDiscarded: r.discarded.Load(),
+		Gaps: r.gaps.Load(), Resyncs: r.resyncs.Load(), ResyncFailures: r.resyncFails.Load(),
+		Decisions: r.decisions.Load(), OverlapBlocks: r.overlapBlocks.Load(),
+	}
+	r.mu.RLock()
+	s.IndexBlocks, s.IndexEntries = len(r.idx.blocks), r.idx.entries
+	for _, w := range r.workers {
+		ws := WorkerStats{ID: w.id, Blocks: r.idx.workerBlocks(w.id), LastEventID: w.lastEvent}
+		if w.loadAt != 0 {
+			l := w.load
+			ws.Load = &l
+		}
+		s.Workers = append(s.Workers, ws)
+	}
+	r.mu.RUnlock()
+	r.bk.Lock()
+	for i := range s.Workers {
+		s.Workers[i].Open = len(r.open[s.Workers[i].ID])
+		s.Workers[i].Decisions = r.decided[s.Workers[i].ID]
+	}
+	r.bk.Unlock()
+	slices.SortFunc(s.Workers, func(a, b WorkerStats) int { return cmpU(a.ID, b.ID) })
+	return s
+}

@@ -1,0 +1,261 @@
+package kvrouter
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/discovery/memory"
+	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/llm"
+	"github.com/loomrt/loom/llm/mocker"
+)
+
+// synced waits until the router's view of every worker has caught up
+// with the worker's last kv_event.
+func synced(t tb, r Router, c *mocker.Cluster) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "the router to catch up with every worker's kv_events", func() bool {
+		st := r.Stats()
+		for _, w := range c.Workers() {
+			i := slices.IndexFunc(st.Workers, func(ws WorkerStats) bool { return ws.ID == w.ID() })
+			ws := w.Stats()
+			if i < 0 || st.Workers[i].LastEventID != ws.KvEvents {
+				return false
+			}
+			// And its load as reported is the worker's now, when idle.
+			if l := st.Workers[i].Load; ws.Running+ws.Waiting == 0 && (l == nil || l.ActiveSlots+l.Waiting+l.PrefillTokens != 0) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func warmCfg() mocker.Config {
+	return mocker.Config{PrefillPerToken: 20 * time.Microsecond, DecodeStep: time.Millisecond, MetricsMinInterval: 5 * time.Millisecond}
+}
+
+func TestKVRouterSendsAWarmPrefixToTheWorkerHoldingIt(t *testing.T) {
+	s := newSystem(t, 4, warmCfg())
+	r := s.router(KV, Config{})
+	c := s.client(r, 4)
+	synced(t, r, s.cluster)
+	ctx := timeout(t, 20*time.Second)
+	system := prompt(1, 1024) // a long shared system prompt
+	first := send(ctx, c, r, "cold-1", system, 4)
+	if first.err != nil || first.cached != 0 {
+		t.Fatalf("first request: %+v", first)
+	}
+	synced(t, r, s.cluster)
+	for i := range 8 {
+		q := append(slices.Clone(system), prompt(uint32(100+i), 40)...)
+		warm := send(ctx, c, r, "warm", q, 4)
+		if warm.err != nil {
+			t.Fatal(warm.err)
+		}
+		if warm.worker != first.worker || warm.cached < 1024 || warm.overlap != 64 {
+			t.Fatalf("request %d sharing a 1024-token prefix went to worker %x with %d tokens cached (router expected %d blocks); the prefix is on worker %x", i, warm.worker, warm.cached, warm.overlap, first.worker)
+		}
+		synced(t, r, s.cluster)
+	}
+	st := r.Stats()
+	if st.Decisions != 9 || st.OverlapBlocks < 8*64 || st.IndexEntries == 0 {
+		t.Errorf("stats after 9 requests: %+v", st)
+	}
+	// Unrelated cold prompts spread over the workers rather than piling
+	// onto one: the holder is no cheaper for them.
+	seen := map[uint64]bool{}
+	for i := range 8 {
+		res := send(ctx, c, r, "spread", prompt(uint32(200+i), 256), 2)
+		if res.err != nil || res.cached != 0 {
+			t.Fatalf("cold request %d: %+v", i, res)
+		}
+		seen[res.worker] = true
+	}
+	if len(seen) < 2 {
+		t.Errorf("8 cold requests all went to one worker")
+	}
+}
+
+func TestKVRouterRefusesAModelNoWorkerServes(t *testing.T) {
+	s := newSystem(t, 1, warmCfg())
+	r := s.router(KV, Config{})
+	c := s.client(r, 1)
+	ctx := llm.WithRoute(timeout(t, 5*time.Second), &llm.RouteInfo{RequestID: "x", Model: "nope", TokenIDs: prompt(1, 8)})
+	for _, err := range c.Generate(ctx, llm.Request{ID: "x", Model: "nope", TokenIDs: prompt(1, 8), MaxTokens: 1}) {
+		if !errors.Is(err, llm.ErrNoWorker) {
+			t.Fatalf("a request for an unserved model ended with %v, want ErrNoWorker", err)
+		}
+		return
+	}
+	t.Fatal("a request for an unserved model streamed nothing and no error")
+}
+
+// TestKVRouterResyncsAfterAGapInEventIDs publishes, as the worker, an
+// event whose id skips ahead (the events between are lost) and which
+// stores a block the worker does not have: the router must notice, fetch
+// the worker's block set and replace its view with it.
+func TestKVRouterResyncsAfterAGapInEventIDs(t *testing.T) {
+	s := newSystem(t, 1, warmCfg())
+	rr := s.router(KV, Config{})
+	r := rr.(*KVRouter)
+	c := s.client(r, 1)
+	ctx := timeout(t, 20*time.Second)
+	for i := range 3 {
+		if res := send(ctx, c, r, "fill", prompt(uint32(i), 64), 2); res.err != nil {
+			t.Fatal(res.err)
+		}
+	}
+	synced(t, r, s.cluster)
+	w := s.cluster.Workers()[0]
+	before := r.Stats()
+
+	// A runtime with the worker's instance id publishes the bad event.
+	d := memory.New()
+	defer d.Close()
+	fake, err := loom.NewRuntime(ctx, loom.WithConfig(s.cfg), loom.WithDiscovery(d), loom.WithInstanceID(w.ID()), loom.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Shutdown(context.Background())
+	pub, err := events.NewPublisher[llm.KvEvent](ctx, fake, events.Scope{Namespace: llm.DefaultNamespace, Component: llm.WorkerComponent}, llm.TopicKvEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Shutdown(context.Background())
+	const bogus = 0xdeadbeef
+	if err := pub.Publish(ctx, llm.KvEvent{EventID: w.Stats().KvEvents + 3, Stored: &llm.KvStored{BlockHashes: []uint64{bogus}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a resync after the gap", func() bool {
+		st := r.Stats()
+		return st.Resyncs > before.Resyncs && st.Gaps > before.Gaps && st.EventsDiscarded > before.EventsDiscarded
+	})
+	// The view is the worker's block set, without the bogus block.
+	ep, err := s.fe.Endpoint(llm.DefaultNamespace + "/backend/" + llm.KvBlocksEndpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc, err := loom.NewClient[llm.KvBlocksRequest, llm.KvSnapshot](ctx, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	want := map[uint64]bool{}
+	for snap, err := range bc.Direct(w.ID()).Generate(ctx, llm.KvBlocksRequest{}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range snap.Blocks {
+			want[b.Hash] = true
+		}
+	}
+	r.mu.RLock()
+	got := r.idx.held[w.ID()]
+	_, hasBogus := got[bogus]
+	same := len(got) == len(want)
+	for h := range got {
+		same = same && want[h]
+	}
+	r.mu.RUnlock()
+	if hasBogus || !same || len(want) == 0 {
+		t.Fatalf("after the resync the router holds %d blocks for the worker (bogus block: %v); the worker has %d", len(got), hasBogus, len(want))
+	}
+	// Routing goes on from the new view: the next real events apply.
+	if res := send(ctx, c, r, "after", prompt(9, 64), 2); res.err != nil {
+		t.Fatal(res.err)
+	}
+	synced(t, r, s.cluster)
+}
+
+func TestKVRouterDropsWorkersThatLeave(t *testing.T) {
+	s := newSystem(t, 3, warmCfg())
+	rr := s.router(KV, Config{})
+	r := rr.(*KVRouter)
+	c := s.client(r, 3)
+	ctx := timeout(t, 20*time.Second)
+	for i := range 9 {
+		if res := send(ctx, c, r, "fill", prompt(uint32(i), 64), 2); res.err != nil {
+			t.Fatal(res.err)
+		}
+	}
+	synced(t, r, s.cluster)
+	ws := s.cluster.Workers()
+	stopped, killed := ws[0].ID(), ws[1].ID()
+	if err := s.cluster.Stop(ctx, stopped); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cluster.Kill(killed); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the stopped and the killed worker to leave the router's view", func() bool {
+		st := r.Stats()
+		return len(st.Workers) == 1 && st.Workers[0].ID == ws[2].ID()
+	})
+	r.mu.RLock()
+	left := len(r.idx.held[stopped]) + len(r.idx.held[killed])
+	entries, own := r.idx.entries, len(r.idx.held[ws[2].ID()])
+	r.mu.RUnlock()
+	if left != 0 || entries != own {
+		t.Fatalf("the index keeps %d blocks of workers that left (%d entries, %d of the last worker)", left, entries, own)
+	}
+	if res := send(ctx, c, r, "last", prompt(1, 64), 2); res.err != nil || res.worker != ws[2].ID() {
+		t.Fatalf("after two workers left: %+v", res)
+	}
+}
+
+func TestKVApproxPredictsFromItsOwnDecisions(t *testing.T) {
+	s := newSystem(t, 3, warmCfg())
+	rr := s.router(KVApprox, Config{ApproxTTL: 300 * time.Millisecond})
+	r := rr.(*KVRouter)
+	c := s.client(r, 3)
+	ctx := timeout(t, 20*time.Second)
+	sys := prompt(1, 512)
+	first := send(ctx, c, r, "a", sys, 2)
+	if first.err != nil {
+		t.Fatal(first.err)
+	}
+	for i := range 4 {
+		res := send(ctx, c, r, "b", append(slices.Clone(sys), prompt(uint32(50+i), 32)...), 2)
+		if res.err != nil || res.worker != first.worker || res.overlap != 32 || res.cached < 512 {
+			t.Fatalf("request %d with the same prefix: %+v; want worker %x, 32 blocks predicted, 512+ tokens cached", i, res, first.worker)
+		}
+	}
+	if st := r.Stats(); st.EventsApplied != 0 || st.IndexEntries == 0 {
+		t.Fatalf("kv_approx applied %d events and predicts %d entries; want none and some", st.EventsApplied, st.IndexEntries)
+	}
+	waitFor(t, 5*time.Second, "the predictions to expire", func() bool { return r.Stats().IndexEntries == 0 })
+}
+
+func TestNewByName(t *testing.T) {
+	s := newSystem(t, 2, warmCfg())
+	for _, name := range Names {
+		t.Run(name, func(t *testing.T) {
+			r := s.router(name, Config{})
+			c := s.client(r, 2)
+			ctx := timeout(t, 10*time.Second)
+			seen := map[uint64]int{}
+			for i := range 6 {
+				res := send(ctx, c, r, "n", prompt(uint32(300+i), 32), 1)
+				if res.err != nil {
+					t.Fatal(res.err)
+				}
+				seen[res.worker]++
+			}
+			st := r.Stats()
+			if st.Name != name || st.Decisions != 6 {
+				t.Fatalf("stats %+v; want name %s and 6 decisions", st, name)
+			}
+			if name == RoundRobin && (seen[s.cluster.Workers()[0].ID()] != 3 || len(seen) != 2) {
+				t.Fatalf("round robin over 2 workers sent %v", seen)
+			}
+		})
+	}
+	if _, err := New(t.Context(), s.fe, "nearest", Config{}); !errors.Is(err, ErrUnknownRouter) {
+		t.Fatalf("an unknown router name gave %v", err)
+	}
+}
