@@ -15,13 +15,15 @@ import (
 // Envelope is what travels for each event: who published it, its place in
 // that publisher's sequence, when, its topic, and the encoded event.
 //
-// On the wire it is a MessagePack array [publisher_id, sequence,
-// published_at (Unix nanoseconds), topic, payload, instance_id (omitted
-// when 0)], or a JSON object with those keys; see docs/events.md. In
-// MessagePack the payload is a bin holding the event in MessagePack; in
-// JSON it is the event's JSON value itself. Decoders also accept a
-// MessagePack map with the JSON keys, and tell the encodings apart by the
-// first byte ('{' is JSON), so subscribers read them all.
+// In MessagePack it is, by default, Dynamo's envelope: a map with the keys
+// topic, publisher_id, sequence, published_at (Unix milliseconds) and
+// payload, plus Loom's published_at_ns and instance_id, which Dynamo's
+// decoder skips. The compact form is a positional array [publisher_id,
+// sequence, published_at (Unix nanoseconds), topic, payload, instance_id
+// (omitted when 0)]. In JSON it is an object with the map's keys, the
+// payload as the event's JSON value. Decoders read all of them, and tell
+// the encodings apart by the first byte ('{' is JSON); see
+// docs/events.md.
 type Envelope struct {
 	// PublisherID names one Publisher for its lifetime: random, below
 	// 2^53, never 0. A restarted publisher has a new one.
@@ -30,13 +32,26 @@ type Envelope struct {
 	InstanceID uint64
 	// Sequence numbers a publisher's events from 0, without gaps.
 	Sequence uint64
-	// PublishedAt is the publisher's clock at Publish, Unix nanoseconds.
+	// PublishedAt is the publisher's clock at Publish, Unix nanoseconds
+	// (an envelope that carries milliseconds only, as Dynamo's does,
+	// decodes to whole milliseconds).
 	PublishedAt int64
 	// Topic is the event's topic name.
 	Topic string
 	// Payload is the encoded event.
 	Payload []byte
 }
+
+// The forms of a MessagePack envelope a publisher can write.
+const (
+	// EnvelopeDynamo is Dynamo's named map, published_at in milliseconds,
+	// with Loom's published_at_ns and instance_id as extra keys. The
+	// default: a Dynamo subscriber decodes it.
+	EnvelopeDynamo = "dynamo"
+	// EnvelopeCompact is Loom's positional array, published_at in
+	// nanoseconds: 60 bytes shorter, unreadable by Dynamo.
+	EnvelopeCompact = "compact"
+)
 
 // ErrEnvelope wraps every malformed envelope.
 var ErrEnvelope = errors.New("events: malformed envelope")
@@ -45,22 +60,59 @@ func envErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrEnvelope}, args...)...)
 }
 
-// AppendMsgPack appends the MessagePack encoding of e to dst: an array
-// [publisher_id, sequence, published_at, topic, payload, instance_id],
-// without instance_id when it is 0 (positional, as rmp_serde and msgpack
-// libraries encode structs compactly; the keys of a map would make a
-// 128-byte event 60 bytes longer).
+// AppendMsgPack appends e in Dynamo's MessagePack envelope to dst: a map
+// with the keys topic, publisher_id, sequence, published_at (Unix
+// milliseconds) and payload in the order Dynamo's serializer writes them,
+// then published_at_ns (the full time) and instance_id (when not 0),
+// which Dynamo's decoder skips.
 func (e *Envelope) AppendMsgPack(dst []byte) []byte {
-	n := byte(5)
+	n := byte(6)
 	if e.InstanceID != 0 {
 		n++
 	}
-	dst = append(dst, 0x90|n)
-	dst = appendUint(dst, e.PublisherID)
-	dst = appendUint(dst, e.Sequence)
-	dst = appendInt(dst, e.PublishedAt)
+	dst = append(dst, 0x80|n)
+	dst = append(dst, keyTopic...)
 	dst = appendStr(dst, e.Topic)
-	switch n := len(e.Payload); {
+	dst = append(dst, keyPublisherID...)
+	dst = appendUint(dst, e.PublisherID)
+	dst = append(dst, keySequence...)
+	dst = appendUint(dst, e.Sequence)
+	dst = append(dst, keyPublishedAt...)
+	dst = appendInt(dst, floorDiv(e.PublishedAt, 1e6))
+	dst = append(dst, keyPayload...)
+	dst = appendBin(dst, e.Payload)
+	dst = append(dst, keyPublishedAtNs...)
+	dst = appendInt(dst, e.PublishedAt)
+	if e.InstanceID != 0 {
+		dst = append(dst, keyInstanceID...)
+		dst = appendUint(dst, e.InstanceID)
+	}
+	return dst
+}
+
+// The keys of the map form, as fixstr.
+var (
+	keyTopic         = []byte("\xa5topic")
+	keyPublisherID   = []byte("\xacpublisher_id")
+	keySequence      = []byte("\xa8sequence")
+	keyPublishedAt   = []byte("\xacpublished_at")
+	keyPayload       = []byte("\xa7payload")
+	keyPublishedAtNs = []byte("\xafpublished_at_ns")
+	keyInstanceID    = []byte("\xabinstance_id")
+)
+
+// floorDiv divides rounding towards minus infinity, so that a time before
+// 1970 keeps its millisecond.
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && a < 0 {
+		q--
+	}
+	return q
+}
+
+func appendBin(dst, b []byte) []byte {
+	switch n := len(b); {
 	case n <= math.MaxUint8:
 		dst = append(dst, 0xc4, byte(n))
 	case n <= math.MaxUint16:
@@ -70,7 +122,24 @@ func (e *Envelope) AppendMsgPack(dst []byte) []byte {
 		dst = append(dst, 0xc6)
 		dst = binary.BigEndian.AppendUint32(dst, uint32(n))
 	}
-	dst = append(dst, e.Payload...)
+	return append(dst, b...)
+}
+
+// AppendMsgPackCompact appends e in Loom's compact MessagePack form to
+// dst: an array [publisher_id, sequence, published_at (Unix nanoseconds),
+// topic, payload, instance_id], without instance_id when it is 0. It is
+// 60 bytes shorter than the map, and Dynamo cannot read it.
+func (e *Envelope) AppendMsgPackCompact(dst []byte) []byte {
+	n := byte(5)
+	if e.InstanceID != 0 {
+		n++
+	}
+	dst = append(dst, 0x90|n)
+	dst = appendUint(dst, e.PublisherID)
+	dst = appendUint(dst, e.Sequence)
+	dst = appendInt(dst, e.PublishedAt)
+	dst = appendStr(dst, e.Topic)
+	dst = appendBin(dst, e.Payload)
 	if e.InstanceID != 0 {
 		dst = appendUint(dst, e.InstanceID)
 	}
@@ -114,8 +183,9 @@ func appendInt(dst []byte, v int64) []byte {
 	return binary.BigEndian.AppendUint64(append(dst, 0xd3), uint64(v))
 }
 
-// AppendJSON appends the JSON encoding of e to dst. The payload must be
-// one valid JSON value (it is embedded as is).
+// AppendJSON appends the JSON encoding of e to dst: the keys of the map
+// form (published_at in milliseconds, published_at_ns the full time). The
+// payload must be one valid JSON value (it is embedded as is).
 func (e *Envelope) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `{"publisher_id":`...)
 	dst = strconv.AppendUint(dst, e.PublisherID, 10)
@@ -126,6 +196,8 @@ func (e *Envelope) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `,"sequence":`...)
 	dst = strconv.AppendUint(dst, e.Sequence, 10)
 	dst = append(dst, `,"published_at":`...)
+	dst = strconv.AppendInt(dst, floorDiv(e.PublishedAt, 1e6), 10)
+	dst = append(dst, `,"published_at_ns":`...)
 	dst = strconv.AppendInt(dst, e.PublishedAt, 10)
 	dst = append(dst, `,"topic":`...)
 	dst = appendJSONString(dst, e.Topic)
@@ -149,7 +221,7 @@ func appendJSONString(dst []byte, s string) []byte {
 }
 
 // Append appends e encoded with the codec named name (codec.MsgPackName or
-// codec.JSONName).
+// codec.JSONName); MessagePack in Dynamo's map form.
 func (e *Envelope) Append(dst []byte, name string) ([]byte, error) {
 	switch name {
 	case codec.MsgPackName, "":
@@ -186,12 +258,13 @@ func decodeEnvelope(data []byte, e *Envelope, topic string) (string, error) {
 }
 
 type jsonEnvelope struct {
-	PublisherID *uint64         `json:"publisher_id"`
-	InstanceID  uint64          `json:"instance_id"`
-	Sequence    *uint64         `json:"sequence"`
-	PublishedAt int64           `json:"published_at"`
-	Topic       string          `json:"topic"`
-	Payload     json.RawMessage `json:"payload"`
+	PublisherID   *uint64         `json:"publisher_id"`
+	InstanceID    uint64          `json:"instance_id"`
+	Sequence      *uint64         `json:"sequence"`
+	PublishedAt   int64           `json:"published_at"`
+	PublishedAtNs *int64          `json:"published_at_ns"`
+	Topic         string          `json:"topic"`
+	Payload       json.RawMessage `json:"payload"`
 }
 
 func decodeJSON(data []byte, e *Envelope) error {
@@ -202,9 +275,29 @@ func decodeJSON(data []byte, e *Envelope) error {
 	if j.PublisherID == nil || j.Sequence == nil || j.Payload == nil || j.Topic == "" {
 		return envErr("JSON envelope lacks publisher_id, sequence, topic or payload")
 	}
+	at := publishedAt(j.PublishedAt)
+	if j.PublishedAtNs != nil {
+		at = *j.PublishedAtNs
+	}
 	*e = Envelope{PublisherID: *j.PublisherID, InstanceID: j.InstanceID, Sequence: *j.Sequence,
-		PublishedAt: j.PublishedAt, Topic: j.Topic, Payload: j.Payload}
+		PublishedAt: at, Topic: j.Topic, Payload: j.Payload}
 	return checkEnvelope(e)
+}
+
+// maxMillis is the largest published_at read as milliseconds (year 2262,
+// where nanoseconds overflow int64). A map or JSON envelope without
+// published_at_ns holds milliseconds (Dynamo's) or, from Loom before the
+// map became the default, nanoseconds; the size tells them apart, since
+// a time in nanoseconds below it is within 2.5 hours of 1970.
+const maxMillis = math.MaxInt64 / 1_000_000
+
+// publishedAt converts a published_at without published_at_ns to
+// nanoseconds.
+func publishedAt(v int64) int64 {
+	if v <= maxMillis && v >= -maxMillis {
+		return v * 1e6
+	}
+	return v
 }
 
 func checkEnvelope(e *Envelope) error {
@@ -419,7 +512,7 @@ func boolToUint(b bool) uint64 {
 }
 
 func decodeMsgPack(data []byte, e *Envelope, topic string) error {
-	if decodeOwn(data, e, topic) {
+	if decodeOwnMap(data, e, topic) || decodeOwn(data, e, topic) {
 		return nil
 	}
 	*e = Envelope{}
@@ -464,6 +557,8 @@ func decodeMsgPack(data []byte, e *Envelope, topic string) error {
 		havePayload
 	)
 	have := 0
+	var at int64
+	var haveAt, haveNs bool
 	for range n {
 		key, err := r.bytesOf(true, false)
 		if err != nil {
@@ -479,7 +574,11 @@ func decodeMsgPack(data []byte, e *Envelope, topic string) error {
 			e.Sequence, err = r.uint()
 			have |= haveSeq
 		case "published_at":
+			at, err = r.int()
+			haveAt = true
+		case "published_at_ns":
 			e.PublishedAt, err = r.int()
+			haveNs = true
 		case "topic":
 			var b []byte
 			b, err = r.bytesOf(true, true)
@@ -504,6 +603,9 @@ func decodeMsgPack(data []byte, e *Envelope, topic string) error {
 	}
 	if have != havePub|haveSeq|haveTopic|havePayload {
 		return envErr("MessagePack envelope lacks publisher_id, sequence, topic or payload")
+	}
+	if haveAt && !haveNs {
+		e.PublishedAt = publishedAt(at)
 	}
 	return checkEnvelope(e)
 }
@@ -639,4 +741,102 @@ func ownUint(b []byte, i int) (uint64, int, bool) {
 		return binary.BigEndian.Uint64(b[i+1:]), i + 9, true
 	}
 	return 0, i, false
+}
+
+// decodeOwnMap decodes, without the general walk, a map laid out as
+// AppendMsgPack (or Dynamo's serializer, without the last two keys)
+// writes it, and reports whether it could.
+func decodeOwnMap(b []byte, e *Envelope, topic string) bool {
+	if len(b) == 0 || b[0] < 0x85 || b[0] > 0x87 {
+		return false
+	}
+	i, ok := 1, false
+	if i, ok = ownKey(b, i, keyTopic); !ok || i >= len(b) || b[i]&0xe0 != 0xa0 {
+		return false
+	}
+	n := int(b[i] & 0x1f)
+	i++
+	if i+n > len(b) {
+		return false
+	}
+	if t := b[i : i+n]; string(t) == topic {
+		e.Topic = topic
+	} else {
+		e.Topic = string(t)
+	}
+	i += n
+	if i, ok = ownKey(b, i, keyPublisherID); !ok {
+		return false
+	}
+	if e.PublisherID, i, ok = ownUint(b, i); !ok {
+		return false
+	}
+	if i, ok = ownKey(b, i, keySequence); !ok {
+		return false
+	}
+	if e.Sequence, i, ok = ownUint(b, i); !ok {
+		return false
+	}
+	if i, ok = ownKey(b, i, keyPublishedAt); !ok {
+		return false
+	}
+	var ms uint64
+	if ms, i, ok = ownUint(b, i); !ok || ms > maxMillis {
+		return false // negative or odd times go the general way
+	}
+	if i, ok = ownKey(b, i, keyPayload); !ok || i >= len(b) {
+		return false
+	}
+	switch b[i] {
+	case 0xc4:
+		if i+2 > len(b) {
+			return false
+		}
+		n, i = int(b[i+1]), i+2
+	case 0xc5:
+		if i+3 > len(b) {
+			return false
+		}
+		n, i = int(binary.BigEndian.Uint16(b[i+1:])), i+3
+	case 0xc6:
+		if i+5 > len(b) {
+			return false
+		}
+		n, i = int(binary.BigEndian.Uint32(b[i+1:])), i+5
+	default:
+		return false
+	}
+	if n > len(b)-i {
+		return false
+	}
+	e.Payload = b[i : i+n : i+n]
+	i += n
+	e.PublishedAt = int64(ms) * 1e6
+	if b[0] >= 0x86 {
+		if i, ok = ownKey(b, i, keyPublishedAtNs); !ok {
+			return false
+		}
+		var ns uint64
+		if ns, i, ok = ownUint(b, i); !ok || ns > math.MaxInt64 {
+			return false
+		}
+		e.PublishedAt = int64(ns)
+	}
+	if b[0] == 0x87 {
+		if i, ok = ownKey(b, i, keyInstanceID); !ok {
+			return false
+		}
+		if e.InstanceID, i, ok = ownUint(b, i); !ok {
+			return false
+		}
+	}
+	return i == len(b) && e.PublisherID != 0 && len(e.Topic) <= 128
+}
+
+// ownKey reports whether key is at b[i:], and the index after it.
+func ownKey(b []byte, i int, key []byte) (int, bool) {
+	if len(b)-i < len(key) || string(b[i:i+len(key)]) != string(key) {
+		return i, false
+	}
+	return i + len(key), true
 }

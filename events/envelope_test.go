@@ -42,27 +42,93 @@ func TestEnvelopeRoundTripsInBothCodecs(t *testing.T) {
 }
 
 // TestMsgPackEnvelopeIsPlainMessagePack checks the wire format against an
-// independent MessagePack decoder, as a Python or Rust tool would read it.
+// independent MessagePack decoder, as a Python or Rust tool would read it:
+// Dynamo's named map by default, the positional array in compact form.
 func TestMsgPackEnvelopeIsPlainMessagePack(t *testing.T) {
 	e := sampleEnvelope()
-	var a []any
-	if err := msgpack.Unmarshal(e.AppendMsgPack(nil), &a); err != nil {
+	var m map[string]any
+	if err := msgpack.Unmarshal(e.AppendMsgPack(nil), &m); err != nil {
 		t.Fatal(err)
 	}
-	if len(a) != 6 || a[3] != "kv_events" || !bytes.Equal(a[4].([]byte), e.Payload) || fmt.Sprint(a[0], a[1], a[5]) != "1715004 7 42" {
-		t.Fatalf("decoded as %#v", a)
+	if len(m) != 7 || m["topic"] != "kv_events" || !bytes.Equal(m["payload"].([]byte), e.Payload) ||
+		fmt.Sprint(m["publisher_id"], m["sequence"], m["published_at"], m["published_at_ns"], m["instance_id"]) != "1715004 7 1700000000123 1700000000123456789 42" {
+		t.Fatalf("decoded as %#v", m)
+	}
+	var a []any
+	if err := msgpack.Unmarshal(e.AppendMsgPackCompact(nil), &a); err != nil {
+		t.Fatal(err)
+	}
+	if len(a) != 6 || a[3] != "kv_events" || !bytes.Equal(a[4].([]byte), e.Payload) || fmt.Sprint(a[0], a[1], a[2], a[5]) != "1715004 7 1700000000123456789 42" {
+		t.Fatalf("compact form decoded as %#v", a)
 	}
 	e.InstanceID = 0
 	var b []any
-	if err := msgpack.Unmarshal(e.AppendMsgPack(nil), &b); err != nil || len(b) != 5 {
+	if err := msgpack.Unmarshal(e.AppendMsgPackCompact(nil), &b); err != nil || len(b) != 5 {
 		t.Fatalf("without an instance id: %#v %v", b, err)
+	}
+	clear(m)
+	if err := msgpack.Unmarshal(e.AppendMsgPack(nil), &m); err != nil || len(m) != 6 || m["instance_id"] != nil {
+		t.Fatalf("map without an instance id: %#v %v", m, err)
 	}
 	var j map[string]any
 	if err := json.Unmarshal(e.AppendJSON(nil), &j); err != nil {
 		t.Fatal(err)
 	}
-	if j["topic"] != "kv_events" || j["payload"].(map[string]any)["hashes"] == nil {
+	if j["topic"] != "kv_events" || j["payload"].(map[string]any)["hashes"] == nil || j["published_at"] != 1700000000123.0 {
 		t.Fatalf("JSON envelope decoded as %v", j)
+	}
+}
+
+// dynamoEnvelope is Dynamo's envelope struct: encoded by field name, in
+// its field order, published_at in milliseconds.
+type dynamoEnvelope struct {
+	Topic       string `msgpack:"topic"`
+	PublisherID uint64 `msgpack:"publisher_id"`
+	Sequence    uint64 `msgpack:"sequence"`
+	PublishedAt uint64 `msgpack:"published_at"`
+	Payload     []byte `msgpack:"payload"`
+}
+
+func TestDynamoEnvelopesDecodeWithTheirTimeInMilliseconds(t *testing.T) {
+	b := mustMsgPack(t, dynamoEnvelope{Topic: "kv_events", PublisherID: 99, Sequence: 3, PublishedAt: 1_763_740_000_123, Payload: []byte{0x81, 0xa1, 'x', 1}})
+	var e events.Envelope
+	if _, err := events.DecodeEnvelope(b, &e); err != nil {
+		t.Fatal(err)
+	}
+	if e.PublishedAt != 1_763_740_000_123_000_000 || e.PublisherID != 99 || e.Sequence != 3 || e.Topic != "kv_events" || len(e.Payload) != 4 {
+		t.Fatalf("got %+v", e)
+	}
+	// Through the general path (keys in another order) the same.
+	b = mustMsgPack(t, map[string]any{"payload": []byte{1}, "published_at": uint64(1_763_740_000_123), "sequence": 3, "publisher_id": 99, "topic": "kv_events"})
+	if _, err := events.DecodeEnvelope(b, &e); err != nil || e.PublishedAt != 1_763_740_000_123_000_000 {
+		t.Fatalf("general path: %+v %v", e, err)
+	}
+	// Loom's earlier map and JSON held nanoseconds in published_at: too
+	// large to be milliseconds, they are read as they are.
+	b = mustMsgPack(t, map[string]any{"payload": []byte{1}, "published_at": int64(1_763_740_000_123_456_789), "sequence": 3, "publisher_id": 99, "topic": "t"})
+	if _, err := events.DecodeEnvelope(b, &e); err != nil || e.PublishedAt != 1_763_740_000_123_456_789 {
+		t.Fatalf("earlier map: %+v %v", e, err)
+	}
+	if _, err := events.DecodeEnvelope([]byte(`{"publisher_id":1,"sequence":0,"published_at":1763740000123456789,"topic":"t","payload":1}`), &e); err != nil || e.PublishedAt != 1_763_740_000_123_456_789 {
+		t.Fatalf("earlier JSON: %+v %v", e, err)
+	}
+	if _, err := events.DecodeEnvelope([]byte(`{"publisher_id":1,"sequence":0,"published_at":1763740000123,"topic":"t","payload":1}`), &e); err != nil || e.PublishedAt != 1_763_740_000_123_000_000 {
+		t.Fatalf("JSON in milliseconds: %+v %v", e, err)
+	}
+}
+
+// TestLoomEnvelopeDecodesAsDynamosStruct decodes Loom's default envelope
+// into Dynamo's struct with a decoder that, like Dynamo's, fails on
+// missing fields and skips unknown ones.
+func TestLoomEnvelopeDecodesAsDynamosStruct(t *testing.T) {
+	e := sampleEnvelope()
+	var d dynamoEnvelope
+	dec := msgpack.NewDecoder(bytes.NewReader(e.AppendMsgPack(nil)))
+	if err := dec.Decode(&d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Topic != e.Topic || d.PublisherID != e.PublisherID || d.Sequence != e.Sequence || d.PublishedAt != 1_700_000_000_123 || !bytes.Equal(d.Payload, e.Payload) {
+		t.Fatalf("Dynamo's struct got %+v", d)
 	}
 }
 
@@ -89,7 +155,7 @@ func TestDecodeEnvelopeAcceptsOtherKeyOrdersAndUnknownKeys(t *testing.T) {
 	if _, err := events.DecodeEnvelope(b, &e); err != nil {
 		t.Fatal(err)
 	}
-	if e.Topic != "load_metrics" || e.Sequence != 3 || e.PublisherID != 1<<40 || e.PublishedAt != -5 {
+	if e.Topic != "load_metrics" || e.Sequence != 3 || e.PublisherID != 1<<40 || e.PublishedAt != -5_000_000 {
 		t.Fatalf("got %+v", e)
 	}
 }
@@ -119,6 +185,14 @@ func TestDecodeEnvelopeRefusesMalformedInput(t *testing.T) {
 	}
 }
 
+func mustMsgPackF(v any) []byte {
+	b, err := msgpack.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
 func mustMsgPack(t *testing.T, v any) []byte {
 	t.Helper()
 	b, err := msgpack.Marshal(v)
@@ -139,9 +213,12 @@ func TestJSONEnvelopeNeedsAJSONPayload(t *testing.T) {
 func FuzzDecodeEnvelope(f *testing.F) {
 	e := sampleEnvelope()
 	f.Add(e.AppendMsgPack(nil))
+	f.Add(e.AppendMsgPackCompact(nil))
 	f.Add(e.AppendJSON(nil))
+	f.Add(mustMsgPackF(dynamoEnvelope{Topic: "kv_events", PublisherID: 9, Sequence: 1, PublishedAt: 1_763_740_000_123, Payload: []byte{1}}))
 	e.InstanceID, e.PublishedAt, e.Payload = 0, -1, bytes.Repeat([]byte{7}, 300)
 	f.Add(e.AppendMsgPack(nil))
+	f.Add(e.AppendMsgPackCompact(nil))
 	f.Add([]byte{0xdf, 0xff, 0xff, 0xff, 0xff})
 	f.Add([]byte(`{"publisher_id":1,"sequence":2,"topic":"t","payload":null}`))
 	f.Add([]byte(`{"publisher_id":1,"sequence":0,"topic":"\u0000\"\u00e9","payload":1}`))
@@ -180,12 +257,14 @@ func FuzzEnvelopeEncoding(f *testing.F) {
 			return
 		}
 		e := events.Envelope{PublisherID: pub, InstanceID: inst, Sequence: seq, PublishedAt: at, Topic: topic, Payload: payload}
-		var got events.Envelope
-		if _, err := events.DecodeEnvelope(e.AppendMsgPack(nil), &got); err != nil {
-			t.Fatal(err)
-		}
-		if got.PublisherID != pub || got.InstanceID != inst || got.Sequence != seq || got.PublishedAt != at || got.Topic != topic || !bytes.Equal(got.Payload, payload) {
-			t.Fatalf("got %+v, want %+v", got, e)
+		for _, b := range [][]byte{e.AppendMsgPack(nil), e.AppendMsgPackCompact(nil)} {
+			var got events.Envelope
+			if _, err := events.DecodeEnvelope(b, &got); err != nil {
+				t.Fatal(err)
+			}
+			if got.PublisherID != pub || got.InstanceID != inst || got.Sequence != seq || got.PublishedAt != at || got.Topic != topic || !bytes.Equal(got.Payload, payload) {
+				t.Fatalf("got %+v, want %+v", got, e)
+			}
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"testing"
@@ -214,4 +215,35 @@ func TestWallClockFollowsTheWallClock(t *testing.T) {
 		}
 		time.Sleep(30 * time.Millisecond)
 	}
+}
+
+// FuzzSplitZMQMessage feeds the ZeroMQ message splitter any parts: it
+// never panics, accepts only 2 or 4 parts with 8-byte id and sequence, and
+// every error wraps ErrEnvelope.
+func FuzzSplitZMQMessage(f *testing.F) {
+	f.Add([]byte("namespace.a.t"), []byte{0, 0, 0, 0, 0, 0, 0, 7}, []byte{0, 0, 0, 0, 0, 0, 0, 1}, []byte{1, 0, 0, 0, 0}, uint8(4))
+	f.Add([]byte("namespace.a.t"), []byte{1, 0, 0, 0, 0}, []byte{}, []byte{}, uint8(2))
+	f.Add([]byte{}, []byte{1}, []byte{2}, []byte{3}, uint8(3))
+	f.Fuzz(func(t *testing.T, a, b, c, d []byte, n uint8) {
+		parts := [][]byte{a, b, c, d, a}[:min(int(n%6), 5)]
+		subject, frame, err := splitZMQMessage(parts)
+		if err != nil {
+			if !errors.Is(err, ErrEnvelope) {
+				t.Fatalf("error %v does not wrap ErrEnvelope", err)
+			}
+			return
+		}
+		switch len(parts) {
+		case 2:
+			if subject != string(a) || !bytes.Equal(frame, b) {
+				t.Fatal("2 parts split wrong")
+			}
+		case 4:
+			if len(b) != 8 || len(c) != 8 || subject != string(a) || !bytes.Equal(frame, d) {
+				t.Fatal("4 parts split wrong")
+			}
+		default:
+			t.Fatalf("%d parts accepted", len(parts))
+		}
+	})
 }

@@ -61,6 +61,7 @@ type options struct {
 	startTime  time.Time
 	durable    string
 	onGap      func(Gap)
+	envelope   string
 	cfg        config.Events
 }
 
@@ -72,6 +73,11 @@ func WithTransport(name string) Option { return func(o *options) { o.transport =
 // (codec.MsgPackName or codec.JSONName) instead of events.codec.
 // Subscriptions read both and ignore it.
 func WithCodec(name string) Option { return func(o *options) { o.codec = name } }
+
+// WithEnvelope writes a publisher's MessagePack envelopes in the form
+// named (EnvelopeDynamo or EnvelopeCompact) instead of events.envelope.
+// Subscriptions read both and ignore it.
+func WithEnvelope(form string) Option { return func(o *options) { o.envelope = form } }
 
 // WithBuffer sets a subscription's buffer size and overflow policy instead
 // of events.buffer_size and events.overflow.
@@ -162,6 +168,7 @@ func buildOptions(cfg config.Events, opts []Option) (options, error) {
 	o := options{
 		transport:  cfg.Transport,
 		codec:      cfg.Codec,
+		envelope:   cfg.Envelope,
 		bufferSize: cfg.BufferSize,
 		overflow:   Overflow(cfg.Overflow),
 		cfg:        cfg,
@@ -174,6 +181,12 @@ func buildOptions(cfg config.Events, opts []Option) (options, error) {
 	}
 	if o.codec == "" {
 		o.codec = codec.MsgPackName
+	}
+	if o.envelope == "" {
+		o.envelope = EnvelopeDynamo
+	}
+	if o.envelope != EnvelopeDynamo && o.envelope != EnvelopeCompact {
+		return o, fmt.Errorf("events: unknown envelope form %q (events.envelope); use %s or %s", o.envelope, EnvelopeDynamo, EnvelopeCompact)
 	}
 	if o.overflow == "" {
 		o.overflow = DropOldest

@@ -48,6 +48,7 @@ type pubCore struct {
 	id        uint64
 	instance  uint64
 	codec     string
+	compact   bool // MessagePack envelopes in the compact form
 	maxSize   int
 	tx        sender
 	metric    *metrics.EventSource
@@ -142,7 +143,7 @@ func newPubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 	}
 	c := &pubCore{
 		transport: o.transport, subject: subject, scope: scope, topic: topic,
-		id: 1 + rand.Uint64N(maxJSONSafe), instance: rt.ID(), codec: o.codec,
+		id: 1 + rand.Uint64N(maxJSONSafe), instance: rt.ID(), codec: o.codec, compact: o.envelope == EnvelopeCompact,
 		maxSize: o.cfg.MaxEventSize,
 	}
 	switch o.transport {
@@ -214,6 +215,8 @@ func (p *Publisher[T]) Publish(ctx context.Context, v T) error {
 		PublishedAt: c.clock.now(), Topic: c.topic, Payload: payload}
 	if c.codec == codec.JSONName {
 		c.env = env.AppendJSON(c.env[:0])
+	} else if c.compact {
+		c.env = env.AppendMsgPackCompact(c.env[:0])
 	} else {
 		c.env = env.AppendMsgPack(c.env[:0])
 	}

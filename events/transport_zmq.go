@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -43,6 +44,7 @@ const zmqSubscriptionLimit = 64 << 10
 
 type zmqSender struct {
 	rt         *loom.Runtime
+	c          *pubCore
 	sock       *zmtp.Socket
 	link       *zmtp.Link
 	inst       *discovery.Instance
@@ -56,6 +58,7 @@ func newZMQSender(ctx context.Context, rt *loom.Runtime, c *pubCore, o options) 
 	zc := o.cfg.ZMQ
 	s := &zmqSender{
 		rt:      rt,
+		c:       c,
 		subject: []byte(c.subject),
 		dropped: &c.dropped,
 		sock: zmtp.NewSocket(zmtp.Options{Type: zmtp.PUB, SendQueue: zc.SendQueue,
@@ -110,9 +113,14 @@ func newZMQSender(ctx context.Context, rt *loom.Runtime, c *pubCore, o options) 
 	return s, nil
 }
 
+// send writes Dynamo's 4-part message [subject, publisher_id, sequence,
+// frame]; it runs under the publisher's lock, so c.seq is this event's.
 func (s *zmqSender) send(_ context.Context, _ string, env []byte) error {
 	s.frame = AppendFrame(s.frame[:0], env)
-	wire := zmtp.AppendMessage(make([]byte, 0, zmtp.MessageSize(s.subject, s.frame)), s.subject, s.frame)
+	var id, seq [8]byte
+	binary.BigEndian.PutUint64(id[:], s.c.id)
+	binary.BigEndian.PutUint64(seq[:], s.c.seq)
+	wire := zmtp.AppendMessage(make([]byte, 0, zmtp.MessageSize(s.subject, id[:], seq[:], s.frame)), s.subject, id[:], seq[:], s.frame)
 	if _, dropped := s.sock.Send(s.subject, wire); dropped > 0 {
 		s.dropped.Add(uint64(dropped))
 	}
@@ -296,15 +304,15 @@ func (s *zmqSource) apply(ev discovery.Event) *zmtp.Link {
 }
 
 func (s *zmqSource) onMessage(_ *zmtp.Peer, parts [][]byte) {
-	if len(parts) != 2 {
-		s.c.malformedMsg("", fmt.Errorf("%w: ZeroMQ message of %d frames, want 2 (subject, frame)", ErrEnvelope, len(parts)))
+	subject, frame, err := splitZMQMessage(parts)
+	if err != nil {
+		s.c.malformedMsg(subject, err)
 		return
 	}
-	subject := string(parts[0])
 	if !matchSubject(s.c.pattern, subject) {
 		return // under the subscribed prefix, but not the pattern
 	}
-	payload, rest, err := ParseFrame(parts[1], s.c.maxSize)
+	payload, rest, err := ParseFrame(frame, s.c.maxSize)
 	if err == nil && len(rest) != 0 {
 		err = fmt.Errorf("%w: %d bytes after the frame", ErrFrame, len(rest))
 	}
@@ -321,4 +329,22 @@ func (s *zmqSource) close() error {
 	}
 	<-s.watched
 	return s.sock.Close()
+}
+
+// splitZMQMessage returns the subject and the framed envelope of a ZeroMQ
+// event message: Dynamo's 4 parts [subject, publisher_id (u64 BE),
+// sequence (u64 BE), frame], or the 2 parts [subject, frame] Loom sent
+// before it wrote Dynamo's. The envelope repeats publisher_id and
+// sequence, and is what counts.
+func splitZMQMessage(parts [][]byte) (string, []byte, error) {
+	switch len(parts) {
+	case 2:
+		return string(parts[0]), parts[1], nil
+	case 4:
+		if len(parts[1]) != 8 || len(parts[2]) != 8 {
+			return string(parts[0]), nil, fmt.Errorf("%w: ZeroMQ message's publisher_id and sequence parts are %d and %d bytes, want 8 each", ErrEnvelope, len(parts[1]), len(parts[2]))
+		}
+		return string(parts[0]), parts[3], nil
+	}
+	return "", nil, fmt.Errorf("%w: ZeroMQ message of %d parts, want 4 (subject, publisher_id, sequence, frame) or 2 (subject, frame)", ErrEnvelope, len(parts))
 }
