@@ -57,7 +57,10 @@ func TestWildcardSubscriptionsReachEveryMatchingScope(t *testing.T) {
 							want++
 						}
 					}
-					waitSubscribed(t, p, min(want, 1))
+					if tr != "zmq" {
+						want = min(want, 1) // the broker is the publisher's one subscriber
+					}
+					waitSubscribed(t, p, want)
 				}
 				if err := p.Publish(t.Context(), sc.String()); err != nil {
 					t.Fatal(err)
