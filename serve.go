@@ -39,6 +39,12 @@ func WithCodec(name string) ServeOption { return func(o *serveOptions) { o.codec
 // holds when it was registered (RFC 3339); `loom ls` shows its age.
 const MetadataRegisteredAt = "registered_at"
 
+// MetadataStatusAddr is the metadata key of an instance record that holds
+// the host:port of its process's status server (/metrics, /health), when
+// status.port turns one on; `loom dashboard` reads each instance's load
+// there.
+const MetadataStatusAddr = "status_addr"
+
 // WithMetadata adds metadata to the instance's discovery record.
 func WithMetadata(md map[string]string) ServeOption {
 	return func(o *serveOptions) { o.metadata = maps.Clone(md) }
@@ -91,6 +97,9 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		o.metadata = make(map[string]string, 1)
 	}
 	o.metadata[MetadataRegisteredAt] = time.Now().UTC().Format(time.RFC3339Nano)
+	if a := rt.StatusAddr(); a != "" {
+		o.metadata[MetadataStatusAddr] = a
+	}
 	c, err := codec.ByName(o.codec)
 	if err != nil {
 		return fmt.Errorf("loom: serve %s: %w", ep.path, err)

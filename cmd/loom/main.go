@@ -9,6 +9,7 @@
 //	loom queue           inspect and repair work queues
 //	loom llm             serve LLM traffic (frontend, router, mock workers)
 //	loom config          every configuration key's effective value and source
+//	loom dashboard       a live web page of the system
 //
 // `loom help` lists every command. Usage errors exit with status 2 and the
 // command's usage line; failures exit with 1.
@@ -94,7 +95,7 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDemo(), newConfig(), newCall(), newLs(), newUp(), newQueue(), newPub(), newSub(), newLLM())
+	root.AddCommand(newDemo(), newConfig(), newCall(), newLs(), newUp(), newQueue(), newPub(), newSub(), newLLM(), newDashboard())
 	markUsageErrors(root)
 	return root
 }

@@ -100,6 +100,9 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 		defer stopBroker()
 		env = append(env, benv...)
 	}
+	// Each component runs a status server on a free port and names it in
+	// its instance records, so that loom dashboard can read its load.
+	env = append(env, [2]string{"LOOM_STATUS_PORT", "-1"})
 	for _, kv := range env {
 		fmt.Fprintf(out, "%s=%s\n", kv[0], kv[1])
 	}

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/dashboard"
+)
+
+func newDashboard() *cobra.Command {
+	var (
+		addr string
+		cfg  dashboard.Config
+	)
+	cmd := &cobra.Command{
+		Use:   "dashboard",
+		Short: "Serve a live web page of the system: topology, load, events, queues, NATS",
+		Long: `Serve a web page that shows the Loom system the configuration names (see
+loom config; with loom up's environment, its NATS server and discovery):
+every instance by namespace, component and endpoint with its transport,
+address, codec, age and state; each instance's requests/s, in flight,
+errors/s and p50 / p99, read from its process's status server (run
+components with LOOM_STATUS_PORT=-1, which loom up prints); the event
+streams with their publishers, gaps and drops; the work queues; the NATS
+server and JetStream. The page updates live. It only reads.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			rt, err := loom.NewRuntime(ctx)
+			if err != nil {
+				return err
+			}
+			defer rt.Shutdown(context.Background())
+			d, err := dashboard.New(ctx, rt, cfg)
+			if err != nil {
+				return err
+			}
+			srv, err := dashboard.Listen(d, addr)
+			if err != nil {
+				d.Close()
+				return err
+			}
+			defer srv.Close()
+			fmt.Fprintf(cmd.OutOrStdout(), "loom dashboard: %s (%s discovery, NATS %s); Ctrl-C to stop\n",
+				srv.URL(), rt.Config().Discovery.Backend, rt.Config().NATS.URL)
+			<-ctx.Done()
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&addr, "addr", "127.0.0.1:8090", "address the page is served on (port 0 picks a free one)")
+	f.DurationVar(&cfg.Interval, "interval", dashboard.DefaultInterval, "how often load, queues and NATS are read")
+	f.StringVar(&cfg.NATSMonitorURL, "nats-monitor", "", "NATS monitoring URL (default: the NATS server's host on port 8222; off for none)")
+	f.StringArrayVar(&cfg.Scrape, "scrape", nil, "another Prometheus /metrics URL to read (repeatable), e.g. an HTTP frontend's")
+	f.StringSliceVar(&cfg.ServingPrefixes, "serving-prefix", dashboard.DefaultServingPrefixes, "metric name prefixes of the serving view")
+	f.BoolVar(&cfg.NoEvents, "no-events", false, "do not subscribe to every event (the per-publisher view)")
+	return cmd
+}

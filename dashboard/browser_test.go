@@ -1,0 +1,185 @@
+//go:build browser
+
+// The page in a real browser: headless Chromium driven with chromedp, run
+// by .ci/run with -tags browser after it installs Debian's chromium.
+
+package dashboard_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+	"github.com/nats-io/nats.go"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/dashboard"
+	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/workqueue"
+)
+
+// live is how soon the page must show a change in discovery: the issue's
+// target, measured from the change to the DOM condition holding.
+const live = time.Second
+
+// browser starts headless Chromium on a fresh profile and returns a tab.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	path := ""
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			path = p
+			break
+		}
+	}
+	if path == "" {
+		t.Fatal("the browser tests need Chromium: apt-get install -y chromium (Debian), or run go test without -tags browser")
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(path), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck, chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1400, 1000),
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("disable-background-timer-throttling", true),
+		chromedp.Flag("disable-renderer-backgrounding", true),
+	}
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(func() {
+		cancel()
+		cancelAlloc()
+	})
+	// Start the browser now: a cold start on a busy machine is slow, and
+	// is not what is measured. (The first action's context owns the
+	// browser, so it carries no timeout of its own.)
+	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("starting %s: %v", path, err)
+	}
+	return ctx
+}
+
+// waitDOM waits until the JavaScript condition holds in the page, for at
+// most d, and says how long it took.
+func waitDOM(t *testing.T, ctx context.Context, d time.Duration, what, cond string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(d))); err != nil {
+		html, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("topology").innerText`))
+		t.Fatalf("%s: not within %s (%v); topology shows:\n%s", what, d, err, html)
+	}
+	return time.Since(start)
+}
+
+func row(id uint64) string {
+	return fmt.Sprintf(`document.querySelector('tr.inst[data-instance="%s"]')`, strconv.FormatUint(id, 16))
+}
+
+// The page shows instances appear and leave within a second, without a
+// reload, and its charts follow the load.
+func TestBrowserLive(t *testing.T) {
+	s := newSystem(t)
+	srv := s.dashboard(dashboard.Config{Interval: 250 * time.Millisecond})
+	ctx := browser(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(srv.URL())); err != nil {
+		t.Fatal(err)
+	}
+	waitDOM(t, ctx, 10*time.Second, "the stream connects", `document.getElementById("conn").textContent === "live" && document.body.dataset.updated !== undefined`)
+	waitDOM(t, ctx, 10*time.Second, "the empty topology", `document.getElementById("topology").innerText.includes("No instances")`)
+
+	a := s.serveHello(nil)
+	took := waitDOM(t, ctx, live, "the first instance appears", row(a.ID())+` !== null`)
+	t.Logf("instance %x on the page %s after it registered", a.ID(), took)
+	b := s.serveHello(nil)
+	took = waitDOM(t, ctx, live, "the second instance appears", row(b.ID())+` !== null && document.querySelectorAll("tr.inst").length === 2`)
+	t.Logf("instance %x on the page %s after it registered", b.ID(), took)
+	waitDOM(t, ctx, 5*time.Second, "both are ready", `document.querySelectorAll("tr.inst .state.ready").length === 2`)
+
+	// Load: calls move the requests chart and the rows' counters.
+	caller := s.runtime()
+	ep, err := caller.Endpoint("hello/greeter/greet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := loom.NewClient[Greeting, Word](context.Background(), ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	before, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("chart-rps").dataset.points`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for calls.Err() == nil {
+			for range client.Generate(calls, Greeting{Name: "browser"}) {
+			}
+		}
+	}()
+	waitDOM(t, ctx, 10*time.Second, "the requests chart rises",
+		`Number(document.getElementById("chart-rps").dataset.last) > 0 && document.querySelector("#chart-rps polyline").getAttribute("points").split(" ").length > 1`)
+	stop()
+	<-done
+	after, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("chart-rps").dataset.points`))
+	if before == after {
+		t.Errorf("the chart's points stayed at %s", before)
+	}
+	waitDOM(t, ctx, 5*time.Second, "the rows count requests", `[...document.querySelectorAll("tr.inst")].every(tr => Number(tr.dataset.requests) > 0)`)
+
+	// Events and queues render too.
+	pub, err := events.NewPublisher[map[string]int](context.Background(), b, events.Scope{Namespace: "dynamo", Component: "backend"}, "kv_events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Shutdown(context.Background())
+	nc, err := nats.Connect(s.nats.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	q, err := workqueue.New[string](context.Background(), nc, workqueue.ConfigFrom(s.cfg.Queue, "prefill_queue"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := pub.Publish(context.Background(), map[string]int{"stored": i}); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Enqueue(context.Background(), "job"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitDOM(t, ctx, 5*time.Second, "the publisher's row", fmt.Sprintf(`(() => { const r = document.querySelector('tr[data-publisher="%x"]'); return r !== null && r.innerText.includes("kv_events"); })()`, pub.ID()))
+	waitDOM(t, ctx, 5*time.Second, "the queue's row", `(() => { const r = document.querySelector('tr[data-queue="prefill_queue"]'); return r !== null && r.children[3].textContent === "3"; })()`)
+
+	// LOOM_DASHBOARD_SCREENSHOT=file.png saves what the page shows now.
+	if path := os.Getenv("LOOM_DASHBOARD_SCREENSHOT"); path != "" {
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// SIGTERM's path: Shutdown removes the record first, then drains.
+	start := time.Now()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		shutdown(a)
+	}()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](row(a.ID())+` === null && `+row(b.ID())+` !== null`, chromedp.WithPollingTimeout(live))); err != nil {
+		t.Fatalf("the stopped instance %x still on the page %s after its shutdown began: %v", a.ID(), time.Since(start), err)
+	}
+	t.Logf("instance %x gone from the page %s after its shutdown began", a.ID(), time.Since(start))
+	<-stopped
+}

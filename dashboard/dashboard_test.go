@@ -1,0 +1,388 @@
+package dashboard_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"maps"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/dashboard"
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/workqueue"
+)
+
+// The page lists what discovery lists, field for field, and follows
+// instances as they come and go.
+func TestInstancesFollowDiscovery(t *testing.T) {
+	s := newSystem(t)
+	srv := s.dashboard(dashboard.Config{})
+	waitState(t, srv, 10*time.Second, "the first snapshot", func(st dashboard.State) bool { return st.Synced })
+
+	a := s.serveHello(nil)
+	b := s.serveHello(nil)
+	st := waitState(t, srv, 5*time.Second, "two instances", func(st dashboard.State) bool { return len(st.Instances) == 2 })
+
+	// What `loom ls --json` prints is the discovery List.
+	list, err := a.Discovery().List(context.Background(), discovery.Query{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 {
+		t.Fatalf("discovery lists %d instances, want 2", len(list))
+	}
+	for _, rec := range list {
+		got := instance(st, rec.ID)
+		if got == nil {
+			t.Fatalf("instance %x is in discovery, not on the page", rec.ID)
+		}
+		if got.Namespace != rec.Namespace || got.Component != rec.Component || got.Endpoint != rec.Endpoint ||
+			got.Transport != rec.Transport || got.Address != rec.Address || got.Codec != rec.Codec || got.TLS != rec.TLS ||
+			!maps.Equal(got.Metadata, rec.Metadata) {
+			t.Errorf("page shows %+v; discovery has %+v", *got, rec)
+		}
+		if got.ID != strconv.FormatUint(rec.ID, 16) {
+			t.Errorf("hex id %q, key %s", got.ID, rec.Key())
+		}
+		if got.StatusAddr == "" || got.StatusAddr != rec.Metadata[loom.MetadataStatusAddr] {
+			t.Errorf("status_addr %q, record metadata %v", got.StatusAddr, rec.Metadata)
+		}
+		if !got.Age.Known() || got.Age < 0 || got.Age > 60 || got.RegisteredAt == nil {
+			t.Errorf("age %v registered_at %v", got.Age, got.RegisteredAt)
+		}
+	}
+	for _, rt := range []*loom.Runtime{a, b} {
+		if want := rt.StatusAddr(); instance(st, rt.ID()).StatusAddr != want {
+			t.Errorf("instance %x: status_addr %q, its runtime's status server is %s", rt.ID(), instance(st, rt.ID()).StatusAddr, want)
+		}
+	}
+	st = waitState(t, srv, 5*time.Second, "both ready", func(st dashboard.State) bool {
+		return len(st.Instances) == 2 && st.Instances[0].State == "ready" && st.Instances[1].State == "ready"
+	})
+	if st.Totals.Instances != 2 || st.Totals.Endpoints != 1 || st.Totals.Processes != 2 {
+		t.Errorf("totals %+v, want 2 instances of 1 endpoint in 2 processes", st.Totals)
+	}
+
+	shutdown(a)
+	st = waitState(t, srv, 5*time.Second, "the stopped instance to leave", func(st dashboard.State) bool { return len(st.Instances) == 1 })
+	if st.Instances[0].InstanceID != b.ID() {
+		t.Errorf("left %x, want %x", st.Instances[0].InstanceID, b.ID())
+	}
+}
+
+// The load the page shows is what the instances' /metrics say.
+func TestLoadAgreesWithMetrics(t *testing.T) {
+	s := newSystem(t)
+	release := make(chan struct{})
+	a := s.serveHello(release)
+	b := s.serveHello(release)
+	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond})
+	caller := s.runtime()
+	ep, err := caller.Endpoint("hello/greeter/greet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := loom.NewClient[Greeting, Word](context.Background(), ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if err := client.WaitForInstances(context.Background(), 2); err != nil {
+		t.Fatal(err)
+	}
+
+	// Six held requests, three on each instance (round robin): in flight.
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Go(func() {
+			for _, err := range client.Generate(context.Background(), Greeting{Name: "you"}) {
+				if err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	waitState(t, srv, 5*time.Second, "6 requests in flight", func(st dashboard.State) bool {
+		return st.Totals.InFlight == 6 && len(st.Instances) == 2 && st.Instances[0].Load != nil && st.Instances[0].Load.InFlight == 3
+	})
+	close(release)
+	wg.Wait()
+	for range 4 {
+		for _, err := range client.Generate(context.Background(), Greeting{Name: "fail"}) {
+			if err == nil {
+				t.Fatal("a failing request did not fail")
+			}
+		}
+	}
+
+	st := waitState(t, srv, 5*time.Second, "10 requests done, 4 failed", func(st dashboard.State) bool {
+		return st.Totals.InFlight == 0 && sum(st, func(l *dashboard.Load) dashboard.Num { return l.Requests }) == 10 &&
+			sum(st, func(l *dashboard.Load) dashboard.Num { return l.Errors }) == 4
+	})
+	for _, rt := range []*loom.Runtime{a, b} {
+		m := scrape(t, rt.StatusAddr())
+		l := instance(st, rt.ID()).Load
+		total := m["ok"] + m["error"] + m["panic"] + m["cancelled"] + m["refused"]
+		if float64(l.Requests) != total || float64(l.Errors) != m["error"]+m["panic"] {
+			t.Errorf("instance %x: page says %v requests, %v errors; its /metrics %v", rt.ID(), l.Requests, l.Errors, m)
+		}
+		if !l.P50.Known() || !l.P99.Known() || l.P50 > l.P99 {
+			t.Errorf("instance %x: p50 %v p99 %v", rt.ID(), l.P50, l.P99)
+		}
+	}
+	// The rates fall back to zero once nothing happens, and the history
+	// has seen them above zero.
+	st = waitState(t, srv, 5*time.Second, "the rate to fall to 0", func(st dashboard.State) bool {
+		return st.Totals.RequestsPerSec == 0
+	})
+	peak := dashboard.Num(0)
+	for _, p := range st.History {
+		if p.RequestsPerSec.Known() {
+			peak = max(peak, p.RequestsPerSec)
+		}
+	}
+	if peak <= 0 {
+		t.Errorf("history never shows a request rate above 0: %+v", st.History)
+	}
+}
+
+func sum(st dashboard.State, f func(*dashboard.Load) dashboard.Num) dashboard.Num {
+	var n dashboard.Num
+	for _, i := range st.Instances {
+		if i.Load != nil {
+			n += f(i.Load)
+		}
+	}
+	return n
+}
+
+// scrape reads loom_requests_total by code from a status server.
+func scrape(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, m := range fams["loom_requests_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "code" {
+				out[l.GetValue()] += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+// /api/stream sends the state at once, then a new one within moments of
+// a change.
+func TestStreamSendsChanges(t *testing.T) {
+	s := newSystem(t)
+	srv := s.dashboard(dashboard.Config{Interval: time.Hour}) // only discovery changes send
+	waitState(t, srv, 10*time.Second, "the first snapshot", func(st dashboard.State) bool { return st.Synced })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL()+"/api/stream", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("Content-Type %q", ct)
+	}
+	states := make(chan dashboard.State, 16)
+	go func() {
+		defer close(states)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(nil, 1<<20)
+		event := ""
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case strings.HasPrefix(line, "event: "):
+				event = strings.TrimPrefix(line, "event: ")
+			case strings.HasPrefix(line, "data: "):
+				var st dashboard.State
+				if event != "state" || json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &st) != nil {
+					t.Errorf("bad event %q: %.200s", event, line)
+					return
+				}
+				states <- st
+			}
+		}
+	}()
+	next := func(what string, cond func(dashboard.State) bool) {
+		t.Helper()
+		timeout := time.After(5 * time.Second)
+		for {
+			select {
+			case st, ok := <-states:
+				if !ok {
+					t.Fatalf("stream ended waiting for %s", what)
+				}
+				if cond(st) {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("no event with %s", what)
+			}
+		}
+	}
+	next("the current state", func(st dashboard.State) bool { return st.Synced && len(st.Instances) == 0 })
+	rt := s.serveHello(nil)
+	next("the new instance", func(st dashboard.State) bool { return len(st.Instances) == 1 && st.Instances[0].InstanceID == rt.ID() })
+	shutdown(rt)
+	next("the instance gone", func(st dashboard.State) bool { return len(st.Instances) == 0 })
+}
+
+// The event view follows each publisher's sequence and shows its gaps.
+func TestEventsPerPublisher(t *testing.T) {
+	s := newSystem(t)
+	pubRT := s.serveHello(nil) // it serves, so its status server is in discovery
+	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond})
+	waitState(t, srv, 10*time.Second, "the event subscription", func(st dashboard.State) bool { return st.Events.Pattern != "" })
+
+	pub, err := events.NewPublisher[map[string]int](context.Background(), pubRT, events.Scope{Namespace: "dynamo", Component: "backend"}, "kv_events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Shutdown(context.Background())
+	for i := range 5 {
+		if err := pub.Publish(context.Background(), map[string]int{"stored": i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A publisher whose sequence skips 3..6: four events lost.
+	nc, err := nats.Connect(s.nats.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	subject, _ := events.Subject(events.Scope{Namespace: "dynamo", Component: "router"}, "load_metrics")
+	for _, seq := range []uint64{0, 1, 2, 7} {
+		env := events.Envelope{PublisherID: 0xabc, InstanceID: 0x123, Sequence: seq, PublishedAt: time.Now().UnixNano(), Topic: "load_metrics", Payload: []byte(`{"load": 1}`)}
+		if err := nc.Publish(subject, env.AppendJSON(nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	st := waitState(t, srv, 5*time.Second, "both publishers", func(st dashboard.State) bool {
+		if len(st.Events.Publishers) != 2 {
+			return false
+		}
+		return st.Events.Publishers[0].Events == 5 && st.Events.Publishers[1].Events == 4
+	})
+	kv, lm := st.Events.Publishers[0], st.Events.Publishers[1]
+	if kv.Subject != "namespace.dynamo.component.backend.kv_events" || kv.Topic != "kv_events" || kv.Sequence != 4 || kv.Gaps != 0 || kv.Lost != 0 {
+		t.Errorf("kv_events publisher: %+v", kv)
+	}
+	if kv.InstanceID != strconv.FormatUint(pubRT.ID(), 16) {
+		t.Errorf("kv_events publisher has no instance id: %+v", kv)
+	}
+	if lm.ID != "abc" || lm.InstanceID != "123" || lm.Codec != "json" || lm.Sequence != 7 || lm.Gaps != 1 || lm.Lost != 4 {
+		t.Errorf("load_metrics publisher: %+v, want id abc, instance 123, 1 gap of 4", lm)
+	}
+	if st.Events.Received != 9 || st.Events.Lost != 4 {
+		t.Errorf("subscription received %d lost %d, want 9 and 4", st.Events.Received, st.Events.Lost)
+	}
+	// The publishing runtime's own counters, scraped from its /metrics.
+	st = waitState(t, srv, 5*time.Second, "the publisher's counters", func(st dashboard.State) bool {
+		return len(st.Events.Published) == 1 && st.Events.Published[0].Published == 5
+	})
+	if p := st.Events.Published[0]; p.Subject != kv.Subject || p.Transport != "nats" {
+		t.Errorf("published: %+v", p)
+	}
+}
+
+// The queue view is what workqueue.Admin reports.
+func TestQueues(t *testing.T) {
+	s := newSystem(t)
+	nc, err := nats.Connect(s.nats.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	q, err := workqueue.New[string](context.Background(), nc, workqueue.ConfigFrom(s.cfg.Queue, "dash_jobs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range []string{"a", "b", "c"} {
+		if err := q.Enqueue(context.Background(), j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond})
+	st := waitState(t, srv, 5*time.Second, "the queue", func(st dashboard.State) bool {
+		return len(st.Queues.Queues) == 1 && st.Queues.Queues[0].Jobs == 3
+	})
+	qi := st.Queues.Queues[0]
+	if qi.Name != "dash_jobs" || qi.Pending != 3 || qi.DeadLetters != 0 || st.Totals.QueueJobs != 3 || st.Totals.DeadLetters != 0 {
+		t.Errorf("queue %+v totals %+v", qi, st.Totals)
+	}
+}
+
+// The NATS view reads the monitoring endpoint and JetStream.
+func TestNATSHealth(t *testing.T) {
+	s := newSystem(t)
+	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond})
+	st := waitState(t, srv, 5*time.Second, "NATS rates", func(st dashboard.State) bool { return st.NATS.InMsgsPerSec.Known() })
+	n := st.NATS
+	if !n.Connected || n.Monitor != s.nats.MonitorURL() || n.ServerID != s.nats.Server().ID() || !n.RTT.Known() ||
+		n.Connections < 1 || n.JetStream == nil || n.JetStream.Streams < 1 {
+		t.Errorf("nats: %+v (JetStream %+v)", n, n.JetStream)
+	}
+
+	// Without the monitoring endpoint, JetStream's account info remains.
+	srv2 := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond, NATSMonitorURL: "off"})
+	st = waitState(t, srv2, 5*time.Second, "JetStream info", func(st dashboard.State) bool { return st.NATS.JetStream != nil })
+	if st.NATS.Monitor != "" || st.NATS.MonitorError == "" || st.NATS.Connections.Known() {
+		t.Errorf("nats without monitoring: %+v", st.NATS)
+	}
+}
+
+// The serving view shows the families with a serving prefix, from the
+// status servers and from extra metrics URLs.
+func TestServingFamilies(t *testing.T) {
+	s := newSystem(t)
+	rt := s.serveHello(nil)
+	reqs := promCounter(t, rt, "loom_llm_requests_total")
+	reqs.Add(7)
+	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond})
+	st := waitState(t, srv, 5*time.Second, "the serving family", func(st dashboard.State) bool {
+		return len(st.Serving.Families) == 1 && st.Serving.Families[0].Value == 7 && st.Serving.Families[0].RatePerSec.Known()
+	})
+	f := st.Serving.Families[0]
+	if f.Name != "loom_llm_requests_total" || f.Kind != "counter" || f.Processes != 1 {
+		t.Errorf("family %+v", f)
+	}
+}
+
+func promCounter(t *testing.T, rt *loom.Runtime, name string) prometheus.Counter {
+	t.Helper()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: "Requests the frontend answered."})
+	if err := rt.Metrics().Registry().Register(c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}

@@ -1,0 +1,125 @@
+package dashboard
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"time"
+)
+
+//go:embed assets
+var assets embed.FS
+
+// routes sets up the page, its assets and the data API.
+func (d *Dashboard) routes() {
+	static, _ := fs.Sub(assets, "assets")
+	files := http.FileServerFS(static)
+	d.mux = http.NewServeMux()
+	d.mux.Handle("GET /", files)
+	d.mux.HandleFunc("GET /api/state", d.serveState)
+	d.mux.HandleFunc("GET /api/stream", d.serveStream)
+}
+
+// ServeHTTP serves the page (/), its assets, /api/state (the State as
+// JSON) and /api/stream (the State as a server-sent event named "state",
+// sent at once and then at each change). It only reads: there are no
+// actions.
+func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	d.mux.ServeHTTP(w, r)
+}
+
+func (d *Dashboard) serveState(w http.ResponseWriter, _ *http.Request) {
+	d.bmu.Lock()
+	b := d.latest
+	d.bmu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_, _ = w.Write(b)
+}
+
+func (d *Dashboard) serveStream(w http.ResponseWriter, r *http.Request) {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "dashboard: streaming needs an http.Flusher; this server's ResponseWriter is not one", http.StatusInternalServerError)
+		return
+	}
+	c := make(chan []byte, 1)
+	d.bmu.Lock()
+	c <- d.latest
+	d.clients[c] = struct{}{}
+	d.bmu.Unlock()
+	defer func() {
+		d.bmu.Lock()
+		delete(d.clients, c)
+		d.bmu.Unlock()
+	}()
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	// A comment every 15 s keeps proxies from closing an idle stream.
+	keep := time.NewTicker(15 * time.Second)
+	defer keep.Stop()
+	for {
+		var err error
+		select {
+		case <-r.Context().Done():
+			return
+		case <-d.ctx.Done():
+			return
+		case <-keep.C:
+			_, err = fmt.Fprint(w, ": keep-alive\n\n")
+		case b := <-c:
+			_, err = fmt.Fprintf(w, "event: state\ndata: %s\n\n", b)
+		}
+		if err != nil {
+			return
+		}
+		flusher.Flush()
+	}
+}
+
+// Server is a dashboard served over HTTP on its own listener.
+type Server struct {
+	*Dashboard
+	srv  *http.Server
+	url  string
+	done chan struct{}
+}
+
+// Listen serves d on addr (host:port;
+// port 0 picks a free one). Close stops both.
+func Listen(d *Dashboard, addr string) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dashboard: cannot listen on %s: %w (choose another address with --addr)", addr, err)
+	}
+	s := &Server{Dashboard: d, srv: &http.Server{Handler: d, ReadHeaderTimeout: 5 * time.Second}, url: "http://" + ln.Addr().String(), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("dashboard: HTTP server stopped", "addr", ln.Addr(), "err", err)
+		}
+	}()
+	return s, nil
+}
+
+// URL returns the page's address, http://host:port.
+func (s *Server) URL() string { return s.url }
+
+// Close stops the HTTP server (ending the pages' streams) and the
+// dashboard.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s.Dashboard.cancel() // ends the streams, so Shutdown does not wait for them
+	err := s.srv.Shutdown(ctx)
+	<-s.done
+	return errors.Join(err, s.Dashboard.Close())
+}
