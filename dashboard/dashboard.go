@@ -41,7 +41,7 @@ type Config struct {
 	// (the per-publisher view); the processes' counters are still shown.
 	NoEvents bool
 	// HTTPClient scrapes status servers and the NATS monitoring endpoint
-	// (default: one with a timeout of Interval).
+	// (default: one with a timeout of Interval, at least 2s).
 	HTTPClient *http.Client
 }
 
@@ -53,6 +53,10 @@ const (
 
 // DefaultServingPrefixes are the metric name prefixes of the serving view.
 var DefaultServingPrefixes = []string{"loom_llm_"}
+
+// scrapeTimeout bounds a round of reads when Interval is shorter: a busy
+// machine answers slowly, and a scrape that times out shows no load.
+const scrapeTimeout = 2 * time.Second
 
 // historyLen is how many points the charts keep.
 const historyLen = 120
@@ -103,7 +107,7 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Dashboard, error) 
 		cfg.ServingPrefixes = DefaultServingPrefixes
 	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: cfg.Interval}
+		cfg.HTTPClient = &http.Client{Timeout: max(cfg.Interval, scrapeTimeout)}
 	}
 	d := &Dashboard{
 		rt:          rt,
@@ -207,7 +211,7 @@ func (d *Dashboard) collect() {
 }
 
 func (d *Dashboard) collectOnce() {
-	ctx, cancel := context.WithTimeout(d.ctx, d.cfg.Interval)
+	ctx, cancel := context.WithTimeout(d.ctx, max(d.cfg.Interval, scrapeTimeout))
 	defer cancel()
 	d.mu.Lock()
 	targets := map[string]bool{}
@@ -447,20 +451,25 @@ func window(ring []*sample, path string) endpointWindow {
 		cur = &endpointCounts{}
 	}
 	w.last = *cur
-	if len(ring) >= 2 {
-		prevS := ring[len(ring)-2]
-		if prevS.err == "" {
-			prev := prevS.endpoints[path]
-			if prev == nil {
-				prev = &endpointCounts{}
-			}
-			w.interval = last.at.Sub(prevS.at).Seconds()
-			w.dTotal, w.dErr = cur.total()-prev.total(), cur.failed()-prev.failed()
-			if w.dTotal < 0 { // the process restarted
-				w.dTotal, w.dErr = cur.total(), cur.failed()
-			}
-			w.rateKnown = w.interval > 0
+	// The rate is over the interval since the last scrape that worked.
+	var prevS *sample
+	for i := len(ring) - 2; i >= 0; i-- {
+		if ring[i].err == "" {
+			prevS = ring[i]
+			break
 		}
+	}
+	if prevS != nil {
+		prev := prevS.endpoints[path]
+		if prev == nil {
+			prev = &endpointCounts{}
+		}
+		w.interval = last.at.Sub(prevS.at).Seconds()
+		w.dTotal, w.dErr = cur.total()-prev.total(), cur.failed()-prev.failed()
+		if w.dTotal < 0 { // the process restarted
+			w.dTotal, w.dErr = cur.total(), cur.failed()
+		}
+		w.rateKnown = w.interval > 0
 	}
 	var first *sample
 	for _, s := range ring {

@@ -14,11 +14,13 @@ import (
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/cmd/loom/internal/demo"
+	"github.com/loomrt/loom/dashboard"
 )
 
 func newDemo() *cobra.Command {
 	opts := demo.DefaultOptions()
 	var serve bool
+	var dashAddr string
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Run a whole Loom system in this process and report on it",
@@ -30,12 +32,17 @@ travel over Loom's TCP request plane on loopback unless --plane says
 otherwise.
 
 With --serve it keeps serving after the batch until SIGINT or SIGTERM, then
-shuts down gracefully (see shutdown.* in loom config).`,
+shuts down gracefully (see shutdown.* in loom config). With --dashboard it
+also serves the live page of loom dashboard on that address.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.Observable = dashAddr != ""
+			if dashAddr != "" && !serve {
+				return fmt.Errorf("--dashboard needs --serve: the page is for a demo that keeps running")
+			}
 			if serve {
 				loom.Run(func(ctx context.Context, rt *loom.Runtime) error {
-					return runDemo(ctx, cmd.OutOrStdout(), opts, rt.Logger(), rt, true)
+					return runDemoWith(ctx, cmd.OutOrStdout(), opts, rt.Logger(), rt, true, dashAddr)
 				})
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -53,10 +60,17 @@ shuts down gracefully (see shutdown.* in loom config).`,
 	f.StringVar(&opts.Router, "router", opts.Router, "round_robin, random, power_of_two or least_loaded")
 	f.StringVar(&opts.Plane, "plane", opts.Plane, "how calls travel: tcp (Loom's protocol over loopback), nats, or local (the in-process fast path)")
 	f.BoolVar(&serve, "serve", false, "keep serving after the batch until SIGINT / SIGTERM")
+	f.StringVar(&dashAddr, "dashboard", "", "with --serve, also serve the dashboard page on this address (host:port)")
 	return cmd
 }
 
 func runDemo(ctx context.Context, out io.Writer, opts demo.Options, log *slog.Logger, fe *loom.Runtime, serve bool) error {
+	return runDemoWith(ctx, out, opts, log, fe, serve, "")
+}
+
+// runDemoWith is runDemo that also serves the dashboard on dashAddr if it
+// is not empty.
+func runDemoWith(ctx context.Context, out io.Writer, opts demo.Options, log *slog.Logger, fe *loom.Runtime, serve bool, dashAddr string) error {
 	fmt.Fprintf(out, "loom demo: %d backend instances of demo/backend/generate, %d requests, %d at a time, %d tokens each, over %s\n",
 		opts.Instances, opts.Requests, opts.Concurrency, opts.Tokens, opts.Plane)
 	sys, err := demo.Start(ctx, opts, log, fe)
@@ -64,11 +78,22 @@ func runDemo(ctx context.Context, out io.Writer, opts demo.Options, log *slog.Lo
 		return err
 	}
 	fmt.Fprintf(out, "  embedded nats-server with JetStream; backends %x\n", sys.Backends())
+	var dash *dashboard.Server
+	if dashAddr != "" {
+		if dash, err = demoDashboard(ctx, sys, dashAddr); err != nil {
+			sys.Shutdown(context.Background())
+			return err
+		}
+		fmt.Fprintf(out, "  dashboard on %s\n", dash.URL())
+	}
 	sum := sys.Batch(ctx, out)
 	sum.Print(out, sys.Backends())
 	if serve {
 		fmt.Fprintln(out, "\nserving demo/backend/generate; SIGINT or SIGTERM to stop")
 		<-ctx.Done()
+	}
+	if dash != nil {
+		dash.Close() // before the system it watches
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -82,4 +107,22 @@ func runDemo(ctx context.Context, out io.Writer, opts demo.Options, log *slog.Lo
 		return exitCode(130)
 	}
 	return nil
+}
+
+// demoDashboard serves the dashboard of the demo's system on addr.
+func demoDashboard(ctx context.Context, sys *demo.System, addr string) (*dashboard.Server, error) {
+	rt, err := sys.Observer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d, err := dashboard.New(ctx, rt, dashboard.Config{NATSMonitorURL: sys.MonitorURL()})
+	if err != nil {
+		return nil, err
+	}
+	srv, err := dashboard.Listen(d, addr)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	return srv, nil
 }

@@ -38,6 +38,10 @@ type Options struct {
 	Router      string        // client.router value
 	Plane       string        // how calls travel: local (in-process fast path), tcp or nats
 	Progress    bool          // print a progress line while running
+	// Observable gives each backend a status server (on a free port,
+	// named in its instance record) and the NATS server a monitoring
+	// port, so that a dashboard can show their load.
+	Observable bool
 }
 
 // DefaultOptions are what `loom demo` runs with no flags.
@@ -86,6 +90,10 @@ type System struct {
 	discs    []discovery.Discovery // closed at Shutdown
 	natsURL  string
 	rtt      time.Duration
+
+	cfg       config.Config // the backends'
+	store     *memory.Store // the demo's own discovery, or nil for the configured one
+	observers []*loom.Runtime
 }
 
 var words = strings.Fields("the loom weaves threads of requests across components finding each other through discovery streaming tokens back over a multiplexed plane")
@@ -135,7 +143,11 @@ func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime
 		}
 	}()
 	var err error
-	s.nats, err = embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	nopts := embedded.NATSOptions{JetStream: true}
+	if opts.Observable {
+		nopts.MonitorPort = -1
+	}
+	s.nats, err = embedded.StartNATS(nopts)
 	if err != nil {
 		return nil, fmt.Errorf("demo: start embedded nats-server: %w", err)
 	}
@@ -153,6 +165,9 @@ func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime
 	}
 	cfg.NATS.URL = s.natsURL
 	cfg.Client.Router = opts.Router
+	if opts.Observable {
+		cfg.Status.Port = -1
+	}
 	switch opts.Plane {
 	case "local":
 		cfg.Client.LocalFastPath = true
@@ -162,6 +177,7 @@ func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime
 	default:
 		return nil, fmt.Errorf("demo: --plane %q: use local, tcp or nats", opts.Plane)
 	}
+	s.cfg, s.store = cfg, store
 	for range opts.Instances {
 		rt, err := s.runtime(ctx, cfg, store)
 		if err != nil {
@@ -208,6 +224,23 @@ func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime
 	ok = true
 	return s, nil
 }
+
+// Observer returns a new runtime on the demo's NATS server and discovery
+// that serves nothing, for a dashboard; Shutdown stops it.
+func (s *System) Observer(ctx context.Context) (*loom.Runtime, error) {
+	cfg := s.cfg
+	cfg.Status.Port = 0
+	rt, err := s.runtime(ctx, cfg, s.store)
+	if err != nil {
+		return nil, err
+	}
+	s.observers = append(s.observers, rt)
+	return rt, nil
+}
+
+// MonitorURL returns the NATS server's monitoring URL, or "" without
+// Options.Observable.
+func (s *System) MonitorURL() string { return s.nats.MonitorURL() }
 
 // runtime makes a backend or frontend runtime with an in-process NATS
 // connection, on store if it is not nil.
@@ -348,6 +381,9 @@ func (s *System) Shutdown(ctx context.Context) error {
 	}
 	if s.frontend != nil {
 		errs = append(errs, s.frontend.Shutdown(ctx))
+	}
+	for _, rt := range s.observers {
+		errs = append(errs, rt.Shutdown(ctx))
 	}
 	for _, rt := range s.backends {
 		errs = append(errs, rt.Shutdown(ctx))
