@@ -16,6 +16,7 @@ import (
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/dashboard"
+	_ "github.com/loomrt/loom/discovery/natskv" // the system's discovery
 	"github.com/loomrt/loom/embedded"
 )
 
