@@ -31,7 +31,7 @@ streams with their publishers, gaps and drops; the work queues; the NATS
 server and JetStream. The page updates live. It only reads.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			rt, err := loom.NewRuntime(ctx)
 			if err != nil {
@@ -48,7 +48,7 @@ server and JetStream. The page updates live. It only reads.`,
 				return err
 			}
 			defer srv.Close()
-			fmt.Fprintf(cmd.OutOrStdout(), "loom dashboard: %s (%s discovery, NATS %s); Ctrl-C to stop\n",
+			fmt.Fprintf(cmd.ErrOrStderr(), "loom dashboard: %s (%s discovery, NATS %s); Ctrl-C to stop\n",
 				srv.URL(), rt.Config().Discovery.Backend, rt.Config().NATS.URL)
 			<-ctx.Done()
 			return nil

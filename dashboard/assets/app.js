@@ -101,10 +101,8 @@ function charts(st) {
     { values: h.map((p) => p.requests_per_second), color: "var(--ok)" },
     { values: h.map((p) => p.errors_per_second), color: "var(--err)" },
   ]);
-  chart($("chart-load"), [
-    { values: h.map((p) => p.in_flight), color: "var(--inflight)" },
-    { values: h.map((p) => p.p99_ms), color: "var(--p99)" },
-  ]);
+  chart($("chart-inflight"), [{ values: h.map((p) => p.in_flight), color: "var(--inflight)" }]);
+  chart($("chart-p99"), [{ values: h.map((p) => p.p99_ms), color: "var(--p99)" }]);
   chart($("chart-events"), [{ values: h.map((p) => p.events_per_second), color: "var(--good)" }]);
 }
 
