@@ -63,7 +63,8 @@ func TestKVRouterSendsAWarmPrefixToTheWorkerHoldingIt(t *testing.T) {
 		synced(t, r, s.cluster)
 	}
 	st := r.Stats()
-	if st.Decisions != 9 || st.OverlapBlocks < 8*64 || st.IndexEntries == 0 {
+	// Resyncs: each worker's block set was fetched as it appeared.
+	if st.Decisions != 9 || st.OverlapBlocks < 8*64 || st.IndexEntries == 0 || st.Resyncs < 4 {
 		t.Errorf("stats after 9 requests: %+v", st)
 	}
 	// Unrelated cold prompts spread over the workers rather than piling
@@ -258,4 +259,20 @@ func TestNewByName(t *testing.T) {
 	if _, err := New(t.Context(), s.fe, "nearest", Config{}); !errors.Is(err, ErrUnknownRouter) {
 		t.Fatalf("an unknown router name gave %v", err)
 	}
+}
+
+func TestKVRouterForgetsRequestsNeverReportedDone(t *testing.T) {
+	s := newSystem(t, 1, warmCfg())
+	r := s.router(KV, Config{RequestTTL: 100 * time.Millisecond})
+	c := s.client(r, 1)
+	ctx := llm.WithRoute(timeout(t, 10*time.Second), &llm.RouteInfo{RequestID: "lost", Model: mocker.DefaultModel, TokenIDs: prompt(1, 32)})
+	for _, err := range c.Generate(ctx, llm.Request{ID: "lost", TokenIDs: prompt(1, 32), MaxTokens: 1}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := r.Stats(); len(st.Workers) != 1 || st.Workers[0].Open != 1 {
+		t.Fatalf("a routed request without Done: stats %+v, want 1 open", st.Workers)
+	}
+	waitFor(t, 5*time.Second, "the request to be forgotten after RequestTTL", func() bool { return r.Stats().Workers[0].Open == 0 })
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/llm"
+	"github.com/loomrt/loom/llm/tokenizer"
 )
 
 // Config shapes a mock worker. Every field has a default that works
@@ -65,14 +66,9 @@ const (
 )
 
 // DefaultVocab is the output vocabulary used when Config.OutputVocab is
-// empty: token ids 1000 to 1999.
-var DefaultVocab = func() []uint32 {
-	v := make([]uint32, 1000)
-	for i := range v {
-		v[i] = uint32(1000 + i)
-	}
-	return v
-}()
+// empty: the words of Loom's tokenizer (package llm/tokenizer), each after
+// a space, so that a frontend decodes the output to readable text.
+var DefaultVocab = tokenizer.Default().OutputVocab()
 
 // withDefaults returns c with its zero fields set, or an error naming a
 // field with a bad value.

@@ -50,6 +50,11 @@ func TestWorkerStreamsDeterministicTokensAndReusesItsCache(t *testing.T) {
 	if rest.err != nil || !slices.Equal(rest.tokens, first.tokens[7:]) {
 		t.Errorf("migrated request gave %v (err %v), want %v", rest.tokens, rest.err, first.tokens[7:])
 	}
+	// Output fills blocks too: 37 prompt + 7 output tokens are 11 blocks,
+	// all cached by the first request.
+	if rest.cachedTokens != 44 {
+		t.Errorf("the migrated request found %d tokens cached, want 44 (prompt and output blocks)", rest.cachedTokens)
+	}
 	// A stop token ends the stream without being streamed.
 	stopAt := first.tokens[4]
 	stopReq := req
@@ -317,5 +322,15 @@ func TestClusterKillBreaksStreamsAndLeavesDiscovery(t *testing.T) {
 	}
 	if len(s.cluster.Workers()) != 1 {
 		t.Errorf("the cluster lists %d workers after a kill, want 1", len(s.cluster.Workers()))
+	}
+}
+
+func TestWorkerWithoutMaxTokensStopsAtTheContextLength(t *testing.T) {
+	cfg := fast()
+	cfg.ContextLength = 64
+	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: cfg})
+	r := collect(timeout(t, 10*time.Second), s.client, llm.Request{ID: "c", TokenIDs: prompt(60, 60)})
+	if r.err != nil || len(r.tokens) != 4 || r.finish != llm.FinishLength {
+		t.Fatalf("60 prompt tokens in a context of 64 without max_tokens: %d tokens, finish %q, err %v; want 4 and %q", len(r.tokens), r.finish, r.err, llm.FinishLength)
 	}
 }

@@ -1,6 +1,9 @@
 package mocker_test
 
 import (
+	"fmt"
+
+	"github.com/loomrt/loom"
 	"testing"
 	"time"
 
@@ -80,5 +83,21 @@ func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
 	}
 	if n := dw.Stats().RemotePrefills; n != 2 {
 		t.Errorf("the decode worker handed over %d prefills, want 2", n)
+	}
+	// A repeated notice (a redelivered job) is not the decode worker's
+	// news any more.
+	ep, err := s.caller.Endpoint(llm.DefaultNamespace + "/backend/" + mocker.PrefillDoneEndpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := loom.NewClient[mocker.PrefillDone, mocker.PrefillDoneAck](ctx, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	for ack, err := range nc.Direct(dw.ID()).Generate(ctx, mocker.PrefillDone{RequestID: fmt.Sprintf("%x-1", dw.ID())}) {
+		if err != nil || ack.Known {
+			t.Errorf("a repeated prefill_done: %+v, %v; want known false", ack, err)
+		}
 	}
 }
