@@ -6,16 +6,18 @@ import (
 	"iter"
 	"strconv"
 	"sync/atomic"
+	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/loomrt/loom/internal/otelx"
 )
 
 // TracerName is the instrumentation scope of the spans Loom makes.
-const TracerName = "github.com/loomrt/loom"
+const TracerName = otelx.ScopeName
 
 // WithTracerProvider makes the runtime trace with tp instead of the global
 // TracerProvider (otel.GetTracerProvider).
@@ -23,49 +25,20 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 	return func(o *options) { o.tp = tp }
 }
 
-// defaultTP is OpenTelemetry's global provider as it is before a program
-// installs one: it makes spans that record nothing. While it is the global
-// provider, Loom makes no spans at all, so tracing costs nothing until an
-// SDK is installed. It is nil if a provider was installed before this
-// package's initialisation.
-var defaultTP = func() trace.TracerProvider {
-	tp := otel.GetTracerProvider()
-	if fmt.Sprintf("%T", tp) == "*global.tracerProvider" {
-		return tp
-	}
-	return nil
-}()
-
-type tracerCache struct {
-	tp trace.TracerProvider
-	t  trace.Tracer
-}
-
 // tracing is a runtime's access to its tracer.
 type tracing struct {
 	off   bool                 // tracing.enabled is false
 	given trace.TracerProvider // WithTracerProvider
-	cache atomic.Pointer[tracerCache]
 }
 
 // tracer returns the tracer to make spans with, or nil when tracing is
-// off: turned off by configuration, or no TracerProvider installed.
+// off: turned off by configuration, or no TracerProvider installed (the
+// global one is OpenTelemetry's default, whose spans record nothing).
 func (t *tracing) tracer() trace.Tracer {
 	if t.off {
 		return nil
 	}
-	tp := t.given
-	if tp == nil {
-		if tp = otel.GetTracerProvider(); tp == defaultTP {
-			return nil
-		}
-	}
-	if c := t.cache.Load(); c != nil && c.tp == tp {
-		return c.t
-	}
-	tr := tp.Tracer(TracerName)
-	t.cache.Store(&tracerCache{tp: tp, t: tr})
-	return tr
+	return otelx.Tracer(t.given)
 }
 
 // Tracer returns the tracer the runtime makes its spans with, or nil when
@@ -76,61 +49,17 @@ func (rt *Runtime) Tracer() trace.Tracer { return rt.trace.tracer() }
 
 // TraceParent returns the W3C traceparent of the span in ctx, or "" if ctx
 // holds no valid span context.
-func TraceParent(ctx context.Context) string {
-	sc := trace.SpanContextFromContext(ctx)
-	if !sc.IsValid() {
-		return ""
-	}
-	b := make([]byte, 0, 55)
-	b = append(b, "00-"...)
-	tid, sid := sc.TraceID(), sc.SpanID()
-	b = appendHex(b, tid[:])
-	b = append(b, '-')
-	b = appendHex(b, sid[:])
-	b = append(b, '-')
-	b = appendHex(b, []byte{byte(sc.TraceFlags())})
-	return string(b)
-}
-
-func appendHex(b, src []byte) []byte {
-	const digits = "0123456789abcdef"
-	for _, c := range src {
-		b = append(b, digits[c>>4], digits[c&0xf])
-	}
-	return b
-}
+func TraceParent(ctx context.Context) string { return otelx.TraceParent(ctx) }
 
 // ParseTraceParent parses a W3C traceparent ("00-<trace id>-<span id>-<flags>")
 // into a remote span context. It returns an error naming the value if it
 // is not one.
 func ParseTraceParent(s string) (trace.SpanContext, error) {
-	bad := func(why string) (trace.SpanContext, error) {
-		return trace.SpanContext{}, fmt.Errorf("loom: traceparent %q: %s (want 00-<32 hex>-<16 hex>-<2 hex>)", s, why)
-	}
-	if len(s) < 55 || s[2] != '-' || s[35] != '-' || s[52] != '-' {
-		return bad("malformed")
-	}
-	if s[:2] == "ff" || (s[:2] == "00" && len(s) != 55) || (len(s) > 55 && s[55] != '-') {
-		return bad("unsupported version or trailing data")
-	}
-	if _, err := strconv.ParseUint(s[:2], 16, 8); err != nil {
-		return bad("version is not hex")
-	}
-	tid, err := trace.TraceIDFromHex(s[3:35])
+	sc, err := otelx.ParseTraceParent(s)
 	if err != nil {
-		return bad("trace id: " + err.Error())
+		return sc, fmt.Errorf("loom: %w", err)
 	}
-	sid, err := trace.SpanIDFromHex(s[36:52])
-	if err != nil {
-		return bad("span id: " + err.Error())
-	}
-	flags, err := strconv.ParseUint(s[53:55], 16, 8)
-	if err != nil {
-		return bad("flags are not hex")
-	}
-	return trace.NewSpanContext(trace.SpanContextConfig{
-		TraceID: tid, SpanID: sid, TraceFlags: trace.TraceFlags(flags) & trace.FlagsSampled, Remote: true,
-	}), nil
+	return sc, nil
 }
 
 // ContextWithTraceParent returns ctx carrying the remote span context of a
@@ -259,5 +188,32 @@ func (c *Call) retried(cand *Candidate, err error) {
 		c.span.AddEvent("loom.retry", trace.WithAttributes(
 			AttrInstanceID.String(strconv.FormatUint(cand.ID, 16)),
 			attribute.String("loom.error", err.Error())))
+	}
+}
+
+// tracingSetup is what RegisterTracingSetup registered.
+var tracingSetup atomic.Pointer[func(context.Context) (func(context.Context) error, error)]
+
+// RegisterTracingSetup makes Run call setup before the program starts
+// and the function it returns at exit. Package otelsetup registers its
+// Setup this way when it is imported, so that the SDK and its exporters
+// are linked only into programs that ask for them.
+func RegisterTracingSetup(setup func(ctx context.Context) (shutdown func(context.Context) error, err error)) {
+	tracingSetup.Store(&setup)
+}
+
+func setUpTracing(ctx context.Context) (func(context.Context) error, error) {
+	if p := tracingSetup.Load(); p != nil {
+		return (*p)(ctx)
+	}
+	return func(context.Context) error { return nil }, nil
+}
+
+// flushTracing exports the spans still buffered, for 5 s at most.
+func flushTracing(rt *Runtime, stop func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := stop(ctx); err != nil {
+		rt.log.Warn("tracing: flushing spans at exit failed", "err", err)
 	}
 }
