@@ -8,10 +8,11 @@ import (
 // decoded, its payload not yet; or, with loss set, a loss notice in its
 // place in the stream.
 type item struct {
-	subject string
-	codec   string
-	env     Envelope
-	loss    *LossError
+	subject     string
+	codec       string
+	env         Envelope
+	loss        *LossError
+	traceParent string // the publisher's span, from the message headers
 }
 
 // ring is a subscription's bounded buffer between the transport's

@@ -29,6 +29,10 @@ type Event[T any] struct {
 	Codec string
 	// Payload is the encoded event.
 	Payload []byte
+	// TraceParent is the W3C traceparent of the publisher's span, when
+	// the publisher traced and the transport carries headers (NATS,
+	// JetStream); "" otherwise. loom.ContextWithTraceParent continues it.
+	TraceParent string
 	// StreamSequence is the event's sequence in the JetStream stream
 	// (usable with DeliverFrom), 0 on other transports.
 	StreamSequence uint64

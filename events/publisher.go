@@ -41,6 +41,7 @@ type Publisher[T any] struct {
 }
 
 type pubCore struct {
+	rt        *loom.Runtime
 	transport string
 	subject   string
 	scope     Scope
@@ -142,6 +143,7 @@ func newPubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 		return nil, err
 	}
 	c := &pubCore{
+		rt:        rt,
 		transport: o.transport, subject: subject, scope: scope, topic: topic,
 		id: 1 + rand.Uint64N(maxJSONSafe), instance: rt.ID(), codec: o.codec, compact: o.envelope == EnvelopeCompact,
 		maxSize: o.cfg.MaxEventSize,
@@ -224,7 +226,12 @@ func (p *Publisher[T]) Publish(ctx context.Context, v T) error {
 		c.errors.Add(1)
 		return fmt.Errorf("%w: %d bytes encoded on %s, over events.max_event_size (%d)", ErrTooLarge, len(c.env), c.subject, c.maxSize)
 	}
-	if err := c.tx.send(ctx, c.subject, c.env); err != nil {
+	sctx, end := c.startPublish(ctx)
+	err = c.tx.send(sctx, c.subject, c.env)
+	if end != nil {
+		end(err)
+	}
+	if err != nil {
 		c.errors.Add(1)
 		return fmt.Errorf("events: publish on %s over %s: %w", c.subject, c.transport, err)
 	}

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/metrics"
@@ -30,6 +32,7 @@ type source interface {
 
 // subCore is the part of a subscription that does not depend on T.
 type subCore struct {
+	rt         *loom.Runtime
 	transport  string
 	pattern    string
 	maxSize    int
@@ -109,6 +112,7 @@ func newSubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 		return nil, err
 	}
 	c := &subCore{
+		rt:         rt,
 		transport:  o.transport,
 		pattern:    pattern,
 		maxSize:    o.cfg.MaxEventSize,
@@ -158,7 +162,7 @@ func newSubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 // receive takes one message from a ring-based transport: it decodes the
 // envelope, tracks the sequence and buffers the event. Called on the
 // transport's goroutines; data must be owned by the callee from now on.
-func (c *subCore) receive(subject string, data []byte) {
+func (c *subCore) receive(subject string, h nats.Header, data []byte) {
 	var it item
 	if len(data) > c.maxSize {
 		c.malformedMsg(subject, fmt.Errorf("%w: %d bytes, over events.max_event_size (%d)", ErrTooLarge, len(data), c.maxSize))
@@ -180,6 +184,7 @@ func (c *subCore) receive(subject string, data []byte) {
 		return
 	}
 	it.subject, it.codec = subject, name
+	it.traceParent = c.traceReceive(subject, h, &it.env)
 	if c.ring.push(it) {
 		c.dropped.Add(1)
 		c.logLoss()
@@ -410,5 +415,6 @@ func (s *Subscription[T]) event(it *item) (Event[T], bool) {
 		PublishedAt: time.Unix(0, it.env.PublishedAt),
 		Codec:       it.codec,
 		Payload:     it.env.Payload,
+		TraceParent: it.traceParent,
 	}, true
 }

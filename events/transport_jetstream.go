@@ -130,7 +130,7 @@ func (s *jetStreamSender) send(ctx context.Context, subject string, env []byte) 
 	}
 	// The client keeps the message until it is acknowledged: it needs its
 	// own copy of the bytes.
-	m := &nats.Msg{Subject: DurablePrefix + subject, Data: append([]byte(nil), env...)}
+	m := traceMsg(ctx, DurablePrefix+subject, append([]byte(nil), env...))
 	for {
 		_, err := s.js.PublishMsgAsync(m, jetstream.WithStallWait(50*time.Millisecond))
 		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
@@ -326,6 +326,7 @@ func (d *durableSub) accept(m jetstream.Msg) *held {
 	}
 	c.received.Add(1)
 	h.it.subject, h.it.codec = subject, name
+	h.it.traceParent = c.traceReceive(subject, m.Headers(), &h.it.env)
 	if md, err := m.Metadata(); err == nil {
 		h.streamSeq = md.Sequence.Stream
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/loomrt/loom"
 )
@@ -27,7 +28,10 @@ func newNATSSender(ctx context.Context, rt *loom.Runtime) (*natsSender, error) {
 	return &natsSender{nc: nc}, nil
 }
 
-func (s *natsSender) send(_ context.Context, subject string, env []byte) error {
+func (s *natsSender) send(ctx context.Context, subject string, env []byte) error {
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		return s.nc.PublishMsg(traceMsg(ctx, subject, env))
+	}
 	return s.nc.Publish(subject, env)
 }
 
@@ -79,7 +83,7 @@ func subscribeNATS(ctx context.Context, rt *loom.Runtime, c *subCore, o options)
 	if err != nil {
 		return nil, fmt.Errorf("events: the nats transport needs NATS (nats.url, NATS_SERVER): %w", err)
 	}
-	sub, err := nc.Subscribe(c.pattern, func(m *nats.Msg) { c.receive(m.Subject, m.Data) })
+	sub, err := nc.Subscribe(c.pattern, func(m *nats.Msg) { c.receive(m.Subject, m.Header, m.Data) })
 	if err != nil {
 		return nil, fmt.Errorf("events: subscribe to %s: %w", c.pattern, err)
 	}

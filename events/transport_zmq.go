@@ -320,7 +320,7 @@ func (s *zmqSource) onMessage(_ *zmtp.Peer, parts [][]byte) {
 		s.c.malformedMsg(subject, err)
 		return
 	}
-	s.c.receive(subject, append([]byte(nil), payload...))
+	s.c.receive(subject, nil, append([]byte(nil), payload...))
 }
 
 func (s *zmqSource) close() error {
