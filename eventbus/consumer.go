@@ -128,12 +128,13 @@ func (b *Bus) startJetStream(ctx context.Context, c *conn, topic, group string, 
 		Concurrency: o.Concurrency,
 		Handler: func(ctx context.Context, d *jsconsume.Delivery) error {
 			hdr := d.Msg.Headers()
-			return h.HandleMessage(ctx, &Message{
+			msg := &Message{
 				Topic: topic, Group: group, Body: d.Data,
 				ShardingKey: hdr.Get(ShardingKeyHeader),
 				Deliveries:  int(d.Meta.NumDelivered),
 				Header:      hdr,
-			})
+			}
+			return traced(ctx, msg, func(ctx context.Context) error { return h.HandleMessage(ctx, msg) })
 		},
 	}
 	if o.Orderly {
@@ -313,7 +314,7 @@ func (cc *coreConsumer) call(msg *Message) (err error) {
 			err = &jsconsume.PanicError{Value: r}
 		}
 	}()
-	return cc.h.HandleMessage(ctx, msg)
+	return traced(ctx, msg, func(ctx context.Context) error { return cc.h.HandleMessage(ctx, msg) })
 }
 
 // deadLetter stores m in the topic's dead-letter stream, if JetStream is

@@ -95,6 +95,13 @@ func (p *producer) BatchSend(ctx context.Context, bodyArr [][]byte, opts ...Send
 		}
 		msgs[i] = m
 	}
+	end := startSend(ctx, p.topic, msgs)
+	err := p.send(ctx, msgs, js)
+	end(err)
+	return err
+}
+
+func (p *producer) send(ctx context.Context, msgs []*nats.Msg, js bool) error {
 	if js {
 		return p.sendJetStream(ctx, msgs)
 	}

@@ -169,7 +169,7 @@ func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, erro
 			if err != nil {
 				return err
 			}
-			return h.Handle(ctx, job)
+			return q.traced(ctx, job, func(ctx context.Context) error { return h.Handle(ctx, job) })
 		},
 	})
 	if err != nil {

@@ -116,7 +116,10 @@ func (q *Queue[T]) Enqueue(ctx context.Context, job T, opts ...EnqueueOption) er
 	// stored all the same (a lost acknowledgement). The bucket's TTL
 	// (queue.dead_letter_max_age) removes it otherwise.
 	_ = ref
-	return q.pub.publishSync(ctx, m)
+	end := q.startEnqueue(ctx, m)
+	err = q.pub.publishSync(ctx, m)
+	end(err)
+	return err
 }
 
 // dropObject deletes the offloaded payload of a job that was never sent.
@@ -142,7 +145,9 @@ func (q *Queue[T]) EnqueueAsync(ctx context.Context, job T, opts ...EnqueueOptio
 	if err != nil {
 		return nil, err
 	}
+	end := q.startEnqueue(ctx, m)
 	p, err := q.pub.publishAsync(ctx, m, ref)
+	end(err) // the span covers the hand-off; Pending reports the storing
 	if err != nil {
 		q.dropObject(ref)
 		return nil, err
@@ -163,7 +168,9 @@ func (q *Queue[T]) EnqueueBatch(ctx context.Context, jobs []T, opts ...EnqueueOp
 	for i, job := range jobs {
 		m, ref, err := q.message(ctx, job, opts, true)
 		if err == nil {
+			end := q.startEnqueue(ctx, m)
 			pending[i], err = q.pub.publishAsyncOwned(ctx, m, ref)
+			end(err)
 			if err != nil {
 				q.dropObject(ref)
 			}

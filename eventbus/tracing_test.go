@@ -1,0 +1,58 @@
+package eventbus_test
+
+import (
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// TestAConsumedMessageIsASpanUnderItsSend: with a TracerProvider installed
+// (the EventBus traces with the global one), a send is a producer span,
+// the child of the caller's, and the handling of the message in each group
+// a consumer span, the send's child.
+func TestAConsumedMessageIsASpanUnderItsSend(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	modes(t, func(t *testing.T, js bool) {
+		ns := startNATS(t, nil)
+		b := newBus(t, busConfig(ns, js))
+		c := newCollector()
+		if err := b.RegisterConsumer("", "traced.topic", "g", c); err != nil {
+			t.Fatal(err)
+		}
+		p, err := b.NewProducer("", "traced.topic", "producers", 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, parent := otel.Tracer("test").Start(ctxFor(t, 20*time.Second), "request")
+		if err := p.Send(ctx, []byte("one")); err != nil {
+			t.Fatal(err)
+		}
+		parent.End()
+		var send, process sdktrace.ReadOnlySpan
+		eventually(t, 10*time.Second, "a send and a process span in the caller's trace", func() bool {
+			for _, s := range rec.Ended() {
+				if s.SpanContext().TraceID() != parent.SpanContext().TraceID() {
+					continue
+				}
+				switch s.SpanKind() {
+				case trace.SpanKindProducer:
+					send = s
+				case trace.SpanKindConsumer:
+					process = s
+				}
+			}
+			return send != nil && process != nil
+		})
+		if send.Parent().SpanID() != parent.SpanContext().SpanID() || process.Parent().SpanID() != send.SpanContext().SpanID() {
+			t.Fatalf("parents: send under %s (want %s), process under %s (want %s)", send.Parent().SpanID(), parent.SpanContext().SpanID(), process.Parent().SpanID(), send.SpanContext().SpanID())
+		}
+		if send.Name() != "send traced.topic" || process.Name() != "process traced.topic" {
+			t.Fatalf("span names %q, %q", send.Name(), process.Name())
+		}
+	})
+}

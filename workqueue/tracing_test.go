@@ -1,0 +1,113 @@
+package workqueue_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/loomrt/loom/workqueue"
+)
+
+var (
+	recorderOnce sync.Once
+	recorder     *tracetest.SpanRecorder
+)
+
+// installRecorder installs, once for the package's tests, a global
+// TracerProvider that records spans (work queues trace with the global
+// provider).
+func installRecorder() *tracetest.SpanRecorder {
+	recorderOnce.Do(func() {
+		recorder = tracetest.NewSpanRecorder()
+		otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(recorder)))
+	})
+	return recorder
+}
+
+// TestEachAttemptAtAJobIsASpanUnderItsEnqueue: a job enqueued under a span
+// is handled twice (the first attempt fails); both attempts are consumer
+// spans, children of the enqueue's producer span, numbered, and a job
+// refused for good is marked dead-lettered.
+func TestEachAttemptAtAJobIsASpanUnderItsEnqueue(t *testing.T) {
+	rec := installRecorder()
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.MaxDeliver = 3
+	q := newQueue[job](t, nc, cfg)
+	ctx, parent := otel.Tracer("test").Start(ctxFor(t, 30*time.Second), "request")
+	if err := q.Enqueue(ctx, job{ID: 1, Text: "flaky"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Enqueue(ctx, job{ID: 2, Text: "poison"}); err != nil {
+		t.Fatal(err)
+	}
+	parent.End()
+	var mu sync.Mutex
+	tries := map[int]int{}
+	done := make(chan struct{}, 2)
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		mu.Lock()
+		tries[j.Value.ID]++
+		n := tries[j.Value.ID]
+		mu.Unlock()
+		switch {
+		case j.Value.ID == 2:
+			done <- struct{}{}
+			return workqueue.Permanent(errors.New("poison"))
+		case n == 1:
+			return errors.New("try again")
+		}
+		done <- struct{}{}
+		return nil
+	})
+	<-done
+	<-done
+	var send, process []sdktrace.ReadOnlySpan
+	eventually(t, 5*time.Second, "the spans of 2 enqueues and 3 attempts", func() bool {
+		send, process = nil, nil
+		for _, s := range rec.Ended() {
+			if s.SpanContext().TraceID() != parent.SpanContext().TraceID() {
+				continue
+			}
+			switch s.SpanKind() {
+			case trace.SpanKindProducer:
+				send = append(send, s)
+			case trace.SpanKindConsumer:
+				process = append(process, s)
+			}
+		}
+		return len(send) == 2 && len(process) == 3
+	})
+	for _, s := range send {
+		if s.Parent().SpanID() != parent.SpanContext().SpanID() || s.Name() != "send "+cfg.Name {
+			t.Errorf("enqueue span %q has parent %s, want the request's %s", s.Name(), s.Parent().SpanID(), parent.SpanContext().SpanID())
+		}
+	}
+	attempts := map[string]bool{}
+	for _, s := range process {
+		a := map[string]string{}
+		for _, kv := range s.Attributes() {
+			a[string(kv.Key)] = kv.Value.Emit()
+		}
+		ok := false
+		for _, p := range send {
+			ok = ok || s.Parent().SpanID() == p.SpanContext().SpanID()
+		}
+		if !ok || s.Name() != "process "+cfg.Name {
+			t.Errorf("attempt span %q %v is not a child of an enqueue span", s.Name(), a)
+		}
+		attempts[a["loom.attempt"]+" dead="+a["loom.dead_lettered"]] = true
+	}
+	for _, want := range []string{"1 dead=false", "2 dead=", "1 dead=true"} {
+		if !attempts[want] {
+			t.Errorf("no attempt span with attempt and dead-letter mark %q among %v", want, attempts)
+		}
+	}
+}
