@@ -39,11 +39,18 @@ func Run(main func(ctx context.Context, rt *Runtime) error, opts ...Option) {
 }
 
 func run(main func(ctx context.Context, rt *Runtime) error, signals <-chan os.Signal, opts ...Option) int {
-	rt, err := NewRuntime(context.Background(), opts...)
+	stopTracing, err := setUpTracing(context.Background())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	rt, err := NewRuntime(context.Background(), opts...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		_ = stopTracing(context.Background())
+		return 1
+	}
+	defer flushTracing(rt, stopTracing)
 	log := rt.log
 	appCtx, stopApp := context.WithCancel(context.Background())
 	defer stopApp()

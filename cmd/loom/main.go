@@ -16,17 +16,31 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"time"
+
+	"github.com/spf13/cobra"
 
 	_ "github.com/loomrt/loom/discovery/all" // every discovery backend, chosen by discovery.backend
-	"github.com/spf13/cobra"
+	"github.com/loomrt/loom/otelsetup"
 )
 
 func main() {
-	os.Exit(run(newRoot(), os.Stderr))
+	// Traces go where the OTEL_* variables say (nowhere if unset).
+	stop, err := otelsetup.Setup(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loom:", err)
+		os.Exit(1)
+	}
+	code := run(newRoot(), os.Stderr)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = stop(ctx)
+	cancel()
+	os.Exit(code)
 }
 
 // run executes root and returns the exit code: 0, 2 for a usage error
