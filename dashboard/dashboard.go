@@ -15,6 +15,7 @@ import (
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -427,6 +428,11 @@ func (d *Dashboard) stateLocked() State {
 		st.Totals.QueueJobs, st.Totals.DeadLetters = Num(jobs), Num(dead)
 	}
 	st.Serving = serving(d.samples, d.cfg.ServingPrefixes)
+	for _, inst := range st.Instances {
+		if inst.Component == llm.WorkerComponent && inst.Endpoint == llm.GenerateEndpoint {
+			st.Serving.Summary.Workers++
+		}
+	}
 	return st
 }
 

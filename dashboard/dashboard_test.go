@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
+	"iter"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -362,26 +365,60 @@ func TestNATSHealth(t *testing.T) {
 }
 
 // The serving view shows the families with a serving prefix, from the
-// status servers and from extra metrics URLs.
+// status servers and from extra metrics URLs (a frontend that serves no
+// endpoint), and sums the LLM frontend's into its headline.
 func TestServingFamilies(t *testing.T) {
 	s := newSystem(t)
 	rt := s.serveHello(nil)
-	reqs := promCounter(t, rt, "loom_llm_requests_total")
-	reqs.Add(7)
-	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond})
-	st := waitState(t, srv, 5*time.Second, "the serving family", func(st dashboard.State) bool {
-		return len(st.Serving.Families) == 1 && st.Serving.Families[0].Value == 7 && st.Serving.Families[0].RatePerSec.Known()
+	promCounter(t, rt.Metrics().Registry(), "loom_llm_output_tokens_total").Add(7)
+
+	// The frontend's own /metrics, as llm/frontend serves it.
+	reg := prometheus.NewRegistry()
+	reqs := promCounter(t, reg, "loom_llm_requests_total")
+	ttft := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "loom_llm_time_to_first_token_seconds", Help: "TTFT.", Buckets: []float64{0.01, 0.02, 0.04}})
+	reg.MustRegister(ttft)
+	front := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer front.Close()
+
+	worker := s.runtime()
+	ep, err := worker.Endpoint("dynamo/backend/generate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := loom.Serve(context.Background(), ep, loom.EngineFunc[Greeting, Word](func(ctx context.Context, g Greeting) iter.Seq2[Word, error] {
+		return func(yield func(Word, error) bool) {}
+	})); err != nil {
+		t.Fatal(err)
+	}
+
+	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond, Scrape: []string{front.URL + "/metrics"}})
+	waitState(t, srv, 5*time.Second, "the serving families", func(st dashboard.State) bool {
+		return len(st.Serving.Families) == 3 && st.Serving.Summary.RequestsPerSec.Known()
 	})
-	f := st.Serving.Families[0]
-	if f.Name != "loom_llm_requests_total" || f.Kind != "counter" || f.Processes != 1 {
-		t.Errorf("family %+v", f)
+	// Ten requests, each with a first token between 10 and 20 ms.
+	for range 10 {
+		reqs.Inc()
+		ttft.Observe(0.015)
+	}
+	st := waitState(t, srv, 5*time.Second, "the TTFT of the new requests", func(st dashboard.State) bool {
+		return st.Serving.Summary.TTFTP50.Known()
+	})
+	m := st.Serving.Summary
+	if m.Workers != 1 || m.TTFTP50 < 10 || m.TTFTP50 > 20 || m.TTFTP99 < 10 || m.TTFTP99 > 20 || m.KVHitRate.Known() {
+		t.Errorf("summary %+v", m)
+	}
+	for _, f := range st.Serving.Families {
+		want := map[string]dashboard.Num{"loom_llm_output_tokens_total": 7, "loom_llm_requests_total": 10, "loom_llm_time_to_first_token_seconds": 10}[f.Name]
+		if f.Value != want || f.Processes != 1 {
+			t.Errorf("family %+v, want value %v", f, want)
+		}
 	}
 }
 
-func promCounter(t *testing.T, rt *loom.Runtime, name string) prometheus.Counter {
+func promCounter(t *testing.T, reg *prometheus.Registry, name string) prometheus.Counter {
 	t.Helper()
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: "Requests the frontend answered."})
-	if err := rt.Metrics().Registry().Register(c); err != nil {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: "A serving counter."})
+	if err := reg.Register(c); err != nil {
 		t.Fatal(err)
 	}
 	return c

@@ -253,7 +253,44 @@ func serving(samples map[string][]*sample, prefixes []string) Serving {
 		}
 		sv.Families = append(sv.Families, f)
 	}
+	sv.Summary = summarize(sv.Families)
 	return sv
+}
+
+// The families the serving summary reads: the LLM frontend's (package
+// llm/frontend) and a KV hit rate gauge if a worker or router exports one.
+const (
+	famRequests = "loom_llm_requests_total"
+	famInFlight = "loom_llm_requests_in_flight"
+	famTokens   = "loom_llm_output_tokens_total"
+	famTTFT     = "loom_llm_time_to_first_token_seconds"
+	famITL      = "loom_llm_inter_token_latency_seconds"
+	famKVHit    = "loom_llm_kv_hit_rate"
+)
+
+func summarize(fams []ServingFamily) ServingSummary {
+	sum := ServingSummary{RequestsPerSec: unknown, InFlight: unknown, TokensPerSec: unknown,
+		TTFTP50: unknown, TTFTP99: unknown, ITLP50: unknown, KVHitRate: unknown}
+	for _, f := range fams {
+		switch f.Name {
+		case famRequests:
+			sum.RequestsPerSec = f.RatePerSec
+		case famInFlight:
+			sum.InFlight = f.Value
+		case famTokens:
+			sum.TokensPerSec = f.RatePerSec
+		case famTTFT:
+			sum.TTFTP50, sum.TTFTP99 = f.P50*1000, f.P99*1000
+		case famITL:
+			sum.ITLP50 = f.P50 * 1000
+		case famKVHit:
+			// A gauge per process: their mean.
+			if f.Processes > 0 {
+				sum.KVHitRate = f.Value / Num(f.Processes)
+			}
+		}
+	}
+	return sum
 }
 
 func sumValues(f *family) float64 {

@@ -238,6 +238,25 @@ type JetStream struct {
 type Serving struct {
 	Prefixes []string        `json:"prefixes"`
 	Families []ServingFamily `json:"families"`
+	// Summary reads the families of the LLM frontend and workers by
+	// name (docs/dashboard.md lists them); a figure whose family is
+	// absent is null.
+	Summary ServingSummary `json:"summary"`
+}
+
+// ServingSummary is the serving view's headline: workers, request and
+// token rates, time to first token, inter-token latency, KV hit rate.
+type ServingSummary struct {
+	// Workers counts the instances of {ns}/backend/generate, the
+	// endpoint LLM workers serve (package llm).
+	Workers        int `json:"workers"`
+	RequestsPerSec Num `json:"requests_per_second"`
+	InFlight       Num `json:"in_flight"`
+	TokensPerSec   Num `json:"output_tokens_per_second"`
+	TTFTP50        Num `json:"ttft_p50_ms"`
+	TTFTP99        Num `json:"ttft_p99_ms"`
+	ITLP50         Num `json:"itl_p50_ms"`
+	KVHitRate      Num `json:"kv_hit_rate"`
 }
 
 // ServingFamily is one metric family summed over processes: a counter's

@@ -204,12 +204,24 @@ function processes(st) {
 
 function servingView(st) {
   const s = st.serving;
-  $("serving-section").hidden = !s.families.length;
-  if (!s.families.length) return;
+  const m = s.summary;
+  $("serving-section").hidden = !s.families.length && !m.workers;
+  if ($("serving-section").hidden) return;
   $("serving-prefixes").textContent = "metrics starting with " + s.prefixes.join(", ");
-  $("serving").innerHTML = table(["metric", "kind", "#processes", "#value", "#per second", "#p50", "#p99", "#mean", "what it is"],
+  const tile = (label, v) => `<div class="tile"><div class="v">${v}</div><div class="l">${esc(label)}</div></div>`;
+  const pct = (v) => (v === null ? "–" : (v * 100).toFixed(1) + "%");
+  $("serving").innerHTML = `<div class="tiles" id="serving-tiles">` + [
+    tile("workers", m.workers),
+    tile("requests/s", num(m.requests_per_second)),
+    tile("in flight", num(m.in_flight, 0)),
+    tile("tokens/s", num(m.output_tokens_per_second)),
+    tile("TTFT p50 ms", num(m.ttft_p50_ms, 1)),
+    tile("TTFT p99 ms", num(m.ttft_p99_ms, 1)),
+    tile("ITL p50 ms", num(m.itl_p50_ms, 2)),
+    tile("KV hit rate", pct(m.kv_hit_rate)),
+  ].join("") + `</div>` + (s.families.length ? `<div style="height:8px"></div>` : "") + table(["metric", "kind", "#processes", "#value", "#per second", "#p50", "#p99", "#mean", "what it is"],
     s.families.map((f) => `<tr data-family="${esc(f.name)}">` + td(esc(f.name), "mono") + td(esc(f.kind)) + tdn(f.processes) + tdn(num(f.value, 3)) + tdn(num(f.per_second)) +
-      tdn(num(f.p50, 4)) + tdn(num(f.p99, 4)) + tdn(num(f.mean, 4)) + td(esc(f.help)) + "</tr>"), "");
+      tdn(num(f.p50, 4)) + tdn(num(f.p99, 4)) + tdn(num(f.mean, 4)) + td(esc(f.help)) + "</tr>"), "No serving metrics scraped (see --scrape).");
 }
 
 function render(st) {
