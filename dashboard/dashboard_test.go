@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"iter"
 	"maps"
 	"net/http"
@@ -422,4 +423,29 @@ func promCounter(t *testing.T, reg *prometheus.Registry, name string) prometheus
 		t.Fatal(err)
 	}
 	return c
+}
+
+// The page mounts under a path of another server: its URLs are relative.
+func TestMountedUnderAPath(t *testing.T) {
+	s := newSystem(t)
+	srv := s.dashboard(dashboard.Config{})
+	mux := http.NewServeMux()
+	mux.Handle("/ops/dashboard/", http.StripPrefix("/ops/dashboard", srv.Dashboard))
+	hs := httptest.NewServer(mux)
+	defer hs.Close()
+	for path, want := range map[string]string{
+		"/ops/dashboard/":          `src="app.js"`,
+		"/ops/dashboard/app.js":    `new EventSource("api/stream")`,
+		"/ops/dashboard/api/state": `"instances":[]`,
+	} {
+		resp, err := http.Get(hs.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+			t.Errorf("GET %s: %s, lacking %s", path, resp.Status, want)
+		}
+	}
 }
