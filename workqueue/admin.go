@@ -14,10 +14,15 @@ import (
 
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/internal/jsconsume"
+	"github.com/loomrt/loom/objectstore"
 )
 
 // ErrNoQueue is wrapped by Admin's errors for a queue that does not exist.
 var ErrNoQueue = errors.New("workqueue: no such queue")
+
+// ErrStreamMismatch is returned when a queue's stream exists with settings
+// the queue cannot work with (subjects that do not take its subject).
+var ErrStreamMismatch = errors.New("workqueue: existing stream does not fit the queue")
 
 // Admin inspects and repairs queues without knowing their job types, from
 // what Loom writes in each queue's stream metadata. `loom queue` is built
@@ -97,7 +102,7 @@ func inspect(ctx context.Context, js jetstream.JetStream, name string) (Info, er
 		Created:  si.Created,
 	}
 	if len(si.Config.Subjects) > 0 {
-		info.Subject = si.Config.Subjects[0]
+		info.Subject = queueSubject(si)
 	}
 	info.MaxDeliver, _ = strconv.Atoi(md[metaMaxDeliver])
 	if info.Group != "" {
@@ -192,7 +197,7 @@ func (a *Admin) Peek(ctx context.Context, name string, n int) ([]Message, error)
 	if err != nil {
 		return nil, err
 	}
-	msgs, err := read(ctx, st, si.Config.Subjects[0], n, si.Config.Metadata[metaCodec])
+	msgs, err := read(ctx, st, queueSubject(si), n, si.Config.Metadata[metaCodec])
 	if err != nil {
 		return nil, fmt.Errorf("workqueue: peek at queue %s: %w", name, err)
 	}
@@ -276,7 +281,7 @@ func (a *Admin) Requeue(ctx context.Context, name string, seqs ...uint64) (int, 
 			seqs = append(seqs, m.Seq)
 		}
 	}
-	subject := si.Config.Subjects[0]
+	subject := queueSubject(si)
 	moved := 0
 	for _, seq := range seqs {
 		m, err := ds.GetMsg(ctx, seq)
@@ -322,7 +327,10 @@ func (a *Admin) PurgeDeadLetters(ctx context.Context, name string) (uint64, erro
 
 // Add enqueues a job given as JSON, encoded with the queue's codec (for a
 // queue of bytes, a JSON string is sent as its text and anything else as
-// the JSON itself). It returns the job's sequence number.
+// the JSON itself). A job above the server's max_payload is offloaded to
+// the queue's object store bucket, as Enqueue does (or refused with an
+// error naming its size and the limit past the object size limit). It
+// returns the job's sequence number.
 func (a *Admin) Add(ctx context.Context, name string, job json.RawMessage, key string) (uint64, error) {
 	_, si, err := queueStream(ctx, a.js, name)
 	if err != nil {
@@ -355,14 +363,46 @@ func (a *Admin) Add(ctx context.Context, name string, job json.RawMessage, key s
 			return 0, fmt.Errorf("workqueue: encoding the job for queue %s: %w", name, err)
 		}
 	}
-	m := &nats.Msg{Subject: si.Config.Subjects[0], Data: data, Header: nats.Header{}}
+	m := &nats.Msg{Subject: queueSubject(si), Data: data, Header: nats.Header{}}
 	if key != "" {
 		m.Header.Set(KeyHeader, key)
+	}
+	// Above max_payload the job goes to the queue's object store bucket,
+	// as Enqueue sends it.
+	bucket := si.Config.Metadata[metaBucket]
+	if bucket == "" {
+		bucket = objectstore.DefaultBucket
+	}
+	off, err := objectstore.NewOffloader(a.nc, a.js, objectstore.OffloadConfig{
+		Policy: si.Config.Metadata[metaLarge],
+		Bucket: objectstore.Config{Bucket: bucket, Storage: si.Config.Metadata[metaStorage], Replicas: si.Config.Replicas},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("workqueue: queue %s: %w", name, err)
+	}
+	ref, err := off.Prepare(ctx, m, name, "job for queue "+name)
+	if err != nil {
+		return 0, fmt.Errorf("workqueue: %w", err)
+	}
+	if key != "" {
 		m.Header.Set(nats.MsgIdHdr, keyID(key, data))
 	}
 	ack, err := a.js.PublishMsg(ctx, m)
 	if err != nil {
+		if ref != nil {
+			_ = off.Delete(context.WithoutCancel(ctx), *ref)
+		}
 		return 0, fmt.Errorf("workqueue: enqueue to queue %s: %w", name, hint(err))
 	}
 	return ack.Sequence, nil
+}
+
+// queueSubject returns the subject jobs of the queue of si go to: the one
+// its metadata names (a stream adopted from elsewhere may have several),
+// else its first.
+func queueSubject(si *jetstream.StreamInfo) string {
+	if s := si.Config.Metadata[metaSubject]; s != "" {
+		return s
+	}
+	return si.Config.Subjects[0]
 }

@@ -312,18 +312,18 @@ func TestNewIsIdempotentAndUpdatesSettings(t *testing.T) {
 	if info.Jobs != 1 || info.MaxDeliver != 9 {
 		t.Errorf("info %+v: want the job enqueued by the first handle, and MaxDeliver 9", info)
 	}
-	// A stream made by someone else with another retention is an error
-	// that says what to do.
+	// A stream made by someone else whose subjects do not take the
+	// queue's is an error that says what to do.
 	js, _ := nc.JetStream()
-	if _, err := js.AddStream(&nats.StreamConfig{Name: "foreign", Subjects: []string{"foreign.*"}}); err != nil {
+	if _, err := js.AddStream(&nats.StreamConfig{Name: "foreign", Subjects: []string{"elsewhere.*"}}); err != nil {
 		t.Fatal(err)
 	}
 	bad := testConfig(t)
 	bad.Name = "foreign"
 	bad.Subject = "foreign.queue"
 	_, err = workqueue.New[job](ctx, nc, bad)
-	if err == nil || !strings.Contains(err.Error(), "foreign") {
-		t.Fatalf("New on a limits stream: %v; want an error naming the stream", err)
+	if !errors.Is(err, workqueue.ErrStreamMismatch) || !strings.Contains(err.Error(), "elsewhere.*") {
+		t.Fatalf("New on a stream without the queue's subject: %v; want ErrStreamMismatch naming its subjects", err)
 	}
 	t.Logf("New on a foreign stream: %v", err)
 }

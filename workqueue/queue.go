@@ -1,7 +1,9 @@
 package workqueue
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
@@ -13,7 +15,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/internal/jsconsume"
+	"github.com/loomrt/loom/internal/jsstream"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/objectstore"
 )
@@ -26,6 +30,10 @@ const (
 	metaGroup      = "loom.group"
 	metaMaxDeliver = "loom.max_deliver"
 	metaDeadLetter = "loom.dead_letter"
+	metaSubject    = "loom.subject"
+	metaBucket     = "loom.object_bucket"
+	metaStorage    = "loom.storage"
+	metaLarge      = "loom.large_payloads"
 	metaQueue      = "loom.queue"
 	kindQueue      = "queue"
 	kindDeadLetter = "dead_letter"
@@ -129,14 +137,18 @@ func (q *Queue[T]) codecName() string {
 	return q.cfg.Codec.Name()
 }
 
-// ensure creates or updates the streams and the consumer.
+// ensure creates the streams when they are absent and adopts them as they
+// are when present (internal/jsstream's rule: an operator's limits are
+// never changed). A stream created elsewhere (the seed's NATSQueue makes
+// one with limits retention on Name.*) is adopted if its subjects take
+// the queue's subject, with a warning that says which guarantees change.
 func (q *Queue[T]) ensure(ctx context.Context) error {
 	c := q.cfg
 	storage, err := objectstore.StorageType(c.Storage)
 	if err != nil {
 		return fmt.Errorf("workqueue: queue %s: %w", c.Name, err)
 	}
-	q.stream, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	q.stream, _, err = jsstream.Ensure(ctx, q.js, jetstream.StreamConfig{
 		Name:        c.Name,
 		Description: "Loom work queue",
 		Subjects:    []string{c.Subject},
@@ -154,12 +166,27 @@ func (q *Queue[T]) ensure(ctx context.Context) error {
 			metaGroup:      c.Group,
 			metaMaxDeliver: strconv.Itoa(c.MaxDeliver),
 			metaDeadLetter: deadLetterStream(c.Name),
+			metaSubject:    c.Subject,
+			metaBucket:     c.ObjectBucket,
+			metaStorage:    c.Storage,
+			metaLarge:      c.LargePayloads,
 		},
-	})
+	}, c.Logger)
 	if err != nil {
 		return streamError(c.Name, err)
 	}
-	_, err = q.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	have := q.stream.CachedInfo().Config
+	if !jsstream.Covers(have.Subjects, c.Subject) {
+		return fmt.Errorf("%w: stream %s exists with subjects %v, which do not take the queue's subject %s; add it (nats stream edit %s --subjects ...), set the queue's Subject to one of them, or use another queue name",
+			ErrStreamMismatch, c.Name, have.Subjects, c.Subject, c.Name)
+	}
+	if have.Retention != jetstream.WorkQueuePolicy {
+		c.Logger.Warn(fmt.Sprintf("workqueue: queue %s adopts stream %s, created elsewhere with %s retention instead of work-queue retention; "+
+			"jobs are still delivered to one worker of group %s and acknowledged after the handler succeeds, but an acknowledged job stays in the stream until its limits remove it, "+
+			"a second consumer group (or a new one) receives every job the stream still holds, and Info's Jobs counts handled jobs too",
+			c.Name, c.Name, have.Retention, c.Group), "queue", c.Name, "retention", have.Retention.String())
+	}
+	_, _, err = jsstream.Ensure(ctx, q.js, jetstream.StreamConfig{
 		Name:        deadLetterStream(c.Name),
 		Description: "Loom dead letters of work queue " + c.Name,
 		Subjects:    []string{deadLetterSubject(c.Name)},
@@ -169,7 +196,7 @@ func (q *Queue[T]) ensure(ctx context.Context) error {
 		Replicas:    c.Replicas,
 		Duplicates:  c.DuplicateWindow,
 		Metadata:    map[string]string{metaKind: kindDeadLetter, metaQueue: c.Name},
-	})
+	}, c.Logger)
 	if err != nil {
 		return streamError(deadLetterStream(c.Name), err)
 	}
@@ -209,6 +236,7 @@ func (q *Queue[T]) newConsumer(ctx context.Context) (jetstream.Consumer, error) 
 		MaxDeliver:    -1, // Loom counts attempts and dead-letters (see internal/jsconsume)
 		MaxAckPending: c.MaxAckPending,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
+		FilterSubject: c.Subject, // an adopted stream may carry other subjects
 	})
 	if err != nil {
 		return nil, fmt.Errorf("workqueue: create or update consumer %s of queue %s: %w", c.Group, c.Name, hint(err))
@@ -221,7 +249,7 @@ func streamError(name string, err error) error {
 	if errors.As(err, &apiErr) && (strings.Contains(apiErr.Description, "can not change") || strings.Contains(apiErr.Description, "cannot change")) {
 		return fmt.Errorf("workqueue: stream %s exists with settings this queue cannot change (%w); delete it (nats stream rm %s) or use another queue name", name, err, name)
 	}
-	return fmt.Errorf("workqueue: create or update stream %s: %w", name, hint(err))
+	return fmt.Errorf("workqueue: create stream %s: %w", name, hint(err))
 }
 
 // hint adds what to do to errors of a server without JetStream.
@@ -257,6 +285,9 @@ func (q *Queue[T]) decode(data []byte) (T, error) {
 		return any(data).(T), nil
 	}
 	if err := q.cfg.Codec.Unmarshal(data, &v); err != nil {
+		if q.cfg.Codec.Name() != codec.JSONName && looksLikeJSON(data) {
+			return v, fmt.Errorf("workqueue: job of queue %s does not decode as %T with %s; it looks like JSON; set queue.codec=json (Config.Codec = codec.JSON) on every process of the queue: %w", q.cfg.Name, v, q.cfg.Codec.Name(), err)
+		}
 		return v, fmt.Errorf("workqueue: job does not decode as %T with %s: %w", v, q.cfg.Codec.Name(), err)
 	}
 	return v, nil
@@ -304,3 +335,10 @@ func (q *Queue[T]) Info(ctx context.Context) (Info, error) {
 
 // metrics are the queue's bound metrics, for tests.
 func (q *Queue[T]) metrics() *metrics.Queue { return q.m }
+
+// looksLikeJSON reports whether data is a JSON object or array, as a job
+// enqueued by the seed's Python code (msgspec.json) is.
+func looksLikeJSON(data []byte) bool {
+	t := bytes.TrimSpace(data)
+	return len(t) > 1 && (t[0] == '{' || t[0] == '[') && json.Valid(t)
+}

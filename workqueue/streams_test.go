@@ -1,0 +1,176 @@
+package workqueue_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/internal/testutil"
+	"github.com/loomrt/loom/objectstore"
+	"github.com/loomrt/loom/workqueue"
+)
+
+// TestStreamLimitsAnOperatorSetAreKept edits a queue's stream as an
+// operator would (nats stream edit --max-msgs=1000), starts the producer
+// again, and finds the limit kept and a warning naming it.
+func TestStreamLimitsAnOperatorSetAreKept(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	newQueue[job](t, nc, cfg)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 10*time.Second)
+	for _, name := range []string{cfg.Name, cfg.Name + "_dlq"} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+		edited := s.CachedInfo().Config
+		edited.MaxMsgs = 1000
+		if _, err := js.UpdateStream(ctx, edited); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs testutil.SyncBuffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	newQueue[job](t, nc, cfg) // the producer restarts
+	for _, name := range []string{cfg.Name, cfg.Name + "_dlq"} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.CachedInfo().Config.MaxMsgs; got != 1000 {
+			t.Errorf("stream %s: max_msgs %d after a restart, want the operator's 1000", name, got)
+		}
+		if !strings.Contains(logs.String(), "stream "+name+" exists with settings that differ") {
+			t.Errorf("no warning about stream %s; logs:\n%s", name, logs.String())
+		}
+	}
+	if !strings.Contains(logs.String(), "max_msgs 1000 (configured unlimited)") {
+		t.Errorf("the warning does not name the difference; logs:\n%s", logs.String())
+	}
+}
+
+// TestQueueAdoptsTheStreamTheSeedCreates starts a Loom worker on the
+// stream the seed's NATSQueue creates (limits retention, subjects
+// name.*), with a warning saying what changes, and the worker handles the
+// seed's JSON jobs.
+func TestQueueAdoptsTheStreamTheSeedCreates(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	js, _ := nc.JetStream()
+	if _, err := js.AddStream(&nats.StreamConfig{Name: cfg.Name, Subjects: []string{cfg.Name + ".*"}}); err != nil {
+		t.Fatal(err)
+	}
+	var logs testutil.SyncBuffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	cfg.Codec = codec.JSON
+	q := newQueue[job](t, nc, cfg)
+	if !strings.Contains(logs.String(), "adopts stream "+cfg.Name) || !strings.Contains(logs.String(), "Limits retention") {
+		t.Fatalf("no adoption warning; logs:\n%s", logs.String())
+	}
+	for i := range 3 {
+		b, _ := json.Marshal(job{ID: i})
+		if _, err := js.Publish(cfg.Name+".queue", b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another subject of the seed's stream is not the queue's.
+	if _, err := js.Publish(cfg.Name+".other", []byte("not a job")); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan int, 10)
+	consume(t, q, func(_ context.Context, j *workqueue.Job[job]) error {
+		got <- j.Value.ID
+		return nil
+	})
+	seen := map[int]bool{}
+	for len(seen) < 3 {
+		select {
+		case id := <-got:
+			seen[id] = true
+		case <-time.After(10 * time.Second):
+			t.Fatalf("handled %v of the seed's 3 jobs", seen)
+		}
+	}
+}
+
+// TestJSONJobsInAMsgPackQueueSayWhatToSet checks the decoding error of a
+// JSON job met by a queue with the default codec.
+func TestJSONJobsInAMsgPackQueueSayWhatToSet(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.MaxDeliver = 1
+	q := newQueue[job](t, nc, cfg)
+	js, _ := nc.JetStream()
+	if _, err := js.Publish(cfg.Name+".queue", []byte(`{"id": 7}`)); err != nil {
+		t.Fatal(err)
+	}
+	consume(t, q, func(context.Context, *workqueue.Job[job]) error { return nil })
+	ctx := ctxFor(t, 10*time.Second)
+	var dl []workqueue.DeadLetter
+	eventually(t, 10*time.Second, "the JSON job is dead-lettered", func() bool {
+		var err error
+		admin, err := workqueue.NewAdmin(nc)
+		if err != nil {
+			return false
+		}
+		dl, err = admin.DeadLetters(ctx, cfg.Name, 10)
+		return err == nil && len(dl) == 1
+	})
+	if !strings.Contains(dl[0].Error, "looks like JSON; set queue.codec=json") {
+		t.Fatalf("dead letter's error %q does not say what to set", dl[0].Error)
+	}
+}
+
+// TestAdminAddOffloadsLikeEnqueue adds a job above max_payload with Admin
+// (what `loom queue add` calls): it goes to the object store, and the
+// worker gets it whole.
+func TestAdminAddOffloadsLikeEnqueue(t *testing.T) {
+	_, nc := startNATS(t, func(o *server.Options) { o.MaxPayload = 32 << 10 })
+	cfg := testConfig(t)
+	q := newQueue[[]byte](t, nc, cfg)
+	admin, err := workqueue.NewAdmin(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := strings.Repeat("x", 100<<10)
+	raw, _ := json.Marshal(big)
+	ctx := ctxFor(t, 20*time.Second)
+	if _, err := admin.Add(ctx, cfg.Name, raw, ""); err != nil {
+		t.Fatalf("Admin.Add of %d bytes over a max_payload of 32 KiB: %v", len(big), err)
+	}
+	got := make(chan int, 1)
+	consume(t, q, func(_ context.Context, j *workqueue.Job[[]byte]) error {
+		got <- len(j.Value)
+		return nil
+	})
+	select {
+	case n := <-got:
+		if n != len(big) {
+			t.Fatalf("worker got %d bytes, want %d", n, len(big))
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the offloaded job never arrived")
+	}
+	// Past the object size limit Add refuses, naming size and limit.
+	cfg2 := testConfig(t)
+	cfg2.LargePayloads = "reject"
+	newQueue[[]byte](t, nc, cfg2)
+	_, err = admin.Add(ctx, cfg2.Name, raw, "")
+	var tooLarge *objectstore.TooLargeError
+	if !errors.As(err, &tooLarge) || !strings.Contains(err.Error(), "32768") {
+		t.Fatalf("Admin.Add on a queue with large_payloads=reject: %v; want a TooLargeError naming the limit", err)
+	}
+}
