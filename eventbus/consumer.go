@@ -130,7 +130,7 @@ func (b *Bus) startJetStream(ctx context.Context, c *conn, topic, group string, 
 			hdr := d.Msg.Headers()
 			msg := &Message{
 				Topic: topic, Group: group, Body: d.Data,
-				ShardingKey: hdr.Get(ShardingKeyHeader),
+				ShardingKey: shardingKey(hdr),
 				Deliveries:  int(d.Meta.NumDelivered),
 				Header:      hdr,
 			}
@@ -230,7 +230,7 @@ func (cc *coreConsumer) closeWork() {
 func (cc *coreConsumer) dispatch(m *nats.Msg) {
 	ch := cc.work
 	if cc.lanes != nil {
-		if key := m.Header.Get(ShardingKeyHeader); key != "" {
+		if key := shardingKey(m.Header); key != "" {
 			ch = cc.lanes[maphash.String(cc.seed, key)%uint64(len(cc.lanes))]
 		}
 	}
@@ -271,7 +271,7 @@ func (cc *coreConsumer) handle(m *nats.Msg) {
 		cc.deadLetter(m, jsconsume.ReasonPayload, err, 1)
 		return
 	}
-	msg := &Message{Topic: cc.topic, Group: cc.group, Body: body, ShardingKey: m.Header.Get(ShardingKeyHeader), Header: m.Header}
+	msg := &Message{Topic: cc.topic, Group: cc.group, Body: body, ShardingKey: shardingKey(m.Header), Header: m.Header}
 	for attempt := 1; ; attempt++ {
 		msg.Deliveries = attempt
 		if attempt > 1 {

@@ -14,13 +14,29 @@ import (
 
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/internal/jsconsume"
+	"github.com/loomrt/loom/internal/jsstream"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/natsconn"
 	"github.com/loomrt/loom/objectstore"
 )
 
-// ShardingKeyHeader carries a message's sharding key.
-const ShardingKeyHeader = "Loom-Sharding-Key"
+// ShardingKeyHeader carries a message's sharding key, as Coze Studio's
+// NATS eventbus writes and reads it. Producers write it and
+// LoomShardingKeyHeader; consumers read it, else LoomShardingKeyHeader
+// (what Loom wrote alone before).
+const ShardingKeyHeader = "Sharding-Key"
+
+// LoomShardingKeyHeader is the sharding key header Loom wrote before it
+// wrote Coze Studio's; producers still write it for older consumers.
+const LoomShardingKeyHeader = "Loom-Sharding-Key"
+
+// shardingKey returns the sharding key of a message's headers.
+func shardingKey(h nats.Header) string {
+	if k := h.Get(ShardingKeyHeader); k != "" {
+		return k
+	}
+	return h.Get(LoomShardingKeyHeader)
+}
 
 // Message is one event as a consumer receives it.
 type Message struct {
@@ -105,6 +121,12 @@ type ConsumerOption struct {
 
 // WithOrderly handles the messages of one sharding key one at a time.
 func WithOrderly() ConsumerOpt { return func(o *ConsumerOption) { o.Orderly = true } }
+
+// WithConsumerOrderly sets whether messages of one sharding key are
+// handled one at a time: Coze Studio's option, with its shape.
+func WithConsumerOrderly(orderly bool) ConsumerOpt {
+	return func(o *ConsumerOption) { o.Orderly = orderly }
+}
 
 // WithConcurrency sets how many messages are handled at once.
 func WithConcurrency(n int) ConsumerOpt { return func(o *ConsumerOption) { o.Concurrency = n } }
@@ -343,7 +365,7 @@ func (b *Bus) ensureStreams(ctx context.Context, c *conn, topic string, deadLett
 	}
 	if deadLetters {
 		name := DeadLetterStream(topic)
-		_, err = c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		_, _, err = jsstream.Ensure(ctx, c.js, jetstream.StreamConfig{
 			Name:        name,
 			Description: "Loom EventBus dead letters of topic " + topic,
 			Subjects:    []string{"loom.dlq.events." + unsafe.ReplaceAllString(topic, "_") + ".*"},
@@ -351,13 +373,13 @@ func (b *Bus) ensureStreams(ctx context.Context, c *conn, topic string, deadLett
 			Storage:     storage,
 			Replicas:    q.Replicas,
 			Metadata:    map[string]string{"loom.kind": "eventbus_dead_letter", "loom.topic": topic},
-		})
+		}, b.log)
 		if err != nil {
-			return fmt.Errorf("eventbus: create or update stream %s: %w", name, hint(err))
+			return fmt.Errorf("eventbus: create stream %s: %w", name, hint(err))
 		}
 	} else {
 		name := StreamName(topic)
-		_, err = c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		_, _, err = jsstream.Ensure(ctx, c.js, jetstream.StreamConfig{
 			Name:        name,
 			Description: "Loom EventBus topic " + topic,
 			Subjects:    []string{topic},
@@ -368,9 +390,9 @@ func (b *Bus) ensureStreams(ctx context.Context, c *conn, topic string, deadLett
 			Storage:     storage,
 			Replicas:    q.Replicas,
 			Metadata:    map[string]string{"loom.kind": "eventbus", "loom.topic": topic},
-		})
+		}, b.log)
 		if err != nil {
-			return fmt.Errorf("eventbus: create or update stream %s for topic %s: %w", name, topic, hint(err))
+			return fmt.Errorf("eventbus: create stream %s for topic %s: %w", name, topic, hint(err))
 		}
 	}
 	c.streams[key] = true

@@ -81,6 +81,7 @@ func (p *producer) BatchSend(ctx context.Context, bodyArr [][]byte, opts ...Send
 		if o.ShardingKey != nil && *o.ShardingKey != "" {
 			m.Header = nats.Header{}
 			m.Header.Set(ShardingKeyHeader, *o.ShardingKey)
+			m.Header.Set(LoomShardingKeyHeader, *o.ShardingKey)
 		}
 		if _, err := p.c.payloads.Prepare(ctx, m, "events/"+unsafe.ReplaceAllString(p.topic, "_"), "event on topic "+p.topic); err != nil {
 			return fmt.Errorf("eventbus: message %d of %d: %w", i, len(bodyArr), err)

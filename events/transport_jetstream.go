@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/internal/jsstream"
 )
 
 // JetStream: events are stored in one stream (events.jetstream.stream)
@@ -28,19 +30,13 @@ import (
 const DurablePrefix = "loom.events."
 
 // ensureStream returns the events stream, creating it with the configured
-// limits if it does not exist. An existing stream is used as it is, so
-// that operators can change its limits with the nats CLI.
-func ensureStream(ctx context.Context, js jetstream.JetStream, c config.EventsJetStream) (jetstream.Stream, error) {
+// limits if it does not exist. An existing stream is used as it is (an
+// operator's limits are kept; internal/jsstream warns with the
+// differences), so operators change limits with the nats CLI.
+func ensureStream(ctx context.Context, js jetstream.JetStream, c config.EventsJetStream, log *slog.Logger) (jetstream.Stream, error) {
 	name := c.Stream
 	if name == "" {
 		name = "LOOM_EVENTS"
-	}
-	s, err := js.Stream(ctx, name)
-	if err == nil {
-		return s, nil
-	}
-	if !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, fmt.Errorf("events: JetStream stream %s: %w (is JetStream enabled on the NATS server? loom up enables it)", name, err)
 	}
 	sc := jetstream.StreamConfig{
 		Name:        name,
@@ -66,9 +62,9 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, c config.EventsJe
 	if c.Storage == "memory" {
 		sc.Storage = jetstream.MemoryStorage
 	}
-	s, err = js.CreateStream(ctx, sc)
-	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		s, err = js.Stream(ctx, name) // another process created it meanwhile
+	s, _, err := jsstream.Ensure(ctx, js, sc, log)
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return nil, fmt.Errorf("events: JetStream stream %s: %w (is JetStream enabled on the NATS server? loom up enables it)", name, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("events: create JetStream stream %s for %s: %w", name, DurablePrefix+">", err)
@@ -103,7 +99,7 @@ func newJetStreamSender(ctx context.Context, rt *loom.Runtime, o options) (*jetS
 	if err != nil {
 		return nil, fmt.Errorf("events: JetStream: %w", err)
 	}
-	if _, err := ensureStream(ctx, s.js, o.cfg.JetStream); err != nil {
+	if _, err := ensureStream(ctx, s.js, o.cfg.JetStream, rt.Logger()); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -186,7 +182,7 @@ func subscribeJetStream(ctx context.Context, rt *loom.Runtime, c *subCore, o opt
 	if err != nil {
 		return nil, fmt.Errorf("events: JetStream: %w", err)
 	}
-	stream, err := ensureStream(ctx, js, o.cfg.JetStream)
+	stream, err := ensureStream(ctx, js, o.cfg.JetStream, rt.Logger())
 	if err != nil {
 		return nil, err
 	}

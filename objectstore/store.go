@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/loomrt/loom/internal/jsstream"
 )
 
 // DefaultBucket is the bucket a Config without one uses (queue.object_bucket).
@@ -80,16 +84,28 @@ func open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if maxBytes <= 0 {
 		maxBytes = -1
 	}
-	obs, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	oc := jetstream.ObjectStoreConfig{
 		Bucket:      cfg.Bucket,
 		Description: "Loom: payloads above max_payload, carried by reference",
 		TTL:         cfg.TTL,
 		MaxBytes:    maxBytes,
 		Storage:     storage,
 		Replicas:    replicas,
-	})
+	}
+	// One rule for every stream Loom touches (internal/jsstream): create
+	// the bucket when absent, keep an existing one's limits, warn with the
+	// differences.
+	obs, err := js.ObjectStore(ctx, cfg.Bucket)
+	if err == nil {
+		warnBucket(ctx, js, oc)
+	} else if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		obs, err = js.CreateObjectStore(ctx, oc)
+		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			obs, err = js.ObjectStore(ctx, cfg.Bucket)
+		}
+	}
 	if err != nil {
-		return nil, fmt.Errorf("objectstore: create or update bucket %s: %w", cfg.Bucket, jsHint(err))
+		return nil, fmt.Errorf("objectstore: create bucket %s: %w", cfg.Bucket, jsHint(err))
 	}
 	return &Store{js: js, obs: obs, bucket: cfg.Bucket, chunk: cfg.ChunkSize}, nil
 }
@@ -201,4 +217,23 @@ func (s *Store) notFound(name string, err error) error {
 		return fmt.Errorf("%w: %s/%s (deleted, expired by the bucket's TTL, or never stored)", ErrNotFound, s.bucket, name)
 	}
 	return fmt.Errorf("objectstore: %s/%s: %w", s.bucket, name, err)
+}
+
+// warnBucket logs the limits of an existing bucket that differ from oc.
+func warnBucket(ctx context.Context, js jetstream.JetStream, oc jetstream.ObjectStoreConfig) {
+	st, err := js.Stream(ctx, "OBJ_"+oc.Bucket)
+	if err != nil {
+		return
+	}
+	have := st.CachedInfo().Config
+	want := have
+	want.MaxAge, want.MaxBytes, want.Storage, want.Replicas = oc.TTL, oc.MaxBytes, oc.Storage, oc.Replicas
+	if diffs := jsstream.Compare(have, want); len(diffs) > 0 {
+		parts := make([]string, len(diffs))
+		for i, d := range diffs {
+			parts[i] = d.String()
+		}
+		slog.Warn(fmt.Sprintf("object store bucket %s exists with settings that differ from this process's; keeping the bucket's (change them with `nats object edit %s`)", oc.Bucket, oc.Bucket),
+			"bucket", oc.Bucket, "differences", strings.Join(parts, ", "))
+	}
 }

@@ -1,0 +1,122 @@
+package eventbus_test
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/loomrt/loom/eventbus"
+	"github.com/loomrt/loom/internal/testutil"
+)
+
+// TestCozeShardingKeyHeaderBothWays: a message sent as Coze Studio's NATS
+// producer sends it (only a Sharding-Key header) reaches a Loom consumer
+// with its key, and a Loom producer's message carries Sharding-Key for
+// Coze's consumer.
+func TestCozeShardingKeyHeaderBothWays(t *testing.T) {
+	modes(t, func(t *testing.T, jetStream bool) {
+		ns := startNATS(t, nil)
+		b := newBus(t, busConfig(ns, jetStream))
+		topic := "coze_keys"
+		got := make(chan *eventbus.Message, 4)
+		if err := b.RegisterConsumer("", topic, "g", eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
+			got <- m
+			return nil
+		}), eventbus.WithConsumerOrderly(true)); err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		raw, err := nc.SubscribeSync(topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		// What Coze's producer sends.
+		m := &nats.Msg{Subject: topic, Data: []byte("from coze"), Header: nats.Header{"Sharding-Key": []string{"space-1"}}}
+		if jetStream {
+			js, _ := jetstream.New(nc)
+			if _, err := js.PublishMsg(t.Context(), m); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case msg := <-got:
+			if msg.ShardingKey != "space-1" || string(msg.Body) != "from coze" {
+				t.Fatalf("Loom consumer got %+v", msg)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Coze's message never reached the Loom consumer")
+		}
+		if _, err := raw.NextMsg(5 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		// What Loom's producer sends, as Coze's consumer reads it.
+		p, err := b.NewProducer("", topic, "g", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Send(t.Context(), []byte("from loom"), eventbus.WithShardingKey("space-2")); err != nil {
+			t.Fatal(err)
+		}
+		rm, err := raw.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rm.Header.Get("Sharding-Key") != "space-2" || string(rm.Data) != "from loom" {
+			t.Fatalf("on the wire: headers %v, body %q", rm.Header, rm.Data)
+		}
+	})
+}
+
+// TestCozeCreatedStreamKeepsItsLimits: Coze Studio creates <topic>_STREAM
+// with 1,000,000 messages and 1 GiB; a Loom producer and consumer use it
+// as it is and warn about the differences.
+func TestCozeCreatedStreamKeepsItsLimits(t *testing.T) {
+	ns := startNATS(t, nil)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	topic := "coze_topic"
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: eventbus.StreamName(topic), Subjects: []string{topic},
+		MaxMsgs: 1_000_000, MaxBytes: 1 << 30, Storage: jetstream.MemoryStorage, Description: "coze"}); err != nil {
+		t.Fatal(err)
+	}
+	var logs testutil.SyncBuffer
+	cfg := busConfig(ns, true)
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	b := newBus(t, cfg)
+	p, err := b.NewProducer("", topic, "g", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(t.Context(), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(t.Context(), eventbus.StreamName(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.CachedInfo().Config
+	if c.MaxMsgs != 1_000_000 || c.MaxBytes != 1<<30 || c.Description != "coze" {
+		t.Fatalf("Coze's stream changed: max_msgs %d, max_bytes %d, description %q", c.MaxMsgs, c.MaxBytes, c.Description)
+	}
+	if !strings.Contains(logs.String(), "max_msgs 1000000 (configured unlimited)") {
+		t.Fatalf("no warning naming the differences; logs:\n%s", logs.String())
+	}
+}
