@@ -237,3 +237,52 @@ func TestAfterShutdownCallsFailClearly(t *testing.T) {
 		t.Fatalf("serving after shutdown: %v, want ErrClosed", err)
 	}
 }
+
+func TestAComponentShutdownDuringTheRuntimesDrainWaitsForItsRequests(t *testing.T) {
+	c := newCluster(t)
+	rt := c.runtime()
+	inHandler, finish := make(chan struct{}), make(chan struct{})
+	ep := serve(t, rt, "both/svc/gen", func(ctx context.Context, _ int) iter.Seq2[int, error] {
+		return func(yield func(int, error) bool) {
+			close(inHandler)
+			select {
+			case <-finish:
+				yield(1, nil)
+			case <-ctx.Done():
+			}
+		}
+	})
+	cl := client[int, int](t, c.runtime(), "both/svc/gen")
+	waitInstances(t, cl, 1)
+	var got []int
+	var err error
+	var wg sync.WaitGroup
+	wg.Go(func() { got, err = collect(cl.Generate(context.Background(), 0)) })
+	<-inHandler
+	// The runtime drains (as loom.Run does on SIGTERM), and the program
+	// shuts its component down meanwhile, with time to spare.
+	rtDone := make(chan error, 1)
+	go func() { rtDone <- rt.Shutdown(context.Background()) }()
+	deadline := time.Now().Add(2 * time.Second)
+	for len(cl.Instances()) != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	compDone := make(chan error, 1)
+	go func() { compDone <- ep.Component().Shutdown(context.Background()) }()
+	select {
+	case e := <-compDone:
+		t.Fatalf("the component's Shutdown returned (%v) with a request in flight", e)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(finish)
+	wg.Wait()
+	if err != nil || len(got) != 1 {
+		t.Fatalf("the in-flight request got %v, %v; want it to finish", got, err)
+	}
+	if e := <-compDone; e != nil {
+		t.Fatalf("component Shutdown = %v after a clean drain", e)
+	}
+	if e := <-rtDone; e != nil {
+		t.Fatalf("runtime Shutdown = %v after a clean drain", e)
+	}
+}

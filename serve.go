@@ -352,13 +352,20 @@ func (s *served) killError(caller, rctx context.Context, started bool) error {
 // requests, unregister, wait for in-flight requests until ctx ends, then
 // cancel the rest.
 func shutdownAll(ctx context.Context, eps []*Endpoint) error {
-	var all []*served
+	// Endpoints another shutdown is draining already (the runtime's, when
+	// a component shuts down during it) are waited for too, not cancelled
+	// at once.
+	var all, already []*served
 	for _, e := range eps {
 		rt := e.Runtime()
 		rt.mu.Lock()
 		s := e.served
 		rt.mu.Unlock()
-		if s != nil && !s.draining.Load() {
+		switch {
+		case s == nil:
+		case s.draining.Load():
+			already = append(already, s)
+		default:
 			all = append(all, s)
 		}
 	}
@@ -374,7 +381,7 @@ func shutdownAll(ctx context.Context, eps []*Endpoint) error {
 		cancel()
 	}
 	var left int64
-	for _, s := range all {
+	for _, s := range append(all, already...) {
 		select {
 		case <-s.drained:
 		case <-ctx.Done():

@@ -106,7 +106,8 @@ type Stats struct {
 	// the (block, worker) pairs.
 	IndexBlocks, IndexEntries int
 	// EventsApplied counts kv_events applied to the index; EventsStale
-	// those ignored as already applied (their id was not new).
+	// those ignored as already applied or covered by a fetched block set
+	// (their id was not new).
 	EventsApplied, EventsStale uint64
 	// EventsDiscarded counts events found inconsistent with the worker's
 	// block set when it was fetched (their ids were beyond it although
@@ -586,6 +587,7 @@ func (r *KVRouter) resync(ctx context.Context, id uint64) {
 	for i, ev := range buf {
 		switch {
 		case ev.EventID <= at:
+			r.stale.Add(1) // covered by the block set
 		case i < before:
 			// Published before the block set was taken, yet beyond it:
 			// not from this worker's sequence (a publisher reusing its

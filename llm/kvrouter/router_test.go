@@ -2,6 +2,7 @@ package kvrouter
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"testing"
@@ -275,4 +276,72 @@ func TestKVRouterForgetsRequestsNeverReportedDone(t *testing.T) {
 		t.Fatalf("a routed request without Done: stats %+v, want 1 open", st.Workers)
 	}
 	waitFor(t, 5*time.Second, "the request to be forgotten after RequestTTL", func() bool { return r.Stats().Workers[0].Open == 0 })
+}
+
+// TestKVRouterResyncsAfterLostEventPlaneMessages makes the router's view
+// of a worker drift (as lost events would), then delivers an event whose
+// envelope sequence skips one, as NATS does when it drops a message: the
+// event plane reports the gap and the router replaces its view with the
+// worker's block set.
+func TestKVRouterResyncsAfterLostEventPlaneMessages(t *testing.T) {
+	s := newSystem(t, 1, warmCfg())
+	rr := s.router(KV, Config{})
+	r := rr.(*KVRouter)
+	c := s.client(r, 1)
+	ctx := timeout(t, 20*time.Second)
+	scope := events.Scope{Namespace: llm.DefaultNamespace, Component: llm.WorkerComponent}
+	watch, err := events.Subscribe[llm.KvEvent](ctx, s.fe, scope, llm.TopicKvEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close()
+	if res := send(ctx, c, r, "fill", prompt(1, 64), 2); res.err != nil {
+		t.Fatal(res.err)
+	}
+	synced(t, r, s.cluster)
+	w := s.cluster.Workers()[0]
+	var last events.Event[llm.KvEvent]
+	for ev, err := range watch.Events() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if last = ev; ev.Value.EventID == w.Stats().KvEvents {
+			break
+		}
+	}
+	const bogus = 0xfeedface
+	r.mu.Lock()
+	r.idx.store(w.ID(), []uint64{bogus}, 0) // the drift
+	r.mu.Unlock()
+	before := r.Stats()
+
+	// The worker's publisher, one sequence number further than it is: the
+	// event plane sees sequence last+1 lost. The event itself is one the
+	// router has applied already.
+	payload, err := json.Marshal(last.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := events.Envelope{PublisherID: last.PublisherID, InstanceID: w.ID(), Sequence: last.Sequence + 2, PublishedAt: time.Now().UnixNano(), Topic: llm.TopicKvEvents, Payload: payload}
+	nc, err := s.fe.NATS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Publish(last.Subject, env.AppendJSON(nil)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a resync after the lost message", func() bool {
+		st := r.Stats()
+		return st.Gaps > before.Gaps && st.Resyncs > before.Resyncs
+	})
+	r.mu.RLock()
+	_, drifted := r.idx.held[w.ID()][bogus]
+	n := len(r.idx.held[w.ID()])
+	r.mu.RUnlock()
+	if drifted || n == 0 {
+		t.Fatalf("after the resync the view has %d blocks, drifted block still there: %v", n, drifted)
+	}
+	if st := r.Stats(); st.EventsStale == before.EventsStale {
+		t.Errorf("the repeated event was not counted as stale: %+v", st)
+	}
 }

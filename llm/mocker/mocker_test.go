@@ -334,3 +334,51 @@ func TestWorkerWithoutMaxTokensStopsAtTheContextLength(t *testing.T) {
 		t.Fatalf("60 prompt tokens in a context of 64 without max_tokens: %d tokens, finish %q, err %v; want 4 and %q", len(r.tokens), r.finish, r.err, llm.FinishLength)
 	}
 }
+
+// TestRunFinishesRequestsInFlightOnShutdown runs a worker as a worker
+// process does (Run under a runtime that drains on SIGTERM) and shuts it
+// down with a request in flight: the request finishes.
+func TestRunFinishesRequestsInFlightOnShutdown(t *testing.T) {
+	s := newSystem(t, mocker.ClusterConfig{Workers: 0})
+	rt := s.runtime()
+	cfg := fast()
+	cfg.DecodeStep = 2 * time.Millisecond
+	runCtx, stop := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- mocker.Run(runCtx, rt, cfg) }()
+	if err := s.client.WaitForInstances(timeout(t, 5*time.Second), 1); err != nil {
+		t.Fatal(err)
+	}
+	ctx := timeout(t, 10*time.Second)
+	res := make(chan result, 1)
+	started := make(chan struct{})
+	go func() {
+		var r result
+		for resp, err := range s.client.Generate(ctx, llm.Request{ID: "r", TokenIDs: prompt(70, 8), MaxTokens: 60}) {
+			if err != nil {
+				r.err = err
+				break
+			}
+			if r.tokens = append(r.tokens, resp.TokenIDs...); len(r.tokens) == 1 {
+				close(started)
+			}
+			r.finish = resp.FinishReason
+		}
+		res <- r
+	}()
+	<-started
+	// SIGTERM: the runtime drains and the program's context ends together.
+	drained := make(chan error, 1)
+	go func() { drained <- rt.Shutdown(timeout(t, 5*time.Second)) }()
+	stop()
+	r := <-res
+	if r.err != nil || len(r.tokens) != 60 || r.finish != llm.FinishLength {
+		t.Fatalf("request in flight at shutdown: %d tokens, finish %q, err %v; want all 60", len(r.tokens), r.finish, r.err)
+	}
+	if err := <-ran; err != nil {
+		t.Errorf("Run = %v", err)
+	}
+	if err := <-drained; err != nil {
+		t.Errorf("runtime Shutdown = %v", err)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/events"
 	"github.com/loomrt/loom/llm"
@@ -186,22 +188,29 @@ func (w *Worker) Shutdown(ctx context.Context) error {
 	if w.comp != nil {
 		errs = append(errs, w.comp.Shutdown(ctx))
 	}
+	// A connection the runtime closed already has nothing left to flush.
+	flushed := func(err error) error {
+		if errors.Is(err, nats.ErrConnectionClosed) {
+			return nil
+		}
+		return err
+	}
 	if w.prefill != nil {
-		errs = append(errs, w.prefill.shutdown(ctx))
+		errs = append(errs, flushed(w.prefill.shutdown(ctx)))
 	}
 	w.stop()
 	if w.kvPub != nil {
 		w.flushKv(ctx)
-		errs = append(errs, w.kvPub.Shutdown(ctx))
+		errs = append(errs, flushed(w.kvPub.Shutdown(ctx)))
 	}
 	if w.loadPub != nil {
-		errs = append(errs, w.loadPub.Shutdown(ctx))
+		errs = append(errs, flushed(w.loadPub.Shutdown(ctx)))
 	}
 	return errors.Join(errs...)
 }
 
 // Close stops the worker now: requests in flight are killed and nothing
-// more is published. Shutdown's runtime is left running.
+// more is published. The runtime is left running.
 func (w *Worker) Close() {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
