@@ -218,6 +218,10 @@ func (c *clientCore) replace(set map[uint64]discovery.Instance) {
 		}
 	}
 	for id, inst := range set {
+		if !speaks(inst.Transport) {
+			delete(c.cands, id)
+			continue
+		}
 		if old, ok := c.cands[id]; !ok || old.Instance.Address != inst.Address || old.Transport != inst.Transport {
 			c.cands[id] = c.candidate(inst)
 		}
@@ -228,7 +232,7 @@ func (c *clientCore) replace(set map[uint64]discovery.Instance) {
 func (c *clientCore) update(inst discovery.Instance, added bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if added {
+	if added && speaks(inst.Transport) {
 		c.cands[inst.ID] = c.candidate(inst)
 	} else {
 		delete(c.cands, inst.ID)
@@ -562,3 +566,10 @@ func (c *Client[Req, Resp]) WaitForInstances(ctx context.Context, n int) error {
 // Close stops the client's discovery watch. Calls in progress finish; new
 // ones fail with ErrClosed.
 func (c *Client[Req, Resp]) Close() { c.core.close() }
+
+// speaks reports whether a runtime can call an instance with transport t.
+// Instances of other planes (a Dynamo worker's, read from a record of
+// Dynamo's) are never routed to.
+func speaks(t string) bool {
+	return t == TransportTCP || t == TransportNATS || t == TransportLocal
+}

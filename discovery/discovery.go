@@ -17,6 +17,7 @@ package discovery
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -254,4 +255,61 @@ func ValidateNamespace(name string) error {
 		return nil
 	}
 	return &NameError{Kind: "namespace", Name: name, Rule: NamespaceRule + " (at most 128 characters)"}
+}
+
+// DynamoTransportPrefix starts the Transport of an instance read from a
+// Dynamo record: "dynamo/tcp", "dynamo/nats_tcp" or "dynamo/http". Loom
+// cannot speak Dynamo's request planes, so such instances are listed and
+// watched, never called: a Client leaves every instance whose transport
+// its runtime does not speak out of its routing set.
+const DynamoTransportPrefix = "dynamo/"
+
+// dynamoRecord is Dynamo's discovery value: its DiscoveryInstance enum,
+// tagged by "type"; the Endpoint variant holds the instance's names, its
+// id and its request plane as {"tcp": "host:port"}, {"nats_tcp": subject}
+// or {"http": url}.
+type dynamoRecord struct {
+	Type       string            `json:"type"`
+	Namespace  string            `json:"namespace"`
+	Component  string            `json:"component"`
+	Endpoint   string            `json:"endpoint"`
+	InstanceID *uint64           `json:"instance_id"`
+	Transport  map[string]string `json:"transport"`
+}
+
+// DecodeValue decodes a record's value: Loom's JSON of an Instance, or
+// Dynamo's Endpoint record (told apart by its "type" key), which becomes
+// an Instance whose Transport starts with DynamoTransportPrefix and whose
+// Metadata["origin"] is "dynamo". Dynamo's other record types are an
+// error saying so.
+func DecodeValue(value []byte) (Instance, error) {
+	var probe struct {
+		Type *string `json:"type"`
+	}
+	if err := json.Unmarshal(value, &probe); err != nil {
+		return Instance{}, fmt.Errorf("value is not a JSON object: %w", err)
+	}
+	if probe.Type == nil {
+		var inst Instance
+		if err := json.Unmarshal(value, &inst); err != nil {
+			return Instance{}, fmt.Errorf("value is not an instance in JSON: %w", err)
+		}
+		return inst, nil
+	}
+	var d dynamoRecord
+	if err := json.Unmarshal(value, &d); err != nil {
+		return Instance{}, fmt.Errorf("value is not a Dynamo record: %w", err)
+	}
+	if d.Type != "Endpoint" {
+		return Instance{}, fmt.Errorf("a Dynamo %q record; Loom reads Dynamo's Endpoint records only", d.Type)
+	}
+	if d.InstanceID == nil || len(d.Transport) != 1 {
+		return Instance{}, fmt.Errorf("a Dynamo Endpoint record without instance_id or with %d transports, want 1", len(d.Transport))
+	}
+	inst := Instance{Namespace: d.Namespace, Component: d.Component, Endpoint: d.Endpoint, ID: *d.InstanceID,
+		Metadata: map[string]string{"origin": "dynamo"}}
+	for kind, addr := range d.Transport {
+		inst.Transport, inst.Address = DynamoTransportPrefix+kind, addr
+	}
+	return inst, nil
 }

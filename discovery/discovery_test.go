@@ -1,6 +1,7 @@
 package discovery_test
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -276,4 +277,46 @@ func TestEventKindString(t *testing.T) {
 			t.Errorf("EventKind(%d).String() = %q; want %q", k, got, want)
 		}
 	}
+}
+
+func TestDecodeValueReadsLoomsAndDynamosRecords(t *testing.T) {
+	inst, err := discovery.DecodeValue([]byte(`{"type":"Endpoint","component":"backend","endpoint":"generate","namespace":"dynamo","instance_id":7587888,"transport":{"nats_tcp":"dynamo_backend.generate-73c750"}}`))
+	if err != nil || inst.Transport != "dynamo/nats_tcp" || inst.Address != "dynamo_backend.generate-73c750" || inst.ID != 7587888 || inst.Path() != "dynamo/backend/generate" {
+		t.Fatalf("Dynamo's record: %+v %v", inst, err)
+	}
+	inst, err = discovery.DecodeValue([]byte(`{"namespace":"a","component":"b","endpoint":"c","instance_id":1,"transport":"tcp","address":"h:1","codec":"json"}`))
+	if err != nil || inst.Transport != "tcp" || inst.Codec != "json" {
+		t.Fatalf("Loom's record: %+v %v", inst, err)
+	}
+	for name, v := range map[string]string{
+		"not JSON":           `{`,
+		"a model record":     `{"type":"Model","namespace":"a","component":"b","endpoint":"c","instance_id":1,"card_json":{}}`,
+		"no transport":       `{"type":"Endpoint","namespace":"a","component":"b","endpoint":"c","instance_id":1}`,
+		"no instance id":     `{"type":"Endpoint","namespace":"a","component":"b","endpoint":"c","transport":{"tcp":"h:1"}}`,
+		"a tag not a string": `{"type":1}`,
+	} {
+		if _, err := discovery.DecodeValue([]byte(v)); err == nil {
+			t.Errorf("%s: decoded", name)
+		}
+	}
+}
+
+func FuzzDecodeValue(f *testing.F) {
+	f.Add([]byte(`{"type":"Endpoint","component":"c","endpoint":"e","namespace":"n","instance_id":1,"transport":{"tcp":"h:1"}}`))
+	f.Add([]byte(`{"namespace":"n","component":"c","endpoint":"e","instance_id":1,"transport":"tcp","address":"h:1"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		inst, err := discovery.DecodeValue(data)
+		if err != nil {
+			return
+		}
+		// What decodes re-encodes, as Loom writes it, to the same.
+		b, err := json.Marshal(inst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := discovery.DecodeValue(b)
+		if err != nil || again.Key() != inst.Key() || again.Transport != inst.Transport || again.Address != inst.Address {
+			t.Fatalf("%+v re-encoded decodes as %+v, %v", inst, again, err)
+		}
+	})
 }

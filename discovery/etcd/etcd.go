@@ -350,8 +350,8 @@ func (d *Discovery) parse(kv *mvccpb.KeyValue) *record {
 	var why string
 	if _, _, _, _, err := discovery.ParseKey(key); err != nil {
 		why = err.Error()
-	} else if err := json.Unmarshal(kv.Value, &r.inst); err != nil {
-		why = "value is not an instance in JSON: " + err.Error()
+	} else if r.inst, err = discovery.DecodeValue(kv.Value); err != nil {
+		why = err.Error()
 	} else if err := r.inst.Validate(); err != nil {
 		why = "value is not a valid instance: " + err.Error()
 	} else if got := r.inst.Key(); got != key {

@@ -2,7 +2,6 @@ package natskv
 
 import (
 	"cmp"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -72,9 +71,9 @@ func decode(key string, value []byte) (discovery.Instance, error) {
 	if err != nil {
 		return discovery.Instance{}, err
 	}
-	var inst discovery.Instance
-	if err := json.Unmarshal(value, &inst); err != nil {
-		return discovery.Instance{}, fmt.Errorf("natskv: record %s is not the JSON of an instance: %w", key, err)
+	inst, err := discovery.DecodeValue(value)
+	if err != nil {
+		return discovery.Instance{}, fmt.Errorf("natskv: record %s: %w", key, err)
 	}
 	if inst.Namespace != want.Namespace || inst.Component != want.Component ||
 		inst.Endpoint != want.Endpoint || inst.ID != want.ID {
