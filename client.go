@@ -1,6 +1,7 @@
 package loom
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/discovery"
@@ -40,6 +42,7 @@ type clientOptions struct {
 	wait         time.Duration
 	noRetry      bool
 	interceptors []Interceptor
+	borrow       bool
 }
 
 // usable reports whether cand should get new requests: its connection has
@@ -64,6 +67,13 @@ func WithPicker(p Picker) ClientOption { return func(o *clientOptions) { o.picke
 // before failing with ErrNoInstances (default client.wait_timeout).
 func WithWaitTimeout(d time.Duration) ClientOption { return func(o *clientOptions) { o.wait = d } }
 
+// WithBorrowedResponses lets a Client whose response type is []byte yield
+// items that alias the transport's receive buffer instead of copies: an
+// item is valid only until the loop body that received it returns. It
+// saves a copy and an allocation per item of a stream; keep an item by
+// copying it (bytes.Clone). Other response types are unaffected.
+func WithBorrowedResponses() ClientOption { return func(o *clientOptions) { o.borrow = true } }
+
 // WithoutRetry turns off retrying a request on another instance when the
 // first one refuses it before responding (ErrDraining, ErrOverloaded).
 func WithoutRetry() ClientOption { return func(o *clientOptions) { o.noRetry = true } }
@@ -83,6 +93,7 @@ type clientCore struct {
 	picker   Picker
 	wait     time.Duration
 	noRetry  bool
+	borrow   bool          // []byte responses alias the receive buffer
 	local    bool          // take the local fast path for instances in this process
 	cooldown time.Duration // how long a failed instance is avoided
 	m        *metrics.ClientEndpoint
@@ -116,7 +127,7 @@ func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientO
 		o.picker = p
 	}
 	c := &clientCore{
-		rt: rt, path: ep.path, query: ep.query(), picker: o.picker, wait: o.wait, noRetry: o.noRetry,
+		rt: rt, path: ep.path, query: ep.query(), picker: o.picker, wait: o.wait, noRetry: o.noRetry, borrow: o.borrow,
 		local: rt.cfg.Client.LocalFastPath, cooldown: rt.cfg.Client.FailureCooldown,
 		m:     rt.metrics.Client(ep.comp.ns.name, ep.comp.name, ep.name),
 		cands: make(map[uint64]*Candidate), changed: make(chan struct{}),
@@ -441,7 +452,7 @@ func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, 
 		if v, ok := localServers.Load(cand.key); ok {
 			s := v.(*served)
 			if eng, ok := s.engine.(Engine[Req, Resp]); ok {
-				return serveTyped(ctx, stopOf(ctx), s, eng, req, yield)
+				return serveTyped(ctx, stopOf(ctx), s, eng, req, yieldFunc[Resp](yield), false)
 			}
 			return callRaw(ctx, s, req, yield)
 		}
@@ -460,13 +471,20 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 	if err != nil {
 		return false, fmt.Errorf("%w: %s instance %x: %v", errGone, c.path, cand.ID, err), false
 	}
-	payload, err := cdc.Marshal(nil, req)
+	// The transport copies the request: encode it into a pooled buffer.
+	bp := encodeBufs.Get().(*[]byte)
+	payload, err := encodeRequest(cdc, (*bp)[:0], &req)
 	if err != nil {
+		encodeBufs.Put(bp)
 		return false, fmt.Errorf("loom: %s: encode request: %w", c.path, err), false
 	}
 	mr := mux.Request{Path: c.path, Codec: cdc.Name(), Payload: payload}
 	call.request(ctx, &mr)
 	stream, err := c.rt.open(ctx, cand, mr)
+	if cap(payload) <= maxPooledEncodeBuf {
+		*bp = payload[:0]
+		encodeBufs.Put(bp)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, ctx.Err(), false
@@ -481,10 +499,9 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 	if stop := stopOf(ctx); stop != nil {
 		defer context.AfterFunc(stop, stream.Stop)()
 	}
-	// One decode target per stream: &item escapes to the codec, so a
-	// variable per item would be an allocation per item. It is zeroed
-	// before each decode so that no item shares memory with the last.
 	var item, zero Resp
+	var target *Resp // the decode target of types without a fast path
+	_, isBytes := any((*Resp)(nil)).(*[]byte)
 	for {
 		b, err := stream.Recv()
 		if err == io.EOF {
@@ -494,10 +511,27 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 			mapped, failed := fromWire(ctx, c.path, cand.ID, err)
 			return started, mapped, failed
 		}
-		item = zero
-		if err := cdc.Unmarshal(b, &item); err != nil {
-			stream.Cancel()
-			return started, fmt.Errorf("loom: %s instance %x: response does not decode as %T: %w", c.path, cand.ID, item, err), false
+		p, fast := []byte(nil), false
+		if isBytes {
+			p, fast = codec.Borrow(cdc, b)
+		}
+		if fast {
+			if !c.borrow {
+				p = bytes.Clone(p)
+			}
+			*(*[]byte)(unsafe.Pointer(&item)) = p
+		} else {
+			// One decode target per stream, zeroed before each decode so
+			// that no item shares memory with the last.
+			if target == nil {
+				target = new(Resp)
+			}
+			*target = zero
+			if err := cdc.Unmarshal(b, target); err != nil {
+				stream.Cancel()
+				return started, fmt.Errorf("loom: %s instance %x: response does not decode as %T: %w", c.path, cand.ID, item, err), false
+			}
+			item = *target
 		}
 		started = true
 		if !yield(item, nil) {
@@ -505,6 +539,17 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 			return started, nil, false
 		}
 	}
+}
+
+// encodeRequest appends req encoded in cdc to dst; a []byte request skips
+// the interface conversion that would allocate.
+func encodeRequest[Req any](cdc codec.Codec, dst []byte, req *Req) ([]byte, error) {
+	if _, ok := any((*Req)(nil)).(*[]byte); ok {
+		if out, ok := codec.AppendBytes(cdc, dst, *(*[]byte)(unsafe.Pointer(req))); ok {
+			return out, nil
+		}
+	}
+	return cdc.Marshal(dst, req)
 }
 
 var errConsumerStopped = errors.New("loom: consumer stopped reading")
@@ -516,7 +561,7 @@ func callRaw[Req, Resp any](ctx context.Context, s *served, req Req, yield func(
 	if err != nil {
 		return false, fmt.Errorf("loom: %s: encode request: %w", s.ep.path, err)
 	}
-	started, err := s.raw(ctx, stopOf(ctx), s.codec, payload, func(b []byte) error {
+	started, _, err := s.raw(ctx, stopOf(ctx), s.codec, payload, sendFunc(func(b []byte) error {
 		var item Resp
 		if err := s.codec.Unmarshal(b, &item); err != nil {
 			return fmt.Errorf("loom: %s: response does not decode as the caller's type: %w", s.ep.path, err)
@@ -525,7 +570,7 @@ func callRaw[Req, Resp any](ctx context.Context, s *served, req Req, yield func(
 			return errConsumerStopped
 		}
 		return nil
-	})
+	}), false)
 	if errors.Is(err, errConsumerStopped) {
 		err = nil
 	}

@@ -59,8 +59,10 @@ type served struct {
 	engine any // Engine[Req, Resp], asserted by typed clients
 	// raw serves a request given as bytes in codec c, sending each response
 	// item encoded in c; for callers whose types differ from the handler's
-	// and for network transports.
-	raw   func(ctx, stop context.Context, c codec.Codec, payload []byte, send func([]byte) error) (started bool, err error)
+	// and for network transports. The payload belongs to the request: a
+	// []byte request aliases it. derived is serveTyped's. out counts the
+	// bytes sent.
+	raw   func(ctx, stop context.Context, c codec.Codec, payload []byte, send sender, derived bool) (started bool, out int, err error)
 	codec codec.Codec
 	m     *metrics.Endpoint
 	log   *slog.Logger
@@ -124,28 +126,23 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		}
 	}
 	s.key = s.inst.Key()
-	s.raw = func(ctx, stop context.Context, c codec.Codec, payload []byte, send func([]byte) error) (bool, error) {
-		var req Req
-		if err := c.Unmarshal(payload, &req); err != nil {
-			s.m.Refused.Inc()
-			return false, &BadRequestError{Path: ep.path, Err: err}
-		}
-		var buf []byte
-		var sendErr error
-		// One variable per stream, passed by pointer, so that handing each
-		// item to the codec does not box (allocate) it.
-		var out Resp
-		started, err := serveTyped(ctx, stop, s, eng, req, func(item Resp, _ error) bool {
-			out = item
-			if buf, sendErr = c.Marshal(buf[:0], &out); sendErr == nil {
-				sendErr = send(buf)
+	s.raw = func(ctx, stop context.Context, c codec.Codec, payload []byte, send sender, derived bool) (bool, int, error) {
+		r := &rawCall[Req, Resp]{codec: c, send: send}
+		if !decodeBorrowed(c, payload, &r.req) {
+			if err := c.Unmarshal(payload, &r.req); err != nil {
+				s.m.Refused.Inc()
+				return false, 0, &BadRequestError{Path: ep.path, Err: err}
 			}
-			return sendErr == nil
-		})
-		if err == nil {
-			err = sendErr
 		}
-		return started, err
+		started, err := serveTyped(ctx, stop, s, eng, r.req, r, derived)
+		if err == nil {
+			err = r.sendErr
+		}
+		if cap(r.buf) <= maxPooledEncodeBuf {
+			r.buf = r.buf[:0]
+			encodeBufs.Put(&r.buf)
+		}
+		return started, r.out, err
 	}
 
 	rt.mu.Lock()
@@ -252,25 +249,125 @@ func (s *served) requestContext(caller, stop context.Context) (context.Context, 
 	return rctx, func() { unhook(); cancel() }
 }
 
+// yielder receives a served request's items. A pointer to a per-request
+// struct satisfies it without an allocation, where a closure would cost
+// one per captured variable.
+type yielder[Resp any] interface {
+	yield(item Resp) bool
+}
+
+// yieldFunc adapts a caller's yield function.
+type yieldFunc[Resp any] func(Resp, error) bool
+
+func (f yieldFunc[Resp]) yield(item Resp) bool { return f(item, nil) }
+
+// sender takes a request's encoded response items: a network stream, or
+// a function for callers in this process.
+type sender interface{ Send(p []byte) error }
+
+type sendFunc func([]byte) error
+
+func (f sendFunc) Send(p []byte) error { return f(p) }
+
+// rawCall is the state of one request served from bytes, in one
+// allocation: decoded request, encode buffer, the stream it sends on.
+type rawCall[Req, Resp any] struct {
+	req     Req
+	out     int
+	item    Resp // the item being encoded: passed by pointer, so not boxed
+	buf     []byte
+	sendErr error
+	codec   codec.Codec
+	send    sender
+}
+
+func (r *rawCall[Req, Resp]) yield(item Resp) bool {
+	if r.buf == nil {
+		r.buf = *encodeBufs.Get().(*[]byte)
+	}
+	r.item = item
+	if r.buf, r.sendErr = r.codec.Marshal(r.buf[:0], &r.item); r.sendErr == nil {
+		r.out += len(r.buf)
+		r.sendErr = r.send.Send(r.buf)
+	}
+	var zero Resp
+	r.item = zero
+	return r.sendErr == nil
+}
+
+// Encode buffers are pooled: a transport copies what it is given, so one
+// buffer serves every item of a request and then the next request.
+const maxPooledEncodeBuf = 64 << 10
+
+var encodeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+
+// decodeBorrowed decodes a []byte request without copying it, when v is a
+// *[]byte and c can: the payload belongs to the request.
+func decodeBorrowed[T any](c codec.Codec, payload []byte, v *T) bool {
+	p, ok := any(v).(*[]byte)
+	if !ok {
+		return false
+	}
+	b, ok := codec.Borrow(c, payload)
+	if ok {
+		*p = b
+	}
+	return ok
+}
+
+// reqCtx is the context of a network request whose transport context
+// already descends from the endpoint's: it adds only the stop signal,
+// and lives inside the request's state instead of costing allocations.
+type reqCtx struct {
+	context.Context
+	stop context.Context
+}
+
+func (c *reqCtx) Value(key any) any {
+	if _, ok := key.(stopKey); ok && c.stop != nil {
+		return c.stop
+	}
+	return c.Context.Value(key)
+}
+
+// serving is the state of one request in serveTyped, in one allocation.
+type serving[Req, Resp any] struct {
+	s                                   *served
+	out                                 yielder[Resp]
+	rctx                                reqCtx
+	start                               time.Time
+	items                               int
+	started, inYield, stopped, panicked bool
+	err                                 error
+}
+
 // serveTyped is the one serving core: admission, the request context,
-// metrics and panic recovery around eng, yielding each item to the caller
-// in the caller's goroutine. stop is the caller's stop signal, if any. It reports whether any item was yielded, and
-// the error the stream ended with: nil if it completed or the caller
-// stopped reading.
-func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engine[Req, Resp], req Req, yield func(Resp, error) bool) (started bool, err error) {
+// metrics and panic recovery around eng, yielding each item to out in the
+// caller's goroutine. stop is the caller's stop signal, if any. derived
+// says that caller is a transport's context already descending from the
+// endpoint's, which then serves as the request's context as it is. It
+// reports whether any item was yielded, and the error the stream ended
+// with: nil if it completed or the caller stopped reading.
+func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engine[Req, Resp], req Req, out yielder[Resp], derived bool) (started bool, err error) {
 	if !s.acquire() {
 		s.m.Refused.Inc()
 		return false, fmt.Errorf("%w: %s instance %x is shutting down", ErrDraining, s.ep.path, s.inst.ID)
 	}
-	start := time.Now()
+	st := &serving[Req, Resp]{s: s, out: out, start: time.Now()}
 	s.m.InFlight.Inc()
-	rctx, cancel := s.requestContext(caller, stop)
-	var items int
+	var rctx context.Context
+	cancel := func() {}
+	if derived {
+		st.rctx = reqCtx{Context: caller, stop: stop}
+		rctx = &st.rctx
+	} else {
+		rctx, cancel = s.requestContext(caller, stop)
+	}
 	outcome := s.m.OK
 	defer func() {
 		cancel()
-		s.m.Items.Add(float64(items))
-		s.m.Duration.Observe(time.Since(start).Seconds())
+		s.m.Items.Add(float64(st.items))
+		s.m.Duration.Observe(time.Since(st.start).Seconds())
 		s.m.InFlight.Dec()
 		outcome.Inc()
 		s.release()
@@ -279,50 +376,18 @@ func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engi
 		}
 	}()
 
-	inYield, consumerStopped, panicked := false, false, false
-	func() {
-		defer func() {
-			if v := recover(); v != nil {
-				if inYield {
-					panic(v) // the caller's loop body panicked: not ours to swallow
-				}
-				panicked = true
-				s.log.Error("handler panicked", "panic", v, "stack", stack())
-				err = fmt.Errorf("%w: %s: %v", ErrHandlerPanic, s.ep.path, v)
-			}
-		}()
-		for item, herr := range generate(rctx, caller, s, eng, req) {
-			if herr != nil {
-				err = herr
-				return
-			}
-			if rctx.Err() != nil {
-				return // killed: drop what the handler still sends
-			}
-			if !started {
-				started = true
-				s.m.FirstResponse.Observe(time.Since(start).Seconds())
-			}
-			items++
-			inYield = true
-			ok := yield(item, nil)
-			inYield = false
-			if !ok {
-				consumerStopped = true
-				return
-			}
-		}
-	}()
+	st.run(rctx, caller, eng, req)
 
+	err = st.err
 	switch {
-	case panicked:
+	case st.panicked:
 		outcome = s.m.Panic
-	case consumerStopped:
+	case st.stopped:
 		outcome = s.m.Cancelled
 		err = nil
 	case rctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
 		outcome = s.m.Cancelled
-		err = s.killError(caller, rctx, started)
+		err = s.killError(caller, rctx, st.started, derived)
 	case errors.Is(err, ErrHandlerPanic):
 		outcome = s.m.Panic
 	case errors.Is(err, ErrRefused):
@@ -330,18 +395,62 @@ func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engi
 	case err != nil:
 		outcome = s.m.Error
 	}
-	return started, err
+	return st.started, err
+}
+
+// run ranges over the handler's stream, recovering its panics.
+func (st *serving[Req, Resp]) run(rctx, caller context.Context, eng Engine[Req, Resp], req Req) {
+	defer func() {
+		if v := recover(); v != nil {
+			if st.inYield {
+				panic(v) // the caller's loop body panicked: not ours to swallow
+			}
+			st.panicked = true
+			st.s.log.Error("handler panicked", "panic", v, "stack", stack())
+			st.err = fmt.Errorf("%w: %s: %v", ErrHandlerPanic, st.s.ep.path, v)
+		}
+	}()
+	for item, herr := range generate(rctx, caller, st.s, eng, req) {
+		if herr != nil {
+			st.err = herr
+			return
+		}
+		if rctx.Err() != nil {
+			return // killed: drop what the handler still sends
+		}
+		if !st.started {
+			st.started = true
+			st.s.m.FirstResponse.Observe(time.Since(st.start).Seconds())
+		}
+		st.items++
+		st.inYield = true
+		ok := st.out.yield(item)
+		st.inYield = false
+		if !ok {
+			st.stopped = true
+			return
+		}
+	}
 }
 
 // killError says why a request's context ended: the caller's cancellation
 // or deadline, or the endpoint shutting down under it.
-func (s *served) killError(caller, rctx context.Context, started bool) error {
+func (s *served) killError(caller, rctx context.Context, started, derived bool) error {
+	if derived && s.ep.ctx.Err() != nil {
+		// The endpoint's context is the transport context's parent, so
+		// the caller's error cannot tell the two apart.
+		return s.shutDownError(started)
+	}
 	if err := caller.Err(); err != nil {
 		return err
 	}
 	if errors.Is(rctx.Err(), context.DeadlineExceeded) {
 		return context.DeadlineExceeded
 	}
+	return s.shutDownError(started)
+}
+
+func (s *served) shutDownError(started bool) error {
 	if started {
 		return fmt.Errorf("%w: %s instance %x shut down while serving", ErrStreamReset, s.ep.path, s.inst.ID)
 	}

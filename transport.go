@@ -41,6 +41,9 @@ type netStream interface {
 	RequestID() string
 	TraceParent() string
 	Headers() map[string]string
+	// DerivedContext reports that Context descends from the context
+	// the plane was given for the stream's path (the endpoint's).
+	DerivedContext() bool
 }
 
 // clientStream is the caller's end of one call on a transport.
@@ -113,6 +116,7 @@ func (rt *Runtime) startTCP(ctx context.Context) error {
 		KeepaliveTimeout:     rc.KeepaliveTimeout,
 		TLS:                  tlsCfg,
 		Logger:               rt.log,
+		StreamContext:        rt.endpointContext,
 	}, mux.HandlerFunc(func(s *mux.ServerStream) error { return serveStream(rt, s) }))
 	done := make(chan struct{})
 	go func() {
@@ -123,6 +127,16 @@ func (rt *Runtime) startTCP(ctx context.Context) error {
 	}()
 	rt.planes.tcp, rt.planes.tcpAddr, rt.planes.tcpDone, rt.planes.tcpTLS = srv, addr, done, tlsCfg != nil
 	rt.log.Debug("request plane listening", "transport", TransportTCP, "addr", addr, "tls", tlsCfg != nil)
+	return nil
+}
+
+// endpointContext is the parent of the transport context of a request
+// for path: the endpoint's, so that the request needs no context of its
+// own (each costs allocations and a lock on the parent).
+func (rt *Runtime) endpointContext(path string) context.Context {
+	if v, ok := rt.planes.byPath.Load(path); ok {
+		return v.(*served).ep.ctx
+	}
 	return nil
 }
 
@@ -141,15 +155,11 @@ func serveStream[S netStream](rt *Runtime, s S) error {
 		return mux.Errorf(wire.CodeBadRequest, "%s: %v", s.Path(), err)
 	}
 	sv.m.BytesIn.Add(float64(len(s.Payload())))
-	out := 0
 	ctx := s.Context()
 	if sv.intercepted() {
 		ctx = context.WithValue(ctx, callKey{}, &Call{Side: ServerSide, RequestID: s.RequestID(), Header: s.Headers(), traceParent: s.TraceParent()})
 	}
-	_, err = sv.raw(ctx, streamStop[S]{s}, c, s.Payload(), func(b []byte) error {
-		out += len(b)
-		return s.Send(b)
-	})
+	_, out, err := sv.raw(ctx, streamStop[S]{s}, c, s.Payload(), s, s.DerivedContext())
 	sv.m.BytesOut.Add(float64(out))
 	return toWire(err)
 }

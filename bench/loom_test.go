@@ -100,12 +100,12 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 			fail(err)
 		}
 	}
-	client := func(path string) *loom.Client[[]byte, []byte] {
+	client := func(path string, opts ...loom.ClientOption) *loom.Client[[]byte, []byte] {
 		ep, err := lp.cli.Endpoint(path)
 		if err != nil {
 			fail(err)
 		}
-		c, err := loom.NewClient[[]byte, []byte](ctx, ep)
+		c, err := loom.NewClient[[]byte, []byte](ctx, ep, opts...)
 		if err != nil {
 			fail(err)
 		}
@@ -117,7 +117,9 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 		}
 		return c
 	}
-	lp.unary, lp.stream, lp.idle = client(loomUnary), client(loomStream), client(loomIdle)
+	// The stream's items are checked and dropped, as rawtcp's are read into
+	// one reused buffer: borrowed, not copied.
+	lp.unary, lp.stream, lp.idle = client(loomUnary), client(loomStream, loom.WithBorrowedResponses()), client(loomIdle)
 	return lp
 }
 

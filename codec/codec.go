@@ -152,3 +152,27 @@ func (jsonCodec) Unmarshal(data []byte, v any) error {
 	}
 	return nil
 }
+
+// Borrow decodes data, an encoded byte string, without copying it: the
+// result aliases data. It reports false if c cannot (JSON, or data is not
+// exactly one byte string); decode with Unmarshal then.
+func Borrow(c Codec, data []byte) ([]byte, bool) {
+	if _, ok := c.(msgpackCodec); !ok {
+		return nil, false
+	}
+	p, ok := header(data, false)
+	if !ok {
+		return nil, false
+	}
+	return p[:len(p):len(p)], true
+}
+
+// AppendBytes appends b encoded as a byte string in c to dst, as
+// Marshal(dst, b) would, without converting b to an interface. It reports
+// false if c has no such fast path; use Marshal then.
+func AppendBytes(c Codec, dst, b []byte) ([]byte, bool) {
+	if _, ok := c.(msgpackCodec); !ok {
+		return dst, false
+	}
+	return appendBin(dst, b), true
+}

@@ -13,12 +13,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/wire"
 )
 
 // Client defaults.
 const (
-	DefaultInitialWindow = 256 << 10
+	DefaultInitialWindow = plane.DefaultInitialWindow
 	DefaultDialTimeout   = 5 * time.Second
 )
 
@@ -54,16 +55,6 @@ type ClientConfig struct {
 	// so the caller can stop routing new requests there. It runs on the
 	// connection's reader goroutine and must not block.
 	OnDrain func(addr string)
-}
-
-// Request is what Pool.Open sends in one OPEN frame.
-type Request struct {
-	Path        string            // endpoint path, required
-	Codec       string            // name of the payload encoding
-	RequestID   string            // request id for logs on both sides
-	TraceParent string            // W3C traceparent, if tracing
-	Headers     map[string]string // other metadata, up to wire.MaxHeaders
-	Payload     []byte            // the request; Open copies it
 }
 
 // Pool opens streams on pooled, multiplexed connections. It is safe for
@@ -341,7 +332,8 @@ type clientConn struct {
 }
 
 func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byte) (*ClientStream, error) {
-	st := &ClientStream{c: c, window: c.window}
+	st := &ClientStream{c: c}
+	st.window.Store(c.window)
 	st.cond.L = &st.mu
 	if err := c.begin(ctx, true); err != nil {
 		if ctx.Err() != nil {
@@ -490,13 +482,7 @@ func (c *clientConn) writeFrame(id uint32, t wire.Type, arg uint32) {
 }
 
 // ctxError is the stream error for an ended context.
-func ctxError(ctx context.Context, before bool) *StreamError {
-	code := wire.CodeCancelled
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		code = wire.CodeDeadlineExceeded
-	}
-	return &StreamError{Code: code, Message: ctx.Err().Error(), BeforeFirstResponse: before, Err: ctx.Err()}
-}
+func ctxError(ctx context.Context, before bool) *StreamError { return plane.CtxError(ctx, before) }
 
 // ClientStream is the caller's side of one stream. Recv must be called
 // from one goroutine at a time; Stop and Cancel may be called from any.
@@ -504,14 +490,19 @@ type ClientStream struct {
 	c  *clientConn
 	id uint32
 
+	window   atomic.Int64 // credit the server has left, by our count
+	abortNow atomic.Bool  // err is delivered before buffered messages
+	ended    atomic.Bool  // err is set
+
+	// Owned by Recv:
+	out  *recvBuf // records (u32 length, message) being read
+	off  int      // read offset in out
+	owed int64    // bytes consumed and not yet granted back
+
 	mu        sync.Mutex
 	stopWatch func() bool // stops the context watch; nil without one
-	in, out   *recvBuf    // records (u32 length, message) appended by the reader / being read by Recv
-	off       int         // read offset in out
-	window    int64       // credit the server has left, by our count
-	owed      int64       // bytes consumed and not yet granted back
+	in        *recvBuf    // records appended by the reader
 	err       error       // how the stream ended: io.EOF or a *StreamError; nil while open
-	abortNow  bool        // err is delivered before buffered messages
 	responded bool        // a DATA frame arrived
 	waiting   bool
 	stopSent  bool
@@ -547,31 +538,31 @@ func (s *ClientStream) release() {
 //
 // The returned slice is valid until the next call to Recv or Close.
 func (s *ClientStream) Recv() ([]byte, error) {
-	s.mu.Lock()
 	for {
-		if s.abortNow {
-			s.release()
-			err := s.err
-			s.mu.Unlock()
-			return nil, err
-		}
-		if s.out != nil && s.off < len(s.out.b) {
+		// Messages already swapped into out are read without the lock:
+		// only Recv touches out, and the reader appends to in. The lock
+		// is taken once per batch of messages, not once per message.
+		if s.out != nil && s.off < len(s.out.b) && !s.abortNow.Load() {
 			b := s.out.b
 			n := int(binary.BigEndian.Uint32(b[s.off:]))
 			start := s.off + 4
 			s.off = start + n
 			p := b[start:s.off:s.off]
-			var grant int64
 			s.owed += int64(wire.HeaderSize + n)
-			if s.err == nil && s.owed >= s.c.window/2 {
-				grant, s.owed = s.owed, 0
-				s.window += grant
-			}
-			s.mu.Unlock()
-			if grant > 0 {
+			if s.owed >= s.c.window/2 && !s.ended.Load() {
+				grant := s.owed
+				s.owed = 0
+				s.window.Add(grant)
 				s.c.writeFrame(s.id, wire.TypeCredit, uint32(grant))
 			}
 			return p, nil
+		}
+		s.mu.Lock()
+		if s.abortNow.Load() {
+			s.release()
+			err := s.err
+			s.mu.Unlock()
+			return nil, err
 		}
 		if s.in != nil && len(s.in.b) > 0 {
 			// The message returned last lives in out: it is valid until
@@ -580,6 +571,7 @@ func (s *ClientStream) Recv() ([]byte, error) {
 			if s.in != nil {
 				s.in.b = s.in.b[:0]
 			}
+			s.mu.Unlock()
 			continue
 		}
 		if s.err != nil {
@@ -590,6 +582,7 @@ func (s *ClientStream) Recv() ([]byte, error) {
 		}
 		s.waiting = true
 		s.cond.Wait()
+		s.mu.Unlock()
 	}
 }
 
@@ -651,10 +644,10 @@ func (s *ClientStream) push(p []byte) error {
 	if s.err != nil {
 		return nil // cancelled here; the server will stop
 	}
-	if s.window <= 0 {
+	if s.window.Load() <= 0 {
 		return fmt.Errorf("%w: DATA on stream %d without credit", wire.ErrProtocol, s.id)
 	}
-	s.window -= int64(wire.HeaderSize + len(p))
+	s.window.Add(-int64(wire.HeaderSize + len(p)))
 	if s.in == nil {
 		s.in = recvBufs.Get().(*recvBuf)
 	}
@@ -674,6 +667,7 @@ func (s *ClientStream) end(code wire.Code, msg []byte) {
 		} else {
 			s.err = &StreamError{Code: code, Message: string(msg), BeforeFirstResponse: !s.responded}
 		}
+		s.ended.Store(true)
 		s.wake()
 	}
 	s.mu.Unlock()
@@ -685,6 +679,7 @@ func (s *ClientStream) fail(cause error) {
 	s.mu.Lock()
 	if s.err == nil {
 		s.err = &StreamError{Code: wire.CodeReset, Message: cause.Error(), BeforeFirstResponse: !s.responded, Err: cause}
+		s.ended.Store(true)
 		s.wake()
 	}
 	s.mu.Unlock()
@@ -699,7 +694,9 @@ func (s *ClientStream) abort(e *StreamError) {
 		return
 	}
 	e.BeforeFirstResponse = !s.responded
-	s.err, s.abortNow = e, true
+	s.err = e
+	s.ended.Store(true)
+	s.abortNow.Store(true)
 	s.wake()
 	s.mu.Unlock()
 	s.c.removeStream(s.id)

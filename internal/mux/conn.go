@@ -135,10 +135,12 @@ func (c *conn) begin(ctx context.Context, wait bool) error {
 	}
 }
 
-// commit unlocks the batch and wakes the writer if it is parked, unless a
-// direct writer (commitFlush) will take the frames when its write returns.
+// commit unlocks the batch and wakes the writer if it is parked and has
+// something to do, unless a direct writer (commitFlush) will take the
+// frames when its write returns. A writer woken with nothing to write is
+// a wasted goroutine hand-off on every call.
 func (c *conn) commit() {
-	wake := c.wIdle && !c.wDirect
+	wake := c.wIdle && !c.wDirect && (c.w.Len() > 0 || c.wClosing)
 	if wake {
 		c.wIdle = false
 	}

@@ -9,17 +9,19 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"github.com/loomrt/loom/internal/latch"
+	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/wire"
 )
 
 // Defaults for the zero values of ServerConfig and ClientConfig.
 const (
-	DefaultMaxConcurrentStreams = 10000
-	DefaultQueueSize            = 1024
+	DefaultMaxConcurrentStreams = plane.DefaultMaxConcurrentStreams
+	DefaultQueueSize            = plane.DefaultQueueSize
 	DefaultKeepaliveInterval    = 5 * time.Second
 	DefaultKeepaliveTimeout     = 5 * time.Second
 )
@@ -38,6 +40,15 @@ type ServerConfig struct {
 	// waiting is refused at once with END Overloaded. Default
 	// DefaultQueueSize; negative means no queue.
 	QueueSize int
+	// MaxStreamsPerConn is how many streams, running and queued, one
+	// connection may hold, so that one client cannot take every handler
+	// slot. Default MaxConcurrentStreams/2 when that is at least 64;
+	// negative means no limit.
+	MaxStreamsPerConn int
+	// MaxRunningBytes bounds the request bytes held by running streams;
+	// a stream beyond it waits in the queue. Default
+	// plane.DefaultMaxRunningBytes.
+	MaxRunningBytes int
 	// KeepaliveInterval is how long a connection may be silent before
 	// the server sends a PING; KeepaliveTimeout is how long it then
 	// waits for any byte, and how long a write may block, before it
@@ -50,6 +61,10 @@ type ServerConfig struct {
 	TLS *tls.Config
 	// Logger receives connection-level events. Default slog.Default().
 	Logger *slog.Logger
+	// StreamContext, if set, returns the parent of the context of a
+	// stream opened for path (nil for none). It runs on the connection's
+	// reader and must not block.
+	StreamContext func(path string) context.Context
 }
 
 func (c *ServerConfig) setDefaults() {
@@ -112,24 +127,40 @@ type Server struct {
 	conns     map[*serverConn]struct{}
 	draining  bool
 	closed    bool
-	running   int             // admitted streams whose handler goroutine runs
-	queue     []*ServerStream // admitted streams waiting, FIFO from qhead
-	qhead     int
-	qbytes    int           // request bytes held by queued streams
-	changed   chan struct{} // closed when running or conns shrink; for Shutdown
+	changed   chan struct{} // closed when conns shrink; for Shutdown
 	wg        sync.WaitGroup
+
+	adm     *plane.Admission[*ServerStream]
+	work    chan *ServerStream // hands a stream to an idle worker
+	idle    atomic.Int32       // workers parked on work
+	quit    chan struct{}      // closed to end idle workers
+	quitter sync.Once
+	workers sync.WaitGroup
 }
+
+// maxIdleWorkers bounds the handler goroutines kept parked for the next
+// stream; beyond it a finishing worker exits.
+const maxIdleWorkers = 256
 
 // NewServer returns a Server that runs h for every stream.
 func NewServer(cfg ServerConfig, h Handler) *Server {
 	cfg.setDefaults()
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
 		h:         h,
 		log:       cfg.Logger,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*serverConn]struct{}{},
+		work:      make(chan *ServerStream),
+		quit:      make(chan struct{}),
 	}
+	s.adm = plane.NewAdmission(plane.Limits{
+		MaxRunning:      cfg.MaxConcurrentStreams,
+		QueueSize:       cfg.QueueSize,
+		MaxRunningBytes: cfg.MaxRunningBytes,
+		MaxPerPeer:      cfg.MaxStreamsPerConn,
+	}, (*ServerStream).isKilled, (*ServerStream).release)
+	return s
 }
 
 // Serve accepts connections on ln until Shutdown or Close, then returns
@@ -204,11 +235,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, sc := range conns {
 		sc.goAway()
 	}
+	select {
+	case <-s.adm.Idle():
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
+	}
 	for {
 		s.mu.Lock()
-		if s.running == 0 && s.qhead == len(s.queue) && len(s.conns) == 0 {
+		if len(s.conns) == 0 {
 			s.mu.Unlock()
 			s.wg.Wait()
+			s.stopWorkers()
+			s.workers.Wait()
 			return nil
 		}
 		if s.changed == nil {
@@ -224,6 +263,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 }
+
+// stopWorkers ends the idle workers; busy ones end when their handler
+// returns.
+func (s *Server) stopWorkers() { s.quitter.Do(func() { close(s.quit) }) }
 
 // Close stops the server at once: it closes the listeners and every
 // connection, which kills every stream (handler contexts are cancelled
@@ -244,6 +287,7 @@ func (s *Server) Close() error {
 		sc.shutdown(ErrServerClosed)
 	}
 	s.wg.Wait()
+	s.stopWorkers()
 	return nil
 }
 
@@ -254,68 +298,38 @@ func (s *Server) notifyLocked() {
 	}
 }
 
-// maxQueuedBytes bounds the requests held by queued streams, so that a
-// flood of large requests cannot pin QueueSize times MaxFrameSize bytes.
-const maxQueuedBytes = 64 << 20
-
-type admission int
-
-const (
-	admitRun admission = iota
-	admitQueued
-	admitRefused
-)
-
-func (s *Server) admit(st *ServerStream) (admission, string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.running < s.cfg.MaxConcurrentStreams {
-		s.running++
-		return admitRun, ""
+// start runs st on an idle worker, or on a new one if none is idle. A
+// worker that finishes a stream takes the next queued one, then parks for
+// the next start, so that serving a stream costs no goroutine creation.
+func (s *Server) start(st *ServerStream) {
+	select {
+	case s.work <- st:
+	default:
+		s.workers.Add(1)
+		go s.worker(st)
 	}
-	if len(s.queue)-s.qhead < s.cfg.QueueSize && s.qbytes+len(st.open.Payload) <= maxQueuedBytes {
-		if s.qhead > 1024 && 2*s.qhead > len(s.queue) {
-			n := copy(s.queue, s.queue[s.qhead:])
-			clear(s.queue[n:])
-			s.queue, s.qhead = s.queue[:n], 0
-		}
-		s.queue = append(s.queue, st)
-		s.qbytes += len(st.open.Payload)
-		return admitQueued, ""
-	}
-	return admitRefused, fmt.Sprintf("server at capacity: %d streams running, %d queued with %d request bytes (MaxConcurrentStreams %d, QueueSize %d); retry later or elsewhere",
-		s.running, len(s.queue)-s.qhead, s.qbytes, s.cfg.MaxConcurrentStreams, s.cfg.QueueSize)
 }
 
-// runStreams runs st, then queued streams, in one goroutine: a finishing
-// handler hands its slot to the next waiting stream without a goroutine
-// start.
-func (s *Server) runStreams(st *ServerStream) {
-	for st != nil {
+func (s *Server) worker(st *ServerStream) {
+	defer s.workers.Done()
+	for {
 		st.serve(s.h)
-		st = s.next()
-	}
-}
-
-func (s *Server) next() *ServerStream {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for s.qhead < len(s.queue) {
-		st := s.queue[s.qhead]
-		s.queue[s.qhead] = nil
-		s.qhead++
-		s.qbytes -= len(st.open.Payload)
-		if s.qhead == len(s.queue) {
-			s.queue, s.qhead = s.queue[:0], 0
+		var ok bool
+		if st, _, _, ok = s.adm.Done(len(st.open.Payload), &st.conn.peerCount); ok {
+			continue
 		}
-		if !st.isKilled() {
-			return st
+		if s.idle.Add(1) > maxIdleWorkers {
+			s.idle.Add(-1)
+			return
 		}
-		st.release()
+		select {
+		case st = <-s.work:
+			s.idle.Add(-1)
+		case <-s.quit:
+			s.idle.Add(-1)
+			return
+		}
 	}
-	s.running--
-	s.notifyLocked()
-	return nil
 }
 
 func (s *Server) serveConn(nc net.Conn) {
@@ -394,6 +408,8 @@ type serverConn struct {
 	streams   map[uint32]*ServerStream // open streams, running or queued
 	lastID    uint32
 	goingAway bool
+
+	peerCount plane.Peer // streams this connection holds in admission
 }
 
 func (sc *serverConn) readLoop() {
@@ -477,18 +493,31 @@ func (sc *serverConn) handleOpen(f wire.Frame) error {
 		sc.writeEnd(id, wire.CodeBadRequest, perr.Error(), false)
 		return nil
 	}
-	st := newServerStream(sc, id, o)
+	var parent context.Context
+	if f := sc.srv.cfg.StreamContext; f != nil {
+		parent = f(str(o.Path))
+	}
+	st := newServerStream(sc, id, o, parent)
 	sc.streams[id] = st
 	sc.mu.Unlock()
 
-	switch a, msg := sc.srv.admit(st); a {
-	case admitRun:
-		go sc.srv.runStreams(st)
-	case admitRefused:
-		st.mu.Lock()
-		st.state = stateEnded
-		st.mu.Unlock()
-		sc.writeEnd(id, wire.CodeOverloaded, msg, false)
+	switch a, msg := sc.srv.adm.Admit(st, len(st.open.Payload), &sc.peerCount); a {
+	case plane.Run:
+		sc.srv.start(st)
+	case plane.Queued:
+		for {
+			next, _, _, ok := sc.srv.adm.Claim()
+			if !ok {
+				break
+			}
+			sc.srv.start(next)
+		}
+	case plane.Refused, plane.RefusedPeer:
+		if a == plane.RefusedPeer {
+			sc.log.Warn("mux: connection holds its share of handler slots; refusing its new stream", "remote", sc.nc.RemoteAddr().String(), "stream", id, "streams", sc.peerCount.Streams())
+		}
+		st.state.Store(stateEnded)
+		sc.writeEnd(id, wire.CodeOverloaded, "server "+msg, false)
 		sc.removeStream(id)
 		st.release()
 	}
@@ -578,20 +607,25 @@ type ServerStream struct {
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	stopDL   context.CancelFunc // stops the deadline timer; nil without a deadline
+	derived  bool               // ctx descends from ServerConfig.StreamContext's
 
-	mu       sync.Mutex
-	state    int
+	state atomic.Int32
+	// Guarded by the connection's wmu, which every DATA frame takes:
 	credit   int64 // bytes of DATA the client still accepts (may go negative by one frame)
-	waiting  bool
+	waiting  bool  // Send waits on creditCh
 	creditCh chan struct{}
-	stop     latch.Latch // a graceful stop was asked
+
+	stop latch.Latch // a graceful stop was asked
 }
 
 // newServerStream returns a stream for a parsed OPEN whose slices alias a
 // buffer the stream now owns.
-func newServerStream(sc *serverConn, id uint32, o wire.Open) *ServerStream {
-	st := &ServerStream{conn: sc, id: id, open: o, credit: int64(sc.peer.InitialWindow)}
-	st.ctx, st.cancel = context.WithCancelCause(context.Background())
+func newServerStream(sc *serverConn, id uint32, o wire.Open, parent context.Context) *ServerStream {
+	st := &ServerStream{conn: sc, id: id, open: o, credit: int64(sc.peer.InitialWindow), derived: parent != nil}
+	if parent == nil {
+		parent = context.Background()
+	}
+	st.ctx, st.cancel = context.WithCancelCause(parent)
 	if o.Timeout > 0 {
 		st.deadline = time.Now().Add(o.Timeout)
 		st.ctx, st.stopDL = context.WithDeadline(st.ctx, st.deadline)
@@ -634,6 +668,10 @@ func (s *ServerStream) Headers() map[string]string {
 	return m
 }
 
+// DerivedContext reports whether the stream's context descends from the
+// one ServerConfig.StreamContext returned for its path.
+func (s *ServerStream) DerivedContext() bool { return s.derived }
+
 // Deadline returns the stream's deadline, computed from the timeout the
 // client sent when the OPEN arrived, and whether there is one.
 func (s *ServerStream) Deadline() (time.Time, bool) { return s.deadline, !s.deadline.IsZero() }
@@ -667,74 +705,71 @@ func (s *ServerStream) Send(p []byte) error {
 	if len(p) > int(s.conn.peer.MaxFrameSize) {
 		return fmt.Errorf("%w: response of %d bytes on %s, above the client's max frame size %d", ErrTooLarge, len(p), s.Path(), s.conn.peer.MaxFrameSize)
 	}
-	s.mu.Lock()
-	for s.credit <= 0 && s.state == stateOpen {
+	if s.ctx.Err() != nil {
+		return context.Cause(s.ctx)
+	}
+	// One lock per message: the stream's credit lives under the
+	// connection's write lock, which appending the frame takes anyway.
+	c := s.conn.conn
+	if err := c.begin(s.ctx, true); err != nil {
+		return err
+	}
+	for s.credit <= 0 && s.state.Load() == stateOpen {
 		if s.creditCh == nil {
 			s.creditCh = make(chan struct{}, 1)
 		}
 		s.waiting = true
 		ch := s.creditCh
-		s.mu.Unlock()
+		c.wmu.Unlock()
 		select {
 		case <-ch:
 		case <-s.ctx.Done():
 			return context.Cause(s.ctx)
 		}
-		s.mu.Lock()
+		if err := c.begin(s.ctx, true); err != nil {
+			return err
+		}
 	}
-	if s.state != stateOpen {
-		s.mu.Unlock()
+	if s.state.Load() != stateOpen {
+		c.wmu.Unlock()
 		if s.ctx.Err() != nil {
 			return context.Cause(s.ctx)
 		}
 		return ErrStreamDone
 	}
 	s.credit -= int64(wire.HeaderSize + len(p))
-	s.mu.Unlock()
-	if s.ctx.Err() != nil {
-		return context.Cause(s.ctx)
-	}
-	c := s.conn.conn
-	if err := c.begin(s.ctx, true); err != nil {
-		return err
-	}
 	c.w.Data(s.id, p)
 	c.commit()
 	return nil
 }
 
 func (s *ServerStream) addCredit(n uint32) error {
-	s.mu.Lock()
+	c := s.conn.conn
+	c.wmu.Lock()
 	s.credit += int64(n)
 	if s.credit > wire.MaxWindow {
-		s.mu.Unlock()
-		return fmt.Errorf("%w: credit on stream %d grew to %d, above the maximum window %d", wire.ErrProtocol, s.id, s.credit, wire.MaxWindow)
+		credit := s.credit
+		c.wmu.Unlock()
+		return fmt.Errorf("%w: credit on stream %d grew to %d, above the maximum window %d", wire.ErrProtocol, s.id, credit, wire.MaxWindow)
 	}
 	wake := s.waiting
 	s.waiting = false
-	s.mu.Unlock()
+	ch := s.creditCh
+	c.wmu.Unlock()
 	if wake {
 		select {
-		case s.creditCh <- struct{}{}:
+		case ch <- struct{}{}:
 		default:
 		}
 	}
 	return nil
 }
 
-func (s *ServerStream) isKilled() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.state == stateKilled
-}
+func (s *ServerStream) isKilled() bool { return s.state.Load() == stateKilled }
 
 // kill stops the stream without sending anything more on it.
 func (s *ServerStream) kill(cause error) {
-	s.mu.Lock()
-	if s.state == stateOpen {
-		s.state = stateKilled
-	}
-	s.mu.Unlock()
+	s.state.CompareAndSwap(stateOpen, stateKilled)
 	s.cancel(cause)
 }
 
@@ -752,11 +787,7 @@ func (s *ServerStream) serve(h Handler) {
 	if s.ctx.Err() == nil {
 		err, panicked = s.call(h)
 	}
-	s.mu.Lock()
-	open := s.state == stateOpen
-	s.state = max(s.state, stateEnded)
-	s.mu.Unlock()
-	if open {
+	if s.state.CompareAndSwap(stateOpen, stateEnded) {
 		code, msg := s.status(err, panicked)
 		s.conn.writeEnd(s.id, code, msg, true)
 		s.conn.removeStream(s.id)
@@ -789,9 +820,4 @@ func (s *ServerStream) status(err error, panicked bool) (wire.Code, string) {
 	}
 }
 
-func errStatus(err error) (wire.Code, string) {
-	if se, ok := errors.AsType[*StreamError](err); ok {
-		return se.Code, se.Message
-	}
-	return wire.CodeApplication, err.Error()
-}
+func errStatus(err error) (wire.Code, string) { return plane.Status(err) }

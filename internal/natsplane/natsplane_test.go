@@ -151,7 +151,7 @@ func TestManyConcurrentStreamsShareOneSubscription(t *testing.T) {
 	waitFor(t, "the server to forget every caller", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
-		return len(srv.peers) == 0 && srv.running == 0
+		return len(srv.peers) == 0 && srv.adm.Running() == 0
 	})
 }
 
@@ -476,7 +476,7 @@ func TestShutdownPastItsContextKillsTheRest(t *testing.T) {
 	waitFor(t, "the handler to start", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
-		return srv.running == 1
+		return srv.adm.Running() == 1
 	})
 	if err := srv.Shutdown(ctxTimeout(t, 100*time.Millisecond)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
@@ -562,7 +562,7 @@ func TestCallerThatStopsAnsweringIsKilled(t *testing.T) {
 	waitFor(t, "the handler to start", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
-		return srv.running == 1
+		return srv.adm.Running() == 1
 	})
 	time.Sleep(time.Second) // answering heartbeats keeps it alive
 	select {
@@ -711,7 +711,7 @@ func TestCloseEndsStreams(t *testing.T) {
 		waitFor(t, "the handler to start", func() bool {
 			srv.mu.Lock()
 			defer srv.mu.Unlock()
-			return srv.running == 1
+			return srv.adm.Running() == 1
 		})
 		c.Close()
 		_, err = st.Recv()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/loomrt/loom/internal/latch"
 	"github.com/loomrt/loom/internal/mux"
+	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -45,6 +46,15 @@ type ServerConfig struct {
 	// waiting is answered at once with END Overloaded. Default
 	// DefaultQueueSize; negative means no queue.
 	QueueSize int
+	// MaxStreamsPerCaller is how many streams, running and queued, one
+	// caller (one client inbox) may hold, so that one caller cannot take
+	// every handler slot. Default MaxConcurrentStreams/2 when that is at
+	// least 64; negative means no limit. Queued requests hold at most
+	// plane.DefaultMaxQueuedBytes, running ones MaxRunningBytes.
+	MaxStreamsPerCaller int
+	// MaxRunningBytes bounds the request bytes held by running streams.
+	// Default plane.DefaultMaxRunningBytes.
+	MaxRunningBytes int
 	// MaxPayload is the largest NATS message the server sends, headers
 	// included; a larger response fails in Send with mux.ErrTooLarge.
 	// Default and upper bound: the connection's nc.MaxPayload(), read at
@@ -126,10 +136,7 @@ type Server struct {
 	peers    map[string]*peer // by caller inbox (by reply subject for foreign callers)
 	draining bool
 	closed   bool
-	running  int             // admitted streams whose handler goroutine runs
-	queue    []*ServerStream // admitted streams waiting, FIFO from qhead
-	qhead    int
-	changed  chan struct{} // closed when running shrinks; for Shutdown
+	adm      *plane.Admission[*ServerStream]
 
 	handlers sync.WaitGroup // runStreams goroutines
 	hbWake   chan struct{}
@@ -145,6 +152,7 @@ type peer struct {
 	every     time.Duration            // heartbeat period; 0: no heartbeats (foreign caller)
 	nextHB    time.Time
 	lastHeard time.Time
+	adm       plane.Peer // its streams in admission
 }
 
 // NewServer subscribes to subject on nc and runs h for every stream
@@ -169,9 +177,15 @@ func NewServer(nc *nats.Conn, subject string, cfg ServerConfig, h Handler) (*Ser
 		log:      cfg.Logger,
 		hbServer: []string{escapeValue(subject)},
 		peers:    map[string]*peer{},
-		hbWake:   make(chan struct{}, 1),
-		hbStop:   make(chan struct{}),
-		hbDone:   make(chan struct{}),
+		adm: plane.NewAdmission(plane.Limits{
+			MaxRunning:      cfg.MaxConcurrentStreams,
+			QueueSize:       cfg.QueueSize,
+			MaxRunningBytes: cfg.MaxRunningBytes,
+			MaxPerPeer:      cfg.MaxStreamsPerCaller,
+		}, (*ServerStream).isKilled, (*ServerStream).release),
+		hbWake: make(chan struct{}, 1),
+		hbStop: make(chan struct{}),
+		hbDone: make(chan struct{}),
 	}
 	sub, err := nc.Subscribe(subject, s.onMsg)
 	if err != nil {
@@ -222,25 +236,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
 	s.mu.Unlock()
-	for {
-		s.mu.Lock()
-		if s.running == 0 {
-			s.mu.Unlock()
-			s.handlers.Wait()
-			s.stop()
-			return nil
-		}
-		if s.changed == nil {
-			s.changed = make(chan struct{})
-		}
-		ch := s.changed
-		s.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			s.Close()
-			return ctx.Err()
-		}
+	select {
+	case <-s.adm.Idle():
+		s.handlers.Wait()
+		s.stop()
+		return nil
+	case <-ctx.Done():
+		s.Close()
+		return ctx.Err()
 	}
 }
 
@@ -309,13 +312,6 @@ func (s *Server) killAll(cause error, msg string) {
 		if st.kill(cause) && msg != "" {
 			st.publishEnd(wire.CodeReset, msg)
 		}
-	}
-}
-
-func (s *Server) notifyLocked() {
-	if s.changed != nil {
-		close(s.changed)
-		s.changed = nil
 	}
 }
 
@@ -406,24 +402,8 @@ func (s *Server) handleOpen(m *nats.Msg) {
 		return
 	}
 	st.peer = p
-	run, refused := false, ""
-	switch {
-	case s.running < s.cfg.MaxConcurrentStreams:
-		s.running++
-		s.handlers.Add(1)
-		run = true
-	case len(s.queue)-s.qhead < s.cfg.QueueSize:
-		if s.qhead > 1024 && 2*s.qhead > len(s.queue) {
-			n := copy(s.queue, s.queue[s.qhead:])
-			clear(s.queue[n:])
-			s.queue, s.qhead = s.queue[:n], 0
-		}
-		s.queue = append(s.queue, st)
-	default:
-		refused = fmt.Sprintf("server at %s is at capacity: %d streams running, %d queued (MaxConcurrentStreams %d, QueueSize %d); retry later or elsewhere",
-			s.subject, s.running, len(s.queue)-s.qhead, s.cfg.MaxConcurrentStreams, s.cfg.QueueSize)
-	}
-	if refused == "" {
+	res, refused := s.adm.Admit(st, len(st.payload), &p.adm)
+	if res == plane.Run || res == plane.Queued {
 		p.streams[o.stream] = st
 	} else if len(p.streams) == 0 {
 		delete(s.peers, key)
@@ -436,14 +416,32 @@ func (s *Server) handleOpen(m *nats.Msg) {
 		default:
 		}
 	}
-	switch {
-	case run:
-		go s.runStreams(st)
-	case refused != "":
+	switch res {
+	case plane.Run:
+		s.start(st)
+	case plane.Queued:
+		for {
+			next, _, _, ok := s.adm.Claim()
+			if !ok {
+				break
+			}
+			s.start(next)
+		}
+	default:
+		if res == plane.RefusedPeer {
+			s.log.Warn("natsplane: caller holds its share of handler slots; refusing its new stream", "subject", s.subject, "caller", key, "streams", p.adm.Streams())
+		}
 		st.state = stateEnded
-		st.publishEnd(wire.CodeOverloaded, refused)
+		st.publishEnd(wire.CodeOverloaded, "server at "+s.subject+" is "+refused)
 		st.release()
 	}
+}
+
+// start runs st, then the queued streams its slot passes to, in a new
+// goroutine.
+func (s *Server) start(st *ServerStream) {
+	s.handlers.Add(1)
+	go s.runStreams(st)
 }
 
 // endNow answers a request that never became a stream.
@@ -491,30 +489,10 @@ func (s *Server) handleControl(kind string, m *nats.Msg) {
 // handler hands its slot to the next waiting stream.
 func (s *Server) runStreams(st *ServerStream) {
 	defer s.handlers.Done()
-	for st != nil {
+	for ok := true; ok; {
 		st.serve(s.h)
-		st = s.next()
+		st, _, _, ok = s.adm.Done(len(st.payload), &st.peer.adm)
 	}
-}
-
-func (s *Server) next() *ServerStream {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for s.qhead < len(s.queue) {
-		st := s.queue[s.qhead]
-		s.queue[s.qhead] = nil
-		s.qhead++
-		if s.qhead == len(s.queue) {
-			s.queue, s.qhead = s.queue[:0], 0
-		}
-		if !st.isKilled() {
-			return st
-		}
-		st.release()
-	}
-	s.running--
-	s.notifyLocked()
-	return nil
 }
 
 // removeStream forgets st once it has ended.
@@ -695,6 +673,10 @@ func (s *ServerStream) Payload() []byte { return s.payload }
 // (ErrConnClosed) and on Server.Close (ErrServerClosed); context.Cause
 // says which. It is not cancelled by a graceful stop: see Stopped.
 func (s *ServerStream) Context() context.Context { return s.ctx }
+
+// DerivedContext reports whether Context descends from a context the
+// server was given for the stream's path; on NATS it never does.
+func (s *ServerStream) DerivedContext() bool { return false }
 
 // Stopped returns a channel closed when the caller asks the stream to
 // stop gracefully. The handler should finish soon and return normally;

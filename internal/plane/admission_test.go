@@ -1,0 +1,149 @@
+package plane
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+type item struct {
+	id     int
+	killed atomic.Bool
+	gone   atomic.Bool
+}
+
+func newAdm(l Limits) *Admission[*item] {
+	return NewAdmission(l, func(it *item) bool { return it.killed.Load() }, func(it *item) { it.gone.Store(true) })
+}
+
+func TestAdmissionRunsThenQueuesThenRefuses(t *testing.T) {
+	a := newAdm(Limits{MaxRunning: 2, QueueSize: 1})
+	var p Peer
+	for i, want := range []Result{Run, Run, Queued, Refused} {
+		if got, msg := a.Admit(&item{id: i}, 10, &p); got != want {
+			t.Fatalf("stream %d: %v (%s), want %v", i, got, msg, want)
+		}
+	}
+	if p.Streams() != 3 {
+		t.Fatalf("peer holds %d streams, want 3 (the refused one is not held)", p.Streams())
+	}
+	st, _, _, ok := a.Done(10, &p)
+	if !ok || st.id != 2 {
+		t.Fatalf("Done handed out %v, %v; want the queued stream 2", st, ok)
+	}
+	for range 2 {
+		if _, _, _, ok := a.Done(10, &p); ok {
+			t.Fatal("Done handed out a stream with none waiting")
+		}
+	}
+	if a.Running() != 0 || p.Streams() != 0 {
+		t.Fatalf("running %d, peer %d after every stream ended; want 0, 0", a.Running(), p.Streams())
+	}
+	select {
+	case <-a.Idle():
+	default:
+		t.Fatal("Idle is not closed with nothing running")
+	}
+}
+
+func TestAdmissionBoundsWhatOnePeerHolds(t *testing.T) {
+	a := newAdm(Limits{MaxRunning: 100, QueueSize: 10})
+	var hog, other Peer
+	for i := range 50 {
+		if got, _ := a.Admit(&item{id: i}, 1, &hog); got != Run {
+			t.Fatalf("stream %d of the hog: %v, want Run", i, got)
+		}
+	}
+	if got, msg := a.Admit(&item{}, 1, &hog); got != RefusedPeer || msg == "" {
+		t.Fatalf("51st stream of one peer: %v %q, want RefusedPeer with a reason", got, msg)
+	}
+	for i := range 50 {
+		if got, _ := a.Admit(&item{id: i}, 1, &other); got != Run {
+			t.Fatalf("stream %d of another peer: %v, want Run", i, got)
+		}
+	}
+}
+
+func TestAdmissionBoundsRunningAndQueuedBytes(t *testing.T) {
+	a := newAdm(Limits{MaxRunning: 10, QueueSize: 10, MaxRunningBytes: 100, MaxQueuedBytes: 50})
+	if got, _ := a.Admit(&item{}, 80, nil); got != Run {
+		t.Fatalf("80 bytes: %v, want Run", got)
+	}
+	if got, _ := a.Admit(&item{}, 40, nil); got != Queued {
+		t.Fatalf("40 more bytes beyond the running bound: %v, want Queued", got)
+	}
+	if got, _ := a.Admit(&item{}, 20, nil); got != Refused {
+		t.Fatalf("20 more bytes beyond the queued bound: %v, want Refused", got)
+	}
+	if _, n, _, ok := a.Done(80, nil); !ok || n != 40 {
+		t.Fatalf("Done: %d bytes, %v; want the queued 40-byte stream", n, ok)
+	}
+	b := newAdm(Limits{MaxRunning: 10, MaxRunningBytes: 100})
+	if got, _ := b.Admit(&item{}, 500, nil); got != Run {
+		t.Fatalf("a request above the running bound with nothing running: %v, want Run", got)
+	}
+}
+
+func TestAdmissionDropsKilledWaiters(t *testing.T) {
+	a := newAdm(Limits{MaxRunning: 1, QueueSize: 2})
+	var p Peer
+	a.Admit(&item{id: 0}, 1, &p)
+	dead, live := &item{id: 1}, &item{id: 2}
+	a.Admit(dead, 1, &p)
+	a.Admit(live, 1, &p)
+	dead.killed.Store(true)
+	st, _, _, ok := a.Done(1, &p)
+	if !ok || st != live || !dead.gone.Load() {
+		t.Fatalf("Done handed out %v (ok %v), killed one discarded %v; want the live one and the killed one discarded", st, ok, dead.gone.Load())
+	}
+	if p.Streams() != 1 {
+		t.Fatalf("peer holds %d, want 1", p.Streams())
+	}
+}
+
+// Streams admitted while others finish are never stranded in the queue:
+// every admitted stream runs, whatever the interleaving.
+func TestAdmissionNeverStrandsAQueuedStream(t *testing.T) {
+	a := newAdm(Limits{MaxRunning: 2, QueueSize: 1 << 20})
+	var ran atomic.Int64
+	var wg sync.WaitGroup
+	var run func(st *item, bytes int, p *Peer)
+	run = func(st *item, bytes int, p *Peer) {
+		defer wg.Done()
+		for ok := true; ok; {
+			ran.Add(1)
+			st, bytes, p, ok = a.Done(bytes, p)
+		}
+	}
+	const n = 2000
+	var admitters sync.WaitGroup
+	for g := range 4 {
+		admitters.Go(func() {
+			for i := range n / 4 {
+				st := &item{id: g*n + i}
+				switch res, _ := a.Admit(st, 1, nil); res {
+				case Run:
+					wg.Add(1)
+					go run(st, 1, nil)
+				case Queued:
+					for {
+						next, b, p, ok := a.Claim()
+						if !ok {
+							break
+						}
+						wg.Add(1)
+						go run(next, b, p)
+					}
+				default:
+					t.Errorf("stream refused: %v", res)
+				}
+			}
+		})
+	}
+	admitters.Wait()
+	<-a.Idle()
+	wg.Wait()
+	if ran.Load() != n {
+		t.Fatalf("%d of %d admitted streams ran", ran.Load(), n)
+	}
+}
