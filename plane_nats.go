@@ -26,6 +26,8 @@ func (rt *Runtime) startNATSPlane(ctx context.Context) (string, error) {
 	srv, err := natsplane.NewServer(nc, natsSubject(rt.id), natsplane.ServerConfig{
 		MaxConcurrentStreams: rc.MaxConcurrentStreams,
 		QueueSize:            rc.QueueSize,
+		MaxStreamsPerCaller:  rc.MaxStreamsPerConn,
+		MaxRunningBytes:      rc.MaxRunningBytes,
 		Logger:               rt.log,
 	}, natsplane.HandlerFunc(func(s *natsplane.ServerStream) error { return serveStream(rt, s) }))
 	if err != nil {

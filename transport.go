@@ -112,6 +112,8 @@ func (rt *Runtime) startTCP(ctx context.Context) error {
 		MaxFrameSize:         rc.MaxFrameSize,
 		MaxConcurrentStreams: rc.MaxConcurrentStreams,
 		QueueSize:            rc.QueueSize,
+		MaxStreamsPerConn:    rc.MaxStreamsPerConn,
+		MaxRunningBytes:      rc.MaxRunningBytes,
 		KeepaliveInterval:    rc.KeepaliveInterval,
 		KeepaliveTimeout:     rc.KeepaliveTimeout,
 		TLS:                  tlsCfg,

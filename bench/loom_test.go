@@ -43,6 +43,9 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 	defer cancel()
 	cfg := config.Default()
 	cfg.Client.LocalFastPath = false
+	// BenchmarkIdleStreams opens 10,000 streams through one connection,
+	// more than a connection's default share of the server's slots.
+	cfg.RequestPlane.MaxStreamsPerConn = -1
 	store := memory.NewStore()
 	log := slog.New(slog.DiscardHandler)
 	lp := &loomPeer{}

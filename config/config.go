@@ -110,6 +110,8 @@ type RequestPlane struct {
 	Codec                string        `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of requests and responses served by this process."`
 	MaxConcurrentStreams int           `key:"max_concurrent_streams" default:"10000" min:"1" doc:"Requests this process serves at once over the network; more wait in the queue."`
 	QueueSize            int           `key:"queue_size" default:"1024" min:"-1" doc:"Requests that may wait for a slot; beyond it a request is refused at once with ErrOverloaded (retried elsewhere). -1: no queue."`
+	MaxStreamsPerConn    int           `key:"max_streams_per_conn" default:"0" min:"-1" doc:"Requests, running and queued, one client connection (one NATS caller) may hold, so that one client cannot take every slot; beyond it its requests are refused with ErrOverloaded. 0: half of max_concurrent_streams when that is 64 or more, else no limit; -1: no limit."`
+	MaxRunningBytes      int           `key:"max_running_bytes" default:"268435456" min:"1" doc:"Request bytes held by running requests; beyond it new requests wait in the queue (which holds at most 64 MiB)."`
 	ConnsPerHost         int           `key:"conns_per_host" default:"1" min:"1" max:"64" doc:"TCP connections a client keeps to each instance address; streams share them."`
 	MaxFrameSize         int           `key:"max_frame_size" default:"4194304" min:"65536" max:"67108864" doc:"Largest frame accepted, so the largest request or response item, in bytes."`
 	KeepaliveInterval    time.Duration `key:"keepalive_interval" default:"5s" doc:"Silence on a connection before a ping; negative disables keepalive."`
