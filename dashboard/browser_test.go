@@ -9,9 +9,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/dashboard"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/browsertest"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -28,55 +27,9 @@ import (
 // target, measured from the change to the DOM condition holding.
 const live = time.Second
 
-// browser starts headless Chromium on a fresh profile and returns a tab.
-func browser(t *testing.T) context.Context {
-	t.Helper()
-	path := ""
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			path = p
-			break
-		}
-	}
-	if path == "" {
-		t.Fatal("the browser tests need Chromium: apt-get install -y chromium (Debian), or run go test without -tags browser")
-	}
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(path), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck, chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1400, 1000),
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("disable-background-timer-throttling", true),
-		chromedp.Flag("disable-renderer-backgrounding", true),
-	}
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancel := chromedp.NewContext(actx)
-	t.Cleanup(func() {
-		cancel()
-		cancelAlloc()
-	})
-	return ctx
-}
-
-// waitDOM waits until the JavaScript condition holds in the page, for at
-// most d, and says how long it took.
 func waitDOM(t *testing.T, ctx context.Context, d time.Duration, what, cond string) time.Duration {
 	t.Helper()
-	start := time.Now()
-	for {
-		left := d - time.Since(start)
-		_, err := chromedp.Run(ctx, chromedp.Poll[bool](cond, chromedp.WithPollingTimeout(max(left, time.Millisecond))))
-		if err == nil {
-			return time.Since(start)
-		}
-		// The page's JavaScript context can be replaced under a poll
-		// that started while it loaded; poll again in the new one.
-		if strings.Contains(err.Error(), "Cannot find context") && time.Since(start) < d {
-			continue
-		}
-		html, _ := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("topology").innerText`))
-		t.Fatalf("%s: not within %s (%v); topology shows:\n%s", what, d, err, html)
-	}
+	return browsertest.WaitDOM(t, ctx, d, what, cond, "topology")
 }
 
 func row(id uint64) string {
@@ -88,7 +41,7 @@ func row(id uint64) string {
 func TestBrowserLive(t *testing.T) {
 	s := newSystem(t)
 	srv := s.dashboard(dashboard.Config{Interval: 250 * time.Millisecond})
-	ctx := browser(t)
+	ctx := browsertest.Start(t)
 	// The first action starts the browser; a cold start on a busy machine
 	// is slow, and is not what is measured.
 	if err := chromedp.Do(ctx, chromedp.Navigate(srv.URL())); err != nil {

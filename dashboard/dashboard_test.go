@@ -344,6 +344,24 @@ func TestQueues(t *testing.T) {
 	if qi.Name != "dash_jobs" || qi.Pending != 3 || qi.DeadLetters != 0 || st.Totals.QueueJobs != 3 || st.Totals.DeadLetters != 0 {
 		t.Errorf("queue %+v totals %+v", qi, st.Totals)
 	}
+	// Looking at a queue that no worker consumes yet costs the server no
+	// API error: the count stays put over several looks.
+	// (The count is taken after a few looks, once the system's start-up
+	// calls are done.)
+	apiTotal := func(st dashboard.State) uint64 {
+		if st.NATS.JetStream == nil {
+			return 0
+		}
+		return st.NATS.JetStream.APITotal
+	}
+	st = waitState(t, srv, 5*time.Second, "JetStream's API counts", func(st dashboard.State) bool { return apiTotal(st) > 0 })
+	first := apiTotal(st)
+	st = waitState(t, srv, 5*time.Second, "a few looks", func(st dashboard.State) bool { return apiTotal(st) > first+10 })
+	errs, total := st.NATS.JetStream.APIErrors, st.NATS.JetStream.APITotal
+	waitState(t, srv, 5*time.Second, "more looks", func(st dashboard.State) bool { return apiTotal(st) > total+10 })
+	if st = getState(t, srv); st.NATS.JetStream.APIErrors != errs {
+		t.Errorf("JetStream API errors went from %d to %d while the dashboard looked at the queue", errs, st.NATS.JetStream.APIErrors)
+	}
 }
 
 // The NATS view reads the monitoring endpoint and JetStream.

@@ -105,7 +105,14 @@ func inspect(ctx context.Context, js jetstream.JetStream, name string) (Info, er
 		info.Subject = queueSubject(si)
 	}
 	info.MaxDeliver, _ = strconv.Atoi(md[metaMaxDeliver])
-	if info.Group != "" {
+	switch {
+	case info.Group == "":
+	case si.State.Consumers == 0:
+		// No worker has started yet: every job is pending. (Asking for
+		// the consumer would count a not-found in the server's JetStream
+		// API errors at every look, and dashboards look every second.)
+		info.Pending = si.State.Msgs
+	default:
 		if c, err := st.Consumer(ctx, info.Group); err == nil {
 			ci := c.CachedInfo()
 			info.Pending = ci.NumPending

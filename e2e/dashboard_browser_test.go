@@ -1,0 +1,90 @@
+//go:build browser
+
+package e2e
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/loomrt/loom/internal/browsertest"
+)
+
+// live is how soon the page must show a server that started or stopped:
+// the issue's target, measured here from the server printing that it
+// serves (it is registered) and from its SIGTERM.
+const live = time.Second
+
+// TestBrowserDashboardFollowsProcesses runs what an operator runs — loom
+// up, two hello servers with its environment and loom dashboard, as
+// processes — and watches the page in headless Chromium: each server is
+// listed within a second of registering, and one that gets SIGTERM leaves
+// within a second, without a reload.
+func TestBrowserDashboardFollowsProcesses(t *testing.T) {
+	c := up(t, "etcd")
+	env := append(c.componentEnv(10*time.Second), "LOOM_STATUS_PORT=-1")
+	dash := start(t, env, "loom", "dashboard", "--addr", "127.0.0.1:0", "--nats-monitor", "off")
+	url := waitStderr(t, dash, regexp.MustCompile(`loom dashboard: (http://\S+) `))
+
+	ctx := browsertest.Start(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(url)); err != nil {
+		t.Fatal(err)
+	}
+	browsertest.WaitDOM(t, ctx, 30*time.Second, "the page is live", `document.getElementById("conn").textContent === "live" && document.getElementById("topology").innerText.includes("No instances")`, "topology")
+
+	var servers []*proc
+	var ids []string
+	for i := 1; i <= 2; i++ {
+		s := start(t, env, "hello", "server")
+		line := s.waitLine("serving hello/greeter/greet as instance ", 30*time.Second)
+		id := strings.TrimPrefix(line, "serving hello/greeter/greet as instance ")
+		took := browsertest.WaitDOM(t, ctx, live, fmt.Sprintf("server %d (%s) is listed", i, id),
+			fmt.Sprintf(`document.querySelector('tr.inst[data-instance="%s"]') !== null && document.querySelectorAll("tr.inst").length === %d`, id, i), "topology")
+		t.Logf("server %d (%s) listed %s after it said it serves", i, id, took)
+		servers, ids = append(servers, s), append(ids, id)
+	}
+	// The page reads each server's status server: both ready, with load data.
+	browsertest.WaitDOM(t, ctx, 10*time.Second, "both servers ready", `document.querySelectorAll("tr.inst .state.ready").length === 2`, "topology")
+
+	servers[0].signal(syscall.SIGTERM)
+	took := browsertest.WaitDOM(t, ctx, live, "the stopped server leaves",
+		fmt.Sprintf(`document.querySelector('tr.inst[data-instance="%s"]') === null && document.querySelector('tr.inst[data-instance="%s"]') !== null`, ids[0], ids[1]), "topology")
+	t.Logf("server %s gone %s after SIGTERM", ids[0], took)
+	if code := servers[0].wait(20 * time.Second); code != 0 {
+		t.Errorf("the stopped server exited %d", code)
+	}
+	servers[1].signal(syscall.SIGTERM)
+	servers[1].wait(20 * time.Second)
+	dash.signal(syscall.SIGTERM)
+	if code := dash.wait(20 * time.Second); code != 0 {
+		_, errOut := dash.output()
+		t.Errorf("loom dashboard exited %d; stderr:\n%s", code, errOut)
+	}
+	c.stop()
+}
+
+// waitStderr waits for a line of p's standard error matching re and
+// returns its first group.
+func waitStderr(t *testing.T, p *proc, re *regexp.Regexp) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		_, errOut := p.output()
+		if m := re.FindStringSubmatch(errOut); m != nil {
+			return m[1]
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("%s exited (%v) before printing %s; stderr:\n%s", p.name, p.err, re, errOut)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	_, errOut := p.output()
+	t.Fatalf("%s did not print %s within 30s; stderr:\n%s", p.name, re, errOut)
+	return ""
+}
