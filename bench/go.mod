@@ -11,6 +11,7 @@ require (
 	github.com/loomrt/loom v0.0.0-00010101000000-000000000000
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
+	go.opentelemetry.io/otel/sdk v1.45.0
 	go.uber.org/goleak v1.3.0
 	google.golang.org/grpc v1.83.2
 )
