@@ -345,6 +345,47 @@ func TestRunCountsAHungRequestUnfinished(t *testing.T) {
 	}
 }
 
+func TestRunClassifiesBrokenStreams(t *testing.T) {
+	s := newSSEServer(t)
+	s.broken = func(n int64) string {
+		switch n {
+		case 1:
+			return "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n" // no [DONE]
+		case 2:
+			return "data: {not json\n\n"
+		case 3:
+			return "data: {\"error\":{\"message\":\"worker failed\",\"type\":\"server_error\"}}\n\n"
+		}
+		return ""
+	}
+	wl, _ := Unique(UniqueConfig{InputTokens: 4, OutputTokens: 2})
+	res, err := Run(context.Background(), Config{URL: s.URL, Workload: wl, Requests: 4, Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{ErrKindNoDone: 1, ErrKindStream: 1, ErrKindServer: 1}
+	if len(res.Errors) != 3 || res.Errors[ErrKindNoDone] != 1 || res.Errors[ErrKindStream] != 1 || res.Errors[ErrKindServer] != 1 || res.Completed != 1 {
+		t.Errorf("errors %v, completed %d; want %v and 1 completed", res.Errors, res.Completed, want)
+	}
+	if !strings.Contains(res.ErrorSamples[ErrKindServer], "worker failed") {
+		t.Errorf("error sample %q, want the server's message", res.ErrorSamples[ErrKindServer])
+	}
+}
+
+func TestRunCountsConnectFailures(t *testing.T) {
+	s := newSSEServer(t)
+	url := s.URL
+	s.Close() // nothing listens there now
+	wl, _ := Unique(UniqueConfig{InputTokens: 4, OutputTokens: 2})
+	res, err := Run(context.Background(), Config{URL: url, Model: "mock-model", Workload: wl, Requests: 3, Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Errors[ErrKindConnect] != 3 || res.Completed != 0 {
+		t.Errorf("errors %v, completed %d; want 3 connect errors", res.Errors, res.Completed)
+	}
+}
+
 func TestRunReplaysATrace(t *testing.T) {
 	s := newSSEServer(t)
 	recs := []TraceRecord{{0, 40, 3, 1}, {5, 20, 2, 1}, {10, 30, 1, -1}, {30, 25, 2, 1}}

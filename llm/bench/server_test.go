@@ -21,9 +21,10 @@ type sseServer struct {
 	seen    map[string]bool
 	reqs    []chatRequest
 	n       atomic.Int64
-	status  func(n int64) int  // HTTP status for the n-th request (from 1); 0 = 200
-	hang    func(n int64) bool // never end the n-th request's stream
-	release chan struct{}      // closed when the test ends, ending hung streams
+	status  func(n int64) int    // HTTP status for the n-th request (from 1); 0 = 200
+	hang    func(n int64) bool   // never end the n-th request's stream
+	broken  func(n int64) string // replace the n-th request's stream with this body
+	release chan struct{}        // closed when the test ends, ending hung streams
 }
 
 func newSSEServer(t *testing.T) *sseServer {
@@ -69,6 +70,12 @@ func (s *sseServer) chat(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set(headerWorker, fmt.Sprintf("w%d", n%2))
 	fl := w.(http.Flusher)
+	if s.broken != nil {
+		if body := s.broken(n); body != "" {
+			fmt.Fprint(w, body)
+			return
+		}
+	}
 	if s.hang != nil && s.hang(n) {
 		fmt.Fprint(w, "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n")
 		fl.Flush()
