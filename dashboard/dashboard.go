@@ -96,7 +96,8 @@ type Dashboard struct {
 
 // New starts watching the system rt is connected to: its discovery, its
 // NATS server (queues, JetStream, events) and the status servers the
-// instance records name. rt should serve nothing itself. Close stops it.
+// instance records name. rt should serve nothing itself. It watches until
+// ctx ends or Close is called; Close waits for its goroutines.
 func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Dashboard, error) {
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultInterval
@@ -121,14 +122,14 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Dashboard, error) 
 		rateHistory: map[string][]Num{},
 		clients:     map[chan []byte]struct{}{},
 	}
-	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.ctx, d.cancel = context.WithCancel(ctx)
 	events, err := rt.Discovery().Watch(d.ctx, discovery.Query{})
 	if err != nil {
 		d.cancel()
 		return nil, fmt.Errorf("dashboard: watch discovery (%s): %w", rt.Config().Discovery.Backend, err)
 	}
 	d.nats = unknownNATS(rt.Config().NATS.URL)
-	d.events = newEventWatch(cfg.NoEvents)
+	d.events = newEventWatch(d.ctx, cfg.NoEvents)
 	d.latest = d.build()
 	d.routes()
 	d.wg.Add(3)

@@ -467,3 +467,39 @@ func TestMountedUnderAPath(t *testing.T) {
 		}
 	}
 }
+
+// The dashboard stops watching when its context ends: the pages' streams
+// end.
+func TestStopsWithItsContext(t *testing.T) {
+	s := newSystem(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d, err := dashboard.New(ctx, s.runtime(), dashboard.Config{NATSMonitorURL: "off"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := dashboard.Listen(d, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	resp, err := http.Get(srv.URL() + "/api/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	ended := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, resp.Body)
+		ended <- err
+	}()
+	cancel()
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Errorf("stream ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream did not end within 5s of the context")
+	}
+}

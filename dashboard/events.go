@@ -48,9 +48,9 @@ type pubTrack struct {
 	atTick uint64 // Events at the last tick
 }
 
-func newEventWatch(disabled bool) *eventWatch {
+func newEventWatch(ctx context.Context, disabled bool) *eventWatch {
 	w := &eventWatch{disabled: disabled, pubs: map[uint64]*pubTrack{}, rate: unknown}
-	w.ctx, w.cancel = context.WithCancel(context.Background())
+	w.ctx, w.cancel = context.WithCancel(ctx)
 	return w
 }
 
