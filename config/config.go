@@ -181,7 +181,7 @@ type Events struct {
 	Codec        string          `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of the events this process publishes; subscribers read both."`
 	Envelope     string          `key:"envelope" default:"dynamo" enum:"dynamo,compact" doc:"Form of a MessagePack envelope this process publishes: dynamo (Dynamo's named map, milliseconds; Dynamo subscribers read it) or compact (Loom's positional array, 60 bytes shorter, Loom subscribers only); subscribers read both."`
 	BufferSize   int             `key:"buffer_size" default:"4096" min:"1" doc:"Events a subscription holds for a slow reader before events.overflow applies; with jetstream, the events delivered and not yet acknowledged."`
-	Overflow     string          `key:"overflow" default:"drop_oldest" enum:"drop_oldest,drop_newest,block" doc:"What a full subscription buffer does: drop_oldest or drop_newest (counted as dropped), or block (push back into the transport, whose own bounded buffer then loses events, counted as lost). jetstream always pushes back."`
+	Overflow     string          `key:"overflow" default:"drop_oldest" enum:"drop_oldest,drop_newest,block" doc:"What a full subscription buffer does: drop_oldest or drop_newest (counted as dropped), or block (push back into the transport, whose own bounded buffer then drops events: counted as dropped on nats, by the publisher on zmq). jetstream always pushes back."`
 	MaxEventSize int             `key:"max_event_size" default:"1048576" min:"1024" max:"67108864" doc:"Largest encoded event in bytes: Publish refuses larger ones, subscribers count them as malformed."`
 	ZMQ          EventsZMQ       `key:"zmq"`
 	JetStream    EventsJetStream `key:"jetstream"`

@@ -243,11 +243,12 @@ func (r *ring) unpop(items []item) (dropped int) {
 	return dropped
 }
 
-// len returns the events waiting.
+// len returns the events waiting: buffered, and held by pushers blocked
+// for room.
 func (r *ring) len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.events
+	return r.events + r.pusherWaiting
 }
 
 // close ends the ring: pop returns err once the items are drained (nil

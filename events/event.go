@@ -98,8 +98,10 @@ func (e *LossError) merge(o LossError) {
 	e.Dropped += o.Dropped
 }
 
-// Stats counts what a subscription received and what it lost. Received =
-// Delivered + Dropped + malformed payloads + events waiting (Buffered).
+// Stats counts what a subscription received and what it lost. Every event
+// published to it is, at any moment, delivered, dropped, lost or waiting:
+// published = Delivered + Dropped + Lost + Buffered (+ malformed), up to the
+// events still on the network.
 type Stats struct {
 	// Received counts events accepted: not duplicates, not malformed.
 	Received uint64
@@ -114,12 +116,16 @@ type Stats struct {
 	// Duplicates counts events that arrived again; not delivered twice.
 	Duplicates uint64
 	// Dropped counts events that arrived but were dropped by the full
-	// buffer (events.overflow).
+	// buffer (events.overflow), and on core NATS those the NATS client
+	// dropped from its own full buffer in front of it (counted when the
+	// client drops them).
 	Dropped uint64
 	// Malformed counts messages that were not events or whose payload did
 	// not decode; skipped.
 	Malformed uint64
-	// Buffered is the events waiting in the buffer now.
+	// Buffered is the events waiting now: in the buffer, held by a
+	// transport waiting for room (Block), and on core NATS in the NATS
+	// client's buffer before it.
 	Buffered int
 	// Publishers is the publishers being tracked now.
 	Publishers int

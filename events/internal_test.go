@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -166,10 +167,14 @@ func TestRingBlocksUntilRoomAndCloseReleases(t *testing.T) {
 	r.push(item{})
 	pushed := make(chan bool)
 	go func() { pushed <- r.push(item{}) }()
+	waitPusher(t, r)
 	select {
 	case <-pushed:
 		t.Fatal("push into a full blocking ring returned")
-	case <-time.After(20 * time.Millisecond):
+	default:
+	}
+	if n := r.len(); n != 3 {
+		t.Fatalf("a full ring of 2 with a blocked push holds %d, want 3", n)
 	}
 	if got, _ := r.pop(make([]item, 0, 1)); len(got) != 1 {
 		t.Fatalf("popped %d", len(got))
@@ -178,7 +183,7 @@ func TestRingBlocksUntilRoomAndCloseReleases(t *testing.T) {
 		t.Fatal("a blocked push reported a drop")
 	}
 	go func() { pushed <- r.push(item{}) }()
-	time.Sleep(10 * time.Millisecond)
+	waitPusher(t, r)
 	r.close(nil)
 	<-pushed
 	got, err := r.pop(make([]item, 0, 8))
@@ -187,6 +192,23 @@ func TestRingBlocksUntilRoomAndCloseReleases(t *testing.T) {
 	}
 	if _, err := r.pop(make([]item, 0, 8)); !errors.Is(err, errRingClosed) {
 		t.Fatalf("drained closed ring: %v", err)
+	}
+}
+
+// waitPusher waits until a push is blocked for room in r.
+func waitPusher(t *testing.T, r *ring) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		r.mu.Lock()
+		n := r.pusherWaiting
+		r.mu.Unlock()
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no push blocked for room after 10s")
+		}
+		runtime.Gosched()
 	}
 }
 
@@ -208,12 +230,13 @@ func TestRingUnpopPutsBackInOrder(t *testing.T) {
 
 func TestWallClockFollowsTheWallClock(t *testing.T) {
 	var c wallClock
-	for range 5 {
+	// Read it across several re-anchorings, as a publisher does.
+	for end := time.Now().Add(3 * clockAnchor); time.Now().Before(end); {
 		got := c.now()
 		if d := time.Now().UnixNano() - got; d < 0 || d > int64(50*time.Millisecond) {
 			t.Fatalf("wall clock off by %v", time.Duration(d))
 		}
-		time.Sleep(30 * time.Millisecond)
+		runtime.Gosched()
 	}
 }
 

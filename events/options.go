@@ -27,11 +27,14 @@ const (
 	// DropNewest drops the event that does not fit, and counts it.
 	DropNewest Overflow = "drop_newest"
 	// Block makes the transport wait for room. On core NATS the wait
-	// pushes back into the NATS client's own bounded buffer, which drops
-	// the newest messages when it fills (they are counted as lost); on
-	// ZeroMQ it pushes back to the publisher, which drops for this
-	// subscriber past events.zmq.send_queue (counted as lost). JetStream
-	// subscriptions always work this way, and lose nothing.
+	// pushes back into the NATS client's own bounded buffer (65536
+	// messages, 64 MiB), which drops the newest messages when it fills:
+	// they are counted as dropped at once (Stats, metrics), and a gap they
+	// leave is not counted again as lost. On ZeroMQ it pushes back to the
+	// publisher, which drops for this subscriber past
+	// events.zmq.send_queue: the publisher counts them at once, the
+	// subscription as lost when the publisher's next event shows the gap.
+	// JetStream subscriptions always work this way, and lose nothing.
 	Block Overflow = "block"
 )
 

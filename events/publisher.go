@@ -314,3 +314,21 @@ func (c *pubCore) shutdown(ctx context.Context) error {
 }
 
 var errNoSubscriberCount = fmt.Errorf("events: this transport does not know its subscribers: %w", errors.ErrUnsupported)
+
+// PublisherStats counts what a publisher published.
+type PublisherStats struct {
+	// Published counts events handed to the transport.
+	Published uint64
+	// Errors counts Publish calls that failed.
+	Errors uint64
+	// Dropped counts, on ZeroMQ, events dropped for a subscriber whose
+	// send queue was full (events.zmq.send_queue), once per subscriber;
+	// that subscriber counts them as lost when a later event arrives.
+	Dropped uint64
+}
+
+// Stats returns what the publisher has published and dropped so far.
+func (p *Publisher[T]) Stats() PublisherStats {
+	c := p.c
+	return PublisherStats{Published: c.published.Load(), Errors: c.errors.Load(), Dropped: c.dropped.Load()}
+}

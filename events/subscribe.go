@@ -30,6 +30,16 @@ type source interface {
 	close() error
 }
 
+// clientQueue is a client library's own buffer in front of a
+// subscription's ring, which may drop messages before the subscription
+// sees them (the NATS client's pending limits).
+type clientQueue interface {
+	// dropped counts the messages the client dropped so far.
+	dropped() uint64
+	// pending counts the messages waiting in the client's buffer.
+	pending() int
+}
+
 // subCore is the part of a subscription that does not depend on T.
 type subCore struct {
 	rt         *loom.Runtime
@@ -45,6 +55,11 @@ type subCore struct {
 	ring    *ring       // core NATS and ZeroMQ
 	durable *durableSub // JetStream
 	src     source
+	client  clientQueue // core NATS: the client's buffer before the ring
+
+	// attributed counts the client's drops already matched to sequence
+	// gaps: those gaps are not counted as lost again.
+	attributed atomic.Uint64
 
 	// Counters written by the transport's goroutine, then by the
 	// reader's, on separate cache lines.
@@ -199,10 +214,20 @@ func (c *subCore) account(subject string, env *Envelope) bool {
 		c.duplicates.Add(1)
 		return false
 	case gap:
-		c.lost.Add(skipped)
+		// Events the client dropped are already counted as dropped; a gap
+		// is lost only for what they do not explain.
+		var byClient uint64
+		if c.client != nil {
+			byClient = c.attribute(skipped)
+		}
+		c.lost.Add(skipped - byClient)
 		c.gap(subject, env, from)
 		if c.lossErrors && c.ring != nil {
-			c.ring.notice(LossError{PublisherID: env.PublisherID, Subject: subject, From: from, Lost: skipped})
+			n := LossError{PublisherID: env.PublisherID, Subject: subject, From: from, Lost: skipped - byClient, Dropped: byClient}
+			if byClient != 0 {
+				n.PublisherID, n.Subject, n.From = 0, "", 0
+			}
+			c.ring.notice(n)
 		}
 		c.logLoss()
 	case late:
@@ -217,6 +242,17 @@ func (c *subCore) gap(subject string, env *Envelope, expected uint64) {
 	if c.onGap != nil {
 		c.onGap(Gap{Subject: subject, PublisherID: env.PublisherID, InstanceID: env.InstanceID, Expected: expected, Got: env.Sequence})
 	}
+}
+
+// attribute matches up to skipped of the client's drops not yet matched to
+// a gap, and returns how many it matched. Called on the one goroutine the
+// NATS client runs the subscription's callback on.
+func (c *subCore) attribute(skipped uint64) uint64 {
+	done := c.attributed.Load()
+	open := c.client.dropped() - done
+	n := min(skipped, open)
+	c.attributed.Store(done + n)
+	return n
 }
 
 // logEvery bounds how often a subscription logs its losses and
@@ -277,9 +313,19 @@ func (c *subCore) close(err error) (first bool, closeErr error) {
 func (c *subCore) counts() metrics.EventSubscriptionCounts {
 	return metrics.EventSubscriptionCounts{
 		Received: c.received.Load(), Delivered: c.delivered.Load(), Lost: c.lost.Load(),
-		Reordered: c.reordered.Load(), Duplicates: c.duplicates.Load(), Dropped: c.dropped.Load(),
+		Reordered: c.reordered.Load(), Duplicates: c.duplicates.Load(), Dropped: c.droppedAll(),
 		Malformed: c.malformed.Load(),
 	}
+}
+
+// droppedAll counts the events dropped by the ring and by the client's
+// buffer before it.
+func (c *subCore) droppedAll() uint64 {
+	n := c.dropped.Load()
+	if c.client != nil {
+		n += c.client.dropped()
+	}
+	return n
 }
 
 func (c *subCore) stats() Stats {
@@ -289,7 +335,7 @@ func (c *subCore) stats() Stats {
 		Delivered:  c.delivered.Load(),
 		Reordered:  reordered,
 		Duplicates: c.duplicates.Load(),
-		Dropped:    c.dropped.Load(),
+		Dropped:    c.droppedAll(),
 		Malformed:  c.malformed.Load(),
 		Publishers: c.track.publishers(),
 	}
@@ -298,6 +344,9 @@ func (c *subCore) stats() Stats {
 	}
 	if c.ring != nil {
 		s.Buffered = c.ring.len()
+	}
+	if c.client != nil {
+		s.Buffered += c.client.pending()
 	}
 	return s
 }

@@ -219,13 +219,20 @@ func subscribeJetStream(ctx context.Context, rt *loom.Runtime, c *subCore, o opt
 		}
 		return nil, fmt.Errorf("events: JetStream %s for %s: %w", what, c.pattern, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(o.bufferSize, 512)))
+	// A short pull expiry: the client notices a pull request the server no
+	// longer holds (seen under load: the consumer has events, no request
+	// waits, and the client counts its own as outstanding) after two
+	// missed heartbeats, half the expiry, instead of after 30s.
+	it, err := cons.Messages(jetstream.PullMaxMessages(min(o.bufferSize, 512)), jetstream.PullExpiry(pullExpiry))
 	if err != nil {
 		return nil, fmt.Errorf("events: JetStream consumer for %s: %w", c.pattern, err)
 	}
 	return &durableSub{c: c, js: js, stream: stream, cons: cons, it: it,
 		name: cons.CachedInfo().Name, ephemeral: o.durable == ""}, nil
 }
+
+// pullExpiry is how long a subscription's pull request lasts.
+const pullExpiry = 5 * time.Second
 
 // held is an event the reader took but did not get to (it broke out of
 // the loop at a loss notice before it): the next loop starts with it.

@@ -64,7 +64,8 @@ func flush(ctx context.Context, nc *nats.Conn) error {
 
 // natsPendingMsgs bounds the NATS client's own buffer in front of a
 // subscription's: it only fills when the overflow policy is Block (or the
-// callback cannot keep up with decoding), and what it drops shows as lost.
+// callback cannot keep up with decoding). What the client drops there is
+// counted as dropped as soon as it happens (see natsSource.dropped).
 const (
 	natsPendingMsgs  = 65536
 	natsPendingBytes = 64 << 20
@@ -72,10 +73,17 @@ const (
 
 type natsSource struct {
 	c       *subCore
-	sub     *nats.Subscription
+	sub     atomic.Pointer[nats.Subscription]
 	closed  <-chan nats.SubStatus
 	watcher chan struct{} // closed when the status watcher returns
 	ended   atomic.Bool   // the watcher saw the subscription end
+
+	// inCallback is 1 while the callback runs: the client still counts
+	// that message as pending.
+	inCallback atomic.Int64
+	// seenDropped is the client's drop count last read, kept because the
+	// client forgets it once the subscription ends.
+	seenDropped atomic.Uint64
 }
 
 func subscribeNATS(ctx context.Context, rt *loom.Runtime, c *subCore, o options) (*natsSource, error) {
@@ -83,16 +91,56 @@ func subscribeNATS(ctx context.Context, rt *loom.Runtime, c *subCore, o options)
 	if err != nil {
 		return nil, fmt.Errorf("events: the nats transport needs NATS (nats.url, NATS_SERVER): %w", err)
 	}
-	sub, err := nc.Subscribe(c.pattern, func(m *nats.Msg) { c.receive(m.Subject, m.Header, m.Data) })
+	s := &natsSource{c: c, watcher: make(chan struct{})}
+	c.client = s
+	sub, err := nc.Subscribe(c.pattern, func(m *nats.Msg) {
+		s.inCallback.Store(1)
+		c.receive(m.Subject, m.Header, m.Data)
+		s.inCallback.Store(0)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("events: subscribe to %s: %w", c.pattern, err)
 	}
+	s.sub.Store(sub)
 	_ = sub.SetPendingLimits(max(natsPendingMsgs, o.bufferSize), natsPendingBytes)
 	if err := flush(ctx, nc); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("events: subscribe to %s: NATS server did not confirm: %w", c.pattern, err)
 	}
-	return &natsSource{c: c, sub: sub, closed: sub.StatusChanged(nats.SubscriptionClosed), watcher: make(chan struct{})}, nil
+	s.closed = sub.StatusChanged(nats.SubscriptionClosed)
+	return s, nil
+}
+
+// dropped returns how many messages the NATS client dropped because its
+// buffer for this subscription was full (its slow-consumer path). Those
+// messages never reach the callback, so this is the only place they show
+// before a later event reveals the gap they left.
+func (s *natsSource) dropped() uint64 {
+	if sub := s.sub.Load(); sub != nil {
+		if n, err := sub.Dropped(); err == nil {
+			for {
+				seen := s.seenDropped.Load()
+				if uint64(n) <= seen || s.seenDropped.CompareAndSwap(seen, uint64(n)) {
+					break
+				}
+			}
+		}
+	}
+	return s.seenDropped.Load()
+}
+
+// pending returns the messages waiting in the NATS client's buffer, not
+// counting the one the callback is handling.
+func (s *natsSource) pending() int {
+	sub := s.sub.Load()
+	if sub == nil {
+		return 0
+	}
+	n, _, err := sub.Pending()
+	if err != nil {
+		return 0
+	}
+	return max(n-int(s.inCallback.Load()), 0)
 }
 
 // start watches the subscription: one the client closes (the connection
@@ -111,7 +159,8 @@ func (s *natsSource) start() {
 }
 
 func (s *natsSource) close() error {
-	err := s.sub.Unsubscribe()
+	s.dropped() // the client forgets it after Unsubscribe
+	err := s.sub.Load().Unsubscribe()
 	if err == nats.ErrConnectionClosed || err == nats.ErrBadSubscription {
 		err = nil
 	}
