@@ -410,7 +410,10 @@ func hint(err error) error {
 // back those not started, and lets its running handlers finish and settle;
 // then the connections the bus opened are drained and closed. If ctx ends
 // first, running handlers' contexts are cancelled, Shutdown waits for them
-// to return and returns ctx's error. Later calls return nil.
+// to return and returns ctx's error; a JetStream consumer waits at most
+// workqueue.ShutdownGrace for them and reports those still running (they
+// ignore their context) in a *workqueue.AbandonedError, without waiting
+// for them. Later calls return nil.
 func (b *Bus) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	if b.closed {

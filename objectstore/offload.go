@@ -33,6 +33,10 @@ type TooLargeError struct {
 	// Size is the payload's size with its headers, and Limit the server's
 	// max_payload, in bytes.
 	Size, Limit int64
+	// Reserve is the part of Limit kept for headers added after the
+	// check (the reference, the message id): a message may take at most
+	// Limit - Reserve bytes.
+	Reserve int64
 	// Policy is the policy in force: Reject, or Offload when the object
 	// is too large even for MaxObjectSize.
 	Policy string
@@ -43,7 +47,12 @@ func (e *TooLargeError) Error() string {
 	if e.Policy == Offload {
 		return fmt.Sprintf("objectstore: %s is %d bytes, above the largest offloaded payload of %d bytes; raise the offload limit or send a smaller payload", e.What, e.Size, e.Limit)
 	}
-	return fmt.Sprintf("objectstore: %s is %d bytes, above the server's max_payload of %d bytes; set queue.large_payloads=offload to send it through the object store, or raise max_payload in nats-server's config", e.What, e.Size, e.Limit)
+	const todo = "set queue.large_payloads=offload to send it through the object store, or raise max_payload in nats-server's config"
+	if e.Reserve > 0 {
+		return fmt.Sprintf("objectstore: %s is %d bytes with its headers, above the %d bytes a message may take (the server's max_payload of %d bytes less %d kept for headers added on the way); %s",
+			e.What, e.Size, e.Limit-e.Reserve, e.Limit, e.Reserve, todo)
+	}
+	return fmt.Sprintf("objectstore: %s is %d bytes with its headers, above the server's max_payload of %d bytes; %s", e.What, e.Size, e.Limit, todo)
 }
 
 // OffloadConfig configures an Offloader.
@@ -131,7 +140,7 @@ func (o *Offloader) Prepare(ctx context.Context, m *nats.Msg, prefix, what strin
 		return nil, nil
 	}
 	if o.cfg.Policy == Reject {
-		return nil, &TooLargeError{What: what, Size: size, Limit: limit, Policy: Reject}
+		return nil, &TooLargeError{What: what, Size: size, Limit: limit, Reserve: refReserve, Policy: Reject}
 	}
 	if int64(len(m.Data)) > o.cfg.MaxObjectSize {
 		return nil, &TooLargeError{What: what, Size: int64(len(m.Data)), Limit: o.cfg.MaxObjectSize, Policy: Offload}

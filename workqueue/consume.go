@@ -17,6 +17,15 @@ import (
 // to the dead-letter stream on its last attempt or if the error is
 // Permanent. A panic counts as an error. ctx ends at the handler timeout
 // (queue.handler_timeout) or when the consumer is shut down.
+//
+// A handler must return when ctx ends. One that does not keeps its one
+// slot of concurrency until it returns, and no more: Loom stops reporting
+// its job in progress at the handler timeout, so the server redelivers the
+// job after AckWait; while the handler still runs, this consumer hands
+// such a redelivery back (with the backoff) for other consumers instead of
+// running it a second time, and dead-letters it on its last delivery
+// (reason expired, saying the handler ignored its context). Shutdown
+// abandons such handlers (AbandonedError).
 type Handler[T any] interface {
 	Handle(ctx context.Context, job *Job[T]) error
 }
@@ -181,9 +190,24 @@ func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, erro
 // Shutdown stops pulling jobs, hands back the jobs pulled but not started
 // (so that other workers get them at once), and waits for the running
 // handlers to finish and their jobs to be acked or failed. If ctx ends
-// first, it cancels the handlers' contexts, waits for them to return (their
-// jobs are handed back for another worker), and returns ctx's error.
+// first, it cancels the handlers' contexts and waits up to ShutdownGrace
+// for them to return (their jobs are handed back for another worker); it
+// then returns ctx's error, or, if handlers ignored their context and are
+// still running, an *AbandonedError naming their jobs. Shutdown does not
+// wait for those: their goroutines end when they return (Done closes
+// then), and their jobs are redelivered after AckWait.
 func (c *Consumer) Shutdown(ctx context.Context) error { return c.r.Shutdown(ctx) }
+
+// AbandonedError is returned by Shutdown when handlers were still running
+// ShutdownGrace after their context was cancelled. Seqs are their jobs'
+// sequence numbers; errors.Is(err, context.DeadlineExceeded) holds when
+// Shutdown's context timed out.
+type AbandonedError = jsconsume.AbandonedError
+
+// ShutdownGrace is how long Shutdown waits, after its context ends and the
+// handlers' contexts are cancelled, before it abandons the handlers still
+// running.
+const ShutdownGrace = jsconsume.ShutdownGrace
 
 // Done is closed once the consumer has stopped: after Shutdown, or on a
 // fatal error (see Err).

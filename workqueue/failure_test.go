@@ -150,7 +150,7 @@ func TestPermanentErrorDeadLettersWithoutRetry(t *testing.T) {
 		info, err := q.Info(ctx)
 		return err == nil && info.DeadLetters == 1 && info.Jobs == 0
 	})
-	time.Sleep(100 * time.Millisecond)
+	// The job has left the stream: it cannot be delivered again.
 	if calls.Load() != 1 {
 		t.Errorf("handler ran %d times, want 1", calls.Load())
 	}
@@ -167,7 +167,7 @@ func TestLongHandlerIsKeptAliveWithProgressReports(t *testing.T) {
 	done := make(chan struct{})
 	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
 		calls.Add(1)
-		time.Sleep(2500 * time.Millisecond) // two and a half AckWaits
+		time.Sleep(2500 * time.Millisecond) // the job's work: two and a half AckWaits
 		close(done)
 		return nil
 	}, workqueue.WithConcurrency(2))
@@ -175,7 +175,12 @@ func TestLongHandlerIsKeptAliveWithProgressReports(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-done
-	time.Sleep(300 * time.Millisecond)
+	// A redelivery during the work would have started on the idle second
+	// worker already; once the ack is in, none can come.
+	eventually(t, 5*time.Second, "the job acked", func() bool {
+		info, err := q.Info(ctx)
+		return err == nil && info.Jobs == 0
+	})
 	if n := calls.Load(); n != 1 {
 		t.Errorf("a handler running 2.5 AckWaits was called %d times; progress reports should have kept its job", n)
 	}
@@ -273,13 +278,32 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-started
+	// The naks the consumer sends to hand jobs back, seen on the wire.
+	acks, err := nc.SubscribeSync("$JS.ACK." + q.Name() + ".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = acks.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	stopped := make(chan error, 1)
 	go func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		stopped <- slow.Shutdown(sctx)
 	}()
-	time.Sleep(50 * time.Millisecond)
+	// Shutdown has stopped pulling once it hands back a prefetched job;
+	// from then on the running handler's worker gets no other.
+	for {
+		m, err := acks.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("Shutdown handed back no prefetched job: %v", err)
+		}
+		if string(m.Data) == "-NAK" {
+			break
+		}
+	}
 	close(release)
 	if err := <-stopped; err != nil {
 		t.Fatalf("Shutdown: %v", err)
@@ -351,7 +375,6 @@ func TestConsumerDeletedUnderAWorkerIsCreatedAgain(t *testing.T) {
 	if err := js.DeleteConsumer(q.Name(), q.Config().Group); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
 	if err := q.Enqueue(ctx, job{ID: 2}); err != nil {
 		t.Fatal(err)
 	}

@@ -113,3 +113,62 @@ func TestLostOffloadedPayloadIsDeadLettered(t *testing.T) {
 		return len(dead) == 1 && dead[0].Reason == "payload"
 	})
 }
+
+// TestDeadLetterOfAJobNearMaxPayloadKeepsItsReasonAndError dead-letters
+// the largest job the queue accepts, with a long handler error: the copy
+// (job plus dead-letter headers) would pass max_payload, so the error in
+// its header is shortened, and the reason, the start of the error and the
+// job itself are kept.
+func TestDeadLetterOfAJobNearMaxPayloadKeepsItsReasonAndError(t *testing.T) {
+	_, nc := startNATS(t, smallPayloadServer)
+	cfg := testConfig(t)
+	cfg.LargePayloads = "reject" // no object store: the copy must fit as it is
+	cfg.MaxDeliver = 2
+	q := newQueue[[]byte](t, nc, cfg)
+	ctx := ctxFor(t, 20*time.Second)
+
+	// The largest job the queue takes; one byte more is refused with a
+	// message that says what the limit really is.
+	size := maxPayload
+	var refusal error
+	for ; size > 0; size-- {
+		err := q.Enqueue(ctx, bytes.Repeat([]byte{'j'}, size))
+		if err == nil {
+			break
+		}
+		var tooLarge *objectstore.TooLargeError
+		if !errors.As(err, &tooLarge) {
+			t.Fatalf("Enqueue of %d bytes: %v", size, err)
+		}
+		refusal = err
+	}
+	t.Logf("largest job taken: %d bytes; one more: %v", size, refusal)
+	for _, want := range []string{"65536", "less 512 kept for headers"} {
+		if refusal == nil || !strings.Contains(refusal.Error(), want) {
+			t.Errorf("refusal %q lacks %q", refusal, want)
+		}
+	}
+	if size < maxPayload-1024 {
+		t.Fatalf("the largest job taken is %d bytes, far below max_payload %d", size, maxPayload)
+	}
+
+	long := "disk full on /var/spool: " + strings.Repeat("detail ", 3000)
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[[]byte]) error {
+		return errors.New(long)
+	})
+	admin, _ := workqueue.NewAdmin(nc)
+	var dead []workqueue.DeadLetter
+	eventually(t, 15*time.Second, "the job dead-lettered", func() bool {
+		dead, _ = admin.DeadLetters(ctx, q.Name(), 10)
+		return len(dead) == 1
+	})
+	d := dead[0]
+	t.Logf("dead letter: reason %s, %d deliveries, error header %d bytes, body %d bytes", d.Reason, d.Deliveries, len(d.Error), len(d.Data))
+	if d.Reason != "failed" || d.Deliveries != cfg.MaxDeliver || !strings.HasPrefix(d.Error, "disk full on /var/spool: detail") {
+		t.Errorf("dead letter: reason %q after %d deliveries, error %.60q...; want failed after %d with the handler's error",
+			d.Reason, d.Deliveries, d.Error, cfg.MaxDeliver)
+	}
+	if !bytes.Equal(d.Data, bytes.Repeat([]byte{'j'}, size)) { // []byte jobs travel as they are
+		t.Errorf("the dead letter's body is %d bytes, not the %d-byte job", len(d.Data), size)
+	}
+}

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -139,12 +142,23 @@ func TestAutoIDStoresARepeatedSendOnce(t *testing.T) {
 	}
 	// The same message sent again, as a retry after a lost
 	// acknowledgement would, is dropped by the server.
-	m := &natsMsg{subject: q.Config().Subject, header: map[string]string{"Nats-Msg-Id": id}, data: []byte{0x81}}
-	if err := m.publish(nc); err != nil {
+	js, err := jetstream.New(nc)
+	if err != nil {
 		t.Fatal(err)
 	}
-	_ = j.Ack(ctx)
-	time.Sleep(50 * time.Millisecond)
+	m := nats.NewMsg(q.Config().Subject)
+	m.Header.Set(nats.MsgIdHdr, id)
+	m.Data = []byte{0x81}
+	ack, err := js.PublishMsg(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ack.Duplicate {
+		t.Errorf("the server took the repeated send as new (stream seq %d)", ack.Sequence)
+	}
+	if err := j.Ack(ctx); err != nil { // waits for the server
+		t.Fatal(err)
+	}
 	info, err := q.Info(ctx)
 	if err != nil {
 		t.Fatal(err)

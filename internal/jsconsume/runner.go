@@ -145,6 +145,9 @@ func (r *Runner) pull(it jetstream.MessagesContext) {
 	for {
 		msg, err := it.Next(jetstream.NextContext(r.pullCtx))
 		if err == nil {
+			if r.heldHere(msg) {
+				continue
+			}
 			if !r.dispatch(msg) {
 				_ = msg.Nak()
 				r.drain(it)
@@ -204,6 +207,26 @@ func (r *Runner) recreate(cause error) (jetstream.MessagesContext, bool) {
 		}
 		delay = min(2*delay, 5*time.Second)
 	}
+}
+
+// heldHere deals with the redelivery of a message that one of this
+// Runner's handlers is still running on, and reports whether msg was one.
+// That happens when a handler ignores its context: past handler_timeout
+// its context is cancelled and progress reports stop, so the server
+// redelivers after AckWait, possibly to this Runner. It must not cost a
+// second worker here: see Settler.heldRedelivery.
+func (r *Runner) heldHere(msg jetstream.Msg) bool {
+	meta, err := msg.Metadata()
+	if err != nil || meta.NumDelivered < 2 {
+		return false // a first delivery cannot be held
+	}
+	for _, sl := range r.watch.slots {
+		if since, ok := sl.holding(meta.Sequence.Stream); ok {
+			r.s.heldRedelivery(msg, meta, time.Since(since))
+			return true
+		}
+	}
+	return false
 }
 
 // dispatch hands msg to a worker; false if Shutdown came first.
@@ -279,12 +302,42 @@ func (r *Runner) Err() error {
 	return r.err
 }
 
+// ShutdownGrace is how long Shutdown waits, once its context has ended and
+// the handlers' contexts are cancelled, for the handlers to return before
+// it abandons those still running.
+const ShutdownGrace = 500 * time.Millisecond
+
+// AbandonedError is what Shutdown returns when handlers were still running
+// ShutdownGrace after their contexts were cancelled: they ignore their
+// context. Their goroutines are left to finish (the Runner's Done closes
+// when they do); their messages are no longer reported in progress, so the
+// server redelivers them after AckWait.
+type AbandonedError struct {
+	// Queue names the stream.
+	Queue string
+	// Seqs are the stream sequences of the messages the abandoned handlers
+	// hold.
+	Seqs []uint64
+	// Err is the error of Shutdown's context.
+	Err error
+}
+
+// Error says how many handlers were abandoned, on which messages.
+func (e *AbandonedError) Error() string {
+	return fmt.Sprintf("queue %s: %d handlers still running %s after their context was cancelled were abandoned (messages %v; they are redelivered after ack_wait; a handler must return when its context ends): %v",
+		e.Queue, len(e.Seqs), ShutdownGrace, e.Seqs, e.Err)
+}
+
+// Unwrap returns the context's error.
+func (e *AbandonedError) Unwrap() error { return e.Err }
+
 // Shutdown stops pulling, hands back messages pulled but not started (a nak,
 // so other consumers get them at once), and waits for the handlers that
 // are running to finish and settle. If ctx ends first, it cancels the
-// handlers' contexts (their messages are handed back), waits for them to
-// return, and returns ctx's error. Handlers must return once their
-// context is cancelled.
+// handlers' contexts (their messages are handed back) and waits up to
+// ShutdownGrace for them to return: then it returns ctx's error, or an
+// *AbandonedError (wrapping it) naming the handlers still running, which
+// it leaves behind.
 func (r *Runner) Shutdown(ctx context.Context) error {
 	r.stopPull()
 	select {
@@ -293,6 +346,26 @@ func (r *Runner) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	r.kill()
-	<-r.done
-	return ctx.Err()
+	grace := time.NewTimer(ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-r.done:
+		return ctx.Err()
+	case <-grace.C:
+	}
+	var seqs []uint64
+	for _, sl := range r.watch.slots {
+		if seq, ok := sl.busy(); ok {
+			seqs = append(seqs, seq)
+		}
+	}
+	if len(seqs) == 0 {
+		// No handler left: only the pull loop handing back prefetched
+		// messages, which is bounded.
+		<-r.done
+		return ctx.Err()
+	}
+	r.watch.abandon()
+	r.s.Log.Error("queue: handlers ignored their cancelled context; abandoned", "queue", r.s.Queue, "messages", seqs)
+	return &AbandonedError{Queue: r.s.Queue, Seqs: seqs, Err: ctx.Err()}
 }

@@ -43,7 +43,21 @@ type Settler struct {
 	// Metrics and Log must be set.
 	Metrics *metrics.Queue
 	Log     *slog.Logger
+
+	// failedCopies remembers, by stream sequence, why a message was to be
+	// dead-lettered when its copy could not be stored, so that the retry
+	// keeps the real reason and error.
+	mu           sync.Mutex
+	failedCopies map[uint64]deadCause
 }
+
+type deadCause struct {
+	reason string
+	err    error
+}
+
+// maxFailedCopies bounds Settler.failedCopies.
+const maxFailedCopies = 4096
 
 // Delivery is one delivered message, prepared for its handler.
 type Delivery struct {
@@ -90,6 +104,10 @@ func (s *Settler) Receive(ctx context.Context, msg jetstream.Msg) *Delivery {
 	}
 	s.Metrics.Pending.Set(float64(meta.NumPending))
 	if int(meta.NumDelivered) > s.Policy.MaxDeliver {
+		if c, ok := s.failedCopy(meta.Sequence.Stream); ok {
+			s.deadLetter(d, c.reason, c.err)
+			return nil
+		}
 		s.deadLetter(d, ReasonExpired, fmt.Errorf("delivered %d times, more than max_deliver %d, without an answer within ack_wait %s: its handler hung past handler_timeout or its consumer died",
 			meta.NumDelivered, s.Policy.MaxDeliver, s.Policy.AckWait))
 		return nil
@@ -118,7 +136,7 @@ func (s *Settler) Receive(ctx context.Context, msg jetstream.Msg) *Delivery {
 func (s *Settler) handle(ctx context.Context, d *Delivery, h func(context.Context, *Delivery) error, sl *slot) {
 	hctx, cancel := context.WithCancel(ctx)
 	start := time.Now()
-	sl.begin(d.Msg, start, start.Add(s.Policy.handlerTimeout()), cancel)
+	sl.begin(d.Msg, d.Meta.Sequence.Stream, start, start.Add(s.Policy.handlerTimeout()), cancel)
 	err := s.call(hctx, d, h)
 	sl.end()
 	s.Metrics.HandlerDuration.Observe(time.Since(start).Seconds())
@@ -281,12 +299,15 @@ func (s *Settler) deadLetter(d *Delivery, reason string, cause error) {
 	// the term) is stored once.
 	h.Set(nats.MsgIdHdr, "dlq."+s.Queue+"."+s.Group+"."+strconv.FormatUint(d.Meta.Sequence.Stream, 10))
 	m := &nats.Msg{Subject: s.DeadLetterSubject, Header: h, Data: d.Msg.Data()}
+	s.fitDeadLetter(ctx, m, cause)
 	if _, err := s.JS.PublishMsg(ctx, m); err != nil {
 		s.Log.Error("queue: copying a message to the dead-letter stream failed; it will be retried",
 			"queue", s.Queue, "seq", d.Meta.Sequence.Stream, "dead_letter_subject", s.DeadLetterSubject, "err", err)
+		s.rememberFailedCopy(d.Meta.Sequence.Stream, deadCause{reason: reason, err: cause})
 		_ = d.Msg.NakWithDelay(max(s.Policy.BackoffMax, time.Second))
 		return
 	}
+	s.failedCopy(d.Meta.Sequence.Stream)
 	if err := d.Msg.TermWithReason(reason); err != nil {
 		s.Log.Warn("queue: terminating a dead-lettered message failed; it may be redelivered and dead-lettered again (stored once)",
 			"queue", s.Queue, "seq", d.Meta.Sequence.Stream, "err", err)
@@ -294,6 +315,86 @@ func (s *Settler) deadLetter(d *Delivery, reason string, cause error) {
 	s.Metrics.DeadLettered.Inc()
 	s.Log.Warn("queue: job moved to the dead-letter stream", "queue", s.Queue, "seq", d.Meta.Sequence.Stream,
 		"reason", reason, "deliveries", d.Meta.NumDelivered, "err", cause)
+}
+
+// minErrorHeader is the least of the error a dead letter keeps in its
+// header before its body is offloaded instead.
+const minErrorHeader = 128
+
+// fitDeadLetter makes a dead-letter copy fit the server's max_payload: the
+// copy adds headers (the error up to 1 KiB, and the rest) to a job that
+// may have been just below the limit. It shortens the error header first,
+// down to minErrorHeader bytes; if that is not enough it offloads the body
+// to the object store (when the queue has one); else it leaves the copy
+// as is, and publishing it fails.
+func (s *Settler) fitDeadLetter(ctx context.Context, m *nats.Msg, cause error) {
+	limit := s.JS.Conn().MaxPayload()
+	if s.Payloads != nil {
+		limit = s.Payloads.Limit()
+	}
+	over := int64(len(m.Data)) + objectstore.HeaderSize(m.Header) - limit
+	if over <= 0 {
+		return
+	}
+	have := int64(len(m.Header.Get(HeaderError)))
+	if have-over >= minErrorHeader {
+		m.Header.Set(HeaderError, oneLine(cause.Error(), int(have-over)))
+		return
+	}
+	if s.Payloads == nil || m.Header.Get(objectstore.RefHeader) != "" {
+		return
+	}
+	if _, err := s.Payloads.Prepare(ctx, m, "dlq/"+s.Queue, "dead letter of a job for queue "+s.Queue); err != nil {
+		s.Log.Warn("queue: a dead letter is above max_payload and its body cannot be offloaded", "queue", s.Queue, "err", err)
+	}
+}
+
+func (s *Settler) rememberFailedCopy(seq uint64, c deadCause) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failedCopies == nil {
+		s.failedCopies = make(map[uint64]deadCause)
+	}
+	if len(s.failedCopies) < maxFailedCopies {
+		s.failedCopies[seq] = c
+	}
+}
+
+// failedCopy returns and forgets why seq was to be dead-lettered, if its
+// copy could not be stored before.
+func (s *Settler) failedCopy(seq uint64) (deadCause, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.failedCopies[seq]
+	delete(s.failedCopies, seq)
+	return c, ok
+}
+
+// heldRedelivery deals with msg, delivered again while a handler of this
+// consumer still runs on an earlier delivery of it, past handler_timeout
+// and ignoring its cancelled context. Running it a second time here would
+// let one stuck job take a second slot (and, delivery after delivery,
+// every slot), so it is handed back with the usual backoff, for another
+// consumer, and dead-lettered (ReasonExpired) on its last delivery. The
+// stuck handler keeps its one slot until it returns.
+func (s *Settler) heldRedelivery(msg jetstream.Msg, meta *jetstream.MsgMetadata, running time.Duration) {
+	s.Metrics.Redelivered.Inc()
+	n := int(meta.NumDelivered)
+	cause := fmt.Errorf("its handler has been running for %s, past handler_timeout %s, and did not return when its context was cancelled (a handler must return when its context ends); delivered %d times, max_deliver %d",
+		running.Round(time.Millisecond), s.Policy.handlerTimeout(), n, s.Policy.MaxDeliver)
+	if n >= s.Policy.MaxDeliver {
+		d := &Delivery{Msg: msg, Meta: meta, Data: msg.Data(), settled: true}
+		s.deadLetter(d, ReasonExpired, cause)
+		return
+	}
+	delay := s.Policy.Backoff(n)
+	s.Log.Warn("queue: job redelivered while its handler here still runs; handed back for another consumer",
+		"queue", s.Queue, "seq", meta.Sequence.Stream, "attempt", n, "backoff", delay, "err", cause)
+	if err := msg.NakWithDelay(delay); err != nil {
+		s.Log.Warn("queue: nak failed; the job comes back after ack_wait", "queue", s.Queue, "err", err)
+		return
+	}
+	s.Metrics.Nakked.Inc()
 }
 
 // InProgress tells the server d is still being worked on, resetting its

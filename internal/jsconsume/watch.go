@@ -3,6 +3,7 @@ package jsconsume
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,28 +19,50 @@ type watchdog struct {
 	slots []*slot
 	stop  chan struct{}
 	done  chan struct{}
+	// abandoned: the Runner gave up on its handlers; no more progress
+	// reports, so their messages are redelivered.
+	abandoned atomic.Bool
 }
 
 // slot is what one worker is handling.
 type slot struct {
 	mu       sync.Mutex
 	msg      jetstream.Msg // nil when idle
+	seq      uint64        // msg's stream sequence
 	started  time.Time
 	progress time.Time // last progress report, or started
 	deadline time.Time
 	cancel   context.CancelFunc
 }
 
-func (s *slot) begin(msg jetstream.Msg, now, deadline time.Time, cancel context.CancelFunc) {
+func (s *slot) begin(msg jetstream.Msg, seq uint64, now, deadline time.Time, cancel context.CancelFunc) {
 	s.mu.Lock()
-	s.msg, s.started, s.progress, s.deadline, s.cancel = msg, now, now, deadline, cancel
+	s.msg, s.seq, s.started, s.progress, s.deadline, s.cancel = msg, seq, now, now, deadline, cancel
 	s.mu.Unlock()
 }
 
 func (s *slot) end() {
 	s.mu.Lock()
-	s.msg, s.cancel = nil, nil
+	s.msg, s.seq, s.cancel = nil, 0, nil
 	s.mu.Unlock()
+}
+
+// holding returns since when the slot's handler has been running on the
+// message with stream sequence seq, if it is.
+func (s *slot) holding(seq uint64) (since time.Time, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.msg == nil || s.seq != seq {
+		return time.Time{}, false
+	}
+	return s.started, true
+}
+
+// busy returns the stream sequence of the slot's message, if any.
+func (s *slot) busy() (seq uint64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seq, s.msg != nil
 }
 
 // check reports progress or cancels, as the slot's job needs at now.
@@ -81,6 +104,9 @@ func (w *watchdog) run() {
 	for {
 		select {
 		case now := <-t.C:
+			if w.abandoned.Load() {
+				continue
+			}
 			for _, s := range w.slots {
 				s.check(now, w.every)
 			}
@@ -89,6 +115,9 @@ func (w *watchdog) run() {
 		}
 	}
 }
+
+// abandon stops the progress reports.
+func (w *watchdog) abandon() { w.abandoned.Store(true) }
 
 func (w *watchdog) close() {
 	close(w.stop)
