@@ -347,13 +347,7 @@ func Handshake(c net.Conn, self SocketType, maxMessage int, timeout time.Duratio
 		_, err := c.Write(out)
 		werr <- err
 	}()
-	peer, r, err = readHandshake(c)
-	if r != nil {
-		r.maxMessage = maxMessage
-		if maxMessage <= 0 {
-			r.maxMessage = DefaultMaxMessage
-		}
-	}
+	peer, r, err = readHandshake(c, maxMessage)
 	if err != nil {
 		// Unblock the writer before waiting for it.
 		_ = c.SetDeadline(time.Unix(1, 0))
@@ -363,14 +357,27 @@ func Handshake(c net.Conn, self SocketType, maxMessage int, timeout time.Duratio
 	if err := <-werr; err != nil {
 		return "", nil, fmt.Errorf("zmtp: send greeting: %w", err)
 	}
-	if !compatible(self, peer) {
-		return "", nil, protoErr("peer is a %s socket; a %s socket cannot talk to it", peer, self)
+	if err := checkPeer(self, peer); err != nil {
+		return "", nil, err
 	}
 	return peer, r, nil
 }
 
-func readHandshake(c net.Conn) (SocketType, *Reader, error) {
-	br := bufio.NewReaderSize(c, 64<<10)
+// checkPeer fails if a peer of type peer cannot talk to a socket of type
+// self.
+func checkPeer(self, peer SocketType) error {
+	if !compatible(self, peer) {
+		return protoErr("peer is a %s socket; a %s socket cannot talk to it", peer, self)
+	}
+	return nil
+}
+
+// readHandshake reads a peer's greeting and READY command from rd (the
+// parsing half of Handshake, which tests and fuzzing run on bytes in
+// memory), and returns the peer's type and a Reader for what follows,
+// limited to maxMessage bytes per message.
+func readHandshake(rd io.Reader, maxMessage int) (SocketType, *Reader, error) {
+	br := bufio.NewReaderSize(rd, 64<<10)
 	var g [greetingSize]byte
 	if _, err := io.ReadFull(br, g[:]); err != nil {
 		return "", nil, fmt.Errorf("zmtp: read greeting: %w", err)
@@ -389,6 +396,10 @@ func readHandshake(c net.Conn) (SocketType, *Reader, error) {
 	peer, err := ParseReady(parts[0])
 	if err != nil {
 		return "", nil, err
+	}
+	r.maxMessage = maxMessage
+	if maxMessage <= 0 {
+		r.maxMessage = DefaultMaxMessage
 	}
 	return peer, r, nil
 }
