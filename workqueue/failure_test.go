@@ -278,6 +278,12 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-started
+	// The server has sent the prefetch (Shutdown hands back what the
+	// client holds; what is still on the way comes back after AckWait).
+	eventually(t, 10*time.Second, "10 jobs prefetched", func() bool {
+		info, err := q.Info(ctx)
+		return err == nil && info.InFlight == 10
+	})
 	// The naks the consumer sends to hand jobs back, seen on the wire.
 	acks, err := nc.SubscribeSync("$JS.ACK." + q.Name() + ".>")
 	if err != nil {

@@ -149,8 +149,7 @@ func (r *Runner) pull(it jetstream.MessagesContext) {
 				continue
 			}
 			if !r.dispatch(msg) {
-				_ = msg.Nak()
-				r.drain(it)
+				r.drain(it, msg)
 				return
 			}
 			continue
@@ -245,16 +244,22 @@ func (r *Runner) dispatch(msg jetstream.Msg) bool {
 	}
 }
 
-// drain stops pulling and naks what was prefetched, so that other
-// consumers get it at once rather than after AckWait.
-func (r *Runner) drain(it jetstream.MessagesContext) {
+// drain stops pulling and naks what was prefetched (and held, taken but
+// not handed to a worker), so that other consumers get it at once rather
+// than after AckWait. The naks go only once the iterator has stopped: a
+// nakked message is redelivered at once, and a pull request of this
+// iterator still open would take it back, to be dropped here.
+func (r *Runner) drain(it jetstream.MessagesContext, held ...jetstream.Msg) {
 	it.Drain()
 	for {
 		msg, err := it.Next(jetstream.NextMaxWait(time.Second))
 		if err != nil {
-			it.Stop()
-			return
+			break
 		}
+		held = append(held, msg)
+	}
+	it.Stop()
+	for _, msg := range held {
 		_ = msg.Nak()
 	}
 }
