@@ -313,6 +313,9 @@ func TestNameServerPicksTheServers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := nc.Flush(); err != nil { // the server has the interest
+		t.Fatal(err)
+	}
 	p, err := b.NewProducer(other.ClientURL(), "audit.log", "", 0)
 	if err != nil {
 		t.Fatal(err)
