@@ -25,28 +25,54 @@ const maxID = 1 << 53
 
 // grant asks for a lease with id want (0: a random id), falling back to
 // random ids if it is taken. It waits for etcd until ctx ends.
+//
+// A grant that reaches a member while the cluster elects a leader is
+// dropped by raft and would wait for etcd's request timeout (5s and
+// more); each attempt is bounded by grantAttempt instead and retried, so
+// that a process starting while a failed leader is replaced starts once
+// the election is over.
 func (d *Discovery) grant(ctx context.Context, want clientv3.LeaseID) (clientv3.LeaseID, time.Duration, error) {
 	ttl := int64((d.cfg.LeaseTTL + time.Second - 1) / time.Second)
-	for attempt := 0; ; attempt++ {
-		id := want
-		if id == 0 || attempt > 0 {
-			id = clientv3.LeaseID(rand.Int64N(maxID-1) + 1)
-		}
-		resp, err := d.leases.LeaseGrant(ctx, &pb.LeaseGrantRequest{ID: int64(id), TTL: ttl}, grpc.WaitForReady(true))
+	id := want
+	if id == 0 {
+		id = clientv3.LeaseID(rand.Int64N(maxID-1) + 1)
+	}
+	for taken := 0; ; {
+		actx, cancel := context.WithTimeout(ctx, grantAttempt)
+		resp, err := d.leases.LeaseGrant(actx, &pb.LeaseGrantRequest{ID: int64(id), TTL: ttl}, grpc.WaitForReady(true))
+		cancel()
 		if err == nil && resp.Error != "" {
 			err = errors.New(resp.Error)
 		}
 		if err == nil {
 			return clientv3.LeaseID(resp.ID), time.Duration(resp.TTL) * time.Second, nil
 		}
-		if !errors.Is(rpctypes.Error(err), rpctypes.ErrLeaseExist) || attempt >= 10 {
+		if retryable(err) && ctx.Err() == nil {
+			continue
+		}
+		if !errors.Is(rpctypes.Error(err), rpctypes.ErrLeaseExist) || taken >= 10 {
 			return 0, 0, fmt.Errorf("grant lease %s: %w", hex(id), err)
 		}
-		if attempt == 0 && want != 0 {
+		if taken == 0 && want != 0 {
 			d.log.Warn("discovery: the etcd lease id is taken by someone else; taking another (the instance id in existing records stays)",
 				"lease", hex(want))
 		}
+		taken++
+		id = clientv3.LeaseID(rand.Int64N(maxID-1) + 1)
 	}
+}
+
+// grantAttempt bounds one lease grant; see grant.
+const grantAttempt = time.Second
+
+// retryable reports whether a grant failed for want of a leader or in
+// time, and may work if tried again.
+func retryable(err error) bool {
+	switch rpctypes.Error(err) {
+	case rpctypes.ErrNoLeader, rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrLeaderChanged:
+		return true
+	}
+	return isUnavailable(err)
 }
 
 // waitLease returns the current lease once it is believed alive.

@@ -3,6 +3,7 @@
 // can be killed:
 //
 //	queuetest nats -port 4222 -store DIR [-name n1 -cluster-port 6222 -routes nats://127.0.0.1:6223,...]
+//	queuetest etcd -name e1 -dir DIR -client-port 2379 -peer-port 2380 -initial-cluster e1=http://127.0.0.1:2380,...
 //	queuetest produce -queue q -jobs 100000 [-start 0] [-batch 1000]
 //	queuetest consume -queue q [-concurrency 16] [-ack-wait 2s]
 //
@@ -28,10 +29,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/loomrt/loom/config"
 	_ "github.com/loomrt/loom/discovery/all" // every discovery backend, chosen by discovery.backend
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/embedded/etcdserver"
 	"github.com/loomrt/loom/natsconn"
 	"github.com/loomrt/loom/workqueue"
 )
@@ -44,7 +47,7 @@ type Job struct {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: queuetest nats|produce|consume [flags]")
+		fmt.Fprintln(os.Stderr, "usage: queuetest nats|etcd|produce|consume [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -53,6 +56,8 @@ func main() {
 	switch os.Args[1] {
 	case "nats":
 		err = runNATS(ctx, os.Args[2:])
+	case "etcd":
+		err = runEtcd(ctx, os.Args[2:])
 	case "produce":
 		err = produce(ctx, os.Args[2:])
 	case "consume":
@@ -95,6 +100,36 @@ func runNATS(ctx context.Context, args []string) error {
 	fmt.Println("ready", ns.ClientURL())
 	<-ctx.Done()
 	ns.Shutdown()
+	return nil
+}
+
+// runEtcd runs one member of an etcd cluster, with the fast election
+// timing of the tests; started again on the same directory it rejoins.
+func runEtcd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("etcd", flag.ExitOnError)
+	name := fs.String("name", "e1", "member name")
+	dir := fs.String("dir", "", "data directory (required)")
+	clientPort := fs.Int("client-port", 2379, "client port")
+	peerPort := fs.Int("peer-port", 2380, "peer port")
+	initial := fs.String("initial-cluster", "", "name=peer URL of every member, comma-separated")
+	_ = fs.Parse(args)
+	if *dir == "" || *initial == "" {
+		return errors.New("etcd: -dir and -initial-cluster are required")
+	}
+	srv, err := etcdserver.Start(etcdserver.Options{
+		Name: *name, Dir: *dir, ClientPort: *clientPort, PeerPort: *peerPort,
+		TickMs: 20, ElectionMs: 200, NoFsync: true, ReadyTimeout: 60 * time.Second,
+		Configure: func(c *embed.Config) {
+			c.InitialCluster = *initial
+			c.InitialClusterToken = "loomtest"
+		},
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready", srv.ClientURL())
+	<-ctx.Done()
+	srv.Close()
 	return nil
 }
 
