@@ -15,6 +15,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/dashboard"
@@ -117,6 +118,16 @@ func TestBrowserLive(t *testing.T) {
 	}
 	waitDOM(t, ctx, 5*time.Second, "the publisher's row", fmt.Sprintf(`(() => { const r = document.querySelector('tr[data-publisher="%x"]'); return r !== null && r.innerText.includes("kv_events"); })()`, pub.ID()))
 	waitDOM(t, ctx, 5*time.Second, "the queue's row", `(() => { const r = document.querySelector('tr[data-queue="prefill_queue"]'); return r !== null && r.children[3].textContent === "3"; })()`)
+
+	// The serving view appears once a process exports serving metrics.
+	hidden, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.getElementById("serving-section").hidden`))
+	if err != nil || !hidden {
+		t.Errorf("the serving view shows without serving metrics (hidden %v, %v)", hidden, err)
+	}
+	tokens := prometheus.NewCounter(prometheus.CounterOpts{Name: "loom_llm_output_tokens_total", Help: "Tokens streamed."})
+	b.Metrics().Registry().MustRegister(tokens)
+	tokens.Add(42)
+	waitDOM(t, ctx, 5*time.Second, "the serving view", `!document.getElementById("serving-section").hidden && document.querySelector('tr[data-family="loom_llm_output_tokens_total"]') !== null && document.getElementById("serving-tiles") !== null`)
 
 	// LOOM_DASHBOARD_SCREENSHOT=file.png saves what the page shows now.
 	if path := os.Getenv("LOOM_DASHBOARD_SCREENSHOT"); path != "" {

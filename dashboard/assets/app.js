@@ -205,7 +205,9 @@ function processes(st) {
 function servingView(st) {
   const s = st.serving;
   const m = s.summary;
-  $("serving-section").hidden = !s.families.length && !m.workers;
+  // Shown once some process exports serving metrics (an LLM frontend or
+  // worker), not merely because instances are named backend/generate.
+  $("serving-section").hidden = !s.families.length;
   if ($("serving-section").hidden) return;
   $("serving-prefixes").textContent = "metrics starting with " + s.prefixes.join(", ");
   const tile = (label, v) => `<div class="tile"><div class="v">${v}</div><div class="l">${esc(label)}</div></div>`;
