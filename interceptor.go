@@ -85,8 +85,8 @@ type Call struct {
 type callKey struct{}
 
 // CallFromContext returns the Call of the request ctx belongs to: in an
-// interceptor, in a handler (on endpoints with interceptors, tracing or a
-// health check) and in the calls it makes. It returns a Call with no
+// interceptor, in a handler (on endpoints with interceptors, or while
+// tracing is on) and in the calls it makes. It returns a Call with no
 // path, and an empty Header, if there is none.
 func CallFromContext(ctx context.Context) *Call {
 	if c, ok := ctx.Value(callKey{}).(*Call); ok {
