@@ -1,0 +1,385 @@
+// Package frontend is an OpenAI-compatible HTTP server for LLM workers on
+// Loom: it lists the models that workers register in discovery, turns chat
+// and completion requests into tokens (package llm/tokenizer), routes each
+// to a worker's generate endpoint with an llm.Router, and streams the
+// tokens back as text, as Server-Sent Events or one JSON response.
+//
+// Endpoints:
+//
+//	GET  /v1/models            the models registered workers serve
+//	POST /v1/chat/completions  chat, stream true or false
+//	POST /v1/completions       text completion, stream true or false
+//	GET  /health               200 when a worker of some model is known, else 503
+//	GET  /live                 200 while the process serves HTTP
+//	GET  /metrics              Prometheus metrics of the runtime's registry
+//
+// A client that disconnects kills its request on the worker at once. A
+// worker that fails or leaves mid-request has the request re-issued to
+// another worker with the prompt and the tokens already streamed (a
+// migration), so the client sees one uninterrupted stream; only when
+// Config.MaxMigrations are spent does the client get an error. Errors have
+// OpenAI's JSON shape; docs/llm.md lists the statuses and metrics.
+package frontend
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/llm"
+	"github.com/loomrt/loom/llm/tokenizer"
+	"github.com/loomrt/loom/metrics"
+)
+
+// Config configures a Frontend. The zero value works: every field has a
+// default.
+type Config struct {
+	// Namespace is where the workers serve (default llm.DefaultNamespace):
+	// the frontend calls {Namespace}/backend/generate.
+	Namespace string
+	// Router picks the worker for each request (default
+	// llm.PickerRouter(loom.RoundRobin())).
+	Router llm.Router
+	// Tokenizer encodes prompts and decodes output (default
+	// tokenizer.Default()). Workers must use the same vocabulary.
+	Tokenizer *tokenizer.Tokenizer
+	// MaxMigrations bounds how many times one request is re-issued to
+	// another worker after its worker failed mid-request (default 3;
+	// negative: never).
+	MaxMigrations int
+	// MaxInFlightPerWorker is the load threshold: a worker with this many
+	// of this frontend's requests in flight takes no more, and a request
+	// whose model's workers are all at it gets 429 (default 0: no limit).
+	MaxInFlightPerWorker int
+	// MaxBodyBytes bounds a request body (default 4 MiB).
+	MaxBodyBytes int64
+	// DefaultMaxTokens is how many tokens a request that gives no
+	// max_tokens may generate, within the model's context length
+	// (default 1024).
+	DefaultMaxTokens int
+	// Logger logs failures (default the runtime's logger).
+	Logger *slog.Logger
+}
+
+// Defaults of Config.
+const (
+	DefaultMaxMigrations    = 3
+	DefaultMaxBodyBytes     = 4 << 20
+	DefaultDefaultMaxTokens = 1024
+)
+
+// Frontend serves the OpenAI API for the workers of one namespace.
+type Frontend struct {
+	rt           *loom.Runtime
+	cfg          Config
+	tok          *tokenizer.Tokenizer
+	router       llm.Router
+	client       *loom.Client[llm.Request, llm.Response]
+	log          *slog.Logger
+	m            *metrics.Metrics
+	unknownModel *metrics.LLMModel
+	mms          sync.Map // model -> *metrics.LLMModel
+	states       sync.Pool
+
+	models  atomic.Pointer[modelSet]
+	idBase  string
+	idSeq   atomic.Uint64
+	created int64
+
+	mu       sync.Mutex
+	tracked  map[uint64]map[*attempt]struct{} // worker -> attempts running on it
+	instMods map[uint64]string                // worker -> model
+	cards    map[string]llm.ModelCard         // every model ever seen
+
+	mux     *http.ServeMux
+	srvMu   sync.Mutex
+	servers []*http.Server
+
+	stop    context.CancelFunc
+	watchWG sync.WaitGroup
+	synced  chan struct{}
+}
+
+// modelSet is the models served now, replaced on every change so that
+// requests read it without a lock.
+type modelSet struct {
+	workers map[string]int           // model -> workers serving it
+	cards   map[string]llm.ModelCard // model -> its card
+	names   []string                 // sorted
+	total   int
+}
+
+// New returns a frontend calling the workers of cfg.Namespace through rt.
+// It starts watching discovery for workers at once; Close or Shutdown
+// stops it.
+func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
+	if cfg.Namespace == "" {
+		cfg.Namespace = llm.DefaultNamespace
+	}
+	if cfg.Router == nil {
+		cfg.Router = llm.PickerRouter(loom.RoundRobin())
+	}
+	if cfg.Tokenizer == nil {
+		cfg.Tokenizer = tokenizer.Default()
+	}
+	if cfg.MaxMigrations == 0 {
+		cfg.MaxMigrations = DefaultMaxMigrations
+	} else if cfg.MaxMigrations < 0 {
+		cfg.MaxMigrations = 0
+	}
+	if cfg.MaxInFlightPerWorker < 0 {
+		return nil, fmt.Errorf("llm/frontend: MaxInFlightPerWorker is %d; want 0 (no limit) or more", cfg.MaxInFlightPerWorker)
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.DefaultMaxTokens <= 0 {
+		cfg.DefaultMaxTokens = DefaultDefaultMaxTokens
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = rt.Logger()
+	}
+	path := cfg.Namespace + "/" + llm.WorkerComponent + "/" + llm.GenerateEndpoint
+	ep, err := rt.Endpoint(path)
+	if err != nil {
+		return nil, fmt.Errorf("llm/frontend: namespace %q: %w", cfg.Namespace, err)
+	}
+	var seed [6]byte
+	_, _ = rand.Read(seed[:])
+	f := &Frontend{
+		rt: rt, cfg: cfg, tok: cfg.Tokenizer, router: cfg.Router, log: cfg.Logger, m: rt.Metrics(),
+		idBase: hex.EncodeToString(seed[:]), created: time.Now().Unix(),
+		tracked: make(map[uint64]map[*attempt]struct{}), instMods: make(map[uint64]string),
+		cards: make(map[string]llm.ModelCard), synced: make(chan struct{}),
+	}
+	f.unknownModel = f.m.LLMModel("")
+	f.models.Store(&modelSet{})
+	f.client, err = loom.NewClient[llm.Request, llm.Response](ctx, ep,
+		loom.WithPicker(picker{f}), loom.WithWaitTimeout(time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("llm/frontend: client of %s: %w", path, err)
+	}
+	wctx, stop := context.WithCancel(rt.Context())
+	events, err := rt.Discovery().Watch(wctx, discovery.Query{Namespace: cfg.Namespace, Component: llm.WorkerComponent, Endpoint: llm.GenerateEndpoint})
+	if err != nil {
+		stop()
+		f.client.Close()
+		return nil, fmt.Errorf("llm/frontend: watching workers of %s: %w", path, err)
+	}
+	f.stop = stop
+	f.watchWG.Add(1)
+	go f.watch(events)
+	f.mux = http.NewServeMux()
+	f.mux.HandleFunc("GET /v1/models", f.handleModels)
+	f.mux.HandleFunc("POST /v1/chat/completions", f.handleChat)
+	f.mux.HandleFunc("POST /v1/completions", f.handleCompletion)
+	f.mux.HandleFunc("GET /health", f.handleHealth)
+	f.mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"live"}` + "\n"))
+	})
+	f.mux.Handle("GET /metrics", promhttp.HandlerFor(f.m.Registry(), promhttp.HandlerOpts{}))
+	f.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &apiError{Status: http.StatusNotFound, Type: typeNotFound,
+			Message: fmt.Sprintf("no route %s %s; the API serves /v1/models, /v1/chat/completions and /v1/completions", r.Method, r.URL.Path)})
+	})
+	return f, nil
+}
+
+// Handler returns the frontend's HTTP handler, to serve on a server of the
+// caller's or mount under another mux.
+func (f *Frontend) Handler() http.Handler { return f.mux }
+
+// WaitSynced blocks until the frontend has read discovery's current
+// workers once, or ctx ends.
+func (f *Frontend) WaitSynced(ctx context.Context) error {
+	select {
+	case <-f.synced:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Serve serves HTTP on l until Shutdown or Close; it returns
+// http.ErrServerClosed then.
+func (f *Frontend) Serve(l net.Listener) error {
+	srv := &http.Server{Handler: f.mux, ReadHeaderTimeout: 10 * time.Second}
+	f.srvMu.Lock()
+	f.servers = append(f.servers, srv)
+	f.srvMu.Unlock()
+	return srv.Serve(l)
+}
+
+// Shutdown stops the HTTP servers Serve started from accepting requests,
+// waits until the requests they are answering end (or ctx ends: then they
+// are cut), and stops the frontend's discovery watch and worker client.
+func (f *Frontend) Shutdown(ctx context.Context) error {
+	f.srvMu.Lock()
+	servers := slices.Clone(f.servers)
+	f.srvMu.Unlock()
+	var errs []error
+	for _, s := range servers {
+		if err := s.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+			_ = s.Close()
+		}
+	}
+	f.Close()
+	return errors.Join(errs...)
+}
+
+// Close stops now: it closes the HTTP servers (cutting their requests),
+// the discovery watch and the worker client.
+func (f *Frontend) Close() {
+	f.srvMu.Lock()
+	servers := f.servers
+	f.servers = nil
+	f.srvMu.Unlock()
+	for _, s := range servers {
+		_ = s.Close()
+	}
+	f.stop()
+	f.watchWG.Wait()
+	f.client.Close()
+}
+
+// watch keeps the model set and the worker -> model map from discovery,
+// and cuts the requests of a worker that leaves so they migrate.
+func (f *Frontend) watch(events <-chan discovery.Event) {
+	defer f.watchWG.Done()
+	syncedOnce := false
+	for ev := range events {
+		switch ev.Kind {
+		case discovery.Added:
+			card, err := llm.ModelCardFrom(ev.Instance.Metadata)
+			if err != nil {
+				f.log.Warn("llm frontend: skipping a worker without a model card", "instance", fmt.Sprintf("%x", ev.Instance.ID), "err", err)
+				continue
+			}
+			f.mu.Lock()
+			f.instMods[ev.Instance.ID] = card.Name
+			if _, ok := f.cards[card.Name]; !ok {
+				f.cards[card.Name] = card
+			}
+			f.publishLocked()
+			f.mu.Unlock()
+		case discovery.Removed:
+			f.mu.Lock()
+			delete(f.instMods, ev.Instance.ID)
+			f.publishLocked()
+			for a := range f.tracked[ev.Instance.ID] {
+				a.cancel(errWorkerGone)
+			}
+			f.mu.Unlock()
+		case discovery.Synced:
+			if !syncedOnce {
+				syncedOnce = true
+				close(f.synced)
+			}
+		}
+	}
+}
+
+func (f *Frontend) publishLocked() {
+	s := &modelSet{workers: make(map[string]int), cards: make(map[string]llm.ModelCard)}
+	for _, m := range f.instMods {
+		s.workers[m]++
+		s.total++
+	}
+	for m := range s.workers {
+		s.names = append(s.names, m)
+		s.cards[m] = f.cards[m]
+	}
+	for m, c := range f.cards {
+		if _, ok := s.cards[m]; !ok {
+			s.cards[m] = c // known once: 503 rather than 404 while it has no worker
+		}
+	}
+	slices.Sort(s.names)
+	f.models.Store(s)
+}
+
+// track records that a attempts runs on worker, so that the worker leaving
+// discovery cuts it; it reports false if the worker has left already.
+func (f *Frontend) track(a *attempt, worker uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.instMods[worker]; !ok {
+		return false
+	}
+	set := f.tracked[worker]
+	if set == nil {
+		set = make(map[*attempt]struct{})
+		f.tracked[worker] = set
+	}
+	set[a] = struct{}{}
+	return true
+}
+
+func (f *Frontend) untrack(a *attempt, worker uint64) {
+	f.mu.Lock()
+	if set := f.tracked[worker]; set != nil {
+		delete(set, a)
+		if len(set) == 0 {
+			delete(f.tracked, worker)
+		}
+	}
+	f.mu.Unlock()
+}
+
+func (f *Frontend) handleModels(w http.ResponseWriter, _ *http.Request) {
+	type model struct {
+		ID            string `json:"id"`
+		Object        string `json:"object"`
+		Created       int64  `json:"created"`
+		OwnedBy       string `json:"owned_by"`
+		ContextLength int    `json:"context_length,omitempty"`
+		Workers       int    `json:"workers"`
+	}
+	s := f.models.Load()
+	out := struct {
+		Object string  `json:"object"`
+		Data   []model `json:"data"`
+	}{Object: "list", Data: []model{}}
+	for _, n := range s.names {
+		out.Data = append(out.Data, model{ID: n, Object: "model", Created: f.created, OwnedBy: "loom",
+			ContextLength: s.cards[n].ContextLength, Workers: s.workers[n]})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+func (f *Frontend) handleHealth(w http.ResponseWriter, _ *http.Request) {
+	s := f.models.Load()
+	w.Header().Set("Content-Type", "application/json")
+	status, code := "ready", http.StatusOK
+	if s.total == 0 {
+		status, code = "notready", http.StatusServiceUnavailable
+	}
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(struct {
+		Status  string   `json:"status"`
+		Models  []string `json:"models"`
+		Workers int      `json:"workers"`
+	}{status, append([]string{}, s.names...), s.total})
+}
+
+// newID returns a request id: random per process, then a counter.
+func (f *Frontend) newID(prefix string) string {
+	return prefix + f.idBase + fmt.Sprintf("%08x", f.idSeq.Add(1))
+}

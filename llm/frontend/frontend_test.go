@@ -1,0 +1,674 @@
+package frontend_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+
+	"github.com/loomrt/loom/llm/frontend"
+)
+
+func decodeJSON(resp *http.Response, v any) error {
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func oaiClient(s *stack) openai.Client {
+	return openai.NewClient(option.WithBaseURL(s.url+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
+}
+
+func chatParams(user string, maxTokens int) openai.ChatCompletionNewParams {
+	return openai.ChatCompletionNewParams{
+		Model: model,
+		Messages: []openai.ChatCompletionMessageParamUnion{
+			openai.SystemMessage("You are a helpful assistant."),
+			openai.UserMessage(user),
+		},
+		MaxTokens: openai.Int(int64(maxTokens)),
+	}
+}
+
+// streamChat runs a streaming chat through the official client and
+// returns the text, the finish reason, the usage and the stream's error.
+func streamChat(ctx context.Context, c openai.Client, p openai.ChatCompletionNewParams) (string, string, openai.CompletionUsage, error) {
+	p.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+	stream := c.Chat.Completions.NewStreaming(ctx, p)
+	defer stream.Close()
+	var sb strings.Builder
+	finish := ""
+	var usage openai.CompletionUsage
+	for stream.Next() {
+		ch := stream.Current()
+		for _, choice := range ch.Choices {
+			sb.WriteString(choice.Delta.Content)
+			if choice.FinishReason != "" {
+				finish = choice.FinishReason
+			}
+		}
+		if ch.Usage.TotalTokens > 0 {
+			usage = ch.Usage
+		}
+	}
+	return sb.String(), finish, usage, stream.Err()
+}
+
+func TestChatWithOpenAIClient(t *testing.T) {
+	for _, plane := range []string{"tcp", "nats"} {
+		t.Run(plane, func(t *testing.T) {
+			s := newStack(t, plane, frontend.Config{})
+			s.worker(workerOpts{})
+			s.waitReady(1)
+			c := oaiClient(s)
+			ctx := context.Background()
+
+			resp, err := c.Chat.Completions.New(ctx, chatParams("What is the weather?", 12))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(resp.Choices) != 1 || resp.Choices[0].FinishReason != "length" || resp.Choices[0].Message.Content == "" {
+				t.Fatalf("non-streaming response %+v: want one choice with text ending for length", resp.Choices)
+			}
+			if resp.Usage.CompletionTokens != 12 || resp.Usage.PromptTokens == 0 ||
+				resp.Usage.PromptTokensDetails.CachedTokens != resp.Usage.PromptTokens/2 {
+				t.Errorf("usage %+v: want 12 completion tokens and cached = half the prompt (as the worker reported)", resp.Usage)
+			}
+			if resp.Object != "chat.completion" || !strings.HasPrefix(resp.ID, "chatcmpl-") || resp.Model != model {
+				t.Errorf("response id %q object %q model %q", resp.ID, resp.Object, resp.Model)
+			}
+
+			text, finish, usage, err := streamChat(ctx, c, chatParams("What is the weather?", 12))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if text != resp.Choices[0].Message.Content || finish != "length" {
+				t.Errorf("stream gave %q (%s), non-stream %q: want the same text", text, finish, resp.Choices[0].Message.Content)
+			}
+			if usage.CompletionTokens != 12 || usage.PromptTokens != resp.Usage.PromptTokens ||
+				usage.PromptTokensDetails.CachedTokens != resp.Usage.PromptTokensDetails.CachedTokens {
+				t.Errorf("stream usage %+v, want %+v", usage, resp.Usage)
+			}
+		})
+	}
+}
+
+func TestCompletionsWithOpenAIClient(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{})
+	s.worker(workerOpts{})
+	s.waitReady(1)
+	c := oaiClient(s)
+	ctx := context.Background()
+	p := openai.CompletionNewParams{
+		Model:     openai.CompletionNewParamsModel(model),
+		Prompt:    openai.CompletionNewParamsPromptUnion{OfString: openai.String("Once upon a time")},
+		MaxTokens: openai.Int(7),
+	}
+	resp, err := c.Completions.New(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Choices) != 1 || resp.Choices[0].Text == "" || resp.Choices[0].FinishReason != "length" || resp.Usage.CompletionTokens != 7 {
+		t.Fatalf("completion %+v usage %+v", resp.Choices, resp.Usage)
+	}
+	stream := c.Completions.NewStreaming(ctx, p)
+	var sb strings.Builder
+	for stream.Next() {
+		for _, ch := range stream.Current().Choices {
+			sb.WriteString(ch.Text)
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	stream.Close()
+	if sb.String() != resp.Choices[0].Text {
+		t.Errorf("streamed %q, non-streamed %q", sb.String(), resp.Choices[0].Text)
+	}
+	// A prompt of token ids.
+	p.Prompt = openai.CompletionNewParamsPromptUnion{OfArrayOfTokens: []int64{300, 301, 302}}
+	if _, err := c.Completions.New(ctx, p); err != nil {
+		t.Fatalf("a prompt of token ids: %v", err)
+	}
+}
+
+// sseEvents reads a Server-Sent Events body into its data payloads,
+// checking the framing: every event is one "data: " line and a blank line.
+func sseEvents(t *testing.T, body io.Reader) []string {
+	t.Helper()
+	var events []string
+	sc := bufio.NewScanner(body)
+	expectBlank := false
+	for sc.Scan() {
+		line := sc.Text()
+		if expectBlank {
+			if line != "" {
+				t.Fatalf("event not followed by a blank line: %q", line)
+			}
+			expectBlank = false
+			continue
+		}
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			t.Fatalf("line %q is not a data line", line)
+		}
+		events = append(events, data)
+		expectBlank = true
+	}
+	return events
+}
+
+func post(t *testing.T, ctx context.Context, url, body string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, "POST", url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func TestSSEFormat(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{})
+	s.worker(workerOpts{})
+	s.waitReady(1)
+	resp := post(t, context.Background(), s.url+"/v1/chat/completions",
+		`{"model":"test-model","messages":[{"role":"user","content":[{"type":"text","text":"hi \"there\"\n"}]}],"stream":true,"max_tokens":5,"stream_options":{"include_usage":true}}`)
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("status %d content type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	events := sseEvents(t, resp.Body)
+	if len(events) != 5+2+1 {
+		t.Fatalf("got %d events, want 5 tokens + finish + usage + [DONE]: %q", len(events), events)
+	}
+	if events[len(events)-1] != "[DONE]" {
+		t.Fatalf("last event %q, want [DONE]", events[len(events)-1])
+	}
+	var id string
+	for i, e := range events[:len(events)-1] {
+		var c struct {
+			ID      string `json:"id"`
+			Object  string `json:"object"`
+			Created int64  `json:"created"`
+			Model   string `json:"model"`
+			Choices []struct {
+				Index int `json:"index"`
+				Delta struct {
+					Role    *string `json:"role"`
+					Content *string `json:"content"`
+				} `json:"delta"`
+				FinishReason *string `json:"finish_reason"`
+			} `json:"choices"`
+			Usage *struct {
+				PromptTokens     int `json:"prompt_tokens"`
+				CompletionTokens int `json:"completion_tokens"`
+				TotalTokens      int `json:"total_tokens"`
+			} `json:"usage"`
+		}
+		if err := json.Unmarshal([]byte(e), &c); err != nil {
+			t.Fatalf("event %d %q is not JSON: %v", i, e, err)
+		}
+		if id == "" {
+			id = c.ID
+		}
+		if c.ID != id || c.Object != "chat.completion.chunk" || c.Model != model || c.Created == 0 {
+			t.Errorf("event %d: id %q object %q model %q created %d", i, c.ID, c.Object, c.Model, c.Created)
+		}
+		switch {
+		case i < 5:
+			if len(c.Choices) != 1 || c.Choices[0].Delta.Content == nil || c.Choices[0].FinishReason != nil {
+				t.Errorf("token event %d = %s", i, e)
+			}
+			if (i == 0) != (c.Choices[0].Delta.Role != nil) {
+				t.Errorf("event %d: role given %v; want it on the first event only", i, c.Choices[0].Delta.Role != nil)
+			}
+		case i == 5:
+			if len(c.Choices) != 1 || c.Choices[0].FinishReason == nil || *c.Choices[0].FinishReason != "length" {
+				t.Errorf("finish event = %s", e)
+			}
+		case i == 6:
+			if len(c.Choices) != 0 || c.Usage == nil || c.Usage.CompletionTokens != 5 || c.Usage.TotalTokens != c.Usage.PromptTokens+5 {
+				t.Errorf("usage event = %s", e)
+			}
+		}
+	}
+}
+
+func TestStopStrings(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{})
+	s.worker(workerOpts{})
+	s.waitReady(1)
+	c := oaiClient(s)
+	ctx := context.Background()
+	full, _, _, err := streamChat(ctx, c, chatParams("Tell me a story.", 20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	words := strings.Fields(full)
+	if len(words) < 10 {
+		t.Fatalf("reference text %q too short", full)
+	}
+	// A stop string spanning two tokens, and one that never occurs.
+	w := words[5]
+	stop := w[len(w)-2:] + " " + words[6][:2]
+	at := strings.Index(full, stop)
+	p := chatParams("Tell me a story.", 20)
+	p.Stop = openai.ChatCompletionNewParamsStopUnion{OfStringArray: []string{"never occurs zz", stop}}
+	text, finish, usage, err := streamChat(ctx, c, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if text != full[:at] || finish != "stop" {
+		t.Errorf("with stop %q: got %q (%s), want %q (stop)", stop, text, finish, full[:at])
+	}
+	if usage.CompletionTokens >= 20 {
+		t.Errorf("generation went on to %d tokens after the stop string", usage.CompletionTokens)
+	}
+	resp, err := c.Chat.Completions.New(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Choices[0].Message.Content != full[:at] || resp.Choices[0].FinishReason != "stop" {
+		t.Errorf("non-streaming with stop: %q (%s)", resp.Choices[0].Message.Content, resp.Choices[0].FinishReason)
+	}
+}
+
+type errorBody struct {
+	Error struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Param   *string `json:"param"`
+		Code    *string `json:"code"`
+	} `json:"error"`
+}
+
+func checkError(t *testing.T, resp *http.Response, status int, param string) errorBody {
+	t.Helper()
+	var e errorBody
+	if err := decodeJSON(resp, &e); err != nil {
+		t.Fatalf("error body does not decode: %v", err)
+	}
+	if resp.StatusCode != status {
+		t.Errorf("status %d (%s), want %d", resp.StatusCode, e.Error.Message, status)
+	}
+	if e.Error.Message == "" || e.Error.Type == "" {
+		t.Errorf("error body %+v lacks message or type", e)
+	}
+	if param != "" && (e.Error.Param == nil || *e.Error.Param != param) {
+		t.Errorf("error %q names param %v, want %q", e.Error.Message, e.Error.Param, param)
+	}
+	return e
+}
+
+func TestBadRequests(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{MaxBodyBytes: 4096})
+	s.worker(workerOpts{ctxLen: 200})
+	s.waitReady(1)
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	for _, tc := range []struct {
+		name, path, body string
+		status           int
+		param            string
+	}{
+		{"malformed JSON", "chat/completions", `{"model": "x",`, 400, ""},
+		{"not an object", "chat/completions", `[1,2]`, 400, ""},
+		{"empty body", "chat/completions", ``, 400, ""},
+		{"oversized body", "chat/completions", `{"model":"` + strings.Repeat("x", 5000) + `"}`, 400, ""},
+		{"no model", "chat/completions", `{` + msgs + `}`, 400, "model"},
+		{"no messages", "chat/completions", `{"model":"test-model","messages":[]}`, 400, "messages"},
+		{"no role", "chat/completions", `{"model":"test-model","messages":[{"content":"x"}]}`, 400, "messages[0].role"},
+		{"image part", "chat/completions", `{"model":"test-model","messages":[{"role":"user","content":[{"type":"image_url"}]}]}`, 400, "messages[0].content"},
+		{"n=2", "chat/completions", `{"model":"test-model",` + msgs + `,"n":2}`, 400, "n"},
+		{"max_tokens 0", "chat/completions", `{"model":"test-model",` + msgs + `,"max_tokens":0}`, 400, "max_tokens"},
+		{"max_completion_tokens -1", "chat/completions", `{"model":"test-model",` + msgs + `,"max_completion_tokens":-1}`, 400, "max_completion_tokens"},
+		{"max_tokens string", "chat/completions", `{"model":"test-model",` + msgs + `,"max_tokens":"ten"}`, 400, "max_tokens"},
+		{"too many stops", "chat/completions", `{"model":"test-model",` + msgs + `,"stop":["a","b","c","d","e"]}`, 400, "stop"},
+		{"stop number", "chat/completions", `{"model":"test-model",` + msgs + `,"stop":5}`, 400, ""},
+		{"stream_options without stream", "chat/completions", `{"model":"test-model",` + msgs + `,"stream_options":{"include_usage":true}}`, 400, "stream_options"},
+		{"beyond context", "chat/completions", `{"model":"test-model",` + msgs + `,"max_tokens":500}`, 400, "max_tokens"},
+		{"prompt beyond context", "completions", `{"model":"test-model","prompt":"` + strings.Repeat("9", 300) + `"}`, 400, "prompt"},
+		{"no prompt", "completions", `{"model":"test-model"}`, 400, "prompt"},
+		{"two prompts", "completions", `{"model":"test-model","prompt":["a","b"]}`, 400, "prompt"},
+		{"token out of range", "completions", `{"model":"test-model","prompt":[1,99999999]}`, 400, "prompt"},
+		{"unknown model", "chat/completions", `{"model":"nope",` + msgs + `}`, 404, "model"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkError(t, post(t, context.Background(), s.url+"/v1/"+tc.path, tc.body), tc.status, tc.param)
+		})
+	}
+	// The official client sees the same as an *openai.Error.
+	c := oaiClient(s)
+	_, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
+		Model: model, Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("x")}, N: openai.Int(3)})
+	var oe *openai.Error
+	if !errors.As(err, &oe) || oe.StatusCode != 400 || oe.Param != "n" {
+		t.Errorf("n=3 through the client: %v, want a 400 *openai.Error naming n", err)
+	}
+	resp, err := http.Get(s.url + "/v2/whatever")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkError(t, resp, 404, "")
+}
+
+func TestServiceErrors(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{MaxInFlightPerWorker: 1})
+	holder := s.worker(workerOpts{pauseAfter: 1})
+	gone := s.worker(workerOpts{model: "gone-model"})
+	s.worker(workerOpts{model: "failing", fail: errors.New("the engine ran out of memory")})
+	s.waitReady(3)
+	ctx := context.Background()
+
+	// 503: a model that had workers and has none now.
+	gone.kill()
+	s.waitReady(2)
+	checkError(t, post(t, ctx, s.url+"/v1/chat/completions", `{"model":"gone-model","messages":[{"role":"user","content":"hi"}]}`), 503, "")
+
+	// 500: the worker fails the request (not a migration case).
+	e := checkError(t, post(t, ctx, s.url+"/v1/chat/completions", `{"model":"failing","messages":[{"role":"user","content":"hi"}]}`), 500, "")
+	if !strings.Contains(e.Error.Message, "ran out of memory") {
+		t.Errorf("500 message %q does not carry the worker's error", e.Error.Message)
+	}
+
+	// 429: the only worker of the model holds one request, the limit.
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	first := post(t, hctx, s.url+"/v1/chat/completions", `{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+	defer first.Body.Close()
+	waitFor(t, holder.paused, "the worker to hold the first request")
+	resp := post(t, ctx, s.url+"/v1/chat/completions", `{"model":"test-model","messages":[{"role":"user","content":"hi"}]}`)
+	if resp.Header.Get("Retry-After") == "" {
+		t.Error("429 without Retry-After")
+	}
+	checkError(t, resp, 429, "")
+	cancel()
+	waitFor(t, holder.killed, "the held request to be killed")
+}
+
+func TestHealthModelsAndMetrics(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{})
+	get := func(path string) (int, string) {
+		resp, err := http.Get(s.url + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/live"); code != 200 {
+		t.Errorf("/live = %d", code)
+	}
+	if err := s.fe.WaitSynced(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get("/health"); code != 503 {
+		t.Errorf("/health with no workers = %d %s, want 503", code, body)
+	}
+	checkError(t, post(t, context.Background(), s.url+"/v1/chat/completions", `{"model":"test-model","messages":[{"role":"user","content":"hi"}]}`), 404, "model")
+	s.worker(workerOpts{})
+	s.worker(workerOpts{model: "other"})
+	s.waitReady(2)
+	if code, body := get("/health"); code != 200 {
+		t.Errorf("/health with workers = %d %s, want 200", code, body)
+	}
+	c := oaiClient(s)
+	page := c.Models.ListAutoPaging(context.Background())
+	var ids []string
+	for page.Next() {
+		ids = append(ids, page.Current().ID)
+	}
+	if err := page.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ids) != "[other test-model]" {
+		t.Errorf("models = %v, want [other test-model]", ids)
+	}
+	if _, _, _, err := streamChat(context.Background(), oaiClient(s), chatParams("hello", 4)); err != nil {
+		t.Fatal(err)
+	}
+	_, metrics := get("/metrics")
+	for _, want := range []string{
+		`loom_llm_requests_total{model="test-model",status="200"} 1`,
+		`loom_llm_requests_total{model="",status="404"} 1`,
+		`loom_llm_time_to_first_token_seconds_count{model="test-model"} 1`,
+		`loom_llm_inter_token_latency_seconds_count{model="test-model"} 3`,
+		`loom_llm_output_tokens_total{model="test-model"} 4`,
+		`loom_llm_requests_in_flight{model="test-model"} 0`,
+		`loom_llm_migrations_total{model="test-model"} 0`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+func TestDisconnectKillsWorkerRequest(t *testing.T) {
+	for _, plane := range []string{"tcp", "nats"} {
+		t.Run(plane, func(t *testing.T) {
+			s := newStack(t, plane, frontend.Config{})
+			w := s.worker(workerOpts{pauseAfter: 2})
+			s.waitReady(1)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			resp := post(t, ctx, s.url+"/v1/chat/completions", `{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+			defer resp.Body.Close()
+			id := waitFor(t, w.paused, "the worker to stream two tokens")
+			// Read the first event, then hang up.
+			line, err := bufio.NewReader(resp.Body).ReadString('\n')
+			if err != nil || !strings.HasPrefix(line, "data: {") {
+				t.Fatalf("first line %q, %v", line, err)
+			}
+			cancel()
+			if got := waitFor(t, w.killed, "the worker's handler context to end"); got != id {
+				t.Errorf("killed request %q, want %q", got, id)
+			}
+		})
+	}
+}
+
+// collectSSE reads a chat stream and returns its text and final error
+// event, if any.
+func collectSSE(t *testing.T, resp *http.Response) (text, finish string, errEvent string) {
+	t.Helper()
+	defer resp.Body.Close()
+	for _, e := range sseEvents(t, resp.Body) {
+		if e == "[DONE]" {
+			continue
+		}
+		if strings.HasPrefix(e, `{"error"`) {
+			errEvent = e
+			continue
+		}
+		var c struct {
+			Choices []struct {
+				Delta        struct{ Content string } `json:"delta"`
+				FinishReason *string                  `json:"finish_reason"`
+			} `json:"choices"`
+		}
+		if err := json.Unmarshal([]byte(e), &c); err != nil {
+			t.Fatalf("event %q: %v", e, err)
+		}
+		for _, ch := range c.Choices {
+			text += ch.Delta.Content
+			if ch.FinishReason != nil {
+				finish = *ch.FinishReason
+			}
+		}
+	}
+	return text, finish, errEvent
+}
+
+// sseReader reads a stream's events as they come.
+type sseReader struct {
+	t    *testing.T
+	br   *bufio.Reader
+	text string
+}
+
+func newSSEReader(t *testing.T, resp *http.Response) *sseReader {
+	if resp.StatusCode != 200 {
+		t.Fatalf("stream status %d", resp.StatusCode)
+	}
+	return &sseReader{t: t, br: bufio.NewReader(resp.Body)}
+}
+
+// words reads content events until the text has n words.
+func (r *sseReader) words(n int) {
+	r.t.Helper()
+	for len(strings.Fields(r.text)) < n {
+		line, err := r.br.ReadString('\n')
+		if err != nil {
+			r.t.Fatalf("stream ended after %q: %v", r.text, err)
+		}
+		data, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "data: ")
+		if !ok {
+			continue
+		}
+		if blank, err := r.br.ReadString('\n'); err != nil || blank != "\n" {
+			r.t.Fatalf("event %q not followed by a blank line: %q, %v", data, blank, err)
+		}
+		var c struct {
+			Choices []struct {
+				Delta struct{ Content string } `json:"delta"`
+			} `json:"choices"`
+		}
+		if err := json.Unmarshal([]byte(data), &c); err != nil {
+			r.t.Fatalf("event %q: %v", data, err)
+		}
+		for _, ch := range c.Choices {
+			r.text += ch.Delta.Content
+		}
+	}
+}
+
+// rest reads the stream to its end.
+func (r *sseReader) rest() (text, finish, errEvent string) {
+	text, finish, errEvent = collectSSE(r.t, &http.Response{Body: io.NopCloser(r.br)})
+	return r.text + text, finish, errEvent
+}
+
+var migBody = `{"model":"test-model","stream":true,"max_tokens":30,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Count the stars."}]}`
+
+func TestMigrationKeepsTheStream(t *testing.T) {
+	for _, plane := range []string{"tcp", "nats"} {
+		t.Run(plane, func(t *testing.T) {
+			s := newStack(t, plane, frontend.Config{})
+			first := s.worker(workerOpts{pauseAfter: 11})
+			s.waitReady(1)
+			ctx := context.Background()
+			resp := post(t, ctx, s.url+"/v1/chat/completions", migBody)
+			defer resp.Body.Close()
+			sr := newSSEReader(t, resp)
+			sr.words(11)
+			second := s.worker(workerOpts{})
+			s.waitReady(2)
+			first.kill()
+			var got struct{ text, finish, err string }
+			got.text, got.finish, got.err = sr.rest()
+			if got.err != "" || got.finish != "length" {
+				t.Fatalf("migrated stream ended with %q, error event %s", got.finish, got.err)
+			}
+			r := second.lastRequest()
+			if r.Generated != 11 || r.MaxTokens != 19 {
+				t.Errorf("second worker got generated=%d max_tokens=%d, want 11 and 19", r.Generated, r.MaxTokens)
+			}
+			// The same request on a healthy worker, unmigrated.
+			want, finish, e := collectSSE(t, post(t, ctx, s.url+"/v1/chat/completions", migBody))
+			if e != "" || finish != "length" {
+				t.Fatalf("reference stream: %s %s", finish, e)
+			}
+			if got.text != want {
+				t.Errorf("migrated stream differs from the unmigrated one:\n got %q\nwant %q", got.text, want)
+			}
+			if n := len(strings.Fields(got.text)); n != 30 {
+				t.Errorf("migrated stream has %d words, want 30 (no token repeated or missing)", n)
+			}
+		})
+	}
+}
+
+func TestMigrationsExhaustedEndTheStream(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{MaxMigrations: 1})
+	a := s.worker(workerOpts{pauseAfter: 3})
+	s.waitReady(1)
+	resp := post(t, context.Background(), s.url+"/v1/chat/completions", migBody)
+	defer resp.Body.Close()
+	sr := newSSEReader(t, resp)
+	sr.words(3)
+	b := s.worker(workerOpts{pauseAfter: 2})
+	s.waitReady(2)
+	a.kill()
+	sr.words(5)
+	b.kill()
+	text, finish, e := sr.rest()
+	if finish != "" || !strings.Contains(e, `"type":"server_error"`) || !strings.Contains(e, "migrations exhausted") {
+		t.Fatalf("stream ended with finish %q and error event %s; want an OpenAI error event saying migrations are exhausted", finish, e)
+	}
+	if n := len(strings.Fields(text)); n != 5 {
+		t.Errorf("client saw %d words before the error, want 3 + 2", n)
+	}
+}
+
+// TestNoRequestHangsWhenWorkersDisappear: requests on workers that die,
+// and on a worker that only leaves discovery while its streams stay open
+// (a hung or partitioned process), all end.
+func TestNoRequestHangsWhenWorkersDisappear(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{MaxMigrations: 2})
+	var workers []*testWorker
+	for range 3 {
+		workers = append(workers, s.worker(workerOpts{pauseAfter: 1}))
+	}
+	s.waitReady(3)
+	const n = 12
+	var wg sync.WaitGroup
+	results := make(chan string, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp := post(t, context.Background(), s.url+"/v1/chat/completions", migBody)
+			if resp.StatusCode != 200 {
+				var e errorBody
+				_ = decodeJSON(resp, &e)
+				results <- fmt.Sprintf("status %d", resp.StatusCode)
+				return
+			}
+			_, finish, e := collectSSE(t, resp)
+			results <- finish + e
+		}()
+	}
+	for i := range n {
+		waitFor(t, workers[i%3].paused, "requests to reach the workers")
+	}
+	// One worker leaves discovery but keeps its streams open; the others
+	// die.
+	_ = workers[0].disc.Close()
+	workers[1].kill()
+	workers[2].kill()
+	wg.Wait()
+	close(results)
+	for r := range results {
+		if !strings.Contains(r, `"type":"server_error"`) && !strings.Contains(r, `"code":"no_worker"`) && !strings.HasPrefix(r, "status 5") {
+			t.Errorf("a request ended with %q, want an error once no worker is left", r)
+		}
+	}
+}
+
+var _ = bytes.NewReader
+var _ = time.Second

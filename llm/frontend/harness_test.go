@@ -1,0 +1,256 @@
+package frontend_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"iter"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/memory"
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/llm"
+	"github.com/loomrt/loom/llm/frontend"
+	"github.com/loomrt/loom/llm/tokenizer"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+const model = "test-model"
+
+// stack is a frontend and workers, each on a runtime of its own sharing a
+// discovery store, calling each other over a real request plane (tcp, or
+// nats on an embedded server): processes in all but name.
+type stack struct {
+	t     testing.TB
+	store *memory.Store
+	cfg   config.Config
+	fe    *frontend.Frontend
+	rt    *loom.Runtime
+	url   string // http://127.0.0.1:port
+}
+
+func newStack(t testing.TB, plane string, fcfg frontend.Config) *stack {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Client.WaitTimeout = 2 * time.Second
+	cfg.Client.LocalFastPath = plane == "local"
+	if plane != "local" {
+		cfg.RequestPlane.Transport = plane
+	}
+	if plane == "nats" {
+		ns, err := embedded.StartNATS(embedded.NATSOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ns.Shutdown)
+		cfg.NATS.URL = ns.ClientURL()
+	}
+	s := &stack{t: t, store: memory.NewStore(), cfg: cfg}
+	s.rt, _ = s.runtime()
+	fe, err := frontend.New(context.Background(), s.rt, fcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.fe = fe
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.url = "http://" + l.Addr().String()
+	served := make(chan struct{})
+	go func() { defer close(served); _ = fe.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = fe.Shutdown(ctx)
+		<-served
+	})
+	return s
+}
+
+// runtime starts a runtime in the stack, shut down when the test ends.
+func (s *stack) runtime() (*loom.Runtime, discovery.Discovery) {
+	s.t.Helper()
+	d := s.store.Connect()
+	rt, err := loom.NewRuntime(context.Background(), loom.WithConfig(s.cfg), loom.WithDiscovery(d), loom.WithLogger(quiet))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = rt.Shutdown(ctx)
+		_ = d.Close()
+	})
+	return rt, d
+}
+
+// testWorker is an engine serving llm.Request the way a worker does: its
+// output is a function of the original prompt and the position, so a
+// request resumed elsewhere (a migration) continues the same text.
+type testWorker struct {
+	rt   *loom.Runtime
+	disc discovery.Discovery
+	card llm.ModelCard
+
+	delay time.Duration
+	// pauseAfter makes every request wait for its kill after emitting
+	// that many tokens (0: never); paused is signalled each time.
+	pauseAfter int
+	paused     chan string
+	// fail makes every request fail with this error after its first
+	// token.
+	fail error
+
+	mu       sync.Mutex
+	requests []llm.Request
+	killed   chan string // request ids whose handler context ended early
+	served   atomic.Int64
+}
+
+type workerOpts struct {
+	model      string
+	delay      time.Duration
+	pauseAfter int
+	fail       error
+	ctxLen     int
+}
+
+func (s *stack) worker(o workerOpts) *testWorker {
+	s.t.Helper()
+	if o.model == "" {
+		o.model = model
+	}
+	rt, d := s.runtime()
+	w := &testWorker{rt: rt, disc: d, card: llm.ModelCard{Name: o.model, BlockSize: 16, ContextLength: o.ctxLen},
+		delay: o.delay, pauseAfter: o.pauseAfter, fail: o.fail,
+		paused: make(chan string, 64), killed: make(chan string, 64)}
+	ep, err := rt.Endpoint(llm.DefaultNamespace + "/" + llm.WorkerComponent + "/" + llm.GenerateEndpoint)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := loom.Serve(context.Background(), ep, loom.Engine[llm.Request, llm.Response](w), loom.WithMetadata(w.card.Metadata())); err != nil {
+		s.t.Fatal(err)
+	}
+	return w
+}
+
+// kill ends the worker at once: its requests are cancelled and it leaves
+// discovery, as a crashed process's would.
+func (w *testWorker) kill() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = w.rt.Shutdown(ctx)
+}
+
+// outputToken is the k-th token generated for prompt.
+func outputToken(prompt []uint32, k int) uint32 {
+	var seed uint32
+	for _, t := range prompt {
+		seed = seed*31 + t
+	}
+	out := tokenizer.Default().OutputVocab()
+	return out[(int(seed%997)+k*7)%len(out)]
+}
+
+func (w *testWorker) Generate(ctx context.Context, req llm.Request) iter.Seq2[llm.Response, error] {
+	return func(yield func(llm.Response, error) bool) {
+		w.mu.Lock()
+		w.requests = append(w.requests, req)
+		w.mu.Unlock()
+		w.served.Add(1)
+		prompt := req.TokenIDs[:len(req.TokenIDs)-req.Generated]
+		for i := range req.MaxTokens {
+			if i == w.pauseAfter && w.pauseAfter > 0 {
+				w.paused <- req.ID
+				<-ctx.Done()
+			}
+			if ctx.Err() != nil {
+				w.killed <- req.ID
+				return
+			}
+			if w.delay > 0 {
+				select {
+				case <-time.After(w.delay):
+				case <-ctx.Done():
+					w.killed <- req.ID
+					return
+				}
+			}
+			if i == 1 && w.fail != nil {
+				yield(llm.Response{}, w.fail)
+				return
+			}
+			resp := llm.Response{TokenIDs: []uint32{outputToken(prompt, req.Generated+i)}}
+			if i == 0 {
+				resp.Worker = w.rt.ID()
+				resp.CachedTokens = len(prompt) / 2
+			}
+			if i == req.MaxTokens-1 {
+				resp.FinishReason = llm.FinishLength
+			}
+			if !yield(resp, nil) {
+				return
+			}
+		}
+	}
+}
+
+func (w *testWorker) lastRequest() llm.Request {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.requests) == 0 {
+		return llm.Request{}
+	}
+	return w.requests[len(w.requests)-1]
+}
+
+// waitFor waits for ch to yield, failing the test with what after a
+// generous bound (it is a deadlock guard, not a timing assertion).
+func waitFor[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(20 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+	var zero T
+	return zero
+}
+
+// waitReady waits until the frontend lists n workers.
+func (s *stack) waitReady(n int) {
+	s.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(s.url + "/health")
+		if err == nil {
+			var h struct{ Workers int }
+			_ = decodeJSON(resp, &h)
+			if h.Workers == n {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("the frontend never saw %d workers", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+var _ = fmt.Sprint

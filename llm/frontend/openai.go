@@ -1,0 +1,254 @@
+package frontend
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/loomrt/loom/llm/tokenizer"
+)
+
+// The request bodies of the OpenAI API that the frontend reads. Fields it
+// does not use (temperature, top_p, ...) are accepted and ignored, as a
+// mock engine has no sampling to tune.
+
+type chatRequest struct {
+	Model               string         `json:"model"`
+	Messages            []chatMessage  `json:"messages"`
+	Stream              bool           `json:"stream"`
+	StreamOptions       *streamOptions `json:"stream_options"`
+	MaxTokens           *int           `json:"max_tokens"`
+	MaxCompletionTokens *int           `json:"max_completion_tokens"`
+	Stop                stopField      `json:"stop"`
+	N                   *int           `json:"n"`
+	StopTokenIDs        []uint32       `json:"stop_token_ids"`
+}
+
+type completionRequest struct {
+	Model         string          `json:"model"`
+	Prompt        json.RawMessage `json:"prompt"`
+	Stream        bool            `json:"stream"`
+	StreamOptions *streamOptions  `json:"stream_options"`
+	MaxTokens     *int            `json:"max_tokens"`
+	Stop          stopField       `json:"stop"`
+	N             *int            `json:"n"`
+	StopTokenIDs  []uint32        `json:"stop_token_ids"`
+}
+
+type streamOptions struct {
+	IncludeUsage bool `json:"include_usage"`
+}
+
+type chatMessage struct {
+	Role    string         `json:"role"`
+	Content messageContent `json:"content"`
+}
+
+// messageContent is a message's content: a string, null, or an array of
+// parts of which the text parts are joined.
+type messageContent struct {
+	text string
+	err  error
+}
+
+func (m *messageContent) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	switch {
+	case len(b) == 0 || string(b) == "null":
+		return nil
+	case b[0] == '"':
+		return json.Unmarshal(b, &m.text)
+	case b[0] == '[':
+		var parts []struct {
+			Type string `json:"type"`
+			Text string `json:"text"`
+		}
+		if err := json.Unmarshal(b, &parts); err != nil {
+			return err
+		}
+		var sb strings.Builder
+		for i, p := range parts {
+			if p.Type != "text" {
+				m.err = fmt.Errorf("content part %d has type %q; this frontend takes only text parts", i, p.Type)
+				return nil
+			}
+			sb.WriteString(p.Text)
+		}
+		m.text = sb.String()
+		return nil
+	}
+	return errors.New("content must be a string or an array of text parts")
+}
+
+// stopField is "stop": a string, an array of strings, or null.
+type stopField []string
+
+func (s *stopField) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	switch {
+	case string(b) == "null":
+		*s = nil
+		return nil
+	case len(b) > 0 && b[0] == '"':
+		var one string
+		if err := json.Unmarshal(b, &one); err != nil {
+			return err
+		}
+		*s = stopField{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return errors.New("stop must be a string or an array of strings")
+	}
+	*s = many
+	return nil
+}
+
+// maxStops is how many stop strings a request may give (as OpenAI allows).
+const maxStops = 4
+
+// params is what a request asks of the generation, after checking.
+type params struct {
+	model        string
+	prompt       []uint32
+	maxTokens    int // 0: not given
+	maxParam     string
+	stream       bool
+	includeUsage bool
+	stops        []string
+	stopIDs      []uint32
+	chat         bool
+}
+
+// decodeError turns a JSON decoding error into a 400 naming the field.
+func decodeError(err error) *apiError {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Field != "" {
+		return badRequest(te.Field, "%s: expected %s, got JSON %s", te.Field, te.Type, te.Value)
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return badRequest("", "request body is not valid JSON: %v (at byte %d)", err, se.Offset)
+	}
+	return badRequest("", "request body does not decode: %v", err)
+}
+
+func checkCommon(model string, n *int, stops stopField, maxTokens *int, maxParam string, stream bool, so *streamOptions, stopIDs []uint32, vocab int) (params, *apiError) {
+	p := params{model: model, stream: stream, stops: stops}
+	if model == "" {
+		return p, badRequest("model", "model: required (GET /v1/models lists the served models)")
+	}
+	if n != nil && *n != 1 {
+		return p, badRequest("n", "n: only 1 choice per request is supported, got %d", *n)
+	}
+	if len(stops) > maxStops {
+		return p, badRequest("stop", "stop: at most %d strings, got %d", maxStops, len(stops))
+	}
+	for i, s := range stops {
+		if s == "" {
+			return p, badRequest("stop", "stop[%d]: empty string", i)
+		}
+	}
+	if maxTokens != nil {
+		if *maxTokens < 1 {
+			return p, badRequest(maxParam, "%s: must be at least 1, got %d", maxParam, *maxTokens)
+		}
+		p.maxTokens, p.maxParam = *maxTokens, maxParam
+	}
+	if so != nil {
+		if !stream {
+			return p, badRequest("stream_options", "stream_options: only allowed with stream: true")
+		}
+		p.includeUsage = so.IncludeUsage
+	}
+	for i, id := range stopIDs {
+		if int(id) >= vocab {
+			return p, badRequest("stop_token_ids", "stop_token_ids[%d]: %d is outside the vocabulary of %d tokens", i, id, vocab)
+		}
+	}
+	p.stopIDs = stopIDs
+	return p, nil
+}
+
+func (r *chatRequest) params(tok *tokenizer.Tokenizer) (params, *apiError) {
+	maxTokens, maxParam := r.MaxCompletionTokens, "max_completion_tokens"
+	if maxTokens == nil {
+		maxTokens, maxParam = r.MaxTokens, "max_tokens"
+	}
+	p, err := checkCommon(r.Model, r.N, r.Stop, maxTokens, maxParam, r.Stream, r.StreamOptions, r.StopTokenIDs, tok.VocabSize())
+	if err != nil {
+		return p, err
+	}
+	if len(r.Messages) == 0 {
+		return p, badRequest("messages", "messages: at least one message is required")
+	}
+	msgs := make([]tokenizer.Message, len(r.Messages))
+	for i, m := range r.Messages {
+		if m.Role == "" {
+			return p, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d].role: required", i)
+		}
+		if m.Content.err != nil {
+			return p, badRequest(fmt.Sprintf("messages[%d].content", i), "messages[%d].content: %v", i, m.Content.err)
+		}
+		msgs[i] = tokenizer.Message{Role: m.Role, Content: m.Content.text}
+	}
+	p.prompt = tok.ApplyChatTemplate(make([]uint32, 0, 64), msgs, true)
+	p.stopIDs = append(p.stopIDs, tokenizer.ImEnd, tokenizer.EOS)
+	p.chat = true
+	return p, nil
+}
+
+func (r *completionRequest) params(tok *tokenizer.Tokenizer) (params, *apiError) {
+	p, err := checkCommon(r.Model, r.N, r.Stop, r.MaxTokens, "max_tokens", r.Stream, r.StreamOptions, r.StopTokenIDs, tok.VocabSize())
+	if err != nil {
+		return p, err
+	}
+	b := bytes.TrimSpace(r.Prompt)
+	if len(b) == 0 || string(b) == "null" {
+		return p, badRequest("prompt", "prompt: required")
+	}
+	// A string, an array of one string, an array of token ids, or an
+	// array of one array of token ids.
+	var s string
+	var ss []string
+	var ids []int64
+	var idss [][]int64
+	switch {
+	case json.Unmarshal(b, &s) == nil:
+	case json.Unmarshal(b, &ss) == nil:
+		if len(ss) != 1 {
+			return p, badRequest("prompt", "prompt: one prompt per request is supported, got %d", len(ss))
+		}
+		s = ss[0]
+	case json.Unmarshal(b, &ids) == nil:
+	case json.Unmarshal(b, &idss) == nil:
+		if len(idss) != 1 {
+			return p, badRequest("prompt", "prompt: one prompt per request is supported, got %d", len(idss))
+		}
+		ids = idss[0]
+	default:
+		return p, badRequest("prompt", "prompt: must be a string, an array of one string, or an array of token ids")
+	}
+	if ids != nil {
+		if len(ids) == 0 {
+			return p, badRequest("prompt", "prompt: empty token array")
+		}
+		p.prompt = make([]uint32, len(ids))
+		for i, id := range ids {
+			if id < 0 || id >= int64(tok.VocabSize()) {
+				return p, badRequest("prompt", "prompt[%d]: token id %d is outside the vocabulary of %d tokens", i, id, tok.VocabSize())
+			}
+			p.prompt[i] = uint32(id)
+		}
+	} else {
+		if s == "" {
+			return p, badRequest("prompt", "prompt: empty")
+		}
+		p.prompt = tok.Encode(make([]uint32, 0, len(s)/4+8), s)
+	}
+	p.stopIDs = append(p.stopIDs, tokenizer.EOS)
+	return p, nil
+}
