@@ -121,6 +121,7 @@ type modelSet struct {
 	cards   map[string]llm.ModelCard // model -> its card
 	names   []string                 // sorted
 	total   int
+	alive   map[uint64]bool // workers in discovery now
 }
 
 // New returns a frontend calling the workers of cfg.Namespace through rt.
@@ -296,8 +297,9 @@ func (f *Frontend) watch(events <-chan discovery.Event) {
 }
 
 func (f *Frontend) publishLocked() {
-	s := &modelSet{workers: make(map[string]int), cards: make(map[string]llm.ModelCard)}
-	for _, m := range f.instMods {
+	s := &modelSet{workers: make(map[string]int), cards: make(map[string]llm.ModelCard), alive: make(map[uint64]bool, len(f.instMods))}
+	for id, m := range f.instMods {
+		s.alive[id] = true
 		s.workers[m]++
 		s.total++
 	}
@@ -314,7 +316,7 @@ func (f *Frontend) publishLocked() {
 	f.models.Store(s)
 }
 
-// track records that a attempts runs on worker, so that the worker leaving
+// track records that attempt a runs on worker, so that the worker leaving
 // discovery cuts it; it reports false if the worker has left already.
 func (f *Frontend) track(a *attempt, worker uint64) bool {
 	f.mu.Lock()

@@ -2,7 +2,6 @@ package frontend_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -442,7 +441,13 @@ func TestHealthModelsAndMetrics(t *testing.T) {
 	if _, _, _, err := streamChat(context.Background(), oaiClient(s), chatParams("hello", 4)); err != nil {
 		t.Fatal(err)
 	}
-	_, metrics := get("/metrics")
+	// The handler counts the request after the client has read [DONE].
+	var metrics string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if _, metrics = get("/metrics"); strings.Contains(metrics, `loom_llm_request_duration_seconds_count{model="test-model"} 1`) {
+			break
+		}
+	}
 	for _, want := range []string{
 		`loom_llm_requests_total{model="test-model",status="200"} 1`,
 		`loom_llm_requests_total{model="",status="404"} 1`,
@@ -670,5 +675,3 @@ func TestNoRequestHangsWhenWorkersDisappear(t *testing.T) {
 	}
 }
 
-var _ = bytes.NewReader
-var _ = time.Second

@@ -42,10 +42,13 @@ func (p picker) Pick(ctx context.Context, cands []*loom.Candidate) (*loom.Candid
 		return p.f.router.Pick(ctx, cands)
 	}
 	limit := int64(p.f.cfg.MaxInFlightPerWorker)
+	alive := p.f.models.Load().alive
 	a.buf = a.buf[:0]
 	serving := 0
 	for _, c := range cands {
-		if c.Metadata[llm.MetaModel] != a.model || slices.Contains(a.avoid, c.ID) {
+		// A worker the frontend saw leave discovery is skipped even if
+		// the client has not seen it leave yet.
+		if c.Metadata[llm.MetaModel] != a.model || slices.Contains(a.avoid, c.ID) || !alive[c.ID] {
 			continue
 		}
 		serving++
@@ -72,7 +75,11 @@ func (p picker) Pick(ctx context.Context, cands []*loom.Candidate) (*loom.Candid
 		a.tracked = false
 	}
 	if !a.tracked {
-		a.tracked = p.f.track(a, c.ID)
+		if a.tracked = p.f.track(a, c.ID); !a.tracked {
+			// It left between the check above and now: cut the
+			// attempt so that it migrates rather than waits on it.
+			a.cancel(errWorkerGone)
+		}
 	}
 	a.worker = c.ID
 	return c, nil
@@ -110,6 +117,7 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 	first := true
 	var last time.Time
 	a := &attempt{f: f, model: j.p.model}
+	waited := false
 	for try := 0; ; try++ {
 		req := llm.Request{ID: j.id, Model: j.p.model, TokenIDs: j.p.prompt,
 			MaxTokens: j.maxTokens - len(generated), StopTokenIDs: j.p.stopIDs}
@@ -197,6 +205,17 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 		if callErr != nil && errors.Is(cause, errWorkerGone) {
 			callErr = fmt.Errorf("%w (worker %x)", errWorkerGone, a.worker)
 		}
+		if errors.Is(callErr, llm.ErrNoWorker) && !waited && f.hasWorker(j.p.model, a.avoid) {
+			// The frontend's view of discovery knows a worker that the
+			// client's does not yet: wait for the client to catch up,
+			// once, then try again.
+			waited = true
+			wctx, wcancel := context.WithTimeout(ctx, time.Second)
+			_ = f.client.WaitForInstances(wctx, f.models.Load().total)
+			wcancel()
+			try--
+			continue
+		}
 		if !migratable(callErr) {
 			return res, callErr
 		}
@@ -217,6 +236,19 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 		f.log.Info("llm frontend: migrating request", "request", j.id, "model", j.p.model,
 			"generated", len(generated), "migration", try+1, "err", callErr)
 	}
+}
+
+// hasWorker reports whether the frontend knows a worker of model that is
+// not in avoid.
+func (f *Frontend) hasWorker(model string, avoid []uint64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for id, m := range f.instMods {
+		if m == model && !slices.Contains(avoid, id) {
+			return true
+		}
+	}
+	return false
 }
 
 // migratable reports whether a failed attempt may be re-issued elsewhere:
