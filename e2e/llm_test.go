@@ -1,0 +1,138 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+)
+
+func openaiClient(base string) openai.Client {
+	return openai.NewClient(option.WithBaseURL(base+"/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
+}
+
+func chatParams(maxTokens int) openai.ChatCompletionNewParams {
+	return openai.ChatCompletionNewParams{
+		Model: "mock-model",
+		Messages: []openai.ChatCompletionMessageParamUnion{
+			openai.SystemMessage("You are a helpful assistant."),
+			openai.UserMessage("Tell me about the sea."),
+		},
+		MaxTokens: openai.Int(int64(maxTokens)),
+	}
+}
+
+// TestLLMUpAnswersTheOpenAIClient: `loom llm up` starts the stack in one
+// process and answers the official client's streaming chat request.
+func TestLLMUpAnswersTheOpenAIClient(t *testing.T) {
+	p := start(t, nil, "loom", "llm", "up", "--port", "0", "--workers", "2", "--decode-step", "1ms")
+	base := strings.TrimPrefix(p.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
+	c := openaiClient(base)
+	stream := c.Chat.Completions.NewStreaming(context.Background(), chatParams(16))
+	var sb strings.Builder
+	chunks, finish := 0, ""
+	for stream.Next() {
+		for _, ch := range stream.Current().Choices {
+			sb.WriteString(ch.Delta.Content)
+			if ch.FinishReason != "" {
+				finish = ch.FinishReason
+			}
+		}
+		chunks++
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	stream.Close()
+	if n := len(strings.Fields(sb.String())); n != 16 || finish != "length" {
+		t.Fatalf("streamed %q (%d words, finish %q) in %d chunks; want 16 words ending for length", sb.String(), n, finish, chunks)
+	}
+	p.signal(syscall.SIGTERM)
+	if code := p.wait(20 * time.Second); code != 0 {
+		_, errOut := p.output()
+		t.Fatalf("loom llm up exited %d; stderr:\n%s", code, errOut)
+	}
+}
+
+// TestLLMWorkerKilledMidStream: loom up, a frontend and mock workers as
+// processes; the worker serving a stream is killed with SIGKILL and the
+// client's stream goes on, identical to an unmigrated one.
+func TestLLMWorkerKilledMidStream(t *testing.T) {
+	cp := up(t, "natskv")
+	defer cp.stop()
+	env := cp.componentEnv(2 * time.Second)
+	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "round_robin")
+	base := strings.TrimPrefix(fe.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
+	workers := func() int {
+		resp, err := http.Get(base + "/models")
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		var m struct{ Data []struct{ Workers int } }
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		if len(m.Data) == 0 {
+			return 0
+		}
+		return m.Data[0].Workers
+	}
+	waitWorkers := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); workers() != n; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the frontend never listed %d workers (has %d)", n, workers())
+			}
+		}
+	}
+	first := start(t, env, "loom", "llm", "worker", "--decode-step", "20ms")
+	first.waitLine("loom llm worker:", 30*time.Second)
+	waitWorkers(1)
+
+	c := openaiClient(base)
+	stream := c.Chat.Completions.NewStreaming(context.Background(), chatParams(60))
+	var sb strings.Builder
+	finish := ""
+	second := (*proc)(nil)
+	for stream.Next() {
+		for _, ch := range stream.Current().Choices {
+			sb.WriteString(ch.Delta.Content)
+			if ch.FinishReason != "" {
+				finish = ch.FinishReason
+			}
+		}
+		if second == nil && len(strings.Fields(sb.String())) >= 10 {
+			second = start(t, env, "loom", "llm", "worker", "--decode-step", "1ms")
+			waitWorkers(2)
+			first.signal(syscall.SIGKILL)
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatalf("the stream failed after %q: %v", sb.String(), err)
+	}
+	stream.Close()
+	got := sb.String()
+	if n := len(strings.Fields(got)); n != 60 || finish != "length" {
+		t.Fatalf("migrated stream: %d words, finish %q: %q", n, finish, got)
+	}
+	resp, err := c.Chat.Completions.New(context.Background(), chatParams(60))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := resp.Choices[0].Message.Content; got != want {
+		t.Errorf("the migrated stream differs from the same request unmigrated:\n got %q\nwant %q", got, want)
+	}
+	second.signal(syscall.SIGTERM)
+	second.wait(20 * time.Second)
+	fe.signal(syscall.SIGTERM)
+	if code := fe.wait(20 * time.Second); code != 0 {
+		_, errOut := fe.output()
+		t.Fatalf("frontend exited %d; stderr:\n%s", code, errOut)
+	}
+	first.wait(5 * time.Second)
+}
