@@ -674,4 +674,3 @@ func TestNoRequestHangsWhenWorkersDisappear(t *testing.T) {
 		}
 	}
 }
-
