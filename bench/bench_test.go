@@ -42,6 +42,10 @@ func TestBenchmarks(t *testing.T) {
 		{"Parallel/grpc", "calls/s"},
 		{"Parallel/nats", "calls/s"},
 		{"IdleStreams/loom", "B/stream"},
+		{"UnaryTracing/none", "ns/op"},
+		{"UnaryTracing/off", "ns/op"},
+		{"UnaryTracing/on", "ns/op"},
+		{"UnaryTracingInterleaved", "%off-vs-none"},
 	} {
 		if want.name == "IdleStreams/loom" && raceEnabled {
 			continue

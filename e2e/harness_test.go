@@ -115,7 +115,13 @@ func (p *proc) waitLine(prefix string, within time.Duration) string {
 		}
 		select {
 		case <-p.done:
+			// Every line is read before done closes: look once more.
 			lines, errOut := p.output()
+			for _, l := range lines {
+				if strings.HasPrefix(l, prefix) {
+					return l
+				}
+			}
 			p.t.Fatalf("%s exited (%v) before printing %q; stdout %q; stderr:\n%s", p.name, p.err, prefix, lines, errOut)
 		case <-time.After(10 * time.Millisecond):
 		}
