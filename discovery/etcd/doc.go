@@ -53,7 +53,9 @@
 // changes are coalesced, and changes to different records may then arrive
 // in an order other than the one they happened in.
 //
-// Records under v1/instances/ that this package cannot read (bad JSON, a
-// key that is not an instance key, a value for another key) are skipped
-// with a warning in the log.
+// Dynamo's Endpoint records under v1/instances/ are read as instances of
+// transport dynamo/... (see discovery.DecodeValue), listed and watched but
+// never called. Records this package cannot read (bad JSON, a key that is
+// not an instance key, a value for another key, Dynamo's other record
+// types) are skipped with a warning in the log.
 package etcd
