@@ -16,7 +16,14 @@ import (
 	"github.com/loomrt/loom/metrics"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// nats.go's asynchronous JetStream publisher starts a goroutine that reads
+// its status channel under a lock; when the publisher is cleaned up before
+// that goroutine first runs, it reads a nil channel and blocks forever
+// (nats.go v1.55.0, jetstream/publish.go resetPendingAcksOnReconnect and
+// jetstream.go cleanupReplySub). It is the library's, not the bus's.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"))
+}
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
