@@ -117,9 +117,11 @@ type Stats struct {
 	// the block sets fetched that replaced a worker's view, and
 	// ResyncFailures the fetches that failed (retried).
 	Gaps, Resyncs, ResyncFailures uint64
-	// Decisions counts requests routed; OverlapBlocks sums the blocks the
-	// chosen workers were expected to hold.
-	Decisions, OverlapBlocks uint64
+	// Decisions counts requests routed; PromptBlocks sums their prompts'
+	// full blocks and OverlapBlocks the blocks the chosen workers were
+	// expected to hold, so OverlapBlocks/PromptBlocks is the hit rate the
+	// router expected.
+	Decisions, PromptBlocks, OverlapBlocks uint64
 	// Workers describes each worker the router knows, by id.
 	Workers []WorkerStats
 }
@@ -231,7 +233,7 @@ type KVRouter struct {
 
 	applied, stale, gaps, resyncs, resyncFails atomic.Uint64
 	discarded                                  atomic.Uint64
-	decisions, overlapBlocks                   atomic.Uint64
+	decisions, promptBlocks, overlapBlocks     atomic.Uint64
 
 	blocks *loom.Client[llm.KvBlocksRequest, llm.KvSnapshot]
 }
@@ -782,6 +784,7 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 		r.mu.Unlock()
 	}
 	r.decisions.Add(1)
+	r.promptBlocks.Add(uint64(len(hashes)))
 	r.overlapBlocks.Add(uint64(chosen.overlap))
 	if ri != nil {
 		ri.Worker, ri.OverlapBlocks = id, chosen.overlap
@@ -876,7 +879,7 @@ func (r *KVRouter) Stats() Stats {
 	s := Stats{
 		Name: r.name, EventsApplied: r.applied.Load(), EventsStale: r.stale.Load(), EventsDiscarded: r.discarded.Load(),
 		Gaps: r.gaps.Load(), Resyncs: r.resyncs.Load(), ResyncFailures: r.resyncFails.Load(),
-		Decisions: r.decisions.Load(), OverlapBlocks: r.overlapBlocks.Load(),
+		Decisions: r.decisions.Load(), PromptBlocks: r.promptBlocks.Load(), OverlapBlocks: r.overlapBlocks.Load(),
 	}
 	r.mu.RLock()
 	s.IndexBlocks, s.IndexEntries = len(r.idx.blocks), r.idx.entries

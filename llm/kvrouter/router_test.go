@@ -65,7 +65,8 @@ func TestKVRouterSendsAWarmPrefixToTheWorkerHoldingIt(t *testing.T) {
 	}
 	st := r.Stats()
 	// Resyncs: each worker's block set was fetched as it appeared.
-	if st.Decisions != 9 || st.OverlapBlocks < 8*64 || st.IndexEntries == 0 || st.Resyncs < 4 {
+	// 64 blocks, then 8 of 66 (1,064 tokens: 66 full blocks of 16).
+	if st.Decisions != 9 || st.OverlapBlocks < 8*64 || st.PromptBlocks != 64+8*66 || st.IndexEntries == 0 || st.Resyncs < 4 {
 		t.Errorf("stats after 9 requests: %+v", st)
 	}
 	// Unrelated cold prompts spread over the workers rather than piling

@@ -101,3 +101,32 @@ func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeWorkerStoppedGracefullyFinishesRemotePrefills stops a decode
+// worker while a request waits for its remote prefill: the worker keeps
+// hearing from prefill workers until its requests are done.
+func TestDecodeWorkerStoppedGracefullyFinishesRemotePrefills(t *testing.T) {
+	decode := fast()
+	decode.RemotePrefill, decode.RemotePrefillMin = true, 8
+	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: decode})
+	ctx := timeout(t, 30*time.Second)
+	pre := fast()
+	pre.Prefill = true
+	pre.PrefillPerToken = 5 * time.Millisecond
+	pw, err := s.cluster.Add(ctx, pre)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dw := s.cluster.Workers()[0]
+	res := make(chan result, 1)
+	go func() { res <- collect(ctx, s.client, llm.Request{ID: "drain", TokenIDs: prompt(53, 40), MaxTokens: 5}) }()
+	waitFor(t, 10*time.Second, "the prefill worker to take the job", func() bool { return pw.Stats().PrefillsInProgress == 1 })
+	stopped := make(chan error, 1)
+	go func() { stopped <- s.cluster.Stop(ctx, dw.ID()) }()
+	if r := <-res; r.err != nil || len(r.tokens) != 5 {
+		t.Fatalf("request in flight while its decode worker stopped: %d tokens, err %v; want 5", len(r.tokens), r.err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("graceful stop: %v", err)
+	}
+}
