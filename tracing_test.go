@@ -3,6 +3,7 @@ package loom_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"iter"
 	"log/slog"
 	"strings"
@@ -165,6 +166,72 @@ func FuzzParseTraceParent(f *testing.F) {
 		if strings.HasPrefix(s, "00-") && loom.TraceParent(trace.ContextWithSpanContext(context.Background(), sc)) != strings.ToLower(s) && sc.TraceFlags()&^trace.FlagsSampled == 0 {
 			if (s[53:55] == "00" || s[53:55] == "01") && strings.ToLower(s) == s {
 				t.Fatalf("%q did not round-trip", s)
+			}
+		}
+	})
+}
+
+// TestARetriedCallRecordsEachPickAndTheRetryOnItsSpan: the first instance
+// refuses before running the handler (overloaded), the client moves to
+// the second; the call's span has a pick event per attempt, a retry event
+// naming the refusing instance, and the instance that answered.
+func TestARetriedCallRecordsEachPickAndTheRetryOnItsSpan(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		defer tp.Shutdown(context.Background())
+		overloaded := func(next loom.Engine[any, any]) loom.Engine[any, any] {
+			return loom.EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+				return loom.Fail[any](fmt.Errorf("%w: busy", loom.ErrOverloaded))
+			})
+		}
+		busy := c.runtime(loom.WithTracerProvider(tp), loom.WithServerInterceptors(overloaded))
+		free := c.runtime(loom.WithTracerProvider(tp))
+		for _, rt := range []*loom.Runtime{busy, free} {
+			serve(t, rt, "retry/a/b", echoID(rt))
+		}
+		busyFirst := loom.PickerFunc(func(ctx context.Context, cands []*loom.Candidate) (*loom.Candidate, error) {
+			for _, cand := range cands {
+				if cand.ID == busy.ID() {
+					return cand, nil
+				}
+			}
+			return cands[0], nil
+		})
+		cl := client[int, uint64](t, c.runtime(loom.WithTracerProvider(tp)), "retry/a/b", loom.WithPicker(busyFirst))
+		waitInstances(t, cl, 2)
+		got, err := collect(cl.Generate(context.Background(), 1))
+		if err != nil || len(got) != 1 || got[0] != free.ID() {
+			t.Fatalf("got %v, %v; want the free instance's id %x", got, err, free.ID())
+		}
+		var call sdktrace.ReadOnlySpan
+		for _, s := range rec.Ended() {
+			if s.SpanKind() == trace.SpanKindClient {
+				call = s
+			}
+		}
+		if call == nil {
+			t.Fatal("no client span")
+		}
+		var evs []string
+		for _, ev := range call.Events() {
+			a := map[string]string{}
+			for _, kv := range ev.Attributes {
+				a[string(kv.Key)] = kv.Value.Emit()
+			}
+			evs = append(evs, ev.Name+" "+a["loom.instance_id"]+" "+a["loom.attempt"])
+		}
+		want := []string{
+			fmt.Sprintf("loom.pick %x 1", busy.ID()),
+			fmt.Sprintf("loom.retry %x ", busy.ID()),
+			fmt.Sprintf("loom.pick %x 2", free.ID()),
+		}
+		if strings.Join(evs, "|") != strings.Join(want, "|") {
+			t.Fatalf("client span events %q, want %q", evs, want)
+		}
+		for _, kv := range call.Attributes() {
+			if kv.Key == "loom.instance_id" && kv.Value.Emit() != fmt.Sprintf("%x", free.ID()) {
+				t.Fatalf("the call's instance is %s, want the one that answered, %x", kv.Value.Emit(), free.ID())
 			}
 		}
 	})
