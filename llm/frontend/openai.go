@@ -59,6 +59,13 @@ func (m *messageContent) UnmarshalJSON(b []byte) error {
 	case len(b) == 0 || string(b) == "null":
 		return nil
 	case b[0] == '"':
+		if inner := b[1 : len(b)-1]; bytes.IndexByte(inner, '\\') < 0 {
+			// No escapes: the decoder has checked the string already,
+			// so its bytes are the text (decoding it again would scan
+			// a long prompt twice more).
+			m.text = string(inner)
+			return nil
+		}
 		return json.Unmarshal(b, &m.text)
 	case b[0] == '[':
 		var parts []struct {
