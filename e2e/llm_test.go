@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"syscall"
@@ -53,6 +54,7 @@ func TestLLMUpAnswersTheOpenAIClient(t *testing.T) {
 	if n := len(strings.Fields(sb.String())); n != 16 || finish != "length" {
 		t.Fatalf("streamed %q (%d words, finish %q) in %d chunks; want 16 words ending for length", sb.String(), n, finish, chunks)
 	}
+	t.Logf("loom llm up at %s streamed %d chunks: %q (finish %s)", base, chunks, sb.String(), finish)
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(20 * time.Second); code != 0 {
 		_, errOut := p.output()
@@ -120,6 +122,17 @@ func TestLLMWorkerKilledMidStream(t *testing.T) {
 	if n := len(strings.Fields(got)); n != 60 || finish != "length" {
 		t.Fatalf("migrated stream: %d words, finish %q: %q", n, finish, got)
 	}
+	// The frontend counted one migration.
+	mresp, err := http.Get(strings.TrimSuffix(base, "/v1") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	if want := `loom_llm_migrations_total{model="mock-model"} 1`; !strings.Contains(string(body), want) {
+		t.Errorf("frontend metrics lack %s", want)
+	}
+	t.Logf("stream after SIGKILL of its worker at word 10: %d words, finish %s, migrations 1: %q", len(strings.Fields(got)), finish, got)
 	resp, err := c.Chat.Completions.New(context.Background(), chatParams(60))
 	if err != nil {
 		t.Fatal(err)
