@@ -363,7 +363,7 @@ func (d *Dashboard) stateLocked() State {
 			inst.Age = Num(max(0, now.Sub(t).Seconds()))
 		}
 		if inst.StatusAddr == "" {
-			inst.LoadError = "no status server: run the process with LOOM_STATUS_PORT=-1 (loom up prints it)"
+			inst.LoadError = "no status_addr in its record: its process runs no status server (LOOM_STATUS_PORT=-1 turns one on; loom up prints it)"
 		} else {
 			byTarget[inst.StatusAddr] = append(byTarget[inst.StatusAddr], inst.ID)
 			ring := d.samples[inst.StatusAddr]
@@ -433,6 +433,10 @@ func (d *Dashboard) stateLocked() State {
 		if inst.Component == llm.WorkerComponent && inst.Endpoint == llm.GenerateEndpoint {
 			st.Serving.Summary.Workers++
 		}
+	}
+	if hit, usage, waiting, n := d.events.loadSummary(now); n > 0 {
+		sm := &st.Serving.Summary
+		sm.KVHitRate, sm.KVUsage, sm.Waiting, sm.Reporting = hit, usage, waiting, n
 	}
 	return st
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/loomrt/loom/dashboard"
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -501,5 +502,38 @@ func TestStopsWithItsContext(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the stream did not end within 5s of the context")
+	}
+}
+
+// The serving headline's KV figures come from the workers' load_metrics
+// events, as a KV-aware router reads them.
+func TestServingLoadMetrics(t *testing.T) {
+	s := newSystem(t)
+	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond})
+	waitState(t, srv, 10*time.Second, "the event subscription", func(st dashboard.State) bool { return st.Events.Pattern != "" })
+	for i, lm := range []llm.LoadMetrics{
+		{PrefixHitRate: 0.5, CacheUsage: 0.25, Waiting: 3},
+		{PrefixHitRate: 0.25, CacheUsage: 0.75, Waiting: 1},
+	} {
+		rt := s.runtime()
+		opts := []events.Option{}
+		if i == 1 {
+			opts = append(opts, events.WithCodec("json"))
+		}
+		pub, err := events.NewPublisher[llm.LoadMetrics](context.Background(), rt, events.Scope{Namespace: "dynamo", Component: llm.WorkerComponent}, llm.TopicLoadMetrics, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pub.Shutdown(context.Background())
+		if err := pub.Publish(context.Background(), lm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := waitState(t, srv, 5*time.Second, "two workers' load", func(st dashboard.State) bool {
+		return st.Serving.Summary.Reporting == 2
+	})
+	m := st.Serving.Summary
+	if m.KVHitRate != 0.375 || m.KVUsage != 0.5 || m.Waiting != 4 {
+		t.Errorf("summary %+v, want hit rate 0.375, usage 0.5, waiting 4", m)
 	}
 }

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/llm"
 )
 
 // Publishers not heard from for this long leave the table; past
@@ -46,7 +48,15 @@ type eventWatch struct {
 type pubTrack struct {
 	Publisher
 	atTick uint64 // Events at the last tick
+	// load is the publisher's latest load_metrics, if it publishes them
+	// (llm.LoadMetrics, Dynamo's ForwardPassMetrics), and when it came.
+	load   *llm.LoadMetrics
+	loadAt time.Time
 }
+
+// loadFresh is how long a worker's latest load_metrics counts in the
+// serving summary.
+const loadFresh = 10 * time.Second
 
 func newEventWatch(ctx context.Context, disabled bool) *eventWatch {
 	w := &eventWatch{disabled: disabled, pubs: map[uint64]*pubTrack{}, rate: unknown}
@@ -115,6 +125,12 @@ func (w *eventWatch) read(sub *events.Subscription[[]byte]) {
 		p.Events++
 		p.Sequence = ev.Sequence
 		p.LastSeen = time.Now()
+		if ev.Topic == llm.TopicLoadMetrics {
+			var lm llm.LoadMetrics
+			if decodePayload(ev.Codec, ev.Value, &lm) == nil {
+				p.load, p.loadAt = &lm, p.LastSeen
+			}
+		}
 		w.mu.Unlock()
 	}
 	w.mu.Lock()
@@ -133,6 +149,38 @@ func (w *eventWatch) evictLocked() {
 		}
 	}
 	delete(w.pubs, oldest)
+}
+
+// decodePayload decodes an event's payload in its codec; a payload that
+// is not a load report is an error and is ignored by the caller.
+func decodePayload(name string, payload []byte, v any) error {
+	if name == codec.JSONName {
+		return codec.JSON.Unmarshal(payload, v)
+	}
+	return codec.MsgPack.Unmarshal(payload, v)
+}
+
+// loadSummary is the mean prefix-cache hit rate and KV cache usage, and
+// the sum of waiting requests, over the publishers whose load_metrics
+// are fresh; unknown without any.
+func (w *eventWatch) loadSummary(now time.Time) (hitRate, usage, waiting Num, workers int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	hitRate, usage, waiting = unknown, unknown, unknown
+	var h, u, wt float64
+	for _, p := range w.pubs {
+		if p.load == nil || now.Sub(p.loadAt) > loadFresh {
+			continue
+		}
+		workers++
+		h += p.load.PrefixHitRate
+		u += p.load.CacheUsage
+		wt += float64(p.load.Waiting)
+	}
+	if workers > 0 {
+		hitRate, usage, waiting = Num(h/float64(workers)), Num(u/float64(workers)), Num(wt)
+	}
+	return hitRate, usage, waiting, workers
 }
 
 // tick computes the rates over the interval that ends now.

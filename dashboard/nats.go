@@ -270,7 +270,7 @@ const (
 
 func summarize(fams []ServingFamily) ServingSummary {
 	sum := ServingSummary{RequestsPerSec: unknown, InFlight: unknown, TokensPerSec: unknown,
-		TTFTP50: unknown, TTFTP99: unknown, ITLP50: unknown, KVHitRate: unknown}
+		TTFTP50: unknown, TTFTP99: unknown, ITLP50: unknown, KVHitRate: unknown, KVUsage: unknown, Waiting: unknown}
 	for _, f := range fams {
 		switch f.Name {
 		case famRequests:

@@ -256,7 +256,17 @@ type ServingSummary struct {
 	TTFTP50        Num `json:"ttft_p50_ms"`
 	TTFTP99        Num `json:"ttft_p99_ms"`
 	ITLP50         Num `json:"itl_p50_ms"`
-	KVHitRate      Num `json:"kv_hit_rate"`
+	// KVHitRate, KVUsage and Waiting come from the workers' latest
+	// load_metrics events (llm.LoadMetrics: the mean of
+	// gpu_prefix_cache_hit_rate and of gpu_cache_usage_perc, the sum of
+	// num_requests_waiting over the workers heard in the last 10 s);
+	// without them, KVHitRate is the gauge loom_llm_kv_hit_rate if a
+	// process exports one.
+	KVHitRate Num `json:"kv_hit_rate"`
+	KVUsage   Num `json:"kv_usage"`
+	Waiting   Num `json:"waiting"`
+	// Reporting counts the workers whose load_metrics are in the figures.
+	Reporting int `json:"reporting_workers"`
 }
 
 // ServingFamily is one metric family summed over processes: a counter's

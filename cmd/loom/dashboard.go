@@ -3,14 +3,19 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/dashboard"
+	"github.com/loomrt/loom/discovery/memory"
+	"github.com/loomrt/loom/embedded"
 )
 
 func newDashboard() *cobra.Command {
@@ -62,4 +67,48 @@ server and JetStream. The page updates live. It only reads.`,
 	f.StringSliceVar(&cfg.ServingPrefixes, "serving-prefix", dashboard.DefaultServingPrefixes, "metric name prefixes of the serving view")
 	f.BoolVar(&cfg.NoEvents, "no-events", false, "do not subscribe to every event (the per-publisher view)")
 	return cmd
+}
+
+// llmDashboard serves the dashboard of `loom llm up`'s system on addr: a
+// runtime of its own on the stack's NATS server and discovery store, and
+// the frontend's /metrics (the workers share its registry) for the load
+// and the serving view.
+func llmDashboard(ctx context.Context, cfg config.Config, store *memory.Store, ns *embedded.NATS, metricsURL, addr string, log *slog.Logger) (*ownDashboard, error) {
+	disc := store.Connect()
+	rt, err := loom.NewRuntime(ctx, loom.WithConfig(cfg), loom.WithDiscovery(disc), loom.WithLogger(log))
+	if err != nil {
+		disc.Close()
+		return nil, err
+	}
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = rt.Shutdown(sctx)
+		_ = disc.Close()
+	}
+	d, err := dashboard.New(ctx, rt, dashboard.Config{NATSMonitorURL: ns.MonitorURL(), Scrape: []string{metricsURL}})
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	srv, err := dashboard.Listen(d, addr)
+	if err != nil {
+		d.Close()
+		stop()
+		return nil, err
+	}
+	return &ownDashboard{srv, stop}, nil
+}
+
+// ownDashboard is a served dashboard with the runtime it made for itself.
+type ownDashboard struct {
+	*dashboard.Server
+	stop func()
+}
+
+// Close stops the page, then the dashboard's runtime.
+func (o *ownDashboard) Close() error {
+	err := o.Server.Close()
+	o.stop()
+	return err
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestLoomDashboardWithLoomUp runs `loom dashboard` with the environment
@@ -14,9 +15,17 @@ import (
 func TestLoomDashboardWithLoomUp(t *testing.T) {
 	up := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--discovery", "natskv", "--data-dir", t.TempDir())
 	up.waitStderr(`^loom up: serving`)
-	env, _ := up.lines()
-	if !strings.Contains(strings.Join(env, "\n"), "LOOM_STATUS_PORT=-1") {
-		t.Fatalf("loom up printed %q, lacking LOOM_STATUS_PORT=-1", env)
+	// Standard output is read apart from standard error: its lines may
+	// come a moment later.
+	var env []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		env, _ = up.lines()
+		if strings.Contains(strings.Join(env, "\n"), "LOOM_STATUS_PORT=-1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("loom up printed %q, lacking LOOM_STATUS_PORT=-1", env)
+		}
 	}
 	dash := startLoom(t, append(env, "LOOM_LOG_LEVEL=warn"), "dashboard", "--addr", "127.0.0.1:0", "--nats-monitor", "off")
 	url := dash.waitStderr(`^loom dashboard: (http://127\.0\.0\.1:\d+) \(natskv discovery, NATS nats://`)[1]
@@ -59,4 +68,78 @@ func TestLoomDashboardWithLoomUp(t *testing.T) {
 	dash.exit()
 	_ = up.cmd.Process.Signal(syscall.SIGTERM)
 	up.exit()
+}
+
+// TestLLMUpServesTheDashboard runs `loom llm up --dashboard` and sees the
+// serving view follow a chat completion.
+func TestLLMUpServesTheDashboard(t *testing.T) {
+	p := startLoom(t, nil, "llm", "up", "--port", "0", "--dashboard", "127.0.0.1:0")
+	var api, dash string
+	deadline := time.Now().Add(60 * time.Second)
+	for (api == "" || dash == "") && time.Now().Before(deadline) {
+		out, _ := p.lines()
+		for _, l := range out {
+			if v, ok := strings.CutPrefix(l, "OPENAI_BASE_URL="); ok {
+				api = v
+			}
+			if v, ok := strings.CutPrefix(l, "dashboard at "); ok {
+				dash = v
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if api == "" || dash == "" {
+		out, errs := p.lines()
+		t.Fatalf("loom llm up --dashboard printed no API or dashboard URL:\n%q\n%q", out, errs)
+	}
+	body := `{"model":"mock-model","max_tokens":5,"messages":[{"role":"user","content":"hello there"}]}`
+	resp, err := http.Post(api+"/chat/completions", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("chat completion: %s", resp.Status)
+	}
+	type summary struct {
+		Workers   int      `json:"workers"`
+		TTFTP50   *float64 `json:"ttft_p50_ms"`
+		Reporting int      `json:"reporting_workers"`
+	}
+	var st struct {
+		Serving struct {
+			Summary  summary `json:"summary"`
+			Families []struct {
+				Name  string  `json:"name"`
+				Value float64 `json:"value"`
+			} `json:"families"`
+		} `json:"serving"`
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		resp, err := http.Get(dash + "/api/state")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		requests := 0.0
+		for _, f := range st.Serving.Families {
+			if f.Name == "loom_llm_requests_total" {
+				requests = f.Value
+			}
+		}
+		if s := st.Serving.Summary; requests == 1 && s.Workers == 2 && s.Reporting == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dashboard's serving view did not show 1 request from 2 workers: %+v", st.Serving)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.exit()
 }

@@ -28,6 +28,7 @@ type llmUpOptions struct {
 	workers int
 	prefill int
 	verbose bool
+	dash    string // address of the dashboard page, or "" for none (dashboard.go)
 }
 
 func newLLMUp() *cobra.Command {
@@ -62,6 +63,7 @@ everything.`,
 	f.IntVar(&o.workers, "workers", 2, "mock workers to run")
 	f.IntVar(&o.prefill, "prefill-workers", 0, "prefill workers to run (for --remote-prefill)")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log at info level (migrations, workers joining and leaving)")
+	f.StringVar(&o.dash, "dashboard", "", "also serve the loom dashboard page on this address (host:port)")
 	return cmd
 }
 
@@ -71,7 +73,11 @@ func llmUp(ctx context.Context, out, errOut io.Writer, o *llmUpOptions) error {
 		level = slog.LevelInfo
 	}
 	log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: level}))
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	nopts := embedded.NATSOptions{JetStream: true}
+	if o.dash != "" {
+		nopts.MonitorPort = -1 // the dashboard's NATS view reads it
+	}
+	ns, err := embedded.StartNATS(nopts)
 	if err != nil {
 		return err
 	}
@@ -120,5 +126,14 @@ func llmUp(ctx context.Context, out, errOut io.Writer, o *llmUpOptions) error {
 	fmt.Fprintf(out, ", router %s, embedded nats-server at %s\n", o.fe.router, ns.ClientURL())
 	fmt.Fprintf(out, "OpenAI API at http://%s/v1 (metrics at /metrics); Ctrl-C stops\n", l.Addr())
 	fmt.Fprintf(out, "OPENAI_BASE_URL=http://%s/v1\n", l.Addr())
+	if o.dash != "" {
+		dash, err := llmDashboard(ctx, cfg, store, ns, "http://"+l.Addr().String()+"/metrics", o.dash, log)
+		if err != nil {
+			fe.Close()
+			return err
+		}
+		defer dash.Close()
+		fmt.Fprintf(out, "dashboard at %s\n", dash.URL())
+	}
 	return serveFrontend(ctx, fe, l)
 }

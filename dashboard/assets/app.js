@@ -205,9 +205,10 @@ function processes(st) {
 function servingView(st) {
   const s = st.serving;
   const m = s.summary;
-  // Shown once some process exports serving metrics (an LLM frontend or
-  // worker), not merely because instances are named backend/generate.
-  $("serving-section").hidden = !s.families.length;
+  // Shown once some process exports serving metrics (an LLM frontend) or
+  // workers report their load, not merely because instances are named
+  // backend/generate.
+  $("serving-section").hidden = !s.families.length && !m.reporting_workers;
   if ($("serving-section").hidden) return;
   $("serving-prefixes").textContent = "metrics starting with " + s.prefixes.join(", ");
   const tile = (label, v) => `<div class="tile"><div class="v">${v}</div><div class="l">${esc(label)}</div></div>`;
@@ -221,6 +222,8 @@ function servingView(st) {
     tile("TTFT p99 ms", num(m.ttft_p99_ms, 1)),
     tile("ITL p50 ms", num(m.itl_p50_ms, 2)),
     tile("KV hit rate", pct(m.kv_hit_rate)),
+    tile("KV cache used", pct(m.kv_usage)),
+    tile("waiting", num(m.waiting, 0)),
   ].join("") + `</div>` + (s.families.length ? `<div style="height:8px"></div>` : "") + table(["metric", "kind", "#processes", "#value", "#per second", "#p50", "#p99", "#mean", "what it is"],
     s.families.map((f) => `<tr data-family="${esc(f.name)}">` + td(esc(f.name), "mono") + td(esc(f.kind)) + tdn(f.processes) + tdn(num(f.value, 3)) + tdn(num(f.per_second)) +
       tdn(num(f.p50, 4)) + tdn(num(f.p99, 4)) + tdn(num(f.mean, 4)) + td(esc(f.help)) + "</tr>"), "No serving metrics scraped (see --scrape).");
