@@ -372,19 +372,17 @@ func TestClusterSurvivesLosingANodeOfEach(t *testing.T) {
 		_ = sub.Close()
 		readers.Wait()
 	}()
-	progress := func(what string, f func() int64) {
-		t.Helper()
-		from := f()
-		waitFor(t, 20*time.Second, what, func() bool { return f() >= from+50 })
-	}
+	// steady waits until the load has made a stretch of progress in the
+	// current phase: calls, events and jobs all moving.
 	steady := func() {
 		t.Helper()
-		progress("calls", func() int64 { mu.Lock(); defer mu.Unlock(); return cur.calls })
-		progress("events delivered", delivered.Load)
-		progress("jobs handled", func() int64 { mu.Lock(); defer mu.Unlock(); return cur.handled })
+		waitFor(t, 30*time.Second, "a stretch of calls, events and jobs", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return cur.calls >= 800 && cur.delivered >= 800 && cur.handled >= 300
+		})
 	}
 	steady()
-	time.Sleep(2 * time.Second) // a stretch of steady load, for the figures
 
 	// Kill the etcd leader and the queue stream's leader.
 	next("one node of each down")
@@ -423,7 +421,6 @@ func TestClusterSurvivesLosingANodeOfEach(t *testing.T) {
 		t.Fatalf("the server registered during the outage answered %d, want 42", direct)
 	}
 	steady()
-	time.Sleep(2 * time.Second)
 
 	// Restart both.
 	next("restarted")
@@ -463,7 +460,6 @@ func TestClusterSurvivesLosingANodeOfEach(t *testing.T) {
 		return err == nil && len(r.Kvs) == 3
 	})
 	steady()
-	time.Sleep(2 * time.Second)
 
 	// Stop the load; everything must be accounted for.
 	stopLoad()
