@@ -363,7 +363,7 @@ func (d *Dashboard) stateLocked() State {
 			inst.Age = Num(max(0, now.Sub(t).Seconds()))
 		}
 		if inst.StatusAddr == "" {
-			inst.LoadError = "no status_addr in its record: its process runs no status server (LOOM_STATUS_PORT=-1 turns one on; loom up prints it)"
+			inst.LoadError = "no status server in its record (LOOM_STATUS_PORT=-1 turns one on)"
 		} else {
 			byTarget[inst.StatusAddr] = append(byTarget[inst.StatusAddr], inst.ID)
 			ring := d.samples[inst.StatusAddr]
@@ -400,8 +400,12 @@ func (d *Dashboard) stateLocked() State {
 	for _, target := range slices.Sorted(maps.Keys(d.samples)) {
 		ring := d.samples[target]
 		last := ring[len(ring)-1]
+		ids := byTarget[target]
+		if ids == nil {
+			ids = []string{} // a --scrape target: no instance names it
+		}
 		st.Processes = append(st.Processes, Process{
-			Target: target, Instances: byTarget[target], Ready: last.ready, Scraped: last.at, Error: last.err,
+			Target: target, Instances: ids, Ready: last.ready, Scraped: last.at, Error: last.err,
 		})
 	}
 	if st.Processes == nil {

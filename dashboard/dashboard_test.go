@@ -423,6 +423,18 @@ func TestServingFamilies(t *testing.T) {
 	st := waitState(t, srv, 5*time.Second, "the TTFT of the new requests", func(st dashboard.State) bool {
 		return st.Serving.Summary.TTFTP50.Known()
 	})
+	found := false
+	for _, p := range st.Processes {
+		if p.Target == front.URL+"/metrics" {
+			found = true
+			if p.Instances == nil || len(p.Instances) != 0 || p.Error != "" {
+				t.Errorf("the --scrape target: %+v, want no instances (an empty list) and no error", p)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("the --scrape target is not among the processes: %+v", st.Processes)
+	}
 	m := st.Serving.Summary
 	if m.Workers != 1 || m.TTFTP50 < 10 || m.TTFTP50 > 20 || m.TTFTP99 < 10 || m.TTFTP99 > 20 || m.KVHitRate.Known() {
 		t.Errorf("summary %+v", m)

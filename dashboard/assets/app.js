@@ -198,7 +198,7 @@ function nats(st) {
 
 function processes(st) {
   $("processes").innerHTML = table(["status server", "instances", "ready", "error"],
-    st.processes.map((p) => "<tr>" + td(esc(p.target), "mono") + td(esc(p.instances.join(", ")), "mono") + td(p.ready === null ? "–" : p.ready ? "yes" : '<span class="bad">no</span>') + td(esc(p.error || ""), "err-text") + "</tr>"),
+    st.processes.map((p) => "<tr>" + td(esc(p.target), "mono") + td(esc((p.instances || []).join(", ") || "–"), "mono") + td(p.ready === null ? "–" : p.ready ? "yes" : '<span class="bad">no</span>') + td(esc(p.error || ""), "err-text") + "</tr>"),
     "No status servers named in the instance records (run components with LOOM_STATUS_PORT=-1).");
 }
 
@@ -226,7 +226,7 @@ function servingView(st) {
     tile("waiting", num(m.waiting, 0)),
   ].join("") + `</div>` + (s.families.length ? `<div style="height:8px"></div>` : "") + table(["metric", "kind", "#processes", "#value", "#per second", "#p50", "#p99", "#mean", "what it is"],
     s.families.map((f) => `<tr data-family="${esc(f.name)}">` + td(esc(f.name), "mono") + td(esc(f.kind)) + tdn(f.processes) + tdn(num(f.value, 3)) + tdn(num(f.per_second)) +
-      tdn(num(f.p50, 4)) + tdn(num(f.p99, 4)) + tdn(num(f.mean, 4)) + td(esc(f.help)) + "</tr>"), "No serving metrics scraped (see --scrape).");
+      tdn(num(f.p50, 4)) + tdn(num(f.p99, 4)) + tdn(num(f.mean, 4)) + td(esc(f.help), "help") + "</tr>"), "No serving metrics scraped (see --scrape).");
 }
 
 function render(st) {
