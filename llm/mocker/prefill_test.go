@@ -119,7 +119,9 @@ func TestDecodeWorkerStoppedGracefullyFinishesRemotePrefills(t *testing.T) {
 	}
 	dw := s.cluster.Workers()[0]
 	res := make(chan result, 1)
-	go func() { res <- collect(ctx, s.client, llm.Request{ID: "drain", TokenIDs: prompt(53, 40), MaxTokens: 5}) }()
+	go func() {
+		res <- collect(ctx, s.client, llm.Request{ID: "drain", TokenIDs: prompt(53, 40), MaxTokens: 5})
+	}()
 	waitFor(t, 10*time.Second, "the prefill worker to take the job", func() bool { return pw.Stats().PrefillsInProgress == 1 })
 	stopped := make(chan error, 1)
 	go func() { stopped <- s.cluster.Stop(ctx, dw.ID()) }()
