@@ -2,24 +2,32 @@ package mocker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"iter"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/loomrt/loom"
+	"github.com/nats-io/nats.go"
+
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/workqueue"
 )
 
-// PrefillDoneEndpoint is the endpoint of a decode worker (in
-// {Namespace}/backend) that prefill workers call when they have finished
-// a prefill it handed to the queue. The job's EngineID names the decode
-// worker (its instance id in hex), so the call goes to that instance alone.
-const PrefillDoneEndpoint = "prefill_done"
+// PrefillDoneSubject returns the NATS subject on which the decode worker
+// with instance id engineID (in namespace ns) hears that prefills it handed
+// over are done: core NATS request / reply, a JSON PrefillDone answered by
+// a JSON PrefillDoneAck. It is a plain subscription rather than a Loom
+// endpoint so that it keeps answering while the runtime drains the
+// worker's endpoints on shutdown: requests waiting for a remote prefill
+// need the notice to finish.
+func PrefillDoneSubject(ns string, engineID uint64) string {
+	return "llm_prefill_done." + strings.ReplaceAll(ns, ".", "%2E") + "." + strconv.FormatUint(engineID, 16)
+}
 
 // PrefillDone tells a decode worker that the prefill of the job with
 // RequestID is done and its KV blocks are ready.
@@ -35,12 +43,13 @@ type PrefillDoneAck struct {
 }
 
 // prefillSide is a worker's part in disaggregated prefill: a decode
-// worker's queue producer and prefill_done endpoint, or a prefill worker's
-// consumer.
+// worker's queue producer and prefill notice subscription, or a prefill
+// worker's consumer.
 type prefillSide struct {
 	q        *workqueue.Queue[llm.RemotePrefillRequest]
 	consumer *workqueue.Consumer
-	notify   *loom.Client[PrefillDone, PrefillDoneAck]
+	nc       *nats.Conn
+	sub      *nats.Subscription // decode side: PrefillDoneSubject
 
 	mu      sync.Mutex
 	pending map[string]*seq // decode side: jobs awaiting their prefill
@@ -65,7 +74,7 @@ func (w *Worker) openPrefillQueue(ctx context.Context) (*workqueue.Queue[llm.Rem
 }
 
 // startRemotePrefill sets a decode worker up to hand long prefills to
-// the queue and to hear back on its prefill_done endpoint.
+// the queue and to hear back on PrefillDoneSubject.
 func (w *Worker) startRemotePrefill(ctx, wctx context.Context) error {
 	q, err := w.openPrefillQueue(ctx)
 	if err != nil {
@@ -101,11 +110,19 @@ func (w *Worker) startRemotePrefill(ctx, wctx context.Context) error {
 	}
 	w.wg.Add(1)
 	go func() { defer w.wg.Done(); w.enqueuePrefills(wctx) }()
-	ep, err := w.comp.Endpoint(PrefillDoneEndpoint)
+	nc, err := w.rt.NATS(ctx)
 	if err != nil {
 		return err
 	}
-	return loom.Serve(ctx, ep, loom.EngineFunc[PrefillDone, PrefillDoneAck](w.prefillDone))
+	p.nc = nc
+	p.sub, err = nc.Subscribe(PrefillDoneSubject(w.cfg.Namespace, id), w.prefillDone)
+	if err != nil {
+		return fmt.Errorf("mocker: subscribe to prefill notices: %w", err)
+	}
+	// The server has the subscription before the worker takes requests.
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	return nc.FlushWithContext(fctx)
 }
 
 // enqueuePrefills sends the jobs the engine hands over, in order.
@@ -156,17 +173,22 @@ func (w *Worker) failRemote(key string, err error) {
 	}
 }
 
-// prefillDone serves prefill_done: the prefill of a job is finished.
-func (w *Worker) prefillDone(_ context.Context, req PrefillDone) iter.Seq2[PrefillDoneAck, error] {
-	return func(yield func(PrefillDoneAck, error) bool) {
+// prefillDone answers a prefill worker's notice that a prefill is done.
+func (w *Worker) prefillDone(m *nats.Msg) {
+	var req PrefillDone
+	var ack PrefillDoneAck
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		w.rt.Logger().Warn("mocker: malformed prefill notice", "subject", m.Subject, "err", err)
+	} else {
 		p := w.prefill
 		p.mu.Lock()
 		s := p.pending[req.RequestID]
 		delete(p.pending, req.RequestID)
 		p.mu.Unlock()
-		known := s != nil && w.eng.remoteDone(s)
-		yield(PrefillDoneAck{Known: known}, nil)
+		ack.Known = s != nil && w.eng.remoteDone(s)
 	}
+	b, _ := json.Marshal(ack)
+	_ = m.Respond(b)
 }
 
 // startPrefillWorker makes this worker a prefill worker: it takes jobs
@@ -179,11 +201,7 @@ func (w *Worker) startPrefillWorker(ctx, wctx context.Context) error {
 	}
 	p := &prefillSide{q: q}
 	w.prefill = p
-	ep, err := w.comp.Endpoint(PrefillDoneEndpoint)
-	if err != nil {
-		return err
-	}
-	if p.notify, err = loom.NewClient[PrefillDone, PrefillDoneAck](ctx, ep, loom.WithWaitTimeout(2*time.Second)); err != nil {
+	if p.nc, err = w.rt.NATS(ctx); err != nil {
 		return err
 	}
 	p.consumer, err = q.Consume(workqueue.HandlerFunc[llm.RemotePrefillRequest](w.handlePrefill),
@@ -217,17 +235,8 @@ func (w *Worker) handlePrefill(ctx context.Context, job *workqueue.Job[llm.Remot
 		return ctx.Err()
 	case <-t.C:
 	}
-	var known bool
-	for ack, err := range w.prefill.notify.Direct(id).Generate(ctx, PrefillDone{RequestID: r.RequestID}) {
-		if err != nil {
-			if errors.Is(err, loom.ErrNoInstances) {
-				// Its decode worker is gone, and the request with it.
-				w.rt.Logger().Debug("mocker: prefill done for a decode worker that is gone", "request", r.RequestID, "engine", r.EngineID)
-				break
-			}
-			return fmt.Errorf("mocker: tell decode worker %s that prefill %q is done: %w", r.EngineID, r.RequestID, err)
-		}
-		known = ack.Known
+	if err := w.notifyDone(ctx, r.RequestID, w.cfg.Namespace, id); err != nil {
+		return err
 	}
 	w.stats.mu.Lock()
 	w.stats.prefillJobs++
@@ -235,7 +244,30 @@ func (w *Worker) handlePrefill(ctx context.Context, job *workqueue.Job[llm.Remot
 		w.stats.redelivered++
 	}
 	w.stats.mu.Unlock()
-	_ = known
+	return nil
+}
+
+// notifyDone tells decode worker id that the prefill of key is done.
+func (w *Worker) notifyDone(ctx context.Context, key, ns string, id uint64) error {
+	body, err := json.Marshal(PrefillDone{RequestID: key})
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	msg, err := w.prefill.nc.RequestWithContext(rctx, PrefillDoneSubject(ns, id), body)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		// Its decode worker is gone, and the request with it.
+		w.rt.Logger().Debug("mocker: prefill done for a decode worker that is gone", "request", key, "engine", fmt.Sprintf("%x", id))
+		return nil
+	case err != nil:
+		return fmt.Errorf("mocker: tell decode worker %x that prefill %q is done: %w", id, key, err)
+	}
+	var ack PrefillDoneAck
+	if err := json.Unmarshal(msg.Data, &ack); err != nil {
+		return fmt.Errorf("mocker: decode worker %x answered prefill %q with %q: %w", id, key, msg.Data, err)
+	}
 	return nil
 }
 
@@ -246,8 +278,8 @@ func (p *prefillSide) shutdown(ctx context.Context) error {
 	if p.consumer != nil {
 		errs = append(errs, p.consumer.Shutdown(ctx))
 	}
-	if p.notify != nil {
-		p.notify.Close()
+	if p.sub != nil {
+		errs = append(errs, p.sub.Unsubscribe())
 	}
 	errs = append(errs, p.q.Close(ctx))
 	return errors.Join(errs...)

@@ -1,9 +1,9 @@
 package mocker_test
 
 import (
+	"context"
 	"fmt"
 
-	"github.com/loomrt/loom"
 	"testing"
 	"time"
 
@@ -86,19 +86,18 @@ func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
 	}
 	// A repeated notice (a redelivered job) is not the decode worker's
 	// news any more.
-	ep, err := s.caller.Endpoint(llm.DefaultNamespace + "/backend/" + mocker.PrefillDoneEndpoint)
+	nc, err := s.caller.NATS(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := loom.NewClient[mocker.PrefillDone, mocker.PrefillDoneAck](ctx, ep)
-	if err != nil {
-		t.Fatal(err)
+	msg, err := nc.RequestWithContext(ctx, mocker.PrefillDoneSubject(llm.DefaultNamespace, dw.ID()), []byte(fmt.Sprintf(`{"request_id":"%x-1"}`, dw.ID())))
+	if err != nil || string(msg.Data) != `{"known":false}` {
+		t.Errorf("a repeated prefill notice: %v, %v; want known false", msg, err)
 	}
-	defer nc.Close()
-	for ack, err := range nc.Direct(dw.ID()).Generate(ctx, mocker.PrefillDone{RequestID: fmt.Sprintf("%x-1", dw.ID())}) {
-		if err != nil || ack.Known {
-			t.Errorf("a repeated prefill_done: %+v, %v; want known false", ack, err)
-		}
+	// A malformed notice is answered, not fatal.
+	msg, err = nc.RequestWithContext(ctx, mocker.PrefillDoneSubject(llm.DefaultNamespace, dw.ID()), []byte("{not json"))
+	if err != nil || string(msg.Data) != `{"known":false}` {
+		t.Errorf("a malformed prefill notice: %v, %v; want known false", msg, err)
 	}
 }
 
@@ -130,5 +129,52 @@ func TestDecodeWorkerStoppedGracefullyFinishesRemotePrefills(t *testing.T) {
 	}
 	if err := <-stopped; err != nil {
 		t.Fatalf("graceful stop: %v", err)
+	}
+}
+
+// TestDecodeWorkerDrainedByItsRuntimeFinishesRemotePrefills shuts a
+// decode worker down as a worker process does on SIGTERM (Run under a
+// runtime that drains every endpoint at once) while a request waits for
+// its remote prefill: the notice still arrives and the request finishes.
+func TestDecodeWorkerDrainedByItsRuntimeFinishesRemotePrefills(t *testing.T) {
+	s := newSystem(t, mocker.ClusterConfig{Workers: 0})
+	ctx := timeout(t, 30*time.Second)
+	pre := fast()
+	pre.Prefill = true
+	pre.PrefillPerToken = 5 * time.Millisecond
+	pw, err := s.cluster.Add(ctx, pre)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decode := fast()
+	decode.RemotePrefill, decode.RemotePrefillMin = true, 8
+	rt := s.runtime()
+	runCtx, stop := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- mocker.Run(runCtx, rt, decode) }()
+	if err := s.client.WaitForInstances(timeout(t, 5*time.Second), 1); err != nil {
+		select {
+		case rerr := <-ran:
+			t.Fatalf("the decode worker did not start: %v", rerr)
+		default:
+			t.Fatal(err)
+		}
+	}
+	res := make(chan result, 1)
+	go func() {
+		res <- collect(ctx, s.client, llm.Request{ID: "sigterm", TokenIDs: prompt(54, 40), MaxTokens: 5})
+	}()
+	waitFor(t, 10*time.Second, "the prefill worker to take the job", func() bool { return pw.Stats().PrefillsInProgress == 1 })
+	drained := make(chan error, 1)
+	go func() { drained <- rt.Shutdown(timeout(t, 10*time.Second)) }()
+	stop()
+	if r := <-res; r.err != nil || len(r.tokens) != 5 {
+		t.Fatalf("request waiting for its remote prefill at SIGTERM: %d tokens, err %v; want 5", len(r.tokens), r.err)
+	}
+	if err := <-ran; err != nil {
+		t.Errorf("Run = %v", err)
+	}
+	if err := <-drained; err != nil {
+		t.Errorf("runtime Shutdown = %v", err)
 	}
 }

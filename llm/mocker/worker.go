@@ -186,13 +186,8 @@ func (w *Worker) Stats() Stats {
 func (w *Worker) Shutdown(ctx context.Context) error {
 	var errs []error
 	if w.comp != nil {
-		// generate first: its requests waiting for a remote prefill need
-		// prefill_done to keep serving until they are done.
-		for _, name := range []string{llm.GenerateEndpoint, llm.KvBlocksEndpoint} {
-			if ep, err := w.comp.Endpoint(name); err == nil {
-				errs = append(errs, ep.Shutdown(ctx))
-			}
-		}
+		// Requests waiting for a remote prefill finish meanwhile: the
+		// prefill notices arrive on a subscription closed only below.
 		errs = append(errs, w.comp.Shutdown(ctx))
 	}
 	// A connection the runtime closed already has nothing left to flush.
