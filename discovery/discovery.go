@@ -16,6 +16,7 @@
 package discovery
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -264,51 +265,41 @@ func ValidateNamespace(name string) error {
 // its runtime does not speak out of its routing set.
 const DynamoTransportPrefix = "dynamo/"
 
-// dynamoRecord is Dynamo's discovery value: its DiscoveryInstance enum,
-// tagged by "type"; the Endpoint variant holds the instance's names, its
-// id and its request plane as {"tcp": "host:port"}, {"nats_tcp": subject}
-// or {"http": url}.
-type dynamoRecord struct {
-	Type       string            `json:"type"`
-	Namespace  string            `json:"namespace"`
-	Component  string            `json:"component"`
-	Endpoint   string            `json:"endpoint"`
-	InstanceID *uint64           `json:"instance_id"`
-	Transport  map[string]string `json:"transport"`
-}
-
 // DecodeValue decodes a record's value: Loom's JSON of an Instance, or
 // Dynamo's Endpoint record (told apart by its "type" key), which becomes
 // an Instance whose Transport starts with DynamoTransportPrefix and whose
 // Metadata["origin"] is "dynamo". Dynamo's other record types are an
 // error saying so.
 func DecodeValue(value []byte) (Instance, error) {
-	var probe struct {
-		Type *string `json:"type"`
+	// One pass for both shapes: Loom's fields, Dynamo's tag, and the
+	// transport kept raw (a string in Loom's, an object in Dynamo's).
+	var r struct {
+		Instance
+		Type      *string         `json:"type"`
+		Transport json.RawMessage `json:"transport"`
 	}
-	if err := json.Unmarshal(value, &probe); err != nil {
-		return Instance{}, fmt.Errorf("value is not a JSON object: %w", err)
+	if err := json.Unmarshal(value, &r); err != nil {
+		return Instance{}, fmt.Errorf("value is not an instance record in JSON: %w", err)
 	}
-	if probe.Type == nil {
-		var inst Instance
-		if err := json.Unmarshal(value, &inst); err != nil {
-			return Instance{}, fmt.Errorf("value is not an instance in JSON: %w", err)
+	inst := r.Instance
+	if r.Type == nil {
+		if len(r.Transport) > 0 {
+			if err := json.Unmarshal(r.Transport, &inst.Transport); err != nil {
+				return Instance{}, fmt.Errorf("value's transport is not a string: %w", err)
+			}
 		}
 		return inst, nil
 	}
-	var d dynamoRecord
-	if err := json.Unmarshal(value, &d); err != nil {
-		return Instance{}, fmt.Errorf("value is not a Dynamo record: %w", err)
+	if *r.Type != "Endpoint" {
+		return Instance{}, fmt.Errorf("a Dynamo %q record; Loom reads Dynamo's Endpoint records only", *r.Type)
 	}
-	if d.Type != "Endpoint" {
-		return Instance{}, fmt.Errorf("a Dynamo %q record; Loom reads Dynamo's Endpoint records only", d.Type)
+	var transport map[string]string
+	if err := json.Unmarshal(r.Transport, &transport); err != nil || len(transport) != 1 || !bytes.Contains(value, []byte(`"instance_id"`)) {
+		return Instance{}, fmt.Errorf("a Dynamo Endpoint record without instance_id or without one transport of the form {\"tcp\": \"host:port\"}")
 	}
-	if d.InstanceID == nil || len(d.Transport) != 1 {
-		return Instance{}, fmt.Errorf("a Dynamo Endpoint record without instance_id or with %d transports, want 1", len(d.Transport))
-	}
-	inst := Instance{Namespace: d.Namespace, Component: d.Component, Endpoint: d.Endpoint, ID: *d.InstanceID,
-		Metadata: map[string]string{"origin": "dynamo"}}
-	for kind, addr := range d.Transport {
+	inst.Metadata = map[string]string{"origin": "dynamo"}
+	inst.TLS, inst.Codec, inst.Address = false, "", ""
+	for kind, addr := range transport {
 		inst.Transport, inst.Address = DynamoTransportPrefix+kind, addr
 	}
 	return inst, nil
