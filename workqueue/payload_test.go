@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -170,5 +171,59 @@ func TestDeadLetterOfAJobNearMaxPayloadKeepsItsReasonAndError(t *testing.T) {
 	}
 	if !bytes.Equal(d.Data, bytes.Repeat([]byte{'j'}, size)) { // []byte jobs travel as they are
 		t.Errorf("the dead letter's body is %d bytes, not the %d-byte job", len(d.Data), size)
+	}
+}
+
+// TestDeadLetterOfARawJobAtMaxPayloadOffloadsItsBody dead-letters a job
+// another client sent straight to the queue's subject, just under
+// max_payload: even a short error leaves no room for the dead-letter
+// headers, so the copy's body goes to the object store, and the job comes
+// back whole when requeued.
+func TestDeadLetterOfARawJobAtMaxPayloadOffloadsItsBody(t *testing.T) {
+	_, nc := startNATS(t, smallPayloadServer)
+	cfg := testConfig(t)
+	cfg.ObjectBucket = "payloads_" + cfg.Name
+	cfg.MaxDeliver = 1
+	q := newQueue[[]byte](t, nc, cfg)
+	ctx := ctxFor(t, 20*time.Second)
+	body := bytes.Repeat([]byte{'r'}, maxPayload-64)
+	if err := nc.Publish(q.Config().Subject, body); err != nil {
+		t.Fatal(err)
+	}
+	var fail atomic.Bool
+	fail.Store(true)
+	got := make(chan []byte, 1)
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[[]byte]) error {
+		if fail.Load() {
+			return errors.New("printer on fire: " + strings.Repeat("smoke ", 500))
+		}
+		got <- j.Value
+		return nil
+	})
+	admin, _ := workqueue.NewAdmin(nc)
+	var dead []workqueue.DeadLetter
+	eventually(t, 15*time.Second, "the job dead-lettered", func() bool {
+		dead, _ = admin.DeadLetters(ctx, q.Name(), 10)
+		return len(dead) == 1
+	})
+	d := dead[0]
+	t.Logf("dead letter: reason %s, error header %d bytes, body %d bytes, reference %q", d.Reason, len(d.Error), len(d.Data), d.Header.Get(objectstore.RefHeader))
+	if d.Reason != "failed" || !strings.HasPrefix(d.Error, "printer on fire: smoke") {
+		t.Errorf("dead letter: reason %q, error %.40q...; want failed with the handler's error", d.Reason, d.Error)
+	}
+	if d.Header.Get(objectstore.RefHeader) == "" || len(d.Data) != 0 {
+		t.Fatalf("the dead letter carries %d bytes and no reference; want its body offloaded", len(d.Data))
+	}
+	fail.Store(false)
+	if n, err := admin.Requeue(ctx, q.Name()); err != nil || n != 1 {
+		t.Fatalf("Requeue: %d, %v", n, err)
+	}
+	select {
+	case v := <-got:
+		if !bytes.Equal(v, body) {
+			t.Fatalf("the requeued job is %d bytes, not the %d-byte original", len(v), len(body))
+		}
+	case <-ctx.Done():
+		t.Fatal("the requeued job never came back")
 	}
 }
