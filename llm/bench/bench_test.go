@@ -345,6 +345,17 @@ func TestRunCountsAHungRequestUnfinished(t *testing.T) {
 	}
 }
 
+func TestRunTakesTheBaseURLWithOrWithoutV1(t *testing.T) {
+	s := newSSEServer(t)
+	for _, url := range []string{s.URL, s.URL + "/", s.URL + "/v1", s.URL + "/v1/"} {
+		wl, _ := Unique(UniqueConfig{InputTokens: 4, OutputTokens: 2})
+		res, err := Run(context.Background(), Config{URL: url, Workload: wl, Requests: 2, Concurrency: 1})
+		if err != nil || res.Completed != 2 {
+			t.Errorf("URL %s: %v, %+v", url, err, res)
+		}
+	}
+}
+
 func TestRunClassifiesBrokenStreams(t *testing.T) {
 	s := newSSEServer(t)
 	s.broken = func(n int64) string {

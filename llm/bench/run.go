@@ -15,8 +15,9 @@ import (
 
 // Config says what a run sends where.
 type Config struct {
-	// URL is the server's base URL (http://host:port); requests go to
-	// URL/v1/chat/completions.
+	// URL is the server's base URL (http://host:port, or the
+	// http://host:port/v1 OpenAI clients take); requests go to
+	// http://host:port/v1/chat/completions.
 	URL string
 	// Model names the model to ask for; empty takes the first that
 	// GET /v1/models lists.
@@ -166,7 +167,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.ProgressEvery <= 0 {
 		cfg.ProgressEvery = time.Second
 	}
-	base := strings.TrimRight(cfg.URL, "/")
+	// The base URL, with or without the /v1 that OpenAI clients take.
+	base := strings.TrimSuffix(strings.TrimRight(cfg.URL, "/"), "/v1")
 	hc := cfg.HTTPClient
 	if hc == nil {
 		conns := max(cfg.Concurrency, 64)
