@@ -441,14 +441,10 @@ func TestHealthModelsAndMetrics(t *testing.T) {
 	if _, _, _, err := streamChat(context.Background(), oaiClient(s), chatParams("hello", 4)); err != nil {
 		t.Fatal(err)
 	}
-	// The handler counts the request after the client has read [DONE].
-	var metrics string
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if _, metrics = get("/metrics"); strings.Contains(metrics, `loom_llm_request_duration_seconds_count{model="test-model"} 1`) {
-			break
-		}
-	}
-	for _, want := range []string{
+	// The handler counts the request after the client has read [DONE],
+	// and a scrape is not atomic across metrics: wait for one that has
+	// them all.
+	wants := []string{
 		`loom_llm_requests_total{model="test-model",status="200"} 1`,
 		`loom_llm_requests_total{model="",status="404"} 1`,
 		`loom_llm_time_to_first_token_seconds_count{model="test-model"} 1`,
@@ -456,10 +452,26 @@ func TestHealthModelsAndMetrics(t *testing.T) {
 		`loom_llm_output_tokens_total{model="test-model"} 4`,
 		`loom_llm_requests_in_flight{model="test-model"} 0`,
 		`loom_llm_migrations_total{model="test-model"} 0`,
-	} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("/metrics lacks %s", want)
+	}
+	var metrics string
+	missing := wants
+	for deadline := time.Now().Add(20 * time.Second); len(missing) > 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		_, metrics = get("/metrics")
+		missing = nil
+		for _, want := range wants {
+			if !strings.Contains(metrics, want) {
+				missing = append(missing, want)
+			}
 		}
+	}
+	if len(missing) > 0 {
+		var llm []string
+		for _, l := range strings.Split(metrics, "\n") {
+			if strings.HasPrefix(l, "loom_llm_") && !strings.Contains(l, "_bucket") {
+				llm = append(llm, l)
+			}
+		}
+		t.Errorf("/metrics lacks\n%s\nit has:\n%s", strings.Join(missing, "\n"), strings.Join(llm, "\n"))
 	}
 }
 
