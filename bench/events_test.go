@@ -247,7 +247,7 @@ func startEvLoom(transport string) evStarter {
 		}
 		ctx := context.Background()
 		scope := events.Scope{Namespace: "bench", Component: "worker"}
-		pub, err := events.NewRawPublisher(ctx, rts[0], scope, "kv_events")
+		pub, err := events.NewRawPublisher(ctx, rts[0], scope, "kv_events", events.WithEnvelope(events.EnvelopeCompact))
 		if err != nil {
 			return fail(err)
 		}

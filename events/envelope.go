@@ -49,7 +49,7 @@ const (
 	// default: a Dynamo subscriber decodes it.
 	EnvelopeDynamo = "dynamo"
 	// EnvelopeCompact is Loom's positional array, published_at in
-	// nanoseconds: 60 bytes shorter, unreadable by Dynamo.
+	// nanoseconds: 86 bytes shorter, unreadable by Dynamo.
 	EnvelopeCompact = "compact"
 )
 
@@ -128,7 +128,7 @@ func appendBin(dst, b []byte) []byte {
 // AppendMsgPackCompact appends e in Loom's compact MessagePack form to
 // dst: an array [publisher_id, sequence, published_at (Unix nanoseconds),
 // topic, payload, instance_id], without instance_id when it is 0. It is
-// 60 bytes shorter than the map, and Dynamo cannot read it.
+// 86 bytes shorter than the map, and Dynamo cannot read it.
 func (e *Envelope) AppendMsgPackCompact(dst []byte) []byte {
 	n := byte(5)
 	if e.InstanceID != 0 {

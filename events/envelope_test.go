@@ -333,3 +333,17 @@ func FuzzParseFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestEnvelopeSizes pins the sizes docs/events.md gives: a 128-byte
+// payload from a runtime (a 53-bit publisher id, an instance id, a time of
+// now) in each form.
+func TestEnvelopeSizes(t *testing.T) {
+	e := events.Envelope{PublisherID: 1<<52 + 12345, InstanceID: 1<<52 + 678, Sequence: 0,
+		PublishedAt: 1_763_740_000_123_456_789, Topic: "kv_events", Payload: make([]byte, 128)}
+	if n := len(e.AppendMsgPack(nil)); n != 255 {
+		t.Errorf("Dynamo's map: %d bytes, docs say 255", n)
+	}
+	if n := len(e.AppendMsgPackCompact(nil)); n != 169 {
+		t.Errorf("compact array: %d bytes, docs say 169", n)
+	}
+}
