@@ -469,7 +469,7 @@ func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, 
 func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candidate, req Req, call *Call, yield func(Resp, error) bool) (started bool, err error, failed bool) {
 	cdc, err := codec.ByName(cand.Codec)
 	if err != nil {
-		return false, fmt.Errorf("%w: %s instance %x: %v", errGone, c.path, cand.ID, err), false
+		return false, fmt.Errorf("%w: %s instance %x: %v", ErrUnreachable, c.path, cand.ID, err), false
 	}
 	// The transport copies the request: encode it into a pooled buffer.
 	bp := encodeBufs.Get().(*[]byte)
@@ -489,7 +489,10 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 		if ctx.Err() != nil {
 			return false, ctx.Err(), false
 		}
-		if errors.Is(err, errGone) || errors.Is(err, ErrClosed) {
+		if errors.Is(err, mux.ErrTooLarge) {
+			return false, fmt.Errorf("%w: %s instance %x: %v", ErrTooLarge, c.path, cand.ID, err), false
+		}
+		if errors.Is(err, ErrUnreachable) || errors.Is(err, ErrClosed) {
 			return false, err, true
 		}
 		mapped, failed := fromWire(ctx, c.path, cand.ID, err)

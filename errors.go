@@ -23,13 +23,20 @@ var (
 	ErrHandlerPanic = errors.New("loom: handler panicked")
 	// ErrClosed: the runtime, client or endpoint was shut down.
 	ErrClosed = errors.New("loom: closed")
+	// ErrUnreachable: the instance could not be reached (connection
+	// refused, dial or handshake failed, connection lost before any
+	// response) or is gone; the request never ran. A client retries it on
+	// another instance and avoids this one for client.failure_cooldown;
+	// with no other instance the call fails at once with this error.
+	ErrUnreachable = errors.New("loom: instance unreachable")
+	// ErrTooLarge: the request is larger than the instance accepts (its
+	// request_plane.max_frame_size, or the NATS server's max_payload).
+	// It is not retried: every instance would refuse it.
+	ErrTooLarge = errors.New("loom: request too large")
 )
-
-// errGone: the instance could not be reached at all; the request never ran.
-var errGone = errors.New("loom: instance unreachable")
 
 // retryable reports whether err means the request never ran, so another
 // instance may take it.
 func retryable(err error) bool {
-	return errors.Is(err, ErrDraining) || errors.Is(err, ErrOverloaded) || errors.Is(err, errGone)
+	return errors.Is(err, ErrDraining) || errors.Is(err, ErrOverloaded) || errors.Is(err, ErrUnreachable)
 }

@@ -204,6 +204,53 @@ func TestNetworkFailures(t *testing.T) {
 		}
 		close(g.release)
 	})
+	t.Run("a dead instance fails the call at once with ErrUnreachable", func(t *testing.T) {
+		c := newClusterOn(t, "tcp")
+		g := newGate()
+		_, p := behindProxy(t, c, "fail/dead/gen", g.handler(false))
+		close(g.release)
+		cl := client[int, uint64](t, c.runtime(), "fail/dead/gen")
+		if _, err := collect(cl.Generate(context.Background(), 1)); err != nil {
+			t.Fatal(err)
+		}
+		p.ln.Close() // the address refuses connections, its record stays
+		p.cut()
+		for range 3 {
+			_, err := collect(cl.Generate(context.Background(), 1))
+			if !errors.Is(err, loom.ErrUnreachable) || errors.Is(err, loom.ErrStreamReset) {
+				t.Fatalf("err = %v, want ErrUnreachable", err)
+			}
+		}
+	})
+	t.Run("a request above the instance's frame size fails with ErrTooLarge, tried on one instance only", func(t *testing.T) {
+		c := newClusterOn(t, "tcp")
+		c.cfg.RequestPlane.MaxFrameSize = 64 << 10
+		var entered atomic.Int32
+		for range 2 {
+			rt := c.runtime()
+			serve(t, rt, "fail/large/gen", func(ctx context.Context, req []byte) iter.Seq2[int, error] {
+				entered.Add(1)
+				return func(yield func(int, error) bool) { yield(len(req), nil) }
+			})
+		}
+		var picks atomic.Int32
+		counting := loom.PickerFunc(func(_ context.Context, cs []*loom.Candidate) (*loom.Candidate, error) {
+			picks.Add(1)
+			return cs[0], nil
+		})
+		cl := client[[]byte, int](t, c.runtime(), "fail/large/gen", loom.WithPicker(counting))
+		waitInstances(t, cl, 2)
+		_, err := collect(cl.Generate(context.Background(), make([]byte, 100<<10)))
+		if !errors.Is(err, loom.ErrTooLarge) || errors.Is(err, loom.ErrUnreachable) {
+			t.Fatalf("err = %v, want ErrTooLarge", err)
+		}
+		if picks.Load() != 1 || entered.Load() != 0 {
+			t.Fatalf("%d instances tried, %d handlers entered; want 1 and 0", picks.Load(), entered.Load())
+		}
+		if got, err := collect(cl.Generate(context.Background(), make([]byte, 1000))); err != nil || got[0] != 1000 {
+			t.Fatalf("a request that fits after it: %v, %v", got, err)
+		}
+	})
 	t.Run("a peer that stops answering is detected by keepalive, never a hang", func(t *testing.T) {
 		c := newClusterOn(t, "tcp")
 		c.cfg.RequestPlane.KeepaliveInterval = 50 * time.Millisecond

@@ -29,6 +29,7 @@ func (rt *Runtime) startNATSPlane(ctx context.Context) (string, error) {
 		MaxStreamsPerCaller:  rc.MaxStreamsPerConn,
 		MaxRunningBytes:      rc.MaxRunningBytes,
 		Logger:               rt.log,
+		OnLimit:              rt.metrics.LimitHit,
 	}, natsplane.HandlerFunc(func(s *natsplane.ServerStream) error { return serveStream(rt, s) }))
 	if err != nil {
 		return "", err
@@ -46,7 +47,7 @@ func (rt *Runtime) openNATS(ctx context.Context, cand *Candidate, req mux.Reques
 	if c == nil {
 		nc, err := rt.NATS(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s instance %x serves on NATS: %v", errGone, cand.Path(), cand.ID, err)
+			return nil, fmt.Errorf("%w: %s instance %x serves on NATS: %v", ErrUnreachable, cand.Path(), cand.ID, err)
 		}
 		p.mu.Lock()
 		if p.natsCli == nil {

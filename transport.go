@@ -114,6 +114,10 @@ func (rt *Runtime) startTCP(ctx context.Context) error {
 		QueueSize:            rc.QueueSize,
 		MaxStreamsPerConn:    rc.MaxStreamsPerConn,
 		MaxRunningBytes:      rc.MaxRunningBytes,
+		MaxConns:             rc.MaxConns,
+		FrameTimeout:         rc.FrameTimeout,
+		MaxQueuedPongs:       rc.MaxQueuedPongs,
+		OnLimit:              rt.metrics.LimitHit,
 		KeepaliveInterval:    rc.KeepaliveInterval,
 		KeepaliveTimeout:     rc.KeepaliveTimeout,
 		TLS:                  tlsCfg,
@@ -215,7 +219,7 @@ func (e *HandlerError) Error() string {
 func fromWire(ctx context.Context, path string, inst uint64, err error) (mapped error, instanceFailed bool) {
 	var se *mux.StreamError
 	if !errors.As(err, &se) {
-		return fmt.Errorf("%w: %s instance %x: %v", errGone, path, inst, err), true
+		return fmt.Errorf("%w: %s instance %x: %v", ErrUnreachable, path, inst, err), true
 	}
 	where := fmt.Sprintf("%s instance %x", path, inst)
 	switch se.Code {
@@ -228,7 +232,7 @@ func fromWire(ctx context.Context, path string, inst uint64, err error) (mapped 
 	case wire.CodeOverloaded:
 		return fmt.Errorf("%w: %s: %s", ErrOverloaded, where, se.Message), false
 	case wire.CodeNotFound:
-		return fmt.Errorf("%w: %s: %s", errGone, where, se.Message), false
+		return fmt.Errorf("%w: %s: %s", ErrUnreachable, where, se.Message), false
 	case wire.CodeInternal:
 		return fmt.Errorf("%w: %s: %s", ErrHandlerPanic, where, se.Message), false
 	case wire.CodeBadRequest:
@@ -247,7 +251,7 @@ func fromWire(ctx context.Context, path string, inst uint64, err error) (mapped 
 		return ctx.Err(), false
 	}
 	if se.BeforeFirstResponse {
-		return fmt.Errorf("%w: %s: %v", errGone, where, se), true
+		return fmt.Errorf("%w: %s: %v", ErrUnreachable, where, se), true
 	}
 	return fmt.Errorf("%w: %s: %v", ErrStreamReset, where, se), true
 }
@@ -258,9 +262,9 @@ func (rt *Runtime) open(ctx context.Context, cand *Candidate, req mux.Request) (
 	case TransportTCP:
 		if tlsOn := rt.cfg.RequestPlane.TLSCAFile != ""; cand.TLS != tlsOn {
 			if cand.TLS {
-				return nil, fmt.Errorf("%w: %s instance %x at %s serves TLS; set request_plane.tls_ca_file (LOOM_REQUEST_PLANE_TLS_CA_FILE) to the CA that signed its certificate", errGone, cand.Path(), cand.ID, cand.Address)
+				return nil, fmt.Errorf("%w: %s instance %x at %s serves TLS; set request_plane.tls_ca_file (LOOM_REQUEST_PLANE_TLS_CA_FILE) to the CA that signed its certificate", ErrUnreachable, cand.Path(), cand.ID, cand.Address)
 			}
-			return nil, fmt.Errorf("%w: %s instance %x at %s serves plain TCP, and this runtime calls with TLS (request_plane.tls_ca_file is set)", errGone, cand.Path(), cand.ID, cand.Address)
+			return nil, fmt.Errorf("%w: %s instance %x at %s serves plain TCP, and this runtime calls with TLS (request_plane.tls_ca_file is set)", ErrUnreachable, cand.Path(), cand.ID, cand.Address)
 		}
 		pool, err := rt.tcpPool()
 		if err != nil {
@@ -272,9 +276,9 @@ func (rt *Runtime) open(ctx context.Context, cand *Candidate, req mux.Request) (
 	case TransportLocal:
 		// Only reachable inside its own process, and not found in this
 		// one: it has shut down and discovery has not caught up yet.
-		return nil, fmt.Errorf("%w: %s instance %x is gone (transport local)", errGone, cand.Path(), cand.ID)
+		return nil, fmt.Errorf("%w: %s instance %x is gone (transport local)", ErrUnreachable, cand.Path(), cand.ID)
 	}
-	return nil, fmt.Errorf("%w: %s instance %x has transport %q, which this runtime does not speak", errGone, cand.Path(), cand.ID, cand.Transport)
+	return nil, fmt.Errorf("%w: %s instance %x has transport %q, which this runtime does not speak", ErrUnreachable, cand.Path(), cand.ID, cand.Transport)
 }
 
 func (rt *Runtime) tcpPool() (*mux.Pool, error) {
@@ -297,6 +301,7 @@ func (rt *Runtime) tcpPool() (*mux.Pool, error) {
 		ConnsPerHost:      rc.ConnsPerHost,
 		KeepaliveInterval: rc.KeepaliveInterval,
 		KeepaliveTimeout:  rc.KeepaliveTimeout,
+		FrameTimeout:      rc.FrameTimeout,
 		TLS:               tlsCfg,
 		Logger:            rt.log,
 		OnDrain:           func(addr string) { p.draining.Store(addr, struct{}{}) },

@@ -112,6 +112,9 @@ type RequestPlane struct {
 	QueueSize            int           `key:"queue_size" default:"1024" min:"-1" doc:"Requests that may wait for a slot; beyond it a request is refused at once with ErrOverloaded (retried elsewhere). -1: no queue."`
 	MaxStreamsPerConn    int           `key:"max_streams_per_conn" default:"0" min:"-1" doc:"Requests, running and queued, one client connection (one NATS caller) may hold, so that one client cannot take every slot; beyond it its requests are refused with ErrOverloaded. 0: half of max_concurrent_streams when that is 64 or more, else no limit; -1: no limit."`
 	MaxRunningBytes      int           `key:"max_running_bytes" default:"268435456" min:"1" doc:"Request bytes held by running requests; beyond it new requests wait in the queue (which holds at most 64 MiB)."`
+	MaxConns             int           `key:"max_conns" default:"4096" min:"-1" doc:"TCP connections the request plane holds at once; one accepted beyond it is closed at once. -1: no limit."`
+	FrameTimeout         time.Duration `key:"frame_timeout" default:"10s" doc:"How long one frame may take to arrive whole once its first byte has; a peer trickling bytes is dropped. Negative: no bound."`
+	MaxQueuedPongs       int           `key:"max_queued_pongs" default:"256" min:"1" doc:"Keepalive replies (PONG) that may wait unsent on a connection before its peer, which pings without reading, is dropped."`
 	ConnsPerHost         int           `key:"conns_per_host" default:"1" min:"1" max:"64" doc:"TCP connections a client keeps to each instance address; streams share them."`
 	MaxFrameSize         int           `key:"max_frame_size" default:"4194304" min:"65536" max:"67108864" doc:"Largest frame accepted, so the largest request or response item, in bytes."`
 	KeepaliveInterval    time.Duration `key:"keepalive_interval" default:"5s" doc:"Silence on a connection before a ping; negative disables keepalive."`

@@ -38,6 +38,7 @@ type Metrics struct {
 	clientCalls   *prometheus.CounterVec
 	clientRetries *prometheus.CounterVec
 	taskPanics    *prometheus.CounterVec
+	limitHits     *prometheus.CounterVec
 
 	events eventMetrics  // the event plane's, registered on first use (events.go)
 	health healthMetrics // canary health checks', registered on first use (health.go)
@@ -90,11 +91,15 @@ func New() *Metrics {
 			Name: "loom_background_task_panics_total",
 			Help: "Panics recovered in background tasks, by task.",
 		}, []string{"task"}),
+		limitHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_request_plane_limit_hits_total",
+			Help: "Times a peer hit a request-plane limit (its connection closed, or its new stream refused), by limit: max_conns, frame_timeout, max_queued_pongs, max_streams_per_conn.",
+		}, []string{"limit"}),
 		endpoints: make(map[[3]string]*Endpoint),
 		clients:   make(map[[3]string]*ClientEndpoint),
 	}
 	m.reg.MustRegister(m.requests, m.inFlight, m.duration, m.firstResponse, m.items, m.bytes,
-		m.clientCalls, m.clientRetries, m.taskPanics,
+		m.clientCalls, m.clientRetries, m.taskPanics, m.limitHits,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -104,6 +109,9 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // TaskPanicked counts a panic recovered in the background task named task.
 func (m *Metrics) TaskPanicked(task string) { m.taskPanics.WithLabelValues(task).Inc() }
+
+// LimitHit counts a peer hitting the request-plane limit named limit.
+func (m *Metrics) LimitHit(limit string) { m.limitHits.WithLabelValues(limit).Inc() }
 
 // Endpoint is the metrics of one served endpoint, bound once so that the
 // request path does no label lookups.

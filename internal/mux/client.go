@@ -46,6 +46,10 @@ type ClientConfig struct {
 	// connection silent for the interval gets a PING, and one that stays
 	// silent for the timeout more fails all its streams with ErrConnLost.
 	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// FrameTimeout bounds how long a frame from the server may take to
+	// arrive whole once its first byte has. Default DefaultFrameTimeout;
+	// negative: no bound.
+	FrameTimeout time.Duration
 	// TLS, if set, makes the pool speak TLS; ServerName defaults to the
 	// host of the address. Set Certificates for mutual TLS.
 	TLS *tls.Config
@@ -98,6 +102,7 @@ func NewPool(cfg ClientConfig) *Pool {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
+	cfg.FrameTimeout = frameTimeoutDefault(cfg.FrameTimeout)
 	cfg.KeepaliveInterval, cfg.KeepaliveTimeout = keepaliveDefaults(cfg.KeepaliveInterval, cfg.KeepaliveTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -280,7 +285,7 @@ func (p *Pool) dial(ctx context.Context, addr string) (*clientConn, error) {
 		return nil, fmt.Errorf("%w: preface exchange with %s: %w", ErrUnreachable, addr, err)
 	}
 	c := &clientConn{
-		conn:    newConn(nc, peer, p.cfg.MaxFrameSize, p.cfg.KeepaliveInterval, p.cfg.KeepaliveTimeout, p.log),
+		conn:    newConn(nc, peer, p.cfg.MaxFrameSize, p.cfg.KeepaliveInterval, p.cfg.KeepaliveTimeout, limits{frameTimeout: p.cfg.FrameTimeout, maxPongs: DefaultMaxQueuedPongs}, p.log),
 		pool:    p,
 		addr:    addr,
 		window:  int64(p.cfg.InitialWindow),
@@ -404,6 +409,9 @@ func (c *clientConn) readLoop() {
 		default:
 			err = fmt.Errorf("%w: %v frames are not sent by servers (stream %d)", wire.ErrProtocol, f.Type, f.Stream)
 		}
+	}
+	if errors.Is(err, wire.ErrFrameTimeout) {
+		c.tripped("frame_timeout", err)
 	}
 	if errors.Is(err, wire.ErrProtocol) {
 		c.log.Warn("mux: server broke the protocol", "addr", c.addr, "err", err)

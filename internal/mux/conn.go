@@ -59,6 +59,8 @@ type conn struct {
 	wake     chan struct{}
 
 	kaInterval, kaTimeout time.Duration
+	lim                   limits
+	pongs                 int // PONGs in the unwritten batch; guarded by wmu
 
 	done chan struct{} // closed by shutdown
 	once sync.Once
@@ -73,7 +75,14 @@ func (r countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func newConn(nc net.Conn, peer wire.Preface, maxFrame int, kaInterval, kaTimeout time.Duration, log *slog.Logger) *conn {
+// limits are the per-connection bounds on what a peer can cost.
+type limits struct {
+	frameTimeout time.Duration // a frame must arrive whole within it; 0: no bound
+	maxPongs     int           // PONGs queued unsent before the peer is dropped
+	onLimit      func(limit string)
+}
+
+func newConn(nc net.Conn, peer wire.Preface, maxFrame int, kaInterval, kaTimeout time.Duration, lim limits, log *slog.Logger) *conn {
 	c := &conn{
 		nc:         nc,
 		peer:       peer,
@@ -82,9 +91,22 @@ func newConn(nc net.Conn, peer wire.Preface, maxFrame int, kaInterval, kaTimeout
 		done:       make(chan struct{}),
 		kaInterval: kaInterval,
 		kaTimeout:  kaTimeout,
+		lim:        lim,
 	}
 	c.rd = wire.NewReader(countingReader{c}, maxFrame)
+	if lim.frameTimeout > 0 {
+		c.rd.SetFrameTimeout(lim.frameTimeout, nc.SetReadDeadline)
+	}
 	return c
+}
+
+// tripped records that the peer hit limit: a metric and a log line
+// naming the peer.
+func (c *conn) tripped(limit string, err error) {
+	if c.lim.onLimit != nil {
+		c.lim.onLimit(limit)
+	}
+	c.log.Warn("mux: peer hit a request-plane limit; closing its connection", "limit", limit, "remote", c.nc.RemoteAddr().String(), "err", err)
 }
 
 // handshake writes our preface and reads the peer's, within the deadline.
@@ -175,7 +197,7 @@ func (c *conn) commitFlush() {
 	// streams share system calls without waking the writer goroutine.
 	for range maxDirectBatches {
 		buf := c.w.Swap(c.spare)
-		c.spare = nil
+		c.spare, c.pongs = nil, 0
 		c.wmu.Unlock()
 		err = c.flush(buf, false)
 		c.wmu.Lock()
@@ -286,7 +308,7 @@ func (c *conn) writeLoop() {
 		c.wBusy = true
 		closing := c.wClosing
 		buf := c.w.Swap(c.spare)
-		c.spare = nil
+		c.spare, c.pongs = nil, 0
 		if c.wFull != nil {
 			close(c.wFull)
 			c.wFull = nil
@@ -375,11 +397,23 @@ func (c *conn) keepalive(ka *keepalive) bool {
 }
 
 // writePong answers a PING; called by the reader, it never waits.
+// A peer that sends PINGs without reading the PONGs is dropped once
+// lim.maxPongs of them wait unwritten, instead of growing the batch.
 func (c *conn) writePong(data []byte) {
-	if c.begin(context.Background(), false) == nil {
-		c.w.Pong([8]byte(data))
-		c.commit()
+	if c.begin(context.Background(), false) != nil {
+		return
 	}
+	if c.lim.maxPongs > 0 && c.pongs >= c.lim.maxPongs {
+		n := c.pongs
+		c.wmu.Unlock()
+		err := fmt.Errorf("%w: %s sent %d PINGs without reading the PONGs", ErrConnLost, c.nc.RemoteAddr(), n)
+		c.tripped("max_queued_pongs", err)
+		c.shutdown(err)
+		return
+	}
+	c.w.Pong([8]byte(data))
+	c.pongs++
+	c.commit()
 }
 
 // fail sends GOAWAY with code and msg, then closes the connection once it

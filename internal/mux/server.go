@@ -24,7 +24,26 @@ const (
 	DefaultQueueSize            = plane.DefaultQueueSize
 	DefaultKeepaliveInterval    = 5 * time.Second
 	DefaultKeepaliveTimeout     = 5 * time.Second
+	// DefaultFrameTimeout bounds how long one frame may take to arrive
+	// whole once its first byte has.
+	DefaultFrameTimeout = 10 * time.Second
+	// DefaultMaxConns is how many connections a Server holds at once.
+	DefaultMaxConns = 4096
+	// DefaultMaxQueuedPongs is how many PONGs may wait unwritten on a
+	// connection before its peer, which sends PINGs without reading, is
+	// dropped.
+	DefaultMaxQueuedPongs = 256
 )
+
+func frameTimeoutDefault(d time.Duration) time.Duration {
+	switch {
+	case d < 0:
+		return 0
+	case d == 0:
+		return DefaultFrameTimeout
+	}
+	return d
+}
 
 // ServerConfig configures a Server. The zero value works.
 type ServerConfig struct {
@@ -61,6 +80,23 @@ type ServerConfig struct {
 	TLS *tls.Config
 	// Logger receives connection-level events. Default slog.Default().
 	Logger *slog.Logger
+	// MaxConns is how many connections the server holds at once; one
+	// accepted beyond it is closed at once. Default DefaultMaxConns;
+	// negative: no limit.
+	MaxConns int
+	// FrameTimeout bounds how long a frame may take to arrive whole once
+	// its first byte has: a peer trickling bytes is dropped. Time between
+	// frames is bounded by keepalive instead. Default DefaultFrameTimeout;
+	// negative: no bound.
+	FrameTimeout time.Duration
+	// MaxQueuedPongs is how many PONGs may wait unwritten on a connection
+	// before its peer is dropped. Default DefaultMaxQueuedPongs.
+	MaxQueuedPongs int
+	// OnLimit, if set, is called when a peer hits one of the limits
+	// above or its share of streams, with the limit's name
+	// ("max_conns", "frame_timeout", "max_queued_pongs",
+	// "max_streams_per_conn"); for metrics. It must not block.
+	OnLimit func(limit string)
 	// StreamContext, if set, returns the parent of the context of a
 	// stream opened for path (nil for none). It runs on the connection's
 	// reader and must not block.
@@ -80,6 +116,13 @@ func (c *ServerConfig) setDefaults() {
 	}
 	c.QueueSize = max(c.QueueSize, 0)
 	c.KeepaliveInterval, c.KeepaliveTimeout = keepaliveDefaults(c.KeepaliveInterval, c.KeepaliveTimeout)
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	c.FrameTimeout = frameTimeoutDefault(c.FrameTimeout)
+	if c.MaxQueuedPongs <= 0 {
+		c.MaxQueuedPongs = DefaultMaxQueuedPongs
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -129,6 +172,9 @@ type Server struct {
 	closed    bool
 	changed   chan struct{} // closed when conns shrink; for Shutdown
 	wg        sync.WaitGroup
+
+	nconns      atomic.Int64 // connections accepted and not yet ended
+	lastRefusal atomic.Int64 // unix ns of the last refused-connection log line
 
 	adm     *plane.Admission[*ServerStream]
 	work    chan *ServerStream // hands a stream to an idle worker
@@ -201,15 +247,24 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		delay = 0
+		if n := s.nconns.Add(1); s.cfg.MaxConns > 0 && n > int64(s.cfg.MaxConns) {
+			s.nconns.Add(-1)
+			s.refuseConn(nc)
+			continue
+		}
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
+			s.nconns.Add(-1)
 			nc.Close()
 			return ErrServerClosed
 		}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go s.serveConn(nc)
+		go func() {
+			defer s.nconns.Add(-1)
+			s.serveConn(nc)
+		}()
 	}
 }
 
@@ -298,6 +353,19 @@ func (s *Server) notifyLocked() {
 	}
 }
 
+// refuseConn closes a connection accepted beyond MaxConns, logging at
+// most once a second so that a flood does not flood the log.
+func (s *Server) refuseConn(nc net.Conn) {
+	defer nc.Close()
+	if f := s.cfg.OnLimit; f != nil {
+		f("max_conns")
+	}
+	now := time.Now().UnixNano()
+	if last := s.lastRefusal.Load(); now-last >= int64(time.Second) && s.lastRefusal.CompareAndSwap(last, now) {
+		s.log.Warn("mux: connection refused: the server holds its maximum of connections (request_plane.max_conns)", "remote", nc.RemoteAddr().String(), "max", s.cfg.MaxConns)
+	}
+}
+
 // start runs st on an idle worker, or on a new one if none is idle. A
 // worker that finishes a stream takes the next queued one, then parks for
 // the next start, so that serving a stream costs no goroutine creation.
@@ -370,7 +438,7 @@ func (s *Server) serveConn(nc net.Conn) {
 	nc.SetDeadline(time.Time{})
 
 	sc := &serverConn{
-		conn:    newConn(nc, peer, s.cfg.MaxFrameSize, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, s.log),
+		conn:    newConn(nc, peer, s.cfg.MaxFrameSize, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, limits{frameTimeout: s.cfg.FrameTimeout, maxPongs: s.cfg.MaxQueuedPongs, onLimit: s.cfg.OnLimit}, s.log),
 		srv:     s,
 		streams: map[uint32]*ServerStream{},
 	}
@@ -409,7 +477,8 @@ type serverConn struct {
 	lastID    uint32
 	goingAway bool
 
-	peerCount plane.Peer // streams this connection holds in admission
+	peerCount   plane.Peer  // streams this connection holds in admission
+	warnedShare atomic.Bool // its refusal for holding its share was logged
 }
 
 func (sc *serverConn) readLoop() {
@@ -439,6 +508,9 @@ func (sc *serverConn) readLoop() {
 		default:
 			err = fmt.Errorf("%w: %v frames are not sent by clients (stream %d)", wire.ErrProtocol, f.Type, f.Stream)
 		}
+	}
+	if errors.Is(err, wire.ErrFrameTimeout) {
+		sc.tripped("frame_timeout", err)
 	}
 	if errors.Is(err, wire.ErrProtocol) {
 		sc.mu.Lock()
@@ -514,7 +586,12 @@ func (sc *serverConn) handleOpen(f wire.Frame) error {
 		}
 	case plane.Refused, plane.RefusedPeer:
 		if a == plane.RefusedPeer {
-			sc.log.Warn("mux: connection holds its share of handler slots; refusing its new stream", "remote", sc.nc.RemoteAddr().String(), "stream", id, "streams", sc.peerCount.Streams())
+			if f := sc.srv.cfg.OnLimit; f != nil {
+				f("max_streams_per_conn")
+			}
+			if sc.warnedShare.CompareAndSwap(false, true) {
+				sc.log.Warn("mux: connection holds its share of handler slots; refusing its new streams (logged once per connection)", "remote", sc.nc.RemoteAddr().String(), "stream", id, "streams", sc.peerCount.Streams())
+			}
 		}
 		st.state.Store(stateEnded)
 		sc.writeEnd(id, wire.CodeOverloaded, "server "+msg, false)

@@ -78,6 +78,9 @@ type ServerConfig struct {
 	InitialWindow int
 	// Logger receives server-level events. Default slog.Default().
 	Logger *slog.Logger
+	// OnLimit, if set, is called with "max_streams_per_conn" when a
+	// caller is refused for holding its share of streams; for metrics.
+	OnLimit func(limit string)
 }
 
 func (c *ServerConfig) setDefaults() {
@@ -429,6 +432,9 @@ func (s *Server) handleOpen(m *nats.Msg) {
 		}
 	default:
 		if res == plane.RefusedPeer {
+			if s.cfg.OnLimit != nil {
+				s.cfg.OnLimit("max_streams_per_conn")
+			}
 			s.log.Warn("natsplane: caller holds its share of handler slots; refusing its new stream", "subject", s.subject, "caller", key, "streams", p.adm.Streams())
 		}
 		st.state = stateEnded

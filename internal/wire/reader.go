@@ -3,7 +3,10 @@ package wire
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"time"
 )
 
 // readerInitSize is the Reader's buffer size when frames are small; it is
@@ -32,6 +35,24 @@ type Reader struct {
 	max   uint32
 	small int // frames left before a grown buffer is given back
 	err   error
+
+	frameTimeout time.Duration
+	setDeadline  func(time.Time) error
+	armed        bool // a frame deadline is set
+}
+
+// ErrFrameTimeout is wrapped by the error of a Reader whose frame did not
+// arrive whole within its frame timeout: a peer trickling bytes.
+var ErrFrameTimeout = errors.New("wire: frame not received in time")
+
+// SetFrameTimeout makes the Reader require every frame to arrive whole
+// within d of its first byte: while a frame is partly received, set is
+// called with the deadline (a net.Conn's SetReadDeadline), and with the
+// zero time once it is complete. Time between frames is not bounded. A
+// read that times out ends the Reader with an error wrapping
+// ErrFrameTimeout.
+func (r *Reader) SetFrameTimeout(d time.Duration, set func(time.Time) error) {
+	r.frameTimeout, r.setDeadline = d, set
 }
 
 // NewReader returns a Reader that parses frames from rd and rejects any
@@ -92,30 +113,41 @@ func (r *Reader) ReadFrame() (Frame, error) {
 	}
 	f.Payload = r.buf[r.r+HeaderSize : r.r+size : r.r+size]
 	r.r += size
+	if r.armed {
+		r.armed = false
+		r.setDeadline(time.Time{})
+	}
 	return f, nil
 }
 
 // fill makes at least need bytes available in buf[r:w]; need is at most
-// HeaderSize plus the maximum frame size.
+// HeaderSize plus the maximum frame size. The buffer grows as bytes
+// arrive, at most doubling each time, so a peer that announces a large
+// frame and sends little of it costs little.
 func (r *Reader) fill(need int) error {
 	if r.w-r.r >= need {
 		return nil
 	}
 	if r.buf == nil {
-		r.buf = make([]byte, max(readerInitSize, 0))
-	}
-	if len(r.buf)-r.r < need {
-		if need > len(r.buf) {
-			nb := make([]byte, min(max(need, 2*len(r.buf)), HeaderSize+int(r.max)))
-			r.w = copy(nb, r.buf[r.r:r.w])
-			r.r, r.buf = 0, nb
-		} else {
-			r.w = copy(r.buf, r.buf[r.r:r.w])
-			r.r = 0
-		}
+		r.buf = make([]byte, readerInitSize)
 	}
 	empty := 0
 	for r.w-r.r < need {
+		if r.w == len(r.buf) || (len(r.buf)-r.r < need && r.r > 0 && need <= len(r.buf)) {
+			if need <= len(r.buf) || r.r > len(r.buf)/2 {
+				r.w = copy(r.buf, r.buf[r.r:r.w])
+				r.r = 0
+			}
+			if r.w == len(r.buf) {
+				nb := make([]byte, min(need, max(2*len(r.buf), readerInitSize)))
+				r.w = copy(nb, r.buf[r.r:r.w])
+				r.r, r.buf = 0, nb
+			}
+		}
+		if r.frameTimeout > 0 && !r.armed && r.w > r.r {
+			r.armed = true
+			r.setDeadline(time.Now().Add(r.frameTimeout))
+		}
 		n, err := r.rd.Read(r.buf[r.w:])
 		r.w += n
 		if r.w-r.r >= need {
@@ -127,6 +159,9 @@ func (r *Reader) fill(need int) error {
 					return io.EOF
 				}
 				return protoErrWrap(io.ErrUnexpectedEOF, "connection ended inside a frame (%d of %d bytes)", r.w-r.r, need)
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() && r.armed {
+				return fmt.Errorf("%w: %d of %d bytes within %v", ErrFrameTimeout, r.w-r.r, need, r.frameTimeout)
 			}
 			return err
 		}
