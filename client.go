@@ -55,6 +55,9 @@ func (c *clientCore) usable(cand *Candidate, now int64) bool {
 		if _, draining := c.rt.planes.draining.Load(cand.Address); draining {
 			return false
 		}
+		if until, stalled := c.rt.planes.stalled.Load(cand.Address); stalled && until.(int64) > now {
+			return false
+		}
 	}
 	return true
 }

@@ -66,6 +66,7 @@ type planes struct {
 	natsSrv  *natsplane.Server
 	natsCli  *natsplane.Client
 	draining sync.Map // address -> struct{}: the server there sent GOAWAY
+	stalled  sync.Map // address -> unix ns until which it is avoided: it stopped answering
 	byPath   sync.Map // endpoint path -> *served
 }
 
@@ -305,6 +306,9 @@ func (rt *Runtime) tcpPool() (*mux.Pool, error) {
 		TLS:               tlsCfg,
 		Logger:            rt.log,
 		OnDrain:           func(addr string) { p.draining.Store(addr, struct{}{}) },
+		OnStall: func(addr string) {
+			p.stalled.Store(addr, time.Now().Add(rt.cfg.Client.FailureCooldown).UnixNano())
+		},
 	})
 	return p.pool, nil
 }

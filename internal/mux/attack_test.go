@@ -69,7 +69,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestHalfSentMaximumFramesCostLittleAndAreDropped(t *testing.T) {
 	const conns = 100
 	var ll limitLog
-	addr, srv := startServer(t, ll.config(ServerConfig{FrameTimeout: 500 * time.Millisecond}), echo)
+	addr, srv := startServer(t, ll.config(ServerConfig{FrameTimeout: 5 * time.Second}), echo)
 	g0 := runtime.NumGoroutine()
 	h0 := heapInUse()
 	peers := make([]*rawConn, conns)

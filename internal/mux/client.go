@@ -21,6 +21,7 @@ import (
 const (
 	DefaultInitialWindow = plane.DefaultInitialWindow
 	DefaultDialTimeout   = 5 * time.Second
+	DefaultStallTimeout  = time.Second
 )
 
 // maxStreamID is the last stream id a client connection uses; after it the
@@ -46,6 +47,15 @@ type ClientConfig struct {
 	// connection silent for the interval gets a PING, and one that stays
 	// silent for the timeout more fails all its streams with ErrConnLost.
 	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// StallTimeout is how long a connection with streams waiting may be
+	// silent before it is pinged, and then how long the PING may go
+	// unanswered before the server is reported stalled through OnStall
+	// (new streams should go elsewhere; keepalive still decides when the
+	// streams fail). Default DefaultStallTimeout; negative: off.
+	StallTimeout time.Duration
+	// OnStall, if set, is called when the server at addr stops answering
+	// while streams wait on it. It must not block.
+	OnStall func(addr string)
 	// FrameTimeout bounds how long a frame from the server may take to
 	// arrive whole once its first byte has. Default DefaultFrameTimeout;
 	// negative: no bound.
@@ -103,6 +113,12 @@ func NewPool(cfg ClientConfig) *Pool {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
 	cfg.FrameTimeout = frameTimeoutDefault(cfg.FrameTimeout)
+	switch {
+	case cfg.StallTimeout < 0:
+		cfg.StallTimeout = 0
+	case cfg.StallTimeout == 0:
+		cfg.StallTimeout = DefaultStallTimeout
+	}
 	cfg.KeepaliveInterval, cfg.KeepaliveTimeout = keepaliveDefaults(cfg.KeepaliveInterval, cfg.KeepaliveTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -284,13 +300,18 @@ func (p *Pool) dial(ctx context.Context, addr string) (*clientConn, error) {
 		nc.Close()
 		return nil, fmt.Errorf("%w: preface exchange with %s: %w", ErrUnreachable, addr, err)
 	}
+	lim := limits{frameTimeout: p.cfg.FrameTimeout, maxPongs: DefaultMaxQueuedPongs, stall: p.cfg.StallTimeout}
 	c := &clientConn{
-		conn:    newConn(nc, peer, p.cfg.MaxFrameSize, p.cfg.KeepaliveInterval, p.cfg.KeepaliveTimeout, limits{frameTimeout: p.cfg.FrameTimeout, maxPongs: DefaultMaxQueuedPongs}, p.log),
+		conn:    newConn(nc, peer, p.cfg.MaxFrameSize, p.cfg.KeepaliveInterval, p.cfg.KeepaliveTimeout, lim, p.log),
 		pool:    p,
 		addr:    addr,
 		window:  int64(p.cfg.InitialWindow),
 		streams: map[uint32]*ClientStream{},
 		nextID:  1,
+	}
+	c.lim.busy = func() bool { return c.load.Load() > 0 }
+	if f := p.cfg.OnStall; f != nil {
+		c.lim.onStall = func() { f(addr) }
 	}
 	return c, nil
 }

@@ -80,6 +80,12 @@ type limits struct {
 	frameTimeout time.Duration // a frame must arrive whole within it; 0: no bound
 	maxPongs     int           // PONGs queued unsent before the peer is dropped
 	onLimit      func(limit string)
+	// stall, busy and onStall detect a frozen peer (clients only): when
+	// busy reports streams waiting and nothing arrived for stall, a PING
+	// goes out; if nothing answers it within stall more, onStall runs.
+	stall   time.Duration
+	busy    func() bool
+	onStall func()
 }
 
 func newConn(nc net.Conn, peer wire.Preface, maxFrame int, kaInterval, kaTimeout time.Duration, lim limits, log *slog.Logger) *conn {
@@ -267,6 +273,9 @@ func (c *conn) writeLoop() {
 	ka := keepalive{lastActive: time.Now()}
 	if c.kaInterval > 0 && c.kaTimeout > 0 {
 		period := max(min(c.kaInterval, c.kaTimeout)/4, time.Millisecond)
+		if c.lim.stall > 0 {
+			period = max(min(period, c.lim.stall/2), time.Millisecond)
+		}
 		t := time.NewTicker(period)
 		defer t.Stop()
 		tick = t.C
@@ -365,6 +374,7 @@ type keepalive struct {
 	lastReads  uint64
 	lastActive time.Time // when reads last changed
 	pingSent   time.Time // zero unless a PING is outstanding
+	stalled    bool      // onStall was called for this silence
 }
 
 // keepalive sends a PING after kaInterval of silence from the peer and
@@ -373,17 +383,29 @@ type keepalive struct {
 func (c *conn) keepalive(ka *keepalive) bool {
 	now := time.Now()
 	if n := c.reads.Load(); n != ka.lastReads {
-		ka.lastReads, ka.lastActive, ka.pingSent = n, now, time.Time{}
+		ka.lastReads, ka.lastActive, ka.pingSent, ka.stalled = n, now, time.Time{}, false
 		return true
 	}
+	// With streams waiting, silence is suspicious sooner: a PING after
+	// lim.stall, and a peer that does not answer it within lim.stall more
+	// is reported stalled (frozen, not dead) so that new streams go
+	// elsewhere while keepalive decides.
+	busy := c.lim.stall > 0 && c.lim.busy != nil && c.lim.busy()
 	if !ka.pingSent.IsZero() {
+		if busy && !ka.stalled && now.Sub(ka.pingSent) >= c.lim.stall {
+			ka.stalled = true
+			c.log.Warn("mux: peer stopped answering while streams wait; avoiding it", "remote", c.nc.RemoteAddr().String(), "silent", now.Sub(ka.lastActive).Round(time.Millisecond))
+			if c.lim.onStall != nil {
+				c.lim.onStall()
+			}
+		}
 		if now.Sub(ka.pingSent) < c.kaTimeout {
 			return true
 		}
 		c.shutdown(fmt.Errorf("%w: %s did not answer a keepalive PING within %v", ErrConnLost, c.nc.RemoteAddr(), c.kaTimeout))
 		return false
 	}
-	if now.Sub(ka.lastActive) >= c.kaInterval {
+	if silent := now.Sub(ka.lastActive); silent >= c.kaInterval || (busy && silent >= c.lim.stall) {
 		var data [8]byte
 		binary.BigEndian.PutUint64(data[:], uint64(now.UnixNano()))
 		c.wmu.Lock()
