@@ -111,6 +111,8 @@ type clientCore struct {
 	cands   map[uint64]*Candidate
 	changed chan struct{} // closed and replaced whenever list changes
 	closed  bool
+	// isClosed mirrors closed for the lock-free path of pick.
+	isClosed atomic.Bool
 }
 
 // NewClient returns a client of ep. It starts watching discovery at once;
@@ -280,6 +282,7 @@ func (c *clientCore) close() {
 		return
 	}
 	c.closed = true
+	c.isClosed.Store(true)
 	close(c.changed)
 	c.changed = make(chan struct{})
 	c.mu.Unlock()
@@ -298,9 +301,14 @@ var errExhausted = errors.New("loom: every instance refused the request")
 func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate) (*Candidate, error) {
 	var timer *time.Timer
 	for {
-		c.mu.Lock()
-		list, changed, closed := *c.list.Load(), c.changed, c.closed
-		c.mu.Unlock()
+		// The instance list is read without the lock; the lock is taken
+		// only to wait for it to change.
+		list, changed, closed := *c.list.Load(), (chan struct{})(nil), c.isClosed.Load()
+		if len(list) == 0 || direct != 0 {
+			c.mu.Lock()
+			list, changed, closed = *c.list.Load(), c.changed, c.closed
+			c.mu.Unlock()
+		}
 		if closed {
 			return nil, fmt.Errorf("%w: client of %s", ErrClosed, c.path)
 		}

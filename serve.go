@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -70,6 +72,13 @@ type served struct {
 	interceptors []Interceptor // the runtime's, then the endpoint's
 	health       *healthCheck  // nil without WithHealthCheck
 
+	// parents are children of the endpoint's context that network
+	// requests' contexts hang from, picked at random: a request's context
+	// registers with its parent under the parent's lock, and one parent
+	// would be a lock every request on every core takes.
+	parents       []context.Context
+	parentsCancel []context.CancelFunc // called once the endpoint is no longer served
+
 	inFlight   atomic.Int64
 	draining   atomic.Bool
 	registered atomic.Bool // its record is in discovery
@@ -126,6 +135,11 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		}
 	}
 	s.key = s.inst.Key()
+	s.parents = make([]context.Context, streamParents())
+	s.parentsCancel = make([]context.CancelFunc, len(s.parents))
+	for i := range s.parents {
+		s.parents[i], s.parentsCancel[i] = context.WithCancel(ep.ctx)
+	}
 	s.raw = func(ctx, stop context.Context, c codec.Codec, payload []byte, send sender, derived bool) (bool, int, error) {
 		r := &rawCall[Req, Resp]{codec: c, send: send}
 		if !decodeBorrowed(c, payload, &r.req) {
@@ -163,6 +177,7 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 	undo := func() {
 		localServers.CompareAndDelete(s.key, s)
 		rt.planes.byPath.CompareAndDelete(ep.path, s)
+		s.releaseParents()
 		rt.mu.Lock()
 		ep.served = nil
 		rt.mu.Unlock()
@@ -187,6 +202,25 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 	s.log.Debug("serving", "codec", c.Name())
 	return nil
 }
+
+// streamParent returns the parent for a network request's context: a
+// descendant of the endpoint's context.
+func (s *served) streamParent() context.Context {
+	return s.parents[rand.Uint32N(uint32(len(s.parents)))]
+}
+
+// releaseParents cancels the request parents once nothing runs under
+// them (or past the grace period, when the endpoint's context was
+// cancelled anyway).
+func (s *served) releaseParents() {
+	for _, cancel := range s.parentsCancel {
+		cancel()
+	}
+}
+
+// streamParents is how many parents a served endpoint spreads its
+// requests' contexts over.
+func streamParents() int { return max(8, 4*runtime.GOMAXPROCS(0)) }
 
 // BadRequestError reports a request that did not decode as the handler's
 // request type. The handler never ran.
@@ -501,6 +535,7 @@ func shutdownAll(ctx context.Context, eps []*Endpoint) error {
 	for _, s := range all {
 		localServers.CompareAndDelete(s.key, s)
 		s.ep.Runtime().planes.byPath.CompareAndDelete(s.ep.path, s)
+		s.releaseParents()
 	}
 	if left > 0 {
 		errs = append(errs, fmt.Errorf("loom: shutdown: %d requests still running after the grace period were cancelled", left))

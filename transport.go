@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/loomrt/loom/codec"
@@ -65,9 +66,10 @@ type planes struct {
 	pool     *mux.Pool
 	natsSrv  *natsplane.Server
 	natsCli  *natsplane.Client
-	draining sync.Map // address -> struct{}: the server there sent GOAWAY
-	stalled  sync.Map // address -> unix ns until which it is avoided: it stopped answering
-	byPath   sync.Map // endpoint path -> *served
+	poolRO   atomic.Pointer[mux.Pool] // pool, read without mu on every call
+	draining sync.Map                 // address -> struct{}: the server there sent GOAWAY
+	stalled  sync.Map                 // address -> unix ns until which it is avoided: it stopped answering
+	byPath   sync.Map                 // endpoint path -> *served
 }
 
 // serveOn makes sure the configured request plane is serving and returns
@@ -142,7 +144,7 @@ func (rt *Runtime) startTCP(ctx context.Context) error {
 // own (each costs allocations and a lock on the parent).
 func (rt *Runtime) endpointContext(path string) context.Context {
 	if v, ok := rt.planes.byPath.Load(path); ok {
-		return v.(*served).ep.ctx
+		return v.(*served).streamParent()
 	}
 	return nil
 }
@@ -284,6 +286,9 @@ func (rt *Runtime) open(ctx context.Context, cand *Candidate, req mux.Request) (
 
 func (rt *Runtime) tcpPool() (*mux.Pool, error) {
 	p := &rt.planes
+	if pool := p.poolRO.Load(); pool != nil && !rt.isClosed() {
+		return pool, nil
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.pool != nil {
@@ -310,6 +315,7 @@ func (rt *Runtime) tcpPool() (*mux.Pool, error) {
 			p.stalled.Store(addr, time.Now().Add(rt.cfg.Client.FailureCooldown).UnixNano())
 		},
 	})
+	p.poolRO.Store(p.pool)
 	return p.pool, nil
 }
 

@@ -115,7 +115,7 @@ type RequestPlane struct {
 	MaxConns             int           `key:"max_conns" default:"4096" min:"-1" doc:"TCP connections the request plane holds at once; one accepted beyond it is closed at once. -1: no limit."`
 	FrameTimeout         time.Duration `key:"frame_timeout" default:"10s" doc:"How long one frame may take to arrive whole once its first byte has; a peer trickling bytes is dropped. Negative: no bound."`
 	MaxQueuedPongs       int           `key:"max_queued_pongs" default:"256" min:"1" doc:"Keepalive replies (PONG) that may wait unsent on a connection before its peer, which pings without reading, is dropped."`
-	ConnsPerHost         int           `key:"conns_per_host" default:"1" min:"1" max:"64" doc:"TCP connections a client keeps to each instance address; streams share them."`
+	ConnsPerHost         int           `key:"conns_per_host" default:"0" min:"0" max:"64" doc:"TCP connections a client keeps to each instance address; streams share them. 0: one per 4 CPUs (GOMAXPROCS), at least 1, so that writes on many cores do not all queue on one connection."`
 	MaxFrameSize         int           `key:"max_frame_size" default:"4194304" min:"65536" max:"67108864" doc:"Largest frame accepted, so the largest request or response item, in bytes."`
 	KeepaliveInterval    time.Duration `key:"keepalive_interval" default:"5s" doc:"Silence on a connection before a ping; negative disables keepalive."`
 	KeepaliveTimeout     time.Duration `key:"keepalive_timeout" default:"5s" min:"1ms" doc:"How long a pinged peer may stay silent before its connection is dropped and its streams fail."`

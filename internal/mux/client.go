@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,7 +35,9 @@ type ClientConfig struct {
 	// message, the client accepts. Default wire.DefaultMaxFrameSize.
 	MaxFrameSize int
 	// ConnsPerHost is how many connections the pool keeps to one
-	// address; streams go to the least loaded. Default 1.
+	// address; streams go to the least loaded. Default one per 4 CPUs
+	// (GOMAXPROCS), at least 1: on many cores one connection's write
+	// lock would be taken by every call.
 	ConnsPerHost int
 	// InitialWindow is the credit in bytes each stream grants the
 	// server: at most about this much (plus one message) is buffered per
@@ -82,6 +85,11 @@ type Pool struct {
 	conns  map[*clientConn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+
+	// full maps an address to its usable connections once there are
+	// ConnsPerHost of them: Open takes one without the pool's lock.
+	full     sync.Map // string -> []*clientConn, never mutated
+	isClosed atomic.Bool
 }
 
 type host struct {
@@ -103,7 +111,7 @@ func NewPool(cfg ClientConfig) *Pool {
 	}
 	cfg.MaxFrameSize = min(max(cfg.MaxFrameSize, wire.MinMaxFrameSize), wire.MaxMaxFrameSize)
 	if cfg.ConnsPerHost <= 0 {
-		cfg.ConnsPerHost = 1
+		cfg.ConnsPerHost = max(1, runtime.GOMAXPROCS(0)/4)
 	}
 	if cfg.InitialWindow <= 0 {
 		cfg.InitialWindow = DefaultInitialWindow
@@ -181,6 +189,8 @@ func (p *Pool) Draining(addr string) bool {
 func (p *Pool) Close() error {
 	p.mu.Lock()
 	p.closed = true
+	p.isClosed.Store(true)
+	p.full.Clear()
 	conns := make([]*clientConn, 0, len(p.conns))
 	for c := range p.conns {
 		conns = append(conns, c)
@@ -196,6 +206,9 @@ func (p *Pool) Close() error {
 // conn returns a usable connection to addr, dialing if there is none or
 // fewer than ConnsPerHost.
 func (p *Pool) conn(ctx context.Context, addr string) (*clientConn, error) {
+	if v, ok := p.full.Load(addr); ok && !p.isClosed.Load() {
+		return leastLoaded(v.([]*clientConn)), nil
+	}
 	p.mu.Lock()
 	for {
 		if p.closed {
@@ -228,6 +241,7 @@ func (p *Pool) conn(ctx context.Context, addr string) (*clientConn, error) {
 				return nil, err
 			}
 			h.conns = append(h.conns, c)
+			p.publish(addr, h)
 			h.drained = false
 			p.conns[c] = struct{}{}
 			p.wg.Add(2)
@@ -243,12 +257,7 @@ func (p *Pool) conn(ctx context.Context, addr string) (*clientConn, error) {
 			return c, nil
 		}
 		if len(h.conns) > 0 {
-			best := h.conns[0]
-			for _, c := range h.conns[1:] {
-				if c.load.Load() < best.load.Load() {
-					best = c
-				}
-			}
+			best := leastLoaded(h.conns)
 			p.mu.Unlock()
 			return best, nil
 		}
@@ -316,6 +325,27 @@ func (p *Pool) dial(ctx context.Context, addr string) (*clientConn, error) {
 	return c, nil
 }
 
+// leastLoaded returns the connection with the fewest open streams.
+func leastLoaded(conns []*clientConn) *clientConn {
+	best := conns[0]
+	for _, c := range conns[1:] {
+		if c.load.Load() < best.load.Load() {
+			best = c
+		}
+	}
+	return best
+}
+
+// publish updates the lock-free view of addr's connections; p.mu is held.
+// h.conns is never mutated in place, so the view can share it.
+func (p *Pool) publish(addr string, h *host) {
+	if len(h.conns) >= p.cfg.ConnsPerHost && !p.closed {
+		p.full.Store(addr, h.conns)
+	} else {
+		p.full.Delete(addr)
+	}
+}
+
 // forget removes c from the usable connections of its host; drained says
 // it is because of a GOAWAY.
 func (p *Pool) forget(c *clientConn, drained bool) {
@@ -327,7 +357,8 @@ func (p *Pool) forget(c *clientConn, drained bool) {
 	}
 	for i, x := range h.conns {
 		if x == c {
-			h.conns = append(h.conns[:i], h.conns[i+1:]...)
+			h.conns = append(h.conns[:i:i], h.conns[i+1:]...)
+			p.publish(c.addr, h)
 			if drained && len(h.conns) == 0 {
 				h.drained = true
 			}

@@ -438,9 +438,8 @@ func (s *Server) serveConn(nc net.Conn) {
 	nc.SetDeadline(time.Time{})
 
 	sc := &serverConn{
-		conn:    newConn(nc, peer, s.cfg.MaxFrameSize, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, limits{frameTimeout: s.cfg.FrameTimeout, maxPongs: s.cfg.MaxQueuedPongs, onLimit: s.cfg.OnLimit}, s.log),
-		srv:     s,
-		streams: map[uint32]*ServerStream{},
+		conn: newConn(nc, peer, s.cfg.MaxFrameSize, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, limits{frameTimeout: s.cfg.FrameTimeout, maxPongs: s.cfg.MaxQueuedPongs, onLimit: s.cfg.OnLimit}, s.log),
+		srv:  s,
 	}
 	s.mu.Lock()
 	if s.closed {
@@ -467,15 +466,28 @@ func (s *Server) serveConn(nc net.Conn) {
 	s.mu.Unlock()
 }
 
+const streamShards = 16
+
+type streamShard struct {
+	mu sync.Mutex
+	m  map[uint32]*ServerStream
+	_  [40]byte // keep shards on separate cache lines
+}
+
 // serverConn is one client connection on a Server.
 type serverConn struct {
 	*conn
 	srv *Server
 
-	mu        sync.Mutex
-	streams   map[uint32]*ServerStream // open streams, running or queued
+	// Open streams, running or queued, in shards, so that handlers
+	// ending on many cores do not queue on one lock.
+	shards   [streamShards]streamShard
+	nstreams atomic.Int64
+
+	mu        sync.Mutex // taken by the reader per OPEN and by goAway
 	lastID    uint32
-	goingAway bool
+	goingAway atomic.Bool // written under mu
+	gone      bool        // the reader ended and killed the streams
 
 	peerCount   plane.Peer  // streams this connection holds in admission
 	warnedShare atomic.Bool // its refusal for holding its share was logged
@@ -522,11 +534,17 @@ func (sc *serverConn) readLoop() {
 	<-sc.done
 	cause := sc.err
 	sc.mu.Lock()
-	streams := sc.streams
-	sc.streams = nil
+	sc.gone = true
 	sc.mu.Unlock()
-	for _, st := range streams {
-		st.kill(cause)
+	for i := range sc.shards {
+		sh := &sc.shards[i]
+		sh.mu.Lock()
+		streams := sh.m
+		sh.m = nil
+		sh.mu.Unlock()
+		for _, st := range streams {
+			st.kill(cause)
+		}
 	}
 }
 
@@ -555,7 +573,7 @@ func (sc *serverConn) handleOpen(f wire.Frame) error {
 		return fmt.Errorf("%w: OPEN on stream %d, not above the last opened stream %d", wire.ErrProtocol, id, sc.lastID)
 	}
 	sc.lastID = id
-	if sc.goingAway {
+	if sc.goingAway.Load() {
 		sc.mu.Unlock()
 		sc.writeEnd(id, wire.CodeDraining, "server is draining (GOAWAY sent); retry on another instance", false)
 		return nil
@@ -570,7 +588,14 @@ func (sc *serverConn) handleOpen(f wire.Frame) error {
 		parent = f(str(o.Path))
 	}
 	st := newServerStream(sc, id, o, parent)
-	sc.streams[id] = st
+	sh := sc.shard(id)
+	sh.mu.Lock()
+	if sh.m == nil {
+		sh.m = make(map[uint32]*ServerStream)
+	}
+	sh.m[id] = st
+	sh.mu.Unlock()
+	sc.nstreams.Add(1)
 	sc.mu.Unlock()
 
 	switch a, msg := sc.srv.adm.Admit(st, len(st.open.Payload), &sc.peerCount); a {
@@ -602,9 +627,10 @@ func (sc *serverConn) handleOpen(f wire.Frame) error {
 }
 
 func (sc *serverConn) lookup(id uint32) *ServerStream {
-	sc.mu.Lock()
-	st := sc.streams[id]
-	sc.mu.Unlock()
+	sh := sc.shard(id)
+	sh.mu.Lock()
+	st := sh.m[id]
+	sh.mu.Unlock()
 	return st
 }
 
@@ -635,26 +661,30 @@ func (sc *serverConn) handleCredit(f wire.Frame) error {
 // removeStream forgets stream id; once a draining connection has no
 // streams left it is closed.
 func (sc *serverConn) removeStream(id uint32) {
-	sc.mu.Lock()
-	_, ok := sc.streams[id]
-	delete(sc.streams, id)
-	idle := ok && sc.goingAway && len(sc.streams) == 0
-	sc.mu.Unlock()
-	if idle {
+	sh := sc.shard(id)
+	sh.mu.Lock()
+	_, ok := sh.m[id]
+	delete(sh.m, id)
+	sh.mu.Unlock()
+	// goAway sets goingAway before it counts the streams, this decrements
+	// before it reads goingAway: one of the two sees the connection idle.
+	if ok && sc.nstreams.Add(-1) == 0 && sc.goingAway.Load() {
 		sc.closeAfterFlush(false, nil)
 	}
 }
+
+func (sc *serverConn) shard(id uint32) *streamShard { return &sc.shards[id%streamShards] }
 
 // goAway starts draining the connection: GOAWAY with the last stream
 // accepted, then close once the streams have ended.
 func (sc *serverConn) goAway() {
 	sc.mu.Lock()
-	if sc.goingAway || sc.streams == nil {
+	if sc.goingAway.Load() || sc.gone {
 		sc.mu.Unlock()
 		return
 	}
-	sc.goingAway = true
-	last, idle := sc.lastID, len(sc.streams) == 0
+	sc.goingAway.Store(true)
+	last, idle := sc.lastID, sc.nstreams.Load() == 0
 	sc.mu.Unlock()
 	if sc.begin(context.Background(), false) == nil {
 		sc.w.GoAway(last, wire.CodeDraining, "server is shutting down")
