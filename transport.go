@@ -286,7 +286,7 @@ func (rt *Runtime) open(ctx context.Context, cand *Candidate, req mux.Request) (
 
 func (rt *Runtime) tcpPool() (*mux.Pool, error) {
 	p := &rt.planes
-	if pool := p.poolRO.Load(); pool != nil && !rt.isClosed() {
+	if pool := p.poolRO.Load(); pool != nil {
 		return pool, nil
 	}
 	p.mu.Lock()
