@@ -690,30 +690,9 @@ func decodeOwn(b []byte, e *Envelope, topic string) bool {
 	if i += n; i >= len(b) {
 		return false
 	}
-	switch b[i] {
-	case 0xc4:
-		if i+2 > len(b) {
-			return false
-		}
-		n, i = int(b[i+1]), i+2
-	case 0xc5:
-		if i+3 > len(b) {
-			return false
-		}
-		n, i = int(binary.BigEndian.Uint16(b[i+1:])), i+3
-	case 0xc6:
-		if i+5 > len(b) {
-			return false
-		}
-		n, i = int(binary.BigEndian.Uint32(b[i+1:])), i+5
-	default:
+	if e.Payload, i, ok = ownBin(b, i); !ok {
 		return false
 	}
-	if n > len(b)-i {
-		return false
-	}
-	e.Payload = b[i : i+n : i+n]
-	i += n
 	if b[0] == 0x96 {
 		if e.InstanceID, i, ok = ownUint(b, i); !ok {
 			return false
@@ -787,30 +766,9 @@ func decodeOwnMap(b []byte, e *Envelope, topic string) bool {
 	if i, ok = ownKey(b, i, keyPayload); !ok || i >= len(b) {
 		return false
 	}
-	switch b[i] {
-	case 0xc4:
-		if i+2 > len(b) {
-			return false
-		}
-		n, i = int(b[i+1]), i+2
-	case 0xc5:
-		if i+3 > len(b) {
-			return false
-		}
-		n, i = int(binary.BigEndian.Uint16(b[i+1:])), i+3
-	case 0xc6:
-		if i+5 > len(b) {
-			return false
-		}
-		n, i = int(binary.BigEndian.Uint32(b[i+1:])), i+5
-	default:
+	if e.Payload, i, ok = ownBin(b, i); !ok {
 		return false
 	}
-	if n > len(b)-i {
-		return false
-	}
-	e.Payload = b[i : i+n : i+n]
-	i += n
 	e.PublishedAt = int64(ms) * 1e6
 	if b[0] >= 0x86 {
 		if i, ok = ownKey(b, i, keyPublishedAtNs); !ok {
@@ -839,4 +797,36 @@ func ownKey(b []byte, i int, key []byte) (int, bool) {
 		return i, false
 	}
 	return i + len(key), true
+}
+
+// ownBin reads a MessagePack bin at b[i:] without copying: the bytes and
+// the index after them.
+func ownBin(b []byte, i int) ([]byte, int, bool) {
+	if i >= len(b) {
+		return nil, 0, false
+	}
+	var n int
+	switch b[i] {
+	case 0xc4:
+		if i+2 > len(b) {
+			return nil, 0, false
+		}
+		n, i = int(b[i+1]), i+2
+	case 0xc5:
+		if i+3 > len(b) {
+			return nil, 0, false
+		}
+		n, i = int(binary.BigEndian.Uint16(b[i+1:])), i+3
+	case 0xc6:
+		if i+5 > len(b) {
+			return nil, 0, false
+		}
+		n, i = int(binary.BigEndian.Uint32(b[i+1:])), i+5
+	default:
+		return nil, 0, false
+	}
+	if n > len(b)-i {
+		return nil, 0, false
+	}
+	return b[i : i+n : i+n], i + n, true
 }

@@ -63,27 +63,22 @@ func (f *Frontend) readBody(w http.ResponseWriter, r *http.Request, st *state) *
 }
 
 func (f *Frontend) handleChat(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	st := f.getState()
-	defer f.putState(st)
-	if e := f.readBody(w, r, st); e != nil {
-		f.fail(w, f.unknownModel, e)
-		return
-	}
-	var req chatRequest
-	if err := json.Unmarshal(st.body.Bytes(), &req); err != nil {
-		f.fail(w, f.unknownModel, decodeError(err))
-		return
-	}
-	p, e := req.params(f.tok)
-	if e != nil {
-		f.fail(w, f.unknownModel, e)
-		return
-	}
-	f.answer(w, r, start, st, &p)
+	handle[chatRequest](f, w, r)
 }
 
 func (f *Frontend) handleCompletion(w http.ResponseWriter, r *http.Request) {
+	handle[completionRequest](f, w, r)
+}
+
+// apiRequest is an OpenAI request body that turns into a worker's
+// parameters: *chatRequest or *completionRequest.
+type apiRequest[T any] interface {
+	*T
+	params(tok *tokenizer.Tokenizer) (params, *apiError)
+}
+
+// handle reads, decodes and checks a request of type T, then answers it.
+func handle[T any, P apiRequest[T]](f *Frontend, w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	st := f.getState()
 	defer f.putState(st)
@@ -91,12 +86,12 @@ func (f *Frontend) handleCompletion(w http.ResponseWriter, r *http.Request) {
 		f.fail(w, f.unknownModel, e)
 		return
 	}
-	var req completionRequest
+	var req T
 	if err := json.Unmarshal(st.body.Bytes(), &req); err != nil {
 		f.fail(w, f.unknownModel, decodeError(err))
 		return
 	}
-	p, e := req.params(f.tok)
+	p, e := P(&req).params(f.tok)
 	if e != nil {
 		f.fail(w, f.unknownModel, e)
 		return
