@@ -14,7 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/loomrt/loom/internal/mux"
+	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -84,7 +84,7 @@ func (c *Client) start() error {
 	sub, err := c.nc.Subscribe(inbox+".*", c.onMsg)
 	if err != nil {
 		c.inbox, c.prefix = "", ""
-		return fmt.Errorf("%w: natsplane: subscribing to the reply inbox %s.*: %w", mux.ErrUnreachable, inbox, err)
+		return fmt.Errorf("%w: natsplane: subscribing to the reply inbox %s.*: %w", plane.ErrUnreachable, inbox, err)
 	}
 	c.sub = sub
 	c.wg.Add(1)
@@ -100,10 +100,10 @@ func (c *Client) start() error {
 // nats.ErrNoResponders).
 //
 // An error from Open means the request was not sent: it may be retried
-// anywhere. It wraps mux.ErrTooLarge if the request does not fit in the
-// connection's max payload, mux.ErrUnreachable if NATS refused it,
-// ErrClientClosed after Close, and is a *mux.StreamError if ctx had ended.
-func (c *Client) Open(ctx context.Context, subject string, req mux.Request) (*ClientStream, error) {
+// anywhere. It wraps plane.ErrTooLarge if the request does not fit in the
+// connection's max payload, plane.ErrUnreachable if NATS refused it,
+// ErrClientClosed after Close, and is a *plane.StreamError if ctx had ended.
+func (c *Client) Open(ctx context.Context, subject string, req plane.Request) (*ClientStream, error) {
 	if ctx.Err() != nil {
 		return nil, ctxError(ctx, true)
 	}
@@ -113,7 +113,7 @@ func (c *Client) Open(ctx context.Context, subject string, req mux.Request) (*Cl
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		if o.timeout = time.Until(dl); o.timeout <= 0 {
-			return nil, &mux.StreamError{Code: wire.CodeDeadlineExceeded, Message: "deadline passed before the request was sent", BeforeFirstResponse: true, Err: context.DeadlineExceeded}
+			return nil, &plane.StreamError{Code: wire.CodeDeadlineExceeded, Message: "deadline passed before the request was sent", BeforeFirstResponse: true, Err: context.DeadlineExceeded}
 		}
 	}
 	if err := checkSubject(subject); err != nil {
@@ -146,16 +146,16 @@ func (c *Client) Open(ctx context.Context, subject string, req mux.Request) (*Cl
 		if size := hdrSize(h) + len(req.Payload); size > limit {
 			c.remove(st.id)
 			return nil, fmt.Errorf("%w: natsplane request to %s on %s is %d bytes (payload %d, headers %d), above the NATS max payload of %d bytes; send less or raise max_payload on the NATS server",
-				mux.ErrTooLarge, req.Path, subject, size, len(req.Payload), size-len(req.Payload), limit)
+				plane.ErrTooLarge, req.Path, subject, size, len(req.Payload), size-len(req.Payload), limit)
 		}
 	}
 	err := c.nc.PublishMsg(&nats.Msg{Subject: subject, Reply: o.inbox + "." + strconv.FormatUint(st.id, 10), Header: h, Data: req.Payload})
 	if err != nil {
 		c.remove(st.id)
 		if errors.Is(err, nats.ErrMaxPayload) {
-			return nil, fmt.Errorf("%w: natsplane request to %s on %s: %w", mux.ErrTooLarge, req.Path, subject, err)
+			return nil, fmt.Errorf("%w: natsplane request to %s on %s: %w", plane.ErrTooLarge, req.Path, subject, err)
 		}
-		return nil, fmt.Errorf("%w: natsplane request to %s on %s: %w", mux.ErrUnreachable, req.Path, subject, err)
+		return nil, fmt.Errorf("%w: natsplane request to %s on %s: %w", plane.ErrUnreachable, req.Path, subject, err)
 	}
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { st.abort(ctxError(ctx, false)) })
@@ -189,7 +189,7 @@ func (c *Client) Close() error {
 	sub := c.sub
 	c.mu.Unlock()
 	for _, st := range streams {
-		st.fail(&mux.StreamError{Code: wire.CodeReset, Message: "client closed", Err: ErrClientClosed}, true)
+		st.fail(&plane.StreamError{Code: wire.CodeReset, Message: "client closed", Err: ErrClientClosed}, true)
 	}
 	if sub != nil {
 		if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
@@ -244,21 +244,21 @@ func (c *Client) onMsg(m *nats.Msg) {
 	}
 	st.touch()
 	if m.Header.Get(hdrStatus) == "503" {
-		st.fail(&mux.StreamError{Code: wire.CodeNotFound, Message: "no server is subscribed to " + st.subject + " (NATS no responders)", Err: nats.ErrNoResponders}, false)
+		st.fail(&plane.StreamError{Code: wire.CodeNotFound, Message: "no server is subscribed to " + st.subject + " (NATS no responders)", Err: nats.ErrNoResponders}, false)
 		return
 	}
 	switch kind := m.Header.Get(hdrKind); kind {
 	case kindData:
 		seq, err := parseData(m.Header)
 		if err != nil {
-			st.fail(&mux.StreamError{Code: wire.CodeProtocol, Message: fmt.Sprintf("server at %s: %v", st.subject, err)}, true)
+			st.fail(&plane.StreamError{Code: wire.CodeProtocol, Message: fmt.Sprintf("server at %s: %v", st.subject, err)}, true)
 			return
 		}
 		st.push(seq, m.Data)
 	case kindEnd:
 		seq, code, msg, err := parseEnd(m.Header)
 		if err != nil {
-			st.fail(&mux.StreamError{Code: wire.CodeProtocol, Message: fmt.Sprintf("server at %s: %v", st.subject, err)}, true)
+			st.fail(&plane.StreamError{Code: wire.CodeProtocol, Message: fmt.Sprintf("server at %s: %v", st.subject, err)}, true)
 			return
 		}
 		st.end(seq, code, msg)
@@ -360,10 +360,10 @@ func (c *Client) expire(connClosed bool) {
 	c.mu.Unlock()
 	for _, st := range dead {
 		if connClosed {
-			st.fail(&mux.StreamError{Code: wire.CodeReset, Message: "the NATS connection of the client is closed", Err: ErrConnClosed}, false)
+			st.fail(&plane.StreamError{Code: wire.CodeReset, Message: "the NATS connection of the client is closed", Err: ErrConnClosed}, false)
 			continue
 		}
-		st.fail(&mux.StreamError{
+		st.fail(&plane.StreamError{
 			Code:    wire.CodeReset,
 			Message: fmt.Sprintf("no response or heartbeat from the server at %s for %v: it died, lost its NATS connection or lost the stream", st.subject, c.cfg.HeartbeatTimeout),
 			Err:     ErrServerGone,
@@ -394,7 +394,7 @@ type ClientStream struct {
 	received  uint64      // their cumulative cost
 	owed      uint64      // cost consumed and not yet granted back
 	stopWatch func() bool // stops the context watch; nil without one
-	err       error       // how the stream ended: io.EOF or a *mux.StreamError; nil while open
+	err       error       // how the stream ended: io.EOF or a *plane.StreamError; nil while open
 	abortNow  bool        // err is delivered before buffered messages
 	responded bool
 	waiting   bool
@@ -404,7 +404,7 @@ type ClientStream struct {
 func (s *ClientStream) touch() { s.lastHeard.Store(monotime()) }
 
 // Recv returns the next response message. It returns io.EOF after the last
-// one when the stream ended with OK, and otherwise a *mux.StreamError: the
+// one when the stream ended with OK, and otherwise a *plane.StreamError: the
 // code and message the server ended it with, Cancelled or
 // DeadlineExceeded (wrapping the context's error) when the caller ended
 // it, NotFound (wrapping nats.ErrNoResponders) when nobody serves the
@@ -476,14 +476,14 @@ func (s *ClientStream) Stop() {
 }
 
 // Cancel kills the stream: the server cancels the handler's context and
-// sends nothing more, and Recv returns a Cancelled *mux.StreamError at
+// sends nothing more, and Recv returns a Cancelled *plane.StreamError at
 // once. It does nothing if the stream has already ended.
 func (s *ClientStream) Cancel() {
 	s.mu.Lock()
 	ended := s.err != nil
 	s.mu.Unlock()
 	if !ended {
-		s.abort(&mux.StreamError{Code: wire.CodeCancelled, Message: "cancelled by the caller"})
+		s.abort(&plane.StreamError{Code: wire.CodeCancelled, Message: "cancelled by the caller"})
 	}
 }
 
@@ -520,13 +520,13 @@ func (s *ClientStream) push(seq uint64, p []byte) {
 		s.mu.Unlock()
 		return // ended here; the server will stop
 	}
-	var e *mux.StreamError
+	var e *plane.StreamError
 	switch {
 	case seq != s.seq+1:
-		e = &mux.StreamError{Code: wire.CodeReset, Err: ErrMessageLost,
+		e = &plane.StreamError{Code: wire.CodeReset, Err: ErrMessageLost,
 			Message: fmt.Sprintf("response %d from the server at %s arrived after response %d: core NATS dropped the ones between (reconnect or slow consumer)", seq, s.subject, s.seq)}
 	case s.received >= s.granted.Load():
-		e = &mux.StreamError{Code: wire.CodeProtocol, Message: fmt.Sprintf("the server at %s sent a response without credit", s.subject)}
+		e = &plane.StreamError{Code: wire.CodeProtocol, Message: fmt.Sprintf("the server at %s sent a response without credit", s.subject)}
 	default:
 		s.seq = seq
 		s.received += uint64(len(p)) + MessageOverhead
@@ -549,12 +549,12 @@ func (s *ClientStream) end(seq uint64, code wire.Code, msg string) {
 	}
 	switch {
 	case seq != s.seq:
-		s.err = &mux.StreamError{Code: wire.CodeReset, Err: ErrMessageLost, BeforeFirstResponse: !s.responded,
+		s.err = &plane.StreamError{Code: wire.CodeReset, Err: ErrMessageLost, BeforeFirstResponse: !s.responded,
 			Message: fmt.Sprintf("the server at %s ended the stream after %d responses, %d arrived: core NATS dropped the others (reconnect or slow consumer)", s.subject, seq, s.seq)}
 	case code == wire.CodeOK:
 		s.err = io.EOF
 	default:
-		s.err = &mux.StreamError{Code: code, Message: msg, BeforeFirstResponse: !s.responded}
+		s.err = &plane.StreamError{Code: code, Message: msg, BeforeFirstResponse: !s.responded}
 	}
 	s.wake()
 	s.mu.Unlock()
@@ -564,7 +564,7 @@ func (s *ClientStream) end(seq uint64, code wire.Code, msg string) {
 
 // fail ends the stream with e from this side, after the messages already
 // buffered; kill asks the server to kill it too.
-func (s *ClientStream) fail(e *mux.StreamError, kill bool) {
+func (s *ClientStream) fail(e *plane.StreamError, kill bool) {
 	s.mu.Lock()
 	if s.err != nil {
 		s.mu.Unlock()
@@ -582,7 +582,7 @@ func (s *ClientStream) fail(e *mux.StreamError, kill bool) {
 }
 
 // abort kills the stream from this side: Recv returns e at once.
-func (s *ClientStream) abort(e *mux.StreamError) {
+func (s *ClientStream) abort(e *plane.StreamError) {
 	s.mu.Lock()
 	if s.err != nil {
 		s.mu.Unlock()

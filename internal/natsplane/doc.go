@@ -3,7 +3,7 @@
 // (internal/mux): a [Client] opens a [ClientStream] that carries one
 // request; the [Server] runs its [Handler] for it, which answers with any
 // number of messages and ends the stream by returning. Streams end with
-// io.EOF or a *mux.StreamError with a wire.Code, flow control bounds what
+// io.EOF or a *plane.StreamError with a wire.Code, flow control bounds what
 // a slow reader makes the server hold, a caller can stop (graceful) or
 // kill a stream, and the caller's deadline travels with the request.
 //
@@ -103,12 +103,14 @@
 //
 // # Admission and shutdown
 //
-// As in mux: MaxConcurrentStreams handlers run, QueueSize requests wait,
-// and any more are answered at once with END Overloaded. Server.Shutdown
+// Admission is the TCP plane's (internal/plane's Admission):
+// MaxConcurrentStreams handlers run, QueueSize requests wait holding at
+// most 64 MiB, running ones at most MaxRunningBytes, one caller at most
+// MaxStreamsPerCaller; any more are answered at once with END Overloaded. Server.Shutdown
 // answers new requests with END Draining, waits for the streams it has,
 // then unsubscribes; Server.Close kills them, sending END Reset.
 //
 // A request or response must fit in one NATS message (nc.MaxPayload, 1 MiB
 // by default); a larger one is refused before sending with an error that
-// wraps mux.ErrTooLarge and names both sizes.
+// wraps plane.ErrTooLarge and names both sizes.
 package natsplane

@@ -15,18 +15,17 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/loomrt/loom/internal/latch"
-	"github.com/loomrt/loom/internal/mux"
 	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/wire"
 )
 
 // Defaults for the zero values of ServerConfig and ClientConfig.
 const (
-	DefaultMaxConcurrentStreams = mux.DefaultMaxConcurrentStreams
-	DefaultQueueSize            = mux.DefaultQueueSize
+	DefaultMaxConcurrentStreams = plane.DefaultMaxConcurrentStreams
+	DefaultQueueSize            = plane.DefaultQueueSize
 	DefaultHeartbeatInterval    = time.Second
 	DefaultHeartbeatTimeout     = 5 * time.Second
-	DefaultInitialWindow        = mux.DefaultInitialWindow
+	DefaultInitialWindow        = plane.DefaultInitialWindow
 	// MinHeartbeatInterval is the shortest heartbeat period a server
 	// uses, whatever its config or a caller asks for.
 	MinHeartbeatInterval = 10 * time.Millisecond
@@ -56,7 +55,7 @@ type ServerConfig struct {
 	// Default plane.DefaultMaxRunningBytes.
 	MaxRunningBytes int
 	// MaxPayload is the largest NATS message the server sends, headers
-	// included; a larger response fails in Send with mux.ErrTooLarge.
+	// included; a larger response fails in Send with plane.ErrTooLarge.
 	// Default and upper bound: the connection's nc.MaxPayload(), read at
 	// each Send (it follows the NATS server the connection is on).
 	MaxPayload int
@@ -111,7 +110,7 @@ func (c *ServerConfig) setDefaults() {
 type Handler interface {
 	// ServeStream runs once per stream, in its own goroutine. It reads
 	// the request from s, sends responses with s.Send, and returns to end
-	// the stream: nil ends it with OK, a *mux.StreamError with its code
+	// the stream: nil ends it with OK, a *plane.StreamError with its code
 	// and message, any other error with Application and the error's
 	// text. A panic ends it with Internal. Nothing is sent if the stream
 	// was killed (by the caller, Server.Close or a lost caller).
@@ -697,13 +696,13 @@ func (s *ServerStream) Stopped() <-chan struct{} {
 // stream is out of credit: the caller has not consumed enough of what was
 // sent (each message costs len(p) + MessageOverhead bytes of credit). It
 // fails once the stream has been killed or has ended (the error is the
-// context's cause, or mux.ErrStreamDone), with an error that wraps
-// mux.ErrTooLarge if p does not fit in the NATS max payload, and with the
+// context's cause, or plane.ErrStreamDone), with an error that wraps
+// plane.ErrTooLarge if p does not fit in the NATS max payload, and with the
 // connection's error if NATS refuses the message.
 func (s *ServerStream) Send(p []byte) error {
 	if limit := s.srv.maxPayload(); len(p)+dataHeaderMax > limit {
 		return fmt.Errorf("%w: natsplane response of %d bytes on %s, above the NATS max payload of %d bytes less %d for headers",
-			mux.ErrTooLarge, len(p), s.Path(), limit, dataHeaderMax)
+			plane.ErrTooLarge, len(p), s.Path(), limit, dataHeaderMax)
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
@@ -730,7 +729,7 @@ func (s *ServerStream) Send(p []byte) error {
 		if s.ctx.Err() != nil {
 			return context.Cause(s.ctx)
 		}
-		return mux.ErrStreamDone
+		return plane.ErrStreamDone
 	}
 	s.sent += uint64(len(p)) + MessageOverhead
 	s.mu.Unlock()
@@ -788,7 +787,7 @@ func (s *ServerStream) kill(cause error) bool {
 }
 
 func (s *ServerStream) release() {
-	s.cancel(mux.ErrStreamDone)
+	s.cancel(plane.ErrStreamDone)
 	if s.stopDL != nil {
 		s.stopDL()
 	}
@@ -853,7 +852,7 @@ func (s *ServerStream) status(err error, panicked bool) (wire.Code, string) {
 	case err == nil:
 		return wire.CodeOK, ""
 	}
-	if se, ok := errors.AsType[*mux.StreamError](err); ok {
+	if se, ok := errors.AsType[*plane.StreamError](err); ok {
 		return se.Code, se.Message
 	}
 	return wire.CodeApplication, err.Error()
