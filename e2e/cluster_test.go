@@ -149,12 +149,17 @@ func TestClusterSurvivesLosingANodeOfEach(t *testing.T) {
 	}
 	admin := connect()
 	js, _ := jetstream.New(admin)
-	waitFor(t, 60*time.Second, "JetStream in the cluster", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	// JetStream answers once it has a meta leader, but an R3 stream can be
+	// placed only when all three servers are current peers: probe with one.
+	waitFor(t, 60*time.Second, "JetStream in the cluster able to place an R3 stream", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_, err := js.AccountInfo(ctx)
+		_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: "cluster_probe", Subjects: []string{"cluster_probe"}, Replicas: 3})
 		return err == nil
 	})
+	if err := js.DeleteStream(context.Background(), "cluster_probe"); err != nil {
+		t.Fatalf("deleting the probe stream: %v", err)
+	}
 
 	// The queue, at R3; its stream's leader is the NATS node to kill.
 	qcfg := workqueue.DefaultConfig("cluster_jobs")
