@@ -617,10 +617,12 @@ func testSeveralWatchers(e *env) {
 	x, y := inst("ns", "c", "e", 1), inst("ns", "c", "e", 2)
 	e.register(writer, x, y)
 	e.unregister(writer, x)
+	// A watcher that has not been told of x yet when it leaves may never
+	// hear of it (a backend may merge changes a reader has not taken), so
+	// each watcher must end with y alone through events that follow from
+	// one another, not with one exact sequence.
 	for _, w := range ws {
-		w.expect(discovery.Added, x)
-		w.expect(discovery.Added, y)
-		w.expect(discovery.Removed, x)
+		w.converge(map[string]discovery.Instance{}, setOf(y))
 	}
 }
 
