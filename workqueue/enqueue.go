@@ -573,12 +573,14 @@ func (p *publisher) resolve(pd *Pending, err error, seq uint64) {
 			p.dropped++
 		}
 	}
+	// Finish before Flush can see the queue idle: whoever Flush wakes must
+	// find every job's outcome recorded.
+	pd.finish(err, seq)
 	if len(p.pending) == 0 && p.idle != nil {
 		close(p.idle)
 		p.idle = nil
 	}
 	p.mu.Unlock()
-	pd.finish(err, seq)
 	<-p.sem
 	if err == nil {
 		p.m.Enqueued.Inc()
