@@ -19,7 +19,7 @@ import (
 )
 
 // The work queue fault tests: nats-server, producers and consumers are
-// separate processes (internal/queuetest) that the tests kill and restart,
+// separate processes (e2e/cmd/queuetest) that the tests kill and restart,
 // checking that every job is handled and counting the duplicates.
 
 var (
@@ -27,13 +27,13 @@ var (
 	queuetestErr   error
 )
 
-// queuetestBin builds internal/queuetest next to the other binaries.
+// queuetestBin builds e2e/cmd/queuetest next to the other binaries.
 func queuetestBin(t *testing.T) {
 	t.Helper()
 	buildQueuetest.Do(func() {
-		out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "queuetest"), "../internal/queuetest").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "queuetest"), "./cmd/queuetest").CombinedOutput()
 		if err != nil {
-			queuetestErr = fmt.Errorf("building internal/queuetest: %v\n%s", err, out)
+			queuetestErr = fmt.Errorf("building e2e/cmd/queuetest: %v\n%s", err, out)
 		}
 	})
 	if queuetestErr != nil {

@@ -24,13 +24,13 @@ var (
 	tracehopErr   error
 )
 
-// tracehopBin builds internal/tracehop next to the other binaries.
+// tracehopBin builds e2e/cmd/tracehop next to the other binaries.
 func tracehopBin(t *testing.T) {
 	t.Helper()
 	buildTracehop.Do(func() {
-		out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "tracehop"), "../internal/tracehop").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", filepath.Join(bin, "tracehop"), "./cmd/tracehop").CombinedOutput()
 		if err != nil {
-			tracehopErr = fmt.Errorf("building internal/tracehop: %v\n%s", err, out)
+			tracehopErr = fmt.Errorf("building e2e/cmd/tracehop: %v\n%s", err, out)
 		}
 	})
 	if tracehopErr != nil {
