@@ -164,7 +164,7 @@ func queueLoom(b *testing.B, nc *nats.Conn, _ string, name string, n int, enqueu
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer q.Close(ctx)
+	defer q.Shutdown(ctx)
 	data := job256()
 	for range n {
 		if _, err := q.EnqueueAsync(ctx, data); err != nil {

@@ -25,7 +25,7 @@ import (
 // sent while no member ran, and redelivers after AckWait what a member
 // took and never settled. On Core NATS it is a queue group: messages sent
 // while no member runs are lost to it, and retries happen in the member
-// that received the message. Bus.Shutdown stops it.
+// that received the message. Bus.Shutdown or Bus.Close stops it.
 func (b *Bus) RegisterConsumer(nameServer, topic, group string, handler ConsumerHandler, opts ...ConsumerOpt) error {
 	if err := checkTopic(topic); err != nil {
 		return err

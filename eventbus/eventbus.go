@@ -160,7 +160,8 @@ type Config struct {
 }
 
 // Bus is an EventBus on NATS: a factory of Producers and a
-// ConsumerService. It is safe for concurrent use. Shutdown drains it.
+// ConsumerService. It is safe for concurrent use. Shutdown drains it;
+// Close stops it now.
 type Bus struct {
 	cfg    Config
 	log    *slog.Logger
@@ -414,7 +415,24 @@ func hint(err error) error {
 // workqueue.ShutdownGrace for them and reports those still running (they
 // ignore their context) in a *workqueue.AbandonedError, without waiting
 // for them. Later calls return nil.
-func (b *Bus) Shutdown(ctx context.Context) error {
+func (b *Bus) Shutdown(ctx context.Context) error { return b.shutdown(ctx, false) }
+
+// Close stops the bus now: every consumer stops taking messages and its
+// running handlers' contexts are cancelled at once; messages not settled
+// are handed back (JetStream) or dropped (Core NATS, which keeps none).
+// Close waits for the handlers to return (a JetStream consumer at most
+// workqueue.ShutdownGrace, reporting those that ignore their context in
+// a *workqueue.AbandonedError), then closes the connections the bus
+// opened. Later calls of Shutdown or Close return nil.
+func (b *Bus) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return b.shutdown(ctx, true)
+}
+
+// shutdown stops the consumers, bounded by ctx; now says ctx is already
+// cancelled on purpose, so its error is not reported.
+func (b *Bus) shutdown(ctx context.Context, now bool) error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -427,7 +445,12 @@ func (b *Bus) Shutdown(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(consumers))
 	for i, c := range consumers {
-		wg.Go(func() { errs[i] = c.shutdown(ctx) })
+		wg.Go(func() {
+			errs[i] = c.shutdown(ctx)
+			if now && errs[i] == context.Canceled {
+				errs[i] = nil
+			}
+		})
 	}
 	wg.Wait()
 	for _, c := range conns {

@@ -261,6 +261,71 @@ func TestShutdownDrainsRunningHandlers(t *testing.T) {
 	})
 }
 
+func TestCloseCancelsRunningHandlersAtOnce(t *testing.T) {
+	modes(t, func(t *testing.T, js bool) {
+		ns := startNATS(t, nil)
+		cfg := busConfig(ns, js)
+		cfg.Queue.AckWait = 30 * time.Second // a message not handed back would wait this long
+		b, err := eventbus.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := ctxFor(t, 20*time.Second)
+		started := make(chan struct{}, 1)
+		cancelled := make(chan error, 1)
+		err = b.RegisterConsumer("", "reports", "renderer", eventbus.HandlerFunc(func(ctx context.Context, msg *eventbus.Message) error {
+			started <- struct{}{}
+			<-ctx.Done()
+			cancelled <- ctx.Err()
+			return ctx.Err()
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _ := b.NewProducer("", "reports", "", 3)
+		if err := p.Send(ctx, []byte("1")); err != nil {
+			t.Fatal(err)
+		}
+		<-started
+		if err := b.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if err := <-cancelled; !errors.Is(err, context.Canceled) {
+			t.Fatalf("handler's context ended with %v, want Canceled", err)
+		}
+		if err := b.Close(); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+		if err := b.Shutdown(ctx); err != nil {
+			t.Fatalf("Shutdown after Close: %v", err)
+		}
+		if err := b.RegisterConsumer("", "reports", "late", newCollector()); err == nil {
+			t.Error("RegisterConsumer after Close succeeded")
+		}
+		if js {
+			// The message was handed back: a new member of the group gets
+			// it before AckWait.
+			b2 := newBus(t, cfg)
+			got := make(chan string, 1)
+			err := b2.RegisterConsumer("", "reports", "renderer", eventbus.HandlerFunc(func(ctx context.Context, msg *eventbus.Message) error {
+				got <- string(msg.Body)
+				return nil
+			}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case body := <-got:
+				if body != "1" {
+					t.Fatalf("got %q, want 1", body)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("the message of the closed bus was not handed back before AckWait")
+			}
+		}
+	})
+}
+
 func TestLargeEventsTravelByReferenceOrAreRefused(t *testing.T) {
 	modes(t, func(t *testing.T, js bool) {
 		ns := startNATS(t, func(o *server.Options) { o.MaxPayload = 64 << 10 })

@@ -502,6 +502,41 @@ func TestSubscriptionEndsWithItsContextCloseAndTheRuntime(t *testing.T) {
 	}
 }
 
+func TestPublisherCloseStopsAtOnceAndLeavesDiscovery(t *testing.T) {
+	for _, tr := range transports {
+		t.Run("over "+tr, func(t *testing.T) {
+			s := newSystem(t, tr)
+			rt := s.runtime()
+			scope := events.Scope{Namespace: "closing", Component: "w"}
+			sub := subscribe[int](t, rt, scope, "t")
+			p := publisher[int](t, rt, scope, "t")
+			waitSubscribed(t, p, 1)
+			if err := p.Publish(t.Context(), 1); err != nil {
+				t.Fatal(err)
+			}
+			if evs := collect(t, sub, 1, 10*time.Second); evs[0].Value != 1 {
+				t.Fatal(evs)
+			}
+			if err := p.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			if err := p.Publish(t.Context(), 2); !errors.Is(err, events.ErrClosed) {
+				t.Fatalf("Publish after Close: %v, want ErrClosed", err)
+			}
+			if err := p.Close(); err != nil {
+				t.Fatalf("second Close: %v", err)
+			}
+			if err := p.Shutdown(t.Context()); err != nil {
+				t.Fatalf("Shutdown after Close: %v", err)
+			}
+			recs, err := rt.Discovery().List(t.Context(), discovery.Query{Namespace: "closing", Component: events.ChannelComponent})
+			if err != nil || len(recs) != 0 {
+				t.Fatalf("event channel records after Close: %+v %v", recs, err)
+			}
+		})
+	}
+}
+
 func TestMetricsCountWhatStatsCount(t *testing.T) {
 	s := newSystem(t, "nats")
 	rt := s.runtime()

@@ -27,8 +27,8 @@ type sender interface {
 	// listening, or an error wrapping errors.ErrUnsupported.
 	subscribers(subject string) (int, error)
 	// shutdown waits for what was published to be on its way, up to ctx,
-	// then releases the transport's resources.
-	shutdown(ctx context.Context) error
+	// if drain is set, then releases the transport's resources.
+	shutdown(ctx context.Context, drain bool) error
 }
 
 // Publisher publishes events of type T on one topic of one scope. It is
@@ -169,7 +169,7 @@ func newPubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 		case <-ctx.Done():
 			sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			return c.shutdown(sctx)
+			return c.shutdown(sctx, true)
 		case <-c.done:
 			return nil
 		}
@@ -177,7 +177,7 @@ func newPubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 	if err != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		_ = c.shutdown(sctx)
+		_ = c.shutdown(sctx, true)
 		return nil, fmt.Errorf("events: publisher on %s: the runtime is shut down: %w", subject, err)
 	}
 	return c, nil
@@ -288,17 +288,27 @@ func (p *Publisher[T]) Flush(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown stops the publisher. It waits, up to ctx, for the events
-// already published to leave: flushed to the NATS server, written to
-// every ZeroMQ subscriber's connection, or acknowledged by the JetStream
-// stream (it returns the error of a failed acknowledgement). Then a
-// ZeroMQ publisher leaves discovery and closes its socket. Publish fails
-// afterwards; calling Shutdown again returns nil.
+// Shutdown stops the publisher gracefully. It waits, up to ctx, for the
+// events already published to leave: flushed to the NATS server, written
+// to every ZeroMQ subscriber's connection, or acknowledged by the
+// JetStream stream (it returns the error of a failed acknowledgement).
+// Then a ZeroMQ publisher leaves discovery and closes its socket. Publish
+// fails afterwards; calling Shutdown or Close again returns nil.
 func (p *Publisher[T]) Shutdown(ctx context.Context) error {
-	return p.c.shutdown(ctx)
+	return p.c.shutdown(ctx, true)
 }
 
-func (c *pubCore) shutdown(ctx context.Context) error {
+// Close stops the publisher now, without waiting for the events already
+// published: those still in a ZeroMQ send queue are dropped, JetStream
+// acknowledgements still awaited are no longer reported (core NATS has
+// handed its events to the runtime's connection, which sends them). A
+// ZeroMQ publisher leaves discovery and closes its socket. Publish fails
+// afterwards; calling Shutdown or Close again returns nil.
+func (p *Publisher[T]) Close() error {
+	return p.c.shutdown(context.Background(), false)
+}
+
+func (c *pubCore) shutdown(ctx context.Context, drain bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -307,7 +317,7 @@ func (c *pubCore) shutdown(ctx context.Context) error {
 	c.closed = true
 	close(c.done)
 	defer c.metric.Unregister()
-	if err := c.tx.shutdown(ctx); err != nil {
+	if err := c.tx.shutdown(ctx, drain); err != nil {
 		return fmt.Errorf("events: shut down publisher on %s: %w", c.subject, err)
 	}
 	return nil

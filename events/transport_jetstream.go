@@ -150,8 +150,11 @@ func (s *jetStreamSender) flush(ctx context.Context) error {
 	return s.takeErr()
 }
 
-func (s *jetStreamSender) shutdown(ctx context.Context) error {
+func (s *jetStreamSender) shutdown(ctx context.Context, drain bool) error {
 	defer s.js.CleanupPublisher()
+	if !drain {
+		return nil
+	}
 	return s.flush(ctx)
 }
 

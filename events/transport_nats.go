@@ -44,8 +44,8 @@ func (s *natsSender) flush(ctx context.Context) error {
 	return flush(ctx, s.nc)
 }
 
-func (s *natsSender) shutdown(ctx context.Context) error {
-	if s.nc.IsClosed() {
+func (s *natsSender) shutdown(ctx context.Context, drain bool) error {
+	if !drain || s.nc.IsClosed() {
 		return nil
 	}
 	return flush(ctx, s.nc)

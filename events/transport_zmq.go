@@ -141,8 +141,11 @@ func (s *zmqSender) flush(ctx context.Context) error {
 	return nil
 }
 
-func (s *zmqSender) shutdown(ctx context.Context) error {
-	errDrain := s.sock.Drain(ctx)
+func (s *zmqSender) shutdown(ctx context.Context, drain bool) error {
+	var errDrain error
+	if drain {
+		errDrain = s.sock.Drain(ctx)
+	}
 	var errUnreg error
 	if s.registered {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)

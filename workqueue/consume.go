@@ -94,6 +94,10 @@ func (j *Job[T]) Terminate(err error) error {
 // once the job was already acked, failed or terminated.
 var ErrSettled = errors.New("workqueue: job already settled")
 
+// ErrClosed is returned by an enqueue on a Queue after its Shutdown or
+// Close.
+var ErrClosed = errors.New("workqueue: queue closed")
+
 func settleErr(err error) error {
 	if errors.Is(err, jsconsume.ErrSettled) {
 		return ErrSettled
@@ -147,7 +151,7 @@ func WithDrainTimeout(d time.Duration) ConsumeOption { return func(o *consumeOpt
 // long.
 func WithPullExpiry(d time.Duration) ConsumeOption { return func(o *consumeOpts) { o.expiry = d } }
 
-// Consumer runs a handler on a queue's jobs until Shutdown.
+// Consumer runs a handler on a queue's jobs until Shutdown or Close.
 type Consumer struct {
 	r *jsconsume.Runner
 }
@@ -197,6 +201,14 @@ func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, erro
 // wait for those: their goroutines end when they return (Done closes
 // then), and their jobs are redelivered after AckWait.
 func (c *Consumer) Shutdown(ctx context.Context) error { return c.r.Shutdown(ctx) }
+
+// Close stops the consumer now: it stops pulling, cancels the running
+// handlers' contexts at once and hands their jobs and the jobs pulled but
+// not started back (other workers get them at once), waiting at most
+// ShutdownGrace for the handlers to return. It returns nil, or an
+// *AbandonedError naming the handlers that ignored their cancelled
+// context. Calling Shutdown or Close again returns nil.
+func (c *Consumer) Close() error { return c.r.Close() }
 
 // AbandonedError is returned by Shutdown when handlers were still running
 // ShutdownGrace after their context was cancelled. Seqs are their jobs'

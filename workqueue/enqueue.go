@@ -415,6 +415,12 @@ func retryDelay(attempts int) time.Duration {
 // publishSync sends m and waits for its acknowledgement, retrying
 // transient failures until ctx ends.
 func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) error {
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return fmt.Errorf("%w: queue %s (enqueue before Shutdown or Close)", ErrClosed, p.cfg.Name)
+	}
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -481,7 +487,7 @@ func (p *publisher) send(ctx context.Context, m *nats.Msg, ref *objectstore.Ref,
 	if p.closed {
 		p.mu.Unlock()
 		<-p.sem
-		return nil, fmt.Errorf("workqueue: queue %s is closed", p.cfg.Name)
+		return nil, fmt.Errorf("%w: queue %s (enqueue before Shutdown or Close)", ErrClosed, p.cfg.Name)
 	}
 	if !p.running {
 		p.running = true
@@ -587,18 +593,33 @@ func (p *publisher) resolve(pd *Pending, err error, seq uint64) {
 	}
 }
 
-func (p *publisher) flush(ctx context.Context) error {
+// flush waits for the asynchronous enqueues until ctx ends and returns the
+// errors not yet reported.
+func (p *publisher) flush(ctx context.Context) error { return p.settle(ctx, true) }
+
+// settle is flush, without waiting unless wait is set.
+func (p *publisher) settle(ctx context.Context, wait bool) error {
 	p.mu.Lock()
 	idle := p.idle
 	p.mu.Unlock()
 	if idle != nil {
 		select {
 		case <-idle:
-		case <-ctx.Done():
-			p.mu.Lock()
-			n := len(p.pending)
-			p.mu.Unlock()
-			return fmt.Errorf("workqueue: queue %s: %d asynchronous enqueues still await acknowledgement: %w", p.cfg.Name, n, ctx.Err())
+		default:
+			if !wait {
+				p.mu.Lock()
+				n := len(p.pending)
+				p.mu.Unlock()
+				return fmt.Errorf("workqueue: queue %s closed with %d asynchronous enqueues still awaiting acknowledgement (use Shutdown to wait for them)", p.cfg.Name, n)
+			}
+			select {
+			case <-idle:
+			case <-ctx.Done():
+				p.mu.Lock()
+				n := len(p.pending)
+				p.mu.Unlock()
+				return fmt.Errorf("workqueue: queue %s: %d asynchronous enqueues still await acknowledgement: %w", p.cfg.Name, n, ctx.Err())
+			}
 		}
 	}
 	p.mu.Lock()
@@ -611,14 +632,16 @@ func (p *publisher) flush(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (p *publisher) close(ctx context.Context) error {
+// close releases the publisher, after waiting for the asynchronous
+// enqueues until ctx ends if drain is set.
+func (p *publisher) close(ctx context.Context, drain bool) error {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return nil
 	}
 	p.mu.Unlock()
-	err := p.flush(ctx)
+	err := p.settle(ctx, drain)
 	p.mu.Lock()
 	p.closed = true
 	running := p.running

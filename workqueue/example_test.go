@@ -31,7 +31,7 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	defer q.Close(ctx)
+	defer q.Shutdown(ctx)
 	if err := q.Enqueue(ctx, PrefillRequest{RequestID: "req-1", Tokens: []int{101, 102, 103}}); err != nil {
 		fmt.Println(err)
 		return
@@ -66,7 +66,7 @@ func ExampleQueue_Consume() {
 		fmt.Println(err)
 		return
 	}
-	defer q.Close(ctx)
+	defer q.Shutdown(ctx)
 	if err := q.EnqueueBatch(ctx, []string{"a.png", "b.png", "c.png"}); err != nil {
 		fmt.Println(err)
 		return

@@ -388,3 +388,91 @@ func TestConsumerDeletedUnderAWorkerIsCreatedAgain(t *testing.T) {
 	// again (at least once); what matters is that job 2 is handled.
 	eventually(t, 15*time.Second, "the job enqueued after the consumer was deleted handled", seen(2))
 }
+
+func TestCloseCancelsRunningHandlersAndHandsTheirJobsBack(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.AckWait = 30 * time.Second // a job not handed back would wait this long
+	q := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 20*time.Second)
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{}, 1)
+	cancelled := make(chan error, 1)
+	c, err := q.Consume(workqueue.HandlerFunc[job](func(ctx context.Context, j *workqueue.Job[job]) error {
+		started <- struct{}{}
+		<-ctx.Done()
+		cancelled <- ctx.Err()
+		return ctx.Err()
+	}), workqueue.WithConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := <-cancelled; !errors.Is(err, context.Canceled) {
+		t.Fatalf("handler's context ended with %v, want Canceled", err)
+	}
+	select {
+	case <-c.Done():
+	default:
+		t.Fatal("Done not closed after Close returned")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := c.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown after Close: %v", err)
+	}
+	handled := make(chan int, 1)
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		handled <- j.Value.ID
+		return nil
+	})
+	select {
+	case id := <-handled:
+		if id != 1 {
+			t.Fatalf("handled job %d, want 1", id)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the job of the closed consumer was not handed back before AckWait")
+	}
+}
+
+func TestQueueCloseReleasesEnqueueingAtOnce(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	q, err := workqueue.New[job](context.Background(), nc, testConfig(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 20*time.Second)
+	p, err := q.EnqueueAsync(ctx, job{ID: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := q.Enqueue(ctx, job{ID: 2}); !errors.Is(err, workqueue.ErrClosed) {
+		t.Fatalf("Enqueue after Close: %v, want ErrClosed", err)
+	}
+	if _, err := q.EnqueueAsync(ctx, job{ID: 3}); !errors.Is(err, workqueue.ErrClosed) {
+		t.Fatalf("EnqueueAsync after Close: %v, want ErrClosed", err)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := q.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown after Close: %v", err)
+	}
+	info, err := q.Info(ctx)
+	if err != nil || info.Jobs != 1 {
+		t.Fatalf("queue holds %+v (%v), want the one job enqueued before Close", info, err)
+	}
+}

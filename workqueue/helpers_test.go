@@ -68,7 +68,7 @@ func newQueue[T any](t testing.TB, nc *nats.Conn, cfg workqueue.Config) *workque
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := q.Close(ctx); err != nil {
+		if err := q.Shutdown(ctx); err != nil {
 			t.Errorf("Close: %v", err)
 		}
 	})

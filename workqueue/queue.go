@@ -47,7 +47,8 @@ const KeyHeader = "Loom-Key"
 // WorkQueue retention: each job is delivered to one worker, kept until a
 // worker acknowledges it, retried with backoff when its handler fails, and
 // moved to a dead-letter stream after MaxDeliver attempts. It is safe for
-// concurrent use. Close it when done.
+// concurrent use. Shutdown waits for its asynchronous enqueues; Close
+// releases it at once.
 type Queue[T any] struct {
 	cfg      Config
 	nc       *nats.Conn
@@ -293,13 +294,26 @@ func (q *Queue[T]) decode(data []byte) (T, error) {
 	return v, nil
 }
 
-// Close waits for the asynchronous enqueues still awaiting the server's
-// acknowledgement until ctx ends, then releases the queue's publisher.
-// It returns the errors of asynchronous enqueues not yet reported by
-// Flush. Consumers and jobs from Dequeue are not affected; the connection
-// stays open. Calling it again returns nil.
-func (q *Queue[T]) Close(ctx context.Context) error {
-	return q.pub.close(ctx)
+// Shutdown stops the queue's enqueueing gracefully: it waits for the
+// asynchronous enqueues still awaiting the server's acknowledgement until
+// ctx ends, then releases the queue's publisher. It returns the errors of
+// asynchronous enqueues not yet reported by Flush, or ctx's error naming
+// how many were still awaited. Consumers and jobs from Dequeue are not
+// affected (shut consumers down with Consumer.Shutdown); the connection
+// stays open. Enqueues fail afterwards; calling Shutdown or Close again
+// returns nil.
+func (q *Queue[T]) Shutdown(ctx context.Context) error {
+	return q.pub.close(ctx, true)
+}
+
+// Close releases the queue's publisher now, without waiting: asynchronous
+// enqueues still awaiting acknowledgement are reported failed by their
+// Pending (a job may still have been stored). It returns the errors of
+// asynchronous enqueues not yet reported by Flush, and how many were
+// abandoned. Consumers and jobs from Dequeue are not affected; the
+// connection stays open. Calling Shutdown or Close again returns nil.
+func (q *Queue[T]) Close() error {
+	return q.pub.close(context.Background(), false)
 }
 
 // Info describes a queue's state.

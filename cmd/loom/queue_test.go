@@ -51,7 +51,7 @@ func TestQueueCommandsListPeekAddAndRepairDeadLetters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer q.Close(ctx)
+	defer q.Shutdown(ctx)
 	url := ns.ClientURL()
 
 	out := loomQueue(t, url, "", "add", "prefill_queue", `{"request_id": "r1", "tokens": [1, 2, 3]}`)

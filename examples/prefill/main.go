@@ -78,7 +78,7 @@ func main() {
 			if err != nil {
 				return err
 			}
-			defer q.Close(context.Background())
+			defer q.Shutdown(context.Background())
 			fmt.Println("prefill worker: waiting for requests on", queueName)
 			return prefillWorker(ctx, q, "worker", nil, func(r RemotePrefillRequest, deliveries int) {
 				fmt.Printf("prefill worker: %s done (%d tokens, delivery %d)\n", r.RequestID, len(r.PromptTokenIDs), deliveries)
@@ -90,7 +90,7 @@ func main() {
 			if err != nil {
 				return err
 			}
-			defer q.Close(context.Background())
+			defer q.Shutdown(context.Background())
 			if err := decodeWorker(ctx, q, *n); err != nil {
 				return err
 			}
@@ -182,7 +182,7 @@ func runDemo(n, workers int) error {
 		if err != nil {
 			return err
 		}
-		defer q.Close(context.Background())
+		defer q.Shutdown(context.Background())
 		if err := decodeWorker(ctx, q, n); err != nil {
 			return err
 		}

@@ -344,6 +344,24 @@ func (e *AbandonedError) Unwrap() error { return e.Err }
 // *AbandonedError (wrapping it) naming the handlers still running, which
 // it leaves behind.
 func (r *Runner) Shutdown(ctx context.Context) error {
+	return r.shutdown(ctx)
+}
+
+// Close stops the Runner now: Shutdown with its context already ended,
+// so running handlers are cancelled at once and waited for at most
+// ShutdownGrace. It returns nil, or an *AbandonedError naming the
+// handlers that ignored their cancelled context.
+func (r *Runner) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err := r.shutdown(ctx)
+	if err == context.Canceled { // what ctx says, nothing abandoned
+		return nil
+	}
+	return err
+}
+
+func (r *Runner) shutdown(ctx context.Context) error {
 	r.stopPull()
 	select {
 	case <-r.done:

@@ -281,6 +281,6 @@ func (p *prefillSide) shutdown(ctx context.Context) error {
 	if p.sub != nil {
 		errs = append(errs, p.sub.Unsubscribe())
 	}
-	errs = append(errs, p.q.Close(ctx))
+	errs = append(errs, p.q.Shutdown(ctx))
 	return errors.Join(errs...)
 }

@@ -166,7 +166,7 @@ func open(ctx context.Context, name string, ackWait time.Duration) (*workqueue.Q
 	return q, func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = q.Close(cctx)
+		_ = q.Shutdown(cctx)
 		nc.Close()
 	}, nil
 }
