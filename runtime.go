@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"sync"
 	"time"
@@ -97,9 +96,6 @@ func WithInstanceID(id uint64) Option { return func(o *options) { o.id = id } }
 // runtimes in one process can share one registry.
 func WithMetrics(m *metrics.Metrics) Option { return func(o *options) { o.metric = m } }
 
-// maxJSONSafe is the largest integer a JSON number keeps exactly.
-const maxJSONSafe = 1<<53 - 1
-
 // NewRuntime starts a runtime. Without options it loads the configuration
 // from its layers (see package config) and connects to the discovery
 // backend it names; ctx bounds that start-up. The runtime lives until
@@ -127,7 +123,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 	for _, w := range warnings {
 		log.Warn("config: " + w)
 	}
-	if o.id > maxJSONSafe {
+	if o.id > discovery.MaxID {
 		return nil, fmt.Errorf("loom: instance id %d is above 2^53-1; JSON clients could not keep it exact", o.id)
 	}
 	if o.metric == nil {
@@ -160,7 +156,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 		rt.id = idd.ID()
 	}
 	if rt.id == 0 {
-		rt.id = 1 + rand.Uint64N(maxJSONSafe)
+		rt.id = discovery.RandomID()
 	}
 	rt.log = log.With("instance", fmt.Sprintf("%x", rt.id))
 	rt.tasks = supervise.New(rctx, rt.log, rt.metrics.TaskPanicked)

@@ -3,11 +3,9 @@ package loom
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -17,6 +15,7 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/internal/mux"
 	"github.com/loomrt/loom/internal/natsplane"
+	"github.com/loomrt/loom/internal/tlsfiles"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -376,18 +375,18 @@ func serverTLS(rc config.RequestPlane) (*tls.Config, error) {
 		}
 		return nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(rc.TLSCertFile, rc.TLSKeyFile)
+	cert, err := tlsfiles.KeyPair("request_plane.tls_cert_file", rc.TLSCertFile, "request_plane.tls_key_file", rc.TLSKeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("loom: request_plane.tls_cert_file %s / tls_key_file %s: %w", rc.TLSCertFile, rc.TLSKeyFile, err)
+		return nil, fmt.Errorf("loom: %w", err)
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if rc.TLSClientAuth {
-		pool, err := loadCAs(rc.TLSCAFile)
-		if err != nil {
-			return nil, err
-		}
-		if pool == nil {
+		if rc.TLSCAFile == "" {
 			return nil, errors.New("loom: request_plane.tls_client_auth needs tls_ca_file to verify client certificates")
+		}
+		pool, err := tlsfiles.CAPool("request_plane.tls_ca_file", rc.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("loom: %w", err)
 		}
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
@@ -398,32 +397,17 @@ func clientTLS(rc config.RequestPlane) (*tls.Config, error) {
 	if rc.TLSCAFile == "" {
 		return nil, nil
 	}
-	pool, err := loadCAs(rc.TLSCAFile)
+	pool, err := tlsfiles.CAPool("request_plane.tls_ca_file", rc.TLSCAFile)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("loom: %w", err)
 	}
 	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	if rc.TLSCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(rc.TLSCertFile, rc.TLSKeyFile)
+	if rc.TLSCertFile != "" || rc.TLSKeyFile != "" {
+		cert, err := tlsfiles.KeyPair("request_plane.tls_cert_file", rc.TLSCertFile, "request_plane.tls_key_file", rc.TLSKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("loom: request_plane.tls_cert_file %s / tls_key_file %s: %w", rc.TLSCertFile, rc.TLSKeyFile, err)
+			return nil, fmt.Errorf("loom: %w", err)
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
 	return cfg, nil
-}
-
-func loadCAs(file string) (*x509.CertPool, error) {
-	if file == "" {
-		return nil, nil
-	}
-	pem, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("loom: request_plane.tls_ca_file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("loom: request_plane.tls_ca_file %s holds no PEM certificate", file)
-	}
-	return pool, nil
 }

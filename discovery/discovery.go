@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"regexp"
 	"strconv"
 	"strings"
@@ -66,7 +67,7 @@ type Instance struct {
 	Component string `json:"component"`
 	Endpoint  string `json:"endpoint"`
 	// ID identifies the serving process: the lease id on etcd, random
-	// below 2^53 otherwise, so that JSON clients keep it exact.
+	// otherwise (RandomID), at most MaxID so that JSON clients keep it exact.
 	ID uint64 `json:"instance_id"`
 	// Transport names the request plane that reaches the instance
 	// ("tcp", "nats", or "local" for an instance only reachable in its
@@ -82,6 +83,15 @@ type Instance struct {
 	// Metadata is free-form, for routing hints and operators.
 	Metadata map[string]string `json:"metadata,omitempty"`
 }
+
+// MaxID is the largest instance id: 2^53-1, the largest integer a JSON
+// number keeps exact in clients that read numbers as float64 (JavaScript,
+// Python's json with floats, jq). Random ids (instance ids off etcd, etcd
+// lease ids Loom asks for, event publisher ids) are drawn at or below it.
+const MaxID = 1<<53 - 1
+
+// RandomID returns a random id between 1 and MaxID.
+func RandomID() uint64 { return 1 + rand.Uint64N(MaxID) }
 
 // Path returns "namespace/component/endpoint".
 func (i Instance) Path() string {

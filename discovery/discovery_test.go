@@ -320,3 +320,29 @@ func FuzzDecodeValue(f *testing.F) {
 		}
 	})
 }
+
+func TestRandomIDsStayWhereJSONKeepsThemExact(t *testing.T) {
+	if uint64(float64(discovery.MaxID)) != discovery.MaxID {
+		t.Fatalf("MaxID %d does not survive a float64", uint64(discovery.MaxID))
+	}
+	var high bool
+	for range 10000 {
+		id := discovery.RandomID()
+		if id == 0 || id > discovery.MaxID {
+			t.Fatalf("RandomID() = %d, want 1..%d", id, uint64(discovery.MaxID))
+		}
+		high = high || id > discovery.MaxID/2
+		// An id read back as a float64, as a JavaScript client reads it,
+		// is the same id.
+		b, _ := json.Marshal(discovery.Instance{ID: id})
+		var back struct {
+			ID float64 `json:"instance_id"`
+		}
+		if err := json.Unmarshal(b, &back); err != nil || uint64(back.ID) != id {
+			t.Fatalf("id %d read back as %v (%v)", id, back.ID, err)
+		}
+	}
+	if !high {
+		t.Fatal("10000 RandomID draws never reached the upper half of the range")
+	}
+}

@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/metrics"
 )
 
@@ -87,9 +87,6 @@ func (c *wallClock) now() int64 {
 	return c.wall
 }
 
-// maxJSONSafe is the largest integer JSON keeps exactly.
-const maxJSONSafe = 1<<53 - 1
-
 // NewPublisher returns a publisher of events of type T on topic in scope
 // (which cannot hold wildcards), on the transport events.transport names.
 // The payload is encoded with events.codec (MessagePack by default: T's
@@ -145,7 +142,7 @@ func newPubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 	c := &pubCore{
 		rt:        rt,
 		transport: o.transport, subject: subject, scope: scope, topic: topic,
-		id: 1 + rand.Uint64N(maxJSONSafe), instance: rt.ID(), codec: o.codec, compact: o.envelope == EnvelopeCompact,
+		id: discovery.RandomID(), instance: rt.ID(), codec: o.codec, compact: o.envelope == EnvelopeCompact,
 		maxSize: o.cfg.MaxEventSize,
 	}
 	switch o.transport {

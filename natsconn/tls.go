@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/internal/tlsfiles"
 )
 
 // tlsFor builds the client TLS configuration, or nil when TLS is not asked
@@ -24,30 +24,17 @@ func tlsFor(cfg config.NATS, urls []*url.URL) (*tls.Config, error) {
 	if !secure {
 		return nil, nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if cfg.TLSCAFile != "" {
-		pem, err := os.ReadFile(cfg.TLSCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("natsconn: TLS CA file (nats.tls_ca_file): %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("natsconn: TLS CA file %s (nats.tls_ca_file) holds no PEM certificate", cfg.TLSCAFile)
-		}
-		tc.RootCAs = pool
+	pool, err := tlsfiles.CAPool("nats.tls_ca_file", cfg.TLSCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("natsconn: TLS CA file: %w", err)
 	}
-	switch {
-	case cfg.TLSCertFile != "" && cfg.TLSKeyFile != "":
-		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+		cert, err := tlsfiles.KeyPair("nats.tls_cert_file", cfg.TLSCertFile, "nats.tls_key_file", cfg.TLSKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("natsconn: TLS client certificate %s with key %s (nats.tls_cert_file, nats.tls_key_file): %w",
-				cfg.TLSCertFile, cfg.TLSKeyFile, err)
+			return nil, fmt.Errorf("natsconn: TLS client certificate (mutual TLS): %w", err)
 		}
 		tc.Certificates = []tls.Certificate{cert}
-	case cfg.TLSCertFile != "":
-		return nil, fmt.Errorf("natsconn: nats.tls_cert_file %s is set without nats.tls_key_file; mutual TLS needs both", cfg.TLSCertFile)
-	case cfg.TLSKeyFile != "":
-		return nil, fmt.Errorf("natsconn: nats.tls_key_file %s is set without nats.tls_cert_file; mutual TLS needs both", cfg.TLSKeyFile)
 	}
 	return tc, nil
 }

@@ -772,7 +772,7 @@ func testLargeIDs(e *env) {
 	w := e.watch(b, discovery.Query{})
 	w.synced()
 	var insts []discovery.Instance
-	for _, id := range []uint64{1, 0xff, 1<<32 - 1, 1 << 32, 1<<53 - 2, 1<<53 - 1} {
+	for _, id := range []uint64{1, 0xff, 1<<32 - 1, 1 << 32, discovery.MaxID - 1, discovery.MaxID} {
 		i := inst("ns", "c", "e", id)
 		insts = append(insts, i)
 		e.register(a, i)

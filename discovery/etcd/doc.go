@@ -15,7 +15,8 @@
 // every record under it, each in one transaction that creates the key only
 // if it is absent (a taken key is [discovery.ErrDuplicate]). The lease id
 // is the process's instance id, returned by [Discovery.ID]: New asks etcd
-// for a random id below 2^53, so that JSON clients keep it exact.
+// for a random id at most [discovery.MaxID] (2^53-1), so that JSON clients
+// keep it exact.
 //
 // Close revokes the lease, so the records vanish at once; if the process
 // dies instead, they vanish when the lease expires, [Config.LeaseTTL] after

@@ -20,9 +20,6 @@ import (
 	"github.com/loomrt/loom/discovery"
 )
 
-// maxID bounds lease ids, so that instance ids survive JSON (2^53).
-const maxID = 1 << 53
-
 // grant asks for a lease with id want (0: a random id), falling back to
 // random ids if it is taken. It waits for etcd until ctx ends.
 //
@@ -35,7 +32,7 @@ func (d *Discovery) grant(ctx context.Context, want clientv3.LeaseID) (clientv3.
 	ttl := int64((d.cfg.LeaseTTL + time.Second - 1) / time.Second)
 	id := want
 	if id == 0 {
-		id = clientv3.LeaseID(rand.Int64N(maxID-1) + 1)
+		id = clientv3.LeaseID(discovery.RandomID())
 	}
 	for taken := 0; ; {
 		actx, cancel := context.WithTimeout(ctx, grantAttempt)
@@ -58,7 +55,7 @@ func (d *Discovery) grant(ctx context.Context, want clientv3.LeaseID) (clientv3.
 				"lease", hex(want))
 		}
 		taken++
-		id = clientv3.LeaseID(rand.Int64N(maxID-1) + 1)
+		id = clientv3.LeaseID(discovery.RandomID())
 	}
 }
 

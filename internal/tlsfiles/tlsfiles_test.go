@@ -1,0 +1,116 @@
+package tlsfiles_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom/internal/tlsfiles"
+)
+
+// selfSigned writes a self-signed certificate and its key as PEM files.
+func selfSigned(t *testing.T) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tlsfiles test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	write(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	write(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
+	return certFile, keyFile
+}
+
+func write(t *testing.T, name string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(name, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCAPool(t *testing.T) {
+	cert, _ := selfSigned(t)
+	junk := filepath.Join(t.TempDir(), "junk.pem")
+	write(t, junk, []byte("not a certificate"))
+
+	t.Run("no file means the system's CAs", func(t *testing.T) {
+		pool, err := tlsfiles.CAPool("x.tls_ca_file", "")
+		if pool != nil || err != nil {
+			t.Fatalf("CAPool(\"\") = %v, %v; want nil, nil", pool, err)
+		}
+	})
+	t.Run("a PEM certificate loads", func(t *testing.T) {
+		pool, err := tlsfiles.CAPool("x.tls_ca_file", cert)
+		if err != nil || pool == nil {
+			t.Fatalf("CAPool = %v, %v", pool, err)
+		}
+	})
+	t.Run("a missing file names the key and the file", func(t *testing.T) {
+		_, err := tlsfiles.CAPool("x.tls_ca_file", "/no/ca.pem")
+		if err == nil || !strings.Contains(err.Error(), "x.tls_ca_file /no/ca.pem") || !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("a file without a certificate is ErrNoCertificate", func(t *testing.T) {
+		_, err := tlsfiles.CAPool("x.tls_ca_file", junk)
+		if !errors.Is(err, tlsfiles.ErrNoCertificate) || !strings.Contains(err.Error(), "x.tls_ca_file "+junk+" holds no PEM certificate") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+}
+
+func TestKeyPair(t *testing.T) {
+	cert, key := selfSigned(t)
+	for _, tt := range []struct {
+		name       string
+		cert, key  string
+		wantErr    []string
+		wantLoaded bool
+	}{
+		{name: "a certificate and its key load", cert: cert, key: key, wantLoaded: true},
+		{name: "neither names both keys", wantErr: []string{"x.cert and x.key are unset"}},
+		{name: "a certificate without its key names the missing key", cert: cert, wantErr: []string{"x.cert " + cert, "without x.key"}},
+		{name: "a key without its certificate names the missing key", key: key, wantErr: []string{"x.key " + key, "without x.cert"}},
+		{name: "a missing file names both keys and files", cert: "/no/cert.pem", key: key, wantErr: []string{"x.cert /no/cert.pem / x.key " + key}},
+		{name: "the key in place of the certificate is refused", cert: key, key: key, wantErr: []string{"x.cert " + key}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := tlsfiles.KeyPair("x.cert", tt.cert, "x.key", tt.key)
+			if tt.wantLoaded {
+				if err != nil || len(c.Certificate) != 1 {
+					t.Fatalf("KeyPair = %d certificates, %v", len(c.Certificate), err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("err = %q, want it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
