@@ -139,6 +139,9 @@ func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientO
 		interceptors: append(slices.Clip(rt.clientICs), o.interceptors...),
 	}
 	c.list.Store(&[]*Candidate{})
+	if rt.isClosed() {
+		return nil, fmt.Errorf("%w: runtime shut down; cannot create a client of %s", ErrClosed, ep.path)
+	}
 	// The watch lives as long as the client, not as long as ctx.
 	cctx, cancel := context.WithCancel(rt.ctx)
 	c.cancel = cancel
@@ -149,6 +152,9 @@ func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientO
 	}
 	if err != nil {
 		cancel()
+		if rt.isClosed() {
+			return nil, fmt.Errorf("%w: runtime shut down; cannot create a client of %s", ErrClosed, ep.path)
+		}
 		return nil, fmt.Errorf("loom: client of %s: watch discovery: %w", ep.path, err)
 	}
 	rt.mu.Lock()
@@ -332,7 +338,15 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, ctx.Err()
+			}
+			// The caller's deadline came before client.wait_timeout: as
+			// far as the caller can tell, there are no instances.
+			if direct != 0 {
+				return nil, fmt.Errorf("%w: instance %x of %s not found before the caller's deadline (%w; `loom ls %s` lists instances)", ErrNoInstances, direct, c.path, ctx.Err(), c.path)
+			}
+			return nil, fmt.Errorf("%w: none of %s appeared before the caller's deadline (%w; is a server for it running and registered in the same discovery? `loom ls %s` lists instances)", ErrNoInstances, c.path, ctx.Err(), c.path)
 		case <-timer.C:
 			if direct != 0 {
 				return nil, fmt.Errorf("%w: instance %x of %s not found after %s (`loom ls %s` lists instances)", ErrNoInstances, direct, c.path, c.wait, c.path)
@@ -497,16 +511,7 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 		encodeBufs.Put(bp)
 	}
 	if err != nil {
-		if ctx.Err() != nil {
-			return false, ctx.Err(), false
-		}
-		if errors.Is(err, mux.ErrTooLarge) {
-			return false, fmt.Errorf("%w: %s instance %x: %v", ErrTooLarge, c.path, cand.ID, err), false
-		}
-		if errors.Is(err, ErrUnreachable) || errors.Is(err, ErrClosed) {
-			return false, err, true
-		}
-		mapped, failed := fromWire(ctx, c.path, cand.ID, err)
+		mapped, failed := fromPlane(ctx, c.path, cand.ID, err)
 		return false, mapped, failed
 	}
 	defer stream.Close()
@@ -522,7 +527,7 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 			return started, nil, false
 		}
 		if err != nil {
-			mapped, failed := fromWire(ctx, c.path, cand.ID, err)
+			mapped, failed := fromPlane(ctx, c.path, cand.ID, err)
 			return started, mapped, failed
 		}
 		p, fast := []byte(nil), false

@@ -8,12 +8,10 @@ import (
 	"maps"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/loomrt/loom/internal/mux"
-	"github.com/loomrt/loom/internal/wire"
 )
 
 // Interceptor wraps the engine that every request of an endpoint (on the
@@ -138,66 +136,6 @@ func newRequestID() string {
 	return fmt.Sprintf("%016x", rand.Uint64())
 }
 
-// ErrRefused is wrapped by every *RefusedError.
-var ErrRefused = errors.New("loom: request refused")
-
-// RefusedError is an interceptor's refusal of a request, before the
-// handler ran. It reaches the caller as a *RefusedError with the same
-// Reason and Message, in this process or across the network; the
-// request is not retried on another instance.
-type RefusedError struct {
-	// Path and Instance say where it was refused; set on the caller's side.
-	Path     string
-	Instance uint64
-	// Reason is a short, stable word a caller may branch on, such as
-	// "unauthenticated", "permission_denied" or "rate_limited".
-	Reason string
-	// Message says what was wrong and what to do.
-	Message string
-}
-
-// Refuse returns a *RefusedError for an interceptor to fail a request
-// with. reason is made of lower-case letters, digits and '_' (anything
-// else is replaced by '_').
-func Refuse(reason, format string, args ...any) error {
-	return &RefusedError{Reason: cleanReason(reason), Message: fmt.Sprintf(format, args...)}
-}
-
-func cleanReason(r string) string {
-	if r == "" {
-		return "refused"
-	}
-	return strings.Map(func(c rune) rune {
-		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' {
-			return c
-		}
-		return '_'
-	}, r)
-}
-
-func (e *RefusedError) Error() string {
-	if e.Path != "" {
-		return fmt.Sprintf("loom: %s (instance %x) refused the request (%s): %s", e.Path, e.Instance, e.Reason, e.Message)
-	}
-	return fmt.Sprintf("loom: request refused (%s): %s", e.Reason, e.Message)
-}
-
-// Unwrap returns ErrRefused.
-func (e *RefusedError) Unwrap() error { return ErrRefused }
-
-// refusedFromWire parses the message of a CodeRefused end.
-func refusedFromWire(path string, inst uint64, msg string) *RefusedError {
-	reason, text, ok := strings.Cut(msg, ": ")
-	if !ok {
-		reason, text = "refused", msg
-	}
-	return &RefusedError{Path: path, Instance: inst, Reason: reason, Message: text}
-}
-
-func refusedToWire(e *RefusedError) error {
-	return mux.Errorf(wire.CodeRefused, "%s: %s", cleanReason(e.Reason), e.Message)
-}
-
 // WithServerInterceptors adds interceptors that every endpoint the runtime
 // serves runs, outermost first, outside the endpoint's own.
 func WithServerInterceptors(ics ...Interceptor) Option {
@@ -311,8 +249,7 @@ func recovered[Resp any](ctx context.Context, s *served, gen func() iter.Seq2[Re
 			if inYield {
 				panic(v)
 			}
-			s.log.ErrorContext(ctx, "handler panicked", "panic", v, "stack", stack())
-			yield(nil, fmt.Errorf("%w: %s: %v", ErrHandlerPanic, s.ep.path, v))
+			yield(nil, s.handlerPanic(ctx, v))
 		}
 	}()
 	for item, err := range gen() {

@@ -20,7 +20,7 @@ func (rt *Runtime) startNATSPlane(ctx context.Context) (string, error) {
 	}
 	nc, err := rt.NATS(ctx)
 	if err != nil {
-		return "", fmt.Errorf("loom: request_plane.transport nats: %w", err)
+		return "", fmt.Errorf("request_plane.transport nats: %w", err)
 	}
 	rc := rt.cfg.RequestPlane
 	srv, err := natsplane.NewServer(nc, natsSubject(rt.id), natsplane.ServerConfig{

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 )
@@ -58,7 +59,7 @@ func run(main func(ctx context.Context, rt *Runtime) error, signals <-chan os.Si
 	go func() {
 		defer func() {
 			if v := recover(); v != nil {
-				log.Error("main panicked", "panic", v, "stack", stack())
+				log.Error("main panicked", "panic", v, "stack", string(debug.Stack()))
 				mainDone <- fmt.Errorf("main panicked: %v", v)
 			}
 		}()

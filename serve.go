@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -222,20 +223,6 @@ func (s *served) releaseParents() {
 // requests' contexts over.
 func streamParents() int { return max(8, 4*runtime.GOMAXPROCS(0)) }
 
-// BadRequestError reports a request that did not decode as the handler's
-// request type. The handler never ran.
-type BadRequestError struct {
-	Path string
-	Err  error
-}
-
-func (e *BadRequestError) Error() string {
-	return fmt.Sprintf("loom: %s: request does not decode as the handler's request type: %v", e.Path, e.Err)
-}
-
-// Unwrap returns the decode error.
-func (e *BadRequestError) Unwrap() error { return e.Err }
-
 // acquire admits one request unless the endpoint is draining.
 func (s *served) acquire() bool {
 	s.inFlight.Add(1)
@@ -385,7 +372,7 @@ type serving[Req, Resp any] struct {
 func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engine[Req, Resp], req Req, out yielder[Resp], derived bool) (started bool, err error) {
 	if !s.acquire() {
 		s.m.Refused.Inc()
-		return false, fmt.Errorf("%w: %s instance %x is shutting down", ErrDraining, s.ep.path, s.inst.ID)
+		return false, atInstance(ErrDraining, s.ep.path, s.inst.ID, "shutting down")
 	}
 	st := &serving[Req, Resp]{s: s, out: out, start: time.Now()}
 	s.m.InFlight.Inc()
@@ -440,8 +427,7 @@ func (st *serving[Req, Resp]) run(rctx, caller context.Context, eng Engine[Req, 
 				panic(v) // the caller's loop body panicked: not ours to swallow
 			}
 			st.panicked = true
-			st.s.log.Error("handler panicked", "panic", v, "stack", stack())
-			st.err = fmt.Errorf("%w: %s: %v", ErrHandlerPanic, st.s.ep.path, v)
+			st.err = st.s.handlerPanic(rctx, v)
 		}
 	}()
 	for item, herr := range generate(rctx, caller, st.s, eng, req) {
@@ -486,9 +472,18 @@ func (s *served) killError(caller, rctx context.Context, started, derived bool) 
 
 func (s *served) shutDownError(started bool) error {
 	if started {
-		return fmt.Errorf("%w: %s instance %x shut down while serving", ErrStreamReset, s.ep.path, s.inst.ID)
+		return atInstance(ErrStreamReset, s.ep.path, s.inst.ID, "shut down while serving")
 	}
-	return fmt.Errorf("%w: %s instance %x shut down", ErrClosed, s.ep.path, s.inst.ID)
+	return atInstance(ErrClosed, s.ep.path, s.inst.ID, "shut down")
+}
+
+// handlerPanic logs a handler's panic, recovered with v, and returns the
+// request's error. Both recovery points (the serving core's, and the
+// innermost interceptor when an endpoint has interceptors) come here, so
+// a panic is logged and reported one way.
+func (s *served) handlerPanic(ctx context.Context, v any) error {
+	s.log.ErrorContext(ctx, "handler panicked", "panic", v, "stack", string(debug.Stack()))
+	return atInstance(ErrHandlerPanic, s.ep.path, s.inst.ID, "%v", v)
 }
 
 // shutdownAll drains the served endpoints among eps together: refuse new

@@ -90,7 +90,7 @@ func (rt *Runtime) serveOn(ctx context.Context) (transport, addr string, tls boo
 		subject, err := rt.startNATSPlane(ctx)
 		return TransportNATS, subject, false, err
 	}
-	return "", "", false, fmt.Errorf("loom: request_plane.transport %q: use tcp or nats", rt.cfg.RequestPlane.Transport)
+	return "", "", false, fmt.Errorf("request_plane.transport %q: use tcp or nats", rt.cfg.RequestPlane.Transport)
 }
 
 // startTCP listens on request_plane.host:port; p.mu is held.
@@ -104,7 +104,7 @@ func (rt *Runtime) startTCP(ctx context.Context) error {
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", hostPort)
 	if err != nil {
-		return fmt.Errorf("loom: request plane cannot listen on %s: %w (set request_plane.port, LOOM_REQUEST_PLANE_PORT, to a free port or 0)", hostPort, err)
+		return fmt.Errorf("request plane cannot listen on %s: %w (set request_plane.port, LOOM_REQUEST_PLANE_PORT, to a free port or 0)", hostPort, err)
 	}
 	addr := rc.Advertise
 	if addr == "" {
@@ -155,7 +155,7 @@ func (rt *Runtime) endpointContext(path string) context.Context {
 func serveStream[S netStream](rt *Runtime, s S) error {
 	v, ok := rt.planes.byPath.Load(s.Path())
 	if !ok {
-		return mux.Errorf(wire.CodeNotFound, "%s is not served by instance %x", s.Path(), rt.id)
+		return mux.Errorf(wire.CodeNotFound, "%s is not served by this instance (its discovery record is stale)", s.Path())
 	}
 	sv := v.(*served)
 	c, err := codec.ByName(s.Codec())
@@ -170,92 +170,6 @@ func serveStream[S netStream](rt *Runtime, s S) error {
 	_, out, err := sv.raw(ctx, streamStop[S]{s}, c, s.Payload(), s, s.DerivedContext())
 	sv.m.BytesOut.Add(float64(out))
 	return toWire(err)
-}
-
-// toWire turns a serving error into the status the caller's side maps
-// back: the same sentinel on both ends of the wire.
-func toWire(err error) error {
-	if err == nil {
-		return nil
-	}
-	var se *mux.StreamError
-	var bre *BadRequestError
-	var ref *RefusedError
-	switch {
-	case errors.As(err, &se):
-		return se
-	case errors.As(err, &ref):
-		return refusedToWire(ref)
-	case errors.Is(err, ErrDraining), errors.Is(err, ErrClosed):
-		return mux.Errorf(wire.CodeDraining, "%v", err)
-	case errors.Is(err, ErrOverloaded):
-		return mux.Errorf(wire.CodeOverloaded, "%v", err)
-	case errors.Is(err, ErrHandlerPanic):
-		return mux.Errorf(wire.CodeInternal, "%v", err)
-	case errors.As(err, &bre):
-		return mux.Errorf(wire.CodeBadRequest, "%v", bre.Err)
-	case errors.Is(err, ErrStreamReset):
-		return mux.Errorf(wire.CodeReset, "%v", err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return mux.Errorf(wire.CodeDeadlineExceeded, "%v", err)
-	case errors.Is(err, context.Canceled):
-		return mux.Errorf(wire.CodeCancelled, "%v", err)
-	}
-	return mux.Errorf(wire.CodeApplication, "%s", err.Error())
-}
-
-// HandlerError is a handler's error as a caller in another process sees
-// it: the handler's message, the endpoint and the instance.
-type HandlerError struct {
-	Path     string
-	Instance uint64
-	Message  string
-}
-
-func (e *HandlerError) Error() string {
-	return fmt.Sprintf("%s (instance %x): %s", e.Path, e.Instance, e.Message)
-}
-
-// fromWire maps a stream's end on the caller's side back to Loom's
-// errors, and says whether the instance itself failed (to avoid it).
-func fromWire(ctx context.Context, path string, inst uint64, err error) (mapped error, instanceFailed bool) {
-	var se *mux.StreamError
-	if !errors.As(err, &se) {
-		return fmt.Errorf("%w: %s instance %x: %v", ErrUnreachable, path, inst, err), true
-	}
-	where := fmt.Sprintf("%s instance %x", path, inst)
-	switch se.Code {
-	case wire.CodeApplication:
-		return &HandlerError{Path: path, Instance: inst, Message: se.Message}, false
-	case wire.CodeRefused:
-		return refusedFromWire(path, inst, se.Message), false
-	case wire.CodeDraining:
-		return fmt.Errorf("%w: %s: %s", ErrDraining, where, se.Message), false
-	case wire.CodeOverloaded:
-		return fmt.Errorf("%w: %s: %s", ErrOverloaded, where, se.Message), false
-	case wire.CodeNotFound:
-		return fmt.Errorf("%w: %s: %s", ErrUnreachable, where, se.Message), false
-	case wire.CodeInternal:
-		return fmt.Errorf("%w: %s: %s", ErrHandlerPanic, where, se.Message), false
-	case wire.CodeBadRequest:
-		return &BadRequestError{Path: path, Err: errors.New(se.Message)}, false
-	case wire.CodeCancelled, wire.CodeDeadlineExceeded:
-		if ctx.Err() != nil {
-			return ctx.Err(), false
-		}
-		if se.Code == wire.CodeDeadlineExceeded {
-			return context.DeadlineExceeded, false
-		}
-		return fmt.Errorf("%w: %s cancelled the stream: %s", ErrStreamReset, where, se.Message), false
-	}
-	// Reset, protocol errors, lost connections.
-	if ctx.Err() != nil {
-		return ctx.Err(), false
-	}
-	if se.BeforeFirstResponse {
-		return fmt.Errorf("%w: %s: %v", ErrUnreachable, where, se), true
-	}
-	return fmt.Errorf("%w: %s: %v", ErrStreamReset, where, se), true
 }
 
 // open starts a call to cand on the transport its record names.
@@ -371,22 +285,22 @@ func (c streamStop[S]) Err() error {
 func serverTLS(rc config.RequestPlane) (*tls.Config, error) {
 	if rc.TLSCertFile == "" && rc.TLSKeyFile == "" {
 		if rc.TLSClientAuth {
-			return nil, errors.New("loom: request_plane.tls_client_auth needs tls_cert_file and tls_key_file")
+			return nil, errors.New("request_plane.tls_client_auth needs tls_cert_file and tls_key_file")
 		}
 		return nil, nil
 	}
 	cert, err := tlsfiles.KeyPair("request_plane.tls_cert_file", rc.TLSCertFile, "request_plane.tls_key_file", rc.TLSKeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("loom: %w", err)
+		return nil, err
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if rc.TLSClientAuth {
 		if rc.TLSCAFile == "" {
-			return nil, errors.New("loom: request_plane.tls_client_auth needs tls_ca_file to verify client certificates")
+			return nil, errors.New("request_plane.tls_client_auth needs tls_ca_file to verify client certificates")
 		}
 		pool, err := tlsfiles.CAPool("request_plane.tls_ca_file", rc.TLSCAFile)
 		if err != nil {
-			return nil, fmt.Errorf("loom: %w", err)
+			return nil, err
 		}
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
 	}
@@ -399,13 +313,13 @@ func clientTLS(rc config.RequestPlane) (*tls.Config, error) {
 	}
 	pool, err := tlsfiles.CAPool("request_plane.tls_ca_file", rc.TLSCAFile)
 	if err != nil {
-		return nil, fmt.Errorf("loom: %w", err)
+		return nil, err
 	}
 	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if rc.TLSCertFile != "" || rc.TLSKeyFile != "" {
 		cert, err := tlsfiles.KeyPair("request_plane.tls_cert_file", rc.TLSCertFile, "request_plane.tls_key_file", rc.TLSKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("loom: %w", err)
+			return nil, err
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}

@@ -1,5 +1,0 @@
-package loom
-
-import "runtime/debug"
-
-func stack() string { return string(debug.Stack()) }
