@@ -99,7 +99,7 @@ func (b *Bus) startJetStream(ctx context.Context, c *conn, topic, group string, 
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       policy.AckWait,
 			MaxDeliver:    -1, // Loom counts attempts and dead-letters
-			MaxAckPending: 20000,
+			MaxAckPending: jsconsume.DefaultMaxAckPending,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		})
 		if err != nil {

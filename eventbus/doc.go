@@ -25,9 +25,27 @@
 // on a durable consumer per group of a stream per topic, so every group
 // gets every message, at least once.
 //
-// The connection follows the environment variables of Coze Studio's
-// deployment (seed 002) through ConfigFromEnv: NATS_SERVER_URL (one URL
-// or several comma-separated, nats:// or tls://), NATS_JWT_TOKEN with
-// NATS_NKEY_SEED, NATS_USERNAME and NATS_PASSWORD, NATS_TOKEN,
-// NATS_STREAM_REPLICAS and NATS_USE_JETSTREAM.
+// # The handle and how to get one
+//
+// A [Bus] is a factory of producers and a consumer service, as Coze
+// Studio's API wants, and it owns what they share: connections (one per
+// name server), streams made sure of, and the consumers it must drain.
+// Producers and consumers have no handle of their own to close: the bus
+// stops them all, by net/http's rule ([Bus.Shutdown] drains, [Bus.Close]
+// stops now).
+//
+// A Loom program opens the bus from its Runtime in one call,
+//
+//	bus, err := eventbus.Open(ctx, rt, eventbus.Config{})
+//
+// on the runtime's NATS connection (the name server ""), with its queue.*
+// settings for what the Config leaves zero, its logger and metrics; the
+// runtime's shutdown shuts the bus down. A Coze Studio deployment, which
+// has no Runtime, uses [New]: the bus opens its own connections, because
+// Coze's RegisterConsumer and NewProducer may name other NATS servers, and
+// follows Coze's environment variables (seed 002) through ConfigFromEnv:
+// NATS_SERVER_URL (one URL or several comma-separated, nats:// or tls://),
+// NATS_JWT_TOKEN with NATS_NKEY_SEED, NATS_USERNAME and NATS_PASSWORD,
+// NATS_TOKEN, NATS_STREAM_REPLICAS and NATS_USE_JETSTREAM. [NewWithConn]
+// serves the name server "" on a connection the caller owns.
 package eventbus

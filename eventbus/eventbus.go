@@ -171,6 +171,7 @@ type Bus struct {
 	conns     map[string]*conn // by name server; "" is the default
 	consumers []stopper
 	closed    bool
+	done      chan struct{} // closed once shut down
 }
 
 // conn is one connection of the bus, with what is built on it.
@@ -190,52 +191,9 @@ type stopper interface {
 
 // New returns a Bus that connects with cfg.NATS on first use.
 func New(cfg Config) (*Bus, error) {
-	def := config.Default().Queue
-	q := &cfg.Queue
-	if q.Storage == "" {
-		q.Storage = def.Storage
-	}
-	if q.LargePayloads == "" {
-		q.LargePayloads = def.LargePayloads
-	}
-	if q.ObjectBucket == "" {
-		q.ObjectBucket = def.ObjectBucket
-	}
-	if q.Codec == "" {
-		q.Codec = def.Codec
-	}
-	pos := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	pos(&q.Replicas, def.Replicas)
-	pos(&q.MaxDeliver, def.MaxDeliver)
-	pos(&q.Concurrency, def.Concurrency)
-	pos(&q.MaxPending, def.MaxPending)
-	if q.MaxMsgs == 0 {
-		q.MaxMsgs = -1
-	}
-	if q.MaxBytes == 0 {
-		q.MaxBytes = -1
-	}
-	if q.AckWait <= 0 {
-		q.AckWait = def.AckWait
-	}
-	if q.BackoffInitial <= 0 {
-		q.BackoffInitial = def.BackoffInitial
-	}
-	if q.BackoffMax < q.BackoffInitial {
-		q.BackoffMax = max(def.BackoffMax, q.BackoffInitial)
-	}
-	if q.EnqueueTimeout <= 0 {
-		q.EnqueueTimeout = def.EnqueueTimeout
-	}
-	if q.HandlerTimeout <= 0 {
-		q.HandlerTimeout = q.AckWait
-	}
+	cfg.Queue = cfg.Queue.WithDefaults()
 	full := config.Default()
-	full.Queue = *q
+	full.Queue = cfg.Queue
 	if err := full.Validate(); err != nil {
 		return nil, fmt.Errorf("eventbus: %w", err)
 	}
@@ -243,7 +201,7 @@ func New(cfg Config) (*Bus, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Bus{cfg: cfg, log: log, conns: make(map[string]*conn)}, nil
+	return &Bus{cfg: cfg, log: log, conns: make(map[string]*conn), done: make(chan struct{})}, nil
 }
 
 // NewWithConn returns a Bus that uses nc for the name server "" and for
@@ -442,6 +400,7 @@ func (b *Bus) shutdown(ctx context.Context, now bool) error {
 	consumers := b.consumers
 	conns := b.conns
 	b.mu.Unlock()
+	defer close(b.done)
 	var wg sync.WaitGroup
 	errs := make([]error, len(consumers))
 	for i, c := range consumers {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/internal/jsconsume"
 	"github.com/loomrt/loom/metrics"
 )
 
@@ -20,8 +21,8 @@ const DefaultGroup = "worker-group"
 const DefaultDuplicateWindow = 2 * time.Minute
 
 // DefaultMaxAckPending bounds the jobs delivered and not yet settled,
-// across every worker of a queue.
-const DefaultMaxAckPending = 20000
+// across every worker of a queue (and of an EventBus consumer group).
+const DefaultMaxAckPending = jsconsume.DefaultMaxAckPending
 
 // Config describes a queue. Start from DefaultConfig or ConfigFrom; the
 // fields left zero take the defaults of the queue.* configuration keys.
@@ -89,7 +90,6 @@ func (c Config) resolved() (Config, error) {
 	if !nameRE.MatchString(c.Name) {
 		return c, fmt.Errorf("workqueue: queue name %q: use 1 to 200 letters, digits, '-' and '_' (a JetStream stream name)", c.Name)
 	}
-	def := config.Default().Queue
 	if c.Subject == "" {
 		c.Subject = c.Name + ".queue"
 	}
@@ -99,46 +99,12 @@ func (c Config) resolved() (Config, error) {
 	if !nameRE.MatchString(c.Group) {
 		return c, fmt.Errorf("workqueue: group %q of queue %s: use letters, digits, '-' and '_'", c.Group, c.Name)
 	}
-	str := func(v *string, d string) {
-		if *v == "" {
-			*v = d
-		}
+	c.Queue = c.Queue.WithDefaults()
+	if c.MaxAckPending <= 0 {
+		c.MaxAckPending = DefaultMaxAckPending
 	}
-	num := func(v *int, d int) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	dur := func(v *time.Duration, d time.Duration) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	str(&c.Storage, def.Storage)
-	str(&c.Queue.Codec, def.Codec)
-	str(&c.LargePayloads, def.LargePayloads)
-	str(&c.ObjectBucket, def.ObjectBucket)
-	num(&c.Replicas, def.Replicas)
-	num(&c.MaxDeliver, def.MaxDeliver)
-	num(&c.Concurrency, def.Concurrency)
-	num(&c.MaxPending, def.MaxPending)
-	num(&c.MaxAckPending, DefaultMaxAckPending)
-	if c.MaxMsgs == 0 {
-		c.MaxMsgs = -1
-	}
-	if c.MaxBytes == 0 {
-		c.MaxBytes = -1
-	}
-	dur(&c.AckWait, def.AckWait)
-	dur(&c.BackoffInitial, def.BackoffInitial)
-	dur(&c.BackoffMax, def.BackoffMax)
-	dur(&c.EnqueueTimeout, def.EnqueueTimeout)
-	dur(&c.DuplicateWindow, DefaultDuplicateWindow)
-	if c.HandlerTimeout <= 0 {
-		c.HandlerTimeout = c.AckWait
-	}
-	if c.BackoffMax < c.BackoffInitial {
-		c.BackoffMax = c.BackoffInitial
+	if c.DuplicateWindow <= 0 {
+		c.DuplicateWindow = DefaultDuplicateWindow
 	}
 	if c.Codec == nil {
 		cd, err := codec.ByName(c.Queue.Codec)

@@ -2,10 +2,32 @@
 // seed's NATSQueue / PrefillQueue, with nothing lost.
 //
 // A [Queue] of T is a JetStream stream with WorkQueue retention, a durable
-// pull consumer that its workers share, and a dead-letter stream. [New]
-// creates or updates them, idempotently, from a [Config] (the queue.*
-// configuration keys: storage, replicas, limits, ack wait, attempts,
-// backoff, concurrency, large payloads).
+// pull consumer that its workers share, and a dead-letter stream, created
+// or updated idempotently from a [Config] (the queue.* configuration keys:
+// storage, replicas, limits, ack wait, attempts, backoff, concurrency,
+// large payloads).
+//
+// # The handle and how to get one
+//
+// A Loom program opens a queue from its Runtime in one call:
+//
+//	q, err := workqueue.Open[Job](ctx, rt, workqueue.Config{Name: "prefill_queue"})
+//
+// [Open] takes the runtime's NATS connection, its queue.* settings for what
+// the Config leaves zero, its logger and metrics, and shuts the queue down
+// with the runtime. A queue needs nothing else of a Runtime (no discovery,
+// no instance): it is a stream on a NATS connection, so [New] opens one on
+// any *nats.Conn with a Config given in full (start from [DefaultConfig]
+// or [ConfigFrom]), for programs without a Runtime, such as `loom queue`,
+// tools and tests. [Admin], which knows no job types, takes a connection
+// too.
+//
+// The queue is a [Queue] of T, typed, because its jobs are: enqueued
+// values and delivered [Job]s are of T. Each handle
+// follows net/http's rule: [Queue.Shutdown] and [Consumer.Shutdown] drain
+// (waiting, up to their context, for asynchronous enqueues or running
+// handlers), [Queue.Close] and [Consumer.Close] stop now. A context passed
+// to a call bounds that call only ([Queue.Run]'s bounds the run).
 //
 // Enqueue with [Queue.Enqueue] (waits for the server), [Queue.EnqueueBatch]
 // (sends all, then waits) or [Queue.EnqueueAsync] with [Queue.Flush]

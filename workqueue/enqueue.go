@@ -333,6 +333,8 @@ type publisher struct {
 	running  bool // the retry goroutine
 	stop     chan struct{}
 	stopped  chan struct{}
+	closing  bool          // under mu: close has begun
+	done     chan struct{} // closed once close has released everything
 	retryBuf []*Pending
 }
 
@@ -347,6 +349,7 @@ func newPublisher(nc *nats.Conn, cfg Config, m *metrics.Queue, log *slog.Logger)
 		pending: make(map[*nats.Msg]*Pending),
 		stop:    make(chan struct{}),
 		stopped: make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	js, err := jetstream.New(nc,
 		// Loom's semaphore keeps at most MaxPending outstanding; the slack
@@ -636,16 +639,18 @@ func (p *publisher) settle(ctx context.Context, wait bool) error {
 // enqueues until ctx ends if drain is set.
 func (p *publisher) close(ctx context.Context, drain bool) error {
 	p.mu.Lock()
-	if p.closed {
+	if p.closing {
 		p.mu.Unlock()
 		return nil
 	}
+	p.closing = true
 	p.mu.Unlock()
 	err := p.settle(ctx, drain)
 	p.mu.Lock()
 	p.closed = true
 	running := p.running
 	p.mu.Unlock()
+	defer close(p.done)
 	if running {
 		close(p.stop)
 		<-p.stopped

@@ -3,10 +3,14 @@ package workqueue_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/workqueue"
 )
@@ -18,15 +22,19 @@ type PrefillRequest struct {
 	Tokens    []int  `json:"prompt_token_ids"`
 }
 
-// The seed's PrefillQueue: enqueue, then dequeue and acknowledge once done.
+// The seed's PrefillQueue in a Loom program: open it from the Runtime,
+// enqueue, then dequeue and acknowledge once done.
 func Example() {
 	ns, _ := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
 	defer ns.Shutdown()
-	nc, _ := nats.Connect(ns.ClientURL())
-	defer nc.Close()
+	cfg := config.Default()
+	cfg.NATS.URL = ns.ClientURL()
 	ctx := context.Background()
+	rt, _ := loom.NewRuntime(ctx, loom.WithConfig(cfg), loom.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	defer rt.Shutdown(ctx)
 
-	q, err := workqueue.New[PrefillRequest](ctx, nc, workqueue.DefaultConfig("prefill_queue"))
+	// The runtime's connection, queue.* settings, logger and metrics.
+	q, err := workqueue.Open[PrefillRequest](ctx, rt, workqueue.Config{Name: "prefill_queue"})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -52,6 +60,8 @@ func Example() {
 }
 
 // Consume runs a handler on every job, acknowledging after it succeeds.
+// Without a Runtime (a tool, a test), New opens a queue on any NATS
+// connection, with its settings given in full.
 func ExampleQueue_Consume() {
 	ns, _ := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
 	defer ns.Shutdown()

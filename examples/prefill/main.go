@@ -46,17 +46,9 @@ const queueName = "prefill_queue"
 
 // openQueue opens (creating if needed) the prefill queue on rt's NATS.
 func openQueue(ctx context.Context, rt *loom.Runtime, ackWait time.Duration) (*workqueue.Queue[RemotePrefillRequest], error) {
-	nc, err := rt.NATS(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cfg := workqueue.ConfigFrom(rt.Config().Queue, queueName)
-	cfg.Codec = codec.JSON
-	cfg.Logger, cfg.Metrics = rt.Logger(), rt.Metrics()
-	if ackWait > 0 {
-		cfg.AckWait = ackWait
-	}
-	return workqueue.New[RemotePrefillRequest](ctx, nc, cfg)
+	cfg := workqueue.Config{Name: queueName, Codec: codec.JSON}
+	cfg.AckWait = ackWait // 0: the runtime's queue.ack_wait
+	return workqueue.Open[RemotePrefillRequest](ctx, rt, cfg)
 }
 
 func main() {

@@ -307,6 +307,10 @@ func (r *Runner) Err() error {
 	return r.err
 }
 
+// DefaultMaxAckPending bounds the messages delivered and not yet settled
+// across every consumer of a durable: work queues' and EventBus groups'.
+const DefaultMaxAckPending = 20000
+
 // ShutdownGrace is how long Shutdown waits, once its context has ended and
 // the handlers' contexts are cancelled, for the handlers to return before
 // it abandons those still running.

@@ -59,14 +59,7 @@ type prefillSide struct {
 }
 
 func (w *Worker) openPrefillQueue(ctx context.Context) (*workqueue.Queue[llm.RemotePrefillRequest], error) {
-	nc, err := w.rt.NATS(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("mocker: the prefill queue needs NATS with JetStream: %w", err)
-	}
-	qc := workqueue.ConfigFrom(w.rt.Config().Queue, llm.PrefillQueue)
-	qc.Codec = codec.JSON
-	qc.Logger, qc.Metrics = w.rt.Logger(), w.rt.Metrics()
-	q, err := workqueue.New[llm.RemotePrefillRequest](ctx, nc, qc)
+	q, err := workqueue.Open[llm.RemotePrefillRequest](ctx, w.rt, workqueue.Config{Name: llm.PrefillQueue, Codec: codec.JSON})
 	if err != nil {
 		return nil, fmt.Errorf("mocker: open %s: %w", llm.PrefillQueue, err)
 	}
