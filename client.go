@@ -98,6 +98,7 @@ type clientCore struct {
 	noRetry  bool
 	borrow   bool          // []byte responses alias the receive buffer
 	local    bool          // take the local fast path for instances in this process
+	maxFrame int           // the largest response item this caller accepts
 	cooldown time.Duration // how long a failed instance is avoided
 	m        *metrics.ClientEndpoint
 	cancel   context.CancelFunc // ends the client's watch
@@ -133,7 +134,7 @@ func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientO
 	}
 	c := &clientCore{
 		rt: rt, path: ep.path, query: ep.query(), picker: o.picker, wait: o.wait, noRetry: o.noRetry, borrow: o.borrow,
-		local: rt.cfg.Client.LocalFastPath, cooldown: rt.cfg.Client.FailureCooldown,
+		local: rt.cfg.Client.LocalFastPath, cooldown: rt.cfg.Client.FailureCooldown, maxFrame: rt.cfg.RequestPlane.MaxFrameSize,
 		m:     rt.metrics.Client(ep.comp.ns.name, ep.comp.name, ep.name),
 		cands: make(map[uint64]*Candidate), changed: make(chan struct{}),
 		interceptors: append(slices.Clip(rt.clientICs), o.interceptors...),
@@ -476,10 +477,16 @@ func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, 
 	if c.core.local {
 		if v, ok := localServers.Load(cand.key); ok {
 			s := v.(*served)
+			// The network's limits hold here too: a request above the
+			// instance's max frame size, or an item above this caller's,
+			// fails as it would between processes.
 			if eng, ok := s.engine.(Engine[Req, Resp]); ok {
-				return serveTyped(ctx, stopOf(ctx), s, eng, req, yieldFunc[Resp](yield), false)
+				if n, ok := knownSize(&req); ok && n > s.maxFrame {
+					return false, s.requestTooLarge(n)
+				}
+				return serveTyped(ctx, stopOf(ctx), s, eng, req, yieldFunc[Resp](yield), false, c.core.maxFrame)
 			}
-			return callRaw(ctx, s, req, yield)
+			return callRaw(ctx, s, req, c.core.maxFrame, yield)
 		}
 	}
 	started, err, failed := callRemote(ctx, c.core, cand, req, call, yield)
@@ -575,12 +582,18 @@ var errConsumerStopped = errors.New("loom: consumer stopped reading")
 
 // callRaw calls a handler in this process whose types differ from the
 // caller's, through the endpoint's codec, as the network would.
-func callRaw[Req, Resp any](ctx context.Context, s *served, req Req, yield func(Resp, error) bool) (bool, error) {
+func callRaw[Req, Resp any](ctx context.Context, s *served, req Req, maxItem int, yield func(Resp, error) bool) (bool, error) {
 	payload, err := s.codec.Marshal(nil, req)
 	if err != nil {
 		return false, fmt.Errorf("loom: %s: encode request: %w", s.ep.path, err)
 	}
+	if len(payload) > s.maxFrame {
+		return false, s.requestTooLarge(len(payload))
+	}
 	started, _, err := s.raw(ctx, stopOf(ctx), s.codec, payload, sendFunc(func(b []byte) error {
+		if len(b) > maxItem {
+			return s.itemTooLarge(len(b), maxItem)
+		}
 		var item Resp
 		if err := s.codec.Unmarshal(b, &item); err != nil {
 			return fmt.Errorf("loom: %s: response does not decode as the caller's type: %w", s.ep.path, err)

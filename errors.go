@@ -48,9 +48,10 @@ var (
 	ErrUnreachable = errors.New("loom: instance unreachable")
 	// ErrTooLarge: the request is larger than the instance accepts (its
 	// request_plane.max_frame_size, or the NATS server's max_payload), or
-	// a response larger than the caller accepts. It is not retried: every
-	// instance would refuse it.
-	ErrTooLarge = errors.New("loom: request too large")
+	// a response item larger than the caller accepts (its own
+	// request_plane.max_frame_size). It is not retried: every instance
+	// would refuse it. The local fast path applies the same limits.
+	ErrTooLarge = errors.New("loom: message too large")
 	// ErrRefused is wrapped by every *RefusedError.
 	ErrRefused = errors.New("loom: request refused")
 )
@@ -191,6 +192,8 @@ func toWire(err error) error {
 		{ErrOverloaded, wire.CodeOverloaded},
 		{ErrHandlerPanic, wire.CodeInternal},
 		{ErrStreamReset, wire.CodeReset},
+		{ErrTooLarge, wire.CodeTooLarge},
+		{plane.ErrTooLarge, wire.CodeTooLarge},
 		{context.DeadlineExceeded, wire.CodeDeadlineExceeded},
 		{context.Canceled, wire.CodeCancelled},
 	} {
@@ -235,6 +238,8 @@ func fromPlane(ctx context.Context, path string, id uint64, err error) (mapped e
 		return atInstance(ErrOverloaded, path, id, "%s", se.Message), false
 	case wire.CodeNotFound:
 		return atInstance(ErrUnreachable, path, id, "%s", se.Message), false
+	case wire.CodeTooLarge:
+		return atInstance(ErrTooLarge, path, id, "%s", se.Message), false
 	case wire.CodeInternal:
 		return atInstance(ErrHandlerPanic, path, id, "%s", se.Message), false
 	case wire.CodeBadRequest:

@@ -86,7 +86,7 @@ func healthRunner[Req, Resp any](s *served, eng Engine[Req, Resp]) func(ctx cont
 	req := s.health.req.(Req)
 	return func(ctx context.Context) error {
 		ctx = context.WithValue(ctx, callKey{}, &Call{Side: ServerSide, Path: s.ep.path, RequestID: "canary-" + newRequestID(), Canary: true, Header: map[string]string{}})
-		_, err := serveTyped(ctx, nil, s, eng, req, yieldFunc[Resp](func(Resp, error) bool { return true }), false)
+		_, err := serveTyped(ctx, nil, s, eng, req, yieldFunc[Resp](func(Resp, error) bool { return true }), false, 0)
 		return err
 	}
 }

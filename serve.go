@@ -67,8 +67,12 @@ type served struct {
 	// bytes sent.
 	raw   func(ctx, stop context.Context, c codec.Codec, payload []byte, send sender, derived bool) (started bool, out int, err error)
 	codec codec.Codec
-	m     *metrics.Endpoint
-	log   *slog.Logger
+	// maxFrame is the largest request the instance accepts
+	// (request_plane.max_frame_size): the network's limit, which the
+	// local fast path applies too.
+	maxFrame int
+	m        *metrics.Endpoint
+	log      *slog.Logger
 
 	interceptors []Interceptor // the runtime's, then the endpoint's
 	health       *healthCheck  // nil without WithHealthCheck
@@ -122,11 +126,12 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 			Namespace: ep.comp.ns.name, Component: ep.comp.name, Endpoint: ep.name,
 			ID: rt.id, Codec: c.Name(), Metadata: o.metadata,
 		},
-		engine:  eng,
-		codec:   c,
-		m:       rt.metrics.Endpoint(ep.comp.ns.name, ep.comp.name, ep.name),
-		log:     rt.log.With("endpoint", ep.path),
-		drained: make(chan struct{}),
+		engine:   eng,
+		codec:    c,
+		maxFrame: rt.cfg.RequestPlane.MaxFrameSize,
+		m:        rt.metrics.Endpoint(ep.comp.ns.name, ep.comp.name, ep.name),
+		log:      rt.log.With("endpoint", ep.path),
+		drained:  make(chan struct{}),
 
 		interceptors: append(slices.Clip(rt.serverICs), o.interceptors...),
 	}
@@ -149,7 +154,7 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 				return false, 0, &BadRequestError{Path: ep.path, Err: err}
 			}
 		}
-		started, err := serveTyped(ctx, stop, s, eng, r.req, r, derived)
+		started, err := serveTyped(ctx, stop, s, eng, r.req, r, derived, 0)
 		if err == nil {
 			err = r.sendErr
 		}
@@ -351,9 +356,34 @@ func (c *reqCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
+// knownSize returns the size of *v where it is known without encoding
+// it: the length of a []byte or a string, the payloads that grow large.
+func knownSize[T any](v *T) (int, bool) {
+	switch p := any(v).(type) {
+	case *[]byte:
+		return len(*p), true
+	case *string:
+		return len(*p), true
+	}
+	return 0, false
+}
+
+// requestTooLarge is the local fast path's refusal of a request of n
+// bytes, as the network's.
+func (s *served) requestTooLarge(n int) error {
+	return atInstance(ErrTooLarge, s.ep.path, s.inst.ID, "request of %d bytes is above the instance's max frame size %d (request_plane.max_frame_size)", n, s.maxFrame)
+}
+
+// itemTooLarge is the local fast path's failure of a response item of n
+// bytes above the caller's limit, as the network's.
+func (s *served) itemTooLarge(n, limit int) error {
+	return atInstance(ErrTooLarge, s.ep.path, s.inst.ID, "response item of %d bytes is above the caller's max frame size %d (request_plane.max_frame_size)", n, limit)
+}
+
 // serving is the state of one request in serveTyped, in one allocation.
 type serving[Req, Resp any] struct {
 	s                                   *served
+	maxItem                             int // 0: no limit (the transport applies its own)
 	out                                 yielder[Resp]
 	rctx                                reqCtx
 	start                               time.Time
@@ -366,15 +396,17 @@ type serving[Req, Resp any] struct {
 // metrics and panic recovery around eng, yielding each item to out in the
 // caller's goroutine. stop is the caller's stop signal, if any. derived
 // says that caller is a transport's context already descending from the
-// endpoint's, which then serves as the request's context as it is. It
+// endpoint's, which then serves as the request's context as it is.
+// maxItem, for a caller in this process, is the largest []byte or string
+// item it accepts, as a transport would check (0: none). It
 // reports whether any item was yielded, and the error the stream ended
 // with: nil if it completed or the caller stopped reading.
-func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engine[Req, Resp], req Req, out yielder[Resp], derived bool) (started bool, err error) {
+func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engine[Req, Resp], req Req, out yielder[Resp], derived bool, maxItem int) (started bool, err error) {
 	if !s.acquire() {
 		s.m.Refused.Inc()
 		return false, atInstance(ErrDraining, s.ep.path, s.inst.ID, "shutting down")
 	}
-	st := &serving[Req, Resp]{s: s, out: out, start: time.Now()}
+	st := &serving[Req, Resp]{s: s, maxItem: maxItem, out: out, start: time.Now()}
 	s.m.InFlight.Inc()
 	var rctx context.Context
 	cancel := func() {}
@@ -437,6 +469,12 @@ func (st *serving[Req, Resp]) run(rctx, caller context.Context, eng Engine[Req, 
 		}
 		if rctx.Err() != nil {
 			return // killed: drop what the handler still sends
+		}
+		if st.maxItem > 0 {
+			if n, ok := knownSize(&item); ok && n > st.maxItem {
+				st.err = st.s.itemTooLarge(n, st.maxItem)
+				return
+			}
 		}
 		if !st.started {
 			st.started = true

@@ -226,9 +226,12 @@ const (
 	// CodeRefused: an interceptor refused the request before the handler
 	// ran (authentication, a rate limit); the message is "reason: text".
 	CodeRefused Code = 11
+	// CodeTooLarge: a response item was larger than the caller accepts
+	// (its max frame size, or the NATS max payload); the handler ran.
+	CodeTooLarge Code = 12
 )
 
-var codeNames = [...]string{"OK", "Application", "NotFound", "Overloaded", "Draining", "Cancelled", "DeadlineExceeded", "Internal", "Protocol", "BadRequest", "Reset", "Refused"}
+var codeNames = [...]string{"OK", "Application", "NotFound", "Overloaded", "Draining", "Cancelled", "DeadlineExceeded", "Internal", "Protocol", "BadRequest", "Reset", "Refused", "TooLarge"}
 
 func (c Code) String() string {
 	if int(c) < len(codeNames) {
