@@ -60,7 +60,12 @@ func (rt *Runtime) startStatus() error {
 		}
 	}()
 	rt.status = s
-	rt.log.Debug("status server listening", "addr", s.addr)
+	if sc.Port < 0 {
+		// A port chosen by the system is found nowhere else.
+		rt.log.Info("status server listening on a free port", "addr", s.addr)
+	} else {
+		rt.log.Debug("status server listening", "addr", s.addr)
+	}
 	return nil
 }
 

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"iter"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -145,4 +147,46 @@ func TestUnreachableDiscoveryFailsFastNamingTheVariable(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestAChosenStatusPortIsLoggedAtInfo(t *testing.T) {
+	for _, tc := range []struct {
+		port int
+		want string
+	}{
+		{-1, `level=INFO msg="status server listening on a free port"`},
+		{0, ""},
+	} {
+		t.Run(fmt.Sprintf("status.port %d", tc.port), func(t *testing.T) {
+			c := newClusterOn(t, "local")
+			c.cfg.Status.Port, c.cfg.Status.Host = tc.port, "127.0.0.1"
+			var logs strings.Builder
+			var mu sync.Mutex
+			rt := c.runtime(loom.WithLogger(slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, &slog.HandlerOptions{Level: slog.LevelInfo}))))
+			mu.Lock()
+			got := logs.String()
+			mu.Unlock()
+			if tc.want == "" {
+				if strings.Contains(got, "status server") {
+					t.Errorf("status server off, yet logged:\n%s", got)
+				}
+				return
+			}
+			if !strings.Contains(got, tc.want) || !strings.Contains(got, "addr="+rt.StatusAddr()) {
+				t.Errorf("the log at info does not give the chosen address %s:\n%s", rt.StatusAddr(), got)
+			}
+		})
+	}
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -11,9 +11,9 @@ const Mask = "****"
 // Setting is one line of `loom config`: a key, its effective value as text
 // and the value's source.
 type Setting struct {
-	Key    string
-	Value  string // Mask for a secret that is set
-	Source string
+	Key    string `json:"key"`
+	Value  string `json:"value"` // Mask for a secret that is set
+	Source string `json:"source"`
 }
 
 // Settings returns the effective value and source of every key, in the

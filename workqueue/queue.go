@@ -319,27 +319,31 @@ func (q *Queue[T]) Close() error {
 // Info describes a queue's state.
 type Info struct {
 	// Name is the queue's name and Subject the subject of its jobs.
-	Name, Subject string
+	Name    string `json:"name"`
+	Subject string `json:"subject"`
 	// Group is the consumer the workers share.
-	Group string
+	Group string `json:"group"`
 	// Codec names the encoding of its jobs ("bytes" for []byte).
-	Codec string
+	Codec string `json:"codec"`
 	// Jobs and Bytes are what the stream holds: jobs not yet acknowledged.
-	Jobs, Bytes uint64
+	Jobs  uint64 `json:"jobs"`
+	Bytes uint64 `json:"bytes"`
 	// Pending counts jobs not yet delivered, InFlight jobs delivered and
 	// not yet settled, Redelivered jobs delivered more than once and
 	// waiting for their ack.
-	Pending, InFlight, Redelivered uint64
+	Pending     uint64 `json:"pending"`
+	InFlight    uint64 `json:"in_flight"`
+	Redelivered uint64 `json:"redelivered"`
 	// Waiting is the number of pull requests workers have outstanding.
-	Waiting int
+	Waiting int `json:"waiting"`
 	// DeadLetters counts the jobs in the dead-letter stream.
-	DeadLetters uint64
+	DeadLetters uint64 `json:"dead_letters"`
 	// MaxDeliver, Storage and Replicas are from the queue's settings.
-	MaxDeliver int
-	Storage    string
-	Replicas   int
+	MaxDeliver int    `json:"max_deliver"`
+	Storage    string `json:"storage"`
+	Replicas   int    `json:"replicas"`
 	// Created is when the stream was created.
-	Created time.Time
+	Created time.Time `json:"created"`
 }
 
 // Info returns the queue's state as the server reports it now.

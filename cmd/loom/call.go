@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -47,21 +48,21 @@ Ctrl-C asks the handler to stop gracefully; a second Ctrl-C kills the call.`,
 			if err != nil {
 				return err
 			}
-			var direct uint64
+			var direct instanceID
 			if instance != "" {
-				if direct, err = strconv.ParseUint(instance, 16, 64); err != nil {
-					return fmt.Errorf("--instance %q: want the instance id in hex, as loom ls prints it", instance)
+				if direct, err = parseInstanceID(instance); err != nil {
+					return &usageError{cmd, err}
 				}
 			}
 			return call(cmd.Context(), cmd.OutOrStdout(), args[0], req, direct, timeout)
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (0: no limit)")
-	cmd.Flags().StringVar(&instance, "instance", "", "call this instance (hex id) instead of routing")
+	cmd.Flags().StringVar(&instance, "instance", "", "call this instance instead of routing: its id in hex as loom ls prints it, or in decimal as loom ls --json prints it")
 	return cmd
 }
 
-func call(parent context.Context, out io.Writer, path string, req any, direct uint64, timeout time.Duration) error {
+func call(parent context.Context, out io.Writer, path string, req any, direct instanceID, timeout time.Duration) error {
 	if parent == nil {
 		parent = context.Background()
 	}
@@ -106,19 +107,101 @@ func call(parent context.Context, out io.Writer, path string, req any, direct ui
 	}
 	defer client.Close()
 	var eng loom.Engine[any, any] = client
-	if direct != 0 {
-		eng = client.Direct(direct)
+	if direct.given() {
+		id, err := direct.resolve(ctx, rt, client)
+		if err != nil {
+			return err
+		}
+		eng = client.Direct(id)
 	}
 	enc := json.NewEncoder(out)
 	for item, err := range eng.Generate(ctx, req) {
 		if err != nil {
-			return err
+			return withDiscoveryHint(rt, err)
 		}
 		if err := enc.Encode(codec.JSONValue(item)); err != nil {
 			return fmt.Errorf("print response: %w", err)
 		}
 	}
 	return nil
+}
+
+// instanceID is the id --instance gives. loom ls prints ids in hex (as
+// discovery keys and logs do) and loom ls --json in decimal (the record's
+// JSON number), so both are taken: a 0x prefix or a hex letter makes it
+// hex; digits alone may be either, and the one naming a live instance of
+// the endpoint wins.
+type instanceID struct {
+	hex, dec     uint64
+	hexOK, decOK bool
+	text         string
+}
+
+func (i instanceID) given() bool { return i.hexOK || i.decOK }
+
+// parseInstanceID reads an --instance value.
+func parseInstanceID(s string) (instanceID, error) {
+	id := instanceID{text: s}
+	if h, ok := strings.CutPrefix(strings.ToLower(s), "0x"); ok {
+		v, err := strconv.ParseUint(h, 16, 64)
+		id.hex, id.hexOK = v, err == nil && v != 0
+	} else {
+		v, err := strconv.ParseUint(s, 16, 64)
+		id.hex, id.hexOK = v, err == nil && v != 0
+		v, err = strconv.ParseUint(s, 10, 64)
+		id.dec, id.decOK = v, err == nil && v != 0
+	}
+	if !id.given() {
+		return id, fmt.Errorf("--instance %q: want a non-zero instance id, in hex as loom ls prints it (or with 0x) or in decimal as loom ls --json prints it", s)
+	}
+	return id, nil
+}
+
+// resolve returns the id to call. An id that reads both ways is looked up
+// among the endpoint's instances, waiting for the first to be known.
+func (i instanceID) resolve(ctx context.Context, rt *loom.Runtime, client *loom.Client[any, any]) (uint64, error) {
+	if !i.decOK || !i.hexOK {
+		if i.hexOK {
+			return i.hex, nil
+		}
+		return i.dec, nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, rt.Config().Client.WaitTimeout)
+	err := client.WaitForInstances(wctx, 1)
+	cancel()
+	if err != nil && ctx.Err() != nil {
+		return 0, err
+	}
+	var asHex, asDec bool
+	for _, inst := range client.Instances() {
+		asHex = asHex || inst.ID == i.hex
+		asDec = asDec || inst.ID == i.dec
+	}
+	switch {
+	case asHex && asDec:
+		return 0, fmt.Errorf("--instance %s names two instances, %x in hex and %d in decimal; write 0x%s for the first", i.text, i.hex, i.dec, i.text)
+	case asDec:
+		return i.dec, nil
+	}
+	// Live in hex, or in neither: the call reports what it finds.
+	return i.hex, nil
+}
+
+// withDiscoveryHint adds, to a call that found no instance, that memory
+// discovery sees only this process, which a newcomer running loom call
+// without loom up's environment would not guess.
+func withDiscoveryHint(rt *loom.Runtime, err error) error {
+	if errors.Is(err, loom.ErrNoInstances) && memoryDiscovery(rt) {
+		return fmt.Errorf("%w (discovery.backend is memory, which sees only this process: start loom up and set the lines it prints in this shell)", err)
+	}
+	return err
+}
+
+// memoryDiscovery reports whether rt finds instances in memory, that is
+// only its own.
+func memoryDiscovery(rt *loom.Runtime) bool {
+	b := rt.Config().Discovery.Backend
+	return b == "" || b == "memory"
 }
 
 // parseJSONArg decodes a request given on the command line, keeping whole

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"iter"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -47,7 +48,7 @@ func TestLoomCallPrintsEachResponseAsJSON(t *testing.T) {
 				t.Fatal(err)
 			}
 			var out bytes.Buffer
-			if err := call(ctx, &out, "calltest/backend/generate", req, 0, 10*time.Second); err != nil {
+			if err := call(ctx, &out, "calltest/backend/generate", req, instanceID{}, 10*time.Second); err != nil {
 				t.Fatal(err)
 			}
 			want := `{"index":0,"instance":7,"text":"hi"}
@@ -70,11 +71,15 @@ func TestLoomCallErrorsSayWhatIsWrong(t *testing.T) {
 	if _, err := parseJSONArg(`{} {}`); err == nil || !strings.Contains(err.Error(), "more than one JSON value") {
 		t.Errorf("two values: %v", err)
 	}
-	err := call(context.Background(), &bytes.Buffer{}, "nobody/is/home", map[string]any{}, 0, 0)
+	t.Setenv("LOOM_DISCOVERY", "memory")
+	err := call(context.Background(), &bytes.Buffer{}, "nobody/is/home", map[string]any{}, instanceID{}, 0)
 	if !errors.Is(err, loom.ErrNoInstances) {
 		t.Errorf("calling an endpoint nobody serves: %v, want ErrNoInstances", err)
 	}
-	err = call(context.Background(), &bytes.Buffer{}, "Bad/Path", map[string]any{}, 0, 0)
+	if err == nil || !strings.Contains(err.Error(), "discovery.backend is memory") || !strings.Contains(err.Error(), "loom up") {
+		t.Errorf("no instance on memory discovery: %v; want a hint that it sees only this process and loom up", err)
+	}
+	err = call(context.Background(), &bytes.Buffer{}, "Bad/Path", map[string]any{}, instanceID{}, 0)
 	if err == nil || !strings.Contains(err.Error(), "namespace/component/endpoint") {
 		t.Errorf("bad path: %v", err)
 	}
@@ -98,5 +103,80 @@ func TestReadRequestArgFromStdinAndFile(t *testing.T) {
 	}
 	if got, _ = readRequestArg(`{"a":1}`, nil); got != `{"a":1}` {
 		t.Errorf("a literal request came back as %q", got)
+	}
+}
+
+func TestCallInstanceTakesTheIDInHexOrDecimal(t *testing.T) {
+	t.Setenv("LOOM_LOG_LEVEL", "error")
+	t.Setenv("LOOM_DISCOVERY", "memory")
+	ctx := context.Background()
+	// Ids chosen so that some read both ways: "1234" is 0x1234 (live) or
+	// 1234 (not), "4567" is 4567 (live) or 0x4567 (not), "99" is 0x99 and
+	// 99, both live.
+	for _, id := range []uint64{0xabc, 4567, 0x1234, 0x99, 99} {
+		rt, err := loom.NewRuntime(ctx, loom.WithLogger(quietLog()), loom.WithInstanceID(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rt.Shutdown(ctx)
+		ep, err := rt.Endpoint("calltest/ids/who")
+		if err != nil {
+			t.Fatal(err)
+		}
+		who := loom.EngineFunc[map[string]any, uint64](func(ctx context.Context, _ map[string]any) iter.Seq2[uint64, error] {
+			return func(yield func(uint64, error) bool) { yield(rt.ID(), nil) }
+		})
+		if err := loom.Serve(ctx, ep, who); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name, flag string
+		want       string // the answering id, in decimal as JSON prints it
+		wantErr    string
+	}{
+		{name: "hex as loom ls prints it", flag: "abc", want: "2748"},
+		{name: "hex with 0x", flag: "0xABC", want: "2748"},
+		{name: "decimal as loom ls --json prints it", flag: "4567", want: "4567"},
+		{name: "digits that are only a live id in hex", flag: "1234", want: "4660"},
+		{name: "0x settles digits that name two instances", flag: "0x99", want: "153"},
+		{name: "digits that name two instances are refused", flag: "99", wantErr: "names two instances, 99 in hex and 99 in decimal"},
+		{name: "not a number", flag: "xyz", wantErr: "in hex as loom ls prints it"},
+		{name: "zero", flag: "0", wantErr: "non-zero"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := parseInstanceID(tc.flag)
+			var out bytes.Buffer
+			if err == nil {
+				err = call(ctx, &out, "calltest/ids/who", map[string]any{}, id, 10*time.Second)
+			}
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("--instance %s: %v, printed %q; want an error containing %q", tc.flag, err, &out, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || strings.TrimSpace(out.String()) != tc.want {
+				t.Fatalf("--instance %s: %v, answered by %q; want %s", tc.flag, err, strings.TrimSpace(out.String()), tc.want)
+			}
+		})
+	}
+}
+
+func TestLsOnMemoryDiscoverySaysItSeesOnlyItself(t *testing.T) {
+	for _, args := range [][]string{{"ls"}, {"ls", "--json"}} {
+		cmd := exec.Command(loomBin, args...)
+		cmd.Env = append(cmd.Environ(), "LOOM_DISCOVERY=memory", "LOOM_LOG_LEVEL=error", "LOOM_STATUS_PORT=0")
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("loom %s: %v\n%s", strings.Join(args, " "), err, &stderr)
+		}
+		if !strings.Contains(stderr.String(), "discovery.backend is memory") || !strings.Contains(stderr.String(), "loom up") {
+			t.Errorf("loom %s said on stderr %q; want the memory discovery hint", strings.Join(args, " "), &stderr)
+		}
+		if len(args) == 2 && strings.TrimSpace(stdout.String()) != "[]" {
+			t.Errorf("loom ls --json printed %q; want [] alone on stdout", &stdout)
+		}
 	}
 }

@@ -9,13 +9,14 @@ import (
 )
 
 func newConfig() *cobra.Command {
-	var markdown bool
+	var markdown, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "config",
 		Short: "Print every configuration key's effective value and where it came from",
 		Long: `Print every configuration key's effective value and its source: default,
 a TOML file (/opt/loom/defaults/*.toml, /opt/loom/etc/*.toml, $LOOM_CONFIG),
-or an environment variable. Secrets are masked. With --markdown, print the
+or an environment variable. Secrets are masked. With --json, print a JSON
+array of {"key", "value", "source"} objects; with --markdown, print the
 documentation table of every key instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -27,7 +28,13 @@ documentation table of every key instead.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprint(cmd.OutOrStdout(), loaded.Table())
+			if asJSON {
+				if err := printJSON(cmd.OutOrStdout(), loaded.Settings()); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprint(cmd.OutOrStdout(), loaded.Table())
+			}
 			for _, w := range loaded.Warnings {
 				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 			}
@@ -35,5 +42,6 @@ documentation table of every key instead.`,
 		},
 	}
 	cmd.Flags().BoolVar(&markdown, "markdown", false, "print the documentation table of every key as Markdown")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array of every key's value and source")
 	return cmd
 }

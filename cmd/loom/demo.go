@@ -19,7 +19,7 @@ import (
 
 func newDemo() *cobra.Command {
 	opts := demo.DefaultOptions()
-	var serve bool
+	var serve, asJSON bool
 	var dashAddr string
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -33,22 +33,31 @@ otherwise.
 
 With --serve it keeps serving after the batch until SIGINT or SIGTERM, then
 shuts down gracefully (see shutdown.* in loom config). With --dashboard it
-also serves the live page of loom dashboard on that address.`,
+also serves the live page of loom dashboard on that address.
+
+With --json the summary is one JSON object on standard output and the other
+lines go to standard error. The progress line redraws itself only on a
+terminal.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts.Observable = dashAddr != ""
 			if dashAddr != "" && !serve {
-				return fmt.Errorf("--dashboard needs --serve: the page is for a demo that keeps running")
+				return &usageError{cmd, fmt.Errorf("--dashboard needs --serve: the page is for a demo that keeps running")}
+			}
+			opts.Progress = !asJSON && isTerminal(cmd.OutOrStdout())
+			out := demoOut{out: cmd.OutOrStdout(), info: cmd.OutOrStdout(), json: asJSON}
+			if asJSON {
+				out.info = cmd.ErrOrStderr()
 			}
 			if serve {
 				loom.Run(func(ctx context.Context, rt *loom.Runtime) error {
-					return runDemoWith(ctx, cmd.OutOrStdout(), opts, rt.Logger(), rt, true, dashAddr)
+					return runDemoWith(ctx, out, opts, rt.Logger(), rt, true, dashAddr)
 				})
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-			return runDemo(ctx, cmd.OutOrStdout(), opts, log, nil, false)
+			return runDemoWith(ctx, out, opts, log, nil, false, "")
 		},
 	}
 	f := cmd.Flags()
@@ -61,16 +70,25 @@ also serves the live page of loom dashboard on that address.`,
 	f.StringVar(&opts.Plane, "plane", opts.Plane, "how calls travel: tcp (Loom's protocol over loopback), nats, or local (the in-process fast path)")
 	f.BoolVar(&serve, "serve", false, "keep serving after the batch until SIGINT / SIGTERM")
 	f.StringVar(&dashAddr, "dashboard", "", "with --serve, also serve the dashboard page on this address (host:port)")
+	f.BoolVar(&asJSON, "json", false, "print the summary as one JSON object (other lines go to standard error)")
 	return cmd
 }
 
+// demoOut is where the demo writes: the summary to out (as JSON if json),
+// the rest to info.
+type demoOut struct {
+	out, info io.Writer
+	json      bool
+}
+
 func runDemo(ctx context.Context, out io.Writer, opts demo.Options, log *slog.Logger, fe *loom.Runtime, serve bool) error {
-	return runDemoWith(ctx, out, opts, log, fe, serve, "")
+	return runDemoWith(ctx, demoOut{out: out, info: out}, opts, log, fe, serve, "")
 }
 
 // runDemoWith is runDemo that also serves the dashboard on dashAddr if it
 // is not empty.
-func runDemoWith(ctx context.Context, out io.Writer, opts demo.Options, log *slog.Logger, fe *loom.Runtime, serve bool, dashAddr string) error {
+func runDemoWith(ctx context.Context, o demoOut, opts demo.Options, log *slog.Logger, fe *loom.Runtime, serve bool, dashAddr string) error {
+	out := o.info
 	fmt.Fprintf(out, "loom demo: %d backend instances of demo/backend/generate, %d requests, %d at a time, %d tokens each, over %s\n",
 		opts.Instances, opts.Requests, opts.Concurrency, opts.Tokens, opts.Plane)
 	sys, err := demo.Start(ctx, opts, log, fe)
@@ -87,7 +105,14 @@ func runDemoWith(ctx context.Context, out io.Writer, opts demo.Options, log *slo
 		fmt.Fprintf(out, "  dashboard on %s\n", dash.URL())
 	}
 	sum := sys.Batch(ctx, out)
-	sum.Print(out, sys.Backends())
+	if o.json {
+		if err := printJSON(o.out, sum.Report(sys.Backends())); err != nil {
+			sys.Shutdown(context.Background())
+			return err
+		}
+	} else {
+		sum.Print(o.out, sys.Backends())
+	}
 	if serve {
 		fmt.Fprintln(out, "\nserving demo/backend/generate; SIGINT or SIGTERM to stop")
 		<-ctx.Done()

@@ -358,10 +358,8 @@ type progress struct {
 func newProgress(w io.Writer, mode string) *progress {
 	if mode == "auto" {
 		mode = "lines"
-		if f, ok := w.(*os.File); ok {
-			if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-				mode = "bar"
-			}
+		if isTerminal(w) {
+			mode = "bar"
 		}
 	}
 	return &progress{w: w, mode: mode}

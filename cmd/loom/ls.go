@@ -50,6 +50,9 @@ instance as it is Added or Removed until Ctrl-C.`,
 				return err
 			}
 			defer rt.Shutdown(context.Background())
+			if memoryDiscovery(rt) {
+				fmt.Fprintln(cmd.ErrOrStderr(), "loom ls: discovery.backend is memory, which sees only this process, so no instance of another; start loom up and set the lines it prints in this shell (LOOM_DISCOVERY, ETCD_ENDPOINTS, NATS_SERVER)")
+			}
 			if watch {
 				return watchInstances(ctx, cmd.OutOrStdout(), rt.Discovery(), q, asJSON)
 			}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/cmd/loom/internal/demo"
+	"github.com/loomrt/loom/config"
 )
 
 var loomBin string
@@ -90,6 +92,45 @@ func TestLoomDemoBinaryExitsZero(t *testing.T) {
 	if !strings.Contains(string(out), "requests        50 (0 failed)") {
 		t.Fatalf("unexpected output:\n%s", out)
 	}
+	// Standard output is a pipe here: a progress line redrawn with \r
+	// would leave every frame in it.
+	if strings.Contains(string(out), "\r") {
+		t.Errorf("loom demo wrote \\r to a pipe:\n%q", out)
+	}
+}
+
+func TestLoomDemoJSONPrintsTheSummaryAsOneObject(t *testing.T) {
+	cmd := exec.Command(loomBin, "demo", "--requests", "30", "--json")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("loom demo --json: %v\n%s", err, &stderr)
+	}
+	var r demo.Report
+	dec := json.NewDecoder(&stdout)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		t.Fatalf("loom demo --json printed no JSON object: %v\n%s", err, stdout.String())
+	}
+	if dec.More() {
+		t.Errorf("loom demo --json printed more than one value")
+	}
+	if r.Requests != 30 || r.Failed != 0 || r.StreamedItems != 30*demo.DefaultOptions().Tokens || !r.NATS.JetStream || r.LatencyP99MS < r.LatencyP50MS || r.LatencyP50MS <= 0 {
+		t.Errorf("report: %+v", r)
+	}
+	total := 0
+	for _, p := range r.PerInstance {
+		if p.InstanceID == 0 {
+			t.Errorf("an instance without its id: %+v", r.PerInstance)
+		}
+		total += p.Requests
+	}
+	if len(r.PerInstance) != demo.DefaultOptions().Instances || total != 30 {
+		t.Errorf("per instance %+v; want %d instances serving 30 requests", r.PerInstance, demo.DefaultOptions().Instances)
+	}
+	if !strings.Contains(stderr.String(), "loom demo: ") {
+		t.Errorf("the banner did not go to standard error: %q", &stderr)
+	}
 }
 
 func TestLoomDemoServeStopsGracefullyOnSIGTERM(t *testing.T) {
@@ -150,6 +191,41 @@ func TestLoomConfigPrintsValuesAndSources(t *testing.T) {
 	}
 	if strings.Contains(string(out), "hunter2") {
 		t.Error("loom config printed a secret")
+	}
+}
+
+func TestLoomConfigJSONListsEveryKey(t *testing.T) {
+	cmd := exec.Command(loomBin, "config", "--json")
+	cmd.Env = append(os.Environ(), "LOOM_SHUTDOWN_TIMEOUT=45s", "NATS_AUTH_TOKEN=hunter2")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var got []map[string]string
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("loom config --json printed no JSON array: %v\n%s", err, out)
+	}
+	seen := map[string]map[string]string{}
+	for _, s := range got {
+		if len(s) != 3 {
+			t.Errorf("an entry with fields other than key, value and source: %v", s)
+		}
+		seen[s["key"]] = s
+	}
+	if len(got) != len(config.Keys()) {
+		t.Errorf("%d entries, want one per key (%d)", len(got), len(config.Keys()))
+	}
+	for key, want := range map[string][2]string{
+		"shutdown.timeout": {"45s", "env LOOM_SHUTDOWN_TIMEOUT"},
+		"nats.token":       {"****", "env NATS_AUTH_TOKEN"},
+		"client.router":    {"round_robin", "default"},
+	} {
+		if s := seen[key]; s["value"] != want[0] || s["source"] != want[1] {
+			t.Errorf("%s: %v, want value %q from %q", key, s, want[0], want[1])
+		}
+	}
+	if strings.Contains(string(out), "hunter2") {
+		t.Error("loom config --json printed a secret")
 	}
 }
 

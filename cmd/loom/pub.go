@@ -24,6 +24,15 @@ type pubOptions struct {
 	transport   string
 	subscribers int
 	timeout     time.Duration
+	json        bool
+}
+
+// published is a line of loom pub --json: the fields of loom sub --json
+// that name the event.
+type published struct {
+	Subject     string `json:"subject"`
+	PublisherID uint64 `json:"publisher_id"`
+	Sequence    uint64 `json:"sequence"`
 }
 
 func newPub() *cobra.Command {
@@ -35,7 +44,8 @@ func newPub() *cobra.Command {
 endpoint), on the transport events.transport names (see loom config). The
 event is JSON, encoded with events.codec; with - or no event, each line of
 standard input is one event. Each published event is printed with its
-subject, publisher id and sequence number.
+subject, publisher id and sequence number; with --json, as a line of JSON
+with the names loom sub --json uses.
 
 A ZeroMQ publisher only reaches subscribers already connected to it: use
 --wait-subscribers to wait for them first.`,
@@ -68,6 +78,7 @@ A ZeroMQ publisher only reaches subscribers already connected to it: use
 	f.StringVar(&o.codec, "codec", "", "msgpack or json (default events.codec)")
 	f.StringVar(&o.transport, "transport", "", "nats, zmq or jetstream (default events.transport)")
 	f.IntVar(&o.subscribers, "wait-subscribers", 0, "ZeroMQ: wait until this many subscribers are connected")
+	f.BoolVar(&o.json, "json", false, "print each published event as a line of JSON")
 	f.DurationVar(&o.timeout, "timeout", o.timeout, "give up waiting for subscribers, or for the events to leave, after this long")
 	return cmd
 }
@@ -107,9 +118,14 @@ func publish(ctx context.Context, out, errOut io.Writer, scope events.Scope, top
 		if err := p.Publish(ctx, v); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "published %s publisher=%x sequence=%d\n", p.Subject(), p.ID(), seq)
+		var err error
+		if o.json {
+			err = printJSONLine(out, published{Subject: p.Subject(), PublisherID: p.ID(), Sequence: seq})
+		} else {
+			_, err = fmt.Fprintf(out, "published %s publisher=%x sequence=%d\n", p.Subject(), p.ID(), seq)
+		}
 		seq++
-		return nil
+		return err
 	}
 	if in == nil {
 		for i := range o.count {

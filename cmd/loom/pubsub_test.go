@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"regexp"
@@ -186,6 +188,69 @@ func TestLoomUpRunsAZMQBroker(t *testing.T) {
 	sub.exit()
 	if got, _ := sub.lines(); len(got) != 2 || !strings.Contains(got[1], `sequence=1 {"active":1}`) {
 		t.Fatalf("loom sub through the broker printed %q", got)
+	}
+	_ = up.cmd.Process.Signal(syscall.SIGTERM)
+	up.exit()
+}
+
+// TestLoomUpJSONWithTheBrokerPortsAfterASpace starts `loom up --json
+// --zmq-broker 0,0` (the ports after a space, not an =) and publishes with
+// loom pub --json through what it printed.
+func TestLoomUpJSONWithTheBrokerPortsAfterASpace(t *testing.T) {
+	up := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--discovery", "natskv",
+		"--data-dir", t.TempDir(), "--json", "--zmq-broker", "0,0")
+	up.waitStderr(`^loom up: serving`)
+	var env map[string]string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		out, _ := up.lines()
+		if len(out) > 0 {
+			if len(out) != 1 {
+				t.Fatalf("loom up --json printed %d lines, want one JSON object: %q", len(out), out)
+			}
+			if err := json.Unmarshal([]byte(out[0]), &env); err != nil {
+				t.Fatalf("loom up --json printed %q: %v", out[0], err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("loom up --json printed nothing on standard output")
+		}
+	}
+	for key, prefix := range map[string]string{
+		"NATS_SERVER": "nats://127.0.0.1:", "LOOM_DISCOVERY": "natskv", "LOOM_STATUS_PORT": "-1",
+		"LOOM_EVENTS_TRANSPORT": "zmq", "LOOM_EVENTS_ZMQ_BROKER_PUB": "tcp://127.0.0.1:", "LOOM_EVENTS_ZMQ_BROKER_SUB": "tcp://127.0.0.1:",
+	} {
+		if !strings.HasPrefix(env[key], prefix) {
+			t.Errorf("loom up --json: %s=%q, want it to start with %q", key, env[key], prefix)
+		}
+	}
+	if env["LOOM_EVENTS_ZMQ_BROKER_PUB"] == "tcp://127.0.0.1:5557" {
+		t.Errorf("--zmq-broker 0,0 ran the broker on the default ports: %v", env)
+	}
+	vars := []string{"LOOM_LOG_LEVEL=warn"}
+	for k, v := range env {
+		vars = append(vars, k+"="+v)
+	}
+	cmd := exec.Command(loomBin, "pub", "dyn/w1", "load_metrics", `{"active": 1}`, "--count", "2", "--json")
+	cmd.Env = append(os.Environ(), vars...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("loom pub --json: %v\n%s", err, &stderr)
+	}
+	dec := json.NewDecoder(&stdout)
+	for i := range 2 {
+		var p struct {
+			Subject     string `json:"subject"`
+			PublisherID uint64 `json:"publisher_id"`
+			Sequence    uint64 `json:"sequence"`
+		}
+		if err := dec.Decode(&p); err != nil {
+			t.Fatalf("loom pub --json line %d: %v", i+1, err)
+		}
+		if p.Subject != "namespace.dyn.component.w1.load_metrics" || p.PublisherID == 0 || p.Sequence != uint64(i) {
+			t.Errorf("loom pub --json line %d: %+v", i+1, p)
+		}
 	}
 	_ = up.cmd.Process.Signal(syscall.SIGTERM)
 	up.exit()

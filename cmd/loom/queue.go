@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"strconv"
@@ -132,6 +131,7 @@ func newQueueInfo() *cobra.Command {
 
 func newQueueAdd() *cobra.Command {
 	var key string
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "add QUEUE ['<json job>' ...]",
 		Short: "Add jobs to a work queue, given as JSON (or one per line on stdin)",
@@ -139,7 +139,9 @@ func newQueueAdd() *cobra.Command {
 without any, each line of standard input is one. Jobs are encoded with the
 queue's codec (MessagePack or JSON; a queue of bytes takes a JSON string as
 its text). --key sets an idempotency key: adding the same job with the same
-key twice within the duplicate window stores it once.`,
+key twice within the duplicate window stores it once. Each added job is
+printed with its sequence number; with --json, as a line of JSON
+({"queue": ..., "seq": ...}).`,
 		Example: `  loom queue add prefill_queue '{"request_id": "r1", "prompt_token_ids": [1, 2, 3]}'
   jq -c '.[]' jobs.json | loom queue add prefill_queue`,
 		Args: cobra.MinimumNArgs(1),
@@ -166,14 +168,28 @@ key twice within the duplicate window stores it once.`,
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(cmd.OutOrStdout(), "added job %d to %s\n", seq, args[0])
+					if asJSON {
+						err = printJSONLine(cmd.OutOrStdout(), addedJob{Queue: args[0], Seq: seq})
+					} else {
+						_, err = fmt.Fprintf(cmd.OutOrStdout(), "added job %d to %s\n", seq, args[0])
+					}
+					if err != nil {
+						return err
+					}
 				}
 				return nil
 			})
 		},
 	}
 	cmd.Flags().StringVar(&key, "key", "", "idempotency key of the jobs")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print each added job as a line of JSON")
 	return cmd
+}
+
+// addedJob is a line of loom queue add --json.
+type addedJob struct {
+	Queue string `json:"queue"`
+	Seq   uint64 `json:"seq"`
 }
 
 func newQueuePeek() *cobra.Command {
@@ -295,12 +311,6 @@ func jobJSON(m workqueue.Message) json.RawMessage {
 		return b
 	}
 	return j
-}
-
-func printJSON(out io.Writer, v any) error {
-	enc := json.NewEncoder(out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 func since(t time.Time) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os/exec"
 	"regexp"
@@ -63,6 +64,35 @@ func TestQueueCommandsListPeekAddAndRepairDeadLetters(t *testing.T) {
 	if !strings.Contains(out, "QUEUE") || !regexpMatch(`prefill_queue\s+3\s+3\s+0\s+0\s+0\s+msgpack\s+memory\s+1`, out) {
 		t.Errorf("ls printed:\n%s", out)
 	}
+	// --json speaks snake_case, as every other --json does.
+	out = loomQueue(t, url, "", "ls", "--json")
+	var listed []map[string]any
+	if err := json.Unmarshal([]byte(out), &listed); err != nil || len(listed) != 1 {
+		t.Fatalf("ls --json printed %v:\n%s", err, out)
+	}
+	for key, want := range map[string]any{"name": "prefill_queue", "jobs": 3.0, "pending": 3.0, "in_flight": 0.0, "dead_letters": 0.0, "max_deliver": 1.0, "codec": "msgpack", "storage": "memory"} {
+		if listed[0][key] != want {
+			t.Errorf("ls --json: %q is %v, want %v:\n%s", key, listed[0][key], want, out)
+		}
+	}
+	for key := range listed[0] {
+		if key != strings.ToLower(key) {
+			t.Errorf("ls --json has the key %q; want snake_case:\n%s", key, out)
+		}
+	}
+	out = loomQueue(t, url, "", "info", "prefill_queue", "--json")
+	if !strings.Contains(out, `"subject": `) || !strings.Contains(out, `"jobs": 3,`) || strings.Contains(out, `"Jobs"`) {
+		t.Errorf("info --json printed:\n%s", out)
+	}
+	out = loomQueue(t, url, "", "add", "prefill_queue", "--json", `{"request_id": "r4", "tokens": []}`)
+	var added struct {
+		Queue string `json:"queue"`
+		Seq   uint64 `json:"seq"`
+	}
+	if err := json.Unmarshal([]byte(out), &added); err != nil || added.Queue != "prefill_queue" || added.Seq != 4 {
+		t.Errorf("add --json printed %q (%v)", out, err)
+	}
+
 	out = loomQueue(t, url, "", "peek", "prefill_queue", "-n", "2")
 	if !strings.Contains(out, `{"request_id":"r1","tokens":[1,2,3]}`) || strings.Contains(out, "r3") {
 		t.Errorf("peek -n 2 printed:\n%s", out)

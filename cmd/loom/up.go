@@ -27,6 +27,7 @@ type upOptions struct {
 	discovery   string
 	verbose     bool
 	zmqBroker   string // "pubport,subport", or "" for none (upbroker.go)
+	json        bool   // print the environment as a JSON object
 }
 
 func newUp() *cobra.Command {
@@ -41,8 +42,20 @@ in a JetStream KV bucket).
 
 It prints the environment lines the components need, one per line; set them
 in each component's environment (for example: export them in its shell).
-Ctrl-C stops the servers cleanly; their data stays in --data-dir.`,
-		Args: cobra.NoArgs,
+With --json it prints them as one JSON object instead. Ctrl-C stops the
+servers cleanly; their data stays in --data-dir.`,
+		Example: `  loom up
+  loom up --discovery natskv --zmq-broker 5567,5568
+  loom up --json`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			// --zmq-broker's ports are optional, so pflag leaves them as an
+			// argument when they follow a space: take them back.
+			if len(args) == 1 && cmd.Flags().Changed("zmq-broker") && o.zmqBroker == defaultZMQBrokerPorts && brokerPorts.MatchString(args[0]) {
+				o.zmqBroker = args[0]
+				return nil
+			}
+			return cobra.NoArgs(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -60,6 +73,7 @@ Ctrl-C stops the servers cleanly; their data stays in --data-dir.`,
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log the servers' own lines")
 	f.StringVar(&o.zmqBroker, "zmq-broker", "", "also run a ZeroMQ event broker on these ports (publishers,subscribers); alone, 5557,5558")
 	f.Lookup("zmq-broker").NoOptDefVal = defaultZMQBrokerPorts
+	f.BoolVar(&o.json, "json", false, "print the environment as one JSON object")
 	return cmd
 }
 
@@ -103,8 +117,18 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 	// Each component runs a status server on a free port and names it in
 	// its instance records, so that loom dashboard can read its load.
 	env = append(env, [2]string{"LOOM_STATUS_PORT", "-1"})
-	for _, kv := range env {
-		fmt.Fprintf(out, "%s=%s\n", kv[0], kv[1])
+	if o.json {
+		obj := make(map[string]string, len(env))
+		for _, kv := range env {
+			obj[kv[0]] = kv[1]
+		}
+		if err := printJSONLine(out, obj); err != nil {
+			return err
+		}
+	} else {
+		for _, kv := range env {
+			fmt.Fprintf(out, "%s=%s\n", kv[0], kv[1])
+		}
 	}
 	monitorNote := ""
 	if o.monitorPort != 0 {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -14,6 +15,9 @@ import (
 // publishers connect to the first (the broker's XSUB side), subscribers
 // to the second (its XPUB side).
 const defaultZMQBrokerPorts = "5557,5558"
+
+// brokerPorts is what --zmq-broker's value looks like.
+var brokerPorts = regexp.MustCompile(`^\s*\d+\s*,\s*\d+\s*$`)
 
 // startZMQBroker runs an events.Broker on host at the ports spec names and
 // returns the environment lines that send components' events through it.

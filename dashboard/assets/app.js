@@ -165,9 +165,9 @@ function queues(st) {
   const q = st.queues;
   $("queues").innerHTML = (q.error ? `<div class="err-text">${esc(q.error)}</div>` : "") +
     table(["queue", "group", "codec", "#jobs", "#pending", "#in flight", "#redelivered", "#waiting pulls", "#dead letters", "#max deliver", "storage"],
-      q.queues.map((x) => `<tr data-queue="${esc(x.Name)}">` + td(esc(x.Name), "mono") + td(esc(x.Group)) + td(esc(x.Codec)) + tdn(num(x.Jobs, 0)) + tdn(num(x.Pending, 0)) +
-        tdn(num(x.InFlight, 0)) + tdn(num(x.Redelivered, 0)) + tdn(num(x.Waiting, 0)) + tdn(`<span class="${x.DeadLetters ? "bad" : ""}">${num(x.DeadLetters, 0)}</span>`) +
-        tdn(x.MaxDeliver) + td(`${esc(x.Storage)} ×${x.Replicas}`) + "</tr>"),
+      q.queues.map((x) => `<tr data-queue="${esc(x.name)}">` + td(esc(x.name), "mono") + td(esc(x.group)) + td(esc(x.codec)) + tdn(num(x.jobs, 0)) + tdn(num(x.pending, 0)) +
+        tdn(num(x.in_flight, 0)) + tdn(num(x.redelivered, 0)) + tdn(num(x.waiting, 0)) + tdn(`<span class="${x.dead_letters ? "bad" : ""}">${num(x.dead_letters, 0)}</span>`) +
+        tdn(x.max_deliver) + td(`${esc(x.storage)} ×${x.replicas}`) + "</tr>"),
       q.error ? "" : "No work queues on this NATS server.");
 }
 

@@ -400,6 +400,59 @@ func (s *System) Shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// Report is the summary as loom demo --json prints it: times in
+// milliseconds or seconds as the names say, instance ids as JSON numbers
+// (as discovery records have them).
+type Report struct {
+	Requests      int              `json:"requests"`
+	Failed        int              `json:"failed"`
+	StreamedItems int              `json:"streamed_items"`
+	ElapsedS      float64          `json:"elapsed_s"`
+	RequestsPerS  float64          `json:"requests_per_s"`
+	ItemsPerS     float64          `json:"items_per_s"`
+	LatencyP50MS  float64          `json:"latency_p50_ms"`
+	LatencyP99MS  float64          `json:"latency_p99_ms"`
+	TTFTP50MS     float64          `json:"ttft_p50_ms"`
+	PerInstance   []InstanceReport `json:"per_instance"`
+	NATS          NATSReport       `json:"nats"`
+	FirstFailure  string           `json:"first_failure,omitempty"`
+}
+
+// InstanceReport is one backend's share of the requests.
+type InstanceReport struct {
+	InstanceID uint64 `json:"instance_id"`
+	Requests   int    `json:"requests"`
+}
+
+// NATSReport is the embedded server the demo ran on.
+type NATSReport struct {
+	URL       string  `json:"url"`
+	JetStream bool    `json:"jetstream"`
+	RTTMS     float64 `json:"rtt_ms"`
+}
+
+// Report returns the summary for printing as JSON, with the backends ids
+// in start order.
+func (sum Summary) Report(ids []uint64) Report {
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	r := Report{
+		Requests: sum.Requests, Failed: sum.Errors, StreamedItems: sum.Items, ElapsedS: sum.Elapsed.Seconds(),
+		LatencyP50MS: ms(sum.P50), LatencyP99MS: ms(sum.P99), TTFTP50MS: ms(sum.TTFT50),
+		PerInstance: make([]InstanceReport, 0, len(ids)),
+		NATS:        NATSReport{URL: sum.NATSURL, JetStream: sum.JetStream, RTTMS: ms(sum.NATSRTT)},
+	}
+	if sum.Elapsed > 0 {
+		r.RequestsPerS, r.ItemsPerS = float64(sum.Requests)/sum.Elapsed.Seconds(), float64(sum.Items)/sum.Elapsed.Seconds()
+	}
+	for _, id := range ids {
+		r.PerInstance = append(r.PerInstance, InstanceReport{InstanceID: id, Requests: sum.PerInstance[id]})
+	}
+	if sum.FirstFailure != nil {
+		r.FirstFailure = sum.FirstFailure.Error()
+	}
+	return r
+}
+
 // Print writes the summary as the demo shows it.
 func (sum Summary) Print(w io.Writer, ids []uint64) {
 	fmt.Fprintf(w, "\nsummary\n")
