@@ -16,7 +16,8 @@ import (
 
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/discovery"
-	"github.com/loomrt/loom/internal/mux"
+	"github.com/loomrt/loom/internal/plane"
+	"github.com/loomrt/loom/internal/planes"
 	"github.com/loomrt/loom/internal/supervise"
 	"github.com/loomrt/loom/metrics"
 )
@@ -51,15 +52,7 @@ func (c *clientCore) usable(cand *Candidate, now int64) bool {
 	if cand.avoidUntil.Load() > now {
 		return false
 	}
-	if cand.Transport == TransportTCP {
-		if _, draining := c.rt.planes.draining.Load(cand.Address); draining {
-			return false
-		}
-		if until, stalled := c.rt.planes.stalled.Load(cand.Address); stalled && until.(int64) > now {
-			return false
-		}
-	}
-	return true
+	return c.planes.Usable(cand.Transport, cand.Address, now)
 }
 
 // WithPicker routes requests with p instead of the picker named by
@@ -91,6 +84,7 @@ type Client[Req, Resp any] struct {
 // clientCore is the untyped part of a Client: the live instance set.
 type clientCore struct {
 	rt       *Runtime
+	planes   *planes.Planes // what calls to other processes go out on
 	path     string
 	query    discovery.Query
 	picker   Picker
@@ -133,7 +127,7 @@ func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientO
 		o.picker = p
 	}
 	c := &clientCore{
-		rt: rt, path: ep.path, query: ep.query(), picker: o.picker, wait: o.wait, noRetry: o.noRetry, borrow: o.borrow,
+		rt: rt, planes: rt.planes, path: ep.path, query: ep.query(), picker: o.picker, wait: o.wait, noRetry: o.noRetry, borrow: o.borrow,
 		local: rt.cfg.Client.LocalFastPath, cooldown: rt.cfg.Client.FailureCooldown, maxFrame: rt.cfg.RequestPlane.MaxFrameSize,
 		m:     rt.metrics.Client(ep.comp.ns.name, ep.comp.name, ep.name),
 		cands: make(map[uint64]*Candidate), changed: make(chan struct{}),
@@ -241,7 +235,7 @@ func (c *clientCore) replace(set map[uint64]discovery.Instance) {
 		}
 	}
 	for id, inst := range set {
-		if !speaks(inst.Transport) {
+		if !planes.Speaks(inst.Transport) {
 			delete(c.cands, id)
 			continue
 		}
@@ -255,7 +249,7 @@ func (c *clientCore) replace(set map[uint64]discovery.Instance) {
 func (c *clientCore) update(inst discovery.Instance, added bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if added && speaks(inst.Transport) {
+	if added && planes.Speaks(inst.Transport) {
 		c.cands[inst.ID] = c.candidate(inst)
 	} else {
 		delete(c.cands, inst.ID)
@@ -266,7 +260,7 @@ func (c *clientCore) update(inst discovery.Instance, added bool) {
 // candidate makes a Candidate of a new record. A new record at an address
 // that sent GOAWAY is a new server there, so the address is usable again.
 func (c *clientCore) candidate(inst discovery.Instance) *Candidate {
-	c.rt.planes.draining.Delete(inst.Address)
+	c.planes.Restarted(inst.Address)
 	return &Candidate{Instance: inst, key: inst.Key()}
 }
 
@@ -510,9 +504,9 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 		encodeBufs.Put(bp)
 		return false, fmt.Errorf("loom: %s: encode request: %w", c.path, err), false
 	}
-	mr := mux.Request{Path: c.path, Codec: cdc.Name(), Payload: payload}
+	mr := plane.Request{Path: c.path, Codec: cdc.Name(), Payload: payload}
 	call.request(ctx, &mr)
-	stream, err := c.rt.open(ctx, cand, mr)
+	stream, err := c.planes.Open(ctx, planes.Target{Transport: cand.Transport, Address: cand.Address, TLS: cand.TLS}, mr)
 	if cap(payload) <= maxPooledEncodeBuf {
 		*bp = payload[:0]
 		encodeBufs.Put(bp)
@@ -643,10 +637,3 @@ func (c *Client[Req, Resp]) WaitForInstances(ctx context.Context, n int) error {
 // Close stops the client's discovery watch. Calls in progress finish; new
 // ones fail with ErrClosed.
 func (c *Client[Req, Resp]) Close() { c.core.close() }
-
-// speaks reports whether a runtime can call an instance with transport t.
-// Instances of other planes (a Dynamo worker's, read from a record of
-// Dynamo's) are never routed to.
-func speaks(t string) bool {
-	return t == TransportTCP || t == TransportNATS || t == TransportLocal
-}

@@ -15,6 +15,7 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery"
 	_ "github.com/loomrt/loom/discovery/memory" // the default backend
+	"github.com/loomrt/loom/internal/planes"
 	"github.com/loomrt/loom/internal/supervise"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/natsconn"
@@ -42,7 +43,8 @@ type Runtime struct {
 	nc      *nats.Conn
 	ownNATS bool
 
-	planes planes
+	planes *planes.Planes // the request planes, started on first use
+	paths  pathTable      // the endpoints served here, by path
 	status *statusServer
 	trace  tracing
 
@@ -159,6 +161,14 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 		rt.id = discovery.RandomID()
 	}
 	rt.log = log.With("instance", fmt.Sprintf("%x", rt.id))
+	rt.planes = planes.New(planes.Config{
+		RequestPlane:    rt.cfg.RequestPlane,
+		FailureCooldown: rt.cfg.Client.FailureCooldown,
+		ID:              rt.id,
+		Logger:          rt.log,
+		OnLimit:         rt.metrics.LimitHit,
+		NATS:            rt.NATS,
+	}, &rt.paths)
 	rt.tasks = supervise.New(rctx, rt.log, rt.metrics.TaskPanicked)
 	rt.started = time.Now()
 	if err := rt.startStatus(); err != nil {
@@ -368,7 +378,7 @@ func (rt *Runtime) drain(ctx context.Context) error {
 	// GOAWAY goes out as the drain begins, so connected clients stop
 	// sending here before discovery tells them.
 	serving := make(chan error, 1)
-	go func() { serving <- rt.stopServing(ctx) }()
+	go func() { serving <- rt.planes.Shutdown(ctx) }()
 	err := shutdownAll(ctx, eps)
 	return errors.Join(err, <-serving)
 }
@@ -387,7 +397,7 @@ func (rt *Runtime) close() error {
 	for _, c := range clients {
 		c.close()
 	}
-	errs := []error{rt.closeCallers(), rt.stopStatus()}
+	errs := []error{rt.planes.Close(), rt.stopStatus()}
 	stopCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	errs = append(errs, rt.tasks.Stop(stopCtx))

@@ -182,20 +182,20 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 
 	undo := func() {
 		localServers.CompareAndDelete(s.key, s)
-		rt.planes.byPath.CompareAndDelete(ep.path, s)
+		rt.paths.remove(s)
 		s.releaseParents()
 		rt.mu.Lock()
 		ep.served = nil
 		rt.mu.Unlock()
 	}
-	transport, addr, tls, err := rt.serveOn(ctx)
+	transport, addr, tls, err := rt.planes.Serve(ctx)
 	if err != nil {
 		undo()
 		return fmt.Errorf("loom: serve %s: %w", ep.path, err)
 	}
 	s.inst.Transport, s.inst.Address, s.inst.TLS = transport, addr, tls
 	localServers.Store(s.key, s)
-	rt.planes.byPath.Store(ep.path, s)
+	rt.paths.add(s)
 	if err := rt.disc.Register(ctx, s.inst); err != nil {
 		undo()
 		return fmt.Errorf("loom: serve %s: register instance %x: %w", ep.path, rt.id, err)
@@ -567,7 +567,7 @@ func shutdownAll(ctx context.Context, eps []*Endpoint) error {
 	}
 	for _, s := range all {
 		localServers.CompareAndDelete(s.key, s)
-		s.ep.Runtime().planes.byPath.CompareAndDelete(s.ep.path, s)
+		s.ep.Runtime().paths.remove(s)
 		s.releaseParents()
 	}
 	if left > 0 {

@@ -1,0 +1,189 @@
+package planes_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/plane"
+	"github.com/loomrt/loom/internal/planes"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// upper serves every path it knows by sending the request upper-cased,
+// then once more after the stop signal if it was asked to wait for it.
+type upper struct{ paths map[string]context.Context }
+
+func (u upper) StreamContext(path string) context.Context { return u.paths[path] }
+
+func (u upper) ServeStream(s planes.Stream, stop context.Context) error {
+	if _, ok := u.paths[s.Path()]; !ok {
+		return errors.New("not here")
+	}
+	if err := s.Send([]byte(strings.ToUpper(string(s.Payload())))); err != nil {
+		return err
+	}
+	if string(s.Payload()) == "wait" {
+		select {
+		case <-stop.Done():
+			return s.Send([]byte("stopped"))
+		case <-s.Context().Done():
+			return s.Context().Err()
+		}
+	}
+	return nil
+}
+
+func newPlanes(t *testing.T, transport string) *planes.Planes {
+	t.Helper()
+	rc := config.Default().RequestPlane
+	rc.Transport, rc.Host, rc.Port = transport, "127.0.0.1", 0
+	cfg := planes.Config{RequestPlane: rc, FailureCooldown: time.Second, ID: 0xabc, Logger: quiet, OnLimit: func(string) {}}
+	if transport == planes.NATS {
+		ns, err := embedded.StartNATS(embedded.NATSOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(ns.Shutdown)
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		cfg.NATS = func(context.Context) (*nats.Conn, error) { return nc, nil }
+	}
+	return planes.New(cfg, upper{paths: map[string]context.Context{"a/b/c": context.Background()}})
+}
+
+func recvAll(t *testing.T, s planes.ClientStream) []string {
+	t.Helper()
+	defer s.Close()
+	var got []string
+	for {
+		b, err := s.Recv()
+		if err == io.EOF {
+			return got
+		}
+		if err != nil {
+			t.Fatalf("after %q: %v", got, err)
+		}
+		got = append(got, string(b))
+	}
+}
+
+func TestEachPlaneServesCallsAndStops(t *testing.T) {
+	for _, transport := range []string{planes.TCP, planes.NATS} {
+		t.Run(transport, func(t *testing.T) {
+			p := newPlanes(t, transport)
+			ctx := context.Background()
+			tr, addr, tlsOn, err := p.Serve(ctx)
+			if err != nil || tr != transport || addr == "" || tlsOn {
+				t.Fatalf("Serve: %q %q %v %v", tr, addr, tlsOn, err)
+			}
+			if transport == planes.NATS && addr != planes.Subject(0xabc) {
+				t.Fatalf("NATS plane serves on %q, want %q", addr, planes.Subject(0xabc))
+			}
+			target := planes.Target{Transport: tr, Address: addr}
+			s, err := p.Open(ctx, target, plane.Request{Path: "a/b/c", Payload: []byte("hi")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := recvAll(t, s); len(got) != 1 || got[0] != "HI" {
+				t.Fatalf("got %q, want [HI]", got)
+			}
+			// The stop signal reaches the handler through the stop context.
+			s, err = p.Open(ctx, target, plane.Request{Path: "a/b/c", Payload: []byte("wait")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, err := s.Recv(); err != nil || string(b) != "WAIT" {
+				t.Fatalf("first item %q, %v", b, err)
+			}
+			s.Stop()
+			if got := recvAll(t, s); len(got) != 1 || got[0] != "stopped" {
+				t.Fatalf("after Stop got %q, want [stopped]", got)
+			}
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := p.Shutdown(sctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.Open(ctx, target, plane.Request{Path: "a/b/c"}); !errors.Is(err, plane.ErrPoolClosed) {
+				t.Fatalf("Open after Close: %v, want ErrPoolClosed", err)
+			}
+		})
+	}
+}
+
+func TestOpenNamesWhatCannotBeCalled(t *testing.T) {
+	p := newPlanes(t, planes.TCP)
+	defer p.Close()
+	for _, tt := range []struct {
+		target planes.Target
+		want   string
+	}{
+		{planes.Target{Transport: "dynamo/tcp", Address: "x"}, `"dynamo/tcp"`},
+		{planes.Target{Transport: planes.Local, Address: "x"}, "transport local"},
+		{planes.Target{Transport: planes.TCP, Address: "127.0.0.1:1", TLS: true}, "request_plane.tls_ca_file"},
+	} {
+		_, err := p.Open(context.Background(), tt.target, plane.Request{Path: "a/b/c"})
+		if !errors.Is(err, plane.ErrUnreachable) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%+v: %v, want ErrUnreachable saying %s", tt.target, err, tt.want)
+		}
+	}
+	if !planes.Speaks(planes.TCP) || !planes.Speaks(planes.NATS) || !planes.Speaks(planes.Local) || planes.Speaks("dynamo/tcp") {
+		t.Error("Speaks does not match the planes Open speaks")
+	}
+}
+
+func TestAGoAwayIsForgottenWhenANewServerRegistersAtTheAddress(t *testing.T) {
+	server, client := newPlanes(t, planes.TCP), newPlanes(t, planes.TCP)
+	defer client.Close()
+	ctx := context.Background()
+	_, addr, _, err := server.Serve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := client.Open(ctx, planes.Target{Transport: planes.TCP, Address: addr}, plane.Request{Path: "a/b/c", Payload: []byte("hi")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recvAll(t, s)
+	if !client.Usable(planes.TCP, addr, time.Now().UnixNano()) {
+		t.Fatal("a serving address is not usable")
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := server.Shutdown(sctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for client.Usable(planes.TCP, addr, time.Now().UnixNano()) {
+		if time.Now().After(deadline) {
+			t.Fatal("the GOAWAY of a shut-down server never made its address unusable")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	client.Restarted(addr)
+	if !client.Usable(planes.TCP, addr, time.Now().UnixNano()) {
+		t.Fatal("an address stays unusable after a new server registered there")
+	}
+	if !client.Usable(planes.NATS, "loom.rpc.1", time.Now().UnixNano()) {
+		t.Fatal("a NATS subject is not usable")
+	}
+}
