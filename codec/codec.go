@@ -13,6 +13,8 @@ import (
 	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
+
+	mp "github.com/loomrt/loom/internal/msgpack"
 )
 
 // Codec turns values into bytes and back.
@@ -72,9 +74,9 @@ func (msgpackCodec) Marshal(dst []byte, v any) ([]byte, error) {
 	// of the cost.
 	switch v := v.(type) {
 	case string:
-		return appendStr(dst, v), nil
+		return mp.AppendStr(dst, v), nil
 	case *string:
-		return appendStr(dst, *v), nil
+		return mp.AppendStr(dst, *v), nil
 	case []byte:
 		return appendBin(dst, v), nil
 	case *[]byte:
@@ -119,7 +121,7 @@ func (msgpackCodec) Unmarshal(data []byte, v any) error {
 			return nil
 		}
 	}
-	if err := checkMsgPack(data); err != nil {
+	if err := mp.Check(data, MaxDepth); err != nil {
 		return fmt.Errorf("codec: msgpack decode into %T: malformed input: %w", v, err)
 	}
 	d := msgpackDecoders.Get().(*msgpackDecoder)
@@ -160,7 +162,7 @@ func Borrow(c Codec, data []byte) ([]byte, bool) {
 	if _, ok := c.(msgpackCodec); !ok {
 		return nil, false
 	}
-	p, ok := header(data, false)
+	p, ok := mp.Payload(data, false)
 	if !ok {
 		return nil, false
 	}

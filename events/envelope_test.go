@@ -347,3 +347,34 @@ func TestEnvelopeSizes(t *testing.T) {
 		t.Errorf("compact array: %d bytes, docs say 169", n)
 	}
 }
+
+// BenchmarkEnvelope encodes and decodes each MessagePack form, the work a
+// publisher and a subscriber do per event besides the payload's codec.
+func BenchmarkEnvelope(b *testing.B) {
+	e := sampleEnvelope()
+	for _, form := range []struct {
+		name   string
+		append func([]byte) []byte
+	}{
+		{"dynamo map", e.AppendMsgPack},
+		{"compact", e.AppendMsgPackCompact},
+	} {
+		data := form.append(nil)
+		b.Run("encode "+form.name, func(b *testing.B) {
+			buf := make([]byte, 0, 256)
+			b.ReportAllocs()
+			for b.Loop() {
+				buf = form.append(buf[:0])
+			}
+		})
+		b.Run("decode "+form.name, func(b *testing.B) {
+			var d events.Envelope
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := events.DecodeEnvelope(data, &d); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
