@@ -259,7 +259,7 @@ func startEvLoom(transport string) evStarter {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			for ev, err := range sub.Events() {
+			for ev, err := range sub.Events(context.Background()) {
 				if err != nil {
 					return
 				}

@@ -91,9 +91,11 @@ func (w *eventWatch) ensure(_ context.Context, rt *loom.Runtime, log *slog.Logge
 	w.wg.Go(func() { w.read(sub) })
 }
 
-// read follows the subscription until it ends.
+// read follows the subscription until it ends or the watch's context
+// does, then closes it.
 func (w *eventWatch) read(sub *events.Subscription[[]byte]) {
-	for ev, err := range sub.Events() {
+	defer sub.Close()
+	for ev, err := range sub.Events(w.ctx) {
 		w.mu.Lock()
 		if err != nil {
 			var le *events.LossError

@@ -315,7 +315,7 @@ func TestClusterSurvivesLosingANodeOfEach(t *testing.T) {
 	var delivered atomic.Int64
 	var readers sync.WaitGroup
 	readers.Go(func() {
-		for _, err := range sub.Events() {
+		for _, err := range sub.Events(ctx) {
 			if err != nil {
 				return
 			}

@@ -150,7 +150,7 @@ func TestEveryOverflowPolicyBalancesAtEveryPoint(t *testing.T) {
 			var delivered atomic.Uint64
 			var wg sync.WaitGroup
 			wg.Go(func() {
-				for _, err := range sub.Events() {
+				for _, err := range sub.Events(t.Context()) {
 					if err != nil {
 						t.Error(err)
 						return

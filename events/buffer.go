@@ -1,6 +1,7 @@
 package events
 
 import (
+	"context"
 	"sync"
 )
 
@@ -185,7 +186,7 @@ func (r *ring) passSpaceLocked() {
 // cap(dst) items into dst: first a notice of the merged losses, if any,
 // then the items in order. Once closed and empty it returns the error the
 // ring was closed with (errRingClosed for a plain close).
-func (r *ring) pop(dst []item) ([]item, error) {
+func (r *ring) pop(ctx context.Context, dst []item) ([]item, error) {
 	r.mu.Lock()
 	for r.n == 0 && r.front == nil {
 		if r.closed {
@@ -195,7 +196,13 @@ func (r *ring) pop(dst []item) ([]item, error) {
 		}
 		r.readerWaiting = true
 		r.mu.Unlock()
-		<-r.notify
+		select {
+		case <-r.notify:
+		case <-ctx.Done():
+			// A wake-up sent meanwhile stays in notify: the next pop
+			// takes it and looks again.
+			return dst, ctx.Err()
+		}
 		r.mu.Lock()
 	}
 	if r.front != nil && len(dst) < cap(dst) {

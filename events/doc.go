@@ -12,7 +12,24 @@
 //	err = pub.Publish(ctx, KvEvent{...})
 //
 //	sub, err := events.Subscribe[KvEvent](ctx, rt, events.Scope{Namespace: "dynamo", Component: events.Any}, "kv_events")
-//	for ev, err := range sub.Events() { ... ev.Value, ev.InstanceID, ev.Sequence ... }
+//	for ev, err := range sub.Events(ctx) { ... ev.Value, ev.InstanceID, ev.Sequence ... }
+//
+// # Handles, contexts and stopping
+//
+// Publishers and subscriptions are made from a *loom.Runtime, and from
+// nothing less, because they need more of it than a connection: its
+// instance id (stamped on every event, so a subscriber ties events to the
+// instances discovery lists), its discovery (ZeroMQ publishers register
+// their sockets, subscribers find them), its events.* configuration and
+// metrics, and its lifetime (the runtime's shutdown ends them).
+//
+// A context bounds the call it is passed to: NewPublisher's and
+// Subscribe's the setting up, Publish's and Flush's their wait, Events'
+// one range over the stream (it ends, without an error, when its context
+// does; ranging again continues). A publisher or subscription then lives
+// until it is stopped or its runtime shuts down. Stopping follows
+// net/http's rule: [Publisher.Shutdown] drains (what was published leaves
+// first), [Publisher.Close] and [Subscription.Close] stop now.
 //
 // # Subjects
 //

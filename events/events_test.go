@@ -118,7 +118,7 @@ func TestOverloadedSubscriberCountsEveryLoss(t *testing.T) {
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				for ev, err := range sub.Events() {
+				for ev, err := range sub.Events(t.Context()) {
 					var le *events.LossError
 					if errors.As(err, &le) {
 						notices++
@@ -272,7 +272,7 @@ func TestGapsAreReportedInTheStreamBeforeTheNextEvent(t *testing.T) {
 		}
 	}
 	var got []string
-	for ev, err := range sub.Events() {
+	for ev, err := range sub.Events(t.Context()) {
 		var le *events.LossError
 		switch {
 		case errors.As(err, &le):
@@ -379,7 +379,7 @@ func TestDurableConsumerResumesAfterTheLastProcessedEvent(t *testing.T) {
 			t.Fatal(err)
 		}
 		n := 0
-		for ev, err := range sub.Events() {
+		for ev, err := range sub.Events(t.Context()) {
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -389,7 +389,7 @@ func TestDurableConsumerResumesAfterTheLastProcessedEvent(t *testing.T) {
 			}
 		}
 		// Ranging again goes on where the loop broke off.
-		for ev, err := range sub.Events() {
+		for ev, err := range sub.Events(t.Context()) {
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -466,30 +466,57 @@ func TestZMQSubscriberFollowsPublishersThroughDiscovery(t *testing.T) {
 	}
 }
 
-func TestSubscriptionEndsWithItsContextCloseAndTheRuntime(t *testing.T) {
+func TestSubscriptionLivesUntilCloseOrTheRuntimeAndEachRangeUntilItsContext(t *testing.T) {
 	for _, tr := range transports {
 		t.Run("over "+tr, func(t *testing.T) {
 			s := newSystem(t, tr)
 			rt := s.runtime()
-			scope := events.Scope{Namespace: "end"}
-			ctx, cancel := context.WithCancel(t.Context())
-			byCtx, err := events.Subscribe[int](ctx, rt, scope, "t")
+			// Subscribe's context bounds the setting up, Events' one range:
+			// neither ends the subscription.
+			setup, endSetup := context.WithCancel(t.Context())
+			alive, err := events.Subscribe[int](setup, rt, events.Scope{Namespace: "alive"}, "t")
+			endSetup()
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { _ = alive.Close() })
+			rctx, endRange := context.WithCancel(t.Context())
+			ranged := make(chan error, 1)
+			go func() {
+				for _, err := range alive.Events(rctx) {
+					if err != nil {
+						ranged <- err
+						return
+					}
+				}
+				ranged <- nil
+			}()
+			endRange()
+			if err := <-ranged; err != nil {
+				t.Fatalf("a range ended by its context: %v, want no error", err)
+			}
+			p := publisher[int](t, rt, events.Scope{Namespace: "alive"}, "t")
+			waitSubscribed(t, p, 1)
+			if err := p.Publish(t.Context(), 7); err != nil {
+				t.Fatal(err)
+			}
+			if evs := collect(t, alive, 1, 10*time.Second); evs[0].Value != 7 {
+				t.Fatal(evs)
+			}
+
+			scope := events.Scope{Namespace: "end"}
 			byClose := subscribe[int](t, rt, scope, "t")
 			byRuntime := subscribe[int](t, rt, scope, "t")
 			var wg sync.WaitGroup
-			for _, sub := range []*events.Subscription[int]{byCtx, byClose, byRuntime} {
+			for _, sub := range []*events.Subscription[int]{byClose, byRuntime} {
 				wg.Go(func() {
-					for _, err := range sub.Events() {
+					for _, err := range sub.Events(context.Background()) {
 						if err != nil {
 							t.Error(err)
 						}
 					}
 				})
 			}
-			cancel()
 			_ = byClose.Close()
 			if err := rt.Shutdown(t.Context()); err != nil {
 				t.Fatal(err)
@@ -610,7 +637,7 @@ func TestOnGapReportsEachGapBeforeTheEventAfterIt(t *testing.T) {
 			// run by the time that event is delivered.
 			var seen []string
 			var delivered []uint64
-			for ev, err := range sub.Events() {
+			for ev, err := range sub.Events(t.Context()) {
 				if err != nil {
 					t.Fatal(err)
 				}

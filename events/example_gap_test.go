@@ -50,7 +50,7 @@ func ExampleOnGap() {
 		env := events.Envelope{PublisherID: 7, InstanceID: 0xabc, Sequence: seq, Topic: "kv_events", Payload: payload}
 		_ = nc.Publish(subject, env.AppendMsgPack(nil))
 	}
-	for ev, err := range sub.Events() {
+	for ev, err := range sub.Events(ctx) {
 		if err != nil {
 			fmt.Println(err)
 			return

@@ -48,7 +48,7 @@ func Example() {
 		_ = pub.Publish(ctx, LoadMetrics{Worker: w, ActiveSlots: 4, CacheUsage: 0.75})
 	}
 	n := 0
-	for ev, err := range sub.Events() {
+	for ev, err := range sub.Events(ctx) {
 		if err != nil {
 			fmt.Println(err)
 			return
@@ -92,7 +92,7 @@ func ExampleWithLossErrors() {
 		time.Sleep(time.Millisecond)
 	}
 	n := 0
-	for ev, err := range sub.Events() {
+	for ev, err := range sub.Events(ctx) {
 		if le := (*events.LossError)(nil); errors.As(err, &le) {
 			fmt.Println("lost:", le)
 			continue
@@ -129,7 +129,7 @@ func ExampleStartBroker() {
 	pub, _ := events.NewPublisher[string](ctx, rt, events.Scope{Namespace: "dynamo", Component: "worker"}, "kv_events")
 	_ = pub.WaitForSubscribers(ctx, 1) // the broker, once it has a subscriber
 	_ = pub.Publish(ctx, "stored 3 blocks")
-	for ev := range sub.Events() {
+	for ev := range sub.Events(ctx) {
 		fmt.Println(ev.Subject, ev.Value)
 		break
 	}

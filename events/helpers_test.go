@@ -116,33 +116,20 @@ func waitSubscribed[T any](t *testing.T, p *events.Publisher[T], n int) {
 // collect reads n events (or fails after d).
 func collect[T any](t *testing.T, s *events.Subscription[T], n int, d time.Duration) []events.Event[T] {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
 	var out []events.Event[T]
-	done := make(chan struct{})
-	var ferr error
-	go func() {
-		defer close(done)
-		for ev, err := range s.Events() {
-			if err != nil {
-				ferr = err
-				return
-			}
-			out = append(out, ev)
-			if len(out) == n {
-				return
-			}
+	for ev, err := range s.Events(ctx) {
+		if err != nil {
+			t.Fatalf("after %d events: %v", len(out), err)
 		}
-	}()
-	select {
-	case <-done:
-	case <-time.After(d):
-		_ = s.Close()
-		<-done
-		t.Fatalf("got %d of %d events within %s; stats %+v", len(out), n, d, s.Stats())
+		out = append(out, ev)
+		if len(out) == n {
+			return out
+		}
 	}
-	if ferr != nil {
-		t.Fatalf("after %d events: %v", len(out), ferr)
-	}
-	return out
+	t.Fatalf("got %d of %d events within %s; stats %+v", len(out), n, d, s.Stats())
+	return nil
 }
 
 // kv is an event type for the tests, shaped like Dynamo's kv_events.

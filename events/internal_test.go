@@ -2,6 +2,7 @@ package events
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"runtime"
@@ -128,7 +129,7 @@ func TestRingPolicies(t *testing.T) {
 					dropped++
 				}
 			}
-			got, err := r.pop(make([]item, 0, 16))
+			got, err := r.pop(context.Background(), make([]item, 0, 16))
 			if err != nil || len(got) != 5 || got[0].loss == nil || fmt.Sprint(seqs(got[1:])) != c.want || dropped != c.dropped {
 				t.Fatalf("got %v (dropped %d, err %v), want a notice then %s with %d dropped", seqs(got), dropped, err, c.want, c.dropped)
 			}
@@ -145,7 +146,7 @@ func TestRingKeepsNoticesInPlaceAndNeverDropsThem(t *testing.T) {
 	r.push(items(1, 0)[0])
 	r.notice(LossError{PublisherID: 1, From: 1, Lost: 2})
 	r.push(items(1, 3)[0])
-	got, _ := r.pop(make([]item, 0, 16))
+	got, _ := r.pop(context.Background(), make([]item, 0, 16))
 	if len(got) != 3 || got[1].loss == nil || got[1].loss.Lost != 2 || got[2].env.Sequence != 3 {
 		t.Fatalf("got %+v: want event 0, the notice, event 3", got)
 	}
@@ -155,7 +156,7 @@ func TestRingKeepsNoticesInPlaceAndNeverDropsThem(t *testing.T) {
 	for _, it := range items(4, 6) {
 		r.push(it)
 	}
-	got, _ = r.pop(make([]item, 0, 16))
+	got, _ = r.pop(context.Background(), make([]item, 0, 16))
 	if got[0].loss == nil || got[0].loss.Lost != 1 || got[0].loss.Dropped != 1 || len(got) != 4 {
 		t.Fatalf("got %+v", got)
 	}
@@ -176,7 +177,7 @@ func TestRingBlocksUntilRoomAndCloseReleases(t *testing.T) {
 	if n := r.len(); n != 3 {
 		t.Fatalf("a full ring of 2 with a blocked push holds %d, want 3", n)
 	}
-	if got, _ := r.pop(make([]item, 0, 1)); len(got) != 1 {
+	if got, _ := r.pop(context.Background(), make([]item, 0, 1)); len(got) != 1 {
 		t.Fatalf("popped %d", len(got))
 	}
 	if dropped := <-pushed; dropped {
@@ -186,11 +187,11 @@ func TestRingBlocksUntilRoomAndCloseReleases(t *testing.T) {
 	waitPusher(t, r)
 	r.close(nil)
 	<-pushed
-	got, err := r.pop(make([]item, 0, 8))
+	got, err := r.pop(context.Background(), make([]item, 0, 8))
 	if len(got) != 2 || err != nil {
 		t.Fatalf("after close: %d items, %v; want the 2 buffered", len(got), err)
 	}
-	if _, err := r.pop(make([]item, 0, 8)); !errors.Is(err, errRingClosed) {
+	if _, err := r.pop(context.Background(), make([]item, 0, 8)); !errors.Is(err, errRingClosed) {
 		t.Fatalf("drained closed ring: %v", err)
 	}
 }
@@ -217,12 +218,12 @@ func TestRingUnpopPutsBackInOrder(t *testing.T) {
 	for _, it := range items(6, 0) {
 		r.push(it)
 	}
-	got, _ := r.pop(make([]item, 0, 4))
+	got, _ := r.pop(context.Background(), make([]item, 0, 4))
 	r.push(items(1, 6)[0])
 	if n := r.unpop(got[2:]); n != 0 {
 		t.Fatalf("unpop dropped %d", n)
 	}
-	all, _ := r.pop(make([]item, 0, 16))
+	all, _ := r.pop(context.Background(), make([]item, 0, 16))
 	if fmt.Sprint(seqs(all)) != "[2 3 4 5 6]" {
 		t.Fatalf("after unpop: %v", seqs(all))
 	}

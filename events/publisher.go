@@ -94,7 +94,7 @@ func (c *wallClock) now() int64 {
 //
 // ctx bounds the set-up: on ZeroMQ the publisher binds its socket and
 // registers it in discovery, on JetStream it makes sure the stream exists.
-// The publisher lives until Shutdown or the runtime's shutdown.
+// The publisher lives until Shutdown, Close or the runtime's shutdown.
 func NewPublisher[T any](ctx context.Context, rt *loom.Runtime, scope Scope, topic string, opts ...Option) (*Publisher[T], error) {
 	c, err := newPubCore(ctx, rt, scope, topic, opts)
 	if err != nil {

@@ -86,10 +86,12 @@ type subCore struct {
 // "dynamo", Component: "*"} with topic "kv_events" receives the kv_events
 // of every component of namespace dynamo.
 //
-// ctx bounds the subscription: it ends when ctx ends, on Close, or at the
-// runtime's shutdown. Subscribe returns once the subscription is in place
-// (the NATS server has its interest; the publishers ZeroMQ discovery knew
-// of are dialed; the JetStream consumer exists).
+// ctx bounds the setting up: Subscribe returns once the subscription is
+// in place (the NATS server has its interest; the publishers ZeroMQ
+// discovery knew of are dialed; the JetStream consumer exists). The
+// subscription then lives, receiving and buffering events, until Close or
+// the runtime's shutdown; each range over Events is bounded by its own
+// context.
 func Subscribe[T any](ctx context.Context, rt *loom.Runtime, scope Scope, topic string, opts ...Option) (*Subscription[T], error) {
 	c, err := newSubCore(ctx, rt, scope, topic, opts)
 	if err != nil {
@@ -157,11 +159,10 @@ func newSubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 	if st, ok := c.src.(interface{ start() }); ok {
 		st.start()
 	}
-	// The subscription ends with ctx or the runtime, which waits for it.
+	// The subscription ends with the runtime, which waits for it.
 	err = rt.Go("events subscription "+pattern, func(rctx context.Context) error {
 		select {
 		case <-rctx.Done():
-		case <-ctx.Done():
 		case <-c.done:
 		}
 		c.close(nil)
@@ -360,10 +361,12 @@ func (s *Subscription[T]) Pattern() string { return s.c.pattern }
 // Transport returns the name of the subscription's transport.
 func (s *Subscription[T]) Transport() string { return s.c.transport }
 
-// Close ends the subscription: Events ends after the events already
-// buffered (for JetStream, at once; unacknowledged events are delivered
-// again to the next subscription of the same durable). It returns the
-// error of releasing the transport, if any; calling it again returns nil.
+// Close ends the subscription now: it stops receiving, and Events ends
+// after the events already buffered (for JetStream, at once;
+// unacknowledged events are delivered again to the next subscription of
+// the same durable). A subscription has nothing to drain (its reader
+// drains it by reading), so it has no Shutdown. Close returns the error of
+// releasing the transport, if any; calling it again returns nil.
 func (s *Subscription[T]) Close() error {
 	_, err := s.c.close(nil)
 	return err
@@ -377,20 +380,21 @@ const batchSize = 128
 // Payloads that do not decode as T are counted as malformed and skipped.
 // With WithLossErrors, a *LossError reports losses and the stream goes on;
 // any other error ends it (the transport's connection closed for good).
-// The stream ends without an error when the subscription is closed.
+// The stream ends without an error when ctx ends (the subscription goes
+// on: ranging again continues) or when the subscription is closed.
 //
-// Breaking out of the loop leaves the events not yet read in the
-// subscription; ranging again continues with them. On JetStream an event
+// Breaking out of the loop, or ctx ending, leaves the events not yet read
+// in the subscription; ranging again continues with them. On JetStream an event
 // is acknowledged once the loop body has run for it (also when the body
 // then breaks out of the loop): an event whose body panicked, or that was
 // in flight when the process died, is delivered again (at-least-once).
 // Events the subscription had fetched but not delivered when it closes are
 // handed back to the stream at once.
-func (s *Subscription[T]) Events() iter.Seq2[Event[T], error] {
+func (s *Subscription[T]) Events(ctx context.Context) iter.Seq2[Event[T], error] {
 	return func(yield func(Event[T], error) bool) {
 		c := s.c
 		if c.durable != nil {
-			c.durable.loop(func(it *item, streamSeq uint64, notices []LossError) (processed, stop bool) {
+			c.durable.loop(ctx, func(it *item, streamSeq uint64, notices []LossError) (processed, stop bool) {
 				for i := range notices {
 					if !yield(Event[T]{}, &notices[i]) {
 						return false, true
@@ -411,9 +415,9 @@ func (s *Subscription[T]) Events() iter.Seq2[Event[T], error] {
 		batch := make([]item, 0, batchSize)
 		for {
 			var err error
-			batch, err = c.ring.pop(batch[:0])
+			batch, err = c.ring.pop(ctx, batch[:0])
 			if err != nil {
-				if !errors.Is(err, errRingClosed) {
+				if !errors.Is(err, errRingClosed) && ctx.Err() == nil {
 					yield(Event[T]{}, err)
 				}
 				return

@@ -33,7 +33,7 @@ func TestAReceivedEventsSpanLinksToItsPublishersSpan(t *testing.T) {
 			}
 			parent.End()
 			var ev events.Event[string]
-			for e, err := range sub.Events() {
+			for e, err := range sub.Events(t.Context()) {
 				if err != nil {
 					t.Fatal(err)
 				}

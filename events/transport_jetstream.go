@@ -254,17 +254,23 @@ type held struct {
 // batches with AckAll would be faster, but AckAll acknowledges whatever a
 // consumer delivered before the acknowledged event, including events
 // handed back or awaiting redelivery, which could then be skipped.
-func (d *durableSub) loop(deliver func(it *item, streamSeq uint64, notices []LossError) (processed, stop bool), fail func(error)) {
+func (d *durableSub) loop(ctx context.Context, deliver func(it *item, streamSeq uint64, notices []LossError) (processed, stop bool), fail func(error)) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c := d.c
+	var next []jetstream.NextOpt
+	if ctx.Done() != nil {
+		next = append(next, jetstream.NextContext(ctx))
+	}
 	for {
 		h := d.held
 		d.held = nil
 		if h == nil {
-			m, err := d.it.Next()
+			m, err := d.it.Next(next...)
 			if err != nil {
 				switch {
+				case ctx.Err() != nil:
+					return // this range is over; the subscription goes on
 				case d.closing.Load() || errors.Is(err, jetstream.ErrMsgIteratorClosed) && !errors.Is(err, jetstream.ErrConnectionClosed):
 					return // closed by us (also when the connection closed right after)
 				case errors.Is(err, jetstream.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionClosed),

@@ -155,7 +155,7 @@ func subscribe(ctx context.Context, out, errOut io.Writer, scope events.Scope, t
 	warnLocalDiscovery(errOut, "loom sub", rt, sub.Transport())
 	enc := json.NewEncoder(out)
 	n := 0
-	for ev, err := range sub.Events() {
+	for ev, err := range sub.Events(ctx) {
 		if le := (*events.LossError)(nil); errors.As(err, &le) {
 			fmt.Fprintf(errOut, "loom sub: %v\n", le)
 			continue

@@ -173,8 +173,8 @@ func (a *Aggregator) Run(ctx context.Context, rt *loom.Runtime) error {
 	}
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
-	wg.Go(func() { errc <- consume(kv.Events(), a.applyKv, a.lost) })
-	wg.Go(func() { errc <- consume(load.Events(), a.applyLoad, nil) })
+	wg.Go(func() { errc <- consume(kv.Events(ctx), a.applyKv, a.lost) })
+	wg.Go(func() { errc <- consume(load.Events(ctx), a.applyLoad, nil) })
 	for ev := range watch {
 		switch ev.Kind {
 		case discovery.Synced:

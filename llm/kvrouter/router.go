@@ -316,6 +316,11 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 			_ = kv.Close()
 			return nil, fmt.Errorf("kvrouter: subscribe to load_metrics: %w", err)
 		}
+		defer func() {
+			if !ok {
+				_, _ = kv.Close(), load.Close()
+			}
+		}()
 		ep, err := rt.Endpoint(cfg.Namespace + "/" + llm.WorkerComponent + "/" + llm.KvBlocksEndpoint)
 		if err != nil {
 			return nil, err
@@ -323,8 +328,8 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 		if r.blocks, err = loom.NewClient[llm.KvBlocksRequest, llm.KvSnapshot](rctx, ep, loom.WithWaitTimeout(cfg.ResyncTimeout)); err != nil {
 			return nil, err
 		}
-		r.goRun(func() { defer kv.Close(); r.consumeKv(kv) })
-		r.goRun(func() { defer load.Close(); r.consumeLoad(load) })
+		r.goRun(func() { defer kv.Close(); r.consumeKv(rctx, kv) })
+		r.goRun(func() { defer load.Close(); r.consumeLoad(rctx, load) })
 		r.goRun(func() { r.resyncLoop(rctx) })
 	}
 	r.goRun(func() { r.maintain(rctx) })
@@ -417,8 +422,8 @@ func (r *KVRouter) onGap(g events.Gap) {
 	r.mu.Unlock()
 }
 
-func (r *KVRouter) consumeKv(sub *events.Subscription[llm.KvEvent]) {
-	for ev, err := range sub.Events() {
+func (r *KVRouter) consumeKv(ctx context.Context, sub *events.Subscription[llm.KvEvent]) {
+	for ev, err := range sub.Events(ctx) {
 		if err != nil {
 			var le *events.LossError
 			if errors.As(err, &le) {
@@ -486,8 +491,8 @@ func (r *KVRouter) applyOne(w *workerState, ev llm.KvEvent) {
 	r.applied.Add(1)
 }
 
-func (r *KVRouter) consumeLoad(sub *events.Subscription[llm.LoadMetrics]) {
-	for ev, err := range sub.Events() {
+func (r *KVRouter) consumeLoad(ctx context.Context, sub *events.Subscription[llm.LoadMetrics]) {
+	for ev, err := range sub.Events(ctx) {
 		if err != nil {
 			return
 		}

@@ -302,7 +302,7 @@ func TestKVRouterResyncsAfterLostEventPlaneMessages(t *testing.T) {
 	synced(t, r, s.cluster)
 	w := s.cluster.Workers()[0]
 	var last events.Event[llm.KvEvent]
-	for ev, err := range watch.Events() {
+	for ev, err := range watch.Events(ctx) {
 		if err != nil {
 			t.Fatal(err)
 		}

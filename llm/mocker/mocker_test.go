@@ -159,7 +159,7 @@ func TestWorkerEventsMatchItsBlockSet(t *testing.T) {
 	set := map[uint64]bool{}
 	removed := 0
 	var seen uint64
-	for ev, err := range sub.Events() {
+	for ev, err := range sub.Events(ctx) {
 		if err != nil {
 			t.Fatalf("kv_events: %v", err)
 		}
@@ -220,7 +220,7 @@ func TestWorkerEventsMatchItsBlockSet(t *testing.T) {
 		}
 	}
 	// load_metrics arrive, and say the cache's size.
-	for ev, err := range loads.Events() {
+	for ev, err := range loads.Events(ctx) {
 		if err != nil {
 			t.Fatal(err)
 		}
