@@ -476,3 +476,61 @@ func TestQueueCloseReleasesEnqueueingAtOnce(t *testing.T) {
 		t.Fatalf("queue holds %+v (%v), want the one job enqueued before Close", info, err)
 	}
 }
+
+func TestQueueReadsRequeuesAndPurgesItsDeadLettersTyped(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	q := newQueue[job](t, nc, testConfig(t))
+	ctx := ctxFor(t, 20*time.Second)
+	var poisoned atomic.Bool
+	poisoned.Store(true)
+	handled := make(chan job, 1)
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		if poisoned.Load() {
+			return workqueue.Permanent(errors.New("cannot handle it"))
+		}
+		handled <- j.Value
+		return nil
+	})
+	if err := q.Enqueue(ctx, job{ID: 666, Text: "poison"}); err != nil {
+		t.Fatal(err)
+	}
+	var dead []workqueue.DeadJob[job]
+	eventually(t, 10*time.Second, "the poison job dead-lettered", func() bool {
+		var err error
+		dead, err = q.DeadLetters(ctx, 10)
+		return err == nil && len(dead) == 1
+	})
+	// Bytes that are not MessagePack for a job: dead-lettered, undecodable.
+	if err := nc.Publish(q.Config().Subject, []byte{0xc1, 0xff, 0x00}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the undecodable job dead-lettered", func() bool {
+		var err error
+		dead, err = q.DeadLetters(ctx, 10)
+		return err == nil && len(dead) == 2
+	})
+	if d := dead[0]; d.Value != (job{ID: 666, Text: "poison"}) || d.DecodeError != nil || d.Reason != "permanent" || !strings.Contains(d.Error, "cannot handle it") {
+		t.Fatalf("first dead job: %+v, decode error %v, reason %q, error %q", d.Value, d.DecodeError, d.Reason, d.Error)
+	}
+	if d := dead[1]; d.Value != (job{}) || d.DecodeError == nil || d.Reason != "decode" {
+		t.Fatalf("second dead job: %+v, decode error %v, reason %q; want the zero job, a decode error, reason decode", d.Value, d.DecodeError, d.Reason)
+	}
+	poisoned.Store(false)
+	if n, err := q.Requeue(ctx, dead[0].Seq); err != nil || n != 1 {
+		t.Fatalf("Requeue: %d, %v", n, err)
+	}
+	select {
+	case j := <-handled:
+		if j.ID != 666 {
+			t.Fatalf("handled %+v, want the requeued job", j)
+		}
+	case <-ctx.Done():
+		t.Fatal("the requeued job never came back")
+	}
+	if n, err := q.PurgeDeadLetters(ctx); err != nil || n != 1 {
+		t.Fatalf("PurgeDeadLetters: %d, %v; want the undecodable one", n, err)
+	}
+	if dead, err := q.DeadLetters(ctx, 10); err != nil || len(dead) != 0 {
+		t.Fatalf("after the purge: %d dead jobs, %v", len(dead), err)
+	}
+}

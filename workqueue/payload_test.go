@@ -214,6 +214,11 @@ func TestDeadLetterOfARawJobAtMaxPayloadOffloadsItsBody(t *testing.T) {
 	if d.Header.Get(objectstore.RefHeader) == "" || len(d.Data) != 0 {
 		t.Fatalf("the dead letter carries %d bytes and no reference; want its body offloaded", len(d.Data))
 	}
+	// The queue's own view decodes it, fetching the body by reference.
+	typed, err := q.DeadLetters(ctx, 10)
+	if err != nil || len(typed) != 1 || typed[0].DecodeError != nil || !bytes.Equal(typed[0].Value, body) {
+		t.Fatalf("Queue.DeadLetters: %d dead jobs (%v); want the %d-byte original", len(typed), err, len(body))
+	}
 	fail.Store(false)
 	if n, err := admin.Requeue(ctx, q.Name()); err != nil || n != 1 {
 		t.Fatalf("Requeue: %d, %v", n, err)
