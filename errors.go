@@ -95,13 +95,13 @@ func detailOf(err, kind error) string {
 // HandlerError is a handler's error as a caller in another process sees
 // it: the handler's message, the endpoint and the instance.
 type HandlerError struct {
-	Path     string
-	Instance uint64
-	Message  string
+	Path       string
+	InstanceID uint64
+	Message    string
 }
 
 func (e *HandlerError) Error() string {
-	return fmt.Sprintf("%s (instance %x): %s", e.Path, e.Instance, e.Message)
+	return fmt.Sprintf("%s (instance %x): %s", e.Path, e.InstanceID, e.Message)
 }
 
 // BadRequestError reports a request that did not decode as the handler's
@@ -123,9 +123,10 @@ func (e *BadRequestError) Unwrap() error { return e.Err }
 // Reason and Message, in this process or across the network; the
 // request is not retried on another instance.
 type RefusedError struct {
-	// Path and Instance say where it was refused; set on the caller's side.
-	Path     string
-	Instance uint64
+	// Path and InstanceID say where it was refused; set on the caller's
+	// side.
+	Path       string
+	InstanceID uint64
 	// Reason is a short, stable word a caller may branch on, such as
 	// "unauthenticated", "permission_denied" or "rate_limited".
 	Reason string
@@ -154,7 +155,7 @@ func cleanReason(r string) string {
 
 func (e *RefusedError) Error() string {
 	if e.Path != "" {
-		return fmt.Sprintf("loom: %s (instance %x) refused the request (%s): %s", e.Path, e.Instance, e.Reason, e.Message)
+		return fmt.Sprintf("loom: %s (instance %x) refused the request (%s): %s", e.Path, e.InstanceID, e.Reason, e.Message)
 	}
 	return fmt.Sprintf("loom: request refused (%s): %s", e.Reason, e.Message)
 }
@@ -225,13 +226,13 @@ func fromPlane(ctx context.Context, path string, id uint64, err error) (mapped e
 	}
 	switch se.Code {
 	case wire.CodeApplication:
-		return &HandlerError{Path: path, Instance: id, Message: se.Message}, false
+		return &HandlerError{Path: path, InstanceID: id, Message: se.Message}, false
 	case wire.CodeRefused:
 		reason, text, ok := strings.Cut(se.Message, ": ")
 		if !ok {
 			reason, text = "refused", se.Message
 		}
-		return &RefusedError{Path: path, Instance: id, Reason: reason, Message: text}, false
+		return &RefusedError{Path: path, InstanceID: id, Reason: reason, Message: text}, false
 	case wire.CodeDraining:
 		return atInstance(ErrDraining, path, id, "%s", se.Message), false
 	case wire.CodeOverloaded:

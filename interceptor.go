@@ -61,9 +61,10 @@ type Call struct {
 	Side Side
 	// Path is the endpoint, "namespace/component/endpoint".
 	Path string
-	// Instance is, on the server, the serving instance; on the client, the
-	// instance the last attempt went to (0 before one is picked).
-	Instance uint64
+	// InstanceID is, on the server, the serving instance's id; on the
+	// client, that of the instance the last attempt went to (0 before one
+	// is picked).
+	InstanceID uint64
 	// RequestID identifies the request in both sides' logs: made by the
 	// client (or given with WithRequestID), sent with the request.
 	RequestID string
@@ -181,7 +182,7 @@ func generate[Req, Resp any](rctx, caller context.Context, s *served, eng Engine
 	if !s.intercepted() {
 		return eng.Generate(rctx, req)
 	}
-	call := &Call{Side: ServerSide, Path: s.ep.path, Instance: s.inst.ID}
+	call := &Call{Side: ServerSide, Path: s.ep.path, InstanceID: s.inst.ID}
 	switch in := callFrom(caller); {
 	case in != nil && in.Side == ServerSide: // from the network, or a canary
 		call.RequestID, call.Header, call.traceParent, call.Canary = in.RequestID, in.Header, in.traceParent, in.Canary
@@ -213,7 +214,7 @@ func generate[Req, Resp any](rctx, caller context.Context, s *served, eng Engine
 			if err != nil {
 				var re *RefusedError
 				if errors.As(err, &re) && re.Path == "" {
-					re.Path, re.Instance = s.ep.path, s.inst.ID
+					re.Path, re.InstanceID = s.ep.path, s.inst.ID
 				}
 				var zero Resp
 				yield(zero, err)

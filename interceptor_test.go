@@ -122,7 +122,7 @@ func TestARefusalReachesTheRemoteCallerAsATypedError(t *testing.T) {
 		if !errors.As(err, &re) || !errors.Is(err, loom.ErrRefused) {
 			t.Fatalf("call without a token ended with %v (%T), want a *loom.RefusedError", err, err)
 		}
-		if re.Reason != "unauthenticated" || re.Path != "ic/auth/secret" || re.Instance != srv.ID() || !strings.Contains(re.Message, "bearer token") {
+		if re.Reason != "unauthenticated" || re.Path != "ic/auth/secret" || re.InstanceID != srv.ID() || !strings.Contains(re.Message, "bearer token") {
 			t.Fatalf("refusal %+v", re)
 		}
 		if ran != 0 {

@@ -98,7 +98,7 @@ func traceServer(rt *Runtime) Interceptor {
 			}
 			return func(yield func(any, error) bool) {
 				call := CallFromContext(ctx)
-				attrs := []attribute.KeyValue{rpcSystem, semconv.RPCMethod(call.Path), AttrInstanceID.String(strconv.FormatUint(call.Instance, 16))}
+				attrs := []attribute.KeyValue{rpcSystem, semconv.RPCMethod(call.Path), AttrInstanceID.String(strconv.FormatUint(call.InstanceID, 16))}
 				if call.RequestID != "" {
 					attrs = append(attrs, AttrRequestID.String(call.RequestID))
 				}
@@ -154,8 +154,8 @@ func traceClient(rt *Runtime) Interceptor {
 						break
 					}
 				}
-				if call.Instance != 0 {
-					span.SetAttributes(AttrInstanceID.String(strconv.FormatUint(call.Instance, 16)))
+				if call.InstanceID != 0 {
+					span.SetAttributes(AttrInstanceID.String(strconv.FormatUint(call.InstanceID, 16)))
 				}
 				span.SetAttributes(attribute.Int("loom.items", items))
 			}
@@ -171,7 +171,7 @@ func endWithError(span trace.Span, err error) {
 
 // picked records on a traced call which instance an attempt went to.
 func (c *Call) picked(cand *Candidate, attempt int) {
-	c.Instance = cand.ID
+	c.InstanceID = cand.ID
 	if c.span != nil && c.span.IsRecording() {
 		c.span.AddEvent("loom.pick", trace.WithAttributes(
 			AttrInstanceID.String(strconv.FormatUint(cand.ID, 16)),

@@ -68,6 +68,9 @@ type Instance struct {
 	Endpoint  string `json:"endpoint"`
 	// ID identifies the serving process: the lease id on etcd, random
 	// otherwise (RandomID), at most MaxID so that JSON clients keep it exact.
+	// It is the runtime's id (loom.Runtime.ID). A type that is an instance
+	// calls it ID; one that refers to an instance calls it InstanceID
+	// (events.Event, loom.Call, loom.HandlerError); JSON says instance_id.
 	ID uint64 `json:"instance_id"`
 	// Transport names the request plane that reaches the instance
 	// ("tcp", "nats", or "local" for an instance only reachable in its

@@ -20,8 +20,9 @@ type Event[T any] struct {
 	PublisherID uint64
 	Sequence    uint64
 	// InstanceID is the publishing runtime's instance id (0 if the
-	// publisher did not say), so that an event can be tied to the
-	// instance discovery lists.
+	// publisher did not say): the discovery.Instance.ID of the instances
+	// it serves, so that an event can be tied to the instance discovery
+	// lists.
 	InstanceID uint64
 	// PublishedAt is the publisher's clock at Publish.
 	PublishedAt time.Time

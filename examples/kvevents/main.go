@@ -119,11 +119,11 @@ func main() {
 
 // WorkerView is what the router knows of one worker.
 type WorkerView struct {
-	Instance uint64
-	Blocks   map[uint64]struct{}
-	Load     LoadMetrics
-	Events   uint64 // kv_events applied
-	LastID   uint64 // event_id of the last one
+	InstanceID uint64
+	Blocks     map[uint64]struct{}
+	Load       LoadMetrics
+	Events     uint64 // kv_events applied
+	LastID     uint64 // event_id of the last one
 	// Stale is set when events of this worker were lost: its block set
 	// may be wrong until it is resynchronised.
 	Stale bool
@@ -226,7 +226,7 @@ func consume[T any](stream iter.Seq2[events.Event[T], error], apply func(events.
 func (a *Aggregator) view(id uint64) *WorkerView {
 	w := a.workers[id]
 	if w == nil {
-		w = &WorkerView{Instance: id, Blocks: make(map[uint64]struct{})}
+		w = &WorkerView{InstanceID: id, Blocks: make(map[uint64]struct{})}
 		a.workers[id] = w
 	}
 	return w
@@ -304,7 +304,7 @@ func (a *Aggregator) Print(out io.Writer) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "worker\tkv events\tcached blocks\tactive slots\tcache usage\tstale")
 	for _, w := range a.Workers() {
-		fmt.Fprintf(tw, "%x\t%d\t%d\t%d/%d\t%.0f%%\t%v\n", w.Instance, w.Events, len(w.Blocks),
+		fmt.Fprintf(tw, "%x\t%d\t%d\t%d/%d\t%.0f%%\t%v\n", w.InstanceID, w.Events, len(w.Blocks),
 			w.Load.ActiveSlots, w.Load.TotalSlots, 100*w.Load.CacheUsage, w.Stale)
 	}
 	tw.Flush()
@@ -513,7 +513,7 @@ func (a *Aggregator) caughtUp(ctx context.Context, ws []runningWorker) error {
 	for {
 		views := map[uint64]WorkerView{}
 		for _, v := range a.Workers() {
-			views[v.Instance] = v
+			views[v.InstanceID] = v
 		}
 		behind := 0
 		for _, r := range ws {

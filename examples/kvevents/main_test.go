@@ -98,7 +98,7 @@ func TestRouterKeepsEachWorkersViewAndDropsAWorkerThatDies(t *testing.T) {
 			for _, r := range ws {
 				var v WorkerView
 				for _, x := range views {
-					if x.Instance == r.rt.ID() {
+					if x.InstanceID == r.rt.ID() {
 						v = x
 					}
 				}
@@ -124,7 +124,7 @@ func TestRouterKeepsEachWorkersViewAndDropsAWorkerThatDies(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 			for _, v := range agg.Workers() {
-				if v.Instance == ws[1].rt.ID() {
+				if v.InstanceID == ws[1].rt.ID() {
 					t.Fatal("the router kept the dead worker")
 				}
 			}
@@ -203,7 +203,7 @@ func TestAGapInAWorkersEventsMarksThatWorkerStale(t *testing.T) {
 		stale := map[uint64]bool{}
 		n := uint64(0)
 		for _, v := range agg.Workers() {
-			stale[v.Instance] = v.Stale
+			stale[v.InstanceID] = v.Stale
 			n += v.Events
 		}
 		if n == 6 {
