@@ -23,7 +23,8 @@
 // too.
 //
 // The queue is a [Queue] of T, typed, because its jobs are: enqueued
-// values and delivered [Job]s are of T. Each handle
+// values, delivered [Job]s and dead jobs ([Queue.DeadLetters] returns
+// [DeadJob]s) are of T. Each handle
 // follows net/http's rule: [Queue.Shutdown] and [Consumer.Shutdown] drain
 // (waiting, up to their context, for asynchronous enqueues or running
 // handlers), [Queue.Close] and [Consumer.Close] stop now. A context passed
