@@ -134,7 +134,7 @@ func (b *Bus) startJetStream(ctx context.Context, c *conn, topic, group string, 
 				Deliveries:  int(d.Meta.NumDelivered),
 				Header:      hdr,
 			}
-			return traced(ctx, msg, func(ctx context.Context) error { return h.HandleMessage(ctx, msg) })
+			return b.traced(ctx, msg, func(ctx context.Context) error { return h.HandleMessage(ctx, msg) })
 		},
 	}
 	if o.Orderly {
@@ -314,7 +314,7 @@ func (cc *coreConsumer) call(msg *Message) (err error) {
 			err = &jsconsume.PanicError{Value: r}
 		}
 	}()
-	return traced(ctx, msg, func(ctx context.Context) error { return cc.h.HandleMessage(ctx, msg) })
+	return cc.b.traced(ctx, msg, func(ctx context.Context) error { return cc.h.HandleMessage(ctx, msg) })
 }
 
 // deadLetter stores m in the topic's dead-letter stream, if JetStream is

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/internal/jsconsume"
@@ -172,6 +173,8 @@ type Bus struct {
 	consumers []stopper
 	closed    bool
 	done      chan struct{} // closed once shut down
+
+	tracer func() trace.Tracer // the runtime's, for a bus from Open
 }
 
 // conn is one connection of the bus, with what is built on it.
@@ -201,7 +204,7 @@ func New(cfg Config) (*Bus, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Bus{cfg: cfg, log: log, conns: make(map[string]*conn), done: make(chan struct{})}, nil
+	return &Bus{cfg: cfg, log: log, conns: make(map[string]*conn), done: make(chan struct{}), tracer: globalTracer}, nil
 }
 
 // NewWithConn returns a Bus that uses nc for the name server "" and for

@@ -16,7 +16,8 @@ const runtimeShutdownWait = 3 * time.Second
 // EventBus in a Loom program. Every setting cfg leaves zero is rt's: the
 // queue.* keys of its loaded configuration (not the built-in defaults),
 // its NATS settings (for name servers other than its own), its logger and
-// metrics, so the smallest call is
+// metrics, and it traces with rt's tracer (New's bus with the global
+// TracerProvider), so the smallest call is
 //
 //	bus, err := eventbus.Open(ctx, rt, eventbus.Config{})
 //
@@ -44,6 +45,7 @@ func Open(ctx context.Context, rt *loom.Runtime, cfg Config) (*Bus, error) {
 	if err != nil {
 		return nil, err
 	}
+	b.tracer = rt.Tracer
 	err = rt.Go("eventbus", func(rctx context.Context) error {
 		select {
 		case <-b.done:

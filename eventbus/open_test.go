@@ -7,6 +7,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
@@ -79,4 +81,46 @@ func TestOpenTakesTheRuntimesConnectionSettingsAndLifetime(t *testing.T) {
 	if err := b.Shutdown(ctx); err != nil {
 		t.Fatalf("Shutdown after the runtime's: %v", err)
 	}
+}
+
+func TestOpenTracesWithTheRuntimesTracer(t *testing.T) {
+	ns := startNATS(t, nil)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	cfg := config.Default()
+	cfg.NATS.URL = ns.ClientURL()
+	rt, err := loom.NewRuntime(context.Background(), loom.WithConfig(cfg), loom.WithLogger(quiet), loom.WithTracerProvider(tp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Shutdown(context.Background()) })
+	ctx := ctxFor(t, 20*time.Second)
+	b, err := eventbus.Open(ctx, rt, eventbus.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	handled := make(chan struct{}, 1)
+	err = b.RegisterConsumer("", "traced.topic", "g", eventbus.HandlerFunc(func(ctx context.Context, msg *eventbus.Message) error {
+		handled <- struct{}{}
+		return nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.NewProducer("", "traced.topic", "", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	<-handled
+	eventually(t, 10*time.Second, "a send and a process span in the runtime's TracerProvider", func() bool {
+		var send, process bool
+		for _, s := range rec.Ended() {
+			send = send || s.Name() == "send traced.topic"
+			process = process || s.Name() == "process traced.topic"
+		}
+		return send && process
+	})
 }

@@ -96,7 +96,7 @@ func (p *producer) BatchSend(ctx context.Context, bodyArr [][]byte, opts ...Send
 		}
 		msgs[i] = m
 	}
-	end := startSend(ctx, p.topic, msgs)
+	end := p.b.startSend(ctx, p.topic, msgs)
 	err := p.send(ctx, msgs, js)
 	end(err)
 	return err

@@ -10,15 +10,20 @@ import (
 	"github.com/loomrt/loom/internal/otelx"
 )
 
-// Messages are traced when a TracerProvider is installed: a send is a
+// Messages are traced with the runtime's tracer for a bus from Open, or
+// the global TracerProvider's for one from New, when there is one: a send is a
 // producer span whose context travels in each message's traceparent
 // header, and each handling of a message a consumer span, its child, with
 // the consumer group and the delivery count.
 
+// globalTracer is the tracer of a bus made by New: the global
+// TracerProvider's, nil when none is installed.
+func globalTracer() trace.Tracer { return otelx.Tracer(nil) }
+
 // startSend starts the producer span of a send of msgs to topic and puts
 // its context in their headers; end records the outcome.
-func startSend(ctx context.Context, topic string, msgs []*nats.Msg) func(error) {
-	tr := otelx.Tracer(nil)
+func (b *Bus) startSend(ctx context.Context, topic string, msgs []*nats.Msg) func(error) {
+	tr := b.tracer()
 	if tr == nil {
 		return func(error) {}
 	}
@@ -38,8 +43,8 @@ func startSend(ctx context.Context, topic string, msgs []*nats.Msg) func(error) 
 
 // traced runs a handler on msg under a consumer span, a child of the
 // sender's.
-func traced(ctx context.Context, msg *Message, handle func(context.Context) error) error {
-	tr := otelx.Tracer(nil)
+func (b *Bus) traced(ctx context.Context, msg *Message, handle func(context.Context) error) error {
+	tr := b.tracer()
 	if tr == nil {
 		return handle(ctx)
 	}

@@ -15,7 +15,8 @@ const runtimeShutdownWait = 3 * time.Second
 // Open opens the queue cfg names on rt's NATS connection: the common way
 // onto a queue in a Loom program. It is New, with every setting cfg
 // leaves zero taken from rt's loaded configuration (the queue.* keys, not
-// the built-in defaults) and rt's logger and metrics, so the smallest call
+// the built-in defaults) and rt's logger and metrics; it traces with rt's
+// tracer (New's queue with the global TracerProvider). The smallest call
 // is
 //
 //	q, err := workqueue.Open[Job](ctx, rt, workqueue.Config{Name: "prefill_queue"})
@@ -42,6 +43,7 @@ func Open[T any](ctx context.Context, rt *loom.Runtime, cfg Config) (*Queue[T], 
 	if err != nil {
 		return nil, err
 	}
+	q.tracer = rt.Tracer
 	err = rt.Go("workqueue "+q.Name(), func(rctx context.Context) error {
 		select {
 		case <-q.pub.done:

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/workqueue"
@@ -82,4 +85,44 @@ func TestOpenTakesTheRuntimesConnectionSettingsAndLifetime(t *testing.T) {
 	if _, err := workqueue.Open[job](ctx, rt, workqueue.Config{Name: "late"}); err == nil {
 		t.Fatal("Open on a runtime that was shut down succeeded")
 	}
+}
+
+func TestOpenTracesWithTheRuntimesTracer(t *testing.T) {
+	ns, _ := startNATS(t, nil)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	cfg := config.Default()
+	cfg.NATS.URL = ns.ClientURL()
+	cfg.Queue.Storage = "memory"
+	rt, err := loom.NewRuntime(context.Background(), loom.WithConfig(cfg), loom.WithLogger(quiet), loom.WithTracerProvider(tp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rt.Shutdown(context.Background()) })
+	ctx := ctxFor(t, 20*time.Second)
+	q, err := workqueue.Open[job](ctx, rt, workqueue.Config{Name: "traced_by_runtime"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	handled := make(chan struct{}, 1)
+	c, err := q.Consume(workqueue.HandlerFunc[job](func(ctx context.Context, j *workqueue.Job[job]) error {
+		handled <- struct{}{}
+		return nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, c)
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	<-handled
+	eventually(t, 10*time.Second, "a send and a process span in the runtime's TracerProvider", func() bool {
+		var send, process bool
+		for _, s := range rec.Ended() {
+			send = send || s.Name() == "send traced_by_runtime"
+			process = process || s.Name() == "process traced_by_runtime"
+		}
+		return send && process
+	})
 }

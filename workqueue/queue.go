@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/internal/jsconsume"
@@ -61,6 +62,7 @@ type Queue[T any] struct {
 	m        *metrics.Queue
 	settler  *jsconsume.Settler
 	pub      *publisher
+	tracer   func() trace.Tracer // the runtime's, for a queue from Open
 }
 
 // New creates the queue cfg describes, or updates it to cfg if it exists:
@@ -80,10 +82,11 @@ func New[T any](ctx context.Context, nc *nats.Conn, cfg Config) (*Queue[T], erro
 		return nil, fmt.Errorf("workqueue: %w", err)
 	}
 	q := &Queue[T]{
-		cfg: cfg,
-		nc:  nc,
-		js:  js,
-		raw: reflect.TypeFor[T]() == reflect.TypeFor[[]byte](),
+		cfg:    cfg,
+		nc:     nc,
+		js:     js,
+		tracer: globalTracer,
+		raw:    reflect.TypeFor[T]() == reflect.TypeFor[[]byte](),
 	}
 	if cfg.Metrics != nil {
 		q.m = cfg.Metrics.Queue(cfg.Name)

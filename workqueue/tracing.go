@@ -13,7 +13,8 @@ import (
 	"github.com/loomrt/loom/internal/otelx"
 )
 
-// Jobs are traced when a TracerProvider is installed: each enqueue is a
+// Jobs are traced with the runtime's tracer for a queue from Open, or the
+// global TracerProvider's for one from New, when there is one: each enqueue is a
 // producer span whose context travels in the job's traceparent header, and
 // each attempt at handling it (Consume, Run) a consumer span, its child,
 // with the attempt number and whether the job went to the dead-letter
@@ -27,10 +28,14 @@ const (
 	attrQueue        = attribute.Key("loom.queue")
 )
 
+// globalTracer is the tracer of a queue made by New: the global
+// TracerProvider's, nil when none is installed.
+func globalTracer() trace.Tracer { return otelx.Tracer(nil) }
+
 // startEnqueue starts the producer span of a job and puts its context in
 // m's headers; end records the outcome. Without a tracer it does nothing.
 func (q *Queue[T]) startEnqueue(ctx context.Context, m *nats.Msg) (end func(error)) {
-	tr := otelx.Tracer(nil)
+	tr := q.tracer()
 	if tr == nil {
 		return func(error) {}
 	}
@@ -48,7 +53,7 @@ func (q *Queue[T]) startEnqueue(ctx context.Context, m *nats.Msg) (end func(erro
 // traced runs one attempt at a job under a consumer span, a child of the
 // enqueue's.
 func (q *Queue[T]) traced(ctx context.Context, job *Job[T], handle func(context.Context) error) error {
-	tr := otelx.Tracer(nil)
+	tr := q.tracer()
 	if tr == nil {
 		return handle(ctx)
 	}
