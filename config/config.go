@@ -119,6 +119,7 @@ type RequestPlane struct {
 	MaxFrameSize         int           `key:"max_frame_size" default:"4194304" min:"65536" max:"67108864" doc:"Largest frame accepted, so the largest request or response item, in bytes."`
 	KeepaliveInterval    time.Duration `key:"keepalive_interval" default:"5s" doc:"Silence on a connection before a ping; negative disables keepalive."`
 	KeepaliveTimeout     time.Duration `key:"keepalive_timeout" default:"5s" min:"1ms" doc:"How long a pinged peer may stay silent before its connection is dropped and its streams fail."`
+	StallTimeout         time.Duration `key:"stall_timeout" default:"400ms" doc:"How long a server may leave this process's calls unanswered before it is deemed frozen: calls still waiting for their first response are retried on another instance, and new calls avoid it until it answers again. On TCP it is how long a ping, sent after a quarter of it of silence, may go unanswered; on NATS how long a call may go without a response or heartbeat (servers heartbeat at a third of it). Negative: off."`
 	TLSCertFile          string        `key:"tls_cert_file" doc:"PEM certificate this process serves with (and presents to servers that ask, for mutual TLS). Setting it turns TLS on for serving."`
 	TLSKeyFile           string        `key:"tls_key_file" doc:"PEM key of tls_cert_file."`
 	TLSCAFile            string        `key:"tls_ca_file" doc:"PEM CAs to verify peers with. Setting it turns TLS on for calling."`

@@ -22,7 +22,7 @@ import (
 const (
 	DefaultInitialWindow = plane.DefaultInitialWindow
 	DefaultDialTimeout   = 5 * time.Second
-	DefaultStallTimeout  = time.Second
+	DefaultStallTimeout  = 400 * time.Millisecond
 )
 
 // maxStreamID is the last stream id a client connection uses; after it the
@@ -50,14 +50,20 @@ type ClientConfig struct {
 	// connection silent for the interval gets a PING, and one that stays
 	// silent for the timeout more fails all its streams with ErrConnLost.
 	KeepaliveInterval, KeepaliveTimeout time.Duration
-	// StallTimeout is how long a connection with streams waiting may be
-	// silent before it is pinged, and then how long the PING may go
-	// unanswered before the server is reported stalled through OnStall
-	// (new streams should go elsewhere; keepalive still decides when the
-	// streams fail). Default DefaultStallTimeout; negative: off.
+	// StallTimeout is how long a PING may go unanswered, sent after a
+	// quarter of it of silence from a server while streams are open on
+	// its connection, before the server is deemed stalled (frozen or
+	// overloaded, not known dead). Then the streams still waiting for
+	// their first response fail with a Reset wrapping ErrStalled (the
+	// request got no answer, so it may go elsewhere), OnStall is called,
+	// and Open to that address fails at once with ErrUnreachable wrapping
+	// ErrStalled until the server is heard from again: connections to it
+	// are redialled in the background, never by a caller. Streams that
+	// had responded are left to keepalive. Default DefaultStallTimeout;
+	// negative: off.
 	StallTimeout time.Duration
 	// OnStall, if set, is called when the server at addr stops answering
-	// while streams wait on it. It must not block.
+	// while streams are open to it. It must not block.
 	OnStall func(addr string)
 	// FrameTimeout bounds how long a frame from the server may take to
 	// arrive whole once its first byte has. Default DefaultFrameTimeout;
@@ -90,12 +96,19 @@ type Pool struct {
 	// ConnsPerHost of them: Open takes one without the pool's lock.
 	full     sync.Map // string -> []*clientConn, never mutated
 	isClosed atomic.Bool
+
+	ctx    context.Context // ends at Close: background dials stop
+	cancel context.CancelFunc
 }
 
 type host struct {
 	conns   []*clientConn // usable: not draining, not dead
 	dial    *dialCall     // in flight
 	drained bool          // the last connection got GOAWAY and none replaced it
+	// stalled: a connection to the server stopped answering and it has
+	// not been heard from since. Callers are refused at once; only
+	// background dials reach it.
+	stalled bool
 }
 
 type dialCall struct {
@@ -131,7 +144,8 @@ func NewPool(cfg ClientConfig) *Pool {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Pool{cfg: cfg, log: cfg.Logger, hosts: map[string]*host{}, conns: map[*clientConn]struct{}{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool{cfg: cfg, log: cfg.Logger, hosts: map[string]*host{}, conns: map[*clientConn]struct{}{}, ctx: ctx, cancel: cancel}
 }
 
 // Open opens a stream to the server at addr and sends req. The deadline of
@@ -155,6 +169,9 @@ func (p *Pool) Open(ctx context.Context, addr string, req Request) (*ClientStrea
 		c, err := p.conn(ctx, addr)
 		if err != nil {
 			return nil, err
+		}
+		if c.stalled.Load() {
+			return nil, p.stalledErr(addr)
 		}
 		if max := int(c.peer.MaxFrameSize); n+len(req.Payload) > max {
 			return nil, fmt.Errorf("%w: request to %s is %d bytes, above the max frame size %d of the server at %s", ErrTooLarge, req.Path, n+len(req.Payload), max, addr)
@@ -196,6 +213,7 @@ func (p *Pool) Close() error {
 		conns = append(conns, c)
 	}
 	p.mu.Unlock()
+	p.cancel()
 	for _, c := range conns {
 		c.shutdown(fmt.Errorf("%w: %w", ErrConnLost, ErrPoolClosed))
 	}
@@ -220,7 +238,14 @@ func (p *Pool) conn(ctx context.Context, addr string) (*clientConn, error) {
 			h = &host{}
 			p.hosts[addr] = h
 		}
-		if h.dial == nil && len(h.conns) < p.cfg.ConnsPerHost {
+		if h.stalled && len(h.conns) == 0 {
+			if h.dial == nil {
+				p.redial(addr, h)
+			}
+			p.mu.Unlock()
+			return nil, p.stalledErr(addr)
+		}
+		if h.dial == nil && len(h.conns) < p.cfg.ConnsPerHost && !h.stalled {
 			call := &dialCall{done: make(chan struct{})}
 			h.dial = call
 			p.mu.Unlock()
@@ -240,20 +265,8 @@ func (p *Pool) conn(ctx context.Context, addr string) (*clientConn, error) {
 				p.mu.Unlock()
 				return nil, err
 			}
-			h.conns = append(h.conns, c)
-			p.publish(addr, h)
-			h.drained = false
-			p.conns[c] = struct{}{}
-			p.wg.Add(2)
+			p.adopt(addr, h, c)
 			p.mu.Unlock()
-			go func() {
-				defer p.wg.Done()
-				c.writeLoop()
-			}()
-			go func() {
-				defer p.wg.Done()
-				c.readLoop()
-			}()
 			return c, nil
 		}
 		if len(h.conns) > 0 {
@@ -275,6 +288,79 @@ func (p *Pool) conn(ctx context.Context, addr string) (*clientConn, error) {
 		}
 		p.mu.Lock()
 	}
+}
+
+// adopt makes c a usable connection of h and starts its goroutines;
+// p.mu is held.
+func (p *Pool) adopt(addr string, h *host, c *clientConn) {
+	h.conns = append(h.conns, c)
+	p.publish(addr, h)
+	h.drained = false
+	p.conns[c] = struct{}{}
+	p.wg.Add(2)
+	go func() {
+		defer p.wg.Done()
+		c.writeLoop()
+	}()
+	go func() {
+		defer p.wg.Done()
+		c.readLoop()
+	}()
+}
+
+// stalledErr is the error of an Open refused because the server at addr
+// stopped answering.
+func (p *Pool) stalledErr(addr string) error {
+	return fmt.Errorf("%w: %w: the server at %s did not answer a PING within %v while streams waited on it (frozen or overloaded); it is redialled in the background",
+		ErrUnreachable, ErrStalled, addr, p.cfg.StallTimeout)
+}
+
+// setStalled records that a connection to addr stopped answering, or
+// was heard from again.
+func (p *Pool) setStalled(addr string, on bool) {
+	p.mu.Lock()
+	if h := p.hosts[addr]; h != nil {
+		h.stalled = on
+	}
+	p.mu.Unlock()
+}
+
+// redial dials a stalled server in the background, so that no caller
+// waits on a server that may be frozen (its kernel accepts the
+// connection, the preface never comes); p.mu is held. A dial that
+// succeeds makes the address usable again; one refused says the server
+// is dead rather than frozen, and the next Open dials as usual.
+func (p *Pool) redial(addr string, h *host) {
+	call := &dialCall{done: make(chan struct{})}
+	h.dial = call
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		c, err := p.dial(p.ctx, addr)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		h.dial = nil
+		call.err = err
+		close(call.done)
+		if err == nil && p.closed {
+			c.nc.Close()
+			return
+		}
+		if err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				h.stalled = false
+				if len(h.conns) == 0 && !h.drained && p.hosts[addr] == h {
+					delete(p.hosts, addr)
+				}
+			}
+			p.log.Debug("mux: redialling a server that stopped answering failed", "addr", addr, "err", err)
+			return
+		}
+		h.stalled = false
+		p.adopt(addr, h, c)
+		p.log.Info("mux: server that stopped answering is reachable again", "addr", addr)
+	}()
 }
 
 func (p *Pool) dial(ctx context.Context, addr string) (*clientConn, error) {
@@ -319,17 +405,21 @@ func (p *Pool) dial(ctx context.Context, addr string) (*clientConn, error) {
 		nextID:  1,
 	}
 	c.lim.busy = func() bool { return c.load.Load() > 0 }
-	if f := p.cfg.OnStall; f != nil {
-		c.lim.onStall = func() { f(addr) }
-	}
+	c.lim.onStall = c.onStall
+	c.lim.onAlive = c.onAlive
 	return c, nil
 }
 
-// leastLoaded returns the connection with the fewest open streams.
+// leastLoaded returns the connection with the fewest open streams,
+// preferring one whose server answers.
 func leastLoaded(conns []*clientConn) *clientConn {
 	best := conns[0]
 	for _, c := range conns[1:] {
-		if c.load.Load() < best.load.Load() {
+		if s, bs := c.stalled.Load(), best.stalled.Load(); s != bs {
+			if bs {
+				best = c
+			}
+		} else if c.load.Load() < best.load.Load() {
 			best = c
 		}
 	}
@@ -365,7 +455,7 @@ func (p *Pool) forget(c *clientConn, drained bool) {
 			break
 		}
 	}
-	if len(h.conns) == 0 && h.dial == nil && !h.drained {
+	if len(h.conns) == 0 && h.dial == nil && !h.drained && !h.stalled {
 		delete(p.hosts, c.addr)
 	}
 }
@@ -381,6 +471,9 @@ type clientConn struct {
 	window int64
 	nextID uint32 // guarded by wmu: ids go on the wire in order
 	load   atomic.Int32
+	// stalled: the server did not answer a PING while streams waited,
+	// and has sent nothing since.
+	stalled atomic.Bool
 
 	mu       sync.Mutex
 	streams  map[uint32]*ClientStream
@@ -412,6 +505,14 @@ func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byt
 	c.streams[st.id] = st
 	c.load.Add(1)
 	c.mu.Unlock()
+	if c.slowTick.Load() && c.slowTick.Swap(false) {
+		// Keepalive checks slowly on an idle connection: bring it to
+		// the pace that notices a frozen server.
+		select {
+		case c.poke <- struct{}{}:
+		default:
+		}
+	}
 	err := c.w.Open(st.id, h, payload)
 	c.commitFlush()
 	if err != nil {
@@ -431,6 +532,39 @@ func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byt
 		}
 	}
 	return st, nil
+}
+
+// onStall runs on the writer when the server stopped answering while
+// streams are open: the streams still waiting for their first response
+// fail, so that their callers can go elsewhere, and new streams are
+// refused until the server is heard from again.
+func (c *clientConn) onStall() {
+	c.stalled.Store(true)
+	c.pool.setStalled(c.addr, true)
+	cause := fmt.Errorf("%w: the server at %s did not answer a PING within %v", ErrStalled, c.addr, c.pool.cfg.StallTimeout)
+	c.mu.Lock()
+	streams := make([]*ClientStream, 0, len(c.streams))
+	for _, st := range c.streams {
+		streams = append(streams, st)
+	}
+	c.mu.Unlock()
+	failed := 0
+	for _, st := range streams {
+		if st.kill(&StreamError{Code: wire.CodeReset, Message: cause.Error(), Err: cause}, true) {
+			failed++
+		}
+	}
+	c.log.Warn("mux: server stopped answering; streams waiting for their first response failed, new ones go elsewhere",
+		"addr", c.addr, "ping_unanswered", c.pool.cfg.StallTimeout, "failed", failed, "still_open", len(streams)-failed)
+	if f := c.pool.cfg.OnStall; f != nil {
+		f(c.addr)
+	}
+}
+
+// onAlive runs on the writer when a stalled server is heard from again.
+func (c *clientConn) onAlive() {
+	c.stalled.Store(false)
+	c.pool.setStalled(c.addr, false)
 }
 
 func (c *clientConn) readLoop() {
@@ -747,11 +881,16 @@ func (s *ClientStream) fail(cause error) {
 }
 
 // abort kills the stream from this side.
-func (s *ClientStream) abort(e *StreamError) {
+func (s *ClientStream) abort(e *StreamError) { s.kill(e, false) }
+
+// kill ends the stream with e and asks the server to kill it; with
+// onlyWaiting, only if no response has arrived. It reports whether it
+// ended the stream.
+func (s *ClientStream) kill(e *StreamError, onlyWaiting bool) bool {
 	s.mu.Lock()
-	if s.err != nil {
+	if s.err != nil || (onlyWaiting && s.responded) {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	e.BeforeFirstResponse = !s.responded
 	s.err = e
@@ -762,6 +901,7 @@ func (s *ClientStream) abort(e *StreamError) {
 	s.c.removeStream(s.id)
 	s.c.writeFrame(s.id, wire.TypeCancel, uint32(wire.FlagKill))
 	s.unwatch()
+	return true
 }
 
 func (s *ClientStream) unwatch() {

@@ -61,6 +61,10 @@ type conn struct {
 	kaInterval, kaTimeout time.Duration
 	lim                   limits
 	pongs                 int // PONGs in the unwritten batch; guarded by wmu
+	// slowTick is set while keepalive checks at its slow period; poke
+	// (clients only) brings it back to the fast one when a stream opens.
+	slowTick atomic.Bool
+	poke     chan struct{}
 
 	done chan struct{} // closed by shutdown
 	once sync.Once
@@ -80,12 +84,14 @@ type limits struct {
 	frameTimeout time.Duration // a frame must arrive whole within it; 0: no bound
 	maxPongs     int           // PONGs queued unsent before the peer is dropped
 	onLimit      func(limit string)
-	// stall, busy and onStall detect a frozen peer (clients only): when
-	// busy reports streams waiting and nothing arrived for stall, a PING
-	// goes out; if nothing answers it within stall more, onStall runs.
+	// stall, busy, onStall and onAlive detect a frozen peer (clients
+	// only): when busy reports streams open and nothing arrived for
+	// stall/4, a PING goes out; if nothing at all answers it within
+	// stall, onStall runs, and onAlive when the peer is heard again.
 	stall   time.Duration
 	busy    func() bool
 	onStall func()
+	onAlive func()
 }
 
 func newConn(nc net.Conn, peer wire.Preface, maxFrame int, kaInterval, kaTimeout time.Duration, lim limits, log *slog.Logger) *conn {
@@ -98,6 +104,9 @@ func newConn(nc net.Conn, peer wire.Preface, maxFrame int, kaInterval, kaTimeout
 		kaInterval: kaInterval,
 		kaTimeout:  kaTimeout,
 		lim:        lim,
+	}
+	if lim.stall > 0 {
+		c.poke = make(chan struct{}, 1)
 	}
 	c.rd = wire.NewReader(countingReader{c}, maxFrame)
 	if lim.frameTimeout > 0 {
@@ -269,16 +278,36 @@ func (c *conn) shutdown(err error) {
 // so that an idle connection costs no goroutine beyond its reader and
 // writer.
 func (c *conn) writeLoop() {
+	// Keepalive checks every slow period; while streams are open (or a
+	// PING waits for its answer) they check every fast one, so that a
+	// frozen peer is noticed within about stall.
 	var tick <-chan time.Time
+	var timer *time.Timer
 	ka := keepalive{lastActive: time.Now()}
+	var slow, fast time.Duration
 	if c.kaInterval > 0 && c.kaTimeout > 0 {
-		period := max(min(c.kaInterval, c.kaTimeout)/4, time.Millisecond)
+		slow = max(min(c.kaInterval, c.kaTimeout)/4, time.Millisecond)
+		fast = slow
 		if c.lim.stall > 0 {
-			period = max(min(period, c.lim.stall/2), time.Millisecond)
+			fast = max(min(slow, c.lim.stall/8), time.Millisecond)
 		}
-		t := time.NewTicker(period)
-		defer t.Stop()
-		tick = t.C
+		timer = time.NewTimer(fast)
+		defer timer.Stop()
+		tick = timer.C
+	}
+	check := func() bool {
+		alive, soon := c.keepalive(&ka)
+		if !alive {
+			return false
+		}
+		if soon || fast == slow {
+			c.slowTick.Store(false)
+			timer.Reset(fast)
+		} else {
+			c.slowTick.Store(true)
+			timer.Reset(slow)
+		}
+		return true
 	}
 	for {
 		c.wmu.Lock()
@@ -305,8 +334,12 @@ func (c *conn) writeLoop() {
 			select {
 			case <-c.wake:
 			case <-tick:
-				if !c.keepalive(&ka) {
+				if !check() {
 					return
+				}
+			case <-c.poke:
+				if timer != nil {
+					timer.Reset(fast)
 				}
 			case <-c.done:
 				return
@@ -337,7 +370,7 @@ func (c *conn) writeLoop() {
 		}
 		select {
 		case <-tick:
-			if !c.keepalive(&ka) {
+			if !check() {
 				return
 			}
 		default:
@@ -373,39 +406,56 @@ func (c *conn) halfClose() {
 type keepalive struct {
 	lastReads  uint64
 	lastActive time.Time // when reads last changed
+	lastBusy   time.Time // when streams were last seen open
 	pingSent   time.Time // zero unless a PING is outstanding
 	stalled    bool      // onStall was called for this silence
 }
 
 // keepalive sends a PING after kaInterval of silence from the peer and
 // closes the connection when kaTimeout more passes without a byte. It
-// returns false if it closed the connection.
-func (c *conn) keepalive(ka *keepalive) bool {
+// returns false if it closed the connection, and soon when the next
+// check should come at the fast period.
+//
+// With streams open, silence is suspicious sooner: a PING after
+// lim.stall/4, and a peer that sends nothing at all within lim.stall of
+// it is reported stalled (frozen, not known dead), so that the streams
+// waiting for their first response go elsewhere while keepalive decides
+// the fate of the others. Any byte, a PONG or a frame of any stream, ends
+// the suspicion: a live server answers a PING however busy its handlers.
+func (c *conn) keepalive(ka *keepalive) (alive, soon bool) {
 	now := time.Now()
-	if n := c.reads.Load(); n != ka.lastReads {
-		ka.lastReads, ka.lastActive, ka.pingSent, ka.stalled = n, now, time.Time{}, false
-		return true
-	}
-	// With streams waiting, silence is suspicious sooner: a PING after
-	// lim.stall, and a peer that does not answer it within lim.stall more
-	// is reported stalled (frozen, not dead) so that new streams go
-	// elsewhere while keepalive decides.
 	busy := c.lim.stall > 0 && c.lim.busy != nil && c.lim.busy()
+	if busy {
+		ka.lastBusy = now
+	}
+	// Fast checks go on for a while after the last stream, so that a
+	// steady caller's next stream finds them running without a poke.
+	soon = c.lim.stall > 0 && now.Sub(ka.lastBusy) < c.kaInterval
+	if n := c.reads.Load(); n != ka.lastReads {
+		ka.lastReads, ka.lastActive, ka.pingSent = n, now, time.Time{}
+		if ka.stalled {
+			ka.stalled = false
+			c.log.Info("mux: peer answers again", "remote", c.nc.RemoteAddr().String())
+			if c.lim.onAlive != nil {
+				c.lim.onAlive()
+			}
+		}
+		return true, soon
+	}
 	if !ka.pingSent.IsZero() {
 		if busy && !ka.stalled && now.Sub(ka.pingSent) >= c.lim.stall {
 			ka.stalled = true
-			c.log.Warn("mux: peer stopped answering while streams wait; avoiding it", "remote", c.nc.RemoteAddr().String(), "silent", now.Sub(ka.lastActive).Round(time.Millisecond))
 			if c.lim.onStall != nil {
 				c.lim.onStall()
 			}
 		}
 		if now.Sub(ka.pingSent) < c.kaTimeout {
-			return true
+			return true, soon || (c.lim.stall > 0 && !ka.stalled)
 		}
 		c.shutdown(fmt.Errorf("%w: %s did not answer a keepalive PING within %v", ErrConnLost, c.nc.RemoteAddr(), c.kaTimeout))
-		return false
+		return false, false
 	}
-	if silent := now.Sub(ka.lastActive); silent >= c.kaInterval || (busy && silent >= c.lim.stall) {
+	if silent := now.Sub(ka.lastActive); silent >= c.kaInterval || (busy && silent >= c.lim.stall/4) {
 		var data [8]byte
 		binary.BigEndian.PutUint64(data[:], uint64(now.UnixNano()))
 		c.wmu.Lock()
@@ -415,7 +465,7 @@ func (c *conn) keepalive(ka *keepalive) bool {
 		c.wmu.Unlock()
 		ka.pingSent = now
 	}
-	return true
+	return true, soon
 }
 
 // writePong answers a PING; called by the reader, it never waits.

@@ -31,6 +31,9 @@ var (
 	ErrConnLost = plane.ErrConnLost
 	// ErrUnreachable wraps a failure to connect to an instance in Open.
 	ErrUnreachable = plane.ErrUnreachable
+	// ErrStalled wraps the error of a stream failed, or an Open refused,
+	// because its server stopped answering while streams waited on it.
+	ErrStalled = plane.ErrStalled
 	// ErrPoolClosed is returned by Open after Pool.Close.
 	ErrPoolClosed = plane.ErrPoolClosed
 	// ErrServerClosed is returned by Serve after Shutdown or Close, and

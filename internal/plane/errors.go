@@ -81,6 +81,11 @@ var (
 	ErrConnLost = errors.New("mux: connection lost")
 	// ErrUnreachable wraps a failure to connect to an instance in Open.
 	ErrUnreachable = errors.New("mux: instance unreachable")
+	// ErrStalled is the cause of a stream failed, or a request refused
+	// before it was sent, because its server stopped answering (frozen or
+	// overloaded, not known dead) while the caller waited on it. Such a
+	// request never got a response, so it may go to another instance.
+	ErrStalled = errors.New("mux: server stopped answering")
 	// ErrPoolClosed is returned by Open after Pool.Close.
 	ErrPoolClosed = errors.New("mux: pool closed")
 	// ErrServerClosed is returned by Serve after Shutdown or Close, and

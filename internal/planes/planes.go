@@ -312,6 +312,7 @@ func (p *Planes) tcpPool() (*mux.Pool, error) {
 		ConnsPerHost:      rc.ConnsPerHost,
 		KeepaliveInterval: rc.KeepaliveInterval,
 		KeepaliveTimeout:  rc.KeepaliveTimeout,
+		StallTimeout:      rc.StallTimeout,
 		FrameTimeout:      rc.FrameTimeout,
 		TLS:               tlsCfg,
 		Logger:            p.cfg.Logger,
