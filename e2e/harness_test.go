@@ -280,10 +280,11 @@ func clientSummary(t *testing.T, p *proc) (ok, failed int, failures []string) {
 	return ok, failed, failures
 }
 
-// serverID starts a hello server and returns it with its instance id.
-func server(t *testing.T, env []string) (*proc, string) {
+// server starts a hello server, with extra flags, and returns it with
+// its instance id.
+func server(t *testing.T, env []string, flags ...string) (*proc, string) {
 	t.Helper()
-	p := start(t, env, "hello", "server")
+	p := start(t, env, "hello", append([]string{"server"}, flags...)...)
 	line := p.waitLine("serving ", 30*time.Second)
 	return p, line[strings.LastIndex(line, " ")+1:]
 }

@@ -37,7 +37,7 @@ const path = "hello/greeter/greet"
 
 func main() {
 	if len(os.Args) < 2 || (os.Args[1] != "server" && os.Args[1] != "client") {
-		fmt.Fprintln(os.Stderr, "usage: hello server [-delay d] | hello client [-calls n] [-concurrency n] [-interval d] [-name s]")
+		fmt.Fprintln(os.Stderr, "usage: hello server [-delay d] | hello client [-calls n] [-concurrency n] [-interval d] [-name s] [-report d]")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -52,9 +52,10 @@ func main() {
 		interval := fs.Duration("interval", 0, "pause between calls")
 		name := fs.String("name", "loom", "who to greet")
 		concurrency := fs.Int("concurrency", 1, "callers at once (with -calls 0)")
+		report := fs.Duration("report", 0, "with -calls 0, print the calls that succeeded in each period this long")
 		_ = fs.Parse(os.Args[2:])
 		loom.Run(func(ctx context.Context, rt *loom.Runtime) error {
-			return client(ctx, rt, *calls, *interval, *name, *concurrency)
+			return client(ctx, rt, *calls, *interval, *name, *concurrency, *report)
 		})
 	}
 }
@@ -88,7 +89,7 @@ func server(ctx context.Context, rt *loom.Runtime, delay time.Duration) error {
 	return nil
 }
 
-func client(ctx context.Context, rt *loom.Runtime, calls int, interval time.Duration, name string, concurrency int) error {
+func client(ctx context.Context, rt *loom.Runtime, calls int, interval time.Duration, name string, concurrency int, report time.Duration) error {
 	ep, err := rt.Endpoint(path)
 	if err != nil {
 		return err
@@ -130,6 +131,27 @@ func client(ctx context.Context, rt *loom.Runtime, calls int, interval time.Dura
 				}
 			}
 		})
+	}
+	if report > 0 {
+		// Throughput over time: "window end_ms=<unix ms> ok=<calls>".
+		stop := make(chan struct{})
+		var reported sync.WaitGroup
+		reported.Go(func() {
+			t := time.NewTicker(report)
+			defer t.Stop()
+			last := int64(0)
+			for {
+				select {
+				case <-stop:
+					return
+				case now := <-t.C:
+					n := ok.Load()
+					fmt.Printf("window end_ms=%d ok=%d\n", now.UnixMilli(), n-last)
+					last = n
+				}
+			}
+		})
+		defer func() { close(stop); reported.Wait() }()
 	}
 	wg.Wait()
 	fmt.Printf("summary: ok=%d failed=%d\n", ok.Load(), failed.Load())

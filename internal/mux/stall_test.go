@@ -188,6 +188,8 @@ func TestAFrozenServerFailsWaitingStreamsAndRefusesNewOnesUntilItAnswers(t *test
 	if !errors.As(err, &se) || !errors.Is(err, ErrStalled) || !errors.Is(err, ErrReset) || !se.BeforeFirstResponse {
 		t.Fatalf("the stream waiting on the frozen server ended with %v; want a Reset before the first response wrapping ErrStalled", err)
 	}
+	// OnStall runs after the waiting streams have failed.
+	waitFor(t, "OnStall", func() bool { return len(rec.calls()) > 0 })
 	if got := rec.calls(); len(got) != 1 || got[0] != fz.addr() {
 		t.Fatalf("OnStall calls: %q; want one for %s", got, fz.addr())
 	}
