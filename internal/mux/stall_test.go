@@ -3,124 +3,12 @@ package mux
 import (
 	"bytes"
 	"errors"
-	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/loomrt/loom/internal/testutil"
 )
-
-// freezer is a TCP proxy that can freeze as a SIGSTOPped process does:
-// connections stay open, the kernel's buffers fill, nothing is answered,
-// new connections are accepted and never greeted. Thawed, it forwards
-// what it held.
-type freezer struct {
-	ln     net.Listener
-	target string
-	wg     sync.WaitGroup
-	done   chan struct{}
-
-	mu     sync.Mutex
-	frozen bool
-	thawed chan struct{}
-	conns  []net.Conn
-	dials  atomic.Int32 // connections accepted
-}
-
-func newFreezer(t *testing.T, target string) *freezer {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &freezer{ln: ln, target: target, done: make(chan struct{}), thawed: make(chan struct{})}
-	f.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			f.dials.Add(1)
-			f.wg.Go(func() { f.forward(c) })
-		}
-	})
-	t.Cleanup(func() {
-		close(f.done)
-		ln.Close()
-		f.mu.Lock()
-		for _, c := range f.conns {
-			c.Close()
-		}
-		f.mu.Unlock()
-		f.wg.Wait()
-	})
-	return f
-}
-
-func (f *freezer) addr() string { return f.ln.Addr().String() }
-
-func (f *freezer) freeze() {
-	f.mu.Lock()
-	f.frozen = true
-	f.mu.Unlock()
-}
-
-func (f *freezer) thaw() {
-	f.mu.Lock()
-	if f.frozen {
-		f.frozen = false
-		close(f.thawed)
-		f.thawed = make(chan struct{})
-	}
-	f.mu.Unlock()
-}
-
-// hold blocks while frozen; false once the freezer is closed.
-func (f *freezer) hold() bool {
-	f.mu.Lock()
-	for f.frozen {
-		ch := f.thawed
-		f.mu.Unlock()
-		select {
-		case <-ch:
-		case <-f.done:
-			return false
-		}
-		f.mu.Lock()
-	}
-	f.mu.Unlock()
-	return true
-}
-
-func (f *freezer) forward(c net.Conn) {
-	if !f.hold() {
-		c.Close()
-		return
-	}
-	up, err := net.Dial("tcp", f.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	f.mu.Lock()
-	f.conns = append(f.conns, c, up)
-	f.mu.Unlock()
-	pipe := func(dst, src net.Conn) {
-		defer dst.Close()
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			if err != nil || !f.hold() {
-				return
-			}
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return
-			}
-		}
-	}
-	f.wg.Go(func() { pipe(up, c) })
-	pipe(c, up)
-}
 
 // stallRecorder counts OnStall calls.
 type stallRecorder struct {
@@ -162,13 +50,13 @@ func holdOrEcho(release <-chan struct{}) HandlerFunc {
 func TestAFrozenServerFailsWaitingStreamsAndRefusesNewOnesUntilItAnswers(t *testing.T) {
 	release := make(chan struct{})
 	target, _ := startServer(t, ServerConfig{}, holdOrEcho(release))
-	fz := newFreezer(t, target)
+	fz := testutil.NewFreezer(t, target)
 	var rec stallRecorder
 	p := newPool(t, ClientConfig{ConnsPerHost: 1, StallTimeout: 200 * time.Millisecond, KeepaliveTimeout: time.Minute, OnStall: rec.onStall})
 	ctx := ctxTimeout(t, 30*time.Second)
 
 	// A stream that has responded and goes on after the thaw.
-	held, err := p.Open(ctx, fz.addr(), Request{Path: "p", Payload: []byte("hold")})
+	held, err := p.Open(ctx, fz.Addr(), Request{Path: "p", Payload: []byte("hold")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,8 +65,8 @@ func TestAFrozenServerFailsWaitingStreamsAndRefusesNewOnesUntilItAnswers(t *test
 		t.Fatalf("first response: %q, %v", b, err)
 	}
 
-	fz.freeze()
-	waiting, err := p.Open(ctx, fz.addr(), Request{Path: "p", Payload: []byte("ping")})
+	fz.Freeze()
+	waiting, err := p.Open(ctx, fz.Addr(), Request{Path: "p", Payload: []byte("ping")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,8 +78,8 @@ func TestAFrozenServerFailsWaitingStreamsAndRefusesNewOnesUntilItAnswers(t *test
 	}
 	// OnStall runs after the waiting streams have failed.
 	waitFor(t, "OnStall", func() bool { return len(rec.calls()) > 0 })
-	if got := rec.calls(); len(got) != 1 || got[0] != fz.addr() {
-		t.Fatalf("OnStall calls: %q; want one for %s", got, fz.addr())
+	if got := rec.calls(); len(got) != 1 || got[0] != fz.Addr() {
+		t.Fatalf("OnStall calls: %q; want one for %s", got, fz.Addr())
 	}
 	if held.ended.Load() {
 		t.Fatal("the stream that had responded was failed too; it is keepalive's to decide")
@@ -199,15 +87,15 @@ func TestAFrozenServerFailsWaitingStreamsAndRefusesNewOnesUntilItAnswers(t *test
 
 	// New streams are refused at once, without waiting on the server.
 	for range 3 {
-		_, err := p.Open(ctx, fz.addr(), Request{Path: "p", Payload: []byte("x")})
+		_, err := p.Open(ctx, fz.Addr(), Request{Path: "p", Payload: []byte("x")})
 		if !errors.Is(err, ErrUnreachable) || !errors.Is(err, ErrStalled) {
 			t.Fatalf("Open to the frozen server: %v; want ErrUnreachable wrapping ErrStalled", err)
 		}
 	}
 
-	fz.thaw()
+	fz.Thaw()
 	waitFor(t, "the thawed server to take streams again", func() bool {
-		st, err := p.Open(ctx, fz.addr(), Request{Path: "p", Payload: []byte("again")})
+		st, err := p.Open(ctx, fz.Addr(), Request{Path: "p", Payload: []byte("again")})
 		if err != nil {
 			return false
 		}
@@ -219,28 +107,28 @@ func TestAFrozenServerFailsWaitingStreamsAndRefusesNewOnesUntilItAnswers(t *test
 	if got, err := recvAll(held); err != nil || len(got) != 1 || string(got[0]) != "rest" {
 		t.Fatalf("the held stream after the thaw: %q, %v", got, err)
 	}
-	if n := fz.dials.Load(); n != 1 {
+	if n := fz.Dials(); n != 1 {
 		t.Errorf("%d connections were made; the thawed one should have been kept", n)
 	}
 }
 
 func TestAServerFrozenPastKeepaliveIsRedialledInTheBackground(t *testing.T) {
 	target, _ := startServer(t, ServerConfig{}, echo)
-	fz := newFreezer(t, target)
+	fz := testutil.NewFreezer(t, target)
 	var rec stallRecorder
 	p := newPool(t, ClientConfig{
 		ConnsPerHost: 1, StallTimeout: 100 * time.Millisecond, KeepaliveInterval: time.Minute, KeepaliveTimeout: 300 * time.Millisecond,
 		DialTimeout: 300 * time.Millisecond, OnStall: rec.onStall,
 	})
 	ctx := ctxTimeout(t, 30*time.Second)
-	if st, err := p.Open(ctx, fz.addr(), Request{Path: "p", Payload: []byte("warm")}); err != nil {
+	if st, err := p.Open(ctx, fz.Addr(), Request{Path: "p", Payload: []byte("warm")}); err != nil {
 		t.Fatal(err)
 	} else if _, err := recvAll(st); err != nil {
 		t.Fatal(err)
 	}
 
-	fz.freeze()
-	st, err := p.Open(ctx, fz.addr(), Request{Path: "p", Payload: []byte("lost")})
+	fz.Freeze()
+	st, err := p.Open(ctx, fz.Addr(), Request{Path: "p", Payload: []byte("lost")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,20 +145,20 @@ func TestAServerFrozenPastKeepaliveIsRedialledInTheBackground(t *testing.T) {
 	// Every Open is refused at once and none waits on a dial (a dial's
 	// preface would time out with ErrUnreachable alone); the dials happen
 	// in the background, one at a time.
-	for i := 0; i < 20 || fz.dials.Load() < 3; i++ {
+	for i := 0; i < 20 || fz.Dials() < 3; i++ {
 		if i > 10000 {
-			t.Fatalf("after %d Opens only %d background dials", i, fz.dials.Load())
+			t.Fatalf("after %d Opens only %d background dials", i, fz.Dials())
 		}
-		_, err := p.Open(ctx, fz.addr(), Request{Path: "p", Payload: []byte("x")})
+		_, err := p.Open(ctx, fz.Addr(), Request{Path: "p", Payload: []byte("x")})
 		if !errors.Is(err, ErrUnreachable) || !errors.Is(err, ErrStalled) {
 			t.Fatalf("Open %d to the frozen server: %v; want ErrUnreachable wrapping ErrStalled", i, err)
 		}
 		time.Sleep(10 * time.Millisecond) // pacing the caller, not synchronisation
 	}
 
-	fz.thaw()
+	fz.Thaw()
 	waitFor(t, "a background dial to make the address usable again", func() bool {
-		st, err := p.Open(ctx, fz.addr(), Request{Path: "p", Payload: []byte("back")})
+		st, err := p.Open(ctx, fz.Addr(), Request{Path: "p", Payload: []byte("back")})
 		if err != nil {
 			return false
 		}

@@ -27,6 +27,23 @@ type ClientConfig struct {
 	// DefaultHeartbeatTimeout; negative turns the check off (streams
 	// still fail when the NATS connection closes).
 	HeartbeatTimeout time.Duration
+	// StallTimeout is how long a stream waiting for its first response
+	// may go without hearing anything at all from its server (a
+	// response, END or heartbeat for any stream) before the server is
+	// deemed stalled: frozen or overloaded, not known dead. Requests ask
+	// for heartbeats at a third of it. Then the streams still waiting for
+	// their first response fail with a Reset wrapping plane.ErrStalled
+	// (the request got no answer, so it may go elsewhere), OnStall is
+	// called, and Open to that server fails at once with
+	// plane.ErrUnreachable wrapping plane.ErrStalled until it is heard
+	// from again, except for one request let through every
+	// StallProbeInterval to find out. Streams that had responded are
+	// left to HeartbeatTimeout. Default DefaultStallTimeout; negative:
+	// off.
+	StallTimeout time.Duration
+	// OnStall, if set, is called with a server's subject when it stops
+	// answering while streams wait on it. It must not block.
+	OnStall func(subject string)
 	// InitialWindow is the credit in bytes each stream grants its server:
 	// at most about this much (plus one message) is in flight or
 	// buffered per stream when the caller reads slowly. Each message
@@ -49,7 +66,8 @@ type Client struct {
 	prefix  string // inbox + "."
 	sub     *nats.Subscription
 	streams map[uint64]*ClientStream
-	nextID  uint64 // last stream id used
+	servers map[string]*serverState // by subject: those with open streams, and stalled ones
+	nextID  uint64                  // last stream id used
 	closed  bool
 	stop    chan struct{} // closed by Close: ends the watchdog
 	wg      sync.WaitGroup
@@ -62,13 +80,53 @@ func NewClient(nc *nats.Conn, cfg ClientConfig) *Client {
 		cfg.HeartbeatTimeout = DefaultHeartbeatTimeout
 	}
 	cfg.HeartbeatTimeout = max(cfg.HeartbeatTimeout, 0)
+	if cfg.StallTimeout == 0 {
+		cfg.StallTimeout = DefaultStallTimeout
+	}
+	cfg.StallTimeout = max(cfg.StallTimeout, 0)
 	if cfg.InitialWindow <= 0 {
 		cfg.InitialWindow = DefaultInitialWindow
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Client{nc: nc, cfg: cfg, log: cfg.Logger, streams: map[uint64]*ClientStream{}, stop: make(chan struct{})}
+	return &Client{nc: nc, cfg: cfg, log: cfg.Logger, streams: map[uint64]*ClientStream{}, servers: map[string]*serverState{}, stop: make(chan struct{})}
+}
+
+// Stall detection defaults.
+const (
+	// DefaultStallTimeout is ClientConfig.StallTimeout's default.
+	DefaultStallTimeout = 400 * time.Millisecond
+	// StallProbeInterval is how often one request is let through to a
+	// stalled server, to find out whether it answers again.
+	StallProbeInterval = time.Second
+)
+
+// serverState is what a Client knows of one server: when it last heard
+// from it and whether it stopped answering.
+type serverState struct {
+	subject   string
+	lastHeard atomic.Int64 // monotime of the last message from it
+	stalled   atomic.Bool
+	streams   int   // open streams to it; guarded by Client.mu
+	nextProbe int64 // monotime before which a stalled server gets no request; Client.mu
+}
+
+// heard records a message from the server.
+func (c *Client) heard(srv *serverState, now int64) {
+	srv.lastHeard.Store(now)
+	if srv.stalled.Load() && srv.stalled.CompareAndSwap(true, false) {
+		c.log.Info("natsplane: server answers again", "subject", srv.subject)
+	}
+}
+
+// heartbeatAsk is the heartbeat timeout requests carry: servers heartbeat
+// at a third of it, so a stall shows within StallTimeout.
+func (c *Client) heartbeatAsk() time.Duration {
+	if c.cfg.StallTimeout > 0 && (c.cfg.StallTimeout < c.cfg.HeartbeatTimeout || c.cfg.HeartbeatTimeout == 0) {
+		return c.cfg.StallTimeout
+	}
+	return c.cfg.HeartbeatTimeout
 }
 
 // start subscribes to the inbox; c.mu is held.
@@ -109,7 +167,7 @@ func (c *Client) Open(ctx context.Context, subject string, req plane.Request) (*
 	}
 	o := openMsg{
 		path: req.Path, codec: req.Codec, requestID: req.RequestID, traceParent: req.TraceParent, headers: req.Headers,
-		heartbeat: c.cfg.HeartbeatTimeout, credit: uint64(c.cfg.InitialWindow), hasCredit: true,
+		heartbeat: c.heartbeatAsk(), credit: uint64(c.cfg.InitialWindow), hasCredit: true,
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		if o.timeout = time.Until(dl); o.timeout <= 0 {
@@ -132,11 +190,27 @@ func (c *Client) Open(ctx context.Context, subject string, req plane.Request) (*
 		c.mu.Unlock()
 		return nil, err
 	}
+	now := monotime()
+	srv := c.servers[subject]
+	if srv == nil {
+		srv = &serverState{subject: subject}
+		srv.lastHeard.Store(now)
+		c.servers[subject] = srv
+	}
+	if srv.stalled.Load() {
+		if now < srv.nextProbe {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("%w: %w: natsplane server at %s sent nothing for %v while requests waited on it (frozen or overloaded); one request a second goes to it until it answers",
+				plane.ErrUnreachable, plane.ErrStalled, subject, c.cfg.StallTimeout)
+		}
+		srv.nextProbe = now + int64(StallProbeInterval)
+	}
+	srv.streams++
 	c.nextID++
-	st := &ClientStream{c: c, id: c.nextID, subject: subject, window: o.credit}
+	st := &ClientStream{c: c, id: c.nextID, subject: subject, srv: srv, window: o.credit, opened: now}
 	st.cond.L = &st.mu
 	st.granted.Store(o.credit)
-	st.touch()
+	st.lastHeard.Store(now)
 	c.streams[st.id] = st
 	o.inbox, o.stream = c.inbox, st.id
 	c.mu.Unlock()
@@ -210,7 +284,13 @@ func (c *Client) lookup(id uint64) *ClientStream {
 
 func (c *Client) remove(id uint64) {
 	c.mu.Lock()
-	delete(c.streams, id)
+	if st := c.streams[id]; st != nil {
+		delete(c.streams, id)
+		srv := st.srv
+		if srv.streams--; srv.streams == 0 && !srv.stalled.Load() && c.servers[srv.subject] == srv {
+			delete(c.servers, srv.subject)
+		}
+	}
 	c.mu.Unlock()
 }
 
@@ -242,11 +322,13 @@ func (c *Client) onMsg(m *nats.Msg) {
 	if st == nil {
 		return // ended here already
 	}
-	st.touch()
 	if m.Header.Get(hdrStatus) == "503" {
 		st.fail(&plane.StreamError{Code: wire.CodeNotFound, Message: "no server is subscribed to " + st.subject + " (NATS no responders)", Err: nats.ErrNoResponders}, false)
 		return
 	}
+	now := monotime()
+	st.lastHeard.Store(now)
+	c.heard(st.srv, now)
 	switch kind := m.Header.Get(hdrKind); kind {
 	case kindData:
 		seq, err := parseData(m.Header)
@@ -294,6 +376,9 @@ func (c *Client) onHeartbeat(m *nats.Msg) {
 		c.mu.Unlock()
 		return
 	}
+	if srv := c.servers[server]; srv != nil {
+		c.heard(srv, now)
+	}
 	for _, e := range entries {
 		st := c.streams[e.id]
 		if st == nil {
@@ -328,6 +413,9 @@ func (c *Client) watch() {
 	if c.cfg.HeartbeatTimeout > 0 {
 		tick = max(c.cfg.HeartbeatTimeout/4, time.Millisecond)
 	}
+	if c.cfg.StallTimeout > 0 {
+		tick = max(min(tick, c.cfg.StallTimeout/4), time.Millisecond)
+	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
@@ -339,25 +427,56 @@ func (c *Client) watch() {
 				c.expire(true)
 				return
 			}
-			if c.cfg.HeartbeatTimeout > 0 {
-				c.expire(false)
-			}
+			c.expire(false)
 		}
 	}
 }
 
 // expire fails the streams whose server has been silent for the heartbeat
-// timeout, or all of them if the connection is closed.
+// timeout, or all of them if the connection is closed, and the streams
+// waiting for their first response from a server silent for the stall
+// timeout.
 func (c *Client) expire(connClosed bool) {
-	now, limit := monotime(), int64(c.cfg.HeartbeatTimeout)
-	var dead []*ClientStream
+	now, limit, stall := monotime(), int64(c.cfg.HeartbeatTimeout), int64(c.cfg.StallTimeout)
+	var dead, waiting []*ClientStream
+	var stalled []*serverState
 	c.mu.Lock()
 	for _, st := range c.streams {
-		if connClosed || now-st.lastHeard.Load() > limit {
+		switch {
+		case connClosed || (limit > 0 && now-st.lastHeard.Load() > limit):
 			dead = append(dead, st)
+		case stall > 0 && !st.answered.Load() && now-st.opened > stall && now-st.srv.lastHeard.Load() > stall:
+			waiting = append(waiting, st)
+			if st.srv.stalled.CompareAndSwap(false, true) {
+				st.srv.nextProbe = now + int64(StallProbeInterval)
+				stalled = append(stalled, st.srv)
+			}
+		}
+	}
+	for subject, srv := range c.servers {
+		// A stalled server nobody has called for a while is forgotten.
+		if srv.streams == 0 && now-srv.lastHeard.Load() > 60*int64(time.Second) {
+			delete(c.servers, subject)
 		}
 	}
 	c.mu.Unlock()
+	for _, st := range waiting {
+		cause := fmt.Errorf("%w: natsplane server at %s sent nothing for %v", plane.ErrStalled, st.subject, c.cfg.StallTimeout)
+		st.fail(&plane.StreamError{Code: wire.CodeReset, Message: cause.Error(), Err: cause}, true)
+	}
+	for _, srv := range stalled {
+		n := 0
+		for _, st := range waiting {
+			if st.srv == srv {
+				n++
+			}
+		}
+		c.log.Warn("natsplane: server stopped answering; requests waiting for their first response failed, new ones go elsewhere",
+			"subject", srv.subject, "silent_for", c.cfg.StallTimeout, "failed", n)
+		if f := c.cfg.OnStall; f != nil {
+			f(srv.subject)
+		}
+	}
 	for _, st := range dead {
 		if connClosed {
 			st.fail(&plane.StreamError{Code: wire.CodeReset, Message: "the NATS connection of the client is closed", Err: ErrConnClosed}, false)
@@ -382,8 +501,11 @@ type ClientStream struct {
 	c         *Client
 	id        uint64
 	subject   string
+	srv       *serverState
 	window    uint64
+	opened    int64         // monotime of Open
 	lastHeard atomic.Int64  // monotime of the last message from the server for this stream
+	answered  atomic.Bool   // a response or the END arrived
 	granted   atomic.Uint64 // cumulative credit granted, written by Recv
 
 	mu        sync.Mutex
@@ -400,8 +522,6 @@ type ClientStream struct {
 	waiting   bool
 	stopSent  bool
 }
-
-func (s *ClientStream) touch() { s.lastHeard.Store(monotime()) }
 
 // Recv returns the next response message. It returns io.EOF after the last
 // one when the stream ended with OK, and otherwise a *plane.StreamError: the
@@ -532,6 +652,7 @@ func (s *ClientStream) push(seq uint64, p []byte) {
 		s.received += uint64(len(p)) + MessageOverhead
 		s.msgs = append(s.msgs, p)
 		s.responded = true
+		s.answered.Store(true)
 		s.wake()
 	}
 	s.mu.Unlock()

@@ -511,7 +511,7 @@ func TestHeartbeatTimeoutDetectsADeadServer(t *testing.T) {
 				return nil
 			})
 			const timeout = 500 * time.Millisecond
-			c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: timeout})
+			c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: timeout, StallTimeout: -1})
 			st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
 			if err != nil {
 				t.Fatal(err)
@@ -870,7 +870,8 @@ func (f *fakeServer) heartbeat(inbox string, entries ...hbEntry) {
 func TestCallerRecoversFromLostMessages(t *testing.T) {
 	p := newPair(t)
 	f := newFakeServer(t, p.snc)
-	c := newClient(t, p.cnc, ClientConfig{InitialWindow: 1000, HeartbeatTimeout: time.Minute})
+	// The fake server sends no heartbeats unless told: no stall detection.
+	c := newClient(t, p.cnc, ClientConfig{InitialWindow: 1000, HeartbeatTimeout: time.Minute, StallTimeout: -1})
 	open := func() (*ClientStream, openMsg, string) {
 		st, err := c.Open(context.Background(), f.subject, mux.Request{Path: "p"})
 		if err != nil {

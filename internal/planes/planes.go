@@ -317,9 +317,7 @@ func (p *Planes) tcpPool() (*mux.Pool, error) {
 		TLS:               tlsCfg,
 		Logger:            p.cfg.Logger,
 		OnDrain:           func(addr string) { p.addr(addr).draining.Store(true) },
-		OnStall: func(addr string) {
-			p.addr(addr).stalledUntil.Store(time.Now().Add(p.cfg.FailureCooldown).UnixNano())
-		},
+		OnStall:           p.onStall,
 	})
 	p.poolRO.Store(p.pool)
 	return p.pool, nil
@@ -345,9 +343,19 @@ func (p *Planes) natsClient(ctx context.Context) (*natsplane.Client, error) {
 		return nil, plane.ErrPoolClosed
 	}
 	if p.natsCli == nil {
-		p.natsCli = natsplane.NewClient(nc, natsplane.ClientConfig{Logger: p.cfg.Logger})
+		p.natsCli = natsplane.NewClient(nc, natsplane.ClientConfig{
+			Logger:       p.cfg.Logger,
+			StallTimeout: p.cfg.RequestPlane.StallTimeout,
+			OnStall:      p.onStall,
+		})
 	}
 	return p.natsCli, nil
+}
+
+// onStall records that the server at addr (a TCP address or a NATS
+// subject) stopped answering: new calls avoid it for the failure cooldown.
+func (p *Planes) onStall(addr string) {
+	p.addr(addr).stalledUntil.Store(time.Now().Add(p.cfg.FailureCooldown).UnixNano())
 }
 
 func (p *Planes) addr(a string) *addrState {
@@ -359,10 +367,11 @@ func (p *Planes) addr(a string) *addrState {
 }
 
 // Usable reports whether an instance with this transport and address
-// should get new requests: its server has not sent GOAWAY, and has not
-// stopped answering within the failure cooldown. now is in unix ns.
+// should get new requests: its server has not sent GOAWAY (TCP), and has
+// not stopped answering within the failure cooldown (TCP and NATS). now
+// is in unix ns.
 func (p *Planes) Usable(transport, addr string, now int64) bool {
-	if transport != TCP {
+	if transport != TCP && transport != NATS {
 		return true
 	}
 	v, ok := p.addrs.Load(addr)
