@@ -405,6 +405,11 @@ func (p *Pool) dial(ctx context.Context, addr string) (*clientConn, error) {
 		nextID:  1,
 	}
 	c.lim.busy = func() bool { return c.load.Load() > 0 }
+	c.lim.opened = func() uint32 {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.nextID - 1
+	}
 	c.lim.onStall = c.onStall
 	c.lim.onAlive = c.onAlive
 	return c, nil
@@ -469,7 +474,7 @@ type clientConn struct {
 	pool   *Pool
 	addr   string
 	window int64
-	nextID uint32 // guarded by wmu: ids go on the wire in order
+	nextID uint32 // guarded by wmu and mu: ids go on the wire in order
 	load   atomic.Int32
 	// stalled: the server did not answer a PING while streams waited,
 	// and has sent nothing since.
@@ -646,6 +651,21 @@ func (c *clientConn) removeStream(id uint32) {
 }
 
 func (c *clientConn) handleGoAway(last uint32, code wire.Code, reason string) {
+	if code == wire.CodeOK {
+		// The server closes this connection, not itself: new streams
+		// go to a new connection; this one closes once its streams end.
+		c.mu.Lock()
+		c.draining = true
+		c.goAway = fmt.Sprintf("%v, last stream %d: %s", code, last, reason)
+		idle := len(c.streams) == 0
+		c.mu.Unlock()
+		c.log.Debug("mux: server closes an idle connection", "addr", c.addr, "reason", reason)
+		c.pool.forget(c, false)
+		if idle {
+			c.closeAfterFlush(true, fmt.Errorf("%w: closed at the server's request (%s)", ErrConnLost, reason))
+		}
+		return
+	}
 	c.mu.Lock()
 	c.draining = true
 	c.goAway = fmt.Sprintf("%v, last stream %d: %s", code, last, reason)

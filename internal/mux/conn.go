@@ -65,6 +65,7 @@ type conn struct {
 	// (clients only) brings it back to the fast one when a stream opens.
 	slowTick atomic.Bool
 	poke     chan struct{}
+	written  atomic.Uint64 // bytes written, counted while lim.stall is set
 
 	done chan struct{} // closed by shutdown
 	once sync.Once
@@ -90,8 +91,18 @@ type limits struct {
 	// stall, onStall runs, and onAlive when the peer is heard again.
 	stall   time.Duration
 	busy    func() bool
+	opened  func() uint32 // streams opened so far
 	onStall func()
 	onAlive func()
+	// idle, activity and onIdle close idle connections (servers only):
+	// when activity reports no stream open and no new one since the
+	// last check for idle, onIdle runs (it sends GOAWAY); a peer that
+	// has not closed the connection, nor opened a stream, within
+	// min(idle, lingerTimeout) after that is dropped. Only streams count
+	// as activity: PINGs and other frames do not.
+	idle     time.Duration
+	activity func() (lastID uint32, open bool)
+	onIdle   func()
 }
 
 func newConn(nc net.Conn, peer wire.Preface, maxFrame int, kaInterval, kaTimeout time.Duration, lim limits, log *slog.Logger) *conn {
@@ -287,6 +298,9 @@ func (c *conn) writeLoop() {
 	var slow, fast time.Duration
 	if c.kaInterval > 0 && c.kaTimeout > 0 {
 		slow = max(min(c.kaInterval, c.kaTimeout)/4, time.Millisecond)
+		if c.lim.idle > 0 {
+			slow = max(min(slow, c.lim.idle/4), time.Millisecond)
+		}
 		fast = slow
 		if c.lim.stall > 0 {
 			fast = max(min(slow, c.lim.stall/8), time.Millisecond)
@@ -387,9 +401,19 @@ func (c *conn) flush(b []byte, closing bool) error {
 		// after the keepalive timeout.
 		c.nc.SetWriteDeadline(time.Now().Add(c.kaTimeout))
 	}
-	_, err := c.nc.Write(b)
+	n, err := c.nc.Write(b)
+	if c.lim.stall > 0 {
+		c.written.Add(uint64(n))
+	}
 	return err
 }
+
+// Time a server is allowed, on top of lim.stall, to answer a PING that
+// went out behind requests it had not yet read: per OPEN, and per MiB.
+const (
+	stallPerOpen = time.Millisecond
+	stallPerMiB  = time.Second
+)
 
 // halfClose ends our side of the connection (TCP FIN, or TLS
 // close_notify) so the peer reads EOF after our last frame, while we keep
@@ -409,6 +433,15 @@ type keepalive struct {
 	lastBusy   time.Time // when streams were last seen open
 	pingSent   time.Time // zero unless a PING is outstanding
 	stalled    bool      // onStall was called for this silence
+
+	// OPENs and bytes sent when reads last changed: what the peer may
+	// still have to read before it gets to a PING.
+	openedAtRead  uint32
+	writtenAtRead uint64
+
+	lastOpen  uint32    // the last stream id activity reported
+	idleSince time.Time // when the connection was last seen with a stream, or a new one
+	idled     bool      // onIdle was called
 }
 
 // keepalive sends a PING after kaInterval of silence from the peer and
@@ -424,6 +457,9 @@ type keepalive struct {
 // the suspicion: a live server answers a PING however busy its handlers.
 func (c *conn) keepalive(ka *keepalive) (alive, soon bool) {
 	now := time.Now()
+	if c.lim.idle > 0 && !c.idleCheck(ka, now) {
+		return false, false
+	}
 	busy := c.lim.stall > 0 && c.lim.busy != nil && c.lim.busy()
 	if busy {
 		ka.lastBusy = now
@@ -433,6 +469,12 @@ func (c *conn) keepalive(ka *keepalive) (alive, soon bool) {
 	soon = c.lim.stall > 0 && now.Sub(ka.lastBusy) < c.kaInterval
 	if n := c.reads.Load(); n != ka.lastReads {
 		ka.lastReads, ka.lastActive, ka.pingSent = n, now, time.Time{}
+		if c.lim.stall > 0 {
+			ka.writtenAtRead = c.written.Load()
+			if c.lim.opened != nil {
+				ka.openedAtRead = c.lim.opened()
+			}
+		}
 		if ka.stalled {
 			ka.stalled = false
 			c.log.Info("mux: peer answers again", "remote", c.nc.RemoteAddr().String())
@@ -443,7 +485,7 @@ func (c *conn) keepalive(ka *keepalive) (alive, soon bool) {
 		return true, soon
 	}
 	if !ka.pingSent.IsZero() {
-		if busy && !ka.stalled && now.Sub(ka.pingSent) >= c.lim.stall {
+		if busy && !ka.stalled && now.Sub(ka.pingSent) >= c.stallAllowance(ka) {
 			ka.stalled = true
 			if c.lim.onStall != nil {
 				c.lim.onStall()
@@ -466,6 +508,41 @@ func (c *conn) keepalive(ka *keepalive) (alive, soon bool) {
 		ka.pingSent = now
 	}
 	return true, soon
+}
+
+// stallAllowance is how long a PING may go unanswered before the peer is
+// deemed stalled: lim.stall, plus time for the requests sent since the
+// peer last sent anything, which it reads before the PING. A live
+// server flooded with OPENs is slow to answer, not frozen.
+func (c *conn) stallAllowance(ka *keepalive) time.Duration {
+	d := c.lim.stall
+	if c.lim.opened != nil {
+		d += time.Duration(c.lim.opened()-ka.openedAtRead) * stallPerOpen
+	}
+	return d + time.Duration((c.written.Load()-ka.writtenAtRead)>>20)*stallPerMiB
+}
+
+// idleCheck runs onIdle once the connection has held no stream for
+// lim.idle, and drops a peer that neither closes nor uses it after that.
+// It returns false if it closed the connection.
+func (c *conn) idleCheck(ka *keepalive, now time.Time) bool {
+	if ka.idleSince.IsZero() {
+		ka.idleSince = now
+	}
+	id, open := c.lim.activity()
+	switch {
+	case open || id != ka.lastOpen:
+		ka.lastOpen, ka.idleSince = id, now
+	case !ka.idled && now.Sub(ka.idleSince) >= c.lim.idle:
+		ka.idled, ka.idleSince = true, now
+		c.lim.onIdle()
+	case ka.idled && now.Sub(ka.idleSince) >= min(c.lim.idle, lingerTimeout):
+		err := fmt.Errorf("%w: %s kept an idle connection open %v after GOAWAY", ErrConnLost, c.nc.RemoteAddr(), now.Sub(ka.idleSince).Round(time.Millisecond))
+		c.log.Warn("mux: peer ignored GOAWAY on its idle connection; closing it", "limit", "idle_timeout", "remote", c.nc.RemoteAddr().String(), "err", err)
+		c.shutdown(err)
+		return false
+	}
+	return true
 }
 
 // writePong answers a PING; called by the reader, it never waits.

@@ -33,6 +33,9 @@ const (
 	// connection before its peer, which sends PINGs without reading, is
 	// dropped.
 	DefaultMaxQueuedPongs = 256
+	// DefaultIdleTimeout is how long a connection may hold no stream
+	// before the server asks its client to close it.
+	DefaultIdleTimeout = 5 * time.Minute
 )
 
 func frameTimeoutDefault(d time.Duration) time.Duration {
@@ -92,10 +95,20 @@ type ServerConfig struct {
 	// MaxQueuedPongs is how many PONGs may wait unwritten on a connection
 	// before its peer is dropped. Default DefaultMaxQueuedPongs.
 	MaxQueuedPongs int
+	// IdleTimeout is how long a connection may hold no stream (running or
+	// queued) before the server sends GOAWAY with code OK: the client
+	// opens no new stream on it and closes it, and dials anew for its
+	// next request; the server is not draining. A client that neither
+	// closes the connection nor opens a stream within IdleTimeout (at
+	// most 5 s) more is dropped. Only streams count: PINGs and other
+	// frames keep a connection alive for keepalive, not for this. It
+	// needs keepalive on. Default DefaultIdleTimeout; negative: never.
+	IdleTimeout time.Duration
 	// OnLimit, if set, is called when a peer hits one of the limits
 	// above or its share of streams, with the limit's name
 	// ("max_conns", "frame_timeout", "max_queued_pongs",
-	// "max_streams_per_conn"); for metrics. It must not block.
+	// "max_streams_per_conn", "idle_timeout"); for metrics. It must not
+	// block.
 	OnLimit func(limit string)
 	// StreamContext, if set, returns the parent of the context of a
 	// stream opened for path (nil for none). It runs on the connection's
@@ -122,6 +135,12 @@ func (c *ServerConfig) setDefaults() {
 	c.FrameTimeout = frameTimeoutDefault(c.FrameTimeout)
 	if c.MaxQueuedPongs <= 0 {
 		c.MaxQueuedPongs = DefaultMaxQueuedPongs
+	}
+	switch {
+	case c.IdleTimeout < 0:
+		c.IdleTimeout = 0
+	case c.IdleTimeout == 0:
+		c.IdleTimeout = DefaultIdleTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -437,10 +456,10 @@ func (s *Server) serveConn(nc net.Conn) {
 	}
 	nc.SetDeadline(time.Time{})
 
-	sc := &serverConn{
-		conn: newConn(nc, peer, s.cfg.MaxFrameSize, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, limits{frameTimeout: s.cfg.FrameTimeout, maxPongs: s.cfg.MaxQueuedPongs, onLimit: s.cfg.OnLimit}, s.log),
-		srv:  s,
-	}
+	sc := &serverConn{srv: s}
+	lim := limits{frameTimeout: s.cfg.FrameTimeout, maxPongs: s.cfg.MaxQueuedPongs, onLimit: s.cfg.OnLimit,
+		idle: s.cfg.IdleTimeout, activity: sc.activity, onIdle: sc.idleGoAway}
+	sc.conn = newConn(nc, peer, s.cfg.MaxFrameSize, s.cfg.KeepaliveInterval, s.cfg.KeepaliveTimeout, lim, s.log)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -693,6 +712,37 @@ func (sc *serverConn) goAway() {
 	if idle {
 		sc.closeAfterFlush(false, nil)
 	}
+}
+
+// activity reports the last stream id opened and whether streams are
+// open, for the idle check.
+func (sc *serverConn) activity() (uint32, bool) {
+	sc.mu.Lock()
+	last := sc.lastID
+	sc.mu.Unlock()
+	return last, sc.nstreams.Load() > 0
+}
+
+// idleGoAway asks the client of an idle connection to close it: GOAWAY
+// with code OK, which says the connection goes, not the server. Streams
+// the client opened before reading it are served as usual.
+func (sc *serverConn) idleGoAway() {
+	sc.mu.Lock()
+	if sc.goingAway.Load() || sc.gone {
+		sc.mu.Unlock()
+		return
+	}
+	last := sc.lastID
+	sc.mu.Unlock()
+	idle := sc.srv.cfg.IdleTimeout
+	if sc.begin(context.Background(), false) == nil {
+		sc.w.GoAway(last, wire.CodeOK, fmt.Sprintf("connection idle for %v (request_plane.idle_timeout); open a new one", idle))
+		sc.commit()
+	}
+	if f := sc.srv.cfg.OnLimit; f != nil {
+		f("idle_timeout")
+	}
+	sc.log.Info("mux: asking the client of an idle connection to close it", "limit", "idle_timeout", "remote", sc.nc.RemoteAddr().String(), "idle", idle)
 }
 
 var errKilled = &StreamError{Code: wire.CodeCancelled, Message: "stream killed by the client"}
