@@ -93,7 +93,7 @@ func New() *Metrics {
 		}, []string{"task"}),
 		limitHits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "loom_request_plane_limit_hits_total",
-			Help: "Times a peer hit a request-plane limit (its connection closed, or its new stream refused), by limit: max_conns, frame_timeout, max_queued_pongs, max_streams_per_conn.",
+			Help: "Times a peer hit a request-plane limit (its connection closed, or its new stream refused), by limit: max_conns, frame_timeout, max_queued_pongs, max_streams_per_conn, idle_timeout (a GOAWAY asking the client to close an idle connection).",
 		}, []string{"limit"}),
 		endpoints: make(map[[3]string]*Endpoint),
 		clients:   make(map[[3]string]*ClientEndpoint),

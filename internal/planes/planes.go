@@ -189,6 +189,7 @@ func (p *Planes) startTCP(ctx context.Context) error {
 		MaxConns:             rc.MaxConns,
 		FrameTimeout:         rc.FrameTimeout,
 		MaxQueuedPongs:       rc.MaxQueuedPongs,
+		IdleTimeout:          rc.IdleTimeout,
 		OnLimit:              p.cfg.OnLimit,
 		KeepaliveInterval:    rc.KeepaliveInterval,
 		KeepaliveTimeout:     rc.KeepaliveTimeout,
