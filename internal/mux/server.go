@@ -114,7 +114,18 @@ type ServerConfig struct {
 	// stream opened for path (nil for none). It runs on the connection's
 	// reader and must not block.
 	StreamContext func(path string) context.Context
+	// InlineBudget is how long a handler may run on the connection's
+	// reader goroutine before another goroutine takes over reading (see
+	// Handler). Default DefaultInlineBudget; negative: handlers never run
+	// on the reader.
+	InlineBudget time.Duration
 }
+
+// DefaultInlineBudget is how long a handler runs on its connection's
+// reader before the reading is handed to another goroutine: long enough
+// for a handler that computes its answer at once, short enough that the
+// connection's other streams barely notice one that waits.
+const DefaultInlineBudget = 50 * time.Microsecond
 
 func (c *ServerConfig) setDefaults() {
 	if c.MaxFrameSize <= 0 {
@@ -145,6 +156,9 @@ func (c *ServerConfig) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.InlineBudget == 0 {
+		c.InlineBudget = DefaultInlineBudget
+	}
 }
 
 func keepaliveDefaults(interval, timeout time.Duration) (time.Duration, time.Duration) {
@@ -162,12 +176,19 @@ func keepaliveDefaults(interval, timeout time.Duration) (time.Duration, time.Dur
 
 // Handler serves streams.
 type Handler interface {
-	// ServeStream runs once per stream, in its own goroutine. It reads
+	// ServeStream runs once per stream. It reads
 	// the request from s, sends responses with s.Send, and returns to end
 	// the stream: nil ends it with OK, a *StreamError with its code and
 	// message, any other error with Application and the error's text. A
 	// panic ends it with Internal. Nothing is sent if the client killed
 	// the stream or the connection is gone.
+	//
+	// A stream admitted at once starts on its connection's reader
+	// goroutine, so that a handler that answers at once costs no
+	// goroutine hand-off. If it is still running after
+	// ServerConfig.InlineBudget, or Send would wait for credit, another
+	// goroutine takes over reading the connection, and the handler goes
+	// on undisturbed: a handler may block as long as it likes.
 	ServeStream(s *ServerStream) error
 }
 
@@ -399,28 +420,47 @@ func (s *Server) start(st *ServerStream) {
 
 func (s *Server) worker(st *ServerStream) {
 	defer s.workers.Done()
-	for {
+	for st != nil {
 		st.serve(s.h)
-		var ok bool
-		if st, _, _, ok = s.adm.Done(len(st.open.Payload), &st.conn.peerCount); ok {
-			continue
-		}
-		if s.idle.Add(1) > maxIdleWorkers {
-			s.idle.Add(-1)
-			return
-		}
-		select {
-		case st = <-s.work:
-			s.idle.Add(-1)
-		case <-s.quit:
-			s.idle.Add(-1)
-			return
+		if st = s.next(st); st == nil {
+			st = s.park()
 		}
 	}
 }
 
+// next releases st's admission slot and returns the queued stream that
+// takes it, or nil.
+func (s *Server) next(st *ServerStream) *ServerStream {
+	if next, _, _, ok := s.adm.Done(len(st.open.Payload), &st.conn.peerCount); ok {
+		return next
+	}
+	return nil
+}
+
+// park waits as an idle worker for the next stream; nil: the worker
+// should exit.
+func (s *Server) park() *ServerStream {
+	if s.idle.Add(1) > maxIdleWorkers {
+		s.idle.Add(-1)
+		return nil
+	}
+	select {
+	case st := <-s.work:
+		s.idle.Add(-1)
+		return st
+	case <-s.quit:
+		s.idle.Add(-1)
+		return nil
+	}
+}
+
 func (s *Server) serveConn(nc net.Conn) {
-	defer s.wg.Done()
+	handedOff := false // the reading, and this goroutine's count of s.wg, went to another goroutine
+	defer func() {
+		if !handedOff {
+			s.wg.Done()
+		}
+	}()
 	deadline := time.Now().Add(handshakeTimeout)
 	if s.cfg.TLS != nil {
 		tc := tls.Server(nc, s.cfg.TLS)
@@ -477,13 +517,124 @@ func (s *Server) serveConn(nc net.Conn) {
 	if draining {
 		sc.goAway()
 	}
-	sc.readLoop()
+	handedOff = sc.read()
+}
 
+// read runs the connection's read loop on the calling goroutine, which
+// holds a count of srv.wg. It reports whether the loop was handed to
+// another goroutine, which then holds that count; otherwise the
+// connection has ended.
+func (sc *serverConn) read() (handedOff bool) {
+	if sc.readLoop() {
+		return true
+	}
+	s := sc.srv
 	s.mu.Lock()
 	delete(s.conns, sc)
 	s.notifyLocked()
 	s.mu.Unlock()
+	return false
 }
+
+// Reader roles of a serverConn, in rstate.
+const (
+	readerReading = iota // the reader goroutine is reading frames
+	readerInline         // it is running a handler; another goroutine may take over reading
+	readerHanded         // another goroutine took over reading
+)
+
+// inlineSkip is how many streams a connection hands to workers after a
+// handler ran past its inline budget: an endpoint whose handlers wait
+// then costs the connection one budget per inlineSkip streams.
+const inlineSkip = 64
+
+// serveInline runs st on the reader goroutine. It reports whether the
+// reading was handed to another goroutine meanwhile; then the calling
+// goroutine has become a worker and has finished as one.
+func (sc *serverConn) serveInline(st *ServerStream) (handedOff bool) {
+	s := sc.srv
+	sc.gen++
+	st.gen = sc.gen
+	inline := sc.gen<<2 | readerInline
+	st.inline.Store(true)
+	sc.rstate.Store(inline)
+	if sc.inlineTimer == nil {
+		sc.inlineTimer = time.AfterFunc(s.cfg.InlineBudget, sc.budgetSpent)
+	} else {
+		sc.inlineTimer.Reset(s.cfg.InlineBudget)
+	}
+	st.serve(s.h)
+	sc.inlineTimer.Stop()
+	if sc.rstate.CompareAndSwap(inline, sc.gen<<2|readerReading) {
+		if next := s.next(st); next != nil {
+			s.start(next)
+		}
+		return false
+	}
+	// handoff counted this goroutine among the workers.
+	if next := s.next(st); next != nil {
+		s.worker(next)
+		return true
+	}
+	if next := s.park(); next != nil {
+		s.worker(next)
+		return true
+	}
+	s.workers.Done()
+	return true
+}
+
+// budgetSpent runs on the timer's goroutine when an inline handler has
+// run for the budget: that goroutine becomes the reader.
+func (sc *serverConn) budgetSpent() {
+	if v := sc.rstate.Load(); v&3 == readerInline && sc.handoff(v>>2) {
+		sc.readOn()
+	}
+}
+
+// handoff takes the reader role from the goroutine running inline run
+// gen, counting that goroutine as a worker from now on, and flushes what
+// the handler queued. The caller must then read (readOn). It reports
+// false if the role was not there to take.
+func (sc *serverConn) handoff(gen uint64) bool {
+	if !sc.rstate.CompareAndSwap(gen<<2|readerInline, gen<<2|readerHanded) {
+		return false
+	}
+	sc.srv.workers.Add(1)
+	sc.wmu.Lock()
+	sc.commit() // wakes the writer for what the inline handler queued
+	return true
+}
+
+// readOn continues the read loop on this goroutine after a handoff.
+func (sc *serverConn) readOn() {
+	sc.skipInline = inlineSkip
+	if !sc.read() {
+		sc.srv.wg.Done()
+	}
+}
+
+// flushOwed writes what inline handlers queued, before the reader waits
+// for the next frame: a handler's DATA and END leave in one write, and
+// the ENDs of many streams opened in one read leave together, with no
+// hand-off to the writer goroutine. A large batch, or one that a write
+// in flight will take, is left to the writer.
+func (sc *serverConn) flushOwed() {
+	if !sc.owed.Swap(false) {
+		return
+	}
+	sc.wmu.Lock()
+	if n := sc.w.Len(); n == 0 || n > maxDirectFlush || sc.wBusy || sc.wClosing || sc.dead {
+		sc.commit()
+		return
+	}
+	sc.commitFlush()
+}
+
+// maxDirectFlush bounds the batch the reader writes itself: a small write
+// goes into the socket buffer at once, where a large one could wait for
+// the peer to read.
+const maxDirectFlush = 64 << 10
 
 const streamShards = 16
 
@@ -510,11 +661,26 @@ type serverConn struct {
 
 	peerCount   plane.Peer  // streams this connection holds in admission
 	warnedShare atomic.Bool // its refusal for holding its share was logged
+
+	// Inline serving (see serveInline). rstate is the inline run's
+	// generation << 2 | the reader's role; gen, skipInline and
+	// inlineTimer belong to whichever goroutine reads.
+	rstate      atomic.Uint64
+	gen         uint64
+	owed        atomic.Bool // inline handlers queued frames without waking the writer
+	skipInline  int
+	inlineTimer *time.Timer
 }
 
-func (sc *serverConn) readLoop() {
+// readLoop reads frames until the connection ends, then kills its
+// streams; it returns true early if the reading was handed to another
+// goroutine while a handler ran inline.
+func (sc *serverConn) readLoop() (handedOff bool) {
 	var err error
 	for err == nil {
+		if !sc.rd.FrameBuffered() {
+			sc.flushOwed()
+		}
 		var f wire.Frame
 		f, err = sc.rd.ReadFrame()
 		if err != nil {
@@ -522,7 +688,11 @@ func (sc *serverConn) readLoop() {
 		}
 		switch f.Type {
 		case wire.TypeOpen:
-			err = sc.handleOpen(f)
+			var inline *ServerStream
+			inline, err = sc.handleOpen(f)
+			if inline != nil && sc.serveInline(inline) {
+				return true
+			}
 		case wire.TypeCancel:
 			sc.handleCancel(f)
 		case wire.TypeCredit:
@@ -565,6 +735,7 @@ func (sc *serverConn) readLoop() {
 			st.kill(cause)
 		}
 	}
+	return false
 }
 
 // writeEnd queues an END; direct lets the calling goroutine write it (see
@@ -580,7 +751,28 @@ func (sc *serverConn) writeEnd(id uint32, code wire.Code, msg string, direct boo
 	}
 }
 
-func (sc *serverConn) handleOpen(f wire.Frame) error {
+// handleOpen opens a stream. It returns the stream if the reader should
+// serve it inline; others go to a worker, the queue, or are refused.
+// writeEndInline queues an END from a handler that ran inline: while the
+// reader role is still with it, the reader writes the END before it next
+// waits for a frame (flushOwed); after a handoff it is written as any
+// handler's.
+func (sc *serverConn) writeEndInline(id uint32, gen uint64, code wire.Code, msg string) {
+	if sc.begin(context.Background(), false) != nil {
+		return
+	}
+	sc.w.End(id, code, msg)
+	if sc.rstate.Load() == gen<<2|readerInline {
+		sc.owed.Store(true)
+		sc.wmu.Unlock()
+		return
+	}
+	sc.commitFlush()
+}
+
+// handleOpen opens a stream. It returns the stream if the reader should
+// serve it inline; others go to a worker, the queue, or are refused.
+func (sc *serverConn) handleOpen(f wire.Frame) (*ServerStream, error) {
 	id := f.Stream
 	req := make([]byte, len(f.Payload))
 	copy(req, f.Payload)
@@ -589,18 +781,18 @@ func (sc *serverConn) handleOpen(f wire.Frame) error {
 	sc.mu.Lock()
 	if id <= sc.lastID {
 		sc.mu.Unlock()
-		return fmt.Errorf("%w: OPEN on stream %d, not above the last opened stream %d", wire.ErrProtocol, id, sc.lastID)
+		return nil, fmt.Errorf("%w: OPEN on stream %d, not above the last opened stream %d", wire.ErrProtocol, id, sc.lastID)
 	}
 	sc.lastID = id
 	if sc.goingAway.Load() {
 		sc.mu.Unlock()
 		sc.writeEnd(id, wire.CodeDraining, "server is draining (GOAWAY sent); retry on another instance", false)
-		return nil
+		return nil, nil
 	}
 	if perr != nil {
 		sc.mu.Unlock()
 		sc.writeEnd(id, wire.CodeBadRequest, perr.Error(), false)
-		return nil
+		return nil, nil
 	}
 	var parent context.Context
 	if f := sc.srv.cfg.StreamContext; f != nil {
@@ -619,6 +811,10 @@ func (sc *serverConn) handleOpen(f wire.Frame) error {
 
 	switch a, msg := sc.srv.adm.Admit(st, len(st.open.Payload), &sc.peerCount); a {
 	case plane.Run:
+		if sc.srv.cfg.InlineBudget > 0 && sc.skipInline == 0 {
+			return st, nil
+		}
+		sc.skipInline = max(sc.skipInline-1, 0)
 		sc.srv.start(st)
 	case plane.Queued:
 		for {
@@ -642,7 +838,7 @@ func (sc *serverConn) handleOpen(f wire.Frame) error {
 		sc.removeStream(id)
 		st.release()
 	}
-	return nil
+	return nil, nil
 }
 
 func (sc *serverConn) lookup(id uint32) *ServerStream {
@@ -766,7 +962,9 @@ type ServerStream struct {
 	stopDL   context.CancelFunc // stops the deadline timer; nil without a deadline
 	derived  bool               // ctx descends from ServerConfig.StreamContext's
 
-	state atomic.Int32
+	state  atomic.Int32
+	inline atomic.Bool // started on the reader goroutine, which may still hold the reader role
+	gen    uint64      // its inline run's generation; set before the handler starts
 	// Guarded by the connection's wmu, which every DATA frame takes:
 	credit   int64 // bytes of DATA the client still accepts (may go negative by one frame)
 	waiting  bool  // Send waits on creditCh
@@ -868,6 +1066,17 @@ func (s *ServerStream) Send(p []byte) error {
 	// One lock per message: the stream's credit lives under the
 	// connection's write lock, which appending the frame takes anyway.
 	c := s.conn.conn
+	if s.inline.Load() {
+		if s.sendInline(p) {
+			return nil
+		}
+		// Send may wait, for credit or for the batch: the reader must
+		// not, so another goroutine takes over reading first.
+		s.inline.Store(false)
+		if s.conn.handoff(s.gen) {
+			go s.conn.readOn()
+		}
+	}
 	if err := c.begin(s.ctx, true); err != nil {
 		return err
 	}
@@ -898,6 +1107,24 @@ func (s *ServerStream) Send(p []byte) error {
 	c.w.Data(s.id, p)
 	c.commit()
 	return nil
+}
+
+// sendInline queues p without waking the writer, if the handler still
+// runs on the reader and nothing needs waiting for: the reader writes it
+// with the stream's END, or before it next waits for a frame, and a
+// handoff flushes it. It reports false if p was not queued.
+func (s *ServerStream) sendInline(p []byte) bool {
+	c := s.conn.conn
+	c.wmu.Lock()
+	if s.conn.rstate.Load() != s.gen<<2|readerInline || c.dead || c.wClosing || c.w.Len() >= softPending || s.credit <= 0 || s.state.Load() != stateOpen {
+		c.wmu.Unlock()
+		return false
+	}
+	s.credit -= int64(wire.HeaderSize + len(p))
+	c.w.Data(s.id, p)
+	s.conn.owed.Store(true)
+	c.wmu.Unlock()
+	return true
 }
 
 func (s *ServerStream) addCredit(n uint32) error {
@@ -946,7 +1173,11 @@ func (s *ServerStream) serve(h Handler) {
 	}
 	if s.state.CompareAndSwap(stateOpen, stateEnded) {
 		code, msg := s.status(err, panicked)
-		s.conn.writeEnd(s.id, code, msg, true)
+		if s.inline.Load() {
+			s.conn.writeEndInline(s.id, s.gen, code, msg)
+		} else {
+			s.conn.writeEnd(s.id, code, msg, true)
+		}
 		s.conn.removeStream(s.id)
 	}
 	s.release()

@@ -69,6 +69,18 @@ func (r *Reader) MaxFrameSize() int { return int(r.max) }
 // yet parsed.
 func (r *Reader) Buffered() int { return r.w - r.r }
 
+// FrameBuffered reports whether the next frame is already read whole, so
+// that ReadFrame will return without reading from the connection. A
+// caller can flush what it owes the peer before a ReadFrame that would
+// block.
+func (r *Reader) FrameBuffered() bool {
+	if r.err != nil || r.w-r.r < HeaderSize {
+		return r.err != nil
+	}
+	n := binary.BigEndian.Uint32(r.buf[r.r+6:])
+	return n > r.max || r.w-r.r-HeaderSize >= int(n)
+}
+
 // ReadFrame reads the next frame. The frame's header is checked (known
 // type, flags, stream id, fixed payload sizes, maximum size); a violation
 // returns an error that wraps ErrProtocol. A clean end of input between

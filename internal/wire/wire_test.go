@@ -351,3 +351,50 @@ func BenchmarkParseOpen(b *testing.B) {
 		}
 	}
 }
+
+// FrameBuffered says whether ReadFrame can return without reading: a
+// whole frame is buffered, or an error is sticky. A header alone, or a
+// frame cut short, is not enough.
+func TestFrameBuffered(t *testing.T) {
+	var w Writer
+	w.Data(1, []byte("first"))
+	w.Data(1, []byte("second"))
+	all := w.Bytes()
+	cut := len(all) - 3 // the second frame lacks its last 3 bytes
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(all[:cut])
+		pw.Write(all[cut:])
+		pw.Close()
+	}()
+	r := NewReader(pr, 1<<20)
+	if r.FrameBuffered() {
+		t.Fatal("FrameBuffered before anything was read")
+	}
+	if f, err := r.ReadFrame(); err != nil || string(f.Payload) != "first" {
+		t.Fatalf("first frame: %q, %v", f.Payload, err)
+	}
+	if r.FrameBuffered() {
+		t.Fatalf("FrameBuffered with %d bytes of a %d-byte frame", cut-(HeaderSize+5), len(all)-(HeaderSize+5))
+	}
+	if f, err := r.ReadFrame(); err != nil || string(f.Payload) != "second" {
+		t.Fatalf("second frame: %q, %v", f.Payload, err)
+	}
+	if _, err := r.ReadFrame(); err != io.EOF {
+		t.Fatalf("after the frames: %v, want EOF", err)
+	}
+	if !r.FrameBuffered() {
+		t.Fatal("FrameBuffered is false after a sticky error: ReadFrame would not block")
+	}
+
+	w.Reset()
+	w.Data(1, []byte("whole"))
+	w.Data(1, nil)
+	r = NewReader(bytes.NewReader(w.Bytes()), 1<<20)
+	if _, err := r.ReadFrame(); err != nil {
+		t.Fatal(err)
+	}
+	if !r.FrameBuffered() {
+		t.Fatal("an empty frame read with the one before it is not reported buffered")
+	}
+}
