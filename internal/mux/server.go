@@ -564,8 +564,10 @@ func (sc *serverConn) serveInline(st *ServerStream) (handedOff bool) {
 		sc.inlineTimer.Reset(s.cfg.InlineBudget)
 	}
 	st.serve(s.h)
-	sc.inlineTimer.Stop()
-	if sc.rstate.CompareAndSwap(inline, sc.gen<<2|readerReading) {
+	// After a handoff, sc's reader state (gen, the timer) is the new
+	// reader's: only the CAS may touch it.
+	if sc.rstate.CompareAndSwap(inline, st.gen<<2|readerReading) {
+		sc.inlineTimer.Stop()
 		if next := s.next(st); next != nil {
 			s.start(next)
 		}
