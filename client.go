@@ -78,7 +78,8 @@ func WithoutRetry() ClientOption { return func(o *clientOptions) { o.noRetry = t
 // instances and routes each request with its Picker. A Client is an Engine,
 // so it can stand wherever a handler can, and it is safe for concurrent use.
 type Client[Req, Resp any] struct {
-	core *clientCore
+	core    *clientCore
+	unaries sync.Pool // *unary[Resp], for Call
 }
 
 // clientCore is the untyped part of a Client: the live instance set.
@@ -569,7 +570,13 @@ func encodeRequest[Req any](cdc codec.Codec, dst []byte, req *Req) ([]byte, erro
 			return out, nil
 		}
 	}
-	return cdc.Marshal(dst, req)
+	return marshalCopy(cdc, dst, *req)
+}
+
+// marshalCopy encodes a copy of req: handing the encoder the caller's
+// own variable would move it to the heap on every call, fast path or not.
+func marshalCopy[Req any](cdc codec.Codec, dst []byte, req Req) ([]byte, error) {
+	return cdc.Marshal(dst, &req)
 }
 
 var errConsumerStopped = errors.New("loom: consumer stopped reading")

@@ -143,19 +143,7 @@ func startLoom(tb testing.TB) *peer {
 	lp := newLoomPeer(tb)
 	return &peer{
 		unary: func(ctx context.Context, req, _ []byte) ([]byte, error) {
-			var resp []byte
-			n := 0
-			for item, err := range lp.unary.Generate(ctx, req) {
-				if err != nil {
-					return nil, err
-				}
-				resp = item
-				n++
-			}
-			if n != 1 {
-				return nil, fmt.Errorf("loom: %d responses to a unary call, want 1", n)
-			}
-			return resp, nil
+			return lp.unary.Call(ctx, req)
 		},
 		stream: func(ctx context.Context, req []byte, item func([]byte) error) error {
 			for it, err := range lp.stream.Generate(ctx, req) {
