@@ -258,7 +258,14 @@ func (a *Admission[T]) notify() {
 func (a *Admission[T]) Idle() <-chan struct{} {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// watch is set before running is read, as Done lowers running before
+	// it reads watch: a Done racing with this call either is seen here or
+	// sees watch and closes the channel.
+	a.watch.Store(true)
 	if a.running.Load() == 0 && a.qhead == len(a.queue) {
+		if a.idle == nil {
+			a.watch.Store(false) // nobody waits: Done need not look
+		}
 		ch := make(chan struct{})
 		close(ch)
 		return ch
@@ -266,6 +273,5 @@ func (a *Admission[T]) Idle() <-chan struct{} {
 	if a.idle == nil {
 		a.idle = make(chan struct{})
 	}
-	a.watch.Store(true)
 	return a.idle
 }

@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 type item struct {
@@ -145,5 +146,30 @@ func TestAdmissionNeverStrandsAQueuedStream(t *testing.T) {
 	wg.Wait()
 	if ran.Load() != n {
 		t.Fatalf("%d of %d admitted streams ran", ran.Load(), n)
+	}
+}
+
+// Idle asked while the last stream ends must still close: the drain of
+// a server waits on it. (Idle checked the running count before it set
+// the flag Done reads, so a Done between the two was missed and the
+// drain waited forever.)
+func TestAdmissionIdleRacingTheLastDone(t *testing.T) {
+	a := newAdm(Limits{MaxRunning: 4, QueueSize: 4})
+	for i := range 2000 {
+		if r, _ := a.Admit(&item{id: i}, 1, nil); r != Run {
+			t.Fatalf("round %d: Admit = %v, want Run", i, r)
+		}
+		done := make(chan struct{})
+		go func() {
+			a.Done(1, nil)
+			close(done)
+		}()
+		idle := a.Idle()
+		<-done
+		select {
+		case <-idle:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: Idle never closed after the last stream ended", i)
+		}
 	}
 }
