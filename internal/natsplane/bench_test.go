@@ -10,7 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/loomrt/loom/internal/mux"
+	"github.com/loomrt/loom/internal/plane"
 )
 
 // BenchmarkUnary measures one request and one response per operation,
@@ -19,7 +19,7 @@ func BenchmarkUnary(b *testing.B) {
 	p := newPair(b)
 	srv := serve(b, p.snc, ServerConfig{}, echo)
 	c := newClient(b, p.cnc, ClientConfig{})
-	req := mux.Request{Path: "ns/c/echo", Codec: "raw", Payload: make([]byte, 64)}
+	req := plane.Request{Path: "ns/c/echo", Codec: "raw", Payload: make([]byte, 64)}
 	call := func(b *testing.B) {
 		st, err := c.Open(context.Background(), srv.Address(), req)
 		if err != nil {
@@ -94,7 +94,7 @@ func BenchmarkStream(b *testing.B) {
 		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(size))
-			req := mux.Request{Path: "ns/c/stream", Headers: map[string]string{"n": strconv.Itoa(b.N), "size": strconv.Itoa(size)}}
+			req := plane.Request{Path: "ns/c/stream", Headers: map[string]string{"n": strconv.Itoa(b.N), "size": strconv.Itoa(size)}}
 			st, err := c.Open(context.Background(), srv.Address(), req)
 			if err != nil {
 				b.Fatal(err)

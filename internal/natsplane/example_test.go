@@ -10,8 +10,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/loomrt/loom/embedded"
-	"github.com/loomrt/loom/internal/mux"
 	"github.com/loomrt/loom/internal/natsplane"
+	"github.com/loomrt/loom/internal/plane"
 )
 
 func Example() {
@@ -43,7 +43,7 @@ func Example() {
 	// The caller.
 	c := natsplane.NewClient(nc, natsplane.ClientConfig{})
 	defer c.Close()
-	st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "demo/shout/generate", Payload: []byte("hello over nats")})
+	st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "demo/shout/generate", Payload: []byte("hello over nats")})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/loomrt/loom/internal/mux"
+	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -35,7 +35,7 @@ func TestUnaryCarriesTheRequest(t *testing.T) {
 		return s.Send(append([]byte("echo:"), s.Payload()...))
 	})
 	c := newClient(t, p.cnc, ClientConfig{})
-	req := mux.Request{
+	req := plane.Request{
 		Path: "ns/comp/generate", Codec: "msgpack", RequestID: "req-1",
 		TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
 		Headers: map[string]string{
@@ -79,7 +79,7 @@ func TestStreamingDeliversTenThousandItemsInOrder(t *testing.T) {
 		return nil
 	})
 	c := newClient(t, p.cnc, ClientConfig{InitialWindow: 64 << 10})
-	st, err := c.Open(ctxTimeout(t, 20*time.Second), srv.Address(), mux.Request{Path: "stream"})
+	st, err := c.Open(ctxTimeout(t, 20*time.Second), srv.Address(), plane.Request{Path: "stream"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestManyConcurrentStreamsShareOneSubscription(t *testing.T) {
 		wg.Go(func() {
 			for k := range calls {
 				id := fmt.Sprintf("%d.%d", g, k)
-				st, err := c.Open(ctx, srv.Address(), mux.Request{Path: "p", Payload: []byte(id)})
+				st, err := c.Open(ctx, srv.Address(), plane.Request{Path: "p", Payload: []byte(id)})
 				if err != nil {
 					errs <- err
 					return
@@ -178,7 +178,7 @@ func TestStopFinishesGracefullyAndKillCancelsTheHandler(t *testing.T) {
 	c := newClient(t, p.cnc, ClientConfig{})
 
 	t.Run("stop lets the handler send its last response", func(t *testing.T) {
-		st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+		st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -205,7 +205,7 @@ func TestStopFinishesGracefullyAndKillCancelsTheHandler(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			st, err := c.Open(ctx, srv.Address(), mux.Request{Path: "p"})
+			st, err := c.Open(ctx, srv.Address(), plane.Request{Path: "p"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -215,11 +215,11 @@ func TestStopFinishesGracefullyAndKillCancelsTheHandler(t *testing.T) {
 			}
 			do(st, cancel)
 			o := <-outcomes
-			if o.stopped || !errors.Is(o.cause, mux.ErrCancelled) {
+			if o.stopped || !errors.Is(o.cause, plane.ErrCancelled) {
 				t.Fatalf("handler saw %+v, want a kill", o)
 			}
 			_, err = st.Recv()
-			var se *mux.StreamError
+			var se *plane.StreamError
 			if !errors.As(err, &se) || se.Code != wire.CodeCancelled || se.BeforeFirstResponse {
 				t.Fatalf("Recv after the kill = %v, want Cancelled after the first response", err)
 			}
@@ -253,7 +253,7 @@ func TestDeadlineTravelsToTheHandler(t *testing.T) {
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		st, err := c.Open(ctx, srv.Address(), mux.Request{Path: "report"})
+		st, err := c.Open(ctx, srv.Address(), plane.Request{Path: "report"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -270,19 +270,19 @@ func TestDeadlineTravelsToTheHandler(t *testing.T) {
 		}
 	})
 	t.Run("the caller's deadline ends the stream", func(t *testing.T) {
-		st, err := c.Open(ctxTimeout(t, 100*time.Millisecond), srv.Address(), mux.Request{Path: "wait"})
+		st, err := c.Open(ctxTimeout(t, 100*time.Millisecond), srv.Address(), plane.Request{Path: "wait"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer st.Close()
 		_, err = recvWithin(t, st, 5*time.Second)
-		var se *mux.StreamError
-		if !errors.As(err, &se) || !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, mux.ErrDeadlineExceeded) || !se.BeforeFirstResponse {
+		var se *plane.StreamError
+		if !errors.As(err, &se) || !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, plane.ErrDeadlineExceeded) || !se.BeforeFirstResponse {
 			t.Fatalf("Recv = %v, want DeadlineExceeded", err)
 		}
 		// The handler's context ends by its own deadline or by the
 		// caller's kill, whichever comes first.
-		if cause := <-causes; !errors.Is(cause, context.DeadlineExceeded) && !errors.Is(cause, mux.ErrCancelled) {
+		if cause := <-causes; !errors.Is(cause, context.DeadlineExceeded) && !errors.Is(cause, plane.ErrCancelled) {
 			t.Fatalf("handler's cause = %v", cause)
 		}
 	})
@@ -308,15 +308,15 @@ func TestHandlerResultsBecomeEndCodes(t *testing.T) {
 	p := newPair(t)
 	results := map[string]func(s *ServerStream) error{
 		"nil":        func(*ServerStream) error { return nil },
-		"notfound":   func(*ServerStream) error { return mux.Errorf(wire.CodeNotFound, "no model %q", "m7") },
-		"overloaded": func(*ServerStream) error { return fmt.Errorf("wrapped: %w", mux.Errorf(wire.CodeOverloaded, "busy")) },
+		"notfound":   func(*ServerStream) error { return plane.Errorf(wire.CodeNotFound, "no model %q", "m7") },
+		"overloaded": func(*ServerStream) error { return fmt.Errorf("wrapped: %w", plane.Errorf(wire.CodeOverloaded, "busy")) },
 		"plain":      func(*ServerStream) error { return errors.New("boom") },
 		"panic":      func(*ServerStream) error { panic("kaboom") },
 		"after-data": func(s *ServerStream) error {
 			if err := s.Send([]byte("x")); err != nil {
 				return err
 			}
-			return mux.Errorf(wire.CodeBadRequest, "bad field")
+			return plane.Errorf(wire.CodeBadRequest, "bad field")
 		},
 	}
 	srv := serve(t, p.snc, ServerConfig{}, func(s *ServerStream) error { return results[s.Path()](s) })
@@ -329,15 +329,15 @@ func TestHandlerResultsBecomeEndCodes(t *testing.T) {
 		is         error
 	}{
 		{"nil ends the stream cleanly", "nil", 0, "", false, nil},
-		{"a StreamError keeps its code and message", "notfound", wire.CodeNotFound, `no model "m7"`, true, mux.ErrNotFound},
-		{"a wrapped StreamError keeps its code", "overloaded", wire.CodeOverloaded, "busy", true, mux.ErrOverloaded},
-		{"any other error becomes Application", "plain", wire.CodeApplication, "boom", true, mux.ErrApplication},
-		{"a panic becomes Internal", "panic", wire.CodeInternal, "handler for panic panicked: kaboom", true, mux.ErrInternal},
-		{"an error after data is not before the first response", "after-data", wire.CodeBadRequest, "bad field", false, mux.ErrBadRequest},
+		{"a StreamError keeps its code and message", "notfound", wire.CodeNotFound, `no model "m7"`, true, plane.ErrNotFound},
+		{"a wrapped StreamError keeps its code", "overloaded", wire.CodeOverloaded, "busy", true, plane.ErrOverloaded},
+		{"any other error becomes Application", "plain", wire.CodeApplication, "boom", true, plane.ErrApplication},
+		{"a panic becomes Internal", "panic", wire.CodeInternal, "handler for panic panicked: kaboom", true, plane.ErrInternal},
+		{"an error after data is not before the first response", "after-data", wire.CodeBadRequest, "bad field", false, plane.ErrBadRequest},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: tt.path})
+			st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: tt.path})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -349,7 +349,7 @@ func TestHandlerResultsBecomeEndCodes(t *testing.T) {
 				}
 				return
 			}
-			var se *mux.StreamError
+			var se *plane.StreamError
 			if !errors.As(err, &se) || se.Code != tt.code || se.Message != tt.msg || se.BeforeFirstResponse != tt.before || !errors.Is(err, tt.is) {
 				t.Fatalf("got %#v, want code %v, message %q, before first response %v", err, tt.code, tt.msg, tt.before)
 			}
@@ -368,25 +368,25 @@ func TestAdmissionRefusesBeyondStreamsAndQueue(t *testing.T) {
 	})
 	c := newClient(t, p.cnc, ClientConfig{})
 	ctx := ctxTimeout(t, 10*time.Second)
-	running, err := c.Open(ctx, srv.Address(), mux.Request{Path: "p"})
+	running, err := c.Open(ctx, srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer running.Close()
 	waitFor(t, "the first handler to start", func() bool { return started.Load() == 1 })
-	queued, err := c.Open(ctx, srv.Address(), mux.Request{Path: "p"})
+	queued, err := c.Open(ctx, srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer queued.Close()
-	refused, err := c.Open(ctx, srv.Address(), mux.Request{Path: "p"})
+	refused, err := c.Open(ctx, srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer refused.Close()
 	_, err = recvWithin(t, refused, 2*time.Second)
-	var se *mux.StreamError
-	if !errors.As(err, &se) || !errors.Is(err, mux.ErrOverloaded) || !se.BeforeFirstResponse || !se.Code.Retryable() {
+	var se *plane.StreamError
+	if !errors.As(err, &se) || !errors.Is(err, plane.ErrOverloaded) || !se.BeforeFirstResponse || !se.Code.Retryable() {
 		t.Fatalf("third stream: %v, want Overloaded before the first response", err)
 	}
 	if !strings.Contains(se.Message, "MaxConcurrentStreams 1, QueueSize 1") {
@@ -413,7 +413,7 @@ func TestShutdownDrainsInFlightStreams(t *testing.T) {
 		return s.Send([]byte("finished"))
 	})
 	c := newClient(t, p.cnc, ClientConfig{})
-	inflight, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+	inflight, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,14 +427,14 @@ func TestShutdownDrainsInFlightStreams(t *testing.T) {
 		defer srv.mu.Unlock()
 		return srv.draining
 	})
-	late, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+	late, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = recvWithin(t, late, 2*time.Second)
 	late.Close()
-	var se *mux.StreamError
-	if !errors.As(err, &se) || !errors.Is(err, mux.ErrDraining) || !se.BeforeFirstResponse {
+	var se *plane.StreamError
+	if !errors.As(err, &se) || !errors.Is(err, plane.ErrDraining) || !se.BeforeFirstResponse {
 		t.Fatalf("stream opened while draining: %v, want Draining", err)
 	}
 	select {
@@ -449,7 +449,7 @@ func TestShutdownDrainsInFlightStreams(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Shutdown = %v", err)
 	}
-	after, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+	after, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,7 +468,7 @@ func TestShutdownPastItsContextKillsTheRest(t *testing.T) {
 		return nil
 	})
 	c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute})
-	st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+	st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,11 +481,11 @@ func TestShutdownPastItsContextKillsTheRest(t *testing.T) {
 	if err := srv.Shutdown(ctxTimeout(t, 100*time.Millisecond)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown = %v, want DeadlineExceeded", err)
 	}
-	if cause := <-causes; !errors.Is(cause, ErrServerClosed) || !errors.Is(cause, mux.ErrServerClosed) {
+	if cause := <-causes; !errors.Is(cause, ErrServerClosed) || !errors.Is(cause, plane.ErrServerClosed) {
 		t.Fatalf("handler's cause = %v, want ErrServerClosed", cause)
 	}
 	_, err = recvWithin(t, st, 2*time.Second)
-	var se *mux.StreamError
+	var se *plane.StreamError
 	if !errors.As(err, &se) || se.Code != wire.CodeReset || !se.BeforeFirstResponse || !strings.Contains(se.Message, "closed") {
 		t.Fatalf("Recv = %v, want Reset (server closed) before the first response", err)
 	}
@@ -512,7 +512,7 @@ func TestHeartbeatTimeoutDetectsADeadServer(t *testing.T) {
 			})
 			const timeout = 500 * time.Millisecond
 			c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: timeout, StallTimeout: -1})
-			st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+			st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -531,9 +531,9 @@ func TestHeartbeatTimeoutDetectsADeadServer(t *testing.T) {
 			p.snc.Close() // the server process "dies"
 			start := time.Now()
 			_, err = recvWithin(t, st, 10*timeout)
-			var se *mux.StreamError
+			var se *plane.StreamError
 			if !errors.As(err, &se) || se.Code != wire.CodeReset || se.BeforeFirstResponse != before ||
-				!errors.Is(err, ErrServerGone) || !errors.Is(err, mux.ErrConnLost) {
+				!errors.Is(err, ErrServerGone) || !errors.Is(err, plane.ErrConnLost) {
 				t.Fatalf("Recv = %#v, want Reset (server gone), before first response %v", err, before)
 			}
 			if d := time.Since(start); d > 4*timeout {
@@ -555,7 +555,7 @@ func TestCallerThatStopsAnsweringIsKilled(t *testing.T) {
 		return nil
 	})
 	c := NewClient(p.cnc, ClientConfig{Logger: testLogger()})
-	st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+	st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -581,7 +581,7 @@ func TestCallerThatStopsAnsweringIsKilled(t *testing.T) {
 	}
 	// The caller's own stream fails too, without waiting for heartbeats.
 	_, err = recvWithin(t, st, 5*time.Second)
-	if !errors.Is(err, mux.ErrReset) || !errors.Is(err, ErrConnClosed) {
+	if !errors.Is(err, plane.ErrReset) || !errors.Is(err, ErrConnClosed) {
 		t.Fatalf("Recv on the closed connection = %v, want Reset (connection closed)", err)
 	}
 	st.Close()
@@ -591,13 +591,13 @@ func TestCallerThatStopsAnsweringIsKilled(t *testing.T) {
 func TestNoRespondersFailsAtOnce(t *testing.T) {
 	p := newPair(t)
 	c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute})
-	st, err := c.Open(context.Background(), "loom.rpc.nobody", mux.Request{Path: "p", Payload: []byte("x")})
+	st, err := c.Open(context.Background(), "loom.rpc.nobody", plane.Request{Path: "p", Payload: []byte("x")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
 	_, err = recvWithin(t, st, time.Second)
-	var se *mux.StreamError
+	var se *plane.StreamError
 	if !errors.As(err, &se) || se.Code != wire.CodeNotFound || !se.BeforeFirstResponse || !errors.Is(err, nats.ErrNoResponders) || !strings.Contains(se.Message, "loom.rpc.nobody") {
 		t.Fatalf("Recv = %#v, want NotFound before the first response naming the subject", err)
 	}
@@ -610,7 +610,7 @@ func TestOversizedMessagesAreRefusedBeforeSending(t *testing.T) {
 	srv := serve(t, p.snc, ServerConfig{}, func(s *ServerStream) error {
 		handled.Add(1)
 		err := s.Send(make([]byte, limit))
-		if !errors.Is(err, mux.ErrTooLarge) {
+		if !errors.Is(err, plane.ErrTooLarge) {
 			return fmt.Errorf("Send of %d bytes = %v, want ErrTooLarge", limit, err)
 		}
 		return err
@@ -618,8 +618,8 @@ func TestOversizedMessagesAreRefusedBeforeSending(t *testing.T) {
 	c := newClient(t, p.cnc, ClientConfig{})
 
 	t.Run("a request above the max payload", func(t *testing.T) {
-		_, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p", Payload: make([]byte, limit)})
-		if !errors.Is(err, mux.ErrTooLarge) {
+		_, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p", Payload: make([]byte, limit)})
+		if !errors.Is(err, plane.ErrTooLarge) {
 			t.Fatalf("Open = %v, want ErrTooLarge", err)
 		}
 		for _, want := range []string{fmt.Sprintf("payload %d", limit), fmt.Sprintf("max payload of %d bytes", limit), srv.Address()} {
@@ -637,13 +637,13 @@ func TestOversizedMessagesAreRefusedBeforeSending(t *testing.T) {
 		}
 	})
 	t.Run("a response above the max payload", func(t *testing.T) {
-		st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+		st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer st.Close()
 		_, err = recvAll(st)
-		var se *mux.StreamError
+		var se *plane.StreamError
 		if !errors.As(err, &se) || se.Code != wire.CodeApplication || !strings.Contains(se.Message, "max payload") {
 			t.Fatalf("Recv = %v, want the handler's ErrTooLarge as Application", err)
 		}
@@ -665,7 +665,7 @@ func TestSlowReaderBoundsServerBuffering(t *testing.T) {
 		return nil
 	})
 	c := newClient(t, p.cnc, ClientConfig{InitialWindow: window})
-	st, err := c.Open(ctxTimeout(t, 10*time.Second), srv.Address(), mux.Request{Path: "p"})
+	st, err := c.Open(ctxTimeout(t, 10*time.Second), srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -704,7 +704,7 @@ func TestCloseEndsStreams(t *testing.T) {
 			return nil
 		})
 		c := NewClient(p.cnc, ClientConfig{Logger: testLogger()})
-		st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+		st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -715,13 +715,13 @@ func TestCloseEndsStreams(t *testing.T) {
 		})
 		c.Close()
 		_, err = st.Recv()
-		if !errors.Is(err, mux.ErrReset) || !errors.Is(err, ErrClientClosed) || !errors.Is(err, mux.ErrPoolClosed) {
+		if !errors.Is(err, plane.ErrReset) || !errors.Is(err, ErrClientClosed) || !errors.Is(err, plane.ErrPoolClosed) {
 			t.Fatalf("Recv = %v, want Reset (client closed)", err)
 		}
-		if cause := <-causes; !errors.Is(cause, mux.ErrCancelled) {
+		if cause := <-causes; !errors.Is(cause, plane.ErrCancelled) {
 			t.Fatalf("handler's cause = %v, want a kill", cause)
 		}
-		if _, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"}); !errors.Is(err, ErrClientClosed) {
+		if _, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"}); !errors.Is(err, ErrClientClosed) {
 			t.Fatalf("Open after Close = %v, want ErrClientClosed", err)
 		}
 	})
@@ -733,7 +733,7 @@ func TestCloseEndsStreams(t *testing.T) {
 			return nil
 		})
 		c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute})
-		st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+		st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -743,7 +743,7 @@ func TestCloseEndsStreams(t *testing.T) {
 		}
 		srv.Close()
 		_, err = recvWithin(t, st, 2*time.Second)
-		var se *mux.StreamError
+		var se *plane.StreamError
 		if !errors.As(err, &se) || se.Code != wire.CodeReset || se.BeforeFirstResponse {
 			t.Fatalf("Recv = %v, want Reset after the first response", err)
 		}
@@ -873,7 +873,7 @@ func TestCallerRecoversFromLostMessages(t *testing.T) {
 	// The fake server sends no heartbeats unless told: no stall detection.
 	c := newClient(t, p.cnc, ClientConfig{InitialWindow: 1000, HeartbeatTimeout: time.Minute, StallTimeout: -1})
 	open := func() (*ClientStream, openMsg, string) {
-		st, err := c.Open(context.Background(), f.subject, mux.Request{Path: "p"})
+		st, err := c.Open(context.Background(), f.subject, plane.Request{Path: "p"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -929,7 +929,7 @@ func TestCallerRecoversFromLostMessages(t *testing.T) {
 			t.Fatalf("Recv = %q, %v", p, err)
 		}
 		_, err := st.Recv()
-		var se *mux.StreamError
+		var se *plane.StreamError
 		if !errors.As(err, &se) || se.Code != wire.CodeReset || !errors.Is(err, ErrMessageLost) || se.BeforeFirstResponse {
 			t.Fatalf("Recv = %v, want Reset (message lost)", err)
 		}
@@ -939,7 +939,7 @@ func TestCallerRecoversFromLostMessages(t *testing.T) {
 		st, _, reply := open()
 		f.send(reply, encodeEnd(2, wire.CodeOK, ""), nil)
 		_, err := st.Recv()
-		var se *mux.StreamError
+		var se *plane.StreamError
 		if !errors.As(err, &se) || !errors.Is(err, ErrMessageLost) || !se.BeforeFirstResponse {
 			t.Fatalf("Recv = %v, want Reset (message lost) before the first response", err)
 		}
@@ -952,21 +952,21 @@ func TestCallerRecoversFromLostMessages(t *testing.T) {
 		if _, err := st.Recv(); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.Recv(); !errors.Is(err, mux.ErrProtocol) {
+		if _, err := st.Recv(); !errors.Is(err, plane.ErrProtocol) {
 			t.Fatalf("Recv = %v, want Protocol", err)
 		}
 		f.next(kindKill)
 	})
 	t.Run("a request the server never saw fails at the heartbeat timeout", func(t *testing.T) {
 		c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: 200 * time.Millisecond})
-		st, err := c.Open(context.Background(), f.subject, mux.Request{Path: "p"})
+		st, err := c.Open(context.Background(), f.subject, plane.Request{Path: "p"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer st.Close()
 		f.next(kindOpen) // received, then "lost"
 		_, err = recvWithin(t, st, 2*time.Second)
-		var se *mux.StreamError
+		var se *plane.StreamError
 		if !errors.As(err, &se) || !errors.Is(err, ErrServerGone) || !se.BeforeFirstResponse {
 			t.Fatalf("Recv = %v, want Reset (server gone) before the first response", err)
 		}
