@@ -10,7 +10,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/loomrt/loom/internal/mux"
 	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/internal/wire"
@@ -42,7 +41,7 @@ func TestAFrozenServerFailsWaitingStreamsAndIsAvoidedUntilItAnswers(t *testing.T
 		mu.Unlock()
 	}})
 	call := func(subject string) ([][]byte, error) {
-		st, err := c.Open(ctxTimeout(t, 30*time.Second), subject, mux.Request{Path: "p", Payload: []byte("hi")})
+		st, err := c.Open(ctxTimeout(t, 30*time.Second), subject, plane.Request{Path: "p", Payload: []byte("hi")})
 		if err != nil {
 			return nil, err
 		}
@@ -54,7 +53,7 @@ func TestAFrozenServerFailsWaitingStreamsAndIsAvoidedUntilItAnswers(t *testing.T
 	}
 
 	fz.Freeze()
-	st, err := c.Open(context.Background(), frozen.Address(), mux.Request{Path: "p", Payload: []byte("lost")})
+	st, err := c.Open(context.Background(), frozen.Address(), plane.Request{Path: "p", Payload: []byte("lost")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +107,7 @@ func TestABusyServerHeartbeatsAndIsNotStalled(t *testing.T) {
 	})
 	stalled := make(chan string, 1)
 	c := newClient(t, p.cnc, ClientConfig{StallTimeout: 150 * time.Millisecond, OnStall: func(s string) { stalled <- s }})
-	st, err := c.Open(context.Background(), srv.Address(), mux.Request{Path: "p"})
+	st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
 	}
