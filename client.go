@@ -109,6 +109,9 @@ type clientCore struct {
 	closed  bool
 	// isClosed mirrors closed for the lock-free path of pick.
 	isClosed atomic.Bool
+	// draining: Shutdown was called; new calls fail, calls in progress
+	// (retries included) go on.
+	draining atomic.Bool
 }
 
 // NewClient returns a client of ep. It starts watching discovery at once;
@@ -311,7 +314,7 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 			list, changed, closed = *c.list.Load(), c.changed, c.closed
 			c.mu.Unlock()
 		}
-		if closed {
+		if closed || len(tried) == 0 && c.draining.Load() {
 			return nil, fmt.Errorf("%w: client of %s", ErrClosed, c.path)
 		}
 		if direct != 0 || len(tried) > 0 {
@@ -641,6 +644,45 @@ func (c *Client[Req, Resp]) WaitForInstances(ctx context.Context, n int) error {
 	}
 }
 
-// Close stops the client's discovery watch. Calls in progress finish; new
-// ones fail with ErrClosed.
-func (c *Client[Req, Resp]) Close() { c.core.close() }
+// Shutdown stops the client gracefully: new calls fail with ErrClosed at
+// once, and Shutdown waits until the calls in progress on an instance
+// have ended, or ctx ends, then stops the client as Close does. It returns
+// an error wrapping ctx's if calls were still in progress.
+func (c *Client[Req, Resp]) Shutdown(ctx context.Context) error {
+	core := c.core
+	core.draining.Store(true)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for n := core.inFlight(); n > 0; n = core.inFlight() {
+		select {
+		case <-tick.C:
+			continue
+		case <-ctx.Done():
+			err = fmt.Errorf("loom: client of %s: %d calls still in progress: %w", core.path, n, ctx.Err())
+		}
+		break
+	}
+	core.close()
+	return err
+}
+
+// Close stops the client now: its discovery watch ends and new calls fail
+// with ErrClosed. Calls in progress keep the instance they have and end on
+// their own, bounded by their contexts; Close does not wait for them.
+// Runtime.Shutdown and Runtime.Close close every client of the runtime.
+// It returns nil; the error is for the one Close signature of every Loom
+// handle.
+func (c *Client[Req, Resp]) Close() error {
+	c.core.close()
+	return nil
+}
+
+// inFlight returns how many calls of the client are on an instance now.
+func (c *clientCore) inFlight() int64 {
+	var n int64
+	for _, cand := range *c.list.Load() {
+		n += cand.inFlight.Load()
+	}
+	return n
+}

@@ -61,16 +61,29 @@ func (c *Component) Endpoint(name string) (*Endpoint, error) {
 // Shutdown gracefully shuts down every endpoint the component serves (see
 // Endpoint.Shutdown), then cancels the component's context.
 func (c *Component) Shutdown(ctx context.Context) error {
+	err := shutdownAll(ctx, c.endpointList(), false)
+	c.cancel()
+	return err
+}
+
+// Close stops the component now: every endpoint it serves leaves
+// discovery and the requests it is serving are cancelled at once (see
+// Endpoint.Close).
+func (c *Component) Close() error {
+	err := shutdownAll(context.Background(), c.endpointList(), true)
+	c.cancel()
+	return err
+}
+
+func (c *Component) endpointList() []*Endpoint {
 	rt := c.ns.rt
 	rt.mu.Lock()
+	defer rt.mu.Unlock()
 	eps := make([]*Endpoint, 0, len(c.endpoints))
 	for _, ep := range c.endpoints {
 		eps = append(eps, ep)
 	}
-	rt.mu.Unlock()
-	err := shutdownAll(ctx, eps)
-	c.cancel()
-	return err
+	return eps
 }
 
 // Endpoint is the address of a served function, ns/component/endpoint, in
@@ -114,7 +127,17 @@ func (e *Endpoint) query() discovery.Query {
 // running then are cancelled, and Shutdown returns an error saying how many
 // without waiting further. The endpoint cannot be served again.
 func (e *Endpoint) Shutdown(ctx context.Context) error {
-	err := shutdownAll(ctx, []*Endpoint{e})
+	err := shutdownAll(ctx, []*Endpoint{e}, false)
+	e.cancel()
+	return err
+}
+
+// Close stops serving the endpoint in this runtime now: it refuses new
+// requests, removes the instance from discovery and cancels the requests
+// in flight at once, without an error for them. The endpoint cannot be
+// served again.
+func (e *Endpoint) Close() error {
+	err := shutdownAll(context.Background(), []*Endpoint{e}, true)
 	e.cancel()
 	return err
 }

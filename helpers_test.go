@@ -101,7 +101,7 @@ func client[Req, Resp any](t testing.TB, rt *loom.Runtime, path string, opts ...
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.Close)
+	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
 

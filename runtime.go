@@ -357,29 +357,73 @@ func (rt *Runtime) Shutdown(ctx context.Context) error {
 	return errors.Join(err, rt.close())
 }
 
-// drain stops serving: refuse new requests, unregister, GOAWAY, wait for
-// in-flight requests until ctx ends, cancel the rest. It runs once; calls
-// made by the program (clients) keep working, so that Run can let main
-// finish its own calls before close.
-func (rt *Runtime) drain(ctx context.Context) error {
+// Close stops the runtime now: it is Shutdown with no grace period.
+// Endpoints leave discovery and the requests they are serving are
+// cancelled at once, without an error for them; then everything Shutdown
+// closes is closed. During a Shutdown, Close cancels the requests that
+// Shutdown is waiting for, and returns nil. Calling it again returns nil
+// at once.
+func (rt *Runtime) Close() error {
 	rt.mu.Lock()
-	if rt.draining {
+	if rt.closed {
 		rt.mu.Unlock()
+		for _, e := range rt.endpoints() {
+			e.cancel()
+		}
 		return nil
 	}
-	rt.draining = true
+	rt.closed = true
+	rt.mu.Unlock()
+	err := rt.drainNow()
+	return errors.Join(err, rt.close())
+}
+
+// endpoints returns every endpoint of the runtime's components.
+func (rt *Runtime) endpoints() []*Endpoint {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
 	var eps []*Endpoint
 	for _, c := range rt.components {
 		for _, e := range c.endpoints {
 			eps = append(eps, e)
 		}
 	}
+	return eps
+}
+
+// drain stops serving: refuse new requests, unregister, GOAWAY, wait for
+// in-flight requests until ctx ends, cancel the rest. It runs once; calls
+// made by the program (clients) keep working, so that Run can let main
+// finish its own calls before close.
+func (rt *Runtime) drain(ctx context.Context) error { return rt.drainIn(ctx, false) }
+
+// drainNow is drain with no grace period, for Close.
+func (rt *Runtime) drainNow() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return rt.drainIn(ctx, true)
+}
+
+func (rt *Runtime) drainIn(ctx context.Context, now bool) error {
+	rt.mu.Lock()
+	if rt.draining {
+		rt.mu.Unlock()
+		return nil
+	}
+	rt.draining = true
 	rt.mu.Unlock()
+	eps := rt.endpoints()
 	// GOAWAY goes out as the drain begins, so connected clients stop
 	// sending here before discovery tells them.
 	serving := make(chan error, 1)
-	go func() { serving <- rt.planes.Shutdown(ctx) }()
-	err := shutdownAll(ctx, eps)
+	go func() {
+		err := rt.planes.Shutdown(ctx)
+		if now && errors.Is(err, context.Canceled) {
+			err = nil // no grace period: closing at once is the point
+		}
+		serving <- err
+	}()
+	err := shutdownAll(ctx, eps, now)
 	return errors.Join(err, <-serving)
 }
 

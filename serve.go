@@ -526,8 +526,9 @@ func (s *served) handlerPanic(ctx context.Context, v any) error {
 
 // shutdownAll drains the served endpoints among eps together: refuse new
 // requests, unregister, wait for in-flight requests until ctx ends, then
-// cancel the rest.
-func shutdownAll(ctx context.Context, eps []*Endpoint) error {
+// cancel the rest. With now set (Close), requests in flight are cancelled
+// at once and that is no error.
+func shutdownAll(ctx context.Context, eps []*Endpoint, now bool) error {
 	// Endpoints another shutdown is draining already (the runtime's, when
 	// a component shuts down during it) are waited for too, not cancelled
 	// at once.
@@ -558,6 +559,10 @@ func shutdownAll(ctx context.Context, eps []*Endpoint) error {
 	}
 	var left int64
 	for _, s := range append(all, already...) {
+		if now {
+			s.ep.cancel()
+			continue
+		}
 		select {
 		case <-s.drained:
 		case <-ctx.Done():

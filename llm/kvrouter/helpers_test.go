@@ -90,7 +90,7 @@ func (s *system) client(r llm.Router, n int) *loom.Client[llm.Request, llm.Respo
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	s.t.Cleanup(c.Close)
+	s.t.Cleanup(func() { _ = c.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := c.WaitForInstances(ctx, n); err != nil {
