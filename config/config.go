@@ -95,10 +95,15 @@ type NATS struct {
 
 // Discovery chooses and tunes the discovery backend.
 type Discovery struct {
-	Backend       string        `key:"backend" env:"LOOM_DISCOVERY" default:"memory" enum:"memory,etcd,natskv" doc:"Where instances are registered: memory (one process), etcd, or natskv (NATS only)."`
+	Backend       string        `key:"backend" env:"LOOM_DISCOVERY" default:"memory" enum:"memory,etcd,natskv,kubernetes" doc:"Where instances are registered: memory (one process), etcd, natskv (NATS only), or kubernetes (Lease objects on the API server)."`
 	EtcdEndpoints []string      `key:"etcd_endpoints" env:"ETCD_ENDPOINTS" default:"http://127.0.0.1:2379" doc:"etcd client URLs, comma-separated."`
 	LeaseTTL      time.Duration `key:"lease_ttl" default:"10s" min:"1s" doc:"How long an instance outlives its process's last keep-alive."`
 	DialTimeout   time.Duration `key:"dial_timeout" default:"5s" min:"0s" doc:"How long reaching the discovery store may take before start-up fails."`
+	// Keys of the kubernetes backend.
+	Kubeconfig          string `key:"kubeconfig" env:"KUBECONFIG" doc:"kubeconfig file(s) the kubernetes backend reaches the API server with; empty: the Pod's service account in a cluster, else ~/.kube/config."`
+	KubernetesNamespace string `key:"kubernetes_namespace" env:"POD_NAMESPACE" doc:"Kubernetes namespace of the kubernetes backend's Lease records; empty: the Pod's, else the kubeconfig context's, else default."`
+	PodName             string `key:"pod_name" env:"POD_NAME" doc:"Name of the Pod this process runs in (downward API metadata.name); with pod_uid, the Pod owns the kubernetes backend's records, which Kubernetes deletes with it."`
+	PodUID              string `key:"pod_uid" env:"POD_UID" doc:"UID of the Pod this process runs in (downward API metadata.uid); see pod_name."`
 }
 
 // RequestPlane chooses how requests travel between processes.

@@ -2,10 +2,10 @@
 //
 // A serving endpoint registers an [Instance] record; a client watches the
 // records of the endpoint it calls and keeps a live set of instances. Every
-// backend (discovery/memory, discovery/etcd, discovery/natskv) implements
-// [Discovery] and passes the shared conformance suite in
-// discovery/discoverytest, so a program can switch backends by configuration
-// alone. Backends register themselves ([RegisterBackend]) when their package
+// backend (discovery/memory, discovery/etcd, discovery/natskv,
+// discovery/kube) implements [Discovery] and passes the shared conformance
+// suite in discovery/discoverytest, so a program can switch backends by
+// configuration alone. Backends register themselves ([RegisterBackend]) when their package
 // is imported; discovery/all imports every one.
 //
 // Records use Dynamo's key layout so tools can read both:

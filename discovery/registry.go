@@ -33,9 +33,10 @@ var (
 // knownBackends names the package that registers each backend Loom ships,
 // so that a program that did not link one is told which import adds it.
 var knownBackends = map[string]string{
-	"memory": "github.com/loomrt/loom/discovery/memory",
-	"etcd":   "github.com/loomrt/loom/discovery/etcd",
-	"natskv": "github.com/loomrt/loom/discovery/natskv",
+	"memory":     "github.com/loomrt/loom/discovery/memory",
+	"etcd":       "github.com/loomrt/loom/discovery/etcd",
+	"natskv":     "github.com/loomrt/loom/discovery/natskv",
+	"kubernetes": "github.com/loomrt/loom/discovery/kube",
 }
 
 // RegisterBackend makes a backend available under name (the value of the

@@ -1,5 +1,5 @@
 // Package all links every discovery backend Loom ships (memory, etcd, NATS
-// KV), so that a program can choose any of them with discovery.backend:
+// KV, Kubernetes), so that a program can choose any of them with discovery.backend:
 //
 //	import _ "github.com/loomrt/loom/discovery/all"
 //
@@ -10,6 +10,7 @@ package all
 
 import (
 	_ "github.com/loomrt/loom/discovery/etcd"   // registers "etcd"
+	_ "github.com/loomrt/loom/discovery/kube"   // registers "kubernetes"
 	_ "github.com/loomrt/loom/discovery/memory" // registers "memory"
 	_ "github.com/loomrt/loom/discovery/natskv" // registers "natskv"
 )

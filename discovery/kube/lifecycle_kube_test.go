@@ -1,0 +1,346 @@
+//go:build kube
+
+package kube
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/loomrt/loom/discovery"
+)
+
+// crash stops d as a killed process stops: no more renewals, no watches,
+// and its Leases left where they are.
+func crash(t *testing.T, d *Discovery) {
+	t.Helper()
+	d.mu.Lock()
+	d.closed = true
+	d.owned = nil
+	d.mu.Unlock()
+	if err := d.tasks.Stop(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testInst(id uint64, addr string) discovery.Instance {
+	return discovery.Instance{Namespace: "ns", Component: "worker", Endpoint: "generate", ID: id, Transport: "tcp", Address: addr, Codec: "msgpack"}
+}
+
+func register(t *testing.T, d *Discovery, inst discovery.Instance) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	if err := d.Register(ctx, inst); err != nil {
+		t.Fatalf("Register(%s): %v", inst.Key(), err)
+	}
+}
+
+func list(t *testing.T, d *Discovery) []discovery.Instance {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	got, err := d.List(ctx, discovery.Query{})
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	return got
+}
+
+// watchFrom starts a watch of everything in d's namespace and reads its
+// snapshot.
+func watchFrom(t *testing.T, d *Discovery) (<-chan discovery.Event, map[string]discovery.Instance) {
+	t.Helper()
+	ch, err := d.Watch(t.Context(), discovery.Query{})
+	if err != nil {
+		t.Fatalf("Watch: %v", err)
+	}
+	set := map[string]discovery.Instance{}
+	for {
+		ev := next(t, ch, wait)
+		if ev.Kind == discovery.Synced {
+			return ch, set
+		}
+		set[ev.Instance.Key()] = ev.Instance
+	}
+}
+
+func next(t *testing.T, ch <-chan discovery.Event, within time.Duration) discovery.Event {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("watch channel closed; want an event")
+		}
+		return ev
+	case <-time.After(within):
+		t.Fatalf("no watch event within %v", within)
+	}
+	panic("unreachable")
+}
+
+func expectEvent(t *testing.T, ch <-chan discovery.Event, kind discovery.EventKind, inst discovery.Instance, within time.Duration) {
+	t.Helper()
+	ev := next(t, ch, within)
+	if ev.Kind != kind || !same(ev.Instance, inst) {
+		t.Fatalf("watch sent %v %+v; want %v %+v", ev.Kind, ev.Instance, kind, inst)
+	}
+}
+
+// A process that dies without Close leaves its Lease behind, and nothing in
+// Kubernetes deletes it: watchers drop the record within the TTL of its last
+// renewal by their own clock, List leaves it out, and a watcher deletes the
+// Lease one TTL later.
+func TestAnOwnerThatStopsRenewingExpiresAndIsReaped(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	const ttl = 2 * time.Second
+	owner := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	watcher := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	ch, _ := watchFrom(t, watcher)
+	inst := testInst(1, "10.0.0.1:1")
+	register(t, owner, inst)
+	expectEvent(t, ch, discovery.Added, inst, wait)
+	// Past a few renewals, so that the watcher times it from one it saw.
+	time.Sleep(ttl)
+	crash(t, owner)
+	died := time.Now()
+	expectEvent(t, ch, discovery.Removed, inst, ttl+2*time.Second)
+	gone := time.Since(died)
+	t.Logf("a crashed owner's record left the watch %v after its last chance to renew (TTL %v)", gone.Round(time.Millisecond), ttl)
+	if got := list(t, watcher); len(got) != 0 {
+		t.Fatalf("List after the record expired: %+v; want nothing", got)
+	}
+	deadline := time.Now().Add(2*ttl + wait)
+	for {
+		_, err := cs.CoordinationV1().Leases(ns).Get(t.Context(), LeaseName(inst.Key()), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the expired Lease is still there %v after the owner died (err %v); want a watcher to delete it", time.Since(died), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("the watcher deleted the Lease %v after the owner died; reaps %d", time.Since(died).Round(time.Millisecond), watcher.reaps.Load())
+	if watcher.reaps.Load() != 1 {
+		t.Fatalf("reaps = %d; want 1", watcher.reaps.Load())
+	}
+	// Nothing more about it follows.
+	sentinel := testInst(2, "10.0.0.1:2")
+	register(t, watcher, sentinel)
+	expectEvent(t, ch, discovery.Added, sentinel, wait)
+}
+
+// A key whose owner died can be registered again once its Lease expired,
+// before anything deleted it; while it is live it is a duplicate.
+func TestRegisterReplacesAnExpiredLease(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	const ttl = time.Second
+	owner := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	next := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	inst := testInst(1, "10.0.0.1:1")
+	register(t, owner, inst)
+	crash(t, owner)
+	err := next.Register(t.Context(), inst)
+	if !errors.Is(err, discovery.ErrDuplicate) {
+		t.Fatalf("Register of a live key = %v; want ErrDuplicate", err)
+	}
+	time.Sleep(ttl + 100*time.Millisecond) // let the Lease expire
+	moved := inst
+	moved.Address = "10.0.0.2:1"
+	register(t, next, moved)
+	got := list(t, next)
+	if len(got) != 1 || !same(got[0], moved) {
+		t.Fatalf("List = %+v; want only %+v", got, moved)
+	}
+}
+
+// A record whose content changes under the same key (a new address, the
+// Lease edited in place) reaches watchers as a change: the old record
+// removed, the new one added. Watching by key alone would swallow it.
+func TestARecordChangedInPlaceIsDeliveredAsAChange(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	owner := open(t, srv, Config{Namespace: ns})
+	watcher := open(t, srv, Config{Namespace: ns})
+	old := testInst(5, "10.0.0.1:1")
+	register(t, owner, old)
+	ch, set := watchFrom(t, watcher)
+	if len(set) != 1 {
+		t.Fatalf("snapshot %+v; want %s", set, old.Key())
+	}
+	moved := old
+	moved.Address = "10.0.0.9:9"
+	value, _ := json.Marshal(moved)
+	leases := cs.CoordinationV1().Leases(ns)
+	l, err := leases.Get(t.Context(), LeaseName(old.Key()), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Annotations[AnnotationRecord] = string(value)
+	l.Spec.RenewTime = ptr.To(metav1.NewMicroTime(time.Now()))
+	if _, err := leases.Update(t.Context(), l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, ch, discovery.Removed, old, wait)
+	expectEvent(t, ch, discovery.Added, moved, wait)
+	if got := list(t, watcher); len(got) != 1 || !same(got[0], moved) {
+		t.Fatalf("List = %+v; want %+v", got, moved)
+	}
+}
+
+// A process whose credentials may not read Leases is told what it lacks.
+func TestForbiddenSaysWhichRoleIsMissing(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	_, err := Open(ctx, srv.UserConfig(), Config{Namespace: ns, Logger: quiet})
+	if err == nil || !apierrors.IsForbidden(errors.Unwrap(err)) && !strings.Contains(err.Error(), "forbidden") {
+		t.Fatalf("Open without a RoleBinding = %v; want a forbidden error", err)
+	}
+	for _, want := range []string{ns, "coordination.k8s.io leases", "Role"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+// unrelatedWrite writes a Lease Loom does not manage, so that the API
+// server's resource version moves past everything a Loom watch has seen.
+func unrelatedWrite(t *testing.T, cs kubernetes.Interface, ns, name string) {
+	t.Helper()
+	leases := cs.CoordinationV1().Leases(ns)
+	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: coordinationv1.LeaseSpec{HolderIdentity: ptr.To("other")}}
+	if _, err := leases.Create(t.Context(), l, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The API server restarts while watches run and owners renew, down for
+// twice the TTL: watchers neither lose nor invent a record, owners renew
+// once it is back, and later changes still arrive.
+func TestWatchesAndOwnersSurviveAnAPIServerRestart(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	const ttl = 2 * time.Second
+	o1 := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	o2 := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	watcher := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	a, b, c := testInst(0xa, "10.0.0.1:1"), testInst(0xb, "10.0.0.2:1"), testInst(0xc, "10.0.0.3:1")
+	register(t, o1, a)
+	register(t, o2, b)
+	ch, set := watchFrom(t, watcher)
+	if len(set) != 2 {
+		t.Fatalf("snapshot %+v; want a and b", set)
+	}
+	unrelatedWrite(t, cs, ns, "unrelated-1")
+
+	down := time.Now()
+	srv.Stop()
+	t.Logf("the API server took %v to stop", time.Since(down).Round(time.Millisecond))
+	time.Sleep(2 * ttl)
+	select {
+	case ev := <-ch:
+		t.Fatalf("while the API server was down the watch sent %v %s; records must not expire for an outage", ev.Kind, ev.Instance.Key())
+	default:
+	}
+	srv.Restart()
+	t.Logf("API server down %v (restart included)", time.Since(down).Round(time.Millisecond))
+
+	register(t, o1, c)
+	expectEvent(t, ch, discovery.Added, c, wait)
+	// Two more TTLs: the owners renew on the restarted server, so nothing
+	// expires.
+	deadline := time.After(2 * ttl)
+	for done := false; !done; {
+		select {
+		case ev := <-ch:
+			t.Fatalf("after the restart the watch sent %v %s; want nothing", ev.Kind, ev.Instance.Key())
+		case <-deadline:
+			done = true
+		}
+	}
+	got := list(t, watcher)
+	if len(got) != 3 {
+		t.Fatalf("List after the restart: %+v; want a, b and c", got)
+	}
+	t.Logf("relists after the restart: %d", watcher.relists.Load())
+	// Changes after the restart arrive.
+	if err := o2.Unregister(t.Context(), b); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, ch, discovery.Removed, b, wait)
+}
+
+// A watch whose resource version the API server no longer has (410 Gone)
+// lists the records again and sends the difference from what it had told:
+// a record removed meanwhile as Removed, one added as Added, one whose
+// address changed as Removed then Added.
+func TestAWatchTooOldListsAgainAndSendsTheDifference(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	d := open(t, srv, Config{Namespace: ns})
+	a, b, c := testInst(0xa, "10.0.0.1:1"), testInst(0xb, "10.0.0.2:1"), testInst(0xc, "10.0.0.3:1")
+	register(t, d, a)
+	register(t, d, b)
+	w := newWatch(d, discovery.Query{})
+	if err := w.relist(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// Changes the watch does not see.
+	if err := d.Unregister(t.Context(), a); err != nil {
+		t.Fatal(err)
+	}
+	register(t, d, c)
+	if err := d.Unregister(t.Context(), b); err != nil {
+		t.Fatal(err)
+	}
+	b2 := b
+	b2.Address = "10.0.0.9:9"
+	register(t, d, b2)
+
+	// The API server restarts with its history compacted away: its watch
+	// cache starts after the watch's version, and etcd no longer has it.
+	srv.CompactEtcd()
+	srv.Restart()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	want := []discovery.Event{
+		{Kind: discovery.Added, Instance: a},
+		{Kind: discovery.Added, Instance: b},
+		{Kind: discovery.Synced},
+		{Kind: discovery.Removed, Instance: a},
+		{Kind: discovery.Removed, Instance: b},
+		{Kind: discovery.Added, Instance: b2},
+		{Kind: discovery.Added, Instance: c},
+	}
+	for i, ev := range want {
+		got := next(t, w.out, wait)
+		if got.Kind != ev.Kind || !same(got.Instance, ev.Instance) {
+			t.Fatalf("event %d: got %v %+v; want %v %+v", i, got.Kind, got.Instance, ev.Kind, ev.Instance)
+		}
+	}
+	if d.relists.Load() != 1 {
+		t.Fatalf("relists = %d; want 1", d.relists.Load())
+	}
+}

@@ -1,0 +1,388 @@
+// Package kubetest starts a real kube-apiserver on 127.0.0.1 for Loom's
+// Kubernetes tests: the discovery/kube conformance run, the multi-process
+// tests and the server-side dry run of the manifests in deploy/.
+//
+// The server is built from the Go module proxy by
+// tools/kube-apiserver/build.sh (its own module, so the root module never
+// depends on k8s.io/kubernetes), which caches the binary; Binary finds it.
+// It stores its data in an embedded etcd (package embedded/etcdserver),
+// authenticates with static bearer tokens and authorizes with RBAC, so a
+// test can check what a Role allows. No controller-manager or kubelet
+// runs: nothing deletes a Lease by itself, and Pods are never scheduled.
+//
+// The tests that use it are behind the build tag "kube":
+//
+//	LOOM_KUBE_APISERVER=$(tools/kube-apiserver/build.sh) go test -tags kube ./discovery/kube/ ./deploy/
+package kubetest
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"k8s.io/client-go/rest"
+
+	"github.com/loomrt/loom/embedded/etcdserver"
+)
+
+// BinaryEnv names the variable that gives the kube-apiserver binary's path.
+const BinaryEnv = "LOOM_KUBE_APISERVER"
+
+// ReadyTimeout bounds the wait for a started API server to be ready.
+const ReadyTimeout = 90 * time.Second
+
+// Binary returns the path of the kube-apiserver binary: $LOOM_KUBE_APISERVER
+// if set, else what tools/kube-apiserver/build.sh prints (it reuses the
+// binary it cached; a first build takes about ten minutes on two cores).
+func Binary() (string, error) {
+	if p := os.Getenv(BinaryEnv); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("kubetest: %s=%s: %w (unset it to build the API server with tools/kube-apiserver/build.sh)", BinaryEnv, p, err)
+		}
+		return p, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	script := filepath.Join(root, "tools", "kube-apiserver", "build.sh")
+	cmd := exec.Command("bash", script)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("kubetest: %s failed: %w\n%s(set %s to a built kube-apiserver to skip the build)", script, err, stderr.String(), BinaryEnv)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// moduleRoot returns the directory of the root module's go.mod, above the
+// working directory.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.HasPrefix(string(b), "module github.com/loomrt/loom\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("kubetest: no github.com/loomrt/loom go.mod above the working directory; set " + BinaryEnv)
+		}
+		dir = parent
+	}
+}
+
+// Token users. AdminToken belongs to group system:masters, which RBAC lets
+// do anything; UserToken to user "loom-user" in no group, which may do only
+// what a RoleBinding grants it.
+const (
+	AdminUser = "loom-admin"
+	User      = "loom-user"
+)
+
+// Server is a running kube-apiserver.
+type Server struct {
+	t          *testing.T
+	bin        string
+	dir        string
+	port       int
+	args       []string
+	adminToken string
+	userToken  string
+
+	etcd *etcdserver.Server
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+	log  *os.File
+}
+
+// Start starts a kube-apiserver on a free port of 127.0.0.1 with its own
+// embedded etcd, waits until it is ready, and stops both when the test
+// ends. It fails the test, saying why, if the binary cannot be had or the
+// server does not become ready within ReadyTimeout.
+func Start(t *testing.T) *Server {
+	t.Helper()
+	bin, err := Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcd, err := etcdserver.Start(etcdserver.Options{Dir: filepath.Join(t.TempDir(), "etcd"), NoFsync: true})
+	if err != nil {
+		t.Fatalf("kubetest: start etcd: %v", err)
+	}
+	t.Cleanup(etcd.Close)
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), port: freePort(t), adminToken: token(), userToken: token(), etcd: etcd}
+	key := filepath.Join(s.dir, "sa.key")
+	if err := writeKey(key); err != nil {
+		t.Fatal(err)
+	}
+	tokens := filepath.Join(s.dir, "tokens.csv")
+	body := fmt.Sprintf("%s,%s,%s,\"system:masters\"\n%s,%s,%s\n", s.adminToken, AdminUser, AdminUser, s.userToken, User, User)
+	if err := os.WriteFile(tokens, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.args = []string{
+		"--etcd-servers=" + etcd.ClientURL(),
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		// The default reconciler refuses a loopback advertise address.
+		"--endpoint-reconciler-type=none",
+		"--secure-port=" + strconv.Itoa(s.port),
+		"--cert-dir=" + filepath.Join(s.dir, "certs"),
+		"--service-account-issuer=https://127.0.0.1:" + strconv.Itoa(s.port),
+		"--service-account-key-file=" + key,
+		"--service-account-signing-key-file=" + key,
+		"--authorization-mode=RBAC",
+		"--token-auth-file=" + tokens,
+		"--service-cluster-ip-range=10.96.0.0/16",
+	}
+	log, err := os.Create(filepath.Join(s.dir, "kube-apiserver.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.log = log
+	t.Cleanup(func() {
+		s.Stop()
+		if t.Failed() {
+			t.Logf("kubetest: last lines of the kube-apiserver log:\n%s", s.logTail())
+		}
+		_ = log.Close()
+	})
+	s.Restart()
+	return s
+}
+
+// Stop stops the API server (SIGTERM, then SIGKILL after 10s) and waits
+// for it to exit. Its data stays in etcd; Restart starts it again.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.cmd = nil
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	fmt.Fprintf(s.log, "kubetest: SIGTERM at %s\n", time.Now().Format(time.RFC3339Nano))
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Restart starts the API server again on the same port and etcd, after
+// stopping it if it runs, and waits until it is ready.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	cmd := exec.Command(s.bin, s.args...)
+	cmd.Stdout, cmd.Stderr = s.log, s.log
+	dieWithParent(cmd)
+	if err := cmd.Start(); err != nil {
+		s.t.Fatalf("kubetest: start %s: %v", s.bin, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	s.mu.Lock()
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
+	if err := s.waitReady(done); err != nil {
+		s.Stop()
+		s.t.Fatalf("kubetest: %v\nlast lines of its log:\n%s", err, s.logTail())
+	}
+}
+
+// waitReady polls /readyz until it answers ok.
+func (s *Server) waitReady(exited <-chan struct{}) error {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // a test server's self-signed certificate
+	}}
+	defer client.CloseIdleConnections()
+	deadline := time.Now().Add(ReadyTimeout)
+	for {
+		req, _ := http.NewRequest(http.MethodGet, s.URL()+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+s.adminToken)
+		if resp, err := client.Do(req); err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-exited:
+			return errors.New("kube-apiserver exited before it was ready")
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("kube-apiserver not ready within %v", ReadyTimeout)
+		}
+	}
+}
+
+// logTail returns the last lines of the server's log.
+func (s *Server) logTail() string {
+	b, _ := os.ReadFile(s.log.Name())
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-80):], "\n")
+}
+
+// CompactEtcd compacts the API server's etcd to its current revision, so
+// that a watch from an older resource version is answered 410 Gone.
+func (s *Server) CompactEtcd() {
+	s.t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.etcd.ClientURL()}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer func() { _ = cli.Close() }()
+	ctx, cancel := context.WithTimeout(s.t.Context(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, "compact-probe")
+	if err != nil {
+		s.t.Fatalf("kubetest: read etcd's revision: %v", err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		s.t.Fatalf("kubetest: compact etcd: %v", err)
+	}
+}
+
+// URL returns the server's https URL.
+func (s *Server) URL() string { return "https://127.0.0.1:" + strconv.Itoa(s.port) }
+
+// AdminConfig returns a client configuration of an administrator.
+func (s *Server) AdminConfig() *rest.Config { return s.config(s.adminToken) }
+
+// UserConfig returns a client configuration of User, who may do only what
+// a RoleBinding grants.
+func (s *Server) UserConfig() *rest.Config { return s.config(s.userToken) }
+
+func (s *Server) config(token string) *rest.Config {
+	return &rest.Config{
+		Host:            s.URL(),
+		BearerToken:     token,
+		TLSClientConfig: rest.TLSClientConfig{Insecure: true},
+		Timeout:         30 * time.Second,
+	}
+}
+
+// Kubeconfig writes a kubeconfig file for the administrator (admin true)
+// or User, with namespace as its context's namespace, and returns its
+// path.
+func (s *Server) Kubeconfig(admin bool, namespace string) string {
+	s.t.Helper()
+	tok, name := s.userToken, User
+	if admin {
+		tok, name = s.adminToken, AdminUser
+	}
+	body := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: %s
+    insecure-skip-tls-verify: true
+users:
+- name: %s
+  user:
+    token: %s
+contexts:
+- name: test
+  context:
+    cluster: test
+    user: %s
+    namespace: %s
+current-context: test
+`, s.URL(), name, tok, name, namespace)
+	path := filepath.Join(s.t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		s.t.Fatal(err)
+	}
+	return path
+}
+
+func token() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// writeKey writes a new RSA key for signing service account tokens.
+func writeKey(path string) error {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return err
+	}
+	block := &pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}
+	return os.WriteFile(path, pem.EncodeToMemory(block), 0o600)
+}
+
+// freePort returns a port free on 127.0.0.1, below the kernel's ephemeral
+// range where there is room, so that no outgoing connection takes it
+// between now and a restart of the server.
+func freePort(t *testing.T) int {
+	t.Helper()
+	if low := ephemeralLow(); low > 11000 {
+		for range 100 {
+			p := 10000 + mrand.IntN(low-10000)
+			if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
+				_ = ln.Close()
+				return p
+			}
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// ephemeralLow returns the first port of the kernel's ephemeral range, or
+// 0 if it cannot tell.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	var low, high int
+	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
+		return 0
+	}
+	return low
+}
+
+// Context returns a context for one API call of a test: the test's,
+// bounded by d.
+func Context(t *testing.T, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(t.Context(), d)
+}
