@@ -8,7 +8,13 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${LOOM_KUBE_APISERVER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/loom-kube-apiserver}"
-key="$(cat "$here/go.mod" "$here/go.sum" "$here/main.go" | sha256sum | cut -c1-16)"
+# The version the server reports (kubectl and clients read it), taken from
+# the k8s.io/kubernetes requirement of go.mod.
+version="$(cd "$here" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
+minor="$(echo "$version" | cut -d. -f2)"
+pkg=k8s.io/component-base/version
+ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+key="$( (cat "$here/go.mod" "$here/go.sum" "$here/main.go"; echo "$ldflags") | sha256sum | cut -c1-16)"
 out="$cache/$key/kube-apiserver"
 if [[ -x "$out" ]]; then
 	echo "$out"
@@ -17,7 +23,7 @@ fi
 mkdir -p "$cache/$key"
 tmp="$(mktemp "$cache/$key/kube-apiserver.XXXXXX")"
 trap 'rm -f "$tmp"' EXIT
-(cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$tmp" .) >&2
+(cd "$here" && CGO_ENABLED=0 go build -trimpath -ldflags="$ldflags" -o "$tmp" .) >&2
 chmod +x "$tmp"
 mv "$tmp" "$out"
 trap - EXIT

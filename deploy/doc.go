@@ -1,0 +1,7 @@
+// Package deploy holds Loom's Kubernetes manifests, as kustomize
+// directories: deploy/ (a 3-node NATS cluster with JetStream, the RBAC of
+// the kubernetes discovery backend, one Loom service) and deploy/etcd/
+// (an optional etcd cluster). The package has no code; its tests check the
+// manifests against Loom's configuration and, with -tags kube, dry-run them
+// on a real kube-apiserver with kubectl.
+package deploy

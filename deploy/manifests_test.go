@@ -1,0 +1,215 @@
+package deploy
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/yaml"
+
+	"github.com/loomrt/loom/config"
+)
+
+// dirs are the kustomize directories.
+var dirs = []string{".", "etcd"}
+
+// objects decodes every manifest in dir that its kustomization lists, and
+// fails if a YAML file there is not listed.
+func objects(t *testing.T, dir string) []runtime.Object {
+	t.Helper()
+	var k struct {
+		APIVersion string   `json:"apiVersion"`
+		Kind       string   `json:"kind"`
+		Resources  []string `json:"resources"`
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.UnmarshalStrict(b, &k); err != nil {
+		t.Fatalf("%s/kustomization.yaml: %v", dir, err)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	for _, f := range files {
+		if base := filepath.Base(f); base != "kustomization.yaml" && !slices.Contains(k.Resources, base) {
+			t.Errorf("%s is not in %s/kustomization.yaml's resources", f, dir)
+		}
+	}
+	var objs []runtime.Object
+	for _, r := range k.Resources {
+		b, err := os.ReadFile(filepath.Join(dir, r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, doc := range regexp.MustCompile(`(?m)^---$`).Split(string(b), -1) {
+			if strings.TrimSpace(stripComments(doc)) == "" {
+				continue
+			}
+			obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
+			if err != nil {
+				t.Fatalf("%s document %d: %v", filepath.Join(dir, r), i, err)
+			}
+			objs = append(objs, obj)
+		}
+	}
+	return objs
+}
+
+func stripComments(doc string) string {
+	var out bytes.Buffer
+	for line := range strings.Lines(doc) {
+		if !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			out.WriteString(line)
+		}
+	}
+	return out.String()
+}
+
+func TestEveryManifestDecodes(t *testing.T) {
+	for _, dir := range dirs {
+		if n := len(objects(t, dir)); n == 0 {
+			t.Errorf("%s has no objects", dir)
+		}
+	}
+}
+
+func find[T runtime.Object](objs []runtime.Object, name func(T) string, want string) (T, bool) {
+	for _, o := range objs {
+		if v, ok := o.(T); ok && name(v) == want {
+			return v, true
+		}
+	}
+	var zero T
+	return zero, false
+}
+
+// The Loom service's environment is valid Loom configuration, and its
+// probes, preStop and grace period agree with it.
+func TestTheLoomServiceMatchesLoomsConfiguration(t *testing.T) {
+	objs := objects(t, ".")
+	dep, ok := find(objs, func(d *appsv1.Deployment) string { return d.Name }, "loom-service")
+	if !ok {
+		t.Fatal("no Deployment loom-service")
+	}
+	pod := dep.Spec.Template.Spec
+	c := pod.Containers[0]
+	env := map[string]string{}
+	fields := map[string]string{}
+	for _, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+			fields[e.Name] = e.ValueFrom.FieldRef.FieldPath
+			env[e.Name] = "downward-" + strings.ToLower(e.Name)
+			continue
+		}
+		// Kubernetes expands $(VAR) from the variables before it.
+		env[e.Name] = regexp.MustCompile(`\$\((\w+)\)`).ReplaceAllStringFunc(e.Value, func(m string) string {
+			return env[m[2:len(m)-1]]
+		})
+	}
+	for name, path := range map[string]string{"POD_NAME": "metadata.name", "POD_UID": "metadata.uid", "POD_NAMESPACE": "metadata.namespace", "POD_IP": "status.podIP"} {
+		if fields[name] != path {
+			t.Errorf("env %s comes from %q; want the downward API's %s", name, fields[name], path)
+		}
+	}
+	loaded, err := config.Load(config.WithDirs(), config.WithEnv(func(name string) (string, bool) {
+		v, ok := env[name]
+		return v, ok
+	}))
+	if err != nil {
+		t.Fatalf("the service's environment is not valid Loom configuration: %v", err)
+	}
+	cfg := loaded.Config
+	if cfg.Discovery.Backend != "kubernetes" || cfg.Discovery.PodName == "" || cfg.Discovery.PodUID == "" || cfg.Discovery.KubernetesNamespace == "" {
+		t.Errorf("discovery config %+v; want backend kubernetes with the Pod's name, uid and namespace", cfg.Discovery)
+	}
+	if cfg.RequestPlane.Advertise != "downward-pod_ip:"+fmt.Sprint(cfg.RequestPlane.Port) {
+		t.Errorf("request_plane.advertise = %q; want the Pod's IP and request_plane.port %d", cfg.RequestPlane.Advertise, cfg.RequestPlane.Port)
+	}
+	ports := map[string]int32{}
+	for _, p := range c.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	if int(ports["status"]) != cfg.Status.Port || int(ports["request-plane"]) != cfg.RequestPlane.Port {
+		t.Errorf("container ports %v; want status %d and request-plane %d", ports, cfg.Status.Port, cfg.RequestPlane.Port)
+	}
+	probe := func(name string, p *corev1.Probe, path string) {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != path || p.HTTPGet.Port.String() != "status" {
+			t.Errorf("%s probe %+v; want GET %s on the status port", name, p, path)
+		}
+	}
+	probe("liveness", c.LivenessProbe, "/live")
+	probe("readiness", c.ReadinessProbe, "/health")
+
+	if c.Lifecycle == nil || c.Lifecycle.PreStop == nil || c.Lifecycle.PreStop.Sleep == nil {
+		t.Fatal("no preStop sleep")
+	}
+	preStop := time.Duration(c.Lifecycle.PreStop.Sleep.Seconds) * time.Second
+	grace := time.Duration(*pod.TerminationGracePeriodSeconds) * time.Second
+	if cfg.Shutdown.GracePeriod >= cfg.Shutdown.Timeout {
+		t.Errorf("shutdown.grace_period %v is not below shutdown.timeout %v", cfg.Shutdown.GracePeriod, cfg.Shutdown.Timeout)
+	}
+	if need := preStop + cfg.Shutdown.Timeout; grace <= need {
+		t.Errorf("terminationGracePeriodSeconds %v leaves no margin over preStop %v + shutdown.timeout %v: Kubernetes would SIGKILL a drain Loom is still allowed",
+			grace, preStop, cfg.Shutdown.Timeout)
+	}
+	if pod.ServiceAccountName != "loom" {
+		t.Errorf("serviceAccountName %q; want loom, which the Role is bound to", pod.ServiceAccountName)
+	}
+}
+
+// The Role grants what the kubernetes discovery backend uses, on Leases
+// alone, and is bound to the service's account.
+func TestTheRoleIsTheSmallestGrant(t *testing.T) {
+	objs := objects(t, ".")
+	role, ok := find(objs, func(r *rbacv1.Role) string { return r.Name }, "loom-discovery")
+	if !ok {
+		t.Fatal("no Role loom-discovery")
+	}
+	want := []rbacv1.PolicyRule{{
+		APIGroups: []string{"coordination.k8s.io"},
+		Resources: []string{"leases"},
+		Verbs:     []string{"get", "list", "watch", "create", "update", "delete"},
+	}}
+	if fmt.Sprint(role.Rules) != fmt.Sprint(want) {
+		t.Errorf("Role rules %+v; want %+v", role.Rules, want)
+	}
+	rb, ok := find(objs, func(r *rbacv1.RoleBinding) string { return r.Name }, "loom-discovery")
+	if !ok || rb.RoleRef.Name != role.Name || len(rb.Subjects) != 1 || rb.Subjects[0].Kind != "ServiceAccount" || rb.Subjects[0].Name != "loom" {
+		t.Errorf("RoleBinding %+v; want the Role bound to ServiceAccount loom", rb)
+	}
+}
+
+func TestNATSIsAThreeNodeJetStreamCluster(t *testing.T) {
+	objs := objects(t, ".")
+	sts, ok := find(objs, func(s *appsv1.StatefulSet) string { return s.Name }, "nats")
+	if !ok || sts.Spec.Replicas == nil || *sts.Spec.Replicas != 3 {
+		t.Fatalf("StatefulSet nats %+v; want 3 replicas", sts)
+	}
+	cm, ok := find(objs, func(c *corev1.ConfigMap) string { return c.Name }, "nats-config")
+	if !ok {
+		t.Fatal("no ConfigMap nats-config")
+	}
+	conf := cm.Data["nats.conf"]
+	for i := range 3 {
+		if route := fmt.Sprintf("nats://nats-%d.%s:6222", i, sts.Spec.ServiceName); !strings.Contains(conf, route) {
+			t.Errorf("nats.conf has no route %s", route)
+		}
+	}
+	if !strings.Contains(conf, "jetstream {") {
+		t.Error("nats.conf does not enable JetStream")
+	}
+	if len(sts.Spec.VolumeClaimTemplates) != 1 {
+		t.Error("NATS has no volume for JetStream's files")
+	}
+}
