@@ -156,15 +156,11 @@ func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientO
 		}
 		return nil, fmt.Errorf("loom: client of %s: watch discovery: %w", ep.path, err)
 	}
-	rt.mu.Lock()
-	if rt.closed {
-		rt.mu.Unlock()
+	c.tasks = supervise.New(cctx, rt.log, rt.metrics.TaskPanicked)
+	if !rt.addClient(c) {
 		cancel()
 		return nil, fmt.Errorf("%w: runtime shut down; cannot create a client of %s", ErrClosed, ep.path)
 	}
-	c.tasks = supervise.New(cctx, rt.log, rt.metrics.TaskPanicked)
-	rt.clients[c] = struct{}{}
-	rt.mu.Unlock()
 	_ = c.tasks.Go("watch "+ep.path, func(ctx context.Context) error {
 		c.follow(ctx, events)
 		return nil
@@ -293,9 +289,7 @@ func (c *clientCore) close() {
 	c.mu.Unlock()
 	c.cancel()
 	_ = c.tasks.Stop(context.Background())
-	c.rt.mu.Lock()
-	delete(c.rt.clients, c)
-	c.rt.mu.Unlock()
+	c.rt.removeClient(c)
 }
 
 // errExhausted: every instance was tried.

@@ -61,7 +61,7 @@ func (c *Component) Endpoint(name string) (*Endpoint, error) {
 // Shutdown gracefully shuts down every endpoint the component serves (see
 // Endpoint.Shutdown), then cancels the component's context.
 func (c *Component) Shutdown(ctx context.Context) error {
-	err := shutdownAll(ctx, c.endpointList(), false)
+	err := shutdownAll(ctx, c.ns.rt.endpointsOf(c), false)
 	c.cancel()
 	return err
 }
@@ -70,21 +70,11 @@ func (c *Component) Shutdown(ctx context.Context) error {
 // discovery and the requests it is serving are cancelled at once (see
 // Endpoint.Close).
 func (c *Component) Close() error {
-	err := shutdownAll(context.Background(), c.endpointList(), true)
+	err := shutdownAll(context.Background(), c.ns.rt.endpointsOf(c), true)
 	c.cancel()
 	return err
 }
 
-func (c *Component) endpointList() []*Endpoint {
-	rt := c.ns.rt
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	eps := make([]*Endpoint, 0, len(c.endpoints))
-	for _, ep := range c.endpoints {
-		eps = append(eps, ep)
-	}
-	return eps
-}
 
 // Endpoint is the address of a served function, ns/component/endpoint, in
 // one runtime. Serve it with Serve; call it with NewClient.

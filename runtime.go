@@ -57,8 +57,11 @@ type Runtime struct {
 	closed     bool // Shutdown was called
 	namespaces map[string]*Namespace
 	components map[string]*Component
-	clients    map[*clientCore]struct{}
+	clients    map[closer]struct{}
 }
+
+// closer is what the runtime closes at shutdown: its clients.
+type closer interface{ close() }
 
 // Option configures a Runtime.
 type Option func(*options)
@@ -141,7 +144,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 		nc:         o.nc,
 		namespaces: make(map[string]*Namespace),
 		components: make(map[string]*Component),
-		clients:    make(map[*clientCore]struct{}),
+		clients:    make(map[closer]struct{}),
 		serverICs:  o.serverICs,
 		clientICs:  o.clientICs,
 	}
@@ -337,6 +340,73 @@ func (rt *Runtime) isClosed() bool {
 	return rt.closed
 }
 
+// addClient records c, for close to close; it reports false if the
+// runtime is shut down.
+func (rt *Runtime) addClient(c closer) bool {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if rt.closed {
+		return false
+	}
+	rt.clients[c] = struct{}{}
+	return true
+}
+
+// removeClient forgets c, which was closed.
+func (rt *Runtime) removeClient(c closer) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	delete(rt.clients, c)
+}
+
+// claim makes s what ep serves, unless the runtime is shutting down or ep
+// is served already.
+func (rt *Runtime) claim(ep *Endpoint, s *served) error {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	switch {
+	case rt.closed || rt.draining:
+		return fmt.Errorf("%w: runtime shutting down; cannot serve %s", ErrClosed, ep.path)
+	case ep.served != nil:
+		return fmt.Errorf("loom: %s is already served by this runtime (instance %x); start another runtime for another instance", ep.path, rt.id)
+	case ep.ctx.Err() != nil:
+		return fmt.Errorf("%w: %s was shut down and cannot be served again", ErrClosed, ep.path)
+	}
+	ep.served = s
+	return nil
+}
+
+// unclaim undoes claim after serving failed to start.
+func (rt *Runtime) unclaim(ep *Endpoint, s *served) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if ep.served == s {
+		ep.served = nil
+	}
+}
+
+// servedBy returns what ep serves, or nil.
+func (rt *Runtime) servedBy(ep *Endpoint) *served {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return ep.served
+}
+
+// allServed returns every endpoint the runtime serves, and whether it is
+// shutting down.
+func (rt *Runtime) allServed() (all []*served, stopping bool) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	for _, c := range rt.components {
+		for _, e := range c.endpoints {
+			if e.served != nil {
+				all = append(all, e.served)
+			}
+		}
+	}
+	return all, rt.draining || rt.closed
+}
+
 // Shutdown shuts the runtime down in phases: every served endpoint stops
 // accepting requests (connected callers get GOAWAY) and leaves discovery;
 // in-flight requests may finish until ctx ends; those still running are
@@ -376,6 +446,17 @@ func (rt *Runtime) Close() error {
 	rt.mu.Unlock()
 	err := rt.drainNow()
 	return errors.Join(err, rt.close())
+}
+
+// endpointsOf returns the endpoints of c.
+func (rt *Runtime) endpointsOf(c *Component) []*Endpoint {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	eps := make([]*Endpoint, 0, len(c.endpoints))
+	for _, ep := range c.endpoints {
+		eps = append(eps, ep)
+	}
+	return eps
 }
 
 // endpoints returns every endpoint of the runtime's components.
@@ -432,7 +513,7 @@ func (rt *Runtime) drainIn(ctx context.Context, now bool) error {
 func (rt *Runtime) close() error {
 	rt.mu.Lock()
 	rt.closed = true
-	clients := make([]*clientCore, 0, len(rt.clients))
+	clients := make([]closer, 0, len(rt.clients))
 	for c := range rt.clients {
 		clients = append(clients, c)
 	}
@@ -454,15 +535,10 @@ func (rt *Runtime) close() error {
 
 // inFlight returns how many requests the runtime's endpoints are serving.
 func (rt *Runtime) inFlight() int64 {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
+	all, _ := rt.allServed()
 	var n int64
-	for _, c := range rt.components {
-		for _, e := range c.endpoints {
-			if e.served != nil {
-				n += e.served.inFlight.Load()
-			}
-		}
+	for _, s := range all {
+		n += s.requests()
 	}
 	return n
 }

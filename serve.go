@@ -165,28 +165,14 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		return started, r.out, err
 	}
 
-	rt.mu.Lock()
-	switch {
-	case rt.closed || rt.draining:
-		rt.mu.Unlock()
-		return fmt.Errorf("%w: runtime shutting down; cannot serve %s", ErrClosed, ep.path)
-	case ep.served != nil:
-		rt.mu.Unlock()
-		return fmt.Errorf("loom: %s is already served by this runtime (instance %x); start another runtime for another instance", ep.path, rt.id)
-	case ep.ctx.Err() != nil:
-		rt.mu.Unlock()
-		return fmt.Errorf("%w: %s was shut down and cannot be served again", ErrClosed, ep.path)
+	if err := rt.claim(ep, s); err != nil {
+		return err
 	}
-	ep.served = s
-	rt.mu.Unlock()
-
 	undo := func() {
 		localServers.CompareAndDelete(s.key, s)
 		rt.paths.remove(s)
 		s.releaseParents()
-		rt.mu.Lock()
-		ep.served = nil
-		rt.mu.Unlock()
+		rt.unclaim(ep, s)
 	}
 	transport, addr, tls, err := rt.planes.Serve(ctx)
 	if err != nil {
@@ -236,6 +222,23 @@ func (s *served) acquire() bool {
 		return false
 	}
 	return true
+}
+
+// requests returns how many requests s is serving.
+func (s *served) requests() int64 { return s.inFlight.Load() }
+
+// ready reports whether s should receive traffic: registered in
+// discovery, and its health check (if any) passing.
+func (s *served) ready() (bool, string) {
+	if !s.registered.Load() {
+		return false, s.ep.path + " is not registered yet"
+	}
+	if s.health != nil {
+		if why := s.health.failing.Load(); why != nil {
+			return false, *why
+		}
+	}
+	return true, ""
 }
 
 func (s *served) release() {
@@ -534,10 +537,7 @@ func shutdownAll(ctx context.Context, eps []*Endpoint, now bool) error {
 	// at once.
 	var all, already []*served
 	for _, e := range eps {
-		rt := e.Runtime()
-		rt.mu.Lock()
-		s := e.served
-		rt.mu.Unlock()
+		s := e.Runtime().servedBy(e)
 		switch {
 		case s == nil:
 		case s.draining.Load():

@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery"
 )
 
@@ -23,50 +26,63 @@ type statusServer struct {
 	done chan struct{}
 }
 
+// statusSource is what the status server reports on: the runtime, seen
+// through the two questions it asks.
+type statusSource interface {
+	ready() (bool, string)
+	metadata() Metadata
+}
+
 // startStatus listens on status.host:status.port if the port is set.
 func (rt *Runtime) startStatus() error {
-	sc := rt.cfg.Status
+	s, err := startStatusServer(rt.cfg.Status, rt.metrics.Registry(), rt.log, rt)
+	rt.status = s
+	return err
+}
+
+// startStatusServer serves src's status on sc's address, or returns nil
+// if sc turns the server off.
+func startStatusServer(sc config.Status, reg *prometheus.Registry, log *slog.Logger, src statusSource) (*statusServer, error) {
 	if sc.Port == 0 {
-		return nil
+		return nil, nil
 	}
 	port := max(sc.Port, 0)
 	ln, err := net.Listen("tcp", net.JoinHostPort(sc.Host, strconv.Itoa(port)))
 	if err != nil {
-		return fmt.Errorf("loom: status server cannot listen on %s:%d: %w (set status.port, LOOM_STATUS_PORT, to a free port, or 0 to turn it off)", sc.Host, sc.Port, err)
+		return nil, fmt.Errorf("loom: status server cannot listen on %s:%d: %w (set status.port, LOOM_STATUS_PORT, to a free port, or 0 to turn it off)", sc.Host, sc.Port, err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "live")
 	})
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
-		if ok, why := rt.ready(); !ok {
+		if ok, why := src.ready(); !ok {
 			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(rt.metrics.Registry(), promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /metadata", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(rt.metadata())
+		_ = enc.Encode(src.metadata())
 	})
 	s := &statusServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, addr: ln.Addr().String(), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			rt.log.Error("status server stopped", "addr", s.addr, "err", err)
+			log.Error("status server stopped", "addr", s.addr, "err", err)
 		}
 	}()
-	rt.status = s
 	if sc.Port < 0 {
 		// A port chosen by the system is found nowhere else.
-		rt.log.Info("status server listening on a free port", "addr", s.addr)
+		log.Info("status server listening on a free port", "addr", s.addr)
 	} else {
-		rt.log.Debug("status server listening", "addr", s.addr)
+		log.Debug("status server listening", "addr", s.addr)
 	}
-	return nil
+	return s, nil
 }
 
 // StatusAddr returns the status server's address, or "" if it is off.
@@ -89,23 +105,15 @@ func (rt *Runtime) stopStatus() error {
 }
 
 // ready reports whether the process should receive traffic: not shutting
-// down, and every endpoint it serves registered in discovery.
+// down, and every endpoint it serves registered in discovery and healthy.
 func (rt *Runtime) ready() (bool, string) {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	if rt.draining || rt.closed {
+	all, stopping := rt.allServed()
+	if stopping {
 		return false, "shutting down"
 	}
-	for _, c := range rt.components {
-		for _, e := range c.endpoints {
-			if s := e.served; s != nil && !s.registered.Load() {
-				return false, e.path + " is not registered yet"
-			}
-			if s := e.served; s != nil && s.health != nil {
-				if why := s.health.failing.Load(); why != nil {
-					return false, *why
-				}
-			}
+	for _, s := range all {
+		if ok, why := s.ready(); !ok {
+			return false, why
 		}
 	}
 	return true, ""
@@ -123,14 +131,9 @@ type Metadata struct {
 func (rt *Runtime) metadata() Metadata {
 	ready, _ := rt.ready()
 	md := Metadata{Instance: fmt.Sprintf("%x", rt.id), Discovery: rt.cfg.Discovery.Backend, Ready: ready, Uptime: time.Since(rt.started).Round(time.Second).String()}
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
-	for _, c := range rt.components {
-		for _, e := range c.endpoints {
-			if e.served != nil {
-				md.Served = append(md.Served, e.served.inst)
-			}
-		}
+	all, _ := rt.allServed()
+	for _, s := range all {
+		md.Served = append(md.Served, s.inst)
 	}
 	return md
 }
