@@ -68,13 +68,9 @@ func main() {
 			}
 			return nil
 		case "enqueue", "consume":
-			nc, err := rt.NATS(ctx)
-			if err != nil {
-				return err
-			}
-			cfg := workqueue.DefaultConfig("traced")
+			cfg := workqueue.Config{Name: "traced"}
 			cfg.Storage = "memory"
-			q, err := workqueue.New[string](ctx, nc, cfg)
+			q, err := workqueue.Open[string](ctx, rt, cfg)
 			if err != nil {
 				return err
 			}
