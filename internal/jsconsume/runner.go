@@ -314,7 +314,7 @@ const DefaultMaxAckPending = 20000
 // ShutdownGrace is how long Shutdown waits, once its context has ended and
 // the handlers' contexts are cancelled, for the handlers to return before
 // it abandons those still running.
-const ShutdownGrace = 500 * time.Millisecond
+const ShutdownGrace = 2 * time.Second
 
 // AbandonedError is what Shutdown returns when handlers were still running
 // ShutdownGrace after their contexts were cancelled: they ignore their
