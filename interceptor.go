@@ -11,7 +11,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/loomrt/loom/internal/mux"
+	"github.com/loomrt/loom/internal/plane"
 )
 
 // Interceptor wraps the engine that every request of an endpoint (on the
@@ -316,7 +316,7 @@ func (c *Client[Req, Resp]) runIntercepted(ctx context.Context, req Req, direct 
 }
 
 // request fills the metadata fields of a transport request from call.
-func (call *Call) request(ctx context.Context, r *mux.Request) {
+func (call *Call) request(ctx context.Context, r *plane.Request) {
 	if call == nil {
 		return
 	}
