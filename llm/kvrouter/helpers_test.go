@@ -3,59 +3,37 @@ package kvrouter
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom"
-	"github.com/loomrt/loom/config"
-	"github.com/loomrt/loom/discovery/memory"
-	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/mocker"
+	"github.com/loomrt/loom/loomtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
 // system is an embedded NATS server, a private discovery store, mock
 // workers and a frontend runtime whose client routes with a router.
 type system struct {
+	*loomtest.System
 	t       tb
-	nats    *embedded.NATS
-	store   *memory.Store
-	cfg     config.Config
 	cluster *mocker.Cluster
 	fe      *loom.Runtime
 }
 
-type tb interface {
-	Helper()
-	Fatal(...any)
-	Fatalf(string, ...any)
-	Cleanup(func())
-	Context() context.Context
-}
+// tb is a test or a benchmark.
+type tb = testing.TB
 
 func newSystem(t tb, workers int, wc mocker.Config) *system {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
-	cfg := config.Default()
-	cfg.NATS.URL = ns.ClientURL()
-	cfg.Queue.Storage = "memory"
-	cfg.Client.LocalFastPath = false
-	s := &system{t: t, nats: ns, store: memory.NewStore(), cfg: cfg}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s.cluster, err = mocker.StartCluster(ctx, mocker.ClusterConfig{Workers: workers, Worker: wc, Runtime: cfg, NATS: ns, Store: s.store, Logger: quiet})
+	s := &system{System: loomtest.New(t, loomtest.Options{JetStream: true, Plane: "tcp"}), t: t}
+	var err error
+	s.cluster, err = mocker.StartCluster(testutil.Timeout(t, 10*time.Second), mocker.ClusterConfig{Workers: workers, Worker: wc, Runtime: s.Config, NATS: s.NATS, Store: s.Store, Logger: loomtest.Quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,17 +42,7 @@ func newSystem(t tb, workers int, wc mocker.Config) *system {
 		defer cancel()
 		_ = s.cluster.Shutdown(ctx)
 	})
-	d := s.store.Connect()
-	s.fe, err = loom.NewRuntime(context.Background(), loom.WithConfig(cfg), loom.WithDiscovery(d), loom.WithLogger(quiet))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = s.fe.Shutdown(ctx)
-		_ = d.Close()
-	})
+	s.fe = s.Runtime()
 	return s
 }
 
@@ -151,23 +119,6 @@ func prompt(seed uint32, n int) []uint32 {
 		p[i] = seed*100000 + uint32(i)
 	}
 	return p
-}
-
-func waitFor(t tb, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-func timeout(t tb, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

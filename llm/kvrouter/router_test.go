@@ -11,15 +11,17 @@ import (
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/discovery/memory"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/mocker"
+	"github.com/loomrt/loom/loomtest"
 )
 
 // synced waits until the router's view of every worker has caught up
 // with the worker's last kv_event.
 func synced(t tb, r Router, c *mocker.Cluster) {
 	t.Helper()
-	waitFor(t, 10*time.Second, "the router to catch up with every worker's kv_events", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the router to catch up with every worker's kv_events", func() bool {
 		st := r.Stats()
 		for _, w := range c.Workers() {
 			i := slices.IndexFunc(st.Workers, func(ws WorkerStats) bool { return ws.ID == w.ID() })
@@ -45,7 +47,7 @@ func TestKVRouterSendsAWarmPrefixToTheWorkerHoldingIt(t *testing.T) {
 	r := s.router(KV, Config{})
 	c := s.client(r, 4)
 	synced(t, r, s.cluster)
-	ctx := timeout(t, 20*time.Second)
+	ctx := testutil.Timeout(t, 20*time.Second)
 	system := prompt(1, 1024) // a long shared system prompt
 	first := send(ctx, c, r, "cold-1", system, 4)
 	if first.err != nil || first.cached != 0 {
@@ -88,7 +90,7 @@ func TestKVRouterRefusesAModelNoWorkerServes(t *testing.T) {
 	s := newSystem(t, 1, warmCfg())
 	r := s.router(KV, Config{})
 	c := s.client(r, 1)
-	ctx := llm.WithRoute(timeout(t, 5*time.Second), &llm.RouteInfo{RequestID: "x", Model: "nope", TokenIDs: prompt(1, 8)})
+	ctx := llm.WithRoute(testutil.Timeout(t, 5*time.Second), &llm.RouteInfo{RequestID: "x", Model: "nope", TokenIDs: prompt(1, 8)})
 	for _, err := range c.Generate(ctx, llm.Request{ID: "x", Model: "nope", TokenIDs: prompt(1, 8), MaxTokens: 1}) {
 		if !errors.Is(err, llm.ErrNoWorker) {
 			t.Fatalf("a request for an unserved model ended with %v, want ErrNoWorker", err)
@@ -107,7 +109,7 @@ func TestKVRouterResyncsAfterAGapInEventIDs(t *testing.T) {
 	rr := s.router(KV, Config{})
 	r := rr.(*KVRouter)
 	c := s.client(r, 1)
-	ctx := timeout(t, 20*time.Second)
+	ctx := testutil.Timeout(t, 20*time.Second)
 	for i := range 3 {
 		if res := send(ctx, c, r, "fill", prompt(uint32(i), 64), 2); res.err != nil {
 			t.Fatal(res.err)
@@ -120,7 +122,7 @@ func TestKVRouterResyncsAfterAGapInEventIDs(t *testing.T) {
 	// A runtime with the worker's instance id publishes the bad event.
 	d := memory.New()
 	defer d.Close()
-	fake, err := loom.NewRuntime(ctx, loom.WithConfig(s.cfg), loom.WithDiscovery(d), loom.WithInstanceID(w.ID()), loom.WithLogger(quiet))
+	fake, err := loom.NewRuntime(ctx, loom.WithConfig(s.Config), loom.WithDiscovery(d), loom.WithInstanceID(w.ID()), loom.WithLogger(loomtest.Quiet))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +136,7 @@ func TestKVRouterResyncsAfterAGapInEventIDs(t *testing.T) {
 	if err := pub.Publish(ctx, llm.KvEvent{EventID: w.Stats().KvEvents + 3, Stored: &llm.KvStored{BlockHashes: []uint64{bogus}}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "a resync after the gap", func() bool {
+	testutil.Eventually(t, 10*time.Second, "a resync after the gap", func() bool {
 		st := r.Stats()
 		return st.Resyncs > before.Resyncs && st.Gaps > before.Gaps && st.EventsDiscarded > before.EventsDiscarded
 	})
@@ -180,7 +182,7 @@ func TestKVRouterDropsWorkersThatLeave(t *testing.T) {
 	rr := s.router(KV, Config{})
 	r := rr.(*KVRouter)
 	c := s.client(r, 3)
-	ctx := timeout(t, 20*time.Second)
+	ctx := testutil.Timeout(t, 20*time.Second)
 	for i := range 9 {
 		if res := send(ctx, c, r, "fill", prompt(uint32(i), 64), 2); res.err != nil {
 			t.Fatal(res.err)
@@ -195,7 +197,7 @@ func TestKVRouterDropsWorkersThatLeave(t *testing.T) {
 	if err := s.cluster.Kill(killed); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the stopped and the killed worker to leave the router's view", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the stopped and the killed worker to leave the router's view", func() bool {
 		st := r.Stats()
 		return len(st.Workers) == 1 && st.Workers[0].ID == ws[2].ID()
 	})
@@ -216,7 +218,7 @@ func TestKVApproxPredictsFromItsOwnDecisions(t *testing.T) {
 	rr := s.router(KVApprox, Config{ApproxTTL: 300 * time.Millisecond})
 	r := rr.(*KVRouter)
 	c := s.client(r, 3)
-	ctx := timeout(t, 20*time.Second)
+	ctx := testutil.Timeout(t, 20*time.Second)
 	sys := prompt(1, 512)
 	first := send(ctx, c, r, "a", sys, 2)
 	if first.err != nil {
@@ -231,7 +233,7 @@ func TestKVApproxPredictsFromItsOwnDecisions(t *testing.T) {
 	if st := r.Stats(); st.EventsApplied != 0 || st.IndexEntries == 0 {
 		t.Fatalf("kv_approx applied %d events and predicts %d entries; want none and some", st.EventsApplied, st.IndexEntries)
 	}
-	waitFor(t, 5*time.Second, "the predictions to expire", func() bool { return r.Stats().IndexEntries == 0 })
+	testutil.Eventually(t, 5*time.Second, "the predictions to expire", func() bool { return r.Stats().IndexEntries == 0 })
 }
 
 func TestNewByName(t *testing.T) {
@@ -240,7 +242,7 @@ func TestNewByName(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			r := s.router(name, Config{})
 			c := s.client(r, 2)
-			ctx := timeout(t, 10*time.Second)
+			ctx := testutil.Timeout(t, 10*time.Second)
 			seen := map[uint64]int{}
 			for i := range 6 {
 				res := send(ctx, c, r, "n", prompt(uint32(300+i), 32), 1)
@@ -267,7 +269,7 @@ func TestKVRouterForgetsRequestsNeverReportedDone(t *testing.T) {
 	s := newSystem(t, 1, warmCfg())
 	r := s.router(KV, Config{RequestTTL: 100 * time.Millisecond})
 	c := s.client(r, 1)
-	ctx := llm.WithRoute(timeout(t, 10*time.Second), &llm.RouteInfo{RequestID: "lost", Model: mocker.DefaultModel, TokenIDs: prompt(1, 32)})
+	ctx := llm.WithRoute(testutil.Timeout(t, 10*time.Second), &llm.RouteInfo{RequestID: "lost", Model: mocker.DefaultModel, TokenIDs: prompt(1, 32)})
 	for _, err := range c.Generate(ctx, llm.Request{ID: "lost", TokenIDs: prompt(1, 32), MaxTokens: 1}) {
 		if err != nil {
 			t.Fatal(err)
@@ -276,7 +278,7 @@ func TestKVRouterForgetsRequestsNeverReportedDone(t *testing.T) {
 	if st := r.Stats(); len(st.Workers) != 1 || st.Workers[0].Open != 1 {
 		t.Fatalf("a routed request without Done: stats %+v, want 1 open", st.Workers)
 	}
-	waitFor(t, 5*time.Second, "the request to be forgotten after RequestTTL", func() bool { return r.Stats().Workers[0].Open == 0 })
+	testutil.Eventually(t, 5*time.Second, "the request to be forgotten after RequestTTL", func() bool { return r.Stats().Workers[0].Open == 0 })
 }
 
 // TestKVRouterResyncsAfterLostEventPlaneMessages makes the router's view
@@ -289,7 +291,7 @@ func TestKVRouterResyncsAfterLostEventPlaneMessages(t *testing.T) {
 	rr := s.router(KV, Config{})
 	r := rr.(*KVRouter)
 	c := s.client(r, 1)
-	ctx := timeout(t, 20*time.Second)
+	ctx := testutil.Timeout(t, 20*time.Second)
 	scope := events.Scope{Namespace: llm.DefaultNamespace, Component: llm.WorkerComponent}
 	watch, err := events.Subscribe[llm.KvEvent](ctx, s.fe, scope, llm.TopicKvEvents)
 	if err != nil {
@@ -331,7 +333,7 @@ func TestKVRouterResyncsAfterLostEventPlaneMessages(t *testing.T) {
 	if err := nc.Publish(last.Subject, env.AppendJSON(nil)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "a resync after the lost message", func() bool {
+	testutil.Eventually(t, 10*time.Second, "a resync after the lost message", func() bool {
 		st := r.Stats()
 		return st.Gaps > before.Gaps && st.Resyncs > before.Resyncs
 	})

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm/mocker"
 )
 
@@ -21,7 +22,7 @@ func BenchmarkTTFT(b *testing.B) {
 			r := s.router(KV, Config{})
 			c := s.client(r, 4)
 			synced(b, r, s.cluster)
-			ctx := timeout(b, 10*time.Minute)
+			ctx := testutil.Timeout(b, 10*time.Minute)
 			system := prompt(1, 2048)
 			if mode == "warm" {
 				if res := send(ctx, c, r, "prime", system, 1); res.err != nil {

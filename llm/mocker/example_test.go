@@ -3,6 +3,7 @@ package mocker_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/loomrt/loom"
@@ -22,6 +23,7 @@ func Example() {
 	}
 	defer nats.Shutdown()
 	store := memory.NewStore()
+	quiet := slog.New(slog.DiscardHandler)
 	cfg := config.Default()
 	cfg.NATS.URL = nats.ClientURL()
 

@@ -12,13 +12,14 @@ import (
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/mocker"
 )
 
 func TestWorkerStreamsDeterministicTokensAndReusesItsCache(t *testing.T) {
 	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: fast()})
-	ctx := timeout(t, 10*time.Second)
+	ctx := testutil.Timeout(t, 10*time.Second)
 	req := llm.Request{ID: "a", Model: mocker.DefaultModel, TokenIDs: prompt(1, 37), MaxTokens: 20}
 	first := collect(ctx, s.client, req)
 	if first.err != nil || len(first.tokens) != 20 || first.finish != llm.FinishLength {
@@ -68,7 +69,7 @@ func TestWorkerStreamsDeterministicTokensAndReusesItsCache(t *testing.T) {
 
 func TestWorkerRejectsBadRequestsNamingTheField(t *testing.T) {
 	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: fast()})
-	ctx := timeout(t, 10*time.Second)
+	ctx := testutil.Timeout(t, 10*time.Second)
 	for _, c := range []struct {
 		name string
 		req  llm.Request
@@ -95,7 +96,7 @@ func TestWorkerBatchesAtMostMaxBatch(t *testing.T) {
 	cfg.DecodeStep = 3 * time.Millisecond
 	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: cfg})
 	w := s.cluster.Workers()[0]
-	ctx := timeout(t, 20*time.Second)
+	ctx := testutil.Timeout(t, 20*time.Second)
 	var wg sync.WaitGroup
 	results := make([]result, 5)
 	for i := range results {
@@ -104,7 +105,7 @@ func TestWorkerBatchesAtMostMaxBatch(t *testing.T) {
 		})
 	}
 	// All five are in: two running, three waiting.
-	waitFor(t, 10*time.Second, "5 requests at the worker", func() bool {
+	testutil.Eventually(t, 10*time.Second, "5 requests at the worker", func() bool {
 		st := w.Stats()
 		return st.Running+st.Waiting == 5
 	})
@@ -149,7 +150,7 @@ func TestWorkerEventsMatchItsBlockSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer loads.Close()
-	ctx := timeout(t, 20*time.Second)
+	ctx := testutil.Timeout(t, 20*time.Second)
 	for i := range 8 { // 8 prompts of 5 blocks each overflow 24 blocks
 		if r := collect(ctx, s.client, llm.Request{ID: "e", TokenIDs: prompt(uint32(20+i), 20), MaxTokens: 3}); r.err != nil {
 			t.Fatal(r.err)
@@ -238,7 +239,7 @@ func TestWorkerStopFinishesGracefullyAndKillFreesAtOnce(t *testing.T) {
 	w := s.cluster.Workers()[0]
 
 	t.Run("stop", func(t *testing.T) {
-		ctx, stop := loom.WithStop(timeout(t, 10*time.Second))
+		ctx, stop := loom.WithStop(testutil.Timeout(t, 10*time.Second))
 		defer stop()
 		var toks []uint32
 		finish := ""
@@ -257,7 +258,7 @@ func TestWorkerStopFinishesGracefullyAndKillFreesAtOnce(t *testing.T) {
 		}
 	})
 	t.Run("kill", func(t *testing.T) {
-		ctx, cancel := context.WithCancel(timeout(t, 10*time.Second))
+		ctx, cancel := context.WithCancel(testutil.Timeout(t, 10*time.Second))
 		n := 0
 		for _, err := range s.client.Generate(ctx, llm.Request{ID: "k", TokenIDs: prompt(31, 12), MaxTokens: 100000}) {
 			if err != nil {
@@ -268,7 +269,7 @@ func TestWorkerStopFinishesGracefullyAndKillFreesAtOnce(t *testing.T) {
 			}
 		}
 		cancel()
-		waitFor(t, 5*time.Second, "the killed request to leave the batch", func() bool {
+		testutil.Eventually(t, 5*time.Second, "the killed request to leave the batch", func() bool {
 			st := w.Stats()
 			return st.Running == 0 && st.Waiting == 0
 		})
@@ -279,7 +280,7 @@ func TestClusterKillBreaksStreamsAndLeavesDiscovery(t *testing.T) {
 	cfg := fast()
 	cfg.DecodeStep = 2 * time.Millisecond
 	s := newSystem(t, mocker.ClusterConfig{Workers: 2, Worker: cfg})
-	ctx := timeout(t, 10*time.Second)
+	ctx := testutil.Timeout(t, 10*time.Second)
 	victim := s.cluster.Workers()[0]
 	got := make(chan error, 1)
 	n := 0
@@ -302,9 +303,9 @@ func TestClusterKillBreaksStreamsAndLeavesDiscovery(t *testing.T) {
 	default:
 		t.Fatal("the stream of a killed worker ended without an error")
 	}
-	d := s.store.Connect()
+	d := s.Store.Connect()
 	defer d.Close()
-	waitFor(t, 5*time.Second, "the killed worker to leave discovery", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the killed worker to leave discovery", func() bool {
 		insts, err := d.List(ctx, discovery.Query{Namespace: llm.DefaultNamespace, Component: llm.WorkerComponent})
 		if err != nil {
 			t.Fatal(err)
@@ -329,7 +330,7 @@ func TestWorkerWithoutMaxTokensStopsAtTheContextLength(t *testing.T) {
 	cfg := fast()
 	cfg.ContextLength = 64
 	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: cfg})
-	r := collect(timeout(t, 10*time.Second), s.client, llm.Request{ID: "c", TokenIDs: prompt(60, 60)})
+	r := collect(testutil.Timeout(t, 10*time.Second), s.client, llm.Request{ID: "c", TokenIDs: prompt(60, 60)})
 	if r.err != nil || len(r.tokens) != 4 || r.finish != llm.FinishLength {
 		t.Fatalf("60 prompt tokens in a context of 64 without max_tokens: %d tokens, finish %q, err %v; want 4 and %q", len(r.tokens), r.finish, r.err, llm.FinishLength)
 	}
@@ -340,16 +341,16 @@ func TestWorkerWithoutMaxTokensStopsAtTheContextLength(t *testing.T) {
 // down with a request in flight: the request finishes.
 func TestRunFinishesRequestsInFlightOnShutdown(t *testing.T) {
 	s := newSystem(t, mocker.ClusterConfig{Workers: 0})
-	rt := s.runtime()
+	rt := s.Runtime()
 	cfg := fast()
 	cfg.DecodeStep = 2 * time.Millisecond
 	runCtx, stop := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	go func() { ran <- mocker.Run(runCtx, rt, cfg) }()
-	if err := s.client.WaitForInstances(timeout(t, 5*time.Second), 1); err != nil {
+	if err := s.client.WaitForInstances(testutil.Timeout(t, 5*time.Second), 1); err != nil {
 		t.Fatal(err)
 	}
-	ctx := timeout(t, 10*time.Second)
+	ctx := testutil.Timeout(t, 10*time.Second)
 	res := make(chan result, 1)
 	started := make(chan struct{})
 	go func() {
@@ -369,7 +370,7 @@ func TestRunFinishesRequestsInFlightOnShutdown(t *testing.T) {
 	<-started
 	// SIGTERM: the runtime drains and the program's context ends together.
 	drained := make(chan error, 1)
-	go func() { drained <- rt.Shutdown(timeout(t, 5*time.Second)) }()
+	go func() { drained <- rt.Shutdown(testutil.Timeout(t, 5*time.Second)) }()
 	stop()
 	r := <-res
 	if r.err != nil || len(r.tokens) != 60 || r.finish != llm.FinishLength {

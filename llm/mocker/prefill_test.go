@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/mocker"
 )
@@ -22,7 +23,7 @@ func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
 	var rc config.Config
 	rc.Queue.AckWait = 500 * time.Millisecond
 	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: decode, Runtime: rc})
-	ctx := timeout(t, 30*time.Second)
+	ctx := testutil.Timeout(t, 30*time.Second)
 	pre := fast()
 	pre.Prefill = true
 	pre.PrefillPerToken = 5 * time.Millisecond // 40 tokens: 200 ms a job
@@ -59,7 +60,7 @@ func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
 		res <- collect(ctx, s.client, llm.Request{ID: "crash", TokenIDs: prompt(52, 40), MaxTokens: 5})
 	}()
 	var victim, survivor *mocker.Worker
-	waitFor(t, 10*time.Second, "a prefill worker to take the job", func() bool {
+	testutil.Eventually(t, 10*time.Second, "a prefill worker to take the job", func() bool {
 		for i, w := range prefillers {
 			if w.Stats().PrefillsInProgress == 1 {
 				victim, survivor = w, prefillers[1-i]
@@ -108,7 +109,7 @@ func TestDecodeWorkerStoppedGracefullyFinishesRemotePrefills(t *testing.T) {
 	decode := fast()
 	decode.RemotePrefill, decode.RemotePrefillMin = true, 8
 	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: decode})
-	ctx := timeout(t, 30*time.Second)
+	ctx := testutil.Timeout(t, 30*time.Second)
 	pre := fast()
 	pre.Prefill = true
 	pre.PrefillPerToken = 5 * time.Millisecond
@@ -121,7 +122,7 @@ func TestDecodeWorkerStoppedGracefullyFinishesRemotePrefills(t *testing.T) {
 	go func() {
 		res <- collect(ctx, s.client, llm.Request{ID: "drain", TokenIDs: prompt(53, 40), MaxTokens: 5})
 	}()
-	waitFor(t, 10*time.Second, "the prefill worker to take the job", func() bool { return pw.Stats().PrefillsInProgress == 1 })
+	testutil.Eventually(t, 10*time.Second, "the prefill worker to take the job", func() bool { return pw.Stats().PrefillsInProgress == 1 })
 	stopped := make(chan error, 1)
 	go func() { stopped <- s.cluster.Stop(ctx, dw.ID()) }()
 	if r := <-res; r.err != nil || len(r.tokens) != 5 {
@@ -138,7 +139,7 @@ func TestDecodeWorkerStoppedGracefullyFinishesRemotePrefills(t *testing.T) {
 // its remote prefill: the notice still arrives and the request finishes.
 func TestDecodeWorkerDrainedByItsRuntimeFinishesRemotePrefills(t *testing.T) {
 	s := newSystem(t, mocker.ClusterConfig{Workers: 0})
-	ctx := timeout(t, 30*time.Second)
+	ctx := testutil.Timeout(t, 30*time.Second)
 	pre := fast()
 	pre.Prefill = true
 	pre.PrefillPerToken = 5 * time.Millisecond
@@ -148,11 +149,11 @@ func TestDecodeWorkerDrainedByItsRuntimeFinishesRemotePrefills(t *testing.T) {
 	}
 	decode := fast()
 	decode.RemotePrefill, decode.RemotePrefillMin = true, 8
-	rt := s.runtime()
+	rt := s.Runtime()
 	runCtx, stop := context.WithCancel(context.Background())
 	ran := make(chan error, 1)
 	go func() { ran <- mocker.Run(runCtx, rt, decode) }()
-	if err := s.client.WaitForInstances(timeout(t, 5*time.Second), 1); err != nil {
+	if err := s.client.WaitForInstances(testutil.Timeout(t, 5*time.Second), 1); err != nil {
 		select {
 		case rerr := <-ran:
 			t.Fatalf("the decode worker did not start: %v", rerr)
@@ -164,9 +165,9 @@ func TestDecodeWorkerDrainedByItsRuntimeFinishesRemotePrefills(t *testing.T) {
 	go func() {
 		res <- collect(ctx, s.client, llm.Request{ID: "sigterm", TokenIDs: prompt(54, 40), MaxTokens: 5})
 	}()
-	waitFor(t, 10*time.Second, "the prefill worker to take the job", func() bool { return pw.Stats().PrefillsInProgress == 1 })
+	testutil.Eventually(t, 10*time.Second, "the prefill worker to take the job", func() bool { return pw.Stats().PrefillsInProgress == 1 })
 	drained := make(chan error, 1)
-	go func() { drained <- rt.Shutdown(timeout(t, 10*time.Second)) }()
+	go func() { drained <- rt.Shutdown(testutil.Timeout(t, 10*time.Second)) }()
 	stop()
 	if r := <-res; r.err != nil || len(r.tokens) != 5 {
 		t.Fatalf("request waiting for its remote prefill at SIGTERM: %d tokens, err %v; want 5", len(r.tokens), r.err)
