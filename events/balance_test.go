@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // balance is what a subscription (and, on ZeroMQ, its publisher) has
@@ -54,8 +55,8 @@ func TestEveryOverflowPolicyBalancesAtEveryPoint(t *testing.T) {
 	} {
 		t.Run(fmt.Sprintf("%s with %s", c.transport, c.overflow), func(t *testing.T) {
 			s := newSystem(t, c.transport)
-			s.cfg.Events.ZMQ.SendQueue = 256
-			pubRT, subRT := s.runtime(), s.runtime()
+			s.Config.Events.ZMQ.SendQueue = 256
+			pubRT, subRT := s.Runtime(), s.Runtime()
 			scope := events.Scope{Namespace: "flood", Component: "worker"}
 			p := publisher[[]byte](t, pubRT, scope, "kv_events")
 			sub := subscribe[[]byte](t, subRT, scope, "kv_events", events.WithBuffer(64, c.overflow))
@@ -74,7 +75,7 @@ func TestEveryOverflowPolicyBalancesAtEveryPoint(t *testing.T) {
 				if c.transport == events.ZMQ {
 					return // a blocked subscriber holds the send queue
 				}
-				if err := p.Flush(timeout(t, 20*time.Second)); err != nil {
+				if err := p.Flush(testutil.Timeout(t, 20*time.Second)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -107,7 +108,7 @@ func TestEveryOverflowPolicyBalancesAtEveryPoint(t *testing.T) {
 					}
 					if time.Now().After(deadline) {
 						if c.transport == events.JetStream {
-							jsz, _ := s.nats.Server().Jsz(&server.JSzOptions{Accounts: true, Consumer: true})
+							jsz, _ := s.NATS.Server().Jsz(&server.JSzOptions{Accounts: true, Consumer: true})
 							for _, a := range jsz.AccountDetails {
 								for _, st := range a.Streams {
 									for _, ci := range st.Consumer {

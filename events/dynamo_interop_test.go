@@ -21,8 +21,8 @@ import (
 // fields and types, published_at in milliseconds).
 func TestInteropDynamoDecodesLoomEnvelopesOnNATS(t *testing.T) {
 	s := newSystem(t, "nats")
-	rt := s.runtime()
-	nc, err := nats.Connect(s.nats.ClientURL())
+	rt := s.Runtime()
+	nc, err := nats.Connect(s.NATS.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +77,8 @@ func TestInteropDynamoDecodesLoomEnvelopesOnNATS(t *testing.T) {
 // Dynamo writes them (python3-msgpack) and subscribes with Loom.
 func TestInteropLoomReadsDynamoEnvelopesOnNATS(t *testing.T) {
 	s := newSystem(t, "nats")
-	rt := s.runtime()
-	nc, err := nats.Connect(s.nats.ClientURL())
+	rt := s.Runtime()
+	nc, err := nats.Connect(s.NATS.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}

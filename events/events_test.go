@@ -11,18 +11,19 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestWildcardSubscriptionsReachEveryMatchingScope(t *testing.T) {
 	for _, tr := range transports {
 		t.Run("over "+tr, func(t *testing.T) {
 			s := newSystem(t, tr)
-			pubRT, subRT := s.runtime(), s.runtime()
+			pubRT, subRT := s.Runtime(), s.Runtime()
 			scopes := []events.Scope{
 				{Namespace: "dyn"},
 				{Namespace: "dyn", Component: "prefill"},
@@ -103,9 +104,9 @@ func TestOverloadedSubscriberCountsEveryLoss(t *testing.T) {
 		t.Run(fmt.Sprintf("%s with %s", c.transport, c.overflow), func(t *testing.T) {
 			s := newSystem(t, c.transport)
 			if c.transport == "zmq" {
-				s.cfg.Events.ZMQ.SendQueue = 256
+				s.Config.Events.ZMQ.SendQueue = 256
 			}
-			pubRT, subRT := s.runtime(), s.runtime()
+			pubRT, subRT := s.Runtime(), s.Runtime()
 			scope := events.Scope{Namespace: "load", Component: "worker"}
 			p := publisher[[]byte](t, pubRT, scope, "kv_events")
 			sub := subscribe[[]byte](t, subRT, scope, "kv_events", events.WithBuffer(64, c.overflow), events.WithLossErrors())
@@ -151,7 +152,7 @@ func TestOverloadedSubscriberCountsEveryLoss(t *testing.T) {
 			// server, written to the ZeroMQ subscriber, stored), so that no
 			// full queue drops it: its arrival tells the subscription about
 			// every gap before it.
-			if err := p.Flush(timeout(t, 30*time.Second)); err != nil {
+			if err := p.Flush(testutil.Timeout(t, 30*time.Second)); err != nil {
 				t.Fatal(err)
 			}
 			if err := p.Publish(t.Context(), payload); err != nil {
@@ -188,10 +189,10 @@ func TestOverloadedSubscriberCountsEveryLoss(t *testing.T) {
 
 func TestMalformedMessagesAreCountedAndSkipped(t *testing.T) {
 	s := newSystem(t, "nats")
-	rt := s.runtime()
+	rt := s.Runtime()
 	scope := events.Scope{Namespace: "bad", Component: "w"}
 	sub := subscribe[kv](t, rt, scope, "kv_events")
-	nc, err := nats.Connect(s.nats.ClientURL())
+	nc, err := nats.Connect(s.NATS.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +228,7 @@ func TestPublisherRestartIsNotLoss(t *testing.T) {
 	for _, tr := range []string{"nats", "zmq"} {
 		t.Run("over "+tr, func(t *testing.T) {
 			s := newSystem(t, tr)
-			pubRT, subRT := s.runtime(), s.runtime()
+			pubRT, subRT := s.Runtime(), s.Runtime()
 			scope := events.Scope{Namespace: "r", Component: "w"}
 			sub := subscribe[int](t, subRT, scope, "load_metrics")
 			for round := range 3 {
@@ -255,10 +256,10 @@ func TestPublisherRestartIsNotLoss(t *testing.T) {
 
 func TestGapsAreReportedInTheStreamBeforeTheNextEvent(t *testing.T) {
 	s := newSystem(t, "nats")
-	rt := s.runtime()
+	rt := s.Runtime()
 	scope := events.Scope{Namespace: "gap"}
 	sub := subscribe[uint64](t, rt, scope, "t", events.WithLossErrors())
-	nc, err := nats.Connect(s.nats.ClientURL())
+	nc, err := nats.Connect(s.NATS.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +312,7 @@ func TestGapsAreReportedInTheStreamBeforeTheNextEvent(t *testing.T) {
 
 func TestDurableSubscriptionsReplayFromWhereAsked(t *testing.T) {
 	s := newSystem(t, "jetstream")
-	rt := s.runtime()
+	rt := s.Runtime()
 	scope := events.Scope{Namespace: "js", Component: "w"}
 	p1 := publisher[int](t, rt, scope, "kv_events")
 	p2 := publisher[int](t, rt, events.Scope{Namespace: "js", Component: "v"}, "kv_events")
@@ -369,7 +370,7 @@ func TestDurableSubscriptionsReplayFromWhereAsked(t *testing.T) {
 
 func TestDurableConsumerResumesAfterTheLastProcessedEvent(t *testing.T) {
 	s := newSystem(t, "jetstream")
-	rt := s.runtime()
+	rt := s.Runtime()
 	scope := events.Scope{Namespace: "js", Component: "w"}
 	p := publisher[int](t, rt, scope, "jobs")
 	for i := range 10 {
@@ -415,7 +416,7 @@ func TestDurableConsumerResumesAfterTheLastProcessedEvent(t *testing.T) {
 
 func TestDurableNameAndStartOptionsNeedJetStream(t *testing.T) {
 	s := newSystem(t, "nats")
-	rt := s.runtime()
+	rt := s.Runtime()
 	_, err := events.Subscribe[int](t.Context(), rt, events.Scope{Namespace: "x"}, "t", events.DeliverAll())
 	if err == nil || !strings.Contains(err.Error(), "jetstream") {
 		t.Fatalf("got %v, want an error naming the jetstream transport", err)
@@ -428,13 +429,13 @@ func TestDurableNameAndStartOptionsNeedJetStream(t *testing.T) {
 
 func TestZMQSubscriberFollowsPublishersThroughDiscovery(t *testing.T) {
 	s := newSystem(t, "zmq")
-	subRT := s.runtime()
+	subRT := s.Runtime()
 	scope := events.Scope{Namespace: "z", Component: "*"}
 	sub := subscribe[string](t, subRT, scope, "kv_events")
 	// Publishers appear after the subscription, in other runtimes.
 	var pubs []*events.Publisher[string]
 	for i := range 3 {
-		rt := s.runtime()
+		rt := s.Runtime()
 		p := publisher[string](t, rt, events.Scope{Namespace: "z", Component: fmt.Sprintf("w%d", i)}, "kv_events")
 		waitSubscribed(t, p, 1)
 		pubs = append(pubs, p)
@@ -475,7 +476,7 @@ func TestSubscriptionLivesUntilCloseOrTheRuntimeAndEachRangeUntilItsContext(t *t
 	for _, tr := range transports {
 		t.Run("over "+tr, func(t *testing.T) {
 			s := newSystem(t, tr)
-			rt := s.runtime()
+			rt := s.Runtime()
 			// Subscribe's context bounds the setting up, Events' one range:
 			// neither ends the subscription.
 			setup, endSetup := context.WithCancel(t.Context())
@@ -538,7 +539,7 @@ func TestPublisherCloseStopsAtOnceAndLeavesDiscovery(t *testing.T) {
 	for _, tr := range transports {
 		t.Run("over "+tr, func(t *testing.T) {
 			s := newSystem(t, tr)
-			rt := s.runtime()
+			rt := s.Runtime()
 			scope := events.Scope{Namespace: "closing", Component: "w"}
 			sub := subscribe[int](t, rt, scope, "t")
 			p := publisher[int](t, rt, scope, "t")
@@ -571,7 +572,7 @@ func TestPublisherCloseStopsAtOnceAndLeavesDiscovery(t *testing.T) {
 
 func TestMetricsCountWhatStatsCount(t *testing.T) {
 	s := newSystem(t, "nats")
-	rt := s.runtime()
+	rt := s.Runtime()
 	scope := events.Scope{Namespace: "m", Component: "w"}
 	sub := subscribe[int](t, rt, scope, "kv_events")
 	p := publisher[int](t, rt, scope, "kv_events")
@@ -590,21 +591,21 @@ loom_events_delivered_total{pattern="namespace.m.component.w.kv_events",transpor
 # TYPE loom_events_published_total counter
 loom_events_published_total{subject="namespace.m.component.w.kv_events",transport="nats"} 7
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "loom_events_delivered_total", "loom_events_published_total"); err != nil {
+	if err := promtest.GatherAndCompare(reg, strings.NewReader(want), "loom_events_delivered_total", "loom_events_published_total"); err != nil {
 		t.Fatal(err)
 	}
 	// Closed sources keep their counts in the totals.
 	_ = sub.Close()
 	_ = p.Shutdown(t.Context())
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "loom_events_delivered_total", "loom_events_published_total"); err != nil {
+	if err := promtest.GatherAndCompare(reg, strings.NewReader(want), "loom_events_delivered_total", "loom_events_published_total"); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestPublishRefusesEventsOverTheSizeLimit(t *testing.T) {
 	s := newSystem(t, "nats")
-	s.cfg.Events.MaxEventSize = 2048
-	rt := s.runtime()
+	s.Config.Events.MaxEventSize = 2048
+	rt := s.Runtime()
 	p := publisher[[]byte](t, rt, events.Scope{Namespace: "big"}, "t")
 	if err := p.Publish(t.Context(), make([]byte, 4096)); !errors.Is(err, events.ErrTooLarge) {
 		t.Fatalf("got %v, want ErrTooLarge", err)
@@ -618,11 +619,11 @@ func TestOnGapReportsEachGapBeforeTheEventAfterIt(t *testing.T) {
 	for _, transport := range []string{"nats", "jetstream"} {
 		t.Run(transport, func(t *testing.T) {
 			s := newSystem(t, transport)
-			rt := s.runtime()
+			rt := s.Runtime()
 			scope := events.Scope{Namespace: "gaphook"}
 			gaps := make(chan events.Gap, 8)
 			sub := subscribe[uint64](t, rt, scope, "t", events.OnGap(func(g events.Gap) { gaps <- g }))
-			nc, err := nats.Connect(s.nats.ClientURL())
+			nc, err := nats.Connect(s.NATS.ClientURL())
 			if err != nil {
 				t.Fatal(err)
 			}

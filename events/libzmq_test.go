@@ -258,7 +258,7 @@ func decodeLine(t *testing.T, l string) (string, events.Envelope, string) {
 
 func TestInteropLibzmqSubscriberReceivesFromLoomPublishers(t *testing.T) {
 	s := newSystem(t, "zmq")
-	rt := s.runtime()
+	rt := s.Runtime()
 	scope := events.Scope{Namespace: "interop", Component: "go"}
 	pj := publisher[kv](t, rt, scope, "kv_events", events.WithCodec(codec.JSONName))
 	pm := publisher[kv](t, rt, scope, "load_metrics")
@@ -307,7 +307,7 @@ func TestInteropLibzmqSubscriberReceivesFromLoomPublishers(t *testing.T) {
 
 func TestInteropLoomSubscriberReceivesFromLibzmqPublisher(t *testing.T) {
 	s := newSystem(t, "zmq")
-	rt := s.runtime()
+	rt := s.Runtime()
 	const n = 50
 	py := startPy(t, "pub", fmt.Sprint(n))
 	ep := py.line("endpoint")
@@ -337,7 +337,7 @@ func TestInteropLoomSubscriberReceivesFromLibzmqPublisher(t *testing.T) {
 
 func TestInteropLibzmqPeersThroughLoomBroker(t *testing.T) {
 	s := newSystem(t, "zmq-broker")
-	rt := s.runtime()
+	rt := s.Runtime()
 	sub := subscribe[kv](t, rt, events.Scope{Namespace: "interop", Component: events.Any}, "kv_events")
 	const n = 50
 	cfg := rt.Config().Events.ZMQ

@@ -71,7 +71,7 @@ func TestParseScope(t *testing.T) {
 
 func TestPublisherScopesCannotHoldWildcards(t *testing.T) {
 	s := newSystem(t, "nats")
-	rt := s.runtime()
+	rt := s.Runtime()
 	_, err := events.NewPublisher[int](t.Context(), rt, events.Scope{Namespace: "dyn", Component: "*"}, "kv_events")
 	if err == nil || !strings.Contains(err.Error(), "wildcard") {
 		t.Fatalf("got %v, want an error about the wildcard", err)

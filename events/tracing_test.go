@@ -23,7 +23,7 @@ func TestAReceivedEventsSpanLinksToItsPublishersSpan(t *testing.T) {
 			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 			defer tp.Shutdown(context.Background())
 			s := newSystem(t, transport)
-			rt := s.runtime(loom.WithTracerProvider(tp))
+			rt := s.Runtime(loom.WithTracerProvider(tp))
 			scope := events.Scope{Namespace: "traced"}
 			sub := subscribe[string](t, rt, scope, "t")
 			pub := publisher[string](t, rt, scope, "t")

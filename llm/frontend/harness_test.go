@@ -3,9 +3,7 @@ package frontend_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"iter"
-	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -16,18 +14,14 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom"
-	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery"
-	"github.com/loomrt/loom/discovery/memory"
-	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/frontend"
 	"github.com/loomrt/loom/llm/tokenizer"
+	"github.com/loomrt/loom/loomtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 const model = "test-model"
 
@@ -35,32 +29,18 @@ const model = "test-model"
 // discovery store, calling each other over a real request plane (tcp, or
 // nats on an embedded server): processes in all but name.
 type stack struct {
-	t     testing.TB
-	store *memory.Store
-	cfg   config.Config
-	fe    *frontend.Frontend
-	rt    *loom.Runtime
-	url   string // http://127.0.0.1:port
+	*loomtest.System
+	t   testing.TB
+	fe  *frontend.Frontend
+	rt  *loom.Runtime
+	url string // http://127.0.0.1:port
 }
 
 func newStack(t testing.TB, plane string, fcfg frontend.Config) *stack {
 	t.Helper()
-	cfg := config.Default()
-	cfg.Client.WaitTimeout = 2 * time.Second
-	cfg.Client.LocalFastPath = plane == "local"
-	if plane != "local" {
-		cfg.RequestPlane.Transport = plane
-	}
-	if plane == "nats" {
-		ns, err := embedded.StartNATS(embedded.NATSOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(ns.Shutdown)
-		cfg.NATS.URL = ns.ClientURL()
-	}
-	s := &stack{t: t, store: memory.NewStore(), cfg: cfg}
-	s.rt, _ = s.runtime()
+	s := &stack{System: loomtest.New(t, loomtest.Options{Plane: plane}), t: t}
+	s.Config.Client.WaitTimeout = 2 * time.Second
+	s.rt = s.Runtime()
 	fe, err := frontend.New(context.Background(), s.rt, fcfg)
 	if err != nil {
 		t.Fatal(err)
@@ -80,23 +60,6 @@ func newStack(t testing.TB, plane string, fcfg frontend.Config) *stack {
 		<-served
 	})
 	return s
-}
-
-// runtime starts a runtime in the stack, shut down when the test ends.
-func (s *stack) runtime() (*loom.Runtime, discovery.Discovery) {
-	s.t.Helper()
-	d := s.store.Connect()
-	rt, err := loom.NewRuntime(context.Background(), loom.WithConfig(s.cfg), loom.WithDiscovery(d), loom.WithLogger(quiet))
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = rt.Shutdown(ctx)
-		_ = d.Close()
-	})
-	return rt, d
 }
 
 // testWorker is an engine serving llm.Request the way a worker does: its
@@ -135,7 +98,8 @@ func (s *stack) worker(o workerOpts) *testWorker {
 	if o.model == "" {
 		o.model = model
 	}
-	rt, d := s.runtime()
+	d := s.Connect()
+	rt := s.RuntimeOn(d)
 	w := &testWorker{rt: rt, disc: d, card: llm.ModelCard{Name: o.model, BlockSize: 16, ContextLength: o.ctxLen},
 		delay: o.delay, pauseAfter: o.pauseAfter, fail: o.fail,
 		paused: make(chan string, 64), killed: make(chan string, 64)}
