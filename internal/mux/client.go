@@ -574,6 +574,11 @@ func (c *clientConn) onAlive() {
 
 func (c *clientConn) readLoop() {
 	var err error
+	// The stream of the last DATA frame: a stream's DATA tends to come
+	// in runs. Ids are never reused on a connection, and a stream that
+	// left the map has ended (push drops what still comes for it), so a
+	// cached stream is as good as a lookup.
+	var last *ClientStream
 	for err == nil {
 		var f wire.Frame
 		f, err = c.rd.ReadFrame()
@@ -582,8 +587,11 @@ func (c *clientConn) readLoop() {
 		}
 		switch f.Type {
 		case wire.TypeData:
-			if st := c.lookup(f.Stream); st != nil {
-				err = st.push(f.Payload)
+			if last == nil || last.id != f.Stream {
+				last = c.lookup(f.Stream)
+			}
+			if last != nil {
+				err = last.push(f.Payload, c.rd)
 			}
 		case wire.TypeEnd:
 			code, msg, _ := wire.ParseEnd(f.Payload)
@@ -851,23 +859,36 @@ func (s *ClientStream) wake() {
 	}
 }
 
-// push queues a DATA payload; called by the reader.
-func (s *ClientStream) push(p []byte) error {
+// push queues a DATA payload, and the DATA frames for the same stream
+// that rd holds already read, under one lock and with one wake-up of
+// Recv; called by the reader.
+func (s *ClientStream) push(p []byte, rd *wire.Reader) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
-		return nil // cancelled here; the server will stop
+	for {
+		if s.err != nil {
+			return nil // cancelled here; the server will stop
+		}
+		if s.window.Load() <= 0 {
+			return fmt.Errorf("%w: DATA on stream %d without credit", wire.ErrProtocol, s.id)
+		}
+		s.window.Add(-int64(wire.HeaderSize + len(p)))
+		if s.in == nil {
+			s.in = recvBufs.Get().(*recvBuf)
+		}
+		s.in.b = binary.BigEndian.AppendUint32(s.in.b, uint32(len(p)))
+		s.in.b = append(s.in.b, p...)
+		s.responded = true
+		if t, id, ok := rd.Peek(); !ok || t != wire.TypeData || id != s.id {
+			break
+		}
+		f, err := rd.ReadFrame() // buffered whole: does not block
+		if err != nil {
+			s.wake()
+			return err
+		}
+		p = f.Payload
 	}
-	if s.window.Load() <= 0 {
-		return fmt.Errorf("%w: DATA on stream %d without credit", wire.ErrProtocol, s.id)
-	}
-	s.window.Add(-int64(wire.HeaderSize + len(p)))
-	if s.in == nil {
-		s.in = recvBufs.Get().(*recvBuf)
-	}
-	s.in.b = binary.BigEndian.AppendUint32(s.in.b, uint32(len(p)))
-	s.in.b = append(s.in.b, p...)
-	s.responded = true
 	s.wake()
 	return nil
 }

@@ -81,6 +81,17 @@ func (r *Reader) FrameBuffered() bool {
 	return n > r.max || r.w-r.r-HeaderSize >= int(n)
 }
 
+// Peek returns the type and stream id of the next frame, without
+// consuming it, if FrameBuffered: a reader can take a run of frames for
+// one stream under one lock. ok is false otherwise, and after an error.
+func (r *Reader) Peek() (t Type, stream uint32, ok bool) {
+	if r.err != nil || !r.FrameBuffered() {
+		return 0, 0, false
+	}
+	h := r.buf[r.r : r.r+HeaderSize]
+	return Type(h[0]), binary.BigEndian.Uint32(h[2:]), true
+}
+
 // ReadFrame reads the next frame. The frame's header is checked (known
 // type, flags, stream id, fixed payload sizes, maximum size); a violation
 // returns an error that wraps ErrProtocol. A clean end of input between

@@ -377,6 +377,9 @@ func TestFrameBuffered(t *testing.T) {
 	if r.FrameBuffered() {
 		t.Fatalf("FrameBuffered with %d bytes of a %d-byte frame", cut-(HeaderSize+5), len(all)-(HeaderSize+5))
 	}
+	if _, _, ok := r.Peek(); ok {
+		t.Fatal("Peek saw a frame that is not read whole")
+	}
 	if f, err := r.ReadFrame(); err != nil || string(f.Payload) != "second" {
 		t.Fatalf("second frame: %q, %v", f.Payload, err)
 	}
@@ -390,11 +393,24 @@ func TestFrameBuffered(t *testing.T) {
 	w.Reset()
 	w.Data(1, []byte("whole"))
 	w.Data(1, nil)
+	w.End(9, CodeOK, "")
 	r = NewReader(bytes.NewReader(w.Bytes()), 1<<20)
 	if _, err := r.ReadFrame(); err != nil {
 		t.Fatal(err)
 	}
 	if !r.FrameBuffered() {
 		t.Fatal("an empty frame read with the one before it is not reported buffered")
+	}
+	for _, want := range []struct {
+		t      Type
+		stream uint32
+	}{{TypeData, 1}, {TypeEnd, 9}} {
+		typ, stream, ok := r.Peek()
+		if !ok || typ != want.t || stream != want.stream {
+			t.Fatalf("Peek = %v %d %v, want %v %d", typ, stream, ok, want.t, want.stream)
+		}
+		if f, err := r.ReadFrame(); err != nil || f.Type != want.t || f.Stream != want.stream {
+			t.Fatalf("ReadFrame after Peek = %v %d, %v", f.Type, f.Stream, err)
+		}
 	}
 }
