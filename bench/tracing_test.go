@@ -107,7 +107,7 @@ func tracingPeer(b *testing.B, mode string) func() {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(c.Close)
+	b.Cleanup(func() { _ = c.Close() })
 	req := make([]byte, msgSize)
 	return func() {
 		for resp, err := range c.Generate(context.Background(), req) {
