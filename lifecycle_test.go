@@ -136,9 +136,16 @@ func TestAnEndpointDrainsOnShutdown(t *testing.T) {
 type laggingDiscovery struct {
 	discovery.Discovery
 	release chan struct{}
+	called  chan struct{} // if set, gets a value when Unregister is called
 }
 
 func (d laggingDiscovery) Unregister(ctx context.Context, inst discovery.Instance) error {
+	if d.called != nil {
+		select {
+		case d.called <- struct{}{}:
+		default:
+		}
+	}
 	<-d.release
 	return d.Discovery.Unregister(ctx, inst)
 }

@@ -311,7 +311,7 @@ func TestNetworkFailures(t *testing.T) {
 		g := newGate()
 		// The leaving runtime's record stays in discovery, and the client
 		// does not retry: only GOAWAY can steer calls away.
-		lag := laggingDiscovery{Discovery: c.store.Connect(), release: make(chan struct{})}
+		lag := laggingDiscovery{Discovery: c.store.Connect(), release: make(chan struct{}), called: make(chan struct{}, 1)}
 		defer lag.Close()
 		leaving := c.runtime(loom.WithDiscovery(lag))
 		serve(t, leaving, "fail/goaway/gen", g.handler(false)(leaving))
@@ -325,6 +325,14 @@ func TestNetworkFailures(t *testing.T) {
 		<-g.entered
 		shut := make(chan error, 1)
 		go func() { shut <- leaving.Shutdown(context.Background()) }()
+		// The drain has begun once the instance unregisters: a call that
+		// reached the gate before that would be served (and wait for the
+		// gate) as any call accepted before a drain is.
+		select {
+		case <-lag.called:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the leaving runtime never began to unregister")
+		}
 		// Until GOAWAY arrives a call may still meet the draining instance;
 		// after it, round robin over two instances gives every call to the
 		// one that stays.
