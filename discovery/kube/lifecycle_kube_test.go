@@ -11,6 +11,7 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -198,6 +199,72 @@ func TestARecordChangedInPlaceIsDeliveredAsAChange(t *testing.T) {
 	if got := list(t, watcher); len(got) != 1 || !same(got[0], moved) {
 		t.Fatalf("List = %+v; want %+v", got, moved)
 	}
+	// The owner's next renewal finds a Lease that is no longer the one it
+	// wrote, and leaves it alone from then on.
+	waitFor(t, 2*DefaultTTL, "the owner to give up the edited Lease", func() bool {
+		owner.mu.Lock()
+		defer owner.mu.Unlock()
+		return len(owner.owned) == 0
+	})
+	if got := list(t, watcher); len(got) != 1 || !same(got[0], moved) {
+		t.Fatalf("List after the owner gave up = %+v; want the edited %+v", got, moved)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after within.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// An owner that could not renew for longer than the TTL finds its Lease
+// deleted (by a watcher, as expired) and creates it again; an owner whose
+// Lease another client deleted while it was renewing respects that.
+func TestAnOwnerRecreatesARecordThatExpiredWhileItWasCutOff(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	// A long TTL keeps the renewal loop (every TTL/3) out of the way: the
+	// test runs a renewal round itself.
+	const ttl = 30 * time.Second
+	leases := cs.CoordinationV1().Leases(ns)
+	owner := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	cut, kept := testInst(1, "10.0.0.1:1"), testInst(2, "10.0.0.1:2")
+	register(t, owner, cut)
+	register(t, owner, kept)
+	// The owner last renewed cut long ago, as if it had been cut off.
+	owner.mu.Lock()
+	owner.owned[LeaseName(cut.Key())].renewed = time.Now().Add(-2 * ttl)
+	owner.mu.Unlock()
+	for _, inst := range []discovery.Instance{cut, kept} {
+		if err := leases.Delete(t.Context(), LeaseName(inst.Key()), metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !owner.renew(t.Context()) {
+		t.Fatal("the renewal round reported a failure to retry")
+	}
+	if _, err := leases.Get(t.Context(), LeaseName(cut.Key()), metav1.GetOptions{}); err != nil {
+		t.Fatalf("the expired record's Lease after the renewal round: %v; want it created again", err)
+	}
+	if _, err := leases.Get(t.Context(), LeaseName(kept.Key()), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("the removed record's Lease: %v; want it to stay removed", err)
+	}
+	owner.mu.Lock()
+	_, stillCut := owner.owned[LeaseName(cut.Key())]
+	_, stillKept := owner.owned[LeaseName(kept.Key())]
+	owner.mu.Unlock()
+	if !stillCut || stillKept {
+		t.Fatalf("after the round the owner renews cut: %v, the removed record: %v; want true, false", stillCut, stillKept)
+	}
+	if got := list(t, owner); len(got) != 1 || !same(got[0], cut) {
+		t.Fatalf("List = %+v; want only %+v", got, cut)
+	}
 }
 
 // A process whose credentials may not read Leases is told what it lacks.
@@ -342,5 +409,43 @@ func TestAWatchTooOldListsAgainAndSendsTheDifference(t *testing.T) {
 	}
 	if d.relists.Load() != 1 {
 		t.Fatalf("relists = %d; want 1", d.relists.Load())
+	}
+}
+
+// In a Pod (POD_NAME and POD_UID from the downward API), every Lease is
+// owned by the Pod, so Kubernetes' garbage collector deletes the records
+// with it. The API server accepts the reference to a real Pod.
+func TestLeasesAreOwnedByThePod(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	// No controller-manager runs here, so the service account the Pod
+	// needs is made by hand; no scheduler either, so the Pod never runs.
+	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(t.Context(), &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod, err := cs.CoreV1().Pods(ns).Create(t.Context(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "worker-0"},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "w", Image: "loom-service:latest"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := open(t, srv, Config{Namespace: ns, PodName: pod.Name, PodUID: string(pod.UID)})
+	inst := testInst(1, "10.0.0.1:1")
+	register(t, d, inst)
+	l, err := cs.CoordinationV1().Leases(ns).Get(t.Context(), LeaseName(inst.Key()), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := l.OwnerReferences
+	if len(refs) != 1 || refs[0].Kind != "Pod" || refs[0].APIVersion != "v1" || refs[0].Name != pod.Name || refs[0].UID != pod.UID {
+		t.Fatalf("Lease ownerReferences %+v; want the Pod %s (uid %s)", refs, pod.Name, pod.UID)
+	}
+	if !strings.HasPrefix(ptr.Deref(l.Spec.HolderIdentity, ""), pod.Name+"-") {
+		t.Errorf("holderIdentity %q; want the Pod's name and a suffix", ptr.Deref(l.Spec.HolderIdentity, ""))
+	}
+	// Half a Pod reference is a configuration error.
+	if _, err := Open(t.Context(), srv.AdminConfig(), Config{Namespace: ns, PodName: pod.Name}); err == nil || !strings.Contains(err.Error(), "PodUID") {
+		t.Fatalf("Open with a Pod name and no uid = %v; want an error naming PodUID", err)
 	}
 }

@@ -215,10 +215,12 @@ func (s *Server) Restart() {
 	s.mu.Lock()
 	s.cmd, s.done = cmd, done
 	s.mu.Unlock()
+	start := time.Now()
 	if err := s.waitReady(done); err != nil {
 		s.Stop()
 		s.t.Fatalf("kubetest: %v\nlast lines of its log:\n%s", err, s.logTail())
 	}
+	s.t.Logf("kubetest: kube-apiserver ready on %s %v after it started", s.URL(), time.Since(start).Round(time.Millisecond))
 }
 
 // waitReady polls /readyz until it answers ok.
