@@ -20,7 +20,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	coordinationclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -121,6 +120,9 @@ func Open(ctx context.Context, rc *rest.Config, cfg Config) (*Discovery, error) 
 		return nil, errors.New("kube: Open needs a rest.Config; got nil")
 	}
 	rc = rest.CopyConfig(rc)
+	// A whole-request timeout would cut every watch short; each call
+	// here has its own deadline instead.
+	rc.Timeout = 0
 	// Each record costs a write every TTL/3, and client-go's default of
 	// 5 requests a second would hold renewals back behind a few dozen.
 	if rc.QPS == 0 {
@@ -129,7 +131,9 @@ func Open(ctx context.Context, rc *rest.Config, cfg Config) (*Discovery, error) 
 	if rc.Burst == 0 {
 		rc.Burst = 400
 	}
-	cs, err := kubernetes.NewForConfig(rc)
+	// The coordination client alone: the full clientset would link a
+	// client for every API group, which costs build time and binary size.
+	cs, err := coordinationclient.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kube: client for the API server at %s: %w", rc.Host, err)
 	}
@@ -142,10 +146,11 @@ func Open(ctx context.Context, rc *rest.Config, cfg Config) (*Discovery, error) 
 }
 
 // New returns a Discovery whose records are Leases in cfg.Namespace, read
-// and written through cs. It lists the Leases once to check that the API
+// and written through cs (a kubernetes.Interface's CoordinationV1(), or a
+// client of that group alone). It lists the Leases once to check that the API
 // server answers and that this process may read them, and fails with an
 // error saying what is missing (the Role in deploy/ grants it) if not.
-func New(ctx context.Context, cs kubernetes.Interface, cfg Config) (*Discovery, error) {
+func New(ctx context.Context, cs coordinationclient.LeasesGetter, cfg Config) (*Discovery, error) {
 	if cs == nil {
 		return nil, errors.New("kube: New needs a Kubernetes client; got nil")
 	}
@@ -166,7 +171,7 @@ func New(ctx context.Context, cs kubernetes.Interface, cfg Config) (*Discovery, 
 	}
 	log = log.With("component", "discovery/kube", "namespace", ns)
 	d := &Discovery{
-		leases:    cs.CoordinationV1().Leases(ns),
+		leases:    cs.Leases(ns),
 		namespace: ns,
 		ttl:       ttl,
 		holder:    cmp.Or(cfg.Identity, identity(cfg.PodName)),

@@ -25,7 +25,6 @@ func init() {
 			return nil, err
 		}
 		if c.DialTimeout > 0 {
-			rc.Timeout = 0 // per request; the dial is bounded below
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, c.DialTimeout)
 			defer cancel()
