@@ -147,7 +147,7 @@ func TestAnOwnerThatStopsRenewingExpiresAndIsReaped(t *testing.T) {
 func TestRegisterReplacesAnExpiredLease(t *testing.T) {
 	srv, cs := startAPIServer(t)
 	ns := newNamespace(t, cs)
-	const ttl = time.Second
+	const ttl = 3 * time.Second // long enough that the Lease is still live when the second Register runs
 	owner := open(t, srv, Config{Namespace: ns, TTL: ttl})
 	next := open(t, srv, Config{Namespace: ns, TTL: ttl})
 	inst := testInst(1, "10.0.0.1:1")
@@ -301,7 +301,9 @@ func unrelatedWrite(t *testing.T, cs kubernetes.Interface, ns, name string) {
 func TestWatchesAndOwnersSurviveAnAPIServerRestart(t *testing.T) {
 	srv, cs := startAPIServer(t)
 	ns := newNamespace(t, cs)
-	const ttl = 2 * time.Second
+	// Owners get one TTL after the watch is back to renew; 4s leaves
+	// room for a loaded machine.
+	const ttl = 4 * time.Second
 	o1 := open(t, srv, Config{Namespace: ns, TTL: ttl})
 	o2 := open(t, srv, Config{Namespace: ns, TTL: ttl})
 	watcher := open(t, srv, Config{Namespace: ns, TTL: ttl})
