@@ -142,6 +142,9 @@ func Open(ctx context.Context, rc *rest.Config, cfg Config) (*Discovery, error) 
 		return nil, err
 	}
 	d.server = rc.Host
+	// Processes in different namespaces never see each other; say where
+	// this one looks.
+	d.log.Info("kube: discovery records are Leases in this namespace", "server", rc.Host, "ttl", d.ttl)
 	return d, nil
 }
 
