@@ -360,7 +360,10 @@ func TestWatchesAndOwnersSurviveAnAPIServerRestart(t *testing.T) {
 func TestAWatchTooOldListsAgainAndSendsTheDifference(t *testing.T) {
 	srv, cs := startAPIServer(t)
 	ns := newNamespace(t, cs)
-	d := open(t, srv, Config{Namespace: ns})
+	// A TTL far longer than the test, so that no expiry check (which
+	// lists too) can stand in for the relist under test, however slow the
+	// restart.
+	d := open(t, srv, Config{Namespace: ns, TTL: 10 * time.Minute})
 	a, b, c := testInst(0xa, "10.0.0.1:1"), testInst(0xb, "10.0.0.2:1"), testInst(0xc, "10.0.0.3:1")
 	register(t, d, a)
 	register(t, d, b)
