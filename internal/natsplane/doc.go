@@ -36,8 +36,10 @@
 //	Loom-Inbox: <inbox>       with Loom-Stream: <n>; the reply subject must be
 //	Loom-Stream: <n>          "<inbox>.<n>"
 //	Loom-Credit: <bytes>      initial credit; absent = ServerConfig.InitialWindow
-//	Loom-Heartbeat: <ns>      the caller's heartbeat timeout; the server then
-//	                          heartbeats it at least every third of it
+//	Loom-Heartbeat: <ns>      how soon the caller wants to notice a silent
+//	                          server (the Go client sends the shorter of its
+//	                          StallTimeout and HeartbeatTimeout); the server
+//	                          then heartbeats it at least every third of it
 //	Loom-H-<key>: <value>     the caller's own headers, up to 64; the key is
 //	                          escaped too, with every byte a NATS header key
 //	                          may not hold (and '%') as %XX
@@ -89,6 +91,13 @@
 //     fails with Reset (cause [ErrServerGone]; BeforeFirstResponse if nothing
 //     had arrived): the server died, lost its connection, never got the
 //     request or its END was lost.
+//   - A server from which nothing at all (DATA, END or heartbeat) arrived
+//     for ClientConfig.StallTimeout while a stream waited for its first
+//     response is stalled (frozen or overloaded): such streams fail with
+//     Reset before the first response (cause plane.ErrStalled), so the
+//     caller may send the request elsewhere, and Open to that server fails
+//     at once (plane.ErrUnreachable wrapping plane.ErrStalled), but for
+//     one request every StallProbeInterval, until it is heard from again.
 //   - A server kills the streams of a caller it has not heard from (any
 //     message from its inbox) within ServerConfig.ClientTimeout, with cause
 //     [ErrCallerGone].
