@@ -181,7 +181,7 @@ func TestABusyServerThatAnswersPingsIsNotStalled(t *testing.T) {
 		return s.Send([]byte("late"))
 	})
 	var rec stallRecorder
-	p := newPool(t, ClientConfig{StallTimeout: 100 * time.Millisecond, OnStall: rec.onStall})
+	p := newPool(t, ClientConfig{OnStall: rec.onStall}) // the default stall timeout
 	ctx := ctxTimeout(t, 30*time.Second)
 	st, err := p.Open(ctx, target, Request{Path: "p"})
 	if err != nil {

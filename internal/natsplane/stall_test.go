@@ -106,7 +106,7 @@ func TestABusyServerHeartbeatsAndIsNotStalled(t *testing.T) {
 		return s.Send([]byte("late"))
 	})
 	stalled := make(chan string, 1)
-	c := newClient(t, p.cnc, ClientConfig{StallTimeout: 150 * time.Millisecond, OnStall: func(s string) { stalled <- s }})
+	c := newClient(t, p.cnc, ClientConfig{StallTimeout: 500 * time.Millisecond, OnStall: func(s string) { stalled <- s }})
 	st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
@@ -116,9 +116,18 @@ func TestABusyServerHeartbeatsAndIsNotStalled(t *testing.T) {
 	// however long the handler takes: wait until they have for four
 	// times the stall timeout.
 	start := st.lastHeard.Load()
-	waitFor(t, "heartbeats for 600ms", func() bool {
-		return st.lastHeard.Load()-start > int64(600*time.Millisecond)
-	})
+	for st.lastHeard.Load()-start <= int64(2*time.Second) {
+		st.mu.Lock()
+		err := st.err
+		st.mu.Unlock()
+		if err != nil {
+			t.Fatalf("the stream of a server that heartbeats failed: %v", err)
+		}
+		if time.Duration(monotime()-start) > 20*time.Second {
+			t.Fatalf("no heartbeat for the stream for %v", time.Duration(monotime()-st.lastHeard.Load()))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	close(release)
 	if got, err := recvAll(st); err != nil || len(got) != 1 {
 		t.Fatalf("the slow stream: %q, %v", got, err)
