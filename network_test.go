@@ -260,7 +260,8 @@ func TestNetworkFailures(t *testing.T) {
 		frozen, p := behindProxy(t, c, "fail/frozen/gen", g.handler(false))
 		healthy := c.runtime()
 		serve(t, healthy, "fail/frozen/gen", echoID(healthy))
-		cl := client[int, uint64](t, c.runtime(), "fail/frozen/gen", loom.WithPicker(loom.RoundRobin()))
+		caller := c.runtime()
+		cl := client[int, uint64](t, caller, "fail/frozen/gen", loom.WithPicker(loom.RoundRobin()))
 		waitInstances(t, cl, 2)
 		if _, err := collect(cl.Direct(frozen.ID()).Generate(context.Background(), 1)); err != nil {
 			t.Fatal(err)
@@ -280,6 +281,23 @@ func TestNetworkFailures(t *testing.T) {
 			if err != nil || got[0] != healthy.ID() {
 				t.Fatalf("call %d after the freeze: %v, %v; want the healthy instance's id %x", i, got, err, healthy.ID())
 			}
+		}
+		mfs, err := caller.Metrics().Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stalls := 0.0
+		for _, mf := range mfs {
+			if mf.GetName() == "loom_client_stalled_servers_total" {
+				for _, m := range mf.GetMetric() {
+					if m.GetLabel()[0].GetValue() == "tcp" {
+						stalls = m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		if stalls < 1 {
+			t.Errorf("loom_client_stalled_servers_total{transport=\"tcp\"} = %v, want the stall counted", stalls)
 		}
 	})
 	t.Run("a peer that stops answering is detected by keepalive, never a hang", func(t *testing.T) {

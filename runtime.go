@@ -170,6 +170,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 		ID:              rt.id,
 		Logger:          rt.log,
 		OnLimit:         rt.metrics.LimitHit,
+		OnStall:         rt.metrics.ServerStalled,
 		NATS:            rt.NATS,
 	}, &rt.paths)
 	rt.tasks = supervise.New(rctx, rt.log, rt.metrics.TaskPanicked)

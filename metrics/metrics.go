@@ -39,6 +39,7 @@ type Metrics struct {
 	clientRetries *prometheus.CounterVec
 	taskPanics    *prometheus.CounterVec
 	limitHits     *prometheus.CounterVec
+	stalls        *prometheus.CounterVec
 
 	events eventMetrics  // the event plane's, registered on first use (events.go)
 	health healthMetrics // canary health checks', registered on first use (health.go)
@@ -95,11 +96,15 @@ func New() *Metrics {
 			Name: "loom_request_plane_limit_hits_total",
 			Help: "Times a peer hit a request-plane limit (its connection closed, or its new stream refused), by limit: max_conns, frame_timeout, max_queued_pongs, max_streams_per_conn, idle_timeout (a GOAWAY asking the client to close an idle connection).",
 		}, []string{"limit"}),
+		stalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_client_stalled_servers_total",
+			Help: "Times a server this process calls stopped answering while calls waited on it (frozen or overloaded): its calls without a response went to other instances, and new calls avoided it. By transport: tcp, nats.",
+		}, []string{"transport"}),
 		endpoints: make(map[[3]string]*Endpoint),
 		clients:   make(map[[3]string]*ClientEndpoint),
 	}
 	m.reg.MustRegister(m.requests, m.inFlight, m.duration, m.firstResponse, m.items, m.bytes,
-		m.clientCalls, m.clientRetries, m.taskPanics, m.limitHits,
+		m.clientCalls, m.clientRetries, m.taskPanics, m.limitHits, m.stalls,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -112,6 +117,10 @@ func (m *Metrics) TaskPanicked(task string) { m.taskPanics.WithLabelValues(task)
 
 // LimitHit counts a peer hitting the request-plane limit named limit.
 func (m *Metrics) LimitHit(limit string) { m.limitHits.WithLabelValues(limit).Inc() }
+
+// ServerStalled counts a server called over transport that stopped
+// answering while calls waited on it.
+func (m *Metrics) ServerStalled(transport string) { m.stalls.WithLabelValues(transport).Inc() }
 
 // Endpoint is the metrics of one served endpoint, bound once so that the
 // request path does no label lookups.

@@ -94,6 +94,9 @@ type Config struct {
 	Logger *slog.Logger
 	// OnLimit counts a peer hitting the request-plane limit it names.
 	OnLimit func(limit string)
+	// OnStall, if set, counts a server called over transport that
+	// stopped answering while calls waited on it.
+	OnStall func(transport string)
 	// NATS returns the runtime's NATS connection, connecting on first use.
 	NATS func(ctx context.Context) (*nats.Conn, error)
 }
@@ -318,7 +321,7 @@ func (p *Planes) tcpPool() (*mux.Pool, error) {
 		TLS:               tlsCfg,
 		Logger:            p.cfg.Logger,
 		OnDrain:           func(addr string) { p.addr(addr).draining.Store(true) },
-		OnStall:           p.onStall,
+		OnStall:           func(addr string) { p.onStall(TCP, addr) },
 	})
 	p.poolRO.Store(p.pool)
 	return p.pool, nil
@@ -347,7 +350,7 @@ func (p *Planes) natsClient(ctx context.Context) (*natsplane.Client, error) {
 		p.natsCli = natsplane.NewClient(nc, natsplane.ClientConfig{
 			Logger:       p.cfg.Logger,
 			StallTimeout: p.cfg.RequestPlane.StallTimeout,
-			OnStall:      p.onStall,
+			OnStall:      func(subject string) { p.onStall(NATS, subject) },
 		})
 	}
 	return p.natsCli, nil
@@ -355,8 +358,11 @@ func (p *Planes) natsClient(ctx context.Context) (*natsplane.Client, error) {
 
 // onStall records that the server at addr (a TCP address or a NATS
 // subject) stopped answering: new calls avoid it for the failure cooldown.
-func (p *Planes) onStall(addr string) {
+func (p *Planes) onStall(transport, addr string) {
 	p.addr(addr).stalledUntil.Store(time.Now().Add(p.cfg.FailureCooldown).UnixNano())
+	if f := p.cfg.OnStall; f != nil {
+		f(transport)
+	}
 }
 
 func (p *Planes) addr(a string) *addrState {
