@@ -308,6 +308,7 @@ func (c *conn) writeLoop() {
 		timer = time.NewTimer(fast)
 		defer timer.Stop()
 		tick = timer.C
+		ka.period = fast
 	}
 	check := func() bool {
 		alive, soon := c.keepalive(&ka)
@@ -316,11 +317,12 @@ func (c *conn) writeLoop() {
 		}
 		if soon || fast == slow {
 			c.slowTick.Store(false)
-			timer.Reset(fast)
+			ka.period = fast
 		} else {
 			c.slowTick.Store(true)
-			timer.Reset(slow)
+			ka.period = slow
 		}
+		timer.Reset(ka.period)
 		return true
 	}
 	for {
@@ -439,6 +441,10 @@ type keepalive struct {
 	openedAtRead  uint32
 	writtenAtRead uint64
 
+	lastCheck time.Time     // when keepalive last ran
+	period    time.Duration // and when it was due to run next, after it
+	lateUntil time.Time     // no stall is judged before it: keepalive ran late
+
 	lastOpen  uint32    // the last stream id activity reported
 	idleSince time.Time // when the connection was last seen with a stream, or a new one
 	idled     bool      // onIdle was called
@@ -460,6 +466,13 @@ func (c *conn) keepalive(ka *keepalive) (alive, soon bool) {
 	if c.lim.idle > 0 && !c.idleCheck(ka, now) {
 		return false, false
 	}
+	// A check that runs late says this process was not running, not that
+	// the peer went silent: its bytes may wait unread in our buffers. No
+	// stall is judged until the stall timeout has passed on time.
+	if c.lim.stall > 0 && !ka.lastCheck.IsZero() && now.Sub(ka.lastCheck) > ka.period+c.lim.stall/2 {
+		ka.lateUntil = now.Add(c.lim.stall)
+	}
+	ka.lastCheck = now
 	busy := c.lim.stall > 0 && c.lim.busy != nil && c.lim.busy()
 	if busy {
 		ka.lastBusy = now
@@ -485,7 +498,7 @@ func (c *conn) keepalive(ka *keepalive) (alive, soon bool) {
 		return true, soon
 	}
 	if !ka.pingSent.IsZero() {
-		if busy && !ka.stalled && now.Sub(ka.pingSent) >= c.stallAllowance(ka) {
+		if busy && !ka.stalled && now.After(ka.lateUntil) && now.Sub(ka.pingSent) >= c.stallAllowance(ka) {
 			ka.stalled = true
 			if c.lim.onStall != nil {
 				c.lim.onStall()

@@ -70,7 +70,10 @@ type Client struct {
 	nextID  uint64                  // last stream id used
 	closed  bool
 	stop    chan struct{} // closed by Close: ends the watchdog
-	wg      sync.WaitGroup
+	// lateUntil (monotime; the watchdog's) suspends stall judgements
+	// after the watchdog itself ran late.
+	lateUntil int64
+	wg        sync.WaitGroup
 }
 
 // NewClient returns a Client that calls over nc. It subscribes to its
@@ -418,6 +421,7 @@ func (c *Client) watch() {
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	last := monotime()
 	for {
 		select {
 		case <-c.stop:
@@ -427,6 +431,15 @@ func (c *Client) watch() {
 				c.expire(true)
 				return
 			}
+			// A check that runs late says the process was not running,
+			// not that servers went silent: what they sent meanwhile may
+			// still wait in this process's buffers. No stall is judged
+			// until the stall timeout has passed on time.
+			now := monotime()
+			if stall := int64(c.cfg.StallTimeout); stall > 0 && now-last > int64(tick)+stall/2 {
+				c.lateUntil = now + stall
+			}
+			last = now
 			c.expire(false)
 		}
 	}
@@ -445,7 +458,7 @@ func (c *Client) expire(connClosed bool) {
 		switch {
 		case connClosed || (limit > 0 && now-st.lastHeard.Load() > limit):
 			dead = append(dead, st)
-		case stall > 0 && !st.answered.Load() && now-st.opened > stall && now-st.srv.lastHeard.Load() > stall:
+		case stall > 0 && now >= c.lateUntil && !st.answered.Load() && now-st.opened > stall && now-st.srv.lastHeard.Load() > stall:
 			waiting = append(waiting, st)
 			if st.srv.stalled.CompareAndSwap(false, true) {
 				st.srv.nextProbe = now + int64(StallProbeInterval)
