@@ -282,6 +282,7 @@ func TestNetworkFailures(t *testing.T) {
 				t.Fatalf("call %d after the freeze: %v, %v; want the healthy instance's id %x", i, got, err, healthy.ID())
 			}
 		}
+		// The stall is counted before the waiting call fails.
 		mfs, err := caller.Metrics().Registry().Gather()
 		if err != nil {
 			t.Fatal(err)

@@ -546,6 +546,11 @@ func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byt
 func (c *clientConn) onStall() {
 	c.stalled.Store(true)
 	c.pool.setStalled(c.addr, true)
+	// First the caller's view, so that the failed streams' retries
+	// already avoid the address.
+	if f := c.pool.cfg.OnStall; f != nil {
+		f(c.addr)
+	}
 	cause := fmt.Errorf("%w: the server at %s did not answer a PING within %v", ErrStalled, c.addr, c.pool.cfg.StallTimeout)
 	c.mu.Lock()
 	streams := make([]*ClientStream, 0, len(c.streams))
@@ -561,9 +566,6 @@ func (c *clientConn) onStall() {
 	}
 	c.log.Warn("mux: server stopped answering; streams waiting for their first response failed, new ones go elsewhere",
 		"addr", c.addr, "ping_unanswered", c.pool.cfg.StallTimeout, "failed", failed, "still_open", len(streams)-failed)
-	if f := c.pool.cfg.OnStall; f != nil {
-		f(c.addr)
-	}
 }
 
 // onAlive runs on the writer when a stalled server is heard from again.

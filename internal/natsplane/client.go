@@ -473,6 +473,13 @@ func (c *Client) expire(connClosed bool) {
 		}
 	}
 	c.mu.Unlock()
+	// First the caller's view, so that the failed streams' retries
+	// already avoid the server.
+	if f := c.cfg.OnStall; f != nil {
+		for _, srv := range stalled {
+			f(srv.subject)
+		}
+	}
 	for _, st := range waiting {
 		cause := fmt.Errorf("%w: natsplane server at %s sent nothing for %v", plane.ErrStalled, st.subject, c.cfg.StallTimeout)
 		st.fail(&plane.StreamError{Code: wire.CodeReset, Message: cause.Error(), Err: cause}, true)
@@ -486,9 +493,6 @@ func (c *Client) expire(connClosed bool) {
 		}
 		c.log.Warn("natsplane: server stopped answering; requests waiting for their first response failed, new ones go elsewhere",
 			"subject", srv.subject, "silent_for", c.cfg.StallTimeout, "failed", n)
-		if f := c.cfg.OnStall; f != nil {
-			f(srv.subject)
-		}
 	}
 	for _, st := range dead {
 		if connClosed {
