@@ -359,22 +359,24 @@ func TestKeepaliveKillsStreamsOfAHungClient(t *testing.T) {
 }
 
 func TestKeepaliveKeepsAnIdleHealthyConnection(t *testing.T) {
-	addr, _ := startServer(t, ServerConfig{KeepaliveInterval: 20 * time.Millisecond, KeepaliveTimeout: 40 * time.Millisecond}, func(s *ServerStream) error {
+	// The stream is silent for 5 keepalive intervals plus timeouts; the
+	// timeout leaves a loaded machine time to schedule the PONG.
+	addr, _ := startServer(t, ServerConfig{KeepaliveInterval: 20 * time.Millisecond, KeepaliveTimeout: 250 * time.Millisecond}, func(s *ServerStream) error {
 		select {
-		case <-time.After(300 * time.Millisecond):
+		case <-time.After(1350 * time.Millisecond):
 		case <-s.Context().Done():
 			return s.Context().Err()
 		}
 		return s.Send([]byte("late"))
 	})
-	p := newPool(t, ClientConfig{KeepaliveInterval: 20 * time.Millisecond, KeepaliveTimeout: 40 * time.Millisecond})
+	p := newPool(t, ClientConfig{KeepaliveInterval: 20 * time.Millisecond, KeepaliveTimeout: 250 * time.Millisecond})
 	st, err := p.Open(ctxTimeout(t, 5*time.Second), addr, Request{Path: "x"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
 	if msgs, err := recvAll(st); err != nil || len(msgs) != 1 {
-		t.Fatalf("a stream silent for 300ms with a 60ms keepalive: %q, %v", msgs, err)
+		t.Fatalf("a stream silent for 1.35s with a 270ms keepalive: %q, %v", msgs, err)
 	}
 }
 
