@@ -10,11 +10,11 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -160,12 +160,9 @@ func TestAChosenStatusPortIsLoggedAtInfo(t *testing.T) {
 		t.Run(fmt.Sprintf("status.port %d", tc.port), func(t *testing.T) {
 			c := newClusterOn(t, "local")
 			c.cfg.Status.Port, c.cfg.Status.Host = tc.port, "127.0.0.1"
-			var logs strings.Builder
-			var mu sync.Mutex
-			rt := c.runtime(loom.WithLogger(slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, &slog.HandlerOptions{Level: slog.LevelInfo}))))
-			mu.Lock()
+			var logs testutil.SyncBuffer
+			rt := c.runtime(loom.WithLogger(slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))))
 			got := logs.String()
-			mu.Unlock()
 			if tc.want == "" {
 				if strings.Contains(got, "status server") {
 					t.Errorf("status server off, yet logged:\n%s", got)
@@ -177,16 +174,4 @@ func TestAChosenStatusPortIsLoggedAtInfo(t *testing.T) {
 			}
 		})
 	}
-}
-
-// lockedWriter serializes writes to w.
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }

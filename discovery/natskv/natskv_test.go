@@ -24,6 +24,7 @@ import (
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/discovery/discoverytest"
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -240,7 +241,7 @@ func TestWatchResyncsAfterTheServerRestarts(t *testing.T) {
 	t.Cleanup(srv.Shutdown) // after the deferred Closes
 
 	// The owner is back first and changes the records.
-	eventually(t, wait, "the owner lists the records after the restart", func() error {
+	testutil.EventuallyNoError(t, wait, "the owner lists the records after the restart", func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
 		_, err := owner.List(ctx, discovery.Query{})
@@ -307,7 +308,7 @@ func TestAnOwnerRespectsOtherClientsChanges(t *testing.T) {
 	again.Address = "10.9.9.9:1"
 	register(t, c, again)
 
-	eventually(t, wait, "a stops refreshing both records", func() error {
+	testutil.EventuallyNoError(t, wait, "a stops refreshing both records", func() error {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		if len(a.owned) != 0 {
@@ -428,7 +429,7 @@ func TestCloseWhileNATSIsDownIsPrompt(t *testing.T) {
 	w.synced()
 
 	srv.Shutdown()
-	eventually(t, wait, "the client notices the server is gone", func() error {
+	testutil.EventuallyNoError(t, wait, "the client notices the server is gone", func() error {
 		if d.nc.IsConnected() {
 			return errors.New("still connected")
 		}

@@ -54,18 +54,6 @@ func (l *limitLog) count(limit string) int {
 	return l.hits[limit]
 }
 
-// waitFor polls cond until it holds or 10 s pass.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestHalfSentMaximumFramesCostLittleAndAreDropped(t *testing.T) {
 	const conns = 100
 	var ll limitLog
@@ -79,7 +67,7 @@ func TestHalfSentMaximumFramesCostLittleAndAreDropped(t *testing.T) {
 		peers[i].write(header(wire.TypeOpen, 0, 1, wire.DefaultMaxFrameSize))
 		peers[i].write(make([]byte, 10))
 	}
-	waitFor(t, "every connection to be served", func() bool { return srv.nconns.Load() == conns })
+	testutil.Eventually(t, 10*time.Second, "every connection to be served", func() bool { return srv.nconns.Load() == conns })
 	grown := int64(heapInUse()) - int64(h0)
 	goroutines := runtime.NumGoroutine() - g0
 	t.Logf("%d connections with a half-sent 4 MiB frame: heap +%d bytes (%d each), goroutines +%d", conns, grown, grown/conns, goroutines)
@@ -94,7 +82,7 @@ func TestHalfSentMaximumFramesCostLittleAndAreDropped(t *testing.T) {
 	for _, p := range peers {
 		p.expectClosed()
 	}
-	waitFor(t, "the server to let go of every connection", func() bool { return srv.nconns.Load() == 0 })
+	testutil.Eventually(t, 10*time.Second, "the server to let go of every connection", func() bool { return srv.nconns.Load() == 0 })
 	if n := ll.count("frame_timeout"); n != conns {
 		t.Errorf("OnLimit(frame_timeout) called %d times, want %d", n, conns)
 	}
@@ -154,7 +142,7 @@ func TestAPingFloodWithoutReadingIsDropped(t *testing.T) {
 	if werr == nil {
 		t.Fatal("4 million PINGs without reading a PONG, and the server still reads them")
 	}
-	waitFor(t, "the limit to be reported", func() bool { return ll.count("max_queued_pongs") == 1 })
+	testutil.Eventually(t, 10*time.Second, "the limit to be reported", func() bool { return ll.count("max_queued_pongs") == 1 })
 	grown := int64(heapInUse()) - int64(h0)
 	t.Logf("PING flood: heap +%d bytes when the server hung up", grown)
 	if grown > 8<<20 {
@@ -171,7 +159,7 @@ func TestConnectionsBeyondMaxConnsAreRefused(t *testing.T) {
 	for range 5 {
 		dialRaw(t, addr, true)
 	}
-	waitFor(t, "5 connections", func() bool { return srv.nconns.Load() == 5 })
+	testutil.Eventually(t, 10*time.Second, "5 connections", func() bool { return srv.nconns.Load() == 5 })
 	over := dialRaw(t, addr, false)
 	over.expectClosed()
 	if ll.count("max_conns") != 1 {
@@ -243,5 +231,5 @@ func TestOneConnectionCannotTakeEveryHandlerSlot(t *testing.T) {
 		t.Errorf("OnLimit(max_streams_per_conn) called %d times, want %d", ll.count("max_streams_per_conn"), 1000-slots/2)
 	}
 	nc.Close()
-	waitFor(t, "the attacker's handlers to end", func() bool { return srv.adm.Running() == 0 })
+	testutil.Eventually(t, 10*time.Second, "the attacker's handlers to end", func() bool { return srv.adm.Running() == 0 })
 }

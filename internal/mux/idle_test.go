@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -52,7 +53,7 @@ func TestAnIdleConnectionKeptAliveByPingsIsClosed(t *testing.T) {
 	}
 	// The peer ignores it and keeps pinging: it is dropped.
 	r.expectClosed()
-	waitFor(t, "the server to let go of the connection", func() bool { return serverConns(srv) == 0 })
+	testutil.Eventually(t, 10*time.Second, "the server to let go of the connection", func() bool { return serverConns(srv) == 0 })
 	if n := ll.count("idle_timeout"); n != 1 {
 		t.Errorf("OnLimit(idle_timeout) called %d times, want 1", n)
 	}
@@ -81,7 +82,7 @@ func TestAClientClosesAnIdleConnectionWithoutTakingTheServerForDraining(t *testi
 		}
 	}
 	call()
-	waitFor(t, "the idle connection to be closed", func() bool { return ll.count("idle_timeout") == 1 && serverConns(srv) == 0 })
+	testutil.Eventually(t, 10*time.Second, "the idle connection to be closed", func() bool { return ll.count("idle_timeout") == 1 && serverConns(srv) == 0 })
 	if p.Draining(addr) || drained.Load() != 0 {
 		t.Fatalf("the client took an idle connection's GOAWAY for draining (Draining %v, OnDrain %d calls)", p.Draining(addr), drained.Load())
 	}
@@ -110,7 +111,7 @@ func TestAConnectionWithAStreamOpenIsNotIdle(t *testing.T) {
 	c := p.hosts[addr].conns[0]
 	p.mu.Unlock()
 	start := c.reads.Load()
-	waitFor(t, "the server to answer a dozen PINGs", func() bool { return c.reads.Load() >= start+12 })
+	testutil.Eventually(t, 10*time.Second, "the server to answer a dozen PINGs", func() bool { return c.reads.Load() >= start+12 })
 	close(release)
 	if got, err := recvAll(st); err != nil || len(got) != 1 {
 		t.Fatalf("the long stream: %q, %v", got, err)

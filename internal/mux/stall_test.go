@@ -77,7 +77,7 @@ func TestAFrozenServerFailsWaitingStreamsAndRefusesNewOnesUntilItAnswers(t *test
 		t.Fatalf("the stream waiting on the frozen server ended with %v; want a Reset before the first response wrapping ErrStalled", err)
 	}
 	// OnStall runs after the waiting streams have failed.
-	waitFor(t, "OnStall", func() bool { return len(rec.calls()) > 0 })
+	testutil.Eventually(t, 10*time.Second, "OnStall", func() bool { return len(rec.calls()) > 0 })
 	if got := rec.calls(); len(got) != 1 || got[0] != fz.Addr() {
 		t.Fatalf("OnStall calls: %q; want one for %s", got, fz.Addr())
 	}
@@ -94,7 +94,7 @@ func TestAFrozenServerFailsWaitingStreamsAndRefusesNewOnesUntilItAnswers(t *test
 	}
 
 	fz.Thaw()
-	waitFor(t, "the thawed server to take streams again", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the thawed server to take streams again", func() bool {
 		st, err := p.Open(ctx, fz.Addr(), Request{Path: "p", Payload: []byte("again")})
 		if err != nil {
 			return false
@@ -137,7 +137,7 @@ func TestAServerFrozenPastKeepaliveIsRedialledInTheBackground(t *testing.T) {
 	}
 	st.Close()
 	// Keepalive closes the frozen connection; the address stays stalled.
-	waitFor(t, "keepalive to close the frozen connection", func() bool {
+	testutil.Eventually(t, 10*time.Second, "keepalive to close the frozen connection", func() bool {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		return len(p.conns) == 0
@@ -157,7 +157,7 @@ func TestAServerFrozenPastKeepaliveIsRedialledInTheBackground(t *testing.T) {
 	}
 
 	fz.Thaw()
-	waitFor(t, "a background dial to make the address usable again", func() bool {
+	testutil.Eventually(t, 10*time.Second, "a background dial to make the address usable again", func() bool {
 		st, err := p.Open(ctx, fz.Addr(), Request{Path: "p", Payload: []byte("back")})
 		if err != nil {
 			return false
@@ -193,7 +193,7 @@ func TestABusyServerThatAnswersPingsIsNotStalled(t *testing.T) {
 	c := p.hosts[target].conns[0]
 	p.mu.Unlock()
 	start := c.reads.Load()
-	waitFor(t, "a dozen PINGs answered", func() bool { return c.reads.Load() >= start+12 })
+	testutil.Eventually(t, 10*time.Second, "a dozen PINGs answered", func() bool { return c.reads.Load() >= start+12 })
 	close(release)
 	if got, err := recvAll(st); err != nil || len(got) != 1 {
 		t.Fatalf("the slow stream: %q, %v", got, err)

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/loomrt/loom/internal/plane"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -148,7 +149,7 @@ func TestManyConcurrentStreamsShareOneSubscription(t *testing.T) {
 	if open != 0 {
 		t.Errorf("client still tracks %d streams after all ended", open)
 	}
-	waitFor(t, "the server to forget every caller", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the server to forget every caller", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		return len(srv.peers) == 0 && srv.adm.Running() == 0
@@ -373,7 +374,7 @@ func TestAdmissionRefusesBeyondStreamsAndQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer running.Close()
-	waitFor(t, "the first handler to start", func() bool { return started.Load() == 1 })
+	testutil.Eventually(t, 10*time.Second, "the first handler to start", func() bool { return started.Load() == 1 })
 	queued, err := c.Open(ctx, srv.Address(), plane.Request{Path: "p"})
 	if err != nil {
 		t.Fatal(err)
@@ -422,7 +423,7 @@ func TestShutdownDrainsInFlightStreams(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() { done <- srv.Shutdown(ctxTimeout(t, 10*time.Second)) }()
-	waitFor(t, "the server to drain", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the server to drain", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		return srv.draining
@@ -473,7 +474,7 @@ func TestShutdownPastItsContextKillsTheRest(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	waitFor(t, "the handler to start", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the handler to start", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		return srv.adm.Running() == 1
@@ -559,7 +560,7 @@ func TestCallerThatStopsAnsweringIsKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the handler to start", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the handler to start", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		return srv.adm.Running() == 1
@@ -670,7 +671,7 @@ func TestSlowReaderBoundsServerBuffering(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	waitFor(t, "the first responses", func() bool { return sent.Load() > 0 })
+	testutil.Eventually(t, 10*time.Second, "the first responses", func() bool { return sent.Load() > 0 })
 	time.Sleep(200 * time.Millisecond) // the reader is slow: it reads nothing
 	// The server overshoots the window by at most one message.
 	bound := int64(window/(size+MessageOverhead) + 1)
@@ -708,7 +709,7 @@ func TestCloseEndsStreams(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the handler to start", func() bool {
+		testutil.Eventually(t, 10*time.Second, "the handler to start", func() bool {
 			srv.mu.Lock()
 			defer srv.mu.Unlock()
 			return srv.adm.Running() == 1
@@ -802,7 +803,7 @@ func TestPlainNATSRequestIsServed(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the endless handler of a plain request still runs")
 	}
-	waitFor(t, "the server to forget the caller", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the server to forget the caller", func() bool {
 		srv.mu.Lock()
 		defer srv.mu.Unlock()
 		return len(srv.peers) == 0
@@ -948,7 +949,7 @@ func TestCallerRecoversFromLostMessages(t *testing.T) {
 		st, _, reply := open()
 		f.send(reply, data(1), make([]byte, 2000)) // allowed: credit was left
 		f.send(reply, data(2), nil)                // not allowed
-		waitFor(t, "the stream to fail", func() bool { st.mu.Lock(); defer st.mu.Unlock(); return st.err != nil })
+		testutil.Eventually(t, 10*time.Second, "the stream to fail", func() bool { st.mu.Lock(); defer st.mu.Unlock(); return st.err != nil })
 		if _, err := st.Recv(); err != nil {
 			t.Fatal(err)
 		}

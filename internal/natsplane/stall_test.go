@@ -63,7 +63,7 @@ func TestAFrozenServerFailsWaitingStreamsAndIsAvoidedUntilItAnswers(t *testing.T
 	if !errors.As(err, &se) || se.Code != wire.CodeReset || !se.BeforeFirstResponse || !errors.Is(err, plane.ErrStalled) {
 		t.Fatalf("the stream waiting on the frozen server: %v; want a Reset before the first response wrapping ErrStalled", err)
 	}
-	waitFor(t, "OnStall", func() bool { mu.Lock(); defer mu.Unlock(); return len(stalls) > 0 })
+	testutil.Eventually(t, 10*time.Second, "OnStall", func() bool { mu.Lock(); defer mu.Unlock(); return len(stalls) > 0 })
 
 	// New requests are refused at once, but for a probe a second, which
 	// fails as the first did; the healthy server answers throughout.
@@ -89,7 +89,7 @@ func TestAFrozenServerFailsWaitingStreamsAndIsAvoidedUntilItAnswers(t *testing.T
 	mu.Unlock()
 
 	fz.Thaw()
-	waitFor(t, "the thawed server to answer again", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the thawed server to answer again", func() bool {
 		got, err := call(frozen.Address())
 		return err == nil && len(got) == 1
 	})

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -177,17 +179,6 @@ func pubSub(t *testing.T, pubOpts Options, onMsg func(parts [][]byte)) (*Socket,
 	return pub, sub
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func TestPubSubDeliversByPrefixInOrder(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
@@ -197,13 +188,13 @@ func TestPubSubDeliversByPrefixInOrder(t *testing.T) {
 		mu.Unlock()
 	})
 	sub.Subscribe([]byte("a."))
-	waitFor(t, "the subscription", func() bool { return pub.Subscribers([]byte("a.x")) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the subscription", func() bool { return pub.Subscribers([]byte("a.x")) == 1 })
 	for i := range 1000 {
 		for _, topic := range []string{"a.x", "b.x"} {
 			pub.Send([]byte(topic), AppendMessage(nil, []byte(topic), []byte(fmt.Sprint(i))))
 		}
 	}
-	waitFor(t, "1000 messages", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 1000 })
+	testutil.Eventually(t, 10*time.Second, "1000 messages", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 1000 })
 	mu.Lock()
 	defer mu.Unlock()
 	for i, g := range got {
@@ -212,7 +203,7 @@ func TestPubSubDeliversByPrefixInOrder(t *testing.T) {
 		}
 	}
 	sub.Unsubscribe([]byte("a."))
-	waitFor(t, "the cancellation", func() bool { return pub.Subscribers([]byte("a.x")) == 0 })
+	testutil.Eventually(t, 10*time.Second, "the cancellation", func() bool { return pub.Subscribers([]byte("a.x")) == 0 })
 }
 
 func TestSlowSubscriberQueueIsBoundedAndCounted(t *testing.T) {
@@ -223,7 +214,7 @@ func TestSlowSubscriberQueueIsBoundedAndCounted(t *testing.T) {
 		n++
 	})
 	sub.Subscribe(nil)
-	waitFor(t, "the subscription", func() bool { return pub.Subscribers([]byte("t")) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the subscription", func() bool { return pub.Subscribers([]byte("t")) == 1 })
 	msg := AppendMessage(nil, []byte("t"), make([]byte, 64<<10))
 	sent := 0
 	for pub.Dropped() == 0 {
@@ -241,7 +232,7 @@ func TestSlowSubscriberQueueIsBoundedAndCounted(t *testing.T) {
 func TestCloseEndsEveryGoroutineWithPeersConnected(t *testing.T) {
 	pub, sub := pubSub(t, Options{}, func([][]byte) {})
 	sub.Subscribe(nil)
-	waitFor(t, "the subscription", func() bool { return pub.Subscribers(nil) == 1 })
+	testutil.Eventually(t, 10*time.Second, "the subscription", func() bool { return pub.Subscribers(nil) == 1 })
 	pub.Close()
 	sub.Close()
 	if err := pub.Close(); err != nil {
