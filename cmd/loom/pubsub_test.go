@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -13,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/discovery/memory"
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/events"
 )
 
 // loomProc is a loom binary running in the background, its output kept.
@@ -254,4 +259,31 @@ func TestLoomUpJSONWithTheBrokerPortsAfterASpace(t *testing.T) {
 	}
 	_ = up.cmd.Process.Signal(syscall.SIGTERM)
 	up.exit()
+}
+
+func TestZMQDirectOnMemoryDiscoveryIsWarnedOf(t *testing.T) {
+	for _, tc := range []struct {
+		discovery, transport, broker string
+		warned                       bool
+	}{
+		{"memory", events.ZMQ, "", true},
+		{"memory", events.ZMQ, "tcp://127.0.0.1:1", false},
+		{"memory", events.NATS, "", false},
+		{"natskv", events.ZMQ, "", false},
+	} {
+		cfg := config.Default()
+		cfg.Discovery.Backend, cfg.Events.ZMQ.BrokerSub = tc.discovery, tc.broker
+		d := memory.New()
+		rt, err := loom.NewRuntime(context.Background(), loom.WithConfig(cfg), loom.WithDiscovery(d), loom.WithLogger(quietLog()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		warnLocalDiscovery(&out, "loom sub", rt, tc.transport)
+		_ = rt.Shutdown(context.Background())
+		_ = d.Close()
+		if got := strings.Contains(out.String(), "discovery.backend is memory"); got != tc.warned {
+			t.Errorf("%s discovery, %s transport, broker %q: warned %v (%q), want %v", tc.discovery, tc.transport, tc.broker, got, out.String(), tc.warned)
+		}
+	}
 }

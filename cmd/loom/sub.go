@@ -211,8 +211,7 @@ func decodePayload(name string, payload []byte) any {
 // its publishers are found through discovery, and memory discovery is this
 // process's alone.
 func warnLocalDiscovery(errOut io.Writer, who string, rt *loom.Runtime, transport string) {
-	cfg := rt.Config()
-	if transport == events.ZMQ && cfg.Events.ZMQ.BrokerSub == "" && (cfg.Discovery.Backend == "memory" || cfg.Discovery.Backend == "") {
+	if transport == events.ZMQ && rt.Config().Events.ZMQ.BrokerSub == "" && memoryDiscovery(rt) {
 		fmt.Fprintf(errOut, "%s: ZeroMQ direct finds publishers through discovery, and discovery.backend is memory (this process only): set LOOM_DISCOVERY=etcd or natskv, or use a broker (loom up --zmq-broker)\n", who)
 	}
 }
