@@ -9,9 +9,9 @@ import (
 
 // Eventually polls cond until it holds, and fails the test if within
 // passes first, saying what it waited for. It polls every millisecond at
-// first and backs off to every 100 ms, so that a cheap condition is seen
-// at once and an expensive one (a child process, a server round trip) is
-// not run in a tight loop. Tests wait on conditions this way, never on a
+// first and backs off to every 10 ms: a condition is seen soon after it
+// holds, even one that holds only for a moment, without a tight loop over
+// a long wait. Tests wait on conditions this way, never on a
 // sleep; give within room for a loaded machine (10-30 s).
 func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -41,7 +41,7 @@ func EventuallyNoError(t testing.TB, within time.Duration, what string, f func()
 			t.Fatalf("timed out after %s waiting for %s: %v", within, what, err)
 		}
 		time.Sleep(pause)
-		pause = min(2*pause, 100*time.Millisecond)
+		pause = min(2*pause, 10*time.Millisecond)
 	}
 }
 
