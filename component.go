@@ -75,7 +75,6 @@ func (c *Component) Close() error {
 	return err
 }
 
-
 // Endpoint is the address of a served function, ns/component/endpoint, in
 // one runtime. Serve it with Serve; call it with NewClient.
 type Endpoint struct {
