@@ -84,6 +84,7 @@ func TestAStreamResetSaysSoOnce(t *testing.T) {
 		})
 		cl := client[int, int](t, c.runtime(), "errs/svc/reset")
 		var err error
+		shutDown := make(chan struct{})
 		for item, e := range cl.Generate(context.Background(), 1) {
 			if e != nil {
 				err = e
@@ -94,9 +95,10 @@ func TestAStreamResetSaysSoOnce(t *testing.T) {
 				// is cancelled under the caller.
 				ctx, cancel := context.WithCancel(context.Background())
 				cancel()
-				go func() { _ = srv.Shutdown(ctx) }()
+				go func() { defer close(shutDown); _ = srv.Shutdown(ctx) }()
 			}
 		}
+		within(t, 20*time.Second, shutDown, "the server's shutdown")
 		if !errors.Is(err, loom.ErrStreamReset) {
 			t.Fatalf("err = %v, want ErrStreamReset", err)
 		}
