@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/loomrt/loom/eventbus"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/objectstore"
 )
 
@@ -67,7 +68,7 @@ func TestGroupsShareMessagesAndEveryGroupGetsAll(t *testing.T) {
 		if err := p.BatchSend(ctx, batch); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 10*time.Second, "both groups got every message", func() bool {
+		testutil.Eventually(t, 10*time.Second, "both groups got every message", func() bool {
 			return a1.n.Load()+a2.n.Load() == n && other.n.Load() == n
 		})
 		if a1.n.Load() == 0 || a2.n.Load() == 0 {
@@ -97,7 +98,7 @@ func TestJetStreamGroupReceivesWhatWasSentBeforeItRan(t *testing.T) {
 	if err := b.RegisterConsumer("", "coze.workflow.done", "late", c); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the late group got both messages", func() bool { return c.n.Load() == 2 })
+	testutil.Eventually(t, 5*time.Second, "the late group got both messages", func() bool { return c.n.Load() == 2 })
 }
 
 // TestShardingKeyNeverDropsDistinctMessages: Coze Studio's EventBus used
@@ -141,7 +142,7 @@ func TestShardingKeyNeverDropsDistinctMessages(t *testing.T) {
 			}
 		}
 	}
-	eventually(t, 10*time.Second, "all 200 messages handled", func() bool { return n.Load() == 200 })
+	testutil.Eventually(t, 10*time.Second, "all 200 messages handled", func() bool { return n.Load() == 200 })
 	mu.Lock()
 	defer mu.Unlock()
 	for key, got := range order {
@@ -180,7 +181,7 @@ func TestFailingMessageBacksOffThenIsDeadLettered(t *testing.T) {
 		defer nc.Close()
 		jsc, _ := jetstream.New(nc)
 		var dl *jetstream.RawStreamMsg
-		eventually(t, 10*time.Second, "a dead letter", func() bool {
+		testutil.Eventually(t, 10*time.Second, "a dead letter", func() bool {
 			s, err := jsc.Stream(ctx, eventbus.DeadLetterStream("mail.send"))
 			if err != nil {
 				return false

@@ -73,17 +73,6 @@ func ctxFor(t testing.TB, d time.Duration) context.Context {
 	return ctx
 }
 
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // modes runs a test on Core NATS and on JetStream.
 func modes(t *testing.T, f func(t *testing.T, jetStream bool)) {
 	for _, js := range []bool{false, true} {

@@ -13,6 +13,7 @@ import (
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/eventbus"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestOpenTakesTheRuntimesConnectionSettingsAndLifetime(t *testing.T) {
@@ -115,7 +116,7 @@ func TestOpenTracesWithTheRuntimesTracer(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-handled
-	eventually(t, 10*time.Second, "a send and a process span in the runtime's TracerProvider", func() bool {
+	testutil.Eventually(t, 10*time.Second, "a send and a process span in the runtime's TracerProvider", func() bool {
 		var send, process bool
 		for _, s := range rec.Ended() {
 			send = send || s.Name() == "send traced.topic"

@@ -8,6 +8,8 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // TestAConsumedMessageIsASpanUnderItsSend: with a TracerProvider installed
@@ -34,7 +36,7 @@ func TestAConsumedMessageIsASpanUnderItsSend(t *testing.T) {
 		}
 		parent.End()
 		var send, process sdktrace.ReadOnlySpan
-		eventually(t, 10*time.Second, "a send and a process span in the caller's trace", func() bool {
+		testutil.Eventually(t, 10*time.Second, "a send and a process span in the caller's trace", func() bool {
 			for _, s := range rec.Ended() {
 				if s.SpanContext().TraceID() != parent.SpanContext().TraceID() {
 					continue

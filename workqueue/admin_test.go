@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/workqueue"
 )
@@ -66,7 +67,7 @@ func TestAdminListsPeeksAddsAndRequeues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "two dead letters", func() bool {
+	testutil.Eventually(t, 5*time.Second, "two dead letters", func() bool {
 		info, err := admin.Info(ctx, q.Name())
 		return err == nil && info.DeadLetters == 2 && info.Jobs == 0
 	})
@@ -124,22 +125,22 @@ func TestQueueMetricsCountEveryOutcome(t *testing.T) {
 		return nil
 	})
 	qm := m.Queue(q.Name())
-	eventually(t, 5*time.Second, "4 acked, 1 dead-lettered", func() bool {
-		return testutil.ToFloat64(qm.Acked) == 4 && testutil.ToFloat64(qm.DeadLettered) == 1
+	testutil.Eventually(t, 5*time.Second, "4 acked, 1 dead-lettered", func() bool {
+		return promtest.ToFloat64(qm.Acked) == 4 && promtest.ToFloat64(qm.DeadLettered) == 1
 	})
-	if v := testutil.ToFloat64(qm.Enqueued); v != 5 {
+	if v := promtest.ToFloat64(qm.Enqueued); v != 5 {
 		t.Errorf("enqueued %v, want 5", v)
 	}
-	if v := testutil.ToFloat64(qm.Nakked); v != 1 {
+	if v := promtest.ToFloat64(qm.Nakked); v != 1 {
 		t.Errorf("nakked %v, want 1", v)
 	}
-	if v := testutil.ToFloat64(qm.Redelivered); v != 1 {
+	if v := promtest.ToFloat64(qm.Redelivered); v != 1 {
 		t.Errorf("redelivered %v, want 1", v)
 	}
-	if v := testutil.ToFloat64(qm.Pending); v != 0 {
+	if v := promtest.ToFloat64(qm.Pending); v != 0 {
 		t.Errorf("pending %v, want 0", v)
 	}
-	if n := testutil.CollectAndCount(m.Registry(), "loom_queue_handler_duration_seconds"); n != 1 {
+	if n := promtest.CollectAndCount(m.Registry(), "loom_queue_handler_duration_seconds"); n != 1 {
 		t.Errorf("%d handler duration series, want 1", n)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -49,7 +50,7 @@ func TestPoisonJobIsDeadLetteredAfterMaxDeliverWithBackoff(t *testing.T) {
 		t.Fatal(err)
 	}
 	var dead []workqueue.DeadLetter
-	eventually(t, 10*time.Second, "the poison job in the dead-letter stream", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the poison job in the dead-letter stream", func() bool {
 		dead, err = admin.DeadLetters(ctx, q.Name(), 10)
 		return err == nil && len(dead) == 1
 	})
@@ -75,7 +76,7 @@ func TestPoisonJobIsDeadLetteredAfterMaxDeliverWithBackoff(t *testing.T) {
 	if d.Header.Get(workqueue.HeaderDeliveries) != "5" || d.Header.Get(workqueue.HeaderError) == "" {
 		t.Errorf("dead-letter headers %v lack the delivery count or the error", d.Header)
 	}
-	eventually(t, 5*time.Second, "the queue empty", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the queue empty", func() bool {
 		info, err := q.Info(ctx)
 		return err == nil && info.Jobs == 0 && info.DeadLetters == 1
 	})
@@ -122,7 +123,7 @@ func TestJobThatDoesNotDecodeIsDeadLetteredAtOnce(t *testing.T) {
 	}
 	admin, _ := workqueue.NewAdmin(nc)
 	var dead []workqueue.DeadLetter
-	eventually(t, 5*time.Second, "the bad job dead-lettered", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the bad job dead-lettered", func() bool {
 		dead, _ = admin.DeadLetters(ctx, q.Name(), 10)
 		return len(dead) == 1
 	})
@@ -146,7 +147,7 @@ func TestPermanentErrorDeadLettersWithoutRetry(t *testing.T) {
 	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "dead-lettered", func() bool {
+	testutil.Eventually(t, 5*time.Second, "dead-lettered", func() bool {
 		info, err := q.Info(ctx)
 		return err == nil && info.DeadLetters == 1 && info.Jobs == 0
 	})
@@ -177,7 +178,7 @@ func TestLongHandlerIsKeptAliveWithProgressReports(t *testing.T) {
 	<-done
 	// A redelivery during the work would have started on the idle second
 	// worker already; once the ack is in, none can come.
-	eventually(t, 5*time.Second, "the job acked", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the job acked", func() bool {
 		info, err := q.Info(ctx)
 		return err == nil && info.Jobs == 0
 	})
@@ -280,7 +281,7 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 	<-started
 	// The server has sent the prefetch (Shutdown hands back what the
 	// client holds; what is still on the way comes back after AckWait).
-	eventually(t, 10*time.Second, "10 jobs prefetched", func() bool {
+	testutil.Eventually(t, 10*time.Second, "10 jobs prefetched", func() bool {
 		info, err := q.Info(ctx)
 		return err == nil && info.InFlight == 10
 	})
@@ -319,7 +320,7 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 		handled.Add(1)
 		return nil
 	}, workqueue.WithConcurrency(4))
-	eventually(t, 5*time.Second, "the other consumer got every job left, without waiting for AckWait", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the other consumer got every job left, without waiting for AckWait", func() bool {
 		return handled.Load() == n-1
 	})
 }
@@ -376,7 +377,7 @@ func TestConsumerDeletedUnderAWorkerIsCreatedAgain(t *testing.T) {
 	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the first job handled", seen(1))
+	testutil.Eventually(t, 5*time.Second, "the first job handled", seen(1))
 	js, _ := nc.JetStream()
 	if err := js.DeleteConsumer(q.Name(), q.Config().Group); err != nil {
 		t.Fatal(err)
@@ -386,7 +387,7 @@ func TestConsumerDeletedUnderAWorkerIsCreatedAgain(t *testing.T) {
 	}
 	// Job 1's ack may have been lost with the consumer, so it may come
 	// again (at least once); what matters is that job 2 is handled.
-	eventually(t, 15*time.Second, "the job enqueued after the consumer was deleted handled", seen(2))
+	testutil.Eventually(t, 15*time.Second, "the job enqueued after the consumer was deleted handled", seen(2))
 }
 
 func TestCloseCancelsRunningHandlersAndHandsTheirJobsBack(t *testing.T) {
@@ -495,7 +496,7 @@ func TestQueueReadsRequeuesAndPurgesItsDeadLettersTyped(t *testing.T) {
 		t.Fatal(err)
 	}
 	var dead []workqueue.DeadJob[job]
-	eventually(t, 10*time.Second, "the poison job dead-lettered", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the poison job dead-lettered", func() bool {
 		var err error
 		dead, err = q.DeadLetters(ctx, 10)
 		return err == nil && len(dead) == 1
@@ -504,7 +505,7 @@ func TestQueueReadsRequeuesAndPurgesItsDeadLettersTyped(t *testing.T) {
 	if err := nc.Publish(q.Config().Subject, []byte{0xc1, 0xff, 0x00}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the undecodable job dead-lettered", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the undecodable job dead-lettered", func() bool {
 		var err error
 		dead, err = q.DeadLetters(ctx, 10)
 		return err == nil && len(dead) == 2

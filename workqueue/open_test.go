@@ -11,6 +11,7 @@ import (
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -56,7 +57,7 @@ func TestOpenTakesTheRuntimesConnectionSettingsAndLifetime(t *testing.T) {
 		t.Fatal("the job was not handled")
 	}
 	shutdown(t, c)
-	eventually(t, 10*time.Second, "the handled job acknowledged", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the handled job acknowledged", func() bool {
 		info, err := q.Info(ctx)
 		return err == nil && info.Jobs == 0
 	})
@@ -117,7 +118,7 @@ func TestOpenTracesWithTheRuntimesTracer(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-handled
-	eventually(t, 10*time.Second, "a send and a process span in the runtime's TracerProvider", func() bool {
+	testutil.Eventually(t, 10*time.Second, "a send and a process span in the runtime's TracerProvider", func() bool {
 		var send, process bool
 		for _, s := range rec.Ended() {
 			send = send || s.Name() == "send traced_by_runtime"

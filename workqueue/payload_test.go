@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/objectstore"
 	"github.com/loomrt/loom/workqueue"
 )
@@ -64,7 +65,7 @@ func TestJobAboveMaxPayloadTravelsByReference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "offloaded payloads deleted after their acks", func() bool {
+	testutil.Eventually(t, 5*time.Second, "offloaded payloads deleted after their acks", func() bool {
 		_, err := obs.List(ctx)
 		return errors.Is(err, jetstream.ErrNoObjectsFound)
 	})
@@ -109,7 +110,7 @@ func TestLostOffloadedPayloadIsDeadLettered(t *testing.T) {
 	}
 	consume(t, q, func(ctx context.Context, j *workqueue.Job[[]byte]) error { return nil })
 	admin, _ := workqueue.NewAdmin(nc)
-	eventually(t, 5*time.Second, "dead-lettered with reason payload", func() bool {
+	testutil.Eventually(t, 5*time.Second, "dead-lettered with reason payload", func() bool {
 		dead, _ := admin.DeadLetters(ctx, q.Name(), 1)
 		return len(dead) == 1 && dead[0].Reason == "payload"
 	})
@@ -159,7 +160,7 @@ func TestDeadLetterOfAJobNearMaxPayloadKeepsItsReasonAndError(t *testing.T) {
 	})
 	admin, _ := workqueue.NewAdmin(nc)
 	var dead []workqueue.DeadLetter
-	eventually(t, 15*time.Second, "the job dead-lettered", func() bool {
+	testutil.Eventually(t, 15*time.Second, "the job dead-lettered", func() bool {
 		dead, _ = admin.DeadLetters(ctx, q.Name(), 10)
 		return len(dead) == 1
 	})
@@ -202,7 +203,7 @@ func TestDeadLetterOfARawJobAtMaxPayloadOffloadsItsBody(t *testing.T) {
 	})
 	admin, _ := workqueue.NewAdmin(nc)
 	var dead []workqueue.DeadLetter
-	eventually(t, 15*time.Second, "the job dead-lettered", func() bool {
+	testutil.Eventually(t, 15*time.Second, "the job dead-lettered", func() bool {
 		dead, _ = admin.DeadLetters(ctx, q.Name(), 10)
 		return len(dead) == 1
 	})

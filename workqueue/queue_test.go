@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -51,8 +52,8 @@ func TestEveryEnqueuedJobIsHandledOnceAndAcked(t *testing.T) {
 		total.Add(1)
 		return nil
 	}, workqueue.WithConcurrency(8))
-	eventually(t, 20*time.Second, "all jobs handled", func() bool { return total.Load() >= n })
-	eventually(t, 5*time.Second, "queue empty", func() bool {
+	testutil.Eventually(t, 20*time.Second, "all jobs handled", func() bool { return total.Load() >= n })
+	testutil.Eventually(t, 5*time.Second, "queue empty", func() bool {
 		info, err := q.Info(ctx)
 		return err == nil && info.Jobs == 0
 	})

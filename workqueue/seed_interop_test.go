@@ -142,7 +142,7 @@ func TestInteropSeedQueueAndLoomShareAQueue(t *testing.T) {
 				// A MessagePack queue cannot read the seed's JSON: the job is
 				// dead-lettered with an error that says what to set.
 				admin, _ := workqueue.NewAdmin(nc)
-				eventually(t, 20*time.Second, "the seed's JSON job is dead-lettered", func() bool {
+				testutil.Eventually(t, 20*time.Second, "the seed's JSON job is dead-lettered", func() bool {
 					dl, err := admin.DeadLetters(ctx, cfg.Name, 1)
 					return err == nil && len(dl) == 1 && strings.Contains(dl[0].Error, "set queue.codec=json")
 				})

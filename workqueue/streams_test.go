@@ -120,7 +120,7 @@ func TestJSONJobsInAMsgPackQueueSayWhatToSet(t *testing.T) {
 	consume(t, q, func(context.Context, *workqueue.Job[job]) error { return nil })
 	ctx := ctxFor(t, 10*time.Second)
 	var dl []workqueue.DeadLetter
-	eventually(t, 10*time.Second, "the JSON job is dead-lettered", func() bool {
+	testutil.Eventually(t, 10*time.Second, "the JSON job is dead-lettered", func() bool {
 		var err error
 		admin, err := workqueue.NewAdmin(nc)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -77,15 +78,15 @@ func TestHandlerIgnoringItsContextCostsOneSlot(t *testing.T) {
 	// Half of the other jobs while the stuck one is within its timeout,
 	// half once it has been redelivered and dead-lettered.
 	enqueue(1, 11)
-	eventually(t, 10*time.Second, "10 jobs done beside the stuck one", func() bool { return doneCount() == 10 })
+	testutil.Eventually(t, 10*time.Second, "10 jobs done beside the stuck one", func() bool { return doneCount() == 10 })
 	admin, _ := workqueue.NewAdmin(nc)
 	var dead []workqueue.DeadLetter
-	eventually(t, 20*time.Second, "the stuck job dead-lettered", func() bool {
+	testutil.Eventually(t, 20*time.Second, "the stuck job dead-lettered", func() bool {
 		dead, _ = admin.DeadLetters(ctx, q.Name(), 10)
 		return len(dead) == 1
 	})
 	enqueue(11, 21)
-	eventually(t, 10*time.Second, "20 jobs done beside the stuck one", func() bool { return doneCount() == 20 })
+	testutil.Eventually(t, 10*time.Second, "20 jobs done beside the stuck one", func() bool { return doneCount() == 20 })
 
 	if n := stuckCalls.Load(); n != 1 {
 		t.Errorf("the stuck job's handler was started %d times; its redeliveries must not take another slot", n)
@@ -102,7 +103,7 @@ func TestHandlerIgnoringItsContextCostsOneSlot(t *testing.T) {
 		t.Errorf("dead letter: reason %q after %d deliveries, error %q; want expired after %d, saying the handler ignored its context",
 			d.Reason, d.Deliveries, d.Error, cfg.MaxDeliver)
 	}
-	eventually(t, 10*time.Second, "no job left in the queue (acks and the dead letter's term are asynchronous)", func() bool {
+	testutil.Eventually(t, 10*time.Second, "no job left in the queue (acks and the dead letter's term are asynchronous)", func() bool {
 		info, err := q.Info(ctx)
 		return err == nil && info.Jobs == 0
 	})

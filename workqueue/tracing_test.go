@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -70,7 +71,7 @@ func TestEachAttemptAtAJobIsASpanUnderItsEnqueue(t *testing.T) {
 	<-done
 	<-done
 	var send, process []sdktrace.ReadOnlySpan
-	eventually(t, 5*time.Second, "the spans of 2 enqueues and 3 attempts", func() bool {
+	testutil.Eventually(t, 5*time.Second, "the spans of 2 enqueues and 3 attempts", func() bool {
 		send, process = nil, nil
 		for _, s := range rec.Ended() {
 			if s.SpanContext().TraceID() != parent.SpanContext().TraceID() {
