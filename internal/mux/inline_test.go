@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -135,5 +136,55 @@ func TestHandlersOnWorkersOnly(t *testing.T) {
 		case tc.code != wire.CodeOK && (!errors.As(err, &se) || se.Code != tc.code):
 			t.Fatalf("%s: ended with %v, want code %v", tc.path, err, tc.code)
 		}
+	}
+}
+
+// Close reaches a handler that waits on its reader, however long the
+// budget: the reading is handed over at once, the connection's end is
+// read, and the handler's context is cancelled.
+func TestCloseReachesAHandlerWaitingOnItsReader(t *testing.T) {
+	entered := make(chan struct{}, 1)
+	ended := make(chan error, 1)
+	srv := NewServer(ServerConfig{InlineBudget: time.Hour, Logger: testLogger()}, HandlerFunc(func(s *ServerStream) error {
+		entered <- struct{}{}
+		<-s.Context().Done()
+		ended <- context.Cause(s.Context())
+		return nil
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	p := newPool(t, ClientConfig{})
+	ctx := ctxTimeout(t, 30*time.Second)
+	st, err := p.Open(ctx, ln.Addr().String(), Request{Path: "wait"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	select {
+	case <-entered:
+	case <-ctx.Done():
+		t.Fatal("the handler never started")
+	}
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Fatal("Close waited for a handler waiting on its connection's reader")
+	}
+	select {
+	case cause := <-ended:
+		if !errors.Is(cause, ErrServerClosed) && !errors.Is(cause, ErrConnLost) {
+			t.Fatalf("the handler's context ended with %v, want the server's close", cause)
+		}
+	case <-ctx.Done():
+		t.Fatal("the handler's context was never cancelled")
+	}
+	if err := <-served; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve returned %v", err)
 	}
 }

@@ -116,8 +116,9 @@ type ServerConfig struct {
 	StreamContext func(path string) context.Context
 	// InlineBudget is how long a handler may run on the connection's
 	// reader goroutine before another goroutine takes over reading (see
-	// Handler). Default DefaultInlineBudget; negative: handlers never run
-	// on the reader.
+	// Handler); it is checked every half budget, so a handler may run up
+	// to 1.5 budgets. Default DefaultInlineBudget; negative: handlers
+	// never run on the reader.
 	InlineBudget time.Duration
 }
 
@@ -125,7 +126,7 @@ type ServerConfig struct {
 // reader before the reading is handed to another goroutine: long enough
 // for a handler that computes its answer at once, short enough that the
 // connection's other streams barely notice one that waits.
-const DefaultInlineBudget = 50 * time.Microsecond
+const DefaultInlineBudget = time.Millisecond
 
 func (c *ServerConfig) setDefaults() {
 	if c.MaxFrameSize <= 0 {
@@ -216,6 +217,13 @@ type Server struct {
 	nconns      atomic.Int64 // connections accepted and not yet ended
 	lastRefusal atomic.Int64 // unix ns of the last refused-connection log line
 
+	// The inline watchdog (see watchdog) runs while handlers run on
+	// readers: dogOn says it runs, dogSeen that an inline run started
+	// since its last tick; dogStop ends it for good.
+	dogOn, dogSeen atomic.Bool
+	dogStop        chan struct{}
+	dogStopper     sync.Once
+
 	adm     *plane.Admission[*ServerStream]
 	work    chan *ServerStream // hands a stream to an idle worker
 	idle    atomic.Int32       // workers parked on work
@@ -239,6 +247,7 @@ func NewServer(cfg ServerConfig, h Handler) *Server {
 		conns:     map[*serverConn]struct{}{},
 		work:      make(chan *ServerStream),
 		quit:      make(chan struct{}),
+		dogStop:   make(chan struct{}),
 	}
 	s.adm = plane.NewAdmission(plane.Limits{
 		MaxRunning:      cfg.MaxConcurrentStreams,
@@ -340,6 +349,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Lock()
 		if len(s.conns) == 0 {
 			s.mu.Unlock()
+			s.stopWatchdog()
 			s.wg.Wait()
 			s.stopWorkers()
 			s.workers.Wait()
@@ -381,6 +391,7 @@ func (s *Server) Close() error {
 	for _, sc := range conns {
 		sc.shutdown(ErrServerClosed)
 	}
+	s.stopWatchdog()
 	s.wg.Wait()
 	s.stopWorkers()
 	return nil
@@ -558,16 +569,20 @@ func (sc *serverConn) serveInline(st *ServerStream) (handedOff bool) {
 	inline := sc.gen<<2 | readerInline
 	st.inline.Store(true)
 	sc.rstate.Store(inline)
-	if sc.inlineTimer == nil {
-		sc.inlineTimer = time.AfterFunc(s.cfg.InlineBudget, sc.budgetSpent)
-	} else {
-		sc.inlineTimer.Reset(s.cfg.InlineBudget)
+	sc.inlineSince.Store(monotonic())
+	// Read first: after the first run of a tick, this shared flag is
+	// only read, not written, so calls on many cores do not bounce it.
+	if !s.dogSeen.Load() {
+		s.dogSeen.Store(true)
+	}
+	if !s.dogOn.Load() {
+		s.startWatchdog()
 	}
 	st.serve(s.h)
-	// After a handoff, sc's reader state (gen, the timer) is the new
+	// After a handoff, sc's reader state (gen, inlineSince) is the new
 	// reader's: only the CAS may touch it.
 	if sc.rstate.CompareAndSwap(inline, st.gen<<2|readerReading) {
-		sc.inlineTimer.Stop()
+		sc.inlineSince.Store(0)
 		if next := s.next(st); next != nil {
 			s.start(next)
 		}
@@ -586,12 +601,83 @@ func (sc *serverConn) serveInline(st *ServerStream) (handedOff bool) {
 	return true
 }
 
-// budgetSpent runs on the timer's goroutine when an inline handler has
-// run for the budget: that goroutine becomes the reader.
-func (sc *serverConn) budgetSpent() {
-	if v := sc.rstate.Load(); v&3 == readerInline && sc.handoff(v>>2) {
-		sc.readOn()
+// epoch is the origin of monotonic.
+var epoch = time.Now()
+
+// monotonic returns the time since epoch, never 0.
+func monotonic() int64 { return int64(time.Since(epoch)) + 1 }
+
+// startWatchdog starts the watchdog unless it runs. The caller is a
+// reader, which holds a count of s.wg.
+func (s *Server) startWatchdog() {
+	if s.dogOn.CompareAndSwap(false, true) {
+		s.wg.Add(1)
+		go s.watchdog()
 	}
+}
+
+func (s *Server) stopWatchdog() { s.dogStopper.Do(func() { close(s.dogStop) }) }
+
+// watchdog hands the reading of a connection to a new goroutine when the
+// handler its reader runs inline has run past the budget. It ticks every
+// half budget while handlers run inline, and exits after a tick in which
+// none ran: a timer armed per handler would cost every call (arming one
+// wakes the runtime's network poller), where this costs a few wake-ups a
+// millisecond, only while the server is busy.
+func (s *Server) watchdog() {
+	defer s.wg.Done()
+	budget := int64(s.cfg.InlineBudget)
+	t := time.NewTicker(max(s.cfg.InlineBudget/2, 10*time.Microsecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-s.dogStop:
+			// The server is closing: every handler still on a reader
+			// gives the reading up at once, so that the connection's end
+			// reaches it. A run that starts after dogOn is cleared
+			// starts a watchdog that comes here too.
+			s.dogOn.Store(false)
+			s.checkInline(0)
+			return
+		}
+		seen := s.dogSeen.Swap(false)
+		if s.checkInline(budget) || seen {
+			continue
+		}
+		// Nothing ran inline for a tick: stop. A run that started after
+		// the check and saw dogOn set relies on this goroutine: look
+		// again after clearing it (each side writes its flag, then reads
+		// the other's).
+		s.dogOn.Store(false)
+		if !s.checkInline(budget) || !s.dogOn.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// checkInline hands off the reading of every connection whose inline
+// handler has run for budget, and reports whether any handler runs
+// inline.
+func (s *Server) checkInline(budget int64) bool {
+	now := monotonic()
+	active := false
+	s.mu.Lock()
+	for sc := range s.conns {
+		since := sc.inlineSince.Load()
+		if since == 0 {
+			continue
+		}
+		active = true
+		if now-since < budget {
+			continue
+		}
+		if v := sc.rstate.Load(); v&3 == readerInline && sc.handoff(v>>2) {
+			go sc.readOn()
+		}
+	}
+	s.mu.Unlock()
+	return active
 }
 
 // handoff takes the reader role from the goroutine running inline run
@@ -602,6 +688,7 @@ func (sc *serverConn) handoff(gen uint64) bool {
 	if !sc.rstate.CompareAndSwap(gen<<2|readerInline, gen<<2|readerHanded) {
 		return false
 	}
+	sc.inlineSince.Store(0) // before the new reader exists, which may store its own
 	sc.srv.workers.Add(1)
 	sc.wmu.Lock()
 	sc.commit() // wakes the writer for what the inline handler queued
@@ -665,13 +752,14 @@ type serverConn struct {
 	warnedShare atomic.Bool // its refusal for holding its share was logged
 
 	// Inline serving (see serveInline). rstate is the inline run's
-	// generation << 2 | the reader's role; gen, skipInline and
-	// inlineTimer belong to whichever goroutine reads.
+	// generation << 2 | the reader's role, inlineSince when the inline
+	// run started (0: none); gen and skipInline belong to whichever
+	// goroutine reads.
 	rstate      atomic.Uint64
+	inlineSince atomic.Int64
 	gen         uint64
 	owed        atomic.Bool // inline handlers queued frames without waking the writer
 	skipInline  int
-	inlineTimer *time.Timer
 }
 
 // readLoop reads frames until the connection ends, then kills its
