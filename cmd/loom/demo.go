@@ -41,6 +41,9 @@ terminal.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts.Observable = dashAddr != ""
+			if err := opts.Validate(); err != nil {
+				return &usageError{cmd, err}
+			}
 			if dashAddr != "" && !serve {
 				return &usageError{cmd, fmt.Errorf("--dashboard needs --serve: the page is for a demo that keeps running")}
 			}

@@ -255,6 +255,7 @@ func TestUsageErrorsExitTwoWithTheUsageLine(t *testing.T) {
 		{[]string{"call"}, "usage: loom call namespace/component/endpoint"},
 		{[]string{"ls", "--nope"}, "usage: loom ls"},
 		{[]string{"queue", "zz"}, "usage: loom queue <command> [flags]"},
+		{[]string{"demo", "--requests", "-1"}, "--requests -1: want 0 or more"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			root := newRoot()

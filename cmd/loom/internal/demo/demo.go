@@ -132,7 +132,7 @@ func generate(rt *loom.Runtime, delay time.Duration) loom.EngineFunc[Request, To
 // frontend runtime is fe if given (loom.Run's), else a new one.
 // Options out of range are an error naming the option (as its flag).
 func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime) (*System, error) {
-	if err := opts.validate(); err != nil {
+	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	s := &System{opts: opts, log: log}
@@ -482,7 +482,8 @@ func round(d time.Duration) time.Duration {
 	return d.Round(time.Microsecond)
 }
 
-func (o Options) validate() error {
+// Validate reports options out of range, naming each as its flag.
+func (o Options) Validate() error {
 	var bad []string
 	for _, c := range []struct {
 		name string
