@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
