@@ -178,3 +178,18 @@ func AppendBytes(c Codec, dst, b []byte) ([]byte, bool) {
 	}
 	return appendBin(dst, b), true
 }
+
+// AppendBytesHeader appends to dst what AppendBytes(c, dst, b) writes
+// before b's own bytes, which follow it unchanged in that encoding: a
+// transport can send the header and b as one message without first
+// copying b after it. It reports false if c's encoding of b is not a
+// header followed by b (JSON); use AppendBytes or Marshal then.
+func AppendBytesHeader(c Codec, dst, b []byte) ([]byte, bool) {
+	if _, ok := c.(msgpackCodec); !ok {
+		return dst, false
+	}
+	if b == nil {
+		return append(dst, mp.Nil), true
+	}
+	return mp.AppendBinHeader(dst, len(b)), true
+}

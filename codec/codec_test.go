@@ -222,6 +222,29 @@ func TestStringAndBytesFastPathsMatchTheGeneralEncoder(t *testing.T) {
 	}
 }
 
+// A header from AppendBytesHeader followed by the bytes is exactly what
+// the encoder writes, for every length class and for nil; JSON has no
+// such header.
+func TestBytesHeaderAndBytesAreTheEncoding(t *testing.T) {
+	for _, b := range [][]byte{nil, {}, []byte("x"), bytes.Repeat([]byte("y"), 255), bytes.Repeat([]byte("z"), 256),
+		bytes.Repeat([]byte("w"), 65535), bytes.Repeat([]byte("v"), 65536)} {
+		want, err := codec.MsgPack.Marshal(nil, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, ok := codec.AppendBytesHeader(codec.MsgPack, []byte("keep"), b)
+		if !ok {
+			t.Fatal("msgpack has no bytes header")
+		}
+		if got := append(h, b...); !bytes.Equal(got, append([]byte("keep"), want...)) {
+			t.Errorf("%d bytes (nil %v): header and bytes % x..., encoder % x...", len(b), b == nil, got[4:min(12, len(got))], want[:min(8, len(want))])
+		}
+	}
+	if dst, ok := codec.AppendBytesHeader(codec.JSON, []byte("keep"), []byte("x")); ok || string(dst) != "keep" {
+		t.Errorf("json: AppendBytesHeader = %q, %v; want dst unchanged, false", dst, ok)
+	}
+}
+
 func TestJSONValuesCrossToMessagePackAndBack(t *testing.T) {
 	v, err := codec.ParseJSON([]byte(`{"n": 3, "f": 1.5, "list": [1, {"x": 2}], "s": "hi"}`))
 	if err != nil {

@@ -62,15 +62,19 @@ func AppendStr(dst []byte, s string) []byte {
 // AppendBin appends b as a bin; a nil b is an empty bin (write Nil for a
 // nil value).
 func AppendBin(dst, b []byte) []byte {
-	switch n := len(b); {
+	return append(AppendBinHeader(dst, len(b)), b...)
+}
+
+// AppendBinHeader appends the header of a bin of n bytes, which follow
+// it unchanged.
+func AppendBinHeader(dst []byte, n int) []byte {
+	switch {
 	case n <= math.MaxUint8:
-		dst = append(dst, 0xc4, byte(n))
+		return append(dst, 0xc4, byte(n))
 	case n <= math.MaxUint16:
-		dst = binary.BigEndian.AppendUint16(append(dst, 0xc5), uint16(n))
-	default:
-		dst = binary.BigEndian.AppendUint32(append(dst, 0xc6), uint32(n))
+		return binary.BigEndian.AppendUint16(append(dst, 0xc5), uint16(n))
 	}
-	return append(dst, b...)
+	return binary.BigEndian.AppendUint32(append(dst, 0xc6), uint32(n))
 }
 
 // AppendArrayLen appends the header of an array of n elements.

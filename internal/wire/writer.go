@@ -2,6 +2,7 @@ package wire
 
 import (
 	"encoding/binary"
+	"slices"
 	"unicode/utf8"
 )
 
@@ -35,16 +36,45 @@ func (w *Writer) Swap(spare []byte) []byte {
 	return b
 }
 
+// extend lengthens the buffer by n bytes and returns where they start.
+// Reslicing w.buf in place stores only its length: unless the buffer
+// grows, a frame costs no write barrier while the garbage collector runs
+// (an append of a slice stores the pointer too).
+func (w *Writer) extend(n int) int {
+	l := len(w.buf)
+	if cap(w.buf)-l < n {
+		w.grow(n)
+	}
+	w.buf = w.buf[:l+n]
+	return l
+}
+
+func (w *Writer) grow(n int) { w.buf = slices.Grow(w.buf, n) }
+
 func (w *Writer) header(t Type, f Flags, stream uint32, n int) {
-	w.buf = append(w.buf, byte(t), byte(f))
-	w.buf = binary.BigEndian.AppendUint32(w.buf, stream)
-	w.buf = binary.BigEndian.AppendUint32(w.buf, uint32(n))
+	i := w.extend(HeaderSize)
+	putHeader(w.buf[i:i+HeaderSize], t, f, stream, n)
+}
+
+func putHeader(b []byte, t Type, f Flags, stream uint32, n int) {
+	b[0], b[1] = byte(t), byte(f)
+	binary.BigEndian.PutUint32(b[2:], stream)
+	binary.BigEndian.PutUint32(b[6:], uint32(n))
 }
 
 // Data appends a DATA frame carrying p on stream.
-func (w *Writer) Data(stream uint32, p []byte) {
-	w.header(TypeData, 0, stream, len(p))
-	w.buf = append(w.buf, p...)
+func (w *Writer) Data(stream uint32, p []byte) { w.DataPrefixed(stream, nil, p) }
+
+// DataPrefixed appends a DATA frame on stream whose payload is prefix
+// followed by p, as Data(stream, append(prefix, p...)) would without
+// joining them first: an encoder's header and the bytes it frames.
+func (w *Writer) DataPrefixed(stream uint32, prefix, p []byte) {
+	n := len(prefix) + len(p)
+	i := w.extend(HeaderSize + n)
+	b := w.buf[i : i+HeaderSize+n]
+	putHeader(b, TypeData, 0, stream, n)
+	copy(b[HeaderSize:], prefix)
+	copy(b[HeaderSize+len(prefix):], p)
 }
 
 // End appends an END frame with code and msg on stream. A msg longer than
