@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -734,20 +735,69 @@ type ClientStream struct {
 }
 
 // recvBuf holds received messages. Buffers are pooled: a unary call
-// borrows one for its response instead of allocating.
+// borrows one for its response instead of allocating, and a stream's
+// buffer, grown to hold what a fast server sends while its caller is not
+// running, goes back to a pool of large buffers for the next stream
+// instead of being grown anew (and collected) by every stream.
 type recvBuf struct{ b []byte }
 
-const maxPooledRecvBuf = 64 << 10
+const (
+	// maxPooledRecvBuf is the largest buffer in the pool every stream
+	// starts from.
+	maxPooledRecvBuf = 64 << 10
+	// maxLargeRecvBuf is the largest buffer kept in the pool of grown
+	// ones: a stream with the default window grows to under 1 MiB.
+	maxLargeRecvBuf = 4 << 20
+)
 
-var recvBufs = sync.Pool{New: func() any { return &recvBuf{b: make([]byte, 0, 512)} }}
+var (
+	recvBufs      = sync.Pool{New: func() any { return &recvBuf{b: make([]byte, 0, 512)} }}
+	largeRecvBufs sync.Pool // *recvBuf, cap above maxPooledRecvBuf
+)
+
+// putRecvBuf returns b to the pool its size belongs to.
+func putRecvBuf(b *recvBuf) {
+	b.b = b.b[:0]
+	switch c := cap(b.b); {
+	case c <= maxPooledRecvBuf:
+		recvBufs.Put(b)
+	case c <= maxLargeRecvBuf:
+		largeRecvBufs.Put(b)
+	}
+}
+
+// grow makes room for n more bytes in s.in, whose bytes so far are b
+// (not yet stored in s.in.b), and returns them; s.mu is held. Beyond
+// the small pool's size it takes a buffer from the large pool, or makes
+// one as large as the stream can need: credit bounds what waits unread
+// to the window and one message, so buffers of one size serve every
+// stream with that window.
+func (s *ClientStream) grow(b []byte, n int) []byte {
+	want := len(b) + n
+	large := int(s.c.window) + maxPooledRecvBuf
+	if max(want, 2*cap(b)) <= maxPooledRecvBuf || want > large || large > maxLargeRecvBuf {
+		return slices.Grow(b, n)
+	}
+	v, _ := largeRecvBufs.Get().(*recvBuf)
+	if v == nil || cap(v.b) < want {
+		// None, or one for a smaller window: let it go.
+		v = &recvBuf{b: make([]byte, 0, large)}
+	}
+	nb := append(v.b[:0], b...)
+	old := s.in
+	old.b = b
+	v.b = nil
+	s.in = v
+	putRecvBuf(old)
+	return nb
+}
 
 // release returns the stream's buffers to the pool; s.mu is held and the
 // stream has ended, so push will not touch them again.
 func (s *ClientStream) release() {
 	for _, b := range [2]*recvBuf{s.in, s.out} {
-		if b != nil && cap(b.b) <= maxPooledRecvBuf {
-			b.b = b.b[:0]
-			recvBufs.Put(b)
+		if b != nil {
+			putRecvBuf(b)
 		}
 	}
 	s.in, s.out, s.off = nil, nil, 0
@@ -863,36 +913,47 @@ func (s *ClientStream) wake() {
 
 // push queues a DATA payload, and the DATA frames for the same stream
 // that rd holds already read, under one lock and with one wake-up of
-// Recv; called by the reader.
+// Recv; called by the reader. The run's credit is taken from the window
+// once, and the buffer stored once: per frame only bytes are copied.
 func (s *ClientStream) push(p []byte, rd *wire.Reader) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil // cancelled here; the server will stop
+	}
+	if s.in == nil {
+		s.in = recvBufs.Get().(*recvBuf)
+	}
+	b := s.in.b
+	window, used := s.window.Load(), int64(0)
+	var err error
 	for {
-		if s.err != nil {
-			return nil // cancelled here; the server will stop
+		if window-used <= 0 {
+			err = fmt.Errorf("%w: DATA on stream %d without credit", wire.ErrProtocol, s.id)
+			break
 		}
-		if s.window.Load() <= 0 {
-			return fmt.Errorf("%w: DATA on stream %d without credit", wire.ErrProtocol, s.id)
+		used += int64(wire.HeaderSize + len(p))
+		if n := 4 + len(p); cap(b)-len(b) < n {
+			b = s.grow(b, n)
 		}
-		s.window.Add(-int64(wire.HeaderSize + len(p)))
-		if s.in == nil {
-			s.in = recvBufs.Get().(*recvBuf)
-		}
-		s.in.b = binary.BigEndian.AppendUint32(s.in.b, uint32(len(p)))
-		s.in.b = append(s.in.b, p...)
-		s.responded = true
+		b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
+		b = append(b, p...)
 		if t, id, ok := rd.Peek(); !ok || t != wire.TypeData || id != s.id {
 			break
 		}
-		f, err := rd.ReadFrame() // buffered whole: does not block
-		if err != nil {
-			s.wake()
-			return err
+		var f wire.Frame
+		if f, err = rd.ReadFrame(); err != nil { // buffered whole: does not block
+			break
 		}
 		p = f.Payload
 	}
+	s.in.b = b
+	if used > 0 {
+		s.window.Add(-used)
+		s.responded = true
+	}
 	s.wake()
-	return nil
+	return err
 }
 
 // end records the server's END.

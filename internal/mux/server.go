@@ -1146,9 +1146,17 @@ func (s *ServerStream) Stopped() <-chan struct{} {
 // has ended (the error is the context's cause, or ErrStreamDone), and
 // with an error that wraps ErrTooLarge if p is above the client's maximum
 // frame size.
-func (s *ServerStream) Send(p []byte) error {
-	if len(p) > int(s.conn.peer.MaxFrameSize) {
-		return fmt.Errorf("%w: response of %d bytes on %s, above the client's max frame size %d", ErrTooLarge, len(p), s.Path(), s.conn.peer.MaxFrameSize)
+func (s *ServerStream) Send(p []byte) error { return s.send(nil, p) }
+
+// SendPrefixed sends prefix followed by p as one response message, as
+// Send(append(prefix, p...)) would, without joining them first: an
+// encoder's header goes straight into the write batch with the bytes it
+// frames, which are copied once.
+func (s *ServerStream) SendPrefixed(prefix, p []byte) error { return s.send(prefix, p) }
+
+func (s *ServerStream) send(prefix, p []byte) error {
+	if n := len(prefix) + len(p); n > int(s.conn.peer.MaxFrameSize) {
+		return fmt.Errorf("%w: response of %d bytes on %s, above the client's max frame size %d", ErrTooLarge, n, s.Path(), s.conn.peer.MaxFrameSize)
 	}
 	if s.ctx.Err() != nil {
 		return context.Cause(s.ctx)
@@ -1157,7 +1165,7 @@ func (s *ServerStream) Send(p []byte) error {
 	// connection's write lock, which appending the frame takes anyway.
 	c := s.conn.conn
 	if s.inline.Load() {
-		if s.sendInline(p) {
+		if s.sendInline(prefix, p) {
 			return nil
 		}
 		// Send may wait, for credit or for the batch: the reader must
@@ -1193,8 +1201,8 @@ func (s *ServerStream) Send(p []byte) error {
 		}
 		return ErrStreamDone
 	}
-	s.credit -= int64(wire.HeaderSize + len(p))
-	c.w.Data(s.id, p)
+	s.credit -= int64(wire.HeaderSize + len(prefix) + len(p))
+	c.w.DataPrefixed(s.id, prefix, p)
 	c.commit()
 	return nil
 }
@@ -1203,16 +1211,18 @@ func (s *ServerStream) Send(p []byte) error {
 // runs on the reader and nothing needs waiting for: the reader writes it
 // with the stream's END, or before it next waits for a frame, and a
 // handoff flushes it. It reports false if p was not queued.
-func (s *ServerStream) sendInline(p []byte) bool {
+func (s *ServerStream) sendInline(prefix, p []byte) bool {
 	c := s.conn.conn
 	c.wmu.Lock()
 	if s.conn.rstate.Load() != s.gen<<2|readerInline || c.dead || c.wClosing || c.w.Len() >= softPending || s.credit <= 0 || s.state.Load() != stateOpen {
 		c.wmu.Unlock()
 		return false
 	}
-	s.credit -= int64(wire.HeaderSize + len(p))
-	c.w.Data(s.id, p)
-	s.conn.owed.Store(true)
+	s.credit -= int64(wire.HeaderSize + len(prefix) + len(p))
+	c.w.DataPrefixed(s.id, prefix, p)
+	if !s.conn.owed.Load() { // a load, not a store, per message of a run
+		s.conn.owed.Store(true)
+	}
 	c.wmu.Unlock()
 	return true
 }
