@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/discovery"
@@ -148,6 +149,13 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 	}
 	s.raw = func(ctx, stop context.Context, c codec.Codec, payload []byte, send sender, derived bool) (bool, int, error) {
 		r := &rawCall[Req, Resp]{codec: c, send: send}
+		if ps, ok := send.(prefixSender); ok {
+			if _, bytes := any((*Resp)(nil)).(*[]byte); bytes {
+				if _, ok := codec.AppendBytesHeader(c, nil, nil); ok {
+					r.ps = ps
+				}
+			}
+		}
 		if !decodeBorrowed(c, payload, &r.req) {
 			if err := c.Unmarshal(payload, &r.req); err != nil {
 				s.m.Refused.Inc()
@@ -294,6 +302,12 @@ func (f yieldFunc[Resp]) yield(item Resp) bool { return f(item, nil) }
 // a function for callers in this process.
 type sender interface{ Send(p []byte) error }
 
+// prefixSender is a sender that takes an encoder's header and the bytes
+// it frames as one item, copying each once (mux.ServerStream).
+type prefixSender interface {
+	SendPrefixed(prefix, p []byte) error
+}
+
 type sendFunc func([]byte) error
 
 func (f sendFunc) Send(p []byte) error { return f(p) }
@@ -308,9 +322,25 @@ type rawCall[Req, Resp any] struct {
 	sendErr error
 	codec   codec.Codec
 	send    sender
+	// ps is send, when Resp is []byte, codec encodes it as a header and
+	// the bytes, and send takes the two: an item is then sent with no
+	// encode copy and no write to this struct's pointers (each a write
+	// barrier while the garbage collector runs).
+	ps  prefixSender
+	hdr [8]byte
 }
 
 func (r *rawCall[Req, Resp]) yield(item Resp) bool {
+	if r.ps != nil {
+		b := *(*[]byte)(unsafe.Pointer(&item))
+		h, _ := codec.AppendBytesHeader(r.codec, r.hdr[:0], b)
+		r.out += len(h) + len(b)
+		if err := r.ps.SendPrefixed(h, b); err != nil {
+			r.sendErr = err
+			return false
+		}
+		return true
+	}
 	if r.buf == nil {
 		r.buf = *encodeBufs.Get().(*[]byte)
 	}
