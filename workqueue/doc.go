@@ -2,10 +2,12 @@
 // seed's NATSQueue / PrefillQueue, with nothing lost.
 //
 // A [Queue] of T is a JetStream stream with WorkQueue retention, a durable
-// pull consumer that its workers share, and a dead-letter stream, created
-// or updated idempotently from a [Config] (the queue.* configuration keys:
-// storage, replicas, limits, ack wait, attempts, backoff, concurrency,
-// large payloads).
+// pull consumer that its workers share, and a dead-letter stream, made from
+// a [Config] (the queue.* configuration keys: storage, replicas, limits,
+// ack wait, attempts, backoff, concurrency, large payloads). The streams
+// are created when they are absent and used as they are when present: an
+// existing stream's limits are never changed, and each setting that differs
+// from the Config is named in a warning (docs/queues.md).
 //
 // # The handle and how to get one
 //
