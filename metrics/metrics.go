@@ -2,7 +2,7 @@
 // (not the global one), so a program can serve it, merge it or ignore it.
 // Every metric is declared in this package, one file per plane: requests
 // and background tasks here, work queues in queue.go, events in events.go,
-// canary health checks in health.go.
+// canary health checks in health.go, the LLM frontend's in llmfrontend.go.
 package metrics
 
 import (

@@ -1,7 +1,7 @@
 // Package discoverytest is the conformance suite every discovery backend
 // passes, in the manner of watermill's pubsub/tests.TestPubSub: a backend's
-// tests call [Run] with a [Harness] and nothing else, so the memory, etcd
-// and NATS KV backends are held to one contract.
+// tests call [Run] with a [Harness] and nothing else, so the memory, etcd,
+// NATS KV and Kubernetes backends are held to one contract.
 //
 //	func TestConformance(t *testing.T) {
 //		discoverytest.Run(t, func(t *testing.T) func() discovery.Discovery {
