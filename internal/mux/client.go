@@ -720,13 +720,13 @@ type ClientStream struct {
 	ended    atomic.Bool  // err is set
 
 	// Owned by Recv:
-	out  *recvBuf // records (u32 length, message) being read
+	out  *recvBuf // DATA frames (header, payload) being read
 	off  int      // read offset in out
 	owed int64    // bytes consumed and not yet granted back
 
 	mu        sync.Mutex
 	stopWatch func() bool // stops the context watch; nil without one
-	in        *recvBuf    // records appended by the reader
+	in        *recvBuf    // DATA frames appended by the reader
 	err       error       // how the stream ended: io.EOF or a *StreamError; nil while open
 	responded bool        // a DATA frame arrived
 	waiting   bool
@@ -817,9 +817,11 @@ func (s *ClientStream) Recv() ([]byte, error) {
 		// only Recv touches out, and the reader appends to in. The lock
 		// is taken once per batch of messages, not once per message.
 		if s.out != nil && s.off < len(s.out.b) && !s.abortNow.Load() {
+			// A DATA frame as it came: its header was checked by the
+			// reader.
 			b := s.out.b
-			n := int(binary.BigEndian.Uint32(b[s.off:]))
-			start := s.off + 4
+			n := int(binary.BigEndian.Uint32(b[s.off+6:]))
+			start := s.off + wire.HeaderSize
 			s.off = start + n
 			p := b[start:s.off:s.off]
 			s.owed += int64(wire.HeaderSize + n)
@@ -913,47 +915,47 @@ func (s *ClientStream) wake() {
 
 // push queues a DATA payload, and the DATA frames for the same stream
 // that rd holds already read, under one lock and with one wake-up of
-// Recv; called by the reader. The run's credit is taken from the window
-// once, and the buffer stored once: per frame only bytes are copied.
+// Recv; called by the reader. The buffer keeps the frames as they came
+// (header, payload): the frames after the first are copied in one piece
+// (wire.Reader.DataRun), and the run's credit is taken from the window
+// once.
 func (s *ClientStream) push(p []byte, rd *wire.Reader) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
 		return nil // cancelled here; the server will stop
 	}
+	window := s.window.Load()
+	if window <= 0 {
+		return fmt.Errorf("%w: DATA on stream %d without credit", wire.ErrProtocol, s.id)
+	}
 	if s.in == nil {
 		s.in = recvBufs.Get().(*recvBuf)
 	}
 	b := s.in.b
-	window, used := s.window.Load(), int64(0)
-	var err error
-	for {
-		if window-used <= 0 {
-			err = fmt.Errorf("%w: DATA on stream %d without credit", wire.ErrProtocol, s.id)
-			break
+	n := wire.HeaderSize + len(p)
+	if cap(b)-len(b) < n {
+		b = s.grow(b, n)
+	}
+	b = append(b, byte(wire.TypeData), 0, byte(s.id>>24), byte(s.id>>16), byte(s.id>>8), byte(s.id),
+		byte(len(p)>>24), byte(len(p)>>16), byte(len(p)>>8), byte(len(p)))
+	b = append(b, p...)
+	used := int64(n)
+	if run := rd.DataRun(s.id, window-used); len(run) > 0 {
+		if cap(b)-len(b) < len(run) {
+			b = s.grow(b, len(run))
 		}
-		used += int64(wire.HeaderSize + len(p))
-		if n := 4 + len(p); cap(b)-len(b) < n {
-			b = s.grow(b, n)
-		}
-		b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
-		b = append(b, p...)
-		if t, id, ok := rd.Peek(); !ok || t != wire.TypeData || id != s.id {
-			break
-		}
-		var f wire.Frame
-		if f, err = rd.ReadFrame(); err != nil { // buffered whole: does not block
-			break
-		}
-		p = f.Payload
+		b = append(b, run...)
+		used += int64(len(run))
 	}
 	s.in.b = b
-	if used > 0 {
-		s.window.Add(-used)
-		s.responded = true
-	}
+	s.window.Add(-used)
+	s.responded = true
 	s.wake()
-	return err
+	if t, id, ok := rd.Peek(); ok && t == wire.TypeData && id == s.id && window-used <= 0 {
+		return fmt.Errorf("%w: DATA on stream %d without credit", wire.ErrProtocol, s.id)
+	}
+	return nil
 }
 
 // end records the server's END.

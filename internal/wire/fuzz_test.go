@@ -2,6 +2,7 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"maps"
@@ -103,4 +104,88 @@ func headerOf(o *Open) OpenHeader {
 		}
 	}
 	return h
+}
+
+// chunked returns at most k bytes per Read, so that frames arrive in
+// pieces.
+type chunked struct {
+	b []byte
+	k int
+}
+
+func (c *chunked) Read(p []byte) (int, error) {
+	if len(c.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), c.k)], c.b)
+	c.b = c.b[n:]
+	return n, nil
+}
+
+type parsed struct {
+	t       Type
+	f       Flags
+	stream  uint32
+	payload string
+}
+
+// FuzzDataRun checks DataRun against ReadFrame: a reader that takes the
+// runs of DATA after each DATA frame sees the same frames, in the same
+// order, and the same end, as one that reads frame by frame, however the
+// bytes arrive and whatever the budget.
+func FuzzDataRun(f *testing.F) {
+	var w Writer
+	w.Data(1, []byte("one"))
+	w.Data(1, []byte("two"))
+	w.Data(1, bytes.Repeat([]byte("x"), 100))
+	w.Data(3, []byte("other"))
+	w.Data(1, nil)
+	w.End(1, CodeOK, "")
+	w.Data(3, []byte("after"))
+	f.Add(w.Bytes(), uint16(7), int64(50))
+	f.Add(append(w.Bytes(), frame(TypeData, 1, 3, 0, nil)...), uint16(1000), int64(1<<20))
+	f.Add(append(w.Bytes()[:40:40], frame(TypeData, 0, 1, 0xFFFFFFF, nil)...), uint16(3), int64(1))
+	f.Fuzz(func(t *testing.T, in []byte, k uint16, budget int64) {
+		read := func(runs bool) ([]parsed, error) {
+			r := NewReader(&chunked{b: in, k: int(k%4096) + 1}, fuzzMaxFrame)
+			var out []parsed
+			for {
+				fr, err := r.ReadFrame()
+				if err != nil {
+					return out, err
+				}
+				out = append(out, parsed{fr.Type, fr.Flags, fr.Stream, string(fr.Payload)})
+				if !runs || fr.Type != TypeData {
+					continue
+				}
+				run := r.DataRun(fr.Stream, budget)
+				// The run is whole frames of the stream, with the
+				// headers ReadFrame would have accepted.
+				for len(run) > 0 {
+					if len(run) < HeaderSize {
+						t.Fatalf("run ends inside a header: % x", run)
+					}
+					n := binary.BigEndian.Uint32(run[6:])
+					if Type(run[0]) != TypeData || run[1] != 0 || binary.BigEndian.Uint32(run[2:]) != fr.Stream || n > fuzzMaxFrame || len(run)-HeaderSize < int(n) {
+						t.Fatalf("run holds a frame ReadFrame would not return as a DATA of stream %d: % x", fr.Stream, run[:HeaderSize])
+					}
+					out = append(out, parsed{TypeData, 0, fr.Stream, string(run[HeaderSize : HeaderSize+int(n)])})
+					run = run[HeaderSize+int(n):]
+				}
+			}
+		}
+		want, werr := read(false)
+		got, gerr := read(true)
+		if len(got) != len(want) {
+			t.Fatalf("with runs %d frames, frame by frame %d", len(got), len(want))
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("frame %d: with runs %+v, frame by frame %+v", i, got[i], want[i])
+			}
+		}
+		if (werr == io.EOF) != (gerr == io.EOF) || errors.Is(werr, ErrProtocol) != errors.Is(gerr, ErrProtocol) {
+			t.Fatalf("ends differ: with runs %v, frame by frame %v", gerr, werr)
+		}
+	})
 }

@@ -92,6 +92,38 @@ func (r *Reader) Peek() (t Type, stream uint32, ok bool) {
 	return Type(h[0]), binary.BigEndian.Uint32(h[2:]), true
 }
 
+// DataRun consumes the DATA frames of stream that come next and are
+// read whole, while budget is positive before each (it is reduced by
+// each frame's size, header included), and returns them as they came,
+// headers and payloads, aliasing the buffer as a Frame's payload does.
+// Each header is checked as ReadFrame checks it; the run stops before a
+// frame that is of another type or stream, not read whole, or would fail
+// the check, so that ReadFrame reports it. A reader takes a stream's run
+// of messages with one copy instead of one per frame.
+func (r *Reader) DataRun(stream uint32, budget int64) []byte {
+	if r.err != nil || stream == 0 {
+		return nil
+	}
+	start, i := r.r, r.r
+	for budget > 0 && r.w-i >= HeaderSize {
+		h := r.buf[i : i+HeaderSize]
+		n := binary.BigEndian.Uint32(h[6:])
+		if Type(h[0]) != TypeData || h[1] != 0 || binary.BigEndian.Uint32(h[2:]) != stream || n > r.max || r.w-i-HeaderSize < int(n) {
+			break
+		}
+		size := HeaderSize + int(n)
+		if size > readerInitSize {
+			r.small = shrinkAfter
+		} else if r.small > 0 {
+			r.small--
+		}
+		i += size
+		budget -= int64(size)
+	}
+	r.r = i
+	return r.buf[start:i:i]
+}
+
 // ReadFrame reads the next frame. The frame's header is checked (known
 // type, flags, stream id, fixed payload sizes, maximum size); a violation
 // returns an error that wraps ErrProtocol. A clean end of input between
