@@ -20,7 +20,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	coordinationclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
@@ -80,7 +79,7 @@ type Config struct {
 // Discovery is a discovery.Discovery on coordination.k8s.io Leases. Create
 // one with [New] or [Open]; it is safe for concurrent use.
 type Discovery struct {
-	leases    coordinationclient.LeaseInterface
+	leases    leaseClient
 	namespace string
 	ttl       time.Duration
 	holder    string
@@ -131,13 +130,12 @@ func Open(ctx context.Context, rc *rest.Config, cfg Config) (*Discovery, error) 
 	if rc.Burst == 0 {
 		rc.Burst = 400
 	}
-	// The coordination client alone: the full clientset would link a
-	// client for every API group, which costs build time and binary size.
-	cs, err := coordinationclient.NewForConfig(rc)
+	// A client of the coordination.k8s.io group alone (leases.go says why).
+	c, err := rest.RESTClientFor(restConfig(rc))
 	if err != nil {
 		return nil, fmt.Errorf("kube: client for the API server at %s: %w", rc.Host, err)
 	}
-	d, err := New(ctx, cs, cfg)
+	d, err := New(ctx, c, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -149,12 +147,13 @@ func Open(ctx context.Context, rc *rest.Config, cfg Config) (*Discovery, error) 
 }
 
 // New returns a Discovery whose records are Leases in cfg.Namespace, read
-// and written through cs (a kubernetes.Interface's CoordinationV1(), or a
-// client of that group alone). It lists the Leases once to check that the API
+// and written through c, a REST client of the coordination.k8s.io/v1 API
+// group (Open makes one; a clientset's CoordinationV1().RESTClient() serves
+// too). It lists the Leases once to check that the API
 // server answers and that this process may read them, and fails with an
 // error saying what is missing (the Role in deploy/ grants it) if not.
-func New(ctx context.Context, cs coordinationclient.LeasesGetter, cfg Config) (*Discovery, error) {
-	if cs == nil {
+func New(ctx context.Context, c rest.Interface, cfg Config) (*Discovery, error) {
+	if c == nil {
 		return nil, errors.New("kube: New needs a Kubernetes client; got nil")
 	}
 	ttl := cmp.Or(cfg.TTL, DefaultTTL)
@@ -174,7 +173,7 @@ func New(ctx context.Context, cs coordinationclient.LeasesGetter, cfg Config) (*
 	}
 	log = log.With("component", "discovery/kube", "namespace", ns)
 	d := &Discovery{
-		leases:    cs.Leases(ns),
+		leases:    leaseClient{c: c, ns: ns},
 		namespace: ns,
 		ttl:       ttl,
 		holder:    cmp.Or(cfg.Identity, identity(cfg.PodName)),
