@@ -151,7 +151,8 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		r := &rawCall[Req, Resp]{codec: c, send: send}
 		if ps, ok := send.(prefixSender); ok {
 			if _, bytes := any((*Resp)(nil)).(*[]byte); bytes {
-				if _, ok := codec.AppendBytesHeader(c, nil, nil); ok {
+				var h [8]byte
+				if _, ok := codec.AppendBytesHeader(c, h[:0], nil); ok {
 					r.ps = ps
 				}
 			}
@@ -166,7 +167,7 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		if err == nil {
 			err = r.sendErr
 		}
-		if cap(r.buf) <= maxPooledEncodeBuf {
+		if r.buf != nil && cap(r.buf) <= maxPooledEncodeBuf {
 			r.buf = r.buf[:0]
 			encodeBufs.Put(&r.buf)
 		}
@@ -325,15 +326,18 @@ type rawCall[Req, Resp any] struct {
 	// ps is send, when Resp is []byte, codec encodes it as a header and
 	// the bytes, and send takes the two: an item is then sent with no
 	// encode copy and no write to this struct's pointers (each a write
-	// barrier while the garbage collector runs).
-	ps  prefixSender
-	hdr [8]byte
+	// barrier while the garbage collector runs). The header is written
+	// in buf.
+	ps prefixSender
 }
 
 func (r *rawCall[Req, Resp]) yield(item Resp) bool {
 	if r.ps != nil {
+		if r.buf == nil {
+			r.buf = *encodeBufs.Get().(*[]byte)
+		}
 		b := *(*[]byte)(unsafe.Pointer(&item))
-		h, _ := codec.AppendBytesHeader(r.codec, r.hdr[:0], b)
+		h, _ := codec.AppendBytesHeader(r.codec, r.buf[:0], b)
 		r.out += len(h) + len(b)
 		if err := r.ps.SendPrefixed(h, b); err != nil {
 			r.sendErr = err
