@@ -472,7 +472,9 @@ func (c *Client[Req, Resp]) call(ctx context.Context, cand *Candidate, req Req, 
 			// The network's limits hold here too: a request above the
 			// instance's max frame size, or an item above this caller's,
 			// fails as it would between processes.
-			if eng, ok := s.engine.(Engine[Req, Resp]); ok {
+			// A handler that reuses its items' memory is called
+			// through the codec, so that the caller gets copies.
+			if eng, ok := s.engine.(Engine[Req, Resp]); ok && !s.reusesItems {
 				if n, ok := knownSize(&req); ok && n > s.maxFrame {
 					return false, s.requestTooLarge(n)
 				}

@@ -33,11 +33,22 @@ type serveOptions struct {
 	metadata     map[string]string
 	interceptors []Interceptor
 	health       *healthOptions
+	reused       bool
 }
 
 // WithCodec serves the endpoint with the named codec ("msgpack" or
 // "json") instead of request_plane.codec.
 func WithCodec(name string) ServeOption { return func(o *serveOptions) { o.codec = name } }
+
+// WithReusedItems declares that the endpoint's handler reuses an item's
+// memory once yield returns: it refills one []byte, or overwrites a
+// struct's slices, instead of making every item anew, so that a stream
+// costs it no allocation per item. Loom then finishes with each item
+// before yield returns: the network planes encode it, and a caller in
+// this process receives a decoded copy, as a caller in another process
+// would, instead of the handler's own value. Server interceptors see the
+// handler's values: one that keeps an item past its yield must copy it.
+func WithReusedItems() ServeOption { return func(o *serveOptions) { o.reused = true } }
 
 // MetadataRegisteredAt is the metadata key of an instance record that
 // holds when it was registered (RFC 3339); `loom ls` shows its age.
@@ -68,6 +79,9 @@ type served struct {
 	// bytes sent.
 	raw   func(ctx, stop context.Context, c codec.Codec, payload []byte, send sender, derived bool) (started bool, out int, err error)
 	codec codec.Codec
+	// reusesItems: the handler reuses an item's memory after yield
+	// (WithReusedItems), so callers in this process take the raw path.
+	reusesItems bool
 	// maxFrame is the largest request the instance accepts
 	// (request_plane.max_frame_size): the network's limit, which the
 	// local fast path applies too.
@@ -127,12 +141,13 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 			Namespace: ep.comp.ns.name, Component: ep.comp.name, Endpoint: ep.name,
 			ID: rt.id, Codec: c.Name(), Metadata: o.metadata,
 		},
-		engine:   eng,
-		codec:    c,
-		maxFrame: rt.cfg.RequestPlane.MaxFrameSize,
-		m:        rt.metrics.Endpoint(ep.comp.ns.name, ep.comp.name, ep.name),
-		log:      rt.log.With("endpoint", ep.path),
-		drained:  make(chan struct{}),
+		engine:      eng,
+		reusesItems: o.reused,
+		codec:       c,
+		maxFrame:    rt.cfg.RequestPlane.MaxFrameSize,
+		m:           rt.metrics.Endpoint(ep.comp.ns.name, ep.comp.name, ep.name),
+		log:         rt.log.With("endpoint", ep.path),
+		drained:     make(chan struct{}),
 
 		interceptors: append(slices.Clip(rt.serverICs), o.interceptors...),
 	}

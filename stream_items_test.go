@@ -73,3 +73,52 @@ func TestByteItemsArriveAsYielded(t *testing.T) {
 		})
 	}
 }
+
+// A handler served WithReusedItems refills one buffer for every item; each
+// caller, in this process or another, still gets every item as it was
+// yielded, and may keep it.
+func TestReusedItemsReachEveryCallerIntact(t *testing.T) {
+	const n = 300
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		srv, cli := c.runtime(), c.runtime()
+		ep := endpoint(t, srv, "ns/bytes/reused")
+		eng := loom.EngineFunc[[]byte, []byte](func(ctx context.Context, req []byte) iter.Seq2[[]byte, error] {
+			return func(yield func([]byte, error) bool) {
+				buf := make([]byte, 16)
+				for i := range n {
+					for j := range buf {
+						buf[j] = byte(i + j)
+					}
+					if !yield(buf, nil) {
+						return
+					}
+				}
+			}
+		})
+		if err := loom.Serve(context.Background(), ep, eng, loom.WithReusedItems()); err != nil {
+			t.Fatal(err)
+		}
+		// The callers keep every item; in this process (the local plane)
+		// too, where the handler's value would otherwise arrive as is.
+		for _, caller := range []*loom.Runtime{cli, srv} {
+			cl := client[[]byte, []byte](t, caller, "ns/bytes/reused")
+			waitInstances(t, cl, 1)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			got, err := collect(cl.Generate(ctx, []byte("go")))
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != n {
+				t.Fatalf("%d items, want %d", len(got), n)
+			}
+			for i, it := range got {
+				for j, b := range it {
+					if b != byte(i+j) {
+						t.Fatalf("item %d byte %d is %d, want %d: the item changed after its yield", i, j, b, byte(i+j))
+					}
+				}
+			}
+		}
+	})
+}
