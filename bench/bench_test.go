@@ -35,6 +35,7 @@ func TestBenchmarks(t *testing.T) {
 		{"Unary/nats", "ns/op"},
 		{"Stream/rawtcp", "items/s"},
 		{"Stream/loom", "items/s"},
+		{"Stream/loom_reused", "items/s"},
 		{"Stream/grpc", "items/s"},
 		{"Stream/nats", "items/s"},
 		{"Parallel/rawtcp", "calls/s"},

@@ -25,6 +25,7 @@ var (
 	}{
 		{"rawtcp", startRawTCP(1)},
 		{"loom", startLoom},
+		{"loom_reused", startLoomReused},
 		{"grpc", startGRPC},
 		{"nats", startNATS},
 	}

@@ -22,7 +22,10 @@ import (
 const (
 	loomUnary  = "bench/echo/unary"
 	loomStream = "bench/echo/stream"
-	loomIdle   = "bench/echo/idle"
+	// loomStreamReused is served WithReusedItems: its handler refills one
+	// item, as rawtcp's server does.
+	loomStreamReused = "bench/echo/streamreused"
+	loomIdle         = "bench/echo/idle"
 )
 
 // loomPeer is a serving runtime and a calling runtime in one process that
@@ -33,6 +36,7 @@ type loomPeer struct {
 	discs        []discovery.Discovery
 	unary        *loom.Client[[]byte, []byte]
 	stream       *loom.Client[[]byte, []byte]
+	streamReused *loom.Client[[]byte, []byte]
 	idle         *loom.Client[[]byte, []byte]
 	idleEntered  atomic.Int64
 	idleReleased atomic.Pointer[chan struct{}]
@@ -80,6 +84,17 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 			}
 		}
 	})
+	streamReused := loom.EngineFunc[[]byte, []byte](func(ctx context.Context, req []byte) iter.Seq2[[]byte, error] {
+		return func(yield func([]byte, error) bool) {
+			item := make([]byte, 0, msgSize)
+			for i := range seqOf(req) {
+				item = fill(item, i)
+				if !yield(item, nil) {
+					return
+				}
+			}
+		}
+	})
 	idle := loom.EngineFunc[[]byte, []byte](func(ctx context.Context, req []byte) iter.Seq2[[]byte, error] {
 		return func(yield func([]byte, error) bool) {
 			release := *lp.idleReleased.Load()
@@ -103,6 +118,13 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 			fail(err)
 		}
 	}
+	ep, err := lp.srv.Endpoint(loomStreamReused)
+	if err != nil {
+		fail(err)
+	}
+	if err := loom.Serve(ctx, ep, loom.Engine[[]byte, []byte](streamReused), loom.WithReusedItems()); err != nil {
+		fail(err)
+	}
 	client := func(path string, opts ...loom.ClientOption) *loom.Client[[]byte, []byte] {
 		ep, err := lp.cli.Endpoint(path)
 		if err != nil {
@@ -123,6 +145,7 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 	// The stream's items are checked and dropped, as rawtcp's are read into
 	// one reused buffer: borrowed, not copied.
 	lp.unary, lp.stream, lp.idle = client(loomUnary), client(loomStream, loom.WithBorrowedResponses()), client(loomIdle)
+	lp.streamReused = client(loomStreamReused, loom.WithBorrowedResponses())
 	return lp
 }
 
@@ -139,14 +162,22 @@ func (lp *loomPeer) close() {
 	}
 }
 
-func startLoom(tb testing.TB) *peer {
-	lp := newLoomPeer(tb)
+func startLoom(tb testing.TB) *peer { return loomPeerOf(newLoomPeer(tb), false) }
+
+// startLoomReused streams from the handler that refills one item.
+func startLoomReused(tb testing.TB) *peer { return loomPeerOf(newLoomPeer(tb), true) }
+
+func loomPeerOf(lp *loomPeer, reused bool) *peer {
+	stream := lp.stream
+	if reused {
+		stream = lp.streamReused
+	}
 	return &peer{
 		unary: func(ctx context.Context, req, _ []byte) ([]byte, error) {
 			return lp.unary.Call(ctx, req)
 		},
 		stream: func(ctx context.Context, req []byte, item func([]byte) error) error {
-			for it, err := range lp.stream.Generate(ctx, req) {
+			for it, err := range stream.Generate(ctx, req) {
 				if err != nil {
 					return err
 				}
