@@ -4,6 +4,7 @@ package deploy
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -24,13 +25,14 @@ import (
 	"github.com/loomrt/loom/internal/kubetest"
 )
 
-// kubectl runs kubectl with args against the kubeconfig and returns its
-// output; it fails the test, with the output, if kubectl fails.
+// kubectl runs kubectl ($LOOM_KUBECTL, of the API server's release) with
+// args against the kubeconfig and returns its output; it fails the test,
+// with the output, if kubectl fails.
 func kubectl(t *testing.T, kubeconfig string, args ...string) string {
 	t.Helper()
-	path, err := exec.LookPath("kubectl")
+	path, err := kubetest.Kubectl()
 	if err != nil {
-		t.Fatal("kubectl is not on PATH: install Debian's kubernetes-client (apt-get install kubernetes-client); .ci/run does")
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -63,7 +65,20 @@ func TestEveryManifestPassesServerSideDryRun(t *testing.T) {
 	}
 	ns := newNamespace(t, cs)
 	kc := srv.Kubeconfig(true, ns)
-	t.Logf("%s", strings.TrimSpace(kubectl(t, kc, "version")))
+	// kubectl is of the API server's own release: nothing here depends on
+	// how an older client or its kustomize reads the manifests.
+	var v struct {
+		Client struct{ GitVersion string } `json:"clientVersion"`
+		Server struct{ GitVersion string } `json:"serverVersion"`
+	}
+	if err := json.Unmarshal([]byte(kubectl(t, kc, "version", "-o", "json")), &v); err != nil {
+		t.Fatalf("kubectl version -o json: %v", err)
+	}
+	t.Logf("kubectl %s, kube-apiserver %s", v.Client.GitVersion, v.Server.GitVersion)
+	if v.Client.GitVersion == "" || v.Client.GitVersion != v.Server.GitVersion {
+		t.Fatalf("kubectl %q against kube-apiserver %q; want the same release (set %s to what tools/kube-apiserver/build.sh kubectl prints)",
+			v.Client.GitVersion, v.Server.GitVersion, kubetest.KubectlEnv)
+	}
 	for _, dir := range dirs {
 		out := kubectl(t, kc, "apply", "--dry-run=server", "-k", dir)
 		t.Logf("kubectl apply --dry-run=server -k %s:\n%s", dir, out)

@@ -4,7 +4,9 @@
 //
 // The server is built from the Go module proxy by
 // tools/kube-apiserver/build.sh (its own module, so the root module never
-// depends on k8s.io/kubernetes), which caches the binary; Binary finds it.
+// depends on k8s.io/kubernetes), which caches the binary and prints its
+// path; the tests read it from $LOOM_KUBE_APISERVER and fail, saying how to
+// build it, when that is not set.
 // It stores its data in an embedded etcd (package embedded/etcdserver),
 // authenticates with static bearer tokens and authorizes with RBAC, so a
 // test can check what a Role allows. No controller-manager or kubelet
@@ -12,7 +14,9 @@
 //
 // The tests that use it are behind the build tag "kube":
 //
-//	LOOM_KUBE_APISERVER=$(tools/kube-apiserver/build.sh) go test -tags kube ./discovery/kube/ ./deploy/
+//	export LOOM_KUBE_APISERVER=$(bash tools/kube-apiserver/build.sh)
+//	export LOOM_KUBECTL=$(bash tools/kube-apiserver/build.sh kubectl)
+//	go test -tags kube ./discovery/kube/ ./deploy/
 package kubetest
 
 import (
@@ -44,54 +48,39 @@ import (
 	"github.com/loomrt/loom/embedded/etcdserver"
 )
 
-// BinaryEnv names the variable that gives the kube-apiserver binary's path.
-const BinaryEnv = "LOOM_KUBE_APISERVER"
+// BinaryEnv and KubectlEnv name the variables that give the paths of the
+// kube-apiserver and kubectl binaries.
+const (
+	BinaryEnv  = "LOOM_KUBE_APISERVER"
+	KubectlEnv = "LOOM_KUBECTL"
+)
 
 // ReadyTimeout bounds the wait for a started API server to be ready.
 const ReadyTimeout = 90 * time.Second
 
-// Binary returns the path of the kube-apiserver binary: $LOOM_KUBE_APISERVER
-// if set, else what tools/kube-apiserver/build.sh prints (it reuses the
-// binary it cached; a first build takes about ten minutes on two cores).
-func Binary() (string, error) {
-	if p := os.Getenv(BinaryEnv); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("kubetest: %s=%s: %w (unset it to build the API server with tools/kube-apiserver/build.sh)", BinaryEnv, p, err)
-		}
-		return p, nil
-	}
-	root, err := moduleRoot()
-	if err != nil {
-		return "", err
-	}
-	script := filepath.Join(root, "tools", "kube-apiserver", "build.sh")
-	cmd := exec.Command("bash", script)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("kubetest: %s failed: %w\n%s(set %s to a built kube-apiserver to skip the build)", script, err, stderr.String(), BinaryEnv)
-	}
-	return strings.TrimSpace(string(out)), nil
-}
+// Binary returns the path of the kube-apiserver binary, $LOOM_KUBE_APISERVER.
+// Unset, it is an error saying how to build one: the tests never start a
+// ten-minute build themselves (three test binaries would start it at once,
+// and go test's timeout would cut it short).
+func Binary() (string, error) { return fromEnv(BinaryEnv, "") }
 
-// moduleRoot returns the directory of the root module's go.mod, above the
-// working directory.
-func moduleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
+// Kubectl returns the path of the kubectl binary, $LOOM_KUBECTL: the kubectl
+// of the API server's own release, which tools/kube-apiserver/build.sh
+// kubectl builds, so that no version skew between the two can decide a
+// test.
+func Kubectl() (string, error) { return fromEnv(KubectlEnv, " kubectl") }
+
+func fromEnv(env, arg string) (string, error) {
+	p := os.Getenv(env)
+	if p == "" {
+		return "", fmt.Errorf("kubetest: %s is not set. The tests built with -tags kube need it: build the binary "+
+			"(from the Go module proxy; the first build takes minutes, later ones print the cached path at once) and export its path:\n"+
+			"\texport %s=$(bash tools/kube-apiserver/build.sh%s)", env, env, arg)
 	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.HasPrefix(string(b), "module github.com/loomrt/loom\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("kubetest: no github.com/loomrt/loom go.mod above the working directory; set " + BinaryEnv)
-		}
-		dir = parent
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("kubetest: %s=%s: %w (build it with: bash tools/kube-apiserver/build.sh%s)", env, p, err, arg)
 	}
+	return p, nil
 }
 
 // Token users. AdminToken belongs to group system:masters, which RBAC lets
