@@ -37,8 +37,9 @@
 // While a watcher cannot reach the API server, nothing expires: the owners
 // cannot renew either, and removing every instance because the watcher's
 // own connection failed is the false removal users of other discovery
-// systems report. When the watch is back, each record gets a full TTL from
-// then to be renewed. An owner whose Lease expired and was deleted while it
+// systems report. When the watch is back, each record that was live when it
+// went away gets a full TTL from then to be renewed; one that had expired
+// before stays expired. An owner whose Lease expired and was deleted while it
 // could not reach the API server creates it again; a Lease another client
 // deleted or replaced while its owner was renewing it is given up.
 //

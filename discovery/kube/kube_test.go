@@ -24,13 +24,6 @@ var quiet = slog.New(slog.DiscardHandler)
 // wait bounds every wait for an event in this package's own tests.
 const wait = 10 * time.Second
 
-// apiserver is the one kube-apiserver of this package's tests, started by
-// the first test that needs it.
-var apiserver struct {
-	srv *kubetest.Server
-	cs  kubernetes.Interface
-}
-
 var namespaces atomic.Int64
 
 // newNamespace creates a fresh Kubernetes namespace on srv.
@@ -45,6 +38,8 @@ func newNamespace(t *testing.T, cs kubernetes.Interface) string {
 	return name
 }
 
+// startAPIServer starts a kube-apiserver of the test's own (a few seconds),
+// so that no test sees another's restarts or leftovers.
 func startAPIServer(t *testing.T) (*kubetest.Server, kubernetes.Interface) {
 	t.Helper()
 	srv := kubetest.Start(t)

@@ -6,18 +6,22 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/internal/kubetest"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // crash stops d as a killed process stops: no more renewals, no watches,
@@ -121,17 +125,13 @@ func TestAnOwnerThatStopsRenewingExpiresAndIsReaped(t *testing.T) {
 	if got := list(t, watcher); len(got) != 0 {
 		t.Fatalf("List after the record expired: %+v; want nothing", got)
 	}
-	deadline := time.Now().Add(2*ttl + wait)
-	for {
+	testutil.EventuallyNoError(t, 2*ttl+wait, "a watcher to delete the expired Lease", func() error {
 		_, err := cs.CoordinationV1().Leases(ns).Get(t.Context(), LeaseName(inst.Key()), metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the expired Lease is still there %v after the owner died (err %v); want a watcher to delete it", time.Since(died), err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("still there %v after the owner died (get: %v)", time.Since(died).Round(time.Millisecond), err)
+	})
 	t.Logf("the watcher deleted the Lease %v after the owner died; reaps %d", time.Since(died).Round(time.Millisecond), watcher.reaps.Load())
 	if watcher.reaps.Load() != 1 {
 		t.Fatalf("reaps = %d; want 1", watcher.reaps.Load())
@@ -201,25 +201,13 @@ func TestARecordChangedInPlaceIsDeliveredAsAChange(t *testing.T) {
 	}
 	// The owner's next renewal finds a Lease that is no longer the one it
 	// wrote, and leaves it alone from then on.
-	waitFor(t, 2*DefaultTTL, "the owner to give up the edited Lease", func() bool {
+	testutil.Eventually(t, 2*DefaultTTL, "the owner to give up the edited Lease", func() bool {
 		owner.mu.Lock()
 		defer owner.mu.Unlock()
 		return len(owner.owned) == 0
 	})
 	if got := list(t, watcher); len(got) != 1 || !same(got[0], moved) {
 		t.Fatalf("List after the owner gave up = %+v; want the edited %+v", got, moved)
-	}
-}
-
-// waitFor polls cond until it holds, failing the test after within.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", within, what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -326,10 +314,13 @@ func TestWatchesAndOwnersSurviveAnAPIServerRestart(t *testing.T) {
 	default:
 	}
 	srv.Restart()
+	back := time.Now()
 	t.Logf("API server down %v (restart included)", time.Since(down).Round(time.Millisecond))
 
 	register(t, o1, c)
 	expectEvent(t, ch, discovery.Added, c, wait)
+	t.Logf("the watch delivered a record registered after the restart %v after the API server was ready again",
+		time.Since(back).Round(time.Millisecond))
 	// Two more TTLs: the owners renew on the restarted server, so nothing
 	// expires.
 	deadline := time.After(2 * ttl)
@@ -452,5 +443,88 @@ func TestLeasesAreOwnedByThePod(t *testing.T) {
 	// Half a Pod reference is a configuration error.
 	if _, err := Open(t.Context(), srv.AdminConfig(), Config{Namespace: ns, PodName: pod.Name}); err == nil || !strings.Contains(err.Error(), "PodUID") {
 		t.Fatalf("Open with a Pod name and no uid = %v; want an error naming PodUID", err)
+	}
+}
+
+// readOnly lets kubetest.User get, list and watch the Leases of ns, and
+// nothing else: a watcher with these rights sees records expire but cannot
+// delete their Leases.
+func readOnly(t *testing.T, cs kubernetes.Interface, ns string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "lease-reader"},
+		Rules: []rbacv1.PolicyRule{{
+			APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "list", "watch"},
+		}},
+	}
+	if _, err := cs.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "lease-reader"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: kubetest.User}},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+	}
+	if _, err := cs.RbacV1().RoleBindings(ns).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A record that expired before the API server went away stays expired when
+// it is back: the full TTL an outage grants is for the records that were
+// live when it began, and a dead owner's record is not brought back. The
+// watcher may only read, so the dead record's Lease outlives the outage
+// however long the API server takes to stop.
+func TestARecordExpiredBeforeAnOutageStaysExpiredAfterIt(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	readOnly(t, cs, ns)
+	// The living owner gets one TTL after the watch is back to renew, as
+	// in the restart test above.
+	const ttl = 4 * time.Second
+	dying := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	living := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	watcher, err := Open(ctx, srv.UserConfig(), Config{Namespace: ns, TTL: ttl, Logger: quiet})
+	if err != nil {
+		t.Fatalf("Open with a read-only Role: %v", err)
+	}
+	t.Cleanup(func() { _ = watcher.Close() })
+	ch, _ := watchFrom(t, watcher)
+	dead, kept := testInst(0xd, "10.0.0.1:1"), testInst(0xe, "10.0.0.2:1")
+	register(t, dying, dead)
+	expectEvent(t, ch, discovery.Added, dead, wait)
+	register(t, living, kept)
+	expectEvent(t, ch, discovery.Added, kept, wait)
+	crash(t, dying)
+	expectEvent(t, ch, discovery.Removed, dead, ttl+2*time.Second)
+
+	down := time.Now()
+	srv.Stop()
+	srv.Restart()
+	t.Logf("API server down %v (restart included)", time.Since(down).Round(time.Millisecond))
+	if _, err := cs.CoordinationV1().Leases(ns).Get(t.Context(), LeaseName(dead.Key()), metav1.GetOptions{}); err != nil {
+		t.Fatalf("the dead record's Lease after the restart: %v; want it still there (nothing here may delete it)", err)
+	}
+	// The next event is the record registered now: the watch is back, and
+	// nothing came before it.
+	sentinel := testInst(0xf, "10.0.0.3:1")
+	register(t, living, sentinel)
+	expectEvent(t, ch, discovery.Added, sentinel, wait)
+	// One more TTL: kept is renewed, dead stays gone.
+	deadline := time.After(ttl + time.Second)
+	for done := false; !done; {
+		select {
+		case ev := <-ch:
+			t.Fatalf("after the restart the watch sent %v %s; want nothing", ev.Kind, ev.Instance.Key())
+		case <-deadline:
+			done = true
+		}
+	}
+	if got := list(t, watcher); len(got) != 2 || !same(got[0], kept) || !same(got[1], sentinel) {
+		t.Fatalf("List after the restart = %+v; want %s and %s", got, kept.Key(), sentinel.Key())
 	}
 }

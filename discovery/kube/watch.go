@@ -42,8 +42,9 @@ const watchTimeout = 5 * time.Minute
 // last renewal, so a crashed owner's record goes away although nothing
 // deletes its Lease (the watcher then deletes it, one TTL later). While
 // the API server cannot be reached, nothing expires: owners cannot renew
-// then either. When the watch is back, every record gets a full TTL to be
-// renewed before it expires.
+// then either. When the watch is back, every record that was live when it
+// went away gets a full TTL to be renewed before it expires; one that had
+// expired before stays expired.
 //
 // After a disconnect the watch resumes from the last resource version it
 // saw; when the API server answers that it is too old (410 Gone), it reads
@@ -117,6 +118,7 @@ type watch struct {
 	version  string           // resource version to resume from
 	relisted bool             // the next read must be a list (410 Gone)
 	outage   bool             // the last API call failed
+	liveLost map[string]bool  // by Lease name: the records live when the outage began
 	synced   bool             // the first snapshot and Synced are queued
 
 	leases  map[string]*leaseState        // by Lease name: well-formed Leases q matches
@@ -194,8 +196,8 @@ func minTime(a, b time.Time) time.Time {
 // record may differ from what the reader was told.
 func (w *watch) recompute(now time.Time) {
 	next := make(map[string]discovery.Instance, len(w.leases))
-	for _, st := range w.leases {
-		if w.outage || now.Before(st.deadline) {
+	for name, st := range w.leases {
+		if w.live(name, st, now) {
 			next[st.dec.inst.Key()] = st.dec.inst
 		}
 	}
@@ -248,7 +250,7 @@ func (w *watch) apply(ev kwatch.Event, now time.Time) {
 			w.forget(l.Name) // cannot happen: the name is the key's
 		}
 		w.leases[l.Name] = st
-		w.update(st.dec.inst.Key(), st, now)
+		w.update(l.Name, st, now)
 	case kwatch.Deleted:
 		w.forget(l.Name)
 	}
@@ -266,9 +268,18 @@ func (w *watch) forget(name string) {
 	w.mark(key)
 }
 
-// update sets the live record of key from st.
-func (w *watch) update(key string, st *leaseState, now time.Time) {
-	if w.outage || now.Before(st.deadline) {
+// live reports whether the record of the Lease named name is live: before
+// its deadline, or, while the API server cannot be reached, live when the
+// outage began (nothing expires during an outage, and nothing that had
+// expired comes back).
+func (w *watch) live(name string, st *leaseState, now time.Time) bool {
+	return now.Before(st.deadline) || w.outage && w.liveLost[name]
+}
+
+// update sets the live record of the Lease named name from st.
+func (w *watch) update(name string, st *leaseState, now time.Time) {
+	key := st.dec.inst.Key()
+	if w.live(name, st, now) {
 		w.cur[key] = st.dec.inst
 	} else {
 		delete(w.cur, key)
@@ -303,10 +314,28 @@ func (w *watch) due(now time.Time) (due bool, next time.Time, dead []*leaseState
 	return due, next, dead
 }
 
-// graceAfterOutage gives every record a full TTL from now: its owner could
-// not renew while the API server was unreachable.
+// lose notes that the API server cannot be reached from now on, and which
+// records were live then.
+func (w *watch) lose() {
+	w.outage = true
+	w.liveLost = make(map[string]bool, len(w.cur))
+	for name, st := range w.leases {
+		if _, live := w.cur[st.dec.inst.Key()]; live {
+			w.liveLost[name] = true
+		}
+	}
+}
+
+// graceAfterOutage gives every record that was live when the outage began
+// a full TTL from now: its owner could not renew while the API server was
+// unreachable. A record that had expired before stays expired: its owner
+// had stopped renewing while it still could, and bringing it back would
+// invent an instance.
 func (w *watch) graceAfterOutage(now time.Time) {
-	for _, st := range w.leases {
+	for name, st := range w.leases {
+		if !w.liveLost[name] {
+			continue
+		}
 		if d := now.Add(st.dec.ttl); d.After(st.deadline) {
 			st.deadline = d
 		}
@@ -401,7 +430,8 @@ func (w *watch) run(ctx context.Context) {
 			return
 		}
 		if !w.outage {
-			w.outage, lost = true, time.Now()
+			w.lose()
+			lost = time.Now()
 		}
 		if err != nil {
 			w.d.log.Warn("kube: watch cannot reach the API server; records do not expire until it is back",
@@ -467,14 +497,14 @@ func (w *watch) run(ctx context.Context) {
 			}
 			connected = time.Now()
 			if w.outage {
-				w.outage = false
 				// Owners could not renew while the watch was away: every
-				// record gets a full TTL from now. A resume without a
-				// pause needs none.
+				// record live when it went away gets a full TTL from now.
+				// A resume without a pause needs none.
 				if connected.Sub(lost) >= retryWait {
 					w.graceAfterOutage(connected)
 					w.d.log.Info("kube: watch reached the API server again", "selector", selector(w.q), "after", connected.Sub(lost).Round(time.Millisecond))
 				}
+				w.outage, w.liveLost = false, nil
 				w.recompute(connected)
 			}
 			dirty = true
