@@ -20,6 +20,7 @@ import (
 	"github.com/loomrt/loom/config"
 	_ "github.com/loomrt/loom/discovery/kube" // registers the kubernetes backend
 	"github.com/loomrt/loom/internal/kubetest"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // kubeEnv starts a kube-apiserver and returns a fresh namespace on it and
@@ -48,7 +49,7 @@ func TestKubernetesDiscoveryAcrossProcesses(t *testing.T) {
 	env := []string{"LOOM_DISCOVERY=kubernetes", "KUBECONFIG=" + kc, "LOOM_DISCOVERY_LEASE_TTL=" + ttl.String(), "LOOM_LOG_LEVEL=warn"}
 	termed, termID := server(t, env)
 	killed, killID := server(t, env)
-	_, stayID := server(t, env)
+	stay, stayID := server(t, env)
 	took := waitListed(t, env, []string{termID, killID, stayID}, 10*time.Second)
 	t.Logf("loom ls --json listed the servers %s after they printed their ids", took.Round(time.Millisecond))
 
@@ -90,7 +91,8 @@ func TestKubernetesDiscoveryAcrossProcesses(t *testing.T) {
 		t.Fatalf("loom ls lists %v after the SIGKILL; want only %s", left, stayID)
 	}
 
-	client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "2", "-interval", "10ms")
+	const window = 100 * time.Millisecond
+	client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "2", "-interval", "10ms", "-report", window.String())
 	time.Sleep(500 * time.Millisecond)
 	down := time.Now()
 	srv.Stop()
@@ -101,13 +103,42 @@ func TestKubernetesDiscoveryAcrossProcesses(t *testing.T) {
 	if left := ids(ls(t, env, "hello")); len(left) != 1 || !left[stayID] {
 		t.Fatalf("loom ls lists %v after the API server restart; want only %s", left, stayID)
 	}
+	// The running client's watch is back: it learns of a server started
+	// now, and when the one it knew from before leaves, its calls go to
+	// the new one and none fails. A client still watching the API server
+	// it had before the restart would be left with no instance.
+	_, freshID := server(t, env)
+	waitListed(t, env, []string{stayID, freshID}, 10*time.Second)
+	stay.signal(syscall.SIGTERM)
+	if code := stay.wait(15 * time.Second); code != 0 {
+		t.Fatalf("SIGTERMed server exited %d", code)
+	}
+	left := time.Now()
+	testutil.Eventually(t, 20*time.Second, "the client's calls to succeed after the server it knew left", func() bool {
+		return okSince(client, left.Add(window)) >= 20
+	})
 	client.signal(syscall.SIGTERM)
 	client.wait(30 * time.Second)
 	okC, failedC, failuresC := clientSummary(t, client)
-	t.Logf("API server restart: client %d ok, %d failed", okC, failedC)
+	t.Logf("API server restart: client %d ok, %d failed; %d ok after the server it knew before the restart left", okC, failedC, okSince(client, left.Add(window)))
 	if failedC != 0 || okC == 0 {
 		t.Fatalf("calls failed across the API server restart:\n%s", strings.Join(failuresC, "\n"))
 	}
+}
+
+// okSince sums the calls a hello client run with -report says succeeded
+// in the windows that ended after since.
+func okSince(p *proc, since time.Time) int {
+	lines, _ := p.output()
+	n := 0
+	for _, l := range lines {
+		var end int64
+		var ok int
+		if _, err := fmt.Sscanf(l, "window end_ms=%d ok=%d", &end, &ok); err == nil && end > since.UnixMilli() {
+			n += ok
+		}
+	}
+	return n
 }
 
 // runtime starts a Loom runtime on the kubernetes backend, in this process
@@ -222,19 +253,14 @@ func TestAReRegisteredInstanceIsCalledAtItsNewAddress(t *testing.T) {
 	second := kubeRuntime(t, kc, id)
 	serveName(t, second, "second")
 	moved := time.Now()
-	for {
+	testutil.EventuallyNoError(t, 20*time.Second, fmt.Sprintf("the running client to call instance %x at its new address", id), func() error {
 		mu.Lock()
-		n := answers["second"]
-		mu.Unlock()
-		if n >= 10 {
-			break
+		defer mu.Unlock()
+		if answers["second"] >= 10 {
+			return nil
 		}
-		if time.Since(moved) > 20*time.Second {
-			mu.Lock()
-			t.Fatalf("the running client did not call instance %x at its new address within 20s; answers %v", id, answers)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("answers %v", answers)
+	})
 	t.Logf("the running client called instance %x at its new address %s after it registered there; answers %v",
 		id, time.Since(moved).Round(time.Millisecond), fmt.Sprint(answers))
 	mu.Lock()
