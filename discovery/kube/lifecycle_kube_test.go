@@ -7,7 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"net"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -526,5 +531,168 @@ func TestARecordExpiredBeforeAnOutageStaysExpiredAfterIt(t *testing.T) {
 	}
 	if got := list(t, watcher); len(got) != 2 || !same(got[0], kept) || !same(got[1], sentinel) {
 		t.Fatalf("List after the restart = %+v; want %s and %s", got, kept.Key(), sentinel.Key())
+	}
+}
+
+// cutter is a TCP proxy to the API server whose connections a test can cut;
+// while it is down it also drops every new connection at once.
+type cutter struct {
+	ln     net.Listener
+	target string
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	down      bool
+	conns     map[net.Conn]bool
+	forwarded int // connections let through
+}
+
+func newCutter(t *testing.T, target string) *cutter {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cutter{ln: ln, target: target, conns: make(map[net.Conn]bool)}
+	c.wg.Go(func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.wg.Go(func() { c.forward(in) })
+		}
+	})
+	t.Cleanup(func() {
+		_ = ln.Close()
+		c.setDown(true)
+		c.wg.Wait()
+	})
+	return c
+}
+
+func (c *cutter) addr() string { return c.ln.Addr().String() }
+
+func (c *cutter) forward(in net.Conn) {
+	out, err := net.Dial("tcp", c.target)
+	if err != nil {
+		_ = in.Close()
+		return
+	}
+	c.mu.Lock()
+	if c.down {
+		c.mu.Unlock()
+		_ = in.Close()
+		_ = out.Close()
+		return
+	}
+	c.conns[in], c.conns[out] = true, true
+	c.forwarded++
+	c.mu.Unlock()
+	pipe := func(dst, src net.Conn) {
+		_, _ = io.Copy(dst, src)
+		_ = dst.Close()
+		_ = src.Close()
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { pipe(out, in) })
+	pipe(in, out)
+	wg.Wait()
+	c.mu.Lock()
+	delete(c.conns, in)
+	delete(c.conns, out)
+	c.mu.Unlock()
+}
+
+func (c *cutter) connections() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.forwarded
+}
+
+// setDown cuts every connection and drops new ones (true), or lets them
+// through again (false).
+func (c *cutter) setDown(down bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.down = down
+	if down {
+		for conn := range c.conns {
+			_ = conn.Close()
+		}
+	}
+}
+
+// A watch whose connection drops while the API server stays up resumes
+// from the last resource version it saw, without listing again, and the
+// changes made while it was cut off arrive, each once: a record removed, one
+// added, and one registered again at a new address.
+func TestAWatchResumesFromItsResourceVersionAfterADisconnect(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	owner := open(t, srv, Config{Namespace: ns})
+	proxy := newCutter(t, strings.TrimPrefix(srv.URL(), "https://"))
+	rc := srv.AdminConfig()
+	rc.Host = "https://" + proxy.addr()
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	watcher, err := Open(ctx, rc, Config{Namespace: ns, Logger: quiet})
+	if err != nil {
+		t.Fatalf("Open through the proxy: %v", err)
+	}
+	t.Cleanup(func() { _ = watcher.Close() })
+	gone, kept := testInst(0xa, "10.0.0.1:1"), testInst(0xb, "10.0.0.2:1")
+	register(t, owner, gone)
+	register(t, owner, kept)
+	ch, set := watchFrom(t, watcher)
+	if len(set) != 2 {
+		t.Fatalf("snapshot %+v; want %s and %s", set, gone.Key(), kept.Key())
+	}
+
+	before := proxy.connections()
+	proxy.setDown(true)
+	if err := owner.Unregister(t.Context(), gone); err != nil {
+		t.Fatal(err)
+	}
+	added := testInst(0xc, "10.0.0.3:1")
+	register(t, owner, added)
+	if err := owner.Unregister(t.Context(), kept); err != nil {
+		t.Fatal(err)
+	}
+	moved := kept
+	moved.Address = "10.0.0.9:9"
+	register(t, owner, moved)
+	proxy.setDown(false)
+
+	event := func(kind discovery.EventKind, inst discovery.Instance) string {
+		return fmt.Sprintf("%v %s at %s", kind, inst.Key(), inst.Address)
+	}
+	want := map[string]int{
+		event(discovery.Removed, gone): 1,
+		event(discovery.Added, added):  1,
+		event(discovery.Removed, kept): 1,
+		event(discovery.Added, moved):  1,
+	}
+	got := map[string]int{}
+	var order []string
+	for range 4 {
+		ev := next(t, ch, wait)
+		got[event(ev.Kind, ev.Instance)]++
+		order = append(order, event(ev.Kind, ev.Instance))
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("after the disconnect the watch sent %v; want %v", got, want)
+	}
+	if slices.Index(order, event(discovery.Removed, kept)) > slices.Index(order, event(discovery.Added, moved)) {
+		t.Fatalf("after the disconnect the watch sent %q; want the old address removed before the new one is added", order)
+	}
+	if proxy.connections() == before {
+		t.Fatal("the watch sent the changes without connecting again; the cut did not reach it")
+	}
+	if n := watcher.relists.Load(); n != 0 {
+		t.Fatalf("the watch listed the records again %d times; want it to resume from its resource version", n)
+	}
+	if got := list(t, watcher); len(got) != 2 || !same(got[0], moved) || !same(got[1], added) {
+		t.Fatalf("List = %+v; want %s at its new address and %s", got, moved.Key(), added.Key())
 	}
 }
