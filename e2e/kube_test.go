@@ -261,10 +261,11 @@ func TestAReRegisteredInstanceIsCalledAtItsNewAddress(t *testing.T) {
 		}
 		return fmt.Errorf("answers %v", answers)
 	})
-	t.Logf("the running client called instance %x at its new address %s after it registered there; answers %v",
-		id, time.Since(moved).Round(time.Millisecond), fmt.Sprint(answers))
+	// The caller goroutine still runs: answers is read under its lock.
 	mu.Lock()
 	defer mu.Unlock()
+	t.Logf("the running client called instance %x at its new address %s after it registered there; answers %v",
+		id, time.Since(moved).Round(time.Millisecond), answers)
 	if len(afterMove) > 0 {
 		t.Fatalf("calls failed after the new address answered: %v", afterMove)
 	}
