@@ -18,9 +18,10 @@ import (
 	"github.com/loomrt/loom/dashboard"
 	_ "github.com/loomrt/loom/discovery/natskv" // the system's discovery
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 

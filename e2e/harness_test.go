@@ -43,7 +43,7 @@ func TestMain(m *testing.M) {
 	code := 0
 	func() {
 		defer os.RemoveAll(dir)
-		goleak.VerifyTestMain(runner{m, &code})
+		goleak.VerifyTestMain(runner{m, &code}, testutil.LeakOptions()...)
 	}()
 	os.Exit(code)
 }

@@ -13,16 +13,13 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/eventbus"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/metrics"
 )
 
-// nats.go's asynchronous JetStream publisher starts a goroutine that reads
-// its status channel under a lock; when the publisher is cleaned up before
-// that goroutine first runs, it reads a nil channel and blocks forever
-// (nats.go v1.55.0, jetstream/publish.go resetPendingAcksOnReconnect and
-// jetstream.go cleanupReplySub). It is the library's, not the bus's.
+// testutil.LeakOptions says which library goroutines are ignored and why.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/nats-io/nats.go/jetstream.(*jetStream).resetPendingAcksOnReconnect"))
+	goleak.VerifyTestMain(m, testutil.LeakOptions()...)
 }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -16,10 +16,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/objectstore"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
 
 func connect(t *testing.T) *nats.Conn {
 	t.Helper()

@@ -14,11 +14,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/workqueue"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 

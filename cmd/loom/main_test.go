@@ -21,6 +21,7 @@ import (
 
 	"github.com/loomrt/loom/cmd/loom/internal/demo"
 	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 var loomBin string
@@ -39,7 +40,7 @@ func TestMain(m *testing.M) {
 	code := 0
 	func() {
 		defer os.RemoveAll(dir)
-		goleak.VerifyTestMain(wrap{m, &code})
+		goleak.VerifyTestMain(wrap{m, &code}, testutil.LeakOptions()...)
 	}()
 	os.Exit(code)
 }

@@ -20,9 +20,10 @@ import (
 	"github.com/loomrt/loom/discovery/memory"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
 
 // TestRouterKeepsEachWorkersViewAndDropsAWorkerThatDies runs the seeds'
 // scenario on each transport: the router's view of every worker must be

@@ -6,9 +6,11 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom/internal/testutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
 
 func TestPrefillDemoPrefillsEveryRequestDespiteACrash(t *testing.T) {
 	cmd := exec.Command("go", "run", ".", "demo", "-n", "30")
