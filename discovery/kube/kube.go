@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/internal/owned"
 	"github.com/loomrt/loom/internal/supervise"
 )
 
@@ -46,9 +47,6 @@ const closeTimeout = 2 * time.Second
 
 // retryWait is how soon a failed renewal is tried again.
 const retryWait = time.Second
-
-// writers is how many records Close and the renewal write at once.
-const writers = 16
 
 // Config configures [New]. The zero value uses the defaults.
 type Config struct {
@@ -427,7 +425,7 @@ func (d *Discovery) Close() error {
 		return nil
 	}
 	d.closed = true
-	owned := d.owned
+	recs := d.owned
 	d.owned = nil
 	d.mu.Unlock()
 
@@ -436,19 +434,11 @@ func (d *Discovery) Close() error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
-	var mu sync.Mutex
-	var errs []error
-	forEach(context.Background(), slices.Collect(maps.Values(owned)), func(r *record) {
-		if err := d.removeCtx(ctx, r); err != nil {
-			mu.Lock()
-			errs = append(errs, err)
-			mu.Unlock()
-		}
-	})
-	if len(errs) > 0 {
-		slices.SortFunc(errs, func(a, b error) int { return cmp.Compare(a.Error(), b.Error()) })
+	// Every record is tried; past the deadline each fails at once and
+	// counts.
+	if n, err := owned.RemoveAll(ctx, slices.Collect(maps.Values(recs)), d.removeCtx); err != nil {
 		return fmt.Errorf("kube: close: %d of %d records not removed from namespace %q; they expire within %v: %w",
-			len(errs), len(owned), d.namespace, d.ttl, errors.Join(errs...))
+			n, len(recs), d.namespace, d.ttl, err)
 	}
 	return nil
 }
@@ -517,7 +507,7 @@ func (d *Discovery) renew(ctx context.Context) bool {
 	defer cancel()
 	var mu sync.Mutex
 	ok := true
-	forEach(ctx, recs, func(r *record) {
+	owned.ForEach(ctx, recs, func(r *record) {
 		if !d.renewRecord(ctx, r) {
 			mu.Lock()
 			ok = false
@@ -638,27 +628,4 @@ func (d *Discovery) disown(r *record) {
 		delete(d.owned, r.name)
 	}
 	d.mu.Unlock()
-}
-
-// forEach calls f for each record, several at a time, until ctx ends, and
-// returns when every call has.
-func forEach(ctx context.Context, recs []*record, f func(*record)) {
-	work := make(chan *record)
-	var wg sync.WaitGroup
-	for range min(len(recs), writers) {
-		wg.Go(func() {
-			for r := range work {
-				f(r)
-			}
-		})
-	}
-	defer wg.Wait()
-	defer close(work)
-	for _, r := range recs {
-		select {
-		case work <- r:
-		case <-ctx.Done():
-			return
-		}
-	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/internal/owned"
 	"github.com/loomrt/loom/internal/supervise"
 )
 
@@ -572,7 +573,7 @@ func (d *Discovery) Close() error {
 		return nil
 	}
 	d.closed = true
-	owned := d.owned
+	recs := d.owned
 	d.owned = nil
 	d.mu.Unlock()
 
@@ -581,21 +582,11 @@ func (d *Discovery) Close() error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
-	var mu sync.Mutex
-	var errs []error
 	// Every record is tried; past the deadline each fails at once and
 	// counts.
-	forEach(context.Background(), slices.Collect(maps.Values(owned)), func(r *record) {
-		if err := d.remove(ctx, r); err != nil {
-			mu.Lock()
-			errs = append(errs, err)
-			mu.Unlock()
-		}
-	})
-	if len(errs) > 0 {
-		slices.SortFunc(errs, func(a, b error) int { return cmp.Compare(a.Error(), b.Error()) })
+	if n, err := owned.RemoveAll(ctx, slices.Collect(maps.Values(recs)), d.remove); err != nil {
 		return fmt.Errorf("natskv: close: %d of %d records not removed from bucket %q; they expire within %v: %w",
-			len(errs), len(owned), d.bucket, d.ttl, errors.Join(errs...))
+			n, len(recs), d.bucket, d.ttl, err)
 	}
 	return nil
 }
@@ -663,34 +654,7 @@ func (d *Discovery) refresh(ctx context.Context) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.ttl/3)
 	defer cancel()
-	forEach(ctx, recs, func(r *record) { d.refreshRecord(ctx, r) })
-}
-
-// writers is how many records Close and the refresh write at once, so that
-// a process with many records refreshes them in a few round trips.
-const writers = 16
-
-// forEach calls f for each record, several at a time, until ctx ends, and
-// returns when every call has.
-func forEach(ctx context.Context, recs []*record, f func(*record)) {
-	work := make(chan *record)
-	var wg sync.WaitGroup
-	for range min(len(recs), writers) {
-		wg.Go(func() {
-			for r := range work {
-				f(r)
-			}
-		})
-	}
-	defer wg.Wait()
-	defer close(work)
-	for _, r := range recs {
-		select {
-		case work <- r:
-		case <-ctx.Done():
-			return
-		}
-	}
+	owned.ForEach(ctx, recs, func(r *record) { d.refreshRecord(ctx, r) })
 }
 
 // refreshRecord rewrites r if its latest revision is still the one d wrote,
