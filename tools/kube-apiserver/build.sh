@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build.sh builds the kube-apiserver of this module into a cache directory and
 # prints the binary's path. A binary already built from the same go.mod/go.sum
-# and main.go is reused, so only the first call pays the ~10 minute build.
+# and main.go is reused, so only the first call pays the build (3 to 11 minutes on two cores).
 #
 # `build.sh kubectl` does the same for tools/kubectl: kubectl of the same
 # Kubernetes release, which the manifest tests of deploy/ dry-run with.
