@@ -667,8 +667,9 @@ func (c *Client[Req, Resp]) Shutdown(ctx context.Context) error {
 // with ErrClosed. Calls in progress keep the instance they have and end on
 // their own, bounded by their contexts; Close does not wait for them.
 // Runtime.Shutdown and Runtime.Close close every client of the runtime.
-// It returns nil; the error is for the one Close signature of every Loom
-// handle.
+// It returns nil; the error is there so that Client.Close has the
+// signature of the Close of the runtime's other handles (subscriptions,
+// queues, buses).
 func (c *Client[Req, Resp]) Close() error {
 	c.core.close()
 	return nil

@@ -2,15 +2,19 @@
 // multiplexed on pooled connections, with the frames of internal/wire.
 //
 // A client [Pool] opens a [ClientStream] with one OPEN frame that carries
-// the whole request; the [Server] runs its [Handler] for the stream in a
-// goroutine, which answers with any number of messages ([ServerStream.Send])
-// and ends the stream by returning. Responses are flow controlled per
+// the whole request; the [Server] runs its [Handler] for the stream, which
+// answers with any number of messages ([ServerStream.Send]) and ends the
+// stream by returning. A stream admitted at once starts on the connection's
+// reader goroutine; a handler still running after
+// [ServerConfig.InlineBudget], or about to wait for credit, hands the
+// reading over to another goroutine and goes on as a worker, so a slow
+// handler never holds up its connection for longer than the budget. Responses are flow controlled per
 // stream: the client grants credit as the caller consumes messages, so a
 // slow reader bounds what the server buffers. The caller can stop a stream
 // (the handler finishes gracefully) or kill it (the handler's context is
 // cancelled); a deadline on the caller's context travels with the request.
 //
-// Each connection has one reader goroutine and one writer goroutine. Frames
+// Each connection has one reader and one writer goroutine. Frames
 // from every stream are appended to one batch that the writer sends in one
 // write once the previous write returns, so under load many frames share a
 // system call. The writer also runs keepalive: a silent connection gets a
