@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // proxy forwards TCP connections to a target, and can cut them (the peer
@@ -93,7 +94,7 @@ func (p *proxy) cut() {
 func behindProxy(t *testing.T, c *cluster, path string, fn func(rt *loom.Runtime) func(context.Context, int) iter.Seq2[uint64, error]) (*loom.Runtime, *proxy) {
 	t.Helper()
 	p := newProxy(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	cfg := c.cfg
 	cfg.RequestPlane.Port = port
 	cfg.RequestPlane.Advertise = p.addr()
@@ -101,15 +102,6 @@ func behindProxy(t *testing.T, c *cluster, path string, fn func(rt *loom.Runtime
 	rt := c.runtime(loom.WithConfig(cfg))
 	serve(t, rt, path, fn(rt))
 	return rt, p
-}
-
-func freePort(t *testing.T) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func itoa(i int) string { return (&net.TCPAddr{Port: i}).String()[1:] }

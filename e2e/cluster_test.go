@@ -22,6 +22,7 @@ import (
 	"github.com/loomrt/loom/config"
 	_ "github.com/loomrt/loom/discovery/etcd" // registers the etcd backend
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -52,7 +53,7 @@ func startEtcdCluster(t *testing.T) []*etcdMember {
 	var ms []*etcdMember
 	var initial []string
 	for i := range 3 {
-		m := &etcdMember{t: t, name: fmt.Sprintf("e%d", i+1), dir: t.TempDir(), clientPort: freePort(t), peer: freePort(t)}
+		m := &etcdMember{t: t, name: fmt.Sprintf("e%d", i+1), dir: t.TempDir(), clientPort: testutil.FreePort(t), peer: testutil.FreePort(t)}
 		initial = append(initial, fmt.Sprintf("%s=http://127.0.0.1:%d", m.name, m.peer))
 		ms = append(ms, m)
 	}
@@ -119,7 +120,7 @@ func TestClusterSurvivesLosingANodeOfEach(t *testing.T) {
 		etcdURLs = append(etcdURLs, m.url())
 	}
 
-	cports := []int{freePort(t), freePort(t), freePort(t)}
+	cports := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
 	var nodes []*natsNode
 	var natsURLs []string
 	for i := range 3 {

@@ -8,8 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -160,7 +158,7 @@ type controlPlane struct {
 }
 
 func up(t *testing.T, disc string) *controlPlane {
-	c := &controlPlane{t: t, discovery: disc, dir: t.TempDir(), natsPort: freePort(t), etcdPort: freePort(t), etcdPeer: freePort(t)}
+	c := &controlPlane{t: t, discovery: disc, dir: t.TempDir(), natsPort: testutil.FreePort(t), etcdPort: testutil.FreePort(t), etcdPeer: testutil.FreePort(t)}
 	c.start()
 	return c
 }
@@ -220,43 +218,6 @@ func ids(list []discovery.Instance) map[string]bool {
 		m[fmt.Sprintf("%x", inst.ID)] = true
 	}
 	return m
-}
-
-// The port is taken below the kernel's ephemeral range where there is room:
-// a process gets it later (and again after a restart), and in between an
-// outgoing connection of any test could be given an ephemeral port, but
-// never one below that range.
-func freePort(t *testing.T) int {
-	t.Helper()
-	if low := ephemeralLow(); low > 11000 {
-		for range 100 {
-			p := 10000 + rand.IntN(low-10000)
-			if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
-				ln.Close()
-				return p
-			}
-		}
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// ephemeralLow returns the first port of the kernel's ephemeral range, or
-// 0 if it cannot tell.
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 0
-	}
-	var low, high int
-	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
-		return 0
-	}
-	return low
 }
 
 // clientSummary parses a hello client's output: the summary counts and

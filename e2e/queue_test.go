@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -52,7 +53,7 @@ type natsNode struct {
 }
 
 func newNode(t *testing.T, name string, clusterPort int, routes []string) *natsNode {
-	n := &natsNode{t: t, port: freePort(t), name: name}
+	n := &natsNode{t: t, port: testutil.FreePort(t), name: name}
 	n.args = []string{"nats", "-port", strconv.Itoa(n.port), "-store", t.TempDir(), "-name", name}
 	if clusterPort != 0 {
 		n.args = append(n.args, "-cluster-port", strconv.Itoa(clusterPort), "-routes", strings.Join(routes, ","))
@@ -256,7 +257,7 @@ func TestQueueSurvivesAServerRestart(t *testing.T) {
 func TestQueueSurvivesLosingAClusterNode(t *testing.T) {
 	queuetestBin(t)
 	const jobs, queue = 20_000, "faults_d"
-	cports := []int{freePort(t), freePort(t), freePort(t)}
+	cports := []int{testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)}
 	var nodes []*natsNode
 	for i := range 3 {
 		var routes []string

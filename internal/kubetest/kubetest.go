@@ -29,8 +29,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -46,6 +44,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/loomrt/loom/embedded/etcdserver"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // BinaryEnv and KubectlEnv name the variables that give the paths of the
@@ -124,7 +123,7 @@ func Start(t *testing.T) *Server {
 		t.Fatalf("kubetest: start etcd: %v", err)
 	}
 	t.Cleanup(etcd.Close)
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), port: freePort(t), adminToken: token(), userToken: token(), etcd: etcd}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), port: testutil.FreePort(t), adminToken: token(), userToken: token(), etcd: etcd}
 	key := filepath.Join(s.dir, "sa.key")
 	if err := writeKey(key); err != nil {
 		t.Fatal(err)
@@ -334,42 +333,6 @@ func writeKey(path string) error {
 	}
 	block := &pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}
 	return os.WriteFile(path, pem.EncodeToMemory(block), 0o600)
-}
-
-// freePort returns a port free on 127.0.0.1, below the kernel's ephemeral
-// range where there is room, so that no outgoing connection takes it
-// between now and a restart of the server.
-func freePort(t *testing.T) int {
-	t.Helper()
-	if low := ephemeralLow(); low > 11000 {
-		for range 100 {
-			p := 10000 + mrand.IntN(low-10000)
-			if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err == nil {
-				_ = ln.Close()
-				return p
-			}
-		}
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = ln.Close() }()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// ephemeralLow returns the first port of the kernel's ephemeral range, or
-// 0 if it cannot tell.
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 0
-	}
-	var low, high int
-	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
-		return 0
-	}
-	return low
 }
 
 // Context returns a context for one API call of a test: the test's,
