@@ -324,6 +324,26 @@ func TestAHandlerPanicFailsOnlyThatRequest(t *testing.T) {
 	})
 }
 
+// A handler that goes on yielding after yield returned false breaks the
+// iterator contract: the request fails as if the handler had panicked,
+// as a range loop over its stream would make it.
+func TestAHandlerYieldingAfterFalseFailsAsAPanic(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		rt := c.runtime()
+		serve(t, rt, "test/panic/yield", func(ctx context.Context, n int) iter.Seq2[string, error] {
+			return func(yield func(string, error) bool) {
+				yield("", errors.New("refused by the model"))
+				yield("after the end", nil)
+			}
+		})
+		cl := client[int, string](t, rt, "test/panic/yield")
+		_, err := collect(cl.Generate(context.Background(), 1))
+		if !errors.Is(err, loom.ErrHandlerPanic) || !strings.Contains(err.Error(), "continued iteration") {
+			t.Fatalf("err = %v, want ErrHandlerPanic saying the stream continued iteration", err)
+		}
+	})
+}
+
 func TestAPanicInTheCallersLoopIsNotTheHandlers(t *testing.T) {
 	eachPlane(t, func(t *testing.T, c *cluster) {
 		rt := c.runtime()

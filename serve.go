@@ -178,7 +178,8 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 				return false, 0, &BadRequestError{Path: ep.path, Err: err}
 			}
 		}
-		started, err := serveTyped(ctx, stop, s, eng, r.req, r, derived, 0)
+		r.st.out = r
+		started, err := serveWith(&r.st, ctx, stop, s, eng, r.req, derived)
 		if err == nil {
 			err = r.sendErr
 		}
@@ -329,8 +330,10 @@ type sendFunc func([]byte) error
 func (f sendFunc) Send(p []byte) error { return f(p) }
 
 // rawCall is the state of one request served from bytes, in one
-// allocation: decoded request, encode buffer, the stream it sends on.
+// allocation: decoded request, encode buffer, the stream it sends on, and
+// the serving core's state.
 type rawCall[Req, Resp any] struct {
+	st      serving[Req, Resp]
 	req     Req
 	out     int
 	item    Resp // the item being encoded: passed by pointer, so not boxed
@@ -432,17 +435,29 @@ func (s *served) itemTooLarge(n, limit int) error {
 	return atInstance(ErrTooLarge, s.ep.path, s.inst.ID, "response item of %d bytes is above the caller's max frame size %d (request_plane.max_frame_size)", n, limit)
 }
 
-// serving is the state of one request in serveTyped, in one allocation.
+// serving is the state of one request in serveTyped, in one allocation
+// (part of a rawCall's, for a request from the network).
 type serving[Req, Resp any] struct {
-	s                                   *served
-	maxItem                             int // 0: no limit (the transport applies its own)
-	out                                 yielder[Resp]
-	rctx                                reqCtx
-	start                               time.Time
-	items                               int
-	started, inYield, stopped, panicked bool
-	err                                 error
+	s       *served
+	maxItem int // 0: no limit (the transport applies its own)
+	out     yielder[Resp]
+	rctx    reqCtx
+	ctx     context.Context // the request's context
+	start   int64           // sinceEpoch when the request was admitted
+	items   int
+	// done: the loop over the handler's stream is over, as far as the
+	// handler may tell: its yield returned false, or its iterator
+	// returned. A yield after that panics, as in a range loop.
+	started, inYield, stopped, panicked, done bool
+	err                                       error
 }
+
+// epoch is the origin of sinceEpoch.
+var epoch = time.Now()
+
+// sinceEpoch returns the monotonic time since epoch: one clock read, where
+// time.Now takes two (the wall clock too), for durations only.
+func sinceEpoch() int64 { return int64(time.Since(epoch)) }
 
 // serveTyped is the one serving core: admission, the request context,
 // metrics and panic recovery around eng, yielding each item to out in the
@@ -454,11 +469,17 @@ type serving[Req, Resp any] struct {
 // reports whether any item was yielded, and the error the stream ended
 // with: nil if it completed or the caller stopped reading.
 func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engine[Req, Resp], req Req, out yielder[Resp], derived bool, maxItem int) (started bool, err error) {
+	return serveWith(&serving[Req, Resp]{maxItem: maxItem, out: out}, caller, stop, s, eng, req, derived)
+}
+
+// serveWith is serveTyped with the request's state given: st has out and
+// maxItem set, nothing else.
+func serveWith[Req, Resp any](st *serving[Req, Resp], caller, stop context.Context, s *served, eng Engine[Req, Resp], req Req, derived bool) (started bool, err error) {
 	if !s.acquire() {
 		s.m.Refused.Inc()
 		return false, atInstance(ErrDraining, s.ep.path, s.inst.ID, "shutting down")
 	}
-	st := &serving[Req, Resp]{s: s, maxItem: maxItem, out: out, start: time.Now()}
+	st.s, st.start = s, sinceEpoch()
 	s.m.InFlight.Inc()
 	var rctx context.Context
 	cancel := func() {}
@@ -472,7 +493,7 @@ func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engi
 	defer func() {
 		cancel()
 		s.m.Items.Add(float64(st.items))
-		s.m.Duration.Observe(time.Since(st.start).Seconds())
+		s.m.Duration.Observe(time.Duration(sinceEpoch() - st.start).Seconds())
 		s.m.InFlight.Dec()
 		outcome.Inc()
 		s.release()
@@ -503,7 +524,10 @@ func serveTyped[Req, Resp any](caller, stop context.Context, s *served, eng Engi
 	return st.started, err
 }
 
-// run ranges over the handler's stream, recovering its panics.
+// run calls the handler's stream with a yield of its own, recovering the
+// handler's panics. A range loop over the stream would cost two
+// allocations (its body's closure, and the loop state the closure
+// shares); this yield captures only st.
 func (st *serving[Req, Resp]) run(rctx, caller context.Context, eng Engine[Req, Resp], req Req) {
 	defer func() {
 		if v := recover(); v != nil {
@@ -514,33 +538,50 @@ func (st *serving[Req, Resp]) run(rctx, caller context.Context, eng Engine[Req, 
 			st.err = st.s.handlerPanic(rctx, v)
 		}
 	}()
-	for item, herr := range generate(rctx, caller, st.s, eng, req) {
-		if herr != nil {
-			st.err = herr
-			return
-		}
-		if rctx.Err() != nil {
-			return // killed: drop what the handler still sends
-		}
-		if st.maxItem > 0 {
-			if n, ok := knownSize(&item); ok && n > st.maxItem {
-				st.err = st.s.itemTooLarge(n, st.maxItem)
-				return
-			}
-		}
-		if !st.started {
-			st.started = true
-			st.s.m.FirstResponse.Observe(time.Since(st.start).Seconds())
-		}
-		st.items++
-		st.inYield = true
-		ok := st.out.yield(item)
-		st.inYield = false
-		if !ok {
-			st.stopped = true
-			return
+	st.ctx = rctx
+	seq := generate(rctx, caller, st.s, eng, req)
+	seq(func(item Resp, herr error) bool { return st.yield(item, herr) })
+	st.done = true
+}
+
+// errYieldAfterEnd is the panic of a handler that yields after its yield
+// returned false or after its stream returned, as a range loop's is.
+var errYieldAfterEnd = errors.New("loom: the handler's stream continued iteration after yield returned false or after it returned")
+
+// yield takes one item of the handler's stream.
+func (st *serving[Req, Resp]) yield(item Resp, herr error) bool {
+	if st.done || st.inYield {
+		// inYield: the caller's loop body panicked and the handler's
+		// stream recovered it and went on.
+		panic(errYieldAfterEnd)
+	}
+	if herr != nil {
+		st.err, st.done = herr, true
+		return false
+	}
+	if st.ctx.Err() != nil {
+		st.done = true
+		return false // killed: drop what the handler still sends
+	}
+	if st.maxItem > 0 {
+		if n, ok := knownSize(&item); ok && n > st.maxItem {
+			st.err, st.done = st.s.itemTooLarge(n, st.maxItem), true
+			return false
 		}
 	}
+	if !st.started {
+		st.started = true
+		st.s.m.FirstResponse.Observe(time.Duration(sinceEpoch() - st.start).Seconds())
+	}
+	st.items++
+	st.inYield = true
+	ok := st.out.yield(item)
+	st.inYield = false
+	if !ok {
+		st.stopped, st.done = true, true
+		return false
+	}
+	return true
 }
 
 // killError says why a request's context ended: the caller's cancellation
