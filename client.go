@@ -27,6 +27,7 @@ import (
 type Candidate struct {
 	discovery.Instance
 	key        string
+	addr       *planes.Addr // what callers here learned about its address; nil for none
 	inFlight   atomic.Int64
 	avoidUntil atomic.Int64 // unix nanoseconds; set when its connection failed
 }
@@ -47,12 +48,17 @@ type clientOptions struct {
 }
 
 // usable reports whether cand should get new requests: its connection has
-// not failed lately and its server has not sent GOAWAY.
-func (c *clientCore) usable(cand *Candidate, now int64) bool {
-	if cand.avoidUntil.Load() > now {
-		return false
+// not failed lately, its server has not sent GOAWAY nor stopped answering
+// lately. It reads the clock only if cand was avoided at some point.
+func usable(cand *Candidate) bool {
+	until := cand.avoidUntil.Load()
+	if a := cand.addr; a != nil {
+		if a.Draining() {
+			return false
+		}
+		until = max(until, a.StalledUntil())
 	}
-	return c.planes.Usable(cand.Transport, cand.Address, now)
+	return until == 0 || until <= time.Now().UnixNano()
 }
 
 // WithPicker routes requests with p instead of the picker named by
@@ -261,7 +267,7 @@ func (c *clientCore) update(inst discovery.Instance, added bool) {
 // that sent GOAWAY is a new server there, so the address is usable again.
 func (c *clientCore) candidate(inst discovery.Instance) *Candidate {
 	c.planes.Restarted(inst.Address)
-	return &Candidate{Instance: inst, key: inst.Key()}
+	return &Candidate{Instance: inst, key: inst.Key(), addr: c.planes.Addr(inst.Transport, inst.Address)}
 }
 
 // publish stores a new sorted list and wakes waiters; c.mu is held.
@@ -353,11 +359,10 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 // or are draining while others are available.
 func (c *clientCore) choose(ctx context.Context, list []*Candidate) (*Candidate, error) {
 	cand, err := c.picker.Pick(ctx, list)
-	if err == nil && cand != nil && !c.usable(cand, time.Now().UnixNano()) {
-		now := time.Now().UnixNano()
+	if err == nil && cand != nil && !usable(cand) {
 		ok := make([]*Candidate, 0, len(list))
 		for _, l := range list {
-			if c.usable(l, now) {
+			if usable(l) {
 				ok = append(ok, l)
 			}
 		}

@@ -42,6 +42,9 @@ func PickerByName(name string) (Picker, error) {
 func RoundRobin() Picker {
 	var n atomic.Uint64
 	return PickerFunc(func(_ context.Context, c []*Candidate) (*Candidate, error) {
+		if len(c) == 1 {
+			return c[0], nil // no turn to take: no write to the shared counter
+		}
 		return c[(n.Add(1)-1)%uint64(len(c))], nil
 	})
 }
@@ -79,6 +82,9 @@ func PowerOfTwo() Picker {
 func LeastLoaded() Picker {
 	var n atomic.Uint64
 	return PickerFunc(func(_ context.Context, c []*Candidate) (*Candidate, error) {
+		if len(c) == 1 {
+			return c[0], nil
+		}
 		start := int((n.Add(1) - 1) % uint64(len(c)))
 		best := c[start]
 		for k := 1; k < len(c); k++ {

@@ -126,15 +126,28 @@ type Planes struct {
 
 	poolRO atomic.Pointer[mux.Pool] // pool, read without mu on every call
 	// addrs is what callers learned about each address they call: the
-	// server there sent GOAWAY, or stopped answering. It is read on every
-	// pick, so without a lock.
-	addrs sync.Map // address -> *addrState
+	// server there sent GOAWAY, or stopped answering. A caller keeps the
+	// Addr of each instance it may route to (see Addr), so that a pick
+	// reads it without a lookup.
+	addrs sync.Map // address -> *Addr
 }
 
-type addrState struct {
+// Addr is what callers learned about one address (a TCP address, or a
+// NATS subject): its server sent GOAWAY, or stopped answering. It is read
+// on every pick, so without a lock.
+type Addr struct {
 	draining     atomic.Bool  // the server sent GOAWAY
 	stalledUntil atomic.Int64 // unix ns until which it is avoided: it stopped answering
 }
+
+// Draining reports whether the server at the address sent GOAWAY (and no
+// new server registered there since).
+func (a *Addr) Draining() bool { return a.draining.Load() }
+
+// StalledUntil returns until when (unix ns) the address is avoided
+// because its server stopped answering while calls waited on it; 0 if it
+// never did.
+func (a *Addr) StalledUntil() int64 { return a.stalledUntil.Load() }
 
 // New returns the planes of a runtime that serves requests with h. Nothing
 // listens or connects until Serve or Open.
@@ -365,12 +378,23 @@ func (p *Planes) onStall(transport, addr string) {
 	}
 }
 
-func (p *Planes) addr(a string) *addrState {
+func (p *Planes) addr(a string) *Addr {
 	if v, ok := p.addrs.Load(a); ok {
-		return v.(*addrState)
+		return v.(*Addr)
 	}
-	v, _ := p.addrs.LoadOrStore(a, new(addrState))
-	return v.(*addrState)
+	v, _ := p.addrs.LoadOrStore(a, new(Addr))
+	return v.(*Addr)
+}
+
+// Addr returns what callers learned about the address of an instance
+// whose record names transport and addr, shared by every caller here; nil
+// for a transport that keeps nothing (local). Keep it for as long as the
+// instance may be called: it is never replaced.
+func (p *Planes) Addr(transport, addr string) *Addr {
+	if transport != TCP && transport != NATS {
+		return nil
+	}
+	return p.addr(addr)
 }
 
 // Usable reports whether an instance with this transport and address
@@ -385,7 +409,7 @@ func (p *Planes) Usable(transport, addr string, now int64) bool {
 	if !ok {
 		return true
 	}
-	a := v.(*addrState)
+	a := v.(*Addr)
 	return !a.draining.Load() && a.stalledUntil.Load() <= now
 }
 
@@ -393,7 +417,7 @@ func (p *Planes) Usable(transport, addr string, now int64) bool {
 // which has sent no GOAWAY.
 func (p *Planes) Restarted(addr string) {
 	if v, ok := p.addrs.Load(addr); ok {
-		v.(*addrState).draining.Store(false)
+		v.(*Addr).draining.Store(false)
 	}
 }
 
