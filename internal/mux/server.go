@@ -569,7 +569,6 @@ func (sc *serverConn) serveInline(st *ServerStream) (handedOff bool) {
 	inline := sc.gen<<2 | readerInline
 	st.inline.Store(true)
 	sc.rstate.Store(inline)
-	sc.inlineSince.Store(monotonic())
 	// Read first: after the first run of a tick, this shared flag is
 	// only read, not written, so calls on many cores do not bounce it.
 	if !s.dogSeen.Load() {
@@ -579,10 +578,9 @@ func (sc *serverConn) serveInline(st *ServerStream) (handedOff bool) {
 		s.startWatchdog()
 	}
 	st.serve(s.h)
-	// After a handoff, sc's reader state (gen, inlineSince) is the new
-	// reader's: only the CAS may touch it.
+	// After a handoff, sc's reader state (gen) is the new reader's: only
+	// the CAS may touch it.
 	if sc.rstate.CompareAndSwap(inline, st.gen<<2|readerReading) {
-		sc.inlineSince.Store(0)
 		if next := s.next(st); next != nil {
 			s.start(next)
 		}
@@ -604,8 +602,8 @@ func (sc *serverConn) serveInline(st *ServerStream) (handedOff bool) {
 // epoch is the origin of monotonic.
 var epoch = time.Now()
 
-// monotonic returns the time since epoch, never 0.
-func monotonic() int64 { return int64(time.Since(epoch)) + 1 }
+// monotonic returns the time since epoch.
+func monotonic() int64 { return int64(time.Since(epoch)) }
 
 // startWatchdog starts the watchdog unless it runs. The caller is a
 // reader, which holds a count of s.wg.
@@ -623,7 +621,10 @@ func (s *Server) stopWatchdog() { s.dogStopper.Do(func() { close(s.dogStop) }) }
 // half budget while handlers run inline, and exits after a tick in which
 // none ran: a timer armed per handler would cost every call (arming one
 // wakes the runtime's network poller), where this costs a few wake-ups a
-// millisecond, only while the server is busy.
+// millisecond, only while the server is busy. An inline run is timed
+// from the first tick that saw it, so that starting one reads no clock:
+// it started less than a tick earlier, so a run is handed off after one
+// to one and a half budgets, as it would be if timed from its start.
 func (s *Server) watchdog() {
 	defer s.wg.Done()
 	budget := int64(s.cfg.InlineBudget)
@@ -657,22 +658,25 @@ func (s *Server) watchdog() {
 }
 
 // checkInline hands off the reading of every connection whose inline
-// handler has run for budget, and reports whether any handler runs
-// inline.
+// handler has been seen running for budget, and reports whether any
+// handler runs inline.
 func (s *Server) checkInline(budget int64) bool {
 	now := monotonic()
 	active := false
 	s.mu.Lock()
 	for sc := range s.conns {
-		since := sc.inlineSince.Load()
-		if since == 0 {
+		v := sc.rstate.Load()
+		if v&3 != readerInline {
 			continue
 		}
 		active = true
-		if now-since < budget {
+		if v != sc.dogRun {
+			sc.dogRun, sc.dogSince = v, now // a run not seen before
+		}
+		if now-sc.dogSince < budget {
 			continue
 		}
-		if v := sc.rstate.Load(); v&3 == readerInline && sc.handoff(v>>2) {
+		if sc.handoff(v >> 2) {
 			go sc.readOn()
 		}
 	}
@@ -688,7 +692,6 @@ func (sc *serverConn) handoff(gen uint64) bool {
 	if !sc.rstate.CompareAndSwap(gen<<2|readerInline, gen<<2|readerHanded) {
 		return false
 	}
-	sc.inlineSince.Store(0) // before the new reader exists, which may store its own
 	sc.srv.workers.Add(1)
 	sc.wmu.Lock()
 	sc.commit() // wakes the writer for what the inline handler queued
@@ -752,14 +755,16 @@ type serverConn struct {
 	warnedShare atomic.Bool // its refusal for holding its share was logged
 
 	// Inline serving (see serveInline). rstate is the inline run's
-	// generation << 2 | the reader's role, inlineSince when the inline
-	// run started (0: none); gen and skipInline belong to whichever
-	// goroutine reads.
-	rstate      atomic.Uint64
-	inlineSince atomic.Int64
-	gen         uint64
-	owed        atomic.Bool // inline handlers queued frames without waking the writer
-	skipInline  int
+	// generation << 2 | the reader's role; gen and skipInline belong to
+	// whichever goroutine reads.
+	rstate     atomic.Uint64
+	gen        uint64
+	owed       atomic.Bool // inline handlers queued frames without waking the writer
+	skipInline int
+	// The watchdog's, under srv.mu: the rstate of the inline run it saw
+	// last, and when it first saw it (monotonic).
+	dogRun   uint64
+	dogSince int64
 }
 
 // readLoop reads frames until the connection ends, then kills its
