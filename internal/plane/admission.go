@@ -22,7 +22,7 @@ const (
 
 // Limits configures an Admission. Zero values take the defaults.
 type Limits struct {
-	// MaxRunning is how many handlers may run at once.
+	// MaxRunning is how many handlers may run at once (at most 2^20).
 	MaxRunning int
 	// QueueSize is how many admitted streams may wait for a running
 	// slot; negative means none.
@@ -31,7 +31,7 @@ type Limits struct {
 	// waiting and by running streams. A stream whose request does not fit
 	// in the running bound waits in the queue; one that fits in neither
 	// is refused. A single request larger than MaxRunningBytes still runs
-	// when nothing else does.
+	// when nothing else does. MaxRunningBytes is at most 256 GiB.
 	MaxQueuedBytes, MaxRunningBytes int
 	// MaxPerPeer is how many streams, running and waiting, one peer (a
 	// connection, a caller) may hold, so that one peer cannot take every
@@ -56,6 +56,8 @@ func (l Limits) withDefaults() Limits {
 	if l.MaxRunningBytes <= 0 {
 		l.MaxRunningBytes = DefaultMaxRunningBytes
 	}
+	l.MaxRunning = min(l.MaxRunning, maxRunning)
+	l.MaxRunningBytes = min(l.MaxRunningBytes, maxRunningBytes)
 	if l.MaxPerPeer == 0 && l.MaxRunning >= 64 {
 		l.MaxPerPeer = l.MaxRunning / 2
 	}
@@ -90,16 +92,29 @@ type entry[T any] struct {
 	peer  *Peer
 }
 
+// The running streams and their request bytes are counted in one word,
+// so that taking and giving back a slot is one atomic add each: the count
+// above runShift bits, the bytes below. The limits are clamped so that
+// neither overflows its part, even with every admitting goroutine's add
+// in flight at once.
+const (
+	runShift        = 42
+	runOne          = 1 << runShift
+	runBytesMask    = runOne - 1
+	maxRunningBytes = 1 << 38 // 256 GiB, leaving room for 3,840 in-flight adds of 1 GiB requests
+	maxRunning      = 1 << 20 // leaving room for as many in-flight adds
+)
+
 // Admission decides which streams run, wait or are refused. Its fast path
-// (a free slot, no one waiting) takes no lock: two atomic adds. It is safe
-// for concurrent use.
+// (a free slot, no one waiting) takes no lock: an atomic add for the
+// peer's count and one for the running slot and bytes. It is safe for
+// concurrent use.
 type Admission[T any] struct {
-	lim          Limits
-	killed       func(T) bool
-	discard      func(T)
-	running      atomic.Int64
-	runningBytes atomic.Int64
-	waiting      atomic.Int64 // len of the queue, readable without mu
+	lim     Limits
+	killed  func(T) bool
+	discard func(T)
+	run     atomic.Int64 // running streams << runShift | their request bytes
+	waiting atomic.Int64 // len of the queue, readable without mu
 
 	mu     sync.Mutex
 	queue  []entry[T] // FIFO from qhead
@@ -120,7 +135,7 @@ func NewAdmission[T any](l Limits, killed func(T) bool, discard func(T)) *Admiss
 func (a *Admission[T]) Limits() Limits { return a.lim }
 
 // Running returns how many streams hold a running slot.
-func (a *Admission[T]) Running() int { return int(a.running.Load()) }
+func (a *Admission[T]) Running() int { return int(a.run.Load() >> runShift) }
 
 // Waiting returns how many streams wait.
 func (a *Admission[T]) Waiting() int { return int(a.waiting.Load()) }
@@ -155,7 +170,7 @@ func (a *Admission[T]) Admit(st T, bytes int, peer *Peer) (Result, string) {
 		return Queued, ""
 	}
 	msg := fmt.Sprintf("at capacity: %d streams running, %d queued with %d request bytes (MaxConcurrentStreams %d, QueueSize %d, at most %d queued bytes); retry later or elsewhere",
-		a.running.Load(), len(a.queue)-a.qhead, a.qbytes, a.lim.MaxRunning, a.lim.QueueSize, a.lim.MaxQueuedBytes)
+		a.Running(), len(a.queue)-a.qhead, a.qbytes, a.lim.MaxRunning, a.lim.QueueSize, a.lim.MaxQueuedBytes)
 	a.mu.Unlock()
 	if peer != nil {
 		peer.n.Add(-1)
@@ -163,15 +178,15 @@ func (a *Admission[T]) Admit(st T, bytes int, peer *Peer) (Result, string) {
 	return Refused, msg
 }
 
-// tryRun takes a running slot for a request of bytes if one is free.
+// tryRun takes a running slot for a request of bytes if one is free: one
+// below MaxRunning, and room for bytes below MaxRunningBytes unless
+// nothing else holds bytes.
 func (a *Admission[T]) tryRun(bytes int) bool {
-	if a.running.Add(1) > int64(a.lim.MaxRunning) {
-		a.running.Add(-1)
-		return false
-	}
-	if nb := a.runningBytes.Add(int64(bytes)); nb > int64(a.lim.MaxRunningBytes) && nb != int64(bytes) {
-		a.runningBytes.Add(-int64(bytes))
-		a.running.Add(-1)
+	d := runOne + int64(bytes)
+	v := a.run.Add(d)
+	n, nb := v>>runShift, v&runBytesMask
+	if n > int64(a.lim.MaxRunning) || nb > int64(a.lim.MaxRunningBytes) && nb != int64(bytes) {
+		a.run.Add(-d)
 		return false
 	}
 	return true
@@ -230,8 +245,7 @@ func (a *Admission[T]) releasePeer(peer *Peer) {
 // there is one: the caller runs what it returns in the same goroutine.
 func (a *Admission[T]) Done(bytes int, peer *Peer) (T, int, *Peer, bool) {
 	a.releasePeer(peer)
-	a.runningBytes.Add(-int64(bytes))
-	a.running.Add(-1)
+	a.run.Add(-(runOne + int64(bytes)))
 	st, b, p, ok := a.Claim()
 	if !ok {
 		a.notify()
@@ -245,7 +259,7 @@ func (a *Admission[T]) notify() {
 		return
 	}
 	a.mu.Lock()
-	if a.idle != nil && a.running.Load() == 0 && a.qhead == len(a.queue) {
+	if a.idle != nil && a.run.Load()>>runShift == 0 && a.qhead == len(a.queue) {
 		close(a.idle)
 		a.idle = nil
 		a.watch.Store(false)
@@ -262,7 +276,7 @@ func (a *Admission[T]) Idle() <-chan struct{} {
 	// it reads watch: a Done racing with this call either is seen here or
 	// sees watch and closes the channel.
 	a.watch.Store(true)
-	if a.running.Load() == 0 && a.qhead == len(a.queue) {
+	if a.run.Load()>>runShift == 0 && a.qhead == len(a.queue) {
 		if a.idle == nil {
 			a.watch.Store(false) // nobody waits: Done need not look
 		}

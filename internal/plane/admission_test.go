@@ -85,6 +85,46 @@ func TestAdmissionBoundsRunningAndQueuedBytes(t *testing.T) {
 	}
 }
 
+// The running count and bytes share one word: large requests must not
+// spill into the count, nor a full count into the bytes, and limits
+// beyond what the word holds are clamped.
+func TestAdmissionCountsLargeRequestsApartFromStreams(t *testing.T) {
+	const gib = 1 << 30
+	a := newAdm(Limits{MaxRunning: 1 << 30, MaxRunningBytes: 1 << 50, QueueSize: -1})
+	if l := a.Limits(); l.MaxRunning != 1<<20 || l.MaxRunningBytes != 1<<38 {
+		t.Fatalf("limits %d streams, %d bytes; want them clamped to 2^20 and 2^38", l.MaxRunning, l.MaxRunningBytes)
+	}
+	for i := range 255 {
+		if got, msg := a.Admit(&item{id: i}, gib, nil); got != Run {
+			t.Fatalf("request %d of 1 GiB: %v (%s), want Run", i, got, msg)
+		}
+	}
+	if a.Running() != 255 {
+		t.Fatalf("%d running after 255 requests of 1 GiB, want 255", a.Running())
+	}
+	if got, _ := a.Admit(&item{}, gib+1, nil); got != Refused {
+		t.Fatalf("a request past 256 GiB running: %v, want Refused (no queue)", got)
+	}
+	if a.Running() != 255 {
+		t.Fatalf("%d running after a refusal, want 255", a.Running())
+	}
+	for range 255 {
+		a.Done(gib, nil)
+	}
+	if a.Running() != 0 || a.run.Load() != 0 {
+		t.Fatalf("%d running, word %#x after every request ended; want 0, 0", a.Running(), a.run.Load())
+	}
+	b := newAdm(Limits{MaxRunning: 3, QueueSize: -1})
+	for i := range 3 {
+		if got, _ := b.Admit(&item{id: i}, 0, nil); got != Run {
+			t.Fatalf("empty request %d: %v, want Run", i, got)
+		}
+	}
+	if got, _ := b.Admit(&item{}, 0, nil); got != Refused {
+		t.Fatalf("a 4th stream with 3 slots: %v, want Refused", got)
+	}
+}
+
 func TestAdmissionDropsKilledWaiters(t *testing.T) {
 	a := newAdm(Limits{MaxRunning: 1, QueueSize: 2})
 	var p Peer
