@@ -95,7 +95,8 @@ type served struct {
 	// parents are children of the endpoint's context that network
 	// requests' contexts hang from, picked at random: a request's context
 	// registers with its parent under the parent's lock, and one parent
-	// would be a lock every request on every core takes.
+	// would be a lock every request on every core takes. Each holds s
+	// under servedKey, so that a request need not look its path up twice.
 	parents       []context.Context
 	parentsCancel []context.CancelFunc // called once the endpoint is no longer served
 
@@ -160,7 +161,8 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 	s.parents = make([]context.Context, streamParents())
 	s.parentsCancel = make([]context.CancelFunc, len(s.parents))
 	for i := range s.parents {
-		s.parents[i], s.parentsCancel[i] = context.WithCancel(ep.ctx)
+		ctx, cancel := context.WithCancel(ep.ctx)
+		s.parents[i], s.parentsCancel[i] = context.WithValue(ctx, servedKey{}, s), cancel
 	}
 	s.raw = func(ctx, stop context.Context, c codec.Codec, payload []byte, send sender, derived bool) (bool, int, error) {
 		r := &rawCall[Req, Resp]{codec: c, send: send}

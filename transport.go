@@ -46,19 +46,32 @@ func (t *pathTable) StreamContext(path string) context.Context {
 	return nil
 }
 
+// servedKey is the key under which a served endpoint's request parents
+// (see served.parents) hold it.
+type servedKey struct{}
+
 // ServeStream serves one request that arrived over the network.
 func (t *pathTable) ServeStream(s planes.Stream, stop context.Context) error {
-	v, ok := t.m.Load(s.Path())
-	if !ok {
-		return plane.Errorf(wire.CodeNotFound, "%s is not served by this instance (its discovery record is stale)", s.Path())
+	ctx := s.Context()
+	var sv *served
+	if s.DerivedContext() {
+		// StreamContext looked the path up already: its parent holds the
+		// endpoint. One removed since is draining and refuses the request
+		// as retryable, or failed to register and has cancelled it.
+		sv, _ = ctx.Value(servedKey{}).(*served)
 	}
-	sv := v.(*served)
+	if sv == nil {
+		v, ok := t.m.Load(s.Path())
+		if !ok {
+			return plane.Errorf(wire.CodeNotFound, "%s is not served by this instance (its discovery record is stale)", s.Path())
+		}
+		sv = v.(*served)
+	}
 	c, err := codec.ByName(s.Codec())
 	if err != nil {
 		return plane.Errorf(wire.CodeBadRequest, "%s: %v", s.Path(), err)
 	}
 	sv.m.BytesIn.Add(float64(len(s.Payload())))
-	ctx := s.Context()
 	if sv.intercepted() {
 		ctx = context.WithValue(ctx, callKey{}, &Call{Side: ServerSide, RequestID: s.RequestID(), Header: s.Headers(), traceParent: s.TraceParent()})
 	}
