@@ -2,7 +2,9 @@ package loom
 
 import (
 	"context"
+	"maps"
 	"sync"
+	"sync/atomic"
 
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/internal/plane"
@@ -26,22 +28,58 @@ const (
 )
 
 // pathTable maps the paths of the endpoints a runtime serves to them, and
-// serves the requests its planes receive.
+// serves the requests its planes receive. Every request reads it, and
+// endpoints come and go rarely: a read is an atomic load and a lookup in
+// a map that is never written, which a change replaces whole.
 type pathTable struct {
-	m sync.Map // endpoint path -> *served
+	mu sync.Mutex                         // serialises changes
+	m  atomic.Pointer[map[string]*served] // endpoint path -> *served; nil: empty
 }
 
 var _ planes.Handler = (*pathTable)(nil)
 
-func (t *pathTable) add(s *served)    { t.m.Store(s.ep.path, s) }
-func (t *pathTable) remove(s *served) { t.m.CompareAndDelete(s.ep.path, s) }
+func (t *pathTable) add(s *served) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	m := t.copy()
+	m[s.ep.path] = s
+	t.m.Store(&m)
+}
+
+// remove removes s if it is still the endpoint served at its path.
+func (t *pathTable) remove(s *served) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.load(s.ep.path) != s {
+		return
+	}
+	m := t.copy()
+	delete(m, s.ep.path)
+	t.m.Store(&m)
+}
+
+// copy returns a copy of the table to change; t.mu is held.
+func (t *pathTable) copy() map[string]*served {
+	if p := t.m.Load(); p != nil {
+		return maps.Clone(*p)
+	}
+	return make(map[string]*served)
+}
+
+// load returns the endpoint served at path, or nil.
+func (t *pathTable) load(path string) *served {
+	if p := t.m.Load(); p != nil {
+		return (*p)[path]
+	}
+	return nil
+}
 
 // StreamContext is the parent of the transport context of a request for
 // path: the endpoint's, so that the request needs no context of its own
 // (each costs allocations and a lock on the parent).
 func (t *pathTable) StreamContext(path string) context.Context {
-	if v, ok := t.m.Load(path); ok {
-		return v.(*served).streamParent()
+	if s := t.load(path); s != nil {
+		return s.streamParent()
 	}
 	return nil
 }
@@ -61,11 +99,9 @@ func (t *pathTable) ServeStream(s planes.Stream, stop context.Context) error {
 		sv, _ = ctx.Value(servedKey{}).(*served)
 	}
 	if sv == nil {
-		v, ok := t.m.Load(s.Path())
-		if !ok {
+		if sv = t.load(s.Path()); sv == nil {
 			return plane.Errorf(wire.CodeNotFound, "%s is not served by this instance (its discovery record is stale)", s.Path())
 		}
-		sv = v.(*served)
 	}
 	c, err := codec.ByName(s.Codec())
 	if err != nil {
