@@ -443,10 +443,11 @@ type serving[Req, Resp any] struct {
 	s       *served
 	maxItem int // 0: no limit (the transport applies its own)
 	out     yielder[Resp]
-	rctx    reqCtx
-	ctx     context.Context // the request's context
-	start   int64           // sinceEpoch when the request was admitted
-	items   int
+	// rctx is the request's context when the transport's context serves
+	// as it (derived), and holds it otherwise (for yield's check).
+	rctx  reqCtx
+	start int64 // sinceEpoch when the request was admitted
+	items int
 	// done: the loop over the handler's stream is over, as far as the
 	// handler may tell: its yield returned false, or its iterator
 	// returned. A yield after that panics, as in a range loop.
@@ -490,6 +491,7 @@ func serveWith[Req, Resp any](st *serving[Req, Resp], caller, stop context.Conte
 		rctx = &st.rctx
 	} else {
 		rctx, cancel = s.requestContext(caller, stop)
+		st.rctx.Context = rctx
 	}
 	outcome := s.m.OK
 	defer func() {
@@ -540,7 +542,6 @@ func (st *serving[Req, Resp]) run(rctx, caller context.Context, eng Engine[Req, 
 			st.err = st.s.handlerPanic(rctx, v)
 		}
 	}()
-	st.ctx = rctx
 	seq := generate(rctx, caller, st.s, eng, req)
 	seq(func(item Resp, herr error) bool { return st.yield(item, herr) })
 	st.done = true
@@ -561,7 +562,7 @@ func (st *serving[Req, Resp]) yield(item Resp, herr error) bool {
 		st.err, st.done = herr, true
 		return false
 	}
-	if st.ctx.Err() != nil {
+	if st.rctx.Err() != nil {
 		st.done = true
 		return false // killed: drop what the handler still sends
 	}
