@@ -413,6 +413,16 @@ func (p *Pool) dial(ctx context.Context, addr string) (*clientConn, error) {
 	}
 	c.lim.onStall = c.onStall
 	c.lim.onAlive = c.onAlive
+	c.reader = backgroundReader
+	c.bgWake = make(chan struct{}, 1)
+	if c.kaInterval > 0 && c.kaTimeout > 0 {
+		c.callerReads = true
+		c.lim.onTick = c.tickRead
+	}
+	if lim.frameTimeout > 0 {
+		c.rd.SetFrameTimeout(lim.frameTimeout, c.setReadDeadline)
+	}
+	c.rd.SetInterrupt(c.interrupted)
 	return c, nil
 }
 
@@ -485,7 +495,30 @@ type clientConn struct {
 	streams  map[uint32]*ClientStream
 	draining bool
 	goAway   string // the server's GOAWAY, for error messages
+
+	// The read role (see readFor): whoever holds it reads the socket and
+	// delivers every stream's frames. reader is the caller holding it,
+	// backgroundReader when readLoop does, nil when nobody reads: the
+	// connection holds no stream, and the next caller to wait reads for
+	// itself. Guarded by mu.
+	reader *ClientStream
+	// rerr is a protocol error a caller met while reading; readLoop ends
+	// the connection with it. Guarded by mu.
+	rerr error
+	// callerReads: callers may take the read role. It needs keepalive's
+	// ticks, which give an idle connection its reader back.
+	callerReads bool
+	bgWake      chan struct{} // wakes readLoop to take the role; cap 1
+
+	// intr asks the caller holding the read role to look up from a
+	// blocked read (its stream was killed): a past read deadline goes
+	// with it. Guarded by dmu, as every read deadline is.
+	dmu  sync.Mutex
+	intr bool
 }
+
+// backgroundReader marks the read role as readLoop's.
+var backgroundReader = new(ClientStream)
 
 func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byte) (*ClientStream, error) {
 	st := &ClientStream{c: c}
@@ -575,42 +608,40 @@ func (c *clientConn) onAlive() {
 	c.pool.setStalled(c.addr, false)
 }
 
+// readLoop is the connection's background reader. It reads while no
+// caller does: on a new connection, while streams are open whose callers
+// are not reading, and on an idle connection once keepalive ticks (to see
+// the server's GOAWAY, PINGs and close). A lone caller reads its own
+// response (readFor), as a raw TCP client would, saving the hand-off from
+// this goroutine to it, which on several cores also woke another thread.
+// When the connection ends, here or in a caller's read, readLoop fails
+// its streams.
 func (c *clientConn) readLoop() {
 	var err error
-	// The stream of the last DATA frame: a stream's DATA tends to come
-	// in runs. Ids are never reused on a connection, and a stream that
-	// left the map has ended (push drops what still comes for it), so a
-	// cached stream is as good as a lookup.
-	var last *ClientStream
-	for err == nil {
-		var f wire.Frame
-		f, err = c.rd.ReadFrame()
+	woken := false // the role starts as readLoop's: dial gives it
+	closed := c.done
+	for {
+		c.mu.Lock()
+		if woken && c.reader == nil {
+			c.reader = backgroundReader
+		}
+		mine := c.reader == backgroundReader
+		err = c.rerr
+		c.mu.Unlock()
+		if err == nil && mine {
+			err = c.readBackground()
+		}
 		if err != nil {
 			break
 		}
-		switch f.Type {
-		case wire.TypeData:
-			if last == nil || last.id != f.Stream {
-				last = c.lookup(f.Stream)
-			}
-			if last != nil {
-				err = last.push(f.Payload, c.rd)
-			}
-		case wire.TypeEnd:
-			code, msg, _ := wire.ParseEnd(f.Payload)
-			if st := c.lookup(f.Stream); st != nil {
-				st.end(code, msg)
-				c.removeStream(f.Stream)
-			}
-		case wire.TypePing:
-			c.writePong(f.Payload)
-		case wire.TypePong:
-		case wire.TypeGoAway:
-			last, code, reason, _ := wire.ParseGoAway(f.Payload)
-			c.handleGoAway(last, code, string(reason))
-		default:
-			err = fmt.Errorf("%w: %v frames are not sent by servers (stream %d)", wire.ErrProtocol, f.Type, f.Stream)
+		select {
+		case <-c.bgWake:
+		case <-closed:
+			// If a caller is reading, it meets the closed socket and
+			// hands the role back through bgWake.
+			closed = nil
 		}
+		woken = true
 	}
 	if errors.Is(err, wire.ErrFrameTimeout) {
 		c.tripped("frame_timeout", err)
@@ -636,6 +667,197 @@ func (c *clientConn) readLoop() {
 	c.pool.mu.Lock()
 	delete(c.pool.conns, c)
 	c.pool.mu.Unlock()
+}
+
+// readBackground reads for every stream until the connection has none
+// and callers may read, or an error ends it.
+func (c *clientConn) readBackground() error {
+	// The stream of the last DATA frame: a stream's DATA tends to come
+	// in runs. Ids are never reused on a connection, and a stream that
+	// left the map has ended (push drops what still comes for it), so a
+	// cached stream is as good as a lookup.
+	var last *ClientStream
+	for {
+		f, err := c.rd.ReadFrame()
+		if err == wire.ErrInterrupted {
+			continue // meant for a caller that held the role before
+		}
+		if err != nil {
+			return err
+		}
+		if err := c.dispatch(f, &last); err != nil {
+			return err
+		}
+		if c.callerReads && c.load.Load() == 0 && !c.rd.FrameBuffered() {
+			c.mu.Lock()
+			idle := len(c.streams) == 0
+			if idle {
+				c.reader = nil
+			}
+			c.mu.Unlock()
+			if idle {
+				return nil
+			}
+		}
+	}
+}
+
+// takeRead gives s the read role if nobody holds it; s.mu is held.
+func (c *clientConn) takeRead(s *ClientStream) bool {
+	if !c.callerReads {
+		return false
+	}
+	c.mu.Lock()
+	free := c.reader == nil
+	if free {
+		c.reader = s
+	}
+	c.mu.Unlock()
+	return free
+}
+
+// readFor reads the connection for s's caller, which holds the read role,
+// until s has a message or has ended, delivering what other streams get
+// on the way. Then it gives the role up: to nobody if the connection holds
+// no stream, else to readLoop, since open streams must be read for.
+func (c *clientConn) readFor(s *ClientStream) {
+	var last *ClientStream
+	for {
+		f, err := c.rd.ReadFrame()
+		switch {
+		case err == wire.ErrInterrupted:
+			// s was killed, or the request was for an earlier holder.
+		case err != nil:
+			// The Reader keeps the error: readLoop reads it again and
+			// ends the connection.
+			c.handRead(nil)
+			return
+		default:
+			if err := c.dispatch(f, &last); err != nil {
+				c.handRead(err)
+				return
+			}
+			if c.rd.FrameBuffered() {
+				continue
+			}
+		}
+		if s.delivered() {
+			c.mu.Lock()
+			c.reader = nil
+			busy := len(c.streams) > 0
+			if busy {
+				c.reader = backgroundReader
+			}
+			c.mu.Unlock()
+			if busy {
+				c.wakeBackground()
+			}
+			return
+		}
+	}
+}
+
+// handRead hands the read role to readLoop, with the protocol error that
+// ends the connection if err is not nil.
+func (c *clientConn) handRead(err error) {
+	c.mu.Lock()
+	if err != nil && c.rerr == nil {
+		c.rerr = err
+	}
+	c.reader = backgroundReader
+	c.mu.Unlock()
+	c.wakeBackground()
+}
+
+func (c *clientConn) wakeBackground() {
+	select {
+	case c.bgWake <- struct{}{}:
+	default:
+	}
+}
+
+// tickRead runs at keepalive's ticks: an idle connection nobody reads gets
+// readLoop reading it, so that a server's GOAWAY or close is seen before
+// the next caller needs the connection.
+func (c *clientConn) tickRead() {
+	c.mu.Lock()
+	free := c.reader == nil
+	c.mu.Unlock()
+	if free {
+		c.wakeBackground()
+	}
+}
+
+// interrupt cuts short the read of s's caller if it holds the read role,
+// so that Recv returns s's end at once.
+func (c *clientConn) interrupt(s *ClientStream) {
+	c.mu.Lock()
+	reading := c.reader == s
+	c.mu.Unlock()
+	if !reading {
+		return
+	}
+	c.dmu.Lock()
+	c.intr = true
+	c.nc.SetReadDeadline(aLongTimeAgo)
+	c.dmu.Unlock()
+}
+
+// interrupted reports to the Reader whether a read that timed out was
+// interrupted, and clears the request and its deadline.
+func (c *clientConn) interrupted() bool {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !c.intr {
+		return false
+	}
+	c.intr = false
+	c.nc.SetReadDeadline(time.Time{})
+	return true
+}
+
+// setReadDeadline sets the Reader's frame deadlines, keeping an
+// interrupt's past deadline until the reader has seen it.
+func (c *clientConn) setReadDeadline(t time.Time) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.intr {
+		t = aLongTimeAgo
+	}
+	return c.nc.SetReadDeadline(t)
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// dispatch delivers one frame from the server; last caches the stream of
+// the reader's last DATA frame.
+func (c *clientConn) dispatch(f wire.Frame, last **ClientStream) error {
+	switch f.Type {
+	case wire.TypeData:
+		st := *last
+		if st == nil || st.id != f.Stream {
+			st = c.lookup(f.Stream)
+			*last = st
+		}
+		if st != nil {
+			return st.push(f.Payload, c.rd)
+		}
+	case wire.TypeEnd:
+		code, msg, _ := wire.ParseEnd(f.Payload)
+		if st := c.lookup(f.Stream); st != nil {
+			st.end(code, msg)
+			c.removeStream(f.Stream)
+		}
+	case wire.TypePing:
+		c.writePong(f.Payload)
+	case wire.TypePong:
+	case wire.TypeGoAway:
+		last, code, reason, _ := wire.ParseGoAway(f.Payload)
+		c.handleGoAway(last, code, string(reason))
+	default:
+		return fmt.Errorf("%w: %v frames are not sent by servers (stream %d)", wire.ErrProtocol, f.Type, f.Stream)
+	}
+	return nil
 }
 
 func (c *clientConn) lookup(id uint32) *ClientStream {
@@ -856,10 +1078,23 @@ func (s *ClientStream) Recv() ([]byte, error) {
 			s.mu.Unlock()
 			return nil, err
 		}
+		if s.c.takeRead(s) {
+			s.mu.Unlock()
+			s.c.readFor(s)
+			continue
+		}
 		s.waiting = true
 		s.cond.Wait()
 		s.mu.Unlock()
 	}
+}
+
+// delivered reports whether Recv has something to return: a message or
+// the stream's end.
+func (s *ClientStream) delivered() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err != nil || (s.in != nil && len(s.in.b) > 0)
 }
 
 // Stop asks the server to finish the stream gracefully: the handler sees
@@ -1004,6 +1239,7 @@ func (s *ClientStream) kill(e *StreamError, onlyWaiting bool) bool {
 	s.abortNow.Store(true)
 	s.wake()
 	s.mu.Unlock()
+	s.c.interrupt(s)
 	s.c.removeStream(s.id)
 	s.c.writeFrame(s.id, wire.TypeCancel, uint32(wire.FlagKill))
 	s.unwatch()

@@ -43,7 +43,7 @@ type conn struct {
 	rd    *wire.Reader
 	peer  wire.Preface // the peer's settings
 	log   *slog.Logger
-	reads atomic.Uint64 // bumped on every read from nc; keepalive watches it
+	reads atomic.Uint64 // bumped on every read that got bytes from nc; keepalive watches it
 
 	wmu      sync.Mutex
 	w        wire.Writer
@@ -76,7 +76,9 @@ type countingReader struct{ c *conn }
 
 func (r countingReader) Read(p []byte) (int, error) {
 	n, err := r.c.nc.Read(p)
-	r.c.reads.Add(1)
+	if n > 0 {
+		r.c.reads.Add(1)
+	}
 	return n, err
 }
 
@@ -94,6 +96,9 @@ type limits struct {
 	opened  func() uint32 // streams opened so far
 	onStall func()
 	onAlive func()
+	// onTick runs at every keepalive check (clients only): an idle
+	// connection whose reading no caller holds gets its reader back.
+	onTick func()
 	// idle, activity and onIdle close idle connections (servers only):
 	// when activity reports no stream open and no new one since the
 	// last check for idle, onIdle runs (it sends GOAWAY); a peer that
@@ -314,6 +319,9 @@ func (c *conn) writeLoop() {
 		alive, soon := c.keepalive(&ka)
 		if !alive {
 			return false
+		}
+		if c.lim.onTick != nil {
+			c.lim.onTick()
 		}
 		if soon || fast == slow {
 			c.slowTick.Store(false)

@@ -14,6 +14,15 @@
 // (the handler finishes gracefully) or kill it (the handler's context is
 // cancelled); a deadline on the caller's context travels with the request.
 //
+// On the client, a caller waiting for a response on a connection nobody
+// is reading reads the socket itself, delivering what other streams get
+// on the way, as a raw TCP client reads its own answer; the connection's
+// reader goroutine reads while streams are open whose callers are not
+// reading, and on an idle connection, so that PINGs, GOAWAY and a close
+// are seen. A caller whose stream is killed while it reads is interrupted
+// by a past read deadline, and the frame it was reading resumes with the
+// next reader.
+//
 // Each connection has one reader and one writer goroutine. Frames
 // from every stream are appended to one batch that the writer sends in one
 // write once the previous write returns, so under load many frames share a

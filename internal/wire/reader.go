@@ -36,9 +36,11 @@ type Reader struct {
 	small int // frames left before a grown buffer is given back
 	err   error
 
-	frameTimeout time.Duration
-	setDeadline  func(time.Time) error
-	armed        bool // a frame deadline is set
+	frameTimeout  time.Duration
+	setDeadline   func(time.Time) error
+	armed         bool      // a frame deadline is set
+	frameDeadline time.Time // the frame's deadline; kept across an interrupt
+	interrupted   func() bool
 }
 
 // ErrFrameTimeout is wrapped by the error of a Reader whose frame did not
@@ -54,6 +56,21 @@ var ErrFrameTimeout = errors.New("wire: frame not received in time")
 func (r *Reader) SetFrameTimeout(d time.Duration, set func(time.Time) error) {
 	r.frameTimeout, r.setDeadline = d, set
 }
+
+// ErrInterrupted is returned by ReadFrame when its owner cut a blocked
+// read short (see SetInterrupt). The Reader is intact: the next ReadFrame
+// resumes where this one stopped.
+var ErrInterrupted = errors.New("wire: read interrupted")
+
+// SetInterrupt lets the Reader's owner cut a blocked read short, so that
+// the reading can pass to another goroutine: the owner sets a read
+// deadline in the past, and interrupted, called when a read times out,
+// reports whether the owner did so (and clears the request and the
+// deadline). Then ReadFrame returns ErrInterrupted instead of ending the
+// Reader; a frame deadline that was armed is armed again, unchanged, when
+// reading resumes. A timeout the owner did not ask for ends the Reader as
+// before.
+func (r *Reader) SetInterrupt(interrupted func() bool) { r.interrupted = interrupted }
 
 // NewReader returns a Reader that parses frames from rd and rejects any
 // frame whose payload is longer than maxFrameSize bytes. A maxFrameSize
@@ -142,7 +159,9 @@ func (r *Reader) ReadFrame() (Frame, error) {
 		r.r, r.buf = 0, nb
 	}
 	if err := r.fill(HeaderSize); err != nil {
-		r.err = err
+		if err != ErrInterrupted {
+			r.err = err
+		}
 		return Frame{}, err
 	}
 	h := r.buf[r.r : r.r+HeaderSize]
@@ -163,11 +182,14 @@ func (r *Reader) ReadFrame() (Frame, error) {
 		r.small--
 	}
 	if err := r.fill(size); err != nil {
-		r.err = err
+		if err != ErrInterrupted {
+			r.err = err
+		}
 		return Frame{}, err
 	}
 	f.Payload = r.buf[r.r+HeaderSize : r.r+size : r.r+size]
 	r.r += size
+	r.frameDeadline = time.Time{}
 	if r.armed {
 		r.armed = false
 		r.setDeadline(time.Time{})
@@ -200,8 +222,11 @@ func (r *Reader) fill(need int) error {
 			}
 		}
 		if r.frameTimeout > 0 && !r.armed && r.w > r.r {
+			if r.frameDeadline.IsZero() {
+				r.frameDeadline = time.Now().Add(r.frameTimeout)
+			}
 			r.armed = true
-			r.setDeadline(time.Now().Add(r.frameTimeout))
+			r.setDeadline(r.frameDeadline)
 		}
 		n, err := r.rd.Read(r.buf[r.w:])
 		r.w += n
@@ -214,6 +239,12 @@ func (r *Reader) fill(need int) error {
 					return io.EOF
 				}
 				return protoErrWrap(io.ErrUnexpectedEOF, "connection ended inside a frame (%d of %d bytes)", r.w-r.r, need)
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() && r.interrupted != nil && r.interrupted() {
+				// interrupted cleared the deadline: the frame's, if any,
+				// is set again when reading resumes.
+				r.armed = false
+				return ErrInterrupted
 			}
 			if ne, ok := err.(net.Error); ok && ne.Timeout() && r.armed {
 				return fmt.Errorf("%w: %d of %d bytes within %v", ErrFrameTimeout, r.w-r.r, need, r.frameTimeout)
