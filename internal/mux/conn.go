@@ -57,6 +57,9 @@ type conn struct {
 	wCause   error         // with wHard: why, for shutdown
 	dead     bool
 	wake     chan struct{}
+	// wDeadline is the write deadline set on nc; only the goroutine
+	// holding wBusy touches it.
+	wDeadline time.Time
 
 	kaInterval, kaTimeout time.Duration
 	lim                   limits
@@ -402,14 +405,21 @@ func (c *conn) writeLoop() {
 	}
 }
 
+// flush writes b; one goroutine at a time (wBusy) calls it.
 func (c *conn) flush(b []byte, closing bool) error {
 	switch {
 	case closing:
 		c.nc.SetWriteDeadline(time.Now().Add(finalFlushTimeout))
+		c.wDeadline = time.Time{}
 	case c.kaTimeout > 0:
 		// A peer that stops reading blocks the write: treat it as dead
-		// after the keepalive timeout.
-		c.nc.SetWriteDeadline(time.Now().Add(c.kaTimeout))
+		// after the keepalive timeout, at most half as long again.
+		// Moving the deadline is a runtime timer update: it is moved
+		// once per half timeout, not once per write.
+		if now := time.Now(); c.wDeadline.Sub(now) < c.kaTimeout {
+			c.wDeadline = now.Add(c.kaTimeout + c.kaTimeout/2)
+			c.nc.SetWriteDeadline(c.wDeadline)
+		}
 	}
 	n, err := c.nc.Write(b)
 	if c.lim.stall > 0 {

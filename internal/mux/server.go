@@ -73,8 +73,8 @@ type ServerConfig struct {
 	MaxRunningBytes int
 	// KeepaliveInterval is how long a connection may be silent before
 	// the server sends a PING; KeepaliveTimeout is how long it then
-	// waits for any byte, and how long a write may block, before it
-	// drops the connection and kills its streams. Defaults
+	// waits for any byte, and how long a write may block (up to half as
+	// long again), before it drops the connection and kills its streams. Defaults
 	// DefaultKeepaliveInterval and DefaultKeepaliveTimeout; a negative
 	// interval disables keepalive.
 	KeepaliveInterval, KeepaliveTimeout time.Duration
