@@ -2,6 +2,7 @@ package mux
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"sync"
 	"testing"
@@ -43,8 +44,8 @@ func (g *gated) serve(s *ServerStream) error {
 
 // quietPool is a pool with one connection whose keepalive never ticks
 // during a test, so that the read role moves only by the callers.
-func quietPool(t *testing.T) *Pool {
-	return newPool(t, ClientConfig{ConnsPerHost: 1, StallTimeout: -1, KeepaliveInterval: time.Hour, KeepaliveTimeout: time.Hour})
+func quietPool(t *testing.T, tlsConfig *tls.Config) *Pool {
+	return newPool(t, ClientConfig{ConnsPerHost: 1, StallTimeout: -1, KeepaliveInterval: time.Hour, KeepaliveTimeout: time.Hour, TLS: tlsConfig})
 }
 
 // quietServer sends no PING during a test: a frame from the server would
@@ -119,7 +120,7 @@ func recvAsync(st *ClientStream) <-chan error {
 func TestACallerReadsItsOwnResponse(t *testing.T) {
 	var g gated
 	addr, _ := startServer(t, quietServer, g.serve)
-	p := quietPool(t)
+	p := quietPool(t, nil)
 	c := warm(t, p, addr, &g)
 
 	st, err := p.Open(ctxTimeout(t, 10*time.Second), addr, Request{Path: "p", Payload: []byte("a")})
@@ -146,38 +147,53 @@ func TestACallerReadsItsOwnResponse(t *testing.T) {
 }
 
 // Ending the context of a caller blocked reading the connection for its
-// stream returns at once, and the connection, read mid-way, still works.
+// stream returns at once, and the connection, read mid-way, still works:
+// over TLS too, whose reads survive a timeout.
 func TestCancelInterruptsACallersRead(t *testing.T) {
-	var g gated
-	addr, _ := startServer(t, quietServer, g.serve)
-	p := quietPool(t)
-	c := warm(t, p, addr, &g)
+	pki := newPKI(t)
+	for _, tc := range []struct {
+		name string
+		srv  *tls.Config
+		cli  *tls.Config
+	}{
+		{name: "tcp"},
+		{name: "tls", srv: &tls.Config{Certificates: []tls.Certificate{pki.server}}, cli: &tls.Config{RootCAs: pki.pool}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var g gated
+			scfg := quietServer
+			scfg.TLS = tc.srv
+			addr, _ := startServer(t, scfg, g.serve)
+			p := quietPool(t, tc.cli)
+			c := warm(t, p, addr, &g)
 
-	ctx, cancel := context.WithCancel(ctxTimeout(t, 10*time.Second))
-	st, err := p.Open(ctx, addr, Request{Path: "p", Payload: []byte("never")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := recvAsync(st)
-	testutil.Eventually(t, 10*time.Second, "the caller to take the read role", func() bool { return readerOf(c) == st })
-	cancel()
-	var se *StreamError
-	if err := await(t, done, "cancel"); !errors.As(err, &se) || se.Code != wire.CodeCancelled {
-		t.Fatalf("Recv after cancel: %v; want a Cancelled *StreamError", err)
-	}
-	st.Close()
+			ctx, cancel := context.WithCancel(ctxTimeout(t, 10*time.Second))
+			st, err := p.Open(ctx, addr, Request{Path: "p", Payload: []byte("never")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := recvAsync(st)
+			testutil.Eventually(t, 10*time.Second, "the caller to take the read role", func() bool { return readerOf(c) == st })
+			cancel()
+			var se *StreamError
+			if err := await(t, done, "cancel"); !errors.As(err, &se) || se.Code != wire.CodeCancelled {
+				t.Fatalf("Recv after cancel: %v; want a Cancelled *StreamError", err)
+			}
+			st.Close()
 
-	close(g.gate("after"))
-	st2, err := p.Open(ctxTimeout(t, 10*time.Second), addr, Request{Path: "p", Payload: []byte("after")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st2.Close()
-	if got, err := recvAll(st2); err != nil || len(got) != 1 || string(got[0]) != "after" {
-		t.Fatalf("a call after the interrupted read: %q, %v", got, err)
-	}
-	if c2 := onlyConn(t, p); c2 != c {
-		t.Fatal("the interrupted connection was replaced; it should have been kept")
+			close(g.gate("after"))
+			st2, err := p.Open(ctxTimeout(t, 10*time.Second), addr, Request{Path: "p", Payload: []byte("after")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st2.Close()
+			if got, err := recvAll(st2); err != nil || len(got) != 1 || string(got[0]) != "after" {
+				t.Fatalf("a call after the interrupted read: %q, %v", got, err)
+			}
+			if c2 := onlyConn(t, p); c2 != c {
+				t.Fatal("the interrupted connection was replaced; it should have been kept")
+			}
+		})
 	}
 }
 
@@ -187,7 +203,7 @@ func TestCancelInterruptsACallersRead(t *testing.T) {
 func TestTheReadingOutlivesTheCallerThatHeldIt(t *testing.T) {
 	var g gated
 	addr, _ := startServer(t, quietServer, g.serve)
-	p := quietPool(t)
+	p := quietPool(t, nil)
 	c := warm(t, p, addr, &g)
 	ctx := ctxTimeout(t, 10*time.Second)
 
@@ -227,7 +243,7 @@ func TestTheReadingOutlivesTheCallerThatHeldIt(t *testing.T) {
 func TestAConnectionLostUnderACallersRead(t *testing.T) {
 	var g gated
 	addr, srv := startServer(t, quietServer, g.serve)
-	p := quietPool(t)
+	p := quietPool(t, nil)
 	c := warm(t, p, addr, &g)
 
 	st, err := p.Open(ctxTimeout(t, 10*time.Second), addr, Request{Path: "p", Payload: []byte("never")})
