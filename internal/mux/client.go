@@ -844,7 +844,11 @@ func (c *clientConn) dispatch(f wire.Frame, last **ClientStream) error {
 		}
 	case wire.TypeEnd:
 		code, msg, _ := wire.ParseEnd(f.Payload)
-		if st := c.lookup(f.Stream); st != nil {
+		st := *last
+		if st == nil || st.id != f.Stream {
+			st = c.lookup(f.Stream)
+		}
+		if st != nil {
 			st.end(code, msg)
 			c.removeStream(f.Stream)
 		}
@@ -1205,8 +1209,7 @@ func (s *ClientStream) end(code wire.Code, msg []byte) {
 		s.ended.Store(true)
 		s.wake()
 	}
-	s.mu.Unlock()
-	s.unwatch()
+	s.unwatchLocked()
 }
 
 // fail ends the stream because its connection is gone.
@@ -1217,8 +1220,7 @@ func (s *ClientStream) fail(cause error) {
 		s.ended.Store(true)
 		s.wake()
 	}
-	s.mu.Unlock()
-	s.unwatch()
+	s.unwatchLocked()
 }
 
 // abort kills the stream from this side.
@@ -1248,6 +1250,12 @@ func (s *ClientStream) kill(e *StreamError, onlyWaiting bool) bool {
 
 func (s *ClientStream) unwatch() {
 	s.mu.Lock()
+	s.unwatchLocked()
+}
+
+// unwatchLocked stops the context watch; s.mu is held, and unlocked
+// before the watch is stopped.
+func (s *ClientStream) unwatchLocked() {
 	stop := s.stopWatch
 	s.stopWatch = nil
 	s.mu.Unlock()
