@@ -1056,8 +1056,8 @@ type ServerStream struct {
 	state    atomic.Int32
 	open     wire.Open // aliases req, which is never written after parsing
 	deadline time.Time
-	ctx      context.Context
-	cancel   context.CancelCauseFunc
+	ctx      context.Context    // sctx, or a context with the deadline derived from it
+	sctx     *streamCtx         // cancelled by kill and release
 	stopDL   context.CancelFunc // stops the deadline timer; nil without a deadline
 	derived  bool               // ctx descends from ServerConfig.StreamContext's
 
@@ -1078,7 +1078,8 @@ func newServerStream(sc *serverConn, id uint32, o wire.Open, parent context.Cont
 	if parent == nil {
 		parent = context.Background()
 	}
-	st.ctx, st.cancel = context.WithCancelCause(parent)
+	st.sctx = newStreamCtx(parent)
+	st.ctx = st.sctx
 	if o.Timeout > 0 {
 		st.deadline = time.Now().Add(o.Timeout)
 		st.ctx, st.stopDL = context.WithDeadline(st.ctx, st.deadline)
@@ -1262,11 +1263,11 @@ func (s *ServerStream) isKilled() bool { return s.state.Load() == stateKilled }
 // kill stops the stream without sending anything more on it.
 func (s *ServerStream) kill(cause error) {
 	s.state.CompareAndSwap(stateOpen, stateKilled)
-	s.cancel(cause)
+	s.sctx.cancel(cause)
 }
 
 func (s *ServerStream) release() {
-	s.cancel(ErrStreamDone)
+	s.sctx.cancel(ErrStreamDone)
 	if s.stopDL != nil {
 		s.stopDL()
 	}

@@ -1,0 +1,167 @@
+package mux
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// streamCtx is a stream's context before anything waits on it. It stands
+// for context.WithCancelCause(parent), and becomes one (inner) the first
+// time Done or Value is called, or a context is derived from it (which
+// calls Done). Until then it costs one allocation and no registration
+// with its parent: a handler that answers without waiting on its context
+// (most unary ones) spares the parent's lock and children map, on its
+// start and on its end, and the cancel function's allocation.
+//
+// Err answers without becoming inner: the stream's own cancellation if it
+// came first, else the parent's error. A cancellation recorded before
+// inner exists carries over to it.
+type streamCtx struct {
+	parent context.Context
+	inner  atomic.Pointer[cancelable] // nil until Done, Value or a derived context
+
+	mu        sync.Mutex  // serialises cancel and making inner
+	cancelled atomic.Bool // before inner existed, cancel ran: err and cause are set, and stay
+	byParent  bool        // the parent was cancelled before cancel ran
+	err       error
+	cause     error
+}
+
+type cancelable struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+func newStreamCtx(parent context.Context) *streamCtx { return &streamCtx{parent: parent} }
+
+// Deadline is the parent's: a stream's own deadline is a context derived
+// from this one.
+func (c *streamCtx) Deadline() (time.Time, bool) { return c.parent.Deadline() }
+
+func (c *streamCtx) Done() <-chan struct{} { return c.real().Done() }
+
+// Value is the parent's value for key, as WithCancelCause's is, except
+// for the key by which the context package finds the cancelCtx behind a
+// context (context.Cause, deriving a context): that one becomes inner.
+func (c *streamCtx) Value(key any) any {
+	if key == cancelCtxKey || cancelCtxKey == nil {
+		return c.real().Value(key)
+	}
+	return c.parent.Value(key)
+}
+
+// cancelCtxKey is the Value key by which the context package finds the
+// cancelCtx behind a context, learned by asking context.Cause about a
+// context that notes what it is asked. Should a Go release ask no such
+// key, it is nil, and every Value makes inner.
+var cancelCtxKey = func() (key any) {
+	context.Cause(keySpy{&key})
+	return key
+}()
+
+// keySpy is a cancelled context that notes the first Value key it is
+// asked for.
+type keySpy struct{ key *any }
+
+func (keySpy) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (keySpy) Done() <-chan struct{}       { return nil }
+func (keySpy) Err() error                  { return context.Canceled } // Cause asks a cancelled context only
+func (s keySpy) Value(key any) any {
+	if *s.key == nil {
+		*s.key = key
+	}
+	return nil
+}
+
+func (c *streamCtx) Err() error {
+	if in := c.inner.Load(); in != nil {
+		return in.ctx.Err()
+	}
+	if c.cancelled.Load() {
+		return c.err // written before cancelled was set, never after
+	}
+	if c.parent.Err() == nil {
+		return nil
+	}
+	// The parent was cancelled: record it, so that this context says so
+	// from now on, inner made later included. (Were Err to answer from
+	// the parent while inner was being made, a later Err could ask an
+	// inner that the parent's cancel has not reached yet, and say nil
+	// after it said Canceled.)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if in := c.inner.Load(); in != nil {
+		return in.ctx.Err()
+	}
+	c.cancelLocked(nil)
+	return c.err
+}
+
+// cancel cancels the context with cause, as the CancelCauseFunc of
+// context.WithCancelCause(parent) would: a no-op if it was cancelled
+// already, by an earlier cancel or by its parent.
+func (c *streamCtx) cancel(cause error) {
+	if in := c.inner.Load(); in != nil {
+		in.cancel(cause)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if in := c.inner.Load(); in != nil {
+		in.cancel(cause)
+		return
+	}
+	c.cancelLocked(cause)
+}
+
+// cancelLocked records a cancellation before inner exists: by the
+// parent, if it was cancelled, else with cause; c.mu is held.
+func (c *streamCtx) cancelLocked(cause error) {
+	if c.cancelled.Load() {
+		return
+	}
+	if err := c.parent.Err(); err != nil {
+		// The parent was cancelled first: the child would have been
+		// cancelled with its error and cause.
+		c.err, c.cause, c.byParent = err, context.Cause(c.parent), true
+	} else {
+		if cause == nil {
+			cause = context.Canceled
+		}
+		c.err, c.cause = context.Canceled, cause
+	}
+	c.cancelled.Store(true)
+}
+
+// real returns inner, making it first if needed.
+func (c *streamCtx) real() context.Context {
+	if in := c.inner.Load(); in != nil {
+		return in.ctx
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if in := c.inner.Load(); in != nil {
+		return in.ctx
+	}
+	in := &cancelable{}
+	if c.cancelled.Load() && !c.byParent {
+		// Cancelled first by cancel: inner must say so, whatever the
+		// parent does from now on. (Cancelled by the parent first, inner
+		// made from the parent, whose cancellation stays, says what was
+		// recorded.)
+		in.ctx, in.cancel = context.WithCancelCause(noCancel{c.parent})
+		in.cancel(c.cause)
+	} else {
+		in.ctx, in.cancel = context.WithCancelCause(c.parent)
+	}
+	c.inner.Store(in)
+	return in.ctx
+}
+
+// noCancel is a context's values and deadline without its cancellation.
+type noCancel struct{ context.Context }
+
+func (noCancel) Done() <-chan struct{} { return nil }
+func (noCancel) Err() error            { return nil }
