@@ -94,8 +94,9 @@ type served struct {
 
 	// parents are children of the endpoint's context that network
 	// requests' contexts hang from, picked at random: a request's context
-	// registers with its parent under the parent's lock, and one parent
-	// would be a lock every request on every core takes. Each holds s
+	// registers with its parent under the parent's lock (once something
+	// waits on it), and one parent would be a lock every such request on
+	// every core takes. Each holds s
 	// under servedKey, so that a request need not look its path up twice.
 	parents       []context.Context
 	parentsCancel []context.CancelFunc // called once the endpoint is no longer served
