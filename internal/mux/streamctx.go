@@ -23,9 +23,8 @@ type streamCtx struct {
 	inner  atomic.Pointer[cancelable] // nil until Done, Value or a derived context
 
 	mu        sync.Mutex  // serialises cancel and making inner
-	cancelled atomic.Bool // before inner existed, cancel ran: err and cause are set, and stay
-	byParent  bool        // the parent was cancelled before cancel ran
-	err       error
+	cancelled atomic.Bool // before inner existed, cancel ran: byParent and cause are set, and stay
+	byParent  bool        // the parent was cancelled before cancel ran: Err is the parent's
 	cause     error
 }
 
@@ -80,7 +79,7 @@ func (c *streamCtx) Err() error {
 		return in.ctx.Err()
 	}
 	if c.cancelled.Load() {
-		return c.err // written before cancelled was set, never after
+		return c.recordedErr()
 	}
 	if c.parent.Err() == nil {
 		return nil
@@ -96,7 +95,17 @@ func (c *streamCtx) Err() error {
 		return in.ctx.Err()
 	}
 	c.cancelLocked(nil)
-	return c.err
+	return c.recordedErr()
+}
+
+// recordedErr is the error of a cancellation recorded before inner
+// existed: byParent is written before cancelled is set, never after, and
+// a parent's cancellation stays.
+func (c *streamCtx) recordedErr() error {
+	if c.byParent {
+		return c.parent.Err()
+	}
+	return context.Canceled
 }
 
 // cancel cancels the context with cause, as the CancelCauseFunc of
@@ -122,15 +131,15 @@ func (c *streamCtx) cancelLocked(cause error) {
 	if c.cancelled.Load() {
 		return
 	}
-	if err := c.parent.Err(); err != nil {
+	if c.parent.Err() != nil {
 		// The parent was cancelled first: the child would have been
 		// cancelled with its error and cause.
-		c.err, c.cause, c.byParent = err, context.Cause(c.parent), true
+		c.cause, c.byParent = context.Cause(c.parent), true
 	} else {
 		if cause == nil {
 			cause = context.Canceled
 		}
-		c.err, c.cause = context.Canceled, cause
+		c.cause = cause
 	}
 	c.cancelled.Store(true)
 }
