@@ -568,6 +568,7 @@ func (sc *serverConn) serveInline(st *ServerStream) (handedOff bool) {
 	st.gen = sc.gen
 	inline := sc.gen<<2 | readerInline
 	st.inline.Store(true)
+	sc.inlineSt = st // for a handoff, which enters it in the stream map
 	sc.rstate.Store(inline)
 	// Read first: after the first run of a tick, this shared flag is
 	// only read, not written, so calls on many cores do not bounce it.
@@ -581,6 +582,7 @@ func (sc *serverConn) serveInline(st *ServerStream) (handedOff bool) {
 	// After a handoff, sc's reader state (gen) is the new reader's: only
 	// the CAS may touch it.
 	if sc.rstate.CompareAndSwap(inline, st.gen<<2|readerReading) {
+		sc.inlineSt = nil
 		if next := s.next(st); next != nil {
 			s.start(next)
 		}
@@ -692,6 +694,9 @@ func (sc *serverConn) handoff(gen uint64) bool {
 	if !sc.rstate.CompareAndSwap(gen<<2|readerInline, gen<<2|readerHanded) {
 		return false
 	}
+	// The new reader must find the stream: CANCEL and CREDIT for it
+	// arrive, and the connection's end kills what the map holds.
+	sc.insert(sc.inlineSt)
 	sc.srv.workers.Add(1)
 	sc.wmu.Lock()
 	sc.commit() // wakes the writer for what the inline handler queued
@@ -761,6 +766,10 @@ type serverConn struct {
 	gen        uint64
 	owed       atomic.Bool // inline handlers queued frames without waking the writer
 	skipInline int
+	// inlineSt is the stream of the inline run in rstate, which is not
+	// in the stream map until a handoff enters it. Written by the reader
+	// before it stores rstate, read by whoever wins rstate's CAS.
+	inlineSt *ServerStream
 	// The watchdog's, under srv.mu: the rstate of the inline run it saw
 	// last, and when it first saw it (monotonic).
 	dogRun   uint64
@@ -825,6 +834,9 @@ func (sc *serverConn) readLoop() (handedOff bool) {
 		sh.mu.Lock()
 		streams := sh.m
 		sh.m = nil
+		for _, st := range streams {
+			st.removed = true
+		}
 		sh.mu.Unlock()
 		for _, st := range streams {
 			st.kill(cause)
@@ -894,24 +906,24 @@ func (sc *serverConn) handleOpen(f wire.Frame) (*ServerStream, error) {
 		parent = f(str(o.Path))
 	}
 	st := newServerStream(sc, id, o, parent)
-	sh := sc.shard(id)
-	sh.mu.Lock()
-	if sh.m == nil {
-		sh.m = make(map[uint32]*ServerStream)
-	}
-	sh.m[id] = st
-	sh.mu.Unlock()
 	sc.nstreams.Add(1)
 	sc.mu.Unlock()
 
+	// The stream enters the stream map (for CANCEL, CREDIT and the
+	// connection's end) before this reader reads on, unless it runs on
+	// this reader: then only if the reading is handed over (handoff), as
+	// until then nothing reads frames for it.
 	switch a, msg := sc.srv.adm.Admit(st, len(st.open.Payload), &sc.peerCount); a {
 	case plane.Run:
 		if sc.srv.cfg.InlineBudget > 0 && sc.skipInline == 0 {
 			return st, nil
 		}
 		sc.skipInline = max(sc.skipInline-1, 0)
+		sc.insert(st)
 		sc.srv.start(st)
 	case plane.Queued:
+		// Claim below, or a handler ending meanwhile, may start it.
+		sc.insert(st)
 		for {
 			next, _, _, ok := sc.srv.adm.Claim()
 			if !ok {
@@ -930,7 +942,7 @@ func (sc *serverConn) handleOpen(f wire.Frame) (*ServerStream, error) {
 		}
 		st.state.Store(stateEnded)
 		sc.writeEnd(id, wire.CodeOverloaded, "server "+msg, false)
-		sc.removeStream(id)
+		sc.removeStream(st)
 		st.release()
 	}
 	return nil, nil
@@ -953,7 +965,7 @@ func (sc *serverConn) handleCancel(f wire.Frame) {
 		st.stop.Fire()
 		return
 	}
-	sc.removeStream(f.Stream)
+	sc.removeStream(st)
 	st.kill(errKilled)
 }
 
@@ -968,17 +980,35 @@ func (sc *serverConn) handleCredit(f wire.Frame) error {
 	return nil
 }
 
-// removeStream forgets stream id; once a draining connection has no
-// streams left it is closed.
-func (sc *serverConn) removeStream(id uint32) {
-	sh := sc.shard(id)
+// insert enters st in the stream map, unless it was removed already
+// (it ended on a worker first).
+func (sc *serverConn) insert(st *ServerStream) {
+	sh := sc.shard(st.id)
 	sh.mu.Lock()
-	_, ok := sh.m[id]
-	delete(sh.m, id)
+	if !st.removed {
+		if sh.m == nil {
+			sh.m = make(map[uint32]*ServerStream)
+		}
+		sh.m[st.id] = st
+	}
+	sh.mu.Unlock()
+}
+
+// removeStream forgets st, once; once a draining connection has no
+// streams left it is closed.
+func (sc *serverConn) removeStream(st *ServerStream) {
+	sh := sc.shard(st.id)
+	sh.mu.Lock()
+	if st.removed {
+		sh.mu.Unlock()
+		return
+	}
+	st.removed = true
+	delete(sh.m, st.id)
 	sh.mu.Unlock()
 	// goAway sets goingAway before it counts the streams, this decrements
 	// before it reads goingAway: one of the two sees the connection idle.
-	if ok && sc.nstreams.Add(-1) == 0 && sc.goingAway.Load() {
+	if sc.nstreams.Add(-1) == 0 && sc.goingAway.Load() {
 		sc.closeAfterFlush(false, nil)
 	}
 }
@@ -1060,6 +1090,7 @@ type ServerStream struct {
 	sctx     *streamCtx         // cancelled by kill and release
 	stopDL   context.CancelFunc // stops the deadline timer; nil without a deadline
 	derived  bool               // ctx descends from ServerConfig.StreamContext's
+	removed  bool               // removeStream ran, or the connection's end took it; under its shard's lock
 
 	inline atomic.Bool // started on the reader goroutine, which may still hold the reader role
 	gen    uint64      // its inline run's generation; set before the handler starts
@@ -1287,7 +1318,7 @@ func (s *ServerStream) serve(h Handler) {
 		} else {
 			s.conn.writeEnd(s.id, code, msg, true)
 		}
-		s.conn.removeStream(s.id)
+		s.conn.removeStream(s)
 	}
 	s.release()
 }
