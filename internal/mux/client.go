@@ -558,7 +558,8 @@ func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byt
 		c.removeStream(st.id)
 		return nil, err
 	}
-	if ctx.Done() != nil {
+	if done := ctx.Done(); done != nil {
+		st.ctx, st.done = ctx, done
 		stop := context.AfterFunc(ctx, func() { st.abort(ctxError(ctx, false)) })
 		st.mu.Lock()
 		ended := st.err != nil
@@ -945,6 +946,12 @@ type ClientStream struct {
 	abortNow atomic.Bool  // err is delivered before buffered messages
 	ended    atomic.Bool  // err is set
 
+	// The caller's context, if it can end: Recv checks it, so that a
+	// stream whose context has ended returns the end at once, before
+	// the context's AfterFunc has run.
+	ctx  context.Context
+	done <-chan struct{}
+
 	// Owned by Recv:
 	out  *recvBuf // DATA frames (header, payload) being read
 	off  int      // read offset in out
@@ -1032,7 +1039,8 @@ func (s *ClientStream) release() {
 // Recv returns the next response message. It returns io.EOF after the last
 // one when the stream ended with OK, and otherwise a *StreamError: the
 // code and message the server ended it with, Cancelled or DeadlineExceeded
-// (wrapping the context's error) when the caller ended it, or Reset
+// (wrapping the context's error) when the caller ended it (at once: a
+// Recv after the context ended returns its end), or Reset
 // wrapping ErrConnLost when its connection died. Messages that arrived
 // before an END or a connection loss are returned first.
 //
@@ -1042,6 +1050,9 @@ func (s *ClientStream) Recv() ([]byte, error) {
 		// Messages already swapped into out are read without the lock:
 		// only Recv touches out, and the reader appends to in. The lock
 		// is taken once per batch of messages, not once per message.
+		if s.done != nil && !s.abortNow.Load() && closed(s.done) {
+			s.abort(ctxError(s.ctx, false))
+		}
 		if s.out != nil && s.off < len(s.out.b) && !s.abortNow.Load() {
 			// A DATA frame as it came: its header was checked by the
 			// reader.
@@ -1099,6 +1110,16 @@ func (s *ClientStream) delivered() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.err != nil || (s.in != nil && len(s.in.b) > 0)
+}
+
+// closed reports whether ch is closed; nothing is ever sent on it.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // Stop asks the server to finish the stream gracefully: the handler sees
