@@ -115,6 +115,20 @@ func recvAsync(st *ClientStream) <-chan error {
 	return done
 }
 
+// recvOneAsync reads st to its end on another goroutine and delivers its
+// message if it had exactly one; the channel closes either way.
+func recvOneAsync(st *ClientStream) <-chan []byte {
+	got := make(chan []byte, 1)
+	go func() {
+		m, _ := recvAll(st)
+		if len(m) == 1 {
+			got <- m[0]
+		}
+		close(got)
+	}()
+	return got
+}
+
 // A lone caller reads its own response, with no hand-off from the
 // background reader, and leaves the idle connection to the next caller.
 func TestACallerReadsItsOwnResponse(t *testing.T) {
@@ -128,14 +142,7 @@ func TestACallerReadsItsOwnResponse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	got := make(chan []byte, 1)
-	go func() {
-		b, _ := recvAll(st)
-		if len(b) == 1 {
-			got <- b[0]
-		}
-		close(got)
-	}()
+	got := recvOneAsync(st)
 	testutil.Eventually(t, 10*time.Second, "the caller to take the read role", func() bool { return readerOf(c) == st })
 	close(g.gate("a"))
 	if b := <-got; string(b) != "a" {
@@ -219,14 +226,7 @@ func TestTheReadingOutlivesTheCallerThatHeldIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	got := make(chan []byte, 1)
-	go func() {
-		m, _ := recvAll(b)
-		if len(m) == 1 {
-			got <- m[0]
-		}
-		close(got)
-	}()
+	got := recvOneAsync(b)
 	close(g.gate("a"))
 	if err := await(t, doneA, "the first caller"); err != nil {
 		t.Fatalf("the first caller's Recv: %v", err)

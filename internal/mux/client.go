@@ -547,10 +547,7 @@ func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byt
 	if c.slowTick.Load() && c.slowTick.Swap(false) {
 		// Keepalive checks slowly on an idle connection: bring it to
 		// the pace that notices a frozen server.
-		select {
-		case c.poke <- struct{}{}:
-		default:
-		}
+		notify(c.poke)
 	}
 	err := c.w.Open(st.id, h, payload)
 	c.commitFlush()
@@ -770,12 +767,7 @@ func (c *clientConn) handRead(err error) {
 	c.wakeBackground()
 }
 
-func (c *clientConn) wakeBackground() {
-	select {
-	case c.bgWake <- struct{}{}:
-	default:
-	}
-}
+func (c *clientConn) wakeBackground() { notify(c.bgWake) }
 
 // tickRead runs at keepalive's ticks: an idle connection nobody reads gets
 // readLoop reading it, so that a server's GOAWAY or close is seen before

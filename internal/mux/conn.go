@@ -206,9 +206,13 @@ func (c *conn) commit() {
 	}
 }
 
-func (c *conn) wakeWriter() {
+func (c *conn) wakeWriter() { notify(c.wake) }
+
+// notify wakes the goroutine waiting on ch, a channel of capacity 1, or
+// leaves it woken already.
+func notify(ch chan<- struct{}) {
 	select {
-	case c.wake <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }

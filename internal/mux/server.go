@@ -1281,10 +1281,7 @@ func (s *ServerStream) addCredit(n uint32) error {
 	ch := s.creditCh
 	c.wmu.Unlock()
 	if wake {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
+		notify(ch)
 	}
 	return nil
 }
