@@ -113,10 +113,10 @@ type RequestPlane struct {
 	Port                 int           `key:"port" default:"0" min:"0" max:"65535" doc:"TCP port to listen on; 0 picks a free one."`
 	Advertise            string        `key:"advertise" doc:"host:port other processes use to reach this one, if not host:port."`
 	Codec                string        `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of requests and responses served by this process."`
-	MaxConcurrentStreams int           `key:"max_concurrent_streams" default:"10000" min:"1" doc:"Requests this process serves at once over the network; more wait in the queue."`
+	MaxConcurrentStreams int           `key:"max_concurrent_streams" default:"10000" min:"1" max:"1048576" doc:"Requests this process serves at once over the network; more wait in the queue."`
 	QueueSize            int           `key:"queue_size" default:"1024" min:"-1" doc:"Requests that may wait for a slot; beyond it a request is refused at once with ErrOverloaded (retried elsewhere). -1: no queue."`
 	MaxStreamsPerConn    int           `key:"max_streams_per_conn" default:"0" min:"-1" doc:"Requests, running and queued, one client connection (one NATS caller) may hold, so that one client cannot take every slot; beyond it its requests are refused with ErrOverloaded. 0: half of max_concurrent_streams when that is 64 or more, else no limit; -1: no limit."`
-	MaxRunningBytes      int           `key:"max_running_bytes" default:"268435456" min:"1" doc:"Request bytes held by running requests; beyond it new requests wait in the queue (which holds at most 64 MiB)."`
+	MaxRunningBytes      int           `key:"max_running_bytes" default:"268435456" min:"1" max:"274877906944" doc:"Request bytes held by running requests; beyond it new requests wait in the queue (which holds at most 64 MiB)."`
 	MaxConns             int           `key:"max_conns" default:"4096" min:"-1" doc:"TCP connections the request plane holds at once; one accepted beyond it is closed at once. -1: no limit."`
 	FrameTimeout         time.Duration `key:"frame_timeout" default:"10s" doc:"How long one frame may take to arrive whole once its first byte has; a peer trickling bytes is dropped. Negative: no bound."`
 	IdleTimeout          time.Duration `key:"idle_timeout" default:"5m" doc:"How long a connection may hold no request before the server asks its client to close it (GOAWAY, not draining: the client dials anew for its next request); a client that keeps it open anyway, pinging, is dropped. Only requests count, not pings. Negative: never."`
