@@ -142,6 +142,26 @@ func waitCount(t *testing.T, jobs, n int, consumers []*proc, within time.Duratio
 // checkDrained waits for the queue to be empty, with no dead letters.
 func checkDrained(t *testing.T, urls, queue string) workqueue.Info {
 	t.Helper()
+	return waitDrained(t, urls, queue, false)
+}
+
+// checkDrainedAfterRestart is checkDrained for a queue whose nats-server
+// was restarted on its file store: the server may then keep a job it
+// has deleted for the group in its stream (an acked message below the
+// consumer's ack floor; one in 1 of 12 runs after SIGTERM), which Info
+// counts in Jobs although nothing is pending or in flight. The caller
+// has checked that every job was handled; such leftovers are logged.
+func checkDrainedAfterRestart(t *testing.T, urls, queue string) workqueue.Info {
+	t.Helper()
+	info := waitDrained(t, urls, queue, true)
+	if info.Jobs > 0 {
+		t.Logf("queue %s: the restarted nats-server kept %d handled job(s) in its stream, none pending for the group: %+v", queue, info.Jobs, info)
+	}
+	return info
+}
+
+func waitDrained(t *testing.T, urls, queue string, leftoversOK bool) workqueue.Info {
+	t.Helper()
 	nc, err := nats.Connect(urls, nats.MaxReconnects(-1))
 	if err != nil {
 		t.Fatal(err)
@@ -160,6 +180,9 @@ func checkDrained(t *testing.T, urls, queue string) workqueue.Info {
 			return info
 		}
 		if time.Now().After(deadline) {
+			if err == nil && leftoversOK && info.Pending == 0 && info.InFlight == 0 && info.DeadLetters == 0 {
+				return info
+			}
 			t.Fatalf("queue %s not drained: %+v, %v", queue, info, err)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -242,7 +265,7 @@ func TestQueueSurvivesAServerRestart(t *testing.T) {
 			outage := time.Since(down)
 			tl := waitCount(t, jobs, jobs, consumers, 90*time.Second)
 			producer.waitLine("enqueued ", 30*time.Second)
-			checkDrained(t, node.url(), queue)
+			checkDrainedAfterRestart(t, node.url(), queue)
 			stopAll(t, consumers)
 			t.Logf("(b) %d jobs, nats-server (file store) %s and restarted after %d jobs, down %s: %d handled, %d lost, %d duplicates, %d handled on a redelivery, in %s",
 				jobs, map[syscall.Signal]string{syscall.SIGTERM: "stopped", syscall.SIGKILL: "killed"}[sig], at.distinct,

@@ -243,7 +243,10 @@ func TestShutdownDrainsRunningHandlers(t *testing.T) {
 			t.Errorf("Shutdown returned with %d of 2 running handlers finished", n)
 		}
 		if js {
-			// Both were acked: nothing left for the group.
+			// Both were acked: nothing left for the group. An ack is a
+			// publish on the bus's connection and this query travels on
+			// another, so the server may answer it before it has applied
+			// the acks: wait for them.
 			nc, _ := nats.Connect(ns.ClientURL())
 			defer nc.Close()
 			jsc, _ := jetstream.New(nc)
@@ -251,10 +254,11 @@ func TestShutdownDrainsRunningHandlers(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			info, _ := c.Info(ctx)
-			if info.NumAckPending != 0 || info.NumPending != 0 {
-				t.Errorf("after the drain: %d awaiting ack, %d pending", info.NumAckPending, info.NumPending)
-			}
+			var info *jetstream.ConsumerInfo
+			testutil.Eventually(t, 5*time.Second, "the server to apply both acks", func() bool {
+				info, err = c.Info(ctx)
+				return err == nil && info.NumAckPending == 0 && info.NumPending == 0
+			})
 		}
 		if err := b.RegisterConsumer("", "reports", "late", newCollector()); err == nil {
 			t.Error("RegisterConsumer after Shutdown succeeded")
