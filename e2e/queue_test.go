@@ -148,7 +148,7 @@ func checkDrained(t *testing.T, urls, queue string) workqueue.Info {
 // checkDrainedAfterRestart is checkDrained for a queue whose nats-server
 // was restarted on its file store: the server may then keep a job it
 // has deleted for the group in its stream (an acked message below the
-// consumer's ack floor; one in 1 of 12 runs after SIGTERM), which Info
+// consumer's ack floor; seen in 1 of 12 runs after SIGTERM), which Info
 // counts in Jobs although nothing is pending or in flight. The caller
 // has checked that every job was handled; such leftovers are logged.
 func checkDrainedAfterRestart(t *testing.T, urls, queue string) workqueue.Info {
