@@ -46,6 +46,24 @@ func testInst(id uint64, addr string) discovery.Instance {
 	return discovery.Instance{Namespace: "ns", Component: "worker", Endpoint: "generate", ID: id, Transport: "tcp", Address: addr, Codec: "msgpack"}
 }
 
+// churn makes the changes a watch must catch up on: gone is removed,
+// added registered, and kept registered again at a new address, which
+// churn returns.
+func churn(t *testing.T, d *Discovery, gone, added, kept discovery.Instance) discovery.Instance {
+	t.Helper()
+	if err := d.Unregister(t.Context(), gone); err != nil {
+		t.Fatal(err)
+	}
+	register(t, d, added)
+	if err := d.Unregister(t.Context(), kept); err != nil {
+		t.Fatal(err)
+	}
+	moved := kept
+	moved.Address = "10.0.0.9:9"
+	register(t, d, moved)
+	return moved
+}
+
 func register(t *testing.T, d *Discovery, inst discovery.Instance) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), wait)
@@ -368,16 +386,7 @@ func TestAWatchTooOldListsAgainAndSendsTheDifference(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Changes the watch does not see.
-	if err := d.Unregister(t.Context(), a); err != nil {
-		t.Fatal(err)
-	}
-	register(t, d, c)
-	if err := d.Unregister(t.Context(), b); err != nil {
-		t.Fatal(err)
-	}
-	b2 := b
-	b2.Address = "10.0.0.9:9"
-	register(t, d, b2)
+	b2 := churn(t, d, a, c, b)
 
 	// The API server restarts with its history compacted away: its watch
 	// cache starts after the watch's version, and etcd no longer has it.
@@ -651,17 +660,8 @@ func TestAWatchResumesFromItsResourceVersionAfterADisconnect(t *testing.T) {
 
 	before := proxy.connections()
 	proxy.setDown(true)
-	if err := owner.Unregister(t.Context(), gone); err != nil {
-		t.Fatal(err)
-	}
 	added := testInst(0xc, "10.0.0.3:1")
-	register(t, owner, added)
-	if err := owner.Unregister(t.Context(), kept); err != nil {
-		t.Fatal(err)
-	}
-	moved := kept
-	moved.Address = "10.0.0.9:9"
-	register(t, owner, moved)
+	moved := churn(t, owner, gone, added, kept)
 	proxy.setDown(false)
 
 	event := func(kind discovery.EventKind, inst discovery.Instance) string {

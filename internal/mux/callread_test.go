@@ -115,6 +115,22 @@ func recvAsync(st *ClientStream) <-chan error {
 	return done
 }
 
+// openReading opens a stream whose payload is payload on the pool's one
+// connection c, calls Recv on another goroutine and waits until that
+// caller holds the read role; done delivers what Recv returns. The
+// stream is closed when the test ends.
+func openReading(t *testing.T, ctx context.Context, p *Pool, c *clientConn, addr, payload string) (st *ClientStream, done <-chan error) {
+	t.Helper()
+	st, err := p.Open(ctx, addr, Request{Path: "p", Payload: []byte(payload)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	done = recvAsync(st)
+	testutil.Eventually(t, 10*time.Second, "the caller to take the read role", func() bool { return readerOf(c) == st })
+	return st, done
+}
+
 // recvOneAsync reads st to its end on another goroutine and delivers its
 // message if it had exactly one; the channel closes either way.
 func recvOneAsync(st *ClientStream) <-chan []byte {
@@ -175,12 +191,7 @@ func TestCancelInterruptsACallersRead(t *testing.T) {
 			c := warm(t, p, addr, &g)
 
 			ctx, cancel := context.WithCancel(ctxTimeout(t, 10*time.Second))
-			st, err := p.Open(ctx, addr, Request{Path: "p", Payload: []byte("never")})
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := recvAsync(st)
-			testutil.Eventually(t, 10*time.Second, "the caller to take the read role", func() bool { return readerOf(c) == st })
+			st, done := openReading(t, ctx, p, c, addr, "never")
 			cancel()
 			var se *StreamError
 			if err := await(t, done, "cancel"); !errors.As(err, &se) || se.Code != wire.CodeCancelled {
@@ -214,13 +225,7 @@ func TestTheReadingOutlivesTheCallerThatHeldIt(t *testing.T) {
 	c := warm(t, p, addr, &g)
 	ctx := ctxTimeout(t, 10*time.Second)
 
-	a, err := p.Open(ctx, addr, Request{Path: "p", Payload: []byte("a")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	doneA := recvAsync(a)
-	testutil.Eventually(t, 10*time.Second, "the first caller to take the read role", func() bool { return readerOf(c) == a })
+	_, doneA := openReading(t, ctx, p, c, addr, "a")
 	b, err := p.Open(ctx, addr, Request{Path: "p", Payload: []byte("b")})
 	if err != nil {
 		t.Fatal(err)
@@ -246,13 +251,7 @@ func TestAConnectionLostUnderACallersRead(t *testing.T) {
 	p := quietPool(t, nil)
 	c := warm(t, p, addr, &g)
 
-	st, err := p.Open(ctxTimeout(t, 10*time.Second), addr, Request{Path: "p", Payload: []byte("never")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	done := recvAsync(st)
-	testutil.Eventually(t, 10*time.Second, "the caller to take the read role", func() bool { return readerOf(c) == st })
+	_, done := openReading(t, ctxTimeout(t, 10*time.Second), p, c, addr, "never")
 	srv.Close()
 	if err := await(t, done, "connection lost"); !errors.Is(err, ErrConnLost) {
 		t.Fatalf("Recv on a connection lost under it: %v; want ErrConnLost", err)
