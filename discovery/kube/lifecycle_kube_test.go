@@ -116,6 +116,21 @@ func next(t *testing.T, ch <-chan discovery.Event, within time.Duration) discove
 	panic("unreachable")
 }
 
+// expectQuiet fails the test if the watch sends anything for d: after
+// the restart, nothing changed that it should report.
+func expectQuiet(t *testing.T, ch <-chan discovery.Event, d time.Duration) {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case ev := <-ch:
+			t.Fatalf("after the restart the watch sent %v %s; want nothing", ev.Kind, ev.Instance.Key())
+		case <-deadline:
+			return
+		}
+	}
+}
+
 func expectEvent(t *testing.T, ch <-chan discovery.Event, kind discovery.EventKind, inst discovery.Instance, within time.Duration) {
 	t.Helper()
 	ev := next(t, ch, within)
@@ -346,15 +361,7 @@ func TestWatchesAndOwnersSurviveAnAPIServerRestart(t *testing.T) {
 		time.Since(back).Round(time.Millisecond))
 	// Two more TTLs: the owners renew on the restarted server, so nothing
 	// expires.
-	deadline := time.After(2 * ttl)
-	for done := false; !done; {
-		select {
-		case ev := <-ch:
-			t.Fatalf("after the restart the watch sent %v %s; want nothing", ev.Kind, ev.Instance.Key())
-		case <-deadline:
-			done = true
-		}
-	}
+	expectQuiet(t, ch, 2*ttl)
 	got := list(t, watcher)
 	if len(got) != 3 {
 		t.Fatalf("List after the restart: %+v; want a, b and c", got)
@@ -529,15 +536,7 @@ func TestARecordExpiredBeforeAnOutageStaysExpiredAfterIt(t *testing.T) {
 	register(t, living, sentinel)
 	expectEvent(t, ch, discovery.Added, sentinel, wait)
 	// One more TTL: kept is renewed, dead stays gone.
-	deadline := time.After(ttl + time.Second)
-	for done := false; !done; {
-		select {
-		case ev := <-ch:
-			t.Fatalf("after the restart the watch sent %v %s; want nothing", ev.Kind, ev.Instance.Key())
-		case <-deadline:
-			done = true
-		}
-	}
+	expectQuiet(t, ch, ttl+time.Second)
 	if got := list(t, watcher); len(got) != 2 || !same(got[0], kept) || !same(got[1], sentinel) {
 		t.Fatalf("List after the restart = %+v; want %s and %s", got, kept.Key(), sentinel.Key())
 	}
