@@ -57,9 +57,9 @@ type conn struct {
 	wCause   error         // with wHard: why, for shutdown
 	dead     bool
 	wake     chan struct{}
-	// wDeadline is the write deadline set on nc; only the goroutine
-	// holding wBusy touches it.
-	wDeadline time.Time
+	// wDeadline is the write deadline set on nc, in monotonic() time (0:
+	// none); only the goroutine holding wBusy touches it.
+	wDeadline int64
 
 	kaInterval, kaTimeout time.Duration
 	lim                   limits
@@ -414,15 +414,17 @@ func (c *conn) flush(b []byte, closing bool) error {
 	switch {
 	case closing:
 		c.nc.SetWriteDeadline(time.Now().Add(finalFlushTimeout))
-		c.wDeadline = time.Time{}
+		c.wDeadline = 0
 	case c.kaTimeout > 0:
 		// A peer that stops reading blocks the write: treat it as dead
 		// after the keepalive timeout, at most half as long again.
 		// Moving the deadline is a runtime timer update: it is moved
-		// once per half timeout, not once per write.
-		if now := time.Now(); c.wDeadline.Sub(now) < c.kaTimeout {
-			c.wDeadline = now.Add(c.kaTimeout + c.kaTimeout/2)
-			c.nc.SetWriteDeadline(c.wDeadline)
+		// once per half timeout, not once per write; and the write
+		// reads only the monotonic clock.
+		if now := monotonic(); time.Duration(c.wDeadline-now) < c.kaTimeout {
+			d := c.kaTimeout + c.kaTimeout/2
+			c.wDeadline = now + int64(d)
+			c.nc.SetWriteDeadline(time.Now().Add(d))
 		}
 	}
 	n, err := c.nc.Write(b)
