@@ -22,8 +22,11 @@ import (
 // Client defaults.
 const (
 	DefaultInitialWindow = plane.DefaultInitialWindow
-	DefaultDialTimeout   = 5 * time.Second
-	DefaultStallTimeout  = 400 * time.Millisecond
+	// DefaultMaxWindowFactor is MaxWindow's default, in initial windows:
+	// 1 MiB with the default initial window.
+	DefaultMaxWindowFactor = 4
+	DefaultDialTimeout     = 5 * time.Second
+	DefaultStallTimeout    = 400 * time.Millisecond
 )
 
 // maxStreamID is the last stream id a client connection uses; after it the
@@ -44,6 +47,15 @@ type ClientConfig struct {
 	// server: at most about this much (plus one message) is buffered per
 	// stream when the caller reads slowly. Default DefaultInitialWindow.
 	InitialWindow int
+	// MaxWindow is the largest window a stream's credit grows to: a
+	// stream that has moved a whole window and whose caller then finds
+	// nothing to read doubles its window, up to this, so that a fast
+	// stream is not held back by the time credit takes to go round.
+	// Default DefaultMaxWindowFactor × InitialWindow, or InitialWindow
+	// with one CPU (GOMAXPROCS 1): there the caller and the server do not
+	// run side by side, so a larger window only spreads a stream over
+	// more memory. At or below InitialWindow the window never grows.
+	MaxWindow int
 	// DialTimeout bounds connecting, the TLS handshake and the preface
 	// exchange. Default DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -131,6 +143,13 @@ func NewPool(cfg ClientConfig) *Pool {
 		cfg.InitialWindow = DefaultInitialWindow
 	}
 	cfg.InitialWindow = min(cfg.InitialWindow, wire.MaxWindow)
+	if cfg.MaxWindow <= 0 {
+		cfg.MaxWindow = cfg.InitialWindow
+		if runtime.GOMAXPROCS(0) > 1 {
+			cfg.MaxWindow = DefaultMaxWindowFactor * cfg.InitialWindow
+		}
+	}
+	cfg.MaxWindow = min(max(cfg.MaxWindow, cfg.InitialWindow), wire.MaxWindow)
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
@@ -402,6 +421,7 @@ func (p *Pool) dial(ctx context.Context, addr string) (*clientConn, error) {
 		pool:    p,
 		addr:    addr,
 		window:  int64(p.cfg.InitialWindow),
+		maxWin:  int64(p.cfg.MaxWindow),
 		streams: map[uint32]*ClientStream{},
 		nextID:  1,
 	}
@@ -484,7 +504,8 @@ type clientConn struct {
 	*conn
 	pool   *Pool
 	addr   string
-	window int64
+	window int64  // the initial window of its streams
+	maxWin int64  // the largest window a stream grows to
 	nextID uint32 // guarded by wmu and mu: ids go on the wire in order
 	load   atomic.Int32
 	// stalled: the server did not answer a PING while streams waited,
@@ -521,7 +542,7 @@ type clientConn struct {
 var backgroundReader = new(ClientStream)
 
 func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byte) (*ClientStream, error) {
-	st := &ClientStream{c: c}
+	st := &ClientStream{c: c, win: c.window}
 	st.window.Store(c.window)
 	st.cond.L = &st.mu
 	if err := c.begin(ctx, true); err != nil {
@@ -945,9 +966,13 @@ type ClientStream struct {
 	done <-chan struct{}
 
 	// Owned by Recv:
-	out  *recvBuf // DATA frames (header, payload) being read
-	off  int      // read offset in out
-	owed int64    // bytes consumed and not yet granted back
+	out   *recvBuf // DATA frames (header, payload) being read
+	off   int      // read offset in out
+	owed  int64    // bytes consumed and not yet granted back
+	moved int64    // bytes consumed since the window last grew
+	// win is the stream's window: the credit it grants in all. Recv
+	// writes it, under mu; grow reads it under mu.
+	win int64
 
 	mu        sync.Mutex
 	stopWatch func() bool // stops the context watch; nil without one
@@ -971,7 +996,9 @@ const (
 	// starts from.
 	maxPooledRecvBuf = 64 << 10
 	// maxLargeRecvBuf is the largest buffer kept in the pool of grown
-	// ones: a stream with the default window grows to under 1 MiB.
+	// ones: a stream grows its buffer to its window and one pooled
+	// buffer's size, about 1.06 MiB at the default MaxWindow.
+
 	maxLargeRecvBuf = 4 << 20
 )
 
@@ -999,7 +1026,7 @@ func putRecvBuf(b *recvBuf) {
 // stream with that window.
 func (s *ClientStream) grow(b []byte, n int) []byte {
 	want := len(b) + n
-	large := int(s.c.window) + maxPooledRecvBuf
+	large := int(s.win) + maxPooledRecvBuf
 	if max(want, 2*cap(b)) <= maxPooledRecvBuf || want > large || large > maxLargeRecvBuf {
 		return slices.Grow(b, n)
 	}
@@ -1054,7 +1081,8 @@ func (s *ClientStream) Recv() ([]byte, error) {
 			s.off = start + n
 			p := b[start:s.off:s.off]
 			s.owed += int64(wire.HeaderSize + n)
-			if s.owed >= s.c.window/2 && !s.ended.Load() {
+			s.moved += int64(wire.HeaderSize + n)
+			if s.owed >= s.win/2 && !s.ended.Load() {
 				grant := s.owed
 				s.owed = 0
 				s.window.Add(grant)
@@ -1085,6 +1113,12 @@ func (s *ClientStream) Recv() ([]byte, error) {
 			s.mu.Unlock()
 			return nil, err
 		}
+		if grant := s.widen(); grant > 0 {
+			s.mu.Unlock()
+			s.window.Add(grant)
+			s.c.writeFrame(s.id, wire.TypeCredit, uint32(grant))
+			continue
+		}
 		if s.c.takeRead(s) {
 			s.mu.Unlock()
 			s.c.readFor(s)
@@ -1094,6 +1128,26 @@ func (s *ClientStream) Recv() ([]byte, error) {
 		s.cond.Wait()
 		s.mu.Unlock()
 	}
+}
+
+// widen doubles the stream's window, up to the connection's maxWin, when
+// its caller is about to wait for a message after the stream moved a whole
+// window since the window last grew: the server then likely waits for
+// credit too, the window being smaller than what is in flight while credit
+// goes round (the caller's grant, the server's reader and handler, the
+// writes and reads between). It returns the credit to grant now, what was
+// owed and the growth; 0 if the window stays. A stream that never moves a
+// window (a unary call, a few tokens a second) never grows. s.mu is held.
+func (s *ClientStream) widen() int64 {
+	if s.moved < s.win || s.win >= s.c.maxWin {
+		return 0
+	}
+	more := min(s.win, s.c.maxWin-s.win)
+	s.win += more
+	s.moved = 0
+	grant := s.owed + more
+	s.owed = 0
+	return grant
 }
 
 // delivered reports whether Recv has something to return: a message or
