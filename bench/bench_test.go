@@ -34,6 +34,7 @@ func TestBenchmarks(t *testing.T) {
 		{"Unary/yamux", "ns/op"},
 		{"Unary/nats", "ns/op"},
 		{"Stream/rawtcp", "items/s"},
+		{"Stream/rawtcp_fresh", "items/s"},
 		{"Stream/loom", "items/s"},
 		{"Stream/loom_reused", "items/s"},
 		{"Stream/grpc", "items/s"},

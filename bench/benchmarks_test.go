@@ -24,6 +24,7 @@ var (
 		start starter
 	}{
 		{"rawtcp", startRawTCP(1)},
+		{"rawtcp_fresh", startRawTCPFresh},
 		{"loom", startLoom},
 		{"loom_reused", startLoomReused},
 		{"grpc", startGRPC},

@@ -15,10 +15,15 @@ import (
 // per-call allocation. A request is [op u8][length u32][payload]; a
 // response is [length u32][payload]; a stream's responses end with an
 // empty frame.
+//
+// rawOpStreamFresh streams as rawOpStream does, but its server makes
+// each item anew, as the Loom `loom` row's handler does: the floor for a
+// handler that hands over the items it yields.
 const (
-	rawOpUnary  = 1
-	rawOpStream = 2
-	rawMaxFrame = 1 << 20
+	rawOpUnary       = 1
+	rawOpStream      = 2
+	rawOpStreamFresh = 3
+	rawMaxFrame      = 1 << 20
 )
 
 // rawServer serves the raw protocol, one goroutine per connection.
@@ -103,6 +108,11 @@ func serveRaw(c net.Conn) {
 				writeFrame(item)
 			}
 			writeFrame(nil)
+		case rawOpStreamFresh:
+			for i := range seqOf(req) {
+				writeFrame(fill(make([]byte, 0, msgSize), i))
+			}
+			writeFrame(nil)
 		default:
 			return
 		}
@@ -135,7 +145,15 @@ func (rc *rawConn) recv(buf []byte) ([]byte, error) {
 
 // startRawTCP starts the raw server and a client with a pool of conns
 // connections; each call takes one connection for itself.
-func startRawTCP(conns int) starter {
+func startRawTCP(conns int) starter { return startRaw(conns, rawOpStream) }
+
+// startRawTCPFresh is startRawTCP(1) whose server makes each streamed
+// item anew.
+func startRawTCPFresh(tb testing.TB) *peer { return startRaw(1, rawOpStreamFresh)(tb) }
+
+// startRaw starts the raw server and a client with a pool of conns
+// connections, streaming with streamOp.
+func startRaw(conns int, streamOp byte) starter {
 	return func(tb testing.TB) *peer {
 		srv := newRawServer(tb)
 		pool := make(chan *rawConn, conns)
@@ -166,7 +184,7 @@ func startRawTCP(conns int) starter {
 			stream: func(ctx context.Context, req []byte, item func([]byte) error) error {
 				rc := <-pool
 				defer func() { pool <- rc }()
-				if err := rc.send(rawOpStream, req); err != nil {
+				if err := rc.send(streamOp, req); err != nil {
 					return err
 				}
 				buf := make([]byte, 0, msgSize)
