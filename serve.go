@@ -484,7 +484,7 @@ func serveWith[Req, Resp any](st *serving[Req, Resp], caller, stop context.Conte
 		return false, atInstance(ErrDraining, s.ep.path, s.inst.ID, "shutting down")
 	}
 	st.s, st.start = s, sinceEpoch()
-	s.m.InFlight.Inc()
+	s.m.InFlight.Add(1)
 	var rctx context.Context
 	cancel := func() {}
 	if derived {
@@ -499,7 +499,7 @@ func serveWith[Req, Resp any](st *serving[Req, Resp], caller, stop context.Conte
 		cancel()
 		s.m.Items.Add(float64(st.items))
 		s.m.Duration.Observe(time.Duration(sinceEpoch() - st.start).Seconds())
-		s.m.InFlight.Dec()
+		s.m.InFlight.Add(-1)
 		outcome.Inc()
 		s.release()
 		if s.health != nil {

@@ -64,6 +64,9 @@ func TestTheStatusServer(t *testing.T) {
 		if !strings.Contains(body, `loom_requests_total{code="ok",component="svc",endpoint="gen",namespace="status"} 1`) {
 			t.Fatalf("/metrics lacks the served request:\n%s", body)
 		}
+		if !strings.Contains(body, `loom_requests_in_flight{component="svc",endpoint="gen",namespace="status"} 0`) {
+			t.Fatalf("/metrics counts a finished request in flight:\n%s", body)
+		}
 	})
 	t.Run("metadata names the instance and what it serves", func(t *testing.T) {
 		_, body := get(t, base+"/metadata")
@@ -78,6 +81,9 @@ func TestTheStatusServer(t *testing.T) {
 	t.Run("a draining process is live but not ready", func(t *testing.T) {
 		go func() { _, _ = collect(cl.Generate(context.Background(), true)) }()
 		<-entered
+		if _, body := get(t, base+"/metrics"); !strings.Contains(body, `loom_requests_in_flight{component="svc",endpoint="gen",namespace="status"} 1`) {
+			t.Fatalf("/metrics lacks the request in flight:\n%s", body)
+		}
 		done := make(chan error, 1)
 		go func() { done <- rt.Shutdown(context.Background()) }()
 		deadline := time.Now().Add(2 * time.Second)

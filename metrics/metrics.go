@@ -7,6 +7,7 @@ package metrics
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -30,7 +31,7 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	requests      *prometheus.CounterVec
-	inFlight      *prometheus.GaugeVec
+	inFlight      *prometheus.Desc
 	duration      *prometheus.HistogramVec
 	firstResponse *prometheus.HistogramVec
 	items         *prometheus.CounterVec
@@ -58,10 +59,7 @@ func New() *Metrics {
 			Name: "loom_requests_total",
 			Help: "Requests served, by endpoint and outcome code.",
 		}, append(endpointLabels, "code")),
-		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "loom_requests_in_flight",
-			Help: "Requests being served now.",
-		}, endpointLabels),
+		inFlight: prometheus.NewDesc("loom_requests_in_flight", "Requests being served now.", endpointLabels, nil),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "loom_request_duration_seconds",
 			Help:    "Time from a request's arrival to the end of its response stream.",
@@ -103,7 +101,7 @@ func New() *Metrics {
 		endpoints: make(map[[3]string]*Endpoint),
 		clients:   make(map[[3]string]*ClientEndpoint),
 	}
-	m.reg.MustRegister(m.requests, m.inFlight, m.duration, m.firstResponse, m.items, m.bytes,
+	m.reg.MustRegister(m.requests, inFlightCollector{m}, m.duration, m.firstResponse, m.items, m.bytes,
 		m.clientCalls, m.clientRetries, m.taskPanics, m.limitHits, m.stalls,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -126,10 +124,13 @@ func (m *Metrics) ServerStalled(transport string) { m.stalls.WithLabelValues(tra
 // request path does no label lookups.
 type Endpoint struct {
 	OK, Error, Panic, Cancelled, Refused prometheus.Counter
-	InFlight                             prometheus.Gauge
-	Duration, FirstResponse              prometheus.Observer
-	Items                                prometheus.Counter
-	BytesIn, BytesOut                    prometheus.Counter
+	// InFlight is loom_requests_in_flight: an integer, so that a request
+	// changes it with one atomic add each way (a prometheus.Gauge's Inc
+	// and Dec are compare-and-swap loops on a float).
+	InFlight                atomic.Int64
+	Duration, FirstResponse prometheus.Observer
+	Items                   prometheus.Counter
+	BytesIn, BytesOut       prometheus.Counter
 }
 
 // Endpoint returns the bound metrics of ns/component/endpoint.
@@ -147,7 +148,6 @@ func (m *Metrics) Endpoint(ns, component, endpoint string) *Endpoint {
 	e := &Endpoint{
 		OK: code(CodeOK), Error: code(CodeError), Panic: code(CodePanic),
 		Cancelled: code(CodeCancelled), Refused: code(CodeRefused),
-		InFlight:      m.inFlight.With(l),
 		Duration:      m.duration.With(l),
 		FirstResponse: m.firstResponse.With(l),
 		Items:         m.items.With(l),
@@ -156,6 +156,27 @@ func (m *Metrics) Endpoint(ns, component, endpoint string) *Endpoint {
 	}
 	m.endpoints[key] = e
 	return e
+}
+
+// inFlightCollector reports every endpoint's InFlight.
+type inFlightCollector struct{ m *Metrics }
+
+func (c inFlightCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.m.inFlight }
+
+func (c inFlightCollector) Collect(ch chan<- prometheus.Metric) {
+	type series struct {
+		key [3]string
+		n   int64
+	}
+	c.m.mu.Lock()
+	all := make([]series, 0, len(c.m.endpoints))
+	for key, e := range c.m.endpoints {
+		all = append(all, series{key, e.InFlight.Load()})
+	}
+	c.m.mu.Unlock()
+	for _, s := range all {
+		ch <- prometheus.MustNewConstMetric(c.m.inFlight, prometheus.GaugeValue, float64(s.n), s.key[0], s.key[1], s.key[2])
+	}
 }
 
 // ClientEndpoint is the metrics of the calls made to one endpoint.

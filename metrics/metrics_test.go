@@ -57,3 +57,20 @@ func TestTwoSetsDoNotShareARegistry(t *testing.T) {
 		t.Fatalf("a second set saw %v requests of the first", got)
 	}
 }
+
+func TestInFlightIsReportedPerEndpoint(t *testing.T) {
+	m := metrics.New()
+	a := m.Endpoint("dynamo", "backend", "generate")
+	m.Endpoint("dynamo", "frontend", "generate")
+	a.InFlight.Add(3)
+	a.InFlight.Add(-1)
+	const want = `
+# HELP loom_requests_in_flight Requests being served now.
+# TYPE loom_requests_in_flight gauge
+loom_requests_in_flight{component="backend",endpoint="generate",namespace="dynamo"} 2
+loom_requests_in_flight{component="frontend",endpoint="generate",namespace="dynamo"} 0
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "loom_requests_in_flight"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1187,6 +1187,9 @@ func (s *ClientStream) Stop() {
 // sends nothing more, and Recv returns a Cancelled *StreamError at once.
 // It does nothing if the stream has already ended.
 func (s *ClientStream) Cancel() {
+	if s.ended.Load() {
+		return // the common case, after the end: no lock
+	}
 	s.mu.Lock()
 	ended := s.err != nil
 	s.mu.Unlock()
