@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -261,4 +262,36 @@ func TestAConnectionLostUnderACallersRead(t *testing.T) {
 		defer p.mu.Unlock()
 		return len(p.conns) == 0
 	})
+}
+
+// A caller that gives up the read role on a closed connection hands it
+// to readLoop and wakes it, though no stream is left: readLoop may have
+// seen the close while the caller read, and then waits for the role to
+// come back, which on an open connection a keepalive tick would do. A
+// role given to nobody there left Pool.Close waiting for readLoop for
+// ever. (A clientConn with no goroutines, so that nothing else moves the
+// role.)
+func TestARoleLeftOnAClosedConnectionGoesBackToReadLoop(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := &clientConn{
+		conn:        newConn(a, wire.Preface{}, wire.DefaultMaxFrameSize, 0, 0, limits{}, quiet),
+		streams:     map[uint32]*ClientStream{},
+		callerReads: true,
+		bgWake:      make(chan struct{}, 1),
+	}
+	caller := &ClientStream{c: c}
+	if !c.takeRead(caller) {
+		t.Fatal("the caller could not take the role of a connection nobody reads")
+	}
+	c.shutdown(errors.New("closed by the test"))
+	c.leaveRead()
+	if r := readerOf(c); r != backgroundReader {
+		t.Errorf("the role went to %p, want readLoop's", r)
+	}
+	select {
+	case <-c.bgWake:
+	default:
+		t.Error("readLoop was not woken to take the role")
+	}
 }

@@ -761,18 +761,27 @@ func (c *clientConn) readFor(s *ClientStream) {
 			}
 		}
 		if s.delivered() {
-			c.mu.Lock()
-			c.reader = nil
-			busy := len(c.streams) > 0
-			if busy {
-				c.reader = backgroundReader
-			}
-			c.mu.Unlock()
-			if busy {
-				c.wakeBackground()
-			}
+			c.leaveRead()
 			return
 		}
+	}
+}
+
+// leaveRead gives up the read role of a caller whose stream has what it
+// waited for: to nobody if the connection holds no stream and is open,
+// else to readLoop. A closed connection's readLoop may be waiting for the
+// role to come back (it saw the close while this caller read), and no
+// keepalive tick will come to give it back: it must be woken.
+func (c *clientConn) leaveRead() {
+	c.mu.Lock()
+	c.reader = nil
+	busy := len(c.streams) > 0 || closed(c.done)
+	if busy {
+		c.reader = backgroundReader
+	}
+	c.mu.Unlock()
+	if busy {
+		c.wakeBackground()
 	}
 }
 
