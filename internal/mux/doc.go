@@ -10,7 +10,10 @@
 // reading over to another goroutine and goes on as a worker, so a slow
 // handler never holds up its connection for longer than the budget. Responses are flow controlled per
 // stream: the client grants credit as the caller consumes messages, so a
-// slow reader bounds what the server buffers. The caller can stop a stream
+// slow reader bounds what the server buffers. A stream that moved a whole
+// window and whose caller then finds nothing to read widens its window, up
+// to [ClientConfig.MaxWindow], so that a fast stream does not stall on
+// credit in flight. The caller can stop a stream
 // (the handler finishes gracefully) or kill it (the handler's context is
 // cancelled); a deadline on the caller's context travels with the request.
 //
