@@ -442,7 +442,7 @@ func (s *Server) worker(st *ServerStream) {
 // next releases st's admission slot and returns the queued stream that
 // takes it, or nil.
 func (s *Server) next(st *ServerStream) *ServerStream {
-	if next, _, _, ok := s.adm.Done(len(st.open.Payload), &st.conn.peerCount); ok {
+	if next, _, _, ok := s.adm.Done(len(st.open.Payload()), &st.conn.peerCount); ok {
 		return next
 	}
 	return nil
@@ -903,7 +903,7 @@ func (sc *serverConn) handleOpen(f wire.Frame) (*ServerStream, error) {
 	}
 	var parent context.Context
 	if f := sc.srv.cfg.StreamContext; f != nil {
-		parent = f(str(o.Path))
+		parent = f(str(o.Path()))
 	}
 	st := newServerStream(sc, id, o, parent)
 	sc.nstreams.Add(1)
@@ -913,7 +913,7 @@ func (sc *serverConn) handleOpen(f wire.Frame) (*ServerStream, error) {
 	// connection's end) before this reader reads on, unless it runs on
 	// this reader: then only if the reading is handed over (handoff), as
 	// until then nothing reads frames for it.
-	switch a, msg := sc.srv.adm.Admit(st, len(st.open.Payload), &sc.peerCount); a {
+	switch a, msg := sc.srv.adm.Admit(st, len(st.open.Payload()), &sc.peerCount); a {
 	case plane.Run:
 		if sc.srv.cfg.InlineBudget > 0 && sc.skipInline == 0 {
 			return st, nil
@@ -1079,8 +1079,7 @@ const (
 // means to answer it. Its methods are safe for concurrent use.
 type ServerStream struct {
 	// One is allocated per stream: the fields are ordered so that the
-	// small ones pack (296 bytes unpacked, in a 320-byte size class; 288
-	// packed).
+	// small ones pack, into the 192-byte size class (184 bytes).
 	conn     *serverConn
 	id       uint32
 	state    atomic.Int32
@@ -1127,16 +1126,16 @@ func (s *ServerStream) ID() uint32 { return s.id }
 func (s *ServerStream) RemoteAddr() net.Addr { return s.conn.nc.RemoteAddr() }
 
 // Path returns the endpoint path the client asked for.
-func (s *ServerStream) Path() string { return str(s.open.Path) }
+func (s *ServerStream) Path() string { return str(s.open.Path()) }
 
 // Codec returns the name of the payload encoding, or "".
-func (s *ServerStream) Codec() string { return str(s.open.Codec) }
+func (s *ServerStream) Codec() string { return str(s.open.Codec()) }
 
 // RequestID returns the request id the client sent, or "".
-func (s *ServerStream) RequestID() string { return str(s.open.RequestID) }
+func (s *ServerStream) RequestID() string { return str(s.open.RequestID()) }
 
 // TraceParent returns the W3C traceparent the client sent, or "".
-func (s *ServerStream) TraceParent() string { return str(s.open.TraceParent) }
+func (s *ServerStream) TraceParent() string { return str(s.open.TraceParent()) }
 
 // Header returns the value of the request header key, or "".
 func (s *ServerStream) Header(key string) string {
@@ -1162,7 +1161,7 @@ func (s *ServerStream) DerivedContext() bool { return s.derived }
 func (s *ServerStream) Deadline() (time.Time, bool) { return s.deadline, !s.deadline.IsZero() }
 
 // Payload returns the request. It belongs to the handler.
-func (s *ServerStream) Payload() []byte { return s.open.Payload }
+func (s *ServerStream) Payload() []byte { return s.open.Payload() }
 
 // Context returns the stream's context. It is cancelled when the client
 // kills the stream (cancelling its context, Cancel or Close before the

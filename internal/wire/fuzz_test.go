@@ -77,7 +77,7 @@ func FuzzOpen(f *testing.F) {
 			return
 		}
 		h := headerOf(&o)
-		out, err := AppendOpen(nil, &h, o.Payload)
+		out, err := AppendOpen(nil, &h, o.Payload())
 		if err != nil {
 			t.Fatalf("parsed header %+v does not re-encode: %v", h, err)
 		}
@@ -89,14 +89,14 @@ func FuzzOpen(f *testing.F) {
 			t.Fatalf("re-encoded OPEN does not parse: %v", err)
 		}
 		h2 := headerOf(&o2)
-		if h.Path != h2.Path || h.Codec != h2.Codec || h.RequestID != h2.RequestID || h.TraceParent != h2.TraceParent || h.Timeout != h2.Timeout || !maps.Equal(h.Headers, h2.Headers) || !bytes.Equal(o.Payload, o2.Payload) {
+		if h.Path != h2.Path || h.Codec != h2.Codec || h.RequestID != h2.RequestID || h.TraceParent != h2.TraceParent || h.Timeout != h2.Timeout || !maps.Equal(h.Headers, h2.Headers) || !bytes.Equal(o.Payload(), o2.Payload()) {
 			t.Fatalf("fields changed in a round trip:\n%+v\n%+v", h, h2)
 		}
 	})
 }
 
 func headerOf(o *Open) OpenHeader {
-	h := OpenHeader{Path: string(o.Path), Codec: string(o.Codec), RequestID: string(o.RequestID), TraceParent: string(o.TraceParent), Timeout: o.Timeout}
+	h := OpenHeader{Path: string(o.Path()), Codec: string(o.Codec()), RequestID: string(o.RequestID()), TraceParent: string(o.TraceParent()), Timeout: o.Timeout}
 	if o.NumHeaders() > 0 {
 		h.Headers = map[string]string{}
 		for k, v := range o.Headers() {

@@ -80,7 +80,7 @@ func TestWriterReaderRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(o.Path) != h.Path || string(o.Codec) != "json" || string(o.RequestID) != "r1" || string(o.TraceParent) != h.TraceParent || o.Timeout != h.Timeout || string(o.Payload) != "req" {
+	if string(o.Path()) != h.Path || string(o.Codec()) != "json" || string(o.RequestID()) != "r1" || string(o.TraceParent()) != h.TraceParent || o.Timeout != h.Timeout || string(o.Payload()) != "req" {
 		t.Fatalf("open = %+v", o)
 	}
 	if v, ok := o.Header("a"); !ok || string(v) != "1" {
