@@ -497,8 +497,8 @@ func serveWith[Req, Resp any](st *serving[Req, Resp], caller, stop context.Conte
 	outcome := s.m.OK
 	defer func() {
 		cancel()
-		s.m.Items.Add(float64(st.items))
-		s.m.Duration.Observe(time.Duration(sinceEpoch() - st.start).Seconds())
+		s.m.Items.Add(st.items)
+		s.m.Duration.Observe(time.Duration(sinceEpoch() - st.start))
 		s.m.InFlight.Add(-1)
 		outcome.Inc()
 		s.release()
@@ -575,7 +575,7 @@ func (st *serving[Req, Resp]) yield(item Resp, herr error) bool {
 	}
 	if !st.started {
 		st.started = true
-		st.s.m.FirstResponse.Observe(time.Duration(sinceEpoch() - st.start).Seconds())
+		st.s.m.FirstResponse.Observe(time.Duration(sinceEpoch() - st.start))
 	}
 	st.items++
 	st.inYield = true

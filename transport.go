@@ -107,11 +107,11 @@ func (t *pathTable) ServeStream(s planes.Stream, stop context.Context) error {
 	if err != nil {
 		return plane.Errorf(wire.CodeBadRequest, "%s: %v", s.Path(), err)
 	}
-	sv.m.BytesIn.Add(float64(len(s.Payload())))
+	sv.m.BytesIn.Add(len(s.Payload()))
 	if sv.intercepted() {
 		ctx = context.WithValue(ctx, callKey{}, &Call{Side: ServerSide, RequestID: s.RequestID(), Header: s.Headers(), traceParent: s.TraceParent()})
 	}
 	_, out, err := sv.raw(ctx, stop, c, s.Payload(), s, s.DerivedContext())
-	sv.m.BytesOut.Add(float64(out))
+	sv.m.BytesOut.Add(out)
 	return toWire(err)
 }

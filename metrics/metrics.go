@@ -6,8 +6,8 @@
 package metrics
 
 import (
+	"maps"
 	"sync"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -30,17 +30,15 @@ var endpointLabels = []string{"namespace", "component", "endpoint"}
 type Metrics struct {
 	reg *prometheus.Registry
 
-	requests      *prometheus.CounterVec
-	inFlight      *prometheus.Desc
-	duration      *prometheus.HistogramVec
-	firstResponse *prometheus.HistogramVec
-	items         *prometheus.CounterVec
-	bytes         *prometheus.CounterVec
-	clientCalls   *prometheus.CounterVec
-	clientRetries *prometheus.CounterVec
-	taskPanics    *prometheus.CounterVec
-	limitHits     *prometheus.CounterVec
-	stalls        *prometheus.CounterVec
+	// The per-request families, striped (striped.go) and reported by
+	// requestCollector.
+	stripes                                     int
+	requests, inFlight, duration, firstResponse *prometheus.Desc
+	items, bytes, clientCalls, clientRetries    *prometheus.Desc
+
+	taskPanics *prometheus.CounterVec
+	limitHits  *prometheus.CounterVec
+	stalls     *prometheus.CounterVec
 
 	events eventMetrics  // the event plane's, registered on first use (events.go)
 	health healthMetrics // canary health checks', registered on first use (health.go)
@@ -54,38 +52,16 @@ type Metrics struct {
 // process collectors.
 func New() *Metrics {
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "loom_requests_total",
-			Help: "Requests served, by endpoint and outcome code.",
-		}, append(endpointLabels, "code")),
-		inFlight: prometheus.NewDesc("loom_requests_in_flight", "Requests being served now.", endpointLabels, nil),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "loom_request_duration_seconds",
-			Help:    "Time from a request's arrival to the end of its response stream.",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
-		}, endpointLabels),
-		firstResponse: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "loom_request_first_response_seconds",
-			Help:    "Time from a request's arrival to its first response item.",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
-		}, endpointLabels),
-		items: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "loom_response_items_total",
-			Help: "Response items streamed by handlers.",
-		}, endpointLabels),
-		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "loom_request_bytes_total",
-			Help: "Encoded bytes of requests received (in) and response items sent (out) over the network.",
-		}, append(endpointLabels, "direction")),
-		clientCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "loom_client_requests_total",
-			Help: "Requests made by clients, by endpoint and outcome code.",
-		}, append(endpointLabels, "code")),
-		clientRetries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "loom_client_retries_total",
-			Help: "Requests retried on another instance after a failure before their first response.",
-		}, endpointLabels),
+		reg:           prometheus.NewRegistry(),
+		stripes:       stripes(),
+		requests:      prometheus.NewDesc("loom_requests_total", "Requests served, by endpoint and outcome code.", append(endpointLabels, "code"), nil),
+		inFlight:      prometheus.NewDesc("loom_requests_in_flight", "Requests being served now.", endpointLabels, nil),
+		duration:      prometheus.NewDesc("loom_request_duration_seconds", "Time from a request's arrival to the end of its response stream.", endpointLabels, nil),
+		firstResponse: prometheus.NewDesc("loom_request_first_response_seconds", "Time from a request's arrival to its first response item.", endpointLabels, nil),
+		items:         prometheus.NewDesc("loom_response_items_total", "Response items streamed by handlers.", endpointLabels, nil),
+		bytes:         prometheus.NewDesc("loom_request_bytes_total", "Encoded bytes of requests received (in) and response items sent (out) over the network.", append(endpointLabels, "direction"), nil),
+		clientCalls:   prometheus.NewDesc("loom_client_requests_total", "Requests made by clients, by endpoint and outcome code.", append(endpointLabels, "code"), nil),
+		clientRetries: prometheus.NewDesc("loom_client_retries_total", "Requests retried on another instance after a failure before their first response.", endpointLabels, nil),
 		taskPanics: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "loom_background_task_panics_total",
 			Help: "Panics recovered in background tasks, by task.",
@@ -101,8 +77,7 @@ func New() *Metrics {
 		endpoints: make(map[[3]string]*Endpoint),
 		clients:   make(map[[3]string]*ClientEndpoint),
 	}
-	m.reg.MustRegister(m.requests, inFlightCollector{m}, m.duration, m.firstResponse, m.items, m.bytes,
-		m.clientCalls, m.clientRetries, m.taskPanics, m.limitHits, m.stalls,
+	m.reg.MustRegister(requestCollector{m}, m.taskPanics, m.limitHits, m.stalls,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -121,16 +96,13 @@ func (m *Metrics) LimitHit(limit string) { m.limitHits.WithLabelValues(limit).In
 func (m *Metrics) ServerStalled(transport string) { m.stalls.WithLabelValues(transport).Inc() }
 
 // Endpoint is the metrics of one served endpoint, bound once so that the
-// request path does no label lookups.
+// request path does no label lookups. Every count is striped.
 type Endpoint struct {
-	OK, Error, Panic, Cancelled, Refused prometheus.Counter
-	// InFlight is loom_requests_in_flight: an integer, so that a request
-	// changes it with one atomic add each way (a prometheus.Gauge's Inc
-	// and Dec are compare-and-swap loops on a float).
-	InFlight                atomic.Int64
-	Duration, FirstResponse prometheus.Observer
-	Items                   prometheus.Counter
-	BytesIn, BytesOut       prometheus.Counter
+	OK, Error, Panic, Cancelled, Refused *Counter
+	InFlight                             *Gauge
+	Duration, FirstResponse              *Histogram
+	Items                                *Counter
+	BytesIn, BytesOut                    *Counter
 }
 
 // Endpoint returns the bound metrics of ns/component/endpoint.
@@ -141,48 +113,21 @@ func (m *Metrics) Endpoint(ns, component, endpoint string) *Endpoint {
 	if e, ok := m.endpoints[key]; ok {
 		return e
 	}
-	l := prometheus.Labels{"namespace": ns, "component": component, "endpoint": endpoint}
-	code := func(c string) prometheus.Counter {
-		return m.requests.WithLabelValues(ns, component, endpoint, c)
-	}
+	n := m.stripes
 	e := &Endpoint{
-		OK: code(CodeOK), Error: code(CodeError), Panic: code(CodePanic),
-		Cancelled: code(CodeCancelled), Refused: code(CodeRefused),
-		Duration:      m.duration.With(l),
-		FirstResponse: m.firstResponse.With(l),
-		Items:         m.items.With(l),
-		BytesIn:       m.bytes.WithLabelValues(ns, component, endpoint, "in"),
-		BytesOut:      m.bytes.WithLabelValues(ns, component, endpoint, "out"),
+		OK: newCounter(n), Error: newCounter(n), Panic: newCounter(n),
+		Cancelled: newCounter(n), Refused: newCounter(n),
+		InFlight: newGauge(n), Duration: newHistogram(n), FirstResponse: newHistogram(n),
+		Items: newCounter(n), BytesIn: newCounter(n), BytesOut: newCounter(n),
 	}
 	m.endpoints[key] = e
 	return e
 }
 
-// inFlightCollector reports every endpoint's InFlight.
-type inFlightCollector struct{ m *Metrics }
-
-func (c inFlightCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.m.inFlight }
-
-func (c inFlightCollector) Collect(ch chan<- prometheus.Metric) {
-	type series struct {
-		key [3]string
-		n   int64
-	}
-	c.m.mu.Lock()
-	all := make([]series, 0, len(c.m.endpoints))
-	for key, e := range c.m.endpoints {
-		all = append(all, series{key, e.InFlight.Load()})
-	}
-	c.m.mu.Unlock()
-	for _, s := range all {
-		ch <- prometheus.MustNewConstMetric(c.m.inFlight, prometheus.GaugeValue, float64(s.n), s.key[0], s.key[1], s.key[2])
-	}
-}
-
 // ClientEndpoint is the metrics of the calls made to one endpoint.
 type ClientEndpoint struct {
-	OK, Error, Cancelled, NoInstances prometheus.Counter
-	Retries                           prometheus.Counter
+	OK, Error, Cancelled, NoInstances *Counter
+	Retries                           *Counter
 }
 
 // Client returns the bound client-side metrics of ns/component/endpoint.
@@ -193,13 +138,55 @@ func (m *Metrics) Client(ns, component, endpoint string) *ClientEndpoint {
 	if c, ok := m.clients[key]; ok {
 		return c
 	}
-	code := func(c string) prometheus.Counter {
-		return m.clientCalls.WithLabelValues(ns, component, endpoint, c)
-	}
+	n := m.stripes
 	c := &ClientEndpoint{
-		OK: code(CodeOK), Error: code(CodeError), Cancelled: code(CodeCancelled), NoInstances: code(CodeNoInstances),
-		Retries: m.clientRetries.WithLabelValues(ns, component, endpoint),
+		OK: newCounter(n), Error: newCounter(n), Cancelled: newCounter(n), NoInstances: newCounter(n),
+		Retries: newCounter(n),
 	}
 	m.clients[key] = c
 	return c
+}
+
+// requestCollector reports the striped per-request families of every
+// endpoint served and called.
+type requestCollector struct{ m *Metrics }
+
+func (c requestCollector) Describe(ch chan<- *prometheus.Desc) {
+	m := c.m
+	for _, d := range []*prometheus.Desc{m.requests, m.inFlight, m.duration, m.firstResponse, m.items, m.bytes, m.clientCalls, m.clientRetries} {
+		ch <- d
+	}
+}
+
+func (c requestCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.m
+	m.mu.Lock()
+	endpoints, clients := maps.Clone(m.endpoints), maps.Clone(m.clients)
+	m.mu.Unlock()
+	counter := func(d *prometheus.Desc, v *Counter, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v.Value()), labels...)
+	}
+	histogram := func(d *prometheus.Desc, h *Histogram, labels ...string) {
+		count, sum, buckets := h.snapshot()
+		ch <- prometheus.MustNewConstHistogram(d, count, sum, buckets, labels...)
+	}
+	for k, e := range endpoints {
+		ns, comp, ep := k[0], k[1], k[2]
+		for code, v := range map[string]*Counter{CodeOK: e.OK, CodeError: e.Error, CodePanic: e.Panic, CodeCancelled: e.Cancelled, CodeRefused: e.Refused} {
+			counter(m.requests, v, ns, comp, ep, code)
+		}
+		ch <- prometheus.MustNewConstMetric(m.inFlight, prometheus.GaugeValue, float64(e.InFlight.Value()), ns, comp, ep)
+		histogram(m.duration, e.Duration, ns, comp, ep)
+		histogram(m.firstResponse, e.FirstResponse, ns, comp, ep)
+		counter(m.items, e.Items, ns, comp, ep)
+		counter(m.bytes, e.BytesIn, ns, comp, ep, "in")
+		counter(m.bytes, e.BytesOut, ns, comp, ep, "out")
+	}
+	for k, cl := range clients {
+		ns, comp, ep := k[0], k[1], k[2]
+		for code, v := range map[string]*Counter{CodeOK: cl.OK, CodeError: cl.Error, CodeCancelled: cl.Cancelled, CodeNoInstances: cl.NoInstances} {
+			counter(m.clientCalls, v, ns, comp, ep, code)
+		}
+		counter(m.clientRetries, cl.Retries, ns, comp, ep)
+	}
 }

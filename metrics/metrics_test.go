@@ -2,7 +2,9 @@ package metrics_test
 
 import (
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
@@ -45,7 +47,7 @@ loom_background_task_panics_total{task="watch"} 1
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "loom_requests_total", "loom_background_task_panics_total"); err != nil {
 		t.Fatal(err)
 	}
-	if got := testutil.ToFloat64(a.Items); got != 5 {
+	if got := a.Items.Value(); got != 5 {
 		t.Fatalf("items = %v, want 5", got)
 	}
 }
@@ -53,7 +55,7 @@ loom_background_task_panics_total{task="watch"} 1
 func TestTwoSetsDoNotShareARegistry(t *testing.T) {
 	a, b := metrics.New(), metrics.New()
 	a.Endpoint("n", "c", "e").OK.Inc()
-	if got := testutil.ToFloat64(b.Endpoint("n", "c", "e").OK); got != 0 {
+	if got := b.Endpoint("n", "c", "e").OK.Value(); got != 0 {
 		t.Fatalf("a second set saw %v requests of the first", got)
 	}
 }
@@ -71,6 +73,101 @@ loom_requests_in_flight{component="backend",endpoint="generate",namespace="dynam
 loom_requests_in_flight{component="frontend",endpoint="generate",namespace="dynamo"} 0
 `
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "loom_requests_in_flight"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The striped families read as the prometheus ones did: a histogram's
+// buckets are cumulative, its count and sum in seconds; bytes by
+// direction; client calls by code.
+func TestStripedFamiliesExposeAsBefore(t *testing.T) {
+	m := metrics.New()
+	e := m.Endpoint("n", "c", "e")
+	for _, d := range []time.Duration{50 * time.Microsecond, 100 * time.Microsecond, 300 * time.Microsecond, time.Minute} {
+		e.Duration.Observe(d)
+	}
+	e.FirstResponse.Observe(time.Millisecond)
+	e.BytesIn.Add(10)
+	e.BytesOut.Add(32)
+	cl := m.Client("n", "c", "e")
+	cl.OK.Inc()
+	cl.Retries.Add(2)
+	const want = `
+# HELP loom_request_duration_seconds Time from a request's arrival to the end of its response stream.
+# TYPE loom_request_duration_seconds histogram
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0001"} 2
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0004"} 3
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0016"} 3
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0064"} 3
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0256"} 3
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.1024"} 3
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.4096"} 3
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="1.6384"} 3
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="6.5536"} 3
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="26.2144"} 3
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="+Inf"} 4
+loom_request_duration_seconds_sum{component="c",endpoint="e",namespace="n"} 60.00045
+loom_request_duration_seconds_count{component="c",endpoint="e",namespace="n"} 4
+# HELP loom_request_bytes_total Encoded bytes of requests received (in) and response items sent (out) over the network.
+# TYPE loom_request_bytes_total counter
+loom_request_bytes_total{component="c",direction="in",endpoint="e",namespace="n"} 10
+loom_request_bytes_total{component="c",direction="out",endpoint="e",namespace="n"} 32
+# HELP loom_client_requests_total Requests made by clients, by endpoint and outcome code.
+# TYPE loom_client_requests_total counter
+loom_client_requests_total{code="cancelled",component="c",endpoint="e",namespace="n"} 0
+loom_client_requests_total{code="error",component="c",endpoint="e",namespace="n"} 0
+loom_client_requests_total{code="no_instances",component="c",endpoint="e",namespace="n"} 0
+loom_client_requests_total{code="ok",component="c",endpoint="e",namespace="n"} 1
+# HELP loom_client_retries_total Requests retried on another instance after a failure before their first response.
+# TYPE loom_client_retries_total counter
+loom_client_retries_total{component="c",endpoint="e",namespace="n"} 2
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "loom_request_duration_seconds", "loom_request_bytes_total", "loom_client_requests_total", "loom_client_retries_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Updates from many goroutines at once all count.
+func TestStripedCountsAddUpUnderConcurrency(t *testing.T) {
+	m := metrics.New()
+	e := m.Endpoint("n", "c", "e")
+	const workers, each = 8, 1000
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for range each {
+				e.InFlight.Add(1)
+				e.OK.Inc()
+				e.Duration.Observe(time.Millisecond)
+				e.InFlight.Add(-1)
+			}
+		})
+	}
+	wg.Wait()
+	if got := e.OK.Value(); got != workers*each {
+		t.Errorf("ok = %d, want %d", got, workers*each)
+	}
+	if got := e.InFlight.Value(); got != 0 {
+		t.Errorf("in flight = %d, want 0", got)
+	}
+	const want = `
+# HELP loom_request_duration_seconds Time from a request's arrival to the end of its response stream.
+# TYPE loom_request_duration_seconds histogram
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0001"} 0
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0004"} 0
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0016"} 8000
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0064"} 8000
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0256"} 8000
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.1024"} 8000
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.4096"} 8000
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="1.6384"} 8000
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="6.5536"} 8000
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="26.2144"} 8000
+loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="+Inf"} 8000
+loom_request_duration_seconds_sum{component="c",endpoint="e",namespace="n"} 8
+loom_request_duration_seconds_count{component="c",endpoint="e",namespace="n"} 8000
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "loom_request_duration_seconds"); err != nil {
 		t.Fatal(err)
 	}
 }
