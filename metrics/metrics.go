@@ -3,6 +3,9 @@
 // Every metric is declared in this package, one file per plane: requests
 // and background tasks here, work queues in queue.go, events in events.go,
 // canary health checks in health.go, the LLM frontend's in llmfrontend.go.
+// The counts every request updates are striped over cache lines
+// (striped.go), so that requests on many cores do not all write the same
+// words; a collector sums them at scrape time.
 package metrics
 
 import (
