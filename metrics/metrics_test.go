@@ -1,6 +1,8 @@
 package metrics_test
 
 import (
+	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -92,22 +94,7 @@ func TestStripedFamiliesExposeAsBefore(t *testing.T) {
 	cl := m.Client("n", "c", "e")
 	cl.OK.Inc()
 	cl.Retries.Add(2)
-	const want = `
-# HELP loom_request_duration_seconds Time from a request's arrival to the end of its response stream.
-# TYPE loom_request_duration_seconds histogram
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0001"} 2
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0004"} 3
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0016"} 3
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0064"} 3
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0256"} 3
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.1024"} 3
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.4096"} 3
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="1.6384"} 3
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="6.5536"} 3
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="26.2144"} 3
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="+Inf"} 4
-loom_request_duration_seconds_sum{component="c",endpoint="e",namespace="n"} 60.00045
-loom_request_duration_seconds_count{component="c",endpoint="e",namespace="n"} 4
+	want := durationText([11]int{2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4}, "60.00045") + `
 # HELP loom_request_bytes_total Encoded bytes of requests received (in) and response items sent (out) over the network.
 # TYPE loom_request_bytes_total counter
 loom_request_bytes_total{component="c",direction="in",endpoint="e",namespace="n"} 10
@@ -150,24 +137,24 @@ func TestStripedCountsAddUpUnderConcurrency(t *testing.T) {
 	if got := e.InFlight.Value(); got != 0 {
 		t.Errorf("in flight = %d, want 0", got)
 	}
-	const want = `
-# HELP loom_request_duration_seconds Time from a request's arrival to the end of its response stream.
-# TYPE loom_request_duration_seconds histogram
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0001"} 0
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0004"} 0
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0016"} 8000
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0064"} 8000
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.0256"} 8000
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.1024"} 8000
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="0.4096"} 8000
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="1.6384"} 8000
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="6.5536"} 8000
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="26.2144"} 8000
-loom_request_duration_seconds_bucket{component="c",endpoint="e",namespace="n",le="+Inf"} 8000
-loom_request_duration_seconds_sum{component="c",endpoint="e",namespace="n"} 8
-loom_request_duration_seconds_count{component="c",endpoint="e",namespace="n"} 8000
-`
+	want := durationText([11]int{0, 0, 8000, 8000, 8000, 8000, 8000, 8000, 8000, 8000, 8000}, "8")
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "loom_request_duration_seconds"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// durationText is the exposition of loom_request_duration_seconds for the
+// endpoint n/c/e: the cumulative count at each bound, then at +Inf (the
+// count), and the sum.
+func durationText(cumulative [11]int, sum string) string {
+	var b strings.Builder
+	b.WriteString("\n# HELP loom_request_duration_seconds Time from a request's arrival to the end of its response stream.\n")
+	b.WriteString("# TYPE loom_request_duration_seconds histogram\n")
+	const series = `loom_request_duration_seconds%s{component="c",endpoint="e",namespace="n"%s} %s` + "\n"
+	for i, le := range []string{"0.0001", "0.0004", "0.0016", "0.0064", "0.0256", "0.1024", "0.4096", "1.6384", "6.5536", "26.2144", "+Inf"} {
+		fmt.Fprintf(&b, series, "_bucket", `,le="`+le+`"`, strconv.Itoa(cumulative[i]))
+	}
+	fmt.Fprintf(&b, series, "_sum", "", sum)
+	fmt.Fprintf(&b, series, "_count", "", strconv.Itoa(cumulative[10]))
+	return b.String()
 }
