@@ -680,6 +680,7 @@ func (s *ClientStream) push(seq uint64, p []byte) {
 
 // end records the server's END.
 func (s *ClientStream) end(seq uint64, code wire.Code, msg string) {
+	s.c.remove(s.id) // first: a caller that has the end finds the stream forgotten
 	s.mu.Lock()
 	if s.err != nil {
 		s.mu.Unlock()
@@ -696,13 +697,13 @@ func (s *ClientStream) end(seq uint64, code wire.Code, msg string) {
 	}
 	s.wake()
 	s.mu.Unlock()
-	s.c.remove(s.id)
 	s.unwatch()
 }
 
 // fail ends the stream with e from this side, after the messages already
 // buffered; kill asks the server to kill it too.
 func (s *ClientStream) fail(e *plane.StreamError, kill bool) {
+	s.c.remove(s.id)
 	s.mu.Lock()
 	if s.err != nil {
 		s.mu.Unlock()
@@ -712,7 +713,6 @@ func (s *ClientStream) fail(e *plane.StreamError, kill bool) {
 	s.err = e
 	s.wake()
 	s.mu.Unlock()
-	s.c.remove(s.id)
 	if kill {
 		s.c.control(s.subject, kindKill, s.id, 0)
 	}
@@ -721,6 +721,7 @@ func (s *ClientStream) fail(e *plane.StreamError, kill bool) {
 
 // abort kills the stream from this side: Recv returns e at once.
 func (s *ClientStream) abort(e *plane.StreamError) {
+	s.c.remove(s.id)
 	s.mu.Lock()
 	if s.err != nil {
 		s.mu.Unlock()
@@ -730,7 +731,6 @@ func (s *ClientStream) abort(e *plane.StreamError) {
 	s.err, s.abortNow = e, true
 	s.wake()
 	s.mu.Unlock()
-	s.c.remove(s.id)
 	s.c.control(s.subject, kindKill, s.id, 0)
 	s.unwatch()
 }
