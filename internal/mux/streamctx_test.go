@@ -68,7 +68,7 @@ func TestAStreamContextActsAsWithCancelCause(t *testing.T) {
 			if got, want := context.Cause(c.lazy), context.Cause(c.real); got != want {
 				t.Fatalf("Cause %v, want %v", got, want)
 			}
-			if got, want := isClosed(c.lazy.Done()), isClosed(c.real.Done()); got != want {
+			if got, want := closed(c.lazy.Done()), closed(c.real.Done()); got != want {
 				t.Fatalf("Done closed %v, want %v", got, want)
 			}
 			if c.lazy.Value(ctxKey("k")) != "v" {
@@ -78,8 +78,8 @@ func TestAStreamContextActsAsWithCancelCause(t *testing.T) {
 			// the same cause.
 			c.lazy.cancel(errStream)
 			c.cancel(errStream)
-			if !isClosed(ld.Done()) || !isClosed(rd.Done()) {
-				t.Fatalf("a derived context is not cancelled with its parent: lazy %v, real %v", isClosed(ld.Done()), isClosed(rd.Done()))
+			if !closed(ld.Done()) || !closed(rd.Done()) {
+				t.Fatalf("a derived context is not cancelled with its parent: lazy %v, real %v", closed(ld.Done()), closed(rd.Done()))
 			}
 			if got, want := context.Cause(ld), context.Cause(rd); got != want {
 				t.Fatalf("the derived context's Cause %v, want %v", got, want)
@@ -103,7 +103,7 @@ func TestAStreamContextNotWaitedOnSeesItsParentCancelled(t *testing.T) {
 	if c.Err() != context.Canceled || context.Cause(c) != ErrServerClosed {
 		t.Fatalf("after the parent's cancel: Err %v, Cause %v; want Canceled, ErrServerClosed", c.Err(), context.Cause(c))
 	}
-	if !isClosed(c.Done()) {
+	if !closed(c.Done()) {
 		t.Fatal("Done is not closed after the parent's cancel")
 	}
 	dl, stop := context.WithDeadline(context.Background(), time.Now().Add(time.Hour))
@@ -116,15 +116,6 @@ func TestAStreamContextNotWaitedOnSeesItsParentCancelled(t *testing.T) {
 func TestTheContextPackageAsksCauseByAKey(t *testing.T) {
 	if cancelCtxKey == nil {
 		t.Fatal("context.Cause asked for no Value key: every stream context registers with its parent (correct, but each costs allocations and the parent's lock)")
-	}
-}
-
-func isClosed(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
 	}
 }
 
