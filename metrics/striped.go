@@ -12,7 +12,7 @@ import (
 
 // The counts every request updates (its outcome, items, bytes, duration,
 // the requests in flight) are striped: an update adds to one of several
-// stripes, each on cache lines of its own, picked at random, and a
+// stripes, each on cache lines of its own (see pick for which), and a
 // collector sums the stripes at scrape time. With one shared word per
 // count, requests on many cores would all write the same cache lines,
 // about fifteen times per request; a prometheus.Counter or Histogram is

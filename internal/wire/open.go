@@ -222,11 +222,9 @@ func (p *openParser) bytes(n int, what string) []byte {
 
 // skip passes over a field of n bytes and returns where it ends.
 func (p *openParser) skip(n int, what string) uint32 {
-	p.need(n, what)
-	if p.err != nil {
+	if p.bytes(n, what); p.err != nil {
 		return 0
 	}
-	p.off += n
 	return uint32(p.off)
 }
 
