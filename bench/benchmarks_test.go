@@ -58,6 +58,7 @@ func BenchmarkUnary(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
+			gc := gcCycles()
 			var seq uint64
 			for b.Loop() {
 				seq++
@@ -67,6 +68,7 @@ func BenchmarkUnary(b *testing.B) {
 				}
 				buf = resp
 			}
+			reportGC(b, gc)
 		})
 	}
 }
@@ -84,12 +86,14 @@ func BenchmarkStream(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
+			gc := gcCycles()
 			for b.Loop() {
 				if err := streamOnce(ctx, p, req, streamItems); err != nil {
 					b.Fatal(err)
 				}
 			}
 			b.ReportMetric(float64(b.N)*streamItems/b.Elapsed().Seconds(), "items/s")
+			reportGC(b, gc)
 		})
 	}
 }
@@ -107,12 +111,14 @@ func BenchmarkParallel(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
+			gc := gcCycles()
 			b.ResetTimer()
 			if err := parallel(ctx, p, callers, b.N); err != nil {
 				b.Fatal(err)
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+			reportGC(b, gc)
 		})
 	}
 }

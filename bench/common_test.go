@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -76,6 +77,20 @@ type peer struct {
 
 // starter starts a peer, failing tb if it cannot.
 type starter func(tb testing.TB) *peer
+
+// gcCycles returns how many collections the process has finished. A
+// benchmark reports the cycles its ops caused as gc/op: a count, where
+// the collector's share of ns/op is a time that varies from run to run.
+func gcCycles() uint64 {
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
+// reportGC reports the collections since gcCycles returned before, per op.
+func reportGC(b *testing.B, before uint64) {
+	b.ReportMetric(float64(gcCycles()-before)/float64(b.N), "gc/op")
+}
 
 // unaryOnce makes one checked call.
 func unaryOnce(ctx context.Context, p *peer, req, buf []byte, seq uint64) ([]byte, error) {
