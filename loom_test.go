@@ -344,6 +344,68 @@ func TestAHandlerYieldingAfterFalseFailsAsAPanic(t *testing.T) {
 	})
 }
 
+// A request's state serves the endpoint's next request once it is over
+// (over the network it is reused): what a handler keeps past its request
+// must not reach the next one. A kept yield panics as any late yield
+// does, and a kept context reports that its request ended.
+func TestWhatAHandlerKeepsPastItsRequestDoesNotReachTheNext(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		rt := c.runtime()
+		type kept struct {
+			ctx   context.Context
+			yield func(string, error) bool
+		}
+		keep := make(chan kept, 1)
+		entered, release := make(chan struct{}), make(chan struct{})
+		serve(t, rt, "test/keep/gen", func(ctx context.Context, n int) iter.Seq2[string, error] {
+			return func(yield func(string, error) bool) {
+				if n == 1 {
+					keep <- kept{ctx, yield}
+					yield("first", nil)
+					return
+				}
+				close(entered)
+				<-release
+				yield("second", nil)
+			}
+		})
+		cl := client[int, string](t, rt, "test/keep/gen")
+		if got, err := collect(cl.Generate(context.Background(), 1)); err != nil || len(got) != 1 || got[0] != "first" {
+			t.Fatalf("first request: %v, %v", got, err)
+		}
+		k := <-keep
+		type result struct {
+			got []string
+			err error
+		}
+		second := make(chan result, 1)
+		go func() {
+			got, err := collect(cl.Generate(context.Background(), 2))
+			second <- result{got, err}
+		}()
+		<-entered
+		select {
+		case <-k.ctx.Done():
+		default:
+			t.Error("the first request's context is not done while the second is served")
+		}
+		func() {
+			defer func() {
+				v := recover()
+				err, _ := v.(error)
+				if err == nil || !strings.Contains(err.Error(), "continued iteration") {
+					t.Errorf("a kept yield called after its request recovered %v, want a panic saying the stream continued iteration", v)
+				}
+			}()
+			k.yield("injected", nil)
+		}()
+		close(release)
+		if r := <-second; r.err != nil || len(r.got) != 1 || r.got[0] != "second" {
+			t.Fatalf("second request: %v, %v; want only its own item", r.got, r.err)
+		}
+	})
+}
+
 func TestAPanicInTheCallersLoopIsNotTheHandlers(t *testing.T) {
 	eachPlane(t, func(t *testing.T, c *cluster) {
 		rt := c.runtime()

@@ -165,8 +165,14 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		ctx, cancel := context.WithCancel(ep.ctx)
 		s.parents[i], s.parentsCancel[i] = context.WithValue(ctx, servedKey{}, s), cancel
 	}
+	// A request's state is reused by the endpoint's next request: it is
+	// most of what a unary call allocates, and a collection every few
+	// thousand calls costs a unary call more than its work (see
+	// rawCall).
+	calls := sync.Pool{New: func() any { return new(rawCall[Req, Resp]) }}
 	s.raw = func(ctx, stop context.Context, c codec.Codec, payload []byte, send sender, derived bool) (bool, int, error) {
-		r := &rawCall[Req, Resp]{codec: c, send: send}
+		r := calls.Get().(*rawCall[Req, Resp])
+		r.codec, r.send = c, send
 		if ps, ok := send.(prefixSender); ok {
 			if _, bytes := any((*Resp)(nil)).(*[]byte); bytes {
 				var h [8]byte
@@ -181,16 +187,15 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 				return false, 0, &BadRequestError{Path: ep.path, Err: err}
 			}
 		}
-		r.st.out = r
+		r.st.out, r.st.gen = r, &r.gen
 		started, err := serveWith(&r.st, ctx, stop, s, eng, r.req, derived)
 		if err == nil {
 			err = r.sendErr
 		}
-		if r.buf != nil && cap(r.buf) <= maxPooledEncodeBuf {
-			r.buf = r.buf[:0]
-			encodeBufs.Put(&r.buf)
-		}
-		return started, r.out, err
+		out := r.out
+		r.reset()
+		calls.Put(r)
+		return started, out, err
 	}
 
 	if err := rt.claim(ep, s); err != nil {
@@ -334,8 +339,29 @@ func (f sendFunc) Send(p []byte) error { return f(p) }
 
 // rawCall is the state of one request served from bytes, in one
 // allocation: decoded request, encode buffer, the stream it sends on, and
-// the serving core's state.
+// the serving core's state. Once the request is over it serves the
+// endpoint's next one (Serve pools them), so nothing the handler can keep
+// points into it: the request's context is a separate object, and the
+// yield function it was given checks gen, which reset advances, before it
+// touches the state.
 type rawCall[Req, Resp any] struct {
+	gen atomic.Uint64 // requests this state has served
+	rawState[Req, Resp]
+}
+
+// reset readies r for another request: the state is cleared, the encode
+// buffer kept unless it grew large, and a yield of the request just over
+// now panics as a late yield does.
+func (r *rawCall[Req, Resp]) reset() {
+	r.gen.Add(1)
+	buf := r.buf
+	if cap(buf) > maxPooledEncodeBuf {
+		buf = nil
+	}
+	r.rawState = rawState[Req, Resp]{buf: buf[:0]}
+}
+
+type rawState[Req, Resp any] struct {
 	st      serving[Req, Resp]
 	req     Req
 	out     int
@@ -355,7 +381,7 @@ type rawCall[Req, Resp any] struct {
 func (r *rawCall[Req, Resp]) yield(item Resp) bool {
 	if r.ps != nil {
 		if r.buf == nil {
-			r.buf = *encodeBufs.Get().(*[]byte)
+			r.buf = make([]byte, 0, 256)
 		}
 		b := *(*[]byte)(unsafe.Pointer(&item))
 		h, _ := codec.AppendBytesHeader(r.codec, r.buf[:0], b)
@@ -367,7 +393,7 @@ func (r *rawCall[Req, Resp]) yield(item Resp) bool {
 		return true
 	}
 	if r.buf == nil {
-		r.buf = *encodeBufs.Get().(*[]byte)
+		r.buf = make([]byte, 0, 256)
 	}
 	r.item = item
 	if r.buf, r.sendErr = r.codec.Marshal(r.buf[:0], &r.item); r.sendErr == nil {
@@ -379,8 +405,10 @@ func (r *rawCall[Req, Resp]) yield(item Resp) bool {
 	return r.sendErr == nil
 }
 
-// Encode buffers are pooled: a transport copies what it is given, so one
-// buffer serves every item of a request and then the next request.
+// A request's encode buffer stays with its reused state (a transport
+// copies what it is given, so one buffer serves every item of a request
+// and then the next request), unless it grew above this. A client's
+// request buffers are pooled alike.
 const maxPooledEncodeBuf = 64 << 10
 
 var encodeBufs = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
@@ -400,8 +428,9 @@ func decodeBorrowed[T any](c codec.Codec, payload []byte, v *T) bool {
 }
 
 // reqCtx is the context of a network request whose transport context
-// already descends from the endpoint's: it adds only the stop signal,
-// and lives inside the request's state instead of costing allocations.
+// already descends from the endpoint's: it adds only the stop signal, in
+// one small allocation of its own, so that a handler keeping its context
+// past the request keeps nothing the next request reuses.
 type reqCtx struct {
 	context.Context
 	stop context.Context
@@ -444,9 +473,10 @@ type serving[Req, Resp any] struct {
 	s       *served
 	maxItem int // 0: no limit (the transport applies its own)
 	out     yielder[Resp]
-	// rctx is the request's context when the transport's context serves
-	// as it (derived), and holds it otherwise (for yield's check).
-	rctx  reqCtx
+	rctx    context.Context // the request's context, for yield's check
+	// gen, when the state is reused (a rawCall's), is the count of
+	// requests it has served: the yield given to the handler checks it.
+	gen   *atomic.Uint64
 	start int64 // sinceEpoch when the request was admitted
 	items int
 	// done: the loop over the handler's stream is over, as far as the
@@ -488,12 +518,11 @@ func serveWith[Req, Resp any](st *serving[Req, Resp], caller, stop context.Conte
 	var rctx context.Context
 	cancel := func() {}
 	if derived {
-		st.rctx = reqCtx{Context: caller, stop: stop}
-		rctx = &st.rctx
+		rctx = &reqCtx{Context: caller, stop: stop}
 	} else {
 		rctx, cancel = s.requestContext(caller, stop)
-		st.rctx.Context = rctx
 	}
+	st.rctx = rctx
 	outcome := s.m.OK
 	defer func() {
 		cancel()
@@ -532,7 +561,8 @@ func serveWith[Req, Resp any](st *serving[Req, Resp], caller, stop context.Conte
 // run calls the handler's stream with a yield of its own, recovering the
 // handler's panics. A range loop over the stream would cost two
 // allocations (its body's closure, and the loop state the closure
-// shares); this yield captures only st.
+// shares); this yield captures only st (and, for a reused state, the
+// generation it checks).
 func (st *serving[Req, Resp]) run(rctx, caller context.Context, eng Engine[Req, Resp], req Req) {
 	defer func() {
 		if v := recover(); v != nil {
@@ -544,7 +574,19 @@ func (st *serving[Req, Resp]) run(rctx, caller context.Context, eng Engine[Req, 
 		}
 	}()
 	seq := generate(rctx, caller, st.s, eng, req)
-	seq(func(item Resp, herr error) bool { return st.yield(item, herr) })
+	if g := st.gen; g != nil {
+		// The state serves other requests once this one is over: a
+		// yield kept past it must not reach theirs.
+		gen := g.Load()
+		seq(func(item Resp, herr error) bool {
+			if g.Load() != gen {
+				panic(errYieldAfterEnd)
+			}
+			return st.yield(item, herr)
+		})
+	} else {
+		seq(func(item Resp, herr error) bool { return st.yield(item, herr) })
+	}
 	st.done = true
 }
 
