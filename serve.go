@@ -166,9 +166,9 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 		s.parents[i], s.parentsCancel[i] = context.WithValue(ctx, servedKey{}, s), cancel
 	}
 	// A request's state is reused by the endpoint's next request: it is
-	// most of what a unary call allocates, and a collection every few
-	// thousand calls costs a unary call more than its work (see
-	// rawCall).
+	// the largest of a unary call's allocations, and on two cores each
+	// byte a call allocates costs it about half a nanosecond in
+	// collections (docs/performance.md, the sixth pass). See rawCall.
 	calls := sync.Pool{New: func() any { return new(rawCall[Req, Resp]) }}
 	s.raw = func(ctx, stop context.Context, c codec.Codec, payload []byte, send sender, derived bool) (bool, int, error) {
 		r := calls.Get().(*rawCall[Req, Resp])
