@@ -520,9 +520,20 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 		mapped, failed := fromPlane(ctx, c.path, cand.ID, err)
 		return false, mapped, failed
 	}
-	defer stream.Close()
+	// The stream goes back for reuse when this returns (it is a unary
+	// call's largest allocation), unless something else may still hold
+	// it: the watch that passes a graceful stop on, once it has fired.
+	reuse := true
+	defer func() {
+		if r, ok := stream.(interface{ Release() }); ok && reuse {
+			r.Release()
+		} else {
+			stream.Close()
+		}
+	}()
 	if stop := stopOf(ctx); stop != nil {
-		defer context.AfterFunc(stop, stream.Stop)()
+		unhook := context.AfterFunc(stop, stream.Stop)
+		defer func() { reuse = unhook() && reuse }()
 	}
 	var item, zero Resp
 	var target *Resp // the decode target of types without a fast path

@@ -3,6 +3,7 @@ package loom_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"iter"
 	"slices"
 	"strings"
@@ -649,4 +650,56 @@ func TestServingTwiceInOneRuntimeIsAnError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "already served") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+// Overlapping calls, some cancelled as they go, each get their own answer
+// and nothing else: over the network the client's streams and the
+// server's request states serve one call after another, and a cancelled
+// call's leftovers must not reach the next.
+func TestOverlappingCallsWithCancellationsGetOnlyTheirOwnAnswers(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		srv, cli := c.runtime(), c.runtime()
+		serve(t, srv, "test/reuse/echo", func(ctx context.Context, n int) iter.Seq2[int, error] {
+			return func(yield func(int, error) bool) {
+				if n%7 == 0 {
+					<-ctx.Done() // answers only if cancelled: its caller gives up
+					return
+				}
+				yield(n, nil)
+			}
+		})
+		cl := client[int, int](t, cli, "test/reuse/echo")
+		waitInstances(t, cl, 1)
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for g := range 8 {
+			wg.Go(func() {
+				for i := range 200 {
+					n := g*1000 + i
+					ctx, cancel := context.WithCancel(context.Background())
+					if n%3 == 0 || n%7 == 0 {
+						go cancel() // at any point of the call
+					}
+					got, err := cl.Call(ctx, n)
+					cancel()
+					switch {
+					case err == nil && got != n:
+						errs <- fmt.Errorf("call %d got %d", n, got)
+						return
+					case err != nil && !errors.Is(err, context.Canceled):
+						errs <- fmt.Errorf("call %d: %w", n, err)
+						return
+					case err != nil && n%3 != 0 && n%7 != 0:
+						errs <- fmt.Errorf("call %d, not cancelled, failed: %w", n, err)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"runtime"
 	"slices"
@@ -542,9 +543,7 @@ type clientConn struct {
 var backgroundReader = new(ClientStream)
 
 func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byte) (*ClientStream, error) {
-	st := &ClientStream{c: c, win: c.window}
-	st.window.Store(c.window)
-	st.cond.L = &st.mu
+	st := newClientStream(c)
 	if err := c.begin(ctx, true); err != nil {
 		if ctx.Err() != nil {
 			return nil, ctxError(ctx, true)
@@ -560,7 +559,14 @@ func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byt
 		c.pool.forget(c, false)
 		return nil, errConnUnusable
 	}
+	// The id is written under the stream's lock too: a reader that kept
+	// this stream from an earlier call checks it there (see push). Only
+	// here does a stream's lock nest inside c.mu, for a stream no
+	// caller's Recv holds yet; takeRead nests them the other way, for
+	// the caller's own stream.
+	st.mu.Lock()
 	st.id = c.nextID
+	st.mu.Unlock()
 	c.nextID++
 	c.streams[st.id] = st
 	c.load.Add(1)
@@ -580,13 +586,16 @@ func (c *clientConn) open(ctx context.Context, h *wire.OpenHeader, payload []byt
 		st.ctx, st.done = ctx, done
 		stop := context.AfterFunc(ctx, func() { st.abort(ctxError(ctx, false)) })
 		st.mu.Lock()
+		st.watched = true
 		ended := st.err != nil
 		if !ended {
 			st.stopWatch = stop
 		}
 		st.mu.Unlock()
-		if ended {
-			stop()
+		if ended && stop() {
+			st.mu.Lock()
+			st.watched = false
+			st.mu.Unlock()
 		}
 	}
 	return st, nil
@@ -606,14 +615,11 @@ func (c *clientConn) onStall() {
 	}
 	cause := fmt.Errorf("%w: the server at %s did not answer a PING within %v", ErrStalled, c.addr, c.pool.cfg.StallTimeout)
 	c.mu.Lock()
-	streams := make([]*ClientStream, 0, len(c.streams))
-	for _, st := range c.streams {
-		streams = append(streams, st)
-	}
+	streams := maps.Clone(c.streams)
 	c.mu.Unlock()
 	failed := 0
-	for _, st := range streams {
-		if st.kill(&StreamError{Code: wire.CodeReset, Message: cause.Error(), Err: cause}, true) {
+	for id, st := range streams {
+		if st.killIf(c, id, &StreamError{Code: wire.CodeReset, Message: cause.Error(), Err: cause}) {
 			failed++
 		}
 	}
@@ -679,8 +685,8 @@ func (c *clientConn) readLoop() {
 	streams := c.streams
 	c.streams = nil
 	c.mu.Unlock()
-	for _, st := range streams {
-		st.fail(cause)
+	for id, st := range streams {
+		st.fail(c, id, cause)
 	}
 	c.pool.forget(c, false)
 	c.pool.mu.Lock()
@@ -693,9 +699,10 @@ func (c *clientConn) readLoop() {
 func (c *clientConn) readBackground() error {
 	// The stream of the last DATA frame: a stream's DATA tends to come
 	// in runs. Ids are never reused on a connection, and a stream that
-	// left the map has ended (push drops what still comes for it), so a
-	// cached stream is as good as a lookup.
-	var last *ClientStream
+	// left the map has ended (push drops what still comes for it, and
+	// what comes for an earlier call of a reused stream), so a cached
+	// stream is as good as a lookup.
+	var last lastStream
 	for {
 		f, err := c.rd.ReadFrame()
 		if err == wire.ErrInterrupted {
@@ -740,7 +747,7 @@ func (c *clientConn) takeRead(s *ClientStream) bool {
 // on the way. Then it gives the role up: to nobody if the connection holds
 // no stream, else to readLoop, since open streams must be read for.
 func (c *clientConn) readFor(s *ClientStream) {
-	var last *ClientStream
+	var last lastStream
 	for {
 		f, err := c.rd.ReadFrame()
 		switch {
@@ -852,28 +859,38 @@ func (c *clientConn) setReadDeadline(t time.Time) error {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
+// lastStream is a reader's cache of the stream of its last DATA frame,
+// with the id it had then: the stream may since have ended and serve
+// another call (Release), so its id is read only under its lock.
+type lastStream struct {
+	st *ClientStream
+	id uint32
+}
+
 // dispatch delivers one frame from the server; last caches the stream of
 // the reader's last DATA frame.
-func (c *clientConn) dispatch(f wire.Frame, last **ClientStream) error {
+func (c *clientConn) dispatch(f wire.Frame, last *lastStream) error {
 	switch f.Type {
 	case wire.TypeData:
-		st := *last
-		if st == nil || st.id != f.Stream {
-			st = c.lookup(f.Stream)
-			*last = st
+		if last.st == nil || last.id != f.Stream {
+			last.st, last.id = c.lookup(f.Stream), f.Stream
 		}
-		if st != nil {
-			return st.push(f.Payload, c.rd)
+		if last.st != nil {
+			return last.st.push(c, f.Stream, f.Payload, c.rd)
 		}
 	case wire.TypeEnd:
 		code, msg, _ := wire.ParseEnd(f.Payload)
-		st := *last
-		if st == nil || st.id != f.Stream {
+		st := last.st
+		if st == nil || last.id != f.Stream {
 			st = c.lookup(f.Stream)
+		} else {
+			last.st = nil
 		}
 		if st != nil {
-			st.end(code, msg)
+			// Out of the map before its caller can see the end, as a
+			// stream it may release and reuse must be.
 			c.removeStream(f.Stream)
+			st.end(c, f.Stream, code, msg)
 		}
 	case wire.TypePing:
 		c.writePong(f.Payload)
@@ -963,9 +980,12 @@ func ctxError(ctx context.Context, before bool) *StreamError { return plane.CtxE
 type ClientStream struct {
 	c *clientConn
 
-	window   atomic.Int64 // credit the server has left, by our count
-	abortNow atomic.Bool  // err is delivered before buffered messages
-	ended    atomic.Bool  // err is set
+	window atomic.Int64  // credit the server has left, by our count
+	flags  atomic.Uint32 // streamEnded, streamAbortNow: read without the lock
+	// id never changes while the stream serves a call; it sits here to
+	// pack with flags, so that a stream (one per call) fits the 192-byte
+	// size class. It is written under mu (see newClientStream).
+	id uint32
 
 	// The caller's context, if it can end: Recv checks it, so that a
 	// stream whose context has ended returns the end at once, before
@@ -989,11 +1009,19 @@ type ClientStream struct {
 	responded bool        // a DATA frame arrived
 	waiting   bool
 	stopSent  bool
-	// id never changes after open; it sits here to pack with the three
-	// above, so that a stream (one per call) fits the 192-byte size class.
-	id   uint32
-	cond sync.Cond // Recv waits on it; L is &mu
+	byEnd     bool      // err came from the server's END: nothing but its caller touches the stream now
+	watched   bool      // a context watch was set and may still run (its stop did not report it stopped)
+	cond      sync.Cond // Recv waits on it; L is &mu
 }
+
+// The bits of ClientStream.flags.
+const (
+	streamEnded    = 1 << iota // err is set
+	streamAbortNow             // err is delivered before buffered messages
+)
+
+func (s *ClientStream) isEnded() bool    { return s.flags.Load()&streamEnded != 0 }
+func (s *ClientStream) abortFirst() bool { return s.flags.Load()&streamAbortNow != 0 }
 
 // recvBuf holds received messages. Buffers are pooled: a unary call
 // borrows one for its response instead of allocating, and a stream's
@@ -1080,10 +1108,10 @@ func (s *ClientStream) Recv() ([]byte, error) {
 		// Messages already swapped into out are read without the lock:
 		// only Recv touches out, and the reader appends to in. The lock
 		// is taken once per batch of messages, not once per message.
-		if s.done != nil && !s.abortNow.Load() && closed(s.done) {
+		if s.done != nil && !s.abortFirst() && closed(s.done) {
 			s.abort(ctxError(s.ctx, false))
 		}
-		if s.out != nil && s.off < len(s.out.b) && !s.abortNow.Load() {
+		if s.out != nil && s.off < len(s.out.b) && !s.abortFirst() {
 			// A DATA frame as it came: its header was checked by the
 			// reader.
 			b := s.out.b
@@ -1093,7 +1121,7 @@ func (s *ClientStream) Recv() ([]byte, error) {
 			p := b[start:s.off:s.off]
 			s.owed += int64(wire.HeaderSize + n)
 			s.moved += int64(wire.HeaderSize + n)
-			if s.owed >= s.win/2 && !s.ended.Load() {
+			if s.owed >= s.win/2 && !s.isEnded() {
 				grant := s.owed
 				s.owed = 0
 				s.window.Add(grant)
@@ -1102,7 +1130,7 @@ func (s *ClientStream) Recv() ([]byte, error) {
 			return p, nil
 		}
 		s.mu.Lock()
-		if s.abortNow.Load() {
+		if s.abortFirst() {
 			s.release()
 			err := s.err
 			s.mu.Unlock()
@@ -1196,7 +1224,7 @@ func (s *ClientStream) Stop() {
 // sends nothing more, and Recv returns a Cancelled *StreamError at once.
 // It does nothing if the stream has already ended.
 func (s *ClientStream) Cancel() {
-	if s.ended.Load() {
+	if s.isEnded() {
 		return // the common case, after the end: no lock
 	}
 	s.mu.Lock()
@@ -1216,6 +1244,53 @@ func (s *ClientStream) Close() error {
 	s.release()
 	s.mu.Unlock()
 	return nil
+}
+
+// Release is Close for a caller that keeps no reference to the stream:
+// the stream may serve a later call on the pool, which saves a unary call
+// an allocation. It must be the caller's last use of s, and only for a
+// caller that gave s to no one else (a context.AfterFunc calling Stop
+// must have been stopped). A stream that was cancelled, killed or failed,
+// or whose context watch may still run, is not reused.
+func (s *ClientStream) Release() {
+	s.Close()
+	s.mu.Lock()
+	reuse := s.reusable()
+	s.mu.Unlock()
+	if reuse {
+		clientStreams.Put(s)
+	}
+}
+
+// reusable reports whether nothing but its caller can still reach s: it
+// ended by the server's END, so no kill or connection loss touched it,
+// and no context watch may still run. s.mu is held.
+func (s *ClientStream) reusable() bool { return s.byEnd && !s.watched && s.stopWatch == nil }
+
+// clientStreams holds released streams for later calls.
+var clientStreams sync.Pool
+
+// newClientStream returns a stream for a call on c: a released one,
+// reset under its lock (a reader may still hold it from its earlier
+// call, and checks its connection and id under that lock), or a new one.
+func newClientStream(c *clientConn) *ClientStream {
+	s, _ := clientStreams.Get().(*ClientStream)
+	if s == nil {
+		s = &ClientStream{c: c, win: c.window}
+		s.window.Store(c.window)
+		s.cond.L = &s.mu
+		return s
+	}
+	s.mu.Lock()
+	s.c, s.win, s.id = c, c.window, 0
+	s.window.Store(c.window)
+	s.flags.Store(0)
+	s.ctx, s.done = nil, nil
+	s.out, s.off, s.owed, s.moved = nil, 0, 0, 0
+	s.stopWatch, s.in, s.err = nil, nil, nil
+	s.responded, s.waiting, s.stopSent, s.byEnd, s.watched = false, false, false, false, false
+	s.mu.Unlock()
+	return s
 }
 
 // Responded reports whether at least one response message has arrived.
@@ -1239,11 +1314,13 @@ func (s *ClientStream) wake() {
 // (header, payload): the frames after the first are copied in one piece
 // (wire.Reader.DataRun), and the run's credit is taken from the window
 // once.
-func (s *ClientStream) push(p []byte, rd *wire.Reader) error {
+func (s *ClientStream) push(c *clientConn, id uint32, p []byte, rd *wire.Reader) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
-		return nil // cancelled here; the server will stop
+	if s.err != nil || s.c != c || s.id != id {
+		// Cancelled here (the server will stop), or a reader's cached
+		// stream released since and serving another call.
+		return nil
 	}
 	window := s.window.Load()
 	if window <= 0 {
@@ -1278,27 +1355,36 @@ func (s *ClientStream) push(p []byte, rd *wire.Reader) error {
 	return nil
 }
 
-// end records the server's END.
-func (s *ClientStream) end(code wire.Code, msg []byte) {
+// end records the server's END for stream id on c.
+func (s *ClientStream) end(c *clientConn, id uint32, code wire.Code, msg []byte) {
 	s.mu.Lock()
+	if s.c != c || s.id != id {
+		s.mu.Unlock()
+		return
+	}
 	if s.err == nil {
 		if code == wire.CodeOK {
 			s.err = io.EOF
 		} else {
 			s.err = &StreamError{Code: code, Message: string(msg), BeforeFirstResponse: !s.responded}
 		}
-		s.ended.Store(true)
+		s.byEnd = true
+		s.flags.Or(streamEnded)
 		s.wake()
 	}
 	s.unwatchLocked()
 }
 
-// fail ends the stream because its connection is gone.
-func (s *ClientStream) fail(cause error) {
+// fail ends stream id on c because the connection is gone.
+func (s *ClientStream) fail(c *clientConn, id uint32, cause error) {
 	s.mu.Lock()
+	if s.c != c || s.id != id {
+		s.mu.Unlock()
+		return
+	}
 	if s.err == nil {
 		s.err = &StreamError{Code: wire.CodeReset, Message: cause.Error(), BeforeFirstResponse: !s.responded, Err: cause}
-		s.ended.Store(true)
+		s.flags.Or(streamEnded)
 		s.wake()
 	}
 	s.unwatchLocked()
@@ -1307,19 +1393,37 @@ func (s *ClientStream) fail(cause error) {
 // abort kills the stream from this side.
 func (s *ClientStream) abort(e *StreamError) { s.kill(e, false) }
 
+// killIf kills stream id on c if no response has arrived yet (see kill),
+// and not if s has since been released and serves another call.
+func (s *ClientStream) killIf(c *clientConn, id uint32, e *StreamError) bool {
+	s.mu.Lock()
+	if s.c != c || s.id != id {
+		// Released after its END, which its caller saw: nothing to
+		// kill, and the call it serves now is not this one.
+		s.mu.Unlock()
+		return false
+	}
+	return s.killLocked(e, true)
+}
+
 // kill ends the stream with e and asks the server to kill it; with
 // onlyWaiting, only if no response has arrived. It reports whether it
 // ended the stream.
 func (s *ClientStream) kill(e *StreamError, onlyWaiting bool) bool {
 	s.mu.Lock()
+	return s.killLocked(e, onlyWaiting)
+}
+
+// killLocked is kill with s.mu held; it unlocks it. A stream it ends is
+// never reused (Release), so what follows the unlock may use s.id.
+func (s *ClientStream) killLocked(e *StreamError, onlyWaiting bool) bool {
 	if s.err != nil || (onlyWaiting && s.responded) {
 		s.mu.Unlock()
 		return false
 	}
 	e.BeforeFirstResponse = !s.responded
 	s.err = e
-	s.ended.Store(true)
-	s.abortNow.Store(true)
+	s.flags.Or(streamEnded | streamAbortNow)
 	s.wake()
 	s.mu.Unlock()
 	s.c.interrupt(s)
@@ -1335,12 +1439,15 @@ func (s *ClientStream) unwatch() {
 }
 
 // unwatchLocked stops the context watch; s.mu is held, and unlocked
-// before the watch is stopped.
+// before the watch is stopped. Only a watch whose stop reports it stopped
+// lets the stream be reused: one that fired may still be aborting it.
 func (s *ClientStream) unwatchLocked() {
 	stop := s.stopWatch
 	s.stopWatch = nil
 	s.mu.Unlock()
-	if stop != nil {
-		stop()
+	if stop != nil && stop() {
+		s.mu.Lock()
+		s.watched = false
+		s.mu.Unlock()
 	}
 }

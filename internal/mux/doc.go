@@ -33,6 +33,14 @@
 // PING and is dropped, failing its streams with [ErrConnLost], when nothing
 // comes back in time.
 //
+// A caller done with a stream that it gave to no one else may
+// [ClientStream.Release] it instead of closing it: a stream that ended by
+// the server's END, with nothing else able to reach it, then serves a
+// later call, which saves a unary call its largest client-side allocation.
+// Whatever kept the stream from its earlier call (a reader's cache, the
+// stall and connection-loss paths) checks its connection and stream id
+// under the stream's lock before acting on it.
+//
 // Errors that end a stream are [*StreamError] values with a wire.Code;
 // match them with errors.Is against the sentinels ([ErrOverloaded],
 // [ErrDraining], ...). [StreamError.BeforeFirstResponse] tells whether the

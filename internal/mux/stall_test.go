@@ -81,7 +81,7 @@ func TestAFrozenServerFailsWaitingStreamsAndRefusesNewOnesUntilItAnswers(t *test
 	if got := rec.calls(); len(got) != 1 || got[0] != fz.Addr() {
 		t.Fatalf("OnStall calls: %q; want one for %s", got, fz.Addr())
 	}
-	if held.ended.Load() {
+	if held.isEnded() {
 		t.Fatal("the stream that had responded was failed too; it is keepalive's to decide")
 	}
 
