@@ -2,8 +2,10 @@ package mux
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -202,4 +204,81 @@ func TestClientHoldsTheServerToItsCreditWithinARun(t *testing.T) {
 			t.Fatalf("got %v, want a Reset wrapping wire.ErrProtocol", err)
 		}
 	})
+}
+
+// A stream's parent context (ServerConfig.StreamContext) reaches the
+// handler through its context, and leaves the stream open: Send works
+// after the parent is cancelled, and the handler's return ends the stream
+// as usual. A killed stream's Send fails
+// (TestSendFailsOnceTheStreamIsKilled).
+func TestAParentsCancellationLeavesTheStreamToItsHandler(t *testing.T) {
+	parent, cancelParent := context.WithCancelCause(context.Background())
+	defer cancelParent(nil)
+	shutdown := errors.New("endpoint shutting down")
+	sent := make(chan error, 1)
+	addr, _ := startServer(t, ServerConfig{StreamContext: func(string) context.Context { return parent }}, func(s *ServerStream) error {
+		if err := s.Send([]byte("before")); err != nil {
+			return err
+		}
+		cancelParent(shutdown)
+		if err := context.Cause(s.Context()); !errors.Is(err, shutdown) {
+			return fmt.Errorf("the stream's context after its parent's cancellation: cause %v, want %v", err, shutdown)
+		}
+		err := s.Send([]byte("after"))
+		sent <- err
+		return err
+	})
+	p := newPool(t, ClientConfig{})
+	st, err := p.Open(ctxTimeout(t, 10*time.Second), addr, Request{Path: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	msgs, err := recvAll(st)
+	if err != nil {
+		t.Fatalf("the stream ended with %v, want its handler's clean end", err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("Send after the parent's cancellation: %v, want nil", err)
+	}
+	if len(msgs) != 2 || string(msgs[0]) != "before" || string(msgs[1]) != "after" {
+		t.Fatalf("got %q, want [before after]", msgs)
+	}
+}
+
+// Once the client kills a stream, Send fails with the cause its context
+// has, and nothing more reaches the client.
+func TestSendFailsOnceTheStreamIsKilled(t *testing.T) {
+	sent := make(chan error, 1)
+	addr, _ := startServer(t, ServerConfig{}, func(s *ServerStream) error {
+		if err := s.Send([]byte("first")); err != nil {
+			return err
+		}
+		<-s.Context().Done()
+		err := s.Send([]byte("after the kill"))
+		if err != nil && err != context.Cause(s.Context()) {
+			err = fmt.Errorf("Send failed with %v, not the context's cause %v", err, context.Cause(s.Context()))
+		} else if err == nil {
+			err = errors.New("Send after the kill succeeded")
+		} else {
+			err = nil
+		}
+		sent <- err
+		return nil
+	})
+	p := newPool(t, ClientConfig{})
+	st, err := p.Open(ctxTimeout(t, 10*time.Second), addr, Request{Path: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := st.Recv(); err != nil || string(m) != "first" {
+		t.Fatalf("first message: %q, %v", m, err)
+	}
+	st.Cancel()
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if m, err := st.Recv(); err == nil {
+		t.Fatalf("after Cancel, Recv returned %q, want the stream's end", m)
+	}
 }
