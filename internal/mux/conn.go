@@ -220,9 +220,11 @@ func notify(ch chan<- struct{}) {
 // commitFlush is commit for a frame that ends a burst (OPEN, END, CREDIT,
 // CANCEL): if no write is in flight the calling goroutine writes the batch
 // itself, saving the hop to the writer goroutine on the latency path.
-// DATA uses commit, so that a fast stream's messages share writes. The
-// reader goroutine never calls it: a reader blocked in a write could
-// deadlock with a peer doing the same.
+// DATA uses commit, so that a fast stream's messages share writes; a
+// sender out of credit calls it too, since it would otherwise wait for
+// the writer goroutine to be scheduled before the client could even read
+// what it waits on. The reader goroutine never calls it: a reader blocked
+// in a write could deadlock with a peer doing the same.
 func (c *conn) commitFlush() {
 	if c.wBusy || c.wClosing || c.dead {
 		c.commit()

@@ -1221,6 +1221,16 @@ func (s *ServerStream) send(prefix, p []byte) error {
 		return err
 	}
 	for s.credit <= 0 && s.state.Load() == stateOpen {
+		if c.w.Len() > 0 && !c.wBusy && !c.wClosing && !c.dead {
+			// What this stream waits for is the client reading what is
+			// queued, which nobody is writing: write it rather than wait
+			// for the writer goroutine to be scheduled.
+			c.commitFlush()
+			if err := c.begin(s.ctx, true); err != nil {
+				return err
+			}
+			continue
+		}
 		if s.creditCh == nil {
 			s.creditCh = make(chan struct{}, 1)
 		}
