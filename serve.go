@@ -187,7 +187,7 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 				return false, 0, &BadRequestError{Path: ep.path, Err: err}
 			}
 		}
-		r.st.out, r.st.gen = r, &r.gen
+		r.st.out, r.st.raw, r.st.gen = r, r, &r.gen
 		started, err := serveWith(&r.st, ctx, stop, s, eng, r.req, derived)
 		if err == nil {
 			err = r.sendErr
@@ -473,7 +473,11 @@ type serving[Req, Resp any] struct {
 	s       *served
 	maxItem int // 0: no limit (the transport applies its own)
 	out     yielder[Resp]
-	rctx    context.Context // the request's context, for yield's check
+	raw     *rawCall[Req, Resp] // out, when it is a request served from bytes: called directly
+	// rctx is the context yield checks: the request's, or for a transport
+	// context the request's context wraps, that one (the same Err, one
+	// call fewer per item).
+	rctx context.Context
 	// gen, when the state is reused (a rawCall's), is the count of
 	// requests it has served: the yield given to the handler checks it.
 	gen   *atomic.Uint64
@@ -519,10 +523,11 @@ func serveWith[Req, Resp any](st *serving[Req, Resp], caller, stop context.Conte
 	cancel := func() {}
 	if derived {
 		rctx = &reqCtx{Context: caller, stop: stop}
+		st.rctx = caller
 	} else {
 		rctx, cancel = s.requestContext(caller, stop)
+		st.rctx = rctx
 	}
-	st.rctx = rctx
 	outcome := s.m.OK
 	defer func() {
 		cancel()
@@ -621,7 +626,12 @@ func (st *serving[Req, Resp]) yield(item Resp, herr error) bool {
 	}
 	st.items++
 	st.inYield = true
-	ok := st.out.yield(item)
+	var ok bool
+	if st.raw != nil {
+		ok = st.raw.yield(item)
+	} else {
+		ok = st.out.yield(item)
+	}
 	st.inYield = false
 	if !ok {
 		st.stopped, st.done = true, true

@@ -15,6 +15,7 @@ func TestPerCallStructsKeepTheirSizeClasses(t *testing.T) {
 	}{
 		{"ClientStream", unsafe.Sizeof(ClientStream{}), 192},
 		{"ServerStream", unsafe.Sizeof(ServerStream{}), 192},
+		{"streamCtx", unsafe.Sizeof(streamCtx{}), 64},
 	} {
 		if c.size > c.max {
 			t.Errorf("%s is %d bytes, above the %d-byte size class it was packed for", c.name, c.size, c.max)

@@ -20,20 +20,51 @@ import (
 // inner exists carries over to it.
 type streamCtx struct {
 	parent context.Context
-	inner  atomic.Pointer[cancelable] // nil until Done, Value or a derived context
+	// errOf answers the parent's Err: the parent itself, or the
+	// context.cancelCtx behind it when the parent only wraps one (as
+	// WithValue does), which answers the same in one call instead of one
+	// per wrapper. Err runs once per streamed item.
+	errOf interface{ Err() error }
+	inner atomic.Pointer[cancelable] // nil until Done, Value or a derived context
 
-	mu        sync.Mutex  // serialises cancel and making inner
-	cancelled atomic.Bool // before inner existed, cancel ran: byParent and cause are set, and stay
-	byParent  bool        // the parent was cancelled before cancel ran: Err is the parent's
-	cause     error
+	mu sync.Mutex // serialises cancel and making inner
+	// rec is the cancellation recorded before inner existed: set once,
+	// under mu, and never changed. (A pointer, not its fields, keeps the
+	// context in 64 bytes, a unary call's size class.)
+	rec atomic.Pointer[cancelRecord]
 }
+
+// cancelRecord is a cancellation recorded before inner existed.
+type cancelRecord struct {
+	byParent bool // the parent was cancelled before cancel ran: Err is the parent's
+	cause    error
+}
+
+// The records of the common cancellations, shared: every stream's context
+// is cancelled with ErrStreamDone when it ends, which allocates nothing.
+var (
+	recStreamDone = &cancelRecord{cause: ErrStreamDone}
+	recCanceled   = &cancelRecord{cause: context.Canceled}
+)
 
 type cancelable struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 }
 
-func newStreamCtx(parent context.Context) *streamCtx { return &streamCtx{parent: parent} }
+func newStreamCtx(parent context.Context) *streamCtx {
+	c := &streamCtx{parent: parent, errOf: parent}
+	// The context package trusts the cancelCtx a parent's Value gives for
+	// its key only if the two share their Done channel: so does this.
+	if cancelCtxKey != nil {
+		if inner, ok := parent.Value(cancelCtxKey).(context.Context); ok {
+			if done := parent.Done(); done != nil && inner.Done() == done {
+				c.errOf = inner
+			}
+		}
+	}
+	return c
+}
 
 // Deadline is the parent's: a stream's own deadline is a context derived
 // from this one.
@@ -78,10 +109,10 @@ func (c *streamCtx) Err() error {
 	if in := c.inner.Load(); in != nil {
 		return in.ctx.Err()
 	}
-	if c.cancelled.Load() {
-		return c.recordedErr()
+	if r := c.rec.Load(); r != nil {
+		return c.recordedErr(r)
 	}
-	if c.parent.Err() == nil {
+	if c.errOf.Err() == nil {
 		return nil
 	}
 	// The parent was cancelled: record it, so that this context says so
@@ -95,14 +126,13 @@ func (c *streamCtx) Err() error {
 		return in.ctx.Err()
 	}
 	c.cancelLocked(nil)
-	return c.recordedErr()
+	return c.recordedErr(c.rec.Load())
 }
 
-// recordedErr is the error of a cancellation recorded before inner
-// existed: byParent is written before cancelled is set, never after, and
-// a parent's cancellation stays.
-func (c *streamCtx) recordedErr() error {
-	if c.byParent {
+// recordedErr is the error of r, a cancellation recorded before inner
+// existed: a parent's cancellation stays.
+func (c *streamCtx) recordedErr(r *cancelRecord) error {
+	if r.byParent {
 		return c.parent.Err()
 	}
 	return context.Canceled
@@ -128,20 +158,23 @@ func (c *streamCtx) cancel(cause error) {
 // cancelLocked records a cancellation before inner exists: by the
 // parent, if it was cancelled, else with cause; c.mu is held.
 func (c *streamCtx) cancelLocked(cause error) {
-	if c.cancelled.Load() {
+	if c.rec.Load() != nil {
 		return
 	}
-	if c.parent.Err() != nil {
+	var r *cancelRecord
+	switch {
+	case c.errOf.Err() != nil:
 		// The parent was cancelled first: the child would have been
 		// cancelled with its error and cause.
-		c.cause, c.byParent = context.Cause(c.parent), true
-	} else {
-		if cause == nil {
-			cause = context.Canceled
-		}
-		c.cause = cause
+		r = &cancelRecord{byParent: true, cause: context.Cause(c.parent)}
+	case cause == nil || cause == context.Canceled:
+		r = recCanceled
+	case cause == ErrStreamDone:
+		r = recStreamDone
+	default:
+		r = &cancelRecord{cause: cause}
 	}
-	c.cancelled.Store(true)
+	c.rec.Store(r)
 }
 
 // real returns inner, making it first if needed.
@@ -155,13 +188,13 @@ func (c *streamCtx) real() context.Context {
 		return in.ctx
 	}
 	in := &cancelable{}
-	if c.cancelled.Load() && !c.byParent {
+	if r := c.rec.Load(); r != nil && !r.byParent {
 		// Cancelled first by cancel: inner must say so, whatever the
 		// parent does from now on. (Cancelled by the parent first, inner
 		// made from the parent, whose cancellation stays, says what was
 		// recorded.)
 		in.ctx, in.cancel = context.WithCancelCause(noCancel{c.parent})
-		in.cancel(c.cause)
+		in.cancel(r.cause)
 	} else {
 		in.ctx, in.cancel = context.WithCancelCause(c.parent)
 	}

@@ -3,6 +3,7 @@ package mux
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -45,48 +46,98 @@ func TestAStreamContextActsAsWithCancelCause(t *testing.T) {
 		{"cancel parent", "cancel", "done"},
 		{"cancel", "cancel"},
 	} {
-		t.Run(fmtSteps(steps), func(t *testing.T) {
-			base := context.WithValue(context.Background(), ctxKey("k"), "v")
-			lp, lcancel := context.WithCancelCause(base)
-			rp, rcancel := context.WithCancelCause(base)
-			c := &ctxs{lazy: newStreamCtx(lp), cancelLazyParent: lcancel, cancelRealParent: rcancel}
-			c.real, c.cancel = context.WithCancelCause(rp)
-			defer c.cancel(nil)
-			defer c.lazy.cancel(nil)
-			for _, s := range steps {
-				step[s](c)
+		// The parent is a cancelCtx, or one behind a value (as Loom's
+		// endpoints give their requests), whose Err the stream's context
+		// asks directly.
+		for _, wrapped := range []bool{false, true} {
+			name := fmtSteps(steps)
+			if wrapped {
+				name += ",wrapped"
 			}
-			if got, want := c.lazy.Err(), c.real.Err(); got != want {
-				t.Fatalf("Err %v, want %v", got, want)
-			}
-			// A context derived from each, before Cause makes the lazy
-			// one real (when nothing else has).
-			ld, lstop := context.WithTimeout(c.lazy, time.Hour)
-			defer lstop()
-			rd, rstop := context.WithTimeout(c.real, time.Hour)
-			defer rstop()
-			if got, want := context.Cause(c.lazy), context.Cause(c.real); got != want {
-				t.Fatalf("Cause %v, want %v", got, want)
-			}
-			if got, want := closed(c.lazy.Done()), closed(c.real.Done()); got != want {
-				t.Fatalf("Done closed %v, want %v", got, want)
-			}
-			if c.lazy.Value(ctxKey("k")) != "v" {
-				t.Fatal("the parent's value is not seen")
-			}
-			// Then both are cancelled: the derived contexts follow, with
-			// the same cause.
-			c.lazy.cancel(errStream)
-			c.cancel(errStream)
-			if !closed(ld.Done()) || !closed(rd.Done()) {
-				t.Fatalf("a derived context is not cancelled with its parent: lazy %v, real %v", closed(ld.Done()), closed(rd.Done()))
-			}
-			if got, want := context.Cause(ld), context.Cause(rd); got != want {
-				t.Fatalf("the derived context's Cause %v, want %v", got, want)
-			}
-		})
+			t.Run(name, func(t *testing.T) {
+				base := context.WithValue(context.Background(), ctxKey("k"), "v")
+				lp, lcancel := context.WithCancelCause(base)
+				rp, rcancel := context.WithCancelCause(base)
+				if wrapped {
+					lp, rp = context.WithValue(lp, ctxKey("w"), 1), context.WithValue(rp, ctxKey("w"), 1)
+				}
+				c := &ctxs{lazy: newStreamCtx(lp), cancelLazyParent: lcancel, cancelRealParent: rcancel}
+				c.real, c.cancel = context.WithCancelCause(rp)
+				defer c.cancel(nil)
+				defer c.lazy.cancel(nil)
+				for _, s := range steps {
+					step[s](c)
+				}
+				if got, want := c.lazy.Err(), c.real.Err(); got != want {
+					t.Fatalf("Err %v, want %v", got, want)
+				}
+				// A context derived from each, before Cause makes the lazy
+				// one real (when nothing else has).
+				ld, lstop := context.WithTimeout(c.lazy, time.Hour)
+				defer lstop()
+				rd, rstop := context.WithTimeout(c.real, time.Hour)
+				defer rstop()
+				if got, want := context.Cause(c.lazy), context.Cause(c.real); got != want {
+					t.Fatalf("Cause %v, want %v", got, want)
+				}
+				if got, want := closed(c.lazy.Done()), closed(c.real.Done()); got != want {
+					t.Fatalf("Done closed %v, want %v", got, want)
+				}
+				if c.lazy.Value(ctxKey("k")) != "v" {
+					t.Fatal("the parent's value is not seen")
+				}
+				// Then both are cancelled: the derived contexts follow, with
+				// the same cause.
+				c.lazy.cancel(errStream)
+				c.cancel(errStream)
+				if !closed(ld.Done()) || !closed(rd.Done()) {
+					t.Fatalf("a derived context is not cancelled with its parent: lazy %v, real %v", closed(ld.Done()), closed(rd.Done()))
+				}
+				if got, want := context.Cause(ld), context.Cause(rd); got != want {
+					t.Fatalf("the derived context's Cause %v, want %v", got, want)
+				}
+			})
+		}
 	}
 }
+
+// A stream's context asks the cancelCtx behind its parent for the
+// parent's error only when that cancelCtx is the parent's own: a parent
+// that keeps its own cancellation over an embedded one is asked itself.
+func TestAStreamContextAsksOnlyItsParentsOwnCancelCtx(t *testing.T) {
+	inner, cancelInner := context.WithCancel(context.Background())
+	defer cancelInner()
+	wrapped := context.WithValue(inner, ctxKey("k"), "v")
+	if c := newStreamCtx(wrapped); c.errOf == wrapped {
+		t.Fatal("the cancelCtx behind a value is not asked directly")
+	}
+	own := &ownCancel{Context: inner, done: make(chan struct{})}
+	c := newStreamCtx(own)
+	if c.Err() != nil {
+		t.Fatalf("Err %v before any cancellation", c.Err())
+	}
+	own.cancel()
+	if c.Err() != context.Canceled {
+		t.Fatalf("after the parent's own cancellation: Err %v, want Canceled (the embedded context, still live, was asked)", c.Err())
+	}
+}
+
+// ownCancel embeds a live context, whose cancelCtx its Value gives, but
+// is cancelled on its own.
+type ownCancel struct {
+	context.Context
+	done      chan struct{}
+	cancelled atomic.Bool
+}
+
+func (c *ownCancel) Done() <-chan struct{} { return c.done }
+func (c *ownCancel) Err() error {
+	if c.cancelled.Load() {
+		return context.Canceled
+	}
+	return nil
+}
+func (c *ownCancel) cancel() { c.cancelled.Store(true); close(c.done) }
 
 // Until something waits on it, a stream's context holds nothing of its
 // parent's: it is cancelled with its parent all the same.
@@ -167,5 +218,34 @@ func TestAStreamContextCancelledWhileWaitedOn(t *testing.T) {
 				t.Fatalf("causes disagree: %v and %v", first, got)
 			}
 		}
+	}
+}
+
+// BenchmarkStreamContextErr: a streamed item's check of its context, whose
+// parent is a cancelCtx behind a value (as Loom's endpoints give): asking
+// the cancelCtx directly, as it does, beside asking the parent, as it did.
+func BenchmarkStreamContextErr(b *testing.B) {
+	inner, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	parent := context.WithValue(inner, ctxKey("k"), "v")
+	var sink error
+	for _, direct := range []bool{false, true} {
+		name := "parent"
+		if direct {
+			name = "cancelCtx"
+		}
+		b.Run(name, func(b *testing.B) {
+			sc := newStreamCtx(parent)
+			if !direct {
+				sc.errOf = parent
+			}
+			var c context.Context = sc
+			for b.Loop() {
+				sink = c.Err()
+			}
+		})
+	}
+	if sink != nil {
+		b.Fatal(sink)
 	}
 }
