@@ -29,7 +29,9 @@
 // Each connection has one reader and one writer goroutine. Frames
 // from every stream are appended to one batch that the writer sends in one
 // write once the previous write returns, so under load many frames share a
-// system call. The writer also runs keepalive: a silent connection gets a
+// system call. A goroutine that would otherwise wait for that write (one
+// ending a burst with an OPEN or an END, or a handler out of credit)
+// writes the batch itself when no write is in flight. The writer also runs keepalive: a silent connection gets a
 // PING and is dropped, failing its streams with [ErrConnLost], when nothing
 // comes back in time.
 //
