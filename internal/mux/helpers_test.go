@@ -58,6 +58,18 @@ func newPool(t testing.TB, cfg ClientConfig) *Pool {
 	return p
 }
 
+// openOn opens a stream for path "p" at addr through a new pool; the
+// stream is closed when the test ends.
+func openOn(t *testing.T, addr string) *ClientStream {
+	t.Helper()
+	st, err := newPool(t, ClientConfig{}).Open(ctxTimeout(t, 10*time.Second), addr, Request{Path: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
 // echo answers with the request payload.
 func echo(s *ServerStream) error { return s.Send(s.Payload()) }
 

@@ -228,13 +228,7 @@ func TestAParentsCancellationLeavesTheStreamToItsHandler(t *testing.T) {
 		sent <- err
 		return err
 	})
-	p := newPool(t, ClientConfig{})
-	st, err := p.Open(ctxTimeout(t, 10*time.Second), addr, Request{Path: "p"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	msgs, err := recvAll(st)
+	msgs, err := recvAll(openOn(t, addr))
 	if err != nil {
 		t.Fatalf("the stream ended with %v, want its handler's clean end", err)
 	}
@@ -266,11 +260,7 @@ func TestSendFailsOnceTheStreamIsKilled(t *testing.T) {
 		sent <- err
 		return nil
 	})
-	p := newPool(t, ClientConfig{})
-	st, err := p.Open(ctxTimeout(t, 10*time.Second), addr, Request{Path: "p"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := openOn(t, addr)
 	if m, err := st.Recv(); err != nil || string(m) != "first" {
 		t.Fatalf("first message: %q, %v", m, err)
 	}
