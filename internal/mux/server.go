@@ -1224,7 +1224,10 @@ func (s *ServerStream) send(prefix, p []byte) error {
 		if c.w.Len() > 0 && !c.wBusy && !c.wClosing && !c.dead {
 			// What this stream waits for is the client reading what is
 			// queued, which nobody is writing: write it rather than wait
-			// for the writer goroutine to be scheduled.
+			// for the writer goroutine to be scheduled. (A client that
+			// stops reading then holds this handler in the write, as it
+			// holds one writing its END, until the write deadline that
+			// keepalive sets; a kill meanwhile takes effect after it.)
 			c.commitFlush()
 			if err := c.begin(s.ctx, true); err != nil {
 				return err
