@@ -31,9 +31,9 @@
 // write once the previous write returns, so under load many frames share a
 // system call. A goroutine that would otherwise wait for that write (one
 // ending a burst with an OPEN or an END, or a handler out of credit)
-// writes the batch itself when no write is in flight. The writer also runs keepalive: a silent connection gets a
-// PING and is dropped, failing its streams with [ErrConnLost], when nothing
-// comes back in time.
+// writes the batch itself when no write is in flight. The writer also
+// runs keepalive: a silent connection gets a PING and is dropped, failing
+// its streams with [ErrConnLost], when nothing comes back in time.
 //
 // A caller done with a stream that it gave to no one else may
 // [ClientStream.Release] it instead of closing it: a stream that ended by
