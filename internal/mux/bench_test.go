@@ -57,7 +57,23 @@ func TestIdleStreamMemory(t *testing.T) {
 	}
 	addr := field("addr")
 
-	p := newPool(t, ClientConfig{Logger: quiet})
+	// Every stream waits for a first response that never comes: a PING
+	// that the loaded server answers late would have stall detection fail
+	// them all (and the child wait for handlers that ended). Memory is
+	// measured here, not stalls.
+	p := newPool(t, ClientConfig{Logger: quiet, StallTimeout: -1})
+	// Should the child still never report, fail instead of waiting for
+	// the package's timeout: killing it ends the scan below.
+	reported := make(chan struct{})
+	defer close(reported)
+	go func() {
+		select {
+		case <-reported:
+		case <-time.After(2 * time.Minute):
+			t.Errorf("the child server did not report within 2 minutes that all %d handlers run: stopping it", n)
+			cmd.Process.Kill()
+		}
+	}()
 	warm, err := p.Open(context.Background(), addr, Request{Path: "warm"})
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +90,7 @@ func TestIdleStreamMemory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	server, _ := strconv.ParseFloat(field("server"), 64) // sent once all n handlers run
+	server, _ := strconv.ParseFloat(field("server"), 64) // sent once all n handlers run (or missing if the child was killed above)
 	client := float64(liveBytes()-base) / n
 	runtime.KeepAlive(streams)
 	for _, st := range streams {
