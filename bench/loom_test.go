@@ -33,6 +33,7 @@ const (
 // the local fast path is off.
 type loomPeer struct {
 	srv, cli     *loom.Runtime
+	idleCli      *loom.Runtime // the idle streams' caller: stall detection off
 	discs        []discovery.Discovery
 	unary        *loom.Client[[]byte, []byte]
 	stream       *loom.Client[[]byte, []byte]
@@ -53,7 +54,7 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 	store := memory.NewStore()
 	log := slog.New(slog.DiscardHandler)
 	lp := &loomPeer{}
-	newRuntime := func() *loom.Runtime {
+	newRuntime := func(cfg config.Config) *loom.Runtime {
 		d := store.Connect()
 		lp.discs = append(lp.discs, d)
 		rt, err := loom.NewRuntime(ctx, loom.WithConfig(cfg), loom.WithDiscovery(d), loom.WithLogger(log))
@@ -63,8 +64,14 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 		}
 		return rt
 	}
-	lp.srv = newRuntime()
-	lp.cli = newRuntime()
+	lp.srv = newRuntime(cfg)
+	lp.cli = newRuntime(cfg)
+	// BenchmarkIdleStreams' 10,000 streams all wait for a first response:
+	// a PING answered late by a loaded process would have stall detection
+	// fail them all. Their caller is a runtime of its own without it.
+	idleCfg := cfg
+	idleCfg.RequestPlane.StallTimeout = -1
+	lp.idleCli = newRuntime(idleCfg)
 	fail := func(err error) {
 		lp.close()
 		tb.Fatalf("loom: %v", err)
@@ -125,8 +132,8 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 	if err := loom.Serve(ctx, ep, loom.Engine[[]byte, []byte](streamReused), loom.WithReusedItems()); err != nil {
 		fail(err)
 	}
-	client := func(path string, opts ...loom.ClientOption) *loom.Client[[]byte, []byte] {
-		ep, err := lp.cli.Endpoint(path)
+	clientOf := func(rt *loom.Runtime, path string, opts ...loom.ClientOption) *loom.Client[[]byte, []byte] {
+		ep, err := rt.Endpoint(path)
 		if err != nil {
 			fail(err)
 		}
@@ -144,7 +151,10 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 	}
 	// The stream's items are checked and dropped, as rawtcp's are read into
 	// one reused buffer: borrowed, not copied.
-	lp.unary, lp.stream, lp.idle = client(loomUnary), client(loomStream, loom.WithBorrowedResponses()), client(loomIdle)
+	client := func(path string, opts ...loom.ClientOption) *loom.Client[[]byte, []byte] {
+		return clientOf(lp.cli, path, opts...)
+	}
+	lp.unary, lp.stream, lp.idle = client(loomUnary), client(loomStream, loom.WithBorrowedResponses()), clientOf(lp.idleCli, loomIdle)
 	lp.streamReused = client(loomStreamReused, loom.WithBorrowedResponses())
 	return lp
 }
@@ -152,7 +162,7 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 func (lp *loomPeer) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, rt := range []*loom.Runtime{lp.cli, lp.srv} {
+	for _, rt := range []*loom.Runtime{lp.idleCli, lp.cli, lp.srv} {
 		if rt != nil {
 			_ = rt.Shutdown(ctx)
 		}
