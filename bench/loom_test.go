@@ -132,7 +132,7 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 	if err := loom.Serve(ctx, ep, loom.Engine[[]byte, []byte](streamReused), loom.WithReusedItems()); err != nil {
 		fail(err)
 	}
-	clientOf := func(rt *loom.Runtime, path string, opts ...loom.ClientOption) *loom.Client[[]byte, []byte] {
+	client := func(rt *loom.Runtime, path string, opts ...loom.ClientOption) *loom.Client[[]byte, []byte] {
 		ep, err := rt.Endpoint(path)
 		if err != nil {
 			fail(err)
@@ -151,11 +151,8 @@ func newLoomPeer(tb testing.TB) *loomPeer {
 	}
 	// The stream's items are checked and dropped, as rawtcp's are read into
 	// one reused buffer: borrowed, not copied.
-	client := func(path string, opts ...loom.ClientOption) *loom.Client[[]byte, []byte] {
-		return clientOf(lp.cli, path, opts...)
-	}
-	lp.unary, lp.stream, lp.idle = client(loomUnary), client(loomStream, loom.WithBorrowedResponses()), clientOf(lp.idleCli, loomIdle)
-	lp.streamReused = client(loomStreamReused, loom.WithBorrowedResponses())
+	lp.unary, lp.stream, lp.idle = client(lp.cli, loomUnary), client(lp.cli, loomStream, loom.WithBorrowedResponses()), client(lp.idleCli, loomIdle)
+	lp.streamReused = client(lp.cli, loomStreamReused, loom.WithBorrowedResponses())
 	return lp
 }
 

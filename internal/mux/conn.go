@@ -226,7 +226,7 @@ func notify(ch chan<- struct{}) {
 // what it waits on. The reader goroutine never calls it: a reader blocked
 // in a write could deadlock with a peer doing the same.
 func (c *conn) commitFlush() {
-	if c.wBusy || c.wClosing || c.dead {
+	if !c.canWrite() {
 		c.commit()
 		return
 	}
@@ -257,6 +257,10 @@ func (c *conn) commitFlush() {
 		c.shutdown(fmt.Errorf("%w: writing to %s: %w", ErrConnLost, c.nc.RemoteAddr(), err))
 	}
 }
+
+// canWrite reports whether a goroutine may write the batch itself: no
+// write is in flight and the connection still writes. wmu is held.
+func (c *conn) canWrite() bool { return !c.wBusy && !c.wClosing && !c.dead }
 
 // maxDirectBatches bounds how many batches one commitFlush caller writes
 // before leaving the rest to the writer goroutine.

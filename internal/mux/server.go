@@ -723,7 +723,7 @@ func (sc *serverConn) flushOwed() {
 		return
 	}
 	sc.wmu.Lock()
-	if n := sc.w.Len(); n == 0 || n > maxDirectFlush || sc.wBusy || sc.wClosing || sc.dead {
+	if n := sc.w.Len(); n == 0 || n > maxDirectFlush || !sc.canWrite() {
 		sc.commit()
 		return
 	}
@@ -1221,7 +1221,7 @@ func (s *ServerStream) send(prefix, p []byte) error {
 		return err
 	}
 	for s.credit <= 0 && s.state.Load() == stateOpen {
-		if c.w.Len() > 0 && !c.wBusy && !c.wClosing && !c.dead {
+		if c.w.Len() > 0 && c.canWrite() {
 			// What this stream waits for is the client reading what is
 			// queued, which nobody is writing: write it rather than wait
 			// for the writer goroutine to be scheduled. (A client that
