@@ -130,13 +130,17 @@ func TestEveryOverflowPolicyBalancesAtEveryPoint(t *testing.T) {
 				check("stalled", read()) // the stream holds the rest
 			case c.transport == events.ZMQ && c.overflow == events.Block:
 				// The publisher's send queue and the sockets hold events
-				// nobody can count; the publisher's drops show at once.
+				// nobody can count; the publisher's drops show once they
+				// are full. Loopback sockets grow their buffers to several
+				// MiB, which can hold all of c.stalled: publish more until
+				// the queue overflows.
 				deadline := time.Now().Add(30 * time.Second)
 				for b := read(); b.pub.Dropped == 0; b = read() {
 					check("stalled", b)
 					if time.Now().After(deadline) {
-						t.Fatalf("stalled: the publisher dropped nothing for a blocked subscriber after 30s: %+v", b)
+						t.Fatalf("stalled: the publisher dropped nothing for a blocked subscriber after 30s and %d events: %+v", published, b)
 					}
+					publish(1000)
 					time.Sleep(5 * time.Millisecond)
 				}
 			default:
