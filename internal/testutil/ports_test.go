@@ -17,3 +17,16 @@ func TestFreePortIsFreeAndBelowTheEphemeralRange(t *testing.T) {
 		t.Errorf("FreePort gave %d, outside [10000, %d) below the ephemeral range", p, low)
 	}
 }
+
+// FreePort never hands out a port twice in a process: picked at random,
+// two calls (a server's client and peer ports) once gave the same one.
+func TestFreePortNeverGivesAPortTwice(t *testing.T) {
+	seen := make(map[int]bool)
+	for range 400 {
+		p := FreePort(t)
+		if seen[p] {
+			t.Fatalf("FreePort gave %d twice", p)
+		}
+		seen[p] = true
+	}
+}
