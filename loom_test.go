@@ -438,6 +438,11 @@ func TestACallerThatCancelsKillsTheHandlerAtOnce(t *testing.T) {
 					case <-time.After(time.Millisecond):
 					}
 					if !yield(i, nil) {
+						// The kill reached the yield first (it was
+						// under way between two waits): the context
+						// says so too.
+						<-ctx.Done()
+						close(sawCancel)
 						return
 					}
 				}
