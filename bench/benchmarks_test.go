@@ -58,7 +58,7 @@ func BenchmarkUnary(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
-			gc := gcCycles()
+			c := startCounts()
 			var seq uint64
 			for b.Loop() {
 				seq++
@@ -68,7 +68,7 @@ func BenchmarkUnary(b *testing.B) {
 				}
 				buf = resp
 			}
-			reportGC(b, gc)
+			c.report(b, 1)
 		})
 	}
 }
@@ -86,14 +86,14 @@ func BenchmarkStream(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
-			gc := gcCycles()
+			c := startCounts()
 			for b.Loop() {
 				if err := streamOnce(ctx, p, req, streamItems); err != nil {
 					b.Fatal(err)
 				}
 			}
 			b.ReportMetric(float64(b.N)*streamItems/b.Elapsed().Seconds(), "items/s")
-			reportGC(b, gc)
+			c.report(b, streamItems)
 		})
 	}
 }
@@ -111,14 +111,14 @@ func BenchmarkParallel(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
-			gc := gcCycles()
+			c := startCounts()
 			b.ResetTimer()
 			if err := parallel(ctx, p, callers, b.N); err != nil {
 				b.Fatal(err)
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
-			reportGC(b, gc)
+			c.report(b, 1)
 		})
 	}
 }

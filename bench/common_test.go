@@ -81,15 +81,37 @@ type starter func(tb testing.TB) *peer
 // gcCycles returns how many collections the process has finished. A
 // benchmark reports the cycles its ops caused as gc/op: a count, where
 // the collector's share of ns/op is a time that varies from run to run.
+// counts are what a benchmark reports besides time, read before its loop:
+// garbage collections, and the CPU time the whole process spent (both
+// sides of every peer run in it), which a shared machine's neighbours
+// disturb less than they disturb elapsed time.
+type counts struct {
+	gc  uint64
+	cpu int64 // nanoseconds of user and system time
+}
+
+func startCounts() counts { return counts{gcCycles(), cpuTime()} }
+
+// report reports the collections and the process's CPU time since
+// startCounts, per op: cpu-ns/op, or per item (cpu-ns/item) when an op
+// carries items.
+func (c counts) report(b *testing.B, items int) {
+	b.ReportMetric(float64(gcCycles()-c.gc)/float64(b.N), "gc/op")
+	if c.cpu < 0 {
+		return // no CPU clock on this platform
+	}
+	cpu := float64(cpuTime()-c.cpu) / float64(b.N)
+	if items > 1 {
+		b.ReportMetric(cpu/float64(items), "cpu-ns/item")
+		return
+	}
+	b.ReportMetric(cpu, "cpu-ns/op")
+}
+
 func gcCycles() uint64 {
 	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
 	metrics.Read(s)
 	return s[0].Value.Uint64()
-}
-
-// reportGC reports the collections since gcCycles returned before, per op.
-func reportGC(b *testing.B, before uint64) {
-	b.ReportMetric(float64(gcCycles()-before)/float64(b.N), "gc/op")
 }
 
 // unaryOnce makes one checked call.
