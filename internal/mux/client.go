@@ -1026,7 +1026,7 @@ func (s *ClientStream) abortFirst() bool { return s.flags.Load()&streamAbortNow 
 // recvBuf holds received messages. Buffers are pooled: a unary call
 // borrows one for its response instead of allocating, and a stream's
 // buffer, grown to hold what a fast server sends while its caller is not
-// running, goes back to a pool of large buffers for the next stream
+// running, goes back to a list of large buffers for the next stream
 // instead of being grown anew (and collected) by every stream.
 type recvBuf struct{ b []byte }
 
@@ -1034,16 +1034,24 @@ const (
 	// maxPooledRecvBuf is the largest buffer in the pool every stream
 	// starts from.
 	maxPooledRecvBuf = 64 << 10
-	// maxLargeRecvBuf is the largest buffer kept in the pool of grown
+	// maxLargeRecvBuf is the largest buffer kept in the list of grown
 	// ones: a stream grows its buffer to its window and one pooled
 	// buffer's size, about 1.06 MiB at the default MaxWindow.
-
 	maxLargeRecvBuf = 4 << 20
+	// maxIdleLargeRecvBytes bounds the bytes of the grown buffers kept
+	// for later streams: seven at the default MaxWindow.
+	maxIdleLargeRecvBytes = 8 << 20
 )
 
 var (
-	recvBufs      = sync.Pool{New: func() any { return &recvBuf{b: make([]byte, 0, 512)} }}
-	largeRecvBufs sync.Pool // *recvBuf, cap above maxPooledRecvBuf
+	recvBufs = sync.Pool{New: func() any { return &recvBuf{b: make([]byte, 0, 512)} }}
+	// largeRecvBufs is a list a collection does not empty, unlike a
+	// sync.Pool: a fast stream's buffer is a megabyte, and with a pool
+	// the first streams after each collection made theirs anew, a
+	// megabyte of garbage (zeroed when made) every few streams of a
+	// process that streams fast enough to collect often
+	// (docs/performance.md, the eighth pass).
+	largeRecvBufs = bufList{max: maxIdleLargeRecvBytes}
 )
 
 // putRecvBuf returns b to the pool its size belongs to.
@@ -1053,8 +1061,47 @@ func putRecvBuf(b *recvBuf) {
 	case c <= maxPooledRecvBuf:
 		recvBufs.Put(b)
 	case c <= maxLargeRecvBuf:
-		largeRecvBufs.Put(b)
+		largeRecvBufs.put(b)
 	}
+}
+
+// bufList keeps up to max bytes of buffers, the last put first out.
+type bufList struct {
+	mu    sync.Mutex
+	bufs  []*recvBuf
+	bytes int
+	max   int
+}
+
+// get takes the most recently put buffer of at least n bytes, or returns
+// nil if none is that large.
+func (l *bufList) get(n int) *recvBuf {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := len(l.bufs) - 1; i >= 0; i-- {
+		if b := l.bufs[i]; cap(b.b) >= n {
+			l.bufs = slices.Delete(l.bufs, i, i+1)
+			l.bytes -= cap(b.b)
+			return b
+		}
+	}
+	return nil
+}
+
+// put keeps b, letting the oldest buffers go while the list would hold
+// more than max bytes.
+func (l *bufList) put(b *recvBuf) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cap(b.b) > l.max {
+		return
+	}
+	for l.bytes+cap(b.b) > l.max {
+		l.bytes -= cap(l.bufs[0].b)
+		l.bufs = slices.Delete(l.bufs, 0, 1)
+	}
+	l.bufs = append(l.bufs, b)
+	l.bytes += cap(b.b)
 }
 
 // grow makes room for n more bytes in s.in, whose bytes so far are b
@@ -1069,9 +1116,8 @@ func (s *ClientStream) grow(b []byte, n int) []byte {
 	if max(want, 2*cap(b)) <= maxPooledRecvBuf || want > large || large > maxLargeRecvBuf {
 		return slices.Grow(b, n)
 	}
-	v, _ := largeRecvBufs.Get().(*recvBuf)
-	if v == nil || cap(v.b) < want {
-		// None, or one for a smaller window: let it go.
+	v := largeRecvBufs.get(want)
+	if v == nil {
 		v = &recvBuf{b: make([]byte, 0, large)}
 	}
 	nb := append(v.b[:0], b...)
