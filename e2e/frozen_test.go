@@ -73,7 +73,13 @@ func freezeOneOfTwo(t *testing.T, transport string) {
 	victim, victimID := server(t, serverEnv, "-delay", "2ms")
 	_, otherID := server(t, serverEnv, "-delay", "2ms")
 	waitListed(t, env, []string{victimID, otherID}, 20*time.Second)
-	client := start(t, env, "hello", "client", "-calls", "0", "-concurrency", "8", "-report", period.String())
+	// The callers whose streams had responded on the frozen server are
+	// held until keepalive ends those streams: a shorter timeout than
+	// the default keeps them from holding the throughput below half
+	// however many of the 8 they are, and shows that it applies.
+	const keepalive = 1500 * time.Millisecond
+	clientEnv := append(slices.Clip(env), "LOOM_REQUEST_PLANE_KEEPALIVE_TIMEOUT="+keepalive.String())
+	client := start(t, clientEnv, "hello", "client", "-calls", "0", "-concurrency", "8", "-report", period.String())
 	// Two seconds of steady calls on both.
 	client.waitLine("window ", 30*time.Second)
 	waitWindows(t, client, time.Now().Add(2*time.Second), 30*time.Second)
@@ -158,6 +164,16 @@ func freezeOneOfTwo(t *testing.T, transport string) {
 	for _, f := range failures {
 		if !strings.Contains(f, "stream reset") || strings.Contains(f, "words=0") {
 			t.Errorf("a call failed other than as a stream reset after its first response: %s", f)
+		}
+		// Held from the freeze until keepalive: its timeout, the silence
+		// before the ping (or the check's period, on NATS), and room
+		// for a loaded machine.
+		var after time.Duration
+		if _, rest, ok := strings.Cut(f, " after="); ok {
+			after, _ = time.ParseDuration(strings.Fields(rest)[0])
+		}
+		if after <= 0 || after > keepalive+1500*time.Millisecond {
+			t.Errorf("a call held on the frozen server failed %v after it started; want within keepalive_timeout (%v) plus 1.5 s: %s", after, keepalive, f)
 		}
 	}
 	// The aim is a dip of at most 1 s; the bound asserted leaves room for

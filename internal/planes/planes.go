@@ -361,9 +361,13 @@ func (p *Planes) natsClient(ctx context.Context) (*natsplane.Client, error) {
 	}
 	if p.natsCli == nil {
 		p.natsCli = natsplane.NewClient(nc, natsplane.ClientConfig{
-			Logger:       p.cfg.Logger,
-			StallTimeout: p.cfg.RequestPlane.StallTimeout,
-			OnStall:      func(subject string) { p.onStall(NATS, subject) },
+			Logger: p.cfg.Logger,
+			// A stream that has responded fails once its server has
+			// been silent this long, as a TCP connection's does once a
+			// ping goes unanswered this long.
+			HeartbeatTimeout: p.cfg.RequestPlane.KeepaliveTimeout,
+			StallTimeout:     p.cfg.RequestPlane.StallTimeout,
+			OnStall:          func(subject string) { p.onStall(NATS, subject) },
 		})
 	}
 	return p.natsCli, nil
