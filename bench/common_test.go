@@ -78,9 +78,6 @@ type peer struct {
 // starter starts a peer, failing tb if it cannot.
 type starter func(tb testing.TB) *peer
 
-// gcCycles returns how many collections the process has finished. A
-// benchmark reports the cycles its ops caused as gc/op: a count, where
-// the collector's share of ns/op is a time that varies from run to run.
 // counts are what a benchmark reports besides time, read before its loop:
 // garbage collections, and the CPU time the whole process spent (both
 // sides of every peer run in it), which a shared machine's neighbours
@@ -108,6 +105,9 @@ func (c counts) report(b *testing.B, items int) {
 	b.ReportMetric(cpu, "cpu-ns/op")
 }
 
+// gcCycles returns how many collections the process has finished. A
+// benchmark reports the cycles its ops caused as gc/op: a count, where
+// the collector's share of ns/op is a time that varies from run to run.
 func gcCycles() uint64 {
 	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
 	metrics.Read(s)

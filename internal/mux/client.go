@@ -1106,10 +1106,10 @@ func (l *bufList) put(b *recvBuf) {
 
 // grow makes room for n more bytes in s.in, whose bytes so far are b
 // (not yet stored in s.in.b), and returns them; s.mu is held. Beyond
-// the small pool's size it takes a buffer from the large pool, or makes
-// one as large as the stream can need: credit bounds what waits unread
-// to the window and one message, so buffers of one size serve every
-// stream with that window.
+// the small pool's size it takes a buffer from the list of large ones,
+// or makes one as large as the stream can need: credit bounds what waits
+// unread to the window and one message, so buffers of one size serve
+// every stream with that window.
 func (s *ClientStream) grow(b []byte, n int) []byte {
 	want := len(b) + n
 	large := int(s.win) + maxPooledRecvBuf
