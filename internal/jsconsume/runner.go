@@ -228,8 +228,15 @@ func (r *Runner) heldHere(msg jetstream.Msg) bool {
 	return false
 }
 
-// dispatch hands msg to a worker; false if Shutdown came first.
+// dispatch hands msg to a worker; false if Shutdown came first. The check
+// before the select matters: Next may return a message after Shutdown
+// (its select picks at random among ready cases), and that message may be
+// one a cancelled handler has just handed back, which must not start a
+// second handler now.
 func (r *Runner) dispatch(msg jetstream.Msg) bool {
+	if r.pullCtx.Err() != nil {
+		return false
+	}
 	ch := r.work
 	if r.lanes != nil {
 		if key := msg.Headers().Get(r.cfg.LaneHeader); key != "" {
@@ -280,6 +287,12 @@ func (r *Runner) worker(lane chan jetstream.Msg, sl *slot) {
 				lane = nil
 				continue
 			}
+		}
+		if r.baseCtx.Err() != nil {
+			// Close came while msg was on its way here: hand it back
+			// rather than start a handler already cancelled.
+			_ = msg.Nak()
+			continue
 		}
 		if d := r.s.Receive(r.baseCtx, msg); d != nil {
 			r.s.handle(r.baseCtx, d, r.cfg.Handler, sl)
