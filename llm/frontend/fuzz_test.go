@@ -52,19 +52,17 @@ func FuzzRequestBody(f *testing.F) {
 				}
 			}
 		}
-		var chat chatRequest
-		if err := json.Unmarshal([]byte(body), &chat); err != nil {
-			check("chat", params{}, decodeError(err))
-		} else {
-			p, e := chat.params(tok)
-			check("chat", p, e)
+		decode := func(kind string, req interface {
+			params(*tokenizer.Tokenizer) (params, *apiError)
+		}) {
+			if err := json.Unmarshal([]byte(body), req); err != nil {
+				check(kind, params{}, decodeError(err))
+				return
+			}
+			p, e := req.params(tok)
+			check(kind, p, e)
 		}
-		var completion completionRequest
-		if err := json.Unmarshal([]byte(body), &completion); err != nil {
-			check("completion", params{}, decodeError(err))
-		} else {
-			p, e := completion.params(tok)
-			check("completion", p, e)
-		}
+		decode("chat", &chatRequest{})
+		decode("completion", &completionRequest{})
 	})
 }
