@@ -51,6 +51,9 @@ type conn struct {
 	spare    []byte        // the batch buffer not in use; owned by whoever set wBusy
 	wIdle    bool          // the writer goroutine is parked on wake
 	wDirect  bool          // a commitFlush caller is writing and will take what is appended meanwhile
+	wLinger  bool          // the writer waits for a small batch of DATA to grow (minWrite)
+	linger   time.Duration // how long it waits at most: lingerWrite
+	wUrgent  bool          // the batch holds a frame other than a streamed DATA
 	wFull    chan struct{} // closed when the batch has been taken; nil unless someone waits
 	wClosing bool          // write what is queued, then stop writing
 	wHard    bool          // with wClosing: close the socket after the last write
@@ -123,6 +126,7 @@ func newConn(nc net.Conn, peer wire.Preface, maxFrame int, kaInterval, kaTimeout
 		kaInterval: kaInterval,
 		kaTimeout:  kaTimeout,
 		lim:        lim,
+		linger:     lingerWrite,
 	}
 	if lim.stall > 0 {
 		c.poke = make(chan struct{}, 1)
@@ -196,9 +200,12 @@ func (c *conn) begin(ctx context.Context, wait bool) error {
 // frames when its write returns. A writer woken with nothing to write is
 // a wasted goroutine hand-off on every call.
 func (c *conn) commit() {
-	wake := c.wIdle && !c.wDirect && (c.w.Len() > 0 || c.wClosing)
+	if c.w.Len() > 0 {
+		c.wUrgent = true
+	}
+	wake := (c.wIdle || c.wLinger) && !c.wDirect && (c.w.Len() > 0 || c.wClosing)
 	if wake {
-		c.wIdle = false
+		c.wIdle, c.wLinger = false, false
 	}
 	c.wmu.Unlock()
 	if wake {
@@ -207,6 +214,28 @@ func (c *conn) commit() {
 }
 
 func (c *conn) wakeWriter() { notify(c.wake) }
+
+// commitData is commit for a stream's DATA: a writer lingering for the
+// batch to grow is woken once it holds minWrite.
+func (c *conn) commitData() {
+	wake := !c.wDirect && ((c.wIdle && c.w.Len() > 0) || (c.wLinger && c.w.Len() >= minWrite))
+	if wake {
+		c.wIdle, c.wLinger = false, false
+	}
+	c.wmu.Unlock()
+	if wake {
+		c.wakeWriter()
+	}
+}
+
+const (
+	// minWrite is the smallest batch of streamed DATA the writer goroutine
+	// writes right after a write of its own, unless lingerWrite passes
+	// first or another frame joins it.
+	minWrite = 32 << 10
+	// lingerWrite bounds how long the tail of a burst waits for that.
+	lingerWrite = 50 * time.Microsecond
+)
 
 // notify wakes the goroutine waiting on ch, a channel of capacity 1, or
 // leaves it woken already.
@@ -237,7 +266,7 @@ func (c *conn) commitFlush() {
 	// streams share system calls without waking the writer goroutine.
 	for range maxDirectBatches {
 		buf := c.w.Swap(c.spare)
-		c.spare, c.pongs = nil, 0
+		c.spare, c.pongs, c.wUrgent = nil, 0, false
 		c.wmu.Unlock()
 		err = c.flush(buf, false)
 		c.wmu.Lock()
@@ -346,9 +375,12 @@ func (c *conn) writeLoop() {
 		timer.Reset(ka.period)
 		return true
 	}
+	var linger *time.Timer
+	wrote := false // the last thing the writer did was a write of its own
 	for {
 		c.wmu.Lock()
 		for c.w.Len() == 0 || c.wBusy {
+			wrote = false
 			if (c.wClosing || c.dead) && !c.wBusy {
 				hard, cause := c.wHard || c.dead, c.wCause
 				c.wmu.Unlock()
@@ -383,8 +415,37 @@ func (c *conn) writeLoop() {
 			}
 			c.wmu.Lock()
 		}
+		if wrote && !c.wUrgent && c.w.Len() < minWrite && !c.wClosing && !c.dead {
+			// DATA that came while the writer wrote: a stream may be in
+			// a burst. Writing it now would make a small write, and the
+			// next write smaller still; wait for minWrite of it.
+			c.wIdle, c.wLinger = false, true
+			c.wmu.Unlock()
+			if linger == nil {
+				linger = time.NewTimer(c.linger)
+				defer linger.Stop()
+			} else {
+				linger.Reset(c.linger)
+			}
+			select {
+			case <-c.wake:
+			case <-linger.C:
+			case <-tick:
+				if !check() {
+					return
+				}
+			case <-c.done:
+				return
+			}
+			c.wmu.Lock()
+			c.wLinger = false
+			c.wmu.Unlock()
+			wrote = false
+			continue
+		}
 		c.wIdle = false
 		c.wBusy = true
+		c.wUrgent = false
 		closing := c.wClosing
 		buf := c.w.Swap(c.spare)
 		c.spare, c.pongs = nil, 0
@@ -401,6 +462,7 @@ func (c *conn) writeLoop() {
 		c.spare = buf[:0]
 		c.wBusy = false
 		c.wmu.Unlock()
+		wrote = true
 		if err != nil {
 			c.shutdown(fmt.Errorf("%w: writing to %s: %w", ErrConnLost, c.nc.RemoteAddr(), err))
 			return

@@ -1258,7 +1258,7 @@ func (s *ServerStream) send(prefix, p []byte) error {
 	}
 	s.credit -= int64(wire.HeaderSize + len(prefix) + len(p))
 	c.w.DataPrefixed(s.id, prefix, p)
-	c.commit()
+	c.commitData()
 	return nil
 }
 
