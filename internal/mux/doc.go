@@ -29,12 +29,13 @@
 // Each connection has one reader and one writer goroutine. Frames
 // from every stream are appended to one batch that the writer sends in one
 // write once the previous write returns, so under load many frames share a
-// system call. Streamed DATA that came while the writer wrote waits, up to
-// 50 µs, for 32 KiB of it before the writer's next write (a fast stream
-// would otherwise settle into ever smaller writes); any other frame, and a
-// writer that was idle, write at once. A goroutine that would otherwise wait for that write (one
-// ending a burst with an OPEN or an END, or a handler out of credit)
-// writes the batch itself when no write is in flight. The writer also
+// system call. Streamed DATA that came while the writer wrote waits, up
+// to 50 µs, for 32 KiB of it before the writer's next write (a fast
+// stream would otherwise settle into ever smaller writes); any other
+// frame, and a writer that was idle, write at once. A goroutine that would
+// otherwise wait for that write (one ending a burst with an OPEN or an
+// END, or a handler out of credit) writes the batch itself when no write
+// is in flight. The writer also
 // runs keepalive: a silent connection gets a PING and is dropped, failing
 // its streams with [ErrConnLost], when nothing comes back in time.
 //
