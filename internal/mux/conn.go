@@ -195,7 +195,8 @@ func (c *conn) begin(ctx context.Context, wait bool) error {
 	}
 }
 
-// commit unlocks the batch and wakes the writer if it is parked and has
+// commit unlocks the batch and wakes the writer if it is parked or
+// lingering (a frame other than a stream's DATA ends a linger) and has
 // something to do, unless a direct writer (commitFlush) will take the
 // frames when its write returns. A writer woken with nothing to write is
 // a wasted goroutine hand-off on every call.
@@ -203,14 +204,7 @@ func (c *conn) commit() {
 	if c.w.Len() > 0 {
 		c.wUrgent = true
 	}
-	wake := (c.wIdle || c.wLinger) && !c.wDirect && (c.w.Len() > 0 || c.wClosing)
-	if wake {
-		c.wIdle, c.wLinger = false, false
-	}
-	c.wmu.Unlock()
-	if wake {
-		c.wakeWriter()
-	}
+	c.unlockWaking((c.wIdle || c.wLinger) && !c.wDirect && (c.w.Len() > 0 || c.wClosing))
 }
 
 func (c *conn) wakeWriter() { notify(c.wake) }
@@ -218,7 +212,12 @@ func (c *conn) wakeWriter() { notify(c.wake) }
 // commitData is commit for a stream's DATA: a writer lingering for the
 // batch to grow is woken once it holds minWrite.
 func (c *conn) commitData() {
-	wake := !c.wDirect && ((c.wIdle && c.w.Len() > 0) || (c.wLinger && c.w.Len() >= minWrite))
+	c.unlockWaking(!c.wDirect && ((c.wIdle && c.w.Len() > 0) || (c.wLinger && c.w.Len() >= minWrite)))
+}
+
+// unlockWaking unlocks the batch, first waking the parked or lingering
+// writer if wake is set.
+func (c *conn) unlockWaking(wake bool) {
 	if wake {
 		c.wIdle, c.wLinger = false, false
 	}

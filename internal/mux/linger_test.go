@@ -76,6 +76,16 @@ func (r *lingerRig) burst(tail int) {
 	}
 }
 
+// waitLinger waits until the writer lingers over a queued tail, with no
+// write in flight.
+func (r *lingerRig) waitLinger() {
+	r.t.Helper()
+	testutil.Eventually(r.t, 10*time.Second, "the writer to linger over the tail", func() bool {
+		busy, lingering, queued := r.state()
+		return !busy && lingering && queued > 0
+	})
+}
+
 // The tail of a burst, DATA queued while the writer wrote, is written once
 // the linger ends, with nothing else to push it out.
 func TestABurstsTailIsWrittenAfterTheLinger(t *testing.T) {
@@ -91,10 +101,7 @@ func TestABurstsTailIsWrittenAfterTheLinger(t *testing.T) {
 func TestALingeringWriterWritesOnceTheBatchHoldsMinWrite(t *testing.T) {
 	r := newLingerRig(t, time.Hour)
 	r.burst(200)
-	testutil.Eventually(t, 10*time.Second, "the writer to linger over the tail", func() bool {
-		busy, lingering, queued := r.state()
-		return !busy && lingering && queued > 0
-	})
+	r.waitLinger()
 	var sizes []int
 	total := 200
 	for total < minWrite {
@@ -116,10 +123,7 @@ func TestALingeringWriterWritesOnceTheBatchHoldsMinWrite(t *testing.T) {
 func TestAnEndEndsTheLinger(t *testing.T) {
 	r := newLingerRig(t, time.Hour)
 	r.burst(200)
-	testutil.Eventually(t, 10*time.Second, "the writer to linger over the tail", func() bool {
-		_, lingering, _ := r.state()
-		return lingering
-	})
+	r.waitLinger()
 	r.c.wmu.Lock()
 	r.c.w.End(1, wire.CodeOK, "")
 	r.c.commit()
