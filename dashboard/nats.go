@@ -186,7 +186,7 @@ func serving(samples map[string][]*sample, prefixes []string) Serving {
 	sv := Serving{Prefixes: prefixes, Families: []ServingFamily{}}
 	type acc struct {
 		f                 ServingFamily
-		rateSum, rateDT   float64
+		rateSum           float64
 		rateKnown         bool
 		window            histogram
 		count, sum, total float64

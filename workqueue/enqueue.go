@@ -324,18 +324,17 @@ type publisher struct {
 	sem  chan struct{}
 	kick chan *Pending // to the retry goroutine
 
-	mu       sync.Mutex
-	pending  map[*nats.Msg]*Pending
-	idle     chan struct{} // closed when pending becomes empty
-	errs     []error
-	dropped  int // errors beyond maxFlushErrors
-	closed   bool
-	running  bool // the retry goroutine
-	stop     chan struct{}
-	stopped  chan struct{}
-	closing  bool          // under mu: close has begun
-	done     chan struct{} // closed once close has released everything
-	retryBuf []*Pending
+	mu      sync.Mutex
+	pending map[*nats.Msg]*Pending
+	idle    chan struct{} // closed when pending becomes empty
+	errs    []error
+	dropped int // errors beyond maxFlushErrors
+	closed  bool
+	running bool // the retry goroutine
+	stop    chan struct{}
+	stopped chan struct{}
+	closing bool          // under mu: close has begun
+	done    chan struct{} // closed once close has released everything
 }
 
 func newPublisher(nc *nats.Conn, cfg Config, m *metrics.Queue, log *slog.Logger) (*publisher, error) {

@@ -354,9 +354,6 @@ func (q *Queue[T]) Info(ctx context.Context) (Info, error) {
 	return inspect(ctx, q.js, q.cfg.Name)
 }
 
-// metrics are the queue's bound metrics, for tests.
-func (q *Queue[T]) metrics() *metrics.Queue { return q.m }
-
 // looksLikeJSON reports whether data is a JSON object or array, as a job
 // enqueued by the seed's Python code (msgspec.json) is.
 func looksLikeJSON(data []byte) bool {

@@ -319,7 +319,7 @@ func (s *Socket) serveWith(c net.Conn, up *atomic.Bool) error {
 	if s.opts.OnPeer != nil {
 		s.opts.OnPeer(p, false)
 	}
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && s.ctx.Err() == nil {
+	if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && s.ctx.Err() == nil {
 		s.opts.Logger.Debug("zmtp: peer disconnected", "remote", p.remote, "err", err)
 	}
 	return err
