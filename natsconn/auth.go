@@ -109,7 +109,7 @@ func nkeyAuth(v string) (auth, error) {
 		return auth{}, fmt.Errorf("natsconn: %s: %w", field, err)
 	}
 	if !strings.HasPrefix(pub, "U") {
-		return auth{}, fmt.Errorf("natsconn: %s holds the seed of a non-user key (%s...); want a user seed, SU...", field, pub[:1])
+		return auth{}, fmt.Errorf("natsconn: %s holds the seed of a non-user key (its public key starts with %q); want a user seed (SU...)", field, pub[:1])
 	}
 	return auth{
 		mode: "nkey",

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/config"
@@ -148,6 +149,11 @@ func TestConnectRejectsBadConfigBeforeDialing(t *testing.T) {
 	notPEM := writeFile(t, "ca.pem", []byte("not a certificate"))
 	noSeed := writeFile(t, "empty.nk", []byte("nothing here\n"))
 	junkCreds := writeFile(t, "junk.creds", []byte("junk"))
+	okp, err := nkeys.CreateOperator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	operatorSeed, _ := okp.Seed()
 	url := deadURL(t)
 
 	tests := []struct {
@@ -171,6 +177,9 @@ func TestConnectRejectsBadConfigBeforeDialing(t *testing.T) {
 		{name: "a mangled NKey seed",
 			set:  func(c *config.NATS) { c.NKey = mangled },
 			want: []string{"NATS_AUTH_NKEY", "not a valid NKey seed"}, secret: mangled},
+		{name: "the seed of an operator, not a user",
+			set:  func(c *config.NATS) { c.NKey = string(operatorSeed) },
+			want: []string{"NATS_AUTH_NKEY", "non-user key", `starts with "O"`, "want a user seed"}, secret: string(operatorSeed)},
 		{name: "an NKey file that does not exist",
 			set:  func(c *config.NATS) { c.NKey = "/no/such/seed.nk" },
 			want: []string{"NATS_AUTH_NKEY", "neither an NKey seed nor a readable file", "/no/such/seed.nk"}},

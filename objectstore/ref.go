@@ -109,7 +109,7 @@ func ParseRef(s string) (Ref, error) {
 	if r.Digest != "" {
 		b64, ok := strings.CutPrefix(r.Digest, digestPrefix)
 		if !ok {
-			return Ref{}, fmt.Errorf("%w: digest %q is not SHA-256=...", ErrBadRef, r.Digest)
+			return Ref{}, fmt.Errorf("%w: digest %q does not start with %q", ErrBadRef, r.Digest, digestPrefix)
 		}
 		sum, err := base64.URLEncoding.DecodeString(b64)
 		if err != nil || len(sum) != 32 {
