@@ -84,7 +84,7 @@ func TestATwoHopCallIsOneTraceWithEachSpanUnderItsCaller(t *testing.T) {
 		}
 		attrs := map[string]string{}
 		for _, kv := range serveA.Attributes() {
-			attrs[string(kv.Key)] = kv.Value.Emit()
+			attrs[string(kv.Key)] = kv.Value.String()
 		}
 		if attrs["rpc.system.name"] != "loom" || attrs["rpc.method"] != "hop/a/mid" || attrs["loom.request_id"] != "req-42" || attrs["loom.instance_id"] == "" {
 			t.Errorf("server span attributes %v", attrs)
@@ -217,7 +217,7 @@ func TestARetriedCallRecordsEachPickAndTheRetryOnItsSpan(t *testing.T) {
 		for _, ev := range call.Events() {
 			a := map[string]string{}
 			for _, kv := range ev.Attributes {
-				a[string(kv.Key)] = kv.Value.Emit()
+				a[string(kv.Key)] = kv.Value.String()
 			}
 			evs = append(evs, ev.Name+" "+a["loom.instance_id"]+" "+a["loom.attempt"])
 		}
@@ -230,8 +230,8 @@ func TestARetriedCallRecordsEachPickAndTheRetryOnItsSpan(t *testing.T) {
 			t.Fatalf("client span events %q, want %q", evs, want)
 		}
 		for _, kv := range call.Attributes() {
-			if kv.Key == "loom.instance_id" && kv.Value.Emit() != fmt.Sprintf("%x", free.ID()) {
-				t.Fatalf("the call's instance is %s, want the one that answered, %x", kv.Value.Emit(), free.ID())
+			if kv.Key == "loom.instance_id" && kv.Value.String() != fmt.Sprintf("%x", free.ID()) {
+				t.Fatalf("the call's instance is %s, want the one that answered, %x", kv.Value.String(), free.ID())
 			}
 		}
 	})

@@ -58,6 +58,7 @@ func TestBuildSchemaRejectsBadTags(t *testing.T) {
 		N struct {
 			X string `key:"x" env:"X_ONE, X_TWO" doc:"d"`
 		} `key:"n"`
+		//lint:ignore U1000 a field without a key tag, which the table must skip
 		untagged int
 	}
 	tests := []struct {

@@ -42,7 +42,7 @@ type layers struct {
 	values      [][2]string       // WithValue options
 }
 
-func (ly layers) load(t *testing.T) (*Loaded, error, string) {
+func (ly layers) load(t *testing.T) (*Loaded, string, error) {
 	t.Helper()
 	root := t.TempDir()
 	defaults, etc := filepath.Join(root, "defaults"), filepath.Join(root, "etc")
@@ -64,7 +64,7 @@ func (ly layers) load(t *testing.T) (*Loaded, error, string) {
 		opts = append(opts, WithValue(kv[0], kv[1]))
 	}
 	l, err := Load(opts...)
-	return l, err, root
+	return l, root, err
 }
 
 func TestLoadPrecedence(t *testing.T) {
@@ -106,7 +106,7 @@ func TestLoadPrecedence(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l, err, root := tt.layers.load(t)
+			l, root, err := tt.layers.load(t)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -200,7 +200,7 @@ func TestLoadTypes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l, err, _ := tt.layers.load(t)
+			l, _, err := tt.layers.load(t)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -345,7 +345,7 @@ func TestLoadErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l, err, root := tt.layers.load(t)
+			l, root, err := tt.layers.load(t)
 			if err == nil {
 				t.Fatalf("Load = %+v, want an error", l.Config)
 			}

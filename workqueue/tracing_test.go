@@ -95,7 +95,7 @@ func TestEachAttemptAtAJobIsASpanUnderItsEnqueue(t *testing.T) {
 	for _, s := range process {
 		a := map[string]string{}
 		for _, kv := range s.Attributes() {
-			a[string(kv.Key)] = kv.Value.Emit()
+			a[string(kv.Key)] = kv.Value.String()
 		}
 		ok := false
 		for _, p := range send {

@@ -583,6 +583,7 @@ func (sc *serverConn) serveInline(st *ServerStream) (handedOff bool) {
 	st.serve(s.h)
 	// After a handoff, sc's reader state (gen) is the new reader's: only
 	// the CAS may touch it.
+	//lint:ignore SA4016 readerReading is the zero role, named for the reader
 	if sc.rstate.CompareAndSwap(inline, st.gen<<2|readerReading) {
 		sc.inlineSt = nil
 		if next := s.next(st); next != nil {

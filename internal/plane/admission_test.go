@@ -146,17 +146,20 @@ func TestAdmissionDropsKilledWaiters(t *testing.T) {
 // every admitted stream runs, whatever the interleaving.
 func TestAdmissionNeverStrandsAQueuedStream(t *testing.T) {
 	a := newAdm(Limits{MaxRunning: 2, QueueSize: 1 << 20})
+	const n = 2000
 	var ran atomic.Int64
+	ranIDs := make([]atomic.Bool, 4*n) // ids are g*n+i
 	var wg sync.WaitGroup
-	var run func(st *item, bytes int, p *Peer)
-	run = func(st *item, bytes int, p *Peer) {
+	run := func(st *item, bytes int, p *Peer) {
 		defer wg.Done()
 		for ok := true; ok; {
+			if ranIDs[st.id].Swap(true) {
+				t.Errorf("stream %d ran twice", st.id)
+			}
 			ran.Add(1)
 			st, bytes, p, ok = a.Done(bytes, p)
 		}
 	}
-	const n = 2000
 	var admitters sync.WaitGroup
 	for g := range 4 {
 		admitters.Go(func() {
