@@ -38,20 +38,13 @@ func TestMain(m *testing.M) {
 		}
 	}
 	bin = dir
-	code := 0
-	func() {
-		defer os.RemoveAll(dir)
-		goleak.VerifyTestMain(runner{m, &code}, testutil.LeakOptions()...)
-	}()
-	os.Exit(code)
+	// VerifyTestMain ends the process itself: a deferred RemoveAll would
+	// never run, and every run would leave the binaries in the temp dir.
+	goleak.VerifyTestMain(m, append(testutil.LeakOptions(), goleak.Cleanup(func(code int) {
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}))...)
 }
-
-type runner struct {
-	m    *testing.M
-	code *int
-}
-
-func (r runner) Run() int { *r.code = r.m.Run(); return *r.code }
 
 // proc is a running child process whose stdout lines the test can read.
 type proc struct {

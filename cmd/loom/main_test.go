@@ -37,21 +37,13 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		panic("building the loom binary for the tests failed: " + string(out))
 	}
-	code := 0
-	func() {
-		defer os.RemoveAll(dir)
-		goleak.VerifyTestMain(wrap{m, &code}, testutil.LeakOptions()...)
-	}()
-	os.Exit(code)
+	// VerifyTestMain ends the process itself: a deferred RemoveAll would
+	// never run, and every run would leave the binary in the temp dir.
+	goleak.VerifyTestMain(m, append(testutil.LeakOptions(), goleak.Cleanup(func(code int) {
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}))...)
 }
-
-// wrap lets TestMain clean up after goleak's run.
-type wrap struct {
-	m    *testing.M
-	code *int
-}
-
-func (w wrap) Run() int { *w.code = w.m.Run(); return *w.code }
 
 func TestDemoInProcessServesEveryRequestOnEveryInstance(t *testing.T) {
 	for _, plane := range []string{"tcp", "nats", "local"} {
