@@ -81,3 +81,37 @@ func TestPublisherScopesCannotHoldWildcards(t *testing.T) {
 		t.Fatal("a publisher took the topic >")
 	}
 }
+
+// FuzzParseSubject: a subject from the network either is refused, or
+// names a concrete scope and topic that Subject writes back as the same
+// subject.
+func FuzzParseSubject(f *testing.F) {
+	for _, s := range []string{
+		"namespace.dynamo.kv-hit-rate",
+		"namespace.dynamo.component.vllm_worker.kv_events",
+		"namespace.dynamo.component.backend.endpoint.generate.load_metrics",
+		"namespace.prod%2Eeu%2Ellm.component.w.kv_events",
+		"namespace.*.component.w.>",
+		"namespace.%2E.t",
+		"namespace..t",
+		"",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, subject string) {
+		sc, topic, err := events.ParseSubject(subject)
+		if err != nil {
+			if !strings.Contains(err.Error(), "events:") {
+				t.Fatalf("error %q does not say it is the events package's", err)
+			}
+			return
+		}
+		if sc.Wild() || topic == events.Any || topic == events.All {
+			t.Fatalf("ParseSubject(%q) = %+v %q: a pattern, not a subject", subject, sc, topic)
+		}
+		back, err := events.Subject(sc, topic)
+		if err != nil || back != subject {
+			t.Fatalf("ParseSubject(%q) = %+v %q, which Subject writes as %q, %v", subject, sc, topic, back, err)
+		}
+	})
+}

@@ -189,3 +189,31 @@ func FuzzDataRun(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPreface: a preface is refused with a protocol error, or holds
+// settings within the limits and is the bytes AppendPreface writes.
+func FuzzPreface(f *testing.F) {
+	f.Add(AppendPreface(nil, Preface{Version: Version, MaxFrameSize: MinMaxFrameSize, InitialWindow: 0}))
+	f.Add(AppendPreface(nil, Preface{Version: Version, MaxFrameSize: MaxMaxFrameSize, InitialWindow: MaxWindow}))
+	f.Add(AppendPreface(nil, Preface{Version: Version + 1, MaxFrameSize: MinMaxFrameSize}))
+	f.Add(AppendPreface(nil, Preface{Version: Version, MaxFrameSize: MinMaxFrameSize - 1}))
+	f.Add(AppendPreface(nil, Preface{Version: Version, MaxFrameSize: MaxMaxFrameSize + 1}))
+	f.Add(AppendPreface(nil, Preface{Version: Version, MaxFrameSize: MinMaxFrameSize, InitialWindow: MaxWindow + 1}))
+	f.Add([]byte(Magic))
+	f.Add([]byte("GET / HTTP/1.1\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		p, err := ReadPreface(bytes.NewReader(in))
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) && err != io.EOF {
+				t.Fatalf("unexpected error kind: %v", err)
+			}
+			return
+		}
+		if p.Version != Version || p.MaxFrameSize < MinMaxFrameSize || p.MaxFrameSize > MaxMaxFrameSize || p.InitialWindow > MaxWindow {
+			t.Fatalf("accepted %+v", p)
+		}
+		if back := AppendPreface(nil, p); !bytes.Equal(back, in[:PrefaceSize]) {
+			t.Fatalf("accepted % x, which AppendPreface writes as % x", in[:PrefaceSize], back)
+		}
+	})
+}
