@@ -315,14 +315,14 @@ func (c *Client[Req, Resp]) runIntercepted(ctx context.Context, req Req, direct 
 	}
 }
 
-// request fills the metadata fields of a transport request from call.
-func (call *Call) request(ctx context.Context, r *plane.Request) {
-	if call == nil {
+// request fills the metadata fields of a transport request from c.
+func (c *Call) request(ctx context.Context, r *plane.Request) {
+	if c == nil {
 		return
 	}
-	r.RequestID = call.RequestID
+	r.RequestID = c.RequestID
 	r.TraceParent = TraceParent(ctx)
-	if len(call.Header) > 0 {
-		r.Headers = call.Header
+	if len(c.Header) > 0 {
+		r.Headers = c.Header
 	}
 }

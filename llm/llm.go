@@ -267,7 +267,7 @@ type Router interface {
 	Done(requestID string)
 }
 
-// ErrNoWorker: no worker serves the requested model.
+// ErrNoWorker says no worker serves the requested model.
 var ErrNoWorker = errors.New("llm: no worker serves the model")
 
 // ServesModel returns the candidates whose model card names model, reusing

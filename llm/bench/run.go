@@ -135,7 +135,8 @@ func (r *Result) Recount() {
 	*r = *n
 }
 
-// ErrConfig: the run's configuration cannot work.
+// ErrConfig is wrapped by the error of a run whose configuration
+// cannot work.
 var ErrConfig = errors.New("bench: bad config")
 
 // Run sends cfg.Requests requests and reports on them. It returns when

@@ -13,7 +13,8 @@ import (
 // unbounded allocation.
 const MaxEventSize = 1 << 20
 
-// ErrEventTooLarge: an event's data exceeded MaxEventSize.
+// ErrEventTooLarge is returned, or wrapped, for an event whose data
+// exceeded MaxEventSize.
 var ErrEventTooLarge = errors.New("bench: server-sent event larger than 1 MiB")
 
 // SSEReader reads the data of Server-Sent Events (the text/event-stream

@@ -195,7 +195,8 @@ type TraceRecord struct {
 	PrefixGroup  int   `json:"prefix_group"`
 }
 
-// ErrBadTrace: a trace file line is not a valid TraceRecord.
+// ErrBadTrace is wrapped by the error of a trace file line that is not
+// a valid TraceRecord.
 var ErrBadTrace = errors.New("bench: bad trace")
 
 // maxTraceTokens bounds a trace record's lengths.

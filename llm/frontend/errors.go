@@ -7,7 +7,7 @@ import (
 	"strconv"
 )
 
-// ErrBusy: every worker of the model is at the frontend's in-flight limit
+// ErrBusy says every worker of the model is at the frontend's in-flight limit
 // (Config.MaxInFlightPerWorker). The client gets 429 and may retry.
 var ErrBusy = errors.New("llm/frontend: every worker of the model is at its in-flight limit")
 
