@@ -17,6 +17,7 @@ import (
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/config"
 )
 
 func newCall() *cobra.Command {
@@ -92,7 +93,7 @@ func call(parent context.Context, out io.Writer, path string, req any, direct in
 		}
 	}()
 
-	rt, err := loom.NewRuntime(ctx)
+	rt, err := toolRuntime(ctx)
 	if err != nil {
 		return err
 	}
@@ -199,6 +200,23 @@ func withDiscoveryHint(rt *loom.Runtime, err error) error {
 
 // memoryDiscovery reports whether rt finds instances in memory, that is
 // only its own.
+// toolRuntime starts the runtime of a command that serves no endpoint
+// (ls, call, pub, sub, dashboard): the process's configuration with the
+// status server off. LOOM_STATUS_PORT=-1, one of the lines loom up
+// prints, is there for the components started in the same shell; a
+// command that only looks or calls has nothing for it to report.
+func toolRuntime(ctx context.Context) (*loom.Runtime, error) {
+	loaded, err := config.Load(config.WithValue("status.port", "0"))
+	if err != nil {
+		return nil, err
+	}
+	log := loom.NewLogger(loaded.Config.Log)
+	for _, w := range loaded.Warnings {
+		log.Warn("config: " + w)
+	}
+	return loom.NewRuntime(ctx, loom.WithConfig(loaded.Config), loom.WithLogger(log))
+}
+
 func memoryDiscovery(rt *loom.Runtime) bool {
 	b := rt.Config().Discovery.Backend
 	return b == "" || b == "memory"

@@ -180,3 +180,52 @@ func TestLsOnMemoryDiscoverySaysItSeesOnlyItself(t *testing.T) {
 		}
 	}
 }
+
+// The commands that only look or call run in shells set up with loom
+// up's lines, LOOM_STATUS_PORT=-1 among them, which is for components:
+// they start no status server, so they log no line about one. A failure
+// names the program once.
+func TestToolCommandsRunNoStatusServerAndNameLoomOnce(t *testing.T) {
+	env := []string{"LOOM_DISCOVERY=memory", "LOOM_STATUS_PORT=-1", "LOOM_CLIENT_WAIT_TIMEOUT=50ms", "LOOM_LOG_LEVEL=info"}
+	for _, tc := range []struct {
+		args []string
+		fail string // the start of the error line, if the command fails
+	}{
+		{[]string{"ls"}, ""},
+		{[]string{"call", "nobody/is/home", "{}"}, "loom: no instances: "},
+	} {
+		cmd := exec.Command(loomBin, tc.args...)
+		cmd.Env = append(cmd.Environ(), env...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		name := "loom " + strings.Join(tc.args, " ")
+		if (err != nil) != (tc.fail != "") {
+			t.Fatalf("%s: %v, want failure %v\n%s", name, err, tc.fail != "", &stderr)
+		}
+		if strings.Contains(stderr.String(), "status server") {
+			t.Errorf("%s started a status server:\n%s", name, &stderr)
+		}
+		if tc.fail == "" {
+			continue
+		}
+		last := strings.TrimSpace(stderr.String())
+		last = last[strings.LastIndex(last, "\n")+1:]
+		if !strings.HasPrefix(last, tc.fail) {
+			t.Errorf("%s: error line %q, want it to start %q", name, last, tc.fail)
+		}
+	}
+}
+
+func TestErrorLineNamesLoomOnce(t *testing.T) {
+	for _, tc := range []struct{ err, want string }{
+		{"loom: no instances: none", "loom: no instances: none"},
+		{"loom demo: --router bogus", "loom demo: --router bogus"},
+		{"workqueue: closed", "loom: workqueue: closed"},
+		{"loomish: x", "loom: loomish: x"},
+	} {
+		if got := errorLine(errors.New(tc.err)); got != tc.want {
+			t.Errorf("errorLine(%q) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
+}

@@ -38,7 +38,7 @@ server and JetStream. The page updates live. It only reads.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			rt, err := loom.NewRuntime(ctx)
+			rt, err := toolRuntime(ctx)
 			if err != nil {
 				return err
 			}

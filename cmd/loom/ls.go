@@ -45,7 +45,7 @@ instance as it is Added or Removed until Ctrl-C.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			rt, err := loom.NewRuntime(ctx)
+			rt, err := toolRuntime(ctx)
 			if err != nil {
 				return err
 			}

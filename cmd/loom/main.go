@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -55,7 +56,7 @@ func run(root *cobra.Command, stderr io.Writer) int {
 	if asExit(err, &ec) {
 		return int(ec)
 	}
-	fmt.Fprintln(stderr, "loom:", err)
+	fmt.Fprintln(stderr, errorLine(err))
 	var ue *usageError
 	if errors.As(err, &ue) {
 		use := ue.cmd.UseLine()
@@ -66,6 +67,18 @@ func run(root *cobra.Command, stderr io.Writer) int {
 		return 2
 	}
 	return 1
+}
+
+// errorLine is how a failed command reports err: prefixed with "loom:",
+// unless the message already begins with the program's name, as the
+// library's own errors ("loom: no instances: ...") and the commands'
+// ("loom demo: ...") do.
+func errorLine(err error) string {
+	msg := err.Error()
+	if strings.HasPrefix(msg, "loom: ") || strings.HasPrefix(msg, "loom ") {
+		return msg
+	}
+	return "loom: " + msg
 }
 
 // usageError is a command line that does not parse: unknown commands or

@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/events"
 )
 
@@ -84,7 +83,7 @@ A ZeroMQ publisher only reaches subscribers already connected to it: use
 }
 
 func publish(ctx context.Context, out, errOut io.Writer, scope events.Scope, topic string, event any, in io.Reader, o pubOptions) error {
-	rt, err := loom.NewRuntime(ctx)
+	rt, err := toolRuntime(ctx)
 	if err != nil {
 		return err
 	}

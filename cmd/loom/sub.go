@@ -141,7 +141,7 @@ func subscribe(ctx context.Context, out, errOut io.Writer, scope events.Scope, t
 	if err != nil {
 		return err
 	}
-	rt, err := loom.NewRuntime(ctx)
+	rt, err := toolRuntime(ctx)
 	if err != nil {
 		return err
 	}
