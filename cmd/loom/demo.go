@@ -54,7 +54,10 @@ terminal.`,
 			}
 			if serve {
 				loom.Run(func(ctx context.Context, rt *loom.Runtime) error {
-					return runDemoWith(ctx, out, opts, rt.Logger(), rt, true, dashAddr)
+					// The backends' runtimes add their own instance ids
+					// to the log: give them the logger without the
+					// frontend's.
+					return runDemoWith(ctx, out, opts, loom.NewLogger(rt.Config().Log), rt, true, dashAddr)
 				})
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -128,6 +128,9 @@ func TestLoomDemoJSONPrintsTheSummaryAsOneObject(t *testing.T) {
 
 func TestLoomDemoServeStopsGracefullyOnSIGTERM(t *testing.T) {
 	cmd := exec.Command(loomBin, "demo", "--serve", "--requests", "20")
+	// At debug every runtime logs its start, each line naming its
+	// instance once.
+	cmd.Env = append(os.Environ(), "LOOM_LOG_LEVEL=debug")
 	stdout, _ := cmd.StdoutPipe()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -162,6 +165,11 @@ func TestLoomDemoServeStopsGracefullyOnSIGTERM(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "shut down cleanly") {
 		t.Errorf("stderr does not report a clean shutdown:\n%s", &stderr)
+	}
+	for line := range strings.Lines(stderr.String()) {
+		if strings.Count(line, " instance=") > 1 {
+			t.Errorf("a log line names more than one instance: %s", line)
+		}
 	}
 }
 
@@ -249,6 +257,8 @@ func TestUsageErrorsExitTwoWithTheUsageLine(t *testing.T) {
 		{[]string{"ls", "--nope"}, "usage: loom ls"},
 		{[]string{"queue", "zz"}, "usage: loom queue <command> [flags]"},
 		{[]string{"demo", "--requests", "-1"}, "--requests -1: want 0 or more"},
+		{[]string{"demo", "--router", "bogus"}, "--router bogus: want round_robin"},
+		{[]string{"demo", "--plane", "bogus"}, "--plane bogus: want local, tcp or nats"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			root := newRoot()

@@ -496,10 +496,14 @@ func (o Options) Validate() error {
 		{"tokens", o.Tokens >= 1, o.Tokens, "at least 1"},
 		{"requests", o.Requests >= 0, o.Requests, "0 or more"},
 		{"token-delay", o.TokenDelay >= 0, o.TokenDelay, "0 or more"},
+		{"plane", o.Plane == "local" || o.Plane == "tcp" || o.Plane == "nats", o.Plane, "local, tcp or nats"},
 	} {
 		if !c.ok {
 			bad = append(bad, fmt.Sprintf("--%s %v: want %s", c.name, c.got, c.want))
 		}
+	}
+	if _, err := loom.PickerByName(o.Router); err != nil {
+		bad = append(bad, fmt.Sprintf("--router %v: want round_robin, random, power_of_two or least_loaded", o.Router))
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("demo: %s", strings.Join(bad, "; "))
