@@ -204,7 +204,7 @@ func TestLoomUpRunsAZMQBroker(t *testing.T) {
 func TestLoomUpJSONWithTheBrokerPortsAfterASpace(t *testing.T) {
 	up := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--discovery", "natskv",
 		"--data-dir", t.TempDir(), "--json", "--zmq-broker", "0,0")
-	up.waitStderr(`^loom up: serving`)
+	up.waitStderr(`^loom up: serving .*; set the variables of the JSON object above in`)
 	var env map[string]string
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		out, _ := up.lines()

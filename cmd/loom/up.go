@@ -134,7 +134,11 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 	if o.monitorPort != 0 {
 		monitorNote = ", monitoring on http://" + o.host + ":" + strconv.Itoa(o.monitorPort)
 	}
-	fmt.Fprintf(errOut, "loom up: serving (data in %s%s); set the lines above in each component's environment; Ctrl-C to stop\n", o.dataDir, monitorNote)
+	what := "the lines above"
+	if o.json {
+		what = "the variables of the JSON object above"
+	}
+	fmt.Fprintf(errOut, "loom up: serving (data in %s%s); set %s in each component's environment; Ctrl-C to stop\n", o.dataDir, monitorNote, what)
 	<-ctx.Done()
 	fmt.Fprintln(errOut, "loom up: stopping")
 	return nil
