@@ -416,15 +416,15 @@ func TestHealthModelsAndMetrics(t *testing.T) {
 	if err := s.fe.WaitSynced(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if code, body := get("/health"); code != 503 {
-		t.Errorf("/health with no workers = %d %s, want 503", code, body)
+	if code, body := get("/health"); code != 503 || body != `{"status":"notready","models":[],"workers":0}`+"\n" {
+		t.Errorf("/health with no workers = %d %s, want 503 and the documented body", code, body)
 	}
 	checkError(t, post(t, context.Background(), s.url+"/v1/chat/completions", `{"model":"test-model","messages":[{"role":"user","content":"hi"}]}`), 404, "model")
 	s.worker(workerOpts{})
 	s.worker(workerOpts{model: "other"})
 	s.waitReady(2)
-	if code, body := get("/health"); code != 200 {
-		t.Errorf("/health with workers = %d %s, want 200", code, body)
+	if code, body := get("/health"); code != 200 || body != `{"status":"ready","models":["other","test-model"],"workers":2}`+"\n" {
+		t.Errorf("/health with workers = %d %s, want 200 and the documented body", code, body)
 	}
 	c := oaiClient(s)
 	page := c.Models.ListAutoPaging(context.Background())
