@@ -638,20 +638,50 @@ func (c *Client[Req, Resp]) Instances() []discovery.Instance {
 // WaitForInstances blocks until the client knows at least n instances or
 // ctx ends.
 func (c *Client[Req, Resp]) WaitForInstances(ctx context.Context, n int) error {
+	have, err := c.waitList(ctx, func(list []*Candidate) bool { return len(list) >= n })
+	if err != nil && !errors.Is(err, ErrClosed) {
+		return fmt.Errorf("loom: %s: %d of %d instances: %w", c.core.path, have, n, err)
+	}
+	return err
+}
+
+// WaitForInstance blocks until the client knows an instance for which ok
+// reports true, or ctx ends: an instance with given metadata, one other
+// than those that failed, one with a given id. ok is asked about each
+// instance the client knows, again every time that list changes.
+func (c *Client[Req, Resp]) WaitForInstance(ctx context.Context, ok func(discovery.Instance) bool) error {
+	have, err := c.waitList(ctx, func(list []*Candidate) bool {
+		for _, cand := range list {
+			if ok(cand.Instance) {
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil && !errors.Is(err, ErrClosed) {
+		return fmt.Errorf("loom: %s: none of %d instances is the one waited for: %w", c.core.path, have, err)
+	}
+	return err
+}
+
+// waitList blocks until done reports true for the client's list of
+// instances, the client is closed, or ctx ends; it returns the length of
+// the list it saw last.
+func (c *Client[Req, Resp]) waitList(ctx context.Context, done func([]*Candidate) bool) (int, error) {
 	for {
 		c.core.mu.Lock()
-		have, changed, closed := len(*c.core.list.Load()), c.core.changed, c.core.closed
+		list, changed, closed := *c.core.list.Load(), c.core.changed, c.core.closed
 		c.core.mu.Unlock()
-		if have >= n {
-			return nil
+		if done(list) {
+			return len(list), nil
 		}
 		if closed {
-			return fmt.Errorf("%w: client of %s", ErrClosed, c.core.path)
+			return len(list), fmt.Errorf("%w: client of %s", ErrClosed, c.core.path)
 		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return fmt.Errorf("loom: %s: %d of %d instances: %w", c.core.path, have, n, ctx.Err())
+			return len(list), ctx.Err()
 		}
 	}
 }
