@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
+	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/llm/frontend"
 )
 
@@ -557,6 +559,9 @@ func (r *sseReader) words(n int) {
 		if !ok {
 			continue
 		}
+		if strings.HasPrefix(data, `{"error"`) {
+			r.t.Fatalf("stream ended after %q with the error event %s", r.text, data)
+		}
 		if blank, err := r.br.ReadString('\n'); err != nil || blank != "\n" {
 			r.t.Fatalf("event %q not followed by a blank line: %q, %v", data, blank, err)
 		}
@@ -639,6 +644,46 @@ func TestMigrationsExhaustedEndTheStream(t *testing.T) {
 	}
 	if n := len(strings.Fields(text)); n != 5 {
 		t.Errorf("client saw %d words before the error, want 3 + 2", n)
+	}
+}
+
+// TestMigrationWaitsForTheClientToSeeANewWorker: a worker joins and
+// the frontend sees it, but the client's view of discovery lags and
+// still lists only the worker that then fails. The migration waits for
+// the client to see the new worker rather than fail with no_worker.
+func TestMigrationWaitsForTheClientToSeeANewWorker(t *testing.T) {
+	lag := &laggingWatch{}
+	migrating := make(chan struct{})
+	log := slog.New(signalLog{msg: "llm frontend: migrating request", ch: migrating, once: new(sync.Once)})
+	s := newStackOn(t, "tcp", frontend.Config{MaxMigrations: 1, Logger: log}, func(d discovery.Discovery) discovery.Discovery {
+		lag.Discovery = d
+		return lag
+	})
+	a := s.worker(workerOpts{pauseAfter: 3})
+	s.waitReady(1)
+	resp := post(t, context.Background(), s.url+"/v1/chat/completions", migBody)
+	defer resp.Body.Close()
+	sr := newSSEReader(t, resp)
+	sr.words(3)
+	lag.hold()
+	b := s.worker(workerOpts{pauseAfter: 2})
+	s.waitReady(2)
+	// The client catches up only once the migration has begun.
+	go func() {
+		select {
+		case <-migrating:
+			lag.open()
+		case <-t.Context().Done():
+		}
+	}()
+	a.kill()
+	sr.words(5)
+	if r := b.lastRequest(); r.Generated != 3 {
+		t.Errorf("the new worker got generated=%d, want 3", r.Generated)
+	}
+	b.kill()
+	if _, finish, e := sr.rest(); finish != "" || !strings.Contains(e, "migrations exhausted") {
+		t.Fatalf("stream ended with finish %q and error event %s; want migrations exhausted", finish, e)
 	}
 }
 

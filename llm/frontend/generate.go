@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/metrics"
 )
@@ -208,10 +209,12 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 		if errors.Is(callErr, llm.ErrNoWorker) && !waited && f.hasWorker(j.p.model, a.avoid) {
 			// The frontend's view of discovery knows a worker that the
 			// client's does not yet: wait for the client to catch up,
-			// once, then try again.
+			// once, then try again. Counting the client's instances
+			// would not do: it may still list the worker that just
+			// failed, which makes up the count without being usable.
 			waited = true
 			wctx, wcancel := context.WithTimeout(ctx, time.Second)
-			_ = f.client.WaitForInstances(wctx, f.models.Load().total)
+			f.waitClientKnows(wctx, j.p.model, a.avoid)
 			wcancel()
 			try--
 			continue
@@ -249,6 +252,14 @@ func (f *Frontend) hasWorker(model string, avoid []uint64) bool {
 		}
 	}
 	return false
+}
+
+// waitClientKnows waits until the client lists a worker of model that is
+// not in avoid and that the frontend sees in discovery, or ctx ends.
+func (f *Frontend) waitClientKnows(ctx context.Context, model string, avoid []uint64) {
+	_ = f.client.WaitForInstance(ctx, func(inst discovery.Instance) bool {
+		return f.models.Load().alive[inst.ID] && inst.Metadata[llm.MetaModel] == model && !slices.Contains(avoid, inst.ID)
+	})
 }
 
 // migratable reports whether a failed attempt may be re-issued elsewhere:

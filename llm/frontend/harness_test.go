@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"iter"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -38,9 +39,20 @@ type stack struct {
 
 func newStack(t testing.TB, plane string, fcfg frontend.Config) *stack {
 	t.Helper()
+	return newStackOn(t, plane, fcfg, nil)
+}
+
+// newStackOn is newStack with the frontend's runtime on the discovery
+// handle wrap makes of its own (nil: the handle itself).
+func newStackOn(t testing.TB, plane string, fcfg frontend.Config, wrap func(discovery.Discovery) discovery.Discovery) *stack {
+	t.Helper()
 	s := &stack{System: loomtest.New(t, loomtest.Options{Plane: plane}), t: t}
 	s.Config.Client.WaitTimeout = 2 * time.Second
-	s.rt = s.Runtime()
+	d := s.Connect()
+	if wrap != nil {
+		d = wrap(d)
+	}
+	s.rt = s.RuntimeOn(d)
 	fe, err := frontend.New(context.Background(), s.rt, fcfg)
 	if err != nil {
 		t.Fatal(err)
@@ -216,5 +228,104 @@ func (s *stack) waitReady(n int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// laggingWatch is a discovery handle whose first watch of the workers
+// (the frontend's client's, made before the frontend's own) stops
+// delivering events while held, as a watch that lags behind another does.
+type laggingWatch struct {
+	discovery.Discovery
+	mu      sync.Mutex
+	watches int
+	held    bool
+	release chan struct{} // closed by open
+}
+
+func (l *laggingWatch) Watch(ctx context.Context, q discovery.Query) (<-chan discovery.Event, error) {
+	in, err := l.Discovery.Watch(ctx, q)
+	if err != nil || q.Endpoint != llm.GenerateEndpoint {
+		return in, err
+	}
+	l.mu.Lock()
+	l.watches++
+	first := l.watches == 1
+	l.mu.Unlock()
+	if !first {
+		return in, nil
+	}
+	out := make(chan discovery.Event)
+	send := func(ev discovery.Event) bool {
+		select {
+		case out <- ev:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	go func() {
+		defer close(out)
+		var held []discovery.Event
+		for {
+			l.mu.Lock()
+			holding, release := l.held, l.release
+			l.mu.Unlock()
+			if !holding {
+				for _, ev := range held {
+					if !send(ev) {
+						return
+					}
+				}
+				held = nil
+			}
+			select {
+			case ev, ok := <-in:
+				if !ok {
+					return
+				}
+				l.mu.Lock()
+				holding = l.held
+				l.mu.Unlock()
+				if holding {
+					held = append(held, ev)
+				} else if !send(ev) {
+					return
+				}
+			case <-release:
+			}
+		}
+	}()
+	return out, nil
+}
+
+// hold stops the lagging watch's events until open.
+func (l *laggingWatch) hold() {
+	l.mu.Lock()
+	l.held, l.release = true, make(chan struct{})
+	l.mu.Unlock()
+}
+
+// open delivers the held events and those after them.
+func (l *laggingWatch) open() {
+	l.mu.Lock()
+	l.held = false
+	close(l.release)
+	l.mu.Unlock()
+}
+
+// signalLog is a slog handler that closes ch the first time msg is logged.
+type signalLog struct {
+	msg  string
+	ch   chan struct{}
+	once *sync.Once
+}
+
+func (h signalLog) Enabled(context.Context, slog.Level) bool { return true }
+func (h signalLog) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.once.Do(func() { close(h.ch) })
+	}
+	return nil
+}
+func (h signalLog) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h signalLog) WithGroup(string) slog.Handler      { return h }
 
 var _ = fmt.Sprint
