@@ -23,7 +23,7 @@ func TestAdminListsPeeksAddsAndRequeues(t *testing.T) {
 	q := newQueue[job](t, nc, cfg)
 	jsonCfg := testConfig(t)
 	jsonCfg.Codec = codec.JSON
-	newQueue[job](t, nc, jsonCfg)
+	jq := newQueue[job](t, nc, jsonCfg)
 	ctx := ctxFor(t, 10*time.Second)
 	admin, err := workqueue.NewAdmin(nc)
 	if err != nil {
@@ -34,8 +34,16 @@ func TestAdminListsPeeksAddsAndRequeues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(list) != 2 || list[0].Codec != "msgpack" || list[1].Codec != "json" {
-		t.Fatalf("List: %+v; want the two queues, msgpack and json", list)
+	// List is in name order; the names come from a counter, so which
+	// queue sorts first depends on how many tests ran before (test_9
+	// sorts after test_10).
+	want := []struct{ name, codec string }{{q.Name(), "msgpack"}, {jq.Name(), "json"}}
+	if want[1].name < want[0].name {
+		want[0], want[1] = want[1], want[0]
+	}
+	if len(list) != 2 || list[0].Name != want[0].name || list[0].Codec != want[0].codec ||
+		list[1].Name != want[1].name || list[1].Codec != want[1].codec {
+		t.Fatalf("List: %+v; want the two queues in name order, %v", list, want)
 	}
 	if _, err := admin.Info(ctx, "nope"); !errors.Is(err, workqueue.ErrNoQueue) {
 		t.Errorf("Info of a missing queue: %v, want ErrNoQueue", err)
