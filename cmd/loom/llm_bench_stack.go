@@ -16,7 +16,6 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery/memory"
 	"github.com/loomrt/loom/embedded"
-	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/bench"
 	"github.com/loomrt/loom/llm/frontend"
 	"github.com/loomrt/loom/llm/kvrouter"
@@ -39,7 +38,6 @@ type stack struct {
 	feConn  interface{ Close() }
 	ln      net.Listener
 	served  chan error
-	router  *countingRouter
 	kv      kvrouter.Router
 
 	mu      sync.Mutex
@@ -118,8 +116,7 @@ func (s *stack) startFrontend(ctx context.Context, cfg config.Config, routerName
 		return fmt.Errorf("llm bench: router: %w", err)
 	}
 	s.kv = r
-	s.router = &countingRouter{Router: r, picks: map[string]int{}}
-	if s.fe, err = frontend.New(ctx, s.feRT, frontend.Config{Router: s.router, Logger: log, MaxInFlightPerWorker: maxInFlight}); err != nil {
+	if s.fe, err = frontend.New(ctx, s.feRT, frontend.Config{Router: r, Logger: log, MaxInFlightPerWorker: maxInFlight}); err != nil {
 		return err
 	}
 	if s.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
@@ -198,17 +195,9 @@ func (s *stack) StartMeasuring(profile string) error {
 }
 
 // Report adds what only the stack knows to res: each worker's request
-// count, which requests migrated (the router picked a worker for them
-// more than once) and the frontend's CPU time per request.
+// count and the frontend's CPU time per request. Migrations come from
+// the frontend's X-Loom-Migrations trailer, as against a URL.
 func (s *stack) Report(res *bench.Result) {
-	picks := s.router.snapshot()
-	out := res.Outcomes()
-	for i := range out {
-		if n := picks[out[i].ID]; n > 1 {
-			out[i].Migrations = n - 1
-		}
-	}
-	res.Recount()
 	res.PerWorker = map[string]int{}
 	s.mu.Lock()
 	for _, w := range s.workers {
@@ -279,28 +268,4 @@ func (s *stack) Close() {
 	if s.nats != nil {
 		s.nats.Shutdown()
 	}
-}
-
-// countingRouter counts the picks of each request: a request picked for
-// more than once moved to another worker (migrated).
-type countingRouter struct {
-	llm.Router
-	mu    sync.Mutex
-	picks map[string]int
-}
-
-func (r *countingRouter) Pick(ctx context.Context, cands []*loom.Candidate) (*loom.Candidate, error) {
-	c, err := r.Router.Pick(ctx, cands)
-	if ri := llm.RouteFrom(ctx); err == nil && c != nil && ri != nil {
-		r.mu.Lock()
-		r.picks[ri.RequestID]++
-		r.mu.Unlock()
-	}
-	return c, err
-}
-
-func (r *countingRouter) snapshot() map[string]int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.picks
 }

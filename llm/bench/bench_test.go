@@ -280,6 +280,9 @@ func TestRunPrefixWorkloadClosedLoop(t *testing.T) {
 	if res.PerWorker["w0"]+res.PerWorker["w1"] != 40 || len(res.PerWorker) != 2 {
 		t.Errorf("per worker %v, want 40 requests over w0 and w1", res.PerWorker)
 	}
+	if res.Migrated.Requests != 10 || res.Migrated.TTFT.N != 10 {
+		t.Errorf("migrated %+v, want the 10 requests whose trailer said 1", res.Migrated)
+	}
 	if n := len(progress); n == 0 || progress[n-1].Done != 40 {
 		t.Errorf("progress %+v, want a last report of 40 done", progress)
 	}

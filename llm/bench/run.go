@@ -123,18 +123,6 @@ type MigratedStats struct {
 // Outcomes returns every request's outcome, in the order they ended.
 func (r *Result) Outcomes() []Outcome { return r.outcomes }
 
-// Recount recomputes the result from its outcomes after a caller changed
-// them (say, marking the requests it knows migrated), keeping the run's
-// duration and CPU figures.
-func (r *Result) Recount() {
-	n := summarize(r.outcomes, r.Requests, time.Duration(r.DurationS*float64(time.Second)))
-	n.ProcessCPUMsPerRequest, n.FrontendCPUMsPerRequest, n.CPUByPart = r.ProcessCPUMsPerRequest, r.FrontendCPUMsPerRequest, r.CPUByPart
-	if len(r.PerWorker) > 0 && len(n.PerWorker) == 0 {
-		n.PerWorker = r.PerWorker
-	}
-	*r = *n
-}
-
 // ErrConfig is wrapped by the error of a run whose configuration
 // cannot work.
 var ErrConfig = errors.New("bench: bad config")

@@ -69,6 +69,9 @@ func (s *sseServer) chat(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set(headerWorker, fmt.Sprintf("w%d", n%2))
+	// Every fourth request says it migrated, as Loom's frontend does: a
+	// trailer after the stream.
+	w.Header().Set("Trailer", headerMigrations)
 	fl := w.(http.Flusher)
 	if s.broken != nil {
 		if body := s.broken(n); body != "" {
@@ -92,6 +95,11 @@ func (s *sseServer) chat(w http.ResponseWriter, r *http.Request) {
 	fmt.Fprint(w, "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n")
 	fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"prompt_tokens_details\":{\"cached_tokens\":%d}}}\n\n", prompt, req.MaxTokens, cached)
 	fmt.Fprint(w, "data: [DONE]\n\n")
+	migrations := "0"
+	if n%4 == 0 {
+		migrations = "1"
+	}
+	w.Header().Set(headerMigrations, migrations)
 }
 
 func (s *sseServer) requests() []chatRequest {

@@ -17,7 +17,9 @@
 // worker that fails or leaves mid-request has the request re-issued to
 // another worker with the prompt and the tokens already streamed (a
 // migration), so the client sees one uninterrupted stream; only when
-// Config.MaxMigrations are spent does the client get an error. Errors have
+// Config.MaxMigrations are spent does the client get an error. Every
+// completion reports its migrations in the X-Loom-Migrations trailer (a
+// header when not streamed). Errors have
 // OpenAI's JSON shape; docs/llm.md lists the statuses and metrics.
 package frontend
 
@@ -81,6 +83,12 @@ const (
 	DefaultMaxBodyBytes     = 4 << 20
 	DefaultDefaultMaxTokens = 1024
 )
+
+// HeaderMigrations names the response field that counts the times a
+// completion was re-issued to another worker after one failed: a header
+// on a JSON response or an error, a trailer on a stream (declared in its
+// headers, sent after data: [DONE] or the error event).
+const HeaderMigrations = "X-Loom-Migrations"
 
 // Frontend serves the OpenAI API for the workers of one namespace.
 type Frontend struct {

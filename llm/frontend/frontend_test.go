@@ -606,14 +606,26 @@ func TestMigrationKeepsTheStream(t *testing.T) {
 			if got.err != "" || got.finish != "length" {
 				t.Fatalf("migrated stream ended with %q, error event %s", got.finish, got.err)
 			}
+			if m := resp.Trailer.Get(frontend.HeaderMigrations); m != "1" {
+				t.Errorf("migrated stream's %s trailer = %q, want 1", frontend.HeaderMigrations, m)
+			}
 			r := second.lastRequest()
 			if r.Generated != 11 || r.MaxTokens != 19 {
 				t.Errorf("second worker got generated=%d max_tokens=%d, want 11 and 19", r.Generated, r.MaxTokens)
 			}
 			// The same request on a healthy worker, unmigrated.
-			want, finish, e := collectSSE(t, post(t, ctx, s.url+"/v1/chat/completions", migBody))
+			ref := post(t, ctx, s.url+"/v1/chat/completions", migBody)
+			want, finish, e := collectSSE(t, ref)
 			if e != "" || finish != "length" {
 				t.Fatalf("reference stream: %s %s", finish, e)
+			}
+			if m := ref.Trailer.Get(frontend.HeaderMigrations); m != "0" {
+				t.Errorf("unmigrated stream's %s trailer = %q, want 0", frontend.HeaderMigrations, m)
+			}
+			unary := post(t, ctx, s.url+"/v1/chat/completions", strings.Replace(migBody, `"stream":true`, `"stream":false`, 1))
+			unary.Body.Close()
+			if m := unary.Header.Get(frontend.HeaderMigrations); unary.StatusCode != 200 || m != "0" {
+				t.Errorf("unmigrated JSON response: status %d, %s header %q, want 200 and 0", unary.StatusCode, frontend.HeaderMigrations, m)
 			}
 			if got.text != want {
 				t.Errorf("migrated stream differs from the unmigrated one:\n got %q\nwant %q", got.text, want)
@@ -641,6 +653,9 @@ func TestMigrationsExhaustedEndTheStream(t *testing.T) {
 	text, finish, e := sr.rest()
 	if finish != "" || !strings.Contains(e, `"type":"server_error"`) || !strings.Contains(e, "migrations exhausted") {
 		t.Fatalf("stream ended with finish %q and error event %s; want an OpenAI error event saying migrations are exhausted", finish, e)
+	}
+	if m := resp.Trailer.Get(frontend.HeaderMigrations); m != "1" {
+		t.Errorf("%s trailer after the migrations ran out = %q, want 1", frontend.HeaderMigrations, m)
 	}
 	if n := len(strings.Fields(text)); n != 5 {
 		t.Errorf("client saw %d words before the error, want 3 + 2", n)

@@ -103,6 +103,7 @@ type result struct {
 	finish     string
 	completion int
 	cached     int
+	migrations int // times the request was re-issued to another worker
 }
 
 // run generates until a finish, migrating across workers that fail; it
@@ -235,6 +236,7 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 			a.avoid = append(a.avoid, a.worker)
 		}
 		a.worker = 0
+		res.migrations++
 		j.mm.Migrations.Inc()
 		f.log.Info("llm frontend: migrating request", "request", j.id, "model", j.p.model,
 			"generated", len(generated), "migration", try+1, "err", callErr)

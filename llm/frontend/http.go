@@ -225,6 +225,7 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 		h.Set("Content-Type", "text/event-stream")
 		h.Set("Cache-Control", "no-cache")
 		h.Set("X-Accel-Buffering", "no")
+		h.Set("Trailer", HeaderMigrations)
 		w.WriteHeader(http.StatusOK)
 		started = true
 	}
@@ -255,12 +256,15 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 		return rc.Flush()
 	}
 	res, err := f.run(ctx, j)
+	// A header if nothing was sent yet, else a trailer (begin declared it).
+	migrations := strconv.Itoa(res.migrations)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return statusClientClosed
 		}
 		e := toAPIError(err)
 		if !started {
+			w.Header().Set(HeaderMigrations, migrations)
 			writeError(w, e)
 			return e.Status
 		}
@@ -270,6 +274,7 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 		st.chunk = append(b, "\n\n"...)
 		_, _ = w.Write(st.chunk)
 		_ = rc.Flush()
+		w.Header().Set(HeaderMigrations, migrations)
 		return e.Status
 	}
 	if !started {
@@ -294,6 +299,7 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 	st.chunk = b
 	_, _ = w.Write(b)
 	_ = rc.Flush()
+	w.Header().Set(HeaderMigrations, migrations)
 	return http.StatusOK
 }
 
@@ -314,6 +320,7 @@ func (f *Frontend) unary(w http.ResponseWriter, r *http.Request, j *job, object 
 	}
 	res, err := f.run(r.Context(), j)
 	st.head = text
+	w.Header().Set(HeaderMigrations, strconv.Itoa(res.migrations))
 	if err != nil {
 		if r.Context().Err() != nil {
 			return statusClientClosed
