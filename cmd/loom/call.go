@@ -198,8 +198,6 @@ func withDiscoveryHint(rt *loom.Runtime, err error) error {
 	return err
 }
 
-// memoryDiscovery reports whether rt finds instances in memory, that is
-// only its own.
 // toolRuntime starts the runtime of a command that serves no endpoint
 // (ls, call, pub, sub, dashboard): the process's configuration with the
 // status server off. LOOM_STATUS_PORT=-1, one of the lines loom up
@@ -217,6 +215,8 @@ func toolRuntime(ctx context.Context) (*loom.Runtime, error) {
 	return loom.NewRuntime(ctx, loom.WithConfig(loaded.Config), loom.WithLogger(log))
 }
 
+// memoryDiscovery reports whether rt finds instances in memory, that is
+// only its own.
 func memoryDiscovery(rt *loom.Runtime) bool {
 	b := rt.Config().Discovery.Backend
 	return b == "" || b == "memory"
