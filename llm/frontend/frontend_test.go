@@ -637,68 +637,58 @@ func TestMigrationKeepsTheStream(t *testing.T) {
 	}
 }
 
+// TestMigrationsExhaustedEndTheStream: a stream migrates once, to a
+// worker that joined after it began, and ends with an error when that
+// worker fails too. With lagging, the frontend's client sees the new
+// worker late (its discovery watch is held until the migration begins,
+// while the frontend's own view has it): the migration waits for the
+// client instead of failing with no_worker.
 func TestMigrationsExhaustedEndTheStream(t *testing.T) {
-	s := newStack(t, "tcp", frontend.Config{MaxMigrations: 1})
-	a := s.worker(workerOpts{pauseAfter: 3})
-	s.waitReady(1)
-	resp := post(t, context.Background(), s.url+"/v1/chat/completions", migBody)
-	defer resp.Body.Close()
-	sr := newSSEReader(t, resp)
-	sr.words(3)
-	b := s.worker(workerOpts{pauseAfter: 2})
-	s.waitReady(2)
-	a.kill()
-	sr.words(5)
-	b.kill()
-	text, finish, e := sr.rest()
-	if finish != "" || !strings.Contains(e, `"type":"server_error"`) || !strings.Contains(e, "migrations exhausted") {
-		t.Fatalf("stream ended with finish %q and error event %s; want an OpenAI error event saying migrations are exhausted", finish, e)
-	}
-	if m := resp.Trailer.Get(frontend.HeaderMigrations); m != "1" {
-		t.Errorf("%s trailer after the migrations ran out = %q, want 1", frontend.HeaderMigrations, m)
-	}
-	if n := len(strings.Fields(text)); n != 5 {
-		t.Errorf("client saw %d words before the error, want 3 + 2", n)
-	}
-}
-
-// TestMigrationWaitsForTheClientToSeeANewWorker: a worker joins and
-// the frontend sees it, but the client's view of discovery lags and
-// still lists only the worker that then fails. The migration waits for
-// the client to see the new worker rather than fail with no_worker.
-func TestMigrationWaitsForTheClientToSeeANewWorker(t *testing.T) {
-	lag := &laggingWatch{}
-	migrating := make(chan struct{})
-	log := slog.New(signalLog{msg: "llm frontend: migrating request", ch: migrating, once: new(sync.Once)})
-	s := newStackOn(t, "tcp", frontend.Config{MaxMigrations: 1, Logger: log}, func(d discovery.Discovery) discovery.Discovery {
-		lag.Discovery = d
-		return lag
-	})
-	a := s.worker(workerOpts{pauseAfter: 3})
-	s.waitReady(1)
-	resp := post(t, context.Background(), s.url+"/v1/chat/completions", migBody)
-	defer resp.Body.Close()
-	sr := newSSEReader(t, resp)
-	sr.words(3)
-	lag.hold()
-	b := s.worker(workerOpts{pauseAfter: 2})
-	s.waitReady(2)
-	// The client catches up only once the migration has begun.
-	go func() {
-		select {
-		case <-migrating:
-			lag.open()
-		case <-t.Context().Done():
-		}
-	}()
-	a.kill()
-	sr.words(5)
-	if r := b.lastRequest(); r.Generated != 3 {
-		t.Errorf("the new worker got generated=%d, want 3", r.Generated)
-	}
-	b.kill()
-	if _, finish, e := sr.rest(); finish != "" || !strings.Contains(e, "migrations exhausted") {
-		t.Fatalf("stream ended with finish %q and error event %s; want migrations exhausted", finish, e)
+	for _, lagging := range []bool{false, true} {
+		t.Run(fmt.Sprintf("lagging=%v", lagging), func(t *testing.T) {
+			lag := &laggingWatch{}
+			migrating := make(chan struct{})
+			log := slog.New(signalLog{msg: "llm frontend: migrating request", ch: migrating, once: new(sync.Once)})
+			s := newStackOn(t, "tcp", frontend.Config{MaxMigrations: 1, Logger: log}, func(d discovery.Discovery) discovery.Discovery {
+				lag.Discovery = d
+				return lag
+			})
+			a := s.worker(workerOpts{pauseAfter: 3})
+			s.waitReady(1)
+			resp := post(t, context.Background(), s.url+"/v1/chat/completions", migBody)
+			defer resp.Body.Close()
+			sr := newSSEReader(t, resp)
+			sr.words(3)
+			if lagging {
+				lag.hold()
+				// The client catches up only once the migration has begun.
+				go func() {
+					select {
+					case <-migrating:
+						lag.open()
+					case <-t.Context().Done():
+					}
+				}()
+			}
+			b := s.worker(workerOpts{pauseAfter: 2})
+			s.waitReady(2)
+			a.kill()
+			sr.words(5)
+			if r := b.lastRequest(); r.Generated != 3 {
+				t.Errorf("the new worker got generated=%d, want 3", r.Generated)
+			}
+			b.kill()
+			text, finish, e := sr.rest()
+			if finish != "" || !strings.Contains(e, `"type":"server_error"`) || !strings.Contains(e, "migrations exhausted") {
+				t.Fatalf("stream ended with finish %q and error event %s; want an OpenAI error event saying migrations are exhausted", finish, e)
+			}
+			if m := resp.Trailer.Get(frontend.HeaderMigrations); m != "1" {
+				t.Errorf("%s trailer after the migrations ran out = %q, want 1", frontend.HeaderMigrations, m)
+			}
+			if n := len(strings.Fields(text)); n != 5 {
+				t.Errorf("client saw %d words before the error, want 3 + 2", n)
+			}
+		})
 	}
 }
 
