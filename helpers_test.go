@@ -2,7 +2,6 @@ package loom_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"iter"
 	"log/slog"
@@ -11,7 +10,6 @@ import (
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
-	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/discovery/memory"
 	"github.com/loomrt/loom/embedded"
 )
@@ -147,6 +145,3 @@ func within(t *testing.T, d time.Duration, ch <-chan struct{}, what string) {
 		t.Fatalf("%s did not happen within %s", what, d)
 	}
 }
-
-var _ = discovery.Added
-var _ = fmt.Sprint

@@ -35,8 +35,8 @@ func TestTheContextTree(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 		defer cancel()
 		_ = ep.Component().Shutdown(ctx)
-		within(t, time.Second, reqCtx.Done(), "the request context ending")
-		within(t, time.Second, ep.Context().Done(), "the endpoint context ending")
+		within(t, 5*time.Second, reqCtx.Done(), "the request context ending")
+		within(t, 5*time.Second, ep.Context().Done(), "the endpoint context ending")
 		if rt.Context().Err() != nil || other.Context().Err() != nil {
 			t.Fatal("cancelling a component cancelled its runtime or a sibling component")
 		}
@@ -48,7 +48,7 @@ func TestTheContextTree(t *testing.T) {
 		go func() { _, _ = collect(client[int, int](t, rt, "tree/req/a").Generate(ctx, 0)) }()
 		reqCtx := <-ctxs
 		cancel()
-		within(t, time.Second, reqCtx.Done(), "the request context ending")
+		within(t, 5*time.Second, reqCtx.Done(), "the request context ending")
 		if ep.Context().Err() != nil || ep.Component().Context().Err() != nil || rt.Context().Err() != nil {
 			t.Fatal("cancelling a request cancelled a parent")
 		}
@@ -65,7 +65,7 @@ func TestTheContextTree(t *testing.T) {
 			t.Errorf("Shutdown = %v, want it to report the cancelled request", err)
 		}
 		for name, c := range map[string]context.Context{"request": reqCtx, "endpoint": ep.Context(), "component": ep.Component().Context(), "runtime": rt.Context()} {
-			within(t, time.Second, c.Done(), "the "+name+" context ending")
+			within(t, 5*time.Second, c.Done(), "the "+name+" context ending")
 		}
 	})
 }

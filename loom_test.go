@@ -462,7 +462,7 @@ func TestACallerThatCancelsKillsTheHandlerAtOnce(t *testing.T) {
 				cancel()
 			}
 		}
-		within(t, time.Second, sawCancel, "the handler seeing the cancellation")
+		within(t, 5*time.Second, sawCancel, "the handler seeing the cancellation")
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("stream ended with %v, want context.Canceled", err)
 		}
@@ -577,14 +577,14 @@ func TestStopAndKillReachTheRequestsAHandlerMakes(t *testing.T) {
 				}
 				stop()
 			}
-			within(t, time.Second, childStopped, "the child request seeing stop")
+			within(t, 5*time.Second, childStopped, "the child request seeing stop")
 		})
 		t.Run("kill", func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			go func() { time.Sleep(20 * time.Millisecond); cancel() }()
 			for range parent.Generate(ctx, 0) {
 			}
-			within(t, time.Second, childKilled, "the child request seeing kill")
+			within(t, 5*time.Second, childKilled, "the child request seeing kill")
 		})
 	})
 }
@@ -605,7 +605,7 @@ func TestBreakingOutOfTheLoopEndsTheHandler(t *testing.T) {
 				break
 			}
 		}
-		within(t, time.Second, ended, "the handler returning")
+		within(t, 5*time.Second, ended, "the handler returning")
 	})
 }
 

@@ -2,7 +2,6 @@ package frontend_test
 
 import (
 	"context"
-	"fmt"
 	"iter"
 	"log/slog"
 	"net"
@@ -327,5 +326,3 @@ func (h signalLog) Handle(_ context.Context, r slog.Record) error {
 }
 func (h signalLog) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h signalLog) WithGroup(string) slog.Handler      { return h }
-
-var _ = fmt.Sprint
