@@ -27,8 +27,14 @@ func TestLoomDashboardWithLoomUp(t *testing.T) {
 			t.Fatalf("loom up printed %q, lacking LOOM_STATUS_PORT=-1", env)
 		}
 	}
-	dash := startLoom(t, append(env, "LOOM_LOG_LEVEL=warn"), "dashboard", "--addr", "127.0.0.1:0", "--nats-monitor", "off")
+	// At info, a status server would say where it listens: the
+	// dashboard serves no endpoint and runs none, despite
+	// LOOM_STATUS_PORT=-1.
+	dash := startLoom(t, append(env, "LOOM_LOG_LEVEL=info"), "dashboard", "--addr", "127.0.0.1:0", "--nats-monitor", "off")
 	url := dash.waitStderr(`^loom dashboard: (http://127\.0\.0\.1:\d+) \(natskv discovery, NATS nats://`)[1]
+	if _, errs := dash.lines(); strings.Contains(strings.Join(errs, "\n"), "status server") {
+		t.Errorf("loom dashboard started a status server:\n%s", strings.Join(errs, "\n"))
+	}
 
 	resp, err := http.Get(url + "/")
 	if err != nil {

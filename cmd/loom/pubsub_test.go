@@ -232,7 +232,9 @@ func TestLoomUpJSONWithTheBrokerPortsAfterASpace(t *testing.T) {
 	if env["LOOM_EVENTS_ZMQ_BROKER_PUB"] == "tcp://127.0.0.1:5557" {
 		t.Errorf("--zmq-broker 0,0 ran the broker on the default ports: %v", env)
 	}
-	vars := []string{"LOOM_LOG_LEVEL=warn"}
+	// At info, a status server would say where it listens: pub serves
+	// no endpoint and runs none, despite LOOM_STATUS_PORT=-1.
+	vars := []string{"LOOM_LOG_LEVEL=info"}
 	for k, v := range env {
 		vars = append(vars, k+"="+v)
 	}
@@ -242,6 +244,9 @@ func TestLoomUpJSONWithTheBrokerPortsAfterASpace(t *testing.T) {
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("loom pub --json: %v\n%s", err, &stderr)
+	}
+	if strings.Contains(stderr.String(), "status server") {
+		t.Errorf("loom pub started a status server:\n%s", &stderr)
 	}
 	dec := json.NewDecoder(&stdout)
 	for i := range 2 {
