@@ -187,12 +187,18 @@ func TestLoomUpRunsAZMQBroker(t *testing.T) {
 			t.Fatalf("loom up printed %q, lacking %s", out, key)
 		}
 	}
-	sub := startLoom(t, env, "sub", "dyn/*", "load_metrics", "--count", "2")
+	// At info, a status server would say where it listens: sub serves no
+	// endpoint and runs none, despite loom up's LOOM_STATUS_PORT=-1.
+	sub := startLoom(t, append(env, "LOOM_LOG_LEVEL=info"), "sub", "dyn/*", "load_metrics", "--count", "2")
 	sub.waitStderr(`subscribed to .* over zmq`)
 	runLoom(t, env, "pub", "dyn/w1", "load_metrics", `{"active": 1}`, "--count", "2", "--wait-subscribers", "1")
 	sub.exit()
-	if got, _ := sub.lines(); len(got) != 2 || !strings.Contains(got[1], `sequence=1 {"active":1}`) {
+	got, errs := sub.lines()
+	if len(got) != 2 || !strings.Contains(got[1], `sequence=1 {"active":1}`) {
 		t.Fatalf("loom sub through the broker printed %q", got)
+	}
+	if strings.Contains(strings.Join(errs, "\n"), "status server") {
+		t.Errorf("loom sub started a status server:\n%s", strings.Join(errs, "\n"))
 	}
 	_ = up.cmd.Process.Signal(syscall.SIGTERM)
 	up.exit()
