@@ -109,8 +109,6 @@ type Result struct {
 	Runs []*Result `json:"runs,omitempty"`
 	// ErrorSamples holds a few error messages, one per kind.
 	ErrorSamples map[string]string `json:"error_samples,omitempty"`
-
-	outcomes []Outcome
 }
 
 // MigratedStats describes migrated requests.
@@ -119,9 +117,6 @@ type MigratedStats struct {
 	TTFT     Percentiles `json:"ttft_ms"`
 	E2E      Percentiles `json:"e2e_ms"`
 }
-
-// Outcomes returns every request's outcome, in the order they ended.
-func (r *Result) Outcomes() []Outcome { return r.outcomes }
 
 // ErrConfig is wrapped by the error of a run whose configuration
 // cannot work.
@@ -330,7 +325,6 @@ func summarize(outcomes []Outcome, sent int, wall time.Duration) *Result {
 		Errors:       map[string]int{},
 		PerWorker:    map[string]int{},
 		ErrorSamples: map[string]string{},
-		outcomes:     outcomes,
 	}
 	var ttft, itl, e2e, mttft, me2e []float64
 	var prompt, cached, output int
