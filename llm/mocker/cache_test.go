@@ -142,3 +142,116 @@ func TestCacheEventsReplayToSnapshot(t *testing.T) {
 		}
 	}
 }
+
+func TestCacheMergesPendingEvictions(t *testing.T) {
+	c := newKvCache(4)
+	hold := func(hs ...uint64) {
+		var p uint64
+		for _, h := range hs {
+			c.acquire(h, p)
+			p = h
+		}
+		c.announce(0, hs)
+		for i := len(hs) - 1; i >= 0; i-- {
+			c.release(hs[i])
+		}
+	}
+	hold(1, 2, 3, 4)
+	c.takeEvents()
+	hold(5, 6, 7) // three evictions, one block each
+	evs := c.takeEvents()
+	if len(evs) != 2 || evs[0].Removed == nil || len(evs[0].Removed.BlockHashes) != 3 || evs[1].Stored == nil {
+		t.Fatalf("three evictions then a store made %+v; want one Removed of 3 blocks, then the Stored", evs)
+	}
+	if evs[0].EventID != 2 || evs[1].EventID != 3 {
+		t.Fatalf("event ids %d, %d; want 2, 3", evs[0].EventID, evs[1].EventID)
+	}
+
+	// A snapshot between two evictions: the second must not join the
+	// first, whose id the snapshot covers.
+	c.acquire(8, 0)
+	snap := c.snapshot()
+	c.acquire(9, 8)
+	evs = c.takeEvents()
+	if len(evs) != 2 || evs[0].EventID != snap.EventID || evs[1].EventID != snap.EventID+1 {
+		t.Fatalf("evictions around a snapshot at event %d made %+v; want two Removed events, the second after it", snap.EventID, evs)
+	}
+}
+
+// TestCacheEventsFollowSnapshots replays events the way a router does: it
+// starts from a snapshot taken at any moment and applies the events with
+// later ids. Whatever the interleaving of evictions, publishing and
+// snapshots, the result is the cache's block set.
+func TestCacheEventsFollowSnapshots(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 5))
+	c := newKvCache(16)
+	view, applied := map[uint64]bool{}, uint64(0)
+	var held [][]uint64
+	for step := range 5000 {
+		switch op := r.IntN(12); {
+		case op < 6:
+			hs := make([]uint64, 1+r.IntN(6))
+			for i := range hs {
+				hs[i] = uint64(r.IntN(64) + 1)
+			}
+			hs = slices.Compact(hs)
+			if !c.fits(hs) {
+				continue
+			}
+			var p uint64
+			for _, h := range hs {
+				c.acquire(h, p)
+				p = h
+			}
+			c.takePrivate()
+			held = append(held, hs)
+		case op < 8 && len(held) > 0: // a prefill finishes
+			c.announce(0, held[r.IntN(len(held))])
+		case op < 10 && len(held) > 0:
+			i := r.IntN(len(held))
+			for _, h := range slices.Backward(held[i]) {
+				c.release(h)
+			}
+			c.dropPrivate()
+			held = slices.Delete(held, i, i+1)
+		case op == 10:
+			snap := c.snapshot()
+			clear(view)
+			for _, b := range snap.Blocks {
+				view[b.Hash] = true
+			}
+			applied = snap.EventID
+		}
+		if r.IntN(3) > 0 {
+			continue // the publisher has not taken the events yet
+		}
+		for _, ev := range c.takeEvents() {
+			if ev.EventID <= applied {
+				continue // the snapshot covered it
+			}
+			applied = ev.EventID
+			switch {
+			case ev.Stored != nil:
+				for _, h := range ev.Stored.BlockHashes {
+					view[h] = true
+				}
+			case ev.Removed != nil:
+				for _, h := range ev.Removed.BlockHashes {
+					delete(view, h)
+				}
+			}
+		}
+		want := 0
+		for h, b := range c.blocks {
+			if b.announced {
+				want++
+				if !view[h] {
+					t.Fatalf("step %d: block %x is cached and announced, missing from the view", step, h)
+				}
+			}
+		}
+		if len(view) != want {
+			t.Fatalf("step %d: the view holds %d blocks, the cache %d announced", step, len(view), want)
+		}
+	}
+}

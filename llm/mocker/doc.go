@@ -18,8 +18,10 @@
 //   - serves {ns}/backend/kv_blocks, a stream of llm.KvSnapshot chunks of
 //     its whole block set, for routers that missed events;
 //   - publishes kv_events (blocks stored with their parent hash, removed,
-//     cleared; event ids from 1 without gaps) and load_metrics (on change,
-//     rate-limited, and periodically) in scope {ns}/backend.
+//     cleared; event ids from 1 without gaps; blocks evicted one after
+//     another before the publisher takes them leave in one removed event)
+//     and load_metrics (on change, rate-limited, and periodically) in
+//     scope {ns}/backend.
 //
 // Output is deterministic: output token k of a request is a pure function
 // of its original prompt (TokenIDs without the Generated tail) and k,
