@@ -19,10 +19,13 @@
 // and the workers holding it, not to the size of the caches.
 //
 // Each worker numbers its events from 1 without gaps. A gap, in the event
-// ids or in the event plane's own sequence (events.OnGap), or events the
-// subscription dropped, makes the router fetch that worker's whole block
-// set from its kv_blocks endpoint and replace its view; events arriving
-// meanwhile are applied after it. A worker that leaves discovery is
+// ids or in the event plane's own sequence (events.OnGap), makes the
+// router fetch that worker's whole block set from its kv_blocks endpoint
+// and replace its view; events arriving meanwhile are applied after it.
+// The router's subscription drops nothing itself: a router that falls
+// behind holds events back (events.Block), on core NATS in the NATS
+// client's buffer, and what that drops shows as a gap in one worker's
+// sequence. A worker that leaves discovery is
 // dropped from the index. The index never silently drifts: Stats counts
 // gaps, fetches and the events applied.
 //

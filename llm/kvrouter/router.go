@@ -235,7 +235,8 @@ type KVRouter struct {
 	discarded                                  atomic.Uint64
 	decisions, promptBlocks, overlapBlocks     atomic.Uint64
 
-	blocks *loom.Client[llm.KvBlocksRequest, llm.KvSnapshot]
+	blocks   *loom.Client[llm.KvBlocksRequest, llm.KvSnapshot]
+	kvEvents *events.Subscription[llm.KvEvent] // nil without events (kv_approx)
 }
 
 type workerState struct {
@@ -307,7 +308,16 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 	r.goRun(func() { r.follow(watch) })
 	if useEvents {
 		scope := events.Scope{Namespace: cfg.Namespace, Component: llm.WorkerComponent}
-		kv, err := events.Subscribe[llm.KvEvent](rctx, rt, scope, llm.TopicKvEvents, events.WithLossErrors(), events.OnGap(r.onGap))
+		// The index needs every event, and an event the subscription's
+		// own buffer dropped could be any worker's: the router would
+		// have to fetch every block set again. So a router that falls
+		// behind holds the events back (events.Block) instead. On core
+		// NATS they wait in the NATS client's buffer for the
+		// subscription (65,536 messages), and what that drops leaves a
+		// gap in one publisher's sequence (OnGap): one worker's set is
+		// fetched.
+		kv, err := events.Subscribe[llm.KvEvent](rctx, rt, scope, llm.TopicKvEvents,
+			events.WithBuffer(rt.Config().Events.BufferSize, events.Block), events.OnGap(r.onGap))
 		if err != nil {
 			return nil, fmt.Errorf("kvrouter: subscribe to kv_events: %w", err)
 		}
@@ -328,6 +338,7 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 		if r.blocks, err = loom.NewClient[llm.KvBlocksRequest, llm.KvSnapshot](rctx, ep, loom.WithWaitTimeout(cfg.ResyncTimeout)); err != nil {
 			return nil, err
 		}
+		r.kvEvents = kv
 		r.goRun(func() { defer kv.Close(); r.consumeKv(rctx, kv) })
 		r.goRun(func() { defer load.Close(); r.consumeLoad(rctx, load) })
 		r.goRun(func() { r.resyncLoop(rctx) })
@@ -425,21 +436,6 @@ func (r *KVRouter) onGap(g events.Gap) {
 func (r *KVRouter) consumeKv(ctx context.Context, sub *events.Subscription[llm.KvEvent]) {
 	for ev, err := range sub.Events(ctx) {
 		if err != nil {
-			var le *events.LossError
-			if errors.As(err, &le) {
-				if le.Dropped > 0 {
-					// Our own buffer dropped events: we cannot tell whose,
-					// so every worker's view is fetched again.
-					r.mu.Lock()
-					for _, w := range r.workers {
-						if !w.resyncing {
-							r.scheduleResync(w)
-						}
-					}
-					r.mu.Unlock()
-				}
-				continue
-			}
 			r.rt.Logger().Warn("kvrouter: kv_events subscription ended", "err", err)
 			return
 		}

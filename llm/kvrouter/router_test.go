@@ -177,6 +177,77 @@ func TestKVRouterResyncsAfterAGapInEventIDs(t *testing.T) {
 	synced(t, r, s.cluster)
 }
 
+// TestKVRouterHoldsEventsBackWhileItFallsBehind stalls the router's
+// reader (the test holds the router's lock, which applying an event
+// takes) while a worker publishes three times the events the
+// subscription's buffer holds. None may be dropped: once the reader goes
+// on, every event applies in order, with no gap and no fetch of a block
+// set.
+func TestKVRouterHoldsEventsBackWhileItFallsBehind(t *testing.T) {
+	s := newSystem(t, 1, warmCfg())
+	r := s.router(KV, Config{}).(*KVRouter)
+	synced(t, r, s.cluster)
+	ctx := testutil.Timeout(t, 20*time.Second)
+
+	// A worker known to the router by its events alone.
+	const id = 0xfeed
+	d := memory.New()
+	defer d.Close()
+	fake, err := loom.NewRuntime(ctx, loom.WithConfig(s.Config), loom.WithDiscovery(d), loom.WithInstanceID(id), loom.WithLogger(loomtest.Quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fake.Shutdown(context.Background())
+	pub, err := events.NewPublisher[llm.KvEvent](ctx, fake, events.Scope{Namespace: llm.DefaultNamespace, Component: llm.WorkerComponent}, llm.TopicKvEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Shutdown(context.Background())
+	before := r.Stats()
+	buf := s.fe.Config().Events.BufferSize
+	n := 3 * buf
+
+	r.mu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			r.mu.Unlock()
+		}
+	}()
+	for i := range n {
+		if err := pub.Publish(ctx, llm.KvEvent{EventID: uint64(i + 1), Stored: &llm.KvStored{BlockHashes: []uint64{uint64(i+1) << 8}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pub.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The reader holds one event, waiting for the lock; the buffer fills
+	// behind it and one more event waits to enter.
+	testutil.Eventually(t, 10*time.Second, "the kv_events subscription's buffer to fill", func() bool {
+		return r.kvEvents.Stats().Received > uint64(buf)
+	})
+	r.mu.Unlock()
+	locked = false
+
+	testutil.Eventually(t, 10*time.Second, "every event applied, or one dropped", func() bool {
+		st := r.Stats()
+		i := slices.IndexFunc(st.Workers, func(ws WorkerStats) bool { return ws.ID == id })
+		return i >= 0 && st.Workers[i].LastEventID == uint64(n) || r.kvEvents.Stats().Dropped > 0
+	})
+	st, sub := r.Stats(), r.kvEvents.Stats()
+	if sub.Dropped != 0 || st.Gaps != before.Gaps || st.Resyncs != before.Resyncs || st.EventsApplied-before.EventsApplied != uint64(n) {
+		t.Fatalf("after a stall over %d events: subscription %+v; router applied %d, gaps %d -> %d, resyncs %d -> %d; want nothing dropped, every event applied, no gap, no resync",
+			n, sub, st.EventsApplied-before.EventsApplied, before.Gaps, st.Gaps, before.Resyncs, st.Resyncs)
+	}
+	r.mu.RLock()
+	held := len(r.idx.held[id])
+	r.mu.RUnlock()
+	if held != n {
+		t.Fatalf("the index holds %d blocks of the worker, want %d", held, n)
+	}
+}
+
 func TestKVRouterDropsWorkersThatLeave(t *testing.T) {
 	s := newSystem(t, 3, warmCfg())
 	rr := s.router(KV, Config{})
