@@ -437,6 +437,9 @@ func printSummary(w io.Writer, r benchReport, runs int) {
 		counts := slices.Sorted(maps.Values(r.PerWorker))
 		fmt.Fprintf(w, "  per worker    %d workers: min %d, median %d, max %d requests\n", len(counts), counts[0], counts[len(counts)/2], counts[len(counts)-1])
 	}
+	if rs := r.KvEvents; rs != nil {
+		fmt.Fprintf(w, "  kv_events     %d received, %d dropped, %d gaps, %d block sets fetched\n", rs.Received, rs.Dropped, rs.Gaps, rs.Resyncs)
+	}
 	if r.Churn != nil {
 		fmt.Fprintf(w, "  churn         %d workers killed, %d started\n", r.Churn.Killed, r.Churn.Started)
 	}

@@ -198,6 +198,9 @@ func (s *stack) StartMeasuring(profile string) error {
 // count and the frontend's CPU time per request. Migrations come from
 // the frontend's X-Loom-Migrations trailer, as against a URL.
 func (s *stack) Report(res *bench.Result) {
+	if st := s.kv.Stats(); st.Name == kvrouter.KV {
+		res.KvEvents = &bench.KvEventStats{Received: st.EventsReceived, Dropped: st.EventsDropped, Gaps: st.Gaps, Resyncs: st.Resyncs}
+	}
 	res.PerWorker = map[string]int{}
 	s.mu.Lock()
 	for _, w := range s.workers {

@@ -99,7 +99,7 @@ func TestLLMBenchMeasuresAFrontendByURL(t *testing.T) {
 
 func TestLLMBenchComparesRoutersInProcess(t *testing.T) {
 	o := testBenchOptions()
-	o.workers, o.routers, o.runs, o.requests, o.json = 2, "round_robin,random", 2, 12, true
+	o.workers, o.routers, o.runs, o.requests, o.json = 2, "kv,round_robin", 2, 12, true
 	o.cpuProfile = filepath.Join(t.TempDir(), "cpu.pprof")
 	var out bytes.Buffer
 	if err := runBench(context.Background(), &out, io.Discard, o, true); err != nil {
@@ -114,19 +114,33 @@ func TestLLMBenchComparesRoutersInProcess(t *testing.T) {
 			Requests, Completed int
 			Router              string
 			Runs                []json.RawMessage
-			Front               *float64 `json:"frontend_cpu_ms_per_request"`
+			Front               *float64            `json:"frontend_cpu_ms_per_request"`
+			KvEvents            *bench.KvEventStats `json:"kv_events"`
 		} `json:"by_router"`
 	}
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
 		t.Fatalf("%v\n%s", err, &out)
 	}
-	if strings.Join(r.Routers, ",") != "round_robin,random" || len(r.ByRouter) != 2 {
+	if strings.Join(r.Routers, ",") != "kv,round_robin" || len(r.ByRouter) != 2 {
 		t.Fatalf("routers %v, by_router %d entries:\n%s", r.Routers, len(r.ByRouter), &out)
 	}
 	for name, rep := range r.ByRouter {
 		if rep.Router != name || rep.Requests != 24 || rep.Completed != 24 || len(rep.Runs) != 2 || rep.Front == nil {
 			t.Errorf("%s: %+v, want 2 runs of 12 completed requests with the frontend's CPU", name, rep)
 		}
+	}
+	// The kv router reports the workers' kv_events: each run's 2 workers
+	// had their block sets fetched as they appeared, nothing was dropped.
+	if ev := r.ByRouter["kv"].KvEvents; ev == nil || ev.Received == 0 || ev.Dropped != 0 || ev.Gaps != 0 || ev.Resyncs < 4 {
+		t.Errorf("kv: kv_events %+v, want events received over 2 runs, none dropped, no gap, a block set fetched per worker and run", ev)
+	}
+	if ev := r.ByRouter["round_robin"].KvEvents; ev != nil {
+		t.Errorf("round_robin reports kv_events %+v; it reads none", ev)
+	}
+	var sum bytes.Buffer
+	printSummary(&sum, benchReport{Result: &bench.Result{KvEvents: &bench.KvEventStats{Received: 120, Dropped: 3, Gaps: 2, Resyncs: 10}}, Router: "kv", Workers: 2}, 1)
+	if want := "kv_events     120 received, 3 dropped, 2 gaps, 10 block sets fetched"; !strings.Contains(sum.String(), want) {
+		t.Errorf("summary lacks %q:\n%s", want, &sum)
 	}
 }
 

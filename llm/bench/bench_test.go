@@ -482,9 +482,14 @@ func TestMediansTotalCountsAndTakeMedianRates(t *testing.T) {
 		{Requests: 10, Completed: 10, Errors: map[string]int{}, RequestsPerS: 7, TTFT: Percentiles{P50: 10, N: 10}, KvHitRate: 0.7, FrontendCPUMsPerRequest: cpu(1), PerWorker: map[string]int{"a": 4, "b": 6}},
 		{Requests: 10, Completed: 8, Unfinished: 1, Errors: map[string]int{"http_429": 1}, RequestsPerS: 6, TTFT: Percentiles{P50: 20, N: 8}, KvHitRate: 0.6, FrontendCPUMsPerRequest: cpu(2), PerWorker: map[string]int{"b": 8}},
 	}
+	runs[1].KvEvents = &KvEventStats{Received: 100, Dropped: 1, Gaps: 1, Resyncs: 3}
+	runs[2].KvEvents = &KvEventStats{Received: 50, Resyncs: 2}
 	m := Medians(runs)
 	if m.Requests != 30 || m.Completed != 27 || m.Unfinished != 1 || m.Errors["http_429"] != 2 || m.PerWorker["a"] != 13 || m.PerWorker["b"] != 14 {
 		t.Errorf("counts %+v: want totals over the runs", m)
+	}
+	if ev := m.KvEvents; ev == nil || *ev != (KvEventStats{Received: 150, Dropped: 1, Gaps: 1, Resyncs: 5}) {
+		t.Errorf("kv_events %+v: want the totals of the runs that report them", ev)
 	}
 	if m.RequestsPerS != 6 || m.TTFT.P50 != 20 || m.TTFT.N != 27 || m.KvHitRate != 0.6 || *m.FrontendCPUMsPerRequest != 2 || len(m.Runs) != 3 {
 		t.Errorf("medians %+v: want 6 req/s, ttft p50 20, kv 0.6, cpu 2, 3 runs kept", m)

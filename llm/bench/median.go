@@ -3,10 +3,10 @@ package bench
 import "maps"
 
 // Medians combines the results of repeated runs of one configuration:
-// counts (requests, completed, errors, unfinished, migrated, per worker)
-// are totals over the runs, so that no failure hides; latencies, rates,
-// hit rates and CPU costs are the medians of the runs' values. The runs
-// are kept in Runs. One run is returned as it is.
+// counts (requests, completed, errors, unfinished, migrated, per worker,
+// the router's event counts) are totals over the runs, so that no failure
+// hides; latencies, rates, hit rates and CPU costs are the medians of the
+// runs' values. The runs are kept in Runs. One run is returned as it is.
 func Medians(runs []*Result) *Result {
 	if len(runs) == 1 {
 		return runs[0]
@@ -43,6 +43,15 @@ func Medians(runs []*Result) *Result {
 			out.PerWorker[k] += v
 		}
 		maps.Copy(out.ErrorSamples, r.ErrorSamples)
+		if rs := r.KvEvents; rs != nil {
+			if out.KvEvents == nil {
+				out.KvEvents = &KvEventStats{}
+			}
+			out.KvEvents.Received += rs.Received
+			out.KvEvents.Dropped += rs.Dropped
+			out.KvEvents.Gaps += rs.Gaps
+			out.KvEvents.Resyncs += rs.Resyncs
+		}
 	}
 	out.TTFT = pct(func(r *Result) *Percentiles { return &r.TTFT })
 	out.ITL = pct(func(r *Result) *Percentiles { return &r.ITL })

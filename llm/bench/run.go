@@ -105,10 +105,27 @@ type Result struct {
 	// CPUByPart splits ProcessCPUMsPerRequest between the parts of an
 	// in-process run (see CPUSplit).
 	CPUByPart map[string]float64 `json:"cpu_ms_per_request_by_part,omitempty"`
+	// KvEvents is set in-process with the kv router: what it saw of the
+	// workers' kv_events.
+	KvEvents *KvEventStats `json:"kv_events,omitempty"`
 	// Runs holds each run's result when this one is their medians.
 	Runs []*Result `json:"runs,omitempty"`
 	// ErrorSamples holds a few error messages, one per kind.
 	ErrorSamples map[string]string `json:"error_samples,omitempty"`
+}
+
+// KvEventStats counts what a kv router saw of the workers' kv_events
+// during a run (see kvrouter.Stats).
+type KvEventStats struct {
+	// Received counts the events its subscription received; Dropped
+	// those dropped before it could read them.
+	Received uint64 `json:"received"`
+	Dropped  uint64 `json:"dropped"`
+	// Gaps counts gaps in the workers' event sequences, and Resyncs the
+	// block sets fetched to replace a worker's view (one per worker as it
+	// appears, one per gap).
+	Gaps    uint64 `json:"gaps"`
+	Resyncs uint64 `json:"resyncs"`
 }
 
 // MigratedStats describes migrated requests.

@@ -105,6 +105,11 @@ type Stats struct {
 	// IndexBlocks counts the distinct blocks in the index; IndexEntries
 	// the (block, worker) pairs.
 	IndexBlocks, IndexEntries int
+	// EventsReceived counts the kv_events the router's subscription
+	// received; EventsDropped those its transport dropped before the
+	// router could read them (on core NATS, when the NATS client's buffer
+	// for the subscription was full): each leaves a gap.
+	EventsReceived, EventsDropped uint64
 	// EventsApplied counts kv_events applied to the index; EventsStale
 	// those ignored as already applied or covered by a fetched block set
 	// (their id was not new).
@@ -881,6 +886,10 @@ func (r *KVRouter) Stats() Stats {
 		Name: r.name, EventsApplied: r.applied.Load(), EventsStale: r.stale.Load(), EventsDiscarded: r.discarded.Load(),
 		Gaps: r.gaps.Load(), Resyncs: r.resyncs.Load(), ResyncFailures: r.resyncFails.Load(),
 		Decisions: r.decisions.Load(), PromptBlocks: r.promptBlocks.Load(), OverlapBlocks: r.overlapBlocks.Load(),
+	}
+	if r.kvEvents != nil {
+		es := r.kvEvents.Stats()
+		s.EventsReceived, s.EventsDropped = es.Received, es.Dropped
 	}
 	r.mu.RLock()
 	s.IndexBlocks, s.IndexEntries = len(r.idx.blocks), r.idx.entries
