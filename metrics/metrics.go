@@ -2,7 +2,8 @@
 // (not the global one), so a program can serve it, merge it or ignore it.
 // Every metric is declared in this package, one file per plane: requests
 // and background tasks here, work queues in queue.go, events in events.go,
-// canary health checks in health.go, the LLM frontend's in llmfrontend.go.
+// canary health checks in health.go, the LLM frontend's in llmfrontend.go,
+// the KV router's in kvrouter.go.
 // The counts every request updates are striped over cache lines
 // (striped.go), so that requests on many cores do not all write the same
 // words; a collector sums them at scrape time.
@@ -43,8 +44,9 @@ type Metrics struct {
 	limitHits  *prometheus.CounterVec
 	stalls     *prometheus.CounterVec
 
-	events eventMetrics  // the event plane's, registered on first use (events.go)
-	health healthMetrics // canary health checks', registered on first use (health.go)
+	events    eventMetrics    // the event plane's, registered on first use (events.go)
+	health    healthMetrics   // canary health checks', registered on first use (health.go)
+	kvRouters kvRouterMetrics // the KV routers', registered on first use (kvrouter.go)
 
 	mu        sync.Mutex
 	endpoints map[[3]string]*Endpoint

@@ -16,6 +16,7 @@ import (
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/events"
 	"github.com/loomrt/loom/llm"
+	"github.com/loomrt/loom/metrics"
 )
 
 // Router names accepted by New.
@@ -242,6 +243,7 @@ type KVRouter struct {
 
 	blocks   *loom.Client[llm.KvBlocksRequest, llm.KvSnapshot]
 	kvEvents *events.Subscription[llm.KvEvent] // nil without events (kv_approx)
+	metrics  *metrics.KVRouterSource
 }
 
 type workerState struct {
@@ -349,8 +351,25 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 		r.goRun(func() { r.resyncLoop(rctx) })
 	}
 	r.goRun(func() { r.maintain(rctx) })
+	r.metrics = rt.Metrics().KVRouter(r.name, r.counts)
 	ok = true
 	return r, nil
+}
+
+// counts reads the router's metrics (docs/llm.md lists them).
+func (r *KVRouter) counts() metrics.KVRouterCounts {
+	c := metrics.KVRouterCounts{
+		Decisions: r.decisions.Load(), PromptBlocks: r.promptBlocks.Load(), OverlapBlocks: r.overlapBlocks.Load(),
+		EventsApplied: r.applied.Load(), EventsStale: r.stale.Load(), EventsDiscarded: r.discarded.Load(),
+		Gaps: r.gaps.Load(), Resyncs: r.resyncs.Load(), ResyncFailures: r.resyncFails.Load(),
+	}
+	if r.kvEvents != nil {
+		c.EventsDropped = r.kvEvents.Stats().Dropped
+	}
+	r.mu.RLock()
+	c.IndexBlocks, c.Workers = len(r.idx.blocks), len(r.workers)
+	r.mu.RUnlock()
+	return c
 }
 
 func (r *KVRouter) goRun(fn func()) {
@@ -367,6 +386,9 @@ func (r *KVRouter) Close() error {
 	r.wg.Wait()
 	if r.blocks != nil {
 		r.blocks.Close()
+	}
+	if r.metrics != nil {
+		r.metrics.Unregister()
 	}
 	return nil
 }
