@@ -356,20 +356,16 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 	return r, nil
 }
 
-// counts reads the router's metrics (docs/llm.md lists them).
+// counts reads the router's metrics (docs/llm.md lists them) from its
+// Stats, at each scrape.
 func (r *KVRouter) counts() metrics.KVRouterCounts {
-	c := metrics.KVRouterCounts{
-		Decisions: r.decisions.Load(), PromptBlocks: r.promptBlocks.Load(), OverlapBlocks: r.overlapBlocks.Load(),
-		EventsApplied: r.applied.Load(), EventsStale: r.stale.Load(), EventsDiscarded: r.discarded.Load(),
-		Gaps: r.gaps.Load(), Resyncs: r.resyncs.Load(), ResyncFailures: r.resyncFails.Load(),
+	s := r.Stats()
+	return metrics.KVRouterCounts{
+		Decisions: s.Decisions, PromptBlocks: s.PromptBlocks, OverlapBlocks: s.OverlapBlocks,
+		EventsApplied: s.EventsApplied, EventsStale: s.EventsStale, EventsDiscarded: s.EventsDiscarded, EventsDropped: s.EventsDropped,
+		Gaps: s.Gaps, Resyncs: s.Resyncs, ResyncFailures: s.ResyncFailures,
+		IndexBlocks: s.IndexBlocks, Workers: len(s.Workers),
 	}
-	if r.kvEvents != nil {
-		c.EventsDropped = r.kvEvents.Stats().Dropped
-	}
-	r.mu.RLock()
-	c.IndexBlocks, c.Workers = len(r.idx.blocks), len(r.workers)
-	r.mu.RUnlock()
-	return c
 }
 
 func (r *KVRouter) goRun(fn func()) {
