@@ -174,3 +174,78 @@ func TestAdminAddOffloadsLikeEnqueue(t *testing.T) {
 		t.Fatalf("Admin.Add on a queue with large_payloads=reject: %v; want a TooLargeError naming the limit", err)
 	}
 }
+
+// TestNewCreatesTheStreamsTheDocsDescribe holds docs/queues.md's "The
+// streams": the queue's stream on <name>.queue with WorkQueue retention,
+// DiscardNew (a full queue refuses a job with the server's error, which
+// Enqueue retries until its deadline, rather than dropping one), the
+// configured limits, a 2-minute duplicate window and loom.kind=queue; the
+// dead-letter stream <name>_dlq on loom.dlq.<name> with limits retention
+// kept for dead_letter_max_age; and the consumer worker-group, made by the
+// first Dequeue and not by a producer, with no server-side MaxDeliver.
+func TestNewCreatesTheStreamsTheDocsDescribe(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.MaxMsgs = 2
+	q := newQueue[job](t, nc, cfg)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 20*time.Second)
+	s, err := js.Stream(ctx, cfg.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := s.CachedInfo().Config
+	if len(sc.Subjects) != 1 || sc.Subjects[0] != cfg.Name+".queue" || sc.Retention != jetstream.WorkQueuePolicy ||
+		sc.Discard != jetstream.DiscardNew || sc.MaxMsgs != 2 || sc.Duplicates != 2*time.Minute || sc.Metadata["loom.kind"] != "queue" {
+		t.Errorf("queue stream: subjects %v, retention %v, discard %v, max_msgs %d, duplicates %v, metadata %v; want [%s.queue], WorkQueue, DiscardNew, 2, 2m0s, loom.kind=queue",
+			sc.Subjects, sc.Retention, sc.Discard, sc.MaxMsgs, sc.Duplicates, sc.Metadata, cfg.Name)
+	}
+	d, err := js.Stream(ctx, cfg.Name+"_dlq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc := d.CachedInfo().Config
+	if len(dc.Subjects) != 1 || dc.Subjects[0] != "loom.dlq."+cfg.Name || dc.Retention != jetstream.LimitsPolicy || dc.MaxAge != 720*time.Hour {
+		t.Errorf("dead-letter stream: subjects %v, retention %v, max_age %v; want [loom.dlq.%s], Limits, 720h0m0s (dead_letter_max_age)",
+			dc.Subjects, dc.Retention, dc.MaxAge, cfg.Name)
+	}
+
+	for i := range 2 {
+		if err := q.Enqueue(ctx, job{ID: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	full, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := q.Enqueue(full, job{ID: 2}); err == nil || !strings.Contains(err.Error(), "maximum messages exceeded") {
+		t.Errorf("enqueue to a full queue: %v; want the server's refusal (maximum messages exceeded)", err)
+	}
+	if info, err := s.Info(ctx); err != nil || info.State.Msgs != 2 {
+		t.Errorf("the full queue holds %+v, %v; want its 2 first jobs, none dropped", info.State, err)
+	}
+
+	if _, err := js.Consumer(ctx, cfg.Name, "worker-group"); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Fatalf("consumer after enqueueing only: %v; want none (producers never touch it)", err)
+	}
+	j, err := q.Dequeue(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Value.ID != 0 {
+		t.Errorf("dequeued job %d, want 0", j.Value.ID)
+	}
+	if err := j.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c, err := js.Consumer(ctx, cfg.Name, "worker-group")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := c.CachedInfo().Config
+	if cc.MaxDeliver != -1 || cc.AckPolicy != jetstream.AckExplicitPolicy || cc.FilterSubject != cfg.Name+".queue" {
+		t.Errorf("consumer: max_deliver %d, ack %v, filter %q; want -1 (Loom counts attempts), explicit, %s.queue", cc.MaxDeliver, cc.AckPolicy, cc.FilterSubject, cfg.Name)
+	}
+}

@@ -216,3 +216,46 @@ func TestAdmissionIdleRacingTheLastDone(t *testing.T) {
 		}
 	}
 }
+
+// TestAdmissionDefaultsAndQueueOrder holds docs/protocol.md's figures for a
+// server configured with nothing (10,000 handlers, a queue of 1,024 streams
+// holding at most 64 MiB, 256 MiB for running requests, half the handler
+// slots per connection) and its word that the queue is FIFO: streams leave
+// it in the order they came, also across the queue's compaction.
+func TestAdmissionDefaultsAndQueueOrder(t *testing.T) {
+	want := Limits{MaxRunning: 10000, QueueSize: 1024, MaxQueuedBytes: 64 << 20, MaxRunningBytes: 256 << 20, MaxPerPeer: 5000}
+	if got := newAdm(Limits{}).Limits(); got != want {
+		t.Fatalf("default limits %+v, want %+v", got, want)
+	}
+
+	a := newAdm(Limits{MaxRunning: 1, QueueSize: 4000})
+	if got, _ := a.Admit(&item{id: -1}, 1, nil); got != Run {
+		t.Fatalf("first stream: %v, want Run", got)
+	}
+	next := 0 // the id the queue should hand out next
+	admitted := 0
+	admit := func(n int) {
+		for range n {
+			if got, msg := a.Admit(&item{id: admitted}, 1, nil); got != Queued {
+				t.Fatalf("stream %d: %v (%s), want Queued", admitted, got, msg)
+			}
+			admitted++
+		}
+	}
+	done := func(n int) {
+		for range n {
+			st, _, _, ok := a.Done(1, nil)
+			if !ok || st.id != next {
+				t.Fatalf("Done handed out %+v, %v; want stream %d (FIFO)", st, ok, next)
+			}
+			next++
+		}
+	}
+	admit(2000)
+	done(1100) // past the point where the next Admit compacts the queue
+	admit(1500)
+	done(admitted - next)
+	if a.Waiting() != 0 {
+		t.Fatalf("%d streams still wait", a.Waiting())
+	}
+}

@@ -246,10 +246,16 @@ func TestEndMessageIsTruncatedAtARuneBoundary(t *testing.T) {
 
 func TestCodes(t *testing.T) {
 	// The values are the protocol: this test is the guard against renumbering.
-	want := map[Code]string{0: "OK", 1: "Application", 2: "NotFound", 3: "Overloaded", 4: "Draining", 5: "Cancelled", 6: "DeadlineExceeded", 7: "Internal", 8: "Protocol", 9: "BadRequest", 10: "Reset", 99: "Code(99)"}
+	want := map[Code]string{0: "OK", 1: "Application", 2: "NotFound", 3: "Overloaded", 4: "Draining", 5: "Cancelled", 6: "DeadlineExceeded", 7: "Internal", 8: "Protocol", 9: "BadRequest", 10: "Reset", 11: "Refused", 12: "TooLarge", 99: "Code(99)"}
 	for c, s := range want {
 		if c.String() != s {
 			t.Errorf("Code(%d).String() = %q, want %q", c, c.String(), s)
+		}
+	}
+	// docs/protocol.md's table: each constant has its number.
+	for n, c := range []Code{CodeOK, CodeApplication, CodeNotFound, CodeOverloaded, CodeDraining, CodeCancelled, CodeDeadlineExceeded, CodeInternal, CodeProtocol, CodeBadRequest, CodeReset, CodeRefused, CodeTooLarge} {
+		if c != Code(n) {
+			t.Errorf("%v is %d, want %d", c, c, n)
 		}
 	}
 	if !CodeOverloaded.Retryable() || !CodeDraining.Retryable() || CodeApplication.Retryable() {
