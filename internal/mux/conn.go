@@ -552,6 +552,7 @@ type keepalive struct {
 // waiting for their first response go elsewhere while keepalive decides
 // the fate of the others. Any byte, a PONG or a frame of any stream, ends
 // the suspicion: a live server answers a PING however busy its handlers.
+// On Linux a byte that arrived and waits unread counts too.
 func (c *conn) keepalive(ka *keepalive) (alive, soon bool) {
 	now := time.Now()
 	if c.lim.idle > 0 && !c.idleCheck(ka, now) {
@@ -571,7 +572,16 @@ func (c *conn) keepalive(ka *keepalive) (alive, soon bool) {
 	// Fast checks go on for a while after the last stream, so that a
 	// steady caller's next stream finds them running without a poke.
 	soon = c.lim.stall > 0 && now.Sub(ka.lastBusy) < c.kaInterval
-	if n := c.reads.Load(); n != ka.lastReads {
+	n := c.reads.Load()
+	heard := n != ka.lastReads
+	if !heard && !ka.pingSent.IsZero() && peerBytesWaiting(c.nc) {
+		// The peer's bytes wait in the kernel, unread: our reader has not
+		// run (this process is short of CPU), the peer is alive. Judged
+		// frozen, its waiting calls would go elsewhere and new ones avoid
+		// it for nothing, or keepalive would close the connection.
+		heard = true
+	}
+	if heard {
 		ka.lastReads, ka.lastActive, ka.pingSent = n, now, time.Time{}
 		if c.lim.stall > 0 {
 			ka.writtenAtRead = c.written.Load()
