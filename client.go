@@ -49,8 +49,9 @@ type clientOptions struct {
 
 // usable reports whether cand should get new requests: its connection has
 // not failed lately, its server has not sent GOAWAY nor stopped answering
-// lately. It reads the clock only if cand was avoided at some point.
-func usable(cand *Candidate) bool {
+// lately. It reads the clock only if cand was avoided at some point, and
+// then once per *now (0 until read).
+func usable(cand *Candidate, now *int64) bool {
 	until := cand.avoidUntil.Load()
 	if a := cand.addr; a != nil {
 		if a.Draining() {
@@ -58,7 +59,13 @@ func usable(cand *Candidate) bool {
 		}
 		until = max(until, a.StalledUntil())
 	}
-	return until == 0 || until <= time.Now().UnixNano()
+	if until == 0 {
+		return true
+	}
+	if *now == 0 {
+		*now = time.Now().UnixNano()
+	}
+	return until <= *now
 }
 
 // WithPicker routes requests with p instead of the picker named by
@@ -355,21 +362,28 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 	}
 }
 
-// choose asks the picker, steering away from instances that failed lately
-// or are draining while others are available.
+// choose asks the picker among the instances that should get new
+// requests (see usable), or among all of them if none should. The picker
+// is asked once: a picker that scores every candidate (the KV router)
+// would otherwise score them again whenever it chose one to avoid.
 func (c *clientCore) choose(ctx context.Context, list []*Candidate) (*Candidate, error) {
-	cand, err := c.picker.Pick(ctx, list)
-	if err == nil && cand != nil && !usable(cand) {
-		ok := make([]*Candidate, 0, len(list))
-		for _, l := range list {
-			if usable(l) {
+	var now int64
+	for i, cand := range list {
+		if usable(cand, &now) {
+			continue
+		}
+		ok := append(make([]*Candidate, 0, len(list)-1), list[:i]...)
+		for _, l := range list[i+1:] {
+			if usable(l, &now) {
 				ok = append(ok, l)
 			}
 		}
 		if len(ok) > 0 {
-			cand, err = c.picker.Pick(ctx, ok)
+			list = ok
 		}
+		break
 	}
+	cand, err := c.picker.Pick(ctx, list)
 	if err != nil {
 		return nil, fmt.Errorf("loom: %s: picker: %w", c.path, err)
 	}

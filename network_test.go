@@ -166,9 +166,12 @@ func TestNetworkFailures(t *testing.T) {
 		dying, p := behindProxy(t, c, "fail/retry/gen", g.handler(true))
 		healthy := c.runtime()
 		serve(t, healthy, "fail/retry/gen", echoID(healthy))
+		var picks, offered atomic.Int32 // Pick calls, and those offered the dying instance
 		preferDying := loom.PickerFunc(func(_ context.Context, cs []*loom.Candidate) (*loom.Candidate, error) {
+			picks.Add(1)
 			for _, cand := range cs {
 				if cand.ID == dying.ID() {
+					offered.Add(1)
 					return cand, nil
 				}
 			}
@@ -182,12 +185,18 @@ func TestNetworkFailures(t *testing.T) {
 			t.Fatalf("got %v, %v; want the call retried on the healthy instance", got, err)
 		}
 		// The failed instance is avoided while the cooldown lasts, even by
-		// a picker that prefers it: no request reaches its handler.
+		// a picker that prefers it: no request reaches its handler. The
+		// picker is asked once per call, and not offered it.
+		picks.Store(0)
+		offered.Store(0)
 		for range 5 {
 			got, err := collect(cl.Generate(context.Background(), 1))
 			if err != nil || got[0] != healthy.ID() {
 				t.Fatalf("got %v, %v; want the healthy instance while the other is avoided", got, err)
 			}
+		}
+		if n, o := picks.Load(), offered.Load(); n != 5 || o != 0 {
+			t.Errorf("5 calls asked the picker %d times and offered it the avoided instance %d times; want 5 and 0", n, o)
 		}
 		select {
 		case <-g.entered:
