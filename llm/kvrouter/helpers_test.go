@@ -9,6 +9,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/discovery/memory"
+	"github.com/loomrt/loom/events"
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/mocker"
@@ -44,6 +46,25 @@ func newSystem(t tb, workers int, wc mocker.Config) *system {
 	})
 	s.fe = s.Runtime()
 	return s
+}
+
+// kvPublisher returns a kv_events publisher speaking as the worker with
+// instance id, from a runtime of its own on the system's NATS.
+func (s *system) kvPublisher(ctx context.Context, id uint64) *events.Publisher[llm.KvEvent] {
+	s.t.Helper()
+	d := memory.New()
+	s.t.Cleanup(func() { d.Close() })
+	rt, err := loom.NewRuntime(ctx, loom.WithConfig(s.Config), loom.WithDiscovery(d), loom.WithInstanceID(id), loom.WithLogger(loomtest.Quiet))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { rt.Shutdown(context.Background()) })
+	pub, err := events.NewPublisher[llm.KvEvent](ctx, rt, events.Scope{Namespace: llm.DefaultNamespace, Component: llm.WorkerComponent}, llm.TopicKvEvents)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { pub.Shutdown(context.Background()) })
+	return pub
 }
 
 // client returns a client of the workers' generate endpoint routing with

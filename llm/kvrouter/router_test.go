@@ -1,7 +1,6 @@
 package kvrouter
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"slices"
@@ -9,12 +8,10 @@ import (
 	"time"
 
 	"github.com/loomrt/loom"
-	"github.com/loomrt/loom/discovery/memory"
 	"github.com/loomrt/loom/events"
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/mocker"
-	"github.com/loomrt/loom/loomtest"
 )
 
 // synced waits until the router's view of every worker has caught up
@@ -120,18 +117,7 @@ func TestKVRouterResyncsAfterAGapInEventIDs(t *testing.T) {
 	before := r.Stats()
 
 	// A runtime with the worker's instance id publishes the bad event.
-	d := memory.New()
-	defer d.Close()
-	fake, err := loom.NewRuntime(ctx, loom.WithConfig(s.Config), loom.WithDiscovery(d), loom.WithInstanceID(w.ID()), loom.WithLogger(loomtest.Quiet))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Shutdown(context.Background())
-	pub, err := events.NewPublisher[llm.KvEvent](ctx, fake, events.Scope{Namespace: llm.DefaultNamespace, Component: llm.WorkerComponent}, llm.TopicKvEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Shutdown(context.Background())
+	pub := s.kvPublisher(ctx, w.ID())
 	const bogus = 0xdeadbeef
 	if err := pub.Publish(ctx, llm.KvEvent{EventID: w.Stats().KvEvents + 3, Stored: &llm.KvStored{BlockHashes: []uint64{bogus}}}); err != nil {
 		t.Fatal(err)
@@ -191,18 +177,7 @@ func TestKVRouterHoldsEventsBackWhileItFallsBehind(t *testing.T) {
 
 	// A worker known to the router by its events alone.
 	const id = 0xfeed
-	d := memory.New()
-	defer d.Close()
-	fake, err := loom.NewRuntime(ctx, loom.WithConfig(s.Config), loom.WithDiscovery(d), loom.WithInstanceID(id), loom.WithLogger(loomtest.Quiet))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fake.Shutdown(context.Background())
-	pub, err := events.NewPublisher[llm.KvEvent](ctx, fake, events.Scope{Namespace: llm.DefaultNamespace, Component: llm.WorkerComponent}, llm.TopicKvEvents)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Shutdown(context.Background())
+	pub := s.kvPublisher(ctx, id)
 	before := r.Stats()
 	buf := s.fe.Config().Events.BufferSize
 	n := 3 * buf

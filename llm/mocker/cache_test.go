@@ -34,33 +34,42 @@ func replay(t *testing.T, set map[uint64]bool, last *uint64, evs []llm.KvEvent) 
 	}
 }
 
+// hold takes the chain of blocks hs for a request and announces them, as
+// a finished prefill does; free releases them, as the request's end does.
+func hold(c *kvCache, hs ...uint64) {
+	acquireChain(c, hs)
+	c.announce(0, hs)
+}
+
+// acquireChain takes a reference on each block of the chain hs.
+func acquireChain(c *kvCache, hs []uint64) {
+	var p uint64
+	for _, h := range hs {
+		c.acquire(h, p)
+		p = h
+	}
+}
+
+func free(c *kvCache, hs ...uint64) {
+	for _, h := range slices.Backward(hs) {
+		c.release(h)
+	}
+}
+
 func TestCacheEvictsLeastRecentlyUsedUnreferencedBlocks(t *testing.T) {
 	c := newKvCache(4)
-	hold := func(hs ...uint64) {
-		var p uint64
-		for _, h := range hs {
-			c.acquire(h, p)
-			p = h
-		}
-		c.announce(0, hs)
-	}
-	free := func(hs ...uint64) {
-		for i := len(hs) - 1; i >= 0; i-- {
-			c.release(hs[i])
-		}
-	}
-	hold(1, 2)
-	hold(1, 3) // shares block 1
+	hold(c, 1, 2)
+	hold(c, 1, 3) // shares block 1
 	if c.used() != 3 || c.activeBlocks() != 3 {
 		t.Fatalf("after two requests sharing a block: used %d active %d, want 3 and 3", c.used(), c.activeBlocks())
 	}
-	free(1, 2)
+	free(c, 1, 2)
 	if c.free != 1 {
 		t.Fatalf("block 1 is still held by the second request, but %d blocks are free", c.free)
 	}
-	free(1, 3)
+	free(c, 1, 3)
 	// Free order, oldest first: 2, then 3, then 1 (a tail before its prefix).
-	hold(10, 11)
+	hold(c, 10, 11)
 	c.takePrivate() // 5 slots wanted: two evictions
 	set, last := map[uint64]bool{}, uint64(0)
 	replay(t, set, &last, c.takeEvents())
@@ -103,11 +112,7 @@ func TestCacheEventsReplayToSnapshot(t *testing.T) {
 			if !c.fits(hs) {
 				continue
 			}
-			var p uint64
-			for _, h := range hs {
-				c.acquire(h, p)
-				p = h
-			}
+			acquireChain(c, hs)
 			c.takePrivate()
 			if r.IntN(4) > 0 {
 				c.announce(0, hs)
@@ -145,20 +150,11 @@ func TestCacheEventsReplayToSnapshot(t *testing.T) {
 
 func TestCacheMergesPendingEvictions(t *testing.T) {
 	c := newKvCache(4)
-	hold := func(hs ...uint64) {
-		var p uint64
-		for _, h := range hs {
-			c.acquire(h, p)
-			p = h
-		}
-		c.announce(0, hs)
-		for i := len(hs) - 1; i >= 0; i-- {
-			c.release(hs[i])
-		}
-	}
-	hold(1, 2, 3, 4)
+	hold(c, 1, 2, 3, 4)
+	free(c, 1, 2, 3, 4)
 	c.takeEvents()
-	hold(5, 6, 7) // three evictions, one block each
+	hold(c, 5, 6, 7) // three evictions, one block each
+	free(c, 5, 6, 7)
 	evs := c.takeEvents()
 	if len(evs) != 2 || evs[0].Removed == nil || len(evs[0].Removed.BlockHashes) != 3 || evs[1].Stored == nil {
 		t.Fatalf("three evictions then a store made %+v; want one Removed of 3 blocks, then the Stored", evs)
@@ -198,11 +194,7 @@ func TestCacheEventsFollowSnapshots(t *testing.T) {
 			if !c.fits(hs) {
 				continue
 			}
-			var p uint64
-			for _, h := range hs {
-				c.acquire(h, p)
-				p = h
-			}
+			acquireChain(c, hs)
 			c.takePrivate()
 			held = append(held, hs)
 		case op < 8 && len(held) > 0: // a prefill finishes
