@@ -18,6 +18,7 @@ import (
 	"github.com/openai/openai-go/v3/option"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm/frontend"
 )
 
@@ -316,6 +317,19 @@ func checkError(t *testing.T, resp *http.Response, status int, param string) err
 	return e
 }
 
+// checkKind fails t unless the error has the type and code docs/llm.md's
+// "Errors and statuses" table gives its status (code "" means null).
+func checkKind(t *testing.T, e errorBody, typ, code string) {
+	t.Helper()
+	gotCode := ""
+	if e.Error.Code != nil {
+		gotCode = *e.Error.Code
+	}
+	if e.Error.Type != typ || gotCode != code {
+		t.Errorf("error %q has type %q code %q, want type %q code %q", e.Error.Message, e.Error.Type, gotCode, typ, code)
+	}
+}
+
 func TestBadRequests(t *testing.T) {
 	s := newStack(t, "tcp", frontend.Config{MaxBodyBytes: 4096})
 	s.worker(workerOpts{ctxLen: 200})
@@ -349,7 +363,12 @@ func TestBadRequests(t *testing.T) {
 		{"unknown model", "chat/completions", `{"model":"nope",` + msgs + `}`, 404, "model"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkError(t, post(t, context.Background(), s.url+"/v1/"+tc.path, tc.body), tc.status, tc.param)
+			e := checkError(t, post(t, context.Background(), s.url+"/v1/"+tc.path, tc.body), tc.status, tc.param)
+			if tc.status == 404 {
+				checkKind(t, e, "invalid_request_error", "model_not_found")
+			} else {
+				checkKind(t, e, "invalid_request_error", "")
+			}
 		})
 	}
 	// The official client sees the same as an *openai.Error.
@@ -364,7 +383,7 @@ func TestBadRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkError(t, resp, 404, "")
+	checkKind(t, checkError(t, resp, 404, ""), "not_found_error", "")
 }
 
 func TestServiceErrors(t *testing.T) {
@@ -378,10 +397,20 @@ func TestServiceErrors(t *testing.T) {
 	// 503: a model that had workers and has none now.
 	gone.kill()
 	s.waitReady(2)
-	checkError(t, post(t, ctx, s.url+"/v1/chat/completions", `{"model":"gone-model","messages":[{"role":"user","content":"hi"}]}`), 503, "")
+	resp := post(t, ctx, s.url+"/v1/chat/completions", `{"model":"gone-model","messages":[{"role":"user","content":"hi"}]}`)
+	if ra := resp.Header.Get("Retry-After"); ra != "1" {
+		t.Errorf("503 with Retry-After %q, want 1", ra)
+	}
+	checkKind(t, checkError(t, resp, 503, ""), "service_unavailable_error", "no_worker")
 
-	// 500: the worker fails the request (not a migration case).
-	e := checkError(t, post(t, ctx, s.url+"/v1/chat/completions", `{"model":"failing","messages":[{"role":"user","content":"hi"}]}`), 500, "")
+	// 500: the worker fails the request (not a migration case); the error
+	// still reports the migrations, as a header.
+	resp = post(t, ctx, s.url+"/v1/chat/completions", `{"model":"failing","messages":[{"role":"user","content":"hi"}]}`)
+	if m := resp.Header.Get(frontend.HeaderMigrations); m != "0" {
+		t.Errorf("500's %s header = %q, want 0", frontend.HeaderMigrations, m)
+	}
+	e := checkError(t, resp, 500, "")
+	checkKind(t, e, "server_error", "worker_error")
 	if !strings.Contains(e.Error.Message, "ran out of memory") {
 		t.Errorf("500 message %q does not carry the worker's error", e.Error.Message)
 	}
@@ -392,11 +421,11 @@ func TestServiceErrors(t *testing.T) {
 	first := post(t, hctx, s.url+"/v1/chat/completions", `{"model":"test-model","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
 	defer first.Body.Close()
 	waitFor(t, holder.paused, "the worker to hold the first request")
-	resp := post(t, ctx, s.url+"/v1/chat/completions", `{"model":"test-model","messages":[{"role":"user","content":"hi"}]}`)
-	if resp.Header.Get("Retry-After") == "" {
-		t.Error("429 without Retry-After")
+	resp = post(t, ctx, s.url+"/v1/chat/completions", `{"model":"test-model","messages":[{"role":"user","content":"hi"}]}`)
+	if ra := resp.Header.Get("Retry-After"); ra != "1" {
+		t.Errorf("429 with Retry-After %q, want 1", ra)
 	}
-	checkError(t, resp, 429, "")
+	checkKind(t, checkError(t, resp, 429, ""), "overloaded_error", "overloaded")
 	cancel()
 	waitFor(t, holder.killed, "the held request to be killed")
 }
@@ -422,7 +451,7 @@ func TestHealthModelsAndMetrics(t *testing.T) {
 		t.Errorf("/health with no workers = %d %s, want 503 and the documented body", code, body)
 	}
 	checkError(t, post(t, context.Background(), s.url+"/v1/chat/completions", `{"model":"test-model","messages":[{"role":"user","content":"hi"}]}`), 404, "model")
-	s.worker(workerOpts{})
+	s.worker(workerOpts{ctxLen: 4096})
 	s.worker(workerOpts{model: "other"})
 	s.waitReady(2)
 	if code, body := get("/health"); code != 200 || body != `{"status":"ready","models":["other","test-model"],"workers":2}`+"\n" {
@@ -440,7 +469,15 @@ func TestHealthModelsAndMetrics(t *testing.T) {
 	if fmt.Sprint(ids) != "[other test-model]" {
 		t.Errorf("models = %v, want [other test-model]", ids)
 	}
-	if _, _, _, err := streamChat(context.Background(), oaiClient(s), chatParams("hello", 4)); err != nil {
+	// Each model with its context length (when its card gives one) and
+	// its workers.
+	if code, body := get("/v1/models"); code != 200 ||
+		!strings.Contains(body, `{"id":"other","object":"model","created":`) || !strings.Contains(body, `"owned_by":"loom","workers":1}`) ||
+		!strings.Contains(body, `"owned_by":"loom","context_length":4096,"workers":1}`) {
+		t.Errorf("/v1/models = %d %s, want each model with its context_length and workers", code, body)
+	}
+	_, _, usage, err := streamChat(context.Background(), oaiClient(s), chatParams("hello", 4))
+	if err != nil {
 		t.Fatal(err)
 	}
 	// The handler counts the request after the client has read [DONE],
@@ -454,6 +491,9 @@ func TestHealthModelsAndMetrics(t *testing.T) {
 		`loom_llm_output_tokens_total{model="test-model"} 4`,
 		`loom_llm_requests_in_flight{model="test-model"} 0`,
 		`loom_llm_migrations_total{model="test-model"} 0`,
+		`loom_llm_request_duration_seconds_count{model="test-model"} 1`,
+		fmt.Sprintf(`loom_llm_input_tokens_total{model="test-model"} %d`, usage.PromptTokens),
+		fmt.Sprintf(`loom_llm_cached_tokens_total{model="test-model"} %d`, usage.PromptTokensDetails.CachedTokens),
 	}
 	var metrics string
 	missing := wants
@@ -497,6 +537,16 @@ func TestDisconnectKillsWorkerRequest(t *testing.T) {
 			if got := waitFor(t, w.killed, "the worker's handler context to end"); got != id {
 				t.Errorf("killed request %q, want %q", got, id)
 			}
+			// A client that left counts as 499.
+			testutil.Eventually(t, 20*time.Second, "the request to be counted with status 499", func() bool {
+				resp, err := http.Get(s.url + "/metrics")
+				if err != nil {
+					return false
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				return strings.Contains(string(b), `loom_llm_requests_total{model="test-model",status="499"} 1`)
+			})
 		})
 	}
 }
@@ -507,6 +557,11 @@ func collectSSE(t *testing.T, resp *http.Response) (text, finish string, errEven
 	t.Helper()
 	defer resp.Body.Close()
 	for _, e := range sseEvents(t, resp.Body) {
+		if errEvent != "" {
+			// docs/llm.md: a stream that fails ends with one error event
+			// and no [DONE].
+			t.Fatalf("event %q after the error event %s", e, errEvent)
+		}
 		if e == "[DONE]" {
 			continue
 		}
@@ -679,7 +734,7 @@ func TestMigrationsExhaustedEndTheStream(t *testing.T) {
 			}
 			b.kill()
 			text, finish, e := sr.rest()
-			if finish != "" || !strings.Contains(e, `"type":"server_error"`) || !strings.Contains(e, "migrations exhausted") {
+			if finish != "" || !strings.Contains(e, `"type":"server_error"`) || !strings.Contains(e, `"code":"worker_failed"`) || !strings.Contains(e, "migrations exhausted") {
 				t.Fatalf("stream ended with finish %q and error event %s; want an OpenAI error event saying migrations are exhausted", finish, e)
 			}
 			if m := resp.Trailer.Get(frontend.HeaderMigrations); m != "1" {

@@ -1,0 +1,104 @@
+package frontend_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+
+	"github.com/loomrt/loom/llm/frontend"
+	"github.com/loomrt/loom/llm/tokenizer"
+)
+
+// TestRequestOptionsThroughTheOpenAIClient holds docs/llm.md's request
+// claims: fields the frontend does not use (temperature, top_p, seed,
+// user, ...) are accepted and ignored; stop_token_ids reach the worker; a
+// request without max_tokens may generate DefaultMaxTokens (1,024) tokens,
+// within the model's context length.
+func TestRequestOptionsThroughTheOpenAIClient(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{})
+	long := s.worker(workerOpts{})
+	short := s.worker(workerOpts{model: "short", ctxLen: 64})
+	s.waitReady(2)
+	c := oaiClient(s)
+	ctx := context.Background()
+	p := openai.ChatCompletionNewParams{
+		Model:            model,
+		Messages:         []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
+		Temperature:      openai.Float(0.7),
+		TopP:             openai.Float(0.9),
+		Seed:             openai.Int(42),
+		User:             openai.String("someone"),
+		PresencePenalty:  openai.Float(0.5),
+		FrequencyPenalty: openai.Float(0.5),
+	}
+	resp, err := c.Chat.Completions.New(ctx, p, option.WithJSONSet("stop_token_ids", []int{5, 6}))
+	if err != nil {
+		t.Fatalf("a chat with sampling fields: %v; want them accepted and ignored", err)
+	}
+	if resp.Usage.CompletionTokens != frontend.DefaultDefaultMaxTokens || resp.Choices[0].FinishReason != "length" {
+		t.Errorf("without max_tokens: %d tokens (%s), want %d (length)", resp.Usage.CompletionTokens, resp.Choices[0].FinishReason, frontend.DefaultDefaultMaxTokens)
+	}
+	r := long.lastRequest()
+	if r.MaxTokens != frontend.DefaultDefaultMaxTokens {
+		t.Errorf("the worker got max_tokens %d, want %d", r.MaxTokens, frontend.DefaultDefaultMaxTokens)
+	}
+	if !slices.Contains(r.StopTokenIDs, 5) || !slices.Contains(r.StopTokenIDs, 6) || !slices.Contains(r.StopTokenIDs, tokenizer.ImEnd) {
+		t.Errorf("the worker got stop_token_ids %v, want 5, 6 and the chat template's end", r.StopTokenIDs)
+	}
+
+	// A model with a context length: the default stops at it.
+	p.Model = "short"
+	resp, err = c.Chat.Completions.New(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := 64 - int(resp.Usage.PromptTokens)
+	if room <= 0 || room >= frontend.DefaultDefaultMaxTokens {
+		t.Fatalf("prompt of %d tokens: the test needs it within the context of 64", resp.Usage.PromptTokens)
+	}
+	if got := short.lastRequest().MaxTokens; got != room || int(resp.Usage.CompletionTokens) != room {
+		t.Errorf("without max_tokens on a model of context 64: the worker got max_tokens %d and made %d tokens, want %d (the room the prompt leaves)",
+			got, resp.Usage.CompletionTokens, room)
+	}
+}
+
+// TestCompletionPromptForms: /v1/completions takes a string, one string in
+// an array, token ids, or one array of token ids, and the same prompt in
+// any form gets the same answer.
+func TestCompletionPromptForms(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{})
+	s.worker(workerOpts{})
+	s.waitReady(1)
+	c := oaiClient(s)
+	ctx := context.Background()
+	complete := func(prompt openai.CompletionNewParamsPromptUnion) string {
+		t.Helper()
+		resp, err := c.Completions.New(ctx, openai.CompletionNewParams{Model: openai.CompletionNewParamsModel(model), Prompt: prompt, MaxTokens: openai.Int(6)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Choices) != 1 || resp.Choices[0].Text == "" || resp.Object != "text_completion" {
+			t.Fatalf("completion %+v", resp)
+		}
+		return resp.Choices[0].Text
+	}
+	text := "Once upon a time"
+	ids := tokenizer.Default().Encode(nil, text)
+	ids64 := make([]int64, len(ids))
+	for i, id := range ids {
+		ids64[i] = int64(id)
+	}
+	want := complete(openai.CompletionNewParamsPromptUnion{OfString: openai.String(text)})
+	for name, p := range map[string]openai.CompletionNewParamsPromptUnion{
+		"one string in an array": {OfArrayOfStrings: []string{text}},
+		"token ids":              {OfArrayOfTokens: ids64},
+		"one array of token ids": {OfArrayOfTokenArrays: [][]int64{ids64}},
+	} {
+		if got := complete(p); got != want {
+			t.Errorf("prompt as %s answered %q, as a string %q", name, got, want)
+		}
+	}
+}
