@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/loomrt/loom/llm"
 )
@@ -166,5 +167,17 @@ func BenchmarkIndexOverlaps(b *testing.B) {
 				dst = x.overlaps(dst[:0], prompts[i%len(prompts)], 0)
 			}
 		})
+	}
+}
+
+// TestConfigDefaultsAreTheDocumented holds the defaults docs/llm.md
+// gives the router's bookkeeping.
+func TestConfigDefaultsAreTheDocumented(t *testing.T) {
+	c, err := Config{}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RequestTTL != 10*time.Minute || c.ApproxTTL != 2*time.Minute || c.OverlapWeight != 1 || c.Temperature != 0 {
+		t.Errorf("defaults %+v differ from docs/llm.md's: RequestTTL 10m, ApproxTTL 2m, overlap weight 1, temperature 0", c)
 	}
 }
