@@ -79,6 +79,10 @@ func TestLoomCallErrorsSayWhatIsWrong(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "discovery.backend is memory") || !strings.Contains(err.Error(), "loom up") {
 		t.Errorf("no instance on memory discovery: %v; want a hint that it sees only this process and loom up", err)
 	}
+	// The README quotes the start of it.
+	if want := "no instances: none of nobody/is/home appeared within 50ms (is a server for it running and registered in the same discovery?"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("no instance: %v; want it to say %q", err, want)
+	}
 	err = call(context.Background(), &bytes.Buffer{}, "Bad/Path", map[string]any{}, instanceID{}, 0)
 	if err == nil || !strings.Contains(err.Error(), "namespace/component/endpoint") {
 		t.Errorf("bad path: %v", err)
