@@ -36,7 +36,7 @@ type Config struct {
 	// and serving metrics are shown; they have no instances.
 	Scrape []string
 	// ServingPrefixes name the metric families of the serving view
-	// (default: "loom_llm_").
+	// (default: DefaultServingPrefixes).
 	ServingPrefixes []string
 	// NoEvents turns off the dashboard's own subscription to every event
 	// (the per-publisher view); the processes' counters are still shown.
@@ -52,8 +52,9 @@ const (
 	DefaultWindow   = 10 * time.Second
 )
 
-// DefaultServingPrefixes are the metric name prefixes of the serving view.
-var DefaultServingPrefixes = []string{"loom_llm_"}
+// DefaultServingPrefixes are the metric name prefixes of the serving view:
+// the LLM frontend's and its KV router's.
+var DefaultServingPrefixes = []string{"loom_llm_", "loom_kvrouter_"}
 
 // scrapeTimeout bounds a round of reads when Interval is shorter: a busy
 // machine answers slowly, and a scrape that times out shows no load.

@@ -386,7 +386,8 @@ func TestNATSHealth(t *testing.T) {
 
 // The serving view shows the families with a serving prefix, from the
 // status servers and from extra metrics URLs (a frontend that serves no
-// endpoint), and sums the LLM frontend's into its headline.
+// endpoint), the LLM frontend's and its KV router's by default, and sums
+// the frontend's into its headline.
 func TestServingFamilies(t *testing.T) {
 	s := newSystem(t)
 	rt := s.serveHello(nil)
@@ -395,6 +396,7 @@ func TestServingFamilies(t *testing.T) {
 	// The frontend's own /metrics, as llm/frontend serves it.
 	reg := prometheus.NewRegistry()
 	reqs := promCounter(t, reg, "loom_llm_requests_total")
+	promCounter(t, reg, "loom_kvrouter_resyncs_total").Add(64) // its KV router's
 	ttft := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "loom_llm_time_to_first_token_seconds", Help: "TTFT.", Buckets: []float64{0.01, 0.02, 0.04}})
 	reg.MustRegister(ttft)
 	front := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -413,7 +415,7 @@ func TestServingFamilies(t *testing.T) {
 
 	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond, Scrape: []string{front.URL + "/metrics"}})
 	waitState(t, srv, 5*time.Second, "the serving families", func(st dashboard.State) bool {
-		return len(st.Serving.Families) == 3 && st.Serving.Summary.RequestsPerSec.Known()
+		return len(st.Serving.Families) == 4 && st.Serving.Summary.RequestsPerSec.Known()
 	})
 	// Ten requests, each with a first token between 10 and 20 ms.
 	for range 10 {
@@ -440,7 +442,7 @@ func TestServingFamilies(t *testing.T) {
 		t.Errorf("summary %+v", m)
 	}
 	for _, f := range st.Serving.Families {
-		want := map[string]dashboard.Num{"loom_llm_output_tokens_total": 7, "loom_llm_requests_total": 10, "loom_llm_time_to_first_token_seconds": 10}[f.Name]
+		want := map[string]dashboard.Num{"loom_llm_output_tokens_total": 7, "loom_llm_requests_total": 10, "loom_llm_time_to_first_token_seconds": 10, "loom_kvrouter_resyncs_total": 64}[f.Name]
 		if f.Value != want || f.Processes != 1 {
 			t.Errorf("family %+v, want value %v", f, want)
 		}

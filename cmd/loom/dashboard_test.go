@@ -4,10 +4,14 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 // TestLoomDashboardWithLoomUp runs `loom dashboard` with the environment
@@ -148,4 +152,43 @@ func TestLLMUpServesTheDashboard(t *testing.T) {
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	p.exit()
+}
+
+// TestDashboardFlagsAreTheDocumented holds docs/dashboard.md's table of
+// flags to the command's: every flag listed, with its default (a default
+// the table words in prose, such as "none", is an empty one).
+func TestDashboardFlagsAreTheDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/dashboard.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("^\\| `--([a-z-]+)[^`]*` \\| ([^|]*) \\|")
+	flags := newDashboard().Flags()
+	listed := map[string]bool{}
+	for _, line := range strings.Split(string(doc), "\n") {
+		m := row.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		name, def := m[1], strings.TrimSpace(m[2])
+		listed[name] = true
+		f := flags.Lookup(name)
+		if f == nil {
+			t.Errorf("docs/dashboard.md lists --%s; loom dashboard has no such flag", name)
+			continue
+		}
+		got := strings.Trim(f.DefValue, "[]")
+		want := ""
+		if strings.HasPrefix(def, "`") || def == "false" || def == "true" {
+			want = strings.Trim(def, "`")
+		}
+		if got != want {
+			t.Errorf("--%s: docs/dashboard.md gives the default %s, the command %q", name, def, f.DefValue)
+		}
+	}
+	flags.VisitAll(func(f *pflag.Flag) {
+		if !listed[f.Name] {
+			t.Errorf("--%s is missing from docs/dashboard.md's table of flags", f.Name)
+		}
+	})
 }
