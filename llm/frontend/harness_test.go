@@ -42,8 +42,8 @@ func newStack(t testing.TB, plane string, fcfg frontend.Config) *stack {
 }
 
 // newStackOn is newStack with the frontend's runtime on the discovery
-// handle wrap makes of its own (nil: the handle itself).
-func newStackOn(t testing.TB, plane string, fcfg frontend.Config, wrap func(discovery.Discovery) discovery.Discovery) *stack {
+// handle wrap makes of its own (nil: the handle itself), made with opts.
+func newStackOn(t testing.TB, plane string, fcfg frontend.Config, wrap func(discovery.Discovery) discovery.Discovery, opts ...loom.Option) *stack {
 	t.Helper()
 	s := &stack{System: loomtest.New(t, loomtest.Options{Plane: plane}), t: t}
 	s.Config.Client.WaitTimeout = 2 * time.Second
@@ -51,7 +51,7 @@ func newStackOn(t testing.TB, plane string, fcfg frontend.Config, wrap func(disc
 	if wrap != nil {
 		d = wrap(d)
 	}
-	s.rt = s.RuntimeOn(d)
+	s.rt = s.RuntimeOn(d, opts...)
 	fe, err := frontend.New(context.Background(), s.rt, fcfg)
 	if err != nil {
 		t.Fatal(err)

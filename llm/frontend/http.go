@@ -10,6 +10,11 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/tokenizer"
@@ -26,6 +31,14 @@ type state struct {
 	chunk     []byte
 	head      []byte
 	dec       *tokenizer.Decoder
+
+	// While tracing is on: the request's server span, and what it ended
+	// with (set by fail and answer).
+	span    trace.Span
+	status  int
+	model   string
+	res     result
+	failure string
 }
 
 func (f *Frontend) getState() *state {
@@ -82,26 +95,75 @@ func handle[T any, P apiRequest[T]](f *Frontend, w http.ResponseWriter, r *http.
 	start := time.Now()
 	st := f.getState()
 	defer f.putState(st)
+	if tr := f.rt.Tracer(); tr != nil {
+		r = startSpan(tr, r, st)
+		defer endSpan(st)
+	}
 	if e := f.readBody(w, r, st); e != nil {
-		f.fail(w, f.unknownModel, e)
+		f.fail(w, st, f.unknownModel, e)
 		return
 	}
 	var req T
 	if err := json.Unmarshal(st.body.Bytes(), &req); err != nil {
-		f.fail(w, f.unknownModel, decodeError(err))
+		f.fail(w, st, f.unknownModel, decodeError(err))
 		return
 	}
 	p, e := P(&req).params(f.tok)
 	if e != nil {
-		f.fail(w, f.unknownModel, e)
+		f.fail(w, st, f.unknownModel, e)
 		return
 	}
 	f.answer(w, r, start, st, &p)
 }
 
-func (f *Frontend) fail(w http.ResponseWriter, mm *metrics.LLMModel, e *apiError) {
+func (f *Frontend) fail(w http.ResponseWriter, st *state, mm *metrics.LLMModel, e *apiError) {
 	mm.Request(e.Status)
+	st.status, st.failure = e.Status, e.Message
 	writeError(w, e)
+}
+
+// The span attributes of an LLM request beyond HTTP's: OpenTelemetry's
+// GenAI names, and Loom's.
+const (
+	attrOperation    = attribute.Key("gen_ai.operation.name")
+	attrModel        = attribute.Key("gen_ai.request.model")
+	attrInputTokens  = attribute.Key("gen_ai.usage.input_tokens")
+	attrOutputTokens = attribute.Key("gen_ai.usage.output_tokens")
+	attrCachedTokens = attribute.Key("loom.llm.cached_tokens")
+	attrMigrations   = attribute.Key("loom.llm.migrations")
+)
+
+// startSpan starts the request's server span, a child of the span in
+// its context (a wrapping HTTP middleware's) or else of its traceparent
+// header, and returns the request with the span in its context: the
+// calls to workers are its children.
+func startSpan(tr trace.Tracer, r *http.Request, st *state) *http.Request {
+	ctx := r.Context()
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		ctx = loom.ContextWithTraceParent(ctx, r.Header.Get("traceparent"))
+	}
+	ctx, st.span = tr.Start(ctx, r.Method+" "+r.URL.Path, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(semconv.HTTPRequestMethodKey.String(r.Method), semconv.URLPath(r.URL.Path)))
+	st.status, st.model, st.res, st.failure = 0, "", result{}, ""
+	return r.WithContext(ctx)
+}
+
+// endSpan ends the request's span with its status, model and usage; a
+// 5xx is an error, a 4xx the client's.
+func endSpan(st *state) {
+	sp := st.span
+	st.span = nil
+	if st.status != 0 {
+		sp.SetAttributes(semconv.HTTPResponseStatusCode(st.status))
+	}
+	if st.model != "" {
+		sp.SetAttributes(attrModel.String(st.model), attrOutputTokens.Int(st.res.completion),
+			attrCachedTokens.Int(st.res.cached), attrMigrations.Int(st.res.migrations))
+	}
+	if st.status >= 500 {
+		sp.SetStatus(codes.Error, st.failure)
+	}
+	sp.End()
 }
 
 // modelMetrics returns the bound metrics of a served model.
@@ -119,13 +181,13 @@ func (f *Frontend) answer(w http.ResponseWriter, r *http.Request, start time.Tim
 	s := f.models.Load()
 	card, known := s.cards[p.model]
 	if !known {
-		f.fail(w, f.unknownModel, &apiError{Status: http.StatusNotFound, Type: typeInvalid, Param: "model", Code: "model_not_found",
+		f.fail(w, st, f.unknownModel, &apiError{Status: http.StatusNotFound, Type: typeInvalid, Param: "model", Code: "model_not_found",
 			Message: fmt.Sprintf("model %q does not exist: no worker has served it (GET /v1/models lists the served models)", p.model)})
 		return
 	}
 	mm := f.modelMetrics(p.model)
 	if s.workers[p.model] == 0 {
-		f.fail(w, mm, &apiError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Code: "no_worker",
+		f.fail(w, st, mm, &apiError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Code: "no_worker",
 			Message: fmt.Sprintf("model %q has no worker now; retry when one registers", p.model)})
 		return
 	}
@@ -138,10 +200,10 @@ func (f *Frontend) answer(w http.ResponseWriter, r *http.Request, start time.Tim
 			if p.chat {
 				param = "messages"
 			}
-			f.fail(w, mm, badRequest(param, "%s: the prompt has %d tokens; model %q has a context length of %d", param, len(p.prompt), p.model, card.ContextLength))
+			f.fail(w, st, mm, badRequest(param, "%s: the prompt has %d tokens; model %q has a context length of %d", param, len(p.prompt), p.model, card.ContextLength))
 			return
 		case maxTokens > room:
-			f.fail(w, mm, badRequest(p.maxParam, "%s: %d tokens requested after a prompt of %d; model %q has a context length of %d",
+			f.fail(w, st, mm, badRequest(p.maxParam, "%s: %d tokens requested after a prompt of %d; model %q has a context length of %d",
 				p.maxParam, maxTokens, len(p.prompt), p.model, card.ContextLength))
 			return
 		case maxTokens == 0:
@@ -153,6 +215,14 @@ func (f *Frontend) answer(w http.ResponseWriter, r *http.Request, start time.Tim
 	mm.InFlight.Inc()
 	defer mm.InFlight.Dec()
 	mm.InputTokens.Add(float64(len(p.prompt)))
+	if st.span != nil {
+		op := "text_completion"
+		if p.chat {
+			op = "chat"
+		}
+		st.model = p.model
+		st.span.SetAttributes(attrOperation.String(op), attrInputTokens.Int(len(p.prompt)))
+	}
 	prefix, object := "cmpl-", "text_completion"
 	if p.chat {
 		prefix, object = "chatcmpl-", "chat.completion"
@@ -166,6 +236,7 @@ func (f *Frontend) answer(w http.ResponseWriter, r *http.Request, start time.Tim
 	}
 	mm.Request(status)
 	mm.Duration.Observe(time.Since(start).Seconds())
+	st.status = status
 }
 
 // toAPIError maps a failed request to its status and OpenAI error.
@@ -256,6 +327,7 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 		return rc.Flush()
 	}
 	res, err := f.run(ctx, j)
+	st.res = res
 	// A header if nothing was sent yet, else a trailer (begin declared it).
 	migrations := strconv.Itoa(res.migrations)
 	if err != nil {
@@ -263,6 +335,7 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 			return statusClientClosed
 		}
 		e := toAPIError(err)
+		st.failure = e.Message
 		if !started {
 			w.Header().Set(HeaderMigrations, migrations)
 			writeError(w, e)
@@ -320,12 +393,14 @@ func (f *Frontend) unary(w http.ResponseWriter, r *http.Request, j *job, object 
 	}
 	res, err := f.run(r.Context(), j)
 	st.head = text
+	st.res = res
 	w.Header().Set(HeaderMigrations, strconv.Itoa(res.migrations))
 	if err != nil {
 		if r.Context().Err() != nil {
 			return statusClientClosed
 		}
 		e := toAPIError(err)
+		st.failure = e.Message
 		if e.Status >= 500 {
 			f.log.Warn("llm frontend: request failed", "request", j.id, "model", j.p.model, "err", err)
 		}
