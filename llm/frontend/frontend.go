@@ -90,6 +90,12 @@ const (
 // headers, sent after data: [DONE] or the error event).
 const HeaderMigrations = "X-Loom-Migrations"
 
+// HeaderRequestID names the response header that gives a completion's id
+// (the response's "id") on every response to a request that went to
+// the workers, errors included: the id the frontend's log lines about
+// the request name, and the llm.Request.ID its workers get.
+const HeaderRequestID = "X-Request-Id"
+
 // Frontend serves the OpenAI API for the workers of one namespace.
 type Frontend struct {
 	rt           *loom.Runtime

@@ -228,6 +228,7 @@ func (f *Frontend) answer(w http.ResponseWriter, r *http.Request, start time.Tim
 		prefix, object = "chatcmpl-", "chat.completion"
 	}
 	j := &job{id: f.newID(prefix), p: p, maxTokens: maxTokens, mm: mm, start: start, st: st}
+	w.Header().Set(HeaderRequestID, j.id)
 	status := http.StatusOK
 	if p.stream {
 		status = f.stream(w, r, j, object)

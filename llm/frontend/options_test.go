@@ -2,7 +2,10 @@ package frontend_test
 
 import (
 	"context"
+	"errors"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/openai/openai-go/v3"
@@ -100,5 +103,46 @@ func TestCompletionPromptForms(t *testing.T) {
 		if got := complete(p); got != want {
 			t.Errorf("prompt as %s answered %q, as a string %q", name, got, want)
 		}
+	}
+}
+
+// TestTheResponsesIDNamesTheRequestEverywhere: the completion's id is the
+// X-Request-Id header and the id of the request its worker got, streamed
+// or not, and the header comes with an error too.
+func TestTheResponsesIDNamesTheRequestEverywhere(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{})
+	w := s.worker(workerOpts{})
+	s.waitReady(1)
+	c := oaiClient(s)
+	var raw *http.Response
+	resp, err := c.Chat.Completions.New(context.Background(), chatParams("hi", 3), option.WithResponseInto(&raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := raw.Header.Get(frontend.HeaderRequestID); h != resp.ID || w.lastRequest().ID != resp.ID {
+		t.Errorf("completion %q: header %q, the worker's request %q; want all the same", resp.ID, h, w.lastRequest().ID)
+	}
+	stream := c.Chat.Completions.NewStreaming(context.Background(), chatParams("hi", 3), option.WithResponseInto(&raw))
+	id := ""
+	for stream.Next() {
+		id = stream.Current().ID
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	stream.Close()
+	if h := raw.Header.Get(frontend.HeaderRequestID); id == "" || h != id || w.lastRequest().ID != id {
+		t.Errorf("streamed completion %q: header %q, the worker's request %q; want all the same", id, h, w.lastRequest().ID)
+	}
+	// A request its worker fails still names itself.
+	bad := s.worker(workerOpts{model: "failing", fail: errors.New("out of memory")})
+	s.waitReady(2)
+	p := chatParams("hi", 3)
+	p.Model = "failing"
+	if _, err := c.Chat.Completions.New(context.Background(), p, option.WithResponseInto(&raw)); err == nil {
+		t.Fatal("a request its worker failed succeeded")
+	}
+	if h := raw.Header.Get(frontend.HeaderRequestID); !strings.HasPrefix(h, "chatcmpl-") || h != bad.lastRequest().ID {
+		t.Errorf("the 500's %s header is %q, the worker's request %q; want the completion's id", frontend.HeaderRequestID, h, bad.lastRequest().ID)
 	}
 }

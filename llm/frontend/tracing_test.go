@@ -74,7 +74,7 @@ func TestARequestIsTracedUnderItsCallersTraceparent(t *testing.T) {
 	got := attrs(ok)
 	for k, v := range want {
 		if got[k] != v {
-			t.Errorf("server span attribute %s = %v, want %v", k, got[k].Emit(), v.Emit())
+			t.Errorf("server span attribute %s = %v, want %v", k, got[k].AsInterface(), v.AsInterface())
 		}
 	}
 	if ok.Status().Code == codes.Error {
