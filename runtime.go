@@ -68,6 +68,7 @@ type Option func(*options)
 
 type options struct {
 	cfg    *config.Config
+	load   []config.Option
 	disc   discovery.Discovery
 	nc     *nats.Conn
 	log    *slog.Logger
@@ -81,6 +82,13 @@ type options struct {
 // WithConfig uses cfg instead of loading the configuration from its layers
 // (config.Load).
 func WithConfig(cfg config.Config) Option { return func(o *options) { o.cfg = &cfg } }
+
+// WithLoadOptions loads the configuration from its layers with opts
+// (config.WithValue, say, to set a key whatever the environment says).
+// WithConfig takes precedence.
+func WithLoadOptions(opts ...config.Option) Option {
+	return func(o *options) { o.load = append(o.load, opts...) }
+}
 
 // WithDiscovery uses d instead of the backend named by discovery.backend.
 // The runtime does not close d.
@@ -112,7 +120,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 	}
 	var warnings []string
 	if o.cfg == nil {
-		loaded, err := config.Load()
+		loaded, err := config.Load(o.load...)
 		if err != nil {
 			return nil, err
 		}

@@ -204,15 +204,7 @@ func withDiscoveryHint(rt *loom.Runtime, err error) error {
 // prints, is there for the components started in the same shell; a
 // command that only looks or calls has nothing for it to report.
 func toolRuntime(ctx context.Context) (*loom.Runtime, error) {
-	loaded, err := config.Load(config.WithValue("status.port", "0"))
-	if err != nil {
-		return nil, err
-	}
-	log := loom.NewLogger(loaded.Config.Log)
-	for _, w := range loaded.Warnings {
-		log.Warn("config: " + w)
-	}
-	return loom.NewRuntime(ctx, loom.WithConfig(loaded.Config), loom.WithLogger(log))
+	return loom.NewRuntime(ctx, loom.WithLoadOptions(config.WithValue("status.port", "0")))
 }
 
 // memoryDiscovery reports whether rt finds instances in memory, that is
