@@ -538,7 +538,17 @@ func callRemote[Req, Resp any](ctx context.Context, c *clientCore, cand *Candida
 	// call's largest allocation), unless something else may still hold
 	// it: the watch that passes a graceful stop on, once it has fired.
 	reuse := true
+	// A call made inside another's loop with the same context reports on
+	// itself while it runs, then hands the Lookahead back.
+	la := lookaheadOf(ctx)
+	var outer interface{ Buffered() bool }
+	if la != nil {
+		outer, la.s = la.s, stream
+	}
 	defer func() {
+		if la != nil {
+			la.s = outer
+		}
 		if r, ok := stream.(interface{ Release() }); ok && reuse {
 			r.Release()
 		} else {

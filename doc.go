@@ -25,6 +25,9 @@
 //     cancelled); [WithStop] lets a caller ask it to finish gracefully
 //     ([Stopped] in the handler). Both reach the requests the handler makes
 //     in turn.
+//   - A caller ranging over a call's responses can ask a [Lookahead]
+//     whether the next one has already arrived, and so write out a burst
+//     of responses once instead of once each.
 //
 // Calls to an instance in the same process take a local fast path: the
 // handler runs in the caller's goroutine with no serialization, with the

@@ -1,9 +1,11 @@
 package loom_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"iter"
+	"os"
 	"strings"
 
 	"github.com/loomrt/loom"
@@ -141,4 +143,54 @@ func ExampleOperator() {
 	// Output:
 	// PIPELINES
 	// COMPOSE
+}
+
+// Copy a call's responses to a buffered writer, flushing only when no
+// further response waits: a caller that keeps up flushes each one as it
+// comes, and one that falls behind flushes a burst of them once.
+func ExampleLookahead() {
+	ctx := context.Background()
+	rt, err := loom.NewRuntime(ctx, loom.WithConfig(config.Default()), loom.WithDiscovery(memory.New()), loom.WithLogger(quiet))
+	if err != nil {
+		panic(err)
+	}
+	defer rt.Shutdown(ctx)
+	ep, err := rt.Endpoint("example/words/count")
+	if err != nil {
+		panic(err)
+	}
+	count := loom.EngineFunc[int, string](func(ctx context.Context, n int) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) {
+			for i := range n {
+				if !yield(fmt.Sprint("line ", i+1), nil) {
+					return
+				}
+			}
+		}
+	})
+	if err := loom.Serve(ctx, ep, count); err != nil {
+		panic(err)
+	}
+	client, err := loom.NewClient[int, string](ctx, ep)
+	if err != nil {
+		panic(err)
+	}
+	defer client.Close()
+
+	var ahead loom.Lookahead
+	w := bufio.NewWriter(os.Stdout)
+	for line, err := range client.Generate(loom.WithLookahead(ctx, &ahead), 3) {
+		if err != nil {
+			panic(err)
+		}
+		fmt.Fprintln(w, line)
+		if !ahead.Ready() {
+			w.Flush()
+		}
+	}
+	w.Flush()
+	// Output:
+	// line 1
+	// line 2
+	// line 3
 }

@@ -1339,6 +1339,21 @@ func newClientStream(c *clientConn) *ClientStream {
 	return s
 }
 
+// Buffered reports whether Recv would return without waiting: a message
+// or the stream's end has arrived and not yet been returned. It reads
+// nothing from the connection. Like Recv, it is for the stream's caller.
+func (s *ClientStream) Buffered() bool {
+	if s.out != nil && s.off < len(s.out.b) {
+		return true
+	}
+	if s.done != nil && closed(s.done) {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return (s.in != nil && len(s.in.b) > 0) || s.err != nil || s.abortFirst()
+}
+
 // Responded reports whether at least one response message has arrived.
 func (s *ClientStream) Responded() bool {
 	s.mu.Lock()

@@ -635,6 +635,14 @@ func (s *ClientStream) Close() error {
 	return nil
 }
 
+// Buffered reports whether Recv would return without waiting: a message
+// or the stream's end has arrived and not yet been returned.
+func (s *ClientStream) Buffered() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.head < len(s.msgs) || s.err != nil || s.abortNow
+}
+
 // Responded reports whether at least one response message has arrived.
 func (s *ClientStream) Responded() bool {
 	s.mu.Lock()

@@ -69,6 +69,8 @@ type ClientStream interface {
 	Cancel()
 	Close() error
 	Responded() bool
+	// Buffered reports whether Recv would return without waiting.
+	Buffered() bool
 }
 
 // Handler serves the requests that arrive on every plane.

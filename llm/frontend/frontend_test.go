@@ -2,13 +2,17 @@ package frontend_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/textproto"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -790,4 +794,100 @@ func TestNoRequestHangsWhenWorkersDisappear(t *testing.T) {
 			t.Errorf("a request ended with %q, want an error once no worker is left", r)
 		}
 	}
+}
+
+// chunkedSSE sends a streaming chat request on a connection of its own
+// and returns a function giving the response body's HTTP chunks one at a
+// time, each as the frontend flushed it (nil after the last).
+func chunkedSSE(t *testing.T, url, body string) func() []byte {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: loom\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	tp := textproto.NewReader(bufio.NewReader(c))
+	status, err := tp.ReadLine()
+	if err != nil || !strings.HasPrefix(status, "HTTP/1.1 200 ") {
+		t.Fatalf("status line %q, %v", status, err)
+	}
+	h, err := tp.ReadMIMEHeader()
+	if err != nil || h.Get("Transfer-Encoding") != "chunked" {
+		t.Fatalf("headers %v, %v: want a chunked body", h, err)
+	}
+	return func() []byte {
+		t.Helper()
+		line, err := tp.ReadLine()
+		if err != nil {
+			t.Fatalf("chunk size: %v", err)
+		}
+		n, err := strconv.ParseInt(line, 16, 32)
+		if err != nil {
+			t.Fatalf("chunk size %q: %v", line, err)
+		}
+		if n == 0 {
+			// The last chunk, then the trailer.
+			if _, err := tp.ReadMIMEHeader(); err != nil {
+				t.Fatalf("trailer: %v", err)
+			}
+			return nil
+		}
+		chunk := make([]byte, n+2)
+		if _, err := io.ReadFull(tp.R, chunk); err != nil || !bytes.HasSuffix(chunk, []byte("\r\n")) {
+			t.Fatalf("chunk of %d bytes: %q, %v", n, chunk, err)
+		}
+		return chunk[:n]
+	}
+}
+
+// events counts the SSE events in a chunk, which must hold whole events.
+func events(t *testing.T, chunk []byte) int {
+	t.Helper()
+	if !bytes.HasPrefix(chunk, []byte("data: ")) || !bytes.HasSuffix(chunk, []byte("\n\n")) {
+		t.Fatalf("chunk %q does not hold whole events", chunk)
+	}
+	return bytes.Count(chunk, []byte("\n\n"))
+}
+
+// The frontend sends each token as soon as it comes when nothing more
+// waits, and tokens that wait together in one write: a worker's response
+// carrying several tokens leaves as one HTTP chunk.
+func TestSSEWritesWhatWaitsTogether(t *testing.T) {
+	const body = `{"model":"test-model","stream":true,"max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`
+	t.Run("one token at a time", func(t *testing.T) {
+		s := newStack(t, "tcp", frontend.Config{})
+		gate := make(chan struct{})
+		s.worker(workerOpts{gate: gate})
+		s.waitReady(1)
+		next := chunkedSSE(t, s.url, body)
+		// The worker makes the next token only once the client has the
+		// last one: each arrives alone, the last with the finish and
+		// [DONE].
+		for i := range 3 {
+			if n := events(t, next()); n != 1 {
+				t.Fatalf("chunk %d holds %d events, want the token alone", i, n)
+			}
+			gate <- struct{}{}
+		}
+		if n := events(t, next()); n != 3 {
+			t.Fatalf("last chunk holds %d events, want the last token, the finish and [DONE]", n)
+		}
+		if c := next(); c != nil {
+			t.Fatalf("a chunk after [DONE]: %q", c)
+		}
+	})
+	t.Run("tokens that came together", func(t *testing.T) {
+		s := newStack(t, "tcp", frontend.Config{})
+		s.worker(workerOpts{burst: true})
+		s.waitReady(1)
+		next := chunkedSSE(t, s.url, body)
+		if n := events(t, next()); n != 4+2 {
+			t.Fatalf("first chunk holds %d events, want 4 tokens, the finish and [DONE]", n)
+		}
+		if c := next(); c != nil {
+			t.Fatalf("a chunk after [DONE]: %q", c)
+		}
+	})
 }

@@ -95,7 +95,10 @@ type job struct {
 	start     time.Time
 	// emit writes text to the client; an error stops the job.
 	emit func(text []byte) error
-	st   *state
+	// flush, if set, sends what emit wrote; run calls it when no more
+	// output is waiting, so a burst of tokens leaves in one write.
+	flush func() error
+	st    *state
 }
 
 // result is how a job ended.
@@ -131,6 +134,9 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 		actx, cancel := context.WithCancelCause(ctx)
 		a.cancel = cancel
 		callCtx := llm.WithRoute(context.WithValue(actx, attemptKey{}, a), ri)
+		if j.flush != nil {
+			callCtx = loom.WithLookahead(callCtx, &st.ahead)
+		}
 		var callErr error
 		finish := ""
 		for resp, err := range f.client.Generate(callCtx, req) {
@@ -177,6 +183,16 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 			if resp.FinishReason != "" && resp.FinishReason != llm.FinishCancelled {
 				finish = resp.FinishReason
 				break
+			}
+			if j.flush != nil && !st.ahead.Ready() {
+				// Nothing more has arrived: send what this response
+				// made. A frontend that keeps up sends each token as it
+				// comes; one that falls behind sends the tokens that
+				// waited together.
+				if err := j.flush(); err != nil {
+					callErr = err
+					break
+				}
 			}
 		}
 		cause := context.Cause(actx)
@@ -236,6 +252,13 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 			a.avoid = append(a.avoid, a.worker)
 		}
 		a.worker = 0
+		if j.flush != nil {
+			// The client has what was made so far while another worker
+			// takes over.
+			if err := j.flush(); err != nil {
+				return res, err
+			}
+		}
 		res.migrations++
 		j.mm.Migrations.Inc()
 		f.log.Info("llm frontend: migrating request", "request", j.id, "model", j.p.model,

@@ -89,6 +89,10 @@ type testWorker struct {
 	// fail makes every request fail with this error after its first
 	// token.
 	fail error
+	// burst makes every request one response carrying all its tokens.
+	burst bool
+	// gate, if set, is received from before each token after the first.
+	gate chan struct{}
 
 	mu       sync.Mutex
 	requests []llm.Request
@@ -102,6 +106,8 @@ type workerOpts struct {
 	pauseAfter int
 	fail       error
 	ctxLen     int
+	burst      bool
+	gate       chan struct{}
 }
 
 func (s *stack) worker(o workerOpts) *testWorker {
@@ -112,7 +118,7 @@ func (s *stack) worker(o workerOpts) *testWorker {
 	d := s.Connect()
 	rt := s.RuntimeOn(d)
 	w := &testWorker{rt: rt, disc: d, card: llm.ModelCard{Name: o.model, BlockSize: 16, ContextLength: o.ctxLen},
-		delay: o.delay, pauseAfter: o.pauseAfter, fail: o.fail,
+		delay: o.delay, pauseAfter: o.pauseAfter, fail: o.fail, burst: o.burst, gate: o.gate,
 		paused: make(chan string, 64), killed: make(chan string, 64)}
 	ep, err := rt.Endpoint(llm.DefaultNamespace + "/" + llm.WorkerComponent + "/" + llm.GenerateEndpoint)
 	if err != nil {
@@ -149,7 +155,23 @@ func (w *testWorker) Generate(ctx context.Context, req llm.Request) iter.Seq2[ll
 		w.mu.Unlock()
 		w.served.Add(1)
 		prompt := req.TokenIDs[:len(req.TokenIDs)-req.Generated]
+		if w.burst {
+			resp := llm.Response{Worker: w.rt.ID(), FinishReason: llm.FinishLength}
+			for i := range req.MaxTokens {
+				resp.TokenIDs = append(resp.TokenIDs, outputToken(prompt, req.Generated+i))
+			}
+			yield(resp, nil)
+			return
+		}
 		for i := range req.MaxTokens {
+			if i > 0 && w.gate != nil {
+				select {
+				case <-w.gate:
+				case <-ctx.Done():
+					w.killed <- req.ID
+					return
+				}
+			}
 			if i == w.pauseAfter && w.pauseAfter > 0 {
 				w.paused <- req.ID
 				<-ctx.Done()

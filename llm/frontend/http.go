@@ -31,6 +31,7 @@ type state struct {
 	chunk     []byte
 	head      []byte
 	dec       *tokenizer.Decoder
+	ahead     loom.Lookahead // whether a worker's next response waits
 
 	// While tracing is on: the request's server span, and what it ended
 	// with (set by fail and answer).
@@ -292,6 +293,7 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 	st.head = f.appendHead(st.head, j, object+chunkSuffix(chat))
 	st.head = append(st.head, `"choices":[{"index":0,`...)
 	started := false
+	unsent := false // written and not yet flushed
 	begin := func() {
 		h := w.Header()
 		h.Set("Content-Type", "text/event-stream")
@@ -322,9 +324,15 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 		if !started {
 			begin()
 		}
-		if _, err := w.Write(b); err != nil {
-			return err
+		unsent = true
+		_, err := w.Write(b)
+		return err
+	}
+	j.flush = func() error {
+		if !unsent {
+			return nil
 		}
+		unsent = false
 		return rc.Flush()
 	}
 	res, err := f.run(ctx, j)
