@@ -1,6 +1,9 @@
 package kvrouter
 
 import (
+	"math/rand/v2"
+	"slices"
+	"strconv"
 	"testing"
 
 	"github.com/loomrt/loom"
@@ -13,7 +16,7 @@ func testRouter(cfg Config) *KVRouter {
 	if err != nil {
 		panic(err)
 	}
-	return &KVRouter{cfg: cfg, events: true, open: map[uint64]map[string]*sent{}, done: map[uint64]*doneSince{}}
+	return &KVRouter{cfg: cfg, events: true, open: map[uint64]*openSet{}, done: map[uint64]*doneSince{}}
 }
 
 func cands(ids ...uint64) []candidate {
@@ -64,10 +67,9 @@ func TestCostFunction(t *testing.T) {
 
 func TestCostCountsRequestsRoutedSinceTheLastLoadReport(t *testing.T) {
 	r := testRouter(Config{})
-	r.open[1] = map[string]*sent{
-		"old": {worker: 1, blocks: 7, uncach: 7, at: 5},  // before the report: in it
-		"new": {worker: 1, blocks: 9, uncach: 4, at: 15}, // after: not yet in it
-	}
+	r.open[1] = &openSet{reqs: map[string]*sent{}}
+	r.open[1].add(&sent{id: "old", worker: 1, blocks: 7, uncach: 7, at: 5})  // before the report: in it
+	r.open[1].add(&sent{id: "new", worker: 1, blocks: 9, uncach: 4, at: 15}) // after: not yet in it
 	cs := cands(1)
 	cs[0].loadAt = 10
 	cs[0].load = llm.LoadMetrics{ActiveBlocks: 100}
@@ -142,5 +144,54 @@ func TestCostTakesDoneRequestsOffTheLastReport(t *testing.T) {
 	r.choose(cs, 2, 16)
 	if cs[0].decode != 42 {
 		t.Fatalf("decode %d after a newer report, want 42", cs[0].decode)
+	}
+}
+
+// A worker's open requests keep their sums as requests open and close
+// and as load reports come: the sums after any time are those of the
+// requests routed after it, counted one by one.
+func TestOpenSetSumsMatchACount(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	o := &openSet{reqs: map[string]*sent{}}
+	var all []*sent
+	for i := range 20000 {
+		switch op := rng.IntN(10); {
+		case op < 4 || len(all) == 0:
+			s := &sent{id: strconv.Itoa(i), blocks: rng.IntN(50), uncach: rng.IntN(50), at: int64(rng.IntN(1000))}
+			o.add(s)
+			all = append(all, s)
+		case op < 7:
+			k := rng.IntN(len(all))
+			o.remove(all[k])
+			o.remove(all[k]) // twice: the second does nothing
+			all = slices.Delete(all, k, k+1)
+		default:
+			// A report: usually the last one again, sometimes a new one.
+			at := o.since
+			if op == 9 {
+				at = int64(rng.IntN(1000))
+			}
+			var blocks, uncach int
+			for _, s := range all {
+				if s.at > at {
+					blocks += s.blocks
+					uncach += s.uncach
+				}
+			}
+			if b, u := o.after(at); b != blocks || u != uncach {
+				t.Fatalf("step %d: after(%d) = %d, %d; counting gives %d, %d", i, at, b, u, blocks, uncach)
+			}
+		}
+	}
+	// A request routed again replaces its first routing: closing the
+	// first does not close the second.
+	first := &sent{id: "again", blocks: 3, uncach: 3, at: 2000}
+	o.add(first)
+	second := &sent{id: "again", blocks: 5, uncach: 1, at: 2001}
+	o.remove(first)
+	o.add(second)
+	o.remove(first)
+	if o.reqs["again"] != second {
+		t.Fatal("closing a request's first routing closed its second")
 	}
 }

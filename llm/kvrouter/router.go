@@ -233,7 +233,7 @@ type KVRouter struct {
 
 	bk       sync.Mutex
 	inflight map[string]*sent
-	open     map[uint64]map[string]*sent
+	open     map[uint64]*openSet
 	decided  map[uint64]uint64
 	done     map[uint64]*doneSince
 
@@ -265,6 +265,53 @@ type sent struct {
 	at             int64
 }
 
+// openSet is the requests routed to one worker and not Done, with the
+// sums of their blocks over those routed after since: a pick adds what
+// the worker's last load report does not count without going through
+// every request open on the worker. The sums are taken again when a pick
+// asks about another report.
+type openSet struct {
+	reqs           map[string]*sent
+	since          int64
+	blocks, uncach int
+}
+
+// add opens s; r.bk is held.
+func (o *openSet) add(s *sent) {
+	o.reqs[s.id] = s
+	if s.at > o.since {
+		o.blocks += s.blocks
+		o.uncach += s.uncach
+	}
+}
+
+// remove closes s if it is open; r.bk is held.
+func (o *openSet) remove(s *sent) {
+	if o.reqs[s.id] != s {
+		return
+	}
+	delete(o.reqs, s.id)
+	if s.at > o.since {
+		o.blocks -= s.blocks
+		o.uncach -= s.uncach
+	}
+}
+
+// after returns the blocks and uncached blocks of the requests routed
+// after t; r.bk is held.
+func (o *openSet) after(t int64) (blocks, uncach int) {
+	if t != o.since {
+		o.since, o.blocks, o.uncach = t, 0, 0
+		for _, s := range o.reqs {
+			if s.at > t {
+				o.blocks += s.blocks
+				o.uncach += s.uncach
+			}
+		}
+	}
+	return o.blocks, o.uncach
+}
+
 // maxBuffered bounds the events kept for a worker while its block set is
 // being fetched; past it they are dropped and the fetch done again.
 const maxBuffered = 65536
@@ -294,7 +341,7 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 		cfg: cfg, rt: rt, name: KVApprox, events: useEvents,
 		idx: newIndex(), workers: make(map[uint64]*workerState), gone: make(map[uint64]int64),
 		resyncQ: make(map[uint64]bool), wakeRes: make(chan struct{}, 1),
-		inflight: make(map[string]*sent), open: make(map[uint64]map[string]*sent),
+		inflight: make(map[string]*sent), open: make(map[uint64]*openSet),
 		decided: make(map[uint64]uint64), done: make(map[uint64]*doneSince),
 	}
 	if useEvents {
@@ -681,8 +728,8 @@ func (r *KVRouter) maintain(ctx context.Context) {
 // forget drops a routed request from the bookkeeping; r.bk is held.
 func (r *KVRouter) forget(id string, s *sent) {
 	delete(r.inflight, id)
-	if m := r.open[s.worker]; m != nil {
-		delete(m, id)
+	if o := r.open[s.worker]; o != nil {
+		o.remove(s)
 	}
 }
 
@@ -793,12 +840,12 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 		}
 		s := &sent{id: ri.RequestID, worker: id, blocks: n, uncach: n - chosen.overlap, at: now}
 		r.inflight[ri.RequestID] = s
-		m := r.open[id]
-		if m == nil {
-			m = make(map[string]*sent)
-			r.open[id] = m
+		o := r.open[id]
+		if o == nil {
+			o = &openSet{reqs: make(map[string]*sent)}
+			r.open[id] = o
 		}
-		m[ri.RequestID] = s
+		o.add(s)
 	}
 	r.bk.Unlock()
 
@@ -843,11 +890,10 @@ func (r *KVRouter) choose(cs []candidate, n, bs int) int {
 				active = max(0, active-d.blocks)
 			}
 		}
-		for _, s := range r.open[c.c.ID] {
-			if s.at > c.loadAt {
-				pending += s.uncach
-				active += s.blocks
-			}
+		if o := r.open[c.c.ID]; o != nil {
+			blocks, uncach := o.after(c.loadAt)
+			pending += uncach
+			active += blocks
 		}
 		c.prefill = n - c.overlap + pending + c.wai*n
 		c.decode = active + n
@@ -922,7 +968,9 @@ func (r *KVRouter) Stats() Stats {
 	r.mu.RUnlock()
 	r.bk.Lock()
 	for i := range s.Workers {
-		s.Workers[i].Open = len(r.open[s.Workers[i].ID])
+		if o := r.open[s.Workers[i].ID]; o != nil {
+			s.Workers[i].Open = len(o.reqs)
+		}
 		s.Workers[i].Decisions = r.decided[s.Workers[i].ID]
 	}
 	r.bk.Unlock()
