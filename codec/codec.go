@@ -40,6 +40,24 @@ var MsgPack Codec = msgpackCodec{}
 // JSON is the encoding/json codec.
 var JSON Codec = jsonCodec{}
 
+// A MsgpackAppender writes its own MessagePack encoding, which MsgPack's
+// Marshal uses instead of reflection: for a type on a hot path, such as
+// the items of a stream. AppendMsgpack must append the bytes the
+// reflective encoder would write, or report false (leaving dst as it
+// was) to have it write them.
+type MsgpackAppender interface {
+	AppendMsgpack(dst []byte) ([]byte, bool)
+}
+
+// A MsgpackReader reads its own MessagePack encoding, which MsgPack's
+// Unmarshal tries before reflection. ReadMsgpack must decode as the
+// reflective decoder would, or report false, leaving the value as it
+// was, for input it does not read (the reflective decoder then decodes
+// it, or fails).
+type MsgpackReader interface {
+	ReadMsgpack(data []byte) bool
+}
+
 // ByName returns the codec called name.
 func ByName(name string) (Codec, error) {
 	switch name {
@@ -81,6 +99,10 @@ func (msgpackCodec) Marshal(dst []byte, v any) ([]byte, error) {
 		return appendBin(dst, v), nil
 	case *[]byte:
 		return appendBin(dst, *v), nil
+	case MsgpackAppender:
+		if out, ok := v.AppendMsgpack(dst); ok {
+			return out, nil
+		}
 	}
 	e := msgpackEncoders.Get().(*msgpackEncoder)
 	e.buf.Reset()
@@ -118,6 +140,10 @@ func (msgpackCodec) Unmarshal(data []byte, v any) error {
 	case *[]byte:
 		if b, ok := readBin(data); ok {
 			*v = b
+			return nil
+		}
+	case MsgpackReader:
+		if v.ReadMsgpack(data) {
 			return nil
 		}
 	}

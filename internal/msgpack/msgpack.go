@@ -164,6 +164,15 @@ func (r *Reader) Byte() (byte, error) {
 	return c, nil
 }
 
+// Nil reads a nil if one is next, and reports whether it did.
+func (r *Reader) Nil() bool {
+	if r.off < len(r.b) && r.b[r.off] == Nil {
+		r.off++
+		return true
+	}
+	return false
+}
+
 // Next returns the next n bytes.
 func (r *Reader) Next(n uint64) ([]byte, error) {
 	if uint64(len(r.b)-r.off) < n {

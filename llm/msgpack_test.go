@@ -1,0 +1,212 @@
+package llm_test
+
+import (
+	"bytes"
+	"math"
+	"math/rand/v2"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/llm"
+)
+
+// plainRequest and plainResponse have Request's and Response's fields and
+// tags but not their methods: the codec encodes and decodes them by
+// reflection, the reference the hand-written encodings are held to.
+type (
+	plainRequest  llm.Request
+	plainResponse llm.Response
+)
+
+func tokens(rng *rand.Rand) []uint32 {
+	switch rng.IntN(6) {
+	case 0:
+		return nil
+	case 1:
+		return []uint32{}
+	}
+	n := []int{1, 15, 16, 300, 70000}[rng.IntN(5)]
+	out := make([]uint32, n)
+	for i := range out {
+		out[i] = []uint32{uint32(rng.IntN(128)), uint32(rng.IntN(256)), uint32(rng.IntN(70000)), rng.Uint32(), math.MaxUint32}[rng.IntN(5)]
+	}
+	return out
+}
+
+func text(rng *rand.Rand) string {
+	return strings.Repeat("x", []int{0, 1, 31, 32, 255, 256, 70000}[rng.IntN(7)])
+}
+
+func count(rng *rand.Rand) int {
+	return []int{0, 1, 127, 128, 255, 256, 65536, math.MaxInt}[rng.IntN(8)]
+}
+
+func randomRequest(rng *rand.Rand) llm.Request {
+	return llm.Request{ID: text(rng), Model: text(rng), TokenIDs: tokens(rng), Generated: count(rng),
+		MaxTokens: count(rng), StopTokenIDs: tokens(rng)}
+}
+
+func randomResponse(rng *rand.Rand) llm.Response {
+	return llm.Response{TokenIDs: tokens(rng), FinishReason: text(rng),
+		Worker: []uint64{0, 1, 200, math.MaxUint32 + 1, math.MaxUint64}[rng.IntN(5)], CachedTokens: count(rng)}
+}
+
+// Request and Response write the bytes the reflective encoder writes, and
+// read them back as it does.
+func TestMsgpackMatchesTheReflectiveCodec(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	for i := range 500 {
+		req := randomRequest(rng)
+		fast, err := codec.MsgPack.Marshal(nil, &req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain := plainRequest(req)
+		want, err := codec.MsgPack.Marshal(nil, &plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(fast, want) {
+			t.Fatalf("request %d: %x\nthe reflective encoder writes %x", i, fast, want)
+		}
+		var back llm.Request
+		if !back.ReadMsgpack(want) {
+			t.Fatalf("request %d: not read: %x", i, want)
+		}
+		var ref plainRequest
+		if err := codec.MsgPack.Unmarshal(want, &ref); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(back, llm.Request(ref)) {
+			t.Fatalf("request %d read as %+v; the reflective decoder reads %+v", i, back, ref)
+		}
+
+		resp := randomResponse(rng)
+		fast, err = codec.MsgPack.Marshal(nil, &resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plainR := plainResponse(resp)
+		want, err = codec.MsgPack.Marshal(nil, &plainR)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(fast, want) {
+			t.Fatalf("response %d: %x\nthe reflective encoder writes %x", i, fast, want)
+		}
+		var backR llm.Response
+		if !backR.ReadMsgpack(want) {
+			t.Fatalf("response %d: not read: %x", i, want)
+		}
+		var refR plainResponse
+		if err := codec.MsgPack.Unmarshal(want, &refR); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(backR, llm.Response(refR)) {
+			t.Fatalf("response %d read as %+v; the reflective decoder reads %+v", i, backR, refR)
+		}
+	}
+	// Negative counts are left to the reflective encoder, which the codec
+	// then uses.
+	neg := llm.Response{CachedTokens: -1}
+	if _, ok := neg.AppendMsgpack(nil); ok {
+		t.Fatal("a negative count was written by hand")
+	}
+	got, err := codec.MsgPack.Marshal(nil, &neg)
+	plain := plainResponse(neg)
+	want, _ := codec.MsgPack.Marshal(nil, &plain)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("a negative count: %x, %v; want %x", got, err, want)
+	}
+}
+
+// Forms the hand-written reader does not take are left to the reflective
+// decoder: the codec still reads them.
+func TestMsgpackOtherFormsStillDecode(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data []byte
+		read bool
+	}{
+		{"keys in another order, an unknown key", []byte("\x83\xa6worker\x05\xa5extra\x92\x01\xa0\xa9token_ids\x91\x07"), true},
+		{"a signed encoding of a count", []byte("\x82\xa9token_ids\x90\xadcached_tokens\xd0\x05"), true},
+		{"a key twice", []byte("\x82\xa6worker\x01\xa6worker\x02"), false},
+		{"nil for a count", []byte("\x81\xadcached_tokens\xc0"), false},
+		{"a negative count", []byte("\x81\xadcached_tokens\xff"), false},
+		{"a float token", []byte("\x81\xa9token_ids\x91\xcb\x3f\xf0\x00\x00\x00\x00\x00\x00"), false},
+		{"a token above 32 bits", []byte("\x81\xa9token_ids\x91\xcf\x00\x00\x00\x01\x00\x00\x00\x00"), false},
+		{"a bin key", []byte("\x81\xc4\x06worker\x01"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var fast llm.Response
+			if got := fast.ReadMsgpack(tc.data); got != tc.read {
+				t.Fatalf("read by hand: %v, want %v", got, tc.read)
+			}
+			if !tc.read && !reflect.DeepEqual(fast, llm.Response{}) {
+				t.Fatalf("not read, yet changed: %+v", fast)
+			}
+			var viaCodec llm.Response
+			var ref plainResponse
+			errFast := codec.MsgPack.Unmarshal(tc.data, &viaCodec)
+			errRef := codec.MsgPack.Unmarshal(tc.data, &ref)
+			if (errFast == nil) != (errRef == nil) || !reflect.DeepEqual(viaCodec, llm.Response(ref)) {
+				t.Fatalf("through the codec: %+v, %v; the reflective decoder: %+v, %v", viaCodec, errFast, ref, errRef)
+			}
+		})
+	}
+}
+
+// Whatever the bytes, a Request or Response the hand-written reader reads
+// is what the reflective decoder reads, into a zero value or over one
+// already set; input it does not read leaves the value as it was.
+func FuzzMsgpackRead(f *testing.F) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	for range 8 {
+		req, resp := randomRequest(rng), randomResponse(rng)
+		req.TokenIDs, resp.TokenIDs = req.TokenIDs[:min(len(req.TokenIDs), 20)], resp.TokenIDs[:min(len(resp.TokenIDs), 20)]
+		req.ID, req.Model, resp.FinishReason = req.ID[:min(len(req.ID), 40)], "m", resp.FinishReason[:min(len(resp.FinishReason), 40)]
+		b, _ := req.AppendMsgpack(nil)
+		f.Add(b)
+		b, _ = resp.AppendMsgpack(nil)
+		f.Add(b)
+	}
+	f.Add([]byte("\x83\xa6worker\x05\xa5extra\x92\x01\xa0\xa9token_ids\x91\x07"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		set := llm.Request{ID: "old", TokenIDs: []uint32{9}, MaxTokens: 3}
+		for _, start := range []llm.Request{{}, set} {
+			fast := start
+			fast.TokenIDs = append([]uint32(nil), start.TokenIDs...)
+			ref := plainRequest(start)
+			ref.TokenIDs = append([]uint32(nil), start.TokenIDs...)
+			if fast.ReadMsgpack(data) {
+				if err := codec.MsgPack.Unmarshal(data, &ref); err != nil {
+					t.Fatalf("read %+v by hand; the reflective decoder fails: %v", fast, err)
+				}
+				if !reflect.DeepEqual(fast, llm.Request(ref)) {
+					t.Fatalf("read %+v by hand; the reflective decoder reads %+v", fast, ref)
+				}
+			} else if !reflect.DeepEqual(fast, start) {
+				t.Fatalf("not read, yet changed: %+v", fast)
+			}
+		}
+		setR := llm.Response{TokenIDs: []uint32{9}, Worker: 4}
+		for _, start := range []llm.Response{{}, setR} {
+			fast := start
+			fast.TokenIDs = append([]uint32(nil), start.TokenIDs...)
+			ref := plainResponse(start)
+			ref.TokenIDs = append([]uint32(nil), start.TokenIDs...)
+			if fast.ReadMsgpack(data) {
+				if err := codec.MsgPack.Unmarshal(data, &ref); err != nil {
+					t.Fatalf("read %+v by hand; the reflective decoder fails: %v", fast, err)
+				}
+				if !reflect.DeepEqual(fast, llm.Response(ref)) {
+					t.Fatalf("read %+v by hand; the reflective decoder reads %+v", fast, ref)
+				}
+			} else if !reflect.DeepEqual(fast, start) {
+				t.Fatalf("not read, yet changed: %+v", fast)
+			}
+		}
+	})
+}
