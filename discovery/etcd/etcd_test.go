@@ -322,6 +322,8 @@ type proxy struct {
 	mu     sync.Mutex
 	cut    bool
 	conns  map[net.Conn]struct{}
+	// refused holds when each connection made while cut was dropped.
+	refused []time.Time
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -353,6 +355,9 @@ func (p *proxy) accept() {
 		p.mu.Unlock()
 		if cut {
 			c.Close()
+			p.mu.Lock()
+			p.refused = append(p.refused, time.Now())
+			p.mu.Unlock()
 			continue
 		}
 		up, err := net.Dial("tcp", p.target)

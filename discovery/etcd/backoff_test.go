@@ -1,0 +1,41 @@
+package etcd
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom/internal/testutil"
+)
+
+// TestReconnectAttemptsToAnUnreachableEtcdStayWithinTwoSecondsOfEachOther
+// holds docs/design.md: the client's reconnect backoff is capped at 2 s
+// (gRPC's default grows to two minutes), so a client finds etcd again
+// within a second or two of its return. While etcd drops every connection,
+// no gap between attempts may exceed the cap with its 20 % jitter and some
+// room for a loaded machine; gRPC's default would leave 4 s by the tenth.
+func TestReconnectAttemptsToAnUnreachableEtcdStayWithinTwoSecondsOfEachOther(t *testing.T) {
+	srv := startEtcd(t, fast)
+	p := newProxy(t, strings.TrimPrefix(srv.ClientURL(), "http://"))
+	connect(t, p.URL(), 10*time.Second)
+	cut := time.Now()
+	p.partition(true)
+	attempts := func() []time.Time {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return slices.Clone(p.refused)
+	}
+	const span = 10 * time.Second
+	testutil.Eventually(t, 30*time.Second, "reconnect attempts over 10s", func() bool {
+		a := attempts()
+		return len(a) > 0 && a[len(a)-1].Sub(cut) >= span
+	})
+	a := attempts()
+	for i := 1; i < len(a); i++ {
+		if gap := a[i].Sub(a[i-1]); gap > 3*time.Second {
+			t.Errorf("reconnect attempt %d came %v after the one before; want at most 2s, +20%% jitter", i+1, gap.Round(time.Millisecond))
+		}
+	}
+	p.partition(false)
+}
