@@ -855,9 +855,15 @@ func events(t *testing.T, chunk []byte) int {
 // waits, and tokens that wait together in one write: a worker's response
 // carrying several tokens leaves as one HTTP chunk.
 func TestSSEWritesWhatWaitsTogether(t *testing.T) {
+	for _, plane := range []string{"tcp", "nats"} {
+		t.Run(plane, func(t *testing.T) { testSSEWritesWhatWaitsTogether(t, plane) })
+	}
+}
+
+func testSSEWritesWhatWaitsTogether(t *testing.T, plane string) {
 	const body = `{"model":"test-model","stream":true,"max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`
 	t.Run("one token at a time", func(t *testing.T) {
-		s := newStack(t, "tcp", frontend.Config{})
+		s := newStack(t, plane, frontend.Config{})
 		gate := make(chan struct{})
 		s.worker(workerOpts{gate: gate})
 		s.waitReady(1)
@@ -879,7 +885,7 @@ func TestSSEWritesWhatWaitsTogether(t *testing.T) {
 		}
 	})
 	t.Run("tokens that came together", func(t *testing.T) {
-		s := newStack(t, "tcp", frontend.Config{})
+		s := newStack(t, plane, frontend.Config{})
 		s.worker(workerOpts{burst: true})
 		s.waitReady(1)
 		next := chunkedSSE(t, s.url, body)
