@@ -1,7 +1,9 @@
 package kvrouter
 
 import (
+	"context"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strconv"
 	"testing"
@@ -16,7 +18,8 @@ func testRouter(cfg Config) *KVRouter {
 	if err != nil {
 		panic(err)
 	}
-	return &KVRouter{cfg: cfg, events: true, open: map[uint64]*openSet{}, done: map[uint64]*doneSince{}}
+	return &KVRouter{cfg: cfg, events: true, idx: newIndex(), workers: map[uint64]*workerState{},
+		inflight: map[string]*sent{}, open: map[uint64]*openSet{}, decided: map[uint64]uint64{}, done: map[uint64]*doneSince{}}
 }
 
 func cands(ids ...uint64) []candidate {
@@ -193,5 +196,45 @@ func TestOpenSetSumsMatchACount(t *testing.T) {
 	o.remove(first)
 	if o.reqs["again"] != second {
 		t.Fatal("closing a request's first routing closed its second")
+	}
+}
+
+// The memory a pick allocates does not grow with the workers it chooses
+// among: its working memory is kept from one pick to the next.
+func TestPickMemoryDoesNotGrowWithTheWorkers(t *testing.T) {
+	perPick := func(workers int) float64 {
+		r := testRouter(Config{})
+		all := make([]*loom.Candidate, workers)
+		for i := range all {
+			id := uint64(i + 1)
+			all[i] = &loom.Candidate{Instance: discovery.Instance{ID: id, Metadata: map[string]string{llm.MetaModel: "m"}}}
+			r.open[id] = &openSet{reqs: map[string]*sent{}}
+		}
+		toks := make([]uint32, 270)
+		ctx := llm.WithRoute(context.Background(), &llm.RouteInfo{RequestID: "r", Model: "m", TokenIDs: toks})
+		pick := func() {
+			if _, err := r.Pick(ctx, all); err != nil {
+				t.Fatal(err)
+			}
+			r.Done("r")
+		}
+		for range 100 {
+			pick()
+		}
+		const picks = 2000
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range picks {
+			pick()
+		}
+		runtime.ReadMemStats(&after)
+		return float64(after.TotalAlloc-before.TotalAlloc) / picks
+	}
+	few, many := perPick(8), perPick(64)
+	t.Logf("bytes allocated per pick: %.0f among 8 workers, %.0f among 64", few, many)
+	// Under the race detector sync.Pool drops a share of what it is given
+	// on purpose, so only the plain run counts.
+	if !raceEnabled && many > few+64 {
+		t.Fatalf("a pick among 64 workers allocates %.0f bytes, among 8 %.0f: its memory grows with the workers", many, few)
 	}
 }

@@ -789,12 +789,15 @@ type candidate struct {
 // worker until Done.
 func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candidate, error) {
 	ri := llm.RouteFrom(ctx)
+	ps := pickScratches.Get().(*pickScratch)
+	defer ps.release()
 	var toks []uint32
 	cands := all
 	if ri != nil {
 		toks = ri.TokenIDs
 		if ri.Model != "" {
-			cands = llm.ServesModel(make([]*loom.Candidate, 0, len(all)), all, ri.Model)
+			cands = llm.ServesModel(ps.cands[:0], all, ri.Model)
+			ps.cands = cands
 			if len(cands) == 0 {
 				return nil, fmt.Errorf("%w: %q (%d workers, none with that model)", llm.ErrNoWorker, ri.Model, len(all))
 			}
@@ -811,7 +814,8 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 	n := (len(toks) + bs - 1) / bs
 	now := time.Now().UnixNano()
 
-	cs := make([]candidate, len(cands))
+	cs := slices.Grow(ps.cs[:0], len(cands))[:len(cands)]
+	ps.cs = cs
 	var scores [16]scored
 	r.mu.RLock()
 	sc := r.idx.overlaps(scores[:0], hashes, now)
@@ -861,6 +865,24 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 		ri.Worker, ri.OverlapBlocks = id, chosen.overlap
 	}
 	return chosen.c, nil
+}
+
+// pickScratch is a pick's working memory, kept for the next: the
+// candidates serving the model and their inputs to the cost, about 150
+// bytes a worker, which would otherwise be garbage after every request.
+type pickScratch struct {
+	cands []*loom.Candidate
+	cs    []candidate
+}
+
+var pickScratches = sync.Pool{New: func() any { return new(pickScratch) }}
+
+// release zeroes what the pick used, so that the next finds zero values
+// and nothing is kept alive, and gives the scratch back.
+func (ps *pickScratch) release() {
+	clear(ps.cands)
+	clear(ps.cs)
+	pickScratches.Put(ps)
 }
 
 // choose computes each candidate's cost and picks one; r.bk is held.

@@ -1,0 +1,5 @@
+//go:build !race
+
+package kvrouter
+
+const raceEnabled = false
