@@ -45,41 +45,24 @@ func (r *Request) AppendMsgpack(dst []byte) ([]byte, bool) {
 // data is a map in the form AppendMsgpack writes (its keys in any order,
 // unknown ones skipped); it reports false otherwise, leaving r as it was.
 func (r *Request) ReadMsgpack(data []byte) bool {
-	rd := mp.NewReader(data)
-	n, ok := mapLen(&rd)
-	if !ok {
-		return false
-	}
-	t := *r
-	var seen uint8
-	for range n {
-		key, err := rd.Str()
-		if err != nil {
-			return false
-		}
-		var bit uint8
+	t, rd := *r, mp.NewReader(data)
+	if !readMap(&rd, func(key []byte) (uint8, bool) {
 		switch string(key) {
 		case "id":
-			bit, ok = 1, readString(&rd, &t.ID)
+			return 1, readString(&rd, &t.ID)
 		case "model":
-			bit, ok = 2, readString(&rd, &t.Model)
+			return 2, readString(&rd, &t.Model)
 		case "token_ids":
-			bit, ok = 4, readTokens(&rd, &t.TokenIDs)
+			return 4, readTokens(&rd, &t.TokenIDs)
 		case "generated":
-			bit, ok = 8, readCount(&rd, &t.Generated)
+			return 8, readCount(&rd, &t.Generated)
 		case "max_tokens":
-			bit, ok = 16, readCount(&rd, &t.MaxTokens)
+			return 16, readCount(&rd, &t.MaxTokens)
 		case "stop_token_ids":
-			bit, ok = 32, readTokens(&rd, &t.StopTokenIDs)
-		default:
-			ok = rd.Skip(maxSkipDepth) == nil
+			return 32, readTokens(&rd, &t.StopTokenIDs)
 		}
-		if !ok || seen&bit != 0 {
-			return false
-		}
-		seen |= bit
-	}
-	if rd.Remaining() != 0 {
+		return 0, rd.Skip(maxSkipDepth) == nil
+	}) {
 		return false
 	}
 	*r = t
@@ -119,43 +102,50 @@ func (r *Response) AppendMsgpack(dst []byte) ([]byte, bool) {
 
 // ReadMsgpack decodes data into r as Request.ReadMsgpack does.
 func (r *Response) ReadMsgpack(data []byte) bool {
-	rd := mp.NewReader(data)
-	n, ok := mapLen(&rd)
-	if !ok {
+	t, rd := *r, mp.NewReader(data)
+	if !readMap(&rd, func(key []byte) (uint8, bool) {
+		switch string(key) {
+		case "token_ids":
+			return 1, readTokens(&rd, &t.TokenIDs)
+		case "finish_reason":
+			return 2, readString(&rd, &t.FinishReason)
+		case "worker":
+			v, err := rd.Uint()
+			t.Worker = v
+			return 4, err == nil
+		case "cached_tokens":
+			return 8, readCount(&rd, &t.CachedTokens)
+		}
+		return 0, rd.Skip(maxSkipDepth) == nil
+	}) {
 		return false
 	}
-	t := *r
+	*r = t
+	return true
+}
+
+// readMap reads what rd holds, one whole map whose keys are strings,
+// each at most once. For each key, field reads the value from rd and
+// returns the key's bit in the set of keys seen (0 for a key it skips)
+// and whether it read it.
+func readMap(rd *mp.Reader, field func(key []byte) (bit uint8, ok bool)) bool {
+	n, array, err := rd.Container()
+	if err != nil || array {
+		return false
+	}
 	var seen uint8
 	for range n {
 		key, err := rd.Str()
 		if err != nil {
 			return false
 		}
-		var bit uint8
-		switch string(key) {
-		case "token_ids":
-			bit, ok = 1, readTokens(&rd, &t.TokenIDs)
-		case "finish_reason":
-			bit, ok = 2, readString(&rd, &t.FinishReason)
-		case "worker":
-			bit = 4
-			t.Worker, err = rd.Uint()
-			ok = err == nil
-		case "cached_tokens":
-			bit, ok = 8, readCount(&rd, &t.CachedTokens)
-		default:
-			ok = rd.Skip(maxSkipDepth) == nil
-		}
+		bit, ok := field(key)
 		if !ok || seen&bit != 0 {
 			return false
 		}
 		seen |= bit
 	}
-	if rd.Remaining() != 0 {
-		return false
-	}
-	*r = t
-	return true
+	return rd.Remaining() == 0
 }
 
 // maxSkipDepth bounds the nesting of an unknown key's value, as the
@@ -172,12 +162,6 @@ func appendTokens(dst []byte, ids []uint32) []byte {
 		dst = mp.AppendUint(dst, uint64(id))
 	}
 	return dst
-}
-
-// mapLen reads a map's header.
-func mapLen(rd *mp.Reader) (uint64, bool) {
-	n, array, err := rd.Container()
-	return n, err == nil && !array
 }
 
 // readString reads a str into s.

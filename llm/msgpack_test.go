@@ -214,3 +214,18 @@ func FuzzMsgpackRead(f *testing.F) {
 		}
 	})
 }
+
+// Reading a Response allocates its token slice and nothing else: the
+// stream of a request decodes one per token.
+func TestMsgpackReadAllocatesOnlyTheTokens(t *testing.T) {
+	resp := llm.Response{TokenIDs: []uint32{5}, Worker: 3, CachedTokens: 2}
+	data, _ := resp.AppendMsgpack(nil)
+	if n := testing.AllocsPerRun(1000, func() {
+		var r llm.Response
+		if !r.ReadMsgpack(data) {
+			t.Fatal("not read")
+		}
+	}); n != 1 {
+		t.Fatalf("reading a one-token response allocates %v times, want 1", n)
+	}
+}
