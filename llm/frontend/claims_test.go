@@ -4,14 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm/frontend"
 )
@@ -21,13 +18,7 @@ import (
 // a worker its client does not list yet, the re-issue waits for the client
 // once, for up to a second, and then fails rather than waiting on.
 func TestMigrationWaitsOnceAndAtMostASecondForTheClientToLearnOfAWorker(t *testing.T) {
-	lag := &laggingWatch{}
-	migrating := make(chan struct{})
-	log := slog.New(signalLog{msg: "llm frontend: migrating request", ch: migrating, once: new(sync.Once)})
-	s := newStackOn(t, "tcp", frontend.Config{MaxMigrations: 3, Logger: log}, func(d discovery.Discovery) discovery.Discovery {
-		lag.Discovery = d
-		return lag
-	})
+	s, lag, migrating := laggingStack(t, 3)
 	a := s.worker(workerOpts{pauseAfter: 3})
 	s.waitReady(1)
 	// Bounds the request if the frontend waited on and on.

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/textproto"
@@ -21,7 +20,6 @@ import (
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
-	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm/frontend"
 )
@@ -705,13 +703,7 @@ func TestMigrationKeepsTheStream(t *testing.T) {
 func TestMigrationsExhaustedEndTheStream(t *testing.T) {
 	for _, lagging := range []bool{false, true} {
 		t.Run(fmt.Sprintf("lagging=%v", lagging), func(t *testing.T) {
-			lag := &laggingWatch{}
-			migrating := make(chan struct{})
-			log := slog.New(signalLog{msg: "llm frontend: migrating request", ch: migrating, once: new(sync.Once)})
-			s := newStackOn(t, "tcp", frontend.Config{MaxMigrations: 1, Logger: log}, func(d discovery.Discovery) discovery.Discovery {
-				lag.Discovery = d
-				return lag
-			})
+			s, lag, migrating := laggingStack(t, 1)
 			a := s.worker(workerOpts{pauseAfter: 3})
 			s.waitReady(1)
 			resp := post(t, context.Background(), s.url+"/v1/chat/completions", migBody)

@@ -250,6 +250,21 @@ func (s *stack) waitReady(n int) {
 	}
 }
 
+// laggingStack is a stack whose frontend allows maxMigrations, with its
+// runtime's discovery behind a laggingWatch; migrating is closed when the
+// frontend logs its first migration.
+func laggingStack(t testing.TB, maxMigrations int) (s *stack, lag *laggingWatch, migrating <-chan struct{}) {
+	t.Helper()
+	lag = &laggingWatch{}
+	ch := make(chan struct{})
+	log := slog.New(signalLog{msg: "llm frontend: migrating request", ch: ch, once: new(sync.Once)})
+	s = newStackOn(t, "tcp", frontend.Config{MaxMigrations: maxMigrations, Logger: log}, func(d discovery.Discovery) discovery.Discovery {
+		lag.Discovery = d
+		return lag
+	})
+	return s, lag, ch
+}
+
 // laggingWatch is a discovery handle whose first watch of the workers
 // (the frontend's client's, made before the frontend's own) stops
 // delivering events while held, as a watch that lags behind another does.
