@@ -368,10 +368,9 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 // would otherwise score them again whenever it chose one to avoid.
 func (c *clientCore) choose(ctx context.Context, list []*Candidate) (*Candidate, error) {
 	var now int64
-	for i, cand := range list {
-		if usable(cand, &now) {
-			continue
-		}
+	if i := slices.IndexFunc(list, func(c *Candidate) bool { return !usable(c, &now) }); i >= 0 {
+		// Copied only when one is unusable: the common call allocates
+		// nothing here.
 		ok := append(make([]*Candidate, 0, len(list)-1), list[:i]...)
 		for _, l := range list[i+1:] {
 			if usable(l, &now) {
@@ -381,7 +380,6 @@ func (c *clientCore) choose(ctx context.Context, list []*Candidate) (*Candidate,
 		if len(ok) > 0 {
 			list = ok
 		}
-		break
 	}
 	cand, err := c.picker.Pick(ctx, list)
 	if err != nil {
