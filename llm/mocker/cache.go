@@ -205,7 +205,7 @@ func (c *kvCache) trim() { c.makeRoom(0) }
 // evict one), so a Removed event that follows another still pending
 // joins it instead of taking an id of its own: the evictions made before
 // the publisher next takes its events go out as one message, not one per
-// block. In the 64-worker scale run of docs/llm.md that is 2.4-2.5
+// block. In the 64-worker scale run of docs/llm.md that is 2.2-2.5
 // kv_events per request instead of about 8. It does not join an event a
 // snapshot already covered.
 func (c *kvCache) event(ev llm.KvEvent) {
