@@ -238,3 +238,93 @@ func TestPickMemoryDoesNotGrowWithTheWorkers(t *testing.T) {
 		t.Fatalf("a pick among 64 workers allocates %.0f bytes, among 8 %.0f: its memory grows with the workers", many, few)
 	}
 }
+
+// BenchmarkPick is one pick and its Done among workers workers that
+// all report load, a 270-token prompt: held by none of them, or its
+// first 16 blocks held by every worker (a system prompt every worker has
+// cached).
+func BenchmarkPick(b *testing.B) {
+	for _, workers := range []int{8, 64, 256, 1024} {
+		for _, held := range []bool{false, true} {
+			name := "workers=" + strconv.Itoa(workers) + "/held=none"
+			if held {
+				name = "workers=" + strconv.Itoa(workers) + "/held=all"
+			}
+			b.Run(name, func(b *testing.B) {
+				r := testRouter(Config{})
+				toks := make([]uint32, 270)
+				for i := range toks {
+					toks[i] = uint32(i)
+				}
+				hashes := llm.BlockHashes(toks, llm.DefaultBlockSize)
+				all := make([]*loom.Candidate, workers)
+				for i := range all {
+					id := uint64(i + 1)
+					all[i] = &loom.Candidate{Instance: discovery.Instance{ID: id, Metadata: map[string]string{llm.MetaModel: "m"}}}
+					w := r.worker(id)
+					w.load, w.loadAt = llm.LoadMetrics{ActiveBlocks: i % 7, PrefillTokens: 16 * (i % 3)}, 1
+					if held {
+						r.idx.store(id, hashes[:16], 0)
+					}
+				}
+				ctx := llm.WithRoute(context.Background(), &llm.RouteInfo{RequestID: "r", Model: "m", TokenIDs: toks})
+				b.ReportAllocs()
+				for b.Loop() {
+					if _, err := r.Pick(ctx, all); err != nil {
+						b.Fatal(err)
+					}
+					r.Done("r")
+				}
+			})
+		}
+	}
+}
+
+// TestPickAmongManyHolders routes among more workers holding a prompt's
+// prefix than the pick compares one by one: each worker holds a longer
+// prefix than the one before, at equal loads, so the deepest wins, with
+// its overlap; then the counts of the first pick do not leak into a
+// second.
+func TestPickAmongManyHolders(t *testing.T) {
+	const workers = 3 * askSets
+	r := testRouter(Config{})
+	toks := make([]uint32, 16*(workers+2))
+	for i := range toks {
+		toks[i] = uint32(i)
+	}
+	hashes := llm.BlockHashes(toks, llm.DefaultBlockSize)
+	all := make([]*loom.Candidate, workers)
+	for i := range all {
+		id := uint64(i + 1)
+		all[i] = &loom.Candidate{Instance: discovery.Instance{ID: id}}
+		r.worker(id).loadAt = 1
+		r.idx.store(id, hashes[:(i*7)%workers+1], 0) // depths 1..workers, in no order
+	}
+	ri := &llm.RouteInfo{RequestID: "a", TokenIDs: toks}
+	c, err := r.Pick(llm.WithRoute(context.Background(), ri), all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := uint64(slices.IndexFunc(all, func(c *loom.Candidate) bool {
+		return r.idx.workerBlocks(c.ID) == workers
+	}) + 1); c.ID != want || ri.OverlapBlocks != workers {
+		t.Fatalf("picked worker %d with %d blocks of overlap, want worker %d, which holds %d", c.ID, ri.OverlapBlocks, want, workers)
+	}
+	// A second prompt, whose first block only the workers 1 to askSets+1
+	// hold: one of them wins, with one block, whatever the first pick
+	// counted for the others.
+	other := make([]uint32, len(toks))
+	for i := range other {
+		other[i] = uint32(1e6 + i)
+	}
+	for id := range uint64(askSets + 1) {
+		r.idx.store(id+1, llm.BlockHashes(other, llm.DefaultBlockSize)[:1], 0)
+	}
+	ri = &llm.RouteInfo{RequestID: "b", TokenIDs: other}
+	if c, err = r.Pick(llm.WithRoute(context.Background(), ri), all); err != nil {
+		t.Fatal(err)
+	}
+	if c.ID > askSets+1 || ri.OverlapBlocks != 1 {
+		t.Fatalf("the second prompt went to worker %d with %d blocks of overlap, want one of the first %d with 1", c.ID, ri.OverlapBlocks, askSets+1)
+	}
+}

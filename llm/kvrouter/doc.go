@@ -16,7 +16,7 @@
 // the workers' kv_events (stored with parent hash, removed, cleared),
 // and answers "how many leading blocks of this prompt does each worker
 // hold" by walking the prompt's hashes: time proportional to the prompt
-// and the workers holding it, not to the size of the caches.
+// and the workers holding its first block, not to the size of the caches.
 //
 // Each worker numbers its events from 1 without gaps. A gap, in the event
 // ids or in the event plane's own sequence (events.OnGap), makes the

@@ -1,12 +1,12 @@
 package kvrouter
 
 // index is the global view of which worker holds which KV blocks: for
-// each block hash, the workers holding it (a short list: a block is held
-// by few workers), and for each worker the set of its blocks, so a worker
-// can be dropped or replaced. Because block hashes chain their parents,
-// the leading blocks of a prompt that a worker holds are found by walking
-// the prompt's hashes, in time proportional to the prompt and the number
-// of workers, never to the size of the caches.
+// each block hash, the workers holding it (every worker, for a system
+// prompt they all serve), and for each worker the set of its blocks, so
+// a worker can be dropped or replaced. Because block hashes chain their
+// parents, the leading blocks of a prompt that a worker holds are found
+// by walking the prompt's hashes, in time proportional to the prompt and
+// the workers holding its first block, never to the size of the caches.
 //
 // In the mode without events, entries carry an expiry (Unix nanoseconds,
 // 0 for none) and are ignored once expired.
@@ -16,22 +16,59 @@ type index struct {
 	blocks  map[uint64][]holder
 	held    map[uint64]map[uint64]int64 // worker -> hash -> expiry
 	entries int
+
+	// Each worker holding blocks has a slot, a small number that lets a
+	// routing question keep its per-worker counts in a slice (see
+	// overlaps); freed slots are used again.
+	slots map[uint64]int32
+	ids   []uint64 // slot -> worker
+	free  []int32
 }
 
 type holder struct {
-	worker uint64
-	exp    int64
+	exp  int64
+	slot int32
 }
 
 // scored is a worker's overlap with a prompt: its leading blocks held.
 type scored struct {
 	worker  uint64
+	slot    int32
 	overlap int
 }
 
 func newIndex() *index {
-	return &index{blocks: make(map[uint64][]holder), held: make(map[uint64]map[uint64]int64)}
+	return &index{blocks: make(map[uint64][]holder), held: make(map[uint64]map[uint64]int64), slots: make(map[uint64]int32)}
 }
+
+// slot returns worker's slot, giving it one if it has none.
+func (x *index) slot(worker uint64) int32 {
+	if s, ok := x.slots[worker]; ok {
+		return s
+	}
+	var s int32
+	if n := len(x.free); n > 0 {
+		s, x.free = x.free[n-1], x.free[:n-1]
+		x.ids[s] = worker
+	} else {
+		s = int32(len(x.ids))
+		x.ids = append(x.ids, worker)
+	}
+	x.slots[worker] = s
+	return s
+}
+
+// forget deletes worker's (now empty) set and frees its slot.
+func (x *index) forget(worker uint64) {
+	delete(x.held, worker)
+	if s, ok := x.slots[worker]; ok {
+		delete(x.slots, worker)
+		x.free = append(x.free, s)
+	}
+}
+
+// numSlots is the length a run passed to overlaps needs.
+func (x *index) numSlots() int { return len(x.ids) }
 
 // store records that worker holds hashes, until exp (0: until removed).
 func (x *index) store(worker uint64, hashes []uint64, exp int64) {
@@ -40,19 +77,20 @@ func (x *index) store(worker uint64, hashes []uint64, exp int64) {
 		set = make(map[uint64]int64)
 		x.held[worker] = set
 	}
+	slot := x.slot(worker)
 	for _, h := range hashes {
 		if _, ok := set[h]; ok {
 			set[h] = exp
 			hs := x.blocks[h]
 			for i := range hs {
-				if hs[i].worker == worker {
+				if hs[i].slot == slot {
 					hs[i].exp = exp
 				}
 			}
 			continue
 		}
 		set[h] = exp
-		x.blocks[h] = append(x.blocks[h], holder{worker, exp})
+		x.blocks[h] = append(x.blocks[h], holder{exp, slot})
 		x.entries++
 	}
 }
@@ -63,19 +101,20 @@ func (x *index) remove(worker uint64, hashes []uint64) {
 	if set == nil {
 		return
 	}
+	slot := x.slots[worker]
 	for _, h := range hashes {
 		if _, ok := set[h]; !ok {
 			continue
 		}
 		delete(set, h)
-		x.unlink(worker, h)
+		x.unlink(slot, h)
 	}
 }
 
-func (x *index) unlink(worker, h uint64) {
+func (x *index) unlink(slot int32, h uint64) {
 	hs := x.blocks[h]
 	for i := range hs {
-		if hs[i].worker == worker {
+		if hs[i].slot == slot {
 			hs[i] = hs[len(hs)-1]
 			hs = hs[:len(hs)-1]
 			break
@@ -91,10 +130,14 @@ func (x *index) unlink(worker, h uint64) {
 
 // drop forgets everything worker holds.
 func (x *index) drop(worker uint64) {
-	for h := range x.held[worker] {
-		x.unlink(worker, h)
+	slot, ok := x.slots[worker]
+	if !ok {
+		return
 	}
-	delete(x.held, worker)
+	for h := range x.held[worker] {
+		x.unlink(slot, h)
+	}
+	x.forget(worker)
 }
 
 // replace makes hashes the whole of worker's blocks.
@@ -109,44 +152,63 @@ func (x *index) workerBlocks(worker uint64) int { return len(x.held[worker]) }
 // overlaps appends to dst, for every worker holding the prompt's first
 // block, how many of its leading blocks (hashes) the worker holds, as of
 // now (Unix nanoseconds, for expiring entries).
-func (x *index) overlaps(dst []scored, hashes []uint64, now int64) []scored {
+//
+// run is the caller's scratch, numSlots long and all zero. overlaps
+// leaves each scored worker's overlap at its slot (run[s.slot] ==
+// s.overlap) and zero elsewhere; the caller zeroes it again.
+//
+// Block by block, the workers still holding every block so far are
+// counted on: through the block's holders while they are many (one
+// comparison a holder, never one a holder for each worker), through
+// their own sets once few remain of many holders. The cost is at most
+// proportional to the prompt's blocks times the workers holding its
+// first block, whatever the size of the caches.
+func (x *index) overlaps(dst []scored, run []int32, hashes []uint64, now int64) []scored {
 	if len(hashes) == 0 {
 		return dst
 	}
 	start := len(dst)
 	for _, h := range x.blocks[hashes[0]] {
 		if h.exp == 0 || h.exp > now {
-			dst = append(dst, scored{worker: h.worker})
+			run[h.slot] = 1
+			dst = append(dst, scored{worker: x.ids[h.slot], slot: h.slot, overlap: 1})
 		}
 	}
 	alive := dst[start:]
 	n := len(alive)
 	for i := 1; i < len(hashes) && n > 0; i++ {
 		hs := x.blocks[hashes[i]]
+		if n*askSets < len(hs) {
+			for j := range alive[:n] {
+				w := &alive[j]
+				if exp, ok := x.held[w.worker][hashes[i]]; ok && (exp == 0 || exp > now) {
+					run[w.slot]++
+				}
+			}
+		} else {
+			for _, h := range hs {
+				if run[h.slot] == int32(i) && (h.exp == 0 || h.exp > now) {
+					run[h.slot]++
+				}
+			}
+		}
 		for j := 0; j < n; {
-			if holds(hs, alive[j].worker, now) {
+			if run[alive[j].slot] > int32(i) {
+				alive[j].overlap = i + 1
 				j++
 				continue
 			}
-			alive[j].overlap = i
 			alive[j], alive[n-1] = alive[n-1], alive[j]
 			n--
 		}
 	}
-	for j := range n {
-		alive[j].overlap = len(hashes)
-	}
 	return dst
 }
 
-func holds(hs []holder, worker uint64, now int64) bool {
-	for _, h := range hs {
-		if h.worker == worker {
-			return h.exp == 0 || h.exp > now
-		}
-	}
-	return false
-}
+// askSets: a block's holders are gone through while there are at most
+// this many of them for each worker still counted on; past that, each of
+// those workers' sets is asked (a map lookup costs several comparisons).
+const askSets = 8
 
 // expire removes the entries expired by now and returns how many.
 func (x *index) expire(now int64) int {
@@ -155,12 +217,12 @@ func (x *index) expire(now int64) int {
 		for h, exp := range set {
 			if exp != 0 && exp <= now {
 				delete(set, h)
-				x.unlink(w, h)
+				x.unlink(x.slots[w], h)
 				n++
 			}
 		}
 		if len(set) == 0 {
-			delete(x.held, w)
+			x.forget(w)
 		}
 	}
 	return n

@@ -816,20 +816,28 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 
 	cs := slices.Grow(ps.cs[:0], len(cands))[:len(cands)]
 	ps.cs = cs
-	var scores [16]scored
 	r.mu.RLock()
-	sc := r.idx.overlaps(scores[:0], hashes, now)
+	run := ps.zeros(r.idx.numSlots())
+	sc := r.idx.overlaps(ps.sc[:0], run, hashes, now)
+	ps.sc = sc
 	for i, c := range cands {
 		cs[i].c = c
-		for _, s := range sc {
-			if s.worker == c.ID {
-				cs[i].overlap = s.overlap
-				break
+		if len(sc) <= askSets {
+			for _, s := range sc {
+				if s.worker == c.ID {
+					cs[i].overlap = s.overlap
+					break
+				}
 			}
+		} else if slot, ok := r.idx.slots[c.ID]; ok {
+			cs[i].overlap = int(run[slot])
 		}
 		if w := r.workers[c.ID]; w != nil && r.events {
 			cs[i].load, cs[i].loadAt = w.load, w.loadAt
 		}
+	}
+	for _, s := range sc {
+		run[s.slot] = 0
 	}
 	r.mu.RUnlock()
 
@@ -868,11 +876,23 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 }
 
 // pickScratch is a pick's working memory, kept for the next: the
-// candidates serving the model and their inputs to the cost, about 150
-// bytes a worker, which would otherwise be garbage after every request.
+// candidates serving the model and their inputs to the cost, the workers
+// holding the prompt's first block, and a count for each worker the
+// index knows, about 180 bytes a worker, which would otherwise be
+// garbage after every request.
 type pickScratch struct {
 	cands []*loom.Candidate
 	cs    []candidate
+	sc    []scored
+	run   []int32 // all zero between picks
+}
+
+// zeros returns n zero counts.
+func (ps *pickScratch) zeros(n int) []int32 {
+	if cap(ps.run) < n {
+		ps.run = make([]int32, n+n/4)
+	}
+	return ps.run[:n]
 }
 
 var pickScratches = sync.Pool{New: func() any { return new(pickScratch) }}
@@ -882,6 +902,7 @@ var pickScratches = sync.Pool{New: func() any { return new(pickScratch) }}
 func (ps *pickScratch) release() {
 	clear(ps.cands)
 	clear(ps.cs)
+	ps.sc = ps.sc[:0]
 	pickScratches.Put(ps)
 }
 
