@@ -252,10 +252,7 @@ func BenchmarkPick(b *testing.B) {
 			}
 			b.Run(name, func(b *testing.B) {
 				r := testRouter(Config{})
-				toks := make([]uint32, 270)
-				for i := range toks {
-					toks[i] = uint32(i)
-				}
+				toks := prompt(0, 270)
 				hashes := llm.BlockHashes(toks, llm.DefaultBlockSize)
 				all := make([]*loom.Candidate, workers)
 				for i := range all {
@@ -288,10 +285,7 @@ func BenchmarkPick(b *testing.B) {
 func TestPickAmongManyHolders(t *testing.T) {
 	const workers = 3 * askSets
 	r := testRouter(Config{})
-	toks := make([]uint32, 16*(workers+2))
-	for i := range toks {
-		toks[i] = uint32(i)
-	}
+	toks := prompt(0, 16*(workers+2))
 	hashes := llm.BlockHashes(toks, llm.DefaultBlockSize)
 	all := make([]*loom.Candidate, workers)
 	for i := range all {
@@ -313,10 +307,7 @@ func TestPickAmongManyHolders(t *testing.T) {
 	// A second prompt, whose first block only the workers 1 to askSets+1
 	// hold: one of them wins, with one block, whatever the first pick
 	// counted for the others.
-	other := make([]uint32, len(toks))
-	for i := range other {
-		other[i] = uint32(1e6 + i)
-	}
+	other := prompt(1, len(toks))
 	for id := range uint64(askSets + 1) {
 		r.idx.store(id+1, llm.BlockHashes(other, llm.DefaultBlockSize)[:1], 0)
 	}
