@@ -24,7 +24,8 @@ type Config struct {
 	// Interval is how often load, queues and NATS are read (default 1s).
 	// Discovery changes are shown as they happen, not on this clock.
 	Interval time.Duration
-	// Window is how far back p50 / p99 look (default 10s).
+	// Window is how far back p50 / p99 look (default 10s). One shorter
+	// than Interval is replaced by the longer of 10s and Interval.
 	Window time.Duration
 	// NATSMonitorURL is the NATS server's monitoring endpoint
 	// (http://host:8222). Empty: the NATS server's host on port 8222, as
