@@ -101,18 +101,7 @@ type Dashboard struct {
 // instance records name. rt should serve nothing itself. It watches until
 // ctx ends or Close is called; Close waits for its goroutines.
 func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Dashboard, error) {
-	if cfg.Interval <= 0 {
-		cfg.Interval = DefaultInterval
-	}
-	if cfg.Window < cfg.Interval {
-		cfg.Window = max(DefaultWindow, cfg.Interval)
-	}
-	if cfg.ServingPrefixes == nil {
-		cfg.ServingPrefixes = DefaultServingPrefixes
-	}
-	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = &http.Client{Timeout: max(cfg.Interval, scrapeTimeout)}
-	}
+	cfg = cfg.withDefaults()
 	d := &Dashboard{
 		rt:          rt,
 		cfg:         cfg,
@@ -139,6 +128,24 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Dashboard, error) 
 	go d.collect()
 	go d.publish()
 	return d, nil
+}
+
+// withDefaults fills in what cfg leaves zero, and lengthens a Window
+// shorter than Interval.
+func (cfg Config) withDefaults() Config {
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.Window < cfg.Interval {
+		cfg.Window = max(DefaultWindow, cfg.Interval)
+	}
+	if cfg.ServingPrefixes == nil {
+		cfg.ServingPrefixes = DefaultServingPrefixes
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: max(cfg.Interval, scrapeTimeout)}
+	}
+	return cfg
 }
 
 // Close stops watching and ends the page's streams. It waits for the

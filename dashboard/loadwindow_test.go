@@ -44,3 +44,24 @@ func TestServingLoadCountsTheLoadMetricsOfTheLast10Seconds(t *testing.T) {
 		}
 	}
 }
+
+// TestThePercentileWindowIs10Seconds holds the other "10 s" of
+// docs/dashboard.md, the window p50 / p99 are taken over, where Config
+// leaves it to the default (as loom dashboard does); what the window does
+// is TestPercentilesForgetRequestsOlderThanTheWindow's.
+func TestThePercentileWindowIs10Seconds(t *testing.T) {
+	for _, c := range []struct {
+		cfg  Config
+		want time.Duration
+	}{
+		{Config{}, 10 * time.Second},
+		{Config{Interval: 2 * time.Second}, 10 * time.Second},
+		{Config{Interval: 30 * time.Second}, 30 * time.Second},                     // at least one interval
+		{Config{Interval: time.Second, Window: time.Second / 2}, 10 * time.Second}, // shorter than the interval
+		{Config{Interval: 100 * time.Millisecond, Window: time.Second}, time.Second},
+	} {
+		if got := c.cfg.withDefaults().Window; got != c.want {
+			t.Errorf("Config{Interval: %v, Window: %v}: window %v, want %v", c.cfg.Interval, c.cfg.Window, got, c.want)
+		}
+	}
+}
