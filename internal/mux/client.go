@@ -715,8 +715,12 @@ func (c *clientConn) readBackground() error {
 			return err
 		}
 		if c.callerReads && c.load.Load() == 0 && !c.rd.FrameBuffered() {
+			// A closed connection is read on until its end: readLoop has
+			// seen the close already, and nothing would give it the role
+			// back (no caller, no keepalive tick), so it would never fail
+			// the streams and return.
 			c.mu.Lock()
-			idle := len(c.streams) == 0
+			idle := len(c.streams) == 0 && !closed(c.done)
 			if idle {
 				c.reader = nil
 			}
