@@ -24,8 +24,8 @@ type Config struct {
 	// Interval is how often load, queues and NATS are read (default 1s).
 	// Discovery changes are shown as they happen, not on this clock.
 	Interval time.Duration
-	// Window is how far back p50 / p99 look (default 10s). One shorter
-	// than Interval is replaced by the longer of 10s and Interval.
+	// Window is how far back p50 / p99 look (default 10s), at least one
+	// Interval.
 	Window time.Duration
 	// NATSMonitorURL is the NATS server's monitoring endpoint
 	// (http://host:8222). Empty: the NATS server's host on port 8222, as
@@ -131,14 +131,15 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Dashboard, error) 
 }
 
 // withDefaults fills in what cfg leaves zero, and lengthens a Window
-// shorter than Interval.
+// shorter than Interval to one Interval.
 func (cfg Config) withDefaults() Config {
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultInterval
 	}
-	if cfg.Window < cfg.Interval {
-		cfg.Window = max(DefaultWindow, cfg.Interval)
+	if cfg.Window <= 0 {
+		cfg.Window = DefaultWindow
 	}
+	cfg.Window = max(cfg.Window, cfg.Interval)
 	if cfg.ServingPrefixes == nil {
 		cfg.ServingPrefixes = DefaultServingPrefixes
 	}

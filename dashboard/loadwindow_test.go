@@ -56,8 +56,8 @@ func TestThePercentileWindowIs10Seconds(t *testing.T) {
 	}{
 		{Config{}, 10 * time.Second},
 		{Config{Interval: 2 * time.Second}, 10 * time.Second},
-		{Config{Interval: 30 * time.Second}, 30 * time.Second},                     // at least one interval
-		{Config{Interval: time.Second, Window: time.Second / 2}, 10 * time.Second}, // shorter than the interval
+		{Config{Interval: 30 * time.Second}, 30 * time.Second},                // at least one interval
+		{Config{Interval: time.Second, Window: time.Second / 2}, time.Second}, // shorter than the interval
 		{Config{Interval: 100 * time.Millisecond, Window: time.Second}, time.Second},
 	} {
 		if got := c.cfg.withDefaults().Window; got != c.want {
