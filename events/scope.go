@@ -157,6 +157,12 @@ func ParseSubject(subject string) (Scope, string, error) {
 	if len(t) < 3 || t[0] != "namespace" {
 		return bad()
 	}
+	// An empty token would leave its part of the scope unset, and the
+	// scope would read as a wider one (a component's event as the
+	// namespace's): such a subject is refused, never widened.
+	empty := func(kind string) (Scope, string, error) {
+		return Scope{}, "", fmt.Errorf("events: subject %q has an empty %s name; a subject names every part of its scope (namespace.{ns}[.component.{c}[.endpoint.{e}]].{topic})", subject, kind)
+	}
 	sc := Scope{Namespace: strings.ReplaceAll(t[1], nsDot, ".")}
 	switch len(t) {
 	case 3:
@@ -164,10 +170,19 @@ func ParseSubject(subject string) (Scope, string, error) {
 		if t[2] != "component" {
 			return bad()
 		}
+		if t[3] == "" {
+			return empty("component")
+		}
 		sc.Component = t[3]
 	case 7:
 		if t[2] != "component" || t[4] != "endpoint" {
 			return bad()
+		}
+		if t[3] == "" {
+			return empty("component")
+		}
+		if t[5] == "" {
+			return empty("endpoint")
 		}
 		sc.Component, sc.Endpoint = t[3], t[5]
 	default:
