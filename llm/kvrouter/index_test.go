@@ -3,6 +3,7 @@ package kvrouter
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -207,5 +208,39 @@ func TestConfigDefaultsAreTheDocumented(t *testing.T) {
 	}
 	if c.RequestTTL != 10*time.Minute || c.ApproxTTL != 2*time.Minute || c.OverlapWeight != 1 || c.Temperature != 0 {
 		t.Errorf("defaults %+v differ from docs/llm.md's: RequestTTL 10m, ApproxTTL 2m, overlap weight 1, temperature 0", c)
+	}
+}
+
+// BenchmarkIndexMemory reports the heap an index holds per entry (one
+// block one worker holds), B/entry, for 64 workers of 20,000 blocks each:
+// every worker with blocks of its own, or all holding the same blocks.
+func BenchmarkIndexMemory(b *testing.B) {
+	for _, shared := range []bool{false, true} {
+		b.Run(fmt.Sprintf("shared=%v", shared), func(b *testing.B) {
+			const workers, blocks = 64, 20000
+			chains := make([][]uint64, workers)
+			for w := range chains {
+				toks := prompt(uint32(w+1), 16*blocks)
+				if shared {
+					toks = prompt(0, 16*blocks)
+				}
+				chains[w] = llm.BlockHashes(toks, 16)
+			}
+			var perEntry float64
+			for b.Loop() {
+				runtime.GC()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				x := newIndex()
+				for w, c := range chains {
+					x.store(uint64(w+1), c, 0)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				perEntry = float64(after.HeapAlloc-before.HeapAlloc) / float64(x.entries)
+				runtime.KeepAlive(x)
+			}
+			b.ReportMetric(perEntry, "B/entry")
+		})
 	}
 }
