@@ -13,7 +13,8 @@ package kvrouter
 //
 // An index is not safe for concurrent use; the router holds a lock.
 type index struct {
-	blocks  map[uint64][]holder
+	blocks  map[uint64]holder           // each block's first holder
+	more    map[uint64][]holder         // the others, for a block several workers hold
 	held    map[uint64]map[uint64]int64 // worker -> hash -> expiry
 	entries int
 
@@ -25,9 +26,13 @@ type index struct {
 	free  []int32
 }
 
+// holder is a worker holding a block. Most blocks have one, kept in the
+// blocks map itself: a list of holders, made for every block, would
+// double the index's memory.
 type holder struct {
 	exp  int64
 	slot int32
+	many bool // a block's first holder: more holds the others
 }
 
 // scored is a worker's overlap with a prompt: its leading blocks held.
@@ -38,7 +43,7 @@ type scored struct {
 }
 
 func newIndex() *index {
-	return &index{blocks: make(map[uint64][]holder), held: make(map[uint64]map[uint64]int64), slots: make(map[uint64]int32)}
+	return &index{blocks: make(map[uint64]holder), more: make(map[uint64][]holder), held: make(map[uint64]map[uint64]int64), slots: make(map[uint64]int32)}
 }
 
 // slot returns worker's slot, giving it one if it has none.
@@ -81,16 +86,19 @@ func (x *index) store(worker uint64, hashes []uint64, exp int64) {
 	for _, h := range hashes {
 		if _, ok := set[h]; ok {
 			set[h] = exp
-			hs := x.blocks[h]
-			for i := range hs {
-				if hs[i].slot == slot {
-					hs[i].exp = exp
-				}
-			}
+			x.renew(slot, h, exp)
 			continue
 		}
 		set[h] = exp
-		x.blocks[h] = append(x.blocks[h], holder{exp, slot})
+		if first, ok := x.blocks[h]; !ok {
+			x.blocks[h] = holder{exp: exp, slot: slot}
+		} else {
+			if !first.many {
+				first.many = true
+				x.blocks[h] = first
+			}
+			x.more[h] = append(x.more[h], holder{exp: exp, slot: slot})
+		}
 		x.entries++
 	}
 }
@@ -111,21 +119,61 @@ func (x *index) remove(worker uint64, hashes []uint64) {
 	}
 }
 
-func (x *index) unlink(slot int32, h uint64) {
-	hs := x.blocks[h]
-	for i := range hs {
-		if hs[i].slot == slot {
-			hs[i] = hs[len(hs)-1]
-			hs = hs[:len(hs)-1]
-			break
+// holders returns block h's first holder, its others, and how many hold
+// it in all.
+func (x *index) holders(h uint64) (first holder, rest []holder, n int) {
+	first, ok := x.blocks[h]
+	if !ok {
+		return first, nil, 0
+	}
+	if first.many {
+		rest = x.more[h]
+	}
+	return first, rest, 1 + len(rest)
+}
+
+// renew sets the expiry of the worker in slot as block h's holder.
+func (x *index) renew(slot int32, h uint64, exp int64) {
+	first, rest, _ := x.holders(h)
+	if first.slot == slot {
+		first.exp = exp
+		x.blocks[h] = first
+		return
+	}
+	for i := range rest {
+		if rest[i].slot == slot {
+			rest[i].exp = exp
 		}
 	}
-	if len(hs) == 0 {
-		delete(x.blocks, h)
-	} else {
-		x.blocks[h] = hs
-	}
+}
+
+// unlink removes the worker in slot from block h's holders.
+func (x *index) unlink(slot int32, h uint64) {
 	x.entries--
+	first, rest, n := x.holders(h)
+	switch {
+	case n == 1:
+		delete(x.blocks, h)
+		return
+	case first.slot == slot:
+		first = rest[len(rest)-1]
+		rest = rest[:len(rest)-1]
+	default:
+		for i := range rest {
+			if rest[i].slot == slot {
+				rest[i] = rest[len(rest)-1]
+				rest = rest[:len(rest)-1]
+				break
+			}
+		}
+	}
+	first.many = len(rest) > 0
+	x.blocks[h] = first
+	if first.many {
+		x.more[h] = rest
+	} else {
+		delete(x.more, h)
+	}
 }
 
 // drop forgets everything worker holds.
@@ -157,10 +205,10 @@ func (x *index) workerBlocks(worker uint64) int { return len(x.held[worker]) }
 // leaves each scored worker's overlap at its slot (run[s.slot] ==
 // s.overlap) and zero elsewhere; the caller zeroes it again.
 //
-// Block by block, the workers still holding every block so far are
-// counted on: through the block's holders while they are many (one
-// comparison a holder, never one a holder for each worker), through
-// their own sets once few remain of many holders. The cost is at most
+// Block by block, the workers that held every block so far are counted
+// on: through the block's holders (one step a holder, never one a holder
+// for each worker) while those workers are many, through their own sets
+// once few remain among many holders. The cost is at most
 // proportional to the prompt's blocks times the workers holding its
 // first block, whatever the size of the caches.
 func (x *index) overlaps(dst []scored, run []int32, hashes []uint64, now int64) []scored {
@@ -168,7 +216,15 @@ func (x *index) overlaps(dst []scored, run []int32, hashes []uint64, now int64) 
 		return dst
 	}
 	start := len(dst)
-	for _, h := range x.blocks[hashes[0]] {
+	first, rest, holding := x.holders(hashes[0])
+	if holding == 0 {
+		return dst
+	}
+	for k := -1; k < len(rest); k++ {
+		h := first
+		if k >= 0 {
+			h = rest[k]
+		}
 		if h.exp == 0 || h.exp > now {
 			run[h.slot] = 1
 			dst = append(dst, scored{worker: x.ids[h.slot], slot: h.slot, overlap: 1})
@@ -177,16 +233,20 @@ func (x *index) overlaps(dst []scored, run []int32, hashes []uint64, now int64) 
 	alive := dst[start:]
 	n := len(alive)
 	for i := 1; i < len(hashes) && n > 0; i++ {
-		hs := x.blocks[hashes[i]]
-		if n*askSets < len(hs) {
+		first, rest, holding := x.holders(hashes[i])
+		if n*askSets < holding {
 			for j := range alive[:n] {
 				w := &alive[j]
 				if exp, ok := x.held[w.worker][hashes[i]]; ok && (exp == 0 || exp > now) {
 					run[w.slot]++
 				}
 			}
-		} else {
-			for _, h := range hs {
+		} else if holding > 0 {
+			for k := -1; k < len(rest); k++ {
+				h := first
+				if k >= 0 {
+					h = rest[k]
+				}
 				if run[h.slot] == int32(i) && (h.exp == 0 || h.exp > now) {
 					run[h.slot]++
 				}

@@ -163,6 +163,29 @@ func TestIndexExpiresPredictions(t *testing.T) {
 	}
 }
 
+// TestIndexRenewsPredictions: storing blocks a worker already holds
+// moves their expiry, whether the worker was the block's first holder or
+// a later one.
+func TestIndexRenewsPredictions(t *testing.T) {
+	x := newIndex()
+	h := llm.BlockHashes([]uint32{1, 2, 3, 4, 5, 6, 7, 8}, 4)
+	for w := range uint64(3) {
+		x.store(w+1, h, 100)
+	}
+	for w := range uint64(3) {
+		x.store(w+1, h, 300)
+	}
+	if got := ask(x, h, 200); len(got) != 3 || got[1] != 2 || got[2] != 2 || got[3] != 2 {
+		t.Fatalf("after renewing to 300, at 200: %v, want workers 1, 2 and 3 with 2 blocks each", got)
+	}
+	if n := x.expire(200); n != 0 {
+		t.Fatalf("expire at 200 removed %d renewed entries", n)
+	}
+	if got := ask(x, h, 300); len(got) != 0 {
+		t.Fatalf("at 300: %v, want every prediction expired", got)
+	}
+}
+
 // BenchmarkIndexOverlaps measures one routing question (the overlaps of
 // a 64-block prompt over 8 workers) against caches of growing size: the
 // cost does not grow with the cache.
