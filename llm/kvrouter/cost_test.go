@@ -19,7 +19,7 @@ func testRouter(cfg Config) *KVRouter {
 		panic(err)
 	}
 	return &KVRouter{cfg: cfg, events: true, idx: newIndex(), workers: map[uint64]*workerState{},
-		inflight: map[string]*sent{}, open: map[uint64]*openSet{}, decided: map[uint64]uint64{}, done: map[uint64]*doneSince{}}
+		inflight: map[string]*sent{}, accts: map[uint64]*account{}, decided: map[uint64]uint64{}}
 }
 
 func cands(ids ...uint64) []candidate {
@@ -70,9 +70,8 @@ func TestCostFunction(t *testing.T) {
 
 func TestCostCountsRequestsRoutedSinceTheLastLoadReport(t *testing.T) {
 	r := testRouter(Config{})
-	r.open[1] = &openSet{reqs: map[string]*sent{}}
-	r.open[1].add(&sent{id: "old", worker: 1, blocks: 7, uncach: 7, at: 5})  // before the report: in it
-	r.open[1].add(&sent{id: "new", worker: 1, blocks: 9, uncach: 4, at: 15}) // after: not yet in it
+	r.account(1).open.add(&sent{id: "old", worker: 1, blocks: 7, uncach: 7, at: 5})  // before the report: in it
+	r.account(1).open.add(&sent{id: "new", worker: 1, blocks: 9, uncach: 4, at: 15}) // after: not yet in it
 	cs := cands(1)
 	cs[0].loadAt = 10
 	cs[0].load = llm.LoadMetrics{ActiveBlocks: 100}
@@ -134,7 +133,7 @@ func TestConfigRejectsBadValues(t *testing.T) {
 
 func TestCostTakesDoneRequestsOffTheLastReport(t *testing.T) {
 	r := testRouter(Config{})
-	r.done[1] = &doneSince{loadAt: 10, blocks: 30, uncach: 5}
+	r.account(1).done = doneSince{loadAt: 10, blocks: 30, uncach: 5}
 	cs := cands(1)
 	cs[0].loadAt = 10
 	cs[0].load = llm.LoadMetrics{ActiveBlocks: 40, PrefillTokens: 3 * 16}
@@ -208,7 +207,7 @@ func TestPickMemoryDoesNotGrowWithTheWorkers(t *testing.T) {
 		for i := range all {
 			id := uint64(i + 1)
 			all[i] = &loom.Candidate{Instance: discovery.Instance{ID: id, Metadata: map[string]string{llm.MetaModel: "m"}}}
-			r.open[id] = &openSet{reqs: map[string]*sent{}}
+			r.account(id)
 		}
 		toks := make([]uint32, 270)
 		ctx := llm.WithRoute(context.Background(), &llm.RouteInfo{RequestID: "r", Model: "m", TokenIDs: toks})

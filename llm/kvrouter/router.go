@@ -233,9 +233,8 @@ type KVRouter struct {
 
 	bk       sync.Mutex
 	inflight map[string]*sent
-	open     map[uint64]*openSet
+	accts    map[uint64]*account
 	decided  map[uint64]uint64
-	done     map[uint64]*doneSince
 
 	applied, stale, gaps, resyncs, resyncFails atomic.Uint64
 	discarded                                  atomic.Uint64
@@ -341,8 +340,8 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 		cfg: cfg, rt: rt, name: KVApprox, events: useEvents,
 		idx: newIndex(), workers: make(map[uint64]*workerState), gone: make(map[uint64]int64),
 		resyncQ: make(map[uint64]bool), wakeRes: make(chan struct{}, 1),
-		inflight: make(map[string]*sent), open: make(map[uint64]*openSet),
-		decided: make(map[uint64]uint64), done: make(map[uint64]*doneSince),
+		inflight: make(map[string]*sent), accts: make(map[uint64]*account),
+		decided: make(map[uint64]uint64),
 	}
 	if useEvents {
 		r.name = KV
@@ -459,9 +458,8 @@ func (r *KVRouter) follow(watch <-chan discovery.Event) {
 			r.gone[id] = time.Now().UnixNano()
 			r.mu.Unlock()
 			r.bk.Lock()
-			delete(r.open, id)
+			delete(r.accts, id)
 			delete(r.decided, id)
-			delete(r.done, id)
 			r.bk.Unlock()
 		}
 	}
@@ -728,8 +726,8 @@ func (r *KVRouter) maintain(ctx context.Context) {
 // forget drops a routed request from the bookkeeping; r.bk is held.
 func (r *KVRouter) forget(id string, s *sent) {
 	delete(r.inflight, id)
-	if o := r.open[s.worker]; o != nil {
-		o.remove(s)
+	if a := r.accts[s.worker]; a != nil {
+		a.open.remove(s)
 	}
 }
 
@@ -756,10 +754,9 @@ func (r *KVRouter) Done(requestID string) {
 		return // not in a report
 	}
 	r.bk.Lock()
-	d := r.done[s.worker]
-	if d == nil || d.loadAt != loadAt {
-		d = &doneSince{loadAt: loadAt}
-		r.done[s.worker] = d
+	d := &r.account(s.worker).done
+	if d.loadAt != loadAt {
+		*d = doneSince{loadAt: loadAt}
 	}
 	d.blocks += s.blocks
 	d.uncach += s.uncach
@@ -771,6 +768,25 @@ func (r *KVRouter) Done(requestID string) {
 type doneSince struct {
 	loadAt         int64
 	blocks, uncach int
+}
+
+// account is what the router keeps of the requests it routed to one
+// worker, in one place so that a pick finds it with one lookup: those
+// open, and those Done since the worker's last load report; r.bk guards
+// it.
+type account struct {
+	open openSet
+	done doneSince
+}
+
+// account returns worker id's account, making it; r.bk is held.
+func (r *KVRouter) account(id uint64) *account {
+	a := r.accts[id]
+	if a == nil {
+		a = &account{open: openSet{reqs: make(map[string]*sent)}}
+		r.accts[id] = a
+	}
+	return a
 }
 
 // candidate is one worker's inputs to the cost.
@@ -852,12 +868,7 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 		}
 		s := &sent{id: ri.RequestID, worker: id, blocks: n, uncach: n - chosen.overlap, at: now}
 		r.inflight[ri.RequestID] = s
-		o := r.open[id]
-		if o == nil {
-			o = &openSet{reqs: make(map[string]*sent)}
-			r.open[id] = o
-		}
-		o.add(s)
+		r.account(id).open.add(s)
 	}
 	r.bk.Unlock()
 
@@ -928,13 +939,13 @@ func (r *KVRouter) choose(cs []candidate, n, bs int) int {
 			pending = (c.load.PrefillTokens + bs - 1) / bs
 			active = c.load.ActiveBlocks
 			c.wai = c.load.Waiting
-			if d := r.done[c.c.ID]; d != nil && d.loadAt == c.loadAt {
+		}
+		if a := r.accts[c.c.ID]; a != nil {
+			if d := a.done; c.loadAt != 0 && d.loadAt == c.loadAt {
 				pending = max(0, pending-d.uncach)
 				active = max(0, active-d.blocks)
 			}
-		}
-		if o := r.open[c.c.ID]; o != nil {
-			blocks, uncach := o.after(c.loadAt)
+			blocks, uncach := a.open.after(c.loadAt)
 			pending += uncach
 			active += blocks
 		}
@@ -1011,8 +1022,8 @@ func (r *KVRouter) Stats() Stats {
 	r.mu.RUnlock()
 	r.bk.Lock()
 	for i := range s.Workers {
-		if o := r.open[s.Workers[i].ID]; o != nil {
-			s.Workers[i].Open = len(o.reqs)
+		if a := r.accts[s.Workers[i].ID]; a != nil {
+			s.Workers[i].Open = len(a.open.reqs)
 		}
 		s.Workers[i].Decisions = r.decided[s.Workers[i].ID]
 	}
