@@ -135,7 +135,7 @@ type modelSet struct {
 	cards   map[string]llm.ModelCard // model -> its card
 	names   []string                 // sorted
 	total   int
-	alive   map[uint64]bool // workers in discovery now
+	alive   map[uint64]string // workers in discovery now -> the model each serves
 }
 
 // New returns a frontend calling the workers of cfg.Namespace through rt.
@@ -311,9 +311,9 @@ func (f *Frontend) watch(events <-chan discovery.Event) {
 }
 
 func (f *Frontend) publishLocked() {
-	s := &modelSet{workers: make(map[string]int), cards: make(map[string]llm.ModelCard), alive: make(map[uint64]bool, len(f.instMods))}
+	s := &modelSet{workers: make(map[string]int), cards: make(map[string]llm.ModelCard), alive: make(map[uint64]string, len(f.instMods))}
 	for id, m := range f.instMods {
-		s.alive[id] = true
+		s.alive[id] = m
 		s.workers[m]++
 		s.total++
 	}

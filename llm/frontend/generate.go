@@ -47,9 +47,10 @@ func (p picker) Pick(ctx context.Context, cands []*loom.Candidate) (*loom.Candid
 	a.buf = a.buf[:0]
 	serving := 0
 	for _, c := range cands {
-		// A worker the frontend saw leave discovery is skipped even if
+		// The frontend's own view of discovery says which model a worker
+		// serves, so a worker the frontend saw leave is skipped even if
 		// the client has not seen it leave yet.
-		if c.Metadata[llm.MetaModel] != a.model || slices.Contains(a.avoid, c.ID) || !alive[c.ID] {
+		if m, ok := alive[c.ID]; !ok || m != a.model || slices.Contains(a.avoid, c.ID) {
 			continue
 		}
 		serving++
@@ -283,7 +284,8 @@ func (f *Frontend) hasWorker(model string, avoid []uint64) bool {
 // not in avoid and that the frontend sees in discovery, or ctx ends.
 func (f *Frontend) waitClientKnows(ctx context.Context, model string, avoid []uint64) {
 	_ = f.client.WaitForInstance(ctx, func(inst discovery.Instance) bool {
-		return f.models.Load().alive[inst.ID] && inst.Metadata[llm.MetaModel] == model && !slices.Contains(avoid, inst.ID)
+		_, alive := f.models.Load().alive[inst.ID]
+		return alive && inst.Metadata[llm.MetaModel] == model && !slices.Contains(avoid, inst.ID)
 	})
 }
 
