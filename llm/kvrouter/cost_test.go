@@ -147,6 +147,17 @@ func TestCostTakesDoneRequestsOffTheLastReport(t *testing.T) {
 	if cs[0].decode != 42 {
 		t.Fatalf("decode %d after a newer report, want 42", cs[0].decode)
 	}
+	// A request Done after the newer report, which counted it, starts the
+	// sums afresh: the 30 blocks Done since the older report are gone.
+	r.worker(1).loadAt = 11
+	s := &sent{id: "x", worker: 1, blocks: 4, uncach: 1, at: 9}
+	r.inflight["x"] = s
+	r.account(1).open.add(s)
+	r.Done("x")
+	r.choose(cs, 2, 16)
+	if cs[0].decode != 40-4+2 {
+		t.Fatalf("decode %d after a request Done that the newer report counted, want 38", cs[0].decode)
+	}
 }
 
 // A worker's open requests keep their sums as requests open and close
