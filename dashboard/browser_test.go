@@ -17,7 +17,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/dashboard"
 	"github.com/loomrt/loom/events"
 	"github.com/loomrt/loom/internal/browsertest"
@@ -60,16 +59,7 @@ func TestBrowserLive(t *testing.T) {
 	waitDOM(t, ctx, 5*time.Second, "both are ready", `document.querySelectorAll("tr.inst .state.ready").length === 2`)
 
 	// Load: calls move the requests chart and the rows' counters.
-	caller := s.runtime()
-	ep, err := caller.Endpoint("hello/greeter/greet")
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := loom.NewClient[Greeting, Word](context.Background(), ep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	client := s.greeter(0)
 	before, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById("chart-rps").dataset.points`))
 	if err != nil {
 		t.Fatal(err)

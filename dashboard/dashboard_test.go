@@ -94,19 +94,7 @@ func TestLoadAgreesWithMetrics(t *testing.T) {
 	a := s.serveHello(release)
 	b := s.serveHello(release)
 	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond})
-	caller := s.runtime()
-	ep, err := caller.Endpoint("hello/greeter/greet")
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := loom.NewClient[Greeting, Word](context.Background(), ep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	if err := client.WaitForInstances(context.Background(), 2); err != nil {
-		t.Fatal(err)
-	}
+	client := s.greeter(2)
 
 	// Six held requests, three on each instance (round robin): in flight.
 	var wg sync.WaitGroup

@@ -96,6 +96,28 @@ type Word struct {
 	Text string `json:"text"`
 }
 
+// greeter returns a client of hello/greeter/greet on a new runtime, once
+// it knows of instances servers (none: at once), closed when the test
+// ends.
+func (s *system) greeter(instances int) *loom.Client[Greeting, Word] {
+	s.t.Helper()
+	ep, err := s.runtime().Endpoint("hello/greeter/greet")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	client, err := loom.NewClient[Greeting, Word](context.Background(), ep)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() { client.Close() })
+	if instances > 0 {
+		if err := client.WaitForInstances(context.Background(), instances); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	return client
+}
+
 // serveHello serves hello/greeter/greet on a new runtime; release, if not
 // nil, holds every request until it is closed.
 func (s *system) serveHello(release <-chan struct{}) *loom.Runtime {

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/dashboard"
 )
 
@@ -24,19 +23,7 @@ func TestPercentilesForgetRequestsOlderThanTheWindow(t *testing.T) {
 	s := newSystem(t)
 	server := s.serveHello(nil)
 	srv := s.dashboard(dashboard.Config{Interval: interval, Window: window, NoEvents: true})
-	caller := s.runtime()
-	ep, err := caller.Endpoint("hello/greeter/greet")
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := loom.NewClient[Greeting, Word](context.Background(), ep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	if err := client.WaitForInstances(context.Background(), 1); err != nil {
-		t.Fatal(err)
-	}
+	client := s.greeter(1)
 
 	load := func(st dashboard.State) *dashboard.Load {
 		if i := instance(st, server.ID()); i != nil {
