@@ -225,7 +225,7 @@ func (x *index) overlaps(dst []scored, run []int32, hashes []uint64, now int64) 
 		if k >= 0 {
 			h = rest[k]
 		}
-		if h.exp == 0 || h.exp > now {
+		if unexpired(h.exp, now) {
 			run[h.slot] = 1
 			dst = append(dst, scored{worker: x.ids[h.slot], slot: h.slot, overlap: 1})
 		}
@@ -237,7 +237,7 @@ func (x *index) overlaps(dst []scored, run []int32, hashes []uint64, now int64) 
 		if n*askSets < holding {
 			for j := range alive[:n] {
 				w := &alive[j]
-				if exp, ok := x.held[w.worker][hashes[i]]; ok && (exp == 0 || exp > now) {
+				if exp, ok := x.held[w.worker][hashes[i]]; ok && unexpired(exp, now) {
 					run[w.slot]++
 				}
 			}
@@ -247,7 +247,7 @@ func (x *index) overlaps(dst []scored, run []int32, hashes []uint64, now int64) 
 				if k >= 0 {
 					h = rest[k]
 				}
-				if run[h.slot] == int32(i) && (h.exp == 0 || h.exp > now) {
+				if run[h.slot] == int32(i) && unexpired(h.exp, now) {
 					run[h.slot]++
 				}
 			}
@@ -265,6 +265,10 @@ func (x *index) overlaps(dst []scored, run []int32, hashes []uint64, now int64) 
 	return dst
 }
 
+// unexpired reports whether an entry expiring at exp (0: never) holds at
+// now.
+func unexpired(exp, now int64) bool { return exp == 0 || exp > now }
+
 // askSets: a block's holders are gone through while there are at most
 // this many of them for each worker still counted on; past that, each of
 // those workers' sets is asked (a map lookup costs several comparisons).
@@ -275,7 +279,7 @@ func (x *index) expire(now int64) int {
 	n := 0
 	for w, set := range x.held {
 		for h, exp := range set {
-			if exp != 0 && exp <= now {
+			if !unexpired(exp, now) {
 				delete(set, h)
 				x.unlink(x.slots[w], h)
 				n++
