@@ -238,6 +238,12 @@ type RouteInfo struct {
 	RequestID string
 	Model     string
 	TokenIDs  []uint32
+	// Filtered, set by the caller, says that every candidate the router
+	// is given already serves Model, so the router need not read each
+	// worker's model card again. The frontend sets it: its picker passes
+	// the router only the workers its own view of discovery has serving
+	// the model.
+	Filtered bool
 	// Set by the router: the worker it chose and how many leading blocks
 	// of the prompt it expected that worker to hold.
 	Worker        uint64
@@ -259,7 +265,8 @@ func RouteFrom(ctx context.Context) *RouteInfo {
 
 // Router chooses the worker for each request. It is a loom.Picker, given
 // the candidates of the workers' Client; it must pick only workers whose
-// model card serves RouteInfo.Model (see ServesModel). Done tells it that
+// model card serves RouteInfo.Model (see ServesModel), which it may take
+// as given when RouteInfo.Filtered is set. Done tells it that
 // a request it routed has ended, so that its own bookkeeping of the load
 // it sent releases the request.
 type Router interface {
@@ -291,8 +298,12 @@ type pickerRouter struct{ p loom.Picker }
 
 func (r pickerRouter) Pick(ctx context.Context, candidates []*loom.Candidate) (*loom.Candidate, error) {
 	ri := RouteFrom(ctx)
-	if ri == nil || ri.Model == "" {
-		return r.p.Pick(ctx, candidates)
+	if ri == nil || ri.Model == "" || ri.Filtered {
+		c, err := r.p.Pick(ctx, candidates)
+		if ri != nil && err == nil && c != nil {
+			ri.Worker = c.ID
+		}
+		return c, err
 	}
 	matching := ServesModel(nil, candidates, ri.Model)
 	if len(matching) == 0 {

@@ -69,4 +69,10 @@ func TestPickerRouterFiltersByModel(t *testing.T) {
 	if !errors.Is(err, ErrNoWorker) {
 		t.Errorf("Pick for an unserved model = %v, want ErrNoWorker", err)
 	}
+	// Filtered: the caller has chosen the workers of the model by its own
+	// view, so the cards are not read again.
+	ri := &RouteInfo{Model: "zzz", Filtered: true}
+	if c, err := r.Pick(WithRoute(context.Background(), ri), cands[:1]); err != nil || c.ID != 1 || ri.Worker != 1 {
+		t.Errorf("Pick among candidates filtered for model zzz = %v, %v (route worker %d); want instance 1", c, err, ri.Worker)
+	}
 }

@@ -131,7 +131,8 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 			req.TokenIDs = append(slices.Clip(j.p.prompt), generated...)
 			req.Generated = len(generated)
 		}
-		ri := &llm.RouteInfo{RequestID: j.id, Model: j.p.model, TokenIDs: req.TokenIDs}
+		// The picker gives the router only workers of the model: Filtered.
+		ri := &llm.RouteInfo{RequestID: j.id, Model: j.p.model, TokenIDs: req.TokenIDs, Filtered: true}
 		actx, cancel := context.WithCancelCause(ctx)
 		a.cancel = cancel
 		callCtx := llm.WithRoute(context.WithValue(actx, attemptKey{}, a), ri)

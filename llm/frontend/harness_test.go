@@ -45,6 +45,15 @@ func newStack(t testing.TB, plane string, fcfg frontend.Config) *stack {
 // handle wrap makes of its own (nil: the handle itself), made with opts.
 func newStackOn(t testing.TB, plane string, fcfg frontend.Config, wrap func(discovery.Discovery) discovery.Discovery, opts ...loom.Option) *stack {
 	t.Helper()
+	s := newSystem(t, plane, wrap, opts...)
+	s.start(fcfg)
+	return s
+}
+
+// newSystem is a stack whose frontend is not started yet: s.rt is the
+// runtime start will give it.
+func newSystem(t testing.TB, plane string, wrap func(discovery.Discovery) discovery.Discovery, opts ...loom.Option) *stack {
+	t.Helper()
 	s := &stack{System: loomtest.New(t, loomtest.Options{Plane: plane}), t: t}
 	s.Config.Client.WaitTimeout = 2 * time.Second
 	d := s.Connect()
@@ -52,6 +61,14 @@ func newStackOn(t testing.TB, plane string, fcfg frontend.Config, wrap func(disc
 		d = wrap(d)
 	}
 	s.rt = s.RuntimeOn(d, opts...)
+	return s
+}
+
+// start starts the frontend on s.rt, serving HTTP at s.url until the
+// test ends.
+func (s *stack) start(fcfg frontend.Config) {
+	t := s.t
+	t.Helper()
 	fe, err := frontend.New(context.Background(), s.rt, fcfg)
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +87,6 @@ func newStackOn(t testing.TB, plane string, fcfg frontend.Config, wrap func(disc
 		_ = fe.Shutdown(ctx)
 		<-served
 	})
-	return s
 }
 
 // testWorker is an engine serving llm.Request the way a worker does: its

@@ -329,3 +329,25 @@ func TestPickAmongManyHolders(t *testing.T) {
 		t.Fatalf("the second prompt went to worker %d with %d blocks of overlap, want one of the first %d with 1", c.ID, ri.OverlapBlocks, askSets+1)
 	}
 }
+
+// TestPickTakesFilteredCandidatesAsGiven: without RouteInfo.Filtered the
+// router keeps to the workers whose card names the model; with it, it
+// takes the candidates it is given as serving the model, without reading
+// their cards.
+func TestPickTakesFilteredCandidatesAsGiven(t *testing.T) {
+	r := testRouter(Config{})
+	all := []*loom.Candidate{
+		{Instance: discovery.Instance{ID: 1, Metadata: map[string]string{llm.MetaModel: "a"}}},
+		{Instance: discovery.Instance{ID: 2, Metadata: map[string]string{llm.MetaModel: "b"}}},
+	}
+	for i := range 4 {
+		ri := &llm.RouteInfo{RequestID: "b" + strconv.Itoa(i), Model: "b", TokenIDs: prompt(uint32(i), 32)}
+		if c, err := r.Pick(llm.WithRoute(context.Background(), ri), all); err != nil || c.ID != 2 || ri.Worker != 2 {
+			t.Fatalf("a pick for model b = %v, %v (route worker %d); want worker 2", c, err, ri.Worker)
+		}
+	}
+	ri := &llm.RouteInfo{RequestID: "f", Model: "c", TokenIDs: prompt(9, 32), Filtered: true}
+	if c, err := r.Pick(llm.WithRoute(context.Background(), ri), all[:1]); err != nil || c.ID != 1 || ri.Worker != 1 {
+		t.Fatalf("a filtered pick for model c among worker 1 = %v, %v (route worker %d); want worker 1", c, err, ri.Worker)
+	}
+}

@@ -800,7 +800,8 @@ type candidate struct {
 }
 
 // Pick chooses the worker for the request described by the RouteInfo in
-// ctx (see llm.WithRoute) among the candidates serving its model, records
+// ctx (see llm.WithRoute) among the candidates serving its model (all of
+// them when RouteInfo.Filtered says they do), records
 // its choice in the RouteInfo and counts the request as load on that
 // worker until Done.
 func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candidate, error) {
@@ -811,7 +812,7 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 	cands := all
 	if ri != nil {
 		toks = ri.TokenIDs
-		if ri.Model != "" {
+		if ri.Model != "" && !ri.Filtered {
 			cands = llm.ServesModel(ps.cands[:0], all, ri.Model)
 			ps.cands = cands
 			if len(cands) == 0 {
