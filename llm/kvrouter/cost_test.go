@@ -2,11 +2,13 @@ package kvrouter
 
 import (
 	"context"
+	"maps"
 	"math/rand/v2"
 	"runtime"
 	"slices"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/discovery"
@@ -19,7 +21,7 @@ func testRouter(cfg Config) *KVRouter {
 		panic(err)
 	}
 	return &KVRouter{cfg: cfg, events: true, idx: newIndex(), workers: map[uint64]*workerState{},
-		inflight: map[string]*sent{}, accts: map[uint64]*account{}, decided: map[uint64]uint64{}}
+		inflight: map[string]*sent{}}
 }
 
 func cands(ids ...uint64) []candidate {
@@ -73,6 +75,7 @@ func TestCostCountsRequestsRoutedSinceTheLastLoadReport(t *testing.T) {
 	r.account(1).open.add(&sent{id: "old", worker: 1, blocks: 7, uncach: 7, at: 5})  // before the report: in it
 	r.account(1).open.add(&sent{id: "new", worker: 1, blocks: 9, uncach: 4, at: 15}) // after: not yet in it
 	cs := cands(1)
+	cs[0].w = r.worker(1)
 	cs[0].loadAt = 10
 	cs[0].load = llm.LoadMetrics{ActiveBlocks: 100}
 	r.choose(cs, 2, 16)
@@ -135,6 +138,7 @@ func TestCostTakesDoneRequestsOffTheLastReport(t *testing.T) {
 	r := testRouter(Config{})
 	r.account(1).done = doneSince{loadAt: 10, blocks: 30, uncach: 5}
 	cs := cands(1)
+	cs[0].w = r.worker(1)
 	cs[0].loadAt = 10
 	cs[0].load = llm.LoadMetrics{ActiveBlocks: 40, PrefillTokens: 3 * 16}
 	r.choose(cs, 2, 16)
@@ -150,7 +154,7 @@ func TestCostTakesDoneRequestsOffTheLastReport(t *testing.T) {
 	// A request Done after the newer report, which counted it, starts the
 	// sums afresh: the 30 blocks Done since the older report are gone.
 	r.worker(1).loadAt = 11
-	s := &sent{id: "x", worker: 1, blocks: 4, uncach: 1, at: 9}
+	s := &sent{id: "x", worker: 1, w: r.worker(1), blocks: 4, uncach: 1, at: 9}
 	r.inflight["x"] = s
 	r.account(1).open.add(s)
 	r.Done("x")
@@ -349,5 +353,53 @@ func TestPickTakesFilteredCandidatesAsGiven(t *testing.T) {
 	ri := &llm.RouteInfo{RequestID: "f", Model: "c", TokenIDs: prompt(9, 32), Filtered: true}
 	if c, err := r.Pick(llm.WithRoute(context.Background(), ri), all[:1]); err != nil || c.ID != 1 || ri.Worker != 1 {
 		t.Fatalf("a filtered pick for model c among worker 1 = %v, %v (route worker %d); want worker 1", c, err, ri.Worker)
+	}
+}
+
+// TestAPickAdoptsAWorkerTheRouterHasNotHeardOf: the client can list a
+// worker before the router's own view of discovery has it. A pick that
+// chooses such a worker keeps its request on account there, so the next
+// pick weighs it; a worker that has left gets no state; and a worker
+// discovery never confirms is forgotten a minute on, while one it has is
+// kept.
+func TestAPickAdoptsAWorkerTheRouterHasNotHeardOf(t *testing.T) {
+	r := testRouter(Config{})
+	r.gone = map[uint64]int64{}
+	all := []*loom.Candidate{{Instance: discovery.Instance{ID: 1}}, {Instance: discovery.Instance{ID: 2}}}
+	toks := prompt(0, 64)
+	var got []uint64
+	for _, id := range []string{"a", "b"} {
+		c, err := r.Pick(llm.WithRoute(context.Background(), &llm.RouteInfo{RequestID: id, TokenIDs: toks}), all)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, c.ID)
+	}
+	if got[0] == got[1] {
+		t.Fatalf("two picks among two workers new to the router both went to worker %d: the first request was not counted", got[0])
+	}
+	st := r.Stats()
+	if len(st.Workers) != 2 || st.Workers[0].Open != 1 || st.Workers[1].Open != 1 || st.Workers[0].Decisions != 1 {
+		t.Fatalf("after a pick on each new worker the router has %+v, want both with 1 request open and 1 decision", st.Workers)
+	}
+	r.Done("a")
+	r.Done("b")
+
+	r.gone[3] = time.Now().UnixNano()
+	if c, err := r.Pick(llm.WithRoute(context.Background(), &llm.RouteInfo{RequestID: "c", TokenIDs: toks}), []*loom.Candidate{{Instance: discovery.Instance{ID: 3}}}); err != nil || c.ID != 3 {
+		t.Fatalf("a pick among a departed worker = %v, %v", c, err)
+	}
+	r.Done("c")
+	if _, ok := r.workers[3]; ok {
+		t.Fatal("a pick made state for a worker that had left")
+	}
+
+	r.worker(4).inDisc = true
+	r.tidy(time.Now().Add(2 * time.Minute).UnixNano())
+	if _, ok := r.workers[4]; !ok || len(r.workers) != 1 {
+		t.Fatalf("a minute on, the router keeps workers %v, want only worker 4, which discovery has", slices.Collect(maps.Keys(r.workers)))
+	}
+	if _, ok := r.gone[1]; !ok {
+		t.Fatal("a worker forgotten for want of discovery is not marked gone: its late events would bring it back")
 	}
 }

@@ -143,3 +143,6 @@ func prompt(seed uint32, n int) []uint32 {
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// account returns worker id's account, making the worker's state.
+func (r *KVRouter) account(id uint64) *account { return &r.worker(id).acct }

@@ -224,6 +224,10 @@ type KVRouter struct {
 	wg     sync.WaitGroup
 	closed atomic.Bool
 
+	// mu guards the index, the worker set and what each worker's state
+	// holds of its events and load; bk guards the requests routed and
+	// each worker's account of them. A pick reads under mu, then chooses
+	// under bk; where both are held, bk is taken first.
 	mu      sync.RWMutex
 	idx     *index
 	workers map[uint64]*workerState
@@ -233,8 +237,6 @@ type KVRouter struct {
 
 	bk       sync.Mutex
 	inflight map[string]*sent
-	accts    map[uint64]*account
-	decided  map[uint64]uint64
 
 	applied, stale, gaps, resyncs, resyncFails atomic.Uint64
 	discarded                                  atomic.Uint64
@@ -245,21 +247,30 @@ type KVRouter struct {
 	metrics  *metrics.KVRouterSource
 }
 
+// workerState is what the router keeps of one worker, reached from a
+// pick with one lookup.
 type workerState struct {
+	// r.mu guards these.
 	id        uint64
 	inDisc    bool
+	made      int64 // Unix nanoseconds
 	lastEvent uint64
 	resyncing bool
 	retryAt   int64
 	buffered  []llm.KvEvent
 	load      llm.LoadMetrics
 	loadAt    int64 // when the router received load, Unix nanoseconds; 0 never
+
+	// r.bk guards these.
+	acct    account
+	decided uint64
 }
 
 // sent is a request the router routed and has not seen Done.
 type sent struct {
 	id             string
 	worker         uint64
+	w              *workerState // the worker's state when it was routed
 	blocks, uncach int
 	at             int64
 }
@@ -340,8 +351,7 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 		cfg: cfg, rt: rt, name: KVApprox, events: useEvents,
 		idx: newIndex(), workers: make(map[uint64]*workerState), gone: make(map[uint64]int64),
 		resyncQ: make(map[uint64]bool), wakeRes: make(chan struct{}, 1),
-		inflight: make(map[string]*sent), accts: make(map[uint64]*account),
-		decided: make(map[uint64]uint64),
+		inflight: make(map[string]*sent),
 	}
 	if useEvents {
 		r.name = KV
@@ -457,10 +467,6 @@ func (r *KVRouter) follow(watch <-chan discovery.Event) {
 			delete(r.resyncQ, id)
 			r.gone[id] = time.Now().UnixNano()
 			r.mu.Unlock()
-			r.bk.Lock()
-			delete(r.accts, id)
-			delete(r.decided, id)
-			r.bk.Unlock()
 		}
 	}
 }
@@ -469,7 +475,7 @@ func (r *KVRouter) follow(watch <-chan discovery.Event) {
 func (r *KVRouter) worker(id uint64) *workerState {
 	w := r.workers[id]
 	if w == nil {
-		w = &workerState{id: id}
+		w = &workerState{id: id, made: time.Now().UnixNano(), acct: account{open: openSet{reqs: make(map[string]*sent)}}}
 		r.workers[id] = w
 	}
 	return w
@@ -686,7 +692,8 @@ func (r *KVRouter) resync(ctx context.Context, id uint64) {
 }
 
 // maintain retries failed fetches, expires kv_approx's predictions and
-// requests never reported Done, and forgets old tombstones.
+// requests never reported Done, and forgets old tombstones and workers
+// discovery never had.
 func (r *KVRouter) maintain(ctx context.Context) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
@@ -696,39 +703,51 @@ func (r *KVRouter) maintain(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		now := time.Now().UnixNano()
-		r.mu.Lock()
-		if !r.events {
-			r.idx.expire(now)
-		}
-		for _, w := range r.workers {
-			if w.retryAt != 0 && w.retryAt <= now {
-				w.retryAt = 0
-				r.scheduleResync(w)
-			}
-		}
-		for id, at := range r.gone {
-			if now-at > int64(time.Minute) {
-				delete(r.gone, id)
-			}
-		}
-		r.mu.Unlock()
-		r.bk.Lock()
-		for id, s := range r.inflight {
-			if now-s.at > int64(r.cfg.RequestTTL) {
-				r.forget(id, s)
-			}
-		}
-		r.bk.Unlock()
+		r.tidy(time.Now().UnixNano())
 	}
+}
+
+// tidy is one round of maintain at now, Unix nanoseconds.
+func (r *KVRouter) tidy(now int64) {
+	r.mu.Lock()
+	if !r.events {
+		r.idx.expire(now)
+	}
+	for id, w := range r.workers {
+		// A worker heard of only through its events or a pick, and not
+		// in discovery a minute later, is not there: it is forgotten as
+		// if it had left.
+		if !w.inDisc && now-w.made > int64(time.Minute) {
+			r.idx.drop(id)
+			delete(r.workers, id)
+			delete(r.resyncQ, id)
+			r.gone[id] = now
+			continue
+		}
+		if w.retryAt != 0 && w.retryAt <= now {
+			w.retryAt = 0
+			r.scheduleResync(w)
+		}
+	}
+	for id, at := range r.gone {
+		if now-at > int64(time.Minute) {
+			delete(r.gone, id)
+		}
+	}
+	r.mu.Unlock()
+	r.bk.Lock()
+	for id, s := range r.inflight {
+		if now-s.at > int64(r.cfg.RequestTTL) {
+			r.forget(id, s)
+		}
+	}
+	r.bk.Unlock()
 }
 
 // forget drops a routed request from the bookkeeping; r.bk is held.
 func (r *KVRouter) forget(id string, s *sent) {
 	delete(r.inflight, id)
-	if a := r.accts[s.worker]; a != nil {
-		a.open.remove(s)
-	}
+	s.w.acct.open.remove(s)
 }
 
 // Done tells the router that the request it routed has ended. If the
@@ -745,16 +764,13 @@ func (r *KVRouter) Done(requestID string) {
 		return
 	}
 	r.mu.RLock()
-	var loadAt int64
-	if w := r.workers[s.worker]; w != nil {
-		loadAt = w.loadAt
-	}
+	loadAt := s.w.loadAt
 	r.mu.RUnlock()
 	if loadAt == 0 || s.at > loadAt {
 		return // not in a report
 	}
 	r.bk.Lock()
-	d := &r.account(s.worker).done
+	d := &s.w.acct.done
 	if d.loadAt != loadAt {
 		*d = doneSince{loadAt: loadAt}
 	}
@@ -771,27 +787,30 @@ type doneSince struct {
 }
 
 // account is what the router keeps of the requests it routed to one
-// worker, in one place so that a pick finds it with one lookup: those
-// open, and those Done since the worker's last load report; r.bk guards
-// it.
+// worker: those open, and those Done since the worker's last load
+// report; r.bk guards it.
 type account struct {
 	open openSet
 	done doneSince
 }
 
-// account returns worker id's account, making it; r.bk is held.
-func (r *KVRouter) account(id uint64) *account {
-	a := r.accts[id]
-	if a == nil {
-		a = &account{open: openSet{reqs: make(map[string]*sent)}}
-		r.accts[id] = a
+// adopt returns the state of worker id, which a pick chose before the
+// router's own view of discovery had it: made, unless the worker has
+// left, when the state is kept only by the requests routed to it; r.bk
+// is held.
+func (r *KVRouter) adopt(id uint64) *workerState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, gone := r.gone[id]; gone {
+		return &workerState{id: id, acct: account{open: openSet{reqs: make(map[string]*sent)}}}
 	}
-	return a
+	return r.worker(id)
 }
 
 // candidate is one worker's inputs to the cost.
 type candidate struct {
 	c                    *loom.Candidate
+	w                    *workerState // nil: not in the router's view
 	overlap              int
 	load                 llm.LoadMetrics
 	loadAt               int64
@@ -849,7 +868,9 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 		} else if slot, ok := r.idx.slots[c.ID]; ok {
 			cs[i].overlap = int(run[slot])
 		}
-		if w := r.workers[c.ID]; w != nil && r.events {
+		w := r.workers[c.ID]
+		cs[i].w = w
+		if w != nil && r.events {
 			cs[i].load, cs[i].loadAt = w.load, w.loadAt
 		}
 	}
@@ -862,14 +883,18 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 	best := r.choose(cs, n, bs)
 	chosen := cs[best]
 	id := chosen.c.ID
-	r.decided[id]++
+	w := chosen.w
+	if w == nil {
+		w = r.adopt(id)
+	}
+	w.decided++
 	if ri != nil && ri.RequestID != "" {
 		if old := r.inflight[ri.RequestID]; old != nil {
 			r.forget(ri.RequestID, old) // routed again (a retry): count it once
 		}
-		s := &sent{id: ri.RequestID, worker: id, blocks: n, uncach: n - chosen.overlap, at: now}
+		s := &sent{id: ri.RequestID, worker: id, w: w, blocks: n, uncach: n - chosen.overlap, at: now}
 		r.inflight[ri.RequestID] = s
-		r.account(id).open.add(s)
+		w.acct.open.add(s)
 	}
 	r.bk.Unlock()
 
@@ -941,7 +966,8 @@ func (r *KVRouter) choose(cs []candidate, n, bs int) int {
 			active = c.load.ActiveBlocks
 			c.wai = c.load.Waiting
 		}
-		if a := r.accts[c.c.ID]; a != nil {
+		if c.w != nil {
+			a := &c.w.acct
 			if d := a.done; c.loadAt != 0 && d.loadAt == c.loadAt {
 				pending = max(0, pending-d.uncach)
 				active = max(0, active-d.blocks)
@@ -1012,6 +1038,7 @@ func (r *KVRouter) Stats() Stats {
 	}
 	r.mu.RLock()
 	s.IndexBlocks, s.IndexEntries = len(r.idx.blocks), r.idx.entries
+	states := make([]*workerState, 0, len(r.workers))
 	for _, w := range r.workers {
 		ws := WorkerStats{ID: w.id, Blocks: r.idx.workerBlocks(w.id), LastEventID: w.lastEvent}
 		if w.loadAt != 0 {
@@ -1019,14 +1046,13 @@ func (r *KVRouter) Stats() Stats {
 			ws.Load = &l
 		}
 		s.Workers = append(s.Workers, ws)
+		states = append(states, w)
 	}
 	r.mu.RUnlock()
 	r.bk.Lock()
-	for i := range s.Workers {
-		if a := r.accts[s.Workers[i].ID]; a != nil {
-			s.Workers[i].Open = len(a.open.reqs)
-		}
-		s.Workers[i].Decisions = r.decided[s.Workers[i].ID]
+	for i, w := range states {
+		s.Workers[i].Open = len(w.acct.open.reqs)
+		s.Workers[i].Decisions = w.decided
 	}
 	r.bk.Unlock()
 	slices.SortFunc(s.Workers, func(a, b WorkerStats) int { return cmpU(a.ID, b.ID) })
