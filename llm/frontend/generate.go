@@ -44,6 +44,9 @@ func (p picker) Pick(ctx context.Context, cands []*loom.Candidate) (*loom.Candid
 	}
 	limit := int64(p.f.cfg.MaxInFlightPerWorker)
 	alive := p.f.models.Load().alive
+	if cap(a.buf) < len(cands) {
+		a.buf = make([]*loom.Candidate, 0, len(cands)) // once, not grown by appends
+	}
 	a.buf = a.buf[:0]
 	serving := 0
 	for _, c := range cands {
