@@ -213,12 +213,23 @@ func (p *Pool) Open(ctx context.Context, addr string, req Request) (*ClientStrea
 }
 
 // Draining reports whether the server at addr has sent GOAWAY on the
-// pool's connection to it and no new connection has been made since.
+// pool's connection to it and no new connection has been made since,
+// while that connection is open: once it has closed, the pool forgets
+// the address.
 func (p *Pool) Draining(addr string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	h := p.hosts[addr]
 	return h != nil && h.drained
+}
+
+// Held returns what the pool keeps: the addresses it has state for and
+// its open connections. Both follow the servers called lately; they are
+// for tests and diagnostics.
+func (p *Pool) Held() (hosts, conns int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.hosts), len(p.conns)
 }
 
 // Close closes every connection, which fails every open stream with
@@ -689,9 +700,20 @@ func (c *clientConn) readLoop() {
 		st.fail(c, id, cause)
 	}
 	c.pool.forget(c, false)
-	c.pool.mu.Lock()
-	delete(c.pool.conns, c)
-	c.pool.mu.Unlock()
+	c.pool.ended(c)
+}
+
+// ended removes c, whose connection has ended, from the pool, and its
+// host if nothing is left there: a server that drained and went is
+// forgotten once its last connection has closed, or the pool would keep
+// every address it ever called.
+func (p *Pool) ended(c *clientConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.conns, c)
+	if h := p.hosts[c.addr]; h != nil && len(h.conns) == 0 && h.dial == nil && !h.stalled {
+		delete(p.hosts, c.addr)
+	}
 }
 
 // readBackground reads for every stream until the connection has none
