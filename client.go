@@ -244,16 +244,16 @@ func (c *clientCore) replace(set map[uint64]discovery.Instance) {
 	defer c.mu.Unlock()
 	for id := range c.cands {
 		if _, ok := set[id]; !ok {
-			delete(c.cands, id)
+			c.drop(id)
 		}
 	}
 	for id, inst := range set {
 		if !planes.Speaks(inst.Transport) {
-			delete(c.cands, id)
+			c.drop(id)
 			continue
 		}
 		if old, ok := c.cands[id]; !ok || old.Instance.Address != inst.Address || old.Transport != inst.Transport {
-			c.cands[id] = c.candidate(inst)
+			c.put(c.candidate(inst))
 		}
 	}
 	c.publish()
@@ -263,11 +263,27 @@ func (c *clientCore) update(inst discovery.Instance, added bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if added && planes.Speaks(inst.Transport) {
-		c.cands[inst.ID] = c.candidate(inst)
+		c.put(c.candidate(inst))
 	} else {
-		delete(c.cands, inst.ID)
+		c.drop(inst.ID)
 	}
 	c.publish()
+}
+
+// put makes cand the instance of its id, in place of any other; c.mu is
+// held.
+func (c *clientCore) put(cand *Candidate) {
+	c.drop(cand.ID)
+	c.cands[cand.ID] = cand
+}
+
+// drop forgets instance id and gives back what the planes keep for its
+// address; c.mu is held.
+func (c *clientCore) drop(id uint64) {
+	if old, ok := c.cands[id]; ok {
+		delete(c.cands, id)
+		c.planes.Release(old.Instance.Address, old.addr)
+	}
 }
 
 // candidate makes a Candidate of a new record. A new record at an address
@@ -302,6 +318,11 @@ func (c *clientCore) close() {
 	c.mu.Unlock()
 	c.cancel()
 	_ = c.tasks.Stop(context.Background())
+	c.mu.Lock()
+	for id := range c.cands {
+		c.drop(id)
+	}
+	c.mu.Unlock()
 	c.rt.removeClient(c)
 }
 

@@ -130,8 +130,11 @@ type Planes struct {
 	// addrs is what callers learned about each address they call: the
 	// server there sent GOAWAY, or stopped answering. A caller keeps the
 	// Addr of each instance it may route to (see Addr), so that a pick
-	// reads it without a lookup.
-	addrs sync.Map // address -> *Addr
+	// reads it without a lookup, and gives it back when the instance
+	// leaves (Release): an address no caller holds is forgotten, or a
+	// long-lived caller would keep one for every server it ever called.
+	addrs  sync.Map   // address -> *Addr
+	addrMu sync.Mutex // serialises Addr and Release: the holders' count
 }
 
 // Addr is what callers learned about one address (a TCP address, or a
@@ -140,6 +143,7 @@ type Planes struct {
 type Addr struct {
 	draining     atomic.Bool  // the server sent GOAWAY
 	stalledUntil atomic.Int64 // unix ns until which it is avoided: it stopped answering
+	holders      int          // callers holding it (Addr less Release); Planes.addrMu guards it
 }
 
 // Draining reports whether the server at the address sent GOAWAY (and no
@@ -335,7 +339,7 @@ func (p *Planes) tcpPool() (*mux.Pool, error) {
 		FrameTimeout:      rc.FrameTimeout,
 		TLS:               tlsCfg,
 		Logger:            p.cfg.Logger,
-		OnDrain:           func(addr string) { p.addr(addr).draining.Store(true) },
+		OnDrain:           p.onDrain,
 		OnStall:           func(addr string) { p.onStall(TCP, addr) },
 	})
 	p.poolRO.Store(p.pool)
@@ -375,32 +379,65 @@ func (p *Planes) natsClient(ctx context.Context) (*natsplane.Client, error) {
 	return p.natsCli, nil
 }
 
+// onDrain records that the server at addr sent GOAWAY: new calls avoid
+// it until a new server registers there.
+func (p *Planes) onDrain(addr string) {
+	if a := p.held(addr); a != nil {
+		a.draining.Store(true)
+	}
+}
+
 // onStall records that the server at addr (a TCP address or a NATS
 // subject) stopped answering: new calls avoid it for the failure cooldown.
 func (p *Planes) onStall(transport, addr string) {
-	p.addr(addr).stalledUntil.Store(time.Now().Add(p.cfg.FailureCooldown).UnixNano())
+	if a := p.held(addr); a != nil {
+		a.stalledUntil.Store(time.Now().Add(p.cfg.FailureCooldown).UnixNano())
+	}
 	if f := p.cfg.OnStall; f != nil {
 		f(transport)
 	}
 }
 
-func (p *Planes) addr(a string) *Addr {
+// held returns the Addr of a, if a caller holds it: what is learned
+// about an address no caller holds would be read by none.
+func (p *Planes) held(a string) *Addr {
 	if v, ok := p.addrs.Load(a); ok {
 		return v.(*Addr)
 	}
-	v, _ := p.addrs.LoadOrStore(a, new(Addr))
-	return v.(*Addr)
+	return nil
 }
 
 // Addr returns what callers learned about the address of an instance
 // whose record names transport and addr, shared by every caller here; nil
 // for a transport that keeps nothing (local). Keep it for as long as the
-// instance may be called: it is never replaced.
+// instance may be called, and give it back with Release when it leaves:
+// it is not replaced while held.
 func (p *Planes) Addr(transport, addr string) *Addr {
 	if transport != TCP && transport != NATS {
 		return nil
 	}
-	return p.addr(addr)
+	p.addrMu.Lock()
+	defer p.addrMu.Unlock()
+	a := p.held(addr)
+	if a == nil {
+		a = new(Addr)
+		p.addrs.Store(addr, a)
+	}
+	a.holders++
+	return a
+}
+
+// Release gives back a, which Addr returned for addr; once no caller
+// holds it, the address is forgotten. A nil a is ignored.
+func (p *Planes) Release(addr string, a *Addr) {
+	if a == nil {
+		return
+	}
+	p.addrMu.Lock()
+	defer p.addrMu.Unlock()
+	if a.holders--; a.holders == 0 {
+		p.addrs.CompareAndDelete(addr, a)
+	}
 }
 
 // Usable reports whether an instance with this transport and address
@@ -417,6 +454,17 @@ func (p *Planes) Usable(transport, addr string, now int64) bool {
 	}
 	a := v.(*Addr)
 	return !a.draining.Load() && a.stalledUntil.Load() <= now
+}
+
+// Held returns what the planes keep for the servers they call: the
+// addresses they learned about (see Addr), and the TCP pool's hosts and
+// connections. For tests and diagnostics.
+func (p *Planes) Held() (addrs, hosts, conns int) {
+	p.addrs.Range(func(any, any) bool { addrs++; return true })
+	if pool := p.poolRO.Load(); pool != nil {
+		hosts, conns = pool.Held()
+	}
+	return addrs, hosts, conns
 }
 
 // Restarted says that a new record appeared at addr: a new server there,

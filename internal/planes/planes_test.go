@@ -159,6 +159,9 @@ func TestAGoAwayIsForgottenWhenANewServerRegistersAtTheAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A caller holds the address of an instance it may call, as a
+	// client does while the instance is in discovery.
+	a := client.Addr(planes.TCP, addr)
 	s, err := client.Open(ctx, planes.Target{Transport: planes.TCP, Address: addr}, plane.Request{Path: "a/b/c", Payload: []byte("hi")})
 	if err != nil {
 		t.Fatal(err)
@@ -185,5 +188,14 @@ func TestAGoAwayIsForgottenWhenANewServerRegistersAtTheAddress(t *testing.T) {
 	}
 	if !client.Usable(planes.NATS, "loom.rpc.1", time.Now().UnixNano()) {
 		t.Fatal("a NATS subject is not usable")
+	}
+
+	// Once no caller holds it, the address is forgotten.
+	if n, _, _ := client.Held(); n != 1 {
+		t.Fatalf("%d addresses held while a caller holds one", n)
+	}
+	client.Release(addr, a)
+	if n, _, _ := client.Held(); n != 0 {
+		t.Fatalf("%d addresses held after the last caller gave its back", n)
 	}
 }
