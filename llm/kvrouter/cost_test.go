@@ -393,6 +393,16 @@ func TestAPickAdoptsAWorkerTheRouterHasNotHeardOf(t *testing.T) {
 	if _, ok := r.workers[3]; ok {
 		t.Fatal("a pick made state for a worker that had left")
 	}
+	// kv_approx predicts nothing in the cache of a worker that has left.
+	r.events = false
+	if _, err := r.Pick(llm.WithRoute(context.Background(), &llm.RouteInfo{RequestID: "d", TokenIDs: toks}), []*loom.Candidate{{Instance: discovery.Instance{ID: 3}}}); err != nil {
+		t.Fatal(err)
+	}
+	r.Done("d")
+	if _, ok := r.idx.slots[3]; ok {
+		t.Fatal("kv_approx stored a prediction for a worker that had left")
+	}
+	r.events = true
 
 	r.worker(4).inDisc = true
 	r.tidy(time.Now().Add(2 * time.Minute).UnixNano())

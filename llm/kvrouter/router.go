@@ -707,6 +707,10 @@ func (r *KVRouter) maintain(ctx context.Context) {
 	}
 }
 
+// goneFor is how long a worker that left discovery is remembered, and
+// how long a worker heard of otherwise waits for discovery to list it.
+const goneFor = time.Minute
+
 // tidy is one round of maintain at now, Unix nanoseconds.
 func (r *KVRouter) tidy(now int64) {
 	r.mu.Lock()
@@ -717,7 +721,7 @@ func (r *KVRouter) tidy(now int64) {
 		// A worker heard of only through its events or a pick, and not
 		// in discovery a minute later, is not there: it is forgotten as
 		// if it had left.
-		if !w.inDisc && now-w.made > int64(time.Minute) {
+		if !w.inDisc && now-w.made > int64(goneFor) {
 			r.idx.drop(id)
 			delete(r.workers, id)
 			delete(r.resyncQ, id)
@@ -730,7 +734,7 @@ func (r *KVRouter) tidy(now int64) {
 		}
 	}
 	for id, at := range r.gone {
-		if now-at > int64(time.Minute) {
+		if now-at > int64(goneFor) {
 			delete(r.gone, id)
 		}
 	}
@@ -900,7 +904,9 @@ func (r *KVRouter) Pick(ctx context.Context, all []*loom.Candidate) (*loom.Candi
 
 	if !r.events && len(hashes) > 0 {
 		r.mu.Lock()
-		r.idx.store(id, hashes, now+int64(r.cfg.ApproxTTL))
+		if _, left := r.gone[id]; !left { // a departed worker caches nothing
+			r.idx.store(id, hashes, now+int64(r.cfg.ApproxTTL))
+		}
 		r.mu.Unlock()
 	}
 	r.decisions.Add(1)
