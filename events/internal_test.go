@@ -70,13 +70,13 @@ func TestTrackerClassifiesEachArrival(t *testing.T) {
 		{1, 10 + trackWindow + 5, gap, 11, trackWindow + 4},
 		{1, 12, duplicate, 0, 0}, // older than the window
 	} {
-		v, from, missed := tr.observe(s.pub, s.seq)
+		v, from, missed := tr.observe(s.pub, 0, s.seq)
 		if v != s.want || from != s.from || missed != s.missed {
 			t.Fatalf("step %d (%d/%d): got %v from %d missed %d, want %v %d %d", i, s.pub, s.seq, v, from, missed, s.want, s.from, s.missed)
 		}
 	}
 	tr.unobserve(2, 1)
-	if v, _, _ := tr.observe(2, 1); v != late {
+	if v, _, _ := tr.observe(2, 0, 1); v != late {
 		t.Fatalf("an unobserved event came back as %v, want late (not a duplicate)", v)
 	}
 	tr.forget(2)
@@ -85,10 +85,26 @@ func TestTrackerClassifiesEachArrival(t *testing.T) {
 	}
 }
 
+func TestTrackerForgetsThePublishersOfAnInstance(t *testing.T) {
+	tr := newTracker()
+	tr.observe(1, 10, 0) // two publishers of instance 10
+	tr.observe(2, 10, 0)
+	tr.observe(3, 11, 0)
+	tr.observe(4, 0, 0) // one that did not say
+	tr.forgetInstance(10)
+	tr.forgetInstance(0) // names no instance: forgets nothing
+	if n := tr.publishers(); n != 2 {
+		t.Fatalf("tracking %d publishers after forgetting the two of instance 10 among four, want 2", n)
+	}
+	if v, _, _ := tr.observe(1, 10, 5); v != inOrder {
+		t.Fatalf("a forgotten publisher heard again: %v, want inOrder (followed afresh)", v)
+	}
+}
+
 func TestTrackerForgetsTheLeastRecentPublisherPastItsBound(t *testing.T) {
 	tr := newTracker()
 	for id := range uint64(maxPublishers + 10) {
-		tr.observe(id+1, 0)
+		tr.observe(id+1, 0, 0)
 	}
 	if n := tr.publishers(); n != maxPublishers {
 		t.Fatalf("tracking %d publishers, want the bound %d", n, maxPublishers)

@@ -209,7 +209,7 @@ func (c *subCore) receive(subject string, h nats.Header, data []byte) {
 
 // account tracks an envelope's sequence; it returns false for a duplicate.
 func (c *subCore) account(subject string, env *Envelope) bool {
-	v, from, skipped := c.track.observe(env.PublisherID, env.Sequence)
+	v, from, skipped := c.track.observe(env.PublisherID, env.InstanceID, env.Sequence)
 	switch v {
 	case duplicate:
 		c.duplicates.Add(1)
@@ -354,6 +354,15 @@ func (c *subCore) stats() Stats {
 
 // Stats returns what the subscription has received and lost so far.
 func (s *Subscription[T]) Stats() Stats { return s.c.stats() }
+
+// Forget drops what the subscription keeps to follow the sequences of
+// the publishers of runtime instance id (Event.InstanceID), once that
+// instance has gone: a subscriber that follows the publishers' instances
+// in discovery calls it when one leaves, so that a long-lived
+// subscription keeps nothing of publishers that came and went (on core
+// NATS and JetStream nothing else tells it they went). A publisher heard
+// from again is followed afresh, from its next event.
+func (s *Subscription[T]) Forget(id uint64) { s.c.track.forgetInstance(id) }
 
 // Pattern returns the subject pattern the subscription matches.
 func (s *Subscription[T]) Pattern() string { return s.c.pattern }

@@ -29,6 +29,7 @@ const (
 )
 
 type pubState struct {
+	inst  uint64 // the publishing runtime's instance id; 0 if unsaid
 	next  uint64 // highest sequence seen + 1
 	base  uint64 // first sequence seen
 	seen  [trackWindow / 64]uint64
@@ -51,9 +52,10 @@ type tracker struct {
 
 func newTracker() *tracker { return &tracker{pubs: make(map[uint64]*pubState)} }
 
-// observe records seq from publisher pub. For a gap it also returns the
-// first skipped sequence and how many were skipped.
-func (t *tracker) observe(pub, seq uint64) (v verdict, from, skipped uint64) {
+// observe records seq from publisher pub of runtime instance inst. For a
+// gap it also returns the first skipped sequence and how many were
+// skipped.
+func (t *tracker) observe(pub, inst, seq uint64) (v verdict, from, skipped uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.tick++
@@ -66,7 +68,7 @@ func (t *tracker) observe(pub, seq uint64) (v verdict, from, skipped uint64) {
 		if len(t.pubs) >= maxPublishers {
 			t.evictOldest()
 		}
-		p = &pubState{next: seq + 1, base: seq}
+		p = &pubState{inst: inst, next: seq + 1, base: seq}
 		w, m := p.bit(seq)
 		p.seen[w] |= m
 		p.heard = t.tick
@@ -131,6 +133,22 @@ func (t *tracker) forget(pub uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.pubs, pub)
+	t.lastID, t.lastPub = 0, nil
+}
+
+// forgetInstance drops the publishers of runtime instance inst (it went
+// away).
+func (t *tracker) forgetInstance(inst uint64) {
+	if inst == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, p := range t.pubs {
+		if p.inst == inst {
+			delete(t.pubs, id)
+		}
+	}
 	t.lastID, t.lastPub = 0, nil
 }
 

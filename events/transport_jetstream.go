@@ -321,7 +321,7 @@ func (d *durableSub) accept(m jetstream.Msg) *held {
 		c.malformedMsg(subject, err)
 		return nil
 	}
-	v, from, skipped := c.track.observe(h.it.env.PublisherID, h.it.env.Sequence)
+	v, from, skipped := c.track.observe(h.it.env.PublisherID, h.it.env.InstanceID, h.it.env.Sequence)
 	switch v {
 	case duplicate:
 		c.duplicates.Add(1)
