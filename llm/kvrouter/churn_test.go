@@ -28,6 +28,7 @@ type perWorker struct {
 	held, slots, usedSlots, ids     int
 	indexBlocks, entries, heldBlocs int
 	blocksClient                    int // instances the kv_blocks client knows
+	kvPublishers, loadPublishers    int // publishers the subscriptions follow
 }
 
 func (r *KVRouter) perWorker() perWorker {
@@ -46,6 +47,9 @@ func (r *KVRouter) perWorker() perWorker {
 	r.bk.Unlock()
 	if r.blocks != nil {
 		p.blocksClient = len(r.blocks.Instances())
+	}
+	if r.events {
+		p.kvPublishers, p.loadPublishers = r.kvEvents.Stats().Publishers, r.loadEvents.Stats().Publishers
 	}
 	return p
 }
@@ -186,7 +190,7 @@ func TestWorkerChurnLeavesNoState(t *testing.T) {
 		last = p
 		return p.workers == 2 && p.resyncQ == 0 && p.inflight == 0 &&
 			p.held == 2 && p.slots == 2 && p.usedSlots == 2 && p.ids <= 3 &&
-			p.entries == p.heldBlocs && p.blocksClient == 2
+			p.entries == p.heldBlocs && p.blocksClient == 2 && p.kvPublishers == 2 && p.loadPublishers == 2
 	})
 	got := r.perWorker()
 	t.Logf("after %d departures: %+v", cycles, got)
@@ -211,5 +215,4 @@ func TestWorkerChurnLeavesNoState(t *testing.T) {
 		}
 		t.Errorf("%d series before the churn, %d after; new:\n%s", len(baseSeries), len(after), strings.Join(added, "\n"))
 	}
-	t.Logf("kv_events publishers tracked: %d", r.kvEvents.Stats().Publishers)
 }

@@ -242,9 +242,10 @@ type KVRouter struct {
 	discarded                                  atomic.Uint64
 	decisions, promptBlocks, overlapBlocks     atomic.Uint64
 
-	blocks   *loom.Client[llm.KvBlocksRequest, llm.KvSnapshot]
-	kvEvents *events.Subscription[llm.KvEvent] // nil without events (kv_approx)
-	metrics  *metrics.KVRouterSource
+	blocks     *loom.Client[llm.KvBlocksRequest, llm.KvSnapshot]
+	kvEvents   *events.Subscription[llm.KvEvent]     // nil without events (kv_approx)
+	loadEvents *events.Subscription[llm.LoadMetrics] // nil without events
+	metrics    *metrics.KVRouterSource
 }
 
 // workerState is what the router keeps of one worker, reached from a
@@ -368,7 +369,6 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 	if err != nil {
 		return nil, fmt.Errorf("kvrouter: watch the workers of %s: %w", cfg.Namespace, err)
 	}
-	r.goRun(func() { r.follow(watch) })
 	if useEvents {
 		scope := events.Scope{Namespace: cfg.Namespace, Component: llm.WorkerComponent}
 		// The index needs every event, and an event the subscription's
@@ -401,11 +401,14 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 		if r.blocks, err = loom.NewClient[llm.KvBlocksRequest, llm.KvSnapshot](rctx, ep, loom.WithWaitTimeout(cfg.ResyncTimeout)); err != nil {
 			return nil, err
 		}
-		r.kvEvents = kv
+		r.kvEvents, r.loadEvents = kv, load
 		r.goRun(func() { defer kv.Close(); r.consumeKv(rctx, kv) })
 		r.goRun(func() { defer load.Close(); r.consumeLoad(rctx, load) })
 		r.goRun(func() { r.resyncLoop(rctx) })
 	}
+	// Followed once the subscriptions are in place: a worker that
+	// leaves is forgotten by them too.
+	r.goRun(func() { r.follow(watch) })
 	r.goRun(func() { r.maintain(rctx) })
 	r.metrics = rt.Metrics().KVRouter(r.name, r.counts)
 	ok = true
@@ -467,6 +470,7 @@ func (r *KVRouter) follow(watch <-chan discovery.Event) {
 			delete(r.resyncQ, id)
 			r.gone[id] = time.Now().UnixNano()
 			r.mu.Unlock()
+			r.forgetPublisher(id)
 		}
 	}
 }
@@ -513,27 +517,30 @@ func (r *KVRouter) consumeKv(ctx context.Context, sub *events.Subscription[llm.K
 			r.rt.Logger().Warn("kvrouter: kv_events subscription ended", "err", err)
 			return
 		}
-		r.apply(ev.InstanceID, ev.Value)
+		if left := r.apply(ev.InstanceID, ev.Value); left {
+			sub.Forget(ev.InstanceID) // it followed the sequence of one gone
+		}
 	}
 }
 
 // apply applies one kv_event of worker id, or buffers it while the
 // worker's block set is being fetched; a gap in event ids starts a fetch.
-func (r *KVRouter) apply(id uint64, ev llm.KvEvent) {
+// It reports whether the worker has left (the event is ignored).
+func (r *KVRouter) apply(id uint64, ev llm.KvEvent) (left bool) {
 	if id == 0 {
-		return
+		return false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, gone := r.gone[id]; gone {
-		return
+		return true
 	}
 	w := r.worker(id)
 	if w.resyncing {
 		if len(w.buffered) < maxBuffered {
 			w.buffered = append(w.buffered, ev)
 		}
-		return
+		return false
 	}
 	switch {
 	case ev.EventID <= w.lastEvent:
@@ -545,6 +552,7 @@ func (r *KVRouter) apply(id uint64, ev llm.KvEvent) {
 		w.buffered = append(w.buffered[:0], ev)
 		r.scheduleResync(w)
 	}
+	return false
 }
 
 // applyOne applies an event in sequence; r.mu is held.
@@ -571,11 +579,15 @@ func (r *KVRouter) consumeLoad(ctx context.Context, sub *events.Subscription[llm
 		}
 		now := time.Now().UnixNano()
 		r.mu.Lock()
-		if _, gone := r.gone[ev.InstanceID]; !gone {
+		_, left := r.gone[ev.InstanceID]
+		if !left {
 			w := r.worker(ev.InstanceID)
 			w.load, w.loadAt = ev.Value, now
 		}
 		r.mu.Unlock()
+		if left {
+			sub.Forget(ev.InstanceID) // it followed the sequence of one gone
+		}
 	}
 }
 
@@ -707,12 +719,24 @@ func (r *KVRouter) maintain(ctx context.Context) {
 	}
 }
 
+// forgetPublisher tells the subscriptions, which follow the sequences of
+// each worker's events, that worker id has gone.
+func (r *KVRouter) forgetPublisher(id uint64) {
+	if r.kvEvents != nil {
+		r.kvEvents.Forget(id)
+	}
+	if r.loadEvents != nil {
+		r.loadEvents.Forget(id)
+	}
+}
+
 // goneFor is how long a worker that left discovery is remembered, and
 // how long a worker heard of otherwise waits for discovery to list it.
 const goneFor = time.Minute
 
 // tidy is one round of maintain at now, Unix nanoseconds.
 func (r *KVRouter) tidy(now int64) {
+	var dropped []uint64
 	r.mu.Lock()
 	if !r.events {
 		r.idx.expire(now)
@@ -726,6 +750,7 @@ func (r *KVRouter) tidy(now int64) {
 			delete(r.workers, id)
 			delete(r.resyncQ, id)
 			r.gone[id] = now
+			dropped = append(dropped, id)
 			continue
 		}
 		if w.retryAt != 0 && w.retryAt <= now {
@@ -739,6 +764,9 @@ func (r *KVRouter) tidy(now int64) {
 		}
 	}
 	r.mu.Unlock()
+	for _, id := range dropped {
+		r.forgetPublisher(id)
+	}
 	r.bk.Lock()
 	for id, s := range r.inflight {
 		if now-s.at > int64(r.cfg.RequestTTL) {
