@@ -74,9 +74,10 @@ func TestServerChurnLeavesNoStateInTheCaller(t *testing.T) {
 			call(cl)
 
 			var held string
+			lastG := -1
 			defer func() {
 				if t.Failed() {
-					t.Logf("after %d departures: %s; at the baseline: %d addresses, %d hosts, %d connections", cycles, held, baseAddrs, baseHosts, baseConns)
+					t.Logf("after %d departures: %s, %d goroutines; at the baseline: %d addresses, %d hosts, %d connections, %d goroutines", cycles, held, lastG, baseAddrs, baseHosts, baseConns, baseG)
 				}
 			}()
 			testutil.Eventually(t, 10*time.Second, "the caller's per-server state to come back to the baseline", func() bool {
@@ -86,7 +87,8 @@ func TestServerChurnLeavesNoStateInTheCaller(t *testing.T) {
 				return inMap == 1 && inList == 1 && addrs <= baseAddrs && hosts <= baseHosts && conns <= baseConns
 			})
 			testutil.Eventually(t, 10*time.Second, "the goroutines to come back to the baseline", func() bool {
-				return runtime.NumGoroutine() <= baseG+5
+				lastG = runtime.NumGoroutine()
+				return lastG <= baseG+5
 			})
 		})
 	}

@@ -23,12 +23,12 @@ import (
 // perWorker is what a KV router keeps that grows with the workers it has
 // known: each count must come back to what the workers running now need.
 type perWorker struct {
-	workers, resyncQ, gone          int
-	inflight                        int
-	held, slots, usedSlots, ids     int
-	indexBlocks, entries, heldBlocs int
-	blocksClient                    int // instances the kv_blocks client knows
-	kvPublishers, loadPublishers    int // publishers the subscriptions follow
+	workers, resyncQ, gone           int
+	inflight                         int
+	held, slots, usedSlots, ids      int
+	indexBlocks, entries, heldBlocks int
+	blocksClient                     int // instances the kv_blocks client knows
+	kvPublishers, loadPublishers     int // publishers the subscriptions follow
 }
 
 func (r *KVRouter) perWorker() perWorker {
@@ -39,7 +39,7 @@ func (r *KVRouter) perWorker() perWorker {
 	p.usedSlots = len(r.idx.ids) - len(r.idx.free)
 	p.indexBlocks, p.entries = len(r.idx.blocks), r.idx.entries
 	for _, set := range r.idx.held {
-		p.heldBlocs += len(set)
+		p.heldBlocks += len(set)
 	}
 	r.mu.RUnlock()
 	r.bk.Lock()
@@ -180,9 +180,10 @@ func TestWorkerChurnLeavesNoState(t *testing.T) {
 	}
 
 	var last perWorker
+	lastG := -1
 	defer func() {
 		if t.Failed() {
-			t.Logf("after %d departures: %+v; at the baseline: %+v", cycles, last, base)
+			t.Logf("after %d departures: %+v, %d goroutines; at the baseline: %+v, %d goroutines", cycles, last, lastG, base, baseG)
 		}
 	}()
 	testutil.Eventually(t, 10*time.Second, "the router's per-worker state to come back to the baseline", func() bool {
@@ -190,7 +191,7 @@ func TestWorkerChurnLeavesNoState(t *testing.T) {
 		last = p
 		return p.workers == 2 && p.resyncQ == 0 && p.inflight == 0 &&
 			p.held == 2 && p.slots == 2 && p.usedSlots == 2 && p.ids <= 3 &&
-			p.entries == p.heldBlocs && p.blocksClient == 2 && p.kvPublishers == 2 && p.loadPublishers == 2
+			p.entries == p.heldBlocks && p.blocksClient == 2 && p.kvPublishers == 2 && p.loadPublishers == 2
 	})
 	got := r.perWorker()
 	t.Logf("after %d departures: %+v", cycles, got)
@@ -203,7 +204,8 @@ func TestWorkerChurnLeavesNoState(t *testing.T) {
 		t.Errorf("%d workers remembered as gone %v after they left, want 0", n, goneFor)
 	}
 	testutil.Eventually(t, 10*time.Second, "the goroutines to come back to the baseline", func() bool {
-		return runtime.NumGoroutine() <= baseG+5
+		lastG = runtime.NumGoroutine()
+		return lastG <= baseG+5
 	})
 	after := series(t, reg)
 	if len(after) > len(baseSeries) {
