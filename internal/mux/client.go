@@ -123,6 +123,9 @@ type host struct {
 	// not been heard from since. Callers are refused at once; only
 	// background dials reach it.
 	stalled bool
+	// forgotten: Forget was called while a dial was in flight; the host
+	// goes if that dial fails.
+	forgotten bool
 }
 
 type dialCall struct {
@@ -232,6 +235,24 @@ func (p *Pool) Held() (hosts, conns int) {
 	return len(p.hosts), len(p.conns)
 }
 
+// Forget drops what the pool keeps for addr if it has no connection
+// there: its callers will not call it again (the instance there left).
+// Without it, a server that stopped answering and then went would be
+// kept as stalled for good, as only calling it again clears that. A
+// dial in flight decides when it ends.
+func (p *Pool) Forget(addr string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := p.hosts[addr]
+	switch {
+	case h == nil || len(h.conns) > 0:
+	case h.dial != nil:
+		h.forgotten = true
+	default:
+		delete(p.hosts, addr)
+	}
+}
+
 // Close closes every connection, which fails every open stream with
 // ErrConnLost, and waits for the connections' goroutines. Open fails with
 // ErrPoolClosed afterwards.
@@ -327,7 +348,7 @@ func (p *Pool) conn(ctx context.Context, addr string) (*clientConn, error) {
 func (p *Pool) adopt(addr string, h *host, c *clientConn) {
 	h.conns = append(h.conns, c)
 	p.publish(addr, h)
-	h.drained = false
+	h.drained, h.forgotten = false, false
 	p.conns[c] = struct{}{}
 	p.wg.Add(2)
 	go func() {
@@ -380,9 +401,9 @@ func (p *Pool) redial(addr string, h *host) {
 		}
 		if err != nil {
 			var ne net.Error
-			if !errors.As(err, &ne) || !ne.Timeout() {
+			if !errors.As(err, &ne) || !ne.Timeout() || h.forgotten {
 				h.stalled = false
-				if len(h.conns) == 0 && !h.drained && p.hosts[addr] == h {
+				if len(h.conns) == 0 && (!h.drained || h.forgotten) && p.hosts[addr] == h {
 					delete(p.hosts, addr)
 				}
 			}

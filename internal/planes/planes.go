@@ -437,6 +437,9 @@ func (p *Planes) Release(addr string, a *Addr) {
 	defer p.addrMu.Unlock()
 	if a.holders--; a.holders == 0 {
 		p.addrs.CompareAndDelete(addr, a)
+		if pool := p.poolRO.Load(); pool != nil {
+			pool.Forget(addr)
+		}
 	}
 }
 

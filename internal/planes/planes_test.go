@@ -16,6 +16,7 @@ import (
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/planes"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -198,4 +199,53 @@ func TestAGoAwayIsForgottenWhenANewServerRegistersAtTheAddress(t *testing.T) {
 	if n, _, _ := client.Held(); n != 0 {
 		t.Fatalf("%d addresses held after the last caller gave its back", n)
 	}
+}
+
+func TestAStalledAddressIsForgottenOnceNoCallerHoldsIt(t *testing.T) {
+	server := newPlanes(t, planes.TCP)
+	ctx := context.Background()
+	_, target, _, err := server.Serve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_ = server.Shutdown(sctx)
+	}()
+	fz := testutil.NewFreezer(t, target)
+	rc := config.Default().RequestPlane
+	rc.Transport, rc.Host, rc.Port = planes.TCP, "127.0.0.1", 0
+	rc.StallTimeout, rc.KeepaliveInterval, rc.KeepaliveTimeout = 100*time.Millisecond, 50*time.Millisecond, 300*time.Millisecond
+	client := planes.New(planes.Config{RequestPlane: rc, FailureCooldown: time.Second, Logger: quiet, OnLimit: func(string) {}}, upper{})
+	defer client.Close()
+
+	addr := fz.Addr()
+	a := client.Addr(planes.TCP, addr)
+	s, err := client.Open(ctx, planes.Target{Transport: planes.TCP, Address: addr}, plane.Request{Path: "a/b/c", Payload: []byte("hi")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recvAll(t, s)
+	// The server freezes (its machine died): the call waiting on it
+	// fails, and keepalive closes the connection.
+	fz.Freeze()
+	s, err = client.Open(ctx, planes.Target{Transport: planes.TCP, Address: addr}, plane.Request{Path: "a/b/c", Payload: []byte("hi")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err == nil {
+		t.Fatal("a call to a frozen server did not fail")
+	}
+	s.Close()
+	testutil.Eventually(t, 10*time.Second, "keepalive to close the frozen connection", func() bool {
+		_, _, conns := client.Held()
+		return conns == 0
+	})
+	// Its instance leaves discovery: no caller holds the address.
+	client.Release(addr, a)
+	if addrs, hosts, conns := client.Held(); addrs+hosts+conns != 0 {
+		t.Fatalf("once no caller holds the stalled address: %d addresses, %d hosts, %d connections held; want none", addrs, hosts, conns)
+	}
+	fz.Thaw()
 }
