@@ -316,10 +316,10 @@ func TestNewByName(t *testing.T) {
 
 func TestKVRouterForgetsRequestsNeverReportedDone(t *testing.T) {
 	s := newSystem(t, 1, warmCfg())
-	// The TTL must outlast the request and the check after it, under the
-	// race detector on a loaded host, or the request is forgotten before
-	// it is seen open.
-	r := s.router(KV, Config{RequestTTL: 2 * time.Second})
+	// The default TTL (10 minutes) outlasts the request, whose context
+	// ends within 10 s, and the check after it; a TTL short enough to
+	// wait out could pass before a slow host sees the request open.
+	r := s.router(KV, Config{}).(*KVRouter)
 	c := s.client(r, 1)
 	ctx := llm.WithRoute(testutil.Timeout(t, 10*time.Second), &llm.RouteInfo{RequestID: "lost", Model: mocker.DefaultModel, TokenIDs: prompt(1, 32)})
 	for _, err := range c.Generate(ctx, llm.Request{ID: "lost", TokenIDs: prompt(1, 32), MaxTokens: 1}) {
@@ -330,6 +330,12 @@ func TestKVRouterForgetsRequestsNeverReportedDone(t *testing.T) {
 	if st := r.Stats(); len(st.Workers) != 1 || st.Workers[0].Open != 1 {
 		t.Fatalf("a routed request without Done: stats %+v, want 1 open", st.Workers)
 	}
+	// Seen open, the request is made older than the TTL by shortening
+	// the TTL (maintain reads it under r.bk): the router's own sweep must
+	// now forget it.
+	r.bk.Lock()
+	r.cfg.RequestTTL = time.Nanosecond
+	r.bk.Unlock()
 	testutil.Eventually(t, 10*time.Second, "the request to be forgotten after RequestTTL", func() bool { return r.Stats().Workers[0].Open == 0 })
 }
 
