@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -130,7 +131,9 @@ func TestManyConcurrentStreamsShareConnections(t *testing.T) {
 func TestSlowReaderBoundsServerBufferedBytes(t *testing.T) {
 	const window, msg = 32 << 10, 1 << 10
 	var sent atomic.Int64
+	streams := make(chan *ServerStream, 1)
 	addr, _ := startServer(t, ServerConfig{}, func(s *ServerStream) error {
+		streams <- s
 		p := make([]byte, msg)
 		for range 4096 { // 4 MiB if nothing held it back
 			if err := s.Send(p); err != nil {
@@ -146,14 +149,25 @@ func TestSlowReaderBoundsServerBufferedBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	time.Sleep(200 * time.Millisecond) // the reader is slow: nothing consumed yet
+	// The reader is slow: it consumes nothing until the server's Send
+	// waits for credit (or has plainly sent past the window). Counted as
+	// each Send returns, sent is then what the window let through.
+	ss := <-streams
+	testutil.Eventually(t, 10*time.Second, "the server to wait for credit", func() bool {
+		c := ss.conn.conn
+		c.wmu.Lock()
+		defer c.wmu.Unlock()
+		return ss.waiting || sent.Load() > window+msg
+	})
 	// The server may overdraw by one message: the credit must be positive
 	// before a Send, not cover it.
 	if got := sent.Load(); got > window+msg {
 		t.Fatalf("server sent %d bytes to a reader that consumed nothing; window is %d", got, window)
 	}
-	if got := sent.Load(); got < window/2 {
-		t.Fatalf("server sent only %d bytes; the window of %d should let it send more", got, window)
+	// And waiting, it has used the window up: its frames' headers
+	// (wire.HeaderSize each, 33 at most) are all the window holds besides.
+	if got := sent.Load(); got < window-msg {
+		t.Fatalf("server sent only %d bytes before waiting for credit; the window of %d should let it send more", got, window)
 	}
 	msgs, err := recvAll(st)
 	if err != nil || len(msgs) != 4096 {
