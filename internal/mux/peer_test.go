@@ -239,14 +239,20 @@ func TestHostilePeersDoNotHurtOtherConnections(t *testing.T) {
 }
 
 func TestStreamsOpenedAfterGoAwayAreRefusedWithDraining(t *testing.T) {
-	release := make(chan struct{})
+	release, started := make(chan struct{}), make(chan struct{})
 	addr, srv := startServer(t, ServerConfig{}, func(s *ServerStream) error {
+		close(started)
 		<-release
 		return nil
 	})
 	r := dialRaw(t, addr, true)
 	r.open(1, "x")
-	time.Sleep(20 * time.Millisecond) // let stream 1 start before the drain
+	// Stream 1 runs before the drain begins: its handler has started.
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler of stream 1 never started")
+	}
 	shut := make(chan error, 1)
 	go func() { shut <- srv.Shutdown(context.Background()) }()
 	f := r.expect(wire.TypeGoAway)
