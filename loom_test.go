@@ -289,17 +289,43 @@ func TestACallWaitsForAnInstanceThatAppears(t *testing.T) {
 		caller := c.runtime()
 		cl := client[int, uint64](t, caller, "test/late/id")
 		server := c.runtime()
+		// The server starts once the call waits, not before: a call that
+		// found an instance at once would not test the wait.
+		ctx := &waitWatch{Context: context.Background(), waiting: make(chan struct{})}
+		ep := endpoint(t, server, "test/late/id")
+		callDone, served := make(chan struct{}), make(chan error, 1)
 		go func() {
-			time.Sleep(50 * time.Millisecond)
-			if err := loom.Serve(context.Background(), endpoint(t, server, "test/late/id"), loom.EngineFunc[int, uint64](echoID(server))); err != nil {
-				t.Error(err)
+			select {
+			case <-ctx.waiting:
+			case <-callDone:
+				served <- errors.New("the call ended without waiting for an instance")
+				return
 			}
+			served <- loom.Serve(context.Background(), ep, loom.EngineFunc[int, uint64](echoID(server)))
 		}()
-		got, err := collect(cl.Generate(context.Background(), 1))
+		got, err := collect(cl.Generate(ctx, 1))
+		close(callDone)
+		if e := <-served; e != nil {
+			t.Fatal(e)
+		}
 		if err != nil || got[0] != server.ID() {
 			t.Fatalf("got %v, %v", got, err)
 		}
 	})
+}
+
+// waitWatch is a context that closes waiting when first asked for Done. A
+// call with no instance to pick asks for it as it starts to wait for one;
+// a call that picks one at once does not until after it has picked.
+type waitWatch struct {
+	context.Context
+	once    sync.Once
+	waiting chan struct{}
+}
+
+func (w *waitWatch) Done() <-chan struct{} {
+	w.once.Do(func() { close(w.waiting) })
+	return w.Context.Done()
 }
 
 func TestAHandlerPanicFailsOnlyThatRequest(t *testing.T) {
