@@ -607,8 +607,11 @@ func TestStopAndKillReachTheRequestsAHandlerMakes(t *testing.T) {
 		})
 		t.Run("kill", func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
-			go func() { time.Sleep(20 * time.Millisecond); cancel() }()
+			defer cancel()
+			// Killed once an item has come through both links: the child
+			// request is running, not yet to be made.
 			for range parent.Generate(ctx, 0) {
+				cancel()
 			}
 			within(t, 5*time.Second, childKilled, "the child request seeing kill")
 		})
