@@ -655,10 +655,12 @@ func TestSlowReaderBoundsServerBuffering(t *testing.T) {
 	const window, size, total = 8 << 10, 1 << 10, 200
 	p := newPair(t)
 	var sent atomic.Int64
+	handlerErr := make(chan error, 1)
 	srv := serve(t, p.snc, ServerConfig{}, func(s *ServerStream) error {
 		msg := bytes.Repeat([]byte("x"), size)
 		for range total {
 			if err := s.Send(msg); err != nil {
+				handlerErr <- err
 				return err
 			}
 			sent.Add(1)
@@ -671,22 +673,42 @@ func TestSlowReaderBoundsServerBuffering(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	testutil.Eventually(t, 10*time.Second, "the first responses", func() bool { return sent.Load() > 0 })
-	time.Sleep(200 * time.Millisecond) // the reader is slow: it reads nothing
-	// The server overshoots the window by at most one message.
+	stream := func() *ServerStream {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		for _, pr := range srv.peers {
+			for _, s := range pr.streams {
+				return s
+			}
+		}
+		return nil
+	}
+	// The reader is slow: it reads nothing until the handler's Send waits
+	// for credit (or has plainly sent past the window). Counted as each
+	// Send returns, sent is then what the window let through.
 	bound := int64(window/(size+MessageOverhead) + 1)
+	var ss *ServerStream
+	testutil.Eventually(t, 10*time.Second, "the handler to wait for credit", func() bool {
+		if sent.Load() > bound || len(handlerErr) > 0 {
+			return true
+		}
+		if ss == nil {
+			if ss = stream(); ss == nil {
+				return false
+			}
+		}
+		ss.mu.Lock()
+		defer ss.mu.Unlock()
+		return ss.waiting
+	})
+	// The server overshoots the window by at most one message.
 	if n := sent.Load(); n > bound {
 		t.Fatalf("the server sent %d messages of %d bytes to a reader that read none, want at most %d (window %d)", n, size, bound, window)
 	}
-	srv.mu.Lock()
-	var blocked uint64
-	for _, pr := range srv.peers {
-		for _, s := range pr.streams {
-			blocked = s.blocked.Load()
-		}
+	if len(handlerErr) > 0 {
+		t.Fatalf("the handler's Send failed after %d messages: %v", sent.Load(), <-handlerErr)
 	}
-	srv.mu.Unlock()
-	if blocked == 0 {
+	if blocked := ss.blocked.Load(); blocked == 0 {
 		t.Error("the handler waits for credit but heartbeats would not say so")
 	}
 	msgs, err := recvAll(st)
