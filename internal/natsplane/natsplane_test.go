@@ -523,9 +523,17 @@ func TestHeartbeatTimeoutDetectsADeadServer(t *testing.T) {
 					t.Fatalf("Recv = %q, %v", p, err)
 				}
 			}
-			// Outlive the timeout on heartbeats alone.
-			time.Sleep(2 * timeout)
-			if err := func() error { st.mu.Lock(); defer st.mu.Unlock(); return st.err }(); err != nil {
+			// Outlive the timeout on heartbeats alone: the stream has heard
+			// from its server, and nothing else, for twice the timeout.
+			stErr := func() error { st.mu.Lock(); defer st.mu.Unlock(); return st.err }
+			since := st.lastHeard.Load()
+			testutil.Eventually(t, 20*time.Second, "heartbeats for twice the timeout", func() bool {
+				if err := stErr(); err != nil {
+					t.Fatalf("an idle stream with a live server failed: %v", err)
+				}
+				return st.lastHeard.Load()-since > int64(2*timeout)
+			})
+			if err := stErr(); err != nil {
 				t.Fatalf("an idle stream with a live server failed: %v", err)
 			}
 
