@@ -573,7 +573,26 @@ func TestCallerThatStopsAnsweringIsKilled(t *testing.T) {
 		defer srv.mu.Unlock()
 		return srv.adm.Running() == 1
 	})
-	time.Sleep(time.Second) // answering heartbeats keeps it alive
+	// Answering heartbeats keeps it alive: the server has heard the
+	// caller's answers for twice the caller timeout, each heard in a round
+	// that also checks the timeout.
+	heard := func() time.Time {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		for _, pr := range srv.peers {
+			return pr.lastHeard
+		}
+		return time.Time{}
+	}
+	start := heard()
+	testutil.Eventually(t, 20*time.Second, "the caller's answers for twice the caller timeout", func() bool {
+		select {
+		case cause := <-causes:
+			t.Fatalf("handler of a live caller ended with %v", cause)
+		default:
+		}
+		return heard().Sub(start) > 2*500*time.Millisecond
+	})
 	select {
 	case cause := <-causes:
 		t.Fatalf("handler of a live caller ended with %v", cause)
