@@ -1027,6 +1027,9 @@ func TestServerHeartbeatsListOpenStreamsAndTakeCumulativeCredit(t *testing.T) {
 	p := newPair(t)
 	var sent atomic.Int64
 	srv := serve(t, p.snc, ServerConfig{HeartbeatInterval: 20 * time.Millisecond, ClientTimeout: time.Minute}, func(s *ServerStream) error {
+		if s.Path() == "marker" {
+			return nil
+		}
 		for i := range 3 {
 			if err := s.Send([]byte{byte(i)}); err != nil {
 				return err
@@ -1088,7 +1091,24 @@ func TestServerHeartbeatsListOpenStreamsAndTakeCumulativeCredit(t *testing.T) {
 	}
 	credit(MessageOverhead + 1) // a repeat grants nothing
 	credit(1)                   // nor does an older total
-	time.Sleep(50 * time.Millisecond)
+	// The server handles what one connection sends it in order: once it
+	// has answered a request sent after the credits, it has taken them.
+	o8 := openMsg{path: "marker", inbox: inbox, stream: 8, credit: MessageOverhead + 1, hasCredit: true, heartbeat: 90 * time.Millisecond}
+	if err := p.cnc.PublishMsg(&nats.Msg{Subject: srv.Address(), Reply: inbox + ".8", Header: encodeOpen(&o8)}); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(inbox + ".8"); m.Header.Get(hdrKind) != kindEnd {
+		t.Fatalf("the marker request was answered with %v, want END", m.Header)
+	}
+	srv.mu.Lock()
+	st7 := srv.peers[inbox].streams[7]
+	srv.mu.Unlock()
+	st7.mu.Lock()
+	granted := st7.granted
+	st7.mu.Unlock()
+	if granted != MessageOverhead+1 {
+		t.Fatalf("credit %d after repeated and older totals, want the first %d", granted, MessageOverhead+1)
+	}
 	if n := sent.Load(); n != 1 {
 		t.Fatalf("%d sent on repeated credit", n)
 	}
