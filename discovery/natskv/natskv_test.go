@@ -525,7 +525,12 @@ func TestUnregisteredRecordsLeaveNothingBehind(t *testing.T) {
 	register(t, d, x, y)
 	w := startWatch(t, observer, discovery.Query{})
 	w.synced()
-	time.Sleep(400 * time.Millisecond) // a refresh: x has two revisions now
+	// A refresh: x has two revisions now.
+	kv := rawKV(t, observer.nc, cfg.Bucket)
+	testutil.Eventually(t, 10*time.Second, "a refresh of x", func() bool {
+		h, err := kv.History(t.Context(), kvKey(x))
+		return err == nil && len(h) >= 2
+	})
 	unregister(t, d, x)
 	w.expect(wait, discovery.Removed, x)
 	if err := d.Close(); err != nil {
