@@ -44,6 +44,30 @@ func waitListed(t *testing.T, env []string, want []string, limit time.Duration) 
 	return 0
 }
 
+// report is how often the clients that waitCalling watches report.
+const report = "100ms"
+
+// waitCalling waits until the client, started with "-report", report,
+// reports a window that began after the time with calls that succeeded
+// in it.
+func waitCalling(t *testing.T, p *proc, after time.Time, within time.Duration) {
+	t.Helper()
+	every, _ := time.ParseDuration(report)
+	deadline := time.Now().Add(within)
+	for {
+		for _, w := range windows(t, p) {
+			if w.end.Add(-every).After(after) && w.ok > 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			_, errOut := p.output()
+			t.Fatalf("the client reported no successful call after %s within %s; stderr:\n%s", after.Format(time.StampMilli), within, errOut)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 var afterRE = regexp.MustCompile(`after=(\S+) words=(\d+)`)
 
 // checkFailures asserts that every failure was a stream in flight on a
@@ -74,10 +98,12 @@ func checkFailures(t *testing.T, failures []string, max int) {
 func TestKillingAServerFailsOnlyItsStreamsInFlight(t *testing.T) {
 	cp := up(t, "natskv")
 	env := cp.componentEnv(ttl)
-	victim, _ := server(t, env)
-	_, _ = server(t, env)
-	client := start(t, env, "hello", "client", "-calls", "0", "-concurrency", "8")
-	time.Sleep(1500 * time.Millisecond)
+	victim, victimID := server(t, env)
+	_, otherID := server(t, env)
+	// The client starts knowing both servers, and calls before the kill.
+	waitListed(t, env, []string{victimID, otherID}, 10*time.Second)
+	client := start(t, env, "hello", "client", "-calls", "0", "-concurrency", "8", "-report", report)
+	waitCalling(t, client, time.Now(), 30*time.Second)
 	victim.signal(syscall.SIGKILL)
 	victim.wait(5 * time.Second)
 	time.Sleep(2 * time.Second) // calls keep going on the survivor
@@ -106,8 +132,8 @@ func TestDiscoveryAcrossProcesses(t *testing.T) {
 			killed, killID := server(t, env)
 			_, stayID := server(t, env)
 			waitListed(t, env, []string{termID, killID, stayID}, 10*time.Second)
-			client := start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4")
-			time.Sleep(time.Second)
+			client := start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4", "-report", report)
+			waitCalling(t, client, time.Now(), 30*time.Second)
 
 			// (a) SIGTERM: the instance leaves at once and no call fails;
 			// `loom ls --watch` shows it go.
@@ -127,7 +153,7 @@ func TestDiscoveryAcrossProcesses(t *testing.T) {
 			if gone > time.Second {
 				t.Errorf("(a) instance took %s to leave after SIGTERM, want under 1s", gone)
 			}
-			time.Sleep(500 * time.Millisecond)
+			waitCalling(t, client, time.Now(), 30*time.Second) // on the servers left
 			client.signal(syscall.SIGTERM)
 			client.wait(30 * time.Second)
 			okA, failedA, failuresA := clientSummary(t, client)
@@ -138,8 +164,8 @@ func TestDiscoveryAcrossProcesses(t *testing.T) {
 
 			// (b) SIGKILL: the instance leaves within TTL + 2s; only
 			// streams in flight on it fail.
-			client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4")
-			time.Sleep(time.Second)
+			client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4", "-report", report)
+			waitCalling(t, client, time.Now(), 30*time.Second)
 			killed.signal(syscall.SIGKILL)
 			killed.wait(5 * time.Second)
 			gone = waitGone(t, env, killID, ttl+4*time.Second)
@@ -156,8 +182,8 @@ func TestDiscoveryAcrossProcesses(t *testing.T) {
 			// (c) The discovery server is down for twice the TTL: the
 			// server re-registers without restarting, the client keeps
 			// calling and sees a server that starts afterwards.
-			client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "2", "-interval", "10ms")
-			time.Sleep(500 * time.Millisecond)
+			client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "2", "-interval", "10ms", "-report", report)
+			waitCalling(t, client, time.Now(), 30*time.Second)
 			cp.stop()
 			time.Sleep(2 * ttl)
 			restart := time.Now()
