@@ -199,10 +199,11 @@ func TestRunShutsDownInPhases(t *testing.T) {
 		t.Parallel()
 		c := startChild(t, "stuck", "LOOM_SHUTDOWN_TIMEOUT=1m")
 		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		deadline := time.Now().Add(5 * time.Second)
-		for !strings.Contains(c.stderr.String(), "shutting down") && time.Now().Before(deadline) {
-			time.Sleep(5 * time.Millisecond)
-		}
+		// The second signal comes once the first has demonstrably begun
+		// the shutdown; before that it would be the first.
+		testutil.Eventually(t, 20*time.Second, "the child to log that it is shutting down", func() bool {
+			return strings.Contains(c.stderr.String(), "shutting down")
+		})
 		_ = c.cmd.Process.Signal(syscall.SIGINT)
 		code, took := c.exit(t, 10*time.Second)
 		if code != 128+int(syscall.SIGINT) {
