@@ -27,8 +27,8 @@
 // client's buffer, and what that drops shows as a gap in one worker's
 // sequence. A worker that leaves discovery is dropped from the index;
 // one that discovery has not listed a minute after the router first
-// heard of it (by its events or a pick) is dropped too. The index never silently drifts: Stats counts
-// gaps, fetches and the events applied.
+// heard of it (by its events or a pick) is dropped too. The index never
+// silently drifts: Stats counts gaps, fetches and the events applied.
 //
 // kv_approx needs no events: it predicts that a worker holds the blocks
 // of each prompt routed to it for Config.ApproxTTL.
