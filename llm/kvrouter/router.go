@@ -465,24 +465,36 @@ func (r *KVRouter) follow(watch <-chan discovery.Event) {
 			r.mu.Unlock()
 		case discovery.Removed:
 			r.mu.Lock()
-			r.idx.drop(id)
-			delete(r.workers, id)
-			delete(r.resyncQ, id)
-			r.gone[id] = time.Now().UnixNano()
+			r.leave(id, time.Now().UnixNano())
 			r.mu.Unlock()
 			r.forgetPublisher(id)
 		}
 	}
 }
 
+// leave forgets worker id, which left at now (Unix nanoseconds), and
+// remembers it as gone; r.mu is held. The caller then tells the
+// subscriptions (forgetPublisher), outside the lock.
+func (r *KVRouter) leave(id uint64, now int64) {
+	r.idx.drop(id)
+	delete(r.workers, id)
+	delete(r.resyncQ, id)
+	r.gone[id] = now
+}
+
 // worker returns id's state, making it; r.mu is held.
 func (r *KVRouter) worker(id uint64) *workerState {
 	w := r.workers[id]
 	if w == nil {
-		w = &workerState{id: id, made: time.Now().UnixNano(), acct: account{open: openSet{reqs: make(map[string]*sent)}}}
+		w = newWorkerState(id)
+		w.made = time.Now().UnixNano()
 		r.workers[id] = w
 	}
 	return w
+}
+
+func newWorkerState(id uint64) *workerState {
+	return &workerState{id: id, acct: account{open: openSet{reqs: make(map[string]*sent)}}}
 }
 
 // scheduleResync queues w's block set for fetching; r.mu is held.
@@ -746,10 +758,7 @@ func (r *KVRouter) tidy(now int64) {
 		// in discovery a minute later, is not there: it is forgotten as
 		// if it had left.
 		if !w.inDisc && now-w.made > int64(goneFor) {
-			r.idx.drop(id)
-			delete(r.workers, id)
-			delete(r.resyncQ, id)
-			r.gone[id] = now
+			r.leave(id, now)
 			dropped = append(dropped, id)
 			continue
 		}
@@ -834,7 +843,7 @@ func (r *KVRouter) adopt(id uint64) *workerState {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, gone := r.gone[id]; gone {
-		return &workerState{id: id, acct: account{open: openSet{reqs: make(map[string]*sent)}}}
+		return newWorkerState(id)
 	}
 	return r.worker(id)
 }
