@@ -326,18 +326,24 @@ func (c *clientCore) close() {
 	c.rt.removeClient(c)
 }
 
-// errExhausted: every instance was tried.
-var errExhausted = errors.New("loom: every instance refused the request")
+// exhaustedError: every instance the client knows was tried. after says
+// how long the call then waited for another to appear ("" if it did not).
+type exhaustedError struct{ after string }
+
+func (e *exhaustedError) Error() string { return "loom: every instance refused the request" }
 
 // pick chooses an instance, waiting up to c.wait for one to appear. With
 // direct set, only that instance will do; tried instances are skipped.
-func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate) (*Candidate, error) {
+// Once every known instance has been tried, pick waits the same way for
+// one it has not tried if await is set, and otherwise fails at once with
+// an *exhaustedError.
+func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate, await bool) (*Candidate, error) {
 	var timer *time.Timer
 	for {
 		// The instance list is read without the lock; the lock is taken
 		// only to wait for it to change.
 		list, changed, closed := *c.list.Load(), (chan struct{})(nil), c.isClosed.Load()
-		if len(list) == 0 || direct != 0 {
+		if len(list) == 0 || direct != 0 || len(tried) > 0 {
 			c.mu.Lock()
 			list, changed, closed = *c.list.Load(), c.changed, c.closed
 			c.mu.Unlock()
@@ -355,8 +361,8 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 			}
 			return cand, nil
 		}
-		if len(tried) > 0 {
-			return nil, errExhausted
+		if len(tried) > 0 && (!await || c.wait <= 0) {
+			return nil, &exhaustedError{}
 		}
 		if timer == nil {
 			timer = time.NewTimer(c.wait)
@@ -368,6 +374,9 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return nil, ctx.Err()
 			}
+			if len(tried) > 0 {
+				return nil, &exhaustedError{after: "before the caller's deadline"}
+			}
 			// The caller's deadline came before client.wait_timeout: as
 			// far as the caller can tell, there are no instances.
 			if direct != 0 {
@@ -375,6 +384,9 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 			}
 			return nil, fmt.Errorf("%w: none of %s appeared before the caller's deadline (%w; is a server for it running and registered in the same discovery? `loom ls %s` lists instances)", ErrNoInstances, c.path, ctx.Err(), c.path)
 		case <-timer.C:
+			if len(tried) > 0 {
+				return nil, &exhaustedError{after: "within " + c.wait.String()}
+			}
 			if direct != 0 {
 				return nil, fmt.Errorf("%w: instance %x of %s not found after %s (`loom ls %s` lists instances)", ErrNoInstances, direct, c.path, c.wait, c.path)
 			}
@@ -452,11 +464,18 @@ func (c *Client[Req, Resp]) attempts(ctx context.Context, req Req, direct uint64
 	core := c.core
 	var tried []*Candidate
 	var last error
+	// await: every instance tried so far was draining or unreachable, so
+	// one that replaces it is worth waiting for. An overloaded instance
+	// is backpressure, which the caller hears at once.
+	await := true
 	for {
-		cand, err := core.pick(ctx, direct, tried)
+		cand, err := core.pick(ctx, direct, tried, await)
 		if err != nil {
-			if errors.Is(err, errExhausted) {
+			if ex, ok := errors.AsType[*exhaustedError](err); ok {
 				err = last
+				if ex.after != "" {
+					err = fmt.Errorf("%w (no other instance of %s appeared %s; `loom ls %s` lists instances, client.wait_timeout sets the wait)", last, core.path, ex.after, core.path)
+				}
 			}
 			core.count(err)
 			var zero Resp
@@ -477,6 +496,7 @@ func (c *Client[Req, Resp]) attempts(ctx context.Context, req Req, direct uint64
 			}
 			tried = append(tried, cand)
 			last = err
+			await = await && !errors.Is(err, ErrOverloaded)
 			core.m.Retries.Inc()
 			continue
 		}

@@ -26,7 +26,9 @@ var (
 	// the caller's deadline when that came first.
 	ErrNoInstances = errors.New("loom: no instances")
 	// ErrDraining: the instance is shutting down and refused the request
-	// before running it. Safe to retry elsewhere; clients do so themselves.
+	// before running it. Safe to retry elsewhere; clients do so themselves,
+	// and wait for a new instance, as for ErrUnreachable, if none other is
+	// known (its replacement in a rolling restart).
 	ErrDraining = errors.New("loom: instance draining")
 	// ErrOverloaded: the instance refused the request before running it
 	// because it is at its concurrency limit. Safe to retry elsewhere.
@@ -43,8 +45,10 @@ var (
 	// ErrUnreachable: the instance could not be reached (connection
 	// refused, dial or handshake failed, connection lost before any
 	// response) or is gone; the request never ran. A client retries it on
-	// another instance and avoids this one for client.failure_cooldown;
-	// with no other instance the call fails at once with this error.
+	// another instance and avoids this one for client.failure_cooldown.
+	// With no other instance the call waits, up to client.wait_timeout or
+	// the caller's deadline, for one to appear, and then fails with this
+	// error (at once if the wait timeout is 0).
 	ErrUnreachable = errors.New("loom: instance unreachable")
 	// ErrTooLarge: the request is larger than the instance accepts (its
 	// request_plane.max_frame_size, or the NATS server's max_payload), or

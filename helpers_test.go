@@ -145,3 +145,33 @@ func within(t *testing.T, d time.Duration, ch <-chan struct{}, what string) {
 		t.Fatalf("%s did not happen within %s", what, d)
 	}
 }
+
+// waitFor polls cond until it holds, failing the test after limit.
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// counterSum is the sum of a counter family's series in rt's registry.
+func counterSum(t testing.TB, rt *loom.Runtime, name string) float64 {
+	t.Helper()
+	mfs, err := rt.Metrics().Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}

@@ -3,6 +3,7 @@ package loom_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"iter"
 	"strings"
 	"sync"
@@ -195,6 +196,85 @@ func TestADrainingInstanceIsRetriedElsewhere(t *testing.T) {
 		close(lag.release)
 		if err := <-shutdown; err != nil {
 			t.Fatal(err)
+		}
+	})
+}
+
+// In a rolling restart a caller may hear that the old instance is
+// draining before it hears of the new one, as when its discovery watch
+// lags after an outage. The call waits for the new one, as a call with no
+// instance at all does, instead of failing.
+func TestACallEveryInstanceRefusedWaitsForANewOne(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		caller := c.runtime()
+		lag := laggingDiscovery{Discovery: c.store.Connect(), release: make(chan struct{})}
+		defer lag.Close()
+		old := c.runtime(loom.WithDiscovery(lag))
+		ep := serve(t, old, "restart/svc/id", echoID(old))
+		patient := client[int, uint64](t, caller, "restart/svc/id", loom.WithWaitTimeout(time.Hour))
+		now := client[int, uint64](t, caller, "restart/svc/id", loom.WithWaitTimeout(0))
+		waitInstances(t, patient, 1)
+		waitInstances(t, now, 1)
+
+		shutdown := make(chan error, 1)
+		go func() { shutdown <- ep.Shutdown(context.Background()) }()
+		// old refuses while its record is still in discovery; a client
+		// that does not wait says so at once.
+		var err error
+		waitFor(t, 20*time.Second, "the old instance to refuse as draining", func() bool {
+			_, err = collect(now.Generate(context.Background(), 1))
+			return errors.Is(err, loom.ErrDraining)
+		})
+		if strings.Contains(err.Error(), "appeared") {
+			t.Errorf("without a wait: %v", err)
+		}
+		retries := counterSum(t, caller, "loom_client_retries_total")
+		res := make(chan []uint64, 1)
+		errc := make(chan error, 1)
+		go func() {
+			got, err := collect(patient.Generate(context.Background(), 1))
+			res <- got
+			errc <- err
+		}()
+		waitFor(t, 20*time.Second, "the call to be refused by the draining instance", func() bool {
+			return counterSum(t, caller, "loom_client_retries_total") > retries
+		})
+		if n := len(patient.Instances()); n != 1 {
+			t.Fatalf("the client sees %d instances; the test needs it to see the draining one alone", n)
+		}
+		fresh := c.runtime()
+		serve(t, fresh, "restart/svc/id", echoID(fresh))
+		if got, err := <-res, <-errc; err != nil || len(got) != 1 || got[0] != fresh.ID() {
+			t.Fatalf("got %v, %v; want the call served by the new instance %x", got, err, fresh.ID())
+		}
+		close(lag.release)
+		if err := <-shutdown; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// Overloaded is backpressure: a call every instance refused as overloaded
+// fails at once, however long the client would wait for an instance.
+func TestACallEveryInstanceRefusedAsOverloadedFailsAtOnce(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		for range 2 {
+			serve(t, c.runtime(), "busy/svc/id", func(ctx context.Context, _ int) iter.Seq2[uint64, error] {
+				return loom.Fail[uint64](fmt.Errorf("%w: busy", loom.ErrOverloaded))
+			})
+		}
+		caller := c.runtime()
+		cl := client[int, uint64](t, caller, "busy/svc/id", loom.WithWaitTimeout(time.Hour))
+		waitInstances(t, cl, 2)
+		// Were it to wait, the caller's deadline would end it, and say so.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err := collect(cl.Generate(ctx, 1))
+		if !errors.Is(err, loom.ErrOverloaded) || strings.Contains(err.Error(), "appeared") {
+			t.Fatalf("err = %v, want ErrOverloaded at once", err)
+		}
+		if n := counterSum(t, caller, "loom_client_retries_total"); n != 2 {
+			t.Errorf("loom_client_retries_total = %v, want 2: each instance tried once", n)
 		}
 	})
 }

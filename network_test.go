@@ -5,6 +5,7 @@ import (
 	"errors"
 	"iter"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -205,22 +206,58 @@ func TestNetworkFailures(t *testing.T) {
 		}
 		close(g.release)
 	})
-	t.Run("a dead instance fails the call at once with ErrUnreachable", func(t *testing.T) {
+	t.Run("a call whose instances are all dead waits for a new one, and fails with ErrUnreachable if none comes", func(t *testing.T) {
 		c := newClusterOn(t, "tcp")
 		g := newGate()
 		_, p := behindProxy(t, c, "fail/dead/gen", g.handler(false))
 		close(g.release)
-		cl := client[int, uint64](t, c.runtime(), "fail/dead/gen")
-		if _, err := collect(cl.Generate(context.Background(), 1)); err != nil {
-			t.Fatal(err)
+		caller := c.runtime()
+		now := client[int, uint64](t, caller, "fail/dead/gen", loom.WithWaitTimeout(0))
+		brief := client[int, uint64](t, caller, "fail/dead/gen", loom.WithWaitTimeout(100*time.Millisecond))
+		patient := client[int, uint64](t, caller, "fail/dead/gen", loom.WithWaitTimeout(time.Hour))
+		for _, cl := range []*loom.Client[int, uint64]{now, brief, patient} {
+			waitInstances(t, cl, 1)
+			if _, err := collect(cl.Generate(context.Background(), 1)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		p.ln.Close() // the address refuses connections, its record stays
 		p.cut()
+		// Without a wait the call fails at once, as it did before it
+		// could wait.
 		for range 3 {
-			_, err := collect(cl.Generate(context.Background(), 1))
-			if !errors.Is(err, loom.ErrUnreachable) || errors.Is(err, loom.ErrStreamReset) {
-				t.Fatalf("err = %v, want ErrUnreachable", err)
+			_, err := collect(now.Generate(context.Background(), 1))
+			if !errors.Is(err, loom.ErrUnreachable) || errors.Is(err, loom.ErrStreamReset) || strings.Contains(err.Error(), "appeared") {
+				t.Fatalf("err = %v, want ErrUnreachable without a wait", err)
 			}
+		}
+		_, err := collect(brief.Generate(context.Background(), 1))
+		if !errors.Is(err, loom.ErrUnreachable) || !strings.Contains(err.Error(), "no other instance of fail/dead/gen appeared within 100ms") {
+			t.Fatalf("err = %v, want ErrUnreachable after waiting client.wait_timeout", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		_, err = collect(patient.Generate(ctx, 1))
+		if !errors.Is(err, loom.ErrUnreachable) || !strings.Contains(err.Error(), "appeared before the caller's deadline") {
+			t.Fatalf("err = %v, want ErrUnreachable at the caller's deadline", err)
+		}
+		// A call that finds its only instance dead goes to the one that
+		// replaces it.
+		retries := counterSum(t, caller, "loom_client_retries_total")
+		res := make(chan []uint64, 1)
+		errc := make(chan error, 1)
+		go func() {
+			got, err := collect(patient.Generate(context.Background(), 1))
+			res <- got
+			errc <- err
+		}()
+		waitFor(t, 30*time.Second, "the call to be refused by the dead instance", func() bool {
+			return counterSum(t, caller, "loom_client_retries_total") > retries
+		})
+		fresh := c.runtime()
+		serve(t, fresh, "fail/dead/gen", echoID(fresh))
+		if got, err := <-res, <-errc; err != nil || len(got) != 1 || got[0] != fresh.ID() {
+			t.Fatalf("got %v, %v; want the call served by the new instance %x", got, err, fresh.ID())
 		}
 	})
 	t.Run("a request above the instance's frame size fails with ErrTooLarge, tried on one instance only", func(t *testing.T) {

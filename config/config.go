@@ -135,7 +135,7 @@ type RequestPlane struct {
 // Client tunes how calls are routed.
 type Client struct {
 	Router          string        `key:"router" default:"round_robin" enum:"round_robin,random,power_of_two,least_loaded" doc:"How a client picks an instance for each request."`
-	WaitTimeout     time.Duration `key:"wait_timeout" default:"5s" min:"0s" doc:"How long a call waits for an instance to appear before failing with ErrNoInstances."`
+	WaitTimeout     time.Duration `key:"wait_timeout" default:"5s" min:"0s" doc:"How long a call waits for an instance to appear before failing with ErrNoInstances; also how long a call that every known instance refused as draining or unreachable waits for a new one. 0: fail at once."`
 	Retry           bool          `key:"retry" default:"true" doc:"Retry a request on another instance when the first fails before its first response."`
 	FailureCooldown time.Duration `key:"failure_cooldown" default:"2s" min:"0s" doc:"How long an instance whose connection failed is avoided while others are available."`
 	LocalFastPath   bool          `key:"local_fast_path" default:"true" doc:"Call instances in this process directly, without serialization. Off forces every call through the network (for benchmarks and tests)."`
