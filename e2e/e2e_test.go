@@ -130,7 +130,7 @@ func TestDiscoveryAcrossProcesses(t *testing.T) {
 			env := cp.componentEnv(ttl)
 			termed, termID := server(t, env)
 			killed, killID := server(t, env)
-			_, stayID := server(t, env)
+			stay, stayID := server(t, env)
 			waitListed(t, env, []string{termID, killID, stayID}, 10*time.Second)
 			client := start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4", "-report", report)
 			waitCalling(t, client, time.Now(), 30*time.Second)
@@ -181,7 +181,9 @@ func TestDiscoveryAcrossProcesses(t *testing.T) {
 
 			// (c) The discovery server is down for twice the TTL: the
 			// server re-registers without restarting, the client keeps
-			// calling and sees a server that starts afterwards.
+			// calling and sees a server that starts afterwards: once the
+			// server it knew from before leaves, its calls go to the new
+			// one and none fails.
 			client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "2", "-interval", "10ms", "-report", report)
 			waitCalling(t, client, time.Now(), 30*time.Second)
 			cp.stop()
@@ -192,7 +194,11 @@ func TestDiscoveryAcrossProcesses(t *testing.T) {
 			t.Logf("(c) discovery down %s: the surviving server was listed again %s after the restart", 2*ttl, time.Since(restart).Round(time.Millisecond))
 			_, newID := server(t, env)
 			waitListed(t, env, []string{stayID, newID}, 10*time.Second)
-			time.Sleep(ttl) // let the client's watch see the new server and call it
+			stay.signal(syscall.SIGTERM)
+			if code := stay.wait(15 * time.Second); code != 0 {
+				t.Fatalf("(c) SIGTERMed server exited %d", code)
+			}
+			waitCalling(t, client, time.Now(), 30*time.Second) // on the new server alone
 			client.signal(syscall.SIGTERM)
 			client.wait(30 * time.Second)
 			okC, failedC, failuresC := clientSummary(t, client)
