@@ -3,9 +3,11 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -62,6 +64,31 @@ func TestLLMUpAnswersTheOpenAIClient(t *testing.T) {
 	}
 }
 
+// modelWorkers is how many workers the frontend at base lists for its
+// first model, or -1 if it does not answer.
+func modelWorkers(base string) int {
+	resp, err := http.Get(base + "/models")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var m struct{ Data []struct{ Workers int } }
+	_ = json.NewDecoder(resp.Body).Decode(&m)
+	if len(m.Data) == 0 {
+		return 0
+	}
+	return m.Data[0].Workers
+}
+
+func waitModelWorkers(t *testing.T, base string, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); modelWorkers(base) != n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the frontend never listed %d workers (has %d)", n, modelWorkers(base))
+		}
+	}
+}
+
 // TestLLMWorkerKilledMidStream: loom up, a frontend and mock workers as
 // processes; the worker serving a stream is killed with SIGKILL and the
 // client's stream goes on, identical to an unmigrated one.
@@ -71,27 +98,7 @@ func TestLLMWorkerKilledMidStream(t *testing.T) {
 	env := cp.componentEnv(2 * time.Second)
 	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "round_robin")
 	base := strings.TrimPrefix(fe.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
-	workers := func() int {
-		resp, err := http.Get(base + "/models")
-		if err != nil {
-			return -1
-		}
-		defer resp.Body.Close()
-		var m struct{ Data []struct{ Workers int } }
-		_ = json.NewDecoder(resp.Body).Decode(&m)
-		if len(m.Data) == 0 {
-			return 0
-		}
-		return m.Data[0].Workers
-	}
-	waitWorkers := func(n int) {
-		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); workers() != n; time.Sleep(10 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the frontend never listed %d workers (has %d)", n, workers())
-			}
-		}
-	}
+	waitWorkers := func(n int) { t.Helper(); waitModelWorkers(t, base, n) }
 	first := start(t, env, "loom", "llm", "worker", "--decode-step", "20ms")
 	first.waitLine("loom llm worker:", 30*time.Second)
 	waitWorkers(1)
@@ -148,4 +155,133 @@ func TestLLMWorkerKilledMidStream(t *testing.T) {
 		t.Fatalf("frontend exited %d; stderr:\n%s", code, errOut)
 	}
 	first.wait(5 * time.Second)
+}
+
+// TestLLMRollingRestartLosesNoRequest: a frontend and two mock workers as
+// processes serve the official client's streaming requests without a
+// pause while each worker in turn is replaced: a new one starts, the old
+// one gets SIGTERM and finishes what it serves. Every request streams
+// all its tokens, and none needed migrating.
+func TestLLMRollingRestartLosesNoRequest(t *testing.T) {
+	cp := up(t, "natskv")
+	defer cp.stop()
+	env := cp.componentEnv(2 * time.Second)
+	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "kv")
+	base := strings.TrimPrefix(fe.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
+	worker := func() *proc {
+		w := start(t, env, "loom", "llm", "worker", "--decode-step", "5ms")
+		w.waitLine("loom llm worker:", 30*time.Second)
+		return w
+	}
+	workers := []*proc{worker(), worker()}
+	waitModelWorkers(t, base, 2)
+
+	const tokens = 24
+	type result struct {
+		words  int
+		finish string
+		err    error
+	}
+	var (
+		mu      sync.Mutex
+		results []result
+	)
+	done := func() int { mu.Lock(); defer mu.Unlock(); return len(results) }
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	c := openaiClient(base)
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				stream := c.Chat.Completions.NewStreaming(context.Background(), chatParams(tokens))
+				var r result
+				var sb strings.Builder
+				for stream.Next() {
+					for _, ch := range stream.Current().Choices {
+						sb.WriteString(ch.Delta.Content)
+						if ch.FinishReason != "" {
+							r.finish = ch.FinishReason
+						}
+					}
+				}
+				r.err = stream.Err()
+				stream.Close()
+				r.words = len(strings.Fields(sb.String()))
+				mu.Lock()
+				results = append(results, r)
+				mu.Unlock()
+			}
+		})
+	}
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		wg.Wait()
+	}()
+	// More requests complete: the load goes on.
+	goesOn := func(what string) {
+		t.Helper()
+		from := done()
+		for deadline := time.Now().Add(30 * time.Second); done() < from+8; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d requests completed in 30s; want 8", what, done()-from)
+			}
+		}
+	}
+	goesOn("before the restart")
+	for i, old := range workers {
+		workers[i] = worker()
+		waitModelWorkers(t, base, 3)
+		old.signal(syscall.SIGTERM)
+		if code := old.wait(30 * time.Second); code != 0 {
+			_, errOut := old.output()
+			t.Fatalf("worker %d exited %d on SIGTERM; stderr:\n%s", i, code, errOut)
+		}
+		waitModelWorkers(t, base, 2)
+		goesOn(fmt.Sprintf("after worker %d was replaced", i))
+	}
+	close(stop)
+	wg.Wait()
+
+	bad := 0
+	for _, r := range results {
+		if r.err != nil || r.words != tokens || r.finish != "length" {
+			if bad++; bad <= 5 {
+				t.Errorf("a request streamed %d words (finish %q), err %v; want %d words ending for length", r.words, r.finish, r.err, tokens)
+			}
+		}
+	}
+	mresp, err := http.Get(strings.TrimSuffix(base, "/v1") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	migrations := "0"
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, `loom_llm_migrations_total{model="mock-model"} `) {
+			migrations = strings.Fields(l)[1]
+		}
+	}
+	t.Logf("rolling restart of 2 workers under 4 streaming callers: %d requests, %d failed or cut short, %s migrated", len(results), bad, migrations)
+	if migrations != "0" {
+		t.Errorf("loom_llm_migrations_total = %s; a graceful stop should finish its streams, not hand them on", migrations)
+	}
+	for _, w := range workers {
+		w.signal(syscall.SIGTERM)
+		w.wait(20 * time.Second)
+	}
+	fe.signal(syscall.SIGTERM)
+	if code := fe.wait(20 * time.Second); code != 0 {
+		_, errOut := fe.output()
+		t.Fatalf("frontend exited %d; stderr:\n%s", code, errOut)
+	}
 }

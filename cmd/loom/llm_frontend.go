@@ -37,6 +37,7 @@ func (o *frontendOptions) bind(f *pflag.FlagSet) {
 	f.StringVar(&o.cfg.Namespace, "namespace", "", "namespace the workers serve in (default llm)")
 	f.IntVar(&o.cfg.MaxMigrations, "max-migrations", frontend.DefaultMaxMigrations, "times one request may move to another worker when its worker fails mid-stream (0: never)")
 	f.IntVar(&o.cfg.MaxInFlightPerWorker, "max-in-flight-per-worker", 0, "requests a worker may have from this frontend before it counts as busy; all busy means 429 (0: no limit)")
+	f.DurationVar(&o.cfg.DepartedIdle, "departed-idle", frontend.DefaultDepartedIdle, "how long a request on a worker that left discovery may go without a token before it moves to another worker")
 	f.IntVar(&o.cfg.DefaultMaxTokens, "default-max-tokens", frontend.DefaultDefaultMaxTokens, "tokens generated when a request gives no max_tokens")
 	f.Float64Var(&o.kv.Temperature, "router-temperature", 0, "kv router: sample workers by cost with this temperature (0: take the cheapest)")
 	f.Float64Var(&o.kv.OverlapWeight, "router-overlap-weight", 1, "kv router: weight of the prefill (uncached prompt) term against the decode term")

@@ -14,7 +14,8 @@
 //	GET  /metrics              Prometheus metrics of the runtime's registry
 //
 // A client that disconnects kills its request on the worker at once. A
-// worker that fails or leaves mid-request has the request re-issued to
+// worker that fails mid-request, or leaves discovery and then goes quiet
+// for Config.DepartedIdle, has the request re-issued to
 // another worker with the prompt and the tokens already streamed (a
 // migration), so the client sees one uninterrupted stream; only when
 // Config.MaxMigrations are spent does the client get an error. Every
@@ -73,6 +74,12 @@ type Config struct {
 	// max_tokens may generate, within the model's context length
 	// (default 1024).
 	DefaultMaxTokens int
+	// DepartedIdle is how long a request on a worker that has left
+	// discovery may go without a response before it is cut and migrated
+	// (default 1s). A worker that stops gracefully leaves discovery and
+	// keeps streaming until its requests finish; one that hangs or is cut
+	// off goes quiet.
+	DepartedIdle time.Duration
 	// Logger logs failures (default the runtime's logger).
 	Logger *slog.Logger
 }
@@ -82,6 +89,7 @@ const (
 	DefaultMaxMigrations    = 3
 	DefaultMaxBodyBytes     = 4 << 20
 	DefaultDefaultMaxTokens = 1024
+	DefaultDepartedIdle     = time.Second
 )
 
 // HeaderMigrations names the response field that counts the times a
@@ -118,6 +126,9 @@ type Frontend struct {
 	tracked  map[uint64]map[*attempt]struct{} // worker -> attempts running on it
 	instMods map[uint64]string                // worker -> model
 	cards    map[string]llm.ModelCard         // every model ever seen
+	// departed: attempts running on workers that left discovery, each
+	// with its response count at the last sweep (see sweepDeparted).
+	departed map[*attempt]uint64
 
 	mux     *http.ServeMux
 	srvMu   sync.Mutex
@@ -165,6 +176,9 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
 	if cfg.DefaultMaxTokens <= 0 {
 		cfg.DefaultMaxTokens = DefaultDefaultMaxTokens
 	}
+	if cfg.DepartedIdle <= 0 {
+		cfg.DepartedIdle = DefaultDepartedIdle
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = rt.Logger()
 	}
@@ -178,7 +192,7 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
 	f := &Frontend{
 		rt: rt, cfg: cfg, tok: cfg.Tokenizer, router: cfg.Router, log: cfg.Logger, m: rt.Metrics(),
 		idBase: hex.EncodeToString(seed[:]), created: time.Now().Unix(),
-		tracked: make(map[uint64]map[*attempt]struct{}), instMods: make(map[uint64]string),
+		tracked: make(map[uint64]map[*attempt]struct{}), departed: make(map[*attempt]uint64), instMods: make(map[uint64]string),
 		cards: make(map[string]llm.ModelCard), synced: make(chan struct{}),
 	}
 	f.unknownModel = f.m.LLMModel("")
@@ -274,11 +288,29 @@ func (f *Frontend) Close() {
 }
 
 // watch keeps the model set and the worker -> model map from discovery,
-// and cuts the requests of a worker that leaves so they migrate.
+// and cuts the requests of a worker that left once they go quiet, so that
+// they migrate.
 func (f *Frontend) watch(events <-chan discovery.Event) {
 	defer f.watchWG.Done()
 	syncedOnce := false
-	for ev := range events {
+	sweep := time.NewTimer(f.cfg.DepartedIdle)
+	sweep.Stop()
+	defer sweep.Stop()
+	armed := false
+	for {
+		var ev discovery.Event
+		select {
+		case e, ok := <-events:
+			if !ok {
+				return
+			}
+			ev = e
+		case <-sweep.C:
+			if armed = f.sweepDeparted(); armed {
+				sweep.Reset(f.cfg.DepartedIdle)
+			}
+			continue
+		}
 		switch ev.Kind {
 		case discovery.Added:
 			card, err := llm.ModelCardFrom(ev.Instance.Metadata)
@@ -294,13 +326,20 @@ func (f *Frontend) watch(events <-chan discovery.Event) {
 			f.publishLocked()
 			f.mu.Unlock()
 		case discovery.Removed:
+			// The worker takes no new request; those it runs are watched
+			// from now on.
 			f.mu.Lock()
 			delete(f.instMods, ev.Instance.ID)
 			f.publishLocked()
 			for a := range f.tracked[ev.Instance.ID] {
-				a.cancel(errWorkerGone)
+				f.departed[a] = a.responses.Load()
 			}
+			pending := len(f.departed) > 0
 			f.mu.Unlock()
+			if pending && !armed {
+				armed = true
+				sweep.Reset(f.cfg.DepartedIdle)
+			}
 		case discovery.Synced:
 			if !syncedOnce {
 				syncedOnce = true
@@ -308,6 +347,24 @@ func (f *Frontend) watch(events <-chan discovery.Event) {
 			}
 		}
 	}
+}
+
+// sweepDeparted cuts each request on a departed worker that had no
+// response since the last sweep (Config.DepartedIdle ago), so that it
+// migrates; a worker that left gracefully is still streaming and keeps
+// its requests. It reports whether requests are left to watch.
+func (f *Frontend) sweepDeparted() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for a, seen := range f.departed {
+		if n := a.responses.Load(); n != seen {
+			f.departed[a] = n
+			continue
+		}
+		a.cancel(errWorkerGone)
+		delete(f.departed, a)
+	}
+	return len(f.departed) > 0
 }
 
 func (f *Frontend) publishLocked() {
@@ -349,6 +406,7 @@ func (f *Frontend) track(a *attempt, worker uint64) bool {
 
 func (f *Frontend) untrack(a *attempt, worker uint64) {
 	f.mu.Lock()
+	delete(f.departed, a)
 	if set := f.tracked[worker]; set != nil {
 		delete(set, a)
 		if len(set) == 0 {

@@ -694,6 +694,62 @@ func TestMigrationKeepsTheStream(t *testing.T) {
 	}
 }
 
+// TestADepartedWorkerKeepsItsRequestsWhileItStreams: a worker that leaves
+// discovery, as one does when it stops gracefully, keeps the requests it
+// runs for as long as it streams them; once one goes a whole
+// Config.DepartedIdle without a token it is cut and migrates.
+func TestADepartedWorkerKeepsItsRequestsWhileItStreams(t *testing.T) {
+	for _, plane := range []string{"tcp", "nats"} {
+		t.Run(plane, func(t *testing.T) {
+			// No sweep runs on its own: the test runs each.
+			s := newStack(t, plane, frontend.Config{DepartedIdle: time.Hour})
+			gate := make(chan struct{})
+			first := s.worker(workerOpts{gate: gate})
+			s.waitReady(1)
+			resp := post(t, context.Background(), s.url+"/v1/chat/completions", migBody)
+			defer resp.Body.Close()
+			sr := newSSEReader(t, resp)
+			sr.words(1)
+			second := s.worker(workerOpts{})
+			s.waitReady(2)
+			_ = first.disc.Close() // it leaves discovery and goes on serving
+			for deadline := time.Now().Add(20 * time.Second); frontend.DepartedRequests(s.fe) != 1; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the frontend watches %d requests on departed workers, want 1", frontend.DepartedRequests(s.fe))
+				}
+			}
+			gate <- struct{}{}
+			sr.words(2)
+			if !frontend.SweepDeparted(s.fe) {
+				t.Fatal("a sweep cut the request of a departed worker that had streamed a token since the last")
+			}
+			select {
+			case id := <-first.killed:
+				t.Fatalf("request %s was cut on the departed worker while it streamed", id)
+			default:
+			}
+			// Quiet since that sweep: the next one cuts it.
+			if frontend.SweepDeparted(s.fe) {
+				t.Fatal("a request quiet since the last sweep is still watched")
+			}
+			waitFor(t, first.killed, "the quiet request to be cut on the departed worker")
+			text, finish, e := sr.rest()
+			if e != "" || finish != "length" || len(strings.Fields(text)) != 30 {
+				t.Fatalf("the stream ended with %d words, finish %q, error event %s; want 30 ending for length", len(strings.Fields(text)), finish, e)
+			}
+			if m := resp.Trailer.Get(frontend.HeaderMigrations); m != "1" {
+				t.Errorf("%s trailer = %q, want 1", frontend.HeaderMigrations, m)
+			}
+			if r := second.lastRequest(); r.Generated != 2 {
+				t.Errorf("the second worker took over at generated=%d, want 2", r.Generated)
+			}
+			if n := frontend.DepartedRequests(s.fe); n != 0 {
+				t.Errorf("%d requests still watched after the migration", n)
+			}
+		})
+	}
+}
+
 // TestMigrationsExhaustedEndTheStream: a stream migrates once, to a
 // worker that joined after it began, and ends with an error when that
 // worker fails too. With lagging, the frontend's client sees the new

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/loomrt/loom"
@@ -14,9 +15,10 @@ import (
 	"github.com/loomrt/loom/metrics"
 )
 
-// errWorkerGone: the worker serving an attempt left discovery; the attempt
-// is cut so that the request migrates instead of waiting on it.
-var errWorkerGone = errors.New("llm/frontend: the worker left discovery mid-request")
+// errWorkerGone: the worker serving an attempt left discovery and sent
+// nothing for Config.DepartedIdle; the attempt is cut so that the request
+// migrates instead of waiting on it.
+var errWorkerGone = errors.New("llm/frontend: the worker left discovery mid-request and went quiet")
 
 // attempt is one try of a request on one worker. It travels in the call's
 // context to the frontend's picker, which fills in the worker.
@@ -28,6 +30,10 @@ type attempt struct {
 	worker  uint64
 	tracked bool
 	buf     []*loom.Candidate
+	// responses counts the responses the request has had, so that a
+	// request on a departed worker that still streams is told from one
+	// that went quiet.
+	responses atomic.Uint64
 }
 
 type attemptKey struct{}
@@ -149,6 +155,7 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 				callErr = err
 				break
 			}
+			a.responses.Add(1)
 			now := time.Now()
 			if first {
 				first = false
