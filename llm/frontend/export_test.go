@@ -1,7 +1,12 @@
 package frontend
 
-// SweepDeparted runs one sweep of the requests on departed workers now.
-func SweepDeparted(f *Frontend) bool { return f.sweepDeparted() }
+import "time"
+
+// SweepDeparted runs one sweep of the requests on departed workers, as
+// it would run after d.
+func SweepDeparted(f *Frontend, after time.Duration) bool {
+	return f.sweepDeparted(time.Now().Add(after))
+}
 
 // DepartedRequests is how many requests on departed workers are watched.
 func DepartedRequests(f *Frontend) int {

@@ -126,9 +126,9 @@ type Frontend struct {
 	tracked  map[uint64]map[*attempt]struct{} // worker -> attempts running on it
 	instMods map[uint64]string                // worker -> model
 	cards    map[string]llm.ModelCard         // every model ever seen
-	// departed: attempts running on workers that left discovery, each
-	// with its response count at the last sweep (see sweepDeparted).
-	departed map[*attempt]uint64
+	// departed: attempts running on workers that left discovery (see
+	// sweepDeparted).
+	departed map[*attempt]seen
 
 	mux     *http.ServeMux
 	srvMu   sync.Mutex
@@ -192,7 +192,7 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
 	f := &Frontend{
 		rt: rt, cfg: cfg, tok: cfg.Tokenizer, router: cfg.Router, log: cfg.Logger, m: rt.Metrics(),
 		idBase: hex.EncodeToString(seed[:]), created: time.Now().Unix(),
-		tracked: make(map[uint64]map[*attempt]struct{}), departed: make(map[*attempt]uint64), instMods: make(map[uint64]string),
+		tracked: make(map[uint64]map[*attempt]struct{}), departed: make(map[*attempt]seen), instMods: make(map[uint64]string),
 		cards: make(map[string]llm.ModelCard), synced: make(chan struct{}),
 	}
 	f.unknownModel = f.m.LLMModel("")
@@ -293,7 +293,10 @@ func (f *Frontend) Close() {
 func (f *Frontend) watch(events <-chan discovery.Event) {
 	defer f.watchWG.Done()
 	syncedOnce := false
-	sweep := time.NewTimer(f.cfg.DepartedIdle)
+	// Every half DepartedIdle, so that a request is judged between one
+	// and one and a half DepartedIdle after it was last seen to move.
+	every := f.cfg.DepartedIdle / 2
+	sweep := time.NewTimer(every)
 	sweep.Stop()
 	defer sweep.Stop()
 	armed := false
@@ -306,8 +309,8 @@ func (f *Frontend) watch(events <-chan discovery.Event) {
 			}
 			ev = e
 		case <-sweep.C:
-			if armed = f.sweepDeparted(); armed {
-				sweep.Reset(f.cfg.DepartedIdle)
+			if armed = f.sweepDeparted(time.Now()); armed {
+				sweep.Reset(every)
 			}
 			continue
 		}
@@ -328,17 +331,18 @@ func (f *Frontend) watch(events <-chan discovery.Event) {
 		case discovery.Removed:
 			// The worker takes no new request; those it runs are watched
 			// from now on.
+			now := time.Now()
 			f.mu.Lock()
 			delete(f.instMods, ev.Instance.ID)
 			f.publishLocked()
 			for a := range f.tracked[ev.Instance.ID] {
-				f.departed[a] = a.responses.Load()
+				f.departed[a] = seen{responses: a.responses.Load(), at: now}
 			}
 			pending := len(f.departed) > 0
 			f.mu.Unlock()
 			if pending && !armed {
 				armed = true
-				sweep.Reset(f.cfg.DepartedIdle)
+				sweep.Reset(every)
 			}
 		case discovery.Synced:
 			if !syncedOnce {
@@ -349,16 +353,25 @@ func (f *Frontend) watch(events <-chan discovery.Event) {
 	}
 }
 
-// sweepDeparted cuts each request on a departed worker that had no
-// response since the last sweep (Config.DepartedIdle ago), so that it
-// migrates; a worker that left gracefully is still streaming and keeps
-// its requests. It reports whether requests are left to watch.
-func (f *Frontend) sweepDeparted() bool {
+// seen is what a request on a departed worker had had when last looked at.
+type seen struct {
+	responses uint64
+	at        time.Time
+}
+
+// sweepDeparted cuts each request on a departed worker that has had no
+// response for Config.DepartedIdle, so that it migrates; a worker that
+// left gracefully is still streaming and keeps its requests. It reports
+// whether requests are left to watch.
+func (f *Frontend) sweepDeparted(now time.Time) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for a, seen := range f.departed {
-		if n := a.responses.Load(); n != seen {
-			f.departed[a] = n
+	for a, s := range f.departed {
+		if now.Sub(s.at) < f.cfg.DepartedIdle {
+			continue
+		}
+		if n := a.responses.Load(); n != s.responses {
+			f.departed[a] = seen{responses: n, at: now}
 			continue
 		}
 		a.cancel(errWorkerGone)

@@ -718,9 +718,13 @@ func TestADepartedWorkerKeepsItsRequestsWhileItStreams(t *testing.T) {
 					t.Fatalf("the frontend watches %d requests on departed workers, want 1", frontend.DepartedRequests(s.fe))
 				}
 			}
+			// Before DepartedIdle has passed, a request is not judged.
+			if !frontend.SweepDeparted(s.fe, 0) {
+				t.Fatal("a sweep cut a request on a departed worker before DepartedIdle had passed")
+			}
 			gate <- struct{}{}
 			sr.words(2)
-			if !frontend.SweepDeparted(s.fe) {
+			if !frontend.SweepDeparted(s.fe, 2*time.Hour) {
 				t.Fatal("a sweep cut the request of a departed worker that had streamed a token since the last")
 			}
 			select {
@@ -728,8 +732,11 @@ func TestADepartedWorkerKeepsItsRequestsWhileItStreams(t *testing.T) {
 				t.Fatalf("request %s was cut on the departed worker while it streamed", id)
 			default:
 			}
-			// Quiet since that sweep: the next one cuts it.
-			if frontend.SweepDeparted(s.fe) {
+			// Quiet since that sweep: a sweep DepartedIdle later cuts it.
+			if !frontend.SweepDeparted(s.fe, 2*time.Hour+time.Minute) {
+				t.Fatal("a sweep cut a request before DepartedIdle had passed since it last moved")
+			}
+			if frontend.SweepDeparted(s.fe, 4*time.Hour) {
 				t.Fatal("a request quiet since the last sweep is still watched")
 			}
 			waitFor(t, first.killed, "the quiet request to be cut on the departed worker")
