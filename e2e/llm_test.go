@@ -285,3 +285,71 @@ func TestLLMRollingRestartLosesNoRequest(t *testing.T) {
 		t.Fatalf("frontend exited %d; stderr:\n%s", code, errOut)
 	}
 }
+
+// TestLLMFrontendSIGTERMFinishesItsStreams: a frontend process that gets
+// SIGTERM while streaming answers takes no new request but finishes the
+// streams it has, then exits 0.
+func TestLLMFrontendSIGTERMFinishesItsStreams(t *testing.T) {
+	cp := up(t, "natskv")
+	defer cp.stop()
+	env := cp.componentEnv(2 * time.Second)
+	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "kv")
+	base := strings.TrimPrefix(fe.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
+	w := start(t, env, "loom", "llm", "worker", "--decode-step", "20ms")
+	w.waitLine("loom llm worker:", 30*time.Second)
+	waitModelWorkers(t, base, 1)
+
+	const streams, tokens = 3, 30
+	c := openaiClient(base)
+	started := make(chan struct{}, streams)
+	type result struct {
+		words  int
+		finish string
+		err    error
+	}
+	results := make(chan result, streams)
+	for range streams {
+		go func() {
+			stream := c.Chat.Completions.NewStreaming(context.Background(), chatParams(tokens))
+			defer stream.Close()
+			var r result
+			var sb strings.Builder
+			began := false
+			for stream.Next() {
+				for _, ch := range stream.Current().Choices {
+					sb.WriteString(ch.Delta.Content)
+					if ch.FinishReason != "" {
+						r.finish = ch.FinishReason
+					}
+				}
+				if sb.Len() > 0 && !began {
+					began = true
+					started <- struct{}{}
+				}
+			}
+			r.err = stream.Err()
+			r.words = len(strings.Fields(sb.String()))
+			results <- r
+		}()
+	}
+	for range streams {
+		select {
+		case <-started:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the streams never began")
+		}
+	}
+	fe.signal(syscall.SIGTERM)
+	for range streams {
+		r := <-results
+		if r.err != nil || r.words != tokens || r.finish != "length" {
+			t.Errorf("a stream in flight at SIGTERM ended with %d words (finish %q), err %v; want %d ending for length", r.words, r.finish, r.err, tokens)
+		}
+	}
+	if code := fe.wait(20 * time.Second); code != 0 {
+		_, errOut := fe.output()
+		t.Fatalf("frontend exited %d after SIGTERM; stderr:\n%s", code, errOut)
+	}
+	w.signal(syscall.SIGTERM)
+	w.wait(20 * time.Second)
+}

@@ -103,8 +103,9 @@ func startFrontend(ctx context.Context, rt *loom.Runtime, o *frontendOptions) (*
 	return fe, l, func() { _ = router.Close() }, nil
 }
 
-// serveFrontend serves fe on l until ctx ends, then shuts it down.
-func serveFrontend(ctx context.Context, fe *frontend.Frontend, l net.Listener) error {
+// serveFrontend serves fe on l until ctx ends, then shuts it down, letting
+// the streams it answers finish for up to grace (shutdown.grace_period).
+func serveFrontend(ctx context.Context, fe *frontend.Frontend, l net.Listener, grace time.Duration) error {
 	errc := make(chan error, 1)
 	go func() { errc <- fe.Serve(l) }()
 	select {
@@ -113,7 +114,7 @@ func serveFrontend(ctx context.Context, fe *frontend.Frontend, l net.Listener) e
 		return err
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	err := fe.Shutdown(sctx)
 	if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) {
@@ -130,5 +131,5 @@ func runFrontend(ctx context.Context, out io.Writer, rt *loom.Runtime, o *fronte
 	defer closeRouter()
 	fmt.Fprintf(out, "loom llm frontend: router %s, OpenAI API at http://%s/v1\n", o.router, l.Addr())
 	fmt.Fprintf(out, "OPENAI_BASE_URL=http://%s/v1\n", l.Addr())
-	return serveFrontend(ctx, fe, l)
+	return serveFrontend(ctx, fe, l, rt.Config().Shutdown.GracePeriod)
 }

@@ -135,5 +135,5 @@ func llmUp(ctx context.Context, out, errOut io.Writer, o *llmUpOptions) error {
 		defer dash.Close()
 		fmt.Fprintf(out, "dashboard at %s\n", dash.URL())
 	}
-	return serveFrontend(ctx, fe, l)
+	return serveFrontend(ctx, fe, l, rt.Config().Shutdown.GracePeriod)
 }
