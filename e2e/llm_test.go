@@ -161,19 +161,38 @@ func TestLLMWorkerKilledMidStream(t *testing.T) {
 // processes serve the official client's streaming requests without a
 // pause while each worker in turn is replaced: a new one starts, the old
 // one gets SIGTERM and finishes what it serves. Every request streams
-// all its tokens, and none needed migrating.
+// all its tokens, and none needed migrating. Disaggregated, the decode
+// workers hand every prefill to two prefill workers through the prefill
+// queue, and those are replaced in turn too.
 func TestLLMRollingRestartLosesNoRequest(t *testing.T) {
+	for _, disagg := range []bool{false, true} {
+		t.Run(map[bool]string{false: "aggregated", true: "disaggregated"}[disagg], func(t *testing.T) {
+			rollingRestart(t, disagg)
+		})
+	}
+}
+
+func rollingRestart(t *testing.T, disagg bool) {
 	cp := up(t, "natskv")
 	defer cp.stop()
 	env := cp.componentEnv(2 * time.Second)
 	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "kv")
 	base := strings.TrimPrefix(fe.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
-	worker := func() *proc {
-		w := start(t, env, "loom", "llm", "worker", "--decode-step", "5ms")
+	args := []string{"llm", "worker", "--decode-step", "5ms"}
+	if disagg {
+		// Every prompt here has more than 8 uncached tokens.
+		args = append(args, "--remote-prefill", "--remote-prefill-min", "8")
+	}
+	worker := func(args ...string) *proc {
+		w := start(t, env, "loom", args...)
 		w.waitLine("loom llm worker:", 30*time.Second)
 		return w
 	}
-	workers := []*proc{worker(), worker()}
+	var prefills []*proc
+	if disagg {
+		prefills = []*proc{worker("llm", "worker", "--prefill"), worker("llm", "worker", "--prefill")}
+	}
+	workers := []*proc{worker(args...), worker(args...)}
 	waitModelWorkers(t, base, 2)
 
 	const tokens = 24
@@ -190,15 +209,18 @@ func TestLLMRollingRestartLosesNoRequest(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	c := openaiClient(base)
-	for range 4 {
+	for caller := range 4 {
 		wg.Go(func() {
-			for {
+			for i := 0; ; i++ {
 				select {
 				case <-stop:
 					return
 				default:
 				}
-				stream := c.Chat.Completions.NewStreaming(context.Background(), chatParams(tokens))
+				// A prompt of its own, so that no prefill is cached.
+				params := chatParams(tokens)
+				params.Messages = append(params.Messages, openai.UserMessage(fmt.Sprintf("Caller %d asks question %d.", caller, i)))
+				stream := c.Chat.Completions.NewStreaming(context.Background(), params)
 				var r result
 				var sb strings.Builder
 				for stream.Next() {
@@ -236,17 +258,43 @@ func TestLLMRollingRestartLosesNoRequest(t *testing.T) {
 			}
 		}
 	}
-	goesOn("before the restart")
-	for i, old := range workers {
-		workers[i] = worker()
-		waitModelWorkers(t, base, 3)
+	// stopped sends old SIGTERM and returns its last line.
+	stopped := func(what string, old *proc) string {
+		t.Helper()
 		old.signal(syscall.SIGTERM)
 		if code := old.wait(30 * time.Second); code != 0 {
 			_, errOut := old.output()
-			t.Fatalf("worker %d exited %d on SIGTERM; stderr:\n%s", i, code, errOut)
+			t.Fatalf("%s exited %d on SIGTERM; stderr:\n%s", what, code, errOut)
 		}
+		lines, _ := old.output()
+		return lines[len(lines)-1]
+	}
+	goesOn("before the restart")
+	handed := 0
+	for i, old := range workers {
+		workers[i] = worker(args...)
+		waitModelWorkers(t, base, 3)
+		last := stopped(fmt.Sprintf("worker %d", i), old)
 		waitModelWorkers(t, base, 2)
+		t.Logf("worker %d: %s", i, last)
+		var served, n int
+		if _, err := fmt.Sscanf(last, "loom llm worker: stopped after %d requests (%d prefills", &served, &n); err != nil {
+			t.Fatalf("worker %d's last line %q: %v", i, last, err)
+		}
+		handed += n
 		goesOn(fmt.Sprintf("after worker %d was replaced", i))
+	}
+	jobs := 0
+	for i, old := range prefills {
+		prefills[i] = worker("llm", "worker", "--prefill")
+		last := stopped(fmt.Sprintf("prefill worker %d", i), old)
+		t.Logf("prefill worker %d: %s", i, last)
+		var n int
+		if _, err := fmt.Sscanf(last, "loom llm worker: stopped after %d prefill jobs", &n); err != nil {
+			t.Fatalf("prefill worker %d's last line %q: %v", i, last, err)
+		}
+		jobs += n
+		goesOn(fmt.Sprintf("after prefill worker %d was replaced", i))
 	}
 	close(stop)
 	wg.Wait()
@@ -271,11 +319,18 @@ func TestLLMRollingRestartLosesNoRequest(t *testing.T) {
 			migrations = strings.Fields(l)[1]
 		}
 	}
-	t.Logf("rolling restart of 2 workers under 4 streaming callers: %d requests, %d failed or cut short, %s migrated", len(results), bad, migrations)
+	t.Logf("rolling restart under 4 streaming callers: %d requests, %d failed or cut short, %s migrated; the stopped decode workers handed %d prefills over, the stopped prefill workers did %d",
+		len(results), bad, migrations, handed, jobs)
 	if migrations != "0" {
 		t.Errorf("loom_llm_migrations_total = %s; a graceful stop should finish its streams, not hand them on", migrations)
 	}
-	for _, w := range workers {
+	if disagg && (handed == 0 || jobs == 0) {
+		t.Errorf("the stopped decode workers handed %d prefills to the queue and the stopped prefill workers did %d; want both above 0", handed, jobs)
+	}
+	if !disagg && handed != 0 {
+		t.Errorf("aggregated workers handed %d prefills over; want 0", handed)
+	}
+	for _, w := range append(workers, prefills...) {
 		w.signal(syscall.SIGTERM)
 		w.wait(20 * time.Second)
 	}

@@ -41,12 +41,29 @@ another process finds it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			loom.Run(func(ctx context.Context, rt *loom.Runtime) error {
+				out := cmd.OutOrStdout()
+				w, err := mocker.Start(ctx, rt, c)
+				if err != nil {
+					return err
+				}
 				kind := "worker"
 				if c.Prefill {
 					kind = "prefill worker"
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "loom llm worker: %s %x of model %s\n", kind, rt.ID(), c.Card().Name)
-				return mocker.Run(ctx, rt, c)
+				fmt.Fprintf(out, "loom llm worker: %s %x of model %s\n", kind, rt.ID(), c.Card().Name)
+				<-ctx.Done()
+				// As mocker.Run: what is in flight finishes for the grace
+				// period.
+				sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rt.Config().Shutdown.GracePeriod)
+				defer cancel()
+				err = w.Shutdown(sctx)
+				s := w.Stats()
+				if c.Prefill {
+					fmt.Fprintf(out, "loom llm worker: stopped after %d prefill jobs (%d delivered before)\n", s.PrefillJobs, s.PrefillRedeliveries)
+				} else {
+					fmt.Fprintf(out, "loom llm worker: stopped after %d requests (%d prefills handed to prefill workers)\n", s.Requests, s.RemotePrefills)
+				}
+				return err
 			})
 			return nil
 		},
