@@ -53,8 +53,8 @@ func TestKubernetesDiscoveryAcrossProcesses(t *testing.T) {
 	took := waitListed(t, env, []string{termID, killID, stayID}, 10*time.Second)
 	t.Logf("loom ls --json listed the servers %s after they printed their ids", took.Round(time.Millisecond))
 
-	client := start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4")
-	time.Sleep(time.Second)
+	client := start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4", "-report", report)
+	waitCalling(t, client, time.Now(), 30*time.Second)
 	termed.signal(syscall.SIGTERM)
 	gone := waitGone(t, env, termID, 5*time.Second)
 	if code := termed.wait(15 * time.Second); code != 0 {
@@ -64,7 +64,7 @@ func TestKubernetesDiscoveryAcrossProcesses(t *testing.T) {
 	if gone > time.Second {
 		t.Errorf("SIGTERM: the instance took %s to leave; want under 1s", gone)
 	}
-	time.Sleep(500 * time.Millisecond)
+	waitCalling(t, client, time.Now(), 30*time.Second) // on the servers left
 	client.signal(syscall.SIGTERM)
 	client.wait(30 * time.Second)
 	okA, failedA, failuresA := clientSummary(t, client)
@@ -73,8 +73,8 @@ func TestKubernetesDiscoveryAcrossProcesses(t *testing.T) {
 		t.Fatalf("calls failed during a graceful stop:\n%s", strings.Join(failuresA, "\n"))
 	}
 
-	client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4")
-	time.Sleep(time.Second)
+	client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "4", "-report", report)
+	waitCalling(t, client, time.Now(), 30*time.Second)
 	killed.signal(syscall.SIGKILL)
 	killed.wait(5 * time.Second)
 	gone = waitGone(t, env, killID, ttl+4*time.Second)
@@ -93,7 +93,7 @@ func TestKubernetesDiscoveryAcrossProcesses(t *testing.T) {
 
 	const window = 100 * time.Millisecond
 	client = start(t, env, "hello", "client", "-calls", "0", "-concurrency", "2", "-interval", "10ms", "-report", window.String())
-	time.Sleep(500 * time.Millisecond)
+	waitCalling(t, client, time.Now(), 30*time.Second)
 	down := time.Now()
 	srv.Stop()
 	time.Sleep(2 * ttl)

@@ -153,8 +153,16 @@ func TestAnOwnerThatStopsRenewingExpiresAndIsReaped(t *testing.T) {
 	inst := testInst(1, "10.0.0.1:1")
 	register(t, owner, inst)
 	expectEvent(t, ch, discovery.Added, inst, wait)
-	// Past a few renewals, so that the watcher times it from one it saw.
-	time.Sleep(ttl)
+	// Past a renewal, so that the watcher times it from one it saw.
+	renewed := func() time.Time {
+		l, err := cs.CoordinationV1().Leases(ns).Get(t.Context(), LeaseName(inst.Key()), metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("get the Lease of %s: %v", inst.Key(), err)
+		}
+		return l.Spec.RenewTime.Time
+	}
+	first := renewed()
+	testutil.Eventually(t, 2*ttl+wait, "the owner to renew its Lease", func() bool { return renewed().After(first) })
 	crash(t, owner)
 	died := time.Now()
 	expectEvent(t, ch, discovery.Removed, inst, ttl+2*time.Second)
