@@ -158,6 +158,28 @@ func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	}
 }
 
+// callRefusedOnce starts a call of cl, made from caller, and returns once
+// an instance has refused it (caller's retry count moved); the call's
+// items and error arrive on the channel.
+func callRefusedOnce(t testing.TB, caller *loom.Runtime, cl *loom.Client[int, uint64]) <-chan called {
+	t.Helper()
+	retries := counterSum(t, caller, "loom_client_retries_total")
+	res := make(chan called, 1)
+	go func() {
+		got, err := collect(cl.Generate(context.Background(), 1))
+		res <- called{got, err}
+	}()
+	waitFor(t, 30*time.Second, "the call to be refused by an instance", func() bool {
+		return counterSum(t, caller, "loom_client_retries_total") > retries
+	})
+	return res
+}
+
+type called struct {
+	got []uint64
+	err error
+}
+
 // counterSum is the sum of a counter family's series in rt's registry.
 func counterSum(t testing.TB, rt *loom.Runtime, name string) float64 {
 	t.Helper()

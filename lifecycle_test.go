@@ -228,24 +228,14 @@ func TestACallEveryInstanceRefusedWaitsForANewOne(t *testing.T) {
 		if strings.Contains(err.Error(), "appeared") {
 			t.Errorf("without a wait: %v", err)
 		}
-		retries := counterSum(t, caller, "loom_client_retries_total")
-		res := make(chan []uint64, 1)
-		errc := make(chan error, 1)
-		go func() {
-			got, err := collect(patient.Generate(context.Background(), 1))
-			res <- got
-			errc <- err
-		}()
-		waitFor(t, 20*time.Second, "the call to be refused by the draining instance", func() bool {
-			return counterSum(t, caller, "loom_client_retries_total") > retries
-		})
+		res := callRefusedOnce(t, caller, patient)
 		if n := len(patient.Instances()); n != 1 {
 			t.Fatalf("the client sees %d instances; the test needs it to see the draining one alone", n)
 		}
 		fresh := c.runtime()
 		serve(t, fresh, "restart/svc/id", echoID(fresh))
-		if got, err := <-res, <-errc; err != nil || len(got) != 1 || got[0] != fresh.ID() {
-			t.Fatalf("got %v, %v; want the call served by the new instance %x", got, err, fresh.ID())
+		if r := <-res; r.err != nil || len(r.got) != 1 || r.got[0] != fresh.ID() {
+			t.Fatalf("got %v, %v; want the call served by the new instance %x", r.got, r.err, fresh.ID())
 		}
 		close(lag.release)
 		if err := <-shutdown; err != nil {

@@ -243,21 +243,11 @@ func TestNetworkFailures(t *testing.T) {
 		}
 		// A call that finds its only instance dead goes to the one that
 		// replaces it.
-		retries := counterSum(t, caller, "loom_client_retries_total")
-		res := make(chan []uint64, 1)
-		errc := make(chan error, 1)
-		go func() {
-			got, err := collect(patient.Generate(context.Background(), 1))
-			res <- got
-			errc <- err
-		}()
-		waitFor(t, 30*time.Second, "the call to be refused by the dead instance", func() bool {
-			return counterSum(t, caller, "loom_client_retries_total") > retries
-		})
+		res := callRefusedOnce(t, caller, patient)
 		fresh := c.runtime()
 		serve(t, fresh, "fail/dead/gen", echoID(fresh))
-		if got, err := <-res, <-errc; err != nil || len(got) != 1 || got[0] != fresh.ID() {
-			t.Fatalf("got %v, %v; want the call served by the new instance %x", got, err, fresh.ID())
+		if r := <-res; r.err != nil || len(r.got) != 1 || r.got[0] != fresh.ID() {
+			t.Fatalf("got %v, %v; want the call served by the new instance %x", r.got, r.err, fresh.ID())
 		}
 	})
 	t.Run("a request above the instance's frame size fails with ErrTooLarge, tried on one instance only", func(t *testing.T) {
