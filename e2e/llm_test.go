@@ -57,10 +57,17 @@ func TestLLMUpAnswersTheOpenAIClient(t *testing.T) {
 		t.Fatalf("streamed %q (%d words, finish %q) in %d chunks; want 16 words ending for length", sb.String(), n, finish, chunks)
 	}
 	t.Logf("loom llm up at %s streamed %d chunks: %q (finish %s)", base, chunks, sb.String(), finish)
+	terminate(t, p, "loom llm up")
+}
+
+// terminate sends p SIGTERM and fails the test unless it exits 0 within
+// 20 s.
+func terminate(t *testing.T, p *proc, what string) {
+	t.Helper()
 	p.signal(syscall.SIGTERM)
 	if code := p.wait(20 * time.Second); code != 0 {
 		_, errOut := p.output()
-		t.Fatalf("loom llm up exited %d; stderr:\n%s", code, errOut)
+		t.Fatalf("%s exited %d on SIGTERM; stderr:\n%s", what, code, errOut)
 	}
 }
 
@@ -149,79 +156,57 @@ func TestLLMWorkerKilledMidStream(t *testing.T) {
 	}
 	second.signal(syscall.SIGTERM)
 	second.wait(20 * time.Second)
-	fe.signal(syscall.SIGTERM)
-	if code := fe.wait(20 * time.Second); code != 0 {
-		_, errOut := fe.output()
-		t.Fatalf("frontend exited %d; stderr:\n%s", code, errOut)
-	}
+	terminate(t, fe, "frontend")
 	first.wait(5 * time.Second)
 }
 
 // TestLLMRollingRestartLosesNoRequest: a frontend and two mock workers as
-// processes serve the official client's streaming requests without a
+// processes, on either request plane, serve the official client's streaming requests without a
 // pause while each worker in turn is replaced: a new one starts, the old
 // one gets SIGTERM and finishes what it serves. Every request streams
 // all its tokens, and none needed migrating. Disaggregated, the decode
 // workers hand every prefill to two prefill workers through the prefill
 // queue, and those are replaced in turn too.
 func TestLLMRollingRestartLosesNoRequest(t *testing.T) {
-	for _, disagg := range []bool{false, true} {
-		t.Run(map[bool]string{false: "aggregated", true: "disaggregated"}[disagg], func(t *testing.T) {
-			rollingRestart(t, disagg)
-		})
+	for _, plane := range []string{"tcp", "nats"} {
+		for _, disagg := range []bool{false, true} {
+			t.Run(plane+"/"+map[bool]string{false: "aggregated", true: "disaggregated"}[disagg], func(t *testing.T) {
+				rollingRestart(t, plane, disagg)
+			})
+		}
 	}
 }
 
-func rollingRestart(t *testing.T, disagg bool) {
-	cp := up(t, "natskv")
-	defer cp.stop()
-	env := cp.componentEnv(2 * time.Second)
-	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "kv")
-	base := strings.TrimPrefix(fe.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
-	args := []string{"llm", "worker", "--decode-step", "5ms"}
-	if disagg {
-		// Every prompt here has more than 8 uncached tokens.
-		args = append(args, "--remote-prefill", "--remote-prefill-min", "8")
-	}
-	worker := func(args ...string) *proc {
-		w := start(t, env, "loom", args...)
-		w.waitLine("loom llm worker:", 30*time.Second)
-		return w
-	}
-	var prefills []*proc
-	if disagg {
-		prefills = []*proc{worker("llm", "worker", "--prefill"), worker("llm", "worker", "--prefill")}
-	}
-	workers := []*proc{worker(args...), worker(args...)}
-	waitModelWorkers(t, base, 2)
+// llmLoad is callers streaming chat completions from a frontend without
+// a pause, each with a prompt of its own so that no prefill is cached.
+type llmLoad struct {
+	mu      sync.Mutex
+	results []llmResult
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
 
-	const tokens = 24
-	type result struct {
-		words  int
-		finish string
-		err    error
-	}
-	var (
-		mu      sync.Mutex
-		results []result
-	)
-	done := func() int { mu.Lock(); defer mu.Unlock(); return len(results) }
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
+type llmResult struct {
+	words  int
+	finish string
+	err    error
+}
+
+func startLLMLoad(t *testing.T, base string, callers, tokens int) *llmLoad {
+	l := &llmLoad{stop: make(chan struct{})}
 	c := openaiClient(base)
-	for caller := range 4 {
-		wg.Go(func() {
+	for caller := range callers {
+		l.wg.Go(func() {
 			for i := 0; ; i++ {
 				select {
-				case <-stop:
+				case <-l.stop:
 					return
 				default:
 				}
-				// A prompt of its own, so that no prefill is cached.
 				params := chatParams(tokens)
 				params.Messages = append(params.Messages, openai.UserMessage(fmt.Sprintf("Caller %d asks question %d.", caller, i)))
 				stream := c.Chat.Completions.NewStreaming(context.Background(), params)
-				var r result
+				var r llmResult
 				var sb strings.Builder
 				for stream.Next() {
 					for _, ch := range stream.Current().Choices {
@@ -234,45 +219,125 @@ func rollingRestart(t *testing.T, disagg bool) {
 				r.err = stream.Err()
 				stream.Close()
 				r.words = len(strings.Fields(sb.String()))
-				mu.Lock()
-				results = append(results, r)
-				mu.Unlock()
+				l.mu.Lock()
+				l.results = append(l.results, r)
+				l.mu.Unlock()
 			}
 		})
 	}
-	defer func() {
-		select {
-		case <-stop:
-		default:
-			close(stop)
+	t.Cleanup(func() { l.finish() })
+	return l
+}
+
+func (l *llmLoad) done() int { l.mu.Lock(); defer l.mu.Unlock(); return len(l.results) }
+
+// goesOn waits until 8 more requests have completed.
+func (l *llmLoad) goesOn(t *testing.T, what string) {
+	t.Helper()
+	from := l.done()
+	for deadline := time.Now().Add(30 * time.Second); l.done() < from+8; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d requests completed in 30s; want 8", what, l.done()-from)
 		}
-		wg.Wait()
-	}()
-	// More requests complete: the load goes on.
-	goesOn := func(what string) {
-		t.Helper()
-		from := done()
-		for deadline := time.Now().Add(30 * time.Second); done() < from+8; time.Sleep(5 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d requests completed in 30s; want 8", what, done()-from)
+	}
+}
+
+// finish stops the callers and returns every result.
+func (l *llmLoad) finish() []llmResult {
+	l.mu.Lock()
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.results
+}
+
+// whole reports each result that is not tokens words ending for length
+// (the first five), and returns how many there are.
+func whole(t *testing.T, results []llmResult, tokens int) (bad int) {
+	t.Helper()
+	for _, r := range results {
+		if r.err != nil || r.words != tokens || r.finish != "length" {
+			if bad++; bad <= 5 {
+				t.Errorf("a request streamed %d words (finish %q), err %v; want %d words ending for length", r.words, r.finish, r.err, tokens)
 			}
 		}
 	}
+	return bad
+}
+
+// migrations reads loom_llm_migrations_total of mock-model from the
+// frontend at base.
+func migrations(t *testing.T, base string) string {
+	t.Helper()
+	mresp, err := http.Get(strings.TrimSuffix(base, "/v1") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, `loom_llm_migrations_total{model="mock-model"} `) {
+			return strings.Fields(l)[1]
+		}
+	}
+	return "0"
+}
+
+// llmWorkerArgs are the arguments of a mock decode worker; disaggregated,
+// it hands the prefill of every prompt here to the prefill workers.
+func llmWorkerArgs(disagg bool) []string {
+	args := []string{"llm", "worker", "--decode-step", "5ms"}
+	if disagg {
+		args = append(args, "--remote-prefill", "--remote-prefill-min", "8")
+	}
+	return args
+}
+
+func startLLMWorker(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
+	w := start(t, env, "loom", args...)
+	w.waitLine("loom llm worker:", 30*time.Second)
+	return w
+}
+
+func rollingRestart(t *testing.T, plane string, disagg bool) {
+	cp := up(t, "natskv")
+	defer cp.stop()
+	env := append(cp.componentEnv(2*time.Second), "LOOM_REQUEST_PLANE_TRANSPORT="+plane)
+	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "kv")
+	base := strings.TrimPrefix(fe.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
+	args := llmWorkerArgs(disagg)
+	var prefills []*proc
+	if disagg {
+		prefills = []*proc{startLLMWorker(t, env, "llm", "worker", "--prefill"), startLLMWorker(t, env, "llm", "worker", "--prefill")}
+	}
+	workers := []*proc{startLLMWorker(t, env, args...), startLLMWorker(t, env, args...)}
+	waitModelWorkers(t, base, 2)
+	for _, inst := range ls(t, env, "llm/backend/generate") {
+		if inst.Transport != plane {
+			t.Fatalf("worker %x serves on %s; want %s", inst.ID, inst.Transport, plane)
+		}
+	}
+
+	const tokens = 24
+	load := startLLMLoad(t, base, 4, tokens)
 	// stopped sends old SIGTERM and returns its last line.
 	stopped := func(what string, old *proc) string {
 		t.Helper()
-		old.signal(syscall.SIGTERM)
-		if code := old.wait(30 * time.Second); code != 0 {
-			_, errOut := old.output()
-			t.Fatalf("%s exited %d on SIGTERM; stderr:\n%s", what, code, errOut)
-		}
+		terminate(t, old, what)
 		lines, _ := old.output()
 		return lines[len(lines)-1]
 	}
-	goesOn("before the restart")
+	load.goesOn(t, "before the restart")
 	handed := 0
 	for i, old := range workers {
-		workers[i] = worker(args...)
+		workers[i] = startLLMWorker(t, env, args...)
 		waitModelWorkers(t, base, 3)
 		last := stopped(fmt.Sprintf("worker %d", i), old)
 		waitModelWorkers(t, base, 2)
@@ -282,11 +347,11 @@ func rollingRestart(t *testing.T, disagg bool) {
 			t.Fatalf("worker %d's last line %q: %v", i, last, err)
 		}
 		handed += n
-		goesOn(fmt.Sprintf("after worker %d was replaced", i))
+		load.goesOn(t, fmt.Sprintf("after worker %d was replaced", i))
 	}
 	jobs := 0
 	for i, old := range prefills {
-		prefills[i] = worker("llm", "worker", "--prefill")
+		prefills[i] = startLLMWorker(t, env, "llm", "worker", "--prefill")
 		last := stopped(fmt.Sprintf("prefill worker %d", i), old)
 		t.Logf("prefill worker %d: %s", i, last)
 		var n int
@@ -294,35 +359,15 @@ func rollingRestart(t *testing.T, disagg bool) {
 			t.Fatalf("prefill worker %d's last line %q: %v", i, last, err)
 		}
 		jobs += n
-		goesOn(fmt.Sprintf("after prefill worker %d was replaced", i))
+		load.goesOn(t, fmt.Sprintf("after prefill worker %d was replaced", i))
 	}
-	close(stop)
-	wg.Wait()
-
-	bad := 0
-	for _, r := range results {
-		if r.err != nil || r.words != tokens || r.finish != "length" {
-			if bad++; bad <= 5 {
-				t.Errorf("a request streamed %d words (finish %q), err %v; want %d words ending for length", r.words, r.finish, r.err, tokens)
-			}
-		}
-	}
-	mresp, err := http.Get(strings.TrimSuffix(base, "/v1") + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(mresp.Body)
-	mresp.Body.Close()
-	migrations := "0"
-	for _, l := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(l, `loom_llm_migrations_total{model="mock-model"} `) {
-			migrations = strings.Fields(l)[1]
-		}
-	}
+	results := load.finish()
+	bad := whole(t, results, tokens)
+	m := migrations(t, base)
 	t.Logf("rolling restart under 4 streaming callers: %d requests, %d failed or cut short, %s migrated; the stopped decode workers handed %d prefills over, the stopped prefill workers did %d",
-		len(results), bad, migrations, handed, jobs)
-	if migrations != "0" {
-		t.Errorf("loom_llm_migrations_total = %s; a graceful stop should finish its streams, not hand them on", migrations)
+		len(results), bad, m, handed, jobs)
+	if m != "0" {
+		t.Errorf("loom_llm_migrations_total = %s; a graceful stop should finish its streams, not hand them on", m)
 	}
 	if disagg && (handed == 0 || jobs == 0) {
 		t.Errorf("the stopped decode workers handed %d prefills to the queue and the stopped prefill workers did %d; want both above 0", handed, jobs)
@@ -334,11 +379,55 @@ func rollingRestart(t *testing.T, disagg bool) {
 		w.signal(syscall.SIGTERM)
 		w.wait(20 * time.Second)
 	}
-	fe.signal(syscall.SIGTERM)
-	if code := fe.wait(20 * time.Second); code != 0 {
-		_, errOut := fe.output()
-		t.Fatalf("frontend exited %d; stderr:\n%s", code, errOut)
+	terminate(t, fe, "frontend")
+}
+
+// TestLLMServesThroughAControlPlaneRestart: the control plane (nats-server
+// with JetStream, and discovery on its KV) stops for twice the lease TTL
+// and comes back, under four streaming callers, with decode workers that
+// hand every prefill to prefill workers through the prefill queue.
+// Requests made meanwhile wait for it; none fails.
+func TestLLMServesThroughAControlPlaneRestart(t *testing.T) {
+	const ttl = 2 * time.Second
+	cp := up(t, "natskv")
+	defer cp.stop()
+	env := cp.componentEnv(ttl)
+	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "kv")
+	base := strings.TrimPrefix(fe.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
+	args := llmWorkerArgs(true)
+	procs := []*proc{
+		startLLMWorker(t, env, "llm", "worker", "--prefill"), startLLMWorker(t, env, "llm", "worker", "--prefill"),
+		startLLMWorker(t, env, args...), startLLMWorker(t, env, args...),
 	}
+	waitModelWorkers(t, base, 2)
+
+	const tokens = 24
+	load := startLLMLoad(t, base, 4, tokens)
+	load.goesOn(t, "before the outage")
+	before := load.done()
+	cp.stop()
+	time.Sleep(2 * ttl) // the outage
+	during := load.done() - before
+	cp.start()
+	load.goesOn(t, "after the outage")
+	results := load.finish()
+	bad := whole(t, results, tokens)
+	t.Logf("control plane down %s under 4 streaming callers: %d requests (%d before the outage, %d completed during it), %d failed or cut short, %s migrated",
+		2*ttl, len(results), before, during, bad, migrations(t, base))
+	handed := 0
+	for i, w := range procs {
+		terminate(t, w, fmt.Sprintf("worker %d", i))
+		lines, _ := w.output()
+		t.Logf("worker %d: %s", i, lines[len(lines)-1])
+		var served, n int
+		if _, err := fmt.Sscanf(lines[len(lines)-1], "loom llm worker: stopped after %d requests (%d prefills", &served, &n); err == nil {
+			handed += n
+		}
+	}
+	if handed == 0 {
+		t.Error("the decode workers handed no prefill to the queue")
+	}
+	terminate(t, fe, "frontend")
 }
 
 // TestLLMFrontendSIGTERMFinishesItsStreams: a frontend process that gets
@@ -403,7 +492,7 @@ func TestLLMFrontendSIGTERMFinishesItsStreams(t *testing.T) {
 	}
 	if code := fe.wait(20 * time.Second); code != 0 {
 		_, errOut := fe.output()
-		t.Fatalf("frontend exited %d after SIGTERM; stderr:\n%s", code, errOut)
+		t.Fatalf("frontend exited %d on SIGTERM; stderr:\n%s", code, errOut)
 	}
 	w.signal(syscall.SIGTERM)
 	w.wait(20 * time.Second)
