@@ -25,6 +25,7 @@ func bindWorkerFlags(f *pflag.FlagSet, c *mocker.Config) {
 	f.DurationVar(&c.DecodeStep, "decode-step", 0, "simulated time of one decode step of the batch (default 5ms)")
 	f.BoolVar(&c.RemotePrefill, "remote-prefill", false, "hand long prompts to prefill workers through the prefill queue")
 	f.IntVar(&c.RemotePrefillMin, "remote-prefill-min", 0, "with --remote-prefill, uncached prompt tokens above which prefill is remote (default 512)")
+	f.DurationVar(&c.PrefillAckWait, "prefill-ack-wait", 0, "how long a prefill job may go without progress before another prefill worker gets it (default 3s)")
 }
 
 func newLLMWorker() *cobra.Command {

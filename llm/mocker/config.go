@@ -52,6 +52,15 @@ type Config struct {
 	// through the prefill queue.
 	RemotePrefill    bool
 	RemotePrefillMin int
+	// PrefillAckWait is the prefill queue's ack wait (default 3s): how long
+	// a job may go without an acknowledgement or a progress report before
+	// the queue delivers it to another prefill worker. Progress is
+	// reported every half of it while a prefill runs, so it bounds how long
+	// a request waits on a prefill worker that died, not how long a
+	// prefill may take. It applies to the queue's consumer, which prefill
+	// workers create; the runtime's queue.ack_wait (30s, for jobs that may
+	// wait longer) does not apply to this queue.
+	PrefillAckWait time.Duration
 }
 
 // Defaults of Config.
@@ -63,6 +72,7 @@ const (
 	DefaultPrefillPerToken = 20 * time.Microsecond
 	DefaultDecodeStep      = 5 * time.Millisecond
 	DefaultRemotePrefill   = 512
+	DefaultPrefillAckWait  = 3 * time.Second
 )
 
 // DefaultVocab is the output vocabulary used when Config.OutputVocab is
@@ -94,6 +104,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DecodeStep == 0 {
 		c.DecodeStep = DefaultDecodeStep
+	}
+	if c.PrefillAckWait <= 0 {
+		c.PrefillAckWait = DefaultPrefillAckWait
 	}
 	c.PrefillPerToken = max(c.PrefillPerToken, 0)
 	c.DecodeStep = max(c.DecodeStep, 0)

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/workqueue"
 )
@@ -59,7 +60,7 @@ type prefillSide struct {
 }
 
 func (w *Worker) openPrefillQueue(ctx context.Context) (*workqueue.Queue[llm.RemotePrefillRequest], error) {
-	q, err := workqueue.Open[llm.RemotePrefillRequest](ctx, w.rt, workqueue.Config{Name: llm.PrefillQueue, Codec: codec.JSON})
+	q, err := workqueue.Open[llm.RemotePrefillRequest](ctx, w.rt, workqueue.Config{Name: llm.PrefillQueue, Codec: codec.JSON, Queue: config.Queue{AckWait: w.cfg.PrefillAckWait}})
 	if err != nil {
 		return nil, fmt.Errorf("mocker: open %s: %w", llm.PrefillQueue, err)
 	}

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/mocker"
@@ -20,12 +19,12 @@ import (
 func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
 	decode := fast()
 	decode.RemotePrefill, decode.RemotePrefillMin = true, 8
-	var rc config.Config
-	rc.Queue.AckWait = 500 * time.Millisecond
-	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: decode, Runtime: rc})
-	ctx := testutil.Timeout(t, 30*time.Second)
+	decode.PrefillAckWait = 500 * time.Millisecond
+	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: decode})
+	ctx := testutil.Timeout(t, 20*time.Second)
 	pre := fast()
 	pre.Prefill = true
+	pre.PrefillAckWait = decode.PrefillAckWait
 	pre.PrefillPerToken = 5 * time.Millisecond // 40 tokens: 200 ms a job
 	var prefillers []*mocker.Worker
 	for range 2 {
@@ -99,6 +98,49 @@ func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
 	msg, err = nc.RequestWithContext(ctx, mocker.PrefillDoneSubject(llm.DefaultNamespace, dw.ID()), []byte("{not json"))
 	if err != nil || string(msg.Data) != `{"known":false}` {
 		t.Errorf("a malformed prefill notice: %v, %v; want known false", msg, err)
+	}
+}
+
+// TestALongPrefillIsNotRedelivered: a prefill that takes longer than the
+// prefill queue's ack wait stays with its prefill worker (the consumer
+// reports progress), so it is done once, not again elsewhere.
+func TestALongPrefillIsNotRedelivered(t *testing.T) {
+	decode := fast()
+	decode.RemotePrefill, decode.RemotePrefillMin = true, 8
+	decode.PrefillAckWait = 600 * time.Millisecond
+	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: decode})
+	ctx := testutil.Timeout(t, 30*time.Second)
+	pre := fast()
+	pre.Prefill = true
+	pre.PrefillPerToken = 50 * time.Millisecond // 40 tokens: 2 s, over three ack waits
+	pre.PrefillAckWait = decode.PrefillAckWait
+	var prefillers []*mocker.Worker
+	for range 2 {
+		w, err := s.cluster.Add(ctx, pre)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefillers = append(prefillers, w)
+	}
+	if r := collect(ctx, s.client, llm.Request{ID: "long", TokenIDs: prompt(54, 40), MaxTokens: 5}); r.err != nil || len(r.tokens) != 5 {
+		t.Fatalf("long prefill: %d tokens, err %v; want 5", len(r.tokens), r.err)
+	}
+	// A redelivered copy would still be running (it began an ack wait or
+	// more after the first): wait for every prefill to end.
+	var jobs, again uint64
+	testutil.Eventually(t, 10*time.Second, "the prefill workers to finish", func() bool {
+		jobs, again = 0, 0
+		var running uint64
+		for _, w := range prefillers {
+			st := w.Stats()
+			jobs += st.PrefillJobs
+			again += st.PrefillRedeliveries
+			running += st.PrefillsInProgress
+		}
+		return running == 0
+	})
+	if jobs != 1 || again != 0 {
+		t.Fatalf("a 2 s prefill under a 600 ms ack wait was done %d times (%d of them redelivered); want once", jobs, again)
 	}
 }
 
