@@ -160,6 +160,66 @@ func TestLLMWorkerKilledMidStream(t *testing.T) {
 	first.wait(5 * time.Second)
 }
 
+// TestLLMWorkerFrozenMidStream: the worker serving a stream is frozen
+// with SIGSTOP (its connections stay open; it answers nothing, not even
+// pings); the client's stream goes on from another worker, identical to
+// an unfrozen one. The frozen worker's lease runs out, it leaves
+// discovery, and the frontend cuts its quiet request after
+// --departed-idle.
+func TestLLMWorkerFrozenMidStream(t *testing.T) {
+	cp := up(t, "natskv")
+	defer cp.stop()
+	env := cp.componentEnv(2 * time.Second)
+	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "round_robin")
+	base := strings.TrimPrefix(fe.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
+	first := startLLMWorker(t, env, "llm", "worker", "--decode-step", "20ms")
+	waitModelWorkers(t, base, 1)
+
+	c := openaiClient(base)
+	stream := c.Chat.Completions.NewStreaming(context.Background(), chatParams(60))
+	var sb strings.Builder
+	finish := ""
+	var second *proc
+	var frozen time.Time
+	for stream.Next() {
+		for _, ch := range stream.Current().Choices {
+			sb.WriteString(ch.Delta.Content)
+			if ch.FinishReason != "" {
+				finish = ch.FinishReason
+			}
+		}
+		if second == nil && len(strings.Fields(sb.String())) >= 10 {
+			second = startLLMWorker(t, env, "llm", "worker", "--decode-step", "1ms")
+			waitModelWorkers(t, base, 2)
+			first.signal(syscall.SIGSTOP)
+			frozen = time.Now()
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatalf("the stream failed after %q: %v", sb.String(), err)
+	}
+	stream.Close()
+	took := time.Since(frozen)
+	got := sb.String()
+	if n := len(strings.Fields(got)); n != 60 || finish != "length" {
+		t.Fatalf("stream across the freeze: %d words, finish %q: %q", n, finish, got)
+	}
+	if m := migrations(t, base); m != "1" {
+		t.Errorf("loom_llm_migrations_total = %s, want 1", m)
+	}
+	t.Logf("stream whose worker was frozen at word 10: %d words, finish %s, ended %s after the freeze", len(strings.Fields(got)), finish, took.Round(time.Millisecond))
+	resp, err := c.Chat.Completions.New(context.Background(), chatParams(60))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := resp.Choices[0].Message.Content; got != want {
+		t.Errorf("the stream across the freeze differs from the same request unfrozen:\n got %q\nwant %q", got, want)
+	}
+	first.signal(syscall.SIGCONT)
+	terminate(t, second, "second worker")
+	terminate(t, fe, "frontend")
+}
+
 // TestLLMRollingRestartLosesNoRequest: a frontend and two mock workers as
 // processes, on either request plane, serve the official client's streaming requests without a
 // pause while each worker in turn is replaced: a new one starts, the old
