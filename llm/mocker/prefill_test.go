@@ -12,20 +12,20 @@ import (
 	"github.com/loomrt/loom/llm/mocker"
 )
 
-// TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob hands a long prompt
-// to the prefill queue, kills the prefill worker holding the job, and
-// checks that the job comes back to the other one after the ack wait and
-// the request completes.
-func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
+// disaggregated starts a decode worker that hands every prefill of more
+// than 8 uncached tokens to the prefill queue, and two prefill workers
+// taking perToken a token, all with the prefill queue's ack wait at
+// ackWait.
+func disaggregated(ctx context.Context, t *testing.T, ackWait, perToken time.Duration) (*system, []*mocker.Worker) {
+	t.Helper()
 	decode := fast()
 	decode.RemotePrefill, decode.RemotePrefillMin = true, 8
-	decode.PrefillAckWait = 500 * time.Millisecond
+	decode.PrefillAckWait = ackWait
 	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: decode})
-	ctx := testutil.Timeout(t, 20*time.Second)
 	pre := fast()
 	pre.Prefill = true
-	pre.PrefillAckWait = decode.PrefillAckWait
-	pre.PrefillPerToken = 5 * time.Millisecond // 40 tokens: 200 ms a job
+	pre.PrefillAckWait = ackWait
+	pre.PrefillPerToken = perToken
 	var prefillers []*mocker.Worker
 	for range 2 {
 		w, err := s.cluster.Add(ctx, pre)
@@ -34,6 +34,17 @@ func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
 		}
 		prefillers = append(prefillers, w)
 	}
+	return s, prefillers
+}
+
+// TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob hands a long prompt
+// to the prefill queue, kills the prefill worker holding the job, and
+// checks that the job comes back to the other one after the ack wait and
+// the request completes.
+func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
+	ctx := testutil.Timeout(t, 20*time.Second)
+	// 40 tokens: 200 ms a job.
+	s, prefillers := disaggregated(ctx, t, 500*time.Millisecond, 5*time.Millisecond)
 	dw := s.cluster.Workers()[0]
 
 	// A short prompt is prefilled locally, a long one remotely.
@@ -105,23 +116,9 @@ func TestRemotePrefillSurvivesAPrefillWorkerKilledMidJob(t *testing.T) {
 // prefill queue's ack wait stays with its prefill worker (the consumer
 // reports progress), so it is done once, not again elsewhere.
 func TestALongPrefillIsNotRedelivered(t *testing.T) {
-	decode := fast()
-	decode.RemotePrefill, decode.RemotePrefillMin = true, 8
-	decode.PrefillAckWait = 600 * time.Millisecond
-	s := newSystem(t, mocker.ClusterConfig{Workers: 1, Worker: decode})
 	ctx := testutil.Timeout(t, 30*time.Second)
-	pre := fast()
-	pre.Prefill = true
-	pre.PrefillPerToken = 50 * time.Millisecond // 40 tokens: 2 s, over three ack waits
-	pre.PrefillAckWait = decode.PrefillAckWait
-	var prefillers []*mocker.Worker
-	for range 2 {
-		w, err := s.cluster.Add(ctx, pre)
-		if err != nil {
-			t.Fatal(err)
-		}
-		prefillers = append(prefillers, w)
-	}
+	// 40 tokens: 2 s, over three ack waits.
+	s, prefillers := disaggregated(ctx, t, 600*time.Millisecond, 50*time.Millisecond)
 	if r := collect(ctx, s.client, llm.Request{ID: "long", TokenIDs: prompt(54, 40), MaxTokens: 5}); r.err != nil || len(r.tokens) != 5 {
 		t.Fatalf("long prefill: %d tokens, err %v; want 5", len(r.tokens), r.err)
 	}
