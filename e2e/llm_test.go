@@ -99,66 +99,7 @@ func waitModelWorkers(t *testing.T, base string, n int) {
 // TestLLMWorkerKilledMidStream: loom up, a frontend and mock workers as
 // processes; the worker serving a stream is killed with SIGKILL and the
 // client's stream goes on, identical to an unmigrated one.
-func TestLLMWorkerKilledMidStream(t *testing.T) {
-	cp := up(t, "natskv")
-	defer cp.stop()
-	env := cp.componentEnv(2 * time.Second)
-	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "round_robin")
-	base := strings.TrimPrefix(fe.waitLine("OPENAI_BASE_URL=", 60*time.Second), "OPENAI_BASE_URL=")
-	waitWorkers := func(n int) { t.Helper(); waitModelWorkers(t, base, n) }
-	first := start(t, env, "loom", "llm", "worker", "--decode-step", "20ms")
-	first.waitLine("loom llm worker:", 30*time.Second)
-	waitWorkers(1)
-
-	c := openaiClient(base)
-	stream := c.Chat.Completions.NewStreaming(context.Background(), chatParams(60))
-	var sb strings.Builder
-	finish := ""
-	second := (*proc)(nil)
-	for stream.Next() {
-		for _, ch := range stream.Current().Choices {
-			sb.WriteString(ch.Delta.Content)
-			if ch.FinishReason != "" {
-				finish = ch.FinishReason
-			}
-		}
-		if second == nil && len(strings.Fields(sb.String())) >= 10 {
-			second = start(t, env, "loom", "llm", "worker", "--decode-step", "1ms")
-			waitWorkers(2)
-			first.signal(syscall.SIGKILL)
-		}
-	}
-	if err := stream.Err(); err != nil {
-		t.Fatalf("the stream failed after %q: %v", sb.String(), err)
-	}
-	stream.Close()
-	got := sb.String()
-	if n := len(strings.Fields(got)); n != 60 || finish != "length" {
-		t.Fatalf("migrated stream: %d words, finish %q: %q", n, finish, got)
-	}
-	// The frontend counted one migration.
-	mresp, err := http.Get(strings.TrimSuffix(base, "/v1") + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(mresp.Body)
-	mresp.Body.Close()
-	if want := `loom_llm_migrations_total{model="mock-model"} 1`; !strings.Contains(string(body), want) {
-		t.Errorf("frontend metrics lack %s", want)
-	}
-	t.Logf("stream after SIGKILL of its worker at word 10: %d words, finish %s, migrations 1: %q", len(strings.Fields(got)), finish, got)
-	resp, err := c.Chat.Completions.New(context.Background(), chatParams(60))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := resp.Choices[0].Message.Content; got != want {
-		t.Errorf("the migrated stream differs from the same request unmigrated:\n got %q\nwant %q", got, want)
-	}
-	second.signal(syscall.SIGTERM)
-	second.wait(20 * time.Second)
-	terminate(t, fe, "frontend")
-	first.wait(5 * time.Second)
-}
+func TestLLMWorkerKilledMidStream(t *testing.T) { workerLostMidStream(t, syscall.SIGKILL) }
 
 // TestLLMWorkerFrozenMidStream: the worker serving a stream is frozen
 // with SIGSTOP (its connections stay open; it answers nothing, not even
@@ -166,7 +107,12 @@ func TestLLMWorkerKilledMidStream(t *testing.T) {
 // an unfrozen one. The frozen worker's lease runs out, it leaves
 // discovery, and the frontend cuts its quiet request after
 // --departed-idle.
-func TestLLMWorkerFrozenMidStream(t *testing.T) {
+func TestLLMWorkerFrozenMidStream(t *testing.T) { workerLostMidStream(t, syscall.SIGSTOP) }
+
+// workerLostMidStream sends sig to the worker serving a stream at its
+// tenth word, once a second worker is up, and checks that the client's
+// stream is whole, migrated once, and the same as an undisturbed one.
+func workerLostMidStream(t *testing.T, sig syscall.Signal) {
 	cp := up(t, "natskv")
 	defer cp.stop()
 	env := cp.componentEnv(2 * time.Second)
@@ -180,7 +126,7 @@ func TestLLMWorkerFrozenMidStream(t *testing.T) {
 	var sb strings.Builder
 	finish := ""
 	var second *proc
-	var frozen time.Time
+	var lost time.Time
 	for stream.Next() {
 		for _, ch := range stream.Current().Choices {
 			sb.WriteString(ch.Delta.Content)
@@ -191,31 +137,33 @@ func TestLLMWorkerFrozenMidStream(t *testing.T) {
 		if second == nil && len(strings.Fields(sb.String())) >= 10 {
 			second = startLLMWorker(t, env, "llm", "worker", "--decode-step", "1ms")
 			waitModelWorkers(t, base, 2)
-			first.signal(syscall.SIGSTOP)
-			frozen = time.Now()
+			first.signal(sig)
+			lost = time.Now()
 		}
 	}
 	if err := stream.Err(); err != nil {
 		t.Fatalf("the stream failed after %q: %v", sb.String(), err)
 	}
 	stream.Close()
-	took := time.Since(frozen)
+	took := time.Since(lost)
 	got := sb.String()
 	if n := len(strings.Fields(got)); n != 60 || finish != "length" {
-		t.Fatalf("stream across the freeze: %d words, finish %q: %q", n, finish, got)
+		t.Fatalf("migrated stream: %d words, finish %q: %q", n, finish, got)
 	}
 	if m := migrations(t, base); m != "1" {
 		t.Errorf("loom_llm_migrations_total = %s, want 1", m)
 	}
-	t.Logf("stream whose worker was frozen at word 10: %d words, finish %s, ended %s after the freeze", len(strings.Fields(got)), finish, took.Round(time.Millisecond))
+	t.Logf("stream after %s of its worker at word 10: %d words, finish %s, ended %s after the signal: %q", map[syscall.Signal]string{syscall.SIGKILL: "SIGKILL", syscall.SIGSTOP: "SIGSTOP"}[sig], len(strings.Fields(got)), finish, took.Round(time.Millisecond), got)
 	resp, err := c.Chat.Completions.New(context.Background(), chatParams(60))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := resp.Choices[0].Message.Content; got != want {
-		t.Errorf("the stream across the freeze differs from the same request unfrozen:\n got %q\nwant %q", got, want)
+		t.Errorf("the migrated stream differs from the same request undisturbed:\n got %q\nwant %q", got, want)
 	}
-	first.signal(syscall.SIGCONT)
+	if sig == syscall.SIGSTOP {
+		first.signal(syscall.SIGCONT)
+	}
 	terminate(t, second, "second worker")
 	terminate(t, fe, "frontend")
 }
