@@ -391,13 +391,19 @@ func rollingRestart(t *testing.T, plane string, disagg bool) {
 }
 
 // TestLLMServesThroughAControlPlaneRestart: the control plane (nats-server
-// with JetStream, and discovery on its KV) stops for twice the lease TTL
+// with JetStream, and discovery on its KV or on etcd) stops for twice the lease TTL
 // and comes back, under four streaming callers, with decode workers that
 // hand every prefill to prefill workers through the prefill queue.
 // Requests made meanwhile wait for it; none fails.
 func TestLLMServesThroughAControlPlaneRestart(t *testing.T) {
+	for _, disc := range []string{"natskv", "etcd"} {
+		t.Run(disc, func(t *testing.T) { controlPlaneRestart(t, disc) })
+	}
+}
+
+func controlPlaneRestart(t *testing.T, disc string) {
 	const ttl = 2 * time.Second
-	cp := up(t, "natskv")
+	cp := up(t, disc)
 	defer cp.stop()
 	env := cp.componentEnv(ttl)
 	fe := start(t, env, "loom", "llm", "frontend", "--port", "0", "--router", "kv")
@@ -418,6 +424,10 @@ func TestLLMServesThroughAControlPlaneRestart(t *testing.T) {
 	during := load.done() - before
 	cp.start()
 	load.goesOn(t, "after the outage")
+	// The frontend's discovery watch is back: it lists a worker started now.
+	procs = append(procs, startLLMWorker(t, env, args...))
+	waitModelWorkers(t, base, 3)
+	load.goesOn(t, "with the new worker")
 	results := load.finish()
 	bad := whole(t, results, tokens)
 	t.Logf("control plane down %s under 4 streaming callers: %d requests (%d before the outage, %d completed during it), %d failed or cut short, %s migrated",
