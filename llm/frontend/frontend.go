@@ -295,7 +295,7 @@ func (f *Frontend) watch(events <-chan discovery.Event) {
 	syncedOnce := false
 	// Every half DepartedIdle, so that a request is judged between one
 	// and one and a half DepartedIdle after it was last seen to move.
-	every := f.cfg.DepartedIdle / 2
+	every := max(f.cfg.DepartedIdle/2, time.Millisecond)
 	sweep := time.NewTimer(every)
 	sweep.Stop()
 	defer sweep.Stop()
