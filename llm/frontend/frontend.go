@@ -146,7 +146,8 @@ type modelSet struct {
 	cards   map[string]llm.ModelCard // model -> its card
 	names   []string                 // sorted
 	total   int
-	alive   map[uint64]string // workers in discovery now -> the model each serves
+	alive   map[uint64]string   // workers in discovery now -> the model each serves
+	ids     map[string][]uint64 // model -> the ids of its workers in alive, sorted
 }
 
 // New returns a frontend calling the workers of cfg.Namespace through rt.
@@ -382,8 +383,10 @@ func (f *Frontend) sweepDeparted(now time.Time) bool {
 
 func (f *Frontend) publishLocked() {
 	s := &modelSet{workers: make(map[string]int), cards: make(map[string]llm.ModelCard), alive: make(map[uint64]string, len(f.instMods))}
+	s.ids = make(map[string][]uint64)
 	for id, m := range f.instMods {
 		s.alive[id] = m
+		s.ids[m] = append(s.ids[m], id)
 		s.workers[m]++
 		s.total++
 	}
@@ -395,6 +398,9 @@ func (f *Frontend) publishLocked() {
 		if _, ok := s.cards[m]; !ok {
 			s.cards[m] = c // known once: 503 rather than 404 while it has no worker
 		}
+	}
+	for _, ids := range s.ids {
+		slices.Sort(ids)
 	}
 	slices.Sort(s.names)
 	f.models.Store(s)
