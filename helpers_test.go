@@ -5,8 +5,11 @@ import (
 	"io"
 	"iter"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
@@ -180,8 +183,9 @@ type called struct {
 	err error
 }
 
-// counterSum is the sum of a counter family's series in rt's registry.
-func counterSum(t testing.TB, rt *loom.Runtime, name string) float64 {
+// counterSum is the sum of a counter family's series in rt's registry,
+// of those with each label given as a name and value pair.
+func counterSum(t testing.TB, rt *loom.Runtime, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := rt.Metrics().Registry().Gather()
 	if err != nil {
@@ -189,10 +193,19 @@ func counterSum(t testing.TB, rt *loom.Runtime, name string) float64 {
 	}
 	var sum float64
 	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool {
+					return l.GetName() == labels[i] && l.GetValue() == labels[i+1]
+				}) {
+					continue series
+				}
 			}
+			sum += m.GetCounter().GetValue()
 		}
 	}
 	return sum

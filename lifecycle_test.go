@@ -285,20 +285,9 @@ func TestBackgroundTaskPanicsAreCountedNotFatal(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-done
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		mfs, err := rt.Metrics().Registry().Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() == "loom_background_task_panics_total" && mf.GetMetric()[0].GetCounter().GetValue() == 1 {
-				return
-			}
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Fatal("loom_background_task_panics_total did not count the panic")
+	waitFor(t, 2*time.Second, "loom_background_task_panics_total to count the panic", func() bool {
+		return counterSum(t, rt, "loom_background_task_panics_total") == 1
+	})
 }
 
 func TestAfterShutdownCallsFailClearly(t *testing.T) {

@@ -311,21 +311,7 @@ func TestNetworkFailures(t *testing.T) {
 			}
 		}
 		// The stall is counted before the waiting call fails.
-		mfs, err := caller.Metrics().Registry().Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		stalls := 0.0
-		for _, mf := range mfs {
-			if mf.GetName() == "loom_client_stalled_servers_total" {
-				for _, m := range mf.GetMetric() {
-					if m.GetLabel()[0].GetValue() == "tcp" {
-						stalls = m.GetCounter().GetValue()
-					}
-				}
-			}
-		}
-		if stalls < 1 {
+		if stalls := counterSum(t, caller, "loom_client_stalled_servers_total", "transport", "tcp"); stalls < 1 {
 			t.Errorf("loom_client_stalled_servers_total{transport=\"tcp\"} = %v, want the stall counted", stalls)
 		}
 	})
