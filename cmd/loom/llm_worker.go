@@ -52,12 +52,7 @@ another process finds it.`,
 					kind = "prefill worker"
 				}
 				fmt.Fprintf(out, "loom llm worker: %s %x of model %s\n", kind, rt.ID(), c.Card().Name)
-				<-ctx.Done()
-				// As mocker.Run: what is in flight finishes for the grace
-				// period.
-				sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rt.Config().Shutdown.GracePeriod)
-				defer cancel()
-				err = w.Shutdown(sctx)
+				err = w.ServeUntil(ctx)
 				s := w.Stats()
 				if c.Prefill {
 					fmt.Fprintf(out, "loom llm worker: stopped after %d prefill jobs (%d delivered before)\n", s.PrefillJobs, s.PrefillRedeliveries)

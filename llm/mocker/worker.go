@@ -144,8 +144,15 @@ func Run(ctx context.Context, rt *loom.Runtime, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	return w.ServeUntil(ctx)
+}
+
+// ServeUntil waits until ctx ends, then shuts the worker down gracefully,
+// letting requests in flight finish for its runtime's
+// shutdown.grace_period.
+func (w *Worker) ServeUntil(ctx context.Context) error {
 	<-ctx.Done()
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rt.Config().Shutdown.GracePeriod)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.rt.Config().Shutdown.GracePeriod)
 	defer cancel()
 	return w.Shutdown(sctx)
 }
