@@ -190,6 +190,14 @@ type LoadMetrics struct {
 	PrefixHitRate float64 `json:"gpu_prefix_cache_hit_rate" msgpack:"gpu_prefix_cache_hit_rate"`
 	// PrefillTokens counts prompt tokens admitted but not yet prefilled.
 	PrefillTokens int `json:"prefill_tokens_pending" msgpack:"prefill_tokens_pending"`
+	// KvEventID is the id of the last kv_event the worker published
+	// before this report; 0 (left out of the encoding) when it does not
+	// say. A router that has not received that event a while later, with
+	// none of its kv_events waiting, counts the events up to it as lost
+	// and fetches the worker's block set: the report is how a router
+	// learns of events lost at the end of a worker's sequence, which no
+	// later event reveals while the worker is idle.
+	KvEventID uint64 `json:"kv_event_id,omitempty" msgpack:"kv_event_id,omitempty"`
 }
 
 // RemotePrefillRequest is the prefill queue's job, with the fields of

@@ -3,10 +3,12 @@ package llm
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"testing"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/discovery"
 )
 
@@ -74,5 +76,41 @@ func TestPickerRouterFiltersByModel(t *testing.T) {
 	ri := &RouteInfo{Model: "zzz", Filtered: true}
 	if c, err := r.Pick(WithRoute(context.Background(), ri), cands[:1]); err != nil || c.ID != 1 || ri.Worker != 1 {
 		t.Errorf("Pick among candidates filtered for model zzz = %v, %v (route worker %d); want instance 1", c, err, ri.Worker)
+	}
+}
+
+// TestLoadMetricsKeepDynamosFieldsWithoutAKvEventID: a report that names
+// no kv_event encodes exactly Dynamo's fields, in JSON and in MessagePack;
+// one that does carries kv_event_id, and both read back as written.
+func TestLoadMetricsKeepDynamosFieldsWithoutAKvEventID(t *testing.T) {
+	dynamo := []string{"request_active_slots", "request_total_slots", "num_requests_waiting", "kv_active_blocks",
+		"kv_total_blocks", "gpu_cache_usage_perc", "gpu_prefix_cache_hit_rate", "prefill_tokens_pending"}
+	for _, name := range []string{codec.JSONName, codec.MsgPackName} {
+		cdc, err := codec.ByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range []LoadMetrics{{ActiveSlots: 3, TotalSlots: 8, CacheUsage: 0.5}, {ActiveSlots: 1, KvEventID: 42}} {
+			b, err := cdc.Marshal(nil, m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var keys map[string]any
+			if err := cdc.Unmarshal(b, &keys); err != nil {
+				t.Fatal(err)
+			}
+			want := dynamo
+			if m.KvEventID != 0 {
+				want = append(slices.Clone(dynamo), "kv_event_id")
+			}
+			got := slices.Sorted(maps.Keys(keys))
+			if slices.Sort(want); !slices.Equal(got, want) {
+				t.Errorf("%s of %+v has keys %v, want %v", name, m, got, want)
+			}
+			var back LoadMetrics
+			if err := cdc.Unmarshal(b, &back); err != nil || back != m {
+				t.Errorf("%s: %+v read back as %+v (err %v)", name, m, back, err)
+			}
+		}
 	}
 }

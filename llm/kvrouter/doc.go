@@ -22,6 +22,12 @@
 // ids or in the event plane's own sequence (events.OnGap), makes the
 // router fetch that worker's whole block set from its kv_blocks endpoint
 // and replace its view; events arriving meanwhile are applied after it.
+// Events lost at the end of a sequence (published while the event plane
+// was down, by a worker that has been idle since) leave no gap for a
+// later event to show: a worker's load_metrics name its last event
+// (llm.LoadMetrics.KvEventID), and one still missing Config.LostAfter
+// later, with none of the router's events waiting to be read, counts as
+// a gap.
 // The router's subscription drops nothing itself: a router that falls
 // behind holds events back (events.Block), on core NATS in the NATS
 // client's buffer, and what that drops shows as a gap in one worker's

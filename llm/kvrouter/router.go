@@ -58,6 +58,11 @@ type Config struct {
 	RequestTTL time.Duration
 	// ResyncTimeout bounds fetching a worker's block set; default 5s.
 	ResyncTimeout time.Duration
+	// LostAfter is how long a kv_event that a worker's load_metrics say
+	// it published (llm.LoadMetrics.KvEventID) may be missing, with none
+	// of the router's kv_events waiting to be read, before the router
+	// counts it lost and fetches the worker's block set; default 2s.
+	LostAfter time.Duration
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -86,6 +91,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ResyncTimeout <= 0 {
 		c.ResyncTimeout = 5 * time.Second
+	}
+	if c.LostAfter <= 0 {
+		c.LostAfter = 2 * time.Second
 	}
 	return c, nil
 }
@@ -119,7 +127,8 @@ type Stats struct {
 	// block set when it was fetched (their ids were beyond it although
 	// they came before it), and dropped.
 	EventsDiscarded uint64
-	// Gaps counts gaps seen in workers' event ids or sequences; Resyncs
+	// Gaps counts gaps seen in workers' event ids or sequences, and
+	// events a worker's load report named that never came; Resyncs
 	// the block sets fetched that replaced a worker's view, and
 	// ResyncFailures the fetches that failed (retried).
 	Gaps, Resyncs, ResyncFailures uint64
@@ -261,6 +270,10 @@ type workerState struct {
 	buffered  []llm.KvEvent
 	load      llm.LoadMetrics
 	loadAt    int64 // when the router received load, Unix nanoseconds; 0 never
+	// awaited is a kv_event id a load report said was published and the
+	// router had not applied, first seen at awaitedAt; 0 when none.
+	awaited   uint64
+	awaitedAt int64
 
 	// r.bk guards these.
 	acct    account
@@ -582,6 +595,7 @@ func (r *KVRouter) applyOne(w *workerState, ev llm.KvEvent) {
 }
 
 func (r *KVRouter) consumeLoad(ctx context.Context, sub *events.Subscription[llm.LoadMetrics]) {
+	waiting := func() int { return r.kvEvents.Stats().Buffered }
 	for ev, err := range sub.Events(ctx) {
 		if err != nil {
 			return
@@ -589,18 +603,57 @@ func (r *KVRouter) consumeLoad(ctx context.Context, sub *events.Subscription[llm
 		if ev.InstanceID == 0 {
 			continue
 		}
-		now := time.Now().UnixNano()
-		r.mu.Lock()
-		_, left := r.gone[ev.InstanceID]
-		if !left {
-			w := r.worker(ev.InstanceID)
-			w.load, w.loadAt = ev.Value, now
-		}
-		r.mu.Unlock()
-		if left {
+		if left := r.onLoad(ev.InstanceID, ev.Value, time.Now().UnixNano(), waiting); left {
 			sub.Forget(ev.InstanceID) // it followed the sequence of one gone
 		}
 	}
+}
+
+// onLoad keeps worker id's load report m, received at now, and fetches
+// the worker's block set if a kv_event that its reports named has been
+// missing for Config.LostAfter while no kv_events wait to be read
+// (waiting returns how many do): a router that falls behind holds its
+// events back, and is not missing them. It reports whether the worker
+// has left (the report is ignored).
+func (r *KVRouter) onLoad(id uint64, m llm.LoadMetrics, now int64, waiting func() int) (left bool) {
+	r.mu.Lock()
+	if _, gone := r.gone[id]; gone {
+		r.mu.Unlock()
+		return true
+	}
+	w := r.worker(id)
+	w.load, w.loadAt = m, now
+	due := w.await(m.KvEventID, now, int64(r.cfg.LostAfter))
+	r.mu.Unlock()
+	if !due || waiting() != 0 {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if w := r.workers[id]; w != nil && w.await(0, now, int64(r.cfg.LostAfter)) {
+		r.gaps.Add(1)
+		w.awaited = 0
+		r.scheduleResync(w)
+	}
+	return false
+}
+
+// await notes that the worker's load report named published as its last
+// kv_event (0: it did not say), and reports whether an event it named at
+// least lostAfter ago has still not been applied: the events up to it
+// were lost, and no later event of an idle worker will show the gap.
+// r.mu is held.
+func (w *workerState) await(published uint64, now, lostAfter int64) bool {
+	if w.resyncing || w.awaited != 0 && w.lastEvent >= w.awaited {
+		w.awaited = 0 // the fetch or the event came
+	}
+	if w.resyncing {
+		return false
+	}
+	if w.awaited == 0 && published > w.lastEvent {
+		w.awaited, w.awaitedAt = published, now
+	}
+	return w.awaited != 0 && now-w.awaitedAt >= lostAfter
 }
 
 // resyncLoop fetches the block sets of the workers queued for it, one at

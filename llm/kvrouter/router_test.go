@@ -12,6 +12,7 @@ import (
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm"
 	"github.com/loomrt/loom/llm/mocker"
+	"github.com/loomrt/loom/loomtest"
 )
 
 // synced waits until the router's view of every worker has caught up
@@ -413,5 +414,122 @@ func TestKVRouterResyncsAfterLostEventPlaneMessages(t *testing.T) {
 	}
 	if st := r.Stats(); st.EventsStale == before.EventsStale {
 		t.Errorf("the repeated event was not counted as stale: %+v", st)
+	}
+}
+
+// TestKVRouterLearnsOfEventsLostAtTheEndOfASequence: events lost at the
+// end of an idle worker's sequence (published while the event plane was
+// down) leave no gap for a later event to show. The worker's load reports
+// name its last event, and the router fetches its block set.
+func TestKVRouterLearnsOfEventsLostAtTheEndOfASequence(t *testing.T) {
+	s := newSystem(t, 1, warmCfg())
+	r := s.router(KV, Config{LostAfter: 200 * time.Millisecond}).(*KVRouter)
+	c := s.client(r, 1)
+	ctx := testutil.Timeout(t, 20*time.Second)
+	if res := send(ctx, c, r, "fill", prompt(1, 64), 2); res.err != nil {
+		t.Fatal(res.err)
+	}
+	synced(t, r, s.cluster)
+	w := s.cluster.Workers()[0]
+	ws := w.Stats()
+
+	// The router missed the worker's last event, and has no view of it.
+	r.mu.Lock()
+	r.workers[w.ID()].lastEvent = ws.KvEvents - 1
+	r.idx.drop(w.ID())
+	r.mu.Unlock()
+	before := r.Stats()
+
+	synced(t, r, s.cluster)
+	st := r.Stats()
+	if st.Gaps == before.Gaps || st.Resyncs == before.Resyncs {
+		t.Errorf("gaps %d -> %d, resyncs %d -> %d; want the lost event counted as a gap and the block set fetched", before.Gaps, st.Gaps, before.Resyncs, st.Resyncs)
+	}
+	i := slices.IndexFunc(st.Workers, func(s WorkerStats) bool { return s.ID == w.ID() })
+	if i < 0 || st.Workers[i].Blocks != ws.KvBlocks {
+		t.Fatalf("the router's view of the worker after the fetch: %+v; want its %d blocks", st.Workers, ws.KvBlocks)
+	}
+}
+
+// TestAnAwaitedEventIsLostOnlyAfterLostAfter: a load report's event id
+// makes the router wait for that event; it counts it lost only once it
+// has waited lostAfter, and never while a fetch is under way.
+func TestAnAwaitedEventIsLostOnlyAfterLostAfter(t *testing.T) {
+	const after = 100
+	w := newWorkerState(1)
+	w.lastEvent = 5
+	steps := []struct {
+		what      string
+		resyncing bool
+		applied   uint64
+		reported  uint64
+		now       int64
+		lost      bool
+	}{
+		{what: "a report that does not say", reported: 0, now: 1000},
+		{what: "a report of an event applied already", reported: 5, now: 1010},
+		{what: "a report of an event not yet applied", reported: 7, now: 1020},
+		{what: "a later report before lostAfter", reported: 8, now: 1020 + after - 1},
+		{what: "a report lostAfter later", reported: 8, now: 1020 + after, lost: true},
+		{what: "the awaited event applied", applied: 7, reported: 8, now: 1200},
+		{what: "lostAfter after the next report", applied: 7, reported: 8, now: 1200 + after, lost: true},
+		{what: "a fetch under way", resyncing: true, applied: 7, reported: 9, now: 1400},
+		{what: "the fetch done, past what was awaited", applied: 9, reported: 9, now: 2000},
+		{what: "a report that stops saying", applied: 9, reported: 0, now: 3000},
+	}
+	for _, s := range steps {
+		w.resyncing = s.resyncing
+		if s.applied != 0 {
+			w.lastEvent = s.applied
+		}
+		if lost := w.await(s.reported, s.now, after); lost != s.lost {
+			t.Fatalf("%s (report %d at %d, applied %d): lost %v, want %v", s.what, s.reported, s.now, w.lastEvent, lost, s.lost)
+		}
+	}
+}
+
+// TestALoadReportFindsEventsLostOnlyWhenNoneWait: an event a load report
+// named, missing for LostAfter, is counted lost and the worker's block
+// set fetched, unless kv_events wait to be read: a router that falls
+// behind holds its events back, and is not missing them.
+func TestALoadReportFindsEventsLostOnlyWhenNoneWait(t *testing.T) {
+	sys := loomtest.New(t, loomtest.Options{})
+	const lostAfter = 100
+	r, err := NewApprox(t.Context(), sys.Runtime(), Config{LostAfter: lostAfter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const id = 0xfeed
+	waiting := 0
+	report := func(at int64) Stats {
+		t.Helper()
+		if left := r.onLoad(id, llm.LoadMetrics{KvEventID: 3}, at, func() int { return waiting }); left {
+			t.Fatal("a worker that never left counted as gone")
+		}
+		return r.Stats()
+	}
+	queued := func() (queued, resyncing bool) {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		_, queued = r.resyncQ[id]
+		return queued, r.workers[id].resyncing
+	}
+	if st := report(1000); st.Gaps != 0 {
+		t.Fatalf("the first report of an event not applied: gaps %d; want it awaited, not lost", st.Gaps)
+	}
+	waiting = 5
+	if st := report(1000 + lostAfter); st.Gaps != 0 {
+		t.Fatalf("a report lostAfter later, with kv_events waiting to be read: gaps %d; want none", st.Gaps)
+	}
+	waiting = 0
+	if st := report(1000 + lostAfter + 1); st.Gaps != 1 {
+		t.Fatalf("a report lostAfter later, with no kv_event waiting: gaps %d; want 1", st.Gaps)
+	}
+	if q, resyncing := queued(); !q || !resyncing {
+		t.Fatalf("after the loss: fetch queued %v, resyncing %v; want the block set fetched", q, resyncing)
+	}
+	if st := report(1000 + 3*lostAfter); st.Gaps != 1 {
+		t.Fatalf("a report while the block set is fetched: gaps %d; want still 1", st.Gaps)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,7 +29,8 @@ type Worker struct {
 
 	kvPub   *events.Publisher[llm.KvEvent]
 	loadPub *events.Publisher[llm.LoadMetrics]
-	prefill *prefillSide // remote prefill, when configured
+	kvSent  atomic.Uint64 // the last kv_event id published (or tried)
+	prefill *prefillSide  // remote prefill, when configured
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -277,6 +279,7 @@ func (w *Worker) flushKv(ctx context.Context) {
 			// resynchronise from kv_blocks.
 			w.rt.Logger().Debug("mocker: kv event not published", "event_id", ev.EventID, "err", err)
 		}
+		w.kvSent.Store(ev.EventID)
 	}
 }
 
@@ -294,7 +297,11 @@ func (w *Worker) publishLoad(ctx context.Context) {
 		case <-w.eng.changed:
 		case <-tick.C:
 		}
-		if err := w.loadPub.Publish(ctx, w.eng.load()); err != nil && ctx.Err() == nil {
+		// The report names the last kv_event sent, so that a router
+		// learns of events lost at the end of the sequence.
+		m := w.eng.load()
+		m.KvEventID = w.kvSent.Load()
+		if err := w.loadPub.Publish(ctx, m); err != nil && ctx.Err() == nil {
 			w.rt.Logger().Debug("mocker: load metrics not published", "err", err)
 		}
 		pause.Reset(w.cfg.MetricsMinInterval)
