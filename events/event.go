@@ -126,7 +126,9 @@ type Stats struct {
 	Malformed uint64
 	// Buffered is the events waiting now: in the buffer, held by a
 	// transport waiting for room (Block), and on core NATS in the NATS
-	// client's buffer before it.
+	// client's buffer before it. On JetStream it is the events the stream
+	// still held for the subscription when it sent the last one delivered
+	// (the server's count, as of then).
 	Buffered int
 	// Publishers is the publishers being tracked now.
 	Publishers int

@@ -674,3 +674,29 @@ func TestOnGapReportsEachGapBeforeTheEventAfterIt(t *testing.T) {
 		})
 	}
 }
+
+// TestADurableSubscriptionCountsWhatTheStreamHolds: on JetStream, Stats'
+// Buffered is what the stream still holds for the subscription, so a
+// reader can tell that it is behind.
+func TestADurableSubscriptionCountsWhatTheStreamHolds(t *testing.T) {
+	s := newSystem(t, "jetstream")
+	rt := s.Runtime()
+	scope := events.Scope{Namespace: "js", Component: "w"}
+	p := publisher[int](t, rt, scope, "kv_events")
+	const n = 10
+	for i := range n {
+		if err := p.Publish(t.Context(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Flush(t.Context()); err != nil { // stored
+		t.Fatal(err)
+	}
+	sub := subscribe[int](t, rt, scope, "kv_events", events.DeliverAll())
+	for read := 1; read <= n; read++ {
+		collect(t, sub, 1, 5*time.Second)
+		if got := sub.Stats().Buffered; got != n-read {
+			t.Fatalf("after reading %d of %d events stored before the subscription, Buffered = %d; want %d", read, n, got, n-read)
+		}
+	}
+}

@@ -349,6 +349,9 @@ func (c *subCore) stats() Stats {
 	if c.client != nil {
 		s.Buffered += c.client.pending()
 	}
+	if c.durable != nil {
+		s.Buffered += int(c.durable.pending.Load())
+	}
 	return s
 }
 

@@ -169,8 +169,11 @@ type durableSub struct {
 	name      string
 	ephemeral bool
 
-	mu      sync.Mutex // the reader
-	held    *held      // under mu
+	mu   sync.Mutex // the reader
+	held *held      // under mu
+	// pending is the events the stream still held for the consumer when
+	// it sent the last one accepted (the message's own count).
+	pending atomic.Uint64
 	closing atomic.Bool
 	closeMu sync.Mutex
 	closed  bool
@@ -341,6 +344,7 @@ func (d *durableSub) accept(m jetstream.Msg) *held {
 	h.it.traceParent = c.traceReceive(subject, m.Headers(), &h.it.env)
 	if md, err := m.Metadata(); err == nil {
 		h.streamSeq = md.Sequence.Stream
+		d.pending.Store(md.NumPending)
 	}
 	return h
 }
