@@ -2,7 +2,6 @@ package kvrouter
 
 import (
 	"context"
-	"net"
 	"slices"
 	"testing"
 	"time"
@@ -24,12 +23,7 @@ import (
 // gap: the router catches up from their load reports, which name their
 // last event.
 func TestKVRouterCatchesUpAfterTheEventPlaneRestarts(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := testutil.FreePort(t) // the restarted server listens there again
 	ns, err := embedded.StartNATS(embedded.NATSOptions{Port: port})
 	if err != nil {
 		t.Fatal(err)
