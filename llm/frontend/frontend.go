@@ -70,6 +70,17 @@ type Config struct {
 	MaxInFlightPerWorker int
 	// MaxBodyBytes bounds a request body (default 4 MiB).
 	MaxBodyBytes int64
+	// BodyTimeout bounds reading a request body, from the end of its
+	// headers (default 30s): a client that sends part of a body and
+	// stalls gets 408 and its connection closed, instead of holding a
+	// goroutine and what it sent for as long as it likes. The answer that
+	// follows, however long it streams, is not bounded by it. (Served
+	// through Handler, it needs a ResponseWriter that takes read
+	// deadlines, as net/http's does.)
+	BodyTimeout time.Duration
+	// IdleTimeout is how long a kept-alive connection may wait for its
+	// next request before the frontend closes it (default 2 minutes).
+	IdleTimeout time.Duration
 	// DefaultMaxTokens is how many tokens a request that gives no
 	// max_tokens may generate, within the model's context length
 	// (default 1024).
@@ -90,6 +101,8 @@ const (
 	DefaultMaxBodyBytes     = 4 << 20
 	DefaultDefaultMaxTokens = 1024
 	DefaultDepartedIdle     = time.Second
+	DefaultBodyTimeout      = 30 * time.Second
+	DefaultIdleTimeout      = 2 * time.Minute
 )
 
 // HeaderMigrations names the response field that counts the times a
@@ -180,6 +193,12 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
 	if cfg.DepartedIdle <= 0 {
 		cfg.DepartedIdle = DefaultDepartedIdle
 	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = rt.Logger()
 	}
@@ -248,7 +267,7 @@ func (f *Frontend) WaitSynced(ctx context.Context) error {
 // Serve serves HTTP on l until Shutdown or Close; it returns
 // http.ErrServerClosed then.
 func (f *Frontend) Serve(l net.Listener) error {
-	srv := &http.Server{Handler: f.mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: f.mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: f.cfg.IdleTimeout}
 	f.srvMu.Lock()
 	f.servers = append(f.servers, srv)
 	f.srvMu.Unlock()

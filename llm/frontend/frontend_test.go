@@ -952,3 +952,80 @@ func testSSEWritesWhatWaitsTogether(t *testing.T, plane string) {
 		}
 	})
 }
+
+// TestAStalledBodyGets408: a client that sends part of a body and stalls
+// gets 408 once the body timeout passes, and its connection is closed.
+func TestAStalledBodyGets408(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	s := newStack(t, "tcp", frontend.Config{BodyTimeout: timeout})
+	s.worker(workerOpts{})
+	s.waitReady(1)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	part := `{"model":"test-model","messages":[`
+	if _, err := fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n%s", part); err != nil {
+		t.Fatal(err)
+	}
+	// Far beyond the timeout: a frontend that waits for the body fails here.
+	if err := conn.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled body: %v", err)
+	}
+	e := checkError(t, resp, http.StatusRequestTimeout, "")
+	checkKind(t, e, "invalid_request_error", "")
+	if want := fmt.Sprintf("within %s (the frontend's body timeout); got %d bytes", timeout, len(part)); !strings.Contains(e.Error.Message, want) {
+		t.Errorf("error %q does not say %q", e.Error.Message, want)
+	}
+	if n, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the 408 the connection gave %q, %v; want it closed", n, err)
+	}
+}
+
+// TestAStreamOutlastsTheBodyTimeout: the body timeout bounds reading the
+// body only; the answer streams for as long as it takes.
+func TestAStreamOutlastsTheBodyTimeout(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{BodyTimeout: 100 * time.Millisecond})
+	s.worker(workerOpts{delay: 40 * time.Millisecond})
+	s.waitReady(1)
+	const tokens = 12 // about 0.5 s, five body timeouts
+	start := time.Now()
+	text, finish, _, err := streamChat(t.Context(), oaiClient(s), chatParams("hello", tokens))
+	if err != nil || finish != "length" || len(strings.Fields(text)) != tokens {
+		t.Fatalf("a stream of %d tokens over %v: %d words, finish %q, err %v; want all of it", tokens, time.Since(start), len(strings.Fields(text)), finish, err)
+	}
+}
+
+// TestAnIdleConnectionIsClosed: a kept-alive connection that sends no
+// next request is closed after the idle timeout.
+func TestAnIdleConnectionIsClosed(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{IdleTimeout: 200 * time.Millisecond})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil || resp.StatusCode != http.StatusOK || resp.Close {
+		t.Fatalf("GET /v1/models: %d, close %v, err %v; want 200 on a kept-alive connection", resp.StatusCode, resp.Close, err)
+	}
+	if n, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("an idle kept-alive connection gave %q, %v; want it closed", n, err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"time"
@@ -60,14 +61,24 @@ func (f *Frontend) putState(st *state) {
 // counted with (nginx's "client closed request"); nothing is sent.
 const statusClientClosed = 499
 
-// readBody reads the request body into st.body, within the size limit.
+// readBody reads the request body into st.body, within the size limit
+// and the body timeout.
 func (f *Frontend) readBody(w http.ResponseWriter, r *http.Request, st *state) *apiError {
 	st.body.Reset()
+	// The deadline is the connection's. net/http lifts it when the body
+	// ends and it starts reading on to see the client leave, so it does
+	// not bound the answer's stream; when the body times out, it stays,
+	// and the server does not wait for the rest of the body to answer.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(f.cfg.BodyTimeout))
 	_, err := st.body.ReadFrom(http.MaxBytesReader(w, r.Body, f.cfg.MaxBodyBytes))
 	var mbe *http.MaxBytesError
+	var ne net.Error
 	switch {
 	case errors.As(err, &mbe):
 		return badRequest("", "request body exceeds %d bytes (the frontend's max body size)", mbe.Limit)
+	case errors.As(err, &ne) && ne.Timeout():
+		return &apiError{Status: http.StatusRequestTimeout, Type: typeInvalid,
+			Message: fmt.Sprintf("the request body did not arrive within %s (the frontend's body timeout); got %d bytes", f.cfg.BodyTimeout, st.body.Len())}
 	case err != nil:
 		return badRequest("", "reading the request body: %v", err)
 	case st.body.Len() == 0:
