@@ -41,6 +41,7 @@ func (o *frontendOptions) bind(f *pflag.FlagSet) {
 	f.IntVar(&o.cfg.DefaultMaxTokens, "default-max-tokens", frontend.DefaultDefaultMaxTokens, "tokens generated when a request gives no max_tokens")
 	f.DurationVar(&o.cfg.BodyTimeout, "body-timeout", frontend.DefaultBodyTimeout, "how long a request's body may take to arrive after its headers; then 408")
 	f.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", frontend.DefaultIdleTimeout, "how long a kept-alive connection may wait for its next request before it is closed")
+	f.DurationVar(&o.cfg.WriteTimeout, "write-timeout", frontend.DefaultWriteTimeout, "how long one write of an answer may wait for the client to read; then the client counts as gone")
 	f.Float64Var(&o.kv.Temperature, "router-temperature", 0, "kv router: sample workers by cost with this temperature (0: take the cheapest)")
 	f.Float64Var(&o.kv.OverlapWeight, "router-overlap-weight", 1, "kv router: weight of the prefill (uncached prompt) term against the decode term")
 }

@@ -81,6 +81,13 @@ type Config struct {
 	// IdleTimeout is how long a kept-alive connection may wait for its
 	// next request before the frontend closes it (default 2 minutes).
 	IdleTimeout time.Duration
+	// WriteTimeout is how long one write of an answer may wait for the
+	// client to take bytes (default 30s). A client that stops reading, or
+	// whose host vanished mid-stream (its connection stays open while TCP
+	// retransmits, about 15 minutes), is then taken as gone: its request
+	// is cancelled on the worker. Like BodyTimeout, it needs a
+	// ResponseWriter that takes deadlines.
+	WriteTimeout time.Duration
 	// DefaultMaxTokens is how many tokens a request that gives no
 	// max_tokens may generate, within the model's context length
 	// (default 1024).
@@ -103,6 +110,7 @@ const (
 	DefaultDepartedIdle     = time.Second
 	DefaultBodyTimeout      = 30 * time.Second
 	DefaultIdleTimeout      = 2 * time.Minute
+	DefaultWriteTimeout     = 30 * time.Second
 )
 
 // HeaderMigrations names the response field that counts the times a
@@ -198,6 +206,9 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = rt.Logger()

@@ -10,10 +10,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/textproto"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -988,13 +990,14 @@ func TestAStalledBodyGets408(t *testing.T) {
 	}
 }
 
-// TestAStreamOutlastsTheBodyTimeout: the body timeout bounds reading the
-// body only; the answer streams for as long as it takes.
-func TestAStreamOutlastsTheBodyTimeout(t *testing.T) {
-	s := newStack(t, "tcp", frontend.Config{BodyTimeout: 100 * time.Millisecond})
+// TestAStreamOutlastsItsTimeouts: the body timeout bounds reading the
+// body only, and the write timeout each write; the answer streams for as
+// long as it takes.
+func TestAStreamOutlastsItsTimeouts(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{BodyTimeout: 100 * time.Millisecond, WriteTimeout: 100 * time.Millisecond})
 	s.worker(workerOpts{delay: 40 * time.Millisecond})
 	s.waitReady(1)
-	const tokens = 12 // about 0.5 s, five body timeouts
+	const tokens = 12 // about 0.5 s, five of each timeout
 	start := time.Now()
 	text, finish, _, err := streamChat(t.Context(), oaiClient(s), chatParams("hello", tokens))
 	if err != nil || finish != "length" || len(strings.Fields(text)) != tokens {
@@ -1027,5 +1030,119 @@ func TestAnIdleConnectionIsClosed(t *testing.T) {
 	}
 	if n, err := br.ReadByte(); err != io.EOF {
 		t.Errorf("an idle kept-alive connection gave %q, %v; want it closed", n, err)
+	}
+}
+
+// TestAClientThatStopsReadingIsLetGo: a client that stops reading its
+// answer (or whose host vanished) is taken as gone once a write has
+// waited WriteTimeout: a stream's request is cancelled on the worker, and
+// a whole answer's handler lets go of it.
+func TestAClientThatStopsReadingIsLetGo(t *testing.T) {
+	// Small socket buffers on both sides: the frontend's writes soon wait.
+	small := func(opt int) func(syscall.RawConn) {
+		return func(c syscall.RawConn) {
+			_ = c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt, 4096) })
+		}
+	}
+	s := newSystem(t, "tcp", nil)
+	s.listener = func(l net.Listener) net.Listener {
+		return smallSendBuffers{l.(*net.TCPListener), small(syscall.SO_SNDBUF)}
+	}
+	s.start(frontend.Config{WriteTimeout: 300 * time.Millisecond})
+	w := s.worker(workerOpts{ctxLen: 10_000_000})
+	s.waitReady(1)
+	// send sends a request and reads nothing.
+	send := func(body string) {
+		d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error { small(syscall.SO_RCVBUF)(c); return nil }}
+		conn, err := d.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		if _, err := fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	counted := func(status string) bool {
+		resp, err := http.Get(s.url + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), `loom_llm_requests_total{model="test-model",status="`+status+`"} 1`)
+	}
+
+	send(`{"model":"test-model","stream":true,"max_tokens":5000000,"messages":[{"role":"user","content":"hi"}]}`)
+	testutil.Eventually(t, 20*time.Second, "the stream to be counted with status 499", func() bool { return counted("499") })
+	testutil.Eventually(t, 20*time.Second, "the worker's request to end", func() bool { return w.running.Load() == 0 })
+	if n := w.served.Load(); n != 1 {
+		t.Fatalf("the worker served %d requests, want the 1", n)
+	}
+
+	// A whole answer of about 100 KB, written once the worker is done:
+	// its handler is counted when it returns.
+	send(`{"model":"test-model","max_tokens":20000,"messages":[{"role":"user","content":"hi"}]}`)
+	testutil.Eventually(t, 20*time.Second, "the whole answer's handler to return", func() bool { return counted("200") })
+}
+
+// smallSendBuffers is a listener whose connections have small send
+// buffers.
+type smallSendBuffers struct {
+	*net.TCPListener
+	set func(syscall.RawConn)
+}
+
+func (l smallSendBuffers) Accept() (net.Conn, error) {
+	c, err := l.AcceptTCP()
+	if err != nil {
+		return nil, err
+	}
+	if rc, err := c.SyscallConn(); err == nil {
+		l.set(rc)
+	}
+	return c, nil
+}
+
+// TestAWriteDeadlineDoesNotOutliveItsRequest: the next request on a
+// kept-alive connection, long after the last one's writes, is answered.
+func TestAWriteDeadlineDoesNotOutliveItsRequest(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	s := newStack(t, "tcp", frontend.Config{WriteTimeout: timeout})
+	s.worker(workerOpts{})
+	s.waitReady(1)
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+	defer c.CloseIdleConnections()
+	// Each is followed by one that is answered before any write of the
+	// frontend's own sets a deadline: a malformed body's 400.
+	for i, body := range []string{
+		`{"model":"test-model","stream":true,"max_tokens":3,"messages":[{"role":"user","content":"hi"}]}`,
+		`{"model":`,
+		`{"model":"test-model","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}`,
+		`{"model":`,
+	} {
+		var reused bool
+		ctx := httptrace.WithClientTrace(t.Context(), &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) { reused = ci.Reused }})
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url+"/v1/chat/completions", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		want, in := http.StatusOK, `"finish_reason":"length"`
+		if i%2 == 1 {
+			want, in = http.StatusBadRequest, `"invalid_request_error"`
+		}
+		if err != nil || resp.StatusCode != want || !bytes.Contains(b, []byte(in)) {
+			t.Fatalf("request %d (connection reused: %v): %d, %v:\n%s", i, reused, resp.StatusCode, err, b)
+		}
+		if i > 0 && !reused {
+			t.Fatalf("request %d came on a new connection; the test needs the kept-alive one", i)
+		}
+		time.Sleep(3 * timeout) // the last request's write deadline passes
 	}
 }

@@ -34,6 +34,8 @@ type stack struct {
 	fe  *frontend.Frontend
 	rt  *loom.Runtime
 	url string // http://127.0.0.1:port
+	// listener, if set, wraps the frontend's listener before start.
+	listener func(net.Listener) net.Listener
 }
 
 func newStack(t testing.TB, plane string, fcfg frontend.Config) *stack {
@@ -79,6 +81,9 @@ func (s *stack) start(fcfg frontend.Config) {
 		t.Fatal(err)
 	}
 	s.url = "http://" + l.Addr().String()
+	if s.listener != nil {
+		l = s.listener(l)
+	}
 	served := make(chan struct{})
 	go func() { defer close(served); _ = fe.Serve(l) }()
 	t.Cleanup(func() {
@@ -114,6 +119,7 @@ type testWorker struct {
 	requests []llm.Request
 	killed   chan string // request ids whose handler context ended early
 	served   atomic.Int64
+	running  atomic.Int64 // requests whose Generate has not returned
 }
 
 type workerOpts struct {
@@ -170,6 +176,8 @@ func (w *testWorker) Generate(ctx context.Context, req llm.Request) iter.Seq2[ll
 		w.requests = append(w.requests, req)
 		w.mu.Unlock()
 		w.served.Add(1)
+		w.running.Add(1)
+		defer w.running.Add(-1)
 		prompt := req.TokenIDs[:len(req.TokenIDs)-req.Generated]
 		if w.burst {
 			resp := llm.Response{Worker: w.rt.ID(), FinishReason: llm.FinishLength}

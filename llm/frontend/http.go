@@ -298,6 +298,7 @@ func (f *Frontend) appendHead(b []byte, j *job, object string) []byte {
 func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object string) int {
 	st := j.st
 	rc := http.NewResponseController(w)
+	wd := writeDeadline{rc: rc, timeout: f.cfg.WriteTimeout}
 	chat := j.p.chat
 	// data: {head}"choices":[{"index":0,
 	st.head = append(st.head[:0], "data: "...)
@@ -336,6 +337,7 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 			begin()
 		}
 		unsent = true
+		wd.arm()
 		_, err := w.Write(b)
 		return err
 	}
@@ -365,6 +367,7 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 		b := append(st.chunk[:0], "data: "...)
 		b = e.appendJSON(b)
 		st.chunk = append(b, "\n\n"...)
+		wd.arm()
 		_, _ = w.Write(st.chunk)
 		_ = rc.Flush()
 		w.Header().Set(HeaderMigrations, migrations)
@@ -390,10 +393,39 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 	}
 	b = append(b, "data: [DONE]\n\n"...)
 	st.chunk = b
+	wd.arm()
 	_, _ = w.Write(b)
 	_ = rc.Flush()
 	w.Header().Set(HeaderMigrations, migrations)
 	return http.StatusOK
+}
+
+// writeDeadline bounds each write of an answer by the connection's write
+// deadline, Config.WriteTimeout ahead. Setting a deadline costs a timer
+// update, so arm sets it only once an eighth of the timeout has passed
+// since it last did: a write has between seven eighths of the timeout and
+// all of it. net/http clears the deadline when the request ends, before
+// the connection's next request.
+type writeDeadline struct {
+	rc      *http.ResponseController
+	timeout time.Duration
+	set     time.Time // when the deadline was last set; zero: not set
+	failed  bool      // the writer takes no deadlines
+}
+
+func (d *writeDeadline) arm() {
+	if d.failed {
+		return
+	}
+	now := time.Now()
+	if !d.set.IsZero() && now.Sub(d.set) < d.timeout/8 {
+		return
+	}
+	if d.rc.SetWriteDeadline(now.Add(d.timeout)) != nil {
+		d.failed = true
+		return
+	}
+	d.set = now
 }
 
 func chunkSuffix(chat bool) string {
@@ -414,6 +446,8 @@ func (f *Frontend) unary(w http.ResponseWriter, r *http.Request, j *job, object 
 	res, err := f.run(r.Context(), j)
 	st.head = text
 	st.res = res
+	wd := writeDeadline{rc: http.NewResponseController(w), timeout: f.cfg.WriteTimeout}
+	wd.arm()
 	w.Header().Set(HeaderMigrations, strconv.Itoa(res.migrations))
 	if err != nil {
 		if r.Context().Err() != nil {
