@@ -542,17 +542,21 @@ func TestDisconnectKillsWorkerRequest(t *testing.T) {
 				t.Errorf("killed request %q, want %q", got, id)
 			}
 			// A client that left counts as 499.
-			testutil.Eventually(t, 20*time.Second, "the request to be counted with status 499", func() bool {
-				resp, err := http.Get(s.url + "/metrics")
-				if err != nil {
-					return false
-				}
-				defer resp.Body.Close()
-				b, _ := io.ReadAll(resp.Body)
-				return strings.Contains(string(b), `loom_llm_requests_total{model="test-model",status="499"} 1`)
-			})
+			testutil.Eventually(t, 20*time.Second, "the request to be counted with status 499", func() bool { return countedOnce(s, "499") })
 		})
 	}
+}
+
+// countedOnce reports whether the frontend's metrics count one request
+// of the test model answered with status.
+func countedOnce(s *stack, status string) bool {
+	resp, err := http.Get(s.url + "/metrics")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return strings.Contains(string(b), `loom_llm_requests_total{model="test-model",status="`+status+`"} 1`)
 }
 
 // collectSSE reads a chat stream and returns its text and final error
@@ -962,24 +966,8 @@ func TestAStalledBodyGets408(t *testing.T) {
 	s := newStack(t, "tcp", frontend.Config{BodyTimeout: timeout})
 	s.worker(workerOpts{})
 	s.waitReady(1)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	part := `{"model":"test-model","messages":[`
-	if _, err := fmt.Fprintf(conn, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n%s", part); err != nil {
-		t.Fatal(err)
-	}
-	// Far beyond the timeout: a frontend that waits for the body fails here.
-	if err := conn.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatalf("no answer to a stalled body: %v", err)
-	}
+	resp, br := rawRequest(t, s, "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"+part)
 	e := checkError(t, resp, http.StatusRequestTimeout, "")
 	checkKind(t, e, "invalid_request_error", "")
 	if want := fmt.Sprintf("within %s (the frontend's body timeout); got %d bytes", timeout, len(part)); !strings.Contains(e.Error.Message, want) {
@@ -988,6 +976,30 @@ func TestAStalledBodyGets408(t *testing.T) {
 	if n, err := br.ReadByte(); err != io.EOF {
 		t.Errorf("after the 408 the connection gave %q, %v; want it closed", n, err)
 	}
+}
+
+// rawRequest sends req on a connection of its own and reads the answer's
+// head, waiting far longer than any timeout the tests set: a frontend that
+// does not answer fails here. The reader goes on with the connection.
+func rawRequest(t *testing.T, s *stack, req string) (*http.Response, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := io.WriteString(conn, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer to %q: %v", strings.SplitN(req, "\r\n", 2)[0], err)
+	}
+	return resp, br
 }
 
 // TestAStreamOutlastsItsTimeouts: the body timeout bounds reading the
@@ -1009,22 +1021,7 @@ func TestAStreamOutlastsItsTimeouts(t *testing.T) {
 // next request is closed after the idle timeout.
 func TestAnIdleConnectionIsClosed(t *testing.T) {
 	s := newStack(t, "tcp", frontend.Config{IdleTimeout: 200 * time.Millisecond})
-	conn, err := net.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := io.WriteString(conn, "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, br := rawRequest(t, s, "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil || resp.StatusCode != http.StatusOK || resp.Close {
 		t.Fatalf("GET /v1/models: %d, close %v, err %v; want 200 on a kept-alive connection", resp.StatusCode, resp.Close, err)
 	}
@@ -1063,18 +1060,9 @@ func TestAClientThatStopsReadingIsLetGo(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	counted := func(status string) bool {
-		resp, err := http.Get(s.url + "/metrics")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return strings.Contains(string(b), `loom_llm_requests_total{model="test-model",status="`+status+`"} 1`)
-	}
 
 	send(`{"model":"test-model","stream":true,"max_tokens":5000000,"messages":[{"role":"user","content":"hi"}]}`)
-	testutil.Eventually(t, 20*time.Second, "the stream to be counted with status 499", func() bool { return counted("499") })
+	testutil.Eventually(t, 20*time.Second, "the stream to be counted with status 499", func() bool { return countedOnce(s, "499") })
 	testutil.Eventually(t, 20*time.Second, "the worker's request to end", func() bool { return w.running.Load() == 0 })
 	if n := w.served.Load(); n != 1 {
 		t.Fatalf("the worker served %d requests, want the 1", n)
@@ -1083,7 +1071,7 @@ func TestAClientThatStopsReadingIsLetGo(t *testing.T) {
 	// A whole answer of about 100 KB, written once the worker is done:
 	// its handler is counted when it returns.
 	send(`{"model":"test-model","max_tokens":20000,"messages":[{"role":"user","content":"hi"}]}`)
-	testutil.Eventually(t, 20*time.Second, "the whole answer's handler to return", func() bool { return counted("200") })
+	testutil.Eventually(t, 20*time.Second, "the whole answer's handler to return", func() bool { return countedOnce(s, "200") })
 }
 
 // smallSendBuffers is a listener whose connections have small send
