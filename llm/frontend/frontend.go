@@ -84,9 +84,9 @@ type Config struct {
 	// WriteTimeout is how long one write of an answer may wait for the
 	// client to take bytes (default 30s). A client that stops reading, or
 	// whose host vanished mid-stream (its connection stays open while TCP
-	// retransmits, about 15 minutes), is then taken as gone: its request
-	// is cancelled on the worker. Like BodyTimeout, it needs a
-	// ResponseWriter that takes deadlines.
+	// retransmits: about 15 minutes with Linux's defaults), is then taken
+	// as gone: its request is cancelled on the worker. Like BodyTimeout,
+	// it needs a ResponseWriter that takes deadlines.
 	WriteTimeout time.Duration
 	// DefaultMaxTokens is how many tokens a request that gives no
 	// max_tokens may generate, within the model's context length
