@@ -163,13 +163,14 @@ type Frontend struct {
 // modelSet is the models served now, replaced on every change so that
 // requests read it without a lock.
 type modelSet struct {
-	workers map[string]int           // model -> workers serving it
-	cards   map[string]llm.ModelCard // model -> its card
-	names   []string                 // sorted
-	total   int
-	alive   map[uint64]string   // workers in discovery now -> the model each serves
-	ids     map[string][]uint64 // model -> the ids of its workers in alive, sorted
+	cards map[string]llm.ModelCard // model -> its card
+	names []string                 // sorted
+	alive map[uint64]string        // workers in discovery now -> the model each serves
+	ids   map[string][]uint64      // model -> the ids of its workers in alive, sorted
 }
+
+// workers returns how many workers serve model now.
+func (s *modelSet) workers(model string) int { return len(s.ids[model]) }
 
 // New returns a frontend calling the workers of cfg.Namespace through rt.
 // It starts watching discovery for workers at once; Close or Shutdown
@@ -412,15 +413,12 @@ func (f *Frontend) sweepDeparted(now time.Time) bool {
 }
 
 func (f *Frontend) publishLocked() {
-	s := &modelSet{workers: make(map[string]int), cards: make(map[string]llm.ModelCard), alive: make(map[uint64]string, len(f.instMods))}
-	s.ids = make(map[string][]uint64)
+	s := &modelSet{cards: make(map[string]llm.ModelCard), alive: make(map[uint64]string, len(f.instMods)), ids: make(map[string][]uint64)}
 	for id, m := range f.instMods {
 		s.alive[id] = m
 		s.ids[m] = append(s.ids[m], id)
-		s.workers[m]++
-		s.total++
 	}
-	for m := range s.workers {
+	for m := range s.ids {
 		s.names = append(s.names, m)
 		s.cards[m] = f.cards[m]
 	}
@@ -481,7 +479,7 @@ func (f *Frontend) handleModels(w http.ResponseWriter, _ *http.Request) {
 	}{Object: "list", Data: []model{}}
 	for _, n := range s.names {
 		out.Data = append(out.Data, model{ID: n, Object: "model", Created: f.created, OwnedBy: "loom",
-			ContextLength: s.cards[n].ContextLength, Workers: s.workers[n]})
+			ContextLength: s.cards[n].ContextLength, Workers: s.workers(n)})
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)
@@ -491,7 +489,7 @@ func (f *Frontend) handleHealth(w http.ResponseWriter, _ *http.Request) {
 	s := f.models.Load()
 	w.Header().Set("Content-Type", "application/json")
 	status, code := "ready", http.StatusOK
-	if s.total == 0 {
+	if len(s.alive) == 0 {
 		status, code = "notready", http.StatusServiceUnavailable
 	}
 	w.WriteHeader(code)
@@ -499,7 +497,7 @@ func (f *Frontend) handleHealth(w http.ResponseWriter, _ *http.Request) {
 		Status  string   `json:"status"`
 		Models  []string `json:"models"`
 		Workers int      `json:"workers"`
-	}{status, append([]string{}, s.names...), s.total})
+	}{status, append([]string{}, s.names...), len(s.alive)})
 }
 
 // newID returns a request id: random per process, then a counter.

@@ -273,7 +273,7 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 		if try >= f.cfg.MaxMigrations {
 			return res, fmt.Errorf("%w: request %s failed on %d workers, last: %w", errMigrationsExhausted, j.id, try+1, callErr)
 		}
-		if f.models.Load().workers[j.p.model] == 0 {
+		if f.models.Load().workers(j.p.model) == 0 {
 			return res, fmt.Errorf("%w: %q: its last worker failed mid-request: %w", llm.ErrNoWorker, j.p.model, callErr)
 		}
 		if a.worker != 0 && !slices.Contains(a.avoid, a.worker) {

@@ -198,7 +198,7 @@ func (f *Frontend) answer(w http.ResponseWriter, r *http.Request, start time.Tim
 		return
 	}
 	mm := f.modelMetrics(p.model)
-	if s.workers[p.model] == 0 {
+	if s.workers(p.model) == 0 {
 		f.fail(w, st, mm, &apiError{Status: http.StatusServiceUnavailable, Type: typeUnavailable, Code: "no_worker",
 			Message: fmt.Sprintf("model %q has no worker now; retry when one registers", p.model)})
 		return
