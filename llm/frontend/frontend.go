@@ -160,6 +160,13 @@ type Frontend struct {
 	synced  chan struct{}
 }
 
+// orDefault sets *v to d unless it is positive.
+func orDefault[T int | int64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
+}
+
 // modelSet is the models served now, replaced on every change so that
 // requests read it without a lock.
 type modelSet struct {
@@ -193,24 +200,12 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
 	if cfg.MaxInFlightPerWorker < 0 {
 		return nil, fmt.Errorf("llm/frontend: MaxInFlightPerWorker is %d; want 0 (no limit) or more", cfg.MaxInFlightPerWorker)
 	}
-	if cfg.MaxBodyBytes <= 0 {
-		cfg.MaxBodyBytes = DefaultMaxBodyBytes
-	}
-	if cfg.DefaultMaxTokens <= 0 {
-		cfg.DefaultMaxTokens = DefaultDefaultMaxTokens
-	}
-	if cfg.DepartedIdle <= 0 {
-		cfg.DepartedIdle = DefaultDepartedIdle
-	}
-	if cfg.BodyTimeout <= 0 {
-		cfg.BodyTimeout = DefaultBodyTimeout
-	}
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
-	}
-	if cfg.WriteTimeout <= 0 {
-		cfg.WriteTimeout = DefaultWriteTimeout
-	}
+	orDefault(&cfg.MaxBodyBytes, DefaultMaxBodyBytes)
+	orDefault(&cfg.DefaultMaxTokens, DefaultDefaultMaxTokens)
+	orDefault(&cfg.DepartedIdle, DefaultDepartedIdle)
+	orDefault(&cfg.BodyTimeout, DefaultBodyTimeout)
+	orDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
+	orDefault(&cfg.WriteTimeout, DefaultWriteTimeout)
 	if cfg.Logger == nil {
 		cfg.Logger = rt.Logger()
 	}
