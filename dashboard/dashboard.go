@@ -45,12 +45,19 @@ type Config struct {
 	// HTTPClient scrapes status servers and the NATS monitoring endpoint
 	// (default: one with a timeout of Interval, at least 2s).
 	HTTPClient *http.Client
+	// WriteTimeout bounds each write to a page's /api/stream (default
+	// 30s). A page that reads nothing for that long, or whose browser
+	// vanished without closing the connection, has its stream ended,
+	// rather than holding it until TCP gives up, about 15 minutes with
+	// Linux's defaults. A browser's EventSource reconnects by itself.
+	WriteTimeout time.Duration
 }
 
 // The defaults of Config.
 const (
-	DefaultInterval = time.Second
-	DefaultWindow   = 10 * time.Second
+	DefaultInterval     = time.Second
+	DefaultWindow       = 10 * time.Second
+	DefaultWriteTimeout = 30 * time.Second
 )
 
 // DefaultServingPrefixes are the metric name prefixes of the serving view:
@@ -145,6 +152,9 @@ func (cfg Config) withDefaults() Config {
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: max(cfg.Interval, scrapeTimeout)}
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = DefaultWriteTimeout
 	}
 	return cfg
 }

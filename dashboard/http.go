@@ -43,8 +43,7 @@ func (d *Dashboard) serveState(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (d *Dashboard) serveStream(w http.ResponseWriter, r *http.Request) {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
+	if _, ok := w.(http.Flusher); !ok {
 		http.Error(w, "dashboard: streaming needs an http.Flusher; this server's ResponseWriter is not one", http.StatusInternalServerError)
 		return
 	}
@@ -63,6 +62,7 @@ func (d *Dashboard) serveStream(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
 	// A comment every 15 s keeps proxies from closing an idle stream.
 	keep := time.NewTicker(15 * time.Second)
 	defer keep.Stop()
@@ -74,15 +74,26 @@ func (d *Dashboard) serveStream(w http.ResponseWriter, r *http.Request) {
 		case <-d.ctx.Done():
 			return
 		case <-keep.C:
-			_, err = fmt.Fprint(w, ": keep-alive\n\n")
+			err = d.writeEvent(w, rc, ": keep-alive\n\n")
 		case b := <-c:
-			_, err = fmt.Fprintf(w, "event: state\ndata: %s\n\n", b)
+			err = d.writeEvent(w, rc, "event: state\ndata: %s\n\n", b)
 		}
 		if err != nil {
 			return
 		}
-		flusher.Flush()
 	}
+}
+
+// writeEvent writes and flushes one event within Config.WriteTimeout.
+// net/http clears the deadline when the request ends.
+func (d *Dashboard) writeEvent(w http.ResponseWriter, rc *http.ResponseController, format string, args ...any) error {
+	// A writer that takes no deadline (one not from net/http's server)
+	// is written without.
+	_ = rc.SetWriteDeadline(time.Now().Add(d.cfg.WriteTimeout))
+	if _, err := fmt.Fprintf(w, format, args...); err != nil {
+		return err
+	}
+	return rc.Flush()
 }
 
 // Server is a dashboard served over HTTP on its own listener.
