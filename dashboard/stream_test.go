@@ -6,11 +6,11 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/loomrt/loom/dashboard"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // TestAPageThatStopsReadingIsLetGo: a page whose socket stops taking
@@ -27,11 +27,6 @@ func TestAPageThatStopsReadingIsLetGo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	small := func(opt int) func(syscall.RawConn) {
-		return func(c syscall.RawConn) {
-			_ = c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt, 4096) })
-		}
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -43,11 +38,10 @@ func TestAPageThatStopsReadingIsLetGo(t *testing.T) {
 			close(ended)
 		}),
 	}
-	go func() { _ = srv.Serve(smallSendBuffers{ln.(*net.TCPListener), small(syscall.SO_SNDBUF)}) }()
+	go func() { _ = srv.Serve(testutil.SmallSendBuffers(ln)) }()
 	defer srv.Close()
 
-	dialer := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error { small(syscall.SO_RCVBUF)(c); return nil }}
-	conn, err := dialer.Dial("tcp", ln.Addr().String())
+	conn, err := testutil.SmallReceiveBuffers().Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,22 +68,4 @@ func TestAPageThatStopsReadingIsLetGo(t *testing.T) {
 	if n == 0 {
 		t.Fatal("the page got no bytes at all")
 	}
-}
-
-// smallSendBuffers is a listener whose connections have small send
-// buffers.
-type smallSendBuffers struct {
-	*net.TCPListener
-	set func(syscall.RawConn)
-}
-
-func (l smallSendBuffers) Accept() (net.Conn, error) {
-	c, err := l.AcceptTCP()
-	if err != nil {
-		return nil, err
-	}
-	if rc, err := c.SyscallConn(); err == nil {
-		l.set(rc)
-	}
-	return c, nil
 }

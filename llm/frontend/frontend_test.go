@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -1036,22 +1035,14 @@ func TestAnIdleConnectionIsClosed(t *testing.T) {
 // a whole answer's handler lets go of it.
 func TestAClientThatStopsReadingIsLetGo(t *testing.T) {
 	// Small socket buffers on both sides: the frontend's writes soon wait.
-	small := func(opt int) func(syscall.RawConn) {
-		return func(c syscall.RawConn) {
-			_ = c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt, 4096) })
-		}
-	}
 	s := newSystem(t, "tcp", nil)
-	s.listener = func(l net.Listener) net.Listener {
-		return smallSendBuffers{l.(*net.TCPListener), small(syscall.SO_SNDBUF)}
-	}
+	s.listener = testutil.SmallSendBuffers
 	s.start(frontend.Config{WriteTimeout: 300 * time.Millisecond})
 	w := s.worker(workerOpts{ctxLen: 10_000_000})
 	s.waitReady(1)
 	// send sends a request and reads nothing.
 	send := func(body string) {
-		d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error { small(syscall.SO_RCVBUF)(c); return nil }}
-		conn, err := d.Dial("tcp", strings.TrimPrefix(s.url, "http://"))
+		conn, err := testutil.SmallReceiveBuffers().Dial("tcp", strings.TrimPrefix(s.url, "http://"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1072,24 +1063,6 @@ func TestAClientThatStopsReadingIsLetGo(t *testing.T) {
 	// its handler is counted when it returns.
 	send(`{"model":"test-model","max_tokens":20000,"messages":[{"role":"user","content":"hi"}]}`)
 	testutil.Eventually(t, 20*time.Second, "the whole answer's handler to return", func() bool { return countedOnce(s, "200") })
-}
-
-// smallSendBuffers is a listener whose connections have small send
-// buffers.
-type smallSendBuffers struct {
-	*net.TCPListener
-	set func(syscall.RawConn)
-}
-
-func (l smallSendBuffers) Accept() (net.Conn, error) {
-	c, err := l.AcceptTCP()
-	if err != nil {
-		return nil, err
-	}
-	if rc, err := c.SyscallConn(); err == nil {
-		l.set(rc)
-	}
-	return c, nil
 }
 
 // TestAWriteDeadlineDoesNotOutliveItsRequest: the next request on a
