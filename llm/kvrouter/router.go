@@ -417,7 +417,9 @@ func newKV(ctx context.Context, rt *loom.Runtime, cfg Config, useEvents bool) (*
 		r.kvEvents, r.loadEvents = kv, load
 		r.goRun(func() { defer kv.Close(); r.consumeKv(rctx, kv) })
 		r.goRun(func() { defer load.Close(); r.consumeLoad(rctx, load) })
-		r.goRun(func() { r.resyncLoop(rctx) })
+		for range resyncFetches {
+			r.goRun(func() { r.resyncLoop(rctx) })
+		}
 	}
 	// Followed once the subscriptions are in place: a worker that
 	// leaves is forgotten by them too.
@@ -656,8 +658,13 @@ func (w *workerState) await(published uint64, now, lostAfter int64) bool {
 	return w.awaited != 0 && now-w.awaitedAt >= lostAfter
 }
 
-// resyncLoop fetches the block sets of the workers queued for it, one at
-// a time, and replaces their views.
+// resyncFetches is how many block sets the router fetches at once: a
+// worker slow to send its own (a host gone, an engine stalled) holds up
+// one fetch for ResyncTimeout, not every other worker's.
+const resyncFetches = 8
+
+// resyncLoop fetches the block sets of the workers queued for it and
+// replaces their views; resyncFetches of them run.
 func (r *KVRouter) resyncLoop(ctx context.Context) {
 	for {
 		select {
@@ -673,9 +680,16 @@ func (r *KVRouter) resyncLoop(ctx context.Context) {
 				break
 			}
 			delete(r.resyncQ, id)
+			more := len(r.resyncQ) > 0
 			r.mu.Unlock()
 			if id == 0 || ctx.Err() != nil {
 				break
+			}
+			if more { // another loop, if one is idle, takes the next
+				select {
+				case r.wakeRes <- struct{}{}:
+				default:
+				}
 			}
 			r.resync(ctx, id)
 		}

@@ -1,8 +1,10 @@
 package kvrouter
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"iter"
 	"slices"
 	"testing"
 	"time"
@@ -531,5 +533,78 @@ func TestALoadReportFindsEventsLostOnlyWhenNoneWait(t *testing.T) {
 	}
 	if st := report(1000 + 3*lostAfter); st.Gaps != 1 {
 		t.Fatalf("a report while the block set is fetched: gaps %d; want still 1", st.Gaps)
+	}
+}
+
+// TestAStalledBlockSetHoldsUpNoOtherFetch: a worker whose kv_blocks
+// endpoint answers nothing (its host gone, its engine stalled) holds up
+// its own fetch for ResyncTimeout, not the fetch of another worker that
+// needs one meanwhile.
+func TestAStalledBlockSetHoldsUpNoOtherFetch(t *testing.T) {
+	s := newSystem(t, 1, warmCfg())
+	r := s.router(KV, Config{LostAfter: 200 * time.Millisecond, ResyncTimeout: time.Minute}).(*KVRouter)
+	c := s.client(r, 1)
+	ctx := testutil.Timeout(t, 30*time.Second)
+	if res := send(ctx, c, r, "fill", prompt(1, 64), 2); res.err != nil {
+		t.Fatal(res.err)
+	}
+	synced(t, r, s.cluster)
+
+	// A worker whose block set never comes: the router fetches it as the
+	// worker appears, and the fetch waits.
+	stalled := s.Runtime()
+	fetching, fetchEnded, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before the runtime's shutdown waits for the fetch
+	serve := func(endpoint string, eng any) {
+		ep, err := stalled.Endpoint(llm.DefaultNamespace + "/" + llm.WorkerComponent + "/" + endpoint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch eng := eng.(type) {
+		case loom.Engine[llm.KvBlocksRequest, llm.KvSnapshot]:
+			err = loom.Serve(ctx, ep, eng)
+		case loom.Engine[llm.Request, llm.Response]:
+			err = loom.Serve(ctx, ep, eng)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	serve(llm.KvBlocksEndpoint, loom.EngineFunc[llm.KvBlocksRequest, llm.KvSnapshot](func(ctx context.Context, _ llm.KvBlocksRequest) iter.Seq2[llm.KvSnapshot, error] {
+		return func(func(llm.KvSnapshot, error) bool) {
+			close(fetching) // fetched once: the test ends before a retry
+			select {
+			case <-ctx.Done():
+			case <-release:
+			}
+			close(fetchEnded)
+		}
+	}))
+	serve(llm.GenerateEndpoint, loom.EngineFunc[llm.Request, llm.Response](func(context.Context, llm.Request) iter.Seq2[llm.Response, error] {
+		return func(func(llm.Response, error) bool) {}
+	}))
+	select {
+	case <-fetching:
+	case <-ctx.Done():
+		t.Fatal("the router never fetched the new worker's block set")
+	}
+
+	// Meanwhile the router loses the mock worker's last event, and its
+	// view of the worker: it fetches the worker's block set again.
+	w := s.cluster.Workers()[0]
+	ws := w.Stats()
+	r.mu.Lock()
+	r.workers[w.ID()].lastEvent = ws.KvEvents - 1
+	r.idx.drop(w.ID())
+	r.mu.Unlock()
+	testutil.Eventually(t, 10*time.Second, "the mock worker's block set to be fetched while the other fetch waits", func() bool {
+		st := r.Stats()
+		i := slices.IndexFunc(st.Workers, func(s WorkerStats) bool { return s.ID == w.ID() })
+		return i >= 0 && st.Workers[i].LastEventID == ws.KvEvents && st.Workers[i].Blocks == ws.KvBlocks
+	})
+	select {
+	case <-fetchEnded:
+		t.Fatal("the stalled fetch ended before the test let it; the test proves nothing")
+	default:
 	}
 }
