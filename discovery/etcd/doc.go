@@ -37,7 +37,8 @@
 //
 // etcd itself never expires leases while it is down: a restarted etcd gives
 // every lease a fresh TTL, so a restart, however long, only pauses
-// keep-alives, and the records stay.
+// keep-alives, and the records stay. An etcd that comes back without its
+// data has no lease: the records are registered again as above.
 //
 // A record that another client removes with Unregister is registered again
 // by its owner if the owner's lease is later lost; owners should remove
@@ -48,7 +49,10 @@
 // Watch reads the records under the query's key prefix and then watches
 // from the next revision, so no change is missed or seen twice. A watch
 // that etcd ends (compaction, lost leader) is restarted by reading the
-// prefix again and sending the difference as Added and Removed events. A
+// prefix again and sending the difference as Added and Removed events, and
+// so is every watch when the connection to etcd is back after a loss: an
+// etcd that came back without its data numbers its revisions from 1 again,
+// and a watch resumed where it was would miss every change. A
 // record overwritten with different content is Removed then Added. A
 // watcher that does not read holds at most one pending change per record:
 // changes are coalesced, and changes to different records may then arrive

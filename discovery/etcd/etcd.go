@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/internal/zapslog"
@@ -101,6 +102,9 @@ type Discovery struct {
 
 	warnMu sync.Mutex
 	warned map[string]int64 // malformed key -> mod revision warned about
+
+	connMu     sync.Mutex
+	reconnects chan struct{} // closed, and replaced, when the connection to etcd is back
 }
 
 var _ discovery.Discovery = (*Discovery)(nil)
@@ -162,6 +166,8 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		owned:   make(map[string]string),
 		suspect: make(chan struct{}, 1),
 		warned:  make(map[string]int64),
+
+		reconnects: make(chan struct{}),
 	}
 
 	gctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
@@ -181,10 +187,45 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 	d.lease, d.ttl = lease, ttl
 	close(d.ready)
 	d.ctx, d.cancel = context.WithCancel(context.Background())
-	d.wg.Add(1)
+	d.wg.Add(2)
 	go d.keep(d.ctx)
+	go d.followConn(d.ctx)
 	log.Debug("discovery: etcd lease granted", "lease", hex(lease), "ttl", ttl, "endpoints", cfg.Endpoints)
 	return d, nil
+}
+
+// followConn closes d.reconnects each time the connection to etcd is
+// ready again after it was not, until ctx ends. The etcd client resumes
+// watches on the new connection from the revision they had reached; if
+// etcd came back without its data, revisions start again below that, and
+// a resumed watch would miss every change until etcd caught up. Watchers
+// read their records again instead.
+func (d *Discovery) followConn(ctx context.Context) {
+	defer d.wg.Done()
+	conn := d.cli.ActiveConnection()
+	state := conn.GetState()
+	down := state != connectivity.Ready
+	for conn.WaitForStateChange(ctx, state) {
+		state = conn.GetState()
+		switch {
+		case state != connectivity.Ready:
+			down = true
+		case down:
+			down = false
+			d.connMu.Lock()
+			close(d.reconnects)
+			d.reconnects = make(chan struct{})
+			d.connMu.Unlock()
+		}
+	}
+}
+
+// reconnected returns a channel that is closed when the connection to
+// etcd is next ready again after a loss.
+func (d *Discovery) reconnected() <-chan struct{} {
+	d.connMu.Lock()
+	defer d.connMu.Unlock()
+	return d.reconnects
 }
 
 // ID returns the instance id: the id of the lease New was granted. It

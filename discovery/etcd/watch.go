@@ -82,12 +82,14 @@ type ordered struct {
 func (w *watcher) run(ctx context.Context) {
 	b := backoff{min: 100 * time.Millisecond, max: 5 * time.Second}
 	for first := true; ; first = false {
+		// Taken before the read, so that a reconnect during it is seen.
+		reconnected := w.d.reconnected()
 		rev, ok := w.resync(ctx, &b, first)
 		if !ok {
 			return
 		}
 		start := time.Now()
-		if !w.follow(ctx, rev) {
+		if !w.follow(ctx, rev, reconnected) {
 			return
 		}
 		if time.Since(start) > 10*time.Second {
@@ -147,9 +149,10 @@ func (w *watcher) load(recs []*record, first bool) {
 }
 
 // follow watches from rev+1 and applies changes while sending events. It
-// returns false when ctx ends, true when the etcd watch ended and the
-// caller should read again.
-func (w *watcher) follow(ctx context.Context, rev int64) bool {
+// returns false when ctx ends, true when the etcd watch ended or the
+// connection to etcd came back (reconnected is closed) and the caller
+// should read again.
+func (w *watcher) follow(ctx context.Context, rev int64, reconnected <-chan struct{}) bool {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	wch := w.d.cli.Watch(wctx, w.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
@@ -180,6 +183,9 @@ func (w *watcher) follow(ctx context.Context, rev int64) bool {
 				}
 				w.change(string(ev.Kv.Key), to)
 			}
+		case <-reconnected:
+			w.d.log.Info("discovery: connection to etcd is back; reading the records again", "prefix", w.prefix)
+			return true
 		case <-ctx.Done():
 			return false
 		}
