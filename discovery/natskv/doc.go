@@ -36,7 +36,10 @@
 // between 2/3 TTL and TTL after it died, the TTL counting from its last
 // rewrite. One that lives on but cannot reach NATS for longer than the TTL
 // loses its records and registers them again when it is back (watchers see
-// Removed, then Added). Two lost rewrites in a row are harmless.
+// Removed, then Added). Two lost rewrites in a row are harmless. A
+// nats-server that comes back without its JetStream data has no bucket:
+// the first rewrite or Register that finds it gone creates it again, and
+// the owners register their records again in it.
 //
 // Per-message TTL was chosen over a bucket MaxAge that owners refresh
 // within: both need nats-server 2.11 for the expiry to reach watchers

@@ -83,6 +83,7 @@ type Discovery struct {
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	kv     jetstream.KeyValue
+	kvCfg  jetstream.KeyValueConfig // to create the bucket again if it is lost
 	bucket string
 	pre    string // subject prefix of the bucket's keys: "$KV.{bucket}."
 	ttl    time.Duration
@@ -93,6 +94,8 @@ type Discovery struct {
 	mu     sync.Mutex
 	closed bool
 	owned  map[string]*record // by KV key
+
+	restoreMu sync.Mutex // one restoreBucket at a time
 }
 
 var _ discovery.Discovery = (*Discovery)(nil)
@@ -141,7 +144,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Discovery, error) {
 	if err != nil {
 		return nil, fmt.Errorf("natskv: %w", err)
 	}
-	kv, err := openBucket(ctx, js, jetstream.KeyValueConfig{
+	kvCfg := jetstream.KeyValueConfig{
 		Bucket:      bucket,
 		Description: "Loom discovery records (discovery/natskv)",
 		// Two revisions per key, so that a delete marker does not erase
@@ -153,7 +156,8 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Discovery, error) {
 		// with history to be at least this long.
 		LimitMarkerTTL: time.Second,
 		Replicas:       max(cfg.Replicas, 1),
-	})
+	}
+	kv, err := openBucket(ctx, js, kvCfg)
 	if err != nil {
 		return nil, openError(nc, bucket, err)
 	}
@@ -179,6 +183,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Discovery, error) {
 		nc:     nc,
 		js:     js,
 		kv:     kv,
+		kvCfg:  kvCfg,
 		bucket: bucket,
 		pre:    "$KV." + bucket + ".",
 		ttl:    ttl,
@@ -205,6 +210,33 @@ func openBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyVa
 		return js.KeyValue(ctx, cfg.Bucket)
 	}
 	return kv, err
+}
+
+// restoreBucket creates the bucket again if err, from a write, says no
+// stream took it, as after the nats-server restarts without its JetStream
+// data, and reports whether the bucket exists now. The KV handle names the stream,
+// so it works again on the new one.
+func (d *Discovery) restoreBucket(ctx context.Context, err error) bool {
+	if !errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return false
+	}
+	d.restoreMu.Lock()
+	defer d.restoreMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	_, err = d.js.KeyValue(ctx, d.bucket)
+	switch {
+	case err == nil:
+		return true // someone else created it again, or it was never gone
+	case !errors.Is(err, jetstream.ErrBucketNotFound):
+		return false
+	}
+	if _, err := openBucket(ctx, d.js, d.kvCfg); err != nil {
+		d.log.Warn("natskv: the bucket is gone and could not be created again; trying again", "err", err)
+		return false
+	}
+	d.log.Warn("natskv: the bucket was gone (nats-server restarted without its JetStream data?); created it again, and records are registered again")
+	return true
 }
 
 // openError says why the bucket could not be opened, and what to do.
@@ -286,6 +318,10 @@ func (d *Discovery) create(ctx context.Context, key string, value []byte) (uint6
 		if err == nil {
 			return rev, nil
 		}
+		if d.restoreBucket(ctx, err) {
+			expect = 0
+			continue
+		}
 		if !wrongLastSequence(err) {
 			return 0, fmt.Errorf("natskv: register %s in bucket %q: %w", key, d.bucket, err)
 		}
@@ -308,9 +344,10 @@ func (d *Discovery) create(ctx context.Context, key string, value []byte) (uint6
 
 // write publishes value on subj with the TTL, if the subject's last
 // revision is expect (0: none), and returns the new revision.
-func (d *Discovery) write(ctx context.Context, subj string, value []byte, expect uint64) (uint64, error) {
+func (d *Discovery) write(ctx context.Context, subj string, value []byte, expect uint64, opts ...jetstream.PublishOpt) (uint64, error) {
 	m := &nats.Msg{Subject: subj, Data: value, Header: nats.Header{ownerHeader: []string{d.owner}}}
-	ack, err := d.js.PublishMsg(ctx, m, jetstream.WithMsgTTL(d.ttl), jetstream.WithExpectLastSequencePerSubject(expect))
+	opts = append(opts, jetstream.WithMsgTTL(d.ttl), jetstream.WithExpectLastSequencePerSubject(expect))
+	ack, err := d.js.PublishMsg(ctx, m, opts...)
 	if err != nil {
 		return 0, err
 	}
@@ -666,11 +703,13 @@ func (d *Discovery) refreshRecord(ctx context.Context, r *record) {
 	if !ok {
 		return // unregistered meanwhile
 	}
-	rev, err := d.write(ctx, d.pre+r.key, r.value, rev)
+	// No retry if no stream answers: the bucket may be gone, and the
+	// retries would take longer than a refresh round of a short TTL.
+	rev, err := d.write(ctx, d.pre+r.key, r.value, rev, jetstream.WithRetryAttempts(0))
 	switch {
 	case err == nil:
 		d.setRev(r, rev)
-	case wrongLastSequence(err):
+	case wrongLastSequence(err), d.restoreBucket(ctx, err):
 		d.reclaim(ctx, r)
 	default:
 		d.log.Warn("natskv: refreshing a record failed; trying again", "key", r.key, "ttl", d.ttl, "err", err)

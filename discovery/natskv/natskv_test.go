@@ -558,3 +558,104 @@ func TestUnregisteredRecordsLeaveNothingBehind(t *testing.T) {
 		t.Errorf("the bucket still holds %d messages; want none", info.State.Msgs)
 	}
 }
+
+// The nats-server restarts without its JetStream data (no volume, a store
+// lost): the bucket is gone. The owners create it again and register their
+// records again, and a watcher converges on what the new bucket holds.
+func TestAServerRestartedWithoutItsDataGetsTheRecordsBack(t *testing.T) {
+	t.Parallel()
+	opts := embedded.NATSOptions{JetStream: true, StoreDir: t.TempDir()}
+	srv, err := embedded.StartNATS(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	u, err := url.Parse(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Port, _ = strconv.Atoi(u.Port())
+
+	cfg := Config{Bucket: "fresh", TTL: time.Second}
+	owner := open(t, srv.ClientURL(), cfg)
+	observer := open(t, srv.ClientURL(), cfg)
+	defer owner.Close() // before the server stops, so Close is quick
+	defer observer.Close()
+	x := inst("ns", "c", "e", 1)
+	register(t, owner, x)
+	w := startWatch(t, observer, discovery.Query{})
+	if got := keys(w.synced()); !slices.Equal(got, keys([]discovery.Instance{x})) {
+		t.Fatalf("snapshot: %v", got)
+	}
+
+	srv.Shutdown()
+	opts.StoreDir = t.TempDir()
+	srv, err = embedded.StartNATS(opts)
+	if err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	t.Cleanup(srv.Shutdown) // after the deferred Closes
+
+	testutil.EventuallyNoError(t, 3*wait, "the record is in the new bucket", func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		got, err := observer.List(ctx, discovery.Query{})
+		if err != nil {
+			return err
+		}
+		if !slices.Equal(keys(got), []string{x.Key()}) {
+			return fmt.Errorf("List = %v", keys(got))
+		}
+		return nil
+	})
+	y := inst("ns", "c", "e", 2)
+	register(t, owner, y)
+	// Whatever the watcher went through, it ends where the bucket is.
+	set := map[string]bool{x.Key(): true}
+	for !(len(set) == 2 && set[x.Key()] && set[y.Key()]) {
+		ev := w.next(3 * wait)
+		switch ev.Kind {
+		case discovery.Added:
+			set[ev.Instance.Key()] = true
+		case discovery.Removed:
+			delete(set, ev.Instance.Key())
+		}
+	}
+}
+
+// A Register that finds the bucket gone, before anyone has created it
+// again, creates it.
+func TestRegisterCreatesABucketTheServerLost(t *testing.T) {
+	t.Parallel()
+	opts := embedded.NATSOptions{JetStream: true, StoreDir: t.TempDir()}
+	srv, err := embedded.StartNATS(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	u, err := url.Parse(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Port, _ = strconv.Atoi(u.Port())
+	d := open(t, srv.ClientURL(), Config{Bucket: "lost"})
+	defer d.Close() // before the server stops, so Close is quick
+
+	srv.Shutdown()
+	opts.StoreDir = t.TempDir()
+	srv, err = embedded.StartNATS(opts)
+	if err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	t.Cleanup(srv.Shutdown) // after the deferred Close
+	// Connected alone may still be the old connection, not yet seen closed.
+	testutil.Eventually(t, wait, "the client reconnected", func() bool {
+		return d.nc.Stats().Reconnects > 0 && d.nc.IsConnected()
+	})
+
+	x := inst("ns", "c", "e", 1)
+	register(t, d, x)
+	if got := keys(list(t, d, discovery.Query{})); !slices.Equal(got, []string{x.Key()}) {
+		t.Fatalf("List after registering in the new bucket: %v", got)
+	}
+}
