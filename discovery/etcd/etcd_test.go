@@ -819,3 +819,24 @@ func TestAWatchConvergesAfterEtcdRestartsWithoutItsData(t *testing.T) {
 	late.Close()
 	observer.Close()
 }
+
+// Close with etcd gone, a watch open, gives up on the revoke after
+// DialTimeout and says that the records expire with the lease.
+func TestCloseWithEtcdGoneReturnsInTime(t *testing.T) {
+	srv := startEtcd(t, fast)
+	const dial = 500 * time.Millisecond
+	d := connect(t, srv.ClientURL(), 5*time.Second, func(c *Config) { c.DialTimeout = dial })
+	register(t, d, inst("ns", 1))
+	watch(t, d, discovery.Query{})
+	srv.Close()
+	start := time.Now()
+	err := d.Close()
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "revoke etcd lease") || !strings.Contains(err.Error(), "expire within 5s") {
+		t.Fatalf("Close with etcd gone = %v; want an error saying the records expire within the TTL", err)
+	}
+	if took > dial+time.Second {
+		t.Fatalf("Close with etcd gone took %v; want about the dial timeout %v", took, dial)
+	}
+	t.Logf("Close: %v after %v", err, took.Round(time.Millisecond))
+}
