@@ -129,3 +129,27 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeLast feeds answers to a request for a subject's latest
+// message: decodeLast must never panic, and a message it accepts has a
+// revision and headers.
+func FuzzDecodeLast(f *testing.F) {
+	f.Add([]byte(`{"type":"io.nats.jetstream.api.v1.stream_msg_get_response","message":{"subject":"$KV.b.k","seq":7,"hdrs":"TkFUUy8xLjANCkxvb20tT3duZXI6IGFiDQpOYXRzLVRUTDogMTBzDQoNCg==","data":"e30=","time":"2026-01-01T00:00:00Z"}}`))
+	f.Add([]byte(`{"message":{"seq":3}}`))
+	f.Add([]byte(`{"error":{"code":404,"err_code":10037,"description":"no message found"}}`))
+	f.Add([]byte(`{"error":{"code":503,"err_code":10008,"description":"jetstream not enabled"}}`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"message":{"seq":1,"hdrs":"TkFUUy8xLjANCg=="}}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, found, err := decodeLast("$KV.b.k", data)
+		if err != nil || !found {
+			if found || m.seq != 0 || m.header != nil {
+				t.Fatalf("decodeLast(%q) = %+v, %v, %v; want nothing with an error or not found", data, m, found, err)
+			}
+			return
+		}
+		if m.header == nil {
+			t.Fatalf("decodeLast(%q) found a message without a header map", data)
+		}
+	})
+}

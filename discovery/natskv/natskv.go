@@ -539,6 +539,12 @@ func (d *Discovery) last(ctx context.Context, subject string) (storedMsg, bool, 
 	if err != nil {
 		return storedMsg{}, false, fmt.Errorf("read the latest revision of %s: %w", subject, err)
 	}
+	return decodeLast(subject, msg.Data)
+}
+
+// decodeLast reads JetStream's answer to a request for the latest message
+// on subject.
+func decodeLast(subject string, data []byte) (storedMsg, bool, error) {
 	var resp struct {
 		Error   *jetstream.APIError `json:"error"`
 		Message *struct {
@@ -546,7 +552,7 @@ func (d *Discovery) last(ctx context.Context, subject string) (storedMsg, bool, 
 			Header   []byte `json:"hdrs"`
 		} `json:"message"`
 	}
-	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+	if err := json.Unmarshal(data, &resp); err != nil {
 		return storedMsg{}, false, fmt.Errorf("read the latest revision of %s: %w", subject, err)
 	}
 	switch {
@@ -559,6 +565,7 @@ func (d *Discovery) last(ctx context.Context, subject string) (storedMsg, bool, 
 	}
 	m := storedMsg{seq: resp.Message.Sequence, header: nats.Header{}}
 	if len(resp.Message.Header) > 0 {
+		var err error
 		if m.header, err = nats.DecodeHeadersMsg(resp.Message.Header); err != nil {
 			return storedMsg{}, false, fmt.Errorf("read the latest revision of %s: %w", subject, err)
 		}
