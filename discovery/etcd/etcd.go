@@ -14,10 +14,13 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/internal/zapslog"
@@ -286,6 +289,10 @@ func (d *Discovery) Register(ctx context.Context, inst discovery.Instance) error
 		case isLeaseNotFound(err):
 			d.regMu.RUnlock()
 			d.suspectLease(lease)
+		case isTooLarge(err):
+			d.regMu.RUnlock()
+			return fmt.Errorf("discovery: register %s in etcd: the record is %d bytes, more than etcd takes "+
+				"(its --max-request-bytes, 1.5 MiB by default); keep Instance.Metadata small: %w", key, len(val), err)
 		default:
 			d.regMu.RUnlock()
 			return fmt.Errorf("discovery: register %s in etcd: %w", key, d.callErr(err))
@@ -301,6 +308,12 @@ func (d *Discovery) create(ctx context.Context, key, val string, lease clientv3.
 		Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
 		Else(clientv3.OpGet(key)).
 		Commit()
+}
+
+// isTooLarge reports a request that etcd, or the client before sending
+// it, refused for its size.
+func isTooLarge(err error) bool {
+	return errors.Is(rpctypes.Error(err), rpctypes.ErrRequestTooLarge) || status.Code(err) == codes.ResourceExhausted
 }
 
 // existing returns the key the Else branch of create read, if any.

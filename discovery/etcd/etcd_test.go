@@ -840,3 +840,24 @@ func TestCloseWithEtcdGoneReturnsInTime(t *testing.T) {
 	}
 	t.Logf("Close: %v after %v", err, took.Round(time.Millisecond))
 }
+
+// A record larger than etcd takes is an error that says so and what to
+// do, whether the client or the server refuses it; the Discovery goes on.
+func TestAnOversizedRecordIsAClearError(t *testing.T) {
+	srv := startEtcd(t, fast)
+	d := connect(t, srv.ClientURL(), 5*time.Second)
+	for _, size := range []int{1600 << 10, 3 << 20} {
+		big := inst("ns", 1)
+		big.Metadata = map[string]string{"blob": strings.Repeat("a", size)}
+		err := d.Register(t.Context(), big)
+		if err == nil {
+			t.Fatalf("Register of a %d-byte record succeeded", size)
+		}
+		for _, want := range []string{big.Key(), "more than etcd takes", "--max-request-bytes", "keep Instance.Metadata small"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("Register of a %d-byte record = %v; want it to say %q", size, err, want)
+			}
+		}
+	}
+	register(t, d, inst("ns", 2))
+}

@@ -318,6 +318,10 @@ func (d *Discovery) create(ctx context.Context, key string, value []byte) (uint6
 		if err == nil {
 			return rev, nil
 		}
+		if errors.Is(err, nats.ErrMaxPayload) {
+			return 0, fmt.Errorf("natskv: register %s in bucket %q: the record is %d bytes, more than the nats-server at %s takes "+
+				"(its max_payload, %d bytes); keep Instance.Metadata small: %w", key, d.bucket, len(value), d.nc.ConnectedUrlRedacted(), d.nc.MaxPayload(), err)
+		}
 		if d.restoreBucket(ctx, err) {
 			expect = 0
 			continue

@@ -659,3 +659,23 @@ func TestRegisterCreatesABucketTheServerLost(t *testing.T) {
 		t.Fatalf("List after registering in the new bucket: %v", got)
 	}
 }
+
+// A record larger than the nats-server takes is an error that says so and
+// what to do; the Discovery goes on.
+func TestAnOversizedRecordIsAClearError(t *testing.T) {
+	t.Parallel()
+	srv := startNATS(t, embedded.NATSOptions{JetStream: true})
+	d := open(t, srv.ClientURL(), Config{Bucket: "oversized"})
+	big := inst("ns", "c", "e", 1)
+	big.Metadata = map[string]string{"blob": strings.Repeat("a", int(d.nc.MaxPayload()))}
+	err := d.Register(t.Context(), big)
+	if err == nil {
+		t.Fatal("Register of a record over max_payload succeeded")
+	}
+	for _, want := range []string{kvKey(big), "max_payload", "keep Instance.Metadata small"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Register = %v; want it to say %q", err, want)
+		}
+	}
+	register(t, d, inst("ns", "c", "e", 2))
+}
