@@ -42,7 +42,10 @@
 //
 // A record that another client removes with Unregister is registered again
 // by its owner if the owner's lease is later lost; owners should remove
-// their own records.
+// their own records. An owner's Unregister that fails (etcd unreachable)
+// returns the error and leaves the record under the lease, which it keeps
+// alive: the Discovery removes the record at its first keep-alive that
+// reaches etcd, unless the key has been registered again since.
 //
 // # Watches
 //

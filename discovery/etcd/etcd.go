@@ -94,13 +94,18 @@ type Discovery struct {
 	// record is missed or brought back.
 	regMu sync.RWMutex
 
-	mu      sync.Mutex
-	closed  bool
-	err     error            // why done was closed
-	lease   clientv3.LeaseID // the current lease
-	ready   chan struct{}    // closed while the lease is believed alive
-	ttl     time.Duration    // the granted TTL
-	owned   map[string]string
+	mu     sync.Mutex
+	closed bool
+	err    error            // why done was closed
+	lease  clientv3.LeaseID // the current lease
+	ready  chan struct{}    // closed while the lease is believed alive
+	ttl    time.Duration    // the granted TTL
+	owned  map[string]string
+	revs   map[string]int64 // the mod revision of each owned record
+	// orphans are the records written under the lease whose Unregister
+	// failed, by key, with their mod revision: the lease keeps them
+	// alive, so the keeper removes them once etcd answers.
+	orphans map[string]int64
 	suspect chan struct{} // capacity 1: a call saw the lease missing
 
 	warnMu sync.Mutex
@@ -167,6 +172,8 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		done:    make(chan struct{}),
 		ready:   make(chan struct{}),
 		owned:   make(map[string]string),
+		revs:    make(map[string]int64),
+		orphans: make(map[string]int64),
 		suspect: make(chan struct{}, 1),
 		warned:  make(map[string]int64),
 
@@ -276,6 +283,7 @@ func (d *Discovery) Register(ctx context.Context, inst discovery.Instance) error
 		case err == nil && resp.Succeeded:
 			d.mu.Lock()
 			d.owned[key] = string(val)
+			d.revs[key] = resp.Header.Revision
 			d.mu.Unlock()
 			d.regMu.RUnlock()
 			return nil
@@ -344,9 +352,23 @@ func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) err
 		d.mu.Unlock()
 		return discovery.ErrClosed
 	}
+	_, mine := d.owned[key]
+	rev := d.revs[key]
 	delete(d.owned, key)
+	delete(d.revs, key)
 	d.mu.Unlock()
-	if _, err := d.cli.Delete(ctx, key); err != nil {
+	_, err := d.cli.Delete(ctx, key)
+	d.mu.Lock()
+	if err == nil {
+		delete(d.orphans, key)
+	} else if mine && !d.closed {
+		d.orphans[key] = rev
+	}
+	d.mu.Unlock()
+	if err != nil {
+		if mine {
+			return fmt.Errorf("discovery: unregister %s in etcd: %w (the record is removed once etcd answers)", key, d.callErr(err))
+		}
 		return fmt.Errorf("discovery: unregister %s in etcd: %w", key, d.callErr(err))
 	}
 	return nil

@@ -861,3 +861,37 @@ func TestAnOversizedRecordIsAClearError(t *testing.T) {
 	}
 	register(t, d, inst("ns", 2))
 }
+
+// An Unregister that fails while etcd is unreachable is not the end of the
+// record: the lease that holds it is kept alive, so it would stay as long
+// as the process. Once etcd answers, the Discovery removes it; a record
+// registered again meanwhile under the same key stays.
+func TestARecordWhoseUnregisterFailedIsRemovedOnceEtcdAnswers(t *testing.T) {
+	srv := startEtcd(t, fast)
+	p := newProxy(t, strings.TrimPrefix(srv.ClientURL(), "http://"))
+	d := connect(t, p.URL(), 5*time.Second)
+	observer := connect(t, srv.ClientURL(), 5*time.Second)
+	x, y, z := inst("ns", 1), inst("ns", 2), inst("ns", 3)
+	register(t, d, x, y, z)
+	w := watch(t, observer, discovery.Query{Namespace: "ns"})
+	w.has(5*time.Second, "the records", x, y, z)
+
+	p.partition(true)
+	for _, i := range []discovery.Instance{x, y} {
+		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		err := d.Unregister(ctx, i)
+		cancel()
+		if err == nil {
+			t.Fatalf("Unregister(%s) through a partition succeeded", i.Key())
+		}
+	}
+	// The delete of y was applied, its answer lost.
+	if _, err := raw(t, srv.ClientURL()).Delete(t.Context(), y.Key()); err != nil {
+		t.Fatal(err)
+	}
+	p.partition(false)
+	register(t, d, y) // and the caller registers y again
+	took := w.has(10*time.Second, "the Removed of the record whose Unregister failed", y, z)
+	t.Logf("removed %v after the partition healed", took.Round(time.Millisecond))
+	w.quietFor(time.Second) // and y stays
+}

@@ -186,6 +186,7 @@ func (d *Discovery) keepAlive(ctx context.Context, lease clientv3.LeaseID) {
 			failing, expiredLogged = false, false
 			lastOK = time.Now()
 			d.markReady(lease)
+			d.removeOrphans(ctx)
 			timer.Reset(interval)
 		case isLeaseNotFound(err):
 			return
@@ -203,6 +204,37 @@ func (d *Discovery) keepAlive(ctx context.Context, lease clientv3.LeaseID) {
 			}
 			timer.Reset(interval / 4)
 		}
+	}
+}
+
+// removeOrphans deletes the records whose Unregister failed, each only if
+// it is still the revision this Discovery wrote, so that a record
+// registered again since stays. What it cannot delete waits for the next
+// keep-alive.
+func (d *Discovery) removeOrphans(ctx context.Context) {
+	d.mu.Lock()
+	orphans := maps.Clone(d.orphans)
+	d.mu.Unlock()
+	if len(orphans) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.DialTimeout)
+	defer cancel()
+	for _, key := range slices.Sorted(maps.Keys(orphans)) {
+		_, err := d.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", orphans[key])).
+			Then(clientv3.OpDelete(key)).
+			Commit()
+		if err != nil {
+			d.log.Warn("discovery: cannot remove a record whose Unregister failed yet; retrying", "key", key, "error", err)
+			return
+		}
+		d.mu.Lock()
+		if d.orphans[key] == orphans[key] {
+			delete(d.orphans, key)
+		}
+		d.mu.Unlock()
+		d.log.Info("discovery: removed a record whose Unregister had failed", "key", key)
 	}
 }
 
@@ -273,6 +305,7 @@ func (d *Discovery) reregister(ctx context.Context, lease clientv3.LeaseID) (int
 	d.mu.Lock()
 	d.lease = lease
 	owned := maps.Clone(d.owned)
+	clear(d.orphans) // gone with the lost lease
 	d.mu.Unlock()
 	for _, key := range slices.Sorted(maps.Keys(owned)) {
 		resp, err := d.create(ctx, key, owned[key], lease)
@@ -280,13 +313,24 @@ func (d *Discovery) reregister(ctx context.Context, lease clientv3.LeaseID) (int
 			return 0, fmt.Errorf("register %s: %w", key, err)
 		}
 		if resp.Succeeded {
+			d.mu.Lock()
+			d.revs[key] = resp.Header.Revision
+			d.mu.Unlock()
 			continue
 		}
-		if kv := existing(resp); kv != nil && clientv3.LeaseID(kv.Lease) != lease {
+		kv := existing(resp)
+		switch {
+		case kv == nil:
+		case clientv3.LeaseID(kv.Lease) != lease:
 			d.log.Warn("discovery: a record was registered by another client while this one had no lease; leaving it to that client",
 				"key", key, "their_lease", hex(clientv3.LeaseID(kv.Lease)))
 			d.mu.Lock()
 			delete(d.owned, key)
+			delete(d.revs, key)
+			d.mu.Unlock()
+		default:
+			d.mu.Lock()
+			d.revs[key] = kv.ModRevision
 			d.mu.Unlock()
 		}
 	}
