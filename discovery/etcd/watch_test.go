@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
 	"github.com/loomrt/loom/discovery"
 )
 
@@ -81,4 +83,30 @@ func TestAStalledReaderCostsOneChangePerRecord(t *testing.T) {
 	if len(w.queue) > watchQueue || len(w.order) != 0 {
 		t.Fatalf("after draining: queue %d, order %d", len(w.queue), len(w.order))
 	}
+}
+
+// FuzzParse feeds records as anyone with access to etcd could leave them:
+// parse must never panic, and a record it accepts is a valid instance whose
+// key is the one it was read under.
+func FuzzParse(f *testing.F) {
+	good := `{"namespace":"ns","component":"c","endpoint":"e","instance_id":1,"transport":"tcp","address":"h:1","codec":"json"}`
+	f.Add("v1/instances/ns/c/e/1", []byte(good))
+	f.Add("v1/instances/ns/c/e/2", []byte(good)) // a value for another key
+	f.Add("v1/instances/ns/c/e/1", []byte(`{"type":"Endpoint","namespace":"ns","component":"c","endpoint":"e","instance_id":1,"transport":{"tcp":"h:1"}}`))
+	f.Add("v1/instances/ns/c/e/1", []byte(`{"namespace":"NS","component":"c","endpoint":"e","instance_id":1}`))
+	f.Add("v1/instances/ns/c/e", []byte(good))
+	f.Add("v1/instances/ns/c/e/1", []byte(`null`))
+	d := &Discovery{log: quiet, warned: map[string]int64{}}
+	f.Fuzz(func(t *testing.T, key string, value []byte) {
+		r := d.parse(&mvccpb.KeyValue{Key: []byte(key), Value: value, ModRevision: 1})
+		if r == nil {
+			return
+		}
+		if err := r.inst.Validate(); err != nil {
+			t.Fatalf("parse(%q, %q) accepted an invalid instance: %v", key, value, err)
+		}
+		if r.key != key || r.inst.Key() != key || r.val != string(value) {
+			t.Fatalf("parse(%q, %q) = %+v, whose key is %q", key, value, r, r.inst.Key())
+		}
+	})
 }
