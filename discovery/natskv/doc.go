@@ -74,7 +74,10 @@
 // matches the filter, read from the stream after that delivery. List works
 // the same way. When the NATS connection comes back after a disconnect or
 // a server restart, a watch reads the records again and sends the
-// difference from what it had told its reader. A reader that falls behind
-// never blocks anything: changes wait in a per-watch map with one entry
-// per record, and the reader gets each record's net change.
+// difference from what it had told its reader; so does it when the bucket
+// is created again after it was deleted or lost (it listens for
+// JetStream's advisory of that), as its consumer went with the old
+// stream. A reader that falls behind never blocks anything: changes wait
+// in a per-watch map with one entry per record, and the reader gets each
+// record's net change.
 package natskv

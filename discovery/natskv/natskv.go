@@ -96,6 +96,10 @@ type Discovery struct {
 	owned  map[string]*record // by KV key
 
 	restoreMu sync.Mutex // one restoreBucket at a time
+
+	created   *nats.Subscription // JetStream's advisories that the bucket's stream was created
+	createdMu sync.Mutex
+	recreated chan struct{} // closed, and replaced, when the bucket's stream is created again
 }
 
 var _ discovery.Discovery = (*Discovery)(nil)
@@ -191,11 +195,35 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Discovery, error) {
 		log:    log,
 		tasks:  supervise.New(context.Background(), log, nil),
 		owned:  make(map[string]*record),
+
+		recreated: make(chan struct{}),
+	}
+	// A KV watcher's consumer goes with a deleted stream, and nats.go
+	// would recreate it on a new stream of the same name from the
+	// sequence it had reached, which means nothing there: watches start
+	// again when the stream is created again.
+	d.created, err = nc.Subscribe("$JS.EVENT.ADVISORY.STREAM.CREATED.KV_"+bucket, func(*nats.Msg) {
+		d.createdMu.Lock()
+		close(d.recreated)
+		d.recreated = make(chan struct{})
+		d.createdMu.Unlock()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("natskv: listen for bucket %q being created again: %w", bucket, err)
 	}
 	if err := d.tasks.Go("natskv refresh", d.refreshLoop, supervise.Restart(time.Second, ttl)); err != nil {
+		_ = d.created.Unsubscribe()
 		return nil, err
 	}
 	return d, nil
+}
+
+// recreatedCh returns a channel that is closed when the bucket's stream is
+// next created again.
+func (d *Discovery) recreatedCh() <-chan struct{} {
+	d.createdMu.Lock()
+	defer d.createdMu.Unlock()
+	return d.recreated
 }
 
 // openBucket binds to the bucket, creating it if it is missing.
@@ -627,6 +655,7 @@ func (d *Discovery) Close() error {
 
 	// No refresh may run once the removals start.
 	_ = d.tasks.Stop(context.Background())
+	_ = d.created.Unsubscribe()
 
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()

@@ -679,3 +679,39 @@ func TestAnOversizedRecordIsAClearError(t *testing.T) {
 	}
 	register(t, d, inst("ns", "c", "e", 2))
 }
+
+// The bucket is deleted while the nats-server runs (an operator's
+// `nats kv rm`): the owners create it again and register their records,
+// and a watcher, whose consumer went with the old stream, reads the new
+// bucket and converges on it.
+func TestAWatchFollowsTheBucketWhenItIsCreatedAgain(t *testing.T) {
+	t.Parallel()
+	srv := startNATS(t, embedded.NATSOptions{JetStream: true})
+	cfg := Config{Bucket: "recreated", TTL: time.Second}
+	owner := open(t, srv.ClientURL(), cfg)
+	observer := open(t, srv.ClientURL(), cfg)
+	x := inst("ns", "c", "e", 1)
+	register(t, owner, x)
+	w := startWatch(t, observer, discovery.Query{})
+	w.synced()
+
+	js, err := jetstream.New(connect(t, srv.ClientURL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteKeyValue(t.Context(), cfg.Bucket); err != nil {
+		t.Fatal(err)
+	}
+	y := inst("ns", "c", "e", 2)
+	register(t, owner, y) // creates the bucket again
+	set := map[string]bool{x.Key(): true}
+	for !(len(set) == 2 && set[x.Key()] && set[y.Key()]) {
+		ev := w.next(3 * wait)
+		switch ev.Kind {
+		case discovery.Added:
+			set[ev.Instance.Key()] = true
+		case discovery.Removed:
+			delete(set, ev.Instance.Key())
+		}
+	}
+}

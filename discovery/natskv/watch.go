@@ -61,6 +61,7 @@ func (d *Discovery) Watch(ctx context.Context, q discovery.Query) (<-chan discov
 	stop := context.AfterFunc(ctx, cancel)
 	// Listen before the first read, so no reconnect is missed.
 	reconnected := d.nc.StatusChanged(nats.CONNECTED)
+	w.recreated = d.recreatedCh()
 	if err := w.start(wctx); err != nil {
 		stop()
 		cancel()
@@ -90,6 +91,8 @@ type watch struct {
 	d      *Discovery
 	filter string
 	out    chan discovery.Event
+
+	recreated <-chan struct{} // closed when the bucket is created again after kw started
 
 	kw       jetstream.KeyWatcher // nil while there is none
 	kwCancel context.CancelFunc   // ends kw's context
@@ -208,6 +211,12 @@ func (w *watch) run(ctx context.Context, reconnected chan nats.Status) {
 		case <-reconnected:
 			// Changes made while disconnected never reached the old
 			// consumer, and their markers may be gone: read again.
+			w.stopKV()
+			restart.Stop()
+			again()
+		case <-w.recreated:
+			w.d.log.Info("natskv: the bucket was created again; reading it again", "filter", w.filter)
+			w.recreated = w.d.recreatedCh()
 			w.stopKV()
 			restart.Stop()
 			again()
