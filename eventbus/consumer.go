@@ -37,12 +37,24 @@ func (b *Bus) RegisterConsumer(nameServer, topic, group string, handler Consumer
 		return errors.New("eventbus: RegisterConsumer needs a handler")
 	}
 	q := b.cfg.Queue
-	o := ConsumerOption{Concurrency: q.Concurrency, MaxDeliver: q.MaxDeliver}
+	var o ConsumerOption
 	for _, opt := range opts {
 		opt(&o)
 	}
-	o.Concurrency = max(o.Concurrency, 1)
-	o.MaxDeliver = max(o.MaxDeliver, 1)
+	if o.Concurrency < 0 || o.Concurrency > maxConcurrency {
+		return fmt.Errorf("eventbus: consumer of topic %s, group %s: WithConcurrency(%d): want 1 to %d, or 0 for queue.concurrency (%d)",
+			topic, group, o.Concurrency, maxConcurrency, q.Concurrency)
+	}
+	if o.MaxDeliver < 0 {
+		return fmt.Errorf("eventbus: consumer of topic %s, group %s: WithMaxDeliver(%d): want at least 1, or 0 for queue.max_deliver (%d)",
+			topic, group, o.MaxDeliver, q.MaxDeliver)
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = q.Concurrency
+	}
+	if o.MaxDeliver == 0 {
+		o.MaxDeliver = q.MaxDeliver
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), b.connectTimeout()+5*time.Second)
 	defer cancel()
 	c, err := b.conn(ctx, nameServer)
@@ -76,6 +88,9 @@ func (b *Bus) RegisterConsumer(nameServer, topic, group string, handler Consumer
 	}
 	return nil
 }
+
+// maxConcurrency is queue.concurrency's upper bound.
+const maxConcurrency = 100000
 
 // jsConsumer is a group on JetStream.
 type jsConsumer struct{ r *jsconsume.Runner }

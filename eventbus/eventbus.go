@@ -129,10 +129,12 @@ func WithConsumerOrderly(orderly bool) ConsumerOpt {
 	return func(o *ConsumerOption) { o.Orderly = orderly }
 }
 
-// WithConcurrency sets how many messages are handled at once.
+// WithConcurrency sets how many messages are handled at once (1 to
+// 100000; 0 is queue.concurrency).
 func WithConcurrency(n int) ConsumerOpt { return func(o *ConsumerOption) { o.Concurrency = n } }
 
-// WithMaxDeliver sets the number of attempts before dead-lettering.
+// WithMaxDeliver sets the number of attempts before dead-lettering (0 is
+// queue.max_deliver).
 func WithMaxDeliver(n int) ConsumerOpt { return func(o *ConsumerOption) { o.MaxDeliver = n } }
 
 // Config configures a Bus.

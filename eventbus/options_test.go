@@ -1,0 +1,68 @@
+package eventbus_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom/eventbus"
+	"github.com/loomrt/loom/internal/testutil"
+)
+
+// TestZeroConsumerOptionsTakeTheBusConfiguration: ConsumerOption's zero
+// values take the queue.* keys, so WithMaxDeliver(0) keeps the bus's
+// attempts instead of dead-lettering at the first failure.
+func TestZeroConsumerOptionsTakeTheBusConfiguration(t *testing.T) {
+	modes(t, func(t *testing.T, js bool) {
+		ns := startNATS(t, nil)
+		cfg := busConfig(ns, js)
+		cfg.Queue.MaxDeliver = 3
+		b := newBus(t, cfg)
+		ctx := ctxFor(t, 20*time.Second)
+		var attempts, done atomic.Int64
+		err := b.RegisterConsumer("", "jobs.zero", "worker", eventbus.HandlerFunc(func(ctx context.Context, msg *eventbus.Message) error {
+			if attempts.Add(1) < 3 {
+				return errors.New("not yet")
+			}
+			done.Add(1)
+			return nil
+		}), eventbus.WithMaxDeliver(0), eventbus.WithConcurrency(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := b.NewProducer("", "jobs.zero", "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Send(ctx, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 10*time.Second, "the third attempt succeeded", func() bool { return done.Load() == 1 })
+		if n := attempts.Load(); n != 3 {
+			t.Fatalf("%d attempts, want 3", n)
+		}
+	})
+}
+
+func TestNegativeConsumerOptionsAreRefused(t *testing.T) {
+	ns := startNATS(t, nil)
+	b := newBus(t, busConfig(ns, false))
+	h := eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error { return nil })
+	for _, tc := range []struct {
+		opt  eventbus.ConsumerOpt
+		name string
+	}{
+		{eventbus.WithConcurrency(-1), "WithConcurrency(-1)"},
+		{eventbus.WithMaxDeliver(-2), "WithMaxDeliver(-2)"},
+	} {
+		t.Run(tc.name+" is an error naming it", func(t *testing.T) {
+			err := b.RegisterConsumer("", "jobs.neg", "worker", h, tc.opt)
+			if err == nil || !strings.Contains(err.Error(), tc.name) {
+				t.Fatalf("RegisterConsumer with %s: %v; want an error naming it", tc.name, err)
+			}
+		})
+	}
+}
