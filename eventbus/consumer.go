@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"hash/maphash"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -92,6 +94,19 @@ func (b *Bus) RegisterConsumer(nameServer, topic, group string, handler Consumer
 // maxConcurrency is queue.concurrency's upper bound.
 const maxConcurrency = 100000
 
+// durableName is group's JetStream consumer: the group itself, as Coze
+// Studio names it, unless it holds a path separator, which consumer names
+// may not; then the group with those replaced and a hash of the name, so
+// that distinct groups never share a consumer (and its messages).
+func durableName(group string) string {
+	if !strings.ContainsAny(group, `/\`) {
+		return group
+	}
+	h := fnv.New32a()
+	h.Write([]byte(group))
+	return strings.NewReplacer("/", "_", `\`, "_").Replace(group) + fmt.Sprintf("_%08x", h.Sum32())
+}
+
 // jsConsumer is a group on JetStream.
 type jsConsumer struct{ r *jsconsume.Runner }
 
@@ -104,7 +119,7 @@ func (b *Bus) startJetStream(ctx context.Context, c *conn, topic, group string, 
 	if err := b.ensureStreams(ctx, c, topic, true); err != nil {
 		return nil, err
 	}
-	durable := unsafe.ReplaceAllString(group, "_")
+	durable := durableName(group)
 	stream := StreamName(topic)
 	create := func(ctx context.Context) (jetstream.Consumer, error) {
 		cons, err := c.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
