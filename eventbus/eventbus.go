@@ -299,7 +299,11 @@ func checkGroup(group string) error {
 
 // StreamName returns the JetStream stream that holds topic's messages:
 // the topic with every character other than letters, digits, '-' and '_'
-// replaced by '_', then "_STREAM", as Coze Studio names it.
+// replaced by '_', then "_STREAM". For a topic of letters, digits, '.',
+// '-' and '_' (all of Coze Studio's) that is the name Coze Studio gives
+// it; Coze replaces only the dots, so for a topic with other characters
+// the two name different streams, and the second one created is refused
+// for taking the topic the first already takes.
 func StreamName(topic string) string { return unsafe.ReplaceAllString(topic, "_") + "_STREAM" }
 
 // DeadLetterStream returns the stream that holds topic's dead letters.
