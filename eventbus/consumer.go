@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -196,6 +197,7 @@ type coreConsumer struct {
 	subClosed    chan struct{}
 	workersDone  chan struct{}
 	once         sync.Once
+	running      atomic.Int64 // handlers running
 }
 
 func (b *Bus) startCore(c *conn, topic, group string, h ConsumerHandler, o ConsumerOption, policy jsconsume.Policy, m *metrics.Queue) (stopper, error) {
@@ -337,6 +339,8 @@ func (cc *coreConsumer) call(msg *Message) (err error) {
 	ctx, cancel := context.WithTimeout(cc.base, timeout)
 	defer cancel()
 	start := time.Now()
+	cc.running.Add(1)
+	defer cc.running.Add(-1)
 	defer func() {
 		cc.m.HandlerDuration.Observe(time.Since(start).Seconds())
 		if r := recover(); r != nil {
@@ -377,7 +381,8 @@ func (cc *coreConsumer) deadLetter(m *nats.Msg, reason string, cause error, atte
 
 // shutdown drains the subscription: no new messages; those queued in it
 // are still handled; then the workers finish. If ctx ends first, handler
-// contexts are cancelled and shutdown waits for the workers to return.
+// contexts are cancelled and shutdown waits up to ShutdownGrace for the
+// workers to return, then abandons those in handlers that ignore it.
 func (cc *coreConsumer) shutdown(ctx context.Context) error {
 	// The subscription's closed handler ends the workers' input once the
 	// drain is done: only then does dispatch no longer run.
@@ -389,6 +394,17 @@ func (cc *coreConsumer) shutdown(ctx context.Context) error {
 	}
 	cc.kill() // workers and dispatch return
 	_ = cc.sub.Unsubscribe()
-	<-cc.workersDone
-	return ctx.Err()
+	grace := time.NewTimer(jsconsume.ShutdownGrace)
+	defer grace.Stop()
+	select {
+	case <-cc.workersDone:
+		return ctx.Err()
+	case <-grace.C:
+	}
+	// The workers left are in handlers that ignore their context: they
+	// are left to finish, as a JetStream consumer leaves them.
+	n := cc.running.Load()
+	cc.b.log.Error("eventbus: handlers ignored their cancelled context; abandoned", "topic", cc.topic, "group", cc.group, "handlers", n)
+	return fmt.Errorf("eventbus: topic %s, group %s: %d handlers still running %s after their context was cancelled were abandoned (Core NATS keeps no copy of their messages; a handler must return when its context ends): %w",
+		cc.topic, cc.group, n, jsconsume.ShutdownGrace, ctx.Err())
 }

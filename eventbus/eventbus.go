@@ -377,20 +377,20 @@ func hint(err error) error {
 // Shutdown drains the bus: every consumer stops taking messages, hands
 // back those not started, and lets its running handlers finish and settle;
 // then the connections the bus opened are drained and closed. If ctx ends
-// first, running handlers' contexts are cancelled, Shutdown waits for them
-// to return and returns ctx's error; a JetStream consumer waits at most
-// workqueue.ShutdownGrace for them and reports those still running (they
-// ignore their context) in a *workqueue.AbandonedError, without waiting
-// for them. Later calls return nil.
+// first, running handlers' contexts are cancelled, Shutdown waits at most
+// workqueue.ShutdownGrace for them to return and returns ctx's error; it
+// reports handlers still running then (they ignore their context), without
+// waiting for them, in an error wrapping ctx's: a JetStream consumer's is a
+// *workqueue.AbandonedError. Later calls return nil.
 func (b *Bus) Shutdown(ctx context.Context) error { return b.shutdown(ctx, false) }
 
 // Close stops the bus now: every consumer stops taking messages and its
 // running handlers' contexts are cancelled at once; messages not settled
 // are handed back (JetStream) or dropped (Core NATS, which keeps none).
-// Close waits for the handlers to return (a JetStream consumer at most
-// workqueue.ShutdownGrace, reporting those that ignore their context in
-// a *workqueue.AbandonedError), then closes the connections the bus
-// opened. Later calls of Shutdown or Close return nil.
+// Close waits at most workqueue.ShutdownGrace for the handlers to return,
+// reporting those that ignore their context (a JetStream consumer in a
+// *workqueue.AbandonedError), then closes the connections the bus opened.
+// Later calls of Shutdown or Close return nil.
 func (b *Bus) Close() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
