@@ -387,10 +387,26 @@ func (cc *coreConsumer) shutdown(ctx context.Context) error {
 	// The subscription's closed handler ends the workers' input once the
 	// drain is done: only then does dispatch no longer run.
 	_ = cc.sub.Drain()
-	select {
-	case <-cc.workersDone:
-		return nil
-	case <-ctx.Done():
+	// A drain waits for the server's answer to a flush, up to nats.go's
+	// ten seconds while the connection is down; but then the server can
+	// send nothing more, so once the subscription holds no message it is
+	// simply removed.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-cc.workersDone:
+			return nil
+		case <-ctx.Done():
+			break wait
+		case <-tick.C:
+			if !cc.c.nc.IsConnected() {
+				if n, _, err := cc.sub.Pending(); err == nil && n == 0 {
+					_ = cc.sub.Unsubscribe()
+				}
+			}
+		}
 	}
 	cc.kill() // workers and dispatch return
 	_ = cc.sub.Unsubscribe()

@@ -1,0 +1,134 @@
+package eventbus_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/eventbus"
+	"github.com/loomrt/loom/internal/testutil"
+)
+
+// TestConsumersCarryOnAcrossAServerRestart: the NATS server stops and
+// starts again on the same port (and, for JetStream, the same store); the
+// bus's producer and consumers reconnect and carry on, and a JetStream
+// group started after the restart gets what was stored before it.
+func TestConsumersCarryOnAcrossAServerRestart(t *testing.T) {
+	modes(t, func(t *testing.T, js bool) {
+		port := testutil.FreePort(t)
+		dir := t.TempDir()
+		opts := embedded.NATSOptions{Port: port, JetStream: true, StoreDir: dir}
+		ns, err := embedded.StartNATS(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := busConfig(ns, js)
+		cfg.Queue.Storage = "file"
+		b, err := eventbus.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := b.Shutdown(ctxFor(t, 10*time.Second)); err != nil {
+				t.Errorf("Shutdown: %v", err)
+			}
+		}()
+		ctx := ctxFor(t, 30*time.Second)
+		var mu sync.Mutex
+		seen := map[string]int{}
+		record := eventbus.HandlerFunc(func(ctx context.Context, msg *eventbus.Message) error {
+			mu.Lock()
+			seen[string(msg.Body)]++
+			mu.Unlock()
+			return nil
+		})
+		has := func(body string) func() bool {
+			return func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return seen[body] > 0
+			}
+		}
+		if err := b.RegisterConsumer("", "restart.topic", "g", record); err != nil {
+			t.Fatal(err)
+		}
+		p, err := b.NewProducer("", "restart.topic", "", -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Send(ctx, []byte("before")); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 10*time.Second, "the message sent before the restart", has("before"))
+		ns.Shutdown()
+		ns2, err := embedded.StartNATS(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns2.Shutdown() // after the bus's Shutdown, a cleanup
+		// Send until one arrives: on Core NATS a message sent before the
+		// subscription is back is lost to the group.
+		for i := 0; ; i++ {
+			body := fmt.Sprintf("after-%d", i)
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := p.Send(sctx, []byte(body))
+			cancel()
+			deadline := time.Now().Add(500 * time.Millisecond)
+			for time.Now().Before(deadline) && !has(body)() {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if has(body)() {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("no message sent after the restart reached the group; last send: %v", err)
+			}
+		}
+		if js {
+			// A group that starts after the restart gets what was stored
+			// before it.
+			late := newCollector()
+			if err := b.RegisterConsumer("", "restart.topic", "late", late); err != nil {
+				t.Fatal(err)
+			}
+			testutil.Eventually(t, 10*time.Second, "the late group got the message stored before the restart", func() bool {
+				late.mu.Lock()
+				defer late.mu.Unlock()
+				return late.bodies["before"] == 1
+			})
+		}
+	})
+}
+
+// TestShutdownWithTheServerDownReturnsAtOnce: with the server gone there
+// is nothing more to drain from it; a Core NATS consumer's Shutdown does
+// not wait out nats.go's ten-second flush (past a runtime's shutdown
+// wait, which would cancel running handlers) for an answer that cannot
+// come.
+func TestShutdownWithTheServerDownReturnsAtOnce(t *testing.T) {
+	ns := startNATS(t, nil)
+	b, err := eventbus.New(busConfig(ns, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCollector()
+	if err := b.RegisterConsumer("", "down.topic", "g", c); err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.NewProducer("", "down.topic", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctxFor(t, 5*time.Second), []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the message handled", func() bool { return c.n.Load() == 1 })
+	ns.Shutdown()
+	start := time.Now()
+	if err := b.Shutdown(ctxFor(t, 5*time.Second)); err != nil {
+		t.Fatalf("Shutdown with the server down: %v after %s", err, time.Since(start).Round(time.Millisecond))
+	}
+}
