@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"unicode"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -291,8 +292,11 @@ func checkTopic(topic string) error {
 }
 
 func checkGroup(group string) error {
-	if group == "" || len(group) > 200 || strings.ContainsAny(group, " \t\r\n.*>") {
-		return fmt.Errorf("eventbus: group %q: want a name without spaces, dots or wildcards", group)
+	bad := strings.ContainsAny(group, ".*>") || strings.ContainsFunc(group, func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsControl(r)
+	})
+	if group == "" || len(group) > 200 || bad {
+		return fmt.Errorf("eventbus: group %q: want a non-empty name of at most 200 bytes without spaces, control characters, dots or wildcards", group)
 	}
 	return nil
 }

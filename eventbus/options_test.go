@@ -66,3 +66,34 @@ func TestNegativeConsumerOptionsAreRefused(t *testing.T) {
 		})
 	}
 }
+
+func TestBadTopicsAndGroupsAreRefusedWithWhatToDo(t *testing.T) {
+	ns := startNATS(t, nil)
+	b := newBus(t, busConfig(ns, true))
+	h := eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error { return nil })
+	long := strings.Repeat("g", 201)
+	for _, tc := range []struct {
+		name, topic, group string
+		want               []string // in the error
+	}{
+		{"an empty topic", "", "g", []string{`topic ""`, "want"}},
+		{"a topic with a wildcard", "a.*", "g", []string{`topic "a.*"`, "wildcards"}},
+		{"a topic with an empty token", "a..b", "g", []string{`topic "a..b"`, "dot-separated tokens"}},
+		{"an empty group", "t", "", []string{`group ""`, "non-empty"}},
+		{"a group with a dot", "t", "a.b", []string{`group "a.b"`, "dots"}},
+		{"a group with a form feed", "t", "a\fb", []string{`group "a\fb"`, "spaces"}},
+		{"a group of 201 bytes", "t", long, []string{"group", "200 bytes"}},
+	} {
+		t.Run(tc.name+" is refused", func(t *testing.T) {
+			err := b.RegisterConsumer("", tc.topic, tc.group, h)
+			if err == nil {
+				t.Fatal("RegisterConsumer succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
