@@ -1,7 +1,9 @@
 package eventbus_test
 
 import (
+	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -64,4 +66,50 @@ func TestGroupsWhoseNamesDifferOnlyInPunctuationEachGetEveryMessage(t *testing.T
 			t.Errorf("consumer %q of stream %s: %v; want it named as the group", g, eventbus.StreamName(topic), err)
 		}
 	}
+}
+
+// TestAPanickingHandlerIsRetriedAndTheGroupGoesOn: a panic is an error:
+// the message is tried again, and the group keeps handling the others.
+func TestAPanickingHandlerIsRetriedAndTheGroupGoesOn(t *testing.T) {
+	modes(t, func(t *testing.T, js bool) {
+		ns := startNATS(t, nil)
+		b := newBus(t, busConfig(ns, js))
+		ctx := ctxFor(t, 20*time.Second)
+		var mu sync.Mutex
+		tries := map[string]int{}
+		done := map[string]bool{}
+		err := b.RegisterConsumer("", "panics", "g", eventbus.HandlerFunc(func(ctx context.Context, msg *eventbus.Message) error {
+			mu.Lock()
+			tries[string(msg.Body)]++
+			first := tries[string(msg.Body)] == 1
+			mu.Unlock()
+			if first && string(msg.Body) == "bad" {
+				panic("boom")
+			}
+			mu.Lock()
+			done[string(msg.Body)] = true
+			mu.Unlock()
+			return nil
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := b.NewProducer("", "panics", "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.BatchSend(ctx, [][]byte{[]byte("bad"), []byte("good")}); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 10*time.Second, "both messages handled", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return done["bad"] && done["good"]
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		if tries["bad"] != 2 {
+			t.Errorf("the message whose handler panicked was tried %d times, want 2", tries["bad"])
+		}
+	})
 }
