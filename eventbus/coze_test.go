@@ -127,3 +127,58 @@ func TestCozeCreatedStreamKeepsItsLimits(t *testing.T) {
 		t.Fatalf("no warning naming the differences; logs:\n%s", logs.String())
 	}
 }
+
+// TestCozeCreatedConsumerIsTheGroupsConsumer: Coze Studio's JetStream
+// member pulls with js.PullSubscribe(topic, group), which makes the
+// durable consumer named as the group; a Loom member of that group
+// registers on the same consumer, so the group's messages are shared,
+// not handled once by each side.
+func TestCozeCreatedConsumerIsTheGroupsConsumer(t *testing.T) {
+	ns := startNATS(t, nil)
+	topic, group := "opencoze_search_app", "cg_search_app"
+	b := newBus(t, busConfig(ns, true))
+	p, err := b.NewProducer("", topic, "", 0) // makes the stream, as Coze's would
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	legacy, err := nc.JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := legacy.PullSubscribe(topic, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	c := newCollector()
+	if err := b.RegisterConsumer("", topic, group, c); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.BatchSend(t.Context(), [][]byte{[]byte("1"), []byte("2"), []byte("3")}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the Loom member handled the three", func() bool { return c.n.Load() == 3 })
+	js, _ := jetstream.New(nc)
+	stream, err := js.Stream(t.Context(), eventbus.StreamName(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := stream.ConsumerNames(t.Context())
+	var all []string
+	for n := range names.Name() {
+		all = append(all, n)
+	}
+	if len(all) != 1 || all[0] != group {
+		t.Fatalf("consumers of stream %s: %v; want only Coze's %s", eventbus.StreamName(topic), all, group)
+	}
+	// Coze's member, pulling now, finds nothing left: the group's
+	// messages were handled once.
+	if msgs, err := sub.Fetch(1, nats.MaxWait(200*time.Millisecond)); err == nil && len(msgs) > 0 {
+		t.Fatalf("Coze's member of the group got %q after Loom's handled it", msgs[0].Data)
+	}
+}
