@@ -58,3 +58,39 @@ func TestCloseAbandonsAHandlerThatIgnoresItsContext(t *testing.T) {
 		}
 	})
 }
+
+// TestCloseWaitsForADeadLetterWithoutCallingItAbandoned: a Core NATS
+// worker storing a dead letter past the grace (the server is gone) runs
+// no handler; Close waits for it, bounded by the dead letter's own
+// timeout, and reports nothing abandoned.
+func TestCloseWaitsForADeadLetterWithoutCallingItAbandoned(t *testing.T) {
+	ns := startNATS(t, nil)
+	b, err := eventbus.New(busConfig(ns, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 20*time.Second)
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	err = b.RegisterConsumer("", "reports.failing", "renderer", eventbus.HandlerFunc(func(ctx context.Context, msg *eventbus.Message) error {
+		started <- struct{}{}
+		<-release
+		return errors.New("render failed")
+	}), eventbus.WithMaxDeliver(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.NewProducer("", "reports.failing", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	ns.Shutdown() // the dead letter cannot be stored: it waits out its timeout
+	close(release)
+	if err := b.Close(); err != nil {
+		t.Fatalf("Close: %v; want nil: no handler was running", err)
+	}
+}

@@ -420,6 +420,12 @@ wait:
 	// The workers left are in handlers that ignore their context: they
 	// are left to finish, as a JetStream consumer leaves them.
 	n := cc.running.Load()
+	if n == 0 {
+		// No handler left: only a dead letter being stored, which its
+		// own timeout bounds.
+		<-cc.workersDone
+		return ctx.Err()
+	}
 	cc.b.log.Error("eventbus: handlers ignored their cancelled context; abandoned", "topic", cc.topic, "group", cc.group, "handlers", n)
 	return fmt.Errorf("eventbus: topic %s, group %s: %d handlers still running %s after their context was cancelled were abandoned (Core NATS keeps no copy of their messages; a handler must return when its context ends): %w",
 		cc.topic, cc.group, n, jsconsume.ShutdownGrace, ctx.Err())
