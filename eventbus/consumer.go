@@ -114,15 +114,17 @@ type jsConsumer struct{ r *jsconsume.Runner }
 func (c *jsConsumer) shutdown(ctx context.Context) error { return c.r.Shutdown(ctx) }
 
 func (b *Bus) startJetStream(ctx context.Context, c *conn, topic, group string, h ConsumerHandler, o ConsumerOption, policy jsconsume.Policy, m *metrics.Queue) (stopper, error) {
-	if err := b.ensureStreams(ctx, c, topic, false); err != nil {
-		return nil, err
-	}
-	if err := b.ensureStreams(ctx, c, topic, true); err != nil {
-		return nil, err
-	}
 	durable := durableName(group)
 	stream := StreamName(topic)
 	create := func(ctx context.Context) (jetstream.Consumer, error) {
+		// Made again after the server lost it, the consumer may need
+		// the stream made again too.
+		if err := b.ensureStreams(ctx, c, topic, false); err != nil {
+			return nil, err
+		}
+		if err := b.ensureStreams(ctx, c, topic, true); err != nil {
+			return nil, err
+		}
 		cons, err := c.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
 			Durable:       durable,
 			Description:   "Loom EventBus group " + group + " of topic " + topic,
@@ -134,6 +136,9 @@ func (b *Bus) startJetStream(ctx context.Context, c *conn, topic, group string, 
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		})
 		if err != nil {
+			if errors.Is(err, jetstream.ErrStreamNotFound) {
+				c.forget(topic)
+			}
 			return nil, fmt.Errorf("eventbus: create or update consumer %s of stream %s: %w", durable, stream, hint(err))
 		}
 		return cons, nil

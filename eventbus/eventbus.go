@@ -371,6 +371,15 @@ func (b *Bus) ensureStreams(ctx context.Context, c *conn, topic string, deadLett
 	return nil
 }
 
+// forget drops what is known of topic's streams, so that the next
+// ensureStreams looks at the server again.
+func (c *conn) forget(topic string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.streams, topic)
+	delete(c.streams, topic+"\x00dlq")
+}
+
 func hint(err error) error {
 	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
 		return fmt.Errorf("%w (start nats-server with -js, or set NATS_USE_JETSTREAM=false)", err)

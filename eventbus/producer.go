@@ -168,6 +168,14 @@ func (p *producer) sendJetStream(ctx context.Context, msgs []*nats.Msg) error {
 		case <-ctx.Done():
 			return fmt.Errorf("eventbus: send to topic %s: %d of %d messages failed (last error: %w): %w", p.topic, len(retry), len(msgs), lastErr, ctx.Err())
 		}
+		if noStream(lastErr) {
+			// The server may have lost the stream (a restart with memory
+			// storage, an operator's delete): make sure of it again.
+			p.c.forget(p.topic)
+			if err := p.b.ensureStreams(ctx, p.c, p.topic, false); err != nil {
+				lastErr = fmt.Errorf("%w (and %w)", lastErr, err)
+			}
+		}
 		todo = retry
 	}
 }
@@ -186,6 +194,11 @@ func (c *conn) publisher() (jetstream.JetStream, error) {
 	}
 	c.pubJS = js
 	return js, nil
+}
+
+// noStream reports whether err says no stream took a send.
+func noStream(err error) bool {
+	return errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
 }
 
 // retryable reports whether a send may succeed if repeated.

@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/eventbus"
 	"github.com/loomrt/loom/internal/testutil"
@@ -131,4 +134,99 @@ func TestShutdownWithTheServerDownReturnsAtOnce(t *testing.T) {
 	if err := b.Shutdown(ctxFor(t, 5*time.Second)); err != nil {
 		t.Fatalf("Shutdown with the server down: %v after %s", err, time.Since(start).Round(time.Millisecond))
 	}
+}
+
+// TestJetStreamTopicCarriesOnAfterTheServerLostItsStream: the topic's
+// stream is gone (an operator deleted it; a server with memory storage
+// restarted): the producer's sends make it again and are stored, instead
+// of failing until the process restarts, and a group's consumer deleted
+// with the stream is made again.
+func TestJetStreamTopicCarriesOnAfterTheServerLostItsStream(t *testing.T) {
+	t.Run("deleted by an operator", func(t *testing.T) {
+		ns := startNATS(t, nil)
+		b := newBus(t, busConfig(ns, true))
+		ctx := ctxFor(t, 30*time.Second)
+		c := newCollector()
+		if err := b.RegisterConsumer("", "lost.topic", "g", c); err != nil {
+			t.Fatal(err)
+		}
+		p, err := b.NewProducer("", "lost.topic", "", -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Send(ctx, []byte("before")); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 10*time.Second, "the message sent before the delete", func() bool { return c.n.Load() == 1 })
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		js, _ := jetstream.New(nc)
+		if err := js.DeleteStream(ctx, eventbus.StreamName("lost.topic")); err != nil {
+			t.Fatal(err)
+		}
+		// The group's consumer, deleted with it, is made again, and the
+		// stream with it, before any send.
+		testutil.Eventually(t, 10*time.Second, "the group's consumer made again", func() bool {
+			_, err := js.Consumer(ctx, eventbus.StreamName("lost.topic"), "g")
+			return err == nil
+		})
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := p.Send(sctx, []byte("after")); err != nil {
+			t.Fatalf("Send after the stream was deleted: %v", err)
+		}
+		testutil.Eventually(t, 15*time.Second, "the group handled the message sent after the delete", func() bool {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return c.bodies["after"] == 1
+		})
+	})
+	t.Run("lost in a restart", func(t *testing.T) {
+		port := testutil.FreePort(t)
+		opts := embedded.NATSOptions{Port: port, JetStream: true}
+		ns, err := embedded.StartNATS(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := eventbus.New(busConfig(ns, true)) // memory storage
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := ctxFor(t, 30*time.Second)
+		p, err := b.NewProducer("", "lost.topic", "", -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Send(ctx, []byte("before")); err != nil {
+			t.Fatal(err)
+		}
+		ns.Shutdown()
+		ns2, err := embedded.StartNATS(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns2.Shutdown()
+		defer func() {
+			if err := b.Shutdown(ctxFor(t, 10*time.Second)); err != nil {
+				t.Errorf("Shutdown: %v", err)
+			}
+		}()
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := p.Send(sctx, []byte("after")); err != nil {
+			t.Fatalf("Send after the server lost the stream: %v", err)
+		}
+		c := newCollector()
+		if err := b.RegisterConsumer("", "lost.topic", "g", c); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 10*time.Second, "the group got the message stored after the restart", func() bool {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			return c.bodies["after"] == 1
+		})
+	})
 }
