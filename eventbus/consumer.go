@@ -369,9 +369,19 @@ func (cc *coreConsumer) deadLetter(m *nats.Msg, reason string, cause error, atte
 		Queue: cc.topic, Group: cc.group, Subject: m.Subject, Reason: reason, Error: cause.Error(),
 		Deliveries: attempts, Time: time.Now(),
 	}.Header(h)
-	err := cc.b.ensureStreams(ctx, cc.c, cc.topic, true)
-	if err == nil {
-		_, err = cc.c.js.PublishMsg(ctx, &nats.Msg{Subject: deadLetterSubject(cc.topic, cc.group), Header: h, Data: m.Data})
+	publish := func() error {
+		if err := cc.b.ensureStreams(ctx, cc.c, cc.topic, true); err != nil {
+			return err
+		}
+		_, err := cc.c.js.PublishMsg(ctx, &nats.Msg{Subject: deadLetterSubject(cc.topic, cc.group), Header: h, Data: m.Data})
+		return err
+	}
+	err := publish()
+	if noStream(err) {
+		// The stream went away (an operator's delete, a server with
+		// memory storage restarted): make it again.
+		cc.c.forget(cc.topic)
+		err = publish()
 	}
 	if err != nil {
 		cc.b.log.Error("eventbus: a message that failed every attempt could not be dead-lettered and is lost",

@@ -2,6 +2,7 @@ package eventbus_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -229,4 +230,51 @@ func TestJetStreamTopicCarriesOnAfterTheServerLostItsStream(t *testing.T) {
 			return c.bodies["after"] == 1
 		})
 	})
+}
+
+// TestCoreDeadLettersGoOnAfterTheDeadLetterStreamIsDeleted: a Core NATS
+// group's dead-letter stream, deleted while the bus runs, is made again
+// by the next dead letter instead of that letter being lost.
+func TestCoreDeadLettersGoOnAfterTheDeadLetterStreamIsDeleted(t *testing.T) {
+	ns := startNATS(t, nil)
+	b := newBus(t, busConfig(ns, false))
+	ctx := ctxFor(t, 20*time.Second)
+	err := b.RegisterConsumer("", "mail.bounce", "mailer", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error {
+		return errors.New("smtp refused")
+	}), eventbus.WithMaxDeliver(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.NewProducer("", "mail.bounce", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	dlq := eventbus.DeadLetterStream("mail.bounce")
+	lettered := func(body string) func() bool {
+		return func() bool {
+			s, err := js.Stream(ctx, dlq)
+			if err != nil {
+				return false
+			}
+			m, err := s.GetLastMsgForSubject(ctx, "loom.dlq.events.mail_bounce.mailer")
+			return err == nil && string(m.Data) == body
+		}
+	}
+	if err := p.Send(ctx, []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the first dead letter", lettered("first"))
+	if err := js.DeleteStream(ctx, dlq); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, []byte("second")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the second dead letter, after the stream was deleted", lettered("second"))
 }
