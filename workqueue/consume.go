@@ -295,7 +295,10 @@ func (q *Queue[T]) Dequeue(ctx context.Context) (*Job[T], error) {
 			if errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
 				continue
 			}
-			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+			// No responders: the server has no such consumer, as after a
+			// restart without it (memory storage); or JetStream restarts,
+			// and making it fails until it is back.
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, nats.ErrNoResponders) {
 				if _, cerr := q.createConsumer(ctx); cerr == nil {
 					continue
 				}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -323,6 +324,12 @@ type publisher struct {
 	log  *slog.Logger
 	sem  chan struct{}
 	kick chan *Pending // to the retry goroutine
+	// restore makes the queue's streams again; lost is set when a send
+	// found no stream, for the retry goroutine to call it.
+	restore func(context.Context) error
+	lost    atomic.Bool
+	stopCtx context.Context // ends with stop, for the retry goroutine's calls
+	endCtx  context.CancelFunc
 
 	mu      sync.Mutex
 	pending map[*nats.Msg]*Pending
@@ -337,9 +344,10 @@ type publisher struct {
 	done    chan struct{} // closed once close has released everything
 }
 
-func newPublisher(nc *nats.Conn, cfg Config, m *metrics.Queue, log *slog.Logger) (*publisher, error) {
+func newPublisher(nc *nats.Conn, cfg Config, m *metrics.Queue, log *slog.Logger, restore func(context.Context) error) (*publisher, error) {
 	p := &publisher{
 		cfg:     cfg,
+		restore: restore,
 		nc:      nc,
 		m:       m,
 		log:     log,
@@ -350,6 +358,7 @@ func newPublisher(nc *nats.Conn, cfg Config, m *metrics.Queue, log *slog.Logger)
 		stopped: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	p.stopCtx, p.endCtx = context.WithCancel(context.Background())
 	js, err := jetstream.New(nc,
 		// Loom's semaphore keeps at most MaxPending outstanding; the slack
 		// keeps nats.go from stalling on its own.
@@ -435,11 +444,29 @@ func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) error {
 		if !retryable(err) || ctx.Err() != nil {
 			return p.sendError(m, attempt, time.Since(start), err, ctx.Err())
 		}
+		if noStream(err) {
+			p.restoreStreams(ctx)
+		}
 		select {
 		case <-time.After(retryDelay(attempt)):
 		case <-ctx.Done():
 			return p.sendError(m, attempt, time.Since(start), err, ctx.Err())
 		}
+	}
+}
+
+// noStream reports whether a send failed because no stream took its
+// subject.
+func noStream(err error) bool {
+	return errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders)
+}
+
+// restoreStreams makes the queue's streams again if they went away. No
+// stream answers either while JetStream restarts, when this fails and the
+// send is retried as usual.
+func (p *publisher) restoreStreams(ctx context.Context) {
+	if err := p.restore(ctx); err != nil {
+		p.log.Debug("workqueue: no stream took a job; making the streams again failed", "queue", p.cfg.Name, "err", err)
 	}
 }
 
@@ -528,6 +555,9 @@ func (p *publisher) failed(_ jetstream.JetStream, m *nats.Msg, err error) {
 		return
 	}
 	if retryable(err) && !closed && time.Now().Before(pd.deadline) {
+		if noStream(err) {
+			p.lost.Store(true)
+		}
 		pd.retryAt = time.Now().Add(retryDelay(pd.attempts))
 		pd.attempts++
 		p.kick <- pd // room for every pending job: never blocks
@@ -549,6 +579,11 @@ func (p *publisher) retryLoop() {
 					p.resolve(pd, fmt.Errorf("workqueue: queue %s closed while a job awaited a retry", p.cfg.Name), 0)
 					continue
 				}
+			}
+			if p.lost.Swap(false) {
+				ctx, cancel := context.WithDeadline(p.stopCtx, pd.deadline)
+				p.restoreStreams(ctx)
+				cancel()
 			}
 			if _, err := p.js.PublishMsgAsync(pd.msg); err != nil {
 				p.failed(p.js, pd.msg, err)
@@ -650,6 +685,7 @@ func (p *publisher) close(ctx context.Context, drain bool) error {
 	running := p.running
 	p.mu.Unlock()
 	defer close(p.done)
+	p.endCtx()
 	if running {
 		close(p.stop)
 		<-p.stopped

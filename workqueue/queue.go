@@ -63,6 +63,9 @@ type Queue[T any] struct {
 	settler  *jsconsume.Settler
 	pub      *publisher
 	tracer   func() trace.Tracer // the runtime's, for a queue from Open
+
+	restoreMu sync.Mutex
+	restored  time.Time // when restore last made sure of the streams
 }
 
 // New creates the queue cfg describes, or updates it to cfg if it exists:
@@ -115,7 +118,7 @@ func New[T any](ctx context.Context, nc *nats.Conn, cfg Config) (*Queue[T], erro
 		Metrics:           q.m,
 		Log:               cfg.Logger,
 	}
-	q.pub, err = newPublisher(nc, cfg, q.m, cfg.Logger)
+	q.pub, err = newPublisher(nc, cfg, q.m, cfg.Logger, q.restore)
 	if err != nil {
 		return nil, err
 	}
@@ -207,6 +210,27 @@ func (q *Queue[T]) ensure(ctx context.Context) error {
 	return nil
 }
 
+// restoreEvery bounds how often restore asks the server about the
+// streams, however many enqueues find them gone at once.
+const restoreEvery = 250 * time.Millisecond
+
+// restore makes the queue's streams again when they went away under a
+// running queue: a server restarted without them (memory storage), or an
+// operator removed them. It follows New's rule: created when absent, kept
+// as they are when present.
+func (q *Queue[T]) restore(ctx context.Context) error {
+	q.restoreMu.Lock()
+	defer q.restoreMu.Unlock()
+	if time.Since(q.restored) < restoreEvery {
+		return nil
+	}
+	if err := q.ensure(ctx); err != nil {
+		return err
+	}
+	q.restored = time.Now()
+	return nil
+}
+
 // cons returns the queue's consumer, creating or updating it on first
 // use: processes that only enqueue never touch the consumer's settings.
 func (q *Queue[T]) cons(ctx context.Context) (jetstream.Consumer, error) {
@@ -222,6 +246,11 @@ func (q *Queue[T]) cons(ctx context.Context) (jetstream.Consumer, error) {
 // createConsumer creates or updates the durable consumer and keeps it.
 func (q *Queue[T]) createConsumer(ctx context.Context) (jetstream.Consumer, error) {
 	c, err := q.newConsumer(ctx)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if rerr := q.restore(ctx); rerr == nil {
+			c, err = q.newConsumer(ctx)
+		}
+	}
 	if err == nil {
 		q.consMu.Lock()
 		q.consumer = c
@@ -245,7 +274,49 @@ func (q *Queue[T]) newConsumer(ctx context.Context) (jetstream.Consumer, error) 
 	if err != nil {
 		return nil, fmt.Errorf("workqueue: create or update consumer %s of queue %s: %w", c.Group, c.Name, hint(err))
 	}
-	return cons, nil
+	return watchedConsumer{Consumer: cons, js: q.js, stream: c.Name, name: c.Group}, nil
+}
+
+// watchedConsumer is a consumer whose pulls, when they go unanswered, ask
+// whether the server still has it. A server that restarted without it
+// (memory storage) or from which an operator removed it answers a pull
+// with nothing at all, not with "consumer not found": without asking, a
+// worker would wait for heartbeats forever instead of making the consumer
+// again.
+type watchedConsumer struct {
+	jetstream.Consumer
+	js           jetstream.JetStream
+	stream, name string
+}
+
+// Messages returns the consumer's iterator, watched.
+func (c watchedConsumer) Messages(opts ...jetstream.PullMessagesOpt) (jetstream.MessagesContext, error) {
+	it, err := c.Consumer.Messages(opts...)
+	if err != nil {
+		return nil, err
+	}
+	return watchedMessages{MessagesContext: it, c: c}, nil
+}
+
+type watchedMessages struct {
+	jetstream.MessagesContext
+	c watchedConsumer
+}
+
+// Next returns the next message; when the pulls got no heartbeat and the
+// server says the consumer (or its stream) is gone, the error wraps
+// jetstream.ErrConsumerNotFound, so that it is made again.
+func (m watchedMessages) Next(opts ...jetstream.NextOpt) (jetstream.Msg, error) {
+	msg, err := m.MessagesContext.Next(opts...)
+	if errors.Is(err, jetstream.ErrNoHeartbeat) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, ierr := m.c.js.Consumer(ctx, m.c.stream, m.c.name)
+		cancel()
+		if errors.Is(ierr, jetstream.ErrConsumerNotFound) || errors.Is(ierr, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("%w (%w)", jetstream.ErrConsumerNotFound, err)
+		}
+	}
+	return msg, err
 }
 
 func streamError(name string, err error) error {
