@@ -1,9 +1,11 @@
 package workqueue
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/loomrt/loom/codec"
@@ -30,7 +32,8 @@ type Config struct {
 	// Name is the stream's name: letters, digits, '-' and '_'. Required.
 	Name string
 	// Subject jobs are published to; default Name + ".queue", as the
-	// seed's NATSQueue publishes.
+	// seed's NATSQueue publishes. Dot-separated tokens, without spaces or
+	// wildcards.
 	Subject string
 	// Group is the durable consumer that workers share; default
 	// DefaultGroup.
@@ -93,11 +96,17 @@ func (c Config) resolved() (Config, error) {
 	if c.Subject == "" {
 		c.Subject = c.Name + ".queue"
 	}
+	if err := checkSubject(c.Subject); err != nil {
+		return c, fmt.Errorf("workqueue: subject %q of queue %s: %w", c.Subject, c.Name, err)
+	}
 	if c.Group == "" {
 		c.Group = DefaultGroup
 	}
 	if !nameRE.MatchString(c.Group) {
 		return c, fmt.Errorf("workqueue: group %q of queue %s: use letters, digits, '-' and '_'", c.Group, c.Name)
+	}
+	if !(c.BackoffJitter >= 0 && c.BackoffJitter <= 1) {
+		return c, fmt.Errorf("workqueue: queue %s: BackoffJitter %v: use a fraction from 0 to 1 of each retry delay (0 keeps the delays exact)", c.Name, c.BackoffJitter)
 	}
 	c.Queue = c.Queue.WithDefaults()
 	if c.MaxAckPending <= 0 {
@@ -122,6 +131,23 @@ func (c Config) resolved() (Config, error) {
 		return c, fmt.Errorf("workqueue: queue %s: %w", c.Name, err)
 	}
 	return c, nil
+}
+
+// checkSubject says what is wrong with subject as the one jobs are
+// published to, if anything.
+func checkSubject(subject string) error {
+	if strings.ContainsAny(subject, " \t\r\n") {
+		return errors.New("use dot-separated tokens without spaces")
+	}
+	for _, tok := range strings.Split(subject, ".") {
+		switch tok {
+		case "":
+			return errors.New("use dot-separated tokens, none of them empty")
+		case "*", ">":
+			return errors.New("jobs are published to it, so it takes no wildcards (* or >)")
+		}
+	}
+	return nil
 }
 
 // deadLetterStream and deadLetterSubject name where a queue's dead

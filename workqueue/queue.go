@@ -180,6 +180,11 @@ func (q *Queue[T]) ensure(ctx context.Context) error {
 		},
 	}, c.Logger)
 	if err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && apiErr.ErrorCode == errCodeSubjectOverlap {
+			return fmt.Errorf("workqueue: create stream %s: subject %s is taken by another stream (%w); give queue %s a subject of its own (Config.Subject) or use that stream's name as the queue's",
+				c.Name, c.Subject, err, c.Name)
+		}
 		return streamError(c.Name, err)
 	}
 	have := q.stream.CachedInfo().Config
@@ -318,6 +323,10 @@ func (m watchedMessages) Next(opts ...jetstream.NextOpt) (jetstream.Msg, error) 
 	}
 	return msg, err
 }
+
+// errCodeSubjectOverlap is the server's error code for a stream whose
+// subjects another stream already takes.
+const errCodeSubjectOverlap jetstream.ErrorCode = 10065
 
 func streamError(name string, err error) error {
 	var apiErr *jetstream.APIError

@@ -1,0 +1,52 @@
+package workqueue_test
+
+import (
+	"context"
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/loomrt/loom/workqueue"
+)
+
+func TestBadConfigIsRefusedNamingTheSettingAndWhatToUse(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cases := []struct {
+		name string
+		edit func(*workqueue.Config)
+		want []string // in the error
+	}{
+		{"a queue name with a dot", func(c *workqueue.Config) { c.Name = "jobs.a" }, []string{`"jobs.a"`, "letters, digits"}},
+		{"a subject with a wildcard", func(c *workqueue.Config) { c.Subject = "jobs.*" }, []string{`"jobs.*"`, "wildcards"}},
+		{"a subject with a full wildcard", func(c *workqueue.Config) { c.Subject = "jobs.>" }, []string{`"jobs.>"`, "wildcards"}},
+		{"a subject with a space", func(c *workqueue.Config) { c.Subject = "my jobs" }, []string{`"my jobs"`, "spaces"}},
+		{"a subject with an empty token", func(c *workqueue.Config) { c.Subject = "jobs..a" }, []string{`"jobs..a"`, "dot-separated"}},
+		{"a group with a dot", func(c *workqueue.Config) { c.Group = "w.1" }, []string{`"w.1"`, "letters, digits"}},
+		{"a negative jitter", func(c *workqueue.Config) { c.BackoffJitter = -0.1 }, []string{"BackoffJitter -0.1", "0 to 1"}},
+		{"a jitter above 1", func(c *workqueue.Config) { c.BackoffJitter = 1.5 }, []string{"BackoffJitter 1.5", "0 to 1"}},
+		{"a jitter that is not a number", func(c *workqueue.Config) { c.BackoffJitter = math.NaN() }, []string{"BackoffJitter NaN", "0 to 1"}},
+	}
+	taken := testConfig(t)
+	newQueue[job](t, nc, taken)
+	cases = append(cases, struct {
+		name string
+		edit func(*workqueue.Config)
+		want []string
+	}{"a subject another queue takes", func(c *workqueue.Config) { c.Subject = taken.Name + ".queue" }, []string{"subject " + taken.Name + ".queue is taken", "Config.Subject"}})
+	for _, c := range cases {
+		t.Run(c.name+" is refused", func(t *testing.T) {
+			cfg := testConfig(t)
+			c.edit(&cfg)
+			q, err := workqueue.New[job](context.Background(), nc, cfg)
+			if err == nil {
+				q.Close()
+				t.Fatalf("New accepted %+v", cfg)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
