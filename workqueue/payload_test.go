@@ -233,3 +233,30 @@ func TestDeadLetterOfARawJobAtMaxPayloadOffloadsItsBody(t *testing.T) {
 		t.Fatal("the requeued job never came back")
 	}
 }
+
+// TestBatchErrorNamesTheJobsNotStored: in a batch whose second job is
+// refused, the others are stored and the *BatchError names job 1 alone,
+// with its reason.
+func TestBatchErrorNamesTheJobsNotStored(t *testing.T) {
+	_, nc := startNATS(t, smallPayloadServer)
+	cfg := testConfig(t)
+	cfg.LargePayloads = "reject"
+	q := newQueue[[]byte](t, nc, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	err := q.EnqueueBatch(ctx, [][]byte{[]byte("a"), make([]byte, 100_000), []byte("c")})
+	var be *workqueue.BatchError
+	if !errors.As(err, &be) {
+		t.Fatalf("EnqueueBatch: %v; want a *workqueue.BatchError", err)
+	}
+	var tooLarge *objectstore.TooLargeError
+	if be.Total != 3 || len(be.Failed) != 1 || !errors.As(be.Failed[1], &tooLarge) || !errors.As(err, &tooLarge) {
+		t.Errorf("BatchError %+v; want job 1 of 3 failed, too large", be)
+	}
+	if !strings.Contains(err.Error(), "1 of 3 jobs") || !strings.Contains(err.Error(), "job 1: ") {
+		t.Errorf("error %q does not name job 1 of 3", err)
+	}
+	info, err := q.Info(ctx)
+	if err != nil || info.Jobs != 2 {
+		t.Errorf("queue after the batch: %+v, %v; want jobs 0 and 2 stored", info, err)
+	}
+}
