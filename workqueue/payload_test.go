@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/loomrt/loom/internal/testutil"
@@ -258,5 +259,45 @@ func TestBatchErrorNamesTheJobsNotStored(t *testing.T) {
 	info, err := q.Info(ctx)
 	if err != nil || info.Jobs != 2 {
 		t.Errorf("queue after the batch: %+v, %v; want jobs 0 and 2 stored", info, err)
+	}
+}
+
+// TestJobWithHeadersAboveMaxPayloadIsRefusedNamingThem: headers are never
+// offloaded, so a job whose headers alone pass max_payload is refused at
+// once, by every enqueue, naming their size and the limit (not the
+// server's bare "maximum payload exceeded", and without first offloading
+// its body for nothing).
+func TestJobWithHeadersAboveMaxPayloadIsRefusedNamingThem(t *testing.T) {
+	_, nc := startNATS(t, smallPayloadServer)
+	cfg := testConfig(t)
+	cfg.ObjectBucket = "payloads_" + cfg.Name
+	q := newQueue[[]byte](t, nc, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	h := nats.Header{}
+	h.Set("X-Context", strings.Repeat("h", 70_000))
+	body := make([]byte, 100_000) // would be offloaded
+	check := func(call string, err error) {
+		t.Helper()
+		if err == nil {
+			t.Fatalf("%s accepted 70000 bytes of headers", call)
+		}
+		for _, want := range []string{"headers", "70", "65024", "smaller"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: error %q lacks %q", call, err, want)
+			}
+		}
+	}
+	err := q.Enqueue(ctx, body, workqueue.WithHeader(h))
+	check("Enqueue", err)
+	_, err = q.EnqueueAsync(ctx, body, workqueue.WithHeader(h))
+	check("EnqueueAsync", err)
+	err = q.Enqueue(ctx, []byte("small"), workqueue.WithKey(strings.Repeat("k", 70_000)))
+	check("Enqueue WithKey", err)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.ObjectStore(ctx, cfg.ObjectBucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Errorf("object bucket %s: %v; want none made for refused jobs", cfg.ObjectBucket, err)
 	}
 }
