@@ -219,19 +219,31 @@ func (q *Queue[T]) ensure(ctx context.Context) error {
 // streams, however many enqueues find them gone at once.
 const restoreEvery = 250 * time.Millisecond
 
+// restoreWait bounds one restore, so that a JetStream slow to answer (a
+// leader election) leaves the caller's deadline to the retries.
+const restoreWait = 2 * time.Second
+
 // restore makes the queue's streams again when they went away under a
 // running queue: a server restarted without them (memory storage), or an
 // operator removed them. It follows New's rule: created when absent, kept
-// as they are when present.
+// as they are when present. A stream that is there is left alone: no
+// stream answers during a leader election too.
 func (q *Queue[T]) restore(ctx context.Context) error {
 	q.restoreMu.Lock()
 	defer q.restoreMu.Unlock()
 	if time.Since(q.restored) < restoreEvery {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, restoreWait)
+	defer cancel()
+	if _, err := q.js.Stream(ctx, q.cfg.Name); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return err
+	}
 	if err := q.ensure(ctx); err != nil {
 		return err
 	}
+	q.cfg.Logger.Warn("workqueue: the queue's streams were gone (a server restarted without them, or they were removed); made them again",
+		"queue", q.cfg.Name)
 	q.restored = time.Now()
 	return nil
 }
