@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/loomrt/loom/workqueue"
 )
@@ -41,6 +42,41 @@ func TestBadConfigIsRefusedNamingTheSettingAndWhatToUse(t *testing.T) {
 			if err == nil {
 				q.Close()
 				t.Fatalf("New accepted %+v", cfg)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestBadConsumeOptionsAreRefusedNamingTheOption(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	q := newQueue[job](t, nc, testConfig(t))
+	h := workqueue.HandlerFunc[job](func(ctx context.Context, j *workqueue.Job[job]) error { return nil })
+	cases := []struct {
+		name string
+		opt  workqueue.ConsumeOption
+		want []string
+	}{
+		{"no handlers", workqueue.WithConcurrency(0), []string{"WithConcurrency(0)", "1 to 100000"}},
+		{"a negative concurrency", workqueue.WithConcurrency(-4), []string{"WithConcurrency(-4)", "1 to 100000"}},
+		{"more handlers than queue.concurrency allows", workqueue.WithConcurrency(10_000_000), []string{"WithConcurrency(10000000)", "1 to 100000"}},
+		{"a negative prefetch", workqueue.WithPrefetch(-1), []string{"WithPrefetch(-1)", "0 "}},
+		{"a negative pull expiry", workqueue.WithPullExpiry(-time.Second), []string{"WithPullExpiry(-1s)", "at least 1s"}},
+		{"a pull expiry under a second", workqueue.WithPullExpiry(100 * time.Millisecond), []string{"WithPullExpiry(100ms)", "at least 1s"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name+" is refused", func(t *testing.T) {
+			cons, err := q.Consume(h, c.opt)
+			if err == nil {
+				_ = cons.Close()
+				t.Fatal("Consume accepted it")
+			}
+			if err := q.Run(context.Background(), h, c.opt); err == nil {
+				t.Fatal("Run accepted it")
 			}
 			for _, w := range c.want {
 				if !strings.Contains(err.Error(), w) {

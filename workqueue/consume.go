@@ -133,8 +133,25 @@ type consumeOpts struct {
 	expiry                time.Duration
 }
 
-// WithConcurrency sets how many jobs are handled at once; the default is
-// queue.concurrency.
+// maxConcurrency is the most handlers a consumer runs, queue.concurrency's
+// bound.
+const maxConcurrency = 100000
+
+// check says which option is out of range, and what to use.
+func (o consumeOpts) check() error {
+	switch {
+	case o.concurrency < 1 || o.concurrency > maxConcurrency:
+		return fmt.Errorf("WithConcurrency(%d): use 1 to %d handlers at once", o.concurrency, maxConcurrency)
+	case o.prefetch < 0:
+		return fmt.Errorf("WithPrefetch(%d): use 0 (twice the concurrency) or more jobs", o.prefetch)
+	case o.expiry != 0 && o.expiry < time.Second:
+		return fmt.Errorf("WithPullExpiry(%s): use at least 1s (0 for the default 5s)", o.expiry)
+	}
+	return nil
+}
+
+// WithConcurrency sets how many jobs are handled at once, 1 to 100000;
+// the default is queue.concurrency.
 func WithConcurrency(n int) ConsumeOption { return func(o *consumeOpts) { o.concurrency = n } }
 
 // WithPrefetch sets how many jobs are pulled ahead of the handlers; the
@@ -146,9 +163,9 @@ func WithPrefetch(n int) ConsumeOption { return func(o *consumeOpts) { o.prefetc
 // its context ends; the default is the queue's AckWait.
 func WithDrainTimeout(d time.Duration) ConsumeOption { return func(o *consumeOpts) { o.drain = d } }
 
-// WithPullExpiry sets how long each pull request waits on the server
-// (default 5s); a consumer whose server died notices within about this
-// long.
+// WithPullExpiry sets how long each pull request waits on the server, at
+// least 1s (default 5s); a consumer whose server died notices within
+// about this long.
 func WithPullExpiry(d time.Duration) ConsumeOption { return func(o *consumeOpts) { o.expiry = d } }
 
 // Consumer runs a handler on a queue's jobs until Shutdown or Close.
@@ -163,6 +180,9 @@ func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, erro
 	o := consumeOpts{concurrency: q.cfg.Concurrency}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if err := o.check(); err != nil {
+		return nil, fmt.Errorf("workqueue: queue %s: %w", q.cfg.Name, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), q.cfg.EnqueueTimeout)
 	defer cancel()
