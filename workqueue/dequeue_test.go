@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -122,5 +124,47 @@ func TestDequeuedJobsSettleAsTheDocsSay(t *testing.T) {
 	empty(3 * cfg.AckWait)
 	if dl := deadLetter(2); dl.Value.ID != 4 || dl.Reason != "expired" || dl.Deliveries != cfg.MaxDeliver+1 {
 		t.Errorf("dead letter of the unanswered job: %+v", dl)
+	}
+}
+
+// TestOnlyConsumingProcessesSetTheConsumer: a process that only enqueues
+// leaves the shared consumer's settings alone; the last one to consume
+// (Consume or Dequeue) sets its ack_wait.
+func TestOnlyConsumingProcessesSetTheConsumer(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	worker := newQueue[job](t, nc, cfg)
+	consume(t, worker, func(ctx context.Context, j *workqueue.Job[job]) error { return nil })
+	ctx := ctxFor(t, 10*time.Second)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ackWait := func() time.Duration {
+		t.Helper()
+		c, err := js.Consumer(ctx, cfg.Name, workqueue.DefaultGroup)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.CachedInfo().Config.AckWait
+	}
+	if got := ackWait(); got != cfg.AckWait {
+		t.Fatalf("consumer ack_wait %s after Consume, want %s", got, cfg.AckWait)
+	}
+
+	other := cfg
+	other.AckWait = 7 * time.Second
+	producer := newQueue[job](t, nc, other)
+	if err := producer.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ackWait(); got != cfg.AckWait {
+		t.Errorf("consumer ack_wait %s after a process only enqueued, want the worker's %s", got, cfg.AckWait)
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	_, _ = producer.Dequeue(short) // the job may be the worker's already
+	if got := ackWait(); got != other.AckWait {
+		t.Errorf("consumer ack_wait %s after another process dequeued, want its %s", got, other.AckWait)
 	}
 }
