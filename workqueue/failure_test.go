@@ -325,6 +325,99 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 	})
 }
 
+// TestAHandedBackJobCountsAsADelivery: JetStream counts every delivery,
+// handled or not, so a job that consumers shutting down hand back
+// unstarted comes nearer max_deliver each time, and one handed back
+// max_deliver times is dead-lettered as expired without having run, as
+// docs/queues.md says.
+func TestAHandedBackJobCountsAsADelivery(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.AckWait = 30 * time.Second
+	cfg.MaxDeliver = 2
+	q := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 30*time.Second)
+	for i := range 3 {
+		if err := q.Enqueue(ctx, job{ID: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	ran := map[int]int{}
+	inFlight := func(n uint64) func() bool {
+		return func() bool {
+			info, err := q.Info(ctx)
+			return err == nil && info.InFlight == n
+		}
+	}
+	// round runs a consumer that holds the first job it gets until it has
+	// prefetched held more (the prefetch counts the job handed to the
+	// handler until the next pull), then shuts it down, handing those
+	// back.
+	round := func(held uint64) {
+		started, release := make(chan struct{}, 3), make(chan struct{})
+		c, err := q.Consume(workqueue.HandlerFunc[job](func(ctx context.Context, j *workqueue.Job[job]) error {
+			mu.Lock()
+			ran[j.Value.ID]++
+			mu.Unlock()
+			started <- struct{}{}
+			<-release
+			return nil
+		}), workqueue.WithConcurrency(1), workqueue.WithPrefetch(int(1+held)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-started
+		testutil.Eventually(t, 10*time.Second, fmt.Sprintf("%d jobs prefetched", held), inFlight(1+held))
+		// The naks that hand jobs back, seen on the wire.
+		acks, err := nc.SubscribeSync("$JS.ACK." + q.Name() + ".>")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = acks.Unsubscribe() }()
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		stopped := make(chan error, 1)
+		go func() { stopped <- c.Shutdown(ctx) }()
+		for naks := uint64(0); naks < held; {
+			m, err := acks.NextMsg(10 * time.Second)
+			if err != nil {
+				t.Fatalf("%d of the %d prefetched jobs handed back: %v", naks, held, err)
+			}
+			if string(m.Data) == "-NAK" {
+				naks++
+			}
+		}
+		close(release)
+		if err := <-stopped; err != nil {
+			t.Fatal(err)
+		}
+	}
+	round(2) // two jobs handed back: each delivered once
+	round(1) // one of them runs; the other is handed back again
+	var handled atomic.Int64
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		handled.Add(1)
+		return nil
+	})
+	var dead []workqueue.DeadJob[job]
+	testutil.Eventually(t, 10*time.Second, "the job handed back twice dead-lettered", func() bool {
+		var err error
+		dead, err = q.DeadLetters(ctx, 10)
+		return err == nil && len(dead) == 1
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if d := dead[0]; len(ran) != 2 || ran[d.Value.ID] != 0 || d.Reason != "expired" || d.Deliveries != 3 || handled.Load() != 0 {
+		t.Fatalf("handlers ran on jobs %v, and %d after; job %d dead-lettered, %s, after %d deliveries; want 2 jobs run, none after, and the third dead-lettered as expired after 3 deliveries, unrun",
+			ran, handled.Load(), d.Value.ID, d.Reason, d.Deliveries)
+	}
+	if !strings.Contains(dead[0].Error, "shutting down handed it back") {
+		t.Errorf("the dead letter's error %q does not say that a job handed back unstarted counts as a delivery", dead[0].Error)
+	}
+}
+
 func TestNewIsIdempotentAndUpdatesSettings(t *testing.T) {
 	_, nc := startNATS(t, nil)
 	cfg := testConfig(t)
