@@ -195,6 +195,10 @@ func TestJetStreamTopicCarriesOnAfterTheServerLostItsStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx := ctxFor(t, 30*time.Second)
+		c := newCollector()
+		if err := b.RegisterConsumer("", "lost.topic", "g", c); err != nil {
+			t.Fatal(err)
+		}
 		p, err := b.NewProducer("", "lost.topic", "", -1)
 		if err != nil {
 			t.Fatal(err)
@@ -202,6 +206,7 @@ func TestJetStreamTopicCarriesOnAfterTheServerLostItsStream(t *testing.T) {
 		if err := p.Send(ctx, []byte("before")); err != nil {
 			t.Fatal(err)
 		}
+		testutil.Eventually(t, 10*time.Second, "the message sent before the restart", func() bool { return c.n.Load() == 1 })
 		ns.Shutdown()
 		ns2, err := embedded.StartNATS(opts)
 		if err != nil {
@@ -218,11 +223,9 @@ func TestJetStreamTopicCarriesOnAfterTheServerLostItsStream(t *testing.T) {
 		if err := p.Send(sctx, []byte("after")); err != nil {
 			t.Fatalf("Send after the server lost the stream: %v", err)
 		}
-		c := newCollector()
-		if err := b.RegisterConsumer("", "lost.topic", "g", c); err != nil {
-			t.Fatal(err)
-		}
-		testutil.Eventually(t, 10*time.Second, "the group got the message stored after the restart", func() bool {
+		// The group's pulls get no answer from the new server, which has
+		// no such consumer: it asks, and makes it again.
+		testutil.Eventually(t, 20*time.Second, "the group got the message stored after the restart", func() bool {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			return c.bodies["after"] == 1

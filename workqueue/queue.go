@@ -291,49 +291,7 @@ func (q *Queue[T]) newConsumer(ctx context.Context) (jetstream.Consumer, error) 
 	if err != nil {
 		return nil, fmt.Errorf("workqueue: create or update consumer %s of queue %s: %w", c.Group, c.Name, hint(err))
 	}
-	return watchedConsumer{Consumer: cons, js: q.js, stream: c.Name, name: c.Group}, nil
-}
-
-// watchedConsumer is a consumer whose pulls, when they go unanswered, ask
-// whether the server still has it. A server that restarted without it
-// (memory storage) or from which an operator removed it answers a pull
-// with nothing at all, not with "consumer not found": without asking, a
-// worker would wait for heartbeats forever instead of making the consumer
-// again.
-type watchedConsumer struct {
-	jetstream.Consumer
-	js           jetstream.JetStream
-	stream, name string
-}
-
-// Messages returns the consumer's iterator, watched.
-func (c watchedConsumer) Messages(opts ...jetstream.PullMessagesOpt) (jetstream.MessagesContext, error) {
-	it, err := c.Consumer.Messages(opts...)
-	if err != nil {
-		return nil, err
-	}
-	return watchedMessages{MessagesContext: it, c: c}, nil
-}
-
-type watchedMessages struct {
-	jetstream.MessagesContext
-	c watchedConsumer
-}
-
-// Next returns the next message; when the pulls got no heartbeat and the
-// server says the consumer (or its stream) is gone, the error wraps
-// jetstream.ErrConsumerNotFound, so that it is made again.
-func (m watchedMessages) Next(opts ...jetstream.NextOpt) (jetstream.Msg, error) {
-	msg, err := m.MessagesContext.Next(opts...)
-	if errors.Is(err, jetstream.ErrNoHeartbeat) {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, ierr := m.c.js.Consumer(ctx, m.c.stream, m.c.name)
-		cancel()
-		if errors.Is(ierr, jetstream.ErrConsumerNotFound) || errors.Is(ierr, jetstream.ErrStreamNotFound) {
-			return nil, fmt.Errorf("%w (%w)", jetstream.ErrConsumerNotFound, err)
-		}
-	}
-	return msg, err
+	return cons, nil
 }
 
 // errCodeSubjectOverlap is the server's error code for a stream whose

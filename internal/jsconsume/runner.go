@@ -44,6 +44,7 @@ type Config struct {
 // Runner pulls from a consumer and runs handlers until Shutdown.
 type Runner struct {
 	cfg      Config
+	cons     jetstream.Consumer // the one pulled from: cfg.Consumer, or the one Recreate made
 	s        *Settler
 	stopPull context.CancelFunc // stops pulling
 	pullCtx  context.Context
@@ -82,6 +83,7 @@ func Start(cfg Config) (*Runner, error) {
 	}
 	r := &Runner{
 		cfg:         cfg,
+		cons:        cfg.Consumer,
 		s:           cfg.Settler,
 		work:        make(chan jetstream.Msg),
 		seed:        maphash.MakeSeed(),
@@ -164,7 +166,7 @@ func (r *Runner) pull(it jetstream.MessagesContext) {
 			it.Stop()
 			return
 		case errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
-			errors.Is(err, jetstream.ErrBadRequest):
+			errors.Is(err, jetstream.ErrBadRequest) || errors.Is(err, jetstream.ErrNoHeartbeat) && r.consumerGone():
 			it.Stop()
 			next, ok := r.recreate(err)
 			if !ok {
@@ -181,6 +183,19 @@ func (r *Runner) pull(it jetstream.MessagesContext) {
 	}
 }
 
+// consumerGone asks the server whether it still has the consumer, when
+// pulls went without a heartbeat. A server that restarted without it
+// (memory storage), or from which an operator removed it with its stream,
+// answers a pull with nothing at all, not with "consumer not found":
+// without asking, the Runner would wait for heartbeats forever instead
+// of making the consumer again.
+func (r *Runner) consumerGone() bool {
+	ctx, cancel := context.WithTimeout(r.pullCtx, 2*time.Second)
+	defer cancel()
+	_, err := r.cons.Info(ctx)
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
 // recreate makes the consumer again after the server lost it, retrying
 // with backoff until it works or Shutdown.
 func (r *Runner) recreate(cause error) (jetstream.MessagesContext, bool) {
@@ -193,8 +208,9 @@ func (r *Runner) recreate(cause error) (jetstream.MessagesContext, bool) {
 	for {
 		c, err := r.cfg.Recreate(r.pullCtx)
 		if err == nil {
-			it, err := messages(c, r.cfg)
-			if err == nil {
+			var it jetstream.MessagesContext
+			if it, err = messages(c, r.cfg); err == nil {
+				r.cons = c
 				return it, true
 			}
 		}
