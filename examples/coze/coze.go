@@ -1,5 +1,5 @@
 // Package coze adapts Loom's EventBus to Coze Studio's eventbus contract
-// (backend/infra/contract/eventbus): the same method set, option shapes
+// (backend/infra/eventbus): the same method set, option shapes
 // and message type, so a Coze Studio deployment switches its producers and
 // consumers to Loom by changing one constructor.
 //
