@@ -268,8 +268,9 @@ func (a *Admin) DeadLetters(ctx context.Context, name string, n int) ([]DeadLett
 
 // Requeue moves dead letters back into the queue, as new jobs with their
 // original body and headers: those whose sequence numbers in the
-// dead-letter stream are given, or all of them if none are. It returns how
-// many it moved.
+// dead-letter stream are given, or all of them if none are (those there
+// when it starts, read and moved one at a time: a dead-letter stream may
+// hold more than fits in memory). It returns how many it moved.
 func (a *Admin) Requeue(ctx context.Context, name string, seqs ...uint64) (int, error) {
 	_, si, err := queueStream(ctx, a.js, name)
 	if err != nil {
@@ -279,22 +280,9 @@ func (a *Admin) Requeue(ctx context.Context, name string, seqs ...uint64) (int, 
 	if err != nil {
 		return 0, fmt.Errorf("workqueue: dead-letter stream of queue %s: %w", name, err)
 	}
-	if len(seqs) == 0 {
-		all, err := read(ctx, ds, deadLetterSubject(name), int(^uint(0)>>1), "")
-		if err != nil {
-			return 0, err
-		}
-		for _, m := range all {
-			seqs = append(seqs, m.Seq)
-		}
-	}
 	subject := queueSubject(si)
 	moved := 0
-	for _, seq := range seqs {
-		m, err := ds.GetMsg(ctx, seq)
-		if err != nil {
-			return moved, fmt.Errorf("workqueue: dead letter %d of queue %s: %w", seq, name, err)
-		}
+	move := func(m *jetstream.RawStreamMsg) error {
 		h := nats.Header{}
 		for k, v := range m.Header {
 			if strings.HasPrefix(k, "Loom-Dlq-") || k == nats.MsgIdHdr {
@@ -303,14 +291,44 @@ func (a *Admin) Requeue(ctx context.Context, name string, seqs ...uint64) (int, 
 			h[k] = v
 		}
 		// Requeueing the same dead letter twice stores it once.
-		h.Set(nats.MsgIdHdr, "requeue."+name+"."+strconv.FormatUint(seq, 10))
+		h.Set(nats.MsgIdHdr, "requeue."+name+"."+strconv.FormatUint(m.Sequence, 10))
 		if _, err := a.js.PublishMsg(ctx, &nats.Msg{Subject: subject, Header: h, Data: m.Data}); err != nil {
-			return moved, fmt.Errorf("workqueue: requeue dead letter %d of queue %s: %w", seq, name, err)
+			return fmt.Errorf("workqueue: requeue dead letter %d of queue %s: %w", m.Sequence, name, err)
 		}
-		if err := ds.DeleteMsg(ctx, seq); err != nil {
-			return moved, fmt.Errorf("workqueue: dead letter %d of queue %s was requeued but not deleted: %w", seq, name, err)
+		if err := ds.DeleteMsg(ctx, m.Sequence); err != nil {
+			return fmt.Errorf("workqueue: dead letter %d of queue %s was requeued but not deleted: %w", m.Sequence, name, err)
 		}
 		moved++
+		return nil
+	}
+	if len(seqs) > 0 {
+		for _, seq := range seqs {
+			m, err := ds.GetMsg(ctx, seq)
+			if err != nil {
+				return moved, fmt.Errorf("workqueue: dead letter %d of queue %s: %w", seq, name, err)
+			}
+			if err := move(m); err != nil {
+				return moved, err
+			}
+		}
+		return moved, nil
+	}
+	info, err := ds.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("workqueue: dead-letter stream of queue %s: %w", name, err)
+	}
+	for seq := info.State.FirstSeq; seq > 0 && seq <= info.State.LastSeq; {
+		m, err := ds.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(deadLetterSubject(name)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) || err == nil && m.Sequence > info.State.LastSeq {
+			break
+		}
+		if err != nil {
+			return moved, fmt.Errorf("workqueue: dead letters of queue %s: %w", name, err)
+		}
+		if err := move(m); err != nil {
+			return moved, err
+		}
+		seq = m.Sequence + 1
 	}
 	return moved, nil
 }
