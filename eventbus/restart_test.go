@@ -218,17 +218,26 @@ func TestJetStreamTopicCarriesOnAfterTheServerLostItsStream(t *testing.T) {
 				t.Errorf("Shutdown: %v", err)
 			}
 		}()
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		if err := p.Send(sctx, []byte("after")); err != nil {
-			t.Fatalf("Send after the server lost the stream: %v", err)
-		}
+		// Sent until one is stored: a send made before the bus's
+		// connection noticed the restart is lost with the old connection.
+		// Each try sends a body of its own.
+		var stored string
+		testutil.EventuallyNoError(t, 20*time.Second, "a send after the server lost the stream stored", func() error {
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			body := fmt.Sprintf("after-%d", time.Now().UnixNano())
+			err := p.Send(sctx, []byte(body))
+			if err == nil {
+				stored = body
+			}
+			return err
+		})
 		// The group's pulls get no answer from the new server, which has
 		// no such consumer: it asks, and makes it again.
 		testutil.Eventually(t, 20*time.Second, "the group got the message stored after the restart", func() bool {
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			return c.bodies["after"] == 1
+			return c.bodies[stored] == 1
 		})
 	})
 }

@@ -53,6 +53,19 @@ func (r *restartableNATS) stop() {
 	}
 }
 
+// restart stops the server and starts it again, then waits until nc has
+// reconnected. IsConnected alone does not say so: until nc notices the
+// old connection is gone, it still reports that one.
+func (r *restartableNATS) restart(nc *nats.Conn) {
+	r.t.Helper()
+	before := nc.Stats().Reconnects
+	r.stop()
+	r.start()
+	testutil.Eventually(r.t, 10*time.Second, "reconnected", func() bool {
+		return nc.Stats().Reconnects > before && nc.IsConnected()
+	})
+}
+
 func (r *restartableNATS) url() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -148,9 +161,7 @@ func TestQueueWhoseStreamsWentAwayMakesThemAgain(t *testing.T) {
 	}
 	testutil.Eventually(t, 10*time.Second, "the job before the restart handled", func() bool { return handled() == 1 })
 
-	srv.stop()
-	srv.start()
-	testutil.Eventually(t, 10*time.Second, "reconnected", nc.IsConnected)
+	srv.restart(nc)
 
 	ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -196,9 +207,7 @@ func TestDequeueAfterTheStreamsWentAway(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	srv.stop()
-	srv.start()
-	testutil.Eventually(t, 10*time.Second, "reconnected", nc.IsConnected)
+	srv.restart(nc)
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	got := make(chan error, 1)
@@ -232,9 +241,7 @@ func TestEnqueueAfterTheStreamsWentAway(t *testing.T) {
 	cfg.Storage = "memory"
 	async := newQueue[job](t, nc, cfg)
 
-	srv.stop()
-	srv.start()
-	testutil.Eventually(t, 10*time.Second, "reconnected", nc.IsConnected)
+	srv.restart(nc)
 	ctx := ctxFor(t, 5*time.Second)
 	if err := sync.Enqueue(ctx, job{ID: 1}); err != nil {
 		t.Errorf("Enqueue after the streams went away: %v", err)
