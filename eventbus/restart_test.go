@@ -145,18 +145,7 @@ func TestJetStreamTopicCarriesOnAfterTheServerLostItsStream(t *testing.T) {
 		ns := startNATS(t, nil)
 		b := newBus(t, busConfig(ns, true))
 		ctx := ctxFor(t, 30*time.Second)
-		c := newCollector()
-		if err := b.RegisterConsumer("", "lost.topic", "g", c); err != nil {
-			t.Fatal(err)
-		}
-		p, err := b.NewProducer("", "lost.topic", "", -1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Send(ctx, []byte("before")); err != nil {
-			t.Fatal(err)
-		}
-		testutil.Eventually(t, 10*time.Second, "the message sent before the delete", func() bool { return c.n.Load() == 1 })
+		c, p := lostTopicGroup(ctx, t, b)
 		nc, err := nats.Connect(ns.ClientURL())
 		if err != nil {
 			t.Fatal(err)
@@ -195,18 +184,7 @@ func TestJetStreamTopicCarriesOnAfterTheServerLostItsStream(t *testing.T) {
 			t.Fatal(err)
 		}
 		ctx := ctxFor(t, 30*time.Second)
-		c := newCollector()
-		if err := b.RegisterConsumer("", "lost.topic", "g", c); err != nil {
-			t.Fatal(err)
-		}
-		p, err := b.NewProducer("", "lost.topic", "", -1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Send(ctx, []byte("before")); err != nil {
-			t.Fatal(err)
-		}
-		testutil.Eventually(t, 10*time.Second, "the message sent before the restart", func() bool { return c.n.Load() == 1 })
+		c, p := lostTopicGroup(ctx, t, b)
 		ns.Shutdown()
 		ns2, err := embedded.StartNATS(opts)
 		if err != nil {
@@ -240,6 +218,25 @@ func TestJetStreamTopicCarriesOnAfterTheServerLostItsStream(t *testing.T) {
 			return c.bodies[stored] == 1
 		})
 	})
+}
+
+// lostTopicGroup registers group g of lost.topic on b and sends it a
+// first message, handled before it returns.
+func lostTopicGroup(ctx context.Context, t *testing.T, b *eventbus.Bus) (*collector, eventbus.Producer) {
+	t.Helper()
+	c := newCollector()
+	if err := b.RegisterConsumer("", "lost.topic", "g", c); err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.NewProducer("", "lost.topic", "", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctx, []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the first message handled", func() bool { return c.n.Load() == 1 })
+	return c, p
 }
 
 // TestCoreDeadLettersGoOnAfterTheDeadLetterStreamIsDeleted: a Core NATS

@@ -446,13 +446,7 @@ func TestAPartitionLongerThanTheTTLEndsWithTheRecordsBack(t *testing.T) {
 // Discovery resumes its keep-alives, keeps its id, and watchers on another
 // client converge.
 func TestAnEtcdRestartLongerThanTheTTLKeepsTheRecords(t *testing.T) {
-	opts := fast
-	opts.Dir = t.TempDir()
-	srv := startEtcd(t, opts)
-	u, _ := url.Parse(srv.ClientURL())
-	pu, _ := url.Parse(srv.PeerURL())
-	opts.ClientPort, _ = strconv.Atoi(u.Port())
-	opts.PeerPort, _ = strconv.Atoi(pu.Port())
+	srv, opts := startRestartable(t)
 
 	const ttl = time.Second
 	d := connect(t, srv.ClientURL(), ttl)
@@ -780,13 +774,7 @@ func TestATakenLeaseIDIsNotReused(t *testing.T) {
 // the new etcd holds: no ghost of a process that died meanwhile, no
 // record missing.
 func TestAWatchConvergesAfterEtcdRestartsWithoutItsData(t *testing.T) {
-	opts := fast
-	opts.Dir = t.TempDir()
-	srv := startEtcd(t, opts)
-	u, _ := url.Parse(srv.ClientURL())
-	pu, _ := url.Parse(srv.PeerURL())
-	opts.ClientPort, _ = strconv.Atoi(u.Port())
-	opts.PeerPort, _ = strconv.Atoi(pu.Port())
+	srv, opts := startRestartable(t)
 
 	const ttl = time.Second
 	d := connect(t, srv.ClientURL(), ttl)
@@ -894,4 +882,18 @@ func TestARecordWhoseUnregisterFailedIsRemovedOnceEtcdAnswers(t *testing.T) {
 	took := w.has(10*time.Second, "the Removed of the record whose Unregister failed", y, z)
 	t.Logf("removed %v after the partition healed", took.Round(time.Millisecond))
 	w.quietFor(time.Second) // and y stays
+}
+
+// startRestartable starts etcd on a data directory of its own, and
+// returns its options with the ports it took, to start it again on.
+func startRestartable(t *testing.T) (*etcdserver.Server, etcdserver.Options) {
+	t.Helper()
+	opts := fast
+	opts.Dir = t.TempDir()
+	srv := startEtcd(t, opts)
+	u, _ := url.Parse(srv.ClientURL())
+	pu, _ := url.Parse(srv.PeerURL())
+	opts.ClientPort, _ = strconv.Atoi(u.Port())
+	opts.PeerPort, _ = strconv.Atoi(pu.Port())
+	return srv, opts
 }

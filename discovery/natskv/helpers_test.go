@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"sync"
 	"testing"
@@ -265,4 +266,25 @@ func (b *logBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// convergesOn reads events, from a watcher told of the first of want
+// already, until what it has been told is want: whatever the watcher went
+// through, it ends where the bucket is.
+func (w *watcher) convergesOn(want ...discovery.Instance) {
+	w.t.Helper()
+	wantKeys := map[string]bool{}
+	for _, i := range want {
+		wantKeys[i.Key()] = true
+	}
+	told := map[string]bool{want[0].Key(): true}
+	for !maps.Equal(told, wantKeys) {
+		ev := w.next(3 * wait)
+		switch ev.Kind {
+		case discovery.Added:
+			told[ev.Instance.Key()] = true
+		case discovery.Removed:
+			delete(told, ev.Instance.Key())
+		}
+	}
 }

@@ -207,17 +207,8 @@ func TestMalformedRecordsAreSkipped(t *testing.T) {
 // and sends the difference.
 func TestWatchResyncsAfterTheServerRestarts(t *testing.T) {
 	t.Parallel()
-	opts := embedded.NATSOptions{JetStream: true, StoreDir: t.TempDir()}
-	srv, err := embedded.StartNATS(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, opts := startRestartable(t)
 	defer srv.Shutdown()
-	u, err := url.Parse(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Port, _ = strconv.Atoi(u.Port())
 
 	cfg := Config{Bucket: "restart"}
 	owner := open(t, srv.ClientURL(), cfg)
@@ -234,7 +225,7 @@ func TestWatchResyncsAfterTheServerRestarts(t *testing.T) {
 
 	g.shut() // the observer stays away until the test lets it back
 	srv.Shutdown()
-	srv, err = embedded.StartNATS(opts)
+	srv, err := embedded.StartNATS(opts)
 	if err != nil {
 		t.Fatalf("restart: %v", err)
 	}
@@ -564,17 +555,8 @@ func TestUnregisteredRecordsLeaveNothingBehind(t *testing.T) {
 // records again, and a watcher converges on what the new bucket holds.
 func TestAServerRestartedWithoutItsDataGetsTheRecordsBack(t *testing.T) {
 	t.Parallel()
-	opts := embedded.NATSOptions{JetStream: true, StoreDir: t.TempDir()}
-	srv, err := embedded.StartNATS(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, opts := startRestartable(t)
 	defer srv.Shutdown()
-	u, err := url.Parse(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Port, _ = strconv.Atoi(u.Port())
 
 	cfg := Config{Bucket: "fresh", TTL: time.Second}
 	owner := open(t, srv.ClientURL(), cfg)
@@ -590,7 +572,7 @@ func TestAServerRestartedWithoutItsDataGetsTheRecordsBack(t *testing.T) {
 
 	srv.Shutdown()
 	opts.StoreDir = t.TempDir()
-	srv, err = embedded.StartNATS(opts)
+	srv, err := embedded.StartNATS(opts)
 	if err != nil {
 		t.Fatalf("restart: %v", err)
 	}
@@ -611,39 +593,21 @@ func TestAServerRestartedWithoutItsDataGetsTheRecordsBack(t *testing.T) {
 	y := inst("ns", "c", "e", 2)
 	register(t, owner, y)
 	// Whatever the watcher went through, it ends where the bucket is.
-	set := map[string]bool{x.Key(): true}
-	for !(len(set) == 2 && set[x.Key()] && set[y.Key()]) {
-		ev := w.next(3 * wait)
-		switch ev.Kind {
-		case discovery.Added:
-			set[ev.Instance.Key()] = true
-		case discovery.Removed:
-			delete(set, ev.Instance.Key())
-		}
-	}
+	w.convergesOn(x, y)
 }
 
 // A Register that finds the bucket gone, before anyone has created it
 // again, creates it.
 func TestRegisterCreatesABucketTheServerLost(t *testing.T) {
 	t.Parallel()
-	opts := embedded.NATSOptions{JetStream: true, StoreDir: t.TempDir()}
-	srv, err := embedded.StartNATS(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, opts := startRestartable(t)
 	defer srv.Shutdown()
-	u, err := url.Parse(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Port, _ = strconv.Atoi(u.Port())
 	d := open(t, srv.ClientURL(), Config{Bucket: "lost"})
 	defer d.Close() // before the server stops, so Close is quick
 
 	srv.Shutdown()
 	opts.StoreDir = t.TempDir()
-	srv, err = embedded.StartNATS(opts)
+	srv, err := embedded.StartNATS(opts)
 	if err != nil {
 		t.Fatalf("restart: %v", err)
 	}
@@ -704,14 +668,24 @@ func TestAWatchFollowsTheBucketWhenItIsCreatedAgain(t *testing.T) {
 	}
 	y := inst("ns", "c", "e", 2)
 	register(t, owner, y) // creates the bucket again
-	set := map[string]bool{x.Key(): true}
-	for !(len(set) == 2 && set[x.Key()] && set[y.Key()]) {
-		ev := w.next(3 * wait)
-		switch ev.Kind {
-		case discovery.Added:
-			set[ev.Instance.Key()] = true
-		case discovery.Removed:
-			delete(set, ev.Instance.Key())
-		}
+	w.convergesOn(x, y)
+}
+
+// startRestartable starts a nats-server with JetStream on a store of its
+// own, and returns its options with the port it took, to start it again
+// on.
+func startRestartable(t *testing.T) (*embedded.NATS, embedded.NATSOptions) {
+	t.Helper()
+	opts := embedded.NATSOptions{JetStream: true, StoreDir: t.TempDir()}
+	srv, err := embedded.StartNATS(opts)
+	if err != nil {
+		t.Fatal(err)
 	}
+	u, err := url.Parse(srv.ClientURL())
+	if err != nil {
+		srv.Shutdown()
+		t.Fatal(err)
+	}
+	opts.Port, _ = strconv.Atoi(u.Port())
+	return srv, opts
 }
