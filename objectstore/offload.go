@@ -128,7 +128,8 @@ func HeaderSize(h nats.Header) int64 {
 const refReserve = 512
 
 // Prepare makes m fit under the limit. A message that fits is left alone.
-// A larger one is, under Offload, stored as the object prefix + "/" + a
+// One whose headers alone do not fit is refused: only bodies are
+// offloaded. A larger one is, under Offload, stored as the object prefix + "/" + a
 // unique id, its body replaced by a reference in RefHeader (the returned
 // Ref, so the caller can delete the object if sending fails); under
 // Reject, or past MaxObjectSize, Prepare returns a *TooLargeError that
@@ -138,6 +139,12 @@ func (o *Offloader) Prepare(ctx context.Context, m *nats.Msg, prefix, what strin
 	size := int64(len(m.Data)) + HeaderSize(m.Header)
 	if size+refReserve <= limit {
 		return nil, nil
+	}
+	if hs := HeaderSize(m.Header); hs+refReserve > limit {
+		// Only the body can be offloaded: the message would be refused
+		// after the body went to the object store for nothing.
+		return nil, fmt.Errorf("objectstore: %s has %d bytes of headers, above the %d bytes a message may take (the server's max_payload of %d bytes less %d kept for headers added on the way); headers are never offloaded: send smaller ones, or put what they carry in the body",
+			what, hs, limit-refReserve, limit, refReserve)
 	}
 	if o.cfg.Policy == Reject {
 		return nil, &TooLargeError{What: what, Size: size, Limit: limit, Reserve: refReserve, Policy: Reject}

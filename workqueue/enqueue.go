@@ -76,12 +76,6 @@ func (q *Queue[T]) message(ctx context.Context, job T, opts []EnqueueOption, cop
 	case q.cfg.AutoID:
 		id = nuid.Next()
 	}
-	if hs, limit := objectstore.HeaderSize(m.Header), q.payloads.Limit()-headerReserve; hs > limit {
-		// Only the body can be offloaded: the message would be refused
-		// after the body went to the object store for nothing.
-		return nil, nil, fmt.Errorf("workqueue: job for queue %s has %d bytes of headers (WithHeader, WithKey), above the %d bytes a message may take (the server's max_payload of %d bytes less %d kept for headers added on the way); headers are never offloaded: send smaller ones, or put what they carry in the job",
-			q.cfg.Name, hs, limit, q.payloads.Limit(), headerReserve)
-	}
 	ref, err := q.payloads.Prepare(ctx, m, q.cfg.Name, "job for queue "+q.cfg.Name)
 	if err != nil {
 		return nil, nil, fmt.Errorf("workqueue: %w", err)
@@ -94,10 +88,6 @@ func (q *Queue[T]) message(ctx context.Context, job T, opts []EnqueueOption, cop
 	}
 	return m, ref, nil
 }
-
-// headerReserve is what objectstore keeps of max_payload for the headers
-// added after its check (the reference, the message id).
-const headerReserve = 512
 
 // keyID is the message id of a job enqueued with an idempotency key: the
 // key and the job's digest, so distinct jobs never share an id.

@@ -3,6 +3,7 @@ package workqueue_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync/atomic"
@@ -264,7 +265,7 @@ func TestBatchErrorNamesTheJobsNotStored(t *testing.T) {
 
 // TestJobWithHeadersAboveMaxPayloadIsRefusedNamingThem: headers are never
 // offloaded, so a job whose headers alone pass max_payload is refused at
-// once, by every enqueue, naming their size and the limit (not the
+// once, by every enqueue (loom queue add's too), naming their size and the limit (not the
 // server's bare "maximum payload exceeded", and without first offloading
 // its body for nothing).
 func TestJobWithHeadersAboveMaxPayloadIsRefusedNamingThem(t *testing.T) {
@@ -293,6 +294,12 @@ func TestJobWithHeadersAboveMaxPayloadIsRefusedNamingThem(t *testing.T) {
 	check("EnqueueAsync", err)
 	err = q.Enqueue(ctx, []byte("small"), workqueue.WithKey(strings.Repeat("k", 70_000)))
 	check("Enqueue WithKey", err)
+	admin, err := workqueue.NewAdmin(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = admin.Add(ctx, q.Name(), json.RawMessage(`"small"`), strings.Repeat("k", 70_000))
+	check("Admin.Add (loom queue add --key)", err)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
