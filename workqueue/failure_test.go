@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -285,32 +286,9 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 		info, err := q.Info(ctx)
 		return err == nil && info.InFlight == 10
 	})
-	// The naks the consumer sends to hand jobs back, seen on the wire.
-	acks, err := nc.SubscribeSync("$JS.ACK." + q.Name() + ".>")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = acks.Unsubscribe() }()
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	stopped := make(chan error, 1)
-	go func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		stopped <- slow.Shutdown(sctx)
-	}()
 	// Shutdown has stopped pulling once it hands back a prefetched job;
 	// from then on the running handler's worker gets no other.
-	for {
-		m, err := acks.NextMsg(10 * time.Second)
-		if err != nil {
-			t.Fatalf("Shutdown handed back no prefetched job: %v", err)
-		}
-		if string(m.Data) == "-NAK" {
-			break
-		}
-	}
+	stopped := shutdownHandingBack(ctx, t, nc, q.Name(), slow, 1)
 	close(release)
 	if err := <-stopped; err != nil {
 		t.Fatalf("Shutdown: %v", err)
@@ -320,102 +298,114 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 		handled.Add(1)
 		return nil
 	}, workqueue.WithConcurrency(4))
-	testutil.Eventually(t, 5*time.Second, "the other consumer got every job left, without waiting for AckWait", func() bool {
+	testutil.Eventually(t, 15*time.Second, "the other consumer got every job left, without waiting for AckWait", func() bool {
 		return handled.Load() == n-1
 	})
 }
 
 // TestAHandedBackJobCountsAsADelivery: JetStream counts every delivery,
-// handled or not, so a job that consumers shutting down hand back
-// unstarted comes nearer max_deliver each time, and one handed back
-// max_deliver times is dead-lettered as expired without having run, as
+// handled or not, so a job that a consumer shutting down hands back
+// unstarted comes nearer max_deliver, and one handed back max_deliver
+// times is dead-lettered as expired without having run, as
 // docs/queues.md says.
 func TestAHandedBackJobCountsAsADelivery(t *testing.T) {
 	_, nc := startNATS(t, nil)
 	cfg := testConfig(t)
-	cfg.AckWait = 30 * time.Second
-	cfg.MaxDeliver = 2
+	cfg.AckWait = time.Second // a job on its way at Close comes back after it
+	cfg.MaxDeliver = 1
 	q := newQueue[job](t, nc, cfg)
 	ctx := ctxFor(t, 30*time.Second)
-	for i := range 3 {
+	for i := range 2 {
 		if err := q.Enqueue(ctx, job{ID: i}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	// Copies of the jobs the server delivers on nc, the connection the
+	// consumer pulls on.
+	deliveries, err := nc.SubscribeSync("_INBOX.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = deliveries.Unsubscribe() }()
 	var mu sync.Mutex
 	ran := map[int]int{}
-	inFlight := func(n uint64) func() bool {
-		return func() bool {
-			info, err := q.Info(ctx)
-			return err == nil && info.InFlight == n
+	started := make(chan struct{}, 2)
+	c, err := q.Consume(workqueue.HandlerFunc[job](func(ctx context.Context, j *workqueue.Job[job]) error {
+		mu.Lock()
+		ran[j.Value.ID]++
+		mu.Unlock()
+		started <- struct{}{}
+		<-ctx.Done()
+		return ctx.Err()
+	}), workqueue.WithConcurrency(1), workqueue.WithPrefetch(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	for got := 0; got < 2; { // the running job and the one prefetched
+		m, err := deliveries.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("%d of 2 deliveries: %v", got, err)
+		}
+		if strings.HasPrefix(m.Reply, "$JS.ACK."+q.Name()+".") {
+			got++
 		}
 	}
-	// round runs a consumer that holds the first job it gets until it has
-	// prefetched held more (the prefetch counts the job handed to the
-	// handler until the next pull), then shuts it down, handing those
-	// back.
-	round := func(held uint64) {
-		started, release := make(chan struct{}, 3), make(chan struct{})
-		c, err := q.Consume(workqueue.HandlerFunc[job](func(ctx context.Context, j *workqueue.Job[job]) error {
-			mu.Lock()
-			ran[j.Value.ID]++
-			mu.Unlock()
-			started <- struct{}{}
-			<-release
-			return nil
-		}), workqueue.WithConcurrency(1), workqueue.WithPrefetch(int(1+held)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		<-started
-		testutil.Eventually(t, 10*time.Second, fmt.Sprintf("%d jobs prefetched", held), inFlight(1+held))
-		// The naks that hand jobs back, seen on the wire.
-		acks, err := nc.SubscribeSync("$JS.ACK." + q.Name() + ".>")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = acks.Unsubscribe() }()
-		if err := nc.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		stopped := make(chan error, 1)
-		go func() { stopped <- c.Shutdown(ctx) }()
-		for naks := uint64(0); naks < held; {
-			m, err := acks.NextMsg(10 * time.Second)
-			if err != nil {
-				t.Fatalf("%d of the %d prefetched jobs handed back: %v", naks, held, err)
-			}
-			if string(m.Data) == "-NAK" {
-				naks++
-			}
-		}
-		close(release)
-		if err := <-stopped; err != nil {
-			t.Fatal(err)
-		}
+	// Close cancels the running handler and hands back both jobs; the
+	// prefetched one was never started.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
 	}
-	round(2) // two jobs handed back: each delivered once
-	round(1) // one of them runs; the other is handed back again
 	var handled atomic.Int64
 	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
 		handled.Add(1)
 		return nil
 	})
 	var dead []workqueue.DeadJob[job]
-	testutil.Eventually(t, 10*time.Second, "the job handed back twice dead-lettered", func() bool {
+	testutil.Eventually(t, 10*time.Second, "both jobs dead-lettered", func() bool {
 		var err error
 		dead, err = q.DeadLetters(ctx, 10)
-		return err == nil && len(dead) == 1
+		return err == nil && len(dead) == 2
 	})
 	mu.Lock()
 	defer mu.Unlock()
-	if d := dead[0]; len(ran) != 2 || ran[d.Value.ID] != 0 || d.Reason != "expired" || d.Deliveries != 3 || handled.Load() != 0 {
-		t.Fatalf("handlers ran on jobs %v, and %d after; job %d dead-lettered, %s, after %d deliveries; want 2 jobs run, none after, and the third dead-lettered as expired after 3 deliveries, unrun",
-			ran, handled.Load(), d.Value.ID, d.Reason, d.Deliveries)
+	if len(ran) != 1 || handled.Load() != 0 {
+		t.Fatalf("handlers ran on jobs %v, and on %d after; want 1 job run, none after", ran, handled.Load())
 	}
-	if !strings.Contains(dead[0].Error, "shutting down handed it back") {
-		t.Errorf("the dead letter's error %q does not say that a job handed back unstarted counts as a delivery", dead[0].Error)
+	i := slices.IndexFunc(dead, func(d workqueue.DeadJob[job]) bool { return ran[d.Value.ID] == 0 })
+	if i < 0 || dead[i].Reason != "expired" || dead[i].Deliveries != 2 {
+		t.Fatalf("dead letters %+v; want the job that never ran dead-lettered as expired after 2 deliveries", dead)
 	}
+	if !strings.Contains(dead[i].Error, "shutting down handed it back") {
+		t.Errorf("the dead letter's error %q does not say that a job handed back unstarted counts as a delivery", dead[i].Error)
+	}
+}
+
+// shutdownHandingBack starts c's Shutdown and returns once it has handed
+// back n prefetched jobs of queue (its naks, seen on the wire); the
+// channel gets Shutdown's result.
+func shutdownHandingBack(ctx context.Context, t *testing.T, nc *nats.Conn, queue string, c *workqueue.Consumer, n int) <-chan error {
+	t.Helper()
+	acks, err := nc.SubscribeSync("$JS.ACK." + queue + ".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = acks.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- c.Shutdown(ctx) }()
+	for naks := 0; naks < n; {
+		m, err := acks.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("Shutdown handed back %d of %d prefetched jobs: %v", naks, n, err)
+		}
+		if string(m.Data) == "-NAK" {
+			naks++
+		}
+	}
+	return stopped
 }
 
 func TestNewIsIdempotentAndUpdatesSettings(t *testing.T) {
