@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -120,4 +121,26 @@ func (m *natsMsg) publish(nc *nats.Conn) error {
 	}
 	msg.Data = m.data
 	return nc.PublishMsg(msg)
+}
+
+// jobsSeen records the jobs handlers were given, from any goroutine.
+type jobsSeen struct {
+	mu sync.Mutex
+	n  map[int]int // by job ID: how many times
+}
+
+func (s *jobsSeen) add(id int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n == nil {
+		s.n = map[int]int{}
+	}
+	s.n[id]++
+}
+
+// distinct returns how many jobs were seen at least once.
+func (s *jobsSeen) distinct() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.n)
 }

@@ -83,17 +83,9 @@ func TestQueueCarriesOnThroughAServerRestart(t *testing.T) {
 	q := newQueue[job](t, nc, cfg)
 	ctx := ctxFor(t, 60*time.Second)
 
-	var mu sync.Mutex
-	seen := map[int]int{}
-	handled := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(seen)
-	}
+	var seen jobsSeen
 	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
-		mu.Lock()
-		seen[j.Value.ID]++
-		mu.Unlock()
+		seen.add(j.Value.ID)
 		return nil
 	}, workqueue.WithConcurrency(4), workqueue.WithPullExpiry(time.Second))
 
@@ -103,7 +95,7 @@ func TestQueueCarriesOnThroughAServerRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	testutil.Eventually(t, 20*time.Second, "jobs before the restart handled", func() bool { return handled() == n })
+	testutil.Eventually(t, 20*time.Second, "jobs before the restart handled", func() bool { return seen.distinct() == n })
 
 	srv.stop()
 	// An enqueue while the server is down waits for it, within its deadline.
@@ -119,7 +111,7 @@ func TestQueueCarriesOnThroughAServerRestart(t *testing.T) {
 			t.Fatalf("Enqueue after the restart: %v", err)
 		}
 	}
-	testutil.Eventually(t, 30*time.Second, "jobs after the restart handled", func() bool { return handled() == 2*n })
+	testutil.Eventually(t, 30*time.Second, "jobs after the restart handled", func() bool { return seen.distinct() == 2*n })
 	testutil.Eventually(t, 10*time.Second, "queue empty", func() bool {
 		info, err := q.Info(ctx)
 		return err == nil && info.Jobs == 0
@@ -140,26 +132,18 @@ func TestQueueWhoseStreamsWentAwayMakesThemAgain(t *testing.T) {
 	q := newQueue[job](t, nc, cfg)
 	ctx := ctxFor(t, 60*time.Second)
 
-	var mu sync.Mutex
-	seen := map[int]int{}
-	handled := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(seen)
-	}
+	var seen jobsSeen
 	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
 		if j.Value.Text == "poison" {
 			return errors.New("poison")
 		}
-		mu.Lock()
-		seen[j.Value.ID]++
-		mu.Unlock()
+		seen.add(j.Value.ID)
 		return nil
 	}, workqueue.WithPullExpiry(time.Second))
 	if err := q.Enqueue(ctx, job{ID: 0}); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 10*time.Second, "the job before the restart handled", func() bool { return handled() == 1 })
+	testutil.Eventually(t, 10*time.Second, "the job before the restart handled", func() bool { return seen.distinct() == 1 })
 
 	srv.restart(nc)
 
@@ -171,7 +155,7 @@ func TestQueueWhoseStreamsWentAwayMakesThemAgain(t *testing.T) {
 	if err := q.EnqueueBatch(ectx, []job{{ID: 2}, {ID: 3}}); err != nil {
 		t.Fatalf("EnqueueBatch after the streams went away: %v", err)
 	}
-	testutil.Eventually(t, 20*time.Second, "the jobs after the restart handled", func() bool { return handled() == 4 })
+	testutil.Eventually(t, 20*time.Second, "the jobs after the restart handled", func() bool { return seen.distinct() == 4 })
 	if err := q.Enqueue(ectx, job{ID: 4, Text: "poison"}); err != nil {
 		t.Fatal(err)
 	}
