@@ -174,7 +174,7 @@ func (b *Bus) startJetStream(ctx context.Context, c *conn, topic, group string, 
 		},
 	}
 	if o.Orderly {
-		cfg.LaneHeader = ShardingKeyHeader
+		cfg.LaneKey = shardingKey
 	}
 	r, err := jsconsume.Start(cfg)
 	if err != nil {

@@ -3,7 +3,10 @@ package eventbus_test
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -180,5 +183,67 @@ func TestCozeCreatedConsumerIsTheGroupsConsumer(t *testing.T) {
 	// messages were handled once.
 	if msgs, err := sub.Fetch(1, nats.MaxWait(200*time.Millisecond)); err == nil && len(msgs) > 0 {
 		t.Fatalf("Coze's member of the group got %q after Loom's handled it", msgs[0].Data)
+	}
+}
+
+// TestOrderlyKeepsTheOrderOfMessagesWithOnlyLoomsOldHeader: a message an
+// earlier Loom stored with only Loom-Sharding-Key is handled in its key's
+// order by a WithOrderly JetStream consumer, as one with Sharding-Key is.
+func TestOrderlyKeepsTheOrderOfMessagesWithOnlyLoomsOldHeader(t *testing.T) {
+	ns := startNATS(t, nil)
+	b := newBus(t, busConfig(ns, true))
+	const topic, perKey = "legacy_keys", 40
+	var mu sync.Mutex
+	order := map[string][]int{}
+	busy := map[string]bool{}
+	var overlaps, n atomic.Int64
+	err := b.RegisterConsumer("", topic, "g", eventbus.HandlerFunc(func(_ context.Context, m *eventbus.Message) error {
+		seq, _ := strconv.Atoi(string(m.Body))
+		mu.Lock()
+		if busy[m.ShardingKey] {
+			overlaps.Add(1)
+		}
+		busy[m.ShardingKey] = true
+		order[m.ShardingKey] = append(order[m.ShardingKey], seq)
+		mu.Unlock()
+		time.Sleep(time.Millisecond) // the handler's work, for another worker to overtake it if it could
+		mu.Lock()
+		busy[m.ShardingKey] = false
+		mu.Unlock()
+		n.Add(1)
+		return nil
+	}), eventbus.WithOrderly(), eventbus.WithConcurrency(8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range perKey {
+		for _, key := range []string{"space-1", "space-2"} {
+			m := &nats.Msg{Subject: topic, Data: []byte(strconv.Itoa(i)), Header: nats.Header{eventbus.LoomShardingKeyHeader: []string{key}}}
+			if _, err := js.PublishMsg(t.Context(), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	testutil.Eventually(t, 20*time.Second, "every message handled", func() bool { return n.Load() == 2*perKey })
+	mu.Lock()
+	defer mu.Unlock()
+	if o := overlaps.Load(); o > 0 {
+		t.Errorf("%d messages ran beside another of their key", o)
+	}
+	for key, got := range order {
+		for i, s := range got {
+			if s != i {
+				t.Fatalf("key %s: message %d handled in position %d; want the order sent (%v)", key, s, i, got)
+			}
+		}
 	}
 }

@@ -33,9 +33,10 @@ type Config struct {
 	Prefetch int
 	// PullExpiry: see DefaultPullExpiry; 0 means that.
 	PullExpiry time.Duration
-	// LaneHeader, if set, names a header whose messages with equal values
-	// are handled one at a time, in order of delivery (a sharding key).
-	LaneHeader string
+	// LaneKey, if set, returns a message's lane key from its headers
+	// (a sharding key): messages with equal non-empty keys are handled
+	// one at a time, in order of delivery.
+	LaneKey func(nats.Header) string
 	// Handler handles a delivery; see Settler.Handle for what its error
 	// does.
 	Handler func(ctx context.Context, d *Delivery) error
@@ -93,7 +94,7 @@ func Start(cfg Config) (*Runner, error) {
 	}
 	r.pullCtx, r.stopPull = context.WithCancel(context.Background())
 	r.baseCtx, r.kill = context.WithCancel(context.Background())
-	if cfg.LaneHeader != "" {
+	if cfg.LaneKey != nil {
 		r.lanes = make([]chan jetstream.Msg, cfg.Concurrency)
 		for i := range r.lanes {
 			r.lanes[i] = make(chan jetstream.Msg)
@@ -255,7 +256,7 @@ func (r *Runner) dispatch(msg jetstream.Msg) bool {
 	}
 	ch := r.work
 	if r.lanes != nil {
-		if key := msg.Headers().Get(r.cfg.LaneHeader); key != "" {
+		if key := r.cfg.LaneKey(msg.Headers()); key != "" {
 			ch = r.lanes[maphash.String(r.seed, key)%uint64(len(r.lanes))]
 		}
 	}
