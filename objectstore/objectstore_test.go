@@ -161,3 +161,51 @@ func FuzzParseRef(f *testing.F) {
 		}
 	})
 }
+
+// TestOffloadAfterTheBucketWentAway: a bucket lost while the process runs
+// (a server with memory storage restarted, an operator removed it) is
+// made again by the next payload that needs it, as work queues and
+// EventBuses make their streams again; before, every large payload failed
+// until the process restarted.
+func TestOffloadAfterTheBucketWentAway(t *testing.T) {
+	nc := connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	js, _ := jetstream.New(nc)
+	off, err := objectstore.NewOffloader(nc, js, objectstore.OffloadConfig{
+		Bucket: objectstore.Config{Bucket: "lost", Storage: "memory"}, Limit: 4096,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prepare := func() *objectstore.Ref {
+		t.Helper()
+		m := &nats.Msg{Subject: "x", Data: bytes.Repeat([]byte("p"), 10_000)}
+		ref, err := off.Prepare(ctx, m, "test", "test payload")
+		if err != nil {
+			t.Fatalf("Prepare: %v", err)
+		}
+		body, _, err := off.Resolve(ctx, m.Header, m.Data)
+		if err != nil || len(body) != 10_000 {
+			t.Fatalf("Resolve: %d bytes, %v", len(body), err)
+		}
+		return ref
+	}
+	prepare()
+	if err := js.DeleteObjectStore(ctx, "lost"); err != nil {
+		t.Fatal(err)
+	}
+	ref := prepare()
+	if _, err := js.ObjectStore(ctx, "lost"); err != nil {
+		t.Fatalf("the bucket was not made again: %v", err)
+	}
+	// An object whose bucket went away is lost for good: its reference
+	// is refused as not found, which dead-letters the job at once.
+	if err := js.DeleteObjectStore(ctx, "lost"); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = off.Resolve(ctx, nats.Header{objectstore.RefHeader: {ref.String()}}, nil)
+	if !errors.Is(err, objectstore.ErrNotFound) || !strings.Contains(err.Error(), "bucket does not exist") {
+		t.Fatalf("Resolve of an object whose bucket went away: %v; want ErrNotFound saying the bucket does not exist", err)
+	}
+}

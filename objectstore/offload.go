@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync"
 
 	"github.com/nats-io/nats.go"
@@ -156,7 +157,16 @@ func (o *Offloader) Prepare(ctx context.Context, m *nats.Msg, prefix, what strin
 	if err != nil {
 		return nil, fmt.Errorf("objectstore: %s is %d bytes, above max_payload %d, and cannot be offloaded: %w", what, size, limit, err)
 	}
-	ref, err := st.Put(ctx, prefix+"/"+nuid.Next(), bytes.NewReader(m.Data))
+	name := prefix + "/" + nuid.Next()
+	ref, err := st.Put(ctx, name, bytes.NewReader(m.Data))
+	if err != nil && o.lost(ctx, st, err) {
+		// The bucket went away under the running process: make it again,
+		// as work queues and EventBuses make their streams again.
+		slog.Warn("objectstore: the bucket was gone (a server restarted without it, or it was removed); making it again", "bucket", st.bucket)
+		if st, err = o.bucket(ctx); err == nil {
+			ref, err = st.Put(ctx, name, bytes.NewReader(m.Data))
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -181,6 +191,31 @@ func (o *Offloader) bucket(ctx context.Context) (*Store, error) {
 	}
 	o.stores[st.bucket] = st
 	return st, nil
+}
+
+// lost reports whether st's bucket is gone (a server with memory storage
+// restarted, or an operator removed it), given that err failed a request
+// to it, and forgets it so that bucket makes it again. No stream answers
+// while JetStream restarts too; the server is asked, so that a bucket
+// that is there is never made again.
+func (o *Offloader) lost(ctx context.Context, st *Store, err error) bool {
+	if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, jetstream.ErrNoStreamResponse) && !bucketGone(err) {
+		return false
+	}
+	if _, err := o.js.ObjectStore(ctx, st.bucket); !bucketGone(err) {
+		return false
+	}
+	o.mu.Lock()
+	if o.stores[st.bucket] == st {
+		delete(o.stores, st.bucket)
+	}
+	o.mu.Unlock()
+	return true
+}
+
+// bucketGone reports whether err says a bucket's stream does not exist.
+func bucketGone(err error) bool {
+	return errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
 }
 
 // existing returns the bucket named by a reference, which must exist.
@@ -221,6 +256,9 @@ func (o *Offloader) Resolve(ctx context.Context, h nats.Header, body []byte) ([]
 	}
 	rc, got, err := st.Open(ctx, ref.Name)
 	if err != nil {
+		if o.lost(ctx, st, err) {
+			return nil, &ref, fmt.Errorf("%w: object %s/%s: its bucket does not exist (a server restarted without it, or it was removed)", ErrNotFound, ref.Bucket, ref.Name)
+		}
 		return nil, &ref, err
 	}
 	defer rc.Close()

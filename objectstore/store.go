@@ -98,7 +98,7 @@ func open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	obs, err := js.ObjectStore(ctx, cfg.Bucket)
 	if err == nil {
 		warnBucket(ctx, js, oc)
-	} else if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+	} else if bucketGone(err) {
 		obs, err = js.CreateObjectStore(ctx, oc)
 		if errors.Is(err, jetstream.ErrBucketExists) || errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 			obs, err = js.ObjectStore(ctx, cfg.Bucket)
@@ -114,7 +114,7 @@ func open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 func attach(ctx context.Context, js jetstream.JetStream, bucket string) (*Store, error) {
 	obs, err := js.ObjectStore(ctx, bucket)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		if bucketGone(err) {
 			return nil, fmt.Errorf("%w: bucket %s does not exist", ErrNotFound, bucket)
 		}
 		return nil, fmt.Errorf("objectstore: bucket %s: %w", bucket, jsHint(err))
