@@ -27,8 +27,9 @@ type statusServer struct {
 }
 
 // statusSource is what the status server reports on: the runtime, seen
-// through the two questions it asks.
+// through the questions it asks.
 type statusSource interface {
+	live() (bool, string)
 	ready() (bool, string)
 	metadata() Metadata
 }
@@ -53,6 +54,10 @@ func startStatusServer(sc config.Status, reg *prometheus.Registry, log *slog.Log
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /live", func(w http.ResponseWriter, _ *http.Request) {
+		if ok, why := src.live(); !ok {
+			http.Error(w, "not live: "+why, http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "live")
 	})
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) {
@@ -104,12 +109,34 @@ func (rt *Runtime) stopStatus() error {
 	return err
 }
 
+// live reports whether the process can still do its work without a
+// restart. A NATS connection that reconnects is live; one closed for good
+// (nats.max_reconnects spent) never comes back, and the process would go
+// on unable to publish, consume or serve on NATS.
+func (rt *Runtime) live() (bool, string) {
+	rt.natsMu.Lock()
+	nc := rt.nc
+	rt.natsMu.Unlock()
+	if nc == nil || !nc.IsClosed() || rt.isClosed() {
+		return true, ""
+	}
+	why := "the NATS connection is closed for good (nats.max_reconnects reconnect attempts failed, or the program closed it)"
+	if err := nc.LastError(); err != nil {
+		why += ": " + err.Error()
+	}
+	return false, why + "; restart the process"
+}
+
 // ready reports whether the process should receive traffic: not shutting
-// down, and every endpoint it serves registered in discovery and healthy.
+// down, live, and every endpoint it serves registered in discovery and
+// healthy.
 func (rt *Runtime) ready() (bool, string) {
 	all, stopping := rt.allServed()
 	if stopping {
 		return false, "shutting down"
+	}
+	if ok, why := rt.live(); !ok {
+		return false, why
 	}
 	for _, s := range all {
 		if ok, why := s.ready(); !ok {

@@ -10,10 +10,14 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/internal/testutil"
 )
 
@@ -179,5 +183,48 @@ func TestAChosenStatusPortIsLoggedAtInfo(t *testing.T) {
 				t.Errorf("the log at info does not give the chosen address %s:\n%s", rt.StatusAddr(), got)
 			}
 		})
+	}
+}
+
+// TestANATSConnectionClosedForGoodIsNotLive: a NATS connection that gave
+// up reconnecting (nats.max_reconnects) never comes back, so /live and
+// /health say so and name the cause, for an orchestrator to restart the
+// process; a connection still reconnecting is live.
+func TestANATSConnectionClosedForGoodIsNotLive(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	c := newClusterOn(t, "tcp")
+	c.cfg.NATS.URL = ns.ClientURL()
+	c.cfg.NATS.MaxReconnects = 2
+	c.cfg.NATS.ReconnectWait = 20 * time.Millisecond
+	c.cfg.Status.Port = -1
+	rt := c.runtime()
+	nc, err := rt.NATS(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + rt.StatusAddr()
+	if code, body := get(t, base+"/live"); code != 200 {
+		t.Fatalf("/live = %d %q while connected", code, body)
+	}
+	reconnecting := make(chan struct{})
+	var once sync.Once
+	nc.SetDisconnectErrHandler(func(*nats.Conn, error) { once.Do(func() { close(reconnecting) }) })
+	ns.Shutdown()
+	<-reconnecting
+	if !nc.IsClosed() {
+		if code, body := get(t, base+"/live"); code != 200 {
+			t.Fatalf("/live = %d %q while the connection reconnects", code, body)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "the connection closed for good", nc.IsClosed)
+	for _, path := range []string{"/live", "/health"} {
+		code, body := get(t, base+path)
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "NATS connection is closed for good") || !strings.Contains(body, "nats.max_reconnects") {
+			t.Errorf("%s = %d %q; want 503 naming the closed connection and nats.max_reconnects", path, code, body)
+		}
 	}
 }
