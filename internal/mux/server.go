@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -260,9 +261,27 @@ func NewServer(cfg ServerConfig, h Handler) *Server {
 	return s
 }
 
+// retryAccept reports whether an Accept error passes: a timeout, or the
+// process or the system out of file descriptors or memory for a moment
+// (a burst of connections). Giving up on those would leave the process
+// registered and serving its open connections while refusing every new
+// one until it restarts.
+func retryAccept(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // Serve accepts connections on ln until Shutdown or Close, then returns
-// ErrServerClosed; it returns other errors from ln.Accept that are not
-// temporary. Serve closes ln when it returns.
+// ErrServerClosed; it returns other errors from ln.Accept that do not
+// pass (see retryAccept). Serve closes ln when it returns.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.draining {
@@ -288,8 +307,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			if draining {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			if retryAccept(err) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				s.log.Warn("mux: accept failed; retrying", "addr", ln.Addr().String(), "err", err, "in", delay)
 				time.Sleep(delay)
