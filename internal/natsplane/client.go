@@ -482,9 +482,16 @@ func (c *Client) expire(connClosed bool) {
 	}
 	for _, st := range waiting {
 		cause := fmt.Errorf("%w: natsplane server at %s sent nothing for %v", plane.ErrStalled, st.subject, c.cfg.StallTimeout)
+		if err := publishDenied(c.nc, st.subject); err != nil {
+			cause = fmt.Errorf("%w: %w", plane.ErrStalled, err)
+		}
 		st.fail(&plane.StreamError{Code: wire.CodeReset, Message: cause.Error(), Err: cause}, true)
 	}
 	for _, srv := range stalled {
+		if err := publishDenied(c.nc, srv.subject); err != nil {
+			c.log.Error("natsplane: requests to a server failed: "+err.Error(), "subject", srv.subject)
+			continue
+		}
 		n := 0
 		for _, st := range waiting {
 			if st.srv == srv {
@@ -499,12 +506,24 @@ func (c *Client) expire(connClosed bool) {
 			st.fail(&plane.StreamError{Code: wire.CodeReset, Message: "the NATS connection of the client is closed", Err: ErrConnClosed}, false)
 			continue
 		}
-		st.fail(&plane.StreamError{
-			Code:    wire.CodeReset,
-			Message: fmt.Sprintf("no response or heartbeat from the server at %s for %v: it died, lost its NATS connection or lost the stream", st.subject, c.cfg.HeartbeatTimeout),
-			Err:     ErrServerGone,
-		}, true)
+		msg := fmt.Sprintf("no response or heartbeat from the server at %s for %v: it died, lost its NATS connection or lost the stream", st.subject, c.cfg.HeartbeatTimeout)
+		if err := publishDenied(c.nc, st.subject); err != nil {
+			msg = err.Error()
+		}
+		st.fail(&plane.StreamError{Code: wire.CodeReset, Message: msg, Err: ErrServerGone}, true)
 	}
+}
+
+// publishDenied returns why a server at subject never heard this
+// client, if the NATS server refused the client's publishes there: a
+// user without publish permission gets no response, only an error the
+// server reports to the connection.
+func publishDenied(nc *nats.Conn, subject string) error {
+	err := nc.LastError()
+	if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(strings.ToLower(err.Error()), `publish to "`+strings.ToLower(subject)+`"`) {
+		return nil
+	}
+	return fmt.Errorf("natsplane: the NATS server refused this process's requests to %s (%v): its NATS user needs publish permission on %s (loom.rpc.> for every instance served over NATS)", subject, err, subject)
 }
 
 var epoch = time.Now()

@@ -197,6 +197,14 @@ func NewServer(nc *nats.Conn, subject string, cfg ServerConfig, h Handler) (*Ser
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("natsplane: serving on subject %s: the NATS server did not confirm the subscription: %w", subject, err)
 	}
+	// A refused subscription is reported to the connection, before the
+	// flush's answer, and the subscription stays in place receiving
+	// nothing.
+	if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) &&
+		strings.Contains(strings.ToLower(err.Error()), `subscription to "`+strings.ToLower(subject)+`"`) {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("natsplane: serving on subject %s: the NATS server refused the subscription (%w): this process's NATS user needs subscribe permission on %s (loom.rpc.> for every instance served over NATS)", subject, err, subject)
+	}
 	s.sub = sub
 	go s.heartbeatLoop()
 	return s, nil
