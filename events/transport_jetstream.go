@@ -34,10 +34,7 @@ const DurablePrefix = "loom.events."
 // operator's limits are kept; internal/jsstream warns with the
 // differences), so operators change limits with the nats CLI.
 func ensureStream(ctx context.Context, js jetstream.JetStream, c config.EventsJetStream, log *slog.Logger) (jetstream.Stream, error) {
-	name := c.Stream
-	if name == "" {
-		name = "LOOM_EVENTS"
-	}
+	name := streamName(c)
 	sc := jetstream.StreamConfig{
 		Name:        name,
 		Description: "Loom durable events (package events)",
@@ -72,12 +69,26 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, c config.EventsJe
 	return s, nil
 }
 
+func streamName(c config.EventsJetStream) string {
+	if c.Stream == "" {
+		return "LOOM_EVENTS"
+	}
+	return c.Stream
+}
+
 type jetStreamSender struct {
-	js jetstream.JetStream
+	js  jetstream.JetStream
+	cfg config.EventsJetStream
+	log *slog.Logger
 
 	mu       sync.Mutex
 	failed   int
 	firstErr error
+	// lost is set when a publish found no stream to answer it: the
+	// stream went away (a server restarted without it, or an operator
+	// removed it), and the next send makes it again.
+	lost     atomic.Bool
+	restored time.Time // under mu: when restore last made the stream
 }
 
 func newJetStreamSender(ctx context.Context, rt *loom.Runtime, o options) (*jetStreamSender, error) {
@@ -85,7 +96,7 @@ func newJetStreamSender(ctx context.Context, rt *loom.Runtime, o options) (*jetS
 	if err != nil {
 		return nil, fmt.Errorf("events: the jetstream transport needs NATS (nats.url, NATS_SERVER): %w", err)
 	}
-	s := &jetStreamSender{}
+	s := &jetStreamSender{cfg: o.cfg.JetStream, log: rt.Logger()}
 	s.js, err = jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(o.cfg.JetStream.MaxPending),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
@@ -95,6 +106,9 @@ func newJetStreamSender(ctx context.Context, rt *loom.Runtime, o options) (*jetS
 				s.firstErr = fmt.Errorf("the stream did not store an event on %s: %w", strings.TrimPrefix(m.Subject, DurablePrefix), err)
 			}
 			s.failed++
+			if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrStreamNotFound) {
+				s.lost.Store(true)
+			}
 		}))
 	if err != nil {
 		return nil, fmt.Errorf("events: JetStream: %w", err)
@@ -121,6 +135,9 @@ func (s *jetStreamSender) takeErr() error {
 }
 
 func (s *jetStreamSender) send(ctx context.Context, subject string, env []byte) error {
+	if s.lost.Load() {
+		s.restore(ctx)
+	}
 	if err := s.takeErr(); err != nil {
 		return err
 	}
@@ -136,6 +153,35 @@ func (s *jetStreamSender) send(ctx context.Context, subject string, env []byte) 
 		if ctx.Err() != nil {
 			return fmt.Errorf("waiting for the stream to acknowledge earlier events (events.jetstream.max_pending): %w", ctx.Err())
 		}
+	}
+}
+
+// restoreEvery bounds how often a publisher asks the
+// server whether the stream is there, however often it finds it missing.
+const restoreEvery = 250 * time.Millisecond
+
+// restoreWait bounds one attempt to make the stream again.
+const restoreWait = 2 * time.Second
+
+// restore makes the stream again when a publish found none: without it
+// every later event would fail the same way until the process restarted.
+// The stream is created only when absent, with the configured limits, as
+// at the start. A failure is left for a later send to retry (the events
+// meanwhile fail, and subscribers count them as lost).
+func (s *jetStreamSender) restore(ctx context.Context) {
+	s.mu.Lock()
+	if time.Since(s.restored) < restoreEvery {
+		s.mu.Unlock()
+		return
+	}
+	s.restored = time.Now()
+	s.mu.Unlock()
+	s.lost.Store(false)
+	ctx, cancel := context.WithTimeout(ctx, restoreWait)
+	defer cancel()
+	if _, err := ensureStream(ctx, s.js, s.cfg, s.log); err != nil {
+		s.lost.Store(true)
+		s.log.Warn("events: the JetStream stream is gone and could not be made again; retrying at the next Publish", "stream", streamName(s.cfg), "err", err)
 	}
 }
 
@@ -163,14 +209,26 @@ func (s *jetStreamSender) shutdown(ctx context.Context, drain bool) error {
 type durableSub struct {
 	c         *subCore
 	js        jetstream.JetStream
-	stream    jetstream.Stream
-	cons      jetstream.Consumer
-	it        jetstream.MessagesContext
-	name      string
+	cfg       config.EventsJetStream
+	cc        jetstream.ConsumerConfig // as first created
+	pullOpts  []jetstream.PullMessagesOpt
 	ephemeral bool
+	// created is when the stream the consumer was made on was created:
+	// a stream made again since holds none of the events of the first.
+	created time.Time
 
-	mu   sync.Mutex // the reader
-	held *held      // under mu
+	// The consumer, made again if the server loses it; the reader
+	// replaces them (under mu and itMu), close reads them (under itMu).
+	itMu   sync.Mutex
+	stream jetstream.Stream
+	cons   jetstream.Consumer
+	it     jetstream.MessagesContext
+	name   string
+
+	mu      sync.Mutex // the reader
+	held    *held      // under mu
+	lastSeq uint64     // under mu: the highest stream sequence received
+	broken  bool       // under mu: the consumer is gone and not yet made again
 	// pending is the events the stream still held for the consumer when
 	// it sent the last one accepted (the message's own count).
 	pending atomic.Uint64
@@ -217,24 +275,111 @@ func subscribeJetStream(ctx context.Context, rt *loom.Runtime, c *subCore, o opt
 		// An ephemeral consumer outlives a crashed process by this much.
 		cc.InactiveThreshold = time.Minute
 	}
-	cons, err := stream.CreateOrUpdateConsumer(ctx, cc)
-	if err != nil {
+	d := &durableSub{c: c, js: js, cfg: o.cfg.JetStream, cc: cc, ephemeral: o.durable == "",
+		created: stream.CachedInfo().Created,
+		// A short pull expiry: the client notices a pull request the
+		// server no longer holds (seen under load: the consumer has
+		// events, no request waits, and the client counts its own as
+		// outstanding) after two missed heartbeats, half the expiry,
+		// instead of after 30s.
+		pullOpts: []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(min(o.bufferSize, 512)), jetstream.PullExpiry(pullExpiry)},
+	}
+	if err := d.consume(ctx, stream, cc); err != nil {
 		what := "consumer"
 		if o.durable != "" {
 			what = fmt.Sprintf("durable consumer %q (a durable keeps the Deliver* start it was created with; remove it with `nats consumer rm` to change it)", o.durable)
 		}
 		return nil, fmt.Errorf("events: JetStream %s for %s: %w", what, c.pattern, err)
 	}
-	// A short pull expiry: the client notices a pull request the server no
-	// longer holds (seen under load: the consumer has events, no request
-	// waits, and the client counts its own as outstanding) after two
-	// missed heartbeats, half the expiry, instead of after 30s.
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(o.bufferSize, 512)), jetstream.PullExpiry(pullExpiry))
+	return d, nil
+}
+
+// consume creates the consumer cc on stream and starts pulling from it.
+func (d *durableSub) consume(ctx context.Context, stream jetstream.Stream, cc jetstream.ConsumerConfig) error {
+	cons, err := stream.CreateOrUpdateConsumer(ctx, cc)
 	if err != nil {
-		return nil, fmt.Errorf("events: JetStream consumer for %s: %w", c.pattern, err)
+		return err
 	}
-	return &durableSub{c: c, js: js, stream: stream, cons: cons, it: it,
-		name: cons.CachedInfo().Name, ephemeral: o.durable == ""}, nil
+	it, err := cons.Messages(d.pullOpts...)
+	if err != nil {
+		return err
+	}
+	d.itMu.Lock()
+	defer d.itMu.Unlock()
+	if d.closing.Load() {
+		// Closed meanwhile: close has let go of the previous consumer.
+		it.Stop()
+		if d.ephemeral {
+			_ = stream.DeleteConsumer(ctx, cons.CachedInfo().Name)
+		}
+		return fmt.Errorf("%w: subscription to %s", ErrClosed, d.c.pattern)
+	}
+	d.stream, d.cons, d.it, d.name = stream, cons, it, cons.CachedInfo().Name
+	return nil
+}
+
+// consumerGone asks the server whether it still has the consumer, when
+// pulls went without a heartbeat. A server that restarted without it
+// (memory storage), or from which an operator removed it or its stream,
+// answers a pull with nothing at all, not with "consumer not found":
+// without asking, the subscription would wait for heartbeats forever.
+func (d *durableSub) consumerGone(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, restoreWait)
+	defer cancel()
+	_, err := d.cons.Info(ctx)
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
+// recreate makes the consumer again, and the stream if it went too,
+// retrying with a backoff until it works, ctx ends or the subscription
+// closes (then the next loop tries again). It resumes after the last
+// event received when the stream is the same; a stream made again holds
+// only events published since, so it starts at its beginning. Events the
+// lost stream held and the subscription had not received are counted as
+// lost when their publisher's next event arrives.
+func (d *durableSub) recreate(ctx context.Context, cause error) bool {
+	c := d.c
+	d.broken = true
+	d.itMu.Lock()
+	d.it.Stop()
+	d.itMu.Unlock()
+	c.log.Warn("events: the JetStream consumer went away (a server restarted without it, or it was removed); making it again",
+		"consumer", d.name, "err", cause)
+	delay := 100 * time.Millisecond
+	for {
+		err := d.remake(ctx)
+		if err == nil {
+			d.broken = false
+			return true
+		}
+		c.log.Warn("events: making the JetStream consumer again failed; retrying", "err", err, "retry_in", delay)
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return false
+		case <-c.done:
+			return false
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+func (d *durableSub) remake(ctx context.Context) error {
+	sctx, cancel := context.WithTimeout(ctx, restoreWait)
+	defer cancel()
+	stream, err := ensureStream(sctx, d.js, d.cfg, d.c.rt.Logger())
+	if err != nil {
+		return err
+	}
+	cc := d.cc
+	switch created := stream.CachedInfo().Created; {
+	case !created.Equal(d.created):
+		cc.DeliverPolicy, cc.OptStartSeq, cc.OptStartTime = jetstream.DeliverAllPolicy, 0, nil
+		d.created, d.lastSeq = created, 0
+	case d.lastSeq > 0:
+		cc.DeliverPolicy, cc.OptStartSeq, cc.OptStartTime = jetstream.DeliverByStartSequencePolicy, d.lastSeq+1, nil
+	}
+	return d.consume(sctx, stream, cc)
 }
 
 // pullExpiry is how long a subscription's pull request lasts.
@@ -265,6 +410,9 @@ func (d *durableSub) loop(ctx context.Context, deliver func(it *item, streamSeq 
 	if ctx.Done() != nil {
 		next = append(next, jetstream.NextContext(ctx))
 	}
+	if d.broken && !d.recreate(ctx, errors.New("not made again before")) {
+		return
+	}
 	for {
 		h := d.held
 		d.held = nil
@@ -276,11 +424,16 @@ func (d *durableSub) loop(ctx context.Context, deliver func(it *item, streamSeq 
 					return // this range is over; the subscription goes on
 				case d.closing.Load() || errors.Is(err, jetstream.ErrMsgIteratorClosed) && !errors.Is(err, jetstream.ErrConnectionClosed):
 					return // closed by us (also when the connection closed right after)
-				case errors.Is(err, jetstream.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionClosed),
-					errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound):
+				case errors.Is(err, jetstream.ErrConnectionClosed), errors.Is(err, nats.ErrConnectionClosed):
 					c.close(nil)
 					fail(fmt.Errorf("%w: JetStream consumer %s for %s: %w", ErrConnectionClosed, d.name, c.pattern, err))
 					return
+				case errors.Is(err, jetstream.ErrConsumerDeleted), errors.Is(err, jetstream.ErrConsumerNotFound),
+					errors.Is(err, jetstream.ErrNoHeartbeat) && d.consumerGone(ctx):
+					if !d.recreate(ctx, err) {
+						return
+					}
+					continue
 				}
 				// Missed heartbeats and the like: the iterator recovers.
 				c.log.Debug("events: JetStream consumer", "consumer", d.name, "err", err)
@@ -315,6 +468,10 @@ func (d *durableSub) accept(m jetstream.Msg) *held {
 	subject := strings.TrimPrefix(m.Subject(), DurablePrefix)
 	data := m.Data()
 	h := &held{m: m}
+	md, mdErr := m.Metadata()
+	if mdErr == nil {
+		d.lastSeq = max(d.lastSeq, md.Sequence.Stream)
+	}
 	if len(data) > c.maxSize {
 		c.malformedMsg(subject, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(data)))
 		return nil
@@ -342,7 +499,7 @@ func (d *durableSub) accept(m jetstream.Msg) *held {
 	c.received.Add(1)
 	h.it.subject, h.it.codec = subject, name
 	h.it.traceParent = c.traceReceive(subject, m.Headers(), &h.it.env)
-	if md, err := m.Metadata(); err == nil {
+	if mdErr == nil {
 		h.streamSeq = md.Sequence.Stream
 		d.pending.Store(md.NumPending)
 	}
@@ -360,6 +517,8 @@ func (d *durableSub) close() error {
 	// rather than after AckWait: the reader's loop does it if it runs,
 	// else this does.
 	d.closing.Store(true)
+	d.itMu.Lock()
+	defer d.itMu.Unlock()
 	d.it.Drain()
 	if d.mu.TryLock() {
 		if d.held != nil {

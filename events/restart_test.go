@@ -1,0 +1,330 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
+	"github.com/loomrt/loom/loomtest"
+)
+
+// restartableNATS is a JetStream server on a fixed port and file store,
+// which a test stops and starts again as a restart of the server.
+type restartableNATS struct {
+	t     *testing.T
+	port  int
+	store string
+	mu    sync.Mutex
+	ns    *embedded.NATS
+}
+
+func startRestartableNATS(t *testing.T) *restartableNATS {
+	r := &restartableNATS{t: t, port: testutil.FreePort(t), store: t.TempDir()}
+	r.start()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *restartableNATS) start() {
+	r.t.Helper()
+	ns, err := embedded.StartNATS(embedded.NATSOptions{Port: r.port, JetStream: true, StoreDir: r.store})
+	if err != nil {
+		r.t.Fatalf("StartNATS on port %d: %v", r.port, err)
+	}
+	r.mu.Lock()
+	r.ns = ns
+	r.mu.Unlock()
+}
+
+func (r *restartableNATS) stop() {
+	r.mu.Lock()
+	ns := r.ns
+	r.ns = nil
+	r.mu.Unlock()
+	if ns != nil {
+		ns.Shutdown()
+	}
+}
+
+// restart stops the server and starts it again, then waits until nc has
+// reconnected. IsConnected alone does not say so: until nc notices the
+// old connection is gone, it still reports that one.
+func (r *restartableNATS) restart(nc *nats.Conn) {
+	r.t.Helper()
+	before := nc.Stats().Reconnects
+	r.stop()
+	r.start()
+	testutil.Eventually(r.t, 10*time.Second, "reconnected", func() bool {
+		return nc.Stats().Reconnects > before && nc.IsConnected()
+	})
+}
+
+func (r *restartableNATS) url() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ns.ClientURL()
+}
+
+// restartSystem is a system whose runtimes use srv, with the events of
+// transport kept in a stream on storage ("memory" loses it at a restart).
+func restartSystem(t *testing.T, srv *restartableNATS, transport, storage string) *system {
+	s := &system{loomtest.New(t, loomtest.Options{})}
+	s.Config.NATS.URL = srv.url()
+	s.Config.Events.Transport = transport
+	s.Config.Events.JetStream.Storage = storage
+	return s
+}
+
+func runtimeNATS(t *testing.T, rt *loom.Runtime) *nats.Conn {
+	t.Helper()
+	nc, err := rt.NATS(testutil.Timeout(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nc
+}
+
+// reader reads a subscription in the background and keeps what it reads.
+type reader struct {
+	mu     sync.Mutex
+	seqs   []uint64
+	losses []*events.LossError
+	err    error
+	done   chan struct{}
+}
+
+func read[T any](t *testing.T, s *events.Subscription[T]) *reader {
+	r := &reader{done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		defer close(r.done)
+		for ev, err := range s.Events(ctx) {
+			r.mu.Lock()
+			var lost *events.LossError
+			switch {
+			case errors.As(err, &lost):
+				r.losses = append(r.losses, lost)
+			case err != nil:
+				r.err = err
+			default:
+				r.seqs = append(r.seqs, ev.Sequence)
+			}
+			r.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-r.done
+	})
+	return r
+}
+
+// has reports whether sequence seq was read, and fails the test if the
+// stream ended with an error.
+func (r *reader) has(t *testing.T, seq uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		t.Fatalf("the subscription ended: %v", r.err)
+	}
+	for _, s := range r.seqs {
+		if s == seq {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *reader) lostTotal() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n uint64
+	for _, l := range r.losses {
+		n += l.Lost
+	}
+	return n
+}
+
+// TestEventsCarryOnThroughAServerRestart: a publisher and a subscription
+// live through a restart of the NATS server, on core NATS and on
+// JetStream with the stream kept (file storage) or lost with the server
+// (memory storage: as a stream an operator removed). Events published
+// after the restart arrive, and what was published and never arrived is
+// reported as lost, never silently missing: published = delivered + lost.
+func TestEventsCarryOnThroughAServerRestart(t *testing.T) {
+	for _, tc := range []struct{ name, transport, storage string }{
+		{"core NATS", "nats", "file"},
+		{"JetStream keeping its stream", "jetstream", "file"},
+		{"JetStream losing its stream", "jetstream", "memory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startRestartableNATS(t)
+			s := restartSystem(t, srv, tc.transport, tc.storage)
+			pubRT, subRT := s.Runtime(), s.Runtime()
+			scope := events.Scope{Namespace: "restart", Component: "w"}
+			p := publisher[int](t, pubRT, scope, "kv_events")
+			sub := subscribe[int](t, subRT, scope, "kv_events", events.WithLossErrors())
+			r := read(t, sub)
+			ctx := testutil.Timeout(t, 60*time.Second)
+
+			const before = 20
+			for i := range before {
+				if err := p.Publish(ctx, i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testutil.Eventually(t, 10*time.Second, "events before the restart read", func() bool { return r.has(t, before-1) })
+
+			pubNC, subNC := runtimeNATS(t, pubRT), runtimeNATS(t, subRT)
+			subBefore := subNC.Stats().Reconnects
+			srv.restart(pubNC)
+			testutil.Eventually(t, 10*time.Second, "the subscriber reconnected", func() bool {
+				return subNC.Stats().Reconnects > subBefore && subNC.IsConnected()
+			})
+
+			// Publish until an event published after the restart arrives;
+			// a Publish may fail while the transport recovers.
+			var published, failed uint64 = before, 0
+			var last uint64
+			testutil.Eventually(t, 30*time.Second, "an event published after the restart read", func() bool {
+				if err := p.Publish(ctx, int(published)); err != nil {
+					failed++
+				} else {
+					last = p.Stats().Published - 1
+					published++
+				}
+				_ = p.Flush(ctx) // an earlier event's failure, if any, is a Publish that failed
+				return r.has(t, last) && last >= before
+			})
+			// One more, so that a gap before the last is seen.
+			if err := p.Publish(ctx, int(published)); err != nil {
+				t.Fatalf("Publish after the transport recovered: %v", err)
+			}
+			published++
+			testutil.Eventually(t, 10*time.Second, "every event delivered or reported lost", func() bool {
+				st := sub.Stats()
+				return st.Delivered+st.Lost == published && r.has(t, published-1)
+			})
+			st := sub.Stats()
+			if st.Lost != r.lostTotal() {
+				t.Fatalf("Stats %+v, but the stream reported %d lost", st, r.lostTotal())
+			}
+			t.Logf("published %d (%d Publish calls failed), stats %+v", published, failed, st)
+		})
+	}
+}
+
+// TestAJetStreamPublisherMakesItsLostStreamAgain: a publisher alone (no
+// subscription to make the stream again) whose server restarted without
+// the stream makes it again: after one failed event, its events are
+// stored again, and the event that failed is reported (by Publish or
+// Flush) rather than lost silently.
+func TestAJetStreamPublisherMakesItsLostStreamAgain(t *testing.T) {
+	srv := startRestartableNATS(t)
+	s := restartSystem(t, srv, "jetstream", "memory")
+	rt := s.Runtime()
+	p := publisher[int](t, rt, events.Scope{Namespace: "restart", Component: "w"}, "kv_events")
+	ctx := testutil.Timeout(t, 30*time.Second)
+	if err := p.Publish(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nc := runtimeNATS(t, rt)
+	srv.restart(nc)
+
+	var failures int
+	testutil.Eventually(t, 10*time.Second, "an event stored after the restart", func() bool {
+		err := p.Publish(ctx, 1)
+		if err == nil {
+			err = p.Flush(ctx)
+		}
+		if err != nil {
+			failures++
+			return false
+		}
+		return true
+	})
+	if failures == 0 {
+		t.Fatal("no Publish or Flush reported the event the lost stream did not store")
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "LOOM_EVENTS")
+	if err != nil {
+		t.Fatalf("the stream after the restart: %v", err)
+	}
+	if info, err := st.Info(ctx); err != nil || info.State.Msgs == 0 || info.Config.Storage != jetstream.MemoryStorage {
+		t.Fatalf("the stream made again: %+v, %v; want the events.jetstream settings and the event stored", info, err)
+	}
+}
+
+// TestADurableSubscriptionWhoseConsumerWasRemovedResumesAfterItsLastEvent:
+// an operator removes the subscription's consumer (`nats consumer rm`).
+// The subscription makes it again and resumes after the last event it
+// received, in the stream it still has: nothing missed, nothing twice.
+func TestADurableSubscriptionWhoseConsumerWasRemovedResumesAfterItsLastEvent(t *testing.T) {
+	for _, durable := range []string{"", "router"} {
+		t.Run("durable "+durable, func(t *testing.T) {
+			s := newSystem(t, "jetstream")
+			rt := s.Runtime()
+			scope := events.Scope{Namespace: "rm", Component: "w"}
+			p := publisher[int](t, rt, scope, "kv_events")
+			var opts []events.Option
+			if durable != "" {
+				opts = append(opts, events.Durable(durable))
+			}
+			sub := subscribe[int](t, rt, scope, "kv_events", append(opts, events.WithLossErrors())...)
+			r := read(t, sub)
+			ctx := testutil.Timeout(t, 30*time.Second)
+			for i := range 10 {
+				if err := p.Publish(ctx, i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testutil.Eventually(t, 10*time.Second, "events before the removal read", func() bool { return r.has(t, 9) })
+
+			js, err := jetstream.New(runtimeNATS(t, rt))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := js.Stream(ctx, "LOOM_EVENTS")
+			if err != nil {
+				t.Fatal(err)
+			}
+			names := st.ConsumerNames(ctx)
+			var removed int
+			for name := range names.Name() {
+				if err := st.DeleteConsumer(ctx, name); err != nil {
+					t.Fatal(err)
+				}
+				removed++
+			}
+			if removed != 1 {
+				t.Fatalf("removed %d consumers; want the subscription's one", removed)
+			}
+			for i := 10; i < 20; i++ {
+				if err := p.Publish(ctx, i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testutil.Eventually(t, 20*time.Second, "events after the removal read", func() bool { return r.has(t, 19) })
+			st2 := sub.Stats()
+			if st2.Delivered != 20 || st2.Lost != 0 || st2.Duplicates != 0 {
+				t.Fatalf("stats %+v; want the 20 events delivered once each, none lost", st2)
+			}
+		})
+	}
+}
