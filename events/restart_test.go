@@ -3,6 +3,7 @@ package events_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -325,6 +326,120 @@ func TestADurableSubscriptionWhoseConsumerWasRemovedResumesAfterItsLastEvent(t *
 			if st2.Delivered != 20 || st2.Lost != 0 || st2.Duplicates != 0 {
 				t.Fatalf("stats %+v; want the 20 events delivered once each, none lost", st2)
 			}
+		})
+	}
+}
+
+// TestZMQPeersCarryOnThroughABrokerRestart: the ZeroMQ broker goes away
+// and comes back on its endpoints. Publishers and subscribers dial it
+// again, the subscriptions travel upstream again, events flow, and those
+// published while it was away are counted as lost.
+func TestZMQPeersCarryOnThroughABrokerRestart(t *testing.T) {
+	pubEP := fmt.Sprintf("tcp://127.0.0.1:%d", testutil.FreePort(t))
+	subEP := fmt.Sprintf("tcp://127.0.0.1:%d", testutil.FreePort(t))
+	start := func() *events.Broker {
+		b, err := events.StartBroker(events.BrokerConfig{PubEndpoint: pubEP, SubEndpoint: subEP})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b := start()
+	t.Cleanup(func() { b.Close() })
+	s := &system{loomtest.New(t, loomtest.Options{})}
+	s.Config.Events.Transport = "zmq"
+	s.Config.Events.ZMQ.BrokerPub, s.Config.Events.ZMQ.BrokerSub = pubEP, subEP
+	rt := s.Runtime()
+	scope := events.Scope{Namespace: "broker", Component: "w"}
+	p := publisher[int](t, rt, scope, "kv_events")
+	sub := subscribe[int](t, rt, scope, "kv_events", events.WithLossErrors())
+	r := read(t, sub)
+	ctx := testutil.Timeout(t, 30*time.Second)
+	waitSubscribed(t, p, 1)
+	for i := range 5 {
+		if err := p.Publish(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "events before the restart read", func() bool { return r.has(t, 4) })
+
+	b.Close()
+	testutil.Eventually(t, 10*time.Second, "the publisher sees the broker gone", func() bool {
+		n, _ := p.Subscribers()
+		return n == 0
+	})
+	const away = 7
+	for i := range away {
+		if err := p.Publish(ctx, 5+i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b = start()
+	waitSubscribed(t, p, 1)
+	var published uint64 = 5 + away
+	testutil.Eventually(t, 20*time.Second, "an event published after the restart read", func() bool {
+		if err := p.Publish(ctx, int(published)); err != nil {
+			t.Fatal(err)
+		}
+		published++
+		return r.has(t, published-1)
+	})
+	st := sub.Stats()
+	if st.Delivered+st.Lost != published || st.Lost < away || st.Lost != r.lostTotal() {
+		t.Fatalf("published %d, stats %+v, %d reported lost in the stream; want every event delivered or lost, the %d published while the broker was away among the lost",
+			published, st, r.lostTotal(), away)
+	}
+}
+
+// TestCloseAndShutdownEndWithTheServerDown: with the NATS server gone
+// (and not back), closing subscriptions and publishers, and shutting down
+// their runtime, return within a bounded time and leave no goroutine
+// behind (TestMain checks for leaks).
+func TestCloseAndShutdownEndWithTheServerDown(t *testing.T) {
+	for _, transport := range []string{"nats", "jetstream"} {
+		t.Run(transport, func(t *testing.T) {
+			srv := startRestartableNATS(t)
+			s := restartSystem(t, srv, transport, "file")
+			rt := s.Runtime()
+			scope := events.Scope{Namespace: "down", Component: "w"}
+			ctx := testutil.Timeout(t, 10*time.Second)
+			closing := publisher[int](t, rt, scope, "kv_events")
+			draining := publisher[int](t, rt, scope, "kv_events")
+			sub := subscribe[int](t, rt, scope, "kv_events")
+			r := read(t, sub)
+			for i := range 3 {
+				if err := closing.Publish(ctx, i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			testutil.Eventually(t, 10*time.Second, "events read", func() bool { return r.has(t, 2) })
+			nc := runtimeNATS(t, rt)
+			srv.stop()
+			testutil.Eventually(t, 10*time.Second, "the client notices the server is gone", func() bool { return !nc.IsConnected() })
+			// An event published while the server is down, for Shutdown
+			// to wait for.
+			_ = draining.Publish(ctx, 0)
+
+			within := func(what string, d time.Duration, f func() error) {
+				t.Helper()
+				start := time.Now()
+				err := f()
+				if took := time.Since(start); took > d {
+					t.Errorf("%s took %s with the server down; want at most %s (err %v)", what, took, d, err)
+				}
+			}
+			within("Subscription.Close", 5*time.Second, sub.Close)
+			within("Publisher.Close", time.Second, closing.Close)
+			within("Publisher.Shutdown with a 1s context", 3*time.Second, func() error {
+				sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				return draining.Shutdown(sctx)
+			})
+			within("Runtime.Shutdown", 10*time.Second, func() error {
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				return rt.Shutdown(sctx)
+			})
 		})
 	}
 }
