@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/loomrt/loom/config"
 )
 
 func TestMatchSubjectFollowsNATSRules(t *testing.T) {
@@ -291,4 +294,51 @@ func FuzzSplitZMQMessage(f *testing.F) {
 			t.Fatalf("%d parts accepted", len(parts))
 		}
 	})
+}
+
+// TestOptionsOutOfRangeAreRefusedNamingTheOption: a value no option can
+// take is an error that names the option and what to use; a zero or
+// empty WithBuffer value keeps the configured one.
+func TestOptionsOutOfRangeAreRefusedNamingTheOption(t *testing.T) {
+	cfg := config.Default().Events
+	cfg.BufferSize, cfg.Overflow = 100, string(Block)
+	for _, tc := range []struct {
+		name string
+		opts []Option
+		want string // in the error; "" for none
+	}{
+		{"a negative buffer size", []Option{WithBuffer(-1, DropOldest)}, "WithBuffer(-1"},
+		{"DeliverFrom(0)", []Option{WithTransport(JetStream), DeliverFrom(0)}, "DeliverFrom(0)"},
+		{"an unknown overflow policy", []Option{WithBuffer(10, "drop_some")}, "events.overflow"},
+		{"an unknown codec", []Option{WithCodec("xml")}, "events.codec"},
+		{"an unknown envelope", []Option{WithEnvelope("array")}, "events.envelope"},
+		{"a durable name with a dot", []Option{WithTransport(JetStream), Durable("a.b")}, "durable name"},
+		{"DeliverFrom(1)", []Option{WithTransport(JetStream), DeliverFrom(1)}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := buildOptions(cfg, tc.opts)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("got %v, want no error", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("got %v, want an error naming %s", err, tc.want)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		size     int
+		overflow Overflow
+		wantSize int
+		wantOver Overflow
+	}{
+		{0, "", 100, Block},
+		{0, DropNewest, 100, DropNewest},
+		{7, "", 7, Block},
+	} {
+		o, err := buildOptions(cfg, []Option{WithBuffer(tc.size, tc.overflow)})
+		if err != nil || o.bufferSize != tc.wantSize || o.overflow != tc.wantOver {
+			t.Errorf("WithBuffer(%d, %q) over events.buffer_size 100 and overflow block: size %d, overflow %q, %v; want %d, %q",
+				tc.size, tc.overflow, o.bufferSize, o.overflow, err, tc.wantSize, tc.wantOver)
+		}
+	}
 }

@@ -66,6 +66,7 @@ type options struct {
 	onGap      func(Gap)
 	envelope   string
 	cfg        config.Events
+	bad        []error // option values refused
 }
 
 // WithTransport chooses the transport (NATS, ZMQ or JetStream) instead of
@@ -83,9 +84,20 @@ func WithCodec(name string) Option { return func(o *options) { o.codec = name } 
 func WithEnvelope(form string) Option { return func(o *options) { o.envelope = form } }
 
 // WithBuffer sets a subscription's buffer size and overflow policy instead
-// of events.buffer_size and events.overflow.
+// of events.buffer_size and events.overflow; a size of 0 or an empty
+// policy keeps the configured one. A negative size is an error.
 func WithBuffer(size int, overflow Overflow) Option {
-	return func(o *options) { o.bufferSize, o.overflow = size, overflow }
+	return func(o *options) {
+		if size != 0 {
+			o.bufferSize = size
+		}
+		if overflow != "" {
+			o.overflow = overflow
+		}
+		if size < 0 {
+			o.bad = append(o.bad, fmt.Errorf("events: WithBuffer(%d, ...): a buffer holds at least 1 event (0 keeps events.buffer_size)", size))
+		}
+	}
 }
 
 // WithLossErrors makes a subscription report losses in its stream: a
@@ -178,6 +190,12 @@ func buildOptions(cfg config.Events, opts []Option) (options, error) {
 	}
 	for _, opt := range opts {
 		opt(&o)
+	}
+	if len(o.bad) > 0 {
+		return o, o.bad[0]
+	}
+	if o.deliver == deliverFromSeq && o.startSeq == 0 {
+		return o, fmt.Errorf("events: DeliverFrom(0): stream sequences start at 1 (Event.StreamSequence); use DeliverAll for every event the stream holds")
 	}
 	if o.transport == "" {
 		o.transport = NATS
