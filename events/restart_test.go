@@ -505,3 +505,81 @@ func TestADirectZMQSubscriberDialsAgainAPublisherThatCameBack(t *testing.T) {
 		t.Fatalf("stats %+v, %d reported lost in the stream; want 2 delivered and the 4 missed lost", st, r.lostTotal())
 	}
 }
+
+// TestAHostileZMQPublisherCannotStopASubscription: a peer registered as
+// a publisher sends messages of the wrong shape, frames of another
+// version or claiming more than max_event_size, and one message past what
+// a subscription reads at all. Each is counted as malformed, and the
+// subscription goes on receiving the good events after them.
+func TestAHostileZMQPublisherCannotStopASubscription(t *testing.T) {
+	s := newSystem(t, "zmq")
+	s.Config.Events.MaxEventSize = 4096
+	rt := s.Runtime()
+	scope := events.Scope{Namespace: "hostile", Component: "w"}
+	sub := subscribe[int](t, rt, scope, "kv_events")
+	r := read(t, sub)
+	subject, err := events.Subject(scope, "kv_events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := zmtp.NewSocket(zmtp.Options{Type: zmtp.PUB})
+	t.Cleanup(func() { sock.Close() })
+	addr, err := sock.Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const id = 0x4321
+	inst := discovery.Instance{Namespace: scope.Namespace, Component: events.ChannelComponent, Endpoint: "kv_events",
+		ID: id, Transport: events.ZMQ, Address: "tcp://" + addr.String(), Codec: "msgpack", Metadata: map[string]string{"subject": subject}}
+	if err := rt.Discovery().Register(t.Context(), inst); err != nil {
+		t.Fatal(err)
+	}
+	subj := []byte(subject)
+	send := func(parts ...[]byte) { sock.Send(subj, zmtp.AppendMessage(nil, parts...)) }
+	event := func(seq uint64) []byte {
+		payload, err := msgpack.Marshal(int(seq))
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := events.Envelope{PublisherID: id, Sequence: seq, PublishedAt: time.Now().UnixNano(), Topic: "kv_events", Payload: payload}
+		return events.AppendFrame(nil, env.AppendMsgPack(nil))
+	}
+	testutil.Eventually(t, 10*time.Second, "the subscription connected", func() bool { return sock.Subscribers(subj) == 1 })
+	send(subj, event(0))
+	testutil.Eventually(t, 10*time.Second, "the first event read", func() bool { return r.has(t, 0) })
+
+	bad := [][][]byte{
+		{subj},                              // one part
+		{subj, {1, 2}, {3}, event(1)},       // middle parts not 8 bytes
+		{subj, {9, 0, 0, 0, 1, 0x90}},       // another frame version
+		{subj, {1, 0xff, 0xff, 0xff, 0xff}}, // a frame claiming 4 GiB
+		{subj, append([]byte{1, 0, 0, 0x20, 0}, make([]byte, 100)...)}, // claiming more than max_event_size
+		{subj, events.AppendFrame(nil, []byte("not an envelope"))},
+	}
+	for _, m := range bad {
+		send(m...)
+	}
+	send(subj, event(1))
+	testutil.Eventually(t, 10*time.Second, "the good event after the bad ones read", func() bool { return r.has(t, 1) })
+	if st := sub.Stats(); st.Malformed != uint64(len(bad)) || st.Delivered != 2 || st.Lost != 0 {
+		t.Fatalf("stats %+v; want %d malformed, 2 delivered, none lost", st, len(bad))
+	}
+
+	// An event past what the subscription reads at all (max_event_size
+	// and room for the parts) costs the connection, not the
+	// subscription: it dials again, and the event is counted as lost once
+	// the next one arrives.
+	payload, err := msgpack.Marshal(make([]byte, 64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := events.Envelope{PublisherID: id, Sequence: 2, PublishedAt: time.Now().UnixNano(), Topic: "kv_events", Payload: payload}
+	send(subj, events.AppendFrame(nil, huge.AppendMsgPack(nil)))
+	testutil.Eventually(t, 10*time.Second, "an event after the oversized one read", func() bool {
+		send(subj, event(3))
+		return r.has(t, 3)
+	})
+	if st := sub.Stats(); st.Malformed != uint64(len(bad)) || st.Delivered != 3 || st.Lost != 1 {
+		t.Fatalf("stats %+v; want the oversized event counted as lost", st)
+	}
+}
