@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"runtime"
 	"testing"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -322,13 +323,16 @@ func FuzzParseFrame(f *testing.F) {
 		// The stream reader agrees frame by frame and never reads past
 		// what a header may claim.
 		fr := events.NewFrameReader(bytes.NewReader(data), max)
-		for {
-			p, err := fr.Next()
+		for i := 0; ; i++ {
+			q, err := fr.Next()
 			if err != nil {
 				break
 			}
-			if len(p) > max {
-				t.Fatalf("frame of %d bytes over the max", len(p))
+			if len(q) > max {
+				t.Fatalf("frame of %d bytes over the max", len(q))
+			}
+			if i == 0 && p != nil && !bytes.Equal(p, q) {
+				t.Fatalf("FrameReader read %x, ParseFrame %x", q, p)
 			}
 		}
 	})
@@ -376,5 +380,24 @@ func BenchmarkEnvelope(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestFrameReaderAllocatesWhatArrivesNotWhatAHeaderClaims holds the
+// docs' "never an allocation of the claimed length" for FrameReader: a
+// header claiming the maximum with a few bytes behind it costs about
+// those bytes, not the maximum.
+func TestFrameReaderAllocatesWhatArrivesNotWhatAHeaderClaims(t *testing.T) {
+	const max = 64 << 20
+	data := append([]byte{events.FrameVersion, 0x04, 0, 0, 0}, make([]byte, 100)...) // claims 64 MiB
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := events.NewFrameReader(bytes.NewReader(data), max).Next()
+	runtime.ReadMemStats(&after)
+	if err != io.ErrUnexpectedEOF {
+		t.Fatalf("a frame cut short: %v, want io.ErrUnexpectedEOF", err)
+	}
+	if n := after.TotalAlloc - before.TotalAlloc; n > 4<<20 {
+		t.Fatalf("reading a header that claims 64 MiB followed by 100 bytes allocated %d bytes", n)
 	}
 }

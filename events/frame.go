@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // The frame that wraps an envelope on stream transports (ZeroMQ here),
@@ -83,15 +84,23 @@ func (fr *FrameReader) Next() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if uint64(cap(fr.buf)) < n {
-		fr.buf = make([]byte, n)
-	}
-	fr.buf = fr.buf[:n]
-	if _, err := io.ReadFull(fr.r, fr.buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	// The buffer grows with the bytes that arrive, not to what the header
+	// claims: a header alone must not cost the maximum.
+	fr.buf = fr.buf[:0]
+	for uint64(len(fr.buf)) < n {
+		have := len(fr.buf)
+		want := int(min(n, uint64(max(2*have, frameChunk))))
+		fr.buf = slices.Grow(fr.buf, want-have)[:want]
+		if _, err := io.ReadFull(fr.r, fr.buf[have:]); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	return fr.buf, nil
 }
+
+// frameChunk is what FrameReader reads of a frame before it has seen
+// more of it.
+const frameChunk = 64 << 10
