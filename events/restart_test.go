@@ -583,3 +583,58 @@ func TestAHostileZMQPublisherCannotStopASubscription(t *testing.T) {
 		t.Fatalf("stats %+v; want the oversized event counted as lost", st)
 	}
 }
+
+// TestASubscriptionWhoseConsumerWentBeforeItsFirstEventMissesNothing: the
+// consumer of a subscription that starts with new events (the default)
+// goes away before the subscription received anything (an operator
+// removed it, or the server removed the ephemeral consumer of a
+// subscriber cut off for longer than a minute). Made again, it starts
+// where the first one did, not at the events published from then on:
+// those published in between are delivered, not silently skipped.
+func TestASubscriptionWhoseConsumerWentBeforeItsFirstEventMissesNothing(t *testing.T) {
+	for _, earlier := range []bool{false, true} {
+		t.Run(fmt.Sprintf("an event stored before the subscription: %v", earlier), func(t *testing.T) {
+			s := newSystem(t, "jetstream")
+			rt := s.Runtime()
+			scope := events.Scope{Namespace: "first", Component: "w"}
+			p := publisher[int](t, rt, scope, "kv_events")
+			ctx := testutil.Timeout(t, 30*time.Second)
+			if earlier {
+				if err := p.Publish(ctx, -1); err != nil { // not for the subscription
+					t.Fatal(err)
+				}
+				if err := p.Flush(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sub := subscribe[int](t, rt, scope, "kv_events")
+			js, err := jetstream.New(runtimeNATS(t, rt))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := js.Stream(ctx, "LOOM_EVENTS")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for name := range st.ConsumerNames(ctx).Name() {
+				if err := st.DeleteConsumer(ctx, name); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for i := range 5 {
+				if err := p.Publish(ctx, i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := p.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			evs := collect(t, sub, 5, 20*time.Second)
+			for i, ev := range evs {
+				if ev.Value != i {
+					t.Fatalf("event %d is %d; want the events published after Subscribe, in order", i, ev.Value)
+				}
+			}
+		})
+	}
+}

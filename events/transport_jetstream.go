@@ -225,10 +225,10 @@ type durableSub struct {
 	it     jetstream.MessagesContext
 	name   string
 
-	mu      sync.Mutex // the reader
-	held    *held      // under mu
-	lastSeq uint64     // under mu: the highest stream sequence received
-	broken  bool       // under mu: the consumer is gone and not yet made again
+	mu     sync.Mutex // the reader
+	held   *held      // under mu
+	next   uint64     // under mu: the stream sequence to resume from; 0: as first asked
+	broken bool       // under mu: the consumer is gone and not yet made again
 	// pending is the events the stream still held for the consumer when
 	// it sent the last one accepted (the message's own count).
 	pending atomic.Uint64
@@ -290,6 +290,12 @@ func subscribeJetStream(ctx context.Context, rt *loom.Runtime, c *subCore, o opt
 			what = fmt.Sprintf("durable consumer %q (a durable keeps the Deliver* start it was created with; remove it with `nats consumer rm` to change it)", o.durable)
 		}
 		return nil, fmt.Errorf("events: JetStream %s for %s: %w", what, c.pattern, err)
+	}
+	if o.deliver == deliverNew {
+		// Where "new" began (or, for a durable made before, after what it
+		// acknowledged): a consumer made again starts there, not at what
+		// is new by then.
+		d.next = d.cons.CachedInfo().AckFloor.Stream + 1
 	}
 	return d, nil
 }
@@ -374,10 +380,10 @@ func (d *durableSub) remake(ctx context.Context) error {
 	cc := d.cc
 	switch created := stream.CachedInfo().Created; {
 	case !created.Equal(d.created):
-		cc.DeliverPolicy, cc.OptStartSeq, cc.OptStartTime = jetstream.DeliverAllPolicy, 0, nil
-		d.created, d.lastSeq = created, 0
-	case d.lastSeq > 0:
-		cc.DeliverPolicy, cc.OptStartSeq, cc.OptStartTime = jetstream.DeliverByStartSequencePolicy, d.lastSeq+1, nil
+		d.created, d.next = created, 1
+	}
+	if d.next > 0 {
+		cc.DeliverPolicy, cc.OptStartSeq, cc.OptStartTime = jetstream.DeliverByStartSequencePolicy, d.next, nil
 	}
 	return d.consume(sctx, stream, cc)
 }
@@ -470,7 +476,7 @@ func (d *durableSub) accept(m jetstream.Msg) *held {
 	h := &held{m: m}
 	md, mdErr := m.Metadata()
 	if mdErr == nil {
-		d.lastSeq = max(d.lastSeq, md.Sequence.Stream)
+		d.next = max(d.next, md.Sequence.Stream+1)
 	}
 	if len(data) > c.maxSize {
 		c.malformedMsg(subject, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(data)))
