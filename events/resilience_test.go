@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -636,5 +638,36 @@ func TestASubscriptionWhoseConsumerWentBeforeItsFirstEventMissesNothing(t *testi
 				}
 			}
 		})
+	}
+}
+
+// TestLossesAreLoggedAtMostOnceInTenSeconds holds docs/events.md's "a
+// warning is logged at most every 10 s while losses continue": a burst
+// of gaps logs one warning, which names the subscription and the counts.
+func TestLossesAreLoggedAtMostOnceInTenSeconds(t *testing.T) {
+	s := newSystem(t, "nats")
+	var logs testutil.SyncBuffer
+	rt := s.Runtime(loom.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	scope := events.Scope{Namespace: "logged", Component: "w"}
+	sub := subscribe[int](t, rt, scope, "kv_events")
+	nc, err := nats.Connect(s.NATS.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	subject, _ := events.Subject(scope, "kv_events")
+	for seq := uint64(0); seq <= 8; seq += 2 { // four gaps
+		env := events.Envelope{PublisherID: 5, Sequence: seq, Topic: "kv_events", Payload: []byte{0}}
+		if err := nc.Publish(subject, env.AppendMsgPack(nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "the four gaps counted", func() bool { return sub.Stats().Lost == 4 })
+	out := logs.String()
+	if n := strings.Count(out, "subscription losing events"); n != 1 {
+		t.Fatalf("%d loss warnings for a burst of 4 gaps; want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, "subscription="+subject) || !strings.Contains(out, "level=WARN") {
+		t.Fatalf("the warning does not name the subscription at warning level:\n%s", out)
 	}
 }
