@@ -671,3 +671,64 @@ func TestLossesAreLoggedAtMostOnceInTenSeconds(t *testing.T) {
 		t.Fatalf("the warning does not name the subscription at warning level:\n%s", out)
 	}
 }
+
+// TestAnEphemeralConsumerGoesAtCloseAndADurableStays holds docs/events.md:
+// a subscription's consumer is ephemeral (removed at Close, and set to
+// expire a minute after its process died), unless named with Durable,
+// which outlives the subscription.
+func TestAnEphemeralConsumerGoesAtCloseAndADurableStays(t *testing.T) {
+	s := newSystem(t, "jetstream")
+	rt := s.Runtime()
+	ctx := testutil.Timeout(t, 20*time.Second)
+	scope := events.Scope{Namespace: "eph", Component: "w"}
+	ephemeral, err := events.Subscribe[int](ctx, rt, scope, "kv_events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	durable, err := events.Subscribe[int](ctx, rt, scope, "kv_events", events.Durable("keeper"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(runtimeNATS(t, rt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "LOOM_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	consumers := func() map[string]jetstream.ConsumerConfig {
+		out := map[string]jetstream.ConsumerConfig{}
+		l := st.ListConsumers(ctx)
+		for ci := range l.Info() {
+			out[ci.Name] = ci.Config
+		}
+		if err := l.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	before := consumers()
+	if len(before) != 2 {
+		t.Fatalf("consumers %v; want the two subscriptions'", before)
+	}
+	for name, cc := range before {
+		if name == "keeper" {
+			if cc.InactiveThreshold != 0 {
+				t.Errorf("the durable consumer expires after %s; want never", cc.InactiveThreshold)
+			}
+		} else if cc.InactiveThreshold != time.Minute {
+			t.Errorf("ephemeral consumer %s expires after %s; want a minute", name, cc.InactiveThreshold)
+		}
+	}
+	if err := ephemeral.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := durable.Close(); err != nil {
+		t.Fatal(err)
+	}
+	after := consumers()
+	if _, ok := after["keeper"]; len(after) != 1 || !ok {
+		t.Fatalf("consumers after Close %v; want only the durable one", after)
+	}
+}
