@@ -73,4 +73,19 @@ func TestTheDurableEventStreamIsLaidOutAsDocumented(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "maximum messages exceeded") {
 		t.Fatalf("a fourth event in a stream of max_msgs 3 with discard = new: %v; want the stream's refusal", err)
 	}
+
+	// A Publish that reports an earlier event's failure says that its
+	// own event was not sent, and does not count it as published.
+	var published uint64
+	testutil.Eventually(t, 10*time.Second, "a Publish reporting an earlier failure", func() bool {
+		published = p.Stats().Published
+		err = p.Publish(ctx, 4)
+		return err != nil
+	})
+	if !strings.Contains(err.Error(), "this event was not sent") || !strings.Contains(err.Error(), "maximum messages exceeded") {
+		t.Fatalf("Publish after an earlier event failed: %v; want it to say its event was not sent, and why", err)
+	}
+	if n := p.Stats().Published; n != published {
+		t.Fatalf("the event not sent was counted as published (%d, then %d)", published, n)
+	}
 }

@@ -192,7 +192,9 @@ func (p *Publisher[T]) Transport() string { return p.c.transport }
 // Publish publishes v. On core NATS and ZeroMQ it returns once the event
 // is queued for sending; on JetStream it waits while events.jetstream.
 // max_pending publishes await the stream's acknowledgement (back-pressure),
-// up to ctx, and reports a failed acknowledgement of an earlier event.
+// up to ctx, and reports a failed acknowledgement of an earlier event:
+// then it does not send v, and says so (the earlier event's sequence
+// number was used, so subscribers count that one as lost; v takes none).
 // An event that cannot be encoded or is above events.max_event_size is
 // refused with an error and takes no sequence number.
 func (p *Publisher[T]) Publish(ctx context.Context, v T) error {

@@ -139,7 +139,7 @@ func (s *jetStreamSender) send(ctx context.Context, subject string, env []byte) 
 		s.restore(ctx)
 	}
 	if err := s.takeErr(); err != nil {
-		return err
+		return fmt.Errorf("this event was not sent (publish it again if it matters) because an earlier one failed: %w", err)
 	}
 	// The client keeps the message until it is acknowledged: it needs its
 	// own copy of the bytes.
