@@ -732,3 +732,51 @@ func TestAnEphemeralConsumerGoesAtCloseAndADurableStays(t *testing.T) {
 		t.Fatalf("consumers after Close %v; want only the durable one", after)
 	}
 }
+
+// TestEventsTheLostStreamHeldAreReportedLost: a subscription that had not
+// read what the stream held when the server restarted without it counts
+// those events as lost, and reports them in its stream, once their
+// publisher's next event arrives (for a publisher it had heard from: as
+// everywhere, the first event heard from a publisher sets its baseline).
+func TestEventsTheLostStreamHeldAreReportedLost(t *testing.T) {
+	srv := startRestartableNATS(t)
+	s := restartSystem(t, srv, "jetstream", "memory")
+	pubRT, subRT := s.Runtime(), s.Runtime()
+	scope := events.Scope{Namespace: "held", Component: "w"}
+	p := publisher[int](t, pubRT, scope, "kv_events")
+	// A small buffer: at most 4 events are fetched ahead of the reader.
+	sub := subscribe[int](t, subRT, scope, "kv_events", events.WithLossErrors(), events.WithBuffer(4, ""))
+	ctx := testutil.Timeout(t, 60*time.Second)
+	if err := p.Publish(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	collect(t, sub, 1, 10*time.Second) // the publisher is heard from
+	const held = 20                    // then published and not read
+	for i := 1; i <= held; i++ {
+		if err := p.Publish(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	subNC := runtimeNATS(t, subRT)
+	subBefore := subNC.Stats().Reconnects
+	srv.restart(runtimeNATS(t, pubRT))
+	testutil.Eventually(t, 10*time.Second, "the subscriber reconnected", func() bool {
+		return subNC.Stats().Reconnects > subBefore && subNC.IsConnected()
+	})
+	// Publish until an event is stored again (the publisher makes the
+	// stream again), then read until it arrives.
+	testutil.Eventually(t, 30*time.Second, "an event stored after the restart", func() bool {
+		return p.Publish(ctx, held+1) == nil && p.Flush(ctx) == nil
+	})
+	published := p.Stats().Published
+	r := read(t, sub)
+	testutil.Eventually(t, 30*time.Second, "the event stored after the restart read", func() bool { return r.has(t, published-1) })
+	st := sub.Stats()
+	if st.Delivered+st.Lost != published || st.Lost < held-4 || r.lostTotal() != st.Lost {
+		t.Fatalf("published %d, stats %+v, %d reported in the stream; want every event delivered or lost, at least the %d the stream held unfetched among the lost",
+			published, st, r.lostTotal(), held-4)
+	}
+}

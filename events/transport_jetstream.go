@@ -378,8 +378,9 @@ func (d *durableSub) remake(ctx context.Context) error {
 		return err
 	}
 	cc := d.cc
-	switch created := stream.CachedInfo().Created; {
-	case !created.Equal(d.created):
+	if created := stream.CachedInfo().Created; !created.Equal(d.created) {
+		d.c.log.Warn("events: the JetStream stream was made again: the events it held that this subscription had not received are lost; they are counted for each publisher it had heard from when that publisher's next event arrives",
+			"stream", streamName(d.cfg))
 		d.created, d.next = created, 1
 	}
 	if d.next > 0 {
