@@ -143,10 +143,10 @@ type Frontend struct {
 	idSeq   atomic.Uint64
 	created int64
 
-	mu       sync.Mutex
-	tracked  map[uint64]map[*attempt]struct{} // worker -> attempts running on it
-	instMods map[uint64]string                // worker -> model
-	cards    map[string]llm.ModelCard         // every model ever seen
+	mu        sync.Mutex
+	tracked   map[uint64]map[*attempt]struct{} // worker -> attempts running on it
+	instCards map[uint64]llm.ModelCard         // worker -> its model card
+	cards     map[string]llm.ModelCard         // every model ever seen: its card when last served
 	// departed: attempts running on workers that left discovery (see
 	// sweepDeparted).
 	departed map[*attempt]seen
@@ -170,10 +170,13 @@ func orDefault[T int | int64 | time.Duration](v *T, d T) {
 // modelSet is the models served now, replaced on every change so that
 // requests read it without a lock.
 type modelSet struct {
-	cards map[string]llm.ModelCard // model -> its card
-	names []string                 // sorted
-	alive map[uint64]string        // workers in discovery now -> the model each serves
-	ids   map[string][]uint64      // model -> the ids of its workers in alive, sorted
+	// cards: model -> its card, as its workers in discovery now give it
+	// (the shortest context length among them); a model with none keeps
+	// its last card, so that it gets 503 rather than 404.
+	cards map[string]llm.ModelCard
+	names []string            // sorted
+	alive map[uint64]string   // workers in discovery now -> the model each serves
+	ids   map[string][]uint64 // model -> the ids of its workers in alive, sorted
 }
 
 // workers returns how many workers serve model now.
@@ -219,7 +222,7 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
 	f := &Frontend{
 		rt: rt, cfg: cfg, tok: cfg.Tokenizer, router: cfg.Router, log: cfg.Logger, m: rt.Metrics(),
 		idBase: hex.EncodeToString(seed[:]), created: time.Now().Unix(),
-		tracked: make(map[uint64]map[*attempt]struct{}), departed: make(map[*attempt]seen), instMods: make(map[uint64]string),
+		tracked: make(map[uint64]map[*attempt]struct{}), departed: make(map[*attempt]seen), instCards: make(map[uint64]llm.ModelCard),
 		cards: make(map[string]llm.ModelCard), synced: make(chan struct{}),
 	}
 	f.unknownModel = f.m.LLMModel("")
@@ -349,10 +352,7 @@ func (f *Frontend) watch(events <-chan discovery.Event) {
 				continue
 			}
 			f.mu.Lock()
-			f.instMods[ev.Instance.ID] = card.Name
-			if _, ok := f.cards[card.Name]; !ok {
-				f.cards[card.Name] = card
-			}
+			f.instCards[ev.Instance.ID] = card
 			f.publishLocked()
 			f.mu.Unlock()
 		case discovery.Removed:
@@ -360,7 +360,7 @@ func (f *Frontend) watch(events <-chan discovery.Event) {
 			// from now on.
 			now := time.Now()
 			f.mu.Lock()
-			delete(f.instMods, ev.Instance.ID)
+			delete(f.instCards, ev.Instance.ID)
 			f.publishLocked()
 			for a := range f.tracked[ev.Instance.ID] {
 				f.departed[a] = seen{responses: a.responses.Load(), at: now}
@@ -408,14 +408,22 @@ func (f *Frontend) sweepDeparted(now time.Time) bool {
 }
 
 func (f *Frontend) publishLocked() {
-	s := &modelSet{cards: make(map[string]llm.ModelCard), alive: make(map[uint64]string, len(f.instMods)), ids: make(map[string][]uint64)}
-	for id, m := range f.instMods {
+	s := &modelSet{cards: make(map[string]llm.ModelCard), alive: make(map[uint64]string, len(f.instCards)), ids: make(map[string][]uint64)}
+	for id, c := range f.instCards {
+		m := c.Name
 		s.alive[id] = m
 		s.ids[m] = append(s.ids[m], id)
+		// Requests are checked against the shortest context among the
+		// model's workers (0 says none), so that one accepted fits the
+		// worker it goes to, whichever that is.
+		cur, ok := s.cards[m]
+		if !ok || c.ContextLength > 0 && (cur.ContextLength == 0 || c.ContextLength < cur.ContextLength) {
+			s.cards[m] = c
+		}
 	}
 	for m := range s.ids {
 		s.names = append(s.names, m)
-		s.cards[m] = f.cards[m]
+		f.cards[m] = s.cards[m]
 	}
 	for m, c := range f.cards {
 		if _, ok := s.cards[m]; !ok {
@@ -434,7 +442,7 @@ func (f *Frontend) publishLocked() {
 func (f *Frontend) track(a *attempt, worker uint64) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.instMods[worker]; !ok {
+	if _, ok := f.instCards[worker]; !ok {
 		return false
 	}
 	set := f.tracked[worker]

@@ -299,8 +299,8 @@ func (f *Frontend) run(ctx context.Context, j *job) (result, error) {
 func (f *Frontend) hasWorker(model string, avoid []uint64) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for id, m := range f.instMods {
-		if m == model && !slices.Contains(avoid, id) {
+	for id, c := range f.instCards {
+		if c.Name == model && !slices.Contains(avoid, id) {
 			return true
 		}
 	}

@@ -3,6 +3,9 @@ package frontend_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/openai/openai-go/v3"
@@ -70,4 +73,67 @@ func TestEachModelGoesOnlyToItsOwnWorkers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAModelsContextLengthIsThatOfItsWorkersNow: the context length the
+// frontend checks requests against, and lists, is that of the model's
+// workers in discovery now: a model whose workers are replaced by ones
+// with a longer context takes the longer prompts, and among workers of
+// different lengths the shortest holds, so that an accepted request fits
+// whichever worker it goes to.
+func TestAModelsContextLengthIsThatOfItsWorkersNow(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{})
+	// A prompt of 100 token ids and one token to generate.
+	ids := make([]string, 100)
+	for i := range ids {
+		ids[i] = "300"
+	}
+	body := `{"model":"test-model","max_tokens":1,"prompt":[` + strings.Join(ids, ",") + `]}`
+	check := func(status, ctxLen int) {
+		t.Helper()
+		resp := post(t, context.Background(), s.url+"/v1/completions", body)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != status {
+			t.Errorf("a 100-token prompt: %d %s, want %d", resp.StatusCode, b, status)
+		}
+		var list struct {
+			Data []struct {
+				ID            string `json:"id"`
+				ContextLength int    `json:"context_length"`
+			} `json:"data"`
+		}
+		if err := decodeJSON(mustGet(t, s.url+"/v1/models"), &list); err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Data) != 1 || list.Data[0].ContextLength != ctxLen {
+			t.Errorf("/v1/models lists %+v, want test-model with context_length %d", list.Data, ctxLen)
+		}
+	}
+	short := s.worker(workerOpts{ctxLen: 64})
+	s.waitReady(1)
+	check(http.StatusBadRequest, 64)
+
+	short.kill()
+	s.waitReady(0)
+	s.worker(workerOpts{ctxLen: 4096})
+	s.waitReady(1)
+	check(http.StatusOK, 4096)
+
+	short = s.worker(workerOpts{ctxLen: 64})
+	s.waitReady(2)
+	check(http.StatusBadRequest, 64)
+
+	short.kill()
+	s.waitReady(1)
+	check(http.StatusOK, 4096)
+}
+
+func mustGet(t *testing.T, url string) *http.Response {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
 }

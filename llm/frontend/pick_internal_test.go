@@ -18,12 +18,12 @@ import (
 // first candidate it is given.
 func pickerAmong(n int) (*Frontend, picker, []*loom.Candidate) {
 	first := loom.PickerFunc(func(_ context.Context, cs []*loom.Candidate) (*loom.Candidate, error) { return cs[0], nil })
-	f := &Frontend{instMods: map[uint64]string{}, cards: map[string]llm.ModelCard{}, tracked: map[uint64]map[*attempt]struct{}{},
+	f := &Frontend{instCards: map[uint64]llm.ModelCard{}, cards: map[string]llm.ModelCard{}, tracked: map[uint64]map[*attempt]struct{}{},
 		router: llm.PickerRouter(first)}
 	var cands []*loom.Candidate
 	for i := range n {
 		id := uint64(1 + (i*7919)%(50*n)) // spread, not in order of i
-		f.instMods[id] = map[bool]string{true: "other", false: "m"}[i%3 == 0]
+		f.instCards[id] = llm.ModelCard{Name: map[bool]string{true: "other", false: "m"}[i%3 == 0]}
 		cands = append(cands, &loom.Candidate{Instance: discovery.Instance{ID: id}})
 	}
 	slices.SortFunc(cands, func(a, b *loom.Candidate) int { return cmp.Compare(a.ID, b.ID) })
@@ -54,7 +54,7 @@ func TestPickerKeepsToTheModelsWorkersInAnyOrder(t *testing.T) {
 		}
 		var want []uint64
 		for _, c := range cs {
-			if f.instMods[c.ID] == "m" {
+			if f.instCards[c.ID].Name == "m" {
 				want = append(want, c.ID)
 			}
 		}
@@ -74,7 +74,7 @@ func BenchmarkPickAmong1024Workers(b *testing.B) {
 	f, p, cands := pickerAmong(1024)
 	// Already tracked on the worker the router takes: the benchmark
 	// leaves the tracking out.
-	first := cands[slices.IndexFunc(cands, func(c *loom.Candidate) bool { return f.instMods[c.ID] == "m" })].ID
+	first := cands[slices.IndexFunc(cands, func(c *loom.Candidate) bool { return f.instCards[c.ID].Name == "m" })].ID
 	a := &attempt{f: f, model: "m", tracked: true, worker: first}
 	ctx := context.WithValue(context.Background(), attemptKey{}, a)
 	b.ReportAllocs()
