@@ -364,6 +364,19 @@ func TestBadRequests(t *testing.T) {
 		{"two prompts", "completions", `{"model":"test-model","prompt":["a","b"]}`, 400, "prompt"},
 		{"token out of range", "completions", `{"model":"test-model","prompt":[1,99999999]}`, 400, "prompt"},
 		{"unknown model", "chat/completions", `{"model":"nope",` + msgs + `}`, 404, "model"},
+		{"content an object", "chat/completions", `{"model":"test-model","messages":[{"role":"user","content":{}}]}`, 400, "messages[0].content"},
+		{"content parts not objects", "chat/completions", `{"model":"test-model","messages":[{"role":"user","content":[1]}]}`, 400, "messages[0].content"},
+		{"temperature a string", "chat/completions", `{"model":"test-model",` + msgs + `,"temperature":"hot"}`, 400, "temperature"},
+		{"temperature above 2", "chat/completions", `{"model":"test-model",` + msgs + `,"temperature":2.5}`, 400, "temperature"},
+		{"temperature below 0", "completions", `{"model":"test-model","prompt":"hi","temperature":-0.1}`, 400, "temperature"},
+		{"top_p above 1", "chat/completions", `{"model":"test-model",` + msgs + `,"top_p":1.5}`, 400, "top_p"},
+		{"presence_penalty below -2", "chat/completions", `{"model":"test-model",` + msgs + `,"presence_penalty":-3}`, 400, "presence_penalty"},
+		{"frequency_penalty above 2", "completions", `{"model":"test-model","prompt":"hi","frequency_penalty":2.1}`, 400, "frequency_penalty"},
+		{"seed a fraction", "chat/completions", `{"model":"test-model",` + msgs + `,"seed":1.5}`, 400, "seed"},
+		{"seed a string", "completions", `{"model":"test-model","prompt":"hi","seed":"x"}`, 400, "seed"},
+		{"chat logprobs", "chat/completions", `{"model":"test-model",` + msgs + `,"logprobs":true}`, 400, "logprobs"},
+		{"completion logprobs", "completions", `{"model":"test-model","prompt":"hi","logprobs":1}`, 400, "logprobs"},
+		{"echo", "completions", `{"model":"test-model","prompt":"hi","echo":true}`, 400, "echo"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := checkError(t, post(t, context.Background(), s.url+"/v1/"+tc.path, tc.body), tc.status, tc.param)
@@ -373,6 +386,19 @@ func TestBadRequests(t *testing.T) {
 				checkKind(t, e, "invalid_request_error", "")
 			}
 		})
+	}
+	// The edges of the ranges, and the refused fields turned off, are
+	// accepted.
+	for _, tc := range []struct{ path, body string }{
+		{"chat/completions", `{"model":"test-model",` + msgs + `,"max_tokens":1,"temperature":0,"top_p":1,"presence_penalty":-2,"frequency_penalty":2,"seed":-7,"logprobs":false}`},
+		{"completions", `{"model":"test-model","prompt":"hi","max_tokens":1,"temperature":2,"top_p":0,"presence_penalty":2,"frequency_penalty":-2,"seed":9007199254740993,"echo":false,"logprobs":null}`},
+	} {
+		resp := post(t, context.Background(), s.url+"/v1/"+tc.path, tc.body)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s: %d %s, want 200", tc.body, resp.StatusCode, b)
+		}
 	}
 	// The official client sees the same as an *openai.Error.
 	c := oaiClient(s)

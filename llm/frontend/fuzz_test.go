@@ -21,6 +21,8 @@ func FuzzRequestBody(f *testing.F) {
 		`{"model":"m","prompt":[[1,2,3]],"n":1}`,
 		`{"model":"m","prompt":["one"],"stream_options":{}}`,
 		`{"model":"m","prompt":[-1]}`,
+		`{"model":"m","prompt":"x","temperature":3,"top_p":0.5,"seed":1.5,"echo":true,"logprobs":2}`,
+		`{"model":"m","messages":[{"role":"user","content":[1]}],"logprobs":true,"presence_penalty":-2}`,
 		`{"model":"","prompt":"x","max_tokens":0}`,
 		`{"prompt":` + "\"\xff\"" + `}`,
 		`[]`, `null`, `{"model":1}`, `{`,

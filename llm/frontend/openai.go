@@ -5,14 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 
 	"github.com/loomrt/loom/llm/tokenizer"
 )
 
-// The request bodies of the OpenAI API that the frontend reads. Fields it
-// does not use (temperature, top_p, ...) are accepted and ignored, as a
-// mock engine has no sampling to tune.
+// The request bodies of the OpenAI API that the frontend reads. Sampling
+// fields it does not pass on (temperature, top_p, the penalties, seed) are
+// checked as OpenAI checks them and otherwise ignored, as a mock engine
+// has no sampling to tune; other fields it does not know are ignored.
+// Fields that would change the answer's shape in ways it does not serve
+// (echo, logprobs) are refused rather than ignored.
 
 type chatRequest struct {
 	Model               string         `json:"model"`
@@ -24,6 +28,8 @@ type chatRequest struct {
 	Stop                stopField      `json:"stop"`
 	N                   *int           `json:"n"`
 	StopTokenIDs        []uint32       `json:"stop_token_ids"`
+	Logprobs            *bool          `json:"logprobs"`
+	sampling
 }
 
 type completionRequest struct {
@@ -35,6 +41,37 @@ type completionRequest struct {
 	Stop          stopField       `json:"stop"`
 	N             *int            `json:"n"`
 	StopTokenIDs  []uint32        `json:"stop_token_ids"`
+	Echo          *bool           `json:"echo"`
+	Logprobs      *int            `json:"logprobs"`
+	sampling
+}
+
+// sampling holds the sampling fields the frontend checks and ignores.
+type sampling struct {
+	Temperature      *float64 `json:"temperature"`
+	TopP             *float64 `json:"top_p"`
+	PresencePenalty  *float64 `json:"presence_penalty"`
+	FrequencyPenalty *float64 `json:"frequency_penalty"`
+	Seed             *int64   `json:"seed"`
+}
+
+// check refuses values OpenAI's API refuses.
+func (s *sampling) check() *apiError {
+	for _, f := range []struct {
+		name     string
+		v        *float64
+		min, max float64
+	}{
+		{"temperature", s.Temperature, 0, 2},
+		{"top_p", s.TopP, 0, 1},
+		{"presence_penalty", s.PresencePenalty, -2, 2},
+		{"frequency_penalty", s.FrequencyPenalty, -2, 2},
+	} {
+		if f.v != nil && (*f.v < f.min || *f.v > f.max) {
+			return badRequest(f.name, "%s: %g is outside [%g, %g]", f.name, *f.v, f.min, f.max)
+		}
+	}
+	return nil
 }
 
 type streamOptions struct {
@@ -73,7 +110,8 @@ func (m *messageContent) UnmarshalJSON(b []byte) error {
 			Text string `json:"text"`
 		}
 		if err := json.Unmarshal(b, &parts); err != nil {
-			return err
+			m.err = errors.New("must be a string or an array of text parts ({\"type\":\"text\",\"text\":...})")
+			return nil
 		}
 		var sb strings.Builder
 		for i, p := range parts {
@@ -86,7 +124,8 @@ func (m *messageContent) UnmarshalJSON(b []byte) error {
 		m.text = sb.String()
 		return nil
 	}
-	return errors.New("content must be a string or an array of text parts")
+	m.err = errors.New("must be a string or an array of text parts")
+	return nil
 }
 
 // stopField is "stop": a string, an array of strings, or null.
@@ -134,13 +173,40 @@ type params struct {
 func decodeError(err error) *apiError {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) && te.Field != "" {
-		return badRequest(te.Field, "%s: expected %s, got JSON %s", te.Field, te.Type, te.Value)
+		// The embedded sampling struct's name is no part of the API.
+		field := strings.TrimPrefix(te.Field, "sampling.")
+		return badRequest(field, "%s: expected %s, got JSON %s", field, jsonKind(te.Type), te.Value)
 	}
 	var se *json.SyntaxError
 	if errors.As(err, &se) {
 		return badRequest("", "request body is not valid JSON: %v (at byte %d)", err, se.Offset)
 	}
 	return badRequest("", "request body does not decode: %v", err)
+}
+
+// jsonKind names what JSON value a Go type decodes from.
+func jsonKind(t reflect.Type) string {
+	if t == nil {
+		return "another value"
+	}
+	switch t.Kind() {
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	}
+	return t.String()
 }
 
 func checkCommon(model string, n *int, stops stopField, maxTokens *int, maxParam string, stream bool, so *streamOptions, stopIDs []uint32, vocab int) (params, *apiError) {
@@ -189,6 +255,12 @@ func (r *chatRequest) params(tok *tokenizer.Tokenizer) (params, *apiError) {
 	if err != nil {
 		return p, err
 	}
+	if err := r.sampling.check(); err != nil {
+		return p, err
+	}
+	if r.Logprobs != nil && *r.Logprobs {
+		return p, badRequest("logprobs", "logprobs: not supported by this frontend; leave it out or false")
+	}
 	if len(r.Messages) == 0 {
 		return p, badRequest("messages", "messages: at least one message is required")
 	}
@@ -212,6 +284,15 @@ func (r *completionRequest) params(tok *tokenizer.Tokenizer) (params, *apiError)
 	p, err := checkCommon(r.Model, r.N, r.Stop, r.MaxTokens, "max_tokens", r.Stream, r.StreamOptions, r.StopTokenIDs, tok.VocabSize())
 	if err != nil {
 		return p, err
+	}
+	if err := r.sampling.check(); err != nil {
+		return p, err
+	}
+	if r.Echo != nil && *r.Echo {
+		return p, badRequest("echo", "echo: not supported by this frontend; leave it out or false")
+	}
+	if r.Logprobs != nil {
+		return p, badRequest("logprobs", "logprobs: not supported by this frontend; leave it out or null")
 	}
 	b := bytes.TrimSpace(r.Prompt)
 	if len(b) == 0 || string(b) == "null" {
