@@ -7,6 +7,7 @@
 // Endpoints:
 //
 //	GET  /v1/models            the models registered workers serve
+//	GET  /v1/models/{model}    one of them
 //	POST /v1/chat/completions  chat, stream true or false
 //	POST /v1/completions       text completion, stream true or false
 //	GET  /health               200 when a worker of some model is known, else 503
@@ -35,6 +36,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -244,6 +246,7 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
 	go f.watch(events)
 	f.mux = http.NewServeMux()
 	f.mux.HandleFunc("GET /v1/models", f.handleModels)
+	f.mux.HandleFunc("GET /v1/models/{model...}", f.handleModel)
 	f.mux.HandleFunc("POST /v1/chat/completions", f.handleChat)
 	f.mux.HandleFunc("POST /v1/completions", f.handleCompletion)
 	f.mux.HandleFunc("GET /health", f.handleHealth)
@@ -253,6 +256,16 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
 	})
 	f.mux.Handle("GET /metrics", promhttp.HandlerFor(f.m.Registry(), promhttp.HandlerOpts{}))
 	f.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		allow := routeMethods[r.URL.Path]
+		if allow == "" && strings.HasPrefix(r.URL.Path, "/v1/models/") {
+			allow = http.MethodGet
+		}
+		if allow != "" {
+			w.Header().Set("Allow", allow)
+			writeError(w, &apiError{Status: http.StatusMethodNotAllowed, Type: typeInvalid,
+				Message: fmt.Sprintf("%s %s: method not allowed; use %s", r.Method, r.URL.Path, allow)})
+			return
+		}
 		writeError(w, &apiError{Status: http.StatusNotFound, Type: typeNotFound,
 			Message: fmt.Sprintf("no route %s %s; the API serves /v1/models, /v1/chat/completions and /v1/completions", r.Method, r.URL.Path)})
 	})
@@ -466,26 +479,61 @@ func (f *Frontend) untrack(a *attempt, worker uint64) {
 	f.mu.Unlock()
 }
 
+// routeMethods gives the method of each route the frontend serves, so
+// that another method on it gets 405 rather than 404. (GET routes take
+// HEAD too.)
+var routeMethods = map[string]string{
+	"/v1/models":           "GET, HEAD",
+	"/v1/chat/completions": http.MethodPost,
+	"/v1/completions":      http.MethodPost,
+	"/health":              "GET, HEAD",
+	"/live":                "GET, HEAD",
+	"/metrics":             "GET, HEAD",
+}
+
+// modelObject is a model as /v1/models lists it.
+type modelObject struct {
+	ID            string `json:"id"`
+	Object        string `json:"object"`
+	Created       int64  `json:"created"`
+	OwnedBy       string `json:"owned_by"`
+	ContextLength int    `json:"context_length,omitempty"`
+	Workers       int    `json:"workers"`
+}
+
+func (f *Frontend) modelObject(s *modelSet, name string) modelObject {
+	return modelObject{ID: name, Object: "model", Created: f.created, OwnedBy: "loom",
+		ContextLength: s.cards[name].ContextLength, Workers: s.workers(name)}
+}
+
 func (f *Frontend) handleModels(w http.ResponseWriter, _ *http.Request) {
-	type model struct {
-		ID            string `json:"id"`
-		Object        string `json:"object"`
-		Created       int64  `json:"created"`
-		OwnedBy       string `json:"owned_by"`
-		ContextLength int    `json:"context_length,omitempty"`
-		Workers       int    `json:"workers"`
-	}
 	s := f.models.Load()
 	out := struct {
-		Object string  `json:"object"`
-		Data   []model `json:"data"`
-	}{Object: "list", Data: []model{}}
+		Object string        `json:"object"`
+		Data   []modelObject `json:"data"`
+	}{Object: "list", Data: []modelObject{}}
 	for _, n := range s.names {
-		out.Data = append(out.Data, model{ID: n, Object: "model", Created: f.created, OwnedBy: "loom",
-			ContextLength: s.cards[n].ContextLength, Workers: s.workers(n)})
+		out.Data = append(out.Data, f.modelObject(s, n))
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// handleModel answers GET /v1/models/{model}: the model as listed, or 404
+// when no worker serves it now.
+func (f *Frontend) handleModel(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("model")
+	s := f.models.Load()
+	if s.workers(name) == 0 {
+		msg := fmt.Sprintf("model %q does not exist: no worker has served it (GET /v1/models lists the served models)", name)
+		if _, known := s.cards[name]; known {
+			msg = fmt.Sprintf("model %q has no worker now (GET /v1/models lists the served models)", name)
+		}
+		writeError(w, &apiError{Status: http.StatusNotFound, Type: typeInvalid, Param: "model", Code: "model_not_found", Message: msg})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(f.modelObject(s, name))
 }
 
 func (f *Frontend) handleHealth(w http.ResponseWriter, _ *http.Request) {

@@ -2,6 +2,7 @@ package frontend_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -136,4 +137,101 @@ func mustGet(t *testing.T, url string) *http.Response {
 		t.Fatal(err)
 	}
 	return resp
+}
+
+// TestAModelIsListedAndRetrievedWhileItHasWorkers: GET /v1/models and
+// GET /v1/models/{model} (through the official client) give the models
+// whose workers are in discovery now, with slashes in a model's name; a
+// model whose workers have all left is neither listed nor retrieved, and
+// its requests get 503 no_worker, where a model never served gets 404
+// model_not_found.
+func TestAModelIsListedAndRetrievedWhileItHasWorkers(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{})
+	const org = "org/model-7b"
+	w := s.worker(workerOpts{})
+	s.worker(workerOpts{model: org, ctxLen: 512})
+	s.waitReady(2)
+	c := oaiClient(s)
+	ctx := context.Background()
+	list := func() []string {
+		t.Helper()
+		var ids []string
+		page := c.Models.ListAutoPaging(ctx)
+		for page.Next() {
+			ids = append(ids, page.Current().ID)
+		}
+		if err := page.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	notFound := func(name string) {
+		t.Helper()
+		_, err := c.Models.Get(ctx, name)
+		var oe *openai.Error
+		if !errors.As(err, &oe) || oe.StatusCode != http.StatusNotFound || oe.Code != "model_not_found" || oe.Param != "model" {
+			t.Errorf("GET /v1/models/%s: %v, want 404 model_not_found naming model", name, err)
+		}
+	}
+	if ids := list(); fmt.Sprint(ids) != "[org/model-7b test-model]" {
+		t.Errorf("models %v, want [org/model-7b test-model]", ids)
+	}
+	for _, name := range []string{model, org} {
+		m, err := c.Models.Get(ctx, name)
+		if err != nil || m.ID != name || m.Object != "model" || m.OwnedBy != "loom" || m.Created == 0 {
+			t.Errorf("GET /v1/models/%s: %+v, %v", name, m, err)
+		}
+	}
+	var one struct {
+		ContextLength int `json:"context_length"`
+		Workers       int `json:"workers"`
+	}
+	if err := decodeJSON(mustGet(t, s.url+"/v1/models/"+org), &one); err != nil || one.ContextLength != 512 || one.Workers != 1 {
+		t.Errorf("GET /v1/models/%s: %+v, %v; want context_length 512 and 1 worker", org, one, err)
+	}
+	notFound("nope")
+
+	w.kill()
+	s.waitReady(1)
+	if ids := list(); fmt.Sprint(ids) != "[org/model-7b]" {
+		t.Errorf("models after test-model's worker left: %v, want [org/model-7b]", ids)
+	}
+	notFound(model)
+	_, err := c.Chat.Completions.New(ctx, chatParams("hi", 2))
+	var oe *openai.Error
+	if !errors.As(err, &oe) || oe.StatusCode != http.StatusServiceUnavailable || oe.Code != "no_worker" {
+		t.Errorf("a chat for the model whose workers left: %v, want 503 no_worker", err)
+	}
+	p := chatParams("hi", 2)
+	p.Model = "nope"
+	_, err = c.Chat.Completions.New(ctx, p)
+	if !errors.As(err, &oe) || oe.StatusCode != http.StatusNotFound || oe.Code != "model_not_found" {
+		t.Errorf("a chat for a model never served: %v, want 404 model_not_found", err)
+	}
+}
+
+// TestAnotherMethodOnARouteGets405: a route asked with a method it does
+// not serve gets 405 with Allow and an error in OpenAI's shape, not 404.
+func TestAnotherMethodOnARouteGets405(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{})
+	for _, tc := range []struct{ method, path, allow string }{
+		{http.MethodGet, "/v1/chat/completions", "POST"},
+		{http.MethodGet, "/v1/completions", "POST"},
+		{http.MethodPost, "/v1/models", "GET, HEAD"},
+		{http.MethodDelete, "/v1/models/test-model", "GET"},
+		{http.MethodPost, "/health", "GET, HEAD"},
+	} {
+		req, err := http.NewRequest(tc.method, s.url+tc.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := resp.Header.Get("Allow"); a != tc.allow {
+			t.Errorf("%s %s: Allow %q, want %q", tc.method, tc.path, a, tc.allow)
+		}
+		checkKind(t, checkError(t, resp, http.StatusMethodNotAllowed, ""), "invalid_request_error", "")
+	}
 }
