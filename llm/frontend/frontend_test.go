@@ -126,9 +126,15 @@ func TestCompletionsWithOpenAIClient(t *testing.T) {
 	if len(resp.Choices) != 1 || resp.Choices[0].Text == "" || resp.Choices[0].FinishReason != "length" || resp.Usage.CompletionTokens != 7 {
 		t.Fatalf("completion %+v usage %+v", resp.Choices, resp.Usage)
 	}
-	stream := c.Completions.NewStreaming(ctx, p)
+	// Streamed with include_usage: the text, then a chunk with the
+	// finish, then the last with no choices and the usage.
+	sp := p
+	sp.StreamOptions = openai.ChatCompletionStreamOptionsParam{IncludeUsage: openai.Bool(true)}
+	stream := c.Completions.NewStreaming(ctx, sp)
 	var sb strings.Builder
+	var chunks []openai.Completion
 	for stream.Next() {
+		chunks = append(chunks, stream.Current())
 		for _, ch := range stream.Current().Choices {
 			sb.WriteString(ch.Text)
 		}
@@ -139,6 +145,15 @@ func TestCompletionsWithOpenAIClient(t *testing.T) {
 	stream.Close()
 	if sb.String() != resp.Choices[0].Text {
 		t.Errorf("streamed %q, non-streamed %q", sb.String(), resp.Choices[0].Text)
+	}
+	if n := len(chunks); n < 3 || len(chunks[n-1].Choices) != 0 || chunks[n-1].Usage.CompletionTokens != 7 ||
+		chunks[n-1].Usage.PromptTokens != resp.Usage.PromptTokens || len(chunks[n-2].Choices) != 1 || chunks[n-2].Choices[0].FinishReason != "length" {
+		t.Errorf("streamed chunks %+v: want the finish, then the usage with no choices last", chunks)
+	}
+	for _, ch := range chunks {
+		if ch.ID != chunks[0].ID || !strings.HasPrefix(ch.ID, "cmpl-") || ch.Object != "text_completion" || ch.Model != model || ch.Created == 0 {
+			t.Errorf("chunk id %q object %q model %q created %d", ch.ID, ch.Object, ch.Model, ch.Created)
+		}
 	}
 	// A prompt of token ids.
 	p.Prompt = openai.CompletionNewParamsPromptUnion{OfArrayOfTokens: []int64{300, 301, 302}}
