@@ -206,9 +206,9 @@ func (w *Worker) startPrefillWorker(ctx, wctx context.Context) error {
 // handlePrefill does one remote prefill.
 func (w *Worker) handlePrefill(ctx context.Context, job *workqueue.Job[llm.RemotePrefillRequest]) error {
 	r := job.Value
-	var id uint64
-	if _, err := fmt.Sscanf(r.EngineID, "%x", &id); err != nil || id == 0 {
-		return workqueue.Permanent(fmt.Errorf("mocker: prefill job %q: engine_id %q is not a worker's instance id in hex", r.RequestID, r.EngineID))
+	id, err := parseEngineID(r.EngineID)
+	if err != nil {
+		return workqueue.Permanent(fmt.Errorf("mocker: prefill job %q: %w", r.RequestID, err))
 	}
 	w.stats.mu.Lock()
 	w.stats.prefillsNow++
@@ -239,6 +239,16 @@ func (w *Worker) handlePrefill(ctx context.Context, job *workqueue.Job[llm.Remot
 	}
 	w.stats.mu.Unlock()
 	return nil
+}
+
+// parseEngineID reads a prefill job's engine_id: the instance id of the
+// decode worker that handed the job over, in hex, and nothing else.
+func parseEngineID(s string) (uint64, error) {
+	id, err := strconv.ParseUint(s, 16, 64)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("engine_id %q is not a worker's instance id in hex", s)
+	}
+	return id, nil
 }
 
 // notifyDone tells decode worker id that the prefill of key is done.
