@@ -114,3 +114,35 @@ func TestLoadMetricsKeepDynamosFieldsWithoutAKvEventID(t *testing.T) {
 		}
 	}
 }
+
+// FuzzModelCardFrom: a model card comes from a worker's instance record in
+// discovery, written by any process. It reads as a card with a name, a
+// positive block size and no negative count, which its own metadata
+// gives back, or as an error.
+func FuzzModelCardFrom(f *testing.F) {
+	f.Add("m", "16", "8192", "1024", uint8(15))
+	f.Add("", "16", "0", "0", uint8(15))
+	f.Add("m", "-1", "x", "99999999999999999999", uint8(15))
+	f.Add("m", "0", "", "+5", uint8(3))
+	f.Fuzz(func(t *testing.T, name, bs, ctxLen, kv string, present uint8) {
+		md := map[string]string{}
+		for i, kv := range [][2]string{{MetaModel, name}, {MetaBlockSize, bs}, {MetaContextLength, ctxLen}, {MetaKvBlocks, kv}} {
+			if present&(1<<i) != 0 {
+				md[kv[0]] = kv[1]
+			}
+		}
+		c, err := ModelCardFrom(md)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatalf("%v: an empty error", md)
+			}
+			return
+		}
+		if c.Name == "" || c.BlockSize <= 0 || c.ContextLength < 0 || c.KvBlocks < 0 {
+			t.Fatalf("%v read as %+v", md, c)
+		}
+		if back, err := ModelCardFrom(c.Metadata()); err != nil || back != c {
+			t.Fatalf("%v read as %+v, whose metadata reads as %+v, %v", md, c, back, err)
+		}
+	})
+}
