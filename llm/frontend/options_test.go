@@ -17,9 +17,11 @@ import (
 
 // TestRequestOptionsThroughTheOpenAIClient holds docs/llm.md's request
 // claims: fields the frontend does not use (temperature, top_p, seed,
-// user, ...) are accepted and ignored; stop_token_ids reach the worker; a
-// request without max_tokens may generate DefaultMaxTokens (1,024) tokens,
-// within the model's context length.
+// user, fields it does not know, ...) are accepted and ignored;
+// max_completion_tokens bounds the answer and wins over max_tokens;
+// stop_token_ids reach the worker; a request without max_tokens may
+// generate DefaultMaxTokens (1,024) tokens, within the model's context
+// length.
 func TestRequestOptionsThroughTheOpenAIClient(t *testing.T) {
 	s := newStack(t, "tcp", frontend.Config{})
 	long := s.worker(workerOpts{})
@@ -37,7 +39,8 @@ func TestRequestOptionsThroughTheOpenAIClient(t *testing.T) {
 		PresencePenalty:  openai.Float(0.5),
 		FrequencyPenalty: openai.Float(0.5),
 	}
-	resp, err := c.Chat.Completions.New(ctx, p, option.WithJSONSet("stop_token_ids", []int{5, 6}))
+	resp, err := c.Chat.Completions.New(ctx, p, option.WithJSONSet("stop_token_ids", []int{5, 6}),
+		option.WithJSONSet("a_field_no_one_knows", map[string]any{"nested": []int{1}}))
 	if err != nil {
 		t.Fatalf("a chat with sampling fields: %v; want them accepted and ignored", err)
 	}
@@ -50,6 +53,25 @@ func TestRequestOptionsThroughTheOpenAIClient(t *testing.T) {
 	}
 	if !slices.Contains(r.StopTokenIDs, 5) || !slices.Contains(r.StopTokenIDs, 6) || !slices.Contains(r.StopTokenIDs, tokenizer.ImEnd) {
 		t.Errorf("the worker got stop_token_ids %v, want 5, 6 and the chat template's end", r.StopTokenIDs)
+	}
+
+	// max_completion_tokens bounds the answer as max_tokens does, and
+	// wins over it when both are given.
+	for _, tc := range []struct {
+		maxTokens, maxCompletion int64
+		want                     int64
+	}{{0, 3, 3}, {5, 2, 2}, {2, 0, 2}} {
+		q := openai.ChatCompletionNewParams{Model: model, Messages: p.Messages}
+		if tc.maxTokens > 0 {
+			q.MaxTokens = openai.Int(tc.maxTokens)
+		}
+		if tc.maxCompletion > 0 {
+			q.MaxCompletionTokens = openai.Int(tc.maxCompletion)
+		}
+		resp, err := c.Chat.Completions.New(ctx, q)
+		if err != nil || resp.Usage.CompletionTokens != tc.want || resp.Choices[0].FinishReason != "length" {
+			t.Errorf("max_tokens %d, max_completion_tokens %d: %v, %+v; want %d tokens ending for length", tc.maxTokens, tc.maxCompletion, err, resp, tc.want)
+		}
 	}
 
 	// A model with a context length: the default stops at it.
