@@ -373,13 +373,18 @@ func (f *Frontend) stream(w http.ResponseWriter, r *http.Request, j *job, object
 		w.Header().Set(HeaderMigrations, migrations)
 		return e.Status
 	}
-	if !started {
+	empty := !started // no text: the finish is the stream's first chunk
+	if empty {
 		begin()
 	}
 	b := append(st.chunk[:0], st.head...)
-	if chat {
+	switch {
+	case chat && empty:
+		// The first chunk of a chat names the role, even with no text.
+		b = append(b, `"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":"`...)
+	case chat:
 		b = append(b, `"delta":{},"logprobs":null,"finish_reason":"`...)
-	} else {
+	default:
 		b = append(b, `"text":"","logprobs":null,"finish_reason":"`...)
 	}
 	b = append(b, res.finish...)

@@ -141,3 +141,39 @@ func counted(s *stack, status string, n int) bool {
 	b, _ := io.ReadAll(resp.Body)
 	return strings.Contains(string(b), `loom_llm_requests_total{model="test-model",status="`+status+`"} `+strconv.Itoa(n)+"\n")
 }
+
+// TestAChatStreamWithNoTextStillNamesTheRole: a streamed chat whose
+// answer is empty (its first token is a stop token) still says, in its
+// one chunk, that the assistant answers, as the first chunk of any chat
+// stream does.
+func TestAChatStreamWithNoTextStillNamesTheRole(t *testing.T) {
+	s, _ := mockStack(t, mocker.Config{DecodeStep: time.Millisecond})
+	ctx := context.Background()
+	full, _, _, err := streamChat(ctx, oaiClient(s), chatParams("hi", 2))
+	if err != nil || len(strings.Fields(full)) != 2 {
+		t.Fatalf("reference: %q, %v", full, err)
+	}
+	first := tokenizer.Default().Encode(nil, " "+strings.Fields(full)[0])
+	resp := post(t, ctx, s.url+"/v1/chat/completions", `{"model":"test-model","max_tokens":2,"stream":true,"stop_token_ids":[`+strconv.Itoa(int(first[0]))+
+		`],"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"hi"}]}`)
+	defer resp.Body.Close()
+	events := sseEvents(t, resp.Body)
+	if len(events) != 2 || events[1] != "[DONE]" {
+		t.Fatalf("events %q, want the finish and [DONE]", events)
+	}
+	var c struct {
+		Choices []struct {
+			Delta struct {
+				Role    string  `json:"role"`
+				Content *string `json:"content"`
+			} `json:"delta"`
+			FinishReason string `json:"finish_reason"`
+		} `json:"choices"`
+	}
+	if err := json.Unmarshal([]byte(events[0]), &c); err != nil || len(c.Choices) != 1 {
+		t.Fatalf("chunk %s: %v", events[0], err)
+	}
+	if ch := c.Choices[0]; ch.Delta.Role != "assistant" || ch.Delta.Content == nil || *ch.Delta.Content != "" || ch.FinishReason != "stop" {
+		t.Errorf("the one chunk %s: want role assistant, empty content and finish_reason stop", events[0])
+	}
+}
