@@ -415,6 +415,24 @@ func TestBadRequests(t *testing.T) {
 			t.Errorf("%s: %d %s, want 200", tc.body, resp.StatusCode, b)
 		}
 	}
+	// The body is read as JSON whatever its Content-Type says, as the
+	// docs' curl -d (application/x-www-form-urlencoded) sends it.
+	for _, ctype := range []string{"application/x-www-form-urlencoded", "text/plain", ""} {
+		req, err := http.NewRequest(http.MethodPost, s.url+"/v1/chat/completions", strings.NewReader(`{"model":"test-model",`+msgs+`,"max_tokens":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", ctype)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("Content-Type %q: %d %s, want 200", ctype, resp.StatusCode, b)
+		}
+	}
 	// The official client sees the same as an *openai.Error.
 	c := oaiClient(s)
 	_, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
