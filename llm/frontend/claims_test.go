@@ -105,3 +105,30 @@ func TestAStreamThatFailsAfterItsHeaderIsCountedWithItsErrorsStatus(t *testing.T
 		})
 	}
 }
+
+// TestNoMigrationWhenMaxMigrationsIsNegative holds Config.MaxMigrations's
+// "negative: never" (the CLI's --max-migrations 0): a request whose worker
+// dies mid-stream ends with worker_failed at once, though another worker
+// serves the model.
+func TestNoMigrationWhenMaxMigrationsIsNegative(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{MaxMigrations: -1})
+	a := s.worker(workerOpts{pauseAfter: 3})
+	s.waitReady(1)
+	resp := post(t, context.Background(), s.url+"/v1/chat/completions", migBody)
+	defer resp.Body.Close()
+	sr := newSSEReader(t, resp)
+	sr.words(3)
+	b := s.worker(workerOpts{})
+	s.waitReady(2)
+	a.kill()
+	text, finish, e := sr.rest()
+	if finish != "" || !strings.Contains(e, `"code":"worker_failed"`) {
+		t.Fatalf("stream ended with %d words, finish %q and error event %s; want worker_failed", len(strings.Fields(text)), finish, e)
+	}
+	if m := resp.Trailer.Get(frontend.HeaderMigrations); m != "0" {
+		t.Errorf("%s trailer = %q, want 0", frontend.HeaderMigrations, m)
+	}
+	if n := b.served.Load(); n != 0 {
+		t.Errorf("the other worker served %d requests, want none", n)
+	}
+}
