@@ -402,6 +402,10 @@ func TestBadRequests(t *testing.T) {
 			}
 		})
 	}
+	// An empty prompt array is called empty, not a count of prompts.
+	if e := checkError(t, post(t, context.Background(), s.url+"/v1/completions", `{"model":"test-model","prompt":[]}`), 400, "prompt"); !strings.Contains(e.Error.Message, "empty") {
+		t.Errorf("prompt []: %q, want it called empty", e.Error.Message)
+	}
 	// The edges of the ranges, and the refused fields turned off, are
 	// accepted.
 	for _, tc := range []struct{ path, body string }{

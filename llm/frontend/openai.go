@@ -307,6 +307,9 @@ func (r *completionRequest) params(tok *tokenizer.Tokenizer) (params, *apiError)
 	switch {
 	case json.Unmarshal(b, &s) == nil:
 	case json.Unmarshal(b, &ss) == nil:
+		if len(ss) == 0 {
+			return p, badRequest("prompt", "prompt: an empty array; give a string, or token ids")
+		}
 		if len(ss) != 1 {
 			return p, badRequest("prompt", "prompt: one prompt per request is supported, got %d", len(ss))
 		}
