@@ -61,8 +61,9 @@ func newLLMFrontend() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "frontend",
 		Short: "Serve the OpenAI API for the LLM workers found in discovery",
-		Long: `Serve an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions,
-/v1/completions; /health, /live, /metrics) for the workers of a namespace,
+		Long: `Serve an OpenAI-compatible HTTP API (/v1/models, /v1/models/{model},
+/v1/chat/completions, /v1/completions; /health, /live, /metrics) for the
+workers of a namespace,
 found in discovery as this process's configuration names it: run it with
 the environment lines of ` + "`loom up`" + ` to reach workers in other processes.
 It tokenizes in the frontend and routes each request with --router.`,
