@@ -43,7 +43,8 @@ in a JetStream KV bucket).
 It prints the environment lines the components need, one per line; set them
 in each component's environment (for example: export them in its shell).
 With --json it prints them as one JSON object instead. Ctrl-C stops the
-servers cleanly; their data stays in --data-dir.`,
+servers cleanly; their data stays in --data-dir, which one loom up at a
+time may use.`,
 		Example: `  loom up
   loom up --discovery natskv --zmq-broker 5567,5568
   loom up --json`,
@@ -82,6 +83,11 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 	if o.discovery != "etcd" && o.discovery != "natskv" {
 		return fmt.Errorf("--discovery %q: use etcd or natskv", o.discovery)
 	}
+	unlock, err := lockDataDir(o.dataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	// The servers log only when asked: their shutdown chatter is noise.
 	var log *slog.Logger
 	if o.verbose {

@@ -4,7 +4,9 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // TestLoomUpDefaultsAreTheDocumented holds README.md's account of `loom up`
@@ -52,4 +54,52 @@ func TestLoomUpDefaultsAreTheDocumented(t *testing.T) {
 			t.Errorf("README.md's example of loom up's output lacks %q, which the defaults give", strings.TrimSpace(line))
 		}
 	}
+}
+
+// waitExit waits for the process to end by itself and returns its exit
+// code, failing the test if it is still running after 30s.
+func (p *loomProc) waitExit() int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		out, errs := p.lines()
+		p.t.Fatalf("%v still running after 30s\nstdout: %q\nstderr: %q", p.cmd.Args, out, errs)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// TestASecondLoomUpOnTheSameDataDirFailsNamingIt starts two loom up on one
+// --data-dir (other ports): the second must fail at once, naming the
+// directory, instead of sharing the first one's JetStream store or waiting
+// forever for etcd's database lock.
+func TestASecondLoomUpOnTheSameDataDirFailsNamingIt(t *testing.T) {
+	dir := t.TempDir()
+	args := []string{"up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0", "--data-dir", dir}
+	first := startLoom(t, nil, args...)
+	first.waitStderr(`^loom up: serving`)
+
+	second := startLoom(t, nil, args...)
+	if code := second.waitExit(); code != 1 {
+		out, errs := second.lines()
+		t.Fatalf("the second loom up exited %d, want 1\nstdout: %q\nstderr: %q", code, out, errs)
+	}
+	out, errs := second.lines()
+	if len(out) != 0 {
+		t.Errorf("the second loom up printed an environment: %q", out)
+	}
+	msg := strings.Join(errs, "\n")
+	for _, want := range []string{"--data-dir " + dir, "another loom up"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the second loom up's error does not say %q:\n%s", want, msg)
+		}
+	}
+
+	// The first is unharmed, and once it has stopped the directory is free.
+	_ = first.cmd.Process.Signal(syscall.SIGTERM)
+	first.exit()
+	third := startLoom(t, nil, args...)
+	third.waitStderr(`^loom up: serving`)
+	_ = third.cmd.Process.Signal(syscall.SIGTERM)
+	third.exit()
 }
