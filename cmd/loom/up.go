@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -58,6 +57,14 @@ time may use.`,
 			return cobra.NoArgs(cmd, args)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, p := range []struct {
+				flag string
+				port int
+			}{{"--nats-port", o.natsPort}, {"--monitor-port", o.monitorPort}, {"--etcd-port", o.etcdPort}, {"--etcd-peer-port", o.etcdPeer}} {
+				if p.port < 0 || p.port > 65535 {
+					return &usageError{cmd, fmt.Errorf("%s %d: want a port in 0..65535", p.flag, p.port)}
+				}
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return up(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
@@ -66,10 +73,10 @@ time may use.`,
 	f := cmd.Flags()
 	f.StringVar(&o.host, "host", o.host, "address the servers listen on")
 	f.StringVar(&o.dataDir, "data-dir", o.dataDir, "where JetStream and etcd keep their data")
-	f.IntVar(&o.natsPort, "nats-port", o.natsPort, "NATS client port")
+	f.IntVar(&o.natsPort, "nats-port", o.natsPort, "NATS client port; 0 picks a free one")
 	f.IntVar(&o.monitorPort, "monitor-port", o.monitorPort, "NATS monitoring (HTTP) port; 0 turns it off")
-	f.IntVar(&o.etcdPort, "etcd-port", o.etcdPort, "etcd client port")
-	f.IntVar(&o.etcdPeer, "etcd-peer-port", o.etcdPeer, "etcd peer port")
+	f.IntVar(&o.etcdPort, "etcd-port", o.etcdPort, "etcd client port; 0 picks a free one")
+	f.IntVar(&o.etcdPeer, "etcd-peer-port", o.etcdPeer, "etcd peer port; 0 picks a free one")
 	f.StringVar(&o.discovery, "discovery", o.discovery, "etcd, or natskv for NATS alone")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log the servers' own lines")
 	f.StringVar(&o.zmqBroker, "zmq-broker", "", "also run a ZeroMQ event broker on these ports (publishers,subscribers); alone, 5557,5558")
@@ -137,8 +144,8 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 		}
 	}
 	monitorNote := ""
-	if o.monitorPort != 0 {
-		monitorNote = ", monitoring on http://" + o.host + ":" + strconv.Itoa(o.monitorPort)
+	if u := ns.MonitorURL(); u != "" {
+		monitorNote = ", monitoring on " + u
 	}
 	what := "the lines above"
 	if o.json {

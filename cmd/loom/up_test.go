@@ -1,12 +1,16 @@
 package main
 
 import (
+	"net/http"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // TestLoomUpDefaultsAreTheDocumented holds README.md's account of `loom up`
@@ -102,4 +106,48 @@ func TestASecondLoomUpOnTheSameDataDirFailsNamingIt(t *testing.T) {
 	third.waitStderr(`^loom up: serving`)
 	_ = third.cmd.Process.Signal(syscall.SIGTERM)
 	third.exit()
+}
+
+// TestLoomUpRefusesAPortOutOfRangeNamingTheFlag runs loom up with each port
+// flag out of range: a usage error naming the flag, before any server
+// starts (a negative port made nats-server pick a random one, and loom up
+// then printed the monitoring URL with the negative port in it).
+func TestLoomUpRefusesAPortOutOfRangeNamingTheFlag(t *testing.T) {
+	for _, flag := range []string{"--nats-port", "--monitor-port", "--etcd-port", "--etcd-peer-port"} {
+		for _, port := range []string{"-1", "65536"} {
+			t.Run(flag+" "+port, func(t *testing.T) {
+				p := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0",
+					"--data-dir", t.TempDir(), flag, port)
+				code := p.waitExit()
+				out, errs := p.lines()
+				if code != 2 {
+					t.Errorf("exit code %d, want 2\nstdout: %q\nstderr: %q", code, out, errs)
+				}
+				if want := flag + " " + port + ": want a port in 0..65535"; !strings.Contains(strings.Join(errs, "\n"), want) {
+					t.Errorf("stderr %q does not say %q", errs, want)
+				}
+			})
+		}
+	}
+}
+
+// TestLoomUpNamesTheMonitoringAddressItListensOn holds the serving line to
+// the nats-server's monitoring address, not to the flag's text.
+func TestLoomUpNamesTheMonitoringAddressItListensOn(t *testing.T) {
+	port := strconv.Itoa(testutil.FreePort(t))
+	p := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", port, "--discovery", "natskv", "--data-dir", t.TempDir())
+	url := p.waitStderr(`^loom up: serving \(data in .*, monitoring on (http://[^)]+)\);`)[1]
+	if url != "http://127.0.0.1:"+port {
+		t.Errorf("loom up says monitoring is on %s, want http://127.0.0.1:%s", url, port)
+	}
+	resp, err := http.Get(url + "/varz")
+	if err != nil {
+		t.Fatalf("the monitoring URL loom up printed: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET %s/varz: %s", url, resp.Status)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.exit()
 }
