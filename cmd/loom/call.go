@@ -41,6 +41,9 @@ Ctrl-C asks the handler to stop gracefully; a second Ctrl-C kills the call.`,
   generate-request | loom call demo/backend/generate -`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if timeout < 0 {
+				return &usageError{cmd, fmt.Errorf("--timeout %s: want 0 or more", timeout)}
+			}
 			text, err := readRequestArg(args[1], cmd.InOrStdin())
 			if err != nil {
 				return err

@@ -280,3 +280,44 @@ func TestUsageErrorsExitTwoWithTheUsageLine(t *testing.T) {
 		t.Errorf("loom alone (help) exited %d, want 0", code)
 	}
 }
+
+// TestOutOfRangeFlagValuesAreUsageErrors runs the binary with flag values
+// that mean nothing (a count, a timeout or an interval below its range):
+// each must be a usage error naming the flag, exit 2, before connecting to
+// anything, rather than be taken silently as "nothing" or "no limit".
+func TestOutOfRangeFlagValuesAreUsageErrors(t *testing.T) {
+	// Nothing listens there: a command that goes on to connect fails
+	// with exit 1, not 2.
+	env := []string{"NATS_SERVER=nats://127.0.0.1:1", "LOOM_DISCOVERY=memory", "LOOM_CLIENT_WAIT_TIMEOUT=0s"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"pub", "ns/c", "t", "{}", "--count", "0"}, "--count 0: want 1 or more"},
+		{[]string{"pub", "ns/c", "t", "{}", "--count", "-1"}, "--count -1: want 1 or more"},
+		{[]string{"pub", "ns/c", "t", "{}", "--timeout", "0s"}, "--timeout 0s: want more than 0"},
+		{[]string{"pub", "ns/c", "t", "{}", "--interval", "-1s"}, "--interval -1s: want 0 or more"},
+		{[]string{"pub", "ns/c", "t", "{}", "--wait-subscribers", "-1"}, "--wait-subscribers -1: want 0 or more"},
+		{[]string{"sub", "ns/c", "t", "--count", "-1"}, "--count -1: want 0 or more"},
+		{[]string{"sub", "ns/c", "t", "--timeout", "-1s"}, "--timeout -1s: want 0 or more"},
+		{[]string{"call", "ns/c/e", "{}", "--timeout", "-1s"}, "--timeout -1s: want 0 or more"},
+		{[]string{"queue", "peek", "q", "-n", "0"}, "-n 0: want 1 or more"},
+		{[]string{"queue", "dlq", "q", "-n", "-1"}, "-n -1: want 1 or more"},
+		{[]string{"queue", "dlq", "q", "--requeue", "--purge"}, "--requeue and --purge are exclusive"},
+		{[]string{"queue", "dlq", "q", "5"}, `"5": sequence numbers follow --requeue`},
+		{[]string{"queue", "dlq", "q", "--requeue", "x"}, `"x": sequence numbers follow --requeue`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			p := startLoom(t, env, tc.args...)
+			code := p.waitExit()
+			_, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			if code != 2 {
+				t.Errorf("exit code %d, want 2; stderr:\n%s", code, stderr)
+			}
+			if !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "usage: loom "+tc.args[0]) {
+				t.Errorf("stderr does not say %q with the usage line:\n%s", tc.want, stderr)
+			}
+		})
+	}
+}

@@ -53,6 +53,9 @@ A ZeroMQ publisher only reaches subscribers already connected to it: use
   tail -f metrics.jsonl | loom pub dynamo/backend load_metrics -`,
 		Args: cobra.RangeArgs(2, 3),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.validate(); err != nil {
+				return &usageError{cmd, err}
+			}
 			scope, err := events.ParseScope(args[0])
 			if err != nil {
 				return err
@@ -80,6 +83,22 @@ A ZeroMQ publisher only reaches subscribers already connected to it: use
 	f.BoolVar(&o.json, "json", false, "print each published event as a line of JSON")
 	f.DurationVar(&o.timeout, "timeout", o.timeout, "give up waiting for subscribers, or for the events to leave, after this long")
 	return cmd
+}
+
+// validate refuses flag values that would publish nothing or give up at
+// once.
+func (o pubOptions) validate() error {
+	switch {
+	case o.count < 1:
+		return fmt.Errorf("--count %d: want 1 or more", o.count)
+	case o.interval < 0:
+		return fmt.Errorf("--interval %s: want 0 or more", o.interval)
+	case o.subscribers < 0:
+		return fmt.Errorf("--wait-subscribers %d: want 0 or more", o.subscribers)
+	case o.timeout <= 0:
+		return fmt.Errorf("--timeout %s: want more than 0", o.timeout)
+	}
+	return nil
 }
 
 func publish(ctx context.Context, out, errOut io.Writer, scope events.Scope, topic string, event any, in io.Reader, o pubOptions) error {

@@ -200,6 +200,9 @@ func newQueuePeek() *cobra.Command {
 		Short: "Show the oldest jobs of a work queue without taking them",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if n < 1 {
+				return &usageError{cmd, fmt.Errorf("-n %d: want 1 or more", n)}
+			}
 			return withAdmin(cmd, func(ctx context.Context, a *workqueue.Admin) error {
 				msgs, err := a.Peek(ctx, args[0], n)
 				if err != nil {
@@ -246,13 +249,16 @@ deletes them.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if requeue && purge {
-				return errors.New("--requeue and --purge are exclusive")
+				return &usageError{cmd, errors.New("--requeue and --purge are exclusive")}
+			}
+			if n < 1 {
+				return &usageError{cmd, fmt.Errorf("-n %d: want 1 or more", n)}
 			}
 			var seqs []uint64
 			for _, s := range args[1:] {
 				seq, err := strconv.ParseUint(s, 10, 64)
 				if err != nil || !requeue {
-					return fmt.Errorf("%q: sequence numbers follow --requeue, as loom queue dlq prints them", s)
+					return &usageError{cmd, fmt.Errorf("%q: sequence numbers follow --requeue, as loom queue dlq prints them", s)}
 				}
 				seqs = append(seqs, seq)
 			}

@@ -49,6 +49,12 @@ that resumes where it left off.`,
   loom sub dynamo/backend load_metrics --transport jetstream --since 10m`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.count < 0 {
+				return &usageError{cmd, fmt.Errorf("--count %d: want 0 or more", o.count)}
+			}
+			if o.timeout < 0 {
+				return &usageError{cmd, fmt.Errorf("--timeout %s: want 0 or more", o.timeout)}
+			}
 			scope, err := events.ParseScope(args[0])
 			if err != nil {
 				return err
