@@ -158,28 +158,8 @@ func publish(ctx context.Context, out, errOut io.Writer, scope events.Scope, top
 				return err
 			}
 		}
-	} else {
-		s := bufio.NewScanner(in)
-		s.Buffer(make([]byte, 64<<10), rt.Config().Events.MaxEventSize)
-		for line := 1; s.Scan(); line++ {
-			text := strings.TrimSpace(s.Text())
-			if text == "" {
-				continue
-			}
-			v, err := parseJSONArg(text)
-			if err != nil {
-				return fmt.Errorf("standard input line %d: %w", line, err)
-			}
-			if err := send(v); err != nil {
-				return err
-			}
-			if o.interval > 0 {
-				time.Sleep(o.interval)
-			}
-		}
-		if err := s.Err(); err != nil {
-			return fmt.Errorf("reading standard input: %w", err)
-		}
+	} else if err := publishLines(ctx, in, rt.Config().Events.MaxEventSize, o.interval, send); err != nil {
+		return err
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.timeout)
 	defer cancel()
@@ -190,4 +170,67 @@ func publish(ctx context.Context, out, errOut io.Writer, scope events.Scope, top
 		fmt.Fprintf(errOut, "loom pub: %d of %d events went out while no subscriber was connected: they reached no one (ZeroMQ delivers only to connected subscribers; see --wait-subscribers)\n", unheard, seq)
 	}
 	return nil
+}
+
+// publishLines sends each non-empty line of in as a JSON event until in
+// ends or ctx does. A read from a terminal or an open pipe blocks until a
+// line comes, so it runs in a goroutine of its own that an interrupted
+// loom pub does not wait for: the process is about to exit.
+func publishLines(ctx context.Context, in io.Reader, maxLine int, interval time.Duration, send func(any) error) error {
+	type line struct {
+		text string
+		err  error // the scanner's, after the last line
+	}
+	lines := make(chan line)
+	go func() {
+		defer close(lines)
+		s := bufio.NewScanner(in)
+		s.Buffer(make([]byte, 64<<10), maxLine)
+		for s.Scan() {
+			select {
+			case lines <- line{text: s.Text()}:
+			case <-ctx.Done():
+				return
+			}
+		}
+		if err := s.Err(); err != nil {
+			select {
+			case lines <- line{err: err}:
+			case <-ctx.Done():
+			}
+		}
+	}()
+	for n := 1; ; n++ {
+		var l line
+		select {
+		case <-ctx.Done():
+			return nil
+		case got, ok := <-lines:
+			if !ok {
+				return nil
+			}
+			l = got
+		}
+		if l.err != nil {
+			return fmt.Errorf("reading standard input: %w", l.err)
+		}
+		text := strings.TrimSpace(l.text)
+		if text == "" {
+			continue
+		}
+		v, err := parseJSONArg(text)
+		if err != nil {
+			return fmt.Errorf("standard input line %d: %w", n, err)
+		}
+		if err := send(v); err != nil {
+			return err
+		}
+		if interval > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(interval):
+			}
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"regexp"
@@ -19,6 +20,7 @@ import (
 	"github.com/loomrt/loom/discovery/memory"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // loomProc is a loom binary running in the background, its output kept.
@@ -33,8 +35,15 @@ type loomProc struct {
 
 func startLoom(t *testing.T, env []string, args ...string) *loomProc {
 	t.Helper()
+	return startLoomWithStdin(t, nil, env, args...)
+}
+
+// startLoomWithStdin is startLoom with standard input read from stdin.
+func startLoomWithStdin(t *testing.T, stdin io.Reader, env []string, args ...string) *loomProc {
+	t.Helper()
 	p := &loomProc{t: t, cmd: exec.Command(loomBin, args...), done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdin = stdin
 	out, _ := p.cmd.StdoutPipe()
 	errOut, _ := p.cmd.StderrPipe()
 	if err := p.cmd.Start(); err != nil {
@@ -296,5 +305,44 @@ func TestZMQDirectOnMemoryDiscoveryIsWarnedOf(t *testing.T) {
 		if got := strings.Contains(out.String(), "discovery.backend is memory"); got != tc.warned {
 			t.Errorf("%s discovery, %s transport, broker %q: warned %v (%q), want %v", tc.discovery, tc.transport, tc.broker, got, out.String(), tc.warned)
 		}
+	}
+}
+
+// TestLoomPubFromStdinStopsOnSIGINT publishes lines of a standard input
+// that stays open, as a terminal's does, then interrupts: loom pub must
+// exit at once, having flushed what it published, not wait for a line or
+// an end of input that never comes.
+func TestLoomPubFromStdinStopsOnSIGINT(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	// An *os.File, so that the child reads it itself: exec's copying
+	// goroutine for any other reader would keep Wait waiting on it.
+	stdin, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	defer w.Close()
+	pub := startLoomWithStdin(t, stdin, []string{"NATS_SERVER=" + ns.ClientURL(), "LOOM_LOG_LEVEL=warn"}, "pub", "dyn/w1", "load_metrics")
+	if _, err := io.WriteString(w, `{"active": 1}`+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 30*time.Second, "loom pub publishing the line", func() bool {
+		out, _ := pub.lines()
+		return len(out) == 1
+	})
+	_ = pub.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-pub.done:
+	case <-time.After(10 * time.Second):
+		out, errs := pub.lines()
+		t.Fatalf("loom pub still running 10s after SIGINT\nstdout: %q\nstderr: %q", out, errs)
+	}
+	if code := pub.cmd.ProcessState.ExitCode(); code != 0 {
+		out, errs := pub.lines()
+		t.Errorf("loom pub exited %d after SIGINT, want 0\nstdout: %q\nstderr: %q", code, out, errs)
 	}
 }
