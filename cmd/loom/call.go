@@ -48,7 +48,7 @@ Ctrl-C asks the handler to stop gracefully; a second Ctrl-C kills the call.`,
 			if err != nil {
 				return err
 			}
-			req, err := parseJSONArg(text)
+			req, err := parseJSONArg("the request", text)
 			if err != nil {
 				return err
 			}
@@ -217,12 +217,13 @@ func memoryDiscovery(rt *loom.Runtime) bool {
 	return b == "" || b == "memory"
 }
 
-// parseJSONArg decodes a request given on the command line, keeping whole
-// numbers whole so a handler's integer fields decode them.
-func parseJSONArg(s string) (any, error) {
+// parseJSONArg decodes a request or event given on the command line, what
+// naming it in the error, keeping whole numbers whole so a handler's
+// integer fields decode them.
+func parseJSONArg(what, s string) (any, error) {
 	v, err := codec.ParseJSON([]byte(s))
 	if err != nil {
-		return nil, fmt.Errorf("the request %q: %w", s, err)
+		return nil, fmt.Errorf("%s %q: %w", what, s, err)
 	}
 	return v, nil
 }

@@ -43,7 +43,7 @@ func TestLoomCallPrintsEachResponseAsJSON(t *testing.T) {
 			if err := loom.Serve(ctx, ep, gen); err != nil {
 				t.Fatal(err)
 			}
-			req, err := parseJSONArg(`{"prompt": "hi", "max_tokens": 3}`)
+			req, err := parseJSONArg("the request", `{"prompt": "hi", "max_tokens": 3}`)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -65,10 +65,10 @@ func TestLoomCallPrintsEachResponseAsJSON(t *testing.T) {
 func TestLoomCallErrorsSayWhatIsWrong(t *testing.T) {
 	t.Setenv("LOOM_CLIENT_WAIT_TIMEOUT", "50ms")
 	t.Setenv("LOOM_LOG_LEVEL", "error")
-	if _, err := parseJSONArg(`{"prompt": `); err == nil || !strings.Contains(err.Error(), "not JSON") {
+	if _, err := parseJSONArg("the request", `{"prompt": `); err == nil || !strings.Contains(err.Error(), "not JSON") {
 		t.Errorf("bad JSON: %v", err)
 	}
-	if _, err := parseJSONArg(`{} {}`); err == nil || !strings.Contains(err.Error(), "more than one JSON value") {
+	if _, err := parseJSONArg("the request", `{} {}`); err == nil || !strings.Contains(err.Error(), "more than one JSON value") {
 		t.Errorf("two values: %v", err)
 	}
 	t.Setenv("LOOM_DISCOVERY", "memory")

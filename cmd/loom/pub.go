@@ -65,8 +65,8 @@ A ZeroMQ publisher only reaches subscribers already connected to it: use
 			var in io.Reader
 			var event any
 			if len(args) == 3 && args[2] != "-" {
-				if event, err = parseJSONArg(args[2]); err != nil {
-					return fmt.Errorf("event: %w", err)
+				if event, err = parseJSONArg("the event", args[2]); err != nil {
+					return err
 				}
 			} else {
 				in = cmd.InOrStdin()
@@ -218,7 +218,7 @@ func publishLines(ctx context.Context, in io.Reader, maxLine int, interval time.
 		if text == "" {
 			continue
 		}
-		v, err := parseJSONArg(text)
+		v, err := parseJSONArg("the event", text)
 		if err != nil {
 			return fmt.Errorf("standard input line %d: %w", n, err)
 		}

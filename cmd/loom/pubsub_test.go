@@ -346,3 +346,38 @@ func TestLoomPubFromStdinStopsOnSIGINT(t *testing.T) {
 		t.Errorf("loom pub exited %d after SIGINT, want 0\nstdout: %q\nstderr: %q", code, out, errs)
 	}
 }
+
+// TestBadJSONIsAnErrorNamingWhatItIs gives loom call and loom pub JSON
+// that does not parse, on the command line and on standard input: each
+// must fail, exit 1, quoting the text and naming it a request or an event.
+func TestBadJSONIsAnErrorNamingWhatItIs(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	env := []string{"NATS_SERVER=" + ns.ClientURL(), "LOOM_LOG_LEVEL=warn"}
+	for _, tc := range []struct {
+		stdin string
+		args  []string
+		want  string
+	}{
+		{"", []string{"call", "ns/c/e", `{"prompt": `}, `loom: the request "{\"prompt\": ": codec: not JSON`},
+		{`{"prompt": `, []string{"call", "ns/c/e", "-"}, `loom: the request "{\"prompt\": ": codec: not JSON`},
+		{"", []string{"pub", "ns/c", "t", `{"x": 1} 2`}, `loom: the event "{\"x\": 1} 2": codec: `},
+		{"{}\n\n{bad\n", []string{"pub", "ns/c", "t"}, `loom: standard input line 3: the event "{bad": codec: not JSON`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			p := startLoomWithStdin(t, strings.NewReader(tc.stdin), env, tc.args...)
+			code := p.waitExit()
+			_, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			if code != 1 {
+				t.Errorf("exit code %d, want 1; stderr:\n%s", code, stderr)
+			}
+			if !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr does not say %q:\n%s", tc.want, stderr)
+			}
+		})
+	}
+}
