@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -36,6 +38,9 @@ streams with their publishers, gaps and drops; the work queues; the NATS
 server and JetStream. The page updates live. It only reads.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkDashboardFlags(cfg); err != nil {
+				return &usageError{cmd, err}
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			rt, err := toolRuntime(ctx)
@@ -67,6 +72,34 @@ server and JetStream. The page updates live. It only reads.`,
 	f.StringSliceVar(&cfg.ServingPrefixes, "serving-prefix", dashboard.DefaultServingPrefixes, "metric name prefixes of the serving view")
 	f.BoolVar(&cfg.NoEvents, "no-events", false, "do not subscribe to every event (the per-publisher view)")
 	return cmd
+}
+
+// checkDashboardFlags refuses what the page would otherwise show only as a
+// failed read every interval, or take silently as the default.
+func checkDashboardFlags(cfg dashboard.Config) error {
+	if cfg.Interval <= 0 {
+		return fmt.Errorf("--interval %s: want more than 0", cfg.Interval)
+	}
+	if m := cfg.NATSMonitorURL; m != "" && m != "off" {
+		if err := checkHTTPURL(m); err != nil {
+			return fmt.Errorf("--nats-monitor %q: %w, or off for none", m, err)
+		}
+	}
+	for _, s := range cfg.Scrape {
+		if err := checkHTTPURL(s); err != nil {
+			return fmt.Errorf("--scrape %q: %w", s, err)
+		}
+	}
+	return nil
+}
+
+// checkHTTPURL accepts an absolute http or https URL with a host.
+func checkHTTPURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return errors.New("want an http:// or https:// URL such as http://127.0.0.1:8222")
+	}
+	return nil
 }
 
 // llmDashboard serves the dashboard of `loom llm up`'s system on addr: a

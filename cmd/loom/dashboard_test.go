@@ -192,3 +192,29 @@ func TestDashboardFlagsAreTheDocumented(t *testing.T) {
 		}
 	})
 }
+
+// TestDashboardRefusesBadFlagValuesNamingThem runs loom dashboard with a
+// URL that is not one and an interval that is not positive: a usage error
+// naming the flag, not a page that fails every read or a silent default.
+func TestDashboardRefusesBadFlagValuesNamingThem(t *testing.T) {
+	env := []string{"NATS_SERVER=nats://127.0.0.1:1", "LOOM_DISCOVERY=memory"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--interval", "0s"}, "--interval 0s: want more than 0"},
+		{[]string{"--interval", "-1s"}, "--interval -1s: want more than 0"},
+		{[]string{"--nats-monitor", "127.0.0.1:8222"}, `--nats-monitor "127.0.0.1:8222": want an http:// or https:// URL`},
+		{[]string{"--scrape", "http://127.0.0.1:9/metrics", "--scrape", "not a url"}, `--scrape "not a url": want an http:// or https:// URL`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			p := startLoom(t, env, append([]string{"dashboard", "--addr", "127.0.0.1:0"}, tc.args...)...)
+			code := p.waitExit()
+			_, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			if code != 2 || !strings.Contains(stderr, tc.want) {
+				t.Errorf("exit code %d, stderr:\n%s\nwant 2 and %q", code, stderr, tc.want)
+			}
+		})
+	}
+}
