@@ -14,6 +14,9 @@ import (
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/cmd/loom/internal/demo"
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestLoomCallPrintsEachResponseAsJSON(t *testing.T) {
@@ -232,4 +235,95 @@ func TestErrorLineNamesLoomOnce(t *testing.T) {
 			t.Errorf("errorLine(%q) = %q, want %q", tc.err, got, tc.want)
 		}
 	}
+}
+
+// TestLoomCallStopsOnTheFirstSIGINTAndKillsOnTheSecond holds loom call to
+// its help: Ctrl-C asks the handler to stop gracefully, a second Ctrl-C
+// kills the call. The handler runs in this process, the call in the
+// binary, over NATS KV discovery.
+func TestLoomCallStopsOnTheFirstSIGINTAndKillsOnTheSecond(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	env := []string{"NATS_SERVER=" + ns.ClientURL(), "LOOM_DISCOVERY=natskv", "LOOM_LOG_LEVEL=error"}
+	cfg := config.Default()
+	cfg.NATS.URL, cfg.Discovery.Backend = ns.ClientURL(), "natskv"
+	ctx := context.Background()
+	rt, err := loom.NewRuntime(ctx, loom.WithConfig(cfg), loom.WithLogger(quietLog()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Shutdown(ctx)
+	ep, err := rt.Endpoint("calltest/stop/generate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type request struct {
+		IgnoreStop bool `json:"ignore_stop" msgpack:"ignore_stop"`
+	}
+	stopSeen, killed := make(chan struct{}, 1), make(chan struct{}, 1)
+	gen := loom.EngineFunc[request, string](func(ctx context.Context, r request) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) {
+			if !yield("started", nil) {
+				return
+			}
+			select {
+			case <-loom.Stopped(ctx):
+				stopSeen <- struct{}{}
+				if !r.IgnoreStop {
+					yield("stopped", nil)
+					return
+				}
+			case <-ctx.Done():
+				killed <- struct{}{}
+				return
+			}
+			<-ctx.Done()
+			killed <- struct{}{}
+		}
+	})
+	if err := loom.Serve(ctx, ep, gen); err != nil {
+		t.Fatal(err)
+	}
+	started := func(p *loomProc) {
+		t.Helper()
+		testutil.Eventually(t, 30*time.Second, "loom call printing the first response", func() bool {
+			out, _ := p.lines()
+			return len(out) > 0
+		})
+	}
+	within := func(what string, ch <-chan struct{}) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s did not happen within 10s", what)
+		}
+	}
+
+	t.Run("one SIGINT stops the handler gracefully", func(t *testing.T) {
+		p := startLoom(t, env, "call", "calltest/stop/generate", `{"ignore_stop": false}`)
+		started(p)
+		_ = p.cmd.Process.Signal(os.Interrupt)
+		within("the handler seeing the stop", stopSeen)
+		code := p.waitExit()
+		out, errs := p.lines()
+		if code != 0 || strings.Join(out, "\n") != `"started"`+"\n"+`"stopped"` {
+			t.Errorf("exit code %d, stdout %q, stderr %q; want 0 and both responses", code, out, errs)
+		}
+	})
+	t.Run("a second SIGINT kills the call", func(t *testing.T) {
+		p := startLoom(t, env, "call", "calltest/stop/generate", `{"ignore_stop": true}`)
+		started(p)
+		_ = p.cmd.Process.Signal(os.Interrupt)
+		within("the handler seeing the stop", stopSeen)
+		_ = p.cmd.Process.Signal(os.Interrupt)
+		within("the handler's context ending", killed)
+		if code := p.waitExit(); code == 0 {
+			out, errs := p.lines()
+			t.Errorf("a killed call exited 0; stdout %q, stderr %q", out, errs)
+		}
+	})
 }
