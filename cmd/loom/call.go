@@ -44,6 +44,10 @@ Ctrl-C asks the handler to stop gracefully; a second Ctrl-C kills the call.`,
 			if timeout < 0 {
 				return &usageError{cmd, fmt.Errorf("--timeout %s: want 0 or more", timeout)}
 			}
+			// Before connecting: a typo must not wait for discovery first.
+			if _, _, _, err := loom.ParsePath(args[0]); err != nil {
+				return &usageError{cmd, err}
+			}
 			text, err := readRequestArg(args[1], cmd.InOrStdin())
 			if err != nil {
 				return err

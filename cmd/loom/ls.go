@@ -33,14 +33,14 @@ instance as it is Added or Removed until Ctrl-C.`,
 			if len(args) == 1 {
 				parts := strings.Split(args[0], "/")
 				if len(parts) > 3 {
-					return fmt.Errorf("%q: want namespace[/component[/endpoint]]", args[0])
+					return &usageError{cmd, fmt.Errorf("%q: want namespace[/component[/endpoint]]", args[0])}
 				}
 				for len(parts) < 3 {
 					parts = append(parts, "")
 				}
 				q = discovery.Query{Namespace: parts[0], Component: parts[1], Endpoint: parts[2]}
 				if err := q.Validate(); err != nil {
-					return err
+					return &usageError{cmd, err}
 				}
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -321,3 +321,38 @@ func TestOutOfRangeFlagValuesAreUsageErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestBadNamesAreUsageErrorsBeforeConnecting gives loom call, pub, sub and
+// ls a bad endpoint path, scope or topic with discovery pointed at an etcd
+// that is not there: the name must be refused at once, a usage error
+// naming it, not after the discovery dial timeout with etcd's error.
+func TestBadNamesAreUsageErrorsBeforeConnecting(t *testing.T) {
+	env := []string{"LOOM_DISCOVERY=etcd", "ETCD_ENDPOINTS=http://127.0.0.1:1", "LOOM_DISCOVERY_DIAL_TIMEOUT=20s",
+		"NATS_SERVER=nats://127.0.0.1:1", "LOOM_LOG_LEVEL=error"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"call", "Demo/backend/generate", "{}"}, `endpoint path "Demo/backend/generate": invalid namespace name "Demo"`},
+		{[]string{"call", "demo/backend", "{}"}, `endpoint path "demo/backend": want namespace/component/endpoint`},
+		{[]string{"pub", "dyn/*", "kv_events", "{}"}, `a publisher's scope cannot hold the wildcard "*"`},
+		{[]string{"pub", "dyn/w1", "KV", "{}"}, `invalid topic name "KV"`},
+		{[]string{"sub", "dyn/*", "KV"}, `invalid topic name "KV"`},
+		{[]string{"sub", "Dyn", "kv_events"}, `invalid namespace name "Dyn"`},
+		{[]string{"ls", "Dyn"}, `invalid namespace name "Dyn"`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			start := time.Now()
+			p := startLoom(t, env, tc.args...)
+			code := p.waitExit()
+			_, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			if code != 2 || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "usage: loom "+tc.args[0]) {
+				t.Errorf("exit code %d, stderr:\n%s\nwant 2, %q and the usage line", code, stderr, tc.want)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("took %v: it waited for discovery before checking the name", d)
+			}
+		})
+	}
+}

@@ -56,9 +56,17 @@ A ZeroMQ publisher only reaches subscribers already connected to it: use
 			if err := o.validate(); err != nil {
 				return &usageError{cmd, err}
 			}
+			// Names are checked before connecting: a typo must not wait
+			// for discovery or NATS first.
 			scope, err := events.ParseScope(args[0])
 			if err != nil {
-				return err
+				return &usageError{cmd, err}
+			}
+			if scope.Wild() {
+				return &usageError{cmd, fmt.Errorf("events: a publisher's scope cannot hold the wildcard %q (in %q); name each part", events.Any, args[0])}
+			}
+			if err := events.ValidateTopic(args[1]); err != nil {
+				return &usageError{cmd, err}
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()

@@ -55,9 +55,14 @@ that resumes where it left off.`,
 			if o.timeout < 0 {
 				return &usageError{cmd, fmt.Errorf("--timeout %s: want 0 or more", o.timeout)}
 			}
+			// Names are checked before connecting: a typo must not wait
+			// for discovery or NATS first.
 			scope, err := events.ParseScope(args[0])
 			if err != nil {
-				return err
+				return &usageError{cmd, err}
+			}
+			if _, err := events.Subject(scope, args[1]); err != nil {
+				return &usageError{cmd, err}
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
