@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 )
@@ -38,5 +39,29 @@ func TestUnknownLoomVariablesAreWarnedAbout(t *testing.T) {
 	}
 	if w := l.Warnings[1]; !strings.Contains(w, "LOOM_ZZZZZZZZZZZZZ") || !strings.Contains(w, "loom config") {
 		t.Errorf("warning %q does not point at loom config", w)
+	}
+}
+
+// TestTheTestToolsVariablesAreNotWarnedAbout sets the variables README.md
+// has developers export for the -tags kube tests: no process they start
+// afterwards may warn that they mean nothing.
+func TestTheTestToolsVariablesAreNotWarnedAbout(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	environ := []string{"LOOM_KUBE_APISERVER=/cache/kube-apiserver", "LOOM_KUBECTL=/cache/kubectl"}
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.Contains(string(readme), "export "+name+"=") {
+			t.Errorf("README.md no longer has developers export %s; update this test", name)
+		}
+	}
+	l, err := Load(WithDirs(), mapEnv(nil), func(l *loader) { l.environ = func() []string { return environ } })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Warnings) != 0 {
+		t.Errorf("warnings = %q, want none", l.Warnings)
 	}
 }

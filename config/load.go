@@ -89,7 +89,7 @@ type Loaded struct {
 	Files []string
 	// Warnings lists what was set but means nothing: environment variables
 	// named LOOM_* that are no configuration key's (a typo is then not
-	// silent). A runtime logs them when it starts.
+	// silent), other than those of Loom's own tests (LOOM_KUBECTL...). A runtime logs them when it starts.
 	Warnings []string
 
 	sources map[string]string
@@ -172,10 +172,23 @@ func crossCheck(c *Config, sources map[string]string) []error {
 	return errs
 }
 
+// toolEnv lists the LOOM_* variables that are not configuration but are
+// read by Loom's tests and benchmarks: the README has developers export
+// the first two, so every process they then start must not warn of them.
+var toolEnv = []string{
+	"LOOM_KUBE_APISERVER",       // the kube-apiserver of the -tags kube tests
+	"LOOM_KUBECTL",              // the kubectl of the -tags kube tests
+	"LOOM_DASHBOARD_SCREENSHOT", // where the -tags browser test saves the page
+	"LOOM_BENCH_AUTO_ID",        // a switch of the queue benchmarks
+}
+
 // unknownEnv returns a warning for each LOOM_* variable in environ that
 // no key reads, suggesting the closest variable that one does.
 func (s *schema) unknownEnv(environ []string) []string {
 	known := map[string]bool{ConfigEnv: true}
+	for _, name := range toolEnv {
+		known[name] = true
+	}
 	for _, f := range s.fields {
 		for _, name := range f.Env {
 			known[name] = true
