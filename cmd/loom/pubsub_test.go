@@ -381,3 +381,45 @@ func TestBadJSONIsAnErrorNamingWhatItIs(t *testing.T) {
 		})
 	}
 }
+
+// TestCommandsThatRunUntilCtrlCExitZeroOnSIGINT holds the commands that
+// run until Ctrl-C (sub, ls --watch, dashboard) to it: on SIGINT each ends
+// at once, sub with its summary, and exits 0.
+func TestCommandsThatRunUntilCtrlCExitZeroOnSIGINT(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	env := []string{"NATS_SERVER=" + ns.ClientURL(), "LOOM_DISCOVERY=natskv", "LOOM_LOG_LEVEL=warn"}
+	for _, tc := range []struct {
+		args       []string
+		ready      func(stdout, stderr []string) bool
+		lastStderr string
+	}{
+		{[]string{"sub", "dyn/*", "kv_events"}, func(_, e []string) bool { return len(e) > 0 && strings.Contains(e[0], "subscribed to") },
+			"loom sub: 0 events; lost 0, dropped 0, reordered 0, duplicates 0, malformed 0"},
+		{[]string{"ls", "--watch"}, func(o, _ []string) bool { return len(o) > 0 && o[0] == "# synced: what follows are changes" }, ""},
+		{[]string{"dashboard", "--addr", "127.0.0.1:0", "--nats-monitor", "off"},
+			func(_, e []string) bool { return len(e) > 0 && strings.HasPrefix(e[0], "loom dashboard: http://") }, ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			p := startLoom(t, env, tc.args...)
+			testutil.Eventually(t, 30*time.Second, "loom "+tc.args[0]+" being ready", func() bool { return tc.ready(p.lines()) })
+			_ = p.cmd.Process.Signal(os.Interrupt)
+			select {
+			case <-p.done:
+			case <-time.After(10 * time.Second):
+				out, errs := p.lines()
+				t.Fatalf("still running 10s after SIGINT\nstdout: %q\nstderr: %q", out, errs)
+			}
+			out, errs := p.lines()
+			if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+				t.Errorf("exit code %d after SIGINT, want 0\nstdout: %q\nstderr: %q", code, out, errs)
+			}
+			if tc.lastStderr != "" && (len(errs) == 0 || errs[len(errs)-1] != tc.lastStderr) {
+				t.Errorf("standard error %q, want it to end with %q", errs, tc.lastStderr)
+			}
+		})
+	}
+}
