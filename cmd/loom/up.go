@@ -100,33 +100,32 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 	if o.verbose {
 		log = slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
-	ns, err := embedded.StartNATS(embedded.NATSOptions{
-		Host: o.host, Port: o.natsPort, JetStream: true, StoreDir: filepath.Join(o.dataDir, "nats"),
-		MonitorPort: o.monitorPort, Logger: log,
-	})
-	if err != nil {
-		return fmt.Errorf("nats-server: %w (another loom up or nats-server running? choose another --nats-port / --monitor-port)", err)
+	// A server may wait without end while starting (etcd for its
+	// database's lock, held by a stray process): a signal must still end
+	// loom up, so the start runs apart and is abandoned on one. The
+	// process exits next, which ends what it had started.
+	type started struct {
+		s   *upServers
+		err error
 	}
-	defer ns.Shutdown()
-	env := [][2]string{{"NATS_SERVER", ns.ClientURL()}, {"LOOM_DISCOVERY", o.discovery}}
-	if o.discovery == "etcd" {
-		es, err := etcdserver.Start(etcdserver.Options{
-			Dir: filepath.Join(o.dataDir, "etcd"), Host: o.host, ClientPort: o.etcdPort, PeerPort: o.etcdPeer, Logger: log,
-		})
-		if err != nil {
-			return fmt.Errorf("etcd: %w (another loom up or etcd running? choose another --etcd-port / --etcd-peer-port)", err)
+	done := make(chan started, 1)
+	go func() {
+		s, err := startServers(o, log)
+		done <- started{s, err}
+	}()
+	var srv *upServers
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return r.err
 		}
-		defer es.Close()
-		env = append(env, [2]string{"ETCD_ENDPOINTS", es.ClientURL()})
+		srv = r.s
+	case <-ctx.Done():
+		fmt.Fprintln(errOut, "loom up: interrupted while starting the servers")
+		return exitCode(130)
 	}
-	if o.zmqBroker != "" {
-		benv, stopBroker, err := startZMQBroker(o.host, o.zmqBroker, log)
-		if err != nil {
-			return err
-		}
-		defer stopBroker()
-		env = append(env, benv...)
-	}
+	defer srv.stop()
+	ns, env := srv.nats, srv.env
 	// Each component runs a status server on a free port and names it in
 	// its instance records, so that loom dashboard can read its load.
 	env = append(env, [2]string{"LOOM_STATUS_PORT", "-1"})
@@ -155,4 +154,59 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 	<-ctx.Done()
 	fmt.Fprintln(errOut, "loom up: stopping")
 	return nil
+}
+
+// upServers are the servers loom up runs and the environment that reaches
+// them.
+type upServers struct {
+	nats  *embedded.NATS
+	env   [][2]string
+	stops []func() // in the order to call them
+}
+
+func (s *upServers) stop() {
+	for _, f := range s.stops {
+		f()
+	}
+}
+
+// startServers starts nats-server, then etcd and the ZeroMQ broker if
+// asked for; on an error it stops what it had started.
+func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
+	s := &upServers{}
+	defer func() {
+		if err != nil {
+			s.stop()
+		}
+	}()
+	ns, err := embedded.StartNATS(embedded.NATSOptions{
+		Host: o.host, Port: o.natsPort, JetStream: true, StoreDir: filepath.Join(o.dataDir, "nats"),
+		MonitorPort: o.monitorPort, Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("nats-server: %w (another loom up or nats-server running? choose another --nats-port / --monitor-port)", err)
+	}
+	s.nats = ns
+	s.stops = append(s.stops, ns.Shutdown)
+	s.env = [][2]string{{"NATS_SERVER", ns.ClientURL()}, {"LOOM_DISCOVERY", o.discovery}}
+	if o.discovery == "etcd" {
+		es, err := etcdserver.Start(etcdserver.Options{
+			Dir: filepath.Join(o.dataDir, "etcd"), Host: o.host, ClientPort: o.etcdPort, PeerPort: o.etcdPeer, Logger: log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("etcd: %w (another loom up or etcd running? choose another --etcd-port / --etcd-peer-port)", err)
+		}
+		// etcd stops before nats-server, as deferred calls did.
+		s.stops = append([]func(){func() { es.Close() }}, s.stops...)
+		s.env = append(s.env, [2]string{"ETCD_ENDPOINTS", es.ClientURL()})
+	}
+	if o.zmqBroker != "" {
+		benv, stopBroker, err := startZMQBroker(o.host, o.zmqBroker, log)
+		if err != nil {
+			return nil, err
+		}
+		s.stops = append([]func(){stopBroker}, s.stops...)
+		s.env = append(s.env, benv...)
+	}
+	return s, nil
 }
