@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -421,5 +422,58 @@ func TestCommandsThatRunUntilCtrlCExitZeroOnSIGINT(t *testing.T) {
 				t.Errorf("standard error %q, want it to end with %q", errs, tc.lastStderr)
 			}
 		})
+	}
+}
+
+// TestLoomSubReplaysJetStreamFromWhereItIsTold holds loom sub's help to
+// what it does on the jetstream transport: --from-seq, --since,
+// --last-per-subject and --all start a replay where they say, --durable
+// resumes where the last run left off, and giving two starts is a usage
+// error.
+func TestLoomSubReplaysJetStreamFromWhereItIsTold(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	env := []string{"NATS_SERVER=" + ns.ClientURL(), "LOOM_DISCOVERY=natskv", "LOOM_LOG_LEVEL=warn", "LOOM_EVENTS_TRANSPORT=jetstream"}
+	runLoom(t, env, "pub", "replay/w1", "kv_events", `{"n": 1}`, "--count", "3")
+	// stream sequences of the events a sub run printed
+	seqs := func(args ...string) []int {
+		t.Helper()
+		out := runLoom(t, env, append([]string{"sub", "replay/w1", "kv_events", "--json"}, args...)...)
+		var got []int
+		for line := range strings.Lines(out) {
+			var ev struct {
+				StreamSeq int `json:"stream_sequence"`
+			}
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				continue // standard error's lines
+			}
+			got = append(got, ev.StreamSeq)
+		}
+		return got
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--all", "--count", "3"}, "[1 2 3]"},
+		{[]string{"--from-seq", "2", "--count", "2"}, "[2 3]"},
+		{[]string{"--since", "1h", "--count", "3"}, "[1 2 3]"},
+		{[]string{"--last-per-subject", "--count", "1"}, "[3]"},
+		{[]string{"--durable", "replayer", "--all", "--count", "2"}, "[1 2]"},
+		{[]string{"--durable", "replayer", "--all", "--count", "1"}, "[3]"}, // the same start: a durable keeps its own
+	} {
+		if got := fmt.Sprint(seqs(tc.args...)); got != tc.want {
+			t.Errorf("loom sub %s: stream sequences %s, want %s", strings.Join(tc.args, " "), got, tc.want)
+		}
+	}
+	for _, args := range [][]string{{"--all", "--from-seq", "2"}, {"--since", "yesterday"}} {
+		p := startLoom(t, env, append([]string{"sub", "replay/w1", "kv_events"}, args...)...)
+		code := p.waitExit()
+		if _, errs := p.lines(); code != 2 || !strings.Contains(strings.Join(errs, "\n"), "usage: loom sub") {
+			t.Errorf("loom sub %s: exit code %d, stderr %q; want a usage error", strings.Join(args, " "), code, errs)
+		}
 	}
 }

@@ -43,7 +43,8 @@ on standard error as they are detected; a summary follows at the end.
 
 With the jetstream transport, --all, --from-seq, --since and
 --last-per-subject replay stored events, and --durable names a consumer
-that resumes where it left off.`,
+that resumes where it left off (give it the same start flag each time: a
+durable keeps the start it was created with).`,
 		Example: `  loom sub 'dynamo/*' kv_events      # every component's kv_events
   loom sub dynamo '>' --json           # everything in namespace dynamo
   loom sub dynamo/backend load_metrics --transport jetstream --since 10m`,
@@ -62,6 +63,9 @@ that resumes where it left off.`,
 				return &usageError{cmd, err}
 			}
 			if _, err := events.Subject(scope, args[1]); err != nil {
+				return &usageError{cmd, err}
+			}
+			if _, err := o.events(); err != nil {
 				return &usageError{cmd, err}
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
