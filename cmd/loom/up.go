@@ -65,6 +65,14 @@ time may use.`,
 					return &usageError{cmd, fmt.Errorf("%s %d: want a port in 0..65535", p.flag, p.port)}
 				}
 			}
+			if o.zmqBroker != "" {
+				if _, _, err := parseBrokerPorts(o.zmqBroker); err != nil {
+					return &usageError{cmd, err}
+				}
+			}
+			if o.discovery != "etcd" && o.discovery != "natskv" {
+				return &usageError{cmd, fmt.Errorf("--discovery %q: use etcd or natskv", o.discovery)}
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return up(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o)

@@ -151,3 +151,32 @@ func TestLoomUpNamesTheMonitoringAddressItListensOn(t *testing.T) {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	p.exit()
 }
+
+// TestLoomUpRefusesABadBrokerOrDiscoveryBeforeStarting gives loom up a
+// --zmq-broker or --discovery it cannot use: a usage error naming the
+// flag, before any server starts (the broker's ports were read only once
+// nats-server and etcd were up).
+func TestLoomUpRefusesABadBrokerOrDiscoveryBeforeStarting(t *testing.T) {
+	for _, tc := range []struct {
+		arg, want string
+	}{
+		{"--zmq-broker=5557", `--zmq-broker "5557": want two ports`},
+		{"--zmq-broker=5557,70000", `--zmq-broker "5557,70000": want two ports`},
+		{"--discovery=consul", `--discovery "consul": use etcd or natskv`},
+	} {
+		t.Run(tc.arg, func(t *testing.T) {
+			p := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0",
+				"--data-dir", t.TempDir(), "-v", tc.arg)
+			code := p.waitExit()
+			out, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			if code != 2 || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "usage: loom up") {
+				t.Errorf("exit code %d, stderr:\n%s\nwant 2, %q and the usage line", code, stderr, tc.want)
+			}
+			// -v logs the servers' lines: none may have started.
+			if len(out) != 0 || len(errs) != 3 {
+				t.Errorf("servers started before the flag was refused:\nstdout: %q\nstderr: %q", out, errs)
+			}
+		})
+	}
+}

@@ -19,14 +19,24 @@ const defaultZMQBrokerPorts = "5557,5558"
 // brokerPorts is what --zmq-broker's value looks like.
 var brokerPorts = regexp.MustCompile(`^\s*\d+\s*,\s*\d+\s*$`)
 
-// startZMQBroker runs an events.Broker on host at the ports spec names and
-// returns the environment lines that send components' events through it.
-func startZMQBroker(host, spec string, log *slog.Logger) ([][2]string, func(), error) {
+// parseBrokerPorts reads --zmq-broker's value: the publishers' port, then
+// the subscribers'.
+func parseBrokerPorts(spec string) (pub, sub int, err error) {
 	pubPort, subPort, ok := strings.Cut(spec, ",")
 	pp, err1 := strconv.Atoi(strings.TrimSpace(pubPort))
 	sp, err2 := strconv.Atoi(strings.TrimSpace(subPort))
 	if !ok || err1 != nil || err2 != nil || pp < 0 || sp < 0 || pp > 65535 || sp > 65535 {
-		return nil, nil, fmt.Errorf("--zmq-broker %q: want two ports, publishers then subscribers, like %s", spec, defaultZMQBrokerPorts)
+		return 0, 0, fmt.Errorf("--zmq-broker %q: want two ports, publishers then subscribers, like %s", spec, defaultZMQBrokerPorts)
+	}
+	return pp, sp, nil
+}
+
+// startZMQBroker runs an events.Broker on host at the ports spec names and
+// returns the environment lines that send components' events through it.
+func startZMQBroker(host, spec string, log *slog.Logger) ([][2]string, func(), error) {
+	pp, sp, err := parseBrokerPorts(spec)
+	if err != nil {
+		return nil, nil, err
 	}
 	b, err := events.StartBroker(events.BrokerConfig{
 		PubEndpoint: "tcp://" + net.JoinHostPort(host, strconv.Itoa(pp)),
