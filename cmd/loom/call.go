@@ -227,7 +227,8 @@ func memoryDiscovery(rt *loom.Runtime) bool {
 func parseJSONArg(what, s string) (any, error) {
 	v, err := codec.ParseJSON([]byte(s))
 	if err != nil {
-		return nil, fmt.Errorf("%s %q: %w", what, s, err)
+		// The text may be a file of megabytes: quote its start only.
+		return nil, fmt.Errorf("%s %.80q: %w", what, s, err)
 	}
 	return v, nil
 }

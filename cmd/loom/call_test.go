@@ -327,3 +327,17 @@ func TestLoomCallStopsOnTheFirstSIGINTAndKillsOnTheSecond(t *testing.T) {
 		}
 	})
 }
+
+// TestABadRequestOfMegabytesIsQuotedShort gives loom call a request file
+// of a megabyte that is not JSON: the error quotes its start, not all of
+// it onto the terminal.
+func TestABadRequestOfMegabytesIsQuotedShort(t *testing.T) {
+	big := strings.Repeat("[", 1<<20)
+	_, err := parseJSONArg("the request", big)
+	if err == nil {
+		t.Fatal("a megabyte of [ parsed as JSON")
+	}
+	if msg := err.Error(); len(msg) > 300 || !strings.HasPrefix(msg, `the request "[[[[`) || !strings.Contains(msg, "not JSON") {
+		t.Errorf("error of %d bytes: %.400s", len(msg), msg)
+	}
+}
