@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -40,6 +42,9 @@ server and JetStream. The page updates live. It only reads.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkDashboardFlags(cfg); err != nil {
 				return &usageError{cmd, err}
+			}
+			if err := checkListenAddr(addr); err != nil {
+				return &usageError{cmd, fmt.Errorf("--addr %q: %w", addr, err)}
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -89,6 +94,16 @@ func checkDashboardFlags(cfg dashboard.Config) error {
 		if err := checkHTTPURL(s); err != nil {
 			return fmt.Errorf("--scrape %q: %w", s, err)
 		}
+	}
+	return nil
+}
+
+// checkListenAddr accepts a host:port to serve a page on, the port a
+// number in 0..65535.
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+		return errors.New("want host:port with a port in 0..65535, such as 127.0.0.1:8090")
 	}
 	return nil
 }

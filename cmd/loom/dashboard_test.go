@@ -218,3 +218,29 @@ func TestDashboardRefusesBadFlagValuesNamingThem(t *testing.T) {
 		})
 	}
 }
+
+// TestAPageAddressThatCannotBeOneIsAUsageError gives loom dashboard --addr
+// and loom demo --serve --dashboard an address that is not host:port: a
+// usage error naming the flag, not a failure after the demo's batch that
+// named --addr for demo, which has none.
+func TestAPageAddressThatCannotBeOneIsAUsageError(t *testing.T) {
+	env := []string{"NATS_SERVER=nats://127.0.0.1:1", "LOOM_DISCOVERY=memory"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"dashboard", "--addr", "127.0.0.1:99999"}, `--addr "127.0.0.1:99999": want host:port`},
+		{[]string{"dashboard", "--addr", "8090"}, `--addr "8090": want host:port`},
+		{[]string{"demo", "--serve", "--requests", "5", "--dashboard", "127.0.0.1:99999"}, `--dashboard "127.0.0.1:99999": want host:port`},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			p := startLoom(t, env, tc.args...)
+			code := p.waitExit()
+			_, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			if code != 2 || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "usage: loom "+tc.args[0]) {
+				t.Errorf("exit code %d, stderr:\n%s\nwant 2, %q and the usage line", code, stderr, tc.want)
+			}
+		})
+	}
+}

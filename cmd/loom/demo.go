@@ -47,6 +47,11 @@ terminal.`,
 			if dashAddr != "" && !serve {
 				return &usageError{cmd, fmt.Errorf("--dashboard needs --serve: the page is for a demo that keeps running")}
 			}
+			if dashAddr != "" {
+				if err := checkListenAddr(dashAddr); err != nil {
+					return &usageError{cmd, fmt.Errorf("--dashboard %q: %w", dashAddr, err)}
+				}
+			}
 			opts.Progress = !asJSON && isTerminal(cmd.OutOrStdout())
 			out := demoOut{out: cmd.OutOrStdout(), info: cmd.OutOrStdout(), json: asJSON}
 			if asJSON {
