@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -192,7 +194,7 @@ func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
 		MonitorPort: o.monitorPort, Logger: log,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("nats-server: %w (another loom up or nats-server running? choose another --nats-port / --monitor-port)", err)
+		return nil, fmt.Errorf("nats-server: %w (%s)", err, startHint(err, o.host, "another loom up or nats-server running? choose another --nats-port / --monitor-port"))
 	}
 	s.nats = ns
 	s.stops = append(s.stops, ns.Shutdown)
@@ -202,7 +204,7 @@ func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
 			Dir: filepath.Join(o.dataDir, "etcd"), Host: o.host, ClientPort: o.etcdPort, PeerPort: o.etcdPeer, Logger: log,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("etcd: %w (another loom up or etcd running? choose another --etcd-port / --etcd-peer-port)", err)
+			return nil, fmt.Errorf("etcd: %w (%s)", err, startHint(err, o.host, "another loom up or etcd running? choose another --etcd-port / --etcd-peer-port"))
 		}
 		// etcd stops before nats-server, as deferred calls did.
 		s.stops = append([]func(){func() { es.Close() }}, s.stops...)
@@ -217,4 +219,17 @@ func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
 		s.env = append(s.env, benv...)
 	}
 	return s, nil
+}
+
+// startHint says what to do about a server that did not start: inUse when
+// a port was taken, else what else loom up's flags decide.
+func startHint(err error, host, inUse string) string {
+	// nats-server reports its monitoring port's failure as text only.
+	if errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use") {
+		return inUse
+	}
+	if errors.Is(err, syscall.EADDRNOTAVAIL) || strings.Contains(err.Error(), "cannot assign requested address") {
+		return "--host " + host + " is not an address of this machine"
+	}
+	return "check --host and --data-dir"
 }

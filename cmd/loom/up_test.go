@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -176,6 +177,47 @@ func TestLoomUpRefusesABadBrokerOrDiscoveryBeforeStarting(t *testing.T) {
 			// -v logs the servers' lines: none may have started.
 			if len(out) != 0 || len(errs) != 3 {
 				t.Errorf("servers started before the flag was refused:\nstdout: %q\nstderr: %q", out, errs)
+			}
+		})
+	}
+}
+
+// TestLoomUpOnAnAddressNotOfThisMachineSaysSo starts loom up on a host it
+// cannot listen on: the error must point at --host, not suggest that
+// another loom up holds the ports.
+func TestLoomUpOnAnAddressNotOfThisMachineSaysSo(t *testing.T) {
+	for _, monitor := range []string{"0", "8222"} {
+		t.Run("monitoring port "+monitor, func(t *testing.T) {
+			// 192.0.2.1 is TEST-NET-1, no machine's address.
+			p := startLoom(t, nil, "up", "--host", "192.0.2.1", "--nats-port", "0", "--monitor-port", monitor, "--discovery", "natskv", "--data-dir", t.TempDir())
+			code := p.waitExit()
+			_, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			if code != 1 || !strings.Contains(stderr, "--host 192.0.2.1 is not an address of this machine") || strings.Contains(stderr, "another loom up") {
+				t.Errorf("exit code %d, stderr:\n%s\nwant 1 and a hint at --host alone", code, stderr)
+			}
+		})
+	}
+}
+
+// TestLoomUpOnATakenPortNamesIt holds README.md's "a second loom up on the
+// same ports fails with an error naming the port" for each port flag.
+func TestLoomUpOnATakenPortNamesIt(t *testing.T) {
+	for _, flag := range []string{"--nats-port", "--monitor-port", "--etcd-port", "--etcd-peer-port"} {
+		t.Run(flag, func(t *testing.T) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+			p := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0",
+				"--data-dir", t.TempDir(), flag, port)
+			code := p.waitExit()
+			_, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			if code != 1 || !strings.Contains(stderr, "127.0.0.1:"+port) || !strings.Contains(stderr, "address already in use") || !strings.Contains(stderr, "another loom up") {
+				t.Errorf("exit code %d, stderr:\n%s\nwant 1, the port, and the hint that another loom up may hold it", code, stderr)
 			}
 		})
 	}
