@@ -56,10 +56,14 @@ type options struct {
 type Option func(*options)
 
 // Restart makes the group run the task again, after a jittered exponential
-// backoff between min and max, whenever it panics or returns an error
-// before the group stops.
-func Restart(min, max time.Duration) Option {
-	return func(o *options) { o.restart, o.minBackoff, o.maxBackoff = true, min, max }
+// backoff between minBackoff and maxBackoff, whenever it panics or returns
+// an error before the group stops. A minBackoff below 1ms is 1ms, so that
+// the backoff grows (zero doubled stays zero: a failing task would spin),
+// and a maxBackoff below minBackoff is minBackoff.
+func Restart(minBackoff, maxBackoff time.Duration) Option {
+	minBackoff = max(minBackoff, time.Millisecond)
+	maxBackoff = max(maxBackoff, minBackoff)
+	return func(o *options) { o.restart, o.minBackoff, o.maxBackoff = true, minBackoff, maxBackoff }
 }
 
 // Go starts fn in its own goroutine. It fails only if the group is stopped.

@@ -109,3 +109,36 @@ func TestCancellingTheParentStopsTheTasks(t *testing.T) {
 	}
 	_ = g.Stop(context.Background())
 }
+
+// TestRestartWithAZeroMinimumStillBacksOff restarts a task that always
+// fails with Restart(0, 8ms): the delays must still grow towards the
+// maximum, not stay zero and spin (a zero backoff doubled is zero).
+func TestRestartWithAZeroMinimumStillBacksOff(t *testing.T) {
+	const max = 8 * time.Millisecond
+	g := New(context.Background(), quiet, nil)
+	var runs atomic.Int32
+	start := time.Now()
+	reached := make(chan time.Duration, 1)
+	_ = g.Go("failing", func(ctx context.Context) error {
+		if runs.Add(1) == 12 {
+			reached <- time.Since(start)
+			<-ctx.Done()
+			return nil
+		}
+		return errors.New("fails")
+	}, Restart(0, max))
+	var took time.Duration
+	select {
+	case took = <-reached:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("task ran %d times in 5s; want 12", runs.Load())
+	}
+	if err := g.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// Each delay is at least half the backoff, which reaches max after a
+	// few doublings: at least 6 of the 11 delays are max/2 or more.
+	if least := 6 * max / 2; took < least {
+		t.Errorf("11 restarts took %v, less than %v: the backoff did not grow", took, least)
+	}
+}
