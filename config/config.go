@@ -163,8 +163,8 @@ type Status struct {
 // Queue holds the defaults of work queues (package workqueue) and of the
 // EventBus (package eventbus); code can override each of them per queue.
 type Queue struct {
-	Storage           string        `key:"storage" default:"file" enum:"file,memory" doc:"Where queue and event streams keep messages: file (survives a server restart) or memory."`
-	Replicas          int           `key:"replicas" env:"NATS_STREAM_REPLICAS" default:"1" min:"1" max:"5" doc:"Copies of each queue, dead-letter and event stream in a NATS cluster; 3 survives losing a node."`
+	Storage           string        `key:"storage" default:"file" enum:"file,memory" doc:"Where work queue and EventBus streams (and their dead letters and offloaded payloads) keep messages: file (survives a server restart) or memory; events.jetstream.storage is the event plane's."`
+	Replicas          int           `key:"replicas" env:"NATS_STREAM_REPLICAS" default:"1" min:"1" max:"5" doc:"Copies of each work queue, EventBus and dead-letter stream in a NATS cluster; 3 survives losing a node."`
 	MaxMsgs           int           `key:"max_msgs" default:"-1" min:"-1" doc:"Most jobs a queue holds; an enqueue into a full queue is retried until its deadline or queue.enqueue_timeout, then fails with the server's error. -1: no limit."`
 	MaxBytes          int           `key:"max_bytes" default:"-1" min:"-1" doc:"Most bytes a queue holds; beyond it an enqueue fails. -1: no limit."`
 	MaxAge            time.Duration `key:"max_age" default:"0s" min:"0s" doc:"Jobs older than this are dropped unprocessed; 0 keeps them until they are handled."`

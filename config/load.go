@@ -89,7 +89,8 @@ type Loaded struct {
 	Files []string
 	// Warnings lists what was set but means nothing: environment variables
 	// named LOOM_* that are no configuration key's (a typo is then not
-	// silent), other than those of Loom's own tests (LOOM_KUBECTL...). A runtime logs them when it starts.
+	// silent), other than those of Loom's own tests (LOOM_KUBECTL...). A
+	// runtime logs them when it starts.
 	Warnings []string
 
 	sources map[string]string
