@@ -40,16 +40,23 @@
 // systems report. When the watch is back, each record that was live when it
 // went away gets a full TTL from then to be renewed; one that had expired
 // before stays expired. An owner whose Lease expired and was deleted while it
-// could not reach the API server creates it again; a Lease another client
-// deleted or replaced while its owner was renewing it is given up.
+// could not reach the API server creates it again, and so does one whose
+// Lease the API server lost: one missing while the store's resource version
+// is below the version the owner's last write got (the store was lost, or
+// restored from an older copy). A Lease another client deleted or replaced
+// while its owner was renewing it is given up; so is one lost by a store
+// that has since passed that version, which cannot be told from a deletion.
 //
 // # Watches
 //
 // A watch lists the Leases its query selects, sends an Added for each live
 // record in key order and one Synced, then follows a Kubernetes watch from
 // the list's resource version, with bookmarks. When the watch connection
-// ends it resumes from the last resource version it saw; when the API
-// server answers that the version is too old (410 Gone) it lists again and
+// ends it resumes from the last resource version it saw, unless, after an
+// outage, the API server's store is behind that version (it was lost, or
+// restored from an older copy: a watch from there would wait for the store
+// to catch up and miss every change until then); then, as when the API
+// server answers that the version is too old (410 Gone), it lists again and
 // sends the difference from what it had told its reader. Records are
 // compared by content, not by key alone: a record registered again under
 // the same key with a new address arrives as Removed then Added, never

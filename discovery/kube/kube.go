@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
@@ -573,13 +574,24 @@ func (d *Discovery) reclaim(ctx context.Context, r *record, lastOK time.Time) bo
 
 // recreate handles a Lease that is gone. If d's last renewal is older than
 // the TTL, the record had expired (this process could not reach the API
-// server for that long) and a reaper deleted it: d registers it again.
-// Otherwise another client unregistered it, and d respects that.
+// server for that long) and a reaper deleted it: d registers it again. So
+// it does if the API server's store no longer has d's last write (it was
+// lost, or restored from an older copy). Otherwise another client
+// unregistered it, and d respects that.
 func (d *Discovery) recreate(ctx context.Context, r *record, lastOK time.Time) bool {
+	why := "a record expired while its owner was alive (API server unreachable for longer than the TTL?); registered it again"
 	if time.Since(lastOK) < d.ttl {
-		d.disown(r)
-		d.log.Info("kube: a record this client registered was unregistered by another; no longer renewing it", "key", r.key, "lease", r.name)
-		return true
+		lost, err := d.storeLost(ctx, r)
+		if err != nil {
+			d.log.Warn("kube: renewing a record failed; trying again", "key", r.key, "lease", r.name, "err", err)
+			return false
+		}
+		if !lost {
+			d.disown(r)
+			d.log.Info("kube: a record this client registered was unregistered by another; no longer renewing it", "key", r.key, "lease", r.name)
+			return true
+		}
+		why = "the API server lost a record (its store was lost or restored from an older copy); registered it again"
 	}
 	d.mu.Lock()
 	var inst discovery.Instance
@@ -604,14 +616,44 @@ func (d *Discovery) recreate(ctx context.Context, r *record, lastOK time.Time) b
 	if d.owned[r.name] == r {
 		r.lease, r.renewed = l, now
 		d.mu.Unlock()
-		d.log.Warn("kube: a record expired while its owner was alive (API server unreachable for longer than the TTL?); registered it again",
-			"key", r.key, "ttl", d.ttl)
+		d.log.Warn("kube: "+why, "key", r.key, "ttl", d.ttl)
 		return true
 	}
 	d.mu.Unlock()
 	// Unregistered or closed meanwhile.
 	d.remove(&record{name: r.name, key: r.key, lease: l})
 	return true
+}
+
+// storeLost reports whether the API server's store is behind the version
+// of r's Lease that d last wrote: it lost that write (it was lost, or
+// restored from an older copy), and the Lease with it. A store that lost
+// the Lease but has since passed that version cannot be told from a
+// deletion.
+func (d *Discovery) storeLost(ctx context.Context, r *record) (bool, error) {
+	d.mu.Lock()
+	written := r.lease.ResourceVersion
+	d.mu.Unlock()
+	return d.storeBehind(ctx, written)
+}
+
+// storeBehind reports whether the resource version of the API server's
+// store is below version, which this process saw before: resource versions
+// only grow, so the store has gone back in time.
+func (d *Discovery) storeBehind(ctx context.Context, version string) (bool, error) {
+	if version == "" {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	// A list from no version is a consistent read: its version is the
+	// store's current one.
+	l, err := d.leases.List(ctx, metav1.ListOptions{LabelSelector: selector(discovery.Query{}), Limit: 1})
+	if err != nil {
+		return false, d.apiError("list Leases", err)
+	}
+	c, err := resourceversion.CompareResourceVersion(l.ResourceVersion, version)
+	return err == nil && c < 0, nil
 }
 
 func (d *Discovery) setLease(r *record, l *coordinationv1.Lease, renewed time.Time) {

@@ -47,9 +47,10 @@ const watchTimeout = 5 * time.Minute
 // expired before stays expired.
 //
 // After a disconnect the watch resumes from the last resource version it
-// saw; when the API server answers that it is too old (410 Gone), it reads
-// the records again and sends the difference from what it had told. The
-// channel is closed when ctx ends or when d is closed.
+// saw. When the API server answers that it is too old (410 Gone), or after
+// an outage its store is behind it (lost, or restored from an older copy),
+// the watch reads the records again and sends the difference from what it
+// had told. The channel is closed when ctx ends or when d is closed.
 //
 // A reader that falls behind never blocks anything: changes wait in a
 // per-watch map, one entry per record, and the reader gets each record's
@@ -374,6 +375,17 @@ func (w *watch) take() []discovery.Event {
 // connect starts the API watch from w.version, reading the records again
 // first if the version is too old. It returns the error of a failed call.
 func (w *watch) connect(ctx context.Context) error {
+	if w.outage && !w.relisted {
+		// The API server may be back on a store that lost its data or was
+		// restored from an older copy: its resource versions are then
+		// behind w.version, and a watch from there would wait, missing
+		// every change, until the store caught up.
+		behind, err := w.d.storeBehind(ctx, w.version)
+		if err != nil {
+			return err
+		}
+		w.relisted = behind
+	}
 	if w.relisted {
 		w.d.relists.Add(1)
 		w.d.log.Info("kube: watch lists the records again (its resource version was too old)", "selector", selector(w.q))

@@ -211,6 +211,31 @@ func (s *Server) Restart() {
 	s.t.Logf("kubetest: kube-apiserver ready on %s %v after it started", s.URL(), time.Since(start).Round(time.Millisecond))
 }
 
+// RestartWithoutData stops the API server and its etcd, and starts both
+// again on a new, empty etcd, as after a store lost or restored from
+// nothing: every object is gone (the API server creates its own, such as
+// namespace "default", again), and resource versions start over, below
+// those clients saw before. The API server keeps its port, certificates
+// and tokens, so clients reconnect as after a plain restart.
+func (s *Server) RestartWithoutData() {
+	s.t.Helper()
+	s.Stop()
+	old := s.etcd
+	old.Close()
+	etcd, err := etcdserver.Start(etcdserver.Options{Dir: filepath.Join(s.t.TempDir(), "etcd"), NoFsync: true})
+	if err != nil {
+		s.t.Fatalf("kubetest: start a new etcd: %v", err)
+	}
+	s.t.Cleanup(etcd.Close)
+	s.etcd = etcd
+	for i, a := range s.args {
+		if strings.HasPrefix(a, "--etcd-servers=") {
+			s.args[i] = "--etcd-servers=" + etcd.ClientURL()
+		}
+	}
+	s.Restart()
+}
+
 // waitReady polls /readyz until it answers ok.
 func (s *Server) waitReady(exited <-chan struct{}) error {
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
