@@ -134,11 +134,10 @@ func Open(ctx context.Context, rc *rest.Config, cfg Config) (*Discovery, error) 
 	if err != nil {
 		return nil, fmt.Errorf("kube: client for the API server at %s: %w", rc.Host, err)
 	}
-	d, err := New(ctx, c, cfg)
+	d, err := newDiscovery(ctx, c, cfg, rc.Host)
 	if err != nil {
 		return nil, err
 	}
-	d.server = rc.Host
 	// Processes in different namespaces never see each other; say where
 	// this one looks.
 	d.log.Info("kube: discovery records are Leases in this namespace", "server", rc.Host, "ttl", d.ttl)
@@ -152,6 +151,11 @@ func Open(ctx context.Context, rc *rest.Config, cfg Config) (*Discovery, error) 
 // server answers and that this process may read them, and fails with an
 // error saying what is missing (the Role in deploy/ grants it) if not.
 func New(ctx context.Context, c rest.Interface, cfg Config) (*Discovery, error) {
+	return newDiscovery(ctx, c, cfg, "the API server")
+}
+
+// newDiscovery is New for the API server named server in messages.
+func newDiscovery(ctx context.Context, c rest.Interface, cfg Config, server string) (*Discovery, error) {
 	if c == nil {
 		return nil, errors.New("kube: New needs a Kubernetes client; got nil")
 	}
@@ -177,7 +181,7 @@ func New(ctx context.Context, c rest.Interface, cfg Config) (*Discovery, error) 
 		ttl:       ttl,
 		holder:    cmp.Or(cfg.Identity, identity(cfg.PodName)),
 		log:       log,
-		server:    "the API server",
+		server:    server,
 		owned:     make(map[string]*record),
 		reaped:    make(map[string]bool),
 	}

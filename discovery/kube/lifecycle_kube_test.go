@@ -311,7 +311,7 @@ func TestForbiddenSaysWhichRoleIsMissing(t *testing.T) {
 	if err == nil || !apierrors.IsForbidden(errors.Unwrap(err)) && !strings.Contains(err.Error(), "forbidden") {
 		t.Fatalf("Open without a RoleBinding = %v; want a forbidden error", err)
 	}
-	for _, want := range []string{ns, "coordination.k8s.io leases", "Role"} {
+	for _, want := range []string{ns, srv.URL(), "coordination.k8s.io leases", "Role"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %q", err, want)
 		}
@@ -515,12 +515,15 @@ func TestARecordExpiredBeforeAnOutageStaysExpiredAfterIt(t *testing.T) {
 	const ttl = 4 * time.Second
 	dying := open(t, srv, Config{Namespace: ns, TTL: ttl})
 	living := open(t, srv, Config{Namespace: ns, TTL: ttl})
-	ctx, cancel := context.WithTimeout(t.Context(), wait)
-	defer cancel()
-	watcher, err := Open(ctx, srv.UserConfig(), Config{Namespace: ns, TTL: ttl, Logger: quiet})
-	if err != nil {
-		t.Fatalf("Open with a read-only Role: %v", err)
-	}
+	// The authorizer learns of the RoleBinding a moment after it is made.
+	var watcher *Discovery
+	testutil.EventuallyNoError(t, wait, "Open with a read-only Role", func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), wait)
+		defer cancel()
+		var err error
+		watcher, err = Open(ctx, srv.UserConfig(), Config{Namespace: ns, TTL: ttl, Logger: quiet})
+		return err
+	})
 	t.Cleanup(func() { _ = watcher.Close() })
 	ch, _ := watchFrom(t, watcher)
 	dead, kept := testInst(0xd, "10.0.0.1:1"), testInst(0xe, "10.0.0.2:1")
