@@ -17,7 +17,9 @@
 // carries Loom's label but not a well-formed record is skipped with a
 // warning. When [Config.PodName] and [Config.PodUID] are set (the downward
 // API's POD_NAME and POD_UID), the Pod owns every Lease, so Kubernetes'
-// garbage collector deletes the records with the Pod.
+// garbage collector deletes the records with the Pod. A record whose Lease's
+// annotations would pass the API server's limit (256 KiB per object) is
+// refused by Register with an error giving its size and the limit.
 //
 // # Liveness
 //

@@ -278,6 +278,10 @@ func (d *Discovery) Register(ctx context.Context, inst discovery.Instance) error
 	if err != nil {
 		return fmt.Errorf("kube: encode %s: %w", inst.Key(), err)
 	}
+	if n := annotationsSize(inst.Key(), value); n > maxAnnotations {
+		return fmt.Errorf("kube: register %s: the record is %d bytes and its Lease's annotations %d, more than the API server takes "+
+			"(%d bytes of annotations per object); keep Instance.Metadata small", inst.Key(), len(value), n, maxAnnotations)
+	}
 	l, renewed, err := d.create(ctx, inst, value)
 	if err != nil {
 		return err
@@ -331,6 +335,17 @@ func (d *Discovery) create(ctx context.Context, inst discovery.Instance, value [
 		}
 	}
 	return nil, time.Time{}, fmt.Errorf("kube: register %s in namespace %q: the Lease kept changing under three attempts; try again", key, d.namespace)
+}
+
+// maxAnnotations is the most the API server takes in one object's
+// annotations, counting each key and value (TotalAnnotationSizeLimitB of
+// k8s.io/apimachinery/pkg/api/validation).
+const maxAnnotations = 256 << 10
+
+// annotationsSize is the size the API server counts for the annotations
+// of the Lease that holds value under key.
+func annotationsSize(key string, value []byte) int {
+	return len(AnnotationKey) + len(key) + len(AnnotationRecord) + len(value)
 }
 
 // Unregister removes the record under inst's key, whoever registered it.
