@@ -3,17 +3,21 @@
 package kube
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // convergesOn reads ch, applying its events to set (the watch's snapshot),
@@ -113,4 +117,91 @@ func TestAnAPIServerRestartedWithoutItsDataGetsTheRecordsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectEvent(t, ch, discovery.Removed, b, wait)
+}
+
+// An owner cut off from the API server for longer than the TTL, while a
+// watcher still reaches it: the watcher drops the owner's record within the
+// TTL and deletes its Lease a TTL later; when the owner is back it creates
+// the record again and the watcher gets it back.
+func TestAnOwnerCutOffForLongerThanTheTTLComesBack(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	const ttl = 2 * time.Second
+	proxy := newCutter(t, strings.TrimPrefix(srv.URL(), "https://"))
+	rc := srv.AdminConfig()
+	rc.Host = "https://" + proxy.addr()
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	owner, err := Open(ctx, rc, Config{Namespace: ns, TTL: ttl, Logger: quiet})
+	if err != nil {
+		t.Fatalf("Open through the proxy: %v", err)
+	}
+	t.Cleanup(func() { _ = owner.Close() })
+	watcher := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	ch, _ := watchFrom(t, watcher)
+	inst := testInst(1, "10.0.0.1:1")
+	register(t, owner, inst)
+	expectEvent(t, ch, discovery.Added, inst, wait)
+
+	proxy.setDown(true)
+	cut := time.Now()
+	expectEvent(t, ch, discovery.Removed, inst, ttl+wait)
+	t.Logf("the watcher dropped the cut-off owner's record %v after the cut", time.Since(cut).Round(time.Millisecond))
+	testutil.EventuallyNoError(t, 2*ttl+wait, "the watcher to delete the expired Lease", func() error {
+		_, err := cs.CoordinationV1().Leases(ns).Get(t.Context(), LeaseName(inst.Key()), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (get: %v)", err)
+	})
+	proxy.setDown(false)
+	back := time.Now()
+	expectEvent(t, ch, discovery.Added, inst, wait)
+	t.Logf("the owner's record was back %v after its connection was", time.Since(back).Round(time.Millisecond))
+	if got := list(t, watcher); len(got) != 1 || !same(got[0], inst) {
+		t.Fatalf("List = %+v; want %s", got, inst.Key())
+	}
+	// It is renewed from then on: another two TTLs change nothing.
+	expectQuiet(t, ch, 2*ttl)
+}
+
+// An Unregister that fails because the API server is down is an error, and
+// the record it could not delete is not renewed any more: once the API
+// server is back, watchers drop it within the TTL and one of them deletes
+// its Lease.
+func TestARecordWhoseUnregisterFailedIsRemovedAfterTheOutage(t *testing.T) {
+	srv, cs := startAPIServer(t)
+	ns := newNamespace(t, cs)
+	const ttl = 4 * time.Second // as in the restart tests: a TTL to renew in after the watch is back
+	owner := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	watcher := open(t, srv, Config{Namespace: ns, TTL: ttl})
+	gone, kept := testInst(1, "10.0.0.1:1"), testInst(2, "10.0.0.1:2")
+	register(t, owner, gone)
+	register(t, owner, kept)
+	ch, set := watchFrom(t, watcher)
+	if len(set) != 2 {
+		t.Fatalf("snapshot %v; want two records", slices.Sorted(maps.Keys(set)))
+	}
+
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	err := owner.Unregister(ctx, gone)
+	cancel()
+	if err == nil {
+		t.Fatal("Unregister with the API server stopped succeeded")
+	}
+	srv.Restart()
+	back := time.Now()
+	expectEvent(t, ch, discovery.Removed, gone, ttl+wait)
+	t.Logf("the record whose Unregister failed left the watch %v after the API server was back", time.Since(back).Round(time.Millisecond))
+	testutil.EventuallyNoError(t, 2*ttl+wait, "the watcher to delete the Lease", func() error {
+		_, err := cs.CoordinationV1().Leases(ns).Get(t.Context(), LeaseName(gone.Key()), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return fmt.Errorf("still there (get: %v)", err)
+	})
+	if got := list(t, watcher); len(got) != 1 || !same(got[0], kept) {
+		t.Fatalf("List = %+v; want only %s", got, kept.Key())
+	}
 }
