@@ -290,6 +290,26 @@ func (s *Server) CompactEtcd() {
 	}
 }
 
+// AdvanceResourceVersion moves the API server's resource version n past
+// where it is, as n writes would, by writing a key of its etcd outside
+// the API server's prefix: a store that has served for a while is far
+// ahead of a new one.
+func (s *Server) AdvanceResourceVersion(n int) {
+	s.t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{s.etcd.ClientURL()}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer func() { _ = cli.Close() }()
+	ctx, cancel := context.WithTimeout(s.t.Context(), 30*time.Second)
+	defer cancel()
+	for i := range n {
+		if _, err := cli.Put(ctx, "/kubetest/padding", strconv.Itoa(i)); err != nil {
+			s.t.Fatalf("kubetest: write etcd: %v", err)
+		}
+	}
+}
+
 // URL returns the server's https URL.
 func (s *Server) URL() string { return "https://127.0.0.1:" + strconv.Itoa(s.port) }
 
