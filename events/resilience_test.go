@@ -17,75 +17,17 @@ import (
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/discovery"
-	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/events"
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/internal/zmtp"
 	"github.com/loomrt/loom/loomtest"
 )
 
-// restartableNATS is a JetStream server on a fixed port and file store,
-// which a test stops and starts again as a restart of the server.
-type restartableNATS struct {
-	t     *testing.T
-	port  int
-	store string
-	mu    sync.Mutex
-	ns    *embedded.NATS
-}
-
-func startRestartableNATS(t *testing.T) *restartableNATS {
-	r := &restartableNATS{t: t, port: testutil.FreePort(t), store: t.TempDir()}
-	r.start()
-	t.Cleanup(r.stop)
-	return r
-}
-
-func (r *restartableNATS) start() {
-	r.t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{Port: r.port, JetStream: true, StoreDir: r.store})
-	if err != nil {
-		r.t.Fatalf("StartNATS on port %d: %v", r.port, err)
-	}
-	r.mu.Lock()
-	r.ns = ns
-	r.mu.Unlock()
-}
-
-func (r *restartableNATS) stop() {
-	r.mu.Lock()
-	ns := r.ns
-	r.ns = nil
-	r.mu.Unlock()
-	if ns != nil {
-		ns.Shutdown()
-	}
-}
-
-// restart stops the server and starts it again, then waits until nc has
-// reconnected. IsConnected alone does not say so: until nc notices the
-// old connection is gone, it still reports that one.
-func (r *restartableNATS) restart(nc *nats.Conn) {
-	r.t.Helper()
-	before := nc.Stats().Reconnects
-	r.stop()
-	r.start()
-	testutil.Eventually(r.t, 10*time.Second, "reconnected", func() bool {
-		return nc.Stats().Reconnects > before && nc.IsConnected()
-	})
-}
-
-func (r *restartableNATS) url() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.ns.ClientURL()
-}
-
 // restartSystem is a system whose runtimes use srv, with the events of
 // transport kept in a stream on storage ("memory" loses it at a restart).
-func restartSystem(t *testing.T, srv *restartableNATS, transport, storage string) *system {
+func restartSystem(t *testing.T, srv *testutil.RestartableNATS, transport, storage string) *system {
 	s := &system{loomtest.New(t, loomtest.Options{})}
-	s.Config.NATS.URL = srv.url()
+	s.Config.NATS.URL = srv.URL()
 	s.Config.Events.Transport = transport
 	s.Config.Events.JetStream.Storage = storage
 	return s
@@ -174,7 +116,7 @@ func TestEventsCarryOnThroughAServerRestart(t *testing.T) {
 		{"JetStream losing its stream", "jetstream", "memory"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startRestartableNATS(t)
+			srv := testutil.StartRestartableNATS(t)
 			s := restartSystem(t, srv, tc.transport, tc.storage)
 			pubRT, subRT := s.Runtime(), s.Runtime()
 			scope := events.Scope{Namespace: "restart", Component: "w"}
@@ -193,7 +135,7 @@ func TestEventsCarryOnThroughAServerRestart(t *testing.T) {
 
 			pubNC, subNC := runtimeNATS(t, pubRT), runtimeNATS(t, subRT)
 			subBefore := subNC.Stats().Reconnects
-			srv.restart(pubNC)
+			srv.Restart(pubNC)
 			testutil.Eventually(t, 10*time.Second, "the subscriber reconnected", func() bool {
 				return subNC.Stats().Reconnects > subBefore && subNC.IsConnected()
 			})
@@ -236,7 +178,7 @@ func TestEventsCarryOnThroughAServerRestart(t *testing.T) {
 // stored again, and the event that failed is reported (by Publish or
 // Flush) rather than lost silently.
 func TestAJetStreamPublisherMakesItsLostStreamAgain(t *testing.T) {
-	srv := startRestartableNATS(t)
+	srv := testutil.StartRestartableNATS(t)
 	s := restartSystem(t, srv, "jetstream", "memory")
 	rt := s.Runtime()
 	p := publisher[int](t, rt, events.Scope{Namespace: "restart", Component: "w"}, "kv_events")
@@ -248,7 +190,7 @@ func TestAJetStreamPublisherMakesItsLostStreamAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	nc := runtimeNATS(t, rt)
-	srv.restart(nc)
+	srv.Restart(nc)
 
 	var failures int
 	testutil.Eventually(t, 10*time.Second, "an event stored after the restart", func() bool {
@@ -404,7 +346,7 @@ func TestZMQPeersCarryOnThroughABrokerRestart(t *testing.T) {
 func TestCloseAndShutdownEndWithTheServerDown(t *testing.T) {
 	for _, transport := range []string{"nats", "jetstream"} {
 		t.Run(transport, func(t *testing.T) {
-			srv := startRestartableNATS(t)
+			srv := testutil.StartRestartableNATS(t)
 			s := restartSystem(t, srv, transport, "file")
 			rt := s.Runtime()
 			scope := events.Scope{Namespace: "down", Component: "w"}
@@ -420,7 +362,7 @@ func TestCloseAndShutdownEndWithTheServerDown(t *testing.T) {
 			}
 			testutil.Eventually(t, 10*time.Second, "events read", func() bool { return r.has(t, 2) })
 			nc := runtimeNATS(t, rt)
-			srv.stop()
+			srv.Stop()
 			testutil.Eventually(t, 10*time.Second, "the client notices the server is gone", func() bool { return !nc.IsConnected() })
 			// An event published while the server is down, for Shutdown
 			// to wait for.
@@ -739,7 +681,7 @@ func TestAnEphemeralConsumerGoesAtCloseAndADurableStays(t *testing.T) {
 // publisher's next event arrives (for a publisher it had heard from: as
 // everywhere, the first event heard from a publisher sets its baseline).
 func TestEventsTheLostStreamHeldAreReportedLost(t *testing.T) {
-	srv := startRestartableNATS(t)
+	srv := testutil.StartRestartableNATS(t)
 	s := restartSystem(t, srv, "jetstream", "memory")
 	pubRT, subRT := s.Runtime(), s.Runtime()
 	scope := events.Scope{Namespace: "held", Component: "w"}
@@ -762,7 +704,7 @@ func TestEventsTheLostStreamHeldAreReportedLost(t *testing.T) {
 	}
 	subNC := runtimeNATS(t, subRT)
 	subBefore := subNC.Stats().Reconnects
-	srv.restart(runtimeNATS(t, pubRT))
+	srv.Restart(runtimeNATS(t, pubRT))
 	testutil.Eventually(t, 10*time.Second, "the subscriber reconnected", func() bool {
 		return subNC.Stats().Reconnects > subBefore && subNC.IsConnected()
 	})

@@ -4,79 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
-// restartableNATS is a JetStream server on a fixed port and file store,
-// which a test stops and starts again as a restart of the server.
-type restartableNATS struct {
-	t     *testing.T
-	port  int
-	store string
-	mu    sync.Mutex
-	ns    *embedded.NATS
-}
-
-func startRestartableNATS(t *testing.T) *restartableNATS {
-	r := &restartableNATS{t: t, port: testutil.FreePort(t), store: t.TempDir()}
-	r.start()
-	t.Cleanup(r.stop)
-	return r
-}
-
-func (r *restartableNATS) start() {
-	r.t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{Port: r.port, JetStream: true, StoreDir: r.store})
-	if err != nil {
-		r.t.Fatalf("StartNATS on port %d: %v", r.port, err)
-	}
-	r.mu.Lock()
-	r.ns = ns
-	r.mu.Unlock()
-}
-
-func (r *restartableNATS) stop() {
-	r.mu.Lock()
-	ns := r.ns
-	r.ns = nil
-	r.mu.Unlock()
-	if ns != nil {
-		ns.Shutdown()
-	}
-}
-
-// restart stops the server and starts it again, then waits until nc has
-// reconnected. IsConnected alone does not say so: until nc notices the
-// old connection is gone, it still reports that one.
-func (r *restartableNATS) restart(nc *nats.Conn) {
-	r.t.Helper()
-	before := nc.Stats().Reconnects
-	r.stop()
-	r.start()
-	testutil.Eventually(r.t, 10*time.Second, "reconnected", func() bool {
-		return nc.Stats().Reconnects > before && nc.IsConnected()
-	})
-}
-
-func (r *restartableNATS) url() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.ns.ClientURL()
-}
-
 func TestQueueCarriesOnThroughAServerRestart(t *testing.T) {
-	srv := startRestartableNATS(t)
+	srv := testutil.StartRestartableNATS(t)
 	// No reconnect buffer: a publish while the server is down fails at
 	// once, and only the queue's retries carry it through.
-	nc := connect(t, srv.url(), nats.ReconnectBufSize(-1))
+	nc := connect(t, srv.URL(), nats.ReconnectBufSize(-1))
 	cfg := testConfig(t)
 	cfg.Storage = "file"
 	cfg.AutoID = true
@@ -97,12 +38,12 @@ func TestQueueCarriesOnThroughAServerRestart(t *testing.T) {
 	}
 	testutil.Eventually(t, 20*time.Second, "jobs before the restart handled", func() bool { return seen.distinct() == n })
 
-	srv.stop()
+	srv.Stop()
 	// An enqueue while the server is down waits for it, within its deadline.
 	during := make(chan error, 1)
 	go func() { during <- q.Enqueue(ctx, job{ID: n}) }()
 	testutil.Eventually(t, 10*time.Second, "the client notices the server is gone", func() bool { return !nc.IsConnected() })
-	srv.start()
+	srv.Start()
 	if err := <-during; err != nil {
 		t.Fatalf("Enqueue through the restart: %v", err)
 	}
@@ -124,8 +65,8 @@ func TestQueueCarriesOnThroughAServerRestart(t *testing.T) {
 // enqueueing, consuming, pulling with Dequeue and dead-lettering work
 // without restarting the process.
 func TestQueueWhoseStreamsWentAwayMakesThemAgain(t *testing.T) {
-	srv := startRestartableNATS(t)
-	nc := connect(t, srv.url())
+	srv := testutil.StartRestartableNATS(t)
+	nc := connect(t, srv.URL())
 	cfg := testConfig(t)
 	cfg.Storage = "memory"
 	cfg.MaxDeliver = 1
@@ -145,7 +86,7 @@ func TestQueueWhoseStreamsWentAwayMakesThemAgain(t *testing.T) {
 	}
 	testutil.Eventually(t, 10*time.Second, "the job before the restart handled", func() bool { return seen.distinct() == 1 })
 
-	srv.restart(nc)
+	srv.Restart(nc)
 
 	ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -174,8 +115,8 @@ func TestQueueWhoseStreamsWentAwayMakesThemAgain(t *testing.T) {
 // TestDequeueAfterTheStreamsWentAway: Dequeue, too, makes the streams and
 // its consumer again.
 func TestDequeueAfterTheStreamsWentAway(t *testing.T) {
-	srv := startRestartableNATS(t)
-	nc := connect(t, srv.url())
+	srv := testutil.StartRestartableNATS(t)
+	nc := connect(t, srv.URL())
 	cfg := testConfig(t)
 	cfg.Storage = "memory"
 	q := newQueue[job](t, nc, cfg)
@@ -191,7 +132,7 @@ func TestDequeueAfterTheStreamsWentAway(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	srv.restart(nc)
+	srv.Restart(nc)
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	got := make(chan error, 1)
@@ -216,8 +157,8 @@ func TestDequeueAfterTheStreamsWentAway(t *testing.T) {
 // TestEnqueueAfterTheStreamsWentAway: a process that only enqueues makes
 // the streams again, from Enqueue as from EnqueueAsync.
 func TestEnqueueAfterTheStreamsWentAway(t *testing.T) {
-	srv := startRestartableNATS(t)
-	nc := connect(t, srv.url())
+	srv := testutil.StartRestartableNATS(t)
+	nc := connect(t, srv.URL())
 	cfg := testConfig(t)
 	cfg.Storage = "memory"
 	sync := newQueue[job](t, nc, cfg)
@@ -225,7 +166,7 @@ func TestEnqueueAfterTheStreamsWentAway(t *testing.T) {
 	cfg.Storage = "memory"
 	async := newQueue[job](t, nc, cfg)
 
-	srv.restart(nc)
+	srv.Restart(nc)
 	ctx := ctxFor(t, 5*time.Second)
 	if err := sync.Enqueue(ctx, job{ID: 1}); err != nil {
 		t.Errorf("Enqueue after the streams went away: %v", err)
