@@ -94,7 +94,7 @@ type Discovery struct {
 	mu     sync.Mutex
 	closed bool
 	owned  map[string]*record // by Lease name
-	reaped map[string]bool    // Lease UIDs+versions being reaped
+	reaped map[string]bool    // Lease UIDs+versions being reaped now
 }
 
 var _ discovery.Discovery = (*Discovery)(nil)

@@ -182,6 +182,13 @@ func TestAnOwnerThatStopsRenewingExpiresAndIsReaped(t *testing.T) {
 	if watcher.reaps.Load() != 1 {
 		t.Fatalf("reaps = %d; want 1", watcher.reaps.Load())
 	}
+	// The reaper keeps no trace of it: a process up for months reaps
+	// many Leases.
+	testutil.Eventually(t, wait, "the reaper to forget the Lease it deleted", func() bool {
+		watcher.mu.Lock()
+		defer watcher.mu.Unlock()
+		return len(watcher.reaped) == 0
+	})
 	// Nothing more about it follows.
 	sentinel := testInst(2, "10.0.0.1:2")
 	register(t, watcher, sentinel)

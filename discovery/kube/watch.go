@@ -577,11 +577,15 @@ func (w *watch) reap(dead []*leaseState) {
 				w.d.log.Info("kube: deleted the Lease of a record whose owner stopped renewing it", "lease", name)
 			case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
 			default:
-				w.d.log.Warn("kube: deleting an expired Lease failed", "lease", name, "err", err)
-				w.d.mu.Lock()
-				delete(w.d.reaped, id) // try again at the next expiry check
-				w.d.mu.Unlock()
+				w.d.log.Warn("kube: deleting an expired Lease failed; trying again at the next expiry check", "lease", name, "err", err)
 			}
+			// Forgotten once settled, so that a long-lived process does
+			// not keep every Lease it ever reaped: that version of the
+			// Lease is gone or was renewed (a new version), and a check
+			// before the watch hears of it costs one NotFound.
+			w.d.mu.Lock()
+			delete(w.d.reaped, id)
+			w.d.mu.Unlock()
 			return nil
 		})
 	}
