@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,7 +36,8 @@ found through the discovery the configuration names (see loom config).
 The request may also come from standard input (-) or a file (@path), for
 requests too long for a command line.
 
-Ctrl-C asks the handler to stop gracefully; a second Ctrl-C kills the call.`,
+Ctrl-C asks the handler to stop gracefully; a second Ctrl-C kills the call
+and exits 130 (128 + SIGINT), as a loom.Run program does.`,
 		Example: `  loom call demo/backend/generate '{"prompt": "hello", "max_tokens": 5}'
   loom call demo/backend/generate @request.json
   generate-request | loom call demo/backend/generate -`,
@@ -82,10 +84,12 @@ func call(parent context.Context, out io.Writer, path string, req any, direct in
 	}
 	ctx, stop := loom.WithStop(ctx)
 	defer stop()
-	// First signal: stop gracefully; second: kill.
+	// First signal: stop gracefully; second: kill, and exit with 128 +
+	// the signal's number, as loom.Run does.
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	var killedBy atomic.Int32
 	go func() {
 		select {
 		case <-sigs:
@@ -94,7 +98,10 @@ func call(parent context.Context, out io.Writer, path string, req any, direct in
 			return
 		}
 		select {
-		case <-sigs:
+		case sig := <-sigs:
+			if n, ok := sig.(syscall.Signal); ok {
+				killedBy.Store(int32(n))
+			}
 			cancel()
 		case <-ctx.Done():
 		}
@@ -125,6 +132,9 @@ func call(parent context.Context, out io.Writer, path string, req any, direct in
 	enc := json.NewEncoder(out)
 	for item, err := range eng.Generate(ctx, req) {
 		if err != nil {
+			if n := killedBy.Load(); n != 0 {
+				return exitCode(128 + n) // what the caller asked for: no error to print
+			}
 			return withDiscoveryHint(rt, err)
 		}
 		if err := enc.Encode(codec.JSONValue(item)); err != nil {

@@ -321,9 +321,9 @@ func TestLoomCallStopsOnTheFirstSIGINTAndKillsOnTheSecond(t *testing.T) {
 		within("the handler seeing the stop", stopSeen)
 		_ = p.cmd.Process.Signal(os.Interrupt)
 		within("the handler's context ending", killed)
-		if code := p.waitExit(); code == 0 {
+		if code := p.waitExit(); code != 130 {
 			out, errs := p.lines()
-			t.Errorf("a killed call exited 0; stdout %q, stderr %q", out, errs)
+			t.Errorf("a killed call exited %d; stdout %q, stderr %q; want 130 (128 + SIGINT), as loom.Run exits on a second signal", code, out, errs)
 		}
 	})
 }
