@@ -85,8 +85,8 @@ func (r *refusals) WithGroup(string) slog.Handler      { return r }
 // object store; the server refuses nothing.
 func TestALeastPrivilegedNATSUserRunsEveryPlane(t *testing.T) {
 	pub, sub := readmePermissions(t)
-	pub = append(pub, "jobs.queue", "loom.dlq.jobs", "orders", "loom.dlq.events.orders.billing")
-	sub = append(sub, "orders")
+	pub = append(pub, "jobs.queue", "loom.dlq.jobs", "orders", "loom.dlq.events.orders.billing", "orders_js", "loom.dlq.events.orders_js.billing")
+	sub = append(sub, "orders") // Core NATS only: a JetStream group pulls
 	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *natsserver.Options) {
 		o.MaxPayload = 64 << 10 // so that a 100 KB job is offloaded
 		o.Users = []*natsserver.User{{Username: "svc", Password: "pw", Permissions: &natsserver.Permissions{
@@ -213,56 +213,61 @@ func TestALeastPrivilegedNATSUserRunsEveryPlane(t *testing.T) {
 		}
 	})
 
-	t.Run("an EventBus topic with a dead letter", func(t *testing.T) {
-		bus, err := eventbus.Open(ctx, caller, eventbus.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer bus.Close()
-		handled := make(chan struct{}, 1)
-		if err := bus.RegisterConsumer("", "orders", "billing", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error {
-			select {
-			case handled <- struct{}{}:
-			default:
-			}
-			return errors.New("refused on purpose")
-		}), eventbus.WithMaxDeliver(1)); err != nil {
-			t.Fatal(err)
-		}
-		p, err := bus.NewProducer("", "orders", "billing", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The group's queue subscription reaches the server
-		// asynchronously: send until it has a message.
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-	wait:
-		for {
-			if err := p.Send(ctx, []byte("order")); err != nil {
+	for _, mode := range []struct {
+		name, topic string
+		jetStream   bool
+	}{{"on Core NATS", "orders", false}, {"on JetStream", "orders_js", true}} {
+		t.Run("an EventBus topic with a dead letter "+mode.name, func(t *testing.T) {
+			bus, err := eventbus.Open(ctx, caller, eventbus.Config{Queue: config.Queue{EventBusJetStream: mode.jetStream}})
+			if err != nil {
 				t.Fatal(err)
 			}
-			select {
-			case <-handled:
-				break wait
-			case <-tick.C:
-			case <-ctx.Done():
-				t.Fatal("the message never reached the group")
+			defer bus.Close()
+			handled := make(chan struct{}, 1)
+			if err := bus.RegisterConsumer("", mode.topic, "billing", eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error {
+				select {
+				case handled <- struct{}{}:
+				default:
+				}
+				return errors.New("refused on purpose")
+			}), eventbus.WithMaxDeliver(1)); err != nil {
+				t.Fatal(err)
 			}
-		}
-		nc, err := caller.NATS(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		js, err := jetstream.New(nc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		testutil.Eventually(t, 20*time.Second, "the failed message in "+eventbus.DeadLetterStream("orders"), func() bool {
-			st, err := js.Stream(ctx, eventbus.DeadLetterStream("orders"))
-			return err == nil && st.CachedInfo().State.Msgs >= 1
+			p, err := bus.NewProducer("", mode.topic, "billing", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A Core NATS group's queue subscription reaches the server
+			// asynchronously: send until it has a message.
+			tick := time.NewTicker(100 * time.Millisecond)
+			defer tick.Stop()
+		wait:
+			for {
+				if err := p.Send(ctx, []byte("order")); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case <-handled:
+					break wait
+				case <-tick.C:
+				case <-ctx.Done():
+					t.Fatal("the message never reached the group")
+				}
+			}
+			nc, err := caller.NATS(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			js, err := jetstream.New(nc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			testutil.Eventually(t, 20*time.Second, "the failed message in "+eventbus.DeadLetterStream(mode.topic), func() bool {
+				st, err := js.Stream(ctx, eventbus.DeadLetterStream(mode.topic))
+				return err == nil && st.CachedInfo().State.Msgs >= 1
+			})
 		})
-	})
+	}
 
 	refused.mu.Lock()
 	defer refused.mu.Unlock()
