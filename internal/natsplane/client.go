@@ -519,11 +519,22 @@ func (c *Client) expire(connClosed bool) {
 // user without publish permission gets no response, only an error the
 // server reports to the connection.
 func publishDenied(nc *nats.Conn, subject string) error {
-	err := nc.LastError()
-	if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(strings.ToLower(err.Error()), `publish to "`+strings.ToLower(subject)+`"`) {
+	err := refused(nc, "publish", subject)
+	if err == nil {
 		return nil
 	}
 	return fmt.Errorf("natsplane: the NATS server refused this process's requests to %s (%v): its NATS user needs publish permission on %s (loom.rpc.> for every instance served over NATS)", subject, err, subject)
+}
+
+// refused returns the NATS server's refusal of this connection's op
+// ("publish" or "subscription") on subject, if it is the last error the
+// server reported to the connection: a refusal reaches nothing else.
+func refused(nc *nats.Conn, op, subject string) error {
+	err := nc.LastError()
+	if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(strings.ToLower(err.Error()), op+` to "`+strings.ToLower(subject)+`"`) {
+		return err
+	}
+	return nil
 }
 
 var epoch = time.Now()

@@ -200,8 +200,7 @@ func NewServer(nc *nats.Conn, subject string, cfg ServerConfig, h Handler) (*Ser
 	// A refused subscription is reported to the connection, before the
 	// flush's answer, and the subscription stays in place receiving
 	// nothing.
-	if err := nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) &&
-		strings.Contains(strings.ToLower(err.Error()), `subscription to "`+strings.ToLower(subject)+`"`) {
+	if err := refused(nc, "subscription", subject); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("natsplane: serving on subject %s: the NATS server refused the subscription (%w): this process's NATS user needs subscribe permission on %s (loom.rpc.> for every instance served over NATS)", subject, err, subject)
 	}
