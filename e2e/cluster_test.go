@@ -202,16 +202,7 @@ func TestClusterSurvivesLosingANodeOfEach(t *testing.T) {
 		cfg.Discovery.Backend = "etcd"
 		cfg.Discovery.EtcdEndpoints = etcdURLs
 		cfg.Discovery.LeaseTTL = 5 * time.Second
-		rt, err := loom.NewRuntime(ctx, loom.WithConfig(cfg), loom.WithLogger(quiet))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = rt.Shutdown(sctx)
-		})
-		return rt
+		return startRuntime(ctx, t, loom.WithConfig(cfg), loom.WithLogger(quiet))
 	}
 	plusOne := loom.EngineFunc[int, int](func(ctx context.Context, x int) iter.Seq2[int, error] {
 		return func(yield func(int, error) bool) { yield(x+1, nil) }

@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/internal/testutil"
 )
@@ -241,4 +243,20 @@ func server(t *testing.T, env []string, flags ...string) (*proc, string) {
 	p := start(t, env, "hello", append([]string{"server"}, flags...)...)
 	line := p.waitLine("serving ", 30*time.Second)
 	return p, line[strings.LastIndex(line, " ")+1:]
+}
+
+// startRuntime starts a runtime in the test process, shut down (within
+// 10s) when the test ends.
+func startRuntime(ctx context.Context, t *testing.T, opts ...loom.Option) *loom.Runtime {
+	t.Helper()
+	rt, err := loom.NewRuntime(ctx, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = rt.Shutdown(sctx)
+	})
+	return rt
 }

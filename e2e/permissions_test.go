@@ -110,16 +110,7 @@ func TestALeastPrivilegedNATSUserRunsEveryPlane(t *testing.T) {
 		cfg.Events.Transport = eventsTransport
 		cfg.Events.JetStream.Storage = "memory"
 		cfg.Queue.Storage = "memory"
-		rt, err := loom.NewRuntime(ctx, loom.WithConfig(cfg), loom.WithLogger(slog.New(refused)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = rt.Shutdown(sctx)
-		})
-		return rt
+		return startRuntime(ctx, t, loom.WithConfig(cfg), loom.WithLogger(slog.New(refused)))
 	}
 	serving, caller := runtime("nats"), runtime("nats")
 
