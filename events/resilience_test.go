@@ -42,6 +42,21 @@ func runtimeNATS(t *testing.T, rt *loom.Runtime) *nats.Conn {
 	return nc
 }
 
+// eventsStream returns the durable events' stream, through rt's NATS
+// connection.
+func eventsStream(ctx context.Context, t *testing.T, rt *loom.Runtime) jetstream.Stream {
+	t.Helper()
+	js, err := jetstream.New(runtimeNATS(t, rt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, "LOOM_EVENTS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // reader reads a subscription in the background and keeps what it reads.
 type reader struct {
 	mu     sync.Mutex
@@ -245,14 +260,7 @@ func TestADurableSubscriptionWhoseConsumerWasRemovedResumesAfterItsLastEvent(t *
 			}
 			testutil.Eventually(t, 10*time.Second, "events before the removal read", func() bool { return r.has(t, 9) })
 
-			js, err := jetstream.New(runtimeNATS(t, rt))
-			if err != nil {
-				t.Fatal(err)
-			}
-			st, err := js.Stream(ctx, "LOOM_EVENTS")
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := eventsStream(ctx, t, rt)
 			names := st.ConsumerNames(ctx)
 			var removed int
 			for name := range names.Name() {
@@ -552,14 +560,7 @@ func TestASubscriptionWhoseConsumerWentBeforeItsFirstEventMissesNothing(t *testi
 				}
 			}
 			sub := subscribe[int](t, rt, scope, "kv_events")
-			js, err := jetstream.New(runtimeNATS(t, rt))
-			if err != nil {
-				t.Fatal(err)
-			}
-			st, err := js.Stream(ctx, "LOOM_EVENTS")
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := eventsStream(ctx, t, rt)
 			for name := range st.ConsumerNames(ctx).Name() {
 				if err := st.DeleteConsumer(ctx, name); err != nil {
 					t.Fatal(err)
@@ -631,14 +632,7 @@ func TestAnEphemeralConsumerGoesAtCloseAndADurableStays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, err := jetstream.New(runtimeNATS(t, rt))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := js.Stream(ctx, "LOOM_EVENTS")
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := eventsStream(ctx, t, rt)
 	consumers := func() map[string]jetstream.ConsumerConfig {
 		out := map[string]jetstream.ConsumerConfig{}
 		l := st.ListConsumers(ctx)
