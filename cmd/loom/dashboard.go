@@ -7,10 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
-	"os/signal"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -46,7 +43,7 @@ server and JetStream. The page updates live. It only reads.`,
 			if err := checkListenAddr(addr); err != nil {
 				return &usageError{cmd, fmt.Errorf("--addr %q: %w", addr, err)}
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := signalContext(cmd.Context(), cmd.ErrOrStderr())
 			defer stop()
 			rt, err := toolRuntime(ctx)
 			if err != nil {

@@ -6,8 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -65,7 +63,7 @@ terminal.`,
 					return runDemoWith(ctx, out, opts, loom.NewLogger(rt.Config().Log), rt, true, dashAddr)
 				})
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := signalContext(context.Background(), cmd.ErrOrStderr())
 			defer stop()
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			return runDemoWith(ctx, out, opts, log, nil, false, "")

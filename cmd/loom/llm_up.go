@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -52,7 +49,7 @@ everything.`,
 			if o.workers < 1 || o.prefill < 0 {
 				return &usageError{cmd, fmt.Errorf("--workers %d --prefill-workers %d: want at least 1 worker and no negative count", o.workers, o.prefill)}
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := signalContext(context.Background(), cmd.ErrOrStderr())
 			defer stop()
 			return llmUp(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), &o)
 		},

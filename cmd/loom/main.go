@@ -12,7 +12,9 @@
 //	loom dashboard       a live web page of the system
 //
 // `loom help` lists every command. Usage errors exit with status 2 and the
-// command's usage line; failures exit with 1.
+// command's usage line; failures exit with 1. A first SIGINT or SIGTERM
+// stops a command in order; a second exits at once with 128 + its number,
+// as loom.Run does.
 package main
 
 import (

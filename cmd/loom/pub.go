@@ -5,10 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -68,7 +65,7 @@ A ZeroMQ publisher only reaches subscribers already connected to it: use
 			if err := events.ValidateTopic(args[1]); err != nil {
 				return &usageError{cmd, err}
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := signalContext(context.Background(), cmd.ErrOrStderr())
 			defer stop()
 			var in io.Reader
 			var event any

@@ -6,11 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -36,7 +33,7 @@ shown and taken as JSON, converted to and from each queue's codec.`,
 
 // withAdmin connects with the loaded configuration and runs f.
 func withAdmin(cmd *cobra.Command, f func(ctx context.Context, a *workqueue.Admin) error) error {
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext(cmd.Context(), cmd.ErrOrStderr())
 	defer stop()
 	loaded, err := config.Load()
 	if err != nil {

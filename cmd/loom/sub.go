@@ -6,9 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -68,7 +65,7 @@ durable keeps the start it was created with).`,
 			if _, err := o.events(); err != nil {
 				return &usageError{cmd, err}
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := signalContext(context.Background(), cmd.ErrOrStderr())
 			defer stop()
 			if o.timeout > 0 {
 				var cancel context.CancelFunc

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -75,7 +73,7 @@ time may use.`,
 			if o.discovery != "etcd" && o.discovery != "natskv" {
 				return &usageError{cmd, fmt.Errorf("--discovery %q: use etcd or natskv", o.discovery)}
 			}
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop := signalContext(context.Background(), cmd.ErrOrStderr())
 			defer stop()
 			return up(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
 		},
