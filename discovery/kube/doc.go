@@ -25,7 +25,8 @@
 //
 // The owner writes spec.renewTime every TTL/3 (spec.leaseDurationSeconds is
 // the TTL, discovery.lease_ttl), and a second after a renewal that failed.
-// Close deletes its Leases. Nothing in Kubernetes deletes a Lease that
+// Close deletes its Leases. The Lease of an Unregister that failed is no
+// longer renewed, and its owner tries to delete it again every second. Nothing in Kubernetes deletes a Lease that
 // stops being renewed, so watchers time each record themselves: a record is
 // gone TTL after the last renewal the watcher saw, by the watcher's own
 // clock (the owner's clock is read only for a Lease seen for the first

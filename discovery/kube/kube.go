@@ -95,6 +95,11 @@ type Discovery struct {
 	closed bool
 	owned  map[string]*record // by Lease name
 	reaped map[string]bool    // Lease UIDs+versions being reaped now
+	// unremoved holds the records whose Unregister failed, by Lease name:
+	// the renewal loop deletes them once the API server answers, trying
+	// within a second of a failure (retry).
+	unremoved map[string]*record
+	retry     chan struct{}
 }
 
 var _ discovery.Discovery = (*Discovery)(nil)
@@ -183,6 +188,8 @@ func newDiscovery(ctx context.Context, c rest.Interface, cfg Config, server stri
 		log:       log,
 		server:    server,
 		owned:     make(map[string]*record),
+		unremoved: make(map[string]*record),
+		retry:     make(chan struct{}, 1),
 		reaped:    make(map[string]bool),
 	}
 	if cfg.PodName != "" {
@@ -363,12 +370,48 @@ func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) err
 	// Stop renewing first: if the removal fails, the record still
 	// expires.
 	d.mu.Lock()
+	r := d.owned[name]
 	delete(d.owned, name)
 	d.mu.Unlock()
 	err := d.leases.Delete(ctx, name, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
+		if r != nil {
+			// Ours: the renewal loop deletes it once the API server
+			// answers, rather than leave it to expire.
+			d.mu.Lock()
+			if !d.closed {
+				d.unremoved[name] = r
+			}
+			d.mu.Unlock()
+			select {
+			case d.retry <- struct{}{}:
+			default:
+			}
+		}
 		return d.apiError("unregister "+inst.Key(), err)
 	}
+	return nil
+}
+
+// unremovedRecord returns the record under the Lease name whose
+// Unregister failed, or nil.
+func (d *Discovery) unremovedRecord(name string) *record {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.unremoved[name]
+}
+
+// removeUnremoved deletes the Lease of r, whose Unregister failed, and
+// forgets r once it is gone.
+func (d *Discovery) removeUnremoved(ctx context.Context, r *record) error {
+	if err := d.removeCtx(ctx, r); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	if d.unremoved[r.name] == r {
+		delete(d.unremoved, r.name)
+	}
+	d.mu.Unlock()
 	return nil
 }
 
@@ -445,8 +488,9 @@ func (d *Discovery) Close() error {
 		return nil
 	}
 	d.closed = true
-	recs := d.owned
-	d.owned = nil
+	recs := slices.Collect(maps.Values(d.owned))
+	recs = slices.AppendSeq(recs, maps.Values(d.unremoved))
+	d.owned, d.unremoved = nil, nil
 	d.mu.Unlock()
 
 	// No renewal may run once the removals start.
@@ -456,7 +500,7 @@ func (d *Discovery) Close() error {
 	defer cancel()
 	// Every record is tried; past the deadline each fails at once and
 	// counts.
-	if n, err := owned.RemoveAll(ctx, slices.Collect(maps.Values(recs)), d.removeCtx); err != nil {
+	if n, err := owned.RemoveAll(ctx, recs, d.removeCtx); err != nil {
 		return fmt.Errorf("kube: close: %d of %d records not removed from namespace %q; they expire within %v: %w",
 			n, len(recs), d.namespace, d.ttl, err)
 	}
@@ -493,42 +537,60 @@ func (d *Discovery) isClosed() bool {
 }
 
 // renewLoop renews the owned records every TTL/3, and a second after a
-// round in which a renewal failed.
+// round in which a renewal or deletion failed or an Unregister failed.
 func (d *Discovery) renewLoop(ctx context.Context) error {
-	t := time.NewTimer(d.ttl / 3)
+	due := time.Now().Add(d.ttl / 3)
+	t := time.NewTimer(time.Until(due))
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-d.retry:
+			if soon := time.Now().Add(retryWait); soon.Before(due) {
+				due = soon
+				t.Reset(retryWait)
+			}
+			continue
 		case <-t.C:
 		}
 		next := d.ttl / 3
 		if !d.renew(ctx) {
 			next = min(next, retryWait)
 		}
+		due = time.Now().Add(next)
 		t.Reset(next)
 	}
 }
 
-// renew renews each owned record, within one renewal period, and reports
-// whether every renewal succeeded.
+// renew renews each owned record, and deletes those whose Unregister
+// failed, within one renewal period, and reports whether every renewal
+// and deletion succeeded.
 func (d *Discovery) renew(ctx context.Context) bool {
 	d.mu.Lock()
 	recs := slices.Collect(maps.Values(d.owned))
 	// Oldest renewal first, so that a round cut short by its deadline
 	// leaves the freshest records for the next.
 	slices.SortFunc(recs, func(a, b *record) int { return a.renewed.Compare(b.renewed) })
+	gone := slices.Collect(maps.Values(d.unremoved))
 	d.mu.Unlock()
-	if len(recs) == 0 {
+	if len(recs) == 0 && len(gone) == 0 {
 		return true
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.ttl/3)
 	defer cancel()
 	var mu sync.Mutex
 	ok := true
-	owned.ForEach(ctx, recs, func(r *record) {
-		if !d.renewRecord(ctx, r) {
+	// The records to delete go beside the renewals, so that an API server
+	// that does not answer holds up neither.
+	owned.ForEach(ctx, append(gone, recs...), func(r *record) {
+		var done bool
+		if d.unremovedRecord(r.name) == r {
+			done = d.removeUnremoved(ctx, r) == nil
+		} else {
+			done = d.renewRecord(ctx, r) // true if no longer owned
+		}
+		if !done {
 			mu.Lock()
 			ok = false
 			mu.Unlock()
