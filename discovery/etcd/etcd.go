@@ -96,12 +96,11 @@ type Discovery struct {
 
 	mu     sync.Mutex
 	closed bool
-	err    error            // why done was closed
-	lease  clientv3.LeaseID // the current lease
-	ready  chan struct{}    // closed while the lease is believed alive
-	ttl    time.Duration    // the granted TTL
-	owned  map[string]string
-	revs   map[string]int64 // the mod revision of each owned record
+	err    error                  // why done was closed
+	lease  clientv3.LeaseID       // the current lease
+	ready  chan struct{}          // closed while the lease is believed alive
+	ttl    time.Duration          // the granted TTL
+	owned  map[string]ownedRecord // by key
 	// orphans are the records written under the lease whose Unregister
 	// failed, by key, with their mod revision: the lease keeps them
 	// alive, so the keeper removes them once etcd answers.
@@ -116,6 +115,14 @@ type Discovery struct {
 }
 
 var _ discovery.Discovery = (*Discovery)(nil)
+
+// ownedRecord is a record this Discovery registered: its value, written
+// again under a new lease, and its mod revision, which tells it from a
+// record another client wrote since.
+type ownedRecord struct {
+	value string
+	rev   int64
+}
 
 // New connects to etcd, grants the lease and starts keeping it alive. If
 // etcd does not answer within cfg.DialTimeout (or before ctx ends) it
@@ -171,8 +178,7 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		leases:  pb.NewLeaseClient(cli.ActiveConnection()),
 		done:    make(chan struct{}),
 		ready:   make(chan struct{}),
-		owned:   make(map[string]string),
-		revs:    make(map[string]int64),
+		owned:   make(map[string]ownedRecord),
 		orphans: make(map[string]int64),
 		suspect: make(chan struct{}, 1),
 		warned:  make(map[string]int64),
@@ -282,8 +288,7 @@ func (d *Discovery) Register(ctx context.Context, inst discovery.Instance) error
 		switch {
 		case err == nil && resp.Succeeded:
 			d.mu.Lock()
-			d.owned[key] = string(val)
-			d.revs[key] = resp.Header.Revision
+			d.owned[key] = ownedRecord{value: string(val), rev: resp.Header.Revision}
 			d.mu.Unlock()
 			d.regMu.RUnlock()
 			return nil
@@ -352,17 +357,15 @@ func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) err
 		d.mu.Unlock()
 		return discovery.ErrClosed
 	}
-	_, mine := d.owned[key]
-	rev := d.revs[key]
+	r, mine := d.owned[key]
 	delete(d.owned, key)
-	delete(d.revs, key)
 	d.mu.Unlock()
 	_, err := d.cli.Delete(ctx, key)
 	d.mu.Lock()
 	if err == nil {
 		delete(d.orphans, key)
 	} else if mine && !d.closed {
-		d.orphans[key] = rev
+		d.orphans[key] = r.rev
 	}
 	d.mu.Unlock()
 	if err != nil {

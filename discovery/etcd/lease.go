@@ -308,14 +308,12 @@ func (d *Discovery) reregister(ctx context.Context, lease clientv3.LeaseID) (int
 	clear(d.orphans) // gone with the lost lease
 	d.mu.Unlock()
 	for _, key := range slices.Sorted(maps.Keys(owned)) {
-		resp, err := d.create(ctx, key, owned[key], lease)
+		resp, err := d.create(ctx, key, owned[key].value, lease)
 		if err != nil {
 			return 0, fmt.Errorf("register %s: %w", key, err)
 		}
 		if resp.Succeeded {
-			d.mu.Lock()
-			d.revs[key] = resp.Header.Revision
-			d.mu.Unlock()
+			d.setRev(key, resp.Header.Revision)
 			continue
 		}
 		kv := existing(resp)
@@ -326,12 +324,9 @@ func (d *Discovery) reregister(ctx context.Context, lease clientv3.LeaseID) (int
 				"key", key, "their_lease", hex(clientv3.LeaseID(kv.Lease)))
 			d.mu.Lock()
 			delete(d.owned, key)
-			delete(d.revs, key)
 			d.mu.Unlock()
 		default:
-			d.mu.Lock()
-			d.revs[key] = kv.ModRevision
-			d.mu.Unlock()
+			d.setRev(key, kv.ModRevision)
 		}
 	}
 	d.mu.Lock()
@@ -340,6 +335,17 @@ func (d *Discovery) reregister(ctx context.Context, lease clientv3.LeaseID) (int
 		close(d.ready)
 	}
 	return len(owned), nil
+}
+
+// setRev records the mod revision of the owned record under key, if it
+// is still owned.
+func (d *Discovery) setRev(key string, rev int64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if r, ok := d.owned[key]; ok {
+		r.rev = rev
+		d.owned[key] = r
+	}
 }
 
 func isLeaseNotFound(err error) bool {
