@@ -290,8 +290,7 @@ func (r *Reader) Next() (parts [][]byte, cmd bool, err error) {
 			return nil, false, fmt.Errorf("%w: message of at least %d bytes (limit %d)", ErrTooLarge, uint64(len(r.buf))+size, r.maxMessage)
 		}
 		start := len(r.buf)
-		r.buf = grow(r.buf, int(size))
-		if _, err := io.ReadFull(r.r, r.buf[start:]); err != nil {
+		if err := r.readFrame(int(size)); err != nil {
 			return nil, false, r.eof(err, 1)
 		}
 		nframes++
@@ -311,6 +310,29 @@ func (r *Reader) Next() (parts [][]byte, cmd bool, err error) {
 		r.parts = append(r.parts, r.buf[bounds[i]:bounds[i+1]])
 	}
 	return r.parts, false, nil
+}
+
+// readStep is how far the buffer grows ahead of the bytes of a frame that
+// have arrived, at first; after that it at most doubles.
+const readStep = 64 << 10
+
+// readFrame appends the next n bytes to r.buf. The buffer grows as they
+// arrive, not to n at once: a peer that announces a frame at the limit
+// and sends a few bytes of it costs a few bytes.
+func (r *Reader) readFrame(n int) error {
+	end := len(r.buf) + n
+	for len(r.buf) < end {
+		at := len(r.buf)
+		step := end - at
+		if cap(r.buf)-at < step {
+			step = min(step, max(readStep, at))
+		}
+		r.buf = grow(r.buf, step)
+		if _, err := io.ReadFull(r.r, r.buf[at:]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // eof turns an EOF inside a message into io.ErrUnexpectedEOF.

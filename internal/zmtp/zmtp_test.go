@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -261,5 +262,36 @@ func TestCloseDoesNotWaitForAPeerStuckInTheHandshake(t *testing.T) {
 	s.Close()
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("Close took %v with a silent peer", d)
+	}
+}
+
+// A frame's length costs nothing until its bytes arrive: a peer that
+// announces a frame at the message limit and sends 10 bytes of it gets a
+// buffer the size of what it sent, not of what it announced.
+func TestReaderGrowsWithTheBytesNotWithTheAnnouncedLength(t *testing.T) {
+	for name, head := range map[string][]byte{
+		"a message frame at the limit":   {flagLong, 0, 0, 0, 0, 0, DefaultMaxMessage >> 16, 0, 0},
+		"the first of several frames":    {flagLong | flagMore, 0, 0, 0, 0, 0, DefaultMaxMessage >> 16, 0, 0},
+		"a frame after a complete frame": {flagMore, 1, 't', flagLong, 0, 0, 0, 0, 0, DefaultMaxMessage>>16 - 1, 0, 0},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := NewReader(bytes.NewReader(append(head, make([]byte, 10)...)), DefaultMaxMessage)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			_, _, err := r.Next()
+			runtime.ReadMemStats(&after)
+			if err != io.ErrUnexpectedEOF {
+				t.Fatalf("a frame cut short: %v, want io.ErrUnexpectedEOF", err)
+			}
+			if grown := after.TotalAlloc - before.TotalAlloc; grown > 256<<10 {
+				t.Fatalf("10 bytes of a frame announcing %d allocated %d bytes", DefaultMaxMessage, grown)
+			}
+		})
+	}
+	// Frames that arrive whole are read whole, however large.
+	big := bytes.Repeat([]byte{'x'}, DefaultMaxMessage-10)
+	parts, _, err := NewReader(bytes.NewReader(AppendMessage(nil, []byte("topic"), big)), DefaultMaxMessage).Next()
+	if err != nil || len(parts) != 2 || string(parts[0]) != "topic" || !bytes.Equal(parts[1], big) {
+		t.Fatalf("a message at the limit: %d parts, %v", len(parts), err)
 	}
 }
