@@ -27,6 +27,8 @@ type Options struct {
 	// SendQueue bounds the messages waiting to be written to each peer
 	// (plus the batch being written); a message for a peer whose queue is
 	// full is dropped for that peer and counted. Default DefaultSendQueue.
+	// Control messages (PONGs, subscriptions) are never dropped: a peer
+	// that lets maxQueuedControl (1024) of them wait is disconnected.
 	SendQueue int
 	// MaxMessage bounds one message read from a peer; a peer that sends
 	// more is disconnected. Default DefaultMaxMessage.
@@ -247,6 +249,7 @@ type Peer struct {
 	mu      sync.Mutex
 	q       [][]byte
 	spare   [][]byte
+	control int // control messages in q
 	writing bool
 	closed  bool
 	wake    chan struct{}
@@ -333,10 +336,13 @@ func (s *Socket) addPeer(p *Peer) bool {
 	if s.closed {
 		return false
 	}
-	if !s.opts.Type.publishes() {
+	if !s.opts.Type.publishes() && len(s.subs) > 0 {
+		// One control message, however many subscriptions.
+		var wire []byte
 		for prefix := range s.subs {
-			p.push(AppendSubscription(nil, []byte(prefix), true), true)
+			wire = AppendSubscription(wire, []byte(prefix), true)
 		}
+		p.push(wire, true)
 	}
 	s.peers[p] = struct{}{}
 	s.storeSnapshot()
@@ -455,10 +461,24 @@ func (p *Peer) Subscribed(topic []byte) bool {
 	return false
 }
 
-// push queues a wire message; control messages ignore the queue's limit.
-// It reports false if the message was dropped.
+// maxQueuedControl bounds the control messages (PONGs, subscriptions)
+// waiting for one peer. A peer that lets more pile up is not reading (it
+// pings without reading the PONGs, or it is stuck) and is disconnected:
+// dropping a control message would break the protocol, and a subscriber
+// that connects again sends its subscriptions anew.
+const maxQueuedControl = 1024
+
+// push queues a wire message. Control messages ignore the queue's limit,
+// up to maxQueuedControl, beyond which the peer is disconnected. It
+// reports false if the message was dropped.
 func (p *Peer) push(wire []byte, control bool) bool {
 	p.mu.Lock()
+	if control && !p.closed && p.control >= maxQueuedControl {
+		p.mu.Unlock()
+		p.s.opts.Logger.Debug("zmtp: peer does not read; disconnecting", "remote", p.remote, "queued_control", maxQueuedControl)
+		p.conn.Close()
+		return false
+	}
 	if p.closed || (!control && len(p.q) >= p.s.opts.SendQueue) {
 		closed := p.closed
 		p.mu.Unlock()
@@ -469,6 +489,9 @@ func (p *Peer) push(wire []byte, control bool) bool {
 		return false
 	}
 	p.q = append(p.q, wire)
+	if control {
+		p.control++
+	}
 	first := len(p.q) == 1
 	p.mu.Unlock()
 	if first {
@@ -498,6 +521,7 @@ func (p *Peer) writeLoop() {
 		}
 		batch := p.q
 		p.q = p.spare[:0]
+		p.control = 0
 		p.writing = true
 		p.mu.Unlock()
 

@@ -295,3 +295,76 @@ func TestReaderGrowsWithTheBytesNotWithTheAnnouncedLength(t *testing.T) {
 		t.Fatalf("a message at the limit: %d parts, %v", len(parts), err)
 	}
 }
+
+// heapInUse is the live heap after two GCs.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse
+}
+
+// A peer that sends PINGs and never reads the PONGs is disconnected once
+// a bounded number of PONGs wait for it, instead of queueing them without
+// end.
+func TestAPeerPingingWithoutReadingIsDisconnected(t *testing.T) {
+	pub := NewSocket(Options{Type: PUB})
+	defer pub.Close()
+	addr, err := pub.Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(append(greeting[:], AppendReady(nil, SUB)...)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the peer to be connected", func() bool { return len(pub.Peers()) == 1 })
+	h0 := heapInUse()
+	ping := appendFrame(nil, flagCommand, append([]byte("\x04PING\x00\x00"), bytes.Repeat([]byte{'c'}, 16)...))
+	batch := bytes.Repeat(ping, 4096)
+	// The kernel buffers a few MB of PONGs before the socket's writes
+	// block; at most 4 million PINGs (100 MB).
+	var werr error
+	for i := 0; i < 1000 && werr == nil; i++ {
+		_, werr = c.Write(batch)
+	}
+	if werr == nil {
+		t.Fatal("4 million PINGs without reading a PONG, and the socket still reads them")
+	}
+	testutil.Eventually(t, 10*time.Second, "the peer to be gone", func() bool { return len(pub.Peers()) == 0 })
+	grown := int64(heapInUse()) - int64(h0)
+	t.Logf("PING flood: heap +%d bytes when the socket hung up (%v)", grown, werr)
+	if grown > 8<<20 {
+		t.Errorf("the flood grew the heap by %d bytes, want under 8 MiB", grown)
+	}
+}
+
+// Subscriptions made before a peer connects reach it when it does.
+func TestSubscriptionsMadeBeforeConnectingReachThePeer(t *testing.T) {
+	pub := NewSocket(Options{Type: PUB})
+	defer pub.Close()
+	addr, err := pub.Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := NewSocket(Options{Type: SUB})
+	defer sub.Close()
+	for _, prefix := range []string{"a.", "b.", "c."} {
+		sub.Subscribe([]byte(prefix))
+	}
+	if _, err := sub.Dial("tcp://" + addr.String()); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the three subscriptions", func() bool {
+		return pub.Subscribers([]byte("a.x")) == 1 && pub.Subscribers([]byte("b.x")) == 1 && pub.Subscribers([]byte("c.x")) == 1
+	})
+	if pub.Subscribers([]byte("d.x")) != 0 {
+		t.Fatal("a prefix never subscribed to is subscribed")
+	}
+}
