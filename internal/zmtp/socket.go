@@ -254,10 +254,18 @@ type Peer struct {
 	closed  bool
 	wake    chan struct{}
 
-	subs     map[string]int           // PUB, XPUB: the peer's subscriptions (reader only)
-	prefixes atomic.Pointer[[][]byte] // their snapshot, for Send
+	// PUB, XPUB: the peer's subscriptions. The reader changes them,
+	// Send reads them.
+	subMu    sync.Mutex
+	subs     map[string]subscription
+	prefixes []string // the keys of subs, in no order
+	subBytes int      // their total length
 	dropped  atomic.Uint64
 }
+
+// subscription is how many times a peer subscribed to a prefix, and where
+// the prefix is in the peer's prefixes.
+type subscription struct{ n, at int }
 
 // Type returns the peer's socket type.
 func (p *Peer) Type() SocketType { return p.typ }
@@ -289,8 +297,7 @@ func (s *Socket) serveWith(c net.Conn, up *atomic.Bool) error {
 		s.opts.Logger.Debug("zmtp: handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 		return err
 	}
-	p := &Peer{s: s, conn: c, typ: peerType, remote: c.RemoteAddr().String(), wake: make(chan struct{}, 1), subs: make(map[string]int)}
-	p.prefixes.Store(&[][]byte{})
+	p := &Peer{s: s, conn: c, typ: peerType, remote: c.RemoteAddr().String(), wake: make(chan struct{}, 1), subs: make(map[string]subscription)}
 	if !s.addPeer(p) {
 		return ErrClosed
 	}
@@ -416,36 +423,53 @@ func (p *Peer) command(body []byte) error {
 	return nil
 }
 
-// maxSubscriptions bounds the distinct prefixes one peer may hold.
-const maxSubscriptions = 4096
+// maxSubscriptions and maxSubscriptionBytes bound the distinct prefixes
+// one peer may hold, and their total length.
+const (
+	maxSubscriptions     = 4096
+	maxSubscriptionBytes = 1 << 20
+)
 
 // subscription applies a peer's subscribe or cancel, counted per prefix as
-// libzmq does.
+// libzmq does. Each costs the same however many the peer holds.
 func (p *Peer) subscription(prefix []byte, on bool) {
-	key := string(prefix)
-	n := p.subs[key]
+	p.subMu.Lock()
+	e, ok := p.subs[string(prefix)]
 	switch {
-	case on && n == 0 && len(p.subs) >= maxSubscriptions:
-		p.s.opts.Logger.Debug("zmtp: peer exceeds the subscription limit; ignoring", "remote", p.remote, "limit", maxSubscriptions)
+	case ok && (on || e.n > 1):
+		if on {
+			e.n++
+		} else {
+			e.n--
+		}
+		p.subs[string(prefix)] = e
+		p.subMu.Unlock()
+		return
+	case on && (len(p.subs) >= maxSubscriptions || p.subBytes+len(prefix) > maxSubscriptionBytes):
+		p.subMu.Unlock()
+		p.s.opts.Logger.Debug("zmtp: peer exceeds the subscription limit; ignoring", "remote", p.remote,
+			"limit", maxSubscriptions, "limit_bytes", maxSubscriptionBytes)
 		return
 	case on:
-		p.subs[key] = n + 1
-		if n > 0 {
-			return
-		}
-	case n == 0:
-		return
-	case n > 1:
-		p.subs[key] = n - 1
+		key := string(prefix)
+		p.subs[key] = subscription{n: 1, at: len(p.prefixes)}
+		p.prefixes = append(p.prefixes, key)
+		p.subBytes += len(key)
+	case !ok:
+		p.subMu.Unlock()
 		return
 	default:
-		delete(p.subs, key)
+		// The last prefix takes the place of the one cancelled.
+		last := len(p.prefixes) - 1
+		moved := p.prefixes[last]
+		p.prefixes[e.at] = moved
+		p.subs[moved] = subscription{n: p.subs[moved].n, at: e.at}
+		p.prefixes[last] = ""
+		p.prefixes = p.prefixes[:last]
+		delete(p.subs, string(prefix))
+		p.subBytes -= len(prefix)
 	}
-	ps := make([][]byte, 0, len(p.subs))
-	for k := range p.subs {
-		ps = append(ps, []byte(k))
-	}
-	p.prefixes.Store(&ps)
+	p.subMu.Unlock()
 	if p.s.opts.OnSubscribe != nil {
 		p.s.opts.OnSubscribe(p, prefix, on)
 	}
@@ -453,8 +477,10 @@ func (p *Peer) subscription(prefix []byte, on bool) {
 
 // Subscribed reports whether the peer subscribed to a prefix of topic.
 func (p *Peer) Subscribed(topic []byte) bool {
-	for _, prefix := range *p.prefixes.Load() {
-		if len(prefix) <= len(topic) && string(topic[:len(prefix)]) == string(prefix) {
+	p.subMu.Lock()
+	defer p.subMu.Unlock()
+	for _, prefix := range p.prefixes {
+		if len(prefix) <= len(topic) && string(topic[:len(prefix)]) == prefix {
 			return true
 		}
 	}

@@ -368,3 +368,93 @@ func TestSubscriptionsMadeBeforeConnectingReachThePeer(t *testing.T) {
 		t.Fatal("a prefix never subscribed to is subscribed")
 	}
 }
+
+// subscriber connects to a publishing socket as a SUB peer that sends its
+// own bytes and never reads.
+func subscriber(t *testing.T, pub *Socket, addr net.Addr) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(append(greeting[:], AppendReady(nil, SUB)...)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the peer to be connected", func() bool { return len(pub.Peers()) == 1 })
+	return c
+}
+
+// What a peer's subscriptions cost the socket grows with the bytes the
+// peer sends, not with their square, and is bounded.
+func TestSubscriptionsCostLinearlyAndAreBounded(t *testing.T) {
+	pub := NewSocket(Options{Type: PUB})
+	defer pub.Close()
+	addr, err := pub.Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := subscriber(t, pub, addr)
+	// 1000 distinct prefixes of 1000 bytes: 1 MB sent.
+	prefix := func(i int) []byte { return fmt.Appendf(bytes.Repeat([]byte{'p'}, 990), "%010d", i) }
+	var subs []byte
+	for i := range 1000 {
+		subs = AppendSubscription(subs, prefix(i), true)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	if _, err := c.Write(subs); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the 1000 subscriptions", func() bool { return pub.Subscribers(prefix(999)) == 1 })
+	runtime.ReadMemStats(&after)
+	if grown := after.TotalAlloc - before.TotalAlloc; grown > 32<<20 {
+		t.Errorf("1000 subscriptions of 1000 bytes allocated %d bytes", grown)
+	}
+	// Cancelling one, subscribing again and cancelling again cost as much.
+	runtime.ReadMemStats(&before)
+	var toggles []byte
+	for range 1000 {
+		toggles = AppendSubscription(toggles, prefix(0), false)
+		toggles = AppendSubscription(toggles, prefix(0), true)
+	}
+	toggles = AppendSubscription(toggles, prefix(1), false)
+	if _, err := c.Write(toggles); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the cancellation", func() bool { return pub.Subscribers(prefix(1)) == 0 })
+	runtime.ReadMemStats(&after)
+	if grown := after.TotalAlloc - before.TotalAlloc; grown > 32<<20 {
+		t.Errorf("2000 changes to 1000 subscriptions allocated %d bytes", grown)
+	}
+	for _, i := range []int{0, 2, 998, 999} {
+		if pub.Subscribers(prefix(i)) != 1 {
+			t.Fatalf("subscription %d lost", i)
+		}
+	}
+	// A peer's subscriptions hold at most maxSubscriptionBytes: beyond
+	// it, new prefixes are ignored.
+	c.Close()
+	testutil.Eventually(t, 10*time.Second, "the first peer to be gone", func() bool { return len(pub.Peers()) == 0 })
+	c = subscriber(t, pub, addr)
+	big := func(i int) []byte { return fmt.Appendf(bytes.Repeat([]byte{'b'}, 60<<10), "%010d", i) }
+	var bigs []byte
+	n := 2*maxSubscriptionBytes/len(big(0)) + 1
+	for i := range n {
+		bigs = AppendSubscription(bigs, big(i), true)
+	}
+	bigs = AppendSubscription(bigs, []byte("last"), false) // a marker that it was all read
+	bigs = AppendSubscription(bigs, []byte("last"), true)
+	if _, err := c.Write(bigs); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the marker", func() bool { return pub.Subscribers([]byte("last")) == 1 })
+	held := 0
+	for i := range n {
+		held += pub.Subscribers(big(i))
+	}
+	if held == 0 || held*len(big(0)) > maxSubscriptionBytes {
+		t.Fatalf("%d prefixes of %d bytes held, want some and at most %d bytes", held, len(big(0)), maxSubscriptionBytes)
+	}
+}
