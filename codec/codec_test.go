@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/loomrt/loom/codec"
+	mp "github.com/loomrt/loom/internal/msgpack"
 	"go.uber.org/goleak"
 )
 
@@ -95,19 +96,69 @@ func TestDecodeErrorsNameTheType(t *testing.T) {
 
 // FuzzUnmarshal feeds arbitrary bytes, as a peer could send, to both
 // decoders: they must return an error or a value, never panic or hang.
+// MessagePack is checked against the reflective decoder it wraps, used
+// directly: input that fails the walk (which the reference must not see:
+// it allocates what a header claims) is an error, and other input decodes
+// as the reference decodes it, fast paths included, or fails as it does.
 func FuzzUnmarshal(f *testing.F) {
 	good, _ := codec.MsgPack.Marshal(nil, token{Text: "a", Index: 1, Meta: map[string]string{"a": "b"}})
 	f.Add(good)
 	f.Add([]byte(`{"text":"a","index":1}`))
 	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff}) // array32 claiming 4G elements
 	f.Add([]byte{0xdb, 0x7f, 0xff, 0xff, 0xff}) // str32 claiming 2G bytes
+	f.Add([]byte{0xa2, 'h', 'i'})
+	f.Add([]byte{0xc4, 0})
+	f.Add([]byte{0xc0})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var tok token
-		_ = codec.MsgPack.Unmarshal(data, &tok)
 		_ = codec.JSON.Unmarshal(data, &tok)
+		var s string
+		var b []byte
 		var anyv any
-		_ = codec.MsgPack.Unmarshal(data, &anyv)
+		wellFormed := mp.Check(data, codec.MaxDepth) == nil
+		for _, target := range []struct {
+			got, want any
+		}{{&tok, new(token)}, {&s, new(string)}, {&b, new([]byte)}, {&anyv, new(any)}} {
+			err := codec.MsgPack.Unmarshal(data, target.got)
+			if !wellFormed {
+				if err == nil {
+					t.Fatalf("into %T: the codec decoded % x, which the walk refuses", target.got, data)
+				}
+				continue
+			}
+			werr := referenceDecode(data, target.want)
+			switch {
+			case (err == nil) != (werr == nil):
+				t.Fatalf("into %T: % x: the codec says %v, the reference %v", target.got, data, err, werr)
+			case err == nil && !sameValue(t, target.got, target.want):
+				t.Fatalf("into %T: the codec decoded % x as %#v, the reference as %#v", target.got, data, target.got, target.want)
+			}
+		}
 	})
+}
+
+// referenceDecode decodes data as the codec's general path does, without
+// the codec: the reflective decoder reading json tags.
+func referenceDecode(data []byte, v any) error {
+	dec := msgpack.NewDecoder(bytes.NewReader(data))
+	dec.SetCustomStructTag("json")
+	return dec.Decode(v)
+}
+
+// sameValue reports whether a and b encode to the same bytes: equal
+// values, NaNs included, whatever the order of map keys.
+func sameValue(t *testing.T, a, b any) bool {
+	enc := func(v any) []byte {
+		var buf bytes.Buffer
+		e := msgpack.NewEncoder(&buf)
+		e.SetSortMapKeys(true)
+		e.SetCustomStructTag("json")
+		if err := e.Encode(v); err != nil {
+			t.Fatalf("encode %#v: %v", v, err)
+		}
+		return buf.Bytes()
+	}
+	return bytes.Equal(enc(a), enc(b))
 }
 
 func BenchmarkMsgPack(b *testing.B) {
