@@ -117,6 +117,21 @@ func TestMalformedInputIsAnError(t *testing.T) {
 			}
 		})
 	}
+	// Errors give the offset where the offending value starts.
+	for _, tt := range []struct {
+		data []byte
+		want string
+	}{
+		{[]byte{0x92, 0x01, 0xd9, 0x05, 'a'}, "value at offset 2 claims 5 bytes, 1 remain"},
+		{[]byte{0x92, 0x01, 0xc6, 0, 0, 0, 3, 'a'}, "value at offset 2 claims 3 bytes, 1 remain"},
+		{[]byte{0x91, 0xdc, 0, 3, 0x01}, "container at offset 1 claims 3 elements, 1 bytes remain"},
+		{[]byte{0x91, 0xdf, 0, 0, 0, 2, 0x01, 0x01, 0x01}, "container at offset 1 claims 4 elements, 3 bytes remain"},
+		{[]byte{0x91, 0x82, 0x01}, "container at offset 1 claims 4 elements, 1 bytes remain"},
+	} {
+		if err := msgpack.Check(tt.data, 8); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Check(% x) = %v, want an error containing %q", tt.data, err, tt.want)
+		}
+	}
 	if err := msgpack.Check([]byte{0x01, 0x02}, 8); err == nil || !strings.Contains(err.Error(), "1 trailing bytes") {
 		t.Errorf("Check of two values: %v", err)
 	}

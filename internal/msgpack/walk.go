@@ -43,7 +43,7 @@ func Walk(data []byte, off, maxDepth int) (int, error) {
 		if i >= len(data) {
 			return 0, ErrShort
 		}
-		c := data[i]
+		at, c := i, data[i]
 		i++
 		pending--
 		var skip, elems int // bytes to skip, child elements to read
@@ -57,7 +57,7 @@ func Walk(data []byte, off, maxDepth int) (int, error) {
 		case c >= 0xa0 && c <= 0xbf:
 			skip = int(c & 0x1f)
 		case c == 0xc1:
-			return 0, fmt.Errorf("msgpack: reserved byte 0xc1 at offset %d", i-1)
+			return 0, fmt.Errorf("msgpack: reserved byte 0xc1 at offset %d", at)
 		case c == 0xc4 || c == 0xd9: // bin8, str8
 			skip, err = readLen(data, &i, 1)
 		case c == 0xc5 || c == 0xda: // bin16, str16
@@ -92,13 +92,13 @@ func Walk(data []byte, off, maxDepth int) (int, error) {
 			return 0, err
 		}
 		if skip > len(data)-i {
-			return 0, fmt.Errorf("msgpack: value at offset %d claims %d bytes, %d remain", i-1, skip, len(data)-i)
+			return 0, fmt.Errorf("msgpack: value at offset %d claims %d bytes, %d remain", at, skip, len(data)-i)
 		}
 		i += skip
 		if elems > 0 {
 			// Every element takes at least one byte.
 			if elems > len(data)-i {
-				return 0, fmt.Errorf("msgpack: container at offset %d claims %d elements, %d bytes remain", i-1, elems, len(data)-i)
+				return 0, fmt.Errorf("msgpack: container at offset %d claims %d elements, %d bytes remain", at, elems, len(data)-i)
 			}
 			if len(stack) == maxDepth {
 				return 0, fmt.Errorf("msgpack: nested deeper than %d levels", maxDepth)
