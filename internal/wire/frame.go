@@ -37,6 +37,9 @@ const (
 	// MaxMessageLen is the longest END message or GOAWAY reason; the
 	// Writer truncates longer ones.
 	MaxMessageLen = 1024
+	// MaxStreamID is the largest stream id; a client that has used it
+	// opens further streams on a new connection.
+	MaxStreamID = 1<<31 - 1
 )
 
 // ErrProtocol is wrapped by every error that reports a peer breaking the
@@ -281,6 +284,9 @@ func checkHeader(t Type, f Flags, stream uint32, n uint32) error {
 	case TypeOpen, TypeData, TypeEnd, TypeCancel, TypeCredit:
 		if stream == 0 {
 			return protoErr("%v frame on stream 0", t)
+		}
+		if stream > MaxStreamID {
+			return protoErr("%v frame on stream %d, above the largest stream id %d", t, stream, MaxStreamID)
 		}
 	case TypePing, TypePong, TypeGoAway:
 		if stream != 0 {

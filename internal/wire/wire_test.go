@@ -137,6 +137,8 @@ func TestReaderRejects(t *testing.T) {
 		{"an END without a code is a protocol error", frame(TypeEnd, 0, 1, 1, []byte{0}), "END frame payload is 1 bytes"},
 		{"a truncated frame is an unexpected EOF", frame(TypeData, 0, 1, 10, []byte("abc")), "ended inside a frame (13 of 20 bytes)"},
 		{"a truncated header is an unexpected EOF", []byte{2, 0, 0}, "ended inside a frame (3 of 10 bytes)"},
+		{"an OPEN on a stream id above 2^31-1 is a protocol error", frame(TypeOpen, 0, 1<<31, 0, nil), "OPEN frame on stream 2147483648, above the largest stream id 2147483647"},
+		{"an END on stream 2^32-1 is a protocol error", frame(TypeEnd, 0, 0xFFFFFFFF, 2, []byte{0, 0}), "above the largest stream id"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -155,6 +157,19 @@ func TestReaderRejects(t *testing.T) {
 				t.Fatalf("rejecting the frame allocated %d bytes", d)
 			}
 		})
+	}
+}
+
+// The largest stream id is a stream like any other.
+func TestReaderAcceptsTheLargestStreamID(t *testing.T) {
+	var w Writer
+	w.Data(MaxStreamID, []byte("last"))
+	w.End(MaxStreamID, CodeOK, "")
+	r := NewReader(bytes.NewReader(w.Bytes()), 1<<20)
+	for _, want := range []Type{TypeData, TypeEnd} {
+		if f, err := r.ReadFrame(); err != nil || f.Type != want || f.Stream != MaxStreamID {
+			t.Fatalf("frame on stream %d: %v %d, %v; want %v", MaxStreamID, f.Type, f.Stream, err, want)
+		}
 	}
 }
 
