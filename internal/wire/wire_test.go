@@ -5,11 +5,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"maps"
+	"math"
 	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
 	"time"
+	"unicode/utf8"
 )
 
 func TestPreface(t *testing.T) {
@@ -434,4 +437,95 @@ func TestFrameBuffered(t *testing.T) {
 			t.Fatalf("ReadFrame after Peek = %v %d, %v", f.Type, f.Stream, err)
 		}
 	}
+}
+
+// TestLimitsOfTheProtocolDoc holds the Limits table of docs/protocol.md:
+// each field is accepted at its limit, written and read back, and refused
+// one past it.
+func TestLimitsOfTheProtocolDoc(t *testing.T) {
+	headers := func(n int) map[string]string {
+		m := map[string]string{}
+		for i := range n {
+			m[strings.Repeat("k", i+1)] = "v"
+		}
+		return m
+	}
+	for _, tt := range []struct {
+		name        string
+		atLimit     OpenHeader
+		pastLimit   OpenHeader
+		wantRefusal string
+	}{
+		{"path: 1 to 65535 bytes", OpenHeader{Path: strings.Repeat("p", 65535)}, OpenHeader{Path: strings.Repeat("p", 65536)}, "path is 65536 bytes, limit 65535"},
+		{"codec: up to 255 bytes", OpenHeader{Path: "p", Codec: strings.Repeat("c", 255)}, OpenHeader{Path: "p", Codec: strings.Repeat("c", 256)}, "is 256 bytes, limit 255"},
+		{"request id: up to 255 bytes", OpenHeader{Path: "p", RequestID: strings.Repeat("r", 255)}, OpenHeader{Path: "p", RequestID: strings.Repeat("r", 256)}, "request id is 256 bytes, limit 255"},
+		{"traceparent: up to 255 bytes", OpenHeader{Path: "p", TraceParent: strings.Repeat("t", 255)}, OpenHeader{Path: "p", TraceParent: strings.Repeat("t", 256)}, "traceparent is 256 bytes, limit 255"},
+		{"header key: up to 255 bytes", OpenHeader{Path: "p", Headers: map[string]string{strings.Repeat("k", 255): "v"}}, OpenHeader{Path: "p", Headers: map[string]string{strings.Repeat("k", 256): "v"}}, "is 256 bytes, want 1 to 255"},
+		{"header value: up to 65535 bytes", OpenHeader{Path: "p", Headers: map[string]string{"k": strings.Repeat("v", 65535)}}, OpenHeader{Path: "p", Headers: map[string]string{"k": strings.Repeat("v", 65536)}}, "value is 65536 bytes, limit 65535"},
+		{"headers per OPEN: 64", OpenHeader{Path: "p", Headers: headers(64)}, OpenHeader{Path: "p", Headers: headers(65)}, "65 headers, limit 64"},
+		{"timeout: at most 2^63-1 ns, not negative", OpenHeader{Path: "p", Timeout: math.MaxInt64}, OpenHeader{Path: "p", Timeout: -1}, "negative"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := AppendOpen(nil, &tt.atLimit, []byte("req"))
+			if err != nil {
+				t.Fatalf("at the limit: %v", err)
+			}
+			o, err := ParseOpen(b)
+			if err != nil {
+				t.Fatalf("at the limit, read back: %v", err)
+			}
+			if got := headerOf(&o); got.Path != tt.atLimit.Path || got.Codec != tt.atLimit.Codec || got.RequestID != tt.atLimit.RequestID ||
+				got.TraceParent != tt.atLimit.TraceParent || got.Timeout != tt.atLimit.Timeout || !maps.Equal(got.Headers, tt.atLimit.Headers) || string(o.Payload()) != "req" {
+				t.Fatal("at the limit, the fields did not round-trip")
+			}
+			if _, err := AppendOpen(nil, &tt.pastLimit, nil); err == nil || !strings.Contains(err.Error(), tt.wantRefusal) {
+				t.Fatalf("past the limit: %v, want an error containing %q", err, tt.wantRefusal)
+			}
+		})
+	}
+	t.Run("max frame size: 4096 to 2^30; initial window: 0 to 2^31-1", func(t *testing.T) {
+		for _, p := range []Preface{
+			{Version: Version, MaxFrameSize: 4096, InitialWindow: 0},
+			{Version: Version, MaxFrameSize: 1 << 30, InitialWindow: 1<<31 - 1},
+		} {
+			if got, err := ParsePreface(AppendPreface(nil, p)); err != nil || got != p {
+				t.Errorf("preface %+v at the limits: %+v, %v", p, got, err)
+			}
+		}
+		for _, p := range []Preface{
+			{Version: Version, MaxFrameSize: 4095},
+			{Version: Version, MaxFrameSize: 1<<30 + 1},
+			{Version: Version, MaxFrameSize: 4096, InitialWindow: 1 << 31},
+		} {
+			if _, err := ParsePreface(AppendPreface(nil, p)); !errors.Is(err, ErrProtocol) {
+				t.Errorf("preface %+v past the limits: %v, want a protocol error", p, err)
+			}
+		}
+		b := AppendPreface(nil, Preface{Version: Version, MaxFrameSize: 4096})
+		b[5] = 1
+		if _, err := ParsePreface(b); err == nil || !strings.Contains(err.Error(), "reserved byte is 0x01") {
+			t.Errorf("a preface with its reserved byte set: %v", err)
+		}
+	})
+	t.Run("END message and GOAWAY reason: 1024 bytes, cut at a character boundary", func(t *testing.T) {
+		var w Writer
+		long := strings.Repeat("x", 2*MaxMessageLen)
+		w.End(1, CodeApplication, strings.Repeat("y", MaxMessageLen))
+		w.GoAway(1, CodeDraining, long)
+		// "x" then 2-byte characters: byte 1024 is the second byte of one.
+		w.GoAway(1, CodeDraining, "x"+strings.Repeat("é", MaxMessageLen))
+		r := NewReader(bytes.NewReader(w.Bytes()), 1<<20)
+		f, _ := r.ReadFrame()
+		if _, msg, _ := ParseEnd(f.Payload); len(msg) != MaxMessageLen {
+			t.Errorf("an END message of exactly %d bytes became %d", MaxMessageLen, len(msg))
+		}
+		f, _ = r.ReadFrame()
+		if _, _, reason, _ := ParseGoAway(f.Payload); string(reason) != long[:MaxMessageLen] {
+			t.Errorf("a long GOAWAY reason became %d bytes, want the first %d", len(reason), MaxMessageLen)
+		}
+		f, _ = r.ReadFrame()
+		if _, _, reason, _ := ParseGoAway(f.Payload); len(reason) != MaxMessageLen-1 || !utf8.Valid(reason) {
+			t.Errorf("a GOAWAY reason cut inside a character became %d bytes (valid UTF-8: %v), want %d", len(reason), utf8.Valid(reason), MaxMessageLen-1)
+		}
+	})
 }
