@@ -20,7 +20,7 @@ var ErrAuthConflict = errors.New("natsconn: more than one NATS auth mode is set"
 
 // auth is the auth mode Connect chose, described for error messages.
 type auth struct {
-	mode string      // "user/password", "token", "nkey", "credentials", "none"
+	mode string      // "user/password", "token", "nkey", "credentials", "url", "url token", "none"
 	who  string      // what the server refused: `user "bob"`, `token auth`...
 	hint string      // what to check when it is refused
 	opt  nats.Option // nil for none
@@ -41,6 +41,13 @@ func authFor(cfg config.NATS, urls []*url.URL) (auth, error) {
 	}
 	if cfg.CredentialsFile != "" {
 		set = append(set, "credentials file (nats.credentials_file; NATS_AUTH_CREDENTIALS_FILE)")
+	}
+	// nats.go sends a URL's user info in place of any other credential.
+	for _, u := range urls {
+		if u.User != nil {
+			set = append(set, "user info in nats.url (NATS_SERVER)")
+			break
+		}
 	}
 	if len(set) > 1 {
 		return auth{}, fmt.Errorf("%w: %s; set only one", ErrAuthConflict, strings.Join(set, " and "))
@@ -71,13 +78,22 @@ func authFor(cfg config.NATS, urls []*url.URL) (auth, error) {
 	}
 
 	for _, u := range urls {
-		if u.User != nil {
+		if u.User == nil {
+			continue
+		}
+		if _, ok := u.User.Password(); !ok {
+			// nats.go sends user info without a password as a token.
 			return auth{
-				mode: "url",
-				who:  fmt.Sprintf("user %q from the URL", u.User.Username()),
-				hint: "check the user info in NATS_SERVER",
+				mode: "url token",
+				who:  "the token from the URL",
+				hint: "check the token in NATS_SERVER",
 			}, nil
 		}
+		return auth{
+			mode: "url",
+			who:  fmt.Sprintf("user %q from the URL", u.User.Username()),
+			hint: "check the user info in NATS_SERVER",
+		}, nil
 	}
 	return auth{
 		mode: "none",

@@ -274,7 +274,7 @@ func (c *connector) label(addr string) string {
 		return "the in-process server"
 	}
 	if u := c.urlFor(addr); u != nil {
-		return u.Redacted()
+		return redact(u)
 	}
 	return "nats://" + addr
 }

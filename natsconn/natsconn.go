@@ -64,8 +64,11 @@ func WithNATSOptions(opts ...nats.Option) Option {
 //
 // cfg.URL is a comma-separated list of server URLs (NATS_SERVER); a tls://
 // URL or a TLS file turns TLS on. Exactly one auth mode may be set: User and
-// Password, Token, NKey (a user seed or the path of a file holding one) or
-// CredentialsFile; setting several is an error wrapping ErrAuthConflict.
+// Password, Token, NKey (a user seed or the path of a file holding one),
+// CredentialsFile, or user info in the URLs (user:password, or a token
+// alone); setting several is an error wrapping ErrAuthConflict, as nats.go
+// would send the URL's user info and ignore the rest. Errors and logs never
+// show a password or token.
 // Zero values take the Default constants above, except MaxReconnects, which
 // is used as given (0: never reconnect; config's default is -1: forever).
 //
@@ -104,7 +107,7 @@ func Connect(ctx context.Context, cfg config.NATS, opts ...Option) (*nats.Conn, 
 	if err != nil {
 		return nil, c.explain(ctx, cctx, err, d, time.Since(start))
 	}
-	o.logger.Debug("NATS connected", "conn", nc.Opts.Name, "url", nc.ConnectedUrlRedacted(),
+	o.logger.Debug("NATS connected", "conn", nc.Opts.Name, "url", ServerURL(nc),
 		"server", nc.ConnectedServerName(), "auth", auth.mode)
 	return nc, nil
 }
@@ -195,7 +198,7 @@ func handlers(l *slog.Logger) []nats.Option {
 	// nats.go reports no URL once disconnected; remember the last one.
 	var last atomic.Pointer[string]
 	remember := func(nc *nats.Conn) string {
-		u := nc.ConnectedUrlRedacted()
+		u := ServerURL(nc)
 		last.Store(&u)
 		return u
 	}
@@ -229,7 +232,7 @@ func handlers(l *slog.Logger) []nats.Option {
 		}),
 		nats.LameDuckModeHandler(func(nc *nats.Conn) {
 			l.Warn("NATS server entering lame duck mode; the connection will move to another server",
-				"url", nc.ConnectedUrlRedacted())
+				"url", ServerURL(nc))
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			if sub != nil {
@@ -271,7 +274,7 @@ func parseURLs(s string) ([]*url.URL, error) {
 			}
 		case "ws", "wss":
 		default:
-			return nil, fmt.Errorf("natsconn: NATS URL %s in nats.url (NATS_SERVER) has scheme %q; want nats, tls, ws or wss", u.Redacted(), u.Scheme)
+			return nil, fmt.Errorf("natsconn: NATS URL %s in nats.url (NATS_SERVER) has scheme %q; want nats, tls, ws or wss", redact(u), u.Scheme)
 		}
 		urls = append(urls, u)
 	}
@@ -284,7 +287,38 @@ func parseURLs(s string) ([]*url.URL, error) {
 func redacted(urls []*url.URL) string {
 	s := make([]string, len(urls))
 	for i, u := range urls {
-		s[i] = u.Redacted()
+		s[i] = redact(u)
 	}
 	return strings.Join(s, ", ")
+}
+
+// redact returns u without its secret: the password of a user and
+// password, or the user info without a password, which nats.go sends as a
+// token. url.URL's Redacted shows such a token.
+func redact(u *url.URL) string {
+	if u.User == nil {
+		return u.String()
+	}
+	if _, ok := u.User.Password(); ok {
+		return u.Redacted()
+	}
+	c := *u
+	c.User = url.User("xxxxx")
+	return c.String()
+}
+
+// ServerURL returns the URL of the server nc is connected to, without a
+// password or token it holds, for logs and errors: nats.go's
+// ConnectedUrlRedacted shows a token given as the URL's user info. It
+// returns "" when nc is not connected.
+func ServerURL(nc *nats.Conn) string {
+	s := nc.ConnectedUrl()
+	if s == "" {
+		return ""
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return redact(u)
 }

@@ -143,6 +143,68 @@ func TestConnectWithEachAuthMode(t *testing.T) {
 	}
 }
 
+// A URL's user info is a credential: a user and password, or with no
+// password a token (so nats.go sends it). Connect uses it, names it when
+// it is refused, and never shows the token or the password, in errors or
+// in its logs.
+func TestCredentialsInTheURLAreUsedAndNeverShown(t *testing.T) {
+	tokenURL := startNATS(t, embedded.NATSOptions{Token: "t0kenInURL"}).ClientURL()
+	usersURL := startNATS(t, embedded.NATSOptions{Users: map[string]string{"bob": "s3cret"}}).ClientURL()
+	withUser := func(u, info string) string { return strings.Replace(u, "nats://", "nats://"+info+"@", 1) }
+	secrets := []string{"t0kenInURL", "wr0ngToken", "s3cret", "wr0ngPass"}
+
+	for _, tt := range []struct {
+		name string
+		url  string
+		want []string // in the error; none means success
+	}{
+		{name: "a token in the URL is accepted", url: withUser(tokenURL, "t0kenInURL")},
+		{name: "a wrong token in the URL is refused, unseen", url: withUser(tokenURL, "wr0ngToken"),
+			want: []string{"refused the token from the URL: authorization violation", "NATS_SERVER"}},
+		{name: "a user and password in the URL are accepted", url: withUser(usersURL, "bob:s3cret")},
+		{name: "a wrong password in the URL is refused, unseen", url: withUser(usersURL, "bob:wr0ngPass"),
+			want: []string{`refused user "bob" from the URL: authorization violation`, "NATS_SERVER"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs testutil.SyncBuffer
+			logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			nc, err := natsconn.Connect(t.Context(), natsCfg(tt.url), natsconn.WithLogger(logger))
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Connect: %v", err)
+				}
+				roundTrip(t, nc)
+				nc.Close()
+				if !strings.Contains(logs.String(), "NATS connected") {
+					t.Errorf("no log of the connection:\n%s", logs.String())
+				}
+			} else {
+				if err == nil {
+					nc.Close()
+					t.Fatal("Connect succeeded")
+				}
+				t.Log(err)
+				if !errors.Is(err, nats.ErrAuthorization) {
+					t.Errorf("errors.Is(err, nats.ErrAuthorization) = false for %v", err)
+				}
+				for _, w := range tt.want {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q lacks %q", err, w)
+					}
+				}
+			}
+			for _, secret := range secrets {
+				if err != nil && strings.Contains(err.Error(), secret) {
+					t.Errorf("error %q shows the secret %q", err, secret)
+				}
+				if strings.Contains(logs.String(), secret) {
+					t.Errorf("the log shows the secret %q:\n%s", secret, logs.String())
+				}
+			}
+		})
+	}
+}
+
 func TestConnectRejectsBadConfigBeforeDialing(t *testing.T) {
 	seed := newUser(t).seed
 	mangled := seed[:len(seed)-3] + "AAA"
@@ -171,6 +233,12 @@ func TestConnectRejectsBadConfigBeforeDialing(t *testing.T) {
 			set:  func(c *config.NATS) { c.NKey, c.CredentialsFile = seed, "/x.creds" },
 			is:   natsconn.ErrAuthConflict,
 			want: []string{"NATS_AUTH_NKEY", "NATS_AUTH_CREDENTIALS_FILE"}, secret: seed},
+		{name: "credentials in the URL and in the configuration conflict",
+			set: func(c *config.NATS) {
+				c.URL, c.Token = strings.Replace(c.URL, "nats://", "nats://bob:pw@", 1), "tok"
+			},
+			is:   natsconn.ErrAuthConflict,
+			want: []string{"user info in nats.url (NATS_SERVER)", "NATS_AUTH_TOKEN", "set only one"}},
 		{name: "a password without a user",
 			set:  func(c *config.NATS) { c.Password = "pw" },
 			want: []string{"NATS_AUTH_PASSWORD", "NATS_AUTH_USERNAME"}},

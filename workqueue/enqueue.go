@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nuid"
 
 	"github.com/loomrt/loom/metrics"
+	"github.com/loomrt/loom/natsconn"
 	"github.com/loomrt/loom/objectstore"
 )
 
@@ -475,7 +476,7 @@ func (p *publisher) sendError(m *nats.Msg, attempts int, took time.Duration, err
 	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, nats.ErrNoResponders) {
 		err = fmt.Errorf("%w (no stream answered on %s: is JetStream up, and does stream %s exist?)", err, m.Subject, p.cfg.Name)
 	}
-	server := p.nc.ConnectedUrlRedacted()
+	server := natsconn.ServerURL(p.nc)
 	if server == "" {
 		server = "(disconnected from " + strings.Join(p.nc.Servers(), ", ") + "; is the server up? see nats.url, NATS_SERVER)"
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/discovery/internal/owned"
 	"github.com/loomrt/loom/internal/supervise"
+	"github.com/loomrt/loom/natsconn"
 )
 
 // Defaults for [Config].
@@ -174,7 +175,7 @@ func New(ctx context.Context, nc *nats.Conn, cfg Config) (*Discovery, error) {
 		return nil, fmt.Errorf("natskv: bucket %q on the nats-server at %s was not made for per-key TTL "+
 			"(allow_msg_ttl %v, subject_delete_marker_ttl %v), so dead owners' records would never expire or "+
 			"watchers would not see them go; delete the bucket or set Config.Bucket to another name",
-			bucket, nc.ConnectedUrlRedacted(), sc.AllowMsgTTL, sc.SubjectDeleteMarkerTTL)
+			bucket, natsconn.ServerURL(nc), sc.AllowMsgTTL, sc.SubjectDeleteMarkerTTL)
 	}
 	if sc.MaxMsgsPerSubject != 1 && sc.SubjectDeleteMarkerTTL > ttl {
 		return nil, fmt.Errorf("natskv: Config.TTL %v is shorter than the limit marker TTL %v of bucket %q, "+
@@ -269,7 +270,7 @@ func (d *Discovery) restoreBucket(ctx context.Context, err error) bool {
 
 // openError says why the bucket could not be opened, and what to do.
 func openError(nc *nats.Conn, bucket string, err error) error {
-	server := nc.ConnectedUrlRedacted()
+	server := natsconn.ServerURL(nc)
 	switch {
 	case errors.Is(err, jetstream.ErrJetStreamNotEnabled),
 		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount),
@@ -348,7 +349,7 @@ func (d *Discovery) create(ctx context.Context, key string, value []byte) (uint6
 		}
 		if errors.Is(err, nats.ErrMaxPayload) {
 			return 0, fmt.Errorf("natskv: register %s in bucket %q: the record is %d bytes, more than the nats-server at %s takes "+
-				"(its max_payload, %d bytes); keep Instance.Metadata small: %w", key, d.bucket, len(value), d.nc.ConnectedUrlRedacted(), d.nc.MaxPayload(), err)
+				"(its max_payload, %d bytes); keep Instance.Metadata small: %w", key, d.bucket, len(value), natsconn.ServerURL(d.nc), d.nc.MaxPayload(), err)
 		}
 		if d.restoreBucket(ctx, err) {
 			expect = 0
