@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 
 	"github.com/nats-io/jwt/v2"
@@ -102,6 +103,9 @@ func authFor(cfg config.NATS, urls []*url.URL) (auth, error) {
 	}, nil
 }
 
+// seedLike matches what may be an NKey seed, which errors must not show.
+var seedLike = regexp.MustCompile(`S[A-Z2-7]{40,}`)
+
 // nkeyAuth takes a user seed, or the path of a file holding one.
 func nkeyAuth(v string) (auth, error) {
 	const field = "nats.nkey (NATS_AUTH_NKEY)"
@@ -112,6 +116,14 @@ func nkeyAuth(v string) (auth, error) {
 			return auth{}, fmt.Errorf("natsconn: %s is not a valid NKey seed: %w (want a user seed, SU..., or the path of a file holding one)", field, err)
 		}
 		data, rerr := os.ReadFile(v)
+		if rerr != nil && seedLike.MatchString(v) {
+			// Not a path: a seed with something around it. The file
+			// error would show the seed.
+			if _, qerr := nkeys.FromSeed([]byte(strings.Trim(v, " \t\r\n\"'`"))); qerr == nil {
+				return auth{}, fmt.Errorf("natsconn: %s is not a valid NKey seed: it holds one inside quotes; remove them", field)
+			}
+			return auth{}, fmt.Errorf("natsconn: %s is not a valid NKey seed: it holds what looks like one among other characters (want a user seed, SU..., alone, or the path of a file holding one)", field)
+		}
 		if rerr != nil {
 			return auth{}, fmt.Errorf("natsconn: %s is neither an NKey seed nor a readable file: %w", field, rerr)
 		}
