@@ -1,7 +1,9 @@
 // Package tlsfiles loads the PEM files that Loom's TLS settings name (the
 // request plane's request_plane.tls_* and the NATS connection's nats.tls_*)
-// with one set of rules and errors: a file that cannot be read or holds no
-// certificate is an error naming the configuration key and the file.
+// with one set of rules and errors: a file that cannot be read, holds no
+// certificate, or holds an expired one is an error naming the
+// configuration key and the file. The files are read once, when a plane
+// starts: a renewed certificate takes effect at the next start.
 package tlsfiles
 
 import (
@@ -10,10 +12,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 )
 
 // ErrNoCertificate reports a CA file that holds no PEM certificate.
 var ErrNoCertificate = errors.New("holds no PEM certificate")
+
+// ErrExpired reports a certificate whose validity has ended.
+var ErrExpired = errors.New("expired")
 
 // CAPool reads the PEM certificates in file, which the configuration key
 // named key set. An empty file name gives a nil pool (the system's CAs).
@@ -35,7 +41,7 @@ func CAPool(key, file string) (*x509.CertPool, error) {
 // KeyPair loads a certificate and its private key from the PEM files
 // certFile and keyFile, which the configuration keys certKey and keyKey
 // set. Both must be given: one without the other is an error naming the
-// missing key.
+// missing key. An expired certificate is an error wrapping ErrExpired.
 func KeyPair(certKey, certFile, keyKey, keyFile string) (tls.Certificate, error) {
 	switch {
 	case certFile == "" && keyFile == "":
@@ -48,6 +54,18 @@ func KeyPair(certKey, certFile, keyKey, keyFile string) (tls.Certificate, error)
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("%s %s / %s %s: %w", certKey, certFile, keyKey, keyFile, err)
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return tls.Certificate{}, fmt.Errorf("%s %s: %w", certKey, certFile, err)
+		}
+	}
+	// Every peer refuses an expired certificate: say so now, not in
+	// each handshake.
+	if time.Now().After(leaf.NotAfter) {
+		return tls.Certificate{}, fmt.Errorf("%s %s: the certificate %w on %s; renew it",
+			certKey, certFile, ErrExpired, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return cert, nil
 }

@@ -21,12 +21,19 @@ import (
 // selfSigned writes a self-signed certificate and its key as PEM files.
 func selfSigned(t *testing.T) (certFile, keyFile string) {
 	t.Helper()
+	return selfSignedUntil(t, time.Now().Add(time.Hour))
+}
+
+// selfSignedUntil writes a self-signed certificate valid until notAfter,
+// and its key, as PEM files.
+func selfSignedUntil(t *testing.T, notAfter time.Time) (certFile, keyFile string) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tlsfiles test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+		NotBefore: notAfter.Add(-2 * time.Hour), NotAfter: notAfter, IsCA: true, BasicConstraintsValid: true}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
 		t.Fatal(err)
@@ -82,6 +89,10 @@ func TestCAPool(t *testing.T) {
 
 func TestKeyPair(t *testing.T) {
 	cert, key := selfSigned(t)
+	expiredCert, expiredKey := selfSignedUntil(t, time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC))
+	if _, err := tlsfiles.KeyPair("x.cert", expiredCert, "x.key", expiredKey); !errors.Is(err, tlsfiles.ErrExpired) {
+		t.Errorf("an expired certificate: %v, want ErrExpired", err)
+	}
 	for _, tt := range []struct {
 		name       string
 		cert, key  string
@@ -94,6 +105,8 @@ func TestKeyPair(t *testing.T) {
 		{name: "a key without its certificate names the missing key", key: key, wantErr: []string{"x.key " + key, "without x.cert"}},
 		{name: "a missing file names both keys and files", cert: "/no/cert.pem", key: key, wantErr: []string{"x.cert /no/cert.pem / x.key " + key}},
 		{name: "the key in place of the certificate is refused", cert: key, key: key, wantErr: []string{"x.cert " + key}},
+		{name: "an expired certificate is refused, with its date", cert: expiredCert, key: expiredKey,
+			wantErr: []string{"x.cert " + expiredCert, "expired on 2024-03-01T12:00:00Z", "renew it"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := tlsfiles.KeyPair("x.cert", tt.cert, "x.key", tt.key)
