@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"go.uber.org/goleak"
@@ -88,6 +89,54 @@ func FuzzReader(f *testing.F) {
 					_, _ = ParseReady(parts[0])
 				}
 			}
+		}
+	})
+}
+
+// FuzzMessageRoundTrip: the parts of any message within the limits read
+// back as they were written, whatever their sizes (short and long
+// frames), however the bytes arrive, and a message over the limit is
+// refused with ErrTooLarge.
+func FuzzMessageRoundTrip(f *testing.F) {
+	f.Add([]byte("topic"), []byte("payload"), uint16(300), uint8(3), uint16(1))
+	f.Add([]byte{}, []byte{}, uint16(0), uint8(1), uint16(7))
+	f.Add([]byte("t"), bytes.Repeat([]byte{1}, 256), uint16(4000), uint8(64), uint16(4096))
+	f.Fuzz(func(t *testing.T, a, b []byte, long uint16, nparts uint8, chunk uint16) {
+		const limit = 8 << 10
+		parts := [][]byte{a, b, bytes.Repeat([]byte{'L'}, int(long%(limit/2)))}
+		for len(parts) < int(nparts%MaxFrames)+1 {
+			parts = append(parts, []byte{byte(len(parts))})
+		}
+		parts = parts[:int(nparts%MaxFrames)+1]
+		total := 0
+		for _, p := range parts {
+			total += len(p)
+		}
+		in := AppendMessage(nil, parts...)
+		if len(in) != MessageSize(parts...) {
+			t.Fatalf("MessageSize %d, AppendMessage wrote %d bytes", MessageSize(parts...), len(in))
+		}
+		r := NewReader(iotest.OneByteReader(bytes.NewReader(in)), limit)
+		if chunk%2 == 0 {
+			r = NewReader(bytes.NewReader(in), limit)
+		}
+		got, cmd, err := r.Next()
+		if total > limit {
+			if !errors.Is(err, ErrTooLarge) {
+				t.Fatalf("a message of %d bytes over the limit %d: %v", total, limit, err)
+			}
+			return
+		}
+		if err != nil || cmd || len(got) != len(parts) {
+			t.Fatalf("read %d parts (command %v), %v; wrote %d", len(got), cmd, err, len(parts))
+		}
+		for i := range parts {
+			if !bytes.Equal(got[i], parts[i]) {
+				t.Fatalf("part %d: read %d bytes, wrote %d", i, len(got[i]), len(parts[i]))
+			}
+		}
+		if _, _, err := r.Next(); err != io.EOF {
+			t.Fatalf("after the message: %v, want io.EOF", err)
 		}
 	})
 }
