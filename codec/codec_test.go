@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 
 	"github.com/vmihailenco/msgpack/v5"
 	"strings"
@@ -331,5 +332,35 @@ func TestJSONValuesCrossToMessagePackAndBack(t *testing.T) {
 	}
 	if got := codec.JSONValue(map[any]any{1: []byte{0xff}}); fmt.Sprint(got) != "map[1:[255]]" {
 		t.Errorf("non-text bytes: %v", got)
+	}
+}
+
+// Whole numbers decode into a handler's integer fields, up to the largest
+// uint64; numbers with a fraction or an exponent into float fields.
+func TestParseJSONNumbersDecodeIntoIntegerFields(t *testing.T) {
+	v, err := codec.ParseJSON([]byte(`{"big": 18446744073709551615, "max": 9223372036854775807, "min": -9223372036854775808, "odd": 9007199254740993, "f": 2.5, "e": 1e3}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := codec.MsgPack.Marshal(nil, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		Big uint64  `json:"big"`
+		Max int64   `json:"max"`
+		Min int64   `json:"min"`
+		Odd int64   `json:"odd"`
+		F   float64 `json:"f"`
+		E   float64 `json:"e"`
+	}
+	if err := codec.MsgPack.Unmarshal(b, &out); err != nil {
+		t.Fatalf("decode %v: %v", v, err)
+	}
+	if out.Big != math.MaxUint64 || out.Max != math.MaxInt64 || out.Min != math.MinInt64 || out.Odd != 9007199254740993 || out.F != 2.5 || out.E != 1000 {
+		t.Fatalf("decoded %+v", out)
+	}
+	if m := v.(map[string]any); fmt.Sprintf("%T %T", m["max"], m["f"]) != "int64 float64" {
+		t.Errorf("max is %T, f is %T; want int64 and float64", m["max"], m["f"])
 	}
 }

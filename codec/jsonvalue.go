@@ -5,13 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"unicode/utf8"
 )
 
 // ParseJSON decodes one JSON value, as a person types it for a tool such as
 // `loom call` or `loom queue add`, into a value to encode with another
-// codec. Whole numbers become int64, so that they decode into a handler's
-// integer fields; other numbers become float64.
+// codec. Whole numbers become int64 (uint64 above its range), so that they
+// decode into a handler's integer fields; other numbers become float64.
 func ParseJSON(data []byte) (any, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
@@ -30,6 +31,10 @@ func wholeNumbers(v any) any {
 	case json.Number:
 		if i, err := v.Int64(); err == nil {
 			return i
+		}
+		// Above int64: a uint64 field's value, such as an id.
+		if u, err := strconv.ParseUint(string(v), 10, 64); err == nil {
+			return u
 		}
 		f, _ := v.Float64()
 		return f
