@@ -1,6 +1,9 @@
 package mux
 
 import (
+	"bytes"
+	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -19,4 +22,92 @@ func TestDocumentedLimits(t *testing.T) {
 		t.Errorf("preface %v, write buffer %d, linger %v, initial window %d, max frame %d; docs/protocol.md says 10s, 1 MiB, 5s, 256 KiB, 4 MiB",
 			handshakeTimeout, softPending, lingerTimeout, plane.DefaultInitialWindow, wire.DefaultMaxFrameSize)
 	}
+}
+
+// TestAPingIsAnsweredWithItsBytes holds docs/protocol.md's PING rule in
+// both directions, on the wire: the receiver of a PING answers with a PONG
+// on stream 0 carrying the PING's 8 bytes.
+func TestAPingIsAnsweredWithItsBytes(t *testing.T) {
+	ping := [8]byte{0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4}
+	expectPong := func(t *testing.T, rd *wire.Reader) {
+		t.Helper()
+		for {
+			f, err := rd.ReadFrame()
+			if err != nil {
+				t.Fatalf("waiting for the PONG: %v", err)
+			}
+			if f.Type != wire.TypePong {
+				continue
+			}
+			if f.Stream != 0 || !bytes.Equal(f.Payload, ping[:]) {
+				t.Fatalf("PONG on stream %d carrying % x, want stream 0 carrying % x", f.Stream, f.Payload, ping)
+			}
+			return
+		}
+	}
+
+	t.Run("a server answers a client's PING", func(t *testing.T) {
+		addr, _ := startServer(t, ServerConfig{}, echo)
+		r := dialRaw(t, addr, true)
+		var w wire.Writer
+		w.Ping(ping)
+		r.write(w.Bytes())
+		expectPong(t, r.rd)
+	})
+
+	t.Run("a client answers a server's PING", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		served := make(chan error, 1)
+		go func() {
+			served <- func() error {
+				nc, err := ln.Accept()
+				if err != nil {
+					return err
+				}
+				defer nc.Close()
+				_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := wire.ReadPreface(nc); err != nil {
+					return err
+				}
+				var w wire.Writer
+				out := wire.AppendPreface(nil, wire.Preface{Version: wire.Version, MaxFrameSize: wire.DefaultMaxFrameSize})
+				w.Ping(ping)
+				if _, err := nc.Write(append(out, w.Bytes()...)); err != nil {
+					return err
+				}
+				rd := wire.NewReader(nc, wire.DefaultMaxFrameSize)
+				for {
+					f, err := rd.ReadFrame()
+					if err != nil {
+						return fmt.Errorf("waiting for the PONG: %w", err)
+					}
+					if f.Type != wire.TypePong {
+						continue
+					}
+					if f.Stream != 0 || !bytes.Equal(f.Payload, ping[:]) {
+						return fmt.Errorf("PONG on stream %d carrying % x, want stream 0 carrying % x", f.Stream, f.Payload, ping)
+					}
+					w.Reset()
+					w.End(1, wire.CodeOK, "")
+					_, err = nc.Write(w.Bytes())
+					return err
+				}
+			}()
+		}()
+		p := newPool(t, ClientConfig{})
+		st, err := p.Open(ctxTimeout(t, 10*time.Second), ln.Addr().String(), Request{Path: "a/b/c"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := <-served; err != nil {
+			t.Fatal(err)
+		}
+		if msgs, err := recvAll(st); err != nil || len(msgs) != 0 {
+			t.Fatalf("the stream after the PONG: %q, %v", msgs, err)
+		}
+	})
 }
