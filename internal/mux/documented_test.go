@@ -3,7 +3,9 @@ package mux
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,6 +110,71 @@ func TestAPingIsAnsweredWithItsBytes(t *testing.T) {
 		}
 		if msgs, err := recvAll(st); err != nil || len(msgs) != 0 {
 			t.Fatalf("the stream after the PONG: %q, %v", msgs, err)
+		}
+	})
+}
+
+// TestPrefaceRulesOfTheProtocolDoc holds docs/protocol.md's connection
+// setup: a version 1 server announces an initial window of 0, closes a
+// connection whose preface has a setting out of range, and a client that
+// reads a preface of another version says which versions differ.
+func TestPrefaceRulesOfTheProtocolDoc(t *testing.T) {
+	addr, _ := startServer(t, ServerConfig{}, echo)
+	t.Run("a server announces an initial window of 0", func(t *testing.T) {
+		r := dialRaw(t, addr, false)
+		r.write(wire.AppendPreface(nil, wire.Preface{Version: wire.Version, MaxFrameSize: wire.DefaultMaxFrameSize, InitialWindow: 1 << 20}))
+		p, err := wire.ReadPreface(r.nc)
+		if err != nil || p.InitialWindow != 0 || p.Version != wire.Version {
+			t.Fatalf("server preface %+v, %v; want version 1 and window 0", p, err)
+		}
+	})
+	t.Run("a client preface with a setting out of range is closed", func(t *testing.T) {
+		for _, p := range []wire.Preface{
+			{Version: wire.Version, MaxFrameSize: wire.MinMaxFrameSize - 1},
+			{Version: wire.Version, MaxFrameSize: wire.DefaultMaxFrameSize, InitialWindow: wire.MaxWindow + 1},
+		} {
+			r := dialRaw(t, addr, false)
+			r.write(wire.AppendPreface(nil, p))
+			r.expectClosed()
+		}
+	})
+	t.Run("a client told another version names both", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		served, closed := make(chan error, 1), make(chan error, 1)
+		go func() {
+			nc, err := ln.Accept()
+			if err != nil {
+				served <- err
+				return
+			}
+			defer nc.Close()
+			_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := wire.ReadPreface(nc); err != nil {
+				served <- err
+				return
+			}
+			_, err = nc.Write(wire.AppendPreface(nil, wire.Preface{Version: 2, MaxFrameSize: wire.DefaultMaxFrameSize}))
+			served <- err
+			_, err = io.Copy(io.Discard, nc) // until the client closes
+			closed <- err
+		}()
+		p := newPool(t, ClientConfig{})
+		st, err := p.Open(ctxTimeout(t, 10*time.Second), ln.Addr().String(), Request{Path: "a/b/c"})
+		if err == nil {
+			_, err = recvAll(st)
+		}
+		if err == nil || !strings.Contains(err.Error(), "peer speaks protocol version 2, this side speaks version 1") {
+			t.Fatalf("err = %v, want one naming both versions", err)
+		}
+		if err := <-served; err != nil {
+			t.Fatal(err)
+		}
+		if err := <-closed; err != nil {
+			t.Fatalf("the client did not close the connection: %v", err)
 		}
 	})
 }
