@@ -9,6 +9,7 @@ package tlsfiles
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -23,16 +24,37 @@ var ErrExpired = errors.New("expired")
 
 // CAPool reads the PEM certificates in file, which the configuration key
 // named key set. An empty file name gives a nil pool (the system's CAs).
+// A certificate block that does not parse is an error naming it.
 func CAPool(key, file string) (*x509.CertPool, error) {
 	if file == "" {
 		return nil, nil
 	}
-	pem, err := os.ReadFile(file)
+	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", key, file, err)
 	}
+	// x509.CertPool.AppendCertsFromPEM skips a block that does not
+	// parse: a CA cut short in a bundle would only show as handshakes
+	// failing with an unknown authority.
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
+	n := 0
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		n++
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: certificate %d does not parse (%w); fix or remove it", key, file, n, err)
+		}
+		pool.AddCert(cert)
+	}
+	if n == 0 {
 		return nil, fmt.Errorf("%s %s %w; give a file of -----BEGIN CERTIFICATE----- blocks", key, file, ErrNoCertificate)
 	}
 	return pool, nil

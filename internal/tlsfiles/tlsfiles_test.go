@@ -79,6 +79,18 @@ func TestCAPool(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	})
+	t.Run("a certificate that does not parse is named, not skipped", func(t *testing.T) {
+		good, err := os.ReadFile(cert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle := filepath.Join(t.TempDir(), "bundle.pem")
+		write(t, bundle, append(good, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("cut short")})...))
+		_, err = tlsfiles.CAPool("x.tls_ca_file", bundle)
+		if err == nil || !strings.Contains(err.Error(), "x.tls_ca_file "+bundle+": certificate 2 does not parse") {
+			t.Fatalf("err = %v", err)
+		}
+	})
 	t.Run("a file without a certificate is ErrNoCertificate", func(t *testing.T) {
 		_, err := tlsfiles.CAPool("x.tls_ca_file", junk)
 		if !errors.Is(err, tlsfiles.ErrNoCertificate) || !strings.Contains(err.Error(), "x.tls_ca_file "+junk+" holds no PEM certificate") {
