@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -90,16 +91,26 @@ func (msgpackCodec) Marshal(dst []byte, v any) ([]byte, error) {
 	// Strings and byte slices, the commonest items of a stream (tokens,
 	// raw payloads), skip the reflective encoder: same bytes, a fraction
 	// of the cost.
+	// A nil pointer is nil, as the reflective encoder writes it.
 	switch v := v.(type) {
 	case string:
 		return mp.AppendStr(dst, v), nil
 	case *string:
+		if v == nil {
+			return append(dst, mp.Nil), nil
+		}
 		return mp.AppendStr(dst, *v), nil
 	case []byte:
 		return appendBin(dst, v), nil
 	case *[]byte:
+		if v == nil {
+			return append(dst, mp.Nil), nil
+		}
 		return appendBin(dst, *v), nil
 	case MsgpackAppender:
+		if isNilPointer(v) {
+			return append(dst, mp.Nil), nil
+		}
 		if out, ok := v.AppendMsgpack(dst); ok {
 			return out, nil
 		}
@@ -131,19 +142,20 @@ var msgpackDecoders = sync.Pool{New: func() any {
 }}
 
 func (msgpackCodec) Unmarshal(data []byte, v any) error {
+	// A nil pointer goes to the general decoder, which refuses it.
 	switch v := v.(type) {
 	case *string:
-		if str, ok := readStr(data); ok {
+		if str, ok := readStr(data); ok && v != nil {
 			*v = str
 			return nil
 		}
 	case *[]byte:
-		if b, ok := readBin(data); ok {
+		if b, ok := readBin(data); ok && v != nil {
 			*v = b
 			return nil
 		}
 	case MsgpackReader:
-		if v.ReadMsgpack(data) {
+		if !isNilPointer(v) && v.ReadMsgpack(data) {
 			return nil
 		}
 	}
@@ -160,6 +172,13 @@ func (msgpackCodec) Unmarshal(data []byte, v any) error {
 		return fmt.Errorf("codec: msgpack decode into %T: %w", v, err)
 	}
 	return nil
+}
+
+// isNilPointer reports whether v is a nil pointer, whose methods a fast
+// path must not call.
+func isNilPointer(v any) bool {
+	rv := reflect.ValueOf(v)
+	return rv.Kind() == reflect.Pointer && rv.IsNil()
 }
 
 type jsonCodec struct{}

@@ -364,3 +364,64 @@ func TestParseJSONNumbersDecodeIntoIntegerFields(t *testing.T) {
 		t.Errorf("max is %T, f is %T; want int64 and float64", m["max"], m["f"])
 	}
 }
+
+// point implements both fast-path interfaces, with pointer receivers that
+// read the value, as a hot-path type does.
+type point struct{ X int }
+
+func (p *point) AppendMsgpack(dst []byte) ([]byte, bool) {
+	return append(append(dst, 0x81, 0xa1, 'x'), byte(p.X)), p.X >= 0 && p.X < 128
+}
+
+func (p *point) ReadMsgpack(data []byte) bool {
+	if len(data) != 4 || data[0] != 0x81 || data[1] != 0xa1 || data[2] != 'x' || data[3] >= 128 {
+		return false
+	}
+	p.X = int(data[3])
+	return true
+}
+
+// A nil pointer is encoded as the reflective encoder encodes it, nil, by
+// the fast paths too; decoding into one is an error, not a panic.
+func TestNilPointersAreNilNotAPanic(t *testing.T) {
+	for _, v := range []any{(*string)(nil), (*[]byte)(nil), (*point)(nil), (*token)(nil)} {
+		want, err := msgpack.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Errorf("Marshal(%T(nil)) panicked: %v", v, p)
+				}
+			}()
+			got, err = codec.MsgPack.Marshal([]byte("keep"), v)
+		}()
+		if err != nil || !bytes.Equal(got, append([]byte("keep"), want...)) {
+			t.Errorf("Marshal(%T(nil)) = % x, %v; want keep and % x", v, got, err, want)
+		}
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Errorf("Unmarshal into %T(nil) panicked: %v", v, p)
+				}
+			}()
+			for _, data := range [][]byte{{0xa2, 'h', 'i'}, {0xc4, 1, 'b'}, {0x81, 0xa1, 'x', 7}} {
+				if err := codec.MsgPack.Unmarshal(data, v); err == nil {
+					t.Errorf("Unmarshal(% x) into %T(nil) succeeded", data, v)
+				}
+			}
+		}()
+	}
+	// The fast paths still serve pointers that are not nil.
+	p := &point{X: 5}
+	b, err := codec.MsgPack.Marshal(nil, p)
+	if err != nil || !bytes.Equal(b, []byte{0x81, 0xa1, 'x', 5}) {
+		t.Fatalf("Marshal(&point{5}) = % x, %v", b, err)
+	}
+	var back point
+	if err := codec.MsgPack.Unmarshal(b, &back); err != nil || back.X != 5 {
+		t.Fatalf("Unmarshal = %+v, %v", back, err)
+	}
+}
