@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -26,9 +27,14 @@ func FuzzReader(f *testing.F) {
 	f.Add(frame(TypeData, 0, 1, 0xFFFFFFFF, nil))
 	f.Add(frame(0x42, 0, 1, 0, nil))
 	f.Add([]byte{})
+	f.Add(append(frame(TypeData, 0, 1, 3, []byte("abc")), frame(TypeData, 0, MaxStreamID+1, 0, nil)...))
 	f.Fuzz(func(t *testing.T, in []byte) {
-		r := NewReader(bytes.NewReader(in), fuzzMaxFrame)
-		for {
+		// The reference: the layout of docs/protocol.md, read by slicing.
+		want, wantEnd := referenceFrames(in, fuzzMaxFrame)
+		// The Reader fed a byte at a time, so its buffer handling is
+		// exercised too.
+		r := NewReader(iotest.OneByteReader(bytes.NewReader(in)), fuzzMaxFrame)
+		for i := 0; ; i++ {
 			fr, err := r.ReadFrame()
 			if cap(r.buf) > max(readerInitSize, HeaderSize+fuzzMaxFrame) {
 				t.Fatalf("buffer grew to %d bytes, above the frame limit", cap(r.buf))
@@ -37,7 +43,13 @@ func FuzzReader(f *testing.F) {
 				if err != io.EOF && !errors.Is(err, ErrProtocol) {
 					t.Fatalf("unexpected error kind: %v", err)
 				}
+				if i != len(want) || (err == io.EOF) != (wantEnd == io.EOF) {
+					t.Fatalf("the Reader ended after %d frames with %v; the reference after %d with %v", i, err, len(want), wantEnd)
+				}
 				return
+			}
+			if i >= len(want) || fr.Type != want[i].Type || fr.Flags != want[i].Flags || fr.Stream != want[i].Stream || !bytes.Equal(fr.Payload, want[i].Payload) {
+				t.Fatalf("frame %d: the Reader read %v/%x/%d % x; the reference %d frames, ending %v", i, fr.Type, fr.Flags, fr.Stream, fr.Payload, len(want), wantEnd)
 			}
 			if len(fr.Payload) > fuzzMaxFrame {
 				t.Fatalf("payload of %d bytes", len(fr.Payload))
@@ -55,6 +67,29 @@ func FuzzReader(f *testing.F) {
 			}
 		}
 	})
+}
+
+// referenceFrames parses in as docs/protocol.md lays frames out, without
+// the Reader's buffering: the frames before the first violation or the
+// end, and io.EOF for a clean end between frames.
+func referenceFrames(in []byte, maxFrame uint32) ([]Frame, error) {
+	var out []Frame
+	for {
+		if len(in) == 0 {
+			return out, io.EOF
+		}
+		if len(in) < HeaderSize {
+			return out, ErrProtocol
+		}
+		f := Frame{Type: Type(in[0]), Flags: Flags(in[1]), Stream: binary.BigEndian.Uint32(in[2:])}
+		n := binary.BigEndian.Uint32(in[6:])
+		if n > maxFrame || checkHeader(f.Type, f.Flags, f.Stream, n) != nil || uint64(len(in)-HeaderSize) < uint64(n) {
+			return out, ErrProtocol
+		}
+		f.Payload = in[HeaderSize : HeaderSize+int(n)]
+		out = append(out, f)
+		in = in[HeaderSize+int(n):]
+	}
 }
 
 func FuzzOpen(f *testing.F) {
