@@ -318,7 +318,7 @@ const readStep = 64 << 10
 
 // readFrame appends the next n bytes to r.buf. The buffer grows as they
 // arrive, not to n at once: a peer that announces a frame at the limit
-// and sends a few bytes of it costs a few bytes.
+// and sends a few bytes of it costs those bytes and at most readStep.
 func (r *Reader) readFrame(n int) error {
 	end := len(r.buf) + n
 	for len(r.buf) < end {
