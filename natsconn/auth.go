@@ -116,6 +116,9 @@ func nkeyAuth(v string) (auth, error) {
 			return auth{}, fmt.Errorf("natsconn: %s is not a valid NKey seed: %w (want a user seed, SU..., or the path of a file holding one)", field, err)
 		}
 		data, rerr := os.ReadFile(v)
+		if rerr != nil && nkeys.IsValidPublicKey(strings.TrimSpace(v)) {
+			return auth{}, fmt.Errorf("natsconn: %s holds a public key (%.1s...); want the user's seed (SU...), whose public key the server lists", field, strings.TrimSpace(v))
+		}
 		if rerr != nil && seedLike.MatchString(v) {
 			// Not a path: a seed with something around it. The file
 			// error would show the seed.
