@@ -293,7 +293,7 @@ func (r *Reader) bytesOf(str, bin bool) ([]byte, error) {
 
 // Container reads the header of an array or a map: its element count (for
 // a map, its key-value pairs) and which it is. A count the remaining
-// bytes cannot hold is ErrShort.
+// bytes cannot hold (a byte per element, two per pair) is ErrShort.
 func (r *Reader) Container() (n uint64, array bool, err error) {
 	c, err := r.Byte()
 	if err != nil {
@@ -313,7 +313,11 @@ func (r *Reader) Container() (n uint64, array bool, err error) {
 	default:
 		return 0, false, typeError("an array or a map", c)
 	}
-	if err == nil && n > uint64(r.Remaining()) {
+	need := n // every element takes at least a byte
+	if !array {
+		need = 2 * n // a key and a value
+	}
+	if err == nil && need > uint64(r.Remaining()) {
 		err = ErrShort
 	}
 	return n, array, err

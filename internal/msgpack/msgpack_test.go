@@ -105,6 +105,8 @@ func TestMalformedInputIsAnError(t *testing.T) {
 		{"bytes where a string belongs", []byte{0xc4, 0}, func(r *msgpack.Reader) error { _, err := r.Str(); return err }, "want a string"},
 		{"a str claiming 4 GiB", []byte{0xdb, 0xff, 0xff, 0xff, 0xff, 'x'}, func(r *msgpack.Reader) error { _, err := r.Str(); return err }, "truncated"},
 		{"a map claiming more pairs than bytes", []byte{0xdf, 0, 0, 1, 0}, func(r *msgpack.Reader) error { _, _, err := r.Container(); return err }, "truncated"},
+		{"a map whose pairs the bytes cannot hold", []byte{0x82, 0x01, 0x02, 0x03}, func(r *msgpack.Reader) error { _, _, err := r.Container(); return err }, "truncated"},
+		{"a map32 whose pairs the bytes cannot hold", []byte{0xdf, 0, 0, 0, 2, 0x01, 0x02, 0x03}, func(r *msgpack.Reader) error { _, _, err := r.Container(); return err }, "truncated"},
 		{"not a container", []byte{0x01}, func(r *msgpack.Reader) error { _, _, err := r.Container(); return err }, "want an array or a map"},
 		{"nesting deeper than allowed", deep, func(r *msgpack.Reader) error { return r.Skip(32) }, "nested deeper than 32"},
 		{"the reserved byte", []byte{0x92, 0x01, 0xc1}, func(r *msgpack.Reader) error { return r.Skip(32) }, "reserved byte 0xc1"},
