@@ -507,3 +507,12 @@ func TestSubscriptionsCostLinearlyAndAreBounded(t *testing.T) {
 		t.Fatalf("%d prefixes of %d bytes held, want some and at most %d bytes", held, len(big(0)), maxSubscriptionBytes)
 	}
 }
+
+// TestDocumentedBounds holds the figures docs/events.md gives for a peer:
+// 1024 control messages waiting, 4096 subscription prefixes, 1 MiB of them.
+func TestDocumentedBounds(t *testing.T) {
+	if maxQueuedControl != 1024 || maxSubscriptions != 4096 || maxSubscriptionBytes != 1<<20 {
+		t.Errorf("control %d, prefixes %d, prefix bytes %d; docs/events.md says 1024, 4096, 1 MiB",
+			maxQueuedControl, maxSubscriptions, maxSubscriptionBytes)
+	}
+}
