@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Version is the protocol version this package speaks.
@@ -247,12 +248,13 @@ func (c Code) String() string {
 // running, so it is safe to send again (to another instance).
 func (c Code) Retryable() bool { return c == CodeOverloaded || c == CodeDraining }
 
-// ParseEnd parses the payload of an END frame.
+// ParseEnd parses the payload of an END frame. A message longer than
+// MaxMessageLen is cut at a UTF-8 boundary, as the Writer cuts it.
 func ParseEnd(p []byte) (Code, []byte, error) {
 	if len(p) < 2 {
 		return 0, nil, protoErr("END payload is %d bytes, want at least 2", len(p))
 	}
-	return Code(binary.BigEndian.Uint16(p)), p[2:], nil
+	return Code(binary.BigEndian.Uint16(p)), truncateBytes(p[2:]), nil
 }
 
 // ParseCredit parses the payload of a CREDIT frame. A zero increment is a
@@ -268,12 +270,27 @@ func ParseCredit(p []byte) (uint32, error) {
 	return n, nil
 }
 
-// ParseGoAway parses the payload of a GOAWAY frame.
+// ParseGoAway parses the payload of a GOAWAY frame. A reason longer than
+// MaxMessageLen is cut at a UTF-8 boundary, as the Writer cuts it.
 func ParseGoAway(p []byte) (last uint32, code Code, reason []byte, err error) {
 	if len(p) < 6 {
 		return 0, 0, nil, protoErr("GOAWAY payload is %d bytes, want at least 6", len(p))
 	}
-	return binary.BigEndian.Uint32(p), Code(binary.BigEndian.Uint16(p[4:])), p[6:], nil
+	return binary.BigEndian.Uint32(p), Code(binary.BigEndian.Uint16(p[4:])), truncateBytes(p[6:]), nil
+}
+
+// truncateBytes cuts b to at most MaxMessageLen bytes without splitting a
+// UTF-8 sequence: a peer's message, which a receiver logs or hands on,
+// costs no more than the protocol allows however long the frame.
+func truncateBytes(b []byte) []byte {
+	if len(b) <= MaxMessageLen {
+		return b
+	}
+	i := MaxMessageLen
+	for i > 0 && !utf8.RuneStart(b[i]) {
+		i--
+	}
+	return b[:i:i]
 }
 
 // checkHeader validates the parts of a frame header that do not depend on

@@ -529,3 +529,22 @@ func TestLimitsOfTheProtocolDoc(t *testing.T) {
 		}
 	})
 }
+
+// A receiver keeps at most MaxMessageLen bytes of an END message or a
+// GOAWAY reason, cut at a character boundary: a peer cannot make it log or
+// hand its caller a message as long as a frame.
+func TestReceiversCutLongMessages(t *testing.T) {
+	long := "x" + strings.Repeat("é", 4<<10) // byte 1024 is inside a character
+	end := append([]byte{0, 1}, long...)
+	if _, msg, err := ParseEnd(end); err != nil || len(msg) != MaxMessageLen-1 || !utf8.Valid(msg) {
+		t.Errorf("END message of %d bytes read as %d bytes (valid UTF-8: %v), %v; want %d", len(long), len(msg), utf8.Valid(msg), err, MaxMessageLen-1)
+	}
+	goAway := append([]byte{0, 0, 0, 1, 0, 8}, long...)
+	if _, _, reason, err := ParseGoAway(goAway); err != nil || len(reason) != MaxMessageLen-1 || !utf8.Valid(reason) {
+		t.Errorf("GOAWAY reason of %d bytes read as %d bytes (valid UTF-8: %v), %v; want %d", len(long), len(reason), utf8.Valid(reason), err, MaxMessageLen-1)
+	}
+	short := append([]byte{0, 1}, "boom"...)
+	if _, msg, _ := ParseEnd(short); string(msg) != "boom" {
+		t.Errorf("a short END message read as %q", msg)
+	}
+}
