@@ -39,6 +39,7 @@ func (o *frontendOptions) bind(f *pflag.FlagSet) {
 	f.IntVar(&o.cfg.MaxInFlightPerWorker, "max-in-flight-per-worker", 0, "requests a worker may have from this frontend before it counts as busy; all busy means 429 (0: no limit)")
 	f.DurationVar(&o.cfg.DepartedIdle, "departed-idle", frontend.DefaultDepartedIdle, "how long a request on a worker that left discovery may go without a token before it moves to another worker")
 	f.IntVar(&o.cfg.DefaultMaxTokens, "default-max-tokens", frontend.DefaultDefaultMaxTokens, "tokens generated when a request gives no max_tokens")
+	f.Int64Var(&o.cfg.MaxBodyBytes, "max-body-bytes", frontend.DefaultMaxBodyBytes, "largest request body accepted, in bytes; a larger one gets 413")
 	f.DurationVar(&o.cfg.BodyTimeout, "body-timeout", frontend.DefaultBodyTimeout, "how long a request's body may take to arrive after its headers; then 408")
 	f.DurationVar(&o.cfg.IdleTimeout, "idle-timeout", frontend.DefaultIdleTimeout, "how long a kept-alive connection may wait for its next request before it is closed")
 	f.DurationVar(&o.cfg.WriteTimeout, "write-timeout", frontend.DefaultWriteTimeout, "how long one write of an answer may wait for the client to read; then the client counts as gone")

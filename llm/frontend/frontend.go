@@ -70,7 +70,8 @@ type Config struct {
 	// of this frontend's requests in flight takes no more, and a request
 	// whose model's workers are all at it gets 429 (default 0: no limit).
 	MaxInFlightPerWorker int
-	// MaxBodyBytes bounds a request body (default 4 MiB).
+	// MaxBodyBytes bounds a request body (default 4 MiB); a larger one
+	// gets 413 Request Entity Too Large.
 	MaxBodyBytes int64
 	// BodyTimeout bounds reading a request body, from the end of its
 	// headers (default 30s): a client that sends part of a body and

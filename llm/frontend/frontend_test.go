@@ -361,7 +361,7 @@ func TestBadRequests(t *testing.T) {
 		{"malformed JSON", "chat/completions", `{"model": "x",`, 400, ""},
 		{"not an object", "chat/completions", `[1,2]`, 400, ""},
 		{"empty body", "chat/completions", ``, 400, ""},
-		{"oversized body", "chat/completions", `{"model":"` + strings.Repeat("x", 5000) + `"}`, 400, ""},
+		{"oversized body", "chat/completions", `{"model":"` + strings.Repeat("x", 5000) + `"}`, 413, ""},
 		{"no model", "chat/completions", `{` + msgs + `}`, 400, "model"},
 		{"no messages", "chat/completions", `{"model":"test-model","messages":[]}`, 400, "messages"},
 		{"no role", "chat/completions", `{"model":"test-model","messages":[{"content":"x"}]}`, 400, "messages[0].role"},
@@ -450,6 +450,41 @@ func TestBadRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkKind(t, checkError(t, resp, 404, ""), "not_found_error", "")
+}
+
+// TestAnOversizedBodyGets413: a body over Config.MaxBodyBytes is too
+// large, not malformed: 413 in OpenAI's shape, naming the limit and how
+// to raise it, for a raw request and through the official client.
+func TestAnOversizedBodyGets413(t *testing.T) {
+	s := newStack(t, "tcp", frontend.Config{MaxBodyBytes: 4096})
+	s.worker(workerOpts{})
+	s.waitReady(1)
+	big := strings.Repeat("word ", 1000)
+	for _, path := range []string{"chat/completions", "completions"} {
+		body := `{"model":"test-model","prompt":"` + big + `","messages":[{"role":"user","content":"` + big + `"}]}`
+		e := checkError(t, post(t, context.Background(), s.url+"/v1/"+path, body), http.StatusRequestEntityTooLarge, "")
+		checkKind(t, e, "invalid_request_error", "")
+		for _, want := range []string{"4096 bytes", "MaxBodyBytes", "--max-body-bytes"} {
+			if !strings.Contains(e.Error.Message, want) {
+				t.Errorf("%s: 413 message %q does not name %q", path, e.Error.Message, want)
+			}
+		}
+	}
+	// A body just within the limit is served.
+	within := `{"model":"test-model","max_tokens":1,"messages":[{"role":"user","content":"hi"}],"padding":""}`
+	within = strings.Replace(within, `"padding":""`, `"padding":"`+strings.Repeat("x", 4096-len(within))+`"`, 1)
+	resp := post(t, context.Background(), s.url+"/v1/chat/completions", within)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if len(within) != 4096 || resp.StatusCode != http.StatusOK {
+		t.Errorf("a body of %d bytes with a limit of 4096: %d %s, want 200", len(within), resp.StatusCode, b)
+	}
+	c := oaiClient(s)
+	_, err := c.Chat.Completions.New(context.Background(), chatParams(big, 1))
+	var oe *openai.Error
+	if !errors.As(err, &oe) || oe.StatusCode != http.StatusRequestEntityTooLarge || oe.Type != "invalid_request_error" || !strings.Contains(oe.Message, "MaxBodyBytes") {
+		t.Errorf("an oversized chat through the client: %v, want a 413 *openai.Error naming MaxBodyBytes", err)
+	}
 }
 
 func TestServiceErrors(t *testing.T) {

@@ -75,7 +75,10 @@ func (f *Frontend) readBody(w http.ResponseWriter, r *http.Request, st *state) *
 	var ne net.Error
 	switch {
 	case errors.As(err, &mbe):
-		return badRequest("", "request body exceeds %d bytes (the frontend's max body size)", mbe.Limit)
+		// 413, as HTTP and OpenAI's API say; a 400 would tell the
+		// client its JSON is wrong when only its size is.
+		return &apiError{Status: http.StatusRequestEntityTooLarge, Type: typeInvalid,
+			Message: fmt.Sprintf("request body exceeds %d bytes, the frontend's limit (frontend.Config.MaxBodyBytes, --max-body-bytes): send a shorter request or raise the limit", mbe.Limit)}
 	case errors.As(err, &ne) && ne.Timeout():
 		return &apiError{Status: http.StatusRequestTimeout, Type: typeInvalid,
 			Message: fmt.Sprintf("the request body did not arrive within %s (the frontend's body timeout); got %d bytes", f.cfg.BodyTimeout, st.body.Len())}
