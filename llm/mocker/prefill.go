@@ -167,11 +167,38 @@ func (w *Worker) failRemote(key string, err error) {
 	}
 }
 
+// decodePrefillDone reads a prefill notice off the network: a JSON
+// object whose request_id names the job, as PrefillDone encodes it.
+func decodePrefillDone(data []byte) (PrefillDone, error) {
+	var d PrefillDone
+	if err := json.Unmarshal(data, &d); err != nil {
+		return PrefillDone{}, fmt.Errorf("prefill notice %.64q: want a JSON object with the job's request_id as a string: %w", data, err)
+	}
+	if d.RequestID == "" {
+		return PrefillDone{}, fmt.Errorf("prefill notice %.64q has no request_id: send {\"request_id\": the job's request_id}", data)
+	}
+	return d, nil
+}
+
+// decodePrefillDoneAck reads a decode worker's answer to a notice: a
+// JSON object whose known is a boolean.
+func decodePrefillDoneAck(data []byte) (PrefillDoneAck, error) {
+	var a struct {
+		Known *bool `json:"known"`
+	}
+	if err := json.Unmarshal(data, &a); err != nil {
+		return PrefillDoneAck{}, fmt.Errorf("prefill notice answer %.64q: want a JSON object with known as a boolean: %w", data, err)
+	}
+	if a.Known == nil {
+		return PrefillDoneAck{}, fmt.Errorf("prefill notice answer %.64q has no known: want {\"known\": true or false}", data)
+	}
+	return PrefillDoneAck{Known: *a.Known}, nil
+}
+
 // prefillDone answers a prefill worker's notice that a prefill is done.
 func (w *Worker) prefillDone(m *nats.Msg) {
-	var req PrefillDone
 	var ack PrefillDoneAck
-	if err := json.Unmarshal(m.Data, &req); err != nil {
+	if req, err := decodePrefillDone(m.Data); err != nil {
 		w.rt.Logger().Warn("mocker: malformed prefill notice", "subject", m.Subject, "err", err)
 	} else {
 		p := w.prefill
@@ -268,9 +295,8 @@ func (w *Worker) notifyDone(ctx context.Context, key, ns string, id uint64) erro
 	case err != nil:
 		return fmt.Errorf("mocker: tell decode worker %x that prefill %q is done: %w", id, key, err)
 	}
-	var ack PrefillDoneAck
-	if err := json.Unmarshal(msg.Data, &ack); err != nil {
-		return fmt.Errorf("mocker: decode worker %x answered prefill %q with %q: %w", id, key, msg.Data, err)
+	if _, err := decodePrefillDoneAck(msg.Data); err != nil {
+		return fmt.Errorf("mocker: decode worker %x answered prefill %q: %w", id, key, err)
 	}
 	return nil
 }
