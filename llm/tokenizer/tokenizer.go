@@ -215,9 +215,11 @@ func (d *Decoder) Reset() { d.n = 0 }
 // Append appends the text that id completes to dst and returns it.
 func (d *Decoder) Append(dst []byte, id uint32) []byte {
 	if id >= 256 {
-		if d.n > 0 && id >= firstPiece {
+		if d.n > 0 && id >= firstPiece && int(id-firstPiece) < len(d.t.pieces) {
 			// A piece never continues a character: what was pending is
-			// a broken sequence; let it out as is.
+			// a broken sequence; let it out as is. An id outside the
+			// vocabulary, like a special token, adds no text and breaks
+			// nothing.
 			dst = append(dst, d.pending[:d.n]...)
 			d.n = 0
 		}

@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"encoding/binary"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -173,13 +174,60 @@ func FuzzRoundTrip(f *testing.F) {
 		if got := string(tok.Decode(nil, ids)); got != s {
 			t.Fatalf("Decode(Encode(%q)) = %q", s, got)
 		}
+		// Streamed, valid text comes out in chunks each valid on its
+		// own: no chunk carries half a character.
 		d := tok.NewDecoder()
 		var all []byte
 		for _, id := range ids {
+			n := len(all)
 			all = d.Append(all, id)
+			if utf8.ValidString(s) && !utf8.Valid(all[n:]) {
+				t.Fatalf("streaming %q: chunk %q is not valid UTF-8 on its own", s, all[n:])
+			}
 		}
 		if got := string(d.Flush(all)); got != s {
 			t.Fatalf("streamed Decode(Encode(%q)) = %q", s, got)
+		}
+	})
+}
+
+// FuzzDecoderStreamsWhatDecodeGives feeds a Decoder any ids, as a
+// worker may send them: the stream is what Decode gives, and when that
+// is valid UTF-8 every chunk is valid on its own, whatever special or
+// unknown ids come between a character's bytes (Decode skips both).
+func FuzzDecoderStreamsWhatDecodeGives(f *testing.F) {
+	tok := Default()
+	enc := func(ids ...uint32) []byte {
+		b := make([]byte, 0, 4*len(ids))
+		for _, id := range ids {
+			b = binary.LittleEndian.AppendUint32(b, id)
+		}
+		return b
+	}
+	f.Add(enc(0xe6, 0x97, 0xa5))
+	f.Add(enc(0xe6, ImEnd, 0x97, 0xa5))
+	f.Add(enc(0xe6, uint32(tok.VocabSize()), 0x97, 0xa5))
+	f.Add(enc(0xf0, 0x9f, tok.OutputVocab()[0], 0x99, 0x82))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ids := make([]uint32, len(data)/4)
+		for i := range ids {
+			ids[i] = binary.LittleEndian.Uint32(data[4*i:])
+			if ids[i]&0x80000000 != 0 { // mostly ids near the vocabulary
+				ids[i] %= uint32(tok.VocabSize() + 8)
+			}
+		}
+		want := tok.Decode(nil, ids)
+		d := tok.NewDecoder()
+		var all []byte
+		for _, id := range ids {
+			n := len(all)
+			all = d.Append(all, id)
+			if utf8.Valid(want) && !utf8.Valid(all[n:]) {
+				t.Fatalf("streaming %v (%q): chunk %q is not valid UTF-8 on its own", ids, want, all[n:])
+			}
+		}
+		if all = d.Flush(all); string(all) != string(want) {
+			t.Fatalf("streaming %v gave %q, Decode %q", ids, all, want)
 		}
 	})
 }
