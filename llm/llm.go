@@ -142,8 +142,12 @@ type Response struct {
 }
 
 // KvEvent is what a worker publishes on TopicKvEvents: blocks of its KV
-// cache it stored or removed (Dynamo's KvCacheEvent). EventID counts from 1
-// per worker with no gaps, so a router can tell it missed one.
+// cache it stored or removed. It plays the part of Dynamo's KvCacheEvent
+// but is not its wire shape: Dynamo nests the change under "data" (a
+// "stored" with each block's block_hash and tokens_hash, a "removed", or
+// "cleared") and adds dp_rank, so neither router reads the other's
+// events. EventID counts from 1 per worker with no gaps, so a router can
+// tell it missed one. TestWireShapes pins the encoding.
 type KvEvent struct {
 	EventID uint64     `json:"event_id" msgpack:"event_id"`
 	Stored  *KvStored  `json:"stored,omitempty" msgpack:"stored,omitempty"`
@@ -178,8 +182,10 @@ type KvSnapshot struct {
 	Blocks  []KvBlock `json:"blocks" msgpack:"blocks"`
 }
 
-// LoadMetrics is what a worker publishes on TopicLoadMetrics (Dynamo's
-// ForwardPassMetrics, flattened).
+// LoadMetrics is what a worker publishes on TopicLoadMetrics: the seven
+// fields of Dynamo's ForwardPassMetrics, under its names and flat, as
+// its first releases sent them (later ones nest them in worker_stats and
+// kv_stats), and Loom's prefill_tokens_pending and kv_event_id.
 type LoadMetrics struct {
 	ActiveSlots   int     `json:"request_active_slots" msgpack:"request_active_slots"`
 	TotalSlots    int     `json:"request_total_slots" msgpack:"request_total_slots"`
@@ -201,8 +207,9 @@ type LoadMetrics struct {
 }
 
 // RemotePrefillRequest is the prefill queue's job, with the fields of
-// Dynamo's RemotePrefillRequest; JSON, so that Python workers can share
-// the queue.
+// Dynamo's RemotePrefillRequest that a mock prefill needs (not its
+// sampling_params or computed_block_ids); JSON, so that workers in other
+// languages can read the queue.
 type RemotePrefillRequest struct {
 	EngineID       string `json:"engine_id"`
 	RequestID      string `json:"request_id"`

@@ -80,11 +80,13 @@ func TestPickerRouterFiltersByModel(t *testing.T) {
 }
 
 // TestLoadMetricsKeepDynamosFieldsWithoutAKvEventID: a report that names
-// no kv_event encodes exactly Dynamo's fields, in JSON and in MessagePack;
-// one that does carries kv_event_id, and both read back as written.
+// no kv_event encodes exactly the seven fields of Dynamo's flat
+// ForwardPassMetrics and Loom's prefill_tokens_pending, in JSON and in
+// MessagePack; one that does carries kv_event_id, and both read back as
+// written.
 func TestLoadMetricsKeepDynamosFieldsWithoutAKvEventID(t *testing.T) {
 	dynamo := []string{"request_active_slots", "request_total_slots", "num_requests_waiting", "kv_active_blocks",
-		"kv_total_blocks", "gpu_cache_usage_perc", "gpu_prefix_cache_hit_rate", "prefill_tokens_pending"}
+		"kv_total_blocks", "gpu_cache_usage_perc", "gpu_prefix_cache_hit_rate", "prefill_tokens_pending"} // the last is Loom's
 	for _, name := range []string{codec.JSONName, codec.MsgPackName} {
 		cdc, err := codec.ByName(name)
 		if err != nil {
