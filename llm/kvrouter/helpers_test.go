@@ -52,6 +52,14 @@ func newSystem(t tb, workers int, wc mocker.Config) *system {
 // instance id, from a runtime of its own on the system's NATS.
 func (s *system) kvPublisher(ctx context.Context, id uint64) *events.Publisher[llm.KvEvent] {
 	s.t.Helper()
+	return publishAs[llm.KvEvent](ctx, s, id, llm.TopicKvEvents)
+}
+
+// publishAs returns a publisher on the workers' topic speaking as the
+// worker with instance id, from a runtime of its own on the system's
+// NATS.
+func publishAs[T any](ctx context.Context, s *system, id uint64, topic string) *events.Publisher[T] {
+	s.t.Helper()
 	d := memory.New()
 	s.t.Cleanup(func() { d.Close() })
 	rt, err := loom.NewRuntime(ctx, loom.WithConfig(s.Config), loom.WithDiscovery(d), loom.WithInstanceID(id), loom.WithLogger(loomtest.Quiet))
@@ -59,7 +67,7 @@ func (s *system) kvPublisher(ctx context.Context, id uint64) *events.Publisher[l
 		s.t.Fatal(err)
 	}
 	s.t.Cleanup(func() { rt.Shutdown(context.Background()) })
-	pub, err := events.NewPublisher[llm.KvEvent](ctx, rt, events.Scope{Namespace: llm.DefaultNamespace, Component: llm.WorkerComponent}, llm.TopicKvEvents)
+	pub, err := events.NewPublisher[T](ctx, rt, events.Scope{Namespace: llm.DefaultNamespace, Component: llm.WorkerComponent}, topic)
 	if err != nil {
 		s.t.Fatal(err)
 	}

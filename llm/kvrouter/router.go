@@ -127,8 +127,9 @@ type Stats struct {
 	// block set when it was fetched (their ids were beyond it although
 	// they came before it), and dropped.
 	EventsDiscarded uint64
-	// Gaps counts gaps seen in workers' event ids or sequences, and
-	// events a worker's load report named that never came; Resyncs
+	// Gaps counts gaps seen in workers' event ids or sequences, events
+	// a worker's load report named that never came, and event ids of a
+	// worker that two event-plane publishers used; Resyncs
 	// the block sets fetched that replaced a worker's view, and
 	// ResyncFailures the fetches that failed (retried).
 	Gaps, Resyncs, ResyncFailures uint64
@@ -267,9 +268,14 @@ type workerState struct {
 	lastEvent uint64
 	resyncing bool
 	retryAt   int64
-	buffered  []llm.KvEvent
-	load      llm.LoadMetrics
-	loadAt    int64 // when the router received load, Unix nanoseconds; 0 never
+	buffered  []kvEvent
+	// pub is the event-plane publisher of the last event applied, 0
+	// after a fetch of the block set: an event id already used that
+	// comes from another publisher shows two publishers speaking for
+	// the worker, and the router cannot tell whose events it applied.
+	pub    uint64
+	load   llm.LoadMetrics
+	loadAt int64 // when the router received load, Unix nanoseconds; 0 never
 	// awaited is a kv_event id a load report said was published and the
 	// router had not applied, first seen at awaitedAt; 0 when none.
 	awaited   uint64
@@ -278,6 +284,13 @@ type workerState struct {
 	// r.bk guards these.
 	acct    account
 	decided uint64
+}
+
+// kvEvent is a worker's kv_event and the event-plane publisher it came
+// from.
+type kvEvent struct {
+	llm.KvEvent
+	pub uint64
 }
 
 // sent is a request the router routed and has not seen Done.
@@ -544,16 +557,17 @@ func (r *KVRouter) consumeKv(ctx context.Context, sub *events.Subscription[llm.K
 			r.rt.Logger().Warn("kvrouter: kv_events subscription ended", "err", err)
 			return
 		}
-		if left := r.apply(ev.InstanceID, ev.Value); left {
+		if left := r.apply(ev.InstanceID, kvEvent{ev.Value, ev.PublisherID}); left {
 			sub.Forget(ev.InstanceID) // it followed the sequence of one gone
 		}
 	}
 }
 
 // apply applies one kv_event of worker id, or buffers it while the
-// worker's block set is being fetched; a gap in event ids starts a fetch.
-// It reports whether the worker has left (the event is ignored).
-func (r *KVRouter) apply(id uint64, ev llm.KvEvent) (left bool) {
+// worker's block set is being fetched; a gap in event ids starts a fetch,
+// and so does an id already used that another publisher sends. It
+// reports whether the worker has left (the event is ignored).
+func (r *KVRouter) apply(id uint64, ev kvEvent) (left bool) {
 	if id == 0 {
 		return false
 	}
@@ -570,6 +584,13 @@ func (r *KVRouter) apply(id uint64, ev llm.KvEvent) (left bool) {
 		return false
 	}
 	switch {
+	case ev.EventID <= w.lastEvent && w.pub != 0 && ev.pub != w.pub:
+		// Two publishers number events for the worker (one reusing its
+		// instance id): one of them was applied in the other's place,
+		// and only the worker's block set can say which is its own.
+		r.stale.Add(1)
+		r.gaps.Add(1)
+		r.scheduleResync(w)
 	case ev.EventID <= w.lastEvent:
 		r.stale.Add(1)
 	case ev.EventID == w.lastEvent+1:
@@ -583,7 +604,7 @@ func (r *KVRouter) apply(id uint64, ev llm.KvEvent) (left bool) {
 }
 
 // applyOne applies an event in sequence; r.mu is held.
-func (r *KVRouter) applyOne(w *workerState, ev llm.KvEvent) {
+func (r *KVRouter) applyOne(w *workerState, ev kvEvent) {
 	switch {
 	case ev.Cleared:
 		r.idx.drop(w.id)
@@ -592,7 +613,7 @@ func (r *KVRouter) applyOne(w *workerState, ev llm.KvEvent) {
 	case ev.Removed != nil:
 		r.idx.remove(w.id, ev.Removed.BlockHashes)
 	}
-	w.lastEvent = ev.EventID
+	w.lastEvent, w.pub = ev.EventID, ev.pub
 	r.applied.Add(1)
 }
 
@@ -746,7 +767,7 @@ func (r *KVRouter) resync(ctx context.Context, id uint64) {
 		return
 	}
 	r.idx.replace(id, hashes)
-	w.lastEvent = at
+	w.lastEvent, w.pub = at, 0
 	w.resyncing, w.retryAt = false, 0
 	r.resyncs.Add(1)
 	buf := w.buffered
@@ -766,7 +787,7 @@ func (r *KVRouter) resync(ctx context.Context, id uint64) {
 		}
 	}
 	buf = kept
-	slices.SortStableFunc(buf, func(a, b llm.KvEvent) int { return cmpU(a.EventID, b.EventID) })
+	slices.SortStableFunc(buf, func(a, b kvEvent) int { return cmpU(a.EventID, b.EventID) })
 	for i, ev := range buf {
 		switch {
 		case ev.EventID <= w.lastEvent:

@@ -1,0 +1,158 @@
+package kvrouter
+
+import (
+	"context"
+	"math"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/internal/testutil"
+	"github.com/loomrt/loom/llm"
+)
+
+// TestKVRouterRecoversFromForgedEvents publishes, as a worker (a
+// runtime with its instance id, so another event-plane publisher), what
+// the worker's own sequence does not hold: an event id it already used,
+// an event id as far ahead as ids go, the id it will use next, and a
+// load report naming the far id as published. None may leave the
+// router's view of the worker wrong for good: each ends in a fetch of the
+// worker's block set, which replaces what the forged events said, and
+// afterwards the worker's own events and reports apply as before.
+func TestKVRouterRecoversFromForgedEvents(t *testing.T) {
+	s := newSystem(t, 1, warmCfg())
+	r := s.router(KV, Config{LostAfter: 100 * time.Millisecond}).(*KVRouter)
+	c := s.client(r, 1)
+	ctx := testutil.Timeout(t, 30*time.Second)
+	for i := range 3 {
+		if res := send(ctx, c, r, "fill", prompt(uint32(i), 64), 2); res.err != nil {
+			t.Fatal(res.err)
+		}
+	}
+	synced(t, r, s.cluster)
+	w := s.cluster.Workers()[0]
+	kv := s.kvPublisher(ctx, w.ID())
+	const bogus1, bogus2, bogus3 = 0xdead0001, 0xdead0002, 0xdead0003
+
+	// An id the worker already used, with a block it does not hold.
+	before := r.Stats()
+	if err := kv.Publish(ctx, llm.KvEvent{EventID: w.Stats().KvEvents, Stored: &llm.KvStored{BlockHashes: []uint64{bogus1}}}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the used id to be ignored and the block set fetched", func() bool {
+		st := r.Stats()
+		return st.EventsStale > before.EventsStale && st.Resyncs > before.Resyncs
+	})
+	s.viewIsWorkers(ctx, r, w.ID())
+
+	// The last id there is.
+	before = r.Stats()
+	if err := kv.Publish(ctx, llm.KvEvent{EventID: math.MaxUint64, Stored: &llm.KvStored{BlockHashes: []uint64{bogus2}}}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "a fetch of the block set that discards the far event", func() bool {
+		st := r.Stats()
+		return st.Resyncs > before.Resyncs && st.EventsDiscarded > before.EventsDiscarded
+	})
+	s.viewIsWorkers(ctx, r, w.ID())
+
+	// The id the worker will use next, before the worker uses it: the
+	// router cannot tell it from the worker's own until that comes too.
+	next := w.Stats().KvEvents + 1
+	if err := kv.Publish(ctx, llm.KvEvent{EventID: next, Stored: &llm.KvStored{BlockHashes: []uint64{bogus3}}}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the forged next event to apply", func() bool { return r.holds(w.ID(), bogus3) })
+	before = r.Stats()
+	if res := send(ctx, c, r, "own", prompt(7, 64), 2); res.err != nil {
+		t.Fatal(res.err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the worker's own event of that id to fetch its block set", func() bool {
+		return r.Stats().Resyncs > before.Resyncs
+	})
+	synced(t, r, s.cluster)
+	s.viewIsWorkers(ctx, r, w.ID())
+
+	// A load report naming the far id as the last event published.
+	load := publishAs[llm.LoadMetrics](ctx, s, w.ID(), llm.TopicLoadMetrics)
+	before = r.Stats()
+	if err := load.Publish(ctx, llm.LoadMetrics{TotalSlots: 32, KvEventID: math.MaxUint64}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the far report to cost one fetch", func() bool {
+		st := r.Stats()
+		return st.Resyncs > before.Resyncs && st.Gaps > before.Gaps
+	})
+	// The worker's next report, which names its real last event, waits
+	// for nothing.
+	testutil.Eventually(t, 10*time.Second, "a report of the worker's own after the fetch", func() bool {
+		r.mu.RLock()
+		defer r.mu.RUnlock()
+		ws := r.workers[w.ID()]
+		return ws != nil && !ws.resyncing && ws.load.KvEventID != math.MaxUint64 && ws.loadAt != 0
+	})
+	r.mu.RLock()
+	awaited, last := r.workers[w.ID()].awaited, r.workers[w.ID()].lastEvent
+	r.mu.RUnlock()
+	if awaited != 0 || last != w.Stats().KvEvents {
+		t.Fatalf("after the worker's own report: awaiting event %d, last applied %d; want none awaited and the worker's %d", awaited, last, w.Stats().KvEvents)
+	}
+
+	// The worker's own events apply again, in sequence, with no fetch.
+	before = r.Stats()
+	for i := range 3 {
+		if res := send(ctx, c, r, "after", prompt(uint32(10+i), 64), 2); res.err != nil {
+			t.Fatal(res.err)
+		}
+	}
+	synced(t, r, s.cluster)
+	if st := r.Stats(); st.EventsApplied == before.EventsApplied || st.Resyncs != before.Resyncs {
+		t.Fatalf("the worker's own events after the forged ones: applied %d -> %d, resyncs %d -> %d; want them applied with no fetch",
+			before.EventsApplied, st.EventsApplied, before.Resyncs, st.Resyncs)
+	}
+	s.viewIsWorkers(ctx, r, w.ID())
+}
+
+// holds reports whether the index has worker id holding block h.
+func (r *KVRouter) holds(id, h uint64) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	_, ok := r.idx.held[id][h]
+	return ok
+}
+
+// viewIsWorkers fails the test unless the router's blocks for worker id
+// are the worker's block set, as its kv_blocks endpoint gives it.
+func (s *system) viewIsWorkers(ctx context.Context, r *KVRouter, id uint64) {
+	s.t.Helper()
+	ep, err := s.fe.Endpoint(llm.DefaultNamespace + "/backend/" + llm.KvBlocksEndpoint)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	bc, err := loom.NewClient[llm.KvBlocksRequest, llm.KvSnapshot](ctx, ep)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer bc.Close()
+	var want []uint64
+	for snap, err := range bc.Direct(id).Generate(ctx, llm.KvBlocksRequest{}) {
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		for _, b := range snap.Blocks {
+			want = append(want, b.Hash)
+		}
+	}
+	r.mu.RLock()
+	var got []uint64
+	for h := range r.idx.held[id] {
+		got = append(got, h)
+	}
+	r.mu.RUnlock()
+	slices.Sort(got)
+	slices.Sort(want)
+	if len(want) == 0 || !slices.Equal(got, want) {
+		s.t.Fatalf("the router holds %d blocks for worker %x, the worker %d (or they differ)", len(got), id, len(want))
+	}
+}
