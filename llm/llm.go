@@ -206,6 +206,33 @@ type LoadMetrics struct {
 	KvEventID uint64 `json:"kv_event_id,omitempty" msgpack:"kv_event_id,omitempty"`
 }
 
+// MaxLoadCount bounds each count of a LoadMetrics report (LoadMetrics.Check):
+// far beyond any engine's slots, blocks or tokens, and small enough that a
+// router's cost of a prompt of millions of blocks cannot overflow.
+const MaxLoadCount = 1 << 40
+
+// Check reports the first count of m, read off the network, that no
+// engine could report: below 0 or above MaxLoadCount. A router weighing
+// such a report would send the worker every request (a negative load,
+// or one so large that the cost overflows) or none. The fractions are
+// not checked: they are for people, and a mock engine's cache usage may
+// pass 1.
+func (m *LoadMetrics) Check() error {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{
+		{"request_active_slots", m.ActiveSlots}, {"request_total_slots", m.TotalSlots},
+		{"num_requests_waiting", m.Waiting}, {"kv_active_blocks", m.ActiveBlocks},
+		{"kv_total_blocks", m.TotalBlocks}, {"prefill_tokens_pending", m.PrefillTokens},
+	} {
+		if f.v < 0 || f.v > MaxLoadCount {
+			return fmt.Errorf("llm: load_metrics %s=%d: want a count from 0 to %d", f.name, f.v, MaxLoadCount)
+		}
+	}
+	return nil
+}
+
 // RemotePrefillRequest is the prefill queue's job, with the fields of
 // Dynamo's RemotePrefillRequest that a mock prefill needs (not its
 // sampling_params or computed_block_ids); JSON, so that workers in other

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"math"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/loomrt/loom"
@@ -147,4 +149,25 @@ func FuzzModelCardFrom(f *testing.F) {
 			t.Fatalf("%v read as %+v, whose metadata reads as %+v, %v", md, c, back, err)
 		}
 	})
+}
+
+// TestLoadMetricsCheckNamesTheCountOutOfRange: a report's counts come
+// off the network; Check names the first out of range.
+func TestLoadMetricsCheckNamesTheCountOutOfRange(t *testing.T) {
+	sound := LoadMetrics{ActiveSlots: 3, TotalSlots: 8, Waiting: 1, ActiveBlocks: MaxLoadCount, TotalBlocks: 8192, CacheUsage: 1.25, PrefillTokens: 10}
+	if err := sound.Check(); err != nil {
+		t.Fatalf("%+v: %v", sound, err)
+	}
+	for field, m := range map[string]LoadMetrics{
+		"request_active_slots":   {ActiveSlots: -1},
+		"request_total_slots":    {TotalSlots: MaxLoadCount + 1},
+		"num_requests_waiting":   {Waiting: math.MaxInt},
+		"kv_active_blocks":       {ActiveBlocks: math.MinInt},
+		"kv_total_blocks":        {TotalBlocks: -5},
+		"prefill_tokens_pending": {PrefillTokens: -1},
+	} {
+		if err := m.Check(); err == nil || !strings.Contains(err.Error(), field+"=") {
+			t.Errorf("%+v: %v; want an error naming %s", m, err, field)
+		}
+	}
 }

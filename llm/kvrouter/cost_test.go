@@ -420,3 +420,42 @@ func TestAPickAdoptsAWorkerTheRouterHasNotHeardOf(t *testing.T) {
 		t.Fatal("a worker forgotten for want of discovery is not marked gone: its late events would bring it back")
 	}
 }
+
+// TestALoadReportOutOfRangeIsIgnored: a load report comes off the
+// network. One with a negative count, or one so large that the cost
+// overflows below zero, would make its worker the cheapest for every
+// request; the router ignores it, keeps weighing the worker's last sound
+// report, and says so once.
+func TestALoadReportOutOfRangeIsIgnored(t *testing.T) {
+	r := testRouter(Config{})
+	none := func() int { return 0 }
+	sound := llm.LoadMetrics{TotalSlots: 8, ActiveBlocks: 10}
+	for _, id := range []uint64{1, 2} {
+		if _, err := r.onLoad(id, sound, 1, none); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, bad := range []llm.LoadMetrics{
+		{Waiting: math.MaxInt64/10 + 1}, // times the prompt's 10 blocks: below zero
+		{ActiveBlocks: -1 << 62},
+		{PrefillTokens: math.MaxInt64},
+		{ActiveSlots: -1},
+	} {
+		_, refused := r.onLoad(2, bad, int64(2+i), none)
+		if (refused != nil) != (i == 0) {
+			t.Errorf("report %+v: refused %v; want an error the first time only", bad, refused)
+		}
+		// Worker 1 holds 4 of the prompt's 10 blocks: cheaper than
+		// worker 2 as its sound report has it.
+		cs := cands(1, 2)
+		cs[0].overlap = 4
+		for j := range cs {
+			w := r.workers[cs[j].c.ID]
+			cs[j].w, cs[j].load, cs[j].loadAt = w, w.load, w.loadAt
+		}
+		if got := r.choose(cs, 10, 16); got != 0 || cs[1].load != sound {
+			t.Errorf("after worker 2 reported %+v: chose worker %d (costs %v, %v), weighing %+v; want worker 1, and worker 2's last sound report",
+				bad, cs[got].c.ID, cs[0].cost, cs[1].cost, cs[1].load)
+		}
+	}
+}

@@ -280,6 +280,9 @@ type workerState struct {
 	// router had not applied, first seen at awaitedAt; 0 when none.
 	awaited   uint64
 	awaitedAt int64
+	// loadRefused: a load report of the worker's was out of range and
+	// ignored (logged once).
+	loadRefused bool
 
 	// r.bk guards these.
 	acct    account
@@ -626,8 +629,13 @@ func (r *KVRouter) consumeLoad(ctx context.Context, sub *events.Subscription[llm
 		if ev.InstanceID == 0 {
 			continue
 		}
-		if left := r.onLoad(ev.InstanceID, ev.Value, time.Now().UnixNano(), waiting); left {
+		left, refused := r.onLoad(ev.InstanceID, ev.Value, time.Now().UnixNano(), waiting)
+		if left {
 			sub.Forget(ev.InstanceID) // it followed the sequence of one gone
+		}
+		if refused != nil {
+			r.rt.Logger().Warn("kvrouter: a worker's load report is out of range; its reports like it are ignored",
+				"worker", fmt.Sprintf("%x", ev.InstanceID), "err", refused)
 		}
 	}
 }
@@ -637,19 +645,29 @@ func (r *KVRouter) consumeLoad(ctx context.Context, sub *events.Subscription[llm
 // missing for Config.LostAfter while no kv_events wait to be read
 // (waiting returns how many do): a router that falls behind holds its
 // events back, and is not missing them. It reports whether the worker
-// has left (the report is ignored).
-func (r *KVRouter) onLoad(id uint64, m llm.LoadMetrics, now int64, waiting func() int) (left bool) {
+// has left (the report is ignored). A report with a count out of range
+// (llm.LoadMetrics.Check) is ignored too, and the router keeps weighing
+// the worker's last sound one; refused is the report's error the first
+// time one of the worker's is ignored, for the log.
+func (r *KVRouter) onLoad(id uint64, m llm.LoadMetrics, now int64, waiting func() int) (left bool, refused error) {
 	r.mu.Lock()
 	if _, gone := r.gone[id]; gone {
 		r.mu.Unlock()
-		return true
+		return true, nil
 	}
 	w := r.worker(id)
+	if err := m.Check(); err != nil {
+		if !w.loadRefused {
+			w.loadRefused, refused = true, err
+		}
+		r.mu.Unlock()
+		return false, refused
+	}
 	w.load, w.loadAt = m, now
 	due := w.await(m.KvEventID, now, int64(r.cfg.LostAfter))
 	r.mu.Unlock()
 	if !due || waiting() != 0 {
-		return false
+		return false, nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -658,7 +676,7 @@ func (r *KVRouter) onLoad(id uint64, m llm.LoadMetrics, now int64, waiting func(
 		w.awaited = 0
 		r.scheduleResync(w)
 	}
-	return false
+	return false, nil
 }
 
 // await notes that the worker's load report named published as its last

@@ -506,7 +506,7 @@ func TestALoadReportFindsEventsLostOnlyWhenNoneWait(t *testing.T) {
 	waiting := 0
 	report := func(at int64) Stats {
 		t.Helper()
-		if left := r.onLoad(id, llm.LoadMetrics{KvEventID: 3}, at, func() int { return waiting }); left {
+		if left, _ := r.onLoad(id, llm.LoadMetrics{KvEventID: 3}, at, func() int { return waiting }); left {
 			t.Fatal("a worker that never left counted as gone")
 		}
 		return r.Stats()
