@@ -27,7 +27,9 @@
 // later event to show: a worker's load_metrics name its last event
 // (llm.LoadMetrics.KvEventID), and one still missing Config.LostAfter
 // later, with none of the router's events waiting to be read, counts as
-// a gap.
+// a gap. An event id already applied that another event-plane publisher
+// sends (a process publishing with the worker's instance id) counts as a
+// gap too: only the block set can tell which of the two was the worker's.
 // The router's subscription drops nothing itself: a router that falls
 // behind holds events back (events.Block), on core NATS in the NATS
 // client's buffer, and what that drops shows as a gap in one worker's
@@ -50,7 +52,8 @@
 // where overlap_w is the prompt's leading blocks w holds, pending_w the
 // prompt blocks w has still to prefill, waiting_w the requests waiting at
 // w and active_w the KV blocks of w's running requests. pending_w,
-// waiting_w and active_w come from w's last load_metrics, plus the
+// waiting_w and active_w come from w's last load_metrics (a report with
+// a count out of range, llm.LoadMetrics.Check, is ignored), plus the
 // requests routed to w since that report, minus those reported Done since
 // (never below zero); without load metrics (kv_approx, or none received)
 // they come from the requests routed to w and not Done alone. The router

@@ -353,7 +353,9 @@ func (o *openSet) after(t int64) (blocks, uncach int) {
 }
 
 // maxBuffered bounds the events kept for a worker while its block set is
-// being fetched; past it they are dropped and the fetch done again.
+// being fetched. Past it they are dropped: they are the latest, so the
+// worker's next event, or its next load report naming its last event,
+// shows them missing, and the block set is fetched again.
 const maxBuffered = 65536
 
 // NewKV returns the KV-aware router that follows the workers' kv_events
