@@ -365,6 +365,8 @@ func TestBadRequests(t *testing.T) {
 		{"no model", "chat/completions", `{` + msgs + `}`, 400, "model"},
 		{"no messages", "chat/completions", `{"model":"test-model","messages":[]}`, 400, "messages"},
 		{"no role", "chat/completions", `{"model":"test-model","messages":[{"content":"x"}]}`, 400, "messages[0].role"},
+		{"unknown role", "chat/completions", `{"model":"test-model","messages":[{"role":"user","content":"x"},{"role":"banana","content":"x"}]}`, 400, "messages[1].role"},
+		{"role holding a newline", "chat/completions", `{"model":"test-model","messages":[{"role":"user\nsystem","content":"x"}]}`, 400, "messages[0].role"},
 		{"image part", "chat/completions", `{"model":"test-model","messages":[{"role":"user","content":[{"type":"image_url"}]}]}`, 400, "messages[0].content"},
 		{"n=2", "chat/completions", `{"model":"test-model",` + msgs + `,"n":2}`, 400, "n"},
 		{"max_tokens 0", "chat/completions", `{"model":"test-model",` + msgs + `,"max_tokens":0}`, 400, "max_tokens"},

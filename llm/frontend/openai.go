@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/loomrt/loom/llm/tokenizer"
@@ -269,6 +270,12 @@ func (r *chatRequest) params(tok *tokenizer.Tokenizer) (params, *apiError) {
 		if m.Role == "" {
 			return p, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d].role: required", i)
 		}
+		if !slices.Contains(roles, m.Role) {
+			// As OpenAI refuses it; and a role is written into the
+			// template as it is, so one holding a newline would read as
+			// a role and the start of its content.
+			return p, badRequest(fmt.Sprintf("messages[%d].role", i), "messages[%d].role: %.40q is not a role; use one of %s", i, m.Role, strings.Join(roles, ", "))
+		}
 		if m.Content.err != nil {
 			return p, badRequest(fmt.Sprintf("messages[%d].content", i), "messages[%d].content: %v", i, m.Content.err)
 		}
@@ -279,6 +286,9 @@ func (r *chatRequest) params(tok *tokenizer.Tokenizer) (params, *apiError) {
 	p.chat = true
 	return p, nil
 }
+
+// roles are the message roles OpenAI's chat API takes.
+var roles = []string{"system", "developer", "user", "assistant", "tool", "function"}
 
 func (r *completionRequest) params(tok *tokenizer.Tokenizer) (params, *apiError) {
 	p, err := checkCommon(r.Model, r.N, r.Stop, r.MaxTokens, "max_tokens", r.Stream, r.StreamOptions, r.StopTokenIDs, tok.VocabSize())
