@@ -156,3 +156,42 @@ func (s *system) viewIsWorkers(ctx context.Context, r *KVRouter, id uint64) {
 		s.t.Fatalf("the router holds %d blocks for worker %x, the worker %d (or they differ)", len(got), id, len(want))
 	}
 }
+
+// TestADepartedWorkersLateEventsAreIgnoredForAMinute: a worker that left
+// discovery is dropped with its blocks, and its events and load reports
+// that arrive later (still in flight, or from a process that does not
+// know it is gone) bring back nothing for a minute; after that its id is
+// forgotten too.
+func TestADepartedWorkersLateEventsAreIgnoredForAMinute(t *testing.T) {
+	r := testRouter(Config{})
+	r.gone, r.resyncQ, r.wakeRes = map[uint64]int64{}, map[uint64]bool{}, make(chan struct{}, 1)
+	const id = 7
+	if left := r.apply(id, kvEvent{llm.KvEvent{EventID: 1, Stored: &llm.KvStored{BlockHashes: []uint64{1, 2}}}, 9}); left {
+		t.Fatal("a worker's first event read as a departed worker's")
+	}
+	if !r.holds(id, 2) {
+		t.Fatal("the worker's first event did not apply")
+	}
+	left := time.Now().UnixNano()
+	r.mu.Lock()
+	r.leave(id, left)
+	r.mu.Unlock()
+	if r.holds(id, 1) || r.idx.entries != 0 {
+		t.Fatalf("the departed worker's blocks are still in the index (%d entries)", r.idx.entries)
+	}
+	late := kvEvent{llm.KvEvent{EventID: 2, Stored: &llm.KvStored{BlockHashes: []uint64{3}}}, 9}
+	if gone := r.apply(id, late); !gone {
+		t.Error("a departed worker's late event was not reported as a departed worker's")
+	}
+	if gone, _ := r.onLoad(id, llm.LoadMetrics{ActiveBlocks: 5}, left+1, func() int { return 0 }); !gone {
+		t.Error("a departed worker's late load report was not reported as a departed worker's")
+	}
+	r.tidy(left + int64(goneFor) - 1)
+	if len(r.workers) != 0 || r.holds(id, 3) || len(r.gone) != 1 {
+		t.Fatalf("within the minute: %d workers, late block held %v, %d gone; want none, false and 1", len(r.workers), r.holds(id, 3), len(r.gone))
+	}
+	r.tidy(left + int64(goneFor) + 1)
+	if len(r.gone) != 0 {
+		t.Fatalf("a minute after it left, %d departed workers are remembered; want none", len(r.gone))
+	}
+}
