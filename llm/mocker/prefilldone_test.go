@@ -32,6 +32,25 @@ func TestPrefillNoticesAreReadStrictly(t *testing.T) {
 	}
 }
 
+// TestPrefillNoticeWireShape pins the subject and bodies docs/llm.md
+// gives for the notice, which a prefill worker in another language sends.
+func TestPrefillNoticeWireShape(t *testing.T) {
+	for _, tc := range []struct {
+		ns   string
+		id   uint64
+		want string
+	}{{"llm", 0x1f, "llm_prefill_done.llm.1f"}, {"prod.eu", 0xffffffffffffffff, "llm_prefill_done.prod%2Eeu.ffffffffffffffff"}} {
+		if got := PrefillDoneSubject(tc.ns, tc.id); got != tc.want {
+			t.Errorf("PrefillDoneSubject(%q, %x) = %q, want %q", tc.ns, tc.id, got, tc.want)
+		}
+	}
+	for v, want := range map[any]string{PrefillDone{RequestID: "1f-3"}: `{"request_id":"1f-3"}`, PrefillDoneAck{Known: true}: `{"known":true}`, PrefillDoneAck{}: `{"known":false}`} {
+		if b, err := json.Marshal(v); err != nil || string(b) != want {
+			t.Errorf("%#v encodes as %s (%v), want %s", v, b, err, want)
+		}
+	}
+}
+
 // FuzzPrefillDone: whatever bytes arrive as a notice or an answer, the
 // decoders return a value that encodes back to what they read, or an
 // error naming the field; they never panic.
