@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -230,6 +231,73 @@ func FuzzDecoderStreamsWhatDecodeGives(f *testing.F) {
 			t.Fatalf("streaming %v gave %q, Decode %q", ids, all, want)
 		}
 	})
+}
+
+// TestEncodeAllocatesOnlyTheOutput holds Encode to the package doc: no
+// allocation but the output slice, so none into one with room, whatever
+// the text (known words, unknown runs matched by pieces, bytes).
+func TestEncodeAllocatesOnlyTheOutput(t *testing.T) {
+	tok := Default()
+	text := benchPrompt() + " Zyxwvut qqqq 日本 \xff 12345"
+	dst := tok.Encode(nil, text)
+	if n := testing.AllocsPerRun(20, func() { dst = tok.Encode(dst[:0], text) }); n != 0 {
+		t.Errorf("Encode into a slice with room allocated %v times a run", n)
+	}
+}
+
+// TestHugeInputsEncodeInLinearTime: a body of the frontend's largest
+// size that is one run of letters no piece covers, or one unknown byte
+// repeated, encodes back to itself, in tokens bounded by its bytes.
+func TestHugeInputsEncodeInLinearTime(t *testing.T) {
+	tok := Default()
+	for _, text := range []string{
+		strings.Repeat("q", 4<<20),
+		strings.Repeat("\xfe", 4<<20),
+		strings.Repeat(" thequickbrownfox", (4<<20)/17),
+	} {
+		start := time.Now()
+		ids := tok.Encode(nil, text)
+		took := time.Since(start)
+		if len(ids) == 0 || len(ids) > len(text) {
+			t.Fatalf("%d bytes encoded as %d tokens", len(text), len(ids))
+		}
+		if got := tok.Decode(make([]byte, 0, len(text)), ids); string(got) != text {
+			t.Fatalf("a text of %d bytes did not decode back to itself", len(text))
+		}
+		// Linear: well under a second for 4 MiB even under the race
+		// detector; a quadratic walk would take hours.
+		if took > 30*time.Second {
+			t.Errorf("encoding %d bytes took %v", len(text), took)
+		}
+	}
+}
+
+// TestChatTemplateEdgeCases: an empty chat is the generation prompt
+// alone, an empty message still has its markers, and a message's text
+// never runs into the next message's tokens.
+func TestChatTemplateEdgeCases(t *testing.T) {
+	tok := Default()
+	if got, want := tok.ApplyChatTemplate(nil, nil, true), append(append([]uint32{ImStart}, tok.Encode(nil, "assistant")...), '\n'); !slices.Equal(got, want) {
+		t.Errorf("an empty chat: %v, want the generation prompt %v", got, want)
+	}
+	if got := tok.ApplyChatTemplate(nil, nil, false); len(got) != 0 {
+		t.Errorf("an empty chat without the generation prompt: %v, want nothing", got)
+	}
+	empty := tok.ApplyChatTemplate(nil, []Message{{Role: "user"}}, false)
+	want := append(append([]uint32{ImStart}, tok.Encode(nil, "user")...), '\n', ImEnd, '\n')
+	if !slices.Equal(empty, want) {
+		t.Errorf("an empty message: %v, want %v", empty, want)
+	}
+	// "a" then "b" as two messages is not "ab" as one: each message is
+	// encoded on its own, between its markers.
+	two := tok.ApplyChatTemplate(nil, []Message{{Role: "user", Content: "a"}, {Role: "user", Content: "b"}}, false)
+	one := tok.ApplyChatTemplate(nil, []Message{{Role: "user", Content: "ab"}}, false)
+	if slices.Equal(two, one) {
+		t.Errorf("two messages templated as one")
+	}
+	if got := string(tok.Decode(nil, two)); got != "user\na\nuser\nb\n" {
+		t.Errorf("two messages decode (markers skipped) as %q", got)
+	}
 }
 
 // benchPrompt is a prompt of about 2,000 tokens, mostly words of the
