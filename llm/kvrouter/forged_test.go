@@ -195,3 +195,41 @@ func TestADepartedWorkersLateEventsAreIgnoredForAMinute(t *testing.T) {
 		t.Fatalf("a minute after it left, %d departed workers are remembered; want none", len(r.gone))
 	}
 }
+
+// TestTwoPublishersOfOneIDDuringAFetchMakeTheRouterFetchAgain: events
+// buffered while a worker's block set was fetched are applied after it;
+// if two publishers sent the same id among them (the worker and a process
+// speaking as it), the router cannot tell which it should have applied,
+// and fetches again rather than keep the first.
+func TestTwoPublishersOfOneIDDuringAFetchMakeTheRouterFetchAgain(t *testing.T) {
+	const id, own, other = 7, 1, 2
+	stored := func(eid, h, pub uint64) kvEvent {
+		return kvEvent{llm.KvEvent{EventID: eid, Stored: &llm.KvStored{BlockHashes: []uint64{h}}}, pub}
+	}
+	for _, tc := range []struct {
+		name     string
+		buffered []kvEvent
+		refetch  bool
+	}{
+		{"one publisher", []kvEvent{stored(6, 60, own), stored(7, 70, own)}, false},
+		{"the other first", []kvEvent{stored(6, 66, other), stored(6, 60, own), stored(7, 70, own)}, true},
+		{"the worker first", []kvEvent{stored(6, 60, own), stored(6, 66, other), stored(7, 70, own)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := testRouter(Config{})
+			r.gone, r.resyncQ, r.wakeRes = map[uint64]int64{}, map[uint64]bool{}, make(chan struct{}, 1)
+			r.mu.Lock()
+			w := r.worker(id)
+			w.resyncing, w.buffered = true, tc.buffered
+			r.replaceView(w, []uint64{50}, 5, 0)
+			refetch := w.resyncing && r.resyncQ[id]
+			r.mu.Unlock()
+			if refetch != tc.refetch {
+				t.Fatalf("after the fetch: fetching again %v, want %v (last event %d, gaps %d)", refetch, tc.refetch, w.lastEvent, r.gaps.Load())
+			}
+			if !tc.refetch && (w.lastEvent != 7 || !r.holds(id, 60) || !r.holds(id, 70)) {
+				t.Fatalf("one publisher's events after the fetch: last event %d; want both applied", w.lastEvent)
+			}
+		})
+	}
+}

@@ -786,7 +786,15 @@ func (r *KVRouter) resync(ctx context.Context, id uint64) {
 		w.retryAt = time.Now().Add(time.Second).UnixNano()
 		return
 	}
-	r.idx.replace(id, hashes)
+	r.replaceView(w, hashes, at, before)
+}
+
+// replaceView makes hashes, fetched as of event at, worker w's view,
+// then applies the events buffered during the fetch that follow it; the
+// first before of them were received before the fetch began. r.mu is
+// held.
+func (r *KVRouter) replaceView(w *workerState, hashes []uint64, at uint64, before int) {
+	r.idx.replace(w.id, hashes)
 	w.lastEvent, w.pub = at, 0
 	w.resyncing, w.retryAt = false, 0
 	r.resyncs.Add(1)
@@ -810,6 +818,13 @@ func (r *KVRouter) resync(ctx context.Context, id uint64) {
 	slices.SortStableFunc(buf, func(a, b kvEvent) int { return cmpU(a.EventID, b.EventID) })
 	for i, ev := range buf {
 		switch {
+		case ev.EventID <= w.lastEvent && w.pub != 0 && ev.pub != w.pub:
+			// Two publishers sent this id, as in apply: fetch again.
+			r.stale.Add(1)
+			r.gaps.Add(1)
+			w.buffered = append(w.buffered, buf[i+1:]...)
+			r.scheduleResync(w)
+			return
 		case ev.EventID <= w.lastEvent:
 			r.stale.Add(1)
 		case ev.EventID == w.lastEvent+1:
