@@ -156,6 +156,26 @@ type KvEvent struct {
 	Cleared bool `json:"cleared,omitempty" msgpack:"cleared,omitempty"`
 }
 
+// Check reports what makes ev, read off the network, not one change to a
+// worker's cache: an event id of 0 (ids count from 1), or more than one
+// of stored, removed and cleared (the reader could not tell in which
+// order they happened).
+func (ev *KvEvent) Check() error {
+	if ev.EventID == 0 {
+		return errors.New("llm: kv_event with event_id 0: event ids count from 1")
+	}
+	n := 0
+	for _, set := range []bool{ev.Stored != nil, ev.Removed != nil, ev.Cleared} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return fmt.Errorf("llm: kv_event %d has more than one of stored, removed and cleared: publish one change an event", ev.EventID)
+	}
+	return nil
+}
+
 // KvStored lists blocks stored in order, the first chained to ParentHash
 // (nil for a block at the start of a sequence).
 type KvStored struct {

@@ -171,3 +171,22 @@ func TestLoadMetricsCheckNamesTheCountOutOfRange(t *testing.T) {
 		}
 	}
 }
+
+// TestKvEventCheckRefusesWhatIsNotOneChange: a kv_event off the network
+// is one change with an id from 1.
+func TestKvEventCheckRefusesWhatIsNotOneChange(t *testing.T) {
+	for _, ev := range []KvEvent{{EventID: 1}, {EventID: 2, Stored: &KvStored{}}, {EventID: 3, Removed: &KvRemoved{}}, {EventID: 4, Cleared: true}} {
+		if err := ev.Check(); err != nil {
+			t.Errorf("%+v: %v", ev, err)
+		}
+	}
+	for want, ev := range map[string]KvEvent{
+		"event_id 0":                  {Cleared: true},
+		"more than one":               {EventID: 5, Stored: &KvStored{}, Removed: &KvRemoved{}},
+		"stored, removed and cleared": {EventID: 6, Removed: &KvRemoved{}, Cleared: true},
+	} {
+		if err := ev.Check(); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%+v: %v; want an error saying %q", ev, err, want)
+		}
+	}
+}

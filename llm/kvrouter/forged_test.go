@@ -122,6 +122,13 @@ func (r *KVRouter) holds(id, h uint64) bool {
 	return ok
 }
 
+// blocksOf returns how many blocks the index has worker id holding.
+func (r *KVRouter) blocksOf(id uint64) int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.idx.workerBlocks(id)
+}
+
 // viewIsWorkers fails the test unless the router's blocks for worker id
 // are the worker's block set, as its kv_blocks endpoint gives it.
 func (s *system) viewIsWorkers(ctx context.Context, r *KVRouter, id uint64) {
@@ -232,4 +239,49 @@ func TestTwoPublishersOfOneIDDuringAFetchMakeTheRouterFetchAgain(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKVRouterIgnoresMalformedEvents: a kv_event that is not one change
+// (stored and removed at once, or an id of 0) is dropped as if lost,
+// never half applied; the worker's own events go on applying.
+func TestKVRouterIgnoresMalformedEvents(t *testing.T) {
+	s := newSystem(t, 1, warmCfg())
+	r := s.router(KV, Config{}).(*KVRouter)
+	c := s.client(r, 1)
+	ctx := testutil.Timeout(t, 30*time.Second)
+	if res := send(ctx, c, r, "fill", prompt(1, 64), 2); res.err != nil {
+		t.Fatal(res.err)
+	}
+	synced(t, r, s.cluster)
+	w := s.cluster.Workers()[0]
+	kv := s.kvPublisher(ctx, w.ID())
+	const bogus1, bogus2 = 0xbad0001, 0xbad0002
+	before := r.Stats()
+	held := r.blocksOf(w.ID())
+	for _, ev := range []llm.KvEvent{
+		{EventID: w.Stats().KvEvents + 1, Stored: &llm.KvStored{BlockHashes: []uint64{bogus1}}, Removed: &llm.KvRemoved{BlockHashes: []uint64{1}}},
+		{EventID: 0, Stored: &llm.KvStored{BlockHashes: []uint64{bogus2}}},
+	} {
+		if err := kv.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "both malformed events to be counted", func() bool {
+		return r.Stats().EventsMalformed == before.EventsMalformed+2
+	})
+	if st := r.Stats(); r.holds(w.ID(), bogus1) || r.holds(w.ID(), bogus2) || st.EventsApplied != before.EventsApplied || st.Resyncs != before.Resyncs {
+		t.Fatalf("after two malformed events: bogus blocks held %v %v, applied %d -> %d, resyncs %d -> %d; want neither applied and no fetch",
+			r.holds(w.ID(), bogus1), r.holds(w.ID(), bogus2), before.EventsApplied, st.EventsApplied, before.Resyncs, st.Resyncs)
+	}
+	if n := r.blocksOf(w.ID()); n != held {
+		t.Fatalf("the worker's blocks went from %d to %d", held, n)
+	}
+	if res := send(ctx, c, r, "after", prompt(2, 64), 2); res.err != nil {
+		t.Fatal(res.err)
+	}
+	synced(t, r, s.cluster)
+	if st := r.Stats(); st.Resyncs != before.Resyncs {
+		t.Fatalf("resyncs %d -> %d; the worker's own events after malformed ones needed no fetch", before.Resyncs, st.Resyncs)
+	}
+	s.viewIsWorkers(ctx, r, w.ID())
 }

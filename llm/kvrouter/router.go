@@ -125,8 +125,9 @@ type Stats struct {
 	EventsApplied, EventsStale uint64
 	// EventsDiscarded counts events found inconsistent with the worker's
 	// block set when it was fetched (their ids were beyond it although
-	// they came before it), and dropped.
-	EventsDiscarded uint64
+	// they came before it), and dropped; EventsMalformed those that
+	// llm.KvEvent.Check refused, dropped as if lost.
+	EventsDiscarded, EventsMalformed uint64
 	// Gaps counts gaps seen in workers' event ids or sequences, events
 	// a worker's load report named that never came, and event ids of a
 	// worker that two event-plane publishers used; Resyncs
@@ -249,7 +250,8 @@ type KVRouter struct {
 	inflight map[string]*sent
 
 	applied, stale, gaps, resyncs, resyncFails atomic.Uint64
-	discarded                                  atomic.Uint64
+	discarded, malformed                       atomic.Uint64
+	malformedLogged                            atomic.Int64 // Unix nanoseconds
 	decisions, promptBlocks, overlapBlocks     atomic.Uint64
 
 	blocks     *loom.Client[llm.KvBlocksRequest, llm.KvSnapshot]
@@ -561,6 +563,17 @@ func (r *KVRouter) consumeKv(ctx context.Context, sub *events.Subscription[llm.K
 		if err != nil {
 			r.rt.Logger().Warn("kvrouter: kv_events subscription ended", "err", err)
 			return
+		}
+		if err := ev.Value.Check(); err != nil {
+			// Dropped as if lost: the worker's next event, or its next
+			// load report, shows its id missing, and the block set is
+			// fetched; a process speaking as the worker loses nothing.
+			r.malformed.Add(1)
+			if now := time.Now().UnixNano(); now-r.malformedLogged.Load() > int64(10*time.Second) {
+				r.malformedLogged.Store(now)
+				r.rt.Logger().Warn("kvrouter: a malformed kv_event is ignored", "worker", fmt.Sprintf("%x", ev.InstanceID), "err", err)
+			}
+			continue
 		}
 		if left := r.apply(ev.InstanceID, kvEvent{ev.Value, ev.PublisherID}); left {
 			sub.Forget(ev.InstanceID) // it followed the sequence of one gone
@@ -1194,7 +1207,7 @@ func sample(cs []candidate, t float64) int {
 // Stats returns the router's counters and view now.
 func (r *KVRouter) Stats() Stats {
 	s := Stats{
-		Name: r.name, EventsApplied: r.applied.Load(), EventsStale: r.stale.Load(), EventsDiscarded: r.discarded.Load(),
+		Name: r.name, EventsApplied: r.applied.Load(), EventsStale: r.stale.Load(), EventsDiscarded: r.discarded.Load(), EventsMalformed: r.malformed.Load(),
 		Gaps: r.gaps.Load(), Resyncs: r.resyncs.Load(), ResyncFailures: r.resyncFails.Load(),
 		Decisions: r.decisions.Load(), PromptBlocks: r.promptBlocks.Load(), OverlapBlocks: r.overlapBlocks.Load(),
 	}
