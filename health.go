@@ -53,9 +53,18 @@ func (s *served) setHealth(o *healthOptions, isReq func(any) bool) error {
 	return nil
 }
 
-// served records the end of a request: real traffic postpones the next
-// canary, and a success makes the endpoint ready again.
-func (h *healthCheck) served(ok bool) {
+// served records the end of a request. One that answered (ok: it
+// completed, or yielded before its caller stopped or cancelled) postpones
+// the next canary and makes a failing endpoint ready again; one that
+// failed postpones the canary only. One killed before it answered (its
+// caller's deadline passed, or a canary's timeout) does neither: that is
+// what a wedged handler looks like, and real traffic timing out on it must
+// not keep the canary from finding it, nor the end of a canary already
+// judged a timeout make the endpoint ready.
+func (h *healthCheck) served(ok, killed bool) {
+	if killed {
+		return
+	}
 	h.lastActive.Store(time.Now().UnixNano())
 	if ok && h.failing.Load() != nil {
 		h.failing.Store(nil)
@@ -148,7 +157,7 @@ func (h *healthCheck) result(s *served, err error, took time.Duration) {
 	switch {
 	case err == nil:
 		h.m.OK.Inc()
-		h.served(true)
+		h.served(true, false)
 	case errors.Is(err, context.DeadlineExceeded):
 		h.m.Timeout.Inc()
 		h.fail(fmt.Sprintf("%s: health check got no answer within %s (health.canary_timeout)", s.ep.path, h.timeout))

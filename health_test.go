@@ -2,6 +2,7 @@ package loom_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"iter"
 	"net/http"
@@ -148,4 +149,97 @@ func TestAHealthRequestOfTheWrongTypeIsRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "health request is a int") {
 		t.Fatalf("Serve with an int health request for a string endpoint: %v", err)
 	}
+}
+
+// TestRequestsThatTimeOutOnAWedgedHandlerNeitherHideNorClearItsFailure: a
+// handler that stops answering while callers keep calling it with
+// deadlines is what a wedged endpoint looks like in production. Requests
+// killed before any answer neither postpone the canary (which would hide
+// the wedge from /health for as long as traffic comes) nor make a failing
+// endpoint ready again.
+func TestRequestsThatTimeOutOnAWedgedHandlerNeitherHideNorClearItsFailure(t *testing.T) {
+	c := newCluster(t)
+	c.cfg.Status.Port = -1
+	c.cfg.Health.CanaryIdle = 300 * time.Millisecond
+	c.cfg.Health.CanaryTimeout = 100 * time.Millisecond
+	rt := c.runtime()
+	var wedged atomic.Bool
+	ep := endpoint(t, rt, "hc/traffic/generate")
+	err := loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) {
+			if wedged.Load() {
+				<-ctx.Done()
+				return
+			}
+			yield("ok", nil)
+		}
+	}), loom.WithHealthCheck("ping"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := client[string, string](t, rt, "hc/traffic/generate")
+	waitFor(t, 10*time.Second, "a canary to succeed", func() bool { return healthChecks(t, rt, "ok") > 0 })
+	wedged.Store(true)
+	call := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		defer cancel()
+		if _, err := collect(cl.Generate(ctx, "real")); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("a call to the wedged handler ended with %v, want context.DeadlineExceeded", err)
+		}
+	}
+	start := time.Now()
+	for {
+		call()
+		if code, _ := health(t, rt); code == http.StatusServiceUnavailable {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("/health still ready 10s after the handler wedged, under traffic that times out")
+		}
+	}
+	t.Logf("not ready %s after the handler wedged, under traffic", time.Since(start))
+	for range 10 {
+		call()
+		if code, body := health(t, rt); code != http.StatusServiceUnavailable {
+			t.Fatalf("/health answers %d %q after a request timed out on the wedged handler", code, body)
+		}
+	}
+}
+
+// TestACanaryThatTimesOutDoesNotMakeItsEndpointReadyWhenItsHandlerGivesUp:
+// the canary's handler returns when the canary's context ends, after the
+// check was judged a timeout; that end is no answer, so the endpoint stays
+// not ready until a check or request succeeds.
+func TestACanaryThatTimesOutDoesNotMakeItsEndpointReadyWhenItsHandlerGivesUp(t *testing.T) {
+	c := newCluster(t)
+	c.cfg.Status.Port = -1
+	c.cfg.Health.CanaryIdle = 200 * time.Millisecond
+	c.cfg.Health.CanaryTimeout = 100 * time.Millisecond
+	rt := c.runtime()
+	returned := make(chan struct{}, 8)
+	ep := endpoint(t, rt, "hc/late/generate")
+	err := loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) {
+			judged := healthChecks(t, rt, "timeout")
+			<-ctx.Done()
+			// Give up only once the check has been judged a timeout.
+			for end := time.Now().Add(10 * time.Second); healthChecks(t, rt, "timeout") == judged && time.Now().Before(end); {
+				time.Sleep(time.Millisecond)
+			}
+			returned <- struct{}{}
+		}
+	}), loom.WithHealthCheck("ping"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHealth(t, rt, http.StatusServiceUnavailable, 10*time.Second)
+	within(t, 10*time.Second, returned, "the first canary's handler to return")
+	// Until the next canary has timed out too, nothing answered: /health
+	// must stay not ready.
+	waitFor(t, 10*time.Second, "the second canary to time out", func() bool {
+		if code, body := health(t, rt); code != http.StatusServiceUnavailable {
+			t.Fatalf("/health answers %d %q once the timed-out canary's handler returned", code, body)
+		}
+		return healthChecks(t, rt, "timeout") >= 2
+	})
 }

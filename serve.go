@@ -537,7 +537,8 @@ func serveWith[Req, Resp any](st *serving[Req, Resp], caller, stop context.Conte
 		outcome.Inc()
 		s.release()
 		if s.health != nil {
-			s.health.served(outcome == s.m.OK || outcome == s.m.Cancelled)
+			killed := outcome == s.m.Cancelled && !st.started
+			s.health.served(outcome == s.m.OK || outcome == s.m.Cancelled && st.started, killed)
 		}
 	}()
 
