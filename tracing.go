@@ -106,19 +106,21 @@ func traceServer(rt *Runtime) Interceptor {
 					attrs = append(attrs, AttrCanary.Bool(true))
 				}
 				ctx, span := tr.Start(ctx, call.Path, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
-				defer span.End()
-				items := 0
+				var sp spanned
+				defer sp.end(span, call)
 				for item, err := range next.Generate(ctx, req) {
 					if err != nil {
 						endWithError(span, err)
 					} else {
-						items++
+						sp.items++
 					}
-					if !yield(item, err) {
+					sp.inYield = true
+					ok := yield(item, err)
+					sp.inYield = false
+					if !ok {
 						break
 					}
 				}
-				span.SetAttributes(attribute.Int("loom.items", items))
 			}
 		})
 	}
@@ -141,26 +143,58 @@ func traceClient(rt *Runtime) Interceptor {
 					attrs = append(attrs, AttrRequestID.String(call.RequestID))
 				}
 				ctx, span := tr.Start(ctx, call.Path, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
-				defer span.End()
 				call.span = span
-				items := 0
+				var sp spanned
+				defer sp.end(span, call)
 				for item, err := range next.Generate(ctx, req) {
 					if err != nil {
 						endWithError(span, err)
 					} else {
-						items++
+						sp.items++
 					}
-					if !yield(item, err) {
+					sp.inYield = true
+					ok := yield(item, err)
+					sp.inYield = false
+					if !ok {
 						break
 					}
 				}
-				if call.InstanceID != 0 {
-					span.SetAttributes(AttrInstanceID.String(strconv.FormatUint(call.InstanceID, 16)))
-				}
-				span.SetAttributes(attribute.Int("loom.items", items))
 			}
 		})
 	}
+}
+
+// spanned is the state of a request's span while its stream runs.
+type spanned struct {
+	items   int
+	inYield bool // the panic, if any, is the consumer's loop body's
+}
+
+// end ends a request's span. A panic passing through (an interceptor's or
+// the handler's, which the serving core recovers, or a client
+// interceptor's, which reaches the caller) fails the span first; one of
+// the consumer's loop body is not the request's failure.
+func (sp *spanned) end(span trace.Span, call *Call) {
+	if v := recover(); v != nil {
+		switch {
+		case sp.inYield:
+		case call.Side == ServerSide:
+			endWithError(span, atInstance(ErrHandlerPanic, call.Path, call.InstanceID, "%v", v))
+		default:
+			endWithError(span, fmt.Errorf("loom: client of %s: an interceptor panicked: %v", call.Path, v))
+		}
+		sp.finish(span, call)
+		panic(v)
+	}
+	sp.finish(span, call)
+}
+
+func (sp *spanned) finish(span trace.Span, call *Call) {
+	if call.Side == ClientSide && call.InstanceID != 0 {
+		span.SetAttributes(AttrInstanceID.String(strconv.FormatUint(call.InstanceID, 16)))
+	}
+	span.SetAttributes(attribute.Int("loom.items", sp.items))
+	span.End()
 }
 
 func endWithError(span trace.Span, err error) {

@@ -3,12 +3,14 @@ package loom_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"iter"
 	"log/slog"
 	"strings"
 	"testing"
 
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -235,4 +237,114 @@ func TestARetriedCallRecordsEachPickAndTheRetryOnItsSpan(t *testing.T) {
 			}
 		}
 	})
+}
+
+// spanNamed returns the ended span of the given name and kind.
+func spanNamed(t *testing.T, rec *tracetest.SpanRecorder, name string, kind trace.SpanKind) sdktrace.ReadOnlySpan {
+	t.Helper()
+	var names []string
+	for _, s := range rec.Ended() {
+		if s.Name() == name && s.SpanKind() == kind {
+			return s
+		}
+		names = append(names, s.Name()+"/"+s.SpanKind().String())
+	}
+	t.Fatalf("no ended %s span named %s among %v", kind, name, names)
+	return nil
+}
+
+// spanAttrs returns a span's attributes as strings by key.
+func spanAttrs(s sdktrace.ReadOnlySpan) map[string]string {
+	a := map[string]string{}
+	for _, kv := range s.Attributes() {
+		a[string(kv.Key)] = kv.Value.Emit()
+	}
+	return a
+}
+
+// TestAPanickingServerInterceptorFailsItsRequestAndBothSpans: the serving
+// core recovers a panic in a server interceptor (the request fails with
+// ErrHandlerPanic, counted as a panic, and the endpoint goes on serving),
+// and the request's server and client spans end with the error status,
+// on every plane.
+func TestAPanickingServerInterceptorFailsItsRequestAndBothSpans(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		defer tp.Shutdown(context.Background())
+		explode := func(next loom.Engine[any, any]) loom.Engine[any, any] {
+			return loom.EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+				if req.(string) == "boom" {
+					panic("interceptor exploded")
+				}
+				return next.Generate(ctx, req)
+			})
+		}
+		srv := c.runtime(loom.WithTracerProvider(tp), loom.WithServerInterceptors(explode))
+		serve(t, srv, "ic/explode/echo", func(ctx context.Context, s string) iter.Seq2[string, error] {
+			return func(yield func(string, error) bool) { yield(s, nil) }
+		})
+		cl := client[string, string](t, c.runtime(loom.WithTracerProvider(tp)), "ic/explode/echo")
+		if _, err := collect(cl.Generate(context.Background(), "boom")); !errors.Is(err, loom.ErrHandlerPanic) {
+			t.Fatalf("the call whose interceptor panicked ended with %v, want ErrHandlerPanic", err)
+		}
+		for _, kind := range []trace.SpanKind{trace.SpanKindServer, trace.SpanKindClient} {
+			s := spanNamed(t, rec, "ic/explode/echo", kind)
+			if s.Status().Code != codes.Error || spanAttrs(s)["error.type"] == "" {
+				t.Errorf("the %s span of the panicked request has status %v and attributes %v; want the error status and error.type", kind, s.Status(), spanAttrs(s))
+			}
+		}
+		if n := counterSum(t, srv, "loom_requests_total", "code", "panic"); n != 1 {
+			t.Errorf("loom_requests_total{code=panic} = %v, want 1", n)
+		}
+		if got, err := collect(cl.Generate(context.Background(), "fine")); err != nil || len(got) != 1 {
+			t.Fatalf("the endpoint after the panic: %v, %v", got, err)
+		}
+	})
+}
+
+// TestAPanickingClientInterceptorFailsTheCallsSpan: a client interceptor's
+// panic reaches the caller (nothing on the client recovers it), and the
+// call's span records it as the call's error; a panic in the caller's own
+// loop body is not the call's error.
+func TestAPanickingClientInterceptorFailsTheCallsSpan(t *testing.T) {
+	c := newCluster(t)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer tp.Shutdown(context.Background())
+	srv := c.runtime(loom.WithTracerProvider(tp))
+	serve(t, srv, "ic/clientpanic/echo", func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) { yield(s, nil) }
+	})
+	explode := func(next loom.Engine[any, any]) loom.Engine[any, any] {
+		return loom.EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+			if req.(string) == "boom" {
+				panic("client interceptor exploded")
+			}
+			return next.Generate(ctx, req)
+		})
+	}
+	cl := client[string, string](t, c.runtime(loom.WithTracerProvider(tp)), "ic/clientpanic/echo", loom.WithCallInterceptors(explode))
+	panicked := func(req string, body func()) (v any) {
+		defer func() { v = recover() }()
+		for range cl.Generate(context.Background(), req) {
+			body()
+		}
+		return nil
+	}
+	if v := panicked("boom", func() {}); v != "client interceptor exploded" {
+		t.Fatalf("the caller recovered %v, want the interceptor's panic", v)
+	}
+	s := spanNamed(t, rec, "ic/clientpanic/echo", trace.SpanKindClient)
+	if s.Status().Code != codes.Error || !strings.Contains(s.Status().Description, "client interceptor exploded") {
+		t.Fatalf("the call's span has status %v, want the error status naming the panic", s.Status())
+	}
+	rec.Reset()
+	if v := panicked("fine", func() { panic("caller's body") }); v != "caller's body" {
+		t.Fatalf("the caller recovered %v, want its own panic", v)
+	}
+	s = spanNamed(t, rec, "ic/clientpanic/echo", trace.SpanKindClient)
+	if s.Status().Code == codes.Error || spanAttrs(s)["loom.items"] != "1" {
+		t.Fatalf("a call whose caller's loop body panicked has status %v and attributes %v; want no error and the item counted", s.Status(), spanAttrs(s))
+	}
 }
