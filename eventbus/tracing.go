@@ -7,6 +7,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/loomrt/loom/internal/jsconsume"
 	"github.com/loomrt/loom/internal/otelx"
 )
 
@@ -54,10 +55,19 @@ func (b *Bus) traced(ctx context.Context, msg *Message, handle func(context.Cont
 	attrs := append(otelx.Operation("process", "consume"), otelx.SystemNATS, otelx.Destination(msg.Topic),
 		otelx.ConsumerGroup(msg.Group), attribute.Int("loom.attempt", max(msg.Deliveries, 1)))
 	ctx, span := tr.Start(ctx, "process "+msg.Topic, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
-	defer span.End()
+	defer func() {
+		// A panic fails the handling as an error does (the consumer
+		// recovers it, further out): the span says so before it ends.
+		if v := recover(); v != nil {
+			otelx.Fail(span, &jsconsume.PanicError{Value: v})
+			span.End()
+			panic(v)
+		}
+	}()
 	err := handle(ctx)
 	if err != nil {
 		otelx.Fail(span, err)
 	}
+	span.End()
 	return err
 }

@@ -64,8 +64,21 @@ func (q *Queue[T]) traced(ctx context.Context, job *Job[T], handle func(context.
 		otelx.ConsumerGroup(q.cfg.Group), otelx.MessageID(strconv.FormatUint(job.Seq, 10)),
 		attrQueue.String(q.cfg.Name), attrAttempt.Int(job.Deliveries))
 	ctx, span := tr.Start(ctx, "process "+q.cfg.Name, trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(attrs...))
-	defer span.End()
+	defer func() {
+		// A panic fails the attempt as an error does (the consumer
+		// recovers it, further out): the span says so before it ends.
+		if v := recover(); v != nil {
+			q.endAttempt(span, job, &jsconsume.PanicError{Value: v})
+			panic(v)
+		}
+	}()
 	err := handle(ctx)
+	q.endAttempt(span, job, err)
+	return err
+}
+
+// endAttempt ends the span of an attempt at job that ended with err.
+func (q *Queue[T]) endAttempt(span trace.Span, job *Job[T], err error) {
 	if err != nil {
 		otelx.Fail(span, err)
 		var te *jsconsume.TerminalError
@@ -75,5 +88,5 @@ func (q *Queue[T]) traced(ctx context.Context, job *Job[T], handle func(context.
 			span.AddEvent("loom.dead_letter", trace.WithAttributes(attribute.String("loom.error", err.Error())))
 		}
 	}
-	return err
+	span.End()
 }

@@ -3,11 +3,14 @@ package workqueue_test
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -109,6 +112,50 @@ func TestEachAttemptAtAJobIsASpanUnderItsEnqueue(t *testing.T) {
 	for _, want := range []string{"1 dead=false", "2 dead=", "1 dead=true"} {
 		if !attempts[want] {
 			t.Errorf("no attempt span with attempt and dead-letter mark %q among %v", want, attempts)
+		}
+	}
+}
+
+// TestAnAttemptWhoseHandlerPanicsIsAFailedSpan: a handler's panic fails
+// its attempt like an error does (the consumer recovers it): the
+// attempt's span has the error status, and the last attempt is marked
+// dead-lettered with its event.
+func TestAnAttemptWhoseHandlerPanicsIsAFailedSpan(t *testing.T) {
+	rec := installRecorder()
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.MaxDeliver = 2
+	q := newQueue[job](t, nc, cfg)
+	ctx, parent := otel.Tracer("test").Start(ctxFor(t, 30*time.Second), "request")
+	if err := q.Enqueue(ctx, job{ID: 1, Text: "explodes"}); err != nil {
+		t.Fatal(err)
+	}
+	parent.End()
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error { panic("handler exploded") })
+	var process []sdktrace.ReadOnlySpan
+	testutil.Eventually(t, 10*time.Second, "the spans of the job's 2 attempts", func() bool {
+		process = nil
+		for _, s := range rec.Ended() {
+			if s.SpanContext().TraceID() == parent.SpanContext().TraceID() && s.SpanKind() == trace.SpanKindConsumer {
+				process = append(process, s)
+			}
+		}
+		return len(process) == 2
+	})
+	for _, s := range process {
+		a := map[string]string{}
+		for _, kv := range s.Attributes() {
+			a[string(kv.Key)] = kv.Value.Emit()
+		}
+		dead := false
+		for _, ev := range s.Events() {
+			dead = dead || ev.Name == "loom.dead_letter"
+		}
+		if s.Status().Code != codes.Error || !strings.Contains(s.Status().Description, "handler exploded") {
+			t.Errorf("attempt %s: status %v, want the error status naming the panic", a["loom.attempt"], s.Status())
+		}
+		if want := a["loom.attempt"] == "2"; a["loom.dead_lettered"] != strconv.FormatBool(want) || dead != want {
+			t.Errorf("attempt %s: loom.dead_lettered=%q, loom.dead_letter event %v; want %v", a["loom.attempt"], a["loom.dead_lettered"], dead, want)
 		}
 	}
 }
