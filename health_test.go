@@ -11,6 +11,10 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/loomrt/loom"
 )
 
@@ -241,5 +245,83 @@ func TestACanaryThatTimesOutDoesNotMakeItsEndpointReadyWhenItsHandlerGivesUp(t *
 			t.Fatalf("/health answers %d %q once the timed-out canary's handler returned", code, body)
 		}
 		return healthChecks(t, rt, "timeout") >= 2
+	})
+}
+
+// TestACanaryIsMarkedTracedAndMeasured: interceptors see a canary as a
+// Call with Canary set, its server span carries loom.health_check, and a
+// canary that fails with an error turns /health not ready naming the
+// error, moves loom_health_check_total{result="error"} and sets
+// loom_health_check_ready to 0, until a later one succeeds.
+func TestACanaryIsMarkedTracedAndMeasured(t *testing.T) {
+	c := newCluster(t)
+	c.cfg.Status.Port = -1
+	c.cfg.Health.CanaryIdle = 50 * time.Millisecond
+	c.cfg.Health.CanaryTimeout = 5 * time.Second
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	defer tp.Shutdown(context.Background())
+	var canaries, others atomic.Int64
+	watch := func(next loom.Engine[any, any]) loom.Engine[any, any] {
+		return loom.EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+			if call := loom.CallFromContext(ctx); call.Canary && req.(string) == "ping" {
+				canaries.Add(1)
+			} else {
+				others.Add(1)
+			}
+			return next.Generate(ctx, req)
+		})
+	}
+	rt := c.runtime(loom.WithTracerProvider(tp), loom.WithServerInterceptors(watch))
+	var failing atomic.Bool
+	ep := endpoint(t, rt, "hc/marked/generate")
+	err := loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) {
+			if failing.Load() {
+				yield("", errors.New("disk full"))
+				return
+			}
+			yield("ok", nil)
+		}
+	}), loom.WithHealthCheck("ping"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels := []string{"namespace", "hc", "component", "marked", "endpoint", "generate"}
+	waitFor(t, 10*time.Second, "a canary to succeed", func() bool { return healthChecks(t, rt, "ok") > 0 })
+	if canaries.Load() == 0 || others.Load() != 0 {
+		t.Fatalf("the interceptor saw %d canaries and %d other requests, want canaries only", canaries.Load(), others.Load())
+	}
+	if n := metricValue(t, rt, "loom_health_check_duration_seconds", labels...); n == 0 {
+		t.Error("loom_health_check_duration_seconds observed no check")
+	}
+	if n := metricValue(t, rt, "loom_health_check_ready", labels...); n != 1 {
+		t.Errorf("loom_health_check_ready = %v while the checks succeed, want 1", n)
+	}
+	marked := false
+	for _, s := range rec.Ended() {
+		for _, kv := range s.Attributes() {
+			marked = marked || s.SpanKind() == trace.SpanKindServer && kv.Key == loom.AttrCanary && kv.Value.AsBool()
+		}
+	}
+	if !marked {
+		t.Error("no server span with loom.health_check=true")
+	}
+	failing.Store(true)
+	body, _ := waitHealth(t, rt, http.StatusServiceUnavailable, 10*time.Second)
+	if !strings.Contains(body, "hc/marked/generate: health check failed") || !strings.Contains(body, "disk full") {
+		t.Errorf("/health says %q; want the endpoint and the canary's error named", body)
+	}
+	if n := healthChecks(t, rt, "error"); n == 0 {
+		t.Error(`loom_health_check_total{result="error"} is 0 after a canary failed`)
+	}
+	// The gauge is set just after /health's state changes: wait for it.
+	waitFor(t, 10*time.Second, "loom_health_check_ready to be 0 while the check fails", func() bool {
+		return metricValue(t, rt, "loom_health_check_ready", labels...) == 0
+	})
+	failing.Store(false)
+	waitHealth(t, rt, http.StatusOK, 10*time.Second)
+	waitFor(t, 10*time.Second, "loom_health_check_ready to be 1 once a check succeeded again", func() bool {
+		return metricValue(t, rt, "loom_health_check_ready", labels...) == 1
 	})
 }
