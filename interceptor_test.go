@@ -7,6 +7,7 @@ import (
 	"iter"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/loomrt/loom"
@@ -169,6 +170,34 @@ func TestAHandlerPanicIsAnErrorTheInterceptorsSee(t *testing.T) {
 		defer mu.Unlock()
 		if !errors.Is(seen, loom.ErrHandlerPanic) {
 			t.Fatalf("the interceptor saw %v, want ErrHandlerPanic", seen)
+		}
+	})
+}
+
+// TestARefusalIsNotRetriedOnAnotherInstance: every instance refuses, but
+// the caller hears the first refusal: a refusal is an answer, not a
+// failure of the instance.
+func TestARefusalIsNotRetriedOnAnotherInstance(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		var refusals atomic.Int64
+		refuse := func(next loom.Engine[any, any]) loom.Engine[any, any] {
+			return loom.EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+				refusals.Add(1)
+				return loom.Fail[any](loom.Refuse("quota", "over quota"))
+			})
+		}
+		for range 2 {
+			rt := c.runtime(loom.WithServerInterceptors(refuse))
+			serve(t, rt, "ic/quota/gen", echoID(rt))
+		}
+		caller := c.runtime()
+		cl := client[int, uint64](t, caller, "ic/quota/gen")
+		waitInstances(t, cl, 2)
+		if _, err := collect(cl.Generate(context.Background(), 1)); !errors.Is(err, loom.ErrRefused) {
+			t.Fatalf("the call ended with %v, want the refusal", err)
+		}
+		if n, r := refusals.Load(), counterSum(t, caller, "loom_client_retries_total"); n != 1 || r != 0 {
+			t.Fatalf("%d instances refused the call and the client retried it %v times; want 1 and 0", n, r)
 		}
 	})
 }

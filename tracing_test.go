@@ -348,3 +348,43 @@ func TestAPanickingClientInterceptorFailsTheCallsSpan(t *testing.T) {
 		t.Fatalf("a call whose caller's loop body panicked has status %v and attributes %v; want no error and the item counted", s.Status(), spanAttrs(s))
 	}
 }
+
+// TestAFailedCallSetsTheErrorOnBothSpans: a handler's error sets the
+// error status and error.type on the server span and on the caller's,
+// which both count the items sent before it, on every plane.
+func TestAFailedCallSetsTheErrorOnBothSpans(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		defer tp.Shutdown(context.Background())
+		srv := c.runtime(loom.WithTracerProvider(tp))
+		serve(t, srv, "tr/fail/gen", func(ctx context.Context, s string) iter.Seq2[string, error] {
+			return func(yield func(string, error) bool) {
+				if yield("first", nil) {
+					yield("", errors.New("out of tokens"))
+				}
+			}
+		})
+		cl := client[string, string](t, c.runtime(loom.WithTracerProvider(tp)), "tr/fail/gen")
+		if got, err := collect(cl.Generate(context.Background(), "x")); err == nil || len(got) != 1 {
+			t.Fatalf("got %v, %v; want one item, then the handler's error", got, err)
+		}
+		for _, kind := range []trace.SpanKind{trace.SpanKindServer, trace.SpanKindClient} {
+			s := spanNamed(t, rec, "tr/fail/gen", kind)
+			a := spanAttrs(s)
+			if s.Status().Code != codes.Error || !strings.Contains(s.Status().Description, "out of tokens") || a["error.type"] == "" {
+				t.Errorf("the %s span has status %v, error.type %q; want the error status naming the error, and its type", kind, s.Status(), a["error.type"])
+			}
+			if a["loom.items"] != "1" || a["loom.instance_id"] != fmt.Sprintf("%x", srv.ID()) {
+				t.Errorf("the %s span has loom.items %q, loom.instance_id %q; want 1 and %x", kind, a["loom.items"], a["loom.instance_id"], srv.ID())
+			}
+			recorded := false
+			for _, ev := range s.Events() {
+				recorded = recorded || ev.Name == "exception"
+			}
+			if !recorded {
+				t.Errorf("the %s span did not record the error as an event", kind)
+			}
+		}
+	})
+}
