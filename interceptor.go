@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/loomrt/loom/internal/plane"
+	"github.com/loomrt/loom/internal/wire"
 )
 
 // Interceptor wraps the engine that every request of an endpoint (on the
@@ -109,7 +110,7 @@ type outgoing struct {
 type outgoingKey struct{}
 
 // WithRequestID returns ctx with id as the request id of the calls made
-// with it, instead of a fresh one.
+// with it, instead of a fresh one. An id above 255 bytes fails the calls.
 func WithRequestID(ctx context.Context, id string) context.Context {
 	o, _ := ctx.Value(outgoingKey{}).(*outgoing)
 	n := &outgoing{requestID: id}
@@ -293,6 +294,11 @@ func (c *Client[Req, Resp]) runIntercepted(ctx context.Context, req Req, direct 
 				y(nil, fmt.Errorf("loom: client of %s: an interceptor replaced the request with a %T; the client sends %T", core.path, r, want))
 				return
 			}
+			if err := call.check(); err != nil {
+				core.count(err)
+				y(nil, err)
+				return
+			}
 			c.attempts(ctx, typed, direct, call, func(resp Resp, err error) bool { return y(resp, err) })
 		}
 	})
@@ -313,6 +319,29 @@ func (c *Client[Req, Resp]) runIntercepted(ctx context.Context, req Req, direct 
 			return
 		}
 	}
+}
+
+// check returns an error naming what of the call's metadata the request
+// planes cannot carry. The call then fails at once, on every plane and on
+// the local fast path alike: it is the caller's mistake, which no
+// instance would accept, not a failure of the instance to retry elsewhere
+// and avoid.
+func (c *Call) check() error {
+	switch {
+	case len(c.RequestID) > wire.MaxShortField:
+		return fmt.Errorf("loom: client of %s: the request id is %d bytes, above the limit of %d (loom.WithRequestID)", c.Path, len(c.RequestID), wire.MaxShortField)
+	case len(c.Header) > wire.MaxHeaders:
+		return fmt.Errorf("loom: client of %s: the request has %d headers, above the limit of %d (loom.WithHeader, Call.Header)", c.Path, len(c.Header), wire.MaxHeaders)
+	}
+	for k, v := range c.Header {
+		if len(k) == 0 || len(k) > wire.MaxShortField {
+			return fmt.Errorf("loom: client of %s: request header key %q is %d bytes; keys are 1 to %d bytes (loom.WithHeader, Call.Header)", c.Path, k, len(k), wire.MaxShortField)
+		}
+		if len(v) > wire.MaxHeaderValue {
+			return fmt.Errorf("loom: client of %s: request header %q has a value of %d bytes, above the limit of %d (loom.WithHeader, Call.Header)", c.Path, k, len(v), wire.MaxHeaderValue)
+		}
+	}
+	return nil
 }
 
 // request fills the metadata fields of a transport request from c.

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/loomrt/loom"
 )
@@ -198,6 +199,54 @@ func TestARefusalIsNotRetriedOnAnotherInstance(t *testing.T) {
 		}
 		if n, r := refusals.Load(), counterSum(t, caller, "loom_client_retries_total"); n != 1 || r != 0 {
 			t.Fatalf("%d instances refused the call and the client retried it %v times; want 1 and 0", n, r)
+		}
+	})
+}
+
+// TestMetadataThePlanesCannotCarryFailsTheCallAtOnceNamingIt: a request
+// id, header key or value outside the request planes' limits is the
+// caller's mistake: the call fails at once with an error naming it, on
+// every plane and the local fast path alike, without being retried on
+// another instance or waiting for one.
+func TestMetadataThePlanesCannotCarryFailsTheCallAtOnceNamingIt(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		c.cfg.Client.WaitTimeout = 10 * time.Second
+		srv := c.runtime()
+		serve(t, srv, "ic/meta/gen", echoID(srv))
+		caller := c.runtime()
+		cl := client[int, uint64](t, caller, "ic/meta/gen")
+		waitInstances(t, cl, 1)
+		many := context.Background()
+		for i := range 65 {
+			many = loom.WithHeader(many, fmt.Sprintf("k%d", i), "v")
+		}
+		for _, tc := range []struct {
+			name, want string
+			ctx        context.Context
+		}{
+			{"a request id of 256 bytes", "request id is 256 bytes", loom.WithRequestID(context.Background(), strings.Repeat("r", 256))},
+			{"an empty header key", `header key "" is 0 bytes`, loom.WithHeader(context.Background(), "", "v")},
+			{"a header key of 256 bytes", "is 256 bytes", loom.WithHeader(context.Background(), strings.Repeat("k", 256), "v")},
+			{"a header value of 65536 bytes", "value of 65536 bytes", loom.WithHeader(context.Background(), "k", strings.Repeat("v", 65536))},
+			{"65 headers", "65 headers", many},
+		} {
+			t.Run(tc.name+" fails the call", func(t *testing.T) {
+				start := time.Now()
+				_, err := collect(cl.Generate(tc.ctx, 1))
+				if err == nil || !strings.Contains(err.Error(), tc.want) || errors.Is(err, loom.ErrUnreachable) {
+					t.Fatalf("the call ended with %v; want an error saying %q, not that the instance is unreachable", err, tc.want)
+				}
+				if took := time.Since(start); took > 5*time.Second {
+					t.Fatalf("the call failed after %s: it waited for another instance", took)
+				}
+				if n := counterSum(t, caller, "loom_client_retries_total"); n != 0 {
+					t.Fatalf("the client retried %v times", n)
+				}
+			})
+		}
+		ctx := loom.WithHeader(loom.WithRequestID(context.Background(), strings.Repeat("r", 255)), strings.Repeat("k", 255), strings.Repeat("v", 65535))
+		if got, err := collect(cl.Generate(ctx, 1)); err != nil || len(got) != 1 {
+			t.Fatalf("a call with metadata at the limits: %v, %v", got, err)
 		}
 	})
 }
