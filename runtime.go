@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -40,8 +41,10 @@ type Runtime struct {
 	tasks   *supervise.Group
 
 	natsMu  sync.Mutex
-	nc      *nats.Conn
 	ownNATS bool
+	// nc is read without natsMu by the probes (live), which must not
+	// wait behind a connection being made under it.
+	nc atomic.Pointer[nats.Conn]
 
 	planes *planes.Planes // the request planes, started on first use
 	paths  pathTable      // the endpoints served here, by path
@@ -149,13 +152,13 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 		metrics:    o.metric,
 		ctx:        rctx,
 		cancel:     cancel,
-		nc:         o.nc,
 		namespaces: make(map[string]*Namespace),
 		components: make(map[string]*Component),
 		clients:    make(map[closer]struct{}),
 		serverICs:  o.serverICs,
 		clientICs:  o.clientICs,
 	}
+	rt.nc.Store(o.nc)
 	rt.trace.given, rt.trace.off = o.tp, !o.cfg.Tracing.Enabled
 	if err := rt.openDiscovery(ctx, o.disc); err != nil {
 		cancel()
@@ -219,8 +222,8 @@ func (rt *Runtime) openDiscovery(ctx context.Context, given discovery.Discovery)
 func (rt *Runtime) closeNATS() {
 	rt.natsMu.Lock()
 	defer rt.natsMu.Unlock()
-	if rt.ownNATS && rt.nc != nil {
-		rt.nc.Close()
+	if nc := rt.nc.Load(); rt.ownNATS && nc != nil {
+		nc.Close()
 	}
 }
 
@@ -269,8 +272,8 @@ func (rt *Runtime) Go(name string, fn func(ctx context.Context) error) error {
 func (rt *Runtime) NATS(ctx context.Context) (*nats.Conn, error) {
 	rt.natsMu.Lock()
 	defer rt.natsMu.Unlock()
-	if rt.nc != nil {
-		return rt.nc, nil
+	if nc := rt.nc.Load(); nc != nil {
+		return nc, nil
 	}
 	if rt.ctx.Err() != nil {
 		return nil, fmt.Errorf("%w: runtime shut down", ErrClosed)
@@ -279,7 +282,8 @@ func (rt *Runtime) NATS(ctx context.Context) (*nats.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt.nc, rt.ownNATS = nc, true
+	rt.ownNATS = true
+	rt.nc.Store(nc)
 	return nc, nil
 }
 

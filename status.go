@@ -114,9 +114,7 @@ func (rt *Runtime) stopStatus() error {
 // (nats.max_reconnects spent) never comes back, and the process would go
 // on unable to publish, consume or serve on NATS.
 func (rt *Runtime) live() (bool, string) {
-	rt.natsMu.Lock()
-	nc := rt.nc
-	rt.natsMu.Unlock()
+	nc := rt.nc.Load()
 	if nc == nil || !nc.IsClosed() || rt.isClosed() {
 		return true, ""
 	}

@@ -228,3 +228,72 @@ func TestANATSConnectionClosedForGoodIsNotLive(t *testing.T) {
 		}
 	}
 }
+
+// TestTheProbesAnswerWhileTheNATSConnectionIsBeingMade: a first NATS
+// connection that takes long (a server that accepts and never answers) is
+// not the connection closed for good: /live and /health answer at once
+// meanwhile, as a probe with a 1s timeout needs, instead of waiting for
+// the connection attempt (nats.connect_timeout) to end.
+func TestTheProbesAnswerWhileTheNATSConnectionIsBeingMade(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 4)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- conn // held open, never answered
+		}
+	}()
+	defer func() {
+		for {
+			select {
+			case conn := <-accepted:
+				conn.Close()
+			default:
+				return
+			}
+		}
+	}()
+	c := newClusterOn(t, "tcp")
+	c.cfg.NATS.URL = "nats://" + ln.Addr().String()
+	c.cfg.NATS.ConnectTimeout = 10 * time.Second
+	c.cfg.Status.Port = -1
+	rt := c.runtime()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	connecting := make(chan error, 1)
+	go func() {
+		_, err := rt.NATS(ctx)
+		connecting <- err
+	}()
+	var conn net.Conn
+	select {
+	case conn = <-accepted:
+		accepted <- conn // closed at the end
+	case err := <-connecting:
+		t.Fatalf("the connection attempt ended before the server accepted it: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the NATS connection attempt did not reach the server")
+	}
+	probe := &http.Client{Timeout: time.Second}
+	for _, path := range []string{"/live", "/health"} {
+		resp, err := probe.Get("http://" + rt.StatusAddr() + path)
+		if err != nil {
+			t.Fatalf("%s while the NATS connection is being made: %v", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("%s = %d while the NATS connection is being made, want 200", path, resp.StatusCode)
+		}
+	}
+	cancel()
+	if err := <-connecting; err == nil {
+		t.Fatal("a connection to a server that never answered succeeded")
+	}
+}
