@@ -8,6 +8,7 @@ import (
 	"iter"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 
 	"go.opentelemetry.io/otel/codes"
@@ -384,6 +385,52 @@ func TestAFailedCallSetsTheErrorOnBothSpans(t *testing.T) {
 			}
 			if !recorded {
 				t.Errorf("the %s span did not record the error as an event", kind)
+			}
+		}
+	})
+}
+
+// TestInterceptorsRunInsideTheBuiltInTracing: the built-in tracing is
+// outside the runtime's and the endpoint's interceptors on both sides (the
+// documented order), so each interceptor finds its request's span in its
+// context, on every plane.
+func TestInterceptorsRunInsideTheBuiltInTracing(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		defer tp.Shutdown(context.Background())
+		var mu sync.Mutex
+		seen := map[string]trace.SpanID{}
+		spy := func(name string) loom.Interceptor {
+			return func(next loom.Engine[any, any]) loom.Engine[any, any] {
+				return loom.EngineFunc[any, any](func(ctx context.Context, req any) iter.Seq2[any, error] {
+					mu.Lock()
+					seen[name] = trace.SpanContextFromContext(ctx).SpanID()
+					mu.Unlock()
+					return next.Generate(ctx, req)
+				})
+			}
+		}
+		srv := c.runtime(loom.WithTracerProvider(tp), loom.WithServerInterceptors(spy("server runtime's")))
+		ep := endpoint(t, srv, "tr/inside/echo")
+		err := loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+			return func(yield func(string, error) bool) { yield(s, nil) }
+		}), loom.WithServeInterceptors(spy("endpoint's")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		caller := c.runtime(loom.WithTracerProvider(tp), loom.WithClientInterceptors(spy("client runtime's")))
+		cl := client[string, string](t, caller, "tr/inside/echo", loom.WithCallInterceptors(spy("client's")))
+		if _, err := collect(cl.Generate(context.Background(), "x")); err != nil {
+			t.Fatal(err)
+		}
+		server := spanNamed(t, rec, "tr/inside/echo", trace.SpanKindServer).SpanContext().SpanID()
+		call := spanNamed(t, rec, "tr/inside/echo", trace.SpanKindClient).SpanContext().SpanID()
+		mu.Lock()
+		defer mu.Unlock()
+		for name, want := range map[string]trace.SpanID{"server runtime's": server, "endpoint's": server, "client runtime's": call, "client's": call} {
+			if seen[name] != want {
+				t.Errorf("the %s interceptor ran under span %s, want its request's %s", name, seen[name], want)
 			}
 		}
 	})

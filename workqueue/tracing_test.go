@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
@@ -157,5 +158,44 @@ func TestAnAttemptWhoseHandlerPanicsIsAFailedSpan(t *testing.T) {
 		if want := a["loom.attempt"] == "2"; a["loom.dead_lettered"] != strconv.FormatBool(want) || dead != want {
 			t.Errorf("attempt %s: loom.dead_lettered=%q, loom.dead_letter event %v; want %v", a["loom.attempt"], a["loom.dead_lettered"], dead, want)
 		}
+	}
+}
+
+// TestADequeuedJobContinuesItsTrace: as docs/observability.md says, a
+// Dequeue caller continues a job's trace with
+// loom.ContextWithTraceParent(ctx, job.Header.Get("traceparent")): the
+// header holds the enqueue span's context, and a span started from it is
+// the enqueue's child.
+func TestADequeuedJobContinuesItsTrace(t *testing.T) {
+	rec := installRecorder()
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	q := newQueue[job](t, nc, cfg)
+	ctx, parent := otel.Tracer("test").Start(ctxFor(t, 30*time.Second), "request")
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	parent.End()
+	j, err := q.Dequeue(ctxFor(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := otel.Tracer("test").Start(loom.ContextWithTraceParent(context.Background(), j.Header.Get("traceparent")), "work")
+	span.End()
+	if err := j.Ack(ctxFor(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	var send sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		if s.SpanKind() == trace.SpanKindProducer && s.Parent().SpanID() == parent.SpanContext().SpanID() {
+			send = s
+		}
+	}
+	if send == nil {
+		t.Fatal("no enqueue span under the request's")
+	}
+	if got := span.(sdktrace.ReadOnlySpan); got.Parent().SpanID() != send.SpanContext().SpanID() || got.SpanContext().TraceID() != parent.SpanContext().TraceID() {
+		t.Fatalf("the dequeued job's span has parent %s in trace %s; want the enqueue's %s in %s",
+			got.Parent().SpanID(), got.SpanContext().TraceID(), send.SpanContext().SpanID(), parent.SpanContext().TraceID())
 	}
 }
