@@ -68,6 +68,14 @@ func TestSetupFollowsTheEnvironmentAndKeepsAProgramsOwnProvider(t *testing.T) {
 		}
 	})
 
+	t.Run("OTEL_TRACES_EXPORTER none wins over an endpoint", func(t *testing.T) {
+		t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+		t.Setenv("OTEL_TRACES_EXPORTER", "none")
+		if _, err := otelsetup.Setup(context.Background()); err != nil || global() != "global.tracerProvider" {
+			t.Fatalf("err %v, global %s", err, global())
+		}
+	})
+
 	t.Run("with an endpoint spans are exported over OTLP/HTTP and flushed by shutdown", func(t *testing.T) {
 		var mu sync.Mutex
 		var bodies []string
