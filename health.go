@@ -101,7 +101,9 @@ func healthRunner[Req, Resp any](s *served, eng Engine[Req, Resp]) func(ctx cont
 }
 
 // loop sends a canary whenever the endpoint has been idle for h.idle, one
-// at a time, until ctx (the endpoint's) ends.
+// at a time, until ctx (the endpoint's) ends. The canary runs in a
+// goroutine of its own, which outlives the loop if its handler ignores the
+// endpoint's end (done is buffered for it).
 func (h *healthCheck) loop(ctx context.Context, s *served) {
 	var pending chan error // a canary still running after its timeout
 	timer := time.NewTimer(h.idle)
@@ -110,7 +112,9 @@ func (h *healthCheck) loop(ctx context.Context, s *served) {
 		if pending != nil {
 			select {
 			case <-ctx.Done():
-				<-pending // the endpoint's end cancelled it
+				// The endpoint's end cancelled the canary. A handler that
+				// ignores that is not waited for, as no request's is:
+				// the canary's goroutine ends when it returns.
 				return
 			case <-pending:
 				// A late answer: the serving path has recorded it (a
@@ -139,7 +143,6 @@ func (h *healthCheck) loop(ctx context.Context, s *served) {
 		select {
 		case <-ctx.Done():
 			cancel()
-			<-done
 			return
 		case err := <-done:
 			h.result(s, err, time.Since(start))

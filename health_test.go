@@ -3,6 +3,7 @@ package loom_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"iter"
 	"net/http"
@@ -324,4 +325,44 @@ func TestACanaryIsMarkedTracedAndMeasured(t *testing.T) {
 	waitFor(t, 10*time.Second, "loom_health_check_ready to be 1 once a check succeeded again", func() bool {
 		return metricValue(t, rt, "loom_health_check_ready", labels...) == 1
 	})
+}
+
+// TestShutdownDoesNotWaitForACanaryStuckInAWedgedHandler: a canary stuck in
+// a handler that ignores its context is an in-flight request like any
+// other: Shutdown cancels it after the grace period and returns, saying
+// so, without waiting for the handler, and without the health check
+// itself holding the runtime's stop.
+func TestShutdownDoesNotWaitForACanaryStuckInAWedgedHandler(t *testing.T) {
+	c := newCluster(t)
+	c.cfg.Status.Port = -1
+	c.cfg.Health.CanaryIdle = 20 * time.Millisecond
+	c.cfg.Health.CanaryTimeout = 50 * time.Millisecond
+	rt, err := loom.NewRuntime(context.Background(), loom.WithConfig(c.cfg), loom.WithDiscovery(c.store.Connect()), loom.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	defer close(release)
+	ep := endpoint(t, rt, "hc/stuck/generate")
+	err = loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) { <-release }
+	}), loom.WithHealthCheck("ping"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitHealth(t, rt, http.StatusServiceUnavailable, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = rt.Shutdown(ctx)
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "1 requests still running") {
+		t.Errorf("Shutdown = %v; want it to name the request it cancelled", err)
+	}
+	if strings.Contains(fmt.Sprint(err), "tasks still running") {
+		t.Errorf("Shutdown = %v; the health check held the runtime's stop", err)
+	}
+	if took > 3*time.Second {
+		t.Errorf("Shutdown took %s with a grace period of 100ms: it waited for the stuck canary", took)
+	}
 }
