@@ -136,6 +136,9 @@ func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientO
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if err := checkInterceptors("WithCallInterceptors", o.interceptors); err != nil {
+		return nil, fmt.Errorf("loom: client of %s: %w", ep.path, err)
+	}
 	if o.picker == nil {
 		p, err := PickerByName(rt.cfg.Client.Router)
 		if err != nil {

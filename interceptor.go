@@ -162,12 +162,27 @@ func WithCallInterceptors(ics ...Interceptor) ClientOption {
 	return func(o *clientOptions) { o.interceptors = append(o.interceptors, ics...) }
 }
 
-// chain composes interceptors around end, the first outermost.
-func chain(ics []Interceptor, end Engine[any, any]) Engine[any, any] {
+// chain composes interceptors around end, the first outermost. One that
+// returns a nil Engine makes the request fail with an error saying so.
+func chain(path string, ics []Interceptor, end Engine[any, any]) Engine[any, any] {
 	for i := len(ics) - 1; i >= 0; i-- {
-		end = ics[i](end)
+		if end = ics[i](end); end == nil {
+			err := fmt.Errorf("loom: %s: interceptor %d of %d returned a nil Engine", path, i+1, len(ics))
+			return EngineFunc[any, any](func(context.Context, any) iter.Seq2[any, error] { return Fail[any](err) })
+		}
 	}
 	return end
+}
+
+// checkInterceptors returns an error naming option if one of ics is nil,
+// which would fail every request.
+func checkInterceptors(option string, ics []Interceptor) error {
+	for i, ic := range ics {
+		if ic == nil {
+			return fmt.Errorf("loom: %s: interceptor %d of %d is nil", option, i+1, len(ics))
+		}
+	}
+	return nil
 }
 
 // intercepted reports whether a request to s takes the intercepted path.
@@ -237,7 +252,7 @@ func generate[Req, Resp any](rctx, caller context.Context, s *served, eng Engine
 // chained wraps end in the server's interceptors: tracing, the
 // runtime's, the endpoint's.
 func (s *served) chained(end Engine[any, any]) Engine[any, any] {
-	end = chain(s.interceptors, end)
+	end = chain(s.ep.path, s.interceptors, end)
 	return traceServer(s.ep.Runtime())(end)
 }
 
@@ -302,7 +317,7 @@ func (c *Client[Req, Resp]) runIntercepted(ctx context.Context, req Req, direct 
 			c.attempts(ctx, typed, direct, call, func(resp Resp, err error) bool { return y(resp, err) })
 		}
 	})
-	eng := traceClient(core.rt)(chain(core.interceptors, end))
+	eng := traceClient(core.rt)(chain(core.path, core.interceptors, end))
 	for item, err := range eng.Generate(ctx, req) {
 		if err != nil {
 			var zero Resp

@@ -250,3 +250,42 @@ func TestMetadataThePlanesCannotCarryFailsTheCallAtOnceNamingIt(t *testing.T) {
 		}
 	})
 }
+
+// TestANilInterceptorIsAClearError: a nil interceptor is refused where it
+// is given, naming the option, instead of failing every request with a
+// nil dereference; one that returns a nil Engine fails the request with
+// an error saying so (on the client too, where nothing would recover the
+// panic).
+func TestANilInterceptorIsAClearError(t *testing.T) {
+	c := newCluster(t)
+	for _, opt := range []struct {
+		name string
+		o    loom.Option
+	}{{"WithServerInterceptors", loom.WithServerInterceptors(nil)}, {"WithClientInterceptors", loom.WithClientInterceptors(nil)}} {
+		_, err := loom.NewRuntime(context.Background(), loom.WithConfig(c.cfg), loom.WithDiscovery(c.store.Connect()), loom.WithLogger(quiet), opt.o)
+		if err == nil || !strings.Contains(err.Error(), opt.name+": interceptor 1 of 1 is nil") {
+			t.Errorf("NewRuntime with %s(nil): %v", opt.name, err)
+		}
+	}
+	rt := c.runtime()
+	err := loom.Serve(context.Background(), endpoint(t, rt, "ic/nil/serve"), loom.EngineFunc[int, uint64](echoID(rt)), loom.WithServeInterceptors(nil))
+	if err == nil || !strings.Contains(err.Error(), "WithServeInterceptors: interceptor 1 of 1 is nil") {
+		t.Errorf("Serve with WithServeInterceptors(nil): %v", err)
+	}
+	if _, err := loom.NewClient[int, uint64](context.Background(), endpoint(t, rt, "ic/nil/call"), loom.WithCallInterceptors(nil)); err == nil ||
+		!strings.Contains(err.Error(), "WithCallInterceptors: interceptor 1 of 1 is nil") {
+		t.Errorf("NewClient with WithCallInterceptors(nil): %v", err)
+	}
+	nothing := func(loom.Engine[any, any]) loom.Engine[any, any] { return nil }
+	pass := func(next loom.Engine[any, any]) loom.Engine[any, any] { return next }
+	srv := c.runtime(loom.WithServerInterceptors(pass, nothing))
+	serve(t, srv, "ic/nil/engine", echoID(srv))
+	cl := client[int, uint64](t, c.runtime(), "ic/nil/engine")
+	if _, err := collect(cl.Generate(context.Background(), 1)); err == nil || !strings.Contains(err.Error(), "interceptor 2 of 2 returned a nil Engine") {
+		t.Errorf("a call through a server interceptor returning nil: %v", err)
+	}
+	cl = client[int, uint64](t, c.runtime(), "ic/nil/engine", loom.WithCallInterceptors(nothing))
+	if _, err := collect(cl.Generate(context.Background(), 1)); err == nil || !strings.Contains(err.Error(), "ic/nil/engine: interceptor 1 of 1 returned a nil Engine") {
+		t.Errorf("a call through a client interceptor returning nil: %v", err)
+	}
+}

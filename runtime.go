@@ -139,6 +139,12 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 	for _, w := range warnings {
 		log.Warn("config: " + w)
 	}
+	if err := checkInterceptors("WithServerInterceptors", o.serverICs); err != nil {
+		return nil, err
+	}
+	if err := checkInterceptors("WithClientInterceptors", o.clientICs); err != nil {
+		return nil, err
+	}
 	if o.id > discovery.MaxID {
 		return nil, fmt.Errorf("loom: instance id %d is above 2^53-1; JSON clients could not keep it exact", o.id)
 	}

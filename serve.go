@@ -126,6 +126,9 @@ func Serve[Req, Resp any](ctx context.Context, ep *Endpoint, eng Engine[Req, Res
 	for _, opt := range opts {
 		opt(&o)
 	}
+	if err := checkInterceptors("WithServeInterceptors", o.interceptors); err != nil {
+		return fmt.Errorf("loom: serve %s: %w", ep.path, err)
+	}
 	if o.metadata == nil {
 		o.metadata = make(map[string]string, 1)
 	}
