@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"iter"
+	"net"
 	"slices"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/discovery"
 )
 
 // metricValue is the sum over a family's series in rt's registry, of
@@ -142,5 +144,32 @@ func TestEachRequestMetricMovesWithItsOutcome(t *testing.T) {
 		if n := metricValue(t, caller, "loom_client_requests_total", "namespace", "m", "component", "none", "endpoint", "gen", "code", "no_instances"); n != 1 {
 			t.Errorf("loom_client_requests_total{code=no_instances} = %v, want 1", n)
 		}
+	})
+}
+
+// TestAPeerOverTheConnectionLimitIsCounted: a connection accepted beyond
+// request_plane.max_conns is closed at once and counted in
+// loom_request_plane_limit_hits_total{limit="max_conns"}, as
+// docs/protocol.md says.
+func TestAPeerOverTheConnectionLimitIsCounted(t *testing.T) {
+	c := newClusterOn(t, "tcp")
+	c.cfg.RequestPlane.MaxConns = 1
+	srv := c.runtime()
+	serve(t, srv, "m/limit/gen", echoID(srv))
+	list, err := c.store.Connect().List(context.Background(), discovery.Query{Namespace: "m"})
+	if err != nil || len(list) != 1 {
+		t.Fatalf("discovery holds %v (%v)", list, err)
+	}
+	first, err := net.Dial("tcp", list[0].Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	waitFor(t, 10*time.Second, "the second connection to be closed and counted", func() bool {
+		second, err := net.Dial("tcp", list[0].Address)
+		if err == nil {
+			second.Close()
+		}
+		return metricValue(t, srv, "loom_request_plane_limit_hits_total", "limit", "max_conns") >= 1
 	})
 }
