@@ -366,3 +366,33 @@ func TestShutdownDoesNotWaitForACanaryStuckInAWedgedHandler(t *testing.T) {
 		t.Errorf("Shutdown took %s with a grace period of 100ms: it waited for the stuck canary", took)
 	}
 }
+
+// TestAnEndpointShutDownOnItsOwnNoLongerDecidesReadiness: a process that
+// stops serving a failing endpoint (Endpoint.Close), and goes on serving
+// others, is ready again: the endpoint it no longer serves neither keeps
+// /health at 503 for its last failed canary nor counts at all.
+func TestAnEndpointShutDownOnItsOwnNoLongerDecidesReadiness(t *testing.T) {
+	c := newCluster(t)
+	c.cfg.Status.Port = -1
+	c.cfg.Health.CanaryIdle = 20 * time.Millisecond
+	c.cfg.Health.CanaryTimeout = 50 * time.Millisecond
+	rt := c.runtime()
+	wedged := endpoint(t, rt, "hc/closed/wedged")
+	err := loom.Serve(context.Background(), wedged, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) { <-ctx.Done() }
+	}), loom.WithHealthCheck("ping"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, rt, "hc/closed/fine", func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) { yield(s, nil) }
+	})
+	body, _ := waitHealth(t, rt, http.StatusServiceUnavailable, 10*time.Second)
+	if !strings.Contains(body, "hc/closed/wedged") {
+		t.Fatalf("/health says %q; want the wedged endpoint named", body)
+	}
+	if err := wedged.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitHealth(t, rt, http.StatusOK, 10*time.Second)
+}

@@ -127,7 +127,8 @@ func (rt *Runtime) live() (bool, string) {
 
 // ready reports whether the process should receive traffic: not shutting
 // down, live, and every endpoint it serves registered in discovery and
-// healthy.
+// healthy. An endpoint shut down on its own (Endpoint or Component
+// Shutdown or Close) is served no more and does not count.
 func (rt *Runtime) ready() (bool, string) {
 	all, stopping := rt.allServed()
 	if stopping {
@@ -137,6 +138,9 @@ func (rt *Runtime) ready() (bool, string) {
 		return false, why
 	}
 	for _, s := range all {
+		if s.draining.Load() {
+			continue
+		}
 		if ok, why := s.ready(); !ok {
 			return false, why
 		}
