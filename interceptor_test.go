@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/loomrt/loom"
 )
@@ -288,4 +292,51 @@ func TestANilInterceptorIsAClearError(t *testing.T) {
 	if _, err := collect(cl.Generate(context.Background(), 1)); err == nil || !strings.Contains(err.Error(), "ic/nil/engine: interceptor 1 of 1 returned a nil Engine") {
 		t.Errorf("a call through a client interceptor returning nil: %v", err)
 	}
+}
+
+// TestAUnaryCallTakesTheInterceptorsAndTheTracing: Client.Call is the same
+// call as Generate for interceptors and tracing: client and server
+// interceptors run, headers travel, a refusal reaches the caller typed,
+// and both spans are made, on every plane.
+func TestAUnaryCallTakesTheInterceptorsAndTheTracing(t *testing.T) {
+	eachPlane(t, func(t *testing.T, c *cluster) {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		defer tp.Shutdown(context.Background())
+		tr := &trail{}
+		srv := c.runtime(loom.WithTracerProvider(tp), loom.WithServerInterceptors(tr.marker("A"), authInterceptor("s3cret")))
+		ep := endpoint(t, srv, "ic/unary/echo")
+		err := loom.Serve(context.Background(), ep, loom.EngineFunc[int, int](func(ctx context.Context, n int) iter.Seq2[int, error] {
+			return func(yield func(int, error) bool) { yield(n+1, nil) }
+		}), loom.WithServeInterceptors(tr.marker("C")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl := client[int, int](t, c.runtime(loom.WithTracerProvider(tp)), "ic/unary/echo", loom.WithCallInterceptors(tr.marker("Y")))
+		var re *loom.RefusedError
+		if _, err := cl.Call(context.Background(), 1); !errors.As(err, &re) || re.Reason != "unauthenticated" {
+			t.Fatalf("a unary call without the token: %v", err)
+		}
+		got, err := cl.Call(loom.WithHeader(context.Background(), "authorization", "Bearer s3cret"), 1)
+		if err != nil || got != 2 {
+			t.Fatalf("a unary call with the token: %v, %v", got, err)
+		}
+		tr.mu.Lock()
+		server, client := strings.Join(tr.server, ","), strings.Join(tr.client, ",")
+		tr.mu.Unlock()
+		if want := "A>,<A(0),A>,header=Y,C>,<C(1),<A(1)"; server != want {
+			t.Errorf("server side ran %q, want %q", server, want)
+		}
+		if want := "Y>,<Y(0),Y>,<Y(1)"; client != want {
+			t.Errorf("client side ran %q, want %q", client, want)
+		}
+		var kinds []string
+		for _, s := range rec.Ended() {
+			kinds = append(kinds, s.SpanKind().String())
+		}
+		slices.Sort(kinds)
+		if want := []string{"client", "client", "server", "server"}; !slices.Equal(kinds, want) {
+			t.Errorf("spans of kinds %v, want %v", kinds, want)
+		}
+	})
 }
