@@ -72,6 +72,14 @@ func (h *healthCheck) served(ok, killed bool) {
 	}
 }
 
+// isCanary reports whether caller is a canary's context: the canary loop
+// judges a canary by its timeout, so its request's end, which may come
+// after that judgement, does not count as served.
+func isCanary(caller context.Context) bool {
+	c := callFrom(caller)
+	return c != nil && c.Canary
+}
+
 func (h *healthCheck) fail(why string) {
 	h.failing.Store(&why)
 	h.m.Ready.Set(0)

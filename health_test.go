@@ -212,41 +212,51 @@ func TestRequestsThatTimeOutOnAWedgedHandlerNeitherHideNorClearItsFailure(t *tes
 }
 
 // TestACanaryThatTimesOutDoesNotMakeItsEndpointReadyWhenItsHandlerGivesUp:
-// the canary's handler returns when the canary's context ends, after the
-// check was judged a timeout; that end is no answer, so the endpoint stays
-// not ready until a check or request succeeds.
+// the canary's handler returns after the check was judged a timeout,
+// before any item or after one (a stream wedged midway); that end is no
+// answer, so the endpoint stays not ready until a check or request
+// succeeds.
 func TestACanaryThatTimesOutDoesNotMakeItsEndpointReadyWhenItsHandlerGivesUp(t *testing.T) {
-	c := newCluster(t)
-	c.cfg.Status.Port = -1
-	c.cfg.Health.CanaryIdle = 200 * time.Millisecond
-	c.cfg.Health.CanaryTimeout = 100 * time.Millisecond
-	rt := c.runtime()
-	returned := make(chan struct{}, 8)
-	ep := endpoint(t, rt, "hc/late/generate")
-	err := loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
-		return func(yield func(string, error) bool) {
-			judged := healthChecks(t, rt, "timeout")
-			<-ctx.Done()
-			// Give up only once the check has been judged a timeout.
-			for end := time.Now().Add(10 * time.Second); healthChecks(t, rt, "timeout") == judged && time.Now().Before(end); {
-				time.Sleep(time.Millisecond)
+	for _, partial := range []bool{false, true} {
+		name := "before any item"
+		if partial {
+			name = "after an item"
+		}
+		t.Run(name, func(t *testing.T) {
+			c := newCluster(t)
+			c.cfg.Status.Port = -1
+			c.cfg.Health.CanaryIdle = 100 * time.Millisecond
+			c.cfg.Health.CanaryTimeout = time.Second
+			rt := c.runtime()
+			started, release := make(chan struct{}, 1), make(chan struct{})
+			defer close(release)
+			ep := endpoint(t, rt, "hc/late/generate")
+			err := loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+				return func(yield func(string, error) bool) {
+					started <- struct{}{}
+					if partial && !yield("partial", nil) {
+						return
+					}
+					<-ctx.Done()
+					<-release
+				}
+			}), loom.WithHealthCheck("ping"))
+			if err != nil {
+				t.Fatal(err)
 			}
-			returned <- struct{}{}
-		}
-	}), loom.WithHealthCheck("ping"))
-	if err != nil {
-		t.Fatal(err)
+			within(t, 10*time.Second, started, "the first canary")
+			waitHealth(t, rt, http.StatusServiceUnavailable, 10*time.Second)
+			// The first canary's handler gives up now. The loop sends the
+			// next canary only once the first one's request has ended, so
+			// when the next one starts, the end of the first was recorded;
+			// the next one is not judged for another second.
+			release <- struct{}{}
+			within(t, 10*time.Second, started, "the second canary")
+			if code, body := health(t, rt); code != http.StatusServiceUnavailable {
+				t.Fatalf("/health answers %d %q once the timed-out canary's handler returned", code, body)
+			}
+		})
 	}
-	waitHealth(t, rt, http.StatusServiceUnavailable, 10*time.Second)
-	within(t, 10*time.Second, returned, "the first canary's handler to return")
-	// Until the next canary has timed out too, nothing answered: /health
-	// must stay not ready.
-	waitFor(t, 10*time.Second, "the second canary to time out", func() bool {
-		if code, body := health(t, rt); code != http.StatusServiceUnavailable {
-			t.Fatalf("/health answers %d %q once the timed-out canary's handler returned", code, body)
-		}
-		return healthChecks(t, rt, "timeout") >= 2
-	})
 }
 
 // TestACanaryIsMarkedTracedAndMeasured: interceptors see a canary as a

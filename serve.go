@@ -539,7 +539,7 @@ func serveWith[Req, Resp any](st *serving[Req, Resp], caller, stop context.Conte
 		s.m.InFlight.Add(-1)
 		outcome.Inc()
 		s.release()
-		if s.health != nil {
+		if s.health != nil && !isCanary(caller) {
 			killed := outcome == s.m.Cancelled && !st.started
 			s.health.served(outcome == s.m.OK || outcome == s.m.Cancelled && st.started, killed)
 		}
