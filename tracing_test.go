@@ -258,7 +258,7 @@ func spanNamed(t *testing.T, rec *tracetest.SpanRecorder, name string, kind trac
 func spanAttrs(s sdktrace.ReadOnlySpan) map[string]string {
 	a := map[string]string{}
 	for _, kv := range s.Attributes() {
-		a[string(kv.Key)] = kv.Value.Emit()
+		a[string(kv.Key)] = kv.Value.String()
 	}
 	return a
 }

@@ -146,7 +146,7 @@ func TestAnAttemptWhoseHandlerPanicsIsAFailedSpan(t *testing.T) {
 	for _, s := range process {
 		a := map[string]string{}
 		for _, kv := range s.Attributes() {
-			a[string(kv.Key)] = kv.Value.Emit()
+			a[string(kv.Key)] = kv.Value.String()
 		}
 		dead := false
 		for _, ev := range s.Events() {
