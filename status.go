@@ -41,6 +41,10 @@ func (rt *Runtime) startStatus() error {
 	return err
 }
 
+// statusWriteTimeout is how long the status server may take to write one
+// answer.
+var statusWriteTimeout = 30 * time.Second
+
 // startStatusServer serves src's status on sc's address, or returns nil
 // if sc turns the server off.
 func startStatusServer(sc config.Status, reg *prometheus.Registry, log *slog.Logger, src statusSource) (*statusServer, error) {
@@ -74,7 +78,14 @@ func startStatusServer(sc config.Status, reg *prometheus.Registry, log *slog.Log
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(src.metadata())
 	})
-	s := &statusServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, addr: ln.Addr().String(), done: make(chan struct{})}
+	s := &statusServer{srv: &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		// A scraper or probe that stops reading, or keeps a connection
+		// open without asking anything, is let go.
+		WriteTimeout: statusWriteTimeout,
+		IdleTimeout:  2 * time.Minute,
+	}, addr: ln.Addr().String(), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -104,9 +115,13 @@ func (rt *Runtime) stopStatus() error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err := rt.status.srv.Shutdown(ctx)
+	if err := rt.status.srv.Shutdown(ctx); err != nil {
+		// A client is still being answered (one that stopped reading
+		// /metrics): cut it off rather than leave its goroutine behind.
+		_ = rt.status.srv.Close()
+	}
 	<-rt.status.done
-	return err
+	return nil
 }
 
 // live reports whether the process can still do its work without a

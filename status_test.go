@@ -1,20 +1,26 @@
 package loom_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"iter"
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/embedded"
@@ -295,5 +301,76 @@ func TestTheProbesAnswerWhileTheNATSConnectionIsBeingMade(t *testing.T) {
 	cancel()
 	if err := <-connecting; err == nil {
 		t.Fatal("a connection to a server that never answered succeeded")
+	}
+}
+
+// scrapeWithoutReading asks rt's status server for /metrics, grown to
+// 16 MB, past what the sockets' buffers hold (Linux lets a send buffer
+// grow to 4 MB), reads the status line and then nothing more: the
+// server's write waits on the client.
+func scrapeWithoutReading(t *testing.T, rt *loom.Runtime) net.Conn {
+	t.Helper()
+	padding := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "test_padding", Help: "Series that make /metrics large."}, []string{"n"})
+	rt.Metrics().Registry().MustRegister(padding)
+	long := strings.Repeat("x", 1000)
+	for i := range 16_000 {
+		padding.WithLabelValues(strconv.Itoa(i) + long).Set(1)
+	}
+	conn, err := testutil.SmallReceiveBuffers().Dial("tcp", rt.StatusAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := io.WriteString(conn, "GET /metrics HTTP/1.1\r\nHost: loom\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(io.LimitReader(conn, 64)).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Fatalf("/metrics began %q, %v", line, err)
+	}
+	return conn
+}
+
+// readsToTheEnd reads conn until the server closes it, and fails if it
+// does not within 10s.
+func readsToTheEnd(t *testing.T, conn net.Conn, what string) {
+	t.Helper()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, conn); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("%s: the status server did not close the connection of a client that stopped reading: %v", what, err)
+	}
+}
+
+// TestAScraperThatStopsReadingIsCutOffAtShutdown: Shutdown closes the
+// connection of a client that stopped reading /metrics. It waited 2s for
+// it, returned that wait's error, and left the server's goroutine blocked
+// in its write until TCP gave up on the peer, some 15 minutes later.
+func TestAScraperThatStopsReadingIsCutOffAtShutdown(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	c := newClusterOn(t, "tcp")
+	c.cfg.Status.Port = -1
+	rt := c.runtime()
+	conn := scrapeWithoutReading(t, rt)
+	if err := rt.Shutdown(context.Background()); err != nil {
+		t.Fatalf("Shutdown with a client that stopped reading /metrics: %v", err)
+	}
+	readsToTheEnd(t, conn, "at Shutdown")
+	goleak.VerifyNone(t, ignore)
+}
+
+// TestAScraperThatStopsReadingIsLetGo: a client that stops reading an
+// answer is cut off once the answer has taken the status server's write
+// timeout, while the runtime goes on.
+func TestAScraperThatStopsReadingIsLetGo(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	defer loom.SetStatusWriteTimeout(timeout)()
+	c := newClusterOn(t, "tcp")
+	c.cfg.Status.Port = -1
+	rt := c.runtime()
+	conn := scrapeWithoutReading(t, rt)
+	time.Sleep(2 * timeout) // the answer's write deadline passes
+	readsToTheEnd(t, conn, "after the write timeout")
+	if code, body := get(t, "http://"+rt.StatusAddr()+"/live"); code != 200 {
+		t.Fatalf("/live = %d %q after a client was let go", code, body)
 	}
 }
