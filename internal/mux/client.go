@@ -30,9 +30,10 @@ const (
 	DefaultStallTimeout    = 400 * time.Millisecond
 )
 
-// maxStreamID is the last stream id a client connection uses; after it the
-// connection drains and the pool dials a new one.
-const maxStreamID = 1<<31 - 1
+// maxStreamID is the last stream id a client connection uses, the
+// protocol's largest; after it the connection drains and the pool dials a
+// new one.
+const maxStreamID = wire.MaxStreamID
 
 // ClientConfig configures a Pool. The zero value works.
 type ClientConfig struct {
