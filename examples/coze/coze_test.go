@@ -2,8 +2,10 @@ package coze_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -17,9 +19,25 @@ import (
 	"github.com/loomrt/loom/internal/testutil"
 )
 
+// TestMain runs the package's tests with a nats-server that Coze's
+// NATS_SERVER_URL names, as a Coze Studio deployment has, for Example;
 // testutil.LeakOptions says which library goroutines are ignored and why.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, testutil.LeakOptions()...)
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Setenv(eventbus.EnvServerURL, ns.ClientURL())
+	code := m.Run()
+	ns.Shutdown()
+	if code == 0 {
+		if err := goleak.Find(testutil.LeakOptions()...); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: goroutines left after the tests: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // The contract as Coze Studio declares it, method for method: the
