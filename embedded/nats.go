@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
@@ -81,10 +82,11 @@ type NATS struct {
 }
 
 // StartNATS starts a nats-server in this process and waits until it accepts
-// clients. It fails with an error naming the address if the port is taken
-// (the error wraps the listener's error, so errors.Is(err,
-// syscall.EADDRINUSE) holds) and if the server is not ready within
-// ReadyTimeout.
+// clients. A port it cannot listen on is a [*ListenError] naming the port
+// and the address (it wraps the listener's error, so errors.Is(err,
+// syscall.EADDRINUSE) holds for a taken port); a StoreDir it cannot write
+// to is an error naming the directory; and it fails if the server is not
+// ready within ReadyTimeout.
 func StartNATS(opts NATSOptions) (*NATS, error) {
 	so, err := serverOptions(opts)
 	if err != nil {
@@ -98,6 +100,12 @@ func StartNATS(opts NATSOptions) (*NATS, error) {
 			return nil, fmt.Errorf("embedded: JetStream store directory: %w", err)
 		}
 		so.StoreDir = tempDir
+	} else if so.JetStream {
+		// The server would say only "storage directory is not writable",
+		// without naming it.
+		if err := checkWritable(so.StoreDir); err != nil {
+			return nil, fmt.Errorf("embedded: JetStream store directory %s: %w (give NATSOptions.StoreDir a writable directory, or leave it empty for a temporary one)", so.StoreDir, err)
+		}
 	}
 	removeTemp := func() {
 		if tempDir != "" {
@@ -123,7 +131,14 @@ func StartNATS(opts NATSOptions) (*NATS, error) {
 	startErr := func() error {
 		if msg := log.fatal(); msg != "" {
 			if strings.HasPrefix(msg, "Error listening on port") {
-				return listenError(hp, msg)
+				return listenError("client", hp, msg)
+			}
+			if strings.HasPrefix(msg, "Can't start monitoring") {
+				mp := strconv.Itoa(so.HTTPPort)
+				if so.HTTPPort == server.RANDOM_PORT {
+					mp = "0"
+				}
+				return listenError("monitoring", net.JoinHostPort(so.HTTPHost, mp), msg)
 			}
 			return fmt.Errorf("embedded: nats-server on %s failed to start: %s", hp, msg)
 		}
@@ -159,6 +174,15 @@ func serverOptions(opts NATSOptions) (*server.Options, error) {
 	}
 	if so.Host == "" {
 		so.Host = "127.0.0.1"
+	}
+	for _, p := range []struct {
+		field string
+		port  int
+	}{{"Port", opts.Port}, {"MonitorPort", opts.MonitorPort}} {
+		if p.port > 65535 {
+			return nil, fmt.Errorf("embedded: NATSOptions.%s %d is not a port: want one up to 65535, or 0 for %s", p.field, p.port,
+				map[string]string{"Port": "a free one", "MonitorPort": "no monitoring"}[p.field])
+		}
 	}
 	if so.Port <= 0 {
 		so.Port = server.RANDOM_PORT
@@ -217,16 +241,60 @@ func serverOptions(opts NATSOptions) (*server.Options, error) {
 	return so, nil
 }
 
-// listenError turns the server's listen failure into an error that wraps
-// the real one, found by listening on the same address again.
-func listenError(hp, msg string) error {
-	const hint = "(is another process using the port? set Port to 0 for a free one)"
+// ListenError is StartNATS's error when the server cannot listen on one of
+// its ports. It wraps the listener's error, so errors.Is(err,
+// syscall.EADDRINUSE) holds for a port that is taken.
+type ListenError struct {
+	// Port is the port's use: "client" or "monitoring".
+	Port string
+	// Addr is the address the server could not listen on, host:port.
+	Addr string
+	// Err is the listener's error.
+	Err error
+}
+
+func (e *ListenError) Error() string {
+	hint := ""
+	switch {
+	case errors.Is(e.Err, syscall.EADDRINUSE):
+		field, free := "Port", "0"
+		if e.Port == "monitoring" {
+			field, free = "MonitorPort", "-1"
+		}
+		hint = fmt.Sprintf(" (another process holds the port: stop it, or set NATSOptions.%s to %s for a free one)", field, free)
+	case errors.Is(e.Err, syscall.EADDRNOTAVAIL):
+		hint = " (NATSOptions.Host is not an address of this machine)"
+	}
+	return fmt.Sprintf("embedded: nats-server cannot listen on %s for its %s port: %v%s", e.Addr, e.Port, e.Err, hint)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
+
+// listenError turns the server's listen failure, which it reports as text
+// only, into a ListenError that wraps the real one, found by listening on
+// the same address again.
+func listenError(port, hp, msg string) error {
 	l, err := net.Listen("tcp", hp)
 	if err == nil {
 		_ = l.Close()
-		return fmt.Errorf("embedded: nats-server cannot listen on %s: %s %s", hp, msg, hint)
+		return fmt.Errorf("embedded: nats-server cannot listen on %s for its %s port: %s", hp, port, msg)
 	}
-	return fmt.Errorf("embedded: nats-server cannot listen on %s: %w %s", hp, err, hint)
+	return &ListenError{Port: port, Addr: hp, Err: err}
+}
+
+// checkWritable makes dir if it is missing and checks that files can be
+// made in it.
+func checkWritable(dir string) error {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".loom-write-check-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	_ = f.Close()
+	return os.Remove(name)
 }
 
 // ClientURL returns the URL clients connect to, with the port the server

@@ -129,22 +129,77 @@ func TestStartNATSOnATakenPortNamesThePort(t *testing.T) {
 	}
 	defer l.Close()
 	port := l.Addr().(*net.TCPAddr).Port
+	hp := "127.0.0.1:" + strconv.Itoa(port)
 
-	begin := time.Now()
-	_, err = embedded.StartNATS(embedded.NATSOptions{Port: port, JetStream: true})
-	if err == nil {
-		t.Fatal("StartNATS on a taken port succeeded")
+	for _, tc := range []struct {
+		name  string
+		opts  embedded.NATSOptions
+		use   string // ListenError.Port
+		field string // what the hint says to set
+	}{
+		{"the client port", embedded.NATSOptions{Port: port, JetStream: true}, "client", "NATSOptions.Port to 0"},
+		{"the monitoring port", embedded.NATSOptions{MonitorPort: port, JetStream: true}, "monitoring", "NATSOptions.MonitorPort to -1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			begin := time.Now()
+			ns, err := embedded.StartNATS(tc.opts)
+			if err == nil {
+				ns.Shutdown()
+				t.Fatal("StartNATS on a taken port succeeded")
+			}
+			if d := time.Since(begin); d > 2*time.Second {
+				t.Errorf("failure took %s; want it fast", d)
+			}
+			var le *embedded.ListenError
+			if !errors.As(err, &le) || le.Port != tc.use || le.Addr != hp {
+				t.Errorf("error %q is not a ListenError for the %s port at %s (got %+v)", err, tc.use, hp, le)
+			}
+			if !errors.Is(err, syscall.EADDRINUSE) {
+				t.Errorf("error %q is not EADDRINUSE", err)
+			}
+			if msg := err.Error(); !strings.Contains(msg, hp) || !strings.Contains(msg, tc.use+" port") || !strings.Contains(msg, tc.field) {
+				t.Errorf("error %q does not name %s, its %s port, and %s", msg, hp, tc.use, tc.field)
+			}
+			t.Log(err)
+		})
 	}
-	if d := time.Since(begin); d > 2*time.Second {
-		t.Errorf("failure took %s; want it fast", d)
+}
+
+func TestStartNATSRefusesWhatItCannotListenOnOrWriteTo(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
 	}
-	if !strings.Contains(err.Error(), "127.0.0.1:"+strconv.Itoa(port)) {
-		t.Errorf("error %q does not name 127.0.0.1:%d", err, port)
+	for _, tc := range []struct {
+		name string
+		opts embedded.NATSOptions
+		want []string
+	}{
+		{"a store directory under a file", embedded.NATSOptions{JetStream: true, StoreDir: filepath.Join(file, "store")},
+			[]string{filepath.Join(file, "store"), "not a directory", "writable directory"}},
+		{"a store directory that is a file", embedded.NATSOptions{JetStream: true, StoreDir: file},
+			[]string{file, "writable directory"}},
+		{"a client port above 65535", embedded.NATSOptions{Port: 70000}, []string{"NATSOptions.Port 70000", "65535"}},
+		{"a monitoring port above 65535", embedded.NATSOptions{MonitorPort: 70000}, []string{"NATSOptions.MonitorPort 70000", "65535"}},
+		// 192.0.2.1 is TEST-NET-1, no machine's address.
+		{"a host not of this machine", embedded.NATSOptions{Host: "192.0.2.1"}, []string{"192.0.2.1:0", "Host is not an address of this machine"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns, err := embedded.StartNATS(tc.opts)
+			if err == nil {
+				ns.Shutdown()
+				t.Fatal("StartNATS succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "another process") {
+				t.Errorf("error %q blames another process", err)
+			}
+		})
 	}
-	if !errors.Is(err, syscall.EADDRINUSE) {
-		t.Errorf("error %q is not EADDRINUSE", err)
-	}
-	t.Log(err)
 }
 
 func TestMonitorPort(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -192,6 +193,10 @@ func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
 		MonitorPort: o.monitorPort, Logger: log,
 	})
 	if err != nil {
+		var le *embedded.ListenError
+		if errors.As(err, &le) {
+			return nil, portError(le.Addr, le.Err, map[string]string{"client": "--nats-port", "monitoring": "--monitor-port"}[le.Port], "nats-server", o.host)
+		}
 		return nil, fmt.Errorf("nats-server: %w (%s)", err, startHint(err, o.host, "another loom up or nats-server running? choose another --nats-port / --monitor-port"))
 	}
 	s.nats = ns
@@ -202,6 +207,10 @@ func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
 			Dir: filepath.Join(o.dataDir, "etcd"), Host: o.host, ClientPort: o.etcdPort, PeerPort: o.etcdPeer, Logger: log,
 		})
 		if err != nil {
+			var le *etcdserver.ListenError
+			if errors.As(err, &le) {
+				return nil, portError(le.Addr, le.Err, map[string]string{"client": "--etcd-port", "peer": "--etcd-peer-port"}[le.Port], "etcd", o.host)
+			}
 			return nil, fmt.Errorf("etcd: %w (%s)", err, startHint(err, o.host, "another loom up or etcd running? choose another --etcd-port / --etcd-peer-port"))
 		}
 		// etcd stops before nats-server, as deferred calls did.
@@ -217,6 +226,25 @@ func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
 		s.env = append(s.env, benv...)
 	}
 	return s, nil
+}
+
+// portError says, in loom up's own terms, that server could not listen on
+// addr, the port of flag: the embedded servers' errors name the Go fields
+// of their options, which a user of loom up does not set.
+func portError(addr string, err error, flag, server, host string) error {
+	_, port, _ := net.SplitHostPort(addr)
+	what := fmt.Sprintf("%s: %s %s", server, flag, port)
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		free := "0 picks a free one"
+		if flag == "--monitor-port" {
+			free = "0 turns monitoring off"
+		}
+		return fmt.Errorf("%s: %w (another loom up or %s running? stop it, or choose another %s; %s)", what, err, server, flag, free)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("%s: %w (--host %s is not an address of this machine)", server, err, host)
+	}
+	return fmt.Errorf("%s: %w (check --host and %s)", what, err, flag)
 }
 
 // startHint says what to do about a server that did not start: inUse when

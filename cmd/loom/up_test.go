@@ -193,7 +193,7 @@ func TestLoomUpOnAnAddressNotOfThisMachineSaysSo(t *testing.T) {
 			code := p.waitExit()
 			_, errs := p.lines()
 			stderr := strings.Join(errs, "\n")
-			if code != 1 || !strings.Contains(stderr, "--host 192.0.2.1 is not an address of this machine") || strings.Contains(stderr, "another loom up") {
+			if code != 1 || !strings.Contains(stderr, "--host 192.0.2.1 is not an address of this machine") || strings.Contains(stderr, "another loom up") || strings.Contains(stderr, "another process") {
 				t.Errorf("exit code %d, stderr:\n%s\nwant 1 and a hint at --host alone", code, stderr)
 			}
 		})
@@ -218,6 +218,16 @@ func TestLoomUpOnATakenPortNamesIt(t *testing.T) {
 			stderr := strings.Join(errs, "\n")
 			if code != 1 || !strings.Contains(stderr, "127.0.0.1:"+port) || !strings.Contains(stderr, "address already in use") || !strings.Contains(stderr, "another loom up") {
 				t.Errorf("exit code %d, stderr:\n%s\nwant 1, the port, and the hint that another loom up may hold it", code, stderr)
+			}
+			// The flag that set the port, and no other flag nor the Go
+			// fields of the embedded servers' options.
+			if !strings.Contains(stderr, flag+" "+port) || !strings.Contains(stderr, "choose another "+flag+";") {
+				t.Errorf("stderr:\n%s\nwant it to name %s %s and to say to choose another %s", stderr, flag, port, flag)
+			}
+			for _, other := range []string{"--nats-port", "--monitor-port", "--etcd-port", "--etcd-peer-port", "Port to 0", "Options."} {
+				if other != flag && strings.Contains(strings.ReplaceAll(stderr, flag, ""), other) {
+					t.Errorf("stderr:\n%s\nnames %q, which has nothing to do with %s", stderr, other, flag)
+				}
 			}
 		})
 	}

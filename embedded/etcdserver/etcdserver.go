@@ -92,8 +92,10 @@ type Server struct {
 }
 
 // Start starts an etcd server in this process and waits until it serves
-// clients. A port that is taken is an error naming it (wrapping the
-// listener's error, so errors.Is(err, syscall.EADDRINUSE) holds).
+// clients. A port it cannot listen on is a [*ListenError] naming the port
+// and the address (it wraps the listener's error, so errors.Is(err,
+// syscall.EADDRINUSE) holds for a taken port); a Dir it cannot write to is
+// an error naming the directory.
 func Start(opts Options) (*Server, error) {
 	host := opts.Host
 	if host == "" {
@@ -114,6 +116,12 @@ func Start(opts Options) (*Server, error) {
 	}
 
 	dir, temp := opts.Dir, false
+	if dir != "" {
+		// etcd's own error would not say what to do.
+		if err := checkWritable(dir); err != nil {
+			return nil, fmt.Errorf("etcdserver: data directory %s: %w (give Options.Dir a writable directory, or leave it empty for a temporary one)", dir, err)
+		}
+	}
 	if dir == "" {
 		var err error
 		if dir, err = os.MkdirTemp("", "loom-etcd-*"); err != nil {
@@ -129,13 +137,13 @@ func Start(opts Options) (*Server, error) {
 		clientPort, peerPort := opts.ClientPort, opts.PeerPort
 		var err error
 		if clientPort == 0 {
-			if clientPort, err = freePort(host); err != nil {
+			if clientPort, err = freePort(host, "client"); err != nil {
 				lastErr = err
 				break
 			}
 		}
 		if peerPort == 0 {
-			if peerPort, err = freePort(host); err != nil {
+			if peerPort, err = freePort(host, "peer"); err != nil {
 				lastErr = err
 				break
 			}
@@ -224,9 +232,49 @@ func probe(host, what string, port int) error {
 	return l.Close()
 }
 
+// ListenError is Start's error when the server cannot listen on one of its
+// ports. It wraps the listener's error, so errors.Is(err,
+// syscall.EADDRINUSE) holds for a port that is taken.
+type ListenError struct {
+	// Port is the port's use: "client" or "peer".
+	Port string
+	// Addr is the address the server could not listen on, host:port.
+	Addr string
+	// Err is the listener's error.
+	Err error
+}
+
+func (e *ListenError) Error() string {
+	hint := ""
+	switch {
+	case errors.Is(e.Err, syscall.EADDRINUSE):
+		field := map[string]string{"client": "ClientPort", "peer": "PeerPort"}[e.Port]
+		hint = fmt.Sprintf(" (is another etcd running? stop it, or set Options.%s to 0 for a free one)", field)
+	case errors.Is(e.Err, syscall.EADDRNOTAVAIL):
+		hint = " (Options.Host is not an address of this machine)"
+	}
+	return fmt.Sprintf("etcdserver: cannot listen on %s for etcd %ss: %v%s", e.Addr, e.Port, e.Err, hint)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
+
 func listenError(what, hp string, err error) error {
-	return fmt.Errorf("etcdserver: cannot listen on %s for etcd %ss: %w (is another etcd running? set %sPort to 0 for a free one)",
-		hp, what, err, map[string]string{"client": "Client", "peer": "Peer"}[what])
+	return &ListenError{Port: what, Addr: hp, Err: err}
+}
+
+// checkWritable makes dir if it is missing and checks that files can be
+// made in it.
+func checkWritable(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".loom-write-check-*")
+	if err != nil {
+		return err
+	}
+	name := f.Name()
+	_ = f.Close()
+	return os.Remove(name)
 }
 
 // startError names the port a listen error is about.
@@ -244,10 +292,11 @@ func startError(err error, clientHP, peerHP string) error {
 	return fmt.Errorf("etcdserver: start etcd on %s: %w", clientHP, err)
 }
 
-func freePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+func freePort(host, what string) (int, error) {
+	hp := net.JoinHostPort(host, "0")
+	l, err := net.Listen("tcp", hp)
 	if err != nil {
-		return 0, fmt.Errorf("etcdserver: find a free port on %s: %w", host, err)
+		return 0, listenError(what, hp, err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -129,12 +130,14 @@ func TestATakenPortIsAClearError(t *testing.T) {
 	taken := l.Addr().(*net.TCPAddr).Port
 	hp := "127.0.0.1:" + strconv.Itoa(taken)
 	for _, tc := range []struct {
-		name string
-		opts etcdserver.Options
-		want string
+		name  string
+		opts  etcdserver.Options
+		use   string // ListenError.Port
+		want  string
+		field string
 	}{
-		{"the client port", etcdserver.Options{ClientPort: taken}, "for etcd clients"},
-		{"the peer port", etcdserver.Options{PeerPort: taken}, "for etcd peers"},
+		{"the client port", etcdserver.Options{ClientPort: taken}, "client", "for etcd clients", "Options.ClientPort to 0"},
+		{"the peer port", etcdserver.Options{PeerPort: taken}, "peer", "for etcd peers", "Options.PeerPort to 0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv, err := etcdserver.Start(tc.opts)
@@ -142,10 +145,47 @@ func TestATakenPortIsAClearError(t *testing.T) {
 				srv.Close()
 				t.Fatalf("Start on taken port %d succeeded", taken)
 			}
-			if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), hp) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Start = %v; want an EADDRINUSE error naming %s %s", err, hp, tc.want)
+			if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), hp) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("Start = %v; want an EADDRINUSE error naming %s %s and %s", err, hp, tc.want, tc.field)
+			}
+			var le *etcdserver.ListenError
+			if !errors.As(err, &le) || le.Port != tc.use || le.Addr != hp {
+				t.Errorf("Start = %v; want a ListenError for the %s port at %s (got %+v)", err, tc.use, hp, le)
 			}
 			t.Log(err)
+		})
+	}
+}
+
+func TestWhatStartCannotUseIsNamed(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		opts etcdserver.Options
+		want []string
+	}{
+		{"a data directory under a file", etcdserver.Options{Dir: filepath.Join(file, "etcd")},
+			[]string{"data directory " + filepath.Join(file, "etcd"), "not a directory", "writable directory"}},
+		{"a data directory that is a file", etcdserver.Options{Dir: file},
+			[]string{"data directory " + file, "writable directory"}},
+		// 192.0.2.1 is TEST-NET-1, no machine's address.
+		{"a host not of this machine", etcdserver.Options{Host: "192.0.2.1"},
+			[]string{"192.0.2.1:0", "Host is not an address of this machine"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, err := etcdserver.Start(tc.opts)
+			if err == nil {
+				srv.Close()
+				t.Fatal("Start succeeded")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Start = %q; it does not say %q", err, w)
+				}
+			}
 		})
 	}
 }
