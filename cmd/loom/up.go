@@ -110,9 +110,10 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 		log = slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	// A server may wait without end while starting (etcd for its
-	// database's lock, held by a stray process): a signal must still end
-	// loom up, so the start runs apart and is abandoned on one. The
-	// process exits next, which ends what it had started.
+	// database's lock, held by a stray process, where there is no flock
+	// to find that out at once): a signal must still end loom up, so the
+	// start runs apart and is abandoned on one. The process exits next,
+	// which ends what it had started.
 	type started struct {
 		s   *upServers
 		err error
@@ -208,6 +209,9 @@ func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
 		})
 		if err != nil {
 			var le *etcdserver.ListenError
+			if errors.Is(err, etcdserver.ErrDirInUse) {
+				return nil, fmt.Errorf("--data-dir %s: its etcd database is in use by another etcd server (a stray loom up or etcd?): stop it, or give this loom up another --data-dir", o.dataDir)
+			}
 			if errors.As(err, &le) {
 				return nil, portError(le.Addr, le.Err, map[string]string{"client": "--etcd-port", "peer": "--etcd-peer-port"}[le.Port], "etcd", o.host)
 			}

@@ -11,11 +11,11 @@ import (
 	"time"
 )
 
-// TestLoomUpStuckStartingEndsOnSIGINT holds the lock of the etcd database
-// loom up is about to open, as a stray etcd or bbolt tool would: etcd then
-// waits for it without end. A Ctrl-C must still end loom up, which caught
-// the signal and went on waiting.
-func TestLoomUpStuckStartingEndsOnSIGINT(t *testing.T) {
+// TestLoomUpOnAnEtcdDatabaseInUseFailsNamingIt holds the lock of the etcd
+// database loom up is about to open, as a stray etcd or bbolt tool would:
+// etcd would wait for it without end, and loom up with it until a Ctrl-C.
+// It must fail at once instead, naming the directory.
+func TestLoomUpOnAnEtcdDatabaseInUseFailsNamingIt(t *testing.T) {
 	dir := t.TempDir()
 	snap := filepath.Join(dir, "etcd", "member", "snap")
 	if err := os.MkdirAll(snap, 0o700); err != nil {
@@ -29,19 +29,19 @@ func TestLoomUpStuckStartingEndsOnSIGINT(t *testing.T) {
 	if err := syscall.Flock(int(db.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		t.Fatal(err)
 	}
-	p := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0", "--data-dir", dir, "-v")
-	// etcd logs its start before it opens the database.
-	p.waitStderr(`starting an etcd server|etcd`)
-	_ = p.cmd.Process.Signal(os.Interrupt)
+	p := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0", "--data-dir", dir)
 	select {
 	case <-p.done:
 	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Signal(os.Interrupt)
+		<-p.done
 		out, errs := p.lines()
-		t.Fatalf("loom up still running 10s after SIGINT while starting\nstdout: %q\nstderr: %q", out, errs)
+		t.Fatalf("loom up on a data directory whose etcd database is held still starting after 10s\nstdout: %q\nstderr: %q", out, errs)
 	}
 	out, errs := p.lines()
-	if code := p.cmd.ProcessState.ExitCode(); code == 0 || len(out) != 0 {
-		t.Errorf("loom up interrupted while starting exited %d and printed %q, want non-zero and no environment; stderr: %q", code, out, errs)
+	stderr := strings.Join(errs, "\n")
+	if code := p.cmd.ProcessState.ExitCode(); code != 1 || len(out) != 0 || !strings.Contains(stderr, "--data-dir "+dir+": its etcd database is in use") || strings.Contains(stderr, "Options.") {
+		t.Errorf("loom up exited %d, printed %q and said %q; want 1, no environment, and the data directory named as in use in loom up's terms", code, out, stderr)
 	}
 }
 

@@ -42,6 +42,18 @@ import (
 // for clients when Options.ReadyTimeout is zero.
 const DefaultReadyTimeout = 30 * time.Second
 
+// ErrDirInUse is what Start's error is (errors.Is) when another etcd
+// server uses its data directory.
+var ErrDirInUse = errors.New("etcdserver: data directory in use by another etcd server")
+
+type dirInUseError struct{ dir string }
+
+func (e dirInUseError) Error() string {
+	return fmt.Sprintf("etcdserver: data directory %s is in use by another etcd server: stop it, or give Options.Dir another directory", e.dir)
+}
+
+func (e dirInUseError) Is(target error) bool { return target == ErrDirInUse }
+
 // Options configures an embedded etcd server. The zero value is a silent
 // server with etcd's default timing on 127.0.0.1, free ports and a
 // temporary data directory.
@@ -88,14 +100,15 @@ type Server struct {
 	tempDir   bool
 	clientURL string
 	peerURL   string
+	unlock    func() // releases dir
 	once      sync.Once
 }
 
 // Start starts an etcd server in this process and waits until it serves
 // clients. A port it cannot listen on is a [*ListenError] naming the port
 // and the address (it wraps the listener's error, so errors.Is(err,
-// syscall.EADDRINUSE) holds for a taken port); a Dir it cannot write to is
-// an error naming the directory.
+// syscall.EADDRINUSE) holds for a taken port); a Dir it cannot write to,
+// or that another etcd server uses, is an error naming the directory.
 func Start(opts Options) (*Server, error) {
 	host := opts.Host
 	if host == "" {
@@ -129,6 +142,13 @@ func Start(opts Options) (*Server, error) {
 		}
 		temp = true
 	}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		if temp {
+			_ = os.RemoveAll(dir)
+		}
+		return nil, err
+	}
 
 	// A port Start picked itself may be taken by someone else before etcd
 	// binds it; pick again a few times rather than fail.
@@ -150,7 +170,7 @@ func Start(opts Options) (*Server, error) {
 		}
 		s, err := start(opts, host, dir, clientPort, peerPort)
 		if err == nil {
-			s.tempDir = temp
+			s.tempDir, s.unlock = temp, unlock
 			return s, nil
 		}
 		lastErr = err
@@ -159,6 +179,7 @@ func Start(opts Options) (*Server, error) {
 			break
 		}
 	}
+	unlock()
 	if temp {
 		_ = os.RemoveAll(dir)
 	}
@@ -322,6 +343,7 @@ func (s *Server) Close() {
 		s.stop()
 		s.etcd.Close()
 		<-s.etcd.Server.StopNotify()
+		s.unlock()
 		if s.tempDir {
 			_ = os.RemoveAll(s.dir)
 		}

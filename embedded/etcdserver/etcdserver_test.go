@@ -121,6 +121,43 @@ func TestRestartOnTheSameDirKeepsData(t *testing.T) {
 	}
 }
 
+// TestASecondServerOnADirInUseFailsAtOnce starts a server on the data
+// directory of a running one: etcd would wait for its database's lock
+// without end, past any ReadyTimeout.
+func TestASecondServerOnADirInUseFailsAtOnce(t *testing.T) {
+	opts := fast
+	opts.Dir = t.TempDir()
+	first := start(t, opts)
+	opts.ReadyTimeout = 2 * time.Second
+	done := make(chan error, 1)
+	go func() {
+		srv, err := etcdserver.Start(opts)
+		if err == nil {
+			srv.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "data directory "+opts.Dir+" is in use") {
+			t.Fatalf("Start = %v; want an error saying that data directory %s is in use", err, opts.Dir)
+		}
+		t.Log(err)
+	case <-time.After(10 * time.Second):
+		// The second server cannot be stopped: let the test binary end.
+		t.Fatalf("Start on the data directory of a running server still waiting after 10s (ReadyTimeout %s)", opts.ReadyTimeout)
+	}
+	// The directory is the first server's still, and free once it is closed.
+	cli := client(t, first.ClientURL())
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("the first server after the second's attempt: %v", err)
+	}
+	first.Close()
+	start(t, opts).Close()
+}
+
 func TestATakenPortIsAClearError(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
