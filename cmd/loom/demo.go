@@ -13,6 +13,7 @@ import (
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/cmd/loom/internal/demo"
 	"github.com/loomrt/loom/dashboard"
+	"github.com/loomrt/loom/discovery/memory"
 )
 
 func newDemo() *cobra.Command {
@@ -56,12 +57,16 @@ terminal.`,
 				out.info = cmd.ErrOrStderr()
 			}
 			if serve {
+				// loom.Run's runtime gives the demo its lifecycle and the
+				// operator's settings; its discovery is a store of its
+				// own, so that it does not dial what the environment
+				// names (loom up's lines may be set in this shell).
 				loom.Run(func(ctx context.Context, rt *loom.Runtime) error {
 					// The backends' runtimes add their own instance ids
 					// to the log: give them the logger without the
 					// frontend's.
 					return runDemoWith(ctx, out, opts, loom.NewLogger(rt.Config().Log), rt, true, dashAddr)
-				})
+				}, loom.WithDiscovery(memory.NewStore().Connect()))
 			}
 			ctx, stop := signalContext(context.Background(), cmd.ErrOrStderr())
 			defer stop()

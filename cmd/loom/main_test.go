@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/loomrt/loom/cmd/loom/internal/demo"
 	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/internal/testutil"
 )
 
@@ -170,6 +172,38 @@ func TestLoomDemoServeStopsGracefullyOnSIGTERM(t *testing.T) {
 		if strings.Count(line, " instance=") > 1 {
 			t.Errorf("a log line names more than one instance: %s", line)
 		}
+	}
+}
+
+// TestLoomDemoServeIgnoresTheEnvironmentsSystem runs loom demo --serve in
+// a shell with loom up's lines set, as README.md has a reader do before
+// watching the demo in the dashboard, and in one whose lines name servers
+// that are gone: the demo is a system of its own (its embedded
+// nats-server, its own discovery), so it must serve every request either
+// way, and stop cleanly.
+func TestLoomDemoServeIgnoresTheEnvironmentsSystem(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	for _, tc := range []struct {
+		name string
+		env  []string
+	}{
+		{"loom up's natskv lines", []string{"NATS_SERVER=" + ns.ClientURL(), "LOOM_DISCOVERY=natskv", "LOOM_STATUS_PORT=-1"}},
+		{"lines of servers that are gone", []string{"NATS_SERVER=nats://127.0.0.1:1", "LOOM_DISCOVERY=etcd", "ETCD_ENDPOINTS=http://127.0.0.1:1", "LOOM_STATUS_PORT=-1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := startLoom(t, tc.env, "demo", "--serve", "--requests", "10", "--instances", "2")
+			p.waitStdout(`^serving demo/backend/generate`)
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			code := p.waitExit()
+			out, errs := p.lines()
+			if code != 0 || !slices.Contains(out, "  requests        10 (0 failed)") {
+				t.Errorf("exit code %d; stdout %q; stderr %q\nwant 0 and every request served", code, out, errs)
+			}
+		})
 	}
 }
 

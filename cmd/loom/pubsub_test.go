@@ -84,10 +84,24 @@ func (p *loomProc) lines() (stdout, stderr []string) {
 // waitStderr waits for a line of standard error matching re.
 func (p *loomProc) waitStderr(re string) []string {
 	p.t.Helper()
+	return p.waitLine(re, false)
+}
+
+// waitStdout waits for a line of standard output matching re.
+func (p *loomProc) waitStdout(re string) []string {
+	p.t.Helper()
+	return p.waitLine(re, true)
+}
+
+func (p *loomProc) waitLine(re string, stdout bool) []string {
+	p.t.Helper()
 	rx := regexp.MustCompile(re)
 	deadline := time.After(30 * time.Second)
 	for {
-		_, errs := p.lines()
+		outs, errs := p.lines()
+		if stdout {
+			errs = outs
+		}
 		for _, l := range errs {
 			if m := rx.FindStringSubmatch(l); m != nil {
 				return m

@@ -92,7 +92,7 @@ type System struct {
 	rtt      time.Duration
 
 	cfg       config.Config // the backends'
-	store     *memory.Store // the demo's own discovery, or nil for the configured one
+	store     *memory.Store // the demo's own discovery
 	observers []*loom.Runtime
 }
 
@@ -128,8 +128,9 @@ func generate(rt *loom.Runtime, delay time.Duration) loom.EngineFunc[Request, To
 	}
 }
 
-// Start brings the system up: NATS, the backends, the frontend. The
-// frontend runtime is fe if given (loom.Run's), else a new one.
+// Start brings the system up: NATS, the backends, the frontend. fe, if
+// given (loom.Run's runtime), lends the system its configuration but for
+// NATS and discovery, which are the demo's own.
 // Options out of range are an error naming the option (as its flag).
 func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime) (*System, error) {
 	if err := opts.Validate(); err != nil {
@@ -153,16 +154,16 @@ func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime
 	}
 	s.natsURL = s.nats.ClientURL()
 
-	// Backends discover through what the frontend uses: the discovery its
-	// configuration names when it is given (loom.Run's), else a store of
-	// the demo's own, so that demos in one process do not meet.
+	// The demo is a system of its own: the frontend and the backends meet
+	// in a discovery store of the demo's, on its nats-server, whatever the
+	// environment names (loom up's lines may be set in the shell), and
+	// demos in one process do not meet. fe, loom.Run's runtime, gives the
+	// operator's other settings and the process's lifecycle.
 	cfg := config.Default()
-	var store *memory.Store
 	if fe != nil {
 		cfg = fe.Config()
-	} else {
-		store = memory.NewStore()
 	}
+	store := memory.NewStore()
 	cfg.NATS.URL = s.natsURL
 	cfg.Client.Router = opts.Router
 	if opts.Observable {
@@ -192,13 +193,10 @@ func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime
 			return nil, err
 		}
 	}
-	if fe == nil {
-		if fe, err = s.runtime(ctx, cfg, store); err != nil {
-			return nil, err
-		}
-		s.frontend = fe
+	if s.frontend, err = s.runtime(ctx, cfg, store); err != nil {
+		return nil, err
 	}
-	ep, err := fe.Endpoint("demo/backend/generate")
+	ep, err := s.frontend.Endpoint("demo/backend/generate")
 	if err != nil {
 		return nil, err
 	}
@@ -243,20 +241,16 @@ func (s *System) Observer(ctx context.Context) (*loom.Runtime, error) {
 func (s *System) MonitorURL() string { return s.nats.MonitorURL() }
 
 // runtime makes a backend or frontend runtime with an in-process NATS
-// connection, on store if it is not nil.
+// connection, on store.
 func (s *System) runtime(ctx context.Context, cfg config.Config, store *memory.Store) (*loom.Runtime, error) {
 	nc, err := natsconn.Connect(ctx, cfg.NATS, natsconn.WithLogger(s.log), natsconn.WithInProcessServer(s.nats.Server()))
 	if err != nil {
 		return nil, err
 	}
 	s.conns = append(s.conns, nc)
-	opts := []loom.Option{loom.WithConfig(cfg), loom.WithNATSConn(nc), loom.WithLogger(s.log)}
-	if store != nil {
-		d := store.Connect()
-		s.discs = append(s.discs, d)
-		opts = append(opts, loom.WithDiscovery(d))
-	}
-	return loom.NewRuntime(ctx, opts...)
+	d := store.Connect()
+	s.discs = append(s.discs, d)
+	return loom.NewRuntime(ctx, loom.WithConfig(cfg), loom.WithNATSConn(nc), loom.WithLogger(s.log), loom.WithDiscovery(d))
 }
 
 // Batch sends opts.Requests requests, opts.Concurrency at a time, printing
@@ -372,7 +366,7 @@ func (s *System) Backends() []uint64 {
 	return ids
 }
 
-// Shutdown stops the frontend it made, the backends (draining their
+// Shutdown stops the frontend, the backends (draining their
 // requests until ctx ends) and the NATS server.
 func (s *System) Shutdown(ctx context.Context) error {
 	var errs []error
