@@ -109,7 +109,7 @@ type Server struct {
 func Listen(d *Dashboard, addr string) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("dashboard: cannot listen on %s: %w (choose another address with --addr)", addr, err)
+		return nil, fmt.Errorf("dashboard: cannot listen on %s: %w", addr, err)
 	}
 	s := &Server{Dashboard: d, srv: &http.Server{Handler: d, ReadHeaderTimeout: 5 * time.Second}, url: "http://" + ln.Addr().String(), done: make(chan struct{})}
 	go func() {

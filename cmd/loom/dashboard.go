@@ -57,7 +57,7 @@ server and JetStream. The page updates live. It only reads.`,
 			srv, err := dashboard.Listen(d, addr)
 			if err != nil {
 				d.Close()
-				return err
+				return fmt.Errorf("%w (choose another address with --addr)", err)
 			}
 			defer srv.Close()
 			fmt.Fprintf(cmd.ErrOrStderr(), "loom dashboard: %s (%s discovery, NATS %s); Ctrl-C to stop\n",
@@ -140,7 +140,7 @@ func llmDashboard(ctx context.Context, cfg config.Config, store *memory.Store, n
 	if err != nil {
 		d.Close()
 		stop()
-		return nil, err
+		return nil, fmt.Errorf("%w (choose another address with --dashboard)", err)
 	}
 	return &ownDashboard{srv, stop}, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/loomrt/loom/embedded"
 )
 
 // TestLoomDashboardWithLoomUp runs `loom dashboard` with the environment
@@ -214,6 +217,44 @@ func TestDashboardRefusesBadFlagValuesNamingThem(t *testing.T) {
 			stderr := strings.Join(errs, "\n")
 			if code != 2 || !strings.Contains(stderr, tc.want) {
 				t.Errorf("exit code %d, stderr:\n%s\nwant 2 and %q", code, stderr, tc.want)
+			}
+		})
+	}
+}
+
+// TestATakenPageAddressNamesTheFlagThatSetIt serves the page on a taken
+// port from each command that serves it: the error must name that
+// command's flag, not another command's.
+func TestATakenPageAddressNamesTheFlagThatSetIt(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	addr := l.Addr().String()
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	env := []string{"NATS_SERVER=" + ns.ClientURL(), "LOOM_DISCOVERY=memory"}
+	for _, tc := range []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"dashboard", "--addr", addr, "--nats-monitor", "off"}, "--addr"},
+		{[]string{"demo", "--serve", "--requests", "5", "--instances", "1", "--dashboard", addr}, "--dashboard"},
+		{[]string{"llm", "up", "--port", "0", "--workers", "1", "--dashboard", addr}, "--dashboard"},
+	} {
+		t.Run(strings.Join(tc.args[:2], " "), func(t *testing.T) {
+			p := startLoom(t, env, tc.args...)
+			code := p.waitExit()
+			_, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			other := map[string]string{"--addr": "--dashboard", "--dashboard": "--addr"}[tc.flag]
+			if code != 1 || !strings.Contains(stderr, addr) || !strings.Contains(stderr, "address already in use") ||
+				!strings.Contains(stderr, "choose another address with "+tc.flag) || strings.Contains(stderr, "with "+other) {
+				t.Errorf("exit code %d, stderr:\n%s\nwant 1, %s in use, and to choose another address with %s", code, stderr, addr, tc.flag)
 			}
 		})
 	}

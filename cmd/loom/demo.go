@@ -161,7 +161,7 @@ func demoDashboard(ctx context.Context, sys *demo.System, addr string) (*dashboa
 	srv, err := dashboard.Listen(d, addr)
 	if err != nil {
 		d.Close()
-		return nil, err
+		return nil, fmt.Errorf("%w (choose another address with --dashboard)", err)
 	}
 	return srv, nil
 }
