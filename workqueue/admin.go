@@ -304,6 +304,9 @@ func (a *Admin) Requeue(ctx context.Context, name string, seqs ...uint64) (int, 
 	if len(seqs) > 0 {
 		for _, seq := range seqs {
 			m, err := ds.GetMsg(ctx, seq)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return moved, fmt.Errorf("workqueue: queue %s has no dead letter %d (requeued or purged already, or past dead_letter_max_age?): DeadLetters, or loom queue dlq %s, lists them", name, seq, name)
+			}
 			if err != nil {
 				return moved, fmt.Errorf("workqueue: dead letter %d of queue %s: %w", seq, name, err)
 			}

@@ -264,7 +264,9 @@ deletes them.`,
 				switch {
 				case requeue:
 					moved, err := a.Requeue(ctx, args[0], seqs...)
-					fmt.Fprintf(out, "requeued %d dead letters into %s\n", moved, args[0])
+					if err == nil || moved > 0 {
+						fmt.Fprintf(out, "requeued %d dead letters into %s\n", moved, args[0])
+					}
 					return err
 				case purge:
 					gone, err := a.PurgeDeadLetters(ctx, args[0])

@@ -140,6 +140,16 @@ func TestQueueCommandsListPeekAddAndRepairDeadLetters(t *testing.T) {
 	}
 	_ = j.Ack(ctx)
 
+	// A dead letter requeued already is gone: the error says so in
+	// words, not as the server's API error, and nothing claims a requeue.
+	again := exec.Command(loomBin, "queue", "dlq", "prefill_queue", "--requeue", "1")
+	again.Env = append(again.Environ(), "NATS_SERVER="+url)
+	ab, err := again.CombinedOutput()
+	if err == nil || !strings.Contains(string(ab), "queue prefill_queue has no dead letter 1") || !strings.Contains(string(ab), "loom queue dlq prefill_queue") ||
+		strings.Contains(string(ab), "API error") || strings.Contains(string(ab), "requeued 0") {
+		t.Errorf("dlq --requeue of a dead letter requeued already: %v, %s\nwant a failure saying the queue has no dead letter 1", err, ab)
+	}
+
 	cmd := exec.Command(loomBin, "queue", "info", "nope")
 	cmd.Env = append(cmd.Environ(), "NATS_SERVER="+url)
 	b, err := cmd.CombinedOutput()
