@@ -62,7 +62,9 @@ type Options struct {
 	Name string
 	// Dir is the data directory. "" means a temporary directory that
 	// Close removes. Start a server again on the same Dir (and the same
-	// ports) to restart it with its data.
+	// ports) to restart it with its data. A server holds its Dir alone
+	// (a lock on the file loom-etcd.lock in it, on systems with flock):
+	// another Start on it fails at once with ErrDirInUse.
 	Dir string
 	// Host is the address to listen on; "" means 127.0.0.1.
 	Host string
