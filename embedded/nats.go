@@ -33,7 +33,9 @@ type NATSOptions struct {
 	// JetStream turns JetStream on.
 	JetStream bool
 	// StoreDir is JetStream's file store directory; "" means a temporary
-	// directory that Shutdown removes.
+	// directory that Shutdown removes. A server holds its StoreDir alone
+	// (a lock on the file loom-nats.lock in it, on systems with flock):
+	// another StartNATS on it fails at once with ErrStoreDirInUse.
 	StoreDir string
 	// MonitorPort is the HTTP monitoring port on Host: 0 is off, negative
 	// picks a free port (see MonitorURL).
@@ -78,6 +80,7 @@ type NATSOperator struct {
 type NATS struct {
 	srv     *server.Server
 	tempDir string
+	unlock  func() // releases a given StoreDir
 	once    sync.Once
 }
 
@@ -85,8 +88,8 @@ type NATS struct {
 // clients. A port it cannot listen on is a [*ListenError] naming the port
 // and the address (it wraps the listener's error, so errors.Is(err,
 // syscall.EADDRINUSE) holds for a taken port); a StoreDir it cannot write
-// to is an error naming the directory; and it fails if the server is not
-// ready within ReadyTimeout.
+// to, or that another server uses, is an error naming the directory; and
+// it fails if the server is not ready within ReadyTimeout.
 func StartNATS(opts NATSOptions) (*NATS, error) {
 	so, err := serverOptions(opts)
 	if err != nil {
@@ -100,14 +103,20 @@ func StartNATS(opts NATSOptions) (*NATS, error) {
 			return nil, fmt.Errorf("embedded: JetStream store directory: %w", err)
 		}
 		so.StoreDir = tempDir
-	} else if so.JetStream {
+	}
+	unlock := func() {}
+	if so.JetStream && tempDir == "" {
 		// The server would say only "storage directory is not writable",
 		// without naming it.
 		if err := checkWritable(so.StoreDir); err != nil {
 			return nil, fmt.Errorf("embedded: JetStream store directory %s: %w (give NATSOptions.StoreDir a writable directory, or leave it empty for a temporary one)", so.StoreDir, err)
 		}
+		if unlock, err = lockStoreDir(so.StoreDir); err != nil {
+			return nil, err
+		}
 	}
-	removeTemp := func() {
+	release := func() {
+		unlock()
 		if tempDir != "" {
 			_ = os.RemoveAll(tempDir)
 		}
@@ -119,7 +128,7 @@ func StartNATS(opts NATSOptions) (*NATS, error) {
 
 	srv, err := server.NewServer(so)
 	if err != nil {
-		removeTemp()
+		release()
 		return nil, fmt.Errorf("embedded: nats-server options: %w", err)
 	}
 	log := &serverLog{l: opts.Logger}
@@ -157,10 +166,10 @@ func StartNATS(opts NATSOptions) (*NATS, error) {
 	if startErr != nil {
 		srv.Shutdown()
 		srv.WaitForShutdown()
-		removeTemp()
+		release()
 		return nil, startErr
 	}
-	return &NATS{srv: srv, tempDir: tempDir}, nil
+	return &NATS{srv: srv, tempDir: tempDir, unlock: unlock}, nil
 }
 
 func serverOptions(opts NATSOptions) (*server.Options, error) {
@@ -240,6 +249,18 @@ func serverOptions(opts NATSOptions) (*server.Options, error) {
 	}
 	return so, nil
 }
+
+// ErrStoreDirInUse is what StartNATS's error is (errors.Is) when another
+// server of this package, in this process or another, uses its StoreDir.
+var ErrStoreDirInUse = errors.New("embedded: JetStream store directory in use by another nats-server")
+
+type storeInUseError struct{ dir string }
+
+func (e storeInUseError) Error() string {
+	return fmt.Sprintf("embedded: JetStream store directory %s is in use by another nats-server: stop it, or give NATSOptions.StoreDir another directory", e.dir)
+}
+
+func (e storeInUseError) Is(target error) bool { return target == ErrStoreDirInUse }
 
 // ListenError is StartNATS's error when the server cannot listen on one of
 // its ports. It wraps the listener's error, so errors.Is(err,
@@ -326,6 +347,7 @@ func (s *NATS) Shutdown() {
 	s.once.Do(func() {
 		s.srv.Shutdown()
 		s.srv.WaitForShutdown()
+		s.unlock()
 		if s.tempDir != "" {
 			_ = os.RemoveAll(s.tempDir)
 		}

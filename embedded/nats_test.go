@@ -331,3 +331,22 @@ func ExampleStartNATS() {
 	fmt.Println(string(msg.Data))
 	// Output: hello from an embedded nats-server
 }
+
+// TestASecondServerOnAStoreDirInUseFailsAtOnce starts a server on the
+// JetStream store of a running one: nats-server would share it, each
+// overwriting what the other wrote.
+func TestASecondServerOnAStoreDirInUseFailsAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	first := start(t, embedded.NATSOptions{JetStream: true, StoreDir: dir})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, StoreDir: dir})
+	if err == nil {
+		ns.Shutdown()
+		t.Fatal("a second server on the store directory of a running one started")
+	}
+	if !errors.Is(err, embedded.ErrStoreDirInUse) || !strings.Contains(err.Error(), "store directory "+dir+" is in use") {
+		t.Fatalf("StartNATS = %v; want ErrStoreDirInUse naming %s", err, dir)
+	}
+	t.Log(err)
+	first.Shutdown()
+	start(t, embedded.NATSOptions{JetStream: true, StoreDir: dir}).Shutdown()
+}
