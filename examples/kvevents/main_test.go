@@ -6,6 +6,9 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -218,4 +221,82 @@ func TestAGapInAWorkersEventsMarksThatWorkerStale(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// TestWorkerAndRouterAcrossProcesses runs the two modes the package
+// documents for use with loom up's environment, as processes on one
+// nats-server with NATS KV discovery: the router's view must list the
+// worker once its events arrive, drop it once the worker stops (Ctrl-C),
+// and both must exit 0 on Ctrl-C.
+func TestWorkerAndRouterAcrossProcesses(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	bin := filepath.Join(t.TempDir(), "kvevents")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	env := append(os.Environ(), "NATS_SERVER="+ns.ClientURL(), "LOOM_DISCOVERY=natskv", "LOOM_NATS_URL=", "LOOM_EVENTS_TRANSPORT=", "LOOM_LOG_LEVEL=warn")
+	start := func(mode string) (*exec.Cmd, *testutil.SyncBuffer, chan error) {
+		cmd := exec.Command(bin, mode)
+		cmd.Env = env
+		var out testutil.SyncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			<-exited
+		})
+		return cmd, &out, exited
+	}
+	stop := func(name string, cmd *exec.Cmd, out *testutil.SyncBuffer, exited chan error) {
+		t.Helper()
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case err := <-exited:
+			exited <- err // for the cleanup
+			if err != nil {
+				t.Fatalf("%s after Ctrl-C: %v\n%s", name, err, out.String())
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s still running 20s after Ctrl-C\n%s", name, out.String())
+		}
+	}
+	// lastView is the last table the router printed whole: the lines
+	// between its last two headers.
+	lastView := func(out string) (string, bool) {
+		tables := strings.Split(out, "worker ")
+		if len(tables) < 3 {
+			return "", false
+		}
+		return tables[len(tables)-2], true
+	}
+
+	router, rout, rexit := start("router")
+	worker, wout, wexit := start("worker")
+	var id string
+	testutil.Eventually(t, 20*time.Second, "the worker says it publishes", func() bool {
+		m := regexp.MustCompile(`worker ([0-9a-f]+) publishing`).FindStringSubmatch(wout.String())
+		if m != nil {
+			id = m[1]
+		}
+		return m != nil
+	})
+	testutil.Eventually(t, 20*time.Second, "the router's view lists worker "+id, func() bool {
+		v, ok := lastView(rout.String())
+		return ok && regexp.MustCompile(`(?m)^`+id+`\s+[1-9]`).MatchString(v)
+	})
+	stop("worker", worker, wout, wexit)
+	testutil.Eventually(t, 20*time.Second, "the router's view drops worker "+id, func() bool {
+		out := rout.String()
+		v, ok := lastView(out[strings.LastIndex(out, id):])
+		return ok && !strings.Contains(v, id)
+	})
+	stop("router", router, rout, rexit)
 }
