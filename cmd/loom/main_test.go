@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -195,8 +196,23 @@ func TestLoomDemoServeIgnoresTheEnvironmentsSystem(t *testing.T) {
 		{"lines of servers that are gone", []string{"NATS_SERVER=nats://127.0.0.1:1", "LOOM_DISCOVERY=etcd", "ETCD_ENDPOINTS=http://127.0.0.1:1", "LOOM_STATUS_PORT=-1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p := startLoom(t, tc.env, "demo", "--serve", "--requests", "10", "--instances", "2")
+			p := startLoom(t, tc.env, "demo", "--serve", "--requests", "10", "--instances", "2", "--dashboard", "127.0.0.1:0")
+			page := p.waitStdout(`^  dashboard on (http://\S+)`)[1]
 			p.waitStdout(`^serving demo/backend/generate`)
+			// The page shows the demo's system, and says which it is.
+			resp, err := http.Get(page + "/api/state")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var state struct {
+				Discovery string            `json:"discovery"`
+				Instances []json.RawMessage `json:"instances"`
+			}
+			err = json.NewDecoder(resp.Body).Decode(&state)
+			resp.Body.Close()
+			if err != nil || state.Discovery != "memory" || len(state.Instances) != 2 {
+				t.Errorf("the dashboard's state: %+v, %v; want memory discovery and the 2 backends", state, err)
+			}
 			_ = p.cmd.Process.Signal(syscall.SIGTERM)
 			code := p.waitExit()
 			out, errs := p.lines()

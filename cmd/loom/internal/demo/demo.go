@@ -164,7 +164,7 @@ func Start(ctx context.Context, opts Options, log *slog.Logger, fe *loom.Runtime
 		cfg = fe.Config()
 	}
 	store := memory.NewStore()
-	cfg.NATS.URL = s.natsURL
+	cfg.NATS.URL, cfg.Discovery.Backend = s.natsURL, "memory"
 	cfg.Client.Router = opts.Router
 	if opts.Observable {
 		cfg.Status.Port = -1
