@@ -491,3 +491,31 @@ func TestLoomSubReplaysJetStreamFromWhereItIsTold(t *testing.T) {
 		}
 	}
 }
+
+// TestJetStreamStartsOnAnotherTransportAreUsageErrors gives loom sub a
+// flag that replays or resumes stored events on a transport that keeps
+// none: a usage error naming the flag, the transport in effect and how to
+// choose jetstream, before connecting (the servers named here are not
+// running), not the library's words for its options.
+func TestJetStreamStartsOnAnotherTransportAreUsageErrors(t *testing.T) {
+	env := []string{"NATS_SERVER=nats://127.0.0.1:1", "LOOM_DISCOVERY=memory"}
+	for _, tc := range []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{[]string{"LOOM_EVENTS_TRANSPORT="}, []string{"--since", "10m"}, "--since: only the jetstream transport keeps events to replay or resume, and this is nats (events.transport, from default)"},
+		{[]string{"LOOM_EVENTS_TRANSPORT=zmq"}, []string{"--durable", "d", "--all"}, "--all: only the jetstream transport keeps events to replay or resume, and this is zmq (events.transport, from env LOOM_EVENTS_TRANSPORT)"},
+		{[]string{"LOOM_EVENTS_TRANSPORT=jetstream"}, []string{"--transport", "nats", "--from-seq", "3"}, "--from-seq: only the jetstream transport keeps events to replay or resume, and this is nats (--transport)"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			p := startLoom(t, append(env, tc.env...), append([]string{"sub", "dyn/w1", "kv_events"}, tc.args...)...)
+			code := p.waitExit()
+			_, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			if code != 2 || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "use --transport jetstream") || !strings.Contains(stderr, "usage: loom sub") {
+				t.Errorf("exit code %d, stderr:\n%s\nwant 2, %q and the usage line", code, stderr, tc.want)
+			}
+		})
+	}
+}

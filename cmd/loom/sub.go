@@ -12,6 +12,7 @@ import (
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/codec"
+	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/events"
 )
 
@@ -64,6 +65,19 @@ durable keeps the start it was created with).`,
 			}
 			if _, err := o.events(); err != nil {
 				return &usageError{cmd, err}
+			}
+			if f := o.jetstreamFlag(); f != "" {
+				tr, source := o.transport, "--transport"
+				if tr == "" {
+					l, err := config.Load()
+					if err != nil {
+						return err
+					}
+					tr, source = l.Config.Events.Transport, "events.transport, from "+l.Source("events.transport")
+				}
+				if tr != "jetstream" {
+					return &usageError{cmd, fmt.Errorf("%s: only the jetstream transport keeps events to replay or resume, and this is %s (%s); use --transport jetstream, or set LOOM_EVENTS_TRANSPORT=jetstream", f, tr, source)}
+				}
 			}
 			ctx, stop := signalContext(context.Background(), cmd.ErrOrStderr())
 			defer stop()
@@ -121,6 +135,20 @@ func (o subOptions) events() ([]events.Option, error) {
 		opts = append(opts, events.Durable(o.durable))
 	}
 	return opts, nil
+}
+
+// jetstreamFlag returns the first flag given that only the jetstream
+// transport serves, or "".
+func (o subOptions) jetstreamFlag() string {
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"--all", o.all}, {"--from-seq", o.fromSeq > 0}, {"--since", o.since != ""}, {"--last-per-subject", o.lastPerSubject}, {"--durable", o.durable != ""}} {
+		if f.set {
+			return f.name
+		}
+	}
+	return ""
 }
 
 func parseSince(s string, now time.Time) (time.Time, error) {
