@@ -65,6 +65,15 @@ A ZeroMQ publisher only reaches subscribers already connected to it: use
 			if err := events.ValidateTopic(args[1]); err != nil {
 				return &usageError{cmd, err}
 			}
+			if o.subscribers > 0 {
+				tr, source, err := eventsTransport(o.transport)
+				if err != nil {
+					return err
+				}
+				if tr != "zmq" {
+					return &usageError{cmd, fmt.Errorf("--wait-subscribers: only a ZeroMQ publisher knows its subscribers, and this is %s (%s); leave it out, or use --transport zmq", tr, source)}
+				}
+			}
 			ctx, stop := signalContext(context.Background(), cmd.ErrOrStderr())
 			defer stop()
 			var in io.Reader

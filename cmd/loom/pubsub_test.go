@@ -519,3 +519,30 @@ func TestJetStreamStartsOnAnotherTransportAreUsageErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestWaitSubscribersOffZeroMQIsAUsageError gives loom pub
+// --wait-subscribers on transports whose publishers do not know their
+// subscribers: a usage error naming the flag and the transport in effect,
+// before connecting (the server named here is not running).
+func TestWaitSubscribersOffZeroMQIsAUsageError(t *testing.T) {
+	env := []string{"NATS_SERVER=nats://127.0.0.1:1", "LOOM_DISCOVERY=memory"}
+	for _, tc := range []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{[]string{"LOOM_EVENTS_TRANSPORT="}, nil, "this is nats (events.transport, from default)"},
+		{[]string{"LOOM_EVENTS_TRANSPORT=zmq"}, []string{"--transport", "jetstream"}, "this is jetstream (--transport)"},
+	} {
+		t.Run(strings.Join(append(tc.env, tc.args...), " "), func(t *testing.T) {
+			p := startLoom(t, append(env, tc.env...), append([]string{"pub", "dyn/w1", "kv_events", "{}", "--wait-subscribers", "1"}, tc.args...)...)
+			code := p.waitExit()
+			_, errs := p.lines()
+			stderr := strings.Join(errs, "\n")
+			if code != 2 || !strings.Contains(stderr, "--wait-subscribers: only a ZeroMQ publisher knows its subscribers, and "+tc.want) ||
+				!strings.Contains(stderr, "use --transport zmq") || !strings.Contains(stderr, "usage: loom pub") {
+				t.Errorf("exit code %d, stderr:\n%s\nwant 2, the flag, %q and the usage line", code, stderr, tc.want)
+			}
+		})
+	}
+}

@@ -67,13 +67,9 @@ durable keeps the start it was created with).`,
 				return &usageError{cmd, err}
 			}
 			if f := o.jetstreamFlag(); f != "" {
-				tr, source := o.transport, "--transport"
-				if tr == "" {
-					l, err := config.Load()
-					if err != nil {
-						return err
-					}
-					tr, source = l.Config.Events.Transport, "events.transport, from "+l.Source("events.transport")
+				tr, source, err := eventsTransport(o.transport)
+				if err != nil {
+					return err
 				}
 				if tr != "jetstream" {
 					return &usageError{cmd, fmt.Errorf("%s: only the jetstream transport keeps events to replay or resume, and this is %s (%s); use --transport jetstream, or set LOOM_EVENTS_TRANSPORT=jetstream", f, tr, source)}
@@ -135,6 +131,19 @@ func (o subOptions) events() ([]events.Option, error) {
 		opts = append(opts, events.Durable(o.durable))
 	}
 	return opts, nil
+}
+
+// eventsTransport returns the transport that loom pub or sub runs on, flag
+// (--transport) or else events.transport, and where it came from.
+func eventsTransport(flag string) (tr, source string, err error) {
+	if flag != "" {
+		return flag, "--transport", nil
+	}
+	l, err := config.Load()
+	if err != nil {
+		return "", "", err
+	}
+	return l.Config.Events.Transport, "events.transport, from " + l.Source("events.transport"), nil
 }
 
 // jetstreamFlag returns the first flag given that only the jetstream
