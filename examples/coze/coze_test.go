@@ -29,6 +29,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	os.Setenv(eventbus.EnvServerURL, ns.ClientURL())
+	// The server needs no auth: the shell's Coze variables must not apply.
+	for _, v := range []string{eventbus.EnvJWTToken, eventbus.EnvNKeySeed, eventbus.EnvUsername, eventbus.EnvPassword, eventbus.EnvToken} {
+		os.Unsetenv(v)
+	}
 	code := m.Run()
 	ns.Shutdown()
 	if code == 0 {
