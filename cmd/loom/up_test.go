@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -197,6 +198,23 @@ func TestLoomUpOnAnAddressNotOfThisMachineSaysSo(t *testing.T) {
 				t.Errorf("exit code %d, stderr:\n%s\nwant 1 and a hint at --host alone", code, stderr)
 			}
 		})
+	}
+}
+
+// TestLoomUpOnADataDirItCannotWriteNamesIt gives loom up a --data-dir
+// under a file: the error names the directory and what to do.
+func TestLoomUpOnADataDirItCannotWriteNamesIt(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "a-file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(file, "loom-data")
+	p := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0", "--data-dir", dir)
+	code := p.waitExit()
+	_, errs := p.lines()
+	stderr := strings.Join(errs, "\n")
+	if code != 1 || !strings.Contains(stderr, "--data-dir "+dir+":") || !strings.Contains(stderr, "not a directory") || !strings.Contains(stderr, "give loom up a directory it can write") {
+		t.Errorf("exit code %d, stderr:\n%s\nwant 1, the directory, the reason and what to do", code, stderr)
 	}
 }
 

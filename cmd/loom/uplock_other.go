@@ -11,7 +11,7 @@ import (
 // directory are not detected here.
 func lockDataDir(dir string) (unlock func(), err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("--data-dir %s: %w", dir, err)
+		return nil, fmt.Errorf("--data-dir %s: %w (give loom up a directory it can write)", dir, err)
 	}
 	return func() {}, nil
 }

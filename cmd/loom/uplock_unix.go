@@ -16,11 +16,11 @@ import (
 // the process, however it ends; unlock releases it sooner.
 func lockDataDir(dir string) (unlock func(), err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("--data-dir %s: %w", dir, err)
+		return nil, fmt.Errorf("--data-dir %s: %w (give loom up a directory it can write)", dir, err)
 	}
 	f, err := os.OpenFile(filepath.Join(dir, "loom-up.lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("--data-dir %s: %w", dir, err)
+		return nil, fmt.Errorf("--data-dir %s: %w (give loom up a directory it can write)", dir, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
