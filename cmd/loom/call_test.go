@@ -186,6 +186,18 @@ func TestLsOnMemoryDiscoverySaysItSeesOnlyItself(t *testing.T) {
 			t.Errorf("loom ls --json printed %q; want [] alone on stdout", &stdout)
 		}
 	}
+	// loom dashboard too: its page would stay empty without a word.
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	p := startLoom(t, []string{"LOOM_DISCOVERY=memory", "NATS_SERVER=" + ns.ClientURL()}, "dashboard", "--addr", "127.0.0.1:0", "--nats-monitor", "off")
+	p.waitStderr(`^loom dashboard: discovery\.backend is memory, which sees only this process.*loom up`)
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	if code := p.waitExit(); code != 0 {
+		t.Errorf("loom dashboard exited %d after Ctrl-C", code)
+	}
 }
 
 // The commands that only look or call run in shells set up with loom
