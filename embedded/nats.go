@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/loomrt/loom/internal/datadir"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 )
@@ -108,11 +109,16 @@ func StartNATS(opts NATSOptions) (*NATS, error) {
 	if so.JetStream && tempDir == "" {
 		// The server would say only "storage directory is not writable",
 		// without naming it.
-		if err := checkWritable(so.StoreDir); err != nil {
+		if err := datadir.Writable(so.StoreDir, 0o750); err != nil {
 			return nil, fmt.Errorf("embedded: JetStream store directory %s: %w (give NATSOptions.StoreDir a writable directory, or leave it empty for a temporary one)", so.StoreDir, err)
 		}
-		if unlock, err = lockStoreDir(so.StoreDir); err != nil {
-			return nil, err
+		// nats-server would share the store with another server of this
+		// process, each overwriting what the other wrote.
+		if unlock, err = datadir.Lock(so.StoreDir, "loom-nats.lock", 0o600); err != nil {
+			if errors.Is(err, datadir.ErrInUse) {
+				return nil, storeInUseError{so.StoreDir}
+			}
+			return nil, fmt.Errorf("embedded: JetStream store directory %s: locking it: %w", so.StoreDir, err)
 		}
 	}
 	release := func() {
@@ -301,21 +307,6 @@ func listenError(port, hp, msg string) error {
 		return fmt.Errorf("embedded: nats-server cannot listen on %s for its %s port: %s", hp, port, msg)
 	}
 	return &ListenError{Port: port, Addr: hp, Err: err}
-}
-
-// checkWritable makes dir if it is missing and checks that files can be
-// made in it.
-func checkWritable(dir string) error {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, ".loom-write-check-*")
-	if err != nil {
-		return err
-	}
-	name := f.Name()
-	_ = f.Close()
-	return os.Remove(name)
 }
 
 // ClientURL returns the URL clients connect to, with the port the server

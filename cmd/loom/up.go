@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/embedded/etcdserver"
+	"github.com/loomrt/loom/internal/datadir"
 )
 
 type upOptions struct {
@@ -262,4 +264,21 @@ func startHint(err error, host, inUse string) string {
 		return "--host " + host + " is not an address of this machine"
 	}
 	return "check --host and --data-dir"
+}
+
+// lockDataDir takes the data directory for this loom up alone, so that a
+// second one on it fails at once instead of sharing the first's JetStream
+// store or waiting for etcd's database lock.
+func lockDataDir(dir string) (unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("--data-dir %s: %w (give loom up a directory it can write)", dir, err)
+	}
+	unlock, err = datadir.Lock(dir, "loom-up.lock", 0o644)
+	switch {
+	case errors.Is(err, datadir.ErrInUse):
+		return nil, fmt.Errorf("--data-dir %s is in use by another loom up: stop it, or give this one another --data-dir", dir)
+	case err != nil:
+		return nil, fmt.Errorf("--data-dir %s: %w (give loom up a directory it can write)", dir, err)
+	}
+	return unlock, nil
 }

@@ -24,6 +24,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -35,6 +36,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/loomrt/loom/internal/datadir"
 	"github.com/loomrt/loom/internal/zapslog"
 )
 
@@ -133,7 +135,7 @@ func Start(opts Options) (*Server, error) {
 	dir, temp := opts.Dir, false
 	if dir != "" {
 		// etcd's own error would not say what to do.
-		if err := checkWritable(dir); err != nil {
+		if err := datadir.Writable(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("etcdserver: data directory %s: %w (give Options.Dir a writable directory, or leave it empty for a temporary one)", dir, err)
 		}
 	}
@@ -285,19 +287,24 @@ func listenError(what, hp string, err error) error {
 	return &ListenError{Port: what, Addr: hp, Err: err}
 }
 
-// checkWritable makes dir if it is missing and checks that files can be
-// made in it.
-func checkWritable(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+// lockDir takes dir for this server alone. etcd waits without end for the
+// lock of its database when another server holds it, whatever
+// ReadyTimeout says; this fails at once instead: on the lock file for a
+// server of this package, in this process or another, and on the
+// database's own lock (bbolt's flock) for any other etcd.
+func lockDir(dir string) (unlock func(), err error) {
+	unlock, err = datadir.Lock(dir, "loom-etcd.lock", 0o600)
+	switch {
+	case errors.Is(err, datadir.ErrInUse):
+		return nil, dirInUseError{dir}
+	case err != nil:
+		return nil, fmt.Errorf("etcdserver: data directory %s: locking it: %w", dir, err)
 	}
-	f, err := os.CreateTemp(dir, ".loom-write-check-*")
-	if err != nil {
-		return err
+	if datadir.Held(filepath.Join(dir, "member", "snap", "db")) {
+		unlock()
+		return nil, dirInUseError{dir}
 	}
-	name := f.Name()
-	_ = f.Close()
-	return os.Remove(name)
+	return unlock, nil
 }
 
 // startError names the port a listen error is about.
