@@ -521,7 +521,7 @@ func (p *Planes) Close() error {
 func serverTLS(rc config.RequestPlane) (*tls.Config, error) {
 	if rc.TLSCertFile == "" && rc.TLSKeyFile == "" {
 		if rc.TLSClientAuth {
-			return nil, errors.New("request_plane.tls_client_auth needs tls_cert_file and tls_key_file")
+			return nil, errors.New("request_plane.tls_client_auth is set without request_plane.tls_cert_file and request_plane.tls_key_file: mutual TLS needs this server's own certificate; set both (LOOM_REQUEST_PLANE_TLS_CERT_FILE, LOOM_REQUEST_PLANE_TLS_KEY_FILE) or unset tls_client_auth")
 		}
 		return nil, nil
 	}
@@ -532,7 +532,7 @@ func serverTLS(rc config.RequestPlane) (*tls.Config, error) {
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if rc.TLSClientAuth {
 		if rc.TLSCAFile == "" {
-			return nil, errors.New("request_plane.tls_client_auth needs tls_ca_file to verify client certificates")
+			return nil, errors.New("request_plane.tls_client_auth is set without request_plane.tls_ca_file: set it (LOOM_REQUEST_PLANE_TLS_CA_FILE) to the CA that signs the callers' certificates, or unset tls_client_auth")
 		}
 		pool, err := tlsfiles.CAPool("request_plane.tls_ca_file", rc.TLSCAFile)
 		if err != nil {

@@ -1,0 +1,171 @@
+package planes_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/internal/plane"
+	"github.com/loomrt/loom/internal/planes"
+)
+
+// certFiles writes a self-signed certificate for 127.0.0.1 valid until
+// notAfter, and its key, as PEM files.
+func certFiles(t *testing.T, notAfter time.Time) (cert, key string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "loom test"},
+		NotBefore: notAfter.Add(-2 * time.Hour), NotAfter: notAfter,
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeFile(t, cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	writeFile(t, key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
+	return cert, key
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Every request-plane TLS setting that cannot work is an error, when the
+// plane starts, that names the configuration key and says what to do.
+func TestTLSMisconfigurationsNameTheKeyAndTheFix(t *testing.T) {
+	cert, key := certFiles(t, time.Now().Add(time.Hour))
+	oldCert, oldKey := certFiles(t, time.Now().Add(-time.Hour))
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage.pem")
+	writeFile(t, garbage, []byte("not a PEM file\n"))
+	missing := filepath.Join(dir, "missing.pem")
+
+	serving := []struct {
+		name string
+		set  func(rc *config.RequestPlane)
+		want []string
+	}{
+		{"client auth without a certificate", func(rc *config.RequestPlane) {
+			rc.TLSClientAuth, rc.TLSCAFile = true, cert
+		}, []string{"request_plane.tls_client_auth", "request_plane.tls_cert_file", "request_plane.tls_key_file", "LOOM_REQUEST_PLANE_TLS_CERT_FILE", "unset tls_client_auth"}},
+		{"client auth without a CA", func(rc *config.RequestPlane) {
+			rc.TLSClientAuth, rc.TLSCertFile, rc.TLSKeyFile = true, cert, key
+		}, []string{"request_plane.tls_client_auth", "request_plane.tls_ca_file", "LOOM_REQUEST_PLANE_TLS_CA_FILE", "unset tls_client_auth"}},
+		{"client auth with a CA file that holds no certificate", func(rc *config.RequestPlane) {
+			rc.TLSClientAuth, rc.TLSCertFile, rc.TLSKeyFile, rc.TLSCAFile = true, cert, key, garbage
+		}, []string{"request_plane.tls_ca_file", garbage, "BEGIN CERTIFICATE"}},
+		{"client auth with a CA file that does not exist", func(rc *config.RequestPlane) {
+			rc.TLSClientAuth, rc.TLSCertFile, rc.TLSKeyFile, rc.TLSCAFile = true, cert, key, missing
+		}, []string{"request_plane.tls_ca_file", missing, "no such file"}},
+		{"a certificate without its key", func(rc *config.RequestPlane) {
+			rc.TLSCertFile = cert
+		}, []string{"request_plane.tls_cert_file", "without request_plane.tls_key_file"}},
+		{"a key without its certificate", func(rc *config.RequestPlane) {
+			rc.TLSKeyFile = key
+		}, []string{"request_plane.tls_key_file", "without request_plane.tls_cert_file"}},
+		{"a certificate file that does not exist", func(rc *config.RequestPlane) {
+			rc.TLSCertFile, rc.TLSKeyFile = missing, key
+		}, []string{"request_plane.tls_cert_file " + missing}},
+		{"a certificate file that is not PEM", func(rc *config.RequestPlane) {
+			rc.TLSCertFile, rc.TLSKeyFile = garbage, key
+		}, []string{"request_plane.tls_cert_file " + garbage}},
+		{"a key that is not the certificate's", func(rc *config.RequestPlane) {
+			rc.TLSCertFile, rc.TLSKeyFile = cert, oldKey
+		}, []string{"request_plane.tls_cert_file " + cert, "request_plane.tls_key_file " + oldKey}},
+		{"an expired certificate", func(rc *config.RequestPlane) {
+			rc.TLSCertFile, rc.TLSKeyFile = oldCert, oldKey
+		}, []string{"request_plane.tls_cert_file " + oldCert, "expired", "renew"}},
+		{"a transport of neither plane", func(rc *config.RequestPlane) {
+			rc.Transport = "udp"
+		}, []string{"request_plane.transport", `"udp"`, "use tcp or nats"}},
+	}
+	for _, tt := range serving {
+		t.Run("serving: "+tt.name, func(t *testing.T) {
+			rc := config.Default().RequestPlane
+			rc.Transport, rc.Host, rc.Port = planes.TCP, "127.0.0.1", 0
+			tt.set(&rc)
+			p := planes.New(planes.Config{RequestPlane: rc, Logger: quiet}, upper{})
+			defer p.Close()
+			_, addr, _, err := p.Serve(context.Background())
+			if err == nil {
+				_ = p.Shutdown(context.Background())
+				t.Fatalf("Serve served on %s; want an error", addr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Serve: %v\nwant it to say %q", err, w)
+				}
+			}
+		})
+	}
+
+	calling := []struct {
+		name string
+		set  func(rc *config.RequestPlane)
+		want []string
+	}{
+		{"a CA file that does not exist", func(rc *config.RequestPlane) {
+			rc.TLSCAFile = missing
+		}, []string{"request_plane.tls_ca_file", missing}},
+		{"a CA file that holds no certificate", func(rc *config.RequestPlane) {
+			rc.TLSCAFile = garbage
+		}, []string{"request_plane.tls_ca_file", garbage, "BEGIN CERTIFICATE"}},
+		{"a client certificate without its key", func(rc *config.RequestPlane) {
+			rc.TLSCAFile, rc.TLSCertFile = cert, cert
+		}, []string{"request_plane.tls_cert_file", "without request_plane.tls_key_file"}},
+		{"an expired client certificate", func(rc *config.RequestPlane) {
+			rc.TLSCAFile, rc.TLSCertFile, rc.TLSKeyFile = cert, oldCert, oldKey
+		}, []string{"request_plane.tls_cert_file " + oldCert, "renew"}},
+	}
+	for _, tt := range calling {
+		t.Run("calling: "+tt.name, func(t *testing.T) {
+			rc := config.Default().RequestPlane
+			rc.Transport, rc.Host, rc.Port = planes.TCP, "127.0.0.1", 0
+			tt.set(&rc)
+			p := planes.New(planes.Config{RequestPlane: rc, Logger: quiet}, upper{})
+			defer p.Close()
+			s, err := p.Open(context.Background(), planes.Target{Transport: planes.TCP, Address: "127.0.0.1:1", TLS: true}, plane.Request{Path: "a/b/c"})
+			if err == nil {
+				s.Close()
+				t.Fatal("Open called; want an error")
+			}
+			if !errors.Is(err, plane.ErrUnreachable) {
+				t.Errorf("Open: %v, want it to wrap ErrUnreachable", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Open: %v\nwant it to say %q", err, w)
+				}
+			}
+		})
+	}
+}
