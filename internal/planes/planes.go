@@ -179,6 +179,11 @@ func (p *Planes) Serve(ctx context.Context) (transport, addr string, tls bool, e
 		}
 		return TCP, p.tcpAddr, p.tcpTLS, nil
 	case NATS:
+		if p.cfg.RequestPlane.TLSClientAuth {
+			// Silently serving every caller would leave a deployment
+			// that asked for mutual TLS without it.
+			return "", "", false, errors.New("request_plane.tls_client_auth is set, and request_plane.transport is nats: the NATS plane has no client certificates to verify (its callers are whoever the NATS server lets publish on loom.rpc.>; restrict that with NATS permissions); unset tls_client_auth or serve on tcp")
+		}
 		subject, err := p.startNATS(ctx)
 		return NATS, subject, false, err
 	}

@@ -17,7 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/planes"
 )
@@ -167,5 +170,36 @@ func TestTLSMisconfigurationsNameTheKeyAndTheFix(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Mutual TLS is the TCP plane's: a runtime asked for it that serves on
+// NATS is refused at start rather than serving every caller.
+func TestClientAuthOnTheNATSPlaneIsRefused(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	cert, key := certFiles(t, time.Now().Add(time.Hour))
+	rc := config.Default().RequestPlane
+	rc.Transport, rc.TLSClientAuth = planes.NATS, true
+	rc.TLSCertFile, rc.TLSKeyFile, rc.TLSCAFile = cert, key, cert
+	p := planes.New(planes.Config{RequestPlane: rc, ID: 1, Logger: quiet, NATS: func(context.Context) (*nats.Conn, error) { return nc, nil }}, upper{})
+	defer p.Close()
+	_, addr, _, err := p.Serve(context.Background())
+	if err == nil {
+		_ = p.Shutdown(context.Background())
+		t.Fatalf("Serve served on %s with request_plane.tls_client_auth set; want an error", addr)
+	}
+	for _, w := range []string{"request_plane.tls_client_auth", "request_plane.transport is nats", "unset tls_client_auth or serve on tcp"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("Serve: %v\nwant it to say %q", err, w)
+		}
 	}
 }
