@@ -105,6 +105,11 @@ const (
 	StallProbeInterval = time.Second
 )
 
+// forgetServerAfter is how long a Client keeps what it knows of a server
+// with no stream open to it and silent: it answers heartbeats only from
+// the servers it knows.
+const forgetServerAfter = time.Minute
+
 // serverState is what a Client knows of one server: when it last heard
 // from it and whether it stopped answering.
 type serverState struct {
@@ -290,9 +295,10 @@ func (c *Client) remove(id uint64) {
 	if st := c.streams[id]; st != nil {
 		delete(c.streams, id)
 		srv := st.srv
-		if srv.streams--; srv.streams == 0 && !srv.stalled.Load() && c.servers[srv.subject] == srv {
-			delete(c.servers, srv.subject)
-		}
+		// A server with no stream left stays known until it has been
+		// silent a while (see expire): its heartbeats may still list a
+		// stream ended here, which is then killed again.
+		srv.streams--
 	}
 	c.mu.Unlock()
 }
@@ -379,9 +385,16 @@ func (c *Client) onHeartbeat(m *nats.Msg) {
 		c.mu.Unlock()
 		return
 	}
-	if srv := c.servers[server]; srv != nil {
-		c.heard(srv, now)
+	srv := c.servers[server]
+	if srv == nil {
+		// Not a server this client called lately: anyone may publish
+		// on the inbox, and answering would publish, with this
+		// process's NATS permissions, wherever Loom-Server says.
+		c.mu.Unlock()
+		c.log.Debug("natsplane: heartbeat from a server this client has not called dropped", "server", server)
+		return
 	}
+	c.heard(srv, now)
 	for _, e := range entries {
 		st := c.streams[e.id]
 		if st == nil {
@@ -467,8 +480,9 @@ func (c *Client) expire(connClosed bool) {
 		}
 	}
 	for subject, srv := range c.servers {
-		// A stalled server nobody has called for a while is forgotten.
-		if srv.streams == 0 && now-srv.lastHeard.Load() > 60*int64(time.Second) {
+		// A server nobody has called or heard from for a while is
+		// forgotten.
+		if srv.streams == 0 && now-srv.lastHeard.Load() > int64(forgetServerAfter) {
 			delete(c.servers, subject)
 		}
 	}

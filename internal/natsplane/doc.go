@@ -68,7 +68,11 @@
 // for each of the caller's streams open on the server (running or queued),
 // uvarint stream id then uvarint blocked, where blocked is 0, or 1 + the
 // cumulative credit the server has seen if its handler is waiting for
-// credit. Streams past the max payload go in further heartbeats.
+// credit. Streams past the max payload go in further heartbeats. A
+// caller answers (PONG, and CREDIT or KILL as below) only a heartbeat
+// whose Loom-Server is a server it has called and has not been silent
+// for a minute since: anyone may publish on the inbox, and an answer
+// goes where Loom-Server says.
 //
 // # Flow control
 //
