@@ -85,3 +85,70 @@ func TestAForgedHeartbeatMakesTheCallerPublishNowhereElse(t *testing.T) {
 	next(kindPong)
 	next(kindKill)
 }
+
+// A request from a caller that is not a natsplane Client is filed under
+// its reply subject. One whose reply subject is a Client's inbox (which
+// every request of that Client shows in Loom-Inbox) must not be filed
+// with that Client's streams: heartbeats to the Client would then list it
+// as stream 0, which the Client refuses, so its streams would go unheard
+// and fail as if the server were gone.
+func TestAPlainRequestAnsweredOnAClientsInboxLeavesItsStreamsAlone(t *testing.T) {
+	p := newPair(t)
+	started := make(chan string, 2)
+	release := make(chan struct{})
+	srv := serve(t, p.snc, ServerConfig{HeartbeatInterval: 20 * time.Millisecond, ClientTimeout: time.Minute}, func(s *ServerStream) error {
+		started <- s.Path()
+		<-release
+		return s.Send([]byte(s.Path()))
+	})
+	defer close(release)
+	c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute, StallTimeout: -1})
+	st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "victim"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if path := <-started; path != "victim" {
+		t.Fatalf("handler started for %q", path)
+	}
+	// Everything the server sends the Client's heartbeat subject.
+	hbs := make(chan *nats.Msg, 256)
+	w := connect(t, p.ns)
+	if _, err := w.ChanSubscribe(c.inbox+".0", hbs); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	m := nats.NewMsg(srv.Address())
+	m.Reply = c.inbox
+	m.Header.Set(hdrPath, "intruder")
+	if err := w.PublishMsg(m); err != nil {
+		t.Fatal(err)
+	}
+	if path := <-started; path != "intruder" {
+		t.Fatalf("handler started for %q", path)
+	}
+	srv.mu.Lock()
+	var ids []uint64
+	for id := range srv.peers[c.inbox].streams {
+		ids = append(ids, id)
+	}
+	srv.mu.Unlock()
+	if len(ids) != 1 || ids[0] != st.id {
+		t.Errorf("the server holds streams %v for the Client's inbox; want only its own %d", ids, st.id)
+	}
+	// Heartbeats go on listing the Client's stream, and nothing else.
+	for range 5 {
+		select {
+		case hb := <-hbs:
+			entries, err := parseHeartbeat(hb.Data)
+			if err != nil || len(entries) != 1 || entries[0].id != st.id {
+				t.Fatalf("heartbeat to the Client lists %v, %v; want its stream %d alone", entries, err, st.id)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no heartbeat to the Client")
+		}
+	}
+}

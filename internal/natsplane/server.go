@@ -135,7 +135,7 @@ type Server struct {
 	hbServer []string // Loom-Server value of heartbeats
 
 	mu       sync.Mutex
-	peers    map[string]*peer // by caller inbox (by reply subject for foreign callers)
+	peers    map[string]*peer // by caller inbox (foreignKey of the reply subject for foreign callers)
 	draining bool
 	closed   bool
 	adm      *plane.Admission[*ServerStream]
@@ -373,7 +373,7 @@ func (s *Server) handleOpen(m *nats.Msg) {
 	st := newServerStream(s, o, m.Reply, m.Data, now)
 	key := o.inbox
 	if key == "" {
-		key = m.Reply
+		key = foreignKey(m.Reply)
 	}
 
 	s.mu.Lock()
@@ -448,6 +448,12 @@ func (s *Server) handleOpen(m *nats.Msg) {
 		st.release()
 	}
 }
+
+// foreignKey is the peers key of a caller that is not a natsplane Client,
+// by its reply subject. A space, which no subject holds, sets it apart
+// from every Client's inbox: filed with a Client's streams, such a
+// caller's stream 0 would be listed in that Client's heartbeats.
+func foreignKey(reply string) string { return " " + reply }
 
 // start runs st, then the queued streams its slot passes to, in a new
 // goroutine.
