@@ -2,12 +2,17 @@ package natsplane
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/loomrt/loom/internal/plane"
+	"github.com/loomrt/loom/internal/wire"
 )
 
 // A heartbeat names the server it comes from, and a caller answers it
@@ -151,4 +156,165 @@ func TestAPlainRequestAnsweredOnAClientsInboxLeavesItsStreamsAlone(t *testing.T)
 			t.Fatal("no heartbeat to the Client")
 		}
 	}
+}
+
+// What doc.go says of requests that cannot be served: each is answered
+// with END on its reply subject (Protocol for another version, BadRequest
+// otherwise) naming what is wrong, and never reaches the handler; a
+// message without a reply subject, of an unknown kind or a malformed
+// control message is dropped. The server serves on afterwards.
+func TestMalformedRequestsAreAnsweredAndTheServerGoesOn(t *testing.T) {
+	p := newPair(t)
+	var handled atomic.Int32
+	srv := serve(t, p.snc, ServerConfig{}, func(s *ServerStream) error {
+		handled.Add(1)
+		return s.Send([]byte(s.Path()))
+	})
+	w := connect(t, p.ns)
+	inbox := w.NewInbox()
+	replies := make(chan *nats.Msg, 64)
+	if _, err := w.ChanSubscribe(inbox+".>", replies); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	// send publishes h as a request with reply subject inbox.<n> (or
+	// reply, if given) and returns the reply subject.
+	send := func(h nats.Header, reply string) string {
+		t.Helper()
+		n++
+		if reply == "" {
+			reply = fmt.Sprintf("%s.%d", inbox, n)
+		}
+		if err := w.PublishMsg(&nats.Msg{Subject: srv.Address(), Reply: reply, Header: h}); err != nil {
+			t.Fatal(err)
+		}
+		return reply
+	}
+	answer := func(reply string) *nats.Msg {
+		t.Helper()
+		select {
+		case m := <-replies:
+			if m.Subject != reply {
+				t.Fatalf("answer on %s, want %s", m.Subject, reply)
+			}
+			return m
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no answer on %s", reply)
+			return nil
+		}
+	}
+	good := func() nats.Header { return nats.Header{hdrKind: {kindOpen}, hdrPath: {"p"}} }
+	with := func(kv ...string) nats.Header {
+		h := good()
+		for i := 0; i < len(kv); i += 2 {
+			h[kv[i]] = append(h[kv[i]], kv[i+1])
+		}
+		return h
+	}
+	manyHeaders := good()
+	for i := range wire.MaxHeaders + 1 {
+		manyHeaders[fmt.Sprintf("%sk%d", hdrUser, i)] = []string{"v"}
+	}
+	for _, tt := range []struct {
+		name  string
+		h     nats.Header
+		reply string // default inbox.<n>
+		code  wire.Code
+		want  string
+	}{
+		{"another message version", with(hdrVersion, "2"), "", wire.CodeProtocol, "upgrade the older side"},
+		{"no path", nats.Header{hdrKind: {kindOpen}}, "", wire.CodeBadRequest, "no " + hdrPath},
+		{"a path past the limit", nats.Header{hdrPath: {strings.Repeat("p", wire.MaxPathLen+1)}}, "", wire.CodeBadRequest, hdrPath},
+		{"a bad escape", nats.Header{hdrPath: {"a%zzb"}}, "", wire.CodeBadRequest, "bad escape"},
+		{"a repeated header", with(hdrPath, "q"), "", wire.CodeBadRequest, hdrPath + " given 2 times"},
+		{"a timeout that is not a number", with(hdrTimeout, "-1"), "", wire.CodeBadRequest, hdrTimeout},
+		{"an inbox without a stream", with(hdrInbox, inbox), "", wire.CodeBadRequest, "only one of"},
+		{"stream 0", with(hdrInbox, inbox, hdrStream, "0"), inbox + ".0", wire.CodeBadRequest, "stream 0"},
+		{"a reply subject that is not the inbox and stream", with(hdrInbox, inbox+".x", hdrStream, "1"), "", wire.CodeBadRequest, "is not " + hdrInbox},
+		{"too many headers", manyHeaders, "", wire.CodeBadRequest, "more than 64 headers"},
+	} {
+		reply := send(tt.h, tt.reply)
+		m := answer(reply)
+		seq, code, msg, err := parseEnd(m.Header)
+		if err != nil || m.Header.Get(hdrKind) != kindEnd || seq != 0 || code != tt.code || !strings.Contains(msg, tt.want) {
+			t.Errorf("%s: answered %v (code %v, %q, %v); want END %v saying %q", tt.name, m.Header, code, msg, err, tt.code, tt.want)
+		}
+	}
+
+	// Dropped without an answer: a request without a reply subject,
+	// unknown kinds, and control messages that do not parse or name no
+	// stream of this server.
+	for _, h := range []nats.Header{
+		{hdrKind: {"bogus"}, hdrPath: {"p"}},
+		{hdrKind: {kindCredit}, hdrInbox: {inbox}, hdrStream: {"1"}},
+		{hdrKind: {kindKill}, hdrInbox: {inbox}},
+		{hdrKind: {kindStop}, hdrStream: {"1"}},
+		{hdrKind: {kindPong}},
+		{hdrKind: {kindKill}, hdrInbox: {"%zz"}, hdrStream: {"1"}},
+		{hdrKind: {kindKill}, hdrInbox: {inbox}, hdrStream: {"99"}},
+	} {
+		send(h, "")
+	}
+	if err := w.PublishMsg(&nats.Msg{Subject: srv.Address(), Header: good()}); err != nil {
+		t.Fatal(err)
+	}
+	// The server handles one connection's messages in order: the answer
+	// to a request sent last is the next message, and it is served.
+	reply := send(good(), "")
+	m := answer(reply)
+	if m.Header.Get(hdrKind) != kindData || string(m.Data) != "p" {
+		t.Fatalf("a good request after the bad ones answered %v %q", m.Header, m.Data)
+	}
+	if end := answer(reply); end.Header.Get(hdrKind) != kindEnd {
+		t.Fatalf("then %v", end.Header)
+	}
+	if n := handled.Load(); n != 1 {
+		t.Fatalf("the handler ran %d times, want once: malformed requests reached it", n)
+	}
+}
+
+// What arrives on a Client's inbox that is not a well-formed answer to
+// one of its streams: messages on subjects that name no stream, or a
+// stream it does not have, or of an unknown kind, are dropped; a DATA or
+// END that does not parse fails its stream with Protocol naming the
+// server, and asks the server to kill it.
+func TestMalformedAnswersFailOnlyTheirStream(t *testing.T) {
+	p := newPair(t)
+	f := newFakeServer(t, p.snc)
+	c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute, StallTimeout: -1})
+	open := func() (*ClientStream, string) {
+		st, err := c.Open(context.Background(), f.subject, plane.Request{Path: "p"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st, f.next(kindOpen).Reply
+	}
+	a, replyA := open()
+	for _, m := range []*nats.Msg{
+		{Subject: c.inbox + ".x", Header: data(1), Data: []byte("no stream")},
+		{Subject: c.inbox + ".999", Header: data(1), Data: []byte("not a stream of the Client")},
+		{Subject: replyA, Header: nats.Header{hdrKind: {"bogus"}, hdrSeq: {"1"}}, Data: []byte("unknown kind")},
+		{Subject: replyA, Header: nil, Data: []byte("no headers")},
+	} {
+		f.send(m.Subject, m.Header, m.Data)
+	}
+	f.send(replyA, data(1), []byte("one"))
+	f.send(replyA, nats.Header{hdrKind: {kindData}, hdrSeq: {"two"}}, nil)
+	if got, err := a.Recv(); err != nil || string(got) != "one" {
+		t.Fatalf("Recv = %q, %v; want the one good response", got, err)
+	}
+	_, err := a.Recv()
+	var se *plane.StreamError
+	if !errors.As(err, &se) || se.Code != wire.CodeProtocol || !strings.Contains(se.Message, f.subject) || !strings.Contains(se.Message, hdrSeq) {
+		t.Fatalf("Recv after a malformed DATA = %v, want Protocol naming the server and %s", err, hdrSeq)
+	}
+	f.next(kindKill)
+
+	b, replyB := open()
+	f.send(replyB, nats.Header{hdrKind: {kindEnd}, hdrSeq: {"0"}, hdrCode: {"70000"}}, nil)
+	if _, err := b.Recv(); !errors.As(err, &se) || se.Code != wire.CodeProtocol || !se.BeforeFirstResponse || !strings.Contains(se.Message, hdrCode) {
+		t.Fatalf("Recv after a malformed END = %v, want Protocol before the first response naming %s", err, hdrCode)
+	}
+	f.next(kindKill)
 }
