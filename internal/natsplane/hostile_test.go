@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/loomrt/loom/internal/plane"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -317,4 +318,49 @@ func TestMalformedAnswersFailOnlyTheirStream(t *testing.T) {
 		t.Fatalf("Recv after a malformed END = %v, want Protocol before the first response naming %s", err, hdrCode)
 	}
 	f.next(kindKill)
+}
+
+// doc.go: waiting requests hold at most 64 MiB (plane.DefaultMaxQueuedBytes)
+// whatever QueueSize allows, so that a flood of requests as large as NATS
+// carries cannot pin QueueSize of them; one more is answered with END
+// Overloaded naming the bound.
+func TestQueuedRequestsHoldAtMost64MiB(t *testing.T) {
+	p := newPair(t)
+	release := make(chan struct{})
+	srv := serve(t, p.snc, ServerConfig{MaxConcurrentStreams: 1, QueueSize: 1000}, func(s *ServerStream) error {
+		<-release
+		return nil
+	})
+	defer close(release)
+	c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute, StallTimeout: -1})
+	payload := make([]byte, p.cnc.MaxPayload()-1024) // about 1 MiB, the most NATS carries by default
+	fit := plane.DefaultMaxQueuedBytes / len(payload)
+	open := func() *ClientStream {
+		t.Helper()
+		st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p", Payload: payload})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	open()
+	testutil.Eventually(t, 10*time.Second, "the first request to run", func() bool { return srv.adm.Running() == 1 })
+	// One at a time, so that the server's subscription never holds more
+	// than one of them unread.
+	for i := range fit {
+		open()
+		testutil.Eventually(t, 10*time.Second, fmt.Sprintf("request %d to wait", i+1), func() bool { return srv.adm.Waiting() == i+1 })
+	}
+	_, err := recvWithin(t, open(), 5*time.Second)
+	var se *plane.StreamError
+	if !errors.As(err, &se) || !errors.Is(err, plane.ErrOverloaded) || !se.BeforeFirstResponse {
+		t.Fatalf("a request past %d queued bytes: %v, want Overloaded before the first response", plane.DefaultMaxQueuedBytes, err)
+	}
+	if want := fmt.Sprintf("%d queued with %d request bytes", fit, fit*len(payload)); !strings.Contains(se.Message, want) || !strings.Contains(se.Message, "at most 67108864 queued bytes") {
+		t.Errorf("refusal %q does not say %q and the bound", se.Message, want)
+	}
+	if n := srv.adm.Waiting(); n != fit {
+		t.Errorf("%d requests wait after the refusal, want %d", n, fit)
+	}
 }
