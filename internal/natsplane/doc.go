@@ -119,7 +119,8 @@
 // Admission is the TCP plane's (internal/plane's Admission):
 // MaxConcurrentStreams handlers run, QueueSize requests wait holding at
 // most 64 MiB, running ones at most MaxRunningBytes, one caller at most
-// MaxStreamsPerCaller; any more are answered at once with END Overloaded. Server.Shutdown
+// MaxStreamsPerCaller (a stream the caller killed counts until its
+// handler returns); any more are answered at once with END Overloaded. Server.Shutdown
 // answers new requests with END Draining, waits for the streams it has,
 // then unsubscribes; Server.Close kills them, sending END Reset.
 //

@@ -364,3 +364,46 @@ func TestQueuedRequestsHoldAtMost64MiB(t *testing.T) {
 		t.Errorf("%d requests wait after the refusal, want %d", n, fit)
 	}
 }
+
+// MaxStreamsPerCaller counts a caller's streams until their handlers
+// return, as the TCP plane counts a connection's: a caller that kills its
+// streams while their handlers keep running (a handler that does not
+// watch its context) still holds their slots, and cannot take more than
+// its share by opening new ones.
+func TestAKilledStreamCountsAgainstItsCallerUntilItsHandlerReturns(t *testing.T) {
+	p := newPair(t)
+	release := make(chan struct{})
+	var running, killed atomic.Int32
+	srv := serve(t, p.snc, ServerConfig{MaxConcurrentStreams: 4, MaxStreamsPerCaller: 2, QueueSize: -1}, func(s *ServerStream) error {
+		running.Add(1)
+		defer running.Add(-1)
+		<-s.Context().Done()
+		killed.Add(1)
+		<-release // and runs on regardless
+		return nil
+	})
+	defer close(release)
+	c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute, StallTimeout: -1})
+	open := func() *ClientStream {
+		t.Helper()
+		st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		return st
+	}
+	a, b := open(), open()
+	testutil.Eventually(t, 10*time.Second, "two handlers to run", func() bool { return running.Load() == 2 })
+	a.Cancel()
+	b.Cancel()
+	testutil.Eventually(t, 10*time.Second, "the server to take both kills", func() bool { return killed.Load() == 2 })
+	// Both handlers still run: the caller holds its share.
+	_, err := recvWithin(t, open(), 5*time.Second)
+	if !errors.Is(err, plane.ErrOverloaded) {
+		t.Fatalf("a new stream of a caller whose 2 killed streams still run: %v, want Overloaded (max streams per caller 2)", err)
+	}
+	if n := running.Load(); n != 2 {
+		t.Fatalf("%d handlers run, want the 2 killed ones", n)
+	}
+}

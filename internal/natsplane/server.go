@@ -47,7 +47,8 @@ type ServerConfig struct {
 	QueueSize int
 	// MaxStreamsPerCaller is how many streams, running and queued, one
 	// caller (one client inbox) may hold, so that one caller cannot take
-	// every handler slot. Default MaxConcurrentStreams/2 when that is at
+	// every handler slot. A stream the caller killed counts until its
+	// handler returns. Default MaxConcurrentStreams/2 when that is at
 	// least 64; negative means no limit. Queued requests hold at most
 	// plane.DefaultMaxQueuedBytes, running ones MaxRunningBytes.
 	MaxStreamsPerCaller int
@@ -184,7 +185,7 @@ func NewServer(nc *nats.Conn, subject string, cfg ServerConfig, h Handler) (*Ser
 			QueueSize:       cfg.QueueSize,
 			MaxRunningBytes: cfg.MaxRunningBytes,
 			MaxPerPeer:      cfg.MaxStreamsPerCaller,
-		}, (*ServerStream).isKilled, (*ServerStream).release),
+		}, (*ServerStream).isKilled, (*ServerStream).discard),
 		hbWake: make(chan struct{}, 1),
 		hbStop: make(chan struct{}),
 		hbDone: make(chan struct{}),
@@ -482,12 +483,9 @@ func (s *Server) handleControl(kind string, m *nats.Msg) {
 		if kind != kindPong {
 			st = p.streams[c.stream]
 		}
-		if st != nil && kind == kindKill {
-			delete(p.streams, c.stream)
-			if len(p.streams) == 0 {
-				delete(s.peers, c.inbox)
-			}
-		}
+		// A killed stream stays its caller's until its handler returns
+		// (or, queued, it is dropped): it holds its slot until then, and
+		// counts against the caller's share, as on the TCP plane.
 	}
 	s.mu.Unlock()
 	if st == nil {
@@ -575,6 +573,9 @@ func (s *Server) heartbeat(now time.Time) time.Duration {
 		if !now.Before(p.nextHB) {
 			var data []byte
 			for id, st := range p.streams {
+				if st.killed.Load() {
+					continue // ended for the caller; its handler runs on
+				}
 				if len(data) > limit {
 					out = append(out, s.heartbeatMsg(key, data))
 					data = nil
@@ -623,6 +624,7 @@ type ServerStream struct {
 	cancel   context.CancelCauseFunc
 	stopDL   context.CancelFunc // stops the deadline timer; nil without a deadline
 	blocked  atomic.Uint64      // 1 + granted while Send waits for credit, else 0; for heartbeats
+	killed   atomic.Bool        // state is stateKilled; for heartbeats
 
 	sendMu sync.Mutex // held while publishing, so DATA and END go out in seq order
 	seq    uint64     // DATA messages published; guarded by sendMu
@@ -793,10 +795,17 @@ func (s *ServerStream) kill(cause error) bool {
 	open := s.state == stateOpen
 	if open {
 		s.state = stateKilled
+		s.killed.Store(true)
 	}
 	s.mu.Unlock()
 	s.cancel(cause)
 	return open
+}
+
+// discard drops a killed stream that never ran, from the queue.
+func (s *ServerStream) discard() {
+	s.srv.removeStream(s)
+	s.release()
 }
 
 func (s *ServerStream) release() {
