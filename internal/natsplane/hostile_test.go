@@ -407,3 +407,58 @@ func TestAKilledStreamCountsAgainstItsCallerUntilItsHandlerReturns(t *testing.T)
 		t.Fatalf("%d handlers run, want the 2 killed ones", n)
 	}
 }
+
+// doc.go: a heartbeat lists every stream of the caller open on the
+// server; streams past the max payload go in further heartbeats, each
+// within it.
+func TestHeartbeatsPastTheMaxPayloadSplit(t *testing.T) {
+	const maxPayload, streams = 256, 120
+	p := newPair(t)
+	release := make(chan struct{})
+	srv := serve(t, p.snc, ServerConfig{MaxPayload: maxPayload, HeartbeatInterval: 20 * time.Millisecond, MaxStreamsPerCaller: -1}, func(s *ServerStream) error {
+		<-release
+		return nil
+	})
+	defer close(release)
+	c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute, StallTimeout: -1})
+	for range streams {
+		st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+	}
+	testutil.Eventually(t, 10*time.Second, "every handler to run", func() bool { return srv.adm.Running() == streams })
+	hbs := make(chan *nats.Msg, 1024)
+	w := connect(t, p.ns)
+	if _, err := w.ChanSubscribe(c.inbox+".0", hbs); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	listed := map[uint64]bool{}
+	for len(listed) < streams {
+		select {
+		case m := <-hbs:
+			if size := hdrSize(m.Header) + len(m.Data); size > maxPayload {
+				t.Fatalf("a heartbeat of %d bytes, above the max payload of %d", size, maxPayload)
+			}
+			entries, err := parseHeartbeat(m.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(entries) == streams {
+				t.Fatalf("one heartbeat of %d bytes lists all %d streams", len(m.Data), streams)
+			}
+			for _, e := range entries {
+				if e.id == 0 || e.id > streams {
+					t.Fatalf("heartbeat lists stream %d", e.id)
+				}
+				listed[e.id] = true
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("heartbeats listed %d of the %d streams", len(listed), streams)
+		}
+	}
+}
