@@ -297,7 +297,7 @@ func (p *Planes) Open(ctx context.Context, t Target, req plane.Request) (ClientS
 			if t.TLS {
 				return nil, fmt.Errorf("%w: %s serves TLS; set request_plane.tls_ca_file (LOOM_REQUEST_PLANE_TLS_CA_FILE) to the CA that signed its certificate", plane.ErrUnreachable, t.Address)
 			}
-			return nil, fmt.Errorf("%w: %s serves plain TCP, and this runtime calls with TLS (request_plane.tls_ca_file is set)", plane.ErrUnreachable, t.Address)
+			return nil, fmt.Errorf("%w: %s serves plain TCP, and this runtime calls with TLS (request_plane.tls_ca_file is set); serve it with TLS too (request_plane.tls_cert_file, tls_key_file) or unset tls_ca_file here", plane.ErrUnreachable, t.Address)
 		}
 		pool, err := p.tcpPool()
 		if err != nil {

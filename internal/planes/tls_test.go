@@ -203,3 +203,22 @@ func TestClientAuthOnTheNATSPlaneIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// A caller with TLS on cannot call an instance that serves plain TCP:
+// Open says so, naming the keys on both sides.
+func TestATLSCallerIsToldThePlainServerItCannotCall(t *testing.T) {
+	cert, _ := certFiles(t, time.Now().Add(time.Hour))
+	rc := config.Default().RequestPlane
+	rc.TLSCAFile = cert
+	p := planes.New(planes.Config{RequestPlane: rc, Logger: quiet}, upper{})
+	defer p.Close()
+	_, err := p.Open(context.Background(), planes.Target{Transport: planes.TCP, Address: "127.0.0.1:1"}, plane.Request{Path: "a/b/c"})
+	if !errors.Is(err, plane.ErrUnreachable) {
+		t.Fatalf("Open: %v, want ErrUnreachable", err)
+	}
+	for _, w := range []string{"127.0.0.1:1 serves plain TCP", "request_plane.tls_ca_file is set", "request_plane.tls_cert_file", "unset tls_ca_file"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("Open: %v\nwant it to say %q", err, w)
+		}
+	}
+}
