@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 
@@ -460,5 +461,40 @@ func TestHeartbeatsPastTheMaxPayloadSplit(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("heartbeats listed %d of the %d streams", len(listed), streams)
 		}
+	}
+}
+
+// doc.go: END carries a message of at most 1024 bytes. A handler's longer
+// error text arrives cut at a character boundary; an END whose message
+// is longer (from a server that is not Loom's) fails the stream with
+// Protocol rather than handing the caller an unbounded string.
+func TestEndMessagesHoldAtMost1024Bytes(t *testing.T) {
+	p := newPair(t)
+	long := strings.Repeat("é", wire.MaxMessageLen) // 2 bytes each
+	srv := serve(t, p.snc, ServerConfig{}, func(s *ServerStream) error { return errors.New(long) })
+	c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute, StallTimeout: -1})
+	st, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	_, err = st.Recv()
+	var se *plane.StreamError
+	if !errors.As(err, &se) || se.Code != wire.CodeApplication {
+		t.Fatalf("Recv = %v, want the handler's error", err)
+	}
+	if len(se.Message) != wire.MaxMessageLen || !utf8.ValidString(se.Message) || !strings.HasPrefix(long, se.Message) {
+		t.Fatalf("a %d-byte error arrived as %d bytes (valid UTF-8: %v); want its first %d bytes", len(long), len(se.Message), utf8.ValidString(se.Message), wire.MaxMessageLen)
+	}
+
+	f := newFakeServer(t, p.snc)
+	st, err = c.Open(context.Background(), f.subject, plane.Request{Path: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	f.send(f.next(kindOpen).Reply, nats.Header{hdrKind: {kindEnd}, hdrSeq: {"0"}, hdrCode: {"1"}, hdrMessage: {strings.Repeat("x", wire.MaxMessageLen+1)}}, nil)
+	if _, err := st.Recv(); !errors.As(err, &se) || se.Code != wire.CodeProtocol || !strings.Contains(se.Message, "limit 1024") {
+		t.Fatalf("Recv after an END with a %d-byte message = %v, want Protocol naming the limit", wire.MaxMessageLen+1, err)
 	}
 }
