@@ -249,3 +249,78 @@ func TestAStalledAddressIsForgottenOnceNoCallerHoldsIt(t *testing.T) {
 	}
 	fz.Thaw()
 }
+
+// README: a server that stops answering while calls wait on it is
+// avoided by new calls; on the NATS plane too, where its address is its
+// subject.
+func TestAStalledNATSServerIsAvoided(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	conn := func() *nats.Conn {
+		nc, err := nats.Connect(ns.ClientURL(), nats.NoReconnect())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	snc, cnc := conn(), conn()
+	rc := config.Default().RequestPlane
+	rc.Transport, rc.StallTimeout = planes.NATS, 200*time.Millisecond
+	block, started := make(chan struct{}), make(chan struct{}, 1)
+	defer close(block)
+	server := planes.New(planes.Config{RequestPlane: rc, ID: 0xdead, Logger: quiet, NATS: func(context.Context) (*nats.Conn, error) { return snc, nil }},
+		blocker{block, started})
+	_, subject, _, err := server.Serve(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Shutdown(context.Background())
+	stalls := make(chan string, 4)
+	client := planes.New(planes.Config{RequestPlane: rc, FailureCooldown: time.Minute, Logger: quiet, OnStall: func(tr string) { stalls <- tr },
+		NATS: func(context.Context) (*nats.Conn, error) { return cnc, nil }}, upper{})
+	defer client.Close()
+	a := client.Addr(planes.NATS, subject)
+	defer client.Release(subject, a)
+	s, err := client.Open(context.Background(), planes.Target{Transport: planes.NATS, Address: subject}, plane.Request{Path: "a/b/c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	<-started
+	// The server's process loses its NATS link without a word: no more
+	// heartbeats while the call waits for its first response.
+	snc.Close()
+	if _, err := s.Recv(); !errors.Is(err, plane.ErrStalled) {
+		t.Fatalf("the call waiting on a silent server: %v, want ErrStalled", err)
+	}
+	select {
+	case tr := <-stalls:
+		if tr != planes.NATS {
+			t.Fatalf("OnStall(%q), want %q", tr, planes.NATS)
+		}
+	default:
+		t.Fatal("OnStall was not called before the stalled call failed")
+	}
+	if client.Usable(planes.NATS, subject, time.Now().UnixNano()) || a.StalledUntil() == 0 {
+		t.Fatal("a stalled NATS server is still usable")
+	}
+}
+
+// blocker serves every request by saying it started, then waiting until
+// its channel closes.
+type blocker struct{ c, started chan struct{} }
+
+func (b blocker) StreamContext(string) context.Context { return context.Background() }
+
+func (b blocker) ServeStream(s planes.Stream, _ context.Context) error {
+	b.started <- struct{}{}
+	select {
+	case <-b.c:
+	case <-s.Context().Done():
+	}
+	return nil
+}
