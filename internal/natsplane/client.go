@@ -110,6 +110,13 @@ const (
 // the servers it knows.
 const forgetServerAfter = time.Minute
 
+// maxKillsPerHeartbeat bounds the KILLs a Client sends in answer to one
+// heartbeat, so that a forged one listing many ended streams does not
+// make it publish as many messages. A server lists only streams it still
+// runs (killed ones are left out), so the rest are killed at its next
+// heartbeats.
+const maxKillsPerHeartbeat = 64
+
 // serverState is what a Client knows of one server: when it last heard
 // from it and whether it stopped answering.
 type serverState struct {
@@ -398,7 +405,7 @@ func (c *Client) onHeartbeat(m *nats.Msg) {
 	for _, e := range entries {
 		st := c.streams[e.id]
 		if st == nil {
-			if e.id <= c.nextID {
+			if e.id <= c.nextID && len(kill) < maxKillsPerHeartbeat {
 				kill = append(kill, e.id)
 			}
 			continue

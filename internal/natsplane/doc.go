@@ -109,7 +109,8 @@
 //     fails the stream with Reset (cause [ErrMessageLost]).
 //   - A heartbeat that shows a stream waiting for less credit than the caller
 //     granted makes the caller resend its CREDIT; one that lists a stream the
-//     caller has ended makes it resend KILL.
+//     caller has ended makes it resend KILL (at most 64 per heartbeat; the
+//     server leaves killed streams out, so any others follow at the next).
 //   - A request to a subject nobody subscribes to gets the NATS "no
 //     responders" status at once: the stream fails with NotFound before the
 //     first response, wrapping nats.ErrNoResponders.

@@ -498,3 +498,51 @@ func TestEndMessagesHoldAtMost1024Bytes(t *testing.T) {
 		t.Fatalf("Recv after an END with a %d-byte message = %v, want Protocol naming the limit", wire.MaxMessageLen+1, err)
 	}
 }
+
+// A heartbeat that lists streams the caller has ended makes it send KILL
+// for them. A forged one listing thousands must not make the caller
+// publish thousands of messages for one it received: it kills at most
+// maxKillsPerHeartbeat per heartbeat, and a real server, which lists
+// only the streams it still runs, is told of the rest at its next ones.
+func TestAHeartbeatListingManyEndedStreamsIsAnsweredInBoundedKills(t *testing.T) {
+	p := newPair(t)
+	f := newFakeServer(t, p.snc)
+	c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute, StallTimeout: -1})
+	st, err := c.Open(context.Background(), f.subject, plane.Request{Path: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.next(kindOpen)
+	st.Close()
+	f.next(kindKill)
+	// Stream ids the Client has used, as a long-lived one has used many.
+	c.mu.Lock()
+	c.nextID = 1 << 20
+	c.mu.Unlock()
+	var entries []hbEntry
+	for id := uint64(2); id < 10000; id++ {
+		entries = append(entries, hbEntry{id, 0})
+	}
+	f.heartbeat(c.inbox, entries...)
+	f.heartbeat(c.inbox) // lists nothing: its PONG comes after every answer to the first
+	next := func() string {
+		t.Helper()
+		select {
+		case m := <-f.msgs:
+			return m.Header.Get(hdrKind)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the caller stopped answering the heartbeats")
+			return ""
+		}
+	}
+	if kind := next(); kind != kindPong {
+		t.Fatalf("first answer %q, want PONG", kind)
+	}
+	kills := 0
+	for next() != kindPong {
+		kills++
+	}
+	if kills == 0 || kills > maxKillsPerHeartbeat {
+		t.Fatalf("one heartbeat listing %d ended streams was answered with %d KILLs, want 1 to %d", len(entries), kills, maxKillsPerHeartbeat)
+	}
+}
