@@ -193,6 +193,9 @@ func (p *Planes) Serve(ctx context.Context) (transport, addr string, tls bool, e
 // startTCP listens on request_plane.host:port; p.mu is held.
 func (p *Planes) startTCP(ctx context.Context) error {
 	rc := p.cfg.RequestPlane
+	if err := checkAdvertise(rc); err != nil {
+		return err
+	}
 	tlsCfg, err := serverTLS(rc)
 	if err != nil {
 		return err
@@ -233,6 +236,31 @@ func (p *Planes) startTCP(ctx context.Context) error {
 	}()
 	p.tcp, p.tcpAddr, p.tcpDone, p.tcpTLS = srv, addr, done, tlsCfg != nil
 	p.cfg.Logger.Debug("request plane listening", "transport", TCP, "addr", addr, "tls", tlsCfg != nil)
+	return nil
+}
+
+// checkAdvertise refuses an address other processes could not dial this
+// one at: request_plane.advertise that is not host:port, or, with
+// advertise unset, a listen address of every interface (0.0.0.0), which
+// would otherwise be advertised as it is.
+func checkAdvertise(rc config.RequestPlane) error {
+	if rc.Advertise == "" {
+		if ip := net.ParseIP(rc.Host); rc.Host == "" || ip != nil && ip.IsUnspecified() {
+			return fmt.Errorf("request_plane.host %q listens on every address, and request_plane.advertise is unset: other processes would be told to dial %s; set request_plane.advertise (LOOM_REQUEST_PLANE_ADVERTISE) to the host:port they reach this process at",
+				rc.Host, net.JoinHostPort(rc.Host, strconv.Itoa(rc.Port)))
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(rc.Advertise)
+	if err == nil && host == "" {
+		err = errors.New("no host")
+	}
+	if n, perr := strconv.Atoi(port); err == nil && (perr != nil || n < 1 || n > 65535) {
+		err = fmt.Errorf("port %q is not 1 to 65535", port)
+	}
+	if err != nil {
+		return fmt.Errorf("request_plane.advertise %q is not the host:port other processes dial (%v); set LOOM_REQUEST_PLANE_ADVERTISE to one, such as 10.0.0.5:9345", rc.Advertise, err)
+	}
 	return nil
 }
 

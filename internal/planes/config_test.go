@@ -62,9 +62,10 @@ func writeFile(t *testing.T, path string, data []byte) {
 	}
 }
 
-// Every request-plane TLS setting that cannot work is an error, when the
-// plane starts, that names the configuration key and says what to do.
-func TestTLSMisconfigurationsNameTheKeyAndTheFix(t *testing.T) {
+// Every request-plane setting that cannot work (TLS, the address others
+// dial) is an error, when the plane starts, that names the configuration
+// key and says what to do.
+func TestMisconfigurationsNameTheKeyAndTheFix(t *testing.T) {
 	cert, key := certFiles(t, time.Now().Add(time.Hour))
 	oldCert, oldKey := certFiles(t, time.Now().Add(-time.Hour))
 	dir := t.TempDir()
@@ -107,6 +108,24 @@ func TestTLSMisconfigurationsNameTheKeyAndTheFix(t *testing.T) {
 		{"an expired certificate", func(rc *config.RequestPlane) {
 			rc.TLSCertFile, rc.TLSKeyFile = oldCert, oldKey
 		}, []string{"request_plane.tls_cert_file " + oldCert, "expired", "renew"}},
+		{"listening on every address without advertise", func(rc *config.RequestPlane) {
+			rc.Host = "0.0.0.0"
+		}, []string{`request_plane.host "0.0.0.0"`, "request_plane.advertise", "LOOM_REQUEST_PLANE_ADVERTISE"}},
+		{"listening on every IPv6 address without advertise", func(rc *config.RequestPlane) {
+			rc.Host = "::"
+		}, []string{`request_plane.host "::"`, "request_plane.advertise"}},
+		{"an empty host without advertise", func(rc *config.RequestPlane) {
+			rc.Host = ""
+		}, []string{`request_plane.host ""`, "request_plane.advertise"}},
+		{"an advertised address without a port", func(rc *config.RequestPlane) {
+			rc.Advertise = "10.0.0.5"
+		}, []string{`request_plane.advertise "10.0.0.5"`, "missing port", "LOOM_REQUEST_PLANE_ADVERTISE"}},
+		{"an advertised address without a host", func(rc *config.RequestPlane) {
+			rc.Advertise = ":9345"
+		}, []string{`request_plane.advertise ":9345"`, "no host"}},
+		{"an advertised port out of range", func(rc *config.RequestPlane) {
+			rc.Host, rc.Advertise = "0.0.0.0", "pod:0"
+		}, []string{`request_plane.advertise "pod:0"`, "1 to 65535"}},
 		{"a transport of neither plane", func(rc *config.RequestPlane) {
 			rc.Transport = "udp"
 		}, []string{"request_plane.transport", `"udp"`, "use tcp or nats"}},
@@ -220,5 +239,22 @@ func TestATLSCallerIsToldThePlainServerItCannotCall(t *testing.T) {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("Open: %v\nwant it to say %q", err, w)
 		}
+	}
+}
+
+// Listening on every address is fine once advertise says where others
+// dial: Serve returns that address for discovery.
+func TestEveryAddressServesWhereAdvertised(t *testing.T) {
+	rc := config.Default().RequestPlane
+	rc.Transport, rc.Host, rc.Port, rc.Advertise = planes.TCP, "0.0.0.0", 0, "[::1]:9345"
+	p := planes.New(planes.Config{RequestPlane: rc, Logger: quiet}, upper{})
+	defer p.Close()
+	_, addr, _, err := p.Serve(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(context.Background())
+	if addr != rc.Advertise {
+		t.Fatalf("Serve advertises %q, want %q", addr, rc.Advertise)
 	}
 }
