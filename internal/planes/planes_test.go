@@ -310,17 +310,73 @@ func TestAStalledNATSServerIsAvoided(t *testing.T) {
 	}
 }
 
-// blocker serves every request by saying it started, then waiting until
-// its channel closes.
+// blocker serves every request by saying it started (to the caller too
+// if the request is "hi"), then waiting until its channel closes.
 type blocker struct{ c, started chan struct{} }
 
 func (b blocker) StreamContext(string) context.Context { return context.Background() }
 
 func (b blocker) ServeStream(s planes.Stream, _ context.Context) error {
+	if string(s.Payload()) == "hi" {
+		if err := s.Send([]byte("started")); err != nil {
+			return err
+		}
+	}
 	b.started <- struct{}{}
 	select {
 	case <-b.c:
 	case <-s.Context().Done():
 	}
 	return nil
+}
+
+// README: on NATS, a call that has responded fails once its server has
+// sent nothing, not even a heartbeat, for request_plane.keepalive_timeout.
+func TestANATSCallThatRespondedFailsAfterKeepaliveTimeout(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	conn := func() *nats.Conn {
+		nc, err := nats.Connect(ns.ClientURL(), nats.NoReconnect())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	snc, cnc := conn(), conn()
+	rc := config.Default().RequestPlane
+	const keepalive = 300 * time.Millisecond // the default is 5 s
+	rc.Transport, rc.KeepaliveTimeout, rc.StallTimeout = planes.NATS, keepalive, -1
+	block, started := make(chan struct{}), make(chan struct{}, 1)
+	defer close(block)
+	server := planes.New(planes.Config{RequestPlane: rc, ID: 0xbeef, Logger: quiet, NATS: func(context.Context) (*nats.Conn, error) { return snc, nil }},
+		blocker{block, started})
+	_, subject, _, err := server.Serve(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Shutdown(context.Background())
+	client := planes.New(planes.Config{RequestPlane: rc, Logger: quiet, NATS: func(context.Context) (*nats.Conn, error) { return cnc, nil }}, upper{})
+	defer client.Close()
+	s, err := client.Open(context.Background(), planes.Target{Transport: planes.NATS, Address: subject}, plane.Request{Path: "a/b/c", Payload: []byte("hi")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if b, err := s.Recv(); err != nil || string(b) != "started" {
+		t.Fatalf("first response %q, %v", b, err)
+	}
+	<-started
+	snc.Close() // the server goes silent
+	silent := time.Now()
+	_, err = s.Recv()
+	if !errors.Is(err, plane.ErrReset) || !errors.Is(err, plane.ErrConnLost) {
+		t.Fatalf("a call whose server went silent: %v, want Reset (connection lost)", err)
+	}
+	if d := time.Since(silent); d > 4*time.Second {
+		t.Fatalf("the call failed %v after its server went silent; keepalive_timeout is %v", d, keepalive)
+	}
 }
