@@ -546,3 +546,33 @@ func TestAHeartbeatListingManyEndedStreamsIsAnsweredInBoundedKills(t *testing.T)
 		t.Fatalf("one heartbeat listing %d ended streams was answered with %d KILLs, want 1 to %d", len(entries), kills, maxKillsPerHeartbeat)
 	}
 }
+
+// ServerConfig.QueueSize negative means no queue: a request that finds
+// every handler slot taken is refused at once, not queued.
+func TestANegativeQueueSizeQueuesNothing(t *testing.T) {
+	p := newPair(t)
+	release := make(chan struct{})
+	srv := serve(t, p.snc, ServerConfig{MaxConcurrentStreams: 1, QueueSize: -1}, func(s *ServerStream) error {
+		<-release
+		return nil
+	})
+	defer close(release)
+	if q := srv.adm.Limits().QueueSize; q != 0 {
+		t.Errorf("QueueSize -1 gives a queue of %d", q)
+	}
+	c := newClient(t, p.cnc, ClientConfig{HeartbeatTimeout: time.Minute, StallTimeout: -1})
+	first, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	testutil.Eventually(t, 10*time.Second, "the first handler to run", func() bool { return srv.adm.Running() == 1 })
+	second, err := c.Open(context.Background(), srv.Address(), plane.Request{Path: "p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, err := recvWithin(t, second, 5*time.Second); !errors.Is(err, plane.ErrOverloaded) || !strings.Contains(err.Error(), "QueueSize 0") {
+		t.Fatalf("a request with every slot taken and no queue: %v, want Overloaded", err)
+	}
+}

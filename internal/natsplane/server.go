@@ -90,7 +90,8 @@ func (c *ServerConfig) setDefaults() {
 	if c.QueueSize == 0 {
 		c.QueueSize = DefaultQueueSize
 	}
-	c.QueueSize = max(c.QueueSize, 0)
+	// Negative stays negative: plane.Limits reads 0 as its default, and
+	// negative as no queue.
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = DefaultHeartbeatInterval
 	}

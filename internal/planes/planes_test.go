@@ -380,3 +380,50 @@ func TestANATSCallThatRespondedFailsAfterKeepaliveTimeout(t *testing.T) {
 		t.Fatalf("the call failed %v after its server went silent; keepalive_timeout is %v", d, keepalive)
 	}
 }
+
+// The NATS plane takes its admission limits from request_plane.*, as the
+// TCP plane does: max_running_bytes bounds the request bytes running
+// handlers hold, and with no queue (queue_size -1) a request past it is
+// refused with Overloaded naming the limits.
+func TestTheNATSPlaneAdmitsByTheRequestPlaneLimits(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	nc, err := nats.Connect(ns.ClientURL(), nats.NoReconnect())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	rc := config.Default().RequestPlane
+	rc.Transport, rc.MaxRunningBytes, rc.QueueSize, rc.MaxConcurrentStreams = planes.NATS, 1000, -1, 10
+	block, started := make(chan struct{}), make(chan struct{}, 1)
+	defer close(block)
+	p := planes.New(planes.Config{RequestPlane: rc, ID: 0xadd, Logger: quiet, NATS: func(context.Context) (*nats.Conn, error) { return nc, nil }}, blocker{block, started})
+	defer p.Close()
+	_, subject, _, err := p.Serve(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(context.Background())
+	target := planes.Target{Transport: planes.NATS, Address: subject}
+	first, err := p.Open(context.Background(), target, plane.Request{Path: "a/b/c", Payload: make([]byte, 600)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	<-started
+	// Bounded, so that a second request let in waits no longer than this.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	second, err := p.Open(ctx, target, plane.Request{Path: "a/b/c", Payload: make([]byte, 600)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	_, err = second.Recv()
+	if !errors.Is(err, plane.ErrOverloaded) || !strings.Contains(err.Error(), "QueueSize 0") || !strings.Contains(err.Error(), "MaxConcurrentStreams 10") {
+		t.Fatalf("a request past max_running_bytes with no queue: %v, want Overloaded naming the limits", err)
+	}
+}
