@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -266,7 +267,11 @@ func checkAdvertise(rc config.RequestPlane) error {
 
 // Subject is the NATS subject an instance serves its endpoints on when
 // request_plane.transport is nats: one per instance.
-func Subject(id uint64) string { return fmt.Sprintf("loom.rpc.%x", id) }
+func Subject(id uint64) string { return fmt.Sprintf(subjectPrefix+"%x", id) }
+
+// subjectPrefix starts every subject the NATS plane serves on; callers
+// publish nowhere else.
+const subjectPrefix = "loom.rpc."
 
 // startNATS serves on the instance's NATS subject; p.mu is held.
 func (p *Planes) startNATS(ctx context.Context) (string, error) {
@@ -333,6 +338,12 @@ func (p *Planes) Open(ctx context.Context, t Target, req plane.Request) (ClientS
 		}
 		return pool.Open(ctx, t.Address, req)
 	case NATS:
+		// A record is data anyone with write access to discovery may
+		// have written: a call never publishes, with this process's
+		// NATS permissions, to a subject Loom does not serve on.
+		if !strings.HasPrefix(t.Address, subjectPrefix) {
+			return nil, fmt.Errorf("%w: its record names NATS subject %q, and Loom serves only under %s>; not calling it (was the record written by Loom?)", plane.ErrUnreachable, t.Address, subjectPrefix)
+		}
 		c, err := p.natsClient(ctx)
 		if err != nil {
 			return nil, err

@@ -427,3 +427,32 @@ func TestTheNATSPlaneAdmitsByTheRequestPlaneLimits(t *testing.T) {
 		t.Fatalf("a request past max_running_bytes with no queue: %v, want Overloaded naming the limits", err)
 	}
 }
+
+// A discovery record may name any NATS subject; a call goes only to one
+// under loom.rpc., where Loom serves, and publishes nothing elsewhere.
+func TestANATSCallGoesOnlyUnderLoomRPC(t *testing.T) {
+	p := newPlanes(t, planes.NATS)
+	defer p.Close()
+	_, subject, _, err := p.Serve(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Shutdown(context.Background())
+	for _, bad := range []string{"$JS.API.STREAM.DELETE.KV_loom_discovery", "loom.rpcx", "other.rpc.1"} {
+		s, err := p.Open(context.Background(), planes.Target{Transport: planes.NATS, Address: bad}, plane.Request{Path: "a/b/c"})
+		if err == nil {
+			s.Close()
+			t.Fatalf("Open of a call to %s went ahead", bad)
+		}
+		if !errors.Is(err, plane.ErrUnreachable) || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "loom.rpc.>") {
+			t.Errorf("Open to %s: %v, want ErrUnreachable naming it and loom.rpc.>", bad, err)
+		}
+	}
+	s, err := p.Open(context.Background(), planes.Target{Transport: planes.NATS, Address: subject}, plane.Request{Path: "a/b/c", Payload: []byte("hi")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := recvAll(t, s); len(got) != 1 || got[0] != "HI" {
+		t.Fatalf("got %q from %s, want [HI]", got, subject)
+	}
+}
