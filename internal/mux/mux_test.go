@@ -524,3 +524,37 @@ func TestRequestAboveTheServersMaxFrameIsRefusedLocally(t *testing.T) {
 		t.Fatalf("%q, %v", msgs, err)
 	}
 }
+
+// TestANegativeQueueSizeQueuesNothing: QueueSize -1 is no queue, as the
+// doc and request_plane.queue_size say: a stream that finds every slot
+// taken is refused at once. The -1 was turned into 0 before the limits
+// saw it, which they take for the default queue of 1024.
+func TestANegativeQueueSizeQueuesNothing(t *testing.T) {
+	release := make(chan struct{})
+	var started atomic.Int32
+	addr, _ := startServer(t, ServerConfig{MaxConcurrentStreams: 1, QueueSize: -1}, func(s *ServerStream) error {
+		started.Add(1)
+		select {
+		case <-release:
+		case <-s.Context().Done():
+		}
+		return nil
+	})
+	defer close(release)
+	p := newPool(t, ClientConfig{})
+	ctx := ctxTimeout(t, 10*time.Second)
+	first, err := p.Open(ctx, addr, Request{Path: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	testutil.Eventually(t, 10*time.Second, "the first handler to run", func() bool { return started.Load() == 1 })
+	second, err := p.Open(ctx, addr, Request{Path: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, err := second.Recv(); !errors.Is(err, ErrOverloaded) || !strings.Contains(err.Error(), "QueueSize 0") {
+		t.Fatalf("a stream with the one slot taken and no queue: %v, want Overloaded", err)
+	}
+}

@@ -142,7 +142,6 @@ func (c *ServerConfig) setDefaults() {
 	if c.QueueSize == 0 {
 		c.QueueSize = DefaultQueueSize
 	}
-	c.QueueSize = max(c.QueueSize, 0)
 	c.KeepaliveInterval, c.KeepaliveTimeout = keepaliveDefaults(c.KeepaliveInterval, c.KeepaliveTimeout)
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
