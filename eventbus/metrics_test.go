@@ -5,46 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/loomrt/loom/eventbus"
 	"github.com/loomrt/loom/internal/testutil"
-	"github.com/loomrt/loom/metrics"
 )
-
-// queueMetric is the value of a loom_queue_* series labelled queue: a
-// counter's or gauge's value, a histogram's count; -1 if there is none.
-func queueMetric(t testing.TB, m *metrics.Metrics, name, queue string) float64 {
-	t.Helper()
-	mfs, err := m.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, s := range mf.GetMetric() {
-			if !slices.ContainsFunc(s.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == "queue" && l.GetValue() == queue }) {
-				continue
-			}
-			switch {
-			case s.Counter != nil:
-				return s.GetCounter().GetValue()
-			case s.Gauge != nil:
-				return s.GetGauge().GetValue()
-			case s.Histogram != nil:
-				return float64(s.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return -1
-}
 
 // TestAConsumerGroupsQueueMetricsMoveWithItsMessages: a consumer group's
 // handling is measured on the loom_queue_* metrics labelled topic/group
@@ -92,7 +59,7 @@ func TestAConsumerGroupsQueueMetricsMoveWithItsMessages(t *testing.T) {
 		testutil.EventuallyNoError(t, 20*time.Second, "every message settled and counted", func() error {
 			got := map[string]float64{}
 			for name := range want {
-				got[name] = queueMetric(t, cfg.Metrics, name, "measured.topic/g")
+				got[name] = testutil.Metric(t, cfg.Metrics.Registry(), name, "queue", "measured.topic/g")
 			}
 			if !maps.Equal(got, want) {
 				return fmt.Errorf("metrics of measured.topic/g %v, want %v", got, want)

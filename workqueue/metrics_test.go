@@ -5,46 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/loomrt/loom/internal/testutil"
-	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/workqueue"
 )
-
-// queueMetric is the value of a loom_queue_* series of the queue named
-// queue: a counter's or gauge's value, a histogram's count.
-func queueMetric(t testing.TB, m *metrics.Metrics, name, queue string) float64 {
-	t.Helper()
-	mfs, err := m.Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, s := range mf.GetMetric() {
-			if !slices.ContainsFunc(s.GetLabel(), func(l *dto.LabelPair) bool { return l.GetName() == "queue" && l.GetValue() == queue }) {
-				continue
-			}
-			switch {
-			case s.Counter != nil:
-				return s.GetCounter().GetValue()
-			case s.Gauge != nil:
-				return s.GetGauge().GetValue()
-			case s.Histogram != nil:
-				return float64(s.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return -1
-}
 
 // TestEachQueueMetricMovesWithItsJobs: the metrics docs/queues.md lists,
 // labelled by queue, each move for the jobs that should move them: three
@@ -95,7 +62,7 @@ func TestEachQueueMetricMovesWithItsJobs(t *testing.T) {
 	testutil.EventuallyNoError(t, 20*time.Second, "every job settled and counted", func() error {
 		got := map[string]float64{}
 		for name := range want {
-			got[name] = queueMetric(t, cfg.Metrics, name, cfg.Name)
+			got[name] = testutil.Metric(t, cfg.Metrics.Registry(), name, "queue", cfg.Name)
 		}
 		if !maps.Equal(got, want) {
 			return fmt.Errorf("metrics %v, want %v", got, want)
