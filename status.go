@@ -177,7 +177,9 @@ func (rt *Runtime) metadata() Metadata {
 	md := Metadata{Instance: fmt.Sprintf("%x", rt.id), Discovery: rt.cfg.Discovery.Backend, Ready: ready, Uptime: time.Since(rt.started).Round(time.Second).String()}
 	all, _ := rt.allServed()
 	for _, s := range all {
-		md.Served = append(md.Served, s.inst)
+		if !s.draining.Load() { // an endpoint closed on its own is served no more
+			md.Served = append(md.Served, s.inst)
+		}
 	}
 	return md
 }

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -372,5 +373,41 @@ func TestAScraperThatStopsReadingIsLetGo(t *testing.T) {
 	readsToTheEnd(t, conn, "after the write timeout")
 	if code, body := get(t, "http://"+rt.StatusAddr()+"/live"); code != 200 {
 		t.Fatalf("/live = %d %q after a client was let go", code, body)
+	}
+}
+
+// TestMetadataListsWhatIsServedNow: an endpoint closed on its own leaves
+// /metadata, as it leaves discovery; it was listed for the life of the
+// process.
+func TestMetadataListsWhatIsServedNow(t *testing.T) {
+	c := newClusterOn(t, "tcp")
+	c.cfg.Status.Port = -1
+	rt := c.runtime()
+	echo := func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) { yield(s, nil) }
+	}
+	kept := serve(t, rt, "md/svc/kept", echo)
+	closed := serve(t, rt, "md/svc/closed", echo)
+	served := func() []string {
+		_, body := get(t, "http://"+rt.StatusAddr()+"/metadata")
+		var md loom.Metadata
+		if err := json.Unmarshal([]byte(body), &md); err != nil {
+			t.Fatalf("%v: %s", err, body)
+		}
+		var paths []string
+		for _, inst := range md.Served {
+			paths = append(paths, inst.Path())
+		}
+		slices.Sort(paths)
+		return paths
+	}
+	if got := served(); !slices.Equal(got, []string{closed.Path(), kept.Path()}) {
+		t.Fatalf("/metadata serves %q; want both endpoints", got)
+	}
+	if err := closed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := served(); !slices.Equal(got, []string{kept.Path()}) {
+		t.Fatalf("/metadata serves %q after %s was closed; want only %s", got, closed.Path(), kept.Path())
 	}
 }
