@@ -120,6 +120,8 @@ type Admission[T any] struct {
 	queue  []entry[T] // FIFO from qhead
 	qhead  int
 	qbytes int
+	swept  []entry[T]    // killed waiters taken out of the queue, to discard
+	nswept atomic.Int64  // len(swept), readable without mu
 	idle   chan struct{} // closed when nothing runs or waits; nil unless awaited
 	watch  atomic.Bool   // someone waits on idle
 }
@@ -143,7 +145,9 @@ func (a *Admission[T]) Waiting() int { return int(a.waiting.Load()) }
 // Admit decides for st, whose request holds bytes, from peer (nil for no
 // per-peer share). On Queued the caller must then call Claim until it
 // returns false and start what it returns: a slot may have freed up
-// while st was being queued. On Refused and RefusedPeer, the message says
+// while st was being queued. A stream that finds the queue full first
+// takes out the waiters whose callers killed them, so that they do not
+// hold places until a slot reaches them; the next Claim discards them. On Refused and RefusedPeer, the message says
 // why, to follow "server " or "server at X is " in the END frame.
 func (a *Admission[T]) Admit(st T, bytes int, peer *Peer) (Result, string) {
 	if peer != nil {
@@ -157,7 +161,12 @@ func (a *Admission[T]) Admit(st T, bytes int, peer *Peer) (Result, string) {
 		return Run, ""
 	}
 	a.mu.Lock()
-	if len(a.queue)-a.qhead < a.lim.QueueSize && a.qbytes+bytes <= a.lim.MaxQueuedBytes {
+	if !a.fits(bytes) {
+		// Waiters whose callers gave up would hold their places until a
+		// slot freed and reached them: make room from them first.
+		a.sweep()
+	}
+	if a.fits(bytes) {
 		if a.qhead > 1024 && 2*a.qhead > len(a.queue) {
 			n := copy(a.queue, a.queue[a.qhead:])
 			clear(a.queue[n:])
@@ -178,6 +187,45 @@ func (a *Admission[T]) Admit(st T, bytes int, peer *Peer) (Result, string) {
 	return Refused, msg
 }
 
+// fits reports whether a stream of bytes fits in the queue; a.mu is held.
+func (a *Admission[T]) fits(bytes int) bool {
+	return len(a.queue)-a.qhead < a.lim.QueueSize && a.qbytes+bytes <= a.lim.MaxQueuedBytes
+}
+
+// sweep takes the killed waiters out of the queue, keeping the others in
+// order, and sets them aside for the next Claim to discard: Admit runs
+// under its caller's locks, which discard may take. Until then they count
+// as waiting. a.mu is held.
+func (a *Admission[T]) sweep() {
+	live := a.queue[:0]
+	for _, e := range a.queue[a.qhead:] {
+		if a.killed(e.st) {
+			a.swept = append(a.swept, e)
+			a.qbytes -= e.bytes
+			continue
+		}
+		live = append(live, e)
+	}
+	clear(a.queue[len(live):])
+	a.queue, a.qhead = live, 0
+	a.nswept.Store(int64(len(a.swept)))
+}
+
+// dropSwept discards the waiters sweep set aside and gives back what they
+// held; a.mu is not held.
+func (a *Admission[T]) dropSwept() {
+	a.mu.Lock()
+	dead := a.swept
+	a.swept = nil
+	a.nswept.Store(0)
+	a.mu.Unlock()
+	for _, e := range dead {
+		a.releasePeer(e.peer)
+		a.discard(e.st)
+		a.waiting.Add(-1)
+	}
+}
+
 // tryRun takes a running slot for a request of bytes if one is free: one
 // below MaxRunning, and room for bytes below MaxRunningBytes unless
 // nothing else holds bytes.
@@ -196,6 +244,10 @@ func (a *Admission[T]) tryRun(bytes int) bool {
 // runs it. It returns false when nothing waits or nothing is free.
 func (a *Admission[T]) Claim() (T, int, *Peer, bool) {
 	var zero T
+	if a.nswept.Load() > 0 {
+		a.dropSwept()
+		a.notify()
+	}
 	for a.waiting.Load() > 0 {
 		a.mu.Lock()
 		if a.qhead == len(a.queue) {

@@ -259,3 +259,51 @@ func TestAdmissionDefaultsAndQueueOrder(t *testing.T) {
 		t.Fatalf("%d streams still wait", a.Waiting())
 	}
 }
+
+// TestAFullQueueMakesRoomFromItsKilledWaiters: waiters whose callers gave
+// up (their deadline passed while every slot was busy, as under overload)
+// held their places until a slot freed and reached them, so live callers
+// were refused as if the queue were full. A new stream that finds the
+// queue full now takes the killed waiters out first, and is queued in
+// their place; the killed ones are discarded at the next Claim.
+func TestAFullQueueMakesRoomFromItsKilledWaiters(t *testing.T) {
+	a := newAdm(Limits{MaxRunning: 1, QueueSize: 3})
+	var p Peer
+	running := &item{id: 0}
+	waiters := []*item{{id: 1}, {id: 2}, {id: 3}}
+	if got, _ := a.Admit(running, 10, &p); got != Run {
+		t.Fatalf("the first stream: %v, want Run", got)
+	}
+	for _, w := range waiters {
+		if got, _ := a.Admit(w, 10, &p); got != Queued {
+			t.Fatalf("waiter %d: %v, want Queued", w.id, got)
+		}
+	}
+	waiters[0].killed.Store(true)
+	waiters[2].killed.Store(true)
+	late := &item{id: 4}
+	if got, msg := a.Admit(late, 10, &p); got != Queued {
+		t.Fatalf("a stream finding the queue full of two killed waiters and one live: %v (%s), want Queued", got, msg)
+	}
+	// The caller's Claim after Queued discards them, outside Admit's
+	// caller's locks; no slot is free.
+	if st, _, _, ok := a.Claim(); ok {
+		t.Fatalf("Claim handed out %v with the one slot taken", st)
+	}
+	if !waiters[0].gone.Load() || !waiters[2].gone.Load() || waiters[1].gone.Load() {
+		t.Fatalf("discarded: %v %v %v; want the two killed waiters only", waiters[0].gone.Load(), waiters[1].gone.Load(), waiters[2].gone.Load())
+	}
+	if a.Waiting() != 2 || p.Streams() != 3 {
+		t.Fatalf("waiting %d, peer holds %d; want 2 waiting and 3 held (1 running, 2 waiting)", a.Waiting(), p.Streams())
+	}
+	// The order of the live ones is kept.
+	for _, want := range []*item{waiters[1], late} {
+		st, _, _, ok := a.Done(10, &p)
+		if !ok || st != want {
+			t.Fatalf("Done handed out %v, %v; want stream %d", st, ok, want.id)
+		}
+	}
+	if _, _, _, ok := a.Done(10, &p); ok || a.Running() != 0 || p.Streams() != 0 {
+		t.Fatalf("after every stream ended: handed out %v, running %d, peer %d; want nothing, 0, 0", ok, a.Running(), p.Streams())
+	}
+}
