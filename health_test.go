@@ -51,9 +51,9 @@ func waitHealth(t *testing.T, rt *loom.Runtime, code int, limit time.Duration) (
 func healthChecks(t *testing.T, rt *loom.Runtime, result string) float64 {
 	t.Helper()
 	if result == "" {
-		return counterSum(t, rt, "loom_health_check_total")
+		return metricValue(t, rt, "loom_health_check_total")
 	}
-	return counterSum(t, rt, "loom_health_check_total", "result", result)
+	return metricValue(t, rt, "loom_health_check_total", "result", result)
 }
 
 // TestAWedgedHandlerTurnsHealthNotReadyAndBackAfterItRecovers: an endpoint

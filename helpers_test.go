@@ -5,11 +5,8 @@ import (
 	"io"
 	"iter"
 	"log/slog"
-	"slices"
 	"testing"
 	"time"
-
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
@@ -166,14 +163,14 @@ func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 // items and error arrive on the channel.
 func callRefusedOnce(t testing.TB, caller *loom.Runtime, cl *loom.Client[int, uint64]) <-chan called {
 	t.Helper()
-	retries := counterSum(t, caller, "loom_client_retries_total")
+	retries := metricValue(t, caller, "loom_client_retries_total")
 	res := make(chan called, 1)
 	go func() {
 		got, err := collect(cl.Generate(context.Background(), 1))
 		res <- called{got, err}
 	}()
 	waitFor(t, 30*time.Second, "the call to be refused by an instance", func() bool {
-		return counterSum(t, caller, "loom_client_retries_total") > retries
+		return metricValue(t, caller, "loom_client_retries_total") > retries
 	})
 	return res
 }
@@ -181,32 +178,4 @@ func callRefusedOnce(t testing.TB, caller *loom.Runtime, cl *loom.Client[int, ui
 type called struct {
 	got []uint64
 	err error
-}
-
-// counterSum is the sum of a counter family's series in rt's registry,
-// of those with each label given as a name and value pair.
-func counterSum(t testing.TB, rt *loom.Runtime, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := rt.Metrics().Registry().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool {
-					return l.GetName() == labels[i] && l.GetValue() == labels[i+1]
-				}) {
-					continue series
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
 }

@@ -263,7 +263,7 @@ func TestACallEveryInstanceRefusedAsOverloadedFailsAtOnce(t *testing.T) {
 		if !errors.Is(err, loom.ErrOverloaded) || strings.Contains(err.Error(), "appeared") {
 			t.Fatalf("err = %v, want ErrOverloaded at once", err)
 		}
-		if n := counterSum(t, caller, "loom_client_retries_total"); n != 2 {
+		if n := metricValue(t, caller, "loom_client_retries_total"); n != 2 {
 			t.Errorf("loom_client_retries_total = %v, want 2: each instance tried once", n)
 		}
 	})
@@ -286,7 +286,7 @@ func TestBackgroundTaskPanicsAreCountedNotFatal(t *testing.T) {
 	}
 	<-done
 	waitFor(t, 2*time.Second, "loom_background_task_panics_total to count the panic", func() bool {
-		return counterSum(t, rt, "loom_background_task_panics_total") == 1
+		return metricValue(t, rt, "loom_background_task_panics_total") == 1
 	})
 }
 

@@ -311,7 +311,7 @@ func TestNetworkFailures(t *testing.T) {
 			}
 		}
 		// The stall is counted before the waiting call fails.
-		if stalls := counterSum(t, caller, "loom_client_stalled_servers_total", "transport", "tcp"); stalls < 1 {
+		if stalls := metricValue(t, caller, "loom_client_stalled_servers_total", "transport", "tcp"); stalls < 1 {
 			t.Errorf("loom_client_stalled_servers_total{transport=\"tcp\"} = %v, want the stall counted", stalls)
 		}
 	})

@@ -295,7 +295,7 @@ func TestAPanickingServerInterceptorFailsItsRequestAndBothSpans(t *testing.T) {
 				t.Errorf("the %s span of the panicked request has status %v and attributes %v; want the error status and error.type", kind, s.Status(), spanAttrs(s))
 			}
 		}
-		if n := counterSum(t, srv, "loom_requests_total", "code", "panic"); n != 1 {
+		if n := metricValue(t, srv, "loom_requests_total", "code", "panic"); n != 1 {
 			t.Errorf("loom_requests_total{code=panic} = %v, want 1", n)
 		}
 		if got, err := collect(cl.Generate(context.Background(), "fine")); err != nil || len(got) != 1 {
