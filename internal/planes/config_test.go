@@ -2,15 +2,7 @@ package planes_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,37 +15,8 @@ import (
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/planes"
+	"github.com/loomrt/loom/internal/testutil"
 )
-
-// certFiles writes a self-signed certificate for 127.0.0.1 valid until
-// notAfter, and its key, as PEM files.
-func certFiles(t *testing.T, notAfter time.Time) (cert, key string) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "loom test"},
-		NotBefore: notAfter.Add(-2 * time.Hour), NotAfter: notAfter,
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeFile(t, cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	writeFile(t, key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
-	return cert, key
-}
 
 func writeFile(t *testing.T, path string, data []byte) {
 	t.Helper()
@@ -66,8 +29,8 @@ func writeFile(t *testing.T, path string, data []byte) {
 // dial) is an error, when the plane starts, that names the configuration
 // key and says what to do.
 func TestMisconfigurationsNameTheKeyAndTheFix(t *testing.T) {
-	cert, key := certFiles(t, time.Now().Add(time.Hour))
-	oldCert, oldKey := certFiles(t, time.Now().Add(-time.Hour))
+	cert, key := testutil.SelfSignedCert(t, time.Now().Add(time.Hour))
+	oldCert, oldKey := testutil.SelfSignedCert(t, time.Now().Add(-time.Hour))
 	dir := t.TempDir()
 	garbage := filepath.Join(dir, "garbage.pem")
 	writeFile(t, garbage, []byte("not a PEM file\n"))
@@ -205,7 +168,7 @@ func TestClientAuthOnTheNATSPlaneIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	cert, key := certFiles(t, time.Now().Add(time.Hour))
+	cert, key := testutil.SelfSignedCert(t, time.Now().Add(time.Hour))
 	rc := config.Default().RequestPlane
 	rc.Transport, rc.TLSClientAuth = planes.NATS, true
 	rc.TLSCertFile, rc.TLSKeyFile, rc.TLSCAFile = cert, key, cert
@@ -226,7 +189,7 @@ func TestClientAuthOnTheNATSPlaneIsRefused(t *testing.T) {
 // A caller with TLS on cannot call an instance that serves plain TCP:
 // Open says so, naming the keys on both sides.
 func TestATLSCallerIsToldThePlainServerItCannotCall(t *testing.T) {
-	cert, _ := certFiles(t, time.Now().Add(time.Hour))
+	cert, _ := testutil.SelfSignedCert(t, time.Now().Add(time.Hour))
 	rc := config.Default().RequestPlane
 	rc.TLSCAFile = cert
 	p := planes.New(planes.Config{RequestPlane: rc, Logger: quiet}, upper{})

@@ -1,52 +1,22 @@
 package tlsfiles_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/internal/tlsfiles"
 )
 
 // selfSigned writes a self-signed certificate and its key as PEM files.
 func selfSigned(t *testing.T) (certFile, keyFile string) {
 	t.Helper()
-	return selfSignedUntil(t, time.Now().Add(time.Hour))
-}
-
-// selfSignedUntil writes a self-signed certificate valid until notAfter,
-// and its key, as PEM files.
-func selfSignedUntil(t *testing.T, notAfter time.Time) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tlsfiles test"},
-		NotBefore: notAfter.Add(-2 * time.Hour), NotAfter: notAfter, IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	write(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	write(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
-	return certFile, keyFile
+	return testutil.SelfSignedCert(t, time.Now().Add(time.Hour))
 }
 
 func write(t *testing.T, name string, data []byte) {
@@ -101,7 +71,7 @@ func TestCAPool(t *testing.T) {
 
 func TestKeyPair(t *testing.T) {
 	cert, key := selfSigned(t)
-	expiredCert, expiredKey := selfSignedUntil(t, time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC))
+	expiredCert, expiredKey := testutil.SelfSignedCert(t, time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC))
 	if _, err := tlsfiles.KeyPair("x.cert", expiredCert, "x.key", expiredKey); !errors.Is(err, tlsfiles.ErrExpired) {
 		t.Errorf("an expired certificate: %v, want ErrExpired", err)
 	}
