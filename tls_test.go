@@ -2,69 +2,16 @@ package loom_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
-// pki writes a CA and two leaf certificates for 127.0.0.1 signed by it.
-type pki struct{ ca, serverCert, serverKey, clientCert, clientKey string }
-
-func newPKI(t *testing.T) pki {
-	dir := t.TempDir()
-	write := func(name, typ string, der []byte) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "loom test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	leaf := func(name string, serial int64, usage x509.ExtKeyUsage) (string, string) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			KeyUsage: x509.KeyUsageDigitalSignature,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, _ := x509.MarshalECPrivateKey(key)
-		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "EC PRIVATE KEY", kder)
-	}
-	p := pki{ca: write("ca.pem", "CERTIFICATE", caDER)}
-	p.serverCert, p.serverKey = leaf("server", 2, x509.ExtKeyUsageServerAuth)
-	p.clientCert, p.clientKey = leaf("client", 3, x509.ExtKeyUsageClientAuth)
-	return p
-}
-
 func TestTheRequestPlaneSpeaksTLS(t *testing.T) {
-	p := newPKI(t)
+	p := testutil.NewPKI(t, "loom")
 	tests := []struct {
 		name       string
 		clientAuth bool
@@ -72,15 +19,15 @@ func TestTheRequestPlaneSpeaksTLS(t *testing.T) {
 		wantErr    string
 	}{
 		{"TLS: a caller that trusts the CA gets through", false, func(c *cluster) {
-			c.cfg.RequestPlane.TLSCAFile = p.ca
+			c.cfg.RequestPlane.TLSCAFile = p.CAFile
 		}, ""},
 		{"TLS: a caller without the CA is told to set it", false, func(c *cluster) {}, "serves TLS; set request_plane.tls_ca_file"},
 		{"mutual TLS: a caller with a client certificate gets through", true, func(c *cluster) {
-			c.cfg.RequestPlane.TLSCAFile = p.ca
-			c.cfg.RequestPlane.TLSCertFile, c.cfg.RequestPlane.TLSKeyFile = p.clientCert, p.clientKey
+			c.cfg.RequestPlane.TLSCAFile = p.CAFile
+			c.cfg.RequestPlane.TLSCertFile, c.cfg.RequestPlane.TLSKeyFile = p.ClientCertFile, p.ClientKeyFile
 		}, ""},
 		{"mutual TLS: a caller without a client certificate is refused", true, func(c *cluster) {
-			c.cfg.RequestPlane.TLSCAFile = p.ca
+			c.cfg.RequestPlane.TLSCAFile = p.CAFile
 		}, "certificate"},
 	}
 	for _, tt := range tests {
@@ -88,8 +35,8 @@ func TestTheRequestPlaneSpeaksTLS(t *testing.T) {
 			c := newClusterOn(t, "tcp")
 			c.cfg.Client.WaitTimeout = 200 * time.Millisecond
 			srvCfg := c.cfg
-			srvCfg.RequestPlane.TLSCertFile, srvCfg.RequestPlane.TLSKeyFile = p.serverCert, p.serverKey
-			srvCfg.RequestPlane.TLSCAFile, srvCfg.RequestPlane.TLSClientAuth = p.ca, tt.clientAuth
+			srvCfg.RequestPlane.TLSCertFile, srvCfg.RequestPlane.TLSKeyFile = p.ServerCertFile, p.ServerKeyFile
+			srvCfg.RequestPlane.TLSCAFile, srvCfg.RequestPlane.TLSClientAuth = p.CAFile, tt.clientAuth
 			server := c.runtime(loom.WithConfig(srvCfg))
 			serve(t, server, "tls/secure/id", echoID(server))
 			tt.caller(c)

@@ -1,25 +1,18 @@
 package natsconn_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nkeys"
 
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func startNATS(t *testing.T, opts embedded.NATSOptions) *embedded.NATS {
@@ -173,78 +166,12 @@ func creds(t *testing.T, account nkeys.KeyPair, name string) string {
 	return writeFile(t, name+".creds", data)
 }
 
-// pki is a test CA with a server certificate for 127.0.0.1 and a client
-// certificate, as PEM files.
-type pki struct {
-	caFile, clientCert, clientKey string
-	ca                            *x509.CertPool
-	server                        tls.Certificate
-}
-
-func newPKI(t *testing.T, name string) pki {
-	t.Helper()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(err)
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name + " CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign,
-		BasicConstraintsValid: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	must(err)
-	caCert, err := x509.ParseCertificate(caDER)
-	must(err)
-
-	leaf := func(serial int64, usage x509.ExtKeyUsage) ([]byte, []byte) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		must(err)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: name + " leaf"},
-			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-			IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		must(err)
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		must(err)
-		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-			pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
-	}
-	srvCert, srvKey := leaf(2, x509.ExtKeyUsageServerAuth)
-	cliCert, cliKey := leaf(3, x509.ExtKeyUsageClientAuth)
-	server, err := tls.X509KeyPair(srvCert, srvKey)
-	must(err)
-	pool := x509.NewCertPool()
-	pool.AddCert(caCert)
-	return pki{
-		caFile:     writeFile(t, "ca.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})),
-		clientCert: writeFile(t, "client.pem", cliCert),
-		clientKey:  writeFile(t, "client-key.pem", cliKey),
-		ca:         pool,
-		server:     server,
-	}
-}
-
 // serverTLS is the server side; mutual asks for a verified client certificate.
-func (p pki) serverTLS(mutual bool) *tls.Config {
-	c := &tls.Config{Certificates: []tls.Certificate{p.server}, MinVersion: tls.VersionTLS12}
+func serverTLS(p *testutil.PKI, mutual bool) *tls.Config {
+	c := &tls.Config{Certificates: []tls.Certificate{p.Server}, MinVersion: tls.VersionTLS12}
 	if mutual {
 		c.ClientAuth = tls.RequireAndVerifyClientCert
-		c.ClientCAs = p.ca
+		c.ClientCAs = p.Pool
 	}
 	return c
 }

@@ -311,9 +311,9 @@ func TestConnectRejectsBadConfigBeforeDialing(t *testing.T) {
 }
 
 func TestConnectOverTLS(t *testing.T) {
-	p, other := newPKI(t, "loom"), newPKI(t, "other")
-	tlsURL := startNATS(t, embedded.NATSOptions{TLS: p.serverTLS(false)}).ClientURL()
-	mtlsURL := startNATS(t, embedded.NATSOptions{TLS: p.serverTLS(true)}).ClientURL()
+	p, other := testutil.NewPKI(t, "loom"), testutil.NewPKI(t, "other")
+	tlsURL := startNATS(t, embedded.NATSOptions{TLS: serverTLS(p, false)}).ClientURL()
+	mtlsURL := startNATS(t, embedded.NATSOptions{TLS: serverTLS(p, true)}).ClientURL()
 	if !strings.HasPrefix(tlsURL, "tls://") {
 		t.Fatalf("ClientURL %s of a TLS server is not tls://", tlsURL)
 	}
@@ -325,22 +325,24 @@ func TestConnectOverTLS(t *testing.T) {
 		want []string
 	}{
 		{name: "the server is verified with the CA file", url: tlsURL,
-			set: func(c *config.NATS) { c.TLSCAFile = p.caFile }},
+			set: func(c *config.NATS) { c.TLSCAFile = p.CAFile }},
 		{name: "a nats:// URL with a CA file uses TLS too", url: strings.Replace(tlsURL, "tls://", "nats://", 1),
-			set: func(c *config.NATS) { c.TLSCAFile = p.caFile }},
+			set: func(c *config.NATS) { c.TLSCAFile = p.CAFile }},
 		{name: "a server signed by another CA is rejected", url: tlsURL,
-			set:  func(c *config.NATS) { c.TLSCAFile = other.caFile },
-			want: []string{"TLS with " + tlsURL + " failed", "certificate", other.caFile}},
+			set:  func(c *config.NATS) { c.TLSCAFile = other.CAFile },
+			want: []string{"TLS with " + tlsURL + " failed", "certificate", other.CAFile}},
 		{name: "mutual TLS with a client certificate", url: mtlsURL,
-			set: func(c *config.NATS) { c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile = p.caFile, p.clientCert, p.clientKey }},
+			set: func(c *config.NATS) {
+				c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile = p.CAFile, p.ClientCertFile, p.ClientKeyFile
+			}},
 		{name: "mutual TLS without a client certificate is rejected", url: mtlsURL,
-			set:  func(c *config.NATS) { c.TLSCAFile = p.caFile },
+			set:  func(c *config.NATS) { c.TLSCAFile = p.CAFile },
 			want: []string{"TLS with " + mtlsURL + " failed", "nats.tls_cert_file"}},
 		{name: "mutual TLS with another CA's client certificate is rejected", url: mtlsURL,
 			set: func(c *config.NATS) {
-				c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile = p.caFile, other.clientCert, other.clientKey
+				c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile = p.CAFile, other.ClientCertFile, other.ClientKeyFile
 			},
-			want: []string{"TLS with " + mtlsURL + " failed", other.clientCert}},
+			want: []string{"TLS with " + mtlsURL + " failed", other.ClientCertFile}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -174,14 +174,14 @@ func TestACallerReadsItsOwnResponse(t *testing.T) {
 // stream returns at once, and the connection, read mid-way, still works:
 // over TLS too, whose reads survive a timeout.
 func TestCancelInterruptsACallersRead(t *testing.T) {
-	pki := newPKI(t)
+	pki := testutil.NewPKI(t, "loom")
 	for _, tc := range []struct {
 		name string
 		srv  *tls.Config
 		cli  *tls.Config
 	}{
 		{name: "tcp"},
-		{name: "tls", srv: &tls.Config{Certificates: []tls.Certificate{pki.server}}, cli: &tls.Config{RootCAs: pki.pool}},
+		{name: "tls", srv: &tls.Config{Certificates: []tls.Certificate{pki.Server}}, cli: &tls.Config{RootCAs: pki.Pool}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var g gated

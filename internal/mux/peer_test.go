@@ -2,16 +2,10 @@ package mux
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -19,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/internal/wire"
 )
 
@@ -386,56 +381,8 @@ func TestKeepaliveKeepsAnIdleHealthyConnection(t *testing.T) {
 	}
 }
 
-// testPKI is a CA with a server certificate for 127.0.0.1 and a client
-// certificate, generated per test run.
-type testPKI struct {
-	pool           *x509.CertPool
-	server, client tls.Certificate
-}
-
-func newPKI(t *testing.T) *testPKI {
-	t.Helper()
-	key := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	caKey := key()
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "loom test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	leaf := func(serial int64, cn string, usage x509.ExtKeyUsage) tls.Certificate {
-		k := key()
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
-	}
-	pki := &testPKI{pool: x509.NewCertPool()}
-	pki.pool.AddCert(ca)
-	pki.server = leaf(2, "server", x509.ExtKeyUsageServerAuth)
-	pki.client = leaf(3, "client", x509.ExtKeyUsageClientAuth)
-	return pki
-}
-
 func TestTLS(t *testing.T) {
-	pki := newPKI(t)
+	pki := testutil.NewPKI(t, "loom")
 	whoami := func(s *ServerStream) error {
 		return s.Send([]byte("hello " + s.Path()))
 	}
@@ -453,8 +400,8 @@ func TestTLS(t *testing.T) {
 	}
 
 	t.Run("a client that trusts the CA talks to a TLS server", func(t *testing.T) {
-		addr, _ := startServer(t, ServerConfig{TLS: &tls.Config{Certificates: []tls.Certificate{pki.server}}}, whoami)
-		if err := call(newPool(t, ClientConfig{TLS: &tls.Config{RootCAs: pki.pool}}), addr); err != nil {
+		addr, _ := startServer(t, ServerConfig{TLS: &tls.Config{Certificates: []tls.Certificate{pki.Server}}}, whoami)
+		if err := call(newPool(t, ClientConfig{TLS: &tls.Config{RootCAs: pki.Pool}}), addr); err != nil {
 			t.Fatal(err)
 		}
 		err := call(newPool(t, ClientConfig{TLS: &tls.Config{}}), addr)
@@ -465,17 +412,17 @@ func TestTLS(t *testing.T) {
 
 	t.Run("mutual TLS admits only clients with a certificate", func(t *testing.T) {
 		addr, _ := startServer(t, ServerConfig{TLS: &tls.Config{
-			Certificates: []tls.Certificate{pki.server},
+			Certificates: []tls.Certificate{pki.Server},
 			ClientAuth:   tls.RequireAndVerifyClientCert,
-			ClientCAs:    pki.pool,
+			ClientCAs:    pki.Pool,
 		}}, whoami)
-		withCert := newPool(t, ClientConfig{TLS: &tls.Config{RootCAs: pki.pool, Certificates: []tls.Certificate{pki.client}}})
+		withCert := newPool(t, ClientConfig{TLS: &tls.Config{RootCAs: pki.Pool, Certificates: []tls.Certificate{pki.Client}}})
 		if err := call(withCert, addr); err != nil {
 			t.Fatal(err)
 		}
 		// TLS 1.3 reports a missing client certificate after the client's
 		// handshake completes: the error comes from Open or from Recv.
-		err := call(newPool(t, ClientConfig{TLS: &tls.Config{RootCAs: pki.pool}}), addr)
+		err := call(newPool(t, ClientConfig{TLS: &tls.Config{RootCAs: pki.Pool}}), addr)
 		if !errors.Is(err, ErrUnreachable) && !errors.Is(err, ErrConnLost) {
 			t.Fatalf("a client without a certificate: %v, want refused", err)
 		}

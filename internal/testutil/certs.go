@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -50,4 +51,65 @@ func SelfSignedCert(t testing.TB, notAfter time.Time) (certFile, keyFile string)
 		}
 	}
 	return certFile, keyFile
+}
+
+// PKI is a test CA with a server and a client certificate for 127.0.0.1,
+// each signed by it, both as PEM files and as parsed values.
+type PKI struct {
+	CAFile                        string // the CA certificate
+	ServerCertFile, ServerKeyFile string
+	ClientCertFile, ClientKeyFile string
+	Pool                          *x509.CertPool // holds the CA
+	Server, Client                tls.Certificate
+}
+
+// NewPKI makes a PKI valid for an hour either side of now, its files in a
+// temporary directory. name goes into the certificates' common names.
+func NewPKI(t testing.TB, name string) *PKI {
+	t.Helper()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir := t.TempDir()
+	write := func(file, typ string, der []byte) string {
+		path := filepath.Join(dir, file)
+		must(os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
+		return path
+	}
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(err)
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name + " CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	must(err)
+	ca, err := x509.ParseCertificate(caDER)
+	must(err)
+	p := &PKI{CAFile: write("ca.pem", "CERTIFICATE", caDER), Pool: x509.NewCertPool()}
+	p.Pool.AddCert(ca)
+	leaf := func(serial int64, role string, usage x509.ExtKeyUsage) (cert tls.Certificate, certFile, keyFile string) {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		must(err)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name + " " + role},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+		must(err)
+		kder, err := x509.MarshalECPrivateKey(k)
+		must(err)
+		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k},
+			write(role+".pem", "CERTIFICATE", der), write(role+"-key.pem", "EC PRIVATE KEY", kder)
+	}
+	p.Server, p.ServerCertFile, p.ServerKeyFile = leaf(2, "server", x509.ExtKeyUsageServerAuth)
+	p.Client, p.ClientCertFile, p.ClientKeyFile = leaf(3, "client", x509.ExtKeyUsageClientAuth)
+	return p
 }
