@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/internal/watchview"
 	"github.com/loomrt/loom/internal/kubetest"
 	"github.com/loomrt/loom/internal/testutil"
 )
@@ -51,7 +52,7 @@ func TestAnOversizedRecordIsAClearError(t *testing.T) {
 			t.Errorf("Register of an oversized record = %v; want it to say %q", err, want)
 		}
 	}
-	if got := list(t, d); len(got) != 1 || !same(got[0], fits) {
+	if got := list(t, d); len(got) != 1 || !watchview.Same(got[0], fits) {
 		t.Fatalf("List = %d records; want only the one that fits", len(got))
 	}
 }
@@ -158,11 +159,11 @@ func TestAMalformedLeaseIsSkippedWithAWarning(t *testing.T) {
 	if _, err := cs.CoordinationV1().Leases(ns).Create(t.Context(), bad, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := list(t, d); len(got) != 1 || !same(got[0], good) {
+	if got := list(t, d); len(got) != 1 || !watchview.Same(got[0], good) {
 		t.Fatalf("List = %+v; want only %s", got, good.Key())
 	}
 	_, set := watchFrom(t, d)
-	if len(set) != 1 || !same(set[good.Key()], good) {
+	if len(set) != 1 || !watchview.Same(set[good.Key()], good) {
 		t.Fatalf("watch snapshot = %+v; want only %s", set, good.Key())
 	}
 	out := logs.String()

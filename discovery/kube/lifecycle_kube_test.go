@@ -25,6 +25,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/internal/watchview"
 	"github.com/loomrt/loom/internal/kubetest"
 	"github.com/loomrt/loom/internal/testutil"
 )
@@ -134,7 +135,7 @@ func expectQuiet(t *testing.T, ch <-chan discovery.Event, d time.Duration) {
 func expectEvent(t *testing.T, ch <-chan discovery.Event, kind discovery.EventKind, inst discovery.Instance, within time.Duration) {
 	t.Helper()
 	ev := next(t, ch, within)
-	if ev.Kind != kind || !same(ev.Instance, inst) {
+	if ev.Kind != kind || !watchview.Same(ev.Instance, inst) {
 		t.Fatalf("watch sent %v %+v; want %v %+v", ev.Kind, ev.Instance, kind, inst)
 	}
 }
@@ -215,7 +216,7 @@ func TestRegisterReplacesAnExpiredLease(t *testing.T) {
 	moved.Address = "10.0.0.2:1"
 	register(t, next, moved)
 	got := list(t, next)
-	if len(got) != 1 || !same(got[0], moved) {
+	if len(got) != 1 || !watchview.Same(got[0], moved) {
 		t.Fatalf("List = %+v; want only %+v", got, moved)
 	}
 }
@@ -249,7 +250,7 @@ func TestARecordChangedInPlaceIsDeliveredAsAChange(t *testing.T) {
 	}
 	expectEvent(t, ch, discovery.Removed, old, wait)
 	expectEvent(t, ch, discovery.Added, moved, wait)
-	if got := list(t, watcher); len(got) != 1 || !same(got[0], moved) {
+	if got := list(t, watcher); len(got) != 1 || !watchview.Same(got[0], moved) {
 		t.Fatalf("List = %+v; want %+v", got, moved)
 	}
 	// The owner's next renewal finds a Lease that is no longer the one it
@@ -259,7 +260,7 @@ func TestARecordChangedInPlaceIsDeliveredAsAChange(t *testing.T) {
 		defer owner.mu.Unlock()
 		return len(owner.owned) == 0
 	})
-	if got := list(t, watcher); len(got) != 1 || !same(got[0], moved) {
+	if got := list(t, watcher); len(got) != 1 || !watchview.Same(got[0], moved) {
 		t.Fatalf("List after the owner gave up = %+v; want the edited %+v", got, moved)
 	}
 }
@@ -303,7 +304,7 @@ func TestAnOwnerRecreatesARecordThatExpiredWhileItWasCutOff(t *testing.T) {
 	if !stillCut || stillKept {
 		t.Fatalf("after the round the owner renews cut: %v, the removed record: %v; want true, false", stillCut, stillKept)
 	}
-	if got := list(t, owner); len(got) != 1 || !same(got[0], cut) {
+	if got := list(t, owner); len(got) != 1 || !watchview.Same(got[0], cut) {
 		t.Fatalf("List = %+v; want only %+v", got, cut)
 	}
 }
@@ -435,7 +436,7 @@ func TestAWatchTooOldListsAgainAndSendsTheDifference(t *testing.T) {
 	}
 	for i, ev := range want {
 		got := next(t, w.out, wait)
-		if got.Kind != ev.Kind || !same(got.Instance, ev.Instance) {
+		if got.Kind != ev.Kind || !watchview.Same(got.Instance, ev.Instance) {
 			t.Fatalf("event %d: got %v %+v; want %v %+v", i, got.Kind, got.Instance, ev.Kind, ev.Instance)
 		}
 	}
@@ -555,7 +556,7 @@ func TestARecordExpiredBeforeAnOutageStaysExpiredAfterIt(t *testing.T) {
 	expectEvent(t, ch, discovery.Added, sentinel, wait)
 	// One more TTL: kept is renewed, dead stays gone.
 	expectQuiet(t, ch, ttl+time.Second)
-	if got := list(t, watcher); len(got) != 2 || !same(got[0], kept) || !same(got[1], sentinel) {
+	if got := list(t, watcher); len(got) != 2 || !watchview.Same(got[0], kept) || !watchview.Same(got[1], sentinel) {
 		t.Fatalf("List after the restart = %+v; want %s and %s", got, kept.Key(), sentinel.Key())
 	}
 }
@@ -709,7 +710,7 @@ func TestAWatchResumesFromItsResourceVersionAfterADisconnect(t *testing.T) {
 	if n := watcher.relists.Load(); n != 0 {
 		t.Fatalf("the watch listed the records again %d times; want it to resume from its resource version", n)
 	}
-	if got := list(t, watcher); len(got) != 2 || !same(got[0], moved) || !same(got[1], added) {
+	if got := list(t, watcher); len(got) != 2 || !watchview.Same(got[0], moved) || !watchview.Same(got[1], added) {
 		t.Fatalf("List = %+v; want %s at its new address and %s", got, moved.Key(), added.Key())
 	}
 }

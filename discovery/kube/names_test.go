@@ -15,6 +15,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/internal/watchview"
 )
 
 // Every record name Loom accepts maps to a valid Lease name and valid label
@@ -87,7 +88,7 @@ func TestDecodeLease(t *testing.T) {
 	if err != nil {
 		t.Fatalf("decodeLease of a Lease Register writes: %v", err)
 	}
-	if !same(dec.inst, inst) || !dec.renew.Equal(renew) || dec.ttl != 10*time.Second {
+	if !watchview.Same(dec.inst, inst) || !dec.renew.Equal(renew) || dec.ttl != 10*time.Second {
 		t.Fatalf("decodeLease = %+v; want %+v renewed at %v for 10s", dec, inst, renew)
 	}
 	other := inst

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/internal/watchview"
 	"github.com/loomrt/loom/internal/testutil"
 )
 
@@ -28,7 +29,7 @@ func convergesOn(t *testing.T, ch <-chan discovery.Event, set map[string]discove
 		wantSet[inst.Key()] = inst
 	}
 	deadline := time.After(within)
-	for !maps.EqualFunc(set, wantSet, same) {
+	for !maps.EqualFunc(set, wantSet, watchview.Same) {
 		select {
 		case ev, ok := <-ch:
 			if !ok {
@@ -92,7 +93,7 @@ func TestAnAPIServerRestartedWithoutItsDataGetsTheRecordsBack(t *testing.T) {
 			t.Fatalf("the Lease of %s on the new store: %v", inst.Key(), err)
 		}
 	}
-	if got := list(t, watcher); len(got) != 3 || !same(got[0], a) || !same(got[1], b) || !same(got[2], c) {
+	if got := list(t, watcher); len(got) != 3 || !watchview.Same(got[0], a) || !watchview.Same(got[1], b) || !watchview.Same(got[2], c) {
 		t.Fatalf("List after the restart = %+v; want a, b and c", got)
 	}
 	// Changes after the restart arrive.
@@ -141,7 +142,7 @@ func TestAnOwnerCutOffForLongerThanTheTTLComesBack(t *testing.T) {
 	back := time.Now()
 	expectEvent(t, ch, discovery.Added, inst, wait)
 	t.Logf("the owner's record was back %v after its connection was", time.Since(back).Round(time.Millisecond))
-	if got := list(t, watcher); len(got) != 1 || !same(got[0], inst) {
+	if got := list(t, watcher); len(got) != 1 || !watchview.Same(got[0], inst) {
 		t.Fatalf("List = %+v; want %s", got, inst.Key())
 	}
 	// It is renewed from then on: another two TTLs change nothing.
@@ -180,7 +181,7 @@ func TestARecordWhoseUnregisterFailedIsRemovedAfterTheOutage(t *testing.T) {
 	if _, err := cs.CoordinationV1().Leases(ns).Get(t.Context(), LeaseName(gone.Key()), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Fatalf("the Lease of the record whose Unregister failed: %v, want NotFound", err)
 	}
-	if got := list(t, watcher); len(got) != 1 || !same(got[0], kept) {
+	if got := list(t, watcher); len(got) != 1 || !watchview.Same(got[0], kept) {
 		t.Fatalf("List = %+v; want only %s", got, kept.Key())
 	}
 	register(t, owner, gone) // and its key is free again

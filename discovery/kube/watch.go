@@ -1,11 +1,9 @@
 package kube
 
 import (
-	"cmp"
 	"context"
 	"maps"
 	"math/rand/v2"
-	"reflect"
 	"slices"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	kwatch "k8s.io/apimachinery/pkg/watch"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/internal/watchview"
 )
 
 // watchBuffer is the capacity of each watch channel.
@@ -89,13 +88,11 @@ func (d *Discovery) Watch(ctx context.Context, q discovery.Query) (<-chan discov
 
 func newWatch(d *Discovery, q discovery.Query) *watch {
 	return &watch{
-		d:       d,
-		q:       q,
-		out:     make(chan discovery.Event, watchBuffer),
-		leases:  make(map[string]*leaseState),
-		cur:     make(map[string]discovery.Instance),
-		told:    make(map[string]discovery.Instance),
-		pending: make(map[string]uint64),
+		d:      d,
+		q:      q,
+		out:    make(chan discovery.Event, watchBuffer),
+		leases: make(map[string]*leaseState),
+		view:   watchview.New(),
 	}
 }
 
@@ -108,8 +105,8 @@ type leaseState struct {
 }
 
 // watch is one Watch call, run by one goroutine. It mirrors the live
-// records in cur, what the reader has been told in told, and sends the
-// difference.
+// records in view.Cur and sends the reader the difference from what it was
+// told.
 type watch struct {
 	d   *Discovery
 	q   discovery.Query
@@ -120,14 +117,10 @@ type watch struct {
 	relisted bool             // the next read must be a list (410 Gone)
 	outage   bool             // the last API call failed
 	liveLost map[string]bool  // by Lease name: the records live when the outage began
-	synced   bool             // the first snapshot and Synced are queued
 
-	leases  map[string]*leaseState        // by Lease name: well-formed Leases q matches
-	cur     map[string]discovery.Instance // by key: the live records
-	told    map[string]discovery.Instance // by key: the records as the reader will know them once queue is sent
-	pending map[string]uint64             // keys where cur and told differ, with the order of their last change
-	seq     uint64
-	queue   []discovery.Event // taken from pending, not sent yet
+	leases map[string]*leaseState // by Lease name: well-formed Leases q matches
+	view   *watchview.View        // Cur: the live records, by key
+	queue  []discovery.Event      // taken from view, not sent yet
 }
 
 // relist reads every Lease q selects and replaces what the watch knew. The
@@ -151,14 +144,8 @@ func (w *watch) relist(ctx context.Context) error {
 	w.version = version
 	w.relisted = false
 	w.recompute(now)
-	if !w.synced {
-		insts := slices.SortedFunc(maps.Values(w.cur), byKey)
-		for _, inst := range insts {
-			w.queue = append(w.queue, discovery.Event{Kind: discovery.Added, Instance: clone(inst)})
-		}
-		w.queue = append(w.queue, discovery.Event{Kind: discovery.Synced})
-		maps.Copy(w.told, w.cur)
-		w.synced = true
+	if !w.view.Synced() {
+		w.queue = append(w.queue, w.view.Sync()...)
 	}
 	return nil
 }
@@ -193,7 +180,7 @@ func minTime(a, b time.Time) time.Time {
 	return b
 }
 
-// recompute rebuilds cur from the Lease states and marks every key whose
+// recompute rebuilds view.Cur from the Lease states and marks every key whose
 // record may differ from what the reader was told.
 func (w *watch) recompute(now time.Time) {
 	next := make(map[string]discovery.Instance, len(w.leases))
@@ -202,32 +189,17 @@ func (w *watch) recompute(now time.Time) {
 			next[st.dec.inst.Key()] = st.dec.inst
 		}
 	}
-	keys := make(map[string]bool, len(next)+len(w.cur))
-	for k := range w.cur {
+	keys := make(map[string]bool, len(next)+len(w.view.Cur))
+	for k := range w.view.Cur {
 		keys[k] = true
 	}
 	for k := range next {
 		keys[k] = true
 	}
-	w.cur = next
+	w.view.Cur = next
 	for _, k := range slices.Sorted(maps.Keys(keys)) {
-		w.mark(k)
+		w.view.Mark(k)
 	}
-}
-
-// mark records that key may have changed from what the reader was told.
-func (w *watch) mark(key string) {
-	if !w.synced {
-		return
-	}
-	from, hadFrom := w.told[key]
-	to, hasTo := w.cur[key]
-	if hadFrom == hasTo && (!hasTo || same(from, to)) {
-		delete(w.pending, key)
-		return
-	}
-	w.seq++
-	w.pending[key] = w.seq
 }
 
 // apply notes one event of the API watch.
@@ -265,8 +237,8 @@ func (w *watch) forget(name string) {
 	}
 	delete(w.leases, name)
 	key := st.dec.inst.Key()
-	delete(w.cur, key)
-	w.mark(key)
+	delete(w.view.Cur, key)
+	w.view.Mark(key)
 }
 
 // live reports whether the record of the Lease named name is live: before
@@ -281,11 +253,11 @@ func (w *watch) live(name string, st *leaseState, now time.Time) bool {
 func (w *watch) update(name string, st *leaseState, now time.Time) {
 	key := st.dec.inst.Key()
 	if w.live(name, st, now) {
-		w.cur[key] = st.dec.inst
+		w.view.Cur[key] = st.dec.inst
 	} else {
-		delete(w.cur, key)
+		delete(w.view.Cur, key)
 	}
-	w.mark(key)
+	w.view.Mark(key)
 }
 
 // due reports whether a live record's deadline has passed, and returns the
@@ -298,7 +270,7 @@ func (w *watch) due(now time.Time) (due bool, next time.Time, dead []*leaseState
 	for _, st := range w.leases {
 		at := st.deadline
 		if !now.Before(at) {
-			if _, live := w.cur[st.dec.inst.Key()]; live {
+			if _, live := w.view.Cur[st.dec.inst.Key()]; live {
 				due = true
 				continue
 			}
@@ -319,9 +291,9 @@ func (w *watch) due(now time.Time) (due bool, next time.Time, dead []*leaseState
 // records were live then.
 func (w *watch) lose() {
 	w.outage = true
-	w.liveLost = make(map[string]bool, len(w.cur))
+	w.liveLost = make(map[string]bool, len(w.view.Cur))
 	for name, st := range w.leases {
-		if _, live := w.cur[st.dec.inst.Key()]; live {
+		if _, live := w.view.Cur[st.dec.inst.Key()]; live {
 			w.liveLost[name] = true
 		}
 	}
@@ -341,35 +313,6 @@ func (w *watch) graceAfterOutage(now time.Time) {
 			st.deadline = d
 		}
 	}
-}
-
-// take turns the pending changes into events, in the order of their last
-// change, and marks them told.
-func (w *watch) take() []discovery.Event {
-	if !w.synced || len(w.pending) == 0 {
-		return nil
-	}
-	keys := slices.SortedFunc(maps.Keys(w.pending), func(a, b string) int {
-		return cmp.Compare(w.pending[a], w.pending[b])
-	})
-	var events []discovery.Event
-	for _, k := range keys {
-		from, hadFrom := w.told[k]
-		to, hasTo := w.cur[k]
-		if hadFrom && hasTo && same(from, to) {
-			continue
-		}
-		if hadFrom {
-			events = append(events, discovery.Event{Kind: discovery.Removed, Instance: clone(from)})
-			delete(w.told, k)
-		}
-		if hasTo {
-			events = append(events, discovery.Event{Kind: discovery.Added, Instance: clone(to)})
-			w.told[k] = to
-		}
-	}
-	clear(w.pending)
-	return events
 }
 
 // connect starts the API watch from w.version, reading the records again
@@ -485,7 +428,7 @@ func (w *watch) run(ctx context.Context) {
 			}
 		}
 		if len(w.queue) == 0 {
-			w.queue = w.take()
+			w.queue = w.view.Take()
 		}
 		var send chan<- discovery.Event
 		var next discovery.Event
@@ -598,21 +541,3 @@ func metaOf(obj any) (metav1.Object, error) {
 	}
 	return nil, errNotObject
 }
-
-// same reports whether a and b are the same record. It compares every
-// field, present and future, as JSON does: empty metadata equals none.
-func same(a, b discovery.Instance) bool {
-	if len(a.Metadata) == 0 && len(b.Metadata) == 0 {
-		a.Metadata, b.Metadata = nil, nil
-	}
-	return reflect.DeepEqual(a, b)
-}
-
-// clone copies inst so that a reader changing an event's Metadata does not
-// change the watch's state.
-func clone(inst discovery.Instance) discovery.Instance {
-	inst.Metadata = maps.Clone(inst.Metadata)
-	return inst
-}
-
-func byKey(a, b discovery.Instance) int { return cmp.Compare(a.Key(), b.Key()) }

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/internal/watchview"
 	"github.com/loomrt/loom/embedded"
 )
 
@@ -190,7 +191,7 @@ func (w *watcher) expect(d time.Duration, kind discovery.EventKind, i discovery.
 	if ev.Kind != kind || ev.Instance.Key() != i.Key() {
 		w.t.Fatalf("got %v %s; want %v %s", ev.Kind, ev.Instance.Key(), kind, i.Key())
 	}
-	if kind == discovery.Added && !same(ev.Instance, i) {
+	if kind == discovery.Added && !watchview.Same(ev.Instance, i) {
 		w.t.Fatalf("Added %+v; want %+v", ev.Instance, i)
 	}
 }

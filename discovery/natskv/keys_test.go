@@ -2,7 +2,6 @@ package natskv
 
 import (
 	"encoding/json"
-	"reflect"
 	"strings"
 	"testing"
 
@@ -69,40 +68,6 @@ func TestParseKeyRejectsWhatKVKeyNeverWrites(t *testing.T) {
 		if got, err := parseKey(key); err == nil {
 			t.Errorf("parseKey(%q) = %s; want an error", key, got.Key())
 		}
-	}
-}
-
-// same must compare every field of discovery.Instance, or a watcher would
-// take a changed record for a refresh.
-func TestSameComparesEveryField(t *testing.T) {
-	base := inst("ns", "c", "e", 1)
-	base.Metadata = map[string]string{"k": "v"}
-	typ := reflect.TypeFor[discovery.Instance]()
-	for i := range typ.NumField() {
-		other := clone(base)
-		f := reflect.ValueOf(&other).Elem().Field(i)
-		switch f.Kind() {
-		case reflect.String:
-			f.SetString(f.String() + "x")
-		case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-			f.SetUint(f.Uint() + 1)
-		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-			f.SetInt(f.Int() + 1)
-		case reflect.Bool:
-			f.SetBool(!f.Bool())
-		case reflect.Map:
-			other.Metadata["k"] = "w"
-		default:
-			t.Fatalf("field %s has kind %v; teach this test and same about it", typ.Field(i).Name, f.Kind())
-		}
-		if same(base, other) {
-			t.Errorf("same ignores a change of %s", typ.Field(i).Name)
-		}
-	}
-	empty, none := base, base
-	empty.Metadata, none.Metadata = map[string]string{}, nil
-	if !same(empty, none) {
-		t.Error("same tells empty metadata from none; JSON does not")
 	}
 }
 

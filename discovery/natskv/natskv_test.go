@@ -23,6 +23,7 @@ import (
 
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/discovery/discoverytest"
+	"github.com/loomrt/loom/discovery/internal/watchview"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/internal/testutil"
 )
@@ -76,7 +77,7 @@ func TestAnOwnerThatDiesWithoutCloseExpires(t *testing.T) {
 			x := inst("ns", "c", "e", 0x2a)
 			die := tc.start(t, bucket, x)
 			w := startWatch(t, observer, discovery.Query{Namespace: "ns"})
-			if got := w.synced(); len(got) != 1 || !same(got[0], x) {
+			if got := w.synced(); len(got) != 1 || !watchview.Same(got[0], x) {
 				t.Fatalf("snapshot: %v; want %s", keys(got), x.Key())
 			}
 
@@ -127,7 +128,7 @@ func TestRefreshesAreInvisibleToWatchers(t *testing.T) {
 		t.Fatalf("record revision %d after 2.5 TTLs, was %d: no refresh happened", last.Revision(), first.Revision())
 	}
 	t.Logf("revision %d -> %d in 2.5s", first.Revision(), last.Revision())
-	if got := list(t, observer, discovery.Query{}); len(got) != 1 || !same(got[0], x) {
+	if got := list(t, observer, discovery.Query{}); len(got) != 1 || !watchview.Same(got[0], x) {
 		t.Fatalf("List: %v; want %s", keys(got), x.Key())
 	}
 }
@@ -311,7 +312,7 @@ func TestAnOwnerRespectsOtherClientsChanges(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	got := list(t, b, discovery.Query{})
-	if len(got) != 1 || !same(got[0], again) {
+	if len(got) != 1 || !watchview.Same(got[0], again) {
 		t.Fatalf("List after a closed: %+v; want only c's %s", got, again.Key())
 	}
 }

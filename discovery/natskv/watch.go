@@ -1,18 +1,15 @@
 package natskv
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"maps"
-	"reflect"
-	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/discovery/internal/watchview"
 )
 
 // watchBuffer is the capacity of each watch channel.
@@ -49,12 +46,10 @@ func (d *Discovery) Watch(ctx context.Context, q discovery.Query) (<-chan discov
 		return nil, discovery.ErrClosed
 	}
 	w := &watch{
-		d:       d,
-		filter:  filter(q),
-		out:     make(chan discovery.Event, watchBuffer),
-		told:    make(map[string]discovery.Instance),
-		cur:     make(map[string]discovery.Instance),
-		pending: make(map[string]uint64),
+		d:      d,
+		filter: filter(q),
+		out:    make(chan discovery.Event, watchBuffer),
+		view:   watchview.New(),
 	}
 	// The watch ends with ctx or with Close, whichever comes first.
 	wctx, cancel := context.WithCancel(d.tasks.Context())
@@ -85,8 +80,8 @@ func (d *Discovery) Watch(ctx context.Context, q discovery.Query) (<-chan discov
 }
 
 // watch is one Watch call, run by one goroutine. It mirrors the records the
-// current KV watcher reports in cur, what the reader has been told in told,
-// and sends the difference.
+// current KV watcher reports in view.Cur (by KV key) and sends the reader
+// the difference from what it was told.
 type watch struct {
 	d      *Discovery
 	filter string
@@ -99,13 +94,9 @@ type watch struct {
 	loading  bool                 // kw has not finished its snapshot
 	maxRev   uint64               // the latest revision kw has sent
 	check    bool                 // while loading: see whether kw has caught up
-	synced   bool                 // the first snapshot and Synced are queued
 
-	cur     map[string]discovery.Instance // by KV key: the records as kw reports them
-	told    map[string]discovery.Instance // by KV key: the records as the reader will know them once queue is sent
-	pending map[string]uint64             // keys where cur and told differ, with the order of their last change
-	seq     uint64
-	queue   []discovery.Event // taken from pending, not sent yet
+	view  *watchview.View
+	queue []discovery.Event // taken from view, not sent yet
 }
 
 // start opens a KV watcher that will send the latest revision of each
@@ -128,7 +119,7 @@ func (w *watch) start(ctx context.Context) error {
 	}
 	w.kw, w.kwCancel = kw, cancel
 	w.loading, w.maxRev, w.check = true, 0, true
-	clear(w.cur)
+	clear(w.view.Cur)
 	return nil
 }
 
@@ -230,32 +221,20 @@ func (w *watch) run(ctx context.Context, reconnected chan nats.Status) {
 func (w *watch) apply(e jetstream.KeyValueEntry) {
 	key := e.Key()
 	inst, live := w.d.decode(e)
-	old, had := w.cur[key]
+	old, had := w.view.Cur[key]
 	switch {
-	case live && had && same(old, inst):
+	case live && had && watchview.Same(old, inst):
 		return // a refresh
 	case live:
-		w.cur[key] = inst
+		w.view.Cur[key] = inst
 	case !had:
 		return
 	default:
-		delete(w.cur, key)
+		delete(w.view.Cur, key)
 	}
 	if !w.loading {
-		w.mark(key)
+		w.view.Mark(key)
 	}
-}
-
-// mark records that key may have changed from what the reader was told.
-func (w *watch) mark(key string) {
-	from, hadFrom := w.told[key]
-	to, hasTo := w.cur[key]
-	if hadFrom == hasTo && (!hasTo || same(from, to)) {
-		delete(w.pending, key)
-		return
-	}
-	w.seq++
-	w.pending[key] = w.seq
 }
 
 // loaded handles the end of a KV watcher's snapshot: the first one becomes
@@ -263,74 +242,20 @@ func (w *watch) mark(key string) {
 // with what the reader was told.
 func (w *watch) loaded() {
 	w.loading = false
-	if !w.synced {
-		insts := slices.Collect(maps.Values(w.cur))
-		sortByKey(insts)
-		for _, inst := range insts {
-			w.queue = append(w.queue, discovery.Event{Kind: discovery.Added, Instance: clone(inst)})
-		}
-		w.queue = append(w.queue, discovery.Event{Kind: discovery.Synced})
-		maps.Copy(w.told, w.cur)
-		w.synced = true
+	if !w.view.Synced() {
+		w.queue = append(w.queue, w.view.Sync()...)
 		return
 	}
-	clear(w.pending)
-	keys := slices.Collect(maps.Keys(w.told))
-	for k := range w.cur {
-		if _, ok := w.told[k]; !ok {
-			keys = append(keys, k)
-		}
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		w.mark(k)
-	}
-	if len(w.pending) > 0 {
-		w.d.log.Info("natskv: watch re-synced; sending what changed meanwhile", "filter", w.filter, "changed", len(w.pending))
+	if n := w.view.Resync(); n > 0 {
+		w.d.log.Info("natskv: watch re-synced; sending what changed meanwhile", "filter", w.filter, "changed", n)
 	}
 }
 
-// take turns the pending changes into events, in the order of their last
-// change, and marks them told.
+// take turns the pending changes into events, unless a KV watcher is
+// still loading its snapshot.
 func (w *watch) take() []discovery.Event {
-	if w.loading || !w.synced || len(w.pending) == 0 {
+	if w.loading {
 		return nil
 	}
-	keys := slices.SortedFunc(maps.Keys(w.pending), func(a, b string) int {
-		return cmp.Compare(w.pending[a], w.pending[b])
-	})
-	var events []discovery.Event
-	for _, k := range keys {
-		from, hadFrom := w.told[k]
-		to, hasTo := w.cur[k]
-		if hadFrom && hasTo && same(from, to) {
-			continue
-		}
-		if hadFrom {
-			events = append(events, discovery.Event{Kind: discovery.Removed, Instance: clone(from)})
-			delete(w.told, k)
-		}
-		if hasTo {
-			events = append(events, discovery.Event{Kind: discovery.Added, Instance: clone(to)})
-			w.told[k] = to
-		}
-	}
-	clear(w.pending)
-	return events
-}
-
-// same reports whether a and b are the same record. It compares every
-// field, present and future, as JSON does: empty metadata equals none.
-func same(a, b discovery.Instance) bool {
-	if len(a.Metadata) == 0 && len(b.Metadata) == 0 {
-		a.Metadata, b.Metadata = nil, nil
-	}
-	return reflect.DeepEqual(a, b)
-}
-
-// clone copies inst so that a reader changing an event's Metadata does not
-// change the watch's state.
-func clone(inst discovery.Instance) discovery.Instance {
-	inst.Metadata = maps.Clone(inst.Metadata)
-	return inst
+	return w.view.Take()
 }
