@@ -108,19 +108,7 @@ func traceServer(rt *Runtime) Interceptor {
 				ctx, span := tr.Start(ctx, call.Path, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(attrs...))
 				var sp spanned
 				defer sp.end(span, call)
-				for item, err := range next.Generate(ctx, req) {
-					if err != nil {
-						endWithError(span, err)
-					} else {
-						sp.items++
-					}
-					sp.inYield = true
-					ok := yield(item, err)
-					sp.inYield = false
-					if !ok {
-						break
-					}
-				}
+				sp.relay(span, next.Generate(ctx, req), yield)
 			}
 		})
 	}
@@ -146,19 +134,7 @@ func traceClient(rt *Runtime) Interceptor {
 				call.span = span
 				var sp spanned
 				defer sp.end(span, call)
-				for item, err := range next.Generate(ctx, req) {
-					if err != nil {
-						endWithError(span, err)
-					} else {
-						sp.items++
-					}
-					sp.inYield = true
-					ok := yield(item, err)
-					sp.inYield = false
-					if !ok {
-						break
-					}
-				}
+				sp.relay(span, next.Generate(ctx, req), yield)
 			}
 		})
 	}
@@ -168,6 +144,23 @@ func traceClient(rt *Runtime) Interceptor {
 type spanned struct {
 	items   int
 	inYield bool // the panic, if any, is the consumer's loop body's
+}
+
+// relay passes the items of seq to yield, failing span on an error.
+func (sp *spanned) relay(span trace.Span, seq iter.Seq2[any, error], yield func(any, error) bool) {
+	for item, err := range seq {
+		if err != nil {
+			endWithError(span, err)
+		} else {
+			sp.items++
+		}
+		sp.inYield = true
+		ok := yield(item, err)
+		sp.inYield = false
+		if !ok {
+			return
+		}
+	}
 }
 
 // end ends a request's span. A panic passing through (an interceptor's or
