@@ -1,10 +1,8 @@
 package metrics
 
 import (
-	"runtime"
 	"strconv"
 	"sync"
-	"weak"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -57,8 +55,7 @@ type llmVecs struct {
 	models                            map[string]*LLMModel
 }
 
-var llmSets sync.Map // weak.Pointer[Metrics] -> *llmSet
-
+// llmSet is a Metrics' LLM frontend vectors, registered on first use.
 type llmSet struct {
 	once sync.Once
 	v    *llmVecs
@@ -101,13 +98,8 @@ func newLLMVecs(reg *prometheus.Registry) *llmVecs {
 // loom_llm_* metrics on first use. Calls with the same name return the
 // same value.
 func (m *Metrics) LLMModel(model string) *LLMModel {
-	key := weak.Make(m)
-	s, _ := llmSets.LoadOrStore(key, &llmSet{})
-	set := s.(*llmSet)
-	set.once.Do(func() {
-		set.v = newLLMVecs(m.reg)
-		runtime.AddCleanup(m, func(k weak.Pointer[Metrics]) { llmSets.Delete(k) }, key)
-	})
+	set := &m.llm
+	set.once.Do(func() { set.v = newLLMVecs(m.reg) })
 	v := set.v
 	v.mu.Lock()
 	defer v.mu.Unlock()

@@ -47,6 +47,8 @@ type Metrics struct {
 	events    eventMetrics    // the event plane's, registered on first use (events.go)
 	health    healthMetrics   // canary health checks', registered on first use (health.go)
 	kvRouters kvRouterMetrics // the KV routers', registered on first use (kvrouter.go)
+	queues    queueSet        // the work queues' (queue.go)
+	llm       llmSet          // the LLM frontend's (llmfrontend.go)
 
 	mu        sync.Mutex
 	endpoints map[[3]string]*Endpoint

@@ -1,9 +1,7 @@
 package metrics
 
 import (
-	"runtime"
 	"sync"
-	"weak"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -40,10 +38,7 @@ type queueVecs struct {
 	queues map[string]*Queue
 }
 
-// queueSets holds the queue vectors of each Metrics. The key is weak so a
-// Metrics that is no longer used is collected with its entry.
-var queueSets sync.Map // weak.Pointer[Metrics] -> *queueSet
-
+// queueSet is a Metrics' queue vectors, registered on first use.
 type queueSet struct {
 	once sync.Once
 	v    *queueVecs
@@ -77,13 +72,8 @@ func newQueueVecs(reg *prometheus.Registry) *queueVecs {
 // Queue returns the bound metrics of the queue called name (for the
 // EventBus, "topic/group"). Calls with the same name return the same value.
 func (m *Metrics) Queue(name string) *Queue {
-	key := weak.Make(m)
-	s, _ := queueSets.LoadOrStore(key, &queueSet{})
-	set := s.(*queueSet)
-	set.once.Do(func() {
-		set.v = newQueueVecs(m.reg)
-		runtime.AddCleanup(m, func(k weak.Pointer[Metrics]) { queueSets.Delete(k) }, key)
-	})
+	set := &m.queues
+	set.once.Do(func() { set.v = newQueueVecs(m.reg) })
 	v := set.v
 	v.mu.Lock()
 	defer v.mu.Unlock()
