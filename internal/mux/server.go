@@ -1364,18 +1364,5 @@ func (s *ServerStream) call(h Handler) (err error, panicked bool) {
 }
 
 func (s *ServerStream) status(err error, panicked bool) (wire.Code, string) {
-	switch {
-	case panicked:
-		return wire.CodeInternal, err.Error()
-	case err == nil && s.ctx.Err() == nil:
-		return wire.CodeOK, ""
-	case errors.Is(s.ctx.Err(), context.DeadlineExceeded):
-		return wire.CodeDeadlineExceeded, fmt.Sprintf("deadline of %v passed on the server", s.open.Timeout)
-	case err == nil:
-		return wire.CodeOK, ""
-	default:
-		return errStatus(err)
-	}
+	return plane.EndStatus(err, panicked, s.ctx.Err(), s.open.Timeout)
 }
-
-func errStatus(err error) (wire.Code, string) { return plane.Status(err) }

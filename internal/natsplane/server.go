@@ -865,18 +865,5 @@ func (s *ServerStream) call(h Handler) (err error, panicked bool) {
 }
 
 func (s *ServerStream) status(err error, panicked bool) (wire.Code, string) {
-	switch {
-	case panicked:
-		return wire.CodeInternal, err.Error()
-	case err == nil && s.ctx.Err() == nil:
-		return wire.CodeOK, ""
-	case errors.Is(s.ctx.Err(), context.DeadlineExceeded):
-		return wire.CodeDeadlineExceeded, fmt.Sprintf("deadline of %v passed on the server", s.o.timeout)
-	case err == nil:
-		return wire.CodeOK, ""
-	}
-	if se, ok := errors.AsType[*plane.StreamError](err); ok {
-		return se.Code, se.Message
-	}
-	return wire.CodeApplication, err.Error()
+	return plane.EndStatus(err, panicked, s.ctx.Err(), s.o.timeout)
 }

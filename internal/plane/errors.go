@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/loomrt/loom/internal/wire"
 )
@@ -106,6 +107,23 @@ func Status(err error) (wire.Code, string) {
 		return se.Code, se.Message
 	}
 	return wire.CodeApplication, err.Error()
+}
+
+// EndStatus is the code and message that end a stream whose handler
+// returned err, or panicked with what err says; ctxErr is the stream
+// context's error, and timeout the deadline its caller gave.
+func EndStatus(err error, panicked bool, ctxErr error, timeout time.Duration) (wire.Code, string) {
+	switch {
+	case panicked:
+		return wire.CodeInternal, err.Error()
+	case err == nil && ctxErr == nil:
+		return wire.CodeOK, ""
+	case errors.Is(ctxErr, context.DeadlineExceeded):
+		return wire.CodeDeadlineExceeded, fmt.Sprintf("deadline of %v passed on the server", timeout)
+	case err == nil:
+		return wire.CodeOK, ""
+	}
+	return Status(err)
 }
 
 // CtxError is the stream error for an ended context: DeadlineExceeded or
