@@ -85,6 +85,10 @@ func (h *healthCheck) fail(why string) {
 	h.m.Ready.Set(0)
 }
 
+// end removes the endpoint's readiness from the metrics once it is
+// served no more (shut down on its own or with its runtime).
+func (h *healthCheck) end() { h.m.Remove() }
+
 // startHealth starts the endpoint's canary loop, if it has a health
 // request and canaries are on.
 func (s *served) startHealth(rt *Runtime) {

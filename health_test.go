@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // health returns /health's status code and body.
@@ -405,4 +406,51 @@ func TestAnEndpointShutDownOnItsOwnNoLongerDecidesReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHealth(t, rt, http.StatusOK, 10*time.Second)
+}
+
+// TestAClosedEndpointLeavesNoHealthCheckReadySeries: loom_health_check_ready
+// is the state of an endpoint being served; once the endpoint is closed on
+// its own, or its runtime shuts down, its series is removed, so that a
+// scraper sees no ready or not-ready value for an endpoint no longer
+// served, while the endpoints still served keep theirs.
+func TestAClosedEndpointLeavesNoHealthCheckReadySeries(t *testing.T) {
+	c := newCluster(t)
+	c.cfg.Status.Port = -1
+	c.cfg.Health.CanaryIdle = 20 * time.Millisecond
+	c.cfg.Health.CanaryTimeout = 50 * time.Millisecond
+	rt := c.runtime()
+	ready := func(endpoint string) float64 {
+		return testutil.Metric(t, rt.Metrics().Registry(), "loom_health_check_ready", "endpoint", endpoint)
+	}
+	wedged := endpoint(t, rt, "hc/gone/wedged")
+	err := loom.Serve(context.Background(), wedged, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) { <-ctx.Done() }
+	}), loom.WithHealthCheck("ping"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = loom.Serve(context.Background(), endpoint(t, rt, "hc/gone/fine"), loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) { yield(s, nil) }
+	}), loom.WithHealthCheck("ping"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the wedged endpoint's loom_health_check_ready to be 0", func() bool { return ready("wedged") == 0 })
+	if err := wedged.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if v := ready("wedged"); v != -1 {
+		t.Errorf("loom_health_check_ready of the closed endpoint = %v after Close, want no series", v)
+	}
+	if v := ready("fine"); v != 1 {
+		t.Errorf("loom_health_check_ready of the endpoint still served = %v, want 1", v)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rt.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v := ready("fine"); v != -1 {
+		t.Errorf("loom_health_check_ready = %v after the runtime shut down, want no series", v)
+	}
 }

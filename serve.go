@@ -724,6 +724,9 @@ func shutdownAll(ctx context.Context, eps []*Endpoint, now bool) error {
 		localServers.CompareAndDelete(s.key, s)
 		s.ep.Runtime().paths.remove(s)
 		s.releaseParents()
+		if s.health != nil {
+			s.health.end()
+		}
 	}
 	if left > 0 {
 		errs = append(errs, fmt.Errorf("loom: shutdown: %d requests still running after the grace period were cancelled", left))

@@ -26,7 +26,17 @@ type HealthCheck struct {
 	Duration           prometheus.Observer
 	// Ready is 1 while the endpoint's last check (or request) succeeded.
 	Ready prometheus.Gauge
+
+	ready  *prometheus.GaugeVec
+	labels prometheus.Labels
 }
+
+// Remove removes the endpoint's loom_health_check_ready series, once the
+// endpoint is served no more: a scraper then sees no readiness for it,
+// rather than its last value for ever. Ready may still be set afterwards
+// (a canary ending late); that no longer shows. The counters and the
+// histogram stay, as the request counters of a closed endpoint do.
+func (h *HealthCheck) Remove() { h.ready.Delete(h.labels) }
 
 // HealthCheck returns the bound health check metrics of
 // ns/component/endpoint, registering the family on first use.
@@ -51,5 +61,5 @@ func (m *Metrics) HealthCheck(ns, component, endpoint string) *HealthCheck {
 	l := prometheus.Labels{"namespace": ns, "component": component, "endpoint": endpoint}
 	res := func(r string) prometheus.Counter { return h.checks.WithLabelValues(ns, component, endpoint, r) }
 	return &HealthCheck{OK: res(HealthOK), Timeout: res(HealthTimeout), Error: res(HealthError),
-		Duration: h.duration.With(l), Ready: h.ready.With(l)}
+		Duration: h.duration.With(l), Ready: h.ready.With(l), ready: h.ready, labels: l}
 }
