@@ -19,13 +19,23 @@ import (
 // publish reaches many subscribers). Event.TraceParent carries the
 // publisher's span context to the reader.
 
+// messagingSystem is the messaging.system attribute of the events
+// travelling on transport: ZeroMQ's for ZMQ, NATS's for core NATS and
+// JetStream.
+func messagingSystem(transport string) attribute.KeyValue {
+	if transport == ZMQ {
+		return otelx.SystemZeroMQ
+	}
+	return otelx.SystemNATS
+}
+
 // startPublish starts an event's producer span; end records the outcome.
 func (c *pubCore) startPublish(ctx context.Context) (context.Context, func(error)) {
 	tr := c.rt.Tracer()
 	if tr == nil {
 		return ctx, nil
 	}
-	attrs := append(otelx.Operation("send", "publish"), otelx.SystemNATS, otelx.Destination(c.subject),
+	attrs := append(otelx.Operation("send", "publish"), messagingSystem(c.transport), otelx.Destination(c.subject),
 		attribute.String("loom.events.transport", c.transport), attribute.Int64("loom.events.sequence", int64(c.seq)))
 	ctx, span := tr.Start(ctx, "send "+c.subject, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
 	return ctx, func(err error) {
@@ -57,7 +67,7 @@ func (c *subCore) traceReceive(subject string, h nats.Header, env *Envelope) str
 		return tp
 	}
 	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(append(otelx.Operation("receive", "receive"),
-		otelx.SystemNATS, otelx.Destination(subject), attribute.String("loom.events.publisher_id", strconv.FormatUint(env.PublisherID, 16)),
+		messagingSystem(c.transport), otelx.Destination(subject), attribute.String("loom.events.publisher_id", strconv.FormatUint(env.PublisherID, 16)),
 		attribute.Int64("loom.events.sequence", int64(env.Sequence)))...)}
 	if sc, ok := otelx.Extract(h); ok {
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))

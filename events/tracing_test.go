@@ -2,7 +2,9 @@ package events_test
 
 import (
 	"context"
+	"strings"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // TestAReceivedEventsSpanLinksToItsPublishersSpan: on the transports with
@@ -60,6 +63,58 @@ func TestAReceivedEventsSpanLinksToItsPublishersSpan(t *testing.T) {
 			}
 			if want := loom.TraceParent(trace.ContextWithSpanContext(context.Background(), send.SpanContext())); ev.TraceParent != want {
 				t.Errorf("Event.TraceParent %q, want %q", ev.TraceParent, want)
+			}
+		})
+	}
+}
+
+// TestEventSpansNameTheirMessagingSystem: the publish and receive spans'
+// messaging.system is the system the events travel on: "nats" on core
+// NATS and JetStream, "zeromq" on ZeroMQ (direct or through a broker),
+// as docs/observability.md says.
+func TestEventSpansNameTheirMessagingSystem(t *testing.T) {
+	for _, transport := range transports {
+		t.Run(transport, func(t *testing.T) {
+			want := "nats"
+			if strings.HasPrefix(transport, "zmq") {
+				want = "zeromq"
+			}
+			rec := tracetest.NewSpanRecorder()
+			tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+			defer tp.Shutdown(context.Background())
+			s := newSystem(t, transport)
+			rt := s.Runtime(loom.WithTracerProvider(tp))
+			scope := events.Scope{Namespace: "system"}
+			sub := subscribe[string](t, rt, scope, "t")
+			pub := publisher[string](t, rt, scope, "t")
+			waitSubscribed(t, pub, 1)
+			if err := pub.Publish(t.Context(), "hello"); err != nil {
+				t.Fatal(err)
+			}
+			for _, err := range sub.Events(testutil.Timeout(t, 10*time.Second)) {
+				if err != nil {
+					t.Fatal(err)
+				}
+				break
+			}
+			kinds := map[trace.SpanKind]bool{}
+			for _, sp := range rec.Ended() {
+				if k := sp.SpanKind(); k != trace.SpanKindProducer && k != trace.SpanKindConsumer {
+					continue
+				}
+				kinds[sp.SpanKind()] = true
+				got := ""
+				for _, kv := range sp.Attributes() {
+					if kv.Key == "messaging.system" {
+						got = kv.Value.AsString()
+					}
+				}
+				if got != want {
+					t.Errorf("%s span %q: messaging.system = %q, want %q", sp.SpanKind(), sp.Name(), got, want)
+				}
+			}
+			if !kinds[trace.SpanKindProducer] || !kinds[trace.SpanKindConsumer] {
+				t.Fatalf("ended spans of kinds %v, want a producer and a consumer span", kinds)
 			}
 		})
 	}

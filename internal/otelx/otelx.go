@@ -127,9 +127,12 @@ func Extract(h nats.Header) (trace.SpanContext, bool) {
 	return sc, err == nil
 }
 
-// Messaging attributes.
+// Messaging attributes. The semantic conventions have no well-known
+// messaging.system value for NATS or ZeroMQ: these are custom names, in
+// lowercase as the well-known ones are.
 var (
-	SystemNATS = semconv.MessagingSystemKey.String("nats")
+	SystemNATS   = semconv.MessagingSystemKey.String("nats")
+	SystemZeroMQ = semconv.MessagingSystemKey.String("zeromq")
 )
 
 // Destination is the messaging.destination.name attribute.
