@@ -14,15 +14,16 @@
 // on the OpenTelemetry API only, which costs nothing until an SDK is
 // installed.
 //
-// The variables read: OTEL_SDK_DISABLED, OTEL_TRACES_EXPORTER (otlp or
-// none), OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-// OTEL_EXPORTER_OTLP_PROTOCOL and OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
-// (grpc or http/protobuf, the default), OTEL_EXPORTER_OTLP_HEADERS,
-// _TIMEOUT, _INSECURE and the rest of the exporters' own,
-// OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER and
-// OTEL_TRACES_SAMPLER_ARG, OTEL_BSP_*. Nothing is set up when no endpoint
-// is set (and OTEL_TRACES_EXPORTER does not ask for otlp), and a
-// TracerProvider the program installed itself is kept.
+// The variables read: OTEL_SDK_DISABLED, OTEL_TRACES_EXPORTER (a
+// comma-separated list: otlp, or none alone; any other exporter is an
+// error wrapping ErrConfig), OTEL_EXPORTER_OTLP_ENDPOINT and
+// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL and
+// OTEL_EXPORTER_OTLP_TRACES_PROTOCOL (grpc or http/protobuf, the
+// default), OTEL_EXPORTER_OTLP_HEADERS, _TIMEOUT, _INSECURE and the rest
+// of the exporters' own, OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES,
+// OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, OTEL_BSP_*. Nothing is
+// set up when no endpoint is set (and OTEL_TRACES_EXPORTER does not list
+// otlp), and a TracerProvider the program installed itself is kept.
 package otelsetup
 
 import (
@@ -66,8 +67,8 @@ var ErrConfig = errors.New("otelsetup: bad OpenTelemetry configuration")
 // has installed a TracerProvider of its own.
 func Setup(ctx context.Context) (shutdown func(context.Context) error, err error) {
 	nothing := func(context.Context) error { return nil }
-	if !wanted() {
-		return nothing, nil
+	if ok, err := wanted(); !ok || err != nil {
+		return nothing, err
 	}
 	if mine := own.Load(); mine != nil && otel.GetTracerProvider() == trace.TracerProvider(mine) {
 		return mine.Shutdown, nil // set up already (the loom command, then loom.Run)
@@ -100,18 +101,42 @@ func Setup(ctx context.Context) (shutdown func(context.Context) error, err error
 	return tp.Shutdown, nil
 }
 
+// Values of OTEL_TRACES_EXPORTER that Setup knows.
+const (
+	ExporterOTLP = "otlp"
+	ExporterNone = "none"
+)
+
 // wanted reports whether the variables ask for traces to be exported.
-func wanted() bool {
+// OTEL_TRACES_EXPORTER is a comma-separated list, as the specification
+// allows: otlp in it asks for OTLP export, none alone turns export off;
+// unset (or empty), the endpoint variables decide.
+func wanted() (bool, error) {
 	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") {
-		return false
+		return false, nil
 	}
-	switch strings.ToLower(strings.TrimSpace(os.Getenv("OTEL_TRACES_EXPORTER"))) {
-	case "none":
-		return false
-	case "otlp":
-		return true
+	list := os.Getenv("OTEL_TRACES_EXPORTER")
+	var otlp, none bool
+	for v := range strings.SplitSeq(list, ",") {
+		switch v = strings.ToLower(strings.TrimSpace(v)); v {
+		case "":
+		case ExporterOTLP:
+			otlp = true
+		case ExporterNone:
+			none = true
+		default:
+			return false, fmt.Errorf("%w: OTEL_TRACES_EXPORTER %q: unknown exporter %q; use %s, or %s to export nothing", ErrConfig, list, v, ExporterOTLP, ExporterNone)
+		}
 	}
-	return env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") != ""
+	switch {
+	case none && otlp:
+		return false, fmt.Errorf("%w: OTEL_TRACES_EXPORTER %q: %s cannot be listed with another exporter; use %s alone, or %s", ErrConfig, list, ExporterNone, ExporterNone, ExporterOTLP)
+	case none:
+		return false, nil
+	case otlp:
+		return true, nil
+	}
+	return env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") != "", nil
 }
 
 // installed reports whether the program installed a TracerProvider: the

@@ -133,3 +133,70 @@ func TestSetupFollowsTheEnvironmentAndKeepsAProgramsOwnProvider(t *testing.T) {
 		}
 	})
 }
+
+// OTEL_TRACES_EXPORTER is a comma-separated list, as the OpenTelemetry
+// specification allows: otlp anywhere in it asks for OTLP export (without
+// an endpoint, to the exporters' default), none alone turns export off,
+// and a value Setup does not know, or none with another, is an error
+// naming the variable and the values accepted, with nothing installed.
+// In a fresh process, as the steps above.
+func TestOTELTracesExporterIsAList(t *testing.T) {
+	if os.Getenv("OTELSETUP_STEPS") != "list" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestOTELTracesExporterIsAList$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "OTELSETUP_STEPS=list")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestOTELTracesExporterIsAList") {
+			t.Fatalf("the steps in a fresh process: %v\n%s", err, out)
+		}
+		return
+	}
+	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+		"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
+		t.Setenv(v, "")
+	}
+	global := func() string { return strings.TrimPrefix(fmt.Sprintf("%T", otel.GetTracerProvider()), "*") }
+
+	for _, bad := range []struct{ value, named string }{
+		{"zipkin", "zipkin"},
+		{"otlp,console", "console"},
+		{"otlp, jaeger", "jaeger"},
+		{"none,otlp", "none"},
+	} {
+		t.Run(bad.value+" is an error", func(t *testing.T) {
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+			t.Setenv("OTEL_TRACES_EXPORTER", bad.value)
+			_, err := otelsetup.Setup(context.Background())
+			if !errors.Is(err, otelsetup.ErrConfig) {
+				t.Fatalf("err %v, want an ErrConfig", err)
+			}
+			for _, s := range []string{"OTEL_TRACES_EXPORTER", bad.named, "otlp", "none"} {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("the error %q does not name %q", err, s)
+				}
+			}
+			if g := global(); g != "global.tracerProvider" {
+				t.Fatalf("the global provider is a %s after an error", g)
+			}
+		})
+	}
+
+	t.Run("none in a list wins over an endpoint", func(t *testing.T) {
+		t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+		t.Setenv("OTEL_TRACES_EXPORTER", " none, ")
+		if _, err := otelsetup.Setup(context.Background()); err != nil || global() != "global.tracerProvider" {
+			t.Fatalf("err %v, global %s", err, global())
+		}
+	})
+
+	t.Run("otlp in a list installs the SDK without an endpoint", func(t *testing.T) {
+		t.Setenv("OTEL_TRACES_EXPORTER", "OTLP , otlp")
+		stop, err := otelsetup.Setup(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stop(context.Background())
+		if g := global(); g != "trace.TracerProvider" {
+			t.Fatalf("the global provider is a %s, want the SDK's", g)
+		}
+	})
+}
