@@ -6,6 +6,7 @@ package otelx
 import (
 	"context"
 	"fmt"
+	"reflect"
 	"strconv"
 	"sync/atomic"
 
@@ -39,22 +40,37 @@ type cached struct {
 	t  trace.Tracer
 }
 
-var globalCache atomic.Pointer[cached]
+// tracerSlots is how many providers' tracers Tracer keeps: a program may
+// trace with several in turn (runtimes each WithTracerProvider, and the
+// global one), and a provider's Tracer is too dear to call per span.
+const tracerSlots = 8
+
+var (
+	tracers  [tracerSlots]atomic.Pointer[cached]
+	nextSlot atomic.Uint32 // the slot a new provider takes, round robin
+)
 
 // Tracer returns a tracer of tp, or of the global provider when tp is nil;
 // nil when that is OpenTelemetry's default (nothing installed), so that
-// tracing costs nothing without an SDK.
+// tracing costs nothing without an SDK. The tracers of the last
+// tracerSlots providers are kept: finding one allocates nothing.
 func Tracer(tp trace.TracerProvider) trace.Tracer {
 	if tp == nil {
 		if tp = otel.GetTracerProvider(); tp == defaultTP {
 			return nil
 		}
 	}
-	if c := globalCache.Load(); c != nil && c.tp == tp {
-		return c.t
+	// Only comparable providers are kept, so that comparing one with tp
+	// cannot panic.
+	for i := range tracers {
+		if c := tracers[i].Load(); c != nil && c.tp == tp {
+			return c.t
+		}
 	}
 	t := tp.Tracer(ScopeName)
-	globalCache.Store(&cached{tp: tp, t: t})
+	if reflect.ValueOf(tp).Comparable() {
+		tracers[(nextSlot.Add(1)-1)%tracerSlots].Store(&cached{tp: tp, t: t})
+	}
 	return t
 }
 
