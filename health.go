@@ -48,7 +48,6 @@ func (s *served) setHealth(o *healthOptions, isReq func(any) bool) error {
 	h := &healthCheck{req: o.req, idle: cfg.CanaryIdle, timeout: cfg.CanaryTimeout,
 		m: s.ep.Runtime().metrics.HealthCheck(s.inst.Namespace, s.inst.Component, s.inst.Endpoint)}
 	h.lastActive.Store(time.Now().UnixNano())
-	h.m.Ready.Set(1)
 	s.health = h
 	return nil
 }
@@ -68,7 +67,7 @@ func (h *healthCheck) served(ok, killed bool) {
 	h.lastActive.Store(time.Now().UnixNano())
 	if ok && h.failing.Load() != nil {
 		h.failing.Store(nil)
-		h.m.Ready.Set(1)
+		h.m.SetReady(true)
 	}
 }
 
@@ -82,18 +81,23 @@ func isCanary(caller context.Context) bool {
 
 func (h *healthCheck) fail(why string) {
 	h.failing.Store(&why)
-	h.m.Ready.Set(0)
+	h.m.SetReady(false)
 }
 
 // end removes the endpoint's readiness from the metrics once it is
 // served no more (shut down on its own or with its runtime).
 func (h *healthCheck) end() { h.m.Remove() }
 
-// startHealth starts the endpoint's canary loop, if it has a health
-// request and canaries are on.
+// startHealth shows the endpoint's readiness in the metrics, now that it
+// is served, and starts its canary loop, if it has a health request and
+// canaries are on.
 func (s *served) startHealth(rt *Runtime) {
 	h := s.health
-	if h == nil || h.idle <= 0 {
+	if h == nil {
+		return
+	}
+	h.m.Show(h.failing.Load() == nil)
+	if h.idle <= 0 {
 		return
 	}
 	_ = rt.Go("health check "+s.ep.path, func(ctx context.Context) error {

@@ -454,3 +454,48 @@ func TestAClosedEndpointLeavesNoHealthCheckReadySeries(t *testing.T) {
 		t.Errorf("loom_health_check_ready = %v after the runtime shut down, want no series", v)
 	}
 }
+
+// TestARefusedServeLeavesTheHealthCheckReadySeriesAlone: a Serve that is
+// refused neither shows readiness for an endpoint it did not serve nor
+// changes that of the endpoint served already: a second Serve of a failing
+// endpoint leaves its loom_health_check_ready at 0, and a Serve refused by
+// a runtime shut down leaves no series.
+func TestARefusedServeLeavesTheHealthCheckReadySeriesAlone(t *testing.T) {
+	c := newCluster(t)
+	c.cfg.Status.Port = -1
+	c.cfg.Health.CanaryIdle = 20 * time.Millisecond
+	c.cfg.Health.CanaryTimeout = 50 * time.Millisecond
+	rt := c.runtime()
+	ready := func(endpoint string) float64 {
+		return testutil.Metric(t, rt.Metrics().Registry(), "loom_health_check_ready", "endpoint", endpoint)
+	}
+	wedgedEngine := loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+		return func(yield func(string, error) bool) { <-ctx.Done() }
+	})
+	wedged := endpoint(t, rt, "hc/refused/wedged")
+	if err := loom.Serve(context.Background(), wedged, wedgedEngine, loom.WithHealthCheck("ping")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the wedged endpoint's loom_health_check_ready to be 0", func() bool { return ready("wedged") == 0 })
+	if err := loom.Serve(context.Background(), wedged, wedgedEngine, loom.WithHealthCheck("ping")); err == nil {
+		t.Fatal("serving an endpoint twice succeeded")
+	}
+	if v := ready("wedged"); v != 0 {
+		t.Errorf("loom_health_check_ready of the failing endpoint = %v after a refused second Serve, want 0", v)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rt.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	late, err := rt.Endpoint("hc/refused/late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := loom.Serve(context.Background(), late, wedgedEngine, loom.WithHealthCheck("ping")); !errors.Is(err, loom.ErrClosed) {
+		t.Fatalf("Serve after Shutdown = %v, want ErrClosed", err)
+	}
+	if v := ready("late"); v != -1 {
+		t.Errorf("loom_health_check_ready of an endpoint never served = %v, want no series", v)
+	}
+}

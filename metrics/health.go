@@ -24,22 +24,24 @@ type healthMetrics struct {
 type HealthCheck struct {
 	OK, Timeout, Error prometheus.Counter
 	Duration           prometheus.Observer
-	// Ready is 1 while the endpoint's last check (or request) succeeded.
-	Ready prometheus.Gauge
 
 	ready  *prometheus.GaugeVec
 	labels prometheus.Labels
+	mu     sync.Mutex
+	state  int              // readyUnshown, then readyShown, then readyRemoved
+	gauge  prometheus.Gauge // the endpoint's loom_health_check_ready, once shown
 }
 
-// Remove removes the endpoint's loom_health_check_ready series, once the
-// endpoint is served no more: a scraper then sees no readiness for it,
-// rather than its last value for ever. Ready may still be set afterwards
-// (a canary ending late); that no longer shows. The counters and the
-// histogram stay, as the request counters of a closed endpoint do.
-func (h *HealthCheck) Remove() { h.ready.Delete(h.labels) }
+// The life of an endpoint's loom_health_check_ready series.
+const (
+	readyUnshown = iota // not served yet: no series
+	readyShown          // served: the series says whether it is ready
+	readyRemoved        // served no more: no series
+)
 
 // HealthCheck returns the bound health check metrics of
-// ns/component/endpoint, registering the family on first use.
+// ns/component/endpoint, registering the family on first use. Its
+// loom_health_check_ready series shows from Show to Remove only.
 func (m *Metrics) HealthCheck(ns, component, endpoint string) *HealthCheck {
 	h := &m.health
 	h.once.Do(func() {
@@ -54,12 +56,56 @@ func (m *Metrics) HealthCheck(ns, component, endpoint string) *HealthCheck {
 		}, endpointLabels)
 		h.ready = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "loom_health_check_ready",
-			Help: "1 while an endpoint's last canary health check (or request) succeeded, 0 while it is failing.",
+			Help: "1 while an endpoint's last canary health check (or request) succeeded, 0 while it is failing; no series for an endpoint not served.",
 		}, endpointLabels)
 		m.reg.MustRegister(h.checks, h.duration, h.ready)
 	})
 	l := prometheus.Labels{"namespace": ns, "component": component, "endpoint": endpoint}
 	res := func(r string) prometheus.Counter { return h.checks.WithLabelValues(ns, component, endpoint, r) }
 	return &HealthCheck{OK: res(HealthOK), Timeout: res(HealthTimeout), Error: res(HealthError),
-		Duration: h.duration.With(l), Ready: h.ready.With(l), ready: h.ready, labels: l}
+		Duration: h.duration.With(l), ready: h.ready, labels: l}
+}
+
+// Show makes the endpoint's loom_health_check_ready series, with ready,
+// once the endpoint is served: a Serve refused or failed shows nothing,
+// and does not touch the series of the endpoint served already. It does
+// nothing after Remove.
+func (h *HealthCheck) Show(ready bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state != readyUnshown {
+		return
+	}
+	h.state, h.gauge = readyShown, h.ready.With(h.labels)
+	h.gauge.Set(gaugeOf(ready))
+}
+
+// SetReady sets the endpoint's loom_health_check_ready while it shows.
+func (h *HealthCheck) SetReady(ready bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state == readyShown {
+		h.gauge.Set(gaugeOf(ready))
+	}
+}
+
+// Remove removes the endpoint's loom_health_check_ready series, once the
+// endpoint is served no more: a scraper then sees no readiness for it,
+// rather than its last value for ever, and a canary ending later sets
+// nothing. The counters and the histogram stay, as the request counters
+// of a closed endpoint do.
+func (h *HealthCheck) Remove() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state == readyShown {
+		h.ready.Delete(h.labels)
+	}
+	h.state = readyRemoved
+}
+
+func gaugeOf(ready bool) float64 {
+	if ready {
+		return 1
+	}
+	return 0
 }
