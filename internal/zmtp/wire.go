@@ -17,7 +17,6 @@
 package zmtp
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -224,7 +223,7 @@ func AppendSubscription(dst []byte, prefix []byte, on bool) []byte {
 // Reader reads messages and commands from a ZMTP connection after the
 // handshake. It is not safe for concurrent use.
 type Reader struct {
-	r          *bufio.Reader
+	r          *readBuffer
 	maxMessage int
 	buf        []byte
 	parts      [][]byte
@@ -236,9 +235,9 @@ func NewReader(r io.Reader, maxMessage int) *Reader {
 	if maxMessage <= 0 {
 		maxMessage = DefaultMaxMessage
 	}
-	br, ok := r.(*bufio.Reader)
+	br, ok := r.(*readBuffer)
 	if !ok {
-		br = bufio.NewReaderSize(r, 64<<10)
+		br = &readBuffer{rd: r}
 	}
 	return &Reader{r: br, maxMessage: maxMessage}
 }
@@ -399,7 +398,9 @@ func checkPeer(self, peer SocketType) error {
 // memory), and returns the peer's type and a Reader for what follows,
 // limited to maxMessage bytes per message.
 func readHandshake(rd io.Reader, maxMessage int) (SocketType, *Reader, error) {
-	br := bufio.NewReaderSize(rd, 64<<10)
+	// The buffer starts small: a peer in the handshake has sent at most
+	// a greeting and a READY.
+	br := &readBuffer{rd: rd}
 	var g [greetingSize]byte
 	if _, err := io.ReadFull(br, g[:]); err != nil {
 		return "", nil, fmt.Errorf("zmtp: read greeting: %w", err)
