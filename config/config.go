@@ -202,6 +202,7 @@ type EventsZMQ struct {
 	Host      string `key:"host" default:"127.0.0.1" doc:"Address each direct-mode publisher's PUB socket listens on (on a free port)."`
 	Advertise string `key:"advertise" doc:"Host subscribers dial to reach this process's publishers, if not events.zmq.host (set it when host is 0.0.0.0)."`
 	SendQueue int    `key:"send_queue" default:"8192" min:"1" doc:"Events a publisher queues for each subscriber; events for a subscriber further behind are dropped for it (it counts them as lost)."`
+	MaxPeers  int    `key:"max_peers" default:"4096" min:"-1" doc:"Connections a direct-mode publisher's PUB socket holds at once (subscribers, and connections still in the handshake); one accepted beyond it is closed at once, and one that leaves frees its place. -1: no limit."`
 	BrokerPub string `key:"broker_pub" doc:"Endpoint (tcp://host:port) of a broker's XSUB side, which publishers connect to; with broker_sub, zmq goes through the broker instead of direct."`
 	BrokerSub string `key:"broker_sub" doc:"Endpoint of the broker's XPUB side, which subscribers connect to."`
 }

@@ -36,6 +36,11 @@ type BrokerConfig struct {
 	// MaxMessage bounds one message from a publisher, in bytes. Default
 	// 1 MiB plus room for the subject.
 	MaxMessage int
+	// MaxPeers bounds the connections each side holds at once (those
+	// still in the handshake included); one accepted beyond it is closed
+	// at once. Default 4096 (as events.zmq.max_peers); negative: no
+	// limit.
+	MaxPeers int
 	// Logger receives connection failures at debug level.
 	Logger *slog.Logger
 }
@@ -47,7 +52,7 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 	}
 	b := &Broker{}
 	b.back = zmtp.NewSocket(zmtp.Options{
-		Type: zmtp.XPUB, SendQueue: cfg.SendQueue, MaxMessage: zmqSubscriptionLimit, Logger: cfg.Logger,
+		Type: zmtp.XPUB, SendQueue: cfg.SendQueue, MaxMessage: zmqSubscriptionLimit, MaxPeers: cfg.MaxPeers, Logger: cfg.Logger,
 		OnSubscribe: func(_ *zmtp.Peer, prefix []byte, on bool) {
 			if on {
 				b.front.Subscribe(prefix)
@@ -57,7 +62,7 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 		},
 	})
 	b.front = zmtp.NewSocket(zmtp.Options{
-		Type: zmtp.XSUB, MaxMessage: cfg.MaxMessage, Logger: cfg.Logger,
+		Type: zmtp.XSUB, MaxMessage: cfg.MaxMessage, MaxPeers: cfg.MaxPeers, Logger: cfg.Logger,
 		OnMessage: func(_ *zmtp.Peer, parts [][]byte) {
 			if len(parts) == 0 {
 				b.malformed.Add(1)

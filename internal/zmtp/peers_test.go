@@ -1,9 +1,12 @@
 package zmtp
 
 import (
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,5 +85,167 @@ func TestAQuietPeerCostsLittle(t *testing.T) {
 				t.Errorf("a quiet peer (%s) costs %d bytes, want at most %d", c.name, per, maxQuietPeer)
 			}
 		})
+	}
+}
+
+// rawPeer is a peer that speaks the protocol by hand over a connection of
+// its own.
+type rawPeer struct {
+	t *testing.T
+	c net.Conn
+}
+
+// dialRaw connects to addr; with handshake it sends a SUB's greeting and
+// READY and reads the socket's.
+func dialRaw(t *testing.T, addr net.Addr, handshake bool) *rawPeer {
+	t.Helper()
+	c, err := net.Dial("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	p := &rawPeer{t: t, c: c}
+	if handshake {
+		hello := append(greeting[:], AppendReady(nil, SUB)...)
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(hello); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, len(hello))); err != nil {
+			t.Fatalf("no greeting and READY from the socket: %v", err)
+		}
+		_ = c.SetDeadline(time.Time{})
+	}
+	return p
+}
+
+// refused reports whether the socket closed the connection without a
+// byte, as it does at accept beyond MaxPeers.
+func (p *rawPeer) refused() bool {
+	p.t.Helper()
+	_ = p.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := p.c.Read(make([]byte, 1))
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		p.t.Fatalf("the socket neither served nor closed %s within 10s", p.c.LocalAddr())
+	}
+	return n == 0 && err != nil
+}
+
+// receives subscribes the peer to topic, waits for the socket to see it,
+// sends a message and checks that the peer reads it whole.
+func (p *rawPeer) receives(s *Socket, topic string) {
+	p.t.Helper()
+	if _, err := p.c.Write(AppendSubscription(nil, []byte(topic), true)); err != nil {
+		p.t.Fatal(err)
+	}
+	testutil.Eventually(p.t, 10*time.Second, "the subscription to "+topic, func() bool { return s.Subscribers([]byte(topic)) == 1 })
+	want := AppendMessage(nil, []byte(topic), []byte("hello"))
+	if q, _ := s.Send([]byte(topic), want); q != 1 {
+		p.t.Fatalf("a message to %s queued for %d peers, want 1", topic, q)
+	}
+	got := make([]byte, len(want))
+	_ = p.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(p.c, got); err != nil || string(got) != string(want) {
+		p.t.Fatalf("peer %s read %q, %v; want %q", p.c.LocalAddr(), got, err, want)
+	}
+}
+
+// A socket holds at most MaxPeers accepted connections, those in the
+// handshake included: one more is closed at once and counted, the peers
+// it holds go on working, and a peer that leaves frees its place.
+func TestMaxPeersRefusesTheExtraAndFreesThePlaceOfOneGone(t *testing.T) {
+	const limit, extra = 6, 4
+	s := NewSocket(Options{Type: PUB, MaxPeers: limit, HandshakeTimeout: time.Minute})
+	defer s.Close()
+	addr, err := s.Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []*rawPeer
+	for i := range limit {
+		held = append(held, dialRaw(t, addr, i%2 == 0)) // half stay in the handshake
+	}
+	// Connections are accepted in order: once the last one is served,
+	// every one before it is held.
+	testutil.Eventually(t, 10*time.Second, "the peers to be held", func() bool {
+		return len(s.Peers()) == limit/2 && s.accepted.Load() == limit
+	})
+	for i := range extra {
+		if p := dialRaw(t, addr, false); !p.refused() {
+			t.Fatalf("connection %d beyond MaxPeers %d was not closed", i+1, limit)
+		}
+	}
+	if got := s.Refused(); got != extra {
+		t.Fatalf("Refused() = %d, want %d", got, extra)
+	}
+	for i, p := range held {
+		if i%2 == 0 {
+			p.receives(s, fmt.Sprintf("t%d", i))
+		}
+	}
+	// One leaves: a new peer takes its place, and the next is refused.
+	held[0].c.Close()
+	testutil.Eventually(t, 10*time.Second, "the place of the peer gone to be free", func() bool { return s.accepted.Load() == limit-1 })
+	dialRaw(t, addr, true).receives(s, "free.1")
+	if p := dialRaw(t, addr, false); !p.refused() {
+		t.Fatal("a connection beyond MaxPeers after a place was taken again was not closed")
+	}
+	// A peer in the handshake that gives up frees its place too.
+	held[1].c.Close()
+	testutil.Eventually(t, 10*time.Second, "the place of the peer gone in the handshake", func() bool { return s.accepted.Load() == limit-1 })
+	dialRaw(t, addr, true).receives(s, "free.2")
+	if got := s.Refused(); got != extra+1 {
+		t.Fatalf("Refused() = %d, want %d", got, extra+1)
+	}
+}
+
+func TestMaxPeersDefaultsAndNoLimit(t *testing.T) {
+	if got := NewSocket(Options{Type: PUB}).opts.MaxPeers; got != DefaultMaxPeers {
+		t.Errorf("MaxPeers unset is %d, want DefaultMaxPeers %d", got, DefaultMaxPeers)
+	}
+	s := NewSocket(Options{Type: PUB, MaxPeers: -1})
+	defer s.Close()
+	addr, err := s.Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		dialRaw(t, addr, true)
+	}
+	testutil.Eventually(t, 10*time.Second, "three peers", func() bool { return len(s.Peers()) == 3 })
+	if s.Refused() != 0 {
+		t.Fatalf("a socket without a limit refused %d peers", s.Refused())
+	}
+}
+
+// A flood of refused connections logs a line a second at most, naming
+// the limit and the key that sets it.
+func TestRefusalsAreLoggedAtMostOnceASecond(t *testing.T) {
+	var logs testutil.SyncBuffer
+	s := NewSocket(Options{Type: PUB, MaxPeers: 1, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	defer s.Close()
+	addr, err := s.Listen("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialRaw(t, addr, true)
+	testutil.Eventually(t, 10*time.Second, "the first peer", func() bool { return len(s.Peers()) == 1 })
+	start := time.Now()
+	const n = 50
+	for range n {
+		if !dialRaw(t, addr, false).refused() {
+			t.Fatal("a connection beyond MaxPeers 1 was not closed")
+		}
+	}
+	elapsed := time.Since(start)
+	lines := strings.Count(logs.String(), "peer refused")
+	if lines < 1 || lines > 1+int(elapsed/time.Second) {
+		t.Fatalf("%d refusals in %v logged %d lines:\n%s", n, elapsed, lines, logs.String())
+	}
+	if !strings.Contains(logs.String(), "events.zmq.max_peers") || !strings.Contains(logs.String(), "max=1") {
+		t.Fatalf("the refusal does not name the limit and its key:\n%s", logs.String())
+	}
+	if s.Refused() != n {
+		t.Fatalf("Refused() = %d, want %d", s.Refused(), n)
 	}
 }

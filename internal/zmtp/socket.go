@@ -18,6 +18,9 @@ import (
 const (
 	DefaultSendQueue        = 8192
 	DefaultHandshakeTimeout = 5 * time.Second
+	// DefaultMaxPeers is how many peers a socket accepts at once, as
+	// many as the request plane's connections (request_plane.max_conns).
+	DefaultMaxPeers = 4096
 )
 
 // Options configures a Socket.
@@ -36,6 +39,13 @@ type Options struct {
 	// HandshakeTimeout bounds the greeting and READY exchange. Default
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// MaxPeers bounds the connections the socket holds at once that it
+	// accepted (on all its listeners, those still in the handshake
+	// included); one accepted beyond it is closed at once, and counted
+	// (Refused). A peer that goes away frees its place. The connections
+	// the socket dials are not counted. Default DefaultMaxPeers;
+	// negative: no limit.
+	MaxPeers int
 	// OnMessage receives each message a peer sends (SUB and XSUB sockets),
 	// on that peer's reader goroutine. parts alias a buffer that is reused
 	// once OnMessage returns.
@@ -46,7 +56,9 @@ type Options struct {
 	OnSubscribe func(p *Peer, prefix []byte, on bool)
 	// OnPeer reports a peer connecting (up) and going away.
 	OnPeer func(p *Peer, up bool)
-	// Logger receives connection failures at debug level; nil discards.
+	// Logger receives connection failures at debug level, and peers
+	// refused beyond MaxPeers at warn level, at most once a second; nil
+	// discards.
 	Logger *slog.Logger
 }
 
@@ -67,6 +79,10 @@ type Socket struct {
 
 	snapshot atomic.Pointer[[]*Peer]
 	dropped  atomic.Uint64
+
+	accepted    atomic.Int64  // accepted connections held, for MaxPeers
+	refused     atomic.Uint64 // connections closed at accept for MaxPeers
+	lastRefusal atomic.Int64  // unix ns of the last refusal logged
 }
 
 // NewSocket returns a socket of opts.Type.
@@ -79,6 +95,9 @@ func NewSocket(opts Options) *Socket {
 	}
 	if opts.HandshakeTimeout <= 0 {
 		opts.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if opts.MaxPeers == 0 {
+		opts.MaxPeers = DefaultMaxPeers
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -150,10 +169,31 @@ func (s *Socket) accept(l net.Listener) {
 			}
 			continue
 		}
-		if !s.goTracked(func() { _ = s.serve(c) }) {
+		if n := s.accepted.Add(1); s.opts.MaxPeers > 0 && n > int64(s.opts.MaxPeers) {
+			s.accepted.Add(-1)
+			s.refuse(c, l)
+			continue
+		}
+		if !s.goTracked(func() {
+			defer s.accepted.Add(-1)
+			_ = s.serve(c)
+		}) {
+			s.accepted.Add(-1)
 			c.Close()
 			return
 		}
+	}
+}
+
+// refuse closes a connection accepted beyond MaxPeers, logging at most
+// once a second so that a flood does not flood the log.
+func (s *Socket) refuse(c net.Conn, l net.Listener) {
+	defer c.Close()
+	s.refused.Add(1)
+	now := time.Now().UnixNano()
+	if last := s.lastRefusal.Load(); now-last >= int64(time.Second) && s.lastRefusal.CompareAndSwap(last, now) {
+		s.opts.Logger.Warn("zmtp: peer refused: the socket holds its maximum of peers (events.zmq.max_peers)",
+			"addr", l.Addr().String(), "remote", c.RemoteAddr().String(), "max", s.opts.MaxPeers)
 	}
 }
 
@@ -639,6 +679,10 @@ func (s *Socket) Subscribers(topic []byte) int {
 
 // Dropped returns how many messages were dropped for full peer queues.
 func (s *Socket) Dropped() uint64 { return s.dropped.Load() }
+
+// Refused returns how many connections were closed at accept because the
+// socket held Options.MaxPeers.
+func (s *Socket) Refused() uint64 { return s.refused.Load() }
 
 // Drain waits until every peer's queue is written or ctx ends.
 func (s *Socket) Drain(ctx context.Context) error {

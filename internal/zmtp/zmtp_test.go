@@ -509,10 +509,15 @@ func TestSubscriptionsCostLinearlyAndAreBounded(t *testing.T) {
 }
 
 // TestDocumentedBounds holds the figures docs/events.md gives for a peer:
-// 1024 control messages waiting, 4096 subscription prefixes, 1 MiB of them.
+// 1024 control messages waiting, 4096 subscription prefixes, 1 MiB of them;
+// 4096 peers a socket accepts; a read buffer of 1 KiB growing to 64 KiB.
 func TestDocumentedBounds(t *testing.T) {
 	if maxQueuedControl != 1024 || maxSubscriptions != 4096 || maxSubscriptionBytes != 1<<20 {
 		t.Errorf("control %d, prefixes %d, prefix bytes %d; docs/events.md says 1024, 4096, 1 MiB",
 			maxQueuedControl, maxSubscriptions, maxSubscriptionBytes)
+	}
+	if DefaultMaxPeers != 4096 || minReadBuffer != 1<<10 || maxReadBuffer != 64<<10 {
+		t.Errorf("peers %d, read buffer %d to %d; docs/events.md says 4096, 1 KiB to 64 KiB",
+			DefaultMaxPeers, minReadBuffer, maxReadBuffer)
 	}
 }

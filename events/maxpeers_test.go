@@ -1,0 +1,83 @@
+package events_test
+
+import (
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/loomrt/loom/discovery"
+	"github.com/loomrt/loom/events"
+)
+
+// closedAtOnce dials a ZeroMQ endpoint and reports whether the socket
+// closes the connection without sending its greeting.
+func closedAtOnce(t *testing.T, ep string) bool {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(ep, "tcp://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := c.Read(make([]byte, 1))
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("%s neither greeted nor closed a connection within 10s", ep)
+	}
+	return n == 0 && err != nil
+}
+
+// events.zmq.max_peers reaches a direct publisher's socket: beyond it a
+// connection is closed at once, and the subscribers it holds still get
+// every event.
+func TestZMQMaxPeersBoundsAPublishersConnections(t *testing.T) {
+	s := newSystem(t, "zmq")
+	s.Config.Events.ZMQ.MaxPeers = 2
+	pubRT := s.Runtime()
+	scope := events.Scope{Namespace: "peers", Component: "worker"}
+	p := publisher[string](t, pubRT, scope, "kv_events")
+	subs := []*events.Subscription[string]{
+		subscribe[string](t, s.Runtime(), scope, "kv_events"),
+		subscribe[string](t, s.Runtime(), scope, "kv_events"),
+	}
+	waitSubscribed(t, p, 2)
+	recs, err := pubRT.Discovery().List(t.Context(), discovery.Query{Namespace: "peers", Component: events.ChannelComponent})
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("event channel records %+v %v", recs, err)
+	}
+	if !closedAtOnce(t, recs[0].Address) {
+		t.Fatal("a third connection to a publisher with events.zmq.max_peers 2 was not closed")
+	}
+	if err := p.Publish(t.Context(), "still here"); err != nil {
+		t.Fatal(err)
+	}
+	for i, sub := range subs {
+		if evs := collect(t, sub, 1, 5*time.Second); len(evs) != 1 || evs[0].Value != "still here" {
+			t.Fatalf("subscriber %d got %v", i, evs)
+		}
+	}
+}
+
+// A broker's MaxPeers bounds each of its sides.
+func TestBrokerMaxPeersBoundsEachSide(t *testing.T) {
+	b, err := events.StartBroker(events.BrokerConfig{PubEndpoint: "tcp://127.0.0.1:0", SubEndpoint: "tcp://127.0.0.1:0", MaxPeers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, ep := range []string{b.PubEndpoint(), b.SubEndpoint()} {
+		held, err := net.Dial("tcp", strings.TrimPrefix(ep, "tcp://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer held.Close()
+		// The broker greets the first: it holds it.
+		_ = held.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := held.Read(make([]byte, 1)); err != nil {
+			t.Fatalf("%s: no greeting for the first connection: %v", ep, err)
+		}
+		if !closedAtOnce(t, ep) {
+			t.Fatalf("%s: a second connection with MaxPeers 1 was not closed", ep)
+		}
+	}
+}
