@@ -105,6 +105,9 @@ type BrokerStats struct {
 	// Dropped counts messages not queued for a subscriber whose queue was
 	// full.
 	Dropped uint64
+	// Refused counts connections closed at accept, on either side,
+	// because that side held BrokerConfig.MaxPeers.
+	Refused uint64
 }
 
 // Stats returns the broker's counts now.
@@ -114,6 +117,7 @@ func (b *Broker) Stats() BrokerStats {
 		Subscribers: len(b.back.Peers()),
 		Forwarded:   b.forwarded.Load(),
 		Dropped:     b.back.Dropped(),
+		Refused:     b.front.Refused() + b.back.Refused(),
 	}
 }
 

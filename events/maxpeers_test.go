@@ -80,4 +80,7 @@ func TestBrokerMaxPeersBoundsEachSide(t *testing.T) {
 			t.Fatalf("%s: a second connection with MaxPeers 1 was not closed", ep)
 		}
 	}
+	if n := b.Stats().Refused; n != 2 {
+		t.Fatalf("Stats().Refused = %d after one refusal on each side, want 2", n)
+	}
 }
