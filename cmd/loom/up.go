@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 type upOptions struct {
 	host        string
+	advertise   string // the host components dial, if not host
 	dataDir     string
 	natsPort    int
 	monitorPort int
@@ -46,10 +48,16 @@ It prints the environment lines the components need, one per line; set them
 in each component's environment (for example: export them in its shell).
 With --json it prints them as one JSON object instead. Ctrl-C stops the
 servers cleanly; their data stays in --data-dir, which one loom up at a
-time may use.`,
+time may use.
+
+The lines name the servers at --host, or at --advertise if set: with a
+--host of every address (0.0.0.0 or ::), which no component can dial,
+--advertise is required, the host name or address other machines reach
+this one at.`,
 		Example: `  loom up
   loom up --discovery natskv --zmq-broker 5567,5568
-  loom up --json`,
+  loom up --json
+  loom up --host 0.0.0.0 --advertise 10.0.0.5`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			// --zmq-broker's ports are optional, so pflag leaves them as an
 			// argument when they follow a space: take them back.
@@ -76,6 +84,9 @@ time may use.`,
 			if o.discovery != "etcd" && o.discovery != "natskv" {
 				return &usageError{cmd, fmt.Errorf("--discovery %q: use etcd or natskv", o.discovery)}
 			}
+			if err := checkAdvertise(o.host, o.advertise); err != nil {
+				return &usageError{cmd, err}
+			}
 			ctx, stop := signalContext(context.Background(), cmd.ErrOrStderr())
 			defer stop()
 			return up(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
@@ -83,6 +94,7 @@ time may use.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.host, "host", o.host, "address the servers listen on")
+	f.StringVar(&o.advertise, "advertise", "", "host components dial to reach the servers, if not --host (required when --host is 0.0.0.0 or ::)")
 	f.StringVar(&o.dataDir, "data-dir", o.dataDir, "where JetStream and etcd keep their data")
 	f.IntVar(&o.natsPort, "nats-port", o.natsPort, "NATS client port; 0 picks a free one")
 	f.IntVar(&o.monitorPort, "monitor-port", o.monitorPort, "NATS monitoring (HTTP) port; 0 turns it off")
@@ -138,6 +150,11 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 	}
 	defer srv.stop()
 	ns, env := srv.nats, srv.env
+	if o.advertise != "" {
+		for i := range env {
+			env[i][1] = advertised(env[i][1], o.advertise)
+		}
+	}
 	// Each component runs a status server on a free port and names it in
 	// its instance records, so that loom dashboard can read its load.
 	env = append(env, [2]string{"LOOM_STATUS_PORT", "-1"})
@@ -156,7 +173,7 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 	}
 	monitorNote := ""
 	if u := ns.MonitorURL(); u != "" {
-		monitorNote = ", monitoring on " + u
+		monitorNote = ", monitoring on " + advertised(u, o.advertise)
 	}
 	what := "the lines above"
 	if o.json {
@@ -166,6 +183,46 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 	<-ctx.Done()
 	fmt.Fprintln(errOut, "loom up: stopping")
 	return nil
+}
+
+// checkAdvertise refuses a --host that components could not dial without
+// an --advertise to dial instead, and an --advertise that is not a host.
+func checkAdvertise(host, advertise string) error {
+	if advertise == "" {
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			example := "10.0.0.5"
+			if name, err := os.Hostname(); err == nil && name != "" {
+				example = name
+			}
+			return fmt.Errorf("--host %s listens on every address, and --advertise is unset: components would be told to dial %s, which is no machine's address; set --advertise to the host name or address they reach this machine at (such as %s)", host, host, example)
+		}
+		return nil
+	}
+	if ip := net.ParseIP(advertise); ip != nil {
+		if ip.IsUnspecified() {
+			return fmt.Errorf("--advertise %s: want the host name or address components dial, not every address", advertise)
+		}
+		return nil
+	}
+	if strings.ContainsAny(advertise, ":/@ \t[]") {
+		return fmt.Errorf("--advertise %q: want a host name or address alone, without a scheme or port (the ports are loom up's own), such as 10.0.0.5", advertise)
+	}
+	return nil
+}
+
+// advertised returns the URL u with its host replaced by host, if host is
+// set: the address components dial, where u names the one a server
+// listens on.
+func advertised(u, host string) string {
+	if host == "" {
+		return u
+	}
+	p, err := url.Parse(u)
+	if err != nil || p.Host == "" {
+		return u
+	}
+	p.Host = net.JoinHostPort(host, p.Port())
+	return p.String()
 }
 
 // upServers are the servers loom up runs and the environment that reaches

@@ -250,3 +250,70 @@ func TestLoomUpOnATakenPortNamesIt(t *testing.T) {
 		})
 	}
 }
+
+// TestLoomUpOnEveryAddressNamesTheAdvertisedHost runs loom up listening on
+// every address (--host 0.0.0.0). It printed NATS_SERVER=nats://0.0.0.0:...
+// and the like: a listen address, which a component on another machine
+// cannot dial. Without --advertise it must refuse, naming the flag; with
+// it, every line must name the advertised host, and work.
+func TestLoomUpOnEveryAddressNamesTheAdvertisedHost(t *testing.T) {
+	for _, host := range []string{"0.0.0.0", "::"} {
+		p := startLoom(t, nil, "up", "--host", host, "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0",
+			"--data-dir", t.TempDir())
+		code := p.waitExit()
+		out, errs := p.lines()
+		stderr := strings.Join(errs, "\n")
+		if code != 2 || len(out) != 0 || !strings.Contains(stderr, "--host "+host+" listens on every address, and --advertise is unset") || !strings.Contains(stderr, "set --advertise to") {
+			t.Errorf("loom up --host %s: exit code %d\nstdout: %q\nstderr:\n%s\nwant 2, no environment, and a usage error naming --advertise", host, code, out, stderr)
+		}
+	}
+	for _, bad := range []string{"10.0.0.5:4222", "nats://10.0.0.5", "0.0.0.0"} {
+		p := startLoom(t, nil, "up", "--host", "0.0.0.0", "--advertise", bad, "--nats-port", "0", "--monitor-port", "0", "--discovery", "natskv",
+			"--data-dir", t.TempDir())
+		code := p.waitExit()
+		_, errs := p.lines()
+		if stderr := strings.Join(errs, "\n"); code != 2 || !strings.Contains(stderr, "--advertise") || !strings.Contains(stderr, bad) {
+			t.Errorf("loom up --advertise %s: exit code %d, stderr:\n%s\nwant 2 and an error naming --advertise %s", bad, code, stderr, bad)
+		}
+	}
+
+	monitor := strconv.Itoa(testutil.FreePort(t))
+	up := startLoom(t, nil, "up", "--host", "0.0.0.0", "--advertise", "127.0.0.1", "--nats-port", "0", "--monitor-port", monitor,
+		"--etcd-port", "0", "--etcd-peer-port", "0", "--data-dir", t.TempDir(), "--zmq-broker=0,0")
+	url := up.waitStderr(`^loom up: serving \(data in .*, monitoring on (http://[^)]+)\);`)[1]
+	out, _ := up.lines()
+	want := map[string]*regexp.Regexp{
+		"NATS_SERVER":                regexp.MustCompile(`^nats://127\.0\.0\.1:\d+$`),
+		"LOOM_DISCOVERY":             regexp.MustCompile(`^etcd$`),
+		"ETCD_ENDPOINTS":             regexp.MustCompile(`^http://127\.0\.0\.1:\d+$`),
+		"LOOM_EVENTS_TRANSPORT":      regexp.MustCompile(`^zmq$`),
+		"LOOM_EVENTS_ZMQ_BROKER_PUB": regexp.MustCompile(`^tcp://127\.0\.0\.1:\d+$`),
+		"LOOM_EVENTS_ZMQ_BROKER_SUB": regexp.MustCompile(`^tcp://127\.0\.0\.1:\d+$`),
+		"LOOM_STATUS_PORT":           regexp.MustCompile(`^-1$`),
+	}
+	if len(out) != len(want) {
+		t.Errorf("loom up printed %d lines, want %d: %q", len(out), len(want), out)
+	}
+	for _, line := range out {
+		k, v, _ := strings.Cut(line, "=")
+		if rx := want[k]; rx == nil || !rx.MatchString(v) {
+			t.Errorf("loom up --advertise 127.0.0.1 printed %q, want %v", line, rx)
+		}
+	}
+	if url != "http://127.0.0.1:"+monitor {
+		t.Errorf("loom up says monitoring is on %s, want http://127.0.0.1:%s", url, monitor)
+	}
+	// The lines reach the servers: loom ls reads etcd discovery over NATS
+	// and etcd, the monitoring URL answers.
+	runLoom(t, append([]string{"LOOM_LOG_LEVEL=warn"}, out...), "ls")
+	resp, err := http.Get(url + "/varz")
+	if err != nil {
+		t.Fatalf("the monitoring URL loom up printed: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET %s/varz: %s", url, resp.Status)
+	}
+	_ = up.cmd.Process.Signal(syscall.SIGTERM)
+	up.exit()
+}
