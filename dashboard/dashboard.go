@@ -45,11 +45,12 @@ type Config struct {
 	// HTTPClient scrapes status servers and the NATS monitoring endpoint
 	// (default: one with a timeout of Interval, at least 2s).
 	HTTPClient *http.Client
-	// WriteTimeout bounds each write to a page's /api/stream (default
-	// 30s). A page that reads nothing for that long, or whose browser
-	// vanished without closing the connection, has its stream ended,
-	// rather than holding it until TCP gives up, about 15 minutes with
-	// Linux's defaults. A browser's EventSource reconnects by itself.
+	// WriteTimeout bounds each write to a page's /api/stream, and the
+	// writing of each other answer (default 30s). A page that reads
+	// nothing for that long, or whose browser vanished without closing
+	// the connection, has its stream or answer ended, rather than
+	// holding it until TCP gives up, about 15 minutes with Linux's
+	// defaults. A browser's EventSource reconnects by itself.
 	WriteTimeout time.Duration
 }
 

@@ -27,9 +27,13 @@ func (d *Dashboard) routes() {
 // ServeHTTP serves the page (/), its assets, /api/state (the State as
 // JSON) and /api/stream (the State as a server-sent event named "state",
 // sent at once and then at each change). It only reads: there are no
-// actions.
+// actions. An answer not written within Config.WriteTimeout (one event
+// of the stream, any other answer whole) is ended, with its connection.
 func (d *Dashboard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	// A writer that takes no deadline (one not from net/http's server)
+	// is written without; the stream sets its own at each event.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(d.cfg.WriteTimeout))
 	d.mux.ServeHTTP(w, r)
 }
 
@@ -96,6 +100,11 @@ func (d *Dashboard) writeEvent(w http.ResponseWriter, rc *http.ResponseControlle
 	return rc.Flush()
 }
 
+// idleTimeout is how long a Server keeps a connection that is between
+// requests: a page's browser that went away without closing it holds
+// nothing for longer.
+var idleTimeout = 2 * time.Minute
+
 // Server is a dashboard served over HTTP on its own listener.
 type Server struct {
 	*Dashboard
@@ -111,26 +120,43 @@ func Listen(d *Dashboard, addr string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: cannot listen on %s: %w", addr, err)
 	}
-	s := &Server{Dashboard: d, srv: &http.Server{Handler: d, ReadHeaderTimeout: 5 * time.Second}, url: "http://" + ln.Addr().String(), done: make(chan struct{})}
+	return serve(d, ln), nil
+}
+
+// serve serves d on ln.
+func serve(d *Dashboard, ln net.Listener) *Server {
+	// No WriteTimeout: it would end every page's stream after it; each
+	// write bounds itself instead (writeEvent, ServeHTTP).
+	s := &Server{Dashboard: d, srv: &http.Server{
+		Handler:           d,
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       idleTimeout,
+	}, url: "http://" + ln.Addr().String(), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("dashboard: HTTP server stopped", "addr", ln.Addr(), "err", err)
 		}
 	}()
-	return s, nil
+	return s
 }
 
 // URL returns the page's address, http://host:port.
 func (s *Server) URL() string { return s.url }
 
 // Close stops the HTTP server (ending the pages' streams) and the
-// dashboard.
+// dashboard. It lets answers under way finish for up to 2s, then closes
+// the connections still open (a page that stopped reading), so that no
+// goroutine is left waiting on a client: each ends as its write fails.
 func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	s.Dashboard.cancel() // ends the streams, so Shutdown does not wait for them
-	err := s.srv.Shutdown(ctx)
+	var err error
+	if s.srv.Shutdown(ctx) != nil {
+		// A write waits for a client that stopped reading: cut it off.
+		err = s.srv.Close()
+	}
 	<-s.done
 	return errors.Join(err, s.Dashboard.Close())
 }
