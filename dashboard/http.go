@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -131,7 +132,7 @@ func serve(d *Dashboard, ln net.Listener) *Server {
 		Handler:           d,
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       idleTimeout,
-	}, url: "http://" + ln.Addr().String(), done: make(chan struct{})}
+	}, url: "http://" + dialable(ln.Addr()), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -141,8 +142,19 @@ func serve(d *Dashboard, ln net.Listener) *Server {
 	return s
 }
 
-// URL returns the page's address, http://host:port.
+// URL returns the page's address, http://host:port. On a server that
+// listens on every address (0.0.0.0 or ::), where no browser can go, it
+// names the loopback address 127.0.0.1.
 func (s *Server) URL() string { return s.url }
+
+// dialable is addr as host:port, with 127.0.0.1 for a host of every
+// address.
+func dialable(addr net.Addr) string {
+	if tcp, ok := addr.(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(tcp.Port))
+	}
+	return addr.String()
+}
 
 // Close stops the HTTP server (ending the pages' streams) and the
 // dashboard. It lets answers under way finish for up to 2s, then closes

@@ -60,8 +60,9 @@ server and JetStream. The page updates live. It only reads.`,
 				return fmt.Errorf("%w (choose another address with --addr)", err)
 			}
 			defer srv.Close()
-			fmt.Fprintf(cmd.ErrOrStderr(), "loom dashboard: %s (%s discovery, NATS %s); Ctrl-C to stop\n",
-				srv.URL(), rt.Config().Discovery.Backend, rt.Config().NATS.URL)
+			_, every := dialable(addr)
+			fmt.Fprintf(cmd.ErrOrStderr(), "loom dashboard: %s (%s discovery, NATS %s%s); Ctrl-C to stop\n",
+				srv.URL(), rt.Config().Discovery.Backend, rt.Config().NATS.URL, noteIf(every))
 			if memoryDiscovery(rt) {
 				fmt.Fprintln(cmd.ErrOrStderr(), "loom dashboard: discovery.backend is memory, which sees only this process, so the page lists no instance of another; start loom up and set the lines it prints in this shell (LOOM_DISCOVERY, ETCD_ENDPOINTS, NATS_SERVER)")
 			}

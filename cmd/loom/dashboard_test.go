@@ -285,3 +285,53 @@ func TestAPageAddressThatCannotBeOneIsAUsageError(t *testing.T) {
 		})
 	}
 }
+
+// TestPagesOnEveryAddressNameALoopbackURL runs loom dashboard and loom llm
+// up listening on every address (0.0.0.0). They printed
+// http://0.0.0.0:... or http://[::]:..., listen addresses that no browser
+// or client should be given: they must name 127.0.0.1, say that they
+// listen on every address, and answer there.
+func TestPagesOnEveryAddressNameALoopbackURL(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	get := func(url string) {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatalf("a URL printed: %v", err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %s", url, resp.Status)
+		}
+	}
+	const note = "listening on every address"
+
+	dash := startLoom(t, []string{"NATS_SERVER=" + ns.ClientURL(), "LOOM_DISCOVERY=natskv"}, "dashboard", "--addr", "0.0.0.0:0", "--nats-monitor", "off")
+	m := dash.waitStderr(`^loom dashboard: (http://\S+) \((.*)\); Ctrl-C to stop`)
+	if !regexp.MustCompile(`^http://127\.0\.0\.1:\d+$`).MatchString(m[1]) || !strings.Contains(m[2], note) {
+		t.Errorf("loom dashboard --addr 0.0.0.0:0 printed %q; want http://127.0.0.1:port and %q", m[0], note)
+	}
+	get(m[1] + "/api/state")
+	_ = dash.cmd.Process.Signal(syscall.SIGTERM)
+	dash.exit()
+
+	llm := startLoom(t, nil, "llm", "up", "--host", "0.0.0.0", "--port", "0", "--dashboard", "0.0.0.0:0")
+	api := llm.waitStdout(`^OpenAI API at (http://\S+) \((.*)\); Ctrl-C stops`)
+	base := llm.waitStdout(`^OPENAI_BASE_URL=(.*)`)[1]
+	page := llm.waitStdout(`^dashboard at (http://\S+)(.*)`)
+	if !regexp.MustCompile(`^http://127\.0\.0\.1:\d+/v1$`).MatchString(api[1]) || base != api[1] || !strings.Contains(api[2], note) {
+		t.Errorf("loom llm up --host 0.0.0.0 printed %q and OPENAI_BASE_URL=%s; want http://127.0.0.1:port/v1 in both and %q", api[0], base, note)
+	}
+	if !regexp.MustCompile(`^http://127\.0\.0\.1:\d+$`).MatchString(page[1]) || !strings.Contains(page[2], note) {
+		t.Errorf("loom llm up --dashboard 0.0.0.0:0 printed %q; want http://127.0.0.1:port and %q", page[0], note)
+	}
+	get(base + "/models")
+	get(page[1] + "/api/state")
+	_ = llm.cmd.Process.Signal(syscall.SIGTERM)
+	llm.exit()
+}

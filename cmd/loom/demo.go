@@ -116,7 +116,7 @@ func runDemoWith(ctx context.Context, o demoOut, opts demo.Options, log *slog.Lo
 			sys.Shutdown(context.Background())
 			return err
 		}
-		fmt.Fprintf(out, "  dashboard on %s\n", dash.URL())
+		fmt.Fprintf(out, "  dashboard on %s\n", pageNote(dash.URL(), dashAddr))
 	}
 	sum := sys.Batch(ctx, out)
 	if o.json {

@@ -134,7 +134,11 @@ func runFrontend(ctx context.Context, out io.Writer, rt *loom.Runtime, o *fronte
 		return err
 	}
 	defer closeRouter()
-	fmt.Fprintf(out, "loom llm frontend: router %s, OpenAI API at http://%s/v1\n", o.router, l.Addr())
-	fmt.Fprintf(out, "OPENAI_BASE_URL=http://%s/v1\n", l.Addr())
+	addr, every := dialable(l.Addr().String())
+	fmt.Fprintf(out, "loom llm frontend: router %s, OpenAI API at http://%s/v1", o.router, addr)
+	if every {
+		fmt.Fprintf(out, " (%s)", everyAddressNote)
+	}
+	fmt.Fprintf(out, "\nOPENAI_BASE_URL=http://%s/v1\n", addr)
 	return serveFrontend(ctx, fe, l, rt.Config().Shutdown.GracePeriod)
 }

@@ -121,16 +121,17 @@ func llmUp(ctx context.Context, out, errOut io.Writer, o *llmUpOptions) error {
 		fmt.Fprintf(out, " and %d prefill workers", o.prefill)
 	}
 	fmt.Fprintf(out, ", router %s, embedded nats-server at %s\n", o.fe.router, ns.ClientURL())
-	fmt.Fprintf(out, "OpenAI API at http://%s/v1 (metrics at /metrics); Ctrl-C stops\n", l.Addr())
-	fmt.Fprintf(out, "OPENAI_BASE_URL=http://%s/v1\n", l.Addr())
+	addr, every := dialable(l.Addr().String())
+	fmt.Fprintf(out, "OpenAI API at http://%s/v1 (metrics at /metrics%s); Ctrl-C stops\n", addr, noteIf(every))
+	fmt.Fprintf(out, "OPENAI_BASE_URL=http://%s/v1\n", addr)
 	if o.dash != "" {
-		dash, err := llmDashboard(ctx, cfg, store, ns, "http://"+l.Addr().String()+"/metrics", o.dash, log)
+		dash, err := llmDashboard(ctx, cfg, store, ns, "http://"+addr+"/metrics", o.dash, log)
 		if err != nil {
 			fe.Close()
 			return err
 		}
 		defer dash.Close()
-		fmt.Fprintf(out, "dashboard at %s\n", dash.URL())
+		fmt.Fprintf(out, "dashboard at %s\n", pageNote(dash.URL(), o.dash))
 	}
 	return serveFrontend(ctx, fe, l, rt.Config().Shutdown.GracePeriod)
 }

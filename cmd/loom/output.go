@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"os"
 )
 
@@ -30,4 +31,41 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// dialable returns addr (host:port) with a host of every address (0.0.0.0
+// or ::), which is where a server listens but no address to dial, turned
+// into this machine's loopback address, and whether it did: a URL a
+// person or client on this machine can open.
+func dialable(addr string) (string, bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr, false
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", port), true
+	}
+	return addr, false
+}
+
+// everyAddressNote is said of a server dialable names on its loopback
+// address because it listens on every address.
+const everyAddressNote = "listening on every address: from another machine, use this one's name or address"
+
+// noteIf is everyAddressNote as a clause to add to a parenthesis, if
+// every.
+func noteIf(every bool) string {
+	if every {
+		return "; " + everyAddressNote
+	}
+	return ""
+}
+
+// pageNote is url, the page served on addr, with everyAddressNote if addr
+// is every address.
+func pageNote(url, addr string) string {
+	if _, every := dialable(addr); every {
+		return url + " (" + everyAddressNote + ")"
+	}
+	return url
 }
