@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/embedded/etcdserver"
@@ -263,9 +264,20 @@ func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
 	s.stops = append(s.stops, ns.Shutdown)
 	s.env = [][2]string{{"NATS_SERVER", ns.ClientURL()}, {"LOOM_DISCOVERY", o.discovery}}
 	if o.discovery == "etcd" {
-		es, err := etcdserver.Start(etcdserver.Options{
+		eo := etcdserver.Options{
 			Dir: filepath.Join(o.dataDir, "etcd"), Host: o.host, ClientPort: o.etcdPort, PeerPort: o.etcdPeer, Logger: log,
-		})
+		}
+		if o.advertise != "" {
+			// etcd gives its client URL to the clients that sync their
+			// endpoints from the member list: the one they can dial.
+			eo.Configure = func(c *embed.Config) {
+				for i, u := range c.AdvertiseClientUrls {
+					u.Host = net.JoinHostPort(o.advertise, u.Port())
+					c.AdvertiseClientUrls[i] = u
+				}
+			}
+		}
+		es, err := etcdserver.Start(eo)
 		if err != nil {
 			var le *etcdserver.ListenError
 			if errors.Is(err, etcdserver.ErrDirInUse) {

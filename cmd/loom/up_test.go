@@ -1,16 +1,20 @@
 package main
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/loomrt/loom/internal/testutil"
 )
@@ -306,6 +310,28 @@ func TestLoomUpOnEveryAddressNamesTheAdvertisedHost(t *testing.T) {
 	// The lines reach the servers: loom ls reads etcd discovery over NATS
 	// and etcd, the monitoring URL answers.
 	runLoom(t, append([]string{"LOOM_LOG_LEVEL=warn"}, out...), "ls")
+	// etcd tells its clients (those that sync their endpoints from the
+	// member list) the advertised address too, not 0.0.0.0.
+	var endpoint string
+	for _, line := range out {
+		if v, ok := strings.CutPrefix(line, "ETCD_ENDPOINTS="); ok {
+			endpoint = v
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	members, err := cli.MemberList(ctx)
+	if err != nil {
+		t.Fatalf("etcd member list at %s: %v", endpoint, err)
+	}
+	if len(members.Members) != 1 || !slices.Equal(members.Members[0].ClientURLs, []string{endpoint}) {
+		t.Errorf("etcd advertises the client URLs %v; want [%s], what loom up printed", members.Members, endpoint)
+	}
 	resp, err := http.Get(url + "/varz")
 	if err != nil {
 		t.Fatalf("the monitoring URL loom up printed: %v", err)
