@@ -285,6 +285,9 @@ func TestLoomUpOnEveryAddressNamesTheAdvertisedHost(t *testing.T) {
 	up := startLoom(t, nil, "up", "--host", "0.0.0.0", "--advertise", "127.0.0.1", "--nats-port", "0", "--monitor-port", monitor,
 		"--etcd-port", "0", "--etcd-peer-port", "0", "--data-dir", t.TempDir(), "--zmq-broker=0,0")
 	url := up.waitStderr(`^loom up: serving \(data in .*, monitoring on (http://[^)]+)\);`)[1]
+	// Standard output is read apart from standard error: its lines may
+	// come a moment later. LOOM_STATUS_PORT is the last.
+	up.waitStdout(`^LOOM_STATUS_PORT=`)
 	out, _ := up.lines()
 	want := map[string]*regexp.Regexp{
 		"NATS_SERVER":                regexp.MustCompile(`^nats://127\.0\.0\.1:\d+$`),
