@@ -269,6 +269,13 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Copies of the jobs the server delivers on nc, the connection the
+	// consumer pulls on.
+	deliveries, err := nc.SubscribeSync("_INBOX.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = deliveries.Unsubscribe() }()
 	started := make(chan struct{}, n)
 	release := make(chan struct{})
 	slow, err := q.Consume(workqueue.HandlerFunc[job](func(ctx context.Context, j *workqueue.Job[job]) error {
@@ -280,12 +287,19 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-started
-	// The server has sent the prefetch (Shutdown hands back what the
-	// client holds; what is still on the way comes back after AckWait).
-	testutil.Eventually(t, 10*time.Second, "10 jobs prefetched", func() bool {
-		info, err := q.Info(ctx)
-		return err == nil && info.InFlight == 10
-	})
+	// The client holds the prefetch: Shutdown hands back what the client
+	// holds, and what is still on its way comes back after AckWait. The
+	// queue's in-flight count does not show it: the server counts a job
+	// delivered before the job has left it.
+	for got := 0; got < 10; {
+		m, err := deliveries.NextMsg(10 * time.Second)
+		if err != nil {
+			t.Fatalf("the client got %d of the 10 jobs prefetched: %v", got, err)
+		}
+		if strings.HasPrefix(m.Reply, "$JS.ACK.") {
+			got++
+		}
+	}
 	// Shutdown has stopped pulling once it hands back a prefetched job;
 	// from then on the running handler's worker gets no other.
 	stopped := shutdownHandingBack(ctx, t, nc, q.Name(), slow, 1)
