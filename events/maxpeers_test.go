@@ -8,6 +8,7 @@ import (
 
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // closedAtOnce dials a ZeroMQ endpoint and reports whether the socket
@@ -47,6 +48,12 @@ func TestZMQMaxPeersBoundsAPublishersConnections(t *testing.T) {
 	}
 	if !closedAtOnce(t, recs[0].Address) {
 		t.Fatal("a third connection to a publisher with events.zmq.max_peers 2 was not closed")
+	}
+	if n := p.Stats().PeersRefused; n != 1 {
+		t.Errorf("Stats().PeersRefused = %d, want 1", n)
+	}
+	if n := testutil.Metric(t, pubRT.Metrics().Registry(), "loom_events_peers_refused_total", "transport", "zmq"); n != 1 {
+		t.Errorf("loom_events_peers_refused_total = %v, want 1", n)
 	}
 	if err := p.Publish(t.Context(), "still here"); err != nil {
 		t.Fatal(err)

@@ -157,7 +157,7 @@ func newPubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 		return nil, err
 	}
 	c.metric = rt.Metrics().EventPublisher(o.transport, subject, func() metrics.EventPublisherCounts {
-		return metrics.EventPublisherCounts{Published: c.published.Load(), Errors: c.errors.Load(), SendDropped: c.dropped.Load()}
+		return metrics.EventPublisherCounts{Published: c.published.Load(), Errors: c.errors.Load(), SendDropped: c.dropped.Load(), PeersRefused: c.peersRefused()}
 	})
 	// The runtime's shutdown ends the publisher, and waits for it.
 	c.done = make(chan struct{})
@@ -307,6 +307,14 @@ func (p *Publisher[T]) Close() error {
 	return p.c.shutdown(context.Background(), false)
 }
 
+// peersRefused is what a ZeroMQ publisher's socket refused; 0 elsewhere.
+func (c *pubCore) peersRefused() uint64 {
+	if z, ok := c.tx.(*zmqSender); ok {
+		return z.sock.Refused()
+	}
+	return 0
+}
+
 func (c *pubCore) shutdown(ctx context.Context, drain bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -334,10 +342,13 @@ type PublisherStats struct {
 	// send queue was full (events.zmq.send_queue), once per subscriber;
 	// that subscriber counts them as lost when a later event arrives.
 	Dropped uint64
+	// PeersRefused counts, on ZeroMQ, connections closed at accept
+	// because the publisher held events.zmq.max_peers.
+	PeersRefused uint64
 }
 
 // Stats returns what the publisher has published and dropped so far.
 func (p *Publisher[T]) Stats() PublisherStats {
 	c := p.c
-	return PublisherStats{Published: c.published.Load(), Errors: c.errors.Load(), Dropped: c.dropped.Load()}
+	return PublisherStats{Published: c.published.Load(), Errors: c.errors.Load(), Dropped: c.dropped.Load(), PeersRefused: c.peersRefused()}
 }

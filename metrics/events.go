@@ -32,12 +32,13 @@ var (
 	subLabels = []string{"transport", "pattern"}
 
 	eventDescs = struct {
-		published, publishErrors, sendDropped                                *prometheus.Desc
+		published, publishErrors, sendDropped, peersRefused                  *prometheus.Desc
 		received, delivered, lost, reordered, duplicates, dropped, malformed *prometheus.Desc
 	}{
 		published:     prometheus.NewDesc("loom_events_published_total", "Events published, by transport and subject.", pubLabels, nil),
 		publishErrors: prometheus.NewDesc("loom_events_publish_errors_total", "Publish calls that failed, by transport and subject.", pubLabels, nil),
 		sendDropped:   prometheus.NewDesc("loom_events_send_dropped_total", "Events a ZeroMQ publisher dropped for a subscriber whose send queue was full.", pubLabels, nil),
+		peersRefused:  prometheus.NewDesc("loom_events_peers_refused_total", "Connections a ZeroMQ publisher closed at accept because it held events.zmq.max_peers.", pubLabels, nil),
 		received:      prometheus.NewDesc("loom_events_received_total", "Events a subscription accepted (not duplicates, not malformed).", subLabels, nil),
 		delivered:     prometheus.NewDesc("loom_events_delivered_total", "Events a subscription handed to its reader.", subLabels, nil),
 		lost:          prometheus.NewDesc("loom_events_lost_total", "Sequence numbers a subscription saw a publisher skip (events that never arrived, unless reordered says they did later).", subLabels, nil),
@@ -50,7 +51,7 @@ var (
 
 // EventPublisherCounts are one publisher's counters.
 type EventPublisherCounts struct {
-	Published, Errors, SendDropped uint64
+	Published, Errors, SendDropped, PeersRefused uint64
 }
 
 // EventSubscriptionCounts are one subscription's counters.
@@ -130,7 +131,7 @@ func (s *EventSource) Unregister() {
 }
 
 func addPub(a, b EventPublisherCounts) EventPublisherCounts {
-	return EventPublisherCounts{a.Published + b.Published, a.Errors + b.Errors, a.SendDropped + b.SendDropped}
+	return EventPublisherCounts{a.Published + b.Published, a.Errors + b.Errors, a.SendDropped + b.SendDropped, a.PeersRefused + b.PeersRefused}
 }
 
 func addSub(a, b EventSubscriptionCounts) EventSubscriptionCounts {
@@ -144,7 +145,7 @@ type eventCollector struct{ e *eventMetrics }
 // Describe sends the descriptions of the event metrics.
 func (c eventCollector) Describe(ch chan<- *prometheus.Desc) {
 	d := eventDescs
-	for _, x := range []*prometheus.Desc{d.published, d.publishErrors, d.sendDropped,
+	for _, x := range []*prometheus.Desc{d.published, d.publishErrors, d.sendDropped, d.peersRefused,
 		d.received, d.delivered, d.lost, d.reordered, d.duplicates, d.dropped, d.malformed} {
 		ch <- x
 	}
@@ -177,6 +178,7 @@ func (c eventCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(d.published, v.Published, l)
 		counter(d.publishErrors, v.Errors, l)
 		counter(d.sendDropped, v.SendDropped, l)
+		counter(d.peersRefused, v.PeersRefused, l)
 	}
 	for l, v := range subs {
 		counter(d.received, v.Received, l)
