@@ -106,33 +106,36 @@ func TestConsumersCarryOnAcrossAServerRestart(t *testing.T) {
 }
 
 // TestShutdownWithTheServerDownReturnsAtOnce: with the server gone there
-// is nothing more to drain from it; a Core NATS consumer's Shutdown does
-// not wait out nats.go's ten-second flush (past a runtime's shutdown
-// wait, which would cancel running handlers) for an answer that cannot
-// come.
+// is nothing more to drain from it; a consumer's Shutdown does not wait
+// out nats.go's ten-second flush (past a runtime's shutdown wait, which
+// would cancel running handlers) for an answer that cannot come: neither
+// a Core NATS subscription's drain nor a JetStream consumer's hand-back
+// of its prefetch.
 func TestShutdownWithTheServerDownReturnsAtOnce(t *testing.T) {
-	ns := startNATS(t, nil)
-	b, err := eventbus.New(busConfig(ns, false))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := newCollector()
-	if err := b.RegisterConsumer("", "down.topic", "g", c); err != nil {
-		t.Fatal(err)
-	}
-	p, err := b.NewProducer("", "down.topic", "", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Send(ctxFor(t, 5*time.Second), []byte("1")); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 5*time.Second, "the message handled", func() bool { return c.n.Load() == 1 })
-	ns.Shutdown()
-	start := time.Now()
-	if err := b.Shutdown(ctxFor(t, 5*time.Second)); err != nil {
-		t.Fatalf("Shutdown with the server down: %v after %s", err, time.Since(start).Round(time.Millisecond))
-	}
+	modes(t, func(t *testing.T, js bool) {
+		ns := startNATS(t, nil)
+		b, err := eventbus.New(busConfig(ns, js))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := newCollector()
+		if err := b.RegisterConsumer("", "down.topic", "g", c); err != nil {
+			t.Fatal(err)
+		}
+		p, err := b.NewProducer("", "down.topic", "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Send(ctxFor(t, 5*time.Second), []byte("1")); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Eventually(t, 5*time.Second, "the message handled", func() bool { return c.n.Load() == 1 })
+		ns.Shutdown()
+		start := time.Now()
+		if err := b.Shutdown(ctxFor(t, 5*time.Second)); err != nil {
+			t.Fatalf("Shutdown with the server down: %v after %s", err, time.Since(start).Round(time.Millisecond))
+		}
+	})
 }
 
 // TestJetStreamTopicCarriesOnAfterTheServerLostItsStream: the topic's

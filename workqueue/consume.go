@@ -212,14 +212,17 @@ func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, erro
 }
 
 // Shutdown stops pulling jobs, hands back the jobs pulled but not started
-// (so that other workers get them at once), and waits for the running
-// handlers to finish and their jobs to be acked or failed. If ctx ends
-// first, it cancels the handlers' contexts and waits up to ShutdownGrace
-// for them to return (their jobs are handed back for another worker); it
-// then returns ctx's error, or, if handlers ignored their context and are
-// still running, an *AbandonedError naming their jobs. Shutdown does not
-// wait for those: their goroutines end when they return (Done closes
-// then), and their jobs are redelivered after AckWait.
+// (so that other workers get them at once), those still on their way
+// included (it reads until the server confirms it sent nothing more, until
+// the connection is lost, or at most ShutdownGrace after ctx ends), and
+// waits for the running handlers to finish and their jobs to be acked or
+// failed. If ctx ends first, it cancels the handlers' contexts and waits
+// up to ShutdownGrace for them to return (their jobs are handed back for
+// another worker); it then returns ctx's error, or, if handlers ignored
+// their context and are still running, an *AbandonedError naming their
+// jobs. Shutdown does not wait for those: their goroutines end when they
+// return (Done closes then), and their jobs are redelivered after
+// AckWait.
 func (c *Consumer) Shutdown(ctx context.Context) error { return c.r.Shutdown(ctx) }
 
 // Close stops the consumer now: it stops pulling, cancels the running

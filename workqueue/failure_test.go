@@ -287,10 +287,11 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-started
-	// The client holds the prefetch: Shutdown hands back what the client
-	// holds, and what is still on its way comes back after AckWait. The
-	// queue's in-flight count does not show it: the server counts a job
-	// delivered before the job has left it.
+	// Wait until the client holds the prefetch; the queue's in-flight
+	// count does not show it: the server counts a job delivered before the
+	// job has left it. Shutdown hands back what the server sent before it
+	// saw the pull's inbox unsubscribed, but a job still in the server's
+	// send queue then goes to nobody and comes back only after AckWait.
 	for got := 0; got < 10; {
 		m, err := deliveries.NextMsg(10 * time.Second)
 		if err != nil {
@@ -315,6 +316,113 @@ func TestShutdownHandsBackPrefetchedJobsAtOnce(t *testing.T) {
 	testutil.Eventually(t, 15*time.Second, "the other consumer got every job left, without waiting for AckWait", func() bool {
 		return handled.Load() == n-1
 	})
+}
+
+// TestShutdownHandsBackJobsThatArriveAfterAStall: the server counts a job
+// delivered before it leaves, and the connection may stall while Shutdown
+// hands back the prefetch. Jobs the server delivered to the consumer before
+// Shutdown, and that reach it only after a stall of more than a second,
+// are still handed back at once, not left to come back after ack_wait.
+func TestShutdownHandsBackJobsThatArriveAfterAStall(t *testing.T) {
+	ns, direct := startNATS(t, nil)
+	fz := testutil.NewFreezer(t, strings.TrimPrefix(ns.ClientURL(), "nats://"))
+	nc := connect(t, "nats://"+fz.Addr())
+	cfg := testConfig(t)
+	cfg.AckWait = time.Minute // a job not handed back would wait this long
+	q := newQueue[job](t, nc, cfg)
+	producer := newQueue[job](t, direct, cfg)
+	ctx := ctxFor(t, 30*time.Second)
+	const n = 4
+	var ran atomic.Int64
+	c, err := q.Consume(workqueue.HandlerFunc[job](func(ctx context.Context, j *workqueue.Job[job]) error {
+		ran.Add(1)
+		return nil
+	}), workqueue.WithConcurrency(1), workqueue.WithPrefetch(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the consumer's pull request reached the server", func() bool {
+		info, err := producer.Info(ctx)
+		return err == nil && info.Waiting == 1
+	})
+	// From here the consumer's connection is stalled: the server delivers
+	// the jobs to its pull request, and they wait in the stalled
+	// connection.
+	fz.Freeze()
+	for i := range n {
+		if err := producer.Enqueue(ctx, job{ID: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "the server delivered the jobs to the stalled consumer", func() bool {
+		info, err := producer.Info(ctx)
+		return err == nil && info.InFlight == n
+	})
+	stopped := make(chan error, 1)
+	go func() { stopped <- c.Shutdown(ctx) }()
+	// The stall lasts 1.5 s, or until Shutdown returns without the jobs.
+	stall := time.NewTimer(1500 * time.Millisecond)
+	defer stall.Stop()
+	select {
+	case err := <-stopped:
+		stopped <- err
+	case <-stall.C:
+	}
+	fz.Thaw()
+	if err := <-stopped; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if got := ran.Load(); got != 0 {
+		t.Fatalf("%d jobs ran in the consumer shut down, want none", got)
+	}
+	var handled atomic.Int64
+	consume(t, producer, func(ctx context.Context, j *workqueue.Job[job]) error {
+		handled.Add(1)
+		return nil
+	}, workqueue.WithConcurrency(n))
+	testutil.Eventually(t, 15*time.Second, "another consumer got every job, without waiting for ack_wait", func() bool {
+		return handled.Load() == n
+	})
+}
+
+// TestCloseDoesNotWaitOutAStalledConnection: handing back the jobs on
+// their way waits for the server's answer, but Close waits for it at most
+// ShutdownGrace, not the ten seconds of nats.go's flush.
+func TestCloseDoesNotWaitOutAStalledConnection(t *testing.T) {
+	ns, direct := startNATS(t, nil)
+	fz := testutil.NewFreezer(t, strings.TrimPrefix(ns.ClientURL(), "nats://"))
+	defer fz.Thaw()
+	nc := connect(t, "nats://"+fz.Addr())
+	cfg := testConfig(t)
+	cfg.AckWait = time.Minute
+	q := newQueue[job](t, nc, cfg)
+	producer := newQueue[job](t, direct, cfg)
+	ctx := ctxFor(t, 30*time.Second)
+	c, err := q.Consume(workqueue.HandlerFunc[job](func(ctx context.Context, j *workqueue.Job[job]) error {
+		return nil
+	}), workqueue.WithConcurrency(1), workqueue.WithPrefetch(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the consumer's pull request reached the server", func() bool {
+		info, err := producer.Info(ctx)
+		return err == nil && info.Waiting == 1
+	})
+	fz.Freeze()
+	if err := producer.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "the server delivered the job to the stalled consumer", func() bool {
+		info, err := producer.Info(ctx)
+		return err == nil && info.InFlight == 1
+	})
+	start := time.Now()
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if took, limit := time.Since(start), workqueue.ShutdownGrace+2*time.Second; took > limit {
+		t.Fatalf("Close took %s on a stalled connection, want at most %s", took.Round(time.Millisecond), limit)
+	}
 }
 
 // TestAHandedBackJobCountsAsADelivery: JetStream counts every delivery,

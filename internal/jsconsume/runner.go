@@ -270,17 +270,80 @@ func (r *Runner) dispatch(msg jetstream.Msg) bool {
 
 // drain stops pulling and naks what was prefetched (and held, taken but
 // not handed to a worker), so that other consumers get it at once rather
-// than after AckWait. The naks go only once the iterator has stopped: a
-// nakked message is redelivered at once, and a pull request of this
-// iterator still open would take it back, to be dropped here.
+// than after AckWait.
+//
+// It reads until the iterator reports itself closed, not until it has
+// been idle for a while. Drain unsubscribes the pull's inbox and flushes;
+// the iterator closes once the server has answered the flush, and so
+// after every message the server delivered to it before the unsubscribe.
+// The server counts a message delivered before the message leaves, and a
+// connection may stall (a slow network, a busy server or client): a
+// delivery that arrived after the reading stopped would be answered by
+// nobody and come back only after AckWait. On a healthy connection this
+// takes one round trip. It ends sooner if the connection is lost (nothing
+// more can arrive on it), and at the latest ShutdownGrace after the
+// handlers' contexts are cancelled: at once for Close, when Shutdown's
+// context ends otherwise.
+//
+// The naks go only once the iterator has stopped: a nakked message is
+// redelivered at once, and a pull request of this iterator still open
+// would take it back, to be dropped here.
 func (r *Runner) drain(it jetstream.MessagesContext, held ...jetstream.Msg) {
 	it.Drain()
-	for {
-		msg, err := it.Next(jetstream.NextMaxWait(time.Second))
-		if err != nil {
-			break
+	bound, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var lost chan nats.Status
+	if r.s.JS != nil {
+		nc := r.s.JS.Conn()
+		lost = nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
+		defer nc.RemoveStatusListener(lost)
+		if !nc.IsConnected() {
+			cancel()
 		}
-		held = append(held, msg)
+	}
+	go func() {
+		base := r.baseCtx.Done()
+		var grace <-chan time.Time
+		for {
+			select {
+			case <-bound.Done():
+				return
+			case <-lost:
+				cancel()
+				return
+			case <-base:
+				t := time.NewTimer(ShutdownGrace)
+				defer t.Stop()
+				base, grace = nil, t.C
+			case <-grace:
+				cancel()
+				return
+			}
+		}
+	}()
+	closed := false
+	for !closed {
+		msg, err := it.Next(jetstream.NextContext(bound))
+		switch {
+		case err == nil:
+			held = append(held, msg)
+		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			closed = true
+		case bound.Err() != nil:
+			// Take what the iterator holds already (Next picks at random
+			// between a message and the ended context), then stop.
+			for {
+				msg, err := it.Next(jetstream.NextMaxWait(time.Millisecond))
+				if err != nil {
+					break
+				}
+				held = append(held, msg)
+			}
+			closed = true
+		default:
+			// A missed heartbeat or a status message: deliveries may
+			// still come until the iterator closes.
+		}
 	}
 	it.Stop()
 	for _, msg := range held {
@@ -371,8 +434,9 @@ func (e *AbandonedError) Error() string {
 func (e *AbandonedError) Unwrap() error { return e.Err }
 
 // Shutdown stops pulling, hands back messages pulled but not started (a nak,
-// so other consumers get them at once), and waits for the handlers that
-// are running to finish and settle. If ctx ends first, it cancels the
+// so other consumers get them at once; those still on their way included,
+// see drain), and waits for the handlers that are running to finish and
+// settle. If ctx ends first, it cancels the
 // handlers' contexts (their messages are handed back) and waits up to
 // ShutdownGrace for them to return: then it returns ctx's error, or an
 // *AbandonedError (wrapping it) naming the handlers still running, which
