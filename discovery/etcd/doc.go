@@ -20,7 +20,10 @@
 //
 // Close revokes the lease, so the records vanish at once; if the process
 // dies instead, they vanish when the lease expires, [Config.LeaseTTL] after
-// the last keep-alive. The context given to New bounds only connecting; to
+// the last keep-alive. A Close or an Unregister that finds etcd unreachable
+// (the client fails to connect to it) does not wait for it: it returns an
+// error at once, and the records expire with the lease, so that a process
+// stopping while etcd is down stops at once. The context given to New bounds only connecting; to
 // revoke the lease when a context ends, as Dynamo binds its lease to its
 // cancellation token, use context.AfterFunc(ctx, func() { d.Close() }).
 //

@@ -236,6 +236,50 @@ func (d *Discovery) followConn(ctx context.Context) {
 	}
 }
 
+// errUnreachable ends a call that waits for a connection to etcd which
+// the client has just failed to establish.
+var errUnreachable = errors.New("etcd unreachable: the client cannot connect to it")
+
+// whileReachable returns a copy of ctx that also ends, with cause
+// errUnreachable, while the client fails to connect to etcd (its
+// connection is in TRANSIENT_FAILURE). A call waiting for the connection
+// would otherwise wait out its whole timeout, and a process shutting down
+// with etcd gone would wait that long for each call; the lease makes
+// waiting pointless, as its records expire with it.
+func (d *Discovery) whileReachable(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	conn := d.cli.ActiveConnection()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for state := conn.GetState(); ; state = conn.GetState() {
+			if state == connectivity.TransientFailure || state == connectivity.Shutdown {
+				cancel(errUnreachable)
+				return
+			}
+			if !conn.WaitForStateChange(ctx, state) {
+				return
+			}
+		}
+	}()
+	return ctx, func() {
+		cancel(context.Canceled)
+		<-done
+	}
+}
+
+// unreachableErr returns errUnreachable, with err, if ctx from
+// whileReachable ended because etcd is unreachable; err otherwise.
+func unreachableErr(ctx context.Context, err error) error {
+	if err == nil || !errors.Is(context.Cause(ctx), errUnreachable) {
+		return err
+	}
+	if errors.Is(err, context.Canceled) {
+		return errUnreachable
+	}
+	return fmt.Errorf("%w (%v)", errUnreachable, err)
+}
+
 // reconnected returns a channel that is closed when the connection to
 // etcd is next ready again after a loss.
 func (d *Discovery) reconnected() <-chan struct{} {
@@ -341,7 +385,10 @@ func existing(resp *clientv3.TxnResponse) *mvccpb.KeyValue {
 	return r.Kvs[0]
 }
 
-// Unregister deletes inst's record, whoever registered it.
+// Unregister deletes inst's record, whoever registered it. If etcd is
+// unreachable (the client fails to connect to it) it returns an error at
+// once instead of waiting for ctx to end; a record d registered is then
+// removed once etcd answers, or expires with the lease.
 func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -360,7 +407,10 @@ func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) err
 	r, mine := d.owned[key]
 	delete(d.owned, key)
 	d.mu.Unlock()
-	_, err := d.cli.Delete(ctx, key)
+	dctx, cancel := d.whileReachable(ctx)
+	_, err := d.cli.Delete(dctx, key)
+	err = unreachableErr(dctx, err)
+	cancel()
 	d.mu.Lock()
 	if err == nil {
 		delete(d.orphans, key)
@@ -459,9 +509,11 @@ func (d *Discovery) warnMalformed(key string, rev int64, why string) {
 
 // Close revokes the lease, so that every record registered through d
 // disappears at once, stops the keep-alives and the watches, closes their
-// channels and closes the etcd client. If etcd is unreachable the revoke
-// gives up after DialTimeout, returns an error, and the records expire
-// with the lease. Later calls do nothing and return nil.
+// channels and closes the etcd client. If etcd is unreachable (the client
+// fails to connect to it) Close does not wait for it: it returns an error
+// at once and the records expire with the lease, LeaseTTL after the last
+// keep-alive. If etcd is reachable but does not answer, the revoke gives
+// up after DialTimeout. Later calls do nothing and return nil.
 func (d *Discovery) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -483,7 +535,10 @@ func (d *Discovery) Close() error {
 	// us (tests simulating a crash); then there is nothing to revoke with.
 	if lease != clientv3.NoLease && d.cli.Ctx().Err() == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.DialTimeout)
-		_, rerr := d.leases.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: int64(lease)}, grpc.WaitForReady(true))
+		rctx, stop := d.whileReachable(ctx)
+		_, rerr := d.leases.LeaseRevoke(rctx, &pb.LeaseRevokeRequest{ID: int64(lease)}, grpc.WaitForReady(true))
+		rerr = unreachableErr(rctx, rerr)
+		stop()
 		cancel()
 		if rerr != nil && !isLeaseNotFound(rerr) {
 			err = fmt.Errorf("discovery: revoke etcd lease %s: %w (its records expire within %v)", hex(lease), rerr, d.cfg.LeaseTTL)

@@ -1,0 +1,55 @@
+//go:build unix
+
+package main
+
+import (
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestSubExitsAtOnceOnCtrlCWithEtcdGone stops loom sub with Ctrl-C after
+// loom up, and with it etcd, died: loom sub serves nothing and must not
+// wait for etcd to revoke its lease (it waited for the whole discovery
+// dial timeout, 5s by default, here 30s); the lease expires by itself.
+func TestSubExitsAtOnceOnCtrlCWithEtcdGone(t *testing.T) {
+	up := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0", "--data-dir", t.TempDir())
+	up.waitStderr(`^loom up: serving`)
+	// Standard output is read apart from standard error: its lines may
+	// come a moment later. LOOM_STATUS_PORT is the last.
+	up.waitStdout(`^LOOM_STATUS_PORT=`)
+	out, _ := up.lines()
+	var env []string
+	for _, l := range out {
+		if strings.Contains(l, "=") {
+			env = append(env, l)
+		}
+	}
+	if !strings.Contains(strings.Join(env, "\n"), "LOOM_DISCOVERY=etcd") {
+		t.Fatalf("loom up's environment %q does not name etcd", env)
+	}
+	const dial = 30 * time.Second
+	sub := startLoom(t, append(env, "LOOM_DISCOVERY_DIAL_TIMEOUT="+dial.String()), "sub", "ns", "topic")
+	sub.waitStderr(`^loom sub: subscribed to`)
+
+	_ = up.cmd.Process.Kill()
+	<-up.done
+	start := time.Now()
+	_ = sub.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-sub.done:
+	case <-time.After(dial / 3):
+		_ = sub.cmd.Process.Signal(syscall.SIGQUIT) // its goroutines, on standard error
+		<-sub.done
+		_, errs := sub.lines()
+		t.Fatalf("loom sub still running %v after Ctrl-C with etcd gone; want it not to wait for etcd (dial timeout %v)\nstderr: %s",
+			dial/3, dial, strings.Join(errs, "\n"))
+	}
+	if code := sub.cmd.ProcessState.ExitCode(); code != 0 {
+		_, errs := sub.lines()
+		t.Fatalf("loom sub exited %d after Ctrl-C with etcd gone\nstderr: %s", code, strings.Join(errs, "\n"))
+	}
+	t.Logf("loom sub exited %v after Ctrl-C", time.Since(start).Round(time.Millisecond))
+}
