@@ -62,7 +62,10 @@
 // keeps two revisions per key, so a watcher whose consumer lags behind a
 // quick register-then-unregister still sees the record come and go. The
 // marker expires after the TTL of the record it hides, so it outlives it,
-// and then nothing of the key is left.
+// and then nothing of the key is left. While the NATS connection is down
+// (disconnected, reconnecting or closed) Unregister and Close do not wait
+// for it: they fail at once and the records expire with their TTL, so that
+// a process stopping with NATS gone stops at once.
 //
 // # Watches
 //

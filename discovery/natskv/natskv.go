@@ -402,6 +402,9 @@ func isMarker(h nats.Header) bool {
 }
 
 // Unregister removes the record under inst's key, whoever registered it.
+// While the NATS connection is down it fails at once instead of waiting
+// for ctx to end; a record d registered is no longer rewritten, so it
+// expires with its TTL.
 func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -419,8 +422,11 @@ func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) err
 	delete(d.owned, key)
 	d.mu.Unlock()
 	subj := d.pre + key
+	ctx, stop := d.whileConnected(ctx)
+	defer stop()
 	for range 3 {
 		m, found, err := d.last(ctx, subj)
+		err = disconnectedErr(ctx, err)
 		switch {
 		case err != nil:
 			return fmt.Errorf("natskv: unregister %s from bucket %q: %w", inst.Key(), d.bucket, err)
@@ -429,7 +435,7 @@ func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) err
 		}
 		// The marker lives as long as the record's TTL, so it outlives
 		// the record it hides (which the bucket's history keeps).
-		err = d.tombstone(ctx, subj, m.seq, recordTTL(m.header))
+		err = disconnectedErr(ctx, d.tombstone(ctx, subj, m.seq, recordTTL(m.header)))
 		if err == nil {
 			return nil
 		}
@@ -438,6 +444,50 @@ func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) err
 		}
 	}
 	return fmt.Errorf("natskv: unregister %s from bucket %q: the record kept changing under three attempts; try again", inst.Key(), d.bucket)
+}
+
+// errDisconnected ends a call while the NATS connection is down.
+var errDisconnected = errors.New("NATS unreachable: the connection is down")
+
+// whileConnected returns a copy of ctx that also ends, with cause
+// errDisconnected, while the NATS connection is disconnected, reconnecting
+// or closed. A request made meanwhile would otherwise wait out its whole
+// timeout, and a process shutting down with NATS gone would wait that
+// long for each record; the records expire with their TTL anyway.
+func (d *Discovery) whileConnected(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	lost := d.nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		switch d.nc.Status() {
+		case nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED:
+			cancel(errDisconnected)
+			return
+		}
+		select {
+		case <-lost:
+			cancel(errDisconnected)
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		cancel(context.Canceled)
+		<-done
+		d.nc.RemoveStatusListener(lost)
+	}
+}
+
+// disconnectedErr returns errDisconnected, with err, if ctx from
+// whileConnected ended because the connection is down; err otherwise.
+func disconnectedErr(ctx context.Context, err error) error {
+	if err == nil || !errors.Is(context.Cause(ctx), errDisconnected) {
+		return err
+	}
+	if errors.Is(err, context.Canceled) {
+		return errDisconnected
+	}
+	return fmt.Errorf("%w (%v)", errDisconnected, err)
 }
 
 // tombstone writes a delete marker on subj if its latest revision is rev.
@@ -640,8 +690,8 @@ func stopKeyWatcher(nc *nats.Conn, w jetstream.KeyWatcher, cancel context.Cancel
 // Close removes the records registered through d (those another client has
 // not replaced meanwhile), stops their refreshes, closes d's watch channels
 // and waits for every goroutine d started. It spends at most a couple of
-// seconds removing records; those it could not remove expire within the
-// TTL, and the error says so. It does not close the NATS connection. Later
+// seconds removing records, and none while the NATS connection is down;
+// those it could not remove expire within the TTL, and the error says so. It does not close the NATS connection. Later
 // calls return nil.
 func (d *Discovery) Close() error {
 	d.mu.Lock()
@@ -660,9 +710,12 @@ func (d *Discovery) Close() error {
 
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
-	// Every record is tried; past the deadline each fails at once and
-	// counts.
+	ctx, stop := d.whileConnected(ctx)
+	defer stop()
+	// Every record is tried; past the deadline, or once the connection is
+	// lost, each fails at once and counts.
 	if n, err := owned.RemoveAll(ctx, slices.Collect(maps.Values(recs)), d.remove); err != nil {
+		err = disconnectedErr(ctx, err)
 		return fmt.Errorf("natskv: close: %d of %d records not removed from bucket %q; they expire within %v: %w",
 			n, len(recs), d.bucket, d.ttl, err)
 	}
