@@ -7,6 +7,7 @@ import (
 	"iter"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -350,5 +351,42 @@ func TestAComponentShutdownDuringTheRuntimesDrainWaitsForItsRequests(t *testing.
 	}
 	if e := <-rtDone; e != nil {
 		t.Fatalf("runtime Shutdown = %v after a clean drain", e)
+	}
+}
+
+// unregisterBarrier holds each Unregister until n are under way at once,
+// or until the call's context ends.
+type unregisterBarrier struct {
+	discovery.Discovery
+	n       int32
+	waiting atomic.Int32
+	all     chan struct{}
+}
+
+func (d *unregisterBarrier) Unregister(ctx context.Context, inst discovery.Instance) error {
+	if d.waiting.Add(1) == d.n {
+		close(d.all)
+	}
+	select {
+	case <-d.all:
+		return d.Discovery.Unregister(ctx, inst)
+	case <-ctx.Done():
+		return fmt.Errorf("%d of %d unregisters under way at once: %w", d.waiting.Load(), d.n, ctx.Err())
+	}
+}
+
+// A runtime shutting down unregisters its endpoints all at once, so that a
+// discovery server that does not answer costs the shutdown one timeout,
+// not one per endpoint.
+func TestShutdownUnregistersEveryEndpointAtOnce(t *testing.T) {
+	c := newClusterOn(t, "tcp")
+	d := &unregisterBarrier{Discovery: c.store.Connect(), n: 3, all: make(chan struct{})}
+	defer d.Close()
+	rt := c.runtime(loom.WithDiscovery(d))
+	for _, path := range []string{"unreg/svc/a", "unreg/svc/b", "unreg/svc/c"} {
+		serve(t, rt, path, echoID(rt))
+	}
+	if err := rt.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 }

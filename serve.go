@@ -700,13 +700,21 @@ func shutdownAll(ctx context.Context, eps []*Endpoint, now bool) error {
 	for _, s := range all {
 		s.startDrain()
 	}
-	for _, s := range all {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		if err := s.ep.Runtime().disc.Unregister(uctx, s.inst); err != nil {
-			errs = append(errs, fmt.Errorf("loom: unregister %s instance %x: %w", s.ep.path, s.inst.ID, err))
-		}
-		cancel()
+	// All at once, under one bound: a discovery server that does not
+	// answer costs the shutdown one timeout, not one per endpoint.
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	uerrs := make([]error, len(all))
+	var wg sync.WaitGroup
+	for i, s := range all {
+		wg.Go(func() {
+			if err := s.ep.Runtime().disc.Unregister(uctx, s.inst); err != nil {
+				uerrs[i] = fmt.Errorf("loom: unregister %s instance %x: %w", s.ep.path, s.inst.ID, err)
+			}
+		})
 	}
+	wg.Wait()
+	cancel()
+	errs = append(errs, uerrs...)
 	var left int64
 	for _, s := range append(all, already...) {
 		if now {
