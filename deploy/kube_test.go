@@ -60,7 +60,10 @@ func newNamespace(t *testing.T, cs kubernetes.Interface) string {
 }
 
 // Every manifest passes the API server's validation and admission:
-// `kubectl apply --dry-run=server -k` of each kustomize directory.
+// `kubectl apply --dry-run=server -k` of each kustomize directory, in a
+// namespace that enforces the restricted Pod Security Standard, without a
+// PodSecurity warning (the plugin warns of a workload whose Pod template
+// would be refused).
 func TestEveryManifestPassesServerSideDryRun(t *testing.T) {
 	srv := kubetest.Start(t)
 	cs, err := kubernetes.NewForConfig(srv.AdminConfig())
@@ -69,6 +72,9 @@ func TestEveryManifestPassesServerSideDryRun(t *testing.T) {
 	}
 	ns := newNamespace(t, cs)
 	kc := srv.Kubeconfig(true, ns)
+	kubectl(t, kc, "label", "namespace", ns,
+		"pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/enforce-version=latest",
+		"pod-security.kubernetes.io/warn=restricted", "pod-security.kubernetes.io/warn-version=latest")
 	// kubectl is of the API server's own release: nothing here depends on
 	// how an older client or its kustomize reads the manifests.
 	var v struct {
@@ -89,6 +95,9 @@ func TestEveryManifestPassesServerSideDryRun(t *testing.T) {
 		want := len(objects(t, dir))
 		if got := strings.Count(out, "(server dry run)"); got != want {
 			t.Errorf("kubectl dry-ran %d objects of %s; want %d", got, dir, want)
+		}
+		if strings.Contains(out, "PodSecurity") {
+			t.Errorf("kubectl apply -k %s in a namespace enforcing the restricted Pod Security Standard warned:\n%s", dir, out)
 		}
 	}
 }

@@ -16,6 +16,8 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/scheme"
+	psaapi "k8s.io/pod-security-admission/api"
+	"k8s.io/pod-security-admission/policy"
 	"sigs.k8s.io/yaml"
 
 	"github.com/loomrt/loom/config"
@@ -211,5 +213,55 @@ func TestNATSIsAThreeNodeJetStreamCluster(t *testing.T) {
 	}
 	if len(sts.Spec.VolumeClaimTemplates) != 1 {
 		t.Error("NATS has no volume for JetStream's files")
+	}
+}
+
+// podTemplates returns the Pod template of every workload in objs, by
+// "Kind/name".
+func podTemplates(objs []runtime.Object) map[string]*corev1.PodTemplateSpec {
+	pods := map[string]*corev1.PodTemplateSpec{}
+	for _, o := range objs {
+		switch w := o.(type) {
+		case *appsv1.Deployment:
+			pods["Deployment/"+w.Name] = &w.Spec.Template
+		case *appsv1.StatefulSet:
+			pods["StatefulSet/"+w.Name] = &w.Spec.Template
+		case *appsv1.DaemonSet:
+			pods["DaemonSet/"+w.Name] = &w.Spec.Template
+		case *corev1.Pod:
+			pods["Pod/"+w.Name] = &corev1.PodTemplateSpec{ObjectMeta: w.ObjectMeta, Spec: w.Spec}
+		}
+	}
+	return pods
+}
+
+// Every Pod the manifests make passes the Pod Security Standards'
+// restricted profile, as the PodSecurity admission plugin evaluates it
+// (its own checks, at the latest version), and runs on a read-only root
+// filesystem: each process writes only to its volumes.
+func TestEveryPodTemplateIsRestricted(t *testing.T) {
+	eval, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restricted := psaapi.LevelVersion{Level: psaapi.LevelRestricted, Version: psaapi.LatestVersion()}
+	n := 0
+	for _, dir := range dirs {
+		for name, pod := range podTemplates(objects(t, dir)) {
+			n++
+			if r := policy.AggregateCheckResults(eval.EvaluatePod(restricted, &pod.ObjectMeta, &pod.Spec)); !r.Allowed {
+				for i, reason := range r.ForbiddenReasons {
+					t.Errorf("%s/%s violates the restricted Pod Security Standard: %s (%s)", dir, name, reason, r.ForbiddenDetails[i])
+				}
+			}
+			for _, c := range slices.Concat(pod.Spec.InitContainers, pod.Spec.Containers) {
+				if c.SecurityContext == nil || c.SecurityContext.ReadOnlyRootFilesystem == nil || !*c.SecurityContext.ReadOnlyRootFilesystem {
+					t.Errorf("%s/%s container %s: readOnlyRootFilesystem is not true; give what it writes a volume", dir, name, c.Name)
+				}
+			}
+		}
+	}
+	if n != 3 {
+		t.Errorf("checked %d Pod templates; want 3 (loom-service, nats, etcd)", n)
 	}
 }
