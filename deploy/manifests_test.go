@@ -13,11 +13,16 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/scheme"
 	psaapi "k8s.io/pod-security-admission/api"
 	"k8s.io/pod-security-admission/policy"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/loomrt/loom/config"
@@ -263,5 +268,97 @@ func TestEveryPodTemplateIsRestricted(t *testing.T) {
 	}
 	if n != 3 {
 		t.Errorf("checked %d Pod templates; want 3 (loom-service, nats, etcd)", n)
+	}
+}
+
+// Every workload of more than one replica has a PodDisruptionBudget that
+// lets a drain take one Pod at a time and keeps what the workload needs: a
+// Loom service keeps at least one Pod, a StatefulSet (NATS with JetStream,
+// etcd: Raft groups both) keeps its quorum. Each budget selects exactly one
+// workload's Pods, across both directories (they share a namespace).
+func TestEveryReplicatedWorkloadHasADisruptionBudget(t *testing.T) {
+	type workload struct {
+		dir, name string
+		replicas  int
+		keep      int // the Pods a disruption must leave
+		labels    labels.Set
+	}
+	var workloads []workload
+	var pdbs []*policyv1.PodDisruptionBudget
+	pdbDir := map[*policyv1.PodDisruptionBudget]string{}
+	for _, dir := range dirs {
+		for _, o := range objects(t, dir) {
+			switch o := o.(type) {
+			case *appsv1.Deployment:
+				n := int(ptr.Deref(o.Spec.Replicas, 1))
+				workloads = append(workloads, workload{dir, "Deployment/" + o.Name, n, 1, o.Spec.Template.Labels})
+			case *appsv1.StatefulSet:
+				n := int(ptr.Deref(o.Spec.Replicas, 1))
+				workloads = append(workloads, workload{dir, "StatefulSet/" + o.Name, n, n/2 + 1, o.Spec.Template.Labels})
+			case *policyv1.PodDisruptionBudget:
+				pdbs = append(pdbs, o)
+				pdbDir[o] = dir
+			}
+		}
+	}
+	selects := func(pdb *policyv1.PodDisruptionBudget, w workload) bool {
+		sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+		if err != nil {
+			t.Fatalf("PodDisruptionBudget %s: selector: %v", pdb.Name, err)
+		}
+		return pdb.Spec.Selector != nil && !sel.Empty() && sel.Matches(w.labels)
+	}
+	for _, pdb := range pdbs {
+		var names []string
+		for _, w := range workloads {
+			if selects(pdb, w) {
+				names = append(names, w.dir+"/"+w.name)
+			}
+		}
+		if len(names) != 1 {
+			t.Errorf("%s/PodDisruptionBudget %s selects the Pods of %v; want exactly one workload's", pdbDir[pdb], pdb.Name, names)
+		}
+	}
+	for _, w := range workloads {
+		if w.replicas < 2 {
+			continue
+		}
+		var pdb *policyv1.PodDisruptionBudget
+		for _, p := range pdbs {
+			if selects(p, w) {
+				if pdbDir[p] != w.dir {
+					t.Errorf("%s/%s: its PodDisruptionBudget %s is in %s; want it in the same kustomize directory", w.dir, w.name, p.Name, pdbDir[p])
+				}
+				pdb = p
+			}
+		}
+		if pdb == nil {
+			t.Errorf("%s/%s has %d replicas and no PodDisruptionBudget: a drain may evict them all at once", w.dir, w.name, w.replicas)
+			continue
+		}
+		var allowed int
+		switch {
+		case pdb.Spec.MaxUnavailable != nil && pdb.Spec.MinAvailable == nil:
+			n, err := intstr.GetScaledValueFromIntOrPercent(pdb.Spec.MaxUnavailable, w.replicas, true)
+			if err != nil {
+				t.Fatalf("PodDisruptionBudget %s maxUnavailable: %v", pdb.Name, err)
+			}
+			allowed = n
+		case pdb.Spec.MinAvailable != nil && pdb.Spec.MaxUnavailable == nil:
+			n, err := intstr.GetScaledValueFromIntOrPercent(pdb.Spec.MinAvailable, w.replicas, true)
+			if err != nil {
+				t.Fatalf("PodDisruptionBudget %s minAvailable: %v", pdb.Name, err)
+			}
+			allowed = w.replicas - n
+		default:
+			t.Errorf("PodDisruptionBudget %s sets %v minAvailable and %v maxUnavailable; want one of them", pdb.Name, pdb.Spec.MinAvailable, pdb.Spec.MaxUnavailable)
+			continue
+		}
+		if allowed < 1 {
+			t.Errorf("%s/%s: PodDisruptionBudget %s allows %d of %d Pods down: a drain could never evict one", w.dir, w.name, pdb.Name, allowed, w.replicas)
+		}
+		if w.replicas-allowed < w.keep {
+			t.Errorf("%s/%s: PodDisruptionBudget %s allows %d of %d Pods down; want at least %d kept", w.dir, w.name, pdb.Name, allowed, w.replicas, w.keep)
+		}
 	}
 }
