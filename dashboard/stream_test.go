@@ -34,28 +34,7 @@ func TestAPageThatStopsReadingIsLetGo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ended := make(chan struct{})
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			d.ServeHTTP(w, r)
-			close(ended)
-		}),
-	}
-	go func() { _ = srv.Serve(testutil.SmallSendBuffers(ln)) }()
-	defer srv.Close()
-
-	conn, err := testutil.SmallReceiveBuffers().Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := fmt.Fprintf(conn, "GET /api/stream HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	conn, ended := requestWithoutReading(t, d, "/api/stream")
 	// The page reads nothing: the states fill both sockets' buffers, and
 	// the next write waits until WriteTimeout.
 	select {
@@ -202,32 +181,41 @@ func TestAClientThatStopsReadingAnAnswerIsLetGo(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ended := make(chan struct{})
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			d.ServeHTTP(w, r)
-			close(ended)
-		}),
-	}
-	go func() { _ = srv.Serve(testutil.SmallSendBuffers(ln)) }()
-	defer srv.Close()
-	conn, err := testutil.SmallReceiveBuffers().Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	// app.js is larger than both sockets' buffers: the answer's write
 	// waits for the client, which reads nothing.
-	if _, err := fmt.Fprintf(conn, "GET /app.js HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
-		t.Fatal(err)
-	}
+	_, ended := requestWithoutReading(t, d, "/app.js")
 	select {
 	case <-ended:
 	case <-time.After(20 * time.Second):
 		t.Fatal("the answer to a client that reads nothing was still being written after 20s; want it ended after the 300ms write timeout")
 	}
+}
+
+// requestWithoutReading serves d on a server of its own with small socket
+// buffers, and sends it a GET of path from a connection that reads nothing
+// unless the test does. ended is closed when d's handler returns.
+func requestWithoutReading(t *testing.T, d *dashboard.Dashboard, path string) (conn net.Conn, ended <-chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			d.ServeHTTP(w, r)
+			close(done)
+		}),
+	}
+	go func() { _ = srv.Serve(testutil.SmallSendBuffers(ln)) }()
+	t.Cleanup(func() { srv.Close() })
+	conn, err = testutil.SmallReceiveBuffers().Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path); err != nil {
+		t.Fatal(err)
+	}
+	return conn, done
 }
