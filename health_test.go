@@ -62,10 +62,7 @@ func healthChecks(t *testing.T, rt *loom.Runtime, result string) float64 {
 // not ready, naming it, within the idle time plus the timeout; once the
 // handler answers again, the next check makes it ready.
 func TestAWedgedHandlerTurnsHealthNotReadyAndBackAfterItRecovers(t *testing.T) {
-	c := newCluster(t)
-	c.cfg.Status.Port = -1
-	c.cfg.Health.CanaryIdle = 50 * time.Millisecond
-	c.cfg.Health.CanaryTimeout = 200 * time.Millisecond
+	c := canaryCluster(t, 50*time.Millisecond, 200*time.Millisecond)
 	rt := c.runtime()
 	var wedged atomic.Bool
 	ep := endpoint(t, rt, "hc/worker/generate")
@@ -126,9 +123,7 @@ func TestRealTrafficSuppressesCanaries(t *testing.T) {
 	c.cfg.Health.CanaryIdle = 1500 * time.Millisecond
 	rt := c.runtime()
 	ep := endpoint(t, rt, "hc/busy/generate")
-	err := loom.Serve(context.Background(), ep, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
-		return func(yield func(string, error) bool) { yield(s, nil) }
-	}), loom.WithHealthCheck("ping"))
+	err := loom.Serve(context.Background(), ep, echoEngine, loom.WithHealthCheck("ping"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,10 +159,7 @@ func TestAHealthRequestOfTheWrongTypeIsRefused(t *testing.T) {
 // the wedge from /health for as long as traffic comes) nor make a failing
 // endpoint ready again.
 func TestRequestsThatTimeOutOnAWedgedHandlerNeitherHideNorClearItsFailure(t *testing.T) {
-	c := newCluster(t)
-	c.cfg.Status.Port = -1
-	c.cfg.Health.CanaryIdle = 300 * time.Millisecond
-	c.cfg.Health.CanaryTimeout = 100 * time.Millisecond
+	c := canaryCluster(t, 300*time.Millisecond, 100*time.Millisecond)
 	rt := c.runtime()
 	var wedged atomic.Bool
 	ep := endpoint(t, rt, "hc/traffic/generate")
@@ -224,10 +216,7 @@ func TestACanaryThatTimesOutDoesNotMakeItsEndpointReadyWhenItsHandlerGivesUp(t *
 			name = "after an item"
 		}
 		t.Run(name, func(t *testing.T) {
-			c := newCluster(t)
-			c.cfg.Status.Port = -1
-			c.cfg.Health.CanaryIdle = 100 * time.Millisecond
-			c.cfg.Health.CanaryTimeout = time.Second
+			c := canaryCluster(t, 100*time.Millisecond, time.Second)
 			rt := c.runtime()
 			started, release := make(chan struct{}, 1), make(chan struct{})
 			defer close(release)
@@ -266,10 +255,7 @@ func TestACanaryThatTimesOutDoesNotMakeItsEndpointReadyWhenItsHandlerGivesUp(t *
 // error, moves loom_health_check_total{result="error"} and sets
 // loom_health_check_ready to 0, until a later one succeeds.
 func TestACanaryIsMarkedTracedAndMeasured(t *testing.T) {
-	c := newCluster(t)
-	c.cfg.Status.Port = -1
-	c.cfg.Health.CanaryIdle = 50 * time.Millisecond
-	c.cfg.Health.CanaryTimeout = 5 * time.Second
+	c := canaryCluster(t, 50*time.Millisecond, 5*time.Second)
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	defer tp.Shutdown(context.Background())
@@ -344,10 +330,7 @@ func TestACanaryIsMarkedTracedAndMeasured(t *testing.T) {
 // so, without waiting for the handler, and without the health check
 // itself holding the runtime's stop.
 func TestShutdownDoesNotWaitForACanaryStuckInAWedgedHandler(t *testing.T) {
-	c := newCluster(t)
-	c.cfg.Status.Port = -1
-	c.cfg.Health.CanaryIdle = 20 * time.Millisecond
-	c.cfg.Health.CanaryTimeout = 50 * time.Millisecond
+	c := canaryCluster(t, 20*time.Millisecond, 50*time.Millisecond)
 	rt, err := loom.NewRuntime(context.Background(), loom.WithConfig(c.cfg), loom.WithDiscovery(c.store.Connect()), loom.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
@@ -383,15 +366,10 @@ func TestShutdownDoesNotWaitForACanaryStuckInAWedgedHandler(t *testing.T) {
 // others, is ready again: the endpoint it no longer serves neither keeps
 // /health at 503 for its last failed canary nor counts at all.
 func TestAnEndpointShutDownOnItsOwnNoLongerDecidesReadiness(t *testing.T) {
-	c := newCluster(t)
-	c.cfg.Status.Port = -1
-	c.cfg.Health.CanaryIdle = 20 * time.Millisecond
-	c.cfg.Health.CanaryTimeout = 50 * time.Millisecond
+	c := canaryCluster(t, 20*time.Millisecond, 50*time.Millisecond)
 	rt := c.runtime()
 	wedged := endpoint(t, rt, "hc/closed/wedged")
-	err := loom.Serve(context.Background(), wedged, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
-		return func(yield func(string, error) bool) { <-ctx.Done() }
-	}), loom.WithHealthCheck("ping"))
+	err := loom.Serve(context.Background(), wedged, wedgedEngine, loom.WithHealthCheck("ping"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,24 +392,17 @@ func TestAnEndpointShutDownOnItsOwnNoLongerDecidesReadiness(t *testing.T) {
 // scraper sees no ready or not-ready value for an endpoint no longer
 // served, while the endpoints still served keep theirs.
 func TestAClosedEndpointLeavesNoHealthCheckReadySeries(t *testing.T) {
-	c := newCluster(t)
-	c.cfg.Status.Port = -1
-	c.cfg.Health.CanaryIdle = 20 * time.Millisecond
-	c.cfg.Health.CanaryTimeout = 50 * time.Millisecond
+	c := canaryCluster(t, 20*time.Millisecond, 50*time.Millisecond)
 	rt := c.runtime()
 	ready := func(endpoint string) float64 {
 		return testutil.Metric(t, rt.Metrics().Registry(), "loom_health_check_ready", "endpoint", endpoint)
 	}
 	wedged := endpoint(t, rt, "hc/gone/wedged")
-	err := loom.Serve(context.Background(), wedged, loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
-		return func(yield func(string, error) bool) { <-ctx.Done() }
-	}), loom.WithHealthCheck("ping"))
+	err := loom.Serve(context.Background(), wedged, wedgedEngine, loom.WithHealthCheck("ping"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = loom.Serve(context.Background(), endpoint(t, rt, "hc/gone/fine"), loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
-		return func(yield func(string, error) bool) { yield(s, nil) }
-	}), loom.WithHealthCheck("ping"))
+	err = loom.Serve(context.Background(), endpoint(t, rt, "hc/gone/fine"), echoEngine, loom.WithHealthCheck("ping"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,17 +432,11 @@ func TestAClosedEndpointLeavesNoHealthCheckReadySeries(t *testing.T) {
 // endpoint leaves its loom_health_check_ready at 0, and a Serve refused by
 // a runtime shut down leaves no series.
 func TestARefusedServeLeavesTheHealthCheckReadySeriesAlone(t *testing.T) {
-	c := newCluster(t)
-	c.cfg.Status.Port = -1
-	c.cfg.Health.CanaryIdle = 20 * time.Millisecond
-	c.cfg.Health.CanaryTimeout = 50 * time.Millisecond
+	c := canaryCluster(t, 20*time.Millisecond, 50*time.Millisecond)
 	rt := c.runtime()
 	ready := func(endpoint string) float64 {
 		return testutil.Metric(t, rt.Metrics().Registry(), "loom_health_check_ready", "endpoint", endpoint)
 	}
-	wedgedEngine := loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
-		return func(yield func(string, error) bool) { <-ctx.Done() }
-	})
 	wedged := endpoint(t, rt, "hc/refused/wedged")
 	if err := loom.Serve(context.Background(), wedged, wedgedEngine, loom.WithHealthCheck("ping")); err != nil {
 		t.Fatal(err)
@@ -499,3 +464,23 @@ func TestARefusedServeLeavesTheHealthCheckReadySeriesAlone(t *testing.T) {
 		t.Errorf("loom_health_check_ready of an endpoint never served = %v, want no series", v)
 	}
 }
+
+// canaryCluster is a cluster whose runtimes send a canary to an endpoint
+// idle for idle, and give it timeout to answer; no status server listens.
+func canaryCluster(t *testing.T, idle, timeout time.Duration) *cluster {
+	c := newCluster(t)
+	c.cfg.Status.Port = -1
+	c.cfg.Health.CanaryIdle = idle
+	c.cfg.Health.CanaryTimeout = timeout
+	return c
+}
+
+// wedgedEngine answers nothing until its request ends.
+var wedgedEngine = loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) { <-ctx.Done() }
+})
+
+// echoEngine answers each request with the request.
+var echoEngine = loom.EngineFunc[string, string](func(ctx context.Context, s string) iter.Seq2[string, error] {
+	return func(yield func(string, error) bool) { yield(s, nil) }
+})
