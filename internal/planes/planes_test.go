@@ -254,20 +254,7 @@ func TestAStalledAddressIsForgottenOnceNoCallerHoldsIt(t *testing.T) {
 // avoided by new calls; on the NATS plane too, where its address is its
 // subject.
 func TestAStalledNATSServerIsAvoided(t *testing.T) {
-	ns, err := embedded.StartNATS(embedded.NATSOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Shutdown()
-	conn := func() *nats.Conn {
-		nc, err := nats.Connect(ns.ClientURL(), nats.NoReconnect())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		return nc
-	}
-	snc, cnc := conn(), conn()
+	snc, cnc := twoNATSConns(t)
 	rc := config.Default().RequestPlane
 	rc.Transport, rc.StallTimeout = planes.NATS, 200*time.Millisecond
 	block, started := make(chan struct{}), make(chan struct{}, 1)
@@ -333,20 +320,7 @@ func (b blocker) ServeStream(s planes.Stream, _ context.Context) error {
 // README: on NATS, a call that has responded fails once its server has
 // sent nothing, not even a heartbeat, for request_plane.keepalive_timeout.
 func TestANATSCallThatRespondedFailsAfterKeepaliveTimeout(t *testing.T) {
-	ns, err := embedded.StartNATS(embedded.NATSOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Shutdown()
-	conn := func() *nats.Conn {
-		nc, err := nats.Connect(ns.ClientURL(), nats.NoReconnect())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		return nc
-	}
-	snc, cnc := conn(), conn()
+	snc, cnc := twoNATSConns(t)
 	rc := config.Default().RequestPlane
 	const keepalive = 300 * time.Millisecond // the default is 5 s
 	rc.Transport, rc.KeepaliveTimeout, rc.StallTimeout = planes.NATS, keepalive, -1
@@ -455,4 +429,24 @@ func TestANATSCallGoesOnlyUnderLoomRPC(t *testing.T) {
 	if got := recvAll(t, s); len(got) != 1 || got[0] != "HI" {
 		t.Fatalf("got %q from %s, want [HI]", got, subject)
 	}
+}
+
+// twoNATSConns starts a NATS server for the test and returns two
+// connections to it, a server's and a caller's, that do not reconnect.
+func twoNATSConns(t *testing.T) (server, caller *nats.Conn) {
+	t.Helper()
+	ns, err := embedded.StartNATS(embedded.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	conn := func() *nats.Conn {
+		nc, err := nats.Connect(ns.ClientURL(), nats.NoReconnect())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	return conn(), conn()
 }
