@@ -26,18 +26,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // The steps share OpenTelemetry's global provider, which cannot be reset:
 // they run in order, in a fresh process of this test binary each time.
 func TestSetupFollowsTheEnvironmentAndKeepsAProgramsOwnProvider(t *testing.T) {
-	if os.Getenv("OTELSETUP_STEPS") != "1" {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestSetupFollowsTheEnvironmentAndKeepsAProgramsOwnProvider$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "OTELSETUP_STEPS=1")
-		out, err := cmd.CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "--- PASS: TestSetupFollowsTheEnvironmentAndKeepsAProgramsOwnProvider") {
-			t.Fatalf("the steps in a fresh process: %v\n%s", err, out)
-		}
+	if !inFreshProcess(t, "1") {
 		return
-	}
-	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-		"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
-		t.Setenv(v, "")
 	}
 	global := func() string { return strings.TrimPrefix(fmt.Sprintf("%T", otel.GetTracerProvider()), "*") }
 
@@ -141,18 +131,8 @@ func TestSetupFollowsTheEnvironmentAndKeepsAProgramsOwnProvider(t *testing.T) {
 // naming the variable and the values accepted, with nothing installed.
 // In a fresh process, as the steps above.
 func TestOTELTracesExporterIsAList(t *testing.T) {
-	if os.Getenv("OTELSETUP_STEPS") != "list" {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestOTELTracesExporterIsAList$", "-test.count=1", "-test.v")
-		cmd.Env = append(os.Environ(), "OTELSETUP_STEPS=list")
-		out, err := cmd.CombinedOutput()
-		if err != nil || !strings.Contains(string(out), "--- PASS: TestOTELTracesExporterIsAList") {
-			t.Fatalf("the steps in a fresh process: %v\n%s", err, out)
-		}
+	if !inFreshProcess(t, "list") {
 		return
-	}
-	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-		"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
-		t.Setenv(v, "")
 	}
 	global := func() string { return strings.TrimPrefix(fmt.Sprintf("%T", otel.GetTracerProvider()), "*") }
 
@@ -199,4 +179,26 @@ func TestOTELTracesExporterIsAList(t *testing.T) {
 			t.Fatalf("the global provider is a %s, want the SDK's", g)
 		}
 	})
+}
+
+// inFreshProcess runs the calling test again in a fresh process of this
+// test binary, with OTELSETUP_STEPS=step, and reports false: the caller
+// returns. In that fresh process it reports true, with every OTEL_*
+// variable Setup reads cleared: the caller runs its steps.
+func inFreshProcess(t *testing.T, step string) bool {
+	t.Helper()
+	if os.Getenv("OTELSETUP_STEPS") != step {
+		cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "OTELSETUP_STEPS="+step)
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {
+			t.Fatalf("the steps in a fresh process: %v\n%s", err, out)
+		}
+		return false
+	}
+	for _, v := range []string{"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+		"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
+		t.Setenv(v, "")
+	}
+	return true
 }
