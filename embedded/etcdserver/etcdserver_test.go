@@ -128,6 +128,22 @@ func TestASecondServerOnADirInUseFailsAtOnce(t *testing.T) {
 	opts := fast
 	opts.Dir = t.TempDir()
 	first := start(t, opts)
+	startFailsAsDirInUse(t, opts, "the data directory of a running server")
+	// The directory is the first server's still, and free once it is closed.
+	cli := client(t, first.ClientURL())
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("the first server after the second's attempt: %v", err)
+	}
+	first.Close()
+	start(t, opts).Close()
+}
+
+// startFailsAsDirInUse starts a server with opts, whose directory is in
+// use, and fails the test unless Start says so well before 10s.
+func startFailsAsDirInUse(t *testing.T, opts etcdserver.Options, what string) {
+	t.Helper()
 	opts.ReadyTimeout = 2 * time.Second
 	done := make(chan error, 1)
 	go func() {
@@ -145,17 +161,8 @@ func TestASecondServerOnADirInUseFailsAtOnce(t *testing.T) {
 		t.Log(err)
 	case <-time.After(10 * time.Second):
 		// The second server cannot be stopped: let the test binary end.
-		t.Fatalf("Start on the data directory of a running server still waiting after 10s (ReadyTimeout %s)", opts.ReadyTimeout)
+		t.Fatalf("Start on %s still waiting after 10s (ReadyTimeout %s)", what, opts.ReadyTimeout)
 	}
-	// The directory is the first server's still, and free once it is closed.
-	cli := client(t, first.ClientURL())
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if _, err := cli.Put(ctx, "k", "v"); err != nil {
-		t.Fatalf("the first server after the second's attempt: %v", err)
-	}
-	first.Close()
-	start(t, opts).Close()
 }
 
 func TestATakenPortIsAClearError(t *testing.T) {
