@@ -21,9 +21,12 @@
 // Close revokes the lease, so the records vanish at once; if the process
 // dies instead, they vanish when the lease expires, [Config.LeaseTTL] after
 // the last keep-alive. A Close or an Unregister that finds etcd unreachable
-// (the client fails to connect to it) does not wait for it: it returns an
-// error at once, and the records expire with the lease, so that a process
-// stopping while etcd is down stops at once. The context given to New bounds only connecting; to
+// (the client fails to connect to it) does not wait for it: it has the
+// client try again at once, rather than after its reconnect backoff, so
+// that an etcd that has just come back is reached; if that attempt does
+// not connect within 100 ms it returns an error, and the records expire
+// with the lease, so that a process stopping while etcd is down stops
+// promptly. The context given to New bounds only connecting; to
 // revoke the lease when a context ends, as Dynamo binds its lease to its
 // cancellation token, use context.AfterFunc(ctx, func() { d.Close() }).
 //

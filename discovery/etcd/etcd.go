@@ -246,18 +246,35 @@ var errUnreachable = errors.New("etcd unreachable: the client cannot connect to 
 // would otherwise wait out its whole timeout, and a process shutting down
 // with etcd gone would wait that long for each call; the lease makes
 // waiting pointless, as its records expire with it.
+//
+// Failing to connect may be stale: after etcd is back, the client waits
+// out its reconnect backoff (up to 2.4 s by default) before it tries
+// again. So the first time the copy finds the client failing, it has it
+// try again at once, and ends only if the client is not connected
+// reconnectGrace later.
 func (d *Discovery) whileReachable(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	conn := d.cli.ActiveConnection()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		woken := false
 		for state := conn.GetState(); ; state = conn.GetState() {
-			if state == connectivity.TransientFailure || state == connectivity.Shutdown {
+			switch {
+			case state == connectivity.Shutdown, state == connectivity.TransientFailure && woken:
 				cancel(errUnreachable)
 				return
-			}
-			if !conn.WaitForStateChange(ctx, state) {
+			case state == connectivity.TransientFailure:
+				woken = true
+				conn.ResetConnectBackoff()
+				grace, stop := context.WithTimeout(ctx, reconnectGrace)
+				changed := conn.WaitForStateChange(grace, state)
+				stop()
+				if !changed {
+					cancel(errUnreachable) // unless ctx ended first
+					return
+				}
+			case !conn.WaitForStateChange(ctx, state):
 				return
 			}
 		}
@@ -267,6 +284,13 @@ func (d *Discovery) whileReachable(ctx context.Context) (context.Context, contex
 		<-done
 	}
 }
+
+// reconnectGrace bounds how long whileReachable waits for the connection
+// attempt it starts. On loopback a refused connection fails in well under
+// a millisecond and an accepted one is ready in 1-5 ms (with the race
+// detector, on a loaded machine); 100 ms leaves room for a TLS handshake
+// across a network, and keeps a shutdown with etcd gone prompt.
+const reconnectGrace = 100 * time.Millisecond
 
 // unreachableErr returns errUnreachable, with err, if ctx from
 // whileReachable ended because etcd is unreachable; err otherwise.
@@ -385,10 +409,13 @@ func existing(resp *clientv3.TxnResponse) *mvccpb.KeyValue {
 	return r.Kvs[0]
 }
 
-// Unregister deletes inst's record, whoever registered it. If etcd is
-// unreachable (the client fails to connect to it) it returns an error at
-// once instead of waiting for ctx to end; a record d registered is then
-// removed once etcd answers, or expires with the lease.
+// Unregister deletes inst's record, whoever registered it. If the client
+// fails to connect to etcd, Unregister has it try again at once, not after
+// its reconnect backoff, so that an etcd just back is reached; if that
+// attempt does not connect within 100 ms, etcd is unreachable and
+// Unregister returns an error instead of waiting for ctx to end. A record
+// d registered is then removed once etcd answers, or expires with the
+// lease.
 func (d *Discovery) Unregister(ctx context.Context, inst discovery.Instance) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -509,11 +536,13 @@ func (d *Discovery) warnMalformed(key string, rev int64, why string) {
 
 // Close revokes the lease, so that every record registered through d
 // disappears at once, stops the keep-alives and the watches, closes their
-// channels and closes the etcd client. If etcd is unreachable (the client
-// fails to connect to it) Close does not wait for it: it returns an error
-// at once and the records expire with the lease, LeaseTTL after the last
-// keep-alive. If etcd is reachable but does not answer, the revoke gives
-// up after DialTimeout. Later calls do nothing and return nil.
+// channels and closes the etcd client. If the client fails to connect to
+// etcd, Close has it try again at once, as Unregister does; if that
+// attempt does not connect within 100 ms, etcd is unreachable and Close
+// does not wait for it: it returns an error and the records expire with
+// the lease, LeaseTTL after the last keep-alive. If etcd is reachable but
+// does not answer, the revoke gives up after DialTimeout. Later calls do
+// nothing and return nil.
 func (d *Discovery) Close() error {
 	d.mu.Lock()
 	if d.closed {

@@ -17,6 +17,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/discovery/discoverytest"
@@ -809,8 +812,9 @@ func TestAWatchConvergesAfterEtcdRestartsWithoutItsData(t *testing.T) {
 }
 
 // Close with etcd gone, a watch open, does not wait for etcd: the client
-// fails to connect, so Close gives up on the revoke at once, well before
-// DialTimeout, and says that the records expire with the lease.
+// fails to connect, also when woken to try again at once, so Close gives
+// up on the revoke after reconnectGrace, well before DialTimeout, and says
+// that the records expire with the lease.
 func TestCloseWithEtcdGoneReturnsInTime(t *testing.T) {
 	srv := startEtcd(t, fast)
 	const dial = 20 * time.Second
@@ -825,10 +829,64 @@ func TestCloseWithEtcdGoneReturnsInTime(t *testing.T) {
 		!strings.Contains(err.Error(), "expire within 5s") {
 		t.Fatalf("Close with etcd gone = %v; want an error saying etcd is unreachable and the records expire within the TTL", err)
 	}
-	if took > dial/4 {
-		t.Fatalf("Close with etcd gone took %v; want it not to wait for the dial timeout %v", took, dial)
+	if took > reconnectGrace+time.Second {
+		t.Fatalf("Close with etcd gone took %v; want it to give up %v after a failed connection attempt, not to wait for the dial timeout %v",
+			took, reconnectGrace, dial)
 	}
 	t.Logf("Close: %v after %v", err, took.Round(time.Millisecond))
+}
+
+// Close and Unregister called the moment etcd is back, while the client
+// still waits out its reconnect backoff (its connection in
+// TRANSIENT_FAILURE), reach etcd: the records go at once, not LeaseTTL
+// later. The client here backs off for a minute so that the moment lasts;
+// with the default backoff it lasts up to 2.4 s.
+func TestCloseAndUnregisterRightAfterEtcdIsBackRemoveTheRecordsAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		remove func(*testing.T, *Discovery, discovery.Instance) error
+	}{
+		{"Close revokes the lease", func(_ *testing.T, d *Discovery, _ discovery.Instance) error { return d.Close() }},
+		{"Unregister deletes the record", func(t *testing.T, d *Discovery, i discovery.Instance) error {
+			return d.Unregister(testutil.Timeout(t, 5*time.Second), i)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, opts := startRestartable(t)
+			d := connect(t, srv.ClientURL(), time.Minute, func(c *Config) {
+				c.Configure = func(cc *clientv3.Config) {
+					cc.DialOptions = append(cc.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{
+						Backoff:           grpcbackoff.Config{BaseDelay: time.Minute, Multiplier: 1.6, MaxDelay: time.Minute},
+						MinConnectTimeout: 5 * time.Second,
+					}))
+				}
+			})
+			x := inst("ns", 1)
+			register(t, d, x)
+
+			srv.Close()
+			conn := d.cli.ActiveConnection()
+			testutil.Eventually(t, 10*time.Second, "the client failing to connect (TRANSIENT_FAILURE)", func() bool {
+				return conn.GetState() == connectivity.TransientFailure
+			})
+			srv = startEtcd(t, opts)
+			cli := raw(t, srv.ClientURL())
+			if st := conn.GetState(); st != connectivity.TransientFailure {
+				t.Fatalf("the client is %v once etcd is back; want it still backing off in TRANSIENT_FAILURE", st)
+			}
+			start := time.Now()
+			err := tc.remove(t, d, x)
+			t.Logf("%s: %v after %v", tc.name, err, time.Since(start).Round(time.Microsecond))
+			if err != nil {
+				t.Fatalf("%s with etcd back: %v; want it to reach etcd", tc.name, err)
+			}
+			resp, err := cli.Get(t.Context(), discovery.KeyPrefix, clientv3.WithPrefix())
+			if err != nil || len(resp.Kvs) != 0 {
+				t.Fatalf("records right after %s: %v, %v; want none", tc.name, resp.Kvs, err)
+			}
+			d.Close() // while etcd runs; the cleanup would find it stopped
+		})
+	}
 }
 
 // A record larger than etcd takes is an error that says so and what to
