@@ -286,13 +286,16 @@ type Peer struct {
 	typ    SocketType
 	remote string
 
+	// A writer goroutine runs only while the queue holds something: the
+	// push that finds no writer starts one, and it ends when it finds the
+	// queue empty, so a quiet peer costs one goroutine, its reader.
 	mu      sync.Mutex
 	q       [][]byte
 	spare   [][]byte
-	control int // control messages in q
-	writing bool
+	control int  // control messages in q
+	writing bool // a writer runs (or failed: none starts again)
 	closed  bool
-	wake    chan struct{}
+	writer  sync.WaitGroup // the writer running, if any
 
 	// PUB, XPUB: the peer's subscriptions. The reader changes them,
 	// Send reads them.
@@ -328,8 +331,9 @@ func (s *Socket) serve(c net.Conn) error {
 	return s.serveWith(c, nil)
 }
 
-// serveWith runs one connection: handshake, then a writer goroutine and the
-// reader loop here, until either fails or the socket closes.
+// serveWith runs one connection: handshake, then the reader loop here, with
+// a writer goroutine while something waits to be written, until either
+// fails or the socket closes.
 func (s *Socket) serveWith(c net.Conn, up *atomic.Bool) error {
 	defer c.Close()
 	peerType, r, err := Handshake(c, s.opts.Type, s.opts.MaxMessage, s.opts.HandshakeTimeout)
@@ -337,7 +341,7 @@ func (s *Socket) serveWith(c net.Conn, up *atomic.Bool) error {
 		s.opts.Logger.Debug("zmtp: handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 		return err
 	}
-	p := &Peer{s: s, conn: c, typ: peerType, remote: c.RemoteAddr().String(), wake: make(chan struct{}, 1), subs: make(map[string]subscription)}
+	p := &Peer{s: s, conn: c, typ: peerType, remote: c.RemoteAddr().String(), subs: make(map[string]subscription)}
 	if !s.addPeer(p) {
 		return ErrClosed
 	}
@@ -345,21 +349,15 @@ func (s *Socket) serveWith(c net.Conn, up *atomic.Bool) error {
 		up.Store(true)
 		defer up.Store(false)
 	}
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		p.writeLoop()
-	}()
 	if s.opts.OnPeer != nil {
 		s.opts.OnPeer(p, true)
 	}
 	err = p.readLoop(r)
 	c.Close()
 	p.mu.Lock()
-	p.closed = true
+	p.closed = true // no writer starts after this
 	p.mu.Unlock()
-	p.signal()
-	<-writerDone
+	p.writer.Wait()
 	s.removePeer(p)
 	if s.opts.OnSubscribe != nil {
 		for prefix := range p.subs {
@@ -558,37 +556,29 @@ func (p *Peer) push(wire []byte, control bool) bool {
 	if control {
 		p.control++
 	}
-	first := len(p.q) == 1
+	start := !p.writing
+	if start {
+		// Counted under mu, before closed can be set: serveWith's
+		// Wait, after it sets closed, sees every writer started.
+		p.writing = true
+		p.writer.Add(1)
+	}
 	p.mu.Unlock()
-	if first {
-		p.signal()
+	if start {
+		go p.writeLoop()
 	}
 	return true
 }
 
-func (p *Peer) signal() {
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
-}
-
+// writeLoop writes the queue, in batches, until it finds it empty or the
+// peer closed. It is the only writer: push starts it when none runs.
 func (p *Peer) writeLoop() {
-	for {
-		p.mu.Lock()
-		for len(p.q) == 0 && !p.closed {
-			p.mu.Unlock()
-			<-p.wake
-			p.mu.Lock()
-		}
-		if p.closed {
-			p.mu.Unlock()
-			return
-		}
+	defer p.writer.Done()
+	p.mu.Lock()
+	for len(p.q) > 0 && !p.closed {
 		batch := p.q
 		p.q = p.spare[:0]
 		p.control = 0
-		p.writing = true
 		p.mu.Unlock()
 
 		bufs := net.Buffers(batch)
@@ -596,13 +586,17 @@ func (p *Peer) writeLoop() {
 		clear(batch)
 		p.mu.Lock()
 		p.spare = batch[:0]
-		p.writing = false
-		p.mu.Unlock()
 		if err != nil {
+			// writing stays true: no writer starts again, and what is
+			// queued until the reader sees the close is dropped with
+			// the peer.
+			p.mu.Unlock()
 			p.conn.Close() // the reader sees it and cleans up
 			return
 		}
 	}
+	p.writing = false
+	p.mu.Unlock()
 }
 
 // idle reports whether nothing waits to be written to p.
