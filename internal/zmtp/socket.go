@@ -532,6 +532,11 @@ func (p *Peer) Subscribed(topic []byte) bool {
 // that connects again sends its subscriptions anew.
 const maxQueuedControl = 1024
 
+// maxIdleQueue bounds the entries of each of the two arrays a peer's
+// queue keeps while no writer runs (1.5 KiB): enough for the bursts of a
+// steady publisher, where SendQueue entries would be 192 KiB.
+const maxIdleQueue = 64
+
 // push queues a wire message. Control messages ignore the queue's limit,
 // up to maxQueuedControl, beyond which the peer is disconnected. It
 // reports false if the message was dropped.
@@ -594,6 +599,15 @@ func (p *Peer) writeLoop() {
 			p.conn.Close() // the reader sees it and cleans up
 			return
 		}
+	}
+	// A burst's arrays (up to SendQueue entries each) are not kept for
+	// the next one: a peer that caught up costs about what a quiet one
+	// does.
+	if cap(p.q) > maxIdleQueue {
+		p.q = nil
+	}
+	if cap(p.spare) > maxIdleQueue {
+		p.spare = nil
 	}
 	p.writing = false
 	p.mu.Unlock()
