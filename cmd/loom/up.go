@@ -19,6 +19,7 @@ import (
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/embedded/etcdserver"
 	"github.com/loomrt/loom/internal/datadir"
+	"github.com/loomrt/loom/internal/zmtp"
 )
 
 type upOptions struct {
@@ -32,11 +33,12 @@ type upOptions struct {
 	discovery   string
 	verbose     bool
 	zmqBroker   string // "pubport,subport", or "" for none (upbroker.go)
+	brokerPeers int    // the broker's peer limit on each side; -1: none
 	json        bool   // print the environment as a JSON object
 }
 
 func newUp() *cobra.Command {
-	o := upOptions{host: "127.0.0.1", dataDir: "loom-data", natsPort: 4222, monitorPort: 8222, etcdPort: 2379, etcdPeer: 2380, discovery: "etcd"}
+	o := upOptions{host: "127.0.0.1", dataDir: "loom-data", natsPort: 4222, monitorPort: 8222, etcdPort: 2379, etcdPeer: 2380, discovery: "etcd", brokerPeers: zmtp.DefaultMaxPeers}
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run a local control plane: nats-server with JetStream, and etcd or NATS KV discovery",
@@ -57,6 +59,7 @@ The lines name the servers at --host, or at --advertise if set: with a
 this one at.`,
 		Example: `  loom up
   loom up --discovery natskv --zmq-broker 5567,5568
+  loom up --zmq-broker --zmq-broker-max-peers 10000
   loom up --json
   loom up --host 0.0.0.0 --advertise 10.0.0.5`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -82,6 +85,9 @@ this one at.`,
 					return &usageError{cmd, err}
 				}
 			}
+			if err := checkBrokerPeers(o.brokerPeers, o.zmqBroker != "", cmd.Flags().Changed("zmq-broker-max-peers")); err != nil {
+				return &usageError{cmd, err}
+			}
 			if o.discovery != "etcd" && o.discovery != "natskv" {
 				return &usageError{cmd, fmt.Errorf("--discovery %q: use etcd or natskv", o.discovery)}
 			}
@@ -105,6 +111,7 @@ this one at.`,
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log the servers' own lines")
 	f.StringVar(&o.zmqBroker, "zmq-broker", "", "also run a ZeroMQ event broker on these ports (publishers,subscribers); alone, 5557,5558")
 	f.Lookup("zmq-broker").NoOptDefVal = defaultZMQBrokerPorts
+	f.IntVar(&o.brokerPeers, "zmq-broker-max-peers", o.brokerPeers, "connections the ZeroMQ broker holds at once on each side (publishers, subscribers); one more is refused, logged and closed; -1: no limit")
 	f.BoolVar(&o.json, "json", false, "print the environment as one JSON object")
 	return cmd
 }
@@ -120,9 +127,13 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 	}
 	defer unlock()
 	// The servers log only when asked: their shutdown chatter is noise.
+	// The broker's warnings, peers refused beyond --zmq-broker-max-peers,
+	// are logged always: nothing else shows that the limit bites.
 	var log *slog.Logger
+	brokerLog := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if o.verbose {
 		log = slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelInfo}))
+		brokerLog = log
 	}
 	// A server may wait without end while starting (etcd for its
 	// database's lock, held by a stray process, where there is no flock
@@ -135,7 +146,7 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 	}
 	done := make(chan started, 1)
 	go func() {
-		s, err := startServers(o, log)
+		s, err := startServers(o, log, brokerLog)
 		done <- started{s, err}
 	}()
 	var srv *upServers
@@ -242,7 +253,7 @@ func (s *upServers) stop() {
 
 // startServers starts nats-server, then etcd and the ZeroMQ broker if
 // asked for; on an error it stops what it had started.
-func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
+func startServers(o upOptions, log, brokerLog *slog.Logger) (_ *upServers, err error) {
 	s := &upServers{}
 	defer func() {
 		if err != nil {
@@ -293,7 +304,7 @@ func startServers(o upOptions, log *slog.Logger) (_ *upServers, err error) {
 		s.env = append(s.env, [2]string{"ETCD_ENDPOINTS", es.ClientURL()})
 	}
 	if o.zmqBroker != "" {
-		benv, stopBroker, err := startZMQBroker(o.host, o.zmqBroker, log)
+		benv, stopBroker, err := startZMQBroker(o.host, o.zmqBroker, o.brokerPeers, brokerLog)
 		if err != nil {
 			return nil, err
 		}

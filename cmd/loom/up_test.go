@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"os"
@@ -16,7 +17,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/internal/testutil"
+	"github.com/loomrt/loom/internal/zmtp"
 )
 
 // TestLoomUpDefaultsAreTheDocumented holds README.md's account of `loom up`
@@ -159,20 +162,25 @@ func TestLoomUpNamesTheMonitoringAddressItListensOn(t *testing.T) {
 }
 
 // TestLoomUpRefusesABadBrokerOrDiscoveryBeforeStarting gives loom up a
-// --zmq-broker or --discovery it cannot use: a usage error naming the
-// flag, before any server starts (the broker's ports were read only once
-// nats-server and etcd were up).
+// --zmq-broker, --zmq-broker-max-peers or --discovery it cannot use: a
+// usage error naming the flag, before any server starts (the broker's
+// ports were read only once nats-server and etcd were up).
 func TestLoomUpRefusesABadBrokerOrDiscoveryBeforeStarting(t *testing.T) {
 	for _, tc := range []struct {
-		arg, want string
+		args []string
+		want string
 	}{
-		{"--zmq-broker=5557", `--zmq-broker "5557": want two ports`},
-		{"--zmq-broker=5557,70000", `--zmq-broker "5557,70000": want two ports`},
-		{"--discovery=consul", `--discovery "consul": use etcd or natskv`},
+		{[]string{"--zmq-broker=5557"}, `--zmq-broker "5557": want two ports`},
+		{[]string{"--zmq-broker=5557,70000"}, `--zmq-broker "5557,70000": want two ports`},
+		{[]string{"--discovery=consul"}, `--discovery "consul": use etcd or natskv`},
+		{[]string{"--zmq-broker", "--zmq-broker-max-peers", "0"}, `--zmq-broker-max-peers 0: want 1 or more connections on each side, or -1 for no limit`},
+		{[]string{"--zmq-broker", "--zmq-broker-max-peers", "-2"}, `--zmq-broker-max-peers -2: want 1 or more connections on each side, or -1 for no limit`},
+		{[]string{"--zmq-broker", "--zmq-broker-max-peers", "many"}, `invalid argument "many" for "--zmq-broker-max-peers" flag`},
+		{[]string{"--zmq-broker-max-peers", "10"}, `--zmq-broker-max-peers 10: it limits the broker of --zmq-broker, which is not asked for; add --zmq-broker`},
 	} {
-		t.Run(tc.arg, func(t *testing.T) {
-			p := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0",
-				"--data-dir", t.TempDir(), "-v", tc.arg)
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			p := startLoom(t, nil, append([]string{"up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0",
+				"--data-dir", t.TempDir(), "-v"}, tc.args...)...)
 			code := p.waitExit()
 			out, errs := p.lines()
 			stderr := strings.Join(errs, "\n")
@@ -184,6 +192,90 @@ func TestLoomUpRefusesABadBrokerOrDiscoveryBeforeStarting(t *testing.T) {
 				t.Errorf("servers started before the flag was refused:\nstdout: %q\nstderr: %q", out, errs)
 			}
 		})
+	}
+}
+
+// TestLoomUpLimitsTheBrokersPeers starts `loom up --zmq-broker
+// --zmq-broker-max-peers 1` (the broker held 4096 peers a side, whatever
+// one wanted): on each side, a second connection while a peer is held is
+// closed at once, without a greeting, and the refusal is logged; once the
+// peer leaves, another takes its place.
+func TestLoomUpLimitsTheBrokersPeers(t *testing.T) {
+	up := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--discovery", "natskv",
+		"--data-dir", t.TempDir(), "--zmq-broker=0,0", "--zmq-broker-max-peers", "1")
+	up.waitStderr(`^loom up: serving`)
+	up.waitStdout(`^LOOM_STATUS_PORT=`)
+	out, _ := up.lines()
+	env := map[string]string{}
+	for _, l := range out {
+		k, v, _ := strings.Cut(l, "=")
+		env[k] = v
+	}
+	connect := func(t *testing.T, typ zmtp.SocketType, ep string) *zmtp.Socket {
+		t.Helper()
+		s := zmtp.NewSocket(zmtp.Options{Type: typ})
+		t.Cleanup(func() { s.Close() })
+		link, err := s.Dial(ep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(20 * time.Second); !link.Connected(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("a peer did not connect to the broker at %s within 20s", ep)
+			}
+		}
+		return s
+	}
+	for _, side := range []struct {
+		name, key string
+		typ       zmtp.SocketType
+	}{
+		{"publishers", "LOOM_EVENTS_ZMQ_BROKER_PUB", zmtp.PUB},
+		{"subscribers", "LOOM_EVENTS_ZMQ_BROKER_SUB", zmtp.SUB},
+	} {
+		t.Run(side.name, func(t *testing.T) {
+			ep := env[side.key]
+			if !strings.HasPrefix(ep, "tcp://") {
+				t.Fatalf("loom up printed %s=%q; want a tcp:// endpoint", side.key, ep)
+			}
+			first := connect(t, side.typ, ep)
+			c, err := net.Dial("tcp", strings.TrimPrefix(ep, "tcp://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			// An accepted connection gets the broker's greeting at once;
+			// a refused one is closed without a byte.
+			var b [64]byte
+			if n, err := c.Read(b[:]); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("a second connection to the broker's %s side, beyond --zmq-broker-max-peers 1, read %d bytes (%v); want it closed at once", side.name, n, err)
+			}
+			first.Close()
+			connect(t, side.typ, ep) // the place the first left
+		})
+	}
+	up.waitStderr(`level=WARN msg="zmtp: peer refused: .* max=1$`)
+	_ = up.cmd.Process.Signal(syscall.SIGTERM)
+	up.exit()
+}
+
+// TestTheBrokersPeerLimitIsThePublishersByDefault holds the default of
+// --zmq-broker-max-peers to events.zmq.max_peers', as README.md says.
+func TestTheBrokersPeerLimitIsThePublishersByDefault(t *testing.T) {
+	flag := newUp().Flags().Lookup("zmq-broker-max-peers")
+	if flag == nil {
+		t.Fatal("loom up has no --zmq-broker-max-peers")
+	}
+	if want := strconv.Itoa(config.Default().Events.ZMQ.MaxPeers); flag.DefValue != want {
+		t.Errorf("--zmq-broker-max-peers defaults to %s; events.zmq.max_peers to %s", flag.DefValue, want)
+	}
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "--zmq-broker-max-peers 10000   # connections it holds a side (default " + flag.DefValue + ", as events.zmq.max_peers"; !strings.Contains(string(b), want) {
+		t.Errorf("README.md does not say %q", want)
 	}
 }
 

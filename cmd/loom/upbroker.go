@@ -31,9 +31,22 @@ func parseBrokerPorts(spec string) (pub, sub int, err error) {
 	return pp, sp, nil
 }
 
-// startZMQBroker runs an events.Broker on host at the ports spec names and
+// checkBrokerPeers reads --zmq-broker-max-peers: 1 or more, or -1 for no
+// limit (as events.zmq.max_peers), and only with --zmq-broker.
+func checkBrokerPeers(n int, broker, set bool) error {
+	if set && !broker {
+		return fmt.Errorf("--zmq-broker-max-peers %d: it limits the broker of --zmq-broker, which is not asked for; add --zmq-broker", n)
+	}
+	if n < 1 && n != -1 {
+		return fmt.Errorf("--zmq-broker-max-peers %d: want 1 or more connections on each side, or -1 for no limit", n)
+	}
+	return nil
+}
+
+// startZMQBroker runs an events.Broker on host at the ports spec names,
+// holding at most maxPeers connections on each side (-1: no limit), and
 // returns the environment lines that send components' events through it.
-func startZMQBroker(host, spec string, log *slog.Logger) ([][2]string, func(), error) {
+func startZMQBroker(host, spec string, maxPeers int, log *slog.Logger) ([][2]string, func(), error) {
 	pp, sp, err := parseBrokerPorts(spec)
 	if err != nil {
 		return nil, nil, err
@@ -41,6 +54,7 @@ func startZMQBroker(host, spec string, log *slog.Logger) ([][2]string, func(), e
 	b, err := events.StartBroker(events.BrokerConfig{
 		PubEndpoint: "tcp://" + net.JoinHostPort(host, strconv.Itoa(pp)),
 		SubEndpoint: "tcp://" + net.JoinHostPort(host, strconv.Itoa(sp)),
+		MaxPeers:    maxPeers,
 		Logger:      log,
 	})
 	if err != nil {
