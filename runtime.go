@@ -229,6 +229,12 @@ func (rt *Runtime) closeNATS() {
 	rt.natsMu.Lock()
 	defer rt.natsMu.Unlock()
 	if nc := rt.nc.Load(); rt.ownNATS && nc != nil {
+		// The runtime's own close is no failure: one of a connection
+		// reconnecting to a server that is gone (a process stopped while
+		// NATS is down) logged "NATS connection closed" as an error, with
+		// nats.go's last reconnect error.
+		nc.SetClosedHandler(nil)
+		nc.SetDisconnectErrHandler(nil)
 		nc.Close()
 	}
 }

@@ -84,6 +84,10 @@ type Discovery struct {
 	leases pb.LeaseClient // for grants with a requested id
 	id     uint64         // the instance id: the first lease's id
 
+	// clientLevel is the least level of the client's own lines that are
+	// logged: warnings, until Close.
+	clientLevel *slog.LevelVar
+
 	ctx    context.Context // ends when Close starts
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the keeper and the watches
@@ -146,6 +150,8 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		base = slog.Default()
 	}
 	log := base.With("component", "discovery/etcd")
+	clientLevel := new(slog.LevelVar)
+	clientLevel.Set(slog.LevelWarn)
 
 	ccfg := clientv3.Config{
 		Endpoints:   cfg.Endpoints,
@@ -154,7 +160,7 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		// that watches do not hang on it.
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
-		Logger:               zapslog.New(base, slog.LevelWarn, "etcd-client"),
+		Logger:               zapslog.New(base, clientLevel, "etcd-client"),
 		DialOptions: []grpc.DialOption{
 			// gRPC's default reconnect backoff grows to 2 minutes; after an
 			// etcd outage, records should come back within seconds.
@@ -183,7 +189,8 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		suspect: make(chan struct{}, 1),
 		warned:  make(map[string]int64),
 
-		reconnects: make(chan struct{}),
+		clientLevel: clientLevel,
+		reconnects:  make(chan struct{}),
 	}
 
 	gctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
@@ -555,6 +562,10 @@ func (d *Discovery) Close() error {
 
 	d.cancel()
 	d.wg.Wait()
+	// What Close could not do it returns; the client's own lines about
+	// the calls that Close gives up on (the revoke, with etcd
+	// unreachable) are noise at exit.
+	d.clientLevel.Set(slog.LevelError + 1)
 
 	var err error
 	d.mu.Lock()

@@ -13,15 +13,16 @@ import (
 )
 
 // New returns a zap logger that writes entries at min and above to l, each
-// with a component attribute.
-func New(l *slog.Logger, min slog.Level, component string) *zap.Logger {
+// with a component attribute. min may change while the logger is in use
+// (a *slog.LevelVar).
+func New(l *slog.Logger, min slog.Leveler, component string) *zap.Logger {
 	return zap.New(&slogCore{l: l, min: min, name: component})
 }
 
 // slogCore is a zapcore.Core that writes to a slog.Logger.
 type slogCore struct {
 	l      *slog.Logger
-	min    slog.Level
+	min    slog.Leveler
 	name   string // the component attribute
 	fields []zapcore.Field
 }
@@ -40,7 +41,7 @@ func slogLevel(l zapcore.Level) slog.Level {
 
 func (c *slogCore) Enabled(l zapcore.Level) bool {
 	lv := slogLevel(l)
-	return lv >= c.min && c.l.Enabled(context.Background(), lv)
+	return lv >= c.min.Level() && c.l.Enabled(context.Background(), lv)
 }
 
 func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
