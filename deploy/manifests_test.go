@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -361,4 +362,94 @@ func TestEveryReplicatedWorkloadHasADisruptionBudget(t *testing.T) {
 			t.Errorf("%s/%s: PodDisruptionBudget %s allows %d of %d Pods down; want at least %d kept", w.dir, w.name, pdb.Name, allowed, w.replicas, w.keep)
 		}
 	}
+}
+
+// Each server writes only below the volumes mounted for it, and etcd's
+// data directory is a directory below its volume's root, not the root:
+// fsGroup makes the root group-writable, and etcd warned at every start
+// that its data directory was not mode 0700; one it creates itself is.
+// (nats-server makes its own 0700 jetstream directory in store_dir, and
+// checks no mode.) Run as the manifests run them, as uid 65532 on a
+// group-writable directory, etcd (3.7) and nats-server (2.15) write
+// nothing else.
+func TestEachServerWritesBelowItsVolumes(t *testing.T) {
+	// mounted returns the writable mount of container c that holds dir,
+	// and whether dir is that mount's root.
+	mounted := func(t *testing.T, pod *corev1.PodTemplateSpec, sts *appsv1.StatefulSet, c corev1.Container, dir string) (root bool) {
+		t.Helper()
+		dir = path.Clean(dir)
+		for _, m := range c.VolumeMounts {
+			mp := path.Clean(m.MountPath)
+			if m.ReadOnly || (dir != mp && !strings.HasPrefix(dir, mp+"/")) {
+				continue
+			}
+			writable := slices.ContainsFunc(sts.Spec.VolumeClaimTemplates, func(p corev1.PersistentVolumeClaim) bool { return p.Name == m.Name }) ||
+				slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name && v.EmptyDir != nil })
+			if writable {
+				return dir == mp
+			}
+		}
+		t.Fatalf("%s: %s is on no PersistentVolume or emptyDir mounted in container %s: the root filesystem is read-only", sts.Name, dir, c.Name)
+		return false
+	}
+	container := func(t *testing.T, sts *appsv1.StatefulSet, name string) corev1.Container {
+		t.Helper()
+		for _, c := range sts.Spec.Template.Spec.Containers {
+			if c.Name == name {
+				return c
+			}
+		}
+		t.Fatalf("StatefulSet %s has no container %s", sts.Name, name)
+		return corev1.Container{}
+	}
+
+	t.Run("etcd", func(t *testing.T) {
+		sts, ok := find(objects(t, "etcd"), func(s *appsv1.StatefulSet) string { return s.Name }, "etcd")
+		if !ok {
+			t.Fatal("no StatefulSet etcd")
+		}
+		c := container(t, sts, "etcd")
+		dirs := map[string]string{}
+		for _, arg := range slices.Concat(c.Command, c.Args) {
+			for _, flag := range []string{"--data-dir", "--wal-dir"} {
+				if v, ok := strings.CutPrefix(arg, flag+"="); ok {
+					dirs[flag] = v
+				}
+			}
+		}
+		if dirs["--data-dir"] == "" {
+			t.Fatalf("etcd's command %q sets no --data-dir: etcd would write ${name}.etcd in its working directory, on the read-only root", c.Command)
+		}
+		for flag, dir := range dirs {
+			if mounted(t, &sts.Spec.Template, sts, c, dir) {
+				t.Errorf("etcd %s=%s is its volume's root, which fsGroup makes group-writable; etcd warns at every start that its data is not mode 0700: give it a directory below the root, which etcd creates 0700", flag, dir)
+			}
+		}
+	})
+
+	t.Run("nats", func(t *testing.T) {
+		objs := objects(t, ".")
+		sts, ok := find(objs, func(s *appsv1.StatefulSet) string { return s.Name }, "nats")
+		if !ok {
+			t.Fatal("no StatefulSet nats")
+		}
+		cm, ok := find(objs, func(c *corev1.ConfigMap) string { return c.Name }, "nats-config")
+		if !ok {
+			t.Fatal("no ConfigMap nats-config")
+		}
+		c := container(t, sts, "nats")
+		conf := cm.Data["nats.conf"]
+		for _, key := range []string{"store_dir", "pid_file"} {
+			m := regexp.MustCompile(`(?m)^\s*` + key + `:\s*(\S+)\s*$`).FindStringSubmatch(conf)
+			if m == nil {
+				t.Errorf("nats.conf sets no %s", key)
+				continue
+			}
+			dir := m[1]
+			if key == "pid_file" {
+				dir = path.Dir(dir)
+			}
+			mounted(t, &sts.Spec.Template, sts, c, dir)
+		}
+	})
 }
