@@ -38,8 +38,10 @@
 //     an integer number of seconds (timeout = 30 is 30s).
 //
 // An environment variable set to the empty string counts as unset. The
-// `enum` tag lists a key's allowed values and the `min` and `max` tags bound
-// it; Load checks them for every value it applies, and [Config.Validate]
+// `enum` tag lists a key's allowed values, the `min` and `max` tags bound
+// it, and the `nonzero` tag refuses 0 where what reads the key would take
+// it for something else than its description says (a built-in default,
+// mostly), saying what to write instead; Load checks them for every value it applies, and [Config.Validate]
 // checks a Config built in code. [Markdown] renders the table of keys that
 // the README shows; [Loaded.Table] is what `loom config` prints, with
 // secrets masked.
@@ -87,18 +89,18 @@ type NATS struct {
 	TLSCAFile           string        `key:"tls_ca_file" doc:"PEM file of CAs to verify the server with; setting it turns TLS on."`
 	TLSCertFile         string        `key:"tls_cert_file" doc:"PEM client certificate for mutual TLS (with nats.tls_key_file)."`
 	TLSKeyFile          string        `key:"tls_key_file" doc:"PEM key of the client certificate."`
-	ConnectTimeout      time.Duration `key:"connect_timeout" default:"5s" min:"0s" doc:"How long the first connection may take before start-up fails."`
-	ReconnectWait       time.Duration `key:"reconnect_wait" default:"1s" min:"0s" doc:"Pause between reconnect attempts."`
+	ConnectTimeout      time.Duration `key:"connect_timeout" default:"5s" min:"0s" nonzero:"0 would leave no time to connect; write a positive duration such as 5s" doc:"How long the first connection may take before start-up fails."`
+	ReconnectWait       time.Duration `key:"reconnect_wait" default:"1s" min:"0s" nonzero:"0 is read as unset, a pause of 1s, not as no pause; write a positive pause such as 10ms" doc:"Pause between reconnect attempts."`
 	MaxReconnects       int           `key:"max_reconnects" default:"-1" min:"-1" doc:"Reconnect attempts before giving up; -1 retries forever."`
-	ReconnectBufferSize int           `key:"reconnect_buffer_size" default:"8388608" min:"-1" doc:"Bytes of publishes buffered while reconnecting; beyond it a publish fails."`
+	ReconnectBufferSize int           `key:"reconnect_buffer_size" default:"8388608" min:"-1" nonzero:"0 is read as unset, 8 MiB, not as no buffer; write -1 to buffer nothing or a positive number of bytes" doc:"Bytes of publishes buffered while reconnecting; beyond it a publish fails. -1: none, a publish while reconnecting fails at once."`
 }
 
 // Discovery chooses and tunes the discovery backend.
 type Discovery struct {
 	Backend       string        `key:"backend" env:"LOOM_DISCOVERY" default:"memory" enum:"memory,etcd,natskv,kubernetes" doc:"Where instances are registered: memory (one process), etcd, natskv (NATS only), or kubernetes (Lease objects on the API server)."`
 	EtcdEndpoints []string      `key:"etcd_endpoints" env:"ETCD_ENDPOINTS" default:"http://127.0.0.1:2379" doc:"etcd client URLs, comma-separated."`
-	LeaseTTL      time.Duration `key:"lease_ttl" default:"10s" min:"1s" doc:"How long an instance outlives its process's last keep-alive."`
-	DialTimeout   time.Duration `key:"dial_timeout" default:"5s" min:"0s" doc:"How long reaching the discovery store may take before start-up fails."`
+	LeaseTTL      time.Duration `key:"lease_ttl" default:"10s" min:"1s" doc:"How long an instance outlives its process's last keep-alive; rounded up to whole seconds."`
+	DialTimeout   time.Duration `key:"dial_timeout" default:"5s" min:"0s" nonzero:"0 would leave no time to reach the store; write a positive duration such as 5s" doc:"How long reaching the discovery store may take before start-up fails."`
 	// Keys of the kubernetes backend.
 	Kubeconfig          string `key:"kubeconfig" env:"KUBECONFIG" doc:"kubeconfig file(s) the kubernetes backend reaches the API server with; empty: the Pod's service account in a cluster, else ~/.kube/config."`
 	KubernetesNamespace string `key:"kubernetes_namespace" env:"POD_NAMESPACE" doc:"Kubernetes namespace of the kubernetes backend's Lease records; empty: the Pod's, else the kubeconfig context's, else default."`
@@ -114,18 +116,18 @@ type RequestPlane struct {
 	Advertise            string        `key:"advertise" doc:"host:port other processes use to reach this one, if not host:port."`
 	Codec                string        `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of requests and responses served by this process."`
 	MaxConcurrentStreams int           `key:"max_concurrent_streams" default:"10000" min:"1" max:"1048576" doc:"Requests this process serves at once over the network; more wait in the queue."`
-	QueueSize            int           `key:"queue_size" default:"1024" min:"-1" doc:"Requests that may wait for a slot; beyond it a request is refused at once with ErrOverloaded (retried elsewhere). -1: no queue."`
+	QueueSize            int           `key:"queue_size" default:"1024" min:"-1" nonzero:"0 is read as unset, a queue of 1024, not as no queue; write -1 for no queue or a positive count" doc:"Requests that may wait for a slot; beyond it a request is refused at once with ErrOverloaded (retried elsewhere). -1: no queue."`
 	MaxStreamsPerConn    int           `key:"max_streams_per_conn" default:"0" min:"-1" doc:"Requests, running and queued, one client connection (one NATS caller) may hold, so that one client cannot take every slot; beyond it its requests are refused with ErrOverloaded. 0: half of max_concurrent_streams when that is 64 or more, else no limit; -1: no limit."`
 	MaxRunningBytes      int           `key:"max_running_bytes" default:"268435456" min:"1" max:"274877906944" doc:"Request bytes held by running requests; beyond it new requests wait in the queue (which holds at most 64 MiB)."`
-	MaxConns             int           `key:"max_conns" default:"4096" min:"-1" doc:"TCP connections the request plane holds at once; one accepted beyond it is closed at once. -1: no limit."`
-	FrameTimeout         time.Duration `key:"frame_timeout" default:"10s" doc:"How long one frame may take to arrive whole once its first byte has; a peer trickling bytes is dropped. Negative: no bound."`
-	IdleTimeout          time.Duration `key:"idle_timeout" default:"5m" doc:"How long a connection may hold no request before the server asks its client to close it (GOAWAY, not draining: the client dials anew for its next request); a client that keeps it open anyway, pinging, is dropped. Only requests count, not pings. Negative: never."`
+	MaxConns             int           `key:"max_conns" default:"4096" min:"-1" nonzero:"0 would hold no connection; write -1 for no limit or a positive count" doc:"TCP connections the request plane holds at once; one accepted beyond it is closed at once. -1: no limit."`
+	FrameTimeout         time.Duration `key:"frame_timeout" default:"10s" nonzero:"0 is read as unset, 10s, not as no bound; write a negative duration such as -1s for no bound or a positive one" doc:"How long one frame may take to arrive whole once its first byte has; a peer trickling bytes is dropped. Negative: no bound."`
+	IdleTimeout          time.Duration `key:"idle_timeout" default:"5m" nonzero:"0 is read as unset, 5m, not as never; write a negative duration such as -1s for never or a positive one" doc:"How long a connection may hold no request before the server asks its client to close it (GOAWAY, not draining: the client dials anew for its next request); a client that keeps it open anyway, pinging, is dropped. Only requests count, not pings. Negative: never."`
 	MaxQueuedPongs       int           `key:"max_queued_pongs" default:"256" min:"1" doc:"Keepalive replies (PONG) that may wait unsent on a connection before its peer, which pings without reading, is dropped."`
 	ConnsPerHost         int           `key:"conns_per_host" default:"0" min:"0" max:"64" doc:"TCP connections a client keeps to each instance address; streams share them. 0: one per 4 CPUs (GOMAXPROCS), at least 1, so that writes on many cores do not all queue on one connection."`
 	MaxFrameSize         int           `key:"max_frame_size" default:"4194304" min:"65536" max:"67108864" doc:"Largest frame accepted, so the largest request or response item, in bytes."`
-	KeepaliveInterval    time.Duration `key:"keepalive_interval" default:"5s" doc:"Silence on a connection before a ping; negative disables keepalive."`
+	KeepaliveInterval    time.Duration `key:"keepalive_interval" default:"5s" nonzero:"0 is read as unset, 5s; write a negative duration such as -1s to disable keepalive or a positive one" doc:"Silence on a connection before a ping; negative disables keepalive, and with it idle_timeout and, on TCP, stall_timeout."`
 	KeepaliveTimeout     time.Duration `key:"keepalive_timeout" default:"5s" min:"1ms" doc:"How long a pinged peer may stay silent before its connection is dropped and its streams fail. On NATS, how long a call that has responded may go without a message or heartbeat from its server before it fails."`
-	StallTimeout         time.Duration `key:"stall_timeout" default:"400ms" doc:"How long a server may leave this process's calls unanswered before it is deemed frozen: calls still waiting for their first response are retried on another instance, and new calls avoid it until it answers again. On TCP it is how long a ping, sent after a quarter of it of silence, may go unanswered; on NATS how long a call may go without a response or heartbeat (servers heartbeat at a third of it). Negative: off."`
+	StallTimeout         time.Duration `key:"stall_timeout" default:"400ms" nonzero:"0 is read as unset, 400ms, not as off; write a negative duration such as -1s for off or a positive one" doc:"How long a server may leave this process's calls unanswered before it is deemed frozen: calls still waiting for their first response are retried on another instance, and new calls avoid it until it answers again. On TCP it is how long a ping, sent after a quarter of it of silence, may go unanswered; on NATS how long a call may go without a response or heartbeat (servers heartbeat at a third of it). Negative: off."`
 	TLSCertFile          string        `key:"tls_cert_file" doc:"PEM certificate this process serves with (and presents to servers that ask, for mutual TLS). Setting it turns TLS on for serving."`
 	TLSKeyFile           string        `key:"tls_key_file" doc:"PEM key of tls_cert_file."`
 	TLSCAFile            string        `key:"tls_ca_file" doc:"PEM CAs to verify peers with. Setting it turns TLS on for calling."`
@@ -165,14 +167,14 @@ type Status struct {
 type Queue struct {
 	Storage           string        `key:"storage" default:"file" enum:"file,memory" doc:"Where work queue and EventBus streams (and their dead letters and offloaded payloads) keep messages: file (survives a server restart) or memory; events.jetstream.storage is the event plane's."`
 	Replicas          int           `key:"replicas" env:"NATS_STREAM_REPLICAS" default:"1" min:"1" max:"5" doc:"Copies of each work queue, EventBus and dead-letter stream in a NATS cluster; 3 survives losing a node."`
-	MaxMsgs           int           `key:"max_msgs" default:"-1" min:"-1" doc:"Most jobs a queue holds; an enqueue into a full queue is retried until its deadline or queue.enqueue_timeout, then fails with the server's error. -1: no limit."`
-	MaxBytes          int           `key:"max_bytes" default:"-1" min:"-1" doc:"Most bytes a queue holds; beyond it an enqueue fails. -1: no limit."`
+	MaxMsgs           int           `key:"max_msgs" default:"-1" min:"-1" nonzero:"0 is read as unset, no limit, not as a queue that holds nothing; write -1 for no limit or a positive count" doc:"Most jobs a queue holds; an enqueue into a full queue is retried until its deadline or queue.enqueue_timeout, then fails with the server's error. -1: no limit."`
+	MaxBytes          int           `key:"max_bytes" default:"-1" min:"-1" nonzero:"0 is read as unset, no limit, not as a queue that holds nothing; write -1 for no limit or a positive number of bytes" doc:"Most bytes a queue holds; beyond it an enqueue fails. -1: no limit."`
 	MaxAge            time.Duration `key:"max_age" default:"0s" min:"0s" doc:"Jobs older than this are dropped unprocessed; 0 keeps them until they are handled."`
 	Codec             string        `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of typed jobs (a queue of []byte carries the bytes as they are)."`
 	AckWait           time.Duration `key:"ack_wait" default:"30s" min:"100ms" doc:"How long a delivered job may go without an ack or progress report before the server redelivers it."`
 	MaxDeliver        int           `key:"max_deliver" default:"5" min:"1" doc:"Attempts at a job before it is moved to the dead-letter stream with its last error."`
-	BackoffInitial    time.Duration `key:"backoff_initial" default:"1s" min:"0s" doc:"Delay before the second attempt at a failed job; it doubles with each further attempt."`
-	BackoffMax        time.Duration `key:"backoff_max" default:"1m" min:"0s" doc:"Longest delay between attempts at a failed job."`
+	BackoffInitial    time.Duration `key:"backoff_initial" default:"1s" min:"0s" nonzero:"0 is read as unset, 1s, not as no delay; write a positive delay such as 10ms" doc:"Delay before the second attempt at a failed job; it doubles with each further attempt."`
+	BackoffMax        time.Duration `key:"backoff_max" default:"1m" min:"0s" nonzero:"0 is read as unset, 1m, not as no delay; write a positive delay, at least queue.backoff_initial" doc:"Longest delay between attempts at a failed job."`
 	HandlerTimeout    time.Duration `key:"handler_timeout" default:"5m" min:"0s" doc:"How long a handler may run, kept alive by progress reports every ack_wait/2; past it its context is cancelled and the job is redelivered after ack_wait. 0: ack_wait."`
 	Concurrency       int           `key:"concurrency" default:"16" min:"1" max:"100000" doc:"Jobs a consumer handles at once."`
 	MaxPending        int           `key:"max_pending" default:"4096" min:"1" doc:"Asynchronous enqueues awaiting the server's acknowledgement; beyond it EnqueueAsync waits for room."`
@@ -202,7 +204,7 @@ type EventsZMQ struct {
 	Host      string `key:"host" default:"127.0.0.1" doc:"Address each direct-mode publisher's PUB socket listens on (on a free port)."`
 	Advertise string `key:"advertise" doc:"Host subscribers dial to reach this process's publishers, if not events.zmq.host (set it when host is 0.0.0.0)."`
 	SendQueue int    `key:"send_queue" default:"8192" min:"1" doc:"Events a publisher queues for each subscriber; events for a subscriber further behind are dropped for it (it counts them as lost)."`
-	MaxPeers  int    `key:"max_peers" default:"4096" min:"-1" doc:"Connections a direct-mode publisher's PUB socket holds at once (subscribers, and connections still in the handshake); one accepted beyond it is closed at once, and one that leaves frees its place. -1: no limit."`
+	MaxPeers  int    `key:"max_peers" default:"4096" min:"-1" nonzero:"0 would hold no connection; write -1 for no limit or a positive count" doc:"Connections a direct-mode publisher's PUB socket holds at once (subscribers, and connections still in the handshake); one accepted beyond it is closed at once, and one that leaves frees its place. -1: no limit."`
 	BrokerPub string `key:"broker_pub" doc:"Endpoint (tcp://host:port) of a broker's XSUB side, which publishers connect to; with broker_sub, zmq goes through the broker instead of direct."`
 	BrokerSub string `key:"broker_sub" doc:"Endpoint of the broker's XPUB side, which subscribers connect to."`
 }
@@ -213,8 +215,8 @@ type EventsJetStream struct {
 	Storage    string        `key:"storage" default:"file" enum:"file,memory" doc:"Where the stream keeps events."`
 	Replicas   int           `key:"replicas" default:"1" min:"1" max:"5" doc:"Copies of the stream in a NATS cluster."`
 	MaxAge     time.Duration `key:"max_age" default:"24h" min:"0s" doc:"How long events are kept; 0 keeps them until another limit applies."`
-	MaxBytes   int           `key:"max_bytes" default:"1073741824" min:"-1" doc:"Bytes the stream may hold; -1 for no limit."`
-	MaxMsgs    int           `key:"max_msgs" default:"-1" min:"-1" doc:"Events the stream may hold; -1 for no limit."`
+	MaxBytes   int           `key:"max_bytes" default:"1073741824" min:"-1" nonzero:"0 is read as unset, no limit, not as a stream that holds nothing; write -1 for no limit or a positive number of bytes" doc:"Bytes the stream may hold; -1 for no limit."`
+	MaxMsgs    int           `key:"max_msgs" default:"-1" min:"-1" nonzero:"0 is read as unset, no limit, not as a stream that holds nothing; write -1 for no limit or a positive count" doc:"Events the stream may hold; -1 for no limit."`
 	Discard    string        `key:"discard" default:"old" enum:"old,new" doc:"At a limit: old removes the oldest events (a subscriber that had not read them counts them as lost), new refuses new ones (Publish fails)."`
 	AckWait    time.Duration `key:"ack_wait" default:"30s" min:"1s" doc:"How long a delivered event may stay unacknowledged before it is delivered again."`
 	MaxPending int           `key:"max_pending" default:"1024" min:"1" doc:"Publishes a publisher may have awaiting the stream's acknowledgement; Publish waits beyond it."`

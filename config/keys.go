@@ -34,6 +34,12 @@ type Key struct {
 	Enum []string
 	// Min and Max bound ordered types, in the type's syntax; empty for none.
 	Min, Max string
+	// NonZero, if set, refuses the value 0 of an ordered type, though it
+	// is within Min and Max: it says why and what to write instead, such
+	// as "0 would hold no connection; write -1 for no limit or a positive
+	// count". It is set where what uses the key would read 0 as something
+	// else than the description says, such as a built-in default.
+	NonZero string
 	// Secret keys are masked when printed.
 	Secret bool
 }
@@ -329,6 +335,7 @@ func newField(name string, sf reflect.StructField, index []int) (*field, error) 
 			Doc:     sf.Tag.Get("doc"),
 			Min:     sf.Tag.Get("min"),
 			Max:     sf.Tag.Get("max"),
+			NonZero: sf.Tag.Get("nonzero"),
 			Secret:  sf.Tag.Get("secret") == "true",
 		},
 		index: index,
@@ -342,6 +349,9 @@ func newField(name string, sf reflect.StructField, index []int) (*field, error) 
 	}
 	if f.Doc == "" {
 		return nil, fmt.Errorf("config: key %s has no doc tag", name)
+	}
+	if f.NonZero != "" && k.compare == nil {
+		return nil, fmt.Errorf("config: key %s: nonzero on unordered type %s", name, k.name)
 	}
 	var err error
 	for _, b := range []struct {
@@ -359,8 +369,12 @@ func newField(name string, sf reflect.StructField, index []int) (*field, error) 
 		}
 	}
 	// An empty default is the zero value, which need not pass the checks:
-	// nats.user unset is "", not a bad user.
+	// nats.user unset is "", not a bad user. A key that refuses 0 needs
+	// another default.
 	if f.Default == "" {
+		if f.NonZero != "" {
+			return nil, fmt.Errorf("config: key %s: nonzero without a default, so its default would be the 0 it refuses", name)
+		}
 		f.def = k.get(reflect.Zero(sf.Type))
 		return f, nil
 	}
@@ -394,6 +408,9 @@ func (f *field) check(v any) error {
 	}
 	if f.max != nil && f.kind.compare(v, f.max) > 0 {
 		return fmt.Errorf("must be at most %s", f.Max)
+	}
+	if f.NonZero != "" && reflect.ValueOf(v).IsZero() {
+		return errors.New(f.NonZero)
 	}
 	return nil
 }

@@ -55,6 +55,7 @@ func TestBuildSchemaRejectsBadTags(t *testing.T) {
 		F float64       `key:"f" default:"0.5" min:"0" max:"1" doc:"d"`
 		E string        `key:"e" default:"a" enum:"a,b" doc:"d"`
 		Z int           `key:"z" doc:"zero default"`
+		Y int           `key:"y" default:"-1" min:"-1" nonzero:"0 is read as unset" doc:"d"`
 		N struct {
 			X string `key:"x" env:"X_ONE, X_TWO" doc:"d"`
 		} `key:"n"`
@@ -85,6 +86,12 @@ func TestBuildSchemaRejectsBadTags(t *testing.T) {
 		{"a min on a string", reflect.TypeFor[struct {
 			S string `key:"s" min:"a" doc:"d"`
 		}](), "min/max on unordered type string"},
+		{"nonzero on a string", reflect.TypeFor[struct {
+			S string `key:"s" default:"x" nonzero:"no" doc:"d"`
+		}](), "key s: nonzero on unordered type string"},
+		{"nonzero with the zero default", reflect.TypeFor[struct {
+			D time.Duration `key:"d" nonzero:"no" doc:"d"`
+		}](), "key d: nonzero without a default"},
 		{"a bad bound", reflect.TypeFor[struct {
 			I int `key:"i" max:"lots" doc:"d"`
 		}](), `key i: bound "lots": not an integer`},
@@ -100,8 +107,11 @@ func TestBuildSchemaRejectsBadTags(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got := len(s.fields); got != 9 {
-					t.Errorf("%d keys, want 9", got)
+				if got := len(s.fields); got != 10 {
+					t.Errorf("%d keys, want 10", got)
+				}
+				if y := s.byName["y"]; y.check(0) == nil || y.check(0).Error() != "0 is read as unset" || y.check(-1) != nil || y.check(2) != nil {
+					t.Errorf("y with nonzero: check(0) = %v, check(-1) = %v, check(2) = %v", y.check(0), y.check(-1), y.check(2))
 				}
 				if x := s.byName["n.x"]; x == nil || !reflect.DeepEqual(x.Env, []string{"LOOM_N_X", "X_ONE", "X_TWO"}) {
 					t.Errorf("n.x = %+v", x)
