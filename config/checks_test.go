@@ -4,6 +4,9 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/loomrt/loom/internal/natsplane"
 )
 
 func TestBackoffInitialAboveMaxIsAnError(t *testing.T) {
@@ -20,6 +23,48 @@ func TestBackoffInitialAboveMaxIsAnError(t *testing.T) {
 	c.Queue.BackoffInitial, c.Queue.BackoffMax = 10e9, 1e9
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "queue.backoff_initial") {
 		t.Errorf("Validate of backoff_initial above backoff_max = %v", err)
+	}
+}
+
+// TestHeartbeatTimeoutsBelowWhatNATSServersHeartbeatAreRefused: a NATS
+// plane server heartbeats at a third of the timeout its caller asks for,
+// but at most every natsplane.MinHeartbeatInterval, so a shorter
+// stall_timeout or keepalive_timeout fails or retries calls to servers
+// that are working. Load refuses them, and takes 30ms and (for stall)
+// negative values.
+func TestHeartbeatTimeoutsBelowWhatNATSServersHeartbeatAreRefused(t *testing.T) {
+	if want := 3 * natsplane.MinHeartbeatInterval; minHeartbeatTimeout != want {
+		t.Fatalf("minHeartbeatTimeout = %v, want 3 × natsplane.MinHeartbeatInterval = %v", minHeartbeatTimeout, want)
+	}
+	s, _ := loadSchema()
+	if got := s.byName["request_plane.keepalive_timeout"].Min; got != minHeartbeatTimeout.String() {
+		t.Errorf("request_plane.keepalive_timeout min = %s, want %s", got, minHeartbeatTimeout)
+	}
+	refused := []struct{ env, value, want string }{
+		{"LOOM_REQUEST_PLANE_STALL_TIMEOUT", "5ms", `config: request_plane.stall_timeout = "5ms" (from env LOOM_REQUEST_PLANE_STALL_TIMEOUT): below 30ms: NATS servers heartbeat at most every 10ms, so calls to servers that are working would be deemed frozen; write at least 30ms, or a negative duration such as -1s for off`},
+		{"LOOM_REQUEST_PLANE_STALL_TIMEOUT", "29ms", `request_plane.stall_timeout = "29ms"`},
+		{"LOOM_REQUEST_PLANE_KEEPALIVE_TIMEOUT", "10ms", `config: request_plane.keepalive_timeout = "10ms" (from env LOOM_REQUEST_PLANE_KEEPALIVE_TIMEOUT): must be at least 30ms`},
+	}
+	for _, tt := range refused {
+		_, err := Load(WithDirs(), mapEnv(map[string]string{tt.env: tt.value}))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s=%s: err = %v, want one containing %s", tt.env, tt.value, err, tt.want)
+		}
+	}
+	l, err := Load(WithDirs(), mapEnv(map[string]string{"LOOM_REQUEST_PLANE_STALL_TIMEOUT": "30ms", "LOOM_REQUEST_PLANE_KEEPALIVE_TIMEOUT": "30ms"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rp := l.Config.RequestPlane; rp.StallTimeout != 30*time.Millisecond || rp.KeepaliveTimeout != 30*time.Millisecond {
+		t.Errorf("stall_timeout, keepalive_timeout = %v, %v, want 30ms each", rp.StallTimeout, rp.KeepaliveTimeout)
+	}
+	if _, err := Load(WithDirs(), mapEnv(map[string]string{"LOOM_REQUEST_PLANE_STALL_TIMEOUT": "-1ns"})); err != nil {
+		t.Errorf("a negative stall_timeout (off) was refused: %v", err)
+	}
+	c := Default()
+	c.RequestPlane.StallTimeout = time.Millisecond
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), `config: request_plane.stall_timeout = "1ms": below 30ms`) {
+		t.Errorf("Validate of stall_timeout 1ms = %v", err)
 	}
 }
 

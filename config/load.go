@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -162,10 +163,22 @@ func Load(opts ...Option) (*Loaded, error) {
 	return l.out, nil
 }
 
-// crossCheck checks the rules that tie two keys together; sources, when
-// given, names where the offending value came from.
+// minHeartbeatTimeout is the shortest silence a NATS request plane call
+// can be judged by: its servers heartbeat at a third of the timeout the
+// caller asks for, but at most every 10ms (natsplane.MinHeartbeatInterval),
+// so a shorter timeout fails or retries calls whose servers are working.
+const minHeartbeatTimeout = 30 * time.Millisecond
+
+// crossCheck checks the rules that the tags of one key cannot say: those
+// that tie two keys together, and a range with a hole (stall_timeout:
+// negative, or at least minHeartbeatTimeout). sources, when given, names
+// where the offending value came from.
 func crossCheck(c *Config, sources map[string]string) []error {
 	var errs []error
+	if st := c.RequestPlane.StallTimeout; st > 0 && st < minHeartbeatTimeout {
+		errs = append(errs, &Error{Key: "request_plane.stall_timeout", Value: st.String(), Source: sources["request_plane.stall_timeout"],
+			Err: fmt.Errorf("below %s: NATS servers heartbeat at most every 10ms, so calls to servers that are working would be deemed frozen; write at least %s, or a negative duration such as -1s for off", minHeartbeatTimeout, minHeartbeatTimeout)})
+	}
 	if q := c.Queue; q.BackoffInitial > q.BackoffMax {
 		errs = append(errs, &Error{Key: "queue.backoff_initial", Value: q.BackoffInitial.String(), Source: sources["queue.backoff_initial"],
 			Err: fmt.Errorf("above queue.backoff_max (%s): the first retry delay cannot exceed the longest; lower it or raise queue.backoff_max", q.BackoffMax)})

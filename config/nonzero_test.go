@@ -99,7 +99,7 @@ func TestNonZeroKeysTakeTheirOtherValues(t *testing.T) {
 		"LOOM_REQUEST_PLANE_FRAME_TIMEOUT":      "-1s",
 		"LOOM_REQUEST_PLANE_IDLE_TIMEOUT":       "-1ns",
 		"LOOM_REQUEST_PLANE_KEEPALIVE_INTERVAL": "-1s",
-		"LOOM_REQUEST_PLANE_STALL_TIMEOUT":      "1ns",
+		"LOOM_REQUEST_PLANE_STALL_TIMEOUT":      "30ms",
 		"LOOM_NATS_RECONNECT_BUFFER_SIZE":       "-1",
 		"LOOM_NATS_RECONNECT_WAIT":              "1ms",
 		"LOOM_QUEUE_MAX_MSGS":                   "1",
@@ -112,7 +112,7 @@ func TestNonZeroKeysTakeTheirOtherValues(t *testing.T) {
 	}
 	rp := l.Config.RequestPlane
 	if rp.QueueSize != -1 || rp.MaxConns != 1 || rp.FrameTimeout != -time.Second || rp.IdleTimeout != -1 ||
-		rp.KeepaliveInterval != -time.Second || rp.StallTimeout != 1 {
+		rp.KeepaliveInterval != -time.Second || rp.StallTimeout != 30*time.Millisecond {
 		t.Errorf("request_plane = %+v", rp)
 	}
 	if n := l.Config.NATS; n.ReconnectBufferSize != -1 || n.ReconnectWait != time.Millisecond {
