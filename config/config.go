@@ -99,7 +99,7 @@ type NATS struct {
 type Discovery struct {
 	Backend       string        `key:"backend" env:"LOOM_DISCOVERY" default:"memory" enum:"memory,etcd,natskv,kubernetes" doc:"Where instances are registered: memory (one process), etcd, natskv (NATS only), or kubernetes (Lease objects on the API server)."`
 	EtcdEndpoints []string      `key:"etcd_endpoints" env:"ETCD_ENDPOINTS" default:"http://127.0.0.1:2379" doc:"etcd client URLs, comma-separated."`
-	LeaseTTL      time.Duration `key:"lease_ttl" default:"10s" min:"1s" doc:"How long an instance outlives its process's last keep-alive; rounded up to whole seconds."`
+	LeaseTTL      time.Duration `key:"lease_ttl" default:"10s" min:"1s" doc:"How long an instance outlives its process's last keep-alive; rounded up to whole seconds, and on etcd to at least etcd's minimum lease TTL, 1.5 election timeouts (2s with etcd's defaults)."`
 	DialTimeout   time.Duration `key:"dial_timeout" default:"5s" min:"0s" nonzero:"0 would leave no time to reach the store; write a positive duration such as 5s" doc:"How long reaching the discovery store may take before start-up fails."`
 	// Keys of the kubernetes backend.
 	Kubeconfig          string `key:"kubeconfig" env:"KUBECONFIG" doc:"kubeconfig file(s) the kubernetes backend reaches the API server with; empty: the Pod's service account in a cluster, else ~/.kube/config."`
