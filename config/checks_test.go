@@ -68,6 +68,41 @@ func TestHeartbeatTimeoutsBelowWhatNATSServersHeartbeatAreRefused(t *testing.T) 
 	}
 }
 
+// TestStreamAgesBelowWhatJetStreamKeepsAreRefused: nats-server refuses to
+// create a stream (or object store) whose max age is below 100ms, so
+// queue.max_age 50ms loaded and only workqueue.Open failed, with the
+// server's error ("max age needs to be >= 100ms") naming no key. Load
+// refuses such values; 0 and 100ms load.
+func TestStreamAgesBelowWhatJetStreamKeepsAreRefused(t *testing.T) {
+	for _, key := range []string{"queue.max_age", "queue.dead_letter_max_age", "queue.eventbus_max_age", "events.jetstream.max_age"} {
+		t.Run(key, func(t *testing.T) {
+			_, err := Load(WithDirs(), mapEnv(nil), WithValue(key, "50ms"))
+			want := `config: ` + key + ` = "50ms" (from code): below 100ms: the NATS server creates no stream that keeps messages for less; write at least 100ms, or 0 to keep`
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("err = %v, want one containing %s", err, want)
+			}
+			for _, ok := range []string{"0s", "100ms"} {
+				if _, err := Load(WithDirs(), mapEnv(nil), WithValue(key, ok)); err != nil {
+					t.Errorf("%s = %s was refused: %v", key, ok, err)
+				}
+			}
+		})
+	}
+}
+
+// TestFloorsReadTheirKeys: each floor's getter reads the key it names.
+func TestFloorsReadTheirKeys(t *testing.T) {
+	for _, f := range floors {
+		l, err := Load(WithDirs(), mapEnv(nil), WithValue(f.key, "1h"))
+		if err != nil {
+			t.Fatalf("%s: %v", f.key, err)
+		}
+		if got := f.get(&l.Config); got != time.Hour {
+			t.Errorf("the floor of %s reads %v after setting it to 1h", f.key, got)
+		}
+	}
+}
+
 func TestUnknownLoomVariablesAreWarnedAbout(t *testing.T) {
 	environ := func() []string {
 		return []string{"LOOM_DISCOVRY=etcd", "LOOM_LOG_LEVEL=debug", "LOOM_CONFIG=/x", "LOOM_ZZZZZZZZZZZZZ=1", "PATH=/bin", "NATS_SERVER=nats://x"}

@@ -169,7 +169,7 @@ type Queue struct {
 	Replicas          int           `key:"replicas" env:"NATS_STREAM_REPLICAS" default:"1" min:"1" max:"5" doc:"Copies of each work queue, EventBus and dead-letter stream in a NATS cluster; 3 survives losing a node."`
 	MaxMsgs           int           `key:"max_msgs" default:"-1" min:"-1" nonzero:"0 is read as unset, no limit, not as a queue that holds nothing; write -1 for no limit or a positive count" doc:"Most jobs a queue holds; an enqueue into a full queue is retried until its deadline or queue.enqueue_timeout, then fails with the server's error. -1: no limit."`
 	MaxBytes          int           `key:"max_bytes" default:"-1" min:"-1" nonzero:"0 is read as unset, no limit, not as a queue that holds nothing; write -1 for no limit or a positive number of bytes" doc:"Most bytes a queue holds; beyond it an enqueue fails. -1: no limit."`
-	MaxAge            time.Duration `key:"max_age" default:"0s" min:"0s" doc:"Jobs older than this are dropped unprocessed; 0 keeps them until they are handled."`
+	MaxAge            time.Duration `key:"max_age" default:"0s" min:"0s" doc:"Jobs older than this are dropped unprocessed; 0 keeps them until they are handled, else at least 100ms."`
 	Codec             string        `key:"codec" default:"msgpack" enum:"msgpack,json" doc:"Encoding of typed jobs (a queue of []byte carries the bytes as they are)."`
 	AckWait           time.Duration `key:"ack_wait" default:"30s" min:"100ms" doc:"How long a delivered job may go without an ack or progress report before the server redelivers it."`
 	MaxDeliver        int           `key:"max_deliver" default:"5" min:"1" doc:"Attempts at a job before it is moved to the dead-letter stream with its last error."`
@@ -181,9 +181,9 @@ type Queue struct {
 	EnqueueTimeout    time.Duration `key:"enqueue_timeout" default:"10s" min:"1ms" doc:"How long an enqueue keeps retrying through a server restart or leader election when the caller's context has no deadline."`
 	LargePayloads     string        `key:"large_payloads" default:"offload" enum:"offload,reject" doc:"Jobs and events above the server's max_payload: offload (stored in the JetStream object store, the message carries a reference) or reject (an error naming the size and the limit)."`
 	ObjectBucket      string        `key:"object_bucket" default:"loom_payloads" doc:"JetStream object store bucket that offloaded payloads go to."`
-	DeadLetterMaxAge  time.Duration `key:"dead_letter_max_age" default:"720h" min:"0s" doc:"How long dead-lettered jobs are kept for inspection and requeueing; 0 keeps them forever."`
+	DeadLetterMaxAge  time.Duration `key:"dead_letter_max_age" default:"720h" min:"0s" doc:"How long dead-lettered jobs are kept for inspection and requeueing; 0 keeps them forever, else at least 100ms."`
 	EventBusJetStream bool          `key:"eventbus_jetstream" env:"NATS_USE_JETSTREAM" default:"false" doc:"EventBus consumers use JetStream (a durable consumer per group, redelivery, dead letters) instead of Core NATS queue groups."`
-	EventBusMaxAge    time.Duration `key:"eventbus_max_age" default:"24h" min:"0s" doc:"How long JetStream EventBus streams keep events; 0 keeps them until other limits apply."`
+	EventBusMaxAge    time.Duration `key:"eventbus_max_age" default:"24h" min:"0s" doc:"How long JetStream EventBus streams keep events; 0 keeps them until other limits apply, else at least 100ms."`
 }
 
 // Events tunes the event plane (package events): how events travel, how
@@ -214,7 +214,7 @@ type EventsJetStream struct {
 	Stream     string        `key:"stream" default:"LOOM_EVENTS" doc:"Stream holding durable events (subjects loom.events.>); the first process to need it creates it with the limits below."`
 	Storage    string        `key:"storage" default:"file" enum:"file,memory" doc:"Where the stream keeps events."`
 	Replicas   int           `key:"replicas" default:"1" min:"1" max:"5" doc:"Copies of the stream in a NATS cluster."`
-	MaxAge     time.Duration `key:"max_age" default:"24h" min:"0s" doc:"How long events are kept; 0 keeps them until another limit applies."`
+	MaxAge     time.Duration `key:"max_age" default:"24h" min:"0s" doc:"How long events are kept; 0 keeps them until another limit applies, else at least 100ms."`
 	MaxBytes   int           `key:"max_bytes" default:"1073741824" min:"-1" nonzero:"0 is read as unset, no limit, not as a stream that holds nothing; write -1 for no limit or a positive number of bytes" doc:"Bytes the stream may hold; -1 for no limit."`
 	MaxMsgs    int           `key:"max_msgs" default:"-1" min:"-1" nonzero:"0 is read as unset, no limit, not as a stream that holds nothing; write -1 for no limit or a positive count" doc:"Events the stream may hold; -1 for no limit."`
 	Discard    string        `key:"discard" default:"old" enum:"old,new" doc:"At a limit: old removes the oldest events (a subscriber that had not read them counts them as lost), new refuses new ones (Publish fails)."`

@@ -169,15 +169,40 @@ func Load(opts ...Option) (*Loaded, error) {
 // so a shorter timeout fails or retries calls whose servers are working.
 const minHeartbeatTimeout = 30 * time.Millisecond
 
+// minStreamAge is the shortest MaxAge a JetStream stream (or object
+// store TTL) may have: nats-server refuses to create one below it.
+const minStreamAge = 100 * time.Millisecond
+
+// floors lists the duration keys whose 0 or negative values mean what
+// their descriptions say, but whose positive values must not be below a
+// floor, which min cannot say.
+var floors = []struct {
+	key   string
+	get   func(c *Config) time.Duration
+	floor time.Duration
+	why   string // after "below <floor>: "
+}{
+	{"request_plane.stall_timeout", func(c *Config) time.Duration { return c.RequestPlane.StallTimeout }, minHeartbeatTimeout,
+		"NATS servers heartbeat at most every 10ms, so calls to servers that are working would be deemed frozen; write at least 30ms, or a negative duration such as -1s for off"},
+	{"queue.max_age", func(c *Config) time.Duration { return c.Queue.MaxAge }, minStreamAge,
+		"the NATS server creates no stream that keeps messages for less; write at least 100ms, or 0 to keep jobs until they are handled"},
+	{"queue.dead_letter_max_age", func(c *Config) time.Duration { return c.Queue.DeadLetterMaxAge }, minStreamAge,
+		"the NATS server creates no stream that keeps messages for less; write at least 100ms, or 0 to keep dead letters forever"},
+	{"queue.eventbus_max_age", func(c *Config) time.Duration { return c.Queue.EventBusMaxAge }, minStreamAge,
+		"the NATS server creates no stream that keeps messages for less; write at least 100ms, or 0 to keep events until other limits apply"},
+	{"events.jetstream.max_age", func(c *Config) time.Duration { return c.Events.JetStream.MaxAge }, minStreamAge,
+		"the NATS server creates no stream that keeps messages for less; write at least 100ms, or 0 to keep events until another limit applies"},
+}
+
 // crossCheck checks the rules that the tags of one key cannot say: those
-// that tie two keys together, and a range with a hole (stall_timeout:
-// negative, or at least minHeartbeatTimeout). sources, when given, names
+// that tie two keys together, and the floors. sources, when given, names
 // where the offending value came from.
 func crossCheck(c *Config, sources map[string]string) []error {
 	var errs []error
-	if st := c.RequestPlane.StallTimeout; st > 0 && st < minHeartbeatTimeout {
-		errs = append(errs, &Error{Key: "request_plane.stall_timeout", Value: st.String(), Source: sources["request_plane.stall_timeout"],
-			Err: fmt.Errorf("below %s: NATS servers heartbeat at most every 10ms, so calls to servers that are working would be deemed frozen; write at least %s, or a negative duration such as -1s for off", minHeartbeatTimeout, minHeartbeatTimeout)})
+	for _, f := range floors {
+		if v := f.get(c); v > 0 && v < f.floor {
+			errs = append(errs, &Error{Key: f.key, Value: v.String(), Source: sources[f.key], Err: fmt.Errorf("below %s: %s", f.floor, f.why)})
+		}
 	}
 	if q := c.Queue; q.BackoffInitial > q.BackoffMax {
 		errs = append(errs, &Error{Key: "queue.backoff_initial", Value: q.BackoffInitial.String(), Source: sources["queue.backoff_initial"],
