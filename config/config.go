@@ -146,7 +146,7 @@ type Client struct {
 // Shutdown tunes graceful shutdown.
 type Shutdown struct {
 	GracePeriod time.Duration `key:"grace_period" default:"10s" min:"0s" doc:"How long in-flight requests may finish after SIGTERM before they are cancelled."`
-	Timeout     time.Duration `key:"timeout" default:"30s" min:"0s" doc:"Hard limit from SIGTERM to exit; past it the process exits with code 911."`
+	Timeout     time.Duration `key:"timeout" default:"30s" min:"0s" nonzero:"0 would exit at once with code 911, as a shutdown that did not finish, even when main returns by itself; write a positive limit such as 30s" doc:"Hard limit from SIGTERM (or main returning by itself) to exit; past it the process exits with code 911."`
 }
 
 // Log tunes the process's log.

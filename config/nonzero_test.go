@@ -24,6 +24,7 @@ var zeroRefused = []struct {
 	{"request_plane.idle_timeout", "not as never; write a negative duration such as -1s for never"},
 	{"request_plane.keepalive_interval", "write a negative duration such as -1s to disable keepalive"},
 	{"request_plane.stall_timeout", "not as off; write a negative duration such as -1s for off"},
+	{"shutdown.timeout", "0 would exit at once with code 911, as a shutdown that did not finish, even when main returns by itself; write a positive limit"},
 	{"queue.max_msgs", "not as a queue that holds nothing; write -1 for no limit"},
 	{"queue.max_bytes", "not as a queue that holds nothing; write -1 for no limit"},
 	{"queue.backoff_initial", "not as no delay; write a positive delay"},
