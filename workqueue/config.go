@@ -53,7 +53,9 @@ type Config struct {
 	// MaxAckPending bounds jobs delivered and not yet settled across all
 	// workers; 0 is DefaultMaxAckPending.
 	MaxAckPending int
-	// DuplicateWindow: see DefaultDuplicateWindow; 0 means that.
+	// DuplicateWindow: see DefaultDuplicateWindow; 0 means that. A
+	// stream with a shorter max age (MaxAge, DeadLetterMaxAge) gets a
+	// window of its max age, the longest the server takes.
 	DuplicateWindow time.Duration
 	// AutoID gives every job enqueued without an idempotency key a unique
 	// message id, so that a send retried after a lost acknowledgement (a

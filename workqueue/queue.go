@@ -166,7 +166,7 @@ func (q *Queue[T]) ensure(ctx context.Context) error {
 		MaxAge:      c.MaxAge,
 		Storage:     storage,
 		Replicas:    c.Replicas,
-		Duplicates:  c.DuplicateWindow,
+		Duplicates:  duplicateWindow(c.DuplicateWindow, c.MaxAge),
 		Metadata: map[string]string{
 			metaKind:       kindQueue,
 			metaCodec:      q.codecName(),
@@ -206,13 +206,23 @@ func (q *Queue[T]) ensure(ctx context.Context) error {
 		MaxAge:      c.DeadLetterMaxAge,
 		Storage:     storage,
 		Replicas:    c.Replicas,
-		Duplicates:  c.DuplicateWindow,
+		Duplicates:  duplicateWindow(c.DuplicateWindow, c.DeadLetterMaxAge),
 		Metadata:    map[string]string{metaKind: kindDeadLetter, metaQueue: c.Name},
 	}, c.Logger)
 	if err != nil {
 		return streamError(deadLetterStream(c.Name), err)
 	}
 	return nil
+}
+
+// duplicateWindow is window, cut to a stream's max age when that is
+// shorter: nats-server refuses a window longer than the stream keeps its
+// messages, and cuts its own default window the same way.
+func duplicateWindow(window, maxAge time.Duration) time.Duration {
+	if maxAge > 0 && window > maxAge {
+		return maxAge
+	}
+	return window
 }
 
 // restoreEvery bounds how often restore asks the server about the

@@ -249,3 +249,30 @@ func TestNewCreatesTheStreamsTheDocsDescribe(t *testing.T) {
 		t.Errorf("consumer: max_deliver %d, ack %v, filter %q; want -1 (Loom counts attempts), explicit, %s.queue", cc.MaxDeliver, cc.AckPolicy, cc.FilterSubject, cfg.Name)
 	}
 }
+
+// TestAMaxAgeShorterThanTheDuplicateWindowIsTaken: nats-server refuses a
+// stream whose duplicate window exceeds its max age, so a queue with a
+// max age (or a dead-letter max age) under the two-minute default window
+// failed to start. The window is cut to the stream's max age, as the
+// server itself does when a stream names no window.
+func TestAMaxAgeShorterThanTheDuplicateWindowIsTaken(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.MaxAge = time.Minute
+	cfg.DeadLetterMaxAge = 30 * time.Second
+	newQueue[job](t, nc, cfg)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 20*time.Second)
+	for name, want := range map[string]time.Duration{cfg.Name: time.Minute, cfg.Name + "_dlq": 30 * time.Second} {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sc := s.CachedInfo().Config; sc.MaxAge != want || sc.Duplicates != want {
+			t.Errorf("stream %s: max_age %v, duplicate window %v; want both %v", name, sc.MaxAge, sc.Duplicates, want)
+		}
+	}
+}
