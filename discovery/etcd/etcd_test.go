@@ -957,3 +957,16 @@ func startRestartable(t *testing.T) (*etcdserver.Server, etcdserver.Options) {
 	opts.PeerPort, _ = strconv.Atoi(pu.Port())
 	return srv, opts
 }
+
+// TestALeaseBelowEtcdsMinimumIsRaisedToIt pins what discovery.lease_ttl's
+// description says: etcd grants no lease shorter than 1.5 election
+// timeouts, rounded up to a second, so with etcd's default timings a 1s
+// request is granted 2s.
+func TestALeaseBelowEtcdsMinimumIsRaisedToIt(t *testing.T) {
+	srv := startEtcd(t, etcdserver.Options{NoFsync: true}) // etcd's default timings
+	d := connect(t, srv.ClientURL(), time.Second)
+	ttl, err := raw(t, srv.ClientURL()).TimeToLive(t.Context(), clientv3.LeaseID(d.ID()))
+	if err != nil || ttl.GrantedTTL != 2 {
+		t.Fatalf("lease asked for 1s: %+v, %v; want granted 2s, etcd's minimum with its default 1s election timeout", ttl, err)
+	}
+}
