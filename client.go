@@ -115,6 +115,10 @@ type clientCore struct {
 	tasks        *supervise.Group
 
 	list atomic.Pointer[[]*Candidate] // sorted by id; replaced, never mutated
+	// spared is the last list of usable instances choose offered the
+	// picker while some were avoided; replaced, never mutated, nil when
+	// list changes.
+	spared atomic.Pointer[[]*Candidate]
 
 	mu      sync.Mutex
 	cands   map[uint64]*Candidate
@@ -304,6 +308,7 @@ func (c *clientCore) publish() {
 	}
 	slices.SortFunc(list, func(a, b *Candidate) int { return cmp.Compare(a.ID, b.ID) })
 	c.list.Store(&list)
+	c.spared.Store(nil)
 	close(c.changed)
 	c.changed = make(chan struct{})
 }
@@ -405,15 +410,7 @@ func (c *clientCore) pick(ctx context.Context, direct uint64, tried []*Candidate
 func (c *clientCore) choose(ctx context.Context, list []*Candidate) (*Candidate, error) {
 	var now int64
 	if i := slices.IndexFunc(list, func(c *Candidate) bool { return !usable(c, &now) }); i >= 0 {
-		// Copied only when one is unusable: the common call allocates
-		// nothing here.
-		ok := append(make([]*Candidate, 0, len(list)-1), list[:i]...)
-		for _, l := range list[i+1:] {
-			if usable(l, &now) {
-				ok = append(ok, l)
-			}
-		}
-		if len(ok) > 0 {
+		if ok := c.usableOf(list, i, &now); len(ok) > 0 {
 			list = ok
 		}
 	}
@@ -425,6 +422,41 @@ func (c *clientCore) choose(ctx context.Context, list []*Candidate) (*Candidate,
 		return nil, fmt.Errorf("loom: %s: picker chose no instance", c.path)
 	}
 	return cand, nil
+}
+
+// usableOf returns the usable instances of list, whose first unusable one
+// is at i. While an instance is avoided, call after call finds the same
+// ones usable: those are then the list it returned last time, so the
+// common call allocates nothing here, cooldown or not.
+func (c *clientCore) usableOf(list []*Candidate, i int, now *int64) []*Candidate {
+	var last []*Candidate
+	if p := c.spared.Load(); p != nil {
+		last = *p
+	}
+	n := 0                 // usable instances so far, all equal to last[:n]
+	var fresh []*Candidate // set once they differ from last
+	for k, cand := range list {
+		if k == i || k > i && !usable(cand, now) {
+			continue
+		}
+		if fresh == nil {
+			if n < len(last) && last[n] == cand {
+				n++
+				continue
+			}
+			fresh = append(make([]*Candidate, 0, len(list)-1), last[:n]...)
+		}
+		fresh = append(fresh, cand)
+	}
+	if fresh == nil {
+		return last[:n:n]
+	}
+	// Clipped as the published lists are, so that a picker's append does
+	// not write where another call's picker may; a copy of fresh, since
+	// storing &fresh would put fresh on the heap on every call.
+	spared := slices.Clip(fresh)
+	c.spared.Store(&spared)
+	return spared
 }
 
 func filter(list []*Candidate, direct uint64, tried []*Candidate) []*Candidate {
