@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"iter"
 	"slices"
 	"testing"
@@ -81,22 +82,73 @@ func TestKVRouterSendsAWarmPrefixToTheWorkerHoldingIt(t *testing.T) {
 	if st.Decisions != 9 || st.OverlapBlocks < 8*64 || st.PromptBlocks != 64+8*66 || st.IndexEntries == 0 || st.Resyncs < 4 {
 		t.Errorf("stats after 9 requests: %+v", st)
 	}
-	// Unrelated cold prompts spread over the workers rather than piling
-	// onto one: the holder is no cheaper for them. Each goes to one of
-	// the cheapest workers at random (ties), so all of them landing on
-	// one has a chance of at most 4^-(n-1): about 1 in 16,000 runs for 8,
-	// 1 in a billion for 16.
-	const cold = 16
-	seen := map[uint64]bool{}
+
+	// Cold prompts go to the cheapest worker, at random among equals. Sent
+	// one at a time, each once the router's view of every worker is idle
+	// again, they have no overlap and equal loads everywhere: the holder
+	// of the system prompt is no cheaper, and each goes to any of the 4
+	// workers with probability 1/4, independently. So every worker gets
+	// at least 1 and at most 40 of 64. A router that sends them all to
+	// one worker (the first or last in order, the holder, where the last
+	// went) fails this always; the real one fails it with a chance of
+	// 4.04e-8 (some worker gets none, inclusion-exclusion over
+	// (3/4)^64) + 2.0e-10 (some worker gets over 40, binomial tail):
+	// about 1 in 25 million runs.
+	workers := s.cluster.Workers()
+	const cold, most = 64, 40
+	got := map[uint64]int{}
 	for i := range cold {
-		res := send(ctx, c, r, "spread", prompt(uint32(200+i), 256), 2)
-		if res.err != nil || res.cached != 0 {
+		res := send(ctx, c, r, fmt.Sprintf("cold-%d", i), prompt(uint32(200+i), 256), 2)
+		if res.err != nil || res.cached != 0 || res.overlap != 0 {
 			t.Fatalf("cold request %d: %+v", i, res)
 		}
-		seen[res.worker] = true
+		got[res.worker]++
+		synced(t, r, s.cluster)
 	}
-	if len(seen) < 2 {
-		t.Errorf("%d cold requests all went to one worker", cold)
+	for _, w := range workers {
+		if n := got[w.ID()]; n < 1 || n > most {
+			t.Errorf("worker %x got %d of %d cold requests sent while all were idle; want 1 to %d for each of the %d workers", w.ID(), n, cold, most, len(workers))
+		}
+	}
+
+	// Against load: while one worker runs a long request (64 blocks of
+	// prompt and thousands of tokens to go), no cold prompt goes there.
+	// Its cost carries those 64+ active blocks, more than any other
+	// worker's can, even by a load report sent during its last request
+	// (17 blocks active, 16 pending), so the real router never does. A
+	// router ignoring load would send each there with probability 1/4:
+	// all 64 missing it has a chance of (3/4)^64 = 1.0e-8.
+	lctx, stop := context.WithCancel(ctx)
+	defer stop()
+	long := make(chan result, 1)
+	go func() { long <- send(lctx, c, r, "long", prompt(400, 1024), 7000) }()
+	var busy uint64
+	testutil.Eventually(t, 10*time.Second, "the router to route the long request", func() bool {
+		for _, ws := range r.Stats().Workers {
+			if ws.Open == 1 {
+				busy = ws.ID
+				return true
+			}
+		}
+		return false
+	})
+	for i := range cold {
+		res := send(ctx, c, r, fmt.Sprintf("loaded-%d", i), prompt(uint32(500+i), 256), 2)
+		if res.err != nil || res.cached != 0 {
+			t.Fatalf("cold request %d beside a long one: %+v", i, res)
+		}
+		if res.worker == busy {
+			t.Fatalf("cold request %d went to worker %x, busy with a long request, while 3 workers were idle", i, busy)
+		}
+	}
+	stop()
+	// At 1 ms a token the long request could not have ended on its own.
+	res := <-long
+	if res.tokens >= 7000 {
+		t.Fatalf("the long request ended by itself (%+v): the cold requests did not all run beside it", res)
+	}
+	if res.worker != busy {
+		t.Fatalf("the long request ran on worker %x; the router's stats had it open on %x", res.worker, busy)
 	}
 }
 
