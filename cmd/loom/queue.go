@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/loomrt/loom"
@@ -43,12 +44,23 @@ func withAdmin(cmd *cobra.Command, f func(ctx context.Context, a *workqueue.Admi
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
+	defer closeNATS(nc)
 	a, err := workqueue.NewAdmin(nc)
 	if err != nil {
 		return err
 	}
 	return f(ctx, a)
+}
+
+// closeNATS closes nc, which the command opened, without logging the
+// close as a failure: closed while nats.go reconnects to a server that is
+// gone (the command stopped while NATS is down), the connection's closed
+// handler logged "NATS connection closed" as an error, with nats.go's
+// "no servers available". The loss itself was logged when it happened.
+func closeNATS(nc *nats.Conn) {
+	nc.SetClosedHandler(nil)
+	nc.SetDisconnectErrHandler(nil)
+	nc.Close()
 }
 
 func newQueueLs() *cobra.Command {
