@@ -41,7 +41,12 @@ type BrokerConfig struct {
 	// at once. Default 4096 (as events.zmq.max_peers); negative: no
 	// limit.
 	MaxPeers int
-	// Logger receives connection failures at debug level.
+	// MaxPeersSetting names the setting MaxPeers came from, such as a
+	// command-line flag: the warning about a refused peer names it.
+	// Default "BrokerConfig.MaxPeers".
+	MaxPeersSetting string
+	// Logger receives connection failures at debug level, and peers
+	// refused beyond MaxPeers at warn level, at most once a second a side.
 	Logger *slog.Logger
 }
 
@@ -50,9 +55,13 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 	if cfg.MaxMessage <= 0 {
 		cfg.MaxMessage = 1<<20 + FrameHeaderSize + frameOverhead
 	}
+	if cfg.MaxPeersSetting == "" {
+		cfg.MaxPeersSetting = "BrokerConfig.MaxPeers"
+	}
 	b := &Broker{}
 	b.back = zmtp.NewSocket(zmtp.Options{
-		Type: zmtp.XPUB, SendQueue: cfg.SendQueue, MaxMessage: zmqSubscriptionLimit, MaxPeers: cfg.MaxPeers, Logger: cfg.Logger,
+		Type: zmtp.XPUB, SendQueue: cfg.SendQueue, MaxMessage: zmqSubscriptionLimit,
+		MaxPeers: cfg.MaxPeers, MaxPeersSetting: cfg.MaxPeersSetting, Logger: cfg.Logger,
 		OnSubscribe: func(_ *zmtp.Peer, prefix []byte, on bool) {
 			if on {
 				b.front.Subscribe(prefix)
@@ -62,7 +71,8 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 		},
 	})
 	b.front = zmtp.NewSocket(zmtp.Options{
-		Type: zmtp.XSUB, MaxMessage: cfg.MaxMessage, MaxPeers: cfg.MaxPeers, Logger: cfg.Logger,
+		Type: zmtp.XSUB, MaxMessage: cfg.MaxMessage,
+		MaxPeers: cfg.MaxPeers, MaxPeersSetting: cfg.MaxPeersSetting, Logger: cfg.Logger,
 		OnMessage: func(_ *zmtp.Peer, parts [][]byte) {
 			if len(parts) == 0 {
 				b.malformed.Add(1)

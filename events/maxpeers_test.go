@@ -1,11 +1,13 @@
 package events_test
 
 import (
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/events"
 	"github.com/loomrt/loom/internal/testutil"
@@ -34,7 +36,8 @@ func closedAtOnce(t *testing.T, ep string) bool {
 func TestZMQMaxPeersBoundsAPublishersConnections(t *testing.T) {
 	s := newSystem(t, "zmq")
 	s.Config.Events.ZMQ.MaxPeers = 2
-	pubRT := s.Runtime()
+	var logs testutil.SyncBuffer
+	pubRT := s.Runtime(loom.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	scope := events.Scope{Namespace: "peers", Component: "worker"}
 	p := publisher[string](t, pubRT, scope, "kv_events")
 	subs := []*events.Subscription[string]{
@@ -52,6 +55,9 @@ func TestZMQMaxPeersBoundsAPublishersConnections(t *testing.T) {
 	if n := p.Stats().PeersRefused; n != 1 {
 		t.Errorf("Stats().PeersRefused = %d, want 1", n)
 	}
+	if !strings.Contains(logs.String(), `msg="zmtp: peer refused: the socket holds its maximum of peers (events.zmq.max_peers)"`) {
+		t.Errorf("the refusal is not logged naming events.zmq.max_peers:\n%s", logs.String())
+	}
 	if n := testutil.Metric(t, pubRT.Metrics().Registry(), "loom_events_peers_refused_total", "transport", "zmq"); n != 1 {
 		t.Errorf("loom_events_peers_refused_total = %v, want 1", n)
 	}
@@ -65,29 +71,46 @@ func TestZMQMaxPeersBoundsAPublishersConnections(t *testing.T) {
 	}
 }
 
-// A broker's MaxPeers bounds each of its sides.
+// A broker's MaxPeers bounds each of its sides; the refusals are logged
+// naming the setting the broker was given, BrokerConfig.MaxPeers unless
+// it names another (loom up's flag), not a publisher's
+// events.zmq.max_peers.
 func TestBrokerMaxPeersBoundsEachSide(t *testing.T) {
-	b, err := events.StartBroker(events.BrokerConfig{PubEndpoint: "tcp://127.0.0.1:0", SubEndpoint: "tcp://127.0.0.1:0", MaxPeers: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	for _, ep := range []string{b.PubEndpoint(), b.SubEndpoint()} {
-		held, err := net.Dial("tcp", strings.TrimPrefix(ep, "tcp://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer held.Close()
-		// The broker greets the first: it holds it.
-		_ = held.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := held.Read(make([]byte, 1)); err != nil {
-			t.Fatalf("%s: no greeting for the first connection: %v", ep, err)
-		}
-		if !closedAtOnce(t, ep) {
-			t.Fatalf("%s: a second connection with MaxPeers 1 was not closed", ep)
-		}
-	}
-	if n := b.Stats().Refused; n != 2 {
-		t.Fatalf("Stats().Refused = %d after one refusal on each side, want 2", n)
+	for _, tc := range []struct{ setting, want string }{
+		{"", "(BrokerConfig.MaxPeers)"},
+		{"--zmq-broker-max-peers", "(--zmq-broker-max-peers)"},
+	} {
+		t.Run("set by "+tc.want, func(t *testing.T) {
+			var logs testutil.SyncBuffer
+			b, err := events.StartBroker(events.BrokerConfig{PubEndpoint: "tcp://127.0.0.1:0", SubEndpoint: "tcp://127.0.0.1:0", MaxPeers: 1,
+				MaxPeersSetting: tc.setting, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			for _, ep := range []string{b.PubEndpoint(), b.SubEndpoint()} {
+				held, err := net.Dial("tcp", strings.TrimPrefix(ep, "tcp://"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer held.Close()
+				// The broker greets the first: it holds it.
+				_ = held.SetReadDeadline(time.Now().Add(10 * time.Second))
+				if _, err := held.Read(make([]byte, 1)); err != nil {
+					t.Fatalf("%s: no greeting for the first connection: %v", ep, err)
+				}
+				if !closedAtOnce(t, ep) {
+					t.Fatalf("%s: a second connection with MaxPeers 1 was not closed", ep)
+				}
+			}
+			if n := b.Stats().Refused; n != 2 {
+				t.Fatalf("Stats().Refused = %d after one refusal on each side, want 2", n)
+			}
+			// Each side logged its refusal before closing the connection.
+			want := `msg="zmtp: peer refused: the socket holds its maximum of peers ` + tc.want + `"`
+			if n := strings.Count(logs.String(), want); n != 2 {
+				t.Fatalf("the broker logged %d refusals naming %s, want one a side:\n%s", n, tc.want, logs.String())
+			}
+		})
 	}
 }

@@ -62,7 +62,7 @@ func newZMQSender(ctx context.Context, rt *loom.Runtime, c *pubCore, o options) 
 		subject: []byte(c.subject),
 		dropped: &c.dropped,
 		sock: zmtp.NewSocket(zmtp.Options{Type: zmtp.PUB, SendQueue: zc.SendQueue,
-			MaxMessage: zmqSubscriptionLimit, MaxPeers: zc.MaxPeers, Logger: rt.Logger()}),
+			MaxMessage: zmqSubscriptionLimit, MaxPeers: zc.MaxPeers, MaxPeersSetting: "events.zmq.max_peers", Logger: rt.Logger()}),
 	}
 	if zc.BrokerPub != "" {
 		link, err := s.sock.Dial(zc.BrokerPub)

@@ -255,7 +255,9 @@ func TestLoomUpLimitsTheBrokersPeers(t *testing.T) {
 			connect(t, side.typ, ep) // the place the first left
 		})
 	}
-	up.waitStderr(`level=WARN msg="zmtp: peer refused: .* max=1$`)
+	// The refusal names the flag that set the limit, not the publishers'
+	// events.zmq.max_peers.
+	up.waitStderr(`level=WARN msg="zmtp: peer refused: the socket holds its maximum of peers \(--zmq-broker-max-peers\)" .* max=1$`)
 	_ = up.cmd.Process.Signal(syscall.SIGTERM)
 	up.exit()
 }

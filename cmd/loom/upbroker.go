@@ -52,10 +52,11 @@ func startZMQBroker(host, spec string, maxPeers int, log *slog.Logger) ([][2]str
 		return nil, nil, err
 	}
 	b, err := events.StartBroker(events.BrokerConfig{
-		PubEndpoint: "tcp://" + net.JoinHostPort(host, strconv.Itoa(pp)),
-		SubEndpoint: "tcp://" + net.JoinHostPort(host, strconv.Itoa(sp)),
-		MaxPeers:    maxPeers,
-		Logger:      log,
+		PubEndpoint:     "tcp://" + net.JoinHostPort(host, strconv.Itoa(pp)),
+		SubEndpoint:     "tcp://" + net.JoinHostPort(host, strconv.Itoa(sp)),
+		MaxPeers:        maxPeers,
+		MaxPeersSetting: "--zmq-broker-max-peers",
+		Logger:          log,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (another loom up running? choose other ports with --zmq-broker=PUB,SUB)", err)

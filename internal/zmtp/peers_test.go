@@ -229,33 +229,42 @@ func TestMaxPeersDefaultsAndNoLimit(t *testing.T) {
 }
 
 // A flood of refused connections logs a line a second at most, naming
-// the limit and the key that sets it.
+// the limit and the setting the caller says it came from (a broker's
+// limit is not events.zmq.max_peers, a publisher's).
 func TestRefusalsAreLoggedAtMostOnceASecond(t *testing.T) {
-	var logs testutil.SyncBuffer
-	s := NewSocket(Options{Type: PUB, MaxPeers: 1, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	defer s.Close()
-	addr, err := s.Listen("tcp://127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dialRaw(t, addr, true)
-	testutil.Eventually(t, 10*time.Second, "the first peer", func() bool { return len(s.Peers()) == 1 })
-	start := time.Now()
-	const n = 50
-	for range n {
-		if !dialRaw(t, addr, false).refused() {
-			t.Fatal("a connection beyond MaxPeers 1 was not closed")
-		}
-	}
-	elapsed := time.Since(start)
-	lines := strings.Count(logs.String(), "peer refused")
-	if lines < 1 || lines > 1+int(elapsed/time.Second) {
-		t.Fatalf("%d refusals in %v logged %d lines:\n%s", n, elapsed, lines, logs.String())
-	}
-	if !strings.Contains(logs.String(), "events.zmq.max_peers") || !strings.Contains(logs.String(), "max=1") {
-		t.Fatalf("the refusal does not name the limit and its key:\n%s", logs.String())
-	}
-	if s.Refused() != n {
-		t.Fatalf("Refused() = %d, want %d", s.Refused(), n)
+	for _, tc := range []struct{ setting, want string }{
+		{"events.zmq.max_peers", "(events.zmq.max_peers)"},
+		{"--zmq-broker-max-peers", "(--zmq-broker-max-peers)"},
+		{"", "(Options.MaxPeers)"},
+	} {
+		t.Run("set by "+tc.want, func(t *testing.T) {
+			var logs testutil.SyncBuffer
+			s := NewSocket(Options{Type: PUB, MaxPeers: 1, MaxPeersSetting: tc.setting, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			defer s.Close()
+			addr, err := s.Listen("tcp://127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			dialRaw(t, addr, true)
+			testutil.Eventually(t, 10*time.Second, "the first peer", func() bool { return len(s.Peers()) == 1 })
+			start := time.Now()
+			const n = 50
+			for range n {
+				if !dialRaw(t, addr, false).refused() {
+					t.Fatal("a connection beyond MaxPeers 1 was not closed")
+				}
+			}
+			elapsed := time.Since(start)
+			lines := strings.Count(logs.String(), "peer refused")
+			if lines < 1 || lines > 1+int(elapsed/time.Second) {
+				t.Fatalf("%d refusals in %v logged %d lines:\n%s", n, elapsed, lines, logs.String())
+			}
+			if strings.Count(logs.String(), tc.want) != lines || !strings.Contains(logs.String(), "max=1") {
+				t.Fatalf("the refusal does not name the limit and the setting %s:\n%s", tc.want, logs.String())
+			}
+			if s.Refused() != n {
+				t.Fatalf("Refused() = %d, want %d", s.Refused(), n)
+			}
+		})
 	}
 }

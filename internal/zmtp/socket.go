@@ -46,6 +46,11 @@ type Options struct {
 	// the socket dials are not counted. Default DefaultMaxPeers;
 	// negative: no limit.
 	MaxPeers int
+	// MaxPeersSetting names the setting MaxPeers came from, such as
+	// "events.zmq.max_peers" or "--zmq-broker-max-peers": the warning
+	// about a refused peer names it, for the reader to know what to
+	// raise. Default "Options.MaxPeers".
+	MaxPeersSetting string
 	// OnMessage receives each message a peer sends (SUB and XSUB sockets),
 	// on that peer's reader goroutine. parts alias a buffer that is reused
 	// once OnMessage returns.
@@ -98,6 +103,9 @@ func NewSocket(opts Options) *Socket {
 	}
 	if opts.MaxPeers == 0 {
 		opts.MaxPeers = DefaultMaxPeers
+	}
+	if opts.MaxPeersSetting == "" {
+		opts.MaxPeersSetting = "Options.MaxPeers"
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -192,7 +200,7 @@ func (s *Socket) refuse(c net.Conn, l net.Listener) {
 	s.refused.Add(1)
 	now := time.Now().UnixNano()
 	if last := s.lastRefusal.Load(); now-last >= int64(time.Second) && s.lastRefusal.CompareAndSwap(last, now) {
-		s.opts.Logger.Warn("zmtp: peer refused: the socket holds its maximum of peers (events.zmq.max_peers)",
+		s.opts.Logger.Warn("zmtp: peer refused: the socket holds its maximum of peers ("+s.opts.MaxPeersSetting+")",
 			"addr", l.Addr().String(), "remote", c.RemoteAddr().String(), "max", s.opts.MaxPeers)
 	}
 }
