@@ -40,7 +40,9 @@ type Config struct {
 	// discovery.etcd_endpoints, environment ETCD_ENDPOINTS).
 	Endpoints []string
 	// LeaseTTL is how long records outlive the last keep-alive, rounded
-	// up to whole seconds; zero means DefaultLeaseTTL.
+	// up to whole seconds; zero means DefaultLeaseTTL. etcd raises a TTL
+	// below its minimum, 1.5 election timeouts (2s with its defaults);
+	// New then logs both at info level.
 	LeaseTTL time.Duration
 	// DialTimeout bounds how long New waits for etcd, and each call made
 	// in the background and in Close; zero means DefaultDialTimeout.
@@ -214,6 +216,14 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 	go d.keep(d.ctx)
 	go d.followConn(d.ctx)
 	log.Debug("discovery: etcd lease granted", "lease", hex(lease), "ttl", ttl, "endpoints", cfg.Endpoints)
+	// etcd raises a TTL below its minimum (1.5 election timeouts, rounded
+	// up to a second) without an error. The leases granted again later
+	// are raised alike, so this is said once. The TTL asked is rounded up
+	// to a second, as grant asks it.
+	if ttl > (cfg.LeaseTTL + time.Second - 1).Truncate(time.Second) {
+		log.Info("discovery: etcd granted a longer lease TTL than asked; records outlive a process that vanishes by the granted TTL",
+			"asked", cfg.LeaseTTL, "granted", ttl, "lease", hex(lease))
+	}
 	return d, nil
 }
 

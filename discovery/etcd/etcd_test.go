@@ -962,11 +962,35 @@ func startRestartable(t *testing.T) (*etcdserver.Server, etcdserver.Options) {
 // description says: etcd grants no lease shorter than 1.5 election
 // timeouts, rounded up to a second, so with etcd's default timings a 1s
 // request is granted 2s.
+//
+// The raise is logged at info level, once, with both TTLs: records
+// outlive a process that vanishes by the granted TTL, not the asked one.
+// A TTL etcd grants as asked (after rounding up to a second) logs no such
+// line.
 func TestALeaseBelowEtcdsMinimumIsRaisedToIt(t *testing.T) {
 	srv := startEtcd(t, etcdserver.Options{NoFsync: true}) // etcd's default timings
-	d := connect(t, srv.ClientURL(), time.Second)
+	const raised = `level=INFO msg="discovery: etcd granted a longer lease TTL than asked; records outlive a process that vanishes by the granted TTL"`
+	var logs testutil.SyncBuffer
+	d := connect(t, srv.ClientURL(), time.Second, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
 	ttl, err := raw(t, srv.ClientURL()).TimeToLive(t.Context(), clientv3.LeaseID(d.ID()))
 	if err != nil || ttl.GrantedTTL != 2 {
 		t.Fatalf("lease asked for 1s: %+v, %v; want granted 2s, etcd's minimum with its default 1s election timeout", ttl, err)
+	}
+	var lines []string
+	for line := range strings.Lines(logs.String()) {
+		if strings.Contains(line, raised) {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], " asked=1s granted=2s") {
+		t.Fatalf("the raise was logged %d times:\n%s\nwant once at info level, with asked=1s granted=2s; the log:\n%s", len(lines), strings.Join(lines, ""), logs.String())
+	}
+
+	for _, asked := range []time.Duration{1500 * time.Millisecond, 2 * time.Second} {
+		var logs testutil.SyncBuffer
+		connect(t, srv.ClientURL(), asked, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(&logs, nil)) })
+		if strings.Contains(logs.String(), "longer lease TTL") {
+			t.Errorf("a lease asked for %v, granted 2s, logged a raise:\n%s", asked, logs.String())
+		}
 	}
 }
