@@ -209,3 +209,89 @@ func TestOffloadAfterTheBucketWentAway(t *testing.T) {
 		t.Fatalf("Resolve of an object whose bucket went away: %v; want ErrNotFound saying the bucket does not exist", err)
 	}
 }
+
+// stored returns how many messages (chunks and metadata) bucket holds.
+func stored(t *testing.T, nc *nats.Conn, bucket string) uint64 {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(t.Context(), "OBJ_"+bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// endAfter yields r and, once it has yielded n bytes, ends ctx with end
+// and waits for it to be done, as a put given up half way.
+type endAfter struct {
+	r   io.Reader
+	n   int64
+	ctx context.Context
+	end func()
+}
+
+func (e *endAfter) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if e.n -= int64(n); e.n <= 0 {
+		e.end()
+		<-e.ctx.Done()
+	}
+	return n, err
+}
+
+// TestAPutWhoseContextEndsLeavesTheBucketAsItWas: nats.go removed the
+// chunks of a failed put under the put's own context, which had ended, so
+// every put cancelled or timed out half way left its chunks in the bucket
+// for good: unreadable, never expired without a TTL, counted against
+// MaxBytes until the bucket refused every put.
+func TestAPutWhoseContextEndsLeavesTheBucketAsItWas(t *testing.T) {
+	nc := connect(t)
+	st, err := objectstore.Open(t.Context(), nc, objectstore.Config{Bucket: "ended", Storage: "memory"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Put(t.Context(), "x", strings.NewReader("the first version")); err != nil {
+		t.Fatal(err)
+	}
+	before := stored(t, nc, "ended")
+	for _, tt := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+		end  func(cancel context.CancelFunc)
+		want error
+	}{
+		{name: "cancelled",
+			ctx:  func() (context.Context, context.CancelFunc) { return context.WithCancel(t.Context()) },
+			end:  func(cancel context.CancelFunc) { cancel() },
+			want: context.Canceled},
+		{name: "past its deadline",
+			ctx: func() (context.Context, context.CancelFunc) {
+				return context.WithTimeout(t.Context(), 300*time.Millisecond)
+			},
+			end:  func(context.CancelFunc) {},
+			want: context.DeadlineExceeded},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := tt.ctx()
+			defer cancel()
+			r := &endAfter{r: source(4<<20, 1), n: 1 << 20, ctx: ctx, end: func() { tt.end(cancel) }}
+			if _, err := st.Put(ctx, "x", r); !errors.Is(err, tt.want) {
+				t.Fatalf("Put: %v; want an error wrapping %v", err, tt.want)
+			}
+			if n := stored(t, nc, "ended"); n != before {
+				t.Errorf("the bucket holds %d messages after the failed put, %d before", n, before)
+			}
+			var got bytes.Buffer
+			if _, err := st.Get(t.Context(), "x", &got); err != nil || got.String() != "the first version" {
+				t.Errorf("Get after the failed put: %q, %v; want the first version", got.String(), err)
+			}
+		})
+	}
+}

@@ -146,9 +146,16 @@ func (s *Store) Bucket() string { return s.bucket }
 
 // Put stores what r yields, until io.EOF, as the object name, replacing any
 // object of that name, and returns a reference to it. It streams r in
-// chunks; memory use does not grow with the object's size. If ctx ends or r
-// fails, nothing is stored.
+// chunks; memory use does not grow with the object's size. If ctx ends
+// before r is read to its end, or r fails, Put fails, wrapping the
+// context's or r's error, and leaves the bucket as it was: no new object,
+// no chunks of one, any object of that name kept. Once r is read to its
+// end, Put waits for the server to confirm the object and reports what it
+// says.
 func (s *Store) Put(ctx context.Context, name string, r io.Reader) (Ref, error) {
+	if err := ctx.Err(); err != nil {
+		return Ref{}, fmt.Errorf("objectstore: put %s/%s: %w", s.bucket, name, err)
+	}
 	meta := jetstream.ObjectMeta{Name: name}
 	chunk := s.chunk
 	if chunk <= 0 {
@@ -157,11 +164,30 @@ func (s *Store) Put(ctx context.Context, name string, r io.Reader) (Ref, error) 
 		chunk = int(min(defaultChunk, s.js.Conn().MaxPayload()-chunkReserve))
 	}
 	meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(max(chunk, 1024))}
-	info, err := s.obs.Put(ctx, meta, r)
+	// nats.go removes the chunks of a failed put under the put's own
+	// context: once that has ended the removal fails, and the chunks sent
+	// stay in the bucket for good, unreadable and counted against
+	// MaxBytes. So ctx ends the put through the reader, and the context
+	// nats.go holds stays alive for the removal; each of its requests is
+	// still bounded by the JetStream timeout.
+	info, err := s.obs.Put(context.WithoutCancel(ctx), meta, ctxReader{ctx, r})
 	if err != nil {
 		return Ref{}, fmt.Errorf("objectstore: put %s/%s: %w", s.bucket, name, err)
 	}
 	return Ref{Bucket: s.bucket, Name: name, Size: int64(info.Size), Digest: info.Digest}, nil
+}
+
+// ctxReader fails its reads once ctx has ended.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // Get writes the object name to w, checking its SHA-256 digest at the end,
