@@ -295,3 +295,58 @@ func TestAPutWhoseContextEndsLeavesTheBucketAsItWas(t *testing.T) {
 		})
 	}
 }
+
+// TestObjectNamesTheServerCannotTakeAreRefusedAndTheConnectionStays: a
+// name goes, in base64, into the subjects of the requests about its object.
+// A long one made the server close the connection, which every plane of
+// the process shares, with "maximum control line exceeded"; an empty one
+// failed with nats.go's "object-store meta information invalid".
+func TestObjectNamesTheServerCannotTakeAreRefusedAndTheConnectionStays(t *testing.T) {
+	nc := connect(t)
+	// The longest bucket name, for the longest subjects.
+	bucket := strings.Repeat("b", 251)
+	st, err := objectstore.Open(t.Context(), nc, objectstore.Config{Bucket: bucket, Storage: "memory"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	longest := strings.Repeat("n", 1024)
+	ref, err := st.Put(t.Context(), longest, strings.NewReader("payload"))
+	if err != nil {
+		t.Fatalf("Put of a %d-byte name: %v", len(longest), err)
+	}
+	if _, err := objectstore.ParseRef(ref.String()); err != nil {
+		t.Errorf("the reference Put returned does not parse: %v", err)
+	}
+	if _, err := st.Info(t.Context(), longest); err != nil {
+		t.Errorf("Info of a %d-byte name: %v", len(longest), err)
+	}
+	if err := st.Delete(t.Context(), longest); err != nil {
+		t.Errorf("Delete of a %d-byte name: %v", len(longest), err)
+	}
+
+	tooLong := strings.Repeat("n", 5000)
+	for _, tt := range []struct {
+		name, want string
+	}{
+		{"", "the object name is empty"},
+		{tooLong, "the object name is 5000 bytes, above the 1024 bytes a name may take"},
+	} {
+		for op, call := range map[string]func() error{
+			"put":    func() error { _, err := st.Put(t.Context(), tt.name, strings.NewReader("payload")); return err },
+			"get":    func() error { _, err := st.Get(t.Context(), tt.name, io.Discard); return err },
+			"info":   func() error { _, err := st.Info(t.Context(), tt.name); return err },
+			"delete": func() error { return st.Delete(t.Context(), tt.name) },
+		} {
+			err := call()
+			if err == nil || !strings.Contains(err.Error(), "objectstore: "+op) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("%s of a %d-byte name: %v; want it to say %q", op, len(tt.name), err, tt.want)
+			}
+			if !nc.IsConnected() {
+				t.Fatalf("%s of a %d-byte name closed the connection: %v", op, len(tt.name), nc.LastError())
+			}
+		}
+	}
+	if _, err := st.Put(t.Context(), "after", strings.NewReader("payload")); err != nil {
+		t.Errorf("Put after the refused names: %v", err)
+	}
+}

@@ -50,7 +50,8 @@ const (
 )
 
 // Store is one bucket of the JetStream object store. It is safe for
-// concurrent use.
+// concurrent use. Object names are 1 to 1024 bytes, any bytes; its
+// methods refuse others with an error naming the limit.
 type Store struct {
 	js     jetstream.JetStream
 	obs    jetstream.ObjectStore
@@ -153,6 +154,9 @@ func (s *Store) Bucket() string { return s.bucket }
 // end, Put waits for the server to confirm the object and reports what it
 // says.
 func (s *Store) Put(ctx context.Context, name string, r io.Reader) (Ref, error) {
+	if err := s.checkName("put", name); err != nil {
+		return Ref{}, err
+	}
 	if err := ctx.Err(); err != nil {
 		return Ref{}, fmt.Errorf("objectstore: put %s/%s: %w", s.bucket, name, err)
 	}
@@ -208,6 +212,9 @@ func (s *Store) Get(ctx context.Context, name string, w io.Writer) (Ref, error) 
 // Open returns a reader of the object name, which checks the digest when it
 // reaches the end, and the object's reference. The caller must Close it.
 func (s *Store) Open(ctx context.Context, name string) (io.ReadCloser, Ref, error) {
+	if err := s.checkName("get", name); err != nil {
+		return nil, Ref{}, err
+	}
 	res, err := s.obs.Get(ctx, name)
 	if err != nil {
 		return nil, Ref{}, s.notFound(name, err)
@@ -222,6 +229,9 @@ func (s *Store) Open(ctx context.Context, name string) (io.ReadCloser, Ref, erro
 
 // Info returns the reference of the object name without reading it.
 func (s *Store) Info(ctx context.Context, name string) (Ref, error) {
+	if err := s.checkName("info", name); err != nil {
+		return Ref{}, err
+	}
 	info, err := s.obs.GetInfo(ctx, name)
 	if err != nil {
 		return Ref{}, s.notFound(name, err)
@@ -232,8 +242,27 @@ func (s *Store) Info(ctx context.Context, name string) (Ref, error) {
 // Delete removes the object name. Deleting an object that does not exist
 // is an error wrapping ErrNotFound.
 func (s *Store) Delete(ctx context.Context, name string) error {
+	if err := s.checkName("delete", name); err != nil {
+		return err
+	}
 	if err := s.obs.Delete(ctx, name); err != nil {
 		return s.notFound(name, err)
+	}
+	return nil
+}
+
+// checkName refuses an object name before it reaches the server. nats.go
+// puts the name, in base64, in the subjects of the requests about the
+// object: one past the server's max_control_line (4 KiB by default) makes
+// the server close the connection, which every plane of the process
+// shares. The bound is ParseRef's, so that every Ref that Put returns
+// travels.
+func (s *Store) checkName(op, name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("objectstore: %s in bucket %s: the object name is empty; give the object a name", op, s.bucket)
+	case len(name) > maxNameLen:
+		return fmt.Errorf("objectstore: %s %s/%.32s...: the object name is %d bytes, above the %d bytes a name may take; use a shorter name", op, s.bucket, name, len(name), maxNameLen)
 	}
 	return nil
 }
