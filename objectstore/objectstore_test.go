@@ -350,3 +350,32 @@ func TestObjectNamesTheServerCannotTakeAreRefusedAndTheConnectionStays(t *testin
 		t.Errorf("Put after the refused names: %v", err)
 	}
 }
+
+// TestBucketNamesAreCheckedAgainstTheServersLimit: the bucket's stream is
+// "OBJ_" and its name, and a stream name takes at most 255 bytes. A name
+// of 252 to 255 characters passed Loom's check and failed at the server
+// with "stream name is too long, maximum allowed is 255", a limit the
+// bucket name was within.
+func TestBucketNamesAreCheckedAgainstTheServersLimit(t *testing.T) {
+	nc := connect(t)
+	for _, tt := range []struct {
+		bucket string
+		want   string
+	}{
+		{strings.Repeat("b", 251), ""},
+		{strings.Repeat("b", 252), "use 1 to 251 letters, digits, '-' and '_'"},
+		{"a.b", "use 1 to 251 letters, digits, '-' and '_'"},
+	} {
+		_, err := objectstore.Open(t.Context(), nc, objectstore.Config{Bucket: tt.bucket, Storage: "memory"})
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("Open of a %d-character bucket name: %v", len(tt.bucket), err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("Open of a %d-character bucket name: %v; want it to say %q", len(tt.bucket), err, tt.want)
+		}
+		ref := objectstore.Ref{Bucket: tt.bucket, Name: "n", Size: 1}
+		if _, err := objectstore.ParseRef(ref.String()); (err == nil) != (tt.want == "") {
+			t.Errorf("ParseRef of a reference to a %d-character bucket name: %v", len(tt.bucket), err)
+		}
+	}
+}

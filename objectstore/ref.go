@@ -23,7 +23,9 @@ const maxRefLen = 2048
 // maxNameLen bounds an object name in a reference.
 const maxNameLen = 1024
 
-var bucketRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,255}$`)
+// bucketRE matches a bucket name: its stream, "OBJ_" and the name, may
+// take at most 255 bytes.
+var bucketRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,251}$`)
 
 // ErrBadRef is wrapped by the errors of ParseRef.
 var ErrBadRef = errors.New("objectstore: bad payload reference")

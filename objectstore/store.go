@@ -25,7 +25,7 @@ var ErrNotFound = errors.New("objectstore: object not found")
 // Config describes a bucket. The zero value is DefaultBucket on file
 // storage with one replica, objects kept until deleted.
 type Config struct {
-	// Bucket is the bucket's name: letters, digits, '-' and '_'.
+	// Bucket is the bucket's name: 1 to 251 letters, digits, '-' and '_'.
 	Bucket string
 	// Storage is "file" (default) or "memory".
 	Storage string
@@ -74,7 +74,7 @@ func open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 		cfg.Bucket = DefaultBucket
 	}
 	if !bucketRE.MatchString(cfg.Bucket) {
-		return nil, fmt.Errorf("objectstore: bucket name %q: use letters, digits, '-' and '_'", cfg.Bucket)
+		return nil, fmt.Errorf("objectstore: bucket name %q: use 1 to 251 letters, digits, '-' and '_'", cfg.Bucket)
 	}
 	storage, err := StorageType(cfg.Storage)
 	if err != nil {
