@@ -379,3 +379,23 @@ func TestBucketNamesAreCheckedAgainstTheServersLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestAChunkSizeAboveMaxPayloadIsRefusedByOpen: Open took any ChunkSize,
+// and every Put into a bucket opened with one above the server's
+// max_payload failed with "maximum payload exceeded", naming neither the
+// setting nor the limit.
+func TestAChunkSizeAboveMaxPayloadIsRefusedByOpen(t *testing.T) {
+	nc := connect(t)
+	limit := int(nc.MaxPayload()) - 1024
+	st, err := objectstore.Open(t.Context(), nc, objectstore.Config{Bucket: "chunks", Storage: "memory", ChunkSize: limit})
+	if err != nil {
+		t.Fatalf("Open with ChunkSize %d: %v", limit, err)
+	}
+	if _, err := st.Put(t.Context(), "x", source(3*int64(limit), 1)); err != nil {
+		t.Fatalf("Put in chunks of %d bytes: %v", limit, err)
+	}
+	_, err = objectstore.Open(t.Context(), nc, objectstore.Config{Bucket: "chunks", Storage: "memory", ChunkSize: 2 << 20})
+	if err == nil || !strings.Contains(err.Error(), "ChunkSize 2097152 is above") || !strings.Contains(err.Error(), "max_payload of 1048576") {
+		t.Fatalf("Open with ChunkSize 2 MiB: %v; want an error naming ChunkSize and max_payload", err)
+	}
+}

@@ -38,7 +38,9 @@ type Config struct {
 	// MaxBytes bounds the bucket's size; 0 or less is no limit.
 	MaxBytes int64
 	// ChunkSize is the size of the messages an object is cut into; 0 is
-	// nats.go's default (128 KiB). It must stay below max_payload.
+	// nats.go's default (128 KiB, less if max_payload is smaller). Open
+	// refuses one above the server's max_payload less 1 KiB kept for
+	// headers; one under 1 KiB is taken as 1 KiB.
 	ChunkSize int
 }
 
@@ -79,6 +81,12 @@ func open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	storage, err := StorageType(cfg.Storage)
 	if err != nil {
 		return nil, err
+	}
+	// A chunk above max_payload fails every put with nats.go's "maximum
+	// payload exceeded", which names neither the setting nor the limit.
+	if mp := js.Conn().MaxPayload(); int64(cfg.ChunkSize) > mp-chunkReserve {
+		return nil, fmt.Errorf("objectstore: bucket %s: ChunkSize %d is above the %d bytes a chunk may take (the server's max_payload of %d less %d kept for headers); lower it, or leave it 0 for the default",
+			cfg.Bucket, cfg.ChunkSize, mp-chunkReserve, mp, chunkReserve)
 	}
 	replicas := max(cfg.Replicas, 1)
 	maxBytes := cfg.MaxBytes
