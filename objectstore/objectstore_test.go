@@ -399,3 +399,83 @@ func TestAChunkSizeAboveMaxPayloadIsRefusedByOpen(t *testing.T) {
 		t.Fatalf("Open with ChunkSize 2 MiB: %v; want an error naming ChunkSize and max_payload", err)
 	}
 }
+
+// TestAnObjectWhoseChunksChangedIsAnErrorNotData checks what the package
+// doc promises: the digest is checked on the way out, so an object whose
+// stored chunks were altered or cut short (a disk fault, a stream edited
+// by hand) is an error from Get and Resolve, never bytes handed on as the
+// object.
+func TestAnObjectWhoseChunksChangedIsAnErrorNotData(t *testing.T) {
+	nc := connect(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off, err := objectstore.NewOffloader(nc, js, objectstore.OffloadConfig{
+		Bucket: objectstore.Config{Bucket: "altered", Storage: "memory", ChunkSize: 4096}, Limit: 4096,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name  string
+		alter func(chunks [][]byte) [][]byte
+	}{
+		{"a byte flipped", func(c [][]byte) [][]byte { c[1][7] ^= 0xff; return c }},
+		{"the last chunk gone", func(c [][]byte) [][]byte { return c[:len(c)-1] }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &nats.Msg{Subject: "x", Data: bytes.Repeat([]byte("payload!"), 2000)}
+			ref, err := off.Prepare(t.Context(), m, "test", "test payload")
+			if err != nil || ref == nil {
+				t.Fatalf("Prepare: %v, %v", ref, err)
+			}
+			obs, err := js.ObjectStore(t.Context(), "altered")
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, err := obs.GetInfo(t.Context(), ref.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Read the chunks, then store them again, altered, in place.
+			subject := "$O.altered.C." + info.NUID
+			stream, err := js.Stream(t.Context(), "OBJ_altered")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var chunks [][]byte
+			for seq := uint64(1); len(chunks) < int(info.Chunks); seq++ {
+				msg, err := stream.GetMsg(t.Context(), seq)
+				if errors.Is(err, jetstream.ErrMsgNotFound) {
+					continue // purged by an earlier case
+				}
+				if err != nil {
+					t.Fatalf("chunk at sequence %d: %v", seq, err)
+				}
+				if msg.Subject == subject {
+					chunks = append(chunks, msg.Data)
+				}
+			}
+			if err := stream.Purge(t.Context(), jetstream.WithPurgeSubject(subject)); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range tt.alter(chunks) {
+				if _, err := js.Publish(t.Context(), subject, c); err != nil {
+					t.Fatal(err)
+				}
+			}
+
+			st, err := objectstore.Open(t.Context(), nc, objectstore.Config{Bucket: "altered", Storage: "memory"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.Get(t.Context(), ref.Name, io.Discard); !errors.Is(err, jetstream.ErrDigestMismatch) {
+				t.Errorf("Get: %v; want an error wrapping jetstream.ErrDigestMismatch", err)
+			}
+			if body, _, err := off.Resolve(t.Context(), m.Header, m.Data); err == nil {
+				t.Errorf("Resolve handed on %d bytes of an altered object without an error", len(body))
+			}
+		})
+	}
+}
