@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -193,7 +194,62 @@ func (c *connector) natsOptions(d *dialer) []nats.Option {
 	return append(nopts, c.o.natsOpts...)
 }
 
-// handlers log the connection's life after Connect returned.
+// reconnectLogEvery is how often a run of failed reconnect attempts is
+// logged as a warning, in nanoseconds; 0 is once a minute. The attempts
+// between are logged at debug level.
+var reconnectLogEvery atomic.Int64
+
+func logEvery() time.Duration {
+	if d := reconnectLogEvery.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return time.Minute
+}
+
+// outage counts the failed reconnect attempts since a disconnect.
+type outage struct {
+	mu       sync.Mutex
+	since    time.Time // when the connection was lost
+	attempts int
+	warned   time.Time // when a failed attempt was last logged as a warning
+}
+
+// begin starts counting at a disconnect.
+func (o *outage) begin() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.since, o.attempts, o.warned = time.Now(), 0, time.Time{}
+}
+
+// failed counts an attempt and reports whether it is the one to warn about.
+func (o *outage) failed() (attempts int, down time.Duration, warn bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := time.Now()
+	if o.since.IsZero() {
+		o.since = now
+	}
+	o.attempts++
+	warn = o.warned.IsZero() || now.Sub(o.warned) >= logEvery()
+	if warn {
+		o.warned = now
+	}
+	return o.attempts, now.Sub(o.since), warn
+}
+
+// end stops counting at a reconnect.
+func (o *outage) end() (attempts int, down time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	attempts, down = o.attempts, time.Since(o.since)
+	o.since, o.attempts = time.Time{}, 0
+	return attempts, down
+}
+
+// handlers log the connection's life after Connect returned. A server that
+// stays down is retried every ReconnectWait, forever by default: the first
+// failed attempt is a warning, then one a minute says the connection is
+// still down, and the attempts between go to debug level.
 func handlers(l *slog.Logger) []nats.Option {
 	// nats.go reports no URL once disconnected; remember the last one.
 	var last atomic.Pointer[string]
@@ -208,9 +264,11 @@ func handlers(l *slog.Logger) []nats.Option {
 		}
 		return ""
 	}
+	var down outage
 	return []nats.Option{
 		nats.ConnectHandler(func(nc *nats.Conn) { remember(nc) }),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			down.begin()
 			if err != nil {
 				l.Warn("NATS disconnected; reconnecting", "url", lastURL(), "err", err)
 				return
@@ -218,10 +276,20 @@ func handlers(l *slog.Logger) []nats.Option {
 			l.Debug("NATS disconnected", "url", lastURL())
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			l.Info("NATS reconnected", "url", remember(nc))
+			attempts, d := down.end()
+			l.Info("NATS reconnected", "url", remember(nc), "failed_attempts", attempts, "down", d.Round(time.Millisecond))
 		}),
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
-			l.Warn("NATS reconnect attempt failed", "err", err)
+			attempts, d, warn := down.failed()
+			if !warn {
+				l.Debug("NATS reconnect attempt failed", "attempts", attempts, "down", d.Round(time.Millisecond), "err", err)
+				return
+			}
+			msg := "NATS reconnect attempt failed; retrying"
+			if attempts > 1 {
+				msg = "NATS still disconnected; retrying"
+			}
+			l.Warn(msg, "attempts", attempts, "down", d.Round(time.Millisecond), "err", err)
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
 			if err := nc.LastError(); err != nil {

@@ -557,3 +557,75 @@ func ExampleConnect() {
 	// connected as bob
 	// true
 }
+
+// logLines returns the lines of log that hold every one of parts.
+func logLines(log string, parts ...string) int {
+	n := 0
+	for line := range strings.Lines(log) {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
+// TestAServerThatStaysDownIsNotLoggedAtEveryAttempt: each failed reconnect
+// attempt was a warning, and a connection retries every ReconnectWait
+// (1 s), forever by default: an hour's outage wrote thousands of the same
+// warning per process, per server in the cluster, drowning what else went
+// wrong. Now the first failure warns, then one warning per interval says
+// the connection is still down, with the attempts and the time, and the
+// reconnect says how long it was down.
+func TestAServerThatStaysDownIsNotLoggedAtEveryAttempt(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		every time.Duration // 0: the default, a minute
+	}{
+		{"the first failed attempt warns, the others are debug", 0},
+		{"a warning repeats once an interval while the server stays down", 50 * time.Millisecond},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.every > 0 {
+				defer natsconn.SetReconnectLogEvery(tt.every)()
+			}
+			port := testutil.FreePort(t)
+			ns := startNATS(t, embedded.NATSOptions{Port: port})
+			var buf testutil.SyncBuffer
+			cfg := natsCfg(ns.ClientURL())
+			cfg.ReconnectWait = 5 * time.Millisecond
+			logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			nc, err := natsconn.Connect(t.Context(), cfg, natsconn.WithLogger(logger))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+
+			ns.Shutdown()
+			attempts := func() int {
+				log := buf.String()
+				return logLines(log, "NATS reconnect attempt failed") + logLines(log, "NATS still disconnected")
+			}
+			if tt.every == 0 {
+				testutil.Eventually(t, 10*time.Second, "10 failed reconnect attempts", func() bool { return attempts() >= 10 })
+				log := buf.String()
+				if n := logLines(log, "level=WARN", "NATS reconnect attempt failed") + logLines(log, "level=WARN", "NATS still disconnected"); n != 1 {
+					t.Errorf("%d failed attempts logged %d warnings; want 1:\n%s", attempts(), n, log)
+				}
+			} else {
+				testutil.Eventually(t, 10*time.Second, "a second warning while the server stays down", func() bool {
+					return logLines(buf.String(), "level=WARN", "NATS still disconnected", "attempts=") >= 1
+				})
+			}
+
+			startNATS(t, embedded.NATSOptions{Port: port})
+			testutil.Eventually(t, 10*time.Second, "the reconnect logged", func() bool {
+				return logLines(buf.String(), "NATS reconnected", "failed_attempts=", "down=") == 1
+			})
+			roundTrip(t, nc)
+		})
+	}
+}
