@@ -4,7 +4,8 @@
 // [Connect] turns a [config.NATS] into a connected *nats.Conn: the server
 // URLs (NATS_SERVER), one of the four auth modes Dynamo uses (user/password,
 // token, NKey, credentials file, from the NATS_AUTH_* variables), TLS and
-// mutual TLS, reconnect settings, and logging of disconnects and reconnects
+// mutual TLS (their files, like the credentials file, read again at every
+// reconnect, so renewed ones are used without a restart), reconnect settings, and logging of disconnects and reconnects
 // through log/slog: a server that stays down is a warning at the first
 // failed reconnect attempt and once a minute after, not at every attempt.
 //

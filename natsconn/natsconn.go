@@ -186,6 +186,9 @@ func (c *connector) natsOptions(d *dialer) []nats.Option {
 	}
 	if c.tls != nil {
 		nopts = append(nopts, nats.Secure(c.tls))
+		if reload := tlsReload(cfg); reload != nil {
+			nopts = append(nopts, reload)
+		}
 	}
 	if c.o.inProcess != nil {
 		nopts = append(nopts, nats.InProcessServer(inProcess{c.o.inProcess, d}))

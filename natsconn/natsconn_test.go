@@ -2,10 +2,12 @@ package natsconn_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -628,4 +630,119 @@ func TestAServerThatStaysDownIsNotLoggedAtEveryAttempt(t *testing.T) {
 			roundTrip(t, nc)
 		})
 	}
+}
+
+// TestRenewedTLSFilesAreReadAtTheNextReconnect: the TLS files were read
+// once, at Connect. A client certificate renewed on disk, or a CA the
+// server moved to, was never used by a running process, and once the
+// server refused what the process held, every reconnect failed until a
+// restart. The files are now read again at each reconnect.
+func TestRenewedTLSFilesAreReadAtTheNextReconnect(t *testing.T) {
+	p, renewed := testutil.NewPKI(t, "loom"), testutil.NewPKI(t, "renewed")
+	copyTo := func(dst, src string) {
+		t.Helper()
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		name string
+		// after is the server that comes back, renew what the client's
+		// files then hold.
+		after func() *tls.Config
+		renew func(ca, cert, key string)
+	}{
+		{name: "a renewed client certificate",
+			after: func() *tls.Config {
+				c := serverTLS(p, true)
+				c.ClientCAs = renewed.Pool // the old client certificate is refused
+				return c
+			},
+			renew: func(_, cert, key string) { copyTo(cert, renewed.ClientCertFile); copyTo(key, renewed.ClientKeyFile) }},
+		{name: "a renewed CA",
+			after: func() *tls.Config { return serverTLS(renewed, false) },
+			renew: func(ca, _, _ string) { copyTo(ca, renewed.CAFile) }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			ca, cert, key := dir+"/ca.pem", dir+"/client.pem", dir+"/client-key.pem"
+			copyTo(ca, p.CAFile)
+			copyTo(cert, p.ClientCertFile)
+			copyTo(key, p.ClientKeyFile)
+			port := testutil.FreePort(t)
+			ns := startNATS(t, embedded.NATSOptions{Port: port, TLS: serverTLS(p, true)})
+			cfg := natsCfg(ns.ClientURL())
+			cfg.ReconnectWait = 20 * time.Millisecond
+			cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile = ca, cert, key
+			var buf testutil.SyncBuffer
+			nc, err := natsconn.Connect(t.Context(), cfg, natsconn.WithLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			defer func() {
+				if t.Failed() {
+					t.Log(buf.String())
+				}
+			}()
+			roundTrip(t, nc)
+
+			ns.Shutdown()
+			tt.renew(ca, cert, key)
+			startNATS(t, embedded.NATSOptions{Port: port, TLS: tt.after()})
+			testutil.Eventually(t, 10*time.Second, "a reconnect with the renewed files", func() bool {
+				return nc.Stats().Reconnects == 1 && nc.IsConnected()
+			})
+			roundTrip(t, nc)
+		})
+	}
+}
+
+// TestATLSFileBeingRewrittenFailsOnlyThatReconnectAttempt: a client
+// certificate file caught half written fails that reconnect attempt, and
+// the next attempt reads it again.
+func TestATLSFileBeingRewrittenFailsOnlyThatReconnectAttempt(t *testing.T) {
+	p := testutil.NewPKI(t, "loom")
+	cert := t.TempDir() + "/client.pem"
+	good, err := os.ReadFile(p.ClientCertFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeCert := func(data []byte) {
+		t.Helper()
+		if err := os.WriteFile(cert, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCert(good)
+	port := testutil.FreePort(t)
+	ns := startNATS(t, embedded.NATSOptions{Port: port, TLS: serverTLS(p, true)})
+	cfg := natsCfg(ns.ClientURL())
+	cfg.ReconnectWait = 20 * time.Millisecond
+	cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile = p.CAFile, cert, p.ClientKeyFile
+	nc, err := natsconn.Connect(t.Context(), cfg, natsconn.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+
+	ns.Shutdown()
+	writeCert(good[:len(good)/2])
+	back := startNATS(t, embedded.NATSOptions{Port: port, TLS: serverTLS(p, true)})
+	testutil.Eventually(t, 10*time.Second, "a reconnect attempt with the half-written file", func() bool {
+		v, err := back.Server().Varz(nil)
+		return err == nil && v.TotalConnections >= 1
+	})
+	if nc.IsConnected() {
+		t.Fatal("reconnected with a half-written certificate file")
+	}
+	writeCert(good)
+	// The client saw the disconnect (it tried the new server): connected
+	// now is connected to it.
+	testutil.Eventually(t, 10*time.Second, "a reconnect once the file is whole", nc.IsConnected)
+	roundTrip(t, nc)
 }

@@ -39,6 +39,41 @@ func tlsFor(cfg config.NATS, urls []*url.URL) (*tls.Config, error) {
 	return tc, nil
 }
 
+// tlsReload returns the nats.go option that reads the TLS files again at
+// every connect and reconnect, or nil when none is set. A connection lives
+// as long as the process: with the files read once, a client certificate
+// renewed on disk (cert-manager, Vault, SPIFFE) was never used, and once
+// the old one expired, or the server moved to a renewed CA, every
+// reconnect failed until the process restarted. A file that cannot be
+// read (caught half written), or an expired certificate, fails that
+// attempt; the next attempt reads the files again.
+func tlsReload(cfg config.NATS) nats.Option {
+	var certCB nats.TLSCertHandler
+	var caCB nats.RootCAsHandler
+	if cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+		certCB = func() (tls.Certificate, error) {
+			cert, err := tlsfiles.KeyPair("nats.tls_cert_file", cfg.TLSCertFile, "nats.tls_key_file", cfg.TLSKeyFile)
+			if err != nil {
+				return tls.Certificate{}, fmt.Errorf("natsconn: TLS client certificate (mutual TLS): %w", err)
+			}
+			return cert, nil
+		}
+	}
+	if cfg.TLSCAFile != "" {
+		caCB = func() (*x509.CertPool, error) {
+			pool, err := tlsfiles.CAPool("nats.tls_ca_file", cfg.TLSCAFile)
+			if err != nil {
+				return nil, fmt.Errorf("natsconn: TLS CA file: %w", err)
+			}
+			return pool, nil
+		}
+	}
+	if certCB == nil && caCB == nil {
+		return nil
+	}
+	return nats.ClientTLSConfig(certCB, caCB)
+}
+
 // isTLSError reports whether err came from the TLS handshake or a TLS
 // mismatch between client and server.
 func isTLSError(err error) bool {

@@ -2,8 +2,9 @@
 // request plane's request_plane.tls_* and the NATS connection's nats.tls_*)
 // with one set of rules and errors: a file that cannot be read, holds no
 // certificate, or holds an expired one is an error naming the
-// configuration key and the file. The files are read once, when a plane
-// starts: a renewed certificate takes effect at the next start.
+// configuration key and the file. The request plane reads the files once,
+// when it starts: a renewed certificate takes effect at the next start.
+// The NATS connection reads its files again at every reconnect.
 package tlsfiles
 
 import (
