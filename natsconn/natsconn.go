@@ -209,50 +209,84 @@ func logEvery() time.Duration {
 	return time.Minute
 }
 
-// outage counts the failed reconnect attempts since a disconnect.
+// outage follows the connection from a disconnect to the reconnect, or
+// to its close. nats.go reports a failed dial to ReconnectErrHandler but
+// nothing at all when a server it reached refuses the TLS handshake, so
+// a timer, not the attempts, says that the connection is still down.
 type outage struct {
+	l *slog.Logger
+
 	mu       sync.Mutex
-	since    time.Time // when the connection was lost
-	attempts int
-	warned   time.Time // when a failed attempt was last logged as a warning
+	since    time.Time   // when the connection was lost; zero when up
+	attempts int         // failed dials nats.go reported
+	lastErr  error       // the last of them
+	timer    *time.Timer // the next "still disconnected"; nil when up
 }
 
-// begin starts counting at a disconnect.
-func (o *outage) begin() {
+// begin starts following at a disconnect.
+func (o *outage) begin(nc *nats.Conn) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.since, o.attempts, o.warned = time.Now(), 0, time.Time{}
+	o.stopLocked()
+	o.since, o.attempts, o.lastErr = time.Now(), 0, nil
+	var t *time.Timer
+	t = time.AfterFunc(logEvery(), func() {
+		o.mu.Lock()
+		if o.timer != t {
+			o.mu.Unlock()
+			return // reconnected or closed since
+		}
+		attempts, since, lastErr := o.attempts, o.since, o.lastErr
+		t.Reset(logEvery())
+		o.mu.Unlock()
+		// Between attempts nats.go holds the last handshake's error.
+		err := nc.LastError()
+		if err == nil {
+			err = lastErr
+		}
+		o.l.Warn("NATS still disconnected; retrying", "down", time.Since(since).Round(time.Second),
+			"failed_dials", attempts, "err", err)
+	})
+	o.timer = t
 }
 
-// failed counts an attempt and reports whether it is the one to warn about.
-func (o *outage) failed() (attempts int, down time.Duration, warn bool) {
+// failed counts a failed dial and reports whether it is the first.
+func (o *outage) failed(err error) (attempts int, down time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	now := time.Now()
 	if o.since.IsZero() {
-		o.since = now
+		o.since = time.Now()
 	}
 	o.attempts++
-	warn = o.warned.IsZero() || now.Sub(o.warned) >= logEvery()
-	if warn {
-		o.warned = now
-	}
-	return o.attempts, now.Sub(o.since), warn
+	o.lastErr = err
+	return o.attempts, time.Since(o.since)
 }
 
-// end stops counting at a reconnect.
-func (o *outage) end() (attempts int, down time.Duration) {
+// end stops following at a reconnect or a close, and says how long the
+// connection was down.
+func (o *outage) end() (down time.Duration) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	attempts, down = o.attempts, time.Since(o.since)
-	o.since, o.attempts = time.Time{}, 0
-	return attempts, down
+	o.stopLocked()
+	if !o.since.IsZero() {
+		down = time.Since(o.since)
+	}
+	o.since, o.attempts, o.lastErr = time.Time{}, 0, nil
+	return down
+}
+
+func (o *outage) stopLocked() {
+	if o.timer != nil {
+		o.timer.Stop()
+		o.timer = nil
+	}
 }
 
 // handlers log the connection's life after Connect returned. A server that
-// stays down is retried every ReconnectWait, forever by default: the first
-// failed attempt is a warning, then one a minute says the connection is
-// still down, and the attempts between go to debug level.
+// stays down is retried every ReconnectWait, forever by default: the
+// disconnect and the first failed attempt are warnings, then one a minute
+// says the connection is still down, with the last error, and the attempts
+// between go to debug level.
 func handlers(l *slog.Logger) []nats.Option {
 	// nats.go reports no URL once disconnected; remember the last one.
 	var last atomic.Pointer[string]
@@ -267,11 +301,11 @@ func handlers(l *slog.Logger) []nats.Option {
 		}
 		return ""
 	}
-	var down outage
+	down := &outage{l: l}
 	return []nats.Option{
 		nats.ConnectHandler(func(nc *nats.Conn) { remember(nc) }),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			down.begin()
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			down.begin(nc) // a close ends it at once
 			if err != nil {
 				l.Warn("NATS disconnected; reconnecting", "url", lastURL(), "err", err)
 				return
@@ -279,22 +313,19 @@ func handlers(l *slog.Logger) []nats.Option {
 			l.Debug("NATS disconnected", "url", lastURL())
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			attempts, d := down.end()
-			l.Info("NATS reconnected", "url", remember(nc), "failed_attempts", attempts, "down", d.Round(time.Millisecond))
+			d := down.end()
+			l.Info("NATS reconnected", "url", remember(nc), "down", d.Round(time.Millisecond))
 		}),
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
-			attempts, d, warn := down.failed()
-			if !warn {
+			attempts, d := down.failed(err)
+			if attempts > 1 {
 				l.Debug("NATS reconnect attempt failed", "attempts", attempts, "down", d.Round(time.Millisecond), "err", err)
 				return
 			}
-			msg := "NATS reconnect attempt failed; retrying"
-			if attempts > 1 {
-				msg = "NATS still disconnected; retrying"
-			}
-			l.Warn(msg, "attempts", attempts, "down", d.Round(time.Millisecond), "err", err)
+			l.Warn("NATS reconnect attempt failed; retrying", "down", d.Round(time.Millisecond), "err", err)
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
+			down.end()
 			if err := nc.LastError(); err != nil {
 				l.Error("NATS connection closed", "url", lastURL(), "err", err)
 				return

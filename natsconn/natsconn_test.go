@@ -580,7 +580,7 @@ func logLines(log string, parts ...string) int {
 // (1 s), forever by default: an hour's outage wrote thousands of the same
 // warning per process, per server in the cluster, drowning what else went
 // wrong. Now the first failure warns, then one warning per interval says
-// the connection is still down, with the attempts and the time, and the
+// the connection is still down, with the time and the last error, and the
 // reconnect says how long it was down.
 func TestAServerThatStaysDownIsNotLoggedAtEveryAttempt(t *testing.T) {
 	for _, tt := range []struct {
@@ -619,13 +619,13 @@ func TestAServerThatStaysDownIsNotLoggedAtEveryAttempt(t *testing.T) {
 				}
 			} else {
 				testutil.Eventually(t, 10*time.Second, "a second warning while the server stays down", func() bool {
-					return logLines(buf.String(), "level=WARN", "NATS still disconnected", "attempts=") >= 1
+					return logLines(buf.String(), "level=WARN", "NATS still disconnected", "failed_dials=", "connection refused") >= 1
 				})
 			}
 
 			startNATS(t, embedded.NATSOptions{Port: port})
 			testutil.Eventually(t, 10*time.Second, "the reconnect logged", func() bool {
-				return logLines(buf.String(), "NATS reconnected", "failed_attempts=", "down=") == 1
+				return logLines(buf.String(), "NATS reconnected", "down=") == 1
 			})
 			roundTrip(t, nc)
 		})
@@ -745,4 +745,35 @@ func TestATLSFileBeingRewrittenFailsOnlyThatReconnectAttempt(t *testing.T) {
 	// now is connected to it.
 	testutil.Eventually(t, 10*time.Second, "a reconnect once the file is whole", nc.IsConnected)
 	roundTrip(t, nc)
+}
+
+// TestAServerRefusingTheHandshakeOnReconnectIsLogged: nats.go reports a
+// failed dial on reconnect, but nothing when a server it reached refuses
+// the TLS handshake. A connection whose server came back with a
+// certificate the client does not trust logged its disconnect and then
+// nothing, forever, while every attempt failed. The connection now says
+// it is still down once an interval, with the handshake's error.
+func TestAServerRefusingTheHandshakeOnReconnectIsLogged(t *testing.T) {
+	defer natsconn.SetReconnectLogEvery(50 * time.Millisecond)()
+	p, untrusted := testutil.NewPKI(t, "loom"), testutil.NewPKI(t, "untrusted")
+	port := testutil.FreePort(t)
+	ns := startNATS(t, embedded.NATSOptions{Port: port, TLS: serverTLS(p, false)})
+	cfg := natsCfg(ns.ClientURL())
+	cfg.ReconnectWait = 20 * time.Millisecond
+	cfg.TLSCAFile = p.CAFile
+	var buf testutil.SyncBuffer
+	nc, err := natsconn.Connect(t.Context(), cfg, natsconn.WithLogger(slog.New(slog.NewTextHandler(&buf, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+
+	ns.Shutdown()
+	startNATS(t, embedded.NATSOptions{Port: port, TLS: serverTLS(untrusted, false)})
+	testutil.Eventually(t, 10*time.Second, "a warning naming the refused handshake", func() bool {
+		return logLines(buf.String(), "level=WARN", "NATS still disconnected", "certificate signed by unknown authority") >= 1
+	})
+	if nc.IsConnected() {
+		t.Fatal("connected to a server whose certificate the CA file does not vouch for")
+	}
 }
