@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -776,4 +777,44 @@ func TestAServerRefusingTheHandshakeOnReconnectIsLogged(t *testing.T) {
 	if nc.IsConnected() {
 		t.Fatal("connected to a server whose certificate the CA file does not vouch for")
 	}
+}
+
+// TestARotatedCredentialsFileIsReadAtTheNextReconnect checks what Connect's
+// doc says of the credentials file: it is read again at every reconnect,
+// so credentials rotated on disk are used without a restart. The server
+// comes back trusting another operator, which only the new file's user
+// belongs to.
+func TestARotatedCredentialsFileIsReadAtTheNextReconnect(t *testing.T) {
+	before, after := newOperator(t), newOperator(t)
+	file := filepath.Join(t.TempDir(), "app.creds")
+	rotate := func(from string) {
+		t.Helper()
+		data, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(file, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rotate(creds(t, before.known, "alice"))
+	port := testutil.FreePort(t)
+	ns := startNATS(t, embedded.NATSOptions{Port: port, Operator: before.server})
+	cfg := natsCfg(ns.ClientURL())
+	cfg.ReconnectWait = 20 * time.Millisecond
+	cfg.CredentialsFile = file
+	nc, err := natsconn.Connect(t.Context(), cfg, natsconn.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	roundTrip(t, nc)
+
+	ns.Shutdown()
+	rotate(creds(t, after.known, "alice-renewed"))
+	startNATS(t, embedded.NATSOptions{Port: port, Operator: after.server})
+	testutil.Eventually(t, 10*time.Second, "a reconnect with the rotated credentials", func() bool {
+		return nc.Stats().Reconnects == 1 && nc.IsConnected()
+	})
+	roundTrip(t, nc)
 }
