@@ -231,10 +231,18 @@ func (o *outage) begin(nc *nats.Conn) {
 	o.since, o.attempts, o.lastErr = time.Now(), 0, nil
 	var t *time.Timer
 	t = time.AfterFunc(logEvery(), func() {
+		st := nc.Status()
 		o.mu.Lock()
 		if o.timer != t {
 			o.mu.Unlock()
 			return // reconnected or closed since
+		}
+		if st == nats.CONNECTED || st == nats.CLOSED {
+			// Up again, or closed, unseen: WithNATSOptions replaced the
+			// handler that says so.
+			o.stopLocked()
+			o.mu.Unlock()
+			return
 		}
 		attempts, since, lastErr := o.attempts, o.since, o.lastErr
 		t.Reset(logEvery())

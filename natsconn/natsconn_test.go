@@ -818,3 +818,55 @@ func TestARotatedCredentialsFileIsReadAtTheNextReconnect(t *testing.T) {
 	})
 	roundTrip(t, nc)
 }
+
+// TestReplacedHandlersDoNotLeaveTheConnectionSaidToBeDown: with the
+// reconnect and close handlers replaced through WithNATSOptions, as its doc
+// allows, nothing told the warning that the connection was up again or
+// closed, and it went on saying the connection was down, once an interval,
+// for the life of the process. A second connection, whose server stays
+// down, is the clock: three of its warnings are three intervals.
+func TestReplacedHandlersDoNotLeaveTheConnectionSaidToBeDown(t *testing.T) {
+	const every = 30 * time.Millisecond
+	defer natsconn.SetReconnectLogEvery(every)()
+	connect := func(url string, buf *testutil.SyncBuffer, opts ...nats.Option) *nats.Conn {
+		t.Helper()
+		cfg := natsCfg(url)
+		cfg.ReconnectWait = 10 * time.Millisecond
+		nc, err := natsconn.Connect(t.Context(), cfg, natsconn.WithLogger(slog.New(slog.NewTextHandler(buf, nil))),
+			natsconn.WithNATSOptions(opts...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nc
+	}
+	warnings := func(buf *testutil.SyncBuffer) int { return logLines(buf.String(), "NATS still disconnected") }
+
+	port := testutil.FreePort(t)
+	ns := startNATS(t, embedded.NATSOptions{Port: port})
+	var buf, closedBuf testutil.SyncBuffer
+	nc := connect(ns.ClientURL(), &buf, nats.ReconnectHandler(func(*nats.Conn) {}))
+	defer nc.Close()
+	closed := connect(ns.ClientURL(), &closedBuf, nats.ClosedHandler(func(*nats.Conn) {}))
+	ns.Shutdown()
+	testutil.Eventually(t, 10*time.Second, "the server's absence noticed", func() bool {
+		return warnings(&buf) >= 1 && warnings(&closedBuf) >= 1
+	})
+	closed.Close()
+	startNATS(t, embedded.NATSOptions{Port: port})
+	testutil.Eventually(t, 10*time.Second, "the reconnect", nc.IsConnected)
+	roundTrip(t, nc)
+	up, shut := warnings(&buf), warnings(&closedBuf)
+
+	var clockBuf testutil.SyncBuffer
+	clockNS := startNATS(t, embedded.NATSOptions{})
+	clock := connect(clockNS.ClientURL(), &clockBuf)
+	defer clock.Close()
+	clockNS.Shutdown()
+	testutil.Eventually(t, 10*time.Second, "three intervals", func() bool { return warnings(&clockBuf) >= 3 })
+	if n := warnings(&buf) - up; n > 1 {
+		t.Errorf("%d warnings that a reconnected connection is down:\n%s", n, buf.String())
+	}
+	if n := warnings(&closedBuf) - shut; n > 1 {
+		t.Errorf("%d warnings that a closed connection is down:\n%s", n, closedBuf.String())
+	}
+}
