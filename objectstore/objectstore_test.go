@@ -479,3 +479,141 @@ func TestAnObjectWhoseChunksChangedIsAnErrorNotData(t *testing.T) {
 		})
 	}
 }
+
+// TestAnObjectReplacedOrDeletedWhileBeingReadIsNamedAsSuch: an object's
+// chunks are read from their subject. Replaced or deleted during the
+// read, the object's chunks were removed and the read waited for the
+// rest, then failed with "nats: timeout", naming neither the object nor
+// the cause, and not wrapping the context's error when its deadline was
+// what ended the read. The server sends a reader that does not read at
+// most a few MiB ahead: an object of 8 MiB is mostly still to come.
+func TestAnObjectReplacedOrDeletedWhileBeingReadIsNamedAsSuch(t *testing.T) {
+	nc := connect(t)
+	st, err := objectstore.Open(t.Context(), nc, objectstore.Config{Bucket: "moving", Storage: "memory"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 8 << 20
+	for _, tt := range []struct {
+		name    string
+		timeout time.Duration // of the read's context; 0 is none
+		change  func() error
+		want    string
+		is      error
+	}{
+		{name: "replaced",
+			change: func() error { _, err := st.Put(t.Context(), "x", strings.NewReader("v2")); return err },
+			want:   "objectstore: get moving/x: the object was replaced while being read; read it again"},
+		{name: "deleted",
+			change: func() error { return st.Delete(t.Context(), "x") },
+			want:   "moving/x was deleted while being read", is: objectstore.ErrNotFound},
+		{name: "deleted, read with a deadline that comes first", timeout: time.Second,
+			change: func() error { return st.Delete(t.Context(), "x") },
+			want:   "objectstore: get moving/x: context deadline exceeded", is: context.DeadlineExceeded},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := st.Put(t.Context(), "x", source(size, 1)); err != nil {
+				t.Fatal(err)
+			}
+			ctx := t.Context()
+			if tt.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.timeout)
+				defer cancel()
+			}
+			rc, _, err := st.Open(ctx, "x")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			if _, err := io.ReadFull(rc, make([]byte, 1000)); err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.change(); err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.Copy(io.Discard, rc)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("reading on (%d more bytes): %v; want it to say %q", n, err, tt.want)
+			}
+			if tt.is != nil && !errors.Is(err, tt.is) {
+				t.Errorf("reading on: %v; want it to wrap %v", err, tt.is)
+			}
+			t.Log(err)
+		})
+	}
+}
+
+// TestAReadLongerThanTheJetStreamTimeoutCompletes: nats.go's object Get
+// gives a context without a deadline one of 5 s (its JetStream timeout)
+// for the whole read, so a Get or Open of an object that took longer to
+// read (a large object, a slow writer, a slow link) failed half way with
+// "nats: timeout", though every chunk was on its way.
+func TestAReadLongerThanTheJetStreamTimeoutCompletes(t *testing.T) {
+	nc := connect(t)
+	st, err := objectstore.Open(t.Context(), nc, objectstore.Config{Bucket: "slow", Storage: "memory"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 4 << 20
+	want := sha256.New()
+	if _, err := st.Put(t.Context(), "x", io.TeeReader(source(size, 1), want)); err != nil {
+		t.Fatal(err)
+	}
+	// The writer holds the read up past the 5 s: the time itself is
+	// what is tested.
+	got := sha256.New()
+	w := &heldWriter{w: got, hold: time.After(6 * time.Second)}
+	ref, err := st.Get(t.Context(), "x", w)
+	if err != nil {
+		t.Fatalf("Get of an object read in more than 5 s: %v", err)
+	}
+	if ref.Size != size || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		t.Fatalf("Get returned %+v and other bytes than were put", ref)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(t.Context(), "OBJ_slow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := stream.Info(t.Context()); err != nil || info.State.Consumers != 0 {
+		t.Errorf("the bucket's stream has %d consumers after the Get (%v); want none", info.State.Consumers, err)
+	}
+}
+
+// heldWriter holds its first write until hold fires.
+type heldWriter struct {
+	w    io.Writer
+	hold <-chan time.Time
+}
+
+func (h *heldWriter) Write(p []byte) (int, error) {
+	if h.hold != nil {
+		<-h.hold
+		h.hold = nil
+	}
+	return h.w.Write(p)
+}
+
+// TestObjectsAtTheEdgesOfAChunkRoundTrip: an empty object has no chunk to
+// read, and one of a chunk and a byte ends on a chunk of one byte.
+func TestObjectsAtTheEdgesOfAChunkRoundTrip(t *testing.T) {
+	nc := connect(t)
+	st, err := objectstore.Open(t.Context(), nc, objectstore.Config{Bucket: "edges", Storage: "memory", ChunkSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{0, 1, 4095, 4096, 4097, 3 * 4096} {
+		want := strings.Repeat("e", size)
+		if _, err := st.Put(t.Context(), "x", strings.NewReader(want)); err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		if ref, err := st.Get(t.Context(), "x", &got); err != nil || ref.Size != int64(size) || got.String() != want {
+			t.Errorf("Get of %d bytes: %d bytes, %+v, %v", size, got.Len(), ref, err)
+		}
+	}
+}

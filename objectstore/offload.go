@@ -270,6 +270,9 @@ func (o *Offloader) Resolve(ctx context.Context, h nats.Header, body []byte) ([]
 	w := bytes.NewBuffer(buf)
 	n, err := io.Copy(w, io.LimitReader(rc, ref.Size+1))
 	if err != nil {
+		if errors.As(err, new(readError)) {
+			return nil, &ref, err
+		}
 		return nil, &ref, fmt.Errorf("objectstore: read %s/%s: %w", ref.Bucket, ref.Name, err)
 	}
 	if n != ref.Size {

@@ -1,9 +1,12 @@
 package objectstore
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"strings"
@@ -212,6 +215,9 @@ func (s *Store) Get(ctx context.Context, name string, w io.Writer) (Ref, error) 
 	}
 	defer rc.Close()
 	if _, err := io.Copy(w, rc); err != nil {
+		if errors.As(err, new(readError)) {
+			return Ref{}, err
+		}
 		return Ref{}, fmt.Errorf("objectstore: get %s/%s: %w", s.bucket, name, err)
 	}
 	return ref, nil
@@ -219,10 +225,52 @@ func (s *Store) Get(ctx context.Context, name string, w io.Writer) (Ref, error) 
 
 // Open returns a reader of the object name, which checks the digest when it
 // reaches the end, and the object's reference. The caller must Close it.
+// The read takes as long as the object needs and ends with ctx. A read
+// that stops getting chunks for a while asks why: an object replaced or
+// deleted meanwhile, or whose chunks are gone, is an error saying so.
 func (s *Store) Open(ctx context.Context, name string) (io.ReadCloser, Ref, error) {
 	if err := s.checkName("get", name); err != nil {
 		return nil, Ref{}, err
 	}
+	info, err := s.obs.GetInfo(ctx, name)
+	if err != nil {
+		return nil, Ref{}, s.notFound(name, err)
+	}
+	if info.Opts != nil && info.Opts.Link != nil {
+		// A link (made with the nats CLI, not by Loom): nats.go follows it.
+		return s.openLink(ctx, name)
+	}
+	ref := Ref{Bucket: s.bucket, Name: name, Size: int64(info.Size), Digest: info.Digest}
+	r := &objectReader{s: s, ctx: ctx, info: info, hash: sha256.New()}
+	if info.Size == 0 {
+		return r, ref, nil
+	}
+	// nats.go's own Get gives a context without a deadline one of 5 s
+	// for the whole read: any object that took longer to read failed
+	// with "nats: timeout". This reads the chunks with a consumer of its
+	// own, bounded only by ctx.
+	chunk := defaultChunk
+	if info.Opts != nil && info.Opts.ChunkSize > 0 {
+		chunk = int(info.Opts.ChunkSize)
+	}
+	r.cons, err = s.js.OrderedConsumer(ctx, "OBJ_"+s.bucket, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{r.chunkSubject()},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		// Close deletes the consumer; this is for a reader never closed.
+		InactiveThreshold: 30 * time.Second,
+	})
+	if err != nil {
+		return nil, Ref{}, fmt.Errorf("objectstore: get %s/%s: %w", s.bucket, name, err)
+	}
+	// A few chunks ahead: memory does not grow with the object.
+	if r.it, err = r.cons.Messages(jetstream.PullMaxBytes(max(4<<20, 4*chunk))); err != nil {
+		r.Close()
+		return nil, Ref{}, fmt.Errorf("objectstore: get %s/%s: %w", s.bucket, name, err)
+	}
+	return r, ref, nil
+}
+
+func (s *Store) openLink(ctx context.Context, name string) (io.ReadCloser, Ref, error) {
 	res, err := s.obs.Get(ctx, name)
 	if err != nil {
 		return nil, Ref{}, s.notFound(name, err)
@@ -234,6 +282,137 @@ func (s *Store) Open(ctx context.Context, name string) (io.ReadCloser, Ref, erro
 	}
 	return res, Ref{Bucket: s.bucket, Name: name, Size: int64(info.Size), Digest: info.Digest}, nil
 }
+
+// stallCheck is how long a read waits for a chunk before it asks why none
+// came.
+const stallCheck = 5 * time.Second
+
+// objectReader reads an object's chunks in order, and checks their size
+// and digest against the object's metadata at the end.
+type objectReader struct {
+	s    *Store
+	ctx  context.Context
+	info *jetstream.ObjectInfo
+	cons jetstream.Consumer        // nil for an empty object
+	it   jetstream.MessagesContext // nil for an empty object
+	hash hash.Hash
+	buf  []byte // what is left of the last chunk
+	read uint64 // bytes of chunks received
+	err  error  // sticky: io.EOF at the end
+}
+
+func (r *objectReader) chunkSubject() string {
+	return "$O." + r.s.bucket + ".C." + r.info.NUID
+}
+
+func (r *objectReader) Read(p []byte) (int, error) {
+	for len(r.buf) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		if r.it == nil {
+			r.err = r.finish()
+			continue
+		}
+		msg, err := r.next()
+		if err != nil {
+			r.err = readError{err}
+			continue
+		}
+		r.buf = msg.Data()
+		r.hash.Write(r.buf)
+		r.read += uint64(len(r.buf))
+		if md, err := msg.Metadata(); err == nil && md.NumPending == 0 {
+			r.err = r.finish() // after the data in buf
+		}
+	}
+	n := copy(p, r.buf)
+	r.buf = r.buf[n:]
+	return n, nil
+}
+
+// finish checks the chunks received against the object's metadata.
+func (r *objectReader) finish() error {
+	want, err := jetstream.DecodeObjectDigest(r.info.Digest)
+	if err == nil && r.read == r.info.Size && bytes.Equal(r.hash.Sum(nil), want) {
+		return io.EOF
+	}
+	return readError{fmt.Errorf("objectstore: get %s/%s: %d bytes with digest %s, the object's metadata says %d bytes with %s: %w",
+		r.s.bucket, r.info.Name, r.read, jetstream.GetObjectDigestValue(r.hash), r.info.Size, r.info.Digest, jetstream.ErrDigestMismatch)}
+}
+
+// next returns the next chunk, asking why when none comes for a while.
+func (r *objectReader) next() (jetstream.Msg, error) {
+	for {
+		ctx, cancel := context.WithTimeout(r.ctx, stallCheck)
+		msg, err := r.it.Next(jetstream.NextContext(ctx))
+		cancel()
+		switch {
+		case err == nil:
+			return msg, nil
+		case r.ctx.Err() != nil:
+			return nil, fmt.Errorf("objectstore: get %s/%s: %w", r.s.bucket, r.info.Name, r.ctx.Err())
+		case !errors.Is(err, context.DeadlineExceeded):
+			return nil, fmt.Errorf("objectstore: get %s/%s: %w", r.s.bucket, r.info.Name, err)
+		}
+		if err := r.stalled(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// stalled says why no chunk came, or nil if the object is whole and its
+// chunks are merely slow.
+func (r *objectReader) stalled() error {
+	ctx, cancel := context.WithTimeout(r.ctx, stallCheck)
+	defer cancel()
+	name := r.s.bucket + "/" + r.info.Name
+	info, err := r.s.obs.GetInfo(ctx, r.info.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		return fmt.Errorf("%w: %s was deleted while being read", ErrNotFound, name)
+	case err != nil:
+		return fmt.Errorf("objectstore: get %s: no chunk for %s, and the server does not say why: %w", name, stallCheck, err)
+	case info.NUID != r.info.NUID:
+		return fmt.Errorf("objectstore: get %s: the object was replaced while being read; read it again", name)
+	}
+	st, err := r.s.js.Stream(ctx, "OBJ_"+r.s.bucket)
+	if err != nil {
+		return fmt.Errorf("objectstore: get %s: no chunk for %s, and the server does not say why: %w", name, stallCheck, err)
+	}
+	si, err := st.Info(ctx, jetstream.WithSubjectFilter(r.chunkSubject()))
+	if err != nil {
+		return fmt.Errorf("objectstore: get %s: no chunk for %s, and the server does not say why: %w", name, stallCheck, err)
+	}
+	if have := si.State.Subjects[r.chunkSubject()]; have < uint64(info.Chunks) {
+		return fmt.Errorf("objectstore: get %s: %d of the object's %d chunks are gone (expired by the bucket's TTL?)", name, uint64(info.Chunks)-have, info.Chunks)
+	}
+	return nil
+}
+
+// Close stops the read and deletes its consumer.
+func (r *objectReader) Close() error {
+	if r.it != nil {
+		r.it.Stop()
+	}
+	if r.cons != nil {
+		if ci := r.cons.CachedInfo(); ci != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), stallCheck)
+			_ = r.s.js.DeleteConsumer(ctx, "OBJ_"+r.s.bucket, ci.Name)
+			cancel()
+		}
+		r.cons = nil
+	}
+	if r.err == nil {
+		r.err = readError{fmt.Errorf("objectstore: get %s/%s: read after Close", r.s.bucket, r.info.Name)}
+	}
+	return nil
+}
+
+// readError is an objectReader's error, which names the object already.
+type readError struct{ error }
+
+func (e readError) Unwrap() error { return e.error }
 
 // Info returns the reference of the object name without reading it.
 func (s *Store) Info(ctx context.Context, name string) (Ref, error) {
