@@ -1,8 +1,9 @@
 // Package tlsfiles loads the PEM files that Loom's TLS settings name (the
 // request plane's request_plane.tls_* and the NATS connection's nats.tls_*)
-// with one set of rules and errors: a file that cannot be read, holds no
-// certificate, or holds an expired one is an error naming the
-// configuration key and the file. The request plane reads the files once,
+// with one set of rules and errors: a file that cannot be read, or holds no
+// certificate, or a certificate (with its key) that has expired, is an
+// error naming the configuration key and the file. A CA file may hold
+// expired CAs among current ones, as bundles do: CAPool keeps them. The request plane reads the files once,
 // when it starts: a renewed certificate takes effect at the next start.
 // The NATS connection reads its files again at every reconnect.
 package tlsfiles

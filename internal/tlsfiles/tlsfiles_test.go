@@ -61,6 +61,22 @@ func TestCAPool(t *testing.T) {
 			t.Fatalf("err = %v", err)
 		}
 	})
+	t.Run("an expired CA in a bundle is kept, as bundles carry old CAs", func(t *testing.T) {
+		expired, _ := testutil.SelfSignedCert(t, time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC))
+		old, err := os.ReadFile(expired)
+		if err != nil {
+			t.Fatal(err)
+		}
+		good, err := os.ReadFile(cert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle := filepath.Join(t.TempDir(), "bundle.pem")
+		write(t, bundle, append(old, good...))
+		if pool, err := tlsfiles.CAPool("x.tls_ca_file", bundle); err != nil || pool == nil {
+			t.Fatalf("CAPool of a bundle with an expired CA = %v, %v", pool, err)
+		}
+	})
 	t.Run("a file without a certificate is ErrNoCertificate", func(t *testing.T) {
 		_, err := tlsfiles.CAPool("x.tls_ca_file", junk)
 		if !errors.Is(err, tlsfiles.ErrNoCertificate) || !strings.Contains(err.Error(), "x.tls_ca_file "+junk+" holds no PEM certificate") {
