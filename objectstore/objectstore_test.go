@@ -617,3 +617,58 @@ func TestObjectsAtTheEdgesOfAChunkRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestAForgedReferenceReadsAndDeletesNothing: a reference comes from
+// whoever may publish on the subject, and the object a resolved job's
+// reference names is deleted after its ack. Resolve read any object of any
+// bucket the consumer could reach given its name and size (the digest was
+// optional), and Delete removed objects of any bucket: one forged job
+// could take an application's object as its payload, and one that named
+// it with its digest (published, for model weights) deleted it.
+func TestAForgedReferenceReadsAndDeletesNothing(t *testing.T) {
+	nc := connect(t)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	models, err := objectstore.Open(t.Context(), nc, objectstore.Config{Bucket: "models", Storage: "memory"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	weights, err := models.Put(t.Context(), "weights", strings.NewReader("the application's own object"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	off, err := objectstore.NewOffloader(nc, js, objectstore.OffloadConfig{
+		Bucket: objectstore.Config{Bucket: "payloads", Storage: "memory"}, Limit: 4096,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &nats.Msg{Subject: "x", Data: bytes.Repeat([]byte("p"), 10_000)}
+	job, err := off.Prepare(t.Context(), m, "q", "job for queue q")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, ref := range []objectstore.Ref{weights, *job} {
+		ref.Digest = ""
+		body, _, err := off.Resolve(t.Context(), nats.Header{objectstore.RefHeader: {ref.String()}}, nil)
+		if !errors.Is(err, objectstore.ErrBadRef) || !strings.Contains(err.Error(), "the reference carries no digest") {
+			t.Errorf("Resolve of %s/%s without a digest: %d bytes, %v; want ErrBadRef saying it carries no digest", ref.Bucket, ref.Name, len(body), err)
+		}
+	}
+	err = off.Delete(t.Context(), weights)
+	if !errors.Is(err, objectstore.ErrBadRef) || !strings.Contains(err.Error(), "models/weights is not in bucket payloads") {
+		t.Errorf("Delete of another bucket's object: %v; want ErrBadRef naming both buckets", err)
+	}
+	if _, err := models.Info(t.Context(), "weights"); err != nil {
+		t.Errorf("the application's object after the forged references: %v", err)
+	}
+	if body, _, err := off.Resolve(t.Context(), m.Header, m.Data); err != nil || len(body) != 10_000 {
+		t.Errorf("Resolve of the job's own reference: %d bytes, %v", len(body), err)
+	}
+	if err := off.Delete(t.Context(), *job); err != nil {
+		t.Errorf("Delete of the job's own object: %v", err)
+	}
+}

@@ -235,9 +235,10 @@ func (o *Offloader) existing(ctx context.Context, bucket string) (*Store, error)
 
 // Resolve returns the payload of a message: body itself when h carries no
 // reference, else the object the reference names, read in full. It checks
-// the reference (ParseRef), refuses one whose size is above MaxObjectSize,
-// and fails unless the object has exactly the size and digest the
-// reference claims. The returned Ref is nil when there was no reference.
+// the reference (ParseRef), refuses one that carries no digest or whose
+// size is above MaxObjectSize, and fails unless the object has exactly the
+// size and digest the reference claims. The returned Ref is nil when there
+// was no reference.
 func (o *Offloader) Resolve(ctx context.Context, h nats.Header, body []byte) ([]byte, *Ref, error) {
 	v := h.Get(RefHeader)
 	if v == "" {
@@ -246,6 +247,12 @@ func (o *Offloader) Resolve(ctx context.Context, h nats.Header, body []byte) ([]
 	ref, err := ParseRef(v)
 	if err != nil {
 		return nil, nil, err
+	}
+	// A reference comes from whoever may publish on the subject: without
+	// a digest, one forged with an object's name and size had any object
+	// the consumer could reach read as the payload.
+	if ref.Digest == "" {
+		return nil, &ref, fmt.Errorf("%w: object %s/%s: the reference carries no digest; Loom's always do", ErrBadRef, ref.Bucket, ref.Name)
 	}
 	if ref.Size > o.cfg.MaxObjectSize {
 		return nil, &ref, fmt.Errorf("%w: object %s/%s claims %d bytes, above the limit of %d", ErrBadRef, ref.Bucket, ref.Name, ref.Size, o.cfg.MaxObjectSize)
@@ -282,8 +289,15 @@ func (o *Offloader) Resolve(ctx context.Context, h nats.Header, body []byte) ([]
 }
 
 // Delete removes the object ref names; an object already gone is not an
-// error.
+// error. An object in another bucket than the configured one is not
+// Delete's to remove: the reference may be forged (it comes with a job,
+// and a job's object is deleted after its ack), and such an object was
+// not offloaded here; it is refused with ErrBadRef.
 func (o *Offloader) Delete(ctx context.Context, ref Ref) error {
+	if ref.Bucket != o.cfg.Bucket.Bucket {
+		return fmt.Errorf("%w: object %s/%s is not in bucket %s (queue.object_bucket), where payloads are offloaded here; not deleting it",
+			ErrBadRef, ref.Bucket, ref.Name, o.cfg.Bucket.Bucket)
+	}
 	st, err := o.existing(ctx, ref.Bucket)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
