@@ -5,9 +5,10 @@
 // URLs (NATS_SERVER), one of the four auth modes Dynamo uses (user/password,
 // token, NKey, credentials file, from the NATS_AUTH_* variables), TLS and
 // mutual TLS (their files, like the credentials file, read again at every
-// reconnect, so renewed ones are used without a restart), reconnect settings, and logging of disconnects and reconnects
-// through log/slog: a server that stays down is a warning at the first
-// failed reconnect attempt and once a minute after, not at every attempt.
+// reconnect, so renewed ones are used without a restart), reconnect
+// settings, and logging of disconnects and reconnects through log/slog: a
+// server that stays down is a warning at the first failed reconnect
+// attempt and once a minute after, not at every attempt.
 //
 // Connect fails fast and says why: a refused credential is reported at once
 // with the URL, the auth mode and the variables to check, never as a
