@@ -28,6 +28,30 @@ const (
 	CodeNoInstances = "no_instances"
 )
 
+// Request-plane limits, the "limit" label of
+// loom_request_plane_limit_hits_total (package internal/mux names them).
+const (
+	LimitMaxConns          = "max_conns"
+	LimitFrameTimeout      = "frame_timeout"
+	LimitMaxQueuedPongs    = "max_queued_pongs"
+	LimitMaxStreamsPerConn = "max_streams_per_conn"
+	LimitIdleTimeout       = "idle_timeout"
+)
+
+// Request-plane transports, the "transport" label of
+// loom_client_stalled_servers_total.
+const (
+	TransportTCP  = "tcp"
+	TransportNATS = "nats"
+)
+
+// limits and transports are the fixed label sets New makes a series of
+// each, at 0, so that the first count is seen by increase() and rate().
+var (
+	limits     = []string{LimitMaxConns, LimitFrameTimeout, LimitMaxQueuedPongs, LimitMaxStreamsPerConn, LimitIdleTimeout}
+	transports = []string{TransportTCP, TransportNATS}
+)
+
 var endpointLabels = []string{"namespace", "component", "endpoint"}
 
 // Metrics is one runtime's set of metrics.
@@ -83,6 +107,12 @@ func New() *Metrics {
 		}, []string{"transport"}),
 		endpoints: make(map[[3]string]*Endpoint),
 		clients:   make(map[[3]string]*ClientEndpoint),
+	}
+	for _, l := range limits {
+		m.limitHits.WithLabelValues(l)
+	}
+	for _, tr := range transports {
+		m.stalls.WithLabelValues(tr)
 	}
 	m.reg.MustRegister(requestCollector{m}, m.taskPanics, m.limitHits, m.stalls,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

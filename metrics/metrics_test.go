@@ -2,6 +2,10 @@ package metrics_test
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -157,4 +161,74 @@ func durationText(cumulative [11]int, sum string) string {
 	fmt.Fprintf(&b, series, "_sum", "", sum)
 	fmt.Fprintf(&b, series, "_count", "", strconv.Itoa(cumulative[10]))
 	return b.String()
+}
+
+// The counters whose label values are a fixed set have a series for each
+// value from the start, at 0: Prometheus's increase() and rate() take a
+// series' first sample as its start, so a series born at 1 hides its
+// first count from an alert on increase(...) > 0, and one that does not
+// exist yet reads as "no data" rather than 0.
+func TestFixedSetCountersStartAtZero(t *testing.T) {
+	m := metrics.New()
+	const want = `
+# HELP loom_request_plane_limit_hits_total Times a peer hit a request-plane limit (its connection closed, or its new stream refused), by limit: max_conns, frame_timeout, max_queued_pongs, max_streams_per_conn, idle_timeout (a GOAWAY asking the client to close an idle connection).
+# TYPE loom_request_plane_limit_hits_total counter
+loom_request_plane_limit_hits_total{limit="frame_timeout"} 0
+loom_request_plane_limit_hits_total{limit="idle_timeout"} 0
+loom_request_plane_limit_hits_total{limit="max_conns"} 0
+loom_request_plane_limit_hits_total{limit="max_queued_pongs"} 0
+loom_request_plane_limit_hits_total{limit="max_streams_per_conn"} 0
+# HELP loom_client_stalled_servers_total Times a server this process calls stopped answering while calls waited on it (frozen or overloaded): its calls without a response went to other instances, and new calls avoided it. By transport: tcp, nats.
+# TYPE loom_client_stalled_servers_total counter
+loom_client_stalled_servers_total{transport="nats"} 0
+loom_client_stalled_servers_total{transport="tcp"} 0
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "loom_request_plane_limit_hits_total", "loom_client_stalled_servers_total"); err != nil {
+		t.Fatal(err)
+	}
+	m.LimitHit(metrics.LimitMaxConns)
+	m.ServerStalled(metrics.TransportNATS)
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(strings.NewReplacer(
+		`limit="max_conns"} 0`, `limit="max_conns"} 1`, `transport="nats"} 0`, `transport="nats"} 1`).Replace(want)),
+		"loom_request_plane_limit_hits_total", "loom_client_stalled_servers_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The limits the request planes count (internal/mux, internal/natsplane,
+// which name them by string) are the set New starts at 0, so that none
+// is born at 1.
+func TestTheRequestPlanesCountOnlyTheKnownLimits(t *testing.T) {
+	known := []string{metrics.LimitMaxConns, metrics.LimitFrameTimeout, metrics.LimitMaxQueuedPongs,
+		metrics.LimitMaxStreamsPerConn, metrics.LimitIdleTimeout}
+	call := regexp.MustCompile(`\b(tripped|f|OnLimit)\("([a-z_]+)"`)
+	files, err := filepath.Glob("../internal/mux/*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, err := filepath.Glob("../internal/natsplane/*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	counted := make(map[string]bool)
+	for _, file := range append(files, more...) {
+		if strings.HasSuffix(file, "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range call.FindAllStringSubmatch(string(b), -1) {
+			counted[m[2]] = true
+			if !slices.Contains(known, m[2]) {
+				t.Errorf("%s counts the limit %q, which metrics does not start at 0: add it to metrics' limits (and to docs/observability.md)", file, m[2])
+			}
+		}
+	}
+	for _, l := range known {
+		if !counted[l] {
+			t.Errorf("metrics starts the limit %q at 0, which no request plane counts", l)
+		}
+	}
 }
