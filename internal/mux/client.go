@@ -87,6 +87,11 @@ type ClientConfig struct {
 	// TLS, if set, makes the pool speak TLS; ServerName defaults to the
 	// host of the address. Set Certificates for mutual TLS.
 	TLS *tls.Config
+	// GetTLS, if set, is called at each dial for the TLS configuration of
+	// that connection, in place of TLS (nil: plain TCP), so that a CA or
+	// a client certificate renewed on disk is used by the next
+	// connection. An error fails the dial with ErrUnreachable.
+	GetTLS func() (*tls.Config, error)
 	// Logger receives connection-level events. Default slog.Default().
 	Logger *slog.Logger
 	// OnDrain, if set, is called when the server at addr sends GOAWAY,
@@ -422,13 +427,19 @@ func (p *Pool) dial(ctx context.Context, addr string) (*clientConn, error) {
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
 	}
+	cfg := p.cfg.TLS
+	if p.cfg.GetTLS != nil {
+		var err error
+		if cfg, err = p.cfg.GetTLS(); err != nil {
+			return nil, fmt.Errorf("%w: TLS with %s: %w", ErrUnreachable, addr, err)
+		}
+	}
 	d := net.Dialer{Deadline: deadline}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: dial %s: %w", ErrUnreachable, addr, err)
 	}
-	if p.cfg.TLS != nil {
-		cfg := p.cfg.TLS
+	if cfg != nil {
 		if cfg.ServerName == "" {
 			cfg = cfg.Clone()
 			cfg.ServerName, _, _ = net.SplitHostPort(addr)
