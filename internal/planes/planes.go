@@ -32,7 +32,6 @@ import (
 	"github.com/loomrt/loom/internal/mux"
 	"github.com/loomrt/loom/internal/natsplane"
 	"github.com/loomrt/loom/internal/plane"
-	"github.com/loomrt/loom/internal/tlsfiles"
 )
 
 // Transport names, as discovery records carry them.
@@ -197,7 +196,7 @@ func (p *Planes) startTCP(ctx context.Context) error {
 	if err := checkAdvertise(rc); err != nil {
 		return err
 	}
-	tlsCfg, err := serverTLS(rc)
+	tlsCfg, err := serverTLS(rc, p.cfg.Logger)
 	if err != nil {
 		return err
 	}
@@ -370,7 +369,7 @@ func (p *Planes) tcpPool() (*mux.Pool, error) {
 		return nil, plane.ErrPoolClosed
 	}
 	rc := p.cfg.RequestPlane
-	tlsCfg, err := clientTLS(rc)
+	getTLS, err := clientTLS(rc, p.cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", plane.ErrUnreachable, err)
 	}
@@ -381,7 +380,7 @@ func (p *Planes) tcpPool() (*mux.Pool, error) {
 		KeepaliveTimeout:  rc.KeepaliveTimeout,
 		StallTimeout:      rc.StallTimeout,
 		FrameTimeout:      rc.FrameTimeout,
-		TLS:               tlsCfg,
+		GetTLS:            getTLS,
 		Logger:            p.cfg.Logger,
 		OnDrain:           p.onDrain,
 		OnStall:           func(addr string) { p.onStall(TCP, addr) },
@@ -562,46 +561,55 @@ func (p *Planes) Close() error {
 	return errors.Join(errs...)
 }
 
-func serverTLS(rc config.RequestPlane) (*tls.Config, error) {
+// serverTLS returns the TLS configuration of the TCP plane's server, or
+// nil for plain TCP. Its certificate, and the CAs it verifies callers
+// with, are read again when their files change (see tlsFiles).
+func serverTLS(rc config.RequestPlane, log *slog.Logger) (*tls.Config, error) {
 	if rc.TLSCertFile == "" && rc.TLSKeyFile == "" {
 		if rc.TLSClientAuth {
 			return nil, errors.New("request_plane.tls_client_auth is set without request_plane.tls_cert_file and request_plane.tls_key_file: mutual TLS needs this server's own certificate; set both (LOOM_REQUEST_PLANE_TLS_CERT_FILE, LOOM_REQUEST_PLANE_TLS_KEY_FILE) or unset tls_client_auth")
 		}
 		return nil, nil
 	}
-	cert, err := tlsfiles.KeyPair("request_plane.tls_cert_file", rc.TLSCertFile, "request_plane.tls_key_file", rc.TLSKeyFile)
+	cert, err := watchKeyPair(log, rc.TLSCertFile, rc.TLSKeyFile)
 	if err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	cfg := &tls.Config{
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.current(), nil },
+		MinVersion:     tls.VersionTLS12,
+	}
 	if rc.TLSClientAuth {
 		if rc.TLSCAFile == "" {
 			return nil, errors.New("request_plane.tls_client_auth is set without request_plane.tls_ca_file: set it (LOOM_REQUEST_PLANE_TLS_CA_FILE) to the CA that signs the callers' certificates, or unset tls_client_auth")
 		}
-		pool, err := tlsfiles.CAPool("request_plane.tls_ca_file", rc.TLSCAFile)
+		ca, err := watchCAPool(log, rc.TLSCAFile)
 		if err != nil {
 			return nil, err
 		}
-		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		cfg.GetConfigForClient = (&serverClientCAs{base: cfg, ca: ca}).config
 	}
 	return cfg, nil
 }
 
-func clientTLS(rc config.RequestPlane) (*tls.Config, error) {
+// clientTLS returns what gives the TCP plane's callers the TLS
+// configuration of each connection they dial, or nil for plain TCP. The
+// CAs and the client certificate are read again when their files change
+// (see tlsFiles).
+func clientTLS(rc config.RequestPlane, log *slog.Logger) (func() (*tls.Config, error), error) {
 	if rc.TLSCAFile == "" {
 		return nil, nil
 	}
-	pool, err := tlsfiles.CAPool("request_plane.tls_ca_file", rc.TLSCAFile)
+	ca, err := watchCAPool(log, rc.TLSCAFile)
 	if err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	files := &clientFiles{ca: ca}
 	if rc.TLSCertFile != "" || rc.TLSKeyFile != "" {
-		cert, err := tlsfiles.KeyPair("request_plane.tls_cert_file", rc.TLSCertFile, "request_plane.tls_key_file", rc.TLSKeyFile)
-		if err != nil {
+		if files.cert, err = watchKeyPair(log, rc.TLSCertFile, rc.TLSKeyFile); err != nil {
 			return nil, err
 		}
-		cfg.Certificates = []tls.Certificate{cert}
 	}
-	return cfg, nil
+	return files.config, nil
 }

@@ -3,9 +3,13 @@
 // with one set of rules and errors: a file that cannot be read, or holds no
 // certificate, or a certificate (with its key) that has expired, is an
 // error naming the configuration key and the file. A CA file may hold
-// expired CAs among current ones, as bundles do: CAPool keeps them. The request plane reads the files once,
-// when it starts: a renewed certificate takes effect at the next start.
-// The NATS connection reads its files again at every reconnect.
+// expired CAs among current ones, as bundles do: CAPool keeps them.
+//
+// Both read the files again, so that certificates renewed on disk are
+// used without a restart: the request plane when a file has changed (its
+// identity, size or modification time), at the next TLS handshake, keeping
+// the last files that loaded if the new ones do not; the NATS connection
+// at every reconnect. At start-up, files that do not load are an error.
 package tlsfiles
 
 import (
