@@ -69,13 +69,7 @@ func TestQueueCtrlCWithNATSGoneLogsNoFailure(t *testing.T) {
 	for i, add := range adds {
 		add.waitExit()
 		_, errs := add.lines()
-		var failures []string
-		for _, l := range errs {
-			if (strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR")) && !strings.Contains(l, `msg="NATS disconnected; reconnecting"`) {
-				failures = append(failures, l)
-			}
-		}
-		if len(failures) != 0 {
+		if failures := failuresBesidesTheDisconnection(errs); len(failures) != 0 {
 			t.Errorf("loom queue add %d, stopped with Ctrl-C with NATS gone, logged failures:\n%s\nstderr:\n%s", i, strings.Join(failures, "\n"), strings.Join(errs, "\n"))
 		}
 	}
