@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -284,19 +285,23 @@ var (
 	unsafe  = regexp.MustCompile(`[^A-Za-z0-9_-]`)
 )
 
+// checkTopic and checkGroup also refuse what is not UTF-8 text: the
+// metrics label a group's series with its topic and group, and a label
+// that is not UTF-8 is a panic.
 func checkTopic(topic string) error {
-	if !topicRE.MatchString(topic) || len(topic) > 200 {
-		return fmt.Errorf("eventbus: topic %q: want a NATS subject of dot-separated tokens, without wildcards or spaces, at most 200 bytes", topic)
+	bad := !utf8.ValidString(topic) || strings.ContainsFunc(topic, unicode.IsControl)
+	if bad || !topicRE.MatchString(topic) || len(topic) > 200 {
+		return fmt.Errorf("eventbus: topic %q: want a NATS subject of dot-separated tokens of UTF-8 text, without wildcards, spaces or control characters, at most 200 bytes", topic)
 	}
 	return nil
 }
 
 func checkGroup(group string) error {
-	bad := strings.ContainsAny(group, ".*>") || strings.ContainsFunc(group, func(r rune) bool {
+	bad := !utf8.ValidString(group) || strings.ContainsAny(group, ".*>") || strings.ContainsFunc(group, func(r rune) bool {
 		return unicode.IsSpace(r) || unicode.IsControl(r)
 	})
 	if group == "" || len(group) > 200 || bad {
-		return fmt.Errorf("eventbus: group %q: want a non-empty name of at most 200 bytes without spaces, control characters, dots or wildcards", group)
+		return fmt.Errorf("eventbus: group %q: want a non-empty name of UTF-8 text, at most 200 bytes, without spaces, control characters, dots or wildcards", group)
 	}
 	return nil
 }

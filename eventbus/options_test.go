@@ -83,9 +83,22 @@ func TestBadTopicsAndGroupsAreRefusedWithWhatToDo(t *testing.T) {
 		{"a group with a dot", "t", "a.b", []string{`group "a.b"`, "dots"}},
 		{"a group with a form feed", "t", "a\fb", []string{`group "a\fb"`, "spaces"}},
 		{"a group of 201 bytes", "t", long, []string{"group", "200 bytes"}},
+		// Names that are not UTF-8 text once reached the metrics' labels,
+		// which panic on them, before anything refused them.
+		{"a topic that is not UTF-8", "a\xffb", "g", []string{`topic "a\xffb"`, "UTF-8"}},
+		{"a topic with a NUL", "a\x00b", "g", []string{`topic "a\x00b"`, "control characters"}},
+		{"a group that is not UTF-8", "t", "a\xffb", []string{`group "a\xffb"`, "UTF-8"}},
 	} {
 		t.Run(tc.name+" is refused", func(t *testing.T) {
-			err := b.RegisterConsumer("", tc.topic, tc.group, h)
+			var err error
+			func() {
+				defer func() {
+					if v := recover(); v != nil {
+						t.Fatalf("RegisterConsumer panicked: %v", v)
+					}
+				}()
+				err = b.RegisterConsumer("", tc.topic, tc.group, h)
+			}()
 			if err == nil {
 				t.Fatal("RegisterConsumer succeeded")
 			}
@@ -93,6 +106,12 @@ func TestBadTopicsAndGroupsAreRefusedWithWhatToDo(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not say %q", err, w)
 				}
+			}
+			if tc.group != "g" {
+				return
+			}
+			if _, err := b.NewProducer("", tc.topic, "", 0); err == nil || !strings.Contains(err.Error(), tc.want[0]) {
+				t.Errorf("NewProducer: %v; want an error naming the %s", err, tc.want[0])
 			}
 		})
 	}
