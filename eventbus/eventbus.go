@@ -385,9 +385,15 @@ func (c *conn) forget(topic string) {
 	delete(c.streams, topic+"\x00dlq")
 }
 
+// hint says what to do about an error of a JetStream call. A server
+// without JetStream does not answer its API at all: nats.go reports no
+// responders, which names neither JetStream nor the remedy.
 func hint(err error) error {
-	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+	switch {
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
 		return fmt.Errorf("%w (start nats-server with -js, or set NATS_USE_JETSTREAM=false)", err)
+	case errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("%w: nothing answers the JetStream API; JetStream is not enabled on the server or for this account (start nats-server with -js, or set NATS_USE_JETSTREAM=false)", err)
 	}
 	return err
 }
