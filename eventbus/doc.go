@@ -9,7 +9,8 @@
 //     stream with its last error and delivery count;
 //   - a sharding key that never makes distinct messages duplicates: it
 //     travels in the ShardingKeyHeader header, and WithOrderly handles the
-//     messages of one key one at a time, in order; it is never a message
+//     messages of one key one at a time, in order (on JetStream a retried
+//     message comes after the key's later ones); it is never a message
 //     id (Coze Studio's made every message of a batch share ids, so the
 //     server dropped all but the first of each within its duplicate
 //     window);

@@ -24,7 +24,8 @@ import (
 )
 
 // ShardingKeyHeader carries a message's sharding key, as Coze Studio's
-// NATS eventbus writes and reads it. Producers write it and
+// Core NATS producer writes it (its JetStream producer writes none, and
+// its consumers read none). Producers write it and
 // LoomShardingKeyHeader; consumers read it, else LoomShardingKeyHeader
 // (what Loom wrote alone before).
 const ShardingKeyHeader = "Sharding-Key"
@@ -114,7 +115,9 @@ type ConsumerOpt func(*ConsumerOption)
 // bus's configuration (the queue.* keys).
 type ConsumerOption struct {
 	// Orderly handles messages with the same sharding key one at a time,
-	// in the order they arrive at this process.
+	// in the order they arrive at this process. On Core NATS a retry
+	// holds its key; on JetStream a failed message comes back, after its
+	// backoff, behind the key's later messages.
 	Orderly bool
 	// Concurrency is how many messages are handled at once.
 	Concurrency int

@@ -332,3 +332,50 @@ func TestCoreShutdownHandlesTheMessagesQueuedInTheSubscription(t *testing.T) {
 		t.Fatalf("Shutdown returned having handled %v; want all %d received", handled, n)
 	}
 }
+
+// TestOrderlyRetryHoldsItsKeyOnCoreNATS: on Core NATS an orderly group
+// retries a failed message in the worker of its key, so the key's later
+// messages wait for it and its order holds across the retry. (On
+// JetStream the retry is a nak with backoff: the key's later messages are
+// handled meanwhile; docs/queues.md says so.)
+func TestOrderlyRetryHoldsItsKeyOnCoreNATS(t *testing.T) {
+	ns := startNATS(t, nil)
+	b := newBus(t, busConfig(ns, false))
+	var mu sync.Mutex
+	var order []string
+	failed := false
+	err := b.RegisterConsumer("", "ordered.retry", "g", eventbus.HandlerFunc(func(ctx context.Context, m *eventbus.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if string(m.Body) == "0" && !failed {
+			failed = true
+			return errors.New("not yet")
+		}
+		order = append(order, string(m.Body))
+		return nil
+	}), eventbus.WithOrderly(), eventbus.WithConcurrency(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.NewProducer("", "ordered.retry", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bodies [][]byte
+	for i := range 5 {
+		bodies = append(bodies, fmt.Appendf(nil, "%d", i))
+	}
+	if err := p.BatchSend(ctxFor(t, 5*time.Second), bodies, eventbus.WithShardingKey("space-1")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "every message handled", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(order) == 5
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(order) != "[0 1 2 3 4]" || !failed {
+		t.Fatalf("handled %v (first attempt failed: %v); want [0 1 2 3 4], the first retried before the rest", order, failed)
+	}
+}

@@ -11,7 +11,9 @@
 // messages both ways, on Core NATS and JetStream: the topic is the
 // subject, the body the data, the sharding key the Sharding-Key header,
 // and a JetStream topic's stream is <topic>_STREAM (one Coze created is
-// used as it is).
+// used as it is). Coze's JetStream producer writes no Sharding-Key, only
+// a message id "<key>-<index>", so its messages reach Loom without a key;
+// Coze's consumers read no key.
 package coze
 
 import (
