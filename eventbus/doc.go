@@ -11,8 +11,9 @@
 //     travels in the ShardingKeyHeader header, and WithOrderly handles the
 //     messages of one key one at a time, in order (on JetStream a retried
 //     message comes after the key's later ones); it is never a message
-//     id (Coze Studio's made every message of a batch share ids, so the
-//     server dropped all but the first of each within its duplicate
+//     id (Coze Studio's JetStream producer gives a batch's messages the
+//     ids <key>-0, <key>-1, ..., so every later batch with the key
+//     repeats them, and the server drops those within its duplicate
 //     window);
 //   - a shutdown that drains: Shutdown stops taking messages, lets the
 //     handlers running finish and acknowledges them, and hands the rest
