@@ -42,6 +42,10 @@ func shardingKey(h nats.Header) string {
 	return h.Get(LoomShardingKeyHeader)
 }
 
+// ErrClosed is returned by what is asked of a bus, or of its producers,
+// once its Shutdown or Close has begun.
+var ErrClosed = errors.New("eventbus: the bus is shut down")
+
 // Message is one event as a consumer receives it.
 type Message struct {
 	// Topic and Group are those the consumer was registered with.
@@ -180,6 +184,8 @@ type Bus struct {
 	consumers []stopper
 	closed    bool
 	done      chan struct{} // closed once shut down
+	sending   int           // sends under way
+	sent      chan struct{} // made by shutdown while sends are under way; closed by the last
 
 	tracer func() trace.Tracer // the runtime's, for a bus from Open
 }
@@ -234,7 +240,7 @@ func (b *Bus) conn(ctx context.Context, nameServer string) (*conn, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
-		return nil, errors.New("eventbus: the bus is shut down")
+		return nil, ErrClosed
 	}
 	if c, ok := b.conns[key]; ok {
 		return c, nil
@@ -403,7 +409,8 @@ func hint(err error) error {
 
 // Shutdown drains the bus: every consumer stops taking messages, hands
 // back those not started, and lets its running handlers finish and settle;
-// then the connections the bus opened are drained and closed. If ctx ends
+// sends under way complete, and later ones fail with ErrClosed; then the
+// connections the bus opened are closed. If ctx ends
 // first, running handlers' contexts are cancelled, Shutdown waits at most
 // workqueue.ShutdownGrace for them to return and returns ctx's error; it
 // reports handlers still running then (they ignore their context), without
@@ -413,7 +420,8 @@ func (b *Bus) Shutdown(ctx context.Context) error { return b.shutdown(ctx, false
 
 // Close stops the bus now: every consumer stops taking messages and its
 // running handlers' contexts are cancelled at once; messages not settled
-// are handed back (JetStream) or dropped (Core NATS, which keeps none).
+// are handed back (JetStream) or dropped (Core NATS, which keeps none);
+// sends fail with ErrClosed, and those under way are not waited for.
 // Close waits at most workqueue.ShutdownGrace for the handlers to return,
 // reporting those that ignore their context (a JetStream consumer in a
 // *workqueue.AbandonedError), then closes the connections the bus opened.
@@ -435,6 +443,11 @@ func (b *Bus) shutdown(ctx context.Context, now bool) error {
 	b.closed = true
 	consumers := b.consumers
 	conns := b.conns
+	var sent chan struct{}
+	if b.sending > 0 {
+		sent = make(chan struct{})
+		b.sent = sent
+	}
 	b.mu.Unlock()
 	defer close(b.done)
 	var wg sync.WaitGroup
@@ -448,6 +461,14 @@ func (b *Bus) shutdown(ctx context.Context, now bool) error {
 		})
 	}
 	wg.Wait()
+	if sent != nil {
+		// Sends return once the server has them: once those under way
+		// have, nothing is pending. Close does not wait.
+		select {
+		case <-sent:
+		case <-ctx.Done():
+		}
+	}
 	for _, c := range conns {
 		c.mu.Lock()
 		if c.pubJS != nil {
@@ -455,12 +476,32 @@ func (b *Bus) shutdown(ctx context.Context, now bool) error {
 		}
 		c.mu.Unlock()
 		if c.own {
-			// Sends return once the server has them, so nothing is
-			// pending here.
 			c.nc.Close()
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// beginSend counts a send under way, unless the bus is shut down; endSend
+// ends it.
+func (b *Bus) beginSend() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false
+	}
+	b.sending++
+	return true
+}
+
+func (b *Bus) endSend() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.sending--
+	if b.sending == 0 && b.sent != nil {
+		close(b.sent)
+		b.sent = nil
+	}
 }
 
 // addConsumer records a running consumer, unless the bus is shut down.
@@ -468,7 +509,7 @@ func (b *Bus) addConsumer(s stopper) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
-		return errors.New("eventbus: the bus is shut down")
+		return ErrClosed
 	}
 	b.consumers = append(b.consumers, s)
 	return nil

@@ -65,6 +65,10 @@ func (p *producer) BatchSend(ctx context.Context, bodyArr [][]byte, opts ...Send
 	if len(bodyArr) == 0 {
 		return fmt.Errorf("eventbus: no messages to send to topic %s", p.topic)
 	}
+	if !p.b.beginSend() {
+		return fmt.Errorf("eventbus: %d messages to topic %s not sent: %w", len(bodyArr), p.topic, ErrClosed)
+	}
+	defer p.b.endSend()
 	var o SendOption
 	for _, opt := range opts {
 		opt(&o)
