@@ -253,3 +253,40 @@ func TestOrderlyKeepsTheOrderOfMessagesWithOnlyLoomsOldHeader(t *testing.T) {
 		}
 	}
 }
+
+// TestATopicAnotherStreamTakesIsRefusedNamingThatStream: a topic whose
+// subject a stream of another name already takes (Coze Studio's for a
+// topic with a ':', whose stream name keeps it; an operator's wider one)
+// is refused with an error that names that stream and what to do, not
+// only the server's "subjects overlap with an existing stream".
+func TestATopicAnotherStreamTakesIsRefusedNamingThatStream(t *testing.T) {
+	ns := startNATS(t, nil)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for name, subject := range map[string]string{"app:events_STREAM": "app:events", "WIDE": "wide.*"} {
+		if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: name, Subjects: []string{subject}, Storage: jetstream.MemoryStorage}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := newBus(t, busConfig(ns, true))
+	h := eventbus.HandlerFunc(func(context.Context, *eventbus.Message) error { return nil })
+	for topic, stream := range map[string]string{"app:events": "app:events_STREAM", "wide.x": "WIDE"} {
+		t.Run("topic "+topic, func(t *testing.T) {
+			_, perr := b.NewProducer("", topic, "", 0)
+			for what, err := range map[string]error{"RegisterConsumer": b.RegisterConsumer("", topic, "g", h), "NewProducer": perr} {
+				if err == nil {
+					t.Fatalf("%s succeeded", what)
+				}
+				for _, w := range []string{"stream " + stream + " already takes", "nats stream edit " + stream, eventbus.StreamName(topic)} {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("%s: %v; want it to say %q", what, err, w)
+					}
+				}
+			}
+		})
+	}
+}

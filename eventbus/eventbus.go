@@ -378,11 +378,34 @@ func (b *Bus) ensureStreams(ctx context.Context, c *conn, topic string, deadLett
 			Metadata:    map[string]string{"loom.kind": "eventbus", "loom.topic": topic},
 		}, b.log)
 		if err != nil {
-			return fmt.Errorf("eventbus: create stream %s for topic %s: %w", name, topic, hint(err))
+			return fmt.Errorf("eventbus: create stream %s for topic %s: %w", name, topic, b.overlap(ctx, c, topic, name, hint(err)))
 		}
 	}
 	c.streams[key] = true
 	return nil
+}
+
+// errCodeSubjectOverlap is the server's answer to a stream whose subjects
+// another stream takes already.
+const errCodeSubjectOverlap jetstream.ErrorCode = 10065
+
+// overlap names the stream that takes topic already, when err says one
+// does, and what to do: the server's answer names neither.
+func (b *Bus) overlap(ctx context.Context, c *conn, topic, name string, err error) error {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeSubjectOverlap {
+		return err
+	}
+	other, lerr := c.js.StreamNameBySubject(ctx, topic)
+	if lerr != nil || other == "" {
+		return err
+	}
+	why := ""
+	if other == strings.ReplaceAll(topic, ".", "_")+"_STREAM" {
+		why = " (Coze Studio's name for it: Coze replaces only dots, Loom every character but letters, digits, '-' and '_')"
+	}
+	return fmt.Errorf("stream %s already takes topic %s, whose messages Loom keeps in %s%s; remove the topic from that stream (nats stream edit %s), delete that stream if nothing needs it, or use another topic: %w",
+		other, topic, name, why, other, err)
 }
 
 // forget drops what is known of topic's streams, so that the next
