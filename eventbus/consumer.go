@@ -36,8 +36,8 @@ func (b *Bus) RegisterConsumer(nameServer, topic, group string, handler Consumer
 	if err := checkGroup(group); err != nil {
 		return err
 	}
-	if handler == nil {
-		return errors.New("eventbus: RegisterConsumer needs a handler")
+	if f, ok := handler.(HandlerFunc); handler == nil || ok && f == nil {
+		return fmt.Errorf("eventbus: consumer of topic %s, group %s: the handler is nil; RegisterConsumer needs one", topic, group)
 	}
 	q := b.cfg.Queue
 	var o ConsumerOption

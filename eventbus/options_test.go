@@ -116,3 +116,18 @@ func TestBadTopicsAndGroupsAreRefusedWithWhatToDo(t *testing.T) {
 		})
 	}
 }
+
+// TestANilHandlerIsRefused: a nil handler, or a nil HandlerFunc, is an
+// error naming it, not a group whose every message panics.
+func TestANilHandlerIsRefused(t *testing.T) {
+	ns := startNATS(t, nil)
+	b := newBus(t, busConfig(ns, false))
+	for name, h := range map[string]eventbus.ConsumerHandler{"nil": nil, "a nil HandlerFunc": eventbus.HandlerFunc(nil)} {
+		t.Run(name+" is refused", func(t *testing.T) {
+			err := b.RegisterConsumer("", "jobs.nil", "worker", h)
+			if err == nil || !strings.Contains(err.Error(), "handler") {
+				t.Fatalf("RegisterConsumer: %v; want an error naming the handler", err)
+			}
+		})
+	}
+}

@@ -18,6 +18,7 @@ package coze
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/loomrt/loom/eventbus"
 )
@@ -60,6 +61,10 @@ func sendOpts(opts []SendOpt) []eventbus.SendOpt {
 type consumerService struct{ bus *eventbus.Bus }
 
 func (s consumerService) RegisterConsumer(nameServer, topic, group string, h ConsumerHandler, opts ...ConsumerOpt) error {
+	if h == nil {
+		// The bus sees the adapter's wrapper, never nil: check here.
+		return fmt.Errorf("coze: consumer of topic %s, group %s: the consumer handler is nil; RegisterConsumer needs one", topic, group)
+	}
 	var o ConsumerOption
 	for _, opt := range opts {
 		opt(&o)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -151,5 +152,27 @@ func TestAdapterCarriesMessagesInOrderPerShardingKey(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestANilHandlerIsRefused: RegisterConsumer with a nil handler is an
+// error, as in Coze Studio's own consumers, not a group whose every
+// message panics, is retried and is dead-lettered.
+func TestANilHandlerIsRefused(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	c := config.Default()
+	c.NATS.URL = ns.ClientURL()
+	bus, err := eventbus.New(eventbus.Config{NATS: c.NATS, Queue: c.Queue, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bus.Close()
+	err = coze.NewConsumerService(bus).RegisterConsumer("", "app_events", "indexer", nil)
+	if err == nil || !strings.Contains(err.Error(), "handler") {
+		t.Fatalf("RegisterConsumer with a nil handler: %v; want an error naming the handler", err)
 	}
 }
