@@ -321,7 +321,9 @@ func checkGroup(group string) error {
 // '-' and '_' (all of Coze Studio's) that is the name Coze Studio gives
 // it; Coze replaces only the dots, so for a topic with other characters
 // the two name different streams, and the second one created is refused
-// for taking the topic the first already takes.
+// for taking the topic the first already takes. Topics that differ only
+// in replaced characters ("a.b", "a_b", "a:b") name one stream: it holds
+// the first one used, and the others are refused.
 func StreamName(topic string) string { return unsafe.ReplaceAllString(topic, "_") + "_STREAM" }
 
 // DeadLetterStream returns the stream that holds topic's dead letters.
@@ -365,6 +367,18 @@ func (b *Bus) ensureStreams(ctx context.Context, c *conn, topic string, deadLett
 		}
 	} else {
 		name := StreamName(topic)
+		// Topics that differ only in what StreamName replaces share the
+		// name. Taking such a stream as this topic's would rewrite its
+		// labels, and the group's consumer of the same name on it to
+		// filter this topic, which the stream never holds: the other
+		// topic's group would silently lose its messages, and sends here
+		// would find no stream.
+		if s, err := c.js.Stream(ctx, name); err == nil {
+			if have := s.CachedInfo().Config.Subjects; !jsstream.Covers(have, topic) {
+				return fmt.Errorf("eventbus: stream %s, the name of topic %s's stream, exists with subjects %v, which do not take topic %s: another topic that differs from it only in characters other than letters, digits, '-' and '_' has it (stream names replace those by '_'); use another topic, whose stream name is its own",
+					name, topic, have, topic)
+			}
+		}
 		_, _, err = jsstream.Ensure(ctx, c.js, jetstream.StreamConfig{
 			Name:        name,
 			Description: "Loom EventBus topic " + topic,

@@ -3,6 +3,7 @@ package eventbus_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -112,4 +113,43 @@ func TestAPanickingHandlerIsRetriedAndTheGroupGoesOn(t *testing.T) {
 			t.Errorf("the message whose handler panicked was tried %d times, want 2", tries["bad"])
 		}
 	})
+}
+
+// TestATopicWhoseStreamNameIsTakenIsRefused: topics that differ only in
+// characters a stream name replaces by '_' ("a.b", "a_b", "a:b") name
+// one stream, which takes the first one's subject only. The second was
+// once taken anyway: its group's consumer, of the same name on that
+// stream, was rewritten to filter the second topic, so the first topic's
+// group silently stopped getting its messages, and every send to the
+// second failed with "no response from stream". It is now refused,
+// naming the stream, its subjects and what to do; the first topic's group
+// goes on.
+func TestATopicWhoseStreamNameIsTakenIsRefused(t *testing.T) {
+	ns := startNATS(t, nil)
+	b := newBus(t, busConfig(ns, true))
+	first := newCollector()
+	if err := b.RegisterConsumer("", "app.events", "g", first); err != nil {
+		t.Fatal(err)
+	}
+	for _, topic := range []string{"app_events", "app:events"} {
+		_, perr := b.NewProducer("", topic, "", 0)
+		for what, err := range map[string]error{"RegisterConsumer": b.RegisterConsumer("", topic, "g", newCollector()), "NewProducer": perr} {
+			if err == nil {
+				t.Fatalf("%s of topic %s succeeded", what, topic)
+			}
+			for _, w := range []string{"stream app_events_STREAM", "[app.events]", "topic " + topic, "another topic"} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%s of topic %s: %v; want it to say %q", what, topic, err, w)
+				}
+			}
+		}
+	}
+	p, err := b.NewProducer("", "app.events", "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(ctxFor(t, 5*time.Second), []byte("still mine")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the first topic's group got its message", func() bool { return first.n.Load() == 1 })
 }
