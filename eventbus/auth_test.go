@@ -3,11 +3,15 @@ package eventbus_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/embedded"
@@ -56,5 +60,95 @@ func TestBusConnectsWithCozeStudioEnvironment(t *testing.T) {
 	_, err = bad.NewProducer("", "hello", "g", 1)
 	if !errors.Is(err, nats.ErrAuthorization) || !strings.Contains(err.Error(), "coze") {
 		t.Fatalf("wrong password: %v; want an authorization error naming the user", err)
+	}
+}
+
+// TestBusConnectsWithCozeStudioJWTAndSeed: NATS_JWT_TOKEN with
+// NATS_NKEY_SEED, the seed given as itself, as a file holding it, or as a
+// .creds file, as docs/queues.md says; a seed that is not the JWT's, or a
+// path that names nothing, is an error naming the variables.
+func TestBusConnectsWithCozeStudioJWTAndSeed(t *testing.T) {
+	okp, _ := nkeys.CreateOperator()
+	opub, _ := okp.PublicKey()
+	opJWT, err := jwt.NewOperatorClaims(opub).Encode(okp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	akp, _ := nkeys.CreateAccount()
+	apub, _ := akp.PublicKey()
+	accJWT, err := jwt.NewAccountClaims(apub).Encode(okp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ukp, _ := nkeys.CreateUser()
+	upub, _ := ukp.PublicKey()
+	userJWT, err := jwt.NewUserClaims(upub).Encode(akp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := ukp.Seed()
+	other, _ := nkeys.CreateUser()
+	otherSeed, _ := other.Seed()
+	dir := t.TempDir()
+	seedFile := filepath.Join(dir, "user.nk")
+	if err := os.WriteFile(seedFile, append(seed, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	creds, err := jwt.FormatUserConfig(userJWT, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	credsFile := filepath.Join(dir, "user.creds")
+	if err := os.WriteFile(credsFile, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := embedded.StartNATS(embedded.NATSOptions{Operator: &embedded.NATSOperator{JWT: opJWT, Accounts: []string{accJWT}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	for _, tc := range []struct {
+		name, seed string
+		want       []string // in the error; none: it connects
+	}{
+		{"the seed itself", string(seed), nil},
+		{"a file holding the seed", seedFile, nil},
+		{"a .creds file", credsFile, nil},
+		{"another user's seed", string(otherSeed), []string{"NATS_JWT_TOKEN", "NATS_NKEY_SEED"}},
+		{"a path that names nothing", filepath.Join(dir, "missing.nk"), []string{"NATS_NKEY_SEED", "missing.nk"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, v := range []string{eventbus.EnvUsername, eventbus.EnvPassword, eventbus.EnvToken, eventbus.EnvUseJetStream, eventbus.EnvStreamReplicas} {
+				t.Setenv(v, "") // the shell's must not apply
+			}
+			t.Setenv(eventbus.EnvServerURL, ns.ClientURL())
+			t.Setenv(eventbus.EnvJWTToken, userJWT)
+			t.Setenv(eventbus.EnvNKeySeed, tc.seed)
+			cfg, err := eventbus.ConfigFromEnv(config.Default())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Logger = quiet
+			cfg.NATS.ConnectTimeout = 2 * time.Second
+			b := newBus(t, cfg)
+			p, err := b.NewProducer("", "hello", "g", 0)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := p.Send(ctxFor(t, 5*time.Second), []byte("world")); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("NewProducer connected")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("NewProducer: %v; want it to say %q", err, w)
+				}
+			}
+		})
 	}
 }
