@@ -1,6 +1,7 @@
 package eventbus_test
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -119,6 +120,73 @@ func TestShutdownWaitsForTheSendsUnderWay(t *testing.T) {
 		}
 		if err := <-shut; err != nil {
 			t.Fatalf("Shutdown: %v", err)
+		}
+	})
+}
+
+// TestAHandlerSendsWhileShutdownDrainsIt: Shutdown lets running handlers
+// finish, and a handler that finishes by sending (an event that follows
+// from the one it handled) may: producers stop only once the handlers
+// are done. Else its message would fail and be retried elsewhere, its
+// work done twice.
+func TestAHandlerSendsWhileShutdownDrainsIt(t *testing.T) {
+	modes(t, func(t *testing.T, js bool) {
+		ns := startNATS(t, nil)
+		b, err := eventbus.New(busConfig(ns, js))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(ns.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		followUps, err := nc.SubscribeSync("orders.shipped")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		next, err := b.NewProducer("", "orders.shipped", "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		started, release := make(chan struct{}), make(chan struct{})
+		sent := make(chan error, 1)
+		err = b.RegisterConsumer("", "orders.paid", "shipper", eventbus.HandlerFunc(func(ctx context.Context, m *eventbus.Message) error {
+			close(started)
+			<-release
+			err := next.Send(ctx, m.Body)
+			sent <- err
+			return err
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := b.NewProducer("", "orders.paid", "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Send(ctxFor(t, 5*time.Second), []byte("order-1")); err != nil {
+			t.Fatal(err)
+		}
+		<-started
+		shut := make(chan error, 1)
+		go func() { shut <- b.Shutdown(ctxFor(t, 20*time.Second)) }()
+		testutil.Eventually(t, 5*time.Second, "Shutdown begun", func() bool {
+			_, err := b.NewProducer("", "orders.paid", "", 0)
+			return errors.Is(err, eventbus.ErrClosed)
+		})
+		close(release)
+		if err := <-sent; err != nil {
+			t.Fatalf("a handler's send while Shutdown drains it: %v", err)
+		}
+		if err := <-shut; err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		if m, err := followUps.NextMsg(5 * time.Second); err != nil || string(m.Data) != "order-1" {
+			t.Fatalf("the follow-up event: %v, %v", m, err)
 		}
 	})
 }

@@ -42,8 +42,8 @@ func shardingKey(h nats.Header) string {
 	return h.Get(LoomShardingKeyHeader)
 }
 
-// ErrClosed is returned by what is asked of a bus, or of its producers,
-// once its Shutdown or Close has begun.
+// ErrClosed is returned by what is asked of a bus once its Shutdown or
+// Close has begun, and by its producers once its consumers have stopped.
 var ErrClosed = errors.New("eventbus: the bus is shut down")
 
 // Message is one event as a consumer receives it.
@@ -185,6 +185,7 @@ type Bus struct {
 	closed    bool
 	done      chan struct{} // closed once shut down
 	sending   int           // sends under way
+	noSends   bool          // set once the consumers are drained: sends are refused
 	sent      chan struct{} // made by shutdown while sends are under way; closed by the last
 
 	tracer func() trace.Tracer // the runtime's, for a bus from Open
@@ -446,8 +447,9 @@ func hint(err error) error {
 
 // Shutdown drains the bus: every consumer stops taking messages, hands
 // back those not started, and lets its running handlers finish and settle;
-// sends under way complete, and later ones fail with ErrClosed; then the
-// connections the bus opened are closed. If ctx ends
+// then sends stop (those of the handlers included, which may send until
+// they return): those under way complete, and later ones fail with
+// ErrClosed; then the connections the bus opened are closed. If ctx ends
 // first, running handlers' contexts are cancelled, Shutdown waits at most
 // workqueue.ShutdownGrace for them to return and returns ctx's error; it
 // reports handlers still running then (they ignore their context), without
@@ -457,11 +459,11 @@ func (b *Bus) Shutdown(ctx context.Context) error { return b.shutdown(ctx, false
 
 // Close stops the bus now: every consumer stops taking messages and its
 // running handlers' contexts are cancelled at once; messages not settled
-// are handed back (JetStream) or dropped (Core NATS, which keeps none);
-// sends fail with ErrClosed, and those under way are not waited for.
+// are handed back (JetStream) or dropped (Core NATS, which keeps none).
 // Close waits at most workqueue.ShutdownGrace for the handlers to return,
 // reporting those that ignore their context (a JetStream consumer in a
-// *workqueue.AbandonedError), then closes the connections the bus opened.
+// *workqueue.AbandonedError); then sends fail with ErrClosed, those under
+// way are not waited for, and the connections the bus opened are closed.
 // Later calls of Shutdown or Close return nil.
 func (b *Bus) Close() error {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -480,11 +482,6 @@ func (b *Bus) shutdown(ctx context.Context, now bool) error {
 	b.closed = true
 	consumers := b.consumers
 	conns := b.conns
-	var sent chan struct{}
-	if b.sending > 0 {
-		sent = make(chan struct{})
-		b.sent = sent
-	}
 	b.mu.Unlock()
 	defer close(b.done)
 	var wg sync.WaitGroup
@@ -498,9 +495,18 @@ func (b *Bus) shutdown(ctx context.Context, now bool) error {
 		})
 	}
 	wg.Wait()
+	// Producers stop only now: a handler that Shutdown let finish may
+	// send as it does. Sends return once the server has them: once those
+	// under way have, nothing is pending. Close does not wait.
+	b.mu.Lock()
+	b.noSends = true
+	var sent chan struct{}
+	if b.sending > 0 {
+		sent = make(chan struct{})
+		b.sent = sent
+	}
+	b.mu.Unlock()
 	if sent != nil {
-		// Sends return once the server has them: once those under way
-		// have, nothing is pending. Close does not wait.
 		select {
 		case <-sent:
 		case <-ctx.Done():
@@ -519,12 +525,12 @@ func (b *Bus) shutdown(ctx context.Context, now bool) error {
 	return errors.Join(errs...)
 }
 
-// beginSend counts a send under way, unless the bus is shut down; endSend
-// ends it.
+// beginSend counts a send under way, unless the bus has stopped sending;
+// endSend ends it.
 func (b *Bus) beginSend() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed {
+	if b.noSends {
 		return false
 	}
 	b.sending++
