@@ -235,46 +235,60 @@ func TestTwoProcessesInOneGroupHandleEachMessageOnce(t *testing.T) {
 // consumer's prefetch hands every one of them back at once: a new member
 // of the group gets them all well before ack_wait.
 func TestShutdownPastItsDeadlineLosesNoJetStreamMessage(t *testing.T) {
-	ns := startNATS(t, nil)
-	cfg := busConfig(ns, true)
-	cfg.Queue.AckWait = 30 * time.Second // what a lost message would wait
-	b, err := eventbus.New(cfg)
-	if err != nil {
-		t.Fatal(err)
+	for _, orderly := range []bool{false, true} {
+		name := "a group"
+		if orderly {
+			name = "an orderly group, its key's worker busy"
+		}
+		t.Run(name, func(t *testing.T) {
+			ns := startNATS(t, nil)
+			cfg := busConfig(ns, true)
+			cfg.Queue.AckWait = 30 * time.Second // what a lost message would wait
+			b, err := eventbus.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			started := make(chan struct{}, 10)
+			opts := []eventbus.ConsumerOpt{eventbus.WithConcurrency(1)}
+			var send []eventbus.SendOpt
+			if orderly {
+				opts = []eventbus.ConsumerOpt{eventbus.WithConcurrency(2), eventbus.WithOrderly()}
+				send = []eventbus.SendOpt{eventbus.WithShardingKey("space-1")}
+			}
+			err = b.RegisterConsumer("", "held.topic", "g", eventbus.HandlerFunc(func(ctx context.Context, m *eventbus.Message) error {
+				started <- struct{}{}
+				<-ctx.Done()
+				return ctx.Err()
+			}), opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := b.NewProducer("", "held.topic", "", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 5
+			var batch [][]byte
+			for i := range n {
+				batch = append(batch, fmt.Appendf(nil, "m-%d", i))
+			}
+			if err := p.BatchSend(ctxFor(t, 5*time.Second), batch, send...); err != nil {
+				t.Fatal(err)
+			}
+			<-started
+			sctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			if err := b.Shutdown(sctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Shutdown: %v; want the context's DeadlineExceeded", err)
+			}
+			b2 := newBus(t, cfg)
+			c := newCollector()
+			if err := b2.RegisterConsumer("", "held.topic", "g", c); err != nil {
+				t.Fatal(err)
+			}
+			testutil.Eventually(t, 10*time.Second, "all messages handed back to the group", func() bool { return c.n.Load() == n })
+		})
 	}
-	started := make(chan struct{}, 10)
-	err = b.RegisterConsumer("", "held.topic", "g", eventbus.HandlerFunc(func(ctx context.Context, m *eventbus.Message) error {
-		started <- struct{}{}
-		<-ctx.Done()
-		return ctx.Err()
-	}), eventbus.WithConcurrency(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := b.NewProducer("", "held.topic", "", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const n = 5
-	var batch [][]byte
-	for i := range n {
-		batch = append(batch, fmt.Appendf(nil, "m-%d", i))
-	}
-	if err := p.BatchSend(ctxFor(t, 5*time.Second), batch); err != nil {
-		t.Fatal(err)
-	}
-	<-started
-	sctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	if err := b.Shutdown(sctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Shutdown: %v; want the context's DeadlineExceeded", err)
-	}
-	b2 := newBus(t, cfg)
-	c := newCollector()
-	if err := b2.RegisterConsumer("", "held.topic", "g", c); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 10*time.Second, "all messages handed back to the group", func() bool { return c.n.Load() == n })
 }
 
 // TestCoreShutdownHandlesTheMessagesQueuedInTheSubscription: on Core
