@@ -22,7 +22,8 @@ import (
 
 // RegisterConsumer starts handling the messages of topic as a member of
 // group, on nameServer ("" for the bus's servers), and returns once the
-// consumer is subscribed. Members of one group share its messages; every
+// consumer is subscribed (on Core NATS, once the server has confirmed the
+// subscription, so that what is sent afterwards reaches the group). Members of one group share its messages; every
 // group gets every message. With JetStream the group is a durable consumer
 // of the topic's stream: it is created (or updated) here, receives what was
 // sent while no member ran, and redelivers after AckWait what a member
@@ -80,7 +81,7 @@ func (b *Bus) RegisterConsumer(nameServer, topic, group string, handler Consumer
 	if q.EventBusJetStream {
 		s, err = b.startJetStream(ctx, c, topic, group, handler, o, policy, m)
 	} else {
-		s, err = b.startCore(c, topic, group, handler, o, policy, m)
+		s, err = b.startCore(ctx, c, topic, group, handler, o, policy, m)
 	}
 	if err != nil {
 		return err
@@ -214,7 +215,7 @@ type coreConsumer struct {
 	running      atomic.Int64 // handlers running
 }
 
-func (b *Bus) startCore(c *conn, topic, group string, h ConsumerHandler, o ConsumerOption, policy jsconsume.Policy, m *metrics.Queue) (stopper, error) {
+func (b *Bus) startCore(ctx context.Context, c *conn, topic, group string, h ConsumerHandler, o ConsumerOption, policy jsconsume.Policy, m *metrics.Queue) (stopper, error) {
 	cc := &coreConsumer{
 		b: b, c: c, topic: topic, group: group, h: h, policy: policy, m: m,
 		work:        make(chan *nats.Msg),
@@ -251,6 +252,16 @@ func (b *Bus) startCore(c *conn, topic, group string, h ConsumerHandler, o Consu
 		cc.closeWork()
 	})
 	cc.sub = sub
+	// The subscription travels to the server asynchronously: until it is
+	// there, messages sent from other connections are lost to the group.
+	// A round trip makes sure of it before RegisterConsumer returns.
+	if err := c.nc.FlushWithContext(ctx); err != nil {
+		_ = sub.Unsubscribe()
+		cc.kill()
+		wg.Wait()
+		return nil, fmt.Errorf("eventbus: subscribe to topic %s as group %s: the server %s did not confirm the subscription: %w",
+			topic, group, c.nc.ConnectedUrlRedacted(), err)
+	}
 	go func() {
 		wg.Wait()
 		cc.kill()

@@ -153,3 +153,22 @@ func TestATopicWhoseStreamNameIsTakenIsRefused(t *testing.T) {
 	}
 	testutil.Eventually(t, 5*time.Second, "the first topic's group got its message", func() bool { return first.n.Load() == 1 })
 }
+
+// TestACoreGroupIsSubscribedWhenRegisterConsumerReturns: RegisterConsumer
+// returns once the server has the group's subscription, so a message sent
+// after it returns, from any connection, reaches the group. It once
+// returned with the subscription still on its way to the server: a
+// message sent at once from another process was lost to the group.
+func TestACoreGroupIsSubscribedWhenRegisterConsumerReturns(t *testing.T) {
+	ns := startNATS(t, nil)
+	b := newBus(t, busConfig(ns, false))
+	for i := range 5 {
+		topic := fmt.Sprintf("subscribed.%d", i)
+		if err := b.RegisterConsumer("", topic, "g", newCollector()); err != nil {
+			t.Fatal(err)
+		}
+		if n := ns.Server().GlobalAccount().Interest(topic); n != 1 {
+			t.Fatalf("RegisterConsumer of %s returned with %d subscriptions at the server, want 1", topic, n)
+		}
+	}
+}
