@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
@@ -150,5 +151,29 @@ func TestBusConnectsWithCozeStudioJWTAndSeed(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestACoreGroupRefusedItsSubscriptionIsAnError: a NATS user without
+// subscribe permission on a topic gets an error from RegisterConsumer on
+// Core NATS naming the topic and the permission, not a group that
+// silently receives nothing (the server refuses the subscription only in
+// an asynchronous error).
+func TestACoreGroupRefusedItsSubscriptionIsAnError(t *testing.T) {
+	ns := startNATS(t, func(o *server.Options) {
+		o.Users = []*server.User{{Username: "coze", Password: "pw", Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{">"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", "allowed.topic"}},
+		}}}
+	})
+	cfg := busConfig(ns, false)
+	cfg.NATS.User, cfg.NATS.Password = "coze", "pw"
+	b := newBus(t, cfg)
+	if err := b.RegisterConsumer("", "allowed.topic", "g", newCollector()); err != nil {
+		t.Fatalf("a permitted topic: %v", err)
+	}
+	err := b.RegisterConsumer("", "orders.paid", "g", newCollector())
+	if err == nil || !strings.Contains(err.Error(), "orders.paid") || !strings.Contains(err.Error(), "subscribe permission") {
+		t.Fatalf("RegisterConsumer without subscribe permission: %v; want an error naming the topic and the permission", err)
 	}
 }

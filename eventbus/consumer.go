@@ -262,6 +262,16 @@ func (b *Bus) startCore(ctx context.Context, c *conn, topic, group string, h Con
 		return nil, fmt.Errorf("eventbus: subscribe to topic %s as group %s: the server %s did not confirm the subscription: %w",
 			topic, group, c.nc.ConnectedUrlRedacted(), err)
 	}
+	// A refused subscription is reported to the connection, before the
+	// flush's answer, and stays in place receiving nothing.
+	if err := c.nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) &&
+		strings.Contains(strings.ToLower(err.Error()), `subscription to "`+strings.ToLower(topic)+`"`) {
+		_ = sub.Unsubscribe()
+		cc.kill()
+		wg.Wait()
+		return nil, fmt.Errorf("eventbus: subscribe to topic %s as group %s: the NATS server refused the subscription (%w): this process's NATS user needs subscribe permission on %s",
+			topic, group, err, topic)
+	}
 	go func() {
 		wg.Wait()
 		cc.kill()
