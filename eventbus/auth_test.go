@@ -177,3 +177,38 @@ func TestACoreGroupRefusedItsSubscriptionIsAnError(t *testing.T) {
 		t.Fatalf("RegisterConsumer without subscribe permission: %v; want an error naming the topic and the permission", err)
 	}
 }
+
+// TestASendTheServerRefusesIsAnError: a NATS user without publish
+// permission on a topic gets an error from Send naming the topic and the
+// permission. On Core NATS the server drops the message and says so only
+// in an asynchronous error: Send once returned nil for a message nobody
+// would ever get; on JetStream it failed after the ack timeout with "timeout
+// waiting for ack", which named no cause.
+func TestASendTheServerRefusesIsAnError(t *testing.T) {
+	modes(t, func(t *testing.T, js bool) {
+		ns := startNATS(t, func(o *server.Options) {
+			o.Users = []*server.User{{Username: "coze", Password: "pw", Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "_INBOX.>", "allowed.topic"}},
+				Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+			}}}
+		})
+		cfg := busConfig(ns, js)
+		cfg.NATS.User, cfg.NATS.Password = "coze", "pw"
+		b := newBus(t, cfg)
+		ok, err := b.NewProducer("", "allowed.topic", "", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ok.Send(ctxFor(t, 10*time.Second), []byte("x")); err != nil {
+			t.Fatalf("a permitted topic: %v", err)
+		}
+		p, err := b.NewProducer("", "orders.paid", "", -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = p.Send(ctxFor(t, 20*time.Second), []byte("x"))
+		if err == nil || !strings.Contains(err.Error(), "orders.paid") || !strings.Contains(err.Error(), "publish permission") {
+			t.Fatalf("Send without publish permission: %v; want an error naming the topic and the permission", err)
+		}
+	})
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -118,7 +119,21 @@ func (p *producer) send(ctx context.Context, msgs []*nats.Msg, js bool) error {
 	if err := p.c.nc.FlushWithContext(ctx); err != nil {
 		return fmt.Errorf("eventbus: %d messages to topic %s not confirmed by the server %s: %w", len(msgs), p.topic, p.c.nc.ConnectedUrlRedacted(), err)
 	}
-	return nil
+	// A refusal comes before the flush's answer.
+	return p.refused(len(msgs))
+}
+
+// refused returns an error if the server reported refusing a publish to
+// the topic: it drops such a message and says so only in an asynchronous
+// error on the connection (on JetStream the send would then wait for an
+// acknowledgement that never comes).
+func (p *producer) refused(n int) error {
+	err := p.c.nc.LastError()
+	if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(strings.ToLower(err.Error()), `publish to "`+strings.ToLower(p.topic)+`"`) {
+		return nil
+	}
+	return fmt.Errorf("eventbus: %d messages to topic %s refused by the NATS server (%w): this process's NATS user needs publish permission on %s",
+		n, p.topic, err, p.topic)
 }
 
 // sendJetStream publishes msgs asynchronously, then waits for every
@@ -158,11 +173,17 @@ func (p *producer) sendJetStream(ctx context.Context, msgs []*nats.Msg) error {
 				lastErr = err
 				retry = append(retry, todo[i])
 			case <-ctx.Done():
+				if err := p.refused(len(todo) - i); err != nil {
+					return err
+				}
 				return fmt.Errorf("eventbus: send to topic %s: %d messages unconfirmed: %w", p.topic, len(todo)-i, ctx.Err())
 			}
 		}
 		if len(retry) == 0 {
 			return nil
+		}
+		if err := p.refused(len(retry)); err != nil {
+			return err
 		}
 		if p.retries >= 0 && attempt >= p.retries {
 			return fmt.Errorf("eventbus: send to topic %s: %d of %d messages failed after %d retries: %w", p.topic, len(retry), len(msgs), p.retries, lastErr)
