@@ -175,7 +175,7 @@ type Queue struct {
 	MaxDeliver        int           `key:"max_deliver" default:"5" min:"1" doc:"Attempts at a job before it is moved to the dead-letter stream with its last error."`
 	BackoffInitial    time.Duration `key:"backoff_initial" default:"1s" min:"0s" nonzero:"0 is read as unset, 1s, not as no delay; write a positive delay such as 10ms" doc:"Delay before the second attempt at a failed job; it doubles with each further attempt."`
 	BackoffMax        time.Duration `key:"backoff_max" default:"1m" min:"0s" nonzero:"0 is read as unset, 1m, not as no delay; write a positive delay, at least queue.backoff_initial" doc:"Longest delay between attempts at a failed job."`
-	HandlerTimeout    time.Duration `key:"handler_timeout" default:"5m" min:"0s" doc:"How long a handler may run, kept alive by progress reports every ack_wait/2; past it its context is cancelled and the job is redelivered after ack_wait. 0: ack_wait."`
+	HandlerTimeout    time.Duration `key:"handler_timeout" default:"5m" min:"0s" doc:"How long a handler may run, kept alive by progress reports every ack_wait/2; past it its context ends (it is the context's deadline) and the job is redelivered after ack_wait. 0: ack_wait."`
 	Concurrency       int           `key:"concurrency" default:"16" min:"1" max:"100000" doc:"Jobs a consumer handles at once."`
 	MaxPending        int           `key:"max_pending" default:"4096" min:"1" doc:"Asynchronous enqueues awaiting the server's acknowledgement; beyond it EnqueueAsync waits for room."`
 	EnqueueTimeout    time.Duration `key:"enqueue_timeout" default:"10s" min:"1ms" doc:"How long an enqueue keeps retrying through a server restart or leader election when the caller's context has no deadline."`

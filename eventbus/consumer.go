@@ -164,15 +164,6 @@ func (b *Bus) startJetStream(ctx context.Context, c *conn, topic, group string, 
 		Recreate:    create,
 		Concurrency: o.Concurrency,
 		Handler: func(ctx context.Context, d *jsconsume.Delivery) error {
-			// The watchdog cancels a handler past handler_timeout only at
-			// its next tick (up to a second late), as a plain cancel that
-			// reads as a shutdown; a deadline ends it on time, with
-			// DeadlineExceeded and ctx.Deadline set, as on Core NATS.
-			if policy.HandlerTimeout > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, policy.HandlerTimeout)
-				defer cancel()
-			}
 			hdr := d.Msg.Headers()
 			msg := &Message{
 				Topic: topic, Group: group, Body: d.Data,

@@ -740,3 +740,44 @@ func TestQueueReadsRequeuesAndPurgesItsDeadLettersTyped(t *testing.T) {
 		t.Fatalf("after the purge: %d dead jobs, %v", len(dead), err)
 	}
 }
+
+// TestAHandlerPastHandlerTimeoutHasItsContextEndWithItsDeadline: the
+// handler's context carries handler_timeout as its deadline, so that the
+// calls it makes inherit the budget, and ends with DeadlineExceeded, not
+// the Canceled a shutdown gives.
+func TestAHandlerPastHandlerTimeoutHasItsContextEndWithItsDeadline(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	cfg := testConfig(t)
+	cfg.AckWait = 2 * time.Second
+	cfg.HandlerTimeout = 300 * time.Millisecond
+	q := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	type attempt struct {
+		deadline bool
+		took     time.Duration
+		err      error
+	}
+	first := make(chan attempt, 1)
+	var calls atomic.Int64
+	consume(t, q, func(ctx context.Context, j *workqueue.Job[job]) error {
+		if calls.Add(1) > 1 {
+			return nil
+		}
+		start := time.Now()
+		_, ok := ctx.Deadline()
+		<-ctx.Done()
+		first <- attempt{deadline: ok, took: time.Since(start), err: ctx.Err()}
+		return ctx.Err()
+	})
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case a := <-first:
+		if !a.deadline || !errors.Is(a.err, context.DeadlineExceeded) || a.took < 250*time.Millisecond || a.took > 5*time.Second {
+			t.Errorf("handler context: deadline %v, ended with %v after %s; want a deadline, and DeadlineExceeded after about 300ms", a.deadline, a.err, a.took)
+		}
+	case <-ctx.Done():
+		t.Fatal("the handler was never called")
+	}
+}

@@ -130,13 +130,16 @@ func (s *Settler) Receive(ctx context.Context, msg jetstream.Msg) *Delivery {
 
 // handle runs h on d and settles the outcome: ack on success, nak with
 // backoff on failure, dead letter after MaxDeliver attempts or on a
-// TerminalError. A panic in h is recovered and counts as a failure. While
-// h runs, sl's watchdog reports progress every AckWait/2 and cancels h's
-// context at HandlerTimeout.
+// TerminalError. A panic in h is recovered and counts as a failure. h's
+// context has HandlerTimeout as its deadline, so that the calls h makes
+// inherit the budget and h sees DeadlineExceeded, not the Canceled of a
+// consumer stopping; while h runs, sl's watchdog reports progress every
+// AckWait/2 until then.
 func (s *Settler) handle(ctx context.Context, d *Delivery, h func(context.Context, *Delivery) error, sl *slot) {
-	hctx, cancel := context.WithCancel(ctx)
 	start := time.Now()
-	sl.begin(d.Msg, d.Meta.Sequence.Stream, start, start.Add(s.Policy.handlerTimeout()), cancel)
+	deadline := start.Add(s.Policy.handlerTimeout())
+	hctx, cancel := context.WithDeadline(ctx, deadline)
+	sl.begin(d.Msg, d.Meta.Sequence.Stream, start, deadline)
 	err := s.call(hctx, d, h)
 	sl.end()
 	s.Metrics.HandlerDuration.Observe(time.Since(start).Seconds())

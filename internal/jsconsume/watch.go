@@ -1,7 +1,6 @@
 package jsconsume
 
 import (
-	"context"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,9 +9,9 @@ import (
 )
 
 // A watchdog reports progress on the messages whose handlers run longer
-// than AckWait/2 and cancels the handlers that pass HandlerTimeout. One
-// goroutine watches the slots of all of a Runner's workers, so that a job
-// costs no timer of its own.
+// than AckWait/2, until their HandlerTimeout (where the handler's context
+// ends, by its own deadline). One goroutine watches the slots of all of a
+// Runner's workers, so that a job costs no progress timer of its own.
 type watchdog struct {
 	every time.Duration // progress interval: AckWait/2
 	tick  time.Duration
@@ -32,18 +31,17 @@ type slot struct {
 	started  time.Time
 	progress time.Time // last progress report, or started
 	deadline time.Time
-	cancel   context.CancelFunc
 }
 
-func (s *slot) begin(msg jetstream.Msg, seq uint64, now, deadline time.Time, cancel context.CancelFunc) {
+func (s *slot) begin(msg jetstream.Msg, seq uint64, now, deadline time.Time) {
 	s.mu.Lock()
-	s.msg, s.seq, s.started, s.progress, s.deadline, s.cancel = msg, seq, now, now, deadline, cancel
+	s.msg, s.seq, s.started, s.progress, s.deadline = msg, seq, now, now, deadline
 	s.mu.Unlock()
 }
 
 func (s *slot) end() {
 	s.mu.Lock()
-	s.msg, s.seq, s.cancel = nil, 0, nil
+	s.msg, s.seq = nil, 0
 	s.mu.Unlock()
 }
 
@@ -65,7 +63,7 @@ func (s *slot) busy() (seq uint64, ok bool) {
 	return s.seq, s.msg != nil
 }
 
-// check reports progress or cancels, as the slot's job needs at now.
+// check reports progress, if the slot's job needs it at now.
 func (s *slot) check(now time.Time, every time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -73,11 +71,7 @@ func (s *slot) check(now time.Time, every time.Duration) {
 		return
 	}
 	if !now.Before(s.deadline) {
-		if s.cancel != nil {
-			s.cancel() // past HandlerTimeout: no more progress, the job comes back after AckWait
-			s.cancel = nil
-		}
-		return
+		return // past HandlerTimeout: no more progress, the job comes back after AckWait
 	}
 	if now.Sub(s.progress) >= every {
 		_ = s.msg.InProgress()
