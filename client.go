@@ -176,7 +176,7 @@ func NewClient[Req, Resp any](ctx context.Context, ep *Endpoint, opts ...ClientO
 		}
 		return nil, fmt.Errorf("loom: client of %s: watch discovery: %w", ep.path, err)
 	}
-	c.tasks = supervise.New(cctx, rt.log, rt.metrics.TaskPanicked)
+	c.tasks = supervise.New(cctx, rt.log, rt.metrics)
 	if !rt.addClient(c) {
 		cancel()
 		return nil, fmt.Errorf("%w: runtime shut down; cannot create a client of %s", ErrClosed, ep.path)

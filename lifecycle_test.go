@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/discovery"
 )
@@ -278,13 +280,28 @@ func echoIDBool(rt *loom.Runtime) func(ctx context.Context, _ bool) iter.Seq2[ui
 
 func TestBackgroundTaskPanicsAreCountedNotFatal(t *testing.T) {
 	rt := newCluster(t).runtime()
-	done := make(chan struct{})
+	done, release := make(chan struct{}), make(chan struct{})
 	if err := rt.Go("flaky-watch", func(ctx context.Context) error {
 		defer close(done)
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		panic("nil map")
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// The task's series is there, at 0, before its first panic, so that
+	// increase() sees that panic.
+	if err := testutil.GatherAndCompare(rt.Metrics().Registry(), strings.NewReader(`
+# HELP loom_background_task_panics_total Panics recovered in background tasks, by task.
+# TYPE loom_background_task_panics_total counter
+loom_background_task_panics_total{task="flaky-watch"} 0
+`), "loom_background_task_panics_total"); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
 	<-done
 	waitFor(t, 2*time.Second, "loom_background_task_panics_total to count the panic", func() bool {
 		return metricValue(t, rt, "loom_background_task_panics_total") == 1

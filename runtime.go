@@ -190,7 +190,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 		OnStall:         rt.metrics.ServerStalled,
 		NATS:            rt.NATS,
 	}, &rt.paths)
-	rt.tasks = supervise.New(rctx, rt.log, rt.metrics.TaskPanicked)
+	rt.tasks = supervise.New(rctx, rt.log, rt.metrics)
 	rt.started = time.Now()
 	if err := rt.startStatus(); err != nil {
 		cancel()

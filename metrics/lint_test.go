@@ -26,6 +26,7 @@ func everyFamily(t *testing.T) *metrics.Metrics {
 	m := metrics.New()
 	m.Endpoint("ns", "backend", "generate").OK.Inc()
 	m.Client("ns", "backend", "generate").OK.Inc()
+	m.TaskStarted("watch ns/backend/generate")
 	m.TaskPanicked("watch ns/backend/generate")
 	m.LimitHit("max_conns")
 	m.ServerStalled("tcp")
@@ -45,7 +46,7 @@ func everyFamily(t *testing.T) *metrics.Metrics {
 // lint and the documentation check below.
 var metricsMethods = []string{
 	"Client", "Endpoint", "EventPublisher", "EventSubscription", "HealthCheck",
-	"KVRouter", "LLMModel", "LimitHit", "Queue", "Registry", "ServerStalled", "TaskPanicked",
+	"KVRouter", "LLMModel", "LimitHit", "Queue", "Registry", "ServerStalled", "TaskPanicked", "TaskStarted",
 }
 
 func TestEveryFamilyIsExercised(t *testing.T) {

@@ -122,6 +122,12 @@ func New() *Metrics {
 // Registry returns the registry the metrics are on.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
+// TaskStarted makes the series of the background task named task in
+// loom_background_task_panics_total, at 0, when the task starts: a series
+// born at its first panic, at 1, would hide that panic from increase()
+// and rate(), which take a series' first sample as its start.
+func (m *Metrics) TaskStarted(task string) { m.taskPanics.WithLabelValues(task) }
+
 // TaskPanicked counts a panic recovered in the background task named task.
 func (m *Metrics) TaskPanicked(task string) { m.taskPanics.WithLabelValues(task).Inc() }
 

@@ -232,3 +232,25 @@ func TestTheRequestPlanesCountOnlyTheKnownLimits(t *testing.T) {
 		}
 	}
 }
+
+// A background task's panic counter starts at 0 when the task starts
+// (package internal/supervise calls TaskStarted), so that its first panic
+// is seen by increase() and rate() (see TestFixedSetCountersStartAtZero).
+func TestTaskPanicsStartAtZero(t *testing.T) {
+	m := metrics.New()
+	m.TaskStarted("watch ns/backend/generate")
+	m.TaskStarted("watch ns/backend/generate") // started again: still one series
+	const want = `
+# HELP loom_background_task_panics_total Panics recovered in background tasks, by task.
+# TYPE loom_background_task_panics_total counter
+loom_background_task_panics_total{task="watch ns/backend/generate"} 0
+`
+	const family = "loom_background_task_panics_total"
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), family); err != nil {
+		t.Fatal(err)
+	}
+	m.TaskPanicked("watch ns/backend/generate")
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(strings.Replace(want, "} 0", "} 1", 1)), family); err != nil {
+		t.Fatal(err)
+	}
+}

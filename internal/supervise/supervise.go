@@ -21,10 +21,10 @@ var ErrStopped = errors.New("supervise: group stopped")
 
 // Group owns a set of background tasks. The zero value is not usable; use New.
 type Group struct {
-	ctx     context.Context
-	cancel  context.CancelFunc
-	log     *slog.Logger
-	onPanic func(task string)
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    *slog.Logger
+	counts Counter
 
 	mu      sync.Mutex
 	stopped bool
@@ -32,15 +32,25 @@ type Group struct {
 	panics  atomic.Uint64
 }
 
-// New returns a group whose tasks run under a child of ctx. onPanic, if not
-// nil, is called with the task's name after each recovered panic (for a
-// metric).
-func New(ctx context.Context, log *slog.Logger, onPanic func(task string)) *Group {
+// Counter counts a group's tasks by name, for metrics (package metrics'
+// *Metrics is one).
+type Counter interface {
+	// TaskStarted is called with a task's name when Go starts it, before
+	// it runs, so that its panic count is there, at 0, before any panic.
+	TaskStarted(task string)
+	// TaskPanicked is called with a task's name after each recovered
+	// panic.
+	TaskPanicked(task string)
+}
+
+// New returns a group whose tasks run under a child of ctx, counted by
+// counts if it is not nil.
+func New(ctx context.Context, log *slog.Logger, counts Counter) *Group {
 	if log == nil {
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	return &Group{ctx: ctx, cancel: cancel, log: log, onPanic: onPanic}
+	return &Group{ctx: ctx, cancel: cancel, log: log, counts: counts}
 }
 
 // Task is one piece of background work. It should return when ctx is done.
@@ -76,6 +86,9 @@ func (g *Group) Go(name string, fn Task, opts ...Option) error {
 	defer g.mu.Unlock()
 	if g.stopped {
 		return fmt.Errorf("%w: cannot start %s", ErrStopped, name)
+	}
+	if g.counts != nil {
+		g.counts.TaskStarted(name)
 	}
 	g.wg.Add(1)
 	go g.run(name, fn, o)
@@ -114,8 +127,8 @@ func (g *Group) call(name string, fn Task) (err error) {
 		if v := recover(); v != nil {
 			g.panics.Add(1)
 			g.log.Error("background task panicked", "task", name, "panic", v, "stack", string(debug.Stack()))
-			if g.onPanic != nil {
-				g.onPanic(name)
+			if g.counts != nil {
+				g.counts.TaskPanicked(name)
 			}
 			err = fmt.Errorf("supervise: task %s panicked: %v", name, v)
 		}

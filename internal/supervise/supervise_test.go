@@ -5,20 +5,31 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+
+	"github.com/loomrt/loom/metrics"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// panicCounter records the last task whose panic it was told of.
+type panicCounter struct{ reported atomic.Value }
+
+func (*panicCounter) TaskStarted(string)         {}
+func (c *panicCounter) TaskPanicked(task string) { c.reported.Store(task) }
+
 func TestAPanicIsRecoveredCountedAndReported(t *testing.T) {
-	var reported atomic.Value
-	g := New(context.Background(), quiet, func(task string) { reported.Store(task) })
+	var counts panicCounter
+	reported := &counts.reported
+	g := New(context.Background(), quiet, &counts)
 	done := make(chan struct{})
 	if err := g.Go("boom", func(context.Context) error {
 		defer close(done)
@@ -34,7 +45,7 @@ func TestAPanicIsRecoveredCountedAndReported(t *testing.T) {
 		t.Fatalf("Panics() = %d, want 1", g.Panics())
 	}
 	if reported.Load() != "boom" {
-		t.Fatalf("onPanic got %v, want boom", reported.Load())
+		t.Fatalf("TaskPanicked got %v, want boom", reported.Load())
 	}
 }
 
@@ -140,5 +151,52 @@ func TestRestartWithAZeroMinimumStillBacksOff(t *testing.T) {
 	// few doublings: at least 6 of the 11 delays are max/2 or more.
 	if least := 6 * max / 2; took < least {
 		t.Errorf("11 restarts took %v, less than %v: the backoff did not grow", took, least)
+	}
+}
+
+// A task's series of loom_background_task_panics_total is there, at 0,
+// from its start: one born at the first panic, at 1, would hide that
+// panic from increase() and rate(). A restart makes no second series,
+// and a task that cannot start makes none.
+func TestATasksPanicCountStartsAtZero(t *testing.T) {
+	m := metrics.New()
+	g := New(context.Background(), quiet, m)
+	release := make(chan struct{})
+	var runs atomic.Int32
+	again := make(chan struct{})
+	if err := g.Go("watch ns/backend/generate", func(ctx context.Context) error {
+		if runs.Add(1) == 1 {
+			<-release
+			panic("nil map")
+		}
+		close(again)
+		<-ctx.Done()
+		return nil
+	}, Restart(time.Millisecond, time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	const want = `
+# HELP loom_background_task_panics_total Panics recovered in background tasks, by task.
+# TYPE loom_background_task_panics_total counter
+loom_background_task_panics_total{task="watch ns/backend/generate"} 0
+`
+	const family = "loom_background_task_panics_total"
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), family); err != nil {
+		t.Fatalf("before any panic: %v", err)
+	}
+	close(release)
+	select {
+	case <-again:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the task did not run again after its panic")
+	}
+	if err := g.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Go("late", func(context.Context) error { return nil }); !errors.Is(err, ErrStopped) {
+		t.Fatalf("Go after Stop = %v, want ErrStopped", err)
+	}
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(strings.Replace(want, "} 0", "} 1", 1)), family); err != nil {
+		t.Fatalf("after one panic: %v", err)
 	}
 }
