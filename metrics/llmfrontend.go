@@ -35,15 +35,19 @@ type LLMModel struct {
 }
 
 // Request counts a finished request with its HTTP status.
-func (m *LLMModel) Request(status int) {
+func (m *LLMModel) Request(status int) { m.status(status).Inc() }
+
+// status returns the counter of the requests answered with status, making
+// its series (at 0) if it has none yet.
+func (m *LLMModel) status(status int) prometheus.Counter {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	c, ok := m.byStatus[status]
 	if !ok {
 		c = m.requests.WithLabelValues(m.model, strconv.Itoa(status))
 		m.byStatus[status] = c
 	}
-	m.mu.Unlock()
-	c.Inc()
+	return c
 }
 
 type llmVecs struct {
@@ -96,17 +100,30 @@ func newLLMVecs(reg *prometheus.Registry) *llmVecs {
 
 // LLMModel returns the bound LLM frontend metrics of model, registering the
 // loom_llm_* metrics on first use. Calls with the same name return the
-// same value.
-func (m *Metrics) LLMModel(model string) *LLMModel {
+// same value. Every series of model starts at 0 here, and
+// loom_llm_requests_total has one for each of statuses (the statuses the
+// frontend answers with): a series born at its first count, at 1, would
+// hide that count from increase() and rate(), which take a series' first
+// sample as its start.
+func (m *Metrics) LLMModel(model string, statuses ...int) *LLMModel {
 	set := &m.llm
 	set.once.Do(func() { set.v = newLLMVecs(m.reg) })
 	v := set.v
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if lm, ok := v.models[model]; ok {
-		return lm
+	lm, ok := v.models[model]
+	if !ok {
+		lm = v.newModel(model)
+		v.models[model] = lm
 	}
-	lm := &LLMModel{
+	for _, s := range statuses {
+		lm.status(s)
+	}
+	return lm
+}
+
+func (v *llmVecs) newModel(model string) *LLMModel {
+	return &LLMModel{
 		InFlight:     v.inFlight.WithLabelValues(model),
 		TTFT:         v.ttft.WithLabelValues(model),
 		ITL:          v.itl.WithLabelValues(model),
@@ -119,6 +136,4 @@ func (m *Metrics) LLMModel(model string) *LLMModel {
 		model:        model,
 		byStatus:     make(map[int]prometheus.Counter),
 	}
-	v.models[model] = lm
-	return lm
 }

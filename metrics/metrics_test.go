@@ -254,3 +254,39 @@ loom_background_task_panics_total{task="watch ns/backend/generate"} 0
 		t.Fatal(err)
 	}
 }
+
+// An LLM model's request counter starts at 0 for each status it is bound
+// with (package llm/frontend binds every status it answers with), so that
+// the model's first 5xx or 429 is seen by increase() and rate().
+func TestModelRequestsStartAtZero(t *testing.T) {
+	m := metrics.New()
+	lm := m.LLMModel("test-model", 200, 503)
+	if again := m.LLMModel("test-model", 200, 503, 429); again != lm {
+		t.Fatal("the same model got two sets of metrics")
+	}
+	m.LLMModel("", 404)
+	const want = `
+# HELP loom_llm_requests_total Requests the LLM frontend answered, by model and HTTP status (a stream that failed after its 200 header counts with the status its error has).
+# TYPE loom_llm_requests_total counter
+loom_llm_requests_total{model="",status="404"} 0
+loom_llm_requests_total{model="test-model",status="200"} 0
+loom_llm_requests_total{model="test-model",status="429"} 0
+loom_llm_requests_total{model="test-model",status="503"} 0
+`
+	const family = "loom_llm_requests_total"
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), family); err != nil {
+		t.Fatal(err)
+	}
+	lm.Request(503)
+	lm.Request(503)
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(strings.Replace(want, `status="503"} 0`, `status="503"} 2`, 1)), family); err != nil {
+		t.Fatal(err)
+	}
+	// A status outside the bound set is still counted, in a series of its
+	// own.
+	lm.Request(418)
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(strings.Replace(want, `status="503"} 0`, `status="503"} 2`, 1)+
+		`loom_llm_requests_total{model="test-model",status="418"} 1`+"\n"), family); err != nil {
+		t.Fatal(err)
+	}
+}

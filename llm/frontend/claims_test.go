@@ -99,7 +99,7 @@ func TestAStreamThatFailsAfterItsHeaderIsCountedWithItsErrorsStatus(t *testing.T
 				metrics = string(body)
 				return strings.Contains(metrics, want)
 			})
-			if strings.Contains(metrics, `loom_llm_requests_total{model="test-model",status="200"}`) {
+			if !strings.Contains(metrics, `loom_llm_requests_total{model="test-model",status="200"} 0`+"\n") {
 				t.Errorf("the failed stream was also counted as a 200")
 			}
 		})

@@ -14,3 +14,7 @@ func DepartedRequests(f *Frontend) int {
 	defer f.mu.Unlock()
 	return len(f.departed)
 }
+
+// RequestStatuses are the statuses each model's request counts start
+// at 0 for.
+var RequestStatuses = requestStatuses

@@ -228,7 +228,7 @@ func New(ctx context.Context, rt *loom.Runtime, cfg Config) (*Frontend, error) {
 		tracked: make(map[uint64]map[*attempt]struct{}), departed: make(map[*attempt]seen), instCards: make(map[uint64]llm.ModelCard),
 		cards: make(map[string]llm.ModelCard), synced: make(chan struct{}),
 	}
-	f.unknownModel = f.m.LLMModel("")
+	f.unknownModel = f.modelMetrics("")
 	f.models.Store(&modelSet{})
 	f.client, err = loom.NewClient[llm.Request, llm.Response](ctx, ep,
 		loom.WithPicker(picker{f}), loom.WithWaitTimeout(time.Second))
@@ -437,6 +437,11 @@ func (f *Frontend) publishLocked() {
 	}
 	for m := range s.ids {
 		s.names = append(s.names, m)
+		if _, known := f.cards[m]; !known {
+			// Its metrics from the start, at 0, before any request
+			// names it.
+			f.modelMetrics(m)
+		}
 		f.cards[m] = s.cards[m]
 	}
 	for m, c := range f.cards {

@@ -61,6 +61,26 @@ func (f *Frontend) putState(st *state) {
 // counted with (nginx's "client closed request"); nothing is sent.
 const statusClientClosed = 499
 
+// requestStatuses are every status a request is counted with in
+// loom_llm_requests_total. Each model's series start at 0 for each of them
+// when a worker of the model first appears (model="" when the frontend
+// starts), so that increase() and rate() see a model's first 5xx or 429:
+// a series born at its first count, at 1, hides that count, as they take
+// a series' first sample as its start. A status a request can end with
+// belongs here (TestEveryStatusInTheCodeIsInRequestStatuses,
+// TestEveryStatusAnsweredStartsAtZero).
+var requestStatuses = []int{
+	http.StatusOK,
+	http.StatusBadRequest,            // malformed, invalid, or beyond the model's context
+	http.StatusNotFound,              // a model no worker has served
+	http.StatusRequestTimeout,        // the body did not arrive within Config.BodyTimeout
+	http.StatusRequestEntityTooLarge, // the body is over Config.MaxBodyBytes
+	http.StatusTooManyRequests,       // ErrBusy
+	statusClientClosed,               // the client left
+	http.StatusInternalServerError,   // a worker failed the request
+	http.StatusServiceUnavailable,    // the model has no worker now
+}
+
 // readBody reads the request body into st.body, within the size limit
 // and the body timeout.
 func (f *Frontend) readBody(w http.ResponseWriter, r *http.Request, st *state) *apiError {
@@ -181,12 +201,14 @@ func endSpan(st *state) {
 	sp.End()
 }
 
-// modelMetrics returns the bound metrics of a served model.
+// modelMetrics returns the bound metrics of a served model (model "":
+// of requests for no model a worker has served), its request counts
+// started at 0 for every status in requestStatuses.
 func (f *Frontend) modelMetrics(model string) *metrics.LLMModel {
 	if v, ok := f.mms.Load(model); ok {
 		return v.(*metrics.LLMModel)
 	}
-	mm := f.m.LLMModel(model)
+	mm := f.m.LLMModel(model, requestStatuses...)
 	f.mms.Store(model, mm)
 	return mm
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/llm"
+	"github.com/loomrt/loom/metrics"
 )
 
 // pickerAmong returns a frontend whose discovery view has n workers, every
@@ -19,7 +20,7 @@ import (
 func pickerAmong(n int) (*Frontend, picker, []*loom.Candidate) {
 	first := loom.PickerFunc(func(_ context.Context, cs []*loom.Candidate) (*loom.Candidate, error) { return cs[0], nil })
 	f := &Frontend{instCards: map[uint64]llm.ModelCard{}, cards: map[string]llm.ModelCard{}, tracked: map[uint64]map[*attempt]struct{}{},
-		router: llm.PickerRouter(first)}
+		router: llm.PickerRouter(first), m: metrics.New()}
 	var cands []*loom.Candidate
 	for i := range n {
 		id := uint64(1 + (i*7919)%(50*n)) // spread, not in order of i
