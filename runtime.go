@@ -275,6 +275,9 @@ func (rt *Runtime) Context() context.Context { return rt.ctx }
 // Go runs fn in the runtime's supervised group: a panic is recovered,
 // logged and counted (loom_background_task_panics_total) instead of taking
 // the process down, and Shutdown cancels fn's context and waits for it.
+// name labels that counter, whose series starts at 0 when a task of that
+// name first starts: name kinds of task ("flush", "watch-config"), not
+// each run of one (no request or peer ids in it).
 func (rt *Runtime) Go(name string, fn func(ctx context.Context) error) error {
 	return rt.tasks.Go(name, fn)
 }
