@@ -13,8 +13,11 @@
 //
 // `loom help` lists every command. Usage errors exit with status 2 and the
 // command's usage line; failures exit with 1. A first SIGINT or SIGTERM
-// stops a command in order; a second exits at once with 128 + its number,
-// as loom.Run does.
+// stops a command in order: one that runs until stopped (up, sub, a
+// server) then exits 0, one stopped before its work was done (a batch, a
+// listing, a call) 128 + the signal's number, 130 or 143, printing no
+// error for it. A second signal exits at once with 128 + its number, as
+// loom.Run does.
 package main
 
 import (
@@ -47,8 +50,9 @@ func main() {
 }
 
 // run executes root and returns the exit code: 0, 2 for a usage error
-// (with the command's usage line), 1 for a failure, or what the command
-// asked for.
+// (with the command's usage line), 1 for a failure, 128 + the signal's
+// number for a command a first SIGINT or SIGTERM stopped before it had
+// done its work, or what the command asked for.
 func run(root *cobra.Command, stderr io.Writer) int {
 	err := root.Execute()
 	if err == nil {
@@ -56,6 +60,15 @@ func run(root *cobra.Command, stderr io.Writer) int {
 	}
 	var ec exitCode
 	if asExit(err, &ec) {
+		return int(ec)
+	}
+	if ec, ok := interrupted(); ok {
+		// Stopped by the first signal before its work was done: the
+		// cancellation that followed is what the user asked for, not a
+		// failure to report. Anything else that went wrong is said.
+		if !errors.Is(err, context.Canceled) {
+			fmt.Fprintln(stderr, errorLine(err))
+		}
 		return int(ec)
 	}
 	fmt.Fprintln(stderr, errorLine(err))

@@ -158,7 +158,10 @@ func up(ctx context.Context, out, errOut io.Writer, o upOptions) error {
 		srv = r.s
 	case <-ctx.Done():
 		fmt.Fprintln(errOut, "loom up: interrupted while starting the servers")
-		return exitCode(130)
+		if ec, ok := interrupted(); ok {
+			return ec
+		}
+		return ctx.Err()
 	}
 	defer srv.stop()
 	ns, env := srv.nats, srv.env
