@@ -37,7 +37,9 @@ The request may also come from standard input (-) or a file (@path), for
 requests too long for a command line.
 
 Ctrl-C asks the handler to stop gracefully; a second Ctrl-C kills the call
-and exits 130 (128 + SIGINT), as a loom.Run program does.`,
+and exits 130 (128 + SIGINT), as a loom.Run program does. Ctrl-C before an
+instance is found (while connecting or waiting for one) ends the call at
+once, with 130.`,
 		Example: `  loom call demo/backend/generate '{"prompt": "hello", "max_tokens": 5}'
   loom call demo/backend/generate @request.json
   generate-request | loom call demo/backend/generate -`,
@@ -85,14 +87,26 @@ func call(parent context.Context, out io.Writer, path string, req any, direct in
 	ctx, stop := loom.WithStop(ctx)
 	defer stop()
 	// First signal: stop gracefully; second: kill, and exit with 128 +
-	// the signal's number, as loom.Run does.
+	// the signal's number, as loom.Run does. A first signal before the
+	// client knows an instance (it is connecting, or waiting for one to
+	// appear) ends the call at once: no request went out, so there is
+	// nothing to stop gracefully, and waiting on would make Ctrl-C wait
+	// for client.wait_timeout and then report no instances.
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	var killedBy atomic.Int32
+	var known atomic.Pointer[loom.Client[any, any]]
 	go func() {
 		select {
-		case <-sigs:
+		case sig := <-sigs:
+			if c := known.Load(); c == nil || len(c.Instances()) == 0 {
+				if n, ok := sig.(syscall.Signal); ok {
+					killedBy.Store(int32(n))
+				}
+				cancel()
+				return
+			}
 			stop()
 		case <-ctx.Done():
 			return
@@ -107,9 +121,17 @@ func call(parent context.Context, out io.Writer, path string, req any, direct in
 		}
 	}()
 
+	// killed is the exit code of a call a signal ended, if one did: what
+	// the caller asked for, no error to print.
+	killed := func(err error) error {
+		if n := killedBy.Load(); n != 0 {
+			return exitCode(128 + n)
+		}
+		return err
+	}
 	rt, err := toolRuntime(ctx)
 	if err != nil {
-		return err
+		return killed(err)
 	}
 	defer rt.Shutdown(context.Background())
 	ep, err := rt.Endpoint(path)
@@ -118,22 +140,23 @@ func call(parent context.Context, out io.Writer, path string, req any, direct in
 	}
 	client, err := loom.NewClient[any, any](ctx, ep)
 	if err != nil {
-		return err
+		return killed(err)
 	}
 	defer client.Close()
+	known.Store(client)
 	var eng loom.Engine[any, any] = client
 	if direct.given() {
 		id, err := direct.resolve(ctx, rt, client)
 		if err != nil {
-			return err
+			return killed(err)
 		}
 		eng = client.Direct(id)
 	}
 	enc := json.NewEncoder(out)
 	for item, err := range eng.Generate(ctx, req) {
 		if err != nil {
-			if n := killedBy.Load(); n != 0 {
-				return exitCode(128 + n) // what the caller asked for: no error to print
+			if killedBy.Load() != 0 {
+				return killed(err)
 			}
 			return withDiscoveryHint(rt, err)
 		}

@@ -15,7 +15,7 @@ import (
 
 // TestACommandStoppedBeforeItsWorkIsDoneExits128PlusTheSignal stops
 // commands that have a piece of work to finish (a batch, a benchmark, a
-// listing, jobs to add) with a first SIGINT or SIGTERM while they are at
+// listing, a call, jobs to add) with a first SIGINT or SIGTERM while they are at
 // it: each must stop at once and exit 128 + the signal's number, 130 or
 // 143, as a shell reports a program the signal ended, so that a script
 // tells an interruption from a failure; and it must not report the
@@ -76,6 +76,11 @@ func TestACommandStoppedBeforeItsWorkIsDoneExits128PlusTheSignal(t *testing.T) {
 		// Discovery on an etcd that is not there: loom ls waits for it
 		// for the dial timeout, logging the dial's failures.
 		start("ls", []string{"LOOM_DISCOVERY=etcd", "ETCD_ENDPOINTS=http://127.0.0.1:1", "LOOM_DISCOVERY_DIAL_TIMEOUT=60s"}, []string{"ls"}, func(p *loomProc) {
+			p.waitStderr(`127\.0\.0\.1:1`)
+		})
+		// loom call, connecting to the same etcd: no request went out,
+		// so the first signal has nothing to stop gracefully and ends it.
+		start("call", []string{"LOOM_DISCOVERY=etcd", "ETCD_ENDPOINTS=http://127.0.0.1:1", "LOOM_DISCOVERY_DIAL_TIMEOUT=60s"}, []string{"call", "ns/c/e", "{}"}, func(p *loomProc) {
 			p.waitStderr(`127\.0\.0\.1:1`)
 		})
 		start("queue add", []string{"NATS_SERVER=" + qs.ClientURL(), "LOOM_NATS_RECONNECT_WAIT=10m"}, addArgs, func(p *loomProc) {
