@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -99,7 +100,12 @@ run goes. docs/llm.md describes the output.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signalContext(context.Background(), cmd.ErrOrStderr())
 			defer stop()
-			return runBench(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o, cmd.Flags().Changed("requests"))
+			err := runBench(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), o, cmd.Flags().Changed("requests"))
+			var ue *usageError
+			if errors.As(err, &ue) && ue.cmd == nil {
+				ue.cmd = cmd // runBench refused the flags: show this usage line
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()
@@ -156,29 +162,51 @@ type churnReport struct {
 	Started int `json:"started"`
 }
 
+// badBenchFlags is the usage error of flags runBench refuses; the
+// command fills in its usage line.
+func badBenchFlags(format string, a ...any) error {
+	return &usageError{err: fmt.Errorf(format, a...)}
+}
+
 func runBench(ctx context.Context, out, errOut io.Writer, o benchOptions, requestsSet bool) error {
 	if (o.url == "") == (o.workers == 0) {
-		return fmt.Errorf("llm bench: give --url URL (a server to measure) or --workers N (start frontend and mock workers here), not both or neither")
+		return badBenchFlags("llm bench: give --url URL (a server to measure) or --workers N (start frontend and mock workers here), not both or neither")
 	}
 	if o.workers < 0 || o.runs < 1 {
-		return fmt.Errorf("llm bench: --workers %d and --runs %d must be positive", o.workers, o.runs)
+		return badBenchFlags("llm bench: --workers %d and --runs %d must be positive", o.workers, o.runs)
+	}
+	switch {
+	case o.requests < 0:
+		return badBenchFlags("llm bench: --requests %d: want 0 or more", o.requests)
+	case o.concurrency < 0:
+		return badBenchFlags("llm bench: --concurrency %d: want 0 or more", o.concurrency)
+	case o.rate < 0:
+		return badBenchFlags("llm bench: --rate %g: want 0 or more", o.rate)
+	case o.duration < 0:
+		return badBenchFlags("llm bench: --duration %s: want 0 or more", o.duration)
+	case o.timeout <= 0:
+		return badBenchFlags("llm bench: --timeout %s: want more than 0", o.timeout)
+	case !slices.Contains([]string{"auto", "bar", "lines", "off"}, o.progress):
+		return badBenchFlags("llm bench: --progress %q: want auto, bar, lines or off", o.progress)
+	case o.workers > 0 && !slices.Contains([]string{"tcp", "nats", "local"}, o.mock.plane):
+		return badBenchFlags("llm bench: --plane %q: want tcp, nats or local", o.mock.plane)
 	}
 	if o.concurrency > 0 && o.rate > 0 {
-		return fmt.Errorf("llm bench: --concurrency %d and --rate %g: choose closed loop or open loop", o.concurrency, o.rate)
+		return badBenchFlags("llm bench: --concurrency %d and --rate %g: choose closed loop or open loop", o.concurrency, o.rate)
 	}
 	if o.duration > 0 && !requestsSet {
 		o.requests = 0
 	}
 	routers := strings.Split(o.routers, ",")
 	if o.url != "" && len(routers) > 1 {
-		return fmt.Errorf("llm bench: --router %s compares routers in-process (--workers); the server at --url routes as it is configured", o.routers)
+		return badBenchFlags("llm bench: --router %s compares routers in-process (--workers); the server at --url routes as it is configured", o.routers)
 	}
 	if o.churn && o.workers == 0 {
-		return fmt.Errorf("llm bench: --churn kills and starts in-process mock workers: use it with --workers")
+		return badBenchFlags("llm bench: --churn kills and starts in-process mock workers: use it with --workers")
 	}
 	for _, r := range routers {
 		if !slices.Contains(routerNames, r) {
-			return fmt.Errorf("llm bench: unknown router %q (want %s)", r, strings.Join(routerNames, ", "))
+			return badBenchFlags("llm bench: unknown router %q (want %s)", r, strings.Join(routerNames, ", "))
 		}
 	}
 	var trace []bench.TraceRecord
@@ -191,7 +219,7 @@ func runBench(ctx context.Context, out, errOut io.Writer, o benchOptions, reques
 			o.requests = len(trace)
 		}
 	} else if o.workload != "prefix" && o.workload != "unique" {
-		return fmt.Errorf("llm bench: unknown workload %q (want prefix, unique or trace:FILE)", o.workload)
+		return badBenchFlags("llm bench: unknown workload %q (want prefix, unique or trace:FILE)", o.workload)
 	}
 	if o.concurrency == 0 && o.rate == 0 && trace == nil {
 		o.concurrency = 32

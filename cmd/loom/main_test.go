@@ -356,6 +356,18 @@ func TestOutOfRangeFlagValuesAreUsageErrors(t *testing.T) {
 		{[]string{"queue", "dlq", "q", "--requeue", "--purge"}, "--requeue and --purge are exclusive"},
 		{[]string{"queue", "dlq", "q", "5"}, `"5": sequence numbers follow --requeue`},
 		{[]string{"queue", "dlq", "q", "--requeue", "x"}, `"x": sequence numbers follow --requeue`},
+		{[]string{"llm", "bench"}, "give --url URL"},
+		{[]string{"llm", "bench", "--url", "http://127.0.0.1:1", "--workers", "1"}, "not both or neither"},
+		{[]string{"llm", "bench", "--workers", "1", "--router", "fastest"}, `unknown router "fastest"`},
+		{[]string{"llm", "bench", "--url", "http://127.0.0.1:1", "--workload", "zipf"}, `unknown workload "zipf"`},
+		{[]string{"llm", "bench", "--url", "http://127.0.0.1:1", "--rate", "5", "--concurrency", "2"}, "choose closed loop or open loop"},
+		{[]string{"llm", "bench", "--url", "http://127.0.0.1:1", "--requests", "-1"}, "--requests -1: want 0 or more"},
+		{[]string{"llm", "bench", "--url", "http://127.0.0.1:1", "--concurrency", "-3"}, "--concurrency -3: want 0 or more"},
+		{[]string{"llm", "bench", "--url", "http://127.0.0.1:1", "--rate", "-1"}, "--rate -1: want 0 or more"},
+		{[]string{"llm", "bench", "--url", "http://127.0.0.1:1", "--duration", "-1s"}, "--duration -1s: want 0 or more"},
+		{[]string{"llm", "bench", "--url", "http://127.0.0.1:1", "--timeout", "-1s"}, "--timeout -1s: want more than 0"},
+		{[]string{"llm", "bench", "--url", "http://127.0.0.1:1", "--progress", "bogus"}, `--progress "bogus": want auto, bar, lines or off`},
+		{[]string{"llm", "bench", "--workers", "1", "--plane", "bogus"}, `--plane "bogus": want tcp, nats or local`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			p := startLoom(t, env, tc.args...)
@@ -365,11 +377,20 @@ func TestOutOfRangeFlagValuesAreUsageErrors(t *testing.T) {
 			if code != 2 {
 				t.Errorf("exit code %d, want 2; stderr:\n%s", code, stderr)
 			}
-			if !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "usage: loom "+tc.args[0]) {
+			if !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "usage: loom "+strings.Join(commandPath(tc.args), " ")) {
 				t.Errorf("stderr does not say %q with the usage line:\n%s", tc.want, stderr)
 			}
 		})
 	}
+}
+
+// commandPath is the command args name: its words before the first
+// flag or argument of the command itself.
+func commandPath(args []string) []string {
+	if len(args) > 1 && (args[0] == "llm" || args[0] == "queue") {
+		return args[:2]
+	}
+	return args[:1]
 }
 
 // TestBadNamesAreUsageErrorsBeforeConnecting gives loom call, pub, sub and
