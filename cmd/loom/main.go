@@ -138,6 +138,23 @@ func newRoot() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newDemo(), newConfig(), newCall(), newLs(), newUp(), newQueue(), newPub(), newSub(), newLLM(), newDashboard())
+	// cobra adds help and completion as it executes, after
+	// markUsageErrors would have seen them: add them now, so that their
+	// usage errors are marked too.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "help" {
+			// cobra's help prints the root's help and exits 0 for a topic
+			// that is no command.
+			c.Args = func(c *cobra.Command, args []string) error {
+				if _, rest, err := c.Root().Find(args); err != nil || len(rest) > 0 {
+					return fmt.Errorf("unknown help topic %q: `loom help` lists the commands", strings.Join(args, " "))
+				}
+				return nil
+			}
+		}
+	}
 	markUsageErrors(root)
 	return root
 }

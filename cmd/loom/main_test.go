@@ -309,6 +309,10 @@ func TestUsageErrorsExitTwoWithTheUsageLine(t *testing.T) {
 		{[]string{"demo", "--requests", "-1"}, "--requests -1: want 0 or more"},
 		{[]string{"demo", "--router", "bogus"}, "--router bogus: want round_robin"},
 		{[]string{"demo", "--plane", "bogus"}, "--plane bogus: want local, tcp or nats"},
+		{[]string{"help", "nosuch"}, `unknown help topic "nosuch"`},
+		{[]string{"help", "queue", "nosuch"}, `unknown help topic "queue nosuch"`},
+		{[]string{"completion", "nosuch"}, "usage: loom completion <command> [flags]"},
+		{[]string{"completion", "bash", "extra"}, "usage: loom completion bash"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			root := newRoot()
@@ -323,11 +327,19 @@ func TestUsageErrorsExitTwoWithTheUsageLine(t *testing.T) {
 			}
 		})
 	}
-	root := newRoot()
-	root.SetArgs(nil)
-	root.SetOut(io.Discard)
-	if code := run(root, io.Discard); code != 0 {
-		t.Errorf("loom alone (help) exited %d, want 0", code)
+	for _, args := range [][]string{nil, {"help"}, {"help", "queue", "add"}, {"queue", "add", "--help"}} {
+		root := newRoot()
+		root.SetArgs(args)
+		root.SetOut(io.Discard)
+		var stderr bytes.Buffer
+		if code := run(root, &stderr); code != 0 {
+			t.Errorf("loom %s exited %d, want 0; stderr:\n%s", strings.Join(args, " "), code, &stderr)
+		}
+	}
+	// completion writes where standard output was when newRoot added it:
+	// run the binary, whose output this test holds.
+	if out, err := exec.Command(loomBin, "completion", "bash").Output(); err != nil || !strings.Contains(string(out), "__start_loom") {
+		t.Errorf("loom completion bash: %v, printed %d bytes; want exit 0 and the script", err, len(out))
 	}
 }
 
