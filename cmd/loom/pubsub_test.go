@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -398,8 +399,9 @@ func TestBadJSONIsAnErrorNamingWhatItIs(t *testing.T) {
 }
 
 // TestCommandsThatRunUntilCtrlCExitZeroOnSIGINT holds the commands that
-// run until Ctrl-C (sub, ls --watch, dashboard) to it: on SIGINT each ends
-// at once, sub with its summary, and exits 0.
+// run until Ctrl-C (sub, ls --watch, dashboard, up, the llm servers) to
+// the README's exit statuses: on SIGINT or SIGTERM each ends at once, sub
+// with its summary, and exits 0.
 func TestCommandsThatRunUntilCtrlCExitZeroOnSIGINT(t *testing.T) {
 	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
 	if err != nil {
@@ -407,35 +409,49 @@ func TestCommandsThatRunUntilCtrlCExitZeroOnSIGINT(t *testing.T) {
 	}
 	defer ns.Shutdown()
 	env := []string{"NATS_SERVER=" + ns.ClientURL(), "LOOM_DISCOVERY=natskv", "LOOM_LOG_LEVEL=warn"}
-	for _, tc := range []struct {
-		args       []string
-		ready      func(stdout, stderr []string) bool
-		lastStderr string
-	}{
-		{[]string{"sub", "dyn/*", "kv_events"}, func(_, e []string) bool { return len(e) > 0 && strings.Contains(e[0], "subscribed to") },
-			"loom sub: 0 events; lost 0, dropped 0, reordered 0, duplicates 0, malformed 0"},
-		{[]string{"ls", "--watch"}, func(o, _ []string) bool { return len(o) > 0 && o[0] == "# synced: what follows are changes" }, ""},
-		{[]string{"dashboard", "--addr", "127.0.0.1:0", "--nats-monitor", "off"},
-			func(_, e []string) bool { return len(e) > 0 && strings.HasPrefix(e[0], "loom dashboard: http://") }, ""},
-	} {
-		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
-			p := startLoom(t, env, tc.args...)
-			testutil.Eventually(t, 30*time.Second, "loom "+tc.args[0]+" being ready", func() bool { return tc.ready(p.lines()) })
-			_ = p.cmd.Process.Signal(os.Interrupt)
-			select {
-			case <-p.done:
-			case <-time.After(10 * time.Second):
+	stderrStarts := func(prefix string) func(_, e []string) bool {
+		return func(_, e []string) bool { return len(e) > 0 && strings.HasPrefix(e[0], prefix) }
+	}
+	stdoutHas := func(prefix string) func(o, _ []string) bool {
+		return func(o, _ []string) bool {
+			return slices.ContainsFunc(o, func(l string) bool { return strings.HasPrefix(l, prefix) })
+		}
+	}
+	for _, sig := range []os.Signal{os.Interrupt, syscall.SIGTERM} {
+		for _, tc := range []struct {
+			args       []string
+			ready      func(stdout, stderr []string) bool
+			lastStderr string
+		}{
+			{[]string{"sub", "dyn/*", "kv_events"}, stderrStarts("loom sub: subscribed to"),
+				"loom sub: 0 events; lost 0, dropped 0, reordered 0, duplicates 0, malformed 0"},
+			{[]string{"ls", "--watch"}, func(o, _ []string) bool { return len(o) > 0 && o[0] == "# synced: what follows are changes" }, ""},
+			{[]string{"dashboard", "--addr", "127.0.0.1:0", "--nats-monitor", "off"}, stderrStarts("loom dashboard: http://"), ""},
+			{[]string{"up", "--data-dir", t.TempDir(), "--discovery", "natskv", "--nats-port", "0", "--monitor-port", "0"},
+				stderrStarts("loom up: serving"), "loom up: stopping"},
+			{[]string{"llm", "worker"}, stdoutHas("loom llm worker: worker "), ""},
+			{[]string{"llm", "frontend", "--port", "0"}, stdoutHas("OPENAI_BASE_URL="), ""},
+			{[]string{"llm", "up", "--workers", "1", "--port", "0"}, stdoutHas("OPENAI_BASE_URL="), ""},
+		} {
+			t.Run(strings.Join(tc.args[:min(2, len(tc.args))], " ")+" "+sig.String(), func(t *testing.T) {
+				p := startLoom(t, env, tc.args...)
+				testutil.Eventually(t, 30*time.Second, "loom "+tc.args[0]+" being ready", func() bool { return tc.ready(p.lines()) })
+				_ = p.cmd.Process.Signal(sig)
+				select {
+				case <-p.done:
+				case <-time.After(10 * time.Second):
+					out, errs := p.lines()
+					t.Fatalf("still running 10s after %v\nstdout: %q\nstderr: %q", sig, out, errs)
+				}
 				out, errs := p.lines()
-				t.Fatalf("still running 10s after SIGINT\nstdout: %q\nstderr: %q", out, errs)
-			}
-			out, errs := p.lines()
-			if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-				t.Errorf("exit code %d after SIGINT, want 0\nstdout: %q\nstderr: %q", code, out, errs)
-			}
-			if tc.lastStderr != "" && (len(errs) == 0 || errs[len(errs)-1] != tc.lastStderr) {
-				t.Errorf("standard error %q, want it to end with %q", errs, tc.lastStderr)
-			}
-		})
+				if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+					t.Errorf("exit code %d after %v, want 0\nstdout: %q\nstderr: %q", code, sig, out, errs)
+				}
+				if tc.lastStderr != "" && (len(errs) == 0 || errs[len(errs)-1] != tc.lastStderr) {
+					t.Errorf("standard error %q, want it to end with %q", errs, tc.lastStderr)
+				}
+			})
+		}
 	}
 }
 
