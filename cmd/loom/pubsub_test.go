@@ -205,6 +205,9 @@ func TestLoomUpRunsAZMQBroker(t *testing.T) {
 	up := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--discovery", "natskv",
 		"--data-dir", t.TempDir(), "--zmq-broker=0,0")
 	up.waitStderr(`^loom up: serving`)
+	// Standard output is read apart from standard error: its lines may
+	// come a moment later. LOOM_STATUS_PORT is the last.
+	up.waitStdout(`^LOOM_STATUS_PORT=`)
 	out, _ := up.lines()
 	env := append([]string{"LOOM_LOG_LEVEL=warn"}, out...)
 	for _, key := range []string{"LOOM_EVENTS_TRANSPORT=zmq", "LOOM_EVENTS_ZMQ_BROKER_PUB=tcp://127.0.0.1:", "LOOM_EVENTS_ZMQ_BROKER_SUB=tcp://127.0.0.1:"} {

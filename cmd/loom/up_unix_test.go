@@ -53,6 +53,9 @@ func TestLoomUpOnAnEtcdDatabaseInUseFailsNamingIt(t *testing.T) {
 func TestASecondSIGINTCutsAHungShutdownShort(t *testing.T) {
 	up := startLoom(t, nil, "up", "--nats-port", "0", "--monitor-port", "0", "--etcd-port", "0", "--etcd-peer-port", "0", "--data-dir", t.TempDir())
 	up.waitStderr(`^loom up: serving`)
+	// Standard output is read apart from standard error: its lines may
+	// come a moment later. LOOM_STATUS_PORT is the last.
+	up.waitStdout(`^LOOM_STATUS_PORT=`)
 	env, _ := up.lines()
 	// Its dial timeout bounds the wait for the revoke: make it longer than
 	// any test machine's pause, so only the second signal can end it.
