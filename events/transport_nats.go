@@ -2,7 +2,9 @@ package events
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -62,6 +64,20 @@ func flush(ctx context.Context, nc *nats.Conn) error {
 	return nc.FlushWithContext(ctx)
 }
 
+// refusal returns the NATS server's refusal of this connection's op
+// ("publish" or "subscription") on subject, if it is the connection's last
+// error and not the error before (a refusal the caller has seen already,
+// or one from before the caller's time): the server reports a refusal to
+// the connection and to nothing else.
+func refusal(nc *nats.Conn, op, subject string, before error) error {
+	err := nc.LastError()
+	if err == nil || err == before || !errors.Is(err, nats.ErrPermissionViolation) ||
+		!strings.Contains(strings.ToLower(err.Error()), op+` to "`+strings.ToLower(subject)+`"`) {
+		return nil
+	}
+	return err
+}
+
 // natsPendingMsgs bounds the NATS client's own buffer in front of a
 // subscription's: it only fills when the overflow policy is Block (or the
 // callback cannot keep up with decoding). What the client drops there is
@@ -90,6 +106,7 @@ func subscribeNATS(ctx context.Context, rt *loom.Runtime, c *subCore, o options)
 	}
 	s := &natsSource{c: c, watcher: make(chan struct{})}
 	c.client = s
+	before := nc.LastError()
 	sub, err := nc.Subscribe(c.pattern, func(m *nats.Msg) { c.receive(m.Subject, m.Header, m.Data) })
 	if err != nil {
 		return nil, fmt.Errorf("events: subscribe to %s: %w", c.pattern, err)
@@ -99,6 +116,13 @@ func subscribeNATS(ctx context.Context, rt *loom.Runtime, c *subCore, o options)
 	if err := flush(ctx, nc); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("events: subscribe to %s: NATS server did not confirm: %w", c.pattern, err)
+	}
+	// A refused subscription is reported to the connection, before the
+	// flush's answer, and stays in place receiving nothing.
+	if err := refusal(nc, "subscription", c.pattern, before); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, fmt.Errorf("events: subscribe to %s: the NATS server refused the subscription (%w): this process's NATS user needs subscribe permission on %s",
+			c.pattern, err, c.pattern)
 	}
 	s.closed = sub.StatusChanged(nats.SubscriptionClosed)
 	return s, nil
