@@ -12,6 +12,7 @@ import (
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/events"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/loomtest"
 )
 
@@ -40,6 +41,7 @@ func permittedRuntime(t *testing.T, transport string) *loom.Runtime {
 	s.Config.NATS.User, s.Config.NATS.Password = "worker", "pw"
 	s.Config.Events.Transport = transport
 	s.Config.Events.JetStream.Storage = "memory"
+	s.Config.Events.JetStream.MaxPending = 2
 	return s.Runtime()
 }
 
@@ -69,4 +71,56 @@ func TestASubscriptionTheServerRefusesIsAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	collect(t, sub, 1, 10*time.Second)
+}
+
+// TestAPublishTheServerRefusesIsReported: a NATS user without publish
+// permission on an event subject is told by Flush and Shutdown, naming
+// the subject and the permission. On core NATS the server drops such an
+// event and reports it only in an asynchronous error on the connection,
+// so Publish (which does not wait for the server) cannot say, and Flush
+// once returned nil; on JetStream Flush, and Publish once
+// events.jetstream.max_pending events awaited their acknowledgement,
+// waited out their context for acknowledgements that never come and
+// named no cause.
+func TestAPublishTheServerRefusesIsReported(t *testing.T) {
+	for _, tr := range []string{events.NATS, events.JetStream} {
+		t.Run("over "+tr, func(t *testing.T) {
+			rt := permittedRuntime(t, tr)
+			ok := publisher[int](t, rt, events.Scope{Namespace: "allowed"}, "t")
+			if err := ok.Publish(t.Context(), 1); err != nil {
+				t.Fatal(err)
+			}
+			if err := ok.Flush(testutil.Timeout(t, 10*time.Second)); err != nil {
+				t.Fatalf("a permitted subject: %v", err)
+			}
+			p, err := events.NewPublisher[int](testutil.Timeout(t, 5*time.Second), rt, denied, "t")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			if err := p.Publish(t.Context(), 1); err != nil {
+				t.Fatalf("Publish: %v (it does not wait for the server)", err)
+			}
+			check := func(what string, err error) {
+				t.Helper()
+				if err == nil || !strings.Contains(err.Error(), "namespace.denied.t") || !strings.Contains(err.Error(), "publish permission") ||
+					!errors.Is(err, nats.ErrPermissionViolation) {
+					t.Fatalf("%s without publish permission: %v; want an error naming the subject and the permission", what, err)
+				}
+			}
+			check("Flush", p.Flush(testutil.Timeout(t, 2*time.Second)))
+			if err := ok.Flush(testutil.Timeout(t, 10*time.Second)); err != nil {
+				t.Fatalf("a permitted subject, after another's refusal: %v", err)
+			}
+			if err := p.Publish(t.Context(), 2); err != nil {
+				t.Fatalf("Publish: %v", err)
+			}
+			if tr == events.JetStream {
+				// Two events await their acknowledgement: the window
+				// (events.jetstream.max_pending) is full.
+				check("Publish", p.Publish(testutil.Timeout(t, time.Second), 3))
+			}
+			check("Shutdown", p.Shutdown(testutil.Timeout(t, 2*time.Second)))
+		})
+	}
 }

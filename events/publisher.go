@@ -147,11 +147,11 @@ func newPubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 	}
 	switch o.transport {
 	case NATS:
-		c.tx, err = newNATSSender(ctx, rt)
+		c.tx, err = newNATSSender(ctx, rt, subject)
 	case ZMQ:
 		c.tx, err = newZMQSender(ctx, rt, c, o)
 	case JetStream:
-		c.tx, err = newJetStreamSender(ctx, rt, o)
+		c.tx, err = newJetStreamSender(ctx, rt, subject, o)
 	}
 	if err != nil {
 		return nil, err
@@ -273,7 +273,12 @@ func (p *Publisher[T]) WaitForSubscribers(ctx context.Context, n int) error {
 // Flush waits, up to ctx, until the events published so far are on their
 // way: flushed to the NATS server, written to every ZeroMQ subscriber's
 // connection, or acknowledged by the JetStream stream (it returns the
-// error of a failed acknowledgement).
+// error of a failed acknowledgement). A NATS user without publish
+// permission on the subject is told here: on core NATS the server's
+// refusal of events published since the last Flush (the server reports
+// it only to the connection, so Publish, which does not wait, cannot
+// see it); on JetStream, when ctx ends before a refused event's
+// acknowledgement, which never comes.
 func (p *Publisher[T]) Flush(ctx context.Context) error {
 	c := p.c
 	c.mu.Lock()

@@ -77,11 +77,14 @@ func streamName(c config.EventsJetStream) string {
 }
 
 type jetStreamSender struct {
-	js  jetstream.JetStream
-	cfg config.EventsJetStream
-	log *slog.Logger
+	js      jetstream.JetStream
+	nc      *nats.Conn
+	subject string // the stream's subject for the publisher's events
+	cfg     config.EventsJetStream
+	log     *slog.Logger
 
 	mu       sync.Mutex
+	before   error // the connection's last error when the publisher began (see refused)
 	failed   int
 	firstErr error
 	// lost is set when a publish found no stream to answer it: the
@@ -91,12 +94,12 @@ type jetStreamSender struct {
 	restored time.Time // under mu: when restore last made the stream
 }
 
-func newJetStreamSender(ctx context.Context, rt *loom.Runtime, o options) (*jetStreamSender, error) {
+func newJetStreamSender(ctx context.Context, rt *loom.Runtime, subject string, o options) (*jetStreamSender, error) {
 	nc, err := rt.NATS(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("events: the jetstream transport needs NATS (nats.url, NATS_SERVER): %w", err)
 	}
-	s := &jetStreamSender{cfg: o.cfg.JetStream, log: rt.Logger()}
+	s := &jetStreamSender{nc: nc, subject: DurablePrefix + subject, before: nc.LastError(), cfg: o.cfg.JetStream, log: rt.Logger()}
 	s.js, err = jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(o.cfg.JetStream.MaxPending),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
@@ -151,6 +154,9 @@ func (s *jetStreamSender) send(ctx context.Context, subject string, env []byte) 
 		}
 		// The window of unacknowledged publishes is full: wait.
 		if ctx.Err() != nil {
+			if err := s.refused(); err != nil {
+				return fmt.Errorf("waiting for the stream to acknowledge earlier events (events.jetstream.max_pending): %w", err)
+			}
 			return fmt.Errorf("waiting for the stream to acknowledge earlier events (events.jetstream.max_pending): %w", ctx.Err())
 		}
 	}
@@ -191,9 +197,25 @@ func (s *jetStreamSender) flush(ctx context.Context) error {
 	select {
 	case <-s.js.PublishAsyncComplete():
 	case <-ctx.Done():
+		if err := s.refused(); err != nil {
+			return fmt.Errorf("%d events not yet acknowledged by the stream: %w", s.js.PublishAsyncPending(), err)
+		}
 		return fmt.Errorf("%d events not yet acknowledged by the stream: %w", s.js.PublishAsyncPending(), ctx.Err())
 	}
 	return s.takeErr()
+}
+
+// refused returns an error if the server refused publishes to the
+// publisher's subject since the publisher began: it drops such a message,
+// so its acknowledgement never comes (an event refused once stays
+// unacknowledged), and reports the refusal only to the connection.
+func (s *jetStreamSender) refused() error {
+	err := refusal(s.nc.LastError(), s.before, "publish", s.subject)
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("the NATS server refused events published on %s (%w): this process's NATS user needs publish permission on %s (the stream's subjects are %s)",
+		s.subject, err, s.subject, DurablePrefix+">")
 }
 
 func (s *jetStreamSender) shutdown(ctx context.Context, drain bool) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,14 +21,24 @@ import (
 // the sequence and buffers the event; nothing blocks there unless the
 // overflow policy is Block.
 
-type natsSender struct{ nc *nats.Conn }
+type natsSender struct {
+	nc      *nats.Conn
+	subject string
 
-func newNATSSender(ctx context.Context, rt *loom.Runtime) (*natsSender, error) {
+	// seen is the connection's last error when the publisher last
+	// looked: a refusal is reported once, and one from before the
+	// publisher not at all (the connection's last error stays until
+	// another replaces it).
+	mu   sync.Mutex
+	seen error
+}
+
+func newNATSSender(ctx context.Context, rt *loom.Runtime, subject string) (*natsSender, error) {
 	nc, err := rt.NATS(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("events: the nats transport needs NATS (nats.url, NATS_SERVER): %w", err)
 	}
-	return &natsSender{nc: nc}, nil
+	return &natsSender{nc: nc, subject: subject, seen: nc.LastError()}, nil
 }
 
 func (s *natsSender) send(ctx context.Context, subject string, env []byte) error {
@@ -43,14 +54,53 @@ func (s *natsSender) flush(ctx context.Context) error {
 	if s.nc.IsClosed() {
 		return fmt.Errorf("%w: the NATS connection is closed", ErrConnectionClosed)
 	}
-	return flush(ctx, s.nc)
+	if err := flush(ctx, s.nc); err != nil {
+		return err
+	}
+	return s.refused()
 }
 
 func (s *natsSender) shutdown(ctx context.Context, drain bool) error {
 	if !drain || s.nc.IsClosed() {
 		return nil
 	}
-	return flush(ctx, s.nc)
+	if err := flush(ctx, s.nc); err != nil {
+		return err
+	}
+	return s.refused()
+}
+
+// refused returns an error if the server refused publishes to the
+// subject since the publisher last looked. Core NATS publishes are not
+// answered: the server drops a refused one and says so only in an
+// asynchronous error on the connection, which a flush's answer follows.
+// Publish does not look (that would cost every event a flush); Flush and
+// Shutdown do.
+func (s *natsSender) refused() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	last := s.nc.LastError()
+	err := refusal(last, s.seen, "publish", s.subject)
+	s.seen = last
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("the NATS server refused events published on %s (%w): this process's NATS user needs publish permission on %s",
+		s.subject, err, s.subject)
+}
+
+// refusal returns last, a connection's last error, if it is the NATS
+// server's refusal of the connection's op ("publish" or "subscription")
+// on subject and not before, the last error earlier (a refusal the caller
+// has seen already, or one from before the caller's time): the server
+// reports a refusal to the connection and to nothing else.
+func refusal(last, before error, op, subject string) error {
+	err := last
+	if err == nil || err == before || !errors.Is(err, nats.ErrPermissionViolation) ||
+		!strings.Contains(strings.ToLower(err.Error()), op+` to "`+strings.ToLower(subject)+`"`) {
+		return nil
+	}
+	return err
 }
 
 // flush waits for the server to have what nc sent, bounded by ctx or, if
@@ -62,20 +112,6 @@ func flush(ctx context.Context, nc *nats.Conn) error {
 		defer cancel()
 	}
 	return nc.FlushWithContext(ctx)
-}
-
-// refusal returns the NATS server's refusal of this connection's op
-// ("publish" or "subscription") on subject, if it is the connection's last
-// error and not the error before (a refusal the caller has seen already,
-// or one from before the caller's time): the server reports a refusal to
-// the connection and to nothing else.
-func refusal(nc *nats.Conn, op, subject string, before error) error {
-	err := nc.LastError()
-	if err == nil || err == before || !errors.Is(err, nats.ErrPermissionViolation) ||
-		!strings.Contains(strings.ToLower(err.Error()), op+` to "`+strings.ToLower(subject)+`"`) {
-		return nil
-	}
-	return err
 }
 
 // natsPendingMsgs bounds the NATS client's own buffer in front of a
@@ -119,7 +155,7 @@ func subscribeNATS(ctx context.Context, rt *loom.Runtime, c *subCore, o options)
 	}
 	// A refused subscription is reported to the connection, before the
 	// flush's answer, and stays in place receiving nothing.
-	if err := refusal(nc, "subscription", c.pattern, before); err != nil {
+	if err := refusal(nc.LastError(), before, "subscription", c.pattern); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("events: subscribe to %s: the NATS server refused the subscription (%w): this process's NATS user needs subscribe permission on %s",
 			c.pattern, err, c.pattern)
