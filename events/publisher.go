@@ -139,6 +139,9 @@ func newPubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 	if err != nil {
 		return nil, err
 	}
+	if rt.Context().Err() != nil {
+		return nil, fmt.Errorf("%w: publisher on %s: the runtime is shut down", ErrClosed, subject)
+	}
 	c := &pubCore{
 		rt:        rt,
 		transport: o.transport, subject: subject, scope: scope, topic: topic,
@@ -175,7 +178,7 @@ func newPubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 		sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_ = c.shutdown(sctx, true)
-		return nil, fmt.Errorf("events: publisher on %s: the runtime is shut down: %w", subject, err)
+		return nil, fmt.Errorf("%w: publisher on %s: the runtime is shut down: %w", ErrClosed, subject, err)
 	}
 	return c, nil
 }

@@ -128,6 +128,9 @@ func newSubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 	if err != nil {
 		return nil, err
 	}
+	if rt.Context().Err() != nil {
+		return nil, fmt.Errorf("%w: subscription to %s: the runtime is shut down", ErrClosed, pattern)
+	}
 	c := &subCore{
 		rt:         rt,
 		transport:  o.transport,
@@ -170,7 +173,7 @@ func newSubCore(ctx context.Context, rt *loom.Runtime, scope Scope, topic string
 	})
 	if err != nil {
 		c.close(nil)
-		return nil, fmt.Errorf("events: subscription to %s: the runtime is shut down: %w", pattern, err)
+		return nil, fmt.Errorf("%w: subscription to %s: the runtime is shut down: %w", ErrClosed, pattern, err)
 	}
 	return c, nil
 }
