@@ -60,8 +60,11 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, c config.EventsJe
 		sc.Storage = jetstream.MemoryStorage
 	}
 	s, _, err := jsstream.Ensure(ctx, js, sc, log)
-	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
-		return nil, fmt.Errorf("events: JetStream stream %s: %w (is JetStream enabled on the NATS server? loom up enables it)", name, err)
+	// A server without JetStream for the account answers no request to
+	// its API: nats.go says "no responders".
+	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) || errors.Is(err, nats.ErrNoResponders) {
+		return nil, fmt.Errorf("events: JetStream stream %s: the NATS server %s has no JetStream for this connection's account (%w): start it with JetStream (nats-server -js; loom up enables it), or set events.transport to %s",
+			name, js.Conn().ConnectedUrlRedacted(), err, NATS)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("events: create JetStream stream %s for %s: %w", name, DurablePrefix+">", err)
