@@ -2,7 +2,10 @@ package events
 
 import (
 	"fmt"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/config"
@@ -236,6 +239,11 @@ func buildOptions(cfg config.Events, opts []Option) (options, error) {
 	if o.transport != JetStream && (o.setDeliver || o.durable != "") {
 		return o, fmt.Errorf("events: Deliver* and Durable options need the %s transport (events.transport is %s); other transports deliver only new events", JetStream, o.transport)
 	}
+	if o.transport == JetStream {
+		if err := validStreamName(o.cfg.JetStream.Stream); err != nil {
+			return o, err
+		}
+	}
 	if o.durable != "" {
 		if err := validConsumerName(o.durable); err != nil {
 			return o, err
@@ -255,6 +263,25 @@ func validConsumerName(name string) error {
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
 			return fmt.Errorf("events: durable name %q: use letters, digits, - and _ only", name)
 		}
+	}
+	return nil
+}
+
+// validStreamName checks events.jetstream.stream ("" is the default).
+// NATS refuses some names ("nats: invalid stream name") but takes others
+// no tool can name: a NUL, a control character, bytes that are not UTF-8.
+func validStreamName(name string) error {
+	if name == "" {
+		return nil
+	}
+	bad := len(name) > 255 || !utf8.ValidString(name)
+	for _, r := range name {
+		if unicode.IsSpace(r) || !unicode.IsPrint(r) || strings.ContainsRune(".*>/\\", r) {
+			bad = true
+		}
+	}
+	if bad {
+		return fmt.Errorf("events: events.jetstream.stream (LOOM_EVENTS_JETSTREAM_STREAM) %q is not a name a JetStream stream can take: use up to 255 letters, digits, - and _ (no whitespace, control characters, '.', '*', '>', '/' or '\\', and valid UTF-8)", name)
 	}
 	return nil
 }
