@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/config"
@@ -32,8 +34,8 @@ type Config struct {
 	// Name is the stream's name: letters, digits, '-' and '_'. Required.
 	Name string
 	// Subject jobs are published to; default Name + ".queue", as the
-	// seed's NATSQueue publishes. Dot-separated tokens, without spaces or
-	// wildcards.
+	// seed's NATSQueue publishes. Dot-separated tokens of UTF-8 text,
+	// without spaces, control characters or wildcards.
 	Subject string
 	// Group is the durable consumer that workers share; default
 	// DefaultGroup.
@@ -136,8 +138,13 @@ func (c Config) resolved() (Config, error) {
 }
 
 // checkSubject says what is wrong with subject as the one jobs are
-// published to, if anything.
+// published to, if anything. A subject that is not UTF-8 text is refused:
+// the server keeps a stream's subjects as JSON, which turns invalid bytes
+// into U+FFFD, so the stream would take a subject other than the queue's.
 func checkSubject(subject string) error {
+	if !utf8.ValidString(subject) || strings.ContainsFunc(subject, unicode.IsControl) {
+		return errors.New("use UTF-8 text without control characters")
+	}
 	if strings.ContainsAny(subject, " \t\r\n") {
 		return errors.New("use dot-separated tokens without spaces")
 	}
