@@ -316,10 +316,16 @@ func streamError(name string, err error) error {
 	return fmt.Errorf("workqueue: create stream %s: %w", name, hint(err))
 }
 
-// hint adds what to do to errors of a server without JetStream.
+// hint adds what to do to errors of a JetStream API call on a server
+// without JetStream. Such a server does not answer the API at all:
+// nats.go reports no responders, which names neither JetStream nor the
+// remedy.
 func hint(err error) error {
-	if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+	switch {
+	case errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount):
 		return fmt.Errorf("%w (start nats-server with -js, or `loom up`)", err)
+	case errors.Is(err, nats.ErrNoResponders):
+		return fmt.Errorf("%w: nothing answers the JetStream API; JetStream is not enabled on the server or for this account (start nats-server with -js, or `loom up`)", err)
 	}
 	return err
 }
