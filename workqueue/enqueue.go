@@ -442,6 +442,11 @@ func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) error {
 			p.m.Enqueued.Inc()
 			return nil
 		}
+		if retryable(err) {
+			if rerr := p.refused(); rerr != nil {
+				return rerr
+			}
+		}
 		if !retryable(err) || ctx.Err() != nil {
 			return p.sendError(m, attempt, time.Since(start), err, ctx.Err())
 		}
@@ -454,6 +459,28 @@ func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) error {
 			return p.sendError(m, attempt, time.Since(start), err, ctx.Err())
 		}
 	}
+}
+
+// refused returns an error naming the subject and the permission if the
+// server reported refusing a publish to the queue's subject. The server
+// drops such a message and says so only in an asynchronous error on the
+// connection, so the send waits for an acknowledgement that never comes;
+// retrying cannot help. It is asked only after a send has timed out: the
+// connection's last error stays until another replaces it, and a refusal
+// seen once must not fail sends that the server acknowledges.
+func (p *publisher) refused() error {
+	err := p.nc.LastError()
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return nil
+	}
+	msg := err.Error()
+	const what = `publish to "`
+	i := strings.Index(strings.ToLower(msg), what)
+	if i < 0 || !strings.HasPrefix(msg[i+len(what):], p.cfg.Subject+`"`) {
+		return nil
+	}
+	return fmt.Errorf("workqueue: enqueue to queue %s refused by the NATS server (%w): this process's NATS user needs publish permission on %s",
+		p.cfg.Name, err, p.cfg.Subject)
 }
 
 // noStream reports whether a send failed because no stream took its
@@ -554,6 +581,12 @@ func (p *publisher) failed(_ jetstream.JetStream, m *nats.Msg, err error) {
 	p.mu.Unlock()
 	if !ok {
 		return
+	}
+	if retryable(err) {
+		if rerr := p.refused(); rerr != nil {
+			p.resolve(pd, rerr, 0)
+			return
+		}
 	}
 	if retryable(err) && !closed && time.Now().Before(pd.deadline) {
 		if noStream(err) {

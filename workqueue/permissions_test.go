@@ -1,0 +1,80 @@
+package workqueue_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/workqueue"
+)
+
+// startNATSWithUser starts a JetStream server whose one user, "worker",
+// has the permissions perms, and connects to it as that user.
+func startNATSWithUser(t *testing.T, perms *server.Permissions) *nats.Conn {
+	t.Helper()
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
+		o.Users = []*server.User{{Username: "worker", Password: "pw", Permissions: perms}}
+	}})
+	if err != nil {
+		t.Fatalf("StartNATS: %v", err)
+	}
+	t.Cleanup(ns.Shutdown)
+	// The server's refusals reach the connection's error handler too.
+	return connect(t, ns.ClientURL(), nats.UserInfo("worker", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+}
+
+// TestAnEnqueueTheServerRefusesIsAnError: a NATS user without publish
+// permission on a queue's subject gets an error from Enqueue, EnqueueAsync
+// and EnqueueBatch naming the subject and the permission. The server drops
+// such a message and says so only in an asynchronous error: the enqueue
+// once waited for an acknowledgement that never comes, retried until its
+// deadline and failed with "context deadline exceeded" or "timeout
+// waiting for ack", naming no cause. A queue the user may publish to
+// works on the same connection, the refusal notwithstanding.
+func TestAnEnqueueTheServerRefusesIsAnError(t *testing.T) {
+	nc := startNATSWithUser(t, &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{"$JS.API.>", "_INBOX.>", "$JS.ACK.>", "loom.dlq.>", "allowed.queue"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+	})
+	newCfg := func(name string) workqueue.Config {
+		cfg := testConfig(t)
+		cfg.Name = name
+		cfg.EnqueueTimeout = 4 * time.Second // an asynchronous send waits 2s for its ack
+		return cfg
+	}
+	allowed := newQueue[job](t, nc, newCfg("allowed"))
+	denied := newQueue[job](t, nc, newCfg("denied"))
+	check := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "denied.queue") || !strings.Contains(err.Error(), "publish permission") {
+			t.Errorf("%s without publish permission: %v; want an error naming the subject and the permission", what, err)
+		}
+		if err != nil && !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Errorf("%s: %v does not wrap nats.ErrPermissionViolation", what, err)
+		}
+	}
+	ctx := ctxFor(t, 60*time.Second)
+	check("Enqueue", denied.Enqueue(ctx, job{ID: 1}))
+	p, err := denied.EnqueueAsync(ctx, job{ID: 2})
+	if err != nil {
+		t.Fatalf("EnqueueAsync: %v", err)
+	}
+	check("EnqueueAsync's Pending", p.Wait(ctx))
+	check("Flush", denied.Flush(ctx))
+	check("EnqueueBatch", denied.EnqueueBatch(ctx, []job{{ID: 3}}))
+	if err := allowed.Enqueue(ctx, job{ID: 4}); err != nil {
+		t.Fatalf("Enqueue to a permitted subject after a refusal: %v", err)
+	}
+	p, err = allowed.EnqueueAsync(ctx, job{ID: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(ctx); err != nil {
+		t.Fatalf("EnqueueAsync to a permitted subject after a refusal: %v", err)
+	}
+}
