@@ -1,6 +1,7 @@
 package workqueue_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -77,4 +78,32 @@ func TestAnEnqueueTheServerRefusesIsAnError(t *testing.T) {
 	if err := p.Wait(ctx); err != nil {
 		t.Fatalf("EnqueueAsync to a permitted subject after a refusal: %v", err)
 	}
+}
+
+// TestAConsumerTheServerRefusesIsAnError: a NATS user without permission
+// to create a queue's consumer gets an error from Consume and Dequeue
+// naming the permission. The server drops the request and says so only in
+// an asynchronous error: both once failed with "context deadline
+// exceeded" and no cause.
+func TestAConsumerTheServerRefusesIsAnError(t *testing.T) {
+	nc := startNATSWithUser(t, &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.CONSUMER.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+	})
+	cfg := testConfig(t)
+	cfg.EnqueueTimeout = 2 * time.Second // Consume's bound on creating the consumer
+	q := newQueue[job](t, nc, cfg)
+	check := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "$JS.API.CONSUMER") || !strings.Contains(err.Error(), "publish permission") || !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Errorf("%s without permission to create the consumer: %v; want an error naming the permission", what, err)
+		}
+	}
+	c, err := q.Consume(workqueue.HandlerFunc[job](func(context.Context, *workqueue.Job[job]) error { return nil }))
+	if err == nil {
+		shutdown(t, c)
+	}
+	check("Consume", err)
+	_, err = q.Dequeue(ctxFor(t, 2*time.Second))
+	check("Dequeue", err)
 }

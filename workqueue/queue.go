@@ -299,9 +299,35 @@ func (q *Queue[T]) newConsumer(ctx context.Context) (jetstream.Consumer, error) 
 		FilterSubject: c.Subject, // an adopted stream may carry other subjects
 	})
 	if err != nil {
+		if perr := q.consumerRefused(); perr != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			err = fmt.Errorf("%w (%w): this process's NATS user needs publish permission on $JS.API.CONSUMER.> (at least $JS.API.CONSUMER.CREATE.%s.>) to consume queue %s", err, perr, c.Name, c.Name)
+		}
 		return nil, fmt.Errorf("workqueue: create or update consumer %s of queue %s: %w", c.Group, c.Name, hint(err))
 	}
 	return cons, nil
+}
+
+// consumerRefused returns the connection's last error if it is the server
+// refusing the request that creates this queue's consumer: the server
+// drops it and says so only in an asynchronous error, so the request
+// times out naming no cause. The last error stays until another replaces
+// it: ask only after the request failed.
+func (q *Queue[T]) consumerRefused() error {
+	err := q.nc.LastError()
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return nil
+	}
+	msg := err.Error()
+	const what = `publish to "$js.api.consumer.`
+	i := strings.Index(strings.ToLower(msg), what)
+	if i < 0 {
+		return nil
+	}
+	subject, _, _ := strings.Cut(msg[i+len(`publish to "`):], `"`)
+	if !strings.Contains(subject, "."+q.cfg.Name+"."+q.cfg.Group) {
+		return nil
+	}
+	return err
 }
 
 // errCodeSubjectOverlap is the server's error code for a stream whose
