@@ -28,7 +28,7 @@
 // values, delivered [Job]s and dead jobs ([Queue.DeadLetters] returns
 // [DeadJob]s) are of T. Each handle
 // follows net/http's rule: [Queue.Shutdown] and [Consumer.Shutdown] drain
-// (waiting, up to their context, for asynchronous enqueues or running
+// (waiting, up to their context, for the enqueues under way or the running
 // handlers), [Queue.Close] and [Consumer.Close] stop now. A context passed
 // to a call bounds that call only ([Queue.Run]'s bounds the run).
 //

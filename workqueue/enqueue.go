@@ -329,20 +329,22 @@ type publisher struct {
 	// found no stream, for the retry goroutine to call it.
 	restore func(context.Context) error
 	lost    atomic.Bool
-	stopCtx context.Context // ends with stop, for the retry goroutine's calls
+	stopCtx context.Context // ends with stop, for the retry goroutine's and Enqueue's calls
 	endCtx  context.CancelFunc
 
-	mu      sync.Mutex
-	pending map[*nats.Msg]*Pending
-	idle    chan struct{} // closed when pending becomes empty
-	errs    []error
-	dropped int // errors beyond maxFlushErrors
-	closed  bool
-	running bool // the retry goroutine
-	stop    chan struct{}
-	stopped chan struct{}
-	closing bool          // under mu: close has begun
-	done    chan struct{} // closed once close has released everything
+	mu        sync.Mutex
+	pending   map[*nats.Msg]*Pending
+	idle      chan struct{} // closed when pending becomes empty
+	errs      []error
+	dropped   int // errors beyond maxFlushErrors
+	closed    bool
+	running   bool // the retry goroutine
+	stop      chan struct{}
+	stopped   chan struct{}
+	closing   bool          // under mu: close has begun
+	syncs     int           // Enqueues under way
+	syncsIdle chan struct{} // closed when syncs falls to 0
+	done      chan struct{} // closed once close has released everything
 }
 
 func newPublisher(nc *nats.Conn, cfg Config, m *metrics.Queue, log *slog.Logger, restore func(context.Context) error) (*publisher, error) {
@@ -426,13 +428,35 @@ func retryDelay(attempts int) time.Duration {
 
 // publishSync sends m and waits for its acknowledgement, retrying
 // transient failures until ctx ends.
-func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) error {
+func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) (err error) {
 	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
-	if closed {
+	if p.closed {
+		p.mu.Unlock()
 		return fmt.Errorf("%w: queue %s (enqueue before Shutdown or Close)", ErrClosed, p.cfg.Name)
 	}
+	if p.syncs == 0 {
+		p.syncsIdle = make(chan struct{})
+	}
+	p.syncs++
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.syncs--
+		if p.syncs == 0 {
+			close(p.syncsIdle)
+		}
+		p.mu.Unlock()
+	}()
+	// Close, or Shutdown whose context ended, stops an Enqueue under way.
+	callerCtx := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(p.stopCtx, cancel)()
+	defer func() {
+		if err != nil && callerCtx.Err() == nil && p.stopCtx.Err() != nil {
+			err = fmt.Errorf("%w: queue %s was closed while this enqueue awaited the server (the job may have been stored all the same): %w", ErrClosed, p.cfg.Name, err)
+		}
+	}()
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -717,8 +741,21 @@ func (p *publisher) close(ctx context.Context, drain bool) error {
 	p.mu.Lock()
 	p.closed = true
 	running := p.running
+	syncs, syncsIdle := p.syncs, p.syncsIdle
 	p.mu.Unlock()
 	defer close(p.done)
+	if syncs > 0 && drain {
+		select {
+		case <-syncsIdle:
+		case <-ctx.Done():
+			p.mu.Lock()
+			n := p.syncs
+			p.mu.Unlock()
+			if n > 0 {
+				err = errors.Join(err, fmt.Errorf("workqueue: queue %s: %d enqueues still awaited the server and were stopped: %w", p.cfg.Name, n, ctx.Err()))
+			}
+		}
+	}
 	p.endCtx()
 	if running {
 		close(p.stop)

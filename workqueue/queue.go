@@ -390,10 +390,11 @@ func (q *Queue[T]) decode(data []byte) (T, error) {
 }
 
 // Shutdown stops the queue's enqueueing gracefully: it waits for the
-// asynchronous enqueues still awaiting the server's acknowledgement until
-// ctx ends, then releases the queue's publisher. It returns the errors of
-// asynchronous enqueues not yet reported by Flush, or ctx's error naming
-// how many were still awaited. Consumers and jobs from Dequeue are not
+// asynchronous enqueues still awaiting the server's acknowledgement, then
+// for the Enqueue calls under way, until ctx ends, then releases the
+// queue's publisher (an Enqueue still under way then returns ErrClosed).
+// It returns the errors of asynchronous enqueues not yet reported by
+// Flush, or ctx's error naming how many were still awaited. Consumers and jobs from Dequeue are not
 // affected (shut consumers down with Consumer.Shutdown); the connection
 // stays open. Enqueues fail afterwards; calling Shutdown or Close again
 // returns nil.
@@ -403,7 +404,8 @@ func (q *Queue[T]) Shutdown(ctx context.Context) error {
 
 // Close releases the queue's publisher now, without waiting: asynchronous
 // enqueues still awaiting acknowledgement are reported failed by their
-// Pending (a job may still have been stored). It returns the errors of
+// Pending, and Enqueue calls under way return ErrClosed (a job may still
+// have been stored). It returns the errors of
 // asynchronous enqueues not yet reported by Flush, and how many were
 // abandoned. Consumers and jobs from Dequeue are not affected; the
 // connection stays open. Calling Shutdown or Close again returns nil.
