@@ -21,7 +21,8 @@ import (
 var ErrNoQueue = errors.New("workqueue: no such queue")
 
 // ErrStreamMismatch is returned when a queue's stream exists with settings
-// the queue cannot work with (subjects that do not take its subject).
+// the queue cannot work with (subjects that do not take its subject), or
+// when its stream or its dead-letter stream is another queue's.
 var ErrStreamMismatch = errors.New("workqueue: existing stream does not fit the queue")
 
 // Admin inspects and repairs queues without knowing their job types, from

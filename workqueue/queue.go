@@ -155,6 +155,9 @@ func (q *Queue[T]) ensure(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("workqueue: queue %s: %w", c.Name, err)
 	}
+	if err := q.checkNames(ctx); err != nil {
+		return err
+	}
 	q.stream, _, err = jsstream.Ensure(ctx, q.js, jetstream.StreamConfig{
 		Name:        c.Name,
 		Description: "Loom work queue",
@@ -213,6 +216,45 @@ func (q *Queue[T]) ensure(ctx context.Context) error {
 		return streamError(deadLetterStream(c.Name), err)
 	}
 	return nil
+}
+
+// checkNames refuses a queue whose streams are another queue's: a queue
+// keeps its dead letters in the stream <name>_dlq, so the queues "x" and
+// "x_dlq" would share one. It looks before the streams are ensured, which
+// would write this queue's labels over the other queue's.
+func (q *Queue[T]) checkNames(ctx context.Context) error {
+	c := q.cfg
+	md, err := q.labels(ctx, c.Name)
+	if err != nil {
+		return streamError(c.Name, err)
+	}
+	if md[metaKind] == kindDeadLetter {
+		return fmt.Errorf("%w: stream %s is the dead-letter stream of queue %s (a queue keeps its dead letters in <name>_dlq); give this queue another name",
+			ErrStreamMismatch, c.Name, md[metaQueue])
+	}
+	dl := deadLetterStream(c.Name)
+	md, err = q.labels(ctx, dl)
+	if err != nil {
+		return streamError(dl, err)
+	}
+	if md[metaKind] == kindQueue {
+		return fmt.Errorf("%w: stream %s, where queue %s would keep its dead letters, is the stream of work queue %s; rename one of the two queues (a queue keeps its dead letters in <name>_dlq)",
+			ErrStreamMismatch, dl, c.Name, dl)
+	}
+	return nil
+}
+
+// labels returns the metadata of stream name, nil if there is no such
+// stream.
+func (q *Queue[T]) labels(ctx context.Context, name string) (map[string]string, error) {
+	st, err := q.js.Stream(ctx, name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return st.CachedInfo().Config.Metadata, nil
 }
 
 // duplicateWindow is window, cut to a stream's max age when that is

@@ -276,3 +276,46 @@ func TestAMaxAgeShorterThanTheDuplicateWindowIsTaken(t *testing.T) {
 		}
 	}
 }
+
+// TestAQueueNamedLikeAnotherQueuesDeadLetterStreamIsRefused: a queue keeps
+// its dead letters in the stream <name>_dlq, so the queue names "x" and
+// "x_dlq" map to one stream. Whichever comes second is refused, naming
+// the stream and the other queue. Queue x once adopted queue x_dlq's
+// stream as its dead-letter stream with a warning only, and its dead
+// letters then found no stream; queue y_dlq after queue y was told to add
+// its subject to y's dead-letter stream.
+func TestAQueueNamedLikeAnotherQueuesDeadLetterStreamIsRefused(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	base := testConfig(t).Name
+	cfg := func(name string) workqueue.Config {
+		c := testConfig(t)
+		c.Name = name
+		return c
+	}
+	newQueue[job](t, nc, cfg(base+"_x_dlq"))
+	q, err := workqueue.New[job](context.Background(), nc, cfg(base+"_x"))
+	if err == nil {
+		_ = q.Close()
+	}
+	if !errors.Is(err, workqueue.ErrStreamMismatch) || !strings.Contains(err.Error(), "stream "+base+"_x_dlq") ||
+		!strings.Contains(err.Error(), "work queue "+base+"_x_dlq") || !strings.Contains(err.Error(), "rename") {
+		t.Errorf("a queue whose dead-letter stream is another queue's: %v; want ErrStreamMismatch naming the stream, the queue and what to do", err)
+	}
+	a, err := workqueue.NewAdmin(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Info(ctxFor(t, 10*time.Second), base+"_x_dlq"); err != nil {
+		t.Errorf("queue %s_x_dlq after a queue named %s_x was refused: %v; want it still a queue", base, base, err)
+	}
+
+	newQueue[job](t, nc, cfg(base+"_y"))
+	q, err = workqueue.New[job](context.Background(), nc, cfg(base+"_y_dlq"))
+	if err == nil {
+		_ = q.Close()
+	}
+	if !errors.Is(err, workqueue.ErrStreamMismatch) || !strings.Contains(err.Error(), "dead-letter stream of queue "+base+"_y") ||
+		!strings.Contains(err.Error(), "another name") {
+		t.Errorf("a queue named like another queue's dead-letter stream: %v; want ErrStreamMismatch naming that queue and what to do", err)
+	}
+}
