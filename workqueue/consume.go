@@ -60,8 +60,10 @@ type Job[T any] struct {
 }
 
 // Ack acknowledges the job and waits until the server confirms it, or ctx
-// ends: the job is done and leaves the queue. Handlers run by Consume need
-// not call it; returning nil acks.
+// ends: the job is done and leaves the queue. An Ack that fails (ctx ended
+// first, the connection was lost) leaves the job unsettled: call Ack
+// again, or Fail. Handlers run by Consume need not call it; returning nil
+// acks.
 func (j *Job[T]) Ack(ctx context.Context) error {
 	return settleErr(j.s.AckSync(ctx, j.d))
 }

@@ -168,3 +168,36 @@ func TestOnlyConsumingProcessesSetTheConsumer(t *testing.T) {
 		t.Errorf("consumer ack_wait %s after another process dequeued, want its %s", got, other.AckWait)
 	}
 }
+
+// TestAnAckThatFailedCanBeMadeAgain: a Job.Ack that did not reach the
+// server (here its context had ended) leaves the job unsettled, so a
+// second Ack acknowledges it. The first Ack once marked the job settled
+// all the same: every later Ack returned ErrSettled, "already settled",
+// for a job the server still held and would deliver again after AckWait.
+func TestAnAckThatFailedCanBeMadeAgain(t *testing.T) {
+	_, nc := startNATS(t, nil)
+	q := newQueue[job](t, nc, testConfig(t))
+	ctx := ctxFor(t, 20*time.Second)
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	j, err := q.Dequeue(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := j.Ack(ended); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Ack with an ended context: %v, want context.Canceled", err)
+	}
+	if err := j.Ack(ctx); err != nil {
+		t.Fatalf("Ack again after an Ack that failed: %v", err)
+	}
+	if err := j.Ack(ctx); !errors.Is(err, workqueue.ErrSettled) {
+		t.Fatalf("Ack after a successful Ack: %v, want ErrSettled", err)
+	}
+	info, err := q.Info(ctx)
+	if err != nil || info.Jobs != 0 || info.InFlight != 0 {
+		t.Fatalf("queue after the ack: %+v, %v; want it empty", info, err)
+	}
+}

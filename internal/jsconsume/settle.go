@@ -158,6 +158,13 @@ func (s *Settler) handle(ctx context.Context, d *Delivery, h func(context.Contex
 	}
 }
 
+// release undoes claim, for a settling that did not reach the server.
+func (d *Delivery) release() {
+	d.mu.Lock()
+	d.settled = false
+	d.mu.Unlock()
+}
+
 func (d *Delivery) isSettled() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -195,12 +202,19 @@ func (s *Settler) Settle(d *Delivery, err error) error {
 	return nil
 }
 
-// AckSync acknowledges d and waits until the server confirms it.
+// AckSync acknowledges d and waits until the server confirms it. If the
+// server does not confirm it (ctx ends first, the connection is lost), d
+// is not taken as settled: it may be acked again or failed.
 func (s *Settler) AckSync(ctx context.Context, d *Delivery) error {
 	if !d.claim() {
 		return ErrSettled
 	}
 	if err := d.Msg.DoubleAck(ctx); err != nil {
+		if !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+			// Not confirmed: the caller may ack again, or fail the
+			// message, rather than be told it is settled.
+			d.release()
+		}
 		return fmt.Errorf("queue %s: ack of message %d: %w", s.Queue, d.Meta.Sequence.Stream, err)
 	}
 	s.Metrics.Acked.Inc()
