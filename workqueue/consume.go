@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -176,7 +177,9 @@ type Consumer struct {
 }
 
 // Consume starts handling the queue's jobs with h, in the background, and
-// returns at once. Every job is acknowledged only after h succeeds. Stop it
+// returns once the server has its subscription; an error names the
+// permission the server refused, if it refused the consumer or the
+// subscription. Every job is acknowledged only after h succeeds. Stop it
 // with Shutdown.
 func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, error) {
 	o := consumeOpts{concurrency: q.cfg.Concurrency}
@@ -192,6 +195,7 @@ func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, erro
 	if err != nil {
 		return nil, err
 	}
+	before := q.nc.LastError()
 	r, err := jsconsume.Start(jsconsume.Config{
 		Settler:     q.settler,
 		Consumer:    cons,
@@ -210,7 +214,29 @@ func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, erro
 	if err != nil {
 		return nil, fmt.Errorf("workqueue: %w", err)
 	}
+	// The server refuses a subscription only in an asynchronous error,
+	// which comes before the answer to a flush: without this check a
+	// consumer refused its subscription would receive nothing, silently.
+	if ferr := q.nc.FlushWithContext(ctx); ferr == nil {
+		if rerr := q.subscriptionRefused(before); rerr != nil {
+			_ = r.Close()
+			return nil, rerr
+		}
+	}
 	return &Consumer{r: r}, nil
+}
+
+// subscriptionRefused returns an error if the connection's last error is
+// no longer before but the server refusing a subscription to an inbox,
+// where a consumer's jobs are delivered.
+func (q *Queue[T]) subscriptionRefused(before error) error {
+	err := q.nc.LastError()
+	if err == nil || err == before || !errors.Is(err, nats.ErrPermissionViolation) ||
+		!strings.Contains(strings.ToLower(err.Error()), "subscription to") {
+		return nil
+	}
+	return fmt.Errorf("workqueue: queue %s: the NATS server refused the subscription its jobs are delivered on (%w): this process's NATS user needs subscribe permission on its inbox prefix (_INBOX.>, or the connection's custom inbox prefix)",
+		q.cfg.Name, err)
 }
 
 // Shutdown stops pulling jobs, hands back the jobs pulled but not started
@@ -311,9 +337,13 @@ func (q *Queue[T]) Dequeue(ctx context.Context) (*Job[T], error) {
 			return nil, err
 		}
 		fctx, cancel := context.WithTimeout(ctx, wait)
+		before := q.nc.LastError()
 		msg, err := cons.Next(jetstream.FetchContext(fctx))
 		cancel()
 		if err != nil {
+			if rerr := q.subscriptionRefused(before); rerr != nil {
+				return nil, rerr
+			}
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}

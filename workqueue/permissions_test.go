@@ -107,3 +107,34 @@ func TestAConsumerTheServerRefusesIsAnError(t *testing.T) {
 	_, err = q.Dequeue(ctxFor(t, 2*time.Second))
 	check("Dequeue", err)
 }
+
+// TestASubscriptionTheServerRefusesIsAnError: a NATS user who may not
+// subscribe to the inbox a consumer's jobs are delivered on (here it may
+// subscribe to the two-token inboxes of requests only) gets an error from
+// Consume and Dequeue naming the permission. The server refuses the
+// subscription only in an asynchronous error: Consume once returned a
+// consumer that handled nothing, silently, and Dequeue waited until its
+// context ended.
+func TestASubscriptionTheServerRefusesIsAnError(t *testing.T) {
+	nc := startNATSWithUser(t, &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{">"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.*.*"}},
+	})
+	q := newQueue[job](t, nc, testConfig(t))
+	if err := q.Enqueue(ctxFor(t, 10*time.Second), job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "subscribe permission") || !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Errorf("%s without permission to subscribe to its inbox: %v; want an error naming the permission", what, err)
+		}
+	}
+	c, err := q.Consume(workqueue.HandlerFunc[job](func(context.Context, *workqueue.Job[job]) error { return nil }))
+	if err == nil {
+		shutdown(t, c)
+	}
+	check("Consume", err)
+	_, err = q.Dequeue(ctxFor(t, 10*time.Second))
+	check("Dequeue", err)
+}
