@@ -87,7 +87,7 @@ type Discovery struct {
 	id     uint64         // the instance id: the first lease's id
 
 	// clientLevel is the least level of the client's own lines that are
-	// logged: warnings, but during New's first grant and from Close on.
+	// logged: warnings, until Close.
 	clientLevel *slog.LevelVar
 
 	ctx    context.Context // ends when Close starts
@@ -197,12 +197,7 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 
 	gctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
 	defer cancel()
-	// New returns what the first grant could not do (etcd unreachable,
-	// the caller's context ended); the client's own lines about it would
-	// say it again.
-	clientLevel.Set(slog.LevelError + 1)
 	lease, ttl, err := d.grant(gctx, 0)
-	clientLevel.Set(slog.LevelWarn)
 	if err != nil {
 		cli.Close()
 		if ctx.Err() != nil {
