@@ -29,31 +29,8 @@ func TestACommandStoppedBeforeItsWorkIsDoneExits128PlusTheSignal(t *testing.T) {
 	// A queue for loom queue add, on a server that goes away under it:
 	// the add then waits for NATS to come back, as it did when Ctrl-C
 	// reported "workqueue: enqueue to queue jobs: context canceled".
-	qs, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(qs.Shutdown)
-	nc, err := nats.Connect(qs.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cfg := workqueue.DefaultConfig("jobs")
-	cfg.Storage, cfg.Logger = "memory", quietLog()
-	q, err := workqueue.New[struct{}](ctx, nc, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	nc.Close()
-	addArgs := []string{"queue", "add", "jobs"}
-	for range 20000 {
-		addArgs = append(addArgs, "{}")
-	}
+	qs := natsWithAnEmptyQueue(t, "jobs")
+	addArgs := queueAddArgs("jobs", 20000)
 
 	type running struct {
 		name  string
@@ -125,4 +102,42 @@ func TestACommandStoppedBeforeItsWorkIsDoneExits128PlusTheSignal(t *testing.T) {
 			}
 		})
 	}
+}
+
+// natsWithAnEmptyQueue starts a nats-server with JetStream, holding the
+// work queue name (in memory) and no job, for loom queue commands.
+func natsWithAnEmptyQueue(t *testing.T, name string) *embedded.NATS {
+	t.Helper()
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := workqueue.DefaultConfig(name)
+	cfg.Storage, cfg.Logger = "memory", quietLog()
+	q, err := workqueue.New[struct{}](ctx, nc, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// queueAddArgs are the arguments of loom queue add adding n empty jobs
+// to queue.
+func queueAddArgs(queue string, n int) []string {
+	args := []string{"queue", "add", queue}
+	for range n {
+		args = append(args, "{}")
+	}
+	return args
 }
