@@ -15,11 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nkeys"
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/embedded"
@@ -238,28 +236,9 @@ func TestAuthModes(t *testing.T) {
 		}
 	})
 	t.Run("operator JWTs without a system account", func(t *testing.T) {
-		okp, _ := nkeys.CreateOperator()
-		opub, _ := okp.PublicKey()
-		opJWT, err := jwt.NewOperatorClaims(opub).Encode(okp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		akp, _ := nkeys.CreateAccount()
-		apub, _ := akp.PublicKey()
-		accJWT, err := jwt.NewAccountClaims(apub).Encode(okp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ukp, _ := nkeys.CreateUser()
-		upub, _ := ukp.PublicKey()
-		userJWT, err := jwt.NewUserClaims(upub).Encode(akp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seed, _ := ukp.Seed()
-
-		ns := start(t, embedded.NATSOptions{Operator: &embedded.NATSOperator{JWT: opJWT, Accounts: []string{accJWT}}})
-		connect(t, ns.ClientURL(), nats.UserJWTAndSeed(userJWT, string(seed)))
+		u := testutil.NewJWTUser(t)
+		ns := start(t, embedded.NATSOptions{Operator: u.Operator})
+		connect(t, ns.ClientURL(), nats.UserJWTAndSeed(u.JWT, string(u.Seed)))
 		if _, err := nats.Connect(ns.ClientURL()); !errors.Is(err, nats.ErrAuthorization) {
 			t.Errorf("no JWT: err = %v, want authorization violation", err)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/eventbus"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestBusConnectsWithCozeStudioEnvironment(t *testing.T) {
@@ -69,25 +70,8 @@ func TestBusConnectsWithCozeStudioEnvironment(t *testing.T) {
 // .creds file, as docs/queues.md says; a seed that is not the JWT's, or a
 // path that names nothing, is an error naming the variables.
 func TestBusConnectsWithCozeStudioJWTAndSeed(t *testing.T) {
-	okp, _ := nkeys.CreateOperator()
-	opub, _ := okp.PublicKey()
-	opJWT, err := jwt.NewOperatorClaims(opub).Encode(okp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	akp, _ := nkeys.CreateAccount()
-	apub, _ := akp.PublicKey()
-	accJWT, err := jwt.NewAccountClaims(apub).Encode(okp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ukp, _ := nkeys.CreateUser()
-	upub, _ := ukp.PublicKey()
-	userJWT, err := jwt.NewUserClaims(upub).Encode(akp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed, _ := ukp.Seed()
+	u := testutil.NewJWTUser(t)
+	userJWT, seed := u.JWT, u.Seed
 	other, _ := nkeys.CreateUser()
 	otherSeed, _ := other.Seed()
 	dir := t.TempDir()
@@ -103,7 +87,7 @@ func TestBusConnectsWithCozeStudioJWTAndSeed(t *testing.T) {
 	if err := os.WriteFile(credsFile, creds, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ns, err := embedded.StartNATS(embedded.NATSOptions{Operator: &embedded.NATSOperator{JWT: opJWT, Accounts: []string{accJWT}}})
+	ns, err := embedded.StartNATS(embedded.NATSOptions{Operator: u.Operator})
 	if err != nil {
 		t.Fatal(err)
 	}
