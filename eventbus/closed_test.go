@@ -51,10 +51,7 @@ func TestASendAfterShutdownIsRefused(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				p, err := b.NewProducer("", "after.shutdown", "", 0)
-				if err != nil {
-					t.Fatal(err)
-				}
+				p := producer(t, b, "after.shutdown")
 				if err := p.Send(ctxFor(t, 5*time.Second), []byte("before")); err != nil {
 					t.Fatal(err)
 				}
@@ -94,10 +91,7 @@ func TestShutdownWaitsForTheSendsUnderWay(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := b.NewProducer("", "under.way", "", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := producer(t, b, "under.way")
 		out := nc.Stats().OutMsgs
 		f.Freeze()
 		sent := make(chan error, 1)
@@ -164,10 +158,7 @@ func TestAHandlerSendsWhileShutdownDrainsIt(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := b.NewProducer("", "orders.paid", "", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := producer(t, b, "orders.paid")
 		if err := p.Send(ctxFor(t, 5*time.Second), []byte("order-1")); err != nil {
 			t.Fatal(err)
 		}

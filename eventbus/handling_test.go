@@ -53,10 +53,7 @@ func TestAHandlerThatAlwaysPanicsIsDeadLetteredAfterMaxDeliver(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := b.NewProducer("", "panics.always", "", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := producer(t, b, "panics.always")
 		if err := p.Send(ctxFor(t, 5*time.Second), []byte("bad")); err != nil {
 			t.Fatal(err)
 		}
@@ -105,10 +102,7 @@ func TestAHandlerPastHandlerTimeoutHasItsContextEndedAndIsRetried(t *testing.T) 
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := b.NewProducer("", "slow.jobs", "", 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := producer(t, b, "slow.jobs")
 		if err := p.Send(ctxFor(t, 5*time.Second), []byte("x")); err != nil {
 			t.Fatal(err)
 		}
@@ -154,10 +148,7 @@ func TestAJetStreamHandlerLongerThanAckWaitIsNotRedelivered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := b.NewProducer("", "long.jobs", "", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := producer(t, b, "long.jobs")
 	if err := p.Send(ctxFor(t, 5*time.Second), []byte("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -199,10 +190,7 @@ func TestTwoProcessesInOneGroupHandleEachMessageOnce(t *testing.T) {
 		}
 		const n = 300
 		ctx := ctxFor(t, 20*time.Second)
-		var batch [][]byte
-		for i := range n {
-			batch = append(batch, fmt.Appendf(nil, "m-%d", i))
-		}
+		batch := numbered(n)
 		if err := p.BatchSend(ctx, batch); err != nil {
 			t.Fatal(err)
 		}
@@ -263,15 +251,9 @@ func TestShutdownPastItsDeadlineLosesNoJetStreamMessage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			p, err := b.NewProducer("", "held.topic", "", 0)
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := producer(t, b, "held.topic")
 			const n = 5
-			var batch [][]byte
-			for i := range n {
-				batch = append(batch, fmt.Appendf(nil, "m-%d", i))
-			}
+			batch := numbered(n)
 			if err := p.BatchSend(ctxFor(t, 5*time.Second), batch, send...); err != nil {
 				t.Fatal(err)
 			}
@@ -315,15 +297,9 @@ func TestCoreShutdownHandlesTheMessagesQueuedInTheSubscription(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := b.NewProducer("", "queued.topic", "", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := producer(t, b, "queued.topic")
 	const n = 5
-	var batch [][]byte
-	for i := range n {
-		batch = append(batch, fmt.Appendf(nil, "m-%d", i))
-	}
+	batch := numbered(n)
 	// The producer shares the consumer's connection: the server has the
 	// subscription before the messages.
 	if err := p.BatchSend(ctxFor(t, 5*time.Second), batch); err != nil {
@@ -371,10 +347,7 @@ func TestOrderlyRetryHoldsItsKeyOnCoreNATS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := b.NewProducer("", "ordered.retry", "", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := producer(t, b, "ordered.retry")
 	var bodies [][]byte
 	for i := range 5 {
 		bodies = append(bodies, fmt.Appendf(nil, "%d", i))

@@ -2,6 +2,7 @@ package eventbus_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -79,4 +80,23 @@ func modes(t *testing.T, f func(t *testing.T, jetStream bool)) {
 		}
 		t.Run(name, func(t *testing.T) { f(t, js) })
 	}
+}
+
+// producer returns a producer of b to topic, with no options.
+func producer(t testing.TB, b *eventbus.Bus, topic string) eventbus.Producer {
+	t.Helper()
+	p, err := b.NewProducer("", topic, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// numbered returns n message bodies, "m-0" to "m-<n-1>".
+func numbered(n int) [][]byte {
+	batch := make([][]byte, 0, n)
+	for i := range n {
+		batch = append(batch, fmt.Appendf(nil, "m-%d", i))
+	}
+	return batch
 }
