@@ -3,16 +3,10 @@ package planes_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -180,7 +174,7 @@ func TestACallerTrustsARenewedCAAndStillChecksTheName(t *testing.T) {
 	addr := serveTLS(t, tlsPlanes(t, nil, tlsFiles{cert: renewed.ServerCertFile, key: renewed.ServerKeyFile}, false))
 	// A server whose certificate is for another name, signed by a CA
 	// the caller trusts after the renewal.
-	otherCert, otherKey := certFor(t, "elsewhere.example")
+	otherCert, otherKey := testutil.SelfSignedCertFor(t, "elsewhere.example")
 	other := serveTLS(t, tlsPlanes(t, nil, tlsFiles{cert: otherCert, key: otherKey}, false))
 
 	f := copyTLSFiles(t, "", "", old.CAFile)
@@ -217,37 +211,6 @@ func readFile(t *testing.T, name string) []byte {
 		t.Fatal(err)
 	}
 	return data
-}
-
-// certFor writes a self-signed certificate for the DNS name only, which
-// may sign itself as a CA, and its key.
-func certFor(t *testing.T, name string) (certFile, keyFile string) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: name},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		DNSNames: []string{name}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	writeFile(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	writeFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
-	return certFile, keyFile
 }
 
 // A certificate file caught half written does not stop the server: it

@@ -21,17 +21,38 @@ import (
 // and its EC key, as PEM files in a temporary directory.
 func SelfSignedCert(t testing.TB, notAfter time.Time) (certFile, keyFile string) {
 	t.Helper()
+	return selfSigned(t, &x509.Certificate{
+		Subject:   pkix.Name{CommonName: "loom test"},
+		NotBefore: notAfter.Add(-2 * time.Hour), NotAfter: notAfter,
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	})
+}
+
+// SelfSignedCertFor writes a self-signed certificate for the DNS name
+// alone (no IP address), valid for an hour either side of now, for
+// servers and clients, and its EC key, as PEM files in a temporary
+// directory.
+func SelfSignedCertFor(t testing.TB, name string) (certFile, keyFile string) {
+	t.Helper()
+	now := time.Now()
+	return selfSigned(t, &x509.Certificate{
+		Subject:   pkix.Name{CommonName: name},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		DNSNames: []string{name},
+	})
+}
+
+// selfSigned completes tmpl as a CA that signs itself, and writes it and
+// its EC key.
+func selfSigned(t testing.TB, tmpl *x509.Certificate) (certFile, keyFile string) {
+	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "loom test"},
-		NotBefore: notAfter.Add(-2 * time.Hour), NotAfter: notAfter,
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
+	tmpl.SerialNumber, tmpl.IsCA, tmpl.BasicConstraintsValid = big.NewInt(1), true, true
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign
+	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
 	if err != nil {
 		t.Fatal(err)
