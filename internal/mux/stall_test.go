@@ -116,8 +116,13 @@ func TestAServerFrozenPastKeepaliveIsRedialledInTheBackground(t *testing.T) {
 	target, _ := startServer(t, ServerConfig{}, echo)
 	fz := testutil.NewFreezer(t, target)
 	var rec stallRecorder
+	// The keepalive timeout is far above the stall timeout: a keepalive
+	// check that runs late (this process starved of CPU) puts off the
+	// stall judgement by a stall timeout, and with only 200ms between the
+	// two, one late check on a loaded machine let keepalive close the
+	// connection before the stall was judged.
 	p := newPool(t, ClientConfig{
-		ConnsPerHost: 1, StallTimeout: 100 * time.Millisecond, KeepaliveInterval: time.Minute, KeepaliveTimeout: 300 * time.Millisecond,
+		ConnsPerHost: 1, StallTimeout: 100 * time.Millisecond, KeepaliveInterval: time.Minute, KeepaliveTimeout: 2 * time.Second,
 		DialTimeout: 300 * time.Millisecond, OnStall: rec.onStall,
 	})
 	ctx := ctxTimeout(t, 30*time.Second)
