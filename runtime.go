@@ -293,7 +293,8 @@ func (rt *Runtime) NATS(ctx context.Context) (*nats.Conn, error) {
 	if rt.ctx.Err() != nil {
 		return nil, fmt.Errorf("%w: runtime shut down", ErrClosed)
 	}
-	nc, err := natsconn.Connect(ctx, rt.cfg.NATS, natsconn.WithLogger(rt.log))
+	nc, err := natsconn.Connect(ctx, rt.cfg.NATS, natsconn.WithLogger(rt.log),
+		natsconn.WithMetrics(rt.metrics))
 	if err != nil {
 		return nil, err
 	}

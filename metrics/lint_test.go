@@ -30,6 +30,7 @@ func everyFamily(t *testing.T) *metrics.Metrics {
 	m.TaskPanicked("watch ns/backend/generate")
 	m.LimitHit("max_conns")
 	m.ServerStalled("tcp")
+	m.NATSPermissionViolation(metrics.PermissionPublish)
 	m.HealthCheck("ns", "backend", "generate").Show(true)
 	m.Queue("jobs").Acked.Inc()
 	m.LLMModel("test-model").Request(200)
@@ -46,7 +47,7 @@ func everyFamily(t *testing.T) *metrics.Metrics {
 // lint and the documentation check below.
 var metricsMethods = []string{
 	"Client", "Endpoint", "EventPublisher", "EventSubscription", "HealthCheck",
-	"KVRouter", "LLMModel", "LimitHit", "Queue", "Registry", "ServerStalled", "TaskPanicked", "TaskStarted",
+	"KVRouter", "LLMModel", "LimitHit", "NATSPermissionViolation", "Queue", "Registry", "ServerStalled", "TaskPanicked", "TaskStarted",
 }
 
 func TestEveryFamilyIsExercised(t *testing.T) {

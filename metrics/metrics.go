@@ -45,11 +45,22 @@ const (
 	TransportNATS = "nats"
 )
 
-// limits and transports are the fixed label sets New makes a series of
-// each, at 0, so that the first count is seen by increase() and rate().
+// What a NATS server refused a connection, the "kind" label of
+// loom_nats_permission_violations_total (package natsconn names them).
+const (
+	PermissionPublish   = "publish"   // a publish to a subject
+	PermissionReply     = "reply"     // a publish with a reply subject
+	PermissionSubscribe = "subscribe" // a subscription
+	PermissionOther     = "other"     // a refusal in a form not recognised
+)
+
+// limits, transports and permissionKinds are the fixed label sets New
+// makes a series of each, at 0, so that the first count is seen by
+// increase() and rate().
 var (
-	limits     = []string{LimitMaxConns, LimitFrameTimeout, LimitMaxQueuedPongs, LimitMaxStreamsPerConn, LimitIdleTimeout}
-	transports = []string{TransportTCP, TransportNATS}
+	limits          = []string{LimitMaxConns, LimitFrameTimeout, LimitMaxQueuedPongs, LimitMaxStreamsPerConn, LimitIdleTimeout}
+	transports      = []string{TransportTCP, TransportNATS}
+	permissionKinds = []string{PermissionPublish, PermissionReply, PermissionSubscribe, PermissionOther}
 )
 
 var endpointLabels = []string{"namespace", "component", "endpoint"}
@@ -67,6 +78,7 @@ type Metrics struct {
 	taskPanics *prometheus.CounterVec
 	limitHits  *prometheus.CounterVec
 	stalls     *prometheus.CounterVec
+	refusals   *prometheus.CounterVec
 
 	events    eventMetrics    // the event plane's, registered on first use (events.go)
 	health    healthMetrics   // canary health checks', registered on first use (health.go)
@@ -105,6 +117,10 @@ func New() *Metrics {
 			Name: "loom_client_stalled_servers_total",
 			Help: "Times a server this process calls stopped answering while calls waited on it (frozen or overloaded): its calls without a response went to other instances, and new calls avoided it. By transport: tcp, nats.",
 		}, []string{"transport"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_nats_permission_violations_total",
+			Help: "Operations a NATS server refused this process's connections for want of permission on their subject, by kind: publish, reply (a publish's reply subject), subscribe, other.",
+		}, []string{"kind"}),
 		endpoints: make(map[[3]string]*Endpoint),
 		clients:   make(map[[3]string]*ClientEndpoint),
 	}
@@ -114,7 +130,10 @@ func New() *Metrics {
 	for _, tr := range transports {
 		m.stalls.WithLabelValues(tr)
 	}
-	m.reg.MustRegister(requestCollector{m}, m.taskPanics, m.limitHits, m.stalls,
+	for _, k := range permissionKinds {
+		m.refusals.WithLabelValues(k)
+	}
+	m.reg.MustRegister(requestCollector{m}, m.taskPanics, m.limitHits, m.stalls, m.refusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -137,6 +156,11 @@ func (m *Metrics) LimitHit(limit string) { m.limitHits.WithLabelValues(limit).In
 // ServerStalled counts a server called over transport that stopped
 // answering while calls waited on it.
 func (m *Metrics) ServerStalled(transport string) { m.stalls.WithLabelValues(transport).Inc() }
+
+// NATSPermissionViolation counts an operation a NATS server refused for
+// want of permission, of kind PermissionPublish, PermissionReply,
+// PermissionSubscribe or PermissionOther.
+func (m *Metrics) NATSPermissionViolation(kind string) { m.refusals.WithLabelValues(kind).Inc() }
 
 // Endpoint is the metrics of one served endpoint, bound once so that the
 // request path does no label lookups. Every count is striped.

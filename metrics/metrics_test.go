@@ -182,15 +182,24 @@ loom_request_plane_limit_hits_total{limit="max_streams_per_conn"} 0
 # TYPE loom_client_stalled_servers_total counter
 loom_client_stalled_servers_total{transport="nats"} 0
 loom_client_stalled_servers_total{transport="tcp"} 0
+# HELP loom_nats_permission_violations_total Operations a NATS server refused this process's connections for want of permission on their subject, by kind: publish, reply (a publish's reply subject), subscribe, other.
+# TYPE loom_nats_permission_violations_total counter
+loom_nats_permission_violations_total{kind="other"} 0
+loom_nats_permission_violations_total{kind="publish"} 0
+loom_nats_permission_violations_total{kind="reply"} 0
+loom_nats_permission_violations_total{kind="subscribe"} 0
 `
-	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "loom_request_plane_limit_hits_total", "loom_client_stalled_servers_total"); err != nil {
+	families := []string{"loom_request_plane_limit_hits_total", "loom_client_stalled_servers_total", "loom_nats_permission_violations_total"}
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), families...); err != nil {
 		t.Fatal(err)
 	}
 	m.LimitHit(metrics.LimitMaxConns)
 	m.ServerStalled(metrics.TransportNATS)
+	m.NATSPermissionViolation(metrics.PermissionPublish)
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(strings.NewReplacer(
-		`limit="max_conns"} 0`, `limit="max_conns"} 1`, `transport="nats"} 0`, `transport="nats"} 1`).Replace(want)),
-		"loom_request_plane_limit_hits_total", "loom_client_stalled_servers_total"); err != nil {
+		`limit="max_conns"} 0`, `limit="max_conns"} 1`, `transport="nats"} 0`, `transport="nats"} 1`,
+		`kind="publish"} 0`, `kind="publish"} 1`).Replace(want)),
+		families...); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/metrics"
 )
 
 // Defaults that Connect uses for fields of config.NATS left at their zero
@@ -32,6 +33,7 @@ type Option func(*options)
 
 type options struct {
 	logger    *slog.Logger
+	metrics   *metrics.Metrics
 	inProcess nats.InProcessConnProvider
 	natsOpts  []nats.Option
 }
@@ -44,6 +46,13 @@ func WithLogger(l *slog.Logger) Option {
 			o.logger = l
 		}
 	}
+}
+
+// WithMetrics counts the operations the server refuses the connection for
+// want of permission in m (loom_nats_permission_violations_total); by
+// default they are only logged.
+func WithMetrics(m *metrics.Metrics) Option {
+	return func(o *options) { o.metrics = m }
 }
 
 // WithInProcessServer connects to a server in this process without a socket
@@ -193,7 +202,7 @@ func (c *connector) natsOptions(d *dialer) []nats.Option {
 	if c.o.inProcess != nil {
 		nopts = append(nopts, nats.InProcessServer(inProcess{c.o.inProcess, d}))
 	}
-	nopts = append(nopts, handlers(c.o.logger.With("conn", name))...)
+	nopts = append(nopts, handlers(c.o.logger.With("conn", name), c.o.metrics)...)
 	return append(nopts, c.o.natsOpts...)
 }
 
@@ -294,8 +303,10 @@ func (o *outage) stopLocked() {
 // stays down is retried every ReconnectWait, forever by default: the
 // disconnect and the first failed attempt are warnings, then one a minute
 // says the connection is still down, with the last error, and the attempts
-// between go to debug level.
-func handlers(l *slog.Logger) []nats.Option {
+// between go to debug level. An asynchronous error, such as a publish the
+// server refuses, is logged at once the first time, then its repeats once
+// a minute (asyncerr.go).
+func handlers(l *slog.Logger, m *metrics.Metrics) []nats.Option {
 	// nats.go reports no URL once disconnected; remember the last one.
 	var last atomic.Pointer[string]
 	remember := func(nc *nats.Conn) string {
@@ -310,6 +321,7 @@ func handlers(l *slog.Logger) []nats.Option {
 		return ""
 	}
 	down := &outage{l: l}
+	async := newAsyncErrors(l, m)
 	return []nats.Option{
 		nats.ConnectHandler(func(nc *nats.Conn) { remember(nc) }),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
@@ -334,6 +346,7 @@ func handlers(l *slog.Logger) []nats.Option {
 		}),
 		nats.ClosedHandler(func(nc *nats.Conn) {
 			down.end()
+			async.close()
 			if err := nc.LastError(); err != nil {
 				l.Error("NATS connection closed", "url", lastURL(), "err", err)
 				return
@@ -344,13 +357,7 @@ func handlers(l *slog.Logger) []nats.Option {
 			l.Warn("NATS server entering lame duck mode; the connection will move to another server",
 				"url", ServerURL(nc))
 		}),
-		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
-			if sub != nil {
-				l.Error("NATS asynchronous error", "subject", sub.Subject, "err", err)
-				return
-			}
-			l.Error("NATS asynchronous error", "err", err)
-		}),
+		nats.ErrorHandler(async.handle),
 	}
 }
 
