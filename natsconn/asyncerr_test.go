@@ -173,6 +173,25 @@ func TestARefusedPublisherDoesNotFloodTheLog(t *testing.T) {
 	})
 }
 
+// TestACleanCloseAfterARefusalIsNotAnError: nats.go keeps a refused
+// publish as the connection's last error, and the closed handler logged
+// any last error as the cause of the close: a program that had one
+// publish refused, ever, logged its clean shutdown as an error. A last
+// error that never closes a connection is now no cause.
+func TestACleanCloseAfterARefusalIsNotAnError(t *testing.T) {
+	var buf testutil.SyncBuffer
+	m := metrics.New()
+	nc := restricted(t, &buf, m)
+	refused(t, nc, m, 1, "denied.c")
+	nc.Close()
+	testutil.Eventually(t, 10*time.Second, "the close logged", func() bool {
+		return logLines(buf.String(), "NATS connection closed") == 1
+	})
+	if log := buf.String(); logLines(log, "level=DEBUG", "NATS connection closed") != 1 {
+		t.Errorf("a clean close logged as more than debug:\n%s", log)
+	}
+}
+
 // TestARefusedSubscriptionIsCountedAsOne: a refused subscription counts
 // under kind subscribe, with its subject.
 func TestARefusedSubscriptionIsCountedAsOne(t *testing.T) {

@@ -347,7 +347,7 @@ func handlers(l *slog.Logger, m *metrics.Metrics) []nats.Option {
 		nats.ClosedHandler(func(nc *nats.Conn) {
 			down.end()
 			async.close()
-			if err := nc.LastError(); err != nil {
+			if err := nc.LastError(); err != nil && !transient(err) {
 				l.Error("NATS connection closed", "url", lastURL(), "err", err)
 				return
 			}
@@ -359,6 +359,19 @@ func handlers(l *slog.Logger, m *metrics.Metrics) []nats.Option {
 		}),
 		nats.ErrorHandler(async.handle),
 	}
+}
+
+// transient reports whether err, a connection's last error, is one that
+// nats.go keeps as the last error without closing the connection: a
+// connection that had one and was then closed by its program closed
+// cleanly.
+func transient(err error) bool {
+	for _, e := range []error{nats.ErrPermissionViolation, nats.ErrMaxSubscriptionsExceeded, nats.ErrSlowConsumer, nats.ErrBadHeaderMsg} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // parseURLs splits NATS_SERVER's comma-separated list.
