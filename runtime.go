@@ -31,6 +31,7 @@ import (
 // through the process-wide memory discovery store, or any shared backend.
 type Runtime struct {
 	cfg     config.Config
+	urlFrom string // where nats.url came from, if loaded here
 	id      uint64
 	log     *slog.Logger
 	disc    discovery.Discovery
@@ -122,6 +123,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 		opt(&o)
 	}
 	var warnings []string
+	var urlFrom string
 	if o.cfg == nil {
 		loaded, err := config.Load(o.load...)
 		if err != nil {
@@ -129,6 +131,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 		}
 		o.cfg = &loaded.Config
 		warnings = loaded.Warnings
+		urlFrom = loaded.Source("nats.url")
 	} else if err := o.cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -154,6 +157,7 @@ func NewRuntime(ctx context.Context, opts ...Option) (*Runtime, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	rt := &Runtime{
 		cfg:        *o.cfg,
+		urlFrom:    urlFrom,
 		log:        log,
 		metrics:    o.metric,
 		ctx:        rctx,
@@ -294,7 +298,7 @@ func (rt *Runtime) NATS(ctx context.Context) (*nats.Conn, error) {
 		return nil, fmt.Errorf("%w: runtime shut down", ErrClosed)
 	}
 	nc, err := natsconn.Connect(ctx, rt.cfg.NATS, natsconn.WithLogger(rt.log),
-		natsconn.WithMetrics(rt.metrics))
+		natsconn.WithMetrics(rt.metrics), natsconn.WithURLSource(rt.urlFrom))
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,10 @@ package loom_test
 
 import (
 	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +17,36 @@ import (
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/internal/testutil"
 )
+
+// TestTheRuntimesNATSErrorNamesTheFileThatSetTheURL: a runtime whose
+// nats.url came from a TOML file, and whose server is down, said to check
+// NATS_SERVER, a variable set nowhere; it now names the key and the file.
+func TestTheRuntimesNATSErrorNamesTheFileThatSetTheURL(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "nats://" + l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "nats.toml")
+	if err := os.WriteFile(file, []byte("[nats]\nurl = \""+dead+"\"\nconnect_timeout = \"2s\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rt, err := loom.NewRuntime(t.Context(), loom.WithLogger(quiet), loom.WithDiscovery(memory.New()),
+		loom.WithLoadOptions(config.WithDirs(dir), config.WithEnv(func(string) (string, bool) { return "", false })))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shutdown(t, rt)
+	_, err = rt.NATS(t.Context())
+	if err == nil {
+		t.Fatal("connected to a dead URL")
+	}
+	if want := "check nats.url in " + file; !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "NATS_SERVER") {
+		t.Errorf("error %q; want it to say %q, and not NATS_SERVER", err, want)
+	}
+}
 
 // TestTheRuntimeCountsTheOperationsItsNATSServerRefuses: the runtime's
 // connection counts refused operations in the runtime's metrics.

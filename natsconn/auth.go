@@ -29,7 +29,8 @@ type auth struct {
 
 // authFor picks the auth mode from the fields set, as Dynamo picks it from
 // the NATS_AUTH_* variables, and checks its inputs before any dialing.
-func authFor(cfg config.NATS, urls []*url.URL) (auth, error) {
+// urlSource is where the URLs came from (WithURLSource).
+func authFor(cfg config.NATS, urls []*url.URL, urlSource string) (auth, error) {
 	var set []string
 	if cfg.User != "" || cfg.Password != "" {
 		set = append(set, "user/password (nats.user, nats.password; NATS_AUTH_USERNAME, NATS_AUTH_PASSWORD)")
@@ -87,13 +88,13 @@ func authFor(cfg config.NATS, urls []*url.URL) (auth, error) {
 			return auth{
 				mode: "url token",
 				who:  "the token from the URL",
-				hint: "check the token in NATS_SERVER",
+				hint: "check the token in " + urlHint(urlSource),
 			}, nil
 		}
 		return auth{
 			mode: "url",
 			who:  fmt.Sprintf("user %q from the URL", u.User.Username()),
-			hint: "check the user info in NATS_SERVER",
+			hint: "check the user info in " + urlHint(urlSource),
 		}, nil
 	}
 	return auth{

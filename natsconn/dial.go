@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/loomrt/loom/config"
 )
 
 // dialer opens nats.go's sockets. During Connect it dials with Connect's
@@ -197,8 +199,8 @@ func (c *connector) explain(parent, ctx context.Context, err error, d *dialer, e
 		if parent.Err() != nil && errors.Is(parent.Err(), context.Canceled) {
 			return &connError{fmt.Sprintf("natsconn: connecting to %s cancelled: %v", all, err), errs}
 		}
-		return &connError{fmt.Sprintf("natsconn: no answer from NATS at %s within %s%s (check NATS_SERVER and that the server is up)",
-			all, elapsed.Round(time.Millisecond), detail), errs}
+		return &connError{fmt.Sprintf("natsconn: no answer from NATS at %s within %s%s (check %s, and that the server is up)",
+			all, elapsed.Round(time.Millisecond), detail, urlHint(c.o.urlSource)), errs}
 	}
 
 	// With several servers nats.go returns the last server's error: a dead
@@ -243,9 +245,27 @@ func (c *connector) explain(parent, ctx context.Context, err error, d *dialer, e
 		if !errors.Is(err, nats.ErrNoServers) && !errors.Is(err, lastDialErr) {
 			errs = append(errs, err)
 		}
-		return &connError{fmt.Sprintf("natsconn: cannot reach NATS at %s: %s (check NATS_SERVER and that the server is up)", all, cause), errs}
+		return &connError{fmt.Sprintf("natsconn: cannot reach NATS at %s: %s (check %s, and that the server is up)", all, cause, urlHint(c.o.urlSource)), errs}
 	}
 	return &connError{fmt.Sprintf("natsconn: connecting to %s: %s", label, natsText(err)), []error{err}}
+}
+
+// urlHint names what sets the URL, given where it came from (see
+// WithURLSource).
+func urlHint(source string) string {
+	switch {
+	case source == "":
+		return "nats.url or NATS_SERVER"
+	case source == config.SourceDefault:
+		return "nats.url or NATS_SERVER, both unset"
+	case source == config.SourceCode:
+		return "nats.url, set by the program"
+	case strings.HasPrefix(source, "env "):
+		return strings.TrimPrefix(source, "env ")
+	case strings.HasPrefix(source, "-"):
+		return source // a flag
+	}
+	return "nats.url in " + source
 }
 
 // urlFor finds the configured URL that nats.go dialed as addr.

@@ -17,5 +17,5 @@
 // Connect fails fast and says why: a refused credential is reported at once
 // with the URL, the auth mode and the variables to check, never as a
 // timeout; an unreachable server is reported within the connect timeout with
-// the URLs tried.
+// the URLs tried and where they came from ([WithURLSource]).
 package natsconn

@@ -34,6 +34,7 @@ type Option func(*options)
 type options struct {
 	logger    *slog.Logger
 	metrics   *metrics.Metrics
+	urlSource string
 	inProcess nats.InProcessConnProvider
 	natsOpts  []nats.Option
 }
@@ -53,6 +54,15 @@ func WithLogger(l *slog.Logger) Option {
 // default they are only logged.
 func WithMetrics(m *metrics.Metrics) Option {
 	return func(o *options) { o.metrics = m }
+}
+
+// WithURLSource says where cfg.URL came from, so that an error reaching
+// the server names what to check: what config.Loaded.Source reports for
+// nats.url ("env NATS_SERVER", a file's path, "default", "code"), "env
+// NAME" for another variable, or a flag ("--url"). Without it the error
+// names both nats.url and NATS_SERVER.
+func WithURLSource(source string) Option {
+	return func(o *options) { o.urlSource = source }
 }
 
 // WithInProcessServer connects to a server in this process without a socket
@@ -96,7 +106,7 @@ func Connect(ctx context.Context, cfg config.NATS, opts ...Option) (*nats.Conn, 
 	if err != nil {
 		return nil, err
 	}
-	auth, err := authFor(cfg, urls)
+	auth, err := authFor(cfg, urls, o.urlSource)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package natsconn_test
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -431,6 +432,54 @@ func TestConnectToNoServerNamesTheURLs(t *testing.T) {
 	}
 	if !errors.Is(err, nats.ErrNoServers) || !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("error %q wraps neither nats.ErrNoServers nor ECONNREFUSED", err)
+	}
+}
+
+// TestTheErrorNamesWhereTheURLCameFrom: an unreachable server, a silent
+// one or a refused token in the URL said "check NATS_SERVER" whatever set
+// the URL: an operator whose nats.url is in a file looked for a variable
+// set nowhere. The error now names the source Connect is given, and both
+// nats.url and NATS_SERVER when it is given none.
+func TestTheErrorNamesWhereTheURLCameFrom(t *testing.T) {
+	dead, silent := deadURL(t), silentURL(t)
+	tokenURL := strings.Replace(startNATS(t, embedded.NATSOptions{Token: "t0ken"}).ClientURL(), "nats://", "nats://wr0ng@", 1)
+	for _, tt := range []struct {
+		source string
+		want   string
+		not    []string
+	}{
+		{"", "nats.url or NATS_SERVER", nil},
+		{"env NATS_SERVER", "NATS_SERVER", []string{"nats.url"}},
+		{"/opt/loom/etc/nats.toml", "nats.url in /opt/loom/etc/nats.toml", []string{"NATS_SERVER"}},
+		{"code", "nats.url, set by the program", []string{"NATS_SERVER"}},
+		{"env NATS_SERVER_URL", "NATS_SERVER_URL", []string{"nats.url"}},
+		{"--url", "--url", []string{"NATS_SERVER", "nats.url"}},
+	} {
+		t.Run("from "+cmp.Or(tt.source, "an unknown source"), func(t *testing.T) {
+			for _, c := range []struct {
+				url, check string
+				timeout    time.Duration
+			}{
+				{dead, "(check " + tt.want + ", and that the server is up)", connectTimeout},
+				{silent, "(check " + tt.want + ", and that the server is up)", 200 * time.Millisecond},
+				{tokenURL, "(check the token in " + tt.want + ")", connectTimeout},
+			} {
+				cfg := natsCfg(c.url)
+				cfg.ConnectTimeout = c.timeout
+				_, err := natsconn.Connect(t.Context(), cfg, natsconn.WithURLSource(tt.source), natsconn.WithLogger(slog.New(slog.DiscardHandler)))
+				if err == nil {
+					t.Fatalf("Connect to %s succeeded", c.url)
+				}
+				if !strings.Contains(err.Error(), c.check) {
+					t.Errorf("error %q lacks %q", err, c.check)
+				}
+				for _, n := range tt.not {
+					if strings.Contains(err.Error(), n) {
+						t.Errorf("error %q names %s, which did not set the URL", err, n)
+					}
+				}
+			}
+		})
 	}
 }
 
