@@ -27,12 +27,13 @@ var repeatKeys atomic.Int64
 const (
 	defaultRepeatKeys = 1024
 	// maxKeySubject bounds the subject a key holds: a server's control
-	// line, and so a subject, may be megabytes long.
+	// line, and so a subject, may be as long as its max_control_line.
 	maxKeySubject = 256
 )
 
-// summaryTimers counts the summary timers armed, for the tests that
-// check a closed connection leaves none.
+// summaryTimers counts the summary timers armed (each with its watch of
+// the connection), for the tests that check a closed connection leaves
+// none.
 var summaryTimers atomic.Int64
 
 func window() time.Duration {
@@ -84,9 +85,11 @@ type asyncErrors struct {
 		since time.Time
 		last  error
 	}
-	timer  *time.Timer // armed while anything is remembered; nil otherwise
-	armed  int         // times timer was armed: a stopped one may fire still
-	closed bool
+	timer   *time.Timer // armed while anything is remembered; nil otherwise
+	armed   int         // times timer was armed: a stopped one may fire still
+	unwatch func()      // ends the watch for the close started with timer
+	closing bool        // closed unseen by the closed handler: end at the next tick
+	closed  bool
 }
 
 func newAsyncErrors(l *slog.Logger, m *metrics.Metrics) *asyncErrors {
@@ -140,6 +143,10 @@ func (a *asyncErrors) log(k errKey, err error) {
 	a.l.Error("NATS asynchronous error", "err", err, "repeats_summed_every", every)
 }
 
+// armLocked starts the timer, and a watch for the close while it runs.
+// The closed handler cannot be relied on to stop it: the runtime clears
+// that handler to close its connection quietly, and WithNATSOptions may
+// replace it. A status listener sees the close whatever handlers are set.
 func (a *asyncErrors) armLocked() {
 	if a.timer != nil {
 		return
@@ -148,12 +155,48 @@ func (a *asyncErrors) armLocked() {
 	a.armed++
 	armed := a.armed
 	a.timer = time.AfterFunc(window(), func() { a.tick(armed) })
+
+	nc := a.nc
+	closed := nc.StatusChanged(nats.CLOSED)
+	done := make(chan struct{})
+	a.unwatch = func() {
+		close(done)
+		nc.RemoveStatusListener(closed)
+	}
+	go func() {
+		if !nc.IsClosed() { // else closed before the listener was registered
+			select {
+			case <-closed:
+			case <-done:
+				return
+			}
+		}
+		a.closedUnseen()
+	}()
+}
+
+// closeGrace is how long after a close its closed handler did not see the
+// summaries end: nats.go may still hold errors for the error handler,
+// which run after the close, and they are folded in rather than each
+// logged.
+const closeGrace = 100 * time.Millisecond
+
+func (a *asyncErrors) closedUnseen() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.timer == nil || a.closed {
+		return
+	}
+	a.closing = true
+	a.timer.Reset(min(closeGrace, window()))
 }
 
 func (a *asyncErrors) stopLocked() {
 	if a.timer != nil {
 		a.timer.Stop()
 		a.timer = nil
+		a.unwatch()
+		a.unwatch = nil
 		summaryTimers.Add(-1)
 	}
 }
@@ -172,17 +215,14 @@ type summary struct {
 // quiet for a whole window, so that their next error is logged at once.
 func (a *asyncErrors) tick(armed int) {
 	a.mu.Lock()
-	nc := a.nc
-	a.mu.Unlock()
-	if nc != nil && nc.IsClosed() {
-		// Closed unseen: WithNATSOptions replaced the closed handler.
-		a.close()
-		return
-	}
-	a.mu.Lock()
 	if a.timer == nil || a.armed != armed || a.closed {
 		a.mu.Unlock()
 		return // stopped since
+	}
+	if a.closing {
+		a.mu.Unlock()
+		a.close()
+		return
 	}
 	now := time.Now()
 	var out []summary

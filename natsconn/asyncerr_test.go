@@ -173,6 +173,27 @@ func TestARefusedPublisherDoesNotFloodTheLog(t *testing.T) {
 	})
 }
 
+// TestAQuietCloseStillEndsTheSummaryTimer: the runtime and the loom
+// command clear the closed handler before they close their connection,
+// so that the close is not logged as a failure. The summary timer, which
+// that handler stopped, then lived on after the close, and the repeats it
+// held were logged a window later, if the process still ran. The close is
+// now seen whatever handlers are set.
+func TestAQuietCloseStillEndsTheSummaryTimer(t *testing.T) {
+	defer natsconn.SetRepeatLogWindow(time.Hour)()
+	var buf testutil.SyncBuffer
+	m := metrics.New()
+	nc := restricted(t, &buf, m)
+	refused(t, nc, m, 3, "denied.q")
+	nc.SetClosedHandler(nil)
+	nc.SetDisconnectErrHandler(nil)
+	nc.Close()
+	testutil.Eventually(t, 10*time.Second, "the repeats summed up at the close", func() bool {
+		return logLines(buf.String(), repeatMsg, "subject=denied.q", "more=2") == 1
+	})
+	testutil.Eventually(t, 10*time.Second, "the summary timer stopped", func() bool { return natsconn.SummaryTimers() == 0 })
+}
+
 // TestACleanCloseAfterARefusalIsNotAnError: nats.go keeps a refused
 // publish as the connection's last error, and the closed handler logged
 // any last error as the cause of the close: a program that had one
