@@ -51,7 +51,8 @@ func WithLogger(l *slog.Logger) Option {
 
 // WithMetrics counts the operations the server refuses the connection for
 // want of permission in m (loom_nats_permission_violations_total); by
-// default they are only logged.
+// default they are only logged. An error handler set with WithNATSOptions
+// replaces the one that logs and counts them.
 func WithMetrics(m *metrics.Metrics) Option {
 	return func(o *options) { o.metrics = m }
 }
