@@ -39,7 +39,7 @@ func configFromEnv(base config.Config, lookup func(string) (string, bool)) (Conf
 	}
 	cfg := Config{NATS: base.NATS, Queue: base.Queue}
 	if v := get(EnvServerURL); v != "" {
-		cfg.NATS.URL = v
+		cfg.NATS.URL, cfg.urlSource = v, "env "+EnvServerURL
 	}
 	jwt, seed := get(EnvJWTToken), get(EnvNKeySeed)
 	user, pass, token := get(EnvUsername), get(EnvPassword), get(EnvToken)

@@ -1,8 +1,10 @@
 package eventbus
 
 import (
+	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nkeys"
 
@@ -72,5 +74,37 @@ func TestConfigFromEnvMapsCozeStudioVariables(t *testing.T) {
 			}
 			tt.check(t, c)
 		})
+	}
+}
+
+// A server that cannot be reached is named with the variable that gave
+// its URL, not Loom's nats.url or NATS_SERVER, which a Coze deployment
+// does not set.
+func TestAnUnreachableServerNamesNATSServerURL(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "nats://" + ln.Addr().String()
+	ln.Close()
+	base := config.Default()
+	base.NATS.ConnectTimeout = 500 * time.Millisecond
+	cfg, err := configFromEnv(base, func(k string) (string, bool) {
+		if k == EnvServerURL {
+			return dead, true
+		}
+		return "", false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, err = b.NewProducer("", "topic", "group", 0)
+	if err == nil || !strings.Contains(err.Error(), "check NATS_SERVER_URL,") {
+		t.Fatalf("NewProducer with %s down: %v; want an error saying to check NATS_SERVER_URL", EnvServerURL, err)
 	}
 }

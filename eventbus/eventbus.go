@@ -169,6 +169,10 @@ type Config struct {
 	// Metrics receives each consumer group's metrics (as queue
 	// "topic/group"); nil records them nowhere.
 	Metrics *metrics.Metrics
+
+	// urlSource is where NATS.URL came from, for connection errors: set
+	// by ConfigFromEnv when NATS_SERVER_URL gave it.
+	urlSource string
 }
 
 // Bus is an EventBus on NATS: a factory of Producers and a
@@ -250,9 +254,9 @@ func (b *Bus) conn(ctx context.Context, nameServer string) (*conn, error) {
 	if key == "" && b.shared != nil {
 		c.nc = b.shared
 	} else {
-		ncfg := b.cfg.NATS
+		ncfg, source := b.cfg.NATS, b.cfg.urlSource
 		if key != "" {
-			ncfg.URL = key
+			ncfg.URL, source = key, ""
 		}
 		var extra []nats.Option
 		if b.cfg.JWT != "" {
@@ -262,7 +266,8 @@ func (b *Bus) conn(ctx context.Context, nameServer string) (*conn, error) {
 			}
 			extra = append(extra, nats.UserJWTAndSeed(b.cfg.JWT, seed))
 		}
-		nc, err := natsconn.Connect(ctx, ncfg, natsconn.WithLogger(b.log), natsconn.WithNATSOptions(extra...))
+		nc, err := natsconn.Connect(ctx, ncfg, natsconn.WithLogger(b.log), natsconn.WithURLSource(source),
+			natsconn.WithMetrics(b.cfg.Metrics), natsconn.WithNATSOptions(extra...))
 		if err != nil {
 			if b.cfg.JWT != "" && errors.Is(err, nats.ErrAuthorization) {
 				return nil, fmt.Errorf("eventbus: the server refused the JWT of NATS_JWT_TOKEN signed with NATS_NKEY_SEED: %w", err)
