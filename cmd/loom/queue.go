@@ -40,7 +40,8 @@ func withAdmin(cmd *cobra.Command, f func(ctx context.Context, a *workqueue.Admi
 	if err != nil {
 		return err
 	}
-	nc, err := natsconn.Connect(ctx, loaded.Config.NATS, natsconn.WithLogger(loom.NewLogger(loaded.Config.Log)))
+	nc, err := natsconn.Connect(ctx, loaded.Config.NATS, natsconn.WithLogger(loom.NewLogger(loaded.Config.Log)),
+		natsconn.WithURLSource(loaded.Source("nats.url")))
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -159,3 +162,27 @@ func TestQueueCommandsListPeekAddAndRepairDeadLetters(t *testing.T) {
 }
 
 func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
+
+// A NATS server that cannot be reached is named with where its URL came
+// from: here the file LOOM_CONFIG names, not NATS_SERVER.
+func TestQueueCommandsNameTheFileThatSetTheNATSURL(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := "nats://" + ln.Addr().String()
+	ln.Close()
+	file := filepath.Join(t.TempDir(), "loom.toml")
+	if err := os.WriteFile(file, []byte("[nats]\nurl = \""+dead+"\"\nconnect_timeout = \"500ms\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(loomBin, "queue", "ls")
+	cmd.Env = append(os.Environ(), "LOOM_CONFIG="+file, "NATS_SERVER=")
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("loom queue ls with NATS down succeeded:\n%s", out)
+	}
+	if want := "check nats.url in " + file + ","; !strings.Contains(string(out), want) {
+		t.Fatalf("loom queue ls with NATS down printed:\n%s\nwant it to say %q", out, want)
+	}
+}
