@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/loomrt/loom/internal/buildinfo"
 )
 
 // Request outcome codes, the "code" label of request counters.
@@ -133,7 +135,14 @@ func New() *Metrics {
 	for _, k := range permissionKinds {
 		m.refusals.WithLabelValues(k)
 	}
-	m.reg.MustRegister(requestCollector{m}, m.taskPanics, m.limitHits, m.stalls, m.refusals,
+	b := buildinfo.Read()
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "loom_build_info",
+		Help:        "Always 1; its labels say which build of Loom this process runs: version (Loom's module version), revision (the commit, for a binary built from a checkout of Loom itself), go_version.",
+		ConstLabels: prometheus.Labels{"version": b.Version, "revision": b.Revision, "go_version": b.Go},
+	})
+	build.Set(1)
+	m.reg.MustRegister(requestCollector{m}, m.taskPanics, m.limitHits, m.stalls, m.refusals, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -2,9 +2,11 @@ package metrics_test
 
 import (
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/loomrt/loom/internal/buildinfo"
 	"github.com/loomrt/loom/metrics"
 )
 
@@ -298,4 +301,31 @@ loom_llm_requests_total{model="test-model",status="503"} 0
 		`loom_llm_requests_total{model="test-model",status="418"} 1`+"\n"), family); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestBuildInfoSaysWhichBuildRuns(t *testing.T) {
+	m := metrics.New()
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := buildinfo.Read()
+	for _, f := range fams {
+		if f.GetName() != "loom_build_info" {
+			continue
+		}
+		if len(f.Metric) != 1 || f.Metric[0].GetGauge().GetValue() != 1 {
+			t.Fatalf("loom_build_info: %v; want one series at 1", f.Metric)
+		}
+		got := map[string]string{}
+		for _, l := range f.Metric[0].Label {
+			got[l.GetName()] = l.GetValue()
+		}
+		want := map[string]string{"version": b.Version, "revision": b.Revision, "go_version": runtime.Version()}
+		if !maps.Equal(got, want) {
+			t.Fatalf("loom_build_info labels %v, want %v", got, want)
+		}
+		return
+	}
+	t.Fatal("no loom_build_info in a new registry")
 }
