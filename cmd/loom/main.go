@@ -10,6 +10,7 @@
 //	loom llm             serve LLM traffic (frontend, router, mock workers)
 //	loom config          every configuration key's effective value and source
 //	loom dashboard       a live web page of the system
+//	loom version         the build: Loom's version, commit, Go toolchain
 //
 // `loom help` lists every command. Usage errors exit with status 2 and the
 // command's usage line; failures exit with 1. A first SIGINT or SIGTERM
@@ -137,7 +138,9 @@ func newRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDemo(), newConfig(), newCall(), newLs(), newUp(), newQueue(), newPub(), newSub(), newLLM(), newDashboard())
+	root.AddCommand(newDemo(), newConfig(), newCall(), newLs(), newUp(), newQueue(), newPub(), newSub(), newLLM(), newDashboard(), newVersion())
+	root.Version = versionLine()
+	root.SetVersionTemplate("{{.Version}}\n")
 	// cobra adds help and completion as it executes, after
 	// markUsageErrors would have seen them: add them now, so that their
 	// usage errors are marked too.
