@@ -56,41 +56,97 @@ type Job[T any] struct {
 	// Header is the message's headers.
 	Header nats.Header
 
-	d *jsconsume.Delivery
-	s *jsconsume.Settler
+	d     *jsconsume.Delivery
+	s     *jsconsume.Settler
+	nc    *nats.Conn
+	queue string
 }
 
 // Ack acknowledges the job and waits until the server confirms it, or ctx
 // ends: the job is done and leaves the queue. An Ack that fails (ctx ended
 // first, the connection was lost) leaves the job unsettled: call Ack
-// again, or Fail. Handlers run by Consume need not call it; returning nil
-// acks.
+// again, or Fail. An Ack the server refuses (the NATS user may not publish
+// to $JS.ACK.>) is never confirmed: once ctx ends, the error says so,
+// naming the permission.
+// Handlers run by Consume need not call it; returning nil acks.
 func (j *Job[T]) Ack(ctx context.Context) error {
-	return settleErr(j.s.AckSync(ctx, j.d))
+	err := j.s.AckSync(ctx, j.d)
+	if err != nil && !errors.Is(err, jsconsume.ErrSettled) {
+		rerr := j.ackRefused("ack")
+		if rerr == nil && j.nc.FlushTimeout(refusalCheckTimeout) == nil {
+			// The refusal comes before the answer to the flush.
+			rerr = j.ackRefused("ack")
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	return settleErr(err)
 }
 
 // Fail hands the job back after a failure with err: a retry after the
 // backoff, or the dead-letter stream if this was its last attempt or err
-// is Permanent.
+// is Permanent. It returns an error if the server refused the hand-back
+// (the NATS user may not publish to $JS.ACK.>); the job then comes back
+// after AckWait.
 func (j *Job[T]) Fail(err error) error {
-	return settleErr(j.s.Fail(j.d, err))
+	return j.settled("nak", j.s.Fail(j.d, err))
 }
 
 // InProgress tells the server the job is still being worked on, so it is
 // not redelivered for another AckWait. Handlers run by Consume need not
 // call it: Loom reports progress every AckWait/2 until the handler
-// timeout.
+// timeout. It returns an error if the server refused it (the NATS user
+// may not publish to $JS.ACK.>).
 func (j *Job[T]) InProgress() error {
-	return settleErr(j.s.InProgress(j.d))
+	return j.settled("in-progress report", j.s.InProgress(j.d))
 }
 
 // Terminate moves the job to the dead-letter stream at once, with err as
-// its last error.
+// its last error. It returns an error if the server refused to terminate
+// the job in the queue (the NATS user may not publish to $JS.ACK.>).
 func (j *Job[T]) Terminate(err error) error {
 	if err == nil {
 		err = errors.New("terminated")
 	}
-	return settleErr(j.s.Terminate(j.d, jsconsume.ReasonPermanent, err))
+	return j.settled("term", j.s.Terminate(j.d, jsconsume.ReasonPermanent, err))
+}
+
+// refusalCheckTimeout bounds the flush that Fail, InProgress and Terminate
+// (and an Ack whose confirmation did not come) make to learn whether the
+// server refused what they sent.
+const refusalCheckTimeout = 2 * time.Second
+
+// settled returns err, the outcome of a settling that sent its message
+// without waiting for an answer, or an error naming the permission if the
+// server refused that message: the server drops it and says so only in an
+// asynchronous error, which comes before the answer to a flush.
+func (j *Job[T]) settled(what string, err error) error {
+	if err != nil {
+		return settleErr(err)
+	}
+	if ferr := j.nc.FlushTimeout(refusalCheckTimeout); ferr != nil {
+		return nil // sent; whether it was refused cannot be told now
+	}
+	return j.ackRefused(what)
+}
+
+// ackRefused returns an error naming the permission if the connection's
+// last error is the server refusing a publish to this delivery's ack
+// subject. That subject names this one delivery (its sequences and
+// timestamp), so a refusal of any other publish is never taken for it.
+func (j *Job[T]) ackRefused(what string) error {
+	err := j.nc.LastError()
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return nil
+	}
+	reply := j.d.Msg.Reply()
+	if reply == "" || !strings.Contains(strings.ToLower(err.Error()), strings.ToLower(`publish to "`+reply+`"`)) {
+		return nil
+	}
+	stream, consumer := j.d.Meta.Stream, j.d.Meta.Consumer
+	return fmt.Errorf("workqueue: queue %s: %s of job %d refused by the NATS server (%w): this process's NATS user needs publish permission on $JS.ACK.> (at least $JS.ACK.%s.%s.>), where jobs are acknowledged; until then the job comes back after ack_wait",
+		j.queue, what, j.Seq, err, stream, consumer)
 }
 
 // ErrSettled is returned by a Job's Ack, Fail, InProgress and Terminate
@@ -124,6 +180,8 @@ func (q *Queue[T]) job(d *jsconsume.Delivery) (*Job[T], error) {
 		Header:     h,
 		d:          d,
 		s:          q.settler,
+		nc:         q.nc,
+		queue:      q.cfg.Name,
 	}, nil
 }
 

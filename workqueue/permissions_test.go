@@ -138,3 +138,64 @@ func TestASubscriptionTheServerRefusesIsAnError(t *testing.T) {
 	_, err = q.Dequeue(ctxFor(t, 10*time.Second))
 	check("Dequeue", err)
 }
+
+// TestASettlingTheServerRefusesIsAnError: a NATS user who may not publish
+// to a queue's ack subjects ($JS.ACK.<stream>.<consumer>.>) gets an error
+// naming the permission from a job's Ack, Fail, InProgress and Terminate.
+// The server drops such a message and says so only in an asynchronous
+// error: Ack once failed with "context deadline exceeded" and no cause,
+// and the others returned nil while the job stayed unsettled, to come back
+// after ack_wait. The same calls on a queue whose acks are allowed, on the
+// same connection and after those refusals, succeed: a refusal of another
+// job's ack is never taken for theirs.
+func TestASettlingTheServerRefusesIsAnError(t *testing.T) {
+	cfg := func(name string) workqueue.Config {
+		c := testConfig(t)
+		c.Name = name
+		c.AckWait = 30 * time.Second // no redelivery while the test runs
+		return c
+	}
+	nc := startNATSWithUser(t, &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.ACK.denied.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+	})
+	denied := newQueue[job](t, nc, cfg("denied"))
+	allowed := newQueue[job](t, nc, cfg("allowed"))
+	ctx := ctxFor(t, 60*time.Second)
+	for i := range 4 {
+		for _, q := range []*workqueue.Queue[job]{denied, allowed} {
+			if err := q.Enqueue(ctx, job{ID: i}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	settle := []struct {
+		what string
+		do   func(*workqueue.Job[job]) error
+	}{
+		{"Ack", func(j *workqueue.Job[job]) error { return j.Ack(ctxFor(t, time.Second)) }},
+		{"Fail", func(j *workqueue.Job[job]) error { return j.Fail(errors.New("try again")) }},
+		{"InProgress", func(j *workqueue.Job[job]) error { return j.InProgress() }},
+		{"Terminate", func(j *workqueue.Job[job]) error { return j.Terminate(errors.New("give up")) }},
+	}
+	for _, s := range settle {
+		j, err := denied.Dequeue(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.do(j)
+		if err == nil || !strings.Contains(err.Error(), "publish permission on $JS.ACK.>") ||
+			!strings.Contains(err.Error(), "$JS.ACK.denied.worker-group.>") || !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Errorf("%s without permission to publish the ack: %v; want an error naming the permission", s.what, err)
+		}
+	}
+	for _, s := range settle {
+		j, err := allowed.Dequeue(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.do(j); err != nil {
+			t.Errorf("%s of a job whose ack is allowed, after another queue's refusals: %v", s.what, err)
+		}
+	}
+}
