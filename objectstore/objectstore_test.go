@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -670,5 +672,96 @@ func TestAForgedReferenceReadsAndDeletesNothing(t *testing.T) {
 	}
 	if err := off.Delete(t.Context(), *job); err != nil {
 		t.Errorf("Delete of the job's own object: %v", err)
+	}
+}
+
+// TestAHangingBucketLookupHoldsUpNoOtherResolve: Resolve of a reference
+// to a bucket not yet known asks the server for it. That request once
+// held the Offloader's lock, so one lookup that hangs (a server slow to
+// answer; here one that drops the request, as it does for a NATS user who
+// may not ask about that bucket) held up every offload and resolve of the
+// process, even of buckets already known, until its context ended. Now
+// the others, of a known bucket and of another unknown one, go on, and
+// the hanging one still ends with its context.
+func TestAHangingBucketLookupHoldsUpNoOtherResolve(t *testing.T) {
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
+		o.Users = []*server.User{{Username: "app", Password: "pw", Permissions: &server.Permissions{
+			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.INFO.OBJ_hanging"}},
+		}}}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo("app", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testutil.Timeout(t, 30*time.Second)
+	off, err := objectstore.NewOffloader(nc, js, objectstore.OffloadConfig{
+		Bucket: objectstore.Config{Bucket: "payloads", Storage: "memory"}, Limit: 4096,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := &nats.Msg{Subject: "x", Data: bytes.Repeat([]byte("p"), 10_000)}
+	if _, err := off.Prepare(ctx, known, "q", "job for queue q"); err != nil {
+		t.Fatal(err)
+	}
+	other, err := objectstore.Open(ctx, nc, objectstore.Config{Bucket: "other", Storage: "memory"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherRef, err := other.Put(ctx, "o", strings.NewReader("another bucket's object"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	hangingRef := objectstore.Ref{Bucket: "hanging", Name: "h", Size: 1, Digest: otherRef.Digest}
+	hangCtx, stopHanging := context.WithCancel(ctx)
+	hung := make(chan error, 1)
+	go func() {
+		_, _, err := off.Resolve(hangCtx, nats.Header{objectstore.RefHeader: {hangingRef.String()}}, nil)
+		hung <- err
+	}()
+	// The server refusing the lookup says it was sent: that Resolve is
+	// now waiting on it, for as long as hangCtx lasts.
+	testutil.Eventually(t, 10*time.Second, "the lookup of bucket hanging sent and dropped", func() bool {
+		err := nc.LastError()
+		return err != nil && strings.Contains(err.Error(), "OBJ_hanging")
+	})
+
+	others := make(chan error, 1)
+	go func() {
+		body, _, err := off.Resolve(ctx, known.Header, known.Data)
+		if err == nil && len(body) != 10_000 {
+			err = fmt.Errorf("%d bytes, want 10000", len(body))
+		}
+		if err == nil {
+			body, _, err = off.Resolve(ctx, nats.Header{objectstore.RefHeader: {otherRef.String()}}, nil)
+			if err == nil && string(body) != "another bucket's object" {
+				err = fmt.Errorf("read %q", body)
+			}
+		}
+		others <- err
+	}()
+	select {
+	case err := <-others:
+		if err != nil {
+			t.Errorf("Resolve of other buckets' objects while a lookup hangs: %v", err)
+		}
+	case err := <-hung:
+		t.Fatalf("the hanging lookup ended before its context did: %v", err)
+	case <-ctx.Done():
+		t.Fatal("Resolve of other buckets' objects waited for the lookup of bucket hanging")
+	}
+	stopHanging()
+	if err := <-hung; !errors.Is(err, context.Canceled) {
+		t.Errorf("the hanging lookup, its context cancelled: %v; want context.Canceled", err)
 	}
 }

@@ -78,8 +78,17 @@ type Offloader struct {
 	cfg   OffloadConfig
 	limit int64
 
-	mu     sync.Mutex
-	stores map[string]*Store // by bucket, only those that exist
+	mu      sync.Mutex
+	stores  map[string]*Store  // by bucket, only those that exist
+	lookups map[string]*lookup // by bucket, those being looked up
+}
+
+// lookup is one bucket being opened or looked up; done closes when st or
+// err is set.
+type lookup struct {
+	done chan struct{}
+	st   *Store
+	err  error
 }
 
 // NewOffloader returns an Offloader that uses js's connection nc.
@@ -97,7 +106,8 @@ func NewOffloader(nc *nats.Conn, js jetstream.JetStream, cfg OffloadConfig) (*Of
 	if cfg.MaxObjectSize <= 0 {
 		cfg.MaxObjectSize = DefaultMaxObjectSize
 	}
-	return &Offloader{js: js, nc: nc, cfg: cfg, limit: cfg.Limit, stores: make(map[string]*Store)}, nil
+	return &Offloader{js: js, nc: nc, cfg: cfg, limit: cfg.Limit,
+		stores: make(map[string]*Store), lookups: make(map[string]*lookup)}, nil
 }
 
 // Limit returns the largest message, headers included, that goes out as
@@ -180,17 +190,50 @@ func (o *Offloader) Prepare(ctx context.Context, m *nats.Msg, prefix, what strin
 
 // bucket opens the configured bucket, creating it on first use.
 func (o *Offloader) bucket(ctx context.Context) (*Store, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if st, ok := o.stores[o.cfg.Bucket.Bucket]; ok {
-		return st, nil
+	return o.store(ctx, o.cfg.Bucket.Bucket, func(ctx context.Context) (*Store, error) {
+		return open(ctx, o.js, o.cfg.Bucket)
+	})
+}
+
+// store returns the known Store of bucket, or finds it with find and
+// keeps it. One find per bucket runs at a time, without the lock: a
+// lookup that hangs holds up only the callers that wait for the same
+// bucket (until their context ends), never those of a known bucket or of
+// another. A caller whose lookup ended in an error while others waited
+// for it leaves them to look it up again: the error may be its context's.
+func (o *Offloader) store(ctx context.Context, bucket string, find func(context.Context) (*Store, error)) (*Store, error) {
+	for {
+		o.mu.Lock()
+		if st, ok := o.stores[bucket]; ok {
+			o.mu.Unlock()
+			return st, nil
+		}
+		l, busy := o.lookups[bucket]
+		if !busy {
+			l = &lookup{done: make(chan struct{})}
+			o.lookups[bucket] = l
+		}
+		o.mu.Unlock()
+		if !busy {
+			l.st, l.err = find(ctx)
+			o.mu.Lock()
+			delete(o.lookups, bucket)
+			if l.err == nil {
+				o.stores[bucket] = l.st
+			}
+			o.mu.Unlock()
+			close(l.done)
+			return l.st, l.err
+		}
+		select {
+		case <-l.done:
+			if l.err == nil {
+				return l.st, nil
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
-	st, err := open(ctx, o.js, o.cfg.Bucket)
-	if err != nil {
-		return nil, err
-	}
-	o.stores[st.bucket] = st
-	return st, nil
 }
 
 // lost reports whether st's bucket is gone (a server with memory storage
@@ -220,17 +263,9 @@ func bucketGone(err error) bool {
 
 // existing returns the bucket named by a reference, which must exist.
 func (o *Offloader) existing(ctx context.Context, bucket string) (*Store, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if st, ok := o.stores[bucket]; ok {
-		return st, nil
-	}
-	st, err := attach(ctx, o.js, bucket)
-	if err != nil {
-		return nil, err
-	}
-	o.stores[bucket] = st
-	return st, nil
+	return o.store(ctx, bucket, func(ctx context.Context) (*Store, error) {
+		return attach(ctx, o.js, bucket)
+	})
 }
 
 // Resolve returns the payload of a message: body itself when h carries no
