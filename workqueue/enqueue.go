@@ -254,7 +254,8 @@ type Pending struct {
 	deadline time.Time
 	attempts int
 	retryAt  time.Time
-	owned    bool // its error goes to its owner (EnqueueBatch), not to Flush
+	owned    bool  // its error goes to its owner (EnqueueBatch), not to Flush
+	before   error // the connection's last error when it was last sent
 
 	mu   sync.Mutex
 	fin  bool
@@ -460,6 +461,7 @@ func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) (err error) {
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		before := p.nc.LastError()
 		_, err := p.js.PublishMsg(actx, m)
 		cancel()
 		if err == nil {
@@ -467,7 +469,7 @@ func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) (err error) {
 			return nil
 		}
 		if retryable(err) {
-			if rerr := p.refused(); rerr != nil {
+			if rerr := p.refused(before); rerr != nil {
 				return rerr
 			}
 		}
@@ -486,15 +488,18 @@ func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) (err error) {
 }
 
 // refused returns an error naming the subject and the permission if the
-// server reported refusing a publish to the queue's subject. The server
-// drops such a message and says so only in an asynchronous error on the
-// connection, so the send waits for an acknowledgement that never comes;
-// retrying cannot help. It is asked only after a send has timed out: the
-// connection's last error stays until another replaces it, and a refusal
-// seen once must not fail sends that the server acknowledges.
-func (p *publisher) refused() error {
+// server reported refusing a publish to the queue's subject since the
+// connection's last error was before, taken as the send went out. The
+// server drops such a message and says so only in an asynchronous error
+// on the connection, so the send waits for an acknowledgement that never
+// comes; retrying cannot help. It is asked only after a send failed, and
+// counts only a refusal that came after before: the connection's last
+// error stays until another replaces it, and an old refusal (of a
+// permission granted since) must not be taken for the cause of a later
+// failure, nor fail sends that the server acknowledges.
+func (p *publisher) refused(before error) error {
 	err := p.nc.LastError()
-	if !errors.Is(err, nats.ErrPermissionViolation) {
+	if err == before || !errors.Is(err, nats.ErrPermissionViolation) {
 		return nil
 	}
 	msg := err.Error()
@@ -580,6 +585,7 @@ func (p *publisher) send(ctx context.Context, m *nats.Msg, ref *objectstore.Ref,
 	p.pending[m] = pd
 	p.mu.Unlock()
 	pd.attempts = 1
+	pd.before = p.nc.LastError()
 	if _, err := p.js.PublishMsgAsync(m); err != nil {
 		p.failed(p.js, m, err)
 	}
@@ -607,7 +613,7 @@ func (p *publisher) failed(_ jetstream.JetStream, m *nats.Msg, err error) {
 		return
 	}
 	if retryable(err) {
-		if rerr := p.refused(); rerr != nil {
+		if rerr := p.refused(pd.before); rerr != nil {
 			p.resolve(pd, rerr, 0)
 			return
 		}
@@ -643,6 +649,7 @@ func (p *publisher) retryLoop() {
 				p.restoreStreams(ctx)
 				cancel()
 			}
+			pd.before = p.nc.LastError()
 			if _, err := p.js.PublishMsgAsync(pd.msg); err != nil {
 				p.failed(p.js, pd.msg, err)
 			}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/workqueue"
@@ -197,5 +198,117 @@ func TestASettlingTheServerRefusesIsAnError(t *testing.T) {
 		if err := s.do(j); err != nil {
 			t.Errorf("%s of a job whose ack is allowed, after another queue's refusals: %v", s.what, err)
 		}
+	}
+}
+
+// TestAnEnqueueAfterAPermissionWasGrantedIsNotTakenForRefused: the
+// refusal of a publish stays the connection's last error until another
+// error replaces it. An enqueue refused once, then allowed (the operator
+// granted the permission and reloaded the server), took that old refusal
+// for the cause of any later transient failure: here its stream was
+// removed, and instead of making it again and storing the job, Enqueue
+// failed at once saying the permission was missing.
+func TestAnEnqueueAfterAPermissionWasGrantedIsNotTakenForRefused(t *testing.T) {
+	user := func(deny ...string) []*server.User {
+		return []*server.User{{Username: "worker", Password: "pw", Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: deny},
+			Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+		}}}
+	}
+	var opts *server.Options
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
+		o.Users = user("stale.queue")
+		opts = o
+	}})
+	if err != nil {
+		t.Fatalf("StartNATS: %v", err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc := connect(t, ns.ClientURL(), nats.UserInfo("worker", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	cfg := testConfig(t)
+	cfg.Name = "stale"
+	cfg.EnqueueTimeout = 10 * time.Second
+	q := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 60*time.Second)
+	if err := q.Enqueue(ctx, job{ID: 1}); !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Fatalf("Enqueue without the permission: %v; want it refused", err)
+	}
+
+	granted := opts.Clone()
+	granted.Users = user()
+	if err := ns.Server().ReloadOptions(granted); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if err := q.Enqueue(ctx, job{ID: 2}); err != nil {
+		t.Fatalf("Enqueue once the permission was granted: %v", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(ctx, "stale"); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Enqueue(ctx, job{ID: 3}); err != nil {
+		t.Fatalf("Enqueue after its stream was removed, the permission granted long before: %v; want the stream made again and the job stored", err)
+	}
+}
+
+// TestAConsumerErrorAfterAPermissionWasGrantedIsNotTakenForRefused: as
+// for enqueues, a consumer refused once, then allowed, took that old
+// refusal for the cause of a later failure to create it: here another
+// group's consumer of the same jobs, which a work-queue stream does not
+// allow, and Consume said the user needed a permission it had.
+func TestAConsumerErrorAfterAPermissionWasGrantedIsNotTakenForRefused(t *testing.T) {
+	user := func(deny ...string) []*server.User {
+		return []*server.User{{Username: "worker", Password: "pw", Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: deny},
+			Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+		}}}
+	}
+	var opts *server.Options
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
+		o.Users = user("$JS.API.CONSUMER.>")
+		opts = o
+	}})
+	if err != nil {
+		t.Fatalf("StartNATS: %v", err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc := connect(t, ns.ClientURL(), nats.UserInfo("worker", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	cfg := testConfig(t)
+	cfg.EnqueueTimeout = 2 * time.Second // Consume's bound on creating the consumer
+	q := newQueue[job](t, nc, cfg)
+	handler := workqueue.HandlerFunc[job](func(context.Context, *workqueue.Job[job]) error { return nil })
+	c, err := q.Consume(handler)
+	if err == nil {
+		shutdown(t, c)
+	}
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		t.Fatalf("Consume without the permission: %v; want it refused", err)
+	}
+
+	granted := opts.Clone()
+	granted.Users = user()
+	if err := ns.Server().ReloadOptions(granted); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 30*time.Second)
+	if _, err := js.CreateConsumer(ctx, cfg.Name, jetstream.ConsumerConfig{
+		Durable: "another-group", AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: cfg.Subject,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c, err = q.Consume(handler)
+	if err == nil {
+		shutdown(t, c)
+		t.Fatal("Consume beside another group's consumer succeeded")
+	}
+	if errors.Is(err, nats.ErrPermissionViolation) || strings.Contains(err.Error(), "permission") {
+		t.Fatalf("Consume beside another group's consumer, the permission granted long before: %v; want the server's error, not a refusal", err)
 	}
 }

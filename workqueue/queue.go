@@ -330,6 +330,7 @@ func (q *Queue[T]) createConsumer(ctx context.Context) (jetstream.Consumer, erro
 
 func (q *Queue[T]) newConsumer(ctx context.Context) (jetstream.Consumer, error) {
 	c := q.cfg
+	before := q.nc.LastError()
 	cons, err := q.js.CreateOrUpdateConsumer(ctx, c.Name, jetstream.ConsumerConfig{
 		Durable:       c.Group,
 		Description:   "Loom workers of queue " + c.Name,
@@ -341,7 +342,7 @@ func (q *Queue[T]) newConsumer(ctx context.Context) (jetstream.Consumer, error) 
 		FilterSubject: c.Subject, // an adopted stream may carry other subjects
 	})
 	if err != nil {
-		if perr := q.consumerRefused(); perr != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		if perr := q.consumerRefused(before); perr != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 			err = fmt.Errorf("%w (%w): this process's NATS user needs publish permission on $JS.API.CONSUMER.> (at least $JS.API.CONSUMER.CREATE.%s.>) to consume queue %s", err, perr, c.Name, c.Name)
 		}
 		return nil, fmt.Errorf("workqueue: create or update consumer %s of queue %s: %w", c.Group, c.Name, hint(err))
@@ -350,13 +351,15 @@ func (q *Queue[T]) newConsumer(ctx context.Context) (jetstream.Consumer, error) 
 }
 
 // consumerRefused returns the connection's last error if it is the server
-// refusing the request that creates this queue's consumer: the server
-// drops it and says so only in an asynchronous error, so the request
-// times out naming no cause. The last error stays until another replaces
-// it: ask only after the request failed.
-func (q *Queue[T]) consumerRefused() error {
+// refusing the request that creates this queue's consumer, and came after
+// before, the last error when the request went out: the server drops it
+// and says so only in an asynchronous error, so the request times out
+// naming no cause. The last error stays until another replaces it: ask
+// only after the request failed, and never take an old refusal (of a
+// permission granted since) for the cause.
+func (q *Queue[T]) consumerRefused(before error) error {
 	err := q.nc.LastError()
-	if !errors.Is(err, nats.ErrPermissionViolation) {
+	if err == before || !errors.Is(err, nats.ErrPermissionViolation) {
 		return nil
 	}
 	msg := err.Error()
