@@ -237,7 +237,9 @@ type Consumer struct {
 // Consume starts handling the queue's jobs with h, in the background, and
 // returns once the server has its subscription; an error names the
 // permission the server refused, if it refused the consumer or the
-// subscription. Every job is acknowledged only after h succeeds. Stop it
+// subscription. Every job is acknowledged only after h succeeds; acks the
+// server refuses (the NATS user may not publish to $JS.ACK.>) are logged
+// as an error naming the permission when their job comes back. Stop it
 // with Shutdown.
 func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, error) {
 	o := consumeOpts{concurrency: q.cfg.Concurrency}
@@ -265,6 +267,9 @@ func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, erro
 			job, err := q.job(d)
 			if err != nil {
 				return err
+			}
+			if job.Deliveries > 1 {
+				q.logAcksRefused()
 			}
 			return q.traced(ctx, job, func(ctx context.Context) error { return h.Handle(ctx, job) })
 		},
@@ -295,6 +300,31 @@ func (q *Queue[T]) subscriptionRefused(before error) error {
 	}
 	return fmt.Errorf("workqueue: queue %s: the NATS server refused the subscription its jobs are delivered on (%w): this process's NATS user needs subscribe permission on its inbox prefix (_INBOX.>, or the connection's custom inbox prefix)",
 		q.cfg.Name, err)
+}
+
+// logAcksRefused logs an error naming the permission, once per refusal,
+// if the connection's last error is the server refusing a publish to this
+// consumer's ack subjects. Consume acks (and naks, and reports progress)
+// without waiting for an answer, and the server says it refused one only
+// in an asynchronous error: without this, a consumer whose user may not
+// publish to $JS.ACK.> would run every job again after each ack_wait,
+// with nothing said. It is asked on a redelivery, which such a refusal
+// causes.
+func (q *Queue[T]) logAcksRefused() {
+	err := q.nc.LastError()
+	if !errors.Is(err, nats.ErrPermissionViolation) {
+		return
+	}
+	prefix := "$JS.ACK." + q.cfg.Name + "." + q.cfg.Group + "."
+	if !strings.Contains(strings.ToLower(err.Error()), strings.ToLower(`publish to "`+prefix)) {
+		return
+	}
+	if last := q.ackRefusal.Load(); last != nil && *last == err {
+		return
+	}
+	q.ackRefusal.Store(&err)
+	q.cfg.Logger.Error("workqueue: the NATS server refuses this consumer's acks, so its jobs come back after ack_wait and run again; this process's NATS user needs publish permission on $JS.ACK.> (at least "+prefix+">)",
+		"queue", q.cfg.Name, "err", err)
 }
 
 // Shutdown stops pulling jobs, hands back the jobs pulled but not started

@@ -3,7 +3,9 @@ package workqueue_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -310,5 +313,40 @@ func TestAConsumerErrorAfterAPermissionWasGrantedIsNotTakenForRefused(t *testing
 	}
 	if errors.Is(err, nats.ErrPermissionViolation) || strings.Contains(err.Error(), "permission") {
 		t.Fatalf("Consume beside another group's consumer, the permission granted long before: %v; want the server's error, not a refusal", err)
+	}
+}
+
+// TestAConsumerWhoseAcksTheServerRefusesSaysSo: Consume acks a job without
+// waiting for an answer, and the server refuses an ack (for a NATS user
+// who may not publish to $JS.ACK.>) only in an asynchronous error. Such a
+// consumer ran every job again after each ack_wait, with nothing said; it
+// now logs an error naming the permission when the job comes back.
+func TestAConsumerWhoseAcksTheServerRefusesSaysSo(t *testing.T) {
+	nc := startNATSWithUser(t, &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.ACK.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+	})
+	cfg := testConfig(t)
+	cfg.AckWait = time.Second
+	var logs testutil.SyncBuffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	q := newQueue[job](t, nc, cfg)
+	if err := q.Enqueue(ctxFor(t, 10*time.Second), job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int64
+	consume(t, q, func(context.Context, *workqueue.Job[job]) error {
+		runs.Add(1)
+		return nil
+	})
+	want := "needs publish permission on $JS.ACK.> (at least $JS.ACK." + cfg.Name + ".worker-group.>)"
+	testutil.Eventually(t, 20*time.Second, "an error naming the refused permission logged", func() bool {
+		return strings.Contains(logs.String(), want)
+	})
+	if !strings.Contains(logs.String(), "level=ERROR") {
+		t.Errorf("logs %s; want the refusal logged as an error", logs.String())
+	}
+	if runs.Load() < 2 {
+		t.Errorf("the handler ran %d times; the refusal is said when the job comes back", runs.Load())
 	}
 }

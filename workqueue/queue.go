@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -66,6 +67,8 @@ type Queue[T any] struct {
 
 	restoreMu sync.Mutex
 	restored  time.Time // when restore last made sure of the streams
+
+	ackRefusal atomic.Pointer[error] // the last refusal of an ack logged
 }
 
 // New creates the queue cfg describes, or updates it to cfg if it exists:
