@@ -67,8 +67,8 @@ type Job[T any] struct {
 // first, the connection was lost) leaves the job unsettled: call Ack
 // again, or Fail. An Ack the server refuses (the NATS user may not publish
 // to $JS.ACK.>) is never confirmed: once ctx ends, the error says so,
-// naming the permission.
-// Handlers run by Consume need not call it; returning nil acks.
+// naming the permission. Handlers run by Consume need not call it;
+// returning nil acks.
 func (j *Job[T]) Ack(ctx context.Context) error {
 	err := j.s.AckSync(ctx, j.d)
 	if err != nil && !errors.Is(err, jsconsume.ErrSettled) {
@@ -86,9 +86,9 @@ func (j *Job[T]) Ack(ctx context.Context) error {
 
 // Fail hands the job back after a failure with err: a retry after the
 // backoff, or the dead-letter stream if this was its last attempt or err
-// is Permanent. It returns an error if the server refused the hand-back
-// (the NATS user may not publish to $JS.ACK.>); the job then comes back
-// after AckWait.
+// is Permanent. It waits for one round trip to the server, and returns an
+// error if the server refused the hand-back (the NATS user may not publish
+// to $JS.ACK.>); the job then comes back after AckWait.
 func (j *Job[T]) Fail(err error) error {
 	return j.settled("nak", j.s.Fail(j.d, err))
 }
@@ -96,14 +96,16 @@ func (j *Job[T]) Fail(err error) error {
 // InProgress tells the server the job is still being worked on, so it is
 // not redelivered for another AckWait. Handlers run by Consume need not
 // call it: Loom reports progress every AckWait/2 until the handler
-// timeout. It returns an error if the server refused it (the NATS user
-// may not publish to $JS.ACK.>).
+// timeout. It waits for one round trip to the server, and returns an
+// error if the server refused it (the NATS user may not publish to
+// $JS.ACK.>).
 func (j *Job[T]) InProgress() error {
 	return j.settled("in-progress report", j.s.InProgress(j.d))
 }
 
 // Terminate moves the job to the dead-letter stream at once, with err as
-// its last error. It returns an error if the server refused to terminate
+// its last error. It waits for one round trip to the server after the
+// copy is stored, and returns an error if the server refused to terminate
 // the job in the queue (the NATS user may not publish to $JS.ACK.>).
 func (j *Job[T]) Terminate(err error) error {
 	if err == nil {
