@@ -293,11 +293,24 @@ func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, erro
 
 // subscriptionRefused returns an error if the connection's last error is
 // no longer before but the server refusing a subscription to an inbox,
-// where a consumer's jobs are delivered.
+// where a consumer's jobs are delivered. A refused subscription to any
+// other subject is another user's of the connection, not the consumer's.
 func (q *Queue[T]) subscriptionRefused(before error) error {
 	err := q.nc.LastError()
-	if err == nil || err == before || !errors.Is(err, nats.ErrPermissionViolation) ||
-		!strings.Contains(strings.ToLower(err.Error()), "subscription to") {
+	if err == nil || err == before || !errors.Is(err, nats.ErrPermissionViolation) {
+		return nil
+	}
+	msg := err.Error()
+	const what = `subscription to "`
+	i := strings.Index(strings.ToLower(msg), what)
+	if i < 0 {
+		return nil
+	}
+	inbox := nats.InboxPrefix
+	if p := q.nc.Opts.InboxPrefix; p != "" {
+		inbox = p + "."
+	}
+	if !strings.HasPrefix(msg[i+len(what):], inbox) {
 		return nil
 	}
 	return fmt.Errorf("workqueue: queue %s: the NATS server refused the subscription its jobs are delivered on (%w): this process's NATS user needs subscribe permission on its inbox prefix (_INBOX.>, or the connection's custom inbox prefix)",

@@ -350,3 +350,57 @@ func TestAConsumerWhoseAcksTheServerRefusesSaysSo(t *testing.T) {
 		t.Errorf("the handler ran %d times; the refusal is said when the job comes back", runs.Load())
 	}
 }
+
+// TestAnotherSubscriptionRefusedIsNotTakenForTheConsumers: the server
+// refusing a subscription of another part of the program, on the same
+// connection, while Dequeue waits for a job, was taken for the refusal of
+// the consumer's own inbox: Dequeue failed saying the user needed
+// subscribe permission on _INBOX.>, which it had. Only a refused inbox
+// counts now, and Dequeue waits for its job as usual.
+func TestAnotherSubscriptionRefusedIsNotTakenForTheConsumers(t *testing.T) {
+	nc := startNATSWithUser(t, &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{">"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"forbidden"}},
+	})
+	cfg := testConfig(t)
+	q := newQueue[job](t, nc, cfg)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 30*time.Second)
+	dequeued := make(chan error, 1)
+	go func() {
+		_, err := q.Dequeue(ctxFor(t, 3*time.Second))
+		dequeued <- err
+	}()
+	// Once the consumer holds Dequeue's pull request, Dequeue is waiting.
+	testutil.EventuallyNoError(t, 10*time.Second, "Dequeue's pull request waiting", func() error {
+		c, err := js.Consumer(ctx, cfg.Name, "worker-group")
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return err
+		}
+		if info.NumWaiting == 0 {
+			return errors.New("no pull request waiting")
+		}
+		return nil
+	})
+	sub, err := nc.SubscribeSync("forbidden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.FlushWithContext(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.LastError(); err == nil || !strings.Contains(err.Error(), `"forbidden"`) {
+		t.Fatalf("last error %v; want the refused subscription to forbidden", err)
+	}
+	if err := <-dequeued; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Dequeue from an empty queue, while another subscription was refused: %v; want its context's deadline", err)
+	}
+}
