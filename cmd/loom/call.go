@@ -40,9 +40,9 @@ Ctrl-C asks the handler to stop gracefully; a second Ctrl-C kills the call
 and exits 130 (128 + SIGINT), as a loom.Run program does. Ctrl-C before an
 instance is found (while connecting or waiting for one) ends the call at
 once, with 130.`,
-		Example: `  loom call demo/backend/generate '{"prompt": "hello", "max_tokens": 5}'
-  loom call demo/backend/generate @request.json
-  generate-request | loom call demo/backend/generate -`,
+		Example: `  loom call hello/greeter/greet '{"name": "you"}'      # go run ./examples/hello server, with loom up's lines
+  loom call hello/greeter/greet @request.json
+  make-request | loom call hello/greeter/greet -`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if timeout < 0 {
