@@ -35,8 +35,8 @@ shuts down gracefully (see shutdown.* in loom config). With --dashboard it
 also serves the live page of loom dashboard on that address.
 
 With --json the summary is one JSON object on standard output and the other
-lines go to standard error. The progress line redraws itself only on a
-terminal.`,
+lines go to standard error. A progress line, redrawn in place, is shown
+only on a terminal.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			opts.Observable = dashAddr != ""
