@@ -1,7 +1,9 @@
 package loom_test
 
 import (
+	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -33,5 +35,52 @@ func TestInternalHoldsLibrariesBelowTheRoot(t *testing.T) {
 	}
 	if listed == 0 {
 		t.Fatalf("go list ./internal/... listed no package:\n%s", out)
+	}
+}
+
+// TestTheREADMELayoutNamesEveryPackage keeps the README's Layout
+// paragraph, a newcomer's map of the repository, complete: every package
+// of the module is named in it in backquotes, with or without a trailing
+// slash, or lies under one of the directories it names as a whole.
+func TestTheREADMELayoutNamesEveryPackage(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, layout, ok := strings.Cut(string(readme), "\nLayout: ")
+	if !ok {
+		t.Fatal(`README.md has no paragraph starting "Layout: "`)
+	}
+	layout, _, _ = strings.Cut(layout, "\n\n")
+	// Directories the paragraph names as a whole, each with what it holds.
+	wholes := []string{
+		"examples/",          // programs a newcomer runs
+		"e2e/cmd/",           // the programs the multi-process tests run
+		"cmd/loom/internal/", // the loom command's private code
+	}
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}}", "./...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list ./...: %v\n%s", err, out)
+	}
+	listed := 0
+	for line := range strings.Lines(string(out)) {
+		path := strings.TrimSpace(line)
+		rel, ok := strings.CutPrefix(path, "github.com/loomrt/loom")
+		if !ok || strings.HasPrefix(path, "go: ") {
+			continue
+		}
+		listed++
+		rel = strings.TrimPrefix(rel, "/")
+		if rel == "" {
+			rel = "loom"
+		}
+		if strings.Contains(layout, "`"+rel+"`") || strings.Contains(layout, "`"+rel+"/`") ||
+			slices.ContainsFunc(wholes, func(w string) bool { return strings.HasPrefix(rel+"/", w) }) {
+			continue
+		}
+		t.Errorf("README.md's Layout paragraph does not name package %s; add `%s` with what it holds", rel, rel)
+	}
+	if listed == 0 {
+		t.Fatalf("go list ./... listed no package of the module:\n%s", out)
 	}
 }
