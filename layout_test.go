@@ -3,6 +3,7 @@ package loom_test
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -82,5 +83,42 @@ func TestTheREADMELayoutNamesEveryPackage(t *testing.T) {
 	}
 	if listed == 0 {
 		t.Fatalf("go list ./... listed no package of the module:\n%s", out)
+	}
+}
+
+// TestTheDesignNotesNameEveryFileOfTheRootsStack keeps the stack of the
+// root package's files in docs/design.md complete: each file of the root
+// package (but doc.go) is named in it.
+func TestTheDesignNotesNameEveryFileOfTheRootsStack(t *testing.T) {
+	design, err := os.ReadFile("docs/design.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, stack, ok := strings.Cut(string(design), "```\nloom (root)\n")
+	if !ok {
+		t.Fatal("docs/design.md has no block starting \"loom (root)\": the stack of the root package's files")
+	}
+	stack, _, _ = strings.Cut(stack, "```")
+	named := map[string]bool{}
+	for _, f := range strings.FieldsFunc(stack, func(r rune) bool { return r == ' ' || r == ',' || r == '\n' || r == ';' }) {
+		if strings.HasSuffix(f, ".go") {
+			named[f] = true
+		}
+	}
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") || f == "doc.go" {
+			continue
+		}
+		if !named[f] {
+			t.Errorf("docs/design.md's stack of the root package does not name %s; add it where it sits, with what it holds", f)
+		}
+		delete(named, f)
+	}
+	for f := range named {
+		t.Errorf("docs/design.md's stack of the root package names %s, which the root package does not have", f)
 	}
 }
