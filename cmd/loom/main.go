@@ -15,10 +15,11 @@
 // `loom help` lists every command. Usage errors exit with status 2 and the
 // command's usage line; failures exit with 1. A first SIGINT or SIGTERM
 // stops a command in order: one that runs until stopped (up, sub, a
-// server) then exits 0, one stopped before its work was done (a batch, a
-// listing, a call) 128 + the signal's number, 130 or 143, printing no
-// error for it. A second signal exits at once with 128 + its number, as
-// loom.Run does.
+// server) then exits 0, and so does a call whose handler, asked to stop,
+// ends gracefully; one stopped before its work was done (a batch, a
+// listing, a call still looking for an instance) exits 128 + the signal's
+// number, 130 or 143, printing no error for it. A second signal exits at
+// once with 128 + its number, as loom.Run does.
 package main
 
 import (
