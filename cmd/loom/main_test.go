@@ -95,6 +95,45 @@ func TestLoomDemoBinaryExitsZero(t *testing.T) {
 	}
 }
 
+// TestTheREADMEDemoSummaryIsTheDemosOwn holds the summary README.md shows
+// for loom demo to the one it prints: the same lines in the same order,
+// each of the same shape once the measured figures, durations and
+// instance ids are set aside.
+func TestTheREADMEDemoSummaryIsTheDemosOwn(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, doc, ok := strings.Cut(string(readme), "```\nsummary\n")
+	if !ok {
+		t.Fatal("README.md shows no loom demo summary (a block starting \"summary\"); update this test with it")
+	}
+	doc, _, _ = strings.Cut(doc, "```")
+	out, err := exec.Command(loomBin, "demo", "--requests", "50").Output()
+	if err != nil {
+		t.Fatalf("loom demo: %v\n%s", err, out)
+	}
+	_, got, ok := strings.Cut(string(out), "\nsummary\n")
+	if !ok {
+		t.Fatalf("loom demo printed no summary:\n%s", out)
+	}
+	duration := regexp.MustCompile(`[0-9]+(\.[0-9]+)?(ns|µs|ms|s)\b`)
+	id := regexp.MustCompile(`\b[0-9a-f]{8,}\b`)
+	number := regexp.MustCompile(`[0-9]+(\.[0-9]+)?`)
+	shape := func(lines string) []string {
+		var shapes []string
+		for l := range strings.Lines(lines) {
+			l = number.ReplaceAllString(id.ReplaceAllString(duration.ReplaceAllString(l, "D"), "ID"), "N")
+			shapes = append(shapes, strings.TrimRight(l, "\n"))
+		}
+		return shapes
+	}
+	if want, have := shape(doc), shape(got); !slices.Equal(want, have) {
+		t.Errorf("README.md's loom demo summary, figures set aside:\n%s\nthe demo's:\n%s\nupdate README.md with a summary the demo prints",
+			strings.Join(want, "\n"), strings.Join(have, "\n"))
+	}
+}
+
 func TestLoomDemoJSONPrintsTheSummaryAsOneObject(t *testing.T) {
 	cmd := exec.Command(loomBin, "demo", "--requests", "30", "--json")
 	var stdout, stderr bytes.Buffer
