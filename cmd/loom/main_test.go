@@ -134,6 +134,65 @@ func TestTheREADMEDemoSummaryIsTheDemosOwn(t *testing.T) {
 	}
 }
 
+// TestTheLLMUpOutputTheDocsShowIsItsOwn holds what README.md and
+// docs/llm.md show `loom llm up --workers 4` print to what it prints,
+// line for line, the port and the embedded server's address set aside.
+func TestTheLLMUpOutputTheDocsShowIsItsOwn(t *testing.T) {
+	const command = "go run ./cmd/loom llm up --workers 4\n"
+	shown := map[string][]string{}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, after, ok := strings.Cut(string(readme), "\n"+command); ok {
+		for l := range strings.Lines(after) {
+			l, ok := strings.CutPrefix(l, "# ")
+			if !ok {
+				break
+			}
+			shown["README.md"] = append(shown["README.md"], strings.TrimSuffix(l, "\n"))
+		}
+	}
+	guide, err := os.ReadFile("../../docs/llm.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, after, ok := strings.Cut(string(guide), "\n$ "+command); ok {
+		for l := range strings.Lines(after) {
+			if strings.HasPrefix(l, "$ ") || strings.HasPrefix(l, "```") {
+				break
+			}
+			shown["docs/llm.md"] = append(shown["docs/llm.md"], strings.TrimSuffix(l, "\n"))
+		}
+	}
+	for _, doc := range []string{"README.md", "docs/llm.md"} {
+		if len(shown[doc]) == 0 {
+			t.Fatalf("%s no longer shows the output of %q as this test reads it; update the test", doc, strings.TrimSpace(command))
+		}
+	}
+
+	p := startLoom(t, []string{"LOOM_LOG_LEVEL=warn"}, "llm", "up", "--workers", "4", "--port", "0")
+	p.waitStdout(`^OPENAI_BASE_URL=`)
+	printed, _ := p.lines()
+	nats := regexp.MustCompile(`nats://\S+`)
+	port := regexp.MustCompile(`:[0-9]+\b`)
+	shape := func(lines []string) []string {
+		var shapes []string
+		for _, l := range lines {
+			shapes = append(shapes, port.ReplaceAllString(nats.ReplaceAllString(l, "nats://..."), ":PORT"))
+		}
+		return shapes
+	}
+	for doc, lines := range shown {
+		if want, have := shape(lines), shape(printed); !slices.Equal(want, have) {
+			t.Errorf("%s shows loom llm up --workers 4 printing, the port and NATS address set aside:\n%s\nit prints:\n%s",
+				doc, strings.Join(want, "\n"), strings.Join(have, "\n"))
+		}
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.exit()
+}
+
 func TestLoomDemoJSONPrintsTheSummaryAsOneObject(t *testing.T) {
 	cmd := exec.Command(loomBin, "demo", "--requests", "30", "--json")
 	var stdout, stderr bytes.Buffer
