@@ -391,6 +391,22 @@ func TestLoomConfigRejectsABadValueNamingIt(t *testing.T) {
 			t.Errorf("error does not name %q:\n%s", want, out)
 		}
 	}
+	// README.md shows this very command, its line and its status.
+	if ee.ExitCode() != 1 {
+		t.Errorf("loom config with a bad value exited %d; README.md says a failure exits 1", ee.ExitCode())
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, shown, ok := strings.Cut(string(readme), "$ LOOM_SHUTDOWN_TIMEOUT=\"5 parsecs\" loom config\n")
+	if !ok {
+		t.Fatal("README.md no longer shows LOOM_SHUTDOWN_TIMEOUT=\"5 parsecs\" loom config as this test reads it; update the test")
+	}
+	shown, _, _ = strings.Cut(shown, "\n")
+	if got := strings.TrimSpace(string(out)); got != shown {
+		t.Errorf("loom config with a bad value printed\n%s\nREADME.md shows\n%s", got, shown)
+	}
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
