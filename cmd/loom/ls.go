@@ -21,9 +21,11 @@ func newLs() *cobra.Command {
 		Use:   "ls [namespace[/component[/endpoint]]]",
 		Short: "List the instances registered in discovery",
 		Long: `List the instances registered in the discovery the configuration names
-(see loom config): id, endpoint, transport address, codec and age. With
+(see loom config): id, endpoint, transport, address, codec and age. With
 --json, print a JSON array of instance records; with --watch, print each
-instance as it is Added or Removed until Ctrl-C.`,
+instance as it is added or removed until Ctrl-C: those registered already
+first, each as added, then the line "# synced: what follows are changes"
+(not with --json, which prints one object per line), then the changes.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var q discovery.Query
