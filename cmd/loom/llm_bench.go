@@ -433,7 +433,7 @@ func (p *progress) end() {
 func printSummary(w io.Writer, r benchReport, runs int) {
 	target := r.URL
 	if r.Workers > 0 {
-		target = fmt.Sprintf("%d mock workers in process, router %s", r.Workers, r.Router)
+		target = fmt.Sprintf("%s in process, router %s", count(r.Workers, "mock worker"), r.Router)
 	}
 	load := fmt.Sprintf("concurrency %d", r.Concurrency)
 	if r.Rate > 0 {

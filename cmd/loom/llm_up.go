@@ -116,9 +116,9 @@ func llmUp(ctx context.Context, out, errOut io.Writer, o *llmUpOptions) error {
 		fe.Close()
 		return err
 	}
-	fmt.Fprintf(out, "loom llm up: %d mock workers of model %s", o.workers, o.worker.Card().Name)
+	fmt.Fprintf(out, "loom llm up: %s of model %s", count(o.workers, "mock worker"), o.worker.Card().Name)
 	if o.prefill > 0 {
-		fmt.Fprintf(out, " and %d prefill workers", o.prefill)
+		fmt.Fprintf(out, " and %s", count(o.prefill, "prefill worker"))
 	}
 	fmt.Fprintf(out, ", router %s, embedded nats-server at %s\n", o.fe.router, ns.ClientURL())
 	addr, every := dialable(l.Addr().String())

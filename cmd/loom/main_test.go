@@ -25,6 +25,7 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/internal/testutil"
+	"github.com/loomrt/loom/llm/bench"
 )
 
 var loomBin string
@@ -188,6 +189,25 @@ func TestTheLLMUpOutputTheDocsShowIsItsOwn(t *testing.T) {
 			t.Errorf("%s shows loom llm up --workers 4 printing, the port and NATS address set aside:\n%s\nit prints:\n%s",
 				doc, strings.Join(want, "\n"), strings.Join(have, "\n"))
 		}
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.exit()
+}
+
+// TestLLMCommandsCountWorkersInWords: one worker is "1 mock worker", one
+// prefill worker "1 prefill worker", in loom llm up's first line and in
+// loom llm bench's summary.
+func TestLLMCommandsCountWorkersInWords(t *testing.T) {
+	var sum bytes.Buffer
+	printSummary(&sum, benchReport{Result: &bench.Result{}, Router: "kv", Workers: 1}, 1)
+	if want := "loom llm bench: 1 mock worker in process, router kv;"; !strings.HasPrefix(sum.String(), want) {
+		t.Errorf("loom llm bench --workers 1 summary:\n%s\nwant it to start %q", &sum, want)
+	}
+
+	p := startLoom(t, []string{"LOOM_LOG_LEVEL=warn"}, "llm", "up", "--workers", "1", "--remote-prefill", "--prefill-workers", "1", "--port", "0")
+	first := p.waitStdout(`^loom llm up: .*`)[0]
+	if want := "loom llm up: 1 mock worker of model mock-model and 1 prefill worker, router kv, "; !strings.HasPrefix(first, want) {
+		t.Errorf("loom llm up --workers 1 --prefill-workers 1 printed\n%s\nwant it to start %q", first, want)
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	p.exit()

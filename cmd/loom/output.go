@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -68,4 +69,12 @@ func pageNote(url, addr string) string {
 		return url + " (" + everyAddressNote + ")"
 	}
 	return url
+}
+
+// count says n of noun in words: "1 mock worker", "4 mock workers".
+func count(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
