@@ -157,6 +157,7 @@ type Frontend struct {
 	mux     *http.ServeMux
 	srvMu   sync.Mutex
 	servers []*http.Server
+	done    bool // Shutdown or Close was called: Serve serves no more
 
 	stop    context.CancelFunc
 	watchWG sync.WaitGroup
@@ -289,10 +290,17 @@ func (f *Frontend) WaitSynced(ctx context.Context) error {
 }
 
 // Serve serves HTTP on l until Shutdown or Close; it returns
-// http.ErrServerClosed then.
+// http.ErrServerClosed then. Called after either, it closes l and returns
+// http.ErrServerClosed at once, so that a Serve started in a goroutine
+// that a shutdown overtook does not serve on.
 func (f *Frontend) Serve(l net.Listener) error {
 	srv := &http.Server{Handler: f.mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: f.cfg.IdleTimeout}
 	f.srvMu.Lock()
+	if f.done {
+		f.srvMu.Unlock()
+		l.Close()
+		return http.ErrServerClosed
+	}
 	f.servers = append(f.servers, srv)
 	f.srvMu.Unlock()
 	return srv.Serve(l)
@@ -303,6 +311,7 @@ func (f *Frontend) Serve(l net.Listener) error {
 // are cut), and stops the frontend's discovery watch and worker client.
 func (f *Frontend) Shutdown(ctx context.Context) error {
 	f.srvMu.Lock()
+	f.done = true
 	servers := slices.Clone(f.servers)
 	f.srvMu.Unlock()
 	var errs []error
@@ -320,6 +329,7 @@ func (f *Frontend) Shutdown(ctx context.Context) error {
 // the discovery watch and the worker client.
 func (f *Frontend) Close() {
 	f.srvMu.Lock()
+	f.done = true
 	servers := f.servers
 	f.servers = nil
 	f.srvMu.Unlock()

@@ -1207,3 +1207,46 @@ func TestAWriteDeadlineDoesNotOutliveItsRequest(t *testing.T) {
 		time.Sleep(3 * timeout) // the last request's write deadline passes
 	}
 }
+
+// A Serve that a Shutdown or Close overtook (a signal right after start,
+// with Serve in a goroutine not yet running) closes its listener and
+// returns at once: it used to serve on, and a shutdown that then waited
+// for it waited until the process's hard timeout.
+func TestServeAfterShutdownOrCloseServesNothing(t *testing.T) {
+	for _, stop := range []string{"Shutdown", "Close"} {
+		t.Run(stop, func(t *testing.T) {
+			s := newSystem(t, "tcp", nil)
+			fe, err := frontend.New(context.Background(), s.rt, frontend.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stop == "Shutdown" {
+				if err := fe.Shutdown(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				fe.Close()
+			}
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := make(chan error, 1)
+			go func() { served <- fe.Serve(l) }()
+			select {
+			case err := <-served:
+				if !errors.Is(err, http.ErrServerClosed) {
+					t.Fatalf("Serve after %s: %v; want http.ErrServerClosed", stop, err)
+				}
+			case <-time.After(10 * time.Second):
+				l.Close() // lets the old Serve return
+				<-served
+				t.Fatalf("Serve after %s was still serving after 10s", stop)
+			}
+			if c, err := net.Dial("tcp", l.Addr().String()); err == nil {
+				c.Close()
+				t.Fatalf("the listener given to Serve after %s still accepts connections", stop)
+			}
+		})
+	}
+}
