@@ -198,6 +198,16 @@ func TestLsOnMemoryDiscoverySaysItSeesOnlyItself(t *testing.T) {
 	if code := p.waitExit(); code != 0 {
 		t.Errorf("loom dashboard exited %d after Ctrl-C", code)
 	}
+	// loom llm frontend and worker too: a frontend would answer 503 for
+	// want of workers, and a worker would wait for requests, in silence.
+	for _, args := range [][]string{{"llm", "frontend", "--port", "0"}, {"llm", "worker"}} {
+		p := startLoom(t, []string{"LOOM_DISCOVERY=memory", "NATS_SERVER=" + ns.ClientURL(), "LOOM_STATUS_PORT=-1"}, args...)
+		p.waitStderr(`^loom ` + args[0] + ` ` + args[1] + `: discovery\.backend is memory, which sees only this process.*loom up`)
+		_ = p.cmd.Process.Signal(os.Interrupt)
+		if code := p.waitExit(); code != 0 {
+			t.Errorf("loom %s exited %d after Ctrl-C", strings.Join(args, " "), code)
+		}
+	}
 }
 
 // The commands that only look or call run in shells set up with loom

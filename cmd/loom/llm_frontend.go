@@ -74,6 +74,9 @@ It tokenizes in the frontend and routes each request with --router.`,
 				return &usageError{cmd, err}
 			}
 			loom.Run(func(ctx context.Context, rt *loom.Runtime) error {
+				if memoryDiscovery(rt) {
+					fmt.Fprintln(cmd.ErrOrStderr(), "loom llm frontend: discovery.backend is memory, which sees only this process, so no worker of another; start loom up and set the lines it prints in this shell (LOOM_DISCOVERY, ETCD_ENDPOINTS, NATS_SERVER), or run loom llm up")
+				}
 				return runFrontend(ctx, cmd.OutOrStdout(), rt, &o)
 			})
 			return nil

@@ -52,6 +52,9 @@ another process finds it.`,
 					kind = "prefill worker"
 				}
 				fmt.Fprintf(out, "loom llm worker: %s %x of model %s\n", kind, rt.ID(), c.Card().Name)
+				if memoryDiscovery(rt) {
+					fmt.Fprintln(cmd.ErrOrStderr(), "loom llm worker: discovery.backend is memory, which sees only this process, so no frontend of another finds this worker; start loom up and set the lines it prints in this shell (LOOM_DISCOVERY, ETCD_ENDPOINTS, NATS_SERVER)")
+				}
 				err = w.ServeUntil(ctx)
 				s := w.Stats()
 				if c.Prefill {
