@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -401,6 +402,8 @@ func (d *Dashboard) stateLocked() State {
 						inst.State = "ready"
 					}
 				}
+				b := last.build
+				inst.Build = &b
 				w := window(ring, rec.Path())
 				inst.Load = w.load()
 				inst.Load.RateHistory = slices.Clone(d.rateHistory[k])
@@ -425,10 +428,14 @@ func (d *Dashboard) stateLocked() State {
 		if ids == nil {
 			ids = []string{} // a --scrape target: no instance names it
 		}
-		st.Processes = append(st.Processes, Process{
-			Target: target, Instances: ids, Ready: last.ready, Scraped: last.at, Error: last.err,
-		})
+		p := Process{Target: target, Instances: ids, Ready: last.ready, Scraped: last.at, Error: last.err}
+		if last.err == "" {
+			b := last.build
+			p.Build = &b
+		}
+		st.Processes = append(st.Processes, p)
 	}
+	st.Builds = builds(st.Instances)
 	if st.Processes == nil {
 		st.Processes = []Process{}
 	}
@@ -464,6 +471,43 @@ func (d *Dashboard) stateLocked() State {
 		sm.KVHitRate, sm.KVUsage, sm.Waiting, sm.Reporting = hit, usage, waiting, n
 	}
 	return st
+}
+
+// builds counts the instances (and their processes) on each build, most
+// instances first, then by version and revision.
+func builds(instances []Instance) []BuildCount {
+	type key struct{ version, revision string }
+	count := map[key]*BuildCount{}
+	procs := map[key]map[string]bool{}
+	for _, inst := range instances {
+		if inst.Build == nil {
+			continue
+		}
+		k := key{inst.Build.Version, inst.Build.Revision}
+		c := count[k]
+		if c == nil {
+			c = &BuildCount{Version: k.version, Revision: k.revision}
+			count[k] = c
+			procs[k] = map[string]bool{}
+		}
+		c.Instances++
+		procs[k][inst.StatusAddr] = true
+	}
+	out := make([]BuildCount, 0, len(count))
+	for k, c := range count {
+		c.Processes = len(procs[k])
+		out = append(out, *c)
+	}
+	slices.SortFunc(out, func(a, b BuildCount) int {
+		if a.Instances != b.Instances {
+			return b.Instances - a.Instances
+		}
+		if c := strings.Compare(a.Version, b.Version); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Revision, b.Revision)
+	})
+	return out
 }
 
 // endpointWindow is an endpoint's counters at the newest scrape and their

@@ -9,7 +9,8 @@
 //   - load: each instance record names its process's status server
 //     (metadata status_addr, set when status.port turns one on); the
 //     dashboard reads its /metrics and /health every Interval and turns
-//     the counters into requests/s, in flight, errors/s and p50 / p99;
+//     the counters into requests/s, in flight, errors/s and p50 / p99,
+//     and its loom_build_info into the build the process runs;
 //   - events: its own subscription to every event follows each
 //     publisher's sequence (rate, gaps, lost), beside the loom_events_*
 //     counters of the scraped processes;

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -27,6 +28,7 @@ type sample struct {
 	events    eventCounts
 	queues    map[string]queueCounts // loom_queue_* by queue
 	serving   map[string]*family     // families the serving view reads, by name
+	build     Build                  // from loom_build_info; Version "unknown" without it
 	ready     *bool                  // from /health; nil when unknown
 	err       string                 // why the scrape failed, if it did
 }
@@ -167,6 +169,10 @@ func parseMetrics(r io.Reader, servingPrefixes []string) (*sample, error) {
 		events:    eventCounts{pubs: map[string]*pubCounts{}, subs: map[string]*subCounts{}},
 		queues:    map[string]queueCounts{},
 		serving:   map[string]*family{},
+		build:     Build{Version: UnknownBuild},
+	}
+	if mf := fams[buildInfoName]; mf != nil {
+		s.build = readBuild(mf)
 	}
 	ep := func(m *dto.Metric) *endpointCounts {
 		l := labels(m)
@@ -273,6 +279,59 @@ func parseMetrics(r io.Reader, servingPrefixes []string) (*sample, error) {
 		}
 	}
 	return s, nil
+}
+
+// buildInfoName is the gauge whose labels say which build of Loom a
+// process runs (package metrics).
+const buildInfoName = "loom_build_info"
+
+// UnknownBuild is the version of a process that does not say which build
+// it runs: an older Loom, or a process that is not Loom.
+const UnknownBuild = "unknown"
+
+// maxBuildLabel bounds each label kept from loom_build_info; a release
+// tag, a pseudo-version with +dirty, a commit hash and a Go version with
+// its experiments all fit.
+const maxBuildLabel = 128
+
+// readBuild keeps one series of loom_build_info: a process exports one,
+// and one that exports several (or values too long) is not to be
+// believed further than its first, clipped.
+func readBuild(mf *dto.MetricFamily) Build {
+	b := Build{Version: UnknownBuild}
+	ms := mf.GetMetric()
+	if len(ms) == 0 {
+		return b
+	}
+	for _, lp := range ms[0].GetLabel() {
+		switch lp.GetName() {
+		case "version":
+			b.Version = clip(lp.GetValue())
+		case "revision":
+			b.Revision = clip(lp.GetValue())
+		case "go_version":
+			b.GoVersion = clip(lp.GetValue())
+		}
+	}
+	if b.Version == "" {
+		b.Version = UnknownBuild
+	}
+	return b
+}
+
+// clip returns s as valid UTF-8 of at most maxBuildLabel bytes, cut at a
+// character boundary, with an ellipsis where it was cut.
+func clip(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= maxBuildLabel {
+		return s
+	}
+	const ellipsis = "…"
+	n := maxBuildLabel - len(ellipsis)
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + ellipsis
 }
 
 func hasPrefix(name string, prefixes []string) bool {

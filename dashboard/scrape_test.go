@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 const exposition = `# HELP loom_requests_total Requests served, by endpoint and outcome code.
@@ -94,6 +95,7 @@ func FuzzParseMetrics(f *testing.F) {
 	f.Add([]byte(exposition))
 	f.Add([]byte("# TYPE x histogram\nx_bucket{le=\"1\"} 1\nx_count 1\n"))
 	f.Add([]byte("loom_requests_in_flight{namespace=\"a\"} NaN\n"))
+	f.Add([]byte("loom_build_info{version=\"v1\",revision=\"ab\",go_version=\"go1\"} 1\nloom_build_info{version=\"v2\"} 1\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := parseMetrics(bytes.NewReader(data), []string{"loom_", "x"})
 		if err != nil {
@@ -107,6 +109,14 @@ func FuzzParseMetrics(f *testing.F) {
 			for _, sr := range f.series {
 				_ = sr.hist.quantile(0.5)
 			}
+		}
+		for _, l := range []string{s.build.Version, s.build.Revision, s.build.GoVersion} {
+			if len(l) > maxBuildLabel || !utf8.ValidString(l) {
+				t.Fatalf("build label %q: %d bytes, valid UTF-8 %v", l, len(l), utf8.ValidString(l))
+			}
+		}
+		if s.build.Version == "" {
+			t.Fatal("an empty build version, want unknown")
 		}
 	})
 }
@@ -123,4 +133,40 @@ func FuzzDecodeVarz(f *testing.F) {
 			t.Fatal("decoded a /varz without a server_id")
 		}
 	})
+}
+
+func TestParseBuildInfo(t *testing.T) {
+	long := strings.Repeat("é", 200) // 400 bytes, two to a character
+	tests := []struct {
+		name, text string
+		want       Build
+	}{
+		{"a process that says its build", `# TYPE loom_build_info gauge
+loom_build_info{go_version="go1.26.8",revision="0123456789abcdef0123456789abcdef01234567",version="v0.4.0"} 1
+`, Build{Version: "v0.4.0", Revision: "0123456789abcdef0123456789abcdef01234567", GoVersion: "go1.26.8"}},
+		{"a process that does not is unknown", exposition, Build{Version: UnknownBuild}},
+		{"an empty version is unknown", `loom_build_info{version="",go_version="go1.26.8"} 1
+`, Build{Version: UnknownBuild, GoVersion: "go1.26.8"}},
+		{"of several series only the first is kept", `# TYPE loom_build_info gauge
+loom_build_info{version="v1"} 1
+loom_build_info{version="v2"} 1
+loom_build_info{version="v3"} 1
+`, Build{Version: "v1"}},
+		{"a long value is cut at a character, with an ellipsis", `loom_build_info{version="` + long + `"} 1
+`, Build{Version: strings.Repeat("é", (maxBuildLabel-len("…"))/2) + "…"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := parseMetrics(strings.NewReader(tt.text), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.build != tt.want {
+				t.Errorf("build %+v, want %+v", s.build, tt.want)
+			}
+			if len(s.build.Version) > maxBuildLabel {
+				t.Errorf("version of %d bytes kept, want at most %d", len(s.build.Version), maxBuildLabel)
+			}
+		})
+	}
 }

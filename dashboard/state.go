@@ -31,10 +31,15 @@ type State struct {
 	History []Point `json:"history"`
 	// Processes are the status servers scraped for load.
 	Processes []Process `json:"processes"`
-	Events    Events    `json:"events"`
-	Queues    Queues    `json:"queues"`
-	NATS      NATS      `json:"nats"`
-	Serving   Serving   `json:"serving"`
+	// Builds are the builds of Loom the instances' processes run, most
+	// instances first; more than one is a rolling upgrade under way or a
+	// process left on another build. Instances whose process was not
+	// read (no status server, a failed scrape) are not counted.
+	Builds  []BuildCount `json:"builds"`
+	Events  Events       `json:"events"`
+	Queues  Queues       `json:"queues"`
+	NATS    NATS         `json:"nats"`
+	Serving Serving      `json:"serving"`
 }
 
 // Instance is one instance record, as `loom ls --json` prints it, with
@@ -63,6 +68,32 @@ type Instance struct {
 	// there is none (LoadError says why).
 	Load      *Load  `json:"load,omitempty"`
 	LoadError string `json:"load_error,omitempty"`
+	// Build is the build its process runs, from the process's last
+	// scrape; nil when that scrape failed or there is none.
+	Build *Build `json:"build,omitempty"`
+}
+
+// Build is which build of Loom a process runs, as the labels of its
+// loom_build_info say (`loom version` prints the same). Each is cut to
+// 128 bytes.
+type Build struct {
+	// Version is Loom's module version, or "unknown" (UnknownBuild)
+	// when the process exports no loom_build_info: an older Loom, or
+	// not Loom.
+	Version string `json:"version"`
+	// Revision is the commit, for a binary built from a checkout of
+	// Loom itself; GoVersion the toolchain that built it.
+	Revision  string `json:"revision,omitempty"`
+	GoVersion string `json:"go_version,omitempty"`
+}
+
+// BuildCount is one build (a version and revision) and how many
+// instances, in how many processes, run it.
+type BuildCount struct {
+	Version   string `json:"version"`
+	Revision  string `json:"revision,omitempty"`
+	Instances int    `json:"instances"`
+	Processes int    `json:"processes"`
 }
 
 // Load is an endpoint's served requests in one process. Rates are over
@@ -119,6 +150,8 @@ type Process struct {
 	Ready     *bool     `json:"ready"`
 	Scraped   time.Time `json:"scraped"`
 	Error     string    `json:"error,omitempty"`
+	// Build is the build it runs; nil when its last scrape failed.
+	Build *Build `json:"build,omitempty"`
 }
 
 // Events is the event plane as the dashboard sees it: the events its own
