@@ -18,8 +18,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/loomrt/loom/dashboard"
+	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/events"
 	"github.com/loomrt/loom/internal/browsertest"
+	"github.com/loomrt/loom/internal/buildinfo"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -139,4 +141,48 @@ func TestBrowserLive(t *testing.T) {
 	took = waitDOM(t, ctx, live, "the stopped instance leaves", row(a.ID())+` === null && `+row(b.ID())+` !== null`)
 	t.Logf("instance %x gone from the page %s after its shutdown began", a.ID(), took)
 	<-stopped
+}
+
+// The page shows each instance's build, the full revision and Go version
+// in its title, "unknown" for a process that does not say, and a note
+// while the instances run more than one build.
+func TestBrowserBuilds(t *testing.T) {
+	s := newSystem(t)
+	srv := s.dashboard(dashboard.Config{Interval: 100 * time.Millisecond})
+	ctx := browsertest.Start(t)
+	if err := chromedp.Do(ctx, chromedp.Navigate(srv.URL())); err != nil {
+		t.Fatal(err)
+	}
+	waitDOM(t, ctx, 10*time.Second, "the stream connects", `document.getElementById("conn").textContent === "live"`)
+
+	// Null until the row is on the page: a condition that throws ends the wait.
+	cell := func(id uint64) string { return "(" + row(id) + `?.querySelector(".build") ?? null)` }
+	b := buildinfo.Read()
+	a := s.serveHello(nil)
+	waitDOM(t, ctx, 10*time.Second, "the running build", fmt.Sprintf(`%s !== null && %s !== null && %[2]s.dataset.version === %q && document.getElementById("builds").hidden`, row(a.ID()), cell(a.ID()), b.Version))
+
+	reg := s.runtime()
+	oldAddr := metricsServer(t, olderBuild)
+	o1 := register(t, reg, "greet", oldAddr)
+	o2 := register(t, reg, "wave", oldAddr)
+	waitDOM(t, ctx, 10*time.Second, "the older build, its revision short and in full in the title", fmt.Sprintf(
+		`(() => { const c = %s; return c !== null && c.textContent === "v0.3.0 · 0123456789ab" && c.title.includes("0123456789abcdef0123456789abcdef01234567") && c.title.includes("go1.25.4"); })()`, cell(o1.ID)))
+	note := fmt.Sprintf("2 builds running: v0.3.0 · 0123456789ab on 2 instances, %s on 1 instance", b.Version)
+	if b.Revision != "" {
+		note = fmt.Sprintf("2 builds running: v0.3.0 · 0123456789ab on 2 instances, %s · %.12s on 1 instance", b.Version, b.Revision)
+	}
+	waitDOM(t, ctx, 10*time.Second, "the note of two builds", fmt.Sprintf(`(() => { const n = document.getElementById("builds"); return !n.hidden && n.textContent === %q; })()`, note))
+
+	n := register(t, reg, "greet", metricsServer(t, noBuild))
+	waitDOM(t, ctx, 10*time.Second, "unknown for a process that does not say", fmt.Sprintf(
+		`(() => { const c = %s; return c !== null && c.textContent === "unknown" && %s?.innerText.includes("3") && document.getElementById("builds").dataset.builds === "3"; })()`, cell(n.ID), row(n.ID)))
+	waitDOM(t, ctx, 10*time.Second, "the processes' builds", fmt.Sprintf(
+		`(() => { const r = document.querySelector('tr[data-process="%s"]'); return r !== null && r.innerText.includes("v0.3.0"); })()`, oldAddr))
+
+	for _, inst := range []discovery.Instance{o1, o2, n} {
+		if err := reg.Discovery().Unregister(context.Background(), inst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitDOM(t, ctx, 10*time.Second, "no note with one build", `document.getElementById("builds").hidden && document.querySelectorAll("tr.inst").length === 1`)
 }

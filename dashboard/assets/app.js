@@ -106,6 +106,31 @@ function charts(st) {
   chart($("chart-events"), [{ values: h.map((p) => p.events_per_second), color: "var(--good)" }]);
 }
 
+// A build as the page shows it: the version, and the revision's first 12
+// characters (as a Go pseudo-version has them); the full revision and the
+// Go version are in its title. No build read: "–".
+function build(b) {
+  if (!b) return `<span class="build none">–</span>`;
+  const rev = b.revision ? " · " + b.revision.slice(0, 12) : "";
+  const title = `version ${b.version}\nrevision ${b.revision || "–"}\n${b.go_version || "Go version unknown"}`;
+  return `<span class="build${b.version === "unknown" ? " unknown" : ""}" title="${esc(title)}" data-version="${esc(b.version)}">${esc(b.version + rev)}</span>`;
+}
+
+// More than one build among the instances: a rolling upgrade under way, or
+// a process left on another build.
+function buildsNote(st) {
+  const bs = st.builds || [];
+  const el = $("builds");
+  el.hidden = bs.length < 2;
+  el.dataset.builds = String(bs.length);
+  if (el.hidden) { el.innerHTML = ""; return; }
+  const shown = 6;
+  const one = (b) => `<b class="mono" title="${esc(b.revision ? "revision " + b.revision : "")}">${esc(b.version + (b.revision ? " · " + b.revision.slice(0, 12) : ""))}</b> on ${b.instances} instance${b.instances === 1 ? "" : "s"}`;
+  const parts = bs.slice(0, shown).map(one);
+  if (bs.length > shown) parts.push(`${bs.length - shown} more`);
+  el.innerHTML = `${bs.length} builds running: ${parts.join(", ")}`;
+}
+
 function topology(st) {
   if (st.discovery_error) {
     $("topology").innerHTML = `<div class="err-text">${esc(st.discovery_error)}</div>`;
@@ -120,13 +145,13 @@ function topology(st) {
   for (const i of st.instances) {
     if (i.namespace !== ns) {
       ns = i.namespace; comp = null; ep = null;
-      rows.push(`<tr class="ns" data-namespace="${esc(ns)}"><td colspan="14">${esc(ns)}</td></tr>`);
+      rows.push(`<tr class="ns" data-namespace="${esc(ns)}"><td colspan="15">${esc(ns)}</td></tr>`);
     }
     const path = `${i.namespace}/${i.component}/${i.endpoint}`;
     if (i.component !== comp || path !== ep) {
       comp = i.component; ep = path;
       const n = st.instances.filter((x) => x.namespace === i.namespace && x.component === i.component && x.endpoint === i.endpoint).length;
-      rows.push(`<tr class="ep" data-endpoint-group="${esc(path)}"><td colspan="14">${esc(i.component)} › <b>${esc(i.endpoint)}</b> <span class="note">${n} instance${n === 1 ? "" : "s"}</span></td></tr>`);
+      rows.push(`<tr class="ep" data-endpoint-group="${esc(path)}"><td colspan="15">${esc(i.component)} › <b>${esc(i.endpoint)}</b> <span class="note">${n} instance${n === 1 ? "" : "s"}</span></td></tr>`);
     }
     const l = i.load;
     const transport = i.transport + (i.tls ? "+tls" : "");
@@ -136,9 +161,9 @@ function topology(st) {
       : [`<td colspan="7" class="note" title="${esc(i.load_error)}">${esc(i.load_error || "no load data")}</td>`];
     rows.push(`<tr class="inst" data-instance="${esc(i.id)}" data-endpoint="${esc(path)}" data-requests="${l ? l.requests_total : ""}">` +
       td(esc(i.id)) + td(esc(transport)) + td(esc(i.address), "mono") + td(esc(i.codec)) + tdn(age(i.age_seconds)) +
-      td(`<span class="state ${esc(i.state)}">${esc(i.state)}</span>`) + td(esc(i.status_addr || "–"), "mono") + loadCells.join("") + "</tr>");
+      td(`<span class="state ${esc(i.state)}">${esc(i.state)}</span>`) + td(esc(i.status_addr || "–"), "mono") + td(build(i.build)) + loadCells.join("") + "</tr>");
   }
-  $("topology").innerHTML = table(["instance", "transport", "address", "codec", "#age", "state", "status", "#req/s", "#in flight", "#err/s", "#p50 ms", "#p99 ms", "#requests", "req/s"], rows, "");
+  $("topology").innerHTML = table(["instance", "transport", "address", "codec", "#age", "state", "status", "build", "#req/s", "#in flight", "#err/s", "#p50 ms", "#p99 ms", "#requests", "req/s"], rows, "");
 }
 
 function eventsView(st) {
@@ -197,8 +222,8 @@ function nats(st) {
 }
 
 function processes(st) {
-  $("processes").innerHTML = table(["status server", "instances", "ready", "error"],
-    st.processes.map((p) => "<tr>" + td(esc(p.target), "mono") + td(esc((p.instances || []).join(", ") || "–"), "mono") + td(p.ready === null ? "–" : p.ready ? "yes" : '<span class="bad">no</span>') + td(esc(p.error || ""), "err-text") + "</tr>"),
+  $("processes").innerHTML = table(["status server", "instances", "ready", "build", "error"],
+    st.processes.map((p) => `<tr data-process="${esc(p.target)}">` + td(esc(p.target), "mono") + td(esc((p.instances || []).join(", ") || "–"), "mono") + td(p.ready === null ? "–" : p.ready ? "yes" : '<span class="bad">no</span>') + td(build(p.build)) + td(esc(p.error || ""), "err-text") + "</tr>"),
     "No status servers named in the instance records (run components with LOOM_STATUS_PORT=-1).");
 }
 
@@ -232,7 +257,7 @@ function servingView(st) {
 function render(st) {
   window.loomState = st;
   $("meta").textContent = `${st.discovery} discovery · ${st.nats.url || "no NATS"} · updated ${new Date(st.time).toLocaleTimeString()}`;
-  for (const f of [tiles, charts, topology, servingView, eventsView, queues, nats, processes]) {
+  for (const f of [tiles, charts, buildsNote, topology, servingView, eventsView, queues, nats, processes]) {
     try { f(st); } catch (e) { console.error(f.name, e); }
   }
   document.body.dataset.updated = st.time;
