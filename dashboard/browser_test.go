@@ -179,7 +179,15 @@ func TestBrowserBuilds(t *testing.T) {
 	waitDOM(t, ctx, 10*time.Second, "the processes' builds", fmt.Sprintf(
 		`(() => { const r = document.querySelector('tr[data-process="%s"]'); return r !== null && r.innerText.includes("v0.3.0"); })()`, oldAddr))
 
-	for _, inst := range []discovery.Instance{o1, o2, n} {
+	// Many builds: the note names six, and says how many more.
+	gone := []discovery.Instance{o1, o2, n}
+	for i := range 5 {
+		text := fmt.Sprintf("loom_build_info{version=\"v0.2.%d\"} 1\n", i)
+		gone = append(gone, register(t, reg, "greet", metricsServer(t, text)))
+	}
+	waitDOM(t, ctx, 10*time.Second, "the note of eight builds", `(() => { const n = document.getElementById("builds"); return n.textContent.startsWith("8 builds running: v0.3.0 · 0123456789ab on 2 instances, ") && n.textContent.endsWith(", 2 more") && n.querySelectorAll("b").length === 6; })()`)
+
+	for _, inst := range gone {
 		if err := reg.Discovery().Unregister(context.Background(), inst); err != nil {
 			t.Fatal(err)
 		}
