@@ -139,6 +139,7 @@ func TestDiscoveryAcrossProcesses(t *testing.T) {
 			// `loom ls --watch` shows it go.
 			watch := start(t, env, "loom", "ls", "--watch", "--json", "hello")
 			watch.waitLine(`{"event":"added","instance":{"namespace":"hello"`, 10*time.Second)
+			watch.waitLine(`{"event":"synced"}`, 10*time.Second) // after the three servers
 			termed.signal(syscall.SIGTERM)
 			gone := waitGone(t, env, termID, 5*time.Second)
 			if code := termed.wait(15 * time.Second); code != 0 {

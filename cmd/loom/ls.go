@@ -25,7 +25,8 @@ func newLs() *cobra.Command {
 --json, print a JSON array of instance records; with --watch, print each
 instance as it is added or removed until Ctrl-C: those registered already
 first, each as added, then the line "# synced: what follows are changes"
-(not with --json, which prints one object per line), then the changes.`,
+(with --json, which prints one object per line, {"event":"synced"}), then
+the changes.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var q discovery.Query
@@ -92,14 +93,12 @@ func watchInstances(ctx context.Context, out io.Writer, d discovery.Discovery, q
 	enc := json.NewEncoder(out)
 	for ev := range events {
 		switch {
-		case ev.Kind == discovery.Synced:
-			if !asJSON {
-				fmt.Fprintln(out, "# synced: what follows are changes")
-			}
+		case ev.Kind == discovery.Synced && !asJSON:
+			fmt.Fprintln(out, "# synced: what follows are changes")
 		case asJSON:
 			if err := enc.Encode(struct {
 				Event    string             `json:"event"`
-				Instance discovery.Instance `json:"instance"`
+				Instance discovery.Instance `json:"instance,omitzero"`
 			}{ev.Kind.String(), ev.Instance}); err != nil {
 				return err
 			}

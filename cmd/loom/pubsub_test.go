@@ -429,6 +429,7 @@ func TestCommandsThatRunUntilCtrlCExitZeroOnSIGINT(t *testing.T) {
 			{[]string{"sub", "dyn/*", "kv_events"}, stderrStarts("loom sub: subscribed to"),
 				"loom sub: 0 events; lost 0, dropped 0, reordered 0, duplicates 0, malformed 0"},
 			{[]string{"ls", "--watch"}, func(o, _ []string) bool { return len(o) > 0 && o[0] == "# synced: what follows are changes" }, ""},
+			{[]string{"ls", "--watch", "--json"}, func(o, _ []string) bool { return len(o) > 0 && o[0] == `{"event":"synced"}` }, ""},
 			{[]string{"dashboard", "--addr", "127.0.0.1:0", "--nats-monitor", "off"}, stderrStarts("loom dashboard: http://"), ""},
 			{[]string{"up", "--data-dir", t.TempDir(), "--discovery", "natskv", "--nats-port", "0", "--monitor-port", "0"},
 				stderrStarts("loom up: serving"), "loom up: stopping"},
