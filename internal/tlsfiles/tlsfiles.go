@@ -10,6 +10,11 @@
 // identity, size or modification time), at the next TLS handshake, keeping
 // the last files that loaded if the new ones do not; the NATS connection
 // at every reconnect. At start-up, files that do not load are an error.
+//
+// The etcd discovery backend's settings (discovery.etcd_tls_*, set by
+// Dynamo's ETCD_AUTH_* variables) may hold the PEM text itself instead of
+// a file name, as Dynamo reads them: [CAPoolOrPEM] and [KeyPairOrPEM] take
+// either, and their errors never repeat the text.
 package tlsfiles
 
 import (
@@ -19,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -39,6 +45,39 @@ func CAPool(key, file string) (*x509.CertPool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", key, file, err)
 	}
+	return caPool(key, file, data)
+}
+
+// PEMText stands for a setting's PEM text in errors and logs.
+const PEMText = "(PEM text)"
+
+// IsPEM reports whether a setting's value is PEM text rather than the
+// name of a file: whether it begins, after white space, with -----BEGIN.
+func IsPEM(value string) bool {
+	return strings.HasPrefix(strings.TrimSpace(value), "-----BEGIN")
+}
+
+// Shown returns value as errors and logs may show it: PEMText for PEM
+// text, which may be a private key, else value.
+func Shown(value string) string {
+	if IsPEM(value) {
+		return PEMText
+	}
+	return value
+}
+
+// CAPoolOrPEM is CAPool for a setting that holds either the name of a
+// file or the PEM text itself (see IsPEM).
+func CAPoolOrPEM(key, value string) (*x509.CertPool, error) {
+	if !IsPEM(value) {
+		return CAPool(key, value)
+	}
+	// pem.Decode finds no block after spaces that begin a line.
+	return caPool(key, PEMText, []byte(strings.TrimSpace(value)))
+}
+
+// caPool reads the certificates in data, which came from name.
+func caPool(key, name string, data []byte) (*x509.CertPool, error) {
 	// x509.CertPool.AppendCertsFromPEM skips a block that does not
 	// parse: a CA cut short in a bundle would only show as handshakes
 	// failing with an unknown authority.
@@ -56,12 +95,12 @@ func CAPool(key, file string) (*x509.CertPool, error) {
 		n++
 		cert, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%s %s: certificate %d does not parse (%w); fix or remove it", key, file, n, err)
+			return nil, fmt.Errorf("%s %s: certificate %d does not parse (%w); fix or remove it", key, name, n, err)
 		}
 		pool.AddCert(cert)
 	}
 	if n == 0 {
-		return nil, fmt.Errorf("%s %s %w; give a file of -----BEGIN CERTIFICATE----- blocks", key, file, ErrNoCertificate)
+		return nil, fmt.Errorf("%s %s %w; give a file of -----BEGIN CERTIFICATE----- blocks", key, name, ErrNoCertificate)
 	}
 	return pool, nil
 }
@@ -83,17 +122,51 @@ func KeyPair(certKey, certFile, keyKey, keyFile string) (tls.Certificate, error)
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("%s %s / %s %s: %w", certKey, certFile, keyKey, keyFile, err)
 	}
+	return current(certKey, certFile, cert)
+}
+
+// KeyPairOrPEM is KeyPair for settings that each hold either the name of
+// a file or the PEM text itself (see IsPEM).
+func KeyPairOrPEM(certKey, cert, keyKey, key string) (tls.Certificate, error) {
+	if cert == "" || key == "" {
+		return KeyPair(certKey, Shown(cert), keyKey, Shown(key)) // the error for one unset
+	}
+	read := func(value string) (name string, data []byte, err error) {
+		if IsPEM(value) {
+			return PEMText, []byte(strings.TrimSpace(value)), nil
+		}
+		data, err = os.ReadFile(value)
+		return value, data, err
+	}
+	certName, certPEM, err := read(cert)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("%s %s: %w", certKey, certName, err)
+	}
+	keyName, keyPEM, err := read(key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("%s %s: %w", keyKey, keyName, err)
+	}
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("%s %s / %s %s: %w", certKey, certName, keyKey, keyName, err)
+	}
+	return current(certKey, certName, c)
+}
+
+// current returns cert unless it has expired.
+func current(certKey, certName string, cert tls.Certificate) (tls.Certificate, error) {
+	var err error
 	leaf := cert.Leaf
 	if leaf == nil {
 		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
-			return tls.Certificate{}, fmt.Errorf("%s %s: %w", certKey, certFile, err)
+			return tls.Certificate{}, fmt.Errorf("%s %s: %w", certKey, certName, err)
 		}
 	}
 	// Every peer refuses an expired certificate: say so now, not in
 	// each handshake.
 	if time.Now().After(leaf.NotAfter) {
 		return tls.Certificate{}, fmt.Errorf("%s %s: the certificate %w on %s; renew it",
-			certKey, certFile, ErrExpired, leaf.NotAfter.UTC().Format(time.RFC3339))
+			certKey, certName, ErrExpired, leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return cert, nil
 }

@@ -125,3 +125,83 @@ func TestKeyPair(t *testing.T) {
 		})
 	}
 }
+
+func read(t *testing.T, name string) string {
+	t.Helper()
+	data, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func TestCAPoolOrPEM(t *testing.T) {
+	cert, _ := selfSigned(t)
+	for _, tt := range []struct {
+		name, value string
+		wantErr     string
+	}{
+		{name: "a file name loads the file", value: cert},
+		{name: "PEM text loads as it is", value: read(t, cert)},
+		{name: "PEM text after white space is PEM text", value: "\n  " + read(t, cert)},
+		{name: "a missing file names the key and the file", value: "/no/ca.pem", wantErr: "x.ca /no/ca.pem: open /no/ca.pem"},
+		{name: "PEM text without a certificate is named as PEM text", value: "-----BEGIN NOTHING-----\n",
+			wantErr: "x.ca (PEM text) holds no PEM certificate"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pool, err := tlsfiles.CAPoolOrPEM("x.ca", tt.value)
+			if tt.wantErr == "" {
+				if err != nil || pool == nil {
+					t.Fatalf("CAPoolOrPEM = %v, %v", pool, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestKeyPairOrPEM(t *testing.T) {
+	cert, key := selfSigned(t)
+	certPEM, keyPEM := read(t, cert), read(t, key)
+	expiredCert, expiredKey := testutil.SelfSignedCert(t, time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC))
+	for _, tt := range []struct {
+		name      string
+		cert, key string
+		wantErr   []string
+	}{
+		{name: "files load", cert: cert, key: key},
+		{name: "PEM texts load", cert: certPEM, key: keyPEM},
+		{name: "a PEM certificate and a key file load", cert: certPEM, key: key},
+		{name: "a PEM key without its certificate is named, never shown", key: keyPEM,
+			wantErr: []string{"x.key (PEM text) is set without x.cert"}},
+		{name: "a missing key file names its key", cert: certPEM, key: "/no/key.pem", wantErr: []string{"x.key /no/key.pem: open"}},
+		{name: "a key that does not match names both", cert: certPEM, key: read(t, expiredKey),
+			wantErr: []string{"x.cert (PEM text) / x.key (PEM text)"}},
+		{name: "an expired PEM certificate is refused", cert: read(t, expiredCert), key: read(t, expiredKey),
+			wantErr: []string{"x.cert (PEM text): the certificate expired"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := tlsfiles.KeyPairOrPEM("x.cert", tt.cert, "x.key", tt.key)
+			if tt.wantErr == nil {
+				if err != nil || len(c.Certificate) != 1 {
+					t.Fatalf("KeyPairOrPEM = %d certificates, %v", len(c.Certificate), err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("err = %q, want it to contain %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "PRIVATE KEY") {
+				t.Errorf("err shows the key: %q", err)
+			}
+		})
+	}
+}
