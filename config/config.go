@@ -8,7 +8,8 @@
 //  4. the file named by LOOM_CONFIG
 //  5. environment variables: LOOM_<KEY> (the key upper-cased, dots as
 //     underscores) and the names the NATS and etcd tooling already uses
-//     (NATS_SERVER, NATS_AUTH_*, ETCD_ENDPOINTS), listed in each key's `env` tag
+//     (NATS_SERVER, NATS_AUTH_*, ETCD_ENDPOINTS, ETCD_AUTH_*), listed in each
+//     key's `env` tag
 //  6. values set in code with [WithValue]
 //
 // Every key is a field of [Config]; its dotted name comes from the `key`
@@ -101,6 +102,13 @@ type Discovery struct {
 	EtcdEndpoints []string      `key:"etcd_endpoints" env:"ETCD_ENDPOINTS" default:"http://127.0.0.1:2379" doc:"etcd client URLs, comma-separated."`
 	LeaseTTL      time.Duration `key:"lease_ttl" default:"10s" min:"1s" doc:"How long an instance outlives its process's last keep-alive; rounded up to whole seconds, and on etcd to at least etcd's minimum lease TTL, 1.5 election timeouts (2s with etcd's defaults)."`
 	DialTimeout   time.Duration `key:"dial_timeout" default:"5s" min:"0s" nonzero:"0 would leave no time to reach the store; write a positive duration such as 5s" doc:"How long reaching the discovery store may take before start-up fails."`
+	// Keys of the etcd backend's authentication and TLS, set by the
+	// variables Dynamo's etcd client reads.
+	EtcdUsername    string `key:"etcd_username" env:"ETCD_AUTH_USERNAME" doc:"etcd user for user/password auth, with discovery.etcd_password."`
+	EtcdPassword    string `key:"etcd_password" env:"ETCD_AUTH_PASSWORD" secret:"true" doc:"Password of discovery.etcd_username."`
+	EtcdTLSCAFile   string `key:"etcd_tls_ca_file" env:"ETCD_AUTH_CA" doc:"CAs to verify etcd with: a PEM file, or the PEM text itself (a value beginning with -----BEGIN). Needs https:// endpoints, which without it are verified with the system's CAs. A file is read again when it changes."`
+	EtcdTLSCertFile string `key:"etcd_tls_cert_file" env:"ETCD_AUTH_CLIENT_CERT" doc:"Client certificate for mutual TLS with etcd, with discovery.etcd_tls_key_file: a PEM file or PEM text. Needs https:// endpoints. A file is read again when it changes."`
+	EtcdTLSKeyFile  string `key:"etcd_tls_key_file" env:"ETCD_AUTH_CLIENT_KEY" secret:"true" doc:"Key of discovery.etcd_tls_cert_file: a PEM file or PEM text."`
 	// Keys of the kubernetes backend.
 	Kubeconfig          string `key:"kubeconfig" env:"KUBECONFIG" doc:"kubeconfig file(s) the kubernetes backend reaches the API server with; empty: the Pod's service account in a cluster, else ~/.kube/config."`
 	KubernetesNamespace string `key:"kubernetes_namespace" env:"POD_NAMESPACE" doc:"Kubernetes namespace of the kubernetes backend's Lease records; empty: the Pod's, else the kubeconfig context's, else default."`

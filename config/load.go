@@ -208,7 +208,64 @@ func crossCheck(c *Config, sources map[string]string) []error {
 		errs = append(errs, &Error{Key: "queue.backoff_initial", Value: q.BackoffInitial.String(), Source: sources["queue.backoff_initial"],
 			Err: fmt.Errorf("above queue.backoff_max (%s): the first retry delay cannot exceed the longest; lower it or raise queue.backoff_max", q.BackoffMax)})
 	}
+	if c.Discovery.Backend == "etcd" {
+		errs = append(errs, etcdChecks(&c.Discovery, sources)...)
+	}
 	return errs
+}
+
+// etcdChecks checks the etcd backend's authentication and TLS keys
+// together, where etcd's client would otherwise ignore a setting without
+// a word. Other backends do not read them, so they are not checked then.
+func etcdChecks(d *Discovery, sources map[string]string) []error {
+	var errs []error
+	bad := func(key, value string, err error) {
+		errs = append(errs, &Error{Key: key, Value: value, Source: sources[key], Err: err})
+	}
+	// Neither is used without the other.
+	switch {
+	case d.EtcdPassword != "" && d.EtcdUsername == "":
+		bad("discovery.etcd_password", Mask, errors.New("set without discovery.etcd_username (ETCD_AUTH_USERNAME); a password needs its user"))
+	case d.EtcdUsername != "" && d.EtcdPassword == "":
+		bad("discovery.etcd_username", d.EtcdUsername, errors.New("set without discovery.etcd_password (ETCD_AUTH_PASSWORD); etcd's client sends no credentials for a user alone (a user without a password is authenticated by a client certificate's common name: set discovery.etcd_tls_cert_file instead)"))
+	}
+	switch {
+	case d.EtcdTLSCertFile != "" && d.EtcdTLSKeyFile == "":
+		bad("discovery.etcd_tls_cert_file", shown(d.EtcdTLSCertFile), errors.New("set without discovery.etcd_tls_key_file (ETCD_AUTH_CLIENT_KEY); a certificate needs its key"))
+	case d.EtcdTLSKeyFile != "" && d.EtcdTLSCertFile == "":
+		bad("discovery.etcd_tls_key_file", Mask, errors.New("set without discovery.etcd_tls_cert_file (ETCD_AUTH_CLIENT_CERT); a key needs its certificate"))
+	}
+	// etcd's client takes the scheme of the first endpoint for all of
+	// them: http:// drops TLS, whatever else is configured.
+	var plain, secure []string
+	for _, ep := range d.EtcdEndpoints {
+		switch {
+		case hasScheme(ep, "http://"):
+			plain = append(plain, ep)
+		case hasScheme(ep, "https://"):
+			secure = append(secure, ep)
+		}
+	}
+	var tlsKeys []string
+	if d.EtcdTLSCAFile != "" {
+		tlsKeys = append(tlsKeys, "discovery.etcd_tls_ca_file")
+	}
+	if d.EtcdTLSCertFile != "" {
+		tlsKeys = append(tlsKeys, "discovery.etcd_tls_cert_file")
+	}
+	switch {
+	case len(plain) > 0 && len(tlsKeys) > 0:
+		bad("discovery.etcd_endpoints", strings.Join(d.EtcdEndpoints, ","), fmt.Errorf(
+			"%s set, but etcd's client uses no TLS with http:// endpoints (%s); write them https://", strings.Join(tlsKeys, " and "), strings.Join(plain, ",")))
+	case len(plain) > 0 && len(secure) > 0:
+		bad("discovery.etcd_endpoints", strings.Join(d.EtcdEndpoints, ","), errors.New(
+			"mixes http:// and https://, but etcd's client uses the first endpoint's scheme for every one; write them all https:// (or all http://)"))
+	}
+	return errs
+}
+
+func hasScheme(endpoint, scheme string) bool {
+	return len(endpoint) >= len(scheme) && strings.EqualFold(endpoint[:len(scheme)], scheme)
 }
 
 // toolEnv lists the LOOM_* variables that are not configuration but are

@@ -8,24 +8,39 @@ import (
 // Mask replaces the value of a secret key that is set, when printed.
 const Mask = "****"
 
+// PEMText stands for a value that is PEM text (the etcd backend's TLS
+// keys take a file or its text), which would not fit on a line, when printed.
+const PEMText = "(PEM text)"
+
+// shown returns v, or PEMText if v is PEM text.
+func shown(v string) string {
+	if strings.HasPrefix(strings.TrimSpace(v), "-----BEGIN") {
+		return PEMText
+	}
+	return v
+}
+
 // Setting is one line of `loom config`: a key, its effective value as text
 // and the value's source.
 type Setting struct {
 	Key    string `json:"key"`
-	Value  string `json:"value"` // Mask for a secret that is set
+	Value  string `json:"value"` // Mask for a secret that is set, PEMText for PEM text
 	Source string `json:"source"`
 }
 
 // Settings returns the effective value and source of every key, in the
-// order of [Keys], with secrets masked. Lists are written comma-separated
+// order of [Keys], with secrets masked and PEM text shown as PEMText. Lists are written comma-separated
 // and durations in Go syntax.
 func (l *Loaded) Settings() []Setting {
 	s, _ := loadSchema()
 	out := make([]Setting, len(s.fields))
 	for i, f := range s.fields {
 		v := f.kind.format(f.get(&l.Config))
-		if f.Secret && v != "" {
+		switch {
+		case f.Secret && v != "":
 			v = Mask
+		case f.kind == kindString:
+			v = shown(v)
 		}
 		out[i] = Setting{Key: f.Name, Value: v, Source: l.sources[f.Name]}
 	}
