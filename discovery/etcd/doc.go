@@ -9,6 +9,26 @@
 //	inst.ID = d.ID()
 //	err = d.Register(ctx, inst)
 //
+// # Authentication and TLS
+//
+// [Config.Username] and [Config.Password] authenticate to an etcd with
+// authentication enabled; [Config.TLSCAFile], [Config.TLSCertFile] and
+// [Config.TLSKeyFile] verify etcd's certificate and present a client
+// certificate to an etcd that requires one (--client-cert-auth). Both may
+// be used at once, as etcd allows; with both, etcd takes the user from
+// the password, not from the certificate. Each TLS setting is the name of
+// a PEM file or the PEM text itself. In the configuration they are
+// discovery.etcd_username, etcd_password and etcd_tls_*, set by the
+// variables Dynamo's etcd client reads: ETCD_AUTH_USERNAME,
+// ETCD_AUTH_PASSWORD, ETCD_AUTH_CA, ETCD_AUTH_CLIENT_CERT and
+// ETCD_AUTH_CLIENT_KEY. (Dynamo uses user/password or TLS, the first if
+// both are set; Loom uses both.)
+//
+// The TLS files are read again when they change on disk: each new
+// connection to etcd uses the CA and client certificate on disk then.
+// A refused password, an etcd that requires authentication, and a TLS
+// handshake that fails are errors of New that name the settings to check.
+//
 // # Leases and instance ids
 //
 // A [Discovery] holds one lease, kept alive in the background, and writes

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,8 +57,31 @@ type Config struct {
 	// fails with it. A program that would rather exit and be restarted,
 	// as Dynamo's workers do, watches Done.
 	FailOnLeaseLoss bool
+	// Username and Password authenticate to an etcd with authentication
+	// enabled (config keys discovery.etcd_username and etcd_password, set
+	// by Dynamo's ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD): both or
+	// neither. They may be used with TLS and a client certificate.
+	Username, Password string
+	// TLSCAFile, TLSCertFile and TLSKeyFile set up TLS with etcd (config
+	// keys discovery.etcd_tls_ca_file, etcd_tls_cert_file and
+	// etcd_tls_key_file, set by Dynamo's ETCD_AUTH_CA,
+	// ETCD_AUTH_CLIENT_CERT and ETCD_AUTH_CLIENT_KEY). Each holds the name
+	// of a PEM file or the PEM text itself (a value beginning with
+	// -----BEGIN). TLSCAFile holds the CAs etcd's certificate is verified
+	// with, empty for the system's; TLSCertFile and TLSKeyFile a client
+	// certificate and its key, for etcd's --client-cert-auth, both or
+	// neither. Setting any needs https:// endpoints (or endpoints without
+	// a scheme); https:// alone verifies etcd with the system's CAs.
+	//
+	// Files are read again when they change on disk (their identity, size
+	// or modification time): each new connection to etcd uses them as
+	// they are then, so a renewed certificate or CA is used without a
+	// restart from the next reconnection. Files that do not load leave the
+	// last ones that loaded in use, with a warning.
+	TLSCAFile, TLSCertFile, TLSKeyFile string
 	// Configure, if set, edits the etcd client's configuration last, for
-	// TLS, authentication and anything else the fields above do not cover.
+	// anything the fields above do not cover. With the TLS fields set,
+	// the TLS it sets is not used.
 	Configure func(*clientv3.Config)
 }
 
@@ -70,10 +94,28 @@ type UnreachableError struct {
 	Endpoints []string
 	After     time.Duration
 	Err       error // the last error from the etcd client
+	tls       bool  // the client used TLS
 }
 
+// tlsKeys names the settings of TLS with etcd, for errors.
+const tlsKeys = "discovery.etcd_tls_ca_file (ETCD_AUTH_CA), the CAs etcd's certificate is verified with, " +
+	"and discovery.etcd_tls_cert_file and etcd_tls_key_file (ETCD_AUTH_CLIENT_CERT, ETCD_AUTH_CLIENT_KEY), the client certificate etcd verifies"
+
+// Error says what to check: the TLS settings if the last error tells of
+// a TLS handshake that failed, else the endpoints. With TLS 1.3, etcd
+// refuses a client certificate after the client has finished its
+// handshake, so the client may see only the connection dropped: over
+// TLS, a dropped connection names the TLS settings too.
 func (e *UnreachableError) Error() string {
-	return fmt.Sprintf("discovery: etcd at %s unreachable after %v (check ETCD_ENDPOINTS)", strings.Join(e.Endpoints, ","), e.After)
+	eps := strings.Join(e.Endpoints, ",")
+	switch {
+	case e.Err != nil && isTLSFailure(e.Err):
+		return fmt.Sprintf("discovery: etcd at %s unreachable after %v: the TLS handshake failed (%v) (check %s)", eps, e.After, e.Err, tlsKeys)
+	case e.Err != nil && e.tls && isDropped(e.Err):
+		return fmt.Sprintf("discovery: etcd at %s unreachable after %v: etcd dropped the connection (%v) (check ETCD_ENDPOINTS, and, as etcd drops a client whose certificate it refuses, %s)",
+			eps, e.After, e.Err, tlsKeys)
+	}
+	return fmt.Sprintf("discovery: etcd at %s unreachable after %v (check ETCD_ENDPOINTS)", eps, e.After)
 }
 
 func (e *UnreachableError) Unwrap() error { return e.Err }
@@ -146,6 +188,9 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
+	if err := checkAuth(cfg); err != nil {
+		return nil, err
+	}
 	cfg.Endpoints = append([]string(nil), cfg.Endpoints...)
 	base := cfg.Logger
 	if base == nil {
@@ -172,12 +217,29 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 			}),
 		},
 	}
+	ccfg.Username, ccfg.Password = cfg.Username, cfg.Password
+	var creds *tlsFiles
+	if cfg.TLSCAFile != "" || cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+		var err error
+		if creds, err = newTLSFiles(log, cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
+			return nil, fmt.Errorf("discovery: etcd TLS: %w", err)
+		}
+	}
 	if cfg.Configure != nil {
 		cfg.Configure(&ccfg)
 	}
+	if creds != nil {
+		// The client dials with its dial options after its own
+		// credentials: the last credentials given are used.
+		ccfg.DialOptions = append(slices.Clip(ccfg.DialOptions), grpc.WithTransportCredentials(tlsCreds{creds}))
+	}
+	// The time to connect runs from here: with a user, the client
+	// authenticates before it returns.
+	gctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
+	defer cancel()
 	cli, err := clientv3.New(ccfg)
 	if err != nil {
-		return nil, fmt.Errorf("discovery: etcd client for %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		return nil, connectError(ctx, gctx, cfg, err)
 	}
 	d := &Discovery{
 		cfg:     cfg,
@@ -195,18 +257,10 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		reconnects:  make(chan struct{}),
 	}
 
-	gctx, cancel := context.WithTimeout(ctx, cfg.DialTimeout)
-	defer cancel()
 	lease, ttl, err := d.grant(gctx, 0)
 	if err != nil {
 		cli.Close()
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("discovery: connecting to etcd at %s: %w", strings.Join(cfg.Endpoints, ","), ctx.Err())
-		}
-		if gctx.Err() != nil || isUnavailable(err) {
-			return nil, &UnreachableError{Endpoints: cfg.Endpoints, After: cfg.DialTimeout, Err: err}
-		}
-		return nil, fmt.Errorf("discovery: etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
+		return nil, connectError(ctx, gctx, cfg, err)
 	}
 	d.id = uint64(lease)
 	d.lease, d.ttl = lease, ttl
@@ -225,6 +279,63 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 			"asked", cfg.LeaseTTL, "granted", ttl, "lease", hex(lease))
 	}
 	return d, nil
+}
+
+// checkAuth refuses settings the etcd client would ignore without a word.
+func checkAuth(cfg Config) error {
+	switch {
+	case cfg.Password != "" && cfg.Username == "":
+		return errors.New("discovery: etcd password set without a user; set discovery.etcd_username (ETCD_AUTH_USERNAME) too")
+	case cfg.Username != "" && cfg.Password == "":
+		return fmt.Errorf("discovery: etcd user %q set without a password; set discovery.etcd_password (ETCD_AUTH_PASSWORD) too, "+
+			"or, for a user etcd authenticates by its client certificate, discovery.etcd_tls_cert_file instead", cfg.Username)
+	}
+	if cfg.TLSCAFile == "" && cfg.TLSCertFile == "" && cfg.TLSKeyFile == "" {
+		return nil
+	}
+	var plain []string
+	for _, ep := range cfg.Endpoints {
+		if hasScheme(ep, "http://") {
+			plain = append(plain, ep)
+		}
+	}
+	if len(plain) > 0 {
+		return fmt.Errorf("discovery: etcd TLS files set with http:// endpoints %s; write them https://", strings.Join(plain, ","))
+	}
+	return nil
+}
+
+func hasScheme(endpoint, scheme string) bool {
+	return len(endpoint) >= len(scheme) && strings.EqualFold(endpoint[:len(scheme)], scheme)
+}
+
+// connectError is New's error for err, from connecting to etcd within
+// gctx (from ctx): what failed, and what to check.
+func connectError(ctx, gctx context.Context, cfg Config, err error) error {
+	eps := strings.Join(cfg.Endpoints, ",")
+	// rpctypes.Error reads the status of an error it is given as is.
+	etcdErr := err
+	if se := (interface{ GRPCStatus() *status.Status })(nil); errors.As(err, &se) {
+		etcdErr = se.GRPCStatus().Err()
+	}
+	switch rpctypes.Error(etcdErr) {
+	case rpctypes.ErrAuthFailed:
+		return fmt.Errorf("discovery: etcd at %s refused user %q: %w (check discovery.etcd_username and discovery.etcd_password, or ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD)",
+			eps, cfg.Username, err)
+	case rpctypes.ErrUserEmpty, rpctypes.ErrInvalidAuthToken, rpctypes.ErrInvalidAuthMgmt:
+		return fmt.Errorf("discovery: etcd at %s requires authentication: %w (set discovery.etcd_username and discovery.etcd_password, or ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD, "+
+			"or a client certificate whose common name is an etcd user)", eps, err)
+	case rpctypes.ErrPermissionDenied:
+		return fmt.Errorf("discovery: etcd at %s: user %q: %w (give the user a role that may write the instance records, or check discovery.etcd_username)", eps, cfg.Username, err)
+	}
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("discovery: connecting to etcd at %s: %w", eps, ctx.Err())
+	case gctx.Err() != nil || isUnavailable(err):
+		tls := cfg.TLSCAFile != "" || cfg.TLSCertFile != "" || slices.ContainsFunc(cfg.Endpoints, func(ep string) bool { return hasScheme(ep, "https://") })
+		return &UnreachableError{Endpoints: cfg.Endpoints, After: cfg.DialTimeout, Err: err, tls: tls}
+	}
+	return fmt.Errorf("discovery: etcd at %s: %w", eps, err)
 }
 
 // followConn closes d.reconnects each time the connection to etcd is

@@ -1,0 +1,187 @@
+package etcd
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+
+	grpccredentials "google.golang.org/grpc/credentials"
+
+	"github.com/loomrt/loom/internal/tlsfiles"
+)
+
+// The configuration keys of the TLS files, named in errors and logs.
+const (
+	keyCA   = "discovery.etcd_tls_ca_file"
+	keyCert = "discovery.etcd_tls_cert_file"
+	keyKey  = "discovery.etcd_tls_key_file"
+)
+
+// tlsFiles are the client's TLS settings, read again when a file among
+// them changes on disk: the process outlives its certificates, which
+// cert-manager or Vault renew in place, and etcd would refuse a client
+// certificate that has expired. A connection stats the files (identity,
+// size, modification time) and reads them only when that changed; files
+// that do not load (caught half written, a certificate renewed before its
+// key, expired) leave the last ones that loaded in use, with a warning.
+// Settings that hold PEM text are read once.
+type tlsFiles struct {
+	caValue, certValue, keyValue string // file names or PEM text
+	files                        []string
+	log                          *slog.Logger
+
+	mu    sync.Mutex
+	seen  []os.FileInfo // the files when last read
+	creds grpccredentials.TransportCredentials
+}
+
+// newTLSFiles loads the settings, which must load.
+func newTLSFiles(log *slog.Logger, ca, cert, key string) (*tlsFiles, error) {
+	f := &tlsFiles{caValue: ca, certValue: cert, keyValue: key, log: log}
+	for _, v := range []string{ca, cert, key} {
+		if v != "" && !tlsfiles.IsPEM(v) {
+			f.files = append(f.files, v)
+		}
+	}
+	f.seen = f.stat()
+	creds, err := f.load()
+	if err != nil {
+		return nil, err
+	}
+	f.creds = creds
+	return f, nil
+}
+
+// load reads the settings into gRPC credentials. A fresh configuration per
+// change keeps crypto/tls's own verification of etcd's certificate and
+// name.
+func (f *tlsFiles) load() (grpccredentials.TransportCredentials, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	var err error
+	if cfg.RootCAs, err = tlsfiles.CAPoolOrPEM(keyCA, f.caValue); err != nil {
+		return nil, err
+	}
+	if f.certValue != "" || f.keyValue != "" {
+		cert, err := tlsfiles.KeyPairOrPEM(keyCert, f.certValue, keyKey, f.keyValue)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return grpccredentials.NewTLS(cfg), nil
+}
+
+// current returns the credentials of the files as they are now, or the
+// last that loaded.
+func (f *tlsFiles) current() grpccredentials.TransportCredentials {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := f.stat() // before reading: a change after the stat is seen next time
+	if sameFiles(st, f.seen) {
+		return f.creds
+	}
+	f.seen = st
+	creds, err := f.load()
+	if err != nil {
+		f.log.Warn("discovery: an etcd TLS file changed and does not load; still using the ones loaded before (they are read again when they change)",
+			"files", f.files, "err", err)
+		return f.creds
+	}
+	f.creds = creds
+	f.log.Info("discovery: loaded renewed etcd TLS files", "files", f.files)
+	return creds
+}
+
+func (f *tlsFiles) stat() []os.FileInfo {
+	st := make([]os.FileInfo, len(f.files))
+	for i, name := range f.files {
+		st[i], _ = os.Stat(name) // a missing file fails the load, which says why
+	}
+	return st
+}
+
+// sameFiles reports whether a and b are the same files, unchanged: a file
+// replaced by rename (as Kubernetes updates a mounted Secret) is another
+// file, one rewritten in place has another size or modification time.
+func sameFiles(a, b []os.FileInfo) bool {
+	for i := range a {
+		x, y := a[i], b[i]
+		if x == nil || y == nil {
+			if x != y {
+				return false
+			}
+			continue
+		}
+		if !os.SameFile(x, y) || x.Size() != y.Size() || !x.ModTime().Equal(y.ModTime()) {
+			return false
+		}
+	}
+	return true
+}
+
+// tlsCreds are the client's gRPC transport credentials: each connection
+// to etcd is made with the TLS files as they are then. The etcd client
+// makes its credentials once, from clientv3.Config.TLS, so a CA renewed
+// on disk would need a restart; these replace them, given as the last of
+// its dial options.
+type tlsCreds struct{ files *tlsFiles }
+
+func (c tlsCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, grpccredentials.AuthInfo, error) {
+	return c.files.current().ClientHandshake(ctx, authority, conn)
+}
+
+func (c tlsCreds) ServerHandshake(net.Conn) (net.Conn, grpccredentials.AuthInfo, error) {
+	return nil, nil, errors.New("discovery: etcd client credentials do not serve")
+}
+
+func (c tlsCreds) Info() grpccredentials.ProtocolInfo { return c.files.current().Info() }
+
+func (c tlsCreds) Clone() grpccredentials.TransportCredentials { return c }
+
+// OverrideServerName is not supported: the etcd client gives each
+// endpoint's name with its address.
+func (c tlsCreds) OverrideServerName(string) error {
+	return errors.New("discovery: etcd client credentials take the server name from the endpoint")
+}
+
+// isTLSFailure reports whether err, from a call to etcd, tells of a TLS
+// handshake that failed: a certificate of etcd's that the CAs do not
+// verify, or one of the client's that etcd refused. gRPC carries the
+// handshake's error as text only.
+func isTLSFailure(err error) bool {
+	var uae x509.UnknownAuthorityError
+	var cie x509.CertificateInvalidError
+	var hne x509.HostnameError
+	if errors.As(err, &uae) || errors.As(err, &cie) || errors.As(err, &hne) {
+		return true
+	}
+	s := err.Error()
+	for _, sign := range []string{"authentication handshake failed", "x509: ", "tls: ", "first record does not look like a TLS handshake"} {
+		if strings.Contains(s, sign) {
+			return true
+		}
+	}
+	return false
+}
+
+// isDropped reports whether err, from a call to etcd, tells of a
+// connection closed by etcd once made.
+func isDropped(err error) bool {
+	if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+		return true
+	}
+	s := err.Error()
+	for _, sign := range []string{"broken pipe", "connection reset by peer", "error reading server preface", "EOF"} {
+		if strings.Contains(s, sign) {
+			return true
+		}
+	}
+	return false
+}
