@@ -218,8 +218,12 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		},
 	}
 	ccfg.Username, ccfg.Password = cfg.Username, cfg.Password
+	// The client's own credentials would do for https:// without files,
+	// but these also note why a connection failed.
 	var creds *tlsFiles
-	if cfg.TLSCAFile != "" || cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" {
+	if cfg.TLSCAFile != "" || cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" ||
+		slices.ContainsFunc(cfg.Endpoints, func(ep string) bool { return hasScheme(ep, "https://") }) &&
+			!slices.ContainsFunc(cfg.Endpoints, func(ep string) bool { return hasScheme(ep, "http://") }) {
 		var err error
 		if creds, err = newTLSFiles(log, cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
 			return nil, fmt.Errorf("discovery: etcd TLS: %w", err)
@@ -239,7 +243,7 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 	defer cancel()
 	cli, err := clientv3.New(ccfg)
 	if err != nil {
-		return nil, connectError(ctx, gctx, cfg, err)
+		return nil, connectError(ctx, gctx, cfg, creds, err)
 	}
 	d := &Discovery{
 		cfg:     cfg,
@@ -260,7 +264,7 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 	lease, ttl, err := d.grant(gctx, 0)
 	if err != nil {
 		cli.Close()
-		return nil, connectError(ctx, gctx, cfg, err)
+		return nil, connectError(ctx, gctx, cfg, creds, err)
 	}
 	d.id = uint64(lease)
 	d.lease, d.ttl = lease, ttl
@@ -310,8 +314,9 @@ func hasScheme(endpoint, scheme string) bool {
 }
 
 // connectError is New's error for err, from connecting to etcd within
-// gctx (from ctx): what failed, and what to check.
-func connectError(ctx, gctx context.Context, cfg Config, err error) error {
+// gctx (from ctx) with creds (nil without TLS): what failed, and what to
+// check.
+func connectError(ctx, gctx context.Context, cfg Config, creds *tlsFiles, err error) error {
 	eps := strings.Join(cfg.Endpoints, ",")
 	// rpctypes.Error reads the status of an error it is given as is.
 	etcdErr := err
@@ -332,8 +337,12 @@ func connectError(ctx, gctx context.Context, cfg Config, err error) error {
 	case ctx.Err() != nil:
 		return fmt.Errorf("discovery: connecting to etcd at %s: %w", eps, ctx.Err())
 	case gctx.Err() != nil || isUnavailable(err):
-		tls := cfg.TLSCAFile != "" || cfg.TLSCertFile != "" || slices.ContainsFunc(cfg.Endpoints, func(ep string) bool { return hasScheme(ep, "https://") })
-		return &UnreachableError{Endpoints: cfg.Endpoints, After: cfg.DialTimeout, Err: err, tls: tls}
+		if creds != nil && !isTLSFailure(err) {
+			if f := creds.lastFailure(); f != nil {
+				err = fmt.Errorf("%w; the last connection: %v", err, f)
+			}
+		}
+		return &UnreachableError{Endpoints: cfg.Endpoints, After: cfg.DialTimeout, Err: err, tls: creds != nil}
 	}
 	return fmt.Errorf("discovery: etcd at %s: %w", eps, err)
 }

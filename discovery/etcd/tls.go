@@ -40,6 +40,9 @@ type tlsFiles struct {
 	mu    sync.Mutex
 	seen  []os.FileInfo // the files when last read
 	creds grpccredentials.TransportCredentials
+
+	failMu  sync.Mutex
+	failure error // see noteFailure
 }
 
 // newTLSFiles loads the settings, which must load.
@@ -126,6 +129,28 @@ func sameFiles(a, b []os.FileInfo) bool {
 	return true
 }
 
+// noteFailure keeps err, from a connection to etcd, if it tells of a TLS
+// handshake that failed or a connection etcd dropped, preferring the
+// first kind. The etcd client's errors do not always carry it: when it
+// authenticates a user, a handshake that fails is only a timeout.
+func (f *tlsFiles) noteFailure(err error) {
+	if !isTLSFailure(err) && !isDropped(err) {
+		return
+	}
+	f.failMu.Lock()
+	defer f.failMu.Unlock()
+	if f.failure == nil || isTLSFailure(err) || !isTLSFailure(f.failure) {
+		f.failure = err
+	}
+}
+
+// lastFailure returns the failure noteFailure kept, or nil.
+func (f *tlsFiles) lastFailure() error {
+	f.failMu.Lock()
+	defer f.failMu.Unlock()
+	return f.failure
+}
+
 // tlsCreds are the client's gRPC transport credentials: each connection
 // to etcd is made with the TLS files as they are then. The etcd client
 // makes its credentials once, from clientv3.Config.TLS, so a CA renewed
@@ -134,7 +159,37 @@ func sameFiles(a, b []os.FileInfo) bool {
 type tlsCreds struct{ files *tlsFiles }
 
 func (c tlsCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, grpccredentials.AuthInfo, error) {
-	return c.files.current().ClientHandshake(ctx, authority, conn)
+	tc, info, err := c.files.current().ClientHandshake(ctx, authority, conn)
+	if err != nil {
+		c.files.noteFailure(err)
+		return nil, nil, err
+	}
+	return notingConn{tc, c.files}, info, nil
+}
+
+// notingConn notes the errors of a connection's reads and writes: with
+// TLS 1.3, etcd refuses a client certificate after the client's handshake
+// is done, and the client reads etcd's alert, or finds the connection
+// dropped, only then.
+type notingConn struct {
+	net.Conn
+	files *tlsFiles
+}
+
+func (c notingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil {
+		c.files.noteFailure(err)
+	}
+	return n, err
+}
+
+func (c notingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil {
+		c.files.noteFailure(err)
+	}
+	return n, err
 }
 
 func (c tlsCreds) ServerHandshake(net.Conn) (net.Conn, grpccredentials.AuthInfo, error) {

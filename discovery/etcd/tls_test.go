@@ -201,6 +201,9 @@ func TestAuthAndTLSFailuresSayWhatToCheck(t *testing.T) {
 		{name: "a CA that did not sign etcd's certificate names the TLS keys", endpoint: httpsURL(tlsSrv),
 			cfg:  func(c *Config) { c.TLSCAFile = other.CAFile },
 			want: "the TLS handshake failed (grant lease", also: []string{"x509: certificate signed by unknown authority"}, tls: true},
+		{name: "with a user too, a CA that did not sign etcd's certificate names the TLS keys", endpoint: httpsURL(tlsSrv),
+			cfg:  func(c *Config) { c.TLSCAFile, c.Username, c.Password = other.CAFile, "loom", "s3cret" },
+			want: "the TLS handshake failed (", also: []string{"x509: certificate signed by unknown authority"}, tls: true},
 		{name: "no CA, so the system's, names the TLS keys", endpoint: httpsURL(tlsSrv),
 			cfg:  func(c *Config) {},
 			want: "the TLS handshake failed (grant lease", also: []string{"x509: certificate signed by unknown authority"}, tls: true},
@@ -209,6 +212,12 @@ func TestAuthAndTLSFailuresSayWhatToCheck(t *testing.T) {
 		{name: "a client certificate etcd does not trust names the TLS keys", endpoint: httpsURL(mtlsSrv),
 			cfg: func(c *Config) {
 				c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile = pki.CAFile, other.ClientCertFile, other.ClientKeyFile
+			},
+			want: "unreachable after 2s: ", tls: true},
+		{name: "with a user too, a client certificate etcd does not trust names the TLS keys", endpoint: httpsURL(mtlsSrv),
+			cfg: func(c *Config) {
+				c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile = pki.CAFile, other.ClientCertFile, other.ClientKeyFile
+				c.Username, c.Password = "loom", "s3cret"
 			},
 			want: "unreachable after 2s: ", tls: true},
 		{name: "no client certificate for etcd that requires one names the TLS keys", endpoint: httpsURL(mtlsSrv),
