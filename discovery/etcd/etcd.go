@@ -80,8 +80,8 @@ type Config struct {
 	// last ones that loaded in use, with a warning.
 	TLSCAFile, TLSCertFile, TLSKeyFile string
 	// Configure, if set, edits the etcd client's configuration last, for
-	// anything the fields above do not cover. With the TLS fields set,
-	// the TLS it sets is not used.
+	// anything the fields above do not cover. The TLS configuration it
+	// sets is used unless the TLS fields are set.
 	Configure func(*clientv3.Config)
 }
 
@@ -218,21 +218,20 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		},
 	}
 	ccfg.Username, ccfg.Password = cfg.Username, cfg.Password
+	if cfg.Configure != nil {
+		cfg.Configure(&ccfg)
+	}
 	// The client's own credentials would do for https:// without files,
-	// but these also note why a connection failed.
+	// but these also note why a connection failed; a TLS configuration
+	// from Configure is left to the client.
 	var creds *tlsFiles
 	if cfg.TLSCAFile != "" || cfg.TLSCertFile != "" || cfg.TLSKeyFile != "" ||
-		slices.ContainsFunc(cfg.Endpoints, func(ep string) bool { return hasScheme(ep, "https://") }) &&
+		ccfg.TLS == nil && slices.ContainsFunc(cfg.Endpoints, func(ep string) bool { return hasScheme(ep, "https://") }) &&
 			!slices.ContainsFunc(cfg.Endpoints, func(ep string) bool { return hasScheme(ep, "http://") }) {
 		var err error
 		if creds, err = newTLSFiles(log, cfg.TLSCAFile, cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
 			return nil, fmt.Errorf("discovery: etcd TLS: %w", err)
 		}
-	}
-	if cfg.Configure != nil {
-		cfg.Configure(&ccfg)
-	}
-	if creds != nil {
 		// The client dials with its dial options after its own
 		// credentials: the last credentials given are used.
 		ccfg.DialOptions = append(slices.Clip(ccfg.DialOptions), grpc.WithTransportCredentials(tlsCreds{creds}))
@@ -327,11 +326,9 @@ func connectError(ctx, gctx context.Context, cfg Config, creds *tlsFiles, err er
 	case rpctypes.ErrAuthFailed:
 		return fmt.Errorf("discovery: etcd at %s refused user %q: %w (check discovery.etcd_username and discovery.etcd_password, or ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD)",
 			eps, cfg.Username, err)
-	case rpctypes.ErrUserEmpty, rpctypes.ErrInvalidAuthToken, rpctypes.ErrInvalidAuthMgmt:
+	case rpctypes.ErrUserEmpty, rpctypes.ErrInvalidAuthToken:
 		return fmt.Errorf("discovery: etcd at %s requires authentication: %w (set discovery.etcd_username and discovery.etcd_password, or ETCD_AUTH_USERNAME and ETCD_AUTH_PASSWORD, "+
 			"or a client certificate whose common name is an etcd user)", eps, err)
-	case rpctypes.ErrPermissionDenied:
-		return fmt.Errorf("discovery: etcd at %s: user %q: %w (give the user a role that may write the instance records, or check discovery.etcd_username)", eps, cfg.Username, err)
 	}
 	switch {
 	case ctx.Err() != nil:

@@ -2,6 +2,7 @@ package etcd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net/url"
@@ -131,6 +132,13 @@ func TestTLS(t *testing.T) {
 			c.TLSCAFile, c.TLSCertFile, c.TLSKeyFile = pki.CAFile, pki.ClientCertFile, pki.ClientKeyFile
 		})
 		registerAndList(t, d, d.ID(), "mtls")
+	})
+	t.Run("a TLS configuration set by Configure is used", func(t *testing.T) {
+		srv := startEtcd(t, serveTLS(fast, pki, ""))
+		d := connect(t, httpsURL(srv), 5*time.Second, func(c *Config) {
+			c.Configure = func(cc *clientv3.Config) { cc.TLS = &tls.Config{RootCAs: pki.Pool, MinVersion: tls.VersionTLS12} }
+		})
+		registerAndList(t, d, d.ID(), "configure")
 	})
 	t.Run("PEM text works as files do", func(t *testing.T) {
 		srv := startEtcd(t, serveTLS(fast, pki, pki.CAFile))
