@@ -454,3 +454,49 @@ func TestConfigFromDynamosVariables(t *testing.T) {
 		t.Fatalf("a wrong ETCD_AUTH_PASSWORD: %v, want ErrAuthFailed", err)
 	}
 }
+
+// TestTLSFilesThatDoNotLoadKeepTheLastThatDid: a certificate caught half
+// written leaves the one loaded before in use, with a warning; once whole,
+// it is used.
+func TestTLSFilesThatDoNotLoadKeepTheLastThatDid(t *testing.T) {
+	old, renewed := testutil.NewPKI(t, "old"), testutil.NewPKI(t, "new")
+	dir := t.TempDir()
+	certFile, keyFile := dir+"/client.pem", dir+"/client-key.pem"
+	write := func(name, data string) {
+		t.Helper()
+		if err := os.WriteFile(name+".tmp", []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(name+".tmp", name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(certFile, readFile(t, old.ClientCertFile))
+	write(keyFile, readFile(t, old.ClientKeyFile))
+	var logs testutil.SyncBuffer
+	f, err := newTLSFiles(slog.New(slog.NewTextHandler(&logs, nil)), readFile(t, old.CAFile), certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := f.current()
+	if f.current() != first {
+		t.Fatal("unchanged files were loaded again")
+	}
+	if got, want := f.files, []string{certFile, keyFile}; !slices.Equal(got, want) {
+		t.Errorf("files watched = %v, want %v (PEM text is not a file)", got, want)
+	}
+
+	write(certFile, readFile(t, renewed.ClientCertFile)[:100]) // half written
+	if f.current() != first {
+		t.Error("a certificate that does not load replaced the one that did")
+	}
+	if !strings.Contains(logs.String(), "does not load; still using the ones loaded before") || !strings.Contains(logs.String(), certFile) {
+		t.Errorf("no warning naming the file:\n%s", logs.String())
+	}
+
+	write(certFile, readFile(t, renewed.ClientCertFile))
+	write(keyFile, readFile(t, renewed.ClientKeyFile))
+	if f.current() == first {
+		t.Error("the renewed certificate was not loaded")
+	}
+}
