@@ -7,7 +7,6 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,21 +24,12 @@ const (
 )
 
 // tlsFiles are the client's TLS settings, read again when a file among
-// them changes on disk: the process outlives its certificates, which
-// cert-manager or Vault renew in place, and etcd would refuse a client
-// certificate that has expired. A connection stats the files (identity,
-// size, modification time) and reads them only when that changed; files
-// that do not load (caught half written, a certificate renewed before its
-// key, expired) leave the last ones that loaded in use, with a warning.
-// Settings that hold PEM text are read once.
+// them changes on disk (tlsfiles.Reloaded): the process outlives its
+// certificates, and etcd would refuse a client certificate that has
+// expired. Settings that hold PEM text are read once.
 type tlsFiles struct {
-	caValue, certValue, keyValue string // file names or PEM text
-	files                        []string
-	log                          *slog.Logger
-
-	mu    sync.Mutex
-	seen  []os.FileInfo // the files when last read
-	creds grpccredentials.TransportCredentials
+	files []string // the settings that name files
+	creds *tlsfiles.Reloaded[grpccredentials.TransportCredentials]
 
 	failMu  sync.Mutex
 	failure error // see noteFailure
@@ -47,87 +37,39 @@ type tlsFiles struct {
 
 // newTLSFiles loads the settings, which must load.
 func newTLSFiles(log *slog.Logger, ca, cert, key string) (*tlsFiles, error) {
-	f := &tlsFiles{caValue: ca, certValue: cert, keyValue: key, log: log}
+	f := &tlsFiles{}
 	for _, v := range []string{ca, cert, key} {
 		if v != "" && !tlsfiles.IsPEM(v) {
 			f.files = append(f.files, v)
 		}
 	}
-	f.seen = f.stat()
-	creds, err := f.load()
-	if err != nil {
-		return nil, err
-	}
-	f.creds = creds
-	return f, nil
-}
-
-// load reads the settings into gRPC credentials. A fresh configuration per
-// change keeps crypto/tls's own verification of etcd's certificate and
-// name.
-func (f *tlsFiles) load() (grpccredentials.TransportCredentials, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	var err error
-	if cfg.RootCAs, err = tlsfiles.CAPoolOrPEM(keyCA, f.caValue); err != nil {
-		return nil, err
-	}
-	if f.certValue != "" || f.keyValue != "" {
-		cert, err := tlsfiles.KeyPairOrPEM(keyCert, f.certValue, keyKey, f.keyValue)
-		if err != nil {
+	// A fresh configuration per change keeps crypto/tls's own
+	// verification of etcd's certificate and name.
+	load := func() (grpccredentials.TransportCredentials, error) {
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		var err error
+		if cfg.RootCAs, err = tlsfiles.CAPoolOrPEM(keyCA, ca); err != nil {
 			return nil, err
 		}
-		cfg.Certificates = []tls.Certificate{cert}
+		if cert != "" || key != "" {
+			c, err := tlsfiles.KeyPairOrPEM(keyCert, cert, keyKey, key)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Certificates = []tls.Certificate{c}
+		}
+		return grpccredentials.NewTLS(cfg), nil
 	}
-	return grpccredentials.NewTLS(cfg), nil
+	var err error
+	if f.creds, err = tlsfiles.Watch(log, "discovery", "discovery.etcd_tls_*", load, f.files...); err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 // current returns the credentials of the files as they are now, or the
 // last that loaded.
-func (f *tlsFiles) current() grpccredentials.TransportCredentials {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	st := f.stat() // before reading: a change after the stat is seen next time
-	if sameFiles(st, f.seen) {
-		return f.creds
-	}
-	f.seen = st
-	creds, err := f.load()
-	if err != nil {
-		f.log.Warn("discovery: an etcd TLS file changed and does not load; still using the ones loaded before (they are read again when they change)",
-			"files", f.files, "err", err)
-		return f.creds
-	}
-	f.creds = creds
-	f.log.Info("discovery: loaded renewed etcd TLS files", "files", f.files)
-	return creds
-}
-
-func (f *tlsFiles) stat() []os.FileInfo {
-	st := make([]os.FileInfo, len(f.files))
-	for i, name := range f.files {
-		st[i], _ = os.Stat(name) // a missing file fails the load, which says why
-	}
-	return st
-}
-
-// sameFiles reports whether a and b are the same files, unchanged: a file
-// replaced by rename (as Kubernetes updates a mounted Secret) is another
-// file, one rewritten in place has another size or modification time.
-func sameFiles(a, b []os.FileInfo) bool {
-	for i := range a {
-		x, y := a[i], b[i]
-		if x == nil || y == nil {
-			if x != y {
-				return false
-			}
-			continue
-		}
-		if !os.SameFile(x, y) || x.Size() != y.Size() || !x.ModTime().Equal(y.ModTime()) {
-			return false
-		}
-	}
-	return true
-}
+func (f *tlsFiles) current() grpccredentials.TransportCredentials { return f.creds.Current() }
 
 // noteFailure keeps err, from a connection to etcd, if it tells of a TLS
 // handshake that failed or a connection etcd dropped, preferring the

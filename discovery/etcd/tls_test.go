@@ -388,7 +388,7 @@ func TestRenewedTLSFilesAreUsedOnTheNextConnection(t *testing.T) {
 			if err != nil || len(got) != 2 {
 				t.Fatalf("List after the renewal = %v, %v; want both records", got, err)
 			}
-			if !strings.Contains(logs.String(), "loaded renewed etcd TLS files") {
+			if !strings.Contains(logs.String(), "discovery: loaded renewed TLS file") {
 				t.Errorf("no log line of the renewal:\n%s", logs.String())
 			}
 		})
@@ -490,7 +490,7 @@ func TestTLSFilesThatDoNotLoadKeepTheLastThatDid(t *testing.T) {
 	if f.current() != first {
 		t.Error("a certificate that does not load replaced the one that did")
 	}
-	if !strings.Contains(logs.String(), "does not load; still using the ones loaded before") || !strings.Contains(logs.String(), certFile) {
+	if !strings.Contains(logs.String(), "does not load; still using the one loaded before") || !strings.Contains(logs.String(), certFile) {
 		t.Errorf("no warning naming the file:\n%s", logs.String())
 	}
 

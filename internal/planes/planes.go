@@ -576,7 +576,7 @@ func serverTLS(rc config.RequestPlane, log *slog.Logger) (*tls.Config, error) {
 		return nil, err
 	}
 	cfg := &tls.Config{
-		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.current(), nil },
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert.Current(), nil },
 		MinVersion:     tls.VersionTLS12,
 	}
 	if rc.TLSClientAuth {

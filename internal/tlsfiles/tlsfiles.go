@@ -5,11 +5,12 @@
 // error naming the configuration key and the file. A CA file may hold
 // expired CAs among current ones, as bundles do: CAPool keeps them.
 //
-// Both read the files again, so that certificates renewed on disk are
-// used without a restart: the request plane when a file has changed (its
-// identity, size or modification time), at the next TLS handshake, keeping
-// the last files that loaded if the new ones do not; the NATS connection
-// at every reconnect. At start-up, files that do not load are an error.
+// The files are read again, so that certificates renewed on disk are used
+// without a restart: by the request plane and the etcd discovery backend
+// when a file has changed (its identity, size or modification time), at
+// the next TLS handshake, keeping the last files that loaded if the new
+// ones do not ([Reloaded]); by the NATS connection at every reconnect. At
+// start-up, files that do not load are an error.
 //
 // The etcd discovery backend's settings (discovery.etcd_tls_*, set by
 // Dynamo's ETCD_AUTH_* variables) may hold the PEM text itself instead of

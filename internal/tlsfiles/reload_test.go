@@ -1,4 +1,4 @@
-package planes
+package tlsfiles
 
 import (
 	"errors"
@@ -10,7 +10,7 @@ import (
 	"testing"
 )
 
-// A handshake reads the TLS files only when they changed on disk: renewed
+// Current reads the TLS files only when they changed on disk: renewed
 // by rename (a new file of the same size) or rewritten in place. Files
 // that do not load are not read again until they change.
 func TestTLSFilesAreReadOnlyWhenTheyChange(t *testing.T) {
@@ -24,7 +24,7 @@ func TestTLSFilesAreReadOnlyWhenTheyChange(t *testing.T) {
 	}
 	write(file, "one")
 	var loads atomic.Int32
-	w, err := watchTLS(slog.New(slog.DiscardHandler), "x.file", func() (string, error) {
+	w, err := Watch(slog.New(slog.DiscardHandler), "test", "x.file", func() (string, error) {
 		loads.Add(1)
 		b, err := os.ReadFile(file)
 		if err != nil || string(b) == "bad" {
@@ -37,13 +37,13 @@ func TestTLSFilesAreReadOnlyWhenTheyChange(t *testing.T) {
 	}
 	expect := func(step, want string, wantLoads int32) {
 		t.Helper()
-		// Concurrent handshakes agree on one value and one read.
+		// Concurrent callers agree on one value and one read.
 		var wg sync.WaitGroup
 		for range 8 {
 			wg.Go(func() {
 				for range 50 {
-					if got := w.current(); got != want {
-						t.Errorf("%s: current() = %q, want %q", step, got, want)
+					if got := w.Current(); got != want {
+						t.Errorf("%s: Current() = %q, want %q", step, got, want)
 						return
 					}
 				}
