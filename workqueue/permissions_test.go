@@ -212,22 +212,7 @@ func TestASettlingTheServerRefusesIsAnError(t *testing.T) {
 // removed, and instead of making it again and storing the job, Enqueue
 // failed at once saying the permission was missing.
 func TestAnEnqueueAfterAPermissionWasGrantedIsNotTakenForRefused(t *testing.T) {
-	user := func(deny ...string) []*server.User {
-		return []*server.User{{Username: "worker", Password: "pw", Permissions: &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: deny},
-			Subscribe: &server.SubjectPermission{Allow: []string{">"}},
-		}}}
-	}
-	var opts *server.Options
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
-		o.Users = user("stale.queue")
-		opts = o
-	}})
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(ns.Shutdown)
-	nc := connect(t, ns.ClientURL(), nats.UserInfo("worker", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	nc, grant := natsDenyingThenGranting(t, "stale.queue")
 	cfg := testConfig(t)
 	cfg.Name = "stale"
 	cfg.EnqueueTimeout = 10 * time.Second
@@ -237,11 +222,7 @@ func TestAnEnqueueAfterAPermissionWasGrantedIsNotTakenForRefused(t *testing.T) {
 		t.Fatalf("Enqueue without the permission: %v; want it refused", err)
 	}
 
-	granted := opts.Clone()
-	granted.Users = user()
-	if err := ns.Server().ReloadOptions(granted); err != nil {
-		t.Fatalf("reload: %v", err)
-	}
+	grant()
 	if err := q.Enqueue(ctx, job{ID: 2}); err != nil {
 		t.Fatalf("Enqueue once the permission was granted: %v", err)
 	}
@@ -263,22 +244,7 @@ func TestAnEnqueueAfterAPermissionWasGrantedIsNotTakenForRefused(t *testing.T) {
 // group's consumer of the same jobs, which a work-queue stream does not
 // allow, and Consume said the user needed a permission it had.
 func TestAConsumerErrorAfterAPermissionWasGrantedIsNotTakenForRefused(t *testing.T) {
-	user := func(deny ...string) []*server.User {
-		return []*server.User{{Username: "worker", Password: "pw", Permissions: &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: deny},
-			Subscribe: &server.SubjectPermission{Allow: []string{">"}},
-		}}}
-	}
-	var opts *server.Options
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
-		o.Users = user("$JS.API.CONSUMER.>")
-		opts = o
-	}})
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(ns.Shutdown)
-	nc := connect(t, ns.ClientURL(), nats.UserInfo("worker", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	nc, grant := natsDenyingThenGranting(t, "$JS.API.CONSUMER.>")
 	cfg := testConfig(t)
 	cfg.EnqueueTimeout = 2 * time.Second // Consume's bound on creating the consumer
 	q := newQueue[job](t, nc, cfg)
@@ -291,11 +257,7 @@ func TestAConsumerErrorAfterAPermissionWasGrantedIsNotTakenForRefused(t *testing
 		t.Fatalf("Consume without the permission: %v; want it refused", err)
 	}
 
-	granted := opts.Clone()
-	granted.Users = user()
-	if err := ns.Server().ReloadOptions(granted); err != nil {
-		t.Fatalf("reload: %v", err)
-	}
+	grant()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -402,5 +364,36 @@ func TestAnotherSubscriptionRefusedIsNotTakenForTheConsumers(t *testing.T) {
 	}
 	if err := <-dequeued; !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Dequeue from an empty queue, while another subscription was refused: %v; want its context's deadline", err)
+	}
+}
+
+// natsDenyingThenGranting starts a NATS server with JetStream and connects
+// as a user who may not publish to deny, until grant reloads the server
+// with that permission given. Refusals are not logged.
+func natsDenyingThenGranting(t *testing.T, deny string) (nc *nats.Conn, grant func()) {
+	t.Helper()
+	user := func(deny ...string) []*server.User {
+		return []*server.User{{Username: "worker", Password: "pw", Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: deny},
+			Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+		}}}
+	}
+	var opts *server.Options
+	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
+		o.Users = user(deny)
+		opts = o
+	}})
+	if err != nil {
+		t.Fatalf("StartNATS: %v", err)
+	}
+	t.Cleanup(ns.Shutdown)
+	nc = connect(t, ns.ClientURL(), nats.UserInfo("worker", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	return nc, func() {
+		t.Helper()
+		granted := opts.Clone()
+		granted.Users = user()
+		if err := ns.Server().ReloadOptions(granted); err != nil {
+			t.Fatalf("reload: %v", err)
+		}
 	}
 }
