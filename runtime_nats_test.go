@@ -2,7 +2,7 @@ package loom_test
 
 import (
 	"context"
-	"net"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,12 +22,7 @@ import (
 // nats.url came from a TOML file, and whose server is down, said to check
 // NATS_SERVER, a variable set nowhere; it now names the key and the file.
 func TestTheRuntimesNATSErrorNamesTheFileThatSetTheURL(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "nats://" + l.Addr().String()
-	l.Close()
+	dead := fmt.Sprintf("nats://127.0.0.1:%d", testutil.FreePort(t)) // nothing listens there
 	dir := t.TempDir()
 	file := filepath.Join(dir, "nats.toml")
 	if err := os.WriteFile(file, []byte("[nats]\nurl = \""+dead+"\"\nconnect_timeout = \"2s\"\n"), 0o600); err != nil {

@@ -1,7 +1,7 @@
 package eventbus
 
 import (
-	"net"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/loomrt/loom/config"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestConfigFromEnvMapsCozeStudioVariables(t *testing.T) {
@@ -81,12 +82,7 @@ func TestConfigFromEnvMapsCozeStudioVariables(t *testing.T) {
 // its URL, not Loom's nats.url or NATS_SERVER, which a Coze deployment
 // does not set.
 func TestAnUnreachableServerNamesNATSServerURL(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "nats://" + ln.Addr().String()
-	ln.Close()
+	dead := fmt.Sprintf("nats://127.0.0.1:%d", testutil.FreePort(t)) // nothing listens there
 	base := config.Default()
 	base.NATS.ConnectTimeout = 500 * time.Millisecond
 	cfg, err := configFromEnv(base, func(k string) (string, bool) {

@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -166,12 +167,7 @@ func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).Ma
 // A NATS server that cannot be reached is named with where its URL came
 // from: here the file LOOM_CONFIG names, not NATS_SERVER.
 func TestQueueCommandsNameTheFileThatSetTheNATSURL(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "nats://" + ln.Addr().String()
-	ln.Close()
+	dead := fmt.Sprintf("nats://127.0.0.1:%d", testutil.FreePort(t)) // nothing listens there
 	file := filepath.Join(t.TempDir(), "loom.toml")
 	if err := os.WriteFile(file, []byte("[nats]\nurl = \""+dead+"\"\nconnect_timeout = \"500ms\"\n"), 0o600); err != nil {
 		t.Fatal(err)
