@@ -191,8 +191,16 @@ func TestLongHandlerIsKeptAliveWithProgressReports(t *testing.T) {
 func TestHungHandlerIsBoundedAndItsJobRedelivered(t *testing.T) {
 	_, nc := startNATS(t, nil)
 	cfg := testConfig(t)
-	cfg.AckWait = 300 * time.Millisecond
-	cfg.HandlerTimeout = 400 * time.Millisecond
+	// The handler outlives AckWait, so progress reports must hold the job
+	// until HandlerTimeout. The watchdog sends one when a job's last is
+	// AckWait/2 old, checking every AckWait/4: a report may leave as late
+	// as 3/4 AckWait and has the last quarter to reach the server. With
+	// 300ms that quarter was 75ms, which a loaded 2-core machine under
+	// -race exceeds: the job came back while its handler still ran, was
+	// handed back twice, and the next handler saw delivery 4. A quarter
+	// of 2s (500ms) leaves room.
+	cfg.AckWait = 2 * time.Second
+	cfg.HandlerTimeout = 2500 * time.Millisecond
 	q := newQueue[job](t, nc, cfg)
 	ctx := ctxFor(t, 10*time.Second)
 	var calls atomic.Int64
