@@ -252,6 +252,9 @@ func TestWorkerAndRouterAcrossProcesses(t *testing.T) {
 		t.Cleanup(func() {
 			_ = cmd.Process.Kill()
 			<-exited
+			if t.Failed() {
+				t.Logf("the %s's output:\n%s", mode, out.String())
+			}
 		})
 		return cmd, &out, exited
 	}
