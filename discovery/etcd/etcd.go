@@ -265,6 +265,14 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		cli.Close()
 		return nil, connectError(ctx, gctx, cfg, creds, err)
 	}
+	// gRPC lets calls through a new connection a moment before it reports
+	// the connection ready (it installs the picker first). followConn
+	// would take that moment for a loss and, once the state catches up,
+	// have every watch read its records again: wait for it here. If it
+	// does not catch up, followConn treats the connection as down.
+	conn := cli.ActiveConnection()
+	for s := conn.GetState(); s != connectivity.Ready && conn.WaitForStateChange(gctx, s); s = conn.GetState() {
+	}
 	d.id = uint64(lease)
 	d.lease, d.ttl = lease, ttl
 	close(d.ready)
