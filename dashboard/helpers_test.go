@@ -18,10 +18,9 @@ import (
 	"github.com/loomrt/loom/dashboard"
 	_ "github.com/loomrt/loom/discovery/natskv" // the system's discovery
 	"github.com/loomrt/loom/embedded"
-	"github.com/loomrt/loom/internal/testutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 

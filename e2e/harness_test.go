@@ -42,10 +42,10 @@ func TestMain(m *testing.M) {
 	bin = dir
 	// VerifyTestMain ends the process itself: a deferred RemoveAll would
 	// never run, and every run would leave the binaries in the temp dir.
-	goleak.VerifyTestMain(m, append(testutil.LeakOptions(), goleak.Cleanup(func(code int) {
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
 		os.RemoveAll(dir)
 		os.Exit(code)
-	}))...)
+	}))
 }
 
 // proc is a running child process whose stdout lines the test can read.

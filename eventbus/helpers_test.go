@@ -14,13 +14,11 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/eventbus"
-	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/metrics"
 )
 
-// testutil.LeakOptions says which library goroutines are ignored and why.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, testutil.LeakOptions()...)
+	goleak.VerifyTestMain(m)
 }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

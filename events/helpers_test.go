@@ -13,7 +13,7 @@ import (
 	"github.com/loomrt/loom/loomtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // transports are the ways events travel; semantic tests run on each.
 // "zmq-broker" is ZeroMQ through a Broker.

@@ -9,11 +9,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom"
-	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/loomtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestRuntimesOfASystemCallEachOtherOnEveryPlane(t *testing.T) {
 	for _, plane := range []string{"local", "tcp", "nats"} {

@@ -15,12 +15,11 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/embedded"
-	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/workqueue"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 

@@ -24,7 +24,6 @@ import (
 	"github.com/loomrt/loom/cmd/loom/internal/demo"
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/embedded"
-	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/llm/bench"
 )
 
@@ -43,10 +42,10 @@ func TestMain(m *testing.M) {
 	}
 	// VerifyTestMain ends the process itself: a deferred RemoveAll would
 	// never run, and every run would leave the binary in the temp dir.
-	goleak.VerifyTestMain(m, append(testutil.LeakOptions(), goleak.Cleanup(func(code int) {
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
 		os.RemoveAll(dir)
 		os.Exit(code)
-	}))...)
+	}))
 }
 
 func TestDemoInProcessServesEveryRequestOnEveryInstance(t *testing.T) {

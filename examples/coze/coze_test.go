@@ -17,12 +17,11 @@ import (
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/eventbus"
 	"github.com/loomrt/loom/examples/coze"
-	"github.com/loomrt/loom/internal/testutil"
 )
 
 // TestMain runs the package's tests with a nats-server that Coze's
-// NATS_SERVER_URL names, as a Coze Studio deployment has, for Example;
-// testutil.LeakOptions says which library goroutines are ignored and why.
+// NATS_SERVER_URL names, as a Coze Studio deployment has, for Example,
+// and checks that they leave no goroutine behind.
 func TestMain(m *testing.M) {
 	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
 	if err != nil {
@@ -37,7 +36,7 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	ns.Shutdown()
 	if code == 0 {
-		if err := goleak.Find(testutil.LeakOptions()...); err != nil {
+		if err := goleak.Find(); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: goroutines left after the tests: %v\n", err)
 			code = 1
 		}

@@ -26,7 +26,7 @@ import (
 	"github.com/loomrt/loom/internal/testutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // TestRouterKeepsEachWorkersViewAndDropsAWorkerThatDies runs the seeds'
 // scenario on each transport: the router's view of every worker must be

@@ -18,7 +18,7 @@ import (
 	"github.com/loomrt/loom/internal/testutil"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestPrefillDemoPrefillsEveryRequestDespiteACrash(t *testing.T) {
 	cmd := exec.Command("go", "run", ".", "demo", "-n", "30")

@@ -17,7 +17,7 @@ import (
 	"github.com/loomrt/loom/loomtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // system is an embedded NATS server, a private discovery store, mock
 // workers and a frontend runtime whose client routes with a router.

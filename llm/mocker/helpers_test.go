@@ -14,7 +14,7 @@ import (
 	"github.com/loomrt/loom/loomtest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testutil.LeakOptions()...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // system is an embedded NATS server with JetStream, a private discovery
 // store, a cluster of mock workers and a caller's runtime, standing in
