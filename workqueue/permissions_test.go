@@ -397,3 +397,32 @@ func natsDenyingThenGranting(t *testing.T, deny string) (nc *nats.Conn, grant fu
 		}
 	}
 }
+
+// TestAJobWhoseAcksTheServerRefusesIsDeadLetteredNamingThePermission: a
+// job whose acks are all refused comes back until max_deliver and is then
+// dead-lettered as expired. Its error listed a hung handler, a dead
+// consumer and a shutdown as the causes, never the one at work here.
+func TestAJobWhoseAcksTheServerRefusesIsDeadLetteredNamingThePermission(t *testing.T) {
+	nc := startNATSWithUser(t, &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.ACK.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{">"}},
+	})
+	cfg := testConfig(t)
+	cfg.AckWait = time.Second
+	cfg.MaxDeliver = 2
+	q := newQueue[job](t, nc, cfg)
+	ctx := ctxFor(t, 30*time.Second)
+	if err := q.Enqueue(ctx, job{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	consume(t, q, func(context.Context, *workqueue.Job[job]) error { return nil })
+	var dead []workqueue.DeadJob[job]
+	testutil.Eventually(t, 20*time.Second, "the job dead-lettered", func() bool {
+		var err error
+		dead, err = q.DeadLetters(ctx, 10)
+		return err == nil && len(dead) > 0
+	})
+	if d := dead[0]; d.Reason != "expired" || !strings.Contains(d.Error, "$JS.ACK.>") {
+		t.Fatalf("dead letter: reason %q, error %q; want expired, naming $JS.ACK.> among the causes", d.Reason, d.Error)
+	}
+}

@@ -60,7 +60,8 @@ const (
 	// ReasonPayload: an offloaded payload could not be read back.
 	ReasonPayload = "payload"
 	// ReasonExpired: delivered MaxDeliver times without an answer (a
-	// handler hung past its timeout, or its consumer died each time).
+	// handler hung past its timeout, its consumer died each time, or
+	// the server refused its acks).
 	ReasonExpired = "expired"
 )
 

@@ -108,7 +108,7 @@ func (s *Settler) Receive(ctx context.Context, msg jetstream.Msg) *Delivery {
 			s.deadLetter(d, c.reason, c.err)
 			return nil
 		}
-		s.deadLetter(d, ReasonExpired, fmt.Errorf("delivered %d times, more than max_deliver %d, without an answer within ack_wait %s: its handler hung past handler_timeout, its consumer died, or consumers shutting down handed it back before it started (each such delivery counts)",
+		s.deadLetter(d, ReasonExpired, fmt.Errorf("delivered %d times, more than max_deliver %d, without an answer within ack_wait %s: its handler hung past handler_timeout, its consumer died, consumers shutting down handed it back before it started (each such delivery counts), or the server refused its acks (the NATS user may not publish to $JS.ACK.>)",
 			meta.NumDelivered, s.Policy.MaxDeliver, s.Policy.AckWait))
 		return nil
 	}
