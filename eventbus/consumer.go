@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/loomrt/loom/internal/jsconsume"
+	"github.com/loomrt/loom/internal/natsrefusal"
 	"github.com/loomrt/loom/metrics"
 )
 
@@ -255,8 +256,7 @@ func (b *Bus) startCore(ctx context.Context, c *conn, topic, group string, h Con
 	}
 	// A refused subscription is reported to the connection, before the
 	// flush's answer, and stays in place receiving nothing.
-	if err := c.nc.LastError(); errors.Is(err, nats.ErrPermissionViolation) &&
-		strings.Contains(strings.ToLower(err.Error()), `subscription to "`+strings.ToLower(topic)+`"`) {
+	if err := c.nc.LastError(); refusedSubscription(err, topic) {
 		_ = sub.Unsubscribe()
 		cc.kill()
 		wg.Wait()
@@ -465,4 +465,11 @@ wait:
 	cc.b.log.Error("eventbus: handlers ignored their cancelled context; abandoned", "topic", cc.topic, "group", cc.group, "handlers", n)
 	return fmt.Errorf("eventbus: topic %s, group %s: %d handlers still running %s after their context was cancelled were abandoned (Core NATS keeps no copy of their messages; a handler must return when its context ends): %w",
 		cc.topic, cc.group, n, jsconsume.ShutdownGrace, ctx.Err())
+}
+
+// refusedSubscription reports whether err is the NATS server's refusal of
+// a subscription to subject.
+func refusedSubscription(err error, subject string) bool {
+	kind, refused, ok := natsrefusal.Read(err)
+	return ok && kind == metrics.PermissionSubscribe && refused == subject
 }

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
+	"github.com/loomrt/loom/internal/natsrefusal"
+	"github.com/loomrt/loom/metrics"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
@@ -129,7 +130,7 @@ func (p *producer) send(ctx context.Context, msgs []*nats.Msg, js bool) error {
 // acknowledgement that never comes).
 func (p *producer) refused(n int) error {
 	err := p.c.nc.LastError()
-	if !errors.Is(err, nats.ErrPermissionViolation) || !strings.Contains(strings.ToLower(err.Error()), `publish to "`+strings.ToLower(p.topic)+`"`) {
+	if kind, subject, ok := natsrefusal.Read(err); !ok || kind != metrics.PermissionPublish || subject != p.topic {
 		return nil
 	}
 	return fmt.Errorf("eventbus: %d messages to topic %s refused by the NATS server (%w): this process's NATS user needs publish permission on %s",

@@ -16,6 +16,7 @@ import (
 	"github.com/loomrt/loom"
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/internal/jsstream"
+	"github.com/loomrt/loom/metrics"
 )
 
 // JetStream: events are stored in one stream (events.jetstream.stream)
@@ -213,7 +214,7 @@ func (s *jetStreamSender) flush(ctx context.Context) error {
 // so its acknowledgement never comes (an event refused once stays
 // unacknowledged), and reports the refusal only to the connection.
 func (s *jetStreamSender) refused() error {
-	err := refusal(s.nc.LastError(), s.before, "publish", s.subject)
+	err := refusal(s.nc.LastError(), s.before, metrics.PermissionPublish, s.subject)
 	if err == nil {
 		return nil
 	}

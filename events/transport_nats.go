@@ -2,9 +2,7 @@ package events
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +11,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/loomrt/loom"
+	"github.com/loomrt/loom/internal/natsrefusal"
+	"github.com/loomrt/loom/metrics"
 )
 
 // Core NATS: the subject is the NATS subject, the envelope the message
@@ -80,7 +80,7 @@ func (s *natsSender) refused() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	last := s.nc.LastError()
-	err := refusal(last, s.seen, "publish", s.subject)
+	err := refusal(last, s.seen, metrics.PermissionPublish, s.subject)
 	s.seen = last
 	if err == nil {
 		return nil
@@ -90,17 +90,19 @@ func (s *natsSender) refused() error {
 }
 
 // refusal returns last, a connection's last error, if it is the NATS
-// server's refusal of the connection's op ("publish" or "subscription")
-// on subject and not before, the last error earlier (a refusal the caller
-// has seen already, or one from before the caller's time): the server
-// reports a refusal to the connection and to nothing else.
+// server's refusal of the connection's op (metrics.PermissionPublish or
+// PermissionSubscribe) on subject and not before, the last error earlier
+// (a refusal the caller has seen already, or one from before the
+// caller's time): the server reports a refusal to the connection and to
+// nothing else.
 func refusal(last, before error, op, subject string) error {
-	err := last
-	if err == nil || err == before || !errors.Is(err, nats.ErrPermissionViolation) ||
-		!strings.Contains(strings.ToLower(err.Error()), op+` to "`+strings.ToLower(subject)+`"`) {
+	if last == before {
 		return nil
 	}
-	return err
+	if kind, refused, ok := natsrefusal.Read(last); !ok || kind != op || refused != subject {
+		return nil
+	}
+	return last
 }
 
 // flush waits for the server to have what nc sent, bounded by ctx or, if
@@ -155,7 +157,7 @@ func subscribeNATS(ctx context.Context, rt *loom.Runtime, c *subCore, o options)
 	}
 	// A refused subscription is reported to the connection, before the
 	// flush's answer, and stays in place receiving nothing.
-	if err := refusal(nc.LastError(), before, "subscription", c.pattern); err != nil {
+	if err := refusal(nc.LastError(), before, metrics.PermissionSubscribe, c.pattern); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("events: subscribe to %s: the NATS server refused the subscription (%w): this process's NATS user needs subscribe permission on %s",
 			c.pattern, err, c.pattern)

@@ -1,9 +1,7 @@
 package natsconn
 
 import (
-	"errors"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -11,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/loomrt/loom/internal/natsrefusal"
 	"github.com/loomrt/loom/metrics"
 )
 
@@ -294,8 +293,7 @@ func (a *asyncErrors) report(out []summary) {
 }
 
 func keyOf(sub *nats.Subscription, err error) errKey {
-	if errors.Is(err, nats.ErrPermissionViolation) {
-		kind, subject := permission(err.Error())
+	if kind, subject, ok := natsrefusal.Read(err); ok {
 		return errKey{perm: true, kind: kind, subject: clip(subject)}
 	}
 	k := errKey{kind: clip(err.Error())}
@@ -303,37 +301,6 @@ func keyOf(sub *nats.Subscription, err error) errKey {
 		k.subject = clip(sub.Subject)
 	}
 	return k
-}
-
-// permission reads the kind and subject of a permission violation from
-// its text, which nats.go takes from the server:
-//
-//	nats: permissions violation: Permissions Violation for Publish to "a.b"
-//	... for Publish with Reply of "_INBOX.x"
-//	... for Subscription to "a.>" using queue "q" (sid "3")
-func permission(text string) (kind, subject string) {
-	const marker = "Permissions Violation for "
-	i := strings.Index(text, marker)
-	if i < 0 {
-		return metrics.PermissionOther, ""
-	}
-	rest := text[i+len(marker):]
-	for _, f := range []struct{ prefix, kind string }{
-		{"Publish to ", metrics.PermissionPublish},
-		{"Publish with Reply of ", metrics.PermissionReply},
-		{"Subscription to ", metrics.PermissionSubscribe},
-	} {
-		if r, ok := strings.CutPrefix(rest, f.prefix); ok {
-			if q, err := strconv.QuotedPrefix(r); err == nil {
-				if s, err := strconv.Unquote(q); err == nil {
-					return f.kind, s
-				}
-			}
-			s, _, _ := strings.Cut(r, " ")
-			return f.kind, s
-		}
-	}
-	return metrics.PermissionOther, ""
 }
 
 // clip bounds s, and copies it so that a key does not hold a longer string.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/loomrt/loom/internal/natsrefusal"
 	"github.com/loomrt/loom/metrics"
 )
 
@@ -36,26 +37,19 @@ func TestPermissionReadsTheKindAndSubjectOfEachRefusal(t *testing.T) {
 	}
 }
 
-// FuzzPermission: the text comes from the server; whatever it holds, it
-// is read without a panic into a known kind and a bounded subject.
+// FuzzPermission: the text comes from the server; whatever it holds, a
+// refusal's key has a bounded subject, the start of the one read.
 func FuzzPermission(f *testing.F) {
-	f.Add(`nats: permissions violation: Permissions Violation for Publish to "denied.a"`)
-	f.Add(`nats: permissions violation: Permissions Violation for Subscription to "a" using queue "q" (sid "1")`)
+	f.Add(`Permissions Violation for Publish to "denied.a"`)
+	f.Add(`Permissions Violation for Subscription to "a" using queue "q" (sid "1")`)
 	f.Add(`Permissions Violation for Publish with Reply of "`)
 	f.Add(`Permissions Violation for Subscription to `)
 	f.Fuzz(func(t *testing.T, text string) {
-		kind, subject := permission(text)
-		switch kind {
-		case metrics.PermissionPublish, metrics.PermissionReply, metrics.PermissionSubscribe:
-		case metrics.PermissionOther:
-			if subject != "" {
-				t.Errorf("kind other with subject %q", subject)
-			}
-		default:
-			t.Errorf("kind %q", kind)
-		}
-		if c := clip(subject); len(c) > maxKeySubject || !strings.HasPrefix(subject, c) {
-			t.Errorf("clip(%q) = %q", subject, c)
+		err := fmt.Errorf("%w: %s", nats.ErrPermissionViolation, text)
+		_, subject, _ := natsrefusal.Read(err)
+		k := keyOf(nil, err)
+		if !k.perm || len(k.subject) > maxKeySubject || !strings.HasPrefix(subject, k.subject) {
+			t.Errorf("key %+v of a refusal on %q", k, subject)
 		}
 	})
 }

@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/loomrt/loom/internal/jsconsume"
+	"github.com/loomrt/loom/internal/natsrefusal"
+	"github.com/loomrt/loom/metrics"
 )
 
 // Handler handles jobs of type T. Returning nil acknowledges the job;
@@ -139,11 +141,8 @@ func (j *Job[T]) settled(what string, err error) error {
 // timestamp), so a refusal of any other publish is never taken for it.
 func (j *Job[T]) ackRefused(what string) error {
 	err := j.nc.LastError()
-	if !errors.Is(err, nats.ErrPermissionViolation) {
-		return nil
-	}
-	reply := j.d.Msg.Reply()
-	if reply == "" || !strings.Contains(strings.ToLower(err.Error()), strings.ToLower(`publish to "`+reply+`"`)) {
+	kind, subject, ok := natsrefusal.Read(err)
+	if !ok || kind != metrics.PermissionPublish || subject == "" || subject != j.d.Msg.Reply() {
 		return nil
 	}
 	stream, consumer := j.d.Meta.Stream, j.d.Meta.Consumer
@@ -297,20 +296,14 @@ func (q *Queue[T]) Consume(h Handler[T], opts ...ConsumeOption) (*Consumer, erro
 // other subject is another user's of the connection, not the consumer's.
 func (q *Queue[T]) subscriptionRefused(before error) error {
 	err := q.nc.LastError()
-	if err == nil || err == before || !errors.Is(err, nats.ErrPermissionViolation) {
-		return nil
-	}
-	msg := err.Error()
-	const what = `subscription to "`
-	i := strings.Index(strings.ToLower(msg), what)
-	if i < 0 {
+	if err == before {
 		return nil
 	}
 	inbox := nats.InboxPrefix
 	if p := q.nc.Opts.InboxPrefix; p != "" {
 		inbox = p + "."
 	}
-	if !strings.HasPrefix(msg[i+len(what):], inbox) {
+	if kind, subject, ok := natsrefusal.Read(err); !ok || kind != metrics.PermissionSubscribe || !strings.HasPrefix(subject, inbox) {
 		return nil
 	}
 	return fmt.Errorf("workqueue: queue %s: the NATS server refused the subscription its jobs are delivered on (%w): this process's NATS user needs subscribe permission on its inbox prefix (_INBOX.>, or the connection's custom inbox prefix)",
@@ -327,11 +320,8 @@ func (q *Queue[T]) subscriptionRefused(before error) error {
 // causes.
 func (q *Queue[T]) logAcksRefused() {
 	err := q.nc.LastError()
-	if !errors.Is(err, nats.ErrPermissionViolation) {
-		return
-	}
 	prefix := "$JS.ACK." + q.cfg.Name + "." + q.cfg.Group + "."
-	if !strings.Contains(strings.ToLower(err.Error()), strings.ToLower(`publish to "`+prefix)) {
+	if kind, subject, ok := natsrefusal.Read(err); !ok || kind != metrics.PermissionPublish || !strings.HasPrefix(subject, prefix) {
 		return
 	}
 	if last := q.ackRefusal.Load(); last != nil && *last == err {

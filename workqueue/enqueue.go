@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 
+	"github.com/loomrt/loom/internal/natsrefusal"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/natsconn"
 	"github.com/loomrt/loom/objectstore"
@@ -499,13 +500,10 @@ func (p *publisher) publishSync(ctx context.Context, m *nats.Msg) (err error) {
 // failure, nor fail sends that the server acknowledges.
 func (p *publisher) refused(before error) error {
 	err := p.nc.LastError()
-	if err == before || !errors.Is(err, nats.ErrPermissionViolation) {
+	if err == before {
 		return nil
 	}
-	msg := err.Error()
-	const what = `publish to "`
-	i := strings.Index(strings.ToLower(msg), what)
-	if i < 0 || !strings.HasPrefix(msg[i+len(what):], p.cfg.Subject+`"`) {
+	if kind, subject, ok := natsrefusal.Read(err); !ok || kind != metrics.PermissionPublish || subject != p.cfg.Subject {
 		return nil
 	}
 	return fmt.Errorf("workqueue: enqueue to queue %s refused by the NATS server (%w): this process's NATS user needs publish permission on %s",

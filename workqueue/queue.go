@@ -20,6 +20,7 @@ import (
 	"github.com/loomrt/loom/codec"
 	"github.com/loomrt/loom/internal/jsconsume"
 	"github.com/loomrt/loom/internal/jsstream"
+	"github.com/loomrt/loom/internal/natsrefusal"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/objectstore"
 )
@@ -362,17 +363,12 @@ func (q *Queue[T]) newConsumer(ctx context.Context) (jetstream.Consumer, error) 
 // permission granted since) for the cause.
 func (q *Queue[T]) consumerRefused(before error) error {
 	err := q.nc.LastError()
-	if err == before || !errors.Is(err, nats.ErrPermissionViolation) {
+	if err == before {
 		return nil
 	}
-	msg := err.Error()
-	const what = `publish to "$js.api.consumer.`
-	i := strings.Index(strings.ToLower(msg), what)
-	if i < 0 {
-		return nil
-	}
-	subject, _, _ := strings.Cut(msg[i+len(`publish to "`):], `"`)
-	if !strings.Contains(subject, "."+q.cfg.Name+"."+q.cfg.Group) {
+	kind, subject, ok := natsrefusal.Read(err)
+	if !ok || kind != metrics.PermissionPublish || !strings.HasPrefix(subject, "$JS.API.CONSUMER.") ||
+		!strings.Contains(subject, "."+q.cfg.Name+"."+q.cfg.Group) {
 		return nil
 	}
 	return err

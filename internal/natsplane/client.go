@@ -14,8 +14,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/loomrt/loom/internal/natsrefusal"
 	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/wire"
+	"github.com/loomrt/loom/metrics"
 )
 
 // ClientConfig configures a Client. The zero value works.
@@ -540,7 +542,7 @@ func (c *Client) expire(connClosed bool) {
 // user without publish permission gets no response, only an error the
 // server reports to the connection.
 func publishDenied(nc *nats.Conn, subject string) error {
-	err := refused(nc, "publish", subject)
+	err := refused(nc, metrics.PermissionPublish, subject)
 	if err == nil {
 		return nil
 	}
@@ -548,11 +550,12 @@ func publishDenied(nc *nats.Conn, subject string) error {
 }
 
 // refused returns the NATS server's refusal of this connection's op
-// ("publish" or "subscription") on subject, if it is the last error the
-// server reported to the connection: a refusal reaches nothing else.
+// (metrics.PermissionPublish or PermissionSubscribe) on subject, if it is
+// the last error the server reported to the connection: a refusal
+// reaches nothing else.
 func refused(nc *nats.Conn, op, subject string) error {
 	err := nc.LastError()
-	if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(strings.ToLower(err.Error()), op+` to "`+strings.ToLower(subject)+`"`) {
+	if kind, refused, ok := natsrefusal.Read(err); ok && kind == op && refused == subject {
 		return err
 	}
 	return nil

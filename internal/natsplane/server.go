@@ -17,6 +17,7 @@ import (
 	"github.com/loomrt/loom/internal/latch"
 	"github.com/loomrt/loom/internal/plane"
 	"github.com/loomrt/loom/internal/wire"
+	"github.com/loomrt/loom/metrics"
 )
 
 // Defaults for the zero values of ServerConfig and ClientConfig.
@@ -202,7 +203,7 @@ func NewServer(nc *nats.Conn, subject string, cfg ServerConfig, h Handler) (*Ser
 	// A refused subscription is reported to the connection, before the
 	// flush's answer, and the subscription stays in place receiving
 	// nothing.
-	if err := refused(nc, "subscription", subject); err != nil {
+	if err := refused(nc, metrics.PermissionSubscribe, subject); err != nil {
 		_ = sub.Unsubscribe()
 		return nil, fmt.Errorf("natsplane: serving on subject %s: the NATS server refused the subscription (%w): this process's NATS user needs subscribe permission on %s (loom.rpc.> for every instance served over NATS)", subject, err, subject)
 	}
