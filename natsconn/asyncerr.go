@@ -99,7 +99,9 @@ func newAsyncErrors(l *slog.Logger, m *metrics.Metrics) *asyncErrors {
 func (a *asyncErrors) handle(nc *nats.Conn, sub *nats.Subscription, err error) {
 	k := keyOf(sub, err)
 	if k.perm && a.m != nil {
-		a.m.NATSPermissionViolation(k.kind)
+		// Counted once the refusal is logged, so that whoever sees the
+		// count sees the log line too.
+		defer a.m.NATSPermissionViolation(k.kind)
 	}
 	a.mu.Lock()
 	a.nc = nc
