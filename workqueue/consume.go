@@ -145,9 +145,12 @@ func (j *Job[T]) ackRefused(what string) error {
 	if !ok || kind != metrics.PermissionPublish || subject == "" || subject != j.d.Msg.Reply() {
 		return nil
 	}
-	stream, consumer := j.d.Meta.Stream, j.d.Meta.Consumer
-	return fmt.Errorf("workqueue: queue %s: %s of job %d refused by the NATS server (%w): this process's NATS user needs publish permission on $JS.ACK.> (at least $JS.ACK.%s.%s.>), where jobs are acknowledged; until then the job comes back after ack_wait",
-		j.queue, what, j.Seq, err, stream, consumer)
+	at := "$JS.ACK." + j.d.Meta.Stream + "." + j.d.Meta.Consumer + "."
+	if prefix, _, _, ok := ackSubject(subject); ok {
+		at = prefix
+	}
+	return fmt.Errorf("workqueue: queue %s: %s of job %d refused by the NATS server (%w): this process's NATS user needs publish permission on $JS.ACK.> (at least %s>), where jobs are acknowledged; until then the job comes back after ack_wait",
+		j.queue, what, j.Seq, err, at)
 }
 
 // ErrSettled is returned by a Job's Ack, Fail, InProgress and Terminate
@@ -320,8 +323,12 @@ func (q *Queue[T]) subscriptionRefused(before error) error {
 // causes.
 func (q *Queue[T]) logAcksRefused() {
 	err := q.nc.LastError()
-	prefix := "$JS.ACK." + q.cfg.Name + "." + q.cfg.Group + "."
-	if kind, subject, ok := natsrefusal.Read(err); !ok || kind != metrics.PermissionPublish || !strings.HasPrefix(subject, prefix) {
+	kind, subject, ok := natsrefusal.Read(err)
+	if !ok || kind != metrics.PermissionPublish {
+		return
+	}
+	prefix, stream, consumer, ok := ackSubject(subject)
+	if !ok || stream != q.cfg.Name || consumer != q.cfg.Group {
 		return
 	}
 	if last := q.ackRefusal.Load(); last != nil && *last == err {

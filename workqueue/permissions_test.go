@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,8 +23,51 @@ import (
 // has the permissions perms, and connects to it as that user.
 func startNATSWithUser(t *testing.T, perms *server.Permissions) *nats.Conn {
 	t.Helper()
+	return startNATSWithUserAcking(t, perms, ackV1)
+}
+
+// ackForm is one of the two forms of ack subject a server sends:
+// $JS.ACK.<stream>.<consumer>... by default, and
+// $JS.ACK.<domain>.<account hash>.<stream>.<consumer>... with its
+// js_ack_fc_v2 feature flag.
+type ackForm struct {
+	name string
+	v2   bool
+}
+
+var (
+	ackV1    = ackForm{"v1", false}
+	ackV2    = ackForm{"v2", true}
+	ackForms = []ackForm{ackV1, ackV2}
+)
+
+// of is the pattern of queue's ack subjects, as a permission names them.
+func (f ackForm) of(queue string) string {
+	if f.v2 {
+		return "$JS.ACK.*.*." + queue + ".>"
+	}
+	return "$JS.ACK." + queue + ".>"
+}
+
+// named reports whether text names the ack subjects of queue's
+// worker-group consumer, in this form, as the narrowest permission needed.
+func (f ackForm) named(text, queue string) bool {
+	domainAndHash := ""
+	if f.v2 {
+		domainAndHash = `[^.\s]+\.[^.\s]+\.`
+	}
+	return regexp.MustCompile(`\(at least \$JS\.ACK\.` + domainAndHash + regexp.QuoteMeta(queue) + `\.worker-group\.>\)`).MatchString(text)
+}
+
+// startNATSWithUserAcking is startNATSWithUser with a server that sends
+// ack subjects of the form f.
+func startNATSWithUserAcking(t *testing.T, perms *server.Permissions, f ackForm) *nats.Conn {
+	t.Helper()
 	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
 		o.Users = []*server.User{{Username: "worker", Password: "pw", Permissions: perms}}
+		if f.v2 {
+			o.FeatureFlags = map[string]bool{"js_ack_fc_v2": true}
+		}
 	}})
 	if err != nil {
 		t.Fatalf("StartNATS: %v", err)
@@ -153,16 +197,22 @@ func TestASubscriptionTheServerRefusesIsAnError(t *testing.T) {
 // same connection and after those refusals, succeed: a refusal of another
 // job's ack is never taken for theirs.
 func TestASettlingTheServerRefusesIsAnError(t *testing.T) {
+	for _, f := range ackForms {
+		t.Run(f.name, func(t *testing.T) { settlingRefused(t, f) })
+	}
+}
+
+func settlingRefused(t *testing.T, f ackForm) {
 	cfg := func(name string) workqueue.Config {
 		c := testConfig(t)
 		c.Name = name
 		c.AckWait = 30 * time.Second // no redelivery while the test runs
 		return c
 	}
-	nc := startNATSWithUser(t, &server.Permissions{
-		Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.ACK.denied.>"}},
+	nc := startNATSWithUserAcking(t, &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: []string{f.of("denied")}},
 		Subscribe: &server.SubjectPermission{Allow: []string{">"}},
-	})
+	}, f)
 	denied := newQueue[job](t, nc, cfg("denied"))
 	allowed := newQueue[job](t, nc, cfg("allowed"))
 	ctx := ctxFor(t, 60*time.Second)
@@ -189,7 +239,7 @@ func TestASettlingTheServerRefusesIsAnError(t *testing.T) {
 		}
 		err = s.do(j)
 		if err == nil || !strings.Contains(err.Error(), "publish permission on $JS.ACK.>") ||
-			!strings.Contains(err.Error(), "$JS.ACK.denied.worker-group.>") || !errors.Is(err, nats.ErrPermissionViolation) {
+			!f.named(err.Error(), "denied") || !errors.Is(err, nats.ErrPermissionViolation) {
 			t.Errorf("%s without permission to publish the ack: %v; want an error naming the permission", s.what, err)
 		}
 	}
@@ -284,10 +334,16 @@ func TestAConsumerErrorAfterAPermissionWasGrantedIsNotTakenForRefused(t *testing
 // consumer ran every job again after each ack_wait, with nothing said; it
 // now logs an error naming the permission when the job comes back.
 func TestAConsumerWhoseAcksTheServerRefusesSaysSo(t *testing.T) {
-	nc := startNATSWithUser(t, &server.Permissions{
+	for _, f := range ackForms {
+		t.Run(f.name, func(t *testing.T) { consumerAcksRefused(t, f) })
+	}
+}
+
+func consumerAcksRefused(t *testing.T, f ackForm) {
+	nc := startNATSWithUserAcking(t, &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.ACK.>"}},
 		Subscribe: &server.SubjectPermission{Allow: []string{">"}},
-	})
+	}, f)
 	cfg := testConfig(t)
 	cfg.AckWait = time.Second
 	var logs testutil.SyncBuffer
@@ -301,9 +357,8 @@ func TestAConsumerWhoseAcksTheServerRefusesSaysSo(t *testing.T) {
 		runs.Add(1)
 		return nil
 	})
-	want := "needs publish permission on $JS.ACK.> (at least $JS.ACK." + cfg.Name + ".worker-group.>)"
 	testutil.Eventually(t, 20*time.Second, "an error naming the refused permission logged", func() bool {
-		return strings.Contains(logs.String(), want)
+		return strings.Contains(logs.String(), "needs publish permission on $JS.ACK.>") && f.named(logs.String(), cfg.Name)
 	})
 	if !strings.Contains(logs.String(), "level=ERROR") {
 		t.Errorf("logs %s; want the refusal logged as an error", logs.String())
