@@ -210,7 +210,7 @@ func (s *stack) Report(res *bench.Result) {
 	if s.cpu == nil || res.Completed == 0 {
 		return
 	}
-	total, parts, err := s.cpu.Stop()
+	total, parts, _, err := s.cpu.Stop()
 	s.cpu = nil
 	if s.profile != nil {
 		s.profile.Close()
@@ -242,7 +242,7 @@ func (s *stack) Report(res *bench.Result) {
 // Close stops everything the stack started.
 func (s *stack) Close() {
 	if s.cpu != nil {
-		_, _, _ = s.cpu.Stop()
+		_, _, _, _ = s.cpu.Stop()
 	}
 	if s.profile != nil {
 		s.profile.Close()

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/pprof/profile"
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/llm/tokenizer"
@@ -497,6 +498,7 @@ func TestMediansTotalCountsAndTakeMedianRates(t *testing.T) {
 	if Medians(runs[:1]) != runs[0] {
 		t.Error("the medians of one run are not that run")
 	}
+
 }
 
 func TestCPUSplitAttributesLabelledWork(t *testing.T) {
@@ -515,12 +517,15 @@ func TestCPUSplitAttributesLabelledWork(t *testing.T) {
 	}
 	Part(context.Background(), PartFrontend, func(context.Context) { spin(300 * time.Millisecond) })
 	Part(context.Background(), PartGenerator, func(context.Context) { spin(100 * time.Millisecond) })
-	total, parts, err := s.Stop()
+	total, parts, samples, err := s.Stop()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if total < 400*time.Millisecond {
 		t.Fatalf("total CPU %v after spinning 400ms", total)
+	}
+	if samples == 0 {
+		t.Fatalf("no profile sample in %v of CPU", total)
 	}
 	// The profile samples at 100 Hz: the frontend's share is about 3/4.
 	if f := float64(parts[PartFrontend]) / float64(total); f < 0.5 || f > 0.95 {
@@ -528,5 +533,22 @@ func TestCPUSplitAttributesLabelledWork(t *testing.T) {
 	}
 	if parts[PartGenerator] == 0 {
 		t.Errorf("the generator's spin got no share: %v", parts)
+	}
+}
+
+func TestCPUSplitWithNoSampleLeavesThePartsUnknown(t *testing.T) {
+	label := func(part string) map[string][]string { return map[string][]string{PartLabel: {part}} }
+	sampled := &profile.Profile{Sample: []*profile.Sample{
+		{Value: []int64{3, 30e6}, Label: label(PartFrontend)},
+		{Value: []int64{1, 10e6}},
+	}}
+	parts, samples := split(80*time.Millisecond, sampled)
+	if samples != 4 || parts[PartFrontend] != 60*time.Millisecond || parts[PartOther] != 20*time.Millisecond {
+		t.Errorf("3 frontend samples and 1 unlabelled of 80ms: parts %v, %d samples; want 60ms, 20ms, 4", parts, samples)
+	}
+	// A run shorter than the 10 ms sampling period: the total is still
+	// measured, the split is not, and a map of zeros would say it was.
+	if parts, samples := split(8*time.Millisecond, &profile.Profile{}); parts != nil || samples != 0 {
+		t.Errorf("no sample: parts %v, %d samples; want nil and 0", parts, samples)
 	}
 }

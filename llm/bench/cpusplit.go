@@ -56,36 +56,46 @@ func StartCPUSplit(save io.Writer) (*CPUSplit, error) {
 	return s, nil
 }
 
-// Stop ends the measurement and returns the total CPU time and each
-// part's share of it (PartOther for unlabelled samples).
-func (s *CPUSplit) Stop() (total time.Duration, parts map[string]time.Duration, err error) {
+// Stop ends the measurement and returns the total CPU time, each part's
+// share of it (PartOther for unlabelled samples) and the number of
+// profile samples the shares come from. A run shorter than a sampling
+// period (10 ms of CPU) can end with no sample: then parts is nil, as
+// the shares are unknown, and only total is a measurement.
+func (s *CPUSplit) Stop() (total time.Duration, parts map[string]time.Duration, samples int64, err error) {
 	total = ProcessCPU() - s.cpu0
 	pprof.StopCPUProfile()
 	if s.saved != nil {
 		if _, err := s.saved.Write(s.prof.Bytes()); err != nil {
-			return total, nil, fmt.Errorf("bench: saving the CPU profile: %w", err)
+			return total, nil, 0, fmt.Errorf("bench: saving the CPU profile: %w", err)
 		}
 	}
 	p, err := profile.Parse(&s.prof)
 	if err != nil {
-		return total, nil, fmt.Errorf("bench: reading the CPU profile: %w", err)
+		return total, nil, 0, fmt.Errorf("bench: reading the CPU profile: %w", err)
 	}
-	samples := map[string]int64{}
-	var all int64
+	parts, samples = split(total, p)
+	return total, parts, samples, nil
+}
+
+// split shares total between the parts named by the samples' PartLabel,
+// in proportion to their samples; parts is nil when p has no sample.
+func split(total time.Duration, p *profile.Profile) (parts map[string]time.Duration, samples int64) {
+	count := map[string]int64{}
 	for _, smp := range p.Sample {
 		part := PartOther
 		if v := smp.Label[PartLabel]; len(v) > 0 {
 			part = v[0]
 		}
-		samples[part] += smp.Value[0]
-		all += smp.Value[0]
+		// A Go CPU profile's first value is the sample count.
+		count[part] += smp.Value[0]
+		samples += smp.Value[0]
+	}
+	if samples == 0 {
+		return nil, 0
 	}
 	parts = map[string]time.Duration{}
-	if all == 0 {
-		return total, parts, nil
+	for part, n := range count {
+		parts[part] = time.Duration(float64(total) * float64(n) / float64(samples))
 	}
-	for part, n := range samples {
-		parts[part] = time.Duration(float64(total) * float64(n) / float64(all))
-	}
-	return total, parts, nil
+	return parts, samples
 }
