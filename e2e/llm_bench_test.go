@@ -22,6 +22,7 @@ type benchJSON struct {
 	TokPerS    *float64           `json:"output_tokens_per_s"`
 	KvHitRate  *float64           `json:"kv_hit_rate"`
 	PerWorker  map[string]int     `json:"per_worker"`
+	Samples    *int64             `json:"cpu_profile_samples"`
 	FrontCPU   *float64           `json:"frontend_cpu_ms_per_request"`
 	ProcCPU    float64            `json:"process_cpu_ms_per_request"`
 	ByPart     map[string]float64 `json:"cpu_ms_per_request_by_part"`
@@ -92,16 +93,26 @@ func TestLLMBenchInProcessReportsEveryField(t *testing.T) {
 	}
 	// 50 short requests cost a few tens of CPU milliseconds, a handful
 	// of 100 Hz profile samples: the frontend may get none of them, but
-	// the parts always add up to the process's CPU time.
-	if r.FrontCPU == nil || *r.FrontCPU < 0 || *r.FrontCPU > r.ProcCPU || r.ProcCPU <= 0 {
-		t.Errorf("frontend_cpu_ms_per_request missing or not in [0, process %g]:\n%s", r.ProcCPU, out)
-	}
-	parts := 0.0
-	for _, v := range r.ByPart {
-		parts += v
-	}
-	if math.Abs(parts-r.ProcCPU) > 0.01*r.ProcCPU {
-		t.Errorf("cpu_ms_per_request_by_part %v adds up to %g, not the process's %g", r.ByPart, parts, r.ProcCPU)
+	// the parts always add up to the process's CPU time. With no sample
+	// at all there is no split, and the frontend's figure is absent
+	// rather than 0.
+	if r.ProcCPU <= 0 || r.Samples == nil {
+		t.Errorf("process_cpu_ms_per_request %g, cpu_profile_samples %v: want a CPU time and a sample count:\n%s", r.ProcCPU, r.Samples, out)
+	} else if *r.Samples == 0 {
+		if r.FrontCPU != nil || len(r.ByPart) != 0 {
+			t.Errorf("no profile sample, yet a frontend CPU or a split by part:\n%s", out)
+		}
+	} else {
+		if r.FrontCPU == nil || *r.FrontCPU < 0 || *r.FrontCPU > r.ProcCPU {
+			t.Errorf("frontend_cpu_ms_per_request missing or not in [0, process %g]:\n%s", r.ProcCPU, out)
+		}
+		parts := 0.0
+		for _, v := range r.ByPart {
+			parts += v
+		}
+		if math.Abs(parts-r.ProcCPU) > 0.01*r.ProcCPU {
+			t.Errorf("cpu_ms_per_request_by_part %v adds up to %g, not the process's %g", r.ByPart, parts, r.ProcCPU)
+		}
 	}
 	if r.Router != "kv" || r.Workers != 2 {
 		t.Errorf("router %q workers %d, want kv and 2", r.Router, r.Workers)

@@ -471,18 +471,38 @@ func printSummary(w io.Writer, r benchReport, runs int) {
 	if r.Migrated.Requests > 0 || r.Churn != nil {
 		fmt.Fprintf(w, "  migrated      %d requests, TTFT p99 %.1f ms, E2E p99 %.1f ms\n", r.Migrated.Requests, r.Migrated.TTFT.P99, r.Migrated.E2E.P99)
 	}
-	if r.FrontendCPUMsPerRequest != nil {
+	switch {
+	case r.FrontendCPUMsPerRequest != nil:
 		var parts []string
 		for _, k := range slices.Sorted(maps.Keys(r.CPUByPart)) {
 			parts = append(parts, fmt.Sprintf("%s %.3f", k, r.CPUByPart[k]))
 		}
 		fmt.Fprintf(w, "  CPU ms/req    frontend %.3f (whole process %.3f: %s)\n", *r.FrontendCPUMsPerRequest, r.ProcessCPUMsPerRequest, strings.Join(parts, ", "))
-	} else {
+	case r.CPUProfileSamples != nil:
+		// In-process, but the profile that splits the process's CPU
+		// between its parts saw too little to do it.
+		why := "the CPU profile took no sample"
+		if len(r.Runs) > 0 {
+			why = fmt.Sprintf("%s in %d of %d runs", why, unsampledRuns(r.Runs), len(r.Runs))
+		}
+		fmt.Fprintf(w, "  CPU ms/req    frontend unknown: %s; run more requests (whole process %.3f)\n", why, r.ProcessCPUMsPerRequest)
+	default:
 		fmt.Fprintf(w, "  CPU           %.3f ms/request for this process (the generator)\n", r.ProcessCPUMsPerRequest)
 	}
 	for k, v := range r.ErrorSamples {
 		fmt.Fprintf(w, "  error %s: %s\n", k, v)
 	}
+}
+
+// unsampledRuns counts the runs whose CPU profile took no sample.
+func unsampledRuns(runs []*bench.Result) int {
+	n := 0
+	for _, r := range runs {
+		if r.CPUProfileSamples != nil && *r.CPUProfileSamples == 0 {
+			n++
+		}
+	}
+	return n
 }
 
 func printComparison(w io.Writer, reports []benchReport, runs int) {

@@ -195,8 +195,8 @@ func (s *stack) StartMeasuring(profile string) error {
 }
 
 // Report adds what only the stack knows to res: each worker's request
-// count and the frontend's CPU time per request. Migrations come from
-// the frontend's X-Loom-Migrations trailer, as against a URL.
+// count and the frontend's CPU time per request (see setCPU). Migrations
+// come from the frontend's X-Loom-Migrations trailer, as against a URL.
 func (s *stack) Report(res *bench.Result) {
 	if st := s.kv.Stats(); st.Name == kvrouter.KV {
 		res.KvEvents = &bench.KvEventStats{Received: st.EventsReceived, Dropped: st.EventsDropped, Gaps: st.Gaps, Resyncs: st.Resyncs}
@@ -210,7 +210,7 @@ func (s *stack) Report(res *bench.Result) {
 	if s.cpu == nil || res.Completed == 0 {
 		return
 	}
-	total, parts, _, err := s.cpu.Stop()
+	total, parts, samples, err := s.cpu.Stop()
 	s.cpu = nil
 	if s.profile != nil {
 		s.profile.Close()
@@ -219,8 +219,21 @@ func (s *stack) Report(res *bench.Result) {
 	if err != nil {
 		return
 	}
+	setCPU(res, total, parts, samples)
+}
+
+// setCPU sets res's CPU figures per completed request from a CPUSplit:
+// the process's total, and, when the profile took samples to split it
+// by, the frontend's share and every part's.
+func setCPU(res *bench.Result, total time.Duration, parts map[string]time.Duration, samples int64) {
 	n := float64(res.Completed)
 	res.ProcessCPUMsPerRequest = float64(total) / float64(time.Millisecond) / n
+	res.CPUProfileSamples = &samples
+	if samples == 0 {
+		// Too short a run for the 100 Hz profile: the total is measured,
+		// how it splits is not, and 0 for the frontend would be a guess.
+		return
+	}
 	var labelled time.Duration
 	for p, d := range parts {
 		if p != bench.PartOther {

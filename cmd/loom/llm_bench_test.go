@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/loomrt/loom/llm/bench"
 )
@@ -113,9 +114,12 @@ func TestLLMBenchComparesRoutersInProcess(t *testing.T) {
 		ByRouter map[string]struct {
 			Requests, Completed int
 			Router              string
-			Runs                []json.RawMessage
-			Front               *float64            `json:"frontend_cpu_ms_per_request"`
-			KvEvents            *bench.KvEventStats `json:"kv_events"`
+			Runs                []struct {
+				Samples *int64 `json:"cpu_profile_samples"`
+			}
+			Samples  *int64              `json:"cpu_profile_samples"`
+			Front    *float64            `json:"frontend_cpu_ms_per_request"`
+			KvEvents *bench.KvEventStats `json:"kv_events"`
 		} `json:"by_router"`
 	}
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
@@ -125,8 +129,25 @@ func TestLLMBenchComparesRoutersInProcess(t *testing.T) {
 		t.Fatalf("routers %v, by_router %d entries:\n%s", r.Routers, len(r.ByRouter), &out)
 	}
 	for name, rep := range r.ByRouter {
-		if rep.Router != name || rep.Requests != 24 || rep.Completed != 24 || len(rep.Runs) != 2 || rep.Front == nil {
-			t.Errorf("%s: %+v, want 2 runs of 12 completed requests with the frontend's CPU", name, rep)
+		if rep.Router != name || rep.Requests != 24 || rep.Completed != 24 || len(rep.Runs) != 2 {
+			t.Errorf("%s: %+v, want 2 runs of 12 completed requests", name, rep)
+			continue
+		}
+		// 12 short requests may take less CPU than the profile's 10 ms
+		// period: the frontend's CPU is there when every run's profile
+		// took a sample, and absent, not 0, otherwise.
+		sampled := true
+		for _, run := range rep.Runs {
+			if run.Samples == nil {
+				t.Fatalf("%s: a run without cpu_profile_samples:\n%s", name, &out)
+			}
+			sampled = sampled && *run.Samples > 0
+		}
+		if rep.Samples == nil || *rep.Samples != *rep.Runs[0].Samples+*rep.Runs[1].Samples {
+			t.Errorf("%s: cpu_profile_samples %v, want the runs' total", name, rep.Samples)
+		}
+		if sampled != (rep.Front != nil) {
+			t.Errorf("%s: runs' samples %v %v, frontend CPU %v: want a figure exactly when every run has samples", name, *rep.Runs[0].Samples, *rep.Runs[1].Samples, rep.Front)
 		}
 	}
 	// The kv router reports the workers' kv_events: each run's 2 workers
@@ -140,6 +161,45 @@ func TestLLMBenchComparesRoutersInProcess(t *testing.T) {
 	var sum bytes.Buffer
 	printSummary(&sum, benchReport{Result: &bench.Result{KvEvents: &bench.KvEventStats{Received: 120, Dropped: 3, Gaps: 2, Resyncs: 10}}, Router: "kv", Workers: 2}, 1)
 	if want := "kv_events     120 received, 3 dropped, 2 gaps, 10 block sets fetched"; !strings.Contains(sum.String(), want) {
+		t.Errorf("summary lacks %q:\n%s", want, &sum)
+	}
+}
+
+func TestLLMBenchSaysWhenTheProfileTookNoSample(t *testing.T) {
+	res := &bench.Result{Completed: 20}
+	setCPU(res, 8*time.Millisecond, nil, 0)
+	if res.ProcessCPUMsPerRequest != 0.4 || res.CPUProfileSamples == nil || *res.CPUProfileSamples != 0 || res.FrontendCPUMsPerRequest != nil || res.CPUByPart != nil {
+		t.Fatalf("no sample: process %g, samples %v, frontend %v, by part %v; want 0.4, 0, no frontend, no split",
+			res.ProcessCPUMsPerRequest, res.CPUProfileSamples, res.FrontendCPUMsPerRequest, res.CPUByPart)
+	}
+	rep := benchReport{Result: res, Router: "kv", Workers: 2}
+	var sum bytes.Buffer
+	printSummary(&sum, rep, 1)
+	if want := "CPU ms/req    frontend unknown: the CPU profile took no sample; run more requests (whole process 0.400)"; !strings.Contains(sum.String(), want) {
+		t.Errorf("summary lacks %q:\n%s", want, &sum)
+	}
+	js, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(js), `"cpu_profile_samples":0`) || strings.Contains(string(js), "frontend_cpu") || strings.Contains(string(js), "by_part") {
+		t.Errorf("JSON %s: want cpu_profile_samples 0 and no frontend CPU or split", js)
+	}
+
+	// With samples, the unlabelled CPU is shared out as the labelled is:
+	// frontend 30 + other 20 × 30/60 = 40 ms over 20 requests.
+	sampled := &bench.Result{Completed: 20}
+	setCPU(sampled, 80*time.Millisecond, map[string]time.Duration{
+		bench.PartFrontend: 30 * time.Millisecond, bench.PartWorkers: 30 * time.Millisecond, bench.PartOther: 20 * time.Millisecond}, 8)
+	if f := sampled.FrontendCPUMsPerRequest; f == nil || *f != 2 || sampled.CPUByPart[bench.PartOther] != 1 {
+		t.Errorf("8 samples: frontend %v, by part %v; want 2 ms and other 1 ms a request", f, sampled.CPUByPart)
+	}
+
+	// Over runs, one without a sample leaves the medians without a
+	// frontend figure, and the summary says which runs.
+	sum.Reset()
+	printSummary(&sum, benchReport{Result: bench.Medians([]*bench.Result{sampled, res}), Router: "kv", Workers: 2}, 2)
+	if want := "frontend unknown: the CPU profile took no sample in 1 of 2 runs; run more requests"; !strings.Contains(sum.String(), want) {
 		t.Errorf("summary lacks %q:\n%s", want, &sum)
 	}
 }

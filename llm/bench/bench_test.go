@@ -485,6 +485,12 @@ func TestMediansTotalCountsAndTakeMedianRates(t *testing.T) {
 	}
 	runs[1].KvEvents = &KvEventStats{Received: 100, Dropped: 1, Gaps: 1, Resyncs: 3}
 	runs[2].KvEvents = &KvEventStats{Received: 50, Resyncs: 2}
+	for i, r := range runs {
+		n := int64(10 + i)
+		r.CPUProfileSamples = &n
+		r.CPUByPart = map[string]float64{PartFrontend: *r.FrontendCPUMsPerRequest}
+	}
+	runs[2].CPUByPart[PartNATS] = 1 // only the last run's profile saw NATS
 	m := Medians(runs)
 	if m.Requests != 30 || m.Completed != 27 || m.Unfinished != 1 || m.Errors["http_429"] != 2 || m.PerWorker["a"] != 13 || m.PerWorker["b"] != 14 {
 		t.Errorf("counts %+v: want totals over the runs", m)
@@ -495,10 +501,21 @@ func TestMediansTotalCountsAndTakeMedianRates(t *testing.T) {
 	if m.RequestsPerS != 6 || m.TTFT.P50 != 20 || m.TTFT.N != 27 || m.KvHitRate != 0.6 || *m.FrontendCPUMsPerRequest != 2 || len(m.Runs) != 3 {
 		t.Errorf("medians %+v: want 6 req/s, ttft p50 20, kv 0.6, cpu 2, 3 runs kept", m)
 	}
+	if m.CPUProfileSamples == nil || *m.CPUProfileSamples != 33 || m.CPUByPart[PartFrontend] != 2 || m.CPUByPart[PartNATS] != 0 || len(m.CPUByPart) != 2 {
+		t.Errorf("cpu_profile_samples %v, by part %v: want 33 samples, frontend 2 and nats 0 (none in 2 runs of 3)", m.CPUProfileSamples, m.CPUByPart)
+	}
 	if Medians(runs[:1]) != runs[0] {
 		t.Error("the medians of one run are not that run")
 	}
 
+	// A run whose profile took no sample has no frontend figure: the
+	// medians have none either, rather than one that counts it as 0.
+	none := int64(0)
+	runs[1].CPUProfileSamples, runs[1].FrontendCPUMsPerRequest, runs[1].CPUByPart = &none, nil, nil
+	m = Medians(runs)
+	if m.FrontendCPUMsPerRequest != nil || m.CPUByPart != nil || m.CPUProfileSamples == nil || *m.CPUProfileSamples != 22 {
+		t.Errorf("one run without a sample: frontend %v, by part %v, samples %v; want none, none and 22", m.FrontendCPUMsPerRequest, m.CPUByPart, m.CPUProfileSamples)
+	}
 }
 
 func TestCPUSplitAttributesLabelledWork(t *testing.T) {

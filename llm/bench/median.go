@@ -7,18 +7,14 @@ import "maps"
 // the router's event counts) are totals over the runs, so that no failure
 // hides; latencies, rates, hit rates and CPU costs are the medians of the
 // runs' values. The runs are kept in Runs. One run is returned as it is.
+// The frontend's CPU and the split by part are the medians only when
+// every run's profile took a sample (see cpuSplit).
 func Medians(runs []*Result) *Result {
 	if len(runs) == 1 {
 		return runs[0]
 	}
 	out := &Result{Errors: map[string]int{}, PerWorker: map[string]int{}, ErrorSamples: map[string]string{}, Runs: runs}
-	med := func(f func(*Result) float64) float64 {
-		xs := make([]float64, len(runs))
-		for i, r := range runs {
-			xs[i] = f(r)
-		}
-		return Median(xs)
-	}
+	med := func(f func(*Result) float64) float64 { return medianOf(runs, f) }
 	pct := func(f func(*Result) *Percentiles) Percentiles {
 		var p Percentiles
 		p.P50 = med(func(r *Result) float64 { return f(r).P50 })
@@ -66,20 +62,46 @@ func Medians(runs []*Result) *Result {
 	out.KvHitRate = med(func(r *Result) float64 { return r.KvHitRate })
 	out.ShedFraction = med(func(r *Result) float64 { return r.ShedFraction })
 	out.ProcessCPUMsPerRequest = med(func(r *Result) float64 { return r.ProcessCPUMsPerRequest })
-	for part := range runs[0].CPUByPart {
-		if out.CPUByPart == nil {
-			out.CPUByPart = map[string]float64{}
-		}
-		out.CPUByPart[part] = med(func(r *Result) float64 { return r.CPUByPart[part] })
-	}
-	if runs[0].FrontendCPUMsPerRequest != nil {
-		v := med(func(r *Result) float64 {
-			if r.FrontendCPUMsPerRequest == nil {
-				return 0
-			}
-			return *r.FrontendCPUMsPerRequest
-		})
-		out.FrontendCPUMsPerRequest = &v
-	}
+	cpuSplit(out, runs)
 	return out
+}
+
+// medianOf is the median of f over runs.
+func medianOf(runs []*Result, f func(*Result) float64) float64 {
+	xs := make([]float64, len(runs))
+	for i, r := range runs {
+		xs[i] = f(r)
+	}
+	return Median(xs)
+}
+
+// cpuSplit sets out's CPU profile sample count, the total over runs, and
+// the medians of the runs' frontend CPU and split by part. A run whose
+// profile took no sample has no split: counting it as zero would pull
+// the medians down with a figure nobody measured, and leaving it out
+// would make them medians of fewer runs than the summary says. So with
+// such a run the split is unknown.
+func cpuSplit(out *Result, runs []*Result) {
+	var samples int64
+	measured := true
+	for _, r := range runs {
+		if r.CPUProfileSamples == nil {
+			return // not in-process, or no profile: nothing to add up
+		}
+		samples += *r.CPUProfileSamples
+		measured = measured && r.FrontendCPUMsPerRequest != nil
+	}
+	out.CPUProfileSamples = &samples
+	if !measured {
+		return
+	}
+	// A part absent from a run took none of that run's samples: 0 there.
+	out.CPUByPart = map[string]float64{}
+	for _, r := range runs {
+		for part := range r.CPUByPart {
+			out.CPUByPart[part] = medianOf(runs, func(r *Result) float64 { return r.CPUByPart[part] })
+		}
+	}
+	fe := medianOf(runs, func(r *Result) float64 { return *r.FrontendCPUMsPerRequest })
+	out.FrontendCPUMsPerRequest = &fe
 }

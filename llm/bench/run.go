@@ -98,12 +98,17 @@ type Result struct {
 	// getrusage) the whole process spent during the run, per completed
 	// request. Against a URL it is the generator's own cost.
 	ProcessCPUMsPerRequest float64 `json:"process_cpu_ms_per_request"`
-	// FrontendCPUMsPerRequest is set in-process (`loom llm bench
-	// --workers`): the frontend's share of the process's CPU time per
+	// CPUProfileSamples is set in-process (`loom llm bench --workers`):
+	// the CPU profile samples FrontendCPUMsPerRequest and CPUByPart come
+	// from. When it is 0 the run was too short for the profile to see
+	// anything, and those two are unset rather than zero.
+	CPUProfileSamples *int64 `json:"cpu_profile_samples,omitempty"`
+	// FrontendCPUMsPerRequest is set in-process when the profile took a
+	// sample: the frontend's share of the process's CPU time per
 	// completed request; docs/llm.md says how it is computed.
 	FrontendCPUMsPerRequest *float64 `json:"frontend_cpu_ms_per_request,omitempty"`
 	// CPUByPart splits ProcessCPUMsPerRequest between the parts of an
-	// in-process run (see CPUSplit).
+	// in-process run (see CPUSplit), when the profile took a sample.
 	CPUByPart map[string]float64 `json:"cpu_ms_per_request_by_part,omitempty"`
 	// KvEvents is set in-process with the kv router: what it saw of the
 	// workers' kv_events.
