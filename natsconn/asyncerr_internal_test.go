@@ -11,29 +11,16 @@ import (
 	"github.com/loomrt/loom/metrics"
 )
 
-func TestPermissionReadsTheKindAndSubjectOfEachRefusal(t *testing.T) {
-	for _, tt := range []struct {
-		server        string // the server's -ERR text
-		kind, subject string
-	}{
-		{`Permissions Violation for Publish to "denied.a"`, metrics.PermissionPublish, "denied.a"},
-		{`Permissions Violation for Publish with Reply of "_R_.x"`, metrics.PermissionReply, "_R_.x"},
-		{`Permissions Violation for Subscription to "denied.>"`, metrics.PermissionSubscribe, "denied.>"},
-		{`Permissions Violation for Subscription to "a.b" using queue "q"`, metrics.PermissionSubscribe, "a.b"},
-		{`Permissions Violation for Subscription to "a.b" using queue "q" (sid "3")`, metrics.PermissionSubscribe, "a.b"},
-		{`Permissions Violation for Subscription to "a.b", too many tokens`, metrics.PermissionSubscribe, "a.b"},
-		{`Permissions Violation for Publish to "quote\"d"`, metrics.PermissionPublish, `quote"d`},
-		{`Permissions Violation for Publish to unquoted.subject`, metrics.PermissionPublish, "unquoted.subject"},
-		{`Permissions Violation for Something Else`, metrics.PermissionOther, ""},
-		{`something else entirely`, metrics.PermissionOther, ""},
-	} {
-		t.Run(tt.server, func(t *testing.T) {
-			err := fmt.Errorf("%w: %s", nats.ErrPermissionViolation, tt.server) // as nats.go wraps it
-			k := keyOf(nil, err)
-			if !k.perm || k.kind != tt.kind || k.subject != tt.subject {
-				t.Errorf("key %+v; want a permission violation of kind %q on %q", k, tt.kind, tt.subject)
-			}
-		})
+// TestKeyOfARefusalIsItsKindAndSubject: natsrefusal reads every form of
+// refusal (its own tests hold the table); a key holds what it read, and
+// any other error is no refusal.
+func TestKeyOfARefusalIsItsKindAndSubject(t *testing.T) {
+	err := fmt.Errorf("%w: %s", nats.ErrPermissionViolation, `Permissions Violation for Subscription to "a.b" using queue "q"`)
+	if k := keyOf(nil, err); !k.perm || k.kind != metrics.PermissionSubscribe || k.subject != "a.b" {
+		t.Errorf("key %+v; want a refusal of kind %q on %q", k, metrics.PermissionSubscribe, "a.b")
+	}
+	if k := keyOf(nil, nats.ErrSlowConsumer); k.perm {
+		t.Errorf("key %+v of %v; want no refusal", k, nats.ErrSlowConsumer)
 	}
 }
 
