@@ -1,6 +1,7 @@
 package tlsfiles_test
 
 import (
+	"crypto/tls"
 	"encoding/pem"
 	"errors"
 	"os"
@@ -12,6 +13,26 @@ import (
 	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/internal/tlsfiles"
 )
+
+// checkKeyPair checks what a loader returned: with no wantErr, the one
+// certificate loaded; else an error holding each of wantErr.
+func checkKeyPair(t *testing.T, loader string, c tls.Certificate, err error, wantErr []string) {
+	t.Helper()
+	if wantErr == nil {
+		if err != nil || len(c.Certificate) != 1 {
+			t.Fatalf("%s = %d certificates, %v", loader, len(c.Certificate), err)
+		}
+		return
+	}
+	if err == nil {
+		t.Fatalf("%s: no error", loader)
+	}
+	for _, w := range wantErr {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("%s: err = %q, want it to contain %q", loader, err, w)
+		}
+	}
+}
 
 // selfSigned writes a self-signed certificate and its key as PEM files.
 func selfSigned(t *testing.T) (certFile, keyFile string) {
@@ -92,12 +113,11 @@ func TestKeyPair(t *testing.T) {
 		t.Errorf("an expired certificate: %v, want ErrExpired", err)
 	}
 	for _, tt := range []struct {
-		name       string
-		cert, key  string
-		wantErr    []string
-		wantLoaded bool
+		name      string
+		cert, key string
+		wantErr   []string
 	}{
-		{name: "a certificate and its key load", cert: cert, key: key, wantLoaded: true},
+		{name: "a certificate and its key load", cert: cert, key: key},
 		{name: "neither names both keys", wantErr: []string{"x.cert and x.key are unset"}},
 		{name: "a certificate without its key names the missing key", cert: cert, wantErr: []string{"x.cert " + cert, "without x.key"}},
 		{name: "a key without its certificate names the missing key", key: key, wantErr: []string{"x.key " + key, "without x.cert"}},
@@ -108,20 +128,7 @@ func TestKeyPair(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := tlsfiles.KeyPair("x.cert", tt.cert, "x.key", tt.key)
-			if tt.wantLoaded {
-				if err != nil || len(c.Certificate) != 1 {
-					t.Fatalf("KeyPair = %d certificates, %v", len(c.Certificate), err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatal("no error")
-			}
-			for _, w := range tt.wantErr {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("err = %q, want it to contain %q", err, w)
-				}
-			}
+			checkKeyPair(t, "KeyPair", c, err, tt.wantErr)
 		})
 	}
 }
@@ -185,21 +192,8 @@ func TestKeyPairOrPEM(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c, err := tlsfiles.KeyPairOrPEM("x.cert", tt.cert, "x.key", tt.key)
-			if tt.wantErr == nil {
-				if err != nil || len(c.Certificate) != 1 {
-					t.Fatalf("KeyPairOrPEM = %d certificates, %v", len(c.Certificate), err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatal("no error")
-			}
-			for _, w := range tt.wantErr {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("err = %q, want it to contain %q", err, w)
-				}
-			}
-			if strings.Contains(err.Error(), "PRIVATE KEY") {
+			checkKeyPair(t, "KeyPairOrPEM", c, err, tt.wantErr)
+			if err != nil && strings.Contains(err.Error(), "PRIVATE KEY") {
 				t.Errorf("err shows the key: %q", err)
 			}
 		})
