@@ -12,6 +12,7 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/discovery/memory"
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -39,11 +40,7 @@ func newClusterOn(t testing.TB, plane string) *cluster {
 		cfg.RequestPlane.Transport = plane
 	}
 	if plane == "nats" {
-		ns, err := embedded.StartNATS(embedded.NATSOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(ns.Shutdown)
+		ns := testutil.StartNATS(t, embedded.NATSOptions{})
 		cfg.NATS.URL = ns.ClientURL()
 	}
 	return &cluster{t: t, store: memory.NewStore(), cfg: cfg}

@@ -18,6 +18,7 @@ import (
 	"github.com/loomrt/loom/dashboard"
 	_ "github.com/loomrt/loom/discovery/natskv" // the system's discovery
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -35,11 +36,7 @@ type system struct {
 
 func newSystem(t *testing.T) *system {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, StoreDir: t.TempDir(), MonitorPort: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, StoreDir: t.TempDir(), MonitorPort: -1})
 	cfg := config.Default()
 	cfg.NATS.URL = ns.ClientURL()
 	cfg.Discovery.Backend = "natskv"

@@ -87,17 +87,14 @@ func TestALeastPrivilegedNATSUserRunsEveryPlane(t *testing.T) {
 	pub, sub := readmePermissions(t)
 	pub = append(pub, "jobs.queue", "loom.dlq.jobs", "orders", "loom.dlq.events.orders.billing", "orders_js", "loom.dlq.events.orders_js.billing")
 	sub = append(sub, "orders") // Core NATS only: a JetStream group pulls
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *natsserver.Options) {
+	// Shut down after the runtimes' Shutdown, which unregisters through it.
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, Configure: func(o *natsserver.Options) {
 		o.MaxPayload = 64 << 10 // so that a 100 KB job is offloaded
 		o.Users = []*natsserver.User{{Username: "svc", Password: "pw", Permissions: &natsserver.Permissions{
 			Publish:   &natsserver.SubjectPermission{Allow: pub},
 			Subscribe: &natsserver.SubjectPermission{Allow: sub},
 		}}}
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown) // after the runtimes' Shutdown, which unregisters through it
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	refused := &refusals{}

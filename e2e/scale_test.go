@@ -16,6 +16,7 @@ import (
 	"github.com/loomrt/loom/discovery/natskv"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/embedded/etcdserver"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // TestAThousandInstancesAndAWatcher registers 1,000 instances from 10
@@ -42,11 +43,7 @@ func TestAThousandInstancesAndAWatcher(t *testing.T) {
 			}
 		},
 		"natskv": func(t *testing.T) func() discovery.Discovery {
-			ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(ns.Shutdown)
+			ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true})
 			return func() discovery.Discovery {
 				nc, err := nats.Connect(ns.ClientURL())
 				if err != nil {

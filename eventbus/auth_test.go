@@ -21,11 +21,7 @@ import (
 )
 
 func TestBusConnectsWithCozeStudioEnvironment(t *testing.T) {
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Users: map[string]string{"coze": "pw"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, Users: map[string]string{"coze": "pw"}})
 	t.Setenv(eventbus.EnvServerURL, ns.ClientURL())
 	t.Setenv(eventbus.EnvUsername, "coze")
 	t.Setenv(eventbus.EnvPassword, "pw")
@@ -87,11 +83,7 @@ func TestBusConnectsWithCozeStudioJWTAndSeed(t *testing.T) {
 	if err := os.WriteFile(credsFile, creds, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ns, err := embedded.StartNATS(embedded.NATSOptions{Operator: u.Operator})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{Operator: u.Operator})
 	for _, tc := range []struct {
 		name, seed string
 		want       []string // in the error; none: it connects

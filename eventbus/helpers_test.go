@@ -14,6 +14,7 @@ import (
 	"github.com/loomrt/loom/config"
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/eventbus"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/metrics"
 )
 
@@ -25,11 +26,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func startNATS(t testing.TB, configure func(*server.Options)) *embedded.NATS {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: configure})
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, Configure: configure})
 	return ns
 }
 

@@ -17,11 +17,7 @@ import (
 // Core NATS mode may run against.
 func startPlainNATS(t *testing.T) *embedded.NATS {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{})
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{})
 	return ns
 }
 

@@ -26,16 +26,12 @@ var denied = events.Scope{Namespace: "denied"}
 func permittedRuntime(t *testing.T, transport string) *loom.Runtime {
 	t.Helper()
 	deny := []string{"namespace.denied.>", events.DurablePrefix + "namespace.denied.>"}
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
 		o.Users = []*server.User{{Username: "worker", Password: "pw", Permissions: &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: deny},
 			Subscribe: &server.SubjectPermission{Allow: []string{">"}, Deny: deny},
 		}}}
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
 	s := loomtest.New(t, loomtest.Options{})
 	s.Config.NATS.URL = ns.ClientURL()
 	s.Config.NATS.User, s.Config.NATS.Password = "worker", "pw"

@@ -17,11 +17,7 @@ import (
 
 func startNATS(t *testing.T, opts embedded.NATSOptions) *embedded.NATS {
 	t.Helper()
-	ns, err := embedded.StartNATS(opts)
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, opts)
 	return ns
 }
 

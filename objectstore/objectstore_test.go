@@ -26,11 +26,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func connect(t *testing.T) *nats.Conn {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true})
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -684,15 +680,11 @@ func TestAForgedReferenceReadsAndDeletesNothing(t *testing.T) {
 // the others, of a known bucket and of another unknown one, go on, and
 // the hanging one still ends with its context.
 func TestAHangingBucketLookupHoldsUpNoOtherResolve(t *testing.T) {
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
 		o.Users = []*server.User{{Username: "app", Password: "pw", Permissions: &server.Permissions{
 			Publish: &server.SubjectPermission{Allow: []string{">"}, Deny: []string{"$JS.API.STREAM.INFO.OBJ_hanging"}},
 		}}}
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
 	nc, err := nats.Connect(ns.ClientURL(), nats.UserInfo("app", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	if err != nil {
 		t.Fatal(err)

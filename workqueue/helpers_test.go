@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/metrics"
 	"github.com/loomrt/loom/workqueue"
 )
@@ -26,11 +27,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // startNATS starts a JetStream server for one test and connects to it.
 func startNATS(t testing.TB, configure func(*server.Options)) (*embedded.NATS, *nats.Conn) {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: configure})
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, Configure: configure})
 	return ns, connect(t, ns.ClientURL())
 }
 

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -14,11 +15,7 @@ import (
 // fail with an error saying JetStream is missing and how to get it, not
 // with nats.go's bare "no responders available for request".
 func TestAServerWithoutJetStreamIsSaidSoWithWhatToDo(t *testing.T) {
-	ns, err := embedded.StartNATS(embedded.NATSOptions{})
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{})
 	nc := connect(t, ns.ClientURL())
 	check := func(what string, err error) {
 		t.Helper()
@@ -32,7 +29,7 @@ func TestAServerWithoutJetStreamIsSaidSoWithWhatToDo(t *testing.T) {
 		}
 	}
 	ctx := ctxFor(t, 10*time.Second)
-	_, err = workqueue.New[job](ctx, nc, testConfig(t))
+	_, err := workqueue.New[job](ctx, nc, testConfig(t))
 	check("New", err)
 	a, err := workqueue.NewAdmin(nc)
 	if err != nil {

@@ -63,16 +63,12 @@ func (f ackForm) named(text, queue string) bool {
 // ack subjects of the form f.
 func startNATSWithUserAcking(t *testing.T, perms *server.Permissions, f ackForm) *nats.Conn {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
 		o.Users = []*server.User{{Username: "worker", Password: "pw", Permissions: perms}}
 		if f.v2 {
 			o.FeatureFlags = map[string]bool{"js_ack_fc_v2": true}
 		}
 	}})
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(ns.Shutdown)
 	// The server's refusals reach the connection's error handler too.
 	return connect(t, ns.ClientURL(), nats.UserInfo("worker", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 }
@@ -434,14 +430,10 @@ func natsDenyingThenGranting(t *testing.T, deny string) (nc *nats.Conn, grant fu
 		}}}
 	}
 	var opts *server.Options
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, Configure: func(o *server.Options) {
 		o.Users = user(deny)
 		opts = o
 	}})
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(ns.Shutdown)
 	nc = connect(t, ns.ClientURL(), nats.UserInfo("worker", "pw"), nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
 	return nc, func() {
 		t.Helper()

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 	"github.com/loomrt/loom/workqueue"
 )
 
@@ -21,11 +22,6 @@ import (
 // tells an interruption from a failure; and it must not report the
 // interruption it was asked for as an error ("context canceled").
 func TestACommandStoppedBeforeItsWorkIsDoneExits128PlusTheSignal(t *testing.T) {
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
 	// A queue for loom queue add, on a server that goes away under it:
 	// the add then waits for NATS to come back, as it did when Ctrl-C
 	// reported "workqueue: enqueue to queue jobs: context canceled".
@@ -108,11 +104,7 @@ func TestACommandStoppedBeforeItsWorkIsDoneExits128PlusTheSignal(t *testing.T) {
 // work queue name (in memory) and no job, for loom queue commands.
 func natsWithAnEmptyQueue(t *testing.T, name string) *embedded.NATS {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true})
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)

@@ -34,11 +34,7 @@ func loomQueue(t *testing.T, url, stdin string, args ...string) string {
 }
 
 func TestQueueCommandsListPeekAddAndRepairDeadLetters(t *testing.T) {
-	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true})
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"github.com/loomrt/loom/discovery"
 	"github.com/loomrt/loom/discovery/internal/watchview"
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // wait bounds every wait for an event in this package's own tests.
@@ -26,11 +27,7 @@ var quiet = slog.New(slog.DiscardHandler)
 
 func startNATS(t *testing.T, opts embedded.NATSOptions) *embedded.NATS {
 	t.Helper()
-	srv, err := embedded.StartNATS(opts)
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(srv.Shutdown)
+	srv := testutil.StartNATS(t, opts)
 	return srv
 }
 

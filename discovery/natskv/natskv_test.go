@@ -226,11 +226,7 @@ func TestWatchResyncsAfterTheServerRestarts(t *testing.T) {
 
 	g.shut() // the observer stays away until the test lets it back
 	srv.Shutdown()
-	srv, err := embedded.StartNATS(opts)
-	if err != nil {
-		t.Fatalf("restart: %v", err)
-	}
-	t.Cleanup(srv.Shutdown) // after the deferred Closes
+	testutil.StartNATS(t, opts) // shut down after the deferred Closes
 
 	// The owner is back first and changes the records.
 	testutil.EventuallyNoError(t, wait, "the owner lists the records after the restart", func() error {
@@ -615,11 +611,7 @@ func TestAServerRestartedWithoutItsDataGetsTheRecordsBack(t *testing.T) {
 
 	srv.Shutdown()
 	opts.StoreDir = t.TempDir()
-	srv, err := embedded.StartNATS(opts)
-	if err != nil {
-		t.Fatalf("restart: %v", err)
-	}
-	t.Cleanup(srv.Shutdown) // after the deferred Closes
+	testutil.StartNATS(t, opts) // shut down after the deferred Closes
 
 	testutil.EventuallyNoError(t, 3*wait, "the record is in the new bucket", func() error {
 		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
@@ -650,11 +642,7 @@ func TestRegisterCreatesABucketTheServerLost(t *testing.T) {
 
 	srv.Shutdown()
 	opts.StoreDir = t.TempDir()
-	srv, err := embedded.StartNATS(opts)
-	if err != nil {
-		t.Fatalf("restart: %v", err)
-	}
-	t.Cleanup(srv.Shutdown) // after the deferred Close
+	testutil.StartNATS(t, opts) // shut down after the deferred Close
 	// Connected alone may still be the old connection, not yet seen closed.
 	testutil.Eventually(t, wait, "the client reconnected", func() bool {
 		return d.nc.Stats().Reconnects > 0 && d.nc.IsConnected()

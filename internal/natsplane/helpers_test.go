@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/loomrt/loom/embedded"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -30,11 +31,7 @@ func testLogger() *slog.Logger {
 // startNATS runs a nats-server in the test process until the test ends.
 func startNATS(t testing.TB) *embedded.NATS {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{})
 	return ns
 }
 

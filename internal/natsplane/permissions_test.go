@@ -11,21 +11,18 @@ import (
 
 	"github.com/loomrt/loom/embedded"
 	"github.com/loomrt/loom/internal/plane"
+	"github.com/loomrt/loom/internal/testutil"
 )
 
 // startNATSWithUsers runs a nats-server whose users have the given
 // permissions, by name; each user's password is its name.
 func startNATSWithUsers(t *testing.T, users map[string]*server.Permissions) *embedded.NATS {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{Configure: func(o *server.Options) {
+	ns := testutil.StartNATS(t, embedded.NATSOptions{Configure: func(o *server.Options) {
 		for name, perms := range users {
 			o.Users = append(o.Users, &server.User{Username: name, Password: name, Permissions: perms})
 		}
 	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
 	return ns
 }
 

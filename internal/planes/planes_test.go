@@ -53,11 +53,7 @@ func newPlanes(t *testing.T, transport string) *planes.Planes {
 	rc.Transport, rc.Host, rc.Port = transport, "127.0.0.1", 0
 	cfg := planes.Config{RequestPlane: rc, FailureCooldown: time.Second, ID: 0xabc, Logger: quiet, OnLimit: func(string) {}}
 	if transport == planes.NATS {
-		ns, err := embedded.StartNATS(embedded.NATSOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(ns.Shutdown)
+		ns := testutil.StartNATS(t, embedded.NATSOptions{})
 		nc, err := nats.Connect(ns.ClientURL())
 		if err != nil {
 			t.Fatal(err)
@@ -435,11 +431,7 @@ func TestANATSCallGoesOnlyUnderLoomRPC(t *testing.T) {
 // connections to it, a server's and a caller's, that do not reconnect.
 func twoNATSConns(t *testing.T) (server, caller *nats.Conn) {
 	t.Helper()
-	ns, err := embedded.StartNATS(embedded.NATSOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown)
+	ns := testutil.StartNATS(t, embedded.NATSOptions{})
 	conn := func() *nats.Conn {
 		nc, err := nats.Connect(ns.ClientURL(), nats.NoReconnect())
 		if err != nil {

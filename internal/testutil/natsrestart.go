@@ -71,3 +71,15 @@ func (r *RestartableNATS) URL() string {
 	defer r.mu.Unlock()
 	return r.ns.ClientURL()
 }
+
+// StartNATS starts an embedded NATS server with o, shut down when the
+// test ends.
+func StartNATS(t testing.TB, o embedded.NATSOptions) *embedded.NATS {
+	t.Helper()
+	ns, err := embedded.StartNATS(o)
+	if err != nil {
+		t.Fatalf("starting NATS: %v", err)
+	}
+	t.Cleanup(ns.Shutdown)
+	return ns
+}

@@ -24,11 +24,8 @@ import (
 // last event.
 func TestKVRouterCatchesUpAfterTheEventPlaneRestarts(t *testing.T) {
 	port := testutil.FreePort(t) // the restarted server listens there again
-	ns, err := embedded.StartNATS(embedded.NATSOptions{Port: port})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns.Shutdown) // after the runtimes have shut down
+	// Shut down after the runtimes have shut down.
+	ns := testutil.StartNATS(t, embedded.NATSOptions{Port: port})
 	cfg := config.Default()
 	cfg.NATS.URL = ns.ClientURL()
 	cfg.NATS.ReconnectWait = 50 * time.Millisecond
@@ -77,11 +74,7 @@ func TestKVRouterCatchesUpAfterTheEventPlaneRestarts(t *testing.T) {
 			t.Fatalf("request %d while NATS is down: %v", i, res.err)
 		}
 	}
-	ns2, err := embedded.StartNATS(embedded.NATSOptions{Port: port})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ns2.Shutdown)
+	testutil.StartNATS(t, embedded.NATSOptions{Port: port})
 	synced(t, r, cluster)
 	for _, w := range cluster.Workers() {
 		i := slices.IndexFunc(r.Stats().Workers, func(s WorkerStats) bool { return s.ID == w.ID() })
