@@ -41,3 +41,36 @@ func TestReconnectAttemptsToAnUnreachableEtcdStayWithinTwoSecondsOfEachOther(t *
 	}
 	p.partition(false)
 }
+
+// TestReconnectAttemptsKeepUpWithAShortLease: etcd, when it starts again,
+// gives each lease its TTL (plus an election timeout) from then, so a
+// client must be connected again well within the TTL of its return to
+// keep its lease. With a 1 s lease the reconnect backoff is capped at a
+// third of a second (0.4 s with jitter); no gap between attempts may
+// exceed the TTL, the rest being room for a loaded machine. The 2 s cap
+// of longer leases leaves a gap of more than 1.3 s within 6 s.
+func TestReconnectAttemptsKeepUpWithAShortLease(t *testing.T) {
+	srv := startEtcd(t, fast)
+	p := newProxy(t, strings.TrimPrefix(srv.ClientURL(), "http://"))
+	const ttl = time.Second
+	connect(t, p.URL(), ttl)
+	cut := time.Now()
+	p.partition(true)
+	attempts := func() []time.Time {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return slices.Clone(p.refused)
+	}
+	const span = 6 * time.Second
+	testutil.Eventually(t, 20*time.Second, "reconnect attempts over 6s", func() bool {
+		a := attempts()
+		return len(a) > 0 && a[len(a)-1].Sub(cut) >= span
+	})
+	a := attempts()
+	for i := 1; i < len(a); i++ {
+		if gap := a[i].Sub(a[i-1]); gap > ttl {
+			t.Errorf("reconnect attempt %d came %v after the one before; want at most a third of the %v TTL, +20%% jitter", i+1, gap.Round(time.Millisecond), ttl)
+		}
+	}
+	p.partition(false)
+}

@@ -209,10 +209,8 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 		DialKeepAliveTimeout: 5 * time.Second,
 		Logger:               zapslog.New(base, clientLevel, "etcd-client"),
 		DialOptions: []grpc.DialOption{
-			// gRPC's default reconnect backoff grows to 2 minutes; after an
-			// etcd outage, records should come back within seconds.
 			grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+				Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay(cfg.LeaseTTL)},
 				MinConnectTimeout: cfg.DialTimeout,
 			}),
 		},
@@ -290,6 +288,19 @@ func New(ctx context.Context, cfg Config) (*Discovery, error) {
 			"asked", cfg.LeaseTTL, "granted", ttl, "lease", hex(lease))
 	}
 	return d, nil
+}
+
+// reconnectMaxDelay caps the client's reconnect backoff for a lease of
+// leaseTTL. gRPC's default grows to 2 minutes; after an etcd outage,
+// records should come back within seconds, so the cap is 2 s. A short
+// lease needs less: etcd, when it starts again, gives each lease its TTL
+// (plus an election timeout) from then, and a client still backing off
+// for up to 2.4 s (2 s and 20 % jitter) loses a 1 s lease that etcd kept
+// for it. Capped at a third of the TTL, the keep-alive interval, the
+// client is back with about half the TTL to spare for a keep-alive.
+func reconnectMaxDelay(leaseTTL time.Duration) time.Duration {
+	ttl := (leaseTTL + time.Second - 1).Truncate(time.Second) // as grant asks for it
+	return min(2*time.Second, ttl/3)
 }
 
 // checkAuth refuses settings the etcd client would ignore without a word.
@@ -390,9 +401,9 @@ var errUnreachable = errors.New("etcd unreachable: the client cannot connect to 
 // waiting pointless, as its records expire with it.
 //
 // Failing to connect may be stale: after etcd is back, the client waits
-// out its reconnect backoff (up to 2.4 s by default) before it tries
-// again. So the first time the copy finds the client failing, it has it
-// try again at once, and ends only if the client is not connected
+// out its reconnect backoff (up to 2.4 s; see reconnectMaxDelay) before
+// it tries again. So the first time the copy finds the client failing, it
+// has it try again at once, and ends only if the client is not connected
 // reconnectGrace later.
 func (d *Discovery) whileReachable(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(ctx)
