@@ -14,6 +14,7 @@ import (
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
@@ -199,14 +200,24 @@ func (w *follower) quietFor(d time.Duration) {
 // leaseOf returns the lease the record of i is held by, or 0.
 func leaseOf(t *testing.T, cli *clientv3.Client, i discovery.Instance) clientv3.LeaseID {
 	t.Helper()
+	kv := recordOf(t, cli, i)
+	if kv == nil {
+		return 0
+	}
+	return clientv3.LeaseID(kv.Lease)
+}
+
+// recordOf returns the record of i as etcd holds it, or nil.
+func recordOf(t *testing.T, cli *clientv3.Client, i discovery.Instance) *mvccpb.KeyValue {
+	t.Helper()
 	resp, err := cli.Get(t.Context(), i.Key())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(resp.Kvs) == 0 {
-		return 0
+		return nil
 	}
-	return clientv3.LeaseID(resp.Kvs[0].Lease)
+	return resp.Kvs[0]
 }
 
 func TestTheInstanceIDIsTheLeaseID(t *testing.T) {
@@ -448,6 +459,13 @@ func TestAPartitionLongerThanTheTTLEndsWithTheRecordsBack(t *testing.T) {
 // every lease a fresh TTL when it starts, so the records stay; the
 // Discovery resumes its keep-alives, keeps its id, and watchers on another
 // client converge.
+//
+// A lease that expires after the restart is granted again with the same
+// id and its records registered again, so their lease id alone does not
+// show that they stayed: their create revisions do, and the watcher must
+// see none of them removed. (The client once backed off up to 2.4 s
+// before reconnecting, and lost its 1 s lease when etcd took a few
+// hundred milliseconds longer than usual to restart.)
 func TestAnEtcdRestartLongerThanTheTTLKeepsTheRecords(t *testing.T) {
 	srv, opts := startRestartable(t)
 
@@ -459,18 +477,30 @@ func TestAnEtcdRestartLongerThanTheTTLKeepsTheRecords(t *testing.T) {
 	register(t, d, x, y)
 	w := watch(t, observer, discovery.Query{Namespace: "ns"})
 	w.has(5*time.Second, "the records", x, y)
+	created := map[string]int64{}
+	cli := raw(t, srv.ClientURL())
+	for _, i := range []discovery.Instance{x, y} {
+		created[i.Key()] = recordOf(t, cli, i).CreateRevision
+	}
 
 	srv.Close()
 	time.Sleep(2 * ttl)
 	srv = startEtcd(t, opts)
 	restarted := time.Now()
-	cli := raw(t, srv.ClientURL())
+	cli = raw(t, srv.ClientURL())
 
 	// Past a TTL after the restart, the lease is alive only if kept alive.
 	time.Sleep(2 * ttl)
 	for _, i := range []discovery.Instance{x, y} {
-		if got := leaseOf(t, cli, i); got != clientv3.LeaseID(id) {
-			t.Fatalf("%s held by lease %x after the restart; want %x", i.Key(), got, id)
+		kv := recordOf(t, cli, i)
+		switch {
+		case kv == nil:
+			t.Fatalf("%s gone after the restart: the lease expired", i.Key())
+		case clientv3.LeaseID(kv.Lease) != clientv3.LeaseID(id):
+			t.Fatalf("%s held by lease %x after the restart; want %x", i.Key(), kv.Lease, id)
+		case kv.CreateRevision != created[i.Key()]:
+			t.Fatalf("%s created again at revision %d after the restart (first at %d): the lease expired and the record was registered again",
+				i.Key(), kv.CreateRevision, created[i.Key()])
 		}
 	}
 	if d.ID() != id {
@@ -479,7 +509,15 @@ func TestAnEtcdRestartLongerThanTheTTLKeepsTheRecords(t *testing.T) {
 	z := inst("ns", 3)
 	register(t, d, z)
 	t.Logf("registered a record %v after the restart", time.Since(restarted).Round(time.Millisecond))
-	w.has(10*time.Second, "the records after the restart", x, y, z)
+	w.until(10*time.Second, "Added "+z.Key(), func(ev discovery.Event) bool {
+		if ev.Kind == discovery.Removed {
+			t.Fatalf("the watcher saw %s removed after the restart; want the records kept", ev.Instance.Key())
+		}
+		return ev.Kind == discovery.Added && ev.Instance.Key() == z.Key()
+	})
+	if len(w.set) != 3 {
+		t.Fatalf("the watcher has %d records after the restart; want %s, %s and %s", len(w.set), x.Key(), y.Key(), z.Key())
+	}
 	t.Logf("the watcher converged %v after the restart", time.Since(restarted).Round(time.Millisecond))
 	// Close while this server runs; the cleanup would find it stopped.
 	d.Close()
