@@ -67,7 +67,7 @@ func TestRouterKeepsEachWorkersViewAndDropsAWorkerThatDies(t *testing.T) {
 					t.Error(err)
 				}
 			}()
-			<-agg.Ready()
+			waitReady(t, agg, aggErr)
 
 			var ws []runningWorker
 			var kills []func()
@@ -181,7 +181,7 @@ func TestAGapInAWorkersEventsMarksThatWorkerStale(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	<-agg.Ready()
+	waitReady(t, agg, aggErr)
 
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
@@ -302,4 +302,19 @@ func TestWorkerAndRouterAcrossProcesses(t *testing.T) {
 		return ok && !strings.Contains(v, id)
 	})
 	stop("router", router, rout, rexit)
+}
+
+// waitReady waits until agg is ready, or until its Run, which sends its
+// result on aggErr, fails first (a subscription or the watch refused):
+// Ready is then never closed, and waiting on it alone would hang the test
+// until go test's timeout. The error goes back on aggErr for the caller's
+// deferred check, which reports it.
+func waitReady(t *testing.T, agg *Aggregator, aggErr chan error) {
+	t.Helper()
+	select {
+	case <-agg.Ready():
+	case err := <-aggErr:
+		aggErr <- err
+		t.Fatal("the aggregator stopped before it was ready")
+	}
 }
