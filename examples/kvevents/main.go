@@ -25,6 +25,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -515,19 +516,25 @@ func (a *Aggregator) caughtUp(ctx context.Context, ws []runningWorker) error {
 		for _, v := range a.Workers() {
 			views[v.InstanceID] = v
 		}
-		behind := 0
+		// What the router has of each worker that is behind, against
+		// what the worker sent: a timeout then says which side stalled.
+		var behind []string
 		for _, r := range ws {
 			v, ok := views[r.rt.ID()]
-			if !ok || v.Events == 0 || v.LastID != r.w.nextID-1 || v.Load.ActiveBlocks != len(r.w.blocks) {
-				behind++
+			switch {
+			case !ok:
+				behind = append(behind, fmt.Sprintf("%x not in the view", r.rt.ID()))
+			case v.Events == 0 || v.LastID != r.w.nextID-1 || v.Load.ActiveBlocks != len(r.w.blocks):
+				behind = append(behind, fmt.Sprintf("%x at event_id %d of %d (%d kv events applied), load of %d blocks of %d",
+					r.rt.ID(), v.LastID, r.w.nextID-1, v.Events, v.Load.ActiveBlocks, len(r.w.blocks)))
 			}
 		}
-		if behind == 0 {
+		if len(behind) == 0 {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the router is behind on %d of %d workers: %w", behind, len(ws), ctx.Err())
+			return fmt.Errorf("the router is behind on %d of %d workers (%s): %w", len(behind), len(ws), strings.Join(behind, "; "), ctx.Err())
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
