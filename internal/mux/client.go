@@ -1358,8 +1358,9 @@ func (s *ClientStream) Close() error {
 // must have been stopped). A stream that was cancelled, killed or failed,
 // or whose context watch may still run, is not reused.
 func (s *ClientStream) Release() {
-	s.Close()
-	s.mu.Lock()
+	s.Cancel()
+	s.mu.Lock() // Close's release and the reuse check, under one lock
+	s.release()
 	reuse := s.reusable()
 	s.mu.Unlock()
 	if reuse {
