@@ -806,7 +806,11 @@ func (c *clientConn) takeRead(s *ClientStream) bool {
 // on the way. Then it gives the role up: to nobody if the connection holds
 // no stream, else to readLoop, since open streams must be read for.
 func (c *clientConn) readFor(s *ClientStream) {
-	var last lastStream
+	// The caller's own stream is the likeliest to have frames: its first
+	// DATA needs no lookup in the connection's map. Should s have been
+	// killed meanwhile, push and end see it under its lock and drop the
+	// frames, as a lookup finding no stream would.
+	last := lastStream{st: s, id: s.id}
 	for {
 		f, err := c.rd.ReadFrame()
 		switch {
