@@ -29,16 +29,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-func start(t *testing.T, opts embedded.NATSOptions) *embedded.NATS {
-	t.Helper()
-	ns, err := embedded.StartNATS(opts)
-	if err != nil {
-		t.Fatalf("StartNATS: %v", err)
-	}
-	t.Cleanup(ns.Shutdown)
-	return ns
-}
-
 func connect(t *testing.T, url string, opts ...nats.Option) *nats.Conn {
 	t.Helper()
 	nc, err := nats.Connect(url, opts...)
@@ -202,12 +192,12 @@ func TestStartNATSRefusesWhatItCannotListenOnOrWriteTo(t *testing.T) {
 
 func TestMonitorPort(t *testing.T) {
 	t.Run("is off by default", func(t *testing.T) {
-		if u := start(t, embedded.NATSOptions{}).MonitorURL(); u != "" {
+		if u := testutil.StartNATS(t, embedded.NATSOptions{}).MonitorURL(); u != "" {
 			t.Errorf("MonitorURL = %q, want empty", u)
 		}
 	})
 	t.Run("serves varz on a random port", func(t *testing.T) {
-		ns := start(t, embedded.NATSOptions{MonitorPort: -1})
+		ns := testutil.StartNATS(t, embedded.NATSOptions{MonitorPort: -1})
 		client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 		resp, err := client.Get(ns.MonitorURL() + "/varz")
 		if err != nil {
@@ -222,14 +212,14 @@ func TestMonitorPort(t *testing.T) {
 
 func TestAuthModes(t *testing.T) {
 	t.Run("user and password", func(t *testing.T) {
-		ns := start(t, embedded.NATSOptions{Users: map[string]string{"bob": "s3cret"}})
+		ns := testutil.StartNATS(t, embedded.NATSOptions{Users: map[string]string{"bob": "s3cret"}})
 		connect(t, ns.ClientURL(), nats.UserInfo("bob", "s3cret"))
 		if _, err := nats.Connect(ns.ClientURL(), nats.UserInfo("bob", "wrong")); !errors.Is(err, nats.ErrAuthorization) {
 			t.Errorf("wrong password: err = %v, want authorization violation", err)
 		}
 	})
 	t.Run("token", func(t *testing.T) {
-		ns := start(t, embedded.NATSOptions{Token: "tok"})
+		ns := testutil.StartNATS(t, embedded.NATSOptions{Token: "tok"})
 		connect(t, ns.ClientURL(), nats.Token("tok"))
 		if _, err := nats.Connect(ns.ClientURL()); !errors.Is(err, nats.ErrAuthorization) {
 			t.Errorf("no token: err = %v, want authorization violation", err)
@@ -237,7 +227,7 @@ func TestAuthModes(t *testing.T) {
 	})
 	t.Run("operator JWTs without a system account", func(t *testing.T) {
 		u := testutil.NewJWTUser(t)
-		ns := start(t, embedded.NATSOptions{Operator: u.Operator})
+		ns := testutil.StartNATS(t, embedded.NATSOptions{Operator: u.Operator})
 		connect(t, ns.ClientURL(), nats.UserJWTAndSeed(u.JWT, string(u.Seed)))
 		if _, err := nats.Connect(ns.ClientURL()); !errors.Is(err, nats.ErrAuthorization) {
 			t.Errorf("no JWT: err = %v, want authorization violation", err)
@@ -252,7 +242,7 @@ func TestAuthModes(t *testing.T) {
 }
 
 func TestInProcessConnection(t *testing.T) {
-	ns := start(t, embedded.NATSOptions{Configure: func(o *server.Options) { o.DontListen = true }})
+	ns := testutil.StartNATS(t, embedded.NATSOptions{Configure: func(o *server.Options) { o.DontListen = true }})
 	nc := connect(t, "", nats.InProcessServer(ns))
 	if _, err := nc.Subscribe("ping", func(m *nats.Msg) { _ = m.Respond([]byte("pong")) }); err != nil {
 		t.Fatal(err)
@@ -268,7 +258,7 @@ func TestInProcessConnection(t *testing.T) {
 
 func TestLoggerReceivesServerLines(t *testing.T) {
 	var buf testutil.SyncBuffer
-	ns := start(t, embedded.NATSOptions{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	ns := testutil.StartNATS(t, embedded.NATSOptions{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
 	ns.Shutdown()
 	if !strings.Contains(buf.String(), "Server is ready") {
 		t.Errorf("log lacks the server's ready line:\n%s", buf.String())
@@ -280,7 +270,7 @@ func TestQuietByDefault(t *testing.T) {
 	old := slog.Default()
 	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
 	defer slog.SetDefault(old)
-	start(t, embedded.NATSOptions{}).Shutdown()
+	testutil.StartNATS(t, embedded.NATSOptions{}).Shutdown()
 	if buf.Len() != 0 {
 		t.Errorf("server logged without a Logger:\n%s", buf.String())
 	}
@@ -316,7 +306,7 @@ func ExampleStartNATS() {
 // overwriting what the other wrote.
 func TestASecondServerOnAStoreDirInUseFailsAtOnce(t *testing.T) {
 	dir := t.TempDir()
-	first := start(t, embedded.NATSOptions{JetStream: true, StoreDir: dir})
+	first := testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, StoreDir: dir})
 	ns, err := embedded.StartNATS(embedded.NATSOptions{JetStream: true, StoreDir: dir})
 	if err == nil {
 		ns.Shutdown()
@@ -327,5 +317,5 @@ func TestASecondServerOnAStoreDirInUseFailsAtOnce(t *testing.T) {
 	}
 	t.Log(err)
 	first.Shutdown()
-	start(t, embedded.NATSOptions{JetStream: true, StoreDir: dir}).Shutdown()
+	testutil.StartNATS(t, embedded.NATSOptions{JetStream: true, StoreDir: dir}).Shutdown()
 }
